@@ -1,0 +1,81 @@
+"""Stable content hashes of FX graphs (no object ids, paths or timestamps)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .values import qualified_target
+
+
+def describe_constant(value: Any) -> str:
+    """A stable description of a non-literal constant (used only for hashing)."""
+    if isinstance(value, torch.Tensor):
+        return (
+            f"Tensor(dtype={value.dtype}, shape={tuple(value.shape)}, "
+            f"stride={tuple(value.stride())}, device={value.device.type})"
+        )
+    if isinstance(value, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
+        return str(value)
+    if isinstance(value, (bool, int, float, str, bytes, type(None))):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(describe_constant(v) for v in value)
+        return f"{type(value).__name__}[{inner}]"
+    if isinstance(value, dict):
+        inner = ", ".join(
+            f"{describe_constant(k)}: {describe_constant(v)}" for k, v in value.items()
+        )
+        return "{" + inner + "}"
+    if isinstance(value, slice):
+        return f"slice({value.start!r}, {value.stop!r}, {value.step!r})"
+    if isinstance(value, fx.Node):
+        return f"%{value.name}"
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def describe_target(target: Any) -> str:
+    if isinstance(target, str):
+        return target
+    named = qualified_target(target)
+    if named is not None:
+        return named[1]
+    return f"<{type(target).__module__}.{type(target).__qualname__}>"
+
+
+def graph_lines(gm: fx.GraphModule, prefix: str = "") -> list[str]:
+    """Canonical text lines of ``gm`` and every GraphModule child it calls."""
+    lines: list[str] = []
+    for node in gm.graph.nodes:
+        args = describe_constant(tuple(node.args))
+        kwargs = describe_constant(dict(node.kwargs))
+        lines.append(
+            f"{prefix}{node.op} {node.name} {describe_target(node.target)} {args} {kwargs}"
+        )
+        if node.op == "get_attr":
+            value = _fetch(gm, node.target)
+            if not isinstance(value, torch.nn.Module):
+                lines.append(f"{prefix}  = {describe_constant(value)}")
+        if node.op == "call_module":
+            child = _fetch(gm, node.target)
+            if isinstance(child, fx.GraphModule):
+                lines.extend(graph_lines(child, prefix + "  "))
+            else:
+                lines.append(f"{prefix}  <{type(child).__qualname__}>")
+    return lines
+
+
+def graph_hash(gm: fx.GraphModule) -> str:
+    """sha256 hex digest of :func:`graph_lines`."""
+    text = "\n".join(graph_lines(gm))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _fetch(gm: torch.nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

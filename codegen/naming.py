@@ -1,0 +1,69 @@
+"""One namespace allocates every identifier in emitted source.
+
+Modelled on torch.fx's ``_Namespace``: candidate names are sanitized, Python
+keywords, builtins and reserved globals are refused, and clashes get ``_N``
+suffixes.  The only input is the order of requests (graph order), so names never
+depend on what else happened in the process.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+
+_ILLEGAL = re.compile(r"[^0-9a-zA-Z_]+")
+_SUFFIX = re.compile(r"^(.*)_(\d+)$")
+
+RESERVED_GLOBALS = frozenset(
+    {
+        "__vllm_submods__",
+        "__vllm_consts__",
+        "__vllm_dispatch__",
+        "execution_fn",
+        "torch",
+        "operator",
+        "math",
+        "builtins",
+    }
+)
+
+
+class Namespace:
+    """Hands out unique, valid, non-shadowing Python identifiers."""
+
+    def __init__(self, reserved: frozenset[str] | set[str] = frozenset()) -> None:
+        self._used: set[str] = set(reserved) | RESERVED_GLOBALS
+        self._base_count: dict[str, int] = {}
+        self._by_key: dict[object, str] = {}
+
+    def reserve(self, name: str) -> None:
+        self._used.add(name)
+
+    def create(self, candidate: str, key: object = None) -> str:
+        if key is not None and key in self._by_key:
+            return self._by_key[key]
+        name = _ILLEGAL.sub("_", candidate) or "_v"
+        if name[0].isdigit():
+            name = f"_{name}"
+        base, num = name, None
+        m = _SUFFIX.match(name)
+        if m is not None:
+            base, num = m.group(1), int(m.group(2))
+        while self._is_taken(name):
+            num = self._base_count.get(base, 0) + 1 if num is None else num + 1
+            name = f"{base}_{num}"
+        if num is not None:
+            self._base_count[base] = max(self._base_count.get(base, 0), num)
+        self._used.add(name)
+        if key is not None:
+            self._by_key[key] = name
+        return name
+
+    def _is_taken(self, name: str) -> bool:
+        return (
+            name in self._used
+            or keyword.iskeyword(name)
+            or keyword.issoftkeyword(name)
+            or hasattr(builtins, name)
+        )

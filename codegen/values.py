@@ -1,0 +1,150 @@
+"""Rendering of FX argument values and call targets as emitted source text.
+
+Literals are written inline and exactly; everything else becomes a slot in the
+constants table (``__vllm_consts__[j]``), because ``repr()`` of an arbitrary
+object is not valid source.
+"""
+
+from __future__ import annotations
+
+import builtins
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+CONSTS_NAME = "__vllm_consts__"
+
+
+class ConstTable:
+    """Objects the emitted source references by slot, deduplicated.
+
+    Slots are numbered in order of first use; equal hashable values of the same
+    type share a slot, anything else is shared only when it is the same object.
+    """
+
+    def __init__(self) -> None:
+        self.values: list[Any] = []
+        self._slots: dict[Any, int] = {}
+
+    def slot(self, value: Any) -> int:
+        key: Any
+        if isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Module):
+            key = ("id", id(value))
+        else:
+            try:
+                key = ("eq", type(value), value)
+                hash(key)
+            except TypeError:
+                key = ("id", id(value))
+        if key not in self._slots:
+            self._slots[key] = len(self.values)
+            self.values.append(value)
+        return self._slots[key]
+
+    def ref(self, value: Any) -> str:
+        return f"{CONSTS_NAME}[{self.slot(value)}]"
+
+
+def render_float(value: float) -> str:
+    if math.isnan(value):
+        return 'float("nan")'
+    if math.isinf(value):
+        return 'float("inf")' if value > 0 else 'float("-inf")'
+    return repr(value)
+
+
+def render_value(
+    value: Any, name_of: Callable[[fx.Node], str], consts: ConstTable
+) -> str:
+    """Source text for an argument value; FX nodes become their local names."""
+    if isinstance(value, fx.Node):
+        return name_of(value)
+    kind = type(value)
+    if value is None or value is Ellipsis or kind is bool:
+        return repr(value) if value is not Ellipsis else "..."
+    if kind is int or kind is str or kind is bytes:
+        return repr(value)
+    if kind is float:
+        return render_float(value)
+    if kind is slice:
+        parts = (value.start, value.stop, value.step)
+        return "slice(" + ", ".join(render_value(p, name_of, consts) for p in parts) + ")"
+    if kind is list:
+        return "[" + ", ".join(render_value(v, name_of, consts) for v in value) + "]"
+    if kind is tuple:
+        items = [render_value(v, name_of, consts) for v in value]
+        if len(items) == 1:
+            return f"({items[0]},)"
+        return "(" + ", ".join(items) + ")"
+    if kind is dict:
+        return (
+            "{"
+            + ", ".join(
+                f"{render_value(k, name_of, consts)}: {render_value(v, name_of, consts)}"
+                for k, v in value.items()
+            )
+            + "}"
+        )
+    if kind is torch.Size and all(type(v) is int for v in value):
+        return "torch.Size([" + ", ".join(repr(v) for v in value) + "])"
+    return consts.ref(value)
+
+
+def _resolve(module_name: str, qualname: str) -> Any:
+    module = sys.modules.get(module_name)
+    if module is None:
+        return None
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _is_identifier_path(path: str) -> bool:
+    return all(p.isidentifier() for p in path.split("."))
+
+
+def qualified_target(target: Any) -> tuple[str | None, str] | None:
+    """``(module to import or None, expression)`` naming ``target`` in emitted code.
+
+    Returns None when the target cannot be named by an importable path that
+    resolves to the very same object; the caller then puts it in the consts table.
+    """
+    if isinstance(target, torch._ops.OpOverload):
+        ns, op = target._schema.name.split("::", 1)
+        path = f"torch.ops.{ns}.{op}.{target._overloadname}"
+        return ("torch", path) if _is_identifier_path(path) else None
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        ns, op = target._qualified_op_name.split("::", 1)
+        path = f"torch.ops.{ns}.{op}"
+        return ("torch", path) if _is_identifier_path(path) else None
+
+    module = getattr(target, "__module__", None)
+    name = getattr(target, "__name__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if module == "builtins" and name and getattr(builtins, name, None) is target:
+        return (None, name)
+    candidates: list[tuple[str, str]] = []
+    if module == "_operator":
+        module = "operator"
+    if module and qualname:
+        candidates.append((module, qualname))
+    if module and name:
+        candidates.append((module, name))
+    objclass = getattr(target, "__objclass__", None)
+    if name and objclass is not None and issubclass(objclass, torch._C.TensorBase):
+        candidates.append(("torch", f"Tensor.{name}"))
+    for mod, path in candidates:
+        if mod == "__main__" or "<" in path or not _is_identifier_path(mod):
+            continue
+        if not _is_identifier_path(path):
+            continue
+        if _resolve(mod, path) is target:
+            return (mod, f"{mod}.{path}")
+    return None

@@ -1,0 +1,1 @@
+"""Jinja templates of emitted stitching source (package data of stitch)."""
