@@ -1,0 +1,65 @@
+"""Custom ops of the example models, registered with ``torch.library``.
+
+``stitch::attention`` is a decode attention over a per-layer KV cache that writes
+its result into ``out``: the kind of op serving stacks run eagerly between
+compiled pieces (it is the default splitting op of the examples).
+"""
+
+from __future__ import annotations
+
+import torch
+
+ATTENTION_OP = "stitch::attention"
+
+
+@torch.library.custom_op(ATTENTION_OP, mutates_args=("k_cache", "v_cache", "out"))
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    out: torch.Tensor,
+    scale: float,
+) -> None:
+    """Decode attention: token ``i`` is the newest token of sequence slot ``i``.
+
+    ``q, k, v, out``: ``[n, heads, head_dim]``; ``k_cache, v_cache``:
+    ``[max_seqs, max_len, heads, head_dim]``; ``positions``: ``[n]`` int64.  The
+    token's k/v are written at ``cache[i, positions[i]]`` and ``q[i]`` attends over
+    ``cache[i, : positions[i] + 1]``.
+    """
+    attention_reference(q, k, v, k_cache, v_cache, positions, out, scale)
+
+
+def attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    out: torch.Tensor,
+    scale: float,
+) -> None:
+    """Plain torch implementation (CPU, and the reference for other kernels)."""
+    n = q.shape[0]
+    if n == 0:
+        return
+    slots = torch.arange(n, device=q.device)
+    k_cache[slots, positions] = k.to(k_cache.dtype)
+    v_cache[slots, positions] = v.to(v_cache.dtype)
+    keys = k_cache[:n].float()  # [n, L, H, D]
+    values = v_cache[:n].float()
+    scores = torch.einsum("nhd,nlhd->nhl", q.float(), keys) * scale
+    length = k_cache.shape[1]
+    masked = torch.arange(length, device=q.device)[None, :] > positions[:, None]
+    scores = scores.masked_fill(masked[:, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out.copy_(torch.einsum("nhl,nlhd->nhd", probs, values).to(out.dtype))
+
+
+@attention.register_fake
+def _attention_fake(q, k, v, k_cache, v_cache, positions, out, scale) -> None:
+    return None
