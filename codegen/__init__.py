@@ -11,8 +11,13 @@ from .errors import (
     StitchLoadError,
     StitchRuntimeError,
 )
-from .execution import generate_execution_code, is_inlined_piece, module_path_of
-from .fingerprint import graph_hash
+from .execution import (
+    generate_execution_code,
+    is_inlined_piece,
+    lower_execution,
+    module_path_of,
+)
+from .fingerprint import graph_hash, structural_hash
 from .split import OpMatcher, SplitItem, split_graph
 
 __all__ = [
@@ -26,7 +31,9 @@ __all__ = [
     "StitchRuntimeError",
     "generate_execution_code",
     "graph_hash",
+    "structural_hash",
     "is_inlined_piece",
+    "lower_execution",
     "module_path_of",
     "split_graph",
 ]

@@ -45,9 +45,25 @@ def generate_execution_code(
             "generate_execution_code needs a torch.fx.GraphModule, got "
             f"{type(split_gm).__name__}"
         )
+    context, submod_names, consts = lower_execution(split_gm)
+    return render_module(context), submod_names, consts
+
+
+def lower_execution(
+    split_gm: fx.GraphModule,
+) -> tuple[ModuleContext, list[str], list[Any]]:
+    """The template context, piece order and constants, without rendering.
+
+    A warm start uses this to rebind saved source: same graph, same slots.
+    """
+    if not isinstance(split_gm, fx.GraphModule):
+        raise StitchCodegenError(
+            "generate_execution_code needs a torch.fx.GraphModule, got "
+            f"{type(split_gm).__name__}"
+        )
     lowering = _ModuleLowering(split_gm)
     context = lowering.build()
-    return render_module(context), lowering.submod_names, lowering.consts.values
+    return context, lowering.submod_names, lowering.consts.values
 
 
 def is_inlined_piece(module: Any) -> bool:

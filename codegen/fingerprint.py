@@ -34,6 +34,8 @@ def describe_constant(value: Any) -> str:
         return f"slice({value.start!r}, {value.stop!r}, {value.step!r})"
     if isinstance(value, fx.Node):
         return f"%{value.name}"
+    if type(value).__name__ == "_Ref":
+        return value.name
     return f"<{type(value).__module__}.{type(value).__qualname__}>"
 
 
@@ -79,3 +81,41 @@ def _fetch(gm: torch.nn.Module, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def describe_example(value: Any) -> str:
+    """Dtype/shape/stride/device of an example input; symbolic dims by expression."""
+    if isinstance(value, torch.Tensor):
+        return (
+            f"T({value.dtype}, {tuple(str(s) for s in value.shape)}, "
+            f"{tuple(str(s) for s in value.stride())}, {value.device.type}, "
+            f"rg={value.requires_grad})"
+        )
+    if isinstance(value, torch.SymInt):
+        return f"SymInt({value.node.expr})"
+    return describe_constant(value)
+
+
+def structural_hash(gm: fx.GraphModule, example_inputs: Any = ()) -> str:
+    """Hash of a graph's structure, blind to node names and metadata.
+
+    Two layers' pieces that differ only in names (``layers_0_...`` vs
+    ``layers_1_...``) hash alike, so they can share one compiled artifact.
+    Tensor attributes (``get_attr``) make a piece unique: their values would be
+    baked into compiled code.
+    """
+    index: dict[fx.Node, str] = {}
+    lines: list[str] = []
+    for i, node in enumerate(gm.graph.nodes):
+        index[node] = f"%{i}"
+        args = fx.map_arg((node.args, dict(node.kwargs)), lambda n: _Ref(index[n]))
+        lines.append(f"{node.op} {describe_target(node.target) if node.op != 'placeholder' else ''} {describe_constant(args)}")
+        if node.op == "get_attr":
+            lines.append(f"attribute {node.target}")
+    lines.extend(describe_example(v) for v in example_inputs)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+class _Ref:
+    def __init__(self, name: str) -> None:
+        self.name = name

@@ -73,14 +73,14 @@ def render_value(
     if kind is slice:
         parts = (value.start, value.stop, value.step)
         return "slice(" + ", ".join(render_value(p, name_of, consts) for p in parts) + ")"
-    if kind is list:
+    if kind is list or kind is fx.immutable_collections.immutable_list:
         return "[" + ", ".join(render_value(v, name_of, consts) for v in value) + "]"
     if kind is tuple:
         items = [render_value(v, name_of, consts) for v in value]
         if len(items) == 1:
             return f"({items[0]},)"
         return "(" + ", ".join(items) + ")"
-    if kind is dict:
+    if kind is dict or kind is fx.immutable_collections.immutable_dict:
         return (
             "{"
             + ", ".join(

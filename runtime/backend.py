@@ -1,0 +1,417 @@
+"""``StitchBackend``: the torch.compile backend (split, compile pieces, stitch)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from stitch.codegen import (
+    StitchCacheError,
+    StitchRuntimeError,
+    generate_execution_code,
+    graph_hash,
+    lower_execution,
+    module_path_of,
+    split_graph,
+    structural_hash,
+)
+from stitch.codegen.fingerprint import describe_example
+
+from .cache import SOURCE_FILE, CompileCache, stitch_version
+from .compilers import CompilerAdapter, make_adapter
+from .config import CompilationConfig
+from .counter import compilation_counter
+from .dump import PieceReport, write_debug_dump
+from .loader import compile_execution_fn
+from .piecewise import PiecewiseBackend, Target, concretize, runtime_symbol, targets_for
+
+log = logging.getLogger("stitch")
+
+DUMP_ENV = "STITCH_DEBUG_DUMP"
+
+
+@dataclasses.dataclass
+class CompiledModel:
+    """What one backend call produced (kept for inspection and tests)."""
+
+    split_gm: fx.GraphModule
+    code: str
+    submod_names: list[str]
+    backends: dict[str, PiecewiseBackend]
+    reports: list[PieceReport]
+    cache_dir: str | None
+    warm: bool
+    seconds: float
+
+
+class StitchBackend:
+    """A torch.compile backend: ``torch.compile(model, backend=StitchBackend(cfg))``.
+
+    Each call splits Dynamo's graph at the splitting ops, compiles every other
+    piece (once per unique piece and shape target), and returns the emitted
+    stitching function bound to the compiled pieces.
+    """
+
+    def __init__(self, config: CompilationConfig | None = None, **fields: Any) -> None:
+        if config is not None and fields:
+            raise StitchRuntimeError("pass a CompilationConfig or fields, not both")
+        self.config = config if config is not None else CompilationConfig(**fields)
+        self.compiled: list[CompiledModel] = []
+
+    def __call__(
+        self, gm: fx.GraphModule, example_inputs: Sequence[Any]
+    ) -> Callable[..., Any]:
+        return _Compilation(self.config, gm, example_inputs).run(self.compiled)
+
+
+def stitch_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+    """The ``backend="stitch"`` entry point: a default :class:`CompilationConfig`."""
+    return StitchBackend()(gm, example_inputs)
+
+
+class _Compilation:
+    """One backend call."""
+
+    def __init__(
+        self, config: CompilationConfig, gm: fx.GraphModule, example_inputs: Sequence[Any]
+    ) -> None:
+        self.config = config
+        self.gm = gm
+        self.example_inputs = list(example_inputs)
+        self.adapter: CompilerAdapter = make_adapter(
+            config.backend, config.inductor_compile_config
+        )
+        # compile key -> runnable, shared by twins within this call
+        self.memo: dict[str, Any] = {}
+        self.loaded: dict[str, Any] = {}
+
+    # -- the steps -----------------------------------------------------------
+    def run(self, sink: list[CompiledModel]) -> Callable[..., Any]:
+        start = time.perf_counter()
+        compilation_counter.num_graphs_seen += 1
+        compilation_counter.num_backend_compilations += 1
+        fake_inputs = self._fake_inputs()
+        graph_key = self._graph_key(fake_inputs)
+        cache = None
+        index: dict[str, Any] | None = None
+        if not self.config.disable_cache:
+            cache = CompileCache.for_graph(self.config, graph_key)
+            index = cache.read_index()
+
+        split_gm, items = split_graph(self.gm, self.config.splitting_ops)
+        compilation_counter.num_piecewise_graphs_seen += len(items)
+        compiled_items = [it for it in items if not it.is_splitting_graph]
+        compilation_counter.num_piecewise_capturable_graphs_seen += len(compiled_items)
+        piece_args = _piece_inputs(split_gm, fake_inputs)
+
+        old_pieces = index.get("pieces", {}) if index else {}
+        new_pieces: dict[str, Any] = {}
+        backends: dict[str, PiecewiseBackend] = {}
+        reports: list[PieceReport] = []
+        progress = _progress(len(compiled_items))
+        for item in items:
+            path = module_path_of(item.graph)
+            if item.is_splitting_graph:
+                reports.append(PieceReport(item.submod_name, True, path, [], 0.0, "-"))
+                continue
+            args = piece_args.get(item.submod_name)
+            if args is None:
+                raise StitchRuntimeError(
+                    f"piece {item.submod_name} is never called by the split graph"
+                )
+            backend, record, report = self._compile_piece(
+                item.submod_name, item.graph, args, path, cache, old_pieces
+            )
+            backends[item.submod_name] = backend
+            new_pieces[item.submod_name] = record
+            reports.append(report)
+            split_gm.__dict__[item.submod_name] = backend
+            progress.update(1)
+        progress.close()
+
+        code, submod_names, consts, warm_source = self._stitching_source(
+            split_gm, cache, index
+        )
+        _trace_source(code)
+        fn = compile_execution_fn(code, backends, submod_names, consts)
+
+        warm = warm_source and all(r.cache == "hit" for r in reports if not r.splitting)
+        if cache is not None:
+            self._write_index(cache, index, new_pieces, code, submod_names, graph_key)
+        seconds = time.perf_counter() - start
+        dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
+        if dump:
+            write_debug_dump(dump, split_gm, code, reports)
+        log.info(
+            "stitch: %d pieces (%d compiled), %s start in %.2fs%s",
+            len(items),
+            len(compiled_items),
+            "warm" if warm else "cold",
+            seconds,
+            f", cache {cache.directory}" if cache else "",
+        )
+        sink.append(
+            CompiledModel(
+                split_gm, code, submod_names, backends, reports,
+                cache.directory if cache else None, warm, seconds,
+            )
+        )
+        return fn
+
+    def _fake_inputs(self) -> list[Any]:
+        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
+        if len(placeholders) != len(self.example_inputs):
+            raise StitchRuntimeError(
+                f"graph has {len(placeholders)} placeholders but "
+                f"{len(self.example_inputs)} example inputs were given"
+            )
+        fake_mode = torch._guards.detect_fake_mode(self.example_inputs)
+        values = []
+        for node, example in zip(placeholders, self.example_inputs):
+            value = node.meta.get("example_value", node.meta.get("val"))
+            if value is None:
+                if isinstance(example, torch.Tensor) and fake_mode is not None:
+                    value = fake_mode.from_tensor(example)
+                else:
+                    value = example
+            values.append(value)
+        return values
+
+    def _graph_key(self, fake_inputs: list[Any]) -> str:
+        text = graph_hash(self.gm) + "".join(describe_example(v) for v in fake_inputs)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _compile_piece(
+        self,
+        name: str,
+        graph: fx.GraphModule,
+        args: tuple[Any, ...],
+        module_path: str,
+        cache: CompileCache | None,
+        old_pieces: dict[str, Any],
+    ) -> tuple[PiecewiseBackend, dict[str, Any], PieceReport]:
+        sym_index, symbol = runtime_symbol(args)
+        targets = targets_for(
+            self.config.compile_sizes, self.config.compile_ranges(), sym_index is not None
+        )
+        base = structural_hash(graph, args) + self.adapter.name + self.config.compute_hash()
+        old_entries = {
+            e.get("target"): e
+            for e in (old_pieces.get(name, {}) or {}).get("entries", [])
+            if isinstance(e, dict)
+        }
+        runnables: dict[Target, Any] = {}
+        entries: list[dict[str, Any]] = []
+        outcomes: list[str] = []
+        piece_start = time.perf_counter()
+        for target in targets:
+            key = hashlib.sha256(f"{base}|{target.key()}".encode()).hexdigest()[:24]
+            runnable, entry, outcome = self._runnable(
+                name, graph, args, symbol, target, key, cache, old_entries.get(target.key())
+            )
+            runnables[target] = runnable
+            entries.append(entry)
+            outcomes.append(outcome)
+        seconds = time.perf_counter() - piece_start
+        backend = PiecewiseBackend(name, sym_index, runnables, module_path)
+        if all(o == "hit" for o in outcomes):
+            state = "hit"
+        elif all(o == "shared" for o in outcomes):
+            state = "shared"
+        elif any(o == "hit" for o in outcomes):
+            state = "partial"
+        else:
+            state = "miss"
+        record = {"module_path": module_path, "entries": entries}
+        report = PieceReport(
+            name, False, module_path, [t.describe() for t in targets], seconds, state
+        )
+        return backend, record, report
+
+    def _runnable(
+        self,
+        name: str,
+        graph: fx.GraphModule,
+        args: tuple[Any, ...],
+        symbol: Any,
+        target: Target,
+        key: str,
+        cache: CompileCache | None,
+        old_entry: dict[str, Any] | None,
+    ) -> tuple[Any, dict[str, Any], str]:
+        entry: dict[str, Any] = {"target": target.key(), "key": key}
+        if target.kind != "general":
+            entry["range"] = [target.lo, target.hi]
+        if key in self.memo:
+            runnable, saved = self.memo[key]
+            entry.update(saved)
+            return runnable, entry, "shared"
+        # 1. the persistent cache
+        if cache is not None and self.adapter.saves_artifacts and old_entry is not None:
+            if old_entry.get("key") != key:
+                cache.fault(cache.path("index.py"), f"entry {name}/{target.key()} has a stale key")
+            else:
+                path = cache.verified(old_entry.get("artifact"), old_entry.get("sha256"))
+                if path is not None:
+                    try:
+                        runnable = self._load(path, bool(old_entry.get("unwrap", False)))
+                    except StitchCacheError as exc:
+                        cache.fault(path, str(exc))
+                    else:
+                        saved = {
+                            "artifact": old_entry["artifact"],
+                            "sha256": old_entry["sha256"],
+                            "unwrap": bool(old_entry.get("unwrap", False)),
+                        }
+                        entry.update(saved)
+                        self.memo[key] = (runnable, saved)
+                        compilation_counter.num_cache_hits += 1
+                        return runnable, entry, "hit"
+        # 2. compile
+        if cache is not None and self.adapter.saves_artifacts:
+            compilation_counter.num_cache_misses += 1
+        example = self._example_inputs(name, args, symbol, target)
+        runnable, handle = self.adapter.compile(graph, example, static=target.static)
+        saved: dict[str, Any] = {}
+        if cache is not None and self.adapter.saves_artifacts:
+            relative = cache.artifact_relpath(key)
+            try:
+                self.adapter.save(handle, cache.path(relative))
+                from .cache import sha256_file
+
+                saved = {
+                    "artifact": relative,
+                    "sha256": sha256_file(cache.path(relative)),
+                    "unwrap": bool(handle[1]),
+                }
+            except StitchCacheError as exc:
+                log.warning("stitch cache: %s; piece %s stays uncached", exc, name)
+        entry.update(saved)
+        self.memo[key] = (runnable, saved)
+        return runnable, entry, "miss"
+
+    def _load(self, path: str, unwrap: bool) -> Any:
+        if path not in self.loaded:
+            self.loaded[path] = self.adapter.load(path, unwrap)  # type: ignore[call-arg]
+        return self.loaded[path]
+
+    def _example_inputs(
+        self, name: str, args: tuple[Any, ...], symbol: Any, target: Target
+    ) -> list[Any]:
+        if not target.static:
+            return list(args)
+        try:
+            return [concretize(a, symbol, target.lo) for a in args]
+        except ValueError as exc:
+            raise StitchRuntimeError(
+                f"piece {name}: cannot specialize to {target.describe()}: {exc}"
+            ) from exc
+
+    def _stitching_source(
+        self, split_gm: fx.GraphModule, cache: CompileCache | None, index: dict[str, Any] | None
+    ) -> tuple[str, list[str], list[Any], bool]:
+        if cache is not None and index is not None:
+            record = index.get("source") or {}
+            path = cache.verified(record.get("file"), record.get("sha256"))
+            if path is not None:
+                _, names, consts = lower_execution(split_gm)
+                if names == record.get("submod_names"):
+                    with open(path, encoding="utf-8") as f:
+                        code = f.read()
+                    # verified() hashed the file; hash what we read, too, so a
+                    # file replaced in between is never executed.
+                    if hashlib.sha256(code.encode()).hexdigest() == record["sha256"]:
+                        return code, names, consts, True
+                    cache.fault(path, "changed while it was being read")
+                else:
+                    cache.fault(path, "calls a different piece order than this graph")
+        code, names, consts = generate_execution_code(split_gm)
+        return code, names, consts, False
+
+    def _write_index(
+        self,
+        cache: CompileCache,
+        old: dict[str, Any] | None,
+        pieces: dict[str, Any],
+        code: str,
+        submod_names: list[str],
+        graph_key: str,
+    ) -> None:
+        try:
+            sha = cache.write_text(SOURCE_FILE, code)
+            data = {
+                "format": 1,
+                "stitch_version": stitch_version(),
+                "torch_version": torch.__version__,
+                "config_hash": self.config.compute_hash(),
+                "graph_key": graph_key,
+                "backend": self.config.backend,
+                "source": {
+                    "file": SOURCE_FILE,
+                    "sha256": sha,
+                    "submod_names": list(submod_names),
+                },
+                "pieces": pieces,
+            }
+            if data != old:
+                cache.write_index(data)
+        except OSError as exc:
+            log.warning("stitch cache: could not write %s (%s)", cache.directory, exc)
+
+
+def _piece_inputs(split_gm: fx.GraphModule, fake_inputs: list[Any]) -> dict[str, tuple[Any, ...]]:
+    """Run the split graph over fake tensors; record each piece's inputs."""
+    recorded: dict[str, tuple[Any, ...]] = {}
+
+    class Recorder(fx.Interpreter):
+        def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+            recorded.setdefault(target, tuple(args))
+            return super().call_module(target, args, kwargs)
+
+    fake_mode = next(
+        (v.fake_mode for v in fake_inputs if isinstance(v, torch._subclasses.FakeTensor)),
+        None,
+    )
+    if fake_mode is None:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        fake_inputs = [
+            fake_mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
+            for v in fake_inputs
+        ]
+    with fake_mode:
+        Recorder(split_gm).run(*fake_inputs)
+    return recorded
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int) -> Any:
+    if total < 8 or not log.isEnabledFor(logging.INFO):
+        return _NoProgress()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="stitch: compiling pieces", unit="piece", leave=False)
+
+
+def _trace_source(code: str) -> None:
+    torch._logging.trace_structured(
+        "artifact",
+        metadata_fn=lambda: {"name": "stitch_execution_fn", "encoding": "string"},
+        payload_fn=lambda: code,
+    )

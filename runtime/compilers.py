@@ -1,0 +1,160 @@
+"""Piece compilers behind one small interface: Inductor (standalone_compile) and eager."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.fx as fx
+
+from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
+
+from .counter import compilation_counter
+
+log = logging.getLogger("stitch")
+
+Runnable = Callable[..., Any]
+
+
+class CompilerAdapter(Protocol):
+    """Compiles one piece for one shape target and (optionally) saves/loads it."""
+
+    name: str
+    saves_artifacts: bool
+
+    def compile(
+        self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, static: bool
+    ) -> tuple[Runnable, Any]:
+        """Return ``(runnable, handle)``; ``handle`` is what :meth:`save` writes."""
+        ...
+
+    def save(self, handle: Any, path: str) -> None: ...
+
+    def load(self, path: str) -> Runnable: ...
+
+
+class EagerAdapter:
+    """Runs the piece's GraphModule as it is (no compilation, nothing saved)."""
+
+    name = "eager"
+    saves_artifacts = False
+
+    def compile(
+        self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, static: bool
+    ) -> tuple[Runnable, Any]:
+        return gm.forward, None
+
+    def save(self, handle: Any, path: str) -> None:  # pragma: no cover - never called
+        raise StitchRuntimeError("the eager backend saves no artifacts")
+
+    def load(self, path: str) -> Runnable:  # pragma: no cover - never called
+        raise StitchRuntimeError("the eager backend saves no artifacts")
+
+
+def _tupled(fn: Runnable) -> Runnable:
+    # Inductor graphs return a tuple/list even for one output when the piece
+    # returned a bare value; split_module pieces with one output return it bare.
+    def call(*args: Any) -> Any:
+        out = fn(*args)
+        return out[0]
+
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
+    return call
+
+
+class InductorAdapter:
+    """``torch._inductor.standalone_compile`` with binary save/load of artifacts."""
+
+    name = "inductor"
+    saves_artifacts = True
+
+    def __init__(self, config_patches: dict[str, Any]) -> None:
+        self.config_patches = dict(config_patches)
+
+    def compile(
+        self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, static: bool
+    ) -> tuple[Runnable, Any]:
+        from torch._inductor import standalone_compile
+
+        gm, unwrap = _tuple_output(gm)
+        # NOTE: [static sizes compile from example inputs]
+        # A static size is compiled from concrete example inputs in a fresh fake
+        # mode ("from_example_inputs"), which specializes every shape; the general
+        # and range targets reuse Dynamo's fake mode and its symbolic shapes.
+        dynamic_shapes = "from_example_inputs" if static else "from_tracing_context"
+        compilation_counter.num_inductor_compiles += 1
+        try:
+            artifact = standalone_compile(
+                gm,
+                list(example_inputs),
+                dynamic_shapes=dynamic_shapes,
+                options={"config_patches": self.config_patches},
+            )
+        except Exception as exc:
+            raise StitchRuntimeError(
+                f"Inductor failed to compile a piece ({type(exc).__name__}: {exc})"
+            ) from exc
+        return (_tupled(artifact) if unwrap else artifact), (artifact, unwrap)
+
+    def save(self, handle: Any, path: str) -> None:
+        artifact, unwrap = handle
+        directory = os.path.dirname(path)
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".bin")
+        os.close(fd)
+        try:
+            artifact.save(path=tmp, format="binary")
+            # The unwrap flag is part of the artifact's meaning: keep it in the name
+            # so a loader cannot get it wrong.
+            os.replace(tmp, path)
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StitchCacheError(f"could not save artifact {path}: {exc}") from exc
+        compilation_counter.num_compiled_artifacts_saved += 1
+
+    def load(self, path: str, unwrap: bool = False) -> Runnable:
+        from torch._inductor import CompiledArtifact
+
+        try:
+            artifact = CompiledArtifact.load(path=path, format="binary")
+        except Exception as exc:
+            raise StitchCacheError(
+                f"artifact {path} failed to load ({type(exc).__name__}: {exc})"
+            ) from exc
+        compilation_counter.num_compiled_artifacts_loaded += 1
+        return _tupled(artifact) if unwrap else artifact
+
+
+def _tuple_output(gm: fx.GraphModule) -> tuple[fx.GraphModule, bool]:
+    """Inductor wants a tuple/list output; wrap a bare one (returns a copy)."""
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    if isinstance(output.args[0], (tuple, list)):
+        return gm, False
+    new_graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    for node in gm.graph.nodes:
+        if node.op == "output":
+            new_graph.output((env[node.args[0]],) if isinstance(node.args[0], fx.Node) else (node.args[0],))
+        else:
+            env[node] = new_graph.node_copy(node, lambda n: env[n])
+    wrapped = fx.GraphModule(gm, new_graph)
+    wrapped.meta.update(gm.meta)
+    return wrapped, True
+
+
+def make_adapter(backend: str, config_patches: dict[str, Any]) -> CompilerAdapter:
+    if backend == "inductor":
+        return InductorAdapter(config_patches)
+    if backend == "eager":
+        return EagerAdapter()
+    raise StitchRuntimeError(f"unknown compiler backend {backend!r}")
+
+
+def is_symint(value: Any) -> bool:
+    return isinstance(value, torch.SymInt)

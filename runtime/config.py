@@ -1,0 +1,209 @@
+"""``CompilationConfig``: every knob of the backend, validated on construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+from typing import Any
+
+import torch
+
+from stitch.codegen.errors import StitchConfigError
+
+BACKENDS = ("inductor", "eager")
+
+
+class CUDAGraphMode(enum.Enum):
+    """How compiled pieces run on a CUDA device."""
+
+    NONE = 0
+    PIECEWISE = 1
+    FULL = 2
+    FULL_AND_PIECEWISE = 3
+
+    @classmethod
+    def parse(cls, value: Any) -> CUDAGraphMode:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, bool):
+            raise StitchConfigError(
+                f"cudagraph_mode={value!r}: give a mode name or number, not a bool"
+            )
+        if isinstance(value, int):
+            for mode in cls:
+                if mode.value == value:
+                    return mode
+        if isinstance(value, str):
+            key = value.strip().upper().replace("-", "_")
+            if key in cls.__members__:
+                return cls[key]
+        names = ", ".join(f"{m.name} ({m.value})" for m in cls)
+        raise StitchConfigError(f"cudagraph_mode={value!r} is not one of: {names}")
+
+
+def default_capture_sizes(max_size: int) -> list[int]:
+    """vLLM's default: 1, 2, 4, then steps of 8 up to 256, then steps of 16."""
+    sizes = [1, 2, 4] + list(range(8, 257, 8)) + list(range(272, max_size + 1, 16))
+    return [s for s in sizes if s <= max_size]
+
+
+def _field_error(name: str, value: Any, why: str) -> StitchConfigError:
+    return StitchConfigError(f"CompilationConfig.{name}={value!r}: {why}")
+
+
+def _int_list(name: str, value: Any) -> list[int]:
+    if not isinstance(value, (list, tuple)):
+        raise _field_error(name, value, "must be a list of positive ints")
+    for v in value:
+        if type(v) is not int or v < 1:
+            raise _field_error(name, value, f"entry {v!r} is not a positive int")
+    if len(set(value)) != len(value):
+        raise _field_error(name, value, "has duplicate entries")
+    return sorted(value)
+
+
+@dataclasses.dataclass
+class CompilationConfig:
+    """Configuration of :class:`stitch.runtime.StitchBackend`.
+
+    Fields that change compiled code enter :meth:`compute_hash`; cache and dump
+    locations do not.
+    """
+
+    backend: str = "inductor"
+    splitting_ops: list[Any] | None = None
+    compile_sizes: list[int] = dataclasses.field(default_factory=list)
+    compile_ranges_split_points: list[int] = dataclasses.field(default_factory=list)
+    max_num_batched_tokens: int = 8192
+    inductor_compile_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cache_dir: str = ""
+    disable_cache: bool = False
+    debug_dump_path: str = ""
+    # CUDA graphs (used on CUDA devices only; nothing happens on CPU).
+    cudagraph_mode: Any = CUDAGraphMode.PIECEWISE
+    cudagraph_capture_sizes: list[int] | None = None
+    max_cudagraph_capture_size: int | None = None
+    cudagraph_num_of_warmups: int = 1
+    cudagraph_copy_inputs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise _field_error("backend", self.backend, f"must be one of {BACKENDS}")
+        if self.splitting_ops is None:
+            from .ops import ATTENTION_OP
+
+            self.splitting_ops = [ATTENTION_OP]
+        if not isinstance(self.splitting_ops, (list, tuple)):
+            raise _field_error(
+                "splitting_ops", self.splitting_ops, "must be a list of op names/objects"
+            )
+        from stitch.codegen.split import OpMatcher
+
+        try:
+            OpMatcher.parse(self.splitting_ops)
+        except ValueError as exc:
+            raise _field_error("splitting_ops", self.splitting_ops, str(exc)) from None
+        self.splitting_ops = list(self.splitting_ops)
+        if type(self.max_num_batched_tokens) is not int or self.max_num_batched_tokens < 1:
+            raise _field_error(
+                "max_num_batched_tokens", self.max_num_batched_tokens, "must be an int >= 1"
+            )
+        self.compile_sizes = _int_list("compile_sizes", self.compile_sizes)
+        for size in self.compile_sizes:
+            if size > self.max_num_batched_tokens:
+                raise _field_error(
+                    "compile_sizes",
+                    self.compile_sizes,
+                    f"size {size} exceeds max_num_batched_tokens="
+                    f"{self.max_num_batched_tokens}",
+                )
+        points = _int_list("compile_ranges_split_points", self.compile_ranges_split_points)
+        for p in points:
+            if p >= self.max_num_batched_tokens:
+                raise _field_error(
+                    "compile_ranges_split_points",
+                    self.compile_ranges_split_points,
+                    f"split point {p} must be below max_num_batched_tokens="
+                    f"{self.max_num_batched_tokens}",
+                )
+        self.compile_ranges_split_points = points
+        if not isinstance(self.inductor_compile_config, dict) or not all(
+            isinstance(k, str) for k in self.inductor_compile_config
+        ):
+            raise _field_error(
+                "inductor_compile_config",
+                self.inductor_compile_config,
+                "must be a dict of Inductor config names to values",
+            )
+        for name in ("cache_dir", "debug_dump_path"):
+            if not isinstance(getattr(self, name), str):
+                raise _field_error(name, getattr(self, name), "must be a str path")
+        for name in ("disable_cache", "cudagraph_copy_inputs"):
+            if not isinstance(getattr(self, name), bool):
+                raise _field_error(name, getattr(self, name), "must be a bool")
+        self.cudagraph_mode = CUDAGraphMode.parse(self.cudagraph_mode)
+        if type(self.cudagraph_num_of_warmups) is not int or self.cudagraph_num_of_warmups < 0:
+            raise _field_error(
+                "cudagraph_num_of_warmups", self.cudagraph_num_of_warmups, "must be an int >= 0"
+            )
+        if self.max_cudagraph_capture_size is not None and (
+            type(self.max_cudagraph_capture_size) is not int
+            or self.max_cudagraph_capture_size < 1
+        ):
+            raise _field_error(
+                "max_cudagraph_capture_size",
+                self.max_cudagraph_capture_size,
+                "must be a positive int or None",
+            )
+        if self.cudagraph_capture_sizes is None:
+            limit = self.max_cudagraph_capture_size or min(512, self.max_num_batched_tokens)
+            self.cudagraph_capture_sizes = default_capture_sizes(limit)
+        else:
+            self.cudagraph_capture_sizes = _int_list(
+                "cudagraph_capture_sizes", self.cudagraph_capture_sizes
+            )
+        if self.max_cudagraph_capture_size is None:
+            self.max_cudagraph_capture_size = (
+                max(self.cudagraph_capture_sizes) if self.cudagraph_capture_sizes else 0
+            )
+        self.cudagraph_capture_sizes = [
+            s for s in self.cudagraph_capture_sizes if s <= self.max_cudagraph_capture_size
+        ]
+
+    # -- derived -------------------------------------------------------------
+    def compile_ranges(self) -> list[tuple[int, int]]:
+        """Inclusive ``(lo, hi)`` ranges cut from ``[1, max_num_batched_tokens]``."""
+        if not self.compile_ranges_split_points:
+            return []
+        ranges: list[tuple[int, int]] = []
+        lo = 1
+        for point in self.compile_ranges_split_points:
+            ranges.append((lo, point))
+            lo = point + 1
+        ranges.append((lo, self.max_num_batched_tokens))
+        return ranges
+
+    def compute_hash(self) -> str:
+        """Stable hash of every field that changes compiled code."""
+        factors = {
+            "backend": self.backend,
+            "splitting_ops": sorted(_op_name(op) for op in self.splitting_ops or ()),
+            "compile_sizes": list(self.compile_sizes),
+            "compile_ranges": self.compile_ranges(),
+            "max_num_batched_tokens": self.max_num_batched_tokens,
+            "inductor_compile_config": sorted(
+                (k, repr(v)) for k, v in self.inductor_compile_config.items()
+            ),
+        }
+        return hashlib.sha256(repr(sorted(factors.items())).encode()).hexdigest()
+
+
+def _op_name(op: Any) -> str:
+    if isinstance(op, str):
+        return op
+    if isinstance(op, torch._ops.OpOverload):
+        return f"{op._schema.name}.{op._overloadname}"
+    if isinstance(op, torch._ops.OpOverloadPacket):
+        return op._qualified_op_name
+    return repr(op)

@@ -1,0 +1,47 @@
+"""The debug dump: what was split, what runs, and what each piece cost."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch.fx as fx
+
+from .cache import atomic_write
+
+
+@dataclasses.dataclass(frozen=True)
+class PieceReport:
+    name: str
+    splitting: bool
+    module_path: str
+    targets: list[str]
+    seconds: float
+    cache: str  # "hit", "miss", "shared" (a twin's compile), "partial", "-"
+
+
+def index_markdown(reports: list[PieceReport]) -> str:
+    lines = [
+        "# Stitch pieces",
+        "",
+        "| piece | kind | module path | compiled for | compile s | cache |",
+        "| --- | --- | --- | --- | ---: | --- |",
+    ]
+    for r in reports:
+        kind = "splitting (eager, inlined)" if r.splitting else "compiled"
+        targets = ", ".join(r.targets) if r.targets else "-"
+        lines.append(
+            f"| {r.name} | {kind} | {r.module_path or '-'} | {targets} | "
+            f"{r.seconds:.3f} | {r.cache} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_debug_dump(
+    directory: str, split_gm: fx.GraphModule, code: str, reports: list[PieceReport]
+) -> None:
+    os.makedirs(directory, exist_ok=True)
+    graph_text = split_gm.print_readable(print_output=False)
+    atomic_write(os.path.join(directory, "computation_graph.py"), graph_text.encode())
+    atomic_write(os.path.join(directory, "execution_fn.py"), code.encode())
+    atomic_write(os.path.join(directory, "index.md"), index_markdown(reports).encode())

@@ -1,0 +1,155 @@
+"""One ``PiecewiseBackend`` per compiled piece: runnables per shape target, dispatch."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from stitch.codegen.errors import StitchRuntimeError
+
+log = logging.getLogger("stitch")
+
+Runnable = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """What one compiled runnable is for: the general shape, a range or a size."""
+
+    kind: str  # "general" | "range" | "size"
+    lo: int = 0
+    hi: int = 0
+
+    @property
+    def static(self) -> bool:
+        return self.kind == "size"
+
+    def describe(self) -> str:
+        if self.kind == "general":
+            return "general"
+        if self.kind == "size":
+            return f"size {self.lo}"
+        return f"range [{self.lo}, {self.hi}]"
+
+    def key(self) -> str:
+        return {"general": "general", "size": f"size{self.lo}"}.get(
+            self.kind, f"range{self.lo}-{self.hi}"
+        )
+
+
+def targets_for(
+    compile_sizes: Sequence[int], ranges: Sequence[tuple[int, int]], dynamic: bool
+) -> list[Target]:
+    """Every target a piece is compiled for (one, if it has no SymInt argument)."""
+    if not dynamic:
+        return [Target("general")]
+    return (
+        [Target("general")]
+        + [Target("range", lo, hi) for lo, hi in ranges]
+        + [Target("size", s, s) for s in compile_sizes]
+    )
+
+
+class PiecewiseBackend:
+    """Runs one compiled piece, choosing the runnable by the runtime size.
+
+    Exact static size first, then the compile range that contains the size, then
+    the general runnable (with one warning when the size is outside every range).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        sym_index: int | None,
+        runnables: dict[Target, Runnable],
+        module_path: str = "",
+    ) -> None:
+        if Target("general") not in runnables:
+            raise StitchRuntimeError(f"piece {name} has no general runnable")
+        self.name = name
+        self.sym_index = sym_index
+        self.module_path = module_path
+        self.runnables = runnables
+        self.general = runnables[Target("general")]
+        self._by_size: dict[int, Runnable] = {
+            t.lo: fn for t, fn in runnables.items() if t.kind == "size"
+        }
+        ranges = sorted((t.lo, t.hi, fn) for t, fn in runnables.items() if t.kind == "range")
+        self._range_starts = [lo for lo, _, _ in ranges]
+        self._ranges = ranges
+        self._warned = False
+
+    def runnable_for(self, size: int) -> Runnable:
+        fn = self._by_size.get(size)
+        if fn is not None:
+            return fn
+        fn = self._lookup(size)
+        # Memoize: later calls at this size are one dict hit.
+        self._by_size[size] = fn
+        return fn
+
+    def _lookup(self, size: int) -> Runnable:
+        if not self._ranges:
+            return self.general
+        i = bisect.bisect_right(self._range_starts, size) - 1
+        if i >= 0:
+            lo, hi, fn = self._ranges[i]
+            if lo <= size <= hi:
+                return fn
+        if not self._warned:
+            self._warned = True
+            log.warning(
+                "piece %s: size %d is outside every compile range %s; running the "
+                "general runnable",
+                self.name,
+                size,
+                [(lo, hi) for lo, hi, _ in self._ranges],
+            )
+        return self.general
+
+    def __call__(self, *args: Any) -> Any:
+        if self.sym_index is None:
+            return self.general(*args)
+        size = args[self.sym_index]
+        fn = self._by_size.get(size)
+        if fn is None:
+            fn = self.runnable_for(int(size))
+        return fn(*args)
+
+
+def concretize(value: Any, symbol: Any, size: int) -> Any:
+    """A real value for ``value`` (fake tensor / SymInt) with ``symbol`` = ``size``.
+
+    Raises :class:`ValueError` when another free symbol remains.
+    """
+    if isinstance(value, torch.SymInt):
+        return _concrete_int(value, symbol, size)
+    if isinstance(value, torch.Tensor):
+        shape = [_concrete_int(s, symbol, size) for s in value.shape]
+        stride = [_concrete_int(s, symbol, size) for s in value.stride()]
+        return torch.empty_strided(shape, stride, dtype=value.dtype, device=value.device)
+    return value
+
+
+def _concrete_int(value: Any, symbol: Any, size: int) -> int:
+    if isinstance(value, int):
+        return value
+    expr = value.node.expr.xreplace({symbol: size})
+    if getattr(expr, "free_symbols", None):
+        raise ValueError(f"{value} depends on symbols other than {symbol}")
+    return int(expr)
+
+
+def runtime_symbol(args: Sequence[Any]) -> tuple[int | None, Any]:
+    """Index and sympy symbol of the first SymInt argument (the runtime size)."""
+    for i, arg in enumerate(args):
+        if isinstance(arg, torch.SymInt):
+            expr = arg.node.expr
+            if getattr(expr, "is_Symbol", False):
+                return i, expr
+    return None, None
