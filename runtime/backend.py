@@ -110,7 +110,21 @@ class _Compilation:
         compilation_counter.num_piecewise_graphs_seen += len(items)
         compiled_items = [it for it in items if not it.is_splitting_graph]
         compilation_counter.num_piecewise_capturable_graphs_seen += len(compiled_items)
-        piece_args = _piece_inputs(split_gm, fake_inputs)
+        # NOTE: [warm start skips fake propagation]
+        # Each piece's example inputs come from running the split graph over fake
+        # tensors, which costs seconds on deep models.  A cache entry is keyed by
+        # the whole graph and its input metadata, so the per-piece records in its
+        # index (runtime-size argument, compile keys) are valid as they are; the
+        # fake run happens only if some entry has to be compiled.
+        piece_args_memo: dict[str, dict[str, tuple[Any, ...]]] = {}
+
+        def piece_args(name: str) -> tuple[Any, ...]:
+            if "all" not in piece_args_memo:
+                piece_args_memo["all"] = _piece_inputs(split_gm, fake_inputs)
+            args = piece_args_memo["all"].get(name)
+            if args is None:
+                raise StitchRuntimeError(f"piece {name} is never called by the split graph")
+            return args
 
         old_pieces = index.get("pieces", {}) if index else {}
         new_pieces: dict[str, Any] = {}
@@ -122,13 +136,8 @@ class _Compilation:
             if item.is_splitting_graph:
                 reports.append(PieceReport(item.submod_name, True, path, [], 0.0, "-"))
                 continue
-            args = piece_args.get(item.submod_name)
-            if args is None:
-                raise StitchRuntimeError(
-                    f"piece {item.submod_name} is never called by the split graph"
-                )
             backend, record, report = self._compile_piece(
-                item.submod_name, item.graph, args, path, cache, old_pieces
+                item.submod_name, item.graph, piece_args, path, cache, old_pieces
             )
             backends[item.submod_name] = backend
             new_pieces[item.submod_name] = record
@@ -193,29 +202,44 @@ class _Compilation:
         self,
         name: str,
         graph: fx.GraphModule,
-        args: tuple[Any, ...],
+        piece_args: Callable[[str], tuple[Any, ...]],
         module_path: str,
         cache: CompileCache | None,
         old_pieces: dict[str, Any],
     ) -> tuple[PiecewiseBackend, dict[str, Any], PieceReport]:
-        sym_index, symbol = runtime_symbol(args)
-        targets = targets_for(
-            self.config.compile_sizes, self.config.compile_ranges(), sym_index is not None
-        )
-        base = structural_hash(graph, args) + self.adapter.name + self.config.compute_hash()
+        old = old_pieces.get(name)
+        plan = self._plan_from_index(old)
+        if plan is None:
+            args = piece_args(name)
+            sym_index, _ = runtime_symbol(args)
+            targets = targets_for(
+                self.config.compile_sizes,
+                self.config.compile_ranges(),
+                sym_index is not None,
+            )
+            base = (
+                structural_hash(graph, args)
+                + self.adapter.name
+                + self.config.compute_hash()
+            )
+            keys = [
+                hashlib.sha256(f"{base}|{t.key()}".encode()).hexdigest()[:24]
+                for t in targets
+            ]
+        else:
+            sym_index, targets, keys = plan
         old_entries = {
             e.get("target"): e
-            for e in (old_pieces.get(name, {}) or {}).get("entries", [])
+            for e in (old or {}).get("entries", [])
             if isinstance(e, dict)
         }
         runnables: dict[Target, Any] = {}
         entries: list[dict[str, Any]] = []
         outcomes: list[str] = []
         piece_start = time.perf_counter()
-        for target in targets:
-            key = hashlib.sha256(f"{base}|{target.key()}".encode()).hexdigest()[:24]
+        for target, key in zip(targets, keys):
             runnable, entry, outcome = self._runnable(
-                name, graph, args, symbol, target, key, cache, old_entries.get(target.key())
+                name, graph, piece_args, target, key, cache, old_entries.get(target.key())
             )
             runnables[target] = runnable
             entries.append(entry)
@@ -230,18 +254,39 @@ class _Compilation:
             state = "partial"
         else:
             state = "miss"
-        record = {"module_path": module_path, "entries": entries}
+        record = {"module_path": module_path, "sym_index": sym_index, "entries": entries}
         report = PieceReport(
             name, False, module_path, [t.describe() for t in targets], seconds, state
         )
         return backend, record, report
 
+    def _plan_from_index(
+        self, old: Any
+    ) -> tuple[int | None, list[Target], list[str]] | None:
+        """Runtime-size argument, targets and keys recorded for a piece, if usable."""
+        if not isinstance(old, dict) or "sym_index" not in old:
+            return None
+        sym_index = old["sym_index"]
+        if sym_index is not None and type(sym_index) is not int:
+            return None
+        targets = targets_for(
+            self.config.compile_sizes, self.config.compile_ranges(), sym_index is not None
+        )
+        by_target = {
+            e.get("target"): e.get("key")
+            for e in old.get("entries", [])
+            if isinstance(e, dict)
+        }
+        keys = [by_target.get(t.key()) for t in targets]
+        if not all(isinstance(k, str) and k for k in keys):
+            return None
+        return sym_index, targets, keys  # type: ignore[return-value]
+
     def _runnable(
         self,
         name: str,
         graph: fx.GraphModule,
-        args: tuple[Any, ...],
-        symbol: Any,
+        piece_args: Callable[[str], tuple[Any, ...]],
         target: Target,
         key: str,
         cache: CompileCache | None,
@@ -257,7 +302,9 @@ class _Compilation:
         # 1. the persistent cache
         if cache is not None and self.adapter.saves_artifacts and old_entry is not None:
             if old_entry.get("key") != key:
-                cache.fault(cache.path("index.py"), f"entry {name}/{target.key()} has a stale key")
+                cache.fault(
+                    cache.path("index.py"), f"entry {name}/{target.key()} has a stale key"
+                )
             else:
                 path = cache.verified(old_entry.get("artifact"), old_entry.get("sha256"))
                 if path is not None:
@@ -278,6 +325,8 @@ class _Compilation:
         # 2. compile
         if cache is not None and self.adapter.saves_artifacts:
             compilation_counter.num_cache_misses += 1
+        args = piece_args(name)
+        _, symbol = runtime_symbol(args)
         example = self._example_inputs(name, args, symbol, target)
         runnable, handle = self.adapter.compile(graph, example, static=target.static)
         saved: dict[str, Any] = {}
