@@ -23,12 +23,13 @@ from .split import IS_SPLITTING_META
 from .values import ConstTable, qualified_target, render_value
 
 SUBMODS_NAME = "__vllm_submods__"
+DISPATCH_NAME = "__vllm_dispatch__"
 INLINED_PREFIX = "__vllm_inlined_submods__"
 FORMAT_VERSION = 1
 
 
 def generate_execution_code(
-    split_gm: fx.GraphModule,
+    split_gm: fx.GraphModule, *, dispatch_on: str | None = None
 ) -> tuple[str, list[str], list[Any]]:
     """Emit the stitching source for ``split_gm``.
 
@@ -39,18 +40,17 @@ def generate_execution_code(
     Pieces that are plain ``fx.GraphModule``s and not marked by ``split_graph`` as
     compiled (non-splitting) pieces are inlined as module-level functions; every
     other piece is called through ``__vllm_submods__``.
+
+    With ``dispatch_on`` (the name of a placeholder holding the runtime size), the
+    function takes ``__vllm_dispatch__`` instead of ``__vllm_submods__`` and picks
+    the per-size table of runnables once, on its first line.
     """
-    if not isinstance(split_gm, fx.GraphModule):
-        raise StitchCodegenError(
-            "generate_execution_code needs a torch.fx.GraphModule, got "
-            f"{type(split_gm).__name__}"
-        )
-    context, submod_names, consts = lower_execution(split_gm)
+    context, submod_names, consts = lower_execution(split_gm, dispatch_on=dispatch_on)
     return render_module(context), submod_names, consts
 
 
 def lower_execution(
-    split_gm: fx.GraphModule,
+    split_gm: fx.GraphModule, *, dispatch_on: str | None = None
 ) -> tuple[ModuleContext, list[str], list[Any]]:
     """The template context, piece order and constants, without rendering.
 
@@ -61,7 +61,7 @@ def lower_execution(
             "generate_execution_code needs a torch.fx.GraphModule, got "
             f"{type(split_gm).__name__}"
         )
-    lowering = _ModuleLowering(split_gm)
+    lowering = _ModuleLowering(split_gm, dispatch_on)
     context = lowering.build()
     return context, lowering.submod_names, lowering.consts.values
 
@@ -77,8 +77,17 @@ def is_inlined_piece(module: Any) -> bool:
 
 
 class _ModuleLowering:
-    def __init__(self, split_gm: fx.GraphModule) -> None:
+    def __init__(self, split_gm: fx.GraphModule, dispatch_on: str | None = None) -> None:
         self.split_gm = split_gm
+        self.dispatch_on = dispatch_on
+        if dispatch_on is not None and not any(
+            n.op == "placeholder" and n.name == dispatch_on for n in split_gm.graph.nodes
+        ):
+            names = [n.name for n in split_gm.graph.nodes if n.op == "placeholder"]
+            raise StitchCodegenError(
+                f"dispatch_on={dispatch_on!r} is not a placeholder of the split graph "
+                f"(placeholders: {names})"
+            )
         self.consts = ConstTable()
         self.submod_names: list[str] = []
         self._submod_index: dict[str, int] = {}
@@ -126,10 +135,11 @@ class _ModuleLowering:
                     self._inlined[n.target] = self.global_names.create(
                         f"{INLINED_PREFIX}{suffix}"
                     )
+        kwonly = DISPATCH_NAME if self.dispatch_on is not None else SUBMODS_NAME
         main = self._lower_function(
             self.split_gm,
             name="execution_fn",
-            extra_params=(f"*, {SUBMODS_NAME}",),
+            extra_params=(f"*, {kwonly}",),
             top_level=True,
             docstring="",
         )
@@ -228,6 +238,23 @@ class _ModuleLowering:
             for dead in release_after.get(i, ()):
                 if n.op != "get_attr" and dead.op != "get_attr":
                     body.append(Statement("del", names[dead]))
+        if top_level and self.dispatch_on is not None:
+            # NOTE: [dispatch hoisted into the emitted function]
+            # One table lookup per forward picks the runnables for this runtime
+            # size (CUDA graph replays or compiled code); piece calls below then
+            # go straight to them, with no per-piece size dispatch.
+            size_param = next(
+                names[n] for n in nodes if n.op == "placeholder" and n.name == self.dispatch_on
+            )
+            body.insert(
+                0,
+                Statement(
+                    "assign",
+                    f"{DISPATCH_NAME}[{size_param}]",
+                    SUBMODS_NAME,
+                    "the runnables for this runtime size, chosen once per forward",
+                ),
+            )
         signature = ", ".join([*params, *extra_params])
         return FunctionContext(name, signature, docstring, tuple(_merge_dels(body)))
 

@@ -146,8 +146,13 @@ class _Compilation:
             progress.update(1)
         progress.close()
 
+        dispatch_on = (
+            _dispatch_placeholder(split_gm, backends)
+            if self.config.dispatch == "hoisted"
+            else None
+        )
         code, submod_names, consts, warm_source = self._stitching_source(
-            split_gm, cache, index
+            split_gm, cache, index, dispatch_on
         )
         _trace_source(code)
         fn = compile_execution_fn(code, backends, submod_names, consts)
@@ -365,13 +370,20 @@ class _Compilation:
             ) from exc
 
     def _stitching_source(
-        self, split_gm: fx.GraphModule, cache: CompileCache | None, index: dict[str, Any] | None
+        self,
+        split_gm: fx.GraphModule,
+        cache: CompileCache | None,
+        index: dict[str, Any] | None,
+        dispatch_on: str | None,
     ) -> tuple[str, list[str], list[Any], bool]:
+        self.dispatch_on = dispatch_on
         if cache is not None and index is not None:
             record = index.get("source") or {}
             path = cache.verified(record.get("file"), record.get("sha256"))
+            if path is not None and record.get("dispatch_on") != dispatch_on:
+                path = None  # emitted for the other dispatch style: regenerate
             if path is not None:
-                _, names, consts = lower_execution(split_gm)
+                _, names, consts = lower_execution(split_gm, dispatch_on=dispatch_on)
                 if names == record.get("submod_names"):
                     with open(path, encoding="utf-8") as f:
                         code = f.read()
@@ -382,7 +394,7 @@ class _Compilation:
                     cache.fault(path, "changed while it was being read")
                 else:
                     cache.fault(path, "calls a different piece order than this graph")
-        code, names, consts = generate_execution_code(split_gm)
+        code, names, consts = generate_execution_code(split_gm, dispatch_on=dispatch_on)
         return code, names, consts, False
 
     def _write_index(
@@ -407,6 +419,7 @@ class _Compilation:
                     "file": SOURCE_FILE,
                     "sha256": sha,
                     "submod_names": list(submod_names),
+                    "dispatch_on": self.dispatch_on,
                 },
                 "pieces": pieces,
             }
@@ -414,6 +427,28 @@ class _Compilation:
                 cache.write_index(data)
         except OSError as exc:
             log.warning("stitch cache: could not write %s (%s)", cache.directory, exc)
+
+
+def _dispatch_placeholder(
+    split_gm: fx.GraphModule, backends: dict[str, PiecewiseBackend]
+) -> str | None:
+    """The one top-level placeholder every dynamic piece sizes itself by, if any.
+
+    Hoisting the size dispatch into the emitted function is only sound when all
+    pieces read their runtime size from the same graph input.
+    """
+    sources: set[str] = set()
+    for node in split_gm.graph.nodes:
+        if node.op != "call_module" or node.target not in backends:
+            continue
+        index = backends[node.target].sym_index
+        if index is None:
+            continue
+        arg = node.args[index] if index < len(node.args) else None
+        if not (isinstance(arg, fx.Node) and arg.op == "placeholder"):
+            return None
+        sources.add(arg.name)
+    return sources.pop() if len(sources) == 1 else None
 
 
 def _piece_inputs(split_gm: fx.GraphModule, fake_inputs: list[Any]) -> dict[str, tuple[Any, ...]]:

@@ -80,6 +80,10 @@ class CompilationConfig:
     cache_dir: str = ""
     disable_cache: bool = False
     debug_dump_path: str = ""
+    # "hoisted": the emitted function picks the per-size runnables once per
+    # forward; "per_piece": every piece call dispatches on its own (vLLM-style,
+    # kept as a benchmark baseline).
+    dispatch: str = "hoisted"
     # CUDA graphs (used on CUDA devices only; nothing happens on CPU).
     cudagraph_mode: Any = CUDAGraphMode.PIECEWISE
     cudagraph_capture_sizes: list[int] | None = None
@@ -136,6 +140,8 @@ class CompilationConfig:
                 self.inductor_compile_config,
                 "must be a dict of Inductor config names to values",
             )
+        if self.dispatch not in ("hoisted", "per_piece"):
+            raise _field_error("dispatch", self.dispatch, "must be 'hoisted' or 'per_piece'")
         for name in ("cache_dir", "debug_dump_path"):
             if not isinstance(getattr(self, name), str):
                 raise _field_error(name, getattr(self, name), "must be a str path")

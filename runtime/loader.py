@@ -14,6 +14,7 @@ import torch
 from stitch.codegen.errors import StitchLoadError
 
 SUBMODS = "__vllm_submods__"
+DISPATCH = "__vllm_dispatch__"
 CONSTS = "__vllm_consts__"
 
 
@@ -92,6 +93,8 @@ def compile_execution_fn(
     submod_callables: Mapping[str, Any],
     submod_names: Sequence[str],
     consts: Sequence[Any] | None = None,
+    *,
+    dispatch: Any = None,
 ) -> Callable[..., Any]:
     """Compile emitted source and return ``execution_fn`` bound to its pieces.
 
@@ -111,19 +114,45 @@ def compile_execution_fn(
             f"stitching source {source_filename(code)} does not define a function "
             "'execution_fn'"
         )
-    if SUBMODS not in fn.__code__.co_varnames[
-        fn.__code__.co_argcount : fn.__code__.co_argcount + fn.__code__.co_kwonlyargcount
-    ]:
+    code_obj = fn.__code__
+    kwonly = code_obj.co_varnames[
+        code_obj.co_argcount : code_obj.co_argcount + code_obj.co_kwonlyargcount
+    ]
+    callables = [submod_callables[name] for name in submod_names]
+    if DISPATCH in kwonly:
+        return bind_kwonly(fn, DISPATCH, dispatch if dispatch is not None else SizeTables(callables))
+    if SUBMODS not in kwonly:
         raise StitchLoadError(
             f"execution_fn in {source_filename(code)} has no keyword-only "
-            f"parameter {SUBMODS}"
+            f"parameter {SUBMODS} or {DISPATCH}"
         )
-    submods = [_bind(submod_callables[name]) for name in submod_names]
-    return bind_submods(fn, submods)
+    return bind_kwonly(fn, SUBMODS, [_bind(c) for c in callables])
 
 
-def bind_submods(fn: types.FunctionType, submods: list[Any]) -> types.FunctionType:
-    """A copy of ``fn`` whose ``__vllm_submods__`` defaults to ``submods``.
+class SizeTables(dict):  # type: ignore[type-arg]
+    """Runtime size -> list of runnables, built on first use of each size.
+
+    A callable with ``runnable_for(size)`` (a :class:`PiecewiseBackend`, a CUDA
+    graph dispatcher) contributes its runnable for that size; any other callable
+    is the same at every size.
+    """
+
+    def __init__(self, callables: Sequence[Any]) -> None:
+        super().__init__()
+        self.callables = list(callables)
+
+    def __missing__(self, size: Any) -> list[Any]:
+        size = int(size)
+        table = [
+            c.runnable_for(size) if hasattr(c, "runnable_for") else _bind(c)
+            for c in self.callables
+        ]
+        self[size] = table
+        return table
+
+
+def bind_kwonly(fn: types.FunctionType, name: str, value: Any) -> types.FunctionType:
+    """A copy of ``fn`` whose keyword-only parameter ``name`` defaults to ``value``.
 
     A keyword-only default costs nothing per call, unlike functools.partial,
     which merges keyword dicts on every call.
@@ -131,7 +160,7 @@ def bind_submods(fn: types.FunctionType, submods: list[Any]) -> types.FunctionTy
     bound = types.FunctionType(
         fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
     )
-    bound.__kwdefaults__ = {**(fn.__kwdefaults__ or {}), SUBMODS: submods}
+    bound.__kwdefaults__ = {**(fn.__kwdefaults__ or {}), name: value}
     bound.__qualname__ = fn.__qualname__
     bound.__doc__ = fn.__doc__
     bound.__module__ = fn.__module__
