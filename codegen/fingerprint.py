@@ -96,24 +96,63 @@ def describe_example(value: Any) -> str:
     return describe_constant(value)
 
 
-def structural_hash(gm: fx.GraphModule, example_inputs: Any = ()) -> str:
+def structural_hash(
+    gm: fx.GraphModule, example_inputs: Any = (), *, abstract_strings: bool = False
+) -> str:
     """Hash of a graph's structure, blind to node names and metadata.
 
     Two layers' pieces that differ only in names (``layers_0_...`` vs
     ``layers_1_...``) hash alike, so they can share one compiled artifact.
     Tensor attributes (``get_attr``) make a piece unique: their values would be
-    baked into compiled code.
+    baked into compiled code.  With ``abstract_strings``, string constants hash
+    by position in :func:`string_constants` only (``<str#0>``), so pieces that
+    differ only in, say, a layer name passed to an op hash alike; the caller
+    decides whether the compiled code really is independent of them.
     """
     index: dict[fx.Node, str] = {}
+    strings = {v: k for k, v in enumerate(string_constants(gm))} if abstract_strings else {}
+
+    def describe(value: Any) -> str:
+        if isinstance(value, str) and value in strings:
+            return f"<str#{strings[value]}>"
+        if isinstance(value, (list, tuple)):
+            return f"{type(value).__name__}[{', '.join(describe(v) for v in value)}]"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{describe(k)}: {describe(v)}" for k, v in value.items()) + "}"
+        return describe_constant(value)
+
     lines: list[str] = []
     for i, node in enumerate(gm.graph.nodes):
         index[node] = f"%{i}"
         args = fx.map_arg((node.args, dict(node.kwargs)), lambda n: _Ref(index[n]))
-        lines.append(f"{node.op} {describe_target(node.target) if node.op != 'placeholder' else ''} {describe_constant(args)}")
+        target = describe_target(node.target) if node.op != "placeholder" else ""
+        lines.append(f"{node.op} {target} {describe(args)}")
         if node.op == "get_attr":
             lines.append(f"attribute {node.target}")
     lines.extend(describe_example(v) for v in example_inputs)
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def string_constants(gm: fx.GraphModule) -> list[str]:
+    """Distinct string constants in node arguments, in graph order."""
+    found: dict[str, None] = {}
+
+    def visit(value: Any) -> None:
+        if isinstance(value, str):
+            found.setdefault(value, None)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                visit(v)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                visit(k)
+                visit(v)
+
+    for node in gm.graph.nodes:
+        if node.op in ("call_function", "call_method"):
+            visit(node.args)
+            visit(dict(node.kwargs))
+    return list(found)
 
 
 class _Ref:

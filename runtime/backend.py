@@ -23,9 +23,10 @@ from stitch.codegen import (
     split_graph,
     structural_hash,
 )
+from stitch.codegen.fingerprint import string_constants
 from stitch.codegen.fingerprint import describe_example
 
-from .cache import SOURCE_FILE, CompileCache, stitch_version
+from .cache import SOURCE_FILE, CompileCache, sha256_file, stitch_version
 from .compilers import CompilerAdapter, make_adapter
 from .config import CompilationConfig
 from .counter import compilation_counter
@@ -91,6 +92,8 @@ class _Compilation:
         )
         # compile key -> runnable, shared by twins within this call
         self.memo: dict[str, Any] = {}
+        # normalized key -> whether the compiled code is free of the piece's strings
+        self.string_free: dict[str, bool] = {}
         self.loaded: dict[str, Any] = {}
 
     # -- the steps -----------------------------------------------------------
@@ -222,15 +225,7 @@ class _Compilation:
                 self.config.compile_ranges(),
                 sym_index is not None,
             )
-            base = (
-                structural_hash(graph, args)
-                + self.adapter.name
-                + self.config.compute_hash()
-            )
-            keys = [
-                hashlib.sha256(f"{base}|{t.key()}".encode()).hexdigest()[:24]
-                for t in targets
-            ]
+            keys = self._keys(graph, args, targets)
         else:
             sym_index, targets, keys = plan
         old_entries = {
@@ -265,6 +260,33 @@ class _Compilation:
         )
         return backend, record, report
 
+    def _keys(
+        self, graph: fx.GraphModule, args: tuple[Any, ...], targets: list[Target]
+    ) -> list[Any]:
+        """Compile keys per target: a plain key, or a _StringKeys choice.
+
+        NOTE: [layer names do not defeat dedup]
+        Pieces that differ only in string constants (a layer name passed to an op)
+        share a normalized key.  The first of them is compiled with its own strings;
+        when none of them appears in the code Inductor generated (the op was
+        decomposed or the string was dead), every twin reuses that artifact.
+        Otherwise the strings are baked into the code and each distinct set of
+        strings compiles on its own.
+        """
+        common = self.adapter.name + self.config.compute_hash()
+        strings = string_constants(graph)
+        if not strings:
+            base = structural_hash(graph, args) + common
+            return [_digest(f"{base}|{t.key()}") for t in targets]
+        normalized = structural_hash(graph, args, abstract_strings=True) + common
+        exact = normalized + repr(strings)
+        return [
+            _StringKeys(
+                _digest(f"{normalized}|{t.key()}"), _digest(f"{exact}|{t.key()}"), strings
+            )
+            for t in targets
+        ]
+
     def _plan_from_index(
         self, old: Any
     ) -> tuple[int | None, list[Target], list[str]] | None:
@@ -293,40 +315,28 @@ class _Compilation:
         graph: fx.GraphModule,
         piece_args: Callable[[str], tuple[Any, ...]],
         target: Target,
-        key: str,
+        key_choice: Any,
         cache: CompileCache | None,
         old_entry: dict[str, Any] | None,
     ) -> tuple[Any, dict[str, Any], str]:
-        entry: dict[str, Any] = {"target": target.key(), "key": key}
+        key = self._resolve_key(key_choice)
+        entry: dict[str, Any] = {"target": target.key()}
         if target.kind != "general":
             entry["range"] = [target.lo, target.hi]
-        if key in self.memo:
-            runnable, saved = self.memo[key]
-            entry.update(saved)
-            return runnable, entry, "shared"
-        # 1. the persistent cache
-        if cache is not None and self.adapter.saves_artifacts and old_entry is not None:
-            if old_entry.get("key") != key:
-                cache.fault(
-                    cache.path("index.py"), f"entry {name}/{target.key()} has a stale key"
-                )
-            else:
-                path = cache.verified(old_entry.get("artifact"), old_entry.get("sha256"))
-                if path is not None:
-                    try:
-                        runnable = self._load(path, bool(old_entry.get("unwrap", False)))
-                    except StitchCacheError as exc:
-                        cache.fault(path, str(exc))
-                    else:
-                        saved = {
-                            "artifact": old_entry["artifact"],
-                            "sha256": old_entry["sha256"],
-                            "unwrap": bool(old_entry.get("unwrap", False)),
-                        }
-                        entry.update(saved)
-                        self.memo[key] = (runnable, saved)
-                        compilation_counter.num_cache_hits += 1
-                        return runnable, entry, "hit"
+        if key is not None:
+            entry["key"] = key
+            if key in self.memo:
+                runnable, saved = self.memo[key]
+                entry.update(saved)
+                return runnable, entry, "shared"
+            # 1. the persistent cache
+            hit = self._from_cache(name, target, key, cache, old_entry)
+            if hit is not None:
+                runnable, saved = hit
+                entry.update(saved)
+                self.memo[key] = (runnable, saved)
+                compilation_counter.num_cache_hits += 1
+                return runnable, entry, "hit"
         # 2. compile
         if cache is not None and self.adapter.saves_artifacts:
             compilation_counter.num_cache_misses += 1
@@ -334,13 +344,14 @@ class _Compilation:
         _, symbol = runtime_symbol(args)
         example = self._example_inputs(name, args, symbol, target)
         runnable, handle = self.adapter.compile(graph, example, static=target.static)
+        if key is None:
+            key = self._decide_strings(key_choice, handle)
+        entry["key"] = key
         saved: dict[str, Any] = {}
         if cache is not None and self.adapter.saves_artifacts:
             relative = cache.artifact_relpath(key)
             try:
                 self.adapter.save(handle, cache.path(relative))
-                from .cache import sha256_file
-
                 saved = {
                     "artifact": relative,
                     "sha256": sha256_file(cache.path(relative)),
@@ -351,6 +362,50 @@ class _Compilation:
         entry.update(saved)
         self.memo[key] = (runnable, saved)
         return runnable, entry, "miss"
+
+    def _resolve_key(self, choice: Any) -> str | None:
+        """The compile key, or None while a string-dependence decision is pending."""
+        if isinstance(choice, str):
+            return choice
+        decided = self.string_free.get(choice.normalized)
+        if decided is None:
+            return None
+        return choice.normalized if decided else choice.exact
+
+    def _decide_strings(self, choice: Any, handle: Any) -> str:
+        source = self.adapter.generated_source(handle)
+        free = source is not None and not any(
+            s in source or repr(s)[1:-1] in source for s in choice.strings
+        )
+        self.string_free[choice.normalized] = free
+        if free:
+            log.debug("string constants %s do not reach compiled code", choice.strings)
+        return choice.normalized if free else choice.exact
+
+    def _from_cache(
+        self,
+        name: str,
+        target: Target,
+        key: str,
+        cache: CompileCache | None,
+        old_entry: dict[str, Any] | None,
+    ) -> tuple[Any, dict[str, Any]] | None:
+        if cache is None or not self.adapter.saves_artifacts or old_entry is None:
+            return None
+        if old_entry.get("key") != key:
+            cache.fault(cache.path("index.py"), f"entry {name}/{target.key()} has a stale key")
+            return None
+        path = cache.verified(old_entry.get("artifact"), old_entry.get("sha256"))
+        if path is None:
+            return None
+        unwrap = bool(old_entry.get("unwrap", False))
+        try:
+            runnable = self._load(path, unwrap)
+        except StitchCacheError as exc:
+            cache.fault(path, str(exc))
+            return None
+        saved = {"artifact": old_entry["artifact"], "sha256": old_entry["sha256"], "unwrap": unwrap}
+        return runnable, saved
 
     def _load(self, path: str, unwrap: bool) -> Any:
         if path not in self.loaded:
@@ -427,6 +482,19 @@ class _Compilation:
                 cache.write_index(data)
         except OSError as exc:
             log.warning("stitch cache: could not write %s (%s)", cache.directory, exc)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StringKeys:
+    """Keys of a piece with string constants, before the string check."""
+
+    normalized: str
+    exact: str
+    strings: list[str]
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def _dispatch_placeholder(

@@ -37,6 +37,10 @@ class CompilerAdapter(Protocol):
 
     def load(self, path: str) -> Runnable: ...
 
+    def generated_source(self, handle: Any) -> str | None:
+        """The code the compile generated, when it can be read (else None)."""
+        ...
+
 
 class EagerAdapter:
     """Runs the piece's GraphModule as it is (no compilation, nothing saved)."""
@@ -54,6 +58,10 @@ class EagerAdapter:
 
     def load(self, path: str) -> Runnable:  # pragma: no cover - never called
         raise StitchRuntimeError("the eager backend saves no artifacts")
+
+    def generated_source(self, handle: Any) -> str | None:
+        # The GraphModule itself runs: its strings are always live.
+        return None
 
 
 def _tupled(fn: Runnable) -> Runnable:
@@ -117,6 +125,21 @@ class InductorAdapter:
                 os.unlink(tmp)
             raise StitchCacheError(f"could not save artifact {path}: {exc}") from exc
         compilation_counter.num_compiled_artifacts_saved += 1
+
+    def generated_source(self, handle: Any) -> str | None:
+        # The compiled graph (with its generated wrapper and kernels) sits at the
+        # end of the __wrapped__ chain of the artifact's callable.  Should a torch
+        # version not expose it, None makes the caller assume the code depends on
+        # everything (no sharing): slower, never wrong.
+        fn = getattr(handle[0], "_compiled_fn", None)
+        for _ in range(16):
+            if fn is None:
+                return None
+            source = getattr(fn, "source_code", None)
+            if isinstance(source, str):
+                return source
+            fn = getattr(fn, "__wrapped__", None)
+        return None
 
     def load(self, path: str, unwrap: bool = False) -> Runnable:
         from torch._inductor import CompiledArtifact
