@@ -160,7 +160,8 @@ class _Compilation:
         _trace_source(code)
         fn = compile_execution_fn(code, backends, submod_names, consts)
 
-        warm = warm_source and all(r.cache == "hit" for r in reports if not r.splitting)
+        # Twins report "shared": they run what their first instance loaded.
+        warm = warm_source and all(r.cache in ("hit", "shared") for r in reports if not r.splitting)
         if cache is not None:
             self._write_index(cache, index, new_pieces, code, submod_names, graph_key)
         seconds = time.perf_counter() - start

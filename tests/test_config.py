@@ -1,0 +1,190 @@
+"""``CompilationConfig``: rejected values, and which fields enter ``compute_hash``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import torch
+
+from stitch.codegen.errors import StitchConfigError, StitchRuntimeError
+from stitch.runtime import CompilationConfig, CUDAGraphMode, StitchBackend
+
+BAD = [
+    ("backend", "tpu", "must be one of"),
+    ("compile_sizes", [0], "entry 0 is not a positive int"),
+    ("compile_sizes", [4, 4], "duplicate"),
+    ("compile_sizes", [True], "entry True is not a positive int"),
+    ("compile_sizes", (4.0,), "entry 4.0 is not a positive int"),
+    ("compile_sizes", 4, "must be a list"),
+    ("compile_sizes", [9000], "exceeds max_num_batched_tokens=8192"),
+    (
+        "compile_ranges_split_points",
+        [8192],
+        "must be below max_num_batched_tokens=8192",
+    ),
+    (
+        "compile_ranges_split_points",
+        [9000],
+        "must be below max_num_batched_tokens=8192",
+    ),
+    ("compile_ranges_split_points", [16, 16], "duplicate"),
+    ("splitting_ops", ["attention"], "is not of the form 'ns::op'"),
+    ("splitting_ops", ["stitch::"], "is not of the form 'ns::op'"),
+    ("splitting_ops", ["stitch::attention.x.y"], "is not of the form 'ns::op'"),
+    ("splitting_ops", [3], "must be a string"),
+    ("splitting_ops", "stitch::attention", "must be a list"),
+    ("max_num_batched_tokens", 0, "must be an int >= 1"),
+    ("max_num_batched_tokens", True, "must be an int >= 1"),
+    ("inductor_compile_config", {1: 2}, "must be a dict of Inductor config names"),
+    ("disable_cache", "no", "must be a bool"),
+    ("cache_dir", None, "must be a str path"),
+    ("debug_dump_path", 3, "must be a str path"),
+    ("cudagraph_mode", "sometimes", "is not one of: NONE (0), PIECEWISE (1)"),
+    ("cudagraph_mode", True, "not a bool"),
+    ("cudagraph_mode", 9, "is not one of"),
+    ("cudagraph_num_of_warmups", -1, "must be an int >= 0"),
+    ("cudagraph_capture_sizes", [0], "entry 0 is not a positive int"),
+    ("max_cudagraph_capture_size", 0, "must be a positive int or None"),
+]
+
+
+@pytest.mark.parametrize(
+    "field, value, why", BAD, ids=[f"{f}={v!r}" for f, v, _ in BAD]
+)
+def test_bad_value_is_rejected_naming_field_and_value(
+    field: str, value: Any, why: str
+) -> None:
+    with pytest.raises(StitchConfigError) as info:
+        CompilationConfig(**{field: value})
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert f"{field}={value!r}" in message
+    assert why in message
+
+
+def test_unknown_field_is_rejected() -> None:
+    with pytest.raises(TypeError, match="compile_size"):
+        CompilationConfig(compile_size=[4])  # type: ignore[call-arg]
+
+
+def test_backend_takes_a_config_or_fields_not_both() -> None:
+    with pytest.raises(StitchRuntimeError, match="not both"):
+        StitchBackend(CompilationConfig(), backend="eager")
+    assert StitchBackend(backend="eager").config.backend == "eager"
+
+
+@pytest.mark.parametrize(
+    "value, mode",
+    [
+        ("piecewise", CUDAGraphMode.PIECEWISE),
+        ("full-and-piecewise", CUDAGraphMode.FULL_AND_PIECEWISE),
+        (" Full ", CUDAGraphMode.FULL),
+        (0, CUDAGraphMode.NONE),
+        (CUDAGraphMode.FULL, CUDAGraphMode.FULL),
+    ],
+)
+def test_cudagraph_mode_accepts_names_and_numbers(
+    value: Any, mode: CUDAGraphMode
+) -> None:
+    assert CompilationConfig(cudagraph_mode=value).cudagraph_mode is mode
+
+
+def test_sizes_and_split_points_are_sorted() -> None:
+    config = CompilationConfig(
+        compile_sizes=[8, 2],
+        compile_ranges_split_points=[64, 16],
+        max_num_batched_tokens=128,
+    )
+    assert config.compile_sizes == [2, 8]
+    assert config.compile_ranges() == [(1, 16), (17, 64), (65, 128)]
+
+
+# -- compute_hash ----------------------------------------------------------------------
+
+BASE: dict[str, Any] = {
+    "compile_sizes": [4, 8],
+    "compile_ranges_split_points": [16],
+    "max_num_batched_tokens": 64,
+    "inductor_compile_config": {"max_autotune": False, "epilogue_fusion": True},
+}
+
+# Fields whose value changes the compiled code, each with another value.
+CODE_FIELDS = {
+    "backend": "eager",
+    "splitting_ops": ["stitch::attention", "aten::mm"],
+    "compile_sizes": [4],
+    "compile_ranges_split_points": [32],
+    "max_num_batched_tokens": 128,
+    "inductor_compile_config": {"max_autotune": True, "epilogue_fusion": True},
+}
+# Where things are written, and whether the cache is used, change no code.
+PLACE_FIELDS = {
+    "cache_dir": "/somewhere/else",
+    "debug_dump_path": "/tmp/dump",
+    "disable_cache": True,
+}
+
+
+@pytest.mark.parametrize("field", list(CODE_FIELDS))
+def test_hash_changes_with_a_compiled_code_field(field: str) -> None:
+    before = CompilationConfig(**BASE).compute_hash()
+    after = CompilationConfig(**{**BASE, field: CODE_FIELDS[field]}).compute_hash()
+    assert after != before
+
+
+@pytest.mark.parametrize("field", list(PLACE_FIELDS))
+def test_hash_ignores_locations(field: str) -> None:
+    before = CompilationConfig(**BASE).compute_hash()
+    after = CompilationConfig(**{**BASE, field: PLACE_FIELDS[field]}).compute_hash()
+    assert after == before
+
+
+def test_hash_ignores_the_order_values_were_given_in() -> None:
+    reordered = {
+        **BASE,
+        "compile_sizes": [8, 4],
+        "inductor_compile_config": {"epilogue_fusion": True, "max_autotune": False},
+    }
+    assert (
+        CompilationConfig(**reordered).compute_hash()
+        == CompilationConfig(**BASE).compute_hash()
+    )
+    ops = ["stitch::attention", "aten::mm"]
+    assert (
+        CompilationConfig(splitting_ops=ops).compute_hash()
+        == CompilationConfig(splitting_ops=ops[::-1]).compute_hash()
+    )
+    # The default op, given as a name or as the op object: the same split.
+    packet = torch.ops.stitch.attention
+    assert CompilationConfig(splitting_ops=[packet]).compute_hash() == (
+        CompilationConfig().compute_hash()
+    )
+
+
+def test_hash_is_stable_across_processes() -> None:
+    # A fresh interpreter has another PYTHONHASHSEED, other object ids, another
+    # import order: none of that may reach the hash.
+    script = (
+        "from stitch.runtime import CompilationConfig\n"
+        f"print(CompilationConfig(**{BASE!r}).compute_hash())\n"
+        "print(CompilationConfig().compute_hash())\n"
+    )
+    hashes = set()
+    for seed in ("1", "2"):
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout.split()
+        hashes.add(tuple(out))
+    assert hashes == {
+        (CompilationConfig(**BASE).compute_hash(), CompilationConfig().compute_hash())
+    }
+    assert re.fullmatch(r"[0-9a-f]{64}", CompilationConfig().compute_hash())
