@@ -391,45 +391,74 @@ def build_variants(
     return variants, inputs, expected
 
 
-def time_forward_ns(fn: Callable[..., Any], args: Sequence[Any], iters: int) -> float:
+CLOCKS: dict[str, Callable[[], int]] = {
+    "perf_counter": time.perf_counter_ns,
+    # CPU time of this thread: time spent descheduled does not count, which
+    # steadies the numbers on a machine other processes keep busy.
+    "thread_time": time.thread_time_ns,
+}
+
+
+def time_forward_ns(
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    iters: int,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> float:
     loop = range(iters)
-    start = time.perf_counter_ns()
+    start = clock()
     for _ in loop:
         fn(*args)
-    return (time.perf_counter_ns() - start) / iters
+    return (clock() - start) / iters
+
+
+def calibrate_iters(
+    fn: Callable[..., Any], args: Sequence[Any], round_ms: float
+) -> int:
+    """How many forwards of ``fn`` take about ``round_ms`` milliseconds."""
+    iters = 1
+    while True:
+        elapsed_ms = time_forward_ns(fn, args, iters) * iters / 1e6
+        if elapsed_ms >= round_ms / 4 or iters >= 1_000_000:
+            return max(1, round(iters * round_ms / max(elapsed_ms, 1e-3)))
+        iters *= 4
 
 
 def measure(
     variants: dict[str, Callable[..., Any]],
     args: Sequence[Any],
-    iters: int,
+    iters: int | None,
     repeats: int,
-) -> dict[str, float]:
-    """Median microseconds per forward of each variant.
+    round_ms: float,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Median microseconds per forward of each variant, and the forwards per round.
 
-    Repeats interleave the variants, so drift of the machine touches all alike;
-    the first round is a warm-up and is dropped.  The garbage collector is off
-    while timing, as ``timeit`` does.
+    Each round times every variant once, in turn, so drift of the machine
+    touches all alike; the median over rounds discards rounds another process
+    disturbed.  Without ``iters`` each variant runs as many forwards per round
+    as take about ``round_ms``.  A warm-up round is dropped, and the garbage
+    collector is off while timing, as ``timeit`` does.
     """
     samples: dict[str, list[float]] = {name: [] for name in variants}
     was_enabled = gc.isenabled()
     gc.disable()
     try:
         with torch.inference_mode():
+            counts = {
+                name: iters or calibrate_iters(fn, args, round_ms)
+                for name, fn in variants.items()
+            }
             for round_ in range(repeats + 1):
                 for name, fn in variants.items():
-                    ns = time_forward_ns(fn, args, iters)
+                    ns = time_forward_ns(fn, args, counts[name], clock)
                     if round_:
                         samples[name].append(ns)
     finally:
         if was_enabled:
             gc.enable()
-    return {name: statistics.median(s) / 1000 for name, s in samples.items()}
-
-
-def default_iters(num_layers: int) -> int:
-    # About 2-3 ms of floor time per timed round.
-    return max(25, 4000 // num_layers)
+    medians = {name: statistics.median(s) / 1000 for name, s in samples.items()}
+    return medians, counts
 
 
 def format_table(rows: list[tuple[int, dict[str, float]]]) -> str:
@@ -477,14 +506,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=None,
         metavar="N",
-        help="forwards per timed round (default: max(25, 4000 // L))",
+        help="forwards per timed round for every variant (default: as many as "
+        "take --round-ms)",
+    )
+    parser.add_argument(
+        "--round-ms",
+        type=float,
+        default=10.0,
+        metavar="MS",
+        help="target length of one variant's timed round without --iters "
+        "(default: 10)",
     )
     parser.add_argument(
         "--repeats",
         type=int,
-        default=9,
+        default=21,
         metavar="R",
-        help="timed rounds; the median is reported (default: 9)",
+        help="timed rounds; the median is reported (default: 21)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="perf_counter",
+        help="perf_counter: wall time (default); thread_time: CPU time of the "
+        "thread, for a machine other processes keep busy",
     )
     parser.add_argument(
         "--attention",
@@ -505,6 +550,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--iters must be >= 1")
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
+    if args.round_ms <= 0:
+        parser.error("--round-ms must be > 0")
     return args
 
 
@@ -514,8 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     modes = ("op", "python") if args.attention == "both" else (args.attention,)
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, "
-        f"{platform.machine()}; median of {args.repeats} rounds; "
-        "microseconds per forward"
+        f"{platform.machine()}; {args.clock} clock, median of {args.repeats} "
+        "rounds; microseconds per forward"
     )
     if args.show_source:
         layers = min(args.layers)
@@ -529,8 +576,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = []
         for layers in args.layers:
             variants, inputs, _ = build_variants(layers, mode)
-            iters = args.iters or default_iters(layers)
-            rows.append((layers, measure(variants, inputs, iters, args.repeats)))
+            medians, _ = measure(
+                variants,
+                inputs,
+                args.iters,
+                args.repeats,
+                args.round_ms,
+                CLOCKS[args.clock],
+            )
+            rows.append((layers, medians))
         title = {
             "op": "attention = torch.library op (one dispatcher call per layer)",
             "python": "attention = plain Python function (stitching alone)",
