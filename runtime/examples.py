@@ -180,14 +180,37 @@ class Example:
     description: str
     build: Callable[[], tuple[nn.Module, tuple[Any, ...]]]
     splitting_ops: tuple[str, ...] = DEFAULT_SPLITTING_OPS
+    # make_fx tracing mode: "real" bakes the example shapes in, "symbolic" keeps
+    # every input dimension symbolic (SymInt), e.g. a dynamic number of tokens.
+    tracing_mode: str = "real"
 
     def trace(self) -> tuple[nn.Module, tuple[Any, ...], fx.GraphModule]:
-        """The model, its inputs and its forward graph traced with ``make_fx``."""
+        """The model, its inputs and its forward graph traced with ``make_fx``.
+
+        Nodes carry ``nn_module_stack`` metadata, so emitted source names the
+        module each piece covers.
+        """
         from torch.fx.experimental.proxy_tensor import make_fx
 
         model, inputs = self.build()
+
+        def forward(*args: Any) -> Any:
+            return model(*args)
+
+        # NOTE: [module stacks in make_fx]
+        # make_fx records nn_module_stack only for a callable that carries its
+        # module as ``_orig_mod`` (as torch.compile's wrapper does); the graph
+        # itself is the same as make_fx(model)'s.
+        forward._orig_mod = model  # type: ignore[attr-defined]
         with torch.no_grad():
-            gm = make_fx(model)(*inputs)
+            gm = make_fx(
+                forward,
+                tracing_mode=self.tracing_mode,
+                record_module_stack=True,
+                # Symbolic tracing runs on fake tensors; the weights and caches
+                # stay real and become graph constants.
+                _allow_non_fake_inputs=self.tracing_mode != "real",
+            )(*inputs)
         return model, inputs, gm
 
     def split_graph_module(self) -> fx.GraphModule:
@@ -227,6 +250,67 @@ register_example(
         "two_layer",
         "2-layer llama-like decoder split at stitch::attention",
         _llama(2),
+    )
+)
+
+register_example(
+    Example(
+        "llama_dynamic",
+        "2-layer llama-like decoder traced with a symbolic number of tokens "
+        "(SymInt batch dimension) split at stitch::attention",
+        _llama(2),
+        tracing_mode="symbolic",
+    )
+)
+
+
+class BareAttention(nn.Module):
+    """Only the splitting op: decode attention over a KV cache into a new buffer."""
+
+    def __init__(
+        self,
+        num_heads: int = 2,
+        head_dim: int = 8,
+        max_seqs: int = 8,
+        max_len: int = 16,
+    ) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.scale = 1.0 / math.sqrt(head_dim)
+        cache_shape = (max_seqs, max_len, num_heads, head_dim)
+        self.register_buffer("k_cache", torch.zeros(cache_shape))
+        self.register_buffer("v_cache", torch.zeros(cache_shape))
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        out = torch.empty_like(q)
+        torch.ops.stitch.attention(
+            q, k, v, self.k_cache, self.v_cache, positions, out, self.scale
+        )
+        return out
+
+    def reset_kv_caches(self) -> None:
+        self.k_cache.zero_()
+        self.v_cache.zero_()
+
+
+def build_bare_attention() -> tuple[nn.Module, tuple[Any, ...]]:
+    """:class:`BareAttention` and decode inputs for 4 sequences."""
+    model = BareAttention()
+    gen = torch.Generator().manual_seed(0)
+    n, heads, dim = 4, model.k_cache.shape[2], model.k_cache.shape[3]
+    q, k, v = (torch.randn(n, heads, dim, generator=gen) for _ in range(3))
+    positions = torch.randint(0, model.max_len, (n,), generator=gen)
+    return model, (q, k, v, positions)
+
+
+register_example(
+    Example(
+        "bare_attention",
+        "a lone stitch::attention call (splitting op first and last): the whole "
+        "graph is one inlined piece and nothing is compiled",
+        build_bare_attention,
     )
 )
 

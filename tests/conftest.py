@@ -1,0 +1,142 @@
+"""Shared fixtures: the ``golden`` file comparison (syrupy).
+
+Goldens live in ``golden/<test-module>/<case>.py`` at the repository root, one
+emitted module per case, compared byte for byte.  Update them with::
+
+    python -m pytest tests/test_golden.py --snapshot-update
+
+syrupy fails the run on a golden file no test used (an orphan) whenever the
+whole golden module runs; ``--snapshot-update`` deletes orphans.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
+from syrupy.location import PyTestLocation
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+GOLDEN_DIR = REPO_ROOT / "golden"
+UPDATE_COMMAND = "python -m pytest {module} --snapshot-update"
+
+_PARTIAL_MODULES = pytest.StashKey[set[str]]()
+
+
+def _module_key(path: Path | str) -> str:
+    return str(Path(path).resolve())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.stash[_PARTIAL_MODULES] = set()
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    for item in items:
+        item.config.stash[_PARTIAL_MODULES].add(_module_key(item.path))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    base = session.config.invocation_params.dir
+    for arg in session.config.args:
+        if "::" in arg:
+            module = arg.split("::", 1)[0]
+            session.config.stash[_PARTIAL_MODULES].add(_module_key(base / module))
+
+
+def _case_id(test_location: PyTestLocation) -> str:
+    """``test_golden[llama]`` -> ``llama``; an unparametrized test keeps its name."""
+    m = re.fullmatch(r"[^\[]*\[(.+)\]", test_location.testname)
+    return m.group(1) if m else test_location.methodname
+
+
+class GoldenExtension(SingleFileSnapshotExtension):
+    """One ``.py`` file per test: ``golden/<test-module>/<case>.py``.
+
+    Binary mode: the file's bytes are compared, newlines included (text mode
+    would read ``\r\n`` as ``\n``).
+    """
+
+    file_extension = "py"
+    _write_mode = WriteMode.BINARY
+
+    @classmethod
+    def dirname(cls, *, test_location: PyTestLocation) -> str:
+        return str(GOLDEN_DIR / test_location.basename)
+
+    @classmethod
+    def get_snapshot_name(cls, *, test_location: PyTestLocation, index: Any = 0) -> str:
+        if index:
+            raise ValueError("a golden test compares exactly one file")
+        return cls._sanitize_filename(_case_id(test_location))
+
+    @classmethod
+    def matches_test_location(
+        cls, *, test_location: PyTestLocation, snapshot_location: str
+    ) -> bool:
+        # NOTE: [which test owns a golden file]
+        # syrupy asks this when it looks for orphans.  A file belongs to the test
+        # of its case; when the whole test module was selected, any file in the
+        # module's golden directory counts as the module's, so an orphan fails
+        # `pytest tests/test_golden.py` too, not only a bare `pytest`.  A partial
+        # selection (-k, -m, --deselect, a ::node id) never flags other files.
+        path = Path(snapshot_location)
+        if path.parent != Path(cls.dirname(test_location=test_location)):
+            return False
+        if path.stem == cls.get_snapshot_name(test_location=test_location):
+            return True
+        partial = test_location.item.config.stash.get(_PARTIAL_MODULES, set())
+        return _module_key(test_location.item.path) not in partial
+
+    def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Any:
+        # The fixture below prints its own unified diff; syrupy's would repeat it.
+        return iter(())
+
+
+@pytest.fixture
+def golden(snapshot: Any, request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """``golden(text)`` compares ``text`` with this test's golden file.
+
+    On a mismatch the failure shows a unified diff (golden file -> emitted text),
+    the golden file's path and the command that rewrites it.
+    """
+    assertion = snapshot.use_extension(GoldenExtension)
+
+    def check(text: str) -> None:
+        location = Path(
+            assertion.extension.get_location(
+                test_location=assertion.test_location, index=0
+            )
+        )
+        if assertion == text.encode("utf-8"):
+            return
+        relative = location.relative_to(REPO_ROOT)
+        module = Path(request.node.path).relative_to(REPO_ROOT)
+        if location.exists():
+            expected = location.read_bytes().decode("utf-8", errors="replace")
+            diff = "".join(
+                difflib.unified_diff(
+                    expected.splitlines(keepends=True),
+                    text.splitlines(keepends=True),
+                    fromfile=f"{relative} (golden)",
+                    tofile=f"{relative} (emitted now)",
+                )
+            )
+            problem = f"emitted source differs from golden file {relative}"
+        else:
+            diff = text
+            problem = f"golden file {relative} does not exist; emitted source"
+        pytest.fail(
+            f"{problem}:\n{diff}\n"
+            f"If the change is intended, update the goldens with:\n"
+            f"    {UPDATE_COMMAND.format(module=module)}\n"
+            "and review the diff of golden/ in your commit.",
+            pytrace=False,
+        )
+
+    return check

@@ -1,0 +1,98 @@
+"""Golden files: the emitted source of every reference case, byte for byte.
+
+``golden/test_golden/<case>.py`` holds what ``generate_execution_code`` emits for
+the case ``tests/models.py::CASES[<case>]``.  Every golden also runs: it is loaded
+with ``compile_execution_fn`` and compared with the split GraphModule and with the
+unsplit model on random inputs.
+
+Update after an intended change with::
+
+    python -m pytest tests/test_golden.py --snapshot-update
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import GOLDEN_DIR, UPDATE_COMMAND
+from models import CASES, Case, emit_case
+from torch.utils._pytree import tree_flatten
+
+from stitch.codegen import generate_execution_code
+from stitch.runtime import compile_execution_fn
+from stitch.runtime.examples import EXAMPLES
+
+
+def assert_same_outputs(expected: Any, actual: Any, *, exact: bool) -> None:
+    expected_leaves, expected_spec = tree_flatten(expected)
+    actual_leaves, actual_spec = tree_flatten(actual)
+    assert actual_spec == expected_spec
+    for e, a in zip(expected_leaves, actual_leaves, strict=True):
+        if isinstance(e, torch.Tensor):
+            tolerance = {"rtol": 0.0, "atol": 0.0} if exact else {}
+            torch.testing.assert_close(a, e, equal_nan=True, **tolerance)
+        else:
+            assert type(a) is type(e) and a == e
+
+
+def run(case: Case, fn: Any, inputs: tuple[Any, ...]) -> Any:
+    if case.reset is not None:
+        case.reset()
+    args = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+    with torch.no_grad():
+        return fn(*args)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_golden(name: str, golden: Any) -> None:
+    golden(emit_case(name).code)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_golden_runs(name: str) -> None:
+    """The golden file, loaded and bound to its pieces, computes what the model does."""
+    emitted = emit_case(name)
+    case = emitted.case
+    path = GOLDEN_DIR / Path(__file__).stem / f"{name}.py"
+    if not path.exists():
+        pytest.fail(
+            f"{path.relative_to(GOLDEN_DIR.parent)} is missing; create it with "
+            + UPDATE_COMMAND.format(module="tests/test_golden.py"),
+            pytrace=False,
+        )
+    fn = compile_execution_fn(
+        path.read_text(encoding="utf-8"),
+        dict(emitted.split_gm.named_children()),
+        emitted.submod_names,
+        emitted.consts,
+    )
+    for seed in case.seeds:
+        inputs = case.make_inputs(seed)
+        expected = run(case, case.reference, inputs)
+        from_pieces = run(case, emitted.split_gm, inputs)
+        actual = run(case, fn, inputs)
+        # Same kernels in the same order: the stitched function is bit-exact.
+        assert_same_outputs(from_pieces, actual, exact=True)
+        assert_same_outputs(expected, actual, exact=False)
+
+
+def test_at_least_twelve_reference_cases() -> None:
+    assert len(CASES) >= 12
+
+
+EXAMPLE_CASES = {
+    "two_layer_attention": "two_layer",
+    "llama_3_layer": "llama",
+    "llama_dynamic_batch": "llama_dynamic",
+    "bare_attention": "bare_attention",
+}
+
+
+@pytest.mark.parametrize("name", list(EXAMPLE_CASES))
+def test_example_goldens_are_what_stitch_emit_prints(name: str) -> None:
+    """``stitch emit --example NAME`` prints the golden of the example's case."""
+    split_gm = EXAMPLES[EXAMPLE_CASES[name]].split_graph_module()
+    assert generate_execution_code(split_gm)[0] == emit_case(name).code

@@ -1,0 +1,172 @@
+"""Property: for random DAGs of torch ops with random splitting points, the emitted
+function, the split GraphModule and the original graph compute the same thing."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+import torch.fx as fx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from models import ops
+from torch.utils._pytree import tree_flatten
+
+from stitch.codegen import OpMatcher, generate_execution_code, split_graph
+from stitch.runtime import compile_execution_fn
+
+FULL, COLUMN = (4, 5), (4, 1)  # every value broadcasts against every other
+SPLITTABLE = (
+    "stitchtest::scale",
+    "stitchtest::pair",
+    "stitchtest::add_into",
+    "stitchtest::weighted_sum",
+)
+
+
+def _broadcast(*shapes: tuple[int, int]) -> tuple[int, int]:
+    return FULL if FULL in shapes else COLUMN
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> tuple[fx.GraphModule, int]:
+    """A random graph over 1-3 inputs of shape FULL, with dead values and tuples."""
+    graph = fx.Graph()
+    n_inputs = draw(st.integers(1, 3))
+    values: list[tuple[fx.Node, tuple[int, int]]] = [
+        (graph.placeholder(f"x{i}"), FULL) for i in range(n_inputs)
+    ]
+
+    def pick() -> tuple[fx.Node, tuple[int, int]]:
+        return draw(st.sampled_from(values))
+
+    for _ in range(draw(st.integers(1, 10))):
+        kind = draw(
+            st.sampled_from(
+                [
+                    "unary",
+                    "method",
+                    "binary",
+                    "sub_alpha",
+                    "max",
+                    "scale",
+                    "pair",
+                    "add_into",
+                    "weighted_sum",
+                ]
+            )
+        )
+        (a, sa), (b, sb) = pick(), pick()
+        if kind == "unary":
+            fn = draw(
+                st.sampled_from([torch.sin, torch.tanh, torch.relu, operator.neg])
+            )
+            values.append((graph.call_function(fn, (a,)), sa))
+        elif kind == "method":
+            name = draw(st.sampled_from(["sigmoid", "cos", "abs"]))
+            values.append((graph.call_method(name, (a,)), sa))
+        elif kind == "binary":
+            fn = draw(st.sampled_from([torch.add, operator.mul, torch.maximum]))
+            values.append((graph.call_function(fn, (a, b)), _broadcast(sa, sb)))
+        elif kind == "sub_alpha":
+            alpha = draw(st.sampled_from([0.5, -2.0]))
+            node = graph.call_function(torch.sub, (a, b), {"alpha": alpha})
+            values.append((node, _broadcast(sa, sb)))
+        elif kind == "max":
+            pair = graph.call_function(torch.max, (a,), {"dim": -1, "keepdim": True})
+            values.append((graph.call_function(operator.getitem, (pair, 0)), COLUMN))
+        elif kind == "scale":
+            alpha = draw(st.sampled_from([0.5, -1.0, 3.0]))
+            values.append((graph.call_function(ops.scale, (a, alpha)), sa))
+        elif kind == "pair":
+            pair = graph.call_function(ops.pair.default, (a,))
+            for index in draw(
+                st.lists(st.sampled_from([0, 1]), max_size=2, unique=True)
+            ):
+                values.append(
+                    (graph.call_function(operator.getitem, (pair, index)), sa)
+                )
+        elif kind == "add_into":
+            shape = _broadcast(sa, sb)
+            like = a if sa == shape else b
+            out = graph.call_function(torch.empty_like, (like,))
+            graph.call_function(ops.add_into, (a, b, out))
+            values.append((out, shape))
+        else:
+            node = graph.call_function(
+                ops.weighted_sum, (), {"xs": [a, b], "weights": [0.25, -1.5]}
+            )
+            values.append((node, _broadcast(sa, sb)))
+
+    picked = draw(
+        st.lists(st.sampled_from([n for n, _ in values]), min_size=1, max_size=4)
+    )
+    structure = draw(st.sampled_from(["single", "tuple", "list", "nested"]))
+    if structure == "single":
+        output: Any = picked[0]
+    elif structure == "tuple":
+        output = tuple(picked)
+    elif structure == "list":
+        output = list(picked)
+    else:
+        output = (picked[0], {"rest": list(picked[1:]), "none": None}, 3)
+    graph.output(output)
+    gm = fx.GraphModule(torch.nn.Module(), graph)
+    gm.graph.lint()
+    return gm, n_inputs
+
+
+def _assert_same(expected: Any, actual: Any) -> None:
+    expected_leaves, expected_spec = tree_flatten(expected)
+    actual_leaves, actual_spec = tree_flatten(actual)
+    assert actual_spec == expected_spec
+    for e, a in zip(expected_leaves, actual_leaves, strict=True):
+        if isinstance(e, torch.Tensor):
+            torch.testing.assert_close(a, e, rtol=0, atol=0, equal_nan=True)
+        else:
+            assert a == e
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    built=graphs(),
+    splitting=st.lists(st.sampled_from(SPLITTABLE), unique=True),
+    seed=st.integers(0, 2**16),
+)
+def test_emitted_function_matches_split_and_original(
+    built: tuple[fx.GraphModule, int], splitting: list[str], seed: int
+) -> None:
+    gm, n_inputs = built
+    gen = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(FULL, generator=gen) for _ in range(n_inputs)]
+    expected = gm(*[x.clone() for x in inputs])
+
+    split_gm, items = split_graph(gm, splitting)
+    code, names, consts = generate_execution_code(split_gm)
+    assert generate_execution_code(split_gm)[0] == code
+    fn = compile_execution_fn(code, dict(split_gm.named_children()), names, consts)
+
+    # Splitting pieces hold the splitting ops (with their getitems and output
+    # buffers), the other pieces everything else; nothing is lost or duplicated.
+    matcher = OpMatcher.parse(splitting)
+    split_ops = sum(matcher.matches(n) for n in gm.graph.nodes)
+    for item in items:
+        for node in item.graph.graph.nodes:
+            if node.op == "call_function" and node.target not in (
+                operator.getitem,
+                torch.empty_like,
+            ):
+                assert (
+                    matcher.matches(node) == item.is_splitting_graph
+                ), node.format_node()
+    assert split_ops == sum(
+        matcher.matches(n) for i in items for n in i.graph.graph.nodes
+    )
+    _assert_same(expected, split_gm(*[x.clone() for x in inputs]))
+    _assert_same(expected, fn(*[x.clone() for x in inputs]))
