@@ -40,12 +40,15 @@ def template_environment() -> jinja2.Environment:
 
 def format_source(source: str) -> str:
     try:
-        return black.format_str(source, mode=BLACK_MODE)
-    except black.InvalidInput as exc:  # pragma: no cover - a codegen bug
+        formatted = black.format_str(source, mode=BLACK_MODE)
+        # black accepts a few things the compiler rejects; check the real thing.
+        compile(formatted, "<stitch-emitted>", "exec")
+    except (black.InvalidInput, SyntaxError) as exc:  # pragma: no cover - a codegen bug
         raise StitchCodegenError(
             f"emitted source is not valid Python ({exc}); this is a Stitch bug:\n"
             f"{source}"
         ) from exc
+    return formatted
 
 
 def render_module(context: ModuleContext, template: str = "execution_fn.py.j2") -> str:

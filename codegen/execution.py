@@ -6,6 +6,7 @@ Jinja templates -> black.  The result is a module defining ``execution_fn``.
 
 from __future__ import annotations
 
+import keyword
 import operator
 import re
 from collections.abc import Callable
@@ -268,10 +269,7 @@ class _ModuleLowering:
         def args_source() -> str:
             parts = [render_value(a, name_of, self.consts) for a in n.args]
             for key, value in n.kwargs.items():
-                if not key.isidentifier():
-                    raise StitchCodegenError(
-                        f"keyword argument {key!r} is not a Python identifier", n
-                    )
+                _check_keyword(key, n)
                 parts.append(f"{key}={render_value(value, name_of, self.consts)}")
             return ", ".join(parts)
 
@@ -316,13 +314,22 @@ class _ModuleLowering:
                 raise StitchCodegenError("call_method has no self argument", n)
             self_src = render_value(n.args[0], name_of, self.consts)
             rest = [render_value(a, name_of, self.consts) for a in n.args[1:]]
-            rest += [
-                f"{k}={render_value(v, name_of, self.consts)}" for k, v in n.kwargs.items()
-            ]
+            for key, value in n.kwargs.items():
+                _check_keyword(key, n)
+                rest.append(f"{key}={render_value(value, name_of, self.consts)}")
             return f"{self_src}.{n.target}({', '.join(rest)})", ""
         raise StitchCodegenError(
             f"node kind {n.op!r} is not supported in "
             f"{'the split graph' if top_level else 'an inlined piece'}",
+            n,
+        )
+
+
+def _check_keyword(key: str, n: fx.Node) -> None:
+    # 'class' or 'lambda' pass isidentifier() but cannot name a keyword argument.
+    if not key.isidentifier() or keyword.iskeyword(key):
+        raise StitchCodegenError(
+            f"keyword argument {key!r} cannot be written as a Python keyword argument",
             n,
         )
 

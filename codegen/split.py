@@ -193,10 +193,18 @@ def _assign_pieces(
             pending.append(index)
             group_of_run.append(-1)
             continue
-        groups.append(splitting)
-        group_of_run.append(len(groups) - 1)
+        if pending and groups and groups[-1] == splitting:
+            # NOTE: [allocations between splitting ops]
+            # Only allocations separate this run from the previous group of the
+            # same kind (two splitting runs, since runs alternate): the buffers
+            # and both runs form one piece, as consecutive splitting ops do.
+            group = len(groups) - 1
+        else:
+            groups.append(splitting)
+            group = len(groups) - 1
+        group_of_run.append(group)
         for p in pending:
-            group_of_run[p] = len(groups) - 1
+            group_of_run[p] = group
         pending = []
     for p in pending:
         if not groups:
@@ -270,11 +278,17 @@ def _decompose_size_nodes(gm: fx.GraphModule) -> None:
                 changed = True
             elif ndim is not None:
                 with graph.inserting_before(user):
-                    dims = [
+                    dims: Any = [
                         graph.call_function(torch.ops.aten.sym_size.int, (tensor, d))
                         for d in range(ndim)
                     ]
-                user.replace_input_with(node, dims)  # type: ignore[arg-type]
+                    # NOTE: [a rebuilt size is a torch.Size]
+                    # An op takes the list of ints as it is; anything else (a
+                    # method such as numel(), Python code, the graph's output)
+                    # gets a torch.Size again, built right before its user.
+                    if not isinstance(user.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+                        dims = graph.call_function(torch.Size, (dims,))
+                user.replace_input_with(node, dims)
                 changed = True
         if not node.users:
             graph.erase_node(node)

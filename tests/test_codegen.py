@@ -833,11 +833,6 @@ def test_generate_needs_a_graph_module() -> None:
         generate_execution_code(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported): call_method keyword names are not checked; the emitted "
-    "source is invalid Python and black does not notice",
-)
 def test_method_keyword_that_is_not_an_identifier_is_an_error() -> None:
     def patch(gm: fx.GraphModule) -> None:
         (node,) = [n for n in gm.graph.nodes if n.op == "call_method"]
@@ -856,11 +851,6 @@ class _Recorder:
         return kwargs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported): a keyword argument named like a Python keyword ('class') "
-    "reaches black, which fails with 'this is a Stitch bug' and no node named",
-)
 @pytest.mark.parametrize("op", ["call_function", "call_method"])
 def test_keyword_named_like_a_python_keyword_is_lowered_or_named(op: str) -> None:
     def build(g: fx.Graph, p: list[fx.Node]) -> Any:

@@ -206,11 +206,6 @@ def test_allocation_only_piece_is_merged_into_a_neighbour() -> None:
     torch.testing.assert_close(split_gm(x, y), f_alloc_between(x, y))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported): an allocation between two splitting ops is merged into "
-    "the next splitting run, leaving two adjacent splitting pieces instead of one",
-)
 def test_allocation_between_splitting_ops_leaves_one_splitting_piece() -> None:
     _, items = split_graph(
         fx.symbolic_trace(f_alloc_between),
@@ -391,11 +386,6 @@ def f_size_returned(x: torch.Tensor) -> Any:
     return ops.scale(x, 2.0), x.size()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported): the size decomposition replaces a torch.Size by a list, "
-    "so a method call on it (size.numel()) fails, in the split and in the original gm",
-)
 def test_size_methods_still_work_after_decomposition() -> None:
     gm = fx.symbolic_trace(f_size_method)
     (x,) = randn(0, (3, 4))
@@ -404,10 +394,6 @@ def test_size_methods_still_work_after_decomposition() -> None:
     torch.testing.assert_close(split_gm(x), f_size_method(x))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (reported): a torch.Size returned by the graph comes back as a list",
-)
 def test_a_returned_size_keeps_its_type() -> None:
     gm = fx.symbolic_trace(f_size_returned)
     (x,) = randn(0, (3, 4))

@@ -1,6 +1,6 @@
 # Stitching source emitted by stitch.codegen (format 1).
-# pieces: 4 (2 called through __vllm_submods__, 2 inlined); constants: 0
-# graph: sha256:54bcc0151016607a
+# pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 0
+# graph: sha256:3a2c5949f05239c5
 import torch
 
 
@@ -9,14 +9,9 @@ def __vllm_inlined_submods__1(sub):
     scale = torch.ops.stitchtest.scale(sub, 2.0)
     del sub
     scale_1 = torch.ops.stitchtest.scale(scale, 3.0, tag="second")
-    return (scale_1, scale)
-
-
-def __vllm_inlined_submods__2(scale_1, scale):
-    """Inlined piece submod_2."""
     empty_like = torch.empty_like(scale_1)
     torch.ops.stitchtest.add_into(scale, scale_1, empty_like)
-    del scale_1, scale
+    del scale, scale_1
     return empty_like
 
 
@@ -25,11 +20,6 @@ def execution_fn(x, y, *, __vllm_submods__):
     del x
     submod_1 = __vllm_inlined_submods__1(submod_0)
     del submod_0
-    getitem = submod_1[0]
-    getitem_1 = submod_1[1]
-    del submod_1
-    submod_2 = __vllm_inlined_submods__2(getitem, getitem_1)
-    del getitem, getitem_1
-    submod_3 = __vllm_submods__[1](submod_2, y)
-    del y, submod_2
-    return submod_3
+    submod_2 = __vllm_submods__[1](submod_1, y)
+    del y, submod_1
+    return submod_2

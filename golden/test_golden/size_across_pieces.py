@@ -1,6 +1,6 @@
 # Stitching source emitted by stitch.codegen (format 1).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 0
-# graph: sha256:c06fb95274a6c452
+# graph: sha256:64a0337d10531f42
 import torch
 
 
