@@ -107,6 +107,8 @@ def build_graph(num_layers: int) -> fx.GraphModule:
     and the residual), as in a served llama.  The op writes into ``out``, which
     the piece before allocates, like vLLM's ``unified_attention_with_output``.
     """
+    if num_layers < 1:
+        raise ValueError(f"num_layers={num_layers} must be at least 1")
     aten = torch.ops.aten
     attn = getattr(torch.ops, OP_NAMESPACE).attn.default
     g = fx.Graph()
@@ -127,9 +129,9 @@ def build_graph(num_layers: int) -> fx.GraphModule:
         return g.call_function(aten.add.Tensor, (h, residual))
 
     residual = x
-    out = None
+    out = x  # replaced by the first layer's attention buffer
     for i, w in enumerate(weights):
-        if out is not None:
+        if i:
             residual = after_attention(out, residual, weights[i - 1])
         h = g.call_function(aten.mul.Tensor, (residual, w["norm1"]))
         h = g.call_function(aten.add.Tensor, (h, positions))
@@ -138,7 +140,6 @@ def build_graph(num_layers: int) -> fx.GraphModule:
         v = g.call_function(aten.mul.Tensor, (q, 3.0))
         out = g.call_function(aten.empty_like.default, (q,))
         g.call_function(attn, (q, k, v, out))
-    assert out is not None
     residual = after_attention(out, residual, weights[-1])
     h = g.call_function(aten.mul.Tensor, (residual, final_norm))
     g.output(h)
