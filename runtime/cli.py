@@ -37,8 +37,8 @@ Run 'stitch COMMAND --help' for the options of a command.
 class StitchArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose help can end with text computed only when shown.
 
-    Listing the examples needs torch imported; computing it lazily keeps
-    ``stitch --help`` and argument errors fast.
+    The list of examples is built by importing the example models, so only a
+    help page that shows it pays for that import.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
