@@ -101,7 +101,7 @@ class _ModuleLowering:
     # -- names of call targets ------------------------------------------------
     def _collect_imports(self, gm: fx.GraphModule, seen: set[int]) -> None:
         for node in gm.graph.nodes:
-            if node.op == "call_function":
+            if node.op == "call_function" and node.target is not operator.getitem:
                 named = qualified_target(node.target)
                 if named is not None and named[0] is not None:
                     # Reserved up front so no local shadows a module root.
@@ -231,13 +231,13 @@ class _ModuleLowering:
             else:
                 expr, comment = self._expression(gm, n, name_of, top_level)
                 if n.users:
-                    names[n] = local.create(n.name)
+                    names[n] = local.create(self._readable_name(gm, n) if top_level else n.name)
                     body.append(Statement("assign", expr, names[n], comment))
                 elif not (n.op == "call_function" and n.target is operator.getitem):
                     # Dead value: run it for its effects, bind nothing.
                     body.append(Statement("expr", expr, "", comment))
             for dead in release_after.get(i, ()):
-                if n.op != "get_attr" and dead.op != "get_attr":
+                if dead.op != "get_attr":
                     body.append(Statement("del", names[dead]))
         if top_level and self.dispatch_on is not None:
             # NOTE: [dispatch hoisted into the emitted function]
@@ -258,6 +258,24 @@ class _ModuleLowering:
             )
         signature = ", ".join([*params, *extra_params])
         return FunctionContext(name, signature, docstring, tuple(_merge_dels(body)))
+
+    def _readable_name(self, gm: fx.GraphModule, n: fx.Node) -> str:
+        """A piece output is named after the value inside the piece (``q``, ``out``)
+        rather than FX's ``getitem_7``."""
+        if not (n.op == "call_function" and n.target is operator.getitem):
+            return n.name
+        source, index = n.args
+        if not (isinstance(source, fx.Node) and source.op == "call_module"):
+            return n.name
+        module = gm._modules.get(source.target)
+        if not isinstance(module, fx.GraphModule) or type(index) is not int:
+            return n.name
+        output = next((o for o in reversed(module.graph.nodes) if o.op == "output"), None)
+        values = output.args[0] if output is not None else None
+        if isinstance(values, (tuple, list)) and 0 <= index < len(values):
+            if isinstance(values[index], fx.Node):
+                return values[index].name
+        return n.name
 
     def _expression(
         self,

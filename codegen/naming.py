@@ -25,6 +25,7 @@ RESERVED_GLOBALS = frozenset(
         "operator",
         "math",
         "builtins",
+        "_",
     }
 )
 

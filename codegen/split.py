@@ -104,7 +104,11 @@ def split_graph(
 
     assignment, splitting_ids = _assign_pieces(gm, matcher)
     split_gm = split_module(
-        gm, None, lambda node: assignment[node], keep_original_order=True
+        gm,
+        None,
+        lambda node: assignment[node],
+        keep_original_order=True,
+        keep_original_node_name=True,
     )
     _check_no_size_crosses(split_gm)
 

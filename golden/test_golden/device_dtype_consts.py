@@ -1,6 +1,6 @@
 # Stitching source emitted by stitch.codegen (format 1).
 # pieces: 5 (2 called through __vllm_submods__, 3 inlined); constants: 6
-# graph: sha256:cca98823aaee2aa9
+# graph: sha256:6e3bd54d6e90f351
 import torch
 
 
@@ -19,7 +19,7 @@ def __vllm_inlined_submods__0(x):
 
 def __vllm_inlined_submods__2(mul):
     """Inlined piece submod_2."""
-    convert = torch.ops.stitchtest.convert(
+    convert_1 = torch.ops.stitchtest.convert(
         mul,
         dtype=__vllm_consts__[0],
         device=__vllm_consts__[1],
@@ -27,12 +27,12 @@ def __vllm_inlined_submods__2(mul):
         memory_format=__vllm_consts__[4],
     )
     del mul
-    return convert
+    return convert_1
 
 
 def __vllm_inlined_submods__4(t):
     """Inlined piece submod_4."""
-    convert = torch.ops.stitchtest.convert(
+    convert_2 = torch.ops.stitchtest.convert(
         t,
         dtype=__vllm_consts__[5],
         device=__vllm_consts__[1],
@@ -40,7 +40,7 @@ def __vllm_inlined_submods__4(t):
         memory_format=__vllm_consts__[3],
     )
     del t
-    return convert
+    return convert_2
 
 
 def execution_fn(x, *, __vllm_submods__):

@@ -1,6 +1,6 @@
 # Stitching source emitted by stitch.codegen (format 1).
 # pieces: 4 (2 called through __vllm_submods__, 2 inlined); constants: 0
-# graph: sha256:11ed473386ddb28c
+# graph: sha256:859b6bf450469273
 import torch
 
 

@@ -1,6 +1,6 @@
 # Stitching source emitted by stitch.codegen (format 1).
 # pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 1
-# graph: sha256:a4f187cb19316abf
+# graph: sha256:c8987e9b1d91596e
 import torch
 
 
@@ -31,13 +31,13 @@ def execution_fn(x, *, __vllm_submods__):
     del x
     submod_1 = __vllm_inlined_submods__1(submod_0, __vllm_consts__[0])
     del submod_0
-    getitem = submod_1[0]
-    getitem_1 = submod_1[1]
-    getitem_2 = submod_1[2]
+    getitem_1 = submod_1[0]
+    getitem_3 = submod_1[1]
+    weighted_sum = submod_1[2]
     del submod_1
-    submod_2 = __vllm_submods__[1](getitem, getitem_1)
-    del getitem, getitem_1
-    getitem_3 = submod_2[0]
-    getitem_4 = submod_2[1]
+    submod_2 = __vllm_submods__[1](getitem_1, getitem_3)
+    del getitem_1, getitem_3
+    add = submod_2[0]
+    mul_1 = submod_2[1]
     del submod_2
-    return (getitem_3, getitem_4, getitem_2)
+    return (add, mul_1, weighted_sum)

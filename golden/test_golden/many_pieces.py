@@ -1,6 +1,6 @@
 # Stitching source emitted by stitch.codegen (format 1).
 # pieces: 12 (6 called through __vllm_submods__, 6 inlined); constants: 0
-# graph: sha256:a145414edb743361
+# graph: sha256:eddbafc96685adca
 import torch
 
 
@@ -13,37 +13,37 @@ def __vllm_inlined_submods__1(add):
 
 def __vllm_inlined_submods__3(add_1):
     """Inlined piece submod_3."""
-    scale = torch.ops.stitchtest.scale(add_1, 0.5)
+    scale_1 = torch.ops.stitchtest.scale(add_1, 0.5)
     del add_1
-    return scale
+    return scale_1
 
 
 def __vllm_inlined_submods__5(add_2):
     """Inlined piece submod_5."""
-    scale = torch.ops.stitchtest.scale(add_2, 0.5)
+    scale_2 = torch.ops.stitchtest.scale(add_2, 0.5)
     del add_2
-    return scale
+    return scale_2
 
 
 def __vllm_inlined_submods__7(add_3):
     """Inlined piece submod_7."""
-    scale = torch.ops.stitchtest.scale(add_3, 0.5)
+    scale_3 = torch.ops.stitchtest.scale(add_3, 0.5)
     del add_3
-    return scale
+    return scale_3
 
 
 def __vllm_inlined_submods__9(add_4):
     """Inlined piece submod_9."""
-    scale = torch.ops.stitchtest.scale(add_4, 0.5)
+    scale_4 = torch.ops.stitchtest.scale(add_4, 0.5)
     del add_4
-    return scale
+    return scale_4
 
 
 def __vllm_inlined_submods__11(add_5):
     """Inlined piece submod_11."""
-    scale = torch.ops.stitchtest.scale(add_5, 0.5)
+    scale_5 = torch.ops.stitchtest.scale(add_5, 0.5)
     del add_5
-    return scale
+    return scale_5
 
 
 def execution_fn(x, *, __vllm_submods__):

@@ -16,7 +16,7 @@ def execution_fn(x, y, *, __vllm_submods__):
     submod_1 = __vllm_inlined_submods__1(submod_0)
     submod_2 = __vllm_submods__[1](submod_1, y)
     del y
-    getitem = submod_2[0]
-    getitem_1 = submod_2[1]
+    add = submod_2[0]
+    sum_1 = submod_2[1]
     del submod_2
-    return (submod_0, [submod_1, (getitem, None)], {"sum": getitem_1, "x": x}, 7)
+    return (submod_0, [submod_1, (add, None)], {"sum": sum_1, "x": x}, 7)

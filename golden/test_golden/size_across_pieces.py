@@ -1,6 +1,6 @@
 # Stitching source emitted by stitch.codegen (format 1).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 0
-# graph: sha256:64a0337d10531f42
+# graph: sha256:3cf28f5ad2f8a2d3
 import torch
 
 
@@ -13,9 +13,9 @@ def __vllm_inlined_submods__1(flatten):
 
 def __vllm_inlined_submods__3(add):
     """Inlined piece submod_3."""
-    scale = torch.ops.stitchtest.scale(add, 0.5)
+    scale_1 = torch.ops.stitchtest.scale(add, 0.5)
     del add
-    return scale
+    return scale_1
 
 
 def execution_fn(x, y, *, __vllm_submods__):

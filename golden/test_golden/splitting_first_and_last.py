@@ -1,6 +1,6 @@
 # Stitching source emitted by stitch.codegen (format 1).
 # pieces: 3 (1 called through __vllm_submods__, 2 inlined); constants: 0
-# graph: sha256:a88a98e281ed35e9
+# graph: sha256:011b20f4ce93f5a9
 import torch
 
 
@@ -13,9 +13,9 @@ def __vllm_inlined_submods__0(x):
 
 def __vllm_inlined_submods__2(add):
     """Inlined piece submod_2."""
-    scale = torch.ops.stitchtest.scale(add, -1.5)
+    scale_1 = torch.ops.stitchtest.scale(add, -1.5)
     del add
-    return scale
+    return scale_1
 
 
 def execution_fn(x, y, *, __vllm_submods__):
