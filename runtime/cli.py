@@ -154,9 +154,133 @@ def run_emit(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- stitch run -------------------------------------------------------------------------
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of ints"
+        )
+    return values
+
+
+def _add_run(subparsers: Any) -> None:
+    from .main_job import RUNNABLE_EXAMPLES
+
+    parser = subparsers.add_parser(
+        "run",
+        help="compile a built-in model with Stitch, check it against eager, time it",
+        description=(
+            "Compile a built-in llama-like model with torch.compile(backend=Stitch), "
+            "run it at several batch sizes (tokens), check every result against "
+            "eager PyTorch, and print where the emitted stitching source, the "
+            "cache and the debug dump were written, with a short timing table. "
+            f"Runnable examples: {', '.join(sorted(RUNNABLE_EXAMPLES))}. "
+            "A second run with the same cache directory is a warm start."
+        ),
+    )
+    parser.add_argument(
+        "--example",
+        "-e",
+        required=True,
+        metavar="NAME",
+        choices=sorted(RUNNABLE_EXAMPLES),
+        help="built-in example model",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("inductor", "eager"),
+        default="inductor",
+        help="piece compiler (default: inductor)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="number of decoder layers (default: the example's)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_int_list,
+        default=[1, 3, 8, 17, 32],
+        metavar="N,N,...",
+        help="batch sizes to run (default: 1,3,8,17,32)",
+    )
+    parser.add_argument(
+        "--compile-sizes",
+        type=_int_list,
+        default=[],
+        metavar="N,N,...",
+        help="sizes compiled with static shapes (default: none)",
+    )
+    parser.add_argument(
+        "--split-points",
+        type=_int_list,
+        default=[],
+        metavar="N,N,...",
+        help="compile range split points (default: none)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default="",
+        metavar="DIR",
+        help="cache root (default: $STITCH_CACHE_DIR or ~/.cache/stitch)",
+    )
+    parser.add_argument(
+        "--dump",
+        default="",
+        metavar="DIR",
+        help="debug dump folder (default: a new temporary folder)",
+    )
+    parser.set_defaults(handler=run_run)
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from .main_job import run_example
+
+    return run_example(
+        args.example,
+        sizes=args.sizes,
+        backend=args.backend,
+        layers=args.layers,
+        cache_dir=args.cache_dir,
+        dump_dir=args.dump,
+        compile_sizes=args.compile_sizes,
+        split_points=args.split_points,
+        out=sys.stdout,
+    )
+
+
+# -- stitch inspect ---------------------------------------------------------------------
+
+
+def _add_inspect(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="print a compile cache's index in human form",
+        description=(
+            "Print the index of a Stitch compile cache: versions, the stitching "
+            "source file and its hash, and per compiled piece the module path it "
+            "covers, the sizes/ranges compiled and its artifacts. CACHE_DIR may be "
+            "one rank folder or any folder above it."
+        ),
+    )
+    parser.add_argument("cache_dir", metavar="CACHE_DIR")
+    parser.set_defaults(handler=run_inspect)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from .main_job import inspect_cache
+
+    return inspect_cache(args.cache_dir, sys.stdout)
+
+
 # -- the parser ---------------------------------------------------------------------------
 
-SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_emit,)
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_emit, _add_run, _add_inspect)
 
 
 def build_parser() -> StitchArgumentParser:

@@ -1,0 +1,191 @@
+"""The main job's commands: ``stitch run`` (compile, check, time) and ``stitch inspect``."""
+
+from __future__ import annotations
+
+import ast
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import torch
+
+from .backend import StitchBackend
+from .cache import INDEX_FILE
+from .config import CompilationConfig
+from .examples import LlamaConfig, build_llama, llama_inputs
+
+# Example name -> number of layers of the llama-like model it builds.
+RUNNABLE_EXAMPLES = {"llama": 3, "two_layer": 2}
+
+
+def mark_batch_dynamic(*tensors: torch.Tensor) -> None:
+    """Make dim 0 of the inputs dynamic without Dynamo's 0/1 specialization.
+
+    An unbacked size keeps batch size 1 on the same graph as every other size,
+    as a serving engine needs (``mark_dynamic`` would recompile for size 1).
+    """
+    for t in tensors:
+        torch._dynamo.decorators.mark_unbacked(t, 0)
+
+
+def _median_ms(fn: Any, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def run_example(
+    name: str,
+    *,
+    sizes: Sequence[int],
+    backend: str = "inductor",
+    layers: int | None = None,
+    cache_dir: str = "",
+    dump_dir: str = "",
+    compile_sizes: Sequence[int] = (),
+    split_points: Sequence[int] = (),
+    repeats: int = 5,
+    out: TextIO,
+) -> int:
+    """Compile a built-in model with stitch, check it against eager, time both."""
+    if name not in RUNNABLE_EXAMPLES:
+        known = ", ".join(sorted(RUNNABLE_EXAMPLES))
+        raise SystemExit(f"stitch run: unknown example {name!r} (runnable: {known})")
+    cfg = LlamaConfig(num_layers=layers or RUNNABLE_EXAMPLES[name])
+    for n in sizes:
+        if not 1 <= n <= cfg.max_seqs:
+            raise SystemExit(f"stitch run: size {n} must be in [1, {cfg.max_seqs}]")
+    dump_dir = dump_dir or tempfile.mkdtemp(prefix="stitch-dump-")
+    config = CompilationConfig(
+        backend=backend,
+        cache_dir=cache_dir,
+        debug_dump_path=dump_dir,
+        compile_sizes=list(compile_sizes),
+        compile_ranges_split_points=list(split_points),
+        max_num_batched_tokens=cfg.max_seqs,
+    )
+    model = build_llama(cfg)
+    stitch = StitchBackend(config)
+    compiled = torch.compile(model, backend=stitch, fullgraph=True)
+
+    rows = []
+    failures = 0
+    with torch.no_grad():
+        for n in sizes:
+            input_ids, positions = llama_inputs(cfg, n, seed=n)
+            mark_batch_dynamic(input_ids, positions)
+            model.reset_kv_caches()
+            expected = model(input_ids, positions)
+            model.reset_kv_caches()
+            start = time.perf_counter()
+            actual = compiled(input_ids, positions)
+            first_ms = (time.perf_counter() - start) * 1e3
+            err = (expected - actual).abs().max().item()
+            ok = torch.allclose(expected, actual, rtol=1e-4, atol=1e-4)
+            failures += not ok
+            eager_ms = _median_ms(lambda: model(input_ids, positions), repeats)
+            stitch_ms = _median_ms(lambda: compiled(input_ids, positions), repeats)
+            rows.append((n, eager_ms, stitch_ms, first_ms, err, ok))
+
+    result = stitch.compiled[0] if stitch.compiled else None
+    print(
+        f"stitch run --example {name}: {cfg.num_layers} layers, backend {backend}",
+        file=out,
+    )
+    if result is not None:
+        print(
+            f"  backend call: {result.seconds:.2f}s ({'warm' if result.warm else 'cold'} "
+            f"start), {len(result.backends)} compiled pieces, graphs seen: "
+            f"{len(stitch.compiled)}",
+            file=out,
+        )
+        if result.cache_dir:
+            print(
+                f"  emitted source: {os.path.join(result.cache_dir, 'execution_fn.py')}",
+                file=out,
+            )
+            print(f"  cache: {result.cache_dir}", file=out)
+    print(
+        f"  debug dump: {dump_dir} (execution_fn.py, computation_graph.py, index.md)",
+        file=out,
+    )
+    print("", file=out)
+    print(
+        "| tokens | eager ms | stitch ms | speed-up | first call ms | max abs err | ok |",
+        file=out,
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | --- |", file=out)
+    for n, eager_ms, stitch_ms, first_ms, err, ok in rows:
+        print(
+            f"| {n} | {eager_ms:.3f} | {stitch_ms:.3f} | {eager_ms / stitch_ms:.2f}x | "
+            f"{first_ms:.1f} | {err:.2e} | {'yes' if ok else 'NO'} |",
+            file=out,
+        )
+    if failures:
+        print(f"\n{failures} size(s) differ from eager beyond tolerance", file=out)
+        return 1
+    return 0
+
+
+def inspect_cache(path: str, out: TextIO) -> int:
+    """Print a cache entry's index in human form (a rank folder or its parent)."""
+    candidates = []
+    if os.path.isfile(os.path.join(path, INDEX_FILE)):
+        candidates.append(path)
+    elif os.path.isdir(path):
+        for root, _dirs, files in sorted(os.walk(path)):
+            if INDEX_FILE in files:
+                candidates.append(root)
+    if not candidates:
+        print(f"stitch inspect: no {INDEX_FILE} under {path}", file=out)
+        return 2
+    for directory in candidates:
+        index_path = os.path.join(directory, INDEX_FILE)
+        try:
+            with open(index_path, encoding="utf-8") as f:
+                data = ast.literal_eval(f.read())
+        except (OSError, SyntaxError, ValueError) as exc:
+            print(f"{index_path}: unreadable ({type(exc).__name__}: {exc})", file=out)
+            continue
+        print(f"{directory}", file=out)
+        for key in (
+            "stitch_version",
+            "torch_version",
+            "backend",
+            "config_hash",
+            "graph_key",
+        ):
+            value = data.get(key, "?")
+            if isinstance(value, str) and len(value) > 24:
+                value = value[:16] + "…"
+            print(f"  {key}: {value}", file=out)
+        source = data.get("source", {})
+        print(
+            f"  stitching source: {source.get('file')} (sha256 "
+            f"{str(source.get('sha256', ''))[:12]}…, dispatch on "
+            f"{source.get('dispatch_on') or 'each piece'})",
+            file=out,
+        )
+        pieces = data.get("pieces", {})
+        print(f"  compiled pieces: {len(pieces)}", file=out)
+        artifacts: set[str] = set()
+        for name in sorted(pieces, key=lambda p: (len(p), p)):
+            record = pieces[name]
+            entries = record.get("entries", [])
+            targets = ", ".join(str(e.get("target")) for e in entries)
+            files = [e.get("artifact") for e in entries if e.get("artifact")]
+            artifacts.update(files)
+            exists = all(os.path.exists(os.path.join(directory, f)) for f in files)
+            print(
+                f"    {name:<12} {record.get('module_path') or '-':<40} [{targets}] "
+                f"{len(files)} artifact(s){'' if exists else ' (MISSING)'}",
+                file=out,
+            )
+        print(f"  unique artifacts: {len(artifacts)}", file=out)
+    return 0

@@ -1,0 +1,74 @@
+"""The ``stitch`` command: run (compile, check, time) and inspect (cache index)."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from stitch.runtime.cli import main
+from stitch.runtime.main_job import inspect_cache, run_example
+
+
+def test_run_checks_every_size_against_eager_and_reports_paths(tmp_path: Path) -> None:
+    out = io.StringIO()
+    status = run_example(
+        "two_layer",
+        sizes=[1, 5, 9],
+        backend="eager",
+        cache_dir=str(tmp_path / "cache"),
+        dump_dir=str(tmp_path / "dump"),
+        repeats=1,
+        out=out,
+    )
+    text = out.getvalue()
+    assert status == 0, text
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [int(r.split("|")[1]) for r in rows] == [1, 5, 9]
+    assert all(r.rstrip().endswith("| yes |") for r in rows)
+    # every size ran on one graph (no Dynamo recompile for size 1)
+    assert "graphs seen: 1" in text
+    emitted = re.search(r"emitted source: (\S+)", text).group(1)
+    dumped = (tmp_path / "dump" / "execution_fn.py").read_text()
+    assert Path(emitted).read_text() == dumped
+    assert (tmp_path / "dump" / "index.md").exists()
+
+
+def test_inspect_prints_the_index(tmp_path: Path) -> None:
+    run_example(
+        "two_layer",
+        sizes=[4],
+        backend="eager",
+        cache_dir=str(tmp_path),
+        dump_dir=str(tmp_path / "dump"),
+        repeats=1,
+        out=io.StringIO(),
+    )
+    out = io.StringIO()
+    assert inspect_cache(str(tmp_path), out) == 0
+    text = out.getvalue()
+    assert "stitching source: execution_fn.py" in text
+    assert re.search(r"compiled pieces: 3\b", text)
+    assert "layers.0.self_attn" in text
+
+
+def test_inspect_of_a_folder_without_index(tmp_path: Path) -> None:
+    out = io.StringIO()
+    assert inspect_cache(str(tmp_path), out) == 2
+    assert "no index.py" in out.getvalue()
+
+
+def test_run_rejects_unknown_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--example", "nope"])
+    assert info.value.code == 2
+    assert "llama" in capsys.readouterr().err
+
+
+def test_emit_writes_a_file(tmp_path: Path) -> None:
+    target = tmp_path / "llama.py"
+    assert main(["emit", "--example", "llama", "-o", os.fspath(target)]) == 0
+    assert target.read_text().startswith("# Stitching source emitted by stitch.codegen")
