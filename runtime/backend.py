@@ -30,6 +30,7 @@ from .cache import SOURCE_FILE, CompileCache, sha256_file, stitch_version
 from .compilers import CompilerAdapter, make_adapter
 from .config import CompilationConfig
 from .counter import compilation_counter
+from .cudagraph import CUDAGraphManager
 from .dump import PieceReport, write_debug_dump
 from .loader import compile_execution_fn
 from .piecewise import PiecewiseBackend, Target, concretize, runtime_symbol, targets_for
@@ -66,11 +67,15 @@ class StitchBackend:
             raise StitchRuntimeError("pass a CompilationConfig or fields, not both")
         self.config = config if config is not None else CompilationConfig(**fields)
         self.compiled: list[CompiledModel] = []
+        # Pool, capture switch and start-up capture of every graph compiled here.
+        self.cudagraphs = CUDAGraphManager(self.config)
 
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]
     ) -> Callable[..., Any]:
-        return _Compilation(self.config, gm, example_inputs).run(self.compiled)
+        return _Compilation(self.config, gm, example_inputs, self.cudagraphs).run(
+            self.compiled
+        )
 
 
 def stitch_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
@@ -82,9 +87,14 @@ class _Compilation:
     """One backend call."""
 
     def __init__(
-        self, config: CompilationConfig, gm: fx.GraphModule, example_inputs: Sequence[Any]
+        self,
+        config: CompilationConfig,
+        gm: fx.GraphModule,
+        example_inputs: Sequence[Any],
+        cudagraphs: CUDAGraphManager | None = None,
     ) -> None:
         self.config = config
+        self.cudagraphs = cudagraphs
         self.gm = gm
         self.example_inputs = list(example_inputs)
         self.adapter: CompilerAdapter = make_adapter(
@@ -149,16 +159,25 @@ class _Compilation:
             progress.update(1)
         progress.close()
 
-        dispatch_on = (
-            _dispatch_placeholder(split_gm, backends)
-            if self.config.dispatch == "hoisted"
-            else None
-        )
+        size_on = _dispatch_placeholder(split_gm, backends)
+        dispatch_on = size_on if self.config.dispatch == "hoisted" else None
         code, submod_names, consts, warm_source = self._stitching_source(
             split_gm, cache, index, dispatch_on
         )
         _trace_source(code)
-        fn = compile_execution_fn(code, backends, submod_names, consts)
+        if self.cudagraphs is not None and self.cudagraphs.applies_to(fake_inputs):
+            fn = self.cudagraphs.wrap(
+                graph=self.gm,
+                split_gm=split_gm,
+                example_inputs=fake_inputs,
+                code=code,
+                backends=backends,
+                submod_names=submod_names,
+                consts=consts,
+                size_on=size_on,
+            )
+        else:
+            fn = compile_execution_fn(code, backends, submod_names, consts)
 
         # Twins report "shared": they run what their first instance loaded.
         warm = warm_source and all(r.cache in ("hit", "shared") for r in reports if not r.splitting)

@@ -90,6 +90,17 @@ class CompilationConfig:
     max_cudagraph_capture_size: int | None = None
     cudagraph_num_of_warmups: int = 1
     cudagraph_copy_inputs: bool = False
+    # FULL_AND_PIECEWISE: padded sizes up to this run as one full graph, larger
+    # capture sizes as piecewise graphs (None: all full; other modes: unused).
+    max_full_cudagraph_size: int | None = None
+    # Fill value of padded rows by forward-argument name (others pad with 0); the
+    # example models take {"positions": -1}: padded tokens write no KV cache.
+    cudagraph_pad_values: dict[str, float] = dataclasses.field(default_factory=dict)
+    # After CUDAGraphManager.capture_sizes(), a capture raises instead of
+    # silently capturing while serving.
+    cudagraph_forbid_capture_after_startup: bool = False
+    # Debug: check at every replay that a piece's tensor inputs kept their addresses.
+    cudagraph_check_addresses: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -145,7 +156,12 @@ class CompilationConfig:
         for name in ("cache_dir", "debug_dump_path"):
             if not isinstance(getattr(self, name), str):
                 raise _field_error(name, getattr(self, name), "must be a str path")
-        for name in ("disable_cache", "cudagraph_copy_inputs"):
+        for name in (
+            "disable_cache",
+            "cudagraph_copy_inputs",
+            "cudagraph_forbid_capture_after_startup",
+            "cudagraph_check_addresses",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise _field_error(name, getattr(self, name), "must be a bool")
         self.cudagraph_mode = CUDAGraphMode.parse(self.cudagraph_mode)
@@ -176,6 +192,9 @@ class CompilationConfig:
         self.cudagraph_capture_sizes = [
             s for s in self.cudagraph_capture_sizes if s <= self.max_cudagraph_capture_size
         ]
+        from .cudagraph import validate_cudagraph_fields
+
+        validate_cudagraph_fields(self)
 
     # -- derived -------------------------------------------------------------
     def compile_ranges(self) -> list[tuple[int, int]]:

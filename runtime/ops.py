@@ -11,8 +11,19 @@ import torch
 
 ATTENTION_OP = "stitch::attention"
 
+# NOTE: [attention registered directly]
+# torch.library.custom_op wraps every call in Python layers (filling defaults,
+# bumping versions) that cost some 20 µs a call on CPU, more than a decode
+# layer's GPU time: between CUDA graph replays that is most of the host time.
+# Like vLLM's direct_register_custom_op, the schema is defined and the kernels
+# are registered directly (a few µs a call).
+_lib = torch.library.Library("stitch", "FRAGMENT")
+_lib.define(
+    "attention(Tensor q, Tensor k, Tensor v, Tensor(a3!) k_cache, Tensor(a4!) v_cache, "
+    "Tensor positions, Tensor(a6!) out, float scale) -> ()"
+)
 
-@torch.library.custom_op(ATTENTION_OP, mutates_args=("k_cache", "v_cache", "out"))
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -28,7 +39,8 @@ def attention(
     ``q, k, v, out``: ``[n, heads, head_dim]``; ``k_cache, v_cache``:
     ``[max_seqs, max_len, heads, head_dim]``; ``positions``: ``[n]`` int64.  The
     token's k/v are written at ``cache[i, positions[i]]`` and ``q[i]`` attends over
-    ``cache[i, : positions[i] + 1]``.
+    ``cache[i, : positions[i] + 1]``.  A negative position marks a padding token
+    (CUDA graph padding): it writes no cache entry and its output is zero.
     """
     attention_reference(q, k, v, k_cache, v_cache, positions, out, scale)
 
@@ -47,20 +59,28 @@ def attention_reference(
     n = q.shape[0]
     if n == 0:
         return
+    # NOTE: [padding tokens] Selecting with torch.where instead of indexing by the
+    # valid rows keeps this free of host syncs, so it can be captured in a graph.
+    valid = (positions >= 0)[:, None, None]
+    pos = positions.clamp(min=0)
     slots = torch.arange(n, device=q.device)
-    k_cache[slots, positions] = k.to(k_cache.dtype)
-    v_cache[slots, positions] = v.to(v_cache.dtype)
+    k_cache[slots, pos] = torch.where(valid, k.to(k_cache.dtype), k_cache[slots, pos])
+    v_cache[slots, pos] = torch.where(valid, v.to(v_cache.dtype), v_cache[slots, pos])
     keys = k_cache[:n].float()  # [n, L, H, D]
     values = v_cache[:n].float()
     scores = torch.einsum("nhd,nlhd->nhl", q.float(), keys) * scale
     length = k_cache.shape[1]
-    masked = torch.arange(length, device=q.device)[None, :] > positions[:, None]
+    masked = torch.arange(length, device=q.device)[None, :] > pos[:, None]
     scores = scores.masked_fill(masked[:, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    out.copy_(torch.einsum("nhl,nlhd->nhd", probs, values).to(out.dtype))
+    result = torch.einsum("nhl,nlhd->nhd", probs, values)
+    out.copy_(torch.where(valid, result, 0.0).to(out.dtype))
 
 
-@attention.register_fake
+_lib.impl("attention", attention, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake(ATTENTION_OP, lib=_lib)
 def _attention_fake(q, k, v, k_cache, v_cache, positions, out, scale) -> None:
     return None
 
@@ -71,7 +91,6 @@ def _attention_fake(q, k, v, k_cache, v_cache, positions, out, scale) -> None:
 # ``stitch::layer_tag`` is composite (it decomposes to plain tensor ops, so the
 # name never reaches compiled code) and ``stitch::layer_scale`` is opaque (the
 # compiled code calls it with the name baked in).
-_lib = torch.library.Library("stitch", "FRAGMENT")
 _lib.define("layer_tag(Tensor x, str layer_name) -> Tensor")
 _lib.impl("layer_tag", lambda x, layer_name: x * 1.0, "CompositeImplicitAutograd")
 
@@ -85,3 +104,7 @@ def layer_scale(x: torch.Tensor, layer_name: str) -> torch.Tensor:
 @layer_scale.register_fake
 def _layer_scale_fake(x: torch.Tensor, layer_name: str) -> torch.Tensor:
     return torch.empty_like(x)
+
+
+# Registers the CUDA kernel (Triton, imported on its first call).
+from . import triton_attention  # noqa: E402, F401

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The GPU check, one command on a CUDA machine (PyTorch with CUDA, and Triton):
+#
+#     bash scripts/gpu_check.sh            # GPU tests (pytest -m cuda), then the GPU benchmark
+#     bash scripts/gpu_check.sh tests      # only the tests
+#     bash scripts/gpu_check.sh bench      # only the benchmark (extra arguments go to it)
+#
+# It installs this checkout with `pip install --no-deps --no-build-isolation -e .`
+# and takes the pure-Python dependencies the CUDA image lacks (black, syrupy and
+# theirs) from wheels in .whl/, made beforehand on a machine with network access:
+#
+#     bash scripts/gpu_check.sh --fetch-wheels
+#
+# Logs and results go to $OUT when it is set (the device tool brings them back),
+# else to /tmp/stitch-gpu-check: gpu_check.log, pytest_cuda.xml, gpu_serving.md,
+# gpu_serving.json.  The exit status is non-zero when a step failed.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+PY=${PYTHON:-python3}
+# black is pinned by pyproject.toml (goldens are its output); the rest are what
+# black and syrupy need beyond the CUDA image's packages.
+WHEELS=(black==26.10.1 syrupy==7.0.2 pathspec==1.1.1 platformdirs==4.14.5 pytokens==0.4.1)
+
+if [[ ${1:-} == --fetch-wheels ]]; then
+    mkdir -p .whl
+    exec "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+        --platform manylinux2014_x86_64 --platform any -d .whl "${WHEELS[@]}"
+fi
+
+part=${1:-all}
+[[ $# -gt 0 ]] && shift
+case $part in
+    all | tests | bench) ;;
+    *) echo "usage: $0 [all|tests|bench [benchmark args...]] | --fetch-wheels" >&2; exit 2 ;;
+esac
+
+out=${OUT:-/tmp/stitch-gpu-check}
+mkdir -p "$out"
+exec > >(tee "$out/gpu_check.log") 2>&1
+export PYTHONUNBUFFERED=1
+started=$SECONDS
+status=0
+
+echo "== setup"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/stitch-site .whl/*.whl || status=1
+    export PYTHONPATH=/tmp/stitch-site${PYTHONPATH:+:$PYTHONPATH}
+else
+    echo "warning: no wheels in .whl/ (bash $0 --fetch-wheels where pip has network)"
+fi
+"$PY" -m pip install -q --no-deps --no-build-isolation -e . || status=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+"$PY" - <<'PY' || status=1
+import torch
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}")
+try:
+    import triton
+    print(f"triton {triton.__version__}")
+except ImportError as exc:
+    print(f"triton: missing ({exc})")
+import black, pytest, syrupy  # noqa: F401  (what the test suite imports)
+print(f"pytest {pytest.__version__}, black {black.__version__}")
+import stitch.runtime  # noqa: F401
+PY
+
+if [[ $part == all || $part == tests ]]; then
+    echo "== tests: pytest -m cuda"
+    "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider --continue-on-collection-errors \
+        --junitxml "$out/pytest_cuda.xml" -s \
+        || status=1
+fi
+
+if [[ $part == all || $part == bench ]]; then
+    echo "== benchmark: bench/gpu_serving.py $*"
+    "$PY" bench/gpu_serving.py --out "$out/gpu_serving.md" --json "$out/gpu_serving.json" "$@" \
+        || status=1
+fi
+
+echo "== done in $((SECONDS - started)) s, status $status (results in $out)"
+exit $status

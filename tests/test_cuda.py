@@ -1,0 +1,345 @@
+"""CUDA graphs and the Triton attention kernel on a GPU (marked ``cuda``).
+
+Every test here needs a CUDA device and is skipped without one.  Run them with::
+
+    python -m pytest -m cuda -q
+
+(``scripts/gpu_check.sh`` does, then runs the GPU benchmark.)  The same runtime
+logic is covered on CPU by tests/test_cudagraph_cpu.py under emulated graphs;
+what only a GPU shows is checked here: real capture and replay, the memory pool,
+weak-referenced outputs and the Triton kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from stitch.codegen.errors import StitchRuntimeError
+from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
+from stitch.runtime.cudagraph import CUDAGraphManager
+from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
+from stitch.runtime.ops import attention_reference
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+
+SIZES = [1, 2, 4, 8, 16, 32]
+PIECES = 3  # compiled pieces of the 2-layer llama
+# Inside, between and at the capture sizes, 1, the maximum and above it; sizes
+# repeat with new inputs (replays must see them).
+CALLS = [1, 3, 32, 5, 2, 17, 33, 8, 13, 64, 16, 31, 1, 4, 48, 3, 32]
+NO_GUARDS = {"guard_filter_fn": lambda entries: [False] * len(entries)}
+
+
+# -- the Triton kernel ----------------------------------------------------------------------
+def _attention_case(
+    n: int,
+    heads: int,
+    dim: int,
+    length: int,
+    dtype: torch.dtype,
+    cache_dtype: torch.dtype,
+    *,
+    strided_v: bool,
+    padding: bool,
+    seed: int = 0,
+) -> tuple[Any, ...]:
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+
+    def randn(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, device="cuda").to(dtype)
+
+    q = randn(n, heads, dim)
+    if strided_v:  # k and v as views into one qkv buffer, like the model's split
+        qkv = randn(n, 3, heads, dim)
+        k, v = qkv[:, 1], qkv[:, 2]
+    else:
+        k, v = randn(n, heads, dim), randn(n, heads, dim)
+    k_cache = randn(n + 2, length, heads, dim, dtype=cache_dtype)
+    v_cache = randn(n + 2, length, heads, dim, dtype=cache_dtype)
+    positions = torch.randint(0, length, (n,), generator=gen, device="cuda")
+    positions[0] = 0
+    if n > 1:
+        positions[1] = length - 1
+    if padding:
+        positions[-1] = -1
+    return q, k, v, k_cache, v_cache, positions
+
+
+@pytest.mark.parametrize(
+    ("n", "heads", "dim", "length", "dtype", "cache_dtype"),
+    [
+        (1, 2, 8, 16, torch.float32, torch.float32),
+        (7, 4, 64, 100, torch.float32, torch.float32),
+        (16, 8, 128, 257, torch.float16, torch.float16),
+        (5, 2, 96, 33, torch.bfloat16, torch.bfloat16),
+        (3, 2, 64, 40, torch.float16, torch.float32),
+    ],
+)
+@pytest.mark.parametrize("strided_v", [False, True])
+@pytest.mark.parametrize("padding", [False, True])
+def test_triton_kernel_matches_torch(
+    n: int,
+    heads: int,
+    dim: int,
+    length: int,
+    dtype: torch.dtype,
+    cache_dtype: torch.dtype,
+    strided_v: bool,
+    padding: bool,
+) -> None:
+    from stitch.runtime import triton_attention
+
+    kernels = triton_attention.triton_kernels()
+    assert kernels is not None, "Triton did not import on this CUDA machine"
+    q, k, v, k_cache, v_cache, positions = _attention_case(
+        n, heads, dim, length, dtype, cache_dtype, strided_v=strided_v, padding=padding
+    )
+    scale = dim**-0.5
+    ref_caches = (k_cache.clone(), v_cache.clone())
+    expected = torch.full_like(q, 7.0)
+    attention_reference(q, k, v, *ref_caches, positions, expected, scale)
+    got = torch.full_like(q, 7.0)
+    triton_attention.decode_attention(
+        q, k, v, k_cache, v_cache, positions, got, scale, kernels=kernels
+    )
+    tolerance = (
+        {"rtol": 1e-4, "atol": 1e-4}
+        if dtype == torch.float32
+        else {"rtol": 2e-2, "atol": 2e-2}
+    )
+    torch.testing.assert_close(got.float(), expected.float(), **tolerance)
+    torch.testing.assert_close(k_cache, ref_caches[0], rtol=0, atol=0)
+    torch.testing.assert_close(v_cache, ref_caches[1], rtol=0, atol=0)
+    if padding:
+        assert torch.equal(got[-1], torch.zeros_like(got[-1]))
+
+
+def test_op_dispatches_to_the_triton_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stitch.runtime import triton_attention
+
+    launches: list[int] = []
+    launch = triton_attention.decode_attention
+
+    def counting(*args: Any, **kwargs: Any) -> None:
+        launches.append(1)
+        launch(*args, **kwargs)
+
+    monkeypatch.setattr(triton_attention, "decode_attention", counting)
+    q, k, v, k_cache, v_cache, positions = _attention_case(
+        4, 2, 32, 16, torch.float16, torch.float16, strided_v=True, padding=False
+    )
+    out = torch.empty_like(q)
+    torch.ops.stitch.attention(q, k, v, k_cache, v_cache, positions, out, 0.2)
+    assert launches == [1]
+
+
+def test_triton_kernel_is_capturable() -> None:
+    q, k, v, k_cache, v_cache, positions = _attention_case(
+        8, 4, 64, 64, torch.float16, torch.float16, strided_v=False, padding=True
+    )
+    out = torch.empty_like(q)
+    torch.ops.stitch.attention(
+        q, k, v, k_cache, v_cache, positions, out, 0.125
+    )  # warm-up
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        torch.ops.stitch.attention(q, k, v, k_cache, v_cache, positions, out, 0.125)
+    new = _attention_case(
+        8,
+        4,
+        64,
+        64,
+        torch.float16,
+        torch.float16,
+        strided_v=False,
+        padding=True,
+        seed=1,
+    )
+    for static, fresh in zip((q, k, v, k_cache, v_cache, positions), new):
+        static.copy_(fresh)
+    caches = (k_cache.clone(), v_cache.clone())
+    expected = torch.empty_like(q)
+    attention_reference(q, k, v, *caches, positions, expected, 0.125)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, expected, rtol=2e-2, atol=2e-2)
+
+
+# -- the runtime ------------------------------------------------------------------------------
+def _inputs(cfg: LlamaConfig, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, positions = llama_inputs(cfg, n, seed=seed, device="cuda")
+    torch._dynamo.mark_dynamic(ids, 0)
+    torch._dynamo.mark_dynamic(positions, 0)
+    return ids, positions
+
+
+class Served:
+    """A llama compiled by Stitch with CUDA graphs, and its eager twin."""
+
+    def __init__(
+        self,
+        cfg: LlamaConfig | None = None,
+        *,
+        shared_pool: bool = True,
+        **fields: Any,
+    ) -> None:
+        torch._dynamo.reset()
+        self.cfg = cfg or LlamaConfig(num_layers=2)
+        fields.setdefault("backend", "inductor")
+        fields.setdefault("cudagraph_capture_sizes", SIZES)
+        fields.setdefault("cudagraph_pad_values", {"positions": -1})
+        self.config = CompilationConfig(disable_cache=True, **fields)
+        self.backend = StitchBackend(self.config)
+        if not shared_pool:
+            self.backend.cudagraphs = CUDAGraphManager(self.config, shared_pool=False)
+        self.model = build_llama(self.cfg).cuda()
+        self.eager = build_llama(self.cfg).cuda()
+        self.compiled = torch.compile(
+            self.model, backend=self.backend, fullgraph=True, options=dict(NO_GUARDS)
+        )
+
+    def __call__(
+        self, n: int, seed: int, *, rtol: float = 1e-3, atol: float = 1e-4
+    ) -> torch.Tensor:
+        """One forward of both, compared; the output cloned (it lives until the next)."""
+        with torch.inference_mode():
+            got = self.compiled(*_inputs(self.cfg, n, seed)).clone()
+            expected = self.eager(*_inputs(self.cfg, n, seed))
+        torch.testing.assert_close(got.float(), expected.float(), rtol=rtol, atol=atol)
+        return got
+
+    def start_up(self, sizes: list[int] | None = None) -> int:
+        """Compile, then capture at start-up; the number of graphs captured."""
+        self(8, 0)
+        before = compilation_counter.num_cudagraph_captured
+        self.backend.cudagraphs.capture_sizes(lambda n: self(n, 100 + n), sizes)
+        return compilation_counter.num_cudagraph_captured - before
+
+
+@pytest.mark.parametrize(
+    ("fields", "graphs"),
+    [
+        ({"cudagraph_mode": "PIECEWISE"}, PIECES * len(SIZES)),
+        ({"cudagraph_mode": "FULL"}, len(SIZES)),
+        (
+            {"cudagraph_mode": "FULL_AND_PIECEWISE", "max_full_cudagraph_size": 4},
+            3 + PIECES * 3,
+        ),
+        ({"cudagraph_mode": "PIECEWISE", "dispatch": "per_piece"}, PIECES * len(SIZES)),
+        (
+            {"cudagraph_mode": "PIECEWISE", "cudagraph_check_addresses": True},
+            PIECES * len(SIZES),
+        ),
+        ({"cudagraph_mode": "PIECEWISE", "backend": "eager"}, PIECES * len(SIZES)),
+    ],
+    ids=[
+        "piecewise",
+        "full",
+        "full_and_piecewise",
+        "per_piece",
+        "address_check",
+        "eager_pieces",
+    ],
+)
+def test_numerics_against_eager(fields: dict[str, Any], graphs: int) -> None:
+    served = Served(**fields)
+    assert served.start_up() == graphs
+    served.backend.cudagraphs.forbid_capture()  # all sizes <= 32 are captured
+    outputs = {}
+    for step, n in enumerate(CALLS):
+        out = served(n, seed=step)
+        if n in outputs:  # the same size again, new inputs: the replay saw them
+            assert not torch.equal(out, outputs[n])
+        outputs[n] = out
+
+
+@pytest.mark.parametrize("mode", ["PIECEWISE", "FULL"])
+def test_bf16_model_against_eager(mode: str) -> None:
+    served = Served(
+        LlamaConfig(num_layers=2, dtype=torch.bfloat16), cudagraph_mode=mode
+    )
+    served.start_up()
+    for step, n in enumerate(CALLS):
+        # Inductor keeps fp32 where eager rounds to bf16: rounding-level differences.
+        served(n, seed=step, rtol=5e-2, atol=1e-1)
+
+
+def test_capture_after_start_up_is_forbidden() -> None:
+    served = Served(
+        backend="eager",
+        cudagraph_mode="PIECEWISE",
+        cudagraph_forbid_capture_after_startup=True,
+    )
+    assert served.start_up(sizes=[32, 8]) == PIECES * 2
+    served(7, seed=1)  # padded to 8: captured at start-up
+    served(40, seed=2)  # above the largest capture size: no graphs
+    with pytest.raises(StitchRuntimeError, match="at size 4 would be captured now"):
+        served(3, seed=3)
+
+
+def _reserved_by_capture(shared_pool: bool) -> tuple[int, int]:
+    cfg = LlamaConfig(
+        num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024
+    )
+    served = Served(
+        cfg, shared_pool=shared_pool, backend="eager", cudagraph_mode="PIECEWISE"
+    )
+    served(8, 0)
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
+    graphs = served.start_up()
+    torch.cuda.synchronize()
+    return torch.cuda.memory_reserved() - before, graphs
+
+
+def test_one_shared_pool_takes_less_memory_than_a_pool_per_graph() -> None:
+    shared, graphs = _reserved_by_capture(True)
+    separate, graphs_separate = _reserved_by_capture(False)
+    print(
+        f"graph memory: shared pool {shared / 2**20:.1f} MiB, pool per graph "
+        f"{separate / 2**20:.1f} MiB ({graphs} graphs)"
+    )
+    assert graphs == graphs_separate == 5 * len(SIZES)
+    assert shared < separate
+
+
+def _block_state(address: int) -> str:
+    """The caching allocator's state of the block holding ``address``."""
+    for segment in torch.cuda.memory_snapshot():
+        start = segment["address"]
+        for block in segment["blocks"]:
+            begin = block.get("address", start)
+            if begin <= address < begin + block["size"]:
+                return block["state"]
+            start = begin + block["size"]
+    raise AssertionError(
+        f"address {address:#x} is in no segment of the caching allocator"
+    )
+
+
+@pytest.mark.parametrize("mode", ["PIECEWISE", "FULL"])
+def test_last_output_is_a_weak_reference(mode: str) -> None:
+    """The forward's output is a view of graph-pool memory that the pool owns.
+
+    Its block is free in the pool (the graph's weak reference does not keep it),
+    so later captures reuse it; the next forward overwrites it.
+    """
+    served = Served(backend="eager", cudagraph_mode=mode)
+    served.start_up()
+    with torch.inference_mode():
+        out = served.compiled(*_inputs(served.cfg, 8, 1))
+        kept = out.clone()
+        torch.cuda.synchronize()
+        assert _block_state(out.data_ptr()) != "active_allocated"
+        expected = served.eager(*_inputs(served.cfg, 8, 1))
+    torch.testing.assert_close(kept, expected, rtol=1e-3, atol=1e-4)
+    with torch.inference_mode():
+        served.compiled(*_inputs(served.cfg, 8, 2))
+    assert not torch.equal(out, kept)  # overwritten by the next forward, by contract
