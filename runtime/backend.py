@@ -33,7 +33,14 @@ from .counter import compilation_counter
 from .cudagraph import CUDAGraphManager
 from .dump import PieceReport, write_debug_dump
 from .loader import compile_execution_fn
-from .piecewise import PiecewiseBackend, Target, concretize, runtime_symbol, targets_for
+from .piecewise import (
+    PiecewiseBackend,
+    RangeWarnings,
+    Target,
+    concretize,
+    runtime_symbol,
+    targets_for,
+)
 
 log = logging.getLogger("stitch")
 
@@ -102,6 +109,7 @@ class _Compilation:
         )
         # compile key -> runnable, shared by twins within this call
         self.memo: dict[str, Any] = {}
+        self.range_warnings = RangeWarnings()
         # normalized key -> whether the compiled code is free of the piece's strings
         self.string_free: dict[str, bool] = {}
         self.loaded: dict[str, Any] = {}
@@ -155,9 +163,13 @@ class _Compilation:
             backends[item.submod_name] = backend
             new_pieces[item.submod_name] = record
             reports.append(report)
-            split_gm.__dict__[item.submod_name] = backend
             progress.update(1)
         progress.close()
+        # NOTE: [pieces are installed after the loop]
+        # A miss after a hit runs the fake propagation over split_gm, which must
+        # call the pieces' own GraphModules, not a PiecewiseBackend.
+        for piece_name, backend in backends.items():
+            split_gm.__dict__[piece_name] = backend
 
         size_on = _dispatch_placeholder(split_gm, backends)
         dispatch_on = size_on if self.config.dispatch == "hoisted" else None
@@ -239,12 +251,14 @@ class _Compilation:
         plan = self._plan_from_index(old)
         if plan is None:
             args = piece_args(name)
-            sym_index, _ = runtime_symbol(args)
+            sym_index, symbol = runtime_symbol(args)
             targets = targets_for(
                 self.config.compile_sizes,
                 self.config.compile_ranges(),
                 sym_index is not None,
             )
+            if sym_index is not None:
+                targets = _reachable(targets, args[sym_index], symbol, name)
             keys = self._keys(graph, args, targets)
         else:
             sym_index, targets, keys = plan
@@ -265,7 +279,9 @@ class _Compilation:
             entries.append(entry)
             outcomes.append(outcome)
         seconds = time.perf_counter() - piece_start
-        backend = PiecewiseBackend(name, sym_index, runnables, module_path)
+        backend = PiecewiseBackend(
+            name, sym_index, runnables, module_path, self.range_warnings
+        )
         if all(o == "hit" for o in outcomes):
             state = "hit"
         elif all(o == "shared" for o in outcomes):
@@ -316,18 +332,26 @@ class _Compilation:
         sym_index = old["sym_index"]
         if sym_index is not None and type(sym_index) is not int:
             return None
-        targets = targets_for(
-            self.config.compile_sizes, self.config.compile_ranges(), sym_index is not None
-        )
-        by_target = {
-            e.get("target"): e.get("key")
-            for e in old.get("entries", [])
-            if isinstance(e, dict)
+        possible = {
+            t.key(): t
+            for t in targets_for(
+                self.config.compile_sizes,
+                self.config.compile_ranges(),
+                sym_index is not None,
+            )
         }
-        keys = [by_target.get(t.key()) for t in targets]
-        if not all(isinstance(k, str) and k for k in keys):
+        targets: list[Target] = []
+        keys: list[str] = []
+        for e in old.get("entries", []):
+            if not isinstance(e, dict) or e.get("target") not in possible:
+                return None
+            if not isinstance(e.get("key"), str) or not e["key"]:
+                return None
+            targets.append(possible[e["target"]])
+            keys.append(e["key"])
+        if Target("general") not in targets:
             return None
-        return sym_index, targets, keys  # type: ignore[return-value]
+        return sym_index, targets, keys
 
     def _runnable(
         self,
@@ -363,7 +387,12 @@ class _Compilation:
         args = piece_args(name)
         _, symbol = runtime_symbol(args)
         example = self._example_inputs(name, args, symbol, target)
-        runnable, handle = self.adapter.compile(graph, example, static=target.static)
+        try:
+            runnable, handle = self.adapter.compile(graph, example, static=target.static)
+        except StitchRuntimeError as exc:
+            raise StitchRuntimeError(
+                f"piece {name} ({target.describe()}): {exc}"
+            ) from exc.__cause__ or exc
         if key is None:
             key = self._decide_strings(key_choice, handle)
         entry["key"] = key
@@ -502,6 +531,28 @@ class _Compilation:
                 cache.write_index(data)
         except OSError as exc:
             log.warning("stitch cache: could not write %s (%s)", cache.directory, exc)
+
+
+def _reachable(targets: list[Target], size: Any, symbol: Any, name: str) -> list[Target]:
+    """Drop static sizes and ranges the runtime size can never take.
+
+    Dynamo bounds a backed size below by 2 (size 1 gets its own static graph),
+    so compiling size 1 into the dynamic graph would only waste a compile.
+    """
+    try:
+        bounds = size.node.shape_env.var_to_range.get(symbol)
+        lower, upper = int(bounds.lower), bounds.upper
+        upper = int(upper) if upper.is_finite else None
+    except Exception:  # noqa: BLE001 - no range information: keep every target
+        return targets
+    kept = []
+    for t in targets:
+        if t.kind != "general" and (t.hi < lower or (upper is not None and t.lo > upper)):
+            log.debug("piece %s: %s is outside the size's range [%s, %s]", name,
+                      t.describe(), lower, upper)
+            continue
+        kept.append(t)
+    return kept
 
 
 @dataclasses.dataclass(frozen=True)

@@ -148,7 +148,7 @@ class InductorAdapter:
             artifact = CompiledArtifact.load(path=path, format="binary")
         except Exception as exc:
             raise StitchCacheError(
-                f"artifact {path} failed to load ({type(exc).__name__}: {exc})"
+                f"failed to load ({type(exc).__name__}: {exc})"
             ) from exc
         compilation_counter.num_compiled_artifacts_loaded += 1
         return _tupled(artifact) if unwrap else artifact

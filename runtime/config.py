@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import os
 from typing import Any
 
 import torch
@@ -28,7 +29,8 @@ class CUDAGraphMode(enum.Enum):
             return value
         if isinstance(value, bool):
             raise StitchConfigError(
-                f"cudagraph_mode={value!r}: give a mode name or number, not a bool"
+                f"CompilationConfig.cudagraph_mode={value!r}: give a mode name or "
+                "number, not a bool"
             )
         if isinstance(value, int):
             for mode in cls:
@@ -39,7 +41,9 @@ class CUDAGraphMode(enum.Enum):
             if key in cls.__members__:
                 return cls[key]
         names = ", ".join(f"{m.name} ({m.value})" for m in cls)
-        raise StitchConfigError(f"cudagraph_mode={value!r} is not one of: {names}")
+        raise StitchConfigError(
+            f"CompilationConfig.cudagraph_mode={value!r} is not one of: {names}"
+        )
 
 
 def default_capture_sizes(max_size: int) -> list[int]:
@@ -154,6 +158,8 @@ class CompilationConfig:
         if self.dispatch not in ("hoisted", "per_piece"):
             raise _field_error("dispatch", self.dispatch, "must be 'hoisted' or 'per_piece'")
         for name in ("cache_dir", "debug_dump_path"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
             if not isinstance(getattr(self, name), str):
                 raise _field_error(name, getattr(self, name), "must be a str path")
         for name in (
@@ -217,6 +223,7 @@ class CompilationConfig:
             "compile_sizes": list(self.compile_sizes),
             "compile_ranges": self.compile_ranges(),
             "max_num_batched_tokens": self.max_num_batched_tokens,
+            "dispatch": self.dispatch,
             "inductor_compile_config": sorted(
                 (k, repr(v)) for k, v in self.inductor_compile_config.items()
             ),

@@ -55,6 +55,25 @@ def targets_for(
     )
 
 
+class RangeWarnings:
+    """One warning per compiled model (not per piece) for sizes outside all ranges."""
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def outside(self, size: int, piece: str, ranges: list[tuple[int, int]]) -> None:
+        if self.warned:
+            return
+        self.warned = True
+        log.warning(
+            "size %d is outside every compile range %s (first seen in piece %s); "
+            "running the general runnables",
+            size,
+            ranges,
+            piece,
+        )
+
+
 class PiecewiseBackend:
     """Runs one compiled piece, choosing the runnable by the runtime size.
 
@@ -68,6 +87,7 @@ class PiecewiseBackend:
         sym_index: int | None,
         runnables: dict[Target, Runnable],
         module_path: str = "",
+        range_warnings: RangeWarnings | None = None,
     ) -> None:
         if Target("general") not in runnables:
             raise StitchRuntimeError(f"piece {name} has no general runnable")
@@ -82,7 +102,7 @@ class PiecewiseBackend:
         ranges = sorted((t.lo, t.hi, fn) for t, fn in runnables.items() if t.kind == "range")
         self._range_starts = [lo for lo, _, _ in ranges]
         self._ranges = ranges
-        self._warned = False
+        self._warnings = range_warnings if range_warnings is not None else RangeWarnings()
 
     def runnable_for(self, size: int) -> Runnable:
         fn = self._by_size.get(size)
@@ -101,15 +121,7 @@ class PiecewiseBackend:
             lo, hi, fn = self._ranges[i]
             if lo <= size <= hi:
                 return fn
-        if not self._warned:
-            self._warned = True
-            log.warning(
-                "piece %s: size %d is outside every compile range %s; running the "
-                "general runnable",
-                self.name,
-                size,
-                [(lo, hi) for lo, hi, _ in self._ranges],
-            )
+        self._warnings.outside(size, self.name, [(lo, hi) for lo, hi, _ in self._ranges])
         return self.general
 
     def __call__(self, *args: Any) -> Any:
