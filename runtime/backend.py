@@ -27,7 +27,7 @@ from stitch.codegen.fingerprint import string_constants
 from stitch.codegen.fingerprint import describe_example
 
 from .cache import SOURCE_FILE, CompileCache, sha256_file, stitch_version
-from .compilers import CompilerAdapter, make_adapter
+from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
 from .config import CompilationConfig
 from .counter import compilation_counter
 from .cudagraph import CUDAGraphManager
@@ -76,6 +76,8 @@ class StitchBackend:
         self.compiled: list[CompiledModel] = []
         # Pool, capture switch and start-up capture of every graph compiled here.
         self.cudagraphs = CUDAGraphManager(self.config)
+        if self.config.backend == "inductor":
+            start_inductor_warmup()
 
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]

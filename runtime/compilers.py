@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import threading
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -169,6 +171,32 @@ def _tuple_output(gm: fx.GraphModule) -> tuple[fx.GraphModule, bool]:
     wrapped = fx.GraphModule(gm, new_graph)
     wrapped.meta.update(gm.meta)
     return wrapped, True
+
+
+@functools.cache
+def start_inductor_warmup() -> threading.Thread:
+    """Start Inductor's one-time process set-up in the background (once).
+
+    NOTE: [Inductor warm-up overlaps Dynamo tracing]
+    The first compile or artifact load in a process pays for importing
+    compile_fx and probing the CPU's vector ISA (a C++ compile): over a second,
+    most of a warm start.  A backend object is made before torch.compile traces
+    the model, so starting that work then hides it behind Dynamo's tracing.  It
+    only fills caches that Inductor would fill on first use anyway.
+    """
+
+    def warm_up() -> None:
+        try:
+            import torch._inductor.compile_fx  # noqa: F401
+            from torch._inductor import cpu_vec_isa
+
+            cpu_vec_isa.pick_vec_isa()
+        except Exception:  # noqa: BLE001 - the real compile reports real errors
+            log.debug("Inductor warm-up failed", exc_info=True)
+
+    thread = threading.Thread(target=warm_up, name="stitch-inductor-warmup", daemon=True)
+    thread.start()
+    return thread
 
 
 def make_adapter(backend: str, config_patches: dict[str, Any]) -> CompilerAdapter:
