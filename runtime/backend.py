@@ -119,6 +119,10 @@ class _Compilation:
     # -- the steps -----------------------------------------------------------
     def run(self, sink: list[CompiledModel]) -> Callable[..., Any]:
         start = time.perf_counter()
+        if self.config.backend == "inductor":
+            # Stitch's own Inductor calls start once the warm-up is done: two
+            # threads never import Inductor's modules at the same time here.
+            start_inductor_warmup().join()
         compilation_counter.num_graphs_seen += 1
         compilation_counter.num_backend_compilations += 1
         fake_inputs = self._fake_inputs()

@@ -175,26 +175,28 @@ def _tuple_output(gm: fx.GraphModule) -> tuple[fx.GraphModule, bool]:
 
 @functools.cache
 def start_inductor_warmup() -> threading.Thread:
-    """Start Inductor's one-time process set-up in the background (once).
+    """Probe the CPU's vector ISA for Inductor in the background (once).
 
     NOTE: [Inductor warm-up overlaps Dynamo tracing]
-    The first compile or artifact load in a process pays for importing
-    compile_fx and probing the CPU's vector ISA (a C++ compile): over a second,
-    most of a warm start.  A backend object is made before torch.compile traces
-    the model, so starting that work then hides it behind Dynamo's tracing.  It
-    only fills caches that Inductor would fill on first use anyway.
+    The first compile or artifact load in a process probes the CPU's vector ISA
+    with a C++ dry compile: about a second, much of a warm start.  A backend
+    object is made before torch.compile traces the model, so starting the probe
+    then hides it behind Dynamo's tracing; it fills the cache Inductor would fill
+    on first use anyway.  Every module involved is imported here, in the calling
+    thread, first: two threads importing torch's modules at once can see each
+    other's half-initialized modules.
     """
+    import torch._dynamo  # noqa: F401
+    import torch._inductor.compile_fx  # noqa: F401
+    from torch._inductor import codecache, cpp_builder, cpu_vec_isa  # noqa: F401
 
-    def warm_up() -> None:
+    def probe() -> None:
         try:
-            import torch._inductor.compile_fx  # noqa: F401
-            from torch._inductor import cpu_vec_isa
-
             cpu_vec_isa.pick_vec_isa()
         except Exception:  # noqa: BLE001 - the real compile reports real errors
-            log.debug("Inductor warm-up failed", exc_info=True)
+            log.debug("Inductor ISA probe failed", exc_info=True)
 
-    thread = threading.Thread(target=warm_up, name="stitch-inductor-warmup", daemon=True)
+    thread = threading.Thread(target=probe, name="stitch-isa-probe", daemon=True)
     thread.start()
     return thread
 
