@@ -24,7 +24,7 @@ _lib.define(
 )
 
 
-def attention(
+def attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
@@ -41,21 +41,10 @@ def attention(
     token's k/v are written at ``cache[i, positions[i]]`` and ``q[i]`` attends over
     ``cache[i, : positions[i] + 1]``.  A negative position marks a padding token
     (CUDA graph padding): it writes no cache entry and its output is zero.
+
+    The plain torch implementation of ``stitch::attention``: the CPU kernel, and
+    the reference for the CUDA one.
     """
-    attention_reference(q, k, v, k_cache, v_cache, positions, out, scale)
-
-
-def attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    positions: torch.Tensor,
-    out: torch.Tensor,
-    scale: float,
-) -> None:
-    """Plain torch implementation (CPU, and the reference for other kernels)."""
     n = q.shape[0]
     if n == 0:
         return
@@ -77,7 +66,7 @@ def attention_reference(
     out.copy_(torch.where(valid, result, 0.0).to(out.dtype))
 
 
-_lib.impl("attention", attention, "CompositeExplicitAutograd")
+_lib.impl("attention", attention_reference, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(ATTENTION_OP, lib=_lib)

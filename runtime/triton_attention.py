@@ -1,6 +1,6 @@
 """``stitch::attention`` on CUDA: launches the Triton decode-attention kernel.
 
-Importing this module (``ops.py`` does) registers :func:`attention_cuda` for the
+Importing this module (``ops.py`` does) registers :func:`decode_attention` for the
 CUDA dispatch key; it needs no Triton.  Triton is imported on the first CUDA
 call: where it is missing, or a tensor layout is one the kernel does not take,
 the op runs the torch implementation instead (also graph-capturable).
@@ -108,20 +108,7 @@ def decode_attention(
     )
 
 
-def attention_cuda(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    positions: torch.Tensor,
-    out: torch.Tensor,
-    scale: float,
-) -> None:
-    decode_attention(q, k, v, k_cache, v_cache, positions, out, scale)
-
-
 # Registered directly on the CUDA key: torch.library.register_kernel would wrap
 # the kernel in a dynamo-disabling decorator, a cost on every call.
 _lib = torch.library.Library(ATTENTION_OP.split("::")[0], "IMPL")
-_lib.impl(ATTENTION_OP.split("::")[1], attention_cuda, "CUDA")
+_lib.impl(ATTENTION_OP.split("::")[1], decode_attention, "CUDA")
