@@ -65,6 +65,22 @@ def apply_rotary(
     return rotated.to(x.dtype)
 
 
+def register_attention_state(module: nn.Module, cfg: LlamaConfig, num_heads: int) -> None:
+    """The rotary frequencies, the per-layer KV caches for ``num_heads`` heads and
+    the softmax scale of an attention module (full or one tensor-parallel rank's)."""
+    module.register_buffer(
+        "inv_freq",
+        1.0
+        / cfg.rope_theta
+        ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim),
+        persistent=False,
+    )
+    cache_shape = (cfg.max_seqs, cfg.max_len, num_heads, cfg.head_dim)
+    module.register_buffer("k_cache", torch.zeros(cache_shape, dtype=cfg.dtype))
+    module.register_buffer("v_cache", torch.zeros(cache_shape, dtype=cfg.dtype))
+    module.scale = 1.0 / math.sqrt(cfg.head_dim)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
@@ -72,17 +88,7 @@ class Attention(nn.Module):
         h = cfg.hidden_size
         self.qkv_proj = nn.Linear(h, 3 * h, bias=False)
         self.o_proj = nn.Linear(h, h, bias=False)
-        self.register_buffer(
-            "inv_freq",
-            1.0
-            / cfg.rope_theta
-            ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim),
-            persistent=False,
-        )
-        cache_shape = (cfg.max_seqs, cfg.max_len, cfg.num_heads, cfg.head_dim)
-        self.register_buffer("k_cache", torch.zeros(cache_shape, dtype=cfg.dtype))
-        self.register_buffer("v_cache", torch.zeros(cache_shape, dtype=cfg.dtype))
-        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        register_attention_state(self, cfg, cfg.num_heads)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

@@ -23,7 +23,6 @@ with a clear error, instead of hanging, when a rank fails.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import pickle
 import tempfile
@@ -42,7 +41,14 @@ from torch import nn
 from stitch.codegen.errors import StitchConfigError, StitchRuntimeError
 
 from . import ops
-from .examples import LlamaConfig, LlamaModel, RMSNorm, apply_rotary, build_llama
+from .examples import (
+    LlamaConfig,
+    LlamaModel,
+    RMSNorm,
+    apply_rotary,
+    build_llama,
+    register_attention_state,
+)
 from .ops import ATTENTION_OP
 
 # NOTE: [what Dynamo records for a functional collective]
@@ -139,17 +145,7 @@ class TPAttention(nn.Module):
         self.local_size = local
         self.qkv_proj = ColumnParallelLinear(cfg.hidden_size, 3 * local)
         self.o_proj = RowParallelLinear(local, cfg.hidden_size, group)
-        self.register_buffer(
-            "inv_freq",
-            1.0
-            / cfg.rope_theta
-            ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim),
-            persistent=False,
-        )
-        cache_shape = (cfg.max_seqs, cfg.max_len, self.num_heads, cfg.head_dim)
-        self.register_buffer("k_cache", torch.zeros(cache_shape, dtype=cfg.dtype))
-        self.register_buffer("v_cache", torch.zeros(cache_shape, dtype=cfg.dtype))
-        self.scale = 1.0 / math.sqrt(cfg.head_dim)
+        register_attention_state(self, cfg, self.num_heads)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
