@@ -188,7 +188,7 @@ class _ModuleLowering:
     ) -> FunctionContext:
         nodes = list(gm.graph.nodes)
         position = {n: i for i, n in enumerate(nodes)}
-        local = Namespace(self.global_names._used)
+        local = self.global_names.child()
         names: dict[fx.Node, str] = {}
 
         def name_of(n: fx.Node) -> str:

@@ -38,6 +38,10 @@ class Namespace:
         self._base_count: dict[str, int] = {}
         self._by_key: dict[object, str] = {}
 
+    def child(self) -> Namespace:
+        """A namespace for a function's locals: it avoids every name taken here."""
+        return Namespace(self._used)
+
     def reserve(self, name: str) -> None:
         self._used.add(name)
 

@@ -31,7 +31,7 @@ from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
 from .config import CompilationConfig
 from .counter import compilation_counter
 from .cudagraph import CUDAGraphManager
-from .dump import PieceReport, write_debug_dump
+from .dump import PieceReport, progress_bar, write_debug_dump
 from .loader import compile_execution_fn
 from .piecewise import (
     PiecewiseBackend,
@@ -109,6 +109,7 @@ class _Compilation:
         self.adapter: CompilerAdapter = make_adapter(
             config.backend, config.inductor_compile_config
         )
+        self.config_hash = config.compute_hash()
         # compile key -> runnable, shared by twins within this call
         self.memo: dict[str, Any] = {}
         self.range_warnings = RangeWarnings()
@@ -157,7 +158,12 @@ class _Compilation:
         new_pieces: dict[str, Any] = {}
         backends: dict[str, PiecewiseBackend] = {}
         reports: list[PieceReport] = []
-        progress = _progress(len(compiled_items))
+        progress = progress_bar(
+            len(compiled_items),
+            "stitch: compiling pieces",
+            "piece",
+            enabled=len(compiled_items) >= 8 and log.isEnabledFor(logging.INFO),
+        )
         for item in items:
             path = module_path_of(item.graph)
             if item.is_splitting_graph:
@@ -200,7 +206,9 @@ class _Compilation:
         # Twins report "shared": they run what their first instance loaded.
         warm = warm_source and all(r.cache in ("hit", "shared") for r in reports if not r.splitting)
         if cache is not None:
-            self._write_index(cache, index, new_pieces, code, submod_names, graph_key)
+            self._write_index(
+                cache, index, new_pieces, code, submod_names, dispatch_on, graph_key
+            )
         seconds = time.perf_counter() - start
         dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
         if dump:
@@ -315,7 +323,7 @@ class _Compilation:
         Otherwise the strings are baked into the code and each distinct set of
         strings compiles on its own.
         """
-        common = self.adapter.name + self.config.compute_hash()
+        common = self.adapter.name + self.config_hash
         strings = string_constants(graph)
         if not strings:
             base = structural_hash(graph, args) + common
@@ -486,7 +494,6 @@ class _Compilation:
         index: dict[str, Any] | None,
         dispatch_on: str | None,
     ) -> tuple[str, list[str], list[Any], bool]:
-        self.dispatch_on = dispatch_on
         if cache is not None and index is not None:
             record = index.get("source") or {}
             path = cache.verified(record.get("file"), record.get("sha256"))
@@ -514,6 +521,7 @@ class _Compilation:
         pieces: dict[str, Any],
         code: str,
         submod_names: list[str],
+        dispatch_on: str | None,
         graph_key: str,
     ) -> None:
         try:
@@ -522,14 +530,14 @@ class _Compilation:
                 "format": 1,
                 "stitch_version": stitch_version(),
                 "torch_version": torch.__version__,
-                "config_hash": self.config.compute_hash(),
+                "config_hash": self.config_hash,
                 "graph_key": graph_key,
                 "backend": self.config.backend,
                 "source": {
                     "file": SOURCE_FILE,
                     "sha256": sha,
                     "submod_names": list(submod_names),
-                    "dispatch_on": self.dispatch_on,
+                    "dispatch_on": dispatch_on,
                 },
                 "pieces": pieces,
             }
@@ -620,22 +628,6 @@ def _piece_inputs(split_gm: fx.GraphModule, fake_inputs: list[Any]) -> dict[str,
     with fake_mode:
         Recorder(split_gm).run(*fake_inputs)
     return recorded
-
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int) -> Any:
-    if total < 8 or not log.isEnabledFor(logging.INFO):
-        return _NoProgress()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="stitch: compiling pieces", unit="piece", leave=False)
 
 
 def _trace_source(code: str) -> None:

@@ -207,7 +207,3 @@ def make_adapter(backend: str, config_patches: dict[str, Any]) -> CompilerAdapte
     if backend == "eager":
         return EagerAdapter()
     raise StitchRuntimeError(f"unknown compiler backend {backend!r}")
-
-
-def is_symint(value: Any) -> bool:
-    return isinstance(value, torch.SymInt)

@@ -40,6 +40,7 @@ from stitch.codegen.errors import StitchConfigError, StitchError, StitchRuntimeE
 
 from .config import CompilationConfig, CUDAGraphMode
 from .counter import compilation_counter
+from .dump import progress_bar
 from .loader import SizeTables, _bind, compile_execution_fn
 
 log = logging.getLogger("stitch")
@@ -405,7 +406,9 @@ class CUDAGraphManager:
             self.config.cudagraph_capture_sizes if sizes is None else sizes
         )
         calls = self.config.cudagraph_num_of_warmups + 1
-        bar = _progress(len(order))
+        bar = progress_bar(
+            len(order), "stitch: capturing CUDA graphs", "size", enabled=len(order) >= 8
+        )
         before, start = self.num_captured, time.perf_counter()
         try:
             for size in order:
@@ -500,18 +503,6 @@ class CUDAGraphManager:
         runner = PaddedRunner(plan, padding_table(sizes), runners, above_max)
         self.runners.append(runner)
         return runner
-
-
-def _progress(total: int) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        desc="stitch: capturing CUDA graphs",
-        unit="size",
-        leave=False,
-        disable=total < 8,
-    )
 
 
 # -- one graph per piece and size ---------------------------------------------------
