@@ -1,10 +1,20 @@
-"""Everything that runs: loading emitted source, compiled pieces, caches."""
+"""Everything that runs: the torch.compile backend, loading emitted source, the store, CUDA graphs.
 
-from .backend import CompiledModel, StitchBackend, stitch_backend
+Parts (see docs/architecture.md):
+
+- ``pipeline``: the backend: split, plan each piece, compile it (or load it), stitch;
+- ``store``: the persistent cache, its index, and the debug dump;
+- ``cudagraph``: padding, capture per size, replay;
+- ``loader``: compile emitted source and bind it to its pieces;
+- ``examples``: the example models with their ops and kernels (not imported here);
+- ``cli``: the ``stitch`` command (not imported here).
+"""
+
 from .config import CompilationConfig, CUDAGraphMode
 from .counter import compilation_counter
 from .loader import compile_execution_fn, load_execution_module, source_filename
-from .piecewise import PiecewiseBackend
+from .pipeline.backend import CompiledModel, StitchBackend, stitch_backend
+from .pipeline.piecewise import PiecewiseBackend
 
 __all__ = [
     "CUDAGraphMode",

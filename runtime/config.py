@@ -11,8 +11,14 @@ from typing import Any
 import torch
 
 from stitch.codegen.errors import StitchConfigError
+from stitch.codegen.split import OpMatcher
 
 BACKENDS = ("inductor", "eager")
+
+# NOTE: [default splitting ops are names]
+# Ops are matched by name, so the default needs no op registered: the core
+# never imports the models or kernels that define them.
+DEFAULT_SPLITTING_OPS = ("stitch::attention",)
 
 
 class CUDAGraphMode(enum.Enum):
@@ -110,15 +116,11 @@ class CompilationConfig:
         if self.backend not in BACKENDS:
             raise _field_error("backend", self.backend, f"must be one of {BACKENDS}")
         if self.splitting_ops is None:
-            from .ops import ATTENTION_OP
-
-            self.splitting_ops = [ATTENTION_OP]
+            self.splitting_ops = list(DEFAULT_SPLITTING_OPS)
         if not isinstance(self.splitting_ops, (list, tuple)):
             raise _field_error(
                 "splitting_ops", self.splitting_ops, "must be a list of op names/objects"
             )
-        from stitch.codegen.split import OpMatcher
-
         try:
             OpMatcher.parse(self.splitting_ops)
         except ValueError as exc:
@@ -198,9 +200,7 @@ class CompilationConfig:
         self.cudagraph_capture_sizes = [
             s for s in self.cudagraph_capture_sizes if s <= self.max_cudagraph_capture_size
         ]
-        from .cudagraph import validate_cudagraph_fields
-
-        validate_cudagraph_fields(self)
+        _validate_cudagraph_fields(self)
 
     # -- derived -------------------------------------------------------------
     def compile_ranges(self) -> list[tuple[int, int]]:
@@ -229,6 +229,43 @@ class CompilationConfig:
             ),
         }
         return hashlib.sha256(repr(sorted(factors.items())).encode()).hexdigest()
+
+
+def _validate_cudagraph_fields(config: CompilationConfig) -> None:
+    """The CUDA graph fields that depend on each other.
+
+    Whether compile sizes agree with padding is checked when graphs are actually
+    used (``stitch.runtime.cudagraph.padding.check_padding``): on CPU the capture
+    sizes play no role.
+    """
+    limit = config.max_full_cudagraph_size
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise _field_error(
+            "max_full_cudagraph_size", limit, "must be a positive int or None"
+        )
+    if config.cudagraph_mode is CUDAGraphMode.FULL_AND_PIECEWISE:
+        if limit is not None and limit > (config.max_cudagraph_capture_size or 0):
+            raise _field_error(
+                "max_full_cudagraph_size",
+                limit,
+                f"exceeds max_cudagraph_capture_size={config.max_cudagraph_capture_size}",
+            )
+    elif limit is not None:
+        raise _field_error(
+            "max_full_cudagraph_size",
+            limit,
+            "is only used with cudagraph_mode=FULL_AND_PIECEWISE (the mode is "
+            f"{config.cudagraph_mode.name})",
+        )
+    pads = config.cudagraph_pad_values
+    if not isinstance(pads, dict) or not all(
+        isinstance(k, str) and type(v) in (int, float) for k, v in pads.items()
+    ):
+        raise _field_error(
+            "cudagraph_pad_values",
+            pads,
+            "must map argument names to int or float fill values",
+        )
 
 
 def _op_name(op: Any) -> str:

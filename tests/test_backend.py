@@ -36,7 +36,7 @@ from backend_support import (
 
 from stitch.runtime import CompilationConfig, compilation_counter, source_filename
 from stitch.runtime.examples import LlamaConfig
-from stitch.runtime.piecewise import Target
+from stitch.runtime.pipeline.piecewise import Target
 
 # compile_sizes=[4], one split point at 16, max 32: every piece with a runtime
 # size is compiled for 4 targets: general, range [1, 16], range [17, 32], size 4.
@@ -331,7 +331,7 @@ def test_backend_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         for e in importlib.metadata.entry_points(group="torch_dynamo_backends")
         if e.name == "stitch"
     ]
-    assert entry.value == "stitch.runtime.backend:stitch_backend"
+    assert entry.value == "stitch.runtime.pipeline.backend:stitch_backend"
     assert "stitch" in torch._dynamo.list_backends()
 
     # The default config caches under $STITCH_CACHE_DIR and compiles each piece

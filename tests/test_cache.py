@@ -36,7 +36,7 @@ from backend_support import (
 )
 
 from stitch.runtime import CompilationConfig
-from stitch.runtime.cache import INDEX_FILE, SOURCE_FILE
+from stitch.runtime.store.cache import INDEX_FILE, SOURCE_FILE
 
 # Three compiled pieces, each for its general shape and size 4: six artifacts.
 CONFIG = {"compile_sizes": [4], "max_num_batched_tokens": 32}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stitch.runtime.cli import main
-from stitch.runtime.main_job import inspect_cache, run_example
+from stitch.runtime.cli.main_job import inspect_cache, run_example
 
 
 def test_run_checks_every_size_against_eager_and_reports_paths(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from stitch.codegen.errors import StitchRuntimeError
 from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
 from stitch.runtime.cudagraph import CUDAGraphManager
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
-from stitch.runtime.ops import attention_reference
+from stitch.runtime.examples.ops import attention_reference
 
 pytestmark = [
     pytest.mark.cuda,
@@ -93,7 +93,7 @@ def test_triton_kernel_matches_torch(
     strided_v: bool,
     padding: bool,
 ) -> None:
-    from stitch.runtime import triton_attention
+    from stitch.runtime.examples import triton_attention
 
     kernels = triton_attention.triton_kernels()
     assert kernels is not None, "Triton did not import on this CUDA machine"
@@ -121,7 +121,7 @@ def test_triton_kernel_matches_torch(
 
 
 def test_op_dispatches_to_the_triton_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stitch.runtime import triton_attention
+    from stitch.runtime.examples import triton_attention
 
     launches: list[int] = []
     launch = triton_attention.decode_attention

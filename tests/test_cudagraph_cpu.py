@@ -47,7 +47,7 @@ from stitch.runtime.cudagraph import (
 )
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
 from stitch.runtime.loader import compile_execution_fn
-from stitch.runtime.ops import attention_reference
+from stitch.runtime.examples.ops import attention_reference
 
 GOLDEN = GOLDEN_DIR / Path(__file__).stem
 SIZES = [1, 2, 4, 8]
@@ -709,8 +709,8 @@ def test_negative_position_writes_nothing_and_outputs_zero() -> None:
 
 _INTERPRETED_KERNEL_CHECK = """
 import torch
-from stitch.runtime import triton_attention
-from stitch.runtime.ops import attention_reference
+from stitch.runtime.examples import triton_attention
+from stitch.runtime.examples.ops import attention_reference
 
 kernels = triton_attention.triton_kernels()
 assert kernels is not None

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-import stitch.runtime.ops  # noqa: F401 - registers the ops
+import stitch.runtime.examples.ops  # noqa: F401 - registers the ops
 from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
 
 

@@ -1,6 +1,6 @@
 """Tensor parallelism: two gloo ranks on this machine compile the TP llama with Stitch.
 
-Each job is launched with ``stitch.runtime.tp.launch`` (spawned processes, a TCP
+Each job is launched with ``stitch.runtime.examples.tp.launch`` (spawned processes, a TCP
 rendezvous on 127.0.0.1, a 60 s process-group timeout, a parent that kills every
 rank on a failure or past its deadline).  The ranks do the work and return plain
 data; the assertions run here, in the test process.
@@ -44,8 +44,8 @@ from stitch.runtime import (
     compile_execution_fn,
 )
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
-from stitch.runtime.ops import ATTENTION_OP
-from stitch.runtime.tp import (
+from stitch.runtime.examples.ops import ATTENTION_OP
+from stitch.runtime.examples.tp import (
     COLLECTIVE_OPS,
     EAGER_COLLECTIVE_SPLITTING_OPS,
     IN_PIECE_SPLITTING_OPS,
@@ -88,7 +88,7 @@ FUNCTIONAL_NS = "_c10d_functional::"
 
 
 def _models() -> tuple[Any, Any]:
-    from stitch.runtime.tp import build_tp_llama
+    from stitch.runtime.examples.tp import build_tp_llama
 
     return build_tp_llama(CFG, seed=0)
 
@@ -174,7 +174,7 @@ def cold_job(rank: int, world_size: int, cache_root: str) -> dict[str, Any]:
 def warm_job(
     rank: int, world_size: int, cache_root: str, golden_dir: str
 ) -> dict[str, Any]:
-    from stitch.runtime.compilers import InductorAdapter
+    from stitch.runtime.pipeline.compilers import InductorAdapter
 
     # Record every artifact this rank loads, to show whose files they are.
     loaded: list[str] = []

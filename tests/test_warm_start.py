@@ -28,7 +28,7 @@ from backend_support import (
 )
 
 from stitch.runtime import CompilationConfig
-from stitch.runtime.cache import INDEX_FILE, SOURCE_FILE
+from stitch.runtime.store.cache import INDEX_FILE, SOURCE_FILE
 from stitch.runtime.examples import LlamaConfig
 
 LAYERS = 3

@@ -21,26 +21,29 @@ from stitch.codegen import (
     lower_execution,
     module_path_of,
     split_graph,
-    structural_hash,
 )
-from stitch.codegen.fingerprint import string_constants
 from stitch.codegen.fingerprint import describe_example
 
-from .cache import SOURCE_FILE, CompileCache, sha256_file, stitch_version
-from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
-from .config import CompilationConfig
-from .counter import compilation_counter
-from .cudagraph import CUDAGraphManager
-from .dump import PieceReport, progress_bar, write_debug_dump
-from .loader import compile_execution_fn
-from .piecewise import (
-    PiecewiseBackend,
-    RangeWarnings,
-    Target,
-    concretize,
-    runtime_symbol,
-    targets_for,
+from ..config import CompilationConfig
+from ..counter import compilation_counter
+from ..cudagraph import CUDAGraphManager
+from ..loader import compile_execution_fn
+from ..progress import progress_bar
+from ..store.cache import SOURCE_FILE, CompileCache, sha256_file, stitch_version
+from ..store.dump import PieceReport, write_debug_dump
+from ..store.index import (
+    INDEX_FILE,
+    build_index,
+    entries_by_target,
+    entry_record,
+    piece_record,
+    plan_from_record,
 )
+from ..targets import Target
+from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
+from .piecewise import PiecewiseBackend, RangeWarnings, concretize
+from .plan import KeyChoice, PiecePlan, StringKeys, piece_inputs, plan_piece
+from .size import find_size, hoisted_input
 
 log = logging.getLogger("stitch")
 
@@ -82,7 +85,7 @@ class StitchBackend:
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]
     ) -> Callable[..., Any]:
-        return _Compilation(self.config, gm, example_inputs, self.cudagraphs).run(
+        return Compilation(self.config, gm, example_inputs, self.cudagraphs).run(
             self.compiled
         )
 
@@ -92,8 +95,8 @@ def stitch_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callabl
     return StitchBackend()(gm, example_inputs)
 
 
-class _Compilation:
-    """One backend call."""
+class Compilation:
+    """One backend call: split, plan and compile (or load) each piece, stitch."""
 
     def __init__(
         self,
@@ -110,6 +113,8 @@ class _Compilation:
             config.backend, config.inductor_compile_config
         )
         self.config_hash = config.compute_hash()
+        # What every compile key of this call shares.
+        self.key_salt = self.adapter.name + self.config_hash
         # compile key -> runnable, shared by twins within this call
         self.memo: dict[str, Any] = {}
         self.range_warnings = RangeWarnings()
@@ -127,6 +132,7 @@ class _Compilation:
         compilation_counter.num_graphs_seen += 1
         compilation_counter.num_backend_compilations += 1
         fake_inputs = self._fake_inputs()
+        self.size = find_size(self.gm, fake_inputs)
         graph_key = self._graph_key(fake_inputs)
         cache = None
         index: dict[str, Any] | None = None
@@ -148,7 +154,7 @@ class _Compilation:
 
         def piece_args(name: str) -> tuple[Any, ...]:
             if "all" not in piece_args_memo:
-                piece_args_memo["all"] = _piece_inputs(split_gm, fake_inputs)
+                piece_args_memo["all"] = piece_inputs(split_gm, fake_inputs)
             args = piece_args_memo["all"].get(name)
             if args is None:
                 raise StitchRuntimeError(f"piece {name} is never called by the split graph")
@@ -183,7 +189,8 @@ class _Compilation:
         for piece_name, backend in backends.items():
             split_gm.__dict__[piece_name] = backend
 
-        size_on = _dispatch_placeholder(split_gm, backends)
+        size_arguments = {name: b.sym_index for name, b in backends.items()}
+        size_on = hoisted_input(split_gm, self.size, size_arguments)
         dispatch_on = size_on if self.config.dispatch == "hoisted" else None
         code, submod_names, consts, warm_source = self._stitching_source(
             split_gm, cache, index, dispatch_on
@@ -198,7 +205,7 @@ class _Compilation:
                 backends=backends,
                 submod_names=submod_names,
                 consts=consts,
-                size_on=size_on,
+                size=self.size if size_on is not None else None,
             )
         else:
             fn = compile_execution_fn(code, backends, submod_names, consts)
@@ -262,30 +269,13 @@ class _Compilation:
         old_pieces: dict[str, Any],
     ) -> tuple[PiecewiseBackend, dict[str, Any], PieceReport]:
         old = old_pieces.get(name)
-        plan = self._plan_from_index(old)
-        if plan is None:
-            args = piece_args(name)
-            sym_index, symbol = runtime_symbol(args)
-            targets = targets_for(
-                self.config.compile_sizes,
-                self.config.compile_ranges(),
-                sym_index is not None,
-            )
-            if sym_index is not None:
-                targets = _reachable(targets, args[sym_index], symbol, name)
-            keys = self._keys(graph, args, targets)
-        else:
-            sym_index, targets, keys = plan
-        old_entries = {
-            e.get("target"): e
-            for e in (old or {}).get("entries", [])
-            if isinstance(e, dict)
-        }
+        plan = self._plan(name, graph, piece_args, old)
+        old_entries = entries_by_target(old)
         runnables: dict[Target, Any] = {}
         entries: list[dict[str, Any]] = []
         outcomes: list[str] = []
         piece_start = time.perf_counter()
-        for target, key in zip(targets, keys):
+        for target, key in zip(plan.targets, plan.keys):
             runnable, entry, outcome = self._runnable(
                 name, graph, piece_args, target, key, cache, old_entries.get(target.key())
             )
@@ -294,7 +284,7 @@ class _Compilation:
             outcomes.append(outcome)
         seconds = time.perf_counter() - piece_start
         backend = PiecewiseBackend(
-            name, sym_index, runnables, module_path, self.range_warnings
+            name, plan.size_argument, runnables, module_path, self.range_warnings
         )
         if all(o == "hit" for o in outcomes):
             state = "hit"
@@ -304,68 +294,31 @@ class _Compilation:
             state = "partial"
         else:
             state = "miss"
-        record = {"module_path": module_path, "sym_index": sym_index, "entries": entries}
+        record = piece_record(module_path, plan.size_argument, entries)
         report = PieceReport(
-            name, False, module_path, [t.describe() for t in targets], seconds, state
+            name, False, module_path, [t.describe() for t in plan.targets], seconds, state
         )
         return backend, record, report
 
-    def _keys(
-        self, graph: fx.GraphModule, args: tuple[Any, ...], targets: list[Target]
-    ) -> list[Any]:
-        """Compile keys per target: a plain key, or a _StringKeys choice.
-
-        NOTE: [layer names do not defeat dedup]
-        Pieces that differ only in string constants (a layer name passed to an op)
-        share a normalized key.  The first of them is compiled with its own strings;
-        when none of them appears in the code Inductor generated (the op was
-        decomposed or the string was dead), every twin reuses that artifact.
-        Otherwise the strings are baked into the code and each distinct set of
-        strings compiles on its own.
-        """
-        common = self.adapter.name + self.config_hash
-        strings = string_constants(graph)
-        if not strings:
-            base = structural_hash(graph, args) + common
-            return [_digest(f"{base}|{t.key()}") for t in targets]
-        normalized = structural_hash(graph, args, abstract_strings=True) + common
-        exact = normalized + repr(strings)
-        return [
-            _StringKeys(
-                _digest(f"{normalized}|{t.key()}"), _digest(f"{exact}|{t.key()}"), strings
-            )
-            for t in targets
-        ]
-
-    def _plan_from_index(
-        self, old: Any
-    ) -> tuple[int | None, list[Target], list[str]] | None:
-        """Runtime-size argument, targets and keys recorded for a piece, if usable."""
-        if not isinstance(old, dict) or "sym_index" not in old:
-            return None
-        sym_index = old["sym_index"]
-        if sym_index is not None and type(sym_index) is not int:
-            return None
-        possible = {
-            t.key(): t
-            for t in targets_for(
-                self.config.compile_sizes,
-                self.config.compile_ranges(),
-                sym_index is not None,
-            )
-        }
-        targets: list[Target] = []
-        keys: list[str] = []
-        for e in old.get("entries", []):
-            if not isinstance(e, dict) or e.get("target") not in possible:
-                return None
-            if not isinstance(e.get("key"), str) or not e["key"]:
-                return None
-            targets.append(possible[e["target"]])
-            keys.append(e["key"])
-        if Target("general") not in targets:
-            return None
-        return sym_index, targets, keys
+    def _plan(
+        self,
+        name: str,
+        graph: fx.GraphModule,
+        piece_args: Callable[[str], tuple[Any, ...]],
+        old: Any,
+    ) -> PiecePlan:
+        # NOTE: [warm start skips fake propagation]
+        # A plan needs the piece's fake inputs, which come from running the split
+        # graph over fake tensors (seconds on deep models).  A cache entry is keyed
+        # by the whole graph and its input metadata, so the per-piece records in
+        # its index (size argument, compile keys) are valid as they are.
+        recorded = plan_from_record(old, self.config)
+        if recorded is not None:
+            size_argument, targets, keys = recorded
+            return PiecePlan(name, size_argument, tuple(targets), tuple(keys))
+        args = piece_args(name)
+        size_argument = self.size.piece_argument(args) if self.size is not None else None
+        return plan_piece(name, graph, args, size_argument, self.config, self.key_salt)
 
     def _runnable(
         self,
@@ -373,14 +326,12 @@ class _Compilation:
         graph: fx.GraphModule,
         piece_args: Callable[[str], tuple[Any, ...]],
         target: Target,
-        key_choice: Any,
+        key_choice: KeyChoice,
         cache: CompileCache | None,
         old_entry: dict[str, Any] | None,
     ) -> tuple[Any, dict[str, Any], str]:
         key = self._resolve_key(key_choice)
-        entry: dict[str, Any] = {"target": target.key()}
-        if target.kind != "general":
-            entry["range"] = [target.lo, target.hi]
+        entry = entry_record(target)
         if key is not None:
             entry["key"] = key
             if key in self.memo:
@@ -398,9 +349,7 @@ class _Compilation:
         # 2. compile
         if cache is not None and self.adapter.saves_artifacts:
             compilation_counter.num_cache_misses += 1
-        args = piece_args(name)
-        _, symbol = runtime_symbol(args)
-        example = self._example_inputs(name, args, symbol, target)
+        example = self._example_inputs(name, piece_args(name), target)
         try:
             runnable, handle = self.adapter.compile(graph, example, static=target.static)
         except StitchRuntimeError as exc:
@@ -426,7 +375,7 @@ class _Compilation:
         self.memo[key] = (runnable, saved)
         return runnable, entry, "miss"
 
-    def _resolve_key(self, choice: Any) -> str | None:
+    def _resolve_key(self, choice: KeyChoice) -> str | None:
         """The compile key, or None while a string-dependence decision is pending."""
         if isinstance(choice, str):
             return choice
@@ -435,7 +384,7 @@ class _Compilation:
             return None
         return choice.normalized if decided else choice.exact
 
-    def _decide_strings(self, choice: Any, handle: Any) -> str:
+    def _decide_strings(self, choice: StringKeys, handle: Any) -> str:
         source = self.adapter.generated_source(handle)
         free = source is not None and not any(
             s in source or repr(s)[1:-1] in source for s in choice.strings
@@ -456,7 +405,7 @@ class _Compilation:
         if cache is None or not self.adapter.saves_artifacts or old_entry is None:
             return None
         if old_entry.get("key") != key:
-            cache.fault(cache.path("index.py"), f"entry {name}/{target.key()} has a stale key")
+            cache.fault(cache.path(INDEX_FILE), f"entry {name}/{target.key()} has a stale key")
             return None
         path = cache.verified(old_entry.get("artifact"), old_entry.get("sha256"))
         if path is None:
@@ -476,12 +425,13 @@ class _Compilation:
         return self.loaded[path]
 
     def _example_inputs(
-        self, name: str, args: tuple[Any, ...], symbol: Any, target: Target
+        self, name: str, args: tuple[Any, ...], target: Target
     ) -> list[Any]:
         if not target.static:
             return list(args)
+        assert self.size is not None  # a static target exists only for a dynamic piece
         try:
-            return [concretize(a, symbol, target.lo) for a in args]
+            return [concretize(a, self.size.symbol, target.lo) for a in args]
         except ValueError as exc:
             raise StitchRuntimeError(
                 f"piece {name}: cannot specialize to {target.describe()}: {exc}"
@@ -526,108 +476,21 @@ class _Compilation:
     ) -> None:
         try:
             sha = cache.write_text(SOURCE_FILE, code)
-            data = {
-                "format": 1,
-                "stitch_version": stitch_version(),
-                "torch_version": torch.__version__,
-                "config_hash": self.config_hash,
-                "graph_key": graph_key,
-                "backend": self.config.backend,
-                "source": {
-                    "file": SOURCE_FILE,
-                    "sha256": sha,
-                    "submod_names": list(submod_names),
-                    "dispatch_on": dispatch_on,
-                },
-                "pieces": pieces,
-            }
+            data = build_index(
+                stitch_version=stitch_version(),
+                config_hash=self.config_hash,
+                graph_key=graph_key,
+                backend=self.config.backend,
+                source_file=SOURCE_FILE,
+                source_sha256=sha,
+                submod_names=submod_names,
+                dispatch_on=dispatch_on,
+                pieces=pieces,
+            )
             if data != old:
                 cache.write_index(data)
         except OSError as exc:
             log.warning("stitch cache: could not write %s (%s)", cache.directory, exc)
-
-
-def _reachable(targets: list[Target], size: Any, symbol: Any, name: str) -> list[Target]:
-    """Drop static sizes and ranges the runtime size can never take.
-
-    Dynamo bounds a backed size below by 2 (size 1 gets its own static graph),
-    so compiling size 1 into the dynamic graph would only waste a compile.
-    """
-    try:
-        bounds = size.node.shape_env.var_to_range.get(symbol)
-        lower, upper = int(bounds.lower), bounds.upper
-        upper = int(upper) if upper.is_finite else None
-    except Exception:  # noqa: BLE001 - no range information: keep every target
-        return targets
-    kept = []
-    for t in targets:
-        if t.kind != "general" and (t.hi < lower or (upper is not None and t.lo > upper)):
-            log.debug("piece %s: %s is outside the size's range [%s, %s]", name,
-                      t.describe(), lower, upper)
-            continue
-        kept.append(t)
-    return kept
-
-
-@dataclasses.dataclass(frozen=True)
-class _StringKeys:
-    """Keys of a piece with string constants, before the string check."""
-
-    normalized: str
-    exact: str
-    strings: list[str]
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _dispatch_placeholder(
-    split_gm: fx.GraphModule, backends: dict[str, PiecewiseBackend]
-) -> str | None:
-    """The one top-level placeholder every dynamic piece sizes itself by, if any.
-
-    Hoisting the size dispatch into the emitted function is only sound when all
-    pieces read their runtime size from the same graph input.
-    """
-    sources: set[str] = set()
-    for node in split_gm.graph.nodes:
-        if node.op != "call_module" or node.target not in backends:
-            continue
-        index = backends[node.target].sym_index
-        if index is None:
-            continue
-        arg = node.args[index] if index < len(node.args) else None
-        if not (isinstance(arg, fx.Node) and arg.op == "placeholder"):
-            return None
-        sources.add(arg.name)
-    return sources.pop() if len(sources) == 1 else None
-
-
-def _piece_inputs(split_gm: fx.GraphModule, fake_inputs: list[Any]) -> dict[str, tuple[Any, ...]]:
-    """Run the split graph over fake tensors; record each piece's inputs."""
-    recorded: dict[str, tuple[Any, ...]] = {}
-
-    class Recorder(fx.Interpreter):
-        def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-            recorded.setdefault(target, tuple(args))
-            return super().call_module(target, args, kwargs)
-
-    fake_mode = next(
-        (v.fake_mode for v in fake_inputs if isinstance(v, torch._subclasses.FakeTensor)),
-        None,
-    )
-    if fake_mode is None:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
-        fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-        fake_inputs = [
-            fake_mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
-            for v in fake_inputs
-        ]
-    with fake_mode:
-        Recorder(split_gm).run(*fake_inputs)
-    return recorded
 
 
 def _trace_source(code: str) -> None:

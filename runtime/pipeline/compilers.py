@@ -5,18 +5,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import threading
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import torch
 import torch.fx as fx
 
 from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
 
-from .counter import compilation_counter
+from ..counter import compilation_counter
 
 log = logging.getLogger("stitch")
 
@@ -119,8 +118,6 @@ class InductorAdapter:
         os.close(fd)
         try:
             artifact.save(path=tmp, format="binary")
-            # The unwrap flag is part of the artifact's meaning: keep it in the name
-            # so a loader cannot get it wrong.
             os.replace(tmp, path)
         except Exception as exc:
             with contextlib.suppress(OSError):

@@ -12,28 +12,24 @@ entry is rebuilt; it never fails the user's run.
 
 from __future__ import annotations
 
-import ast
-import contextlib
 import hashlib
 import logging
 import os
-import pprint
-import tempfile
 from typing import Any
 
 import torch
 
 from stitch.codegen.errors import StitchCacheError
 
-from .config import CompilationConfig
-from .counter import compilation_counter
+from ..config import CompilationConfig
+from ..counter import compilation_counter
+from .files import atomic_write, sha256_file
+from .index import INDEX_FILE, parse_index, render_index
 
 log = logging.getLogger("stitch")
 
-INDEX_FILE = "index.py"
 SOURCE_FILE = "execution_fn.py"
 ARTIFACTS_DIR = "artifacts"
-INDEX_FORMAT = 1
 CACHE_ENV = "STITCH_CACHE_DIR"
 
 
@@ -69,31 +65,6 @@ def entry_key(config: CompilationConfig, graph_key: str) -> str:
     return hashlib.sha256(repr(factors).encode()).hexdigest()[:20]
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 class CompileCache:
     """One cache entry directory (already per rank)."""
 
@@ -118,16 +89,10 @@ class CompileCache:
             return None
         try:
             with open(path, encoding="utf-8") as f:
-                data = ast.literal_eval(f.read())
-            if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
-                raise StitchCacheError(f"unknown index format {data.get('format')!r}"
-                                       if isinstance(data, dict) else "not a dict")
-            if not isinstance(data.get("pieces"), dict):
-                raise StitchCacheError("no 'pieces' table")
-        except (OSError, SyntaxError, ValueError, StitchCacheError, MemoryError) as exc:
+                return parse_index(f.read())
+        except (OSError, UnicodeDecodeError, StitchCacheError) as exc:
             self.fault(path, f"index is unreadable ({type(exc).__name__}: {exc})")
             return None
-        return data
 
     def verified(self, relative: Any, sha: Any) -> str | None:
         """Absolute path of ``relative`` if it exists and matches ``sha``."""
@@ -158,10 +123,4 @@ class CompileCache:
         return hashlib.sha256(data).hexdigest()
 
     def write_index(self, data: dict[str, Any]) -> None:
-        text = (
-            "# Stitch compile cache index: a Python literal (ast.literal_eval).\n"
-            + pprint.pformat(data, sort_dicts=True, width=100)
-            + "\n"
-        )
-        ast.literal_eval(text)  # never write what we could not read back
-        atomic_write(self.path(INDEX_FILE), text.encode("utf-8"))
+        atomic_write(self.path(INDEX_FILE), render_index(data).encode("utf-8"))

@@ -168,7 +168,9 @@ def _int_list(text: str) -> list[int]:
 
 
 def _add_run(subparsers: Any) -> None:
-    from .main_job import RUNNABLE_EXAMPLES
+    from stitch.runtime.examples.models import runnable_examples
+
+    runnable = runnable_examples()
 
     parser = subparsers.add_parser(
         "run",
@@ -178,7 +180,7 @@ def _add_run(subparsers: Any) -> None:
             "run it at several batch sizes (tokens), check every result against "
             "eager PyTorch, and print where the emitted stitching source, the "
             "cache and the debug dump were written, with a short timing table. "
-            f"Runnable examples: {', '.join(sorted(RUNNABLE_EXAMPLES))}. "
+            f"Runnable examples: {', '.join(sorted(runnable))}. "
             "A second run with the same cache directory is a warm start."
         ),
     )
@@ -187,7 +189,7 @@ def _add_run(subparsers: Any) -> None:
         "-e",
         required=True,
         metavar="NAME",
-        choices=sorted(RUNNABLE_EXAMPLES),
+        choices=sorted(runnable),
         help="built-in example model",
     )
     parser.add_argument(

@@ -94,6 +94,3 @@ def layer_scale(x: torch.Tensor, layer_name: str) -> torch.Tensor:
 def _layer_scale_fake(x: torch.Tensor, layer_name: str) -> torch.Tensor:
     return torch.empty_like(x)
 
-
-# Registers the CUDA kernel (Triton, imported on its first call).
-from . import triton_attention  # noqa: E402, F401

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 
 import torch.fx as fx
 
-from .cache import atomic_write
+from .files import atomic_write
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,13 +18,6 @@ class PieceReport:
     targets: list[str]
     seconds: float
     cache: str  # "hit", "miss", "shared" (a twin's compile), "partial", "-"
-
-
-def progress_bar(total: int, desc: str, unit: str, *, enabled: bool) -> Any:
-    """A tqdm bar over ``total`` steps; a disabled one is a silent no-op."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=not enabled)
 
 
 def index_markdown(reports: list[PieceReport]) -> str:

@@ -1,58 +1,21 @@
-"""One ``PiecewiseBackend`` per compiled piece: runnables per shape target, dispatch."""
+"""One ``PiecewiseBackend`` per compiled piece: its runnables per shape target, and the dispatch between them."""
 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from stitch.codegen.errors import StitchRuntimeError
 
+from ..targets import Target
+
 log = logging.getLogger("stitch")
 
 Runnable = Callable[..., Any]
-
-
-@dataclasses.dataclass(frozen=True)
-class Target:
-    """What one compiled runnable is for: the general shape, a range or a size."""
-
-    kind: str  # "general" | "range" | "size"
-    lo: int = 0
-    hi: int = 0
-
-    @property
-    def static(self) -> bool:
-        return self.kind == "size"
-
-    def describe(self) -> str:
-        if self.kind == "general":
-            return "general"
-        if self.kind == "size":
-            return f"size {self.lo}"
-        return f"range [{self.lo}, {self.hi}]"
-
-    def key(self) -> str:
-        return {"general": "general", "size": f"size{self.lo}"}.get(
-            self.kind, f"range{self.lo}-{self.hi}"
-        )
-
-
-def targets_for(
-    compile_sizes: Sequence[int], ranges: Sequence[tuple[int, int]], dynamic: bool
-) -> list[Target]:
-    """Every target a piece is compiled for (one, if it has no SymInt argument)."""
-    if not dynamic:
-        return [Target("general")]
-    return (
-        [Target("general")]
-        + [Target("range", lo, hi) for lo, hi in ranges]
-        + [Target("size", s, s) for s in compile_sizes]
-    )
 
 
 class RangeWarnings:
@@ -155,13 +118,3 @@ def _concrete_int(value: Any, symbol: Any, size: int) -> int:
     if getattr(expr, "free_symbols", None):
         raise ValueError(f"{value} depends on symbols other than {symbol}")
     return int(expr)
-
-
-def runtime_symbol(args: Sequence[Any]) -> tuple[int | None, Any]:
-    """Index and sympy symbol of the first SymInt argument (the runtime size)."""
-    for i, arg in enumerate(args):
-        if isinstance(arg, torch.SymInt):
-            expr = arg.node.expr
-            if getattr(expr, "is_Symbol", False):
-                return i, expr
-    return None, None

@@ -12,13 +12,11 @@ from typing import Any, TextIO
 
 import torch
 
-from .backend import StitchBackend
-from .cache import INDEX_FILE
-from .config import CompilationConfig
-from .examples import LlamaConfig, build_llama, llama_inputs
-
-# Example name -> number of layers of the llama-like model it builds.
-RUNNABLE_EXAMPLES = {"llama": 3, "two_layer": 2}
+from ..config import CompilationConfig
+from ..examples import LlamaConfig, build_llama, llama_inputs
+from ..examples.models import runnable_examples
+from ..pipeline.backend import StitchBackend
+from ..store.cache import INDEX_FILE
 
 
 def mark_batch_dynamic(*tensors: torch.Tensor) -> None:
@@ -54,10 +52,11 @@ def run_example(
     out: TextIO,
 ) -> int:
     """Compile a built-in model with stitch, check it against eager, time both."""
-    if name not in RUNNABLE_EXAMPLES:
-        known = ", ".join(sorted(RUNNABLE_EXAMPLES))
+    runnable = runnable_examples()
+    if name not in runnable:
+        known = ", ".join(sorted(runnable))
         raise SystemExit(f"stitch run: unknown example {name!r} (runnable: {known})")
-    cfg = LlamaConfig(num_layers=layers or RUNNABLE_EXAMPLES[name])
+    cfg = LlamaConfig(num_layers=layers or runnable[name])
     for n in sizes:
         if not 1 <= n <= cfg.max_seqs:
             raise SystemExit(f"stitch run: size {n} must be in [1, {cfg.max_seqs}]")

@@ -1,6 +1,6 @@
 """``stitch::attention`` on CUDA: launches the Triton decode-attention kernel.
 
-Importing this module (``ops.py`` does) registers :func:`decode_attention` for the
+Importing this module (the examples package does, after ``ops``) registers :func:`decode_attention` for the
 CUDA dispatch key; it needs no Triton.  Triton is imported on the first CUDA
 call: where it is missing, or a tensor layout is one the kernel does not take,
 the op runs the torch implementation instead (also graph-capturable).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -19,7 +19,6 @@ from torch import nn
 
 from stitch.codegen import split_graph
 
-from . import ops
 from .ops import ATTENTION_OP
 
 DEFAULT_SPLITTING_OPS = (ATTENTION_OP,)
@@ -178,6 +177,34 @@ def llama_inputs(
     return input_ids.to(device), positions.to(device)
 
 
+def trace_module(
+    model: nn.Module, inputs: Sequence[Any], tracing_mode: str = "real"
+) -> fx.GraphModule:
+    """``make_fx`` graph of ``model(*inputs)`` with ``nn_module_stack`` metadata.
+
+    ``tracing_mode="symbolic"`` keeps every input dimension symbolic and runs
+    on fake tensors (collectives are recorded, not executed); the weights and
+    caches stay real and become graph constants.
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    def forward(*args: Any) -> Any:
+        return model(*args)
+
+    # NOTE: [module stacks in make_fx]
+    # make_fx records nn_module_stack only for a callable that carries its
+    # module as ``_orig_mod`` (as torch.compile's wrapper does); the graph
+    # itself is the same as make_fx(model)'s.
+    forward._orig_mod = model  # type: ignore[attr-defined]
+    with torch.no_grad():
+        return make_fx(
+            forward,
+            tracing_mode=tracing_mode,
+            record_module_stack=True,
+            _allow_non_fake_inputs=tracing_mode != "real",
+        )(*inputs)
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
     """A built-in model with its example inputs and splitting ops."""
@@ -189,6 +216,9 @@ class Example:
     # make_fx tracing mode: "real" bakes the example shapes in, "symbolic" keeps
     # every input dimension symbolic (SymInt), e.g. a dynamic number of tokens.
     tracing_mode: str = "real"
+    # Layers of the llama-like decoder it builds (None: another kind of model);
+    # ``stitch run`` compiles these examples at any depth.
+    llama_layers: int | None = None
 
     def trace(self) -> tuple[nn.Module, tuple[Any, ...], fx.GraphModule]:
         """The model, its inputs and its forward graph traced with ``make_fx``.
@@ -196,28 +226,8 @@ class Example:
         Nodes carry ``nn_module_stack`` metadata, so emitted source names the
         module each piece covers.
         """
-        from torch.fx.experimental.proxy_tensor import make_fx
-
         model, inputs = self.build()
-
-        def forward(*args: Any) -> Any:
-            return model(*args)
-
-        # NOTE: [module stacks in make_fx]
-        # make_fx records nn_module_stack only for a callable that carries its
-        # module as ``_orig_mod`` (as torch.compile's wrapper does); the graph
-        # itself is the same as make_fx(model)'s.
-        forward._orig_mod = model  # type: ignore[attr-defined]
-        with torch.no_grad():
-            gm = make_fx(
-                forward,
-                tracing_mode=self.tracing_mode,
-                record_module_stack=True,
-                # Symbolic tracing runs on fake tensors; the weights and caches
-                # stay real and become graph constants.
-                _allow_non_fake_inputs=self.tracing_mode != "real",
-            )(*inputs)
-        return model, inputs, gm
+        return model, inputs, trace_module(model, inputs, self.tracing_mode)
 
     def split_graph_module(self) -> fx.GraphModule:
         _, _, gm = self.trace()
@@ -236,6 +246,13 @@ def _llama(layers: int) -> Callable[[], tuple[nn.Module, tuple[Any, ...]]]:
 EXAMPLES: dict[str, Example] = {}
 
 
+def runnable_examples() -> dict[str, int]:
+    """Example name -> layers, for the examples ``stitch run`` can build at any depth."""
+    return {
+        name: e.llama_layers for name, e in EXAMPLES.items() if e.llama_layers is not None
+    }
+
+
 def register_example(example: Example) -> Example:
     if example.name in EXAMPLES:
         raise ValueError(f"example {example.name!r} is already registered")
@@ -249,6 +266,7 @@ register_example(
         "3-layer llama-like decoder (RMSNorm, QKV, rotary, decode attention over a "
         "KV cache, O-proj, SwiGLU MLP) split at stitch::attention",
         _llama(3),
+        llama_layers=3,
     )
 )
 register_example(
@@ -256,6 +274,7 @@ register_example(
         "two_layer",
         "2-layer llama-like decoder split at stitch::attention",
         _llama(2),
+        llama_layers=2,
     )
 )
 
@@ -266,6 +285,7 @@ register_example(
         "(SymInt batch dimension) split at stitch::attention",
         _llama(2),
         tracing_mode="symbolic",
+        llama_layers=2,
     )
 )
 
@@ -319,6 +339,3 @@ register_example(
         build_bare_attention,
     )
 )
-
-# Keep the op module referenced: importing examples registers stitch::attention.
-_ = ops

@@ -1,4 +1,4 @@
-"""Tensor parallelism on ``torch.distributed``: the TP llama, sharding, collectives, launch.
+"""Tensor parallelism on ``torch.distributed``: the TP llama, its sharding and collectives.
 
 The tensor-parallel variant of :class:`~stitch.runtime.examples.LlamaModel` splits
 every attention block by heads and every MLP by its intermediate size, in the
@@ -16,20 +16,13 @@ Stitch then either lets Inductor compile them inside a piece (the default) or,
 with ``CompilationConfig(splitting_ops=[ATTENTION_OP, *COLLECTIVE_OPS])``, runs
 them eagerly between pieces.  torch.distributed is the only communication layer.
 
-:func:`launch` runs a function on N local ranks (gloo, loopback) and ends the job
+:func:`~stitch.runtime.examples.launch.launch` runs a function on N local ranks (gloo, loopback) and ends the job
 with a clear error, instead of hanging, when a rank fails.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import pickle
-import tempfile
-import time
-import traceback
-from collections.abc import Callable, Sequence
-from datetime import timedelta
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -40,14 +33,15 @@ from torch import nn
 
 from stitch.codegen.errors import StitchConfigError, StitchRuntimeError
 
-from . import ops
-from .examples import (
+from .launch import DEFAULT_TIMEOUT, launch  # noqa: F401 - re-exported
+from .models import (
     LlamaConfig,
     LlamaModel,
     RMSNorm,
     apply_rotary,
     build_llama,
     register_attention_state,
+    trace_module,
 )
 from .ops import ATTENTION_OP
 
@@ -78,8 +72,6 @@ COLLECTIVE_OPS: tuple[str, ...] = (
 IN_PIECE_SPLITTING_OPS: tuple[str, ...] = (ATTENTION_OP,)
 EAGER_COLLECTIVE_SPLITTING_OPS: tuple[str, ...] = (ATTENTION_OP, *COLLECTIVE_OPS)
 
-DEFAULT_TIMEOUT = timedelta(seconds=60)
-
 
 def all_reduce(x: torch.Tensor, group: Any) -> torch.Tensor:
     """Sum ``x`` over ``group`` with the functional (traceable) all-reduce."""
@@ -92,7 +84,7 @@ def _tp_world(group: Any) -> tuple[Any, int, int]:
     if not (dist.is_available() and dist.is_initialized()):
         raise StitchRuntimeError(
             "the tensor-parallel model needs torch.distributed: call "
-            "torch.distributed.init_process_group first (or use stitch.runtime.tp.launch)"
+            "torch.distributed.init_process_group first (or use stitch.runtime.examples.launch.launch)"
         )
     group = dist.group.WORLD if group is None else group
     return group, dist.get_rank(group), dist.get_world_size(group)
@@ -285,169 +277,5 @@ def trace_tp(model: nn.Module, inputs: Sequence[Any]) -> fx.GraphModule:
     emitted from it) is the same on every rank and in every process.  Tracing
     runs on fake tensors: the collectives are recorded, not executed.
     """
-    from torch.fx.experimental.proxy_tensor import make_fx
+    return trace_module(model, inputs, "symbolic")
 
-    def forward(*args: Any) -> Any:
-        return model(*args)
-
-    # make_fx records nn_module_stack for a callable carrying ``_orig_mod``.
-    forward._orig_mod = model  # type: ignore[attr-defined]
-    with torch.no_grad():
-        return make_fx(
-            forward,
-            tracing_mode="symbolic",
-            record_module_stack=True,
-            _allow_non_fake_inputs=True,
-        )(*inputs)
-
-
-# --------------------------------------------------------------------------------
-# Launching local ranks.
-# --------------------------------------------------------------------------------
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    with open(path + ".tmp", "wb") as f:
-        f.write(data)
-    os.replace(path + ".tmp", path)
-
-
-def _rank_main(
-    rank: int,
-    fn: Callable[..., Any],
-    world_size: int,
-    init_method: str,
-    pg_timeout_s: float,
-    result_dir: str,
-    args: tuple[Any, ...],
-) -> None:
-    try:
-        dist.init_process_group(
-            "gloo",
-            init_method=init_method,
-            rank=rank,
-            world_size=world_size,
-            timeout=timedelta(seconds=pg_timeout_s),
-        )
-        result = fn(rank, world_size, *args)
-        _write_atomic(
-            os.path.join(result_dir, f"rank_{rank}.pkl"), pickle.dumps(result)
-        )
-        # Nobody leaves while a peer may still need it for a collective.
-        dist.barrier()
-    except BaseException as exc:
-        # NOTE: [which rank failed first]
-        # When one rank dies its peers soon fail too (a closed connection, a
-        # collective timeout).  Each failure is stamped, so the launcher can name
-        # the rank that failed first: that one holds the cause.
-        record = {
-            "time": time.time(),
-            "error": f"{type(exc).__name__}: {exc}",
-            "traceback": traceback.format_exc(),
-        }
-        with contextlib.suppress(Exception):
-            _write_atomic(
-                os.path.join(result_dir, f"rank_{rank}.err"), pickle.dumps(record)
-            )
-        raise
-    finally:
-        with contextlib.suppress(Exception):
-            dist.destroy_process_group()
-
-
-def _failure_report(result_dir: str, world_size: int, fallback: str) -> str:
-    records = {}
-    for rank in range(world_size):
-        path = os.path.join(result_dir, f"rank_{rank}.err")
-        with contextlib.suppress(OSError, pickle.UnpicklingError, EOFError):
-            with open(path, "rb") as f:
-                records[rank] = pickle.load(f)
-    if not records:
-        return fallback
-    first = min(records, key=lambda r: records[r]["time"])
-    others = sorted(r for r in records if r != first)
-    text = (
-        f"rank {first} of a {world_size}-rank job failed first "
-        f"({records[first]['error']}); the job was stopped"
-    )
-    if others:
-        text += f"; ranks {others} failed after it"
-    return f"{text}.\nTraceback of rank {first}:\n{records[first]['traceback']}"
-
-
-def launch(
-    fn: Callable[..., Any],
-    world_size: int = 2,
-    args: tuple[Any, ...] = (),
-    *,
-    timeout: float = 300.0,
-    pg_timeout: timedelta = DEFAULT_TIMEOUT,
-) -> list[Any]:
-    """Run ``fn(rank, world_size, *args)`` on ``world_size`` local gloo ranks.
-
-    Each rank is a spawned process in one gloo process group (rendezvous through
-    a FileStore in a private temporary directory) whose collectives time out
-    after ``pg_timeout``.  Returns the ranks' (picklable) return values in rank
-    order.
-
-    The job never hangs the caller: when a rank raises, the others are stopped
-    and a :class:`StitchRuntimeError` names the rank that failed first and
-    carries its traceback; when the job is still running after ``timeout``
-    seconds, every rank is killed and the error says so.  ``fn`` must be
-    importable by name (a module-level function), as spawn requires.
-    """
-    import torch.multiprocessing as mp
-
-    if type(world_size) is not int or world_size < 1:
-        raise StitchConfigError(f"world_size={world_size!r} must be a positive int")
-    with tempfile.TemporaryDirectory(prefix="stitch-tp-") as result_dir:
-        # NOTE: [rendezvous through a file]
-        # A FileStore in a fresh directory needs no port: nothing can take it
-        # between choosing and binding, as can happen to a "free" TCP port.
-        # gloo's own connections bind ephemeral ports on the loopback address.
-        init_method = "file://" + os.path.join(result_dir, "store")
-        context = mp.start_processes(
-            _rank_main,
-            args=(
-                fn,
-                world_size,
-                init_method,
-                pg_timeout.total_seconds(),
-                result_dir,
-                args,
-            ),
-            nprocs=world_size,
-            join=False,
-            start_method="spawn",
-        )
-        deadline = time.monotonic() + timeout
-        try:
-            while not context.join(
-                timeout=max(0.0, min(1.0, deadline - time.monotonic())),
-                grace_period=2.0,
-            ):
-                if time.monotonic() >= deadline:
-                    alive = [r for r, p in enumerate(context.processes) if p.is_alive()]
-                    raise StitchRuntimeError(
-                        f"ranks {alive} of a {world_size}-rank job were still running "
-                        f"after {timeout:g}s and were killed (a hang: a rank waiting "
-                        "on a collective that a peer never reached?)"
-                    )
-        except (mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
-            raise StitchRuntimeError(
-                _failure_report(result_dir, world_size, f"{world_size}-rank job: {exc}")
-            ) from None
-        finally:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-                    process.join(10)
-        results = []
-        for rank in range(world_size):
-            with open(os.path.join(result_dir, f"rank_{rank}.pkl"), "rb") as f:
-                results.append(pickle.load(f))
-        return results
-
-
-# Keep the op module referenced: it registers stitch::attention.
-_ = ops

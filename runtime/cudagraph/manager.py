@@ -1,0 +1,245 @@
+"""CUDAGraphManager: the pool, the capture switch, start-up capture, and building the padded runtime."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+
+from stitch.codegen.errors import StitchError, StitchRuntimeError
+
+from ..config import CompilationConfig, CUDAGraphMode
+from ..counter import compilation_counter
+from ..loader import compile_execution_fn
+from ..progress import progress_bar
+from .baseline import vllm_style_forward
+from .graph_ops import CUDAGraphOps
+from .padding import (
+    CannotPad,
+    PaddedRunner,
+    capture_order,
+    check_padding,
+    full_graph_limit,
+    padding_table,
+    plan_padding,
+)
+from .wrapper import FULL_GRAPH, CUDAGraphTables, CUDAGraphWrapper, call_order
+
+if TYPE_CHECKING:
+    from ..pipeline.size import RuntimeSize
+
+log = logging.getLogger("stitch")
+
+
+class CUDAGraphManager:
+    """What all graphs of one :class:`StitchBackend` share.
+
+    One memory pool for every piece and size, the capture-after-start-up switch,
+    and the start-up capture loop (:meth:`capture_sizes`).
+    """
+
+    def __init__(
+        self,
+        config: CompilationConfig,
+        *,
+        ops: Any = None,
+        shared_pool: bool = True,
+    ) -> None:
+        self.config = config
+        self.ops = ops if ops is not None else CUDAGraphOps()
+        # False gives every graph its own pool: only for measuring what sharing saves.
+        self.shared_pool = shared_pool
+        self.capture_allowed = True
+        self.num_captured = 0
+        self._pool: Any = None
+        self._captured_any = False
+        # Every padded runner built here, newest last (inspection, benchmarks).
+        self.runners: list[PaddedRunner] = []
+
+    # -- decisions -------------------------------------------------------------
+    def applies_to(self, example_inputs: Sequence[Any]) -> bool:
+        """Graphs are used when the mode asks for them and the graph runs on CUDA."""
+        if self.config.cudagraph_mode is CUDAGraphMode.NONE:
+            return False
+        if not self.ops.needs_cuda:
+            return True
+        return torch.cuda.is_available() and any(
+            isinstance(v, torch.Tensor) and v.device.type == "cuda"
+            for v in example_inputs
+        )
+
+    # -- the capture switch ------------------------------------------------------
+    def forbid_capture(self) -> None:
+        self.capture_allowed = False
+
+    def allow_capture(self) -> None:
+        self.capture_allowed = True
+
+    def check_capture_allowed(self, piece: str, size: int) -> None:
+        if not self.capture_allowed:
+            raise StitchRuntimeError(
+                f"a CUDA graph of piece {piece} at size {size} would be captured now, "
+                "but capture is forbidden after start-up (CompilationConfig."
+                "cudagraph_forbid_capture_after_startup=True or CUDAGraphManager."
+                "forbid_capture()).  Capture every size the server runs at start-up "
+                "with CUDAGraphManager.capture_sizes(run) (capture sizes: "
+                f"{self.config.cudagraph_capture_sizes}); a recompilation after "
+                "start-up needs its graphs captured too"
+            )
+
+    # -- capture -------------------------------------------------------------------
+    def capture(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[Any],
+        *,
+        piece: str,
+        size: int,
+        weak_output: bool,
+    ) -> tuple[Any, Any]:
+        self.check_capture_allowed(piece, size)
+        if self.shared_pool:
+            if self._pool is None:
+                self._pool = self.ops.new_pool()
+            pool = self._pool
+        else:
+            pool = self.ops.new_pool()
+        try:
+            graph, output = self.ops.capture(
+                fn,
+                args,
+                pool=pool,
+                first=not self._captured_any,
+                weak_output=weak_output,
+            )
+        except StitchError:
+            raise
+        except Exception as exc:
+            raise StitchRuntimeError(
+                f"capturing the CUDA graph of piece {piece} at size {size} failed: "
+                f"{type(exc).__name__}: {exc}.  An op in the piece may not be "
+                "capturable (a host sync, a CPU tensor, an allocation outside the "
+                "caching allocator); compare with cudagraph_mode='NONE'"
+            ) from exc
+        self._captured_any = True
+        self.num_captured += 1
+        compilation_counter.num_cudagraph_captured += 1
+        return graph, output
+
+    def capture_sizes(
+        self, run: Callable[[int], Any], sizes: Sequence[int] | None = None
+    ) -> None:
+        """Start-up capture: ``run(size)`` for every capture size, largest first.
+
+        ``run(size)`` must do one forward of ``size`` tokens (dummy inputs are
+        fine).  Each size runs ``cudagraph_num_of_warmups`` eager warm-up
+        forwards, then the capturing one.  With
+        ``cudagraph_forbid_capture_after_startup`` set, capture is forbidden
+        afterwards.
+        """
+        order = capture_order(
+            self.config.cudagraph_capture_sizes if sizes is None else sizes
+        )
+        calls = self.config.cudagraph_num_of_warmups + 1
+        bar = progress_bar(
+            len(order), "stitch: capturing CUDA graphs", "size", enabled=len(order) >= 8
+        )
+        before, start = self.num_captured, time.perf_counter()
+        try:
+            for size in order:
+                for _ in range(calls):
+                    run(size)
+                bar.update(1)
+        finally:
+            bar.close()
+        log.info(
+            "stitch: captured %d CUDA graphs for %d sizes in %.2fs",
+            self.num_captured - before,
+            len(order),
+            time.perf_counter() - start,
+        )
+        if self.config.cudagraph_forbid_capture_after_startup:
+            self.forbid_capture()
+
+    # -- building the runtime --------------------------------------------------------
+    def wrap(
+        self,
+        *,
+        graph: fx.GraphModule,
+        split_gm: fx.GraphModule,
+        example_inputs: Sequence[Any],
+        code: str,
+        backends: dict[str, Any],
+        submod_names: Sequence[str],
+        consts: Sequence[Any],
+        size: RuntimeSize | None,
+    ) -> Callable[..., Any]:
+        """The execution function with padding and CUDA graphs for one compilation.
+
+        ``graph`` is the graph the backend was given, ``split_gm`` its split
+        form with the compiled pieces bound, ``example_inputs`` its (fake) inputs
+        and ``size`` the runtime size (None when the pieces do not all dispatch on
+        one graph input).
+        """
+        config = self.config
+        plain = compile_execution_fn(code, backends, submod_names, consts)
+        sizes = sorted(config.cudagraph_capture_sizes or ())
+        if not sizes:
+            return plain
+        check_padding(config)
+        names = [n.name for n in split_gm.graph.nodes if n.op == "placeholder"]
+        try:
+            plan = plan_padding(
+                graph, example_inputs, names, size, config.cudagraph_pad_values
+            )
+        except CannotPad as exc:
+            log.warning("stitch: running without CUDA graphs: %s", exc)
+            return plain
+        order = call_order(split_gm, backends)
+        mode = config.cudagraph_mode
+        full_limit = full_graph_limit(config)
+        piecewise: Callable[..., Any] | None = None
+        above_max: Callable[..., Any] = plain
+        if any(s > full_limit for s in sizes):
+            if config.dispatch == "hoisted":
+                tables = CUDAGraphTables(
+                    [backends[name] for name in submod_names],
+                    self,
+                    submod_names,
+                    sizes,
+                    last=submod_names.index(order[-1]) if order else -1,
+                )
+                piecewise = compile_execution_fn(
+                    code, backends, submod_names, consts, dispatch=tables
+                )
+            else:
+                piecewise, above_max = vllm_style_forward(
+                    split_gm, backends, self, plan.size_index, order
+                )
+        runners: dict[int, Callable[..., Any]] = {}
+        for size in sizes:
+            if size <= full_limit:
+                runners[size] = CUDAGraphWrapper(
+                    plain,
+                    self,
+                    piece=FULL_GRAPH,
+                    size=size,
+                    weak_output=True,
+                    slot=(runners, size),
+                )
+            else:
+                assert piecewise is not None  # sizes above full_limit built it
+                runners[size] = piecewise
+        log.info(
+            "stitch: CUDA graphs %s for sizes %s (full graphs up to %d)",
+            mode.name,
+            sizes,
+            full_limit,
+        )
+        runner = PaddedRunner(plan, padding_table(sizes), runners, above_max)
+        self.runners.append(runner)
+        return runner

@@ -1,0 +1,338 @@
+"""Padding to capture sizes: which size runs, which inputs are copied, which outputs sliced."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from stitch.codegen.errors import StitchConfigError, StitchError, StitchRuntimeError
+
+from ..config import CompilationConfig, CUDAGraphMode
+
+if TYPE_CHECKING:
+    from ..pipeline.size import RuntimeSize
+
+log = logging.getLogger("stitch")
+
+
+def padding_table(capture_sizes: Sequence[int]) -> list[int]:
+    """``table[n]``: the smallest capture size >= ``n``, for ``0 <= n <= max``.
+
+    A list indexed by ``n`` makes the per-forward padding decision one index
+    operation; sizes above the largest capture size have no entry (no graphs).
+    """
+    sizes = sorted(set(capture_sizes))
+    if not sizes:
+        return []
+    return [sizes[bisect.bisect_left(sizes, n)] for n in range(sizes[-1] + 1)]
+
+
+def capture_order(sizes: Sequence[int]) -> list[int]:
+    """Largest first.
+
+    NOTE: [capture from the largest size down]
+    All graphs share one memory pool.  The largest size's graphs reserve the
+    most memory; every smaller size then fits into blocks the pool already
+    holds, so capturing many sizes costs little more than the largest one.
+    """
+    return sorted(set(sizes), reverse=True)
+
+
+def check_padding(config: CompilationConfig) -> None:
+    """Compile sizes must be sizes the padding can produce.
+
+    With graphs on, a call of ``n <= max capture size`` runs at the padded size,
+    so a compile size below the maximum that is not a capture size would never
+    run: the config is inconsistent, not merely wasteful.
+    """
+    sizes = set(config.cudagraph_capture_sizes or ())
+    if not sizes:
+        return
+    dead = [s for s in config.compile_sizes if s <= max(sizes) and s not in sizes]
+    if dead:
+        raise StitchConfigError(
+            f"CompilationConfig.compile_sizes={config.compile_sizes!r}: size(s) "
+            f"{dead} are at most the largest CUDA graph capture size {max(sizes)} "
+            "but are not capture sizes, so padding never runs them; add them to "
+            "cudagraph_capture_sizes or drop them from compile_sizes"
+        )
+
+
+def full_graph_limit(config: CompilationConfig) -> int:
+    """The largest padded size captured as one full graph (0: none)."""
+    mode = config.cudagraph_mode
+    sizes = config.cudagraph_capture_sizes or ()
+    if mode is CUDAGraphMode.FULL:
+        return max(sizes, default=0)
+    if mode is CUDAGraphMode.FULL_AND_PIECEWISE:
+        # NOTE: [FULL_AND_PIECEWISE without a limit]
+        # Nothing in the config then says where the whole forward cannot be
+        # captured, so every capture size gets a full graph (as FULL);
+        # max_full_cudagraph_size moves the sizes above it to piecewise graphs.
+        limit = config.max_full_cudagraph_size
+        return max(sizes, default=0) if limit is None else limit
+    return 0
+
+
+class CannotPad(Exception):
+    """The graph's inputs or outputs do not have the shape padding needs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicInput:
+    index: int
+    name: str
+    rest: tuple[int, ...]  # the static dims after the token dim
+    dtype: torch.dtype
+    device: torch.device
+    pad: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PaddingPlan:
+    size_index: int  # the argument holding n
+    size_indices: tuple[int, ...]  # every runtime-size argument
+    dynamic: tuple[DynamicInput, ...]  # tensors whose dim 0 is the token count
+    slice_outputs: tuple[bool, ...]  # per output leaf: dim 0 is the token count
+    flat_output: bool  # the graph returns a flat tuple/list of values
+
+
+def input_name(node: fx.Node) -> str:
+    """The forward argument a placeholder comes from (``positions``), else its name."""
+    source = getattr(node.meta.get("grapharg"), "source", None)
+    name = getattr(source, "local_name", None)
+    return name if isinstance(name, str) else node.name
+
+
+def _symbol(value: Any) -> Any:
+    expr = value.node.expr
+    return expr if getattr(expr, "is_Symbol", False) else None
+
+
+def plan_padding(
+    graph: fx.GraphModule,
+    example_inputs: Sequence[Any],
+    names: Sequence[str],
+    size: RuntimeSize | None,
+    pad_values: dict[str, float],
+) -> PaddingPlan:
+    """Which arguments are sizes, which tensors get padded, which outputs sliced.
+
+    Padding needs every symbolic dimension to be the token count: a runtime-size
+    argument, or dim 0 of a contiguous input or output whose other dims are
+    static.  Raises :class:`CannotPad` otherwise.
+    """
+    if size is None or size.input_index is None:
+        raise CannotPad("the graph has no runtime-size input that every piece shares")
+    if len(names) != len(example_inputs):
+        raise CannotPad(f"{len(names)} placeholders but {len(example_inputs)} inputs")
+    placeholders = [n for n in graph.graph.nodes if n.op == "placeholder"]
+    labels = (
+        [input_name(n) for n in placeholders]
+        if len(placeholders) == len(names)
+        else list(names)
+    )
+    sizes: list[int] = []
+    symbols = set()
+    for i, value in enumerate(example_inputs):
+        if isinstance(value, torch.SymInt):
+            symbol = _symbol(value)
+            if symbol is None:
+                raise CannotPad(f"size input {labels[i]} is {value}, not a plain size")
+            sizes.append(i)
+            symbols.add(symbol)
+    size_index = size.input_index
+    if size_index not in sizes:
+        raise CannotPad(f"the dispatch input {size.input_name} is not a runtime size")
+
+    def token_dim(value: torch.Tensor, what: str, *, contiguous: bool) -> bool:
+        """True when dim 0 is the token count; False when all dims are static."""
+        shape = list(value.shape)
+        dynamic = [d for d, s in enumerate(shape) if isinstance(s, torch.SymInt)]
+        if not dynamic:
+            return False
+        if dynamic != [0] or _symbol(shape[0]) not in symbols:
+            raise CannotPad(
+                f"{what} has shape {tuple(shape)}: only dim 0 may be dynamic"
+            )
+        # An input is copied into a contiguous static buffer: its strides must be
+        # those the compiled code expects of it.
+        rest = [math.prod(shape[d + 1 :]) for d in range(1, len(shape))]
+        if contiguous and list(value.stride()[1:]) != rest:
+            raise CannotPad(f"{what} is not contiguous (strides {value.stride()})")
+        return True
+
+    dynamic: list[DynamicInput] = []
+    for i, value in enumerate(example_inputs):
+        if isinstance(value, torch.Tensor) and token_dim(
+            value, f"input {labels[i]}", contiguous=True
+        ):
+            pad = pad_values.get(labels[i], pad_values.get(names[i], 0))
+            dynamic.append(
+                DynamicInput(
+                    i,
+                    labels[i],
+                    tuple(int(s) for s in value.shape[1:]),
+                    value.dtype,
+                    value.device,
+                    pad,
+                )
+            )
+    unused = sorted(
+        set(pad_values) - {d.name for d in dynamic} - {names[d.index] for d in dynamic}
+    )
+    if unused:
+        log.warning(
+            "stitch: cudagraph_pad_values names %s, which are not dynamic inputs of "
+            "this graph (dynamic inputs: %s)",
+            unused,
+            [d.name for d in dynamic],
+        )
+    output = next(n for n in graph.graph.nodes if n.op == "output")
+    leaves, _ = tree_flatten(output.args[0])
+    slice_outputs = []
+    for j, leaf in enumerate(leaves):
+        value = (
+            leaf.meta.get("example_value", leaf.meta.get("val"))
+            if isinstance(leaf, fx.Node)
+            else leaf
+        )
+        if isinstance(value, torch.SymInt):
+            raise CannotPad(f"output {j} is a runtime size ({value})")
+        if isinstance(leaf, fx.Node) and value is None:
+            raise CannotPad(f"output {j} ({leaf.name}) has no example value")
+        slice_outputs.append(
+            isinstance(value, torch.Tensor)
+            and token_dim(value, f"output {j}", contiguous=False)
+        )
+    result = output.args[0]
+    flat = isinstance(result, (tuple, list)) and not any(
+        isinstance(r, (tuple, list, dict)) for r in result
+    )
+    return PaddingPlan(
+        size_index, tuple(sizes), tuple(dynamic), tuple(slice_outputs), flat
+    )
+
+
+class PaddedRunner:
+    """The function the backend returns when graphs are on.
+
+    Pads ``n`` to the smallest capture size ``p >= n`` (one index into the
+    padding table), copies the dynamic inputs into static buffers of ``p`` rows
+    with one batched copy (rows ``n..p-1`` get the input's pad value), runs the
+    runner for ``p`` and slices the outputs back to ``n``.
+
+    NOTE: [outputs live until the next forward]
+    Under graphs the outputs are views of graph memory that the next forward
+    overwrites (as in vLLM); clone what must outlive it.
+    """
+
+    def __init__(
+        self,
+        plan: PaddingPlan,
+        padding: list[int],
+        runners: dict[int, Callable[..., Any]],
+        above_max: Callable[..., Any],
+    ) -> None:
+        self.plan = plan
+        self.padding = padding
+        self.max_size = len(padding) - 1
+        self.runners = runners
+        self.above_max = above_max
+        self.size_index = plan.size_index
+        self.dynamic_indices = [d.index for d in plan.dynamic]
+        gap = max((p - n for n, p in enumerate(padding)), default=0)
+        # Normal tensors even when built under inference_mode: those may be
+        # updated in place in any mode.
+        with torch.inference_mode(False):
+            self.buffers = [
+                torch.empty((self.max_size, *d.rest), dtype=d.dtype, device=d.device)
+                for d in plan.dynamic
+            ]
+            self.pad_blocks = [
+                torch.full((gap, *d.rest), d.pad, dtype=d.dtype, device=d.device)
+                for d in plan.dynamic
+            ]
+        self.flat_output = plan.flat_output
+        self._steps: dict[int, tuple[Any, ...]] = {}
+
+    def _step(self, n: int) -> tuple[Any, ...]:
+        """Everything a call of ``n`` tokens needs, built once per ``n``."""
+        p = self.padding[n]
+        dsts = [b[:n] for b in self.buffers]
+        pads: list[torch.Tensor] = []
+        if p > n:
+            dsts += [b[n:p] for b in self.buffers]
+            pads = [block[: p - n] for block in self.pad_blocks]
+        fixed = [(i, p) for i in self.plan.size_indices] + [
+            (d.index, b[:p]) for d, b in zip(self.plan.dynamic, self.buffers)
+        ]
+        step = (p, dsts, pads, fixed)
+        self._steps[n] = step
+        return step
+
+    def __call__(self, *args: Any) -> Any:
+        n = args[self.size_index]
+        if n > self.max_size:
+            return self.above_max(*args)
+        step = self._steps.get(n)
+        if step is None:
+            step = self._step(n)
+        p, dsts, pads, fixed = step
+        if dsts:
+            try:
+                torch._foreach_copy_(
+                    dsts, [args[i] for i in self.dynamic_indices] + pads
+                )
+            except RuntimeError as exc:
+                raise self._input_error(args, n, exc) from exc
+        call_args = list(args)
+        for i, value in fixed:
+            call_args[i] = value
+        out = self.runners[p](*call_args)
+        if p == n:
+            return out
+        return self._slice(out, n)
+
+    def _slice(self, out: Any, n: int) -> Any:
+        plan = self.plan.slice_outputs
+        if (
+            self.flat_output
+            and isinstance(out, (tuple, list))
+            and len(out) == len(plan)
+        ):
+            return type(out)(o[:n] if s else o for o, s in zip(out, plan))
+        leaves, spec = tree_flatten(out)
+        if len(leaves) != len(plan):
+            raise StitchRuntimeError(
+                f"the padded forward returned {len(leaves)} values; the graph "
+                f"declares {len(plan)}"
+            )
+        return tree_unflatten([o[:n] if s else o for o, s in zip(leaves, plan)], spec)
+
+    def _input_error(
+        self, args: tuple[Any, ...], n: int, exc: Exception
+    ) -> StitchError:
+        for d, buffer in zip(self.plan.dynamic, self.buffers):
+            arg = args[d.index]
+            if not isinstance(arg, torch.Tensor) or tuple(arg.shape) != (n, *d.rest):
+                shape = (
+                    tuple(arg.shape)
+                    if isinstance(arg, torch.Tensor)
+                    else type(arg).__name__
+                )
+                return StitchRuntimeError(
+                    f"input {d.name} has shape {shape}, but the runtime size is {n}: "
+                    f"every dynamic input must have {n} rows and trailing dims {d.rest}"
+                )
+        return StitchRuntimeError(
+            f"copying the inputs into the static buffers failed: {exc}"
+        )

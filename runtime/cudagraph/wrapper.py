@@ -1,0 +1,178 @@
+"""One CUDA graph per piece and size (CUDAGraphWrapper) and the hoisted per-size tables of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.fx as fx
+
+from stitch.codegen.errors import StitchRuntimeError
+
+from ..loader import SizeTables, _bind
+
+if TYPE_CHECKING:
+    from .manager import CUDAGraphManager
+
+FULL_GRAPH = "<full forward>"
+
+
+def _replayer(replay: Callable[[], None], output: Any) -> Callable[..., Any]:
+    def run(*args: Any) -> Any:
+        replay()
+        return output
+
+    return run
+
+
+class CUDAGraphWrapper:
+    """One piece (or the whole forward) at one size: warm up, capture, replay.
+
+    ``slot = (container, key)``: where the dispatch holds this wrapper.  After
+    capture the wrapper puts a bare replay closure there (NOTE below).
+    """
+
+    def __init__(
+        self,
+        runnable: Callable[..., Any],
+        manager: CUDAGraphManager,
+        *,
+        piece: str,
+        size: int,
+        weak_output: bool,
+        slot: tuple[Any, Any] | None = None,
+    ) -> None:
+        config = manager.config
+        self.runnable = runnable
+        self.manager = manager
+        self.piece = piece
+        self.size = size
+        self.weak_output = weak_output
+        self.slot = slot
+        self.warmups_left = config.cudagraph_num_of_warmups
+        self.check_addresses = config.cudagraph_check_addresses
+        self.copy_inputs = config.cudagraph_copy_inputs
+        self.graph: Any = None
+        self.output: Any = None
+        self.addresses: list[tuple[int, int]] = []
+        self.static_inputs: list[tuple[int, torch.Tensor]] = []
+
+    def __call__(self, *args: Any) -> Any:
+        graph = self.graph
+        if graph is None:
+            return self._warm_up_or_capture(args)
+        if self.check_addresses:
+            self._check(args)
+        if self.copy_inputs:
+            self._copy(args)
+        graph.replay()
+        return self.output
+
+    def _warm_up_or_capture(self, args: tuple[Any, ...]) -> Any:
+        manager = self.manager
+        manager.check_capture_allowed(self.piece, self.size)
+        if self.warmups_left > 0:
+            self.warmups_left -= 1
+            return self.runnable(*args)
+        graph, output = manager.capture(
+            self.runnable,
+            args,
+            piece=self.piece,
+            size=self.size,
+            weak_output=self.weak_output,
+        )
+        self.graph = graph
+        self.output = manager.ops.weak_refs(output)
+        tensors = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        self.addresses = [(i, a.data_ptr()) for i, a in tensors]
+        if self.copy_inputs:
+            self.static_inputs = [(i, manager.ops.weak_refs(a)) for i, a in tensors]
+        # Capturing records the kernels without running them: run them once for
+        # this call.
+        graph.replay()
+        if self.slot is not None and not (self.check_addresses or self.copy_inputs):
+            # NOTE: [replay closures in the dispatch tables]
+            # Once captured, a piece at a size only ever replays; the table the
+            # emitted function indexes then holds a closure that does exactly
+            # that, with no attribute lookups or state checks per call.
+            container, key = self.slot
+            container[key] = _replayer(graph.replay, self.output)
+        # An intermediate piece returns its strong outputs from the capture: the
+        # stitching code holds them until their last use, which keeps later
+        # captures of this forward from reusing their memory too early.
+        return output
+
+    def _check(self, args: tuple[Any, ...]) -> None:
+        for i, address in self.addresses:
+            arg = args[i] if i < len(args) else None
+            now = arg.data_ptr() if isinstance(arg, torch.Tensor) else None
+            if now != address:
+                shown = "not a tensor" if now is None else f"at {now:#x}"
+                raise StitchRuntimeError(
+                    f"piece {self.piece} at size {self.size}: argument {i} is {shown}, "
+                    f"but the CUDA graph was captured with it at {address:#x}; a "
+                    "replay would read stale memory.  Inputs of captured pieces "
+                    "must keep their addresses (parameters, static input buffers, "
+                    "outputs of earlier pieces); a splitting op that allocates its "
+                    "output breaks this: make it write into a preallocated tensor, "
+                    "or set cudagraph_copy_inputs=True"
+                )
+
+    def _copy(self, args: tuple[Any, ...]) -> None:
+        for i, static in self.static_inputs:
+            arg = args[i]
+            if arg.data_ptr() != static.data_ptr():
+                static.copy_(arg)
+
+
+class CUDAGraphTables(SizeTables):
+    """``__vllm_dispatch__`` with graphs: capture sizes get graph wrappers.
+
+    Other sizes (above the largest capture size) get the compiled runnables,
+    as in :class:`SizeTables`.
+    """
+
+    def __init__(
+        self,
+        callables: Sequence[Any],
+        manager: CUDAGraphManager,
+        names: Sequence[str],
+        capture_sizes: Sequence[int],
+        *,
+        last: int,
+    ) -> None:
+        super().__init__(callables)
+        self.manager = manager
+        self.names = list(names)
+        self.capture_sizes = frozenset(capture_sizes)
+        self.last = last
+
+    def __missing__(self, size: Any) -> list[Any]:
+        size = int(size)
+        if size not in self.capture_sizes:
+            return super().__missing__(size)
+        table: list[Any] = []
+        for i, c in enumerate(self.callables):
+            runnable = c.runnable_for(size) if hasattr(c, "runnable_for") else _bind(c)
+            table.append(
+                CUDAGraphWrapper(
+                    runnable,
+                    self.manager,
+                    piece=self.names[i],
+                    size=size,
+                    weak_output=i == self.last,
+                    slot=(table, i),
+                )
+            )
+        self[size] = table
+        return table
+
+
+def call_order(split_gm: fx.GraphModule, backends: dict[str, Any]) -> list[str]:
+    """The compiled pieces in the order the split graph calls them."""
+    return [
+        n.target
+        for n in split_gm.graph.nodes
+        if n.op == "call_module" and n.target in backends
+    ]

@@ -1,0 +1,151 @@
+"""Planning one piece: its shape targets and the compile key of each.
+
+A plan says what a piece is compiled for (the general shape, compile ranges,
+static sizes) and under which content key each runnable is cached and shared
+with structurally identical pieces.  Plans come from fake propagation over the
+split graph (:func:`piece_inputs`) on a cold start, or from the cache index.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from stitch.codegen import structural_hash
+from stitch.codegen.fingerprint import string_constants
+
+from ..config import CompilationConfig
+from ..targets import Target, targets_for
+
+log = logging.getLogger("stitch")
+
+
+@dataclasses.dataclass(frozen=True)
+class StringKeys:
+    """Keys of a piece with string constants, before the string check.
+
+    NOTE: [layer names do not defeat dedup]
+    Pieces that differ only in string constants (a layer name passed to an op)
+    share a normalized key.  The first of them is compiled with its own strings;
+    when none of them appears in the code Inductor generated (the op was
+    decomposed or the string was dead), every twin reuses that artifact.
+    Otherwise the strings are baked into the code and each distinct set of
+    strings compiles on its own.
+    """
+
+    normalized: str
+    exact: str
+    strings: list[str]
+
+
+# A compile key, or the two candidates of a piece with strings.
+KeyChoice = str | StringKeys
+
+
+@dataclasses.dataclass(frozen=True)
+class PiecePlan:
+    """What one compiled piece is built for."""
+
+    name: str
+    size_argument: int | None  # index of the runtime-size argument, if dynamic
+    targets: tuple[Target, ...]
+    keys: tuple[KeyChoice, ...]  # one per target
+
+
+def plan_piece(
+    name: str,
+    graph: fx.GraphModule,
+    args: tuple[Any, ...],
+    size_argument: int | None,
+    config: CompilationConfig,
+    key_salt: str,
+) -> PiecePlan:
+    """Plan a piece from its fake example arguments.
+
+    ``key_salt`` holds what every key of this compilation shares (compiler name
+    and config hash).
+    """
+    targets = targets_for(
+        config.compile_sizes, config.compile_ranges(), size_argument is not None
+    )
+    if size_argument is not None:
+        targets = reachable(targets, args[size_argument], name)
+    return PiecePlan(name, size_argument, tuple(targets), tuple(keys_for(graph, args, targets, key_salt)))
+
+
+def keys_for(
+    graph: fx.GraphModule, args: tuple[Any, ...], targets: Sequence[Target], salt: str
+) -> list[KeyChoice]:
+    """Compile keys per target: a plain key, or a :class:`StringKeys` choice."""
+    strings = string_constants(graph)
+    if not strings:
+        base = structural_hash(graph, args) + salt
+        return [digest(f"{base}|{t.key()}") for t in targets]
+    normalized = structural_hash(graph, args, abstract_strings=True) + salt
+    exact = normalized + repr(strings)
+    return [
+        StringKeys(digest(f"{normalized}|{t.key()}"), digest(f"{exact}|{t.key()}"), strings)
+        for t in targets
+    ]
+
+
+def reachable(targets: list[Target], size: Any, name: str) -> list[Target]:
+    """Drop static sizes and ranges the runtime size can never take.
+
+    Dynamo bounds a backed size below by 2 (size 1 gets its own static graph),
+    so compiling size 1 into the dynamic graph would only waste a compile.
+    """
+    try:
+        bounds = size.node.shape_env.var_to_range.get(size.node.expr)
+        lower, upper = int(bounds.lower), bounds.upper
+        upper = int(upper) if upper.is_finite else None
+    except Exception:  # noqa: BLE001 - no range information: keep every target
+        return targets
+    kept = []
+    for t in targets:
+        if t.kind != "general" and (t.hi < lower or (upper is not None and t.lo > upper)):
+            log.debug(
+                "piece %s: %s is outside the size's range [%s, %s]",
+                name, t.describe(), lower, upper,
+            )
+            continue
+        kept.append(t)
+    return kept
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def piece_inputs(
+    split_gm: fx.GraphModule, fake_inputs: list[Any]
+) -> dict[str, tuple[Any, ...]]:
+    """Run the split graph over fake tensors; record each piece's inputs."""
+    recorded: dict[str, tuple[Any, ...]] = {}
+
+    class Recorder(fx.Interpreter):
+        def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+            recorded.setdefault(target, tuple(args))
+            return super().call_module(target, args, kwargs)
+
+    fake_mode = next(
+        (v.fake_mode for v in fake_inputs if isinstance(v, torch._subclasses.FakeTensor)),
+        None,
+    )
+    if fake_mode is None:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+        fake_inputs = [
+            fake_mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
+            for v in fake_inputs
+        ]
+    with fake_mode:
+        Recorder(split_gm).run(*fake_inputs)
+    return recorded

@@ -1,0 +1,1 @@
+"""The store: the persistent compile cache, its index, and the debug dump."""

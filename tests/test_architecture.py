@@ -1,0 +1,148 @@
+"""The layout's rules, checked on the source: who may import whom, and no cycles.
+
+docs/architecture.md draws the parts; these tests keep the drawing true.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ROOTS = {
+    "codegen": "stitch.codegen",
+    "runtime": "stitch.runtime",
+    "templates": "stitch.templates",
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for folder, package in ROOTS.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+MODULES = _modules()
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
+
+
+def _imports(module: str, *, top_level_only: bool) -> set[str]:
+    """Stitch modules that ``module`` imports (at import time, or anywhere)."""
+    path = MODULES[module]
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+
+    def visit(nodes: list[ast.stmt]) -> None:
+        for node in nodes:
+            if isinstance(node, ast.If) and _is_type_checking(node.test):
+                continue
+            if (
+                isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                and top_level_only
+            ):
+                continue
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")
+                    base = base[: len(base) - node.level + 1]
+                    target = ".".join(base + ([node.module] if node.module else []))
+                else:
+                    target = node.module or ""
+                found.add(target)
+                found.update(f"{target}.{a.name}" for a in node.names)
+            for field in ("body", "orelse", "handlers", "finalbody"):
+                child = getattr(node, field, None)
+                if isinstance(child, list):
+                    visit([c for c in child if isinstance(c, ast.stmt)])
+
+    visit(tree.body)
+    return {m for m in found if m in MODULES and m != module}
+
+
+def test_codegen_imports_nothing_from_runtime() -> None:
+    for module in MODULES:
+        if module.startswith("stitch.codegen"):
+            bad = {
+                m
+                for m in _imports(module, top_level_only=False)
+                if m.startswith("stitch.runtime")
+            }
+            assert not bad, f"{module} imports {sorted(bad)}"
+
+
+@pytest.mark.parametrize("outer", ["stitch.runtime.examples", "stitch.runtime.cli"])
+def test_core_imports_neither_examples_nor_cli(outer: str) -> None:
+    for module in MODULES:
+        if module.startswith(("stitch.runtime.examples", "stitch.runtime.cli")):
+            continue
+        bad = {
+            m
+            for m in _imports(module, top_level_only=False)
+            if m == outer or m.startswith(outer + ".")
+        }
+        assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_no_import_cycles() -> None:
+    graph = {m: _imports(m, top_level_only=True) for m in MODULES}
+    # A package's __init__ importing its own submodules is how it re-exports;
+    # a submodule needs its package initialized first anyway, so that edge
+    # (submodule -> own package) is not a cycle.
+    for module, targets in graph.items():
+        graph[module] = {t for t in targets if not module.startswith(t + ".")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycle = stack[stack.index(nxt) :] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+
+
+def test_importing_the_runtime_registers_no_example_op() -> None:
+    code = (
+        "import sys, torch, stitch.runtime\n"
+        "from stitch.runtime import CompilationConfig\n"
+        "CompilationConfig()\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('stitch.runtime.examples'))\n"
+        "print(loaded)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_no_module_is_much_over_500_lines() -> None:
+    long = {
+        m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 560
+    }
+    assert not long, f"modules over 560 lines: {long}"
