@@ -585,13 +585,6 @@ def test_without_cuda_the_mode_is_ignored() -> None:
             served(n, seed=step)
 
 
-def test_mode_none_never_applies() -> None:
-    manager = CUDAGraphManager(
-        CompilationConfig(cudagraph_mode="NONE"), ops=EmulatedGraphOps()
-    )
-    assert not manager.applies_to([torch.ones(2)])
-
-
 def test_a_graph_that_cannot_be_padded_runs_without_graphs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

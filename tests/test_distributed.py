@@ -44,9 +44,7 @@ from stitch.runtime import (
     compile_execution_fn,
 )
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
-from stitch.runtime.examples.ops import ATTENTION_OP
 from stitch.runtime.examples.tp import (
-    COLLECTIVE_OPS,
     EAGER_COLLECTIVE_SPLITTING_OPS,
     IN_PIECE_SPLITTING_OPS,
     check_divisible,
@@ -304,12 +302,6 @@ def test_sizes_that_do_not_divide_are_refused() -> None:
         check_divisible(CFG, 3)
     with pytest.raises(StitchConfigError, match=r"rank=2 is outside"):
         shard_state_dict(build_llama(CFG).state_dict(), CFG, 2, WORLD)
-
-
-def test_collective_splitting_ops_are_valid_config() -> None:
-    config = CompilationConfig(splitting_ops=[ATTENTION_OP, *COLLECTIVE_OPS])
-    assert tuple(config.splitting_ops) == EAGER_COLLECTIVE_SPLITTING_OPS
-    assert all(op.startswith(FUNCTIONAL_NS) for op in COLLECTIVE_OPS)
 
 
 # --------------------------------------------------------------------------------
