@@ -311,8 +311,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except StitchError as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        # torch.compile wraps what a backend raises (BackendCompilerFailed): the
+        # Stitch error is found in the chain and printed alone, without a traceback.
+        error: BaseException | None = exc
+        while error is not None and not isinstance(error, StitchError):
+            error = error.__cause__ or error.__context__
+        if error is None:
+            raise
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 1
 
 
