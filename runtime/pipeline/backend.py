@@ -315,6 +315,8 @@ class Compilation:
         size_argument: int | None,
     ) -> tuple[Any, EntryRecord, str]:
         key = self._resolve_key(key_choice)
+        if key is None and cache is not None and isinstance(key_choice, StringKeys):
+            key = self._key_on_disk(key_choice, cache)
         if key is not None:
             if key in self.memo:
                 runnable, saved = self.memo[key]
@@ -357,6 +359,17 @@ class Compilation:
         if decided is None:
             return None
         return choice.normalized if decided else choice.exact
+
+    def _key_on_disk(self, choice: StringKeys, cache: CompileCache) -> str | None:
+        # NOTE: [a string decision is found on disk]
+        # A verified artifact under the normalized key exists only if the run that
+        # compiled it found the code free of the strings; under the exact key, only
+        # if it did not.  Either way no compile is needed to decide again.
+        for key, free in ((choice.normalized, True), (choice.exact, False)):
+            if cache.has_artifact(key):
+                self.string_free[choice.normalized] = free
+                return key
+        return None
 
     def _decide_strings(self, choice: StringKeys, handle: Any) -> str:
         source = self.adapter.generated_source(handle)

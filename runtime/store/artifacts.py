@@ -104,7 +104,9 @@ class ArtifactIdentity:
             raise Invalid("<file>", f"holds {type(data).__name__}, expected a dict")
         field(data, "format", "", lambda v: v == ARTIFACT_FORMAT, f"format {ARTIFACT_FORMAT}")
         strings = field(
-            data, "strings", "",
+            data,
+            "strings",
+            "",
             lambda v: v is None or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
             "a list of str or None",
         )
@@ -147,7 +149,8 @@ class ArtifactIdentity:
             if getattr(self, name) != want:
                 return f"field {name} is {short(getattr(self, name))}, expected {short(want)}"
         if self.strings is not None and self.strings != piece.strings:
-            return f"field strings is {short(list(self.strings))}, this piece's are {short(list(piece.strings))}"
+            ours = short(list(piece.strings))
+            return f"field strings is {short(list(self.strings))}, this piece's are {ours}"
         return None
 
 
@@ -193,7 +196,9 @@ def publish(
         os.chmod(payload, PRIVATE_FILE)
         fsync_file(payload)
         identity = identity_for(sha256_file(payload))
-        fd = os.open(os.path.join(staging, IDENTITY_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+        fd = os.open(
+            os.path.join(staging, IDENTITY_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE
+        )
         with os.fdopen(fd, "wb") as f:
             f.write(identity.render().encode("utf-8"))
             f.flush()

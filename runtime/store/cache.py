@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -51,7 +50,7 @@ from .artifacts import (
 from .files import atomic_write, make_private_dirs, sha256_bytes, sha256_file
 from .index import (
     INDEX_FILE,
-    INDEX_FORMAT,
+    LOCK_FILE,
     SOURCE_FILE,
     EntryIdentity,
     EntryRecord,
@@ -61,54 +60,12 @@ from .index import (
     SourceRecord,
     parse_index,
 )
+from .location import CACHE_ENV, cache_root, current_rank, entry_key, stitch_version
 from .trust import check_trusted
 
 log = logging.getLogger("stitch")
 
-LOCK_FILE = "index.lock"
-CACHE_ENV = "STITCH_CACHE_DIR"
-
 __all__ = ["CACHE_ENV", "INDEX_FILE", "SOURCE_FILE", "CompileCache", "cache_root"]
-
-
-def stitch_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("stitch")
-    except Exception:  # noqa: BLE001 - running from a checkout without metadata
-        return "0+unknown"
-
-
-def cache_root(config: CompilationConfig) -> str:
-    """``config.cache_dir``, else ``$STITCH_CACHE_DIR``, else the user cache dir."""
-    if config.cache_dir:
-        return os.path.abspath(os.path.expanduser(config.cache_dir))
-    if os.environ.get(CACHE_ENV):
-        return os.path.abspath(os.path.expanduser(os.environ[CACHE_ENV]))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache"
-    )
-    return os.path.join(base, "stitch")
-
-
-def current_rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-def entry_key(identity: EntryIdentity) -> str:
-    """The folder name of the entry for ``identity`` (what its index must say)."""
-    factors = (
-        identity.config_hash,
-        identity.torch_version,
-        identity.graph_key,
-        identity.stitch_version,
-        identity.backend,
-        INDEX_FORMAT,
-    )
-    return hashlib.sha256(repr(factors).encode()).hexdigest()[:20]
 
 
 class CompileCache:
@@ -160,7 +117,10 @@ class CompileCache:
         if not self.writable:
             return
         self.writable = False
+        # Name the file that failed, unless it is one of our temporary files.
         where = exc.filename if isinstance(exc.filename, str) else path
+        if f"{os.sep}." in where.removeprefix(self.root):  # ".tmp-*", ".staging-*"
+            where = path
         reason = exc.strerror or str(exc)
         log.warning(
             "stitch cache: cannot write %s (%s); compiling in memory, nothing more "
@@ -296,7 +256,7 @@ class CompileCache:
                 )
                 self.fault(
                     self.path(INDEX_FILE),
-                    f"field {bad}, whose identity disagrees ({problem})",
+                    f"field {bad}, but that artifact's identity disagrees ({problem})",
                     "that record",
                 )
                 return None
@@ -332,6 +292,10 @@ class CompileCache:
                 identity = None
         self._artifacts[key] = identity
         return identity
+
+    def has_artifact(self, key: str) -> bool:
+        """Whether a whole, verified artifact is stored under ``key``."""
+        return self._artifact(key, claimed=False) is not None
 
     def lookup(
         self,
@@ -380,7 +344,9 @@ class CompileCache:
         """Save a compiled piece (``save(path)`` writes it); its index entry."""
         old = self._old_entry(name, target.key())
         if old is not None and not old.saved and old.key == key and old.note:
-            log.info("stitch cache: piece %s (%s) stays in memory: %s", name, target.describe(), old.note)
+            log.info(
+                "stitch cache: piece %s (%s) stays in memory: %s", name, target.describe(), old.note
+            )
             return old
         if not self.writable:
             return EntryRecord(target.key(), key, False, "")
@@ -401,9 +367,7 @@ class CompileCache:
 
         try:
             make_private_dirs(artifacts_dir, self.root)
-            identity = publish(
-                artifacts_dir, key, save, identity_for, replace=key in self._broken
-            )
+            identity = publish(artifacts_dir, key, save, identity_for, replace=key in self._broken)
         except StitchCacheError as exc:
             if isinstance(exc.__cause__, OSError):
                 self._unwritable(artifacts_dir, exc.__cause__)
@@ -414,8 +378,10 @@ class CompileCache:
             # file record that every later run would warn about.
             note = f"the compiler could not save it ({exc})"
             log.warning(
-                "stitch cache: piece %s (%s) cannot be cached: %s; it is compiled on "
-                "every run", name, target.describe(), exc,
+                "stitch cache: piece %s (%s) cannot be cached: %s; it is compiled on " "every run",
+                name,
+                target.describe(),
+                exc,
             )
             return EntryRecord(target.key(), key, False, note)
         except OSError as exc:

@@ -62,7 +62,9 @@ def make_private_dirs(path: str, root: str) -> None:
             os.mkdir(current, PRIVATE_DIR)
         except FileExistsError:
             if not os.path.isdir(current):
-                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), current) from None
+                raise NotADirectoryError(
+                    errno.ENOTDIR, os.strerror(errno.ENOTDIR), current
+                ) from None
             continue
         # mkdir's mode is masked by the umask; the cache's folders are 0700 exactly.
         os.chmod(current, PRIVATE_DIR)

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 INDEX_FILE = "index.py"
+LOCK_FILE = "index.lock"  # serializes index updates between processes
 SOURCE_FILE = "execution_fn.py"
 INDEX_FORMAT = 2
 
@@ -151,7 +152,9 @@ class PieceRecord:
     def parse(cls, data: Any, where: str) -> PieceRecord:
         if not isinstance(data, dict):
             raise Invalid(where.rstrip("."), f"is {short(data)}, expected a dict")
-        entries = field(data, "entries", where, lambda v: isinstance(v, list) and v, "a non-empty list")
+        entries = field(
+            data, "entries", where, lambda v: isinstance(v, list) and v, "a non-empty list"
+        )
         parsed = tuple(EntryRecord.parse(e, f"{where}entries[{i}].") for i, e in enumerate(entries))
         if len({e.target for e in parsed}) != len(parsed):
             raise Invalid(f"{where}entries", "names a target twice")
@@ -188,7 +191,10 @@ class SourceRecord:
             sha256=field(data, "sha256", where, is_sha256, "a sha256 hex digest"),
             submod_names=tuple(names),
             dispatch_on=field(
-                data, "dispatch_on", where, lambda v: v is None or matches(_NAME)(v),
+                data,
+                "dispatch_on",
+                where,
+                lambda v: v is None or matches(_NAME)(v),
                 "a placeholder name or None",
             ),
         )
@@ -202,12 +208,16 @@ class Index:
 
     def to_literal(self) -> dict[str, Any]:
         data: dict[str, Any] = {"format": INDEX_FORMAT, **dataclasses.asdict(self.identity)}
-        data["source"] = None if self.source is None else {
-            "file": self.source.file,
-            "sha256": self.source.sha256,
-            "submod_names": list(self.source.submod_names),
-            "dispatch_on": self.source.dispatch_on,
-        }
+        data["source"] = (
+            None
+            if self.source is None
+            else {
+                "file": self.source.file,
+                "sha256": self.source.sha256,
+                "submod_names": list(self.source.submod_names),
+                "dispatch_on": self.source.dispatch_on,
+            }
+        )
         data["pieces"] = {
             name: {
                 "module_path": p.module_path,

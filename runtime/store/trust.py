@@ -76,6 +76,4 @@ def check_trusted(path: str, root: str) -> None:
     for current in chain:
         problem = trust_problem(current, root)
         if problem is not None:
-            raise StitchCacheTrustError(
-                "refusing to use the Stitch cache: " + problem
-            )
+            raise StitchCacheTrustError("refusing to use the Stitch cache: " + problem)

@@ -13,9 +13,9 @@ import dataclasses
 import os
 
 from .artifacts import ARTIFACT_FILE, ARTIFACTS_DIR, IDENTITY_FILE, read_identity
-from .cache import LOCK_FILE, entry_key
 from .files import sha256_file
-from .index import INDEX_FILE, SOURCE_FILE, Index, Invalid, parse_index
+from .index import INDEX_FILE, LOCK_FILE, SOURCE_FILE, Index, Invalid, parse_index
+from .location import entry_key
 from .trust import trust_problem
 
 
@@ -33,7 +33,9 @@ class EntryReport:
         return not self.problems
 
     def problem(self, relative: str, what: str) -> None:
-        self.problems.append(f"{os.path.join(self.directory, relative) if relative else self.directory}: {what}")
+        self.problems.append(
+            f"{os.path.join(self.directory, relative) if relative else self.directory}: {what}"
+        )
 
 
 def find_entries(path: str) -> list[str]:
@@ -122,7 +124,9 @@ def _check_pieces(report: EntryReport, index: Index) -> set[str]:
     for name, record in index.pieces.items():
         for entry in record.entries:
             if not entry.saved:
-                report.notes.append(f"{name} {entry.target}: not cached ({entry.note or 'not written'})")
+                report.notes.append(
+                    f"{name} {entry.target}: not cached ({entry.note or 'not written'})"
+                )
                 continue
             keys.add(entry.key)
             relative = os.path.join(ARTIFACTS_DIR, entry.key)
@@ -169,6 +173,8 @@ def _orphans(report: EntryReport, used: set[str], keys: set[str]) -> None:
         if name not in keys:
             report.problem(relative, "is orphaned (no index entry uses it)")
             continue
-        extra = sorted(set(os.listdir(os.path.join(artifacts, name))) - {ARTIFACT_FILE, IDENTITY_FILE})
+        extra = sorted(
+            set(os.listdir(os.path.join(artifacts, name))) - {ARTIFACT_FILE, IDENTITY_FILE}
+        )
         for file in extra:
             report.problem(os.path.join(relative, file), "is orphaned (no record uses it)")
