@@ -139,8 +139,9 @@ class Compilation:
         # Each piece's example inputs come from running the split graph over fake
         # tensors, which costs seconds on deep models.  A cache entry is keyed by
         # the whole graph and its input metadata, so the per-piece records in its
-        # index (runtime-size argument, compile keys) are valid as they are; the
-        # fake run happens only if some entry has to be compiled.
+        # index (runtime-size argument, compile keys) are used as they are, once
+        # checked against each artifact; the fake run happens only if some entry
+        # has to be compiled.
         piece_args_memo: dict[str, dict[str, tuple[Any, ...]]] = {}
 
         def piece_args(name: str) -> tuple[Any, ...]:
@@ -295,7 +296,9 @@ class Compilation:
         # A plan needs the piece's fake inputs, which come from running the split
         # graph over fake tensors (seconds on deep models).  A cache entry is keyed
         # by the whole graph and its input metadata, so the per-piece records in
-        # its index (size argument, compile keys) are valid as they are.
+        # its index (size argument, compile keys) can be used as they are, once
+        # each artifact's identity agrees (see NOTE: [a recorded plan is checked
+        # against its artifacts] in store/cache.py).
         recorded = cache.recorded_plan(name, graph, self.config) if cache else None
         if recorded is not None:
             size_argument, targets, keys = recorded
