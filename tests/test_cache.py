@@ -205,6 +205,13 @@ def artifact_of_another_piece(entry: Path, index: dict[str, Any], marker: Path) 
     return folder / IDENTITY_FILE
 
 
+def file_in_place_of_artifact(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+    path = entry / "artifacts" / key_of(index, *BROKEN)
+    shutil.rmtree(path)
+    path.write_text("a file where the artifact's folder belongs\n")
+    return path
+
+
 def tamper_source(entry: Path, index: dict[str, Any], marker: Path) -> Path:
     path = entry / SOURCE_FILE
     path.write_text(
@@ -233,6 +240,7 @@ FAULTS: dict[str, tuple[Injector, str, int]] = {
     "artifact-fails-to-load": (unloadable_artifact, "failed to load", 1),
     "artifact-identity-edited": (identity_edited, "field check", 1),
     "artifact-of-another-piece": (artifact_of_another_piece, "field key", 1),
+    "artifact-folder-is-a-file": (file_in_place_of_artifact, "is not a folder", 1),
     "source-tampered": (tamper_source, "does not match the index", 0),
 }
 
@@ -340,6 +348,7 @@ INSPECTED: dict[str, tuple[Injector, str]] = {
     "artifact-identity-edited": (identity_edited, "field check"),
     "artifact-of-another-piece": (artifact_of_another_piece, "field key"),
     "artifact-missing": (remove_artifact, "is missing"),
+    "artifact-folder-is-a-file": (file_in_place_of_artifact, "is not a folder"),
     "index-record-of-wrong-type": (piece_of_wrong_type, "field pieces['submod_2'] is 5"),
     "index-not-a-literal": (code_in_index, "is not a Python literal"),
     "orphaned-artifact": (orphan_file, "is orphaned"),
@@ -360,4 +369,5 @@ def test_inspect_reports_the_fault_and_fails(
     problems = [line for line in text.splitlines() if line.startswith("    - ")]
     assert any(str(broken) in p and says in p for p in problems), text
     assert "1 of 1 entries unhealthy" in text
+    assert "could not be inspected" not in text
     assert not marker.exists()

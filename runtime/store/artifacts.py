@@ -208,7 +208,8 @@ def publish(
         try:
             os.rename(staging, final)
         except OSError as exc:
-            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            # Something is in the way: a folder (EEXIST, ENOTEMPTY) or a file (ENOTDIR).
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
                 raise
             if not replace:
                 return None

@@ -272,7 +272,10 @@ class CompileCache:
         folder = self.artifact_path(key)
         identity = None
         if not os.path.isdir(folder):
-            if claimed:
+            if os.path.lexists(folder):
+                self.fault(folder, "is not a folder")
+                self._broken.add(key)
+            elif claimed:
                 self.fault(folder, "is missing")
         else:
             for name in (IDENTITY_FILE, ARTIFACT_FILE):

@@ -93,4 +93,9 @@ def atomic_write(path: str, data: bytes) -> None:
 
 
 def remove_tree(path: str) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a folder with its content, or a file (what is not there is fine)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)

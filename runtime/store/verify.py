@@ -132,7 +132,8 @@ def _check_pieces(report: EntryReport, index: Index) -> set[str]:
             relative = os.path.join(ARTIFACTS_DIR, entry.key)
             folder = os.path.join(report.directory, relative)
             if not os.path.isdir(folder):
-                report.problem(relative, f"is missing (piece {name}, {entry.target})")
+                what = "is not a folder" if os.path.lexists(folder) else "is missing"
+                report.problem(relative, f"{what} (piece {name}, {entry.target})")
                 continue
             try:
                 identity = read_identity(folder)
@@ -173,6 +174,8 @@ def _orphans(report: EntryReport, used: set[str], keys: set[str]) -> None:
         if name not in keys:
             report.problem(relative, "is orphaned (no index entry uses it)")
             continue
+        if not os.path.isdir(os.path.join(artifacts, name)):
+            continue  # reported above as not a folder
         extra = sorted(
             set(os.listdir(os.path.join(artifacts, name))) - {ARTIFACT_FILE, IDENTITY_FILE}
         )
