@@ -412,6 +412,11 @@ class CompileCache:
         """Whether the entry on disk holds the source this run uses (read or saved)."""
         return self._source_read or self._source_saved
 
+    def source_path(self) -> str | None:
+        """The file holding exactly the stitching source this run uses, if there is one
+        (for tracebacks that read the source from disk)."""
+        return self.path(SOURCE_FILE) if self.holds_source() else None
+
     def has_source(self) -> bool:
         return self.index is not None and self.index.source is not None
 
