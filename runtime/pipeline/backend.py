@@ -184,6 +184,8 @@ class Compilation:
         code, submod_names, consts, warm_source = self._stitching_source(
             split_gm, cache, dispatch_on
         )
+        if cache is not None:
+            cache.save_source(code, submod_names, dispatch_on)
         _trace_source(code)
         if self.cudagraphs is not None and self.cudagraphs.applies_to(fake_inputs):
             fn = self.cudagraphs.wrap(
@@ -201,8 +203,6 @@ class Compilation:
 
         # Twins report "shared": they run what their first instance loaded.
         warm = warm_source and all(r.cache in ("hit", "shared") for r in reports if not r.splitting)
-        if cache is not None:
-            cache.save_source(code, submod_names, dispatch_on)
         seconds = time.perf_counter() - start
         dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
         if dump:
