@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import hashlib
 import os
@@ -73,8 +74,27 @@ def _int_list(name: str, value: Any) -> list[int]:
     return sorted(value)
 
 
+def _did_you_mean(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+class _ChecksFieldNames(type):
+    """Names a misspelled field with the one meant, where dataclass would only say
+    "unexpected keyword argument"."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        for name in kwargs:
+            if name not in names:
+                raise StitchConfigError(
+                    f"CompilationConfig has no field {name!r}{_did_you_mean(name, names)}"
+                )
+        return super().__call__(*args, **kwargs)
+
+
 @dataclasses.dataclass
-class CompilationConfig:
+class CompilationConfig(metaclass=_ChecksFieldNames):
     """Configuration of :class:`stitch.runtime.StitchBackend`.
 
     Fields that change compiled code enter :meth:`compute_hash`; cache and dump
@@ -157,6 +177,7 @@ class CompilationConfig:
                 self.inductor_compile_config,
                 "must be a dict of Inductor config names to values",
             )
+        _check_inductor_keys(self.inductor_compile_config)
         if self.dispatch not in ("hoisted", "per_piece"):
             raise _field_error("dispatch", self.dispatch, "must be 'hoisted' or 'per_piece'")
         for name in ("cache_dir", "debug_dump_path"):
@@ -229,6 +250,23 @@ class CompilationConfig:
             ),
         }
         return hashlib.sha256(repr(sorted(factors.items())).encode()).hexdigest()
+
+
+def _check_inductor_keys(patches: dict[str, Any]) -> None:
+    """Every key names an Inductor config option (checked now, not at the first compile)."""
+    if not patches:
+        return  # importing Inductor's config costs seconds: only when there is a key
+    import torch._inductor.config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    for key in patches:
+        if key not in known:
+            raise _field_error(
+                "inductor_compile_config",
+                patches,
+                f"{key!r} is not an option of torch._inductor.config"
+                + _did_you_mean(key, known),
+            )
 
 
 def _validate_cudagraph_fields(config: CompilationConfig) -> None:

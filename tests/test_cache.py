@@ -1,21 +1,24 @@
-"""The persistent compile cache: faults it survives, and concurrent writers.
+"""The persistent compile cache: faults it survives, what a warm run writes, ``stitch inspect``.
 
 Each fault is injected into a copy of a populated cache entry.  The next compile
-must log exactly one warning naming the broken file, rebuild what that file held
-(and nothing else), give correct results, and leave an entry that the compile
-after it loads warm with no warning at all.
+must log exactly one warning naming the broken file (and field), rebuild what
+that file held and nothing else, give correct results, and leave an entry that
+the compile after it loads warm with no warning, and that ``stitch inspect``
+finds healthy.  Faults of the index's types alone are in test_cache_index.py
+(eager, no artifacts needed); unwritable locations and trust in
+test_cache_locations.py; killed and concurrent processes in
+test_cache_processes.py.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import errno
+import io
 import logging
-import os
 import pprint
 import shutil
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,13 +32,13 @@ from backend_support import (
     counting,
     eager_and_compiled,
     model_for,
-    parse_worker,
     stitch_warnings,
-    worker_command,
-    worker_env,
 )
+from cache_support import failing_writes, tree_state
 
 from stitch.runtime import CompilationConfig
+from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.store.artifacts import ARTIFACT_FILE, IDENTITY_FILE, ArtifactIdentity
 from stitch.runtime.store.cache import INDEX_FILE, SOURCE_FILE
 
 # Three compiled pieces, each for its general shape and size 4: six artifacts.
@@ -64,9 +67,7 @@ def compile_and_check(cache_root: Path, caplog: pytest.LogCaptureFixture) -> Run
     """Compile the tiny model with ``cache_root``; check every run against eager."""
     caplog.clear()
     model = model_for(TINY)
-    be, fn = compile_model(
-        model, CompilationConfig(cache_dir=str(cache_root), **CONFIG)
-    )
+    be, fn = compile_model(model, CompilationConfig(cache_dir=str(cache_root), **CONFIG))
     with caplog.at_level(logging.WARNING, logger="stitch"), counting() as deltas:
         for n in RUN_SIZES:
             ref, out = eager_and_compiled(model, fn, TINY, n)
@@ -97,13 +98,38 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> Populated:
     return Populated(root, entry.relative_to(root), result.code, index)
 
 
-def artifact_of(index: dict[str, Any], piece: str, target: str) -> str:
+@pytest.fixture
+def copy(populated: Populated, tmp_path: Path) -> tuple[Path, Path, dict[str, Any]]:
+    """A fresh copy of the populated cache: (root, entry folder, its index)."""
+    root = tmp_path / "cache"
+    shutil.copytree(populated.root, root)
+    return root, root / populated.entry, ast.literal_eval(repr(populated.index))
+
+
+def key_of(index: dict[str, Any], piece: str, target: str) -> str:
     (entry,) = [e for e in index["pieces"][piece]["entries"] if e["target"] == target]
-    return entry["artifact"]
+    return entry["key"]
 
 
 def write_index(path: Path, index: dict[str, Any]) -> None:
     path.write_text(pprint.pformat(index, sort_dicts=True) + "\n")
+
+
+def edit_identity(folder: Path, *, recheck: bool, **changes: Any) -> None:
+    """Change fields of an artifact's identity, with its checksum redone or left stale."""
+    path = folder / IDENTITY_FILE
+    if recheck:
+        identity = ArtifactIdentity.parse(path.read_text())
+        path.write_text(dataclasses.replace(identity, **changes).render())
+    else:
+        data = ast.literal_eval(path.read_text())
+        path.write_text(pprint.pformat({**data, **changes}) + "\n")
+
+
+def inspect(root: Path) -> tuple[int, str]:
+    out = io.StringIO()
+    status = inspect_cache(str(root), out)
+    return status, out.getvalue()
 
 
 # -- faults ------------------------------------------------------------------------------
@@ -111,14 +137,8 @@ def write_index(path: Path, index: dict[str, Any]) -> None:
 # must name.  ``marker`` is a file that must never come to exist: code planted
 # in the cache writes it if the cache ever executes that code.
 
-BROKEN_ARTIFACT = ("submod_2", "size4")
-
-
-def truncate_index(entry: Path, index: dict[str, Any], marker: Path) -> Path:
-    path = entry / INDEX_FILE
-    text = path.read_text()
-    path.write_text(text[: len(text) // 2])
-    return path
+BROKEN = ("submod_2", "size4")
+OTHER = ("submod_4", "size4")
 
 
 def code_in_index(entry: Path, index: dict[str, Any], marker: Path) -> Path:
@@ -128,20 +148,29 @@ def code_in_index(entry: Path, index: dict[str, Any], marker: Path) -> Path:
     return path
 
 
-def foreign_index_format(entry: Path, index: dict[str, Any], marker: Path) -> Path:
-    path = entry / INDEX_FILE
-    write_index(path, {**index, "format": 999})
-    return path
+def sym_index_changed(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+    # Hashes intact, but the piece would read its runtime size from argument 0.
+    index["pieces"]["submod_2"]["sym_index"] = 0
+    write_index(entry / INDEX_FILE, index)
+    return entry / INDEX_FILE
+
+
+def key_of_another_piece(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+    for record in index["pieces"][BROKEN[0]]["entries"]:
+        if record["target"] == BROKEN[1]:
+            record["key"] = key_of(index, *OTHER)
+    write_index(entry / INDEX_FILE, index)
+    return entry / INDEX_FILE
 
 
 def remove_artifact(entry: Path, index: dict[str, Any], marker: Path) -> Path:
-    path = entry / artifact_of(index, *BROKEN_ARTIFACT)
-    path.unlink()
+    path = entry / "artifacts" / key_of(index, *BROKEN)
+    shutil.rmtree(path)
     return path
 
 
 def corrupt_artifact(entry: Path, index: dict[str, Any], marker: Path) -> Path:
-    path = entry / artifact_of(index, *BROKEN_ARTIFACT)
+    path = entry / "artifacts" / key_of(index, *BROKEN) / ARTIFACT_FILE
     data = bytearray(path.read_bytes())
     middle = len(data) // 2
     data[middle : middle + 16] = bytes(b ^ 0xFF for b in data[middle : middle + 16])
@@ -150,17 +179,36 @@ def corrupt_artifact(entry: Path, index: dict[str, Any], marker: Path) -> Path:
 
 
 def unloadable_artifact(entry: Path, index: dict[str, Any], marker: Path) -> Path:
-    # Garbage whose sha256 the index agrees with: only loading can tell.
+    # Garbage whose sha256 its identity agrees with: only loading can tell.
     import hashlib
 
-    relative = artifact_of(index, *BROKEN_ARTIFACT)
-    path = entry / relative
+    folder = entry / "artifacts" / key_of(index, *BROKEN)
     garbage = b"not an Inductor artifact\n" * 64
-    path.write_bytes(garbage)
-    for record in index["pieces"][BROKEN_ARTIFACT[0]]["entries"]:
-        if record["artifact"] == relative:
-            record["sha256"] = hashlib.sha256(garbage).hexdigest()
-    write_index(entry / INDEX_FILE, index)
+    (folder / ARTIFACT_FILE).write_bytes(garbage)
+    edit_identity(folder, recheck=True, sha256=hashlib.sha256(garbage).hexdigest())
+    return folder / ARTIFACT_FILE
+
+
+def identity_edited(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+    # The output unwrapping flipped by hand: the record's checksum no longer fits.
+    folder = entry / "artifacts" / key_of(index, *BROKEN)
+    unwrap = ast.literal_eval((folder / IDENTITY_FILE).read_text())["unwrap"]
+    edit_identity(folder, recheck=False, unwrap=not unwrap)
+    return folder / IDENTITY_FILE
+
+
+def artifact_of_another_piece(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+    # A whole, self-consistent artifact folder, but compiled for another piece.
+    folder = entry / "artifacts" / key_of(index, *BROKEN)
+    shutil.rmtree(folder)
+    shutil.copytree(entry / "artifacts" / key_of(index, *OTHER), folder)
+    return folder / IDENTITY_FILE
+
+
+def file_in_place_of_artifact(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+    path = entry / "artifacts" / key_of(index, *BROKEN)
+    shutil.rmtree(path)
+    path.write_text("a file where the artifact's folder belongs\n")
     return path
 
 
@@ -174,32 +222,46 @@ def tamper_source(entry: Path, index: dict[str, Any], marker: Path) -> Path:
     return path
 
 
-# fault -> (injector, Inductor compiles the rebuild takes)
-FAULTS: dict[str, tuple[Callable[[Path, dict[str, Any], Path], Path], int]] = {
-    "index-truncated": (truncate_index, ARTIFACTS),
-    "index-not-a-literal": (code_in_index, ARTIFACTS),
-    "index-foreign-format": (foreign_index_format, ARTIFACTS),
-    "artifact-missing": (remove_artifact, 1),
-    "artifact-corrupted": (corrupt_artifact, 1),
-    "artifact-fails-to-load": (unloadable_artifact, 1),
-    "source-tampered": (tamper_source, 0),
+Injector = Callable[[Path, dict[str, Any], Path], Path]
+
+# fault -> (injector, what the warning says, Inductor compiles the rebuild takes).
+# Artifacts are found by compile key and checked by their identity, so a lost
+# or wrong index record costs no compile: only a broken artifact is compiled again.
+FAULTS: dict[str, tuple[Injector, str, int]] = {
+    "index-not-a-literal": (code_in_index, "is not a Python literal", 0),
+    "index-sym-index-changed": (sym_index_changed, "field pieces['submod_2'].sym_index", 0),
+    "index-key-of-another-piece": (
+        key_of_another_piece,
+        "field pieces['submod_2'].entries[1].key points at",
+        0,
+    ),
+    "artifact-missing": (remove_artifact, "is missing", 1),
+    "artifact-corrupted": (corrupt_artifact, "field sha256", 1),
+    "artifact-fails-to-load": (unloadable_artifact, "failed to load", 1),
+    "artifact-identity-edited": (identity_edited, "field check", 1),
+    "artifact-of-another-piece": (artifact_of_another_piece, "field key", 1),
+    "artifact-folder-is-a-file": (file_in_place_of_artifact, "is not a folder", 1),
+    "source-tampered": (tamper_source, "does not match the index", 0),
 }
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_cache_fault_is_survived_with_one_warning(
-    fault: str, populated: Populated, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    fault: str,
+    populated: Populated,
+    copy: tuple[Path, Path, dict[str, Any]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    inject, compiles = FAULTS[fault]
-    root = tmp_path / "cache"
-    shutil.copytree(populated.root, root)
-    entry = root / populated.entry
+    inject, says, compiles = FAULTS[fault]
+    root, entry, index = copy
     marker = tmp_path / "planted-code-ran"
-    broken = inject(entry, ast.literal_eval(repr(populated.index)), marker)
+    broken = inject(entry, index, marker)
 
     run = compile_and_check(root, caplog)
     assert len(run.warnings) == 1, run.warnings
     assert str(broken) in run.warnings[0]
+    assert says in run.warnings[0]
     assert "rebuilding" in run.warnings[0]
     assert not marker.exists(), "code planted in the cache was executed"
     assert run.deltas.get("num_cache_faults") == 1
@@ -207,91 +269,105 @@ def test_cache_fault_is_survived_with_one_warning(
     assert run.deltas.get("num_compiled_artifacts_saved", 0) == compiles
     assert run.deltas.get("num_cache_hits", 0) == ARTIFACTS - compiles
     (result,) = run.backend.compiled
-    assert result.warm is False
     # Whatever was broken, the stitching source that runs is the one emitted for
     # this graph, and the entry on disk holds it again.
     assert result.code == populated.code
     assert (entry / SOURCE_FILE).read_text() == populated.code
-    assert run.backend.fns[0].__code__.co_filename.startswith("<stitch-execution-fn-")
 
-    # The rebuilt entry is whole: the next compile is warm and quiet.
+    # The rebuilt entry is whole: the next compile is warm and quiet, and
+    # inspect finds nothing left over (no stale record, staging or trash folder).
     again = compile_and_check(root, caplog)
     assert again.warnings == []
     assert again.deltas.get("num_inductor_compiles", 0) == 0
     assert again.deltas.get("num_cache_hits") == ARTIFACTS
     assert again.backend.compiled[0].warm is True
+    status, text = inspect(root)
+    assert status == 0, text
 
 
-def test_populated_entry_loads_warm_in_process(
-    populated: Populated, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_warm_run_writes_nothing(
+    copy: tuple[Path, Path, dict[str, Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The control for the fault cases: an untouched copy needs no compile.
-    root = tmp_path / "cache"
-    shutil.copytree(populated.root, root)
+    root, _, _ = copy
+    before = tree_state(root)
     run = compile_and_check(root, caplog)
     assert run.warnings == []
     assert run.deltas.get("num_inductor_compiles", 0) == 0
     assert run.deltas.get("num_cache_hits") == ARTIFACTS
     assert run.backend.compiled[0].warm is True
+    assert tree_state(root) == before
 
 
-# -- concurrency -------------------------------------------------------------------------
-
-
-def test_two_processes_compile_into_one_empty_cache(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_read_only_cache_starts_warm_without_a_warning(
+    copy: tuple[Path, Path, dict[str, Any]], caplog: pytest.LogCaptureFixture
 ) -> None:
-    root = tmp_path / "cache"
-    go = tmp_path / "go"
-    procs = []
-    for i in range(2):
-        spec = {
-            "cache_dir": str(root),
-            "config": CONFIG,
-            "sizes": list(RUN_SIZES),
-            "ready_file": str(tmp_path / f"ready{i}"),
-            "go_file": str(go),
-        }
-        procs.append(
-            subprocess.Popen(
-                worker_command(spec),
-                env=worker_env(),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    try:
-        # Both have imported torch and built the model: start them together.
-        deadline = time.monotonic() + 120
-        while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
-            assert all(p.poll() is None for p in procs), "a worker died before starting"
-            assert time.monotonic() < deadline, "workers never got ready"
-            time.sleep(0.05)
-        go.write_text("go")
-        reports = [parse_worker(p.wait(timeout=300), *p.communicate()) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-
-    for report in reports:
-        assert report["warnings"] == []
-        assert max(report["diffs"].values()) < INDUCTOR_TOL["atol"], report["diffs"]
-        assert report["counter"].get("num_cache_faults", 0) == 0
-    # Both compiled the same entry; the files the two processes wrote agree.
-    (entry,) = {r["compiled"][0]["cache_dir"] for r in reports}
-    assert [p.name for p in Path(entry).iterdir() if p.name.startswith(".tmp-")] == []
-    assert [
-        p.name
-        for p in (Path(entry) / "artifacts").iterdir()
-        if p.name.startswith(".tmp-")
-    ] == []
-    assert len(os.listdir(Path(entry) / "artifacts")) == ARTIFACTS
-
-    run = compile_and_check(root, caplog)
+    root, _, _ = copy
+    with failing_writes(root, errno.EROFS) as refused:
+        run = compile_and_check(root, caplog)
     assert run.warnings == []
+    assert refused == []  # nothing was even tried
     assert run.deltas.get("num_inductor_compiles", 0) == 0
-    assert run.deltas.get("num_cache_hits") == ARTIFACTS
     assert run.backend.compiled[0].warm is True
+
+
+# -- stitch inspect ------------------------------------------------------------------
+
+
+def test_inspect_finds_a_populated_entry_healthy(copy: tuple[Path, Path, dict[str, Any]]) -> None:
+    root, _, _ = copy
+    status, text = inspect(root)
+    assert status == 0, text
+    assert "health: ok" in text
+    assert "compiled pieces: 3" in text
+    assert "unique artifacts: 6" in text
+
+
+def orphan_file(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+    path = entry / "artifacts" / "0123456789abcdef01234567"
+    path.mkdir()
+    return path
+
+
+def staging_left_by_a_killed_run(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+    path = entry / "artifacts" / ".staging-x1y2z3"
+    path.mkdir()
+    (path / ARTIFACT_FILE).write_bytes(b"half")
+    return path
+
+
+def piece_of_wrong_type(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+    index["pieces"]["submod_2"] = 5
+    write_index(entry / INDEX_FILE, index)
+    return entry / INDEX_FILE
+
+
+# fault -> (injector, what inspect reports)
+INSPECTED: dict[str, tuple[Injector, str]] = {
+    "source-tampered": (tamper_source, "the stitching source was changed"),
+    "artifact-corrupted": (corrupt_artifact, "field sha256"),
+    "artifact-identity-edited": (identity_edited, "field check"),
+    "artifact-of-another-piece": (artifact_of_another_piece, "field key"),
+    "artifact-missing": (remove_artifact, "is missing"),
+    "artifact-folder-is-a-file": (file_in_place_of_artifact, "is not a folder"),
+    "index-record-of-wrong-type": (piece_of_wrong_type, "field pieces['submod_2'] is 5"),
+    "index-not-a-literal": (code_in_index, "is not a Python literal"),
+    "orphaned-artifact": (orphan_file, "is orphaned"),
+    "staging-left-over": (staging_left_by_a_killed_run, "is orphaned"),
+}
+
+
+@pytest.mark.parametrize("fault", list(INSPECTED))
+def test_inspect_reports_the_fault_and_fails(
+    fault: str, copy: tuple[Path, Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    inject, says = INSPECTED[fault]
+    root, entry, index = copy
+    marker = tmp_path / "planted-code-ran"
+    broken = inject(entry, index, marker)
+    status, text = inspect(root)
+    assert status == 1, text
+    problems = [line for line in text.splitlines() if line.startswith("    - ")]
+    assert any(str(broken) in p and says in p for p in problems), text
+    assert "1 of 1 entries unhealthy" in text
+    assert "could not be inspected" not in text
+    assert not marker.exists()

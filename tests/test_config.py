@@ -67,9 +67,24 @@ def test_bad_value_is_rejected_naming_field_and_value(
     assert why in message
 
 
-def test_unknown_field_is_rejected() -> None:
-    with pytest.raises(TypeError, match="compile_size"):
+def test_unknown_field_is_rejected_with_the_field_meant() -> None:
+    with pytest.raises(StitchConfigError, match="no field 'compile_size'; did you mean 'compile_sizes'"):
         CompilationConfig(compile_size=[4])  # type: ignore[call-arg]
+    with pytest.raises(StitchConfigError, match="no field 'compile_size'; did you mean"):
+        StitchBackend(compile_size=[4])
+    with pytest.raises(StitchConfigError, match="no field 'zzz'$"):
+        CompilationConfig(zzz=1)  # type: ignore[call-arg]
+
+
+def test_inductor_config_keys_are_checked_when_the_config_is_built() -> None:
+    with pytest.raises(
+        StitchConfigError,
+        match="'max_autotun' is not an option of torch._inductor.config; did you mean 'max_autotune'",
+    ):
+        CompilationConfig(inductor_compile_config={"max_autotun": True})
+    # Nested options are named with a dot, as torch._inductor.config.patch takes them.
+    config = CompilationConfig(inductor_compile_config={"triton.cudagraphs": False})
+    assert config.inductor_compile_config == {"triton.cudagraphs": False}
 
 
 def test_backend_takes_a_config_or_fields_not_both() -> None:

@@ -217,11 +217,10 @@ def failing_compile_job(rank: int, world_size: int) -> None:
     """Rank 1 cannot compile (an Inductor option that does not exist); rank 0 can."""
     _, model = _models()
     if rank == 1:
-        config = CompilationConfig(
-            backend="inductor",
-            disable_cache=True,
-            inductor_compile_config={"stitch_test_no_such_option": True},
-        )
+        config = CompilationConfig(backend="inductor", disable_cache=True)
+        # Set after construction, which would reject the option: the point here
+        # is a rank whose compile fails.
+        config.inductor_compile_config = {"stitch_test_no_such_option": True}
     else:
         # Eager pieces: rank 0 is soon waiting and leaves the CPU to rank 1.
         config = CompilationConfig(backend="eager", disable_cache=True)

@@ -262,12 +262,17 @@ def run_run(args: argparse.Namespace) -> int:
 def _add_inspect(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "inspect",
-        help="print a compile cache's index in human form",
+        help="check a compile cache and print its index in human form",
         description=(
-            "Print the index of a Stitch compile cache: versions, the stitching "
-            "source file and its hash, and per compiled piece the module path it "
-            "covers, the sizes/ranges compiled and its artifacts. CACHE_DIR may be "
-            "one rank folder or any folder above it."
+            "Check and print the entries of a Stitch compile cache: versions, the "
+            "stitching source file and its hash, and per compiled piece the module "
+            "path it covers, the sizes/ranges compiled and its artifacts. Every "
+            "record is validated and every hash and artifact identity checked; "
+            "problems (hash mismatches, records of the wrong type, a changed "
+            "source, orphaned files, permissions a run would refuse) are listed. "
+            "Exit status: 0 healthy, 1 a problem, 2 no cache entry found. "
+            "CACHE_DIR may be one rank folder or any folder above it. "
+            "docs/cache.md describes the cache and its trust model."
         ),
     )
     parser.add_argument("cache_dir", metavar="CACHE_DIR")
@@ -311,8 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except StitchError as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        # torch.compile wraps what a backend raises (BackendCompilerFailed): the
+        # Stitch error is found in the chain and printed alone, without a traceback.
+        error: BaseException | None = exc
+        while error is not None and not isinstance(error, StitchError):
+            error = error.__cause__ or error.__context__
+        if error is None:
+            raise
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 1
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import ast
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -16,7 +16,8 @@ from ..config import CompilationConfig
 from ..examples import LlamaConfig, build_llama, llama_inputs
 from ..examples.models import runnable_examples
 from ..pipeline.backend import StitchBackend
-from ..store.cache import INDEX_FILE
+from ..store.index import INDEX_FILE, Index
+from ..store.verify import find_entries, inspect_entry
 
 
 def mark_batch_dynamic(*tensors: torch.Tensor) -> None:
@@ -133,58 +134,66 @@ def run_example(
 
 
 def inspect_cache(path: str, out: TextIO) -> int:
-    """Print a cache entry's index in human form (a rank folder or its parent)."""
-    candidates = []
-    if os.path.isfile(os.path.join(path, INDEX_FILE)):
-        candidates.append(path)
-    elif os.path.isdir(path):
-        for root, _dirs, files in sorted(os.walk(path)):
-            if INDEX_FILE in files:
-                candidates.append(root)
-    if not candidates:
+    """Check and print the cache entries at or under ``path`` (a rank folder or above).
+
+    Exit status: 0 when every entry is healthy, 1 when one is not, 2 when there
+    is no entry.
+    """
+    entries = find_entries(path) if os.path.isdir(path) else []
+    if not entries:
         print(f"stitch inspect: no {INDEX_FILE} under {path}", file=out)
         return 2
-    for directory in candidates:
-        index_path = os.path.join(directory, INDEX_FILE)
-        try:
-            with open(index_path, encoding="utf-8") as f:
-                data = ast.literal_eval(f.read())
-        except (OSError, SyntaxError, ValueError) as exc:
-            print(f"{index_path}: unreadable ({type(exc).__name__}: {exc})", file=out)
-            continue
+    unhealthy = 0
+    for directory in entries:
+        report = inspect_entry(directory)
+        unhealthy += not report.healthy
         print(f"{directory}", file=out)
-        for key in (
-            "stitch_version",
-            "torch_version",
-            "backend",
-            "config_hash",
-            "graph_key",
-        ):
-            value = data.get(key, "?")
-            if isinstance(value, str) and len(value) > 24:
-                value = value[:16] + "…"
-            print(f"  {key}: {value}", file=out)
-        source = data.get("source", {})
+        if report.index is not None:
+            _print_index(report.index, directory, out)
+        for note in report.notes:
+            print(f"  note: {note}", file=out)
+        if report.healthy:
+            print("  health: ok", file=out)
+        else:
+            print(f"  health: {len(report.problems)} problem(s)", file=out)
+            for problem in report.problems:
+                print(f"    - {problem}", file=out)
+    if unhealthy:
         print(
-            f"  stitching source: {source.get('file')} (sha256 "
-            f"{str(source.get('sha256', ''))[:12]}…, dispatch on "
-            f"{source.get('dispatch_on') or 'each piece'})",
+            f"stitch inspect: {unhealthy} of {len(entries)} entries unhealthy; a run "
+            "rebuilds what it can check, or delete the entry folder",
             file=out,
         )
-        pieces = data.get("pieces", {})
-        print(f"  compiled pieces: {len(pieces)}", file=out)
-        artifacts: set[str] = set()
-        for name in sorted(pieces, key=lambda p: (len(p), p)):
-            record = pieces[name]
-            entries = record.get("entries", [])
-            targets = ", ".join(str(e.get("target")) for e in entries)
-            files = [e.get("artifact") for e in entries if e.get("artifact")]
-            artifacts.update(files)
-            exists = all(os.path.exists(os.path.join(directory, f)) for f in files)
-            print(
-                f"    {name:<12} {record.get('module_path') or '-':<40} [{targets}] "
-                f"{len(files)} artifact(s){'' if exists else ' (MISSING)'}",
-                file=out,
-            )
-        print(f"  unique artifacts: {len(artifacts)}", file=out)
+        return 1
     return 0
+
+
+def _print_index(index: Index, directory: str, out: TextIO) -> None:
+    identity = dataclasses.asdict(index.identity)
+    for key in ("stitch_version", "torch_version", "backend", "config_hash", "graph_key"):
+        value = identity[key]
+        if len(value) > 24:
+            value = value[:16] + "…"
+        print(f"  {key}: {value}", file=out)
+    if index.source is not None:
+        print(
+            f"  stitching source: {index.source.file} (sha256 "
+            f"{index.source.sha256[:12]}…, dispatch on "
+            f"{index.source.dispatch_on or 'each piece'})",
+            file=out,
+        )
+    else:
+        print("  stitching source: not recorded", file=out)
+    print(f"  compiled pieces: {len(index.pieces)}", file=out)
+    keys: set[str] = set()
+    for name in sorted(index.pieces, key=lambda p: (len(p), p)):
+        record = index.pieces[name]
+        targets = ", ".join(e.target for e in record.entries)
+        saved = [e.key for e in record.entries if e.saved]
+        keys.update(saved)
+        print(
+            f"    {name:<12} {record.module_path or '-':<40} [{targets}] "
+            f"{len(saved)} artifact(s)",
+            file=out,
+        )
+    print(f"  unique artifacts: {len(keys)}", file=out)

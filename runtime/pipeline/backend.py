@@ -29,16 +29,9 @@ from ..counter import compilation_counter
 from ..cudagraph import CUDAGraphManager
 from ..loader import compile_execution_fn
 from ..progress import progress_bar
-from ..store.cache import SOURCE_FILE, CompileCache, sha256_file, stitch_version
+from ..store.cache import CompileCache
 from ..store.dump import PieceReport, write_debug_dump
-from ..store.index import (
-    INDEX_FILE,
-    build_index,
-    entries_by_target,
-    entry_record,
-    piece_record,
-    plan_from_record,
-)
+from ..store.index import EntryRecord
 from ..targets import Target
 from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
 from .piecewise import PiecewiseBackend, RangeWarnings, concretize
@@ -135,10 +128,8 @@ class Compilation:
         self.size = find_size(self.gm, fake_inputs)
         graph_key = self._graph_key(fake_inputs)
         cache = None
-        index: dict[str, Any] | None = None
         if not self.config.disable_cache:
-            cache = CompileCache.for_graph(self.config, graph_key)
-            index = cache.read_index()
+            cache = CompileCache.open(self.config, graph_key, self.config_hash)
 
         split_gm, items = split_graph(self.gm, self.config.splitting_ops)
         compilation_counter.num_piecewise_graphs_seen += len(items)
@@ -148,8 +139,9 @@ class Compilation:
         # Each piece's example inputs come from running the split graph over fake
         # tensors, which costs seconds on deep models.  A cache entry is keyed by
         # the whole graph and its input metadata, so the per-piece records in its
-        # index (runtime-size argument, compile keys) are valid as they are; the
-        # fake run happens only if some entry has to be compiled.
+        # index (runtime-size argument, compile keys) are used as they are, once
+        # checked against each artifact; the fake run happens only if some entry
+        # has to be compiled.
         piece_args_memo: dict[str, dict[str, tuple[Any, ...]]] = {}
 
         def piece_args(name: str) -> tuple[Any, ...]:
@@ -160,8 +152,6 @@ class Compilation:
                 raise StitchRuntimeError(f"piece {name} is never called by the split graph")
             return args
 
-        old_pieces = index.get("pieces", {}) if index else {}
-        new_pieces: dict[str, Any] = {}
         backends: dict[str, PiecewiseBackend] = {}
         reports: list[PieceReport] = []
         progress = progress_bar(
@@ -175,11 +165,10 @@ class Compilation:
             if item.is_splitting_graph:
                 reports.append(PieceReport(item.submod_name, True, path, [], 0.0, "-"))
                 continue
-            backend, record, report = self._compile_piece(
-                item.submod_name, item.graph, piece_args, path, cache, old_pieces
+            backend, report = self._compile_piece(
+                item.submod_name, item.graph, piece_args, path, cache
             )
             backends[item.submod_name] = backend
-            new_pieces[item.submod_name] = record
             reports.append(report)
             progress.update(1)
         progress.close()
@@ -193,8 +182,10 @@ class Compilation:
         size_on = hoisted_input(split_gm, self.size, size_arguments)
         dispatch_on = size_on if self.config.dispatch == "hoisted" else None
         code, submod_names, consts, warm_source = self._stitching_source(
-            split_gm, cache, index, dispatch_on
+            split_gm, cache, dispatch_on
         )
+        if cache is not None:
+            cache.save_source(code, submod_names, dispatch_on)
         _trace_source(code)
         if self.cudagraphs is not None and self.cudagraphs.applies_to(fake_inputs):
             fn = self.cudagraphs.wrap(
@@ -212,10 +203,6 @@ class Compilation:
 
         # Twins report "shared": they run what their first instance loaded.
         warm = warm_source and all(r.cache in ("hit", "shared") for r in reports if not r.splitting)
-        if cache is not None:
-            self._write_index(
-                cache, index, new_pieces, code, submod_names, dispatch_on, graph_key
-            )
         seconds = time.perf_counter() - start
         dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
         if dump:
@@ -226,12 +213,12 @@ class Compilation:
             len(compiled_items),
             "warm" if warm else "cold",
             seconds,
-            f", cache {cache.directory}" if cache else "",
+            f", cache {cache.directory}" if cache and cache.holds_source() else "",
         )
         sink.append(
             CompiledModel(
                 split_gm, code, submod_names, backends, reports,
-                cache.directory if cache else None, warm, seconds,
+                cache.directory if cache and cache.holds_source() else None, warm, seconds,
             )
         )
         return fn
@@ -266,18 +253,15 @@ class Compilation:
         piece_args: Callable[[str], tuple[Any, ...]],
         module_path: str,
         cache: CompileCache | None,
-        old_pieces: dict[str, Any],
-    ) -> tuple[PiecewiseBackend, dict[str, Any], PieceReport]:
-        old = old_pieces.get(name)
-        plan = self._plan(name, graph, piece_args, old)
-        old_entries = entries_by_target(old)
+    ) -> tuple[PiecewiseBackend, PieceReport]:
+        plan = self._plan(name, graph, piece_args, cache)
         runnables: dict[Target, Any] = {}
-        entries: list[dict[str, Any]] = []
+        entries: list[EntryRecord] = []
         outcomes: list[str] = []
         piece_start = time.perf_counter()
         for target, key in zip(plan.targets, plan.keys):
             runnable, entry, outcome = self._runnable(
-                name, graph, piece_args, target, key, cache, old_entries.get(target.key())
+                name, graph, piece_args, target, key, cache, plan.size_argument
             )
             runnables[target] = runnable
             entries.append(entry)
@@ -294,25 +278,28 @@ class Compilation:
             state = "partial"
         else:
             state = "miss"
-        record = piece_record(module_path, plan.size_argument, entries)
+        if cache is not None:
+            cache.record_piece(name, module_path, plan.size_argument, entries)
         report = PieceReport(
             name, False, module_path, [t.describe() for t in plan.targets], seconds, state
         )
-        return backend, record, report
+        return backend, report
 
     def _plan(
         self,
         name: str,
         graph: fx.GraphModule,
         piece_args: Callable[[str], tuple[Any, ...]],
-        old: Any,
+        cache: CompileCache | None,
     ) -> PiecePlan:
         # NOTE: [warm start skips fake propagation]
         # A plan needs the piece's fake inputs, which come from running the split
         # graph over fake tensors (seconds on deep models).  A cache entry is keyed
         # by the whole graph and its input metadata, so the per-piece records in
-        # its index (size argument, compile keys) are valid as they are.
-        recorded = plan_from_record(old, self.config)
+        # its index (size argument, compile keys) can be used as they are, once
+        # each artifact's identity agrees (see NOTE: [a recorded plan is checked
+        # against its artifacts] in store/cache.py).
+        recorded = cache.recorded_plan(name, graph, self.config) if cache else None
         if recorded is not None:
             size_argument, targets, keys = recorded
             return PiecePlan(name, size_argument, tuple(targets), tuple(keys))
@@ -328,24 +315,21 @@ class Compilation:
         target: Target,
         key_choice: KeyChoice,
         cache: CompileCache | None,
-        old_entry: dict[str, Any] | None,
-    ) -> tuple[Any, dict[str, Any], str]:
+        size_argument: int | None,
+    ) -> tuple[Any, EntryRecord, str]:
         key = self._resolve_key(key_choice)
-        entry = entry_record(target)
+        if key is None and cache is not None and isinstance(key_choice, StringKeys):
+            key = self._key_on_disk(key_choice, cache)
         if key is not None:
-            entry["key"] = key
             if key in self.memo:
                 runnable, saved = self.memo[key]
-                entry.update(saved)
-                return runnable, entry, "shared"
+                return runnable, EntryRecord(target.key(), key, saved), "shared"
             # 1. the persistent cache
-            hit = self._from_cache(name, target, key, cache, old_entry)
-            if hit is not None:
-                runnable, saved = hit
-                entry.update(saved)
-                self.memo[key] = (runnable, saved)
+            runnable = self._from_cache(name, graph, target, key, cache, size_argument)
+            if runnable is not None:
+                self.memo[key] = (runnable, True)
                 compilation_counter.num_cache_hits += 1
-                return runnable, entry, "hit"
+                return runnable, EntryRecord(target.key(), key, True), "hit"
         # 2. compile
         if cache is not None and self.adapter.saves_artifacts:
             compilation_counter.num_cache_misses += 1
@@ -358,21 +342,16 @@ class Compilation:
             ) from exc.__cause__ or exc
         if key is None:
             key = self._decide_strings(key_choice, handle)
-        entry["key"] = key
-        saved: dict[str, Any] = {}
+        entry = EntryRecord(target.key(), key, False)
         if cache is not None and self.adapter.saves_artifacts:
-            relative = cache.artifact_relpath(key)
-            try:
-                self.adapter.save(handle, cache.path(relative))
-                saved = {
-                    "artifact": relative,
-                    "sha256": sha256_file(cache.path(relative)),
-                    "unwrap": bool(handle[1]),
-                }
-            except StitchCacheError as exc:
-                log.warning("stitch cache: %s; piece %s stays uncached", exc, name)
-        entry.update(saved)
-        self.memo[key] = (runnable, saved)
+            exact = isinstance(key_choice, StringKeys) and key == key_choice.exact
+            entry = cache.save_artifact(
+                name, graph, target, key, size_argument,
+                unwrap=bool(handle[1]),
+                strings=tuple(key_choice.strings) if exact else None,
+                save=lambda path: self.adapter.save(handle, path),
+            )
+        self.memo[key] = (runnable, entry.saved)
         return runnable, entry, "miss"
 
     def _resolve_key(self, choice: KeyChoice) -> str | None:
@@ -383,6 +362,17 @@ class Compilation:
         if decided is None:
             return None
         return choice.normalized if decided else choice.exact
+
+    def _key_on_disk(self, choice: StringKeys, cache: CompileCache) -> str | None:
+        # NOTE: [a string decision is found on disk]
+        # A verified artifact under the normalized key exists only if the run that
+        # compiled it found the code free of the strings; under the exact key, only
+        # if it did not.  Either way no compile is needed to decide again.
+        for key, free in ((choice.normalized, True), (choice.exact, False)):
+            if cache.has_artifact(key):
+                self.string_free[choice.normalized] = free
+                return key
+        return None
 
     def _decide_strings(self, choice: StringKeys, handle: Any) -> str:
         source = self.adapter.generated_source(handle)
@@ -397,27 +387,23 @@ class Compilation:
     def _from_cache(
         self,
         name: str,
+        graph: fx.GraphModule,
         target: Target,
         key: str,
         cache: CompileCache | None,
-        old_entry: dict[str, Any] | None,
-    ) -> tuple[Any, dict[str, Any]] | None:
-        if cache is None or not self.adapter.saves_artifacts or old_entry is None:
+        size_argument: int | None,
+    ) -> Any:
+        if cache is None or not self.adapter.saves_artifacts:
             return None
-        if old_entry.get("key") != key:
-            cache.fault(cache.path(INDEX_FILE), f"entry {name}/{target.key()} has a stale key")
+        found = cache.lookup(name, graph, target, key, size_argument)
+        if found is None:
             return None
-        path = cache.verified(old_entry.get("artifact"), old_entry.get("sha256"))
-        if path is None:
-            return None
-        unwrap = bool(old_entry.get("unwrap", False))
+        path, unwrap = found
         try:
-            runnable = self._load(path, unwrap)
+            return self._load(path, unwrap)
         except StitchCacheError as exc:
-            cache.fault(path, str(exc))
+            cache.load_failed(key, path, exc)
             return None
-        saved = {"artifact": old_entry["artifact"], "sha256": old_entry["sha256"], "unwrap": unwrap}
-        return runnable, saved
 
     def _load(self, path: str, unwrap: bool) -> Any:
         if path not in self.loaded:
@@ -441,56 +427,15 @@ class Compilation:
         self,
         split_gm: fx.GraphModule,
         cache: CompileCache | None,
-        index: dict[str, Any] | None,
         dispatch_on: str | None,
     ) -> tuple[str, list[str], list[Any], bool]:
-        if cache is not None and index is not None:
-            record = index.get("source") or {}
-            path = cache.verified(record.get("file"), record.get("sha256"))
-            if path is not None and record.get("dispatch_on") != dispatch_on:
-                path = None  # emitted for the other dispatch style: regenerate
-            if path is not None:
-                _, names, consts = lower_execution(split_gm, dispatch_on=dispatch_on)
-                if names == record.get("submod_names"):
-                    with open(path, encoding="utf-8") as f:
-                        code = f.read()
-                    # verified() hashed the file; hash what we read, too, so a
-                    # file replaced in between is never executed.
-                    if hashlib.sha256(code.encode()).hexdigest() == record["sha256"]:
-                        return code, names, consts, True
-                    cache.fault(path, "changed while it was being read")
-                else:
-                    cache.fault(path, "calls a different piece order than this graph")
+        if cache is not None and cache.has_source():
+            _, names, consts = lower_execution(split_gm, dispatch_on=dispatch_on)
+            code = cache.read_source(names, dispatch_on)
+            if code is not None:
+                return code, names, consts, True
         code, names, consts = generate_execution_code(split_gm, dispatch_on=dispatch_on)
         return code, names, consts, False
-
-    def _write_index(
-        self,
-        cache: CompileCache,
-        old: dict[str, Any] | None,
-        pieces: dict[str, Any],
-        code: str,
-        submod_names: list[str],
-        dispatch_on: str | None,
-        graph_key: str,
-    ) -> None:
-        try:
-            sha = cache.write_text(SOURCE_FILE, code)
-            data = build_index(
-                stitch_version=stitch_version(),
-                config_hash=self.config_hash,
-                graph_key=graph_key,
-                backend=self.config.backend,
-                source_file=SOURCE_FILE,
-                source_sha256=sha,
-                submod_names=submod_names,
-                dispatch_on=dispatch_on,
-                pieces=pieces,
-            )
-            if data != old:
-                cache.write_index(data)
-        except OSError as exc:
-            log.warning("stitch cache: could not write %s (%s)", cache.directory, exc)
 
 
 def _trace_source(code: str) -> None:

@@ -1,126 +1,477 @@
-"""The persistent compile cache: per-rank directories, a literal index, atomic writes.
+"""The persistent compile cache, as one compilation uses it (``CompileCache``).
 
-Layout of one entry (``<root>/<key>/rank_<r>/``)::
+Layout of one entry (``<root>/<entry key>/rank_<r>/``, every folder 0700)::
 
-    index.py            # a Python literal (read with ast.literal_eval)
-    execution_fn.py     # the emitted stitching source, exactly what runs
-    artifacts/<k>.bin   # compiled pieces, content-addressed by compile key
+    index.py                   # the typed index (index.py), a Python literal
+    index.lock                 # serializes concurrent index updates
+    execution_fn.py            # the emitted stitching source, exactly what runs
+    artifacts/<key>/...        # one sealed folder per compiled piece (artifacts.py)
 
-Anything wrong in an entry is logged as one warning naming the file and that
-entry is rebuilt; it never fails the user's run.
+The backend asks this object for a piece's recorded plan, for a verified
+artifact, to save and record a compiled piece, and to read or save the
+stitching source.  Rules it keeps:
+
+- nothing in the folder can crash a run: what does not validate is one warning
+  naming the file and field, then rebuilt (:meth:`fault`);
+- every compiled piece is recorded as soon as it is on disk (atomic, fsync'd),
+  so a run killed at any point leaves what the next run needs;
+- a location that cannot be written (read-only, a file, a full disk) is one
+  warning; the run goes on in memory.  A warm run writes nothing;
+- executable content is loaded only from folders this user alone can write
+  (``trust.py``).
 """
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import dataclasses
 import logging
 import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.fx as fx
 
 from stitch.codegen.errors import StitchCacheError
 
 from ..config import CompilationConfig
 from ..counter import compilation_counter
-from .files import atomic_write, sha256_file
-from .index import INDEX_FILE, parse_index, render_index
+from ..targets import Target, targets_for
+from .artifacts import (
+    ARTIFACT_FILE,
+    ARTIFACTS_DIR,
+    IDENTITY_FILE,
+    ArtifactIdentity,
+    PieceIdentity,
+    publish,
+    read_identity,
+)
+from .files import atomic_write, make_private_dirs, sha256_bytes, sha256_file
+from .index import (
+    INDEX_FILE,
+    LOCK_FILE,
+    SOURCE_FILE,
+    EntryIdentity,
+    EntryRecord,
+    Index,
+    Invalid,
+    PieceRecord,
+    SourceRecord,
+    parse_index,
+)
+from .location import CACHE_ENV, cache_root, current_rank, entry_key, stitch_version
+from .trust import check_trusted
 
 log = logging.getLogger("stitch")
 
-SOURCE_FILE = "execution_fn.py"
-ARTIFACTS_DIR = "artifacts"
-CACHE_ENV = "STITCH_CACHE_DIR"
-
-
-def stitch_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("stitch")
-    except Exception:  # noqa: BLE001 - running from a checkout without metadata
-        return "0+unknown"
-
-
-def cache_root(config: CompilationConfig) -> str:
-    """``config.cache_dir``, else ``$STITCH_CACHE_DIR``, else the user cache dir."""
-    if config.cache_dir:
-        return os.path.abspath(os.path.expanduser(config.cache_dir))
-    if os.environ.get(CACHE_ENV):
-        return os.path.abspath(os.path.expanduser(os.environ[CACHE_ENV]))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache"
-    )
-    return os.path.join(base, "stitch")
-
-
-def current_rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return int(os.environ.get("RANK", "0") or 0)
-
-
-def entry_key(config: CompilationConfig, graph_key: str) -> str:
-    factors = (config.compute_hash(), torch.__version__, graph_key, stitch_version())
-    return hashlib.sha256(repr(factors).encode()).hexdigest()[:20]
+__all__ = ["CACHE_ENV", "INDEX_FILE", "SOURCE_FILE", "CompileCache", "cache_root"]
 
 
 class CompileCache:
-    """One cache entry directory (already per rank)."""
+    """One cache entry directory (already per rank) and what this run knows of it."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, root: str, directory: str, identity: EntryIdentity) -> None:
+        self.root = root
         self.directory = directory
+        self.identity = identity
+        self.writable = True
+        self.index: Index | None = None  # as read at the start of the run
+        self._disk: tuple[Any, Index] | None = None  # (file stamp, index) last seen on disk
+        self._pieces: dict[str, PieceIdentity] = {}
+        self._artifacts: dict[str, ArtifactIdentity | None] = {}  # verified, by key
+        self._broken: set[str] = set()  # keys whose folder must be replaced
+        self._reported: set[str] = set()
+        self._source_read = False
+        self._source_saved = False
 
     @classmethod
-    def for_graph(cls, config: CompilationConfig, graph_key: str) -> CompileCache:
-        key = entry_key(config, graph_key)
-        return cls(os.path.join(cache_root(config), key, f"rank_{current_rank()}"))
+    def open(cls, config: CompilationConfig, graph_key: str, config_hash: str) -> CompileCache:
+        """The entry for this graph and config; raises ``StitchCacheTrustError``."""
+        root = cache_root(config)
+        identity = EntryIdentity(
+            stitch_version(), torch.__version__, config_hash, graph_key, config.backend
+        )
+        directory = os.path.join(root, entry_key(identity), f"rank_{current_rank()}")
+        cache = cls(root, directory, identity)
+        check_trusted(directory, root)
+        cache.index = cache._read_index(report=True)
+        return cache
 
     def path(self, relative: str) -> str:
         return os.path.join(self.directory, relative)
 
-    def artifact_relpath(self, compile_key: str) -> str:
-        return f"{ARTIFACTS_DIR}/{compile_key}.bin"
+    def artifact_path(self, key: str, *name: str) -> str:
+        return os.path.join(self.directory, ARTIFACTS_DIR, key, *name)
 
-    # -- reading --------------------------------------------------------------
-    def read_index(self) -> dict[str, Any] | None:
+    # -- problems -------------------------------------------------------------
+    def fault(self, path: str, why: str, rebuilding: str = "that entry") -> None:
+        """One warning per broken file and run; the caller rebuilds what it held."""
+        if path in self._reported:
+            return
+        self._reported.add(path)
+        compilation_counter.num_cache_faults += 1
+        log.warning("stitch cache: %s: %s; rebuilding %s", path, why, rebuilding)
+
+    def _unwritable(self, path: str, exc: OSError) -> None:
+        if not self.writable:
+            return
+        self.writable = False
+        # Name the file that failed, unless it is one of our temporary files.
+        where = exc.filename if isinstance(exc.filename, str) else path
+        if f"{os.sep}." in where.removeprefix(self.root):  # ".tmp-*", ".staging-*"
+            where = path
+        reason = exc.strerror or str(exc)
+        log.warning(
+            "stitch cache: cannot write %s (%s); compiling in memory, nothing more "
+            "is cached this run",
+            where,
+            reason,
+        )
+
+    # -- the index ------------------------------------------------------------
+    def _read_index(self, *, report: bool) -> Index | None:
         path = self.path(INDEX_FILE)
-        if not os.path.exists(path):
-            return None
         try:
-            with open(path, encoding="utf-8") as f:
-                return parse_index(f.read())
-        except (OSError, UnicodeDecodeError, StitchCacheError) as exc:
-            self.fault(path, f"index is unreadable ({type(exc).__name__}: {exc})")
+            check_trusted(path, self.root)
+            with open(path, "rb") as f:
+                stamp = os.fstat(f.fileno())
+                text = f.read().decode("utf-8")
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        except (OSError, UnicodeDecodeError) as exc:
+            if report:
+                self.fault(path, f"cannot be read ({type(exc).__name__}: {exc})", "the index")
+            return None
+        read = parse_index(text, self.identity)
+        if read.problems and report:
+            more = f" (and {len(read.problems) - 1} more)" if len(read.problems) > 1 else ""
+            what = "the index" if read.index is None else "those records"
+            self.fault(path, read.problems[0] + more, what)
+        if read.index is not None:
+            self._disk = ((stamp.st_ino, stamp.st_mtime_ns, stamp.st_size), read.index)
+        return read.index
 
-    def verified(self, relative: Any, sha: Any) -> str | None:
-        """Absolute path of ``relative`` if it exists and matches ``sha``."""
-        if not isinstance(relative, str) or not isinstance(sha, str):
-            self.fault(self.path(INDEX_FILE), f"malformed file record {relative!r}")
+    def _on_disk(self) -> Index:
+        """The index as it is on disk now (re-read only if the file changed)."""
+        try:
+            st = os.stat(self.path(INDEX_FILE))
+            stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            stamp = None
+        if self._disk is not None and self._disk[0] == stamp:
+            return self._disk[1]
+        return self._read_index(report=False) or Index(self.identity, None, {})
+
+    def _update(self, change: Callable[[Index], Index]) -> None:
+        """Read, change and write the index under the entry's lock (several processes)."""
+        if not self.writable:
+            return
+        path = self.path(INDEX_FILE)
+        try:
+            make_private_dirs(self.directory, self.root)
+            with self._locked():
+                current = self._on_disk()
+                new = change(current)
+                if new == current:
+                    return
+                atomic_write(path, new.render().encode("utf-8"))
+                st = os.stat(path)
+                self._disk = ((st.st_ino, st.st_mtime_ns, st.st_size), new)
+        except OSError as exc:
+            self._unwritable(path, exc)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: last writer wins
+            yield
+            return
+        fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- pieces -----------------------------------------------------------------
+    def _piece(self, name: str, graph: fx.GraphModule) -> PieceIdentity:
+        if name not in self._pieces:
+            self._pieces[name] = PieceIdentity.of(graph)
+        return self._pieces[name]
+
+    def _old_entry(self, name: str, target: str) -> EntryRecord | None:
+        record = self.index.pieces.get(name) if self.index is not None else None
+        return record.entry(target) if record is not None else None
+
+    def recorded_plan(
+        self, name: str, graph: fx.GraphModule, config: CompilationConfig
+    ) -> tuple[int | None, list[Target], list[str]] | None:
+        """Size argument, targets and keys the index records for a piece, if all load.
+
+        NOTE: [a recorded plan is checked against its artifacts]
+        A plan read from the index skips fake propagation, so nothing else would
+        catch an edited record: each entry's artifact must exist, and its identity
+        must say it was compiled for this piece, target and size argument.
+        """
+        record = self.index.pieces.get(name) if self.index is not None else None
+        if record is None:
             return None
-        if os.path.isabs(relative) or ".." in relative.split("/"):
-            self.fault(self.path(INDEX_FILE), f"file record {relative!r} leaves the cache")
+        possible = {
+            t.key(): t
+            for t in targets_for(
+                config.compile_sizes, config.compile_ranges(), record.sym_index is not None
+            )
+        }
+        where = f"pieces[{name!r}]"
+        targets: list[Target] = []
+        for i, entry in enumerate(record.entries):
+            if entry.target not in possible:
+                self.fault(
+                    self.path(INDEX_FILE),
+                    f"field {where}.entries[{i}].target is {entry.target!r}, not a target "
+                    "of this config",
+                    "that record",
+                )
+                return None
+            if not entry.saved:
+                return None  # compiled again anyway, which needs fake propagation
+            identity = self._artifact(entry.key, claimed=True)
+            if identity is None:
+                return None
+            problem = identity.mismatch(
+                backend=self.identity.backend,
+                config_hash=self.identity.config_hash,
+                piece=self._piece(name, graph),
+                target=entry.target,
+                key=entry.key,
+                sym_index=record.sym_index,
+            )
+            if problem is not None:
+                bad = (
+                    f"{where}.sym_index is {record.sym_index!r}"
+                    if problem.startswith("field sym_index")
+                    else f"{where}.entries[{i}].key points at {self.artifact_path(entry.key)}"
+                )
+                self.fault(
+                    self.path(INDEX_FILE),
+                    f"field {bad}, but that artifact's identity disagrees ({problem})",
+                    "that record",
+                )
+                return None
+            targets.append(possible[entry.target])
+        if Target("general") not in targets:
             return None
-        path = self.path(relative)
-        if not os.path.exists(path):
+        return record.sym_index, targets, [e.key for e in record.entries]
+
+    def _artifact(self, key: str, *, claimed: bool) -> ArtifactIdentity | None:
+        """The verified identity of the artifact for ``key``, or None (reported once)."""
+        if key in self._artifacts:
+            return self._artifacts[key]
+        folder = self.artifact_path(key)
+        identity = None
+        if not os.path.isdir(folder):
+            if os.path.lexists(folder):
+                self.fault(folder, "is not a folder")
+                self._broken.add(key)
+            elif claimed:
+                self.fault(folder, "is missing")
+        else:
+            for name in (IDENTITY_FILE, ARTIFACT_FILE):
+                check_trusted(os.path.join(folder, name), self.root)
+            try:
+                identity = read_identity(folder)
+                if identity.key != key:
+                    raise Invalid("key", f"is {identity.key!r}, but the folder is {key!r}")
+            except Invalid as exc:
+                file = ARTIFACT_FILE if exc.field == "sha256" else IDENTITY_FILE
+                self.fault(os.path.join(folder, file), str(exc))
+                self._broken.add(key)
+                identity = None
+            except (OSError, UnicodeDecodeError) as exc:
+                self.fault(folder, f"cannot be read ({type(exc).__name__}: {exc})")
+                self._broken.add(key)
+                identity = None
+        self._artifacts[key] = identity
+        return identity
+
+    def has_artifact(self, key: str) -> bool:
+        """Whether a whole, verified artifact is stored under ``key``."""
+        return self._artifact(key, claimed=False) is not None
+
+    def lookup(
+        self,
+        name: str,
+        graph: fx.GraphModule,
+        target: Target,
+        key: str,
+        sym_index: int | None,
+    ) -> tuple[str, bool] | None:
+        """``(artifact path, unwrap)`` of a verified artifact for this use, or None."""
+        old = self._old_entry(name, target.key())
+        claimed = old is not None and old.saved and old.key == key
+        identity = self._artifact(key, claimed=claimed)
+        if identity is None:
+            return None
+        problem = identity.mismatch(
+            backend=self.identity.backend,
+            config_hash=self.identity.config_hash,
+            piece=self._piece(name, graph),
+            target=target.key(),
+            key=key,
+            sym_index=sym_index,
+        )
+        if problem is not None:
+            self.fault(self.artifact_path(key, IDENTITY_FILE), f"{problem} (piece {name})")
+            self._broken.add(key)
+            return None
+        return self.artifact_path(key, ARTIFACT_FILE), identity.unwrap
+
+    def load_failed(self, key: str, path: str, exc: Exception) -> None:
+        self.fault(path, str(exc))
+        self._broken.add(key)
+
+    def save_artifact(
+        self,
+        name: str,
+        graph: fx.GraphModule,
+        target: Target,
+        key: str,
+        sym_index: int | None,
+        *,
+        unwrap: bool,
+        strings: tuple[str, ...] | None,
+        save: Callable[[str], None],
+    ) -> EntryRecord:
+        """Save a compiled piece (``save(path)`` writes it); its index entry."""
+        old = self._old_entry(name, target.key())
+        if old is not None and not old.saved and old.key == key and old.note:
+            log.info(
+                "stitch cache: piece %s (%s) stays in memory: %s", name, target.describe(), old.note
+            )
+            return old
+        if not self.writable:
+            return EntryRecord(target.key(), key, False, "")
+        artifacts_dir = self.path(ARTIFACTS_DIR)
+
+        def identity_for(sha256: str) -> ArtifactIdentity:
+            return ArtifactIdentity(
+                backend=self.identity.backend,
+                config_hash=self.identity.config_hash,
+                piece_hash=self._piece(name, graph).piece_hash,
+                strings=strings,
+                target=target.key(),
+                key=key,
+                sym_index=sym_index,
+                unwrap=unwrap,
+                sha256=sha256,
+            )
+
+        try:
+            make_private_dirs(artifacts_dir, self.root)
+            identity = publish(artifacts_dir, key, save, identity_for, replace=key in self._broken)
+        except StitchCacheError as exc:
+            if isinstance(exc.__cause__, OSError):
+                self._unwritable(artifacts_dir, exc.__cause__)
+                return EntryRecord(target.key(), key, False, "")
+            # NOTE: [an artifact that cannot be saved is recorded as such]
+            # The compiler could not serialize it (not the disk): every run will
+            # compile it again, so the index says so once, instead of a broken
+            # file record that every later run would warn about.
+            note = f"the compiler could not save it ({exc})"
+            log.warning(
+                "stitch cache: piece %s (%s) cannot be cached: %s; it is compiled on " "every run",
+                name,
+                target.describe(),
+                exc,
+            )
+            return EntryRecord(target.key(), key, False, note)
+        except OSError as exc:
+            self._unwritable(artifacts_dir, exc)
+            return EntryRecord(target.key(), key, False, "")
+        self._broken.discard(key)
+        if identity is None:  # another process published it first
+            self._artifacts.pop(key, None)
+            identity = self._artifact(key, claimed=True)
+        else:
+            self._artifacts[key] = identity
+        return EntryRecord(target.key(), key, identity is not None, "")
+
+    def record_piece(
+        self, name: str, module_path: str, sym_index: int | None, entries: list[EntryRecord]
+    ) -> None:
+        """Record a compiled piece in the index now (a crash later keeps it)."""
+        record = PieceRecord(module_path, sym_index, tuple(entries))
+        if self.index is not None and self.index.pieces.get(name) == record:
+            return
+        self._update(lambda index: index.with_piece(name, record))
+
+    # -- the stitching source ---------------------------------------------------
+    def holds_source(self) -> bool:
+        """Whether the entry on disk holds the source this run uses (read or saved)."""
+        return self._source_read or self._source_saved
+
+    def source_path(self) -> str | None:
+        """The file holding exactly the stitching source this run uses, if there is one
+        (for tracebacks that read the source from disk)."""
+        return self.path(SOURCE_FILE) if self.holds_source() else None
+
+    def has_source(self) -> bool:
+        return self.index is not None and self.index.source is not None
+
+    def read_source(self, submod_names: list[str], dispatch_on: str | None) -> str | None:
+        """The cached stitching source, if it is exactly what the index recorded."""
+        record = self.index.source if self.index is not None else None
+        if record is None:
+            return None
+        path = self.path(SOURCE_FILE)
+        for name, recorded, actual in (
+            ("submod_names", list(record.submod_names), submod_names),
+            ("dispatch_on", record.dispatch_on, dispatch_on),
+        ):
+            if recorded != actual:
+                self.fault(
+                    self.path(INDEX_FILE),
+                    f"field source.{name} is {recorded!r}, this graph's is {actual!r}",
+                    "the source",
+                )
+                return None
+        check_trusted(path, self.root)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            code = data.decode("utf-8")
+        except FileNotFoundError:
             self.fault(path, "is missing")
             return None
-        actual = sha256_file(path)
-        if actual != sha:
-            self.fault(path, f"sha256 {actual[:12]}… does not match the index ({sha[:12]}…)")
+        except (OSError, UnicodeDecodeError) as exc:
+            self.fault(path, f"cannot be read ({type(exc).__name__}: {exc})")
             return None
-        return path
+        # Hash what was read (not the file again): what runs is what was checked.
+        actual = sha256_bytes(data)
+        if actual != record.sha256:
+            self.fault(
+                path,
+                f"sha256 {actual[:12]}... does not match the index ({record.sha256[:12]}...)",
+            )
+            return None
+        self._source_read = True
+        return code
 
-    def fault(self, path: str, why: str) -> None:
-        compilation_counter.num_cache_faults += 1
-        log.warning("stitch cache: %s %s; rebuilding that entry", path, why)
-
-    # -- writing --------------------------------------------------------------
-    def write_text(self, relative: str, text: str) -> str:
-        data = text.encode("utf-8")
-        atomic_write(self.path(relative), data)
-        return hashlib.sha256(data).hexdigest()
-
-    def write_index(self, data: dict[str, Any]) -> None:
-        atomic_write(self.path(INDEX_FILE), render_index(data).encode("utf-8"))
+    def save_source(self, code: str, submod_names: list[str], dispatch_on: str | None) -> None:
+        """Write the stitching source and its index record (nothing if it was read)."""
+        if self._source_read or not self.writable:
+            return
+        data = code.encode("utf-8")
+        record = SourceRecord(SOURCE_FILE, sha256_bytes(data), tuple(submod_names), dispatch_on)
+        path = self.path(SOURCE_FILE)
+        try:
+            make_private_dirs(self.directory, self.root)
+            if not (os.path.isfile(path) and sha256_file(path) == record.sha256):
+                atomic_write(path, data)
+        except OSError as exc:
+            self._unwritable(path, exc)
+            return
+        self._update(lambda index: dataclasses.replace(index, source=record))
+        self._source_saved = self.writable

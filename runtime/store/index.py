@@ -1,143 +1,283 @@
-"""The cache index (``index.py``): its schema, read and written in this one place.
+"""The cache's records, typed: the index (``index.py``) and how every record is read.
 
-The index is a Python literal (read with ``ast.literal_eval``) describing one
-cache entry::
+The index is a Python literal (read with ``ast.literal_eval``, never executed)
+describing one cache entry::
 
-    {"format": 1, "stitch_version": ..., "torch_version": ..., "config_hash": ...,
+    {"format": 2, "stitch_version": ..., "torch_version": ..., "config_hash": ...,
      "graph_key": ..., "backend": ...,
      "source": {"file": "execution_fn.py", "sha256": ..., "submod_names": [...],
-                "dispatch_on": <placeholder name or None>},
+                "dispatch_on": <placeholder name or None>} or None,
      "pieces": {<piece name>: {"module_path": ..., "sym_index": <int or None>,
                                "entries": [{"target": "general" | "size8" | ...,
-                                            "key": ..., "artifact": ...,
-                                            "sha256": ..., "unwrap": bool,
-                                            "range": [lo, hi]}, ...]}}}
+                                            "key": <compile key>, "saved": bool,
+                                            "note": <why not saved, or "">}, ...]}}}
+
+Reading validates every field.  What does not validate is reported as one
+problem naming the field (``pieces['submod_2'].entries[1].key``): a bad piece
+or source record is dropped alone, anything else drops the whole index.  The
+artifacts themselves are found by compile key and carry their own identity
+(``artifacts.py``); the index adds what a warm start needs without fake
+propagation (each piece's size argument, targets and keys) and the source's hash.
 """
 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import pprint
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
-from stitch.codegen.errors import StitchCacheError
-
-from ..config import CompilationConfig
-from ..targets import Target, targets_for
-
 INDEX_FILE = "index.py"
-INDEX_FORMAT = 1
+LOCK_FILE = "index.lock"  # serializes index updates between processes
+SOURCE_FILE = "execution_fn.py"
+INDEX_FORMAT = 2
+
+_HEX = re.compile(r"[0-9a-f]{8,64}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TARGET = re.compile(r"general|size[1-9][0-9]*|range[1-9][0-9]*-[1-9][0-9]*")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def parse_index(text: str) -> dict[str, Any]:
-    """The index's data; raises :class:`StitchCacheError` when it is not an index."""
+class Invalid(Exception):
+    """A record field that does not validate (``field`` names it, ``str`` says why)."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(f"field {field} {problem}")
+        self.field = field
+
+
+# -- reading and writing literals --------------------------------------------------------
+
+
+def parse_literal(text: str) -> Any:
+    """The literal in ``text``; raises :class:`Invalid` when there is none."""
     try:
-        data = ast.literal_eval(text)
-    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
-        raise StitchCacheError(f"not a literal ({type(exc).__name__}: {exc})") from None
-    if not isinstance(data, dict):
-        raise StitchCacheError("not a dict")
-    if data.get("format") != INDEX_FORMAT:
-        raise StitchCacheError(f"unknown index format {data.get('format')!r}")
-    if not isinstance(data.get("pieces"), dict):
-        raise StitchCacheError("no 'pieces' table")
-    return data
+        return ast.literal_eval(text)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as exc:
+        raise Invalid("<file>", f"is not a Python literal ({type(exc).__name__})") from None
 
 
-def render_index(data: dict[str, Any]) -> str:
-    text = (
-        "# Stitch compile cache index: a Python literal (ast.literal_eval).\n"
-        + pprint.pformat(data, sort_dicts=True, width=100)
-        + "\n"
-    )
+def render_literal(header: str, data: Any) -> str:
+    text = f"# {header}\n" + pprint.pformat(data, sort_dicts=True, width=100) + "\n"
     ast.literal_eval(text)  # never write what we could not read back
     return text
 
 
-def build_index(
-    *,
-    stitch_version: str,
-    config_hash: str,
-    graph_key: str,
-    backend: str,
-    source_file: str,
-    source_sha256: str,
-    submod_names: Sequence[str],
-    dispatch_on: str | None,
-    pieces: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "format": INDEX_FORMAT,
-        "stitch_version": stitch_version,
-        "torch_version": torch.__version__,
-        "config_hash": config_hash,
-        "graph_key": graph_key,
-        "backend": backend,
-        "source": {
-            "file": source_file,
-            "sha256": source_sha256,
-            "submod_names": list(submod_names),
-            "dispatch_on": dispatch_on,
-        },
-        "pieces": pieces,
-    }
+def short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def piece_record(
-    module_path: str, size_argument: int | None, entries: list[dict[str, Any]]
-) -> dict[str, Any]:
-    return {"module_path": module_path, "sym_index": size_argument, "entries": entries}
+def field(
+    data: Mapping[str, Any], name: str, where: str, ok: Callable[[Any], bool], expected: str
+) -> Any:
+    """``data[name]`` if ``ok`` accepts it; else :class:`Invalid` naming ``where + name``."""
+    if name not in data:
+        raise Invalid(where + name, "is missing")
+    value = data[name]
+    if not ok(value):
+        raise Invalid(where + name, f"is {short(value)}, expected {expected}")
+    return value
 
 
-def entry_record(target: Target) -> dict[str, Any]:
-    """A piece's entry for one target, before its key and artifact are known."""
-    entry: dict[str, Any] = {"target": target.key()}
-    if target.kind != "general":
-        entry["range"] = [target.lo, target.hi]
-    return entry
+def is_str(value: Any) -> bool:
+    return isinstance(value, str)
 
 
-def plan_from_record(
-    record: Any, config: CompilationConfig
-) -> tuple[int | None, list[Target], list[str]] | None:
-    """Size argument, targets and keys recorded for a piece, if usable as they are."""
-    if not isinstance(record, dict) or "sym_index" not in record:
-        return None
-    size_argument = record["sym_index"]
-    if size_argument is not None and type(size_argument) is not int:
-        return None
-    possible = {
-        t.key(): t
-        for t in targets_for(
-            config.compile_sizes, config.compile_ranges(), size_argument is not None
+def is_int_or_none(value: Any) -> bool:
+    return value is None or (type(value) is int and value >= 0)
+
+
+def is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def matches(pattern: re.Pattern[str]) -> Callable[[Any], bool]:
+    return lambda value: isinstance(value, str) and pattern.fullmatch(value) is not None
+
+
+def is_dict(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+is_key = matches(_HEX)
+is_sha256 = matches(_SHA256)
+is_target = matches(_TARGET)
+
+
+# -- the index ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryIdentity:
+    """What a cache entry is for; an index for anything else is not used."""
+
+    stitch_version: str
+    torch_version: str
+    config_hash: str
+    graph_key: str
+    backend: str
+
+
+@dataclasses.dataclass(frozen=True)
+class EntryRecord:
+    """One compiled runnable of a piece: its target, compile key, whether it is on disk."""
+
+    target: str
+    key: str
+    saved: bool
+    note: str = ""  # why it was not saved
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> EntryRecord:
+        if not isinstance(data, dict):
+            raise Invalid(where.rstrip("."), f"is {short(data)}, expected a dict")
+        return cls(
+            target=field(data, "target", where, is_target, "a target like 'general' or 'size8'"),
+            key=field(data, "key", where, is_key, "a hex compile key"),
+            saved=field(data, "saved", where, is_bool, "a bool"),
+            note=field(data, "note", where, is_str, "a str"),
         )
-    }
-    targets: list[Target] = []
-    keys: list[str] = []
-    entries = record.get("entries", [])
-    if not isinstance(entries, list):
-        return None
-    for e in entries:
-        if not isinstance(e, dict) or e.get("target") not in possible:
-            return None
-        if not isinstance(e.get("key"), str) or not e["key"]:
-            return None
-        targets.append(possible[e["target"]])
-        keys.append(e["key"])
-    if Target("general") not in targets:
-        return None
-    return size_argument, targets, keys
 
 
-def entries_by_target(record: Any) -> dict[str, dict[str, Any]]:
-    """A piece record's entries by target key (malformed entries are left out)."""
-    if not isinstance(record, dict) or not isinstance(record.get("entries"), list):
-        return {}
-    return {
-        e["target"]: e
-        for e in record["entries"]
-        if isinstance(e, dict) and isinstance(e.get("target"), str)
-    }
+@dataclasses.dataclass(frozen=True)
+class PieceRecord:
+    module_path: str
+    sym_index: int | None
+    entries: tuple[EntryRecord, ...]
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> PieceRecord:
+        if not isinstance(data, dict):
+            raise Invalid(where.rstrip("."), f"is {short(data)}, expected a dict")
+        entries = field(
+            data, "entries", where, lambda v: isinstance(v, list) and v, "a non-empty list"
+        )
+        parsed = tuple(EntryRecord.parse(e, f"{where}entries[{i}].") for i, e in enumerate(entries))
+        if len({e.target for e in parsed}) != len(parsed):
+            raise Invalid(f"{where}entries", "names a target twice")
+        return cls(
+            module_path=field(data, "module_path", where, is_str, "a str"),
+            sym_index=field(data, "sym_index", where, is_int_or_none, "an int >= 0 or None"),
+            entries=parsed,
+        )
+
+    def entry(self, target: str) -> EntryRecord | None:
+        return next((e for e in self.entries if e.target == target), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceRecord:
+    file: str
+    sha256: str
+    submod_names: tuple[str, ...]
+    dispatch_on: str | None
+
+    @classmethod
+    def parse(cls, data: Any, where: str) -> SourceRecord:
+        if not isinstance(data, dict):
+            raise Invalid(where.rstrip("."), f"is {short(data)}, expected a dict or None")
+        names = field(
+            data,
+            "submod_names",
+            where,
+            lambda v: isinstance(v, list) and all(matches(_NAME)(n) for n in v),
+            "a list of piece names",
+        )
+        return cls(
+            file=field(data, "file", where, lambda v: v == SOURCE_FILE, repr(SOURCE_FILE)),
+            sha256=field(data, "sha256", where, is_sha256, "a sha256 hex digest"),
+            submod_names=tuple(names),
+            dispatch_on=field(
+                data,
+                "dispatch_on",
+                where,
+                lambda v: v is None or matches(_NAME)(v),
+                "a placeholder name or None",
+            ),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Index:
+    identity: EntryIdentity
+    source: SourceRecord | None
+    pieces: Mapping[str, PieceRecord]
+
+    def to_literal(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"format": INDEX_FORMAT, **dataclasses.asdict(self.identity)}
+        data["source"] = (
+            None
+            if self.source is None
+            else {
+                "file": self.source.file,
+                "sha256": self.source.sha256,
+                "submod_names": list(self.source.submod_names),
+                "dispatch_on": self.source.dispatch_on,
+            }
+        )
+        data["pieces"] = {
+            name: {
+                "module_path": p.module_path,
+                "sym_index": p.sym_index,
+                "entries": [dataclasses.asdict(e) for e in p.entries],
+            }
+            for name, p in self.pieces.items()
+        }
+        return data
+
+    def render(self) -> str:
+        return render_literal(
+            "Stitch compile cache index: a Python literal (ast.literal_eval).",
+            self.to_literal(),
+        )
+
+    def with_piece(self, name: str, record: PieceRecord) -> Index:
+        return dataclasses.replace(self, pieces={**self.pieces, name: record})
+
+
+@dataclasses.dataclass
+class IndexRead:
+    """An index as read: what validated, and one line per problem."""
+
+    index: Index | None
+    problems: list[str]
+
+
+def parse_index(text: str, expected: EntryIdentity | None) -> IndexRead:
+    """Validate ``text`` as the index of the entry ``expected`` describes.
+
+    With ``expected=None`` (``stitch inspect``) the identity fields are only
+    type-checked.
+    """
+    try:
+        data = parse_literal(text)
+        if not isinstance(data, dict):
+            raise Invalid("<file>", f"holds {type(data).__name__}, expected a dict")
+        field(data, "format", "", lambda v: v == INDEX_FORMAT, f"format {INDEX_FORMAT}")
+        if expected is None:
+            names = [f.name for f in dataclasses.fields(EntryIdentity)]
+            expected = EntryIdentity(*(field(data, n, "", is_str, "a str") for n in names))
+        for name, want in dataclasses.asdict(expected).items():
+            field(data, name, "", lambda v, want=want: v == want, f"{want!r} (this entry's)")
+        pieces_data = field(data, "pieces", "", is_dict, "a dict of piece records")
+    except Invalid as exc:
+        return IndexRead(None, [str(exc)])
+    problems: list[str] = []
+    source = None
+    try:
+        if field(data, "source", "", lambda v: True, "") is not None:
+            source = SourceRecord.parse(data["source"], "source.")
+    except Invalid as exc:
+        problems.append(str(exc))
+    pieces: dict[str, PieceRecord] = {}
+    for name, record in pieces_data.items():
+        try:
+            if not matches(_NAME)(name):
+                raise Invalid(f"pieces[{short(name)}]", "is not named like a piece")
+            pieces[name] = PieceRecord.parse(record, f"pieces[{name!r}].")
+        except Invalid as exc:
+            problems.append(str(exc))
+    return IndexRead(Index(expected, source, pieces), problems)
