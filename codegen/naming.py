@@ -12,15 +12,22 @@ import builtins
 import keyword
 import re
 
+from .contract import (
+    CONSTS_NAME,
+    DISPATCH_NAME,
+    FUNCTION_NAME,
+    SUBMODS_NAME,
+)
+
 _ILLEGAL = re.compile(r"[^0-9a-zA-Z_]+")
 _SUFFIX = re.compile(r"^(.*)_(\d+)$")
 
 RESERVED_GLOBALS = frozenset(
     {
-        "__vllm_submods__",
-        "__vllm_consts__",
-        "__vllm_dispatch__",
-        "execution_fn",
+        SUBMODS_NAME,
+        CONSTS_NAME,
+        DISPATCH_NAME,
+        FUNCTION_NAME,
         "torch",
         "operator",
         "math",
