@@ -19,6 +19,7 @@ from .contract import (
     SUBMODS_NAME,
 )
 
+_BUILTINS = frozenset(dir(builtins))
 _ILLEGAL = re.compile(r"[^0-9a-zA-Z_]+")
 _SUFFIX = re.compile(r"^(.*)_(\d+)$")
 
@@ -77,5 +78,5 @@ class Namespace:
             name in self._used
             or keyword.iskeyword(name)
             or keyword.issoftkeyword(name)
-            or hasattr(builtins, name)
+            or name in _BUILTINS
         )
