@@ -11,8 +11,27 @@ import torch.fx as fx
 from .values import qualified_target
 
 
+_PRIMITIVES = frozenset({bool, int, float, str, bytes, type(None)})
+
+
 def describe_constant(value: Any) -> str:
     """A stable description of a non-literal constant (used only for hashing)."""
+    kind = type(value)
+    # The common cases first (same text as the general branches below).
+    if kind is fx.Node:
+        return f"%{value.name}"
+    if kind is tuple or kind is list:
+        inner = ", ".join([describe_constant(v) for v in value])
+        return f"{kind.__name__}[{inner}]"
+    if kind in _PRIMITIVES:
+        return repr(value)
+    if kind is dict:
+        if not value:
+            return "{}"
+        inner = ", ".join(
+            [f"{describe_constant(k)}: {describe_constant(v)}" for k, v in value.items()]
+        )
+        return "{" + inner + "}"
     if isinstance(value, torch.Tensor):
         return (
             f"Tensor(dtype={value.dtype}, shape={tuple(value.shape)}, "
@@ -51,12 +70,24 @@ def describe_target(target: Any) -> str:
 def graph_lines(gm: fx.GraphModule, prefix: str = "") -> list[str]:
     """Canonical text lines of ``gm`` and every GraphModule child it calls."""
     lines: list[str] = []
+    _graph_lines(gm, prefix, lines, {})
+    return lines
+
+
+def _graph_lines(
+    gm: fx.GraphModule, prefix: str, lines: list[str], targets: dict[int, str]
+) -> None:
     for node in gm.graph.nodes:
         args = describe_constant(tuple(node.args))
         kwargs = describe_constant(dict(node.kwargs))
-        lines.append(
-            f"{prefix}{node.op} {node.name} {describe_target(node.target)} {args} {kwargs}"
-        )
+        target = node.target
+        if isinstance(target, str):
+            described = target
+        else:
+            described = targets.get(id(target))
+            if described is None:
+                described = targets[id(target)] = describe_target(target)
+        lines.append(f"{prefix}{node.op} {node.name} {described} {args} {kwargs}")
         if node.op == "get_attr":
             value = _fetch(gm, node.target)
             if not isinstance(value, torch.nn.Module):
@@ -64,10 +95,9 @@ def graph_lines(gm: fx.GraphModule, prefix: str = "") -> list[str]:
         if node.op == "call_module":
             child = _fetch(gm, node.target)
             if isinstance(child, fx.GraphModule):
-                lines.extend(graph_lines(child, prefix + "  "))
+                _graph_lines(child, prefix + "  ", lines, targets)
             else:
                 lines.append(f"{prefix}  <{type(child).__qualname__}>")
-    return lines
 
 
 def graph_hash(gm: fx.GraphModule) -> str:
