@@ -1,7 +1,10 @@
-"""Templates + black: a :class:`ModuleContext` becomes formatted source text.
+"""Templates + layout: a :class:`ModuleContext` becomes formatted source text.
 
-The templates write each statement on one line (``render_one_line``); black
-formats the module.
+black defines the format.  ``render_module`` writes black's output directly:
+each statement is laid out by :mod:`.layout`, which splits long lines as black
+does, so black does not run on the hot path.  ``render_module_with_black`` is
+the reference it must equal: the same templates with every statement on one
+line, then ``black.format_str`` over the whole module.
 """
 
 from __future__ import annotations
@@ -15,11 +18,8 @@ import jinja2
 
 from .context import FunctionContext, ModuleContext, Statement
 from .errors import StitchCodegenError
+from .layout import BLACK_MODE, Layout
 
-BLACK_MODE = black.Mode(
-    target_versions={black.TargetVersion.PY310},
-    line_length=88,
-)
 TEMPLATE_PACKAGE = "stitch.templates"
 TEMPLATE = "execution_fn.py.j2"
 
@@ -88,8 +88,13 @@ def _render(
 
 
 def render_module(context: ModuleContext) -> str:
-    """The module source, formatted by black."""
-    return render_module_with_black(context)
+    """The module source, formatted as black formats it (without running black)."""
+    layout = Layout()
+    return _render(
+        context,
+        lambda s, depth: layout(one_line(s), depth),
+        lambda fn: layout(one_line_def(fn), 0),
+    )
 
 
 def render_one_line(context: ModuleContext) -> str:

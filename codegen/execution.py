@@ -172,11 +172,14 @@ class _Body:
 
 
 class _ModuleLowering:
-    def __init__(self, split_gm: fx.GraphModule, dispatch_on: str | None = None) -> None:
+    def __init__(
+        self, split_gm: fx.GraphModule, dispatch_on: str | None = None
+    ) -> None:
         self.split_gm = split_gm
         self.dispatch_on = dispatch_on
         if dispatch_on is not None and not any(
-            n.op == "placeholder" and n.name == dispatch_on for n in split_gm.graph.nodes
+            n.op == "placeholder" and n.name == dispatch_on
+            for n in split_gm.graph.nodes
         ):
             names = [n.name for n in split_gm.graph.nodes if n.op == "placeholder"]
             raise StitchCodegenError(
@@ -197,6 +200,7 @@ class _ModuleLowering:
         self._n_inlined = 0
         self._named: dict[int, tuple[str | None, str] | None] = {}
         self._pieces: dict[str, Any] = {}  # call_module target -> the piece
+        self._returns: dict[str, Any] = {}  # call_module target -> its output
 
     def _piece(self, node: fx.Node) -> Any:
         """The module a top-level ``call_module`` node calls, fetched once."""
@@ -348,7 +352,8 @@ class _ModuleLowering:
             if (
                 op is not None
                 and (output is op or not n.users)
-                and len(n.args) == sum(p.op == "placeholder" for p in module.graph.nodes)
+                and len(n.args)
+                == sum(p.op == "placeholder" for p in module.graph.nodes)
                 and not n.kwargs
             ):
                 self._call_site(body, n, module, op, output is op, path)
@@ -402,9 +407,13 @@ class _ModuleLowering:
 
     def _outputs(self, target: str) -> Any:
         """What the GraphModule of piece ``target`` returns (None if unknown)."""
-        # The GraphModule itself, even where a compiled piece shadows it.
-        module = self.split_gm._modules.get(target)
-        return _output_value(module) if isinstance(module, fx.GraphModule) else None
+        if target not in self._returns:
+            # The GraphModule itself, even where a compiled piece shadows it.
+            module = self.split_gm._modules.get(target)
+            self._returns[target] = (
+                _output_value(module) if isinstance(module, fx.GraphModule) else None
+            )
+        return self._returns[target]
 
     def _readable_name(self, n: fx.Node) -> str:
         """A piece output is named after the value inside the piece (``q``, ``out``)
@@ -491,7 +500,9 @@ class _ModuleLowering:
         return shared.name
 
     # -- nodes ------------------------------------------------------------------
-    def _node(self, gm: fx.GraphModule, n: fx.Node, body: _Body, top_level: bool) -> None:
+    def _node(
+        self, gm: fx.GraphModule, n: fx.Node, body: _Body, top_level: bool
+    ) -> None:
         expr = self._expression(gm, n, body.name_of, top_level)
         if n.users:
             body.emit(Statement("assign", expr, body.bind(n, n.name)))

@@ -10,7 +10,6 @@ import torch.fx as fx
 
 from .values import qualified_target
 
-
 _PRIMITIVES = frozenset({bool, int, float, str, bytes, type(None)})
 
 
@@ -21,7 +20,12 @@ def describe_constant(value: Any) -> str:
     if kind is fx.Node:
         return f"%{value.name}"
     if kind is tuple or kind is list:
-        inner = ", ".join([describe_constant(v) for v in value])
+        inner = ", ".join(
+            [
+                f"%{v.name}" if type(v) is fx.Node else describe_constant(v)
+                for v in value
+            ]
+        )
         return f"{kind.__name__}[{inner}]"
     if kind in _PRIMITIVES:
         return repr(value)
@@ -29,7 +33,10 @@ def describe_constant(value: Any) -> str:
         if not value:
             return "{}"
         inner = ", ".join(
-            [f"{describe_constant(k)}: {describe_constant(v)}" for k, v in value.items()]
+            [
+                f"{describe_constant(k)}: {describe_constant(v)}"
+                for k, v in value.items()
+            ]
         )
         return "{" + inner + "}"
     if isinstance(value, torch.Tensor):
@@ -37,7 +44,9 @@ def describe_constant(value: Any) -> str:
             f"Tensor(dtype={value.dtype}, shape={tuple(value.shape)}, "
             f"stride={tuple(value.stride())}, device={value.device.type})"
         )
-    if isinstance(value, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
+    if isinstance(
+        value, (torch.dtype, torch.device, torch.memory_format, torch.layout)
+    ):
         return str(value)
     if isinstance(value, (bool, int, float, str, bytes, type(None))):
         return repr(value)
@@ -79,7 +88,7 @@ def _graph_lines(
 ) -> None:
     for node in gm.graph.nodes:
         args = describe_constant(tuple(node.args))
-        kwargs = describe_constant(dict(node.kwargs))
+        kwargs = describe_constant(dict(node.kwargs)) if node.kwargs else "{}"
         target = node.target
         if isinstance(target, str):
             described = target
@@ -140,7 +149,9 @@ def structural_hash(
     decides whether the compiled code really is independent of them.
     """
     index: dict[fx.Node, str] = {}
-    strings = {v: k for k, v in enumerate(string_constants(gm))} if abstract_strings else {}
+    strings = (
+        {v: k for k, v in enumerate(string_constants(gm))} if abstract_strings else {}
+    )
 
     def describe(value: Any) -> str:
         if isinstance(value, str) and value in strings:
@@ -148,7 +159,11 @@ def structural_hash(
         if isinstance(value, (list, tuple)):
             return f"{type(value).__name__}[{', '.join(describe(v) for v in value)}]"
         if isinstance(value, dict):
-            return "{" + ", ".join(f"{describe(k)}: {describe(v)}" for k, v in value.items()) + "}"
+            return (
+                "{"
+                + ", ".join(f"{describe(k)}: {describe(v)}" for k, v in value.items())
+                + "}"
+            )
         return describe_constant(value)
 
     lines: list[str] = []

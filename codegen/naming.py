@@ -56,9 +56,12 @@ class Namespace:
     def create(self, candidate: str, key: object = None) -> str:
         if key is not None and key in self._by_key:
             return self._by_key[key]
-        name = _ILLEGAL.sub("_", candidate) or "_v"
-        if name[0].isdigit():
-            name = f"_{name}"
+        if candidate.isascii() and candidate.isidentifier():
+            name = candidate
+        else:
+            name = _ILLEGAL.sub("_", candidate) or "_v"
+            if name[0].isdigit():
+                name = f"_{name}"
         base, num = name, None
         m = _SUFFIX.match(name)
         if m is not None:

@@ -21,7 +21,9 @@ def is_inlined_piece(module: Any) -> bool:
     # Python in the emitted module than as a GraphModule call.  A non-splitting
     # piece stays a call through __vllm_submods__ so the runtime can bind the
     # compiled (or CUDA-graph) runnable to it; split_graph marks which is which.
-    return isinstance(module, fx.GraphModule) and module.meta.get(IS_SPLITTING_META, True)
+    return isinstance(module, fx.GraphModule) and module.meta.get(
+        IS_SPLITTING_META, True
+    )
 
 
 def single_call(module: fx.GraphModule) -> fx.Node | None:
@@ -30,7 +32,9 @@ def single_call(module: fx.GraphModule) -> fx.Node | None:
     Such a piece is written at its call site instead of as a function.
     """
     calls = [
-        n for n in module.graph.nodes if n.op not in ("placeholder", "get_attr", "output")
+        n
+        for n in module.graph.nodes
+        if n.op not in ("placeholder", "get_attr", "output")
     ]
     if len(calls) != 1:
         return None

@@ -91,7 +91,9 @@ def render_value(
         return render_float(value)
     if kind is slice:
         parts = (value.start, value.stop, value.step)
-        return "slice(" + ", ".join(render_value(p, name_of, consts) for p in parts) + ")"
+        return (
+            "slice(" + ", ".join(render_value(p, name_of, consts) for p in parts) + ")"
+        )
     if kind is list or kind is fx.immutable_collections.immutable_list:
         return "[" + ", ".join(render_value(v, name_of, consts) for v in value) + "]"
     if kind is tuple:

@@ -55,9 +55,7 @@ def _private_dir(path: str) -> None:
         ) from exc
     if not stat.S_ISDIR(info.st_mode):
         raise StitchLoadError(f"{path} holds emitted source but is not a directory")
-    if hasattr(os, "getuid") and (
-        info.st_uid != os.getuid() or info.st_mode & 0o077
-    ):
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o077):
         raise StitchLoadError(
             f"{path} holds emitted source but is not private to this user (owner "
             f"uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); remove it or "
@@ -215,7 +213,9 @@ def compile_execution_fn(
     callables = [submod_callables[name] for name in submod_names]
     if DISPATCH_NAME in kwonly:
         return bind_kwonly(
-            fn, DISPATCH_NAME, dispatch if dispatch is not None else SizeTables(callables)
+            fn,
+            DISPATCH_NAME,
+            dispatch if dispatch is not None else SizeTables(callables),
         )
     if SUBMODS_NAME not in kwonly:
         raise StitchLoadError(
