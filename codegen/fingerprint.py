@@ -87,10 +87,10 @@ def _graph_lines(
     gm: fx.GraphModule, prefix: str, lines: list[str], targets: dict[int, str]
 ) -> None:
     for node in gm.graph.nodes:
-        args = describe_constant(tuple(node.args))
+        args = describe_constant(tuple(node.args)) if node.args else "tuple[]"
         kwargs = describe_constant(dict(node.kwargs)) if node.kwargs else "{}"
         target = node.target
-        if isinstance(target, str):
+        if type(target) is str:
             described = target
         else:
             described = targets.get(id(target))

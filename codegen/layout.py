@@ -12,6 +12,7 @@ outside the Python :mod:`.linesplit` knows is formatted by black itself.
 from __future__ import annotations
 
 import re
+import string
 
 import black
 from black.strings import str_width
@@ -50,11 +51,19 @@ BLACK_MODE = black.Mode(
     line_length=LINE_LENGTH,
 )
 
-_TOKEN = re.compile(
+_LITERAL_OR_NAME = (
     r"""b?"(?:[^"\\\n]|\\.)*"|b?'(?:[^'\\\n]|\\.)*'"""  # str and bytes literals
     r"|\d+(?:\.\d+)?(?:e-?\d+)?(?![\w.])"  # numbers as Stitch writes them
     r"|[A-Za-z_][A-Za-z0-9_]*"  # names
-    r"|[ ]+|."  # spaces; any other character is an operator or unsupported
+)
+# Tokens and the spaces between them; any other character is an operator.
+_TOKEN = re.compile(_LITERAL_OR_NAME + r"|[ ]+|.")
+# The tokens alone, in the same order.
+_VALUES = re.compile(rf"[ ]*({_LITERAL_OR_NAME}|.)")
+# A statement's shape: letters and digits stand for their class, which keeps
+# every token's kind, length and position (see Layout.__call__).
+_SHAPE = str.maketrans(
+    dict.fromkeys(string.ascii_letters, "a") | dict.fromkeys(string.digits, "0")
 )
 _OPS = {
     ",": COMMA,
@@ -91,6 +100,9 @@ _UNSUPPORTED_NAMES = frozenset(
 _NO_SPACE_BEFORE = frozenset({COMMA, COLON, RPAR, RSQB, RBRACE})
 
 
+_UNKNOWN = object()
+
+
 class _Unsupported(Exception):
     """The statement uses Python :mod:`.linesplit` does not lay out."""
 
@@ -109,29 +121,27 @@ class Layout:
         The first line comes without indentation (the template indents it), the
         others with theirs; there is no trailing newline.
         """
-        ascii_only = text.isascii()
-        if (len(text) if ascii_only else str_width(text)) + 4 * depth <= LINE_LENGTH:
+        if str_width(text) + 4 * depth <= LINE_LENGTH:
             return text
-        try:
-            tokens = _tokens(text)
-        except _Unsupported:
-            return _with_black(text, depth)
-        # What black's decisions depend on: token kinds and widths, and which
-        # keyword starts the statement.
-        if ascii_only:
-            shape = [(kind, len(value)) for kind, value in tokens]
-        else:
-            shape = [(kind, len(value), str_width(value)) for kind, value in tokens]
-        key = (depth, tokens[0][1] if tokens[0][1] in _KEYWORDS else "", *shape)
-        if key not in self._splits:
+        # NOTE: [a statement's shape]
+        # black's decisions depend on the tokens' kinds and widths, not on their
+        # text, except for the keyword starting a statement.  Mapping letters to
+        # "a" and digits to "0" keeps both: in the valid statements the codegen
+        # writes, a run of "a"/"0"/"_" starting with a letter or "_" is a name,
+        # one starting with a digit a number, and quotes and backslashes (kept)
+        # delimit the literals.  Non-ASCII text is kept as it is.
+        first = text.split(" ", 1)[0]
+        key = (depth, first if first in _KEYWORDS else "", text.translate(_SHAPE))
+        split = self._splits.get(key, _UNKNOWN)
+        if split is _UNKNOWN:
             try:
-                self._splits[key] = _split(tokens, depth)
+                split = _split(_tokens(text), depth)
             except _Unsupported:
-                self._splits[key] = None
-        split = self._splits[key]
+                split = None
+            self._splits[key] = split
         if split is None:
             return _with_black(text, depth)
-        return split.format(*[value for _, value in tokens])
+        return split.format(*_VALUES.findall(text))
 
 
 def lay_out(text: str, depth: int) -> str:

@@ -94,29 +94,28 @@ class BracketTracker:
         self.invisible: list[Leaf] = []
 
     def mark(self, leaf: Leaf) -> None:
-        if (
-            self.depth == 0
-            and leaf.kind in CLOSING
-            and (self.depth, leaf.kind) not in self.bracket_match
-        ):
-            return
-        if leaf.kind in CLOSING:
-            self.depth -= 1
-            leaf.opening_bracket = self.bracket_match.pop((self.depth, leaf.kind))
+        kind = leaf.kind
+        depth = self.depth
+        if kind in CLOSING:
+            if depth == 0 and (0, kind) not in self.bracket_match:
+                return
+            depth = self.depth = depth - 1
+            leaf.opening_bracket = self.bracket_match.pop((depth, kind))
             if not leaf.value:
                 self.invisible.append(leaf)
-        leaf.bracket_depth = self.depth
-        if self.depth == 0:
+        leaf.bracket_depth = depth
+        if depth == 0:
             # is_split_before_delimiter / is_split_after_delimiter: a dot after a
             # bracket (``f(x).y``) and a comma are the only delimiters here.
-            previous = self.previous
-            if leaf.kind == DOT and previous is not None and previous.kind in CLOSING:
-                self.delimiters[id(previous)] = DOT_PRIORITY
-            elif leaf.kind == COMMA:
+            if kind == COMMA:
                 self.delimiters[id(leaf)] = COMMA_PRIORITY
-        if leaf.kind in OPENING:
-            self.bracket_match[self.depth, MATCHING[leaf.kind]] = leaf
-            self.depth += 1
+            elif kind == DOT:
+                previous = self.previous
+                if previous is not None and previous.kind in CLOSING:
+                    self.delimiters[id(previous)] = DOT_PRIORITY
+        if kind in OPENING:
+            self.bracket_match[depth, MATCHING[kind]] = leaf
+            self.depth = depth + 1
             if not leaf.value:
                 self.invisible.append(leaf)
         self.previous = leaf
@@ -152,18 +151,19 @@ class Line:
     def append(
         self, leaf: Leaf, preformatted: bool = False, track_bracket: bool = False
     ) -> None:
-        if self.leaves and not preformatted:
+        leaves = self.leaves
+        if leaves and not preformatted:
             leaf.prefix += leaf.ws
         if self.inside_brackets or not preformatted or track_bracket:
             self.bracket_tracker.mark(leaf)
             if (
                 leaf.kind in CLOSING
-                and self.leaves
-                and self.leaves[-1].kind == COMMA
+                and leaves
+                and leaves[-1].kind == COMMA
                 and self.has_magic_trailing_comma(leaf)
             ):
                 self.magic_trailing_comma = leaf
-        self.leaves.append(leaf)
+        leaves.append(leaf)
 
     def has_magic_trailing_comma(self, closing: Leaf) -> bool:
         if not (
