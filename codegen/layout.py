@@ -65,6 +65,10 @@ _VALUES = re.compile(rf"[ ]*({_LITERAL_OR_NAME}|.)")
 _SHAPE = str.maketrans(
     dict.fromkeys(string.ascii_letters, "a") | dict.fromkeys(string.digits, "0")
 )
+_NAME_OR_STAR = r"(?:[A-Za-z_][A-Za-z0-9_]*|\*)"
+_PLAIN_DEF = re.compile(
+    rf"def ([A-Za-z_][A-Za-z0-9_]*)\(({_NAME_OR_STAR}(?:, {_NAME_OR_STAR})*)\):"
+)
 _OPS = {
     ",": COMMA,
     ".": DOT,
@@ -123,6 +127,10 @@ class Layout:
         """
         if str_width(text) + 4 * depth <= LINE_LENGTH:
             return text
+        if text.startswith("def "):
+            laid_out = _plain_def(text, depth)
+            if laid_out is not None:
+                return laid_out
         # NOTE: [a statement's shape]
         # black's decisions depend on the tokens' kinds and widths, not on their
         # text, except for the keyword starting a statement.  Mapping letters to
@@ -168,6 +176,28 @@ def _split(tokens: list[tuple[int, str]], depth: int) -> str:
             )
     # The first line comes unindented: the template indents it.
     return "".join(parts)[1 + 4 * depth :]
+
+
+def _plain_def(text: str, depth: int) -> str | None:
+    """black's split of ``def name(a, b, *, c):`` (parameters are plain names).
+
+    What left_hand_split and delimiter_split do with it: the parameters on a
+    line of their own, or if they do not fit there, one per line with a
+    trailing comma (a lone parameter gets one too); a parameter that is still
+    too long has nothing left to split.  One def line per function, each with
+    its own shape, so this spares the general split the longest statements.
+    """
+    m = _PLAIN_DEF.fullmatch(text)
+    if m is None:
+        return None
+    params = m[2].split(", ")
+    indent = "    " * (depth + 1)
+    one_line = ", ".join(params) + ("," if len(params) == 1 else "")
+    if len(indent) + len(one_line) <= LINE_LENGTH:
+        body = [indent + one_line]
+    else:
+        body = [f"{indent}{param}," for param in params]
+    return "\n".join([f"def {m[1]}(", *body, "    " * depth + "):"])
 
 
 def _with_black(text: str, depth: int) -> str:

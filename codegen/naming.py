@@ -19,9 +19,11 @@ from .contract import (
     SUBMODS_NAME,
 )
 
-_BUILTINS = frozenset(dir(builtins))
+# Keywords, soft keywords and builtins are never handed out.
+_REFUSED = (
+    frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins))
+)
 _ILLEGAL = re.compile(r"[^0-9a-zA-Z_]+")
-_SUFFIX = re.compile(r"^(.*)_(\d+)$")
 
 RESERVED_GLOBALS = frozenset(
     {
@@ -63,9 +65,9 @@ class Namespace:
             if name[0].isdigit():
                 name = f"_{name}"
         base, num = name, None
-        m = _SUFFIX.match(name)
-        if m is not None:
-            base, num = m.group(1), int(m.group(2))
+        head, underscore, digits = name.rpartition("_")
+        if underscore and digits.isdigit():  # ``add_5``: base ``add``, number 5
+            base, num = head, int(digits)
         while self._is_taken(name):
             num = self._base_count.get(base, 0) + 1 if num is None else num + 1
             name = f"{base}_{num}"
@@ -77,9 +79,4 @@ class Namespace:
         return name
 
     def _is_taken(self, name: str) -> bool:
-        return (
-            name in self._used
-            or keyword.iskeyword(name)
-            or keyword.issoftkeyword(name)
-            or name in _BUILTINS
-        )
+        return name in self._used or name in _REFUSED

@@ -254,6 +254,11 @@ statements = st.one_of(
     st.lists(any_name, max_size=12, unique=True).map(
         lambda p: f"def {'f' * 30}({', '.join([*p, '*', '__vllm_submods__'])}):"
     ),
+    st.tuples(st.integers(1, 90), st.integers(0, 500), st.booleans()).map(
+        lambda c: f"def {'f' * c[0]}("
+        + ", ".join([f"p{i}" for i in range(c[1])] + (["*", "kw"] if c[2] else []))
+        + "):"
+    ),
 )
 
 _SHARED = Layout()  # splits of earlier examples are reused for later ones
