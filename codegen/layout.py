@@ -65,6 +65,15 @@ _VALUES = re.compile(rf"[ ]*({_LITERAL_OR_NAME}|.)")
 _SHAPE = str.maketrans(
     dict.fromkeys(string.ascii_letters, "a") | dict.fromkeys(string.digits, "0")
 )
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+# An argument with no brackets of its own but an index: a name, a number, a
+# constant slot, maybe as a keyword argument.
+_ARG = rf"(?:{_NAME}=)?(?:{_NAME}(?:\[\d+\])?|-?\d+(?:\.\d+)?(?:e-?\d+)?)"
+_PLAIN_CALL = re.compile(
+    rf"(?:({_NAME}(?:, {_NAME})*) = )?"  # targets
+    rf"({_NAME}(?:\.{_NAME})*(?:\[\d+\])?)"  # callee
+    rf"\(({_ARG}(?:, {_ARG})+)\)"  # two or more plain arguments
+)
 _NAME_OR_STAR = r"(?:[A-Za-z_][A-Za-z0-9_]*|\*)"
 _PLAIN_DEF = re.compile(
     rf"def ([A-Za-z_][A-Za-z0-9_]*)\(({_NAME_OR_STAR}(?:, {_NAME_OR_STAR})*)\):"
@@ -127,10 +136,13 @@ class Layout:
         """
         if str_width(text) + 4 * depth <= LINE_LENGTH:
             return text
-        if text.startswith("def "):
-            laid_out = _plain_def(text, depth)
-            if laid_out is not None:
-                return laid_out
+        laid_out = (
+            _plain_def(text, depth)
+            if text.startswith("def ")
+            else _plain_call(text, depth)
+        )
+        if laid_out is not None:
+            return laid_out
         # NOTE: [a statement's shape]
         # black's decisions depend on the tokens' kinds and widths, not on their
         # text, except for the keyword starting a statement.  Mapping letters to
@@ -176,6 +188,33 @@ def _split(tokens: list[tuple[int, str]], depth: int) -> str:
             )
     # The first line comes unindented: the template indents it.
     return "".join(parts)[1 + 4 * depth :]
+
+
+def _plain_call(text: str, depth: int) -> str | None:
+    """black's split of ``a, b = f(x, y[0], k=1)`` (plain arguments), or None.
+
+    What right_hand_split makes of it when ``a, b = f(`` fits: the optional
+    parentheses around the value are dropped (the targets hold no brackets, or
+    the line up to ``f(`` fits), the arguments go on a line of their own, or if
+    they do not fit there, one per line with a trailing comma.  Anything else
+    (a head that does not fit, an argument that does not fit on its own line)
+    is left to the general split.
+    """
+    m = _PLAIN_CALL.fullmatch(text)
+    if m is None:
+        return None
+    targets, callee, args = m.groups()
+    head = f"{targets} = {callee}(" if targets else f"{callee}("
+    indent = "    " * (depth + 1)
+    if len(indent) - 4 + len(head) > LINE_LENGTH:
+        return None
+    if len(indent) + len(args) <= LINE_LENGTH:
+        body = [indent + args]
+    else:
+        body = [f"{indent}{arg}," for arg in args.split(", ")]
+        if max(len(line) for line in body) > LINE_LENGTH:
+            return None
+    return "\n".join([head, *body, "    " * depth + ")"])
 
 
 def _plain_def(text: str, depth: int) -> str | None:

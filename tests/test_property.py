@@ -243,7 +243,17 @@ expressions = st.recursive(st.one_of(any_name, literals), _containers, max_leave
 calls = st.tuples(callees, st.lists(expressions, max_size=12)).map(
     lambda c: f"{c[0]}({', '.join(c[1])})"
 )
+plain_arguments = st.one_of(
+    any_name,
+    st.integers(0, 300).map(lambda i: f"__vllm_consts__[{i}]"),
+    st.sampled_from(["0.25", "-1.5", "7", "1e-300", "None"]),
+    st.tuples(names, any_name).map(lambda kv: f"{kv[0]}={kv[1]}"),
+)
+plain_calls = st.tuples(
+    st.lists(names, max_size=6), callees, st.lists(plain_arguments, min_size=2, max_size=40)
+).map(lambda c: (f"{', '.join(c[0])} = " if c[0] else "") + f"{c[1]}({', '.join(c[2])})")
 statements = st.one_of(
+    plain_calls,
     st.tuples(st.lists(st.one_of(any_name, st.just("_")), min_size=1, max_size=8), calls).map(
         lambda c: f"{', '.join(c[0])} = {c[1]}" if c[0] != ["_"] else f"x = {c[1]}"
     ),
