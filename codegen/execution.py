@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from .body import FunctionBody
 from .context import FunctionContext, ModuleContext, Statement
 from .contract import (
     DISPATCH_NAME,
@@ -99,76 +100,6 @@ class _PieceFunction:
         if self.shared:
             docstring += f" and {self.shared} identical piece" + "s" * (self.shared > 1)
         return FunctionContext(self.name, self.signature, docstring + ".", self.body)
-
-
-class _Body:
-    """The statements of one function, with the names each one reads.
-
-    ``body()`` adds the ``del`` statements (see NOTE below).
-    """
-
-    def __init__(self, names: Namespace, consts: ConstTable, where: str) -> None:
-        self.local = names
-        self.consts = consts
-        self.where = where
-        self.names: dict[fx.Node, str] = {}
-        self.params: list[str] = []
-        self.unpacked: set[fx.Node] = set()
-        self._lines: list[tuple[Statement, frozenset[str]]] = []
-        self._bound: list[str] = []
-        self._reads: set[str] = set()
-
-    def name_of(self, node: fx.Node) -> str:
-        try:
-            name = self.names[node]
-        except KeyError:
-            raise StitchCodegenError(
-                f"argument refers to node '{node.name}', which is not defined before "
-                f"its use in {self.where}",
-                node,
-            ) from None
-        self._reads.add(name)
-        return name
-
-    def render(self, value: Any) -> str:
-        return render_value(value, self.name_of, self.consts)
-
-    def param(self, node: fx.Node) -> None:
-        self.names[node] = self.local.create(node.name)
-        self.params.append(self.names[node])
-
-    def bind(self, node: fx.Node, candidate: str) -> str:
-        name = self.names[node] = self.local.create(candidate)
-        self._bound.append(name)
-        return name
-
-    def emit(self, statement: Statement) -> None:
-        self._lines.append((statement, frozenset(self._reads)))
-        self._reads = set()
-
-    def body(self) -> tuple[Statement, ...]:
-        # NOTE: [del what frees memory]
-        # A value a statement bound is released right after its last reader, as
-        # FX's own codegen does, so activations are freed between pieces.
-        # Parameters are never deleted: the caller still holds them, so a del
-        # frees nothing.  Nor is anything deleted right before the return,
-        # which releases every local anyway.
-        last_read: dict[str, int] = {}
-        for i, (_, reads) in enumerate(self._lines):
-            for name in reads:
-                last_read[name] = i
-        dead_after: dict[int, list[str]] = {}
-        for name in self._bound:
-            if name in last_read:
-                dead_after.setdefault(last_read[name], []).append(name)
-        body: list[Statement] = []
-        for i, (statement, _) in enumerate(self._lines):
-            body.append(statement)
-            dead = dead_after.get(i)
-            following = self._lines[i + 1][0] if i + 1 < len(self._lines) else None
-            if dead and following is not None and following.kind != "return":
-                body.append(Statement("del", ", ".join(dead)))
-        return tuple(body)
 
 
 class _ModuleLowering:
@@ -302,7 +233,7 @@ class _ModuleLowering:
 
     def _lower_main(self) -> FunctionContext:
         gm = self.split_gm
-        body = _Body(self.global_names.child(), self.consts, "the split graph")
+        body = FunctionBody(self.global_names.child(), self.consts, "the split graph")
         for n in gm.graph.nodes:
             if n.op == "placeholder":
                 body.param(n)
@@ -342,7 +273,7 @@ class _ModuleLowering:
         return FunctionContext(FUNCTION_NAME, signature, "", statements)
 
     # -- pieces -----------------------------------------------------------------
-    def _piece_call(self, body: _Body, n: fx.Node) -> None:
+    def _piece_call(self, body: FunctionBody, n: fx.Node) -> None:
         module = self._piece(n)
         path = module_path_of(module) if isinstance(module, fx.GraphModule) else ""
         if is_inlined_piece(module):
@@ -367,7 +298,9 @@ class _ModuleLowering:
         args = ", ".join([body.render(a) for a in n.args] + _kwargs(n, body.render))
         self._bind_outputs(body, n, f"{callee}({args})", path)
 
-    def _bind_outputs(self, body: _Body, n: fx.Node, expr: str, comment: str) -> None:
+    def _bind_outputs(
+        self, body: FunctionBody, n: fx.Node, expr: str, comment: str
+    ) -> None:
         """``a, _, b = <piece call>``: one tuple assignment names what is used."""
         if not n.users:
             body.emit(Statement("expr", expr, "", comment))
@@ -426,7 +359,7 @@ class _ModuleLowering:
 
     def _call_site(
         self,
-        body: _Body,
+        body: FunctionBody,
         n: fx.Node,
         module: fx.GraphModule,
         op: fx.Node,
@@ -464,7 +397,7 @@ class _ModuleLowering:
         name = self._function_names[n.target]
         self._targets_log, self.consts.log = [], []
         try:
-            body = _Body(self.global_names.child(), self.consts, name)
+            body = FunctionBody(self.global_names.child(), self.consts, name)
             for node in module.graph.nodes:
                 if node.op == "placeholder":
                     body.param(node)
@@ -501,7 +434,7 @@ class _ModuleLowering:
 
     # -- nodes ------------------------------------------------------------------
     def _node(
-        self, gm: fx.GraphModule, n: fx.Node, body: _Body, top_level: bool
+        self, gm: fx.GraphModule, n: fx.Node, body: FunctionBody, top_level: bool
     ) -> None:
         expr = self._expression(gm, n, body.name_of, top_level)
         if n.users:
