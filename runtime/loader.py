@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import linecache
+import logging
 import os
 import stat
 import tempfile
@@ -22,13 +24,17 @@ from stitch.codegen.contract import (
 )
 from stitch.codegen.errors import StitchLoadError
 
+log = logging.getLogger("stitch")
+
 # NOTE: [emitted source lives in a real file]
 # Python 3.11's default excepthook (and faulthandler, py-spy, some profilers)
 # read source lines from disk, not from linecache.  So source is always
 # compiled under the path of a real file holding exactly that text: the one the
 # caller names (the cache's execution_fn.py), or else a content-named file in a
 # private per-user directory.  It is registered in linecache too, which serves
-# pdb and inspect even if the file goes away.
+# pdb and inspect even if the file goes away, or was never written: where the
+# directory cannot be made or is not private, the source is compiled under a
+# pseudo file name, as before, with a warning.
 
 
 def _source_dir() -> str:
@@ -46,46 +52,50 @@ def source_filename(code: str) -> str:
 
 def _private_dir(path: str) -> None:
     """Create ``path`` with mode 0700, or check that it is ours and private."""
-    try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-        info = os.lstat(path)
-    except OSError as exc:
-        raise StitchLoadError(
-            f"cannot create the directory for emitted source {path}: {exc}"
-        ) from exc
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise StitchLoadError(f"{path} holds emitted source but is not a directory")
     if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o077):
         raise StitchLoadError(
             f"{path} holds emitted source but is not private to this user (owner "
-            f"uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); remove it or "
-            "pass filename="
+            f"uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})"
         )
 
 
-def write_source_file(code: str) -> str:
-    """Write ``code`` to :func:`source_filename` (atomically; kept if already there)."""
+def write_source_file(code: str) -> str | None:
+    """Write ``code`` to :func:`source_filename` (atomically; kept if already there).
+
+    Returns the path, or None, with a warning, where it cannot be written.
+    """
     path = source_filename(code)
     directory = os.path.dirname(path)
-    _private_dir(directory)
     data = code.encode()
     try:
-        with open(path, "rb") as f:
-            if f.read() == data:
-                return path
-    except OSError:
-        pass
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".py")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
+        _private_dir(directory)
         try:
-            os.unlink(tmp)
+            with open(path, "rb") as f:
+                if f.read() == data:
+                    return path
         except OSError:
             pass
-        raise StitchLoadError(f"cannot write emitted source to {path}: {exc}") from exc
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".py")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except (OSError, StitchLoadError) as exc:
+        log.warning(
+            "stitch: emitted source not written to %s (%s); Python's default "
+            "traceback printer will not show its lines",
+            path,
+            exc,
+        )
+        return None
     return path
 
 
@@ -149,7 +159,6 @@ def load_execution_module(
     label = filename or source_filename(code)
     try:
         tree = ast.parse(code, filename=label)
-        compiled = compile(tree, label, "exec")
     except SyntaxError as exc:
         raise StitchLoadError(
             f"stitching source {label} does not compile: {exc.msg} at line "
@@ -163,12 +172,13 @@ def load_execution_module(
             f"{len(consts_tuple)} constants were given"
             + (" (consts=None)" if consts is None else "")
         )
+    digest = hashlib.sha256(code.encode()).hexdigest()[:16]
     if filename is None:
-        write_source_file(code)
+        label = write_source_file(code) or f"<stitch-execution-fn-{digest}>"
     else:
         _check_file(code, filename)
+    compiled = compile(tree, label, "exec")
     register_source(code, label)
-    digest = hashlib.sha256(code.encode()).hexdigest()[:16]
     namespace: dict[str, Any] = {
         "__name__": f"stitch_execution_fn_{digest}",
         "__file__": label,

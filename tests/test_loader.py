@@ -5,11 +5,13 @@ from __future__ import annotations
 import inspect
 import io
 import linecache
+import logging
 import os
 import pdb
 import stat
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,23 @@ def test_a_given_filename_is_used(tmp_path: Path) -> None:
         compile_execution_fn(
             emitted.code, pieces, emitted.submod_names, emitted.consts, filename=str(path)
         )
+
+
+def test_a_directory_that_is_not_private_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    emitted = emit_case("splitting_first_and_last")
+    shared = Path(source_filename(emitted.code)).parent
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with caplog.at_level(logging.WARNING, logger="stitch"):
+        _, fn = _load("splitting_first_and_last")
+    assert fn.__code__.co_filename.startswith("<stitch-execution-fn-")
+    assert not list(shared.iterdir())
+    assert "not private to this user" in caplog.text
+    # The lines are still there for pdb, inspect and traceback.format_*.
+    assert inspect.getsource(fn) in emitted.code
 
 
 def test_source_is_registered_in_linecache() -> None:
