@@ -8,19 +8,22 @@ are replaced, as serving stacks do, by plain Python callables installed into
 ``split_gm.__dict__[name]``; each returns outputs it computed once up front, so
 it does no work.  The attention pieces stay the fx.GraphModules that
 ``split_graph`` made, running an op whose kernel returns at once.  What is left
-to time is the stitching: calling pieces, passing values, indexing outputs.
+to time is the stitching: calling pieces, passing values, unpacking outputs.
 
 Five ways to run the same pieces are timed side by side in one process:
 
 ``fx.Interpreter``  ``torch.fx.Interpreter(split_gm).run(...)``
 ``FX split_gm``     ``split_gm(...)``, the GraphModule's own generated forward
-``emitted``         ``generate_execution_code`` + ``compile_execution_fn``
+``emitted``         ``generate_execution_code`` + ``compile_execution_fn`` (the
+                    one-op attention pieces run at their call sites, and values
+                    are deleted after their last use)
 ``floor calls``     the floor the targets name: a hand-written straight-line
                     function calling the same callables (compiled pieces and the
                     attention GraphModules' ``forward``), pieces bound to globals,
                     outputs unpacked, no ``del``
 ``floor inline``    a stricter floor that also runs the attention pieces' ops
-                    inline instead of calling the pieces (see ``floor_source``)
+                    inline instead of calling the pieces, and deletes nothing
+                    (see ``floor_source``)
 
 and in two settings of the attention op (``--attention``):
 
@@ -375,7 +378,7 @@ def compile_floor(split_gm: fx.GraphModule, inline_attention: bool = True) -> Ca
 def build_variants(
     num_layers: int, attention: str
 ) -> tuple[dict[str, Callable[..., Any]], list[torch.Tensor], torch.Tensor]:
-    """The four ways to run the same pieces, their inputs and the expected output."""
+    """The five ways to run the same pieces, their inputs and the expected output."""
     gm = build_graph(num_layers)
     inputs = example_inputs(num_layers)
     split_gm, items = split_graph(gm, [OP_NAME])
@@ -583,6 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         layers = min(args.layers)
         gm = build_graph(layers)
         split_gm, items = split_graph(gm, [OP_NAME])
+        if modes == ("python",):
+            retarget_attention(split_gm, make_attention_python())
         install_do_nothing_pieces(split_gm, items, example_inputs(layers))
         print(generate_execution_code(split_gm)[0])
         print(floor_source(split_gm)[0])

@@ -3,6 +3,7 @@
 Nothing here executes user code or imports ``stitch.runtime``.
 """
 
+from . import contract
 from .errors import (
     StitchCacheError,
     StitchCodegenError,
@@ -11,13 +12,9 @@ from .errors import (
     StitchLoadError,
     StitchRuntimeError,
 )
-from .execution import (
-    generate_execution_code,
-    is_inlined_piece,
-    lower_execution,
-    module_path_of,
-)
+from .execution import generate_execution_code, lower_execution
 from .fingerprint import graph_hash, structural_hash
+from .pieces import is_inlined_piece, module_path_of
 from .split import OpMatcher, SplitItem, split_graph
 
 __all__ = [
@@ -29,6 +26,7 @@ __all__ = [
     "StitchError",
     "StitchLoadError",
     "StitchRuntimeError",
+    "contract",
     "generate_execution_code",
     "graph_hash",
     "structural_hash",

@@ -7,10 +7,11 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class Statement:
-    """One line of a function body.
+    """One statement, its parts written as one line of source.
 
-    ``kind`` is ``assign`` (``target = value``), ``expr`` (``value`` on its own),
-    ``del`` (``del value``) or ``return`` (``return value``).
+    ``kind`` is ``assign`` (``target = value``; ``target`` may be ``a, b, _``),
+    ``expr`` (``value`` on its own), ``del`` (``del value``) or ``return``
+    (``return value``).  ``comment`` goes on the line above.
     """
 
     kind: str
@@ -31,4 +32,6 @@ class FunctionContext:
 class ModuleContext:
     header: tuple[str, ...]
     imports: tuple[str, ...]
+    # Module-level bindings of call targets (``stitch_attention = ...``).
+    aliases: tuple[Statement, ...]
     functions: tuple[FunctionContext, ...]

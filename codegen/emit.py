@@ -1,21 +1,36 @@
-"""Templates + black: a :class:`ModuleContext` becomes formatted source text."""
+"""Templates + layout: a :class:`ModuleContext` becomes formatted source text.
+
+black defines the format.  ``render_module`` writes black's output directly:
+each statement is laid out by :mod:`.layout`, which splits long lines as black
+does, so black does not run on the hot path.  ``render_module_with_black`` is
+the reference it must equal: the same templates with every statement on one
+line, then ``black.format_str`` over the whole module.
+"""
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from importlib import resources
 
 import black
 import jinja2
 
-from .context import ModuleContext
+from .context import FunctionContext, ModuleContext, Statement
 from .errors import StitchCodegenError
+from .layout import BLACK_MODE, Layout
 
 TEMPLATE_PACKAGE = "stitch.templates"
-BLACK_MODE = black.Mode(
-    target_versions={black.TargetVersion.PY310},
-    line_length=88,
-)
+TEMPLATE = "execution_fn.py.j2"
+
+__all__ = [
+    "BLACK_MODE",
+    "format_source",
+    "render_module",
+    "render_module_with_black",
+    "render_one_line",
+    "template_environment",
+]
 
 
 def _load_template(name: str) -> str:
@@ -38,6 +53,60 @@ def template_environment() -> jinja2.Environment:
     )
 
 
+def one_line(s: Statement) -> str:
+    """The statement as one line of source, in black's spacing."""
+    if s.kind == "assign":
+        return f"{s.target} = {s.value}"
+    if s.kind == "del":
+        return f"del {s.value}"
+    if s.kind == "return":
+        return f"return {s.value}"
+    return s.value
+
+
+def one_line_def(fn: FunctionContext) -> str:
+    return f"def {fn.name}({fn.signature}):"
+
+
+def _render(
+    context: ModuleContext,
+    statement: Callable[[Statement, int], str],
+    def_line: Callable[[FunctionContext], str],
+) -> str:
+    return (
+        template_environment()
+        .get_template(TEMPLATE)
+        .render(
+            header=context.header,
+            imports=context.imports,
+            aliases=context.aliases,
+            functions=context.functions,
+            statement=statement,
+            def_line=def_line,
+        )
+    )
+
+
+def render_module(context: ModuleContext) -> str:
+    """The module source, formatted as black formats it (without running black)."""
+    layout = Layout()
+    return _render(
+        context,
+        lambda s, depth: layout(one_line(s), depth),
+        lambda fn: layout(one_line_def(fn), 0),
+    )
+
+
+def render_one_line(context: ModuleContext) -> str:
+    """The module with every statement on one line: what black is given."""
+    return _render(context, lambda s, depth: one_line(s), one_line_def)
+
+
+def render_module_with_black(context: ModuleContext) -> str:
+    """The reference: :func:`render_one_line`, formatted by black."""
+    return format_source(render_one_line(context))
+
+
 def format_source(source: str) -> str:
     try:
         formatted = black.format_str(source, mode=BLACK_MODE)
@@ -49,12 +118,3 @@ def format_source(source: str) -> str:
             f"{source}"
         ) from exc
     return formatted
-
-
-def render_module(context: ModuleContext, template: str = "execution_fn.py.j2") -> str:
-    raw = template_environment().get_template(template).render(
-        header=context.header,
-        imports=context.imports,
-        functions=context.functions,
-    )
-    return format_source(raw)

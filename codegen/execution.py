@@ -1,11 +1,13 @@
 """Lower a split GraphModule to the stitching source (``generate_execution_code``).
 
 Flow: split GraphModule -> :class:`ModuleContext` (every decision made here) ->
-Jinja templates -> black.  The result is a module defining ``execution_fn``.
+Jinja templates, each statement laid out as black lays it out.  The result is a
+module defining ``execution_fn``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import keyword
 import operator
 import re
@@ -15,18 +17,21 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from .body import FunctionBody
 from .context import FunctionContext, ModuleContext, Statement
+from .contract import (
+    DISPATCH_NAME,
+    FORMAT_VERSION,
+    FUNCTION_NAME,
+    INLINED_PREFIX,
+    SUBMODS_NAME,
+)
 from .emit import render_module
 from .errors import StitchCodegenError
-from .fingerprint import graph_hash
+from .fingerprint import graph_hash, structural_hash
 from .naming import Namespace
-from .split import IS_SPLITTING_META
+from .pieces import fetch_attr, is_inlined_piece, module_path_of, single_call
 from .values import ConstTable, qualified_target, render_value
-
-SUBMODS_NAME = "__vllm_submods__"
-DISPATCH_NAME = "__vllm_dispatch__"
-INLINED_PREFIX = "__vllm_inlined_submods__"
-FORMAT_VERSION = 1
 
 
 def generate_execution_code(
@@ -39,8 +44,9 @@ def generate_execution_code(
     reads as ``__vllm_consts__[j]``.
 
     Pieces that are plain ``fx.GraphModule``s and not marked by ``split_graph`` as
-    compiled (non-splitting) pieces are inlined as module-level functions; every
-    other piece is called through ``__vllm_submods__``.
+    compiled (non-splitting) pieces run inline: a piece that is one op call is
+    written at its call site, any other becomes a module-level function (one
+    per structure).  Every other piece is called through ``__vllm_submods__``.
 
     With ``dispatch_on`` (the name of a placeholder holding the runtime size), the
     function takes ``__vllm_dispatch__`` instead of ``__vllm_submods__`` and picks
@@ -67,22 +73,44 @@ def lower_execution(
     return context, lowering.submod_names, lowering.consts.values
 
 
-def is_inlined_piece(module: Any) -> bool:
-    """Whether a piece is inlined into the emitted source (see NOTE below)."""
-    # NOTE: [which pieces are inlined]
-    # The splitting pieces run eagerly, so their few ops are cheaper as plain
-    # Python in the emitted module than as a GraphModule call.  A non-splitting
-    # piece stays a call through __vllm_submods__ so the runtime can bind the
-    # compiled (or CUDA-graph) runnable to it; split_graph marks which is which.
-    return isinstance(module, fx.GraphModule) and module.meta.get(IS_SPLITTING_META, True)
+@dataclasses.dataclass
+class _Alias:
+    """A call target bound once at module level: ``name = value``."""
+
+    target: Any
+    name: str
+    value: str = ""  # filled in on first use
+
+
+@dataclasses.dataclass
+class _PieceFunction:
+    """A module-level function running one or more structurally identical pieces."""
+
+    name: str
+    piece: str
+    path: str
+    signature: str
+    body: tuple[Statement, ...]
+    shared: int = 0  # how many other pieces call it
+
+    def context(self) -> FunctionContext:
+        docstring = f"Inlined piece {self.piece}"
+        if self.path:
+            docstring += f" ({self.path})"
+        if self.shared:
+            docstring += f" and {self.shared} identical piece" + "s" * (self.shared > 1)
+        return FunctionContext(self.name, self.signature, docstring + ".", self.body)
 
 
 class _ModuleLowering:
-    def __init__(self, split_gm: fx.GraphModule, dispatch_on: str | None = None) -> None:
+    def __init__(
+        self, split_gm: fx.GraphModule, dispatch_on: str | None = None
+    ) -> None:
         self.split_gm = split_gm
         self.dispatch_on = dispatch_on
         if dispatch_on is not None and not any(
-            n.op == "placeholder" and n.name == dispatch_on for n in split_gm.graph.nodes
+            n.op == "placeholder" and n.name == dispatch_on
+            for n in split_gm.graph.nodes
         ):
             names = [n.name for n in split_gm.graph.nodes if n.op == "placeholder"]
             raise StitchCodegenError(
@@ -92,190 +120,328 @@ class _ModuleLowering:
         self.consts = ConstTable()
         self.submod_names: list[str] = []
         self._submod_index: dict[str, int] = {}
-        self._imports: set[str] = set()
-        self._inlined: dict[str, str] = {}  # submodule target -> function name
-        self._inlined_fns: list[FunctionContext] = []
-        self._lowered: set[str] = set()
         self._used_imports: set[str] = set()
+        self._aliases: dict[int, _Alias] = {}  # id(target) -> alias
+        self._used_aliases: list[_Alias] = []
+        self._function_names: dict[str, str] = {}  # piece -> reserved function name
+        self._functions: list[_PieceFunction] = []
+        self._function_of: dict[str, str] = {}  # piece -> function it runs in
+        self._by_structure: dict[tuple[Any, ...], _PieceFunction] = {}
+        self._targets_log: list[str] | None = None
+        self._n_inlined = 0
+        self._named: dict[int, tuple[str | None, str] | None] = {}
+        self._pieces: dict[str, Any] = {}  # call_module target -> the piece
+        self._returns: dict[str, Any] = {}  # call_module target -> its output
 
-    # -- names of call targets ------------------------------------------------
-    def _collect_imports(self, gm: fx.GraphModule, seen: set[int]) -> None:
-        for node in gm.graph.nodes:
-            if node.op == "call_function" and node.target is not operator.getitem:
-                named = qualified_target(node.target)
-                if named is not None and named[0] is not None:
-                    # Reserved up front so no local shadows a module root.
-                    self._imports.add(named[0])
-            elif node.op == "call_module":
-                child = _fetch_attr(gm, node.target, node)
-                if is_inlined_piece(child) and id(child) not in seen:
-                    seen.add(id(child))
-                    self._collect_imports(child, seen)
+    def _piece(self, node: fx.Node) -> Any:
+        """The module a top-level ``call_module`` node calls, fetched once."""
+        if node.target not in self._pieces:
+            self._pieces[node.target] = fetch_attr(self.split_gm, node.target, node)
+        return self._pieces[node.target]
+
+    def _named_target(self, target: Any) -> tuple[str | None, str] | None:
+        """``qualified_target(target)``, looked up once per target."""
+        key = id(target)
+        if key not in self._named:
+            self._named[key] = qualified_target(target)
+        return self._named[key]
+
+    # -- module globals -----------------------------------------------------------
+    def _name_globals(self) -> None:
+        """Name every module global before any local: imports, functions, aliases."""
+        targets: list[Any] = []
+        pieces: list[tuple[str, fx.GraphModule]] = []
+
+        def visit(gm: fx.GraphModule, top_level: bool) -> None:
+            for node in gm.graph.nodes:
+                if node.op == "call_function" and node.target is not operator.getitem:
+                    targets.append(node.target)
+                elif node.op == "call_module" and top_level:
+                    child = self._piece(node)
+                    if is_inlined_piece(child):
+                        pieces.append((node.target, child))
+                        visit(child, False)
+
+        visit(self.split_gm, True)
+        roots = set()
+        for target in targets:
+            named = self._named_target(target)
+            if named is not None and named[0] is not None:
+                # Reserved up front so no local shadows a module root.
+                roots.add(named[0].split(".")[0])
+        self.global_names = Namespace(roots)
+        for piece, module in pieces:
+            if single_call(module) is None and piece not in self._function_names:
+                m = re.fullmatch(r"submod_(\d+)", piece)
+                suffix = m.group(1) if m else str(len(self._function_names))
+                self._function_names[piece] = self.global_names.create(
+                    f"{INLINED_PREFIX}{suffix}"
+                )
+        for target in targets:
+            if id(target) in self._aliases:
+                continue
+            candidate = _alias_candidate(target, self._named_target(target))
+            if candidate is not None:
+                self._aliases[id(target)] = _Alias(
+                    target, self.global_names.create(candidate)
+                )
 
     def target_expr(self, node: fx.Node) -> str:
-        named = qualified_target(node.target)
+        alias = self._aliases.get(id(node.target))
+        if alias is not None:
+            if not alias.value:
+                # Module-level: not a read of the function being lowered.
+                log, self.consts.log = self.consts.log, None
+                alias.value = self._qualified(node.target)
+                self.consts.log = log
+                self._used_aliases.append(alias)
+            expr = alias.name
+        else:
+            expr = self._qualified(node.target)
+        if self._targets_log is not None:
+            self._targets_log.append(expr)
+        return expr
+
+    def _qualified(self, target: Any) -> str:
+        named = self._named_target(target)
         if named is None:
-            return self.consts.ref(node.target)
+            return self.consts.ref(target)
         if named[0] is not None:
             self._used_imports.add(named[0])
         return named[1]
 
     # -- the module -------------------------------------------------------------
     def build(self) -> ModuleContext:
-        self._collect_imports(self.split_gm, set())
-        import_roots = {m.split(".")[0] for m in self._imports}
-        self.global_names = Namespace(import_roots)
-        # Inlined functions are module globals: name them before any local name
-        # is handed out so no local can shadow one.
-        for n in self.split_gm.graph.nodes:
-            if n.op == "call_module":
-                module = _fetch_attr(self.split_gm, n.target, n)
-                if is_inlined_piece(module) and n.target not in self._inlined:
-                    m = re.fullmatch(r"submod_(\d+)", n.target)
-                    suffix = m.group(1) if m else str(len(self._inlined))
-                    self._inlined[n.target] = self.global_names.create(
-                        f"{INLINED_PREFIX}{suffix}"
-                    )
-        kwonly = DISPATCH_NAME if self.dispatch_on is not None else SUBMODS_NAME
-        main = self._lower_function(
-            self.split_gm,
-            name="execution_fn",
-            extra_params=(f"*, {kwonly}",),
-            top_level=True,
-            docstring="",
-        )
+        self._name_globals()
+        main = self._lower_main()
         n_called = len(self.submod_names)
-        n_inlined = len(self._inlined_fns)
         header = (
             f"Stitching source emitted by stitch.codegen (format {FORMAT_VERSION}).",
-            f"pieces: {n_called + n_inlined} ({n_called} called through "
-            f"{SUBMODS_NAME}, {n_inlined} inlined); "
+            f"pieces: {n_called + self._n_inlined} ({n_called} called through "
+            f"{SUBMODS_NAME}, {self._n_inlined} inlined); "
             f"constants: {len(self.consts.values)}",
             f"graph: sha256:{graph_hash(self.split_gm)[:16]}",
         )
-        imports = tuple(sorted(self._used_imports))
         return ModuleContext(
             header=header,
-            imports=imports,
-            functions=(*self._inlined_fns, main),
+            imports=tuple(sorted(self._used_imports)),
+            aliases=tuple(
+                Statement("assign", a.value, a.name) for a in self._used_aliases
+            ),
+            functions=(*(f.context() for f in self._functions), main),
         )
 
-    def _inline(self, target: str, module: fx.GraphModule, node: fx.Node) -> str:
-        name = self._inlined[target]
-        if name in self._lowered:
-            return name
-        self._lowered.add(name)
-        fn = self._lower_function(
-            module,
-            name=name,
-            extra_params=(),
-            top_level=False,
-            docstring=f"Inlined piece {target}"
-            + (f" ({path})" if (path := module_path_of(module)) else "")
-            + ".",
-        )
-        self._inlined_fns.append(fn)
-        return name
-
-    def _lower_function(
-        self,
-        gm: fx.GraphModule,
-        *,
-        name: str,
-        extra_params: tuple[str, ...],
-        top_level: bool,
-        docstring: str,
-    ) -> FunctionContext:
-        nodes = list(gm.graph.nodes)
-        position = {n: i for i, n in enumerate(nodes)}
-        local = self.global_names.child()
-        names: dict[fx.Node, str] = {}
-
-        def name_of(n: fx.Node) -> str:
-            try:
-                return names[n]
-            except KeyError:
-                raise StitchCodegenError(
-                    f"argument refers to node '{n.name}', which is not defined before "
-                    f"its use in {'the split graph' if top_level else name}",
-                    n,
-                ) from None
-
-        # NOTE: [del right after the last use]
-        # A value is released as soon as its last user has run, as FX's own codegen
-        # does, so activations are freed between pieces.  Values returned by the
-        # function are kept.
-        release_after: dict[int, list[fx.Node]] = {}
-        for n in nodes:
-            if n.op == "output" or not n.users:
-                continue
-            last = max(n.users, key=position.__getitem__)
-            if last.op != "output":
-                release_after.setdefault(position[last], []).append(n)
-
-        params: list[str] = []
-        body: list[Statement] = []
-        for i, n in enumerate(nodes):
+    def _lower_main(self) -> FunctionContext:
+        gm = self.split_gm
+        body = FunctionBody(self.global_names.child(), self.consts, "the split graph")
+        for n in gm.graph.nodes:
             if n.op == "placeholder":
-                names[n] = local.create(n.name)
-                params.append(names[n])
-                if not n.users:
-                    body.append(Statement("del", names[n]))
+                body.param(n)
             elif n.op == "get_attr":
-                value = _fetch_attr(gm, n.target, n)
-                names[n] = self.consts.ref(value)
+                body.names[n] = self.consts.ref(fetch_attr(gm, n.target, n))
             elif n.op == "output":
-                body.append(
-                    Statement("return", render_value(n.args[0], name_of, self.consts))
-                )
+                body.emit(Statement("return", body.render(n.args[0])))
+            elif n.op == "call_module":
+                self._piece_call(body, n)
+            elif n in body.unpacked:
+                continue  # bound where its piece was called
             else:
-                expr, comment = self._expression(gm, n, name_of, top_level)
-                if n.users:
-                    names[n] = local.create(self._readable_name(gm, n) if top_level else n.name)
-                    body.append(Statement("assign", expr, names[n], comment))
-                elif not (n.op == "call_function" and n.target is operator.getitem):
-                    # Dead value: run it for its effects, bind nothing.
-                    body.append(Statement("expr", expr, "", comment))
-            for dead in release_after.get(i, ()):
-                if dead.op != "get_attr":
-                    body.append(Statement("del", names[dead]))
-        if top_level and self.dispatch_on is not None:
+                self._node(gm, n, body, top_level=True)
+        kwonly = SUBMODS_NAME
+        statements = body.body()
+        if self.dispatch_on is not None:
             # NOTE: [dispatch hoisted into the emitted function]
             # One table lookup per forward picks the runnables for this runtime
             # size (CUDA graph replays or compiled code); piece calls below then
             # go straight to them, with no per-piece size dispatch.
-            size_param = next(
-                names[n] for n in nodes if n.op == "placeholder" and n.name == self.dispatch_on
+            kwonly = DISPATCH_NAME
+            size = next(
+                body.names[n]
+                for n in gm.graph.nodes
+                if n.op == "placeholder" and n.name == self.dispatch_on
             )
-            body.insert(
-                0,
+            statements = (
                 Statement(
                     "assign",
-                    f"{DISPATCH_NAME}[{size_param}]",
+                    f"{DISPATCH_NAME}[{size}]",
                     SUBMODS_NAME,
                     "the runnables for this runtime size, chosen once per forward",
                 ),
+                *statements,
             )
-        signature = ", ".join([*params, *extra_params])
-        return FunctionContext(name, signature, docstring, tuple(_merge_dels(body)))
+        signature = ", ".join([*body.params, f"*, {kwonly}"])
+        return FunctionContext(FUNCTION_NAME, signature, "", statements)
 
-    def _readable_name(self, gm: fx.GraphModule, n: fx.Node) -> str:
+    # -- pieces -----------------------------------------------------------------
+    def _piece_call(self, body: FunctionBody, n: fx.Node) -> None:
+        module = self._piece(n)
+        path = module_path_of(module) if isinstance(module, fx.GraphModule) else ""
+        if is_inlined_piece(module):
+            self._n_inlined += 1
+            op = single_call(module)
+            output = _output_value(module)
+            if (
+                op is not None
+                and (output is op or not n.users)
+                and len(n.args)
+                == sum(p.op == "placeholder" for p in module.graph.nodes)
+                and not n.kwargs
+            ):
+                self._call_site(body, n, module, op, output is op, path)
+                return
+            callee = self._piece_function(n, module, path)
+        else:
+            if n.target not in self._submod_index:
+                self._submod_index[n.target] = len(self.submod_names)
+                self.submod_names.append(n.target)
+            callee = f"{SUBMODS_NAME}[{self._submod_index[n.target]}]"
+        args = ", ".join([body.render(a) for a in n.args] + _kwargs(n, body.render))
+        self._bind_outputs(body, n, f"{callee}({args})", path)
+
+    def _bind_outputs(
+        self, body: FunctionBody, n: fx.Node, expr: str, comment: str
+    ) -> None:
+        """``a, _, b = <piece call>``: one tuple assignment names what is used."""
+        if not n.users:
+            body.emit(Statement("expr", expr, "", comment))
+            return
+        values = self._outputs(n.target)
+        arity = len(values) if isinstance(values, (tuple, list)) else None
+        by_index: dict[int, fx.Node] = {}
+        for user in n.users:
+            index = user.args[1] if len(user.args) == 2 else None
+            if (
+                arity is None
+                or user.op != "call_function"
+                or user.target is not operator.getitem
+                or user.kwargs
+                or user.args[0] is not n
+                or type(index) is not int
+                or not 0 <= index < arity
+                or index in by_index
+            ):
+                # Not a plain unpacking: bind the whole result, index it below.
+                body.emit(Statement("assign", expr, body.bind(n, n.name), comment))
+                return
+            by_index[index] = user
+        body.unpacked.update(by_index.values())
+        live = {i: u for i, u in by_index.items() if u.users}
+        if not live:
+            body.emit(Statement("expr", expr, "", comment))
+        elif arity == 1:
+            name = body.bind(live[0], self._readable_name(live[0]))
+            body.emit(Statement("assign", f"{expr}[0]", name, comment))
+        else:
+            targets = [
+                body.bind(live[i], self._readable_name(live[i])) if i in live else "_"
+                for i in range(arity)
+            ]
+            body.emit(Statement("assign", expr, ", ".join(targets), comment))
+
+    def _outputs(self, target: str) -> Any:
+        """What the GraphModule of piece ``target`` returns (None if unknown)."""
+        if target not in self._returns:
+            # The GraphModule itself, even where a compiled piece shadows it.
+            module = self.split_gm._modules.get(target)
+            self._returns[target] = (
+                _output_value(module) if isinstance(module, fx.GraphModule) else None
+            )
+        return self._returns[target]
+
+    def _readable_name(self, n: fx.Node) -> str:
         """A piece output is named after the value inside the piece (``q``, ``out``)
         rather than FX's ``getitem_7``."""
-        if not (n.op == "call_function" and n.target is operator.getitem):
-            return n.name
         source, index = n.args
-        if not (isinstance(source, fx.Node) and source.op == "call_module"):
-            return n.name
-        module = gm._modules.get(source.target)
-        if not isinstance(module, fx.GraphModule) or type(index) is not int:
-            return n.name
-        output = next((o for o in reversed(module.graph.nodes) if o.op == "output"), None)
-        values = output.args[0] if output is not None else None
-        if isinstance(values, (tuple, list)) and 0 <= index < len(values):
-            if isinstance(values[index], fx.Node):
-                return values[index].name
+        values = self._outputs(source.target)
+        if isinstance(values, (tuple, list)) and isinstance(values[index], fx.Node):
+            return values[index].name
         return n.name
+
+    def _call_site(
+        self,
+        body: FunctionBody,
+        n: fx.Node,
+        module: fx.GraphModule,
+        op: fx.Node,
+        returns_op: bool,
+        comment: str,
+    ) -> None:
+        # NOTE: [a one-op piece runs at its call site]
+        # A splitting piece that is a single op call is written where the piece
+        # is called, its placeholders replaced by the call's arguments: no
+        # function, no extra frame per layer.
+        placeholders = [p for p in module.graph.nodes if p.op == "placeholder"]
+        argument = dict(zip(placeholders, n.args))
+
+        def name_of(node: fx.Node) -> str:
+            if node in argument:
+                return body.render(argument[node])
+            if node.op == "get_attr":
+                return self.consts.ref(fetch_attr(module, node.target, node))
+            raise StitchCodegenError(
+                f"argument refers to node '{node.name}', which is not defined before "
+                f"its use in {n.target}",
+                node,
+            )
+
+        expr = self._expression(module, op, name_of, top_level=False)
+        if returns_op and n.users:
+            body.emit(Statement("assign", expr, body.bind(n, op.name), comment))
+        else:
+            body.emit(Statement("expr", expr, "", comment))
+
+    def _piece_function(self, n: fx.Node, module: fx.GraphModule, path: str) -> str:
+        """The module-level function that runs piece ``n.target``."""
+        if n.target in self._function_of:
+            return self._function_of[n.target]
+        name = self._function_names[n.target]
+        self._targets_log, self.consts.log = [], []
+        try:
+            body = FunctionBody(self.global_names.child(), self.consts, name)
+            for node in module.graph.nodes:
+                if node.op == "placeholder":
+                    body.param(node)
+                elif node.op == "get_attr":
+                    body.names[node] = self.consts.ref(
+                        fetch_attr(module, node.target, node)
+                    )
+                elif node.op == "output":
+                    body.emit(Statement("return", body.render(node.args[0])))
+                else:
+                    self._node(module, node, body, top_level=False)
+            # NOTE: [one function per structure]
+            # Pieces with the same structure (same structural hash) that also read
+            # the same call targets and constants compute the same thing with the
+            # same code: the first one's function serves them all.
+            key = (
+                structural_hash(module),
+                tuple(self._targets_log),
+                tuple(self.consts.log),
+            )
+        finally:
+            self._targets_log, self.consts.log = None, None
+        shared = self._by_structure.get(key)
+        if shared is None:
+            shared = _PieceFunction(
+                name, n.target, path, ", ".join(body.params), body.body()
+            )
+            self._by_structure[key] = shared
+            self._functions.append(shared)
+        else:
+            shared.shared += 1
+        self._function_of[n.target] = shared.name
+        return shared.name
+
+    # -- nodes ------------------------------------------------------------------
+    def _node(
+        self, gm: fx.GraphModule, n: fx.Node, body: FunctionBody, top_level: bool
+    ) -> None:
+        expr = self._expression(gm, n, body.name_of, top_level)
+        if n.users:
+            body.emit(Statement("assign", expr, body.bind(n, n.name)))
+        elif not (n.op == "call_function" and n.target is operator.getitem):
+            # Dead value: run it for its effects, bind nothing.
+            body.emit(Statement("expr", expr))
 
     def _expression(
         self,
@@ -283,31 +449,16 @@ class _ModuleLowering:
         n: fx.Node,
         name_of: Callable[[fx.Node], str],
         top_level: bool,
-    ) -> tuple[str, str]:
-        def args_source() -> str:
-            parts = [render_value(a, name_of, self.consts) for a in n.args]
-            for key, value in n.kwargs.items():
-                _check_keyword(key, n)
-                parts.append(f"{key}={render_value(value, name_of, self.consts)}")
-            return ", ".join(parts)
+    ) -> str:
+        def render(value: Any) -> str:
+            return render_value(value, name_of, self.consts)
 
         if n.op == "call_module":
-            if not top_level:
-                raise StitchCodegenError(
-                    "call_module inside an inlined piece cannot be lowered; the "
-                    "splitting piece must consist of call_function/call_method nodes",
-                    n,
-                )
-            module = _fetch_attr(gm, n.target, n)
-            path = module_path_of(module) if isinstance(module, fx.GraphModule) else ""
-            if is_inlined_piece(module):
-                fn_name = self._inline(n.target, module, n)
-                return f"{fn_name}({args_source()})", path
-            if n.target not in self._submod_index:
-                self._submod_index[n.target] = len(self.submod_names)
-                self.submod_names.append(n.target)
-            index = self._submod_index[n.target]
-            return f"{SUBMODS_NAME}[{index}]({args_source()})", path
+            raise StitchCodegenError(
+                "call_module inside an inlined piece cannot be lowered; the "
+                "splitting piece must consist of call_function/call_method nodes",
+                n,
+            )
         if n.op == "call_function" and n.target is operator.getitem:
             if len(n.args) != 2 or n.kwargs:
                 raise StitchCodegenError("getitem must take (value, index)", n)
@@ -320,9 +471,10 @@ class _ModuleLowering:
                 raise StitchCodegenError(
                     f"getitem of a constant {type(source).__name__} is not supported", n
                 )
-            return f"{name_of(source)}[{render_value(index, name_of, self.consts)}]", ""
+            return f"{name_of(source)}[{render(index)}]"
         if n.op == "call_function":
-            return f"{self.target_expr(n)}({args_source()})", ""
+            args = [render(a) for a in n.args] + _kwargs(n, render)
+            return f"{self.target_expr(n)}({', '.join(args)})"
         if n.op == "call_method":
             if not isinstance(n.target, str) or not n.target.isidentifier():
                 raise StitchCodegenError(
@@ -330,12 +482,8 @@ class _ModuleLowering:
                 )
             if not n.args:
                 raise StitchCodegenError("call_method has no self argument", n)
-            self_src = render_value(n.args[0], name_of, self.consts)
-            rest = [render_value(a, name_of, self.consts) for a in n.args[1:]]
-            for key, value in n.kwargs.items():
-                _check_keyword(key, n)
-                rest.append(f"{key}={render_value(value, name_of, self.consts)}")
-            return f"{self_src}.{n.target}({', '.join(rest)})", ""
+            rest = [render(a) for a in n.args[1:]] + _kwargs(n, render)
+            return f"{render(n.args[0])}.{n.target}({', '.join(rest)})"
         raise StitchCodegenError(
             f"node kind {n.op!r} is not supported in "
             f"{'the split graph' if top_level else 'an inlined piece'}",
@@ -343,76 +491,41 @@ class _ModuleLowering:
         )
 
 
-def _check_keyword(key: str, n: fx.Node) -> None:
-    # 'class' or 'lambda' pass isidentifier() but cannot name a keyword argument.
-    if not key.isidentifier() or keyword.iskeyword(key):
-        raise StitchCodegenError(
-            f"keyword argument {key!r} cannot be written as a Python keyword argument",
-            n,
-        )
-
-
-def _merge_dels(body: list[Statement]) -> list[Statement]:
-    merged: list[Statement] = []
-    for s in body:
-        if s.kind == "del" and merged and merged[-1].kind == "del":
-            merged[-1] = Statement("del", f"{merged[-1].value}, {s.value}")
-        else:
-            merged.append(s)
-    return merged
-
-
-def _fetch_attr(gm: torch.nn.Module, target: Any, node: fx.Node) -> Any:
-    if not isinstance(target, str):
-        raise StitchCodegenError(f"target {target!r} is not an attribute path", node)
-    obj: Any = gm
-    for part in target.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
+def _kwargs(n: fx.Node, render: Callable[[Any], str]) -> list[str]:
+    parts = []
+    for key, value in n.kwargs.items():
+        # 'class' or 'lambda' pass isidentifier() but cannot name a keyword argument.
+        if not key.isidentifier() or keyword.iskeyword(key):
             raise StitchCodegenError(
-                f"attribute {target!r} does not exist on the graph module", node
-            ) from None
-    return obj
+                f"keyword argument {key!r} cannot be written as a Python keyword "
+                "argument",
+                n,
+            )
+        parts.append(f"{key}={render(value)}")
+    return parts
 
 
-_PATH_ROOT = re.compile(r"^L\['[^']*'\]\.?|^self\.?")
+def _output_value(module: fx.GraphModule) -> Any:
+    output = next((o for o in reversed(module.graph.nodes) if o.op == "output"), None)
+    return output.args[0] if output is not None and output.args else None
 
 
-def normalize_module_path(path: str) -> str:
-    """``L['self'].layers[3].self_attn`` -> ``layers.3.self_attn``."""
-    path = _PATH_ROOT.sub("", path)
-    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
-    path = re.sub(r"\['([^']*)'\]", r".\1", path)
-    path = re.sub(r"\[(\d+)\]", r".\1", path)
-    return path.strip(".")
+def _alias_candidate(target: Any, named: tuple[str | None, str] | None) -> str | None:
+    """The alias name a call target is bound to at module level, or None.
 
-
-def module_path_of(gm: fx.GraphModule) -> str:
-    """The original module path a piece covers, from ``nn_module_stack`` metadata."""
-    paths: list[str] = []
-    for n in gm.graph.nodes:
-        if n.op not in ("call_function", "call_method", "call_module"):
-            continue
-        stack = n.meta.get("nn_module_stack")
-        if not stack:
-            continue
-        last = list(stack.values())[-1]
-        raw = last[0] if isinstance(last, tuple) else str(last)
-        path = normalize_module_path(str(raw))
-        if path and path not in paths:
-            paths.append(path)
-    if not paths:
-        return ""
-    if len(paths) == 1:
-        return paths[0]
-    split = [p.split(".") for p in paths]
-    common: list[str] = []
-    for parts in zip(*split):
-        if len(set(parts)) != 1:
-            break
-        common.append(parts[0])
-    prefix = ".".join(common)
-    if prefix in paths:
-        return prefix
-    return f"{paths[0]} .. {paths[-1]}"
+    ``torch.ops`` targets are bound (``stitch_attention =
+    torch.ops.stitch.attention.default``), as Inductor's wrapper code does: the
+    attribute walk then runs once per process instead of once per call.  So are
+    targets that live in the constants table, which are read once instead of
+    being indexed on every call.
+    """
+    if isinstance(target, torch._ops.OpOverload):
+        ns, op = target._schema.name.split("::", 1)
+        overload = target._overloadname
+        return f"{ns}_{op}" if overload == "default" else f"{ns}_{op}_{overload}"
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        ns, op = target._qualified_op_name.split("::", 1)
+        return f"{ns}_{op}"
+    if named is None:
+        return getattr(target, "__name__", None) or type(target).__name__
+    return None

@@ -10,15 +10,43 @@ import torch.fx as fx
 
 from .values import qualified_target
 
+_PRIMITIVES = frozenset({bool, int, float, str, bytes, type(None)})
+
 
 def describe_constant(value: Any) -> str:
     """A stable description of a non-literal constant (used only for hashing)."""
+    kind = type(value)
+    # The common cases first (same text as the general branches below).
+    if kind is fx.Node:
+        return f"%{value.name}"
+    if kind is tuple or kind is list:
+        inner = ", ".join(
+            [
+                f"%{v.name}" if type(v) is fx.Node else describe_constant(v)
+                for v in value
+            ]
+        )
+        return f"{kind.__name__}[{inner}]"
+    if kind in _PRIMITIVES:
+        return repr(value)
+    if kind is dict:
+        if not value:
+            return "{}"
+        inner = ", ".join(
+            [
+                f"{describe_constant(k)}: {describe_constant(v)}"
+                for k, v in value.items()
+            ]
+        )
+        return "{" + inner + "}"
     if isinstance(value, torch.Tensor):
         return (
             f"Tensor(dtype={value.dtype}, shape={tuple(value.shape)}, "
             f"stride={tuple(value.stride())}, device={value.device.type})"
         )
-    if isinstance(value, (torch.dtype, torch.device, torch.memory_format, torch.layout)):
+    if isinstance(
+        value, (torch.dtype, torch.device, torch.memory_format, torch.layout)
+    ):
         return str(value)
     if isinstance(value, (bool, int, float, str, bytes, type(None))):
         return repr(value)
@@ -51,12 +79,24 @@ def describe_target(target: Any) -> str:
 def graph_lines(gm: fx.GraphModule, prefix: str = "") -> list[str]:
     """Canonical text lines of ``gm`` and every GraphModule child it calls."""
     lines: list[str] = []
+    _graph_lines(gm, prefix, lines, {})
+    return lines
+
+
+def _graph_lines(
+    gm: fx.GraphModule, prefix: str, lines: list[str], targets: dict[int, str]
+) -> None:
     for node in gm.graph.nodes:
-        args = describe_constant(tuple(node.args))
-        kwargs = describe_constant(dict(node.kwargs))
-        lines.append(
-            f"{prefix}{node.op} {node.name} {describe_target(node.target)} {args} {kwargs}"
-        )
+        args = describe_constant(tuple(node.args)) if node.args else "tuple[]"
+        kwargs = describe_constant(dict(node.kwargs)) if node.kwargs else "{}"
+        target = node.target
+        if type(target) is str:
+            described = target
+        else:
+            described = targets.get(id(target))
+            if described is None:
+                described = targets[id(target)] = describe_target(target)
+        lines.append(f"{prefix}{node.op} {node.name} {described} {args} {kwargs}")
         if node.op == "get_attr":
             value = _fetch(gm, node.target)
             if not isinstance(value, torch.nn.Module):
@@ -64,10 +104,9 @@ def graph_lines(gm: fx.GraphModule, prefix: str = "") -> list[str]:
         if node.op == "call_module":
             child = _fetch(gm, node.target)
             if isinstance(child, fx.GraphModule):
-                lines.extend(graph_lines(child, prefix + "  "))
+                _graph_lines(child, prefix + "  ", lines, targets)
             else:
                 lines.append(f"{prefix}  <{type(child).__qualname__}>")
-    return lines
 
 
 def graph_hash(gm: fx.GraphModule) -> str:
@@ -110,7 +149,9 @@ def structural_hash(
     decides whether the compiled code really is independent of them.
     """
     index: dict[fx.Node, str] = {}
-    strings = {v: k for k, v in enumerate(string_constants(gm))} if abstract_strings else {}
+    strings = (
+        {v: k for k, v in enumerate(string_constants(gm))} if abstract_strings else {}
+    )
 
     def describe(value: Any) -> str:
         if isinstance(value, str) and value in strings:
@@ -118,7 +159,11 @@ def structural_hash(
         if isinstance(value, (list, tuple)):
             return f"{type(value).__name__}[{', '.join(describe(v) for v in value)}]"
         if isinstance(value, dict):
-            return "{" + ", ".join(f"{describe(k)}: {describe(v)}" for k, v in value.items()) + "}"
+            return (
+                "{"
+                + ", ".join(f"{describe(k)}: {describe(v)}" for k, v in value.items())
+                + "}"
+            )
         return describe_constant(value)
 
     lines: list[str] = []

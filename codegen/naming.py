@@ -12,15 +12,25 @@ import builtins
 import keyword
 import re
 
+from .contract import (
+    CONSTS_NAME,
+    DISPATCH_NAME,
+    FUNCTION_NAME,
+    SUBMODS_NAME,
+)
+
+# Keywords, soft keywords and builtins are never handed out.
+_REFUSED = (
+    frozenset(keyword.kwlist) | frozenset(keyword.softkwlist) | frozenset(dir(builtins))
+)
 _ILLEGAL = re.compile(r"[^0-9a-zA-Z_]+")
-_SUFFIX = re.compile(r"^(.*)_(\d+)$")
 
 RESERVED_GLOBALS = frozenset(
     {
-        "__vllm_submods__",
-        "__vllm_consts__",
-        "__vllm_dispatch__",
-        "execution_fn",
+        SUBMODS_NAME,
+        CONSTS_NAME,
+        DISPATCH_NAME,
+        FUNCTION_NAME,
         "torch",
         "operator",
         "math",
@@ -48,13 +58,16 @@ class Namespace:
     def create(self, candidate: str, key: object = None) -> str:
         if key is not None and key in self._by_key:
             return self._by_key[key]
-        name = _ILLEGAL.sub("_", candidate) or "_v"
-        if name[0].isdigit():
-            name = f"_{name}"
+        if candidate.isascii() and candidate.isidentifier():
+            name = candidate
+        else:
+            name = _ILLEGAL.sub("_", candidate) or "_v"
+            if name[0].isdigit():
+                name = f"_{name}"
         base, num = name, None
-        m = _SUFFIX.match(name)
-        if m is not None:
-            base, num = m.group(1), int(m.group(2))
+        head, underscore, digits = name.rpartition("_")
+        if underscore and digits.isdigit():  # ``add_5``: base ``add``, number 5
+            base, num = head, int(digits)
         while self._is_taken(name):
             num = self._base_count.get(base, 0) + 1 if num is None else num + 1
             name = f"{base}_{num}"
@@ -66,9 +79,4 @@ class Namespace:
         return name
 
     def _is_taken(self, name: str) -> bool:
-        return (
-            name in self._used
-            or keyword.iskeyword(name)
-            or keyword.issoftkeyword(name)
-            or hasattr(builtins, name)
-        )
+        return name in self._used or name in _REFUSED

@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 import torch.fx as fx
+from black.numerics import format_scientific_notation
+from black.strings import normalize_string_quotes
 
-CONSTS_NAME = "__vllm_consts__"
+from .contract import CONSTS_NAME
 
 
 class ConstTable:
@@ -24,11 +26,13 @@ class ConstTable:
 
     Slots are numbered in order of first use; equal hashable values of the same
     type share a slot, anything else is shared only when it is the same object.
+    While ``log`` is a list, every reference appends its slot to it.
     """
 
     def __init__(self) -> None:
         self.values: list[Any] = []
         self._slots: dict[Any, int] = {}
+        self.log: list[int] | None = None
 
     def slot(self, value: Any) -> int:
         key: Any
@@ -43,18 +47,31 @@ class ConstTable:
         if key not in self._slots:
             self._slots[key] = len(self.values)
             self.values.append(value)
-        return self._slots[key]
+        slot = self._slots[key]
+        if self.log is not None:
+            self.log.append(slot)
+        return slot
 
     def ref(self, value: Any) -> str:
         return f"{CONSTS_NAME}[{self.slot(value)}]"
 
 
 def render_float(value: float) -> str:
+    """An exact float literal, spelled as black spells it (``1e300``, not ``1e+300``)."""
     if math.isnan(value):
         return 'float("nan")'
     if math.isinf(value):
         return 'float("inf")' if value > 0 else 'float("-inf")'
-    return repr(value)
+    text = repr(value)
+    if "e" in text:
+        sign = "-" if text.startswith("-") else ""
+        return sign + format_scientific_notation(text.lstrip("-"))
+    return text
+
+
+def render_string(value: str | bytes) -> str:
+    """An exact str/bytes literal with black's choice of quotes."""
+    return normalize_string_quotes(repr(value))
 
 
 def render_value(
@@ -66,13 +83,17 @@ def render_value(
     kind = type(value)
     if value is None or value is Ellipsis or kind is bool:
         return repr(value) if value is not Ellipsis else "..."
-    if kind is int or kind is str or kind is bytes:
+    if kind is int:
         return repr(value)
+    if kind is str or kind is bytes:
+        return render_string(value)
     if kind is float:
         return render_float(value)
     if kind is slice:
         parts = (value.start, value.stop, value.step)
-        return "slice(" + ", ".join(render_value(p, name_of, consts) for p in parts) + ")"
+        return (
+            "slice(" + ", ".join(render_value(p, name_of, consts) for p in parts) + ")"
+        )
     if kind is list or kind is fx.immutable_collections.immutable_list:
         return "[" + ", ".join(render_value(v, name_of, consts) for v in value) + "]"
     if kind is tuple:

@@ -273,6 +273,8 @@ def test_cache_fault_is_survived_with_one_warning(
     # this graph, and the entry on disk holds it again.
     assert result.code == populated.code
     assert (entry / SOURCE_FILE).read_text() == populated.code
+    # Tracebacks read the emitted lines from the cache's own file.
+    assert run.backend.fns[0].__code__.co_filename == str(entry / SOURCE_FILE)
 
     # The rebuilt entry is whole: the next compile is warm and quiet, and
     # inspect finds nothing left over (no stale record, staging or trash folder).

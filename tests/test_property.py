@@ -1,11 +1,19 @@
-"""Property: for random DAGs of torch ops with random splitting points, the emitted
-function, the split GraphModule and the original graph compute the same thing."""
+"""Properties over generated inputs.
+
+* For random DAGs of torch ops with random splitting points, the emitted
+  function, the split GraphModule and the original graph compute the same
+  thing, and the emitted source is exactly what black makes of it.
+* For generated statements of the kinds Stitch emits, codegen.layout splits
+  them exactly as black does.
+"""
 
 from __future__ import annotations
 
+import keyword
 import operator
 from typing import Any
 
+import black
 import torch
 import torch.fx as fx
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +21,10 @@ from hypothesis import strategies as st
 from models import ops
 from torch.utils._pytree import tree_flatten
 
-from stitch.codegen import OpMatcher, generate_execution_code, split_graph
+from stitch.codegen import OpMatcher, generate_execution_code, lower_execution, split_graph
+from stitch.codegen.emit import BLACK_MODE, render_module_with_black
+from stitch.codegen.layout import Layout, _with_black
+from stitch.codegen.values import render_float, render_string
 from stitch.runtime import compile_execution_fn
 
 FULL, COLUMN = (4, 5), (4, 1)  # every value broadcasts against every other
@@ -150,6 +161,10 @@ def test_emitted_function_matches_split_and_original(
     split_gm, items = split_graph(gm, splitting)
     code, names, consts = generate_execution_code(split_gm)
     assert generate_execution_code(split_gm)[0] == code
+    # black defines the format: the source is what black makes of the one-line
+    # rendering, and black leaves it as it is.
+    assert code == render_module_with_black(lower_execution(split_gm)[0])
+    assert black.format_str(code, mode=BLACK_MODE) == code
     fn = compile_execution_fn(code, dict(split_gm.named_children()), names, consts)
 
     # Splitting pieces hold the splitting ops (with their getitems and output
@@ -170,3 +185,105 @@ def test_emitted_function_matches_split_and_original(
     )
     _assert_same(expected, split_gm(*[x.clone() for x in inputs]))
     _assert_same(expected, fn(*[x.clone() for x in inputs]))
+
+
+# -- layout: generated statements against black --------------------------------------------
+
+_RESERVED = {"async", "await", "print", "match", "case", "type", "_"}
+
+
+def _is_name(name: str) -> bool:
+    return not (
+        keyword.iskeyword(name) or keyword.issoftkeyword(name) or name in _RESERVED
+    )
+
+
+names = st.text("abcxyz_0123456789", min_size=1, max_size=40).map(lambda t: "v" + t).filter(
+    _is_name
+)
+long_names = st.integers(1, 100).map(lambda n: "n" * n)
+any_name = st.one_of(names, long_names)
+dotted = st.lists(names, min_size=2, max_size=4).map(".".join)
+literals = st.one_of(
+    st.integers(-(2**70), 2**70).map(repr),
+    st.floats(allow_nan=True, allow_infinity=True).map(render_float),
+    st.text(max_size=20).map(render_string),
+    st.binary(max_size=8).map(render_string),
+    st.sampled_from(["None", "True", "False", "..."]),
+    st.integers(0, 200).map(lambda i: f"__vllm_consts__[{i}]"),
+)
+callees = st.one_of(
+    any_name,
+    dotted,
+    st.integers(0, 200).map(lambda i: f"__vllm_submods__[{i}]"),
+    st.integers(0, 200).map(lambda i: f"__vllm_consts__[{i}]"),
+)
+
+
+def _containers(children: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    items = st.lists(children, max_size=6)
+    kwargs = st.lists(st.tuples(names, children), max_size=3)
+    return st.one_of(
+        st.tuples(callees, items, kwargs).map(
+            lambda c: f"{c[0]}({', '.join(c[1] + [f'{k}={v}' for k, v in c[2]])})"
+        ),
+        st.tuples(any_name, children).map(lambda c: f"{c[0]}[{c[1]}]"),
+        st.tuples(
+            st.integers(0, 9).map(lambda i: f"__vllm_consts__[{i}]"), names, items
+        ).map(lambda c: f"{c[0]}.{c[1]}({', '.join(c[2])})"),
+        items.map(lambda i: "(" + (f"{i[0]}," if len(i) == 1 else ", ".join(i)) + ")"),
+        items.map(lambda i: "[" + ", ".join(i) + "]"),
+        st.lists(st.tuples(literals, children), max_size=4).map(
+            lambda kv: "{" + ", ".join(f"{k}: {v}" for k, v in kv) + "}"
+        ),
+    )
+
+
+expressions = st.recursive(st.one_of(any_name, literals), _containers, max_leaves=40)
+calls = st.tuples(callees, st.lists(expressions, max_size=12)).map(
+    lambda c: f"{c[0]}({', '.join(c[1])})"
+)
+plain_arguments = st.one_of(
+    any_name,
+    st.integers(0, 300).map(lambda i: f"__vllm_consts__[{i}]"),
+    st.sampled_from(["0.25", "-1.5", "7", "1e-300", "None"]),
+    st.tuples(names, any_name).map(lambda kv: f"{kv[0]}={kv[1]}"),
+)
+plain_calls = st.tuples(
+    st.lists(names, max_size=6), callees, st.lists(plain_arguments, min_size=2, max_size=40)
+).map(lambda c: (f"{', '.join(c[0])} = " if c[0] else "") + f"{c[1]}({', '.join(c[2])})")
+statements = st.one_of(
+    plain_calls,
+    st.tuples(st.lists(st.one_of(any_name, st.just("_")), min_size=1, max_size=8), calls).map(
+        lambda c: f"{', '.join(c[0])} = {c[1]}" if c[0] != ["_"] else f"x = {c[1]}"
+    ),
+    st.tuples(any_name, expressions).map(lambda c: f"{c[0]} = {c[1]}"),
+    calls,
+    st.lists(any_name, min_size=1, max_size=12).map(lambda n: "del " + ", ".join(n)),
+    expressions.map(lambda e: f"return {e}"),
+    st.lists(any_name, max_size=12, unique=True).map(
+        lambda p: f"def {'f' * 30}({', '.join([*p, '*', '__vllm_submods__'])}):"
+    ),
+    st.tuples(st.integers(1, 90), st.integers(0, 500), st.booleans()).map(
+        lambda c: f"def {'f' * c[0]}("
+        + ", ".join([f"p{i}" for i in range(c[1])] + (["*", "kw"] if c[2] else []))
+        + "):"
+    ),
+)
+
+_SHARED = Layout()  # splits of earlier examples are reused for later ones
+
+
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(statement=statements, depth=st.sampled_from([0, 1]))
+def test_layout_splits_statements_as_black_does(statement: str, depth: int) -> None:
+    if statement.startswith("def "):
+        depth = 0
+    expected = _with_black(statement, depth)
+    assert Layout()(statement, depth) == expected
+    assert _SHARED(statement, depth) == expected

@@ -1,15 +1,18 @@
-# Stitching source emitted by stitch.codegen (format 1).
+# Stitching source emitted by stitch.codegen (format 2).
 # pieces: 1 (0 called through __vllm_submods__, 1 inlined); constants: 2
 # graph: sha256:7f19c495ae59f485
 import torch
+
+aten_empty_like = torch.ops.aten.empty_like.default
+stitch_attention = torch.ops.stitch.attention.default
 
 
 def __vllm_inlined_submods__0(
     arg0_1, arg1_1, arg2_1, _tensor_constant0, _tensor_constant1, arg3_1
 ):
     """Inlined piece submod_0."""
-    empty_like = torch.ops.aten.empty_like.default(arg0_1, pin_memory=False)
-    torch.ops.stitch.attention.default(
+    empty_like = aten_empty_like(arg0_1, pin_memory=False)
+    stitch_attention(
         arg0_1,
         arg1_1,
         arg2_1,
@@ -19,7 +22,6 @@ def __vllm_inlined_submods__0(
         empty_like,
         0.35355339059327373,
     )
-    del arg0_1, arg1_1, arg2_1, _tensor_constant0, _tensor_constant1, arg3_1
     return empty_like
 
 
@@ -27,5 +29,4 @@ def execution_fn(arg0_1, arg1_1, arg2_1, arg3_1, *, __vllm_submods__):
     submod_0 = __vllm_inlined_submods__0(
         arg0_1, arg1_1, arg2_1, __vllm_consts__[0], __vllm_consts__[1], arg3_1
     )
-    del arg0_1, arg1_1, arg2_1, arg3_1
     return submod_0

@@ -1,25 +1,24 @@
-# Stitching source emitted by stitch.codegen (format 1).
+# Stitching source emitted by stitch.codegen (format 2).
 # pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 0
 # graph: sha256:3a2c5949f05239c5
 import torch
 
+stitchtest_scale = torch.ops.stitchtest.scale
+stitchtest_add_into = torch.ops.stitchtest.add_into
+
 
 def __vllm_inlined_submods__1(sub):
     """Inlined piece submod_1."""
-    scale = torch.ops.stitchtest.scale(sub, 2.0)
-    del sub
-    scale_1 = torch.ops.stitchtest.scale(scale, 3.0, tag="second")
+    scale = stitchtest_scale(sub, 2.0)
+    scale_1 = stitchtest_scale(scale, 3.0, tag="second")
     empty_like = torch.empty_like(scale_1)
-    torch.ops.stitchtest.add_into(scale, scale_1, empty_like)
-    del scale, scale_1
+    stitchtest_add_into(scale, scale_1, empty_like)
     return empty_like
 
 
 def execution_fn(x, y, *, __vllm_submods__):
     submod_0 = __vllm_submods__[0](x, y)
-    del x
     submod_1 = __vllm_inlined_submods__1(submod_0)
     del submod_0
     submod_2 = __vllm_submods__[1](submod_1, y)
-    del y, submod_1
     return submod_2

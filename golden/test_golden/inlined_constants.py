@@ -1,18 +1,22 @@
-# Stitching source emitted by stitch.codegen (format 1).
+# Stitching source emitted by stitch.codegen (format 2).
 # pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 1
 # graph: sha256:c8987e9b1d91596e
 import torch
 
+stitchtest_encode = torch.ops.stitchtest.encode
+stitchtest_pair = torch.ops.stitchtest.pair
+stitchtest_weighted_sum = torch.ops.stitchtest.weighted_sum
+
 
 def __vllm_inlined_submods__1(mul, table):
     """Inlined piece submod_1."""
-    encode = torch.ops.stitchtest.encode(
+    encode = stitchtest_encode(
         mul,
         [float("nan"), float("inf"), float("-inf"), -0.0, 0.0, 1e-300, 2.5],
         True,
         'it\'s "quoted"\n',
     )
-    pair = torch.ops.stitchtest.pair(encode)
+    pair = stitchtest_pair(encode)
     del encode
     getitem = pair[0]
     getitem_1 = getitem[(..., slice(None, None, 2))]
@@ -21,23 +25,15 @@ def __vllm_inlined_submods__1(mul, table):
     del pair
     getitem_3 = getitem_2[(slice(1, None, None), None)]
     del getitem_2
-    weighted_sum = torch.ops.stitchtest.weighted_sum([table, mul], [-0.25, 1.0])
-    del mul, table
+    weighted_sum = stitchtest_weighted_sum([table, mul], [-0.25, 1.0])
     return (getitem_1, getitem_3, weighted_sum)
 
 
 def execution_fn(x, *, __vllm_submods__):
     submod_0 = __vllm_submods__[0](x)
-    del x
-    submod_1 = __vllm_inlined_submods__1(submod_0, __vllm_consts__[0])
+    getitem_1, getitem_3, weighted_sum = __vllm_inlined_submods__1(
+        submod_0, __vllm_consts__[0]
+    )
     del submod_0
-    getitem_1 = submod_1[0]
-    getitem_3 = submod_1[1]
-    weighted_sum = submod_1[2]
-    del submod_1
-    submod_2 = __vllm_submods__[1](getitem_1, getitem_3)
-    del getitem_1, getitem_3
-    add = submod_2[0]
-    mul_1 = submod_2[1]
-    del submod_2
+    add, mul_1 = __vllm_submods__[1](getitem_1, getitem_3)
     return (add, mul_1, weighted_sum)

@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 1).
+# Stitching source emitted by stitch.codegen (format 2).
 # pieces: 1 (1 called through __vllm_submods__, 0 inlined); constants: 0
 # graph: sha256:b1c123df4b6774d1
 
@@ -6,5 +6,4 @@
 def execution_fn(x, *, __vllm_submods__):
     # fc1 .. norm
     submod_0 = __vllm_submods__[0](x)
-    del x
     return submod_0

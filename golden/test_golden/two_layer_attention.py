@@ -1,48 +1,14 @@
-# Stitching source emitted by stitch.codegen (format 1).
+# Stitching source emitted by stitch.codegen (format 2).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 20
 # graph: sha256:e792efe169eddc5e
 import torch
 
-
-def __vllm_inlined_submods__1(
-    cat, cat_1, view_2, _tensor_constant1, _tensor_constant2, arg1_1, empty_like
-):
-    """Inlined piece submod_1 (layers.0.self_attn)."""
-    torch.ops.stitch.attention.default(
-        cat,
-        cat_1,
-        view_2,
-        _tensor_constant1,
-        _tensor_constant2,
-        arg1_1,
-        empty_like,
-        0.25,
-    )
-    del cat, cat_1, view_2, _tensor_constant1, _tensor_constant2, arg1_1, empty_like
-    return ()
-
-
-def __vllm_inlined_submods__3(
-    cat_2, cat_3, view_6, _tensor_constant4, _tensor_constant5, arg1_1, empty_like_1
-):
-    """Inlined piece submod_3 (layers.1.self_attn)."""
-    torch.ops.stitch.attention.default(
-        cat_2,
-        cat_3,
-        view_6,
-        _tensor_constant4,
-        _tensor_constant5,
-        arg1_1,
-        empty_like_1,
-        0.25,
-    )
-    del cat_2, cat_3, view_6, _tensor_constant4, _tensor_constant5, arg1_1, empty_like_1
-    return ()
+stitch_attention = torch.ops.stitch.attention.default
 
 
 def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
     # embed_tokens .. layers.0.self_attn
-    submod_0 = __vllm_submods__[0](
+    cat, cat_1, view_2, empty_like, embedding = __vllm_submods__[0](
         __vllm_consts__[0],
         arg0_1,
         __vllm_consts__[1],
@@ -51,20 +17,20 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
         __vllm_consts__[3],
         __vllm_consts__[3],
     )
-    del arg0_1
-    cat = submod_0[0]
-    cat_1 = submod_0[1]
-    view_2 = submod_0[2]
-    empty_like = submod_0[3]
-    embedding = submod_0[4]
-    del submod_0
     # layers.0.self_attn
-    __vllm_inlined_submods__1(
-        cat, cat_1, view_2, __vllm_consts__[4], __vllm_consts__[5], arg1_1, empty_like
+    stitch_attention(
+        cat,
+        cat_1,
+        view_2,
+        __vllm_consts__[4],
+        __vllm_consts__[5],
+        arg1_1,
+        empty_like,
+        0.25,
     )
     del cat, cat_1, view_2
     # layers.0.self_attn .. layers.1.self_attn
-    submod_2 = __vllm_submods__[1](
+    cat_2, cat_3, view_6, empty_like_1, add_5 = __vllm_submods__[1](
         empty_like,
         __vllm_consts__[6],
         embedding,
@@ -78,14 +44,8 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
         __vllm_consts__[12],
     )
     del empty_like, embedding
-    cat_2 = submod_2[0]
-    cat_3 = submod_2[1]
-    view_6 = submod_2[2]
-    empty_like_1 = submod_2[3]
-    add_5 = submod_2[4]
-    del submod_2
     # layers.1.self_attn
-    __vllm_inlined_submods__3(
+    stitch_attention(
         cat_2,
         cat_3,
         view_6,
@@ -93,8 +53,9 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
         __vllm_consts__[14],
         arg1_1,
         empty_like_1,
+        0.25,
     )
-    del arg1_1, cat_2, cat_3, view_6
+    del cat_2, cat_3, view_6
     # layers.1.self_attn .. norm
     submod_4 = __vllm_submods__[2](
         empty_like_1,
@@ -105,5 +66,4 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
         __vllm_consts__[18],
         __vllm_consts__[19],
     )
-    del empty_like_1, add_5
     return submod_4

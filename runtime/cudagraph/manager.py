@@ -177,16 +177,19 @@ class CUDAGraphManager:
         submod_names: Sequence[str],
         consts: Sequence[Any],
         size: RuntimeSize | None,
+        filename: str | None = None,
     ) -> Callable[..., Any]:
         """The execution function with padding and CUDA graphs for one compilation.
 
         ``graph`` is the graph the backend was given, ``split_gm`` its split
         form with the compiled pieces bound, ``example_inputs`` its (fake) inputs
         and ``size`` the runtime size (None when the pieces do not all dispatch on
-        one graph input).
+        one graph input); ``filename`` the file holding ``code``, if any.
         """
         config = self.config
-        plain = compile_execution_fn(code, backends, submod_names, consts)
+        plain = compile_execution_fn(
+            code, backends, submod_names, consts, filename=filename
+        )
         sizes = sorted(config.cudagraph_capture_sizes or ())
         if not sizes:
             return plain
@@ -214,7 +217,7 @@ class CUDAGraphManager:
                     last=submod_names.index(order[-1]) if order else -1,
                 )
                 piecewise = compile_execution_fn(
-                    code, backends, submod_names, consts, dispatch=tables
+                    code, backends, submod_names, consts, dispatch=tables, filename=filename
                 )
             else:
                 piecewise, above_max = vllm_style_forward(

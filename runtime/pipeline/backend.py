@@ -30,6 +30,7 @@ from ..cudagraph import CUDAGraphManager
 from ..loader import compile_execution_fn
 from ..progress import progress_bar
 from ..store.cache import CompileCache
+from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, write_debug_dump
 from ..store.index import EntryRecord
 from ..targets import Target
@@ -186,6 +187,17 @@ class Compilation:
         )
         if cache is not None:
             cache.save_source(code, submod_names, dispatch_on)
+        dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
+        if dump:
+            write_debug_dump(dump, split_gm, code, reports)
+        # NOTE: [emitted source runs from a real file]
+        # Tracebacks (Python 3.11's default hook reads the file), pdb and
+        # profilers show the emitted lines when the code is compiled under the
+        # file that holds it: the cache's, else the debug dump's, else a private
+        # temporary file the loader writes.
+        source_file = cache.source_path() if cache is not None else None
+        if source_file is None and dump:
+            source_file = os.path.join(dump, DUMP_SOURCE_FILE)
         _trace_source(code)
         if self.cudagraphs is not None and self.cudagraphs.applies_to(fake_inputs):
             fn = self.cudagraphs.wrap(
@@ -197,16 +209,16 @@ class Compilation:
                 submod_names=submod_names,
                 consts=consts,
                 size=self.size if size_on is not None else None,
+                filename=source_file,
             )
         else:
-            fn = compile_execution_fn(code, backends, submod_names, consts)
+            fn = compile_execution_fn(
+                code, backends, submod_names, consts, filename=source_file
+            )
 
         # Twins report "shared": they run what their first instance loaded.
         warm = warm_source and all(r.cache in ("hit", "shared") for r in reports if not r.splitting)
         seconds = time.perf_counter() - start
-        dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
-        if dump:
-            write_debug_dump(dump, split_gm, code, reports)
         log.info(
             "stitch: %d pieces (%d compiled), %s start in %.2fs%s",
             len(items),

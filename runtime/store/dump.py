@@ -9,6 +9,10 @@ import torch.fx as fx
 
 from .files import atomic_write
 
+# The emitted stitching source in the dump (the file its code runs from when
+# there is no cache).
+SOURCE_FILE = "execution_fn.py"
+
 
 @dataclasses.dataclass(frozen=True)
 class PieceReport:
@@ -43,5 +47,5 @@ def write_debug_dump(
     os.makedirs(directory, exist_ok=True)
     graph_text = split_gm.print_readable(print_output=False)
     atomic_write(os.path.join(directory, "computation_graph.py"), graph_text.encode())
-    atomic_write(os.path.join(directory, "execution_fn.py"), code.encode())
+    atomic_write(os.path.join(directory, SOURCE_FILE), code.encode())
     atomic_write(os.path.join(directory, "index.md"), index_markdown(reports).encode())

@@ -1,0 +1,135 @@
+"""How long emitting the stitching source takes.
+
+Run: ``python bench/codegen_speed.py [--layers 8 32 80] [--repeats N]``.
+
+The graph is the decoder-shaped graph of ``bench/stitching_overhead.py`` (L
+layers, 2L+1 pieces, 5 weight placeholders per layer), split at its attention
+op.  Two ways to get the same source are timed side by side, alternating:
+
+``generate``   ``generate_execution_code(split_gm)``: lowering, templates, and
+               each long statement laid out as black would (codegen/layout.py).
+``via black``  the old path: the same lowering, the templates with every
+               statement on one line, then ``black.format_str`` over the whole
+               module.
+
+Before timing, both are checked to give the same text, a fixed point of black.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import black
+import torch
+
+from stitch.codegen import generate_execution_code, lower_execution, split_graph
+from stitch.codegen.emit import BLACK_MODE, render_module_with_black
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import stitching_overhead  # noqa: E402  (the graph builder, next to this file)
+
+CLOCKS: dict[str, Callable[[], float]] = {
+    "perf_counter": time.perf_counter,
+    # CPU time of this thread: steadier on a machine other processes keep busy.
+    "thread_time": time.thread_time,
+}
+
+
+def old_path(split_gm: object) -> str:
+    context, _, _ = lower_execution(split_gm)  # type: ignore[arg-type]
+    return render_module_with_black(context)
+
+
+def new_path(split_gm: object) -> str:
+    return generate_execution_code(split_gm)[0]  # type: ignore[arg-type]
+
+
+def measure(
+    split_gm: object, repeats: int, clock: Callable[[], float]
+) -> dict[str, float]:
+    """Median milliseconds of each path, the paths run in alternation."""
+    samples: dict[str, list[float]] = {"generate": [], "via black": []}
+    paths = {"generate": new_path, "via black": old_path}
+    for _ in range(repeats):
+        for name, fn in paths.items():
+            start = clock()
+            fn(split_gm)
+            samples[name].append((clock() - start) * 1000)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="codegen_speed",
+        description="Milliseconds to emit the stitching source: generate_execution_code "
+        "against lowering + black.format_str over the whole module.",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=[8, 32, 80],
+        metavar="L",
+        help="layer counts (default: 8 32 80)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=11,
+        metavar="N",
+        help="timed runs of each path; the median is reported (default: 11)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=sorted(CLOCKS),
+        default="perf_counter",
+        help="perf_counter: wall time (default); thread_time: CPU time of the thread",
+    )
+    args = parser.parse_args(argv)
+    if any(n < 1 for n in args.layers):
+        parser.error("--layers values must be >= 1")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    lib = stitching_overhead.register_attention_op()  # noqa: F841 - keeps the op
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, black "
+        f"{black.__version__}, {platform.machine()}; {args.clock} clock, median of "
+        f"{args.repeats}; milliseconds"
+    )
+    header = (
+        f"{'layers':>6} {'pieces':>6} {'lines':>6} {'generate':>10} "
+        f"{'via black':>10} {'speedup':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for layers in args.layers:
+        gm = stitching_overhead.build_graph(layers)
+        split_gm, items = split_graph(gm, [stitching_overhead.OP_NAME])
+        code = new_path(split_gm)
+        if (
+            code != old_path(split_gm)
+            or black.format_str(code, mode=BLACK_MODE) != code
+        ):
+            raise RuntimeError(f"{layers} layers: the two paths emit different text")
+        ms = measure(split_gm, args.repeats, CLOCKS[args.clock])
+        print(
+            f"{layers:>6} {len(items):>6} {code.count(chr(10)):>6} "
+            f"{ms['generate']:>10.1f} {ms['via black']:>10.1f} "
+            f"{ms['via black'] / ms['generate']:>7.0f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Questions about the pieces of a split graph: which run inline, what they return,
+which module they cover."""
+
+from __future__ import annotations
+
+import operator
+import re
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from .errors import StitchCodegenError
+from .split import IS_SPLITTING_META
+
+
+def is_inlined_piece(module: Any) -> bool:
+    """Whether a piece runs inline in the emitted source (see NOTE below)."""
+    # NOTE: [which pieces are inlined]
+    # The splitting pieces run eagerly, so their few ops are cheaper as plain
+    # Python in the emitted module than as a GraphModule call.  A non-splitting
+    # piece stays a call through __vllm_submods__ so the runtime can bind the
+    # compiled (or CUDA-graph) runnable to it; split_graph marks which is which.
+    return isinstance(module, fx.GraphModule) and module.meta.get(
+        IS_SPLITTING_META, True
+    )
+
+
+def single_call(module: fx.GraphModule) -> fx.Node | None:
+    """The op call of a piece that is one op call and returns its result or nothing.
+
+    Such a piece is written at its call site instead of as a function.
+    """
+    calls = [
+        n
+        for n in module.graph.nodes
+        if n.op not in ("placeholder", "get_attr", "output")
+    ]
+    if len(calls) != 1:
+        return None
+    (op,) = calls
+    if op.op not in ("call_function", "call_method") or op.target is operator.getitem:
+        return None
+    output = next(n for n in reversed(module.graph.nodes) if n.op == "output")
+    value = output.args[0] if output.args else None
+    if value is op or value is None or (type(value) in (tuple, list) and not value):
+        return op
+    return None
+
+
+def fetch_attr(gm: torch.nn.Module, target: Any, node: fx.Node) -> Any:
+    if not isinstance(target, str):
+        raise StitchCodegenError(f"target {target!r} is not an attribute path", node)
+    obj: Any = gm
+    for part in target.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise StitchCodegenError(
+                f"attribute {target!r} does not exist on the graph module", node
+            ) from None
+    return obj
+
+
+_PATH_ROOT = re.compile(r"^L\['[^']*'\]\.?|^self\.?")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]|[\"\\]")
+
+
+def normalize_module_path(path: str) -> str:
+    """``L['self'].layers[3].self_attn`` -> ``layers.3.self_attn``."""
+    path = _PATH_ROOT.sub("", path)
+    path = re.sub(r"\._modules\['([^']*)'\]", r".\1", path)
+    path = re.sub(r"\['([^']*)'\]", r".\1", path)
+    path = re.sub(r"\[(\d+)\]", r".\1", path)
+    # The path is written into comments and docstrings: one printable line.
+    return _UNPRINTABLE.sub("?", path.strip("."))
+
+
+def module_path_of(gm: fx.GraphModule) -> str:
+    """The original module path a piece covers, from ``nn_module_stack`` metadata."""
+    paths: list[str] = []
+    for n in gm.graph.nodes:
+        if n.op not in ("call_function", "call_method", "call_module"):
+            continue
+        stack = n.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        last = list(stack.values())[-1]
+        raw = last[0] if isinstance(last, tuple) else str(last)
+        path = normalize_module_path(str(raw))
+        if path and path not in paths:
+            paths.append(path)
+    if not paths:
+        return ""
+    if len(paths) == 1:
+        return paths[0]
+    split = [p.split(".") for p in paths]
+    common: list[str] = []
+    for parts in zip(*split):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    prefix = ".".join(common)
+    if prefix in paths:
+        return prefix
+    return f"{paths[0]} .. {paths[-1]}"
