@@ -34,7 +34,7 @@ from backend_support import (
     stitch_warnings,
 )
 
-from stitch.runtime import CompilationConfig, compilation_counter, source_filename
+from stitch.runtime import CompilationConfig, compilation_counter
 from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.pipeline.piecewise import Target
 
@@ -297,9 +297,19 @@ def test_debug_dump_shows_what_runs(
     ]
     code = (dump / "execution_fn.py").read_text()
     assert code == result.code
-    # The function Dynamo runs was compiled from exactly this text: its file name
-    # is the text's content hash.
-    assert be.fns[0].__code__.co_filename == source_filename(code)
+    # The function Dynamo runs was compiled from the cache's copy of this text
+    # (tracebacks read it there); without a cache, from the dump's.
+    assert be.fns[0].__code__.co_filename == os.path.join(
+        result.cache_dir, "execution_fn.py"
+    )
+    assert Path(be.fns[0].__code__.co_filename).read_text() == code
+    no_cache = small_config(
+        tmp_path / "cache", "eager", debug_dump_path=str(dump), disable_cache=True
+    )
+    model2 = model_for(TINY)
+    be2, fn2 = compile_model(model2, no_cache)
+    assert_matches("eager", *eager_and_compiled(model2, fn2, TINY, 8))
+    assert be2.fns[0].__code__.co_filename == str(dump / "execution_fn.py")
 
     graph = (dump / "computation_graph.py").read_text()
     ast.parse(graph)

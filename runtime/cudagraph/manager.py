@@ -217,7 +217,12 @@ class CUDAGraphManager:
                     last=submod_names.index(order[-1]) if order else -1,
                 )
                 piecewise = compile_execution_fn(
-                    code, backends, submod_names, consts, dispatch=tables, filename=filename
+                    code,
+                    backends,
+                    submod_names,
+                    consts,
+                    dispatch=tables,
+                    filename=filename,
                 )
             else:
                 piecewise, above_max = vllm_style_forward(

@@ -84,7 +84,9 @@ class StitchBackend:
         )
 
 
-def stitch_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
+def stitch_backend(
+    gm: fx.GraphModule, example_inputs: Sequence[Any]
+) -> Callable[..., Any]:
     """The ``backend="stitch"`` entry point: a default :class:`CompilationConfig`."""
     return StitchBackend()(gm, example_inputs)
 
@@ -150,7 +152,9 @@ class Compilation:
                 piece_args_memo["all"] = piece_inputs(split_gm, fake_inputs)
             args = piece_args_memo["all"].get(name)
             if args is None:
-                raise StitchRuntimeError(f"piece {name} is never called by the split graph")
+                raise StitchRuntimeError(
+                    f"piece {name} is never called by the split graph"
+                )
             return args
 
         backends: dict[str, PiecewiseBackend] = {}
@@ -217,7 +221,9 @@ class Compilation:
             )
 
         # Twins report "shared": they run what their first instance loaded.
-        warm = warm_source and all(r.cache in ("hit", "shared") for r in reports if not r.splitting)
+        warm = warm_source and all(
+            r.cache in ("hit", "shared") for r in reports if not r.splitting
+        )
         seconds = time.perf_counter() - start
         log.info(
             "stitch: %d pieces (%d compiled), %s start in %.2fs%s",
@@ -229,8 +235,14 @@ class Compilation:
         )
         sink.append(
             CompiledModel(
-                split_gm, code, submod_names, backends, reports,
-                cache.directory if cache and cache.holds_source() else None, warm, seconds,
+                split_gm,
+                code,
+                submod_names,
+                backends,
+                reports,
+                cache.directory if cache and cache.holds_source() else None,
+                warm,
+                seconds,
             )
         )
         return fn
@@ -293,7 +305,12 @@ class Compilation:
         if cache is not None:
             cache.record_piece(name, module_path, plan.size_argument, entries)
         report = PieceReport(
-            name, False, module_path, [t.describe() for t in plan.targets], seconds, state
+            name,
+            False,
+            module_path,
+            [t.describe() for t in plan.targets],
+            seconds,
+            state,
         )
         return backend, report
 
@@ -316,7 +333,9 @@ class Compilation:
             size_argument, targets, keys = recorded
             return PiecePlan(name, size_argument, tuple(targets), tuple(keys))
         args = piece_args(name)
-        size_argument = self.size.piece_argument(args) if self.size is not None else None
+        size_argument = (
+            self.size.piece_argument(args) if self.size is not None else None
+        )
         return plan_piece(name, graph, args, size_argument, self.config, self.key_salt)
 
     def _runnable(
@@ -347,7 +366,9 @@ class Compilation:
             compilation_counter.num_cache_misses += 1
         example = self._example_inputs(name, piece_args(name), target)
         try:
-            runnable, handle = self.adapter.compile(graph, example, static=target.static)
+            runnable, handle = self.adapter.compile(
+                graph, example, static=target.static
+            )
         except StitchRuntimeError as exc:
             raise StitchRuntimeError(
                 f"piece {name} ({target.describe()}): {exc}"
@@ -358,7 +379,11 @@ class Compilation:
         if cache is not None and self.adapter.saves_artifacts:
             exact = isinstance(key_choice, StringKeys) and key == key_choice.exact
             entry = cache.save_artifact(
-                name, graph, target, key, size_argument,
+                name,
+                graph,
+                target,
+                key,
+                size_argument,
                 unwrap=bool(handle[1]),
                 strings=tuple(key_choice.strings) if exact else None,
                 save=lambda path: self.adapter.save(handle, path),
