@@ -43,6 +43,7 @@ from ..store.index import (
 from ..targets import Target
 from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
 from .fakes import backend_fake_inputs
+from .layouts import LayoutChecks, eager_fed_layouts, guard_layouts
 from .piecewise import PiecewiseBackend, RangeWarnings, concretize
 from .plan import KeyChoice, PiecePlan, StringKeys, piece_inputs, plan_piece
 from .scalars import specialize_lifted_floats
@@ -126,6 +127,7 @@ class Compilation:
         # compile key -> runnable, shared by twins within this call
         self.memo: dict[str, Any] = {}
         self.range_warnings = RangeWarnings()
+        self.layout_checks: LayoutChecks = {}
         # normalized key -> whether the compiled code is free of the piece's strings
         self.string_free: dict[str, bool] = {}
         self.loaded: dict[str, Any] = {}
@@ -155,6 +157,10 @@ class Compilation:
         split_gm, items = split_graph(self.gm, matcher)
         compilation_counter.num_piecewise_graphs_seen += len(items)
         compiled_items = [it for it in items if not it.is_splitting_graph]
+        # NOTE: [eager outputs are restrided for compiled pieces] (layouts.py)
+        self.layout_checks = eager_fed_layouts(
+            split_gm, {it.submod_name for it in items if it.is_splitting_graph}
+        )
         compilation_counter.num_piecewise_capturable_graphs_seen += len(compiled_items)
         # NOTE: [warm start skips fake propagation]
         # Each piece's example inputs come from running the split graph over fake
@@ -276,7 +282,7 @@ class Compilation:
             runnable, entry, outcome = self._runnable(
                 name, graph, piece_args, target, key, cache, old_entries.get(target.key())
             )
-            runnables[target] = runnable
+            runnables[target] = guard_layouts(runnable, self.layout_checks.get(name, ()))
             entries.append(entry)
             outcomes.append(outcome)
         seconds = time.perf_counter() - piece_start
