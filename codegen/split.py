@@ -5,21 +5,15 @@ from __future__ import annotations
 import dataclasses
 import operator
 import re
-from collections.abc import Iterable, Sequence
-from typing import Any, Union
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.fx as fx
 from torch.fx.passes.split_module import split_module
 
 from .errors import StitchCodegenError
-
-SplittingOp = Union[str, torch._ops.OpOverload, torch._ops.OpOverloadPacket]
-
-_OP_NAME = re.compile(
-    r"^(?P<ns>[A-Za-z_][A-Za-z0-9_]*)::(?P<op>[A-Za-z_][A-Za-z0-9_]*)"
-    r"(?:\.(?P<overload>[A-Za-z_][A-Za-z0-9_]*))?$"
-)
+from .matching import OpMatcher, SplittingOp
 
 # Key under which split_graph records on each piece whether it is a splitting piece.
 IS_SPLITTING_META = "stitch_is_splitting_graph"
@@ -33,74 +27,27 @@ class SplitItem:
     graph: fx.GraphModule
 
 
-@dataclasses.dataclass(frozen=True)
-class OpMatcher:
-    """Which op targets count as splitting ops.
-
-    ``ops`` holds ``ns::op`` names that match every overload; ``overloads`` holds
-    ``(ns::op, overload)`` pairs that match one.
-    """
-
-    ops: frozenset[str]
-    overloads: frozenset[tuple[str, str]]
-
-    @classmethod
-    def parse(cls, splitting_ops: Iterable[SplittingOp] | None) -> OpMatcher:
-        ops: set[str] = set()
-        overloads: set[tuple[str, str]] = set()
-        for entry in splitting_ops or ():
-            if isinstance(entry, torch._ops.OpOverload):
-                overloads.add((entry._schema.name, entry._overloadname))
-            elif isinstance(entry, torch._ops.OpOverloadPacket):
-                ops.add(entry._qualified_op_name)
-            elif isinstance(entry, str):
-                m = _OP_NAME.match(entry)
-                if m is None:
-                    raise ValueError(
-                        f"splitting op {entry!r} is not of the form 'ns::op' or "
-                        "'ns::op.overload'"
-                    )
-                name = f"{m.group('ns')}::{m.group('op')}"
-                if m.group("overload") is None:
-                    ops.add(name)
-                else:
-                    overloads.add((name, m.group("overload")))
-            else:
-                raise ValueError(
-                    f"splitting op {entry!r} (type {type(entry).__name__}) must be a "
-                    "string 'ns::op[.overload]', an OpOverload or an OpOverloadPacket"
-                )
-        return cls(frozenset(ops), frozenset(overloads))
-
-    def matches(self, node: fx.Node) -> bool:
-        if node.op != "call_function":
-            return False
-        target = node.target
-        if isinstance(target, torch._ops.OpOverload):
-            name = target._schema.name
-            return name in self.ops or (name, target._overloadname) in self.overloads
-        if isinstance(target, torch._ops.OpOverloadPacket):
-            # A packet resolves its overload at run time: any entry for the op counts.
-            name = target._qualified_op_name
-            return name in self.ops or any(n == name for n, _ in self.overloads)
-        return False
-
-
 def split_graph(
-    gm: fx.GraphModule, splitting_ops: Sequence[SplittingOp] | None
+    gm: fx.GraphModule, splitting_ops: Sequence[SplittingOp] | OpMatcher | None
 ) -> tuple[fx.GraphModule, list[SplitItem]]:
     """Split ``gm`` at ``splitting_ops``.
 
     Returns the split GraphModule (one ``call_module`` per piece, in original node
     order) and its pieces sorted by integer graph id.  ``gm`` itself is changed only
-    by the ``size()`` decomposition, which keeps its meaning.
+    by the ``size()`` decomposition and by giving each user of a scalar node its
+    own copy of it, next to the user; both keep its meaning.
     """
     if not isinstance(gm, fx.GraphModule):
         raise StitchCodegenError(
             f"split_graph needs a torch.fx.GraphModule, got {type(gm).__name__}"
         )
-    matcher = OpMatcher.parse(splitting_ops)
+    matcher = (
+        splitting_ops
+        if isinstance(splitting_ops, OpMatcher)
+        else OpMatcher.parse(splitting_ops)
+    )
     _decompose_size_nodes(gm)
+    _place_scalars_with_users(gm, matcher)
 
     assignment, splitting_ids = _assign_pieces(gm, matcher)
     split_gm = split_module(
@@ -163,9 +110,15 @@ def _assign_pieces(
     # node order inside and across pieces, which mutation semantics depend on.
     runs: list[tuple[bool, list[fx.Node]]] = []
     run_of: dict[fx.Node, int] = {}
+    scalars: list[tuple[fx.Node, fx.Node | None]] = []  # (scalar, node before it)
+    previous: fx.Node | None = None
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
+        if _is_scalar_node(node, matcher):
+            scalars.append((node, previous))  # goes to its user's piece, below
+            continue
+        previous = node
         # NOTE: [why getitem stays with its producer]
         # Tuples never cross piece boundaries: a getitem of a piece-local tuple
         # belongs to the piece that made the tuple.  A getitem is pure, so moving
@@ -216,8 +169,63 @@ def _assign_pieces(
         group_of_run[p] = len(groups) - 1
 
     assignment = {node: group_of_run[run] for node, run in run_of.items()}
+    # NOTE: [a scalar is computed where it is used]
+    # Inductor returns tensors, SymInts and sympy expressions from a graph, not
+    # floats or bools, plain or symbolic, so a SymFloat made in a compiled piece
+    # (``float(scaling)``, ``x.item()``, ``s0 ** 0.5``) cannot be handed to the
+    # next piece.  Each scalar node has one user, right after it
+    # (_place_scalars_with_users), and goes to its user's piece: what crosses
+    # instead are its inputs (SymInts, tensors).  Walking backwards places a
+    # chain of scalars in one piece.
+    for node, before in reversed(scalars):
+        user = next(iter(node.users), None)
+        if user in assignment:
+            assignment[node] = assignment[user]
+        elif before is not None:  # returned by the graph, or unused: where it is
+            assignment[node] = assignment[before]
+        else:
+            if not groups:
+                groups.append(False)
+            assignment[node] = 0
     splitting_ids = {g for g, splitting in enumerate(groups) if splitting}
     return assignment, splitting_ids
+
+
+def _is_scalar_node(node: fx.Node, matcher: OpMatcher) -> bool:
+    """A pure node whose value is a float or bool, plain or symbolic (not a tensor or int)."""
+    if node.op not in ("call_function", "call_method") or node.is_impure():
+        return False
+    value = node.meta.get("example_value", node.meta.get("val"))
+    if not isinstance(value, (torch.SymFloat, torch.SymBool, float, bool)):
+        return False
+    return not matcher.matches(node)
+
+
+def _place_scalars_with_users(gm: fx.GraphModule, matcher: OpMatcher) -> None:
+    """Give every user of a scalar node its own copy of it, right before the user.
+
+    See the NOTE in _assign_pieces.  split_module orders pieces by where each
+    first appears in the graph; sitting next to its user, a scalar never makes
+    its piece appear before one it depends on.
+    """
+    graph = gm.graph
+    changed = False
+    for node in reversed(list(graph.nodes)):
+        if not node.users or not _is_scalar_node(node, matcher):
+            continue
+        order = {n: i for i, n in enumerate(graph.nodes)}
+        users = sorted(node.users, key=order.__getitem__)
+        for user in users[1:]:
+            with graph.inserting_before(user):
+                copy = graph.node_copy(node)
+            copy.meta = dict(node.meta)
+            user.replace_input_with(node, copy)
+        if users[0].prev is not node:
+            users[0].prepend(node)
+        changed = True
+    if changed:
+        graph.lint()
+        gm.recompile()
 
 
 def _only_allocates(nodes: list[fx.Node]) -> bool:

@@ -9,17 +9,25 @@ import hashlib
 import os
 from typing import Any
 
-import torch
 
 from stitch.codegen.errors import StitchConfigError
-from stitch.codegen.split import OpMatcher
+from stitch.codegen.matching import OpMatcher, entry_label
 
 BACKENDS = ("inductor", "eager")
 
 # NOTE: [default splitting ops are names]
 # Ops are matched by name, so the default needs no op registered: the core
-# never imports the models or kernels that define them.
-DEFAULT_SPLITTING_OPS = ("stitch::attention",)
+# never imports the models or kernels that define them.  The defaults are the
+# attention of each kind of model Stitch knows: the examples' op, the
+# transformers integration's op (attn_implementation="stitch", stitch.runtime.hf)
+# and PyTorch's own SDPA (transformers' default "sdpa" attention; the name also
+# matches the torch function Dynamo keeps for it).  Most models hold only one of
+# them, so a default that matches nothing never warns (splitting.py).
+DEFAULT_SPLITTING_OPS = (
+    "stitch::attention",
+    "stitch::hf_attention",
+    "aten::scaled_dot_product_attention",
+)
 
 
 class CUDAGraphMode(enum.Enum):
@@ -139,7 +147,9 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
             self.splitting_ops = list(DEFAULT_SPLITTING_OPS)
         if not isinstance(self.splitting_ops, (list, tuple)):
             raise _field_error(
-                "splitting_ops", self.splitting_ops, "must be a list of op names/objects"
+                "splitting_ops",
+                self.splitting_ops,
+                "must be a list of op names, ops or callables",
             )
         try:
             OpMatcher.parse(self.splitting_ops)
@@ -307,10 +317,4 @@ def _validate_cudagraph_fields(config: CompilationConfig) -> None:
 
 
 def _op_name(op: Any) -> str:
-    if isinstance(op, str):
-        return op
-    if isinstance(op, torch._ops.OpOverload):
-        return f"{op._schema.name}.{op._overloadname}"
-    if isinstance(op, torch._ops.OpOverloadPacket):
-        return op._qualified_op_name
-    return repr(op)
+    return entry_label(op)

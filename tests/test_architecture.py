@@ -87,10 +87,14 @@ def test_codegen_imports_nothing_from_runtime() -> None:
             assert not bad, f"{module} imports {sorted(bad)}"
 
 
-@pytest.mark.parametrize("outer", ["stitch.runtime.examples", "stitch.runtime.cli"])
-def test_core_imports_neither_examples_nor_cli(outer: str) -> None:
+OUTER = ("stitch.runtime.examples", "stitch.runtime.cli", "stitch.runtime.hf")
+
+
+@pytest.mark.parametrize("outer", OUTER)
+def test_core_imports_neither_examples_nor_cli_nor_hf(outer: str) -> None:
+    # hf needs transformers (an optional extra); the core must run without it.
     for module in MODULES:
-        if module.startswith(("stitch.runtime.examples", "stitch.runtime.cli")):
+        if module.startswith(OUTER):
             continue
         bad = {
             m
@@ -132,7 +136,8 @@ def test_importing_the_runtime_registers_no_example_op() -> None:
         "import sys, torch, stitch.runtime\n"
         "from stitch.runtime import CompilationConfig\n"
         "CompilationConfig()\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith('stitch.runtime.examples'))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(\n"
+        "    ('stitch.runtime.examples', 'stitch.runtime.hf', 'transformers')))\n"
         "print(loaded)\n"
     )
     out = subprocess.run(

@@ -177,10 +177,17 @@ def test_hash_ignores_the_order_values_were_given_in() -> None:
         CompilationConfig(splitting_ops=ops).compute_hash()
         == CompilationConfig(splitting_ops=ops[::-1]).compute_hash()
     )
-    # The default op, given as a name or as the op object: the same split.
+    # An op given as a name or as the op object: the same split.
     packet = torch.ops.stitch.attention
-    assert CompilationConfig(splitting_ops=[packet]).compute_hash() == (
-        CompilationConfig().compute_hash()
+    assert CompilationConfig(splitting_ops=[packet, "aten::mm"]).compute_hash() == (
+        CompilationConfig(splitting_ops=["stitch::attention", "aten::mm"]).compute_hash()
+    )
+    # A callable by object or by dotted name: the same split.
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    assert CompilationConfig(splitting_ops=[sdpa]).compute_hash() == (
+        CompilationConfig(
+            splitting_ops=["torch._C._nn.scaled_dot_product_attention"]
+        ).compute_hash()
     )
 
 

@@ -156,6 +156,10 @@ def run_emit(args: argparse.Namespace) -> int:
 
 # -- stitch run -------------------------------------------------------------------------
 
+# The families of stitch.runtime.hf.models.FAMILIES, listed here so that the
+# help needs no transformers (tests/test_hf.py checks they agree).
+HF_FAMILIES = ("bert", "gemma", "gpt2", "llama", "mistral", "mixtral", "phi3", "qwen2")
+
 
 def _int_list(text: str) -> list[int]:
     try:
@@ -174,23 +178,46 @@ def _add_run(subparsers: Any) -> None:
 
     parser = subparsers.add_parser(
         "run",
-        help="compile a built-in model with Stitch, check it against eager, time it",
+        help="compile a model with Stitch, check it against eager, time it",
         description=(
-            "Compile a built-in llama-like model with torch.compile(backend=Stitch), "
-            "run it at several batch sizes (tokens), check every result against "
-            "eager PyTorch, and print where the emitted stitching source, the "
-            "cache and the debug dump were written, with a short timing table. "
+            "Compile a built-in llama-like model (--example) or a tiny random-weight "
+            "transformers model (--hf FAMILY, needs 'pip install stitch[hf]') with "
+            "torch.compile(backend=Stitch), run it at several sizes, check every "
+            "result against eager PyTorch, and print the pieces, the compile counts, "
+            "where the emitted stitching source, the cache and the debug dump were "
+            "written, and a short timing table. "
             f"Runnable examples: {', '.join(sorted(runnable))}. "
+            f"Families: {', '.join(HF_FAMILIES)}. "
             "A second run with the same cache directory is a warm start."
         ),
     )
-    parser.add_argument(
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument(
         "--example",
         "-e",
-        required=True,
         metavar="NAME",
         choices=sorted(runnable),
         help="built-in example model",
+    )
+    model.add_argument(
+        "--hf",
+        metavar="FAMILY",
+        choices=HF_FAMILIES,
+        help="a tiny transformers model of this family, compiled with dynamic=True "
+        "(--sizes are then sequence lengths of a batch of --batch)",
+    )
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=2,
+        help="--hf: sequences per forward (default: 2)",
+    )
+    parser.add_argument(
+        "--attn",
+        choices=("sdpa", "stitch"),
+        default="sdpa",
+        help="--hf: attn_implementation, transformers' SDPA or Stitch's op "
+        "(both split with the default config; default: sdpa)",
     )
     parser.add_argument(
         "--backend",
@@ -202,7 +229,7 @@ def _add_run(subparsers: Any) -> None:
         "--layers",
         type=int,
         default=None,
-        help="number of decoder layers (default: the example's)",
+        help="number of decoder layers (default: the example's; 2 for --hf)",
     )
     parser.add_argument(
         "--sizes",
@@ -241,6 +268,29 @@ def _add_run(subparsers: Any) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    if args.hf:
+        from .hf_job import run_hf
+
+        if args.compile_sizes or args.split_points:
+            print(
+                f"{PROG} run: error: --compile-sizes and --split-points apply to "
+                "--example only (a transformers model has two dynamic dimensions, "
+                "batch and sequence)",
+                file=sys.stderr,
+            )
+            return 2
+
+        return run_hf(
+            args.hf,
+            lengths=args.sizes,
+            batch=args.batch,
+            layers=args.layers or 2,
+            backend=args.backend,
+            attn_implementation=args.attn,
+            cache_dir=args.cache_dir,
+            dump_dir=args.dump,
+            out=sys.stdout,
+        )
     from .main_job import run_example
 
     return run_example(

@@ -23,6 +23,7 @@ from stitch.codegen import (
     split_graph,
 )
 from stitch.codegen.fingerprint import describe_example
+from stitch.codegen.matching import OpMatcher
 
 from ..config import CompilationConfig
 from ..counter import compilation_counter
@@ -35,9 +36,13 @@ from ..store.dump import PieceReport, write_debug_dump
 from ..store.index import EntryRecord
 from ..targets import Target
 from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
+from .fakes import backend_fake_inputs
+from .layouts import LayoutChecks, eager_fed_layouts, guard_layouts
 from .piecewise import PiecewiseBackend, RangeWarnings, concretize
 from .plan import KeyChoice, PiecePlan, StringKeys, piece_inputs, plan_piece
+from .scalars import specialize_lifted_floats
 from .size import find_size, hoisted_input
+from .splitting import SplittingOpWarnings
 
 log = logging.getLogger("stitch")
 
@@ -73,15 +78,17 @@ class StitchBackend:
         self.compiled: list[CompiledModel] = []
         # Pool, capture switch and start-up capture of every graph compiled here.
         self.cudagraphs = CUDAGraphManager(self.config)
+        # Splitting ops that matched nothing, reported once per backend.
+        self.splitting_warnings = SplittingOpWarnings()
         if self.config.backend == "inductor":
             start_inductor_warmup()
 
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]
     ) -> Callable[..., Any]:
-        return Compilation(self.config, gm, example_inputs, self.cudagraphs).run(
-            self.compiled
-        )
+        return Compilation(
+            self.config, gm, example_inputs, self.cudagraphs, self.splitting_warnings
+        ).run(self.compiled)
 
 
 def stitch_backend(
@@ -100,9 +107,11 @@ class Compilation:
         gm: fx.GraphModule,
         example_inputs: Sequence[Any],
         cudagraphs: CUDAGraphManager | None = None,
+        splitting_warnings: SplittingOpWarnings | None = None,
     ) -> None:
         self.config = config
         self.cudagraphs = cudagraphs
+        self.splitting_warnings = splitting_warnings or SplittingOpWarnings()
         self.gm = gm
         self.example_inputs = list(example_inputs)
         self.adapter: CompilerAdapter = make_adapter(
@@ -114,6 +123,7 @@ class Compilation:
         # compile key -> runnable, shared by twins within this call
         self.memo: dict[str, Any] = {}
         self.range_warnings = RangeWarnings()
+        self.layout_checks: LayoutChecks = {}
         # normalized key -> whether the compiled code is free of the piece's strings
         self.string_free: dict[str, bool] = {}
         self.loaded: dict[str, Any] = {}
@@ -125,18 +135,26 @@ class Compilation:
             # Stitch's own Inductor calls start once the warm-up is done: two
             # threads never import Inductor's modules at the same time here.
             start_inductor_warmup().join()
+        fake_inputs = self._fake_inputs()
+        # NOTE: [lifted floats are specialized up front] (scalars.py)
+        specialize_lifted_floats(fake_inputs)
         compilation_counter.num_graphs_seen += 1
         compilation_counter.num_backend_compilations += 1
-        fake_inputs = self._fake_inputs()
         self.size = find_size(self.gm, fake_inputs)
         graph_key = self._graph_key(fake_inputs)
         cache = None
         if not self.config.disable_cache:
             cache = CompileCache.open(self.config, graph_key, self.config_hash)
 
-        split_gm, items = split_graph(self.gm, self.config.splitting_ops)
+        matcher = OpMatcher.parse(self.config.splitting_ops)
+        self.splitting_warnings.check(self.gm, matcher)
+        split_gm, items = split_graph(self.gm, matcher)
         compilation_counter.num_piecewise_graphs_seen += len(items)
         compiled_items = [it for it in items if not it.is_splitting_graph]
+        # NOTE: [eager outputs are restrided for compiled pieces] (layouts.py)
+        self.layout_checks = eager_fed_layouts(
+            split_gm, {it.submod_name for it in items if it.is_splitting_graph}
+        )
         compilation_counter.num_piecewise_capturable_graphs_seen += len(compiled_items)
         # NOTE: [warm start skips fake propagation]
         # Each piece's example inputs come from running the split graph over fake
@@ -248,23 +266,8 @@ class Compilation:
         return fn
 
     def _fake_inputs(self) -> list[Any]:
-        placeholders = [n for n in self.gm.graph.nodes if n.op == "placeholder"]
-        if len(placeholders) != len(self.example_inputs):
-            raise StitchRuntimeError(
-                f"graph has {len(placeholders)} placeholders but "
-                f"{len(self.example_inputs)} example inputs were given"
-            )
-        fake_mode = torch._guards.detect_fake_mode(self.example_inputs)
-        values = []
-        for node, example in zip(placeholders, self.example_inputs):
-            value = node.meta.get("example_value", node.meta.get("val"))
-            if value is None:
-                if isinstance(example, torch.Tensor) and fake_mode is not None:
-                    value = fake_mode.from_tensor(example)
-                else:
-                    value = example
-            values.append(value)
-        return values
+        # NOTE: [pieces trace in the backend's fake mode] (fakes.py)
+        return backend_fake_inputs(self.gm, self.example_inputs)
 
     def _graph_key(self, fake_inputs: list[Any]) -> str:
         text = graph_hash(self.gm) + "".join(describe_example(v) for v in fake_inputs)
@@ -287,7 +290,7 @@ class Compilation:
             runnable, entry, outcome = self._runnable(
                 name, graph, piece_args, target, key, cache, plan.size_argument
             )
-            runnables[target] = runnable
+            runnables[target] = guard_layouts(runnable, self.layout_checks.get(name, ()))
             entries.append(entry)
             outcomes.append(outcome)
         seconds = time.perf_counter() - piece_start

@@ -105,6 +105,8 @@ class InductorAdapter:
                 options={"config_patches": self.config_patches},
             )
         except Exception as exc:
+            if is_dynamo_restart(exc):
+                raise
             raise StitchRuntimeError(
                 f"Inductor failed to compile a piece ({type(exc).__name__}: {exc})"
             ) from exc
@@ -151,6 +153,21 @@ class InductorAdapter:
             ) from exc
         compilation_counter.num_compiled_artifacts_loaded += 1
         return _tupled(artifact) if unwrap else artifact
+
+
+def is_dynamo_restart(exc: BaseException) -> bool:
+    """Whether ``exc`` asks Dynamo to trace the frame again (not a failure).
+
+    NOTE: [restarts pass through]
+    Inductor's ``tensorify_python_scalars`` pass raises
+    ``TensorifyScalarRestartAnalysis`` when a float that Dynamo lifted to a
+    graph input cannot stay symbolic (it feeds an op that needs a Python
+    float); Dynamo catches it, specializes that float and traces again.  Wrapped
+    in a StitchRuntimeError it would be a hard failure, so it goes through.
+    """
+    from torch._dynamo.exc import RestartAnalysis
+
+    return isinstance(exc, RestartAnalysis)
 
 
 def _tuple_output(gm: fx.GraphModule) -> tuple[fx.GraphModule, bool]:

@@ -8,6 +8,7 @@ split graph (:func:`piece_inputs`) on a cold start, or from the cache index.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -146,6 +147,16 @@ def piece_inputs(
             fake_mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
             for v in fake_inputs
         ]
-    with fake_mode:
+    # NOTE: [fake propagation binds no unbacked symbol]
+    # A piece that reads a tensor made by another piece with .item() gets a
+    # fresh unbacked symbol here, bound to no node of any graph; left pending,
+    # it would fail the next trace in this ShapeEnv (the piece's own compile).
+    shape_env = fake_mode.shape_env
+    ignore = (
+        shape_env.ignore_fresh_unbacked_symbols()
+        if shape_env is not None
+        else contextlib.nullcontext()
+    )
+    with fake_mode, ignore:
         Recorder(split_gm).run(*fake_inputs)
     return recorded

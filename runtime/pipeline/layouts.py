@@ -1,0 +1,120 @@
+"""Tensors that eager pieces hand to compiled pieces, in the layout those were compiled for.
+
+NOTE: [eager outputs are restrided for compiled pieces]
+Inductor compiles a piece for the strides of its example inputs and checks them
+on every call (``assert_size_stride``).  An input made by a splitting piece
+comes from an op run eagerly, and its example from that op's fake kernel; the
+two need not agree.  CPU SDPA is one: with a mask and a query sliced out of a
+fused projection (Phi-3's ``qkv_proj``), the fake output is contiguous
+``[batch, heads, seq, dim]`` while the flash kernel returns the query's
+transposed layout, and the next piece fails at its first call.  Stock
+``torch.compile`` never meets this: Inductor lowers SDPA itself.
+
+So a compiled piece that takes tensors from a splitting piece checks each of
+them against the dense layout its example had (the order of its strides, known
+from the split graph, so a warm start needs no fake propagation) and copies a
+tensor that differs into that layout.  Tensors that already match, the usual
+case and always so for an op that writes into a buffer a compiled piece laid
+out, cost one stride comparison per dimension.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+# piece name -> [(argument index, dims from outermost to innermost in memory)]
+LayoutChecks = dict[str, list[tuple[int, tuple[int, ...]]]]
+
+
+def eager_fed_layouts(split_gm: fx.GraphModule, splitting: set[str]) -> LayoutChecks:
+    """For each compiled piece, its tensor arguments made by splitting pieces and their layout."""
+    checks: LayoutChecks = {}
+    for node in split_gm.graph.nodes:
+        if node.op != "call_module" or node.target in splitting:
+            continue
+        piece = getattr(split_gm, node.target, None)
+        if not isinstance(piece, fx.GraphModule):
+            continue
+        placeholders = [n for n in piece.graph.nodes if n.op == "placeholder"]
+        for index, arg in enumerate(node.args):
+            if index >= len(placeholders) or not _from_splitting(arg, splitting):
+                continue
+            order = dense_order(_example(placeholders[index]))
+            if order is not None:
+                checks.setdefault(node.target, []).append((index, order))
+    return checks
+
+
+def _from_splitting(arg: Any, splitting: set[str]) -> bool:
+    if not isinstance(arg, fx.Node):
+        return False
+    if arg.op == "call_function" and arg.target is operator.getitem:
+        arg = arg.args[0]
+    return isinstance(arg, fx.Node) and arg.op == "call_module" and arg.target in splitting
+
+
+def _example(node: fx.Node) -> Any:
+    return node.meta.get("example_value", node.meta.get("val"))
+
+
+def _hint(value: Any) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, torch.SymInt):
+        hint = value.node.hint
+        return int(hint) if hint is not None else None
+    return None
+
+
+def dense_order(example: Any) -> tuple[int, ...] | None:
+    """The dims of a dense tensor from outermost to innermost in memory (None: not dense)."""
+    if not isinstance(example, torch.Tensor) or example.dim() == 0:
+        return None
+    sizes = [_hint(s) for s in example.shape]
+    strides = [_hint(s) for s in example.stride()]
+    if None in sizes or None in strides:
+        return None  # unbacked: nothing to compare with
+    order = tuple(sorted(range(len(sizes)), key=lambda d: (-strides[d], -d)))
+    expected = 1
+    for d in reversed(order):
+        if sizes[d] != 1 and strides[d] != expected:
+            return None  # overlapping, expanded or sliced: not a dense layout
+        expected *= sizes[d]
+    return order
+
+
+def _in_order(t: torch.Tensor, order: tuple[int, ...]) -> bool:
+    expected = 1
+    for d in reversed(order):
+        size = t.shape[d]
+        if size != 1 and t.stride(d) != expected:
+            return False
+        expected *= size
+    return True
+
+
+def guard_layouts(fn: Callable[..., Any], checks: Sequence[tuple[int, tuple[int, ...]]]) -> Callable[..., Any]:
+    """``fn`` taking the checked arguments in their layouts (``fn`` itself with no checks)."""
+    if not checks:
+        return fn
+    checks = tuple(checks)
+
+    def call(*args: Any) -> Any:
+        for index, order in checks:
+            t = args[index]
+            if not _in_order(t, order):
+                args = args[:index] + (_to_order(t, order),) + args[index + 1 :]
+        return fn(*args)
+
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
+    return call
+
+
+def _to_order(t: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
+    out = torch.empty_permuted(t.shape, order, dtype=t.dtype, device=t.device)
+    return out.copy_(t)

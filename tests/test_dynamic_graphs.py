@@ -1,0 +1,167 @@
+"""What stock ``torch.compile(dynamic=True)`` compiles, Stitch compiles with Inductor pieces.
+
+Graphs with floats Dynamo lifted to inputs (a LayerNorm's ``eps``, read with
+``.item()``), SymFloats computed from sizes that cross a splitting op, a
+``.item()`` of an intermediate tensor, graph breaks (several graphs), and
+``nn.TransformerEncoder``.  transformers models, static KV caches included,
+are in ``test_hf.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from backend_support import INDUCTOR_TOL, counting
+from torch import nn
+
+from stitch.codegen import split_graph
+from stitch.runtime import StitchBackend
+from stitch.runtime.pipeline.fakes import backend_fake_inputs
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dynamo_state() -> Any:
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+class Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(16)  # eps: lifted to a 0-d input under dynamic=True
+        self.qkv = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, n, _ = x.shape
+        # A SymFloat made from a SymInt before the attention, used after it.
+        gain = math.sqrt(n) / 4.0
+        q = self.qkv(self.norm(x)).view(batch, n, 2, 8).transpose(1, 2)
+        a = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        return x + self.out(a.transpose(1, 2).reshape(batch, n, 16)) * gain
+
+
+class Model(nn.Module):
+    """Two blocks with a graph break between them: two graphs for one backend."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([Block(), Block()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks[0](x)
+        torch._dynamo.graph_break()
+        return self.blocks[1](x)
+
+
+class Compiled:
+    def __init__(self) -> None:
+        torch.manual_seed(0)
+        self.model = Model().eval()
+        self.backend = StitchBackend(disable_cache=True)
+        compiled = torch.compile(self.model, backend=self.backend, dynamic=True)
+        self.results: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        with counting() as self.deltas, torch.no_grad():
+            for n in (3, 5, 9):
+                x = torch.randn(2, n, 16)
+                self.results[n] = (self.model(x), compiled(x))
+
+
+@pytest.fixture(scope="module")
+def compiled() -> Compiled:
+    return Compiled()
+
+
+def test_lifted_floats_symfloats_and_graph_breaks_match_eager(compiled: Compiled) -> None:
+    for n, (ref, out) in compiled.results.items():
+        torch.testing.assert_close(out, ref, **INDUCTOR_TOL, msg=f"length {n}")
+    # One graph per side of the break, each split at its attention.
+    assert len(compiled.backend.compiled) == 2
+    for result in compiled.backend.compiled:
+        assert [r.splitting for r in result.reports] == [False, True, False]
+
+
+def test_no_inductor_compile_is_wasted_on_a_restart(compiled: Compiled) -> None:
+    # The lifted eps is specialized before any piece compiles (scalars.py), so
+    # each compiled piece is compiled exactly once.
+    pieces = sum(len(r.backends) for r in compiled.backend.compiled)
+    assert compiled.deltas["num_inductor_compiles"] == pieces == 4
+    assert compiled.deltas["num_backend_compilations"] == 2
+
+
+def test_a_symfloat_is_computed_in_the_piece_that_uses_it() -> None:
+    graphs: list[fx.GraphModule] = []
+
+    def keep(gm: fx.GraphModule, example_inputs: Any) -> Any:
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(Block(), backend=keep, dynamic=True)(torch.randn(2, 3, 16))
+    (gm,) = graphs
+    _, items = split_graph(gm, ["aten::scaled_dot_product_attention"])
+    assert [i.is_splitting_graph for i in items] == [False, True, False]
+    made_in = {}
+    for item in items:
+        for node in item.graph.graph.nodes:
+            value = node.meta.get("example_value")
+            if node.op == "call_function" and isinstance(value, torch.SymFloat):
+                made_in[node.name] = item.graph_id
+            if node.op == "output" and not item.is_splitting_graph:
+                outputs = fx.node.map_arg(node.args, lambda n: n.meta.get("example_value"))
+                flat = torch.utils._pytree.tree_leaves(outputs)
+                assert not any(isinstance(v, (torch.SymFloat, float)) for v in flat)
+    # sqrt(n) / 4 is made from a SymInt before the attention, used after it.
+    assert made_in and set(made_in.values()) == {items[-1].graph_id}
+
+
+def test_item_of_an_intermediate_tensor() -> None:
+    def f(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        scale = (t * 2).sum().item()  # an unbacked SymFloat, made before the split
+        a = F.scaled_dot_product_attention(x, x, x)
+        return a * scale
+
+    torch._dynamo.reset()
+    backend = StitchBackend(disable_cache=True)
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        compiled = torch.compile(f, backend=backend, dynamic=True)
+        x, t = torch.randn(1, 2, 5, 8), torch.randn(4)
+        torch.testing.assert_close(compiled(x, t), f(x, t), **INDUCTOR_TOL)
+    assert [r.splitting for r in backend.compiled[0].reports] == [False, True, False]
+
+
+def test_transformer_encoder() -> None:
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
+    encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(encoder, backend=StitchBackend(disable_cache=True), dynamic=True)
+    with torch.no_grad():
+        for n in (3, 6):
+            x = torch.randn(2, n, 16)
+            torch.testing.assert_close(compiled(x), encoder(x), **INDUCTOR_TOL)
+
+
+def test_piece_inputs_are_faked_in_the_tracing_context_mode() -> None:
+    seen: list[list[Any]] = []
+
+    def keep(gm: fx.GraphModule, example_inputs: Any) -> Any:
+        mode = torch._guards.TracingContext.get().fake_mode
+        fakes = backend_fake_inputs(gm, example_inputs)
+        seen.append([(f.fake_mode is mode, f.item_memo) for f in fakes if isinstance(f, torch.Tensor)])
+        return gm.forward
+
+    norm = nn.LayerNorm(4)
+    torch._dynamo.reset()
+    torch.compile(norm, backend=keep, dynamic=True)(torch.randn(3, 4))
+    (fakes,) = seen
+    assert all(same_mode for same_mode, _ in fakes)
+    # Dynamo lifted eps to a 0-d tensor read with .item(): its fake knows the symbol.
+    memos = [memo for _, memo in fakes if memo is not None]
+    assert len(memos) == 1 and isinstance(memos[0], torch.SymFloat)

@@ -1,0 +1,285 @@
+"""transformers models, unmodified, compiled piecewise with Inductor pieces.
+
+Every family (``stitch.runtime.hf.models.FAMILIES``: tiny configs, random
+weights, no download) is compiled once per module with
+``torch.compile(model, backend=StitchBackend(default config), dynamic=True)``
+and shared by the tests: it splits at every attention (SDPA is a default
+splitting op), one graph serves sequence lengths 7, 16 and 33, and every
+output matches eager.
+
+NOTE: [heavy cases rotate]
+A family's cold Inductor compile costs some 15 s of CPU, so the default run
+gives the costlier checks to one family a day (the day's ordinal picks it;
+``STITCH_HF_FAMILY=<name>`` picks another): length 1 (Dynamo's 0/1
+specialization makes it a second graph), the same Inductor compile count at 2
+and 8 layers, and a warm start in a second process.  ``STITCH_SLOW=1`` runs
+them for every family (``STITCH_SLOW=1 python -m pytest tests/test_hf.py``);
+the skipped cases say so.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("transformers")
+
+import torch  # noqa: E402
+from backend_support import INDUCTOR_TOL, counting, parse_worker  # noqa: E402
+
+from stitch.codegen.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
+from stitch.runtime import CompilationConfig, StitchBackend  # noqa: E402
+from stitch.runtime.cli.main import HF_FAMILIES, main  # noqa: E402
+from stitch.runtime.hf import (  # noqa: E402
+    FAMILIES,
+    build_model,
+    example_inputs,
+    output_tensor,
+)
+from stitch.runtime.hf.decode import greedy_decode  # noqa: E402
+
+NAMES = sorted(FAMILIES)
+SLOW = os.environ.get("STITCH_SLOW", "") == "1"
+ROTATING = os.environ.get("STITCH_HF_FAMILY") or NAMES[
+    datetime.date.today().toordinal() % len(NAMES)
+]
+if ROTATING not in FAMILIES:
+    raise StitchConfigError(f"STITCH_HF_FAMILY={ROTATING!r} is not one of {NAMES}")
+DYNAMIC_LENGTHS = (7, 16, 33)
+BATCH = 2
+WORKER = Path(__file__).with_name("hf_worker.py")
+SDPA = torch._C._nn.scaled_dot_product_attention
+
+
+def heavy(name: str) -> bool:
+    return SLOW or name == ROTATING
+
+
+def skip_unless_heavy(name: str) -> None:
+    if not heavy(name):
+        pytest.skip(
+            f"slow for {name}: today's family is {ROTATING}; STITCH_SLOW=1 runs every "
+            "family (see NOTE: [heavy cases rotate])"
+        )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dynamo_state() -> Any:
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=64):
+        yield
+    torch._dynamo.reset()
+
+
+class FamilyRun:
+    """One family's tiny model compiled with the default config, run at every length."""
+
+    def __init__(self, name: str, cache_dir: Path) -> None:
+        # The families share transformers' forward wrappers: a reset keeps the
+        # Dynamo cache entries of one family from counting against the next.
+        torch._dynamo.reset()
+        self.name = name
+        self.cache_dir = cache_dir
+        self.model = build_model(name)
+        self.backend = StitchBackend(CompilationConfig(cache_dir=str(cache_dir)))
+        self.compiled = torch.compile(self.model, backend=self.backend, dynamic=True)
+        self.lengths = DYNAMIC_LENGTHS + ((1,) if heavy(name) else ())
+        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        with torch.no_grad():
+            with counting() as self.dynamic_deltas:
+                for n in DYNAMIC_LENGTHS:
+                    self.run(n)
+            with counting() as self.one_deltas:
+                for n in self.lengths[len(DYNAMIC_LENGTHS) :]:
+                    self.run(n)
+
+    def run(self, n: int) -> None:
+        kwargs = example_inputs(self.name, BATCH, n, seed=n)
+        ref = output_tensor(self.name, self.model(**kwargs))
+        out = output_tensor(self.name, self.compiled(**kwargs))
+        self.outputs[n] = (ref, out)
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def family_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> FamilyRun:
+    return FamilyRun(request.param, tmp_path_factory.mktemp(f"cache-{request.param}"))
+
+
+# -- every family ------------------------------------------------------------------
+
+
+def test_family_matches_eager_at_every_length(family_run: FamilyRun) -> None:
+    assert set(family_run.outputs) == set(family_run.lengths)
+    for n, (ref, out) in family_run.outputs.items():
+        torch.testing.assert_close(out, ref, **INDUCTOR_TOL, msg=f"{family_run.name}, length {n}")
+
+
+def test_default_config_splits_at_every_attention(family_run: FamilyRun) -> None:
+    layers = 2
+    for result in family_run.backend.compiled:
+        kinds = [r.splitting for r in result.reports]
+        # compiled, attention, compiled, attention, compiled
+        assert kinds == [False, True] * layers + [False], family_run.name
+        for report in result.reports:
+            if not report.splitting:
+                continue
+            piece = getattr(result.split_gm, report.name)
+            targets = [n.target for n in piece.graph.nodes if n.op == "call_function"]
+            assert SDPA in targets, (report.name, targets)
+        # every compiled piece runs Inductor's code
+        assert family_run.dynamic_deltas["num_inductor_compiles"] >= 1
+
+
+def test_lengths_of_two_tokens_or_more_share_one_graph(family_run: FamilyRun) -> None:
+    deltas = family_run.dynamic_deltas
+    assert deltas["num_backend_compilations"] == 1, deltas
+    # first piece, the middle one (both layers' twin), the last one
+    assert deltas["num_inductor_compiles"] == 3, deltas
+
+
+# -- heavy cases, one family a day (NOTE: [heavy cases rotate]) ---------------------
+
+
+def test_length_one_is_one_more_graph(family_run: FamilyRun) -> None:
+    skip_unless_heavy(family_run.name)
+    assert family_run.one_deltas["num_backend_compilations"] == 1
+    assert len(family_run.backend.compiled) == 2
+
+
+def test_identical_layers_share_compiles(family_run: FamilyRun, tmp_path: Path) -> None:
+    skip_unless_heavy(family_run.name)
+    torch._dynamo.reset()
+    model = build_model(family_run.name, layers=8)
+    backend = StitchBackend(CompilationConfig(cache_dir=str(tmp_path)))
+    compiled = torch.compile(model, backend=backend, dynamic=True)
+    kwargs = example_inputs(family_run.name, BATCH, 7)
+    with counting() as deltas, torch.no_grad():
+        out = output_tensor(family_run.name, compiled(**kwargs))
+    torch.testing.assert_close(out, output_tensor(family_run.name, model(**kwargs)), **INDUCTOR_TOL)
+    assert sum(r.splitting for r in backend.compiled[0].reports) == 8
+    assert deltas["num_inductor_compiles"] == family_run.dynamic_deltas["num_inductor_compiles"]
+
+
+def test_second_process_starts_warm(family_run: FamilyRun) -> None:
+    skip_unless_heavy(family_run.name)
+    spec = {
+        "family": family_run.name,
+        "layers": 2,
+        "cache_dir": str(family_run.cache_dir),
+        "lengths": list(family_run.lengths),
+    }
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), __import__("json").dumps(spec)],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    report = parse_worker(proc.returncode, proc.stdout, proc.stderr)
+    assert report["deltas"]["num_inductor_compiles"] == 0, report
+    assert report["warm"] == [True] * len(family_run.backend.compiled), report
+    assert report["max_error"] < 1e-4, report
+
+
+# -- the "stitch" attention implementation -------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_stitch_attention_gives_sdpa_numbers(name: str) -> None:
+    sdpa = build_model(name)
+    stitch = build_model(name, attn_implementation="stitch")
+    with torch.no_grad():
+        for n in (1, 7):
+            kwargs = example_inputs(name, BATCH, n, seed=n)
+            torch.testing.assert_close(
+                output_tensor(name, stitch(**kwargs)),
+                output_tensor(name, sdpa(**kwargs)),
+                rtol=1e-5, atol=1e-5,
+            )
+
+
+def test_stitch_attention_refuses_dropout_and_attention_weights() -> None:
+    model = build_model("llama", attn_implementation="stitch", attention_dropout=0.1)
+    kwargs = example_inputs("llama", 1, 3)
+    with pytest.raises(StitchRuntimeError, match=r"LlamaAttention: dropout=0.1 .*model.eval\(\)"):
+        model.train()(**kwargs)
+    with pytest.raises(StitchRuntimeError, match="output_attentions=True"):
+        model.eval()(**kwargs, output_attentions=True)
+
+
+class Decode:
+    """A Llama with Stitch's attention and a static KV cache, decoded greedily."""
+
+    def __init__(self) -> None:
+        torch._dynamo.reset()
+        self.model = build_model("llama", attn_implementation="stitch")
+        self.backend = StitchBackend(CompilationConfig(disable_cache=True))
+        self.compiled = torch.compile(self.model, backend=self.backend, dynamic=True)
+        gen = torch.Generator().manual_seed(0)
+        self.prompts = [torch.randint(3, 512, (BATCH, n), generator=gen) for n in (6, 9)]
+        with counting() as self.first:
+            self.tokens = greedy_decode(self.compiled, self.model, self.prompts[0], 6)
+        with counting() as self.second:
+            self.tokens_2 = greedy_decode(self.compiled, self.model, self.prompts[1], 3)
+
+
+@pytest.fixture(scope="module")
+def decode() -> Decode:
+    return Decode()
+
+
+def test_static_cache_decode_gives_eager_tokens(decode: Decode) -> None:
+    assert torch.equal(decode.tokens, greedy_decode(decode.model, decode.model, decode.prompts[0], 6))
+    assert torch.equal(decode.tokens_2, greedy_decode(decode.model, decode.model, decode.prompts[1], 3))
+
+
+def test_one_compile_for_the_prefill_and_one_for_every_decode_step(decode: Decode) -> None:
+    assert decode.first["num_backend_compilations"] == 2, decode.first
+    # a prompt of another length, and more steps: nothing new to compile
+    assert decode.second.get("num_backend_compilations", 0) == 0, decode.second
+    assert decode.second.get("num_inductor_compiles", 0) == 0, decode.second
+    for result in decode.backend.compiled:
+        ops = [
+            n.target
+            for r in result.reports
+            if r.splitting
+            for n in getattr(result.split_gm, r.name).graph.nodes
+            if n.op == "call_function"
+        ]
+        op = torch.ops.stitch.hf_attention
+        assert sum(t in (op, op.default) for t in ops) == 2, ops
+
+
+# -- the command line ---------------------------------------------------------------
+
+
+def test_cli_lists_the_families_of_the_package() -> None:
+    assert HF_FAMILIES == tuple(NAMES)
+
+
+def test_stitch_run_hf_prints_pieces_counts_and_times(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch._dynamo.reset()
+    status = main(
+        ["run", "--hf", "gpt2", "--backend", "eager", "--sizes", "5,9",
+         "--cache-dir", str(tmp_path / "cache"), "--dump", str(tmp_path / "dump")]
+    )
+    text = capsys.readouterr().out
+    assert status == 0, text
+    assert "stitch run --hf gpt2: GPT2LMHeadModel, 2 layers" in text
+    assert "graph 1: 5 pieces (2 splitting, 3 compiled)" in text
+    assert re.search(r"compiles: 1 graphs, 0 Inductor compiles", text)
+    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [int(r.split("|")[1]) for r in rows] == [5, 9]
+    assert all(r.rstrip().endswith("| yes |") for r in rows)
+
+
+def test_stitch_run_hf_rejects_static_sizes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--hf", "llama", "--compile-sizes", "4"]) == 2
+    assert "--compile-sizes and --split-points apply to --example only" in capsys.readouterr().err
