@@ -13,6 +13,8 @@ import torch
 from stitch.codegen.errors import StitchConfigError
 from stitch.codegen.split import OpMatcher
 
+from .passes.base import pass_name, pass_uuid
+
 BACKENDS = ("inductor", "eager")
 
 # NOTE: [default splitting ops are names]
@@ -87,6 +89,10 @@ class CompilationConfig:
     compile_ranges_split_points: list[int] = dataclasses.field(default_factory=list)
     max_num_batched_tokens: int = 8192
     inductor_compile_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Custom Inductor passes run on every compiled piece's post-grad graph, in
+    # order: objects callable on an fx.Graph with a uuid() (see
+    # stitch.runtime.passes).  Their uuids enter the config hash.
+    inductor_passes: list[Any] = dataclasses.field(default_factory=list)
     cache_dir: str = ""
     disable_cache: bool = False
     debug_dump_path: str = ""
@@ -157,6 +163,7 @@ class CompilationConfig:
                 self.inductor_compile_config,
                 "must be a dict of Inductor config names to values",
             )
+        self.inductor_passes = _passes(self.inductor_passes, self.inductor_compile_config)
         if self.dispatch not in ("hoisted", "per_piece"):
             raise _field_error("dispatch", self.dispatch, "must be 'hoisted' or 'per_piece'")
         for name in ("cache_dir", "debug_dump_path"):
@@ -228,7 +235,33 @@ class CompilationConfig:
                 (k, repr(v)) for k, v in self.inductor_compile_config.items()
             ),
         }
+        if self.inductor_passes:
+            # Only when set: configs without passes keep their hash (and cache).
+            factors["inductor_passes"] = [pass_uuid(p) for p in self.inductor_passes]
         return hashlib.sha256(repr(sorted(factors.items())).encode()).hexdigest()
+
+
+def _passes(value: Any, inductor_config: dict[str, Any]) -> list[Any]:
+    """``inductor_passes``, checked: a list of callables with a string ``uuid()``."""
+    if not isinstance(value, (list, tuple)):
+        raise _field_error(
+            "inductor_passes", value, "must be a list of passes (fx.Graph callables with uuid())"
+        )
+    for p in value:
+        if not callable(p):
+            raise _field_error("inductor_passes", value, f"{pass_name(p)} is not callable")
+        try:
+            pass_uuid(p)
+        except TypeError as exc:
+            raise _field_error("inductor_passes", value, str(exc)) from None
+    if value and "post_grad_custom_post_pass" in inductor_config:
+        raise _field_error(
+            "inductor_passes",
+            value,
+            "cannot be combined with inductor_compile_config['post_grad_custom_post_pass'] "
+            "(Stitch runs the passes through that hook); add that pass to inductor_passes",
+        )
+    return list(value)
 
 
 def _validate_cudagraph_fields(config: CompilationConfig) -> None:
