@@ -110,7 +110,7 @@ class Compilation:
         self.gm = gm
         self.example_inputs = list(example_inputs)
         self.adapter: CompilerAdapter = make_adapter(
-            config.backend, config.inductor_compile_config
+            config.backend, config.inductor_compile_config, config.inductor_passes
         )
         self.config_hash = config.compute_hash()
         # What every compile key of this call shares.
@@ -125,10 +125,8 @@ class Compilation:
     # -- the steps -----------------------------------------------------------
     def run(self, sink: list[CompiledModel]) -> Callable[..., Any]:
         start = time.perf_counter()
-        if self.config.backend == "inductor":
-            # Stitch's own Inductor calls start once the warm-up is done: two
-            # threads never import Inductor's modules at the same time here.
-            start_inductor_warmup().join()
+        # Every Inductor call waits for the Inductor warm-up first (see
+        # compilers.py); a warm start that loads only prebuilt pieces never does.
         compilation_counter.num_graphs_seen += 1
         compilation_counter.num_backend_compilations += 1
         fake_inputs = self._fake_inputs()
@@ -286,12 +284,12 @@ class Compilation:
         backend = PiecewiseBackend(
             name, plan.size_argument, runnables, module_path, self.range_warnings
         )
-        if all(o == "hit" for o in outcomes):
-            state = "hit"
-        elif all(o == "shared" for o in outcomes):
+        # "shared" outcomes reuse a runnable of this call (a twin's, or this
+        # piece's general one for its ranges): they neither hit nor miss.
+        if all(o == "shared" for o in outcomes):
             state = "shared"
-        elif any(o == "hit" for o in outcomes):
-            state = "partial"
+        elif "hit" in outcomes:
+            state = "partial" if "miss" in outcomes else "hit"
         else:
             state = "miss"
         record = piece_record(module_path, plan.size_argument, entries)
@@ -412,16 +410,16 @@ class Compilation:
             return None
         unwrap = bool(old_entry.get("unwrap", False))
         try:
-            runnable = self._load(path, unwrap)
+            runnable = self._load(path, unwrap, old_entry["sha256"])
         except StitchCacheError as exc:
             cache.fault(path, str(exc))
             return None
         saved = {"artifact": old_entry["artifact"], "sha256": old_entry["sha256"], "unwrap": unwrap}
         return runnable, saved
 
-    def _load(self, path: str, unwrap: bool) -> Any:
+    def _load(self, path: str, unwrap: bool, sha256: str) -> Any:
         if path not in self.loaded:
-            self.loaded[path] = self.adapter.load(path, unwrap)  # type: ignore[call-arg]
+            self.loaded[path] = self.adapter.load(path, unwrap, sha256)
         return self.loaded[path]
 
     def _example_inputs(

@@ -86,13 +86,29 @@ def keys_for(
     strings = string_constants(graph)
     if not strings:
         base = structural_hash(graph, args) + salt
-        return [digest(f"{base}|{t.key()}") for t in targets]
+        return [digest(f"{base}|{compiled_as(t)}") for t in targets]
     normalized = structural_hash(graph, args, abstract_strings=True) + salt
     exact = normalized + repr(strings)
     return [
-        StringKeys(digest(f"{normalized}|{t.key()}"), digest(f"{exact}|{t.key()}"), strings)
+        StringKeys(
+            digest(f"{normalized}|{compiled_as(t)}"), digest(f"{exact}|{compiled_as(t)}"), strings
+        )
         for t in targets
     ]
+
+
+def compiled_as(target: Target) -> str:
+    """The part of a compile key that says what the compile specializes to.
+
+    NOTE: [ranges share the general artifact]
+    A range target is compiled from the same symbolic inputs as the general
+    target: its bounds reach neither Inductor nor any pass, so the compile
+    would give the general artifact byte for byte (the cache index showed the
+    same sha256).  Its key is therefore the general key, and the range runs
+    the general runnable at no compile cost.  Should a compile ever depend on
+    the range (say, a pass that reads it), the range gets a key of its own here.
+    """
+    return Target("general").key() if target.kind == "range" else target.key()
 
 
 def reachable(targets: list[Target], size: Any, name: str) -> list[Target]:
