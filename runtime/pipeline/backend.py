@@ -44,6 +44,7 @@ from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
 from .piecewise import PiecewiseBackend, RangeWarnings, concretize
 from .plan import KeyChoice, PiecePlan, StringKeys, piece_inputs, plan_piece
 from .size import find_size, hoisted_input
+from .stitched import in_torch_aot_compile, saveable
 
 log = logging.getLogger("stitch")
 
@@ -72,10 +73,19 @@ class StitchBackend:
     stitching function bound to the compiled pieces.
     """
 
-    def __init__(self, config: CompilationConfig | None = None, **fields: Any) -> None:
+    def __init__(
+        self,
+        config: CompilationConfig | None = None,
+        *,
+        serializable: bool | None = None,
+        **fields: Any,
+    ) -> None:
         if config is not None and fields:
             raise StitchRuntimeError("pass a CompilationConfig or fields, not both")
         self.config = config if config is not None else CompilationConfig(**fields)
+        # Return a StitchFunction (saveable by torch's aot_compile): always (True),
+        # never (False), or when torch.compile(...).aot_compile calls (None).
+        self.serializable = serializable
         self.compiled: list[CompiledModel] = []
         # Pool, capture switch and start-up capture of every graph compiled here.
         self.cudagraphs = CUDAGraphManager(self.config)
@@ -85,9 +95,14 @@ class StitchBackend:
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]
     ) -> Callable[..., Any]:
-        return Compilation(self.config, gm, example_inputs, self.cudagraphs).run(
-            self.compiled
-        )
+        compilation = Compilation(self.config, gm, example_inputs, self.cudagraphs)
+        fn = compilation.run(self.compiled)
+        if self.serializable or (self.serializable is None and in_torch_aot_compile()):
+            return saveable(
+                fn, self.config, self.compiled[-1].cache_dir, compilation.consts,
+                compilation.cudagraphed,
+            )
+        return fn
 
 
 def stitch_backend(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> Callable[..., Any]:
@@ -194,7 +209,11 @@ class Compilation:
             split_gm, cache, index, dispatch_on
         )
         _trace_source(code)
-        if self.cudagraphs is not None and self.cudagraphs.applies_to(fake_inputs):
+        self.consts = consts
+        self.cudagraphed = self.cudagraphs is not None and self.cudagraphs.applies_to(
+            fake_inputs
+        )
+        if self.cudagraphed:
             fn = self.cudagraphs.wrap(
                 graph=self.gm,
                 split_gm=split_gm,
