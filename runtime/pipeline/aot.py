@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
+from stitch.codegen.errors import StitchCacheError, StitchError, StitchRuntimeError
 
 from ..config import CompilationConfig
 from ..store.cache import cache_root, current_rank, stitch_version
@@ -55,6 +55,7 @@ from .stitched import (
     StitchFunction,
     load_reference,
     parse_reference,
+    reference_entry,
     reference_root,
 )
 
@@ -89,6 +90,10 @@ class AOTCompiledModel:
     guards: bool
     seconds: float
     path: str | None
+    # The Stitch cache entry the forward runs (None: not cached).
+    cache_entry: str | None = None
+    # The backend that compiled it in this process (None when loaded warm).
+    backend: StitchBackend | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
@@ -119,10 +124,12 @@ def aot_compile(
         guards = os.environ.get(GUARDS_ENV, "") not in ("", "0")
     args = tuple(example_inputs)
     dims = dynamic_spec(args, dynamic_dims or {})
-    folder = None if config.disable_cache else record_folder(model, config)
+    # Only Inductor pieces are saved: the eager backend has nothing to load.
+    saves = not config.disable_cache and config.backend == "inductor"
+    folder = record_folder(model, config) if saves else None
     if folder is not None:
         try:
-            forward = load(model, args, dims, config, folder, guards)
+            loaded = load(model, args, dims, config, folder, guards)
         except StaleRecord as exc:
             log.warning(
                 "stitch aot: the saved %s is stale (%s); compiling it again",
@@ -134,13 +141,17 @@ def aot_compile(
                 _model_name(model), exc,
             )
         else:
-            if forward is not None:
+            if loaded is not None:
+                forward, entry = loaded
                 seconds = time.perf_counter() - start
                 log.info("stitch aot: %s loaded in %.2fs", _model_name(model), seconds)
-                return AOTCompiledModel(forward, True, guards, seconds, folder)
+                return AOTCompiledModel(forward, True, guards, seconds, folder, entry)
     mark_unbacked(args, dims)
-    forward, saved = compile_and_save(model, args, dims, config, folder, guards)
-    return AOTCompiledModel(forward, False, guards, time.perf_counter() - start, saved)
+    backend = StitchBackend(config, serializable=True)
+    forward, saved = compile_and_save(model, args, dims, config, backend, folder, guards)
+    entry = backend.compiled[-1].cache_dir if backend.compiled else None
+    seconds = time.perf_counter() - start
+    return AOTCompiledModel(forward, False, guards, seconds, saved, entry, backend)
 
 
 # -- where a model's record lives ---------------------------------------------------------
@@ -348,8 +359,8 @@ def load(
     config: CompilationConfig,
     folder: str,
     guards: bool,
-) -> Callable[..., Any] | None:
-    """The saved forward bound to ``model`` (None if nothing was saved)."""
+) -> tuple[Callable[..., Any], str] | None:
+    """The saved forward bound to ``model`` and its cache entry (None if nothing was saved)."""
     record = read_record(folder)
     if record is None:
         return None
@@ -358,6 +369,7 @@ def load(
         raise StaleRecord("; ".join(reasons))
     forward_globals = type(model).forward.__globals__
     root = cache_root(config)
+    entry = reference_entry(record["stitched"], root)
     function = record["function"]
     if guards or not function.get("light"):
         data = read_file(folder, TORCH_FILE, record.get("torch_function_sha256"))
@@ -367,13 +379,13 @@ def load(
             compiled = AOTCompiledFunction.deserialize(data, f_globals=forward_globals)
         if not guards:
             compiled.disable_guard_check()
-        return types.MethodType(compiled, model)
+        return types.MethodType(compiled, model), entry
     code = marshal.loads(read_file(folder, BYTECODE_FILE, function.get("bytecode_sha256")))
     if not isinstance(code, types.CodeType):
         raise StitchCacheError(f"{folder}/{BYTECODE_FILE} holds no code object")
     stitched = load_reference(record["stitched"], root)
     forward = build_forward(code, function, forward_globals, stitched)
-    return types.MethodType(forward, model)
+    return types.MethodType(forward, model), entry
 
 
 def build_forward(
@@ -445,21 +457,21 @@ def compile_and_save(
     args: Sequence[Any],
     dims: Sequence[Sequence[int]],
     config: CompilationConfig,
+    backend: StitchBackend,
     folder: str | None,
     guards: bool,
 ) -> tuple[Callable[..., Any], str | None]:
     """Trace and compile through torch's aot_compile; save the record when it can be."""
     from torch._dynamo.aot_compile import AOTCompiledFunction
 
-    backend = StitchBackend(config, serializable=True)
     try:
         with torch.no_grad():
             compiled = torch.compile(
                 type(model).forward, backend=backend, fullgraph=True
             ).aot_compile(((model, *args), {}))
     except Exception as exc:  # noqa: BLE001 - fall back to the Dynamo-entered path
-        if isinstance(exc, StitchRuntimeError):
-            raise
+        if isinstance(getattr(exc, "inner_exception", exc), StitchError):
+            raise  # the model does not compile: the fallback would fail the same way
         log.warning(
             "stitch aot: torch's aot_compile failed for %s (%s: %s); "
             "running it through torch.compile instead",
