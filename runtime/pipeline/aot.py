@@ -30,6 +30,7 @@ raising with the failed guard when an input no longer fits.
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -40,7 +41,7 @@ import os
 import sys
 import time
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -146,9 +147,9 @@ def aot_compile(
                 seconds = time.perf_counter() - start
                 log.info("stitch aot: %s loaded in %.2fs", _model_name(model), seconds)
                 return AOTCompiledModel(forward, True, guards, seconds, folder, entry)
-    mark_unbacked(args, dims)
     backend = StitchBackend(config, serializable=True)
-    forward, saved = compile_and_save(model, args, dims, config, backend, folder, guards)
+    with marked_unbacked(args, dims):
+        forward, saved = compile_and_save(model, args, dims, config, backend, folder, guards)
     entry = backend.compiled[-1].cache_dir if backend.compiled else None
     seconds = time.perf_counter() - start
     return AOTCompiledModel(forward, False, guards, seconds, saved, entry, backend)
@@ -218,8 +219,14 @@ def dynamic_spec(args: Sequence[Any], requested: Mapping[int, Sequence[int]]) ->
     return dims
 
 
-def mark_unbacked(args: Sequence[Any], dims: Sequence[Sequence[int]]) -> None:
-    """Mark the requested dims for Dynamo (those marked already stay as they are)."""
+@contextlib.contextmanager
+def marked_unbacked(args: Sequence[Any], dims: Sequence[Sequence[int]]) -> Iterator[None]:
+    """Mark the requested dims for Dynamo while compiling; the inputs are left as they were.
+
+    Dynamo's marks are attributes of the tensor; a guarded call (``guards=True``)
+    with a tensor still marked fails Dynamo's marking guard.
+    """
+    saved = [(a, dict(a.__dict__)) for a in args if isinstance(a, torch.Tensor)]
     for a, wanted in zip(args, dims):
         if not isinstance(a, torch.Tensor):
             continue
@@ -229,6 +236,13 @@ def mark_unbacked(args: Sequence[Any], dims: Sequence[Sequence[int]]) -> None:
         for d in wanted:
             if d not in marked:
                 torch._dynamo.decorators.mark_unbacked(a, d)
+    try:
+        yield
+    finally:
+        for a, attrs in saved:
+            for name in set(a.__dict__) - set(attrs):
+                delattr(a, name)
+            a.__dict__.update(attrs)
 
 
 def input_spec(args: Sequence[Any], dims: Sequence[Sequence[int]]) -> list[Any]:
