@@ -237,7 +237,7 @@ def _pass_error(exc: BaseException) -> Exception | None:
 
 
 def _inductor_ready() -> None:
-    """Wait for the Inductor warm-up (starting it if no backend did) before using Inductor."""
+    """Wait for the Inductor warm-up (starting it if no one did) before using Inductor."""
     start_inductor_warmup().join()
 
 
@@ -245,14 +245,16 @@ def _inductor_ready() -> None:
 def start_inductor_warmup() -> threading.Thread:
     """Probe the CPU's vector ISA for Inductor in the background (once).
 
-    NOTE: [Inductor warm-up overlaps Dynamo tracing]
-    The first compile or artifact load in a process probes the CPU's vector ISA
-    with a C++ dry compile: about a second, much of a warm start.  A backend
-    object is made before torch.compile traces the model, so starting the probe
-    then hides it behind Dynamo's tracing; it fills the cache Inductor would fill
-    on first use anyway.  Every module involved is imported here, in the calling
-    thread, first: two threads importing torch's modules at once can see each
-    other's half-initialized modules.
+    NOTE: [Inductor warm-up overlaps the split]
+    The first compile or Inductor load in a process probes the CPU's vector ISA
+    with a C++ dry compile (about a second; several with Inductor's cache
+    empty).  A backend call that finds no cache entry starts the probe before it
+    splits the graph and propagates fake tensors, which hides it; it fills the
+    cache Inductor would fill on first use anyway.  A warm start loads prebuilt
+    pieces, needs neither Inductor nor the probe, and so never starts it (see
+    NOTE: [prebuilt pieces]).  Every module involved is imported here, in the
+    calling thread, first: two threads importing torch's modules at once can see
+    each other's half-initialized modules.
     """
     import torch._dynamo  # noqa: F401
     import torch._inductor.compile_fx  # noqa: F401

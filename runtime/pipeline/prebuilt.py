@@ -158,7 +158,8 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
     if data.get("machine") != machine_fingerprint():
         raise PrebuiltUnavailable("built on another machine (CPU flags, Python or torch)")
     if artifact_sha256 is not None and data.get("artifact_sha256") != artifact_sha256:
-        raise StitchCacheError(f"{path} was made from another artifact")
+        # Stale, not damaged: the artifact was rewritten (and is checked on its own).
+        raise PrebuiltUnavailable("made from another version of the artifact")
     source = data.get("wrapper")
     kernels = data.get("kernels")
     extern = data.get("extern_kernels")
@@ -343,6 +344,19 @@ def piece_runnable(call: Callable[[list[Any]], Any], increment: tuple[int, ...])
     is_grad = torch.is_grad_enabled
     set_grad = torch._C._set_grad_enabled
     disable_amp = torch._C._is_any_autocast_enabled()
+
+    def run_plain(*args: Any) -> Any:
+        if is_grad():
+            set_grad(False)
+            try:
+                return call(list(args))
+            finally:
+                set_grad(True)
+        return call(list(args))
+
+    if not increment and not disable_amp:
+        run_plain.__wrapped__ = call  # type: ignore[attr-defined]
+        return run_plain
     if increment:
         from torch.autograd.graph import increment_version
 
@@ -351,29 +365,8 @@ def piece_runnable(call: Callable[[list[Any]], Any], increment: tuple[int, ...])
             increment_version(tuple(args[i] for i in increment))
         if disable_amp:
             with torch._C._DisableAutocast():
-                return _no_grad_call(call, args, is_grad, set_grad)
-        return _no_grad_call(call, args, is_grad, set_grad)
-
-    if not increment and not disable_amp:
-
-        def run(*args: Any) -> Any:  # noqa: F811 - the common case, one call shorter
-            if is_grad():
-                set_grad(False)
-                try:
-                    return call(list(args))
-                finally:
-                    set_grad(True)
-            return call(list(args))
+                return run_plain(*args)
+        return run_plain(*args)
 
     run.__wrapped__ = call  # type: ignore[attr-defined]
     return run
-
-
-def _no_grad_call(call: Callable[[list[Any]], Any], args: tuple[Any, ...], is_grad: Any, set_grad: Any) -> Any:
-    if is_grad():
-        set_grad(False)
-        try:
-            return call(list(args))
-        finally:
-            set_grad(True)
-    return call(list(args))
