@@ -1,28 +1,31 @@
-"""Cold versus warm start of the Stitch backend, each in a fresh process.
+"""Cold versus warm start of a Stitch-compiled model, each in a fresh process.
 
 Run: ``python bench/warm_start.py [--layers 32] [--repeats 3] [--profile]``.
 
 A llama-like decoder (hidden 64 by default, so Inductor's work per piece is
-small and the fixed costs show) is compiled with ``torch.compile(model,
-backend=StitchBackend(...))`` and called once, in a new Python process per
-measurement, in three settings:
+small and the fixed costs show) is compiled and called once, in a new Python
+process per measurement.  Two ways of compiling:
 
-``true cold``    an empty Stitch cache and an empty ``TORCHINDUCTOR_CACHE_DIR``:
-                 everything is compiled, C++ kernels included.
-``warm Inductor`` an empty Stitch cache, but the Inductor cache the true-cold run
-                 filled: Stitch compiles every piece, Inductor mostly hits.
-``warm start``   the Stitch cache from the runs above: every piece is loaded from
-                 its saved artifact, the stitching source is read back and
-                 verified, nothing is compiled.
-``warm start, no ISA probe``  the same with ``TORCHINDUCTOR_VEC_ISA_OK=1``, which
-                 skips Inductor's once-per-process probe of the CPU's vector
-                 ISA (a fixed cost the profile shows; a deployment knob).
+``dynamo``  ``torch.compile(model, backend=StitchBackend(...))``: every process
+            traces the model with Dynamo; the Stitch cache covers the backend call.
+``aot``     ``stitch.runtime.aot_compile(model, inputs, config)``: the first
+            process traces and saves the forward; later ones load it without
+            Dynamo or Inductor (see docs/performance.md).
 
-Per run it reports the backend call (``be.compiled[0].seconds``, what Stitch itself
-spends), the first forward (wall time of the first call: Dynamo tracing + backend
-+ running), the Inductor compiles and the cache hits, and prints the medians with
-ratios to true cold.  ``--profile`` runs one more warm start under cProfile and
-prints where its backend call spends its time.
+and these settings (``Inductor cache`` is ``TORCHINDUCTOR_CACHE_DIR``):
+
+``true cold``                 empty Stitch cache, empty Inductor cache.
+``warm Inductor``             empty Stitch cache, the Inductor cache the true-cold run filled.
+``warm, Inductor kept``       the Stitch cache from the runs above, Inductor's cache kept.
+``warm, Inductor empty``      the Stitch cache from the runs above, Inductor's cache empty
+                              (a fresh container with the Stitch cache shipped to it).
+
+Per run it reports the time from after ``import torch`` to the first result
+(importing Stitch, building the model, compiling or loading, the first forward),
+the first forward alone (compile/load + call), what ``import torch`` took, the
+Inductor compiles, the pieces loaded prebuilt, and whether the process imported
+Dynamo or Inductor; medians over fresh processes, with ratios to true cold.
+``--profile`` runs one more AOT warm start under cProfile.
 """
 
 from __future__ import annotations
@@ -39,77 +42,74 @@ import tempfile
 import time
 from typing import Any
 
-SETTINGS = ("true cold", "warm Inductor", "warm start", "warm start, no ISA probe")
-# Inductor probes the CPU's vector ISA once per process by dlopen-ing a test
-# library in child processes; this variable tells it the ISA works instead.
-NO_ISA_PROBE = {"TORCHINDUCTOR_VEC_ISA_OK": "1"}
+# (label, mode, stitch cache, Inductor cache): caches are "fresh" (emptied
+# first), "kept" (left by the runs before) or "empty" (a new, empty folder).
+SETTINGS = (
+    ("true cold", "dynamo", "fresh", "fresh"),
+    ("warm Inductor", "dynamo", "fresh", "kept"),
+    ("warm, Inductor kept", "dynamo", "kept", "kept"),
+    ("warm, Inductor empty", "dynamo", "kept", "empty"),
+    ("true cold", "aot", "fresh", "fresh"),
+    ("warm, Inductor kept", "aot", "kept", "kept"),
+    ("warm, Inductor empty", "aot", "kept", "empty"),
+)
 
 
-# -- the child: one compile in a fresh process -----------------------------------------
-
-
-def _profiled_backend() -> type:
-    import cProfile
-
-    from stitch.runtime import StitchBackend
-
-    class Profiled(StitchBackend):
-        """Profiles the backend call only (not Dynamo's tracing around it)."""
-
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.profiler = cProfile.Profile()
-
-        def __call__(self, gm: Any, example_inputs: Any) -> Any:
-            self.profiler.enable()
-            try:
-                return super().__call__(gm, example_inputs)
-            finally:
-                self.profiler.disable()
-
-    return Profiled
+# -- the child: one compile in a fresh process -------------------------------------------
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     import torch
 
-    from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
+    after_torch = time.perf_counter()
+    from stitch.runtime import CompilationConfig, StitchBackend, aot_compile, compilation_counter
     from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
 
-    imported = time.perf_counter() - started
-    _Profiled = _profiled_backend()
     cfg = LlamaConfig(num_layers=spec["layers"], hidden_size=spec["hidden"])
     model = build_llama(cfg)
     config = CompilationConfig(cache_dir=spec["cache_dir"], **spec["config"])
-    backend = _Profiled(config) if spec.get("profile") else StitchBackend(config)
-    compiled = torch.compile(model, backend=backend, fullgraph=True)
     ids, pos = llama_inputs(cfg, spec["tokens"])
-    torch._dynamo.mark_dynamic(ids, 0)
-    torch._dynamo.mark_dynamic(pos, 0)
-
     before = compilation_counter.snapshot()
+    profiler = None
+    if spec.get("profile"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     with torch.no_grad():
         start = time.perf_counter()
+        if spec["mode"] == "aot":
+            compiled: Any = aot_compile(model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]})
+            warm = compiled.warm
+        else:
+            backend = StitchBackend(config)
+            compiled = torch.compile(model, backend=backend, fullgraph=True)
+            torch._dynamo.mark_dynamic(ids, 0)
+            torch._dynamo.mark_dynamic(pos, 0)
         compiled(ids, pos)
-        first = time.perf_counter() - start
+        end = time.perf_counter()
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(spec["profile"])
     after = compilation_counter.snapshot()
-    if spec.get("profile"):
-        backend.profiler.dump_stats(spec["profile"])
-    model.reset_kv_caches()
+    if spec["mode"] != "aot":
+        warm = backend.compiled[0].warm
+    imported = sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules)
     with torch.no_grad():
+        model.reset_kv_caches()
         out = compiled(ids, pos)
         model.reset_kv_caches()
         ref = model(ids, pos)
     deltas = {k: after[k] - before[k] for k in after}
-    (result,) = backend.compiled
     return {
-        "import_s": imported,
-        "backend_s": result.seconds,
-        "first_forward_s": first,
-        "warm": result.warm,
+        "import_s": after_torch - started,
+        "ready_s": end - after_torch,
+        "first_forward_s": end - start,
+        "warm": warm,
+        "imported": imported,
         "inductor_compiles": deltas["num_inductor_compiles"],
-        "cache_hits": deltas["num_cache_hits"],
+        "prebuilt_loads": deltas["num_prebuilt_loads"],
         "max_abs_diff": (out - ref).abs().max().item(),
     }
 
@@ -117,10 +117,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 # -- the parent --------------------------------------------------------------------------
 
 
-def run_child(
-    spec: dict[str, Any], inductor_dir: str, extra_env: dict[str, str] | None = None
-) -> dict[str, Any]:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": inductor_dir, **(extra_env or {})}
+def run_child(spec: dict[str, Any], inductor_dir: str) -> dict[str, Any]:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": inductor_dir}
+    if spec.get("threads"):
+        env["OMP_NUM_THREADS"] = str(spec["threads"])
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
         env=env,
@@ -153,107 +153,113 @@ def machine() -> str:
     )
 
 
+def one_repeat(base: dict[str, Any], scratch: str, r: int) -> dict[tuple[str, str], dict[str, Any]]:
+    results = {}
+    for label, mode, stitch_state, inductor_state in SETTINGS:
+        stitch = os.path.join(scratch, f"stitch-{mode}{r}")
+        inductor = os.path.join(scratch, f"inductor-{mode}{r}")
+        if stitch_state == "fresh":
+            shutil.rmtree(stitch, ignore_errors=True)
+        if inductor_state == "fresh":
+            shutil.rmtree(inductor, ignore_errors=True)
+        elif inductor_state == "empty":
+            inductor = tempfile.mkdtemp(prefix="inductor-empty-", dir=scratch)
+        results[(mode, label)] = run_child({**base, "mode": mode, "cache_dir": stitch}, inductor)
+        if inductor_state == "empty":
+            shutil.rmtree(inductor, ignore_errors=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument(
-        "--tokens", type=int, default=8, help="batch size of the first call"
-    )
+    parser.add_argument("--tokens", type=int, default=8, help="batch size of the first call")
     parser.add_argument("--compile-sizes", type=int, nargs="*", default=[4])
     parser.add_argument("--split-points", type=int, nargs="*", default=[16])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--profile", action="store_true", help="cProfile one warm start"
+        "--threads", type=int, default=0,
+        help="OMP_NUM_THREADS for every child (0: inherit); kernels are built for it",
     )
-    parser.add_argument(
-        "--top", type=int, default=25, help="rows of the profile to print"
-    )
+    parser.add_argument("--profile", action="store_true", help="cProfile one AOT warm start")
+    parser.add_argument("--top", type=int, default=25, help="rows of the profile to print")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))))
         return
 
-    config = {
-        "compile_sizes": args.compile_sizes,
-        "compile_ranges_split_points": args.split_points,
-        "max_num_batched_tokens": args.max_tokens,
-    }
     base = {
         "layers": args.layers,
         "hidden": args.hidden,
         "tokens": args.tokens,
-        "config": config,
+        "threads": args.threads,
+        "config": {
+            "compile_sizes": args.compile_sizes,
+            "compile_ranges_split_points": args.split_points,
+            "max_num_batched_tokens": args.max_tokens,
+        },
     }
     scratch = tempfile.mkdtemp(prefix="stitch-warm-start-")
-    results: dict[str, list[dict[str, Any]]] = {s: [] for s in SETTINGS}
+    runs: list[dict[tuple[str, str], dict[str, Any]]] = []
     try:
         for r in range(args.repeats):
-            inductor = os.path.join(scratch, f"inductor{r}")
-            stitch = os.path.join(scratch, f"stitch{r}")
-            spec = {**base, "cache_dir": stitch}
-            results["true cold"].append(run_child(spec, inductor))
-            shutil.rmtree(stitch)
-            results["warm Inductor"].append(run_child(spec, inductor))
-            results["warm start"].append(run_child(spec, inductor))
-            results["warm start, no ISA probe"].append(
-                run_child(spec, inductor, NO_ISA_PROBE)
-            )
+            runs.append(one_repeat(base, scratch, r))
             print(f"repeat {r + 1}/{args.repeats} done", file=sys.stderr)
         profile_path = None
         if args.profile:
             profile_path = os.path.join(scratch, "warm.prof")
-            run_child({**spec, "profile": profile_path}, inductor)
-        report(args, results)
+            empty = tempfile.mkdtemp(prefix="inductor-empty-", dir=scratch)
+            spec = {**base, "mode": "aot", "cache_dir": os.path.join(scratch, "stitch-aot0")}
+            run_child({**spec, "profile": profile_path}, empty)
+        report(args, runs)
         if profile_path:
             print_profile(profile_path, args.top)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -> None:
-    def med(setting: str, key: str) -> float:
-        return statistics.median(r[key] for r in results[setting])
+def report(args: argparse.Namespace, runs: list[dict[tuple[str, str], dict[str, Any]]]) -> None:
+    def med(key: tuple[str, str], field: str) -> float:
+        return statistics.median(r[key][field] for r in runs)
 
-    targets = len(args.compile_sizes) + (
-        len(args.split_points) + 1 if args.split_points else 0
-    )
     print(
         f"\n{args.layers}-layer llama-like model, hidden {args.hidden}, first call "
         f"{args.tokens} tokens; compile sizes {args.compile_sizes}, split points "
-        f"{args.split_points}, max {args.max_tokens} (general + {targets} targets per "
-        f"piece); median of {args.repeats} fresh processes each\n"
+        f"{args.split_points}, max {args.max_tokens}; "
+        f"{'OMP_NUM_THREADS=' + str(args.threads) if args.threads else 'default threads'}; "
+        f"median of {args.repeats} fresh processes each\n"
     )
     print(
-        "| start | backend call s | first forward s | Inductor compiles "
-        "| cache hits | backend / true cold | first fwd / true cold |"
+        "| path | start | after import torch s | first forward s | import torch s "
+        "| Inductor compiles | prebuilt loads | imports | after import / true cold |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    cold_backend = med("true cold", "backend_s")
-    cold_first = med("true cold", "first_forward_s")
-    for setting in SETTINGS:
-        rows = results[setting]
-        compiles = sorted({r["inductor_compiles"] for r in rows})
-        hits = sorted({r["cache_hits"] for r in rows})
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    cold = med(("dynamo", "true cold"), "ready_s")
+    for label, mode, _, _ in SETTINGS:
+        key = (mode, label)
+        rows = [r[key] for r in runs]
+        compiles = "/".join(map(str, sorted({r["inductor_compiles"] for r in rows})))
+        loads = "/".join(map(str, sorted({r["prebuilt_loads"] for r in rows})))
+        imports = "/".join(sorted({"+".join(r["imported"]) or "neither" for r in rows}))
         print(
-            f"| {setting} | {med(setting, 'backend_s'):.3f} | "
-            f"{med(setting, 'first_forward_s'):.3f} | "
-            f"{'/'.join(map(str, compiles))} | {'/'.join(map(str, hits))} | "
-            f"{med(setting, 'backend_s') / cold_backend:.3f} | "
-            f"{med(setting, 'first_forward_s') / cold_first:.3f} |"
+            f"| {mode} | {label} | {med(key, 'ready_s'):.3f} | {med(key, 'first_forward_s'):.3f} "
+            f"| {med(key, 'import_s'):.2f} | {compiles} | {loads} | {imports} "
+            f"| {med(key, 'ready_s') / cold:.3f} |"
         )
-    warm_backend = med("warm start", "backend_s")
+    warm = ("aot", "warm, Inductor empty")
+    ready = med(warm, "ready_s")
     print(
-        f"\nwarm start: every run warm={all(r['warm'] for r in results['warm start'])}; "
-        f"backend call {warm_backend:.3f} s = {100 * warm_backend / cold_backend:.1f}% of "
-        f"true cold, {100 * warm_backend / med('warm Inductor', 'backend_s'):.1f}% of warm "
-        "Inductor (targets: <= 10% of cold, < 1 s)"
+        f"\nAOT warm start, Inductor's cache empty: every run warm="
+        f"{all(r[warm]['warm'] for r in runs)}; {ready:.3f} s after import torch = "
+        f"{100 * ready / cold:.1f}% of the true cold start ({cold:.1f} s); "
+        f"first forward {med(warm, 'first_forward_s'):.3f} s "
+        "(targets: <= 5% of true cold, <= 1.5 s after import torch)"
     )
-    worst = max(r["max_abs_diff"] for rows in results.values() for r in rows)
+    worst = max(r[key]["max_abs_diff"] for r in runs for key in r)
     print(f"max |compiled - eager| over all runs: {worst:.2e}")
-    print(f"import torch + stitch in the child: {med('warm start', 'import_s'):.2f} s")
     print(f"machine: {machine()}")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"load average at the end (1, 5, 15 min): {load}")
@@ -262,11 +268,9 @@ def report(args: argparse.Namespace, results: dict[str, list[dict[str, Any]]]) -
 def print_profile(path: str, top: int) -> None:
     import pstats
 
-    print(f"\ncProfile of one warm-start backend call, top {top} by cumulative time:")
+    print(f"\ncProfile of one AOT warm start (aot_compile + first forward), top {top}:")
     stats = pstats.Stats(path)
     stats.sort_stats("cumulative").print_stats(top)
-    print(f"top {top} by own time:")
-    stats.sort_stats("tottime").print_stats(top)
 
 
 if __name__ == "__main__":

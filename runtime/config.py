@@ -9,9 +9,10 @@ import hashlib
 import os
 from typing import Any
 
-
 from stitch.codegen.errors import StitchConfigError
 from stitch.codegen.matching import OpMatcher, entry_label
+
+from .passes.base import pass_name, pass_uuid
 
 BACKENDS = ("inductor", "eager")
 
@@ -115,6 +116,10 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
     compile_ranges_split_points: list[int] = dataclasses.field(default_factory=list)
     max_num_batched_tokens: int = 8192
     inductor_compile_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Custom Inductor passes run on every compiled piece's post-grad graph, in
+    # order: objects callable on an fx.Graph with a uuid() (see
+    # stitch.runtime.passes).  Their uuids enter the config hash.
+    inductor_passes: list[Any] = dataclasses.field(default_factory=list)
     cache_dir: str = ""
     disable_cache: bool = False
     debug_dump_path: str = ""
@@ -156,9 +161,14 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
         except ValueError as exc:
             raise _field_error("splitting_ops", self.splitting_ops, str(exc)) from None
         self.splitting_ops = list(self.splitting_ops)
-        if type(self.max_num_batched_tokens) is not int or self.max_num_batched_tokens < 1:
+        if (
+            type(self.max_num_batched_tokens) is not int
+            or self.max_num_batched_tokens < 1
+        ):
             raise _field_error(
-                "max_num_batched_tokens", self.max_num_batched_tokens, "must be an int >= 1"
+                "max_num_batched_tokens",
+                self.max_num_batched_tokens,
+                "must be an int >= 1",
             )
         self.compile_sizes = _int_list("compile_sizes", self.compile_sizes)
         for size in self.compile_sizes:
@@ -169,7 +179,9 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
                     f"size {size} exceeds max_num_batched_tokens="
                     f"{self.max_num_batched_tokens}",
                 )
-        points = _int_list("compile_ranges_split_points", self.compile_ranges_split_points)
+        points = _int_list(
+            "compile_ranges_split_points", self.compile_ranges_split_points
+        )
         for p in points:
             if p >= self.max_num_batched_tokens:
                 raise _field_error(
@@ -188,8 +200,13 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
                 "must be a dict of Inductor config names to values",
             )
         _check_inductor_keys(self.inductor_compile_config)
+        self.inductor_passes = _passes(
+            self.inductor_passes, self.inductor_compile_config
+        )
         if self.dispatch not in ("hoisted", "per_piece"):
-            raise _field_error("dispatch", self.dispatch, "must be 'hoisted' or 'per_piece'")
+            raise _field_error(
+                "dispatch", self.dispatch, "must be 'hoisted' or 'per_piece'"
+            )
         for name in ("cache_dir", "debug_dump_path"):
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
@@ -204,9 +221,14 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
             if not isinstance(getattr(self, name), bool):
                 raise _field_error(name, getattr(self, name), "must be a bool")
         self.cudagraph_mode = CUDAGraphMode.parse(self.cudagraph_mode)
-        if type(self.cudagraph_num_of_warmups) is not int or self.cudagraph_num_of_warmups < 0:
+        if (
+            type(self.cudagraph_num_of_warmups) is not int
+            or self.cudagraph_num_of_warmups < 0
+        ):
             raise _field_error(
-                "cudagraph_num_of_warmups", self.cudagraph_num_of_warmups, "must be an int >= 0"
+                "cudagraph_num_of_warmups",
+                self.cudagraph_num_of_warmups,
+                "must be an int >= 0",
             )
         if self.max_cudagraph_capture_size is not None and (
             type(self.max_cudagraph_capture_size) is not int
@@ -218,7 +240,9 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
                 "must be a positive int or None",
             )
         if self.cudagraph_capture_sizes is None:
-            limit = self.max_cudagraph_capture_size or min(512, self.max_num_batched_tokens)
+            limit = self.max_cudagraph_capture_size or min(
+                512, self.max_num_batched_tokens
+            )
             self.cudagraph_capture_sizes = default_capture_sizes(limit)
         else:
             self.cudagraph_capture_sizes = _int_list(
@@ -229,7 +253,9 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
                 max(self.cudagraph_capture_sizes) if self.cudagraph_capture_sizes else 0
             )
         self.cudagraph_capture_sizes = [
-            s for s in self.cudagraph_capture_sizes if s <= self.max_cudagraph_capture_size
+            s
+            for s in self.cudagraph_capture_sizes
+            if s <= self.max_cudagraph_capture_size
         ]
         _validate_cudagraph_fields(self)
 
@@ -259,6 +285,9 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
                 (k, repr(v)) for k, v in self.inductor_compile_config.items()
             ),
         }
+        if self.inductor_passes:
+            # Only when set: configs without passes keep their hash (and cache).
+            factors["inductor_passes"] = [pass_uuid(p) for p in self.inductor_passes]
         return hashlib.sha256(repr(sorted(factors.items())).encode()).hexdigest()
 
 
@@ -277,6 +306,33 @@ def _check_inductor_keys(patches: dict[str, Any]) -> None:
                 f"{key!r} is not an option of torch._inductor.config"
                 + _did_you_mean(key, known),
             )
+
+
+def _passes(value: Any, inductor_config: dict[str, Any]) -> list[Any]:
+    """``inductor_passes``, checked: a list of callables with a string ``uuid()``."""
+    if not isinstance(value, (list, tuple)):
+        raise _field_error(
+            "inductor_passes",
+            value,
+            "must be a list of passes (fx.Graph callables with uuid())",
+        )
+    for p in value:
+        if not callable(p):
+            raise _field_error(
+                "inductor_passes", value, f"{pass_name(p)} is not callable"
+            )
+        try:
+            pass_uuid(p)
+        except TypeError as exc:
+            raise _field_error("inductor_passes", value, str(exc)) from None
+    if value and "post_grad_custom_post_pass" in inductor_config:
+        raise _field_error(
+            "inductor_passes",
+            value,
+            "cannot be combined with inductor_compile_config['post_grad_custom_post_pass'] "
+            "(Stitch runs the passes through that hook); add that pass to inductor_passes",
+        )
+    return list(value)
 
 
 def _validate_cudagraph_fields(config: CompilationConfig) -> None:

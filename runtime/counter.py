@@ -19,6 +19,8 @@ class CompilationCounter:
     num_cache_faults: int = 0
     num_compiled_artifacts_saved: int = 0
     num_compiled_artifacts_loaded: int = 0
+    # Artifacts loaded from their prebuilt record (no Inductor, no kernel build).
+    num_prebuilt_loads: int = 0
     num_cudagraph_captured: int = 0
 
     def snapshot(self) -> dict[str, int]:

@@ -121,11 +121,13 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def run_worker(spec: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
-    """Run ``backend_worker.py`` with ``spec``; its JSON report (fails on error)."""
+def run_worker(
+    spec: dict[str, Any], timeout: float = 300, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run ``backend_worker.py`` with ``spec`` (and extra ``env``); its JSON report."""
     proc = subprocess.run(
         worker_command(spec),
-        env=worker_env(),
+        env={**worker_env(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,

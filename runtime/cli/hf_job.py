@@ -50,7 +50,9 @@ def run_hf(
     from stitch.runtime.hf import build_model, example_inputs, output_tensor
 
     dump_dir = dump_dir or tempfile.mkdtemp(prefix="stitch-dump-")
-    config = CompilationConfig(backend=backend, cache_dir=cache_dir, debug_dump_path=dump_dir)
+    config = CompilationConfig(
+        backend=backend, cache_dir=cache_dir, debug_dump_path=dump_dir
+    )
     model = build_model(family, layers=layers, attn_implementation=attn_implementation)
     stitch = StitchBackend(config)
     compiled = torch.compile(model, backend=stitch, dynamic=True)
@@ -89,7 +91,9 @@ def run_hf(
         )
         for report in result.reports:
             kind = "split" if report.splitting else report.cache
-            print(f"    {report.name:<10} {kind:<7} {report.module_path or '-'}", file=out)
+            print(
+                f"    {report.name:<10} {kind:<7} {report.module_path or '-'}", file=out
+            )
     print(
         f"  compiles: {after['num_backend_compilations'] - before['num_backend_compilations']} "
         f"graphs, {after['num_inductor_compiles'] - before['num_inductor_compiles']} Inductor "
@@ -102,7 +106,10 @@ def run_hf(
             print(f"  cache: {result.cache_dir}", file=out)
     print(f"  debug dump: {dump_dir}", file=out)
     print("", file=out)
-    print("| tokens | eager ms | stitch ms | speed-up | first call ms | max abs err | ok |", file=out)
+    print(
+        "| tokens | eager ms | stitch ms | speed-up | first call ms | max abs err | ok |",
+        file=out,
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | --- |", file=out)
     for n, eager_ms, stitch_ms, first_ms, err, ok in rows:
         print(

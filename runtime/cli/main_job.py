@@ -15,6 +15,7 @@ import torch
 from ..config import CompilationConfig
 from ..examples import LlamaConfig, build_llama, llama_inputs
 from ..examples.models import runnable_examples
+from ..pipeline.aot import AOTCompiledModel, aot_compile
 from ..pipeline.backend import StitchBackend
 from ..store.index import INDEX_FILE, Index
 from ..store.verify import find_entries, inspect_entry
@@ -71,15 +72,17 @@ def run_example(
         max_num_batched_tokens=cfg.max_seqs,
     )
     model = build_llama(cfg)
-    stitch = StitchBackend(config)
-    compiled = torch.compile(model, backend=stitch, fullgraph=True)
+    start = time.perf_counter()
+    with torch.no_grad():
+        compiled = _aot_compile(model, cfg, config, sizes[0])
+    ready_s = time.perf_counter() - start
+    stitch = compiled.backend
 
     rows = []
     failures = 0
     with torch.no_grad():
         for n in sizes:
             input_ids, positions = llama_inputs(cfg, n, seed=n)
-            mark_batch_dynamic(input_ids, positions)
             model.reset_kv_caches()
             expected = model(input_ids, positions)
             model.reset_kv_caches()
@@ -93,11 +96,12 @@ def run_example(
             stitch_ms = _median_ms(lambda: compiled(input_ids, positions), repeats)
             rows.append((n, eager_ms, stitch_ms, first_ms, err, ok))
 
-    result = stitch.compiled[0] if stitch.compiled else None
+    result = stitch.compiled[0] if stitch is not None and stitch.compiled else None
     print(
         f"stitch run --example {name}: {cfg.num_layers} layers, backend {backend}",
         file=out,
     )
+    _print_aot(compiled, ready_s, out)
     if result is not None:
         print(
             f"  backend call: {result.seconds:.2f}s ({'warm' if result.warm else 'cold'} "
@@ -105,16 +109,17 @@ def run_example(
             f"{len(stitch.compiled)}",
             file=out,
         )
-        if result.cache_dir:
-            print(
-                f"  emitted source: {os.path.join(result.cache_dir, 'execution_fn.py')}",
-                file=out,
-            )
-            print(f"  cache: {result.cache_dir}", file=out)
-    print(
-        f"  debug dump: {dump_dir} (execution_fn.py, computation_graph.py, index.md)",
-        file=out,
-    )
+    if compiled.cache_entry:
+        print(
+            f"  emitted source: {os.path.join(compiled.cache_entry, 'execution_fn.py')}",
+            file=out,
+        )
+        print(f"  cache: {compiled.cache_entry}", file=out)
+    if result is not None:
+        print(
+            f"  debug dump: {dump_dir} (execution_fn.py, computation_graph.py, index.md)",
+            file=out,
+        )
     print("", file=out)
     print(
         "| tokens | eager ms | stitch ms | speed-up | first call ms | max abs err | ok |",
@@ -131,6 +136,28 @@ def run_example(
         print(f"\n{failures} size(s) differ from eager beyond tolerance", file=out)
         return 1
     return 0
+
+
+def _aot_compile(
+    model: torch.nn.Module, cfg: LlamaConfig, config: CompilationConfig, size: int
+) -> AOTCompiledModel:
+    """Compile (or load the saved forward) with example inputs of ``size`` tokens.
+
+    The token dimension is marked unbacked when compiling: one graph for every
+    size, 1 included, as a serving engine needs.
+    """
+    example = llama_inputs(cfg, size, seed=size)
+    return aot_compile(model, example, config, dynamic_dims={0: [0], 1: [0]})
+
+
+def _print_aot(compiled: AOTCompiledModel, seconds: float, out: TextIO) -> None:
+    if compiled.warm:
+        how = "warm: the saved forward, loaded without Dynamo or Inductor"
+    elif compiled.path:
+        how = f"cold: traced and compiled, saved to {compiled.path}"
+    else:
+        how = "traced and compiled (not saved)"
+    print(f"  aot_compile: {seconds:.2f}s ({how})", file=out)
 
 
 def inspect_cache(path: str, out: TextIO) -> int:
@@ -170,7 +197,13 @@ def inspect_cache(path: str, out: TextIO) -> int:
 
 def _print_index(index: Index, directory: str, out: TextIO) -> None:
     identity = dataclasses.asdict(index.identity)
-    for key in ("stitch_version", "torch_version", "backend", "config_hash", "graph_key"):
+    for key in (
+        "stitch_version",
+        "torch_version",
+        "backend",
+        "config_hash",
+        "graph_key",
+    ):
         value = identity[key]
         if len(value) > 24:
             value = value[:16] + "…"

@@ -25,7 +25,12 @@ Everything here except :class:`CUDAGraphOps` is plain Python over an injectable
 - ``baseline``: the vLLM-style per-piece dispatch, for the benchmark.
 """
 
-from .baseline import BatchDescriptor, ForwardContexts, VllmStyleForward, vllm_style_forward
+from .baseline import (
+    BatchDescriptor,
+    ForwardContexts,
+    VllmStyleForward,
+    vllm_style_forward,
+)
 from .graph_ops import CUDAGraphOps, EmulatedGraphOps, weak_ref_tensor, weak_refs
 from .manager import CUDAGraphManager
 from .padding import (

@@ -39,9 +39,7 @@ def _rank_main(
             timeout=timedelta(seconds=pg_timeout_s),
         )
         result = fn(rank, world_size, *args)
-        atomic_write(
-            os.path.join(result_dir, f"rank_{rank}.pkl"), pickle.dumps(result)
-        )
+        atomic_write(os.path.join(result_dir, f"rank_{rank}.pkl"), pickle.dumps(result))
         # Nobody leaves while a peer may still need it for a collective.
         dist.barrier()
     except BaseException as exc:

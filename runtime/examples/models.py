@@ -64,7 +64,9 @@ def apply_rotary(
     return rotated.to(x.dtype)
 
 
-def register_attention_state(module: nn.Module, cfg: LlamaConfig, num_heads: int) -> None:
+def register_attention_state(
+    module: nn.Module, cfg: LlamaConfig, num_heads: int
+) -> None:
     """The rotary frequencies, the per-layer KV caches for ``num_heads`` heads and
     the softmax scale of an attention module (full or one tensor-parallel rank's)."""
     module.register_buffer(
@@ -109,7 +111,9 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.gate_up_proj = nn.Linear(
+            cfg.hidden_size, 2 * cfg.intermediate_size, bias=False
+        )
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +165,9 @@ def build_llama(cfg: LlamaConfig, seed: int = 0) -> LlamaModel:
             if name.endswith("layernorm.weight") or name == "norm.weight":
                 param.copy_(1.0 + 0.1 * torch.randn(param.shape, generator=gen))
             else:
-                param.copy_(torch.randn(param.shape, generator=gen) / math.sqrt(param.shape[-1]))
+                param.copy_(
+                    torch.randn(param.shape, generator=gen) / math.sqrt(param.shape[-1])
+                )
     return model.to(cfg.dtype).eval()
 
 
@@ -249,7 +255,9 @@ EXAMPLES: dict[str, Example] = {}
 def runnable_examples() -> dict[str, int]:
     """Example name -> layers, for the examples ``stitch run`` can build at any depth."""
     return {
-        name: e.llama_layers for name, e in EXAMPLES.items() if e.llama_layers is not None
+        name: e.llama_layers
+        for name, e in EXAMPLES.items()
+        if e.llama_layers is not None
     }
 
 

@@ -93,4 +93,3 @@ def layer_scale(x: torch.Tensor, layer_name: str) -> torch.Tensor:
 @layer_scale.register_fake
 def _layer_scale_fake(x: torch.Tensor, layer_name: str) -> torch.Tensor:
     return torch.empty_like(x)
-

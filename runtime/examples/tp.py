@@ -278,4 +278,3 @@ def trace_tp(model: nn.Module, inputs: Sequence[Any]) -> fx.GraphModule:
     runs on fake tensors: the collectives are recorded, not executed.
     """
     return trace_module(model, inputs, "symbolic")
-

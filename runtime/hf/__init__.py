@@ -24,7 +24,14 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
     ) from exc
 
 from .attention import ATTN_IMPLEMENTATION, register, stitch_attention_forward
-from .models import FAMILIES, Family, build_model, example_inputs, output_tensor, tiny_config
+from .models import (
+    FAMILIES,
+    Family,
+    build_model,
+    example_inputs,
+    output_tensor,
+    tiny_config,
+)
 from .ops import HF_ATTENTION_OP
 
 __all__ = [

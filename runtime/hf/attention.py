@@ -22,6 +22,7 @@ from . import ops  # noqa: F401 - registers stitch::hf_attention
 
 ATTN_IMPLEMENTATION = "stitch"
 
+
 def stitch_attention_forward(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -52,7 +53,9 @@ def stitch_attention_forward(
     return out, None
 
 
-def _check_supported(module: torch.nn.Module, dropout: float, kwargs: dict[str, Any]) -> None:
+def _check_supported(
+    module: torch.nn.Module, dropout: float, kwargs: dict[str, Any]
+) -> None:
     name = type(module).__name__
     if dropout:
         raise StitchRuntimeError(

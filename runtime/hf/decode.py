@@ -28,8 +28,13 @@ def static_cache(model: torch.nn.Module, batch: int, max_cache_len: int) -> Any:
 
     config = model.config.get_text_config(decoder=True)
     cache = StaticCache(config=config, max_cache_len=max_cache_len)
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = (
+        getattr(config, "head_dim", None)
+        or config.hidden_size // config.num_attention_heads
+    )
+    kv_heads = (
+        getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    )
     param = next(model.parameters())
     cache.early_initialization(batch, kv_heads, head_dim, param.dtype, param.device)
     return cache

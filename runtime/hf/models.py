@@ -47,8 +47,18 @@ _DECODER = {
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family("llama", "LlamaConfig", dict(_DECODER), description="Llama: RMSNorm, rotary, GQA, SwiGLU"),
-        Family("qwen2", "Qwen2Config", dict(_DECODER), description="Qwen2: Llama with q/k/v biases"),
+        Family(
+            "llama",
+            "LlamaConfig",
+            dict(_DECODER),
+            description="Llama: RMSNorm, rotary, GQA, SwiGLU",
+        ),
+        Family(
+            "qwen2",
+            "Qwen2Config",
+            dict(_DECODER),
+            description="Qwen2: Llama with q/k/v biases",
+        ),
         Family(
             "mistral",
             "MistralConfig",
@@ -58,13 +68,24 @@ FAMILIES: dict[str, Family] = {
         Family(
             "mixtral",
             "MixtralConfig",
-            {**_DECODER, "num_local_experts": 4, "num_experts_per_tok": 2, "sliding_window": None},
+            {
+                **_DECODER,
+                "num_local_experts": 4,
+                "num_experts_per_tok": 2,
+                "sliding_window": None,
+            },
             description="Mixtral: mixture of experts (4 experts, top 2)",
         ),
         Family(
             "gpt2",
             "GPT2Config",
-            {"vocab_size": VOCAB, "n_embd": 64, "n_head": 4, "n_positions": 256, **SPECIAL_IDS},
+            {
+                "vocab_size": VOCAB,
+                "n_embd": 64,
+                "n_head": 4,
+                "n_positions": 256,
+                **SPECIAL_IDS,
+            },
             layers_field="n_layer",
             description="GPT-2: LayerNorm, learned positions, Conv1D projections",
         ),
@@ -103,7 +124,9 @@ def family(name: str) -> Family:
         return FAMILIES[name]
     except KeyError:
         known = ", ".join(sorted(FAMILIES))
-        raise StitchConfigError(f"unknown model family {name!r}; known: {known}") from None
+        raise StitchConfigError(
+            f"unknown model family {name!r}; known: {known}"
+        ) from None
 
 
 def tiny_config(name: str, *, layers: int = 2, **overrides: Any) -> Any:
@@ -136,7 +159,9 @@ def build_model(
     fam = family(name)
     config = tiny_config(name, layers=layers, **overrides)
     auto = (
-        transformers.AutoModelForCausalLM if fam.kind == "causal" else transformers.AutoModel
+        transformers.AutoModelForCausalLM
+        if fam.kind == "causal"
+        else transformers.AutoModel
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -43,6 +43,7 @@ from .plan import KeyChoice, PiecePlan, StringKeys, piece_inputs, plan_piece
 from .scalars import specialize_lifted_floats
 from .size import find_size, hoisted_input
 from .splitting import SplittingOpWarnings
+from .stitched import in_torch_aot_compile, saveable
 
 log = logging.getLogger("stitch")
 
@@ -71,24 +72,41 @@ class StitchBackend:
     stitching function bound to the compiled pieces.
     """
 
-    def __init__(self, config: CompilationConfig | None = None, **fields: Any) -> None:
+    def __init__(
+        self,
+        config: CompilationConfig | None = None,
+        *,
+        serializable: bool | None = None,
+        **fields: Any,
+    ) -> None:
         if config is not None and fields:
             raise StitchRuntimeError("pass a CompilationConfig or fields, not both")
         self.config = config if config is not None else CompilationConfig(**fields)
+        # Return a StitchFunction (saveable by torch's aot_compile): always (True),
+        # never (False), or when torch.compile(...).aot_compile calls (None).
+        self.serializable = serializable
         self.compiled: list[CompiledModel] = []
         # Pool, capture switch and start-up capture of every graph compiled here.
         self.cudagraphs = CUDAGraphManager(self.config)
         # Splitting ops that matched nothing, reported once per backend.
         self.splitting_warnings = SplittingOpWarnings()
-        if self.config.backend == "inductor":
-            start_inductor_warmup()
 
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]
     ) -> Callable[..., Any]:
-        return Compilation(
+        compilation = Compilation(
             self.config, gm, example_inputs, self.cudagraphs, self.splitting_warnings
-        ).run(self.compiled)
+        )
+        fn = compilation.run(self.compiled)
+        if self.serializable or (self.serializable is None and in_torch_aot_compile()):
+            return saveable(
+                fn,
+                self.config,
+                self.compiled[-1].cache_dir,
+                compilation.consts,
+                compilation.cudagraphed,
+            )
+        return fn
 
 
 def stitch_backend(
@@ -115,7 +133,7 @@ class Compilation:
         self.gm = gm
         self.example_inputs = list(example_inputs)
         self.adapter: CompilerAdapter = make_adapter(
-            config.backend, config.inductor_compile_config
+            config.backend, config.inductor_compile_config, config.inductor_passes
         )
         self.config_hash = config.compute_hash()
         # What every compile key of this call shares.
@@ -131,10 +149,8 @@ class Compilation:
     # -- the steps -----------------------------------------------------------
     def run(self, sink: list[CompiledModel]) -> Callable[..., Any]:
         start = time.perf_counter()
-        if self.config.backend == "inductor":
-            # Stitch's own Inductor calls start once the warm-up is done: two
-            # threads never import Inductor's modules at the same time here.
-            start_inductor_warmup().join()
+        # Every Inductor call waits for the Inductor warm-up first (see
+        # compilers.py); a warm start that loads only prebuilt pieces never does.
         fake_inputs = self._fake_inputs()
         # NOTE: [lifted floats are specialized up front] (scalars.py)
         specialize_lifted_floats(fake_inputs)
@@ -145,6 +161,9 @@ class Compilation:
         cache = None
         if not self.config.disable_cache:
             cache = CompileCache.open(self.config, graph_key, self.config_hash)
+        if (cache is None or cache.index is None) and self.config.backend == "inductor":
+            # A cold start: the warm-up runs beside the split and fake propagation.
+            start_inductor_warmup()
 
         matcher = OpMatcher.parse(self.config.splitting_ops)
         self.splitting_warnings.check(self.gm, matcher)
@@ -221,7 +240,11 @@ class Compilation:
         if source_file is None and dump:
             source_file = os.path.join(dump, DUMP_SOURCE_FILE)
         _trace_source(code)
-        if self.cudagraphs is not None and self.cudagraphs.applies_to(fake_inputs):
+        self.consts = consts
+        self.cudagraphed = self.cudagraphs is not None and self.cudagraphs.applies_to(
+            fake_inputs
+        )
+        if self.cudagraphed:
             fn = self.cudagraphs.wrap(
                 graph=self.gm,
                 split_gm=split_gm,
@@ -290,19 +313,21 @@ class Compilation:
             runnable, entry, outcome = self._runnable(
                 name, graph, piece_args, target, key, cache, plan.size_argument
             )
-            runnables[target] = guard_layouts(runnable, self.layout_checks.get(name, ()))
+            runnables[target] = guard_layouts(
+                runnable, self.layout_checks.get(name, ())
+            )
             entries.append(entry)
             outcomes.append(outcome)
         seconds = time.perf_counter() - piece_start
         backend = PiecewiseBackend(
             name, plan.size_argument, runnables, module_path, self.range_warnings
         )
-        if all(o == "hit" for o in outcomes):
-            state = "hit"
-        elif all(o == "shared" for o in outcomes):
+        # "shared" outcomes reuse a runnable of this call (a twin's, or this
+        # piece's general one for its ranges): they neither hit nor miss.
+        if all(o == "shared" for o in outcomes):
             state = "shared"
-        elif any(o == "hit" for o in outcomes):
-            state = "partial"
+        elif "hit" in outcomes:
+            state = "partial" if "miss" in outcomes else "hit"
         else:
             state = "miss"
         if cache is not None:
@@ -438,16 +463,16 @@ class Compilation:
         found = cache.lookup(name, graph, target, key, size_argument)
         if found is None:
             return None
-        path, unwrap = found
+        path, unwrap, sha256 = found
         try:
-            return self._load(path, unwrap)
+            return self._load(path, unwrap, sha256)
         except StitchCacheError as exc:
             cache.load_failed(key, path, exc)
             return None
 
-    def _load(self, path: str, unwrap: bool) -> Any:
+    def _load(self, path: str, unwrap: bool, sha256: str) -> Any:
         if path not in self.loaded:
-            self.loaded[path] = self.adapter.load(path, unwrap)  # type: ignore[call-arg]
+            self.loaded[path] = self.adapter.load(path, unwrap, sha256)
         return self.loaded[path]
 
     def _example_inputs(

@@ -16,6 +16,7 @@ import torch.fx as fx
 from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
 
 from ..counter import compilation_counter
+from ..store.files import sha256_file
 
 log = logging.getLogger("stitch")
 
@@ -36,7 +37,9 @@ class CompilerAdapter(Protocol):
 
     def save(self, handle: Any, path: str) -> None: ...
 
-    def load(self, path: str) -> Runnable: ...
+    def load(
+        self, path: str, unwrap: bool = False, sha256: str | None = None
+    ) -> Runnable: ...
 
     def generated_source(self, handle: Any) -> str | None:
         """The code the compile generated, when it can be read (else None)."""
@@ -57,7 +60,9 @@ class EagerAdapter:
     def save(self, handle: Any, path: str) -> None:  # pragma: no cover - never called
         raise StitchRuntimeError("the eager backend saves no artifacts")
 
-    def load(self, path: str) -> Runnable:  # pragma: no cover - never called
+    def load(  # pragma: no cover - never called
+        self, path: str, unwrap: bool = False, sha256: str | None = None
+    ) -> Runnable:
         raise StitchRuntimeError("the eager backend saves no artifacts")
 
     def generated_source(self, handle: Any) -> str | None:
@@ -82,12 +87,17 @@ class InductorAdapter:
     name = "inductor"
     saves_artifacts = True
 
-    def __init__(self, config_patches: dict[str, Any]) -> None:
+    def __init__(
+        self, config_patches: dict[str, Any], passes: Sequence[Any] = ()
+    ) -> None:
         self.config_patches = dict(config_patches)
+        self.passes = list(passes)
+        self._patches: dict[str, Any] | None = None
 
     def compile(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, static: bool
     ) -> tuple[Runnable, Any]:
+        _inductor_ready()
         from torch._inductor import standalone_compile
 
         gm, unwrap = _tuple_output(gm)
@@ -102,11 +112,14 @@ class InductorAdapter:
                 gm,
                 list(example_inputs),
                 dynamic_shapes=dynamic_shapes,
-                options={"config_patches": self.config_patches},
+                options={"config_patches": self._config_patches()},
             )
         except Exception as exc:
             if is_dynamo_restart(exc):
                 raise
+            failed_pass = _pass_error(exc) if self.passes else None
+            if failed_pass is not None:
+                raise StitchRuntimeError(str(failed_pass)) from failed_pass
             raise StitchRuntimeError(
                 f"Inductor failed to compile a piece ({type(exc).__name__}: {exc})"
             ) from exc
@@ -126,6 +139,19 @@ class InductorAdapter:
                 os.unlink(tmp)
             raise StitchCacheError(f"could not save artifact {path}: {exc}") from exc
         compilation_counter.num_compiled_artifacts_saved += 1
+        _write_prebuilt(path)
+
+    def _config_patches(self) -> dict[str, Any]:
+        """Inductor's config patches, with the configured passes as its post-grad pass."""
+        if self._patches is None:
+            self._patches = dict(self.config_patches)
+            if self.passes:
+                from ..passes.manager import PostGradPasses
+
+                self._patches["post_grad_custom_post_pass"] = PostGradPasses(
+                    self.passes
+                )
+        return self._patches
 
     def generated_source(self, handle: Any) -> str | None:
         # The compiled graph (with its generated wrapper and kernels) sits at the
@@ -142,17 +168,30 @@ class InductorAdapter:
             fn = getattr(fn, "__wrapped__", None)
         return None
 
-    def load(self, path: str, unwrap: bool = False) -> Runnable:
-        from torch._inductor import CompiledArtifact
+    def load(
+        self, path: str, unwrap: bool = False, sha256: str | None = None
+    ) -> Runnable:
+        """The saved piece at ``path``: prebuilt when it can be, else through Inductor.
 
-        try:
-            artifact = CompiledArtifact.load(path=path, format="binary")
-        except Exception as exc:
-            raise StitchCacheError(
-                f"failed to load ({type(exc).__name__}: {exc})"
-            ) from exc
+        See NOTE: [prebuilt pieces]: a prebuilt load imports no Inductor module
+        and builds no kernel, so it does not wait for the Inductor warm-up.
+        """
+        runnable = _load_prebuilt(path, sha256)
+        if runnable is None:
+            _inductor_ready()
+            from torch._inductor import CompiledArtifact
+
+            try:
+                runnable = CompiledArtifact.load(path=path, format="binary")
+            except Exception as exc:
+                raise StitchCacheError(
+                    f"failed to load ({type(exc).__name__}: {exc})"
+                ) from exc
+            # Loaded through Inductor, so its kernels are built now: record them
+            # and the next process loads this piece prebuilt.
+            _write_prebuilt(path)
         compilation_counter.num_compiled_artifacts_loaded += 1
-        return _tupled(artifact) if unwrap else artifact
+        return _tupled(runnable) if unwrap else runnable
 
 
 def is_dynamo_restart(exc: BaseException) -> bool:
@@ -179,7 +218,11 @@ def _tuple_output(gm: fx.GraphModule) -> tuple[fx.GraphModule, bool]:
     env: dict[fx.Node, fx.Node] = {}
     for node in gm.graph.nodes:
         if node.op == "output":
-            new_graph.output((env[node.args[0]],) if isinstance(node.args[0], fx.Node) else (node.args[0],))
+            new_graph.output(
+                (env[node.args[0]],)
+                if isinstance(node.args[0], fx.Node)
+                else (node.args[0],)
+            )
         else:
             env[node] = new_graph.node_copy(node, lambda n: env[n])
     wrapped = fx.GraphModule(gm, new_graph)
@@ -187,18 +230,65 @@ def _tuple_output(gm: fx.GraphModule) -> tuple[fx.GraphModule, bool]:
     return wrapped, True
 
 
+def _load_prebuilt(path: str, sha256: str | None) -> Runnable | None:
+    from .prebuilt import PrebuiltUnavailable, load_prebuilt
+
+    try:
+        runnable = load_prebuilt(path, sha256)
+    except PrebuiltUnavailable as exc:
+        log.debug("stitch: %s loads through Inductor: %s", path, exc)
+        return None
+    except StitchCacheError as exc:
+        compilation_counter.num_cache_faults += 1
+        log.warning("stitch cache: %s; loading that piece through Inductor", exc)
+        return None
+    compilation_counter.num_prebuilt_loads += 1
+    return runnable
+
+
+def _write_prebuilt(path: str) -> None:
+    """Save the prebuilt record of the artifact at ``path`` (never fails the caller)."""
+    from .prebuilt import PrebuiltUnavailable
+    from .prebuilt_save import save_prebuilt
+
+    try:
+        save_prebuilt(path, sha256_file(path))
+    except PrebuiltUnavailable as exc:
+        log.info("stitch: piece %s will load through Inductor: %s", path, exc)
+    except Exception as exc:  # noqa: BLE001 - the artifact itself is saved
+        log.warning(
+            "stitch cache: no prebuilt record for %s (%s: %s)",
+            path,
+            type(exc).__name__,
+            exc,
+        )
+
+
+def _pass_error(exc: BaseException) -> Exception | None:
+    from ..passes.manager import find_pass_error
+
+    return find_pass_error(exc)
+
+
+def _inductor_ready() -> None:
+    """Wait for the Inductor warm-up (starting it if no one did) before using Inductor."""
+    start_inductor_warmup().join()
+
+
 @functools.cache
 def start_inductor_warmup() -> threading.Thread:
     """Probe the CPU's vector ISA for Inductor in the background (once).
 
-    NOTE: [Inductor warm-up overlaps Dynamo tracing]
-    The first compile or artifact load in a process probes the CPU's vector ISA
-    with a C++ dry compile: about a second, much of a warm start.  A backend
-    object is made before torch.compile traces the model, so starting the probe
-    then hides it behind Dynamo's tracing; it fills the cache Inductor would fill
-    on first use anyway.  Every module involved is imported here, in the calling
-    thread, first: two threads importing torch's modules at once can see each
-    other's half-initialized modules.
+    NOTE: [Inductor warm-up overlaps the split]
+    The first compile or Inductor load in a process probes the CPU's vector ISA
+    with a C++ dry compile (about a second; several with Inductor's cache
+    empty).  A backend call that finds no cache entry starts the probe before it
+    splits the graph and propagates fake tensors, which hides it; it fills the
+    cache Inductor would fill on first use anyway.  A warm start loads prebuilt
+    pieces, needs neither Inductor nor the probe, and so never starts it (see
+    NOTE: [prebuilt pieces]).  Every module involved is imported here, in the
+    calling thread, first: two threads importing torch's modules at once can see
+    each other's half-initialized modules.
     """
     import torch._dynamo  # noqa: F401
     import torch._inductor.compile_fx  # noqa: F401
@@ -215,9 +305,11 @@ def start_inductor_warmup() -> threading.Thread:
     return thread
 
 
-def make_adapter(backend: str, config_patches: dict[str, Any]) -> CompilerAdapter:
+def make_adapter(
+    backend: str, config_patches: dict[str, Any], passes: Sequence[Any] = ()
+) -> CompilerAdapter:
     if backend == "inductor":
-        return InductorAdapter(config_patches)
+        return InductorAdapter(config_patches, passes)
     if backend == "eager":
         return EagerAdapter()
     raise StitchRuntimeError(f"unknown compiler backend {backend!r}")

@@ -55,7 +55,9 @@ def _from_splitting(arg: Any, splitting: set[str]) -> bool:
         return False
     if arg.op == "call_function" and arg.target is operator.getitem:
         arg = arg.args[0]
-    return isinstance(arg, fx.Node) and arg.op == "call_module" and arg.target in splitting
+    return (
+        isinstance(arg, fx.Node) and arg.op == "call_module" and arg.target in splitting
+    )
 
 
 def _example(node: fx.Node) -> Any:
@@ -98,7 +100,9 @@ def _in_order(t: torch.Tensor, order: tuple[int, ...]) -> bool:
     return True
 
 
-def guard_layouts(fn: Callable[..., Any], checks: Sequence[tuple[int, tuple[int, ...]]]) -> Callable[..., Any]:
+def guard_layouts(
+    fn: Callable[..., Any], checks: Sequence[tuple[int, tuple[int, ...]]]
+) -> Callable[..., Any]:
     """``fn`` taking the checked arguments in their layouts (``fn`` itself with no checks)."""
     if not checks:
         return fn

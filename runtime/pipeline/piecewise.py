@@ -62,10 +62,14 @@ class PiecewiseBackend:
         self._by_size: dict[int, Runnable] = {
             t.lo: fn for t, fn in runnables.items() if t.kind == "size"
         }
-        ranges = sorted((t.lo, t.hi, fn) for t, fn in runnables.items() if t.kind == "range")
+        ranges = sorted(
+            (t.lo, t.hi, fn) for t, fn in runnables.items() if t.kind == "range"
+        )
         self._range_starts = [lo for lo, _, _ in ranges]
         self._ranges = ranges
-        self._warnings = range_warnings if range_warnings is not None else RangeWarnings()
+        self._warnings = (
+            range_warnings if range_warnings is not None else RangeWarnings()
+        )
 
     def runnable_for(self, size: int) -> Runnable:
         fn = self._by_size.get(size)
@@ -84,7 +88,9 @@ class PiecewiseBackend:
             lo, hi, fn = self._ranges[i]
             if lo <= size <= hi:
                 return fn
-        self._warnings.outside(size, self.name, [(lo, hi) for lo, hi, _ in self._ranges])
+        self._warnings.outside(
+            size, self.name, [(lo, hi) for lo, hi, _ in self._ranges]
+        )
         return self.general
 
     def __call__(self, *args: Any) -> Any:
@@ -107,7 +113,9 @@ def concretize(value: Any, symbol: Any, size: int) -> Any:
     if isinstance(value, torch.Tensor):
         shape = [_concrete_int(s, symbol, size) for s in value.shape]
         stride = [_concrete_int(s, symbol, size) for s in value.stride()]
-        return torch.empty_strided(shape, stride, dtype=value.dtype, device=value.device)
+        return torch.empty_strided(
+            shape, stride, dtype=value.dtype, device=value.device
+        )
     return value
 
 

@@ -77,7 +77,12 @@ def plan_piece(
     )
     if size_argument is not None:
         targets = reachable(targets, args[size_argument], name)
-    return PiecePlan(name, size_argument, tuple(targets), tuple(keys_for(graph, args, targets, key_salt)))
+    return PiecePlan(
+        name,
+        size_argument,
+        tuple(targets),
+        tuple(keys_for(graph, args, targets, key_salt)),
+    )
 
 
 def keys_for(
@@ -87,13 +92,31 @@ def keys_for(
     strings = string_constants(graph)
     if not strings:
         base = structural_hash(graph, args) + salt
-        return [digest(f"{base}|{t.key()}") for t in targets]
+        return [digest(f"{base}|{compiled_as(t)}") for t in targets]
     normalized = structural_hash(graph, args, abstract_strings=True) + salt
     exact = normalized + repr(strings)
     return [
-        StringKeys(digest(f"{normalized}|{t.key()}"), digest(f"{exact}|{t.key()}"), strings)
+        StringKeys(
+            digest(f"{normalized}|{compiled_as(t)}"),
+            digest(f"{exact}|{compiled_as(t)}"),
+            strings,
+        )
         for t in targets
     ]
+
+
+def compiled_as(target: Target) -> str:
+    """The part of a compile key that says what the compile specializes to.
+
+    NOTE: [ranges share the general artifact]
+    A range target is compiled from the same symbolic inputs as the general
+    target: its bounds reach neither Inductor nor any pass, so the compile
+    would give the general artifact byte for byte (the cache index showed the
+    same sha256).  Its key is therefore the general key, and the range runs
+    the general runnable at no compile cost.  Should a compile ever depend on
+    the range (say, a pass that reads it), the range gets a key of its own here.
+    """
+    return Target("general").key() if target.kind == "range" else target.key()
 
 
 def reachable(targets: list[Target], size: Any, name: str) -> list[Target]:
@@ -110,10 +133,15 @@ def reachable(targets: list[Target], size: Any, name: str) -> list[Target]:
         return targets
     kept = []
     for t in targets:
-        if t.kind != "general" and (t.hi < lower or (upper is not None and t.lo > upper)):
+        if t.kind != "general" and (
+            t.hi < lower or (upper is not None and t.lo > upper)
+        ):
             log.debug(
                 "piece %s: %s is outside the size's range [%s, %s]",
-                name, t.describe(), lower, upper,
+                name,
+                t.describe(),
+                lower,
+                upper,
             )
             continue
         kept.append(t)
@@ -136,7 +164,11 @@ def piece_inputs(
             return super().call_module(target, args, kwargs)
 
     fake_mode = next(
-        (v.fake_mode for v in fake_inputs if isinstance(v, torch._subclasses.FakeTensor)),
+        (
+            v.fake_mode
+            for v in fake_inputs
+            if isinstance(v, torch._subclasses.FakeTensor)
+        ),
         None,
     )
     if fake_mode is None:

@@ -41,7 +41,9 @@ import torch
 log = logging.getLogger("stitch")
 
 
-def lifted_float_symbols(fake_inputs: Sequence[Any], shape_env: Any = None) -> list[str]:
+def lifted_float_symbols(
+    fake_inputs: Sequence[Any], shape_env: Any = None
+) -> list[str]:
     """Names of the backed float symbols of the graph (sorted).
 
     Those its inputs carry (a 0-d tensor's ``item_memo``, a SymFloat input) and,

@@ -37,7 +37,9 @@ class RuntimeSize:
         return None
 
 
-def find_size(graph: fx.GraphModule, example_inputs: Sequence[Any]) -> RuntimeSize | None:
+def find_size(
+    graph: fx.GraphModule, example_inputs: Sequence[Any]
+) -> RuntimeSize | None:
     """The runtime size of ``graph`` given its (fake) example inputs, if it has one."""
     names = [n.name for n in graph.graph.nodes if n.op == "placeholder"]
     for i, value in enumerate(example_inputs):
@@ -57,7 +59,9 @@ def find_size(graph: fx.GraphModule, example_inputs: Sequence[Any]) -> RuntimeSi
 
 
 def hoisted_input(
-    split_gm: fx.GraphModule, size: RuntimeSize | None, piece_arguments: dict[str, int | None]
+    split_gm: fx.GraphModule,
+    size: RuntimeSize | None,
+    piece_arguments: dict[str, int | None],
 ) -> str | None:
     """The graph input the emitted function can dispatch on once per forward.
 

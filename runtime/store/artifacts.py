@@ -23,7 +23,11 @@ from typing import Any
 
 import torch.fx as fx
 
-from stitch.codegen.fingerprint import describe_example, string_constants, structural_hash
+from stitch.codegen.fingerprint import (
+    describe_example,
+    string_constants,
+    structural_hash,
+)
 
 from .files import PRIVATE_FILE, fsync_dir, fsync_file, remove_tree, sha256_file
 from .index import (
@@ -102,12 +106,19 @@ class ArtifactIdentity:
         data = parse_literal(text)
         if not isinstance(data, dict):
             raise Invalid("<file>", f"holds {type(data).__name__}, expected a dict")
-        field(data, "format", "", lambda v: v == ARTIFACT_FORMAT, f"format {ARTIFACT_FORMAT}")
+        field(
+            data,
+            "format",
+            "",
+            lambda v: v == ARTIFACT_FORMAT,
+            f"format {ARTIFACT_FORMAT}",
+        )
         strings = field(
             data,
             "strings",
             "",
-            lambda v: v is None or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
+            lambda v: v is None
+            or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
             "a list of str or None",
         )
         identity = cls(
@@ -117,13 +128,17 @@ class ArtifactIdentity:
             strings=None if strings is None else tuple(strings),
             target=field(data, "target", "", is_target, "a target"),
             key=field(data, "key", "", is_key, "a hex compile key"),
-            sym_index=field(data, "sym_index", "", is_int_or_none, "an int >= 0 or None"),
+            sym_index=field(
+                data, "sym_index", "", is_int_or_none, "an int >= 0 or None"
+            ),
             unwrap=field(data, "unwrap", "", is_bool, "a bool"),
             sha256=field(data, "sha256", "", is_sha256, "a sha256 hex digest"),
         )
         check = field(data, "check", "", is_str, "a str")
         if check != _checksum(identity._fields()):
-            raise Invalid("check", "does not match the record (it was edited or is corrupted)")
+            raise Invalid(
+                "check", "does not match the record (it was edited or is corrupted)"
+            )
         return identity
 
     def mismatch(
@@ -150,7 +165,9 @@ class ArtifactIdentity:
                 return f"field {name} is {short(getattr(self, name))}, expected {short(want)}"
         if self.strings is not None and self.strings != piece.strings:
             ours = short(list(piece.strings))
-            return f"field strings is {short(list(self.strings))}, this piece's are {ours}"
+            return (
+                f"field strings is {short(list(self.strings))}, this piece's are {ours}"
+            )
         return None
 
 
@@ -197,7 +214,9 @@ def publish(
         fsync_file(payload)
         identity = identity_for(sha256_file(payload))
         fd = os.open(
-            os.path.join(staging, IDENTITY_FILE), os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE
+            os.path.join(staging, IDENTITY_FILE),
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+            PRIVATE_FILE,
         )
         with os.fdopen(fd, "wb") as f:
             f.write(identity.render().encode("utf-8"))

@@ -77,7 +77,9 @@ class CompileCache:
         self.identity = identity
         self.writable = True
         self.index: Index | None = None  # as read at the start of the run
-        self._disk: tuple[Any, Index] | None = None  # (file stamp, index) last seen on disk
+        self._disk: tuple[Any, Index] | None = (
+            None  # (file stamp, index) last seen on disk
+        )
         self._pieces: dict[str, PieceIdentity] = {}
         self._artifacts: dict[str, ArtifactIdentity | None] = {}  # verified, by key
         self._broken: set[str] = set()  # keys whose folder must be replaced
@@ -86,7 +88,9 @@ class CompileCache:
         self._source_saved = False
 
     @classmethod
-    def open(cls, config: CompilationConfig, graph_key: str, config_hash: str) -> CompileCache:
+    def open(
+        cls, config: CompilationConfig, graph_key: str, config_hash: str
+    ) -> CompileCache:
         """The entry for this graph and config; raises ``StitchCacheTrustError``."""
         root = cache_root(config)
         identity = EntryIdentity(
@@ -141,11 +145,17 @@ class CompileCache:
             return None
         except (OSError, UnicodeDecodeError) as exc:
             if report:
-                self.fault(path, f"cannot be read ({type(exc).__name__}: {exc})", "the index")
+                self.fault(
+                    path, f"cannot be read ({type(exc).__name__}: {exc})", "the index"
+                )
             return None
         read = parse_index(text, self.identity)
         if read.problems and report:
-            more = f" (and {len(read.problems) - 1} more)" if len(read.problems) > 1 else ""
+            more = (
+                f" (and {len(read.problems) - 1} more)"
+                if len(read.problems) > 1
+                else ""
+            )
             what = "the index" if read.index is None else "those records"
             self.fault(path, read.problems[0] + more, what)
         if read.index is not None:
@@ -221,7 +231,9 @@ class CompileCache:
         possible = {
             t.key(): t
             for t in targets_for(
-                config.compile_sizes, config.compile_ranges(), record.sym_index is not None
+                config.compile_sizes,
+                config.compile_ranges(),
+                record.sym_index is not None,
             )
         }
         where = f"pieces[{name!r}]"
@@ -283,7 +295,9 @@ class CompileCache:
             try:
                 identity = read_identity(folder)
                 if identity.key != key:
-                    raise Invalid("key", f"is {identity.key!r}, but the folder is {key!r}")
+                    raise Invalid(
+                        "key", f"is {identity.key!r}, but the folder is {key!r}"
+                    )
             except Invalid as exc:
                 file = ARTIFACT_FILE if exc.field == "sha256" else IDENTITY_FILE
                 self.fault(os.path.join(folder, file), str(exc))
@@ -307,8 +321,8 @@ class CompileCache:
         target: Target,
         key: str,
         sym_index: int | None,
-    ) -> tuple[str, bool] | None:
-        """``(artifact path, unwrap)`` of a verified artifact for this use, or None."""
+    ) -> tuple[str, bool, str] | None:
+        """``(artifact path, unwrap, sha256)`` of a verified artifact for this use, or None."""
         old = self._old_entry(name, target.key())
         claimed = old is not None and old.saved and old.key == key
         identity = self._artifact(key, claimed=claimed)
@@ -323,10 +337,12 @@ class CompileCache:
             sym_index=sym_index,
         )
         if problem is not None:
-            self.fault(self.artifact_path(key, IDENTITY_FILE), f"{problem} (piece {name})")
+            self.fault(
+                self.artifact_path(key, IDENTITY_FILE), f"{problem} (piece {name})"
+            )
             self._broken.add(key)
             return None
-        return self.artifact_path(key, ARTIFACT_FILE), identity.unwrap
+        return self.artifact_path(key, ARTIFACT_FILE), identity.unwrap, identity.sha256
 
     def load_failed(self, key: str, path: str, exc: Exception) -> None:
         self.fault(path, str(exc))
@@ -348,7 +364,10 @@ class CompileCache:
         old = self._old_entry(name, target.key())
         if old is not None and not old.saved and old.key == key and old.note:
             log.info(
-                "stitch cache: piece %s (%s) stays in memory: %s", name, target.describe(), old.note
+                "stitch cache: piece %s (%s) stays in memory: %s",
+                name,
+                target.describe(),
+                old.note,
             )
             return old
         if not self.writable:
@@ -370,7 +389,9 @@ class CompileCache:
 
         try:
             make_private_dirs(artifacts_dir, self.root)
-            identity = publish(artifacts_dir, key, save, identity_for, replace=key in self._broken)
+            identity = publish(
+                artifacts_dir, key, save, identity_for, replace=key in self._broken
+            )
         except StitchCacheError as exc:
             if isinstance(exc.__cause__, OSError):
                 self._unwritable(artifacts_dir, exc.__cause__)
@@ -381,7 +402,8 @@ class CompileCache:
             # file record that every later run would warn about.
             note = f"the compiler could not save it ({exc})"
             log.warning(
-                "stitch cache: piece %s (%s) cannot be cached: %s; it is compiled on " "every run",
+                "stitch cache: piece %s (%s) cannot be cached: %s; it is compiled on "
+                "every run",
                 name,
                 target.describe(),
                 exc,
@@ -399,7 +421,11 @@ class CompileCache:
         return EntryRecord(target.key(), key, identity is not None, "")
 
     def record_piece(
-        self, name: str, module_path: str, sym_index: int | None, entries: list[EntryRecord]
+        self,
+        name: str,
+        module_path: str,
+        sym_index: int | None,
+        entries: list[EntryRecord],
     ) -> None:
         """Record a compiled piece in the index now (a crash later keeps it)."""
         record = PieceRecord(module_path, sym_index, tuple(entries))
@@ -420,7 +446,9 @@ class CompileCache:
     def has_source(self) -> bool:
         return self.index is not None and self.index.source is not None
 
-    def read_source(self, submod_names: list[str], dispatch_on: str | None) -> str | None:
+    def read_source(
+        self, submod_names: list[str], dispatch_on: str | None
+    ) -> str | None:
         """The cached stitching source, if it is exactly what the index recorded."""
         record = self.index.source if self.index is not None else None
         if record is None:
@@ -459,12 +487,16 @@ class CompileCache:
         self._source_read = True
         return code
 
-    def save_source(self, code: str, submod_names: list[str], dispatch_on: str | None) -> None:
+    def save_source(
+        self, code: str, submod_names: list[str], dispatch_on: str | None
+    ) -> None:
         """Write the stitching source and its index record (nothing if it was read)."""
         if self._source_read or not self.writable:
             return
         data = code.encode("utf-8")
-        record = SourceRecord(SOURCE_FILE, sha256_bytes(data), tuple(submod_names), dispatch_on)
+        record = SourceRecord(
+            SOURCE_FILE, sha256_bytes(data), tuple(submod_names), dispatch_on
+        )
         path = self.path(SOURCE_FILE)
         try:
             make_private_dirs(self.directory, self.root)

@@ -56,7 +56,9 @@ def parse_literal(text: str) -> Any:
     try:
         return ast.literal_eval(text)
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as exc:
-        raise Invalid("<file>", f"is not a Python literal ({type(exc).__name__})") from None
+        raise Invalid(
+            "<file>", f"is not a Python literal ({type(exc).__name__})"
+        ) from None
 
 
 def render_literal(header: str, data: Any) -> str:
@@ -71,7 +73,11 @@ def short(value: Any) -> str:
 
 
 def field(
-    data: Mapping[str, Any], name: str, where: str, ok: Callable[[Any], bool], expected: str
+    data: Mapping[str, Any],
+    name: str,
+    where: str,
+    ok: Callable[[Any], bool],
+    expected: str,
 ) -> Any:
     """``data[name]`` if ``ok`` accepts it; else :class:`Invalid` naming ``where + name``."""
     if name not in data:
@@ -135,7 +141,9 @@ class EntryRecord:
         if not isinstance(data, dict):
             raise Invalid(where.rstrip("."), f"is {short(data)}, expected a dict")
         return cls(
-            target=field(data, "target", where, is_target, "a target like 'general' or 'size8'"),
+            target=field(
+                data, "target", where, is_target, "a target like 'general' or 'size8'"
+            ),
             key=field(data, "key", where, is_key, "a hex compile key"),
             saved=field(data, "saved", where, is_bool, "a bool"),
             note=field(data, "note", where, is_str, "a str"),
@@ -153,14 +161,22 @@ class PieceRecord:
         if not isinstance(data, dict):
             raise Invalid(where.rstrip("."), f"is {short(data)}, expected a dict")
         entries = field(
-            data, "entries", where, lambda v: isinstance(v, list) and v, "a non-empty list"
+            data,
+            "entries",
+            where,
+            lambda v: isinstance(v, list) and v,
+            "a non-empty list",
         )
-        parsed = tuple(EntryRecord.parse(e, f"{where}entries[{i}].") for i, e in enumerate(entries))
+        parsed = tuple(
+            EntryRecord.parse(e, f"{where}entries[{i}].") for i, e in enumerate(entries)
+        )
         if len({e.target for e in parsed}) != len(parsed):
             raise Invalid(f"{where}entries", "names a target twice")
         return cls(
             module_path=field(data, "module_path", where, is_str, "a str"),
-            sym_index=field(data, "sym_index", where, is_int_or_none, "an int >= 0 or None"),
+            sym_index=field(
+                data, "sym_index", where, is_int_or_none, "an int >= 0 or None"
+            ),
             entries=parsed,
         )
 
@@ -178,7 +194,9 @@ class SourceRecord:
     @classmethod
     def parse(cls, data: Any, where: str) -> SourceRecord:
         if not isinstance(data, dict):
-            raise Invalid(where.rstrip("."), f"is {short(data)}, expected a dict or None")
+            raise Invalid(
+                where.rstrip("."), f"is {short(data)}, expected a dict or None"
+            )
         names = field(
             data,
             "submod_names",
@@ -187,7 +205,9 @@ class SourceRecord:
             "a list of piece names",
         )
         return cls(
-            file=field(data, "file", where, lambda v: v == SOURCE_FILE, repr(SOURCE_FILE)),
+            file=field(
+                data, "file", where, lambda v: v == SOURCE_FILE, repr(SOURCE_FILE)
+            ),
             sha256=field(data, "sha256", where, is_sha256, "a sha256 hex digest"),
             submod_names=tuple(names),
             dispatch_on=field(
@@ -207,7 +227,10 @@ class Index:
     pieces: Mapping[str, PieceRecord]
 
     def to_literal(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"format": INDEX_FORMAT, **dataclasses.asdict(self.identity)}
+        data: dict[str, Any] = {
+            "format": INDEX_FORMAT,
+            **dataclasses.asdict(self.identity),
+        }
         data["source"] = (
             None
             if self.source is None
@@ -259,9 +282,17 @@ def parse_index(text: str, expected: EntryIdentity | None) -> IndexRead:
         field(data, "format", "", lambda v: v == INDEX_FORMAT, f"format {INDEX_FORMAT}")
         if expected is None:
             names = [f.name for f in dataclasses.fields(EntryIdentity)]
-            expected = EntryIdentity(*(field(data, n, "", is_str, "a str") for n in names))
+            expected = EntryIdentity(
+                *(field(data, n, "", is_str, "a str") for n in names)
+            )
         for name, want in dataclasses.asdict(expected).items():
-            field(data, name, "", lambda v, want=want: v == want, f"{want!r} (this entry's)")
+            field(
+                data,
+                name,
+                "",
+                lambda v, want=want: v == want,
+                f"{want!r} (this entry's)",
+            )
         pieces_data = field(data, "pieces", "", is_dict, "a dict of piece records")
     except Invalid as exc:
         return IndexRead(None, [str(exc)])

@@ -28,7 +28,9 @@ def cache_root(config: CompilationConfig) -> str:
         return os.path.abspath(os.path.expanduser(config.cache_dir))
     if os.environ.get(CACHE_ENV):
         return os.path.abspath(os.path.expanduser(os.environ[CACHE_ENV]))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
     return os.path.join(base, "stitch")
 
 

@@ -53,7 +53,9 @@ def inspect_entry(directory: str) -> EntryReport:
     report = EntryReport(directory)
     try:
         _inspect(report)
-    except Exception as exc:  # noqa: BLE001 - a diagnosis must not crash on what it diagnoses
+    except (
+        Exception
+    ) as exc:  # noqa: BLE001 - a diagnosis must not crash on what it diagnoses
         report.problem("", f"could not be inspected ({type(exc).__name__}: {exc})")
     return report
 
@@ -64,7 +66,9 @@ def _inspect(report: EntryReport) -> None:
     _check_permissions(report, root)
     index_path = os.path.join(directory, INDEX_FILE)
     if not os.path.isfile(index_path):
-        report.problem(INDEX_FILE, "is missing (a run was stopped before recording anything)")
+        report.problem(
+            INDEX_FILE, "is missing (a run was stopped before recording anything)"
+        )
     else:
         try:
             with open(index_path, encoding="utf-8") as f:
@@ -142,7 +146,9 @@ def _check_pieces(report: EntryReport, index: Index) -> set[str]:
                 report.problem(os.path.join(relative, file), str(exc))
                 continue
             except (OSError, UnicodeDecodeError) as exc:
-                report.problem(relative, f"cannot be read ({type(exc).__name__}: {exc})")
+                report.problem(
+                    relative, f"cannot be read ({type(exc).__name__}: {exc})"
+                )
                 continue
             wanted = {
                 "key": entry.key,
@@ -177,7 +183,10 @@ def _orphans(report: EntryReport, used: set[str], keys: set[str]) -> None:
         if not os.path.isdir(os.path.join(artifacts, name)):
             continue  # reported above as not a folder
         extra = sorted(
-            set(os.listdir(os.path.join(artifacts, name))) - {ARTIFACT_FILE, IDENTITY_FILE}
+            set(os.listdir(os.path.join(artifacts, name)))
+            - {ARTIFACT_FILE, IDENTITY_FILE}
         )
         for file in extra:
-            report.problem(os.path.join(relative, file), "is orphaned (no record uses it)")
+            report.problem(
+                os.path.join(relative, file), "is orphaned (no record uses it)"
+            )

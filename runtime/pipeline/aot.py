@@ -1,0 +1,417 @@
+"""``aot_compile``: compile a model once; every later process loads it without Dynamo.
+
+NOTE: [warm start without Dynamo]
+A warm Dynamo-entered start still traces the whole model in every process
+(seconds per layer stack), and every forward passes Dynamo's guards.
+``aot_compile(model, example_inputs, config)`` compiles through
+``torch.compile(...).aot_compile`` once and saves, beside Stitch's cache entry:
+
+- the forward Dynamo produced (its transformed bytecode, which gathers the
+  parameters, calls the stitched function and builds the result), marshalled;
+- a reference to the Stitch cache entry the stitched function runs (see
+  ``stitched.py``), never a copy of it;
+- torch's own save of the compiled function (with its guards), for debugging;
+- what the save is valid for: torch, Python and Stitch versions, the config
+  hash, the inputs' dtypes, ranks and dynamic dims, and the source files Dynamo
+  traced.
+
+A later process with the same model and config finds that record by the model's
+class and structure, checks it, and rebuilds the forward as a plain Python
+function bound to the model: no Dynamo import, no tracing, no fake tensors, no
+Inductor (pieces load prebuilt), and no guard evaluation per forward.  When the
+record is stale (another torch, edited model code, another config, other input
+dtypes or ranks) one warning says why and the model is compiled again.
+
+Guards are the debugging switch: ``guards=True`` (or ``STITCH_AOT_GUARDS=1``)
+loads torch's saved function instead and checks Dynamo's guards on every call,
+raising with the failed guard when an input no longer fits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib
+import logging
+import marshal
+import os
+import time
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from stitch.codegen.errors import StitchCacheError, StitchError
+
+from ..config import CompilationConfig
+from ..store.cache import cache_root
+from .aot_record import (
+    RECORD_FORMAT,
+    StaleRecord,
+    dynamic_spec,
+    factors,
+    model_name,
+    read_file,
+    read_record,
+    record_folder,
+    stale_reasons,
+    traced_code,
+    literal,
+    write_record,
+)
+from .backend import StitchBackend
+from .stitched import (
+    StitchFunction,
+    load_reference,
+    parse_reference,
+    reference_entry,
+    reference_root,
+)
+
+log = logging.getLogger("stitch")
+
+BYTECODE_FILE = "forward.bytecode"
+TORCH_FILE = "torch_function.bin"
+GUARDS_ENV = "STITCH_AOT_GUARDS"
+DYNAMO_UTILS = "torch._dynamo.utils"
+
+
+@dataclasses.dataclass
+class AOTCompiledModel:
+    """What :func:`aot_compile` returns: call it as you would call the model.
+
+    ``forward`` is what a serving loop calls (bound to the model: no Dynamo frame
+    and, unless ``guards``, no guard check).  ``warm`` says it was loaded from a
+    saved record without tracing; ``seconds`` what getting it took; ``path`` the
+    record's folder (None when nothing was saved).
+    """
+
+    forward: Callable[..., Any]
+    warm: bool
+    guards: bool
+    seconds: float
+    path: str | None
+    # The Stitch cache entry the forward runs (None: not cached).
+    cache_entry: str | None = None
+    # The backend that compiled it in this process (None when loaded warm).
+    backend: StitchBackend | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.forward(*args, **kwargs)
+
+
+def aot_compile(
+    model: torch.nn.Module,
+    example_inputs: Sequence[Any],
+    config: CompilationConfig | None = None,
+    *,
+    dynamic_dims: Mapping[int, Sequence[int]] | None = None,
+    guards: bool | None = None,
+) -> AOTCompiledModel:
+    """Compile ``model.forward`` with Stitch ahead of time, or load it as compiled before.
+
+    ``example_inputs`` are the forward's positional arguments.
+    ``dynamic_dims`` maps an input's position to its dimensions that vary (the
+    token count): they are marked ``mark_unbacked`` (one graph for every size,
+    1 included) only when the model is compiled, since marking imports Dynamo.
+    Dimensions marked on the inputs beforehand count too.  The model is
+    compiled for inference (under ``torch.no_grad()``); forward hooks do not
+    run.  ``guards`` (default: ``$STITCH_AOT_GUARDS``) checks Dynamo's guards on
+    every call, for debugging.
+    """
+    start = time.perf_counter()
+    config = config if config is not None else CompilationConfig()
+    if guards is None:
+        guards = os.environ.get(GUARDS_ENV, "") not in ("", "0")
+    args = tuple(example_inputs)
+    dims = dynamic_spec(args, dynamic_dims or {})
+    # Only Inductor pieces are saved: the eager backend has nothing to load.
+    saves = not config.disable_cache and config.backend == "inductor"
+    folder = record_folder(model, config) if saves else None
+    if folder is not None:
+        try:
+            loaded = load(model, args, dims, config, folder, guards)
+        except StaleRecord as exc:
+            log.warning(
+                "stitch aot: the saved %s is stale (%s); compiling it again",
+                model_name(model),
+                exc,
+            )
+        except (StitchCacheError, OSError, ValueError) as exc:
+            log.warning(
+                "stitch aot: the saved %s is unusable (%s); compiling it again",
+                model_name(model),
+                exc,
+            )
+        else:
+            if loaded is not None:
+                forward, entry = loaded
+                seconds = time.perf_counter() - start
+                log.info("stitch aot: %s loaded in %.2fs", model_name(model), seconds)
+                return AOTCompiledModel(forward, True, guards, seconds, folder, entry)
+    backend = StitchBackend(config, serializable=True)
+    with marked_unbacked(args, dims):
+        forward, saved = compile_and_save(
+            model, args, dims, config, backend, folder, guards
+        )
+    entry = backend.compiled[-1].cache_dir if backend.compiled else None
+    seconds = time.perf_counter() - start
+    return AOTCompiledModel(forward, False, guards, seconds, saved, entry, backend)
+
+
+# -- marking dynamic dims -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def marked_unbacked(
+    args: Sequence[Any], dims: Sequence[Sequence[int]]
+) -> Iterator[None]:
+    """Mark the requested dims for Dynamo while compiling; the inputs are left as they were.
+
+    Dynamo's marks are attributes of the tensor; a guarded call (``guards=True``)
+    with a tensor still marked fails Dynamo's marking guard.
+    """
+    saved = [(a, dict(a.__dict__)) for a in args if isinstance(a, torch.Tensor)]
+    for a, wanted in zip(args, dims):
+        if not isinstance(a, torch.Tensor):
+            continue
+        marked = set(getattr(a, "_dynamo_dynamic_indices", ())) | set(
+            getattr(a, "_dynamo_unbacked_indices", ())
+        )
+        for d in wanted:
+            if d not in marked:
+                torch._dynamo.decorators.mark_unbacked(a, d)
+    try:
+        yield
+    finally:
+        for a, attrs in saved:
+            for name in set(a.__dict__) - set(attrs):
+                delattr(a, name)
+            a.__dict__.update(attrs)
+
+
+# -- loading ------------------------------------------------------------------------------
+
+
+def load(
+    model: torch.nn.Module,
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+    config: CompilationConfig,
+    folder: str,
+    guards: bool,
+) -> tuple[Callable[..., Any], str] | None:
+    """The saved forward bound to ``model`` and its cache entry (None if nothing was saved)."""
+    record = read_record(folder)
+    if record is None:
+        return None
+    reasons = stale_reasons(record, config, args, dims)
+    if reasons:
+        raise StaleRecord("; ".join(reasons))
+    forward_globals = type(model).forward.__globals__
+    root = cache_root(config)
+    entry = reference_entry(record["stitched"], root)
+    function = record["function"]
+    if guards or not function.get("light"):
+        data = read_file(folder, TORCH_FILE, record.get("torch_function_sha256"))
+        from torch._dynamo.aot_compile import AOTCompiledFunction
+
+        with reference_root(root):
+            compiled = AOTCompiledFunction.deserialize(data, f_globals=forward_globals)
+        if not guards:
+            compiled.disable_guard_check()
+        return types.MethodType(compiled, model), entry
+    code = marshal.loads(
+        read_file(folder, BYTECODE_FILE, function.get("bytecode_sha256"))
+    )
+    if not isinstance(code, types.CodeType):
+        raise StitchCacheError(f"{folder}/{BYTECODE_FILE} holds no code object")
+    stitched = load_reference(record["stitched"], root)
+    forward = build_forward(code, function, forward_globals, stitched)
+    return types.MethodType(forward, model), entry
+
+
+def build_forward(
+    code: types.CodeType,
+    function: dict[str, Any],
+    forward_globals: dict[str, Any],
+    stitched: Callable[..., Any],
+) -> types.FunctionType:
+    """Dynamo's transformed forward as a plain function calling ``stitched``.
+
+    This is what torch's own loader builds (``GraphRuntimeEnv.forward_callable``)
+    minus the guard manager, and with ``torch._dynamo.utils`` (which the
+    bytecode reads three helpers from) answered without importing Dynamo.
+    """
+    f_globals = dict(forward_globals)
+    for alias, module in function["import_sources"].items():
+        f_globals[alias] = (
+            DYNAMO_HELPERS
+            if module == DYNAMO_UTILS
+            else importlib.import_module(module)
+        )
+    f_globals[function["backend_id"]] = stitched
+    fn = types.FunctionType(
+        code, f_globals, code.co_name, function.get("argdefs"), None
+    )
+    if function.get("kwdefaults"):
+        fn.__kwdefaults__ = dict(function["kwdefaults"])
+    return fn
+
+
+class _DynamoHelpers(types.ModuleType):
+    """The helpers of ``torch._dynamo.utils`` Dynamo's bytecode calls, without importing Dynamo.
+
+    Same behaviour as the originals (a profiler range around the pre-graph
+    bytecode while a profiler runs; ``x.size(i)``); any other name is taken
+    from the real module.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("stitch_dynamo_helpers")
+
+    @staticmethod
+    def record_pregraph_bytecode_enter() -> Any:
+        if torch.autograd.profiler._is_profiler_enabled:
+            cm = torch._C._profiler._RecordFunctionFast("Pregraph bytecode")
+        else:
+            import contextlib
+
+            cm = contextlib.nullcontext()
+        cm.__enter__()
+        return cm
+
+    @staticmethod
+    def record_pregraph_bytecode_exit(cm: Any) -> None:
+        cm.__exit__(None, None, None)
+
+    @staticmethod
+    def call_size(x: Any, i: int) -> int:
+        return x.size(i)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(DYNAMO_UTILS), attr)
+
+
+DYNAMO_HELPERS = _DynamoHelpers()
+
+
+# -- compiling ----------------------------------------------------------------------------
+
+
+def compile_and_save(
+    model: torch.nn.Module,
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+    config: CompilationConfig,
+    backend: StitchBackend,
+    folder: str | None,
+    guards: bool,
+) -> tuple[Callable[..., Any], str | None]:
+    """Trace and compile through torch's aot_compile; save the record when it can be."""
+    from torch._dynamo.aot_compile import AOTCompiledFunction
+
+    try:
+        with torch.no_grad():
+            compiled = torch.compile(
+                type(model).forward, backend=backend, fullgraph=True
+            ).aot_compile(((model, *args), {}))
+    except Exception as exc:  # noqa: BLE001 - fall back to the Dynamo-entered path
+        if isinstance(getattr(exc, "inner_exception", exc), StitchError):
+            raise  # the model does not compile: the fallback would fail the same way
+        log.warning(
+            "stitch aot: torch's aot_compile failed for %s (%s: %s); "
+            "running it through torch.compile instead",
+            model_name(model),
+            type(exc).__name__,
+            exc,
+        )
+        return torch.compile(model, backend=StitchBackend(config), fullgraph=True), None
+    artifacts = compiled._artifacts
+    stitched = artifacts.compiled_fn
+    assert isinstance(stitched, StitchFunction)  # serializable=True above
+    env = artifacts.runtime_env
+    function, why_not_light = function_record(artifacts)
+    forward: Callable[..., Any]
+    if guards or why_not_light:
+        if not guards:
+            compiled.disable_guard_check()
+        forward = types.MethodType(compiled, model)
+    else:
+        forward = types.MethodType(
+            build_forward(
+                env.bytecode, function, type(model).forward.__globals__, stitched.fn
+            ),
+            model,
+        )
+    if folder is None:
+        return forward, None
+    try:
+        torch_data = AOTCompiledFunction.serialize(compiled).serialized_data
+        reference = parse_reference(
+            StitchFunction.serialize_compile_artifacts(stitched).decode("utf-8")
+        )
+    except (
+        Exception
+    ) as exc:  # noqa: BLE001 - this process runs; the next compiles again
+        log.warning(
+            "stitch aot: %s cannot be saved (%s: %s); the next process compiles it again",
+            model_name(model),
+            type(exc).__name__,
+            exc,
+        )
+        return forward, None
+    files = {TORCH_FILE: torch_data}
+    if not why_not_light:
+        files[BYTECODE_FILE] = marshal.dumps(env.bytecode)
+        function["bytecode_sha256"] = hashlib.sha256(files[BYTECODE_FILE]).hexdigest()
+    else:
+        log.info(
+            "stitch aot: %s loads through torch's loader: %s",
+            model_name(model),
+            why_not_light,
+        )
+    record = {
+        "format": RECORD_FORMAT,
+        "model": model_name(model),
+        "factors": literal(factors(config, args, dims)),
+        "code": traced_code(artifacts.source_info.inlined_sources),
+        "function": function,
+        "stitched": reference,
+        "torch_function_sha256": hashlib.sha256(torch_data).hexdigest(),
+    }
+    try:
+        write_record(folder, record, files)
+    except OSError as exc:
+        log.warning("stitch aot: could not write %s (%s)", folder, exc)
+        return forward, None
+    return forward, folder
+
+
+def function_record(artifacts: Any) -> tuple[dict[str, Any], str]:
+    """What rebuilding Dynamo's forward needs; and why it cannot be rebuilt ("" if it can)."""
+    env = artifacts.runtime_env
+    record = {
+        "backend_id": artifacts.backend_id,
+        "import_sources": dict(env.import_sources),
+        "argdefs": None,
+        "kwdefaults": None,
+        "light": False,
+    }
+    why = []
+    if env.closure:
+        why.append("the forward is a closure")
+    if env.used_globals:
+        why.append(f"the bytecode reads saved globals {sorted(env.used_globals)}")
+    for name in ("argdefs", "kwdefaults"):
+        value = getattr(env, name)
+        try:
+            record[name] = literal(value) if value is not None else None
+        except (SyntaxError, ValueError):
+            why.append(f"its {name} are not literals")
+    record["light"] = not why
+    return record, "; ".join(why)

@@ -1,0 +1,239 @@
+"""The record of an AOT-compiled forward: where it lives, what it is valid for, reading and writing it.
+
+A record lives at ``<cache root>/aot/<model key>/rank_<r>/`` and is keyed by the
+model's class and structure (module types, weight shapes and dtypes, plain
+attributes): what a warm process can compute before tracing anything.  What
+the saved forward depends on beyond that (torch, Python and Stitch versions,
+the config hash, the inputs' dtypes, ranks and dynamic dims, the source files
+Dynamo traced) is stored in the record and compared on load; any difference is
+a reason the record is stale (see NOTE: [warm start without Dynamo] in aot.py).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import enum
+import hashlib
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
+
+from ..config import CompilationConfig
+from ..store.cache import cache_root, current_rank, stitch_version
+from ..store.files import atomic_write
+
+AOT_DIR = "aot"
+RECORD_FILE = "function.py"
+RECORD_FORMAT = 1
+RECORD_HEADER = "# Stitch AOT-compiled forward (a Python literal; see stitch/runtime/pipeline/aot.py)\n"
+
+
+class StaleRecord(Exception):
+    """The saved function does not fit this process; the reasons, for one warning."""
+
+
+def record_folder(model: torch.nn.Module, config: CompilationConfig) -> str:
+    """``<cache root>/aot/<model key>/rank_<r>``: one record per model class and structure."""
+    key = hashlib.sha256(
+        repr((model_name(model), model_structure(model))).encode()
+    ).hexdigest()[:20]
+    return os.path.join(cache_root(config), AOT_DIR, key, f"rank_{current_rank()}")
+
+
+def model_name(model: torch.nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def model_structure(model: torch.nn.Module) -> list[Any]:
+    """Module types, parameter/buffer metadata and plain attributes, in module order.
+
+    What Dynamo bakes into the graph from the module tree besides code: shapes
+    and dtypes of the weights, and scalar attributes (sizes, eps, flags).
+    """
+    out: list[Any] = []
+    for name, module in model.named_modules():
+        out.append((name, f"{type(module).__module__}.{type(module).__qualname__}"))
+        for kind, tensors in (("p", module._parameters), ("b", module._buffers)):
+            for tname, t in tensors.items():
+                if t is not None:
+                    out.append(
+                        (kind, tname, tuple(t.shape), str(t.dtype), t.device.type)
+                    )
+        for attr, value in sorted(vars(module).items()):
+            if not attr.startswith("_") and attr != "training":
+                plain = _plain(value)
+                if plain is not None:
+                    out.append(("a", attr, plain))
+    return out
+
+
+def _plain(value: Any) -> str | None:
+    if value is None or isinstance(
+        value, (bool, int, float, str, enum.Enum, torch.dtype)
+    ):
+        return repr(value)
+    if isinstance(value, tuple) and all(_plain(v) is not None for v in value):
+        return repr(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return repr(value)
+    return None
+
+
+def dynamic_spec(
+    args: Sequence[Any], requested: Mapping[int, Sequence[int]]
+) -> list[list[int]]:
+    """Per input, its dynamic dims: requested, or marked on the tensor (mark_dynamic/unbacked)."""
+    dims = []
+    for i, a in enumerate(args):
+        marked = set(requested.get(i, ()))
+        if isinstance(a, torch.Tensor):
+            for attr in ("_dynamo_dynamic_indices", "_dynamo_unbacked_indices"):
+                marked |= set(getattr(a, attr, ()))
+            bad = [d for d in marked if not -a.dim() <= d < a.dim()]
+            if bad:
+                raise StitchRuntimeError(
+                    f"input {i} has no dimension {bad[0]} (rank {a.dim()})"
+                )
+            marked = {d % a.dim() for d in marked}
+        elif marked:
+            raise StitchRuntimeError(
+                f"input {i} is a {type(a).__name__}, not a tensor with dims"
+            )
+        dims.append(sorted(marked))
+    return dims
+
+
+def input_spec(args: Sequence[Any], dims: Sequence[Sequence[int]]) -> list[Any]:
+    """Dtype, rank, device and dynamic dims of each tensor input; the type of others."""
+    spec: list[Any] = []
+    for a, dyn in zip(args, dims):
+        if isinstance(a, torch.Tensor):
+            spec.append(
+                (
+                    "tensor",
+                    str(a.dtype).removeprefix("torch."),
+                    a.dim(),
+                    a.device.type,
+                    dyn,
+                )
+            )
+        elif a is None or isinstance(a, (bool, str)):
+            spec.append((type(a).__name__, repr(a)))
+        else:
+            spec.append((type(a).__name__,))
+    return spec
+
+
+def factors(
+    config: CompilationConfig, args: Sequence[Any], dims: Sequence[Sequence[int]]
+) -> dict[str, Any]:
+    return {
+        "torch": torch.__version__,
+        "python": sys.implementation.cache_tag,
+        "stitch": stitch_version(),
+        "config_hash": config.compute_hash(),
+        "inputs": input_spec(args, dims),
+    }
+
+
+FACTOR_NAMES = {
+    "torch": "torch version",
+    "python": "Python version",
+    "stitch": "Stitch version",
+    "config_hash": "config hash",
+    "inputs": "input dtypes/ranks/dynamic dims",
+}
+
+
+def stale_reasons(
+    record: dict[str, Any],
+    config: CompilationConfig,
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+) -> list[str]:
+    reasons = []
+    saved = record.get("factors", {})
+    for name, value in factors(config, args, dims).items():
+        if saved.get(name) != literal(value):
+            reasons.append(
+                f"{FACTOR_NAMES[name]} {_short(saved.get(name))} -> {_short(value)}"
+            )
+    for module, path, sha in record.get("code", []):
+        if _file_sha256(path) != sha:
+            reasons.append(f"model code changed ({module}: {path})")
+    return reasons
+
+
+def literal(value: Any) -> Any:
+    return ast.literal_eval(repr(value))
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:16] + "…"
+
+
+def _file_sha256(path: str) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return None
+
+
+def traced_code(sources: Any) -> list[tuple[str, str, str | None]]:
+    """``(module, file, sha256)`` of each source file Dynamo traced, torch's own left out."""
+    out = set()
+    for source in sources:
+        name = getattr(source, "module", None)
+        module = sys.modules.get(name) if isinstance(name, str) else None
+        path = getattr(module, "__file__", None)
+        if not path or name == "torch" or name.startswith("torch."):
+            continue
+        out.add((name, os.path.abspath(path), _file_sha256(path)))
+    return sorted(out)
+
+
+# -- the record on disk -------------------------------------------------------------------
+
+
+def write_record(folder: str, record: dict[str, Any], files: dict[str, bytes]) -> None:
+    """Write the side files, then the record (its presence commits them)."""
+    for name, data in files.items():
+        atomic_write(os.path.join(folder, name), data)
+    text = RECORD_HEADER + repr(record) + "\n"
+    ast.literal_eval(text)
+    atomic_write(os.path.join(folder, RECORD_FILE), text.encode("utf-8"))
+
+
+def read_record(folder: str) -> dict[str, Any] | None:
+    path = os.path.join(folder, RECORD_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    try:
+        record = ast.literal_eval(text)
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
+        raise StitchCacheError(
+            f"{path} is not a literal ({type(exc).__name__})"
+        ) from None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise StitchCacheError(f"{path} has an unknown format")
+    return record
+
+
+def read_file(folder: str, name: str, sha256: Any) -> bytes:
+    path = os.path.join(folder, name)
+    with open(path, "rb") as f:
+        data = f.read()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise StitchCacheError(f"{path} does not match its sha256")
+    return data

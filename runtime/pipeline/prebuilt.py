@@ -1,0 +1,388 @@
+"""Prebuilt pieces: run a compiled piece from its saved wrapper code and built kernels, without Inductor.
+
+NOTE: [prebuilt pieces]
+``CompiledArtifact.load`` imports Inductor (seconds), probes the CPU's vector ISA
+(a C++ build and a child process) and, when Inductor's own cache is empty,
+rebuilds every C++ kernel of the piece: a warm start then costs about as much
+as compiling.  What running a CPU piece actually needs is small: the Python
+wrapper module Inductor generated (its ``call(args)``), the kernel libraries it
+loads, and two facts of AOTAutograd's runtime wrapper (grad mode off, version
+bumps of inputs mutated in the graph).  When a piece is saved, Stitch writes
+those beside the artifacts of the cache entry (``prebuilt_save.py``):
+``prebuilt/<key>.prebuilt`` holds the wrapper source and the kernel table,
+``prebuilt/kernels/<sha256>.so`` the built libraries.
+
+Loading execs the wrapper source with the imports that would pull in Inductor
+answered by stand-ins: ``AsyncCompile.cpp_pybinding`` returns the prebuilt
+kernel for its source instead of building it, ``extern_kernels.<name>`` is the
+torch function recorded at save time, and the few helper functions import
+their real module only if they are ever called.  Every other import is the real
+one.  A piece whose wrapper needs anything else (Triton kernels, constants,
+aliased outputs, ...) gets no record and loads through Inductor as before.
+
+A record is used only on a machine like the one that built it (same CPU flags,
+Python and torch), and every file is checked against its sha256 before it is
+loaded.  This module imports nothing from Inductor or Dynamo.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import functools
+import hashlib
+import importlib
+import importlib.util
+import linecache
+import os
+import platform
+import sys
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from stitch.codegen.errors import StitchCacheError
+
+PREBUILT_FORMAT = 1
+PREBUILT_DIR = "prebuilt"
+PREBUILT_SUFFIX = ".prebuilt"
+KERNELS_DIR = "kernels"
+HEADER = f"# Stitch prebuilt piece, format {PREBUILT_FORMAT} (a Python literal)\n"
+
+Runnable = Callable[..., Any]
+
+# Modules of the generated wrapper that would import Inductor, and the names it
+# takes from them that are plain functions (forwarded to the real module only
+# when called).  AsyncCompile and extern_kernels are answered separately.
+LAZY_FUNCTIONS = {
+    "torch._inductor.hooks": ("run_intermediate_hooks",),
+    "torch._inductor.utils": ("maybe_profile",),
+    "torch._inductor.codegen.memory_planning": ("_align",),
+}
+ASYNC_COMPILE = "torch._inductor.async_compile"
+SELECT_ALGORITHM = "torch._inductor.select_algorithm"
+
+
+class PrebuiltUnavailable(Exception):
+    """No usable prebuilt record (expected: e.g. another machine); load through Inductor."""
+
+
+def prebuilt_dir(artifact_path: str) -> str:
+    """``<entry>/prebuilt`` for an artifact saved as ``<entry>/artifacts/<key>.bin``."""
+    return os.path.join(os.path.dirname(os.path.dirname(artifact_path)), PREBUILT_DIR)
+
+
+def prebuilt_path(artifact_path: str) -> str:
+    name = os.path.splitext(os.path.basename(artifact_path))[0]
+    return os.path.join(prebuilt_dir(artifact_path), name + PREBUILT_SUFFIX)
+
+
+def kernels_dir(artifact_path: str) -> str:
+    return os.path.join(prebuilt_dir(artifact_path), KERNELS_DIR)
+
+
+def kernel_key(argtypes: Sequence[str], source: str) -> str:
+    """The content key of one kernel: its argument types and C++ source."""
+    return hashlib.sha256((repr(list(argtypes)) + "\0" + source).encode()).hexdigest()
+
+
+@functools.cache
+def machine_fingerprint() -> str:
+    """What a built kernel depends on: CPU architecture and flags, Python, torch."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = " ".join(sorted(line.split(":", 1)[1].split()))
+                    break
+    except OSError:
+        flags = platform.processor()
+    parts = (
+        platform.machine(),
+        flags,
+        sys.implementation.cache_tag or "",
+        torch.__version__,
+    )
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
+
+
+# -- the record file ---------------------------------------------------------------
+
+
+def render_record(data: dict[str, Any]) -> str:
+    body = repr(data) + "\n"
+    ast.literal_eval(body)  # never write what could not be read back
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return f"{HEADER}# sha256 {digest}\n{body}"
+
+
+def read_record(path: str) -> dict[str, Any]:
+    """The record at ``path``; :class:`StitchCacheError` if it is damaged."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise PrebuiltUnavailable("no prebuilt record") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StitchCacheError(f"{path} is unreadable ({exc})") from None
+    header, _, rest = text.partition("\n")
+    digest_line, _, body = rest.partition("\n")
+    if header + "\n" != HEADER:
+        raise PrebuiltUnavailable(f"{path} has another format ({header[:60]!r})")
+    want = digest_line.removeprefix("# sha256 ")
+    if hashlib.sha256(body.encode()).hexdigest() != want:
+        raise StitchCacheError(f"{path} does not match its sha256")
+    try:
+        data = ast.literal_eval(body)
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
+        raise StitchCacheError(
+            f"{path} is not a literal ({type(exc).__name__})"
+        ) from None
+    if not isinstance(data, dict):
+        raise StitchCacheError(f"{path} is not a dict")
+    return data
+
+
+# -- loading -----------------------------------------------------------------------
+
+
+def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Runnable:
+    """The runnable of the piece saved at ``artifact_path``, from its prebuilt record.
+
+    Raises :class:`PrebuiltUnavailable` when there is no record for this machine
+    and :class:`StitchCacheError` when the record or a kernel is damaged.
+    """
+    path = prebuilt_path(artifact_path)
+    data = read_record(path)
+    if data.get("machine") != machine_fingerprint():
+        raise PrebuiltUnavailable(
+            "built on another machine (CPU flags, Python or torch)"
+        )
+    if artifact_sha256 is not None and data.get("artifact_sha256") != artifact_sha256:
+        # Stale, not damaged: the artifact was rewritten (and is checked on its own).
+        raise PrebuiltUnavailable("made from another version of the artifact")
+    source = data.get("wrapper")
+    kernels = data.get("kernels")
+    extern = data.get("extern_kernels")
+    if (
+        not isinstance(source, str)
+        or not isinstance(kernels, dict)
+        or not isinstance(extern, dict)
+    ):
+        raise StitchCacheError(
+            f"{path} is missing its wrapper, kernels or extern kernels"
+        )
+    directory = kernels_dir(artifact_path)
+
+    def kernel(argtypes: Sequence[str], kernel_source: str) -> Any:
+        entry = kernels.get(kernel_key(argtypes, kernel_source))
+        if not isinstance(entry, str):
+            raise StitchCacheError(
+                f"{path}: the wrapper asks for a kernel it does not list"
+            )
+        return load_kernel(os.path.join(directory, f"{entry}.so"), entry)
+
+    filename = f"<stitch-prebuilt-{data.get('artifact_sha256', '?')[:12]}>"
+    namespace = exec_wrapper(source, filename, kernel, resolve_externs(extern))
+    call = namespace.get("call")
+    if not callable(call):
+        raise StitchCacheError(f"{path}: the wrapper defines no call()")
+    return piece_runnable(call, tuple(data.get("increment_version", ())))
+
+
+def load_kernel(path: str, sha256: str) -> Any:
+    """The ``kernel`` function of a prebuilt Python-extension kernel library."""
+    name = f"stitch_prebuilt_{sha256[:24]}.kernel"
+    module = sys.modules.get(name)
+    if module is None:
+        try:
+            with open(path, "rb") as f:
+                actual = hashlib.sha256(f.read()).hexdigest()
+        except OSError as exc:
+            raise StitchCacheError(f"kernel {path} is unreadable ({exc})") from None
+        if actual != sha256:
+            raise StitchCacheError(f"kernel {path} does not match its sha256")
+        # Inductor's loader publishes this pointer for the kernel's argument
+        # parsing before loading a kernel library; so do we.
+        os.environ["_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"] = str(
+            torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr  # type: ignore[attr-defined]
+        )
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise StitchCacheError(f"kernel {path} cannot be imported")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except ImportError as exc:
+            raise StitchCacheError(f"kernel {path} does not load ({exc})") from None
+        sys.modules[name] = module
+    return module.kernel  # type: ignore[attr-defined]
+
+
+def resolve_externs(extern: dict[str, Any]) -> dict[str, Any]:
+    """``extern_kernels`` names -> the torch callables recorded by dotted path."""
+    resolved = {}
+    for name, dotted in extern.items():
+        if not isinstance(dotted, str):
+            raise StitchCacheError(f"extern kernel {name!r} has no path")
+        resolved[name] = resolve_dotted(dotted)
+    return resolved
+
+
+def resolve_dotted(dotted: str) -> Any:
+    """``torch.ops.aten.mm.out`` or ``torch.addmm``: import the longest module prefix, then getattr."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            value: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                value = getattr(value, attr)
+        except AttributeError:
+            break
+        return value
+    raise StitchCacheError(f"extern kernel {dotted} cannot be resolved")
+
+
+def exec_wrapper(
+    source: str,
+    filename: str,
+    kernel: Callable[[Sequence[str], str], Any],
+    externs: dict[str, Any],
+) -> dict[str, Any]:
+    """Run a generated wrapper module's top level with Inductor's imports answered locally."""
+    stubs = stub_modules(kernel, externs)
+
+    def import_(
+        name: str,
+        globals_: Any = None,
+        locals_: Any = None,
+        fromlist: Sequence[str] = (),
+        level: int = 0,
+    ) -> Any:
+        if level == 0 and fromlist and name in stubs:
+            return stubs[name]
+        return builtins.__import__(name, globals_, locals_, fromlist, level)
+
+    namespace: dict[str, Any] = {
+        "__builtins__": {**builtins.__dict__, "__import__": import_},
+        "__name__": filename.strip("<>").replace("-", "_"),
+        "__file__": filename,
+    }
+    code = compile(source, filename, "exec")
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    exec(code, namespace)  # noqa: S102 - Inductor's own generated module
+    return namespace
+
+
+def stub_modules(
+    kernel: Callable[[Sequence[str], str], Any], externs: dict[str, Any]
+) -> dict[str, types.ModuleType]:
+    stubs = {
+        name: _LazyModule(name, functions) for name, functions in LAZY_FUNCTIONS.items()
+    }
+    async_compile = _LazyModule(ASYNC_COMPILE, ())
+    async_compile.AsyncCompile = functools.partial(PrebuiltAsyncCompile, kernel)  # type: ignore[attr-defined]
+    stubs[ASYNC_COMPILE] = async_compile
+    select = _LazyModule(SELECT_ALGORITHM, ())
+    select.extern_kernels = _ExternKernels(externs)  # type: ignore[attr-defined]
+    stubs[SELECT_ALGORITHM] = select
+    return stubs
+
+
+class _LazyModule(types.ModuleType):
+    """Stands in for a module of Inductor: listed functions import it when called;
+    any other name imports it at once (correct, just not fast)."""
+
+    def __init__(self, name: str, functions: Sequence[str]) -> None:
+        super().__init__(name)
+        for fn in functions:
+            setattr(self, fn, _forward(name, fn))
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def _forward(module: str, name: str) -> Callable[..., Any]:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = name
+    return forward
+
+
+class _ExternKernels:
+    """``extern_kernels`` with the callables recorded at save time."""
+
+    def __init__(self, externs: dict[str, Any]) -> None:
+        self.__dict__.update(externs)
+
+    def __getattr__(self, attr: str) -> Any:
+        real = importlib.import_module(SELECT_ALGORITHM).extern_kernels
+        return getattr(real, attr)
+
+
+class PrebuiltAsyncCompile:
+    """``AsyncCompile`` for a prebuilt wrapper: kernels come from the record."""
+
+    def __init__(self, kernel: Callable[[Sequence[str], str], Any]) -> None:
+        self._kernel = kernel
+
+    def cpp_pybinding(self, argtypes: Sequence[str], source_code: str) -> Any:
+        return self._kernel(argtypes, source_code)
+
+    def wait(self, scope: dict[str, Any]) -> None:
+        """Every kernel is loaded already."""
+
+    def __getattr__(self, attr: str) -> Any:
+        raise StitchCacheError(f"a prebuilt wrapper cannot use AsyncCompile.{attr}")
+
+
+def piece_runnable(
+    call: Callable[[list[Any]], Any], increment: tuple[int, ...]
+) -> Runnable:
+    """``runnable(*args)`` as AOTAutograd's inference wrapper runs ``call``.
+
+    NOTE: [what AOTAutograd's inference wrapper does here]
+    For a piece with no aliased outputs, no mutations applied outside the graph,
+    no RNG functionalization, no subclasses and no effect tokens (the only kind
+    that gets a record), its runtime wrapper bumps the version counter of the
+    inputs the graph mutates, turns grad mode off around the call, and, when
+    autocast was on as the piece was loaded, runs it with autocast disabled.
+    """
+    is_grad = torch.is_grad_enabled
+    set_grad = torch._C._set_grad_enabled
+    disable_amp = torch._C._is_any_autocast_enabled()
+
+    def run_plain(*args: Any) -> Any:
+        if is_grad():
+            set_grad(False)
+            try:
+                return call(list(args))
+            finally:
+                set_grad(True)
+        return call(list(args))
+
+    if not increment and not disable_amp:
+        run_plain.__wrapped__ = call  # type: ignore[attr-defined]
+        return run_plain
+    if increment:
+        from torch.autograd.graph import increment_version
+
+    def run(*args: Any) -> Any:
+        if increment:
+            increment_version(tuple(args[i] for i in increment))
+        if disable_amp:
+            with torch._C._DisableAutocast():
+                return run_plain(*args)
+        return run_plain(*args)
+
+    run.__wrapped__ = call  # type: ignore[attr-defined]
+    return run

@@ -1,0 +1,176 @@
+"""Write a piece's prebuilt record: its wrapper source, its built kernels, its runtime facts.
+
+See NOTE: [prebuilt pieces] in ``prebuilt.py``.  This side runs in a process that
+has just compiled (or loaded through Inductor) the piece, so Inductor is imported
+and every kernel of the piece is built and loaded: each kernel library is copied
+from where Inductor loaded it, never rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import re
+from typing import Any
+
+import torch
+
+from ..store.files import atomic_write
+from .prebuilt import (
+    PREBUILT_FORMAT,
+    PrebuiltUnavailable,
+    exec_wrapper,
+    kernel_key,
+    kernels_dir,
+    machine_fingerprint,
+    prebuilt_path,
+    render_record,
+    resolve_dotted,
+)
+
+log = logging.getLogger("stitch")
+
+EXTERN_USE = re.compile(r"\bextern_kernels\.(\w+)")
+
+
+def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
+    """Write ``<artifact>.prebuilt`` and its kernels; the record's path.
+
+    Raises :class:`PrebuiltUnavailable` naming why a piece cannot run without
+    Inductor (it then loads through Inductor, as before).
+    """
+    graph, entry = read_artifact(artifact_path)
+    increment = runtime_facts(graph, entry)
+    source = graph.source_code
+    externs = {
+        name: dotted_path(name) for name in sorted(set(EXTERN_USE.findall(source)))
+    }
+    directory = kernels_dir(artifact_path)
+    kernels: dict[str, str] = {}
+
+    def kernel(argtypes: Any, kernel_source: str) -> Any:
+        from torch._inductor.codecache import CppPythonBindingsCodeCache
+
+        fn = CppPythonBindingsCodeCache.load_pybinding(argtypes, kernel_source)
+        library = getattr(getattr(fn, "__self__", None), "__file__", None)
+        if not isinstance(library, str) or not os.path.isfile(library):
+            raise PrebuiltUnavailable("a kernel's library file cannot be found")
+        with open(library, "rb") as f:
+            data = f.read()
+        sha = hashlib.sha256(data).hexdigest()
+        target = os.path.join(directory, f"{sha}.so")
+        if not os.path.exists(target):
+            atomic_write(target, data)
+        kernels[kernel_key(argtypes, kernel_source)] = sha
+        return fn
+
+    # Running the module's top level (as Inductor did when it loaded the piece)
+    # both collects the kernels and proves the wrapper runs with the stand-ins.
+    resolved = {name: resolve_dotted(path) for name, path in externs.items()}
+    exec_wrapper(
+        source, f"<stitch-prebuilt-save-{artifact_sha256[:12]}>", kernel, resolved
+    )
+    record = {
+        "format": PREBUILT_FORMAT,
+        "artifact_sha256": artifact_sha256,
+        "machine": machine_fingerprint(),
+        "torch_version": torch.__version__,
+        "increment_version": list(increment),
+        "extern_kernels": externs,
+        "kernels": kernels,
+        "wrapper": source,
+    }
+    path = prebuilt_path(artifact_path)
+    atomic_write(path, render_record(record).encode("utf-8"))
+    return path
+
+
+def read_artifact(path: str) -> tuple[Any, Any]:
+    """The ``CompiledFxGraph`` and the AOTAutograd entry inside a binary artifact."""
+    from torch._inductor.standalone_compile import CacheCompiledArtifact
+    from torch.compiler._cache import CacheArtifactManager
+    from torch.utils._appending_byte_serializer import BytesReader
+
+    with open(path, "rb") as f:
+        reader = BytesReader(f.read())
+    if reader.read_bytes() != CacheCompiledArtifact.CACHE_HEADER:
+        raise PrebuiltUnavailable("not a cache-format artifact")
+    reader.read_bytes()  # torch key
+    reader.read_str()  # AOTAutograd key
+    found = CacheArtifactManager.deserialize(reader.read_bytes()) or {}
+    graphs = {a.key: a for a in found.get("inductor", [])}
+    entries = found.get("aot_autograd", [])
+    if len(entries) != 1:
+        raise PrebuiltUnavailable(f"{len(entries)} AOTAutograd entries")
+    entry = pickle.loads(entries[0].content)
+    info = getattr(getattr(entry, "compiled_fw", None), "fx_graph_cache_info", None)
+    graph_key = info[0] if isinstance(info, tuple) and info else None
+    if graph_key not in graphs:
+        raise PrebuiltUnavailable("the forward graph is not in the artifact")
+    return pickle.loads(graphs[graph_key].content), entry
+
+
+def runtime_facts(graph: Any, entry: Any) -> list[int]:
+    """Check the piece runs as ``piece_runnable`` runs it; the inputs whose versions it bumps."""
+    why = []
+    if getattr(entry, "compiled_bw", None) is not None:
+        why.append("it has a backward graph")
+    if getattr(entry, "maybe_subclass_meta", None) is not None:
+        why.append("it has tensor subclasses")
+    if any(
+        getattr(w, "needs_post_compile", True) for w in entry.dispatch_wrappers or ()
+    ):
+        why.append("AOTAutograd wraps its inputs (duplicates or synthetic bases)")
+    meta = entry.runtime_metadata
+    if meta.num_outputs_aliased or meta.num_intermediate_bases:
+        why.append("outputs alias inputs or each other")
+    if meta.num_mutated_inp_runtime_indices:
+        why.append("input mutations are applied outside the graph")
+    if meta.is_rng_op_functionalized or meta.tokens:
+        why.append("it uses functionalized RNG or effect tokens")
+    if meta.grad_enabled_mutation is not None:
+        why.append("it changes grad mode")
+    if not isinstance(getattr(graph, "source_code", None), str):
+        why.append("its wrapper source is not saved")
+    if set(getattr(graph, "device_types", ())) - {"cpu"}:
+        why.append(f"it runs on {sorted(graph.device_types)}")
+    if graph.inputs_to_check or graph.constants or graph.torchbind_constants:
+        why.append("it realigns inputs or carries constants")
+    if (
+        getattr(graph, "_wrap_compiled_regions", False)
+        or graph.cudagraph_info is not None
+    ):
+        why.append("it is wrapped for compiled regions or CUDA graphs")
+    if why:
+        raise PrebuiltUnavailable("; ".join(why))
+    keeps = getattr(entry.sanitized_aot_config, "keep_inference_input_mutations", False)
+    return list(meta.mutated_graph_handled_indices_seen_by_autograd) if keeps else []
+
+
+def dotted_path(name: str) -> str:
+    """An importable path of ``extern_kernels.<name>`` (outside Inductor)."""
+    from torch._inductor.select_algorithm import extern_kernels
+
+    fn = getattr(extern_kernels, name)
+    candidates = []
+    if isinstance(fn, torch._ops.OpOverload):
+        namespace, _, rest = fn.name().partition("::")
+        op, _, overload = rest.partition(".")
+        candidates.append(f"torch.ops.{namespace}.{op}.{overload or 'default'}")
+    module = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if module and qualname:
+        candidates.append(f"{module}.{qualname}")
+    if getattr(fn, "__name__", None):
+        candidates.append(f"torch.{fn.__name__}")
+    for path in candidates:
+        if path.startswith(("torch._inductor", "torch._dynamo")):
+            continue
+        try:
+            if resolve_dotted(path) is fn:
+                return path
+        except Exception:  # noqa: BLE001 - try the next spelling
+            continue
+    raise PrebuiltUnavailable(f"extern kernel {name} has no path outside Inductor")

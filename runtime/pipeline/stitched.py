@@ -1,0 +1,333 @@
+"""``StitchFunction``: the stitched function as torch's AOT compile saves it, a reference to its cache entry.
+
+NOTE: [what a saved Stitch function holds]
+``torch.compile(...).aot_compile(...)`` saves what the backend returned through
+the ``SerializableCallable`` protocol (``serialize_compile_artifacts`` /
+``deserialize_compile_artifacts``).  Everything a Stitch function runs is in its
+cache entry already: the index, the emitted source and the piece artifacts
+(with their prebuilt records).  So the saved bytes are a small literal naming
+the entry (and the sha256 of its index, so a rewritten entry is noticed), the
+constants the emitted source reads, and what the pieces' shape targets were
+planned with, never a second copy.  Loading rebuilds each piece's runnables
+from the index (prebuilt: no Inductor) and binds the emitted source to them,
+with no graph, no split and no fake tensors.
+
+This module imports neither Dynamo nor Inductor: ``StitchFunction`` is
+registered as a ``SerializableCallable`` only once a backend call (inside
+Dynamo) hands one out.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import contextvars
+import hashlib
+import importlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
+
+from ..config import CompilationConfig
+from ..loader import compile_execution_fn
+from ..store.cache import CACHE_ENV, CompileCache
+from ..store.index import INDEX_FILE, entries_by_target, plan_from_record
+from .compilers import InductorAdapter
+from .piecewise import PiecewiseBackend, RangeWarnings
+
+REFERENCE_FORMAT = 1
+# The fields of CompilationConfig that decide a piece's shape targets.
+TARGET_FIELDS = (
+    "compile_sizes",
+    "compile_ranges_split_points",
+    "max_num_batched_tokens",
+)
+
+
+class StitchFunction:
+    """The stitched function, saveable by reference to its cache entry.
+
+    ``fn`` is what runs (the emitted ``execution_fn`` bound to its pieces);
+    ``reference`` is the literal that :meth:`serialize_compile_artifacts` saves,
+    or None with the reason it cannot be saved in ``unsaveable``.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        reference: dict[str, Any] | None,
+        unsaveable: str = "",
+    ) -> None:
+        self.fn = fn
+        self.reference = reference
+        self.unsaveable = unsaveable
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args)
+
+    @classmethod
+    def serialize_compile_artifacts(cls, fn: StitchFunction) -> bytes:
+        if fn.reference is None:
+            raise StitchRuntimeError(
+                f"this Stitch function cannot be saved: {fn.unsaveable}"
+            )
+        reference = dict(fn.reference)
+        reference["index_sha256"] = index_sha256(reference_entry(reference))
+        return render_reference(reference).encode("utf-8")
+
+    @classmethod
+    def deserialize_compile_artifacts(cls, data: bytes) -> StitchFunction:
+        reference = parse_reference(data.decode("utf-8"))
+        return cls(load_reference(reference, _ROOT.get()), reference)
+
+    @property
+    def co_name(self) -> str:
+        # Dynamo's debugging helpers (depyf) name a compiled function by co_name.
+        return "stitch_execution_fn"
+
+
+def saveable(
+    fn: Callable[..., Any],
+    config: CompilationConfig,
+    entry_dir: str | None,
+    consts: Sequence[Any],
+    cudagraphed: bool,
+) -> StitchFunction:
+    """``fn`` as a :class:`StitchFunction` (saveable unless something rules it out)."""
+    register_serializable()
+    why = ""
+    if config.backend != "inductor":
+        why = f"the {config.backend} backend saves no artifacts"
+    elif entry_dir is None:
+        why = "the cache is disabled (disable_cache=True)"
+    elif cudagraphed:
+        why = "it runs CUDA graphs, which are captured in each process"
+    if why:
+        return StitchFunction(fn, None, why)
+    try:
+        return StitchFunction(fn, make_reference(config, entry_dir, consts))
+    except StitchRuntimeError as exc:
+        return StitchFunction(fn, None, str(exc))
+
+
+def register_serializable() -> None:
+    """Make :class:`StitchFunction` a ``SerializableCallable`` (Dynamo is imported by now)."""
+    from torch._dynamo.aot_compile_types import SerializableCallable
+
+    if not issubclass(StitchFunction, SerializableCallable):
+        SerializableCallable.register(StitchFunction)
+
+
+def in_torch_aot_compile() -> bool:
+    """Whether the backend is being called by ``torch.compile(...).aot_compile``.
+
+    NOTE: [detecting torch's aot_compile]
+    ``aot_compile_fullgraph`` calls the backend under a functorch config patch
+    that only it makes inside a backend call (``bypass_autograd_cache_key``);
+    that is how a default ``StitchBackend`` knows to return a saveable function
+    without making every Dynamo-entered call go through one more layer.
+    """
+    return bool(getattr(torch._functorch.config, "bypass_autograd_cache_key", False))
+
+
+# -- the reference literal ---------------------------------------------------------------
+
+
+def make_reference(
+    config: CompilationConfig,
+    entry_dir: str,
+    consts: Sequence[Any],
+) -> dict[str, Any]:
+    """The reference to a cache entry; raises StitchRuntimeError if a constant cannot be saved."""
+    root = os.path.abspath(os.path.dirname(os.path.dirname(entry_dir)))
+    return {
+        "format": REFERENCE_FORMAT,
+        "cache_root": root,
+        "entry": os.path.relpath(entry_dir, root).replace(os.sep, "/"),
+        "backend": config.backend,
+        "targets": {name: getattr(config, name) for name in TARGET_FIELDS},
+        "consts": [encode_const(i, c) for i, c in enumerate(consts)],
+        # Modules whose import registers ops the compiled pieces call (the passes').
+        "imports": sorted({type(p).__module__ for p in config.inductor_passes}),
+    }
+
+
+# The cache root a reference resolves against while torch's loader, which takes
+# no arguments for it, deserializes a StitchFunction (see reference_root).
+_ROOT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "stitch_root", default=None
+)
+
+
+@contextlib.contextmanager
+def reference_root(root: str) -> Iterator[None]:
+    """Resolve saved references against ``root`` inside the block."""
+    token = _ROOT.set(root)
+    try:
+        yield
+    finally:
+        _ROOT.reset(token)
+
+
+def render_reference(reference: dict[str, Any]) -> str:
+    text = repr(reference)
+    ast.literal_eval(text)
+    return text
+
+
+def parse_reference(text: str) -> dict[str, Any]:
+    try:
+        reference = ast.literal_eval(text)
+    except (SyntaxError, ValueError) as exc:
+        raise StitchCacheError(
+            f"a saved Stitch function is not a literal ({exc})"
+        ) from None
+    if not isinstance(reference, dict) or reference.get("format") != REFERENCE_FORMAT:
+        raise StitchCacheError("a saved Stitch function has an unknown format")
+    return reference
+
+
+def reference_entry(reference: dict[str, Any], root: str | None = None) -> str:
+    """The entry directory; ``root`` (else ``$STITCH_CACHE_DIR``, else the saved root)."""
+    root = root or os.environ.get(CACHE_ENV) or reference["cache_root"]
+    entry = reference["entry"]
+    if not isinstance(entry, str) or os.path.isabs(entry) or ".." in entry.split("/"):
+        raise StitchCacheError(f"a saved Stitch function names entry {entry!r}")
+    return os.path.join(os.path.abspath(os.path.expanduser(root)), *entry.split("/"))
+
+
+def index_sha256(entry_dir: str) -> str:
+    try:
+        with open(os.path.join(entry_dir, INDEX_FILE), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError as exc:
+        raise StitchCacheError(
+            f"cache entry {entry_dir} has no readable index ({exc})"
+        ) from None
+
+
+def encode_const(i: int, value: Any) -> Any:
+    if isinstance(value, torch.dtype):
+        return {"dtype": str(value).removeprefix("torch.")}
+    if isinstance(value, torch.device):
+        return {"device": str(value)}
+    try:
+        text = repr(value)
+        if ast.literal_eval(text) == value and type(ast.literal_eval(text)) is type(
+            value
+        ):
+            return {"literal": text}
+    except (SyntaxError, ValueError, TypeError, RecursionError):
+        pass
+    raise StitchRuntimeError(
+        f"constant {i} of the stitching source ({type(value).__name__}) cannot be saved"
+    )
+
+
+def decode_const(value: Any) -> Any:
+    if not isinstance(value, dict) or len(value) != 1:
+        raise StitchCacheError(f"a saved constant is malformed ({value!r})")
+    ((kind, text),) = value.items()
+    if kind == "dtype":
+        dtype = getattr(torch, str(text), None)
+        if not isinstance(dtype, torch.dtype):
+            raise StitchCacheError(f"a saved constant names dtype {text!r}")
+        return dtype
+    if kind == "device":
+        return torch.device(text)
+    if kind == "literal":
+        return ast.literal_eval(text)
+    raise StitchCacheError(f"a saved constant has kind {kind!r}")
+
+
+# -- loading an entry without a graph ----------------------------------------------------
+
+
+def load_reference(
+    reference: dict[str, Any], root: str | None = None
+) -> Callable[..., Any]:
+    """The stitched function of a saved reference (no graph, no split, no compile)."""
+    for module in reference.get("imports", []):
+        importlib.import_module(module)
+    entry_dir = reference_entry(reference, root)
+    want = reference.get("index_sha256")
+    if want is not None and index_sha256(entry_dir) != want:
+        raise StitchCacheError(
+            f"cache entry {entry_dir} was rewritten since it was saved"
+        )
+    if reference.get("backend") != "inductor":
+        raise StitchCacheError(
+            f"backend {reference.get('backend')!r} saves no artifacts"
+        )
+    config = CompilationConfig(**reference["targets"])
+    consts = [decode_const(c) for c in reference["consts"]]
+    return load_entry(entry_dir, config, consts)
+
+
+def load_entry(
+    entry_dir: str, config: CompilationConfig, consts: Sequence[Any]
+) -> Callable[..., Any]:
+    cache = CompileCache(entry_dir)
+    index = cache.read_index()
+    if index is None:
+        raise StitchCacheError(f"cache entry {entry_dir} has no index")
+    source = index.get("source") or {}
+    path = cache.verified(source.get("file"), source.get("sha256"))
+    if path is None:
+        raise StitchCacheError(
+            f"cache entry {entry_dir}: the stitching source is unusable"
+        )
+    with open(path, encoding="utf-8") as f:
+        code = f.read()
+    if hashlib.sha256(code.encode()).hexdigest() != source["sha256"]:
+        raise StitchCacheError(f"{path} changed while it was being read")
+    names = source.get("submod_names")
+    pieces = index.get("pieces", {})
+    if not isinstance(names, list) or any(n not in pieces for n in names):
+        raise StitchCacheError(f"cache entry {entry_dir}: pieces and source disagree")
+    adapter = InductorAdapter({})
+    loaded: dict[str, Any] = {}
+    warnings = RangeWarnings()
+    backends = {
+        name: _piece(name, pieces[name], cache, config, adapter, loaded, warnings)
+        for name in names
+    }
+    return compile_execution_fn(code, backends, names, consts)
+
+
+def _piece(
+    name: str,
+    record: Any,
+    cache: CompileCache,
+    config: CompilationConfig,
+    adapter: InductorAdapter,
+    loaded: dict[str, Any],
+    warnings: RangeWarnings,
+) -> PiecewiseBackend:
+    plan = plan_from_record(record, config)
+    if plan is None:
+        raise StitchCacheError(
+            f"piece {name}: its index record does not fit the config"
+        )
+    size_argument, targets, _ = plan
+    entries = entries_by_target(record)
+    runnables = {}
+    for target in targets:
+        entry = entries[target.key()]
+        path = cache.verified(entry.get("artifact"), entry.get("sha256"))
+        if path is None:
+            raise StitchCacheError(
+                f"piece {name} ({target.describe()}): artifact unusable"
+            )
+        if path not in loaded:
+            loaded[path] = adapter.load(
+                path, bool(entry.get("unwrap")), entry["sha256"]
+            )
+        runnables[target] = loaded[path]
+    return PiecewiseBackend(
+        name, size_argument, runnables, record.get("module_path", ""), warnings
+    )

@@ -1,0 +1,82 @@
+"""One ``stitch.runtime.aot_compile`` in a fresh process (for tests/test_aot.py).
+
+Usage: ``python tests/aot_worker.py '<json spec>'``.  The spec names the model
+module (a file defining ``build()`` and ``Model``), the cache directory, the
+config fields and the sizes to run.  The worker prints ``WORKER <json report>``:
+whether the function was loaded warm, which of Dynamo and Inductor the process
+imported, the counter deltas, the ``stitch`` warnings, how far each output is
+from eager and (with ``outputs``) saves the outputs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+import types
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def load_model_module(path: str) -> types.ModuleType:
+    spec = importlib.util.spec_from_file_location("aot_test_model", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["aot_test_model"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(spec: dict) -> dict:
+    import torch
+
+    from stitch.runtime import CompilationConfig, aot_compile, compilation_counter
+    from stitch.runtime.examples import llama_inputs
+
+    collect = _Collect()
+    logging.getLogger("stitch").addHandler(collect)
+    module = load_model_module(spec["model_file"])
+    model = module.build()
+    config = CompilationConfig(cache_dir=spec["cache_dir"], **spec.get("config", {}))
+    before = compilation_counter.snapshot()
+    first = None
+    outputs: dict[int, torch.Tensor] = {}
+    diffs: dict[str, float] = {}
+    with torch.no_grad():
+        for n in spec["sizes"]:
+            ids, pos = llama_inputs(module.CFG, n)
+            if first is None:
+                first = aot_compile(model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]})
+            model.reset_kv_caches()
+            out = first(ids, pos)
+            model.reset_kv_caches()
+            ref = model(ids, pos)
+            outputs[n] = out
+            diffs[str(n)] = (out - ref).abs().max().item()
+    after = compilation_counter.snapshot()
+    if spec.get("outputs"):
+        torch.save(outputs, spec["outputs"])
+    forward = first.forward
+    return {
+        "warm": first.warm,
+        "path": first.path,
+        "plain_function": isinstance(forward, types.MethodType)
+        and type(forward.__func__) is types.FunctionType,
+        "imported": sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules),
+        "counter": {k: after[k] - before[k] for k in after if after[k] != before[k]},
+        "diffs": diffs,
+        "warnings": collect.messages,
+    }
+
+
+if __name__ == "__main__":
+    report = main(json.loads(sys.argv[1]))
+    print("WORKER " + json.dumps(report, sort_keys=True))

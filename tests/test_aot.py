@@ -1,0 +1,227 @@
+"""``stitch.runtime.aot_compile``: a warm process runs the saved forward without Dynamo.
+
+Fresh processes are the point here (``aot_worker.py``): a cold one compiles and
+saves; a warm one, with Inductor's cache empty, must load the forward without
+importing Dynamo or Inductor, build no kernel, and give the cold process's
+outputs bit for bit; after the model's source file is edited, the next one
+warns once and compiles again (hitting the Stitch cache: the graph is the same).
+The model is defined in a file of the test's own so that its code can change.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from backend_support import INDUCTOR_TOL, parse_worker, worker_env
+
+from stitch.runtime import CompilationConfig, StitchBackend, StitchFunction, aot_compile
+from stitch.runtime.examples import llama_inputs
+from stitch.runtime.pipeline.aot import dynamic_spec, factors, stale_reasons
+
+WORKER = Path(__file__).with_name("aot_worker.py")
+MODEL_SOURCE = '''\
+"""A model in a file of its own, so that a test can edit the code Dynamo traces."""
+import torch
+
+from stitch.runtime.examples import LlamaConfig, build_llama
+
+CFG = LlamaConfig(num_layers=1)
+
+
+class Model(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = build_llama(CFG)
+
+    def forward(self, input_ids, positions):
+        return self.inner(input_ids, positions)  # version 1
+
+    def reset_kv_caches(self) -> None:
+        self.inner.reset_kv_caches()
+
+
+def build() -> Model:
+    return Model()
+'''
+SIZES = [8, 1, 3]
+# One layer: two compiled pieces (embedding + layer up to attention; the rest),
+# one target each (no compile sizes or ranges).
+PIECES = 2
+
+
+def run_worker(spec: dict[str, Any], inductor_dir: Path) -> dict[str, Any]:
+    env = {**worker_env(), "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), json.dumps(spec)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    return parse_worker(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("aot")
+    model_file = tmp / "aot_test_model.py"
+    model_file.write_text(MODEL_SOURCE)
+    spec = {"model_file": str(model_file), "cache_dir": str(tmp / "cache"), "sizes": SIZES}
+    cold = run_worker({**spec, "outputs": str(tmp / "cold.pt")}, tmp / "inductor-cold")
+    # A fresh container: the Stitch cache shipped, Inductor's cache empty.
+    empty = tmp / "inductor-empty"
+    warm = run_worker({**spec, "outputs": str(tmp / "warm.pt")}, empty)
+    model_file.write_text(MODEL_SOURCE.replace("# version 1", "# version 2"))
+    edited = run_worker(spec, tmp / "inductor-cold")
+    again = run_worker(spec, tmp / "inductor-again")
+    return {
+        "tmp": tmp,
+        "model_file": model_file,
+        "cache": tmp / "cache",
+        "cold": cold,
+        "warm": warm,
+        "edited": edited,
+        "again": again,
+        "empty_inductor": empty,
+        "cold_out": torch.load(tmp / "cold.pt"),
+        "warm_out": torch.load(tmp / "warm.pt"),
+    }
+
+
+def test_cold_process_compiles_and_saves(runs: dict[str, Any]) -> None:
+    cold = runs["cold"]
+    assert cold["warnings"] == []
+    assert cold["warm"] is False and cold["path"]
+    assert cold["counter"]["num_inductor_compiles"] == PIECES
+    assert cold["plain_function"]  # guard-free in the cold process too
+    assert max(cold["diffs"].values()) < INDUCTOR_TOL["atol"]
+
+
+def test_warm_process_imports_neither_dynamo_nor_inductor(runs: dict[str, Any]) -> None:
+    warm = runs["warm"]
+    assert warm["warnings"] == []
+    assert warm["warm"] is True
+    assert warm["imported"] == []
+    assert warm["plain_function"]
+    counter = warm["counter"]
+    assert counter.get("num_backend_compilations", 0) == 0
+    assert counter.get("num_inductor_compiles", 0) == 0
+    assert counter["num_prebuilt_loads"] == PIECES
+    # Nothing was built or even looked up in Inductor's (empty) cache.
+    empty = runs["empty_inductor"]
+    assert not empty.exists() or not any(empty.iterdir())
+
+
+def test_warm_process_gives_the_cold_outputs(runs: dict[str, Any]) -> None:
+    for n in SIZES:
+        assert torch.equal(runs["warm_out"][n], runs["cold_out"][n]), n
+    assert max(runs["warm"]["diffs"].values()) < INDUCTOR_TOL["atol"]
+
+
+def test_edited_model_code_recompiles_with_one_warning(runs: dict[str, Any]) -> None:
+    edited = runs["edited"]
+    assert edited["warm"] is False
+    (warning,) = edited["warnings"]
+    assert "stale" in warning and "model code changed" in warning
+    assert str(runs["model_file"]) in warning
+    # Dynamo traced again; the graph is the same, so every piece hit the cache.
+    assert edited["counter"]["num_backend_compilations"] == 1
+    assert edited["counter"].get("num_inductor_compiles", 0) == 0
+    assert edited["counter"]["num_cache_hits"] == PIECES
+    # ... and saved the function again: the next process is warm.
+    again = runs["again"]
+    assert again["warm"] is True and again["warnings"] == [] and again["imported"] == []
+
+
+# -- in this process, on the cache the workers filled --------------------------------------
+
+
+def load_model(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location("aot_test_model", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["aot_test_model"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def marked_inputs(module: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, pos = llama_inputs(module.CFG, n)
+    for t in (ids, pos):
+        torch._dynamo.decorators.mark_unbacked(t, 0)
+    return ids, pos
+
+
+def test_guards_switch_checks_every_call(runs: dict[str, Any]) -> None:
+    module = load_model(runs["model_file"])
+    model = module.build()
+    ids, pos = llama_inputs(module.CFG, 4)
+    config = CompilationConfig(cache_dir=str(runs["cache"]))
+    with torch.no_grad():
+        guarded = aot_compile(model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]}, guards=True)
+        assert guarded.warm and guarded.guards
+        model.reset_kv_caches()
+        out = guarded(ids, pos)
+        model.reset_kv_caches()
+        torch.testing.assert_close(out, model(ids, pos), **INDUCTOR_TOL)
+        # An input the graph was not traced for: the guard says so.
+        with pytest.raises(RuntimeError, match="[Gg]uard"):
+            guarded(ids.to(torch.int32), pos)
+
+
+def test_stale_reasons_name_what_changed() -> None:
+    config = CompilationConfig(compile_sizes=[4])
+    args = (torch.zeros(3, dtype=torch.int64), torch.zeros(3, 2))
+    dims = dynamic_spec(args, {0: [0]})
+    record = {"factors": factors(config, args, dims), "code": []}
+    assert stale_reasons(record, config, args, dims) == []
+    other = CompilationConfig(compile_sizes=[8])
+    (reason,) = stale_reasons(record, other, args, dims)
+    assert reason.startswith("config hash")
+    wider = (args[0], torch.zeros(3, 2, 1))
+    (reason,) = stale_reasons(record, config, wider, dynamic_spec(wider, {0: [0]}))
+    assert reason.startswith("input dtypes/ranks")
+    record["factors"]["torch"] = "1.0"
+    assert any(r.startswith("torch version '1.0'") for r in stale_reasons(record, config, args, dims))
+
+
+def test_dynamic_dims_are_checked() -> None:
+    with pytest.raises(Exception, match="no dimension 1"):
+        dynamic_spec((torch.zeros(3),), {0: [1]})
+
+
+def test_torch_aot_compile_saves_a_reference(runs: dict[str, Any], tmp_path: Path) -> None:
+    """``torch.compile(..., backend=StitchBackend(...)).aot_compile`` with torch's own save/load."""
+    module = load_model(runs["model_file"])
+    model = module.build()
+    ids, pos = marked_inputs(module, 8)
+    backend = StitchBackend(CompilationConfig(cache_dir=str(runs["cache"])))
+    torch._dynamo.reset()
+    with torch.no_grad():
+        compiled = torch.compile(
+            type(model).forward, backend=backend, fullgraph=True
+        ).aot_compile(((model, ids, pos), {}))
+    stitched = compiled._artifacts.compiled_fn
+    assert isinstance(stitched, StitchFunction)
+    saved = StitchFunction.serialize_compile_artifacts(stitched)
+    # A reference to the cache entry, not a copy of it.
+    reference = ast.literal_eval(saved.decode())
+    assert len(saved) < 4096
+    assert str(runs["cache"] / reference["entry"]) == backend.compiled[0].cache_dir
+    path = tmp_path / "forward.aot"
+    compiled.save_compiled_function(str(path))
+    with open(path, "rb") as f:
+        loaded = torch.compiler.load_compiled_function(f, f_globals=type(model).forward.__globals__)
+    assert isinstance(loaded._artifacts.compiled_fn, StitchFunction)
+    # Serving-loop inputs carry no Dynamo marks (the guards check that too).
+    ids, pos = llama_inputs(module.CFG, 5)
+    with torch.no_grad():
+        model.reset_kv_caches()
+        out = loaded(model, ids, pos)
+        model.reset_kv_caches()
+        torch.testing.assert_close(out, model(ids, pos), **INDUCTOR_TOL)
