@@ -31,6 +31,7 @@ from ..cudagraph import CUDAGraphManager
 from ..loader import compile_execution_fn
 from ..progress import progress_bar
 from ..store.cache import CompileCache
+from ..store.artifacts import ARTIFACT_FILE
 from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, write_debug_dump
 from ..store.index import EntryRecord
@@ -416,6 +417,8 @@ class Compilation:
                 strings=tuple(key_choice.strings) if exact else None,
                 save=lambda path: self.adapter.save(handle, path),
             )
+            if entry.saved:
+                self.adapter.published(cache.artifact_path(key, ARTIFACT_FILE))
         self.memo[key] = (runnable, entry.saved)
         return runnable, entry, "miss"
 

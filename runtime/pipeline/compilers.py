@@ -37,6 +37,10 @@ class CompilerAdapter(Protocol):
 
     def save(self, handle: Any, path: str) -> None: ...
 
+    def published(self, path: str) -> None:
+        """The saved artifact's final place, once the store has published it."""
+        ...
+
     def load(
         self, path: str, unwrap: bool = False, sha256: str | None = None
     ) -> Runnable: ...
@@ -58,6 +62,9 @@ class EagerAdapter:
         return gm.forward, None
 
     def save(self, handle: Any, path: str) -> None:  # pragma: no cover - never called
+        raise StitchRuntimeError("the eager backend saves no artifacts")
+
+    def published(self, path: str) -> None:  # pragma: no cover - never called
         raise StitchRuntimeError("the eager backend saves no artifacts")
 
     def load(  # pragma: no cover - never called
@@ -139,6 +146,10 @@ class InductorAdapter:
                 os.unlink(tmp)
             raise StitchCacheError(f"could not save artifact {path}: {exc}") from exc
         compilation_counter.num_compiled_artifacts_saved += 1
+
+    def published(self, path: str) -> None:
+        """The artifact saved by :meth:`save` now lives at ``path`` for good (the
+        store stages it elsewhere first): record its prebuilt form there."""
         _write_prebuilt(path)
 
     def _config_patches(self) -> dict[str, Any]:

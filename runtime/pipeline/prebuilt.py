@@ -45,8 +45,9 @@ import torch
 
 from stitch.codegen.errors import StitchCacheError
 
+from ..store.artifacts import PREBUILT_DIR
+
 PREBUILT_FORMAT = 1
-PREBUILT_DIR = "prebuilt"
 PREBUILT_SUFFIX = ".prebuilt"
 KERNELS_DIR = "kernels"
 HEADER = f"# Stitch prebuilt piece, format {PREBUILT_FORMAT} (a Python literal)\n"
@@ -70,13 +71,15 @@ class PrebuiltUnavailable(Exception):
 
 
 def prebuilt_dir(artifact_path: str) -> str:
-    """``<entry>/prebuilt`` for an artifact saved as ``<entry>/artifacts/<key>.bin``."""
-    return os.path.join(os.path.dirname(os.path.dirname(artifact_path)), PREBUILT_DIR)
+    """``<entry>/prebuilt`` for an artifact saved as ``<entry>/artifacts/<key>/artifact.bin``."""
+    entry = os.path.dirname(os.path.dirname(os.path.dirname(artifact_path)))
+    return os.path.join(entry, PREBUILT_DIR)
 
 
 def prebuilt_path(artifact_path: str) -> str:
-    name = os.path.splitext(os.path.basename(artifact_path))[0]
-    return os.path.join(prebuilt_dir(artifact_path), name + PREBUILT_SUFFIX)
+    """``<entry>/prebuilt/<key>.prebuilt``: one record per artifact, named by its key."""
+    key = os.path.basename(os.path.dirname(artifact_path))
+    return os.path.join(prebuilt_dir(artifact_path), key + PREBUILT_SUFFIX)
 
 
 def kernels_dir(artifact_path: str) -> str:

@@ -35,7 +35,9 @@ from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
 from ..config import CompilationConfig
 from ..loader import compile_execution_fn
 from ..store.cache import CACHE_ENV, CompileCache
-from ..store.index import INDEX_FILE, entries_by_target, plan_from_record
+from ..store.artifacts import ARTIFACT_FILE
+from ..store.index import INDEX_FILE, PieceRecord
+from ..targets import targets_for
 from .compilers import InductorAdapter
 from .piecewise import PiecewiseBackend, RangeWarnings
 
@@ -191,13 +193,22 @@ def parse_reference(text: str) -> dict[str, Any]:
     return reference
 
 
-def reference_entry(reference: dict[str, Any], root: str | None = None) -> str:
-    """The entry directory; ``root`` (else ``$STITCH_CACHE_DIR``, else the saved root)."""
+def reference_location(
+    reference: dict[str, Any], root: str | None = None
+) -> tuple[str, str]:
+    """The cache root and entry directory; ``root`` (else ``$STITCH_CACHE_DIR``,
+    else the saved root)."""
     root = root or os.environ.get(CACHE_ENV) or reference["cache_root"]
     entry = reference["entry"]
     if not isinstance(entry, str) or os.path.isabs(entry) or ".." in entry.split("/"):
         raise StitchCacheError(f"a saved Stitch function names entry {entry!r}")
-    return os.path.join(os.path.abspath(os.path.expanduser(root)), *entry.split("/"))
+    root = os.path.abspath(os.path.expanduser(root))
+    return root, os.path.join(root, *entry.split("/"))
+
+
+def reference_entry(reference: dict[str, Any], root: str | None = None) -> str:
+    """The entry directory of a saved reference."""
+    return reference_location(reference, root)[1]
 
 
 def index_sha256(entry_dir: str) -> str:
@@ -253,7 +264,7 @@ def load_reference(
     """The stitched function of a saved reference (no graph, no split, no compile)."""
     for module in reference.get("imports", []):
         importlib.import_module(module)
-    entry_dir = reference_entry(reference, root)
+    root, entry_dir = reference_location(reference, root)
     want = reference.get("index_sha256")
     if want is not None and index_sha256(entry_dir) != want:
         raise StitchCacheError(
@@ -265,69 +276,68 @@ def load_reference(
         )
     config = CompilationConfig(**reference["targets"])
     consts = [decode_const(c) for c in reference["consts"]]
-    return load_entry(entry_dir, config, consts)
+    return load_entry(root, entry_dir, config, consts)
 
 
 def load_entry(
-    entry_dir: str, config: CompilationConfig, consts: Sequence[Any]
+    root: str, entry_dir: str, config: CompilationConfig, consts: Sequence[Any]
 ) -> Callable[..., Any]:
-    cache = CompileCache(entry_dir)
-    index = cache.read_index()
-    if index is None:
-        raise StitchCacheError(f"cache entry {entry_dir} has no index")
-    source = index.get("source") or {}
-    path = cache.verified(source.get("file"), source.get("sha256"))
-    if path is None:
+    cache = CompileCache.existing(root, entry_dir)
+    index = cache.index
+    if index is None or index.source is None:
+        raise StitchCacheError(f"cache entry {entry_dir} records no stitching source")
+    names = list(index.source.submod_names)
+    code = cache.read_source(names, index.source.dispatch_on)
+    if code is None:
         raise StitchCacheError(
             f"cache entry {entry_dir}: the stitching source is unusable"
         )
-    with open(path, encoding="utf-8") as f:
-        code = f.read()
-    if hashlib.sha256(code.encode()).hexdigest() != source["sha256"]:
-        raise StitchCacheError(f"{path} changed while it was being read")
-    names = source.get("submod_names")
-    pieces = index.get("pieces", {})
-    if not isinstance(names, list) or any(n not in pieces for n in names):
+    if any(n not in index.pieces for n in names):
         raise StitchCacheError(f"cache entry {entry_dir}: pieces and source disagree")
     adapter = InductorAdapter({})
     loaded: dict[str, Any] = {}
     warnings = RangeWarnings()
     backends = {
-        name: _piece(name, pieces[name], cache, config, adapter, loaded, warnings)
+        name: _piece(name, index.pieces[name], cache, config, adapter, loaded, warnings)
         for name in names
     }
-    return compile_execution_fn(code, backends, names, consts)
+    return compile_execution_fn(
+        code, backends, names, consts, filename=cache.source_path()
+    )
 
 
 def _piece(
     name: str,
-    record: Any,
+    record: PieceRecord,
     cache: CompileCache,
     config: CompilationConfig,
     adapter: InductorAdapter,
     loaded: dict[str, Any],
     warnings: RangeWarnings,
 ) -> PiecewiseBackend:
-    plan = plan_from_record(record, config)
-    if plan is None:
-        raise StitchCacheError(
-            f"piece {name}: its index record does not fit the config"
+    possible = {
+        t.key(): t
+        for t in targets_for(
+            config.compile_sizes, config.compile_ranges(), record.sym_index is not None
         )
-    size_argument, targets, _ = plan
-    entries = entries_by_target(record)
+    }
     runnables = {}
-    for target in targets:
-        entry = entries[target.key()]
-        path = cache.verified(entry.get("artifact"), entry.get("sha256"))
-        if path is None:
+    for entry in record.entries:
+        target = possible.get(entry.target)
+        identity = cache.saved_identity(entry.key) if entry.saved else None
+        if (
+            target is None
+            or identity is None
+            or identity.target != entry.target
+            or identity.sym_index != record.sym_index
+        ):
             raise StitchCacheError(
-                f"piece {name} ({target.describe()}): artifact unusable"
+                f"piece {name} ({entry.target}): no usable artifact for it in {cache.directory}"
             )
+        path = cache.artifact_path(entry.key, ARTIFACT_FILE)
         if path not in loaded:
-            loaded[path] = adapter.load(
-                path, bool(entry.get("unwrap")), entry["sha256"]
-            )
+            loaded[path] = adapter.load(path, identity.unwrap, identity.sha256)
         runnables[target] = loaded[path]
     return PiecewiseBackend(
-        name, size_argument, runnables, record.get("module_path", ""), warnings
+        name, record.sym_index, runnables, record.module_path, warnings
     )

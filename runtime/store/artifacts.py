@@ -47,6 +47,9 @@ from .index import (
 ARTIFACTS_DIR = "artifacts"
 ARTIFACT_FILE = "artifact.bin"
 IDENTITY_FILE = "identity.py"
+# Beside the artifacts: what the pipeline prebuilt from them (wrapper records
+# and built kernels), so a load needs no kernel build (pipeline/prebuilt.py).
+PREBUILT_DIR = "prebuilt"
 ARTIFACT_FORMAT = 1
 
 

@@ -102,6 +102,25 @@ class CompileCache:
         cache.index = cache._read_index(report=True)
         return cache
 
+    @classmethod
+    def existing(cls, root: str, directory: str) -> CompileCache:
+        """An entry already on disk, taken as its index describes itself (a saved
+        function's reference names the entry, not the graph); trust-checked."""
+        check_trusted(directory, root)
+        path = os.path.join(directory, INDEX_FILE)
+        check_trusted(path, root)
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StitchCacheError(f"{path} cannot be read ({exc})") from None
+        read = parse_index(text, None)
+        if read.index is None or read.problems:
+            raise StitchCacheError(f"{path}: {'; '.join(read.problems)}")
+        cache = cls(root, directory, read.index.identity)
+        cache.index = read.index
+        return cache
+
     def path(self, relative: str) -> str:
         return os.path.join(self.directory, relative)
 
@@ -309,6 +328,10 @@ class CompileCache:
                 identity = None
         self._artifacts[key] = identity
         return identity
+
+    def saved_identity(self, key: str) -> ArtifactIdentity | None:
+        """The verified identity of the artifact saved under ``key`` (None: unusable)."""
+        return self._artifact(key, claimed=True)
 
     def has_artifact(self, key: str) -> bool:
         """Whether a whole, verified artifact is stored under ``key``."""

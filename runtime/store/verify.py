@@ -12,7 +12,13 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from .artifacts import ARTIFACT_FILE, ARTIFACTS_DIR, IDENTITY_FILE, read_identity
+from .artifacts import (
+    ARTIFACT_FILE,
+    ARTIFACTS_DIR,
+    IDENTITY_FILE,
+    PREBUILT_DIR,
+    read_identity,
+)
 from .files import sha256_file
 from .index import INDEX_FILE, LOCK_FILE, SOURCE_FILE, Index, Invalid, parse_index
 from .location import entry_key
@@ -88,7 +94,7 @@ def _inspect(report: EntryReport) -> None:
                 f"its identity (graph_key {index.identity.graph_key[:12]}..., config_hash "
                 f"{index.identity.config_hash[:12]}...) is not the one of folder {folder}",
             )
-    used = {INDEX_FILE, LOCK_FILE, ARTIFACTS_DIR}
+    used = {INDEX_FILE, LOCK_FILE, ARTIFACTS_DIR, PREBUILT_DIR}
     if index is not None and index.source is not None:
         used.add(SOURCE_FILE)
         _check_source(report, index.source.sha256)
