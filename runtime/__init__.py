@@ -7,7 +7,8 @@ Parts (see docs/architecture.md):
 - ``cudagraph``: padding, capture per size, replay;
 - ``loader``: compile emitted source and bind it to its pieces;
 - ``examples``: the example models with their ops and kernels (not imported here);
-- ``cli``: the ``stitch`` command (not imported here).
+- ``cli``: the ``stitch`` command (not imported here);
+- ``hf``: transformers models, the ``hf`` extra (not imported here).
 """
 
 from .config import CompilationConfig, CUDAGraphMode
