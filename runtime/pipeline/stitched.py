@@ -265,7 +265,7 @@ def load_entry(
     if not isinstance(names, list) or any(n not in pieces for n in names):
         raise StitchCacheError(f"cache entry {entry_dir}: pieces and source disagree")
     adapter = InductorAdapter({})
-    loaded: dict[str, Any] = {}
+    loaded: dict[tuple[Any, ...], Any] = {}
     warnings = RangeWarnings()
     backends = {
         name: _piece(name, pieces[name], cache, config, adapter, loaded, warnings)
@@ -280,7 +280,7 @@ def _piece(
     cache: CompileCache,
     config: CompilationConfig,
     adapter: InductorAdapter,
-    loaded: dict[str, Any],
+    loaded: dict[tuple[Any, ...], Any],
     warnings: RangeWarnings,
 ) -> PiecewiseBackend:
     plan = plan_from_record(record, config)
@@ -291,10 +291,12 @@ def _piece(
     runnables = {}
     for target in targets:
         entry = entries[target.key()]
-        path = cache.verified(entry.get("artifact"), entry.get("sha256"))
-        if path is None:
-            raise StitchCacheError(f"piece {name} ({target.describe()}): artifact unusable")
-        if path not in loaded:
-            loaded[path] = adapter.load(path, bool(entry.get("unwrap")), entry["sha256"])
-        runnables[target] = loaded[path]
+        # Twins and ranges share artifacts: verify and load each one once.
+        key = (entry.get("artifact"), entry.get("sha256"), bool(entry.get("unwrap")))
+        if key not in loaded:
+            path = cache.verified(key[0], key[1])
+            if path is None:
+                raise StitchCacheError(f"piece {name} ({target.describe()}): artifact unusable")
+            loaded[key] = adapter.load(path, key[2], key[1])
+        runnables[target] = loaded[key]
     return PiecewiseBackend(name, size_argument, runnables, record.get("module_path", ""), warnings)
