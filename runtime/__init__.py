@@ -3,6 +3,8 @@
 Parts (see docs/architecture.md):
 
 - ``pipeline``: the backend: split, plan each piece, compile it (or load it), stitch;
+  ``aot_compile``, which saves the compiled forward and loads it without Dynamo;
+- ``passes``: custom Inductor passes run on every compiled piece;
 - ``store``: the persistent cache, its index, and the debug dump;
 - ``cudagraph``: padding, capture per size, replay;
 - ``loader``: compile emitted source and bind it to its pieces;

@@ -139,7 +139,7 @@ def aot_compile(
                 model_name(model),
                 exc,
             )
-        except (StitchCacheError, OSError, ValueError) as exc:
+        except (StitchCacheError, OSError, ValueError, KeyError, TypeError) as exc:
             log.warning(
                 "stitch aot: the saved %s is unusable (%s); compiling it again",
                 model_name(model),
@@ -218,8 +218,17 @@ def load(
         data = read_file(folder, TORCH_FILE, record.get("torch_function_sha256"))
         from torch._dynamo.aot_compile import AOTCompiledFunction
 
-        with reference_root(root):
-            compiled = AOTCompiledFunction.deserialize(data, f_globals=forward_globals)
+        try:
+            with reference_root(root):
+                compiled = AOTCompiledFunction.deserialize(
+                    data, f_globals=forward_globals
+                )
+        except StitchCacheError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. saved on another system
+            raise StitchCacheError(
+                f"torch cannot load {TORCH_FILE} ({type(exc).__name__}: {exc})"
+            ) from exc
         if not guards:
             compiled.disable_guard_check()
         return types.MethodType(compiled, model), entry

@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import enum
 import hashlib
+import importlib.util
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -164,10 +165,25 @@ def stale_reasons(
             reasons.append(
                 f"{FACTOR_NAMES[name]} {_short(saved.get(name))} -> {_short(value)}"
             )
-    for module, path, sha in record.get("code", []):
+    for module, saved_path, sha in record.get("code", []):
+        # The module's file here (a shipped cache may find the code elsewhere).
+        path = module_file(module) or saved_path
         if _file_sha256(path) != sha:
             reasons.append(f"model code changed ({module}: {path})")
     return reasons
+
+
+def module_file(name: str) -> str | None:
+    """The source file of module ``name``, without importing it if it is not imported."""
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if path is None and module is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        path = spec.origin if spec is not None else None
+    return os.path.abspath(path) if isinstance(path, str) else None
 
 
 def literal(value: Any) -> Any:
@@ -192,11 +208,11 @@ def traced_code(sources: Any) -> list[tuple[str, str, str | None]]:
     out = set()
     for source in sources:
         name = getattr(source, "module", None)
-        module = sys.modules.get(name) if isinstance(name, str) else None
-        path = getattr(module, "__file__", None)
-        if not path or name == "torch" or name.startswith("torch."):
+        if not isinstance(name, str) or name == "torch" or name.startswith("torch."):
             continue
-        out.add((name, os.path.abspath(path), _file_sha256(path)))
+        path = module_file(name)
+        if path is not None:
+            out.add((name, path, _file_sha256(path)))
     return sorted(out)
 
 

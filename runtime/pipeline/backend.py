@@ -146,6 +146,9 @@ class Compilation:
         # normalized key -> whether the compiled code is free of the piece's strings
         self.string_free: dict[str, bool] = {}
         self.loaded: dict[str, Any] = {}
+        # What the emitted source reads, and whether it runs CUDA graphs (set by run).
+        self.consts: list[Any] = []
+        self.cudagraphed = False
 
     # -- the steps -----------------------------------------------------------
     def run(self, sink: list[CompiledModel]) -> Callable[..., Any]:

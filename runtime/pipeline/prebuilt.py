@@ -189,7 +189,14 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
         return load_kernel(os.path.join(directory, f"{entry}.so"), entry)
 
     filename = f"<stitch-prebuilt-{data.get('artifact_sha256', '?')[:12]}>"
-    namespace = exec_wrapper(source, filename, kernel, resolve_externs(extern))
+    try:
+        namespace = exec_wrapper(source, filename, kernel, resolve_externs(extern))
+    except (StitchCacheError, PrebuiltUnavailable):
+        raise
+    except Exception as exc:  # e.g. an op the pieces call is not registered here
+        raise StitchCacheError(
+            f"{path}: the wrapper does not run ({type(exc).__name__}: {exc})"
+        ) from exc
     call = namespace.get("call")
     if not callable(call):
         raise StitchCacheError(f"{path}: the wrapper defines no call()")

@@ -295,7 +295,7 @@ def load_entry(
     if any(n not in index.pieces for n in names):
         raise StitchCacheError(f"cache entry {entry_dir}: pieces and source disagree")
     adapter = InductorAdapter({})
-    loaded: dict[str, Any] = {}
+    loaded: dict[tuple[Any, ...], Any] = {}
     warnings = RangeWarnings()
     backends = {
         name: _piece(name, index.pieces[name], cache, config, adapter, loaded, warnings)
@@ -312,7 +312,7 @@ def _piece(
     cache: CompileCache,
     config: CompilationConfig,
     adapter: InductorAdapter,
-    loaded: dict[str, Any],
+    loaded: dict[tuple[Any, ...], Any],
     warnings: RangeWarnings,
 ) -> PiecewiseBackend:
     possible = {
@@ -334,10 +334,12 @@ def _piece(
             raise StitchCacheError(
                 f"piece {name} ({entry.target}): no usable artifact for it in {cache.directory}"
             )
+        # Twins and ranges share artifacts: verify and load each one once.
         path = cache.artifact_path(entry.key, ARTIFACT_FILE)
-        if path not in loaded:
-            loaded[path] = adapter.load(path, identity.unwrap, identity.sha256)
-        runnables[target] = loaded[path]
+        loaded_key = (path, identity.sha256, identity.unwrap)
+        if loaded_key not in loaded:
+            loaded[loaded_key] = adapter.load(path, identity.unwrap, identity.sha256)
+        runnables[target] = loaded[loaded_key]
     return PiecewiseBackend(
         name, record.sym_index, runnables, record.module_path, warnings
     )
