@@ -266,6 +266,10 @@ def _write_prebuilt(path: str) -> None:
         save_prebuilt(path, sha256_file(path))
     except PrebuiltUnavailable as exc:
         log.info("stitch: piece %s will load through Inductor: %s", path, exc)
+    except OSError as exc:
+        # An unwritable cache is reported once by the store; a missing prebuilt
+        # record only means the next load goes through Inductor.
+        log.info("stitch: no prebuilt record for %s (%s)", path, exc)
     except Exception as exc:  # noqa: BLE001 - the artifact itself is saved
         log.warning(
             "stitch cache: no prebuilt record for %s (%s: %s)",

@@ -328,7 +328,7 @@ def _piece(
         if (
             target is None
             or identity is None
-            or identity.target != entry.target
+            or identity.target not in (entry.target, "general")
             or identity.sym_index != record.sym_index
         ):
             raise StitchCacheError(

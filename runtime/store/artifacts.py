@@ -155,6 +155,11 @@ class ArtifactIdentity:
         sym_index: int | None,
     ) -> str | None:
         """The first field that says this artifact is not for that use, described."""
+        # NOTE: [ranges share the general artifact]
+        # A range whose compile gives the general piece's code records the
+        # general artifact's key (pipeline/plan.py): that artifact serves it.
+        if self.target == "general" and target.startswith("range"):
+            target = "general"
         wanted = {
             "backend": backend,
             "config_hash": config_hash,
