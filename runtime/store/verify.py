@@ -158,7 +158,12 @@ def _check_pieces(report: EntryReport, index: Index) -> set[str]:
                 continue
             wanted = {
                 "key": entry.key,
-                "target": entry.target,
+                # See NOTE: [ranges share the general artifact] (artifacts.py).
+                "target": (
+                    "general"
+                    if identity.target == "general" and entry.target.startswith("range")
+                    else entry.target
+                ),
                 "sym_index": record.sym_index,
                 "backend": index.identity.backend,
                 "config_hash": index.identity.config_hash,
