@@ -178,6 +178,8 @@ def test_hash_ignores_the_order_values_were_given_in() -> None:
         == CompilationConfig(splitting_ops=ops[::-1]).compute_hash()
     )
     # An op given as a name or as the op object: the same split.
+    import stitch.runtime.examples  # noqa: F401 - defines stitch::attention
+
     packet = torch.ops.stitch.attention
     assert CompilationConfig(splitting_ops=[packet, "aten::mm"]).compute_hash() == (
         CompilationConfig(splitting_ops=["stitch::attention", "aten::mm"]).compute_hash()
