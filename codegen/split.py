@@ -47,9 +47,9 @@ def split_graph(
         else OpMatcher.parse(splitting_ops)
     )
     _decompose_size_nodes(gm)
-    _place_scalars_with_users(gm, matcher)
+    scalars = _place_scalars_with_users(gm, matcher)
 
-    assignment, splitting_ids = _assign_pieces(gm, matcher)
+    assignment, splitting_ids = _assign_pieces(gm, matcher, scalars)
     split_gm = split_module(
         gm,
         None,
@@ -103,7 +103,7 @@ def _is_size_helper(node: fx.Node) -> bool:
 
 
 def _assign_pieces(
-    gm: fx.GraphModule, matcher: OpMatcher
+    gm: fx.GraphModule, matcher: OpMatcher, placed: set[fx.Node]
 ) -> tuple[dict[fx.Node, int], set[int]]:
     # NOTE: [pieces are contiguous runs of nodes]
     # Walking in graph order and only ever opening a new piece keeps the original
@@ -115,7 +115,7 @@ def _assign_pieces(
     for node in gm.graph.nodes:
         if node.op in ("placeholder", "output", "get_attr"):
             continue
-        if _is_scalar_node(node, matcher):
+        if node in placed:
             scalars.append((node, previous))  # goes to its user's piece, below
             continue
         previous = node
@@ -201,31 +201,86 @@ def _is_scalar_node(node: fx.Node, matcher: OpMatcher) -> bool:
     return not matcher.matches(node)
 
 
-def _place_scalars_with_users(gm: fx.GraphModule, matcher: OpMatcher) -> None:
+def _place_scalars_with_users(gm: fx.GraphModule, matcher: OpMatcher) -> set[fx.Node]:
     """Give every user of a scalar node its own copy of it, right before the user.
 
     See the NOTE in _assign_pieces.  split_module orders pieces by where each
     first appears in the graph; sitting next to its user, a scalar never makes
-    its piece appear before one it depends on.
+    its piece appear before one it depends on.  A scalar read from a tensor
+    (``.item()``) that something between it and its users may write reads a
+    clone made where it was instead.  Returns the scalar nodes placed (copies
+    included).
     """
     graph = gm.graph
-    changed = False
+    placed: set[fx.Node] = set()
     for node in reversed(list(graph.nodes)):
         if not node.users or not _is_scalar_node(node, matcher):
             continue
         order = {n: i for i, n in enumerate(graph.nodes)}
         users = sorted(node.users, key=order.__getitem__)
+        if _reads_tensors(node) and _mutation_between(node, users[-1]):
+            _read_clones(graph, node)
         for user in users[1:]:
             with graph.inserting_before(user):
                 copy = graph.node_copy(node)
             copy.meta = dict(node.meta)
             user.replace_input_with(node, copy)
+            placed.add(copy)
         if users[0].prev is not node:
             users[0].prepend(node)
-        changed = True
-    if changed:
+        placed.add(node)
+    if placed:
         graph.lint()
         gm.recompile()
+    return placed
+
+
+def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
+    return [
+        n
+        for n in node.all_input_nodes
+        if isinstance(n.meta.get("example_value", n.meta.get("val")), torch.Tensor)
+    ]
+
+
+def _reads_tensors(node: fx.Node) -> bool:
+    return bool(_tensor_inputs(node))
+
+
+def _read_clones(graph: fx.Graph, node: fx.Node) -> None:
+    """Make ``node`` read clones of its tensor inputs, taken where it is now."""
+    for tensor in _tensor_inputs(node):
+        with graph.inserting_before(node):
+            clone = graph.call_function(torch.clone, (tensor,))
+        clone.meta = dict(tensor.meta)
+        node.replace_input_with(tensor, clone)
+
+
+def _mutation_between(first: fx.Node, last: fx.Node) -> bool:
+    node = first.next
+    while node is not last and node.op != "output":
+        if _may_mutate(node):
+            return True
+        node = node.next
+    return False
+
+
+def _may_mutate(node: fx.Node) -> bool:
+    """Whether ``node`` may write a tensor (conservative: unknown calls may)."""
+    if node.op == "call_method":
+        name = str(node.target)
+        return name.endswith("_") and not name.endswith("__")
+    if node.op == "call_module":
+        return True
+    if node.op != "call_function":
+        return False
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload):
+        return target._schema.is_mutable
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        return any(getattr(target, o)._schema.is_mutable for o in target.overloads())
+    name = getattr(target, "__name__", "") or ""
+    return node.is_impure() or (name.endswith("_") and not name.endswith("__"))
 
 
 def _only_allocates(nodes: list[fx.Node]) -> bool:

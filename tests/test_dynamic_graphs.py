@@ -121,18 +121,22 @@ def test_a_symfloat_is_computed_in_the_piece_that_uses_it() -> None:
     assert made_in and set(made_in.values()) == {items[-1].graph_id}
 
 
-def test_item_of_an_intermediate_tensor() -> None:
-    def f(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def test_item_of_an_intermediate_tensor_and_of_a_mutated_input() -> None:
+    def f(x: torch.Tensor, t: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
         scale = (t * 2).sum().item()  # an unbacked SymFloat, made before the split
+        offset = step.item()  # read before step changes, used after the attention
+        step.add_(1.0)
         a = F.scaled_dot_product_attention(x, x, x)
-        return a * scale
+        return a * scale + offset
 
     torch._dynamo.reset()
     backend = StitchBackend(disable_cache=True)
     with torch._dynamo.config.patch(capture_scalar_outputs=True):
         compiled = torch.compile(f, backend=backend, dynamic=True)
         x, t = torch.randn(1, 2, 5, 8), torch.randn(4)
-        torch.testing.assert_close(compiled(x, t), f(x, t), **INDUCTOR_TOL)
+        step, step_ref = torch.tensor(3.0), torch.tensor(3.0)
+        torch.testing.assert_close(compiled(x, t, step), f(x, t, step_ref), **INDUCTOR_TOL)
+        assert step.item() == step_ref.item() == 4.0
     assert [r.splitting for r in backend.compiled[0].reports] == [False, True, False]
 
 

@@ -156,8 +156,10 @@ class Compilation:
         # Every Inductor call waits for the Inductor warm-up first (see
         # compilers.py); a warm start that loads only prebuilt pieces never does.
         fake_inputs = self._fake_inputs()
-        # NOTE: [lifted floats are specialized up front] (scalars.py)
-        specialize_lifted_floats(fake_inputs)
+        # NOTE: [lifted floats are specialized up front] (scalars.py), for
+        # Inductor's tensorify pass; eager pieces run lifted floats as they are.
+        if self.adapter.name == "inductor":
+            specialize_lifted_floats(fake_inputs)
         compilation_counter.num_graphs_seen += 1
         compilation_counter.num_backend_compilations += 1
         self.size = find_size(self.gm, fake_inputs)
