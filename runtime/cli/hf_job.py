@@ -9,28 +9,19 @@ and the per-forward times.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TextIO
 
 import torch
 
 from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..pipeline.backend import StitchBackend
+from .main_job import median_ms
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
-
-
-def _median_ms(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def run_hf(
@@ -70,8 +61,8 @@ def run_hf(
             err = (expected - actual).abs().max().item()
             ok = torch.allclose(expected, actual, **TOLERANCE)
             failures += not ok
-            eager_ms = _median_ms(lambda: model(**kwargs), repeats)
-            stitch_ms = _median_ms(lambda: compiled(**kwargs), repeats)
+            eager_ms = median_ms(lambda: model(**kwargs), repeats)
+            stitch_ms = median_ms(lambda: compiled(**kwargs), repeats)
             rows.append((n, eager_ms, stitch_ms, first_ms, err, ok))
     after = compilation_counter.snapshot()
 

@@ -16,22 +16,12 @@ from ..config import CompilationConfig
 from ..examples import LlamaConfig, build_llama, llama_inputs
 from ..examples.models import runnable_examples
 from ..pipeline.aot import AOTCompiledModel, aot_compile
-from ..pipeline.backend import StitchBackend
 from ..store.index import INDEX_FILE, Index
 from ..store.verify import find_entries, inspect_entry
 
 
-def mark_batch_dynamic(*tensors: torch.Tensor) -> None:
-    """Make dim 0 of the inputs dynamic without Dynamo's 0/1 specialization.
-
-    An unbacked size keeps batch size 1 on the same graph as every other size,
-    as a serving engine needs (``mark_dynamic`` would recompile for size 1).
-    """
-    for t in tensors:
-        torch._dynamo.decorators.mark_unbacked(t, 0)
-
-
-def _median_ms(fn: Any, repeats: int) -> float:
+def median_ms(fn: Any, repeats: int) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls, in milliseconds."""
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -92,8 +82,8 @@ def run_example(
             err = (expected - actual).abs().max().item()
             ok = torch.allclose(expected, actual, rtol=1e-4, atol=1e-4)
             failures += not ok
-            eager_ms = _median_ms(lambda: model(input_ids, positions), repeats)
-            stitch_ms = _median_ms(lambda: compiled(input_ids, positions), repeats)
+            eager_ms = median_ms(lambda: model(input_ids, positions), repeats)
+            stitch_ms = median_ms(lambda: compiled(input_ids, positions), repeats)
             rows.append((n, eager_ms, stitch_ms, first_ms, err, ok))
 
     result = stitch.compiled[0] if stitch is not None and stitch.compiled else None
