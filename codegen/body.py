@@ -28,6 +28,7 @@ class FunctionBody:
         self.unpacked: set[fx.Node] = set()
         self._lines: list[tuple[Statement, frozenset[str]]] = []
         self._bound: list[str] = []
+        self._bound_set: set[str] = set()
         self._reads: set[str] = set()
 
     def name_of(self, node: fx.Node) -> str:
@@ -52,7 +53,24 @@ class FunctionBody:
     def bind(self, node: fx.Node, candidate: str) -> str:
         name = self.names[node] = self.local.create(candidate)
         self._bound.append(name)
+        self._bound_set.add(name)
         return name
+
+    def rebind(self, node: fx.Node, name: str) -> str:
+        """Bind ``node`` to ``name``, a name this body bound before whose value
+        the statement being built reads for the last time (see NOTE below)."""
+        if name not in self._bound_set:
+            raise StitchCodegenError(
+                f"cannot rebind {name!r} to '{node.name}' in {self.where}: "
+                "the name was not bound by a statement here",
+                node,
+            )
+        self.names[node] = name
+        return name
+
+    def is_bound(self, name: str) -> bool:
+        """Whether a statement of this body bound ``name`` (not a parameter)."""
+        return name in self._bound_set
 
     def emit(self, statement: Statement) -> None:
         self._lines.append((statement, frozenset(self._reads)))
@@ -64,7 +82,10 @@ class FunctionBody:
         # FX's own codegen does, so activations are freed between pieces.
         # Parameters are never deleted: the caller still holds them, so a del
         # frees nothing.  Nor is anything deleted right before the return,
-        # which releases every local anyway.
+        # which releases every local anyway.  A name rebound by the statement
+        # that reads its old value last (``x = submod_2(x)``) needs no del: the
+        # assignment releases the old value as the call returns, when a del
+        # would.  The del of such a name follows its last value's last reader.
         last_read: dict[str, int] = {}
         for i, (_, reads) in enumerate(self._lines):
             for name in reads:

@@ -1,10 +1,11 @@
 """The emitted-module contract: the names stitching source and its loader share.
 
 Emitted source defines ``execution_fn(<graph inputs>, *, __vllm_submods__)`` (or
-``*, __vllm_dispatch__`` with a hoisted size dispatch), calls compiled piece ``i``
-as ``__vllm_submods__[i]`` and reads constant ``j`` as ``__vllm_consts__[j]``,
-a global the loader provides.  Every module that writes or reads such source
-takes these names from here.
+``*, __vllm_dispatch__`` with a hoisted size dispatch).  Its first statement
+unpacks the compiled pieces into locals named after them
+(``submod_0, submod_2 = __vllm_submods__``: piece ``i`` is item ``i``), and it
+reads constant ``j`` as ``__vllm_consts__[j]``, a global the loader provides.
+Every module that writes or reads such source takes these names from here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ INLINED_PREFIX = "__vllm_inlined_submods__"
 FUNCTION_NAME = "execution_fn"
 # Version of the emitted format, written into the provenance header.  Bumped
 # whenever the shape of the emitted source changes.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 __all__ = [
     "CONSTS_NAME",

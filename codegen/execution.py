@@ -40,7 +40,7 @@ def generate_execution_code(
     """Emit the stitching source for ``split_gm``.
 
     Returns ``(code, submod_names, consts)``: ``submod_names[i]`` names the piece
-    the code calls as ``__vllm_submods__[i]``; ``consts[j]`` is the object the code
+    the code takes from item ``i`` of ``__vllm_submods__``; ``consts[j]`` is the object the code
     reads as ``__vllm_consts__[j]``.
 
     Pieces that are plain ``fx.GraphModule``s and not marked by ``split_graph`` as
@@ -71,6 +71,15 @@ def lower_execution(
     lowering = _ModuleLowering(split_gm, dispatch_on)
     context = lowering.build()
     return context, lowering.submod_names, lowering.consts.values
+
+
+_NUMBERED = re.compile(r"(.+?)(?:_\d+)?")
+
+
+def _base_name(name: str) -> str:
+    """``add_tensor_5`` -> ``add_tensor``; ``x`` -> ``x``."""
+    m = _NUMBERED.fullmatch(name)
+    return m.group(1) if m else name
 
 
 @dataclasses.dataclass
@@ -120,6 +129,8 @@ class _ModuleLowering:
         self.consts = ConstTable()
         self.submod_names: list[str] = []
         self._submod_index: dict[str, int] = {}
+        # Local name of compiled piece i in execution_fn (``submod_3``).
+        self._submod_locals: list[str] = []
         self._used_imports: set[str] = set()
         self._aliases: dict[int, _Alias] = {}  # id(target) -> alias
         self._used_aliases: list[_Alias] = []
@@ -132,6 +143,7 @@ class _ModuleLowering:
         self._named: dict[int, tuple[str | None, str] | None] = {}
         self._pieces: dict[str, Any] = {}  # call_module target -> the piece
         self._returns: dict[str, Any] = {}  # call_module target -> its output
+        self._order: dict[fx.Node, int] | None = None  # top-level graph order
 
     def _piece(self, node: fx.Node) -> Any:
         """The module a top-level ``call_module`` node calls, fetched once."""
@@ -247,28 +259,29 @@ class _ModuleLowering:
                 continue  # bound where its piece was called
             else:
                 self._node(gm, n, body, top_level=True)
-        kwonly = SUBMODS_NAME
-        statements = body.body()
+        kwonly, table = SUBMODS_NAME, SUBMODS_NAME
+        comment = "the compiled pieces, bound to locals once per forward"
         if self.dispatch_on is not None:
             # NOTE: [dispatch hoisted into the emitted function]
             # One table lookup per forward picks the runnables for this runtime
             # size (CUDA graph replays or compiled code); piece calls below then
             # go straight to them, with no per-piece size dispatch.
-            kwonly = DISPATCH_NAME
             size = next(
                 body.names[n]
                 for n in gm.graph.nodes
                 if n.op == "placeholder" and n.name == self.dispatch_on
             )
-            statements = (
-                Statement(
-                    "assign",
-                    f"{DISPATCH_NAME}[{size}]",
-                    SUBMODS_NAME,
-                    "the runnables for this runtime size, chosen once per forward",
-                ),
-                *statements,
-            )
+            kwonly, table = DISPATCH_NAME, f"{DISPATCH_NAME}[{size}]"
+            comment = "the runnables for this runtime size, chosen once per forward"
+        statements = body.body()
+        if self._submod_locals:
+            # NOTE: [pieces are locals]
+            # One unpacking binds every compiled piece to a local named after it;
+            # a call then loads a local instead of indexing the list per piece.
+            targets = ", ".join(self._submod_locals)
+            if len(self._submod_locals) == 1:
+                targets = f"({targets},)"
+            statements = (Statement("assign", table, targets, comment), *statements)
         signature = ", ".join([*body.params, f"*, {kwonly}"])
         return FunctionContext(FUNCTION_NAME, signature, "", statements)
 
@@ -294,7 +307,8 @@ class _ModuleLowering:
             if n.target not in self._submod_index:
                 self._submod_index[n.target] = len(self.submod_names)
                 self.submod_names.append(n.target)
-            callee = f"{SUBMODS_NAME}[{self._submod_index[n.target]}]"
+                self._submod_locals.append(body.local.create(n.target))
+            callee = self._submod_locals[self._submod_index[n.target]]
         args = ", ".join([body.render(a) for a in n.args] + _kwargs(n, body.render))
         self._bind_outputs(body, n, f"{callee}({args})", path)
 
@@ -321,22 +335,55 @@ class _ModuleLowering:
                 or index in by_index
             ):
                 # Not a plain unpacking: bind the whole result, index it below.
-                body.emit(Statement("assign", expr, body.bind(n, n.name), comment))
+                name = body.bind(n, self._result_name(n))
+                body.emit(Statement("assign", expr, name, comment))
                 return
             by_index[index] = user
         body.unpacked.update(by_index.values())
         live = {i: u for i, u in by_index.items() if u.users}
         if not live:
             body.emit(Statement("expr", expr, "", comment))
-        elif arity == 1:
-            name = body.bind(live[0], self._readable_name(live[0]))
-            body.emit(Statement("assign", f"{expr}[0]", name, comment))
+            return
+        dying = self._dying_at(body, n)
+        targets = [
+            self._bind_output(body, live[i], self._readable_name(live[i]), dying)
+            if i in live
+            else "_"
+            for i in range(arity)
+        ]
+        if arity == 1:
+            body.emit(Statement("assign", f"{expr}[0]", targets[0], comment))
         else:
-            targets = [
-                body.bind(live[i], self._readable_name(live[i])) if i in live else "_"
-                for i in range(arity)
-            ]
             body.emit(Statement("assign", expr, ", ".join(targets), comment))
+
+    def _dying_at(self, body: FunctionBody, n: fx.Node) -> dict[str, str]:
+        """Names of values bound in ``body`` that node ``n`` reads for the last
+        time, by base name (``x_2`` -> ``x``)."""
+        if self._order is None:
+            self._order = {node: i for i, node in enumerate(self.split_gm.graph.nodes)}
+        order = self._order
+        dying: dict[str, str] = {}
+        for value in n.all_input_nodes:
+            name = body.names.get(value)
+            if name is None or not body.is_bound(name):
+                continue
+            if max(order[u] for u in value.users) == order[n]:
+                dying.setdefault(_base_name(name), name)
+        return dying
+
+    @staticmethod
+    def _bind_output(
+        body: FunctionBody, node: fx.Node, candidate: str, dying: dict[str, str]
+    ) -> str:
+        # NOTE: [a piece's output takes the name of the input it replaces]
+        # ``x = submod_2(x)``, as a person writes ``x = layer(x)``: an output
+        # named like an input that dies at this call (same name but for the
+        # numeric suffix) takes that input's name, which frees the input
+        # without a del.
+        reused = dying.pop(_base_name(candidate), None)
+        if reused is not None:
+            return body.rebind(node, reused)
+        return body.bind(node, candidate)
 
     def _outputs(self, target: str) -> Any:
         """What the GraphModule of piece ``target`` returns (None if unknown)."""
@@ -347,6 +394,14 @@ class _ModuleLowering:
                 _output_value(module) if isinstance(module, fx.GraphModule) else None
             )
         return self._returns[target]
+
+    def _result_name(self, n: fx.Node) -> str:
+        """A piece's whole result is named after the value it returns, if one,
+        else ``<piece>_outputs`` (``submod_3`` itself names the piece)."""
+        value = self._outputs(n.target)
+        if isinstance(value, fx.Node):
+            return value.name
+        return f"{n.target}_outputs"
 
     def _readable_name(self, n: fx.Node) -> str:
         """A piece output is named after the value inside the piece (``q``, ``out``)

@@ -200,7 +200,7 @@ def compile_execution_fn(
     """Compile emitted source and return ``execution_fn`` bound to its pieces.
 
     ``submod_names[i]`` must be a key of ``submod_callables``; the callable becomes
-    ``__vllm_submods__[i]``.  ``consts`` fills ``__vllm_consts__``.  ``filename``
+    item ``i`` of ``__vllm_submods__``.  ``consts`` fills ``__vllm_consts__``.  ``filename``
     is a real file holding exactly ``code``, as for :func:`load_execution_module`.
     """
     missing = [name for name in submod_names if name not in submod_callables]

@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -220,24 +221,41 @@ def test_signature_keeps_unused_placeholders() -> None:
     assert [a.arg for a in fn.args.args] == ["x", "unused", "y"]
 
 
-def _submods_indices(code: str) -> list[int]:
-    """``i`` of every ``__vllm_submods__[i]`` in execution_fn, in source order."""
+def _piece_locals(code: str) -> list[str]:
+    """The names execution_fn's first statement unpacks ``__vllm_submods__`` into."""
+    first = body_of(functions(code)["execution_fn"])[0]
+    assert isinstance(first, ast.Assign), ast.unparse(first)
+    assert ast.unparse(first.value) == "__vllm_submods__"
+    (target,) = first.targets
+    assert isinstance(target, ast.Tuple)
+    return [elt.id for elt in target.elts]  # type: ignore[attr-defined]
+
+
+def _called_names(code: str) -> list[str]:
+    """Names execution_fn calls, in source order."""
     return [
-        node.slice.value  # type: ignore[attr-defined]
+        node.func.id
         for stmt in body_of(functions(code)["execution_fn"])
         for node in ast.walk(stmt)
-        if isinstance(node, ast.Subscript)
-        and isinstance(node.value, ast.Name)
-        and node.value.id == "__vllm_submods__"
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
     ]
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_compiled_pieces_are_called_by_index_in_order(name: str) -> None:
+def test_compiled_pieces_are_bound_once_and_called_in_order(name: str) -> None:
     emitted = emit_case(name)
     compiled = [i.submod_name for i in emitted.items if not i.is_splitting_graph]
     assert emitted.submod_names == compiled
-    assert _submods_indices(emitted.code) == list(range(len(compiled)))
+    if not compiled:
+        assert "__vllm_submods__" not in ast.unparse(
+            body_of(functions(emitted.code)["execution_fn"])[0]
+        )
+        return
+    # Piece i of __vllm_submods__ is bound to a local named after it, and those
+    # locals are called in graph order.
+    names = _piece_locals(emitted.code)
+    assert names == compiled
+    assert [c for c in _called_names(emitted.code) if c in names] == compiled
 
 
 def test_one_op_pieces_run_at_their_call_site() -> None:
@@ -314,13 +332,12 @@ def test_piece_outputs_are_unpacked_in_one_assignment() -> None:
         if isinstance(s, ast.Assign) and isinstance(s.targets[0], ast.Tuple)
     ]
     assert unpacks == [
+        "submod_1, submod_3 = __vllm_submods__",
         "getitem, getitem_1 = __vllm_inlined_submods__0(x)",
-        "getitem_2, getitem_3 = __vllm_submods__[0](getitem, y)",
+        "getitem, getitem_3 = submod_1(getitem, y)",
     ]
     # No piece result is indexed afterwards.
-    assert _submods_indices(code) == [0, 1]
-    subscripts = [n for n in ast.walk(main) if isinstance(n, ast.Subscript)]
-    assert len(subscripts) == 2
+    assert not [n for n in ast.walk(main) if isinstance(n, ast.Subscript)]
     # Inside a piece, a tuple-returning op is still indexed.
     inlined = ast.unparse(functions(code)["__vllm_inlined_submods__0"])
     assert "pair[0]" in inlined and "pair[1]" in inlined
@@ -341,13 +358,13 @@ def test_unused_piece_outputs_unpack_to_underscore() -> None:
     output.args = ((third, first),)
     split_gm.recompile()
     code, _, fn = emit_and_load(split_gm)
-    (unpack,) = [
+    (_, unpack) = [
         ast.unparse(s)
         for s in body_of(functions(code)["execution_fn"])
         if isinstance(s, ast.Assign)
     ]
     # Named after the values inside the piece; `abs` would shadow the builtin.
-    assert unpack == "neg, _, abs_1 = __vllm_submods__[0](x0)"
+    assert unpack == "neg, _, abs_1 = submod_0(x0)"
     (x,) = randn(0, (3,))
     absolute, negative = fn(x)
     torch.testing.assert_close(absolute, x.abs())
@@ -600,7 +617,7 @@ def test_tensor_constants_are_passed_through_consts() -> None:
         for node in ast.walk(functions(emitted.code)["execution_fn"])
         if isinstance(node, ast.Call) and ast.unparse(node.func).startswith("__vllm_inl")
     ]
-    assert [ast.unparse(a) for a in call.args] == ["submod_0", "__vllm_consts__[0]"]
+    assert [ast.unparse(a) for a in call.args] == ["mul", "__vllm_consts__[0]"]
 
 
 # -- kwargs and outputs -------------------------------------------------------------
@@ -698,11 +715,26 @@ def _assigned(stmt: ast.stmt) -> list[str]:
     return names
 
 
+def _binds_pieces(stmt: ast.stmt) -> bool:
+    """``submod_0, ... = __vllm_submods__`` (or ``= __vllm_dispatch__[size]``)."""
+    return isinstance(stmt, ast.Assign) and ast.unparse(stmt.value).startswith(
+        ("__vllm_submods__", "__vllm_dispatch__[")
+    )
+
+
 def _check_dels(fn: ast.FunctionDef) -> None:
+    """Every bound value is freed right after its last reader.
+
+    Freed means a ``del`` on the next statement, or the name rebound by that
+    last reader itself (``x = submod_2(x)``), which releases the old value as
+    the call returns.  Nothing is deleted right before the return, and no
+    parameter is deleted.
+    """
     body = body_of(fn)
+    if body and _binds_pieces(body[0]):
+        # The compiled pieces: the caller's list holds them, a del frees nothing.
+        body = body[1:]
     params = {a.arg for a in fn.args.args}
-    assigned = [name for stmt in body for name in _assigned(stmt)]
-    assert len(set(assigned)) == len(assigned), "a name is bound twice"
     deleted = [
         name
         for stmt in body
@@ -711,20 +743,28 @@ def _check_dels(fn: ast.FunctionDef) -> None:
     ]
     assert not params & set(deleted), f"a parameter of {fn.name} is deleted"
     assert isinstance(body[-1], ast.Return)
-    for name in assigned:
+    bindings = [(i, name) for i, stmt in enumerate(body) for name in _assigned(stmt)]
+    for k, (bound_at, name) in enumerate(bindings):
+        rebound_at = next(
+            (i for i, other in bindings[k + 1 :] if other == name), len(body)
+        )
         uses = [
             i
-            for i, stmt in enumerate(body)
-            if not isinstance(stmt, ast.Delete) and name in loaded_names(stmt)
+            for i in range(bound_at + 1, min(rebound_at + 1, len(body)))
+            if not isinstance(body[i], ast.Delete) and name in loaded_names(body[i])
         ]
         dels = [
             i
-            for i, stmt in enumerate(body)
-            if isinstance(stmt, ast.Delete) and name in loaded_or_deleted(stmt)
+            for i in range(bound_at + 1, min(rebound_at, len(body)))
+            if isinstance(body[i], ast.Delete) and name in loaded_or_deleted(body[i])
         ]
-        where = f"{name!r} in {fn.name}"
-        assert uses, f"{where} is bound but never used"
-        if max(uses) + 1 >= len(body) - 1:
+        where = f"{name!r} bound on statement {bound_at} of {fn.name}"
+        assert uses, f"{where} is never used"
+        if rebound_at < len(body):
+            # Rebound: only by the statement that reads its value last.
+            assert max(uses) == rebound_at, f"{where} is rebound before its last use"
+            assert dels == [], f"{where} is deleted and rebound"
+        elif max(uses) + 1 >= len(body) - 1:
             # Last used by the return or right before it: nothing to free early.
             assert dels == [], f"{where} is deleted right before the return"
         else:
@@ -735,6 +775,70 @@ def _check_dels(fn: ast.FunctionDef) -> None:
 def test_values_are_deleted_right_after_their_last_use(name: str) -> None:
     for fn in functions(emit_case(name).code).values():
         _check_dels(fn)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_piece_outputs_are_released_before_the_next_piece_runs(name: str) -> None:
+    """Run the emitted function with pieces that keep weak references to the
+    tensors they return: when a compiled piece is called, every tensor an
+    earlier piece returned whose last reader came before this call is gone
+    (freed by a ``del`` or by rebinding its name)."""
+    emitted = emit_case(name)
+    gm = emitted.split_gm
+    order = {n: i for i, n in enumerate(gm.graph.nodes)}
+
+    def last_read(node: fx.Node) -> int:
+        return max((order[u] for u in node.users), default=order[node])
+
+    # Piece -> its returned values' last readers (by output index, or None).
+    last_reads: dict[str, Any] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            getitems = [u for u in n.users if u.target is operator.getitem]
+            if getitems and len(getitems) == len(n.users):
+                last_reads[n.target] = {u.args[1]: last_read(u) for u in getitems}
+            else:
+                last_reads[n.target] = last_read(n)
+    pending: list[tuple[Any, int, str]] = []  # (weakref, last reader, what)
+    checked = 0
+
+    def recording(target: str, piece: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            nonlocal checked
+            here = order[next(n for n in gm.graph.nodes if n.target == target)]
+            for ref, last, what in pending:
+                if last < here:
+                    checked += 1
+                    assert ref() is None, f"{what} is alive when {target} runs"
+            pending[:] = [p for p in pending if p[1] >= here]
+            result = piece(*args, **kwargs)
+            held = {id(a) for a in (*args, *kwargs.values(), *emitted.consts)}
+            outputs = result if isinstance(result, (tuple, list)) else (result,)
+            reads = last_reads[target]
+            for i, value in enumerate(outputs):
+                last = reads.get(i) if isinstance(reads, dict) else reads
+                if (
+                    isinstance(value, torch.Tensor)
+                    and last is not None
+                    and id(value) not in held
+                    and sum(v is value for v in outputs) == 1
+                ):
+                    pending.append((weakref.ref(value), last, f"output {i} of {target}"))
+            return result
+
+        return run
+
+    callables = {
+        target: recording(target, piece) for target, piece in gm.named_children()
+    }
+    fn = compile_execution_fn(
+        emitted.code, callables, emitted.submod_names, emitted.consts
+    )
+    inputs = emitted.case.make_inputs(0)
+    with torch.no_grad():
+        fn(*inputs)
+    if name in ("llama_3_layer", "two_layer_attention"):
+        assert checked, "nothing was checked"
 
 
 def test_dead_values_run_but_bind_nothing() -> None:
@@ -765,7 +869,7 @@ def _piece_comments(code: str) -> list[str]:
     lines = code.splitlines()
     comments = []
     for stmt in body_of(functions(code)["execution_fn"]):
-        if isinstance(stmt, (ast.Delete, ast.Return)):
+        if isinstance(stmt, (ast.Delete, ast.Return)) or _binds_pieces(stmt):
             continue
         above = lines[stmt.lineno - 2].strip()
         comments.append(above[2:] if above.startswith("# ") else "")

@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 2).
+# Stitching source emitted by stitch.codegen (format 3).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 0
 # graph: sha256:231bebfdbbbc0691
 import torch
@@ -35,8 +35,8 @@ def execution_fn(
     __vllm_dispatch__,
 ):
     # the runnables for this runtime size, chosen once per forward
-    __vllm_submods__ = __vllm_dispatch__[s72]
-    q_2, k_2, v_1, out, x = __vllm_submods__[0](
+    submod_0, submod_2, submod_4 = __vllm_dispatch__[s72]
+    q_2, k_2, v_1, out, x = submod_0(
         l_input_ids_,
         s72,
         l_self_modules_embed_tokens_parameters_weight_,
@@ -57,7 +57,7 @@ def execution_fn(
         0.25,
     )
     del q_2, k_2, v_1
-    q_5, k_5, v_3, out_1, x_2 = __vllm_submods__[1](
+    q_5, k_5, v_3, out, x = submod_2(
         out,
         s72,
         l_self_modules_layers_modules_0_modules_self_attn_modules_o_proj_parameters_weight_,
@@ -70,7 +70,6 @@ def execution_fn(
         l_positions_,
         l_self_modules_layers_modules_1_modules_self_attn_buffers_inv_freq_,
     )
-    del out, x
     # layers.1.self_attn
     stitch_attention(
         q_5,
@@ -79,18 +78,18 @@ def execution_fn(
         l_self_modules_layers_modules_1_modules_self_attn_buffers_k_cache_,
         l_self_modules_layers_modules_1_modules_self_attn_buffers_v_cache_,
         l_positions_,
-        out_1,
+        out,
         0.25,
     )
     del q_5, k_5, v_3
-    submod_4 = __vllm_submods__[2](
-        out_1,
+    mul_31 = submod_4(
+        out,
         s72,
         l_self_modules_layers_modules_1_modules_self_attn_modules_o_proj_parameters_weight_,
-        x_2,
+        x,
         l_self_modules_layers_modules_1_modules_post_attention_layernorm_parameters_weight_,
         l_self_modules_layers_modules_1_modules_mlp_modules_gate_up_proj_parameters_weight_,
         l_self_modules_layers_modules_1_modules_mlp_modules_down_proj_parameters_weight_,
         l_self_modules_norm_parameters_weight_,
     )
-    return (submod_4,)
+    return (mul_31,)

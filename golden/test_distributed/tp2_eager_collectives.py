@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 2).
+# Stitching source emitted by stitch.codegen (format 3).
 # pieces: 13 (7 called through __vllm_submods__, 6 inlined); constants: 20
 # graph: sha256:8f812b12f7cdd922
 import torch
@@ -16,8 +16,12 @@ def __vllm_inlined_submods__3(mm_1):
 
 
 def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
+    # the compiled pieces, bound to locals once per forward
+    submod_0, submod_2, submod_4, submod_6, submod_8, submod_10, submod_12 = (
+        __vllm_submods__
+    )
     # embed_tokens .. layers.0.self_attn
-    cat, cat_1, view_2, empty_like, sym_size_int, embedding = __vllm_submods__[0](
+    cat, cat_1, view_2, empty_like, sym_size_int, embedding = submod_0(
         __vllm_consts__[0],
         arg0_1,
         __vllm_consts__[1],
@@ -39,23 +43,27 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
     )
     del cat, cat_1, view_2
     # layers.0.self_attn
-    submod_2 = __vllm_submods__[1](empty_like, sym_size_int, __vllm_consts__[6])
+    mm_1 = submod_2(empty_like, sym_size_int, __vllm_consts__[6])
     del empty_like
     # layers.0.self_attn.o_proj
-    submod_3 = __vllm_inlined_submods__3(submod_2)
-    del submod_2
+    wait_tensor = __vllm_inlined_submods__3(mm_1)
+    del mm_1
     # layers.0
-    mm_3, add_3 = __vllm_submods__[2](
-        embedding, submod_3, __vllm_consts__[7], __vllm_consts__[8], __vllm_consts__[9]
+    mm_3, add_3 = submod_4(
+        embedding,
+        wait_tensor,
+        __vllm_consts__[7],
+        __vllm_consts__[8],
+        __vllm_consts__[9],
     )
-    del embedding, submod_3
+    del embedding, wait_tensor
     # layers.0.mlp.down_proj
-    submod_5 = __vllm_inlined_submods__3(mm_3)
+    wait_tensor_1 = __vllm_inlined_submods__3(mm_3)
     del mm_3
     # layers.0 .. layers.1.self_attn
-    cat_2, cat_3, view_6, empty_like_1, add_5 = __vllm_submods__[3](
+    cat_2, cat_3, view_6, empty_like_1, add_3 = submod_6(
         add_3,
-        submod_5,
+        wait_tensor_1,
         __vllm_consts__[10],
         __vllm_consts__[11],
         sym_size_int,
@@ -63,7 +71,7 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
         __vllm_consts__[12],
         __vllm_consts__[12],
     )
-    del add_3, submod_5
+    del wait_tensor_1
     # layers.1.self_attn
     stitch_attention(
         cat_2,
@@ -77,19 +85,23 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
     )
     del cat_2, cat_3, view_6
     # layers.1.self_attn
-    submod_8 = __vllm_submods__[4](empty_like_1, sym_size_int, __vllm_consts__[15])
+    mm_5 = submod_8(empty_like_1, sym_size_int, __vllm_consts__[15])
     del sym_size_int, empty_like_1
     # layers.1.self_attn.o_proj
-    submod_9 = __vllm_inlined_submods__3(submod_8)
-    del submod_8
+    wait_tensor_2 = __vllm_inlined_submods__3(mm_5)
+    del mm_5
     # layers.1
-    mm_7, add_9 = __vllm_submods__[5](
-        add_5, submod_9, __vllm_consts__[16], __vllm_consts__[17], __vllm_consts__[18]
+    mm_7, add_3 = submod_10(
+        add_3,
+        wait_tensor_2,
+        __vllm_consts__[16],
+        __vllm_consts__[17],
+        __vllm_consts__[18],
     )
-    del add_5, submod_9
+    del wait_tensor_2
     # layers.1.mlp.down_proj
-    submod_11 = __vllm_inlined_submods__3(mm_7)
+    wait_tensor_3 = __vllm_inlined_submods__3(mm_7)
     del mm_7
     # layers.1 .. norm
-    submod_12 = __vllm_submods__[6](add_9, submod_11, __vllm_consts__[19])
-    return submod_12
+    mul_56 = submod_12(add_3, wait_tensor_3, __vllm_consts__[19])
+    return mul_56

@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 2).
+# Stitching source emitted by stitch.codegen (format 3).
 # pieces: 1 (0 called through __vllm_submods__, 1 inlined); constants: 2
 # graph: sha256:7f19c495ae59f485
 import torch
@@ -26,7 +26,7 @@ def __vllm_inlined_submods__0(
 
 
 def execution_fn(arg0_1, arg1_1, arg2_1, arg3_1, *, __vllm_submods__):
-    submod_0 = __vllm_inlined_submods__0(
+    empty_like = __vllm_inlined_submods__0(
         arg0_1, arg1_1, arg2_1, __vllm_consts__[0], __vllm_consts__[1], arg3_1
     )
-    return submod_0
+    return empty_like

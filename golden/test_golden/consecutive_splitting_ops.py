@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 2).
+# Stitching source emitted by stitch.codegen (format 3).
 # pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 0
 # graph: sha256:3a2c5949f05239c5
 import torch
@@ -17,8 +17,10 @@ def __vllm_inlined_submods__1(sub):
 
 
 def execution_fn(x, y, *, __vllm_submods__):
-    submod_0 = __vllm_submods__[0](x, y)
-    submod_1 = __vllm_inlined_submods__1(submod_0)
-    del submod_0
-    submod_2 = __vllm_submods__[1](submod_1, y)
-    return submod_2
+    # the compiled pieces, bound to locals once per forward
+    submod_0, submod_2 = __vllm_submods__
+    sub = submod_0(x, y)
+    empty_like = __vllm_inlined_submods__1(sub)
+    del sub
+    mul = submod_2(empty_like, y)
+    return mul

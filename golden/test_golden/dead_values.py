@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 2).
+# Stitching source emitted by stitch.codegen (format 3).
 # pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 0
 # graph: sha256:a66d9ff77dd72956
 import torch
@@ -16,8 +16,10 @@ def __vllm_inlined_submods__1(x, y, empty_like):
 
 
 def execution_fn(x, unused, y, *, __vllm_submods__):
-    submod_0 = __vllm_submods__[0](x)
-    submod_1 = __vllm_inlined_submods__1(x, y, submod_0)
-    del submod_0
-    submod_2 = __vllm_submods__[1](submod_1)
-    return submod_2
+    # the compiled pieces, bound to locals once per forward
+    submod_0, submod_2 = __vllm_submods__
+    empty_like = submod_0(x)
+    getitem_1 = __vllm_inlined_submods__1(x, y, empty_like)
+    del empty_like
+    add = submod_2(getitem_1)
+    return add

@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 2).
+# Stitching source emitted by stitch.codegen (format 3).
 # pieces: 4 (2 called through __vllm_submods__, 2 inlined); constants: 0
 # graph: sha256:859b6bf450469273
 import torch
@@ -16,10 +16,11 @@ def __vllm_inlined_submods__0(x):
 
 
 def execution_fn(x, y, *, __vllm_submods__):
+    # the compiled pieces, bound to locals once per forward
+    submod_1, submod_3 = __vllm_submods__
     getitem, getitem_1 = __vllm_inlined_submods__0(x)
-    getitem_2, getitem_3 = __vllm_submods__[0](getitem, y)
-    del getitem
+    getitem, getitem_3 = submod_1(getitem, y)
     scale = stitchtest_scale(getitem_1, 0.5)
     del getitem_1
-    submod_3 = __vllm_submods__[1](getitem_2, scale)
-    return (submod_3, getitem_3)
+    add = submod_3(getitem, scale)
+    return (add, getitem_3)

@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 2).
+# Stitching source emitted by stitch.codegen (format 3).
 # pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 1
 # graph: sha256:c8987e9b1d91596e
 import torch
@@ -30,10 +30,12 @@ def __vllm_inlined_submods__1(mul, table):
 
 
 def execution_fn(x, *, __vllm_submods__):
-    submod_0 = __vllm_submods__[0](x)
+    # the compiled pieces, bound to locals once per forward
+    submod_0, submod_2 = __vllm_submods__
+    mul = submod_0(x)
     getitem_1, getitem_3, weighted_sum = __vllm_inlined_submods__1(
-        submod_0, __vllm_consts__[0]
+        mul, __vllm_consts__[0]
     )
-    del submod_0
-    add, mul_1 = __vllm_submods__[1](getitem_1, getitem_3)
+    del mul
+    add, mul_1 = submod_2(getitem_1, getitem_3)
     return (add, mul_1, weighted_sum)

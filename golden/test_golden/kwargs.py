@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 2).
+# Stitching source emitted by stitch.codegen (format 3).
 # pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 1
 # graph: sha256:61d39affbad12f14
 import torch
@@ -15,8 +15,10 @@ def __vllm_inlined_submods__1(cat):
 
 
 def execution_fn(x, y, *, __vllm_submods__):
-    submod_0 = __vllm_submods__[0](x, y)
-    submod_1 = __vllm_inlined_submods__1(submod_0)
-    del submod_0
-    submod_2 = __vllm_submods__[1](submod_1)
-    return submod_2
+    # the compiled pieces, bound to locals once per forward
+    submod_0, submod_2 = __vllm_submods__
+    cat = submod_0(x, y)
+    weighted_sum = __vllm_inlined_submods__1(cat)
+    del cat
+    sum_1 = submod_2(weighted_sum)
+    return sum_1

@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 2).
+# Stitching source emitted by stitch.codegen (format 3).
 # pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 0
 # graph: sha256:318ec7681efed81b
 import torch
@@ -7,7 +7,9 @@ stitchtest_scale = torch.ops.stitchtest.scale
 
 
 def execution_fn(x, y, *, __vllm_submods__):
-    submod_0 = __vllm_submods__[0](x)
-    scale = stitchtest_scale(submod_0, 3.0)
-    add, sum_1 = __vllm_submods__[1](scale, y)
-    return (submod_0, [scale, (add, None)], {"sum": sum_1, "x": x}, 7)
+    # the compiled pieces, bound to locals once per forward
+    submod_0, submod_2 = __vllm_submods__
+    relu = submod_0(x)
+    scale = stitchtest_scale(relu, 3.0)
+    add, sum_1 = submod_2(scale, y)
+    return (relu, [scale, (add, None)], {"sum": sum_1, "x": x}, 7)

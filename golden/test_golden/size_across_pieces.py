@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 2).
+# Stitching source emitted by stitch.codegen (format 3).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 0
 # graph: sha256:3cf28f5ad2f8a2d3
 import torch
@@ -7,12 +7,14 @@ stitchtest_scale = torch.ops.stitchtest.scale
 
 
 def execution_fn(x, y, *, __vllm_submods__):
-    submod_0 = __vllm_submods__[0](x)
-    scale = stitchtest_scale(submod_0, 2.0)
-    del submod_0
-    submod_2 = __vllm_submods__[1](x, scale, y)
+    # the compiled pieces, bound to locals once per forward
+    submod_0, submod_2, submod_4 = __vllm_submods__
+    flatten = submod_0(x)
+    scale = stitchtest_scale(flatten, 2.0)
+    del flatten
+    add = submod_2(x, scale, y)
     del scale
-    scale_1 = stitchtest_scale(submod_2, 0.5)
-    del submod_2
-    submod_4 = __vllm_submods__[2](x, scale_1)
-    return submod_4
+    scale_1 = stitchtest_scale(add, 0.5)
+    del add
+    mul = submod_4(x, scale_1)
+    return mul

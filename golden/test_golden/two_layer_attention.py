@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 2).
+# Stitching source emitted by stitch.codegen (format 3).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 20
 # graph: sha256:e792efe169eddc5e
 import torch
@@ -7,8 +7,10 @@ stitch_attention = torch.ops.stitch.attention.default
 
 
 def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
+    # the compiled pieces, bound to locals once per forward
+    submod_0, submod_2, submod_4 = __vllm_submods__
     # embed_tokens .. layers.0.self_attn
-    cat, cat_1, view_2, empty_like, embedding = __vllm_submods__[0](
+    cat, cat_1, view_2, empty_like, embedding = submod_0(
         __vllm_consts__[0],
         arg0_1,
         __vllm_consts__[1],
@@ -30,7 +32,7 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
     )
     del cat, cat_1, view_2
     # layers.0.self_attn .. layers.1.self_attn
-    cat_2, cat_3, view_6, empty_like_1, add_5 = __vllm_submods__[1](
+    cat_2, cat_3, view_6, empty_like, add_5 = submod_2(
         empty_like,
         __vllm_consts__[6],
         embedding,
@@ -43,7 +45,7 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
         __vllm_consts__[12],
         __vllm_consts__[12],
     )
-    del empty_like, embedding
+    del embedding
     # layers.1.self_attn
     stitch_attention(
         cat_2,
@@ -52,13 +54,13 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
         __vllm_consts__[13],
         __vllm_consts__[14],
         arg1_1,
-        empty_like_1,
+        empty_like,
         0.25,
     )
     del cat_2, cat_3, view_6
     # layers.1.self_attn .. norm
-    submod_4 = __vllm_submods__[2](
-        empty_like_1,
+    mul_31 = submod_4(
+        empty_like,
         __vllm_consts__[15],
         add_5,
         __vllm_consts__[16],
@@ -66,4 +68,4 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
         __vllm_consts__[18],
         __vllm_consts__[19],
     )
-    return submod_4
+    return mul_31

@@ -115,8 +115,9 @@ def _add_emit(subparsers: Any) -> None:
             "Trace a built-in example model, split it at its splitting ops and "
             "print the stitching source that Stitch emits for it: a module defining "
             "execution_fn(<graph inputs>, *, __vllm_submods__), which calls the "
-            "compiled pieces through __vllm_submods__[i] and runs the splitting "
-            "(attention) pieces as plain functions of the same module.  Constants (weights, buffers) are read as "
+            "compiled pieces it unpacks from __vllm_submods__ and runs the "
+            "splitting (attention) pieces as plain functions of the same module.  "
+            "Constants (weights, buffers) are read as "
             "__vllm_consts__[j]; their values are not part of the source."
         ),
     )

@@ -4,7 +4,7 @@ One forward of ``n`` tokens on a CUDA device, in PIECEWISE mode::
 
     PaddedRunner          n -> padded size p (a capture size); dynamic inputs are
                           copied into static buffers in one batched copy
-      execution_fn(p)     the emitted function: __vllm_submods__ = __vllm_dispatch__[p]
+      execution_fn(p)     the emitted function: submod_0, ... = __vllm_dispatch__[p]
         piece 0           CUDA graph replay
         attention         eager (the splitting op)
         piece 1           CUDA graph replay ...
