@@ -8,7 +8,6 @@ module defining ``execution_fn``.
 from __future__ import annotations
 
 import dataclasses
-import keyword
 import operator
 import re
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from .contract import (
 )
 from .emit import render_module
 from .errors import StitchCodegenError
+from .expressions import kwargs_source, node_expression
 from .fingerprint import graph_hash, structural_hash
 from .naming import Namespace
 from .pieces import fetch_attr, is_inlined_piece, module_path_of, single_call
@@ -309,7 +309,7 @@ class _ModuleLowering:
                 self.submod_names.append(n.target)
                 self._submod_locals.append(body.local.create(n.target))
             callee = self._submod_locals[self._submod_index[n.target]]
-        args = ", ".join([body.render(a) for a in n.args] + _kwargs(n, body.render))
+        args = ", ".join([body.render(a) for a in n.args] + kwargs_source(n, body.render))
         self._bind_outputs(body, n, f"{callee}({args})", path)
 
     def _bind_outputs(
@@ -508,56 +508,7 @@ class _ModuleLowering:
         def render(value: Any) -> str:
             return render_value(value, name_of, self.consts)
 
-        if n.op == "call_module":
-            raise StitchCodegenError(
-                "call_module inside an inlined piece cannot be lowered; the "
-                "splitting piece must consist of call_function/call_method nodes",
-                n,
-            )
-        if n.op == "call_function" and n.target is operator.getitem:
-            if len(n.args) != 2 or n.kwargs:
-                raise StitchCodegenError("getitem must take (value, index)", n)
-            source, index = n.args
-            if top_level and type(index) is not int:
-                raise StitchCodegenError(
-                    f"index {index!r} of a piece output is not an int", n
-                )
-            if not isinstance(source, fx.Node):
-                raise StitchCodegenError(
-                    f"getitem of a constant {type(source).__name__} is not supported", n
-                )
-            return f"{name_of(source)}[{render(index)}]"
-        if n.op == "call_function":
-            args = [render(a) for a in n.args] + _kwargs(n, render)
-            return f"{self.target_expr(n)}({', '.join(args)})"
-        if n.op == "call_method":
-            if not isinstance(n.target, str) or not n.target.isidentifier():
-                raise StitchCodegenError(
-                    f"method name {n.target!r} is not a Python identifier", n
-                )
-            if not n.args:
-                raise StitchCodegenError("call_method has no self argument", n)
-            rest = [render(a) for a in n.args[1:]] + _kwargs(n, render)
-            return f"{render(n.args[0])}.{n.target}({', '.join(rest)})"
-        raise StitchCodegenError(
-            f"node kind {n.op!r} is not supported in "
-            f"{'the split graph' if top_level else 'an inlined piece'}",
-            n,
-        )
-
-
-def _kwargs(n: fx.Node, render: Callable[[Any], str]) -> list[str]:
-    parts = []
-    for key, value in n.kwargs.items():
-        # 'class' or 'lambda' pass isidentifier() but cannot name a keyword argument.
-        if not key.isidentifier() or keyword.iskeyword(key):
-            raise StitchCodegenError(
-                f"keyword argument {key!r} cannot be written as a Python keyword "
-                "argument",
-                n,
-            )
-        parts.append(f"{key}={render(value)}")
-    return parts
+        return node_expression(n, render, name_of, self.target_expr, top_level)
 
 
 def _output_value(module: fx.GraphModule) -> Any:

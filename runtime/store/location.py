@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from stitch.codegen.contract import FORMAT_VERSION
 from ..config import CompilationConfig
 from .index import INDEX_FORMAT, EntryIdentity
 
@@ -14,12 +15,15 @@ CACHE_ENV = "STITCH_CACHE_DIR"
 
 
 def stitch_version() -> str:
+    """The code that writes an entry: the package version and the format of the
+    emitted source, so source emitted by an older code generator is not reused."""
     try:
         from importlib.metadata import version
 
-        return version("stitch")
+        package = version("stitch")
     except Exception:  # noqa: BLE001 - running from a checkout without metadata
-        return "0+unknown"
+        package = "0+unknown"
+    return f"{package}/emitted-format-{FORMAT_VERSION}"
 
 
 def cache_root(config: CompilationConfig) -> str:
