@@ -18,8 +18,8 @@ import os
 import sys
 import types
 
-# Modules a warm start has no use for: it compiles nothing.
-WATCHED = ("torch._dynamo", "torch._inductor")
+# Modules a warm start has no use for: it compiles nothing and generates no code.
+WATCHED = ("torch._dynamo", "torch._inductor", "black", "jinja2")
 
 
 class _Collect(logging.Handler):

@@ -2,7 +2,7 @@
 
 Fresh processes are the point here (``aot_worker.py``): a cold one compiles and
 saves; a warm one, with Inductor's cache empty, must load the forward without
-importing Dynamo or Inductor, build no kernel, and give the cold process's
+importing Dynamo, Inductor or the code generator's black and jinja2, build no kernel, and give the cold process's
 outputs bit for bit; after the model's source file is edited, the next one
 warns once and compiles again (hitting the Stitch cache: the graph is the same).
 The model is defined in a file of the test's own so that its code can change.
@@ -59,10 +59,12 @@ def test_cold_process_compiles_and_saves(runs: dict[str, Any]) -> None:
     assert cold["warm"] is False and cold["path"]
     assert cold["counter"]["num_inductor_compiles"] == PIECES
     assert cold["plain_function"]  # guard-free in the cold process too
+    # It traced, compiled and generated the stitching source.
+    assert cold["imported"] == ["black", "jinja2", "torch._dynamo", "torch._inductor"]
     assert max(cold["diffs"].values()) < INDUCTOR_TOL["atol"]
 
 
-def test_warm_process_imports_neither_dynamo_nor_inductor(runs: dict[str, Any]) -> None:
+def test_warm_process_imports_no_compiler_and_no_code_generator(runs: dict[str, Any]) -> None:
     warm = runs["warm"]
     assert warm["warnings"] == []
     assert warm["warm"] is True
