@@ -62,6 +62,12 @@ def main(spec: dict) -> dict:
     module = load_model_module(spec["model_file"])
     model = module.build()
     config = CompilationConfig(cache_dir=spec["cache_dir"], **spec.get("config", {}))
+    cudagraphs = None
+    if spec.get("emulate_graphs"):
+        # CUDA graphs on CPU, emulated (see tests/test_cudagraph_cpu.py).
+        from stitch.runtime.cudagraph import CUDAGraphManager, EmulatedGraphOps
+
+        cudagraphs = CUDAGraphManager(config, ops=EmulatedGraphOps())
     before = compilation_counter.snapshot()
     first = None
     outputs: dict[int, torch.Tensor] = {}
@@ -70,9 +76,13 @@ def main(spec: dict) -> dict:
         for n in spec["sizes"]:
             ids, pos = llama_inputs(module.CFG, n)
             if first is None:
-                first = aot_compile(model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]})
+                first = aot_compile(
+                    model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]},
+                    cudagraphs=cudagraphs,
+                )
             model.reset_kv_caches()
-            out = first(ids, pos)
+            # Under CUDA graphs an output lives until the next forward.
+            out = first(ids, pos).clone()
             model.reset_kv_caches()
             ref = model(ids, pos)
             outputs[n] = out
@@ -92,6 +102,9 @@ def main(spec: dict) -> dict:
         "counter": {k: after[k] - before[k] for k in after if after[k] != before[k]},
         "diffs": diffs,
         "warnings": collect.messages,
+        # Padded runners built for the forward, and how often a graph replayed.
+        "graph_runners": len(first.cudagraphs.runners) if first.cudagraphs else 0,
+        "replays": sum(g.replays for g in cudagraphs.ops.graphs) if cudagraphs else 0,
     }
 
 

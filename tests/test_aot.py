@@ -145,6 +145,9 @@ def test_stale_reasons_name_what_changed() -> None:
     other = CompilationConfig(compile_sizes=[8])
     (reason,) = stale_reasons(record, other, args, dims)
     assert reason.startswith("config hash")
+    graphs = CompilationConfig(compile_sizes=[4], cudagraph_mode="FULL")
+    (reason,) = stale_reasons(record, graphs, args, dims)
+    assert reason == "CUDA graph settings cudagraph_mode 'PIECEWISE' -> 'FULL'"
     wider = (args[0], torch.zeros(3, 2, 1))
     (reason,) = stale_reasons(record, config, wider, dynamic_spec(wider, {0: [0]}))
     assert reason.startswith("input dtypes/ranks")

@@ -4,8 +4,8 @@ A record lives at ``<cache root>/aot/<model key>/rank_<r>/`` and is keyed by the
 model's class and structure (module types, weight shapes and dtypes, plain
 attributes): what a warm process can compute before tracing anything.  What
 the saved forward depends on beyond that (torch, Python and Stitch versions,
-the config hash, the inputs' dtypes, ranks and dynamic dims, the source files
-Dynamo traced) is stored in the record and compared on load; any difference is
+the config hash and CUDA graph settings, the inputs' dtypes, ranks and dynamic
+dims, the source files Dynamo traced) is stored in the record and compared on load; any difference is
 a reason the record is stale (see NOTE: [warm start without Dynamo] in aot.py).
 """
 
@@ -26,6 +26,7 @@ import torch
 from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
 
 from ..config import CompilationConfig
+from ..cudagraph.plan import plan_settings
 from ..store.cache import cache_root, current_rank, stitch_version
 from ..store.files import atomic_write
 
@@ -139,6 +140,9 @@ def factors(
         "python": sys.implementation.cache_tag,
         "stitch": stitch_version(),
         "config_hash": config.compute_hash(),
+        # Not in the config hash (they change no compiled code), but in the saved
+        # function: the CUDA graphs it wraps its pieces in.
+        "cudagraphs": plan_settings(config),
         "inputs": input_spec(args, dims),
     }
 
@@ -148,6 +152,7 @@ FACTOR_NAMES = {
     "python": "Python version",
     "stitch": "Stitch version",
     "config_hash": "config hash",
+    "cudagraphs": "CUDA graph settings",
     "inputs": "input dtypes/ranks/dynamic dims",
 }
 
@@ -161,10 +166,19 @@ def stale_reasons(
     reasons = []
     saved = record.get("factors", {})
     for name, value in factors(config, args, dims).items():
-        if saved.get(name) != literal(value):
+        old = saved.get(name)
+        if old == literal(value):
+            continue
+        if isinstance(old, dict) and isinstance(value, dict):
+            changed = [k for k in sorted(value) if old.get(k) != literal(value[k])]
             reasons.append(
-                f"{FACTOR_NAMES[name]} {_short(saved.get(name))} -> {_short(value)}"
+                f"{FACTOR_NAMES[name]} "
+                + ", ".join(
+                    f"{k} {_short(old.get(k))} -> {_short(value[k])}" for k in changed
+                )
             )
+        else:
+            reasons.append(f"{FACTOR_NAMES[name]} {_short(old)} -> {_short(value)}")
     for module, saved_path, sha in record.get("code", []):
         # The module's file here (a shipped cache may find the code elsewhere).
         path = module_file(module) or saved_path
