@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from backend_support import INDUCTOR_TOL
 from stitch.runtime import CompilationConfig, StitchBackend, StitchFunction, aot_compile
 from stitch.runtime.examples import llama_inputs
 from stitch.runtime.pipeline.aot import dynamic_spec, factors, stale_reasons
+from stitch.runtime.store.trust import StitchCacheTrustError
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +193,18 @@ def test_torch_aot_compile_saves_a_reference(runs: dict[str, Any], tmp_path: Pat
         out = loaded(model, ids, pos)
         model.reset_kv_caches()
         torch.testing.assert_close(out, model(ids, pos), **INDUCTOR_TOL)
+
+
+def test_a_record_others_can_write_is_refused(runs: dict[str, Any], tmp_path: Path) -> None:
+    """The saved bytecode runs as this user: its folder is trusted like the cache's."""
+    cache = tmp_path / "cache"
+    shutil.copytree(runs["cache"], cache)
+    (record,) = cache.glob("aot/*/rank_0/function.py")
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert stat.S_IMODE(record.parent.stat().st_mode) == 0o700
+    record.chmod(0o620)
+    module = load_model(runs["model_file"])
+    ids, pos = llama_inputs(module.CFG, 4)
+    config = CompilationConfig(cache_dir=str(cache))
+    with pytest.raises(StitchCacheTrustError, match=r"function\.py is writable by its group"):
+        aot_compile(module.build(), (ids, pos), config, dynamic_dims={0: [0], 1: [0]})

@@ -28,7 +28,8 @@ from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
 from ..config import CompilationConfig
 from ..cudagraph.plan import plan_settings
 from ..store.cache import cache_root, current_rank, stitch_version
-from ..store.files import atomic_write
+from ..store.files import atomic_write, make_private_dirs
+from ..store.trust import check_trusted
 
 AOT_DIR = "aot"
 RECORD_FILE = "function.py"
@@ -233,8 +234,18 @@ def traced_code(sources: Any) -> list[tuple[str, str, str | None]]:
 # -- the record on disk -------------------------------------------------------------------
 
 
+def cache_root_of(folder: str) -> str:
+    """The cache root of a record folder (``<root>/aot/<model key>/rank_<r>``)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(folder))))
+
+
 def write_record(folder: str, record: dict[str, Any], files: dict[str, bytes]) -> None:
-    """Write the side files, then the record (its presence commits them)."""
+    """Write the side files, then the record (its presence commits them).
+
+    Folders are created 0700 and files 0600, as everywhere in the cache: the
+    bytecode is code this user will run (see docs/cache.md, trust model).
+    """
+    make_private_dirs(folder, cache_root_of(folder))
     for name, data in files.items():
         atomic_write(os.path.join(folder, name), data)
     text = RECORD_HEADER + repr(record) + "\n"
@@ -243,7 +254,10 @@ def write_record(folder: str, record: dict[str, Any], files: dict[str, bytes]) -
 
 
 def read_record(folder: str) -> dict[str, Any] | None:
+    """The record in ``folder`` (None: there is none); raises
+    ``StitchCacheTrustError`` when someone else could have written it."""
     path = os.path.join(folder, RECORD_FILE)
+    check_trusted(path, cache_root_of(folder))
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -261,7 +275,9 @@ def read_record(folder: str) -> dict[str, Any] | None:
 
 
 def read_file(folder: str, name: str, sha256: Any) -> bytes:
+    """A side file of the record, trust-checked, its bytes matching ``sha256``."""
     path = os.path.join(folder, name)
+    check_trusted(path, cache_root_of(folder))
     with open(path, "rb") as f:
         data = f.read()
     if hashlib.sha256(data).hexdigest() != sha256:
