@@ -23,8 +23,9 @@ and these settings (``Inductor cache`` is ``TORCHINDUCTOR_CACHE_DIR``):
 Per run it reports the time from after ``import torch`` to the first result
 (importing Stitch, building the model, compiling or loading, the first forward),
 the first forward alone (compile/load + call), what ``import torch`` took, the
-Inductor compiles, the pieces loaded prebuilt, and whether the process imported
-Dynamo or Inductor; medians over fresh processes, with ratios to true cold.
+Inductor compiles, the pieces loaded prebuilt, and which of Dynamo, Inductor,
+black and jinja2 the process imported; medians over fresh processes, with
+ratios to true cold, and where the AOT warm start's time goes.
 ``--profile`` runs one more AOT warm start under cProfile.
 """
 
@@ -55,6 +56,10 @@ SETTINGS = (
 )
 
 
+# Modules whose import the report shows: the compilers and the code generator.
+WATCHED = ("torch._dynamo", "torch._inductor", "black", "jinja2")
+
+
 # -- the child: one compile in a fresh process -------------------------------------------
 
 
@@ -66,8 +71,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from stitch.runtime import CompilationConfig, StitchBackend, aot_compile, compilation_counter
     from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
 
+    after_stitch = time.perf_counter()
     cfg = LlamaConfig(num_layers=spec["layers"], hidden_size=spec["hidden"])
     model = build_llama(cfg)
+    after_model = time.perf_counter()
     config = CompilationConfig(cache_dir=spec["cache_dir"], **spec["config"])
     ids, pos = llama_inputs(cfg, spec["tokens"])
     before = compilation_counter.snapshot()
@@ -87,6 +94,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             compiled = torch.compile(model, backend=backend, fullgraph=True)
             torch._dynamo.mark_dynamic(ids, 0)
             torch._dynamo.mark_dynamic(pos, 0)
+        loaded = time.perf_counter()
         compiled(ids, pos)
         end = time.perf_counter()
     if profiler is not None:
@@ -95,7 +103,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     after = compilation_counter.snapshot()
     if spec["mode"] != "aot":
         warm = backend.compiled[0].warm
-    imported = sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules)
+    imported = sorted(m for m in WATCHED if m in sys.modules)
     with torch.no_grad():
         model.reset_kv_caches()
         out = compiled(ids, pos)
@@ -106,6 +114,14 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "import_s": after_torch - started,
         "ready_s": end - after_torch,
         "first_forward_s": end - start,
+        # The parts of ready_s, in order.
+        "parts": {
+            "import stitch.runtime": after_stitch - after_torch,
+            "build the model": after_model - after_stitch,
+            "inputs, config": start - after_model,
+            "compile or load (aot_compile)": loaded - start,
+            "first call": end - loaded,
+        },
         "warm": warm,
         "imported": imported,
         "inductor_compiles": deltas["num_inductor_compiles"],
@@ -202,6 +218,7 @@ def main() -> None:
             "max_num_batched_tokens": args.max_tokens,
         },
     }
+    start_load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     scratch = tempfile.mkdtemp(prefix="stitch-warm-start-")
     runs: list[dict[tuple[str, str], dict[str, Any]]] = []
     try:
@@ -214,14 +231,16 @@ def main() -> None:
             empty = tempfile.mkdtemp(prefix="inductor-empty-", dir=scratch)
             spec = {**base, "mode": "aot", "cache_dir": os.path.join(scratch, "stitch-aot0")}
             run_child({**spec, "profile": profile_path}, empty)
-        report(args, runs)
+        report(args, runs, start_load)
         if profile_path:
             print_profile(profile_path, args.top)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def report(args: argparse.Namespace, runs: list[dict[tuple[str, str], dict[str, Any]]]) -> None:
+def report(
+    args: argparse.Namespace, runs: list[dict[tuple[str, str], dict[str, Any]]], start_load: str
+) -> None:
     def med(key: tuple[str, str], field: str) -> float:
         return statistics.median(r[key][field] for r in runs)
 
@@ -243,7 +262,7 @@ def report(args: argparse.Namespace, runs: list[dict[tuple[str, str], dict[str, 
         rows = [r[key] for r in runs]
         compiles = "/".join(map(str, sorted({r["inductor_compiles"] for r in rows})))
         loads = "/".join(map(str, sorted({r["prebuilt_loads"] for r in rows})))
-        imports = "/".join(sorted({"+".join(r["imported"]) or "neither" for r in rows}))
+        imports = "/".join(sorted({"+".join(r["imported"]) or "none" for r in rows}))
         print(
             f"| {mode} | {label} | {med(key, 'ready_s'):.3f} | {med(key, 'first_forward_s'):.3f} "
             f"| {med(key, 'import_s'):.2f} | {compiles} | {loads} | {imports} "
@@ -258,11 +277,15 @@ def report(args: argparse.Namespace, runs: list[dict[tuple[str, str], dict[str, 
         f"first forward {med(warm, 'first_forward_s'):.3f} s "
         "(targets: <= 5% of true cold, <= 1.5 s after import torch)"
     )
+    print("\nwhere its time goes (medians, s):\n")
+    print("| part | s |\n| --- | ---: |")
+    for part in runs[0][warm]["parts"]:
+        print(f"| {part} | {statistics.median(r[warm]['parts'][part] for r in runs):.3f} |")
     worst = max(r[key]["max_abs_diff"] for r in runs for key in r)
     print(f"max |compiled - eager| over all runs: {worst:.2e}")
     print(f"machine: {machine()}")
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"load average at the end (1, 5, 15 min): {load}")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"load average (1, 5, 15 min) at the start: {start_load}; at the end: {load}")
 
 
 def print_profile(path: str, top: int) -> None:

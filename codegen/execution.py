@@ -25,7 +25,6 @@ from .contract import (
     INLINED_PREFIX,
     SUBMODS_NAME,
 )
-from .emit import render_module
 from .errors import StitchCodegenError
 from .expressions import kwargs_source, node_expression
 from .fingerprint import graph_hash, structural_hash
@@ -52,6 +51,10 @@ def generate_execution_code(
     function takes ``__vllm_dispatch__`` instead of ``__vllm_submods__`` and picks
     the per-size table of runnables once, on its first line.
     """
+    # See NOTE: [black is imported only to generate code] (values.py): the
+    # templates and the layout (jinja2, black) load with the first render.
+    from .emit import render_module
+
     context, submod_names, consts = lower_execution(split_gm, dispatch_on=dispatch_on)
     return render_module(context), submod_names, consts
 

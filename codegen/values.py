@@ -15,8 +15,6 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from black.numerics import format_scientific_notation
-from black.strings import normalize_string_quotes
 
 from .contract import CONSTS_NAME
 
@@ -64,6 +62,12 @@ def render_float(value: float) -> str:
         return 'float("inf")' if value > 0 else 'float("-inf")'
     text = repr(value)
     if "e" in text:
+        # NOTE: [black is imported only to generate code]
+        # A warm start runs cached source and generates none; importing black
+        # (and jinja2) costs it a quarter of a second, so only the code paths
+        # that write source import them.
+        from black.numerics import format_scientific_notation
+
         sign = "-" if text.startswith("-") else ""
         return sign + format_scientific_notation(text.lstrip("-"))
     return text
@@ -71,6 +75,9 @@ def render_float(value: float) -> str:
 
 def render_string(value: str | bytes) -> str:
     """An exact str/bytes literal with black's choice of quotes."""
+    # See NOTE: [black is imported only to generate code].
+    from black.strings import normalize_string_quotes
+
     return normalize_string_quotes(repr(value))
 
 

@@ -3,9 +3,10 @@
 Usage: ``python tests/aot_worker.py '<json spec>'``.  The spec names the model
 module (a file defining ``build()`` and ``Model``), the cache directory, the
 config fields and the sizes to run.  The worker prints ``WORKER <json report>``:
-whether the function was loaded warm, which of Dynamo and Inductor the process
-imported, the counter deltas, the ``stitch`` warnings, how far each output is
-from eager and (with ``outputs``) saves the outputs.
+whether the function was loaded warm, which of the ``WATCHED`` modules the
+process imported, its cache entry, the files under the cache it mapped (the
+kernel libraries it loaded), the counter deltas, the ``stitch`` warnings, how
+far each output is from eager and (with ``outputs``) saves the outputs.
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import os
 import sys
 import types
+
+# Modules a warm start has no use for: it compiles nothing and generates no code.
+WATCHED = ("torch._dynamo", "torch._inductor", "black", "jinja2")
 
 
 class _Collect(logging.Handler):
@@ -35,6 +40,17 @@ def load_model_module(path: str) -> types.ModuleType:
     return module
 
 
+def mapped_under(folder: str) -> list[str]:
+    """Files under ``folder`` this process has mapped (dlopen'd libraries)."""
+    folder = os.path.realpath(folder) + os.sep
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            fields = [line.split(maxsplit=5) for line in f]
+    except OSError:
+        return []
+    return sorted({f[5].strip() for f in fields if len(f) == 6 and f[5].startswith(folder)})
+
+
 def main(spec: dict) -> dict:
     import torch
 
@@ -46,6 +62,12 @@ def main(spec: dict) -> dict:
     module = load_model_module(spec["model_file"])
     model = module.build()
     config = CompilationConfig(cache_dir=spec["cache_dir"], **spec.get("config", {}))
+    cudagraphs = None
+    if spec.get("emulate_graphs"):
+        # CUDA graphs on CPU, emulated (see tests/test_cudagraph_cpu.py).
+        from stitch.runtime.cudagraph import CUDAGraphManager, EmulatedGraphOps
+
+        cudagraphs = CUDAGraphManager(config, ops=EmulatedGraphOps())
     before = compilation_counter.snapshot()
     first = None
     outputs: dict[int, torch.Tensor] = {}
@@ -54,9 +76,13 @@ def main(spec: dict) -> dict:
         for n in spec["sizes"]:
             ids, pos = llama_inputs(module.CFG, n)
             if first is None:
-                first = aot_compile(model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]})
+                first = aot_compile(
+                    model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]},
+                    cudagraphs=cudagraphs,
+                )
             model.reset_kv_caches()
-            out = first(ids, pos)
+            # Under CUDA graphs an output lives until the next forward.
+            out = first(ids, pos).clone()
             model.reset_kv_caches()
             ref = model(ids, pos)
             outputs[n] = out
@@ -70,10 +96,15 @@ def main(spec: dict) -> dict:
         "path": first.path,
         "plain_function": isinstance(forward, types.MethodType)
         and type(forward.__func__) is types.FunctionType,
-        "imported": sorted(m for m in ("torch._dynamo", "torch._inductor") if m in sys.modules),
+        "imported": sorted(m for m in WATCHED if m in sys.modules),
+        "entry": first.cache_entry,
+        "mapped": mapped_under(spec["cache_dir"]),
         "counter": {k: after[k] - before[k] for k in after if after[k] != before[k]},
         "diffs": diffs,
         "warnings": collect.messages,
+        # Padded runners built for the forward, and how often a graph replayed.
+        "graph_runners": len(first.cudagraphs.runners) if first.cudagraphs else 0,
+        "replays": sum(g.replays for g in cudagraphs.ops.graphs) if cudagraphs else 0,
     }
 
 

@@ -2,7 +2,7 @@
 
 Fresh processes are the point here (``aot_worker.py``): a cold one compiles and
 saves; a warm one, with Inductor's cache empty, must load the forward without
-importing Dynamo or Inductor, build no kernel, and give the cold process's
+importing Dynamo, Inductor or the code generator's black and jinja2, build no kernel, and give the cold process's
 outputs bit for bit; after the model's source file is edited, the next one
 warns once and compiles again (hitting the Stitch cache: the graph is the same).
 The model is defined in a file of the test's own so that its code can change.
@@ -12,58 +12,21 @@ from __future__ import annotations
 
 import ast
 import importlib.util
-import json
-import subprocess
+import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from backend_support import INDUCTOR_TOL, parse_worker, worker_env
+from aot_support import MODEL_SOURCE, PIECES, SIZES, run_worker
+from backend_support import INDUCTOR_TOL
 
 from stitch.runtime import CompilationConfig, StitchBackend, StitchFunction, aot_compile
 from stitch.runtime.examples import llama_inputs
 from stitch.runtime.pipeline.aot import dynamic_spec, factors, stale_reasons
-
-WORKER = Path(__file__).with_name("aot_worker.py")
-MODEL_SOURCE = '''\
-"""A model in a file of its own, so that a test can edit the code Dynamo traces."""
-import torch
-
-from stitch.runtime.examples import LlamaConfig, build_llama
-
-CFG = LlamaConfig(num_layers=1)
-
-
-class Model(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.inner = build_llama(CFG)
-
-    def forward(self, input_ids, positions):
-        return self.inner(input_ids, positions)  # version 1
-
-    def reset_kv_caches(self) -> None:
-        self.inner.reset_kv_caches()
-
-
-def build() -> Model:
-    return Model()
-'''
-SIZES = [8, 1, 3]
-# One layer: two compiled pieces (embedding + layer up to attention; the rest),
-# one target each (no compile sizes or ranges).
-PIECES = 2
-
-
-def run_worker(spec: dict[str, Any], inductor_dir: Path) -> dict[str, Any]:
-    env = {**worker_env(), "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), json.dumps(spec)],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
-    return parse_worker(proc.returncode, proc.stdout, proc.stderr)
+from stitch.runtime.store.trust import StitchCacheTrustError
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +62,12 @@ def test_cold_process_compiles_and_saves(runs: dict[str, Any]) -> None:
     assert cold["warm"] is False and cold["path"]
     assert cold["counter"]["num_inductor_compiles"] == PIECES
     assert cold["plain_function"]  # guard-free in the cold process too
+    # It traced, compiled and generated the stitching source.
+    assert cold["imported"] == ["black", "jinja2", "torch._dynamo", "torch._inductor"]
     assert max(cold["diffs"].values()) < INDUCTOR_TOL["atol"]
 
 
-def test_warm_process_imports_neither_dynamo_nor_inductor(runs: dict[str, Any]) -> None:
+def test_warm_process_imports_no_compiler_and_no_code_generator(runs: dict[str, Any]) -> None:
     warm = runs["warm"]
     assert warm["warnings"] == []
     assert warm["warm"] is True
@@ -183,6 +148,9 @@ def test_stale_reasons_name_what_changed() -> None:
     other = CompilationConfig(compile_sizes=[8])
     (reason,) = stale_reasons(record, other, args, dims)
     assert reason.startswith("config hash")
+    graphs = CompilationConfig(compile_sizes=[4], cudagraph_mode="FULL")
+    (reason,) = stale_reasons(record, graphs, args, dims)
+    assert reason == "CUDA graph settings cudagraph_mode 'PIECEWISE' -> 'FULL'"
     wider = (args[0], torch.zeros(3, 2, 1))
     (reason,) = stale_reasons(record, config, wider, dynamic_spec(wider, {0: [0]}))
     assert reason.startswith("input dtypes/ranks")
@@ -225,3 +193,18 @@ def test_torch_aot_compile_saves_a_reference(runs: dict[str, Any], tmp_path: Pat
         out = loaded(model, ids, pos)
         model.reset_kv_caches()
         torch.testing.assert_close(out, model(ids, pos), **INDUCTOR_TOL)
+
+
+def test_a_record_others_can_write_is_refused(runs: dict[str, Any], tmp_path: Path) -> None:
+    """The saved bytecode runs as this user: its folder is trusted like the cache's."""
+    cache = tmp_path / "cache"
+    shutil.copytree(runs["cache"], cache)
+    (record,) = cache.glob("aot/*/rank_0/function.py")
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert stat.S_IMODE(record.parent.stat().st_mode) == 0o700
+    record.chmod(0o620)
+    module = load_model(runs["model_file"])
+    ids, pos = llama_inputs(module.CFG, 4)
+    config = CompilationConfig(cache_dir=str(cache))
+    with pytest.raises(StitchCacheTrustError, match=r"function\.py is writable by its group"):
+        aot_compile(module.build(), (ids, pos), config, dynamic_dims={0: [0], 1: [0]})

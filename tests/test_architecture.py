@@ -146,6 +146,18 @@ def test_importing_the_runtime_registers_no_example_op() -> None:
     assert out.strip() == "[]"
 
 
+def test_importing_the_runtime_imports_no_code_generator() -> None:
+    """black and jinja2 load when source is generated: a warm start generates none."""
+    code = (
+        "import sys, torch, stitch.runtime, stitch.codegen\n"
+        "print(sorted(m for m in ('black', 'jinja2') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
 def test_no_module_is_much_over_500_lines() -> None:
     long = {
         m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 560

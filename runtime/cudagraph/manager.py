@@ -27,6 +27,7 @@ from .padding import (
     padding_table,
     plan_padding,
 )
+from .plan import GraphPlan, unsaveable_graphs
 from .wrapper import FULL_GRAPH, CUDAGraphTables, CUDAGraphWrapper, call_order
 
 if TYPE_CHECKING:
@@ -166,43 +167,72 @@ class CUDAGraphManager:
             self.forbid_capture()
 
     # -- building the runtime --------------------------------------------------------
-    def wrap(
+    def applies_to_plan(self, plan: GraphPlan) -> bool:
+        """:meth:`applies_to` for a saved function: its padded inputs' devices."""
+        if self.config.cudagraph_mode is CUDAGraphMode.NONE:
+            return False
+        if not self.ops.needs_cuda:
+            return True
+        return torch.cuda.is_available() and any(
+            d.device.type == "cuda" for d in plan.padding.dynamic
+        )
+
+    def plan(
         self,
         *,
         graph: fx.GraphModule,
         split_gm: fx.GraphModule,
         example_inputs: Sequence[Any],
+        backends: dict[str, Any],
+        submod_names: Sequence[str],
+        size: RuntimeSize | None,
+    ) -> GraphPlan | None:
+        """What the graphs of one compilation need from its graph (None: no graphs).
+
+        ``graph`` is the graph the backend was given, ``split_gm`` its split
+        form, ``example_inputs`` its (fake) inputs and ``size`` the runtime size
+        (None when the pieces do not all dispatch on one graph input).
+        """
+        config = self.config
+        if not config.cudagraph_capture_sizes:
+            return None
+        check_padding(config)
+        names = [n.name for n in split_gm.graph.nodes if n.op == "placeholder"]
+        try:
+            padding = plan_padding(
+                graph, example_inputs, names, size, config.cudagraph_pad_values
+            )
+        except CannotPad as exc:
+            log.warning("stitch: running without CUDA graphs: %s", exc)
+            return None
+        order = call_order(split_gm, backends)
+        return GraphPlan(padding, list(submod_names).index(order[-1]) if order else -1)
+
+    def build(
+        self,
+        plan: GraphPlan | None,
+        *,
         code: str,
         backends: dict[str, Any],
         submod_names: Sequence[str],
         consts: Sequence[Any],
-        size: RuntimeSize | None,
         filename: str | None = None,
+        split_gm: fx.GraphModule | None = None,
     ) -> Callable[..., Any]:
-        """The execution function with padding and CUDA graphs for one compilation.
+        """The execution function with padding and CUDA graphs, from ``plan``.
 
-        ``graph`` is the graph the backend was given, ``split_gm`` its split
-        form with the compiled pieces bound, ``example_inputs`` its (fake) inputs
-        and ``size`` the runtime size (None when the pieces do not all dispatch on
-        one graph input); ``filename`` the file holding ``code``, if any.
+        ``filename`` is the file holding ``code``, if any.  ``split_gm`` (the
+        split graph with the compiled pieces bound) is needed only by the
+        per-piece dispatch; a saved function has none (see
+        NOTE: [a saved function rebuilds its graphs from a plan]).
         """
         config = self.config
         plain = compile_execution_fn(
             code, backends, submod_names, consts, filename=filename
         )
+        if plan is None:
+            return plain
         sizes = sorted(config.cudagraph_capture_sizes or ())
-        if not sizes:
-            return plain
-        check_padding(config)
-        names = [n.name for n in split_gm.graph.nodes if n.op == "placeholder"]
-        try:
-            plan = plan_padding(
-                graph, example_inputs, names, size, config.cudagraph_pad_values
-            )
-        except CannotPad as exc:
-            log.warning("stitch: running without CUDA graphs: %s", exc)
-            return plain
-        order = call_order(split_gm, backends)
         mode = config.cudagraph_mode
         full_limit = full_graph_limit(config)
         piecewise: Callable[..., Any] | None = None
@@ -214,7 +244,7 @@ class CUDAGraphManager:
                     self,
                     submod_names,
                     sizes,
-                    last=submod_names.index(order[-1]) if order else -1,
+                    last=plan.last,
                 )
                 piecewise = compile_execution_fn(
                     code,
@@ -224,9 +254,12 @@ class CUDAGraphManager:
                     dispatch=tables,
                     filename=filename,
                 )
+            elif split_gm is None:
+                raise StitchRuntimeError(unsaveable_graphs(config) or "no split graph")
             else:
+                order = call_order(split_gm, backends)
                 piecewise, above_max = vllm_style_forward(
-                    split_gm, backends, self, plan.size_index, order
+                    split_gm, backends, self, plan.padding.size_index, order
                 )
         runners: dict[int, Callable[..., Any]] = {}
         for size in sizes:
@@ -248,6 +281,38 @@ class CUDAGraphManager:
             sizes,
             full_limit,
         )
-        runner = PaddedRunner(plan, padding_table(sizes), runners, above_max)
+        runner = PaddedRunner(plan.padding, padding_table(sizes), runners, above_max)
         self.runners.append(runner)
         return runner
+
+    def wrap(
+        self,
+        *,
+        graph: fx.GraphModule,
+        split_gm: fx.GraphModule,
+        example_inputs: Sequence[Any],
+        code: str,
+        backends: dict[str, Any],
+        submod_names: Sequence[str],
+        consts: Sequence[Any],
+        size: RuntimeSize | None,
+        filename: str | None = None,
+    ) -> Callable[..., Any]:
+        """:meth:`plan` then :meth:`build`: the execution function of one compilation."""
+        plan = self.plan(
+            graph=graph,
+            split_gm=split_gm,
+            example_inputs=example_inputs,
+            backends=backends,
+            submod_names=submod_names,
+            size=size,
+        )
+        return self.build(
+            plan,
+            code=code,
+            backends=backends,
+            submod_names=submod_names,
+            consts=consts,
+            filename=filename,
+            split_gm=split_gm,
+        )

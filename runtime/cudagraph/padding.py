@@ -6,6 +6,7 @@ import bisect
 import dataclasses
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -109,7 +110,14 @@ def input_name(node: fx.Node) -> str:
     """The forward argument a placeholder comes from (``positions``), else its name."""
     source = getattr(node.meta.get("grapharg"), "source", None)
     name = getattr(source, "local_name", None)
-    return name if isinstance(name, str) else node.name
+    if isinstance(name, str):
+        return name
+    # NOTE: [placeholder names spell their source]
+    # torch's aot_compile hands the backend a graph without Dynamo's grapharg
+    # metadata; Dynamo named each placeholder after its source, though
+    # (L['positions'] -> l_positions_), so a forward argument is still found.
+    match = re.fullmatch(r"l_(\w+)_", node.name)
+    return match.group(1) if match else node.name
 
 
 def _symbol(value: Any) -> Any:

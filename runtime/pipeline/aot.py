@@ -46,6 +46,7 @@ import torch
 from stitch.codegen.errors import StitchCacheError, StitchError
 
 from ..config import CompilationConfig
+from ..cudagraph import CUDAGraphManager
 from ..store.cache import cache_root
 from .aot_record import (
     RECORD_FORMAT,
@@ -97,6 +98,9 @@ class AOTCompiledModel:
     cache_entry: str | None = None
     # The backend that compiled it in this process (None when loaded warm).
     backend: StitchBackend | None = None
+    # The CUDA graphs of the forward: start-up capture (capture_sizes) and the
+    # capture switch.  Unused when the forward runs no graphs.
+    cudagraphs: CUDAGraphManager | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
@@ -109,6 +113,7 @@ def aot_compile(
     *,
     dynamic_dims: Mapping[int, Sequence[int]] | None = None,
     guards: bool | None = None,
+    cudagraphs: CUDAGraphManager | None = None,
 ) -> AOTCompiledModel:
     """Compile ``model.forward`` with Stitch ahead of time, or load it as compiled before.
 
@@ -119,10 +124,14 @@ def aot_compile(
     Dimensions marked on the inputs beforehand count too.  The model is
     compiled for inference (under ``torch.no_grad()``); forward hooks do not
     run.  ``guards`` (default: ``$STITCH_AOT_GUARDS``) checks Dynamo's guards on
-    every call, for debugging.
+    every call, for debugging.  ``cudagraphs`` is the :class:`CUDAGraphManager`
+    the forward's CUDA graphs use (default: a new one for ``config``); a saved
+    forward runs the graphs it was compiled with, captured in this process.
     """
     start = time.perf_counter()
     config = config if config is not None else CompilationConfig()
+    if cudagraphs is None:
+        cudagraphs = CUDAGraphManager(config)
     if guards is None:
         guards = os.environ.get(GUARDS_ENV, "") not in ("", "0")
     args = tuple(example_inputs)
@@ -132,7 +141,7 @@ def aot_compile(
     folder = record_folder(model, config) if saves else None
     if folder is not None:
         try:
-            loaded = load(model, args, dims, config, folder, guards)
+            loaded = load(model, args, dims, config, folder, guards, cudagraphs)
         except StaleRecord as exc:
             log.warning(
                 "stitch aot: the saved %s is stale (%s); compiling it again",
@@ -150,15 +159,20 @@ def aot_compile(
                 forward, entry = loaded
                 seconds = time.perf_counter() - start
                 log.info("stitch aot: %s loaded in %.2fs", model_name(model), seconds)
-                return AOTCompiledModel(forward, True, guards, seconds, folder, entry)
+                return AOTCompiledModel(
+                    forward, True, guards, seconds, folder, entry, None, cudagraphs
+                )
     backend = StitchBackend(config, serializable=True)
+    backend.cudagraphs = cudagraphs
     with marked_unbacked(args, dims):
         forward, saved = compile_and_save(
             model, args, dims, config, backend, folder, guards
         )
     entry = backend.compiled[-1].cache_dir if backend.compiled else None
     seconds = time.perf_counter() - start
-    return AOTCompiledModel(forward, False, guards, seconds, saved, entry, backend)
+    return AOTCompiledModel(
+        forward, False, guards, seconds, saved, entry, backend, cudagraphs
+    )
 
 
 # -- marking dynamic dims -------------------------------------------------------------
@@ -202,6 +216,7 @@ def load(
     config: CompilationConfig,
     folder: str,
     guards: bool,
+    cudagraphs: CUDAGraphManager | None = None,
 ) -> tuple[Callable[..., Any], str] | None:
     """The saved forward bound to ``model`` and its cache entry (None if nothing was saved)."""
     record = read_record(folder)
@@ -219,7 +234,7 @@ def load(
         from torch._dynamo.aot_compile import AOTCompiledFunction
 
         try:
-            with reference_root(root):
+            with reference_root(root, cudagraphs):
                 compiled = AOTCompiledFunction.deserialize(
                     data, f_globals=forward_globals
                 )
@@ -237,7 +252,7 @@ def load(
     )
     if not isinstance(code, types.CodeType):
         raise StitchCacheError(f"{folder}/{BYTECODE_FILE} holds no code object")
-    stitched = load_reference(record["stitched"], root)
+    stitched = load_reference(record["stitched"], root, cudagraphs)
     forward = build_forward(code, function, forward_globals, stitched)
     return types.MethodType(forward, model), entry
 

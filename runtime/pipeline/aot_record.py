@@ -4,8 +4,8 @@ A record lives at ``<cache root>/aot/<model key>/rank_<r>/`` and is keyed by the
 model's class and structure (module types, weight shapes and dtypes, plain
 attributes): what a warm process can compute before tracing anything.  What
 the saved forward depends on beyond that (torch, Python and Stitch versions,
-the config hash, the inputs' dtypes, ranks and dynamic dims, the source files
-Dynamo traced) is stored in the record and compared on load; any difference is
+the config hash and CUDA graph settings, the inputs' dtypes, ranks and dynamic
+dims, the source files Dynamo traced) is stored in the record and compared on load; any difference is
 a reason the record is stale (see NOTE: [warm start without Dynamo] in aot.py).
 """
 
@@ -26,8 +26,10 @@ import torch
 from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
 
 from ..config import CompilationConfig
+from ..cudagraph.plan import plan_settings
 from ..store.cache import cache_root, current_rank, stitch_version
-from ..store.files import atomic_write
+from ..store.files import atomic_write, make_private_dirs
+from ..store.trust import check_trusted
 
 AOT_DIR = "aot"
 RECORD_FILE = "function.py"
@@ -139,6 +141,9 @@ def factors(
         "python": sys.implementation.cache_tag,
         "stitch": stitch_version(),
         "config_hash": config.compute_hash(),
+        # Not in the config hash (they change no compiled code), but in the saved
+        # function: the CUDA graphs it wraps its pieces in.
+        "cudagraphs": plan_settings(config),
         "inputs": input_spec(args, dims),
     }
 
@@ -148,6 +153,7 @@ FACTOR_NAMES = {
     "python": "Python version",
     "stitch": "Stitch version",
     "config_hash": "config hash",
+    "cudagraphs": "CUDA graph settings",
     "inputs": "input dtypes/ranks/dynamic dims",
 }
 
@@ -161,10 +167,19 @@ def stale_reasons(
     reasons = []
     saved = record.get("factors", {})
     for name, value in factors(config, args, dims).items():
-        if saved.get(name) != literal(value):
+        old = saved.get(name)
+        if old == literal(value):
+            continue
+        if isinstance(old, dict) and isinstance(value, dict):
+            changed = [k for k in sorted(value) if old.get(k) != literal(value[k])]
             reasons.append(
-                f"{FACTOR_NAMES[name]} {_short(saved.get(name))} -> {_short(value)}"
+                f"{FACTOR_NAMES[name]} "
+                + ", ".join(
+                    f"{k} {_short(old.get(k))} -> {_short(value[k])}" for k in changed
+                )
             )
+        else:
+            reasons.append(f"{FACTOR_NAMES[name]} {_short(old)} -> {_short(value)}")
     for module, saved_path, sha in record.get("code", []):
         # The module's file here (a shipped cache may find the code elsewhere).
         path = module_file(module) or saved_path
@@ -219,8 +234,18 @@ def traced_code(sources: Any) -> list[tuple[str, str, str | None]]:
 # -- the record on disk -------------------------------------------------------------------
 
 
+def cache_root_of(folder: str) -> str:
+    """The cache root of a record folder (``<root>/aot/<model key>/rank_<r>``)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(folder))))
+
+
 def write_record(folder: str, record: dict[str, Any], files: dict[str, bytes]) -> None:
-    """Write the side files, then the record (its presence commits them)."""
+    """Write the side files, then the record (its presence commits them).
+
+    Folders are created 0700 and files 0600, as everywhere in the cache: the
+    bytecode is code this user will run (see docs/cache.md, trust model).
+    """
+    make_private_dirs(folder, cache_root_of(folder))
     for name, data in files.items():
         atomic_write(os.path.join(folder, name), data)
     text = RECORD_HEADER + repr(record) + "\n"
@@ -229,7 +254,10 @@ def write_record(folder: str, record: dict[str, Any], files: dict[str, bytes]) -
 
 
 def read_record(folder: str) -> dict[str, Any] | None:
+    """The record in ``folder`` (None: there is none); raises
+    ``StitchCacheTrustError`` when someone else could have written it."""
     path = os.path.join(folder, RECORD_FILE)
+    check_trusted(path, cache_root_of(folder))
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -247,7 +275,9 @@ def read_record(folder: str) -> dict[str, Any] | None:
 
 
 def read_file(folder: str, name: str, sha256: Any) -> bytes:
+    """A side file of the record, trust-checked, its bytes matching ``sha256``."""
     path = os.path.join(folder, name)
+    check_trusted(path, cache_root_of(folder))
     with open(path, "rb") as f:
         data = f.read()
     if hashlib.sha256(data).hexdigest() != sha256:

@@ -28,6 +28,7 @@ from stitch.codegen.matching import OpMatcher
 from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..cudagraph import CUDAGraphManager
+from ..cudagraph.plan import GraphPlan
 from ..loader import compile_execution_fn
 from ..progress import progress_bar
 from ..store.cache import CompileCache
@@ -105,7 +106,7 @@ class StitchBackend:
                 self.config,
                 self.compiled[-1].cache_dir,
                 compilation.consts,
-                compilation.cudagraphed,
+                compilation.graphs,
             )
         return fn
 
@@ -146,9 +147,11 @@ class Compilation:
         # normalized key -> whether the compiled code is free of the piece's strings
         self.string_free: dict[str, bool] = {}
         self.loaded: dict[str, Any] = {}
-        # What the emitted source reads, and whether it runs CUDA graphs (set by run).
+        # What the emitted source reads, whether it runs CUDA graphs and their
+        # plan (None: no graphs after all), set by run.
         self.consts: list[Any] = []
         self.cudagraphed = False
+        self.graphs: GraphPlan | None = None
 
     # -- the steps -----------------------------------------------------------
     def run(self, sink: list[CompiledModel]) -> Callable[..., Any]:
@@ -250,17 +253,23 @@ class Compilation:
         self.cudagraphed = self.cudagraphs is not None and self.cudagraphs.applies_to(
             fake_inputs
         )
-        if self.cudagraphed:
-            fn = self.cudagraphs.wrap(
+        if self.cudagraphs is not None and self.cudagraphed:
+            self.graphs = self.cudagraphs.plan(
                 graph=self.gm,
                 split_gm=split_gm,
                 example_inputs=fake_inputs,
+                backends=backends,
+                submod_names=submod_names,
+                size=self.size if size_on is not None else None,
+            )
+            fn = self.cudagraphs.build(
+                self.graphs,
                 code=code,
                 backends=backends,
                 submod_names=submod_names,
                 consts=consts,
-                size=self.size if size_on is not None else None,
                 filename=source_file,
+                split_gm=split_gm,
             )
         else:
             fn = compile_execution_fn(

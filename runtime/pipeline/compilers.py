@@ -100,6 +100,8 @@ class InductorAdapter:
         self.config_patches = dict(config_patches)
         self.passes = list(passes)
         self._patches: dict[str, Any] | None = None
+        # Damaged prebuilt files already warned about (one warning per file).
+        self._faults: set[str] = set()
 
     def compile(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, static: bool
@@ -187,7 +189,7 @@ class InductorAdapter:
         See NOTE: [prebuilt pieces]: a prebuilt load imports no Inductor module
         and builds no kernel, so it does not wait for the Inductor warm-up.
         """
-        runnable = _load_prebuilt(path, sha256)
+        runnable = _load_prebuilt(path, sha256, self._faults)
         if runnable is None:
             _inductor_ready()
             from torch._inductor import CompiledArtifact
@@ -241,7 +243,11 @@ def _tuple_output(gm: fx.GraphModule) -> tuple[fx.GraphModule, bool]:
     return wrapped, True
 
 
-def _load_prebuilt(path: str, sha256: str | None) -> Runnable | None:
+def _load_prebuilt(path: str, sha256: str | None, faults: set[str]) -> Runnable | None:
+    """The prebuilt runnable of the artifact at ``path``, or None: load it through
+    Inductor.  A damaged prebuilt file is one warning naming it (``faults``: the
+    files already reported), never loaded; the Inductor load then rewrites it."""
+    from ..store.extras import ExtraFileError
     from .prebuilt import PrebuiltUnavailable, load_prebuilt
 
     try:
@@ -250,8 +256,11 @@ def _load_prebuilt(path: str, sha256: str | None) -> Runnable | None:
         log.debug("stitch: %s loads through Inductor: %s", path, exc)
         return None
     except StitchCacheError as exc:
-        compilation_counter.num_cache_faults += 1
-        log.warning("stitch cache: %s; loading that piece through Inductor", exc)
+        where = exc.path if isinstance(exc, ExtraFileError) else str(exc)
+        if where not in faults:
+            faults.add(where)
+            compilation_counter.num_cache_faults += 1
+            log.warning("stitch cache: %s; loading that piece through Inductor", exc)
         return None
     compilation_counter.num_prebuilt_loads += 1
     return runnable

@@ -21,8 +21,11 @@ one.  A piece whose wrapper needs anything else (Triton kernels, constants,
 aliased outputs, ...) gets no record and loads through Inductor as before.
 
 A record is used only on a machine like the one that built it (same CPU flags,
-Python and torch), and every file is checked against its sha256 before it is
-loaded.  This module imports nothing from Inductor or Dynamo.
+Python and torch).  The record and the kernels are the artifact's extra files
+(``store/extras.py``): listed with their sizes and sha256 in the artifact's
+folder when written, and each one trust-checked and verified against that list
+before it is read or loaded.  This module imports nothing from Inductor or
+Dynamo.
 """
 
 from __future__ import annotations
@@ -46,8 +49,10 @@ import torch
 from stitch.codegen.errors import StitchCacheError
 
 from ..store.artifacts import PREBUILT_DIR
+from ..store.extras import Extras, NoExtras, open_extras
 
-PREBUILT_FORMAT = 1
+# 2: the record and its kernels are listed in the artifact's extras.py.
+PREBUILT_FORMAT = 2
 PREBUILT_SUFFIX = ".prebuilt"
 KERNELS_DIR = "kernels"
 HEADER = f"# Stitch prebuilt piece, format {PREBUILT_FORMAT} (a Python literal)\n"
@@ -82,8 +87,15 @@ def prebuilt_path(artifact_path: str) -> str:
     return os.path.join(prebuilt_dir(artifact_path), key + PREBUILT_SUFFIX)
 
 
-def kernels_dir(artifact_path: str) -> str:
-    return os.path.join(prebuilt_dir(artifact_path), KERNELS_DIR)
+def record_name(artifact_path: str) -> str:
+    """The record's name as an extra file of the artifact (``prebuilt/<key>.prebuilt``)."""
+    key = os.path.basename(os.path.dirname(artifact_path))
+    return f"{PREBUILT_DIR}/{key}{PREBUILT_SUFFIX}"
+
+
+def kernel_name(sha256: str) -> str:
+    """A kernel library's name as an extra file (``prebuilt/kernels/<sha256>.so``)."""
+    return f"{PREBUILT_DIR}/{KERNELS_DIR}/{sha256}.so"
 
 
 def kernel_key(argtypes: Sequence[str], source: str) -> str:
@@ -123,13 +135,23 @@ def render_record(data: dict[str, Any]) -> str:
 
 
 def read_record(path: str) -> dict[str, Any]:
-    """The record at ``path``; :class:`StitchCacheError` if it is damaged."""
+    """The record at ``path``, read directly (for inspection and tests; loading
+    reads it through the artifact's extras).  :class:`StitchCacheError` if damaged."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise PrebuiltUnavailable("no prebuilt record") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise StitchCacheError(f"{path} is unreadable ({exc})") from None
+    return parse_record(data, path)
+
+
+def parse_record(data: bytes, path: str) -> dict[str, Any]:
+    """The record in ``data`` (read from ``path``)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise StitchCacheError(f"{path} is unreadable ({exc})") from None
     header, _, rest = text.partition("\n")
     digest_line, _, body = rest.partition("\n")
@@ -156,10 +178,16 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
     """The runnable of the piece saved at ``artifact_path``, from its prebuilt record.
 
     Raises :class:`PrebuiltUnavailable` when there is no record for this machine
-    and :class:`StitchCacheError` when the record or a kernel is damaged.
+    and :class:`StitchCacheError` (an ``ExtraFileError`` naming the file) when
+    the record, a kernel or their list is missing, truncated or changed.
+    Nothing is read, imported or loaded before it is verified.
     """
     path = prebuilt_path(artifact_path)
-    data = read_record(path)
+    try:
+        extras = open_extras(artifact_path, artifact_sha256)
+    except NoExtras:
+        raise PrebuiltUnavailable("no prebuilt record") from None
+    data = parse_record(extras.read(record_name(artifact_path)), path)
     if data.get("machine") != machine_fingerprint():
         raise PrebuiltUnavailable(
             "built on another machine (CPU flags, Python or torch)"
@@ -178,7 +206,6 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
         raise StitchCacheError(
             f"{path} is missing its wrapper, kernels or extern kernels"
         )
-    directory = kernels_dir(artifact_path)
 
     def kernel(argtypes: Sequence[str], kernel_source: str) -> Any:
         entry = kernels.get(kernel_key(argtypes, kernel_source))
@@ -186,7 +213,7 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
             raise StitchCacheError(
                 f"{path}: the wrapper asks for a kernel it does not list"
             )
-        return load_kernel(os.path.join(directory, f"{entry}.so"), entry)
+        return load_kernel(extras, entry)
 
     filename = f"<stitch-prebuilt-{data.get('artifact_sha256', '?')[:12]}>"
     try:
@@ -203,18 +230,18 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
     return piece_runnable(call, tuple(data.get("increment_version", ())))
 
 
-def load_kernel(path: str, sha256: str) -> Any:
-    """The ``kernel`` function of a prebuilt Python-extension kernel library."""
+def load_kernel(extras: Extras, sha256: str) -> Any:
+    """The ``kernel`` function of a prebuilt Python-extension kernel library,
+    verified as an extra file of the artifact before it is loaded."""
     name = f"stitch_prebuilt_{sha256[:24]}.kernel"
     module = sys.modules.get(name)
     if module is None:
-        try:
-            with open(path, "rb") as f:
-                actual = hashlib.sha256(f.read()).hexdigest()
-        except OSError as exc:
-            raise StitchCacheError(f"kernel {path} is unreadable ({exc})") from None
-        if actual != sha256:
-            raise StitchCacheError(f"kernel {path} does not match its sha256")
+        extra = kernel_name(sha256)
+        path = extras.verified_path(extra)
+        if extras.record.files[extra].sha256 != sha256:
+            raise StitchCacheError(
+                f"{extras.list_path}: lists {extra} with another sha256"
+            )
         # Inductor's loader publishes this pointer for the kernel's argument
         # parsing before loading a kernel library; so do we.
         os.environ["_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"] = str(

@@ -17,15 +17,16 @@ from typing import Any
 
 import torch
 
-from ..store.files import atomic_write
+from ..store.extras import save_extras
 from .prebuilt import (
     PREBUILT_FORMAT,
     PrebuiltUnavailable,
     exec_wrapper,
     kernel_key,
-    kernels_dir,
+    kernel_name,
     machine_fingerprint,
     prebuilt_path,
+    record_name,
     render_record,
     resolve_dotted,
 )
@@ -36,7 +37,9 @@ EXTERN_USE = re.compile(r"\bextern_kernels\.(\w+)")
 
 
 def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
-    """Write ``<artifact>.prebuilt`` and its kernels; the record's path.
+    """Write ``prebuilt/<key>.prebuilt`` and its kernels as the artifact's extra
+    files (listed with their sha256 in the artifact's ``extras.py``); the
+    record's path.
 
     Raises :class:`PrebuiltUnavailable` naming why a piece cannot run without
     Inductor (it then loads through Inductor, as before).
@@ -47,8 +50,8 @@ def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
     externs = {
         name: dotted_path(name) for name in sorted(set(EXTERN_USE.findall(source)))
     }
-    directory = kernels_dir(artifact_path)
     kernels: dict[str, str] = {}
+    files: dict[str, bytes] = {}
 
     def kernel(argtypes: Any, kernel_source: str) -> Any:
         from torch._inductor.codecache import CppPythonBindingsCodeCache
@@ -60,9 +63,7 @@ def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
         with open(library, "rb") as f:
             data = f.read()
         sha = hashlib.sha256(data).hexdigest()
-        target = os.path.join(directory, f"{sha}.so")
-        if not os.path.exists(target):
-            atomic_write(target, data)
+        files[kernel_name(sha)] = data
         kernels[kernel_key(argtypes, kernel_source)] = sha
         return fn
 
@@ -82,9 +83,9 @@ def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
         "kernels": kernels,
         "wrapper": source,
     }
-    path = prebuilt_path(artifact_path)
-    atomic_write(path, render_record(record).encode("utf-8"))
-    return path
+    files[record_name(artifact_path)] = render_record(record).encode("utf-8")
+    save_extras(artifact_path, artifact_sha256, files)
+    return prebuilt_path(artifact_path)
 
 
 def read_artifact(path: str) -> tuple[Any, Any]:

@@ -10,7 +10,11 @@ the entry (and the sha256 of its index, so a rewritten entry is noticed), the
 constants the emitted source reads, and what the pieces' shape targets were
 planned with, never a second copy.  Loading rebuilds each piece's runnables
 from the index (prebuilt: no Inductor) and binds the emitted source to them,
-with no graph, no split and no fake tensors.
+with no graph, no split and no fake tensors.  A function that runs CUDA graphs
+also saves its graph plan and CUDA graph settings (see NOTE: [a saved function
+rebuilds its graphs from a plan] in ``cudagraph/plan.py``): the loading process
+wraps its pieces in the same padded runner and per-size graph tables, and
+captures its own graphs.
 
 This module imports neither Dynamo nor Inductor: ``StitchFunction`` is
 registered as a ``SerializableCallable`` only once a backend call (inside
@@ -24,15 +28,18 @@ import contextlib
 import contextvars
 import hashlib
 import importlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
+from stitch.codegen.errors import StitchCacheError, StitchError, StitchRuntimeError
 
 from ..config import CompilationConfig
+from ..cudagraph import CUDAGraphManager
+from ..cudagraph.plan import GraphPlan, unsaveable_graphs
 from ..loader import compile_execution_fn
 from ..store.cache import CACHE_ENV, CompileCache
 from ..store.artifacts import ARTIFACT_FILE
@@ -41,12 +48,27 @@ from ..targets import targets_for
 from .compilers import InductorAdapter
 from .piecewise import PiecewiseBackend, RangeWarnings
 
+log = logging.getLogger("stitch")
+
 REFERENCE_FORMAT = 1
 # The fields of CompilationConfig that decide a piece's shape targets.
 TARGET_FIELDS = (
     "compile_sizes",
     "compile_ranges_split_points",
     "max_num_batched_tokens",
+)
+# The fields of CompilationConfig that decide how a saved function's CUDA graphs run.
+GRAPH_FIELDS = (
+    "dispatch",
+    "cudagraph_mode",
+    "cudagraph_capture_sizes",
+    "max_cudagraph_capture_size",
+    "max_full_cudagraph_size",
+    "cudagraph_num_of_warmups",
+    "cudagraph_copy_inputs",
+    "cudagraph_pad_values",
+    "cudagraph_forbid_capture_after_startup",
+    "cudagraph_check_addresses",
 )
 
 
@@ -84,7 +106,7 @@ class StitchFunction:
     @classmethod
     def deserialize_compile_artifacts(cls, data: bytes) -> StitchFunction:
         reference = parse_reference(data.decode("utf-8"))
-        return cls(load_reference(reference, _ROOT.get()), reference)
+        return cls(load_reference(reference, *_LOADING.get()), reference)
 
     @property
     def co_name(self) -> str:
@@ -97,21 +119,22 @@ def saveable(
     config: CompilationConfig,
     entry_dir: str | None,
     consts: Sequence[Any],
-    cudagraphed: bool,
+    graphs: GraphPlan | None,
 ) -> StitchFunction:
-    """``fn`` as a :class:`StitchFunction` (saveable unless something rules it out)."""
+    """``fn`` as a :class:`StitchFunction` (saveable unless something rules it out);
+    ``graphs``: the plan of the CUDA graphs ``fn`` runs (None: none)."""
     register_serializable()
     why = ""
     if config.backend != "inductor":
         why = f"the {config.backend} backend saves no artifacts"
     elif entry_dir is None:
         why = "the cache is disabled (disable_cache=True)"
-    elif cudagraphed:
-        why = "it runs CUDA graphs, which are captured in each process"
+    elif graphs is not None:
+        why = unsaveable_graphs(config) or ""
     if why:
         return StitchFunction(fn, None, why)
     try:
-        return StitchFunction(fn, make_reference(config, entry_dir, consts))
+        return StitchFunction(fn, make_reference(config, entry_dir, consts, graphs))
     except StitchRuntimeError as exc:
         return StitchFunction(fn, None, str(exc))
 
@@ -143,9 +166,15 @@ def make_reference(
     config: CompilationConfig,
     entry_dir: str,
     consts: Sequence[Any],
+    graphs: GraphPlan | None = None,
 ) -> dict[str, Any]:
     """The reference to a cache entry; raises StitchRuntimeError if a constant cannot be saved."""
     root = os.path.abspath(os.path.dirname(os.path.dirname(entry_dir)))
+    saved_graphs = None
+    if graphs is not None:
+        settings = {name: getattr(config, name) for name in GRAPH_FIELDS}
+        settings["cudagraph_mode"] = config.cudagraph_mode.name
+        saved_graphs = {"config": settings, "plan": graphs.to_literal()}
     return {
         "format": REFERENCE_FORMAT,
         "cache_root": root,
@@ -155,24 +184,29 @@ def make_reference(
         "consts": [encode_const(i, c) for i, c in enumerate(consts)],
         # Modules whose import registers ops the compiled pieces call (the passes').
         "imports": sorted({type(p).__module__ for p in config.inductor_passes}),
+        "cudagraphs": saved_graphs,
     }
 
 
-# The cache root a reference resolves against while torch's loader, which takes
-# no arguments for it, deserializes a StitchFunction (see reference_root).
-_ROOT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "stitch_root", default=None
+# The cache root a reference resolves against, and the CUDA graph manager its
+# graphs join, while torch's loader, which takes no arguments for them,
+# deserializes a StitchFunction (see reference_root).
+_LOADING: contextvars.ContextVar[tuple[str | None, CUDAGraphManager | None]] = (
+    contextvars.ContextVar("stitch_loading", default=(None, None))
 )
 
 
 @contextlib.contextmanager
-def reference_root(root: str) -> Iterator[None]:
-    """Resolve saved references against ``root`` inside the block."""
-    token = _ROOT.set(root)
+def reference_root(
+    root: str, cudagraphs: CUDAGraphManager | None = None
+) -> Iterator[None]:
+    """Resolve saved references against ``root`` (and build their CUDA graphs
+    with ``cudagraphs``) inside the block."""
+    token = _LOADING.set((root, cudagraphs))
     try:
         yield
     finally:
-        _ROOT.reset(token)
+        _LOADING.reset(token)
 
 
 def render_reference(reference: dict[str, Any]) -> str:
@@ -259,9 +293,15 @@ def decode_const(value: Any) -> Any:
 
 
 def load_reference(
-    reference: dict[str, Any], root: str | None = None
+    reference: dict[str, Any],
+    root: str | None = None,
+    cudagraphs: CUDAGraphManager | None = None,
 ) -> Callable[..., Any]:
-    """The stitched function of a saved reference (no graph, no split, no compile)."""
+    """The stitched function of a saved reference (no graph, no split, no compile).
+
+    A reference that runs CUDA graphs builds them with ``cudagraphs`` (whose
+    config's run-time settings apply), else with a manager of its own.
+    """
     for module in reference.get("imports", []):
         importlib.import_module(module)
     root, entry_dir = reference_location(reference, root)
@@ -274,13 +314,33 @@ def load_reference(
         raise StitchCacheError(
             f"backend {reference.get('backend')!r} saves no artifacts"
         )
-    config = CompilationConfig(**reference["targets"])
+    graphs = reference.get("cudagraphs")
+    plan = None
+    settings: dict[str, Any] = {}
+    if graphs is not None:
+        if not isinstance(graphs, dict) or not isinstance(graphs.get("config"), dict):
+            raise StitchCacheError(
+                "a saved Stitch function's CUDA graphs are malformed"
+            )
+        plan = GraphPlan.from_literal(graphs.get("plan"))
+        settings = {k: v for k, v in graphs["config"].items() if k in GRAPH_FIELDS}
+    try:
+        config = CompilationConfig(**reference["targets"], **settings)
+    except StitchError as exc:
+        raise StitchCacheError(f"a saved Stitch function's config: {exc}") from None
     consts = [decode_const(c) for c in reference["consts"]]
-    return load_entry(root, entry_dir, config, consts)
+    if plan is not None and cudagraphs is None:
+        cudagraphs = CUDAGraphManager(config)
+    return load_entry(root, entry_dir, config, consts, plan, cudagraphs)
 
 
 def load_entry(
-    root: str, entry_dir: str, config: CompilationConfig, consts: Sequence[Any]
+    root: str,
+    entry_dir: str,
+    config: CompilationConfig,
+    consts: Sequence[Any],
+    plan: GraphPlan | None = None,
+    cudagraphs: CUDAGraphManager | None = None,
 ) -> Callable[..., Any]:
     cache = CompileCache.existing(root, entry_dir)
     index = cache.index
@@ -301,6 +361,23 @@ def load_entry(
         name: _piece(name, index.pieces[name], cache, config, adapter, loaded, warnings)
         for name in names
     }
+    if plan is not None and cudagraphs is not None:
+        if cudagraphs.applies_to_plan(plan):
+            return cudagraphs.build(
+                plan,
+                code=code,
+                backends=backends,
+                submod_names=names,
+                consts=consts,
+                filename=cache.source_path(),
+            )
+        log.info(
+            "stitch: %s runs without CUDA graphs here (cudagraph_mode=%s, graph ops "
+            "%s)",
+            entry_dir,
+            cudagraphs.config.cudagraph_mode.name,
+            type(cudagraphs.ops).__name__,
+        )
     return compile_execution_fn(
         code, backends, names, consts, filename=cache.source_path()
     )

@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -47,7 +47,13 @@ from .artifacts import (
     publish,
     read_identity,
 )
-from .files import atomic_write, make_private_dirs, sha256_bytes, sha256_file
+from .files import (
+    atomic_write,
+    locked,
+    make_private_dirs,
+    sha256_bytes,
+    sha256_file,
+)
 from .index import (
     INDEX_FILE,
     LOCK_FILE,
@@ -210,19 +216,8 @@ class CompileCache:
         except OSError as exc:
             self._unwritable(path, exc)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX: last writer wins
-            yield
-            return
-        fd = os.open(self.path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self.path(LOCK_FILE))
 
     # -- pieces -----------------------------------------------------------------
     def _piece(self, name: str, graph: fx.GraphModule) -> PieceIdentity:

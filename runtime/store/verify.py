@@ -3,8 +3,9 @@
 The same schema and identity records the backend reads are checked here, with
 every problem listed instead of rebuilt: records that do not validate, hashes
 that do not match, a changed stitching source, artifacts whose identity
-disagrees with the index, files no record uses, and permissions the backend
-would refuse to load from.
+disagrees with the index, extra files of an artifact (its prebuilt record and
+kernels) that are missing, truncated or changed, files no record uses, and
+permissions the backend would refuse to load from.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .artifacts import (
     PREBUILT_DIR,
     read_identity,
 )
+from .extras import EXTRAS_FILE, inspect_extras
 from .files import sha256_file
 from .index import INDEX_FILE, LOCK_FILE, SOURCE_FILE, Index, Invalid, parse_index
 from .location import entry_key
@@ -98,8 +100,9 @@ def _inspect(report: EntryReport) -> None:
     if index is not None and index.source is not None:
         used.add(SOURCE_FILE)
         _check_source(report, index.source.sha256)
-    keys = _check_pieces(report, index) if index is not None else set()
+    keys, extras = _check_pieces(report, index) if index is not None else (set(), set())
     _orphans(report, used, keys)
+    _unlisted_extras(report, extras)
 
 
 def _check_permissions(report: EntryReport, root: str) -> None:
@@ -129,8 +132,11 @@ def _check_source(report: EntryReport, sha256: str) -> None:
         )
 
 
-def _check_pieces(report: EntryReport, index: Index) -> set[str]:
+def _check_pieces(report: EntryReport, index: Index) -> tuple[set[str], set[str]]:
+    """Check each recorded artifact (and its extra files); the keys and extra
+    files the index uses."""
     keys: set[str] = set()
+    extras: set[str] = set()
     for name, record in index.pieces.items():
         for entry in record.entries:
             if not entry.saved:
@@ -176,7 +182,11 @@ def _check_pieces(report: EntryReport, index: Index) -> set[str]:
                         f"index's piece {name} ({entry.target}) has {want!r}",
                     )
                     break
-    return keys
+            listed, problems = inspect_extras(folder, identity.sha256)
+            extras |= listed
+            for path, problem in problems:
+                report.problem(os.path.relpath(path, report.directory), problem)
+    return keys, extras
 
 
 def _orphans(report: EntryReport, used: set[str], keys: set[str]) -> None:
@@ -195,9 +205,27 @@ def _orphans(report: EntryReport, used: set[str], keys: set[str]) -> None:
             continue  # reported above as not a folder
         extra = sorted(
             set(os.listdir(os.path.join(artifacts, name)))
-            - {ARTIFACT_FILE, IDENTITY_FILE}
+            - {ARTIFACT_FILE, IDENTITY_FILE, EXTRAS_FILE}
         )
         for file in extra:
             report.problem(
                 os.path.join(relative, file), "is orphaned (no record uses it)"
             )
+
+
+def _unlisted_extras(report: EntryReport, listed: set[str]) -> None:
+    """Files under ``prebuilt/`` no artifact lists: never loaded, safe to delete
+    (left by a replaced artifact or a run stopped while writing them)."""
+    prebuilt = os.path.join(report.directory, PREBUILT_DIR)
+    unlisted = []
+    for directory, dirs, files in os.walk(prebuilt):
+        dirs.sort()
+        for file in sorted(files):
+            relative = os.path.relpath(os.path.join(directory, file), report.directory)
+            if relative.replace(os.sep, "/") not in listed:
+                unlisted.append(relative)
+    if unlisted:
+        more = f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""
+        report.notes.append(
+            f"{unlisted[0]}{more}: listed by no artifact, never loaded (safe to delete)"
+        )

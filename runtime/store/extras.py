@@ -1,0 +1,357 @@
+"""Extra files of an artifact: files made from it and loaded beside it, sealed like it.
+
+NOTE: [extra files are sealed like the artifact]
+The pipeline keeps files derived from a saved artifact under ``<entry>/prebuilt/``
+(a piece's prebuilt wrapper record and the kernel libraries it loads:
+``pipeline/prebuilt.py``).  They are imported and dlopen'd, so they get the
+artifact's checks: ``artifacts/<key>/extras.py``, beside ``identity.py``, lists
+each file (a path under the entry) with its size and sha256, names the
+artifact's sha256, and carries a checksum of itself.
+
+- Writing (:func:`save_extras`), under the entry's lock: every file first, each
+  atomically (a file already there is kept only if it has the recorded size and
+  sha256), the list last.  A list never names a file that is not whole.
+- Reading (:func:`open_extras`, :class:`Extras`): the list must validate and
+  name this artifact; each file is trust-checked (``trust.py``), must be listed,
+  and must have its recorded size and sha256 before it is read, imported or
+  loaded.  What fails is an :class:`ExtraFileError` naming the file and why.
+- The list lives in the artifact's folder: an artifact that is replaced drops
+  its extras with it.  No list means no extras (never made, or made by an older
+  Stitch): nothing is loaded from ``prebuilt/`` for that artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import stat
+from collections.abc import Mapping
+from typing import Any
+
+from stitch.codegen.errors import StitchCacheError
+
+from .artifacts import PREBUILT_DIR
+from .files import (
+    atomic_write,
+    locked,
+    make_private_dirs,
+    sha256_bytes,
+    sha256_file,
+)
+from .index import (
+    LOCK_FILE,
+    Invalid,
+    field,
+    is_dict,
+    is_key,
+    is_sha256,
+    is_str,
+    parse_literal,
+    render_literal,
+    short,
+)
+from .trust import check_trusted
+
+EXTRAS_FILE = "extras.py"
+EXTRAS_FORMAT = 1
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+class ExtraFileError(StitchCacheError):
+    """An extra file, or the list of them, is missing, truncated or changed."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class NoExtras(Exception):
+    """No extra files are recorded for the artifact (none were made)."""
+
+
+def is_extra_name(value: Any) -> bool:
+    """A relative path under ``prebuilt/``, ``/``-separated, of plain names."""
+    if not isinstance(value, str):
+        return False
+    parts = value.split("/")
+    return (
+        len(parts) >= 2
+        and parts[0] == PREBUILT_DIR
+        and all(_PART.fullmatch(p) for p in parts)
+    )
+
+
+def _is_size(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtraFile:
+    size: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtrasRecord:
+    """``extras.py``: the artifact (key and sha256) and its extra files."""
+
+    key: str
+    artifact_sha256: str
+    files: Mapping[str, ExtraFile]
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "format": EXTRAS_FORMAT,
+            "key": self.key,
+            "artifact_sha256": self.artifact_sha256,
+            "files": {
+                name: {"size": f.size, "sha256": f.sha256}
+                for name, f in sorted(self.files.items())
+            },
+        }
+
+    def render(self) -> str:
+        data = self._fields()
+        data["check"] = _checksum(data)
+        return render_literal(
+            "Stitch: the extra files of an artifact (a Python literal).", data
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> ExtrasRecord:
+        """The record in ``text``; :class:`Invalid` naming the first bad field."""
+        data = parse_literal(text)
+        if not isinstance(data, dict):
+            raise Invalid("<file>", f"holds {type(data).__name__}, expected a dict")
+        field(
+            data, "format", "", lambda v: v == EXTRAS_FORMAT, f"format {EXTRAS_FORMAT}"
+        )
+        files: dict[str, ExtraFile] = {}
+        for name, entry in field(data, "files", "", is_dict, "a dict").items():
+            where = f"files[{short(name)}]"
+            if not is_extra_name(name):
+                raise Invalid(where, f"names no file under {PREBUILT_DIR}/")
+            if not isinstance(entry, dict):
+                raise Invalid(where, f"is {short(entry)}, expected a dict")
+            files[name] = ExtraFile(
+                size=field(entry, "size", where + ".", _is_size, "an int >= 0"),
+                sha256=field(
+                    entry, "sha256", where + ".", is_sha256, "a sha256 hex digest"
+                ),
+            )
+        record = cls(
+            key=field(data, "key", "", is_key, "a hex compile key"),
+            artifact_sha256=field(
+                data, "artifact_sha256", "", is_sha256, "a sha256 hex digest"
+            ),
+            files=files,
+        )
+        if field(data, "check", "", is_str, "a str") != _checksum(record._fields()):
+            raise Invalid(
+                "check", "does not match the record (it was edited or is corrupted)"
+            )
+        return record
+
+
+def _checksum(data: dict[str, Any]) -> str:
+    return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()
+
+
+def locate(artifact_path: str) -> tuple[str, str, str]:
+    """``(cache root, entry folder, compile key)`` of ``<root>/<entry key>/rank_<r>/artifacts/<key>/artifact.bin``."""
+    folder = os.path.dirname(os.path.abspath(artifact_path))
+    entry = os.path.dirname(os.path.dirname(folder))
+    return os.path.dirname(os.path.dirname(entry)), entry, os.path.basename(folder)
+
+
+def file_problem(path: str, want: ExtraFile) -> str | None:
+    """Why the file at ``path`` is not the recorded one (None: it is)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "is missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a file"
+    if st.st_size != want.size:
+        return (
+            f"is {st.st_size} bytes, its record says {want.size} (truncated or changed)"
+        )
+    try:
+        actual = sha256_file(path)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if actual != want.sha256:
+        return (
+            f"has sha256 {actual[:12]}..., its record says {want.sha256[:12]}... "
+            "(changed)"
+        )
+    return None
+
+
+class Extras:
+    """The validated list of one artifact's extra files; each file is checked as it is used."""
+
+    def __init__(
+        self, root: str, entry: str, list_path: str, record: ExtrasRecord
+    ) -> None:
+        self.root = root
+        self.entry = entry
+        self.list_path = list_path
+        self.record = record
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.entry, *name.split("/"))
+
+    def _listed(self, name: str) -> tuple[str, ExtraFile]:
+        path = self.path(name)
+        want = self.record.files.get(name)
+        if want is None:
+            raise ExtraFileError(path, f"is not listed in {self.list_path}")
+        check_trusted(path, self.root)
+        return path, want
+
+    def read(self, name: str) -> bytes:
+        """The bytes of extra file ``name``, checked (what is used is what was hashed)."""
+        path, want = self._listed(name)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ExtraFileError(path, "is missing") from None
+        except OSError as exc:
+            raise ExtraFileError(
+                path, f"cannot be read ({exc.strerror or exc})"
+            ) from None
+        if len(data) != want.size:
+            raise ExtraFileError(
+                path,
+                f"is {len(data)} bytes, its record says {want.size} (truncated or changed)",
+            )
+        actual = sha256_bytes(data)
+        if actual != want.sha256:
+            raise ExtraFileError(
+                path,
+                f"has sha256 {actual[:12]}..., its record says {want.sha256[:12]}... "
+                "(changed)",
+            )
+        return data
+
+    def verified_path(self, name: str) -> str:
+        """The path of extra file ``name``, checked, for a loader that opens it itself
+        (``dlopen``).  See docs/cache.md for the window between check and load."""
+        path, want = self._listed(name)
+        problem = file_problem(path, want)
+        if problem is not None:
+            raise ExtraFileError(path, problem)
+        return path
+
+
+def _read_list(list_path: str) -> ExtrasRecord:
+    try:
+        with open(list_path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except FileNotFoundError:
+        raise NoExtras(list_path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ExtraFileError(
+            list_path, f"cannot be read ({type(exc).__name__}: {exc})"
+        ) from None
+    try:
+        return ExtrasRecord.parse(text)
+    except Invalid as exc:
+        raise ExtraFileError(list_path, str(exc)) from None
+
+
+def open_extras(artifact_path: str, artifact_sha256: str | None) -> Extras:
+    """The extra files of the artifact at ``artifact_path`` (whose bytes hash to
+    ``artifact_sha256``, already checked by the caller).
+
+    Raises :class:`NoExtras` when none are recorded for these bytes,
+    :class:`ExtraFileError` when the list is damaged or belongs to another
+    artifact, and
+    ``StitchCacheTrustError`` when it could have been written by someone else.
+    """
+    root, entry, key = locate(artifact_path)
+    list_path = os.path.join(
+        os.path.dirname(os.path.abspath(artifact_path)), EXTRAS_FILE
+    )
+    check_trusted(list_path, root)
+    record = _read_list(list_path)
+    if record.key != key:
+        raise ExtraFileError(
+            list_path, f"field key is {short(record.key)}, but the folder is {key!r}"
+        )
+    if artifact_sha256 is not None and record.artifact_sha256 != artifact_sha256:
+        # Stale, not damaged: the artifact was rewritten (and is checked on its
+        # own); its extras were made from other bytes and are not used.
+        raise NoExtras(f"{list_path} was made for another version of the artifact")
+    return Extras(root, entry, list_path, record)
+
+
+def save_extras(
+    artifact_path: str, artifact_sha256: str, files: Mapping[str, bytes]
+) -> str:
+    """Write ``files`` (names under ``prebuilt/``) and list them as the artifact's
+    extra files, replacing any list it had; the list's path.
+
+    Raises ``OSError`` when the entry cannot be written.
+    """
+    root, entry, key = locate(artifact_path)
+    bad = sorted(name for name in files if not is_extra_name(name))
+    if bad:
+        raise StitchCacheError(
+            f"extra files must be plain paths under {PREBUILT_DIR}/, not {bad[0]!r}"
+        )
+    list_path = os.path.join(
+        os.path.dirname(os.path.abspath(artifact_path)), EXTRAS_FILE
+    )
+    listed: dict[str, ExtraFile] = {}
+    with locked(os.path.join(entry, LOCK_FILE)):
+        for name, data in sorted(files.items()):
+            want = ExtraFile(len(data), sha256_bytes(data))
+            path = os.path.join(entry, *name.split("/"))
+            make_private_dirs(os.path.dirname(path), root)
+            if file_problem(path, want) is not None:
+                atomic_write(path, data)
+            listed[name] = want
+        record = ExtrasRecord(key, artifact_sha256, listed)
+        atomic_write(list_path, record.render().encode("utf-8"))
+    return list_path
+
+
+def inspect_extras(
+    artifact_folder: str, artifact_sha256: str
+) -> tuple[set[str], list[tuple[str, str]]]:
+    """For ``stitch inspect``: the names an artifact lists, and ``(path, problem)``
+    for the list and each listed file that is not whole (no trust checks: the
+    inspection walks the permissions itself)."""
+    list_path = os.path.join(artifact_folder, EXTRAS_FILE)
+    try:
+        record = _read_list(list_path)
+    except NoExtras:
+        return set(), []
+    except ExtraFileError as exc:
+        return set(), [(exc.path, exc.problem)]
+    key = os.path.basename(os.path.abspath(artifact_folder))
+    if record.key != key:
+        why = f"field key is {short(record.key)}, but the folder is {key!r}"
+        return set(record.files), [(list_path, why)]
+    if record.artifact_sha256 != artifact_sha256:
+        why = (
+            f"field artifact_sha256 is {record.artifact_sha256[:12]}..., but the "
+            f"artifact hashes to {artifact_sha256[:12]}..."
+        )
+        return set(record.files), [(list_path, why)]
+    entry = os.path.dirname(os.path.dirname(os.path.abspath(artifact_folder)))
+    problems = []
+    for name, want in sorted(record.files.items()):
+        path = os.path.join(entry, *name.split("/"))
+        problem = file_problem(path, want)
+        if problem is not None:
+            problems.append((path, problem))
+    return set(record.files), problems
