@@ -93,6 +93,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_cold_process_compiles_and_saves(runs: dict[str, Any]) -> None:
     cold = runs["cold"]
     assert cold["warnings"] == []
@@ -102,6 +103,7 @@ def test_cold_process_compiles_and_saves(runs: dict[str, Any]) -> None:
     assert max(cold["diffs"].values()) < INDUCTOR_TOL["atol"]
 
 
+@pytest.mark.slow
 def test_warm_process_imports_neither_dynamo_nor_inductor(runs: dict[str, Any]) -> None:
     warm = runs["warm"]
     assert warm["warnings"] == []
@@ -117,12 +119,14 @@ def test_warm_process_imports_neither_dynamo_nor_inductor(runs: dict[str, Any]) 
     assert not empty.exists() or not any(empty.iterdir())
 
 
+@pytest.mark.slow
 def test_warm_process_gives_the_cold_outputs(runs: dict[str, Any]) -> None:
     for n in SIZES:
         assert torch.equal(runs["warm_out"][n], runs["cold_out"][n]), n
     assert max(runs["warm"]["diffs"].values()) < INDUCTOR_TOL["atol"]
 
 
+@pytest.mark.slow
 def test_edited_model_code_recompiles_with_one_warning(runs: dict[str, Any]) -> None:
     edited = runs["edited"]
     assert edited["warm"] is False
@@ -157,6 +161,7 @@ def marked_inputs(module: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, pos
 
 
+@pytest.mark.slow
 def test_guards_switch_checks_every_call(runs: dict[str, Any]) -> None:
     module = load_model(runs["model_file"])
     model = module.build()
@@ -195,6 +200,7 @@ def test_dynamic_dims_are_checked() -> None:
         dynamic_spec((torch.zeros(3),), {0: [1]})
 
 
+@pytest.mark.slow
 def test_torch_aot_compile_saves_a_reference(runs: dict[str, Any], tmp_path: Path) -> None:
     """``torch.compile(..., backend=StitchBackend(...)).aot_compile`` with torch's own save/load."""
     module = load_model(runs["model_file"])

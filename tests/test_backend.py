@@ -104,7 +104,9 @@ class Compiled:
             self.first = eager_and_compiled(self.model, self.fn, TINY, 8)
 
 
-@pytest.fixture(scope="module", params=["inductor", "eager"])
+@pytest.fixture(
+    scope="module", params=[pytest.param("inductor", marks=pytest.mark.slow), "eager"]
+)
 def compiled(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Compiled:
@@ -229,7 +231,9 @@ def test_batch_size_one_recompiles_a_static_graph(compiled: Compiled) -> None:
             )
 
 
-@pytest.mark.parametrize("backend", ["inductor", "eager"])
+@pytest.mark.parametrize(
+    "backend", [pytest.param("inductor", marks=pytest.mark.slow), "eager"]
+)
 def test_batch_size_one_without_recompile_when_unbacked(
     backend: str, tmp_path: Path
 ) -> None:
@@ -249,6 +253,7 @@ def test_batch_size_one_without_recompile_when_unbacked(
 # -- dedup -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deep_model_compiles_as_many_pieces_as_a_shallow_one(
     compiled: Compiled, tmp_path: Path
 ) -> None:

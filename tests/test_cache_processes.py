@@ -37,6 +37,9 @@ from stitch.runtime import CompilationConfig
 from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.store.index import INDEX_FILE, parse_index
 
+# Every test starts processes that compile with Inductor.
+pytestmark = pytest.mark.slow
+
 # One target per piece: three artifacts, so that fresh processes stay cheap.
 CONFIG = {"max_num_batched_tokens": 32}
 ARTIFACTS = 3

@@ -193,6 +193,7 @@ def test_hash_ignores_the_order_values_were_given_in() -> None:
     )
 
 
+@pytest.mark.slow
 def test_hash_is_stable_across_processes() -> None:
     # A fresh interpreter has another PYTHONHASHSEED, other object ids, another
     # import order: none of that may reach the hash.

@@ -123,6 +123,7 @@ def family_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 # -- every family ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_family_matches_eager_at_every_length(family_run: FamilyRun) -> None:
     assert set(family_run.outputs) == set(LENGTHS)
     for n, (ref, out) in family_run.outputs.items():
@@ -133,6 +134,7 @@ def test_family_matches_eager_at_every_length(family_run: FamilyRun) -> None:
             torch.testing.assert_close(out, ref, **INDUCTOR_TOL, msg=f"{family_run.name}, length {n}")
 
 
+@pytest.mark.slow
 def test_default_config_splits_at_every_attention(family_run: FamilyRun) -> None:
     layers = 2
     for result in family_run.backend.compiled:
@@ -147,6 +149,7 @@ def test_default_config_splits_at_every_attention(family_run: FamilyRun) -> None
             assert SDPA in targets, (report.name, targets)
 
 
+@pytest.mark.slow
 def test_lengths_of_two_tokens_or_more_share_one_graph(family_run: FamilyRun) -> None:
     deltas = family_run.dynamic_deltas
     assert deltas["num_backend_compilations"] == 1, deltas
@@ -158,6 +161,7 @@ def test_lengths_of_two_tokens_or_more_share_one_graph(family_run: FamilyRun) ->
 # -- heavy cases, one family a day (NOTE: [heavy cases rotate]) ---------------------
 
 
+@pytest.mark.slow
 def test_inductor_compiles_each_unique_piece_once(family_run: FamilyRun) -> None:
     skip_unless_heavy(family_run.name)
     # first piece, the middle one (at 2 layers, once), the last one; the
@@ -166,6 +170,7 @@ def test_inductor_compiles_each_unique_piece_once(family_run: FamilyRun) -> None
     assert family_run.one_deltas["num_inductor_compiles"] == 3, family_run.one_deltas
 
 
+@pytest.mark.slow
 def test_identical_layers_share_compiles(family_run: FamilyRun, tmp_path: Path) -> None:
     skip_unless_heavy(family_run.name)
     torch._dynamo.reset()
@@ -180,6 +185,7 @@ def test_identical_layers_share_compiles(family_run: FamilyRun, tmp_path: Path) 
     assert deltas["num_inductor_compiles"] == family_run.dynamic_deltas["num_inductor_compiles"]
 
 
+@pytest.mark.slow
 def test_second_process_starts_warm(family_run: FamilyRun) -> None:
     skip_unless_heavy(family_run.name)
     spec = {
@@ -251,11 +257,13 @@ def decode() -> Decode:
     return Decode()
 
 
+@pytest.mark.slow
 def test_static_cache_decode_gives_eager_tokens(decode: Decode) -> None:
     assert torch.equal(decode.tokens, greedy_decode(decode.model, decode.model, decode.prompts[0], 8))
     assert torch.equal(decode.tokens_2, greedy_decode(decode.model, decode.model, decode.prompts[1], 5))
 
 
+@pytest.mark.slow
 def test_one_compile_for_the_prefill_and_one_for_every_decode_step(decode: Decode) -> None:
     assert decode.first["num_backend_compilations"] == 2, decode.first
     # a prompt of another length: nothing new to compile
@@ -280,6 +288,7 @@ def test_cli_lists_the_families_of_the_package() -> None:
     assert HF_FAMILIES == tuple(NAMES)
 
 
+@pytest.mark.slow
 def test_stitch_run_hf_prints_pieces_counts_and_times(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
