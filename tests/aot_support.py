@@ -41,8 +41,12 @@ SIZES = [8, 1, 3]
 PIECES = 2
 
 
-def run_worker(spec: dict[str, Any], inductor_dir: Path) -> dict[str, Any]:
-    env = {**worker_env(), "TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
+def run_worker(spec: dict[str, Any], inductor_dir: Path | None = None) -> dict[str, Any]:
+    """The worker's report; ``inductor_dir``: an Inductor cache of its own (else
+    the test run's, which other tests' compiles of the same pieces warm)."""
+    env = worker_env()
+    if inductor_dir is not None:
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_dir)
     proc = subprocess.run(
         [sys.executable, str(WORKER), json.dumps(spec)],
         env=env, capture_output=True, text=True, timeout=300,

@@ -6,7 +6,9 @@ emitted module per case, compared byte for byte.  Update them with::
     python -m pytest tests/test_golden.py --snapshot-update
 
 syrupy fails the run on a golden file no test used (an orphan) whenever the
-whole golden module runs; ``--snapshot-update`` deletes orphans.
+whole golden module runs; ``--snapshot-update`` deletes orphans.  Under
+pytest-xdist (the default run, see pyproject.toml) the workers run the tests and
+the controller decides about orphans (NOTE: [goldens under xdist]).
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_DIR = REPO_ROOT / "golden"
 UPDATE_COMMAND = "python -m pytest {module} --snapshot-update"
 
-_PARTIAL_MODULES = pytest.StashKey[set[str]]()
+# NOTE: [goldens under xdist]
+# Whether a test module ran only in part (-k, -m, --deselect, a ::node id) is
+# known where tests are collected: in this process, or in each xdist worker.
+# syrupy decides about orphans on the xdist controller, which collects nothing
+# and hands GoldenExtension stand-ins for the workers' items (no .config); so
+# the partial modules live in this module, and each worker sends its set to
+# the controller (config.workeroutput -> pytest_testnodedown), before syrupy's
+# pytest_sessionfinish looks for orphans.  Every worker collects and deselects
+# the same tests, so any one worker's set is the whole answer.
+_PARTIAL_MODULES: set[str] = set()
+_WORKER_OUTPUT_KEY = "stitch_partial_modules"
 
 
 def _module_key(path: Path | str) -> str:
@@ -33,12 +45,12 @@ def _module_key(path: Path | str) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.stash[_PARTIAL_MODULES] = set()
+    _PARTIAL_MODULES.clear()
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
     for item in items:
-        item.config.stash[_PARTIAL_MODULES].add(_module_key(item.path))
+        _PARTIAL_MODULES.add(_module_key(item.path))
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -46,7 +58,45 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for arg in session.config.args:
         if "::" in arg:
             module = arg.split("::", 1)[0]
-            session.config.stash[_PARTIAL_MODULES].add(_module_key(base / module))
+            _PARTIAL_MODULES.add(_module_key(base / module))
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker
+        workeroutput[_WORKER_OUTPUT_KEY] = sorted(_PARTIAL_MODULES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object | None) -> None:
+    """On the xdist controller: the partial modules a worker found."""
+    _PARTIAL_MODULES.update(getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT_KEY, ()))
+
+
+# NOTE: [heaviest modules first]
+# The default run gives whole modules to two xdist workers (pyproject.toml's
+# addopts), in collection order.  The modules that take longest go first, so
+# that no long one is left to run alone at the end while the other worker
+# idles.  Ranked by their --durations on the 2-core CI machine; a module not
+# named keeps its place after them.  Only the order changes, in every run.
+HEAVIEST_MODULES = (
+    "test_hf.py",
+    "test_distributed.py",
+    "test_cache.py",
+    "test_backend.py",
+    "test_cache_processes.py",
+    "test_aot.py",
+    "test_aot_cudagraphs.py",
+    "test_cache_extras.py",
+    "test_readme.py",
+    "test_cache_locations.py",
+    "test_warm_start.py",
+    "test_cache_index.py",
+)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(HEAVIEST_MODULES)}
+    # A stable sort: tests keep their order within a module (fixture reuse).
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def _case_id(test_location: PyTestLocation) -> str:
@@ -90,8 +140,7 @@ class GoldenExtension(SingleFileSnapshotExtension):
             return False
         if path.stem == cls.get_snapshot_name(test_location=test_location):
             return True
-        partial = test_location.item.config.stash.get(_PARTIAL_MODULES, set())
-        return _module_key(test_location.item.path) not in partial
+        return _module_key(test_location.item.path) not in _PARTIAL_MODULES
 
     def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Any:
         # The fixture below prints its own unified diff; syrupy's would repeat it.

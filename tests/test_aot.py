@@ -35,12 +35,15 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     model_file = tmp / "aot_test_model.py"
     model_file.write_text(MODEL_SOURCE)
     spec = {"model_file": str(model_file), "cache_dir": str(tmp / "cache"), "sizes": SIZES}
-    cold = run_worker({**spec, "outputs": str(tmp / "cold.pt")}, tmp / "inductor-cold")
+    # The cold process compiles with the test run's Inductor cache: what it
+    # checks (Stitch's compile count, the saved forward) does not depend on
+    # whether Inductor finds the kernels there.
+    cold = run_worker({**spec, "outputs": str(tmp / "cold.pt")})
     # A fresh container: the Stitch cache shipped, Inductor's cache empty.
     empty = tmp / "inductor-empty"
     warm = run_worker({**spec, "outputs": str(tmp / "warm.pt")}, empty)
     model_file.write_text(MODEL_SOURCE.replace("# version 1", "# version 2"))
-    edited = run_worker(spec, tmp / "inductor-cold")
+    edited = run_worker(spec)
     again = run_worker(spec, tmp / "inductor-again")
     return {
         "tmp": tmp,
@@ -56,6 +59,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_cold_process_compiles_and_saves(runs: dict[str, Any]) -> None:
     cold = runs["cold"]
     assert cold["warnings"] == []
@@ -67,6 +71,7 @@ def test_cold_process_compiles_and_saves(runs: dict[str, Any]) -> None:
     assert max(cold["diffs"].values()) < INDUCTOR_TOL["atol"]
 
 
+@pytest.mark.slow
 def test_warm_process_imports_no_compiler_and_no_code_generator(runs: dict[str, Any]) -> None:
     warm = runs["warm"]
     assert warm["warnings"] == []
@@ -82,12 +87,14 @@ def test_warm_process_imports_no_compiler_and_no_code_generator(runs: dict[str, 
     assert not empty.exists() or not any(empty.iterdir())
 
 
+@pytest.mark.slow
 def test_warm_process_gives_the_cold_outputs(runs: dict[str, Any]) -> None:
     for n in SIZES:
         assert torch.equal(runs["warm_out"][n], runs["cold_out"][n]), n
     assert max(runs["warm"]["diffs"].values()) < INDUCTOR_TOL["atol"]
 
 
+@pytest.mark.slow
 def test_edited_model_code_recompiles_with_one_warning(runs: dict[str, Any]) -> None:
     edited = runs["edited"]
     assert edited["warm"] is False
@@ -122,6 +129,7 @@ def marked_inputs(module: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, pos
 
 
+@pytest.mark.slow
 def test_guards_switch_checks_every_call(runs: dict[str, Any]) -> None:
     module = load_model(runs["model_file"])
     model = module.build()
@@ -163,6 +171,7 @@ def test_dynamic_dims_are_checked() -> None:
         dynamic_spec((torch.zeros(3),), {0: [1]})
 
 
+@pytest.mark.slow
 def test_torch_aot_compile_saves_a_reference(runs: dict[str, Any], tmp_path: Path) -> None:
     """``torch.compile(..., backend=StitchBackend(...)).aot_compile`` with torch's own save/load."""
     module = load_model(runs["model_file"])
@@ -195,6 +204,7 @@ def test_torch_aot_compile_saves_a_reference(runs: dict[str, Any], tmp_path: Pat
         torch.testing.assert_close(out, model(ids, pos), **INDUCTOR_TOL)
 
 
+@pytest.mark.slow
 def test_a_record_others_can_write_is_refused(runs: dict[str, Any], tmp_path: Path) -> None:
     """The saved bytecode runs as this user: its folder is trusted like the cache's."""
     cache = tmp_path / "cache"

@@ -60,7 +60,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             "emulate_graphs": True,
             "config": {**GRAPHS, **fields},
         }
-        cold = run_worker({**spec, "outputs": str(tmp / f"{mode}-cold.pt")}, tmp / "inductor")
+        # The cold process uses the test run's Inductor cache (what it checks
+        # does not depend on it); the warm one an empty cache of its own.
+        cold = run_worker({**spec, "outputs": str(tmp / f"{mode}-cold.pt")})
         warm = run_worker(
             {**spec, "outputs": str(tmp / f"{mode}-warm.pt")}, tmp / f"inductor-empty-{mode}"
         )
@@ -75,6 +77,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_cold_process_runs_graphs_and_saves(runs: dict[str, Any], mode: str) -> None:
     cold = runs[mode]["cold"]
@@ -93,6 +96,7 @@ def test_cold_process_runs_graphs_and_saves(runs: dict[str, Any], mode: str) -> 
     assert max(cold["diffs"].values()) < INDUCTOR_TOL["atol"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_warm_process_rebuilds_the_graphs_without_compiling(
     runs: dict[str, Any], mode: str
@@ -114,6 +118,7 @@ def test_warm_process_rebuilds_the_graphs_without_compiling(
     assert warm["replays"] == runs[mode]["cold"]["replays"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_warm_outputs_match_eager_and_the_cold_process(runs: dict[str, Any], mode: str) -> None:
     assert max(runs[mode]["warm"]["diffs"].values()) < INDUCTOR_TOL["atol"]
@@ -121,6 +126,7 @@ def test_warm_outputs_match_eager_and_the_cold_process(runs: dict[str, Any], mod
         assert torch.equal(runs[mode]["warm_out"][n], runs[mode]["cold_out"][n]), n
 
 
+@pytest.mark.slow
 def test_per_piece_dispatch_with_graphs_is_not_saved_and_says_why(
     runs: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -132,7 +138,7 @@ def test_per_piece_dispatch_with_graphs_is_not_saved_and_says_why(
         "emulate_graphs": True,
         "config": {**GRAPHS, "cudagraph_mode": "PIECEWISE", "dispatch": "per_piece"},
     }
-    cold = run_worker(spec, runs["tmp"] / "inductor")
+    cold = run_worker(spec)
     (warning,) = cold["warnings"]
     assert "cannot be saved" in warning
     assert "cudagraph_mode=PIECEWISE with dispatch='per_piece'" in warning

@@ -41,6 +41,9 @@ from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.store.artifacts import ARTIFACT_FILE, IDENTITY_FILE, ArtifactIdentity
 from stitch.runtime.store.cache import INDEX_FILE, SOURCE_FILE
 
+# Every test starts from a cache entry that Inductor's compiles filled.
+pytestmark = pytest.mark.slow
+
 # Three compiled pieces, each for its general shape and size 4: six artifacts.
 CONFIG = {"compile_sizes": [4], "max_num_batched_tokens": 32}
 ARTIFACTS = 3 * 2

@@ -198,6 +198,7 @@ BROKEN_INDEXES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("broken", list(BROKEN_INDEXES))
 def test_a_run_survives_an_index_of_wrong_types(
     broken: str,

@@ -94,6 +94,7 @@ def test_read_only_location_compiles_in_memory_with_one_warning(
     assert be.compiled[0].cache_dir is None
 
 
+@pytest.mark.slow
 def test_full_disk_mid_run_keeps_what_was_saved(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -236,6 +237,7 @@ def test_stitch_run_prints_the_trust_error_alone(
 # -- pieces that cannot be saved -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_piece_that_cannot_be_saved_is_recorded_not_warned_about_forever(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

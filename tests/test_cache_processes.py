@@ -1,9 +1,15 @@
-"""Processes and the cache: one killed while compiling, and four compiling at once.
+"""Processes and the cache: one killed while compiling, and two compiling at once.
 
 A process killed (SIGKILL) right after its first compiled piece was recorded
-leaves a cache from which the next run compiles only the missing pieces.  Four
-processes compiling the same model into one empty cache all get correct
-results with no warning, and a fifth run starts warm with no compile.
+leaves a cache from which the next run compiles only the missing pieces.  Two
+processes compiling the same model into one empty cache at once all get
+correct results with no warning, and a third run starts warm with no compile.
+
+NOTE: [two racing processes are enough]
+Index updates are serialized by flock and artifacts are published by atomic
+rename, first writer wins: two processes racing meet every one of those paths
+(a winner and a loser per artifact, interleaved index updates); more
+processes would only add more of the same, at seconds of CPU each.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ from backend_support import (
 from stitch.runtime import CompilationConfig
 from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.store.index import INDEX_FILE, parse_index
+
+# Every test starts processes that compile with Inductor.
+pytestmark = pytest.mark.slow
 
 # One target per piece: three artifacts, so that fresh processes stay cheap.
 CONFIG = {"max_num_batched_tokens": 32}
@@ -121,12 +130,12 @@ def test_a_process_killed_while_compiling_loses_only_what_was_not_recorded(
     assert warnings == [] and deltas.get("num_inductor_compiles", 0) == 0
 
 
-def test_four_processes_compile_into_one_empty_cache(
+def test_two_processes_compile_into_one_empty_cache(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     root = tmp_path / "cache"
     go = tmp_path / "go"
-    ready = [tmp_path / f"ready{i}" for i in range(4)]
+    ready = [tmp_path / f"ready{i}" for i in range(2)]
     procs = [
         start(
             {
@@ -155,7 +164,7 @@ def test_four_processes_compile_into_one_empty_cache(
         assert max(report["diffs"].values()) < INDUCTOR_TOL["atol"], report["diffs"]
         assert report["counter"].get("num_cache_faults", 0) == 0
     (entry,) = {r["compiled"][0]["cache_dir"] for r in reports}
-    # Each artifact was published once; the losers' copies left nothing behind.
+    # Each artifact was published once; the loser's copies left nothing behind.
     assert len(os.listdir(Path(entry) / "artifacts")) == ARTIFACTS
     out = io.StringIO()
     assert inspect_cache(str(root), out) == 0, out.getvalue()

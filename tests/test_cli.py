@@ -13,6 +13,7 @@ from stitch.runtime.cli import main
 from stitch.runtime.cli.main_job import inspect_cache, run_example
 
 
+@pytest.mark.slow
 def test_run_checks_every_size_against_eager_and_reports_paths(tmp_path: Path) -> None:
     out = io.StringIO()
     status = run_example(

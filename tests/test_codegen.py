@@ -182,6 +182,7 @@ print(json.dumps({{n: models.emit_case(n).code for n in {names!r}}}))
 """
 
 
+@pytest.mark.slow
 def test_same_source_in_another_process() -> None:
     script = _SUBPROCESS_SCRIPT.format(tests=str(TESTS_DIR), names=DETERMINISM_CASES)
     env = {**os.environ, "PYTHONHASHSEED": "1234"}

@@ -309,6 +309,7 @@ def test_sizes_that_do_not_divide_are_refused() -> None:
 # --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS)
 def test_tp_matches_unsharded_model(cold: list[dict[str, Any]], config: str) -> None:
     backend = config.split("/")[0]
@@ -333,6 +334,7 @@ def test_tp_matches_unsharded_model(cold: list[dict[str, Any]], config: str) -> 
             ), (rank, n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS)
 def test_collectives_run_where_the_config_puts_them(
     cold: list[dict[str, Any]], config: str
@@ -355,6 +357,7 @@ def test_collectives_run_where_the_config_puts_them(
             assert len(splitting) == 3 * CFG.num_layers
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", CONFIGS)
 def test_one_backend_compile_for_every_batch_size(
     cold: list[dict[str, Any]], config: str
@@ -373,6 +376,7 @@ def test_one_backend_compile_for_every_batch_size(
             assert deltas["num_inductor_compiles"] == 0
 
 
+@pytest.mark.slow
 def test_each_rank_writes_only_its_own_cache_directory(
     cold: list[dict[str, Any]], cache_root: Path
 ) -> None:
@@ -403,11 +407,13 @@ def test_each_rank_writes_only_its_own_cache_directory(
 # --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(GOLDEN_CASES))
 def test_golden_tp(cold: list[dict[str, Any]], case: str, golden: Any) -> None:
     golden(cold[0]["golden"][case])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(GOLDEN_CASES))
 def test_every_rank_emits_the_same_source(
     cold: list[dict[str, Any]], case: str
@@ -446,6 +452,7 @@ def test_golden_eager_collectives_are_inlined() -> None:
 # --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_warm_start_loads_each_ranks_own_artifacts(
     cold: list[dict[str, Any]], warm: list[dict[str, Any]], mode: str
@@ -481,6 +488,7 @@ def test_warm_start_loads_each_ranks_own_artifacts(
             )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", list(GOLDEN_CASES))
 def test_golden_tp_runs(warm: list[dict[str, Any]], case: str) -> None:
     """The golden file, bound to each rank's pieces, computes the unsharded model."""
@@ -503,6 +511,7 @@ def test_golden_tp_runs(warm: list[dict[str, Any]], case: str) -> None:
 # --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_rank_that_fails_to_compile_ends_the_job() -> None:
     with pytest.raises(StitchRuntimeError) as info:
         launch(failing_compile_job, WORLD, timeout=JOB_TIMEOUT)
@@ -513,6 +522,7 @@ def test_rank_that_fails_to_compile_ends_the_job() -> None:
     assert "still running" not in message  # ended by the failure, not the deadline
 
 
+@pytest.mark.slow
 def test_process_group_timeout_ends_a_stuck_collective() -> None:
     with pytest.raises(StitchRuntimeError) as info:
         launch(
@@ -523,6 +533,7 @@ def test_process_group_timeout_ends_a_stuck_collective() -> None:
     assert "still running" not in message
 
 
+@pytest.mark.slow
 def test_job_past_its_deadline_is_killed() -> None:
     with pytest.raises(
         StitchRuntimeError, match=r"ranks \[0, 1\] of a 2-rank job were still"

@@ -78,6 +78,7 @@ def compiled() -> Compiled:
     return Compiled()
 
 
+@pytest.mark.slow
 def test_lifted_floats_symfloats_and_graph_breaks_match_eager(compiled: Compiled) -> None:
     for n, (ref, out) in compiled.results.items():
         torch.testing.assert_close(out, ref, **INDUCTOR_TOL, msg=f"length {n}")
@@ -87,6 +88,7 @@ def test_lifted_floats_symfloats_and_graph_breaks_match_eager(compiled: Compiled
         assert [r.splitting for r in result.reports] == [False, True, False]
 
 
+@pytest.mark.slow
 def test_no_inductor_compile_is_wasted_on_a_restart(compiled: Compiled) -> None:
     # The lifted eps is specialized before any piece compiles (scalars.py), so
     # each compiled piece is compiled exactly once.

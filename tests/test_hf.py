@@ -14,7 +14,7 @@ with eager pieces (Dynamo, the split and the emitted function as in
 production: only the piece compiler differs), and one family a day (the day's
 ordinal picks it; ``STITCH_HF_FAMILY=<name>`` picks another) runs them with
 Inductor pieces, plus the costlier checks: the same Inductor compile count at
-2 and 8 layers, and a warm start in a second process with zero Inductor
+2 and 4 layers, and a warm start in a second process with zero Inductor
 compiles.  ``STITCH_SLOW=1`` gives every family the Inductor treatment
 (``STITCH_SLOW=1 python -m pytest tests/test_hf.py``); the skipped cases say
 so.  The Llama decode with a static KV cache always uses Inductor pieces.
@@ -58,6 +58,7 @@ if ROTATING not in FAMILIES:
 DYNAMIC_LENGTHS = (7, 16, 33)
 LENGTHS = DYNAMIC_LENGTHS + (1,)
 BATCH = 2
+DEEP_LAYERS = 4  # test_identical_layers_share_compiles, against the families' 2
 WORKER = Path(__file__).with_name("hf_worker.py")
 SDPA = torch._C._nn.scaled_dot_product_attention
 
@@ -123,6 +124,7 @@ def family_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 # -- every family ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_family_matches_eager_at_every_length(family_run: FamilyRun) -> None:
     assert set(family_run.outputs) == set(LENGTHS)
     for n, (ref, out) in family_run.outputs.items():
@@ -133,6 +135,7 @@ def test_family_matches_eager_at_every_length(family_run: FamilyRun) -> None:
             torch.testing.assert_close(out, ref, **INDUCTOR_TOL, msg=f"{family_run.name}, length {n}")
 
 
+@pytest.mark.slow
 def test_default_config_splits_at_every_attention(family_run: FamilyRun) -> None:
     layers = 2
     for result in family_run.backend.compiled:
@@ -147,6 +150,7 @@ def test_default_config_splits_at_every_attention(family_run: FamilyRun) -> None
             assert SDPA in targets, (report.name, targets)
 
 
+@pytest.mark.slow
 def test_lengths_of_two_tokens_or_more_share_one_graph(family_run: FamilyRun) -> None:
     deltas = family_run.dynamic_deltas
     assert deltas["num_backend_compilations"] == 1, deltas
@@ -158,6 +162,7 @@ def test_lengths_of_two_tokens_or_more_share_one_graph(family_run: FamilyRun) ->
 # -- heavy cases, one family a day (NOTE: [heavy cases rotate]) ---------------------
 
 
+@pytest.mark.slow
 def test_inductor_compiles_each_unique_piece_once(family_run: FamilyRun) -> None:
     skip_unless_heavy(family_run.name)
     # first piece, the middle one (at 2 layers, once), the last one; the
@@ -166,20 +171,24 @@ def test_inductor_compiles_each_unique_piece_once(family_run: FamilyRun) -> None
     assert family_run.one_deltas["num_inductor_compiles"] == 3, family_run.one_deltas
 
 
+@pytest.mark.slow
 def test_identical_layers_share_compiles(family_run: FamilyRun, tmp_path: Path) -> None:
     skip_unless_heavy(family_run.name)
     torch._dynamo.reset()
-    model = build_model(family_run.name, layers=8)
+    # 4 layers: three middle pieces, two of them twins of the first (more
+    # layers would add only twins, at seconds of Dynamo tracing each).
+    model = build_model(family_run.name, layers=DEEP_LAYERS)
     backend = StitchBackend(CompilationConfig(cache_dir=str(tmp_path)))
     compiled = torch.compile(model, backend=backend, dynamic=True)
     kwargs = example_inputs(family_run.name, BATCH, 7)
     with counting() as deltas, torch.no_grad():
         out = output_tensor(family_run.name, compiled(**kwargs))
     torch.testing.assert_close(out, output_tensor(family_run.name, model(**kwargs)), **INDUCTOR_TOL)
-    assert sum(r.splitting for r in backend.compiled[0].reports) == 8
+    assert sum(r.splitting for r in backend.compiled[0].reports) == DEEP_LAYERS
     assert deltas["num_inductor_compiles"] == family_run.dynamic_deltas["num_inductor_compiles"]
 
 
+@pytest.mark.slow
 def test_second_process_starts_warm(family_run: FamilyRun) -> None:
     skip_unless_heavy(family_run.name)
     spec = {
@@ -251,11 +260,13 @@ def decode() -> Decode:
     return Decode()
 
 
+@pytest.mark.slow
 def test_static_cache_decode_gives_eager_tokens(decode: Decode) -> None:
     assert torch.equal(decode.tokens, greedy_decode(decode.model, decode.model, decode.prompts[0], 8))
     assert torch.equal(decode.tokens_2, greedy_decode(decode.model, decode.model, decode.prompts[1], 5))
 
 
+@pytest.mark.slow
 def test_one_compile_for_the_prefill_and_one_for_every_decode_step(decode: Decode) -> None:
     assert decode.first["num_backend_compilations"] == 2, decode.first
     # a prompt of another length: nothing new to compile
@@ -280,6 +291,7 @@ def test_cli_lists_the_families_of_the_package() -> None:
     assert HF_FAMILIES == tuple(NAMES)
 
 
+@pytest.mark.slow
 def test_stitch_run_hf_prints_pieces_counts_and_times(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -161,6 +161,7 @@ fn(torch.zeros(3), torch.zeros(3))
 """
 
 
+@pytest.mark.slow
 def test_the_default_excepthook_prints_the_emitted_line() -> None:
     """Python's own hook reads source from disk (3.11), not from linecache."""
     result = subprocess.run(

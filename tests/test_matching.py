@@ -111,6 +111,7 @@ def flex(q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (out @ w).relu()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "entry",
     ["higher_order::flex_attention", torch.ops.higher_order.flex_attention],

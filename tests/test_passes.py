@@ -164,12 +164,14 @@ def fused_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"cache": cache, "deltas": deltas, "ref": ref, "out": out, "entry": entry}
 
 
+@pytest.mark.slow
 def test_pass_runs_in_every_compiled_piece(fused_run: dict[str, Any]) -> None:
     assert fused_run["deltas"]["num_inductor_compiles"] == COMPILED_PIECES
     assert fused_calls(fused_run["entry"]) == NORMS
     torch.testing.assert_close(fused_run["out"], fused_run["ref"], **INDUCTOR_TOL)
 
 
+@pytest.mark.slow
 def test_without_the_pass_nothing_is_fused(fused_run: dict[str, Any], tmp_path: Path) -> None:
     # The same model compiled without passes: Inductor keeps its own RMSNorm kernels.
     _, ref, out, entry = compile_and_run(config(tmp_path, []))
@@ -177,6 +179,7 @@ def test_without_the_pass_nothing_is_fused(fused_run: dict[str, Any], tmp_path: 
     torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
 
 
+@pytest.mark.slow
 def test_unchanged_pass_hits_the_cache(fused_run: dict[str, Any]) -> None:
     again = FuseRMSNorm()
     deltas, ref, out, entry = compile_and_run(config(fused_run["cache"], [again]))
@@ -193,6 +196,7 @@ class FuseRMSNormV2(FuseRMSNorm):
     name = "FuseRMSNormV2"
 
 
+@pytest.mark.slow
 def test_changed_pass_recompiles(fused_run: dict[str, Any]) -> None:
     changed = FuseRMSNormV2()
     assert changed.uuid() != FuseRMSNorm().uuid()
@@ -211,6 +215,7 @@ class Broken(InductorPass):
         raise ValueError("no rewrite today")
 
 
+@pytest.mark.slow
 def test_failing_pass_is_named_in_the_error(tmp_path: Path) -> None:
     with pytest.raises(Exception) as info:
         compile_and_run(config(tmp_path, [Tagged(), Broken()]))

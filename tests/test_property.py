@@ -14,6 +14,7 @@ import operator
 from typing import Any
 
 import black
+import pytest
 import torch
 import torch.fx as fx
 from hypothesis import HealthCheck, given, settings
@@ -139,6 +140,7 @@ def _assert_same(expected: Any, actual: Any) -> None:
             assert a == e
 
 
+@pytest.mark.slow
 @settings(
     max_examples=50,
     deadline=None,
@@ -274,6 +276,7 @@ statements = st.one_of(
 _SHARED = Layout()  # splits of earlier examples are reused for later ones
 
 
+@pytest.mark.slow
 @settings(
     max_examples=300,
     deadline=None,

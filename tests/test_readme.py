@@ -34,6 +34,7 @@ def test_the_readme_has_python_blocks() -> None:
     assert len(BLOCKS) >= 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", [s for _, s in BLOCKS], ids=[i for i, _ in BLOCKS])
 def test_readme_block_runs_as_written(source: str, tmp_path: Path) -> None:
     if "stitch.runtime.hf" in source and importlib.util.find_spec("transformers") is None:

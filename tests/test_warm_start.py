@@ -31,6 +31,9 @@ from stitch.runtime import CompilationConfig
 from stitch.runtime.store.cache import INDEX_FILE, SOURCE_FILE
 from stitch.runtime.examples import LlamaConfig
 
+# Every test reads the runs of two fresh processes (a cold compile, a warm start).
+pytestmark = pytest.mark.slow
+
 LAYERS = 3
 MODEL = LlamaConfig(num_layers=LAYERS)
 
