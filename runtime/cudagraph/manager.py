@@ -284,35 +284,3 @@ class CUDAGraphManager:
         runner = PaddedRunner(plan.padding, padding_table(sizes), runners, above_max)
         self.runners.append(runner)
         return runner
-
-    def wrap(
-        self,
-        *,
-        graph: fx.GraphModule,
-        split_gm: fx.GraphModule,
-        example_inputs: Sequence[Any],
-        code: str,
-        backends: dict[str, Any],
-        submod_names: Sequence[str],
-        consts: Sequence[Any],
-        size: RuntimeSize | None,
-        filename: str | None = None,
-    ) -> Callable[..., Any]:
-        """:meth:`plan` then :meth:`build`: the execution function of one compilation."""
-        plan = self.plan(
-            graph=graph,
-            split_gm=split_gm,
-            example_inputs=example_inputs,
-            backends=backends,
-            submod_names=submod_names,
-            size=size,
-        )
-        return self.build(
-            plan,
-            code=code,
-            backends=backends,
-            submod_names=submod_names,
-            consts=consts,
-            filename=filename,
-            split_gm=split_gm,
-        )
