@@ -266,13 +266,8 @@ class CompileCache:
             identity = self._artifact(entry.key, claimed=True)
             if identity is None:
                 return None
-            problem = identity.mismatch(
-                backend=self.identity.backend,
-                config_hash=self.identity.config_hash,
-                piece=self._piece(name, graph),
-                target=entry.target,
-                key=entry.key,
-                sym_index=record.sym_index,
+            problem = self._mismatch(
+                identity, name, graph, entry.target, entry.key, record.sym_index
             )
             if problem is not None:
                 bad = (
@@ -290,6 +285,25 @@ class CompileCache:
         if Target("general") not in targets:
             return None
         return record.sym_index, targets, [e.key for e in record.entries]
+
+    def _mismatch(
+        self,
+        identity: ArtifactIdentity,
+        name: str,
+        graph: fx.GraphModule,
+        target: str,
+        key: str,
+        sym_index: int | None,
+    ) -> str | None:
+        """What in ``identity`` disagrees with this entry's use of the artifact."""
+        return identity.mismatch(
+            backend=self.identity.backend,
+            config_hash=self.identity.config_hash,
+            piece=self._piece(name, graph),
+            target=target,
+            key=key,
+            sym_index=sym_index,
+        )
 
     def _artifact(self, key: str, *, claimed: bool) -> ArtifactIdentity | None:
         """The verified identity of the artifact for ``key``, or None (reported once)."""
@@ -346,14 +360,7 @@ class CompileCache:
         identity = self._artifact(key, claimed=claimed)
         if identity is None:
             return None
-        problem = identity.mismatch(
-            backend=self.identity.backend,
-            config_hash=self.identity.config_hash,
-            piece=self._piece(name, graph),
-            target=target.key(),
-            key=key,
-            sym_index=sym_index,
-        )
+        problem = self._mismatch(identity, name, graph, target.key(), key, sym_index)
         if problem is not None:
             self.fault(
                 self.artifact_path(key, IDENTITY_FILE), f"{problem} (piece {name})"
