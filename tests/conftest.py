@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,27 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 def pytest_testnodedown(node: Any, error: object | None) -> None:
     """On the xdist controller: the partial modules a worker found."""
     _PARTIAL_MODULES.update(getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT_KEY, ()))
+
+
+@pytest.fixture(scope="module")
+def dynamo_state() -> Iterator[None]:
+    """A fresh Dynamo for a module whose tests compile one forward many times.
+
+    Requested with ``pytestmark = pytest.mark.usefixtures("dynamo_state")``.
+    """
+    import torch
+
+    # NOTE: [many compiles of one forward]
+    # Every test of such a module compiles the same forward with its own backend
+    # object; Dynamo keeps one cache entry per backend and refuses the 9th
+    # (recompile_limit 8, a hard error under fullgraph=True).  Resetting between
+    # tests would also drop the module fixtures' compiled models, so the limit
+    # is raised instead; unexpected recompiles still show in
+    # num_backend_compilations.
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(recompile_limit=64):
+        yield
+    torch._dynamo.reset()
 
 
 # NOTE: [heaviest modules first]

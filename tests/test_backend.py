@@ -38,6 +38,9 @@ from stitch.runtime import CompilationConfig, compilation_counter
 from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.pipeline.piecewise import Target
 
+# See NOTE: [many compiles of one forward] in conftest.py.
+pytestmark = pytest.mark.usefixtures("dynamo_state")
+
 # compile_sizes=[4], one split point at 16, max 32: every piece with a runtime
 # size has 4 targets: general, range [1, 16], range [17, 32], size 4.  The ranges
 # share the general artifact (NOTE: [ranges share the general artifact]), so 2
@@ -75,20 +78,6 @@ def assert_matches(backend: str, ref: torch.Tensor, out: torch.Tensor) -> None:
         assert torch.equal(out, ref), (out - ref).abs().max()
     else:
         torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def dynamo_state() -> Any:
-    # NOTE: [many compiles of one forward]
-    # Every test here compiles LlamaModel.forward with its own backend object;
-    # Dynamo keeps one cache entry per backend and refuses the 9th (recompile_limit
-    # 8, a hard error under fullgraph=True).  Resetting between tests would also
-    # drop the module fixtures' compiled models, so the limit is raised instead;
-    # unexpected recompiles still show in num_backend_compilations.
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(recompile_limit=64):
-        yield
-    torch._dynamo.reset()
 
 
 class Compiled:

@@ -42,21 +42,13 @@ from stitch.runtime.store.artifacts import ARTIFACT_FILE, IDENTITY_FILE, Artifac
 from stitch.runtime.store.cache import INDEX_FILE, SOURCE_FILE
 
 # Every test starts from a cache entry that Inductor's compiles filled.
-pytestmark = pytest.mark.slow
+# See NOTE: [many compiles of one forward] in conftest.py.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("dynamo_state")]
 
 # Three compiled pieces, each for its general shape and size 4: six artifacts.
 CONFIG = {"compile_sizes": [4], "max_num_batched_tokens": 32}
 ARTIFACTS = 3 * 2
 RUN_SIZES = (8, 4, 20)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def dynamo_state() -> Any:
-    # See NOTE: [many compiles of one forward] in test_backend.py.
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(recompile_limit=64):
-        yield
-    torch._dynamo.reset()
 
 
 @dataclasses.dataclass

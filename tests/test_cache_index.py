@@ -40,6 +40,9 @@ from stitch.runtime.store.index import (
     parse_index,
 )
 
+# See NOTE: [many compiles of one forward] in conftest.py.
+pytestmark = pytest.mark.usefixtures("dynamo_state")
+
 IDENTITY = EntryIdentity("0.1.0", "2.13.0", "c" * 64, "g" * 64, "inductor")
 CONFIG = {"backend": "eager", "compile_sizes": [4], "max_num_batched_tokens": 32}
 
@@ -155,14 +158,6 @@ def test_an_index_that_is_not_one_is_one_problem(text: str, says: str) -> None:
 
 
 # -- end to end: the eager backend reads a broken index ------------------------------------
-
-
-@pytest.fixture(scope="module", autouse=True)
-def dynamo_state() -> Any:
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(recompile_limit=64):
-        yield
-    torch._dynamo.reset()
 
 
 def compile_eager(root: Path, caplog: pytest.LogCaptureFixture) -> tuple[Any, list[str]]:

@@ -39,23 +39,19 @@ from stitch.runtime.pipeline.compilers import InductorAdapter
 from stitch.runtime.store.cache import INDEX_FILE
 from stitch.runtime.store.trust import StitchCacheTrustError
 
+# See NOTE: [many compiles of one forward] in conftest.py.
+pytestmark = pytest.mark.usefixtures("dynamo_state")
+
 # One target per piece: three artifacts, the least Inductor work that has all kinds.
 INDUCTOR = {"max_num_batched_tokens": 32}
 ARTIFACTS = 3
 EAGER = {"backend": "eager", "max_num_batched_tokens": 32}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def dynamo_state() -> Any:
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(recompile_limit=64):
-        yield
-    torch._dynamo.reset()
-
-
 def run(
     root: Path, fields: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> tuple[Any, dict[str, int], list[str]]:
+
     """Compile and run the tiny model (sizes 8 and 3) with cache root ``root``."""
     caplog.clear()
     model = model_for(TINY)

@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -44,21 +43,14 @@ from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.store.index import INDEX_FILE, parse_index
 
 # Every test starts processes that compile with Inductor.
-pytestmark = pytest.mark.slow
+# See NOTE: [many compiles of one forward] in conftest.py.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("dynamo_state")]
 
 # One target per piece: three artifacts, so that fresh processes stay cheap.
 CONFIG = {"max_num_batched_tokens": 32}
 ARTIFACTS = 3
 SIZES = [8, 3]
 CACHE_WORKER = Path(__file__).with_name("cache_worker.py")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def dynamo_state() -> Any:
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(recompile_limit=64):
-        yield
-    torch._dynamo.reset()
 
 
 def compile_here(

@@ -28,7 +28,6 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -47,6 +46,9 @@ from stitch.runtime.hf import (  # noqa: E402
     output_tensor,
 )
 from stitch.runtime.hf.decode import greedy_decode  # noqa: E402
+
+# See NOTE: [many compiles of one forward] in conftest.py.
+pytestmark = pytest.mark.usefixtures("dynamo_state")
 
 NAMES = sorted(FAMILIES)
 SLOW = os.environ.get("STITCH_SLOW", "") == "1"
@@ -73,14 +75,6 @@ def skip_unless_heavy(name: str) -> None:
             f"slow for {name}: today's Inductor family is {ROTATING}; STITCH_SLOW=1 "
             "runs every family (see NOTE: [heavy cases rotate])"
         )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def dynamo_state() -> Any:
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(recompile_limit=64):
-        yield
-    torch._dynamo.reset()
 
 
 class FamilyRun:
