@@ -30,6 +30,9 @@ class FunctionBody:
         self._bound: list[str] = []
         self._bound_set: set[str] = set()
         self._reads: set[str] = set()
+        # Indices of statements that close a profiling range (NOTE: [the
+        # profiling variant] in execution.py): a del goes after them.
+        self._range_ends: set[int] = set()
 
     def name_of(self, node: fx.Node) -> str:
         try:
@@ -72,7 +75,9 @@ class FunctionBody:
         """Whether a statement of this body bound ``name`` (not a parameter)."""
         return name in self._bound_set
 
-    def emit(self, statement: Statement) -> None:
+    def emit(self, statement: Statement, *, range_end: bool = False) -> None:
+        if range_end:
+            self._range_ends.add(len(self._lines))
         self._lines.append((statement, frozenset(self._reads)))
         self._reads = set()
 
@@ -93,7 +98,10 @@ class FunctionBody:
         dead_after: dict[int, list[str]] = {}
         for name in self._bound:
             if name in last_read:
-                dead_after.setdefault(last_read[name], []).append(name)
+                at = last_read[name]
+                if at + 1 in self._range_ends:
+                    at += 1
+                dead_after.setdefault(at, []).append(name)
         body: list[Statement] = []
         for i, (statement, _) in enumerate(self._lines):
             body.append(statement)

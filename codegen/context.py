@@ -35,3 +35,23 @@ class ModuleContext:
     # Module-level bindings of call targets (``stitch_attention = ...``).
     aliases: tuple[Statement, ...]
     functions: tuple[FunctionContext, ...]
+
+
+@dataclasses.dataclass
+class PieceFunction:
+    """A module-level function running one or more structurally identical pieces."""
+
+    name: str
+    piece: str
+    path: str
+    signature: str
+    body: tuple[Statement, ...]
+    shared: int = 0  # how many other pieces call it
+
+    def context(self) -> FunctionContext:
+        docstring = f"Inlined piece {self.piece}"
+        if self.path:
+            docstring += f" ({self.path})"
+        if self.shared:
+            docstring += f" and {self.shared} identical piece" + "s" * (self.shared > 1)
+        return FunctionContext(self.name, self.signature, docstring + ".", self.body)

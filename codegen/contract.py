@@ -19,6 +19,10 @@ DISPATCH_NAME = "__vllm_dispatch__"
 CONSTS_NAME = "__vllm_consts__"
 # Name prefix of the module-level functions that run splitting pieces.
 INLINED_PREFIX = "__vllm_inlined_submods__"
+# Keyword-only parameter of the profiling variant of execution_fn (see NOTE:
+# [the profiling variant] in execution.py): the object that times each piece
+# call and names it in torch.profiler traces.
+RANGES_NAME = "__stitch_ranges__"
 # The function the loader binds and returns.
 FUNCTION_NAME = "execution_fn"
 # Version of the emitted format, written into the provenance header.  Bumped
@@ -31,5 +35,6 @@ __all__ = [
     "FORMAT_VERSION",
     "FUNCTION_NAME",
     "INLINED_PREFIX",
+    "RANGES_NAME",
     "SUBMODS_NAME",
 ]

@@ -7,34 +7,44 @@ module defining ``execution_fn``.
 
 from __future__ import annotations
 
-import dataclasses
 import operator
 import re
 from collections.abc import Callable
 from typing import Any
 
-import torch
 import torch.fx as fx
 
 from .body import FunctionBody
-from .context import FunctionContext, ModuleContext, Statement
+from .context import FunctionContext, ModuleContext, PieceFunction, Statement
 from .contract import (
     DISPATCH_NAME,
     FORMAT_VERSION,
     FUNCTION_NAME,
     INLINED_PREFIX,
+    RANGES_NAME,
     SUBMODS_NAME,
 )
 from .errors import StitchCodegenError
 from .expressions import kwargs_source, node_expression
 from .fingerprint import graph_hash, structural_hash
-from .naming import Namespace
-from .pieces import fetch_attr, is_inlined_piece, module_path_of, single_call
-from .values import ConstTable, qualified_target, render_value
+from .aliases import Alias as _Alias
+from .aliases import alias_candidate as _alias_candidate
+from .naming import Namespace, base_name
+from .pieces import (
+    fetch_attr,
+    is_inlined_piece,
+    module_path_of,
+    output_value,
+    single_call,
+)
+from .values import ConstTable, qualified_target, render_string, render_value
 
 
 def generate_execution_code(
-    split_gm: fx.GraphModule, *, dispatch_on: str | None = None
+    split_gm: fx.GraphModule,
+    *,
+    dispatch_on: str | None = None,
+    profile: bool = False,
 ) -> tuple[str, list[str], list[Any]]:
     """Emit the stitching source for ``split_gm``.
 
@@ -50,17 +60,26 @@ def generate_execution_code(
     With ``dispatch_on`` (the name of a placeholder holding the runtime size), the
     function takes ``__vllm_dispatch__`` instead of ``__vllm_submods__`` and picks
     the per-size table of runnables once, on its first line.
+
+    With ``profile``, the profiling variant is emitted (see NOTE: [the profiling
+    variant]): the same statements, with every piece call between
+    ``__stitch_ranges__.begin(...)`` and ``__stitch_ranges__.end()``.
     """
     # See NOTE: [black is imported only to generate code] (values.py): the
     # templates and the layout (jinja2, black) load with the first render.
     from .emit import render_module
 
-    context, submod_names, consts = lower_execution(split_gm, dispatch_on=dispatch_on)
+    context, submod_names, consts = lower_execution(
+        split_gm, dispatch_on=dispatch_on, profile=profile
+    )
     return render_module(context), submod_names, consts
 
 
 def lower_execution(
-    split_gm: fx.GraphModule, *, dispatch_on: str | None = None
+    split_gm: fx.GraphModule,
+    *,
+    dispatch_on: str | None = None,
+    profile: bool = False,
 ) -> tuple[ModuleContext, list[str], list[Any]]:
     """The template context, piece order and constants, without rendering.
 
@@ -71,55 +90,21 @@ def lower_execution(
             "generate_execution_code needs a torch.fx.GraphModule, got "
             f"{type(split_gm).__name__}"
         )
-    lowering = _ModuleLowering(split_gm, dispatch_on)
+    lowering = _ModuleLowering(split_gm, dispatch_on, profile)
     context = lowering.build()
     return context, lowering.submod_names, lowering.consts.values
 
 
-_NUMBERED = re.compile(r"(.+?)(?:_\d+)?")
-
-
-def _base_name(name: str) -> str:
-    """``add_tensor_5`` -> ``add_tensor``; ``x`` -> ``x``."""
-    m = _NUMBERED.fullmatch(name)
-    return m.group(1) if m else name
-
-
-@dataclasses.dataclass
-class _Alias:
-    """A call target bound once at module level: ``name = value``."""
-
-    target: Any
-    name: str
-    value: str = ""  # filled in on first use
-
-
-@dataclasses.dataclass
-class _PieceFunction:
-    """A module-level function running one or more structurally identical pieces."""
-
-    name: str
-    piece: str
-    path: str
-    signature: str
-    body: tuple[Statement, ...]
-    shared: int = 0  # how many other pieces call it
-
-    def context(self) -> FunctionContext:
-        docstring = f"Inlined piece {self.piece}"
-        if self.path:
-            docstring += f" ({self.path})"
-        if self.shared:
-            docstring += f" and {self.shared} identical piece" + "s" * (self.shared > 1)
-        return FunctionContext(self.name, self.signature, docstring + ".", self.body)
-
-
 class _ModuleLowering:
     def __init__(
-        self, split_gm: fx.GraphModule, dispatch_on: str | None = None
+        self,
+        split_gm: fx.GraphModule,
+        dispatch_on: str | None = None,
+        profile: bool = False,
     ) -> None:
         self.split_gm = split_gm
         self.dispatch_on = dispatch_on
+        self.profile = profile
         if dispatch_on is not None and not any(
             n.op == "placeholder" and n.name == dispatch_on
             for n in split_gm.graph.nodes
@@ -138,9 +123,9 @@ class _ModuleLowering:
         self._aliases: dict[int, _Alias] = {}  # id(target) -> alias
         self._used_aliases: list[_Alias] = []
         self._function_names: dict[str, str] = {}  # piece -> reserved function name
-        self._functions: list[_PieceFunction] = []
+        self._functions: list[PieceFunction] = []
         self._function_of: dict[str, str] = {}  # piece -> function it runs in
-        self._by_structure: dict[tuple[Any, ...], _PieceFunction] = {}
+        self._by_structure: dict[tuple[Any, ...], PieceFunction] = {}
         self._targets_log: list[str] | None = None
         self._n_inlined = 0
         self._named: dict[int, tuple[str | None, str] | None] = {}
@@ -237,6 +222,10 @@ class _ModuleLowering:
             f"constants: {len(self.consts.values)}",
             f"graph: sha256:{graph_hash(self.split_gm)[:16]}",
         )
+        if self.profile:
+            header += (
+                f"profiling variant: every piece call is timed by {RANGES_NAME}",
+            )
         return ModuleContext(
             header=header,
             imports=tuple(sorted(self._used_imports)),
@@ -255,7 +244,10 @@ class _ModuleLowering:
             elif n.op == "get_attr":
                 body.names[n] = self.consts.ref(fetch_attr(gm, n.target, n))
             elif n.op == "output":
-                body.emit(Statement("return", body.render(n.args[0])))
+                value = body.render(n.args[0])
+                if self.profile:
+                    body.emit(Statement("expr", f"{RANGES_NAME}.end_forward()"))
+                body.emit(Statement("return", value))
             elif n.op == "call_module":
                 self._piece_call(body, n)
             elif n in body.unpacked:
@@ -285,17 +277,48 @@ class _ModuleLowering:
             if len(self._submod_locals) == 1:
                 targets = f"({targets},)"
             statements = (Statement("assign", table, targets, comment), *statements)
+        if self.profile:
+            statements = (
+                Statement("expr", f"{RANGES_NAME}.begin_forward()"),
+                *statements,
+            )
+            kwonly = f"{kwonly}, {RANGES_NAME}"
         signature = ", ".join([*body.params, f"*, {kwonly}"])
         return FunctionContext(FUNCTION_NAME, signature, "", statements)
 
     # -- pieces -----------------------------------------------------------------
     def _piece_call(self, body: FunctionBody, n: fx.Node) -> None:
         module = self._piece(n)
-        path = module_path_of(module) if isinstance(module, fx.GraphModule) else ""
+        # The piece's own GraphModule names the modules it covers, also where a
+        # compiled runnable shadows it (the backend installs those before
+        # emitting).
+        graph = self.split_gm._modules.get(n.target, module)
+        path = module_path_of(graph) if isinstance(graph, fx.GraphModule) else ""
+        if not self.profile:
+            self._lower_piece_call(body, n, module, path)
+            return
+        # NOTE: [the profiling variant]
+        # Profiling runs a second emitted variant of the same function rather
+        # than a branch per piece in the one that serves: each piece call sits
+        # between begin(piece, module path) and end(), plain statements that keep
+        # the layout of the serving source.  A del after the call follows end(),
+        # so freeing values counts as stitching, not as the piece.
+        body.emit(
+            Statement(
+                "expr",
+                f"{RANGES_NAME}.begin({render_string(n.target)}, {render_string(path)})",
+            )
+        )
+        self._lower_piece_call(body, n, module, path)
+        body.emit(Statement("expr", f"{RANGES_NAME}.end()"), range_end=True)
+
+    def _lower_piece_call(
+        self, body: FunctionBody, n: fx.Node, module: Any, path: str
+    ) -> None:
         if is_inlined_piece(module):
             self._n_inlined += 1
             op = single_call(module)
-            output = _output_value(module)
+            output = output_value(module)
             if (
                 op is not None
                 and (output is op or not n.users)
@@ -312,7 +335,9 @@ class _ModuleLowering:
                 self.submod_names.append(n.target)
                 self._submod_locals.append(body.local.create(n.target))
             callee = self._submod_locals[self._submod_index[n.target]]
-        args = ", ".join([body.render(a) for a in n.args] + kwargs_source(n, body.render))
+        args = ", ".join(
+            [body.render(a) for a in n.args] + kwargs_source(n, body.render)
+        )
         self._bind_outputs(body, n, f"{callee}({args})", path)
 
     def _bind_outputs(
@@ -349,9 +374,11 @@ class _ModuleLowering:
             return
         dying = self._dying_at(body, n)
         targets = [
-            self._bind_output(body, live[i], self._readable_name(live[i]), dying)
-            if i in live
-            else "_"
+            (
+                self._bind_output(body, live[i], self._readable_name(live[i]), dying)
+                if i in live
+                else "_"
+            )
             for i in range(arity)
         ]
         if arity == 1:
@@ -371,7 +398,7 @@ class _ModuleLowering:
             if name is None or not body.is_bound(name):
                 continue
             if max(order[u] for u in value.users) == order[n]:
-                dying.setdefault(_base_name(name), name)
+                dying.setdefault(base_name(name), name)
         return dying
 
     @staticmethod
@@ -383,7 +410,7 @@ class _ModuleLowering:
         # named like an input that dies at this call (same name but for the
         # numeric suffix) takes that input's name, which frees the input
         # without a del.
-        reused = dying.pop(_base_name(candidate), None)
+        reused = dying.pop(base_name(candidate), None)
         if reused is not None:
             return body.rebind(node, reused)
         return body.bind(node, candidate)
@@ -394,7 +421,7 @@ class _ModuleLowering:
             # The GraphModule itself, even where a compiled piece shadows it.
             module = self.split_gm._modules.get(target)
             self._returns[target] = (
-                _output_value(module) if isinstance(module, fx.GraphModule) else None
+                output_value(module) if isinstance(module, fx.GraphModule) else None
             )
         return self._returns[target]
 
@@ -480,7 +507,7 @@ class _ModuleLowering:
             self._targets_log, self.consts.log = None, None
         shared = self._by_structure.get(key)
         if shared is None:
-            shared = _PieceFunction(
+            shared = PieceFunction(
                 name, n.target, path, ", ".join(body.params), body.body()
             )
             self._by_structure[key] = shared
@@ -512,29 +539,3 @@ class _ModuleLowering:
             return render_value(value, name_of, self.consts)
 
         return node_expression(n, render, name_of, self.target_expr, top_level)
-
-
-def _output_value(module: fx.GraphModule) -> Any:
-    output = next((o for o in reversed(module.graph.nodes) if o.op == "output"), None)
-    return output.args[0] if output is not None and output.args else None
-
-
-def _alias_candidate(target: Any, named: tuple[str | None, str] | None) -> str | None:
-    """The alias name a call target is bound to at module level, or None.
-
-    ``torch.ops`` targets are bound (``stitch_attention =
-    torch.ops.stitch.attention.default``), as Inductor's wrapper code does: the
-    attribute walk then runs once per process instead of once per call.  So are
-    targets that live in the constants table, which are read once instead of
-    being indexed on every call.
-    """
-    if isinstance(target, torch._ops.OpOverload):
-        ns, op = target._schema.name.split("::", 1)
-        overload = target._overloadname
-        return f"{ns}_{op}" if overload == "default" else f"{ns}_{op}_{overload}"
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        ns, op = target._qualified_op_name.split("::", 1)
-        return f"{ns}_{op}"
-    if named is None:
-        return getattr(target, "__name__", None) or type(target).__name__
-    return None

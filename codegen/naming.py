@@ -80,3 +80,12 @@ class Namespace:
 
     def _is_taken(self, name: str) -> bool:
         return name in self._used or name in _REFUSED
+
+
+_NUMBERED = re.compile(r"(.+?)(?:_\d+)?")
+
+
+def base_name(name: str) -> str:
+    """``add_tensor_5`` -> ``add_tensor``; ``x`` -> ``x``."""
+    m = _NUMBERED.fullmatch(name)
+    return m.group(1) if m else name

@@ -104,3 +104,9 @@ def module_path_of(gm: fx.GraphModule) -> str:
     if prefix in paths:
         return prefix
     return f"{paths[0]} .. {paths[-1]}"
+
+
+def output_value(module: fx.GraphModule) -> Any:
+    """What a piece's graph returns (None if it returns nothing)."""
+    output = next((o for o in reversed(module.graph.nodes) if o.op == "output"), None)
+    return output.args[0] if output is not None and output.args else None

@@ -20,6 +20,7 @@ from stitch.codegen.contract import (
     CONSTS_NAME,
     DISPATCH_NAME,
     FUNCTION_NAME,
+    RANGES_NAME,
     SUBMODS_NAME,
 )
 from stitch.codegen.errors import StitchLoadError
@@ -196,12 +197,16 @@ def compile_execution_fn(
     *,
     dispatch: Any = None,
     filename: str | None = None,
+    ranges: Any = None,
 ) -> Callable[..., Any]:
     """Compile emitted source and return ``execution_fn`` bound to its pieces.
 
     ``submod_names[i]`` must be a key of ``submod_callables``; the callable becomes
     item ``i`` of ``__vllm_submods__``.  ``consts`` fills ``__vllm_consts__``.  ``filename``
     is a real file holding exactly ``code``, as for :func:`load_execution_module`.
+    ``ranges`` times the piece calls of a profiling variant (``__stitch_ranges__``,
+    see :class:`stitch.runtime.profiling.PieceRanges`); it is required by such
+    source and refused by any other.
     """
     missing = [name for name in submod_names if name not in submod_callables]
     if missing:
@@ -221,6 +226,17 @@ def compile_execution_fn(
         code_obj.co_argcount : code_obj.co_argcount + code_obj.co_kwonlyargcount
     ]
     callables = [submod_callables[name] for name in submod_names]
+    if (RANGES_NAME in kwonly) != (ranges is not None):
+        raise StitchLoadError(
+            f"{FUNCTION_NAME} in {label} "
+            + (
+                f"is a profiling variant and needs ranges= ({RANGES_NAME})"
+                if ranges is None
+                else f"takes no {RANGES_NAME}, but ranges= was given"
+            )
+        )
+    if ranges is not None:
+        fn = bind_kwonly(fn, RANGES_NAME, ranges)
     if DISPATCH_NAME in kwonly:
         return bind_kwonly(
             fn,

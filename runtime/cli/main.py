@@ -29,6 +29,7 @@ examples:
   stitch emit --example llama              print the stitching source of 'llama'
   stitch emit --example llama -o llama.py  write it to llama.py
   stitch emit --help                       options and the list of examples
+  stitch profile --example llama           time per piece of each forward
 
 Run 'stitch COMMAND --help' for the options of a command.
 """
@@ -307,6 +308,113 @@ def run_run(args: argparse.Namespace) -> int:
     )
 
 
+# -- stitch profile ---------------------------------------------------------------------
+
+
+def _add_profile(subparsers: Any) -> None:
+    from stitch.runtime.examples.models import runnable_examples
+
+    parser = subparsers.add_parser(
+        "profile",
+        help="show where each forward's time goes, piece by piece",
+        description=(
+            "Compile a built-in example (--example) or a tiny transformers model "
+            "(--hf FAMILY) with Stitch, running the profiling variant of the "
+            "stitching source (every piece call timed and named in torch.profiler "
+            "traces; the serving source is unchanged), and print per size the time "
+            "per forward of each compiled piece and splitting op, the stitching "
+            "itself, and Dynamo's guards and frame, with their shares."
+        ),
+    )
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument(
+        "--example",
+        "-e",
+        metavar="NAME",
+        choices=sorted(runnable_examples()),
+        help="built-in example model",
+    )
+    model.add_argument(
+        "--hf",
+        metavar="FAMILY",
+        choices=HF_FAMILIES,
+        help="a tiny transformers model of this family (--sizes are sequence "
+        "lengths of a batch of --batch)",
+    )
+    parser.add_argument("--batch", type=int, default=2, help="--hf: batch size")
+    parser.add_argument(
+        "--decode",
+        action="store_true",
+        help="--hf: profile greedy decode steps with a static KV cache (--sizes "
+        "are then batch sizes; each prefills a 16-token prompt first)",
+    )
+    parser.add_argument(
+        "--attn",
+        choices=("sdpa", "stitch"),
+        default="sdpa",
+        help="--hf: attn_implementation (default: sdpa)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("inductor", "eager"),
+        default="inductor",
+        help="piece compiler (default: inductor)",
+    )
+    parser.add_argument("--layers", type=int, default=None, help="decoder layers")
+    parser.add_argument(
+        "--sizes",
+        type=_int_list,
+        default=[1, 8, 32],
+        metavar="N,N,...",
+        help="sizes to profile (default: 1,8,32)",
+    )
+    parser.add_argument(
+        "--iters", type=int, default=20, help="forwards timed per size (default: 20)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default="",
+        metavar="DIR",
+        help="cache root (default: $STITCH_CACHE_DIR or ~/.cache/stitch)",
+    )
+    parser.add_argument(
+        "--html", default="", metavar="FILE", help="write a bar chart page to FILE"
+    )
+    parser.add_argument(
+        "--trace",
+        default="",
+        metavar="FILE",
+        help="write a torch.profiler Chrome trace of one forward per size to FILE",
+    )
+    parser.set_defaults(handler=run_profile)
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from .profile_job import run_profile as job
+
+    if args.iters < 1:
+        print(f"{PROG} profile: error: --iters must be >= 1", file=sys.stderr)
+        return 2
+    if args.decode and not args.hf:
+        print(f"{PROG} profile: error: --decode applies to --hf", file=sys.stderr)
+        return 2
+    return job(
+        example=args.example,
+        hf=args.hf,
+        sizes=args.sizes,
+        iters=args.iters,
+        layers=args.layers,
+        backend=args.backend,
+        batch=args.batch,
+        attn=args.attn,
+        cache_dir=args.cache_dir,
+        html_path=args.html,
+        trace_path=args.trace,
+        out=sys.stdout,
+        decode=args.decode,
+    )
+
+
 # -- stitch inspect ---------------------------------------------------------------------
 
 
@@ -338,7 +446,12 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 # -- the parser ---------------------------------------------------------------------------
 
-SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (_add_emit, _add_run, _add_inspect)
+SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
+    _add_emit,
+    _add_run,
+    _add_profile,
+    _add_inspect,
+)
 
 
 def build_parser() -> StitchArgumentParser:

@@ -218,6 +218,7 @@ class CUDAGraphManager:
         consts: Sequence[Any],
         filename: str | None = None,
         split_gm: fx.GraphModule | None = None,
+        ranges: Any = None,
     ) -> Callable[..., Any]:
         """The execution function with padding and CUDA graphs, from ``plan``.
 
@@ -228,7 +229,7 @@ class CUDAGraphManager:
         """
         config = self.config
         plain = compile_execution_fn(
-            code, backends, submod_names, consts, filename=filename
+            code, backends, submod_names, consts, filename=filename, ranges=ranges
         )
         if plan is None:
             return plain
@@ -253,6 +254,7 @@ class CUDAGraphManager:
                     consts,
                     dispatch=tables,
                     filename=filename,
+                    ranges=ranges,
                 )
             elif split_gm is None:
                 raise StitchRuntimeError(unsaveable_graphs(config) or "no split graph")

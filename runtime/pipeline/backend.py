@@ -30,6 +30,7 @@ from ..counter import compilation_counter
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.plan import GraphPlan
 from ..loader import compile_execution_fn
+from ..profiling import Profiler, piece_list
 from ..progress import progress_bar
 from ..store.cache import CompileCache
 from ..store.artifacts import ARTIFACT_FILE
@@ -79,6 +80,7 @@ class StitchBackend:
         config: CompilationConfig | None = None,
         *,
         serializable: bool | None = None,
+        profiler: Profiler | None = None,
         **fields: Any,
     ) -> None:
         if config is not None and fields:
@@ -92,12 +94,19 @@ class StitchBackend:
         self.cudagraphs = CUDAGraphManager(self.config)
         # Splitting ops that matched nothing, reported once per backend.
         self.splitting_warnings = SplittingOpWarnings()
+        # Set: every graph runs the profiling variant of its source (profiling.py).
+        self.profiler = profiler
 
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]
     ) -> Callable[..., Any]:
         compilation = Compilation(
-            self.config, gm, example_inputs, self.cudagraphs, self.splitting_warnings
+            self.config,
+            gm,
+            example_inputs,
+            self.cudagraphs,
+            self.splitting_warnings,
+            self.profiler,
         )
         fn = compilation.run(self.compiled)
         if self.serializable or (self.serializable is None and in_torch_aot_compile()):
@@ -128,8 +137,10 @@ class Compilation:
         example_inputs: Sequence[Any],
         cudagraphs: CUDAGraphManager | None = None,
         splitting_warnings: SplittingOpWarnings | None = None,
+        profiler: Profiler | None = None,
     ) -> None:
         self.config = config
+        self.profiler = profiler
         self.cudagraphs = cudagraphs
         self.splitting_warnings = splitting_warnings or SplittingOpWarnings()
         self.gm = gm
@@ -250,6 +261,14 @@ class Compilation:
             source_file = os.path.join(dump, DUMP_SOURCE_FILE)
         _trace_source(code)
         self.consts = consts
+        # What runs: the serving source, or its profiling variant (never cached).
+        run_code, run_consts, run_file, ranges = code, consts, source_file, None
+        if self.profiler is not None:
+            run_code, _, run_consts = generate_execution_code(
+                split_gm, dispatch_on=dispatch_on, profile=True
+            )
+            run_file = None
+            ranges = self.profiler.ranges(piece_list(reports))
         self.cudagraphed = self.cudagraphs is not None and self.cudagraphs.applies_to(
             fake_inputs
         )
@@ -264,16 +283,22 @@ class Compilation:
             )
             fn = self.cudagraphs.build(
                 self.graphs,
-                code=code,
+                code=run_code,
                 backends=backends,
                 submod_names=submod_names,
-                consts=consts,
-                filename=source_file,
+                consts=run_consts,
+                filename=run_file,
                 split_gm=split_gm,
+                ranges=ranges,
             )
         else:
             fn = compile_execution_fn(
-                code, backends, submod_names, consts, filename=source_file
+                run_code,
+                backends,
+                submod_names,
+                run_consts,
+                filename=run_file,
+                ranges=ranges,
             )
 
         # Twins report "shared": they run what their first instance loaded.
