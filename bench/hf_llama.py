@@ -1,6 +1,7 @@
 """A transformers Llama: eager, ``torch.compile`` default, and Stitch, side by side.
 
 Run: ``python bench/hf_llama.py [--layers 8] [--hidden 256] [--iters 50] [--rounds 5]``
+or ``python bench/hf_llama.py --decode [--steps 33] [--rounds 7]``
 (needs ``pip install -e '.[hf]'``).
 
 The model is ``LlamaForCausalLM`` built from a config (random weights, no
@@ -19,7 +20,19 @@ Compiles happen in a warm-up before any timing; the first-call time is printed
 apart.  The variants are timed in turns (``--rounds`` rounds of ``--iters``
 forwards each, the median per round, then the median of rounds), so a busy
 machine slows them alike; ratios are to eager and to ``torch.compile``.
-Every output is checked against eager first.  ``--threads 1`` on a machine
+Every output is checked against eager first.
+
+Decode steps (``--decode``, the serving loop's steady state): per batch size
+(1 and 8), each variant prefills the same 16-token prompt into a fresh static KV
+cache, then runs ``--steps`` greedy decode steps, each timed alone; a round is
+one such decode per variant, in turns, and the table gives the median step over
+``--rounds`` rounds.  Here ``torch.compile`` is ``dynamic=True`` too (as for
+Stitch: one graph for the prefill, one for every step), and every variant's
+tokens must equal eager's.  The first prefill and step of each variant are
+timed apart (the compile).  ``stitch profile --hf llama --decode`` shows where
+Stitch's step time goes, piece by piece.
+
+``--threads 1`` on a machine
 other jobs keep busy: with two OpenMP threads on two busy cores, eager PyTorch
 ran 10-30x slower than with one in our runs (threads spinning at barriers).
 """
@@ -71,7 +84,12 @@ def variants(model: torch.nn.Module, cache_dir: str) -> dict[str, Callable[..., 
     }
 
 
-def time_ms(fn: Callable[..., Any], kwargs: dict[str, Any], iters: int, clock: Callable[[], float]) -> float:
+def time_ms(
+    fn: Callable[..., Any],
+    kwargs: dict[str, Any],
+    iters: int,
+    clock: Callable[[], float],
+) -> float:
     times = []
     for _ in range(iters):
         start = clock()
@@ -137,18 +155,137 @@ def run(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+DECODE_BATCHES = (1, 8)
+PROMPT = 16
+
+
+def decode_variants(
+    model: torch.nn.Module, cache_dir: str
+) -> dict[str, Callable[..., Any]]:
+    from stitch.runtime import CompilationConfig, StitchBackend
+
+    stitch = StitchBackend(CompilationConfig(cache_dir=cache_dir))
+    return {
+        "eager": model,
+        "torch.compile": torch.compile(model, dynamic=True),
+        "stitch": torch.compile(model, backend=stitch, dynamic=True),
+    }
+
+
+def decode_round(
+    fn: Callable[..., Any],
+    model: torch.nn.Module,
+    prompt: torch.Tensor,
+    steps: int,
+    clock: Callable[[], float],
+) -> tuple[list[float], float, torch.Tensor]:
+    """Step times (ms), the prefill time (s) and the tokens of one greedy decode."""
+    from stitch.runtime.hf.decode import static_cache
+
+    cache = static_cache(model, prompt.shape[0], PROMPT + steps)
+    start = time.perf_counter()
+    logits = fn(input_ids=prompt, past_key_values=cache).logits
+    prefill_s = time.perf_counter() - start
+    ids = logits[:, -1].argmax(-1, keepdim=True)
+    tokens, times = [ids], []
+    for _ in range(steps - 1):
+        start = clock()
+        logits = fn(input_ids=ids, past_key_values=cache).logits
+        ids = logits[:, -1].argmax(-1, keepdim=True)
+        times.append((clock() - start) * 1e3)
+        tokens.append(ids)
+    return times, prefill_s, torch.cat(tokens, dim=1)
+
+
+def run_decode(args: argparse.Namespace) -> str:
+    clock = time.thread_time if args.clock == "thread_time" else time.perf_counter
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build(args.layers, args.hidden)
+    fns = decode_variants(model, tempfile.mkdtemp(prefix="stitch-bench-"))
+    vocab = model.config.vocab_size
+    first: dict[tuple[str, int], tuple[float, float]] = {}
+    steps: dict[tuple[str, int], list[float]] = {}
+    mismatched: list[str] = []
+    with torch.no_grad():
+        for batch in DECODE_BATCHES:
+            prompt = torch.randint(3, vocab, (batch, PROMPT))
+            for name, fn in fns.items():
+                start = time.perf_counter()
+                times, prefill_s, _ = decode_round(fn, model, prompt, 2, clock)
+                first[name, batch] = (
+                    prefill_s,
+                    time.perf_counter() - start - prefill_s,
+                )
+        for r in range(args.rounds):
+            for batch in DECODE_BATCHES:
+                prompt = torch.randint(3, vocab, (batch, PROMPT))
+                reference = None
+                for name, fn in fns.items():
+                    times, _, tokens = decode_round(
+                        fn, model, prompt, args.steps, clock
+                    )
+                    steps.setdefault((name, batch), []).append(statistics.median(times))
+                    if reference is None:
+                        reference = tokens
+                    elif not torch.equal(tokens, reference):
+                        mismatched.append(f"{name} batch {batch} round {r}")
+    lines = [
+        f"decode steps: transformers LlamaForCausalLM, {args.layers} layers, hidden "
+        f"{args.hidden}, float32, CPU, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; static KV cache, prompt {PROMPT}, "
+        f"median step of {args.steps - 1} per round, median of {args.rounds} rounds, "
+        f"clock {args.clock}",
+        "",
+        "| batch | eager ms | torch.compile ms | stitch ms | stitch / torch.compile | "
+        "tokens equal |",
+        "| ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for batch in DECODE_BATCHES:
+        ms = {n: statistics.median(steps[n, batch]) for n in fns}
+        equal = "yes" if not any(f"batch {batch} " in m for m in mismatched) else "NO"
+        lines.append(
+            f"| {batch} | {ms['eager']:.3f} | {ms['torch.compile']:.3f} | "
+            f"{ms['stitch']:.3f} | {ms['stitch'] / ms['torch.compile']:.3f}x | {equal} |"
+        )
+    lines += ["", "first prefill and first step (compiles included), seconds:", ""]
+    lines.append("| batch | " + " | ".join(f"{n} prefill, step" for n in fns) + " |")
+    lines.append("| ---: |" + " ---: |" * len(fns))
+    for batch in DECODE_BATCHES:
+        cells = " | ".join(
+            f"{first[n, batch][0]:.2f}, {first[n, batch][1]:.2f}" for n in fns
+        )
+        lines.append(f"| {batch} | {cells} |")
+    if mismatched:
+        lines += ["", "tokens differ from eager: " + ", ".join(mismatched)]
+    return "\n".join(lines)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--iters", type=int, default=50, help="forwards per round (default 50)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per variant (default 5)")
+    parser.add_argument(
+        "--iters", type=int, default=50, help="forwards per round (default 50)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds per variant (default 5)"
+    )
     parser.add_argument(
         "--threads",
         type=int,
         default=0,
         help="torch intra-op threads (default: torch's choice); on a machine other "
         "jobs keep busy, 1 avoids OpenMP threads spinning against them",
+    )
+    parser.add_argument(
+        "--decode",
+        action="store_true",
+        help="time greedy decode steps with a static KV cache instead of forwards",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=33, help="--decode: tokens per round (default 33)"
     )
     parser.add_argument(
         "--clock",
@@ -161,7 +298,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    print(run(parse_args(argv)))
+    args = parse_args(argv)
+    print(run_decode(args) if args.decode else run(args))
     return 0
 
 
