@@ -23,11 +23,13 @@ so.  The Llama decode with a static KV cache always uses Inductor pieces.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,68 +82,160 @@ def skip_unless_heavy(name: str) -> None:
 class FamilyRun:
     """One family's tiny model compiled with the default config, run at every length.
 
-    Inductor pieces for the heavy families, eager pieces for the others (NOTE:
-    [heavy cases rotate]); everything else is the default config.
+    ``attn``: None, the model's default attention (SDPA, or transformers' eager
+    attention for Gemma 2 and GPT-OSS); ``"stitch"``, Stitch's op.  Every
+    output is compared with the default attention's eager output.  Inductor
+    pieces for the heavy families' default attention, eager pieces otherwise
+    (NOTE: [heavy cases rotate]); everything else is the default config.
     """
 
-    def __init__(self, name: str, cache_dir: Path) -> None:
+    def __init__(self, name: str, cache_dir: Path, attn: str | None = None) -> None:
         # The families share transformers' forward wrappers: a reset keeps the
         # Dynamo cache entries of one family from counting against the next.
         torch._dynamo.reset()
         self.name = name
+        self.attn = attn
         self.cache_dir = cache_dir
-        self.piece_compiler = "inductor" if heavy(name) else "eager"
-        self.model = build_model(name)
+        self.piece_compiler = "inductor" if heavy(name) and attn == split_attn(name) else "eager"
+        # NOTE: from_config writes the implementation into its config: each
+        # model is built from a config of its own (build_model makes one).
+        self.reference = build_model(name)
+        self.model = self.reference if attn is None else build_model(name, attn_implementation=attn)
+        self.default_attention = self.reference.config._attn_implementation
         config = CompilationConfig(backend=self.piece_compiler, cache_dir=str(cache_dir))
         self.backend = StitchBackend(config)
         self.compiled = torch.compile(self.model, backend=self.backend, dynamic=True)
-        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        with torch.no_grad():
-            with counting() as self.dynamic_deltas:
-                for n in DYNAMIC_LENGTHS:
-                    self.run(n)
-            with counting() as self.one_deltas:
-                self.run(1)
+        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.length_deltas: dict[int, dict[str, int]] = {}
+        handler = _Records()
+        stitch_log = logging.getLogger("stitch")
+        stitch_log.addHandler(handler)
+        try:
+            with torch.no_grad():
+                with counting() as self.dynamic_deltas:
+                    for n in DYNAMIC_LENGTHS:
+                        with counting() as self.length_deltas[n]:
+                            self.run(n)
+                with counting() as self.one_deltas:
+                    self.run(1)
+        finally:
+            stitch_log.removeHandler(handler)
+        self.warnings = handler.warnings
 
     def run(self, n: int) -> None:
         kwargs = example_inputs(self.name, BATCH, n, seed=n)
-        ref = output_tensor(self.name, self.model(**kwargs))
+        ref = output_tensor(self.name, self.reference(**kwargs))
+        eager = output_tensor(self.name, self.model(**kwargs))
         out = output_tensor(self.name, self.compiled(**kwargs))
-        self.outputs[n] = (ref, out)
+        self.outputs[n] = (ref, eager, out)
+
+    def splits_at(self) -> Any:
+        """The op the default config splits this run at, or None (nothing to split)."""
+        if self.attn == "stitch":
+            return torch.ops.stitch.hf_attention.default
+        return SDPA if self.default_attention == "sdpa" else None
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.warnings: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.warnings.append(record.getMessage())
+
+
+def split_attn(name: str) -> str | None:
+    """The attention the heavy checks use: the default where it splits, else Stitch's."""
+    return None if FAMILIES[name].default_attention == "sdpa" else "stitch"
+
+
+class _Runs:
+    """The module's runs, each built once, whichever fixture asks first."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp = tmp_path_factory
+        self.runs: dict[tuple[str, str | None], FamilyRun] = {}
+
+    def get(self, name: str, attn: str | None) -> FamilyRun:
+        if (name, attn) not in self.runs:
+            cache = self.tmp.mktemp(f"cache-{name}-{attn or 'default'}")
+            self.runs[name, attn] = FamilyRun(name, cache, attn)
+        return self.runs[name, attn]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> _Runs:
+    return _Runs(tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=NAMES)
-def family_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> FamilyRun:
-    return FamilyRun(request.param, tmp_path_factory.mktemp(f"cache-{request.param}"))
+def family_run(request: pytest.FixtureRequest, runs: _Runs) -> FamilyRun:
+    return runs.get(request.param, None)
 
 
-# -- every family ------------------------------------------------------------------
+@pytest.fixture(scope="module", params=NAMES)
+def stitch_run(request: pytest.FixtureRequest, runs: _Runs) -> FamilyRun:
+    return runs.get(request.param, "stitch")
 
 
-@pytest.mark.slow
-def test_family_matches_eager_at_every_length(family_run: FamilyRun) -> None:
-    assert set(family_run.outputs) == set(LENGTHS)
-    for n, (ref, out) in family_run.outputs.items():
-        if family_run.piece_compiler == "eager":
-            # Dynamo's ops, in eager order: the same bits.
-            assert torch.equal(out, ref), f"{family_run.name}, length {n}"
+@pytest.fixture(scope="module", params=NAMES)
+def split_run(request: pytest.FixtureRequest, runs: _Runs) -> FamilyRun:
+    """The run of the heavy checks (``split_attn``): it splits at every attention."""
+    return runs.get(request.param, split_attn(request.param))
+
+
+def _check_numbers(run: FamilyRun) -> None:
+    assert set(run.outputs) == set(LENGTHS)
+    for n, (ref, eager, out) in run.outputs.items():
+        what = f"{run.name}, attn={run.attn or run.default_attention}, length {n}"
+        # the attention under test, eager, against the default attention's
+        torch.testing.assert_close(eager, ref, rtol=1e-5, atol=1e-5, msg=what)
+        if run.piece_compiler == "eager":
+            # Dynamo's ops, in eager order: the same bits as the model's eager run.
+            assert torch.equal(out, eager), what
         else:
-            torch.testing.assert_close(out, ref, **INDUCTOR_TOL, msg=f"{family_run.name}, length {n}")
+            torch.testing.assert_close(out, ref, **INDUCTOR_TOL, msg=what)
 
 
-@pytest.mark.slow
-def test_default_config_splits_at_every_attention(family_run: FamilyRun) -> None:
+def _check_splits(run: FamilyRun) -> None:
     layers = 2
-    for result in family_run.backend.compiled:
+    op = run.splits_at()
+    for result in run.backend.compiled:
         kinds = [r.splitting for r in result.reports]
+        if op is None:
+            assert kinds == [False], (run.name, kinds)
+            continue
         # compiled, attention, compiled, attention, compiled
-        assert kinds == [False, True] * layers + [False], family_run.name
+        assert kinds == [False, True] * layers + [False], run.name
         for report in result.reports:
             if not report.splitting:
                 continue
             piece = getattr(result.split_gm, report.name)
             targets = [n.target for n in piece.graph.nodes if n.op == "call_function"]
-            assert SDPA in targets, (report.name, targets)
+            assert op in targets, (report.name, targets)
+    unsplit = [w for w in run.warnings if "no splitting op" in w]
+    if op is None:
+        # NOTE: [a transformers model with nothing to split] in splitting.py
+        assert len(unsplit) == 1, run.warnings
+        assert type(run.model.model).__name__ in unsplit[0], unsplit
+        assert 'register() and build the model with attn_implementation="stitch"' in unsplit[0]
+    else:
+        assert unsplit == [], run.warnings
+
+
+# -- every family, its default attention -------------------------------------------
+
+
+@pytest.mark.slow
+def test_family_matches_eager_at_every_length(family_run: FamilyRun) -> None:
+    _check_numbers(family_run)
+
+
+@pytest.mark.slow
+def test_default_config_splits_at_every_attention(family_run: FamilyRun) -> None:
+    """SDPA splits; a default eager attention (Gemma 2, GPT-OSS) is one piece and one warning."""
+    _check_splits(family_run)
 
 
 @pytest.mark.slow
@@ -153,42 +247,66 @@ def test_lengths_of_two_tokens_or_more_share_one_graph(family_run: FamilyRun) ->
     assert len(family_run.backend.compiled) == 2
 
 
+# -- every family, Stitch's attention ----------------------------------------------
+
+
+@pytest.mark.slow
+def test_stitch_attention_matches_default_eager_at_every_length(stitch_run: FamilyRun) -> None:
+    _check_numbers(stitch_run)
+
+
+@pytest.mark.slow
+def test_stitch_attention_splits_at_every_attention(stitch_run: FamilyRun) -> None:
+    _check_splits(stitch_run)
+
+
+@pytest.mark.slow
+def test_stitch_attention_lengths_share_graphs(stitch_run: FamilyRun) -> None:
+    # transformers' mask builder guards on the sliding window (a length below
+    # the window skips the mask), so 7 may be a graph of its own where a
+    # window is 8; 33 after 16 never is.
+    assert stitch_run.length_deltas[33].get("num_backend_compilations", 0) == 0
+    assert stitch_run.dynamic_deltas["num_backend_compilations"] <= 2
+    assert stitch_run.one_deltas["num_backend_compilations"] == 1
+
+
 # -- heavy cases, one family a day (NOTE: [heavy cases rotate]) ---------------------
 
 
 @pytest.mark.slow
-def test_inductor_compiles_each_unique_piece_once(family_run: FamilyRun) -> None:
-    skip_unless_heavy(family_run.name)
+def test_inductor_compiles_each_unique_piece_once(split_run: FamilyRun) -> None:
+    skip_unless_heavy(split_run.name)
     # first piece, the middle one (at 2 layers, once), the last one; the
     # lifted floats are specialized before any compile, so none is wasted
-    assert family_run.dynamic_deltas["num_inductor_compiles"] == 3, family_run.dynamic_deltas
-    assert family_run.one_deltas["num_inductor_compiles"] == 3, family_run.one_deltas
+    assert split_run.dynamic_deltas["num_inductor_compiles"] == 3, split_run.dynamic_deltas
+    assert split_run.one_deltas["num_inductor_compiles"] == 3, split_run.one_deltas
 
 
 @pytest.mark.slow
-def test_identical_layers_share_compiles(family_run: FamilyRun, tmp_path: Path) -> None:
-    skip_unless_heavy(family_run.name)
+def test_identical_layers_share_compiles(split_run: FamilyRun, tmp_path: Path) -> None:
+    skip_unless_heavy(split_run.name)
     torch._dynamo.reset()
     # 4 layers: three middle pieces, two of them twins of the first (more
     # layers would add only twins, at seconds of Dynamo tracing each).
-    model = build_model(family_run.name, layers=DEEP_LAYERS)
+    model = build_model(split_run.name, layers=DEEP_LAYERS, attn_implementation=split_run.attn)
     backend = StitchBackend(CompilationConfig(cache_dir=str(tmp_path)))
     compiled = torch.compile(model, backend=backend, dynamic=True)
-    kwargs = example_inputs(family_run.name, BATCH, 7)
+    kwargs = example_inputs(split_run.name, BATCH, 7)
     with counting() as deltas, torch.no_grad():
-        out = output_tensor(family_run.name, compiled(**kwargs))
-    torch.testing.assert_close(out, output_tensor(family_run.name, model(**kwargs)), **INDUCTOR_TOL)
+        out = output_tensor(split_run.name, compiled(**kwargs))
+    torch.testing.assert_close(out, output_tensor(split_run.name, model(**kwargs)), **INDUCTOR_TOL)
     assert sum(r.splitting for r in backend.compiled[0].reports) == DEEP_LAYERS
-    assert deltas["num_inductor_compiles"] == family_run.dynamic_deltas["num_inductor_compiles"]
+    assert deltas["num_inductor_compiles"] == split_run.dynamic_deltas["num_inductor_compiles"]
 
 
 @pytest.mark.slow
-def test_second_process_starts_warm(family_run: FamilyRun) -> None:
-    skip_unless_heavy(family_run.name)
+def test_second_process_starts_warm(split_run: FamilyRun) -> None:
+    skip_unless_heavy(split_run.name)
     spec = {
-        "family": family_run.name,
+        "family": split_run.name,
+        "attn": split_run.attn,
         "layers": 2,
-        "cache_dir": str(family_run.cache_dir),
+        "cache_dir": str(split_run.cache_dir),
         "lengths": list(LENGTHS),
     }
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
@@ -198,7 +316,7 @@ def test_second_process_starts_warm(family_run: FamilyRun) -> None:
     )
     report = parse_worker(proc.returncode, proc.stdout, proc.stderr)
     assert report["deltas"]["num_inductor_compiles"] == 0, report
-    assert report["warm"] == [True] * len(family_run.backend.compiled), report
+    assert report["warm"] == [True] * len(split_run.backend.compiled), report
     assert report["max_error"] < 1e-4, report
 
 
@@ -206,15 +324,17 @@ def test_second_process_starts_warm(family_run: FamilyRun) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_stitch_attention_gives_sdpa_numbers(name: str) -> None:
-    sdpa = build_model(name)
+def test_stitch_attention_gives_the_default_attentions_numbers(name: str) -> None:
+    default = build_model(name)
     stitch = build_model(name, attn_implementation="stitch")
+    assert stitch.config._attn_implementation == "stitch"
+    assert default.config._attn_implementation == FAMILIES[name].default_attention
     with torch.no_grad():
-        for n in (1, 7):
+        for n in (1, 7, 33):
             kwargs = example_inputs(name, BATCH, n, seed=n)
             torch.testing.assert_close(
                 output_tensor(name, stitch(**kwargs)),
-                output_tensor(name, sdpa(**kwargs)),
+                output_tensor(name, default(**kwargs)),
                 rtol=1e-5, atol=1e-5,
             )
 
@@ -222,7 +342,7 @@ def test_stitch_attention_gives_sdpa_numbers(name: str) -> None:
 def test_stitch_attention_refuses_dropout_and_attention_weights() -> None:
     model = build_model("llama", attn_implementation="stitch", attention_dropout=0.1)
     kwargs = example_inputs("llama", 1, 3)
-    with pytest.raises(StitchRuntimeError, match=r"LlamaAttention: dropout=0.1 .*model.eval\(\)"):
+    with pytest.raises(StitchRuntimeError, match=r"LlamaAttention \(layer 0\): dropout=0.1 .*model.eval\(\)"):
         model.train()(**kwargs)
     with pytest.raises(StitchRuntimeError, match="output_attentions=True"):
         model.eval()(**kwargs, output_attentions=True)
