@@ -132,7 +132,7 @@ class FamilyRun:
     def splits_at(self) -> Any:
         """The op the default config splits this run at, or None (nothing to split)."""
         if self.attn == "stitch":
-            return torch.ops.stitch.hf_attention.default
+            return torch.ops.stitch.hf_attention  # Dynamo keeps the packet
         return SDPA if self.default_attention == "sdpa" else None
 
 
