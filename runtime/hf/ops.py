@@ -89,31 +89,51 @@ def _explicit_attention(
     the sink as an extra column that is dropped before the values.  A masked
     score is the dtype's minimum, as transformers' eager masks, not -inf: a row
     with every key masked (a padding query) stays finite.
+
+    NOTE: [query heads grouped, keys never repeated]
+    The ``groups`` query heads of one key/value head are folded into the query
+    length (``[batch, kv_heads, groups * q_len, dim]``, a view), so one matmul
+    per key/value head serves the group without copying keys and values per
+    query head; the scores are viewed as ``[batch, kv_heads, groups, q_len,
+    kv_len]`` to meet masks and sinks given per query head or shared.
     """
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    batch, heads, q_len, dim = query.shape
+    kv_heads, kv_len = key.shape[1], key.shape[2]
+    groups = heads // kv_heads
+    folded = query.reshape(batch, kv_heads, groups * q_len, dim)
+    scores = torch.matmul(folded, key.transpose(-1, -2)) * scale
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.view(batch, kv_heads, groups, q_len, kv_len)
     lowest = torch.finfo(scores.dtype).min
     if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask, lowest)
+        mask = _per_group(attn_mask, kv_heads, groups)
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, lowest)
         else:
-            scores = scores + attn_mask
+            scores = scores + mask
     elif is_causal:
-        q_len, kv_len = scores.shape[-2:]
         allowed = torch.ones(q_len, kv_len, dtype=torch.bool, device=scores.device)
         scores = scores.masked_fill(~allowed.tril(), lowest)
     scores = scores.float()
     if sinks is not None:
-        sink = sinks.to(scores.dtype).expand(*scores.shape[:-1], 1)
+        sink = _per_group(sinks.to(scores.dtype), kv_heads, groups)
+        sink = sink.expand(*scores.shape[:-1], 1)
         probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
     else:
         probs = torch.softmax(scores, dim=-1)
-    return torch.matmul(probs.to(value.dtype), value)
+    probs = probs.to(value.dtype).view(batch, kv_heads, groups * q_len, kv_len)
+    out = torch.matmul(probs, value)
+    return out.view(batch, heads, q_len, value.shape[-1])
+
+
+def _per_group(t: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:
+    """A tensor broadcastable to ``[batch, heads, q, k]`` as ``[batch, kv_heads, groups, q, k]``."""
+    while t.dim() < 4:
+        t = t.unsqueeze(0)
+    if t.shape[1] == 1:
+        return t.unsqueeze(2)
+    return t.reshape(t.shape[0], kv_heads, groups, *t.shape[2:])
 
 
 _lib.impl("hf_attention", hf_attention_reference, "CompositeExplicitAutograd")
