@@ -18,18 +18,21 @@ Inductor pieces, plus the costlier checks: the same Inductor compile count at
 compiles.  ``STITCH_SLOW=1`` gives every family the Inductor treatment
 (``STITCH_SLOW=1 python -m pytest tests/test_hf.py``); the skipped cases say
 so.  The Llama decode with a static KV cache always uses Inductor pieces.
+
+Gemma 2 and GPT-OSS default to transformers' eager attention, which holds no
+splitting op: their default runs check one piece and the warning that says
+so, and their heavy checks run Stitch's attention instead.  Every family with
+Stitch's attention, compiled, is in tests/test_hf_stitch.py (the runs are
+shared from tests/hf_support.py).
 """
 
 from __future__ import annotations
 
-import datetime
-import logging
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -37,8 +40,21 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 from backend_support import INDUCTOR_TOL, counting, parse_worker  # noqa: E402
+from hf_support import (  # noqa: E402
+    BATCH,
+    DEEP_LAYERS,
+    LENGTHS,
+    NAMES,
+    WORKER,
+    FamilyRun,
+    Runs,
+    check_numbers,
+    check_splits,
+    skip_unless_heavy,
+    split_attn,
+)
 
-from stitch.codegen.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
+from stitch.codegen.errors import StitchRuntimeError  # noqa: E402
 from stitch.runtime import CompilationConfig, StitchBackend  # noqa: E402
 from stitch.runtime.cli.main import HF_FAMILIES, main  # noqa: E402
 from stitch.runtime.hf import (  # noqa: E402
@@ -52,176 +68,26 @@ from stitch.runtime.hf.decode import greedy_decode  # noqa: E402
 # See NOTE: [many compiles of one forward] in conftest.py.
 pytestmark = pytest.mark.usefixtures("dynamo_state")
 
-NAMES = sorted(FAMILIES)
-SLOW = os.environ.get("STITCH_SLOW", "") == "1"
-ROTATING = os.environ.get("STITCH_HF_FAMILY") or NAMES[
-    datetime.date.today().toordinal() % len(NAMES)
-]
-if ROTATING not in FAMILIES:
-    raise StitchConfigError(f"STITCH_HF_FAMILY={ROTATING!r} is not one of {NAMES}")
-DYNAMIC_LENGTHS = (7, 16, 33)
-LENGTHS = DYNAMIC_LENGTHS + (1,)
-BATCH = 2
-DEEP_LAYERS = 4  # test_identical_layers_share_compiles, against the families' 2
-WORKER = Path(__file__).with_name("hf_worker.py")
-SDPA = torch._C._nn.scaled_dot_product_attention
-
-
-def heavy(name: str) -> bool:
-    return SLOW or name == ROTATING
-
-
-def skip_unless_heavy(name: str) -> None:
-    if not heavy(name):
-        pytest.skip(
-            f"slow for {name}: today's Inductor family is {ROTATING}; STITCH_SLOW=1 "
-            "runs every family (see NOTE: [heavy cases rotate])"
-        )
-
-
-class FamilyRun:
-    """One family's tiny model compiled with the default config, run at every length.
-
-    ``attn``: None, the model's default attention (SDPA, or transformers' eager
-    attention for Gemma 2 and GPT-OSS); ``"stitch"``, Stitch's op.  Every
-    output is compared with the default attention's eager output.  Inductor
-    pieces for the heavy families' default attention, eager pieces otherwise
-    (NOTE: [heavy cases rotate]); everything else is the default config.
-    """
-
-    def __init__(self, name: str, cache_dir: Path, attn: str | None = None) -> None:
-        # The families share transformers' forward wrappers: a reset keeps the
-        # Dynamo cache entries of one family from counting against the next.
-        torch._dynamo.reset()
-        self.name = name
-        self.attn = attn
-        self.cache_dir = cache_dir
-        self.piece_compiler = "inductor" if heavy(name) and attn == split_attn(name) else "eager"
-        # NOTE: from_config writes the implementation into its config: each
-        # model is built from a config of its own (build_model makes one).
-        self.reference = build_model(name)
-        self.model = self.reference if attn is None else build_model(name, attn_implementation=attn)
-        self.default_attention = self.reference.config._attn_implementation
-        config = CompilationConfig(backend=self.piece_compiler, cache_dir=str(cache_dir))
-        self.backend = StitchBackend(config)
-        self.compiled = torch.compile(self.model, backend=self.backend, dynamic=True)
-        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        self.length_deltas: dict[int, dict[str, int]] = {}
-        handler = _Records()
-        stitch_log = logging.getLogger("stitch")
-        stitch_log.addHandler(handler)
-        try:
-            with torch.no_grad():
-                with counting() as self.dynamic_deltas:
-                    for n in DYNAMIC_LENGTHS:
-                        with counting() as self.length_deltas[n]:
-                            self.run(n)
-                with counting() as self.one_deltas:
-                    self.run(1)
-        finally:
-            stitch_log.removeHandler(handler)
-        self.warnings = handler.warnings
-
-    def run(self, n: int) -> None:
-        kwargs = example_inputs(self.name, BATCH, n, seed=n)
-        ref = output_tensor(self.name, self.reference(**kwargs))
-        eager = output_tensor(self.name, self.model(**kwargs))
-        out = output_tensor(self.name, self.compiled(**kwargs))
-        self.outputs[n] = (ref, eager, out)
-
-    def splits_at(self) -> Any:
-        """The op the default config splits this run at, or None (nothing to split)."""
-        if self.attn == "stitch":
-            return torch.ops.stitch.hf_attention  # Dynamo keeps the packet
-        return SDPA if self.default_attention == "sdpa" else None
-
-
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.warnings: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.warnings.append(record.getMessage())
-
-
-def split_attn(name: str) -> str | None:
-    """The attention the heavy checks use: the default where it splits, else Stitch's."""
-    return None if FAMILIES[name].default_attention == "sdpa" else "stitch"
-
-
-class _Runs:
-    """The module's runs, each built once, whichever fixture asks first."""
-
-    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
-        self.tmp = tmp_path_factory
-        self.runs: dict[tuple[str, str | None], FamilyRun] = {}
-
-    def get(self, name: str, attn: str | None) -> FamilyRun:
-        if (name, attn) not in self.runs:
-            cache = self.tmp.mktemp(f"cache-{name}-{attn or 'default'}")
-            self.runs[name, attn] = FamilyRun(name, cache, attn)
-        return self.runs[name, attn]
-
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> _Runs:
-    return _Runs(tmp_path_factory)
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    return Runs(tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=NAMES)
-def family_run(request: pytest.FixtureRequest, runs: _Runs) -> FamilyRun:
+def family_run(request: pytest.FixtureRequest, runs: Runs) -> FamilyRun:
     return runs.get(request.param, None)
 
 
 @pytest.fixture(scope="module", params=NAMES)
-def stitch_run(request: pytest.FixtureRequest, runs: _Runs) -> FamilyRun:
-    return runs.get(request.param, "stitch")
+def split_run(request: pytest.FixtureRequest, runs: Runs) -> FamilyRun:
+    """The run of the heavy checks (``split_attn``): it splits at every attention.
 
-
-@pytest.fixture(scope="module", params=NAMES)
-def split_run(request: pytest.FixtureRequest, runs: _Runs) -> FamilyRun:
-    """The run of the heavy checks (``split_attn``): it splits at every attention."""
+    Skipped before it is built on the days a family is not heavy (for Gemma 2
+    and GPT-OSS it is a run of its own, with Stitch's attention).
+    """
+    skip_unless_heavy(request.param)
     return runs.get(request.param, split_attn(request.param))
-
-
-def _check_numbers(run: FamilyRun) -> None:
-    assert set(run.outputs) == set(LENGTHS)
-    for n, (ref, eager, out) in run.outputs.items():
-        what = f"{run.name}, attn={run.attn or run.default_attention}, length {n}"
-        # the attention under test, eager, against the default attention's
-        torch.testing.assert_close(eager, ref, rtol=1e-5, atol=1e-5, msg=what)
-        if run.piece_compiler == "eager":
-            # Dynamo's ops, in eager order: the same bits as the model's eager run.
-            assert torch.equal(out, eager), what
-        else:
-            torch.testing.assert_close(out, ref, **INDUCTOR_TOL, msg=what)
-
-
-def _check_splits(run: FamilyRun) -> None:
-    layers = 2
-    op = run.splits_at()
-    for result in run.backend.compiled:
-        kinds = [r.splitting for r in result.reports]
-        if op is None:
-            assert kinds == [False], (run.name, kinds)
-            continue
-        # compiled, attention, compiled, attention, compiled
-        assert kinds == [False, True] * layers + [False], run.name
-        for report in result.reports:
-            if not report.splitting:
-                continue
-            piece = getattr(result.split_gm, report.name)
-            targets = [n.target for n in piece.graph.nodes if n.op == "call_function"]
-            assert op in targets, (report.name, targets)
-    unsplit = [w for w in run.warnings if "no splitting op" in w]
-    if op is None:
-        # NOTE: [a transformers model with nothing to split] in splitting.py
-        assert len(unsplit) == 1, run.warnings
-        assert type(run.model.model).__name__ in unsplit[0], unsplit
-        assert 'register() and build the model with attn_implementation="stitch"' in unsplit[0]
-    else:
-        assert unsplit == [], run.warnings
 
 
 # -- every family, its default attention -------------------------------------------
@@ -229,13 +95,13 @@ def _check_splits(run: FamilyRun) -> None:
 
 @pytest.mark.slow
 def test_family_matches_eager_at_every_length(family_run: FamilyRun) -> None:
-    _check_numbers(family_run)
+    check_numbers(family_run)
 
 
 @pytest.mark.slow
 def test_default_config_splits_at_every_attention(family_run: FamilyRun) -> None:
     """SDPA splits; a default eager attention (Gemma 2, GPT-OSS) is one piece and one warning."""
-    _check_splits(family_run)
+    check_splits(family_run)
 
 
 @pytest.mark.slow
@@ -245,58 +111,6 @@ def test_lengths_of_two_tokens_or_more_share_one_graph(family_run: FamilyRun) ->
     # Length 1 is one more graph (Dynamo's 0/1 specialization), then no more.
     assert family_run.one_deltas["num_backend_compilations"] == 1
     assert len(family_run.backend.compiled) == 2
-
-
-# -- every family, Stitch's attention ----------------------------------------------
-
-
-@pytest.mark.slow
-def test_stitch_attention_matches_default_eager_at_every_length(stitch_run: FamilyRun) -> None:
-    _check_numbers(stitch_run)
-
-
-# A known fault of eager pieces, not of the attention: GPT-2's gelu reads
-# math.pi, which Dynamo lifts to a graph input (a global, read with .item());
-# with eager pieces lifted floats are not specialized, and Stitch's fake
-# propagation of the split graph (plan.piece_inputs) raises
-# DataDependentOutputException on that .item() in the piece after the first
-# attention, so Dynamo falls back to graph breaks (13 graphs; the numbers stay
-# right).  The same model with SDPA does not meet it (why is not known yet);
-# with Inductor pieces (lifted floats specialized up front) it splits as it
-# should.  It predates the sinks and softcap work (the code before it breaks alike).
-# Strict: the day it is fixed, these fail until the mark goes.
-EAGER_PIECE_FAULTS = {"gpt2"}
-
-
-def _mark_known_fault(run: FamilyRun, request: pytest.FixtureRequest) -> None:
-    if run.attn == "stitch" and run.piece_compiler == "eager" and run.name in EAGER_PIECE_FAULTS:
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason=f"{run.name}: a lifted global float breaks eager pieces' fake propagation",
-            )
-        )
-
-
-@pytest.mark.slow
-def test_stitch_attention_splits_at_every_attention(
-    stitch_run: FamilyRun, request: pytest.FixtureRequest
-) -> None:
-    _mark_known_fault(stitch_run, request)
-    _check_splits(stitch_run)
-
-
-@pytest.mark.slow
-def test_stitch_attention_lengths_share_graphs(
-    stitch_run: FamilyRun, request: pytest.FixtureRequest
-) -> None:
-    _mark_known_fault(stitch_run, request)
-    # transformers' mask builder guards on the sliding window (a length below
-    # the window skips the mask), so 7 may be a graph of its own where a
-    # window is 8; 33 after 16 never is.
-    assert stitch_run.length_deltas[33].get("num_backend_compilations", 0) == 0
-    assert stitch_run.dynamic_deltas["num_backend_compilations"] <= 2
-    assert stitch_run.one_deltas["num_backend_compilations"] == 1
 
 
 # -- heavy cases, one family a day (NOTE: [heavy cases rotate]) ---------------------
