@@ -13,7 +13,7 @@
 #
 # Logs and results go to $OUT when it is set (the device tool brings them back),
 # else to /tmp/stitch-gpu-check: gpu_check.log, pytest_cuda.xml, gpu_serving.md,
-# gpu_serving.json.  The exit status is non-zero when a step failed.
+# gpu_serving.json, attention_features.md.  The exit status is non-zero when a step failed.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -77,6 +77,8 @@ if [[ $part == all || $part == bench ]]; then
     echo "== benchmark: bench/gpu_serving.py $*"
     "$PY" bench/gpu_serving.py --out "$out/gpu_serving.md" --json "$out/gpu_serving.json" "$@" \
         || status=1
+    echo "== benchmark: bench/attention_features.py (sinks, softcap, window: kernel and fallback)"
+    "$PY" bench/attention_features.py | tee "$out/attention_features.md" || status=1
 fi
 
 echo "== done in $((SECONDS - started)) s, status $status (results in $out)"

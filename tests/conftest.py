@@ -99,6 +99,7 @@ def dynamo_state() -> Iterator[None]:
 # named keeps its place after them.  Only the order changes, in every run.
 HEAVIEST_MODULES = (
     "test_hf.py",
+    "test_hf_stitch.py",
     "test_distributed.py",
     "test_cache.py",
     "test_backend.py",

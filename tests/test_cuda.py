@@ -48,20 +48,22 @@ def _attention_case(
     strided_v: bool,
     padding: bool,
     seed: int = 0,
+    kv_heads: int | None = None,
 ) -> tuple[Any, ...]:
     gen = torch.Generator(device="cuda").manual_seed(seed)
 
     def randn(*shape: int, dtype: torch.dtype = dtype) -> torch.Tensor:
         return torch.randn(shape, generator=gen, device="cuda").to(dtype)
 
+    kv_heads = kv_heads or heads
     q = randn(n, heads, dim)
     if strided_v:  # k and v as views into one qkv buffer, like the model's split
-        qkv = randn(n, 3, heads, dim)
+        qkv = randn(n, 3, kv_heads, dim)
         k, v = qkv[:, 1], qkv[:, 2]
     else:
-        k, v = randn(n, heads, dim), randn(n, heads, dim)
-    k_cache = randn(n + 2, length, heads, dim, dtype=cache_dtype)
-    v_cache = randn(n + 2, length, heads, dim, dtype=cache_dtype)
+        k, v = randn(n, kv_heads, dim), randn(n, kv_heads, dim)
+    k_cache = randn(n + 2, length, kv_heads, dim, dtype=cache_dtype)
+    v_cache = randn(n + 2, length, kv_heads, dim, dtype=cache_dtype)
     positions = torch.randint(0, length, (n,), generator=gen, device="cuda")
     positions[0] = 0
     if n > 1:
@@ -118,6 +120,41 @@ def test_triton_kernel_matches_torch(
     torch.testing.assert_close(v_cache, ref_caches[1], rtol=0, atol=0)
     if padding:
         assert torch.equal(got[-1], torch.zeros_like(got[-1]))
+
+
+@pytest.mark.parametrize(
+    ("kv_heads", "sinks", "softcap", "window"),
+    [(2, True, 0.0, 0), (8, False, 2.0, 0), (8, False, 0.0, 31), (2, True, 5.0, 70)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_triton_kernel_features_match_torch(
+    kv_heads: int, sinks: bool, softcap: float, window: int, dtype: torch.dtype
+) -> None:
+    """GQA, GPT-OSS's sinks, Gemma 2's softcap, a sliding window: as attention_reference."""
+    from stitch.runtime.examples import triton_attention
+
+    kernels = triton_attention.triton_kernels()
+    assert kernels is not None, "Triton did not import on this CUDA machine"
+    q, k, v, k_cache, v_cache, positions = _attention_case(
+        9, 8, 64, 300, dtype, dtype, strided_v=True, padding=True, kv_heads=kv_heads
+    )
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    extra = (
+        torch.randn(8, generator=gen, device="cuda") * 2 if sinks else None,
+        softcap,
+        window,
+    )
+    ref_caches = (k_cache.clone(), v_cache.clone())
+    expected = torch.full_like(q, 7.0)
+    attention_reference(q, k, v, *ref_caches, positions, expected, 0.125, *extra)
+    got = torch.full_like(q, 7.0)
+    triton_attention.decode_attention(
+        q, k, v, k_cache, v_cache, positions, got, 0.125, *extra, kernels=kernels
+    )
+    tolerance = 1e-4 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), expected.float(), rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(k_cache, ref_caches[0], rtol=0, atol=0)
+    torch.testing.assert_close(v_cache, ref_caches[1], rtol=0, atol=0)
 
 
 def test_op_dispatches_to_the_triton_kernel(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -709,24 +709,37 @@ from stitch.runtime.examples.ops import attention_reference
 kernels = triton_attention.triton_kernels()
 assert kernels is not None
 gen = torch.Generator().manual_seed(0)
-for dtype, dim, strided in [
-    (torch.float32, 24, False), (torch.float16, 16, True), (torch.bfloat16, 32, False)
+# dtype, head dim, k/v strided views, heads, kv heads, sinks, softcap, window
+for dtype, dim, strided, heads, kv_heads, sinks, softcap, window in [
+    (torch.float32, 24, False, 2, 2, False, 0.0, 0),
+    (torch.float16, 16, True, 2, 2, False, 0.0, 0),
+    (torch.bfloat16, 32, False, 2, 2, False, 0.0, 0),
+    (torch.float32, 16, False, 4, 2, True, 0.0, 0),  # GQA, GPT-OSS's sinks
+    (torch.float32, 16, True, 4, 1, False, 1.5, 0),  # Gemma 2's softcap
+    (torch.float32, 16, False, 2, 2, False, 0.0, 20),  # a sliding window
+    (torch.float16, 16, False, 4, 2, True, 3.0, 9),  # all of them
 ]:
-    n, heads, length = 5, 2, 40
+    n, length = 5, 40
     q = torch.randn(n, heads, dim, generator=gen).to(dtype)
-    qkv = torch.randn(n, 3, heads, dim, generator=gen).to(dtype)
+    qkv = torch.randn(n, 3, kv_heads, dim, generator=gen).to(dtype)
     k, v = (qkv[:, 1], qkv[:, 2]) if strided else (qkv[:, 1].clone(), qkv[:, 2].clone())
-    caches = [torch.randn(n + 1, length, heads, dim, generator=gen).to(dtype) for _ in "kv"]
+    caches = [torch.randn(n + 1, length, kv_heads, dim, generator=gen).to(dtype) for _ in "kv"]
     positions = torch.tensor([0, length - 1, -1, 17, 33])
+    extra = (torch.randn(heads, generator=gen) * 2 if sinks else None, softcap, window)
     expected, got = torch.full_like(q, 7.0), torch.full_like(q, 7.0)
     ref_caches = [c.clone() for c in caches]
-    attention_reference(q, k, v, *ref_caches, positions, expected, dim**-0.5)
+    attention_reference(q, k, v, *ref_caches, positions, expected, dim**-0.5, *extra)
     triton_attention.decode_attention(
-        q, k, v, *caches, positions, got, dim**-0.5, kernels=kernels
+        q, k, v, *caches, positions, got, dim**-0.5, *extra, kernels=kernels
     )
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(got, expected, rtol=tolerance, atol=tolerance)
     assert all(torch.equal(c, r) for c, r in zip(caches, ref_caches))
+    if sinks or softcap or window:
+        # the feature changes the numbers: a kernel that ignored it would fail
+        plain = torch.full_like(q, 7.0)
+        attention_reference(q, k, v, *[c.clone() for c in caches], positions, plain, dim**-0.5)
+        assert (plain.float() - expected.float()).abs().max() > 0.05
 print("ok")
 """
 

@@ -18,11 +18,16 @@ Inductor pieces, plus the costlier checks: the same Inductor compile count at
 compiles.  ``STITCH_SLOW=1`` gives every family the Inductor treatment
 (``STITCH_SLOW=1 python -m pytest tests/test_hf.py``); the skipped cases say
 so.  The Llama decode with a static KV cache always uses Inductor pieces.
+
+Gemma 2 and GPT-OSS default to transformers' eager attention, which holds no
+splitting op: their default runs check one piece and the warning that says
+so, and their heavy checks run Stitch's attention instead.  Every family with
+Stitch's attention, compiled, is in tests/test_hf_stitch.py (the runs are
+shared from tests/hf_support.py).
 """
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 import subprocess
@@ -35,8 +40,21 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 from backend_support import INDUCTOR_TOL, counting, parse_worker  # noqa: E402
+from hf_support import (  # noqa: E402
+    BATCH,
+    DEEP_LAYERS,
+    LENGTHS,
+    NAMES,
+    WORKER,
+    FamilyRun,
+    Runs,
+    check_numbers,
+    check_splits,
+    skip_unless_heavy,
+    split_attn,
+)
 
-from stitch.codegen.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
+from stitch.codegen.errors import StitchRuntimeError  # noqa: E402
 from stitch.runtime import CompilationConfig, StitchBackend  # noqa: E402
 from stitch.runtime.cli.main import HF_FAMILIES, main  # noqa: E402
 from stitch.runtime.hf import (  # noqa: E402
@@ -50,98 +68,40 @@ from stitch.runtime.hf.decode import greedy_decode  # noqa: E402
 # See NOTE: [many compiles of one forward] in conftest.py.
 pytestmark = pytest.mark.usefixtures("dynamo_state")
 
-NAMES = sorted(FAMILIES)
-SLOW = os.environ.get("STITCH_SLOW", "") == "1"
-ROTATING = os.environ.get("STITCH_HF_FAMILY") or NAMES[
-    datetime.date.today().toordinal() % len(NAMES)
-]
-if ROTATING not in FAMILIES:
-    raise StitchConfigError(f"STITCH_HF_FAMILY={ROTATING!r} is not one of {NAMES}")
-DYNAMIC_LENGTHS = (7, 16, 33)
-LENGTHS = DYNAMIC_LENGTHS + (1,)
-BATCH = 2
-DEEP_LAYERS = 4  # test_identical_layers_share_compiles, against the families' 2
-WORKER = Path(__file__).with_name("hf_worker.py")
-SDPA = torch._C._nn.scaled_dot_product_attention
 
-
-def heavy(name: str) -> bool:
-    return SLOW or name == ROTATING
-
-
-def skip_unless_heavy(name: str) -> None:
-    if not heavy(name):
-        pytest.skip(
-            f"slow for {name}: today's Inductor family is {ROTATING}; STITCH_SLOW=1 "
-            "runs every family (see NOTE: [heavy cases rotate])"
-        )
-
-
-class FamilyRun:
-    """One family's tiny model compiled with the default config, run at every length.
-
-    Inductor pieces for the heavy families, eager pieces for the others (NOTE:
-    [heavy cases rotate]); everything else is the default config.
-    """
-
-    def __init__(self, name: str, cache_dir: Path) -> None:
-        # The families share transformers' forward wrappers: a reset keeps the
-        # Dynamo cache entries of one family from counting against the next.
-        torch._dynamo.reset()
-        self.name = name
-        self.cache_dir = cache_dir
-        self.piece_compiler = "inductor" if heavy(name) else "eager"
-        self.model = build_model(name)
-        config = CompilationConfig(backend=self.piece_compiler, cache_dir=str(cache_dir))
-        self.backend = StitchBackend(config)
-        self.compiled = torch.compile(self.model, backend=self.backend, dynamic=True)
-        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        with torch.no_grad():
-            with counting() as self.dynamic_deltas:
-                for n in DYNAMIC_LENGTHS:
-                    self.run(n)
-            with counting() as self.one_deltas:
-                self.run(1)
-
-    def run(self, n: int) -> None:
-        kwargs = example_inputs(self.name, BATCH, n, seed=n)
-        ref = output_tensor(self.name, self.model(**kwargs))
-        out = output_tensor(self.name, self.compiled(**kwargs))
-        self.outputs[n] = (ref, out)
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Runs:
+    return Runs(tmp_path_factory)
 
 
 @pytest.fixture(scope="module", params=NAMES)
-def family_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> FamilyRun:
-    return FamilyRun(request.param, tmp_path_factory.mktemp(f"cache-{request.param}"))
+def family_run(request: pytest.FixtureRequest, runs: Runs) -> FamilyRun:
+    return runs.get(request.param, None)
 
 
-# -- every family ------------------------------------------------------------------
+@pytest.fixture(scope="module", params=NAMES)
+def split_run(request: pytest.FixtureRequest, runs: Runs) -> FamilyRun:
+    """The run of the heavy checks (``split_attn``): it splits at every attention.
+
+    Skipped before it is built on the days a family is not heavy (for Gemma 2
+    and GPT-OSS it is a run of its own, with Stitch's attention).
+    """
+    skip_unless_heavy(request.param)
+    return runs.get(request.param, split_attn(request.param))
+
+
+# -- every family, its default attention -------------------------------------------
 
 
 @pytest.mark.slow
 def test_family_matches_eager_at_every_length(family_run: FamilyRun) -> None:
-    assert set(family_run.outputs) == set(LENGTHS)
-    for n, (ref, out) in family_run.outputs.items():
-        if family_run.piece_compiler == "eager":
-            # Dynamo's ops, in eager order: the same bits.
-            assert torch.equal(out, ref), f"{family_run.name}, length {n}"
-        else:
-            torch.testing.assert_close(out, ref, **INDUCTOR_TOL, msg=f"{family_run.name}, length {n}")
+    check_numbers(family_run)
 
 
 @pytest.mark.slow
 def test_default_config_splits_at_every_attention(family_run: FamilyRun) -> None:
-    layers = 2
-    for result in family_run.backend.compiled:
-        kinds = [r.splitting for r in result.reports]
-        # compiled, attention, compiled, attention, compiled
-        assert kinds == [False, True] * layers + [False], family_run.name
-        for report in result.reports:
-            if not report.splitting:
-                continue
-            piece = getattr(result.split_gm, report.name)
-            targets = [n.target for n in piece.graph.nodes if n.op == "call_function"]
-            assert SDPA in targets, (report.name, targets)
+    """SDPA splits; a default eager attention (Gemma 2, GPT-OSS) is one piece and one warning."""
+    check_splits(family_run)
 
 
 @pytest.mark.slow
@@ -157,38 +117,54 @@ def test_lengths_of_two_tokens_or_more_share_one_graph(family_run: FamilyRun) ->
 
 
 @pytest.mark.slow
-def test_inductor_compiles_each_unique_piece_once(family_run: FamilyRun) -> None:
-    skip_unless_heavy(family_run.name)
-    # first piece, the middle one (at 2 layers, once), the last one; the
+def test_inductor_compiles_each_unique_piece_once(split_run: FamilyRun) -> None:
+    skip_unless_heavy(split_run.name)
+    # first piece, the middle one (at 2 layers, once), the last one, in each
+    # graph (GPT-OSS's sliding window makes length 7 a graph of its own); the
     # lifted floats are specialized before any compile, so none is wasted
-    assert family_run.dynamic_deltas["num_inductor_compiles"] == 3, family_run.dynamic_deltas
-    assert family_run.one_deltas["num_inductor_compiles"] == 3, family_run.one_deltas
+    deltas = split_run.dynamic_deltas
+    per_graph = unique_pieces(split_run.model)
+    assert per_graph == 3
+    assert deltas["num_inductor_compiles"] == per_graph * deltas["num_backend_compilations"], deltas
+    assert split_run.one_deltas["num_inductor_compiles"] == per_graph, split_run.one_deltas
 
 
 @pytest.mark.slow
-def test_identical_layers_share_compiles(family_run: FamilyRun, tmp_path: Path) -> None:
-    skip_unless_heavy(family_run.name)
+def test_identical_layers_share_compiles(split_run: FamilyRun, tmp_path: Path) -> None:
+    skip_unless_heavy(split_run.name)
     torch._dynamo.reset()
     # 4 layers: three middle pieces, two of them twins of the first (more
-    # layers would add only twins, at seconds of Dynamo tracing each).
-    model = build_model(family_run.name, layers=DEEP_LAYERS)
+    # layers would add only twins, at seconds of Dynamo tracing each); where
+    # layer types alternate (Gemma 2, GPT-OSS: sliding, full), up to two kinds
+    # of middle piece (GPT-OSS's differ, Gemma 2's are the same code).
+    model = build_model(split_run.name, layers=DEEP_LAYERS, attn_implementation=split_run.attn)
     backend = StitchBackend(CompilationConfig(cache_dir=str(tmp_path)))
     compiled = torch.compile(model, backend=backend, dynamic=True)
-    kwargs = example_inputs(family_run.name, BATCH, 7)
+    kwargs = example_inputs(split_run.name, BATCH, 7)
     with counting() as deltas, torch.no_grad():
-        out = output_tensor(family_run.name, compiled(**kwargs))
-    torch.testing.assert_close(out, output_tensor(family_run.name, model(**kwargs)), **INDUCTOR_TOL)
+        out = output_tensor(split_run.name, compiled(**kwargs))
+    torch.testing.assert_close(out, output_tensor(split_run.name, model(**kwargs)), **INDUCTOR_TOL)
     assert sum(r.splitting for r in backend.compiled[0].reports) == DEEP_LAYERS
-    assert deltas["num_inductor_compiles"] == family_run.dynamic_deltas["num_inductor_compiles"]
+    assert 3 <= deltas["num_inductor_compiles"] <= unique_pieces(model) < DEEP_LAYERS + 1, deltas
+
+
+def unique_pieces(model: torch.nn.Module) -> int:
+    """Compiled pieces of one graph that may differ: the first, the last, and
+    one middle piece per kind of (layer type, next layer type) pair."""
+    config = model.config
+    layers = config.num_hidden_layers if hasattr(config, "num_hidden_layers") else config.n_layer
+    types = getattr(config, "layer_types", None) or ["attention"] * layers
+    return 2 + len({(types[i], types[i + 1]) for i in range(layers - 1)})
 
 
 @pytest.mark.slow
-def test_second_process_starts_warm(family_run: FamilyRun) -> None:
-    skip_unless_heavy(family_run.name)
+def test_second_process_starts_warm(split_run: FamilyRun) -> None:
+    skip_unless_heavy(split_run.name)
     spec = {
-        "family": family_run.name,
+        "family": split_run.name,
+        "attn": split_run.attn,
         "layers": 2,
-        "cache_dir": str(family_run.cache_dir),
+        "cache_dir": str(split_run.cache_dir),
         "lengths": list(LENGTHS),
     }
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
@@ -198,7 +174,7 @@ def test_second_process_starts_warm(family_run: FamilyRun) -> None:
     )
     report = parse_worker(proc.returncode, proc.stdout, proc.stderr)
     assert report["deltas"]["num_inductor_compiles"] == 0, report
-    assert report["warm"] == [True] * len(family_run.backend.compiled), report
+    assert report["warm"] == [True] * len(split_run.backend.compiled), report
     assert report["max_error"] < 1e-4, report
 
 
@@ -206,15 +182,17 @@ def test_second_process_starts_warm(family_run: FamilyRun) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_stitch_attention_gives_sdpa_numbers(name: str) -> None:
-    sdpa = build_model(name)
+def test_stitch_attention_gives_the_default_attentions_numbers(name: str) -> None:
+    default = build_model(name)
     stitch = build_model(name, attn_implementation="stitch")
+    assert stitch.config._attn_implementation == "stitch"
+    assert default.config._attn_implementation == FAMILIES[name].default_attention
     with torch.no_grad():
-        for n in (1, 7):
+        for n in (1, 7, 33):
             kwargs = example_inputs(name, BATCH, n, seed=n)
             torch.testing.assert_close(
                 output_tensor(name, stitch(**kwargs)),
-                output_tensor(name, sdpa(**kwargs)),
+                output_tensor(name, default(**kwargs)),
                 rtol=1e-5, atol=1e-5,
             )
 
@@ -222,7 +200,7 @@ def test_stitch_attention_gives_sdpa_numbers(name: str) -> None:
 def test_stitch_attention_refuses_dropout_and_attention_weights() -> None:
     model = build_model("llama", attn_implementation="stitch", attention_dropout=0.1)
     kwargs = example_inputs("llama", 1, 3)
-    with pytest.raises(StitchRuntimeError, match=r"LlamaAttention: dropout=0.1 .*model.eval\(\)"):
+    with pytest.raises(StitchRuntimeError, match=r"LlamaAttention \(layer 0\): dropout=0.1 .*model.eval\(\)"):
         model.train()(**kwargs)
     with pytest.raises(StitchRuntimeError, match="output_attentions=True"):
         model.eval()(**kwargs, output_attentions=True)

@@ -31,7 +31,7 @@ def run_hf(
     batch: int = 2,
     layers: int = 2,
     backend: str = "inductor",
-    attn_implementation: str = "sdpa",
+    attn_implementation: str = "default",
     cache_dir: str = "",
     dump_dir: str = "",
     repeats: int = 5,
@@ -44,7 +44,12 @@ def run_hf(
     config = CompilationConfig(
         backend=backend, cache_dir=cache_dir, debug_dump_path=dump_dir
     )
-    model = build_model(family, layers=layers, attn_implementation=attn_implementation)
+    model = build_model(
+        family,
+        layers=layers,
+        attn_implementation=None if attn_implementation == "default" else attn_implementation,
+    )
+    attn_implementation = model.config._attn_implementation
     stitch = StitchBackend(config)
     compiled = torch.compile(model, backend=stitch, dynamic=True)
     before = compilation_counter.snapshot()

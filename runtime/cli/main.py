@@ -160,7 +160,18 @@ def run_emit(args: argparse.Namespace) -> int:
 
 # The families of stitch.runtime.hf.models.FAMILIES, listed here so that the
 # help needs no transformers (tests/test_hf.py checks they agree).
-HF_FAMILIES = ("bert", "gemma", "gpt2", "llama", "mistral", "mixtral", "phi3", "qwen2")
+HF_FAMILIES = (
+    "bert",
+    "gemma",
+    "gemma2",
+    "gpt2",
+    "gpt_oss",
+    "llama",
+    "mistral",
+    "mixtral",
+    "phi3",
+    "qwen2",
+)
 
 
 def _int_list(text: str) -> list[int]:
@@ -216,10 +227,11 @@ def _add_run(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--attn",
-        choices=("sdpa", "stitch"),
-        default="sdpa",
-        help="--hf: attn_implementation, transformers' SDPA or Stitch's op "
-        "(both split with the default config; default: sdpa)",
+        choices=("default", "sdpa", "eager", "stitch"),
+        default="default",
+        help="--hf: attn_implementation: the model's default (SDPA where the "
+        "model supports it), SDPA, transformers' eager attention, or Stitch's op "
+        "(SDPA and Stitch's op split with the default config; eager does not)",
     )
     parser.add_argument(
         "--backend",

@@ -18,9 +18,12 @@ ATTENTION_OP = "stitch::attention"
 # Like vLLM's direct_register_custom_op, the schema is defined and the kernels
 # are registered directly (a few µs a call).
 _lib = torch.library.Library("stitch", "FRAGMENT")
+# The trailing arguments have defaults (no sinks, no softcap, no window): the
+# example models and graphs traced before they existed pass eight.
 _lib.define(
     "attention(Tensor q, Tensor k, Tensor v, Tensor(a3!) k_cache, Tensor(a4!) v_cache, "
-    "Tensor positions, Tensor(a6!) out, float scale) -> ()"
+    "Tensor positions, Tensor(a6!) out, float scale, Tensor? sinks=None, "
+    "float softcap=0.0, int window=0) -> ()"
 )
 
 
@@ -33,14 +36,24 @@ def attention_reference(
     positions: torch.Tensor,
     out: torch.Tensor,
     scale: float,
+    sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
+    window: int = 0,
 ) -> None:
     """Decode attention: token ``i`` is the newest token of sequence slot ``i``.
 
-    ``q, k, v, out``: ``[n, heads, head_dim]``; ``k_cache, v_cache``:
-    ``[max_seqs, max_len, heads, head_dim]``; ``positions``: ``[n]`` int64.  The
-    token's k/v are written at ``cache[i, positions[i]]`` and ``q[i]`` attends over
-    ``cache[i, : positions[i] + 1]``.  A negative position marks a padding token
-    (CUDA graph padding): it writes no cache entry and its output is zero.
+    ``q, out``: ``[n, heads, head_dim]``; ``k, v``: ``[n, kv_heads, head_dim]``
+    (``heads`` a multiple of ``kv_heads``: grouped-query attention); ``k_cache,
+    v_cache``: ``[max_seqs, max_len, kv_heads, head_dim]``; ``positions``: ``[n]``
+    int64.  The token's k/v are written at ``cache[i, positions[i]]`` and
+    ``q[i]`` attends over ``cache[i, : positions[i] + 1]``.  A negative position
+    marks a padding token (CUDA graph padding): it writes no cache entry and its
+    output is zero.
+
+    ``sinks``: ``[heads]`` attention-sink logits (one more softmax column with a
+    zero value, GPT-OSS); ``softcap`` > 0: scores become ``softcap *
+    tanh(score / softcap)`` (Gemma 2); ``window`` > 0: only the last ``window``
+    positions, the token's own included (transformers' sliding window).
 
     The plain torch implementation of ``stitch::attention``: the CPU kernel, and
     the reference for the CUDA one.
@@ -55,13 +68,23 @@ def attention_reference(
     slots = torch.arange(n, device=q.device)
     k_cache[slots, pos] = torch.where(valid, k.to(k_cache.dtype), k_cache[slots, pos])
     v_cache[slots, pos] = torch.where(valid, v.to(v_cache.dtype), v_cache[slots, pos])
-    keys = k_cache[:n].float()  # [n, L, H, D]
-    values = v_cache[:n].float()
+    groups = q.shape[1] // k_cache.shape[2]
+    keys = k_cache[:n].float().repeat_interleave(groups, dim=2)  # [n, L, H, D]
+    values = v_cache[:n].float().repeat_interleave(groups, dim=2)
     scores = torch.einsum("nhd,nlhd->nhl", q.float(), keys) * scale
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
     length = k_cache.shape[1]
-    masked = torch.arange(length, device=q.device)[None, :] > pos[:, None]
+    slots_l = torch.arange(length, device=q.device)[None, :]
+    masked = slots_l > pos[:, None]
+    if window:
+        masked = masked | (slots_l <= pos[:, None] - window)
     scores = scores.masked_fill(masked[:, None, :], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
+    if sinks is not None:
+        sink = sinks.float()[None, :, None].expand(n, -1, 1)
+        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
+    else:
+        probs = torch.softmax(scores, dim=-1)
     result = torch.einsum("nhl,nlhd->nhd", probs, values)
     out.copy_(torch.where(valid, result, 0.0).to(out.dtype))
 
@@ -70,7 +93,9 @@ _lib.impl("attention", attention_reference, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(ATTENTION_OP, lib=_lib)
-def _attention_fake(q, k, v, k_cache, v_cache, positions, out, scale) -> None:
+def _attention_fake(
+    q, k, v, k_cache, v_cache, positions, out, scale, sinks=None, softcap=0.0, window=0
+) -> None:
     return None
 
 

@@ -45,10 +45,13 @@ def kernel_supports(
     v_cache: torch.Tensor,
     positions: torch.Tensor,
     out: torch.Tensor,
+    sinks: torch.Tensor | None = None,
 ) -> bool:
     """The layouts the kernel takes: unit stride in the head dim, equal cache strides."""
     return (
         all(t.dim() == 3 and t.stride(2) == 1 for t in (q, k, v, out))
+        and q.shape[1] % k.shape[1] == 0
+        and (sinks is None or (sinks.dim() == 1 and sinks.stride(0) == 1))
         and k_cache.dim() == 4
         and k_cache.stride() == v_cache.stride()
         and k_cache.stride(3) == 1
@@ -66,6 +69,9 @@ def decode_attention(
     positions: torch.Tensor,
     out: torch.Tensor,
     scale: float,
+    sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
+    window: int = 0,
     *,
     kernels: ModuleType | None = None,
 ) -> None:
@@ -75,9 +81,11 @@ def decode_attention(
     if n == 0:
         return
     if kernels is None or not kernel_supports(
-        q, k, v, k_cache, v_cache, positions, out
+        q, k, v, k_cache, v_cache, positions, out, sinks
     ):
-        attention_reference(q, k, v, k_cache, v_cache, positions, out, scale)
+        attention_reference(
+            q, k, v, k_cache, v_cache, positions, out, scale, sinks, softcap, window
+        )
         return
     block_d = 1 << (dim - 1).bit_length()
     # Two [BLOCK_L, BLOCK_D] fp32 tiles per program stay in registers.
@@ -90,7 +98,10 @@ def decode_attention(
         v_cache,
         positions,
         out,
+        sinks if sinks is not None else q,  # any pointer where there are none
         float(scale),
+        float(softcap),
+        int(window),
         q.stride(0),
         q.stride(1),
         k.stride(0),
@@ -102,6 +113,10 @@ def decode_attention(
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),
+        GROUPS=heads // k.shape[1],
+        HAS_SINKS=sinks is not None,
+        HAS_SOFTCAP=bool(softcap),
+        HAS_WINDOW=window > 0,
         HEAD_DIM=dim,
         BLOCK_D=block_d,
         BLOCK_L=block_l,

@@ -32,6 +32,13 @@ class Family:
     # attention mask (last hidden state).
     kind: str = "causal"
     description: str = ""
+    # The standard deviation of the attention sinks' random init (0: leave
+    # transformers' init): GPT-OSS's default is so small that sinks barely
+    # change a tiny model's numbers, and a test could not see them ignored.
+    sinks: float = 0.0
+    # The attention transformers picks by default: "sdpa", or "eager" for the
+    # models SDPA lacks a feature of (their graphs hold nothing to split at).
+    default_attention: str = "sdpa"
 
 
 _DECODER = {
@@ -96,6 +103,37 @@ FAMILIES: dict[str, Family] = {
             description="Gemma: scaled embeddings, GeGLU, (1 + weight) RMSNorm",
         ),
         Family(
+            "gemma2",
+            "Gemma2Config",
+            {
+                **_DECODER,
+                "head_dim": 16,
+                "sliding_window": 8,
+                # Small enough to bend the tiny model's scores, so a missing
+                # softcap changes the numbers.
+                "attn_logit_softcapping": 0.5,
+                "final_logit_softcapping": 30.0,
+            },
+            default_attention="eager",
+            description="Gemma 2: attention logit softcapping, alternating sliding "
+            "windows (8), eager attention by default",
+        ),
+        Family(
+            "gpt_oss",
+            "GptOssConfig",
+            {
+                **_DECODER,
+                "head_dim": 16,
+                "sliding_window": 8,
+                "num_local_experts": 4,
+                "num_experts_per_tok": 2,
+            },
+            sinks=1.0,
+            default_attention="eager",
+            description="GPT-OSS: attention sinks, alternating sliding windows (8), "
+            "mixture of experts, eager attention by default",
+        ),
+        Family(
             "phi3",
             "Phi3Config",
             {**_DECODER, "original_max_position_embeddings": 256},
@@ -142,13 +180,15 @@ def build_model(
     name: str,
     *,
     layers: int = 2,
-    attn_implementation: str = "sdpa",
+    attn_implementation: str | None = None,
     seed: int = 0,
     **overrides: Any,
 ) -> torch.nn.Module:
     """A tiny ``name`` model in eval mode with random weights drawn from ``seed``.
 
-    ``attn_implementation="stitch"`` registers Stitch's attention first.
+    ``attn_implementation`` None is the model's default (transformers picks
+    SDPA where the model supports it, else its eager attention);
+    ``"stitch"`` registers Stitch's attention first.
     """
     import transformers
 
@@ -166,6 +206,10 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = auto.from_config(config, attn_implementation=attn_implementation)
+        if fam.sinks:
+            for module in model.modules():
+                if isinstance(getattr(module, "sinks", None), torch.nn.Parameter):
+                    torch.nn.init.normal_(module.sinks, std=fam.sinks)
     return model.eval()
 
 

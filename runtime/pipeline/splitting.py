@@ -12,12 +12,15 @@ such as the prologue before a graph break, can trigger it; the message says so).
 
 The default entries (``DEFAULT_SPLITTING_OPS``) are the attention of different
 kinds of model, so most models miss all but one of them: they never warn one by
-one.  A graph that none of the entries splits at all logs one INFO line.
+one.  A graph that none of the entries splits at all logs one INFO line, or
+a warning when it holds a transformers attention module that could be split
+(NOTE: [a transformers model with nothing to split]).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import torch.fx as fx
@@ -43,6 +46,10 @@ class SplittingOpWarnings:
         unmatched = matcher.unmatched(gm)
         if len(unmatched) == len(matcher.entries) and not self.reported_unsplit:
             self.reported_unsplit = True
+            found = transformers_attention(gm)
+            if found is not None:
+                log.warning("%s", unsplit_transformers_message(*found, self.graphs))
+                return
             log.info(
                 "stitch: no splitting op matched graph %d; it compiles as one piece "
                 "(splitting_ops=%s)",
@@ -73,3 +80,45 @@ def unmatched_message(entry: Any, close: list[str], graph: int) -> str:
     if graph > 1:
         text += " (if another graph of the model holds it, this one may just lack it)"
     return text
+
+
+# NOTE: [a transformers model with nothing to split]
+# A transformers model whose default attention is its eager one (Gemma 2,
+# GPT-OSS: SDPA lacks their softcapping or sinks) has no SDPA call to split
+# at: the whole graph is one piece, the attention compiled into it, which is
+# not what a user of a piecewise compiler expects and cannot be seen in the
+# numbers.  Its attention modules are in the nodes' ``nn_module_stack``; one
+# defined in a modeling module that dispatches through transformers'
+# ``ALL_ATTENTION_FUNCTIONS`` can run Stitch's op instead.  Read from
+# ``sys.modules`` only: the core never imports transformers.
+
+
+def transformers_attention(gm: fx.GraphModule) -> tuple[str, str] | None:
+    """(model, attention class) when ``gm`` holds a routable transformers attention."""
+    model = attention = None
+    for node in gm.graph.nodes:
+        for _path, cls in (node.meta.get("nn_module_stack") or {}).values():
+            module = getattr(cls, "__module__", "") or ""
+            if not module.startswith("transformers."):
+                continue
+            if model is None:
+                model = cls.__qualname__
+            name = cls.__qualname__
+            routable = hasattr(sys.modules.get(module), "ALL_ATTENTION_FUNCTIONS")
+            if attention is None and routable and name.endswith("Attention"):
+                attention = name
+        if model is not None and attention is not None:
+            return model, attention
+    return None
+
+
+def unsplit_transformers_message(model: str, attention: str, graph: int) -> str:
+    """The warning for a transformers model whose graph holds no splitting op."""
+    return (
+        f"graph {graph} of {model} holds transformers attention ({attention}) but no "
+        "splitting op, so it compiles as one piece: its attention implementation "
+        "is one Stitch does not split at (transformers' eager attention, the "
+        "default where SDPA lacks a feature the model needs). Route it through "
+        "Stitch's op: call stitch.runtime.hf.register() and build the model with "
+        "attn_implementation=\"stitch\""
+    )
