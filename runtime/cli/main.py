@@ -362,9 +362,9 @@ def _add_profile(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--attn",
-        choices=("sdpa", "stitch"),
-        default="sdpa",
-        help="--hf: attn_implementation (default: sdpa)",
+        choices=("default", "sdpa", "eager", "stitch"),
+        default="default",
+        help="--hf: attn_implementation (default: the model's own)",
     )
     parser.add_argument(
         "--backend",

@@ -136,7 +136,11 @@ def _hf_forwards(
 ) -> tuple[str, list[tuple[int, Callable[[], Any]]]]:
     from stitch.runtime.hf import build_model, example_inputs
 
-    model = build_model(family, layers=layers or 2, attn_implementation=attn)
+    model = build_model(
+        family,
+        layers=layers or 2,
+        attn_implementation=None if attn == "default" else attn,
+    )
     compiled = torch.compile(model, backend=stitch, dynamic=True)
     forwards = []
     for n in sizes:
@@ -174,7 +178,11 @@ def _hf_decode_forwards(
     from stitch.runtime.hf import build_model
     from stitch.runtime.hf.decode import static_cache
 
-    model = build_model(family, layers=layers or 2, attn_implementation=attn)
+    model = build_model(
+        family,
+        layers=layers or 2,
+        attn_implementation=None if attn == "default" else attn,
+    )
     if not getattr(model, "can_generate", lambda: False)():
         raise SystemExit(f"stitch profile: --decode needs a causal LM; {family} is not")
     compiled = torch.compile(model, backend=stitch, dynamic=True)
