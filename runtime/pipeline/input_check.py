@@ -177,7 +177,7 @@ class InputCheck:
                 self._rebuild_guard(i, args)
                 return self.forwards[i](model, *args)
         for i, m in enumerate(found):
-            if all(x.kind == "layout" for x in m) and not _written(
+            if all(x.kind == "layout" for x in m) and not written(
                 self.spec.signatures[i], m
             ):
                 names = {x.name for x in m}
