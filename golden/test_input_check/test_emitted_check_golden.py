@@ -1,0 +1,52 @@
+# Stitch input check of tests.Model.forward (2 signature(s))
+# input check format 1, sha256 285e580a883264d6
+
+# Signature 0
+#   input_ids: int64[n0] on cpu, contiguous
+#   positions: int64[n0] on cpu, contiguous
+#   hidden: float32[n0, 64] on cpu, contiguous
+#   flag: True
+SIGNATURE_0 = __stitch_tensor_guards__(
+    ("input_ids", "int64", "cpu", (None,), (1,)),
+    ("positions", "int64", "cpu", (None,), (1,)),
+    ("hidden", "float32", "cpu", (None, 64), (64, 1)),
+)
+
+# Signature 1
+#   input_ids: int32[n0] on cpu, contiguous
+#   positions: int64[n0] on cpu, contiguous
+#   hidden: float32[n0, 64] on cpu, contiguous
+#   flag: True
+SIGNATURE_1 = __stitch_tensor_guards__(
+    ("input_ids", "int32", "cpu", (None,), (1,)),
+    ("positions", "int64", "cpu", (None,), (1,)),
+    ("hidden", "float32", "cpu", (None, 64), (64, 1)),
+)
+
+
+def check_forward(
+    self,
+    input_ids,
+    positions,
+    hidden,
+    flag,
+    *,
+    __stitch_forwards__,
+    __stitch_mismatch__,
+):
+    """The forward compiled for these inputs, else __stitch_mismatch__."""
+    # signature 0
+    if (
+        SIGNATURE_0.check(input_ids, positions, hidden)
+        and input_ids.shape[0] == positions.shape[0] == hidden.shape[0]
+        and flag is True
+    ):
+        return __stitch_forwards__[0](self, input_ids, positions, hidden, flag)
+    # signature 1
+    if (
+        SIGNATURE_1.check(input_ids, positions, hidden)
+        and input_ids.shape[0] == positions.shape[0] == hidden.shape[0]
+        and flag is True
+    ):
+        return __stitch_forwards__[1](self, input_ids, positions, hidden, flag)
+    return __stitch_mismatch__(self, input_ids, positions, hidden, flag)
