@@ -53,11 +53,14 @@ class TensorInput:
     strides: tuple[int | None, ...]
     contiguous: bool
     mutated: bool = False
+    # Indices of a table of this many rows: values must be in [0, index_bound).
+    index_bound: int | None = None
 
     def describe(self) -> str:
         dims = ", ".join(str(s) for s in self.sizes)
         layout = "contiguous" if self.contiguous else f"strides {self.strides}"
-        return f"{self.dtype}[{dims}] on {self.device}, {layout}"
+        bound = f", values in [0, {self.index_bound})" if self.index_bound else ""
+        return f"{self.dtype}[{dims}] on {self.device}, {layout}{bound}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +194,7 @@ def _signature(
         if t.contiguous and len(t.sizes) > 1 and None in t.strides:
             terms.append(f"{t.name}.is_contiguous()")
     terms.extend(_relations(tensors))
+    terms.extend(_bounds(t) for t in tensors if _checks_bounds(t))
     for v in sig.inputs:
         if isinstance(v, ValueInput):
             terms.append(_value_test(v))
@@ -217,6 +221,20 @@ def _relations(tensors: Sequence[TensorInput]) -> list[str]:
             if isinstance(size, str):
                 groups.setdefault(size, []).append(f"{t.name}.shape[{d}]")
     return [" == ".join(dims) for dims in groups.values() if len(dims) > 1]
+
+
+def _checks_bounds(t: TensorInput) -> bool:
+    # NOTE: [token ids out of range] (runtime/pipeline/graph_inputs.py): only
+    # CPU kernels abort; on a GPU the test would be a host sync per forward.
+    return t.index_bound is not None and t.device == "cpu"
+
+
+def _bounds(t: TensorInput) -> str:
+    # min() of no elements raises: an empty tensor is in range.
+    return (
+        f"({t.name}.numel() == 0 or int({t.name}.min()) >= 0 "
+        f"and int({t.name}.max()) < {t.index_bound})"
+    )
 
 
 def _value_test(v: ValueInput) -> str:

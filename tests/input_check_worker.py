@@ -35,6 +35,9 @@ def row_inputs(name: str, cfg: object) -> tuple[object, object]:
         "2d_ids": (ids[None], pos),
         "different_lengths": (ids, short_pos),
         "zero_tokens_int32_positions": (ids[:0], pos[:0].to(torch.int32)),
+        "ids_out_of_range": (ids + cfg.vocab_size, pos),
+        "negative_ids": (ids - cfg.vocab_size, pos),
+        "int32_ids_out_of_range": ((ids + cfg.vocab_size).to(torch.int32), pos),
     }
     return rows[name]
 

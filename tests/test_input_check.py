@@ -49,6 +49,9 @@ ROWS = [
     "2d_ids",
     "different_lengths",
     "zero_tokens_int32_positions",
+    "ids_out_of_range",
+    "negative_ids",
+    "int32_ids_out_of_range",
 ]
 
 
@@ -180,6 +183,27 @@ def test_zero_tokens_with_int32_positions_work(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("ids_out_of_range", "got values from 1"),
+        ("negative_ids", "got values from -"),
+        ("int32_ids_out_of_range", "got values from 1"),
+    ],
+)
+def test_token_ids_out_of_range_raise_a_stitch_input_error(
+    runs: dict[str, Any], process: str, name: str, values: str
+) -> None:
+    """Eager raises IndexError; Inductor's CPU kernel would end the process."""
+    r = row(runs, process, name)
+    assert r["error"] == "StitchInputError", r
+    assert "input_ids: expected values in [0, 128)" in r["message"]
+    assert values in r["message"]
+    assert r["counter"].get("num_backend_compilations", 0) == 0
+
+
+@pytest.mark.slow
 def test_warm_process_imports_no_compiler(runs: dict[str, Any]) -> None:
     """Every row was seen by the cold process: the warm one compiles and traces nothing."""
     report = runs["warm"]["report"]
@@ -200,7 +224,7 @@ def test_inspect_shows_the_check(runs: dict[str, Any]) -> None:
 
 # -- the emitted check and the diagnosis, in this process (no compile) ----------------
 
-IDS = TensorInput("input_ids", "int64", "cpu", ("n0",), (1,), True)
+IDS = TensorInput("input_ids", "int64", "cpu", ("n0",), (1,), True, index_bound=128)
 POS = TensorInput("positions", "int64", "cpu", ("n0",), (1,), True)
 HIDDEN = TensorInput("hidden", "float32", "cpu", ("n0", 64), (64, 1), True)
 SPEC = InputCheckSpec(
@@ -261,6 +285,8 @@ def inputs(n: int = 3, m: int | None = None, **changes: Any) -> list[Any]:
         (inputs(input_ids=torch.arange(3)[None]), "mismatch", ["rank"]),
         (inputs(input_ids=[1, 2, 3]), "mismatch", ["type"]),
         (inputs(flag=False), "mismatch", ["value"]),
+        (inputs(input_ids=torch.tensor([0, 128, 5])), "mismatch", ["bounds"]),
+        (inputs(input_ids=torch.tensor([-1, 1, 5])), "mismatch", ["bounds"]),
     ],
 )
 def test_check_chooses_a_signature_or_the_slow_path(

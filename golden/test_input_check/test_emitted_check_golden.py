@@ -1,8 +1,8 @@
 # Stitch input check of tests.Model.forward (2 signature(s))
-# input check format 1, sha256 285e580a883264d6
+# input check format 1, sha256 e3786262bc0c5a28
 
 # Signature 0
-#   input_ids: int64[n0] on cpu, contiguous
+#   input_ids: int64[n0] on cpu, contiguous, values in [0, 128)
 #   positions: int64[n0] on cpu, contiguous
 #   hidden: float32[n0, 64] on cpu, contiguous
 #   flag: True
@@ -13,7 +13,7 @@ SIGNATURE_0 = __stitch_tensor_guards__(
 )
 
 # Signature 1
-#   input_ids: int32[n0] on cpu, contiguous
+#   input_ids: int32[n0] on cpu, contiguous, values in [0, 128)
 #   positions: int64[n0] on cpu, contiguous
 #   hidden: float32[n0, 64] on cpu, contiguous
 #   flag: True
@@ -39,6 +39,11 @@ def check_forward(
     if (
         SIGNATURE_0.check(input_ids, positions, hidden)
         and input_ids.shape[0] == positions.shape[0] == hidden.shape[0]
+        and (
+            input_ids.numel() == 0
+            or int(input_ids.min()) >= 0
+            and int(input_ids.max()) < 128
+        )
         and flag is True
     ):
         return __stitch_forwards__[0](self, input_ids, positions, hidden, flag)
@@ -46,6 +51,11 @@ def check_forward(
     if (
         SIGNATURE_1.check(input_ids, positions, hidden)
         and input_ids.shape[0] == positions.shape[0] == hidden.shape[0]
+        and (
+            input_ids.numel() == 0
+            or int(input_ids.min()) >= 0
+            and int(input_ids.max()) < 128
+        )
         and flag is True
     ):
         return __stitch_forwards__[1](self, input_ids, positions, hidden, flag)

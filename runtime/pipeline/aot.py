@@ -144,7 +144,9 @@ def aot_compile(
         try:
             loaded = load(model, args, dims, config, folder, guards, cudagraphs)
             if loaded is not None and not guards:  # NOTE in input_check.py
-                checked = after_load(model, loaded[0], folder, (config, cudagraphs, OPS))
+                checked = after_load(
+                    model, loaded[0], folder, (config, cudagraphs, OPS)
+                )
                 loaded = (checked, loaded[1])
         except StaleRecord as exc:
             log.warning(
@@ -174,7 +176,12 @@ def aot_compile(
         )
     if not guards:
         forward = after_compile(
-            model, forward, saved, args, dims, backend.graph_inputs,
+            model,
+            forward,
+            saved,
+            args,
+            dims,
+            backend.graph_inputs,
             (config, cudagraphs, OPS),
         )
     entry = backend.compiled[-1].cache_dir if backend.compiled else None
@@ -358,7 +365,9 @@ def compile_and_save(
                 type(model).forward, backend=backend, fullgraph=True
             ).aot_compile(((model, *args), {}))
     except Exception as exc:  # noqa: BLE001 - fall back to the Dynamo-entered path
-        if not fallback or isinstance(getattr(exc, "inner_exception", exc), StitchError):
+        if not fallback or isinstance(
+            getattr(exc, "inner_exception", exc), StitchError
+        ):
             raise  # the model does not compile: the fallback would fail the same way
         log.warning(
             "stitch aot: torch's aot_compile failed for %s (%s: %s); "

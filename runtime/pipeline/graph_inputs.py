@@ -26,11 +26,14 @@ class GraphInput:
     example: Any
     sizes: tuple[int | str, ...] | None
     mutated: bool
+    # The rows of the embedding table it indexes (None: it indexes none).
+    index_bound: int | None = None
 
 
 def graph_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[GraphInput]:
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     written = _written_storages(gm)
+    bounds = _index_bounds(gm)
     out = []
     for node, example in zip(placeholders, example_inputs):
         fake = node.meta.get("example_value")
@@ -44,8 +47,43 @@ def graph_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Grap
             # writes through its schema (Tensor(a!)) does not, so the storages
             # such ops write are collected too (views share their base's storage).
             mutated = fake._version > 0 or _storage(fake) in written
-        out.append(GraphInput(example, sizes, mutated))
+        out.append(GraphInput(example, sizes, mutated, bounds.get(node)))
     return out
+
+
+# (target, position of the indices, position of the table) of the embedding calls
+# a Dynamo graph holds.
+_EMBEDDINGS = {
+    torch.nn.functional.embedding: (0, 1),
+    torch.embedding: (1, 0),
+    torch.ops.aten.embedding.default: (1, 0),
+}
+
+
+def _index_bounds(gm: fx.GraphModule) -> dict[fx.Node, int]:
+    """Graph inputs used as the indices of an embedding -> the table's rows.
+
+    NOTE: [token ids out of range]
+    Inductor's CPU kernels check an indirect index with TORCH_CHECK inside an
+    OpenMP region, where a throw ends the process; the input check tests these
+    inputs against the table first (see docs/performance.md, token bounds).
+    """
+    bounds: dict[fx.Node, int] = {}
+    for node in gm.graph.nodes:
+        where = _EMBEDDINGS.get(node.target) if node.op == "call_function" else None
+        if where is None or len(node.args) <= max(where):
+            continue
+        ids, table = node.args[where[0]], node.args[where[1]]
+        value = table.meta.get("example_value") if isinstance(table, fx.Node) else None
+        if (
+            isinstance(ids, fx.Node)
+            and ids.op == "placeholder"
+            and isinstance(value, torch.Tensor)
+            and isinstance(value.shape[0], int)
+        ):
+            rows = int(value.shape[0])
+            bounds[ids] = min(rows, bounds.get(ids, rows))
+    return bounds
 
 
 def _size(s: Any) -> int | str:

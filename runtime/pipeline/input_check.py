@@ -196,6 +196,11 @@ class InputCheck:
                 f"{self.spec.forward}: {closest[0]}; the model requires these sizes "
                 "to be equal"
             )
+        if all(x.kind == "bounds" for x in closest):
+            # Eager raises IndexError; the compiled kernel would end the process.
+            raise StitchInputError(
+                f"{self.spec.forward}: {closest[0]} (they index an embedding table)"
+            )
         return self._compile(model, args, closest)
 
     def _rebuild_guard(self, i: int, args: Sequence[Any]) -> None:
@@ -249,7 +254,10 @@ class InputCheck:
         self.forwards.append(_unbound(forward))
         self.folders.append(os.path.basename(saved) if saved else None)
         self._save()
-        return self.forwards[-1](model, *args)
+        # Through the new check: what the compile did not look at (token ids
+        # out of range, say) is still refused before a kernel runs.
+        assert self.function is not None
+        return self.function(model, *args)
 
     def _save(self) -> None:
         """Generate the check again, write it and ``signatures.py`` (when saved), load it."""

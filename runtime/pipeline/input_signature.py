@@ -66,6 +66,7 @@ def describe(
                 strides,
                 contiguous,
                 bool(found is not None and found.mutated),
+                found.index_bound if found is not None else None,
             )
         )
     return InputSignature(tuple(inputs))
@@ -120,7 +121,7 @@ def _example(
 
 @dataclasses.dataclass(frozen=True)
 class Mismatch:
-    kind: str  # type, dtype, device, rank, size, layout, relation, value
+    kind: str  # type, dtype, device, rank, size, layout, relation, bounds, value
     name: str
     expected: str
     given: str
@@ -174,6 +175,17 @@ def mismatches(sig: InputSignature, args: Sequence[Any]) -> list[Mismatch]:
                         )
                     )
                 seen.setdefault(want, (spec.name, d, got))
+        if spec.index_bound is not None and spec.device == "cpu" and a.numel():
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi >= spec.index_bound:
+                out.append(
+                    Mismatch(
+                        "bounds",
+                        spec.name,
+                        f"values in [0, {spec.index_bound})",
+                        f"values from {lo} to {hi}",
+                    )
+                )
         # The layout of these sizes (a wrong size is reported as one already).
         strides = contiguous_strides(list(a.shape)) if spec.contiguous else spec.strides
         if any(
