@@ -43,6 +43,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from warm_start import machine  # noqa: E402
 
@@ -154,23 +156,27 @@ def unchecked(compiled: Any) -> Any:
     return compiled.forward.__func__.__kwdefaults__["__stitch_forwards__"][0]
 
 
+class ManyInputs(torch.nn.Module):
+    """Token ids, positions and hidden states in: one dynamic token count.
+    (At module level: torch's aot_compile saves no class defined in a function.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(128, 64)
+
+    def forward(self, input_ids: Any, positions: Any, *hidden: Any) -> Any:
+        x = self.embed(input_ids) + positions[:, None]
+        for h in hidden:
+            x = x + h
+        return x
+
+
 def many_arguments(args: argparse.Namespace, cache: str) -> dict[str, float]:
     """Call path alone of a forward taking ``args.args`` tensors (ids, positions,
     hidden states: one dynamic token count), three ways."""
     import torch
 
     from stitch.runtime import CompilationConfig, aot_compile
-
-    class ManyInputs(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.embed = torch.nn.Embedding(128, 64)
-
-        def forward(self, input_ids: Any, positions: Any, *hidden: Any) -> Any:
-            x = self.embed(input_ids) + positions[:, None]
-            for h in hidden:
-                x = x + h
-            return x
 
     n = args.tokens
     inputs = (

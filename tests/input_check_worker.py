@@ -26,7 +26,10 @@ def row_inputs(name: str, cfg: object) -> tuple[object, object]:
 
     ids, pos = llama_inputs(cfg, 8)
     short_ids, short_pos = llama_inputs(cfg, 5, seed=1)
+    with torch.inference_mode():
+        inference = (ids.clone(), pos.clone())
     rows = {
+        "inference_tensors": inference,
         "int64": (ids, pos),
         "int32_ids": (ids.to(torch.int32), pos),
         "int32_ids_again": (short_ids.to(torch.int32), short_pos),

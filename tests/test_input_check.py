@@ -28,6 +28,7 @@ from stitch.codegen.input_check import (
     FORWARDS,
     FUNCTION,
     GUARDS,
+    IN_RANGE,
     MISMATCH,
     InputCheckSpec,
     InputSignature,
@@ -37,7 +38,11 @@ from stitch.codegen.input_check import (
 )
 from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.loader import bind_kwonly, load_execution_module
-from stitch.runtime.pipeline.input_signature import mismatches, tensor_guards
+from stitch.runtime.pipeline.input_signature import (
+    in_range,
+    mismatches,
+    tensor_guards,
+)
 
 WORKER = Path(__file__).with_name("input_check_worker.py")
 ROWS = [
@@ -52,6 +57,7 @@ ROWS = [
     "ids_out_of_range",
     "negative_ids",
     "int32_ids_out_of_range",
+    "inference_tensors",
 ]
 
 
@@ -204,6 +210,16 @@ def test_token_ids_out_of_range_raise_a_stitch_input_error(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+def test_inference_tensors_pass_the_check(runs: dict[str, Any], process: str) -> None:
+    """Their dispatch keys differ from the guard's: the slow path finds them
+    fitting, and rebuilds the guard."""
+    r = row(runs, process, "inference_tensors")
+    assert r["diff"] < INDUCTOR_TOL["atol"]
+    assert r["counter"].get("num_backend_compilations", 0) == 0
+
+
+@pytest.mark.slow
 def test_warm_process_imports_no_compiler(runs: dict[str, Any]) -> None:
     """Every row was seen by the cold process: the warm one compiles and traces nothing."""
     report = runs["warm"]["report"]
@@ -219,7 +235,8 @@ def test_inspect_shows_the_check(runs: dict[str, Any]) -> None:
     assert "input check:" in text
     assert "def check_forward(" in text
     assert "SIGNATURE_0.check(input_ids, positions)" in text
-    assert "input_ids.shape[0] == positions.shape[0]" in text
+    assert "input_ids.numel() == positions.numel()" in text
+    assert "__stitch_in_range__(input_ids, 128)" in text
 
 
 # -- the emitted check and the diagnosis, in this process (no compile) ----------------
@@ -246,7 +263,9 @@ SPEC = InputCheckSpec(
 
 def load_check(code: str) -> tuple[Any, list[Any]]:
     calls: list[Any] = []
-    namespace = load_execution_module(code, None, extra_globals={GUARDS: tensor_guards})
+    namespace = load_execution_module(
+        code, None, extra_globals={GUARDS: tensor_guards, IN_RANGE: in_range}
+    )
     fn = namespace[FUNCTION]
     forwards = [
         lambda self, *a, i=i: calls.append(i) or i for i in range(len(SPEC.signatures))
@@ -313,6 +332,24 @@ def test_signatures_round_trip_as_literals() -> None:
             InputSignature.from_literal(ast.literal_eval(repr(sig.to_literal()))) == sig
         )
     assert SPEC.signatures[0].key() != SPEC.signatures[1].key()
+
+
+@pytest.mark.parametrize(
+    ("values", "inside"),
+    [
+        ([], True),
+        ([0, 127], True),
+        ([0, 128], False),
+        ([-1, 5], False),
+        (list(range(100)), True),  # past the list path: reductions
+        ([*range(100), 128], False),
+        ([*range(100), -3], False),
+    ],
+)
+def test_in_range(values: list[int], inside: bool) -> None:
+    t = torch.tensor(values, dtype=torch.int64)
+    assert in_range(t, 128) is inside
+    assert in_range(t.reshape(1, -1), 128) is inside
 
 
 def test_input_error_is_a_stitch_error() -> None:

@@ -38,24 +38,16 @@ def check_forward(
     # signature 0
     if (
         SIGNATURE_0.check(input_ids, positions, hidden)
-        and input_ids.shape[0] == positions.shape[0] == hidden.shape[0]
-        and (
-            input_ids.numel() == 0
-            or int(input_ids.min()) >= 0
-            and int(input_ids.max()) < 128
-        )
+        and input_ids.numel() == positions.numel() == hidden.numel() // 64
+        and __stitch_in_range__(input_ids, 128)
         and flag is True
     ):
         return __stitch_forwards__[0](self, input_ids, positions, hidden, flag)
     # signature 1
     if (
         SIGNATURE_1.check(input_ids, positions, hidden)
-        and input_ids.shape[0] == positions.shape[0] == hidden.shape[0]
-        and (
-            input_ids.numel() == 0
-            or int(input_ids.min()) >= 0
-            and int(input_ids.max()) < 128
-        )
+        and input_ids.numel() == positions.numel() == hidden.numel() // 64
+        and __stitch_in_range__(input_ids, 128)
         and flag is True
     ):
         return __stitch_forwards__[1](self, input_ids, positions, hidden, flag)

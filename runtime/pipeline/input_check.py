@@ -46,6 +46,7 @@ from stitch.codegen.input_check import (
     FORWARDS,
     FUNCTION,
     GUARDS,
+    IN_RANGE,
     MISMATCH,
     InputCheckSpec,
     InputSignature,
@@ -63,6 +64,7 @@ from .input_signature import (
     Mismatch,
     describe,
     forward_params,
+    in_range,
     mismatches,
     tensor_guards,
     written,
@@ -144,7 +146,10 @@ class InputCheck:
         same function object: every holder runs the new check on its next call.
         """
         namespace = load_execution_module(
-            code, None, filename=path, extra_globals={GUARDS: tensor_guards}
+            code,
+            None,
+            filename=path,
+            extra_globals={GUARDS: tensor_guards, IN_RANGE: in_range},
         )
         fn = bind_kwonly(
             bind_kwonly(namespace[FUNCTION], FORWARDS, self.forwards),

@@ -107,6 +107,20 @@ def tensor_guards(
     )
 
 
+def in_range(t: torch.Tensor, high: int) -> bool:
+    """Whether every value of ``t`` is in ``[0, high)`` (the emitted check's
+    ``__stitch_in_range__``, for token ids).
+
+    NOTE: [reading a few token ids]
+    A decode step has a few ids: reading them as a list costs about a third of
+    two reductions with their host reads (``bench/token_bounds.py``).
+    """
+    if t.dim() == 1 and t.numel() <= 32:
+        values = t.tolist()
+        return not values or (min(values) >= 0 and max(values) < high)
+    return t.numel() == 0 or (int(t.min()) >= 0 and int(t.max()) < high)
+
+
 def _example(
     dtype: str, device: str, sizes: Sequence[Any], strides: Sequence[Any]
 ) -> Any:
