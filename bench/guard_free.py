@@ -81,7 +81,9 @@ def main() -> None:
     parser.add_argument(
         "--args", type=int, default=8, help="tensor arguments of the third table"
     )
-    parser.add_argument("--clock", choices=("perf_counter", "thread_time"), default="perf_counter")
+    parser.add_argument(
+        "--clock", choices=("perf_counter", "thread_time"), default="perf_counter"
+    )
     args = parser.parse_args()
 
     import torch
@@ -199,12 +201,21 @@ def many_arguments(args: argparse.Namespace, cache: str) -> dict[str, float]:
         "aot": checked,
         "aot, no check": types.MethodType(unchecked(checked), model),
     }
+    # The parts of the check, each alone: the C++ guard and the token-id bounds.
+    namespace = checked.forward.__func__.__globals__
+    guard = namespace["SIGNATURE_0"]
+    in_range = namespace["__stitch_in_range__"]
+    ids = inputs[0]
+    parts: dict[str, Callable[..., Any]] = {
+        "  part: TensorGuards.check": lambda *a: guard.check(*a),
+        "  part: __stitch_in_range__(input_ids)": lambda *a: in_range(ids, 128),
+    }
     with torch.no_grad():
         for fn in variants.values():
             fn(*inputs)
         for switch in switches:
             switch.stub = True
-        return time_variants(variants, inputs, args)
+        return time_variants({**variants, **parts}, inputs, args)
 
 
 def time_variants(

@@ -14,6 +14,8 @@ microseconds (median over rounds) and as a share of the step:
                reduction, two scalar reads)
 ``min, max``   ``int(ids.min()) >= 0 and int(ids.max()) < vocab``
 ``all``        ``bool(((ids >= 0) & (ids < vocab)).all())``
+``in_range``   what the emitted check calls (``__stitch_in_range__``): the
+               ids as a list up to 32 of them, else ``min, max``
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from warm_start import machine  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", default="2,32")
-    parser.add_argument("--tokens", default="1,8")
+    parser.add_argument("--tokens", default="1,8,64")
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument(
@@ -46,6 +48,7 @@ def main() -> None:
 
     from stitch.runtime import CompilationConfig, aot_compile
     from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
+    from stitch.runtime.pipeline.input_signature import in_range
 
     torch.set_num_threads(1)
     clock = getattr(time, args.clock)
@@ -71,6 +74,7 @@ def main() -> None:
                     "aminmax": aminmax,
                     "min, max": lambda: int(ids.min()) >= 0 and int(ids.max()) < vocab,
                     "all": lambda: bool(((ids >= 0) & (ids < vocab)).all()),
+                    "in_range": lambda: in_range(ids, vocab),
                 }
                 med = time_variants(variants, args.iters, args.rounds, clock)
                 rows.append((layers, tokens, med))
@@ -78,12 +82,13 @@ def main() -> None:
         f"\nexample llama, hidden 64, one thread; {args.clock}, median of "
         f"{args.rounds} rounds of {args.iters} calls; us per call (share of the step)\n"
     )
-    print("| layers | tokens | decode step | aminmax | min, max | all |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| layers | tokens | step | aminmax | min, max | all | in_range |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for layers, tokens, med in rows:
         step = med["step"]
         cells = " | ".join(
-            f"{med[k]:.2f} ({med[k] / step:.1%})" for k in ("aminmax", "min, max", "all")
+            f"{med[k]:.2f} ({med[k] / step:.1%})"
+            for k in ("aminmax", "min, max", "all", "in_range")
         )
         print(f"| {layers} | {tokens} | {step:.1f} | {cells} |")
     print(f"\nmachine: {machine()}")
