@@ -39,6 +39,7 @@ from stitch.codegen.input_check import (
 from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.loader import bind_kwonly, load_execution_module
 from stitch.runtime.pipeline.input_signature import (
+    forward_params,
     in_range,
     mismatches,
     tensor_guards,
@@ -350,6 +351,24 @@ def test_in_range(values: list[int], inside: bool) -> None:
     t = torch.tensor(values, dtype=torch.int64)
     assert in_range(t, 128) is inside
     assert in_range(t.reshape(1, -1), 128) is inside
+
+
+class VarArgs(torch.nn.Module):
+    def forward(
+        self, input_ids: Any, positions: Any, *hidden: Any, flag: bool = True
+    ) -> Any:
+        return input_ids
+
+
+def test_check_arguments_take_the_forward_parameter_names() -> None:
+    assert forward_params(VarArgs(), 2) == ("self", "input_ids", "positions")
+    assert forward_params(VarArgs(), 4) == (
+        "self",
+        "input_ids",
+        "positions",
+        "hidden_0",
+        "hidden_1",
+    )
 
 
 def test_input_error_is_a_stitch_error() -> None:

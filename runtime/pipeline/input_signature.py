@@ -24,11 +24,18 @@ from .graph_inputs import GraphInput
 
 
 def forward_params(model: torch.nn.Module, count: int) -> tuple[str, ...]:
-    """``self`` and the names of the forward's first ``count`` parameters."""
-    params = list(inspect.signature(type(model).forward).parameters)
-    named = params[1 : 1 + count]
-    if len(named) < count:  # *args: name the rest by position
-        named += [f"arg{i}" for i in range(len(named), count)]
+    """``self`` and the names of the forward's first ``count`` positional
+    parameters; those ``*args`` takes are ``args_0``, ``args_1``, ..."""
+    named: list[str] = []
+    params = list(inspect.signature(type(model).forward).parameters.values())[1:]
+    for p in params:
+        if len(named) == count:
+            break
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            named += [f"{p.name}_{i}" for i in range(count - len(named))]
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            named.append(p.name)
+    named += [f"arg{i}" for i in range(len(named), count)]
     return ("self", *named)
 
 
