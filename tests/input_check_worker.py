@@ -30,6 +30,7 @@ def row_inputs(name: str, cfg: object) -> tuple[object, object]:
         inference = (ids.clone(), pos.clone())
     rows = {
         "inference_tensors": inference,
+        "out_of_range_different_lengths": (ids + cfg.vocab_size, short_pos),
         "int64": (ids, pos),
         "int32_ids": (ids.to(torch.int32), pos),
         "int32_ids_again": (short_ids.to(torch.int32), short_pos),

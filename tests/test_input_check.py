@@ -59,6 +59,7 @@ ROWS = [
     "negative_ids",
     "int32_ids_out_of_range",
     "inference_tensors",
+    "out_of_range_different_lengths",
 ]
 
 
@@ -175,7 +176,7 @@ def test_different_lengths_raise_a_stitch_input_error(
     r = row(runs, process, "different_lengths")
     assert r["error"] == "StitchInputError", r
     assert "positions: expected shape[0] == input_ids.shape[0]" in r["message"]
-    assert "got 5 and 8" in r["message"]
+    assert "got 5 and 8 (the model requires these sizes to be equal)" in r["message"]
     assert r["counter"] == {}
 
 
@@ -208,6 +209,18 @@ def test_token_ids_out_of_range_raise_a_stitch_input_error(
     assert "input_ids: expected values in [0, 128)" in r["message"]
     assert values in r["message"]
     assert r["counter"].get("num_backend_compilations", 0) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+def test_what_no_compile_changes_is_refused_without_one(
+    runs: dict[str, Any], process: str
+) -> None:
+    r = row(runs, process, "out_of_range_different_lengths")
+    assert r["error"] == "StitchInputError", r
+    assert "positions: expected shape[0] == input_ids.shape[0]" in r["message"]
+    assert "input_ids: expected values in [0, 128)" in r["message"]
+    assert r["counter"] == {}
 
 
 @pytest.mark.slow

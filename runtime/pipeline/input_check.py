@@ -196,15 +196,17 @@ class InputCheck:
                 ]
                 return self.forwards[i](model, *copies)
         closest = min(found, key=len)
-        if all(x.kind == "relation" for x in closest):
+        # No compile changes these: the model asserted the relation while it
+        # was traced, and eager raises IndexError for an id outside the table.
+        hints = {
+            "relation": "the model requires these sizes to be equal",
+            "bounds": "they index an embedding table",
+        }
+        refused = [x for x in closest if x.kind in hints]
+        if refused:
             raise StitchInputError(
-                f"{self.spec.forward}: {closest[0]}; the model requires these sizes "
-                "to be equal"
-            )
-        if all(x.kind == "bounds" for x in closest):
-            # Eager raises IndexError; the compiled kernel would end the process.
-            raise StitchInputError(
-                f"{self.spec.forward}: {closest[0]} (they index an embedding table)"
+                f"{self.spec.forward}: "
+                + "; ".join(f"{x} ({hints[x.kind]})" for x in refused)
             )
         return self._compile(model, args, closest)
 
