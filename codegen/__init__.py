@@ -9,6 +9,7 @@ from .errors import (
     StitchCodegenError,
     StitchConfigError,
     StitchError,
+    StitchInputError,
     StitchLoadError,
     StitchRuntimeError,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "StitchCodegenError",
     "StitchConfigError",
     "StitchError",
+    "StitchInputError",
     "StitchLoadError",
     "StitchRuntimeError",
     "contract",

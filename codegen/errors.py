@@ -39,6 +39,12 @@ class StitchRuntimeError(StitchError, RuntimeError):
     """Something went wrong while running compiled or captured code."""
 
 
+class StitchInputError(StitchError, ValueError):
+    """A saved forward was given an input it cannot run: the message names the
+    argument by the forward's parameter name, what was expected and what was
+    given.  Raised before any compiled code runs."""
+
+
 def describe_node(node: Any) -> str:
     """``name (op=..., target=...)`` for an FX node, without object ids."""
     op = getattr(node, "op", "?")

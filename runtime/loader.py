@@ -149,13 +149,18 @@ def _bind(callable_: Any) -> Callable[..., Any]:
 
 
 def load_execution_module(
-    code: str, consts: Sequence[Any] | None = None, *, filename: str | None = None
+    code: str,
+    consts: Sequence[Any] | None = None,
+    *,
+    filename: str | None = None,
+    extra_globals: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compile ``code`` and run its top level; returns the module namespace.
 
     ``filename`` names a real file holding exactly ``code`` (say the cache's
     ``execution_fn.py``); without it the code is written to
-    :func:`source_filename` first (see NOTE above).
+    :func:`source_filename` first (see NOTE above).  ``extra_globals`` are
+    module globals the code reads (the input check's guard builder).
     """
     label = filename or source_filename(code)
     try:
@@ -184,6 +189,7 @@ def load_execution_module(
         "__name__": f"stitch_execution_fn_{digest}",
         "__file__": label,
         CONSTS_NAME: consts_tuple,
+        **(extra_globals or {}),
     }
     exec(compiled, namespace)  # noqa: S102 - this is the point of the module
     return namespace

@@ -25,7 +25,11 @@ from hypothesis import strategies as st
 from conftest import GOLDEN_DIR
 
 from stitch.codegen import lower_execution
-from stitch.codegen.errors import StitchConfigError, StitchRuntimeError
+from stitch.codegen.errors import (
+    StitchConfigError,
+    StitchInputError,
+    StitchRuntimeError,
+)
 from stitch.runtime import (
     CompilationConfig,
     CUDAGraphMode,
@@ -372,13 +376,40 @@ def test_padded_runner_pads_copies_once_and_slices(
     assert runner(9, ids, weight) == "above"
 
 
-def test_padded_runner_names_a_bad_input() -> None:
-    runner = _runner(dict.fromkeys(SIZES, lambda *a: (a[1], a[2])), above_max=print)
+@pytest.mark.parametrize(
+    ("ids", "given"),
+    [
+        (torch.zeros(2, 2, dtype=torch.int64), r"shape \(2, 2\)"),
+        # copy_ would broadcast one row over three, or cast: neither is copied.
+        (torch.zeros(1, 2, dtype=torch.int64), r"shape \(1, 2\)"),
+        (torch.zeros(3, 1, dtype=torch.int64), r"shape \(3, 1\)"),
+        (torch.zeros(3, 2), "torch.float32 on cpu"),
+        (torch.zeros(3, 2, dtype=torch.int32), "torch.int32 on cpu"),
+    ],
+)
+def test_padded_runner_copies_only_inputs_that_fit(
+    ids: torch.Tensor, given: str
+) -> None:
+    calls: list[int] = []
+    runner = _runner(
+        dict.fromkeys(SIZES, lambda *a: calls.append(a[0]) or (a[1], a[2])),
+        above_max=print,
+    )
+    runner(3, torch.full((3, 2), 7), torch.ones(3))
+    before = [b.clone() for b in runner.buffers]
     with pytest.raises(
-        StitchRuntimeError,
-        match=r"input ids has shape \(2, 2\), but the runtime size is 3",
+        StitchInputError,
+        match=rf"input ids: expected 3 rows \(the runtime size\) and trailing dims "
+        rf"\(2,\), torch.int64 on cpu, got {given}",
     ):
-        runner(3, torch.zeros(2, 2, dtype=torch.int64), torch.ones(3))
+        runner(3, ids, torch.ones(3))
+    assert all(torch.equal(b, a) for b, a in zip(runner.buffers, before))
+    assert calls == [4]
+    # Inference tensors carry other dispatch keys: they fit all the same.
+    with torch.inference_mode():
+        fresh = torch.full((3, 2), 5)
+    runner(3, fresh, torch.ones(3))
+    assert calls == [4, 4]
 
 
 # -- end to end under emulation -------------------------------------------------------------

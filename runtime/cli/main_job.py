@@ -16,6 +16,7 @@ from ..config import CompilationConfig
 from ..examples import LlamaConfig, build_llama, llama_inputs
 from ..examples.models import runnable_examples
 from ..pipeline.aot import AOTCompiledModel, aot_compile
+from ..pipeline.input_check import CHECK_FILE, read_signatures
 from ..store.index import INDEX_FILE, Index
 from ..store.verify import find_entries, inspect_entry
 
@@ -175,6 +176,7 @@ def inspect_cache(path: str, out: TextIO) -> int:
             print(f"  health: {len(report.problems)} problem(s)", file=out)
             for problem in report.problems:
                 print(f"    - {problem}", file=out)
+    _print_input_checks(path, out)
     if unhealthy:
         print(
             f"stitch inspect: {unhealthy} of {len(entries)} entries unhealthy; a run "
@@ -183,6 +185,27 @@ def inspect_cache(path: str, out: TextIO) -> int:
         )
         return 1
     return 0
+
+
+def _print_input_checks(path: str, out: TextIO) -> None:
+    """The input check of each saved forward (``aot_compile``) under ``path``, in full."""
+    for directory, dirs, files in os.walk(path):
+        dirs.sort()
+        if CHECK_FILE not in files:
+            continue
+        check = os.path.join(directory, CHECK_FILE)
+        try:
+            record, code = read_signatures(directory)
+            summary = (
+                f"{len(record['signatures'])} signature(s), "
+                f"{len(record['rejected'])} rejected"
+            )
+        except Exception as exc:  # noqa: BLE001 - a diagnosis must not crash
+            print(f"{directory}\n  input check: {check} is unusable ({exc})", file=out)
+            continue
+        print(f"{directory}\n  input check: {check} ({summary})", file=out)
+        for line in code.splitlines():
+            print(f"    {line}" if line else "", file=out)
 
 
 def _print_index(index: Index, directory: str, out: TextIO) -> None:

@@ -14,7 +14,12 @@ import torch
 import torch.fx as fx
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
-from stitch.codegen.errors import StitchConfigError, StitchError, StitchRuntimeError
+from stitch.codegen.errors import (
+    StitchConfigError,
+    StitchError,
+    StitchInputError,
+    StitchRuntimeError,
+)
 
 from ..config import CompilationConfig, CUDAGraphMode
 
@@ -283,7 +288,7 @@ class PaddedRunner:
         fixed = [(i, p) for i in self.plan.size_indices] + [
             (d.index, b[:p]) for d, b in zip(self.plan.dynamic, self.buffers)
         ]
-        step = (p, dsts, pads, fixed)
+        step = (p, dsts, pads, fixed, self._guard(n))
         self._steps[n] = step
         return step
 
@@ -294,8 +299,16 @@ class PaddedRunner:
         step = self._steps.get(n)
         if step is None:
             step = self._step(n)
-        p, dsts, pads, fixed = step
+        p, dsts, pads, fixed, guard = step
         if dsts:
+            inputs = [args[i] for i in self.dynamic_indices]
+            # NOTE: [only inputs that fit are copied into the static buffers]
+            # copy_ would broadcast a short input over the rows and cast another
+            # dtype: every dynamic input must have n rows, the buffer's trailing
+            # dims, dtype and device (one C++ check; Python only when it fails,
+            # which may be just another dispatch key: an inference tensor).
+            if not guard.check(*inputs):
+                self._check_inputs(inputs, n)
             try:
                 torch._foreach_copy_(
                     dsts, [args[i] for i in self.dynamic_indices] + pads
@@ -325,6 +338,35 @@ class PaddedRunner:
                 f"declares {len(plan)}"
             )
         return tree_unflatten([o[:n] if s else o for o, s in zip(leaves, plan)], spec)
+
+    def _guard(self, n: int) -> Any:
+        from torch._C._dynamo.guards import TensorGuards
+
+        with torch.inference_mode(False):
+            examples = [b[:n] for b in self.buffers]
+        return TensorGuards(
+            *examples,
+            dynamic_dims_sizes=[[n, *d.rest] for d in self.plan.dynamic],
+            dynamic_dims_strides=[
+                [None] * (1 + len(d.rest)) for d in self.plan.dynamic
+            ],
+        )
+
+    def _check_inputs(self, inputs: Sequence[Any], n: int) -> None:
+        for d, arg in zip(self.plan.dynamic, inputs):
+            if not isinstance(arg, torch.Tensor):
+                given = type(arg).__name__
+            elif tuple(arg.shape) != (n, *d.rest):
+                given = f"shape {tuple(arg.shape)}"
+            elif arg.dtype != d.dtype or arg.device != d.device:
+                given = f"{arg.dtype} on {arg.device}"
+            else:
+                continue
+            raise StitchInputError(
+                f"input {d.name}: expected {n} rows (the runtime size) and trailing "
+                f"dims {d.rest}, {d.dtype} on {d.device}, got {given}; it is not "
+                "copied into the CUDA graph's static buffer"
+            )
 
     def _input_error(
         self, args: tuple[Any, ...], n: int, exc: Exception

@@ -63,6 +63,7 @@ from .aot_record import (
     write_record,
 )
 from .backend import StitchBackend
+from .input_check import AOTOps, after_compile, after_load
 from .stitched import (
     StitchFunction,
     load_reference,
@@ -142,6 +143,11 @@ def aot_compile(
     if folder is not None:
         try:
             loaded = load(model, args, dims, config, folder, guards, cudagraphs)
+            if loaded is not None and not guards:  # NOTE in input_check.py
+                checked = after_load(
+                    model, loaded[0], folder, (config, cudagraphs, OPS)
+                )
+                loaded = (checked, loaded[1])
         except StaleRecord as exc:
             log.warning(
                 "stitch aot: the saved %s is stale (%s); compiling it again",
@@ -167,6 +173,16 @@ def aot_compile(
     with marked_unbacked(args, dims):
         forward, saved = compile_and_save(
             model, args, dims, config, backend, folder, guards
+        )
+    if not guards:
+        forward = after_compile(
+            model,
+            forward,
+            saved,
+            args,
+            dims,
+            backend.graph_inputs,
+            (config, cudagraphs, OPS),
         )
     entry = backend.compiled[-1].cache_dir if backend.compiled else None
     seconds = time.perf_counter() - start
@@ -335,8 +351,12 @@ def compile_and_save(
     backend: StitchBackend,
     folder: str | None,
     guards: bool,
+    fallback: bool = True,
 ) -> tuple[Callable[..., Any], str | None]:
-    """Trace and compile through torch's aot_compile; save the record when it can be."""
+    """Trace and compile through torch's aot_compile; save the record when it can be.
+
+    ``fallback``: when torch's aot_compile fails, run the model through
+    torch.compile instead (else raise what it raised)."""
     from torch._dynamo.aot_compile import AOTCompiledFunction
 
     try:
@@ -345,7 +365,9 @@ def compile_and_save(
                 type(model).forward, backend=backend, fullgraph=True
             ).aot_compile(((model, *args), {}))
     except Exception as exc:  # noqa: BLE001 - fall back to the Dynamo-entered path
-        if isinstance(getattr(exc, "inner_exception", exc), StitchError):
+        if not fallback or isinstance(
+            getattr(exc, "inner_exception", exc), StitchError
+        ):
             raise  # the model does not compile: the fallback would fail the same way
         log.warning(
             "stitch aot: torch's aot_compile failed for %s (%s: %s); "
@@ -439,3 +461,7 @@ def function_record(artifacts: Any) -> tuple[dict[str, Any], str]:
             why.append(f"its {name} are not literals")
     record["light"] = not why
     return record, "; ".join(why)
+
+
+# What input_check.py calls back for a signature compiled or loaded later.
+OPS = AOTOps(load, compile_and_save, marked_unbacked)

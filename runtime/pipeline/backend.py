@@ -40,6 +40,7 @@ from ..store.index import EntryRecord
 from ..targets import Target
 from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
 from .fakes import backend_fake_inputs
+from .graph_inputs import GraphInput, graph_inputs
 from .layouts import LayoutChecks, eager_fed_layouts, guard_layouts
 from .piecewise import PiecewiseBackend, RangeWarnings, concretize
 from .plan import KeyChoice, PiecePlan, StringKeys, piece_inputs, plan_piece
@@ -96,10 +97,14 @@ class StitchBackend:
         self.splitting_warnings = SplittingOpWarnings()
         # Set: every graph runs the profiling variant of its source (profiling.py).
         self.profiler = profiler
+        # The inputs of the last graph (sizes, written or not): what a saved
+        # forward's input check is made from (see input_check.py).
+        self.graph_inputs: list[GraphInput] = []
 
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]
     ) -> Callable[..., Any]:
+        self.graph_inputs = graph_inputs(gm, example_inputs)
         compilation = Compilation(
             self.config,
             gm,

@@ -1,0 +1,263 @@
+"""The input check of a saved forward: a description of the expected inputs -> source.
+
+NOTE: [the input check is emitted source]
+A saved forward (``aot_compile``) runs without Dynamo's guards, so nothing
+stops an input it was not compiled for from reaching compiled kernels (an
+int32 index into a kernel that assumes int64 aborts the process).  Its input
+check is emitted like the stitching source: plain, black-formatted Python in the
+saved record, shown by ``stitch inspect``, loaded under a real file path.  It
+defines one function named after the model's forward parameters; per saved
+signature it tests every tensor argument's dtype, device, rank, static sizes
+and strides in one C++ call (``SIGNATURE_<i>.check(...)``, a
+``TensorGuards`` the loader builds from the literal next to it), then the
+relations between the dynamic sizes (one symbol, one size) and the values of
+non-tensor arguments, and calls that signature's forward.  An input that fits
+no signature goes to ``__stitch_mismatch__`` (the runtime): it converts,
+compiles for the new signature, or raises ``StitchInputError``.
+
+This module is pure: a :class:`InputCheckSpec` in, a string out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+from typing import Any, Union
+
+from .errors import StitchCodegenError
+
+CHECK_FORMAT = 1
+TEMPLATE = "input_check.py.j2"
+# Names the emitted check and its loader share.
+FUNCTION = "check_forward"
+FORWARDS = "__stitch_forwards__"
+MISMATCH = "__stitch_mismatch__"
+GUARDS = "__stitch_tensor_guards__"
+IN_RANGE = "__stitch_in_range__"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInput:
+    """A tensor argument as compiled.
+
+    ``sizes``: an int per static dim, a symbol name per dynamic one (dims with
+    the same symbol must be equal).  ``strides``: the layout the compiled code
+    requires, None where a stride depends on a dynamic size.  ``mutated``: the
+    forward writes into it (so a copy would not be the same call).
+    """
+
+    name: str
+    dtype: str
+    device: str
+    sizes: tuple[int | str, ...]
+    strides: tuple[int | None, ...]
+    contiguous: bool
+    mutated: bool = False
+    # Indices of a table of this many rows: values must be in [0, index_bound).
+    index_bound: int | None = None
+
+    def describe(self) -> str:
+        dims = ", ".join(str(s) for s in self.sizes)
+        layout = "contiguous" if self.contiguous else f"strides {self.strides}"
+        bound = f", values in [0, {self.index_bound})" if self.index_bound else ""
+        return f"{self.dtype}[{dims}] on {self.device}, {layout}{bound}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueInput:
+    """A non-tensor argument: its type, and the literal it was compiled with
+    (None: only the type is checked)."""
+
+    name: str
+    type: str
+    value: str | None
+
+    def describe(self) -> str:
+        return self.value if self.value is not None else f"a {self.type}"
+
+
+Input = Union[TensorInput, ValueInput]
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSignature:
+    """The inputs one saved forward was compiled for, in parameter order."""
+
+    inputs: tuple[Input, ...]
+
+    def to_literal(self) -> list[dict[str, Any]]:
+        out = []
+        for i in self.inputs:
+            kind = "tensor" if isinstance(i, TensorInput) else "value"
+            out.append({"kind": kind, **dataclasses.asdict(i)})
+        return out
+
+    @classmethod
+    def from_literal(cls, value: Any) -> InputSignature:
+        if not isinstance(value, list):
+            raise StitchCodegenError(f"an input signature is not a list: {value!r}")
+        inputs: list[Input] = []
+        for item in value:
+            fields = dict(item)
+            kind = fields.pop("kind", None)
+            if kind == "tensor":
+                fields["sizes"] = tuple(fields["sizes"])
+                fields["strides"] = tuple(fields["strides"])
+                inputs.append(TensorInput(**fields))
+            elif kind == "value":
+                inputs.append(ValueInput(**fields))
+            else:
+                raise StitchCodegenError(f"an input signature holds {item!r}")
+        return cls(tuple(inputs))
+
+    def key(self) -> str:
+        return hashlib.sha256(repr(self.to_literal()).encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return ", ".join(f"{i.name} {i.describe()}" for i in self.inputs)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputCheckSpec:
+    """What the check is generated from: the forward's qualified name, its
+    parameter names (``self`` first) and the saved signatures, in order."""
+
+    forward: str
+    params: tuple[str, ...]
+    signatures: tuple[InputSignature, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SignatureContext:
+    """One signature, prepared for the template: every decision made here."""
+
+    index: int
+    comments: list[str]
+    guards: str
+    condition: str
+    call: str
+
+
+def generate_input_check(spec: InputCheckSpec) -> str:
+    """The check's source, formatted by black."""
+    from .emit import format_source, template_environment
+
+    if not spec.signatures:
+        raise StitchCodegenError(f"the input check of {spec.forward} has no signature")
+    args = ", ".join(spec.params)
+    contexts = [
+        _signature(i, sig, spec.params) for i, sig in enumerate(spec.signatures)
+    ]
+    digest = hashlib.sha256(
+        repr(
+            (spec.forward, spec.params, [s.to_literal() for s in spec.signatures])
+        ).encode()
+    ).hexdigest()
+    source = (
+        template_environment()
+        .get_template(TEMPLATE)
+        .render(
+            header=[
+                f"Stitch input check of {spec.forward} "
+                f"({len(spec.signatures)} signature(s))",
+                f"input check format {CHECK_FORMAT}, sha256 {digest[:16]}",
+            ],
+            function=FUNCTION,
+            signature=f"{args}, *, {FORWARDS}, {MISMATCH}",
+            docstring=f"The forward compiled for these inputs, else {MISMATCH}.",
+            signatures=contexts,
+            mismatch=f"{MISMATCH}({args})",
+        )
+    )
+    return format_source(source)
+
+
+def _signature(
+    index: int, sig: InputSignature, params: Sequence[str]
+) -> SignatureContext:
+    names = [i.name for i in sig.inputs]
+    if list(params[1:]) != names:
+        raise StitchCodegenError(
+            f"signature {index} names inputs {names}, the forward takes {list(params[1:])}"
+        )
+    tensors = [i for i in sig.inputs if isinstance(i, TensorInput)]
+    guard_name = f"SIGNATURE_{index}"
+    entries = ", ".join(
+        repr((t.name, t.dtype, t.device, _dynamic_none(t.sizes), t.strides))
+        for t in tensors
+    )
+    terms = []
+    if tensors:
+        terms.append(f"{guard_name}.check({', '.join(t.name for t in tensors)})")
+    for t in tensors:
+        # Strides that depend on a dynamic size are not in the guard.
+        if t.contiguous and len(t.sizes) > 1 and None in t.strides:
+            terms.append(f"{t.name}.is_contiguous()")
+    terms.extend(_relations(tensors))
+    terms.extend(_bounds(t) for t in tensors if _checks_bounds(t))
+    for v in sig.inputs:
+        if isinstance(v, ValueInput):
+            terms.append(_value_test(v))
+    condition = " and ".join(terms) if terms else "True"
+    args = ", ".join(params)
+    return SignatureContext(
+        index=index,
+        comments=[f"{i.name}: {i.describe()}" for i in sig.inputs],
+        guards=f"{guard_name} = {GUARDS}({entries})" if tensors else "",
+        condition=condition,
+        call=f"{FORWARDS}[{index}]({args})",
+    )
+
+
+def _dynamic_none(sizes: Sequence[int | str]) -> tuple[int | None, ...]:
+    return tuple(s if isinstance(s, int) else None for s in sizes)
+
+
+def _relations(tensors: Sequence[TensorInput]) -> list[str]:
+    """``a.numel() == b.numel() // 64`` for dims that share a symbol, in argument order."""
+    groups: dict[str, list[str]] = {}
+    for t in tensors:
+        for d, size in enumerate(t.sizes):
+            if isinstance(size, str):
+                groups.setdefault(size, []).append(_dim(t, d))
+    return [" == ".join(dims) for dims in groups.values() if len(dims) > 1]
+
+
+def _dim(t: TensorInput, d: int) -> str:
+    """Dim ``d`` of ``t`` as cheap source.
+
+    NOTE: [a dynamic size read through numel]
+    ``x.shape[d]`` builds a ``torch.Size`` per call; ``numel()`` returns an
+    int.  The guard has checked every static size already, so with one
+    dynamic dim and static sizes of product ``p > 0``, ``numel() // p`` is
+    exactly that dim.
+    """
+    rest = [s for i, s in enumerate(t.sizes) if i != d]
+    if all(isinstance(s, int) for s in rest):
+        product = 1
+        for s in rest:
+            product *= int(s)
+        if product == 1:
+            return f"{t.name}.numel()"
+        if product > 1:
+            return f"{t.name}.numel() // {product}"
+    return f"{t.name}.shape[{d}]"
+
+
+def _checks_bounds(t: TensorInput) -> bool:
+    # NOTE: [token ids out of range] (runtime/pipeline/graph_inputs.py): only
+    # CPU kernels abort; on a GPU the test would be a host sync per forward.
+    return t.index_bound is not None and t.device == "cpu"
+
+
+def _bounds(t: TensorInput) -> str:
+    return f"{IN_RANGE}({t.name}, {t.index_bound})"
+
+
+def _value_test(v: ValueInput) -> str:
+    if v.value is None:
+        return f"type({v.name}) is {v.type}"
+    if v.type in ("NoneType", "bool"):
+        return f"{v.name} is {v.value}"
+    return f"type({v.name}) is {v.type} and {v.name} == {v.value}"

@@ -1,0 +1,479 @@
+"""A saved forward checks what it is given (the runtime half of the input check).
+
+NOTE: [what a saved forward does with an input it was not compiled for]
+The emitted check (``codegen/input_check.py``) sends every input that fits a
+saved signature straight to that signature's forward.  Anything else comes
+here, off the hot path, and is diagnosed against each signature in Python:
+
+- fits after all (the C++ guard also compares dispatch keys and
+  ``requires_grad``, say for a tensor made under ``inference_mode``): the
+  guard is rebuilt from these tensors, and the call goes ahead;
+- differs only in layout from a signature, and the forward does not write into
+  the tensor: a contiguous copy is provably the same input, so it runs on one;
+- differs only in a relation between dynamic sizes (ids and positions of
+  different lengths): the model asserted that relation while it was traced,
+  so it is ``StitchInputError``;
+- anything else (another integer dtype, a rank or a static size): the model is
+  compiled for the new signature once, saved beside the first, and the check is
+  generated again with one more branch, in this process and for every later
+  one.  If that compile fails (Dynamo's trace rejects it, as eager would:
+  float token ids), the input is ``StitchInputError``, remembered on disk so
+  that no process traces it again.
+
+Files beside the saved record (``<record>/``): ``input_check.py`` (the emitted
+check) and ``signatures.py`` (a literal: the signatures in check order, the
+record folder of each, the rejected ones; its ``check_sha256`` pins the check).
+A signature compiled later is a record of its own in ``<record>.sig_<key>/``.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import logging
+import os
+import re
+import threading
+import types
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from stitch.codegen.errors import StitchCacheError, StitchError, StitchInputError
+from stitch.codegen.input_check import (
+    FORWARDS,
+    FUNCTION,
+    GUARDS,
+    IN_RANGE,
+    MISMATCH,
+    InputCheckSpec,
+    InputSignature,
+    TensorInput,
+)
+
+from ..config import CompilationConfig
+from ..loader import bind_kwonly, load_execution_module
+from ..store.files import atomic_write
+from ..store.trust import check_trusted
+from .aot_record import StaleRecord, cache_root_of, model_name
+from .backend import StitchBackend
+from .graph_inputs import GraphInput
+from .input_signature import (
+    Mismatch,
+    describe,
+    forward_params,
+    in_range,
+    mismatches,
+    tensor_guards,
+    written,
+)
+
+log = logging.getLogger("stitch")
+
+CHECK_FILE = "input_check.py"
+SIGNATURES_FILE = "signatures.py"
+SIGNATURES_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class AOTOps:
+    """What this module needs from ``aot.py`` (passed in: aot.py imports this module)."""
+
+    load: Callable[..., Any]
+    compile_and_save: Callable[..., Any]
+    marked_unbacked: Callable[..., Any]
+
+    def compile_signature(
+        self,
+        model: torch.nn.Module,
+        args: Sequence[Any],
+        dims: Sequence[Sequence[int]],
+        config: CompilationConfig,
+        folder: str | None,
+        cudagraphs: Any,
+    ) -> tuple[Any, str | None, list[GraphInput]]:
+        """Compile (and save to ``folder``) the forward for ``args``; raises what the
+        trace raises (no Dynamo-entered fallback)."""
+        backend = StitchBackend(config, serializable=True)
+        backend.cudagraphs = cudagraphs
+        with self.marked_unbacked(args, dims):
+            forward, saved = self.compile_and_save(
+                model, args, dims, config, backend, folder, False, fallback=False
+            )
+        return forward, saved, backend.graph_inputs
+
+
+# -- the check of one saved forward -------------------------------------------------------
+
+
+class InputCheck:
+    """The emitted check of one saved forward, its signatures' forwards, and the slow path."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        spec: InputCheckSpec,
+        forwards: list[Any],
+        folders: list[str | None],
+        state: dict[str, Any],
+        folder: str | None,
+        context: tuple[CompilationConfig, Any, AOTOps],
+    ) -> None:
+        self.model = model
+        self.spec = spec
+        self.forwards = forwards
+        self.folders = folders
+        self.state = state  # dims, rejected: what signatures.py holds besides them
+        self.folder = folder
+        self.config, self.cudagraphs, self.ops = context
+        self.lock = threading.RLock()
+        self.namespace: dict[str, Any] = {}
+        self.function: types.FunctionType | None = None
+
+    @property
+    def forward(self) -> types.MethodType:
+        assert self.function is not None
+        return types.MethodType(self.function, self.model)
+
+    def install(self, code: str, path: str | None) -> None:
+        """Load ``code`` (the check for the current signatures) and make it the check.
+
+        NOTE: [a new signature joins the running check]
+        Callers hold the bound check function (``compiled.forward``), so a check
+        generated again with one more branch replaces the code and globals of the
+        same function object: every holder runs the new check on its next call.
+        """
+        namespace = load_execution_module(
+            code,
+            None,
+            filename=path,
+            extra_globals={GUARDS: tensor_guards, IN_RANGE: in_range},
+        )
+        fn = bind_kwonly(
+            bind_kwonly(namespace[FUNCTION], FORWARDS, self.forwards),
+            MISMATCH,
+            self.mismatch,
+        )
+        if self.function is None:
+            self.namespace, self.function = namespace, fn
+            return
+        self.namespace.clear()
+        self.namespace.update(namespace)
+        self.function.__kwdefaults__ = fn.__kwdefaults__
+        self.function.__code__ = fn.__code__
+
+    # -- the slow path -----------------------------------------------------------------
+
+    def mismatch(self, model: Any, *args: Any) -> Any:
+        with self.lock:
+            return self._mismatch(model, args)
+
+    def _mismatch(self, model: Any, args: tuple[Any, ...]) -> Any:
+        if len(args) != len(self.spec.params) - 1:
+            raise StitchInputError(
+                f"{self.spec.forward} was compiled for {len(self.spec.params) - 1} "
+                f"arguments ({', '.join(self.spec.params[1:])}), got {len(args)}"
+            )
+        found = [mismatches(sig, args) for sig in self.spec.signatures]
+        for i, m in enumerate(found):
+            if not m:  # only what the C++ guard adds (dispatch keys, requires_grad)
+                self._rebuild_guard(i, args)
+                return self.forwards[i](model, *args)
+        for i, m in enumerate(found):
+            if all(x.kind == "layout" for x in m) and not written(
+                self.spec.signatures[i], m
+            ):
+                names = {x.name for x in m}
+                copies = [
+                    (
+                        a.clone(memory_format=torch.contiguous_format)
+                        if name in names
+                        else a
+                    )
+                    for name, a in zip(self.spec.params[1:], args)
+                ]
+                return self.forwards[i](model, *copies)
+        closest = min(found, key=len)
+        # No compile changes these: the model asserted the relation while it
+        # was traced, and eager raises IndexError for an id outside the table.
+        hints = {
+            "relation": "the model requires these sizes to be equal",
+            "bounds": "they index an embedding table",
+        }
+        refused = [x for x in closest if x.kind in hints]
+        if refused:
+            raise StitchInputError(
+                f"{self.spec.forward}: "
+                + "; ".join(f"{x} ({hints[x.kind]})" for x in refused)
+            )
+        return self._compile(model, args, closest)
+
+    def _rebuild_guard(self, i: int, args: Sequence[Any]) -> None:
+        sig = self.spec.signatures[i]
+        entries = []
+        tensors = []
+        for spec, a in zip(sig.inputs, args):
+            if isinstance(spec, TensorInput):
+                tensors.append(a)
+                sizes = tuple(s if isinstance(s, int) else None for s in spec.sizes)
+                entries.append((sizes, spec.strides))
+        from torch._C._dynamo.guards import TensorGuards
+
+        self.namespace[f"SIGNATURE_{i}"] = TensorGuards(
+            *tensors,
+            dynamic_dims_sizes=[list(e[0]) for e in entries],
+            dynamic_dims_strides=[list(e[1]) for e in entries],
+        )
+
+    def _compile(
+        self, model: Any, args: tuple[Any, ...], closest: list[Mismatch]
+    ) -> Any:
+        dims = _dims(self, args)
+        names = self.spec.params[1:]
+        shape = describe(names, args, dims, ()).key()
+        rejected = self.state["rejected"]
+        if shape in rejected:
+            raise StitchInputError(rejected[shape])
+        folder = f"{self.folder}.sig_{shape}" if self.folder else None
+        log.warning(
+            "stitch aot: %s was not compiled for these inputs (%s); compiling it for them",
+            model_name(self.model),
+            "; ".join(str(m) for m in closest),
+        )
+        try:
+            forward, saved, graph = self.ops.compile_signature(
+                self.model, args, dims, self.config, folder, self.cudagraphs
+            )
+        except Exception as exc:  # noqa: BLE001 - the trace rejects what eager rejects
+            message = (
+                f"{self.spec.forward}: {closest[0]}; compiling the model for these "
+                f"inputs failed ({_first_line(exc)})"
+            )
+            rejected[shape] = message
+            self._save()
+            raise StitchInputError(message) from exc
+        sig = describe(names, args, dims, graph)
+        self.spec = dataclasses.replace(
+            self.spec, signatures=(*self.spec.signatures, sig)
+        )
+        self.forwards.append(_unbound(forward))
+        self.folders.append(os.path.basename(saved) if saved else None)
+        self._save()
+        # Through the new check: what the compile did not look at (token ids
+        # out of range, say) is still refused before a kernel runs.
+        assert self.function is not None
+        return self.function(model, *args)
+
+    def _save(self) -> None:
+        """Generate the check again, write it and ``signatures.py`` (when saved), load it."""
+        from stitch.codegen.input_check import generate_input_check
+
+        code = generate_input_check(self.spec)
+        path = None
+        if self.folder is not None:
+            path = os.path.join(self.folder, CHECK_FILE)
+            try:
+                write_signatures(self.folder, code, self.spec, self.folders, self.state)
+            except OSError as exc:
+                log.warning("stitch aot: could not write %s (%s)", self.folder, exc)
+                path = None
+        self.install(code, path)
+
+
+def _dims(check: InputCheck, args: Sequence[Any]) -> list[list[int]]:
+    """The first signature's dynamic dims, for other inputs (those they have)."""
+    return [
+        [d for d in dyn if isinstance(a, torch.Tensor) and d < a.dim()]
+        for dyn, a in zip(check.state["dims"], args)
+    ]
+
+
+def _unbound(forward: Any) -> Any:
+    if isinstance(forward, types.MethodType):
+        return forward.__func__
+    return lambda _self, *args: forward(*args)
+
+
+def _first_line(exc: BaseException) -> str:
+    """What the trace said, from the error at the bottom of the chain (Dynamo wraps
+    the fake-tensor error that names the op's requirement)."""
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    text = str(exc).strip()
+    # Dynamo's fake-tensor failures name the op's own error on one line.
+    found = re.search(r"got (\w+)\((['\"])(.*)\2\)\s*$", text, re.MULTILINE)
+    if found:
+        return f"{found.group(1)}: {found.group(3)[:300]}"
+    lines = text.splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+# -- the files ---------------------------------------------------------------------------
+
+
+def write_signatures(
+    folder: str,
+    code: str,
+    spec: InputCheckSpec,
+    folders: Sequence[str | None],
+    state: dict[str, Any],
+) -> None:
+    """The check, then ``signatures.py`` (its presence and sha256 commit the check)."""
+    atomic_write(os.path.join(folder, CHECK_FILE), code.encode("utf-8"))
+    record = {
+        "format": SIGNATURES_FORMAT,
+        "forward": spec.forward,
+        "params": list(spec.params),
+        "dims": state["dims"],
+        "signatures": [
+            {"folder": f or "", "inputs": s.to_literal()}
+            for f, s in zip(folders, spec.signatures)
+        ],
+        "rejected": dict(sorted(state["rejected"].items())),
+        "check_sha256": hashlib.sha256(code.encode("utf-8")).hexdigest(),
+    }
+    text = repr(record) + "\n"
+    ast.literal_eval(text)
+    atomic_write(os.path.join(folder, SIGNATURES_FILE), text.encode("utf-8"))
+
+
+def read_signatures(folder: str) -> tuple[dict[str, Any], str]:
+    """``signatures.py`` and the check it pins; StaleRecord when there is none."""
+    root = cache_root_of(folder)
+    paths = [os.path.join(folder, n) for n in (SIGNATURES_FILE, CHECK_FILE)]
+    for path in paths:
+        check_trusted(path, root)
+    try:
+        with open(paths[0], encoding="utf-8") as f:
+            record = ast.literal_eval(f.read())
+        with open(paths[1], encoding="utf-8") as f:
+            code = f.read()
+    except FileNotFoundError:
+        raise StaleRecord("it has no input check") from None
+    except (SyntaxError, ValueError) as exc:
+        raise StitchCacheError(f"{paths[0]} is not a literal ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != SIGNATURES_FORMAT:
+        raise StitchCacheError(f"{paths[0]} has an unknown format")
+    if hashlib.sha256(code.encode("utf-8")).hexdigest() != record.get("check_sha256"):
+        raise StitchCacheError(f"{paths[1]} does not match its sha256")
+    return record, code
+
+
+# -- the entry points aot.py calls ----------------------------------------------------------
+
+
+def after_compile(
+    model: torch.nn.Module,
+    forward: Any,
+    saved: str | None,
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+    graph: Sequence[GraphInput],
+    context: tuple[CompilationConfig, Any, AOTOps],
+) -> Any:
+    """The compiled forward behind a new input check (written beside the record)."""
+    if not isinstance(forward, types.MethodType):
+        return forward  # the Dynamo-entered fallback: Dynamo's guards check
+    params = forward_params(model, len(args))
+    sig = describe(params[1:], args, dims, graph)
+    spec = InputCheckSpec(_qualname(model), params, (sig,))
+    state = {"dims": [list(d) for d in dims], "rejected": {}}
+    check = InputCheck(model, spec, [_unbound(forward)], [""], state, saved, context)
+    check._save()
+    return check.forward
+
+
+def after_load(
+    model: torch.nn.Module,
+    forward: Any,
+    folder: str,
+    context: tuple[CompilationConfig, Any, AOTOps],
+) -> Any:
+    """The loaded forward behind its saved check; later signatures load on first use."""
+    record, code = read_signatures(folder)
+    try:
+        sigs = tuple(
+            InputSignature.from_literal(s["inputs"]) for s in record["signatures"]
+        )
+        spec = InputCheckSpec(record["forward"], tuple(record["params"]), sigs)
+        folders = [s["folder"] or None for s in record["signatures"]]
+        state = {"dims": record["dims"], "rejected": dict(record["rejected"])}
+    except (KeyError, TypeError, StitchError) as exc:
+        raise StitchCacheError(
+            f"{folder}/{SIGNATURES_FILE} is malformed ({exc})"
+        ) from None
+    check = InputCheck(model, spec, [], folders, state, folder, context)
+    check.forwards.append(_unbound(forward))
+    for i in range(1, len(sigs)):
+        check.forwards.append(LazyForward(check, i))
+    check.install(code, os.path.join(folder, CHECK_FILE))
+    return check.forward
+
+
+class LazyForward:
+    """A later signature's saved forward, loaded on its first call (then replaced)."""
+
+    def __init__(self, check: InputCheck, index: int) -> None:
+        self.check = check
+        self.index = index
+
+    def __call__(self, model: Any, *args: Any) -> Any:
+        check = self.check
+        with check.lock:
+            forward = check.forwards[self.index]
+            if forward is self:
+                try:
+                    forward = self._load(args)
+                except (
+                    StaleRecord,
+                    StitchCacheError,
+                    OSError,
+                    ValueError,
+                    KeyError,
+                ) as exc:
+                    forward = self._compile(args, exc)
+                check.forwards[self.index] = forward
+        return forward(model, *args)
+
+    def _compile(self, args: Sequence[Any], exc: Exception) -> Any:
+        check = self.check
+        folder = os.path.join(os.path.dirname(check.folder), check.folders[self.index])
+        log.warning(
+            "stitch aot: the saved %s for signature %d is unusable (%s); compiling it again",
+            model_name(check.model),
+            self.index,
+            exc,
+        )
+        forward, _, _ = check.ops.compile_signature(
+            check.model,
+            args,
+            _dims(check, args),
+            check.config,
+            folder,
+            check.cudagraphs,
+        )
+        return _unbound(forward)
+
+    def _load(self, args: Sequence[Any]) -> Any:
+        check = self.check
+        folder = os.path.join(os.path.dirname(check.folder), check.folders[self.index])
+        loaded = check.ops.load(
+            check.model,
+            args,
+            _dims(check, args),
+            check.config,
+            folder,
+            False,
+            check.cudagraphs,
+        )
+        if loaded is None:
+            raise StitchCacheError(f"{folder} holds no saved forward")
+        return _unbound(loaded[0])
+
+
+def _qualname(model: torch.nn.Module) -> str:
+    return f"{model_name(model)}.forward"

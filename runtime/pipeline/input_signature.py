@@ -1,0 +1,228 @@
+"""A saved forward's input signatures: described from Dynamo's graph, checked in Python.
+
+``describe`` turns the example inputs (and what the backend saw of them) into
+the :class:`InputSignature` the emitted check is generated from;
+``tensor_guards`` builds the C++ guard the emitted check calls; ``mismatches``
+is the slow path's diagnosis, argument by argument (see NOTE: [what a saved
+forward does with an input it was not compiled for] in ``input_check.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from stitch.codegen.input_check import InputSignature, TensorInput, ValueInput
+
+from .graph_inputs import GraphInput
+
+# -- describing inputs ----------------------------------------------------------------
+
+
+def forward_params(model: torch.nn.Module, count: int) -> tuple[str, ...]:
+    """``self`` and the names of the forward's first ``count`` positional
+    parameters; those ``*args`` takes are ``args_0``, ``args_1``, ..."""
+    named: list[str] = []
+    params = list(inspect.signature(type(model).forward).parameters.values())[1:]
+    for p in params:
+        if len(named) == count:
+            break
+        if p.kind is inspect.Parameter.VAR_POSITIONAL:
+            named += [f"{p.name}_{i}" for i in range(count - len(named))]
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            named.append(p.name)
+    named += [f"arg{i}" for i in range(len(named), count)]
+    return ("self", *named)
+
+
+def describe(
+    names: Sequence[str],
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+    graph: Sequence[GraphInput],
+) -> InputSignature:
+    """The signature ``args`` were compiled with; sizes and writes from Dynamo's graph."""
+    by_id = {id(g.example): g for g in graph}
+    symbols: dict[str, str] = {}
+    inputs: list[Any] = []
+    for i, (name, a, dyn) in enumerate(zip(names, args, dims)):
+        if not isinstance(a, torch.Tensor):
+            value = repr(a) if a is None or type(a) in (bool, int, float, str) else None
+            inputs.append(ValueInput(name, type(a).__name__, value))
+            continue
+        found = by_id.get(id(a))
+        raw = found.sizes if found is not None and found.sizes is not None else None
+        if raw is None or len(raw) != a.dim():
+            raw = tuple(f"arg{i}_{d}" if d in dyn else s for d, s in enumerate(a.shape))
+        sizes = tuple(
+            symbols.setdefault(s, f"n{len(symbols)}") if isinstance(s, str) else s
+            for s in raw
+        )
+        contiguous = a.is_contiguous()
+        strides = contiguous_strides(sizes) if contiguous else _static_strides(a, sizes)
+        inputs.append(
+            TensorInput(
+                name,
+                str(a.dtype).removeprefix("torch."),
+                str(a.device),
+                sizes,
+                strides,
+                contiguous,
+                bool(found is not None and found.mutated),
+                found.index_bound if found is not None else None,
+            )
+        )
+    return InputSignature(tuple(inputs))
+
+
+def contiguous_strides(sizes: Sequence[int | str]) -> tuple[int | None, ...]:
+    """Row-major strides; None where one depends on a dynamic size."""
+    strides: list[int | None] = []
+    step: int | None = 1
+    for s in reversed(sizes):
+        strides.append(step)
+        step = step * s if step is not None and isinstance(s, int) else None
+    return tuple(reversed(strides))
+
+
+def _static_strides(
+    a: torch.Tensor, sizes: Sequence[int | str]
+) -> tuple[int | None, ...]:
+    dynamic = any(isinstance(s, str) for s in sizes)
+    return tuple(None if dynamic else s for s in a.stride())
+
+
+def tensor_guards(
+    *entries: tuple[str, str, str, tuple[Any, ...], tuple[Any, ...]]
+) -> Any:
+    """``TensorGuards`` for the emitted check: ``(name, dtype, device, sizes, strides)``
+    per tensor, None for a dynamic size or stride (C++; no Dynamo import)."""
+    from torch._C._dynamo.guards import TensorGuards
+
+    examples = [
+        _example(dtype, device, sizes, strides)
+        for _, dtype, device, sizes, strides in entries
+    ]
+    return TensorGuards(
+        *examples,
+        dynamic_dims_sizes=[list(e[3]) for e in entries],
+        dynamic_dims_strides=[list(e[4]) for e in entries],
+    )
+
+
+def in_range(t: torch.Tensor, high: int) -> bool:
+    """Whether every value of ``t`` is in ``[0, high)`` (the emitted check's
+    ``__stitch_in_range__``, for token ids).
+
+    NOTE: [reading a few token ids]
+    A decode step has a few ids: reading them as a list costs about a third of
+    two reductions with their host reads (``bench/token_bounds.py``).
+    """
+    if t.dim() == 1 and t.numel() <= 32:
+        values = t.tolist()
+        return not values or (min(values) >= 0 and max(values) < high)
+    return t.numel() == 0 or (int(t.min()) >= 0 and int(t.max()) < high)
+
+
+def _example(
+    dtype: str, device: str, sizes: Sequence[Any], strides: Sequence[Any]
+) -> Any:
+    shape = [2 if s is None else s for s in sizes]
+    return torch.empty_strided(
+        shape, contiguous_strides(shape), dtype=getattr(torch, dtype), device=device
+    )
+
+
+# -- diagnosing a mismatch ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    kind: str  # type, dtype, device, rank, size, layout, relation, bounds, value
+    name: str
+    expected: str
+    given: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: expected {self.expected}, got {self.given}"
+
+
+def mismatches(sig: InputSignature, args: Sequence[Any]) -> list[Mismatch]:
+    out: list[Mismatch] = []
+    seen: dict[str, tuple[str, int, int]] = {}
+    for spec, a in zip(sig.inputs, args):
+        if isinstance(spec, ValueInput):
+            if type(a).__name__ != spec.type or (
+                spec.value is not None and repr(a) != spec.value
+            ):
+                out.append(Mismatch("value", spec.name, spec.describe(), repr(a)[:60]))
+            continue
+        if not isinstance(a, torch.Tensor):
+            out.append(Mismatch("type", spec.name, "a tensor", type(a).__name__))
+            continue
+        dtype = str(a.dtype).removeprefix("torch.")
+        if dtype != spec.dtype:
+            out.append(Mismatch("dtype", spec.name, spec.dtype, dtype))
+        if str(a.device) != spec.device:
+            out.append(Mismatch("device", spec.name, spec.device, str(a.device)))
+        if a.dim() != len(spec.sizes):
+            out.append(
+                Mismatch(
+                    "rank",
+                    spec.name,
+                    f"rank {len(spec.sizes)}",
+                    f"rank {a.dim()} (shape {list(a.shape)})",
+                )
+            )
+            continue
+        for d, (want, got) in enumerate(zip(spec.sizes, a.shape)):
+            if isinstance(want, int) and want != got:
+                out.append(
+                    Mismatch("size", spec.name, f"shape[{d}] == {want}", str(got))
+                )
+            elif isinstance(want, str):
+                if want in seen and seen[want][2] != got:
+                    other, od, osize = seen[want]
+                    out.append(
+                        Mismatch(
+                            "relation",
+                            spec.name,
+                            f"shape[{d}] == {other}.shape[{od}] (one size {want})",
+                            f"{got} and {osize}",
+                        )
+                    )
+                seen.setdefault(want, (spec.name, d, got))
+        if spec.index_bound is not None and spec.device == "cpu" and a.numel():
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi >= spec.index_bound:
+                out.append(
+                    Mismatch(
+                        "bounds",
+                        spec.name,
+                        f"values in [0, {spec.index_bound})",
+                        f"values from {lo} to {hi}",
+                    )
+                )
+        # The layout of these sizes (a wrong size is reported as one already).
+        strides = contiguous_strides(list(a.shape)) if spec.contiguous else spec.strides
+        if any(
+            w is not None and w != g
+            for w, g in zip(strides, a.stride())
+            if w is not None
+        ):
+            if not (spec.contiguous and a.numel() <= 1):
+                out.append(
+                    Mismatch(
+                        "layout", spec.name, spec.describe(), f"strides {a.stride()}"
+                    )
+                )
+    return out
+
+
+def written(sig: InputSignature, found: Sequence[Mismatch]) -> bool:
+    mutated = {i.name for i in sig.inputs if isinstance(i, TensorInput) and i.mutated}
+    return any(m.name in mutated for m in found)

@@ -1,0 +1,389 @@
+"""A saved forward checks what it is given (issue 19): every row of the table, cold and warm.
+
+Each process is a fresh one (``input_check_worker.py``): the cold one compiles
+and saves the forward, then calls it with each row's inputs; the warm one loads
+it and does the same.  A process that aborts fails the rows it did not reach,
+with its stderr, and not the suite.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import black
+import pytest
+import torch
+from backend_support import INDUCTOR_TOL, worker_env
+
+from stitch.codegen import StitchError, StitchInputError
+from stitch.codegen.emit import BLACK_MODE
+from stitch.codegen.input_check import (
+    FORWARDS,
+    FUNCTION,
+    GUARDS,
+    IN_RANGE,
+    MISMATCH,
+    InputCheckSpec,
+    InputSignature,
+    TensorInput,
+    ValueInput,
+    generate_input_check,
+)
+from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.loader import bind_kwonly, load_execution_module
+from stitch.runtime.pipeline.input_signature import (
+    forward_params,
+    in_range,
+    mismatches,
+    tensor_guards,
+)
+
+WORKER = Path(__file__).with_name("input_check_worker.py")
+ROWS = [
+    "int64",
+    "int32_ids",
+    "int32_ids_again",
+    "float_ids",
+    "noncontiguous_ids",
+    "2d_ids",
+    "different_lengths",
+    "zero_tokens_int32_positions",
+    "ids_out_of_range",
+    "negative_ids",
+    "int32_ids_out_of_range",
+    "inference_tensors",
+    "out_of_range_different_lengths",
+]
+
+
+def run_rows(cache: Path) -> dict[str, Any]:
+    spec = {"cache_dir": str(cache), "rows": ROWS}
+    proc = subprocess.run(
+        [sys.executable, str(WORKER), json.dumps(spec)],
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    rows = {}
+    report = None
+    for line in proc.stdout.splitlines():
+        if line.startswith("ROW "):
+            row = json.loads(line[4:])
+            rows[row["row"]] = row
+        elif line.startswith("WORKER "):
+            report = json.loads(line[7:])
+    return {"proc": proc, "rows": rows, "report": report}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    cache = tmp_path_factory.mktemp("input-check") / "cache"
+    return {"cache": cache, "cold": run_rows(cache), "warm": run_rows(cache)}
+
+
+def row(runs: dict[str, Any], process: str, name: str) -> dict[str, Any]:
+    run = runs[process]
+    if name not in run["rows"]:
+        proc = run["proc"]
+        pytest.fail(
+            f"the {process} process did not report row {name} (exit {proc.returncode})\n"
+            f"--- stderr (tail)\n{proc.stderr[-3000:]}"
+        )
+    return run["rows"][name]
+
+
+PROCESSES = ["cold", "warm"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+def test_processes_exit_cleanly(runs: dict[str, Any], process: str) -> None:
+    run = runs[process]
+    assert run["proc"].returncode == 0, run["proc"].stderr[-3000:]
+    assert run["report"]["warm"] is (process == "warm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+def test_the_compiled_signature_runs(runs: dict[str, Any], process: str) -> None:
+    r = row(runs, process, "int64")
+    assert r["diff"] < INDUCTOR_TOL["atol"]
+    assert r["counter"].get("num_backend_compilations", 0) == 0
+
+
+@pytest.mark.slow
+def test_int32_ids_compile_once_and_are_chosen_later(runs: dict[str, Any]) -> None:
+    cold = row(runs, "cold", "int32_ids")
+    assert cold["diff"] < INDUCTOR_TOL["atol"]
+    assert cold["counter"]["num_backend_compilations"] == 1
+    # The check now has a branch for int32 ids: no compile, no slow path.
+    again = row(runs, "cold", "int32_ids_again")
+    assert again["diff"] < INDUCTOR_TOL["atol"]
+    assert again["counter"].get("num_backend_compilations", 0) == 0
+    for name in ("int32_ids", "int32_ids_again"):
+        warm = row(runs, "warm", name)
+        assert warm["diff"] < INDUCTOR_TOL["atol"]
+        assert warm["counter"].get("num_backend_compilations", 0) == 0
+        # Loaded from its saved record: prebuilt pieces, no Inductor.
+        assert warm["counter"].get("num_inductor_compiles", 0) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+def test_float_ids_raise_a_stitch_input_error(
+    runs: dict[str, Any], process: str
+) -> None:
+    r = row(runs, process, "float_ids")
+    assert r["error"] == "StitchInputError", r
+    assert "input_ids: expected int64, got float32" in r["message"]
+    # What the trace said (eager says the same).
+    assert "Long, Int" in r["message"]
+    if process == "warm":  # rejected before: nothing traced again
+        assert r["counter"] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+def test_noncontiguous_ids_run_on_a_copy(runs: dict[str, Any], process: str) -> None:
+    r = row(runs, process, "noncontiguous_ids")
+    assert r["diff"] < INDUCTOR_TOL["atol"]
+    assert r["counter"].get("num_backend_compilations", 0) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+def test_2d_ids_raise_a_stitch_input_error(runs: dict[str, Any], process: str) -> None:
+    r = row(runs, process, "2d_ids")
+    assert r["error"] == "StitchInputError", r
+    assert "input_ids: expected rank 1, got rank 2 (shape [1, 8])" in r["message"]
+    if process == "warm":
+        assert r["counter"] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+def test_different_lengths_raise_a_stitch_input_error(
+    runs: dict[str, Any], process: str
+) -> None:
+    r = row(runs, process, "different_lengths")
+    assert r["error"] == "StitchInputError", r
+    assert "positions: expected shape[0] == input_ids.shape[0]" in r["message"]
+    assert "got 5 and 8 (the model requires these sizes to be equal)" in r["message"]
+    assert r["counter"] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+def test_zero_tokens_with_int32_positions_work(
+    runs: dict[str, Any], process: str
+) -> None:
+    r = row(runs, process, "zero_tokens_int32_positions")
+    assert "error" not in r, r
+    assert r["shape"] == [0, 64]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [
+        ("ids_out_of_range", "got values from 1"),
+        ("negative_ids", "got values from -"),
+        ("int32_ids_out_of_range", "got values from 1"),
+    ],
+)
+def test_token_ids_out_of_range_raise_a_stitch_input_error(
+    runs: dict[str, Any], process: str, name: str, values: str
+) -> None:
+    """Eager raises IndexError; Inductor's CPU kernel would end the process."""
+    r = row(runs, process, name)
+    assert r["error"] == "StitchInputError", r
+    assert "input_ids: expected values in [0, 128)" in r["message"]
+    assert values in r["message"]
+    assert r["counter"].get("num_backend_compilations", 0) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+def test_what_no_compile_changes_is_refused_without_one(
+    runs: dict[str, Any], process: str
+) -> None:
+    r = row(runs, process, "out_of_range_different_lengths")
+    assert r["error"] == "StitchInputError", r
+    assert "positions: expected shape[0] == input_ids.shape[0]" in r["message"]
+    assert "input_ids: expected values in [0, 128)" in r["message"]
+    assert r["counter"] == {}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("process", PROCESSES)
+def test_inference_tensors_pass_the_check(runs: dict[str, Any], process: str) -> None:
+    """Their dispatch keys differ from the guard's: the slow path finds them
+    fitting, and rebuilds the guard."""
+    r = row(runs, process, "inference_tensors")
+    assert r["diff"] < INDUCTOR_TOL["atol"]
+    assert r["counter"].get("num_backend_compilations", 0) == 0
+
+
+@pytest.mark.slow
+def test_warm_process_imports_no_compiler(runs: dict[str, Any]) -> None:
+    """Every row was seen by the cold process: the warm one compiles and traces nothing."""
+    report = runs["warm"]["report"]
+    assert report["imported"] == []
+    assert report["warnings"] == []
+
+
+@pytest.mark.slow
+def test_inspect_shows_the_check(runs: dict[str, Any]) -> None:
+    out = io.StringIO()
+    assert inspect_cache(str(runs["cache"]), out) == 0
+    text = out.getvalue()
+    assert "input check:" in text
+    assert "def check_forward(" in text
+    assert "SIGNATURE_0.check(input_ids, positions)" in text
+    assert "input_ids.numel() == positions.numel()" in text
+    assert "__stitch_in_range__(input_ids, 128)" in text
+
+
+# -- the emitted check and the diagnosis, in this process (no compile) ----------------
+
+IDS = TensorInput("input_ids", "int64", "cpu", ("n0",), (1,), True, index_bound=128)
+POS = TensorInput("positions", "int64", "cpu", ("n0",), (1,), True)
+HIDDEN = TensorInput("hidden", "float32", "cpu", ("n0", 64), (64, 1), True)
+SPEC = InputCheckSpec(
+    "tests.Model.forward",
+    ("self", "input_ids", "positions", "hidden", "flag"),
+    (
+        InputSignature((IDS, POS, HIDDEN, ValueInput("flag", "bool", "True"))),
+        InputSignature(
+            (
+                dataclasses.replace(IDS, dtype="int32"),
+                POS,
+                HIDDEN,
+                ValueInput("flag", "bool", "True"),
+            )
+        ),
+    ),
+)
+
+
+def load_check(code: str) -> tuple[Any, list[Any]]:
+    calls: list[Any] = []
+    namespace = load_execution_module(
+        code, None, extra_globals={GUARDS: tensor_guards, IN_RANGE: in_range}
+    )
+    fn = namespace[FUNCTION]
+    forwards = [
+        lambda self, *a, i=i: calls.append(i) or i for i in range(len(SPEC.signatures))
+    ]
+    mismatch = lambda self, *a: calls.append("mismatch") or "mismatch"  # noqa: E731
+    return bind_kwonly(bind_kwonly(fn, FORWARDS, forwards), MISMATCH, mismatch), calls
+
+
+def test_emitted_check_golden(golden: Any) -> None:
+    code = generate_input_check(SPEC)
+    golden(code)
+    assert code == black.format_str(code, mode=BLACK_MODE)
+
+
+def inputs(n: int = 3, m: int | None = None, **changes: Any) -> list[Any]:
+    args = {
+        "input_ids": torch.arange(n),
+        "positions": torch.arange(n if m is None else m),
+        "hidden": torch.zeros(n, 64),
+        "flag": True,
+    }
+    args.update(changes)
+    return list(args.values())
+
+
+@pytest.mark.parametrize(
+    ("args", "chosen", "kinds"),
+    [
+        (inputs(), 0, []),
+        (inputs(0), 0, []),
+        (inputs(input_ids=torch.arange(3, dtype=torch.int32)), 1, ["dtype"]),
+        (inputs(input_ids=torch.arange(3.0)), "mismatch", ["dtype"]),
+        (inputs(3, 4), "mismatch", ["relation"]),
+        (inputs(hidden=torch.zeros(64, 3).t()), "mismatch", ["layout"]),
+        (inputs(hidden=torch.zeros(3, 32)), "mismatch", ["size"]),
+        (inputs(input_ids=torch.arange(3)[None]), "mismatch", ["rank"]),
+        (inputs(input_ids=[1, 2, 3]), "mismatch", ["type"]),
+        (inputs(flag=False), "mismatch", ["value"]),
+        (inputs(input_ids=torch.tensor([0, 128, 5])), "mismatch", ["bounds"]),
+        (inputs(input_ids=torch.tensor([-1, 1, 5])), "mismatch", ["bounds"]),
+    ],
+)
+def test_check_chooses_a_signature_or_the_slow_path(
+    args: list[Any], chosen: Any, kinds: list[str]
+) -> None:
+    check, calls = load_check(generate_input_check(SPEC))
+    assert check(None, *args) == chosen
+    assert calls == [chosen]
+    assert [m.kind for m in mismatches(SPEC.signatures[0], args)] == kinds
+
+
+def test_mismatch_messages_name_the_argument() -> None:
+    (m,) = mismatches(SPEC.signatures[0], inputs(3, 5))
+    assert str(m) == (
+        "positions: expected shape[0] == input_ids.shape[0] (one size n0), got 5 and 3"
+    )
+    (m,) = mismatches(SPEC.signatures[0], inputs(input_ids=torch.arange(3.0)))
+    assert str(m) == "input_ids: expected int64, got float32"
+
+
+def test_signatures_round_trip_as_literals() -> None:
+    for sig in SPEC.signatures:
+        assert (
+            InputSignature.from_literal(ast.literal_eval(repr(sig.to_literal()))) == sig
+        )
+    assert SPEC.signatures[0].key() != SPEC.signatures[1].key()
+
+
+@pytest.mark.parametrize(
+    ("values", "inside"),
+    [
+        ([], True),
+        ([0, 127], True),
+        ([0, 128], False),
+        ([-1, 5], False),
+        (list(range(100)), True),  # past the list path: reductions
+        ([*range(100), 128], False),
+        ([*range(100), -3], False),
+    ],
+)
+def test_in_range(values: list[int], inside: bool) -> None:
+    t = torch.tensor(values, dtype=torch.int64)
+    assert in_range(t, 128) is inside
+    assert in_range(t.reshape(1, -1), 128) is inside
+
+
+class VarArgs(torch.nn.Module):
+    def forward(
+        self, input_ids: Any, positions: Any, *hidden: Any, flag: bool = True
+    ) -> Any:
+        return input_ids
+
+
+def test_check_arguments_take_the_forward_parameter_names() -> None:
+    assert forward_params(VarArgs(), 2) == ("self", "input_ids", "positions")
+    assert forward_params(VarArgs(), 4) == (
+        "self",
+        "input_ids",
+        "positions",
+        "hidden_0",
+        "hidden_1",
+    )
+
+
+def test_input_error_is_a_stitch_error() -> None:
+    assert issubclass(StitchInputError, StitchError)
+    assert StitchInputError.__module__ == "stitch.codegen.errors"
