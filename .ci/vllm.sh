@@ -26,8 +26,8 @@ python3 -m venv "$venv"
 # A module that cannot import vllm skips itself; here that would pass vacuously.
 "$venv/bin/python" -c "import vllm, stitch.runtime.vllm; print('vllm', vllm.__version__)"
 
-echo "== vllm 2/2 tests: pytest -m vllm tests/test_vllm.py"
+echo "== vllm 2/2 tests: pytest -m vllm tests/test_vllm.py tests/test_readme.py"
 # One process: each test starts engines (which spawn workers) one at a time.
-"$venv/bin/python" -m pytest -q -n 0 -m vllm tests/test_vllm.py
+"$venv/bin/python" -m pytest -q -n 0 -m vllm tests/test_vllm.py tests/test_readme.py
 
 echo "== vllm ok in $((SECONDS - started)) s"

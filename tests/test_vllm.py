@@ -185,6 +185,11 @@ def test_config_takes_vllm_defaults(
     assert config.splitting_ops == list(VllmCompilationConfig._attention_ops)
     assert config.max_num_batched_tokens == 4096
     assert config.cache_dir == str(tmp_path / "vllm" / "stitch")
+    # On CPU, the Inductor options vLLM's own CPU compile uses; vLLM's own
+    # inductor_compile_config comes along.
+    assert config.inductor_compile_config["size_asserts"] is False
+    assert config.inductor_compile_config["cpp.dynamic_threads"] is True
+    assert config.inductor_compile_config["enable_auto_functionalized_v2"] is False
     monkeypatch.setenv("STITCH_CACHE_DIR", str(tmp_path / "mine"))
     mine = stitch_config(fake_vllm_config(256, ["vllm::unified_attention_with_output"]))
     assert mine.cache_dir == str(tmp_path / "mine")

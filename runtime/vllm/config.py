@@ -114,6 +114,51 @@ def known_fields(fields: dict[str, Any], source: str) -> dict[str, Any]:
     return kept
 
 
+# NOTE: [the Inductor options vLLM compiles with on CPU]
+# vLLM's CPU platform (vllm/platforms/cpu.py, check_and_update_config) turns its
+# own compile into a whole-graph Inductor compile with these options; a user
+# who names another backend in mode 2 does not get them.  Stitch's pieces take
+# the same, so per-token costs compare like with like: without them every
+# piece checks each input's size and stride on every call (size_asserts), which
+# a whole graph does once.
+CPU_INDUCTOR_OPTIONS = {
+    "dce": True,
+    "size_asserts": False,
+    "nan_asserts": False,
+    "epilogue_fusion": True,
+    "cpp.dynamic_threads": True,
+}
+
+
+def _on_cpu(vllm_config: Any) -> bool:
+    device = getattr(getattr(vllm_config, "device_config", None), "device_type", None)
+    if device is not None:
+        return str(device) == "cpu"
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except ImportError:
+        return False
+
+
+def inductor_options(vllm_config: Any) -> dict[str, Any]:
+    """vLLM's ``inductor_compile_config`` (the options Inductor knows), plus its
+    CPU options on CPU."""
+    compilation = getattr(vllm_config, "compilation_config", None)
+    options = dict(getattr(compilation, "inductor_compile_config", None) or {})
+    if _on_cpu(vllm_config):
+        options.update(CPU_INDUCTOR_OPTIONS)
+    if not options:
+        return {}
+    import torch._inductor.config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    for key in sorted(set(options) - set(known)):
+        log.info("stitch: vLLM's Inductor option %r is unknown to Inductor", key)
+    return {k: v for k, v in options.items() if k in known}
+
+
 def vllm_defaults(vllm_config: Any) -> dict[str, Any]:
     """The fields vLLM's own config decides."""
     compilation = getattr(vllm_config, "compilation_config", None)
@@ -123,6 +168,7 @@ def vllm_defaults(vllm_config: Any) -> dict[str, Any]:
         "splitting_ops": list(getattr(compilation, "splitting_ops", None) or [])
         or vllm_splitting_ops(vllm_config),
         "cache_dir": stitch_cache_root(),
+        "inductor_compile_config": inductor_options(vllm_config),
     }
     tokens = getattr(scheduler, "max_num_batched_tokens", None)
     if type(tokens) is int and tokens >= 1:
