@@ -98,6 +98,9 @@ def test_llama_through_stitch_matches_vllm_eager(llama: dict[str, Any]) -> None:
     assert stitch["num_inductor_compiles"] == 3
     assert cold["counters"]["vllm_aot_compiles"] == 1
     assert LOAD_FAILURE not in llama["cold_log"]
+    # vLLM's splitting ops the model lacks (Mamba mixers, MLA, ...) are defaults:
+    # they never warn one by one.
+    assert "matched no node" not in llama["cold_log"]
 
 
 def test_second_engine_starts_warm(llama: dict[str, Any]) -> None:
@@ -151,6 +154,7 @@ def test_mixtral_through_stitch_matches_vllm_eager(
     assert cold["counters"]["stitch"]["num_piecewise_capturable_graphs_seen"] == 3
     bad_op = [ln for ln in log.splitlines() if "'vllm::no_such_attention'" in ln]
     assert len(bad_op) == 1 and "matched no node" in bad_op[0], log[-4000:]
+    assert log.count("matched no node") == 1  # vLLM's own ops stay quiet
     bad_field = [ln for ln in log.splitlines() if "'compile_szes'" in ln]
     assert len(bad_field) == 1, log[-4000:]
     assert "did you mean 'compile_sizes'?" in bad_field[0]
