@@ -94,6 +94,8 @@ def _worker_counters(worker: Any = None) -> dict[str, Any]:
     from stitch.runtime.counter import compilation_counter
 
     return {
+        # Frames Dynamo converted on call (torch.compile'd helpers); a model
+        # traced through aot_compile counts in unique_graphs only.
         "dynamo_frames": int(counters["frames"]["total"]),
         "dynamo_graphs": int(counters["stats"]["unique_graphs"]),
         "inductor": {k: int(v) for k, v in counters["inductor"].items()},

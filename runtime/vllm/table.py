@@ -134,7 +134,7 @@ def format_counters(rows: list[dict[str, Any]]) -> str:
         c = row["results"][0]["counters"]
         s = c["stitch"]
         lines.append(
-            f"{row['label']}: Dynamo frames {c['dynamo_frames']}, vLLM AOT "
+            f"{row['label']}: Dynamo graphs {c['dynamo_graphs']}, vLLM AOT "
             f"compiles {c['vllm_aot_compiles']} / loads {c['vllm_aot_loaded']}, "
             f"Stitch backend calls {s['num_backend_compilations']}, Inductor "
             f"compiles {s['num_inductor_compiles']}, prebuilt loads "
