@@ -33,7 +33,7 @@ from ..pipeline.stitched import (
     parse_reference,
     register_serializable,
 )
-from .config import stitch_cache_root, stitch_config, vllm_splitting_ops
+from .config import env_fields, stitch_cache_root, stitch_config, vllm_splitting_ops
 
 log = logging.getLogger("stitch")
 
@@ -52,7 +52,11 @@ class VllmStitchFunction(StitchFunction):
             return
         if self.reference is None:
             raise StitchCacheError("a saved Stitch function holds no reference")
-        self.fn = load_reference(self.reference, stitch_cache_root())
+        # The root this process would compile into: vLLM's cache root may have
+        # moved since the entry was saved, and the reference names its entry
+        # relative to the root.
+        root = env_fields().get("cache_dir") or stitch_cache_root()
+        self.fn = load_reference(self.reference, root)
         log.info("stitch: loaded the saved forward from %s", self.reference["entry"])
         # NOTE: [a warm engine still meets Inductor]
         # The loaded pieces need no Inductor, but vLLM compiles small helpers of
