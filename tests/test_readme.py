@@ -34,13 +34,25 @@ def test_the_readme_has_python_blocks() -> None:
     assert len(BLOCKS) >= 2
 
 
+def _param(source: str, block_id: str) -> object:
+    # vLLM's blocks run where vLLM is installed (.ci/vllm.sh selects -m vllm).
+    marks = [pytest.mark.vllm] if "from vllm" in source else []
+    return pytest.param(source, id=block_id, marks=marks)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("source", [s for _, s in BLOCKS], ids=[i for i, _ in BLOCKS])
+@pytest.mark.parametrize("source", [_param(s, i) for i, s in BLOCKS])
 def test_readme_block_runs_as_written(source: str, tmp_path: Path) -> None:
     if "stitch.runtime.hf" in source and importlib.util.find_spec("transformers") is None:
         pytest.skip("needs transformers (pip install -e '.[hf]')")
+    if "from vllm" in source and importlib.util.find_spec("vllm") is None:
+        pytest.skip("needs vLLM in its own venv (README.md, .ci/vllm.sh)")
     # Caches go to a scratch folder, not the user's ~/.cache.
-    env = {**os.environ, "STITCH_CACHE_DIR": str(tmp_path / "cache")}
+    env = {
+        **os.environ,
+        "STITCH_CACHE_DIR": str(tmp_path / "cache"),
+        "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache"),
+    }
     proc = subprocess.run(
         [sys.executable, "-c", source],
         cwd=tmp_path,

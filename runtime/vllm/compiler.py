@@ -1,0 +1,130 @@
+"""The backend a vLLM engine names, and the saved function its AOT loader finalizes.
+
+NOTE: [vLLM's AOT protocol]
+With ``VLLM_USE_AOT_COMPILE`` (the default on torch >= 2.10) vLLM compiles a
+model through ``torch.compile(...).aot_compile`` and saves the result; a later
+engine process loads it with ``torch.compiler.load_compiled_function`` and then
+calls ``compiled_fn.finalize_loading(vllm_config)`` on what the backend
+returned (``vllm/compilation/decorators.py``).  Anything either step raises
+makes vLLM log one warning ("Compiling model again due to a load failure ...")
+and compile as if the file were absent.  So :class:`VllmStitchFunction`
+deserializes only the reference to the Stitch cache entry and loads the entry
+in ``finalize_loading``: a stale, rewritten or missing entry raises a
+``StitchCacheError`` there, which vLLM turns into a recompile, and no forward
+ever runs a half-loaded function.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch.fx as fx
+
+from stitch.codegen.errors import StitchCacheError, StitchConfigError
+
+from ..pipeline.backend import StitchBackend
+from ..pipeline.compilers import start_inductor_warmup
+from ..pipeline.splitting import SplittingOpWarnings
+from ..pipeline.stitched import (
+    StitchFunction,
+    load_reference,
+    parse_reference,
+    register_serializable,
+)
+from .config import env_fields, stitch_cache_root, stitch_config, vllm_splitting_ops
+
+log = logging.getLogger("stitch")
+
+
+class VllmStitchFunction(StitchFunction):
+    """A :class:`StitchFunction` that also speaks vLLM's loader protocol."""
+
+    @classmethod
+    def deserialize_compile_artifacts(cls, data: bytes) -> VllmStitchFunction:
+        # The entry is loaded by finalize_loading (see NOTE: [vLLM's AOT protocol]).
+        return cls(None, parse_reference(data.decode("utf-8")))  # type: ignore[arg-type]
+
+    def finalize_loading(self, vllm_config: Any = None) -> None:
+        """Load the saved cache entry (no graph, no split, no compile); idempotent."""
+        if self.fn is not None:
+            return
+        if self.reference is None:
+            raise StitchCacheError("a saved Stitch function holds no reference")
+        # The root this process would compile into: vLLM's cache root may have
+        # moved since the entry was saved, and the reference names its entry
+        # relative to the root.
+        root = env_fields().get("cache_dir") or stitch_cache_root()
+        self.fn = load_reference(self.reference, root)
+        log.info("stitch: loaded the saved forward from %s", self.reference["entry"])
+        # NOTE: [a warm engine still meets Inductor]
+        # The loaded pieces need no Inductor, but vLLM compiles small helpers of
+        # its own with Inductor on the first request (the logprobs rank count,
+        # the top-k/top-p sampler).  Without this, that request pays the
+        # Inductor imports and the CPU ISA probe a cold start pays while it
+        # splits the graph (about a second here); started now, the probe runs
+        # beside the rest of the engine's start (KV cache, profile run).
+        start_inductor_warmup()
+
+    def __call__(self, *args: Any) -> Any:
+        if self.fn is None:
+            # Loaded by torch without vLLM's loader: finalize on first use.
+            self.finalize_loading()
+        return self.fn(*args)
+
+
+class StitchVllmBackend:
+    """The callable a vLLM ``compilation_config`` names as its backend.
+
+    Each call builds a Stitch :class:`CompilationConfig` from the engine's
+    config (see ``config.py``) and compiles through a fresh
+    :class:`StitchBackend`.  ``fields`` are ``CompilationConfig`` fields that
+    win over vLLM's defaults and ``$STITCH_VLLM_CONFIG``.
+
+    NOTE: [the engine's config is taken when vLLM resolves the name]
+    vLLM resolves the backend's name while it builds the model, under
+    ``set_current_vllm_config``, but calls the backend from the first forward,
+    where no config is current.  So the package hands out a new backend per
+    lookup (``stitch.runtime.vllm.__getattr__``), holding the config current at
+    that moment; a config current at call time wins.
+    """
+
+    def __init__(self, vllm_config: Any = None, **fields: Any) -> None:
+        self.vllm_config = vllm_config
+        self.fields = fields
+
+    def __call__(
+        self, gm: fx.GraphModule, example_inputs: Sequence[Any]
+    ) -> Callable[..., Any]:
+        vllm_config = current_vllm_config() or self.vllm_config
+        if vllm_config is None:
+            raise StitchConfigError(
+                "stitch.runtime.vllm.backend was called with no vLLM config: name it "
+                "in LLM(compilation_config={'mode': 2, 'backend': "
+                "'stitch.runtime.vllm.backend'}), or build it inside "
+                "set_current_vllm_config(...)"
+            )
+        config = stitch_config(vllm_config, self.fields)
+        stitch = StitchBackend(config)
+        stitch.splitting_warnings = SplittingOpWarnings(
+            quiet=vllm_splitting_ops(vllm_config)
+        )
+        fn = stitch(gm, example_inputs)
+        if isinstance(fn, StitchFunction):
+            register_serializable()
+            return VllmStitchFunction(fn.fn, fn.reference, fn.unsaveable)
+        return fn
+
+
+def current_vllm_config() -> Any:
+    """The engine config vLLM has set in this process, else None."""
+    from vllm.config import get_current_vllm_config_or_none
+
+    return get_current_vllm_config_or_none()
+
+
+def backend_with(**fields: Any) -> StitchVllmBackend:
+    """A backend with these ``CompilationConfig`` fields; keep it at module level of
+    a module vLLM's workers import and name it by its qualified name."""
+    return StitchVllmBackend(**fields)

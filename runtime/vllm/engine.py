@@ -1,0 +1,192 @@
+"""Run vLLM's real engine on a tiny saved checkpoint, one variant per process.
+
+The tests, ``stitch run --vllm`` and ``bench/vllm_engine.py`` all start each
+engine with ``python -m stitch.runtime.vllm.engine`` (vLLM spawns workers, so
+the engine needs a fresh ``__main__``) and read one JSON line back: the start
+time, request times, tokens, log-probabilities and the worker's compile
+counters.
+
+NOTE: [realistic weights]
+``load_format="dummy"`` fills every weight uniformly in [-1e-3, 1e-3], which
+makes all logits about equal: the greedy token is then decided by rounding
+noise and equal tokens prove nothing.  So the checkpoint is a randomly
+initialized transformers model (normal(0, 0.02), transformers' own init)
+written with ``save_pretrained``, which vLLM loads like any real checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+VARIANTS = {
+    # vLLM without torch.compile.
+    "eager": None,
+    # vLLM's default compile (on CPU: mode 2, whole-graph Inductor).
+    "vllm": {},
+    # Stitch, split at vLLM's attention and mixer ops.
+    "stitch": {"mode": 2, "backend": "stitch.runtime.vllm.backend"},
+}
+
+ENGINE_ENV = {
+    # Small KV cache, for 2-core machines with little memory per engineer.
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    # The counters are read from the worker through a callable (collective_rpc).
+    "VLLM_ALLOW_INSECURE_SERIALIZATION": "1",
+}
+
+
+def save_checkpoint(folder: str, family: str = "llama", layers: int = 8) -> str:
+    """A tiny random-weight ``family`` model saved with ``save_pretrained``."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    common = dict(
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=32000,
+        max_position_embeddings=1024,
+        torch_dtype="float32",
+    )
+    if family == "llama":
+        cfg = transformers.LlamaConfig(**common)
+        model = transformers.LlamaForCausalLM(cfg)
+    elif family == "mixtral":
+        cfg = transformers.MixtralConfig(
+            **common, num_local_experts=4, num_experts_per_tok=2
+        )
+        model = transformers.MixtralForCausalLM(cfg)
+    else:
+        raise ValueError(f"no tiny checkpoint for family {family!r}")
+    # NOTE: [logits of a trained model's spread]
+    # normal(0, 0.02) over hidden 256 spreads the logits by about 0.3, so the
+    # top two tokens are often within float noise of each other; trained models
+    # spread theirs over several units.  A larger output projection gives the
+    # greedy choice a margin that a correct compile cannot flip.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10.0)
+    model.save_pretrained(folder)
+    return folder
+
+
+def prompts(batch: int, length: int = 16, seed: int = 0) -> list[list[int]]:
+    """``batch`` prompts of ``length`` token ids, the same in every process."""
+    import random
+
+    rng = random.Random(seed)
+    return [[rng.randrange(1, 32000) for _ in range(length)] for _ in range(batch)]
+
+
+def _worker_counters(worker: Any = None) -> dict[str, Any]:
+    """Run inside vLLM's worker: what Dynamo, Inductor, vLLM and Stitch did there."""
+    from torch._dynamo.utils import counters
+    from vllm.compilation.counter import compilation_counter as vllm_counter
+
+    from stitch.runtime.counter import compilation_counter
+
+    return {
+        # Frames Dynamo converted on call (torch.compile'd helpers); a model
+        # traced through aot_compile counts in unique_graphs only.
+        "dynamo_frames": int(counters["frames"]["total"]),
+        "dynamo_graphs": int(counters["stats"]["unique_graphs"]),
+        "inductor": {k: int(v) for k, v in counters["inductor"].items()},
+        "vllm_aot_loaded": vllm_counter.num_aot_artifacts_loaded,
+        "vllm_aot_compiles": vllm_counter.num_aot_compiles,
+        "stitch": compilation_counter.snapshot(),
+    }
+
+
+def run(
+    model: str,
+    variant: str,
+    batches: list[int],
+    max_tokens: int,
+    rounds: int = 1,
+) -> dict[str, Any]:
+    """Start one engine, time requests of each batch size; see NOTE above for weights."""
+    for name, value in ENGINE_ENV.items():
+        os.environ.setdefault(name, value)
+    start = time.perf_counter()
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    kwargs: dict[str, Any] = dict(
+        model=model,
+        skip_tokenizer_init=True,
+        dtype="float32",
+        gpu_memory_utilization=0.2,
+        max_model_len=512,
+        seed=0,
+    )
+    if VARIANTS[variant] is None:
+        kwargs["enforce_eager"] = True
+    else:
+        kwargs["compilation_config"] = dict(VARIANTS[variant])
+    llm = LLM(**kwargs)
+    started = time.perf_counter() - start
+    params = SamplingParams(
+        temperature=0.0, max_tokens=max_tokens, ignore_eos=True, logprobs=0
+    )
+
+    def generate(batch: int) -> tuple[float, list[Any]]:
+        reqs = [TokensPrompt(prompt_token_ids=p) for p in prompts(batch)]
+        t0 = time.perf_counter()
+        outs = llm.generate(reqs, params, use_tqdm=False)
+        return time.perf_counter() - t0, outs
+
+    first, _ = generate(1)
+    result: dict[str, Any] = {
+        "variant": variant,
+        "start_s": started,
+        "first_request_s": first,
+        "seconds": {},
+        "tokens": {},
+        "logprobs": {},
+    }
+    for batch in batches:
+        times = []
+        for _ in range(rounds):
+            seconds, outs = generate(batch)
+            times.append(seconds)
+        result["seconds"][str(batch)] = statistics.median(times)
+        result["tokens"][str(batch)] = [list(o.outputs[0].token_ids) for o in outs]
+        result["logprobs"][str(batch)] = [
+            [
+                lp[t].logprob
+                for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)
+            ]
+            for o in outs
+        ]
+    result["counters"] = llm.collective_rpc(_worker_counters)[0]
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="folder of a saved checkpoint")
+    parser.add_argument("variant", choices=sorted(VARIANTS))
+    parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--save", metavar="FAMILY", help="first save a checkpoint")
+    parser.add_argument("--layers", type=int, default=8)
+    args = parser.parse_args(argv)
+    if args.save:
+        save_checkpoint(args.model, args.save, args.layers)
+    batches = [int(b) for b in args.batches.split(",") if b]
+    result = run(args.model, args.variant, batches, args.max_tokens, args.rounds)
+    sys.stdout.flush()
+    print("STITCH_VLLM_RESULT " + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

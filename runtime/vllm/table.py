@@ -1,0 +1,143 @@
+"""vLLM eager, vLLM's own compile and Stitch, side by side, each engine in its own process.
+
+``stitch run --vllm`` and ``bench/vllm_engine.py`` print this table.  Each row
+is one fresh engine process (``python -m stitch.runtime.vllm.engine``); a "warm"
+row is a second process over the cache its "cold" row filled.  Rounds repeat
+the whole sequence with fresh caches, interleaving the variants, and each cell
+is the median over rounds (single processes swing by about 15% on a shared
+2-core machine).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+RESULT = "STITCH_VLLM_RESULT "
+
+# (label, variant, which cache: a fresh one, or the one the row before filled)
+ROWS = (
+    ("vLLM eager (enforce_eager=True)", "eager", "fresh"),
+    ("vLLM default compile (CPU: mode 2, whole graph), cold", "vllm", "fresh"),
+    ("the same, second process", "vllm", "same"),
+    ("Stitch (mode 2, backend=stitch.runtime.vllm.backend), cold", "stitch", "fresh"),
+    ("the same, second process", "stitch", "same"),
+)
+
+
+def run_variant(
+    model: str,
+    variant: str,
+    cache: str,
+    *,
+    batches: str,
+    tokens: int,
+    repeats: int,
+) -> dict[str, Any]:
+    """One engine process; raises RuntimeError with its log's tail if it fails."""
+    env = dict(os.environ, VLLM_CACHE_ROOT=cache)
+    env.pop("STITCH_CACHE_DIR", None)
+    command = [sys.executable, "-m", "stitch.runtime.vllm.engine", model, variant]
+    command += ["--batches", batches, "--max-tokens", str(tokens)]
+    command += ["--rounds", str(repeats)]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stdout + proc.stderr)[-4000:]
+        raise RuntimeError(f"the {variant} engine failed:\n{tail}")
+    return json.loads(lines[-1][len(RESULT) :])
+
+
+def measure(
+    model: str,
+    *,
+    tokens: int = 32,
+    batches: tuple[int, ...] = (1, 8),
+    rounds: int = 1,
+    repeats: int = 3,
+    progress: Callable[[str], None] = lambda line: None,
+) -> list[dict[str, Any]]:
+    """The rows of the table, each with its per-round results."""
+    results: list[list[dict[str, Any]]] = [[] for _ in ROWS]
+    for r in range(rounds):
+        with tempfile.TemporaryDirectory(prefix="stitch-vllm-") as scratch:
+            cache = ""
+            for i, (label, variant, which) in enumerate(ROWS):
+                if which == "fresh":
+                    cache = os.path.join(scratch, f"cache{i}")
+                result = run_variant(
+                    model,
+                    variant,
+                    cache,
+                    batches=",".join(map(str, batches)),
+                    tokens=tokens,
+                    repeats=repeats,
+                )
+                results[i].append(result)
+                progress(
+                    f"round {r + 1}/{rounds}: {label}: start {result['start_s']:.1f} s"
+                )
+    return [
+        {"label": label, "variant": variant, "results": rs}
+        for (label, variant, _), rs in zip(ROWS, results)
+    ]
+
+
+def check_tokens(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows whose tokens differ from vLLM eager's (first round of each)."""
+    want = rows[0]["results"][0]["tokens"]
+    return [
+        f"{row['label']}: batch {b}"
+        for row in rows[1:]
+        for b, toks in row["results"][0]["tokens"].items()
+        if toks != want[b]
+    ]
+
+
+def _median(row: dict[str, Any], pick: Callable[[dict[str, Any]], float]) -> float:
+    return statistics.median(pick(r) for r in row["results"])
+
+
+def format_table(
+    rows: list[dict[str, Any]], tokens: int, batches: tuple[int, ...] = (1, 8)
+) -> str:
+    """A markdown table: start, first request, time per request and per token."""
+    head = "| run | engine start | first request |"
+    rule = "|---|---:|---:|"
+    for b in batches:
+        head += f" {b} x {tokens} tokens | ms/token ({b}) |"
+        rule += "---:|---:|"
+    lines = [head, rule]
+    for row in rows:
+        cells = [
+            row["label"],
+            f"{_median(row, lambda r: r['start_s']):.1f} s",
+            f"{_median(row, lambda r: r['first_request_s']):.2f} s",
+        ]
+        for b in batches:
+            seconds = _median(row, lambda r: r["seconds"][str(b)])
+            cells += [f"{seconds:.3f} s", f"{1000 * seconds / tokens:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def format_counters(rows: list[dict[str, Any]]) -> str:
+    """What each engine's worker compiled or loaded (first round)."""
+    lines = []
+    for row in rows:
+        c = row["results"][0]["counters"]
+        s = c["stitch"]
+        lines.append(
+            f"{row['label']}: Dynamo graphs {c['dynamo_graphs']}, vLLM AOT "
+            f"compiles {c['vllm_aot_compiles']} / loads {c['vllm_aot_loaded']}, "
+            f"Stitch backend calls {s['num_backend_compilations']}, Inductor "
+            f"compiles {s['num_inductor_compiles']}, prebuilt loads "
+            f"{s['num_prebuilt_loads']}"
+        )
+    return "\n".join(lines)

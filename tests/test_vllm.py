@@ -1,0 +1,220 @@
+"""Stitch inside vLLM's real engine: tokens and log-probabilities equal vLLM eager's,
+a second engine process starts warm through vLLM's AOT loader, a broken entry
+recompiles with one warning.
+
+Runs only where vllm is importable (its own venv: ``.ci/vllm.sh``); each engine
+runs in a fresh process (``python -m stitch.runtime.vllm.engine``), as vLLM
+spawns its workers.  Engines start slowly (25-70 s on 2 cores), so the module
+starts six: Llama eager, cold, warm and with a broken entry; Mixtral eager and
+cold (with a misspelled field and an op the graph lacks).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if importlib.util.find_spec("vllm") is None:
+    pytest.skip(
+        "vllm is not installed (its venv is built by .ci/vllm.sh)",
+        allow_module_level=True,
+    )
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+RESULT = "STITCH_VLLM_RESULT "
+LOAD_FAILURE = "Compiling model again due to a load failure"
+TOKENS = 24
+# The same model in float32 through different kernels: log-probabilities agree
+# to float noise (about 1e-5 here), far inside this.
+LOGPROB_TOL = 2e-3
+
+
+def run_engine(
+    model: Path, variant: str, cache: Path, env: dict[str, str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """One engine in a fresh process: its result and its output (logs)."""
+    environ = dict(os.environ, VLLM_CACHE_ROOT=str(cache), **(env or {}))
+    environ.pop("STITCH_CACHE_DIR", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stitch.runtime.vllm.engine", str(model), variant]
+        + ["--batches", "1,4", "--max-tokens", str(TOKENS)],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
+    assert proc.returncode == 0 and lines, f"{variant} engine failed:\n{output[-6000:]}"
+    return json.loads(lines[-1][len(RESULT) :]), output
+
+
+def assert_same_generation(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got["tokens"] == want["tokens"]
+    for batch, rows in want["logprobs"].items():
+        for row_got, row_want in zip(got["logprobs"][batch], rows):
+            worst = max(abs(a - b) for a, b in zip(row_got, row_want))
+            assert worst < LOGPROB_TOL, f"batch {batch}: logprobs differ by {worst}"
+    # The greedy tokens are decided, not ties (NOTE: [logits of a trained
+    # model's spread] in engine.py): the sampled token is far above uniform.
+    assert max(want["logprobs"]["1"][0]) > math.log(1 / 32000) + 3
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from stitch.runtime.vllm.engine import save_checkpoint
+
+    root = tmp_path_factory.mktemp("vllm_llama")
+    model = Path(save_checkpoint(str(root / "model"), "llama", layers=4))
+    cache = root / "cache"
+    eager, _ = run_engine(model, "eager", cache)
+    cold, cold_log = run_engine(model, "stitch", cache)
+    warm, warm_log = run_engine(model, "stitch", cache)
+    return dict(
+        model=model, cache=cache, eager=eager, cold=cold, cold_log=cold_log,
+        warm=warm, warm_log=warm_log,
+    )  # fmt: skip
+
+
+def test_llama_through_stitch_matches_vllm_eager(llama: dict[str, Any]) -> None:
+    cold = llama["cold"]
+    assert_same_generation(cold, llama["eager"])
+    stitch = cold["counters"]["stitch"]
+    # One Dynamo graph, split at each layer's attention: 4 attention pieces
+    # and 5 compiled pieces, of which 3 are unique (first, middle, last).
+    assert stitch["num_backend_compilations"] == 1
+    assert stitch["num_piecewise_capturable_graphs_seen"] == 5
+    assert stitch["num_piecewise_graphs_seen"] == 9
+    assert stitch["num_inductor_compiles"] == 3
+    assert cold["counters"]["vllm_aot_compiles"] == 1
+    assert LOAD_FAILURE not in llama["cold_log"]
+    # vLLM's splitting ops the model lacks (Mamba mixers, MLA, ...) are defaults:
+    # they never warn one by one.
+    assert "matched no node" not in llama["cold_log"]
+
+
+def test_second_engine_starts_warm(llama: dict[str, Any]) -> None:
+    warm, eager = llama["warm"], llama["eager"]
+    assert_same_generation(warm, eager)
+    counters = warm["counters"]
+    assert LOAD_FAILURE not in llama["warm_log"], llama["warm_log"][-4000:]
+    assert counters["vllm_aot_loaded"] == 1
+    assert counters["vllm_aot_compiles"] == 0
+    # No backend call, no Inductor compile: the pieces load from their
+    # prebuilt records.
+    stitch = counters["stitch"]
+    assert stitch["num_backend_compilations"] == 0
+    assert stitch["num_inductor_compiles"] == 0
+    assert stitch["num_prebuilt_loads"] == 3
+    # Dynamo traces only what vLLM eager traces too (its logprobs helper); the
+    # cold process traced one graph more, the model.
+    assert counters["dynamo_graphs"] == eager["counters"]["dynamo_graphs"]
+    assert llama["cold"]["counters"]["dynamo_graphs"] == counters["dynamo_graphs"] + 1
+
+
+def test_unloadable_entry_recompiles_with_one_warning(llama: dict[str, Any]) -> None:
+    # Rewrite the Stitch entry's index behind the saved forward's back: the
+    # saved reference's checksum no longer matches, so loading must refuse it.
+    (index,) = (llama["cache"] / "stitch").glob("*/rank_0/index.py")
+    index.write_text(index.read_text() + "\n# rewritten\n")
+    result, log = run_engine(llama["model"], "stitch", llama["cache"])
+    assert log.count(LOAD_FAILURE) == 1, log[-4000:]
+    line = next(ln for ln in log.splitlines() if LOAD_FAILURE in ln)
+    assert "was rewritten since it was saved" in line
+    assert result["counters"]["vllm_aot_compiles"] == 1
+    assert_same_generation(result, llama["eager"])
+
+
+def test_mixtral_through_stitch_matches_vllm_eager(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    from stitch.runtime.vllm import vllm_splitting_ops
+    from stitch.runtime.vllm.engine import save_checkpoint
+
+    root = tmp_path_factory.mktemp("vllm_mixtral")
+    model = Path(save_checkpoint(str(root / "model"), "mixtral", layers=2))
+    cache = root / "cache"
+    eager, _ = run_engine(model, "eager", cache)
+    fields = {
+        "splitting_ops": vllm_splitting_ops() + ["vllm::no_such_attention"],
+        "compile_szes": [4],
+    }
+    cold, log = run_engine(
+        model, "stitch", cache, {"STITCH_VLLM_CONFIG": json.dumps(fields)}
+    )
+    assert_same_generation(cold, eager)
+    assert cold["counters"]["stitch"]["num_piecewise_capturable_graphs_seen"] == 3
+    bad_op = [ln for ln in log.splitlines() if "'vllm::no_such_attention'" in ln]
+    assert len(bad_op) == 1 and "matched no node" in bad_op[0], log[-4000:]
+    assert log.count("matched no node") == 1  # vLLM's own ops stay quiet
+    bad_field = [ln for ln in log.splitlines() if "'compile_szes'" in ln]
+    assert len(bad_field) == 1, log[-4000:]
+    assert "did you mean 'compile_sizes'?" in bad_field[0]
+
+
+# -- the config a vLLM engine gets (no engine) ---------------------------------------
+
+
+def fake_vllm_config(tokens: int = 4096, splitting_ops: Any = None) -> Any:
+    from vllm.config import CompilationConfig as VllmCompilationConfig
+
+    compilation = VllmCompilationConfig()
+    compilation.splitting_ops = splitting_ops
+    return types.SimpleNamespace(
+        compilation_config=compilation,
+        scheduler_config=types.SimpleNamespace(max_num_batched_tokens=tokens),
+    )
+
+
+def test_config_takes_vllm_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from vllm.config import CompilationConfig as VllmCompilationConfig
+
+    from stitch.runtime.vllm import stitch_config
+
+    monkeypatch.delenv("STITCH_CACHE_DIR", raising=False)
+    monkeypatch.delenv("STITCH_VLLM_CONFIG", raising=False)
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm"))
+    # vLLM's mode 2 leaves splitting_ops empty: Stitch splits at vLLM's own list.
+    config = stitch_config(fake_vllm_config(splitting_ops=[]))
+    assert config.splitting_ops == list(VllmCompilationConfig._attention_ops)
+    assert config.max_num_batched_tokens == 4096
+    assert config.cache_dir == str(tmp_path / "vllm" / "stitch")
+    # On CPU, the Inductor options vLLM's own CPU compile uses; vLLM's own
+    # inductor_compile_config comes along.
+    assert config.inductor_compile_config["size_asserts"] is False
+    assert config.inductor_compile_config["cpp.dynamic_threads"] is True
+    assert config.inductor_compile_config["enable_auto_functionalized_v2"] is False
+    monkeypatch.setenv("STITCH_CACHE_DIR", str(tmp_path / "mine"))
+    mine = stitch_config(fake_vllm_config(256, ["vllm::unified_attention_with_output"]))
+    assert mine.cache_dir == str(tmp_path / "mine")
+    assert mine.splitting_ops == ["vllm::unified_attention_with_output"]
+    assert mine.max_num_batched_tokens == 256
+
+
+def test_config_fields_from_env_and_factory(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stitch.codegen.errors import StitchConfigError
+    from stitch.runtime.vllm import backend_with, stitch_config
+
+    monkeypatch.setenv("STITCH_VLLM_CONFIG", '{"compile_sizes": [1, 8]}')
+    assert stitch_config(fake_vllm_config()).compile_sizes == [1, 8]
+    factory = backend_with(compile_sizes=[2])
+    assert stitch_config(fake_vllm_config(), factory.fields).compile_sizes == [2]
+    monkeypatch.setenv("STITCH_VLLM_CONFIG", "compile_sizes=[1]")
+    with pytest.raises(StitchConfigError, match="STITCH_VLLM_CONFIG.*not JSON"):
+        stitch_config(fake_vllm_config())
+    # A known field with a bad value is the core's own error, naming it.
+    monkeypatch.setenv("STITCH_VLLM_CONFIG", '{"compile_sizes": [9000]}')
+    with pytest.raises(StitchConfigError, match="compile_sizes.*9000"):
+        stitch_config(fake_vllm_config())
