@@ -36,6 +36,7 @@ def execution_fn(
 ):
     # the runnables for this runtime size, chosen once per forward
     submod_0, submod_2, submod_4 = __vllm_dispatch__[s72]
+    # embed_tokens .. layers.0.self_attn
     q_2, k_2, v_1, out, x = submod_0(
         l_input_ids_,
         s72,
@@ -57,6 +58,7 @@ def execution_fn(
         0.25,
     )
     del q_2, k_2, v_1
+    # layers.0.self_attn .. layers.1.self_attn
     q_5, k_5, v_3, out, x = submod_2(
         out,
         s72,
@@ -82,6 +84,7 @@ def execution_fn(
         0.25,
     )
     del q_5, k_5, v_3
+    # layers.1.self_attn .. norm
     mul_31 = submod_4(
         out,
         s72,
