@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from stitch.codegen.errors import StitchConfigError, StitchError, StitchRuntimeError
 
+from ..compat.pytree import tree_flatten, tree_unflatten
 from ..config import CompilationConfig, CUDAGraphMode
 
 if TYPE_CHECKING:

@@ -37,7 +37,11 @@ from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, write_debug_dump
 from ..store.index import EntryRecord
 from ..targets import Target
+from ..compat.fake import shape_env_of
+from ..compat.versions import check_supported
+from ..compat.shapes import GuardMark, added_guards, guard_mark, install_guards
 from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
+from .entry import open_entry
 from .fakes import backend_fake_inputs
 from .layouts import LayoutChecks, eager_fed_layouts, guard_layouts
 from .piecewise import PiecewiseBackend, RangeWarnings, concretize
@@ -84,6 +88,7 @@ class StitchBackend:
         if config is not None and fields:
             raise StitchRuntimeError("pass a CompilationConfig or fields, not both")
         self.config = config if config is not None else CompilationConfig(**fields)
+        check_supported()  # one warning outside the tested torch releases
         # Return a StitchFunction (saveable by torch's aot_compile): always (True),
         # never (False), or when torch.compile(...).aot_compile calls (None).
         self.serializable = serializable
@@ -107,6 +112,7 @@ class StitchBackend:
                 self.compiled[-1].cache_dir,
                 compilation.consts,
                 compilation.graphs,
+                compilation.guards,
             )
         return fn
 
@@ -152,6 +158,9 @@ class Compilation:
         self.consts: list[Any] = []
         self.cudagraphed = False
         self.graphs: GraphPlan | None = None
+        # The guards this call's entry holds under (installed or added here).
+        self.guard_mark: GuardMark | None = None
+        self.guards: tuple[str, ...] = ()
 
     # -- the steps -----------------------------------------------------------
     def run(self, sink: list[CompiledModel]) -> Callable[..., Any]:
@@ -167,9 +176,15 @@ class Compilation:
         compilation_counter.num_backend_compilations += 1
         self.size = find_size(self.gm, fake_inputs)
         graph_key = self._graph_key(fake_inputs)
+        # NOTE: [the guards a backend call adds are part of its cache entry]
+        # (compat/shapes.py): the key is taken before anything here can add any.
+        shape_env = shape_env_of(fake_inputs)
+        self.guard_mark = guard_mark(shape_env)
         cache = None
         if not self.config.disable_cache:
-            cache = CompileCache.open(self.config, graph_key, self.config_hash)
+            cache, self.guards = open_entry(
+                self.config, graph_key, self.config_hash, shape_env
+            )
         if (cache is None or cache.index is None) and self.config.backend == "inductor":
             # A cold start: the warm-up runs beside the split and fake propagation.
             start_inductor_warmup()
@@ -184,6 +199,8 @@ class Compilation:
             split_gm, {it.submod_name for it in items if it.is_splitting_graph}
         )
         compilation_counter.num_piecewise_capturable_graphs_seen += len(compiled_items)
+        if cache is not None:
+            cache.identify({it.submod_name: it.graph for it in compiled_items})
         # NOTE: [warm start skips fake propagation]
         # Each piece's example inputs come from running the split graph over fake
         # tensors, which costs seconds on deep models.  A cache entry is keyed by
@@ -235,6 +252,10 @@ class Compilation:
         code, submod_names, consts, warm_source = self._stitching_source(
             split_gm, cache, dispatch_on
         )
+        # The entry's guards become Dynamo's, as its compile made them.
+        install_guards(shape_env, self.guards)
+        self._note_guards(cache)
+        self.guards = tuple(dict.fromkeys(self.guards + self._added()))
         if cache is not None:
             cache.save_source(code, submod_names, dispatch_on)
         dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
@@ -307,6 +328,15 @@ class Compilation:
         # NOTE: [pieces trace in the backend's fake mode] (fakes.py)
         return backend_fake_inputs(self.gm, self.example_inputs)
 
+    def _added(self) -> tuple[str, ...]:
+        return tuple(added_guards(self.guard_mark))
+
+    def _note_guards(self, cache: CompileCache | None) -> None:
+        """Record the guards added so far, before anything compiled under them is."""
+        added = self._added()
+        if cache is not None and added:
+            cache.record_guards(added)
+
     def _graph_key(self, fake_inputs: list[Any]) -> str:
         text = graph_hash(self.gm) + "".join(describe_example(v) for v in fake_inputs)
         return hashlib.sha256(text.encode()).hexdigest()
@@ -346,6 +376,7 @@ class Compilation:
         else:
             state = "miss"
         if cache is not None:
+            self._note_guards(cache)
             cache.record_piece(name, module_path, plan.size_argument, entries)
         report = PieceReport(
             name,
@@ -416,6 +447,7 @@ class Compilation:
             raise StitchRuntimeError(
                 f"piece {name} ({target.describe()}): {exc}"
             ) from exc.__cause__ or exc
+        self._note_guards(cache)
         if key is None:
             key = self._decide_strings(key_choice, handle)
         entry = EntryRecord(target.key(), key, False)
