@@ -61,6 +61,13 @@ def aot_compile_enabled() -> Iterator[None]:
         yield
 
 
+def aot_compile_on_by_default() -> bool:
+    """Whether this torch offers ``aot_compile`` without the config switch."""
+    import torch._dynamo.config as config
+
+    return bool(getattr(config, "enable_aot_compile", True))
+
+
 def aot_compile(fn: Callable[..., Any], backend: Any, args: tuple[Any, ...]) -> Any:
     """``torch.compile(fn, backend, fullgraph=True).aot_compile((args, {}))``."""
     with aot_compile_enabled():

@@ -39,9 +39,8 @@ from ..store.index import EntryRecord
 from ..targets import Target
 from ..compat.fake import shape_env_of
 from ..compat.versions import check_supported
-from ..compat.shapes import GuardMark, added_guards, guard_mark, install_guards
 from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
-from .entry import open_entry
+from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .layouts import LayoutChecks, eager_fed_layouts, guard_layouts
 from .piecewise import PiecewiseBackend, RangeWarnings, concretize
@@ -159,7 +158,7 @@ class Compilation:
         self.cudagraphed = False
         self.graphs: GraphPlan | None = None
         # The guards this call's entry holds under (installed or added here).
-        self.guard_mark: GuardMark | None = None
+        self.entry_guards = EntryGuards(None)
         self.guards: tuple[str, ...] = ()
 
     # -- the steps -----------------------------------------------------------
@@ -178,13 +177,10 @@ class Compilation:
         graph_key = self._graph_key(fake_inputs)
         # NOTE: [the guards a backend call adds are part of its cache entry]
         # (compat/shapes.py): the key is taken before anything here can add any.
-        shape_env = shape_env_of(fake_inputs)
-        self.guard_mark = guard_mark(shape_env)
+        self.entry_guards = EntryGuards(shape_env_of(fake_inputs))
         cache = None
         if not self.config.disable_cache:
-            cache, self.guards = open_entry(
-                self.config, graph_key, self.config_hash, shape_env
-            )
+            cache = self.entry_guards.open(self.config, graph_key, self.config_hash)
         if (cache is None or cache.index is None) and self.config.backend == "inductor":
             # A cold start: the warm-up runs beside the split and fake propagation.
             start_inductor_warmup()
@@ -252,10 +248,7 @@ class Compilation:
         code, submod_names, consts, warm_source = self._stitching_source(
             split_gm, cache, dispatch_on
         )
-        # The entry's guards become Dynamo's, as its compile made them.
-        install_guards(shape_env, self.guards)
-        self._note_guards(cache)
-        self.guards = tuple(dict.fromkeys(self.guards + self._added()))
+        self.guards = self.entry_guards.finish(cache)
         if cache is not None:
             cache.save_source(code, submod_names, dispatch_on)
         dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
@@ -328,15 +321,6 @@ class Compilation:
         # NOTE: [pieces trace in the backend's fake mode] (fakes.py)
         return backend_fake_inputs(self.gm, self.example_inputs)
 
-    def _added(self) -> tuple[str, ...]:
-        return tuple(added_guards(self.guard_mark))
-
-    def _note_guards(self, cache: CompileCache | None) -> None:
-        """Record the guards added so far, before anything compiled under them is."""
-        added = self._added()
-        if cache is not None and added:
-            cache.record_guards(added)
-
     def _graph_key(self, fake_inputs: list[Any]) -> str:
         text = graph_hash(self.gm) + "".join(describe_example(v) for v in fake_inputs)
         return hashlib.sha256(text.encode()).hexdigest()
@@ -376,7 +360,7 @@ class Compilation:
         else:
             state = "miss"
         if cache is not None:
-            self._note_guards(cache)
+            self.entry_guards.note(cache)
             cache.record_piece(name, module_path, plan.size_argument, entries)
         report = PieceReport(
             name,
@@ -447,7 +431,7 @@ class Compilation:
             raise StitchRuntimeError(
                 f"piece {name} ({target.describe()}): {exc}"
             ) from exc.__cause__ or exc
-        self._note_guards(cache)
+        self.entry_guards.note(cache)
         if key is None:
             key = self._decide_strings(key_choice, handle)
         entry = EntryRecord(target.key(), key, False)

@@ -12,7 +12,7 @@ import hashlib
 import logging
 from typing import Any
 
-from ..compat.shapes import check_guards
+from ..compat.shapes import added_guards, check_guards, guard_mark, install_guards
 from ..config import CompilationConfig
 from ..store.cache import CompileCache
 
@@ -52,3 +52,35 @@ def open_entry(
         MAX_ENTRIES,
     )
     return None, ()
+
+
+class EntryGuards:
+    """The guards of one backend call's entry: those recorded, those it adds."""
+
+    def __init__(self, shape_env: Any) -> None:
+        # Taken before the call does anything that could add a guard.
+        self.shape_env = shape_env
+        self.mark = guard_mark(shape_env)
+        self.recorded: tuple[str, ...] = ()
+
+    def open(
+        self, config: CompilationConfig, graph_key: str, config_hash: str
+    ) -> CompileCache | None:
+        cache, self.recorded = open_entry(
+            config, graph_key, config_hash, self.shape_env
+        )
+        return cache
+
+    def note(self, cache: CompileCache | None) -> None:
+        """Record the guards added so far, before anything compiled under them is."""
+        added = added_guards(self.mark)
+        if cache is not None and added:
+            cache.record_guards(added)
+
+    def finish(self, cache: CompileCache | None) -> tuple[str, ...]:
+        """Install the entry's guards as Dynamo's (as its compile made them), record
+        the added ones; every guard the call's result holds under."""
+        if self.recorded:
+            install_guards(self.shape_env, self.recorded)
+        self.note(cache)
+        return tuple(dict.fromkeys(self.recorded + tuple(added_guards(self.mark))))
