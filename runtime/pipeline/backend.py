@@ -25,6 +25,8 @@ from stitch.codegen import (
 from stitch.codegen.fingerprint import describe_example
 from stitch.codegen.matching import OpMatcher
 
+from ..compat.fake import shape_env_of
+from ..compat.versions import check_supported
 from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..cudagraph import CUDAGraphManager
@@ -37,8 +39,6 @@ from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, write_debug_dump
 from ..store.index import EntryRecord
 from ..targets import Target
-from ..compat.fake import shape_env_of
-from ..compat.versions import check_supported
 from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs

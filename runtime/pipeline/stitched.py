@@ -37,8 +37,8 @@ import torch
 
 from stitch.codegen.errors import StitchCacheError, StitchError, StitchRuntimeError
 
-from ..config import CompilationConfig
 from ..compat import dynamo
+from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.plan import GraphPlan, unsaveable_graphs
 from ..loader import compile_execution_fn
