@@ -16,6 +16,9 @@ pieces are loaded (:func:`install_guards`), as a compile would have; where
 they do not hold, the call's key is chained with
 them and it finds (or compiles) an entry of its own.  Inductor's FX graph
 cache does the same with its ``guards_expr``.
+
+sympy is imported inside the functions: ``import torch`` does not load it, and
+a warm start (which checks no guards) must not pay for it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,6 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from typing import Any
-
-import sympy
 
 # What a recorded guard may contain: names, numbers, operators, calls.  A
 # guard is rebuilt with sympy (which evaluates text), so the index is checked
@@ -104,6 +105,8 @@ def added_guards(mark: GuardMark | None) -> list[str]:
     """
     if mark is None:
         return []
+    import sympy
+
     env = mark.shape_env
     exprs = [g.expr for g in env.guards[mark.guards :]]
     for symbol, value in getattr(env, "replacements", {}).items():
@@ -122,6 +125,8 @@ def added_guards(mark: GuardMark | None) -> list[str]:
 def check_guards(shape_env: Any, guards: Sequence[str]) -> str:
     """ "" when every guard holds for this call's inputs; else which one does not,
     and the values it was evaluated at.  Installs nothing."""
+    import sympy
+
     backed = backed_values(shape_env)
     by_name = {str(s): s for s in backed}
     for text in guards:
@@ -151,6 +156,8 @@ def parse_guard(text: str, symbols: dict[str, Any]) -> Any:
     """``text`` as a sympy expression over ``symbols`` (None if it is not a safe guard)."""
     if not isinstance(text, str) or not GUARD_TEXT.fullmatch(text):
         return None
+    import sympy
+
     names = _functions()
     allowed = {**names, **symbols}
     if any(n not in allowed for n in _NAMES.findall(text)):
@@ -162,6 +169,7 @@ def parse_guard(text: str, symbols: dict[str, Any]) -> Any:
 
 
 def _functions() -> dict[str, Any]:
+    import sympy
     import torch.utils._sympy.functions as functions
 
     found = {n: getattr(sympy, n) for n in _SYMPY_NAMES if hasattr(sympy, n)}
