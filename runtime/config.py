@@ -295,9 +295,9 @@ def _check_inductor_keys(patches: dict[str, Any]) -> None:
     """Every key names an Inductor config option (checked now, not at the first compile)."""
     if not patches:
         return  # importing Inductor's config costs seconds: only when there is a key
-    import torch._inductor.config as inductor_config
+    from .compat.inductor import config_options
 
-    known = inductor_config.get_config_copy()
+    known = config_options()
     for key in patches:
         if key not in known:
             raise _field_error(

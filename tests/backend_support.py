@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
+from stitch.runtime.passes import InductorPass
 from stitch.runtime.examples import LlamaConfig, LlamaModel, build_llama, llama_inputs
 
 TINY = LlamaConfig(num_layers=2)
@@ -30,6 +31,24 @@ WORKER = Path(__file__).with_name("backend_worker.py")
 INDUCTOR_TOL = {"rtol": 1e-4, "atol": 1e-4}
 
 
+class SpecializeOnLength(InductorPass):
+    """A pass that asks whether the token count is 7, as a pass choosing a
+    rewrite by size might: the question adds ``Eq(s, 7)`` (or ``Ne``) to
+    Dynamo's ShapeEnv during the backend call, and with ``Eq`` Inductor
+    compiles the piece for 7 tokens only."""
+
+    LENGTH = 7
+
+    def __call__(self, graph: Any) -> None:
+        for node in graph.find_nodes(op="placeholder"):
+            val = node.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.dim():
+                if isinstance(val.shape[0], torch.SymInt):
+                    # bool() of a symbolic comparison is what adds the guard.
+                    self.seen = bool(val.shape[0] == self.LENGTH)
+                    return
+
+
 def model_for(cfg: LlamaConfig = TINY) -> LlamaModel:
     return build_llama(cfg)
 
@@ -37,13 +56,16 @@ def model_for(cfg: LlamaConfig = TINY) -> LlamaModel:
 def inputs(cfg: LlamaConfig, n: int, mark: str = "dynamic") -> tuple[torch.Tensor, ...]:
     """Decode inputs for ``n`` tokens, their token dimension marked for Dynamo.
 
-    ``mark``: ``"dynamic"`` (``mark_dynamic``, as serving stacks do), ``"unbacked"``
-    (``mark_unbacked``) or ``"none"``.
+    ``mark``: ``"dynamic"`` (``mark_dynamic``, as serving stacks do), ``"maybe"``
+    (``maybe_mark_dynamic``: may be specialized), ``"unbacked"`` (``mark_unbacked``)
+    or ``"none"``.
     """
     ids, pos = llama_inputs(cfg, n)
     for t in (ids, pos):
         if mark == "dynamic":
             torch._dynamo.mark_dynamic(t, 0)
+        elif mark == "maybe":
+            torch._dynamo.maybe_mark_dynamic(t, 0)
         elif mark == "unbacked":
             torch._dynamo.decorators.mark_unbacked(t, 0)
         elif mark != "none":

@@ -4,7 +4,8 @@ Usage: ``python tests/backend_worker.py '<json spec>'``.  The spec names the cac
 directory, the ``CompilationConfig`` fields, the model depth and the batch sizes
 to run.  The worker prints one line ``WORKER <json report>``: the counter deltas,
 what each backend call reported, the ``stitch`` warnings, and how far each output
-is from eager; with ``outputs`` it also saves the outputs (``torch.save``).
+is from eager; with ``outputs`` it also saves the outputs (``torch.save``); ``passes`` names
+Inductor passes of ``backend_support`` to run in every piece.
 
 With ``ready_file``/``go_file`` it writes the first once imports are done and
 waits for the second before compiling, so two workers start compiling together.
@@ -32,6 +33,7 @@ class _Collect(logging.Handler):
 def main(spec: dict) -> dict:
     import torch
 
+    import backend_support
     from backend_support import counting, eager_and_compiled, model_for
     from stitch.runtime import CompilationConfig, StitchBackend
     from stitch.runtime.examples import LlamaConfig
@@ -40,7 +42,11 @@ def main(spec: dict) -> dict:
     logging.getLogger("stitch").addHandler(collect)
     cfg = LlamaConfig(num_layers=spec.get("layers", 2))
     model = model_for(cfg)
-    config = CompilationConfig(cache_dir=spec["cache_dir"], **spec.get("config", {}))
+    # "passes": names of InductorPass classes in backend_support.
+    passes = [getattr(backend_support, name)() for name in spec.get("passes", [])]
+    config = CompilationConfig(
+        cache_dir=spec["cache_dir"], inductor_passes=passes, **spec.get("config", {})
+    )
     backend = StitchBackend(config)
     compiled = torch.compile(model, backend=backend, fullgraph=True)
 

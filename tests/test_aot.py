@@ -24,6 +24,7 @@ from aot_support import MODEL_SOURCE, PIECES, SIZES, run_worker
 from backend_support import INDUCTOR_TOL
 
 from stitch.runtime import CompilationConfig, StitchBackend, StitchFunction, aot_compile
+from stitch.runtime.compat.dynamo import aot_compile_enabled
 from stitch.runtime.examples import llama_inputs
 from stitch.runtime.pipeline.aot import dynamic_spec, factors, stale_reasons
 from stitch.runtime.store.trust import StitchCacheTrustError
@@ -179,7 +180,8 @@ def test_torch_aot_compile_saves_a_reference(runs: dict[str, Any], tmp_path: Pat
     ids, pos = marked_inputs(module, 8)
     backend = StitchBackend(CompilationConfig(cache_dir=str(runs["cache"])))
     torch._dynamo.reset()
-    with torch.no_grad():
+    # torch 2.11 and 2.12 offer aot_compile only under a config switch.
+    with torch.no_grad(), aot_compile_enabled():
         compiled = torch.compile(
             type(model).forward, backend=backend, fullgraph=True
         ).aot_compile(((model, ids, pos), {}))

@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
+
+from ..compat.pytree import tree_flatten, tree_map
 
 
 def weak_ref_tensor(t: torch.Tensor) -> torch.Tensor:

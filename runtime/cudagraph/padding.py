@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.fx as fx
-from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from stitch.codegen.errors import (
     StitchConfigError,
@@ -21,6 +20,7 @@ from stitch.codegen.errors import (
     StitchRuntimeError,
 )
 
+from ..compat.pytree import tree_flatten, tree_unflatten
 from ..config import CompilationConfig, CUDAGraphMode
 
 if TYPE_CHECKING:

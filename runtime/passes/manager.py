@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch.fx as fx
-from torch._inductor.custom_graph_pass import CustomGraphPass
 
+from ..compat.inductor import CustomGraphPass
 from .base import InductorPassError, pass_name, pass_uuid
 
 log = logging.getLogger("stitch")

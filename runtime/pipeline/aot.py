@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib
 import logging
 import marshal
 import os
@@ -45,6 +44,7 @@ import torch
 
 from stitch.codegen.errors import StitchCacheError, StitchError
 
+from ..compat import dynamo
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..store.cache import cache_root
@@ -77,7 +77,6 @@ log = logging.getLogger("stitch")
 BYTECODE_FILE = "forward.bytecode"
 TORCH_FILE = "torch_function.bin"
 GUARDS_ENV = "STITCH_AOT_GUARDS"
-DYNAMO_UTILS = "torch._dynamo.utils"
 
 
 @dataclasses.dataclass
@@ -207,12 +206,10 @@ def marked_unbacked(
     for a, wanted in zip(args, dims):
         if not isinstance(a, torch.Tensor):
             continue
-        marked = set(getattr(a, "_dynamo_dynamic_indices", ())) | set(
-            getattr(a, "_dynamo_unbacked_indices", ())
-        )
+        marked = dynamo.marked_dims(a)
         for d in wanted:
             if d not in marked:
-                torch._dynamo.decorators.mark_unbacked(a, d)
+                dynamo.mark_unbacked(a, d)
     try:
         yield
     finally:
@@ -247,13 +244,9 @@ def load(
     function = record["function"]
     if guards or not function.get("light"):
         data = read_file(folder, TORCH_FILE, record.get("torch_function_sha256"))
-        from torch._dynamo.aot_compile import AOTCompiledFunction
-
         try:
             with reference_root(root, cudagraphs):
-                compiled = AOTCompiledFunction.deserialize(
-                    data, f_globals=forward_globals
-                )
+                compiled = dynamo.deserialize_aot(data, forward_globals)
         except StitchCacheError:
             raise
         except Exception as exc:  # noqa: BLE001 - e.g. saved on another system
@@ -282,16 +275,11 @@ def build_forward(
     """Dynamo's transformed forward as a plain function calling ``stitched``.
 
     This is what torch's own loader builds (``GraphRuntimeEnv.forward_callable``)
-    minus the guard manager, and with ``torch._dynamo.utils`` (which the
-    bytecode reads three helpers from) answered without importing Dynamo.
+    minus the guard manager, and with its modules imported only when used (see
+    NOTE: [saved bytecode imports lazily] in ``compat/dynamo.py``).
     """
     f_globals = dict(forward_globals)
-    for alias, module in function["import_sources"].items():
-        f_globals[alias] = (
-            DYNAMO_HELPERS
-            if module == DYNAMO_UTILS
-            else importlib.import_module(module)
-        )
+    f_globals.update(dynamo.bytecode_globals(function["import_sources"]))
     f_globals[function["backend_id"]] = stitched
     fn = types.FunctionType(
         code, f_globals, code.co_name, function.get("argdefs"), None
@@ -299,45 +287,6 @@ def build_forward(
     if function.get("kwdefaults"):
         fn.__kwdefaults__ = dict(function["kwdefaults"])
     return fn
-
-
-class _DynamoHelpers(types.ModuleType):
-    """The helpers of ``torch._dynamo.utils`` Dynamo's bytecode calls, without importing Dynamo.
-
-    Same behaviour as the originals (a profiler range around the pre-graph
-    bytecode while a profiler runs; ``x.size(i)``); any other name is taken
-    from the real module.
-    """
-
-    def __init__(self) -> None:
-        super().__init__("stitch_dynamo_helpers")
-
-    @staticmethod
-    def record_pregraph_bytecode_enter() -> Any:
-        if torch.autograd.profiler._is_profiler_enabled:
-            cm = torch._C._profiler._RecordFunctionFast("Pregraph bytecode")
-        else:
-            import contextlib
-
-            cm = contextlib.nullcontext()
-        cm.__enter__()
-        return cm
-
-    @staticmethod
-    def record_pregraph_bytecode_exit(cm: Any) -> None:
-        cm.__exit__(None, None, None)
-
-    @staticmethod
-    def call_size(x: Any, i: int) -> int:
-        return x.size(i)
-
-    def __getattr__(self, attr: str) -> Any:
-        if attr.startswith("__"):
-            raise AttributeError(attr)
-        return getattr(importlib.import_module(DYNAMO_UTILS), attr)
-
-
-DYNAMO_HELPERS = _DynamoHelpers()
 
 
 # -- compiling ----------------------------------------------------------------------------
@@ -357,13 +306,9 @@ def compile_and_save(
 
     ``fallback``: when torch's aot_compile fails, run the model through
     torch.compile instead (else raise what it raised)."""
-    from torch._dynamo.aot_compile import AOTCompiledFunction
-
     try:
         with torch.no_grad():
-            compiled = torch.compile(
-                type(model).forward, backend=backend, fullgraph=True
-            ).aot_compile(((model, *args), {}))
+            compiled = dynamo.aot_compile(type(model).forward, backend, (model, *args))
     except Exception as exc:  # noqa: BLE001 - fall back to the Dynamo-entered path
         if not fallback or isinstance(
             getattr(exc, "inner_exception", exc), StitchError
@@ -397,7 +342,7 @@ def compile_and_save(
     if folder is None:
         return forward, None
     try:
-        torch_data = AOTCompiledFunction.serialize(compiled).serialized_data
+        torch_data = dynamo.serialize_aot(compiled)
         reference = parse_reference(
             StitchFunction.serialize_compile_artifacts(stitched).decode("utf-8")
         )

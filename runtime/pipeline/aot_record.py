@@ -25,6 +25,7 @@ import torch
 
 from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
 
+from ..compat.dynamo import marked_dims
 from ..config import CompilationConfig
 from ..cudagraph.plan import plan_settings
 from ..store.cache import cache_root, current_rank, stitch_version
@@ -96,8 +97,7 @@ def dynamic_spec(
     for i, a in enumerate(args):
         marked = set(requested.get(i, ()))
         if isinstance(a, torch.Tensor):
-            for attr in ("_dynamo_dynamic_indices", "_dynamo_unbacked_indices"):
-                marked |= set(getattr(a, attr, ()))
+            marked |= marked_dims(a)
             bad = [d for d in marked if not -a.dim() <= d < a.dim()]
             if bad:
                 raise StitchRuntimeError(

@@ -25,6 +25,8 @@ from stitch.codegen import (
 from stitch.codegen.fingerprint import describe_example
 from stitch.codegen.matching import OpMatcher
 
+from ..compat.fake import shape_env_of
+from ..compat.versions import check_supported
 from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..cudagraph import CUDAGraphManager
@@ -39,6 +41,7 @@ from ..store.dump import PieceReport, write_debug_dump
 from ..store.index import EntryRecord
 from ..targets import Target
 from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
+from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .graph_inputs import GraphInput, graph_inputs
 from .layouts import LayoutChecks, eager_fed_layouts, guard_layouts
@@ -87,6 +90,7 @@ class StitchBackend:
         if config is not None and fields:
             raise StitchRuntimeError("pass a CompilationConfig or fields, not both")
         self.config = config if config is not None else CompilationConfig(**fields)
+        check_supported()  # one warning outside the tested torch releases
         # Return a StitchFunction (saveable by torch's aot_compile): always (True),
         # never (False), or when torch.compile(...).aot_compile calls (None).
         self.serializable = serializable
@@ -121,6 +125,7 @@ class StitchBackend:
                 self.compiled[-1].cache_dir,
                 compilation.consts,
                 compilation.graphs,
+                compilation.guards,
             )
         return fn
 
@@ -168,6 +173,9 @@ class Compilation:
         self.consts: list[Any] = []
         self.cudagraphed = False
         self.graphs: GraphPlan | None = None
+        # The guards this call's entry holds under (installed or added here).
+        self.entry_guards = EntryGuards(None)
+        self.guards: tuple[str, ...] = ()
 
     # -- the steps -----------------------------------------------------------
     def run(self, sink: list[CompiledModel]) -> Callable[..., Any]:
@@ -183,9 +191,12 @@ class Compilation:
         compilation_counter.num_backend_compilations += 1
         self.size = find_size(self.gm, fake_inputs)
         graph_key = self._graph_key(fake_inputs)
+        # NOTE: [the guards a backend call adds are part of its cache entry]
+        # (compat/shapes.py): the key is taken before anything here can add any.
+        self.entry_guards = EntryGuards(shape_env_of(fake_inputs))
         cache = None
         if not self.config.disable_cache:
-            cache = CompileCache.open(self.config, graph_key, self.config_hash)
+            cache = self.entry_guards.open(self.config, graph_key, self.config_hash)
         if (cache is None or cache.index is None) and self.config.backend == "inductor":
             # A cold start: the warm-up runs beside the split and fake propagation.
             start_inductor_warmup()
@@ -200,6 +211,8 @@ class Compilation:
             split_gm, {it.submod_name for it in items if it.is_splitting_graph}
         )
         compilation_counter.num_piecewise_capturable_graphs_seen += len(compiled_items)
+        if cache is not None:
+            cache.identify({it.submod_name: it.graph for it in compiled_items})
         # NOTE: [warm start skips fake propagation]
         # Each piece's example inputs come from running the split graph over fake
         # tensors, which costs seconds on deep models.  A cache entry is keyed by
@@ -251,6 +264,7 @@ class Compilation:
         code, submod_names, consts, warm_source = self._stitching_source(
             split_gm, cache, dispatch_on
         )
+        self.guards = self.entry_guards.finish(cache)
         if cache is not None:
             cache.save_source(code, submod_names, dispatch_on)
         dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
@@ -376,6 +390,7 @@ class Compilation:
         else:
             state = "miss"
         if cache is not None:
+            self.entry_guards.note(cache)
             cache.record_piece(name, module_path, plan.size_argument, entries)
         report = PieceReport(
             name,
@@ -446,6 +461,7 @@ class Compilation:
             raise StitchRuntimeError(
                 f"piece {name} ({target.describe()}): {exc}"
             ) from exc.__cause__ or exc
+        self.entry_guards.note(cache)
         if key is None:
             key = self._decide_strings(key_choice, handle)
         entry = EntryRecord(target.key(), key, False)

@@ -15,6 +15,7 @@ import torch.fx as fx
 
 from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
 
+from ..compat import dynamo, inductor
 from ..counter import compilation_counter
 from ..store.files import sha256_file
 
@@ -107,8 +108,6 @@ class InductorAdapter:
         self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, static: bool
     ) -> tuple[Runnable, Any]:
         _inductor_ready()
-        from torch._inductor import standalone_compile
-
         gm, unwrap = _tuple_output(gm)
         # NOTE: [static sizes compile from example inputs]
         # A static size is compiled from concrete example inputs in a fresh fake
@@ -117,11 +116,11 @@ class InductorAdapter:
         dynamic_shapes = "from_example_inputs" if static else "from_tracing_context"
         compilation_counter.num_inductor_compiles += 1
         try:
-            artifact = standalone_compile(
+            artifact = inductor.standalone_compile(
                 gm,
-                list(example_inputs),
+                example_inputs,
                 dynamic_shapes=dynamic_shapes,
-                options={"config_patches": self._config_patches()},
+                config_patches=self._config_patches(),
             )
         except Exception as exc:
             if is_dynamo_restart(exc):
@@ -192,10 +191,8 @@ class InductorAdapter:
         runnable = _load_prebuilt(path, sha256, self._faults)
         if runnable is None:
             _inductor_ready()
-            from torch._inductor import CompiledArtifact
-
             try:
-                runnable = CompiledArtifact.load(path=path, format="binary")
+                runnable = inductor.load_artifact(path)
             except Exception as exc:
                 raise StitchCacheError(
                     f"failed to load ({type(exc).__name__}: {exc})"
@@ -217,9 +214,7 @@ def is_dynamo_restart(exc: BaseException) -> bool:
     float); Dynamo catches it, specializes that float and traces again.  Wrapped
     in a StitchRuntimeError it would be a hard failure, so it goes through.
     """
-    from torch._dynamo.exc import RestartAnalysis
-
-    return isinstance(exc, RestartAnalysis)
+    return dynamo.is_restart(exc)
 
 
 def _tuple_output(gm: fx.GraphModule) -> tuple[fx.GraphModule, bool]:
@@ -314,13 +309,11 @@ def start_inductor_warmup() -> threading.Thread:
     calling thread, first: two threads importing torch's modules at once can see
     each other's half-initialized modules.
     """
-    import torch._dynamo  # noqa: F401
-    import torch._inductor.compile_fx  # noqa: F401
-    from torch._inductor import codecache, cpp_builder, cpu_vec_isa  # noqa: F401
+    inductor.import_inductor()
 
     def probe() -> None:
         try:
-            cpu_vec_isa.pick_vec_isa()
+            inductor.probe_cpu_isa()
         except Exception:  # noqa: BLE001 - the real compile reports real errors
             log.debug("Inductor ISA probe failed", exc_info=True)
 

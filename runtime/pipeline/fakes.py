@@ -37,15 +37,10 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-from torch._subclasses.fake_tensor import FakeTensor
 
 from stitch.codegen.errors import StitchRuntimeError
 
-
-def tracing_fake_mode() -> Any:
-    """The fake mode of the ambient TracingContext (None outside a backend call)."""
-    context = torch._guards.TracingContext.try_get()
-    return context.fake_mode if context is not None else None
+from ..compat.fake import FakeTensor, detect_fake_mode, tracing_fake_mode
 
 
 def backend_fake_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Any]:
@@ -66,7 +61,7 @@ def backend_fake_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> li
     mode = tracing_fake_mode()
     if mode is not None and mode.shape_env is not None:
         return [_in_mode(mode, example) for example in example_inputs]
-    fallback = torch._guards.detect_fake_mode(list(example_inputs))
+    fallback = detect_fake_mode(list(example_inputs))
     values = []
     for node, example in zip(placeholders, example_inputs):
         value = node.meta.get("example_value", node.meta.get("val"))

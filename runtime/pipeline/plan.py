@@ -8,7 +8,6 @@ split graph (:func:`piece_inputs`) on a cold start, or from the cache index.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -21,6 +20,8 @@ import torch.fx as fx
 from stitch.codegen import structural_hash
 from stitch.codegen.fingerprint import string_constants
 
+from ..compat.fake import FakeTensorMode, fake_mode_of, propagating
+from ..compat.shapes import size_bounds
 from ..config import CompilationConfig
 from ..targets import Target, targets_for
 
@@ -126,9 +127,7 @@ def reachable(targets: list[Target], size: Any, name: str) -> list[Target]:
     so compiling size 1 into the dynamic graph would only waste a compile.
     """
     try:
-        bounds = size.node.shape_env.var_to_range.get(size.node.expr)
-        lower, upper = int(bounds.lower), bounds.upper
-        upper = int(upper) if upper.is_finite else None
+        lower, upper = size_bounds(size)
     except Exception:  # noqa: BLE001 - no range information: keep every target
         return targets
     kept = []
@@ -163,32 +162,15 @@ def piece_inputs(
             recorded.setdefault(target, tuple(args))
             return super().call_module(target, args, kwargs)
 
-    fake_mode = next(
-        (
-            v.fake_mode
-            for v in fake_inputs
-            if isinstance(v, torch._subclasses.FakeTensor)
-        ),
-        None,
-    )
+    fake_mode = fake_mode_of(fake_inputs)
     if fake_mode is None:
-        from torch._subclasses.fake_tensor import FakeTensorMode
-
         fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
         fake_inputs = [
             fake_mode.from_tensor(v) if isinstance(v, torch.Tensor) else v
             for v in fake_inputs
         ]
-    # NOTE: [fake propagation binds no unbacked symbol]
-    # A piece that reads a tensor made by another piece with .item() gets a
-    # fresh unbacked symbol here, bound to no node of any graph; left pending,
-    # it would fail the next trace in this ShapeEnv (the piece's own compile).
-    shape_env = fake_mode.shape_env
-    ignore = (
-        shape_env.ignore_fresh_unbacked_symbols()
-        if shape_env is not None
-        else contextlib.nullcontext()
-    )
-    with fake_mode, ignore:
+    # NOTE: [fake propagation runs under the Python dispatcher] and NOTE: [fake
+    # propagation binds no unbacked symbol] (compat/fake.py)
+    with propagating(fake_mode):
         Recorder(split_gm).run(*fake_inputs)
     return recorded

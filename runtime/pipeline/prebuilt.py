@@ -48,6 +48,7 @@ import torch
 
 from stitch.codegen.errors import StitchCacheError
 
+from ..compat import inductor
 from ..store.artifacts import PREBUILT_DIR
 from ..store.extras import Extras, NoExtras, open_extras
 
@@ -62,13 +63,9 @@ Runnable = Callable[..., Any]
 # Modules of the generated wrapper that would import Inductor, and the names it
 # takes from them that are plain functions (forwarded to the real module only
 # when called).  AsyncCompile and extern_kernels are answered separately.
-LAZY_FUNCTIONS = {
-    "torch._inductor.hooks": ("run_intermediate_hooks",),
-    "torch._inductor.utils": ("maybe_profile",),
-    "torch._inductor.codegen.memory_planning": ("_align",),
-}
-ASYNC_COMPILE = "torch._inductor.async_compile"
-SELECT_ALGORITHM = "torch._inductor.select_algorithm"
+LAZY_FUNCTIONS = inductor.WRAPPER_FUNCTIONS
+ASYNC_COMPILE = inductor.ASYNC_COMPILE
+SELECT_ALGORITHM = inductor.SELECT_ALGORITHM
 
 
 class PrebuiltUnavailable(Exception):
@@ -244,9 +241,7 @@ def load_kernel(extras: Extras, sha256: str) -> Any:
             )
         # Inductor's loader publishes this pointer for the kernel's argument
         # parsing before loading a kernel library; so do we.
-        os.environ["_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"] = str(
-            torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr  # type: ignore[attr-defined]
-        )
+        inductor.publish_tensor_data_ptr()
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise StitchCacheError(f"kernel {path} cannot be imported")

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..compat import inductor
 from ..store.extras import save_extras
 from .prebuilt import (
     PREBUILT_FORMAT,
@@ -54,9 +55,7 @@ def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
     files: dict[str, bytes] = {}
 
     def kernel(argtypes: Any, kernel_source: str) -> Any:
-        from torch._inductor.codecache import CppPythonBindingsCodeCache
-
-        fn = CppPythonBindingsCodeCache.load_pybinding(argtypes, kernel_source)
+        fn = inductor.load_cpp_kernel(argtypes, kernel_source)
         library = getattr(getattr(fn, "__self__", None), "__file__", None)
         if not isinstance(library, str) or not os.path.isfile(library):
             raise PrebuiltUnavailable("a kernel's library file cannot be found")
@@ -90,27 +89,19 @@ def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
 
 def read_artifact(path: str) -> tuple[Any, Any]:
     """The ``CompiledFxGraph`` and the AOTAutograd entry inside a binary artifact."""
-    from torch._inductor.standalone_compile import CacheCompiledArtifact
-    from torch.compiler._cache import CacheArtifactManager
-    from torch.utils._appending_byte_serializer import BytesReader
-
     with open(path, "rb") as f:
-        reader = BytesReader(f.read())
-    if reader.read_bytes() != CacheCompiledArtifact.CACHE_HEADER:
+        parts = inductor.artifact_parts(f.read())
+    if parts is None:
         raise PrebuiltUnavailable("not a cache-format artifact")
-    reader.read_bytes()  # torch key
-    reader.read_str()  # AOTAutograd key
-    found = CacheArtifactManager.deserialize(reader.read_bytes()) or {}
-    graphs = {a.key: a for a in found.get("inductor", [])}
-    entries = found.get("aot_autograd", [])
+    graphs, entries = parts
     if len(entries) != 1:
         raise PrebuiltUnavailable(f"{len(entries)} AOTAutograd entries")
-    entry = pickle.loads(entries[0].content)
+    entry = pickle.loads(entries[0])
     info = getattr(getattr(entry, "compiled_fw", None), "fx_graph_cache_info", None)
     graph_key = info[0] if isinstance(info, tuple) and info else None
     if graph_key not in graphs:
         raise PrebuiltUnavailable("the forward graph is not in the artifact")
-    return pickle.loads(graphs[graph_key].content), entry
+    return pickle.loads(graphs[graph_key]), entry
 
 
 def runtime_facts(graph: Any, entry: Any) -> list[int]:
@@ -152,9 +143,7 @@ def runtime_facts(graph: Any, entry: Any) -> list[int]:
 
 def dotted_path(name: str) -> str:
     """An importable path of ``extern_kernels.<name>`` (outside Inductor)."""
-    from torch._inductor.select_algorithm import extern_kernels
-
-    fn = getattr(extern_kernels, name)
+    fn = inductor.extern_kernel(name)
     candidates = []
     if isinstance(fn, torch._ops.OpOverload):
         namespace, _, rest = fn.name().partition("::")
@@ -167,7 +156,7 @@ def dotted_path(name: str) -> str:
     if getattr(fn, "__name__", None):
         candidates.append(f"torch.{fn.__name__}")
     for path in candidates:
-        if path.startswith(("torch._inductor", "torch._dynamo")):
+        if path.startswith(inductor.INTERNAL_PREFIXES):
             continue
         try:
             if resolve_dotted(path) is fn:

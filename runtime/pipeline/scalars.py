@@ -38,6 +38,10 @@ from typing import Any
 
 import torch
 
+from ..compat import dynamo
+from ..compat.fake import FakeTensor, tracing_fake_mode
+from ..compat.shapes import backed_values, float_symbols, is_float_value
+
 log = logging.getLogger("stitch")
 
 
@@ -50,27 +54,20 @@ def lifted_float_symbols(
     as the Inductor pass considers them too, every backed float symbol of the
     ShapeEnv (Dynamo may have made one for a float used only in guards).
     """
-    from torch.utils._sympy.symbol import SymT, symbol_is_type
-
     names: set[str] = set()
     for value in fake_inputs:
         sym = None
         if isinstance(value, torch.SymFloat):
             sym = value
-        elif isinstance(value, torch._subclasses.FakeTensor) and value.dim() == 0:
+        elif isinstance(value, FakeTensor) and value.dim() == 0:
             memo = value.item_memo
             if isinstance(memo, torch.SymFloat):
                 sym = memo
         if sym is None:
             continue
-        for s in sym.node.expr.free_symbols:
-            if symbol_is_type(s, SymT.FLOAT):
-                names.add(str(s))
-    backed = getattr(shape_env, "backed_var_to_val", None)
-    if backed is None:
-        backed = getattr(shape_env, "var_to_val", None) or {}
-    for s, value in backed.items():
-        if symbol_is_type(s, SymT.FLOAT) and getattr(value, "is_Float", False):
+        names.update(float_symbols(sym.node.expr))
+    for s, value in backed_values(shape_env).items():
+        if is_float_value(s, value):
             names.add(str(s))
     return sorted(names)
 
@@ -81,22 +78,13 @@ def specialize_lifted_floats(fake_inputs: Sequence[Any]) -> None:
     Raises ``TensorifyScalarRestartAnalysis`` when the graph has lifted floats
     not yet marked for specialization; returns otherwise.
     """
-    try:
-        from torch._dynamo.exc import TensorifyScalarRestartAnalysis
-        from torch._dynamo.symbolic_convert import TensorifyState
-    except ImportError:  # pragma: no cover - a torch without the mechanism
-        return
-    context = torch._guards.TracingContext.try_get()
-    if context is None or context.fake_mode is None:
+    mode = tracing_fake_mode()
+    if mode is None:
         return  # not under Dynamo: nobody to restart
-    names = [
-        n
-        for n in lifted_float_symbols(fake_inputs, context.fake_mode.shape_env)
-        if not TensorifyState.should_specialize(n)
-    ]
+    names = dynamo.restart_specializing(
+        lifted_float_symbols(fake_inputs, mode.shape_env)
+    )
     if not names:
         return
-    for name in names:
-        TensorifyState.specialize(name)
     log.debug("stitch: specializing lifted floats %s (Dynamo traces again)", names)
-    raise TensorifyScalarRestartAnalysis
+    raise dynamo.tensorify_restart()

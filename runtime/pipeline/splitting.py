@@ -79,7 +79,7 @@ def unmatched_message(entry: Any, close: list[str], graph: int) -> str:
         text += (
             "; Dynamo inlines Python functions, so a function of your own appears "
             "in the graph only when wrapped with torch.library.custom_op or "
-            "torch._dynamo.allow_in_graph"
+            "torch.compiler.allow_in_graph"
         )
     if graph > 1:
         text += " (if another graph of the model holds it, this one may just lack it)"

@@ -37,6 +37,7 @@ import torch
 
 from stitch.codegen.errors import StitchCacheError, StitchError, StitchRuntimeError
 
+from ..compat import dynamo
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.plan import GraphPlan, unsaveable_graphs
@@ -120,15 +121,19 @@ def saveable(
     entry_dir: str | None,
     consts: Sequence[Any],
     graphs: GraphPlan | None,
+    guards: Sequence[str] = (),
 ) -> StitchFunction:
     """``fn`` as a :class:`StitchFunction` (saveable unless something rules it out);
-    ``graphs``: the plan of the CUDA graphs ``fn`` runs (None: none)."""
-    register_serializable()
+    ``graphs``: the plan of the CUDA graphs ``fn`` runs (None: none); ``guards``:
+    what its compile specialized on, which a saved forward would not check."""
+    dynamo.register_serializable(StitchFunction)
     why = ""
     if config.backend != "inductor":
         why = f"the {config.backend} backend saves no artifacts"
     elif entry_dir is None:
         why = "the cache is disabled (disable_cache=True)"
+    elif guards:
+        why = f"its compile specialized the graph ({', '.join(guards)})"
     elif graphs is not None:
         why = unsaveable_graphs(config) or ""
     if why:
@@ -139,24 +144,10 @@ def saveable(
         return StitchFunction(fn, None, str(exc))
 
 
-def register_serializable() -> None:
-    """Make :class:`StitchFunction` a ``SerializableCallable`` (Dynamo is imported by now)."""
-    from torch._dynamo.aot_compile_types import SerializableCallable
-
-    if not issubclass(StitchFunction, SerializableCallable):
-        SerializableCallable.register(StitchFunction)
-
-
 def in_torch_aot_compile() -> bool:
-    """Whether the backend is being called by ``torch.compile(...).aot_compile``.
-
-    NOTE: [detecting torch's aot_compile]
-    ``aot_compile_fullgraph`` calls the backend under a functorch config patch
-    that only it makes inside a backend call (``bypass_autograd_cache_key``);
-    that is how a default ``StitchBackend`` knows to return a saveable function
-    without making every Dynamo-entered call go through one more layer.
-    """
-    return bool(getattr(torch._functorch.config, "bypass_autograd_cache_key", False))
+    """Whether the backend is being called by ``torch.compile(...).aot_compile``
+    (see NOTE: [detecting torch's aot_compile] in ``compat/dynamo.py``)."""
+    return dynamo.in_aot_compile()
 
 
 # -- the reference literal ---------------------------------------------------------------

@@ -27,7 +27,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -224,6 +224,12 @@ class CompileCache:
         if name not in self._pieces:
             self._pieces[name] = PieceIdentity.of(graph)
         return self._pieces[name]
+
+    def identify(self, pieces: dict[str, fx.GraphModule]) -> None:
+        """Take each piece's identity now, before a compile can specialize the
+        sizes its placeholders describe (see compat/shapes.py)."""
+        for name, graph in pieces.items():
+            self._piece(name, graph)
 
     def _old_entry(self, name: str, target: str) -> EntryRecord | None:
         record = self.index.pieces.get(name) if self.index is not None else None
@@ -457,6 +463,16 @@ class CompileCache:
         if self.index is not None and self.index.pieces.get(name) == record:
             return
         self._update(lambda index: index.with_piece(name, record))
+
+    def record_guards(self, guards: Sequence[str]) -> None:
+        """Add guards the compile added to the ShapeEnv (see NOTE: [the guards a
+        backend call adds are part of its cache entry] in compat/shapes.py)."""
+
+        def change(index: Index) -> Index:
+            new = tuple(g for g in guards if g not in index.guards)
+            return dataclasses.replace(index, guards=index.guards + new)
+
+        self._update(change)
 
     # -- the stitching source ---------------------------------------------------
     def holds_source(self) -> bool:

@@ -10,7 +10,13 @@ describing one cache entry::
      "pieces": {<piece name>: {"module_path": ..., "sym_index": <int or None>,
                                "entries": [{"target": "general" | "size8" | ...,
                                             "key": <compile key>, "saved": bool,
-                                            "note": <why not saved, or "">}, ...]}}}
+                                            "note": <why not saved, or "">}, ...]}},
+     "guards": [<a guard the compile added, as text: "Eq(s27, 7)">, ...]}
+
+``guards`` (absent in entries written before it: none) lists what the compile
+added to Dynamo's ShapeEnv; the entry applies only where they hold (see NOTE:
+[the guards a backend call adds are part of its cache entry] in
+``compat/shapes.py``).
 
 Reading validates every field.  What does not validate is reported as one
 problem naming the field (``pieces['submod_2'].entries[1].key``): a bad piece
@@ -225,6 +231,7 @@ class Index:
     identity: EntryIdentity
     source: SourceRecord | None
     pieces: Mapping[str, PieceRecord]
+    guards: tuple[str, ...] = ()
 
     def to_literal(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -249,6 +256,7 @@ class Index:
             }
             for name, p in self.pieces.items()
         }
+        data["guards"] = list(self.guards)
         return data
 
     def render(self) -> str:
@@ -311,4 +319,10 @@ def parse_index(text: str, expected: EntryIdentity | None) -> IndexRead:
             pieces[name] = PieceRecord.parse(record, f"pieces[{name!r}].")
         except Invalid as exc:
             problems.append(str(exc))
-    return IndexRead(Index(expected, source, pieces), problems)
+    guards = data.get("guards", [])
+    if not (isinstance(guards, list) and all(isinstance(g, str) for g in guards)):
+        # Unreadable guards would make the entry apply everywhere: drop it all.
+        return IndexRead(
+            None, [f"field guards is {short(guards)}, expected a list of str"]
+        )
+    return IndexRead(Index(expected, source, pieces, tuple(guards)), problems)

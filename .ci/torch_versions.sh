@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# The ends of the supported torch range (docs/torch_versions.md), each in a
+# fresh virtual environment of PyPI's builds: torch 2.11 (the GPU image's, with
+# its transformers 5.17) and torch 2.15 (the newest release, with the
+# transformers the test extra pins).  Runs the fast tests, then the AOT,
+# warm-start, cache-guard, version-table and transformers tests, which are
+# marked slow.  Any failure fails CI; every release runs even after one fails.
+#
+# .ci/run calls this after the main suite; it also runs alone from a fresh
+# clone.  PIP_CONFIG_FILE=/dev/null lifts a pip configuration's cap on torch
+# (pip's environment variables still apply).  STITCH_CI_VENVS=<dir> keeps the
+# environments there instead of a temporary folder.
+#
+# NOTE: [a wheel folder instead of pip's HTTP cache]
+# PyPI's torch builds are several GB each (CUDA libraries, Triton).  pip's own
+# HTTP cache stores nothing behind a proxy that drops the responses' caching
+# headers (as on our CI machines: `pip cache info` counts 0 files after a
+# download), so every run would download them again.  The wheels are kept in
+# STITCH_CI_WHEELS (default ~/.cache/stitch/ci-wheels) instead: `pip download`
+# fetches only what is not there yet, and the environment is installed from
+# that folder alone.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+started=$SECONDS
+
+# torch, transformers: one line per release.
+RELEASES=(
+    "2.11.0 5.17.0"
+    "2.15.0 5.23.0"
+)
+SLOW_TESTS=(
+    tests/test_aot.py
+    tests/test_aot_cudagraphs.py
+    tests/test_warm_start.py
+    tests/test_cache_guards.py
+    tests/test_torch_versions.py
+    tests/test_hf.py
+)
+
+export PIP_CONFIG_FILE=/dev/null
+wheels=${STITCH_CI_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/stitch/ci-wheels}
+mkdir -p "$wheels"
+if [[ -n ${STITCH_CI_VENVS:-} ]]; then
+    venvs=$STITCH_CI_VENVS
+    mkdir -p "$venvs"
+else
+    venvs=$(mktemp -d)
+    trap 'rm -rf "$venvs"' EXIT
+fi
+
+failed=()
+for release in "${RELEASES[@]}"; do
+    read -r torch_version transformers_version <<<"$release"
+    venv="$venvs/torch-$torch_version"
+    echo "== torch $torch_version, transformers $transformers_version: $venv"
+    step=$SECONDS
+    printf 'torch==%s\ntransformers==%s\n' "$torch_version" "$transformers_version" \
+        >"$venvs/constraints-$torch_version.txt"
+    constraints="$venvs/constraints-$torch_version.txt"
+    python3 -m venv "$venv"
+    # setuptools: the build backend, for the editable install below.
+    "$venv/bin/pip" download -q -d "$wheels" -c "$constraints" \
+        '.[hf,test-tools]' 'setuptools>=64'
+    # --no-compile: byte-compiling torch's own files at install costs a minute;
+    # Python compiles what the tests import anyway.
+    "$venv/bin/pip" install -q --no-compile --no-index --find-links "$wheels" \
+        -c "$constraints" -e '.[hf,test-tools]'
+    "$venv/bin/python" -c 'import importlib.metadata as m, torch
+print("installed: torch", torch.__version__, "| " + ", ".join(
+    f"{p} {m.version(p)}" for p in ("triton", "numpy", "transformers")))'
+    echo "   venv in $((SECONDS - step)) s"
+    step=$SECONDS
+    # Both runs, whatever the first gives.  pytest exits 5 when it collects no
+    # tests; that fails like any other status.
+    status=0
+    "$venv/bin/python" -m pytest -q -m "not slow" || status=1
+    "$venv/bin/python" -m pytest -q -m slow "${SLOW_TESTS[@]}" || status=1
+    if ((status)); then
+        failed+=("$torch_version")
+    fi
+    echo "   tests in $((SECONDS - step)) s"
+done
+
+if ((${#failed[@]})); then
+    echo "error: tests failed on torch ${failed[*]}" >&2
+    exit 1
+fi
+echo "== torch releases ok in $((SECONDS - started)) s"

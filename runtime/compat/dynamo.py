@@ -1,0 +1,223 @@
+"""Dynamo: marking dims, ``torch.compile(...).aot_compile``, its saved function, restarts.
+
+Every Dynamo module is imported inside the function that needs it: a warm
+start that loads a saved forward never imports Dynamo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import types
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+# The module Dynamo's transformed bytecode reads its helpers from.
+DYNAMO_UTILS = "torch._dynamo.utils"
+# The tensor attributes mark_dynamic / mark_unbacked set.
+_MARK_ATTRS = ("_dynamo_dynamic_indices", "_dynamo_unbacked_indices")
+
+
+def import_dynamo() -> None:
+    import torch._dynamo  # noqa: F401
+
+
+def marked_dims(t: torch.Tensor) -> set[int]:
+    """The dims of ``t`` marked dynamic or unbacked (read without importing Dynamo)."""
+    marked: set[int] = set()
+    for attr in _MARK_ATTRS:
+        marked |= set(getattr(t, attr, ()))
+    return marked
+
+
+def mark_unbacked(t: torch.Tensor, dim: int) -> None:
+    import torch._dynamo.decorators
+
+    torch._dynamo.decorators.mark_unbacked(t, dim)
+
+
+# -- torch.compile(...).aot_compile --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def aot_compile_enabled() -> Iterator[None]:
+    """``torch.compile(fn).aot_compile`` available inside the block.
+
+    NOTE: [aot_compile before torch 2.13]
+    torch 2.11 and 2.12 attach ``aot_compile`` to a compiled function only while
+    ``torch._dynamo.config.enable_aot_compile`` is set (False by default; True
+    from 2.13 on): without it, ``aot_compile`` is missing and nothing is saved.
+    Setting it for the one compile gives 2.11 the same save and warm start.
+    """
+    import torch._dynamo.config as config
+
+    if getattr(config, "enable_aot_compile", True):
+        yield
+        return
+    with config.patch(enable_aot_compile=True):
+        yield
+
+
+def aot_compile_on_by_default() -> bool:
+    """Whether this torch offers ``aot_compile`` without the config switch."""
+    import torch._dynamo.config as config
+
+    return bool(getattr(config, "enable_aot_compile", True))
+
+
+def aot_compile(fn: Callable[..., Any], backend: Any, args: tuple[Any, ...]) -> Any:
+    """``torch.compile(fn, backend, fullgraph=True).aot_compile((args, {}))``."""
+    with aot_compile_enabled():
+        return torch.compile(fn, backend=backend, fullgraph=True).aot_compile(
+            (args, {})
+        )
+
+
+def serialize_aot(compiled: Any) -> bytes:
+    """torch's own save of what :func:`aot_compile` returned."""
+    from torch._dynamo.aot_compile import AOTCompiledFunction
+
+    with aot_compile_enabled():
+        return AOTCompiledFunction.serialize(compiled).serialized_data
+
+
+def deserialize_aot(data: bytes, f_globals: dict[str, Any]) -> Any:
+    """torch's loader of :func:`serialize_aot`'s bytes (checks Dynamo's guards)."""
+    from torch._dynamo.aot_compile import AOTCompiledFunction
+
+    with aot_compile_enabled():
+        return AOTCompiledFunction.deserialize(data, f_globals=f_globals)
+
+
+def register_serializable(cls: type) -> None:
+    """Make ``cls`` a ``SerializableCallable``, the protocol aot_compile saves a backend's result by."""
+    from torch._dynamo.aot_compile_types import SerializableCallable
+
+    if not issubclass(cls, SerializableCallable):
+        SerializableCallable.register(cls)
+
+
+def in_aot_compile() -> bool:
+    """Whether the backend is being called by ``torch.compile(...).aot_compile``.
+
+    NOTE: [detecting torch's aot_compile]
+    ``aot_compile_fullgraph`` calls the backend under a functorch config patch
+    that only it makes inside a backend call (``bypass_autograd_cache_key``, in
+    every supported release); that is how a default ``StitchBackend`` knows to
+    return a saveable function without making every Dynamo-entered call go
+    through one more layer.
+    """
+    config = sys.modules.get("torch._functorch.config")
+    return bool(getattr(config, "bypass_autograd_cache_key", False))
+
+
+# -- the globals of Dynamo's saved bytecode ------------------------------------------------
+
+
+def bytecode_globals(import_sources: Mapping[str, str]) -> dict[str, Any]:
+    """What the aliases of Dynamo's saved bytecode name, without importing anything yet.
+
+    NOTE: [saved bytecode imports lazily]
+    The record of a saved forward lists the modules its bytecode reads, by
+    alias.  torch 2.11 lists ``torch._dynamo.polyfills.builtins`` there though
+    the bytecode never uses it: importing every listed module up front imported
+    Dynamo and Inductor and cost 1.4-1.7 s per warm start.  So a module not
+    yet imported is bound as a stand-in that imports it on first use, and
+    ``torch._dynamo.utils``, whose three helpers the bytecode does call, is
+    answered without Dynamo.
+    """
+    found: dict[str, Any] = {}
+    for alias, module in import_sources.items():
+        if module == DYNAMO_UTILS:
+            found[alias] = DYNAMO_HELPERS
+        elif module in sys.modules:
+            found[alias] = sys.modules[module]
+        else:
+            found[alias] = _LazyModule(module)
+    return found
+
+
+class _LazyModule(types.ModuleType):
+    """A module imported on its first attribute read (then read as the real one)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        value = getattr(importlib.import_module(self.__name__), attr)
+        self.__dict__[attr] = value
+        return value
+
+
+class _DynamoHelpers(types.ModuleType):
+    """The helpers of ``torch._dynamo.utils`` Dynamo's bytecode calls, without importing Dynamo.
+
+    Same behaviour as the originals in every supported release (a profiler
+    range around the pre-graph bytecode while a profiler runs; ``x.size(i)``);
+    any other name is taken from the real module.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("stitch_dynamo_helpers")
+
+    @staticmethod
+    def record_pregraph_bytecode_enter() -> Any:
+        if torch.autograd.profiler._is_profiler_enabled:
+            cm = torch._C._profiler._RecordFunctionFast("Pregraph bytecode")
+        else:
+            cm = contextlib.nullcontext()
+        cm.__enter__()
+        return cm
+
+    @staticmethod
+    def record_pregraph_bytecode_exit(cm: Any) -> None:
+        cm.__exit__(None, None, None)
+
+    @staticmethod
+    def call_size(x: Any, i: int) -> int:
+        return x.size(i)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(importlib.import_module(DYNAMO_UTILS), attr)
+
+
+DYNAMO_HELPERS = _DynamoHelpers()
+
+
+# -- restarts ------------------------------------------------------------------------------
+
+
+def is_restart(exc: BaseException) -> bool:
+    """Whether ``exc`` asks Dynamo to trace the frame again (not a failure)."""
+    from torch._dynamo.exc import RestartAnalysis
+
+    return isinstance(exc, RestartAnalysis)
+
+
+def restart_specializing(names: list[str]) -> list[str]:
+    """Mark the float symbols ``names`` for specialization; those newly marked.
+
+    The caller raises :func:`tensorify_restart` when the list is not empty.
+    Returns [] on a torch without the mechanism.
+    """
+    try:
+        from torch._dynamo.symbolic_convert import TensorifyState
+    except ImportError:  # pragma: no cover - not in any supported release
+        return []
+    new = [n for n in names if not TensorifyState.should_specialize(n)]
+    for name in new:
+        TensorifyState.specialize(name)
+    return new
+
+
+def tensorify_restart() -> BaseException:
+    from torch._dynamo.exc import TensorifyScalarRestartAnalysis
+
+    return TensorifyScalarRestartAnalysis()

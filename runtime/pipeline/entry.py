@@ -1,0 +1,86 @@
+"""Opening a graph's cache entry: the one whose recorded guards hold for this call.
+
+See NOTE: [the guards a backend call adds are part of its cache entry] in
+``compat/shapes.py``.  A graph key names a chain of entries: the first one
+compiled, then, for inputs its guards reject, an entry under the key chained
+with those guards, and so on.  Almost every graph has one entry with no guards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from ..compat.shapes import added_guards, check_guards, guard_mark, install_guards
+from ..config import CompilationConfig
+from ..store.cache import CompileCache
+
+log = logging.getLogger("stitch")
+
+# Entries per graph key, one per specialization its compiles made; past that
+# the call compiles without the cache (one warning).
+MAX_ENTRIES = 8
+
+
+def open_entry(
+    config: CompilationConfig, graph_key: str, config_hash: str, shape_env: Any
+) -> tuple[CompileCache | None, tuple[str, ...]]:
+    """The entry this call uses and its recorded guards (they hold here).
+
+    An entry whose recorded guards all hold is used; the caller installs them
+    as Dynamo's guards once the pieces are loaded, as the entry's compile made
+    them.  An entry for other sizes is passed over for the next in the chain.
+    """
+    key = graph_key
+    for _ in range(MAX_ENTRIES):
+        cache = CompileCache.open(config, key, config_hash)
+        guards = cache.index.guards if cache.index is not None else ()
+        if not guards:
+            return cache, ()
+        why = check_guards(shape_env, guards) if shape_env is not None else "no sizes"
+        if not why:
+            return cache, guards
+        log.debug(
+            "stitch: cache entry %s is not for this call: %s", cache.directory, why
+        )
+        key = hashlib.sha256(f"{key}|{'|'.join(guards)}".encode()).hexdigest()
+    log.warning(
+        "stitch: graph %s has %d cache entries for other sizes; compiling it "
+        "without the cache",
+        graph_key[:12],
+        MAX_ENTRIES,
+    )
+    return None, ()
+
+
+class EntryGuards:
+    """The guards of one backend call's entry: those recorded, those it adds."""
+
+    def __init__(self, shape_env: Any) -> None:
+        # Taken before the call does anything that could add a guard.
+        self.shape_env = shape_env
+        self.mark = guard_mark(shape_env)
+        self.recorded: tuple[str, ...] = ()
+
+    def open(
+        self, config: CompilationConfig, graph_key: str, config_hash: str
+    ) -> CompileCache | None:
+        cache, self.recorded = open_entry(
+            config, graph_key, config_hash, self.shape_env
+        )
+        return cache
+
+    def note(self, cache: CompileCache | None) -> None:
+        """Record the guards added so far, before anything compiled under them is."""
+        added = added_guards(self.mark)
+        if cache is not None and added:
+            cache.record_guards(added)
+
+    def finish(self, cache: CompileCache | None) -> tuple[str, ...]:
+        """Install the entry's guards as Dynamo's (as its compile made them), record
+        the added ones; every guard the call's result holds under."""
+        if self.recorded:
+            install_guards(self.shape_env, self.recorded)
+        self.note(cache)
+        return tuple(dict.fromkeys(self.recorded + tuple(added_guards(self.mark))))
