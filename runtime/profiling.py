@@ -85,6 +85,21 @@ class Profiler:
             sync = torch.cuda.is_available() and torch.cuda.is_initialized()
         return PieceRanges(self, graph, sync)
 
+    def variant(
+        self,
+        split_gm: Any,
+        dispatch_on: str | None,
+        pieces: Iterable[tuple[str, bool, str]],
+    ) -> tuple[str, list[Any], PieceRanges]:
+        """The profiling variant of ``split_gm``'s source, its constants and the
+        ranges it is bound to (see :meth:`ranges`)."""
+        from stitch.codegen import generate_execution_code
+
+        code, _, consts = generate_execution_code(
+            split_gm, dispatch_on=dispatch_on, profile=True
+        )
+        return code, consts, self.ranges(pieces)
+
     def stats(self) -> _SizeStats:
         return self._stats.setdefault(self.size, _SizeStats())
 

@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 import torch
 
+from ..compat.dynamo import mark_unbacked
 from ..config import CompilationConfig
 from ..pipeline.backend import StitchBackend
 from ..profiling import Profiler
@@ -116,7 +117,7 @@ def _example_forwards(
         input_ids, positions = llama_inputs(cfg, n, seed=n)
         # One graph for every token count (see the README).
         for t in (input_ids, positions):
-            torch._dynamo.decorators.mark_unbacked(t, 0)
+            mark_unbacked(t, 0)
 
         def forward(ids: Any = input_ids, pos: Any = positions) -> Any:
             return compiled(ids, pos)

@@ -221,3 +221,21 @@ def tensorify_restart() -> BaseException:
     from torch._dynamo.exc import TensorifyScalarRestartAnalysis
 
     return TensorifyScalarRestartAnalysis()
+
+
+def tensor_guards(*examples: torch.Tensor, **kwargs: Any) -> Any:
+    """Dynamo's C++ ``TensorGuards`` over ``examples`` (dtype, device, sizes,
+    strides; ``dynamic_dims_sizes``/``dynamic_dims_strides`` as torch takes them).
+
+    It lives in ``torch._C``: building one imports no Dynamo Python code.
+    """
+    from torch._C._dynamo.guards import TensorGuards
+
+    return TensorGuards(*examples, **kwargs)
+
+
+def dynamo_counters() -> Any:
+    """Dynamo's ``counters`` (a dict of Counters by category); imports Dynamo."""
+    from torch._dynamo.utils import counters
+
+    return counters

@@ -22,6 +22,7 @@ from stitch.codegen.errors import (
 
 from ..compat.pytree import tree_flatten, tree_unflatten
 from ..config import CompilationConfig, CUDAGraphMode
+from ..compat.dynamo import tensor_guards
 
 if TYPE_CHECKING:
     from ..pipeline.size import RuntimeSize
@@ -340,11 +341,9 @@ class PaddedRunner:
         return tree_unflatten([o[:n] if s else o for o, s in zip(leaves, plan)], spec)
 
     def _guard(self, n: int) -> Any:
-        from torch._C._dynamo.guards import TensorGuards
-
         with torch.inference_mode(False):
             examples = [b[:n] for b in self.buffers]
-        return TensorGuards(
+        return tensor_guards(
             *examples,
             dynamic_dims_sizes=[[n, *d.rest] for d in self.plan.dynamic],
             dynamic_dims_strides=[

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import torch
 import torch.fx as fx
 
 from stitch.codegen import (
@@ -37,7 +36,7 @@ from ..progress import progress_bar
 from ..store.cache import CompileCache
 from ..store.artifacts import ARTIFACT_FILE
 from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
-from ..store.dump import PieceReport, write_debug_dump
+from ..store.dump import PieceReport, trace_source, write_debug_dump
 from ..store.index import EntryRecord
 from ..targets import Target
 from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
@@ -213,13 +212,8 @@ class Compilation:
         compilation_counter.num_piecewise_capturable_graphs_seen += len(compiled_items)
         if cache is not None:
             cache.identify({it.submod_name: it.graph for it in compiled_items})
-        # NOTE: [warm start skips fake propagation]
-        # Each piece's example inputs come from running the split graph over fake
-        # tensors, which costs seconds on deep models.  A cache entry is keyed by
-        # the whole graph and its input metadata, so the per-piece records in its
-        # index (runtime-size argument, compile keys) are used as they are, once
-        # checked against each artifact; the fake run happens only if some entry
-        # has to be compiled.
+        # See NOTE: [warm start skips fake propagation] (_plan): the fake run
+        # happens only if some entry has to be compiled.
         piece_args_memo: dict[str, dict[str, tuple[Any, ...]]] = {}
 
         def piece_args(name: str) -> tuple[Any, ...]:
@@ -278,16 +272,15 @@ class Compilation:
         source_file = cache.source_path() if cache is not None else None
         if source_file is None and dump:
             source_file = os.path.join(dump, DUMP_SOURCE_FILE)
-        _trace_source(code)
+        trace_source(code)
         self.consts = consts
         # What runs: the serving source, or its profiling variant (never cached).
         run_code, run_consts, run_file, ranges = code, consts, source_file, None
         if self.profiler is not None:
-            run_code, _, run_consts = generate_execution_code(
-                split_gm, dispatch_on=dispatch_on, profile=True
+            run_code, run_consts, ranges = self.profiler.variant(
+                split_gm, dispatch_on, piece_list(reports)
             )
             run_file = None
-            ranges = self.profiler.ranges(piece_list(reports))
         self.cudagraphed = self.cudagraphs is not None and self.cudagraphs.applies_to(
             fake_inputs
         )
@@ -565,10 +558,3 @@ class Compilation:
         code, names, consts = generate_execution_code(split_gm, dispatch_on=dispatch_on)
         return code, names, consts, False
 
-
-def _trace_source(code: str) -> None:
-    torch._logging.trace_structured(
-        "artifact",
-        metadata_fn=lambda: {"name": "stitch_execution_fn", "encoding": "string"},
-        payload_fn=lambda: code,
-    )

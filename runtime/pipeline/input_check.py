@@ -53,6 +53,7 @@ from stitch.codegen.input_check import (
     TensorInput,
 )
 
+from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 from ..config import CompilationConfig
 from ..loader import bind_kwonly, load_execution_module
 from ..store.files import atomic_write
@@ -219,9 +220,7 @@ class InputCheck:
                 tensors.append(a)
                 sizes = tuple(s if isinstance(s, int) else None for s in spec.sizes)
                 entries.append((sizes, spec.strides))
-        from torch._C._dynamo.guards import TensorGuards
-
-        self.namespace[f"SIGNATURE_{i}"] = TensorGuards(
+        self.namespace[f"SIGNATURE_{i}"] = cpp_tensor_guards(
             *tensors,
             dynamic_dims_sizes=[list(e[0]) for e in entries],
             dynamic_dims_strides=[list(e[1]) for e in entries],

@@ -19,6 +19,7 @@ import torch
 from stitch.codegen.input_check import InputSignature, TensorInput, ValueInput
 
 from .graph_inputs import GraphInput
+from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 
 # -- describing inputs ----------------------------------------------------------------
 
@@ -101,13 +102,11 @@ def tensor_guards(
 ) -> Any:
     """``TensorGuards`` for the emitted check: ``(name, dtype, device, sizes, strides)``
     per tensor, None for a dynamic size or stride (C++; no Dynamo import)."""
-    from torch._C._dynamo.guards import TensorGuards
-
     examples = [
         _example(dtype, device, sizes, strides)
         for _, dtype, device, sizes, strides in entries
     ]
-    return TensorGuards(
+    return cpp_tensor_guards(
         *examples,
         dynamic_dims_sizes=[list(e[3]) for e in entries],
         dynamic_dims_strides=[list(e[4]) for e in entries],

@@ -151,9 +151,9 @@ def inductor_options(vllm_config: Any) -> dict[str, Any]:
         options.update(CPU_INDUCTOR_OPTIONS)
     if not options:
         return {}
-    import torch._inductor.config as inductor_config
+    from stitch.runtime.compat.inductor import config_options
 
-    known = inductor_config.get_config_copy()
+    known = config_options()
     for key in sorted(set(options) - set(known)):
         log.info("stitch: vLLM's Inductor option %r is unknown to Inductor", key)
     return {k: v for k, v in options.items() if k in known}

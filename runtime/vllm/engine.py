@@ -88,11 +88,12 @@ def prompts(batch: int, length: int = 16, seed: int = 0) -> list[list[int]]:
 
 def _worker_counters(worker: Any = None) -> dict[str, Any]:
     """Run inside vLLM's worker: what Dynamo, Inductor, vLLM and Stitch did there."""
-    from torch._dynamo.utils import counters
+    from stitch.runtime.compat.dynamo import dynamo_counters
     from vllm.compilation.counter import compilation_counter as vllm_counter
 
     from stitch.runtime.counter import compilation_counter
 
+    counters = dynamo_counters()
     return {
         # Frames Dynamo converted on call (torch.compile'd helpers); a model
         # traced through aot_compile counts in unique_graphs only.
