@@ -31,7 +31,6 @@ RELEASES=(
 )
 SLOW_TESTS=(
     tests/test_aot.py
-    tests/test_aot_cudagraphs.py
     tests/test_warm_start.py
     tests/test_cache_guards.py
     tests/test_torch_versions.py
