@@ -27,12 +27,8 @@ from stitch.codegen.errors import StitchCacheError, StitchConfigError
 from ..pipeline.backend import StitchBackend
 from ..pipeline.compilers import start_inductor_warmup
 from ..pipeline.splitting import SplittingOpWarnings
-from ..pipeline.stitched import (
-    StitchFunction,
-    load_reference,
-    parse_reference,
-    register_serializable,
-)
+from ..compat.dynamo import register_serializable
+from ..pipeline.stitched import StitchFunction, load_reference, parse_reference
 from .config import env_fields, stitch_cache_root, stitch_config, vllm_splitting_ops
 
 log = logging.getLogger("stitch")
@@ -112,7 +108,7 @@ class StitchVllmBackend:
         )
         fn = stitch(gm, example_inputs)
         if isinstance(fn, StitchFunction):
-            register_serializable()
+            register_serializable(VllmStitchFunction)
             return VllmStitchFunction(fn.fn, fn.reference, fn.unsaveable)
         return fn
 
