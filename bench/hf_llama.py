@@ -73,13 +73,16 @@ def inputs(batch: int, seq: int) -> dict[str, Any]:
     return example_inputs("llama", batch, seq, seed=batch * 1000 + seq)
 
 
-def variants(model: torch.nn.Module, cache_dir: str) -> dict[str, Callable[..., Any]]:
+def variants(
+    model: torch.nn.Module, cache_dir: str, dynamic: bool | None = None
+) -> dict[str, Callable[..., Any]]:
+    """eager, ``torch.compile`` (with ``dynamic``) and Stitch (always dynamic)."""
     from stitch.runtime import CompilationConfig, StitchBackend
 
     stitch = StitchBackend(CompilationConfig(cache_dir=cache_dir))
     return {
         "eager": model,
-        "torch.compile": torch.compile(model),
+        "torch.compile": torch.compile(model, dynamic=dynamic),
         "stitch": torch.compile(model, backend=stitch, dynamic=True),
     }
 
@@ -159,19 +162,6 @@ DECODE_BATCHES = (1, 8)
 PROMPT = 16
 
 
-def decode_variants(
-    model: torch.nn.Module, cache_dir: str
-) -> dict[str, Callable[..., Any]]:
-    from stitch.runtime import CompilationConfig, StitchBackend
-
-    stitch = StitchBackend(CompilationConfig(cache_dir=cache_dir))
-    return {
-        "eager": model,
-        "torch.compile": torch.compile(model, dynamic=True),
-        "stitch": torch.compile(model, backend=stitch, dynamic=True),
-    }
-
-
 def decode_round(
     fn: Callable[..., Any],
     model: torch.nn.Module,
@@ -203,7 +193,7 @@ def run_decode(args: argparse.Namespace) -> str:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = build(args.layers, args.hidden)
-    fns = decode_variants(model, tempfile.mkdtemp(prefix="stitch-bench-"))
+    fns = variants(model, tempfile.mkdtemp(prefix="stitch-bench-"), dynamic=True)
     vocab = model.config.vocab_size
     first: dict[tuple[str, int], tuple[float, float]] = {}
     steps: dict[tuple[str, int], list[float]] = {}

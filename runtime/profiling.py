@@ -80,10 +80,7 @@ class Profiler:
         for name, splitting, path in pieces:
             kind = "splitting" if splitting else "compiled"
             self.pieces[(graph, name)] = PieceInfo(kind, path)
-        sync = self.synchronize
-        if sync is None:
-            sync = torch.cuda.is_available() and torch.cuda.is_initialized()
-        return PieceRanges(self, graph, sync)
+        return PieceRanges(self, graph, self._synchronizes())
 
     def variant(
         self,
@@ -100,6 +97,11 @@ class Profiler:
         )
         return code, consts, self.ranges(pieces)
 
+    def _synchronizes(self) -> bool:
+        if self.synchronize is not None:
+            return self.synchronize
+        return torch.cuda.is_available() and torch.cuda.is_initialized()
+
     def stats(self) -> _SizeStats:
         return self._stats.setdefault(self.size, _SizeStats())
 
@@ -108,11 +110,7 @@ class Profiler:
         stats = self.stats()
         start = time.perf_counter_ns()
         result = fn(*args, **kwargs)
-        if self.synchronize or (
-            self.synchronize is None
-            and torch.cuda.is_available()
-            and torch.cuda.is_initialized()
-        ):
+        if self._synchronizes():
             torch.cuda.synchronize()
         stats.call_ns += time.perf_counter_ns() - start
         stats.calls += 1
@@ -144,7 +142,9 @@ class PieceRanges:
         self._profiler = profiler
         self._graph = graph
         self._sync = synchronize
-        self._stats = profiler.stats()
+        # Set by begin_forward: building the ranges (at compile time) records
+        # no forward, so it must not add an empty row for the current size.
+        self._stats = _SizeStats()
         self._t0 = self._f0 = 0
         self._piece = ""
         self._rf: Any = None
