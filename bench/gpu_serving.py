@@ -3,7 +3,8 @@
 Run on a CUDA machine: ``python bench/gpu_serving.py`` (``--help`` for options;
 ``scripts/gpu_check.sh`` runs it with the GPU tests).
 
-A llama-like decoder (default 32 layers, hidden 1024, bf16, random weights,
+A llama-like decoder (default about 1B parameters: 16 layers, hidden 2048,
+intermediate 5632, vocabulary 32000, bf16, random weights,
 decode attention over per-layer KV caches through ``stitch::attention``, the
 Triton kernel on CUDA) runs at decode batch sizes 1, 8, 32, 128 and one prefill
 size.  Side by side in one process, on the same model and inputs:
@@ -18,6 +19,8 @@ size.  Side by side in one process, on the same model and inputs:
 ``stitch-piecewise``  Stitch PIECEWISE with the dispatch hoisted into the emitted
                       function: one table lookup per forward, bare replays
 ``stitch-full``       Stitch FULL: one graph per size for the whole forward
+``stitch-fp``         Stitch FULL_AND_PIECEWISE: full graphs up to ``--max-full``
+                      tokens (decode batches), piecewise graphs above
 
 Per variant and size: latency (CUDA events around one forward, median), host
 time (wall time of one call, started on an idle GPU, so the launches never wait
@@ -66,12 +69,16 @@ VARIANTS = (
     "stitch-vllm",
     "stitch-piecewise",
     "stitch-full",
+    "stitch-fp",
 )
-STITCH_MODES = {
+STITCH_MODES: dict[str, dict[str, Any]] = {
     "stitch-vllm": {"cudagraph_mode": "PIECEWISE", "dispatch": "per_piece"},
     "stitch-piecewise": {"cudagraph_mode": "PIECEWISE", "dispatch": "hoisted"},
     "stitch-full": {"cudagraph_mode": "FULL", "dispatch": "hoisted"},
+    "stitch-fp": {"cudagraph_mode": "FULL_AND_PIECEWISE", "dispatch": "hoisted"},
 }
+# vLLM's default capture sizes: 1, 2, 4, then every multiple of 8 up to 512.
+CAPTURE_SIZES = [1, 2, 4, *range(8, 513, 8)]
 NO_GUARDS = {"guard_filter_fn": lambda entries: [False] * len(entries)}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -176,6 +183,7 @@ class Prepared:
     graph_mib: float = 0.0
     graphs: int = 0
     note: str = ""
+    largest_mib: float = 0.0  # the graphs of the largest capture size alone
 
 
 def _reserved_mib() -> float:
@@ -227,6 +235,7 @@ def prepare(
         cudagraph_capture_sizes=args.capture_sizes,
         cudagraph_pad_values={"positions": -1},
         **STITCH_MODES[variant],
+        **({"max_full_cudagraph_size": args.max_full} if variant == "stitch-fp" else {}),
     )
     backend = StitchBackend(config)
     if args.emulate or args.host_only:
@@ -241,8 +250,17 @@ def prepare(
     gc.collect()
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
     before, captured = _reserved_mib(), compilation_counter.num_cudagraph_captured
+
+    def dummy(n: int) -> None:
+        forward(*make_inputs(cfg, n, device, 2))
+
     start = time.perf_counter()
-    backend.cudagraphs.capture_sizes(lambda n: forward(*make_inputs(cfg, n, device, 2)))
+    # Largest first (as capture_sizes orders them): what the largest size's
+    # graphs reserve alone, then what all sizes reserve together.
+    backend.cudagraphs.capture_sizes(dummy, [max(args.capture_sizes)])
+    clock.sync()
+    largest_mib = _reserved_mib() - before
+    backend.cudagraphs.capture_sizes(dummy)
     clock.sync()
     capture_s = time.perf_counter() - start
     graphs = compilation_counter.num_cudagraph_captured - captured
@@ -250,7 +268,7 @@ def prepare(
     # Serving never captures: a capture now would be a bug of the runtime.
     backend.cudagraphs.forbid_capture()
     return Prepared(
-        forward, compile_s, capture_s, _reserved_mib() - before, graphs, note
+        forward, compile_s, capture_s, _reserved_mib() - before, graphs, note, largest_mib
     )
 
 
@@ -322,6 +340,35 @@ def measure(
     return rows
 
 
+def profile(
+    prepared: Prepared,
+    model: LlamaModel,
+    variant: str,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> None:
+    """Append torch.profiler's table of 20 forwards at batch 1 and 8 to ``args.profile``."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    for n in (1, 8):
+        inputs = make_inputs(model.cfg, n, device, 4)
+        with torch.inference_mode():
+            for _ in range(3):
+                prepared.forward(*inputs)
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            with torch_profile(activities=activities) as prof:
+                for _ in range(20):
+                    prepared.forward(*inputs)
+                torch.cuda.synchronize() if device.type == "cuda" else None
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+        with open(args.profile, "a", encoding="utf-8") as f:
+            f.write(f"\n## {variant}, {n} tokens, 20 forwards\n\n{table}\n")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     clock = Clock(device)
@@ -351,26 +398,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["floor"] = {
         n: {"attention_us": a, "replay_us": r} for n, (a, r) in floors.items()
     }
+    t0 = time.perf_counter()
     for variant in args.variants:
-        print(f"-- {variant}", file=sys.stderr, flush=True)
+        print(
+            f"-- {variant} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True
+        )
         with torch.no_grad():
             prepared = prepare(variant, model, args, device, clock)
         rows = measure(prepared, model, sizes, args, device, clock)
+        if args.profile:
+            profile(prepared, model, variant, args, device)
         results["variants"][variant] = {
             "compile_s": prepared.compile_s,
             "capture_s": prepared.capture_s,
             "graph_mib": prepared.graph_mib,
+            "largest_mib": prepared.largest_mib,
             "graphs": prepared.graphs,
             "note": prepared.note,
             "sizes": rows,
         }
         del prepared
+        save(results, args)  # what is measured so far survives a later failure
         torch._dynamo.reset()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     del keep
     return results
+
+
+def save(results: dict[str, Any], args: argparse.Namespace) -> None:
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(report(results))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1, default=str)
 
 
 def machine(device: torch.device) -> dict[str, str]:
@@ -399,7 +462,11 @@ def overhead_us(results: dict[str, Any], variant: str, n: int) -> float | None:
         return None
     layers = int(results["model"]["num_layers"])
     floor = results["floor"][n]
-    if variant == "stitch-full" and n <= max(results["args"]["capture_sizes"]):
+    full_limit = {
+        "stitch-full": max(results["args"]["capture_sizes"]),
+        "stitch-fp": results["args"]["max_full"],
+    }.get(variant, 0)
+    if n <= full_limit:
         base = floor["replay_us"]
     else:
         base = layers * floor["attention_us"] + (layers + 1) * floor["replay_us"]
@@ -430,13 +497,16 @@ def report(results: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "| variant | compile s | capture s | graphs | graph memory MiB | note |",
+        "| variant | compile s | capture s | graphs | graph memory MiB "
+        "| largest size alone MiB | note |",
     ]
-    lines.append("| --- | ---: | ---: | ---: | ---: | --- |")
+    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for variant, data in results["variants"].items():
+        alone = data.get("largest_mib", 0.0)
         lines.append(
             f"| {variant} | {data['compile_s']:.1f} | {data['capture_s']:.2f} | "
-            f"{data['graphs']} | {data['graph_mib']:.0f} | {data['note']} |"
+            f"{data['graphs']} | {data['graph_mib']:.0f} | "
+            f"{f'{alone:.0f}' if data['graphs'] else ''} | {data['note']} |"
         )
     lines += [
         "",
@@ -489,7 +559,57 @@ def targets(results: dict[str, Any]) -> list[str]:
             f"- batch {n}: host overhead vLLM-style / hoisted = {ratio:.2f} "
             f"(target >= 3: {verdict}); raw host time ratio {raw:.2f}"
         )
+    lines += memory_targets(results)
+    if "gpu" in results["machine"]:
+        lines += speed_targets(results)
     return lines
+
+
+def memory_targets(results: dict[str, Any]) -> list[str]:
+    """Capture of every size in under 30 s; all sizes' memory at most 1.2x the largest's."""
+    lines = []
+    largest = max(results["args"]["capture_sizes"])
+    for variant, data in results["variants"].items():
+        if not data["graphs"]:
+            continue
+        seconds = data["capture_s"]
+        lines.append(
+            f"- {variant}: {data['graphs']} graphs for sizes up to {largest} captured in "
+            f"{seconds:.1f} s (target < 30 s: {'met' if seconds < 30 else 'NOT met'})"
+        )
+        if data.get("largest_mib", 0) > 0:
+            ratio = data["graph_mib"] / data["largest_mib"]
+            lines.append(
+                f"- {variant}: graph memory {data['graph_mib']:.0f} MiB, the largest size "
+                f"alone {data['largest_mib']:.0f} MiB: {ratio:.2f}x "
+                f"(target <= 1.2x: {'met' if ratio <= 1.2 else 'NOT met'})"
+            )
+    return lines
+
+
+def speed_targets(results: dict[str, Any]) -> list[str]:
+    """Stitch's best mode faster than reduce-overhead at batch 1 and 8."""
+    variants = results["variants"]
+    lines = []
+    for n in (1, 8):
+        ro = variants.get("compile-ro", {}).get("sizes", {}).get(n)
+        stitch = {
+            v: d["sizes"][n]["latency_us"]
+            for v, d in variants.items()
+            if v.startswith("stitch-") and n in d["sizes"]
+        }
+        if not ro or not stitch:
+            continue
+        best = min(stitch, key=stitch.__getitem__)
+        ratio = stitch[best] / ro["latency_us"]
+        lines.append(
+            f"- batch {n}: best Stitch ({best}) {stitch[best]:.1f} µs vs reduce-overhead "
+            f"{ro['latency_us']:.1f} µs: {ratio:.3f}x (target < 1: "
+            f"{'met' if ratio < 1 else 'NOT met'})"
+        )
+    return lines
+
+
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -502,10 +622,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n", 1)[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--layers", type=int, default=32)
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--intermediate", type=int, default=2816)
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--intermediate", type=int, default=5632)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument(
         "--max-len", type=int, default=64, help="KV cache length per sequence"
@@ -518,8 +638,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--capture-sizes",
         type=_ints,
-        default=[1, 2, 4, 8, 16, 32, 64, 128],
-        help="Stitch's cudagraph_capture_sizes (the prefill size stays above them)",
+        default=CAPTURE_SIZES,
+        help="Stitch's cudagraph_capture_sizes (default vLLM's, 1 to 512; the "
+        "prefill size stays above them)",
+    )
+    parser.add_argument(
+        "--max-full",
+        type=int,
+        default=128,
+        help="stitch-fp: full graphs up to this many tokens, piecewise above",
+    )
+    parser.add_argument(
+        "--profile",
+        help="append a torch.profiler table per variant at batch 1 and 8 to this file",
     )
     parser.add_argument(
         "--variants", type=lambda t: t.split(","), default=list(VARIANTS)
@@ -562,12 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = report(results)
     print(text)
     print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1, default=str)
+    save(results, args)
     return 0
 
 

@@ -13,14 +13,16 @@
 #
 # Logs and results go to $OUT when it is set (the device tool brings them back),
 # else to /tmp/stitch-gpu-check: gpu_check.log, pytest_cuda.xml, gpu_serving.md,
-# gpu_serving.json, attention_features.md.  The exit status is non-zero when a step failed.
+# gpu_serving.json, gpu_profile.txt, gpu_warm_start.md, attention_features.md.  The exit
+# status is non-zero when a step failed.  PYTEST_ARGS adds pytest options (e.g. "-n 4
+# --dist load" spreads tests/test_cuda.py over four workers).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PY=${PYTHON:-python3}
 # black is pinned by pyproject.toml (goldens are its output); the rest are what
 # black and syrupy need beyond the CUDA image's packages.
-WHEELS=(black==26.10.1 syrupy==7.0.2 pathspec==1.1.1 platformdirs==4.14.5 pytokens==0.4.1)
+WHEELS=(black==26.10.1 syrupy==7.0.2 pathspec==1.1.1 platformdirs==4.14.5 pytokens==0.4.1 pytest-xdist==3.8.0)
 
 if [[ ${1:-} == --fetch-wheels ]]; then
     mkdir -p .whl
@@ -69,14 +71,17 @@ PY
 if [[ $part == all || $part == tests ]]; then
     echo "== tests: pytest -m cuda"
     "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider --continue-on-collection-errors \
-        --junitxml "$out/pytest_cuda.xml" -s \
+        --junitxml "$out/pytest_cuda.xml" -s ${PYTEST_ARGS:-} \
         || status=1
 fi
 
 if [[ $part == all || $part == bench ]]; then
     echo "== benchmark: bench/gpu_serving.py $*"
-    "$PY" bench/gpu_serving.py --out "$out/gpu_serving.md" --json "$out/gpu_serving.json" "$@" \
-        || status=1
+    rm -f "$out/gpu_profile.txt"
+    "$PY" bench/gpu_serving.py --out "$out/gpu_serving.md" --json "$out/gpu_serving.json" \
+        --profile "$out/gpu_profile.txt" "$@" || status=1
+    echo "== benchmark: bench/gpu_warm_start.py (a saved forward in a fresh process)"
+    "$PY" bench/gpu_warm_start.py --out "$out/gpu_warm_start.md" || status=1
     echo "== benchmark: bench/attention_features.py (sinks, softcap, window: kernel and fallback)"
     "$PY" bench/attention_features.py | tee "$out/attention_features.md" || status=1
 fi

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import sys
+import time
 import types
 
 # Modules a warm start has no use for: it compiles nothing and generates no code.
@@ -52,6 +53,7 @@ def mapped_under(folder: str) -> list[str]:
 
 
 def main(spec: dict) -> dict:
+    started = time.perf_counter()
     import torch
 
     from stitch.runtime import CompilationConfig, aot_compile, compilation_counter
@@ -60,7 +62,8 @@ def main(spec: dict) -> dict:
     collect = _Collect()
     logging.getLogger("stitch").addHandler(collect)
     module = load_model_module(spec["model_file"])
-    model = module.build()
+    device = spec.get("device", "cpu")
+    model = module.build().to(device)
     config = CompilationConfig(cache_dir=spec["cache_dir"], **spec.get("config", {}))
     cudagraphs = None
     if spec.get("emulate_graphs"):
@@ -72,17 +75,30 @@ def main(spec: dict) -> dict:
     first = None
     outputs: dict[int, torch.Tensor] = {}
     diffs: dict[str, float] = {}
+    seconds: dict[str, float] = {}
     with torch.no_grad():
         for n in spec["sizes"]:
-            ids, pos = llama_inputs(module.CFG, n)
+            ids, pos = llama_inputs(module.CFG, n, device=device)
             if first is None:
                 first = aot_compile(
                     model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]},
                     cudagraphs=cudagraphs,
                 )
+                seconds["loaded"] = time.perf_counter() - started
+                if spec.get("startup_capture"):
+                    # A server captures every size before its first request.
+                    def dummy(size: int) -> None:
+                        first(*llama_inputs(module.CFG, size, device=device))
+
+                    first.cudagraphs.capture_sizes(dummy)
+                    seconds["captured"] = time.perf_counter() - started
             model.reset_kv_caches()
             # Under CUDA graphs an output lives until the next forward.
             out = first(ids, pos).clone()
+            if "first_output" not in seconds:
+                if device != "cpu":
+                    torch.cuda.synchronize()
+                seconds["first_output"] = time.perf_counter() - started
             model.reset_kv_caches()
             ref = model(ids, pos)
             outputs[n] = out
@@ -105,6 +121,8 @@ def main(spec: dict) -> dict:
         # Padded runners built for the forward, and how often a graph replayed.
         "graph_runners": len(first.cudagraphs.runners) if first.cudagraphs else 0,
         "replays": sum(g.replays for g in cudagraphs.ops.graphs) if cudagraphs else 0,
+        # Since the worker started (imports included): loaded, captured, first output.
+        "seconds": seconds,
     }
 
 

@@ -1,0 +1,214 @@
+"""Warm start on a GPU: a saved forward loaded, its CUDA graphs captured, the first token.
+
+Run on a CUDA machine: ``python bench/gpu_warm_start.py`` (``--help`` for options;
+``scripts/gpu_check.sh`` runs it after the serving benchmark).
+
+The model is bench/gpu_serving.py's (about 1B parameters, bf16, random weights
+made on the GPU: a server would read its weights instead, which is not what is
+measured here).  Each row is one fresh Python process that runs
+``stitch.runtime.aot_compile`` on it, captures the CUDA graphs of every capture
+size (as a server does before its first request) and then runs one decode step
+of 1 token, synchronized:
+
+``cold``  empty Stitch cache, empty Inductor cache: traces, compiles, saves;
+``warm``  the Stitch cache the cold process left, an empty Inductor cache of its
+          own (a new machine with the cache shipped to it): loads, compiles nothing.
+
+Per process: seconds from its start to ``import torch`` done, then from there to
+the saved forward loaded, to every graph captured, to the first token; the
+graphs captured and the Inductor compiles.  The target of the GPU issue: a warm
+start to the first token, graphs captured, under 2 s (counted from after
+``import torch``, which is the same for every program that uses torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+MODES = {
+    "PIECEWISE": {"cudagraph_mode": "PIECEWISE"},
+    "FULL": {"cudagraph_mode": "FULL"},
+}
+
+
+def child(spec: dict[str, Any]) -> dict[str, Any]:
+    started = time.perf_counter()
+    import torch
+
+    imported = time.perf_counter()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from gpu_serving import build_model  # the benchmark's model
+
+    from stitch.runtime import CompilationConfig, aot_compile, compilation_counter
+    from stitch.runtime.examples import LlamaConfig, llama_inputs
+
+    device = spec["device"]
+    cfg = LlamaConfig(**spec["model"], dtype=torch.bfloat16)
+    model = build_model(cfg, torch.device(device))
+    built = time.perf_counter()
+    config = CompilationConfig(
+        cache_dir=spec["cache_dir"],
+        cudagraph_capture_sizes=spec["capture_sizes"],
+        cudagraph_pad_values={"positions": -1},
+        **MODES[spec["mode"]],
+    )
+    before = compilation_counter.snapshot()
+    with torch.inference_mode():
+        ids, pos = llama_inputs(cfg, max(spec["capture_sizes"]), device=device)
+        forward = aot_compile(model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]})
+        loaded = time.perf_counter()
+
+        def dummy(n: int) -> None:
+            forward(*llama_inputs(cfg, n, seed=1, device=device))
+
+        forward.cudagraphs.capture_sizes(dummy)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        captured = time.perf_counter()
+        model.reset_kv_caches()
+        token = forward(*llama_inputs(cfg, 1, seed=2, device=device)).argmax(-1)
+        token.item()  # synchronizes
+        first = time.perf_counter()
+        model.reset_kv_caches()
+        expected = model(*llama_inputs(cfg, 1, seed=2, device=device)).argmax(-1)
+    after = compilation_counter.snapshot()
+    return {
+        "warm": forward.warm,
+        "import_torch_s": imported - started,
+        # from after import torch
+        "build_model_s": built - imported,
+        "loaded_s": loaded - imported,
+        "captured_s": captured - imported,
+        "first_token_s": first - imported,
+        "graphs": after["num_cudagraph_captured"] - before["num_cudagraph_captured"],
+        "inductor_compiles": after["num_inductor_compiles"] - before["num_inductor_compiles"],
+        "same_token_as_eager": bool(torch.equal(token, expected)),
+    }
+
+
+def run_child(spec: dict[str, Any], inductor_dir: str) -> dict[str, Any]:
+    env = dict(os.environ)
+    if inductor_dir:
+        env["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or len(lines) != 1:
+        raise SystemExit(
+            f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}"
+        )
+    return json.loads(lines[0][len("RESULT ") :])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--heads", type=int, default=16)
+    parser.add_argument("--intermediate", type=int, default=5632)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--max-len", type=int, default=64)
+    parser.add_argument(
+        "--capture-sizes",
+        default="1,2,4," + ",".join(str(s) for s in range(8, 513, 8)),
+        help="comma-separated (default vLLM's, 1 to 512)",
+    )
+    parser.add_argument("--modes", default="PIECEWISE,FULL")
+    parser.add_argument("--warm-repeats", type=int, default=2)
+    parser.add_argument(
+        "--cold-inductor",
+        choices=("empty", "kept"),
+        default="empty",
+        help="the cold process's Inductor cache: empty, or this process's (kept: "
+        "only the Stitch side is cold)",
+    )
+    parser.add_argument(
+        "--device", default="cuda", help="cpu: a dry run of the code paths (no graphs)"
+    )
+    parser.add_argument("--out", help="also write the markdown table here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print("RESULT " + json.dumps(child(json.loads(args.child))))
+        return 0
+    sizes = [int(s) for s in args.capture_sizes.split(",") if s]
+    model = {
+        "num_layers": args.layers,
+        "hidden_size": args.hidden,
+        "num_heads": args.heads,
+        "intermediate_size": args.intermediate,
+        "vocab_size": args.vocab,
+        "max_seqs": max(sizes),
+        "max_len": args.max_len,
+    }
+    scratch = tempfile.mkdtemp(prefix="stitch-gpu-warm-")
+    lines = [
+        "| mode | process | import torch s | loaded s | graphs captured s "
+        "| first token s | graphs | Inductor compiles | token = eager |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    try:
+        for mode in args.modes.split(","):
+            spec = {
+                "model": model,
+                "capture_sizes": sizes,
+                "mode": mode,
+                "device": args.device,
+                "cache_dir": os.path.join(scratch, f"stitch-{mode}"),
+            }
+            cold_inductor = (
+                os.path.join(scratch, f"inductor-{mode}")
+                if args.cold_inductor == "empty"
+                else os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
+            )
+            runs = [("cold", run_child(spec, cold_inductor))]
+            for r in range(args.warm_repeats):
+                empty = tempfile.mkdtemp(prefix="inductor-empty-", dir=scratch)
+                runs.append((f"warm {r + 1}", run_child(spec, empty)))
+            for label, res in runs:
+                lines.append(
+                    f"| {mode} | {label} | {res['import_torch_s']:.2f} | "
+                    f"{res['loaded_s']:.2f} | {res['captured_s']:.2f} | "
+                    f"{res['first_token_s']:.2f} | {res['graphs']} | "
+                    f"{res['inductor_compiles']} | {res['same_token_as_eager']} |"
+                )
+                print(lines[-1], flush=True)
+                if args.out:  # what is measured so far survives a later failure
+                    with open(args.out, "w", encoding="utf-8") as f:
+                        f.write("\n".join(lines) + "\n")
+                if label.startswith("warm"):
+                    verdict = "met" if res["first_token_s"] < 2 else "NOT met"
+                    lines.append(
+                        f"|  | target: warm start to the first token < 2 s | | | | "
+                        f"{verdict} | | | |"
+                    )
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    text = (
+        f"capture sizes: {len(sizes)} ({min(sizes)} to {max(sizes)}); seconds from "
+        "after `import torch`\n\n" + "\n".join(lines) + "\n"
+    )
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    code = main()
+    print(f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+    sys.exit(code)
