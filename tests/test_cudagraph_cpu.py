@@ -47,6 +47,7 @@ from stitch.runtime.cudagraph import (
     capture_order,
     check_padding,
     full_graph_limit,
+    input_name,
     padding_table,
     weak_ref_tensor,
 )
@@ -596,6 +597,40 @@ def test_through_torch_compile() -> None:
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
     torch._dynamo.reset()
     assert len(backend.compiled) == 1 and len(backend.cudagraphs.runners) == 1
+
+
+def test_keyword_inputs_are_padded_by_their_keyword() -> None:
+    """``model(input_ids=..., positions=...)``: Dynamo's sources are
+    ``L['kwargs']['positions']``; the pad value is still found by the keyword."""
+    torch._dynamo.reset()
+    config = CompilationConfig(
+        backend="eager",
+        disable_cache=True,
+        cudagraph_capture_sizes=SIZES,
+        cudagraph_pad_values={"positions": -1},
+    )
+    backend = StitchBackend(config)
+    backend.cudagraphs = CUDAGraphManager(config, ops=EmulatedGraphOps())
+    model, eager = build_llama(LLAMA), build_llama(LLAMA)
+    compiled = torch.compile(
+        model, backend=backend, fullgraph=True, options=dict(NO_GUARDS)
+    )
+    with torch.inference_mode():
+        for step, n in enumerate([3, 8]):  # 3 is padded: row 3 must write nothing
+            ids, positions = _inputs(n, step)
+            expected = eager(input_ids=ids, positions=positions)
+            got = compiled(input_ids=ids, positions=positions)
+            torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    torch._dynamo.reset()
+    plan = backend.cudagraphs.runners[-1].plan
+    assert [(d.name, d.pad) for d in plan.dynamic] == [
+        ("input_ids", 0),
+        ("positions", -1),
+    ]
+    # Without Dynamo's sources (torch's aot_compile), the placeholder's name.
+    graph = torch.fx.Graph()
+    assert input_name(graph.placeholder("l_kwargs_positions_")) == "positions"
+    assert input_name(graph.placeholder("l_positions_")) == "positions"
 
 
 def test_replay_sees_new_inputs_at_the_same_size() -> None:

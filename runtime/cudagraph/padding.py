@@ -113,16 +113,29 @@ class PaddingPlan:
 
 
 def input_name(node: fx.Node) -> str:
-    """The forward argument a placeholder comes from (``positions``), else its name."""
+    """The forward argument a placeholder comes from (``positions``), else its name.
+
+    NOTE: [keyword arguments of a compiled module]
+    ``torch.compile(module)`` traces ``module.__call__(*args, **kwargs)``: an
+    argument passed by keyword (``model(position_ids=...)``, as transformers
+    models are called) comes from ``L['kwargs']['position_ids']``, and is named
+    by its keyword as a positional one is by its parameter, so
+    ``cudagraph_pad_values`` reads the same however the forward is called.
+    """
     source = getattr(node.meta.get("grapharg"), "source", None)
     name = getattr(source, "local_name", None)
     if isinstance(name, str):
         return name
+    key = getattr(source, "index", None)
+    if getattr(getattr(source, "base", None), "local_name", None) == "kwargs":
+        if isinstance(key, str):
+            return key
     # NOTE: [placeholder names spell their source]
     # torch's aot_compile hands the backend a graph without Dynamo's grapharg
     # metadata; Dynamo named each placeholder after its source, though
-    # (L['positions'] -> l_positions_), so a forward argument is still found.
-    match = re.fullmatch(r"l_(\w+)_", node.name)
+    # (L['positions'] -> l_positions_, L['kwargs']['position_ids'] ->
+    # l_kwargs_position_ids_), so a forward argument is still found.
+    match = re.fullmatch(r"l_(?:kwargs_)?(\w+)_", node.name)
     return match.group(1) if match else node.name
 
 

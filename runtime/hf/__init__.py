@@ -6,7 +6,9 @@
   transformers' ``AttentionInterface`` (:func:`register`);
 - :mod:`.models`: tiny random-weight models per family, built from configs;
 - :mod:`.decode`: greedy decoding with a static KV cache, one compiled graph
-  for the prefill and one for every decode step.
+  for the prefill and one for every decode step;
+- :mod:`.serving`: a causal LM served in the token layout, its attention
+  modules owning their KV caches (CUDA graph padding leaves them alone).
 
 The core (``stitch.runtime`` outside this package) never imports it; importing
 it needs transformers (``pip install 'stitch[hf]'``).
@@ -33,16 +35,28 @@ from .models import (
     tiny_config,
 )
 from .ops import HF_ATTENTION_OP
+from .serving import (
+    PAD_VALUES,
+    attach_kv_caches,
+    build_serving_llama,
+    reset_kv_caches,
+    serving_inputs,
+)
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
     "FAMILIES",
     "Family",
     "HF_ATTENTION_OP",
+    "PAD_VALUES",
+    "attach_kv_caches",
+    "build_serving_llama",
     "build_model",
     "example_inputs",
     "output_tensor",
     "register",
+    "reset_kv_caches",
+    "serving_inputs",
     "stitch_attention_forward",
     "tiny_config",
 ]

@@ -10,6 +10,10 @@ which Stitch's default config splits at.  The maths is that of the model's own
 attention: SDPA's, plus attention sinks (GPT-OSS), logit softcapping (Gemma 2)
 and position biases (T5).
 
+A module that carries Stitch's serving KV caches (:func:`.serving.attach_kv_caches`)
+runs the token layout instead: one decode token per row, attention through
+``stitch::attention`` over the module's own caches (NOTE: [the token layout]).
+
 NOTE: [every argument is taken or refused by name]
 transformers calls an attention function with the arguments its model needs,
 as keywords, and SDPA's function drops the ones it does not know: a model
@@ -28,9 +32,14 @@ import torch
 
 from stitch.codegen.errors import StitchRuntimeError
 
+# stitch::attention (serving KV caches); the package registers its Triton kernel
+# for CUDA tensors too.
+from ..examples import ops as _example_ops  # noqa: F401
 from . import ops  # noqa: F401 - registers stitch::hf_attention
 
 ATTN_IMPLEMENTATION = "stitch"
+# The serving KV caches' buffer names on an attention module (serving.py).
+K_CACHE, V_CACHE = "stitch_k_cache", "stitch_v_cache"
 
 # Every keyword transformers passes to an attention function, and what is done
 # with it (NOTE: [every argument is taken or refused by name]).
@@ -47,14 +56,16 @@ ARGUMENTS: dict[str, str] = {
     "sinks": "attention sinks, [batch, heads, q_len, 1] logits",
     "softcap": "logit softcapping (Gemma 2)",
     "position_bias": "an additive bias, combined with the mask (T5)",
-    "sliding_window": "carried by the mask; refused when a longer key comes unmasked",
+    "sliding_window": "carried by the mask; refused when a longer key comes unmasked; "
+    "with serving KV caches, the op's window",
     "dropout": "must be 0 (inference); refused otherwise",
     "output_attentions": "must be False; the op returns no weights",
     "cache": "must be None; a paged cache is refused",
     "indices": "must be None; sparse attention indices are refused",
     "block_indices": "must be None; block-sparse indices are refused",
     # read by other parts of the model, or by the mask builder, as SDPA does
-    "position_ids": "read by the mask builder (packed sequences)",
+    "position_ids": "read by the mask builder (packed sequences); with serving "
+    "KV caches, each token's position in its sequence (required)",
     "cu_seq_lens_q": "packed sequences: the mask built from position_ids carries them",
     "cu_seq_lens_k": "packed sequences: the mask built from position_ids carries them",
     "max_length_q": "packed sequences: the mask built from position_ids carries them",
@@ -106,8 +117,11 @@ def stitch_attention_forward(
     is_causal: bool | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers' attention-function signature, computed by ``stitch::hf_attention``."""
+    """transformers' attention-function signature, computed by ``stitch::hf_attention``
+    (``stitch::attention`` over the module's serving KV caches when it has them)."""
     _check_arguments(module, dropout, kwargs)
+    if getattr(module, K_CACHE, None) is not None:
+        return _token_attention(module, query, key, value, scaling, kwargs)
     batch, heads, q_length, head_dim = query.shape
     if heads % key.shape[1] != 0:
         raise StitchRuntimeError(
@@ -138,6 +152,93 @@ def stitch_attention_forward(
         float(kwargs.get("softcap") or 0.0),
     )
     return out, None
+
+
+def _token_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float | None,
+    kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, None]:
+    """Decode attention of the token layout over the module's serving KV caches.
+
+    NOTE: [the token layout]
+    A serving engine's layout (vLLM's transformers backend, the example llama):
+    the forward's batch is the tokens (``input_ids`` and ``position_ids`` of
+    shape ``[tokens, 1]``), token ``i`` the newest of sequence slot ``i``.  Its
+    key and value are written into the module's caches (``[max_seqs, max_len,
+    kv_heads, head_dim]``) at ``position_ids[i]`` and it attends to its slot's
+    first ``position + 1`` entries; a negative position is a padding row (it
+    writes nothing and its output is zero: CUDA graph padding's pad value).
+    The caches are module buffers, so Dynamo keeps them as module state with
+    static shapes, which padding never copies.  transformers' mask is not read:
+    it describes the keys of this call, one per row, not the cached ones.
+    """
+    k_cache, v_cache = getattr(module, K_CACHE), getattr(module, V_CACHE)
+    where = f"stitch attention in {_where(module)} (serving KV caches)"
+    tokens, heads, q_length, head_dim = query.shape
+    if q_length != 1 or key.shape[2] != 1:
+        raise StitchRuntimeError(
+            f"{where}: {q_length} query and {key.shape[2]} key tokens per row; the "
+            "token layout takes one: input_ids and position_ids of shape "
+            "[tokens, 1], use_cache=False and no past_key_values"
+        )
+    cache_heads, cache_dim = k_cache.shape[2], k_cache.shape[3]
+    if (
+        heads % key.shape[1]
+        or key.shape[1] != cache_heads
+        or value.shape[1] != cache_heads
+        or head_dim != cache_dim
+        or value.shape[3] != cache_dim
+    ):
+        raise StitchRuntimeError(
+            f"{where}: query {tuple(query.shape[1:])}, key {tuple(key.shape[1:])} "
+            f"and value {tuple(value.shape[1:])} ([heads, 1, head_dim]) do not fit "
+            f"caches of {cache_heads} key/value heads of {cache_dim} (query heads "
+            "must be a multiple of the key/value heads); attach the caches again "
+            "after changing the model"
+        )
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        raise StitchRuntimeError(
+            f"{where}: position_ids=None; the token layout needs each token's "
+            "position (this model does not pass position_ids to its attention, "
+            "or the forward was called without them)"
+        )
+    if (
+        positions.dim() != 2
+        or positions.shape[1] != 1
+        or positions.shape[0] != tokens
+        or positions.is_floating_point()
+    ):
+        raise StitchRuntimeError(
+            f"{where}: position_ids={_short(positions)}; expected integer positions "
+            f"of shape [tokens, 1] for {tokens} tokens"
+        )
+    for name in ("sinks", "position_bias"):
+        if kwargs.get(name) is not None:
+            raise StitchRuntimeError(
+                f"{where}: {name}={_short(kwargs[name])} is not supported in the "
+                "token layout; serve the model without the KV caches"
+            )
+    sinks = _sinks(module, kwargs, heads)
+    out = query.new_empty((tokens, heads, head_dim))
+    torch.ops.stitch.attention(
+        query[:, :, 0],
+        key[:, :, 0],
+        value[:, :, 0],
+        k_cache,
+        v_cache,
+        positions[:, 0],
+        out,
+        float(scaling) if scaling is not None else head_dim**-0.5,
+        None if sinks is None else sinks.reshape(heads),
+        float(kwargs.get("softcap") or 0.0),
+        int(kwargs.get("sliding_window") or 0),
+    )
+    return out.unsqueeze(1), None
 
 
 def _where(module: torch.nn.Module) -> str:
