@@ -164,6 +164,96 @@ def build_model(cfg: LlamaConfig, device: torch.device) -> LlamaModel:
     return model.to(cfg.dtype).eval()
 
 
+@dataclasses.dataclass
+class Subject:
+    """The model served, and what the benchmark needs to know of it."""
+
+    model: torch.nn.Module
+    inputs: Callable[[int, int], tuple[tuple[Any, ...], dict[str, Any]]]  # (n, seed)
+    caches: list[torch.Tensor]  # k0, v0, k1, v1, ...: one attention call per pair
+    heads: int
+    head_dim: int
+    hidden: int
+    dtype: torch.dtype
+    pad_values: dict[str, float]
+    description: dict[str, str]
+
+    def call(self, forward: Callable[..., Any], n: int, seed: int) -> Any:
+        args, kwargs = self.inputs(n, seed)
+        return forward(*args, **kwargs)
+
+
+def example_subject(cfg: LlamaConfig, device: torch.device) -> Subject:
+    model = build_model(cfg, device)
+    caches = [
+        c
+        for layer in model.layers
+        for c in (layer.self_attn.k_cache, layer.self_attn.v_cache)
+    ]
+    return Subject(
+        model,
+        lambda n, seed: (make_inputs(cfg, n, device, seed), {}),
+        caches,
+        cfg.num_heads,
+        cfg.head_dim,
+        cfg.hidden_size,
+        cfg.dtype,
+        {"positions": -1},
+        {
+            "model": "the example llama",
+            **{k: str(v) for k, v in dataclasses.asdict(cfg).items()},
+        },
+    )
+
+
+def hf_subject(cfg: LlamaConfig, device: torch.device) -> Subject:
+    """transformers' LlamaForCausalLM, attn_implementation="stitch", token layout."""
+    from stitch.runtime.hf.serving import (
+        PAD_VALUES,
+        build_serving_llama,
+        kv_caches,
+        serving_inputs,
+    )
+
+    model = build_serving_llama(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        num_kv_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_seqs=cfg.max_seqs,
+        max_len=cfg.max_len,
+        dtype=cfg.dtype,
+        device=device,
+        seed=0,
+    )
+
+    def inputs(n: int, seed: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        kwargs = serving_inputs(model, n, seed=seed)
+        torch._dynamo.mark_dynamic(kwargs["input_ids"], 0)
+        torch._dynamo.mark_dynamic(kwargs["position_ids"], 0)
+        return (), kwargs
+
+    import transformers
+
+    return Subject(
+        model,
+        inputs,
+        kv_caches(model),
+        cfg.num_heads,
+        cfg.head_dim,
+        cfg.hidden_size,
+        cfg.dtype,
+        dict(PAD_VALUES),
+        {
+            "model": f"transformers {transformers.__version__} LlamaForCausalLM, "
+            'attn_implementation="stitch"',
+            **{k: str(v) for k, v in dataclasses.asdict(cfg).items()},
+        },
+    )
+
+
 def make_inputs(
     cfg: LlamaConfig, n: int, device: torch.device, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,13 +282,13 @@ def _reserved_mib() -> float:
 
 def prepare(
     variant: str,
-    model: LlamaModel,
+    subject: Subject,
     args: argparse.Namespace,
     device: torch.device,
     clock: Clock,
 ) -> Prepared:
     """Compile (and capture) one variant; first calls at every size happen here."""
-    cfg = model.cfg
+    model = subject.model
     torch._dynamo.reset()
     sizes = args.decode + [args.prefill]
     first = max(args.decode)
@@ -210,7 +300,7 @@ def prepare(
         if variant == "compile-ro":
             options["triton.cudagraphs"] = True
         forward = torch.compile(model, fullgraph=True, options=options)
-        forward(*make_inputs(cfg, first, device, 0))
+        subject.call(forward, first, 0)
         clock.sync()
         compile_s = time.perf_counter() - start
         gc.collect()
@@ -219,7 +309,7 @@ def prepare(
         start = time.perf_counter()
         for n in sorted(sizes, reverse=True):  # Inductor records per size
             for _ in range(3):
-                forward(*make_inputs(cfg, n, device, 1))
+                subject.call(forward, n, 1)
         clock.sync()
         skips = torch._dynamo.utils.counters["inductor"].get("cudagraph_skips", 0)
         return Prepared(
@@ -233,9 +323,11 @@ def prepare(
         backend=args.stitch_backend,
         disable_cache=True,
         cudagraph_capture_sizes=args.capture_sizes,
-        cudagraph_pad_values={"positions": -1},
+        cudagraph_pad_values=subject.pad_values,
         **STITCH_MODES[variant],
-        **({"max_full_cudagraph_size": args.max_full} if variant == "stitch-fp" else {}),
+        **(
+            {"max_full_cudagraph_size": args.max_full} if variant == "stitch-fp" else {}
+        ),
     )
     backend = StitchBackend(config)
     if args.emulate or args.host_only:
@@ -244,7 +336,7 @@ def prepare(
     forward = torch.compile(
         model, backend=backend, fullgraph=True, options=dict(NO_GUARDS)
     )
-    forward(*make_inputs(cfg, first, device, 0))
+    subject.call(forward, first, 0)
     clock.sync()
     compile_s = time.perf_counter() - start
     gc.collect()
@@ -252,7 +344,7 @@ def prepare(
     before, captured = _reserved_mib(), compilation_counter.num_cudagraph_captured
 
     def dummy(n: int) -> None:
-        forward(*make_inputs(cfg, n, device, 2))
+        subject.call(forward, n, 2)
 
     start = time.perf_counter()
     # Largest first (as capture_sizes orders them): what the largest size's
@@ -268,37 +360,42 @@ def prepare(
     # Serving never captures: a capture now would be a bug of the runtime.
     backend.cudagraphs.forbid_capture()
     return Prepared(
-        forward, compile_s, capture_s, _reserved_mib() - before, graphs, note, largest_mib
+        forward,
+        compile_s,
+        capture_s,
+        _reserved_mib() - before,
+        graphs,
+        note,
+        largest_mib,
     )
 
 
 # -- the floor of host time ---------------------------------------------------------------------
 def launch_floor_us(
-    model: LlamaModel, n: int, device: torch.device, clock: Clock, iters: int
+    subject: Subject, n: int, device: torch.device, clock: Clock, iters: int
 ) -> tuple[float, float]:
     """Host µs of one attention call at ``n`` tokens and of one graph replay.
 
     Each is timed as a forward issues it: one call per layer in a row (from an
     idle GPU), divided by the number of layers.
     """
-    cfg = model.cfg
-    layers = [layer.self_attn for layer in model.layers]
-    q = torch.randn(n, cfg.num_heads, cfg.head_dim, device=device, dtype=cfg.dtype)
+    layers = list(zip(subject.caches[::2], subject.caches[1::2]))
+    q = torch.randn(
+        n, subject.heads, subject.head_dim, device=device, dtype=subject.dtype
+    )
     out = torch.empty_like(q)
     positions = torch.zeros(n, dtype=torch.int64, device=device)
 
     def attention() -> None:
-        for attn in layers:
-            torch.ops.stitch.attention(
-                q, q, q, attn.k_cache, attn.v_cache, positions, out, 0.1
-            )
+        for k_cache, v_cache in layers:
+            torch.ops.stitch.attention(q, q, q, k_cache, v_cache, positions, out, 0.1)
 
     with torch.inference_mode():
         attention()
         attention_us = clock.host_us(attention, iters) / len(layers)
     replay_us = 0.0
     if device.type == "cuda":
-        x = torch.randn(n, cfg.hidden_size, device=device, dtype=cfg.dtype)
+        x = torch.randn(n, subject.hidden, device=device, dtype=subject.dtype)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             y = (x * 2).sin() + 1
@@ -315,7 +412,7 @@ def launch_floor_us(
 # -- the run -------------------------------------------------------------------------------
 def measure(
     prepared: Prepared,
-    model: LlamaModel,
+    subject: Subject,
     sizes: Sequence[int],
     args: argparse.Namespace,
     device: torch.device,
@@ -323,11 +420,11 @@ def measure(
 ) -> dict[int, dict[str, float]]:
     rows = {}
     for n in sizes:
-        inputs = make_inputs(model.cfg, n, device, 3)
+        inputs, kwargs = subject.inputs(n, 3)
         iters = args.iters if n <= max(args.decode) else max(10, args.iters // 10)
 
         def forward() -> Any:
-            return prepared.forward(*inputs)
+            return prepared.forward(*inputs, **kwargs)
 
         with torch.inference_mode():
             for _ in range(args.warmup):
@@ -342,7 +439,7 @@ def measure(
 
 def profile(
     prepared: Prepared,
-    model: LlamaModel,
+    subject: Subject,
     variant: str,
     args: argparse.Namespace,
     device: torch.device,
@@ -355,14 +452,14 @@ def profile(
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     for n in (1, 8):
-        inputs = make_inputs(model.cfg, n, device, 4)
+        inputs, kwargs = subject.inputs(n, 4)
         with torch.inference_mode():
             for _ in range(3):
-                prepared.forward(*inputs)
+                prepared.forward(*inputs, **kwargs)
             torch.cuda.synchronize() if device.type == "cuda" else None
             with torch_profile(activities=activities) as prof:
                 for _ in range(20):
-                    prepared.forward(*inputs)
+                    prepared.forward(*inputs, **kwargs)
                 torch.cuda.synchronize() if device.type == "cuda" else None
         table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
         with open(args.profile, "a", encoding="utf-8") as f:
@@ -384,16 +481,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_len=args.max_len,
         dtype=DTYPES[args.dtype],
     )
-    model = build_model(cfg, device)
+    subject = (hf_subject if args.model == "hf" else example_subject)(cfg, device)
     results: dict[str, Any] = {
         "machine": machine(device),
-        "model": {k: str(v) for k, v in dataclasses.asdict(cfg).items()},
+        "model": subject.description,
         "args": {k: v for k, v in vars(args).items() if k not in ("out", "json")},
         "variants": {},
     }
     with torch.inference_mode():
         floors = {
-            n: launch_floor_us(model, n, device, clock, args.iters) for n in sizes
+            n: launch_floor_us(subject, n, device, clock, args.iters) for n in sizes
         }
     results["floor"] = {
         n: {"attention_us": a, "replay_us": r} for n, (a, r) in floors.items()
@@ -401,13 +498,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     for variant in args.variants:
         print(
-            f"-- {variant} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True
+            f"-- {variant} ({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+            flush=True,
         )
         with torch.no_grad():
-            prepared = prepare(variant, model, args, device, clock)
-        rows = measure(prepared, model, sizes, args, device, clock)
+            prepared = prepare(variant, subject, args, device, clock)
+        rows = measure(prepared, subject, sizes, args, device, clock)
         if args.profile:
-            profile(prepared, model, variant, args, device)
+            profile(prepared, subject, variant, args, device)
         results["variants"][variant] = {
             "compile_s": prepared.compile_s,
             "capture_s": prepared.capture_s,
@@ -478,7 +577,7 @@ def report(results: dict[str, Any]) -> str:
     lines += [f"- {k}: {v}" for k, v in results["machine"].items()]
     model = results["model"]
     lines.append(
-        f"- model: {model['num_layers']} layers, hidden {model['hidden_size']}, "
+        f"- model: {model['model']}, {model['num_layers']} layers, hidden {model['hidden_size']}, "
         f"{model['num_heads']} heads, intermediate {model['intermediate_size']}, "
         f"{model['dtype']}, KV cache {model['max_seqs']} x {model['max_len']}"
     )
@@ -610,8 +709,6 @@ def speed_targets(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-
-
 # -- command line --------------------------------------------------------------------------------
 def _ints(text: str) -> list[int]:
     return [int(t) for t in text.split(",") if t]
@@ -621,6 +718,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n", 1)[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--model",
+        choices=("example", "hf"),
+        default="example",
+        help="the example llama, or transformers' LlamaForCausalLM of the same shape "
+        'with attn_implementation="stitch" in the token layout (needs stitch[hf])',
     )
     parser.add_argument("--layers", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=2048)

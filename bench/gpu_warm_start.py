@@ -39,6 +39,12 @@ MODES = {
 }
 
 
+def progress(what: str, since: float) -> None:
+    print(
+        f"  [{time.perf_counter() - since:6.2f} s] {what}", file=sys.stderr, flush=True
+    )
+
+
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     import torch
@@ -54,6 +60,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     cfg = LlamaConfig(**spec["model"], dtype=torch.bfloat16)
     model = build_model(cfg, torch.device(device))
     built = time.perf_counter()
+    progress(f"{spec['mode']}: model built", imported)
     config = CompilationConfig(
         cache_dir=spec["cache_dir"],
         cudagraph_capture_sizes=spec["capture_sizes"],
@@ -63,8 +70,18 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     before = compilation_counter.snapshot()
     with torch.inference_mode():
         ids, pos = llama_inputs(cfg, max(spec["capture_sizes"]), device=device)
+        profiler = None
+        if spec.get("profile"):
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         forward = aot_compile(model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]})
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(spec["profile"])
         loaded = time.perf_counter()
+        progress(f"loaded (warm: {forward.warm})", imported)
 
         def dummy(n: int) -> None:
             forward(*llama_inputs(cfg, n, seed=1, device=device))
@@ -73,6 +90,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         if device == "cuda":
             torch.cuda.synchronize()
         captured = time.perf_counter()
+        progress("graphs captured", imported)
         model.reset_kv_caches()
         token = forward(*llama_inputs(cfg, 1, seed=2, device=device)).argmax(-1)
         token.item()  # synchronizes
@@ -89,26 +107,32 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "captured_s": captured - imported,
         "first_token_s": first - imported,
         "graphs": after["num_cudagraph_captured"] - before["num_cudagraph_captured"],
-        "inductor_compiles": after["num_inductor_compiles"] - before["num_inductor_compiles"],
+        "inductor_compiles": after["num_inductor_compiles"]
+        - before["num_inductor_compiles"],
         "same_token_as_eager": bool(torch.equal(token, expected)),
     }
 
 
-def run_child(spec: dict[str, Any], inductor_dir: str) -> dict[str, Any]:
+def run_child(
+    spec: dict[str, Any], inductor_dir: str, timeout: float
+) -> dict[str, Any] | None:
+    """The child's report; None when it did not finish within ``timeout`` seconds."""
     env = dict(os.environ)
     if inductor_dir:
         env["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    try:
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+            env=env,
+            stdout=subprocess.PIPE,  # stderr passes through: the child's progress
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return None
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or len(lines) != 1:
-        raise SystemExit(
-            f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-6000:]}"
-        )
+        raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stdout}")
     return json.loads(lines[0][len("RESULT ") :])
 
 
@@ -136,6 +160,14 @@ def main() -> int:
     )
     parser.add_argument(
         "--device", default="cuda", help="cpu: a dry run of the code paths (no graphs)"
+    )
+    parser.add_argument(
+        "--child-timeout", type=float, default=300, help="seconds per process"
+    )
+    parser.add_argument(
+        "--profile-warm",
+        help="cProfile the first warm process's aot_compile into this file "
+        "(and FILE.txt, the top 40 by cumulative time)",
     )
     parser.add_argument("--out", help="also write the markdown table here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -173,11 +205,28 @@ def main() -> int:
                 if args.cold_inductor == "empty"
                 else os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
             )
-            runs = [("cold", run_child(spec, cold_inductor))]
+            runs = [("cold", run_child(spec, cold_inductor, args.child_timeout))]
             for r in range(args.warm_repeats):
                 empty = tempfile.mkdtemp(prefix="inductor-empty-", dir=scratch)
-                runs.append((f"warm {r + 1}", run_child(spec, empty)))
+                profile = args.profile_warm if r == 0 else None
+                warm = {**spec, "profile": profile}
+                runs.append(
+                    (f"warm {r + 1}", run_child(warm, empty, args.child_timeout))
+                )
+                if profile and os.path.exists(profile):
+                    import pstats
+
+                    with open(profile + ".txt", "w", encoding="utf-8") as f:
+                        pstats.Stats(profile, stream=f).sort_stats(
+                            "cumulative"
+                        ).print_stats(40)
             for label, res in runs:
+                if res is None:
+                    lines.append(
+                        f"| {mode} | {label} | did not finish in {args.child_timeout:.0f} s "
+                        "| | | | | | |"
+                    )
+                    continue
                 lines.append(
                     f"| {mode} | {label} | {res['import_torch_s']:.2f} | "
                     f"{res['loaded_s']:.2f} | {res['captured_s']:.2f} | "

@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
 # The GPU check, one command on a CUDA machine (PyTorch with CUDA, and Triton):
 #
-#     bash scripts/gpu_check.sh            # GPU tests (pytest -m cuda), then the GPU benchmark
-#     bash scripts/gpu_check.sh tests      # only the tests
-#     bash scripts/gpu_check.sh bench      # only the benchmark (extra arguments go to it)
+#     bash scripts/gpu_check.sh            # all the parts below, in order
+#     bash scripts/gpu_check.sh tests      # pytest -m cuda (about 5 min on an H100 machine)
+#     bash scripts/gpu_check.sh bench      # the serving benchmark, the example llama (4 min;
+#                                          #   extra arguments go to it)
+#     bash scripts/gpu_check.sh bench-hf   # the same, transformers' Llama (3 min)
+#     bash scripts/gpu_check.sh warm-start # a saved forward in a fresh process, the kernel
+#                                          #   launch and attention features (3 min or more)
+#
+# The device tool runs one command for at most 10 minutes: run the parts in
+# separate calls (docs/cuda_graphs.md).
 #
 # It installs this checkout with `pip install --no-deps --no-build-isolation -e .`
 # and takes the pure-Python dependencies the CUDA image lacks (black, syrupy and
@@ -13,9 +20,10 @@
 #
 # Logs and results go to $OUT when it is set (the device tool brings them back),
 # else to /tmp/stitch-gpu-check: gpu_check.log, pytest_cuda.xml, gpu_serving.md,
-# gpu_serving.json, gpu_profile.txt, gpu_warm_start.md, attention_features.md.  The exit
-# status is non-zero when a step failed.  PYTEST_ARGS adds pytest options (e.g. "-n 4
-# --dist load" spreads tests/test_cuda.py over four workers).
+# gpu_serving_hf.md, gpu_profile.txt, gpu_warm_start.md, attention_launch.md,
+# attention_features.md (eight files: what the device tool brings back).  The exit
+# status is non-zero when a step failed.  PYTEST_ARGS adds pytest options (more
+# xdist workers made the compiles slower there: each starts Inductor's workers).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -34,8 +42,12 @@ fi
 part=${1:-all}
 [[ $# -gt 0 ]] && shift
 case $part in
-    all | tests | bench) ;;
-    *) echo "usage: $0 [all|tests|bench [benchmark args...]] | --fetch-wheels" >&2; exit 2 ;;
+    all | tests | bench | bench-hf | warm-start) ;;
+    *)
+        echo "usage: $0 [all|tests|bench [benchmark args...]|bench-hf|warm-start]" \
+            "| --fetch-wheels" >&2
+        exit 2
+        ;;
 esac
 
 out=${OUT:-/tmp/stitch-gpu-check}
@@ -78,12 +90,23 @@ fi
 if [[ $part == all || $part == bench ]]; then
     echo "== benchmark: bench/gpu_serving.py $*"
     rm -f "$out/gpu_profile.txt"
-    "$PY" bench/gpu_serving.py --out "$out/gpu_serving.md" --json "$out/gpu_serving.json" \
-        --profile "$out/gpu_profile.txt" "$@" || status=1
-    echo "== benchmark: bench/gpu_warm_start.py (a saved forward in a fresh process)"
-    "$PY" bench/gpu_warm_start.py --out "$out/gpu_warm_start.md" || status=1
+    "$PY" bench/gpu_serving.py --out "$out/gpu_serving.md" --profile "$out/gpu_profile.txt" "$@" \
+        || status=1
+fi
+
+if [[ $part == all || $part == bench-hf ]]; then
+    echo "== benchmark: bench/gpu_serving.py --model hf"
+    "$PY" bench/gpu_serving.py --model hf --out "$out/gpu_serving_hf.md" || status=1
+fi
+
+if [[ $part == all || $part == warm-start ]]; then
+    echo "== benchmark: bench/attention_launch.py (the host cost of one attention launch)"
+    "$PY" bench/attention_launch.py | tee "$out/attention_launch.md" || status=1
     echo "== benchmark: bench/attention_features.py (sinks, softcap, window: kernel and fallback)"
     "$PY" bench/attention_features.py | tee "$out/attention_features.md" || status=1
+    echo "== benchmark: bench/gpu_warm_start.py (a saved forward in a fresh process)"
+    "$PY" bench/gpu_warm_start.py --out "$out/gpu_warm_start.md" --child-timeout 240 \
+        || status=1
 fi
 
 echo "== done in $((SECONDS - started)) s, status $status (results in $out)"

@@ -459,3 +459,42 @@ def test_saved_forward_captures_its_graphs_in_a_second_process(
     cold_out, warm_out = torch.load(tmp_path / "cold.pt"), torch.load(tmp_path / "warm.pt")
     for n in set(spec["sizes"]):  # rounding-level: the same kernels, run anew
         torch.testing.assert_close(warm_out[n], cold_out[n], rtol=1e-5, atol=1e-5)
+
+
+def test_direct_launch_reuses_a_compiled_kernel_only_for_its_specialization() -> None:
+    """The second call of a layout launches the kept kernel; another alignment compiles anew.
+
+    NOTE: [launching the compiled kernel directly] in triton_attention.py.
+    """
+    from stitch.runtime.examples import triton_attention
+
+    if triton_attention._direct_launch() is None:
+        pytest.skip("the direct launch is off for this Triton (DIRECT_LAUNCH_TRITON)")
+    triton_attention._compiled.clear()
+    for seed in range(3):  # a Triton launch, then two direct launches
+        case = _attention_case(
+            6, 4, 64, 48, torch.bfloat16, torch.bfloat16, strided_v=True, padding=True,
+            seed=seed,
+        )
+        caches = (case[3].clone(), case[4].clone())
+        expected = torch.full_like(case[0], 7.0)
+        attention_reference(*case[:3], *caches, case[5], expected, 0.125)
+        got = torch.full_like(case[0], 7.0)
+        torch.ops.stitch.attention(*case, got, 0.125)
+        torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(case[3], caches[0], rtol=0, atol=0)
+        assert len(triton_attention._compiled) == 1
+    # q 2 bytes past a 16-byte boundary: a pointer Triton must not assume aligned
+    q, k, v, k_cache, v_cache, positions = _attention_case(
+        6, 4, 64, 48, torch.bfloat16, torch.bfloat16, strided_v=True, padding=True, seed=9
+    )
+    shifted = torch.empty(q.numel() + 1, device="cuda", dtype=q.dtype)[1:].view_as(q)
+    shifted.copy_(q)
+    assert shifted.data_ptr() % 16 != 0
+    caches = (k_cache.clone(), v_cache.clone())
+    expected = torch.full_like(q, 7.0)
+    attention_reference(shifted, k, v, *caches, positions, expected, 0.125)
+    got = torch.full_like(q, 7.0)
+    torch.ops.stitch.attention(shifted, k, v, k_cache, v_cache, positions, got, 0.125)
+    torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2)
+    assert len(triton_attention._compiled) == 2

@@ -833,3 +833,23 @@ def test_triton_kernel_under_the_interpreter() -> None:
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[
         -3000:
     ]
+
+
+def test_the_direct_launch_key_tells_apart_what_triton_specializes_on() -> None:
+    """NOTE: [launching the compiled kernel directly]: a kept kernel is reused only
+    for arguments Triton would have given the same compiled kernel."""
+    from stitch.runtime.examples import triton_attention
+
+    base = torch.zeros(64, dtype=torch.float16)
+
+    def key(pointer: torch.Tensor, *ints: int, dtype: torch.dtype = torch.float16) -> Any:
+        pointers = (pointer.to(dtype),) + (base,) * 7
+        return triton_attention.specialization_key(0, (*pointers, 0.5, 0.0, *ints), (1, False))
+
+    same = key(base[8:], 16, 1, 64)
+    assert key(base[16:], 32, 1, 128) == same  # aligned again, same classes of ints
+    assert key(base[1:], 16, 1, 64) != same  # a pointer 2 bytes off alignment
+    assert key(base[8:], 16, 1, 64, dtype=torch.bfloat16) != same
+    assert key(base[8:], 16, 2, 64) != same  # 1 is specialized
+    assert key(base[8:], 24, 1, 64) != same  # not a multiple of 16
+    assert key(base[8:], 16, 1, 2**31) != same  # beyond int32

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from types import ModuleType
+from typing import Any
 
 import torch
 
@@ -90,37 +92,152 @@ def decode_attention(
     block_d = 1 << (dim - 1).bit_length()
     # Two [BLOCK_L, BLOCK_D] fp32 tiles per program stay in registers.
     block_l = max(16, min(64, 4096 // block_d))
-    kernels.decode_attention_kernel[(n, heads)](
-        q,
-        k,
-        v,
-        k_cache,
-        v_cache,
-        positions,
-        out,
-        sinks if sinks is not None else q,  # any pointer where there are none
-        float(scale),
-        float(softcap),
-        int(window),
-        q.stride(0),
-        q.stride(1),
-        k.stride(0),
-        k.stride(1),
-        v.stride(0),
-        v.stride(1),
-        out.stride(0),
-        out.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
-        GROUPS=heads // k.shape[1],
-        HAS_SINKS=sinks is not None,
-        HAS_SOFTCAP=bool(softcap),
-        HAS_WINDOW=window > 0,
-        HEAD_DIM=dim,
-        BLOCK_D=block_d,
-        BLOCK_L=block_l,
+    launch(
+        kernels,
+        (n, heads),
+        (
+            q,
+            k,
+            v,
+            k_cache,
+            v_cache,
+            positions,
+            out,
+            sinks if sinks is not None else q,  # any pointer where there are none
+            float(scale),
+            float(softcap),
+            int(window),
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            v.stride(0),
+            v.stride(1),
+            out.stride(0),
+            out.stride(1),
+            k_cache.stride(0),
+            k_cache.stride(1),
+            k_cache.stride(2),
+        ),
+        (
+            heads // k.shape[1],  # GROUPS
+            sinks is not None,  # HAS_SINKS
+            bool(softcap),  # HAS_SOFTCAP
+            window > 0,  # HAS_WINDOW
+            dim,  # HEAD_DIM
+            block_d,  # BLOCK_D
+            block_l,  # BLOCK_L
+        ),
     )
+
+
+CONSTEXPRS = (
+    "GROUPS",
+    "HAS_SINKS",
+    "HAS_SOFTCAP",
+    "HAS_WINDOW",
+    "HEAD_DIM",
+    "BLOCK_D",
+    "BLOCK_L",
+)
+# The kernel's pointer arguments come first, then two floats, then integers.
+_POINTERS, _FLOATS = 8, 2
+
+# NOTE: [launching the compiled kernel directly]
+# ``kernel[grid](...)`` costs about 21 µs of host time per launch (Triton 3.6 on
+# an H100 machine): binding the arguments, computing the specialization key,
+# finding the compiled kernel.  Under PIECEWISE graphs the op runs eagerly once
+# per layer, so that is paid layers times per forward.  After a first launch
+# through Triton, the compiled kernel is kept under a key of what Triton
+# specializes a kernel on (tensor dtypes and 16-byte alignment, integers equal
+# to 1, divisible by 16 or beyond int32, the constexprs, the device) and
+# launched the way JITFunction.run launches it once found: 8.8 µs
+# (bench/attention_launch.py, docs/gpu/h100_attention_launch.md); launch hooks
+# and metadata are passed on as Triton does.  The sequence uses Triton
+# internals, so it is used only with the Triton releases it was checked on
+# (DIRECT_LAUNCH_TRITON) and never under the interpreter; elsewhere every launch
+# goes through ``kernel[grid]``.  STITCH_TRITON_DIRECT_LAUNCH=0 turns it off.
+DIRECT_LAUNCH_TRITON = ("3.6.",)
+_compiled: dict[tuple[Any, ...], Any] = {}
+
+
+def specialization_key(
+    device: int, args: tuple[Any, ...], constexprs: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    """What Triton specializes the kernel on, for ``args`` in the kernel's order."""
+    pointers = args[:_POINTERS]
+    ints = args[_POINTERS + _FLOATS :]
+    return (
+        device,
+        constexprs,
+        tuple(t.dtype for t in pointers),
+        tuple(t.data_ptr() % 16 == 0 for t in pointers),
+        tuple((i == 1) + 2 * (i % 16 == 0) + 4 * (-(2**31) <= i < 2**31) for i in ints),
+    )
+
+
+@functools.cache
+def _direct_launch() -> Any:
+    """Triton's launch pieces when the direct launch applies, else None (asked once)."""
+    if os.environ.get("STITCH_TRITON_DIRECT_LAUNCH", "1") == "0":
+        return None
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        return None
+    try:
+        import triton
+        from triton import knobs
+        from triton.runtime import driver
+    except ImportError:
+        return None
+    if not triton.__version__.startswith(DIRECT_LAUNCH_TRITON):
+        return None
+    return knobs.runtime, driver.active
+
+
+def launch(
+    kernels: ModuleType,
+    grid: tuple[int, int],
+    args: tuple[Any, ...],
+    constexprs: tuple[Any, ...],
+) -> None:
+    """Launch the kernel on ``grid``; directly when a compiled kernel for ``args`` is kept."""
+    direct = _direct_launch() if kernels is _kernel_module() else None
+    if direct is None:
+        kernels.decode_attention_kernel[grid](
+            *args, **dict(zip(CONSTEXPRS, constexprs))
+        )
+        return
+    runtime, active = direct
+    device = args[0].device.index
+    key = specialization_key(device, args, constexprs)
+    compiled = _compiled.get(key)
+    if compiled is None:
+        compiled = kernels.decode_attention_kernel[grid](
+            *args, **dict(zip(CONSTEXPRS, constexprs))
+        )
+        if hasattr(compiled, "result"):  # compiled in the background
+            compiled = compiled.result()
+        if all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
+            _compiled[key] = compiled
+        return
+    everything = (*args, *constexprs)
+    stream = active.get_current_stream(device)
+    compiled.run(
+        grid[0],
+        grid[1],
+        1,
+        stream,
+        compiled.function,
+        compiled.packed_metadata,
+        compiled.launch_metadata(grid, stream, *everything),
+        runtime.launch_enter_hook,
+        runtime.launch_exit_hook,
+        *everything,
+    )
+
+
+def _kernel_module() -> ModuleType | None:
+    return triton_kernels()
 
 
 # Registered directly on the CUDA key: torch.library.register_kernel would wrap
