@@ -201,14 +201,18 @@ def many_arguments(args: argparse.Namespace, cache: str) -> dict[str, float]:
         "aot": checked,
         "aot, no check": types.MethodType(unchecked(checked), model),
     }
-    # The parts of the check, each alone: the C++ guard and the token-id bounds.
+    # The parts of the check, each alone: the C++ guard of the token count (with
+    # reading the count), and the token-id bounds.
     namespace = checked.forward.__func__.__globals__
     guard = namespace["SIGNATURE_0"]
     in_range = namespace["__stitch_in_range__"]
     ids = inputs[0]
     parts: dict[str, Callable[..., Any]] = {
-        "  part: TensorGuards.check": lambda *a: guard.check(*a),
-        "  part: __stitch_in_range__(input_ids)": lambda *a: in_range(ids, 128),
+        "  part: SIGNATURE_0[n0].check": lambda *a: guard[a[0].shape[0]].check(*a),
+        # NOTE: [one token id] (codegen/input_check.py)
+        "  part: the ids' bounds": lambda *a: (
+            0 <= ids.item() < 128 if ids.shape[0] == 1 else in_range(ids, 128)
+        ),
     }
     with torch.no_grad():
         for fn in variants.values():

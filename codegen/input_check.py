@@ -7,11 +7,19 @@ int32 index into a kernel that assumes int64 aborts the process).  Its input
 check is emitted like the stitching source: plain, black-formatted Python in the
 saved record, shown by ``stitch inspect``, loaded under a real file path.  It
 defines one function named after the model's forward parameters; per saved
-signature it tests every tensor argument's dtype, device, rank, static sizes
-and strides in one C++ call (``SIGNATURE_<i>.check(...)``, a
-``TensorGuards`` the loader builds from the literal next to it), then the
-relations between the dynamic sizes (one symbol, one size) and the values of
-non-tensor arguments, and calls that signature's forward.  An input that fits
+signature it tests every tensor argument's dtype, device, rank, sizes and
+strides in one C++ call (``SIGNATURE_<i>[n0].check(...)``, a ``TensorGuards``
+the loader builds from the literal next to it), then the values of non-tensor
+arguments, and calls that signature's forward.
+
+NOTE: [a guard per token count]
+The dynamic sizes (``n0``, ...) are read once, first (``n0 =
+input_ids.shape[0]``, where the symbol first appears), and pick the guard
+built for exactly those sizes: every size and stride in it is static, so the
+one C++ call also checks the relations between the dynamic sizes (the ids
+and positions share one token count) that eight ``numel()`` reads in Python
+checked before.  The loader builds such a guard on the first call with each
+size (``runtime/pipeline/input_signature.py``, ``SizedGuards``).  An input that fits
 no signature goes to ``__stitch_mismatch__`` (the runtime): it converts,
 compiles for the new signature, or raises ``StitchInputError``.
 
@@ -27,7 +35,8 @@ from typing import Any, Union
 
 from .errors import StitchCodegenError
 
-CHECK_FORMAT = 1
+# 2: a guard per value of the dynamic sizes (NOTE: [a guard per token count]).
+CHECK_FORMAT = 2
 TEMPLATE = "input_check.py.j2"
 # Names the emitted check and its loader share.
 FUNCTION = "check_forward"
@@ -139,6 +148,14 @@ class SignatureContext:
     call: str
 
 
+@dataclasses.dataclass(frozen=True)
+class SizeRead:
+    """A dynamic size read at the top of the check: ``name = source``."""
+
+    name: str
+    source: str
+
+
 def generate_input_check(spec: InputCheckSpec) -> str:
     """The check's source, formatted by black."""
     from .emit import format_source, template_environment
@@ -146,8 +163,9 @@ def generate_input_check(spec: InputCheckSpec) -> str:
     if not spec.signatures:
         raise StitchCodegenError(f"the input check of {spec.forward} has no signature")
     args = ", ".join(spec.params)
+    reads: dict[str, SizeRead] = {}  # by source
     contexts = [
-        _signature(i, sig, spec.params) for i, sig in enumerate(spec.signatures)
+        _signature(i, sig, spec.params, reads) for i, sig in enumerate(spec.signatures)
     ]
     digest = hashlib.sha256(
         repr(
@@ -166,6 +184,7 @@ def generate_input_check(spec: InputCheckSpec) -> str:
             function=FUNCTION,
             signature=f"{args}, *, {FORWARDS}, {MISMATCH}",
             docstring=f"The forward compiled for these inputs, else {MISMATCH}.",
+            sizes=list(reads.values()),
             signatures=contexts,
             mismatch=f"{MISMATCH}({args})",
         )
@@ -174,7 +193,10 @@ def generate_input_check(spec: InputCheckSpec) -> str:
 
 
 def _signature(
-    index: int, sig: InputSignature, params: Sequence[str]
+    index: int,
+    sig: InputSignature,
+    params: Sequence[str],
+    reads: dict[str, SizeRead],
 ) -> SignatureContext:
     names = [i.name for i in sig.inputs]
     if list(params[1:]) != names:
@@ -184,18 +206,18 @@ def _signature(
     tensors = [i for i in sig.inputs if isinstance(i, TensorInput)]
     guard_name = f"SIGNATURE_{index}"
     entries = ", ".join(
-        repr((t.name, t.dtype, t.device, _dynamic_none(t.sizes), t.strides))
+        repr((t.name, t.dtype, t.device, t.sizes, t.strides, t.contiguous))
         for t in tensors
     )
     terms = []
+    variables: dict[str, str] = {}  # symbol -> the variable holding its value
     if tensors:
-        terms.append(f"{guard_name}.check({', '.join(t.name for t in tensors)})")
-    for t in tensors:
-        # Strides that depend on a dynamic size are not in the guard.
-        if t.contiguous and len(t.sizes) > 1 and None in t.strides:
-            terms.append(f"{t.name}.is_contiguous()")
-    terms.extend(_relations(tensors))
-    terms.extend(_bounds(t) for t in tensors if _checks_bounds(t))
+        # NOTE: [a guard per token count]: the size variables pick the guard.
+        for symbol, source in _symbol_sources(tensors):
+            variables[symbol] = _size_read(source, params, reads)
+        pick = f"[{', '.join(variables.values())}]" if variables else ""
+        terms.append(f"{guard_name}{pick}.check({', '.join(t.name for t in tensors)})")
+    terms.extend(_bounds(t, variables) for t in tensors if _checks_bounds(t))
     for v in sig.inputs:
         if isinstance(v, ValueInput):
             terms.append(_value_test(v))
@@ -210,39 +232,30 @@ def _signature(
     )
 
 
-def _dynamic_none(sizes: Sequence[int | str]) -> tuple[int | None, ...]:
-    return tuple(s if isinstance(s, int) else None for s in sizes)
-
-
-def _relations(tensors: Sequence[TensorInput]) -> list[str]:
-    """``a.numel() == b.numel() // 64`` for dims that share a symbol, in argument order."""
-    groups: dict[str, list[str]] = {}
+def _symbol_sources(tensors: Sequence[TensorInput]) -> list[tuple[str, str]]:
+    """Each dynamic size and where it is first read (``input_ids.shape[0]``), in
+    symbol order."""
+    first: dict[str, str] = {}
     for t in tensors:
         for d, size in enumerate(t.sizes):
             if isinstance(size, str):
-                groups.setdefault(size, []).append(_dim(t, d))
-    return [" == ".join(dims) for dims in groups.values() if len(dims) > 1]
+                first.setdefault(size, f"{t.name}.shape[{d}]")
+    return [(s, first[s]) for s in sorted(first, key=_symbol_order)]
 
 
-def _dim(t: TensorInput, d: int) -> str:
-    """Dim ``d`` of ``t`` as cheap source.
+def _symbol_order(symbol: str) -> tuple[int, str]:
+    digits = symbol.lstrip("n")
+    return (int(digits), symbol) if digits.isdigit() else (1 << 30, symbol)
 
-    NOTE: [a dynamic size read through numel]
-    ``x.shape[d]`` builds a ``torch.Size`` per call; ``numel()`` returns an
-    int.  The guard has checked every static size already, so with one
-    dynamic dim and static sizes of product ``p > 0``, ``numel() // p`` is
-    exactly that dim.
-    """
-    rest = [s for i, s in enumerate(t.sizes) if i != d]
-    if all(isinstance(s, int) for s in rest):
-        product = 1
-        for s in rest:
-            product *= int(s)
-        if product == 1:
-            return f"{t.name}.numel()"
-        if product > 1:
-            return f"{t.name}.numel() // {product}"
-    return f"{t.name}.shape[{d}]"
+
+def _size_read(source: str, params: Sequence[str], reads: dict[str, SizeRead]) -> str:
+    """The variable holding ``source``'s value (one read per source and call)."""
+    if source not in reads:
+        name = f"n{len(reads)}"
+        while name in params:
+            name = "_" + name
+        reads[source] = SizeRead(name, source)
+    return reads[source].name
 
 
 def _checks_bounds(t: TensorInput) -> bool:
@@ -251,8 +264,21 @@ def _checks_bounds(t: TensorInput) -> bool:
     return t.index_bound is not None and t.device == "cpu"
 
 
-def _bounds(t: TensorInput) -> str:
-    return f"{IN_RANGE}({t.name}, {t.index_bound})"
+def _bounds(t: TensorInput, variables: dict[str, str]) -> str:
+    """The ids' bounds test; one id (a decode step of one sequence) read alone.
+
+    NOTE: [one token id]
+    ``0 <= ids.item() < bound`` costs about a third of ``__stitch_in_range__``
+    (a call, the rank and size tests, ``tolist``, ``min`` and ``max``); the
+    guard has checked the rank and the size already.
+    """
+    general = f"{IN_RANGE}({t.name}, {t.index_bound})"
+    if len(t.sizes) == 1 and isinstance(t.sizes[0], str):
+        count = variables[t.sizes[0]]
+        return (
+            f"(0 <= {t.name}.item() < {t.index_bound} if {count} == 1 else {general})"
+        )
+    return general
 
 
 def _value_test(v: ValueInput) -> str:

@@ -12,6 +12,7 @@ import ast
 import dataclasses
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -248,8 +249,12 @@ def test_inspect_shows_the_check(runs: dict[str, Any]) -> None:
     text = out.getvalue()
     assert "input check:" in text
     assert "def check_forward(" in text
-    assert "SIGNATURE_0.check(input_ids, positions)" in text
-    assert "input_ids.numel() == positions.numel()" in text
+    # NOTE: [a guard per token count]: the ids' length picks the guard, which
+    # holds every size (the relation of ids and positions included)
+    assert "n0 = input_ids.shape[0]" in text
+    assert "SIGNATURE_0[n0].check(input_ids, positions)" in text
+    assert "(\"input_ids\", \"int64\", \"cpu\", (\"n0\",), (1,), True)" in text
+    assert "0 <= input_ids.item() < 128" in text
     assert "__stitch_in_range__(input_ids, 128)" in text
 
 
@@ -317,9 +322,15 @@ def inputs(n: int = 3, m: int | None = None, **changes: Any) -> list[Any]:
         (inputs(hidden=torch.zeros(3, 32)), "mismatch", ["size"]),
         (inputs(input_ids=torch.arange(3)[None]), "mismatch", ["rank"]),
         (inputs(input_ids=[1, 2, 3]), "mismatch", ["type"]),
+        (inputs(input_ids=torch.tensor(3)), "mismatch", ["rank"]),  # no shape[0]
+        (inputs(hidden=torch.zeros(4, 64)), "mismatch", ["relation"]),
         (inputs(flag=False), "mismatch", ["value"]),
         (inputs(input_ids=torch.tensor([0, 128, 5])), "mismatch", ["bounds"]),
         (inputs(input_ids=torch.tensor([-1, 1, 5])), "mismatch", ["bounds"]),
+        # one id (NOTE: [one token id]): read alone
+        (inputs(1, input_ids=torch.tensor([127])), 0, []),
+        (inputs(1, input_ids=torch.tensor([128])), "mismatch", ["bounds"]),
+        (inputs(1, input_ids=torch.tensor([-1])), "mismatch", ["bounds"]),
     ],
 )
 def test_check_chooses_a_signature_or_the_slow_path(
@@ -329,6 +340,31 @@ def test_check_chooses_a_signature_or_the_slow_path(
     assert check(None, *args) == chosen
     assert calls == [chosen]
     assert [m.kind for m in mismatches(SPEC.signatures[0], args)] == kinds
+
+
+def test_a_guard_per_token_count() -> None:
+    """NOTE: [a guard per token count]: built on first use of a size, all sizes static."""
+    guards = tensor_guards(
+        ("ids", "int64", "cpu", ("n0",), (1,), True),
+        ("hidden", "float32", "cpu", ("n0", "n1", 4), (None, 4, 1), True),
+        ("other", "float32", "cpu", (2, "n1"), (None, 1), False),
+    )
+    ids, hidden = torch.arange(3), torch.zeros(3, 5, 4)
+    assert guards[3, 5].check(ids, hidden, torch.zeros(2, 5))
+    assert not guards[3, 5].check(ids, torch.zeros(3, 6, 4), torch.zeros(2, 5))
+    assert not guards[3, 5].check(torch.arange(4), hidden, torch.zeros(2, 5))
+    # contiguous: the strides of those sizes; the other keeps only its static one
+    assert not guards[3, 5].check(ids, torch.zeros(5, 3, 4).transpose(0, 1), torch.zeros(2, 5))
+    assert guards[3, 5].check(ids, hidden, torch.zeros(2, 7)[:, :5])
+    assert sorted(guards) == [(3, 5)]
+    for key in (None, 3, (3, None), (-1, 2), (3, "5")):
+        assert not guards[key].check(ids, hidden, torch.zeros(2, 5))
+    assert sorted(guards) == [(3, 5)]  # nothing kept for what no tensor has
+    one = tensor_guards(("ids", "int64", "cpu", ("n0",), (1,), True))
+    one.LIMIT = 2
+    for n in range(4):
+        assert one[n].check(torch.arange(n))
+    assert sorted(one) == [0, 1]
 
 
 def test_mismatch_messages_name_the_argument() -> None:

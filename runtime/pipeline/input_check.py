@@ -63,6 +63,7 @@ from .backend import StitchBackend
 from .graph_inputs import GraphInput
 from .input_signature import (
     Mismatch,
+    SizedGuards,
     describe,
     forward_params,
     in_range,
@@ -213,13 +214,18 @@ class InputCheck:
 
     def _rebuild_guard(self, i: int, args: Sequence[Any]) -> None:
         sig = self.spec.signatures[i]
-        entries = []
-        tensors = []
-        for spec, a in zip(sig.inputs, args):
-            if isinstance(spec, TensorInput):
-                tensors.append(a)
-                sizes = tuple(s if isinstance(s, int) else None for s in spec.sizes)
-                entries.append((sizes, spec.strides))
+        tensors = [
+            a for spec, a in zip(sig.inputs, args) if isinstance(spec, TensorInput)
+        ]
+        guard = self.namespace[f"SIGNATURE_{i}"]
+        if isinstance(guard, SizedGuards):
+            guard.rebuild(tensors)
+            return
+        entries = [
+            (tuple(s if isinstance(s, int) else None for s in spec.sizes), spec.strides)
+            for spec in sig.inputs
+            if isinstance(spec, TensorInput)
+        ]
         self.namespace[f"SIGNATURE_{i}"] = cpp_tensor_guards(
             *tensors,
             dynamic_dims_sizes=[list(e[0]) for e in entries],

@@ -97,20 +97,99 @@ def _static_strides(
     return tuple(None if dynamic else s for s in a.stride())
 
 
-def tensor_guards(
-    *entries: tuple[str, str, str, tuple[Any, ...], tuple[Any, ...]]
+def tensor_guards(*entries: tuple[Any, ...]) -> Any:
+    """The guard of one signature of the emitted check (C++; no Dynamo import).
+
+    Per tensor ``(name, dtype, device, sizes, strides[, contiguous])``.  Where a
+    size is a symbol (``"n0"``), a :class:`SizedGuards` (NOTE: [a guard per token
+    count] in codegen/input_check.py); else one ``TensorGuards``, None for a
+    size or stride not checked (the form of checks saved before the symbols).
+    """
+    if any(isinstance(s, str) for e in entries for s in e[3]):
+        return SizedGuards(entries)
+    return _guards(entries, [e[3] for e in entries], [e[4] for e in entries], None)
+
+
+def _guards(
+    entries: Sequence[tuple[Any, ...]],
+    sizes: Sequence[Sequence[int | None]],
+    strides: Sequence[Sequence[int | None]],
+    examples: Sequence[torch.Tensor] | None,
 ) -> Any:
-    """``TensorGuards`` for the emitted check: ``(name, dtype, device, sizes, strides)``
-    per tensor, None for a dynamic size or stride (C++; no Dynamo import)."""
-    examples = [
-        _example(dtype, device, sizes, strides)
-        for _, dtype, device, sizes, strides in entries
-    ]
+    if examples is None:
+        examples = [_example(e[1], e[2], e[3], e[4]) for e in entries]
     return cpp_tensor_guards(
         *examples,
-        dynamic_dims_sizes=[list(e[3]) for e in entries],
-        dynamic_dims_strides=[list(e[4]) for e in entries],
+        dynamic_dims_sizes=[list(s) for s in sizes],
+        dynamic_dims_strides=[list(s) for s in strides],
     )
+
+
+class _Never:
+    """The guard of sizes no tensor can have (a size read failed): never passes."""
+
+    @staticmethod
+    def check(*_: Any) -> bool:
+        return False
+
+
+NEVER = _Never()
+
+
+class SizedGuards(dict):  # type: ignore[type-arg]
+    """Per value of a signature's dynamic sizes, a ``TensorGuards`` with all sizes static.
+
+    Indexed by the value of the one dynamic size, or a tuple of them in symbol
+    order (``n0``, ``n1``, ...); a guard is built on the first index with each
+    value.  Contiguous tensors get their strides for those sizes.  At most
+    ``LIMIT`` values are kept (a server sees a bounded set of token counts);
+    beyond that each new value's guard is built per call.
+    """
+
+    LIMIT = 8192
+
+    def __init__(self, entries: Sequence[tuple[Any, ...]]) -> None:
+        super().__init__()
+        self.entries = tuple(entries)
+        found = {s for e in entries for s in e[3] if isinstance(s, str)}
+        self.symbols = sorted(found, key=lambda s: (len(s), s))
+        self.examples = [
+            _example(e[1], e[2], [None if isinstance(s, str) else s for s in e[3]], ())
+            for e in self.entries
+        ]
+
+    def __missing__(self, key: Any) -> Any:
+        values = key if isinstance(key, tuple) else (key,)
+        if len(values) != len(self.symbols) or not all(
+            type(v) is int and v >= 0 for v in values
+        ):
+            return NEVER
+        guard = self.build(dict(zip(self.symbols, values)), None)
+        if len(self) < self.LIMIT:
+            self[key] = guard
+        return guard
+
+    def build(
+        self, values: dict[str, int], examples: Sequence[torch.Tensor] | None
+    ) -> Any:
+        sizes, strides = [], []
+        for e in self.entries:
+            concrete = [values[s] if isinstance(s, str) else s for s in e[3]]
+            sizes.append(concrete)
+            contiguous = len(e) > 5 and e[5]
+            strides.append(contiguous_strides(concrete) if contiguous else e[4])
+        return _guards(self.entries, sizes, strides, examples or self.examples)
+
+    def rebuild(self, tensors: Sequence[torch.Tensor]) -> None:
+        """The guard of these tensors' sizes, from them (what the C++ guard adds to
+        dtype, sizes and strides: dispatch keys, requires_grad)."""
+        values: dict[str, int] = {}
+        for e, t in zip(self.entries, tensors):
+            for s, n in zip(e[3], t.shape):
+                if isinstance(s, str):
+                    values.setdefault(s, int(n))
+        key = tuple(values[s] for s in self.symbols)
+        self[key[0] if len(key) == 1 else key] = self.build(values, list(tensors))
 
 
 def in_range(t: torch.Tensor, high: int) -> bool:
