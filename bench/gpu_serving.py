@@ -379,7 +379,7 @@ def launch_floor_us(
     Each is timed as a forward issues it: one call per layer in a row (from an
     idle GPU), divided by the number of layers.
     """
-    layers = list(zip(subject.caches[::2], subject.caches[1::2]))
+    layers = list(zip(subject.caches[::2], subject.caches[1::2], strict=True))
     q = torch.randn(
         n, subject.heads, subject.head_dim, device=device, dtype=subject.dtype
     )
@@ -423,7 +423,7 @@ def measure(
         inputs, kwargs = subject.inputs(n, 3)
         iters = args.iters if n <= max(args.decode) else max(10, args.iters // 10)
 
-        def forward() -> Any:
+        def forward(inputs: Any = inputs, kwargs: Any = kwargs) -> Any:
             return prepared.forward(*inputs, **kwargs)
 
         with torch.inference_mode():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-
 import os
 import re
 import subprocess
@@ -70,9 +69,13 @@ def test_bad_value_is_rejected_naming_field_and_value(
 
 
 def test_unknown_field_is_rejected_with_the_field_meant() -> None:
-    with pytest.raises(StitchConfigError, match="no field 'compile_size'; did you mean 'compile_sizes'"):
+    with pytest.raises(
+        StitchConfigError, match="no field 'compile_size'; did you mean 'compile_sizes'"
+    ):
         CompilationConfig(compile_size=[4])  # type: ignore[call-arg]
-    with pytest.raises(StitchConfigError, match="no field 'compile_size'; did you mean"):
+    with pytest.raises(
+        StitchConfigError, match="no field 'compile_size'; did you mean"
+    ):
         StitchBackend(compile_size=[4])
     with pytest.raises(StitchConfigError, match="no field 'zzz'$"):
         CompilationConfig(zzz=1)  # type: ignore[call-arg]
@@ -231,7 +234,9 @@ def test_hash_ignores_the_order_values_were_given_in() -> None:
 
     packet = torch.ops.stitch.attention
     assert CompilationConfig(splitting_ops=[packet, "aten::mm"]).compute_hash() == (
-        CompilationConfig(splitting_ops=["stitch::attention", "aten::mm"]).compute_hash()
+        CompilationConfig(
+            splitting_ops=["stitch::attention", "aten::mm"]
+        ).compute_hash()
     )
     # A callable by object or by dotted name: the same split.
     sdpa = torch.nn.functional.scaled_dot_product_attention

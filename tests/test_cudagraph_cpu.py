@@ -19,10 +19,9 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import GOLDEN_DIR
 from hypothesis import given
 from hypothesis import strategies as st
-
-from conftest import GOLDEN_DIR
 
 from stitch.codegen import lower_execution
 from stitch.codegen.errors import (
@@ -52,8 +51,8 @@ from stitch.runtime.cudagraph import (
     weak_ref_tensor,
 )
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
-from stitch.runtime.loader import compile_execution_fn
 from stitch.runtime.examples.ops import attention_reference
+from stitch.runtime.loader import compile_execution_fn
 
 GOLDEN = GOLDEN_DIR / Path(__file__).stem
 SIZES = [1, 2, 4, 8]
@@ -404,7 +403,7 @@ def test_padded_runner_copies_only_inputs_that_fit(
         rf"\(2,\), torch.int64 on cpu, got {given}",
     ):
         runner(3, ids, torch.ones(3))
-    assert all(torch.equal(b, a) for b, a in zip(runner.buffers, before))
+    assert all(torch.equal(b, a) for b, a in zip(runner.buffers, before, strict=True))
     assert calls == [4]
     # Inference tensors carry other dispatch keys: they fit all the same.
     with torch.inference_mode():
@@ -842,9 +841,13 @@ def test_the_direct_launch_key_tells_apart_what_triton_specializes_on() -> None:
 
     base = torch.zeros(64, dtype=torch.float16)
 
-    def key(pointer: torch.Tensor, *ints: int, dtype: torch.dtype = torch.float16) -> Any:
+    def key(
+        pointer: torch.Tensor, *ints: int, dtype: torch.dtype = torch.float16
+    ) -> Any:
         pointers = (pointer.to(dtype),) + (base,) * 7
-        return triton_attention.specialization_key(0, (*pointers, 0.5, 0.0, *ints), (1, False))
+        return triton_attention.specialization_key(
+            0, (*pointers, 0.5, 0.0, *ints), (1, False)
+        )
 
     same = key(base[8:], 16, 1, 64)
     assert key(base[16:], 32, 1, 128) == same  # aligned again, same classes of ints

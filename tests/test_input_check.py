@@ -12,7 +12,6 @@ import ast
 import dataclasses
 import io
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 import black
 import pytest
 import torch
-from backend_support import INDUCTOR_TOL, worker_env
 
 from stitch.codegen import StitchError, StitchInputError
 from stitch.codegen.emit import BLACK_MODE
@@ -45,6 +43,8 @@ from stitch.runtime.pipeline.input_signature import (
     mismatches,
     tensor_guards,
 )
+
+from backend_support import INDUCTOR_TOL, worker_env
 
 WORKER = Path(__file__).with_name("input_check_worker.py")
 ROWS = [
@@ -253,7 +253,7 @@ def test_inspect_shows_the_check(runs: dict[str, Any]) -> None:
     # holds every size (the relation of ids and positions included)
     assert "n0 = input_ids.shape[0]" in text
     assert "SIGNATURE_0[n0].check(input_ids, positions)" in text
-    assert "(\"input_ids\", \"int64\", \"cpu\", (\"n0\",), (1,), True)" in text
+    assert '("input_ids", "int64", "cpu", ("n0",), (1,), True)' in text
     assert "0 <= input_ids.item() < 128" in text
     assert "__stitch_in_range__(input_ids, 128)" in text
 
@@ -354,7 +354,9 @@ def test_a_guard_per_token_count() -> None:
     assert not guards[3, 5].check(ids, torch.zeros(3, 6, 4), torch.zeros(2, 5))
     assert not guards[3, 5].check(torch.arange(4), hidden, torch.zeros(2, 5))
     # contiguous: the strides of those sizes; the other keeps only its static one
-    assert not guards[3, 5].check(ids, torch.zeros(5, 3, 4).transpose(0, 1), torch.zeros(2, 5))
+    assert not guards[3, 5].check(
+        ids, torch.zeros(5, 3, 4).transpose(0, 1), torch.zeros(2, 5)
+    )
     assert guards[3, 5].check(ids, hidden, torch.zeros(2, 7)[:, :5])
     assert sorted(guards) == [(3, 5)]
     for key in (None, 3, (3, None), (-1, 2), (3, "5")):

@@ -194,7 +194,7 @@ class InputCheck:
                         if name in names
                         else a
                     )
-                    for name, a in zip(self.spec.params[1:], args)
+                    for name, a in zip(self.spec.params[1:], args, strict=False)
                 ]
                 return self.forwards[i](model, *copies)
         closest = min(found, key=len)
@@ -215,7 +215,9 @@ class InputCheck:
     def _rebuild_guard(self, i: int, args: Sequence[Any]) -> None:
         sig = self.spec.signatures[i]
         tensors = [
-            a for spec, a in zip(sig.inputs, args) if isinstance(spec, TensorInput)
+            a
+            for spec, a in zip(sig.inputs, args, strict=False)
+            if isinstance(spec, TensorInput)
         ]
         guard = self.namespace[f"SIGNATURE_{i}"]
         if isinstance(guard, SizedGuards):
@@ -291,7 +293,7 @@ def _dims(check: InputCheck, args: Sequence[Any]) -> list[list[int]]:
     """The first signature's dynamic dims, for other inputs (those they have)."""
     return [
         [d for d in dyn if isinstance(a, torch.Tensor) and d < a.dim()]
-        for dyn, a in zip(check.state["dims"], args)
+        for dyn, a in zip(check.state["dims"], args, strict=False)
     ]
 
 
@@ -336,7 +338,7 @@ def write_signatures(
         "dims": state["dims"],
         "signatures": [
             {"folder": f or "", "inputs": s.to_literal()}
-            for f, s in zip(folders, spec.signatures)
+            for f, s in zip(folders, spec.signatures, strict=True)
         ],
         "rejected": dict(sorted(state["rejected"].items())),
         "check_sha256": hashlib.sha256(code.encode("utf-8")).hexdigest(),

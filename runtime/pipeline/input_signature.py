@@ -18,8 +18,8 @@ import torch
 
 from stitch.codegen.input_check import InputSignature, TensorInput, ValueInput
 
-from .graph_inputs import GraphInput
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
+from .graph_inputs import GraphInput
 
 # -- describing inputs ----------------------------------------------------------------
 
@@ -50,7 +50,7 @@ def describe(
     by_id = {id(g.example): g for g in graph}
     symbols: dict[str, str] = {}
     inputs: list[Any] = []
-    for i, (name, a, dyn) in enumerate(zip(names, args, dims)):
+    for i, (name, a, dyn) in enumerate(zip(names, args, dims, strict=False)):
         if not isinstance(a, torch.Tensor):
             value = repr(a) if a is None or type(a) in (bool, int, float, str) else None
             inputs.append(ValueInput(name, type(a).__name__, value))
@@ -164,7 +164,7 @@ class SizedGuards(dict):  # type: ignore[type-arg]
             type(v) is int and v >= 0 for v in values
         ):
             return NEVER
-        guard = self.build(dict(zip(self.symbols, values)), None)
+        guard = self.build(dict(zip(self.symbols, values, strict=True)), None)
         if len(self) < self.LIMIT:
             self[key] = guard
         return guard
@@ -184,8 +184,8 @@ class SizedGuards(dict):  # type: ignore[type-arg]
         """The guard of these tensors' sizes, from them (what the C++ guard adds to
         dtype, sizes and strides: dispatch keys, requires_grad)."""
         values: dict[str, int] = {}
-        for e, t in zip(self.entries, tensors):
-            for s, n in zip(e[3], t.shape):
+        for e, t in zip(self.entries, tensors, strict=True):
+            for s, n in zip(e[3], t.shape, strict=False):
                 if isinstance(s, str):
                     values.setdefault(s, int(n))
         key = tuple(values[s] for s in self.symbols)
@@ -232,7 +232,7 @@ class Mismatch:
 def mismatches(sig: InputSignature, args: Sequence[Any]) -> list[Mismatch]:
     out: list[Mismatch] = []
     seen: dict[str, tuple[str, int, int]] = {}
-    for spec, a in zip(sig.inputs, args):
+    for spec, a in zip(sig.inputs, args, strict=False):
         if isinstance(spec, ValueInput):
             if type(a).__name__ != spec.type or (
                 spec.value is not None and repr(a) != spec.value
@@ -257,7 +257,7 @@ def mismatches(sig: InputSignature, args: Sequence[Any]) -> list[Mismatch]:
                 )
             )
             continue
-        for d, (want, got) in enumerate(zip(spec.sizes, a.shape)):
+        for d, (want, got) in enumerate(zip(spec.sizes, a.shape, strict=False)):
             if isinstance(want, int) and want != got:
                 out.append(
                     Mismatch("size", spec.name, f"shape[{d}] == {want}", str(got))
@@ -289,7 +289,7 @@ def mismatches(sig: InputSignature, args: Sequence[Any]) -> list[Mismatch]:
         strides = contiguous_strides(list(a.shape)) if spec.contiguous else spec.strides
         if any(
             w is not None and w != g
-            for w, g in zip(strides, a.stride())
+            for w, g in zip(strides, a.stride(), strict=False)
             if w is not None
         ):
             if not (spec.contiguous and a.numel() <= 1):

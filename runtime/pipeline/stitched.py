@@ -42,8 +42,8 @@ from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.plan import GraphPlan, unsaveable_graphs
 from ..loader import compile_execution_fn
-from ..store.cache import CACHE_ENV, CompileCache
 from ..store.artifacts import ARTIFACT_FILE
+from ..store.cache import CACHE_ENV, CompileCache
 from ..store.index import INDEX_FILE, PieceRecord
 from ..targets import targets_for
 from .compilers import InductorAdapter
