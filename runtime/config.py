@@ -124,10 +124,6 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
     cache_dir: str = ""
     disable_cache: bool = False
     debug_dump_path: str = ""
-    # "hoisted": the emitted function picks the per-size runnables once per
-    # forward; "per_piece": every piece call dispatches on its own (vLLM-style,
-    # kept as a benchmark baseline).
-    dispatch: str = "hoisted"
     # CUDA graphs (used on CUDA devices only; nothing happens on CPU).
     cudagraph_mode: Any = CUDAGraphMode.PIECEWISE
     cudagraph_capture_sizes: list[int] | None = None
@@ -204,10 +200,6 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
         self.inductor_passes = _passes(
             self.inductor_passes, self.inductor_compile_config
         )
-        if self.dispatch not in ("hoisted", "per_piece"):
-            raise _field_error(
-                "dispatch", self.dispatch, "must be 'hoisted' or 'per_piece'"
-            )
         for name in ("cache_dir", "debug_dump_path"):
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))

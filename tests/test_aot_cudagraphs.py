@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from stitch.codegen.errors import StitchCacheError
-from stitch.runtime import CompilationConfig
 from stitch.runtime.cudagraph import DynamicInput, PaddingPlan
-from stitch.runtime.cudagraph.plan import GraphPlan, unsaveable_graphs
+from stitch.runtime.cudagraph.plan import GraphPlan
 
 from aot_support import MODEL_SOURCE, PIECES, run_worker
 from backend_support import INDUCTOR_TOL
@@ -133,28 +131,6 @@ def test_warm_outputs_match_eager_and_the_cold_process(
         assert torch.equal(runs[mode]["warm_out"][n], runs[mode]["cold_out"][n]), n
 
 
-@pytest.mark.slow
-def test_per_piece_dispatch_with_graphs_is_not_saved_and_says_why(
-    runs: dict[str, Any], tmp_path: Path
-) -> None:
-    """The vLLM-style dispatch interprets the split graph per forward: nothing to save."""
-    spec = {
-        "model_file": str(runs["tmp"] / "aot_test_model.py"),
-        "cache_dir": str(tmp_path / "cache"),
-        "sizes": [8, 8, 8, 3],
-        "emulate_graphs": True,
-        "config": {**GRAPHS, "cudagraph_mode": "PIECEWISE", "dispatch": "per_piece"},
-    }
-    cold = run_worker(spec)
-    (warning,) = cold["warnings"]
-    assert "cannot be saved" in warning
-    assert "cudagraph_mode=PIECEWISE with dispatch='per_piece'" in warning
-    assert "dispatch='hoisted'" in warning
-    assert cold["path"] is None and cold["warm"] is False
-    assert cold["counter"]["num_cudagraph_captured"] == PIECES * 1
-    assert max(cold["diffs"].values()) < INDUCTOR_TOL["atol"]
-
-
 # -- the saved plan --------------------------------------------------------------------------
 
 PLAN = GraphPlan(
@@ -202,20 +178,3 @@ def test_a_malformed_plan_is_refused_naming_the_field(change: Any, says: str) ->
     change(literal)
     with pytest.raises(StitchCacheError, match=re.escape(says)):
         GraphPlan.from_literal(literal)
-
-
-def test_only_the_per_piece_dispatch_with_piecewise_graphs_is_unsaveable() -> None:
-    def why(**fields: Any) -> str | None:
-        return unsaveable_graphs(CompilationConfig(**GRAPHS, **fields))
-
-    assert why(cudagraph_mode="PIECEWISE") is None
-    assert (
-        why(cudagraph_mode="FULL", dispatch="per_piece") is None
-    )  # no piecewise sizes
-    assert why(cudagraph_mode="NONE", dispatch="per_piece") is None
-    message = why(
-        cudagraph_mode="FULL_AND_PIECEWISE",
-        max_full_cudagraph_size=2,
-        dispatch="per_piece",
-    )
-    assert message is not None and "cudagraph_mode=FULL_AND_PIECEWISE" in message

@@ -141,9 +141,6 @@ CODE_FIELDS = {
     "compile_ranges_split_points": [32],
     "max_num_batched_tokens": 128,
     "inductor_compile_config": {"max_autotune": True, "epilogue_fusion": True},
-    # The emitted stitching source differs: one size lookup per forward or one
-    # per piece call.
-    "dispatch": "per_piece",
 }
 # Where things are written, and whether the cache is used, change no code.
 PLACE_FIELDS = {

@@ -12,6 +12,7 @@ weak-referenced outputs and the Triton kernel.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +25,10 @@ from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
 from stitch.runtime.cudagraph import CUDAGraphManager
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
 from stitch.runtime.examples.ops import attention_reference
+
+# The vLLM-style baseline lives with the benchmark (bench/vllm_style.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from vllm_style import VllmStyleManager  # noqa: E402
 
 pytestmark = [
     pytest.mark.cuda,
@@ -242,6 +247,7 @@ class Served:
         *,
         shared_pool: bool = True,
         tolerance: tuple[float, float] = (1e-3, 1e-4),
+        manager: Any = CUDAGraphManager,
         **fields: Any,
     ) -> None:
         torch._dynamo.reset()
@@ -252,8 +258,8 @@ class Served:
         fields.setdefault("cudagraph_pad_values", {"positions": -1})
         self.config = CompilationConfig(disable_cache=True, **fields)
         self.backend = StitchBackend(self.config)
-        if not shared_pool:
-            self.backend.cudagraphs = CUDAGraphManager(self.config, shared_pool=False)
+        if not shared_pool or manager is not CUDAGraphManager:
+            self.backend.cudagraphs = manager(self.config, shared_pool=shared_pool)
         self.model = build_llama(self.cfg).cuda()
         self.eager = build_llama(self.cfg).cuda()
         self.compiled = torch.compile(
@@ -293,7 +299,10 @@ class Served:
             {"cudagraph_mode": "FULL_AND_PIECEWISE", "max_full_cudagraph_size": 4},
             3 + PIECES * 3,
         ),
-        ({"cudagraph_mode": "PIECEWISE", "dispatch": "per_piece"}, PIECES * len(SIZES)),
+        (
+            {"cudagraph_mode": "PIECEWISE", "manager": VllmStyleManager},
+            PIECES * len(SIZES),
+        ),
         (
             {"cudagraph_mode": "PIECEWISE", "cudagraph_check_addresses": True},
             PIECES * len(SIZES),

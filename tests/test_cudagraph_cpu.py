@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,6 @@ from stitch.runtime.cudagraph import (
     CUDAGraphWrapper,
     EmulatedGraphOps,
     PaddedRunner,
-    VllmStyleForward,
     capture_order,
     check_padding,
     full_graph_limit,
@@ -53,6 +53,10 @@ from stitch.runtime.cudagraph import (
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
 from stitch.runtime.examples.ops import attention_reference
 from stitch.runtime.loader import compile_execution_fn
+
+# The vLLM-style baseline lives with the benchmark (bench/vllm_style.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from vllm_style import VllmStyleForward, VllmStyleManager  # noqa: E402
 
 GOLDEN = GOLDEN_DIR / Path(__file__).stem
 SIZES = [1, 2, 4, 8]
@@ -471,14 +475,16 @@ class Served:
     calls, so their KV caches stay equal unless padding corrupts one.
     """
 
-    def __init__(self, emulate: bool = True, **fields: Any) -> None:
+    def __init__(
+        self, emulate: bool = True, manager: Any = CUDAGraphManager, **fields: Any
+    ) -> None:
         fields.setdefault("cudagraph_capture_sizes", SIZES)
         fields.setdefault("cudagraph_pad_values", {"positions": -1})
         self.config = CompilationConfig(backend="eager", disable_cache=True, **fields)
         self.backend = StitchBackend(self.config)
         self.ops = EmulatedGraphOps()
         if emulate:
-            self.backend.cudagraphs = CUDAGraphManager(self.config, ops=self.ops)
+            self.backend.cudagraphs = manager(self.config, ops=self.ops)
         graph, example_inputs = _traced()
         self.fn = self.backend(graph, example_inputs)
         self.model = build_llama(LLAMA)
@@ -521,7 +527,7 @@ CALLS = [3, 1, 8, 5, 2, 7, 9, 12, 4, 3, 6, 1, 8, 16]
             "hoisted",
         ),
         (
-            {"cudagraph_mode": "PIECEWISE", "dispatch": "per_piece"},
+            {"cudagraph_mode": "PIECEWISE", "manager": VllmStyleManager},
             PIECES * len(SIZES),
             "vllm",
         ),

@@ -254,7 +254,7 @@ class Compilation:
 
         size_arguments = {name: b.sym_index for name, b in backends.items()}
         size_on = hoisted_input(split_gm, self.size, size_arguments)
-        dispatch_on = size_on if self.config.dispatch == "hoisted" else None
+        dispatch_on = size_on  # the pieces' runnables picked once per forward
         code, submod_names, consts, warm_source = self._stitching_source(
             split_gm, cache, dispatch_on
         )
