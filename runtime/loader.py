@@ -140,7 +140,7 @@ def _max_const_index(tree: ast.AST) -> int:
     return highest
 
 
-def _bind(callable_: Any) -> Callable[..., Any]:
+def bind_runnable(callable_: Any) -> Callable[..., Any]:
     # An nn.Module is bound through forward: the stitching path skips
     # nn.Module.__call__ (hooks, tracing state) on every call.
     if isinstance(callable_, torch.nn.Module):
@@ -254,7 +254,7 @@ def compile_execution_fn(
             f"{FUNCTION_NAME} in {label} has no keyword-only parameter "
             f"{SUBMODS_NAME} or {DISPATCH_NAME}"
         )
-    return bind_kwonly(fn, SUBMODS_NAME, [_bind(c) for c in callables])
+    return bind_kwonly(fn, SUBMODS_NAME, [bind_runnable(c) for c in callables])
 
 
 class SizeTables(dict):  # type: ignore[type-arg]
@@ -272,7 +272,7 @@ class SizeTables(dict):  # type: ignore[type-arg]
     def __missing__(self, size: Any) -> list[Any]:
         size = int(size)
         table = [
-            c.runnable_for(size) if hasattr(c, "runnable_for") else _bind(c)
+            c.runnable_for(size) if hasattr(c, "runnable_for") else bind_runnable(c)
             for c in self.callables
         ]
         self[size] = table

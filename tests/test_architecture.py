@@ -34,14 +34,12 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
 def _imports(module: str, *, top_level_only: bool) -> set[str]:
-    """Stitch modules that ``module`` imports (at import time, or anywhere)."""
+    """Stitch modules that ``module`` imports (at import time, or anywhere).
+
+    Imports under ``if TYPE_CHECKING:`` count too: a cycle only the type
+    checker sees is still two modules that each need the other.
+    """
     path = MODULES[module]
     tree = ast.parse(path.read_text(), str(path))
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
@@ -49,8 +47,6 @@ def _imports(module: str, *, top_level_only: bool) -> set[str]:
 
     def visit(nodes: list[ast.stmt]) -> None:
         for node in nodes:
-            if isinstance(node, ast.If) and _is_type_checking(node.test):
-                continue
             if (
                 isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
                 and top_level_only

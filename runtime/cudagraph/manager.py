@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -16,6 +16,7 @@ from ..config import CompilationConfig, CUDAGraphMode
 from ..counter import compilation_counter
 from ..loader import compile_execution_fn
 from ..progress import progress_bar
+from ..size import RuntimeSize
 from .graph_ops import CUDAGraphOps
 from .padding import (
     CannotPad,
@@ -28,9 +29,6 @@ from .padding import (
 )
 from .plan import GraphPlan
 from .wrapper import FULL_GRAPH, CUDAGraphTables, CUDAGraphWrapper, call_order
-
-if TYPE_CHECKING:
-    from ..pipeline.size import RuntimeSize
 
 log = logging.getLogger("stitch")
 

@@ -8,7 +8,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.fx as fx
@@ -23,9 +23,7 @@ from stitch.codegen.errors import (
 from ..compat.dynamo import tensor_guards
 from ..compat.pytree import tree_flatten, tree_unflatten
 from ..config import CompilationConfig, CUDAGraphMode
-
-if TYPE_CHECKING:
-    from ..pipeline.size import RuntimeSize
+from ..size import RuntimeSize
 
 log = logging.getLogger("stitch")
 

@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 import torch.fx as fx
 
 from stitch.codegen.errors import StitchRuntimeError
 
-from ..loader import SizeTables, _bind
+from ..config import CompilationConfig
+from ..loader import SizeTables, bind_runnable
 
-if TYPE_CHECKING:
-    from .manager import CUDAGraphManager
+
+class CUDAGraphManager(Protocol):
+    """What a wrapper needs of the manager of its graphs (manager.py's
+    ``CUDAGraphManager``; a protocol, so the import goes one way: manager ->
+    wrapper)."""
+
+    config: CompilationConfig
+    ops: Any
+
+    def check_capture_allowed(self, piece: str, size: int) -> None: ...
+
+    def capture(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[Any],
+        *,
+        piece: str,
+        size: int,
+        weak_output: bool,
+    ) -> tuple[Any, Any]: ...
+
 
 FULL_GRAPH = "<full forward>"
 
@@ -154,7 +174,9 @@ class CUDAGraphTables(SizeTables):
             return super().__missing__(size)
         table: list[Any] = []
         for i, c in enumerate(self.callables):
-            runnable = c.runnable_for(size) if hasattr(c, "runnable_for") else _bind(c)
+            runnable = (
+                c.runnable_for(size) if hasattr(c, "runnable_for") else bind_runnable(c)
+            )
             table.append(
                 CUDAGraphWrapper(
                     runnable,

@@ -33,6 +33,7 @@ from ..cudagraph.plan import GraphPlan
 from ..loader import compile_execution_fn
 from ..profiling import Profiler, piece_list
 from ..progress import progress_bar
+from ..size import find_size, hoisted_input
 from ..store.artifacts import ARTIFACT_FILE
 from ..store.cache import CompileCache
 from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
@@ -47,7 +48,6 @@ from .layouts import LayoutChecks, eager_fed_layouts, guard_layouts
 from .piecewise import PiecewiseBackend, RangeWarnings, concretize
 from .plan import KeyChoice, PiecePlan, StringKeys, piece_inputs, plan_piece
 from .scalars import specialize_lifted_floats
-from .size import find_size, hoisted_input
 from .splitting import SplittingOpWarnings
 from .stitched import in_torch_aot_compile, saveable
 
