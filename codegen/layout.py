@@ -1,12 +1,13 @@
-"""Statements laid out as black lays them out, without running black.
+"""Statements laid out as black lays them out, black running once per shape.
 
 A :class:`Layout` takes one statement written on one line in black's spacing
 (the form :mod:`.emit` writes) and returns what ``black.format_str`` makes of it
-at a given depth: the line itself when it fits, else black's split of it, done
-by :mod:`.linesplit`.  Long statements of a model repeat a handful of shapes
-(the same tokens, names of the same lengths), so each shape is split once per
-``Layout`` and its split reused with the other statements' tokens.  A statement
-outside the Python :mod:`.linesplit` knows is formatted by black itself.
+at a given depth: the line itself when it fits; a plain call or def line split
+the way black splits them (:func:`_plain_call`, :func:`_plain_def`, no black);
+else black's own layout of it.  Long statements of a model repeat a handful of
+shapes (the same tokens, names of the same lengths), so black runs once per
+shape and its layout is kept as a format string over the statement's tokens,
+filled with the next statement's (NOTE: [a statement's shape]).
 """
 
 from __future__ import annotations
@@ -17,35 +18,7 @@ import string
 import black
 from black.strings import str_width
 
-from .lines import (
-    ARGLIST,
-    ATOM,
-    CLOSING,
-    COLON,
-    COMMA,
-    DOT,
-    EQUAL,
-    LBRACE,
-    LINE_LENGTH,
-    LPAR,
-    LSQB,
-    MATCHING,
-    MINUS,
-    NAME,
-    NUMBER,
-    OPENING,
-    PARAMETERS,
-    RBRACE,
-    RPAR,
-    RSQB,
-    STAR,
-    STRING,
-    TRAILER,
-    Leaf,
-    Line,
-)
-from .linesplit import transform_line
-
+LINE_LENGTH = 88
 BLACK_MODE = black.Mode(
     target_versions={black.TargetVersion.PY310},
     line_length=LINE_LENGTH,
@@ -57,7 +30,8 @@ _LITERAL_OR_NAME = (
     r"|[A-Za-z_][A-Za-z0-9_]*"  # names
 )
 # Tokens and the spaces between them; any other character is an operator.
-_TOKEN = re.compile(_LITERAL_OR_NAME + r"|[ ]+|.")
+_TOKEN = re.compile(_LITERAL_OR_NAME + r"|[ ]+|\n|.")
+_LITERAL = re.compile(_LITERAL_OR_NAME)
 # The tokens alone, in the same order.
 _VALUES = re.compile(rf"[ ]*({_LITERAL_OR_NAME}|.)")
 # A statement's shape: letters and digits stand for their class, which keeps
@@ -78,54 +52,16 @@ _NAME_OR_STAR = r"(?:[A-Za-z_][A-Za-z0-9_]*|\*)"
 _PLAIN_DEF = re.compile(
     rf"def ([A-Za-z_][A-Za-z0-9_]*)\(({_NAME_OR_STAR}(?:, {_NAME_OR_STAR})*)\):"
 )
-_OPS = {
-    ",": COMMA,
-    ".": DOT,
-    "=": EQUAL,
-    ":": COLON,
-    "-": MINUS,
-    "*": STAR,
-    "(": LPAR,
-    ")": RPAR,
-    "[": LSQB,
-    "]": RSQB,
-    "{": LBRACE,
-    "}": RBRACE,
-}
 _KEYWORDS = frozenset({"def", "del", "return"})
-# Names that would make black consult grammar this port leaves out.
-_UNSUPPORTED_NAMES = frozenset(
-    {
-        "and",
-        "async",
-        "await",
-        "else",
-        "for",
-        "if",
-        "in",
-        "is",
-        "lambda",
-        "not",
-        "or",
-        "yield",
-    }
-)
-_NO_SPACE_BEFORE = frozenset({COMMA, COLON, RPAR, RSQB, RBRACE})
-
-
 _UNKNOWN = object()
 
 
-class _Unsupported(Exception):
-    """The statement uses Python :mod:`.linesplit` does not lay out."""
-
-
 class Layout:
-    """Lays out statements as black does, remembering each shape's split."""
+    """Lays out statements as black does, remembering each shape's layout."""
 
     def __init__(self) -> None:
-        # Statement shape -> its split as a format string over the statement's
-        # tokens, or None where black must do it.
+        # Statement shape -> black's layout of it as a format string over the
+        # statement's tokens, or None where black must run for each statement.
         self._splits: dict[tuple[object, ...], str | None] = {}
 
     def __call__(self, text: str, depth: int) -> str:
@@ -154,11 +90,9 @@ class Layout:
         key = (depth, first if first in _KEYWORDS else "", text.translate(_SHAPE))
         split = self._splits.get(key, _UNKNOWN)
         if split is _UNKNOWN:
-            try:
-                split = _split(_tokens(text), depth)
-            except _Unsupported:
-                split = None
-            self._splits[key] = split
+            laid_out = _with_black(text, depth)
+            self._splits[key] = _template(text, laid_out)
+            return laid_out
         if split is None:
             return _with_black(text, depth)
         return split.format(*_VALUES.findall(text))
@@ -169,25 +103,27 @@ def lay_out(text: str, depth: int) -> str:
     return Layout()(text, depth)
 
 
-def _split(tokens: list[tuple[int, str]], depth: int) -> str:
-    """black's split of the statement, as a format string over its tokens."""
-    line = Line(depth)
-    for leaf in _leaves(tokens):
-        line.append(leaf)
+def _template(text: str, laid_out: str) -> str | None:
+    """``laid_out`` as a format string over ``text``'s tokens, or None.
+
+    black changes whitespace and adds brackets and commas; each token of the
+    statement is found again, in order, and becomes its placeholder.  A name,
+    number or string black rewrote (a quote normalized, say) has no
+    placeholder to become: then None, and black runs for every statement of the
+    shape.
+    """
+    values = _VALUES.findall(text)
     parts = []
-    for split in transform_line(line):
-        first = split.leaves[0]
-        parts.append("\n" + first.prefix + "    " * split.depth)
-        for leaf in split.leaves:
-            if leaf is not first:
-                parts.append(leaf.prefix)
-            parts.append(
-                f"{{{leaf.source}}}"
-                if leaf.source >= 0
-                else leaf.value.replace("{", "{{").replace("}", "}}")
-            )
-    # The first line comes unindented: the template indents it.
-    return "".join(parts)[1 + 4 * depth :]
+    index = 0
+    for token in _TOKEN.findall(laid_out):
+        if index < len(values) and token == values[index]:
+            parts.append(f"{{{index}}}")
+            index += 1
+        elif _LITERAL.fullmatch(token):
+            return None
+        else:
+            parts.append(token.replace("{", "{{").replace("}", "}}"))
+    return "".join(parts) if index == len(values) else None
 
 
 def _plain_call(text: str, depth: int) -> str | None:
@@ -246,167 +182,3 @@ def _with_black(text: str, depth: int) -> str:
     source = f"{nesting}{'    ' * depth}{text}\n{body}"
     lines = black.format_str(source, mode=BLACK_MODE).splitlines()
     return "\n".join(lines[depth : len(lines) - bool(body)])[4 * depth :]
-
-
-# -- one statement to black's leaves ----------------------------------------------------
-
-
-def _tokens(text: str) -> list[tuple[int, str]]:
-    tokens = []
-    for value in _TOKEN.findall(text):
-        first = value[0]
-        if first in _OPS:
-            tokens.append((_OPS[first], value))
-        elif first.isascii() and (first.isalpha() or first == "_"):
-            if first == "b" and value[1:2] in ("'", '"'):
-                tokens.append((STRING, value))
-            elif value in _UNSUPPORTED_NAMES:
-                raise _Unsupported(value)
-            else:
-                tokens.append((NAME, value))
-        elif first.isdigit():
-            tokens.append((NUMBER, value))
-        elif first == '"' or first == "'":
-            tokens.append((STRING, value))
-        elif first != " ":
-            raise _Unsupported(f"cannot tokenize {value!r}")
-    if not tokens:
-        raise _Unsupported("empty statement")
-    return tokens
-
-
-def _leaves(tokens: list[tuple[int, str]]) -> list[Leaf]:
-    """The leaves of black's LineGenerator for one statement: each knows its
-    parent node's kind and the whitespace before it; invisible parens added."""
-    is_def = tokens[0] == (NAME, "def")
-    leaves: list[Leaf] = []
-    stack: list[Leaf] = []  # open brackets
-    previous: Leaf | None = None
-    for index, (kind, value) in enumerate(tokens):
-        leaf = Leaf(kind, value, source=index)
-        prev_kind = previous.kind if previous is not None else None
-        # After a name (not a keyword) or a closing bracket come trailers:
-        # calls, subscripts, attributes.
-        after_operand = prev_kind in CLOSING or (
-            prev_kind == NAME and not (index == 1 and tokens[0][1] in _KEYWORDS)
-        )
-        enclosing = stack[-1] if stack else None
-        if kind in OPENING:
-            if is_def and index == 2:
-                leaf.parent = PARAMETERS
-            elif kind != LBRACE and after_operand:
-                leaf.parent = TRAILER
-            else:
-                leaf.parent = ATOM
-            stack.append(leaf)
-        elif kind in CLOSING:
-            if not stack or MATCHING[stack[-1].kind] != kind:
-                raise _Unsupported("unbalanced brackets")
-            leaf.parent = stack.pop().parent
-        elif kind == COMMA:
-            if (
-                enclosing is not None
-                and enclosing.kind == LPAR
-                and enclosing.parent in (TRAILER, PARAMETERS)
-            ):
-                leaf.parent = ARGLIST
-        elif kind == DOT:
-            if after_operand:
-                leaf.parent = TRAILER
-            elif prev_kind in (None, DOT, LPAR, LSQB, LBRACE, COMMA, EQUAL, COLON):
-                leaf.parent = ATOM  # part of ``...``
-            else:
-                raise _Unsupported("attribute of a literal or keyword")
-        elif kind == MINUS:
-            if after_operand or prev_kind in (NUMBER, STRING, DOT):
-                raise _Unsupported("binary operator")
-        elif kind == STAR:
-            if not (enclosing is not None and enclosing.parent == PARAMETERS):
-                raise _Unsupported("star argument")
-        elif kind == EQUAL and enclosing is not None and enclosing.parent != TRAILER:
-            raise _Unsupported("= inside a display")
-        leaf.ws = _whitespace(leaf, previous, enclosing)
-        leaves.append(leaf)
-        previous = leaf
-    if stack:
-        raise _Unsupported("unbalanced brackets")
-    return leaves if is_def else _add_invisible_parens(leaves)
-
-
-def _whitespace(leaf: Leaf, previous: Leaf | None, enclosing: Leaf | None) -> str:
-    """black's ``whitespace(leaf)`` for the leaves of Stitch's statements."""
-    if previous is None:
-        return ""
-    kind, prev = leaf.kind, previous.kind
-    if kind in _NO_SPACE_BEFORE or (kind == DOT and leaf.parent == TRAILER):
-        return ""
-    if prev in OPENING or prev == DOT or prev == MINUS:
-        return ""
-    if kind in OPENING and leaf.parent in (TRAILER, PARAMETERS):
-        return ""
-    if kind == EQUAL or prev == EQUAL:
-        # A keyword argument's = has no spaces around it, an assignment's has.
-        return "" if enclosing is not None else " "
-    return " "
-
-
-def _add_invisible_parens(leaves: list[Leaf]) -> list[Leaf]:
-    """Invisible parens where black's normalize_invisible_parens puts them: around
-    the value of ``del``, ``return`` and ``=``, and around a tuple target."""
-    head = leaves[0]
-    if head.kind == NAME and head.value in _KEYWORDS:
-        if len(leaves) == 1:
-            raise _Unsupported("bare keyword")
-        return [head, *_wrapped(leaves[1:], " ")]
-    depth = 0
-    assign = None
-    commas = False
-    for index, leaf in enumerate(leaves):
-        if leaf.kind in OPENING:
-            depth += 1
-        elif leaf.kind in CLOSING:
-            depth -= 1
-        elif depth == 0 and leaf.kind == EQUAL:
-            if assign is not None:
-                raise _Unsupported("chained assignment")
-            assign = index
-        elif depth == 0 and leaf.kind == COMMA:
-            commas = True
-    if assign is None:
-        if commas:
-            raise _Unsupported("tuple expression statement")
-        return leaves
-    targets, value = leaves[:assign], leaves[assign + 1 :]
-    if not value or any(leaf.kind in OPENING for leaf in targets):
-        raise _Unsupported("assignment target")
-    if len(targets) > 1:
-        targets = _wrapped(targets, "")
-    return [*targets, leaves[assign], *_wrapped(value, " ")]
-
-
-def _wrapped(leaves: list[Leaf], ws: str) -> list[Leaf]:
-    """``leaves`` in invisible parens, unless they are a parenthesized tuple,
-    ``()`` or a one-tuple, whose parens black keeps as they are."""
-    first, last = leaves[0], leaves[-1]
-    if first.kind == LPAR and first.parent == ATOM and _closing_of(leaves) is last:
-        if len(leaves) == 2 or any(
-            leaf.kind == COMMA and leaf.bracket_depth == 1 for leaf in leaves
-        ):
-            return leaves
-        raise _Unsupported("redundant parentheses")
-    first.ws = ""
-    return [Leaf(LPAR, "", ws, ATOM), *leaves, Leaf(RPAR, "", "", ATOM)]
-
-
-def _closing_of(leaves: list[Leaf]) -> Leaf | None:
-    """The leaf closing the bracket ``leaves[0]`` opens; sets relative depths."""
-    depth = 0
-    for leaf in leaves:
-        if leaf.kind in CLOSING:
-            depth -= 1
-            if depth == 0:
-                return leaf
-        leaf.bracket_depth = depth
-        if leaf.kind in OPENING:
-            depth += 1
-    return None
