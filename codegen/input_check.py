@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -348,6 +349,9 @@ def _bounds(t: TensorInput, variables: dict[str, str]) -> str:
     guard has checked the rank and the size already.
     """
     general = f"{IN_RANGE}({t.name}, {t.index_bound})"
+    if all(isinstance(s, int) for s in t.sizes) and math.prod(t.sizes) == 1:
+        # One sequence's decode step called the transformers way: ids [1, 1].
+        return f"0 <= {t.name}.item() < {t.index_bound}"
     if len(t.sizes) == 1 and isinstance(t.sizes[0], str):
         count = variables[t.sizes[0]]
         return (

@@ -224,8 +224,9 @@ def in_range(t: torch.Tensor, high: int) -> bool:
     A decode step has a few ids: reading them as a list costs about a third of
     two reductions with their host reads (``bench/token_bounds.py``).
     """
-    if t.dim() == 1 and t.numel() <= 32:
-        values = t.tolist()
+    if t.numel() <= 32:
+        # A decode step's ids are [batch, 1] when called the transformers way.
+        values = t.tolist() if t.dim() == 1 else t.reshape(-1).tolist()
         return not values or (min(values) >= 0 and max(values) < high)
     return t.numel() == 0 or (int(t.min()) >= 0 and int(t.max()) < high)
 
