@@ -38,6 +38,7 @@ from stitch.runtime import CompilationConfig, aot_compile  # noqa: E402
 from stitch.runtime.examples import LlamaConfig, build_llama  # noqa: E402
 from stitch.runtime.hf import build_model  # noqa: E402
 from stitch.runtime.hf.decode import greedy_decode, static_cache  # noqa: E402
+from stitch.runtime.pipeline.input_signature import SizedGuards  # noqa: E402
 
 WORKER = Path(__file__).with_name("hf_decode_worker.py")
 SHAPE = {"batch": 2, "prompt": 6, "new_tokens": 8}
@@ -188,3 +189,32 @@ def test_keyword_arguments_and_dynamic_dims_by_name_are_checked() -> None:
             model, (), config, example_kwargs={"input_ids": ids},
             dynamic_dims={"positions": [1]},
         )
+
+
+@pytest.mark.slow
+def test_a_size_dynamo_made_dynamic_by_itself_is_checked_as_the_example() -> None:
+    """NOTE: [a size Dynamo made dynamic by itself] (input_signature.py)."""
+    torch._dynamo.reset()
+    model = build_model("llama", attn_implementation="stitch").eval()
+    gen = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(3, 512, (1, n), generator=gen) for n in (5, 6)]
+    # torch.compile of the same forward for two prompt lengths: Dynamo makes
+    # the length dynamic for every later compile of that code in this process.
+    seen = torch.compile(model, backend="eager")
+    with torch.no_grad():
+        for p in prompts:
+            seen(input_ids=p, past_key_values=static_cache(model, 1, 12), use_cache=True)
+        example = {
+            "input_ids": prompts[1],
+            "past_key_values": static_cache(model, 1, 12),
+            "use_cache": True,
+        }
+        config = CompilationConfig(backend="eager", disable_cache=True)
+        compiled = aot_compile(model, (), config, example_kwargs=example)
+    check = compiled.forward.__func__.__globals__
+    # Every size of the prompt's signature is static (no guard per token count).
+    assert not isinstance(check["SIGNATURE_0"], SizedGuards)
+    # A decode step (1 token) is not the prompt's signature: it compiles its own.
+    got = greedy_decode(compiled, model, prompts[1], 6)
+    assert torch.equal(got, greedy_decode(model, model, prompts[1], 6))
+    assert "SIGNATURE_1" in check

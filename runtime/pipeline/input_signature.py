@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,6 +87,17 @@ def _tensor(
     raw = found.sizes if found is not None and found.sizes is not None else None
     if raw is None or len(raw) != a.dim():
         raw = tuple(f"{prefix}_{d}" if d in dyn else s for d, s in enumerate(a.shape))
+    else:
+        # NOTE: [a size Dynamo made dynamic by itself]
+        # Dynamo makes a size that changed between compiles of the same code
+        # in this process dynamic (automatic dynamic shapes): a backed symbol,
+        # which its guards keep off 0 and 1.  The saved forward runs without
+        # them, so such a size is checked as the example's; a dim asked for
+        # (unbacked: every size) stays dynamic.
+        raw = tuple(
+            int(a.shape[d]) if _backed(s) and d not in dyn else s
+            for d, s in enumerate(raw)
+        )
     sizes = tuple(
         symbols.setdefault(s, f"n{len(symbols)}") if isinstance(s, str) else s
         for s in raw
@@ -102,6 +114,10 @@ def _tensor(
         bool(found is not None and found.mutated),
         found.index_bound if found is not None else None,
     )
+
+
+def _backed(size: int | str) -> bool:
+    return isinstance(size, str) and re.fullmatch(r"s\d+", size) is not None
 
 
 def contiguous_strides(sizes: Sequence[int | str]) -> tuple[int | None, ...]:
