@@ -31,7 +31,6 @@ import pytest
 pytest.importorskip("transformers")
 
 import torch  # noqa: E402
-from backend_support import parse_worker, worker_env  # noqa: E402
 
 from stitch.codegen.errors import StitchInputError, StitchRuntimeError  # noqa: E402
 from stitch.runtime import CompilationConfig, aot_compile  # noqa: E402
@@ -39,6 +38,8 @@ from stitch.runtime.examples import LlamaConfig, build_llama  # noqa: E402
 from stitch.runtime.hf import build_model  # noqa: E402
 from stitch.runtime.hf.decode import greedy_decode, static_cache  # noqa: E402
 from stitch.runtime.pipeline.input_signature import SizedGuards  # noqa: E402
+
+from backend_support import parse_worker, worker_env  # noqa: E402
 
 WORKER = Path(__file__).with_name("hf_decode_worker.py")
 SHAPE = {"batch": 2, "prompt": 6, "new_tokens": 8}
