@@ -20,6 +20,7 @@ calls, the median of rounds), every output checked against its reference first:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import statistics
@@ -90,12 +91,14 @@ def hf_table(device: str, dtype: torch.dtype, iters: int, rounds: int) -> None:
         sinks = torch.randn(1, heads, 1, 1, device=device, generator=gen)
         scale = dim**-0.5
         variants = {
-            "sdpa": lambda: hf_attention_reference(q, k, v, mask, out, scale, causal),
-            "sinks": lambda: hf_attention_reference(
-                q, k, v, mask, out, scale, causal, sinks
+            "sdpa": functools.partial(
+                hf_attention_reference, q, k, v, mask, out, scale, causal
             ),
-            "softcap": lambda: hf_attention_reference(
-                q, k, v, mask, out, scale, causal, None, 50.0
+            "sinks": functools.partial(
+                hf_attention_reference, q, k, v, mask, out, scale, causal, sinks
+            ),
+            "softcap": functools.partial(
+                hf_attention_reference, q, k, v, mask, out, scale, causal, None, 50.0
             ),
         }
         t = compare(variants, iters, rounds, device)
@@ -155,11 +158,13 @@ def kernel_table(device: str, dtype: torch.dtype, iters: int, rounds: int) -> No
         )
         torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
         variants = {
-            "kernel": lambda: triton_attention.decode_attention(
-                q, k, v, *caches, positions, out, 0.1, *extra, kernels=kernels
+            "kernel": functools.partial(
+                triton_attention.decode_attention,
+                *(q, k, v, *caches, positions, out, 0.1, *extra),
+                kernels=kernels,
             ),
-            "torch": lambda: attention_reference(
-                q, k, v, *caches, positions, out, 0.1, *extra
+            "torch": functools.partial(
+                attention_reference, q, k, v, *caches, positions, out, 0.1, *extra
             ),
         }
         t = compare(variants, iters, rounds, device)

@@ -16,6 +16,7 @@ size.  Side by side in one process, on the same model and inputs:
 ``stitch-vllm``       Stitch PIECEWISE through the vLLM-style per-piece path:
                       split GraphModule forward, each piece a wrapper that looks
                       up a forward context and its own graph table
+                      (bench/vllm_style.py)
 ``stitch-piecewise``  Stitch PIECEWISE with the dispatch hoisted into the emitted
                       function: one table lookup per forward, bare replays
 ``stitch-full``       Stitch FULL: one graph per size for the whole forward
@@ -49,6 +50,7 @@ import dataclasses
 import gc
 import json
 import math
+import os
 import platform
 import statistics
 import sys
@@ -62,6 +64,9 @@ from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
 from stitch.runtime.cudagraph import CUDAGraphManager, EmulatedGraphOps
 from stitch.runtime.examples import LlamaConfig, LlamaModel
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vllm_style import VllmStyleManager  # noqa: E402  (bench/, beside this file)
+
 VARIANTS = (
     "eager",
     "compile",
@@ -72,10 +77,10 @@ VARIANTS = (
     "stitch-fp",
 )
 STITCH_MODES: dict[str, dict[str, Any]] = {
-    "stitch-vllm": {"cudagraph_mode": "PIECEWISE", "dispatch": "per_piece"},
-    "stitch-piecewise": {"cudagraph_mode": "PIECEWISE", "dispatch": "hoisted"},
-    "stitch-full": {"cudagraph_mode": "FULL", "dispatch": "hoisted"},
-    "stitch-fp": {"cudagraph_mode": "FULL_AND_PIECEWISE", "dispatch": "hoisted"},
+    "stitch-vllm": {"cudagraph_mode": "PIECEWISE"},  # with VllmStyleManager
+    "stitch-piecewise": {"cudagraph_mode": "PIECEWISE"},
+    "stitch-full": {"cudagraph_mode": "FULL"},
+    "stitch-fp": {"cudagraph_mode": "FULL_AND_PIECEWISE"},
 }
 # vLLM's default capture sizes: 1, 2, 4, then every multiple of 8 up to 512.
 CAPTURE_SIZES = [1, 2, 4, *range(8, 513, 8)]
@@ -330,9 +335,12 @@ def prepare(
         ),
     )
     backend = StitchBackend(config)
+    manager = VllmStyleManager if variant == "stitch-vllm" else CUDAGraphManager
     if args.emulate or args.host_only:
         ops = NullGraphOps() if args.host_only else EmulatedGraphOps()
-        backend.cudagraphs = CUDAGraphManager(config, ops=ops)
+        backend.cudagraphs = manager(config, ops=ops)
+    elif manager is not CUDAGraphManager:
+        backend.cudagraphs = manager(config)
     forward = torch.compile(
         model, backend=backend, fullgraph=True, options=dict(NO_GUARDS)
     )
@@ -379,7 +387,7 @@ def launch_floor_us(
     Each is timed as a forward issues it: one call per layer in a row (from an
     idle GPU), divided by the number of layers.
     """
-    layers = list(zip(subject.caches[::2], subject.caches[1::2]))
+    layers = list(zip(subject.caches[::2], subject.caches[1::2], strict=True))
     q = torch.randn(
         n, subject.heads, subject.head_dim, device=device, dtype=subject.dtype
     )
@@ -423,7 +431,7 @@ def measure(
         inputs, kwargs = subject.inputs(n, 3)
         iters = args.iters if n <= max(args.decode) else max(10, args.iters // 10)
 
-        def forward() -> Any:
+        def forward(inputs: Any = inputs, kwargs: Any = kwargs) -> Any:
             return prepared.forward(*inputs, **kwargs)
 
         with torch.inference_mode():

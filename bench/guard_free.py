@@ -123,7 +123,7 @@ def main() -> None:
         "eager": model,
     }
     with torch.no_grad():
-        for name, fn in variants.items():  # warm-up, and a numerics check
+        for fn in variants.values():  # warm-up, and a numerics check
             model.reset_kv_caches()
             out = fn(ids, pos)
             model.reset_kv_caches()

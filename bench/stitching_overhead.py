@@ -323,7 +323,7 @@ class _FloorWriter:
         # is the least any stitching can do, so it is the strictest floor.
         inner: dict[fx.Node, str] = {}
         placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
-        for ph, arg in zip(placeholders, node.args):
+        for ph, arg in zip(placeholders, node.args, strict=False):
             inner[ph] = self.render(arg, env)
         for n in module.graph.nodes:
             if n.op in ("call_function", "call_method"):
@@ -366,7 +366,9 @@ def floor_source(
     return writer.write(), writer.globals
 
 
-def compile_floor(split_gm: fx.GraphModule, inline_attention: bool = True) -> Callable[..., Any]:
+def compile_floor(
+    split_gm: fx.GraphModule, inline_attention: bool = True
+) -> Callable[..., Any]:
     source, namespace = floor_source(split_gm, inline_attention)
     exec(compile(source, "<stitching-floor>", "exec"), namespace)  # noqa: S102
     return namespace["floor_fn"]
@@ -481,7 +483,12 @@ def measure(
 
 def format_table(rows: list[tuple[int, dict[str, float]]]) -> str:
     columns = [f"{v:>14}" for v in VARIANTS]
-    ratios = ["emit/floor calls", "emit/floor inline", "split_gm/emitted", "(emit-floor)/L"]
+    ratios = [
+        "emit/floor calls",
+        "emit/floor inline",
+        "split_gm/emitted",
+        "(emit-floor)/L",
+    ]
     header = f"{'layers':>6} {'pieces':>6} " + " ".join(columns)
     header += " " + " ".join(f"{r:>16}" for r in ratios)
     lines = [header, "-" * len(header)]

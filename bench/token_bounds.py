@@ -21,6 +21,7 @@ microseconds (median over rounds) and as a share of the step:
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -65,16 +66,19 @@ def main() -> None:
             for tokens in (int(x) for x in args.tokens.split(",")):
                 ids, pos = llama_inputs(cfg, tokens)
 
-                def aminmax() -> bool:
+                def aminmax(ids: torch.Tensor = ids, vocab: int = vocab) -> bool:
                     lo, hi = ids.aminmax()
                     return bool(lo >= 0) and bool(hi < vocab)
 
                 variants: dict[str, Callable[[], Any]] = {
-                    "step": lambda: compiled(ids, pos),
+                    "step": functools.partial(compiled, ids, pos),
                     "aminmax": aminmax,
-                    "min, max": lambda: int(ids.min()) >= 0 and int(ids.max()) < vocab,
-                    "all": lambda: bool(((ids >= 0) & (ids < vocab)).all()),
-                    "in_range": lambda: in_range(ids, vocab),
+                    "min, max": lambda ids=ids, vocab=vocab: int(ids.min()) >= 0
+                    and int(ids.max()) < vocab,
+                    "all": lambda ids=ids, vocab=vocab: bool(
+                        ((ids >= 0) & (ids < vocab)).all()
+                    ),
+                    "in_range": functools.partial(in_range, ids, vocab),
                 }
                 med = time_variants(variants, args.iters, args.rounds, clock)
                 rows.append((layers, tokens, med))
@@ -100,7 +104,7 @@ def time_variants(
     variants: dict[str, Callable[[], Any]], iters: int, rounds: int, clock: Any
 ) -> dict[str, float]:
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for name, fn in variants.items():
+    for fn in variants.values():
         fn()  # warm-up
     for _ in range(rounds):
         for name, fn in variants.items():

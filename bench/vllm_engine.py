@@ -44,8 +44,8 @@ def ratios(rows: list[dict], tokens: int) -> str:
 
     parts = []
     for b in BATCHES:
-        stitch = med(4, lambda r: r["seconds"][str(b)])
-        vllm = med(2, lambda r: r["seconds"][str(b)])
+        stitch = med(4, lambda r, b=b: r["seconds"][str(b)])
+        vllm = med(2, lambda r, b=b: r["seconds"][str(b)])
         parts.append(
             f"batch {b}: Stitch warm / vLLM warm per token {stitch / vllm:.3f}"
         )
@@ -81,7 +81,9 @@ def main() -> int:
                 batches=BATCHES,
                 rounds=args.rounds,
                 repeats=args.repeats,
-                progress=lambda line: print(f"  {layers} layers, {line}", flush=True),
+                progress=lambda line, layers=layers: print(
+                    f"  {layers} layers, {line}", flush=True
+                ),
             )
         print(
             f"\n### {layers} layers, {args.tokens} new tokens, load {os.getloadavg()}\n"

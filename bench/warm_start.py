@@ -68,7 +68,12 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     after_torch = time.perf_counter()
-    from stitch.runtime import CompilationConfig, StitchBackend, aot_compile, compilation_counter
+    from stitch.runtime import (
+        CompilationConfig,
+        StitchBackend,
+        aot_compile,
+        compilation_counter,
+    )
     from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
 
     after_stitch = time.perf_counter()
@@ -87,7 +92,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         start = time.perf_counter()
         if spec["mode"] == "aot":
-            compiled: Any = aot_compile(model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]})
+            compiled: Any = aot_compile(
+                model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]}
+            )
             warm = compiled.warm
         else:
             backend = StitchBackend(config)
@@ -169,7 +176,9 @@ def machine() -> str:
     )
 
 
-def one_repeat(base: dict[str, Any], scratch: str, r: int) -> dict[tuple[str, str], dict[str, Any]]:
+def one_repeat(
+    base: dict[str, Any], scratch: str, r: int
+) -> dict[tuple[str, str], dict[str, Any]]:
     results = {}
     for label, mode, stitch_state, inductor_state in SETTINGS:
         stitch = os.path.join(scratch, f"stitch-{mode}{r}")
@@ -180,7 +189,9 @@ def one_repeat(base: dict[str, Any], scratch: str, r: int) -> dict[tuple[str, st
             shutil.rmtree(inductor, ignore_errors=True)
         elif inductor_state == "empty":
             inductor = tempfile.mkdtemp(prefix="inductor-empty-", dir=scratch)
-        results[(mode, label)] = run_child({**base, "mode": mode, "cache_dir": stitch}, inductor)
+        results[(mode, label)] = run_child(
+            {**base, "mode": mode, "cache_dir": stitch}, inductor
+        )
         if inductor_state == "empty":
             shutil.rmtree(inductor, ignore_errors=True)
     return results
@@ -190,17 +201,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--tokens", type=int, default=8, help="batch size of the first call")
+    parser.add_argument(
+        "--tokens", type=int, default=8, help="batch size of the first call"
+    )
     parser.add_argument("--compile-sizes", type=int, nargs="*", default=[4])
     parser.add_argument("--split-points", type=int, nargs="*", default=[16])
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--threads", type=int, default=0,
+        "--threads",
+        type=int,
+        default=0,
         help="OMP_NUM_THREADS for every child (0: inherit); kernels are built for it",
     )
-    parser.add_argument("--profile", action="store_true", help="cProfile one AOT warm start")
-    parser.add_argument("--top", type=int, default=25, help="rows of the profile to print")
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile one AOT warm start"
+    )
+    parser.add_argument(
+        "--top", type=int, default=25, help="rows of the profile to print"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -229,7 +248,11 @@ def main() -> None:
         if args.profile:
             profile_path = os.path.join(scratch, "warm.prof")
             empty = tempfile.mkdtemp(prefix="inductor-empty-", dir=scratch)
-            spec = {**base, "mode": "aot", "cache_dir": os.path.join(scratch, "stitch-aot0")}
+            spec = {
+                **base,
+                "mode": "aot",
+                "cache_dir": os.path.join(scratch, "stitch-aot0"),
+            }
             run_child({**spec, "profile": profile_path}, empty)
         report(args, runs, start_load)
         if profile_path:
@@ -239,7 +262,9 @@ def main() -> None:
 
 
 def report(
-    args: argparse.Namespace, runs: list[dict[tuple[str, str], dict[str, Any]]], start_load: str
+    args: argparse.Namespace,
+    runs: list[dict[tuple[str, str], dict[str, Any]]],
+    start_load: str,
 ) -> None:
     def med(key: tuple[str, str], field: str) -> float:
         return statistics.median(r[key][field] for r in runs)
@@ -280,7 +305,9 @@ def report(
     print("\nwhere its time goes (medians, s):\n")
     print("| part | s |\n| --- | ---: |")
     for part in runs[0][warm]["parts"]:
-        print(f"| {part} | {statistics.median(r[warm]['parts'][part] for r in runs):.3f} |")
+        print(
+            f"| {part} | {statistics.median(r[warm]['parts'][part] for r in runs):.3f} |"
+        )
     worst = max(r[key]["max_abs_diff"] for r in runs for key in r)
     print(f"max |compiled - eager| over all runs: {worst:.2e}")
     print(f"machine: {machine()}")

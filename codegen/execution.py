@@ -14,6 +14,8 @@ from typing import Any
 
 import torch.fx as fx
 
+from .aliases import Alias as _Alias
+from .aliases import alias_candidate as _alias_candidate
 from .body import FunctionBody
 from .context import FunctionContext, ModuleContext, PieceFunction, Statement
 from .contract import (
@@ -27,8 +29,6 @@ from .contract import (
 from .errors import StitchCodegenError
 from .expressions import kwargs_source, node_expression
 from .fingerprint import graph_hash, structural_hash
-from .aliases import Alias as _Alias
-from .aliases import alias_candidate as _alias_candidate
 from .naming import Namespace, base_name
 from .pieces import (
     fetch_attr,
@@ -456,7 +456,7 @@ class _ModuleLowering:
         # is called, its placeholders replaced by the call's arguments: no
         # function, no extra frame per layer.
         placeholders = [p for p in module.graph.nodes if p.op == "placeholder"]
-        argument = dict(zip(placeholders, n.args))
+        argument = dict(zip(placeholders, n.args, strict=False))
 
         def name_of(node: fx.Node) -> str:
             if node in argument:

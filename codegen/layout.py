@@ -18,6 +18,7 @@ import black
 from black.strings import str_width
 
 from .lines import (
+    ARGLIST,
     ATOM,
     CLOSING,
     COLON,
@@ -40,7 +41,6 @@ from .lines import (
     STAR,
     STRING,
     TRAILER,
-    ARGLIST,
     Leaf,
     Line,
 )

@@ -239,7 +239,7 @@ def is_one_sequence_between(
     if (opening.kind, closing.kind) != brackets:
         return False
     depth = closing.bracket_depth + 1
-    for index, leaf in enumerate(leaves):
+    for index, leaf in enumerate(leaves):  # noqa: B007 - read after the loop
         if leaf is opening:
             break
     else:

@@ -42,13 +42,13 @@ from .lines import (
     CannotSplit,
     Leaf,
     Line,
-    new_comma,
-    parent_of,
     ensure_visible,
     get_leaves_inside_matching_brackets,
     is_line_short_enough,
     is_one_sequence_between,
     line_to_string,
+    new_comma,
+    parent_of,
 )
 
 # -- transforms (black's linegen) -------------------------------------------------------
@@ -287,7 +287,8 @@ def _can_omit_opening_paren(line: Line, first: Leaf) -> bool:
     remainder = False
     length = 4 * line.depth
     index = -1
-    for index, leaf, leaf_length in line.enumerate_with_length():
+    # index is read after the loop
+    for index, leaf, leaf_length in line.enumerate_with_length():  # noqa: B007
         if leaf.kind in CLOSING and leaf.opening_bracket is first:
             remainder = True
         if remainder:

@@ -77,7 +77,9 @@ def entry_label(entry: Any) -> str:
 def _parse_entry(entry: Any) -> Entry:
     if isinstance(entry, torch._ops.OpOverload):
         name = entry._schema.name
-        return Entry("overload", f"{name}.{entry._overloadname}", name, entry._overloadname)
+        return Entry(
+            "overload", f"{name}.{entry._overloadname}", name, entry._overloadname
+        )
     if isinstance(entry, torch._ops.OpOverloadPacket):
         return Entry("op", entry._qualified_op_name, entry._qualified_op_name)
     if isinstance(entry, torch._ops.HigherOrderOperator):
@@ -98,7 +100,9 @@ def _parse_entry(entry: Any) -> Entry:
             "name 'module.function' of a callable"
         )
     if callable(entry) and not isinstance(entry, (bool, int, float)):
-        return Entry("callable", callable_name(entry) or type(entry).__qualname__, obj=entry)
+        return Entry(
+            "callable", callable_name(entry) or type(entry).__qualname__, obj=entry
+        )
     raise ValueError(
         f"splitting op {entry!r} (type {type(entry).__name__}) must be a string "
         "'ns::op[.overload]' or 'module.function', an op (OpOverload, "
@@ -110,14 +114,22 @@ def callable_name(fn: Any) -> str | None:
     """``module.name`` of a function, builtin or Tensor method (None if it has none)."""
     objclass = getattr(fn, "__objclass__", None)
     name = getattr(fn, "__name__", None)
-    if name and isinstance(objclass, type) and issubclass(objclass, torch._C.TensorBase):
+    if (
+        name
+        and isinstance(objclass, type)
+        and issubclass(objclass, torch._C.TensorBase)
+    ):
         return f"torch.Tensor.{name}"
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None) or name
     if module == "_operator":
         module = "operator"
     if module and qualname:
-        if module == "torch" and qualname.startswith("_VariableFunctionsClass.") and name:
+        if (
+            module == "torch"
+            and qualname.startswith("_VariableFunctionsClass.")
+            and name
+        ):
             return f"torch.{name}"
         return f"{module}.{qualname}"
     return name
@@ -127,8 +139,10 @@ def _torch_function_op(fn: Any) -> str | None:
     """``aten::<name>`` for a torch function Dynamo keeps in its graph, else None."""
     module = getattr(fn, "__module__", None) or ""
     name = getattr(fn, "__name__", None)
-    if name and (module == "torch" or module.startswith("torch.")) and not module.startswith(
-        "torch._ops"
+    if (
+        name
+        and (module == "torch" or module.startswith("torch."))
+        and not module.startswith("torch._ops")
     ):
         return f"aten::{name}"
     return None
@@ -155,7 +169,9 @@ def resolve_dotted(name: str) -> Any:
 class NodeKey:
     """What a node can be matched by: op names, overload, callable, dotted names."""
 
-    op: str | None = None  # "ns::op" (an overload's, a packet's, a HOP's, an aten alias's)
+    op: str | None = (
+        None  # "ns::op" (an overload's, a packet's, a HOP's, an aten alias's)
+    )
     overload: str | None = None  # set only for an OpOverload target
     exact: bool = True  # False: the overload is chosen at run time (packet, alias)
     target: Any = None
@@ -166,13 +182,19 @@ class NodeKey:
 def node_key(node: fx.Node) -> NodeKey | None:
     """How ``node`` can be matched; None for nodes that are never splitting ops."""
     if node.op == "call_method" and isinstance(node.target, str):
-        return NodeKey(op=f"aten::{node.target}", exact=False, method=node.target,
-                       dotted=(f"torch.Tensor.{node.target}",))
+        return NodeKey(
+            op=f"aten::{node.target}",
+            exact=False,
+            method=node.target,
+            dotted=(f"torch.Tensor.{node.target}",),
+        )
     if node.op != "call_function":
         return None
     target = node.target
     if isinstance(target, torch._ops.OpOverload):
-        return NodeKey(op=target._schema.name, overload=target._overloadname, target=target)
+        return NodeKey(
+            op=target._schema.name, overload=target._overloadname, target=target
+        )
     if isinstance(target, torch._ops.OpOverloadPacket):
         return NodeKey(op=target._qualified_op_name, exact=False, target=target)
     if isinstance(target, torch._ops.HigherOrderOperator):
@@ -181,10 +203,14 @@ def node_key(node: fx.Node) -> NodeKey | None:
     named = callable_name(target)
     if named:
         names.append(named)
-    module, qualname = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+    module, qualname = getattr(target, "__module__", None), getattr(
+        target, "__qualname__", None
+    )
     if module and qualname and f"{module}.{qualname}" not in names:
         names.append(f"{module}.{qualname}")
-    return NodeKey(op=_torch_function_op(target), exact=False, target=target, dotted=tuple(names))
+    return NodeKey(
+        op=_torch_function_op(target), exact=False, target=target, dotted=tuple(names)
+    )
 
 
 def _entry_matches(entry: Entry, key: NodeKey) -> bool:
@@ -204,8 +230,14 @@ def _entry_matches(entry: Entry, key: NodeKey) -> bool:
         obj = resolve_dotted(entry.name)
         if obj is None:
             return False
-        if isinstance(obj, (torch._ops.OpOverload, torch._ops.OpOverloadPacket,
-                            torch._ops.HigherOrderOperator)):
+        if isinstance(
+            obj,
+            (
+                torch._ops.OpOverload,
+                torch._ops.OpOverloadPacket,
+                torch._ops.HigherOrderOperator,
+            ),
+        ):
             return _entry_matches(_parse_entry(obj), key)
         return _callable_matches(obj, key)
     return False
@@ -241,7 +273,9 @@ class OpMatcher:
     @property
     def overloads(self) -> frozenset[tuple[str, str]]:
         """``(ns::op, overload)`` pairs that match one overload."""
-        return frozenset((e.name, e.overload) for e in self.entries if e.kind == "overload")
+        return frozenset(
+            (e.name, e.overload) for e in self.entries if e.kind == "overload"
+        )
 
     def match(self, node: fx.Node) -> Entry | None:
         """The first entry that ``node`` matches, else None."""

@@ -96,7 +96,7 @@ def module_path_of(gm: fx.GraphModule) -> str:
         return paths[0]
     split = [p.split(".") for p in paths]
     common: list[str] = []
-    for parts in zip(*split):
+    for parts in zip(*split, strict=False):
         if len(set(parts)) != 1:
             break
         common.append(parts[0])

@@ -353,7 +353,10 @@ def _decompose_size_nodes(gm: fx.GraphModule) -> None:
                     # An op takes the list of ints as it is; anything else (a
                     # method such as numel(), Python code, the graph's output)
                     # gets a torch.Size again, built right before its user.
-                    if not isinstance(user.target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+                    if not isinstance(
+                        user.target,
+                        (torch._ops.OpOverload, torch._ops.OpOverloadPacket),
+                    ):
                         dims = graph.call_function(torch.Size, (dims,))
                 user.replace_input_with(node, dims)
                 changed = True
@@ -371,7 +374,9 @@ def _check_no_size_crosses(split_gm: fx.GraphModule) -> None:
             continue
         sub = getattr(split_gm, node.target)
         out = next(n for n in sub.graph.nodes if n.op == "output")
-        values = out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
+        values = (
+            out.args[0] if isinstance(out.args[0], (tuple, list)) else (out.args[0],)
+        )
         for val in values:
             if isinstance(val, fx.Node) and _is_full_size(val):
                 raise StitchCodegenError(

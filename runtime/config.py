@@ -7,6 +7,7 @@ import difflib
 import enum
 import hashlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 from stitch.codegen.errors import StitchConfigError
@@ -106,8 +107,8 @@ class _ChecksFieldNames(type):
 class CompilationConfig(metaclass=_ChecksFieldNames):
     """Configuration of :class:`stitch.runtime.StitchBackend`.
 
-    Fields that change compiled code enter :meth:`compute_hash`; cache and dump
-    locations do not.
+    Every field enters :meth:`compute_hash` but those ``NOT_HASHED`` names
+    (cache and dump locations, CUDA graph settings).
     """
 
     backend: str = "inductor"
@@ -123,10 +124,6 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
     cache_dir: str = ""
     disable_cache: bool = False
     debug_dump_path: str = ""
-    # "hoisted": the emitted function picks the per-size runnables once per
-    # forward; "per_piece": every piece call dispatches on its own (vLLM-style,
-    # kept as a benchmark baseline).
-    dispatch: str = "hoisted"
     # CUDA graphs (used on CUDA devices only; nothing happens on CPU).
     cudagraph_mode: Any = CUDAGraphMode.PIECEWISE
     cudagraph_capture_sizes: list[int] | None = None
@@ -203,10 +200,6 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
         self.inductor_passes = _passes(
             self.inductor_passes, self.inductor_compile_config
         )
-        if self.dispatch not in ("hoisted", "per_piece"):
-            raise _field_error(
-                "dispatch", self.dispatch, "must be 'hoisted' or 'per_piece'"
-            )
         for name in ("cache_dir", "debug_dump_path"):
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
@@ -273,22 +266,72 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
         return ranges
 
     def compute_hash(self) -> str:
-        """Stable hash of every field that changes compiled code."""
-        factors = {
-            "backend": self.backend,
-            "splitting_ops": sorted(_op_name(op) for op in self.splitting_ops or ()),
-            "compile_sizes": list(self.compile_sizes),
-            "compile_ranges": self.compile_ranges(),
-            "max_num_batched_tokens": self.max_num_batched_tokens,
-            "dispatch": self.dispatch,
-            "inductor_compile_config": sorted(
-                (k, repr(v)) for k, v in self.inductor_compile_config.items()
-            ),
-        }
-        if self.inductor_passes:
-            # Only when set: configs without passes keep their hash (and cache).
-            factors["inductor_passes"] = [pass_uuid(p) for p in self.inductor_passes]
+        """Stable hash of every field but those in ``NOT_HASHED``.
+
+        NOTE: [the config hash covers every field]
+        A field enters the hash unless ``NOT_HASHED`` names it with the reason
+        it changes no compiled code, so a new field is in the cache key from
+        the day it is added (tests/test_config.py fails for a field in
+        neither).  ``_HASHED_AS`` gives the fields with several spellings of one
+        value their canonical form; every other field enters as its ``repr``.
+        """
+        factors = {}
+        for field in dataclasses.fields(self):
+            if field.name in NOT_HASHED:
+                continue
+            key, canonical = _HASHED_AS.get(
+                field.name, (field.name, lambda c, n=field.name: getattr(c, n))
+            )
+            value = canonical(self)
+            if value is not _UNHASHED:
+                factors[key] = value
         return hashlib.sha256(repr(sorted(factors.items())).encode()).hexdigest()
+
+
+_UNHASHED = object()  # a canonical form's "leave this field out"
+
+# Fields that change no compiled code, and why (NOTE: [the config hash covers
+# every field]).
+NOT_HASHED: dict[str, str] = {
+    "cache_dir": "where the cache is",
+    "disable_cache": "whether the cache is used",
+    "debug_dump_path": "where debug files go",
+    # CUDA graphs wrap the compiled pieces at run time; a saved forward records
+    # these settings apart (cudagraph/plan.py, plan_settings).
+    "cudagraph_mode": "CUDA graphs are a runtime wrapper",
+    "cudagraph_capture_sizes": "CUDA graphs are a runtime wrapper",
+    "max_cudagraph_capture_size": "CUDA graphs are a runtime wrapper",
+    "cudagraph_num_of_warmups": "CUDA graphs are a runtime wrapper",
+    "cudagraph_copy_inputs": "CUDA graphs are a runtime wrapper",
+    "max_full_cudagraph_size": "CUDA graphs are a runtime wrapper",
+    "cudagraph_pad_values": "CUDA graphs are a runtime wrapper",
+    "cudagraph_forbid_capture_after_startup": "CUDA graphs are a runtime wrapper",
+    "cudagraph_check_addresses": "CUDA graphs are a runtime wrapper",
+}
+
+# field -> (factor name, canonical value): one value, one hash, however given.
+_HASHED_AS: dict[str, tuple[str, Callable[[CompilationConfig], Any]]] = {
+    "splitting_ops": (
+        "splitting_ops",
+        lambda c: sorted(_op_name(op) for op in c.splitting_ops or ()),
+    ),
+    "compile_sizes": ("compile_sizes", lambda c: list(c.compile_sizes)),
+    # The ranges the split points make, with max_num_batched_tokens.
+    "compile_ranges_split_points": ("compile_ranges", lambda c: c.compile_ranges()),
+    "inductor_compile_config": (
+        "inductor_compile_config",
+        lambda c: sorted((k, repr(v)) for k, v in c.inductor_compile_config.items()),
+    ),
+    # Only when set: configs without passes keep their hash (and cache).
+    "inductor_passes": (
+        "inductor_passes",
+        lambda c: (
+            [pass_uuid(p) for p in c.inductor_passes]
+            if c.inductor_passes
+            else _UNHASHED
+        ),
+    ),
+}
 
 
 def _check_inductor_keys(patches: dict[str, Any]) -> None:

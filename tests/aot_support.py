@@ -41,7 +41,9 @@ SIZES = [8, 1, 3]
 PIECES = 2
 
 
-def run_worker(spec: dict[str, Any], inductor_dir: Path | None = None) -> dict[str, Any]:
+def run_worker(
+    spec: dict[str, Any], inductor_dir: Path | None = None
+) -> dict[str, Any]:
     """The worker's report; ``inductor_dir``: an Inductor cache of its own (else
     the test run's, which other tests' compiles of the same pieces warm)."""
     env = worker_env()
@@ -49,6 +51,9 @@ def run_worker(spec: dict[str, Any], inductor_dir: Path | None = None) -> dict[s
         env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_dir)
     proc = subprocess.run(
         [sys.executable, str(WORKER), json.dumps(spec)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     return parse_worker(proc.returncode, proc.stdout, proc.stderr)

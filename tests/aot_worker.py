@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import types
+from typing import Any
 
 # Modules a warm start has no use for: it compiles nothing and generates no code.
 WATCHED = ("torch._dynamo", "torch._inductor", "black", "jinja2")
@@ -49,7 +50,9 @@ def mapped_under(folder: str) -> list[str]:
             fields = [line.split(maxsplit=5) for line in f]
     except OSError:
         return []
-    return sorted({f[5].strip() for f in fields if len(f) == 6 and f[5].startswith(folder)})
+    return sorted(
+        {f[5].strip() for f in fields if len(f) == 6 and f[5].startswith(folder)}
+    )
 
 
 def main(spec: dict) -> dict:
@@ -81,13 +84,16 @@ def main(spec: dict) -> dict:
             ids, pos = llama_inputs(module.CFG, n, device=device)
             if first is None:
                 first = aot_compile(
-                    model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]},
+                    model,
+                    (ids, pos),
+                    config,
+                    dynamic_dims={0: [0], 1: [0]},
                     cudagraphs=cudagraphs,
                 )
                 seconds["loaded"] = time.perf_counter() - started
                 if spec.get("startup_capture"):
                     # A server captures every size before its first request.
-                    def dummy(size: int) -> None:
+                    def dummy(size: int, first: Any = first) -> None:
                         first(*llama_inputs(module.CFG, size, device=device))
 
                     first.cudagraphs.capture_sizes(dummy)

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
-from stitch.runtime.passes import InductorPass
 from stitch.runtime.examples import LlamaConfig, LlamaModel, build_llama, llama_inputs
+from stitch.runtime.passes import InductorPass
 
 TINY = LlamaConfig(num_layers=2)
 WORKER = Path(__file__).with_name("backend_worker.py")

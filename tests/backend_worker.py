@@ -33,10 +33,11 @@ class _Collect(logging.Handler):
 def main(spec: dict) -> dict:
     import torch
 
-    import backend_support
-    from backend_support import counting, eager_and_compiled, model_for
     from stitch.runtime import CompilationConfig, StitchBackend
     from stitch.runtime.examples import LlamaConfig
+
+    import backend_support
+    from backend_support import counting, eager_and_compiled, model_for
 
     collect = _Collect()
     logging.getLogger("stitch").addHandler(collect)

@@ -123,5 +123,10 @@ def tree_state(folder: Path) -> dict[str, tuple[int, int, int, int]]:
     state = {}
     for path in sorted([folder, *folder.rglob("*")]):
         st = path.lstat()
-        state[str(path.relative_to(folder))] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode)
+        state[str(path.relative_to(folder))] = (
+            st.st_ino,
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_mode,
+        )
     return state

@@ -67,7 +67,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: object | None) -> None:
     """On the xdist controller: the partial modules a worker found."""
-    _PARTIAL_MODULES.update(getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT_KEY, ()))
+    _PARTIAL_MODULES.update(
+        getattr(node, "workeroutput", {}).get(_WORKER_OUTPUT_KEY, ())
+    )
 
 
 @pytest.fixture(scope="module")

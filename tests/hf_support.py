@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 import torch
-from backend_support import INDUCTOR_TOL, counting
 
 from stitch.codegen.errors import StitchConfigError
 from stitch.runtime import CompilationConfig, StitchBackend
 from stitch.runtime.hf import FAMILIES, build_model, example_inputs, output_tensor
+
+from backend_support import INDUCTOR_TOL, counting
 
 NAMES = sorted(FAMILIES)
 SLOW = os.environ.get("STITCH_SLOW", "") == "1"

@@ -19,7 +19,9 @@ def main(spec: dict) -> dict:
     from stitch.runtime.hf import build_model, example_inputs, output_tensor
 
     family = spec["family"]
-    model = build_model(family, layers=spec["layers"], attn_implementation=spec.get("attn"))
+    model = build_model(
+        family, layers=spec["layers"], attn_implementation=spec.get("attn")
+    )
     backend = StitchBackend(CompilationConfig(cache_dir=spec["cache_dir"]))
     compiled = torch.compile(model, backend=backend, dynamic=True)
     before = compilation_counter.snapshot()

@@ -20,8 +20,6 @@ from typing import Any
 
 import pytest
 import torch
-from aot_support import MODEL_SOURCE, PIECES, SIZES, run_worker
-from backend_support import INDUCTOR_TOL
 
 from stitch.runtime import CompilationConfig, StitchBackend, StitchFunction, aot_compile
 from stitch.runtime.compat.dynamo import aot_compile_enabled
@@ -29,13 +27,20 @@ from stitch.runtime.examples import llama_inputs
 from stitch.runtime.pipeline.aot import dynamic_spec, factors, stale_reasons
 from stitch.runtime.store.trust import StitchCacheTrustError
 
+from aot_support import MODEL_SOURCE, PIECES, SIZES, run_worker
+from backend_support import INDUCTOR_TOL
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("aot")
     model_file = tmp / "aot_test_model.py"
     model_file.write_text(MODEL_SOURCE)
-    spec = {"model_file": str(model_file), "cache_dir": str(tmp / "cache"), "sizes": SIZES}
+    spec = {
+        "model_file": str(model_file),
+        "cache_dir": str(tmp / "cache"),
+        "sizes": SIZES,
+    }
     # The cold process compiles with the test run's Inductor cache: what it
     # checks (Stitch's compile count, the saved forward) does not depend on
     # whether Inductor finds the kernels there.
@@ -73,7 +78,9 @@ def test_cold_process_compiles_and_saves(runs: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_warm_process_imports_no_compiler_and_no_code_generator(runs: dict[str, Any]) -> None:
+def test_warm_process_imports_no_compiler_and_no_code_generator(
+    runs: dict[str, Any],
+) -> None:
     warm = runs["warm"]
     assert warm["warnings"] == []
     assert warm["warm"] is True
@@ -137,7 +144,9 @@ def test_guards_switch_checks_every_call(runs: dict[str, Any]) -> None:
     ids, pos = llama_inputs(module.CFG, 4)
     config = CompilationConfig(cache_dir=str(runs["cache"]))
     with torch.no_grad():
-        guarded = aot_compile(model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]}, guards=True)
+        guarded = aot_compile(
+            model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]}, guards=True
+        )
         assert guarded.warm and guarded.guards
         model.reset_kv_caches()
         out = guarded(ids, pos)
@@ -164,7 +173,10 @@ def test_stale_reasons_name_what_changed() -> None:
     (reason,) = stale_reasons(record, config, wider, dynamic_spec(wider, {0: [0]}))
     assert reason.startswith("input dtypes/ranks")
     record["factors"]["torch"] = "1.0"
-    assert any(r.startswith("torch version '1.0'") for r in stale_reasons(record, config, args, dims))
+    assert any(
+        r.startswith("torch version '1.0'")
+        for r in stale_reasons(record, config, args, dims)
+    )
 
 
 def test_dynamic_dims_are_checked() -> None:
@@ -173,7 +185,9 @@ def test_dynamic_dims_are_checked() -> None:
 
 
 @pytest.mark.slow
-def test_torch_aot_compile_saves_a_reference(runs: dict[str, Any], tmp_path: Path) -> None:
+def test_torch_aot_compile_saves_a_reference(
+    runs: dict[str, Any], tmp_path: Path
+) -> None:
     """``torch.compile(..., backend=StitchBackend(...)).aot_compile`` with torch's own save/load."""
     module = load_model(runs["model_file"])
     model = module.build()
@@ -195,7 +209,9 @@ def test_torch_aot_compile_saves_a_reference(runs: dict[str, Any], tmp_path: Pat
     path = tmp_path / "forward.aot"
     compiled.save_compiled_function(str(path))
     with open(path, "rb") as f:
-        loaded = torch.compiler.load_compiled_function(f, f_globals=type(model).forward.__globals__)
+        loaded = torch.compiler.load_compiled_function(
+            f, f_globals=type(model).forward.__globals__
+        )
     assert isinstance(loaded._artifacts.compiled_fn, StitchFunction)
     # Serving-loop inputs carry no Dynamo marks (the guards check that too).
     ids, pos = llama_inputs(module.CFG, 5)
@@ -207,7 +223,9 @@ def test_torch_aot_compile_saves_a_reference(runs: dict[str, Any], tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_a_record_others_can_write_is_refused(runs: dict[str, Any], tmp_path: Path) -> None:
+def test_a_record_others_can_write_is_refused(
+    runs: dict[str, Any], tmp_path: Path
+) -> None:
     """The saved bytecode runs as this user: its folder is trusted like the cache's."""
     cache = tmp_path / "cache"
     shutil.copytree(runs["cache"], cache)
@@ -218,5 +236,7 @@ def test_a_record_others_can_write_is_refused(runs: dict[str, Any], tmp_path: Pa
     module = load_model(runs["model_file"])
     ids, pos = llama_inputs(module.CFG, 4)
     config = CompilationConfig(cache_dir=str(cache))
-    with pytest.raises(StitchCacheTrustError, match=r"function\.py is writable by its group"):
+    with pytest.raises(
+        StitchCacheTrustError, match=r"function\.py is writable by its group"
+    ):
         aot_compile(module.build(), (ids, pos), config, dynamic_dims={0: [0], 1: [0]})

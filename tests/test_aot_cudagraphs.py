@@ -16,21 +16,23 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+from stitch.codegen.errors import StitchCacheError
+from stitch.runtime.cudagraph import DynamicInput, PaddingPlan
+from stitch.runtime.cudagraph.plan import GraphPlan
+
 from aot_support import MODEL_SOURCE, PIECES, run_worker
 from backend_support import INDUCTOR_TOL
 
-from stitch.codegen.errors import StitchCacheError
-from stitch.runtime import CompilationConfig
-from stitch.runtime.cudagraph import DynamicInput, PaddingPlan
-from stitch.runtime.cudagraph.plan import GraphPlan, unsaveable_graphs
-
 CAPTURE_SIZES = [1, 2, 4, 8]
-GRAPHS = {"cudagraph_capture_sizes": CAPTURE_SIZES, "cudagraph_pad_values": {"positions": -1}}
+GRAPHS = {
+    "cudagraph_capture_sizes": CAPTURE_SIZES,
+    "cudagraph_pad_values": {"positions": -1},
+}
 # Each size three times (a warm-up, the capture, a replay); 3 pads to 4; 12 is
 # above the largest capture size and runs without graphs.
 SIZES = [8, 8, 8, 3, 3, 3, 2, 2, 2, 12, 1, 1, 1]
@@ -64,7 +66,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         # does not depend on it); the warm one an empty cache of its own.
         cold = run_worker({**spec, "outputs": str(tmp / f"{mode}-cold.pt")})
         warm = run_worker(
-            {**spec, "outputs": str(tmp / f"{mode}-warm.pt")}, tmp / f"inductor-empty-{mode}"
+            {**spec, "outputs": str(tmp / f"{mode}-warm.pt")},
+            tmp / f"inductor-empty-{mode}",
         )
         found[mode] = {
             "cold": cold,
@@ -120,32 +123,12 @@ def test_warm_process_rebuilds_the_graphs_without_compiling(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
-def test_warm_outputs_match_eager_and_the_cold_process(runs: dict[str, Any], mode: str) -> None:
+def test_warm_outputs_match_eager_and_the_cold_process(
+    runs: dict[str, Any], mode: str
+) -> None:
     assert max(runs[mode]["warm"]["diffs"].values()) < INDUCTOR_TOL["atol"]
     for n in set(SIZES):
         assert torch.equal(runs[mode]["warm_out"][n], runs[mode]["cold_out"][n]), n
-
-
-@pytest.mark.slow
-def test_per_piece_dispatch_with_graphs_is_not_saved_and_says_why(
-    runs: dict[str, Any], tmp_path: Path
-) -> None:
-    """The vLLM-style dispatch interprets the split graph per forward: nothing to save."""
-    spec = {
-        "model_file": str(runs["tmp"] / "aot_test_model.py"),
-        "cache_dir": str(tmp_path / "cache"),
-        "sizes": [8, 8, 8, 3],
-        "emulate_graphs": True,
-        "config": {**GRAPHS, "cudagraph_mode": "PIECEWISE", "dispatch": "per_piece"},
-    }
-    cold = run_worker(spec)
-    (warning,) = cold["warnings"]
-    assert "cannot be saved" in warning
-    assert "cudagraph_mode=PIECEWISE with dispatch='per_piece'" in warning
-    assert "dispatch='hoisted'" in warning
-    assert cold["path"] is None and cold["warm"] is False
-    assert cold["counter"]["num_cudagraph_captured"] == PIECES * 1
-    assert max(cold["diffs"].values()) < INDUCTOR_TOL["atol"]
 
 
 # -- the saved plan --------------------------------------------------------------------------
@@ -176,8 +159,14 @@ def test_a_plan_survives_its_literal() -> None:
     ("change", "says"),
     [
         (lambda p: p.update(format=9), "unknown format"),
-        (lambda p: p["dynamic"][0].update(dtype="floaty"), "field dynamic[0].dtype is 'floaty'"),
-        (lambda p: p["dynamic"][1].update(pad="-1"), "field dynamic[1].pad is '-1', expected a number"),
+        (
+            lambda p: p["dynamic"][0].update(dtype="floaty"),
+            "field dynamic[0].dtype is 'floaty'",
+        ),
+        (
+            lambda p: p["dynamic"][1].update(pad="-1"),
+            "field dynamic[1].pad is '-1', expected a number",
+        ),
         (lambda p: p["dynamic"][0].update(device="gpu:x"), "field dynamic[0].device"),
         (lambda p: p.update(size_index=3), "size_index is not a size argument"),
         (lambda p: p.update(slice_outputs=[1]), "field slice_outputs is [1]"),
@@ -189,14 +178,3 @@ def test_a_malformed_plan_is_refused_naming_the_field(change: Any, says: str) ->
     change(literal)
     with pytest.raises(StitchCacheError, match=re.escape(says)):
         GraphPlan.from_literal(literal)
-
-
-def test_only_the_per_piece_dispatch_with_piecewise_graphs_is_unsaveable() -> None:
-    def why(**fields: Any) -> str | None:
-        return unsaveable_graphs(CompilationConfig(**GRAPHS, **fields))
-
-    assert why(cudagraph_mode="PIECEWISE") is None
-    assert why(cudagraph_mode="FULL", dispatch="per_piece") is None  # no piecewise sizes
-    assert why(cudagraph_mode="NONE", dispatch="per_piece") is None
-    message = why(cudagraph_mode="FULL_AND_PIECEWISE", max_full_cudagraph_size=2, dispatch="per_piece")
-    assert message is not None and "cudagraph_mode=FULL_AND_PIECEWISE" in message

@@ -24,6 +24,11 @@ from typing import Any
 
 import pytest
 import torch
+
+from stitch.runtime import CompilationConfig, compilation_counter
+from stitch.runtime.examples import LlamaConfig
+from stitch.runtime.pipeline.piecewise import Target
+
 from backend_support import (
     INDUCTOR_TOL,
     TINY,
@@ -33,10 +38,6 @@ from backend_support import (
     model_for,
     stitch_warnings,
 )
-
-from stitch.runtime import CompilationConfig, compilation_counter
-from stitch.runtime.examples import LlamaConfig
-from stitch.runtime.pipeline.piecewise import Target
 
 # See NOTE: [many compiles of one forward] in conftest.py.
 pytestmark = pytest.mark.usefixtures("dynamo_state")
@@ -336,7 +337,7 @@ def test_debug_dump_shows_what_runs(
         if line.startswith("| submod_")
     ]
     assert len(rows) == PIECES
-    for report, row in zip(result.reports, rows):
+    for report, row in zip(result.reports, rows, strict=True):
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[0] == report.name
         assert cells[1] == (

@@ -25,6 +25,16 @@ from typing import Any
 
 import pytest
 import torch
+
+from stitch.runtime import CompilationConfig
+from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.store.artifacts import (
+    ARTIFACT_FILE,
+    IDENTITY_FILE,
+    ArtifactIdentity,
+)
+from stitch.runtime.store.cache import INDEX_FILE, SOURCE_FILE
+
 from backend_support import (
     INDUCTOR_TOL,
     TINY,
@@ -35,11 +45,6 @@ from backend_support import (
     stitch_warnings,
 )
 from cache_support import failing_writes, tree_state
-
-from stitch.runtime import CompilationConfig
-from stitch.runtime.cli.main_job import inspect_cache
-from stitch.runtime.store.artifacts import ARTIFACT_FILE, IDENTITY_FILE, ArtifactIdentity
-from stitch.runtime.store.cache import INDEX_FILE, SOURCE_FILE
 
 # Every test starts from a cache entry that Inductor's compiles filled.
 # See NOTE: [many compiles of one forward] in conftest.py.
@@ -62,7 +67,9 @@ def compile_and_check(cache_root: Path, caplog: pytest.LogCaptureFixture) -> Run
     """Compile the tiny model with ``cache_root``; check every run against eager."""
     caplog.clear()
     model = model_for(TINY)
-    be, fn = compile_model(model, CompilationConfig(cache_dir=str(cache_root), **CONFIG))
+    be, fn = compile_model(
+        model, CompilationConfig(cache_dir=str(cache_root), **CONFIG)
+    )
     with caplog.at_level(logging.WARNING, logger="stitch"), counting() as deltas:
         for n in RUN_SIZES:
             ref, out = eager_and_compiled(model, fn, TINY, n)
@@ -224,7 +231,11 @@ Injector = Callable[[Path, dict[str, Any], Path], Path]
 # or wrong index record costs no compile: only a broken artifact is compiled again.
 FAULTS: dict[str, tuple[Injector, str, int]] = {
     "index-not-a-literal": (code_in_index, "is not a Python literal", 0),
-    "index-sym-index-changed": (sym_index_changed, "field pieces['submod_2'].sym_index", 0),
+    "index-sym-index-changed": (
+        sym_index_changed,
+        "field pieces['submod_2'].sym_index",
+        0,
+    ),
     "index-key-of-another-piece": (
         key_of_another_piece,
         "field pieces['submod_2'].entries[1].key points at",
@@ -310,7 +321,9 @@ def test_read_only_cache_starts_warm_without_a_warning(
 # -- stitch inspect ------------------------------------------------------------------
 
 
-def test_inspect_finds_a_populated_entry_healthy(copy: tuple[Path, Path, dict[str, Any]]) -> None:
+def test_inspect_finds_a_populated_entry_healthy(
+    copy: tuple[Path, Path, dict[str, Any]],
+) -> None:
     root, _, _ = copy
     status, text = inspect(root)
     assert status == 0, text
@@ -325,7 +338,9 @@ def orphan_file(entry: Path, index: dict[str, Any], marker: Path) -> Path:
     return path
 
 
-def staging_left_by_a_killed_run(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+def staging_left_by_a_killed_run(
+    entry: Path, index: dict[str, Any], marker: Path
+) -> Path:
     path = entry / "artifacts" / ".staging-x1y2z3"
     path.mkdir()
     (path / ARTIFACT_FILE).write_bytes(b"half")
@@ -346,7 +361,10 @@ INSPECTED: dict[str, tuple[Injector, str]] = {
     "artifact-of-another-piece": (artifact_of_another_piece, "field key"),
     "artifact-missing": (remove_artifact, "is missing"),
     "artifact-folder-is-a-file": (file_in_place_of_artifact, "is not a folder"),
-    "index-record-of-wrong-type": (piece_of_wrong_type, "field pieces['submod_2'] is 5"),
+    "index-record-of-wrong-type": (
+        piece_of_wrong_type,
+        "field pieces['submod_2'] is 5",
+    ),
     "index-not-a-literal": (code_in_index, "is not a Python literal"),
     "orphaned-artifact": (orphan_file, "is orphaned"),
     "staging-left-over": (staging_left_by_a_killed_run, "is orphaned"),

@@ -23,8 +23,6 @@ from typing import Any
 
 import pytest
 import torch
-from backend_support import INDUCTOR_TOL
-from aot_support import MODEL_SOURCE, PIECES, SIZES, run_worker
 
 from stitch.codegen.errors import StitchCacheError
 from stitch.runtime.cli.main_job import inspect_cache
@@ -39,6 +37,9 @@ from stitch.runtime.store.extras import (
 )
 from stitch.runtime.store.files import make_private_dirs, sha256_file
 from stitch.runtime.store.trust import StitchCacheTrustError
+
+from aot_support import MODEL_SOURCE, PIECES, SIZES, run_worker
+from backend_support import INDUCTOR_TOL
 
 KEY = "0123456789abcdef01234567"
 
@@ -58,7 +59,10 @@ def artifact(tmp_path: Path) -> tuple[Path, str]:
     return path, sha256_file(str(path))
 
 
-FILES = {"prebuilt/a.prebuilt": b"record " * 100, "prebuilt/kernels/k.so": b"\x7fELF" * 64}
+FILES = {
+    "prebuilt/a.prebuilt": b"record " * 100,
+    "prebuilt/kernels/k.so": b"\x7fELF" * 64,
+}
 
 
 def test_saved_files_read_back_verified(artifact: tuple[Path, str]) -> None:
@@ -132,7 +136,9 @@ def test_an_unlisted_file_is_refused(artifact: tuple[Path, str]) -> None:
     save_extras(str(path), sha, FILES)
     extra = path.parent.parent.parent / "prebuilt/kernels/other.so"
     extra.write_bytes(b"planted")
-    with pytest.raises(ExtraFileError, match=r"other\.so: is not listed in .*extras\.py"):
+    with pytest.raises(
+        ExtraFileError, match=r"other\.so: is not listed in .*extras\.py"
+    ):
         open_extras(str(path), sha).verified_path("prebuilt/kernels/other.so")
 
 
@@ -147,7 +153,9 @@ def test_the_list_is_checked(artifact: tuple[Path, str]) -> None:
     # An edit shows in its checksum, whatever it changed.
     text = listed.read_text()
     sizes = {name: len(data) for name, data in FILES.items()}
-    listed.write_text(text.replace(f"'size': {sizes['prebuilt/a.prebuilt']}", "'size': 1"))
+    listed.write_text(
+        text.replace(f"'size': {sizes['prebuilt/a.prebuilt']}", "'size': 1")
+    )
     with pytest.raises(ExtraFileError, match=r"extras\.py: field check does not match"):
         open_extras(str(path), sha)
     listed.write_text("__import__('os').system('false')\n")
@@ -155,9 +163,17 @@ def test_the_list_is_checked(artifact: tuple[Path, str]) -> None:
         open_extras(str(path), sha)
 
 
-def test_only_plain_names_under_prebuilt_are_written(artifact: tuple[Path, str]) -> None:
+def test_only_plain_names_under_prebuilt_are_written(
+    artifact: tuple[Path, str],
+) -> None:
     path, sha = artifact
-    for bad in ("../escape.so", "prebuilt/../../x", "other/k.so", "prebuilt/.hidden", "/abs"):
+    for bad in (
+        "../escape.so",
+        "prebuilt/../../x",
+        "other/k.so",
+        "prebuilt/.hidden",
+        "/abs",
+    ):
         with pytest.raises(StitchCacheError, match="plain paths under prebuilt/"):
             save_extras(str(path), sha, {bad: b"x"})
 
@@ -167,7 +183,9 @@ def test_a_file_others_can_write_is_refused(artifact: tuple[Path, str]) -> None:
     save_extras(str(path), sha, FILES)
     kernel = path.parent.parent.parent / "prebuilt/kernels/k.so"
     os.chmod(kernel, 0o666)
-    with pytest.raises(StitchCacheTrustError, match=r"k\.so is writable by its group and all users"):
+    with pytest.raises(
+        StitchCacheTrustError, match=r"k\.so is writable by its group and all users"
+    ):
         open_extras(str(path), sha).verified_path("prebuilt/kernels/k.so")
 
 
@@ -179,9 +197,16 @@ def cold(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     tmp = tmp_path_factory.mktemp("extras")
     model_file = tmp / "aot_test_model.py"
     model_file.write_text(MODEL_SOURCE)
-    spec = {"model_file": str(model_file), "cache_dir": str(tmp / "cache"), "sizes": SIZES}
+    spec = {
+        "model_file": str(model_file),
+        "cache_dir": str(tmp / "cache"),
+        "sizes": SIZES,
+    }
     report = run_worker({**spec, "outputs": str(tmp / "cold.pt")})
-    assert report["warnings"] == [] and report["counter"]["num_inductor_compiles"] == PIECES
+    assert (
+        report["warnings"] == []
+        and report["counter"]["num_inductor_compiles"] == PIECES
+    )
     entry = Path(report["entry"])
     return {
         "tmp": tmp,

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import sympy
-from backend_support import run_worker
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from stitch.runtime.compat.shapes import (
@@ -24,6 +23,8 @@ from stitch.runtime.compat.shapes import (
     guard_mark,
     install_guards,
 )
+
+from backend_support import run_worker
 
 
 def shape_env_with(value: int) -> tuple[ShapeEnv, Any]:

@@ -18,15 +18,6 @@ from typing import Any
 
 import pytest
 import torch
-from backend_support import (
-    INDUCTOR_TOL,
-    TINY,
-    compile_model,
-    counting,
-    eager_and_compiled,
-    model_for,
-    stitch_warnings,
-)
 
 from stitch.runtime import CompilationConfig
 from stitch.runtime.cli.main_job import inspect_cache
@@ -40,6 +31,16 @@ from stitch.runtime.store.index import (
     parse_index,
 )
 
+from backend_support import (
+    INDUCTOR_TOL,
+    TINY,
+    compile_model,
+    counting,
+    eager_and_compiled,
+    model_for,
+    stitch_warnings,
+)
+
 # See NOTE: [many compiles of one forward] in conftest.py.
 pytestmark = pytest.mark.usefixtures("dynamo_state")
 
@@ -50,7 +51,9 @@ CONFIG = {"backend": "eager", "compile_sizes": [4], "max_num_batched_tokens": 32
 def sample() -> Index:
     entries = (
         EntryRecord("general", "0123456789abcdef01234567", True),
-        EntryRecord("size4", "89abcdef0123456789abcdef", False, "the compiler could not save it"),
+        EntryRecord(
+            "size4", "89abcdef0123456789abcdef", False, "the compiler could not save it"
+        ),
     )
     return Index(
         IDENTITY,
@@ -79,9 +82,24 @@ DELETE = object()
 # mutation -> (path into the literal, new value, field the problem names, whole index lost)
 MUTATIONS: dict[str, tuple[tuple[Any, ...], Any, str, bool]] = {
     "source-int": (("source",), 7, "field source is 7", False),
-    "source-sha-short": (("source", "sha256"), "abc", "field source.sha256 is 'abc'", False),
-    "source-file-elsewhere": (("source", "file"), "../../x.py", "field source.file", False),
-    "source-names-int": (("source", "submod_names"), [1], "field source.submod_names", False),
+    "source-sha-short": (
+        ("source", "sha256"),
+        "abc",
+        "field source.sha256 is 'abc'",
+        False,
+    ),
+    "source-file-elsewhere": (
+        ("source", "file"),
+        "../../x.py",
+        "field source.file",
+        False,
+    ),
+    "source-names-int": (
+        ("source", "submod_names"),
+        [1],
+        "field source.submod_names",
+        False,
+    ),
     "piece-int": (("pieces", "submod_0"), 5, "field pieces['submod_0'] is 5", False),
     "entries-none": (("pieces", "submod_0", "entries"), None, "entries is None", False),
     "entries-empty": (("pieces", "submod_0", "entries"), [], "entries is []", False),
@@ -110,20 +128,47 @@ MUTATIONS: dict[str, tuple[tuple[Any, ...], Any, str, bool]] = {
         "entries[0].key is missing",
         False,
     ),
-    "sym-index-str": (("pieces", "submod_0", "sym_index"), "1", "sym_index is '1'", False),
-    "sym-index-bool": (("pieces", "submod_0", "sym_index"), True, "sym_index is True", False),
-    "sym-index-negative": (("pieces", "submod_0", "sym_index"), -1, "sym_index is -1", False),
-    "module-path-none": (("pieces", "submod_0", "module_path"), None, "module_path is None", False),
+    "sym-index-str": (
+        ("pieces", "submod_0", "sym_index"),
+        "1",
+        "sym_index is '1'",
+        False,
+    ),
+    "sym-index-bool": (
+        ("pieces", "submod_0", "sym_index"),
+        True,
+        "sym_index is True",
+        False,
+    ),
+    "sym-index-negative": (
+        ("pieces", "submod_0", "sym_index"),
+        -1,
+        "sym_index is -1",
+        False,
+    ),
+    "module-path-none": (
+        ("pieces", "submod_0", "module_path"),
+        None,
+        "module_path is None",
+        False,
+    ),
     "pieces-none": (("pieces",), None, "field pieces is None", True),
     "format-str": (("format",), "2", "field format is '2'", True),
     "format-old": (("format",), 1, "field format is 1", True),
     "graph-key-other": (("graph_key",), "h" * 64, "field graph_key", True),
-    "config-hash-missing": (("config_hash",), DELETE, "field config_hash is missing", True),
+    "config-hash-missing": (
+        ("config_hash",),
+        DELETE,
+        "field config_hash is missing",
+        True,
+    ),
 }
 
 
 @pytest.mark.parametrize("mutation", list(MUTATIONS))
-def test_a_record_that_does_not_validate_is_one_problem_naming_its_field(mutation: str) -> None:
+def test_a_record_that_does_not_validate_is_one_problem_naming_its_field(
+    mutation: str,
+) -> None:
     path, value, says, whole = MUTATIONS[mutation]
     data = ast.literal_eval(sample().render())
     set_path(data, path, value)
@@ -135,7 +180,10 @@ def test_a_record_that_does_not_validate_is_one_problem_naming_its_field(mutatio
     else:
         # Only the broken record is dropped: the other one survives.
         assert read.index is not None
-        kept = {"source": read.index.source is not None, "pieces": bool(read.index.pieces)}
+        kept = {
+            "source": read.index.source is not None,
+            "pieces": bool(read.index.pieces),
+        }
         assert kept == {"source": path[0] != "source", "pieces": path[0] != "pieces"}
 
 
@@ -160,7 +208,9 @@ def test_an_index_that_is_not_one_is_one_problem(text: str, says: str) -> None:
 # -- end to end: the eager backend reads a broken index ------------------------------------
 
 
-def compile_eager(root: Path, caplog: pytest.LogCaptureFixture) -> tuple[Any, list[str]]:
+def compile_eager(
+    root: Path, caplog: pytest.LogCaptureFixture
+) -> tuple[Any, list[str]]:
     caplog.clear()
     model = model_for(TINY)
     be, fn = compile_model(model, CompilationConfig(cache_dir=str(root), **CONFIG))

@@ -20,6 +20,15 @@ from typing import Any
 
 import pytest
 import torch
+
+from stitch.codegen.errors import StitchCacheError
+from stitch.runtime import CompilationConfig
+from stitch.runtime.cli import main
+from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.pipeline.compilers import InductorAdapter
+from stitch.runtime.store.cache import INDEX_FILE
+from stitch.runtime.store.trust import StitchCacheTrustError
+
 from backend_support import (
     INDUCTOR_TOL,
     TINY,
@@ -30,14 +39,6 @@ from backend_support import (
     stitch_warnings,
 )
 from cache_support import failing_writes
-
-from stitch.codegen.errors import StitchCacheError
-from stitch.runtime import CompilationConfig
-from stitch.runtime.cli import main
-from stitch.runtime.cli.main_job import inspect_cache
-from stitch.runtime.pipeline.compilers import InductorAdapter
-from stitch.runtime.store.cache import INDEX_FILE
-from stitch.runtime.store.trust import StitchCacheTrustError
 
 # See NOTE: [many compiles of one forward] in conftest.py.
 pytestmark = pytest.mark.usefixtures("dynamo_state")
@@ -51,7 +52,6 @@ EAGER = {"backend": "eager", "max_num_batched_tokens": 32}
 def run(
     root: Path, fields: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> tuple[Any, dict[str, int], list[str]]:
-
     """Compile and run the tiny model (sizes 8 and 3) with cache root ``root``."""
     caplog.clear()
     model = model_for(TINY)
@@ -102,7 +102,9 @@ def test_full_disk_mid_run_keeps_what_was_saved(
     assert len(warnings) == 1, warnings
     assert str(root) in warnings[0] and "No space left on device" in warnings[0]
     assert deltas["num_inductor_compiles"] == ARTIFACTS
-    leftovers = [p for p in root.rglob("*") if p.name.startswith((".tmp", ".staging", ".trash"))]
+    leftovers = [
+        p for p in root.rglob("*") if p.name.startswith((".tmp", ".staging", ".trash"))
+    ]
     assert leftovers == []
 
     # With room again, only what was not saved is compiled, quietly.
@@ -122,7 +124,9 @@ def test_cache_dir_that_is_a_file_is_one_warning(
     be, _, warnings = run(not_a_folder, EAGER, caplog)
     assert len(warnings) == 1, warnings
     assert str(not_a_folder) in warnings[0] and "Not a directory" in warnings[0]
-    assert be.compiled[0].cache_dir is None  # nothing cached: `stitch run` prints no path
+    assert (
+        be.compiled[0].cache_dir is None
+    )  # nothing cached: `stitch run` prints no path
     assert not_a_folder.read_text() == "a file\n"
 
 
@@ -143,14 +147,18 @@ def eager_populated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pat
 
 
 @pytest.fixture
-def eager_cache(eager_populated: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+def eager_cache(
+    eager_populated: tuple[Path, Path], tmp_path: Path
+) -> tuple[Path, Path]:
     """A copy of a cache root with one eager entry: (root, entry folder)."""
     root = tmp_path / "cache"
     shutil.copytree(eager_populated[0], root)
     return root, root / eager_populated[1]
 
 
-def test_new_cache_folders_and_files_are_private(eager_cache: tuple[Path, Path]) -> None:
+def test_new_cache_folders_and_files_are_private(
+    eager_cache: tuple[Path, Path],
+) -> None:
     root, _ = eager_cache
     for path in [root, *root.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
@@ -248,7 +256,9 @@ def test_a_piece_that_cannot_be_saved_is_recorded_not_warned_about_forever(
             try:
                 raise RuntimeError("cannot pickle a graph that requires grad")
             except RuntimeError as exc:
-                raise StitchCacheError(f"could not save artifact {path}: {exc}") from exc
+                raise StitchCacheError(
+                    f"could not save artifact {path}: {exc}"
+                ) from exc
         real_save(self, handle, path)
 
     monkeypatch.setattr(InductorAdapter, "save", save)

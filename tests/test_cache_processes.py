@@ -25,6 +25,11 @@ from typing import Any
 
 import pytest
 import torch
+
+from stitch.runtime import CompilationConfig
+from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.store.index import INDEX_FILE, parse_index
+
 from backend_support import (
     INDUCTOR_TOL,
     TINY,
@@ -37,10 +42,6 @@ from backend_support import (
     worker_command,
     worker_env,
 )
-
-from stitch.runtime import CompilationConfig
-from stitch.runtime.cli.main_job import inspect_cache
-from stitch.runtime.store.index import INDEX_FILE, parse_index
 
 # Every test starts processes that compile with Inductor.
 # See NOTE: [many compiles of one forward] in conftest.py.
@@ -72,7 +73,9 @@ def wait_for(paths: list[Path], procs: list[subprocess.Popen[str]], what: str) -
         for proc in procs:
             if proc.poll() is not None:
                 out, err = proc.communicate()
-                pytest.fail(f"a worker exited ({proc.returncode}) before {what}\n{out}\n{err}")
+                pytest.fail(
+                    f"a worker exited ({proc.returncode}) before {what}\n{out}\n{err}"
+                )
         assert time.monotonic() < deadline, f"workers never got to {what}"
         time.sleep(0.05)
 
@@ -82,7 +85,11 @@ def start(spec: dict[str, Any], script: Path | None = None) -> subprocess.Popen[
     if script is not None:
         command[1] = str(script)
     return subprocess.Popen(
-        command, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        command,
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

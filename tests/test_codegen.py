@@ -20,12 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import models
 import pytest
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from models import CASES, emit_case, randn
 
 from stitch.codegen import (
     StitchCodegenError,
@@ -35,6 +33,9 @@ from stitch.codegen import (
 )
 from stitch.codegen.split import IS_SPLITTING_META
 from stitch.runtime import compile_execution_fn
+
+import models
+from models import CASES, emit_case, randn
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -141,7 +142,7 @@ def same(a: Any, b: Any) -> bool:
             return math.isnan(a) and math.isnan(b)
         return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
     if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     if isinstance(a, dict):
         return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
     if isinstance(a, slice):
@@ -346,7 +347,11 @@ def test_piece_outputs_are_unpacked_in_one_assignment() -> None:
 
 def test_unused_piece_outputs_unpack_to_underscore() -> None:
     def build(g: fx.Graph, p: list[fx.Node]) -> Any:
-        return (g.call_function(torch.neg, (p[0],)), p[0], g.call_function(torch.abs, (p[0],)))
+        return (
+            g.call_function(torch.neg, (p[0],)),
+            p[0],
+            g.call_function(torch.abs, (p[0],)),
+        )
 
     split_gm = hand_split(build, inlined=False)
     top = split_gm.graph
@@ -359,7 +364,7 @@ def test_unused_piece_outputs_unpack_to_underscore() -> None:
     output.args = ((third, first),)
     split_gm.recompile()
     code, _, fn = emit_and_load(split_gm)
-    (_, unpack) = [
+    _, unpack = [
         ast.unparse(s)
         for s in body_of(functions(code)["execution_fn"])
         if isinstance(s, ast.Assign)
@@ -424,6 +429,7 @@ def test_torch_ops_targets_are_bound_once_at_module_level() -> None:
     body = ast.unparse(functions(code)["__vllm_inlined_submods__1"])
     assert body.count("stitchtest_scale(") == 2
     assert "torch.ops" not in body
+
     # An overload other than .default keeps its name; the packet and its
     # .default overload are two targets, bound under two names.
     def build(g: fx.Graph, p: list[fx.Node]) -> Any:
@@ -469,7 +475,9 @@ def test_targets_that_cannot_be_named_go_to_consts() -> None:
         "neg": "__vllm_consts__[1]",
         "_lambda_": "__vllm_consts__[2]",
     }
-    assert "__vllm_consts__" not in ast.unparse(functions(code)["__vllm_inlined_submods__0"])
+    assert "__vllm_consts__" not in ast.unparse(
+        functions(code)["__vllm_inlined_submods__0"]
+    )
     (x,) = randn(0, (4,))
     torch.testing.assert_close(fn(x), (x * 3 * 5 - 1) * 3)
 
@@ -584,7 +592,8 @@ def test_other_values_become_deduplicated_consts_in_order_of_first_use() -> None
     ]
     assert len(consts) == len(expected)
     assert all(
-        c is e or (type(c) is type(e) and c == e) for c, e in zip(consts, expected)
+        c is e or (type(c) is type(e) and c == e)
+        for c, e in zip(consts, expected, strict=True)
     )
     assert consts[4] is opaque and consts[5] is tensor
     body = ast.unparse(functions(code)["execution_fn"])
@@ -616,7 +625,8 @@ def test_tensor_constants_are_passed_through_consts() -> None:
     (call,) = [
         node
         for node in ast.walk(functions(emitted.code)["execution_fn"])
-        if isinstance(node, ast.Call) and ast.unparse(node.func).startswith("__vllm_inl")
+        if isinstance(node, ast.Call)
+        and ast.unparse(node.func).startswith("__vllm_inl")
     ]
     assert [ast.unparse(a) for a in call.args] == ["mul", "__vllm_consts__[0]"]
 
@@ -824,7 +834,9 @@ def test_piece_outputs_are_released_before_the_next_piece_runs(name: str) -> Non
                     and id(value) not in held
                     and sum(v is value for v in outputs) == 1
                 ):
-                    pending.append((weakref.ref(value), last, f"output {i} of {target}"))
+                    pending.append(
+                        (weakref.ref(value), last, f"output {i} of {target}")
+                    )
             return result
 
         return run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -68,9 +69,13 @@ def test_bad_value_is_rejected_naming_field_and_value(
 
 
 def test_unknown_field_is_rejected_with_the_field_meant() -> None:
-    with pytest.raises(StitchConfigError, match="no field 'compile_size'; did you mean 'compile_sizes'"):
+    with pytest.raises(
+        StitchConfigError, match="no field 'compile_size'; did you mean 'compile_sizes'"
+    ):
         CompilationConfig(compile_size=[4])  # type: ignore[call-arg]
-    with pytest.raises(StitchConfigError, match="no field 'compile_size'; did you mean"):
+    with pytest.raises(
+        StitchConfigError, match="no field 'compile_size'; did you mean"
+    ):
         StitchBackend(compile_size=[4])
     with pytest.raises(StitchConfigError, match="no field 'zzz'$"):
         CompilationConfig(zzz=1)  # type: ignore[call-arg]
@@ -136,9 +141,6 @@ CODE_FIELDS = {
     "compile_ranges_split_points": [32],
     "max_num_batched_tokens": 128,
     "inductor_compile_config": {"max_autotune": True, "epilogue_fusion": True},
-    # The emitted stitching source differs: one size lookup per forward or one
-    # per piece call.
-    "dispatch": "per_piece",
 }
 # Where things are written, and whether the cache is used, change no code.
 PLACE_FIELDS = {
@@ -153,6 +155,53 @@ def test_hash_changes_with_a_compiled_code_field(field: str) -> None:
     before = CompilationConfig(**BASE).compute_hash()
     after = CompilationConfig(**{**BASE, field: CODE_FIELDS[field]}).compute_hash()
     assert after != before
+
+
+# CUDA graphs wrap compiled pieces at run time; they change no compiled code.
+GRAPH_FIELDS = {
+    "cudagraph_mode": "FULL",
+    "cudagraph_capture_sizes": [1, 2, 4],
+    "max_cudagraph_capture_size": 4,
+    "cudagraph_num_of_warmups": 2,
+    "cudagraph_copy_inputs": True,
+    "max_full_cudagraph_size": 2,
+    "cudagraph_pad_values": {"positions": -1},
+    "cudagraph_forbid_capture_after_startup": True,
+    "cudagraph_check_addresses": True,
+}
+
+
+def test_every_field_is_hashed_or_ignored_with_a_reason() -> None:
+    """NOTE: [the config hash covers every field]: a new field is in the key unless
+    NOT_HASHED says why not, and every ignored field is one of the tables below."""
+    from stitch.runtime.config import NOT_HASHED
+
+    fields = {f.name for f in dataclasses.fields(CompilationConfig)}
+    assert set(NOT_HASHED) <= fields
+    assert set(NOT_HASHED) == set(PLACE_FIELDS) | set(GRAPH_FIELDS)
+    hashed = fields - set(NOT_HASHED)
+    assert hashed == set(CODE_FIELDS) | {"inductor_passes"}  # test_passes.py: passes
+    assert all(reason for reason in NOT_HASHED.values())
+
+
+def test_a_new_field_enters_the_hash() -> None:
+    @dataclasses.dataclass
+    class Extended(CompilationConfig):
+        new_knob: int = 0
+
+    assert Extended().compute_hash() != Extended(new_knob=1).compute_hash()
+    # in the key with its default value too: a cache of the config without it
+    # is not taken for one with it
+    assert Extended().compute_hash() != CompilationConfig().compute_hash()
+
+
+@pytest.mark.parametrize("field", list(GRAPH_FIELDS))
+def test_hash_ignores_cuda_graph_settings(field: str) -> None:
+    before = CompilationConfig(**BASE).compute_hash()
+    changed = {**BASE, field: GRAPH_FIELDS[field]}
+    if field == "max_full_cudagraph_size":  # only valid with this mode
+        changed["cudagraph_mode"] = "FULL_AND_PIECEWISE"
+    assert CompilationConfig(**changed).compute_hash() == before
 
 
 @pytest.mark.parametrize("field", list(PLACE_FIELDS))
@@ -182,7 +231,9 @@ def test_hash_ignores_the_order_values_were_given_in() -> None:
 
     packet = torch.ops.stitch.attention
     assert CompilationConfig(splitting_ops=[packet, "aten::mm"]).compute_hash() == (
-        CompilationConfig(splitting_ops=["stitch::attention", "aten::mm"]).compute_hash()
+        CompilationConfig(
+            splitting_ops=["stitch::attention", "aten::mm"]
+        ).compute_hash()
     )
     # A callable by object or by dotted name: the same split.
     sdpa = torch.nn.functional.scaled_dot_product_attention

@@ -12,6 +12,7 @@ weak-referenced outputs and the Triton kernel.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,6 +25,10 @@ from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
 from stitch.runtime.cudagraph import CUDAGraphManager
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
 from stitch.runtime.examples.ops import attention_reference
+
+# The vLLM-style baseline lives with the benchmark (bench/vllm_style.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from vllm_style import VllmStyleManager  # noqa: E402
 
 pytestmark = [
     pytest.mark.cuda,
@@ -154,7 +159,9 @@ def test_triton_kernel_features_match_torch(
         q, k, v, k_cache, v_cache, positions, got, 0.125, *extra, kernels=kernels
     )
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(got.float(), expected.float(), rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(
+        got.float(), expected.float(), rtol=tolerance, atol=tolerance
+    )
     torch.testing.assert_close(k_cache, ref_caches[0], rtol=0, atol=0)
     torch.testing.assert_close(v_cache, ref_caches[1], rtol=0, atol=0)
 
@@ -213,7 +220,7 @@ def test_triton_kernel_is_capturable() -> None:
         padding=True,
         seed=1,
     )
-    for static, fresh in zip((q, k, v, k_cache, v_cache, positions), new):
+    for static, fresh in zip((q, k, v, k_cache, v_cache, positions), new, strict=True):
         static.copy_(fresh)
     caches = (k_cache.clone(), v_cache.clone())
     expected = torch.empty_like(q)
@@ -240,6 +247,7 @@ class Served:
         *,
         shared_pool: bool = True,
         tolerance: tuple[float, float] = (1e-3, 1e-4),
+        manager: Any = CUDAGraphManager,
         **fields: Any,
     ) -> None:
         torch._dynamo.reset()
@@ -250,8 +258,8 @@ class Served:
         fields.setdefault("cudagraph_pad_values", {"positions": -1})
         self.config = CompilationConfig(disable_cache=True, **fields)
         self.backend = StitchBackend(self.config)
-        if not shared_pool:
-            self.backend.cudagraphs = CUDAGraphManager(self.config, shared_pool=False)
+        if not shared_pool or manager is not CUDAGraphManager:
+            self.backend.cudagraphs = manager(self.config, shared_pool=shared_pool)
         self.model = build_llama(self.cfg).cuda()
         self.eager = build_llama(self.cfg).cuda()
         self.compiled = torch.compile(
@@ -268,7 +276,9 @@ class Served:
         )
         return got
 
-    def start_up(self, sizes: list[int] | None = None, *, compile_first: bool = True) -> int:
+    def start_up(
+        self, sizes: list[int] | None = None, *, compile_first: bool = True
+    ) -> int:
         """Compile (first call, a warm-up at its size), then capture at start-up.
 
         The number of graphs captured by the start-up capture.
@@ -289,7 +299,10 @@ class Served:
             {"cudagraph_mode": "FULL_AND_PIECEWISE", "max_full_cudagraph_size": 4},
             3 + PIECES * 3,
         ),
-        ({"cudagraph_mode": "PIECEWISE", "dispatch": "per_piece"}, PIECES * len(SIZES)),
+        (
+            {"cudagraph_mode": "PIECEWISE", "manager": VllmStyleManager},
+            PIECES * len(SIZES),
+        ),
         (
             {"cudagraph_mode": "PIECEWISE", "cudagraph_check_addresses": True},
             PIECES * len(SIZES),
@@ -456,7 +469,9 @@ def test_saved_forward_captures_its_graphs_in_a_second_process(
         assert report["graph_runners"] == 1
         assert report["counter"]["num_cudagraph_captured"] == graphs
         assert max(report["diffs"].values()) < INDUCTOR_TOL["atol"], report["diffs"]
-    cold_out, warm_out = torch.load(tmp_path / "cold.pt"), torch.load(tmp_path / "warm.pt")
+    cold_out, warm_out = torch.load(tmp_path / "cold.pt"), torch.load(
+        tmp_path / "warm.pt"
+    )
     for n in set(spec["sizes"]):  # rounding-level: the same kernels, run anew
         torch.testing.assert_close(warm_out[n], cold_out[n], rtol=1e-5, atol=1e-5)
 
@@ -473,7 +488,14 @@ def test_direct_launch_reuses_a_compiled_kernel_only_for_its_specialization() ->
     triton_attention._compiled.clear()
     for seed in range(3):  # a Triton launch, then two direct launches
         case = _attention_case(
-            6, 4, 64, 48, torch.bfloat16, torch.bfloat16, strided_v=True, padding=True,
+            6,
+            4,
+            64,
+            48,
+            torch.bfloat16,
+            torch.bfloat16,
+            strided_v=True,
+            padding=True,
             seed=seed,
         )
         caches = (case[3].clone(), case[4].clone())
@@ -486,7 +508,15 @@ def test_direct_launch_reuses_a_compiled_kernel_only_for_its_specialization() ->
         assert len(triton_attention._compiled) == 1
     # q 2 bytes past a 16-byte boundary: a pointer Triton must not assume aligned
     q, k, v, k_cache, v_cache, positions = _attention_case(
-        6, 4, 64, 48, torch.bfloat16, torch.bfloat16, strided_v=True, padding=True, seed=9
+        6,
+        4,
+        64,
+        48,
+        torch.bfloat16,
+        torch.bfloat16,
+        strided_v=True,
+        padding=True,
+        seed=9,
     )
     shifted = torch.empty(q.numel() + 1, device="cuda", dtype=q.dtype)[1:].view_as(q)
     shifted.copy_(q)

@@ -13,16 +13,16 @@ from __future__ import annotations
 import functools
 import logging
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from conftest import GOLDEN_DIR
 from hypothesis import given
 from hypothesis import strategies as st
-
-from conftest import GOLDEN_DIR
 
 from stitch.codegen import lower_execution
 from stitch.codegen.errors import (
@@ -43,7 +43,6 @@ from stitch.runtime.cudagraph import (
     CUDAGraphWrapper,
     EmulatedGraphOps,
     PaddedRunner,
-    VllmStyleForward,
     capture_order,
     check_padding,
     full_graph_limit,
@@ -52,8 +51,12 @@ from stitch.runtime.cudagraph import (
     weak_ref_tensor,
 )
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
-from stitch.runtime.loader import compile_execution_fn
 from stitch.runtime.examples.ops import attention_reference
+from stitch.runtime.loader import compile_execution_fn
+
+# The vLLM-style baseline lives with the benchmark (bench/vllm_style.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from vllm_style import VllmStyleForward, VllmStyleManager  # noqa: E402
 
 GOLDEN = GOLDEN_DIR / Path(__file__).stem
 SIZES = [1, 2, 4, 8]
@@ -404,7 +407,7 @@ def test_padded_runner_copies_only_inputs_that_fit(
         rf"\(2,\), torch.int64 on cpu, got {given}",
     ):
         runner(3, ids, torch.ones(3))
-    assert all(torch.equal(b, a) for b, a in zip(runner.buffers, before))
+    assert all(torch.equal(b, a) for b, a in zip(runner.buffers, before, strict=True))
     assert calls == [4]
     # Inference tensors carry other dispatch keys: they fit all the same.
     with torch.inference_mode():
@@ -472,14 +475,16 @@ class Served:
     calls, so their KV caches stay equal unless padding corrupts one.
     """
 
-    def __init__(self, emulate: bool = True, **fields: Any) -> None:
+    def __init__(
+        self, emulate: bool = True, manager: Any = CUDAGraphManager, **fields: Any
+    ) -> None:
         fields.setdefault("cudagraph_capture_sizes", SIZES)
         fields.setdefault("cudagraph_pad_values", {"positions": -1})
         self.config = CompilationConfig(backend="eager", disable_cache=True, **fields)
         self.backend = StitchBackend(self.config)
         self.ops = EmulatedGraphOps()
         if emulate:
-            self.backend.cudagraphs = CUDAGraphManager(self.config, ops=self.ops)
+            self.backend.cudagraphs = manager(self.config, ops=self.ops)
         graph, example_inputs = _traced()
         self.fn = self.backend(graph, example_inputs)
         self.model = build_llama(LLAMA)
@@ -522,7 +527,7 @@ CALLS = [3, 1, 8, 5, 2, 7, 9, 12, 4, 3, 6, 1, 8, 16]
             "hoisted",
         ),
         (
-            {"cudagraph_mode": "PIECEWISE", "dispatch": "per_piece"},
+            {"cudagraph_mode": "PIECEWISE", "manager": VllmStyleManager},
             PIECES * len(SIZES),
             "vllm",
         ),
@@ -842,9 +847,13 @@ def test_the_direct_launch_key_tells_apart_what_triton_specializes_on() -> None:
 
     base = torch.zeros(64, dtype=torch.float16)
 
-    def key(pointer: torch.Tensor, *ints: int, dtype: torch.dtype = torch.float16) -> Any:
+    def key(
+        pointer: torch.Tensor, *ints: int, dtype: torch.dtype = torch.float16
+    ) -> Any:
         pointers = (pointer.to(dtype),) + (base,) * 7
-        return triton_attention.specialization_key(0, (*pointers, 0.5, 0.0, *ints), (1, False))
+        return triton_attention.specialization_key(
+            0, (*pointers, 0.5, 0.0, *ints), (1, False)
+        )
 
     same = key(base[8:], 16, 1, 64)
     assert key(base[16:], 32, 1, 128) == same  # aligned again, same classes of ints

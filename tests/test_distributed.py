@@ -320,7 +320,7 @@ def test_tp_matches_unsharded_model(cold: list[dict[str, Any]], config: str) -> 
                 out,
                 result["unsharded"][n],
                 **TOL,
-                msg=lambda m: f"rank {rank}, n={n}: {m}",
+                msg=lambda m, rank=rank, n=n: f"rank {rank}, n={n}: {m}",
             )
             if backend == "eager":
                 # Dynamo's graph run piece by piece: the same kernels and the same

@@ -16,12 +16,13 @@ import pytest
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
-from backend_support import INDUCTOR_TOL, counting
 from torch import nn
 
 from stitch.codegen import split_graph
 from stitch.runtime import StitchBackend
 from stitch.runtime.pipeline.fakes import backend_fake_inputs
+
+from backend_support import INDUCTOR_TOL, counting
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -79,7 +80,9 @@ def compiled() -> Compiled:
 
 
 @pytest.mark.slow
-def test_lifted_floats_symfloats_and_graph_breaks_match_eager(compiled: Compiled) -> None:
+def test_lifted_floats_symfloats_and_graph_breaks_match_eager(
+    compiled: Compiled,
+) -> None:
     for n, (ref, out) in compiled.results.items():
         torch.testing.assert_close(out, ref, **INDUCTOR_TOL, msg=f"length {n}")
     # One graph per side of the break, each split at its attention.
@@ -116,7 +119,9 @@ def test_a_symfloat_is_computed_in_the_piece_that_uses_it() -> None:
             if node.op == "call_function" and isinstance(value, torch.SymFloat):
                 made_in[node.name] = item.graph_id
             if node.op == "output" and not item.is_splitting_graph:
-                outputs = fx.node.map_arg(node.args, lambda n: n.meta.get("example_value"))
+                outputs = fx.node.map_arg(
+                    node.args, lambda n: n.meta.get("example_value")
+                )
                 flat = torch.utils._pytree.tree_leaves(outputs)
                 assert not any(isinstance(v, (torch.SymFloat, float)) for v in flat)
     # sqrt(n) / 4 is made from a SymInt before the attention, used after it.
@@ -137,7 +142,9 @@ def test_item_of_an_intermediate_tensor_and_of_a_mutated_input() -> None:
         compiled = torch.compile(f, backend=backend, dynamic=True)
         x, t = torch.randn(1, 2, 5, 8), torch.randn(4)
         step, step_ref = torch.tensor(3.0), torch.tensor(3.0)
-        torch.testing.assert_close(compiled(x, t, step), f(x, t, step_ref), **INDUCTOR_TOL)
+        torch.testing.assert_close(
+            compiled(x, t, step), f(x, t, step_ref), **INDUCTOR_TOL
+        )
         assert step.item() == step_ref.item() == 4.0
     assert [r.splitting for r in backend.compiled[0].reports] == [False, True, False]
 
@@ -145,9 +152,13 @@ def test_item_of_an_intermediate_tensor_and_of_a_mutated_input() -> None:
 def test_transformer_encoder() -> None:
     torch.manual_seed(0)
     layer = nn.TransformerEncoderLayer(16, 2, dim_feedforward=32, batch_first=True)
-    encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False).eval()
+    encoder = nn.TransformerEncoder(
+        layer, num_layers=2, enable_nested_tensor=False
+    ).eval()
     torch._dynamo.reset()
-    compiled = torch.compile(encoder, backend=StitchBackend(disable_cache=True), dynamic=True)
+    compiled = torch.compile(
+        encoder, backend=StitchBackend(disable_cache=True), dynamic=True
+    )
     with torch.no_grad():
         for n in (3, 6):
             x = torch.randn(2, n, 16)
@@ -160,7 +171,13 @@ def test_piece_inputs_are_faked_in_the_tracing_context_mode() -> None:
     def keep(gm: fx.GraphModule, example_inputs: Any) -> Any:
         mode = torch._guards.TracingContext.get().fake_mode
         fakes = backend_fake_inputs(gm, example_inputs)
-        seen.append([(f.fake_mode is mode, f.item_memo) for f in fakes if isinstance(f, torch.Tensor)])
+        seen.append(
+            [
+                (f.fake_mode is mode, f.item_memo)
+                for f in fakes
+                if isinstance(f, torch.Tensor)
+            ]
+        )
         return gm.forward
 
     norm = nn.LayerNorm(4)

@@ -19,13 +19,14 @@ import black
 import pytest
 import torch
 from conftest import GOLDEN_DIR, UPDATE_COMMAND
-from models import CASES, Case, emit_case
 from torch.utils._pytree import tree_flatten
 
 from stitch.codegen import generate_execution_code, lower_execution
 from stitch.codegen.emit import BLACK_MODE, render_module_with_black
 from stitch.runtime import compile_execution_fn
 from stitch.runtime.examples import EXAMPLES
+
+from models import CASES, Case, emit_case
 
 
 def assert_same_outputs(expected: Any, actual: Any, *, exact: bool) -> None:

@@ -41,6 +41,18 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+
+from stitch.codegen.errors import StitchRuntimeError  # noqa: E402
+from stitch.runtime import CompilationConfig, StitchBackend  # noqa: E402
+from stitch.runtime.cli.main import HF_FAMILIES, main  # noqa: E402
+from stitch.runtime.hf import (  # noqa: E402
+    FAMILIES,
+    build_model,
+    example_inputs,
+    output_tensor,
+)
+from stitch.runtime.hf.decode import greedy_decode  # noqa: E402
+
 from backend_support import INDUCTOR_TOL, counting, parse_worker  # noqa: E402
 from hf_support import (  # noqa: E402
     BATCH,
@@ -55,17 +67,6 @@ from hf_support import (  # noqa: E402
     skip_unless_heavy,
     split_attn,
 )
-
-from stitch.codegen.errors import StitchRuntimeError  # noqa: E402
-from stitch.runtime import CompilationConfig, StitchBackend  # noqa: E402
-from stitch.runtime.cli.main import HF_FAMILIES, main  # noqa: E402
-from stitch.runtime.hf import (  # noqa: E402
-    FAMILIES,
-    build_model,
-    example_inputs,
-    output_tensor,
-)
-from stitch.runtime.hf.decode import greedy_decode  # noqa: E402
 
 # See NOTE: [many compiles of one forward] in conftest.py.
 pytestmark = pytest.mark.usefixtures("dynamo_state")
@@ -127,8 +128,13 @@ def test_inductor_compiles_each_unique_piece_once(split_run: FamilyRun) -> None:
     deltas = split_run.dynamic_deltas
     per_graph = unique_pieces(split_run.model)
     assert per_graph == 3
-    assert deltas["num_inductor_compiles"] == per_graph * deltas["num_backend_compilations"], deltas
-    assert split_run.one_deltas["num_inductor_compiles"] == per_graph, split_run.one_deltas
+    assert (
+        deltas["num_inductor_compiles"]
+        == per_graph * deltas["num_backend_compilations"]
+    ), deltas
+    assert (
+        split_run.one_deltas["num_inductor_compiles"] == per_graph
+    ), split_run.one_deltas
 
 
 @pytest.mark.slow
@@ -139,22 +145,32 @@ def test_identical_layers_share_compiles(split_run: FamilyRun, tmp_path: Path) -
     # layers would add only twins, at seconds of Dynamo tracing each); where
     # layer types alternate (Gemma 2, GPT-OSS: sliding, full), up to two kinds
     # of middle piece (GPT-OSS's differ, Gemma 2's are the same code).
-    model = build_model(split_run.name, layers=DEEP_LAYERS, attn_implementation=split_run.attn)
+    model = build_model(
+        split_run.name, layers=DEEP_LAYERS, attn_implementation=split_run.attn
+    )
     backend = StitchBackend(CompilationConfig(cache_dir=str(tmp_path)))
     compiled = torch.compile(model, backend=backend, dynamic=True)
     kwargs = example_inputs(split_run.name, BATCH, 7)
     with counting() as deltas, torch.no_grad():
         out = output_tensor(split_run.name, compiled(**kwargs))
-    torch.testing.assert_close(out, output_tensor(split_run.name, model(**kwargs)), **INDUCTOR_TOL)
+    torch.testing.assert_close(
+        out, output_tensor(split_run.name, model(**kwargs)), **INDUCTOR_TOL
+    )
     assert sum(r.splitting for r in backend.compiled[0].reports) == DEEP_LAYERS
-    assert 3 <= deltas["num_inductor_compiles"] <= unique_pieces(model) < DEEP_LAYERS + 1, deltas
+    assert (
+        3 <= deltas["num_inductor_compiles"] <= unique_pieces(model) < DEEP_LAYERS + 1
+    ), deltas
 
 
 def unique_pieces(model: torch.nn.Module) -> int:
     """Compiled pieces of one graph that may differ: the first, the last, and
     one middle piece per kind of (layer type, next layer type) pair."""
     config = model.config
-    layers = config.num_hidden_layers if hasattr(config, "num_hidden_layers") else config.n_layer
+    layers = (
+        config.num_hidden_layers
+        if hasattr(config, "num_hidden_layers")
+        else config.n_layer
+    )
     types = getattr(config, "layer_types", None) or ["attention"] * layers
     return 2 + len({(types[i], types[i + 1]) for i in range(layers - 1)})
 
@@ -169,10 +185,18 @@ def test_second_process_starts_warm(split_run: FamilyRun) -> None:
         "cache_dir": str(split_run.cache_dir),
         "lengths": list(LENGTHS),
     }
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(WORKER.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(WORKER.parent), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     proc = subprocess.run(
         [sys.executable, str(WORKER), __import__("json").dumps(spec)],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     report = parse_worker(proc.returncode, proc.stdout, proc.stderr)
     assert report["deltas"]["num_inductor_compiles"] == 0, report
@@ -201,14 +225,18 @@ def test_stitch_attention_gives_the_default_attentions_numbers(name: str) -> Non
             torch.testing.assert_close(
                 output_tensor(name, stitch(**kwargs)),
                 output_tensor(name, default(**kwargs)),
-                rtol=1e-5, atol=1e-5,
+                rtol=1e-5,
+                atol=1e-5,
             )
 
 
 def test_stitch_attention_refuses_dropout_and_attention_weights() -> None:
     model = build_model("llama", attn_implementation="stitch", attention_dropout=0.1)
     kwargs = example_inputs("llama", 1, 3)
-    with pytest.raises(StitchRuntimeError, match=r"LlamaAttention \(layer 0\): dropout=0.1 .*model.eval\(\)"):
+    with pytest.raises(
+        StitchRuntimeError,
+        match=r"LlamaAttention \(layer 0\): dropout=0.1 .*model.eval\(\)",
+    ):
         model.train()(**kwargs)
     with pytest.raises(StitchRuntimeError, match="output_attentions=True"):
         model.eval()(**kwargs, output_attentions=True)
@@ -228,7 +256,9 @@ class Decode:
         self.backend = StitchBackend(CompilationConfig(disable_cache=True))
         self.compiled = torch.compile(self.model, backend=self.backend, dynamic=True)
         gen = torch.Generator().manual_seed(0)
-        self.prompts = [torch.randint(3, 512, (BATCH, n), generator=gen) for n in (6, 9)]
+        self.prompts = [
+            torch.randint(3, 512, (BATCH, n), generator=gen) for n in (6, 9)
+        ]
         with counting() as self.first:
             self.tokens = greedy_decode(self.compiled, self.model, self.prompts[0], 8)
         with counting() as self.second:
@@ -242,12 +272,18 @@ def decode() -> Decode:
 
 @pytest.mark.slow
 def test_static_cache_decode_gives_eager_tokens(decode: Decode) -> None:
-    assert torch.equal(decode.tokens, greedy_decode(decode.model, decode.model, decode.prompts[0], 8))
-    assert torch.equal(decode.tokens_2, greedy_decode(decode.model, decode.model, decode.prompts[1], 5))
+    assert torch.equal(
+        decode.tokens, greedy_decode(decode.model, decode.model, decode.prompts[0], 8)
+    )
+    assert torch.equal(
+        decode.tokens_2, greedy_decode(decode.model, decode.model, decode.prompts[1], 5)
+    )
 
 
 @pytest.mark.slow
-def test_one_compile_for_the_prefill_and_one_for_every_decode_step(decode: Decode) -> None:
+def test_one_compile_for_the_prefill_and_one_for_every_decode_step(
+    decode: Decode,
+) -> None:
     assert decode.first["num_backend_compilations"] == 2, decode.first
     # a prompt of another length: nothing new to compile
     assert decode.second.get("num_backend_compilations", 0) == 0, decode.second
@@ -277,8 +313,21 @@ def test_stitch_run_hf_prints_pieces_counts_and_times(
 ) -> None:
     torch._dynamo.reset()
     status = main(
-        ["run", "--hf", "gpt2", "--backend", "eager", "--sizes", "5,9", "--layers", "1",
-         "--cache-dir", str(tmp_path / "cache"), "--dump", str(tmp_path / "dump")]
+        [
+            "run",
+            "--hf",
+            "gpt2",
+            "--backend",
+            "eager",
+            "--sizes",
+            "5,9",
+            "--layers",
+            "1",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--dump",
+            str(tmp_path / "dump"),
+        ]
     )
     text = capsys.readouterr().out
     assert status == 0, text
@@ -292,4 +341,7 @@ def test_stitch_run_hf_prints_pieces_counts_and_times(
 
 def test_stitch_run_hf_rejects_static_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--hf", "llama", "--compile-sizes", "4"]) == 2
-    assert "--compile-sizes and --split-points apply to --example only" in capsys.readouterr().err
+    assert (
+        "--compile-sizes and --split-points apply to --example only"
+        in capsys.readouterr().err
+    )

@@ -16,7 +16,6 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from hf_call_sites import attention_keywords  # noqa: E402
 from transformers.integrations.sdpa_attention import (
     sdpa_attention_forward,
 )  # noqa: E402
@@ -29,6 +28,8 @@ from stitch.runtime.hf.attention import (
     ARGUMENTS,
     stitch_attention_forward,
 )  # noqa: E402
+
+from hf_call_sites import attention_keywords  # noqa: E402
 
 BATCH, HEADS, KV_HEADS, DIM = 2, 4, 2, 8
 

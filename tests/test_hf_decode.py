@@ -48,13 +48,18 @@ SHAPE = {"batch": 2, "prompt": 6, "new_tokens": 8}
 pytestmark = pytest.mark.usefixtures("dynamo_state")
 
 
-def run_worker(spec: dict[str, Any], inductor_dir: Path | None = None) -> dict[str, Any]:
+def run_worker(
+    spec: dict[str, Any], inductor_dir: Path | None = None
+) -> dict[str, Any]:
     env = worker_env()
     if inductor_dir is not None:
         env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_dir)
     proc = subprocess.run(
         [sys.executable, str(WORKER), json.dumps(spec)],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     return parse_worker(proc.returncode, proc.stdout, proc.stderr)
 
@@ -70,7 +75,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_cold_process_compiles_the_prefill_and_the_decode_step(runs: dict[str, Any]) -> None:
+def test_cold_process_compiles_the_prefill_and_the_decode_step(
+    runs: dict[str, Any],
+) -> None:
     cold = runs["cold"]
     assert cold["warm"] is False and cold["path"]
     assert cold["tokens"] == cold["eager"]
@@ -126,7 +133,11 @@ class Eager:
         self.prompt = torch.randint(3, 512, (2, 6), generator=gen)
         cache = static_cache(self.model, 2, 12)
         config = CompilationConfig(backend="eager", disable_cache=True)
-        example = {"input_ids": self.prompt, "past_key_values": cache, "use_cache": True}
+        example = {
+            "input_ids": self.prompt,
+            "past_key_values": cache,
+            "use_cache": True,
+        }
         with torch.no_grad():
             self.compiled = aot_compile(self.model, (), config, example_kwargs=example)
 
@@ -157,7 +168,9 @@ def test_a_cache_in_another_layout_is_written_in_place_not_copied(eager: Eager) 
     layer.keys = torch.zeros(2, 12, 2, 16).transpose(1, 2)
     storage = layer.keys.untyped_storage().data_ptr()
     with torch.no_grad():
-        out = eager.compiled(input_ids=eager.prompt, past_key_values=cache, use_cache=True)
+        out = eager.compiled(
+            input_ids=eager.prompt, past_key_values=cache, use_cache=True
+        )
         ref_cache = static_cache(model, 2, 12)
         ref = model(input_ids=eager.prompt, past_key_values=ref_cache, use_cache=True)
     torch.testing.assert_close(out.logits, ref.logits, rtol=1e-5, atol=1e-5)
@@ -171,7 +184,9 @@ def test_token_ids_out_of_range_are_refused(eager: Eager) -> None:
     cache = static_cache(eager.model, 2, 12)
     bad = eager.prompt.clone()
     bad[0, 0] = 512
-    with pytest.raises(StitchInputError, match=r"input_ids: expected values in \[0, 512\)"):
+    with pytest.raises(
+        StitchInputError, match=r"input_ids: expected values in \[0, 512\)"
+    ):
         eager.compiled(input_ids=bad, past_key_values=cache, use_cache=True)
     # Refused before a kernel ran: the cache was not written.
     assert int(cache.layers[0].cumulative_length) == 0
@@ -183,11 +198,16 @@ def test_keyword_arguments_and_dynamic_dims_by_name_are_checked() -> None:
     config = CompilationConfig(backend="eager", disable_cache=True)
     with pytest.raises(StitchRuntimeError, match="takes no keyword argument 'ids'"):
         aot_compile(model, (), config, example_kwargs={"ids": ids})
-    with pytest.raises(StitchRuntimeError, match="given both by position and by keyword"):
+    with pytest.raises(
+        StitchRuntimeError, match="given both by position and by keyword"
+    ):
         aot_compile(model, (ids,), config, example_kwargs={"input_ids": ids})
     with pytest.raises(StitchRuntimeError, match="dynamic_dims names 'positions'"):
         aot_compile(
-            model, (), config, example_kwargs={"input_ids": ids},
+            model,
+            (),
+            config,
+            example_kwargs={"input_ids": ids},
             dynamic_dims={"positions": [1]},
         )
 
@@ -204,7 +224,9 @@ def test_a_size_dynamo_made_dynamic_by_itself_is_checked_as_the_example() -> Non
     seen = torch.compile(model, backend="eager")
     with torch.no_grad():
         for p in prompts:
-            seen(input_ids=p, past_key_values=static_cache(model, 1, 12), use_cache=True)
+            seen(
+                input_ids=p, past_key_values=static_cache(model, 1, 12), use_cache=True
+            )
         example = {
             "input_ids": prompts[1],
             "past_key_values": static_cache(model, 1, 12),

@@ -32,9 +32,9 @@ from stitch.runtime.hf.serving import (  # noqa: E402
     PAD_VALUES,
     attach_kv_caches,
     attention_modules,
-    random_weights,
     build_serving_llama,
     kv_caches,
+    random_weights,
     reset_kv_caches,
     serving_inputs,
 )
@@ -127,7 +127,7 @@ def test_a_padding_row_writes_nothing() -> None:
         inputs = serving_inputs(model, 4, seed=2)
         inputs["position_ids"][3] = -1
         model(**inputs)
-    for old, new in zip(before, kv_caches(model)):
+    for old, new in zip(before, kv_caches(model), strict=True):
         assert torch.equal(old[3], new[3])  # the padding row's slot
         assert not torch.equal(old[:3], new[:3])
     reset_kv_caches(model)
@@ -301,7 +301,7 @@ def test_compiled_with_emulated_graphs_matches_eager(
     assert plan.slice_outputs == (True,)
     assert len(ops.graphs) == graphs and all(g.replays for g in ops.graphs)
     # Padded rows wrote nothing: every cache as eager's, entry for entry.
-    for got, expected in zip(kv_caches(served), kv_caches(eager)):
+    for got, expected in zip(kv_caches(served), kv_caches(eager), strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -322,6 +322,6 @@ def test_padding_without_the_pad_value_corrupts_the_caches() -> None:
     with torch.inference_mode(), compilation_counter.expect(num_backend_compilations=1):
         eager(**inputs)
         compiled(**_marked(inputs))
-    for got, expected in zip(kv_caches(served), kv_caches(eager)):
+    for got, expected in zip(kv_caches(served), kv_caches(eager), strict=True):
         assert not expected[3].any() and got[3].any()
         torch.testing.assert_close(got[:3], expected[:3], rtol=1e-4, atol=1e-5)

@@ -12,7 +12,6 @@ import ast
 import dataclasses
 import io
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any
 import black
 import pytest
 import torch
-from backend_support import INDUCTOR_TOL, worker_env
 
 from stitch.codegen import StitchError, StitchInputError
 from stitch.codegen.emit import BLACK_MODE
@@ -49,6 +47,8 @@ from stitch.runtime.pipeline.input_signature import (
     mismatches,
     tensor_guards,
 )
+
+from backend_support import INDUCTOR_TOL, worker_env
 
 WORKER = Path(__file__).with_name("input_check_worker.py")
 ROWS = [
@@ -257,7 +257,7 @@ def test_inspect_shows_the_check(runs: dict[str, Any]) -> None:
     # holds every size (the relation of ids and positions included)
     assert "n0 = input_ids.shape[0]" in text
     assert "SIGNATURE_0[n0].check(input_ids, positions)" in text
-    assert "(\"input_ids\", \"int64\", \"cpu\", (\"n0\",), (1,), True)" in text
+    assert '("input_ids", "int64", "cpu", ("n0",), (1,), True)' in text
     assert "0 <= input_ids.item() < 128" in text
     assert "__stitch_in_range__(input_ids, 128)" in text
 
@@ -358,7 +358,9 @@ def test_a_guard_per_token_count() -> None:
     assert not guards[3, 5].check(ids, torch.zeros(3, 6, 4), torch.zeros(2, 5))
     assert not guards[3, 5].check(torch.arange(4), hidden, torch.zeros(2, 5))
     # contiguous: the strides of those sizes; the other keeps only its static one
-    assert not guards[3, 5].check(ids, torch.zeros(5, 3, 4).transpose(0, 1), torch.zeros(2, 5))
+    assert not guards[3, 5].check(
+        ids, torch.zeros(5, 3, 4).transpose(0, 1), torch.zeros(2, 5)
+    )
     assert guards[3, 5].check(ids, hidden, torch.zeros(2, 7)[:, :5])
     assert sorted(guards) == [(3, 5)]
     for key in (None, 3, (3, None), (-1, 2), (3, "5")):
@@ -468,17 +470,27 @@ def test_an_object_argument_is_checked_by_the_tensors_the_graph_reads() -> None:
         "past_key_values.layers[1].cumulative_length",
     ]
     assert all(t.mutated for t in obj.tensors)
-    assert InputSignature.from_literal(spec.signatures[0].to_literal()) == spec.signatures[0]
+    assert (
+        InputSignature.from_literal(spec.signatures[0].to_literal())
+        == spec.signatures[0]
+    )
     code = generate_input_check(spec)
-    assert "def check_forward(\n    self,\n    input_ids,\n    *,\n    past_key_values," in code
+    assert (
+        "def check_forward(\n    self,\n    input_ids,\n    *,\n    past_key_values,"
+        in code
+    )
     assert "0 <= input_ids.item() < 128" in code
     calls: list[Any] = []
     namespace = load_execution_module(
         code, None, extra_globals={GUARDS: tensor_guards, IN_RANGE: in_range}
     )
-    forward = lambda self, ids, **kw: calls.append(("forward", sorted(kw))) or 0  # noqa: E731
+    forward = (
+        lambda self, ids, **kw: calls.append(("forward", sorted(kw))) or 0
+    )  # noqa: E731
     mismatch = lambda self, ids, **kw: calls.append("mismatch") or 1  # noqa: E731
-    check = bind_kwonly(bind_kwonly(namespace[FUNCTION], FORWARDS, [forward]), MISMATCH, mismatch)
+    check = bind_kwonly(
+        bind_kwonly(namespace[FUNCTION], FORWARDS, [forward]), MISMATCH, mismatch
+    )
     ids = torch.zeros(1, 1, dtype=torch.int64)
     assert check(None, ids, past_key_values=Cache(), use_cache=True) == 0
     assert calls.pop() == ("forward", ["past_key_values", "use_cache"])
@@ -486,7 +498,12 @@ def test_an_object_argument_is_checked_by_the_tensors_the_graph_reads() -> None:
     short = Cache()
     del short.layers[1]
     bad_ids = torch.full((1, 1), 128)
-    for cache, given in ((Cache(16), ids), (short, ids), (Layer(8), ids), (Cache(), bad_ids)):
+    for cache, given in (
+        (Cache(16), ids),
+        (short, ids),
+        (Layer(8), ids),
+        (Cache(), bad_ids),
+    ):
         assert check(None, given, past_key_values=cache, use_cache=True) == 1
         assert calls.pop() == "mismatch"
     # The diagnosis names the tensor inside the object.

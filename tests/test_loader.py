@@ -18,10 +18,11 @@ from typing import Any
 
 import pytest
 import torch
-from models import emit_case, randn
 
 from stitch.codegen import StitchLoadError
 from stitch.runtime import compile_execution_fn, source_filename
+
+from models import emit_case, randn
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -85,7 +86,11 @@ def test_a_given_filename_is_used(tmp_path: Path) -> None:
     path.write_text(emitted.code + "# edited\n", encoding="utf-8")
     with pytest.raises(StitchLoadError, match="does not hold exactly the source"):
         compile_execution_fn(
-            emitted.code, pieces, emitted.submod_names, emitted.consts, filename=str(path)
+            emitted.code,
+            pieces,
+            emitted.submod_names,
+            emitted.consts,
+            filename=str(path),
         )
 
 

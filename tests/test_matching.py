@@ -45,7 +45,8 @@ def split_targets(gm: fx.GraphModule, splitting_ops: Any) -> list[list[Any]]:
         [
             n.target
             for n in item.graph.graph.nodes
-            if n.op in ("call_function", "call_method") and n.target is not operator.getitem
+            if n.op in ("call_function", "call_method")
+            and n.target is not operator.getitem
         ]
         for item in items
         if item.is_splitting_graph
@@ -72,9 +73,18 @@ ARGS = (torch.randn(1, 2, 8, 4), torch.randn(4, 4))
         "torch.nn.functional.scaled_dot_product_attention",
         "torch._C._nn.scaled_dot_product_attention",
     ],
-    ids=["aten-name", "aten-overload-name", "packet", "object", "dotted", "dotted-builtin"],
+    ids=[
+        "aten-name",
+        "aten-overload-name",
+        "packet",
+        "object",
+        "dotted",
+        "dotted-builtin",
+    ],
 )
-def test_every_spelling_of_sdpa_splits_the_torch_function_dynamo_keeps(entry: Any) -> None:
+def test_every_spelling_of_sdpa_splits_the_torch_function_dynamo_keeps(
+    entry: Any,
+) -> None:
     gm = dynamo_graph(attention, *ARGS)
     sdpa = torch._C._nn.scaled_dot_product_attention
     assert sdpa in [n.target for n in gm.graph.nodes]  # Dynamo kept the builtin
@@ -134,7 +144,10 @@ def test_entries_are_named_without_object_ids() -> None:
     )
     assert entry_label(torch.matmul) == "torch.matmul"
     assert entry_label(torch.Tensor.softmax) == "torch.Tensor.softmax"
-    assert entry_label(torch.ops.higher_order.flex_attention) == "higher_order::flex_attention"
+    assert (
+        entry_label(torch.ops.higher_order.flex_attention)
+        == "higher_order::flex_attention"
+    )
     assert entry_label(torch.ops.aten.mm.default) == "aten::mm.default"
 
 
@@ -160,7 +173,11 @@ def test_an_entry_that_is_neither_name_nor_callable_is_a_config_error(
 
 
 def stitch_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "stitch" and r.levelno >= logging.WARNING]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "stitch" and r.levelno >= logging.WARNING
+    ]
 
 
 def with_break(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -193,7 +210,9 @@ def test_an_inlined_function_warns_with_the_way_to_keep_it(
         return inlined(x) * 2
 
     torch._dynamo.reset()
-    backend = StitchBackend(backend="eager", disable_cache=True, splitting_ops=[inlined])
+    backend = StitchBackend(
+        backend="eager", disable_cache=True, splitting_ops=[inlined]
+    )
     with caplog.at_level(logging.WARNING, logger="stitch"):
         torch.compile(f, backend=backend)(torch.randn(3))
     (message,) = stitch_warnings(caplog)
@@ -208,13 +227,24 @@ def test_absent_defaults_do_not_warn(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="stitch"):
         torch.compile(lambda x: (x @ x).relu(), backend=backend)(torch.randn(4, 4))
     assert stitch_warnings(caplog) == []
-    assert any("no splitting op matched graph 1" in r.getMessage() for r in caplog.records)
+    assert any(
+        "no splitting op matched graph 1" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_unmatched_reports_each_missing_entry_with_close_names() -> None:
     gm = dynamo_graph(attention, *ARGS)
-    matcher = OpMatcher.parse(["stitch::atention", "aten::scaled_dot_product_atention", F.relu])
+    matcher = OpMatcher.parse(
+        ["stitch::atention", "aten::scaled_dot_product_atention", F.relu]
+    )
     missing = {entry.label: close for entry, close in matcher.unmatched(gm)}
-    assert missing["aten::scaled_dot_product_atention"][0] == "aten::scaled_dot_product_attention"
+    assert (
+        missing["aten::scaled_dot_product_atention"][0]
+        == "aten::scaled_dot_product_attention"
+    )
     assert missing["stitch::atention"] == []
-    assert set(missing) == {"stitch::atention", "aten::scaled_dot_product_atention", "torch.nn.functional.relu"}
+    assert set(missing) == {
+        "stitch::atention",
+        "aten::scaled_dot_product_atention",
+        "torch.nn.functional.relu",
+    }

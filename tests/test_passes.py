@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import torch
 import torch.fx as fx
-from backend_support import INDUCTOR_TOL, compile_model, counting, eager_and_compiled, model_for
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from stitch.codegen.errors import StitchConfigError, StitchRuntimeError
@@ -25,6 +24,14 @@ from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.passes import InductorPass
 from stitch.runtime.passes.rms_norm import RMS_NORM_OP, FuseRMSNorm
 from stitch.runtime.pipeline.prebuilt import PREBUILT_DIR, PREBUILT_SUFFIX, read_record
+
+from backend_support import (
+    INDUCTOR_TOL,
+    compile_model,
+    counting,
+    eager_and_compiled,
+    model_for,
+)
 
 ONE_LAYER = LlamaConfig(num_layers=1)
 # input_layernorm, post_attention_layernorm and the final norm.
@@ -58,12 +65,19 @@ def test_fuse_rms_norm_matches_eager(dtype: torch.dtype) -> None:
     assert fuse.fused == 1
     assert fused_ops(gm) == 1
     # Only the fused op and the placeholders/output are left.
-    assert [n.op for n in gm.graph.nodes] == ["placeholder", "placeholder", "call_function", "output"]
+    assert [n.op for n in gm.graph.nodes] == [
+        "placeholder",
+        "placeholder",
+        "call_function",
+        "output",
+    ]
     torch.testing.assert_close(gm(x, w), rms_norm_chain(x, w), rtol=0, atol=0)
 
 
 def test_fuse_rms_norm_keeps_a_chain_whose_intermediate_is_used() -> None:
-    def norm_and_scale(x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def norm_and_scale(
+        x: torch.Tensor, w: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         inv = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5)
         return x * inv * w, inv
 
@@ -172,7 +186,9 @@ def test_pass_runs_in_every_compiled_piece(fused_run: dict[str, Any]) -> None:
 
 
 @pytest.mark.slow
-def test_without_the_pass_nothing_is_fused(fused_run: dict[str, Any], tmp_path: Path) -> None:
+def test_without_the_pass_nothing_is_fused(
+    fused_run: dict[str, Any], tmp_path: Path
+) -> None:
     # The same model compiled without passes: Inductor keeps its own RMSNorm kernels.
     _, ref, out, entry = compile_and_run(config(tmp_path, []))
     assert fused_calls(entry) == 0

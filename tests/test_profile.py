@@ -10,7 +10,6 @@ from typing import Any
 import black
 import pytest
 import torch
-from models import CASES, emit_case
 from test_golden import assert_same_outputs, run
 
 from stitch.codegen import generate_execution_code, lower_execution
@@ -21,6 +20,8 @@ from stitch.runtime import CompilationConfig, StitchBackend, compile_execution_f
 from stitch.runtime.cli.main import main
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
 from stitch.runtime.profiling import Profiler
+
+from models import CASES, emit_case
 
 
 class Recorder:

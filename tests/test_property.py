@@ -19,14 +19,20 @@ import torch
 import torch.fx as fx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from models import ops
 from torch.utils._pytree import tree_flatten
 
-from stitch.codegen import OpMatcher, generate_execution_code, lower_execution, split_graph
+from stitch.codegen import (
+    OpMatcher,
+    generate_execution_code,
+    lower_execution,
+    split_graph,
+)
 from stitch.codegen.emit import BLACK_MODE, render_module_with_black
 from stitch.codegen.layout import Layout, _with_black
 from stitch.codegen.values import render_float, render_string
 from stitch.runtime import compile_execution_fn
+
+from models import ops
 
 FULL, COLUMN = (4, 5), (4, 1)  # every value broadcasts against every other
 SPLITTABLE = (
@@ -200,8 +206,10 @@ def _is_name(name: str) -> bool:
     )
 
 
-names = st.text("abcxyz_0123456789", min_size=1, max_size=40).map(lambda t: "v" + t).filter(
-    _is_name
+names = (
+    st.text("abcxyz_0123456789", min_size=1, max_size=40)
+    .map(lambda t: "v" + t)
+    .filter(_is_name)
 )
 long_names = st.integers(1, 100).map(lambda n: "n" * n)
 any_name = st.one_of(names, long_names)
@@ -252,13 +260,17 @@ plain_arguments = st.one_of(
     st.tuples(names, any_name).map(lambda kv: f"{kv[0]}={kv[1]}"),
 )
 plain_calls = st.tuples(
-    st.lists(names, max_size=6), callees, st.lists(plain_arguments, min_size=2, max_size=40)
-).map(lambda c: (f"{', '.join(c[0])} = " if c[0] else "") + f"{c[1]}({', '.join(c[2])})")
+    st.lists(names, max_size=6),
+    callees,
+    st.lists(plain_arguments, min_size=2, max_size=40),
+).map(
+    lambda c: (f"{', '.join(c[0])} = " if c[0] else "") + f"{c[1]}({', '.join(c[2])})"
+)
 statements = st.one_of(
     plain_calls,
-    st.tuples(st.lists(st.one_of(any_name, st.just("_")), min_size=1, max_size=8), calls).map(
-        lambda c: f"{', '.join(c[0])} = {c[1]}" if c[0] != ["_"] else f"x = {c[1]}"
-    ),
+    st.tuples(
+        st.lists(st.one_of(any_name, st.just("_")), min_size=1, max_size=8), calls
+    ).map(lambda c: f"{', '.join(c[0])} = {c[1]}" if c[0] != ["_"] else f"x = {c[1]}"),
     st.tuples(any_name, expressions).map(lambda c: f"{c[0]} = {c[1]}"),
     calls,
     st.lists(any_name, min_size=1, max_size=12).map(lambda n: "del " + ", ".join(n)),

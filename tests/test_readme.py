@@ -18,9 +18,13 @@ def python_blocks() -> list[tuple[str, str]]:
     """``(id, source)`` of each fenced ``python`` block, named after its section."""
     blocks = []
     heading = "top"
-    for match in re.finditer(r"^(#+ [^\n]*)$|^```python\n(.*?)^```$", README.read_text(), re.M | re.S):
+    for match in re.finditer(
+        r"^(#+ [^\n]*)$|^```python\n(.*?)^```$", README.read_text(), re.M | re.S
+    ):
         if match.group(1):
-            heading = re.sub(r"[^a-z0-9]+", "-", match.group(1).lstrip("# ").lower()).strip("-")
+            heading = re.sub(
+                r"[^a-z0-9]+", "-", match.group(1).lstrip("# ").lower()
+            ).strip("-")
         else:
             blocks.append((f"{heading}-{len(blocks)}", match.group(2)))
     return blocks
@@ -43,7 +47,10 @@ def _param(source: str, block_id: str) -> object:
 @pytest.mark.slow
 @pytest.mark.parametrize("source", [_param(s, i) for i, s in BLOCKS])
 def test_readme_block_runs_as_written(source: str, tmp_path: Path) -> None:
-    if "stitch.runtime.hf" in source and importlib.util.find_spec("transformers") is None:
+    if (
+        "stitch.runtime.hf" in source
+        and importlib.util.find_spec("transformers") is None
+    ):
         pytest.skip("needs transformers (pip install -e '.[hf]')")
     if "from vllm" in source and importlib.util.find_spec("vllm") is None:
         pytest.skip("needs vLLM in its own venv (README.md, .ci/vllm.sh)")
@@ -61,4 +68,6 @@ def test_readme_block_runs_as_written(source: str, tmp_path: Path) -> None:
         text=True,
         timeout=900,
     )
-    assert proc.returncode == 0, f"--- block\n{source}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert (
+        proc.returncode == 0
+    ), f"--- block\n{source}\n--- stderr\n{proc.stderr[-4000:]}"

@@ -5,15 +5,16 @@ from __future__ import annotations
 import operator
 from typing import Any
 
-import models
 import pytest
 import torch
 import torch.fx as fx
-from models import ops, randn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from stitch.codegen import SplitItem, StitchCodegenError, split_graph
 from stitch.runtime.examples import EXAMPLES
+
+import models
+from models import ops, randn
 
 SIZE_OPS = (torch.ops.aten.sym_size.int,)
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 import torch
-from aot_support import MODEL_SOURCE, PIECES, run_worker
 
 from stitch.runtime.compat import dynamo, versions
+
+from aot_support import MODEL_SOURCE, PIECES, run_worker
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "torch_versions.md"
 UPDATE_ENV = "STITCH_UPDATE_DOCS"

@@ -62,8 +62,8 @@ def run_engine(
 def assert_same_generation(got: dict[str, Any], want: dict[str, Any]) -> None:
     assert got["tokens"] == want["tokens"]
     for batch, rows in want["logprobs"].items():
-        for row_got, row_want in zip(got["logprobs"][batch], rows):
-            worst = max(abs(a - b) for a, b in zip(row_got, row_want))
+        for row_got, row_want in zip(got["logprobs"][batch], rows, strict=True):
+            worst = max(abs(a - b) for a, b in zip(row_got, row_want, strict=True))
             assert worst < LOGPROB_TOL, f"batch {batch}: logprobs differ by {worst}"
     # The greedy tokens are decided, not ties (NOTE: [logits of a trained
     # model's spread] in engine.py): the sampled token is far above uniform.

@@ -18,6 +18,11 @@ from typing import Any
 
 import pytest
 import torch
+
+from stitch.runtime import CompilationConfig
+from stitch.runtime.examples import LlamaConfig
+from stitch.runtime.store.cache import INDEX_FILE, SOURCE_FILE
+
 from backend_support import (
     INDUCTOR_TOL,
     compile_model,
@@ -26,10 +31,6 @@ from backend_support import (
     model_for,
     run_worker,
 )
-
-from stitch.runtime import CompilationConfig
-from stitch.runtime.store.cache import INDEX_FILE, SOURCE_FILE
-from stitch.runtime.examples import LlamaConfig
 
 # Every test reads the runs of two fresh processes (a cold compile, a warm start).
 pytestmark = pytest.mark.slow
@@ -102,7 +103,7 @@ def test_warm_start_compiles_nothing_and_loads_everything(runs: dict[str, Any]) 
 
 def test_warm_start_runs_the_cached_source(runs: dict[str, Any]) -> None:
     cold, warm = runs["cold"], runs["warm"]
-    for c, w in zip(cold["compiled"], warm["compiled"]):
+    for c, w in zip(cold["compiled"], warm["compiled"], strict=True):
         assert w["cache_dir"] == c["cache_dir"]
         assert w["code_sha256"] == c["code_sha256"]
         entry = Path(w["cache_dir"])

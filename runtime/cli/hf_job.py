@@ -9,6 +9,7 @@ and the per-forward times.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from collections.abc import Sequence
@@ -47,7 +48,9 @@ def run_hf(
     model = build_model(
         family,
         layers=layers,
-        attn_implementation=None if attn_implementation == "default" else attn_implementation,
+        attn_implementation=(
+            None if attn_implementation == "default" else attn_implementation
+        ),
     )
     attn_implementation = model.config._attn_implementation
     stitch = StitchBackend(config)
@@ -66,8 +69,8 @@ def run_hf(
             err = (expected - actual).abs().max().item()
             ok = torch.allclose(expected, actual, **TOLERANCE)
             failures += not ok
-            eager_ms = median_ms(lambda: model(**kwargs), repeats)
-            stitch_ms = median_ms(lambda: compiled(**kwargs), repeats)
+            eager_ms = median_ms(functools.partial(model, **kwargs), repeats)
+            stitch_ms = median_ms(functools.partial(compiled, **kwargs), repeats)
             rows.append((n, eager_ms, stitch_ms, first_ms, err, ok))
     after = compilation_counter.snapshot()
 

@@ -180,7 +180,7 @@ def _int_list(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of ints"
-        )
+        ) from None
     return values
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import statistics
 import tempfile
@@ -83,8 +84,12 @@ def run_example(
             err = (expected - actual).abs().max().item()
             ok = torch.allclose(expected, actual, rtol=1e-4, atol=1e-4)
             failures += not ok
-            eager_ms = median_ms(lambda: model(input_ids, positions), repeats)
-            stitch_ms = median_ms(lambda: compiled(input_ids, positions), repeats)
+            eager_ms = median_ms(
+                functools.partial(model, input_ids, positions), repeats
+            )
+            stitch_ms = median_ms(
+                functools.partial(compiled, input_ids, positions), repeats
+            )
             rows.append((n, eager_ms, stitch_ms, first_ms, err, ok))
 
     result = stitch.compiled[0] if stitch is not None and stitch.compiled else None

@@ -21,16 +21,12 @@ Everything here except :class:`CUDAGraphOps` is plain Python over an injectable
 - ``graph_ops``: capture and replay (CUDA, and the CPU emulation);
 - ``padding``: capture sizes, the padding plan, the padded runner;
 - ``wrapper``: one graph per piece and size, and the hoisted per-size tables;
-- ``manager``: the shared pool, the capture switch, building the runtime;
-- ``baseline``: the vLLM-style per-piece dispatch, for the benchmark.
+- ``manager``: the shared pool, the capture switch, building the runtime.
+
+(The vLLM-style per-piece dispatch the benchmark compares against is
+bench/vllm_style.py.)
 """
 
-from .baseline import (
-    BatchDescriptor,
-    ForwardContexts,
-    VllmStyleForward,
-    vllm_style_forward,
-)
 from .graph_ops import CUDAGraphOps, EmulatedGraphOps, weak_ref_tensor, weak_refs
 from .manager import CUDAGraphManager
 from .padding import (
@@ -48,7 +44,6 @@ from .padding import (
 from .wrapper import FULL_GRAPH, CUDAGraphTables, CUDAGraphWrapper, call_order
 
 __all__ = [
-    "BatchDescriptor",
     "CUDAGraphManager",
     "CUDAGraphOps",
     "CUDAGraphTables",
@@ -57,10 +52,8 @@ __all__ = [
     "DynamicInput",
     "EmulatedGraphOps",
     "FULL_GRAPH",
-    "ForwardContexts",
     "PaddedRunner",
     "PaddingPlan",
-    "VllmStyleForward",
     "call_order",
     "capture_order",
     "check_padding",
@@ -68,7 +61,6 @@ __all__ = [
     "input_name",
     "padding_table",
     "plan_padding",
-    "vllm_style_forward",
     "weak_ref_tensor",
     "weak_refs",
 ]

@@ -16,7 +16,6 @@ from ..config import CompilationConfig, CUDAGraphMode
 from ..counter import compilation_counter
 from ..loader import compile_execution_fn
 from ..progress import progress_bar
-from .baseline import vllm_style_forward
 from .graph_ops import CUDAGraphOps
 from .padding import (
     CannotPad,
@@ -27,7 +26,7 @@ from .padding import (
     padding_table,
     plan_padding,
 )
-from .plan import GraphPlan, unsaveable_graphs
+from .plan import GraphPlan
 from .wrapper import FULL_GRAPH, CUDAGraphTables, CUDAGraphWrapper, call_order
 
 if TYPE_CHECKING:
@@ -208,6 +207,44 @@ class CUDAGraphManager:
         order = call_order(split_gm, backends)
         return GraphPlan(padding, list(submod_names).index(order[-1]) if order else -1)
 
+    def piecewise(
+        self,
+        plan: GraphPlan,
+        *,
+        code: str,
+        backends: dict[str, Any],
+        submod_names: Sequence[str],
+        consts: Sequence[Any],
+        filename: str | None,
+        split_gm: fx.GraphModule | None,
+        ranges: Any,
+        plain: Callable[..., Any],
+    ) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        """The runners of the piecewise sizes and of the sizes above the largest.
+
+        The emitted function with the dispatch hoisted: one table lookup per
+        forward picks every piece's runnable at the padded size (its CUDA
+        graph).  bench/vllm_style.py overrides this with vLLM's per-piece path,
+        the baseline the benchmark compares against.
+        """
+        tables = CUDAGraphTables(
+            [backends[name] for name in submod_names],
+            self,
+            submod_names,
+            sorted(self.config.cudagraph_capture_sizes or ()),
+            last=plan.last,
+        )
+        piecewise = compile_execution_fn(
+            code,
+            backends,
+            submod_names,
+            consts,
+            dispatch=tables,
+            filename=filename,
+            ranges=ranges,
+        )
+        return piecewise, plain
+
     def build(
         self,
         plan: GraphPlan | None,
@@ -223,8 +260,8 @@ class CUDAGraphManager:
         """The execution function with padding and CUDA graphs, from ``plan``.
 
         ``filename`` is the file holding ``code``, if any.  ``split_gm`` (the
-        split graph with the compiled pieces bound) is needed only by the
-        per-piece dispatch; a saved function has none (see
+        split graph with the compiled pieces bound) goes to :meth:`piecewise`,
+        which does not need it; a saved function has none (see
         NOTE: [a saved function rebuilds its graphs from a plan]).
         """
         config = self.config
@@ -239,30 +276,17 @@ class CUDAGraphManager:
         piecewise: Callable[..., Any] | None = None
         above_max: Callable[..., Any] = plain
         if any(s > full_limit for s in sizes):
-            if config.dispatch == "hoisted":
-                tables = CUDAGraphTables(
-                    [backends[name] for name in submod_names],
-                    self,
-                    submod_names,
-                    sizes,
-                    last=plan.last,
-                )
-                piecewise = compile_execution_fn(
-                    code,
-                    backends,
-                    submod_names,
-                    consts,
-                    dispatch=tables,
-                    filename=filename,
-                    ranges=ranges,
-                )
-            elif split_gm is None:
-                raise StitchRuntimeError(unsaveable_graphs(config) or "no split graph")
-            else:
-                order = call_order(split_gm, backends)
-                piecewise, above_max = vllm_style_forward(
-                    split_gm, backends, self, plan.padding.size_index, order
-                )
+            piecewise, above_max = self.piecewise(
+                plan,
+                code=code,
+                backends=backends,
+                submod_names=submod_names,
+                consts=consts,
+                filename=filename,
+                split_gm=split_gm,
+                ranges=ranges,
+                plain=plain,
+            )
         runners: dict[int, Callable[..., Any]] = {}
         for size in sizes:
             if size <= full_limit:

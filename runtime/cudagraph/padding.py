@@ -20,9 +20,9 @@ from stitch.codegen.errors import (
     StitchRuntimeError,
 )
 
+from ..compat.dynamo import tensor_guards
 from ..compat.pytree import tree_flatten, tree_unflatten
 from ..config import CompilationConfig, CUDAGraphMode
-from ..compat.dynamo import tensor_guards
 
 if TYPE_CHECKING:
     from ..pipeline.size import RuntimeSize
@@ -300,7 +300,8 @@ class PaddedRunner:
             dsts += [b[n:p] for b in self.buffers]
             pads = [block[: p - n] for block in self.pad_blocks]
         fixed = [(i, p) for i in self.plan.size_indices] + [
-            (d.index, b[:p]) for d, b in zip(self.plan.dynamic, self.buffers)
+            (d.index, b[:p])
+            for d, b in zip(self.plan.dynamic, self.buffers, strict=True)
         ]
         step = (p, dsts, pads, fixed, self._guard(n))
         self._steps[n] = step
@@ -344,14 +345,16 @@ class PaddedRunner:
             and isinstance(out, (tuple, list))
             and len(out) == len(plan)
         ):
-            return type(out)(o[:n] if s else o for o, s in zip(out, plan))
+            return type(out)(o[:n] if s else o for o, s in zip(out, plan, strict=False))
         leaves, spec = tree_flatten(out)
         if len(leaves) != len(plan):
             raise StitchRuntimeError(
                 f"the padded forward returned {len(leaves)} values; the graph "
                 f"declares {len(plan)}"
             )
-        return tree_unflatten([o[:n] if s else o for o, s in zip(leaves, plan)], spec)
+        return tree_unflatten(
+            [o[:n] if s else o for o, s in zip(leaves, plan, strict=False)], spec
+        )
 
     def _guard(self, n: int) -> Any:
         with torch.inference_mode(False):
@@ -365,7 +368,7 @@ class PaddedRunner:
         )
 
     def _check_inputs(self, inputs: Sequence[Any], n: int) -> None:
-        for d, arg in zip(self.plan.dynamic, inputs):
+        for d, arg in zip(self.plan.dynamic, inputs, strict=True):
             if not isinstance(arg, torch.Tensor):
                 given = type(arg).__name__
             elif tuple(arg.shape) != (n, *d.rest):
@@ -383,7 +386,7 @@ class PaddedRunner:
     def _input_error(
         self, args: tuple[Any, ...], n: int, exc: Exception
     ) -> StitchError:
-        for d, buffer in zip(self.plan.dynamic, self.buffers):
+        for d in self.plan.dynamic:
             arg = args[d.index]
             if not isinstance(arg, torch.Tensor) or tuple(arg.shape) != (n, *d.rest):
                 shape = (

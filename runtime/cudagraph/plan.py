@@ -19,8 +19,8 @@ import torch
 
 from stitch.codegen.errors import StitchCacheError
 
-from ..config import CompilationConfig, CUDAGraphMode
-from .padding import DynamicInput, PaddingPlan, full_graph_limit
+from ..config import CompilationConfig
+from .padding import DynamicInput, PaddingPlan
 
 PLAN_FORMAT = 1
 # The config fields that decide which graphs wrap which pieces (the others,
@@ -150,25 +150,3 @@ def plan_settings(config: CompilationConfig) -> dict[str, Any]:
         "max_full_cudagraph_size": config.max_full_cudagraph_size,
         "cudagraph_pad_values": dict(sorted(config.cudagraph_pad_values.items())),
     }
-
-
-def unsaveable_graphs(config: CompilationConfig) -> str | None:
-    """Why a function running CUDA graphs under ``config`` cannot be saved, or None.
-
-    The per-piece dispatch (``dispatch="per_piece"``, the vLLM-style baseline
-    kept for the benchmark) runs its piecewise graphs by interpreting a copy of
-    the split graph, which a saved function does not keep; the hoisted dispatch
-    and full graphs need only the emitted source and a :class:`GraphPlan`.
-    """
-    sizes = config.cudagraph_capture_sizes or ()
-    if config.cudagraph_mode is CUDAGraphMode.NONE or not sizes:
-        return None
-    limit = full_graph_limit(config)
-    if config.dispatch != "hoisted" and any(s > limit for s in sizes):
-        return (
-            f"cudagraph_mode={config.cudagraph_mode.name} with dispatch="
-            f"{config.dispatch!r} runs piecewise CUDA graphs over the split graph, "
-            "which a saved function does not keep; use dispatch='hoisted' (the "
-            "default) to save it"
-        )
-    return None

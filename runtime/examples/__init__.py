@@ -5,8 +5,10 @@ for CUDA tensors, the Triton kernel) and the layer-name ops.  The core
 (``stitch.runtime`` outside this package) never imports it.
 """
 
-from . import ops  # noqa: F401 - registers the ops
-from . import triton_attention  # noqa: F401 - registers the CUDA kernel
+from . import (
+    ops,  # noqa: F401 - registers the ops
+    triton_attention,  # noqa: F401 - registers the CUDA kernel
+)
 from .models import (
     DEFAULT_SPLITTING_OPS,
     EXAMPLES,

@@ -204,7 +204,7 @@ def launch(
     direct = _direct_launch() if kernels is _kernel_module() else None
     if direct is None:
         kernels.decode_attention_kernel[grid](
-            *args, **dict(zip(CONSTEXPRS, constexprs))
+            *args, **dict(zip(CONSTEXPRS, constexprs, strict=True))
         )
         return
     runtime, active = direct
@@ -213,7 +213,7 @@ def launch(
     compiled = _compiled.get(key)
     if compiled is None:
         compiled = kernels.decode_attention_kernel[grid](
-            *args, **dict(zip(CONSTEXPRS, constexprs))
+            *args, **dict(zip(CONSTEXPRS, constexprs, strict=True))
         )
         if hasattr(compiled, "result"):  # compiled in the background
             compiled = compiled.result()

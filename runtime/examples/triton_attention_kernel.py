@@ -65,12 +65,12 @@ def decode_attention_kernel(
         tl.float32
     )
     # Rounded to the cache dtype first, as the torch implementation reads them back.
-    k_new = tl.load(
-        K + i * stride_kn + kvh * stride_kh + d, mask=dmask, other=0.0
-    ).to(KC.dtype.element_ty)
-    v_new = tl.load(
-        V + i * stride_vn + kvh * stride_vh + d, mask=dmask, other=0.0
-    ).to(VC.dtype.element_ty)
+    k_new = tl.load(K + i * stride_kn + kvh * stride_kh + d, mask=dmask, other=0.0).to(
+        KC.dtype.element_ty
+    )
+    v_new = tl.load(V + i * stride_vn + kvh * stride_vh + d, mask=dmask, other=0.0).to(
+        VC.dtype.element_ty
+    )
     row = i * stride_cs + kvh * stride_ch
     tl.store(KC + row + pos * stride_cl + d, k_new, mask=dmask & writes)
     tl.store(VC + row + pos * stride_cl + d, v_new, mask=dmask & writes)

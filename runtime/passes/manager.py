@@ -33,7 +33,7 @@ class PostGradPasses(CustomGraphPass):
         self.uuids = [pass_uuid(p) for p in self.passes]
 
     def __call__(self, graph: fx.Graph) -> None:
-        for p, uuid in zip(self.passes, self.uuids):
+        for p, uuid in zip(self.passes, self.uuids, strict=True):
             try:
                 p(graph)
                 graph.lint()

@@ -54,13 +54,13 @@ from .aot_record import (
     StaleRecord,
     dynamic_spec,
     factors,
+    literal,
     model_name,
     read_file,
     read_record,
     record_folder,
     stale_reasons,
     traced_code,
-    literal,
     write_record,
 )
 from .backend import StitchBackend
@@ -213,7 +213,7 @@ def marked_unbacked(
     with a tensor still marked fails Dynamo's marking guard.
     """
     saved = [(a, dict(a.__dict__)) for a in args if isinstance(a, torch.Tensor)]
-    for a, wanted in zip(args, dims):
+    for a, wanted in zip(args, dims, strict=False):
         if not isinstance(a, torch.Tensor):
             continue
         marked = dynamo.marked_dims(a)

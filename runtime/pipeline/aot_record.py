@@ -115,7 +115,7 @@ def dynamic_spec(
 def input_spec(args: Sequence[Any], dims: Sequence[Sequence[int]]) -> list[Any]:
     """Dtype, rank, device and dynamic dims of each tensor input; the type of others."""
     spec: list[Any] = []
-    for a, dyn in zip(args, dims):
+    for a, dyn in zip(args, dims, strict=False):
         if isinstance(a, torch.Tensor):
             spec.append(
                 (

@@ -33,8 +33,8 @@ from ..cudagraph.plan import GraphPlan
 from ..loader import compile_execution_fn
 from ..profiling import Profiler, piece_list
 from ..progress import progress_bar
-from ..store.cache import CompileCache
 from ..store.artifacts import ARTIFACT_FILE
+from ..store.cache import CompileCache
 from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, trace_source, write_debug_dump
 from ..store.index import EntryRecord
@@ -254,7 +254,7 @@ class Compilation:
 
         size_arguments = {name: b.sym_index for name, b in backends.items()}
         size_on = hoisted_input(split_gm, self.size, size_arguments)
-        dispatch_on = size_on if self.config.dispatch == "hoisted" else None
+        dispatch_on = size_on  # the pieces' runnables picked once per forward
         code, submod_names, consts, warm_source = self._stitching_source(
             split_gm, cache, dispatch_on
         )
@@ -361,7 +361,7 @@ class Compilation:
         entries: list[EntryRecord] = []
         outcomes: list[str] = []
         piece_start = time.perf_counter()
-        for target, key in zip(plan.targets, plan.keys):
+        for target, key in zip(plan.targets, plan.keys, strict=True):
             runnable, entry, outcome = self._runnable(
                 name, graph, piece_args, target, key, cache, plan.size_argument
             )
@@ -557,4 +557,3 @@ class Compilation:
                 return code, names, consts, True
         code, names, consts = generate_execution_code(split_gm, dispatch_on=dispatch_on)
         return code, names, consts, False
-

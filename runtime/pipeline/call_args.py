@@ -51,7 +51,7 @@ class CallArgs(tuple):  # type: ignore[type-arg]
     def split(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(args, kwargs)`` to call the forward with."""
         cut = len(self) - len(self.keywords)
-        return tuple(self[:cut]), dict(zip(self.keywords, self[cut:]))
+        return tuple(self[:cut]), dict(zip(self.keywords, self[cut:], strict=True))
 
     def like(self, values: Sequence[Any]) -> "CallArgs":
         """Other values for the same parameters."""

@@ -63,7 +63,7 @@ def backend_fake_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> li
         return [_in_mode(mode, example) for example in example_inputs]
     fallback = detect_fake_mode(list(example_inputs))
     values = []
-    for node, example in zip(placeholders, example_inputs):
+    for node, example in zip(placeholders, example_inputs, strict=False):
         value = node.meta.get("example_value", node.meta.get("val"))
         if value is None:
             if isinstance(example, torch.Tensor) and fallback is not None:

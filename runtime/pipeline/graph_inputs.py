@@ -35,7 +35,7 @@ def graph_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> list[Grap
     written = _written_storages(gm)
     bounds = _index_bounds(gm)
     out = []
-    for node, example in zip(placeholders, example_inputs):
+    for node, example in zip(placeholders, example_inputs, strict=False):
         fake = node.meta.get("example_value")
         sizes = None
         mutated = False

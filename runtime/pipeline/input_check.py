@@ -202,7 +202,7 @@ class InputCheck:
                         if name in names
                         else a
                     )
-                    for name, a in zip(self.spec.params[1:], args)
+                    for name, a in zip(self.spec.params[1:], args, strict=False)
                 ]
                 return call(self.forwards[i], model, args.like(copies))
         closest = min(found, key=len)
@@ -224,7 +224,7 @@ class InputCheck:
         sig = self.spec.signatures[i]
         specs: list[TensorInput] = []
         tensors = []
-        for spec, a in zip(sig.inputs, args):
+        for spec, a in zip(sig.inputs, args, strict=False):
             if isinstance(spec, TensorInput):
                 specs.append(spec)
                 tensors.append(a)
@@ -302,7 +302,7 @@ def _dims(check: InputCheck, args: Sequence[Any]) -> list[list[int]]:
     """The first signature's dynamic dims, for other inputs (those they have)."""
     return [
         [d for d in dyn if isinstance(a, torch.Tensor) and d < a.dim()]
-        for dyn, a in zip(check.state["dims"], args)
+        for dyn, a in zip(check.state["dims"], args, strict=False)
     ]
 
 
@@ -357,7 +357,7 @@ def write_signatures(
         "dims": state["dims"],
         "signatures": [
             {"folder": f or "", "inputs": s.to_literal()}
-            for f, s in zip(folders, spec.signatures)
+            for f, s in zip(folders, spec.signatures, strict=True)
         ],
         "rejected": dict(sorted(state["rejected"].items())),
         "check_sha256": hashlib.sha256(code.encode("utf-8")).hexdigest(),

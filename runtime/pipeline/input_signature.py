@@ -24,9 +24,9 @@ from stitch.codegen.input_check import (
     ValueInput,
 )
 
+from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 from .call_args import is_object, object_tensors, resolve
 from .graph_inputs import GraphInput
-from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 
 # -- describing inputs ----------------------------------------------------------------
 
@@ -57,7 +57,7 @@ def describe(
     by_id = {id(g.example): g for g in graph}
     symbols: dict[str, str] = {}
     inputs: list[Any] = []
-    for i, (name, a, dyn) in enumerate(zip(names, args, dims)):
+    for i, (name, a, dyn) in enumerate(zip(names, args, dims, strict=False)):
         if isinstance(a, torch.Tensor):
             inputs.append(_tensor(name, a, dyn, by_id.get(id(a)), symbols, f"arg{i}"))
         elif is_object(a):
@@ -204,7 +204,7 @@ class SizedGuards(dict):  # type: ignore[type-arg]
             type(v) is int and v >= 0 for v in values
         ):
             return NEVER
-        guard = self.build(dict(zip(self.symbols, values)), None)
+        guard = self.build(dict(zip(self.symbols, values, strict=True)), None)
         if len(self) < self.LIMIT:
             self[key] = guard
         return guard
@@ -224,8 +224,8 @@ class SizedGuards(dict):  # type: ignore[type-arg]
         """The guard of these tensors' sizes, from them (what the C++ guard adds to
         dtype, sizes and strides: dispatch keys, requires_grad)."""
         values: dict[str, int] = {}
-        for e, t in zip(self.entries, tensors):
-            for s, n in zip(e[3], t.shape):
+        for e, t in zip(self.entries, tensors, strict=True):
+            for s, n in zip(e[3], t.shape, strict=False):
                 if isinstance(s, str):
                     values.setdefault(s, int(n))
         key = tuple(values[s] for s in self.symbols)
@@ -273,7 +273,7 @@ class Mismatch:
 def mismatches(sig: InputSignature, args: Sequence[Any]) -> list[Mismatch]:
     out: list[Mismatch] = []
     seen: dict[str, tuple[str, int, int]] = {}
-    for spec, a in zip(sig.inputs, args):
+    for spec, a in zip(sig.inputs, args, strict=False):
         if isinstance(spec, ValueInput):
             if type(a).__name__ != spec.type or (
                 spec.value is not None and repr(a) != spec.value
@@ -318,7 +318,7 @@ def _tensor_mismatches(
             )
         )
         return
-    for d, (want, got) in enumerate(zip(spec.sizes, a.shape)):
+    for d, (want, got) in enumerate(zip(spec.sizes, a.shape, strict=False)):
         if isinstance(want, int) and want != got:
             out.append(Mismatch("size", spec.name, f"shape[{d}] == {want}", str(got)))
         elif isinstance(want, str):
@@ -347,7 +347,9 @@ def _tensor_mismatches(
     # The layout of these sizes (a wrong size is reported as one already).
     strides = contiguous_strides(list(a.shape)) if spec.contiguous else spec.strides
     if any(
-        w is not None and w != g for w, g in zip(strides, a.stride()) if w is not None
+        w is not None and w != g
+        for w, g in zip(strides, a.stride(), strict=False)
+        if w is not None
     ):
         if not (spec.contiguous and a.numel() <= 1):
             out.append(

@@ -124,5 +124,5 @@ def unsplit_transformers_message(model: str, attention: str, graph: int) -> str:
         "is one Stitch does not split at (transformers' eager attention, the "
         "default where SDPA lacks a feature the model needs). Route it through "
         "Stitch's op: call stitch.runtime.hf.register() and build the model with "
-        "attn_implementation=\"stitch\""
+        'attn_implementation="stitch"'
     )

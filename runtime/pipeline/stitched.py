@@ -40,10 +40,10 @@ from stitch.codegen.errors import StitchCacheError, StitchError, StitchRuntimeEr
 from ..compat import dynamo
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
-from ..cudagraph.plan import GraphPlan, unsaveable_graphs
+from ..cudagraph.plan import GraphPlan
 from ..loader import compile_execution_fn
-from ..store.cache import CACHE_ENV, CompileCache
 from ..store.artifacts import ARTIFACT_FILE
+from ..store.cache import CACHE_ENV, CompileCache
 from ..store.index import INDEX_FILE, PieceRecord
 from ..targets import targets_for
 from .compilers import InductorAdapter
@@ -60,7 +60,6 @@ TARGET_FIELDS = (
 )
 # The fields of CompilationConfig that decide how a saved function's CUDA graphs run.
 GRAPH_FIELDS = (
-    "dispatch",
     "cudagraph_mode",
     "cudagraph_capture_sizes",
     "max_cudagraph_capture_size",
@@ -134,8 +133,6 @@ def saveable(
         why = "the cache is disabled (disable_cache=True)"
     elif guards:
         why = f"its compile specialized the graph ({', '.join(guards)})"
-    elif graphs is not None:
-        why = unsaveable_graphs(config) or ""
     if why:
         return StitchFunction(fn, None, why)
     try:

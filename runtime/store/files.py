@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 
+from filelock import FileLock
+
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
 
@@ -95,22 +97,14 @@ def atomic_write(path: str, data: bytes) -> None:
 
 @contextlib.contextmanager
 def locked(lock_path: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``lock_path`` (created 0600) inside the block.
+    """Hold an exclusive lock on ``lock_path`` (created 0600) inside the block.
 
-    Serializes writers of one cache entry between processes; on a system
-    without ``fcntl`` the last writer wins.
+    Serializes writers of one cache entry between processes: ``filelock``'s
+    ``flock`` on POSIX (the file stays; releasing never deletes it), its soft
+    lock where there is no ``fcntl``.
     """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
+    with FileLock(lock_path, mode=PRIVATE_FILE):
         yield
-        return
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def remove_tree(path: str) -> None:

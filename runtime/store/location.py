@@ -6,8 +6,10 @@ import hashlib
 import os
 
 import torch
+from platformdirs import user_cache_dir
 
 from stitch.codegen.contract import FORMAT_VERSION
+
 from ..config import CompilationConfig
 from .index import INDEX_FORMAT, EntryIdentity
 
@@ -27,15 +29,13 @@ def stitch_version() -> str:
 
 
 def cache_root(config: CompilationConfig) -> str:
-    """``config.cache_dir``, else ``$STITCH_CACHE_DIR``, else the user cache dir."""
+    """``config.cache_dir``, else ``$STITCH_CACHE_DIR``, else the user cache dir
+    (``platformdirs``: ``$XDG_CACHE_HOME/stitch`` or ``~/.cache/stitch`` on Linux)."""
     if config.cache_dir:
         return os.path.abspath(os.path.expanduser(config.cache_dir))
     if os.environ.get(CACHE_ENV):
         return os.path.abspath(os.path.expanduser(os.environ[CACHE_ENV]))
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache"
-    )
-    return os.path.join(base, "stitch")
+    return user_cache_dir("stitch", appauthor=False)
 
 
 def current_rank() -> int:

@@ -24,10 +24,10 @@ import torch.fx as fx
 
 from stitch.codegen.errors import StitchCacheError, StitchConfigError
 
+from ..compat.dynamo import register_serializable
 from ..pipeline.backend import StitchBackend
 from ..pipeline.compilers import start_inductor_warmup
 from ..pipeline.splitting import SplittingOpWarnings
-from ..compat.dynamo import register_serializable
 from ..pipeline.stitched import StitchFunction, load_reference, parse_reference
 from .config import env_fields, stitch_cache_root, stitch_config, vllm_splitting_ops
 

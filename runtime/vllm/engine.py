@@ -88,9 +88,9 @@ def prompts(batch: int, length: int = 16, seed: int = 0) -> list[list[int]]:
 
 def _worker_counters(worker: Any = None) -> dict[str, Any]:
     """Run inside vLLM's worker: what Dynamo, Inductor, vLLM and Stitch did there."""
-    from stitch.runtime.compat.dynamo import dynamo_counters
     from vllm.compilation.counter import compilation_counter as vllm_counter
 
+    from stitch.runtime.compat.dynamo import dynamo_counters
     from stitch.runtime.counter import compilation_counter
 
     counters = dynamo_counters()
@@ -163,7 +163,9 @@ def run(
         result["logprobs"][str(batch)] = [
             [
                 lp[t].logprob
-                for t, lp in zip(o.outputs[0].token_ids, o.outputs[0].logprobs)
+                for t, lp in zip(
+                    o.outputs[0].token_ids, o.outputs[0].logprobs, strict=False
+                )
             ]
             for o in outs
         ]

@@ -85,7 +85,7 @@ def measure(
                 )
     return [
         {"label": label, "variant": variant, "results": rs}
-        for (label, variant, _), rs in zip(ROWS, results)
+        for (label, variant, _), rs in zip(ROWS, results, strict=True)
     ]
 
 
@@ -121,7 +121,7 @@ def format_table(
             f"{_median(row, lambda r: r['first_request_s']):.2f} s",
         ]
         for b in batches:
-            seconds = _median(row, lambda r: r["seconds"][str(b)])
+            seconds = _median(row, lambda r, b=b: r["seconds"][str(b)])
             cells += [f"{seconds:.3f} s", f"{1000 * seconds / tokens:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

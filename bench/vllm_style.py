@@ -1,4 +1,14 @@
-"""The vLLM-style per-piece dispatch path, kept as the benchmark's baseline."""
+"""The vLLM-style per-piece dispatch path: the baseline of bench/gpu_serving.py.
+
+``VllmStyleManager`` is a :class:`CUDAGraphManager` whose piecewise sizes run
+vLLM's way (NOTE: [the vLLM-style baseline]); give it to a backend::
+
+    backend = StitchBackend(config)
+    backend.cudagraphs = VllmStyleManager(config)
+
+It lives here, not in the runtime: nothing serves with it, the benchmark
+measures what the hoisted dispatch saves against it.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +16,14 @@ import contextlib
 import copy
 import dataclasses
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch.fx as fx
 
 from stitch.codegen.errors import StitchRuntimeError
-
-from ..config import CUDAGraphMode
-from .wrapper import CUDAGraphWrapper
-
-if TYPE_CHECKING:
-    from .manager import CUDAGraphManager
+from stitch.runtime.config import CUDAGraphMode
+from stitch.runtime.cudagraph import CUDAGraphManager, CUDAGraphWrapper, call_order
+from stitch.runtime.cudagraph.plan import GraphPlan
 
 
 # NOTE: [the vLLM-style baseline]
@@ -25,7 +32,7 @@ if TYPE_CHECKING:
 # descriptor, hashes it into its own table of graphs and replays (or calls the
 # piecewise backend, which scans its compile ranges).  That path is rebuilt here,
 # with the same padding in front, so the benchmark can measure what the hoisted
-# dispatch saves.  CompilationConfig(dispatch="per_piece") selects it.
+# dispatch saves.  VllmStyleManager selects it.
 class BatchDescriptor(NamedTuple):
     num_tokens: int
 
@@ -142,3 +149,25 @@ def vllm_style_forward(
         VllmStyleForward(gm, contexts, size_index, CUDAGraphMode.PIECEWISE),
         VllmStyleForward(gm, contexts, size_index, CUDAGraphMode.NONE),
     )
+
+
+class VllmStyleManager(CUDAGraphManager):
+    """Piecewise sizes through vLLM's per-piece path (the split graph's forward)."""
+
+    def piecewise(
+        self,
+        plan: GraphPlan,
+        *,
+        split_gm: fx.GraphModule | None,
+        backends: dict[str, Any],
+        **_: Any,
+    ) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        if split_gm is None:
+            raise StitchRuntimeError(
+                "the vLLM-style path runs the split graph, which a saved function "
+                "does not keep"
+            )
+        order = call_order(split_gm, backends)
+        return vllm_style_forward(
+            split_gm, backends, self, plan.padding.size_index, order
+        )
