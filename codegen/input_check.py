@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Any, Union
 
@@ -86,7 +87,23 @@ class ValueInput:
         return self.value if self.value is not None else f"a {self.type}"
 
 
-Input = Union[TensorInput, ValueInput]
+@dataclasses.dataclass(frozen=True)
+class ObjectInput:
+    """An object argument (a transformers ``StaticCache``): its exact type and the
+    tensors the forward reads from it, each named by the expression that reads it
+    (``past_key_values.layers[0].keys``; see NOTE: [the tensors of an object
+    argument] in runtime/pipeline/call_args.py)."""
+
+    name: str
+    module: str
+    qualname: str
+    tensors: tuple[TensorInput, ...]
+
+    def describe(self) -> str:
+        return f"a {self.module}.{self.qualname} ({len(self.tensors)} tensors)"
+
+
+Input = Union[TensorInput, ValueInput, ObjectInput]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,29 +113,13 @@ class InputSignature:
     inputs: tuple[Input, ...]
 
     def to_literal(self) -> list[dict[str, Any]]:
-        out = []
-        for i in self.inputs:
-            kind = "tensor" if isinstance(i, TensorInput) else "value"
-            out.append({"kind": kind, **dataclasses.asdict(i)})
-        return out
+        return [_input_literal(i) for i in self.inputs]
 
     @classmethod
     def from_literal(cls, value: Any) -> InputSignature:
         if not isinstance(value, list):
             raise StitchCodegenError(f"an input signature is not a list: {value!r}")
-        inputs: list[Input] = []
-        for item in value:
-            fields = dict(item)
-            kind = fields.pop("kind", None)
-            if kind == "tensor":
-                fields["sizes"] = tuple(fields["sizes"])
-                fields["strides"] = tuple(fields["strides"])
-                inputs.append(TensorInput(**fields))
-            elif kind == "value":
-                inputs.append(ValueInput(**fields))
-            else:
-                raise StitchCodegenError(f"an input signature holds {item!r}")
-        return cls(tuple(inputs))
+        return cls(tuple(_input_from_literal(item) for item in value))
 
     def key(self) -> str:
         return hashlib.sha256(repr(self.to_literal()).encode()).hexdigest()[:16]
@@ -127,14 +128,51 @@ class InputSignature:
         return ", ".join(f"{i.name} {i.describe()}" for i in self.inputs)
 
 
+def _input_literal(i: Input) -> dict[str, Any]:
+    if isinstance(i, ObjectInput):
+        tensors = [_input_literal(t) for t in i.tensors]
+        return {"kind": "object", **dataclasses.asdict(i), "tensors": tensors}
+    kind = "tensor" if isinstance(i, TensorInput) else "value"
+    return {"kind": kind, **dataclasses.asdict(i)}
+
+
+def _input_from_literal(item: Any) -> Input:
+    try:
+        fields = dict(item)
+        kind = fields.pop("kind", None)
+        if kind == "tensor":
+            fields["sizes"] = tuple(fields["sizes"])
+            fields["strides"] = tuple(fields["strides"])
+            return TensorInput(**fields)
+        if kind == "value":
+            return ValueInput(**fields)
+        if kind == "object":
+            tensors = tuple(_input_from_literal(t) for t in fields.pop("tensors"))
+            if not all(isinstance(t, TensorInput) for t in tensors):
+                raise TypeError("an object holds a non-tensor")
+            return ObjectInput(tensors=tensors, **fields)  # type: ignore[arg-type]
+    except (TypeError, ValueError, KeyError) as exc:
+        raise StitchCodegenError(f"an input signature holds {item!r} ({exc})") from None
+    raise StitchCodegenError(f"an input signature holds {item!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class InputCheckSpec:
     """What the check is generated from: the forward's qualified name, its
-    parameter names (``self`` first) and the saved signatures, in order."""
+    parameter names (``self`` first) and the saved signatures, in order.
+    ``keywords``: the trailing parameters the forward was called with by
+    keyword (keyword-only in the check)."""
 
     forward: str
     params: tuple[str, ...]
     signatures: tuple[InputSignature, ...]
+    keywords: tuple[str, ...] = ()
+
+    def call(self, prefix: str) -> str:
+        """``prefix(self, a, b, c=c)``: a call passing every parameter as it came."""
+        cut = len(self.params) - len(self.keywords)
+        parts = [*self.params[:cut], *(f"{k}={k}" for k in self.params[cut:])]
+        return f"{prefix}({', '.join(parts)})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,15 +200,24 @@ def generate_input_check(spec: InputCheckSpec) -> str:
 
     if not spec.signatures:
         raise StitchCodegenError(f"the input check of {spec.forward} has no signature")
-    args = ", ".join(spec.params)
+    if spec.keywords and tuple(spec.params[-len(spec.keywords) :]) != spec.keywords:
+        raise StitchCodegenError(
+            f"{spec.forward}: keywords {list(spec.keywords)} are not the last "
+            f"parameters of {list(spec.params)}"
+        )
+    cut = len(spec.params) - len(spec.keywords)
+    args = ", ".join(spec.params[:cut])
+    if spec.keywords:
+        args += ", *, " + ", ".join(spec.keywords)
     reads: dict[str, SizeRead] = {}  # by source
     contexts = [
-        _signature(i, sig, spec.params, reads) for i, sig in enumerate(spec.signatures)
+        _signature(i, sig, spec, reads) for i, sig in enumerate(spec.signatures)
     ]
+    described: tuple[Any, ...] = (spec.forward, spec.params)
+    if spec.keywords:
+        described += (spec.keywords,)
     digest = hashlib.sha256(
-        repr(
-            (spec.forward, spec.params, [s.to_literal() for s in spec.signatures])
-        ).encode()
+        repr((*described, [s.to_literal() for s in spec.signatures])).encode()
     ).hexdigest()
     source = (
         template_environment()
@@ -182,11 +229,11 @@ def generate_input_check(spec: InputCheckSpec) -> str:
                 f"input check format {CHECK_FORMAT}, sha256 {digest[:16]}",
             ],
             function=FUNCTION,
-            signature=f"{args}, *, {FORWARDS}, {MISMATCH}",
+            signature=f"{args}{', ' if spec.keywords else ', *, '}{FORWARDS}, {MISMATCH}",
             docstring=f"The forward compiled for these inputs, else {MISMATCH}.",
             sizes=list(reads.values()),
             signatures=contexts,
-            mismatch=f"{MISMATCH}({args})",
+            mismatch=spec.call(MISMATCH),
         )
     )
     return format_source(source)
@@ -195,20 +242,32 @@ def generate_input_check(spec: InputCheckSpec) -> str:
 def _signature(
     index: int,
     sig: InputSignature,
-    params: Sequence[str],
+    spec: InputCheckSpec,
     reads: dict[str, SizeRead],
 ) -> SignatureContext:
+    params = spec.params
     names = [i.name for i in sig.inputs]
     if list(params[1:]) != names:
         raise StitchCodegenError(
             f"signature {index} names inputs {names}, the forward takes {list(params[1:])}"
         )
-    tensors = [i for i in sig.inputs if isinstance(i, TensorInput)]
+    tensors: list[TensorInput] = []
+    for i in sig.inputs:
+        if isinstance(i, ObjectInput):
+            tensors.extend(i.tensors)
+        elif isinstance(i, TensorInput):
+            tensors.append(i)
     guard_name = f"SIGNATURE_{index}"
     entries = ", ".join(
         repr((t.name, t.dtype, t.device, t.sizes, t.strides, t.contiguous))
         for t in tensors
     )
+    # NOTE: [the tensors of an object argument]: read once, at the top, where a
+    # missing attribute sends the call to the mismatch path.
+    values = {
+        t.name: (t.name if t.name.isidentifier() else _read(t.name, params, reads, "t"))
+        for t in tensors
+    }
     terms = []
     variables: dict[str, str] = {}  # symbol -> the variable holding its value
     if tensors:
@@ -216,19 +275,30 @@ def _signature(
         for symbol, source in _symbol_sources(tensors):
             variables[symbol] = _size_read(source, params, reads)
         pick = f"[{', '.join(variables.values())}]" if variables else ""
-        terms.append(f"{guard_name}{pick}.check({', '.join(t.name for t in tensors)})")
+        terms.append(
+            f"{guard_name}{pick}.check({', '.join(values[t.name] for t in tensors)})"
+        )
     terms.extend(_bounds(t, variables) for t in tensors if _checks_bounds(t))
     for v in sig.inputs:
         if isinstance(v, ValueInput):
             terms.append(_value_test(v))
+        elif isinstance(v, ObjectInput):
+            terms.append(
+                f"type({v.name}).__qualname__ == {v.qualname!r} "
+                f"and type({v.name}).__module__ == {v.module!r}"
+            )
     condition = " and ".join(terms) if terms else "True"
-    args = ", ".join(params)
+    comments = []
+    for i in sig.inputs:
+        comments.append(f"{i.name}: {i.describe()}")
+        if isinstance(i, ObjectInput):
+            comments.extend(f"  {t.name}: {t.describe()}" for t in i.tensors)
     return SignatureContext(
         index=index,
-        comments=[f"{i.name}: {i.describe()}" for i in sig.inputs],
+        comments=comments,
         guards=f"{guard_name} = {GUARDS}({entries})" if tensors else "",
         condition=condition,
-        call=f"{FORWARDS}[{index}]({args})",
+        call=spec.call(f"{FORWARDS}[{index}]"),
     )
 
 
@@ -250,8 +320,14 @@ def _symbol_order(symbol: str) -> tuple[int, str]:
 
 def _size_read(source: str, params: Sequence[str], reads: dict[str, SizeRead]) -> str:
     """The variable holding ``source``'s value (one read per source and call)."""
+    return _read(source, params, reads, "n")
+
+
+def _read(
+    source: str, params: Sequence[str], reads: dict[str, SizeRead], prefix: str
+) -> str:
     if source not in reads:
-        name = f"n{len(reads)}"
+        name = f"{prefix}{len(reads)}"
         while name in params:
             name = "_" + name
         reads[source] = SizeRead(name, source)
@@ -273,6 +349,9 @@ def _bounds(t: TensorInput, variables: dict[str, str]) -> str:
     guard has checked the rank and the size already.
     """
     general = f"{IN_RANGE}({t.name}, {t.index_bound})"
+    if all(isinstance(s, int) for s in t.sizes) and math.prod(t.sizes) == 1:
+        # One sequence's decode step called the transformers way: ids [1, 1].
+        return f"0 <= {t.name}.item() < {t.index_bound}"
     if len(t.sizes) == 1 and isinstance(t.sizes[0], str):
         count = variables[t.sizes[0]]
         return (

@@ -31,13 +31,17 @@ from stitch.codegen.input_check import (
     MISMATCH,
     InputCheckSpec,
     InputSignature,
+    ObjectInput,
     TensorInput,
     ValueInput,
     generate_input_check,
 )
 from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.loader import bind_kwonly, load_execution_module
+from stitch.runtime.pipeline.call_args import CallArgs
+from stitch.runtime.pipeline.graph_inputs import GraphInput
 from stitch.runtime.pipeline.input_signature import (
+    describe,
     forward_params,
     in_range,
     mismatches,
@@ -425,3 +429,91 @@ def test_check_arguments_take_the_forward_parameter_names() -> None:
 def test_input_error_is_a_stitch_error() -> None:
     assert issubclass(StitchInputError, StitchError)
     assert StitchInputError.__module__ == "stitch.codegen.errors"
+
+
+# -- keyword arguments and an object argument (a transformers StaticCache) ---------
+
+
+class Layer:
+    def __init__(self, length: int) -> None:
+        self.keys = torch.zeros(1, 2, length, 4)
+        self.cumulative_length = torch.tensor(0)
+
+
+class Cache:
+    def __init__(self, length: int = 8) -> None:
+        self.layers = [Layer(length), Layer(length)]
+
+
+def cache_spec() -> InputCheckSpec:
+    cache = Cache()
+    ids = torch.zeros(1, 1, dtype=torch.int64)
+    args = CallArgs((ids, cache, True), ("past_key_values", "use_cache"))
+    graph = [GraphInput(ids, (1, 1), False, 128)]
+    graph += [
+        GraphInput(t, tuple(t.shape), True)
+        for layer in cache.layers
+        for t in (layer.keys, layer.cumulative_length)
+    ]
+    params = ("self", "input_ids", "past_key_values", "use_cache")
+    sig = describe(params[1:], args, [[], [], []], graph)
+    return InputCheckSpec("tests.Cached.forward", params, (sig,), args.keywords)
+
+
+def test_an_object_argument_is_checked_by_the_tensors_the_graph_reads() -> None:
+    spec = cache_spec()
+    (obj,) = [i for i in spec.signatures[0].inputs if isinstance(i, ObjectInput)]
+    assert [t.name for t in obj.tensors] == [
+        "past_key_values.layers[0].keys",
+        "past_key_values.layers[0].cumulative_length",
+        "past_key_values.layers[1].keys",
+        "past_key_values.layers[1].cumulative_length",
+    ]
+    assert all(t.mutated for t in obj.tensors)
+    assert (
+        InputSignature.from_literal(spec.signatures[0].to_literal())
+        == spec.signatures[0]
+    )
+    code = generate_input_check(spec)
+    assert (
+        "def check_forward(\n    self,\n    input_ids,\n    *,\n    past_key_values,"
+        in code
+    )
+    assert "0 <= input_ids.item() < 128" in code
+    calls: list[Any] = []
+    namespace = load_execution_module(
+        code, None, extra_globals={GUARDS: tensor_guards, IN_RANGE: in_range}
+    )
+    forward = (
+        lambda self, ids, **kw: calls.append(("forward", sorted(kw))) or 0
+    )  # noqa: E731
+    mismatch = lambda self, ids, **kw: calls.append("mismatch") or 1  # noqa: E731
+    check = bind_kwonly(
+        bind_kwonly(namespace[FUNCTION], FORWARDS, [forward]), MISMATCH, mismatch
+    )
+    ids = torch.zeros(1, 1, dtype=torch.int64)
+    assert check(None, ids, past_key_values=Cache(), use_cache=True) == 0
+    assert calls.pop() == ("forward", ["past_key_values", "use_cache"])
+    # Another cache length, a missing layer, another type, ids out of range.
+    short = Cache()
+    del short.layers[1]
+    bad_ids = torch.full((1, 1), 128)
+    for cache, given in (
+        (Cache(16), ids),
+        (short, ids),
+        (Layer(8), ids),
+        (Cache(), bad_ids),
+    ):
+        assert check(None, given, past_key_values=cache, use_cache=True) == 1
+        assert calls.pop() == "mismatch"
+    # The diagnosis names the tensor inside the object.
+    found = mismatches(spec.signatures[0], (ids, Cache(16), True))
+    assert [(m.kind, m.name) for m in found] == [
+        ("size", "past_key_values.layers[0].keys"),
+        ("size", "past_key_values.layers[1].keys"),
+    ]
+    found = mismatches(spec.signatures[0], (ids, short, True))
+    assert [(m.kind, m.name) for m in found] == [
+        ("type", "past_key_values.layers[1].keys"),
+        ("type", "past_key_values.layers[1].cumulative_length"),
+    ]

@@ -10,7 +10,7 @@ import contextlib
 import importlib
 import sys
 import types
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -68,12 +68,48 @@ def aot_compile_on_by_default() -> bool:
     return bool(getattr(config, "enable_aot_compile", True))
 
 
-def aot_compile(fn: Callable[..., Any], backend: Any, args: tuple[Any, ...]) -> Any:
-    """``torch.compile(fn, backend, fullgraph=True).aot_compile((args, {}))``."""
+def aot_compile(
+    fn: Callable[..., Any],
+    backend: Any,
+    args: tuple[Any, ...],
+    kwargs: Mapping[str, Any] | None = None,
+) -> Any:
+    """``torch.compile(fn, backend, fullgraph=True).aot_compile((args, kwargs))``,
+    keeping only the guards torch can save (NOTE: [guards torch cannot save])."""
     with aot_compile_enabled():
-        return torch.compile(fn, backend=backend, fullgraph=True).aot_compile(
-            (args, {})
+        return torch.compile(
+            fn,
+            backend=backend,
+            fullgraph=True,
+            options={"guard_filter_fn": savable_guards},
+        ).aot_compile((args, dict(kwargs or {})))
+
+
+def savable_guards(entries: Sequence[Any]) -> list[bool]:
+    """Which of Dynamo's guards ``aot_compile`` keeps (``guard_filter_fn``).
+
+    NOTE: [guards torch cannot save]
+    ``aot_compile`` refuses a guard it cannot serialize, and its default filter
+    drops such guards by their own type only.  A transformers model's
+    decorators (``merge_with_config_defaults`` reads ``func.__code__``) give a
+    ``CONSTANT_MATCH`` guard *derived* from ``ID_MATCH``: kept by that filter,
+    then refused, so no transformers model compiled.  This filter drops what
+    torch's does and guards derived from an unsavable type too.  The saved
+    forward checks its inputs with Stitch's own check, not these guards; what
+    they guarded (code objects, closures of decorators) is the model's source,
+    which the record pins by file hash (``aot_record.traced_code``).
+    """
+    from torch._dynamo.guards import CheckFunctionManager
+
+    unsavable = set(CheckFunctionManager.UNSUPPORTED_SERIALIZATION_GUARD_TYPES)
+    return [
+        not (
+            e.is_global
+            or e.guard_type in unsavable
+            or unsavable.intersection(e.derived_guard_types or ())
         )
+        for e in entries
+    ]
 
 
 def serialize_aot(compiled: Any) -> bytes:

@@ -29,6 +29,7 @@ raising with the failed guard when an input no longer fits.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import hashlib
@@ -63,6 +64,7 @@ from .aot_record import (
     write_record,
 )
 from .backend import StitchBackend
+from .call_args import CallArgs, call_args, dims_by_position
 from .input_check import AOTOps, after_compile, after_load
 from .stitched import (
     StitchFunction,
@@ -108,19 +110,27 @@ class AOTCompiledModel:
 
 def aot_compile(
     model: torch.nn.Module,
-    example_inputs: Sequence[Any],
+    example_inputs: Sequence[Any] = (),
     config: CompilationConfig | None = None,
     *,
-    dynamic_dims: Mapping[int, Sequence[int]] | None = None,
+    example_kwargs: Mapping[str, Any] | None = None,
+    dynamic_dims: Mapping[int | str, Sequence[int]] | None = None,
     guards: bool | None = None,
     cudagraphs: CUDAGraphManager | None = None,
 ) -> AOTCompiledModel:
     """Compile ``model.forward`` with Stitch ahead of time, or load it as compiled before.
 
-    ``example_inputs`` are the forward's positional arguments.
-    ``dynamic_dims`` maps an input's position to its dimensions that vary (the
-    token count): they are marked ``mark_unbacked`` (one graph for every size,
-    1 included) only when the model is compiled, since marking imports Dynamo.
+    ``example_inputs`` are the forward's positional arguments, ``example_kwargs``
+    its keyword arguments (a transformers decode step:
+    ``{"input_ids": ids, "past_key_values": static_cache, "use_cache": True}``);
+    the saved forward is called the same way.  An object argument (the cache)
+    is checked by the tensors the forward reads from it, and those it writes
+    are never copied (NOTE: [the tensors of an object argument] in
+    ``call_args.py``).
+    ``dynamic_dims`` maps an input's position, or a keyword argument's name, to
+    its dimensions that vary (the token count): they are marked
+    ``mark_unbacked`` (one graph for every size, 1 included) only when the
+    model is compiled, since marking imports Dynamo.
     Dimensions marked on the inputs beforehand count too.  The model is
     compiled for inference (under ``torch.no_grad()``); forward hooks do not
     run.  ``guards`` (default: ``$STITCH_AOT_GUARDS``) checks Dynamo's guards on
@@ -134,8 +144,8 @@ def aot_compile(
         cudagraphs = CUDAGraphManager(config)
     if guards is None:
         guards = os.environ.get(GUARDS_ENV, "") not in ("", "0")
-    args = tuple(example_inputs)
-    dims = dynamic_spec(args, dynamic_dims or {})
+    args = call_args(model, tuple(example_inputs), example_kwargs)
+    dims = dynamic_spec(args, dims_by_position(args, dynamic_dims))
     # Only Inductor pieces are saved: the eager backend has nothing to load.
     saves = not config.disable_cache and config.backend == "inductor"
     folder = record_folder(model, config) if saves else None
@@ -243,6 +253,8 @@ def load(
     entry = reference_entry(record["stitched"], root)
     function = record["function"]
     if guards or not function.get("light"):
+        if not record.get("torch_function_sha256"):
+            raise StaleRecord(f"torch could not save its function ({TORCH_FILE})")
         data = read_file(folder, TORCH_FILE, record.get("torch_function_sha256"))
         try:
             with reference_root(root, cudagraphs):
@@ -262,7 +274,8 @@ def load(
     if not isinstance(code, types.CodeType):
         raise StitchCacheError(f"{folder}/{BYTECODE_FILE} holds no code object")
     stitched = load_reference(record["stitched"], root, cudagraphs)
-    forward = build_forward(code, function, forward_globals, stitched)
+    closure = live_closure(type(model).forward, code, folder)
+    forward = build_forward(code, function, forward_globals, stitched, closure)
     return types.MethodType(forward, model), entry
 
 
@@ -271,6 +284,7 @@ def build_forward(
     function: dict[str, Any],
     forward_globals: dict[str, Any],
     stitched: Callable[..., Any],
+    closure: tuple[Any, ...] | None = None,
 ) -> types.FunctionType:
     """Dynamo's transformed forward as a plain function calling ``stitched``.
 
@@ -280,13 +294,38 @@ def build_forward(
     """
     f_globals = dict(forward_globals)
     f_globals.update(dynamo.bytecode_globals(function["import_sources"]))
+    for name in function.get("builtins", ()):
+        f_globals[name] = getattr(builtins, name)
     f_globals[function["backend_id"]] = stitched
     fn = types.FunctionType(
-        code, f_globals, code.co_name, function.get("argdefs"), None
+        code, f_globals, code.co_name, function.get("argdefs"), closure or None
     )
     if function.get("kwdefaults"):
         fn.__kwdefaults__ = dict(function["kwdefaults"])
     return fn
+
+
+def live_closure(
+    forward: Any, code: types.CodeType, folder: str
+) -> tuple[Any, ...] | None:
+    """The cells of the model's own forward, for saved bytecode with free variables.
+
+    NOTE: [a decorated forward's closure]
+    transformers decorates ``forward`` (``can_return_tuple``): the function
+    Dynamo traces is a wrapper whose closure holds the decorated function.
+    Dynamo's bytecode keeps the wrapper's free variables; the cells are this
+    process's wrapper's, the same functions of the same source (the record pins
+    the source files Dynamo traced, ``aot_record.traced_code``).
+    """
+    if not code.co_freevars:
+        return None
+    own = getattr(forward, "__code__", None)
+    if own is None or own.co_freevars != code.co_freevars or not forward.__closure__:
+        raise StaleRecord(
+            f"the saved forward's free variables {code.co_freevars} are not "
+            f"those of {getattr(forward, '__qualname__', forward)!r} ({folder})"
+        )
+    return tuple(forward.__closure__)
 
 
 # -- compiling ----------------------------------------------------------------------------
@@ -306,9 +345,12 @@ def compile_and_save(
 
     ``fallback``: when torch's aot_compile fails, run the model through
     torch.compile instead (else raise what it raised)."""
+    positional, kwargs = split_args(args)
     try:
         with torch.no_grad():
-            compiled = dynamo.aot_compile(type(model).forward, backend, (model, *args))
+            compiled = dynamo.aot_compile(
+                type(model).forward, backend, (model, *positional), kwargs
+            )
     except Exception as exc:  # noqa: BLE001 - fall back to the Dynamo-entered path
         if not fallback or isinstance(
             getattr(exc, "inner_exception", exc), StitchError
@@ -326,7 +368,9 @@ def compile_and_save(
     stitched = artifacts.compiled_fn
     assert isinstance(stitched, StitchFunction)  # serializable=True above
     env = artifacts.runtime_env
-    function, why_not_light = function_record(artifacts)
+    function, why_not_light = function_record(
+        artifacts, type(model).forward.__globals__
+    )
     forward: Callable[..., Any]
     if guards or why_not_light:
         if not guards:
@@ -335,17 +379,22 @@ def compile_and_save(
     else:
         forward = types.MethodType(
             build_forward(
-                env.bytecode, function, type(model).forward.__globals__, stitched.fn
+                env.bytecode,
+                function,
+                type(model).forward.__globals__,
+                stitched.fn,
+                env.closure,
             ),
             model,
         )
     if folder is None:
         return forward, None
+    files = {}
     try:
-        torch_data = dynamo.serialize_aot(compiled)
         reference = parse_reference(
             StitchFunction.serialize_compile_artifacts(stitched).decode("utf-8")
         )
+        files[TORCH_FILE] = torch_file(compiled, why_not_light)
     except (
         Exception
     ) as exc:  # noqa: BLE001 - this process runs; the next compiles again
@@ -356,7 +405,9 @@ def compile_and_save(
             exc,
         )
         return forward, None
-    files = {TORCH_FILE: torch_data}
+    torch_data = files.pop(TORCH_FILE)
+    if torch_data:
+        files[TORCH_FILE] = torch_data
     if not why_not_light:
         files[BYTECODE_FILE] = marshal.dumps(env.bytecode)
         function["bytecode_sha256"] = hashlib.sha256(files[BYTECODE_FILE]).hexdigest()
@@ -373,7 +424,9 @@ def compile_and_save(
         "code": traced_code(artifacts.source_info.inlined_sources),
         "function": function,
         "stitched": reference,
-        "torch_function_sha256": hashlib.sha256(torch_data).hexdigest(),
+        "torch_function_sha256": (
+            hashlib.sha256(torch_data).hexdigest() if torch_data else None
+        ),
     }
     try:
         write_record(folder, record, files)
@@ -383,21 +436,70 @@ def compile_and_save(
     return forward, folder
 
 
-def function_record(artifacts: Any) -> tuple[dict[str, Any], str]:
+def torch_file(compiled: Any, why_not_light: str) -> bytes:
+    """torch's save of the compiled function; b"" when torch cannot save it and
+    the forward does not need it.
+
+    NOTE: [a forward torch cannot save]
+    torch pickles the traced function's closure by reference: a transformers
+    forward's wrapper holds the undecorated ``forward``, which is not the
+    class attribute, so the pickle fails.  The plain forward needs only the
+    bytecode and the closure of this process (NOTE: [a decorated forward's
+    closure]); ``guards=True``, which loads torch's function, then compiles
+    the model again.
+    """
+    try:
+        return dynamo.serialize_aot(compiled)
+    except Exception as exc:  # noqa: BLE001 - pickling reports many kinds
+        if why_not_light:
+            raise
+        log.info(
+            "stitch aot: torch cannot save the function with its guards "
+            "(%s: %s); guards=True will compile it again",
+            type(exc).__name__,
+            exc,
+        )
+        return b""
+
+
+def function_record(
+    artifacts: Any, forward_globals: Mapping[str, Any]
+) -> tuple[dict[str, Any], str]:
     """What rebuilding Dynamo's forward needs; and why it cannot be rebuilt ("" if it can)."""
     env = artifacts.runtime_env
+    why = []
+    # NOTE: [modules Dynamo installs as globals]
+    # Where the forward's module does not bind a module the bytecode loads
+    # (transformers' wrapper building an output through ``collections``),
+    # Dynamo installs it into that module's globals as
+    # ``___module_<name>_<id>_c<n>``: this process has it, a later one must
+    # import it again under that alias.
+    installed = {}
+    for name in env.bytecode.co_names:
+        if name.startswith("___") and name in forward_globals:
+            value = forward_globals[name]
+            if isinstance(value, types.ModuleType):
+                installed[name] = value.__name__
+            else:
+                why.append(f"the bytecode reads the global {name} Dynamo installed")
     record = {
         "backend_id": artifacts.backend_id,
-        "import_sources": dict(env.import_sources),
+        "import_sources": {**installed, **dict(env.import_sources)},
         "argdefs": None,
         "kwdefaults": None,
         "light": False,
     }
-    why = []
-    if env.closure:
-        why.append("the forward is a closure")
-    if env.used_globals:
-        why.append(f"the bytecode reads saved globals {sorted(env.used_globals)}")
+    if env.closure and len(env.closure) != len(env.bytecode.co_freevars):
+        why.append("the forward's closure does not match its free variables")
+    # Builtins (``type``) are bound again by name; other saved globals are not literals.
+    found = {
+        name: value
+        for name, value in env.used_globals.items()
+        if getattr(builtins, name, None) is not value
+    }
+    if found:
+        why.append(f"the bytecode reads saved globals {sorted(found)}")
+    record["builtins"] = sorted(set(env.used_globals) - set(found))
     for name in ("argdefs", "kwdefaults"):
         value = getattr(env, name)
         try:
@@ -406,6 +508,12 @@ def function_record(artifacts: Any) -> tuple[dict[str, Any], str]:
             why.append(f"its {name} are not literals")
     record["light"] = not why
     return record, "; ".join(why)
+
+
+def split_args(args: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(args, CallArgs):
+        return args.split()
+    return tuple(args), {}
 
 
 # What input_check.py calls back for a signature compiled or loaded later.

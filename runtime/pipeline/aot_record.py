@@ -136,7 +136,11 @@ def input_spec(args: Sequence[Any], dims: Sequence[Sequence[int]]) -> list[Any]:
 def factors(
     config: CompilationConfig, args: Sequence[Any], dims: Sequence[Sequence[int]]
 ) -> dict[str, Any]:
+    # Keyword arguments (call_args.py) by name; a positional call's factors
+    # are as they were before keywords.
+    keywords = list(getattr(args, "keywords", ()))
     return {
+        **({"keywords": keywords} if keywords else {}),
         "torch": torch.__version__,
         "python": sys.implementation.cache_tag,
         "stitch": stitch_version(),
@@ -155,6 +159,7 @@ FACTOR_NAMES = {
     "config_hash": "config hash",
     "cudagraphs": "CUDA graph settings",
     "inputs": "input dtypes/ranks/dynamic dims",
+    "keywords": "keyword arguments",
 }
 
 
@@ -166,7 +171,10 @@ def stale_reasons(
 ) -> list[str]:
     reasons = []
     saved = record.get("factors", {})
-    for name, value in factors(config, args, dims).items():
+    now = factors(config, args, dims)
+    if isinstance(saved, dict) and "keywords" in saved and "keywords" not in now:
+        reasons.append(f"keyword arguments {_short(saved['keywords'])} -> none")
+    for name, value in now.items():
         old = saved.get(name)
         if old == literal(value):
             continue

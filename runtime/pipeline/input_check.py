@@ -50,6 +50,7 @@ from stitch.codegen.input_check import (
     MISMATCH,
     InputCheckSpec,
     InputSignature,
+    ObjectInput,
     TensorInput,
 )
 
@@ -60,6 +61,7 @@ from ..store.files import atomic_write
 from ..store.trust import check_trusted
 from .aot_record import StaleRecord, cache_root_of, model_name
 from .backend import StitchBackend
+from .call_args import CallArgs, resolve
 from .graph_inputs import GraphInput
 from .input_signature import (
     Mismatch,
@@ -168,11 +170,14 @@ class InputCheck:
 
     # -- the slow path -----------------------------------------------------------------
 
-    def mismatch(self, model: Any, *args: Any) -> Any:
+    def mismatch(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        # The check passes keywords as it was called: exactly spec.keywords.
+        keywords = self.spec.keywords
+        values = CallArgs((*args, *(kwargs[k] for k in keywords)), keywords)
         with self.lock:
-            return self._mismatch(model, args)
+            return self._mismatch(model, values)
 
-    def _mismatch(self, model: Any, args: tuple[Any, ...]) -> Any:
+    def _mismatch(self, model: Any, args: CallArgs) -> Any:
         if len(args) != len(self.spec.params) - 1:
             raise StitchInputError(
                 f"{self.spec.forward} was compiled for {len(self.spec.params) - 1} "
@@ -182,12 +187,15 @@ class InputCheck:
         for i, m in enumerate(found):
             if not m:  # only what the C++ guard adds (dispatch keys, requires_grad)
                 self._rebuild_guard(i, args)
-                return self.forwards[i](model, *args)
+                return call(self.forwards[i], model, args)
         for i, m in enumerate(found):
-            if all(x.kind == "layout" for x in m) and not written(
-                self.spec.signatures[i], m
+            names = {x.name for x in m}
+            # A tensor inside an object (a cache) is never copied: it is written.
+            if (
+                all(x.kind == "layout" for x in m)
+                and names <= set(self.spec.params)
+                and not written(self.spec.signatures[i], m)
             ):
-                names = {x.name for x in m}
                 copies = [
                     (
                         a.clone(memory_format=torch.contiguous_format)
@@ -196,7 +204,7 @@ class InputCheck:
                     )
                     for name, a in zip(self.spec.params[1:], args, strict=False)
                 ]
-                return self.forwards[i](model, *copies)
+                return call(self.forwards[i], model, args.like(copies))
         closest = min(found, key=len)
         # No compile changes these: the model asserted the relation while it
         # was traced, and eager raises IndexError for an id outside the table.
@@ -214,19 +222,22 @@ class InputCheck:
 
     def _rebuild_guard(self, i: int, args: Sequence[Any]) -> None:
         sig = self.spec.signatures[i]
-        tensors = [
-            a
-            for spec, a in zip(sig.inputs, args, strict=False)
-            if isinstance(spec, TensorInput)
-        ]
+        specs: list[TensorInput] = []
+        tensors = []
+        for spec, a in zip(sig.inputs, args, strict=False):
+            if isinstance(spec, TensorInput):
+                specs.append(spec)
+                tensors.append(a)
+            elif isinstance(spec, ObjectInput):
+                specs.extend(spec.tensors)
+                tensors.extend(resolve(a, t.name, spec.name) for t in spec.tensors)
         guard = self.namespace[f"SIGNATURE_{i}"]
         if isinstance(guard, SizedGuards):
             guard.rebuild(tensors)
             return
         entries = [
             (tuple(s if isinstance(s, int) else None for s in spec.sizes), spec.strides)
-            for spec in sig.inputs
-            if isinstance(spec, TensorInput)
+            for spec in specs
         ]
         self.namespace[f"SIGNATURE_{i}"] = cpp_tensor_guards(
             *tensors,
@@ -234,9 +245,7 @@ class InputCheck:
             dynamic_dims_strides=[list(e[1]) for e in entries],
         )
 
-    def _compile(
-        self, model: Any, args: tuple[Any, ...], closest: list[Mismatch]
-    ) -> Any:
+    def _compile(self, model: Any, args: CallArgs, closest: list[Mismatch]) -> Any:
         dims = _dims(self, args)
         names = self.spec.params[1:]
         shape = describe(names, args, dims, ()).key()
@@ -271,7 +280,7 @@ class InputCheck:
         # Through the new check: what the compile did not look at (token ids
         # out of range, say) is still refused before a kernel runs.
         assert self.function is not None
-        return self.function(model, *args)
+        return call(self.function, model, args)
 
     def _save(self) -> None:
         """Generate the check again, write it and ``signatures.py`` (when saved), load it."""
@@ -300,7 +309,16 @@ def _dims(check: InputCheck, args: Sequence[Any]) -> list[list[int]]:
 def _unbound(forward: Any) -> Any:
     if isinstance(forward, types.MethodType):
         return forward.__func__
-    return lambda _self, *args: forward(*args)
+    return lambda _self, *args, **kwargs: forward(*args, **kwargs)
+
+
+def call(fn: Any, model: Any, args: Sequence[Any]) -> Any:
+    """``fn(model, ...)`` with ``args`` passed as they came (NOTE: [a call's
+    arguments in one tuple] in call_args.py)."""
+    if isinstance(args, CallArgs):
+        positional, kwargs = args.split()
+        return fn(model, *positional, **kwargs)
+    return fn(model, *args)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -335,6 +353,7 @@ def write_signatures(
         "format": SIGNATURES_FORMAT,
         "forward": spec.forward,
         "params": list(spec.params),
+        **({"keywords": list(spec.keywords)} if spec.keywords else {}),
         "dims": state["dims"],
         "signatures": [
             {"folder": f or "", "inputs": s.to_literal()}
@@ -385,9 +404,10 @@ def after_compile(
     """The compiled forward behind a new input check (written beside the record)."""
     if not isinstance(forward, types.MethodType):
         return forward  # the Dynamo-entered fallback: Dynamo's guards check
-    params = forward_params(model, len(args))
+    keywords = tuple(getattr(args, "keywords", ()))
+    params = (*forward_params(model, len(args) - len(keywords)), *keywords)
     sig = describe(params[1:], args, dims, graph)
-    spec = InputCheckSpec(_qualname(model), params, (sig,))
+    spec = InputCheckSpec(_qualname(model), params, (sig,), keywords)
     state = {"dims": [list(d) for d in dims], "rejected": {}}
     check = InputCheck(model, spec, [_unbound(forward)], [""], state, saved, context)
     check._save()
@@ -406,7 +426,10 @@ def after_load(
         sigs = tuple(
             InputSignature.from_literal(s["inputs"]) for s in record["signatures"]
         )
-        spec = InputCheckSpec(record["forward"], tuple(record["params"]), sigs)
+        keywords = tuple(record.get("keywords", ()))
+        spec = InputCheckSpec(
+            record["forward"], tuple(record["params"]), sigs, keywords
+        )
         folders = [s["folder"] or None for s in record["signatures"]]
         state = {"dims": record["dims"], "rejected": dict(record["rejected"])}
     except (KeyError, TypeError, StitchError) as exc:
@@ -428,13 +451,15 @@ class LazyForward:
         self.check = check
         self.index = index
 
-    def __call__(self, model: Any, *args: Any) -> Any:
+    def __call__(self, model: Any, *args: Any, **kwargs: Any) -> Any:
         check = self.check
+        keywords = check.spec.keywords
+        values = CallArgs((*args, *(kwargs[k] for k in keywords)), keywords)
         with check.lock:
             forward = check.forwards[self.index]
             if forward is self:
                 try:
-                    forward = self._load(args)
+                    forward = self._load(values)
                 except (
                     StaleRecord,
                     StitchCacheError,
@@ -442,9 +467,9 @@ class LazyForward:
                     ValueError,
                     KeyError,
                 ) as exc:
-                    forward = self._compile(args, exc)
+                    forward = self._compile(values, exc)
                 check.forwards[self.index] = forward
-        return forward(model, *args)
+        return forward(model, *args, **kwargs)
 
     def _compile(self, args: Sequence[Any], exc: Exception) -> Any:
         check = self.check

@@ -11,14 +11,21 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from stitch.codegen.input_check import InputSignature, TensorInput, ValueInput
+from stitch.codegen.input_check import (
+    InputSignature,
+    ObjectInput,
+    TensorInput,
+    ValueInput,
+)
 
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
+from .call_args import is_object, object_tensors, resolve
 from .graph_inputs import GraphInput
 
 # -- describing inputs ----------------------------------------------------------------
@@ -51,33 +58,66 @@ def describe(
     symbols: dict[str, str] = {}
     inputs: list[Any] = []
     for i, (name, a, dyn) in enumerate(zip(names, args, dims, strict=False)):
-        if not isinstance(a, torch.Tensor):
+        if isinstance(a, torch.Tensor):
+            inputs.append(_tensor(name, a, dyn, by_id.get(id(a)), symbols, f"arg{i}"))
+        elif is_object(a):
+            # NOTE: [the tensors of an object argument] (call_args.py): those
+            # the graph reads.
+            leaves = tuple(
+                _tensor(path, t, (), by_id[id(t)], symbols, f"arg{i}")
+                for path, t in object_tensors(a, name)
+                if id(t) in by_id
+            )
+            cls = type(a)
+            inputs.append(ObjectInput(name, cls.__module__, cls.__qualname__, leaves))
+        else:
             value = repr(a) if a is None or type(a) in (bool, int, float, str) else None
             inputs.append(ValueInput(name, type(a).__name__, value))
-            continue
-        found = by_id.get(id(a))
-        raw = found.sizes if found is not None and found.sizes is not None else None
-        if raw is None or len(raw) != a.dim():
-            raw = tuple(f"arg{i}_{d}" if d in dyn else s for d, s in enumerate(a.shape))
-        sizes = tuple(
-            symbols.setdefault(s, f"n{len(symbols)}") if isinstance(s, str) else s
-            for s in raw
-        )
-        contiguous = a.is_contiguous()
-        strides = contiguous_strides(sizes) if contiguous else _static_strides(a, sizes)
-        inputs.append(
-            TensorInput(
-                name,
-                str(a.dtype).removeprefix("torch."),
-                str(a.device),
-                sizes,
-                strides,
-                contiguous,
-                bool(found is not None and found.mutated),
-                found.index_bound if found is not None else None,
-            )
-        )
     return InputSignature(tuple(inputs))
+
+
+def _tensor(
+    name: str,
+    a: torch.Tensor,
+    dyn: Sequence[int],
+    found: GraphInput | None,
+    symbols: dict[str, str],
+    prefix: str,
+) -> TensorInput:
+    raw = found.sizes if found is not None and found.sizes is not None else None
+    if raw is None or len(raw) != a.dim():
+        raw = tuple(f"{prefix}_{d}" if d in dyn else s for d, s in enumerate(a.shape))
+    else:
+        # NOTE: [a size Dynamo made dynamic by itself]
+        # Dynamo makes a size that changed between compiles of the same code
+        # in this process dynamic (automatic dynamic shapes): a backed symbol,
+        # which its guards keep off 0 and 1.  The saved forward runs without
+        # them, so such a size is checked as the example's; a dim asked for
+        # (unbacked: every size) stays dynamic.
+        raw = tuple(
+            int(a.shape[d]) if _backed(s) and d not in dyn else s
+            for d, s in enumerate(raw)
+        )
+    sizes = tuple(
+        symbols.setdefault(s, f"n{len(symbols)}") if isinstance(s, str) else s
+        for s in raw
+    )
+    contiguous = a.is_contiguous()
+    strides = contiguous_strides(sizes) if contiguous else _static_strides(a, sizes)
+    return TensorInput(
+        name,
+        str(a.dtype).removeprefix("torch."),
+        str(a.device),
+        sizes,
+        strides,
+        contiguous,
+        bool(found is not None and found.mutated),
+        found.index_bound if found is not None else None,
+    )
+
+
+def _backed(size: int | str) -> bool:
+    return isinstance(size, str) and re.fullmatch(r"s\d+", size) is not None
 
 
 def contiguous_strides(sizes: Sequence[int | str]) -> tuple[int | None, ...]:
@@ -200,8 +240,9 @@ def in_range(t: torch.Tensor, high: int) -> bool:
     A decode step has a few ids: reading them as a list costs about a third of
     two reductions with their host reads (``bench/token_bounds.py``).
     """
-    if t.dim() == 1 and t.numel() <= 32:
-        values = t.tolist()
+    if t.numel() <= 32:
+        # A decode step's ids are [batch, 1] when called the transformers way.
+        values = t.tolist() if t.dim() == 1 else t.reshape(-1).tolist()
         return not values or (min(values) >= 0 and max(values) < high)
     return t.numel() == 0 or (int(t.min()) >= 0 and int(t.max()) < high)
 
@@ -239,68 +280,89 @@ def mismatches(sig: InputSignature, args: Sequence[Any]) -> list[Mismatch]:
             ):
                 out.append(Mismatch("value", spec.name, spec.describe(), repr(a)[:60]))
             continue
-        if not isinstance(a, torch.Tensor):
-            out.append(Mismatch("type", spec.name, "a tensor", type(a).__name__))
+        if isinstance(spec, ObjectInput):
+            cls = type(a)
+            if (cls.__module__, cls.__qualname__) != (spec.module, spec.qualname):
+                got = f"{cls.__module__}.{cls.__qualname__}"
+                out.append(Mismatch("type", spec.name, spec.describe(), got))
+                continue
+            for leaf in spec.tensors:
+                value = resolve(a, leaf.name, spec.name)
+                _tensor_mismatches(leaf, value, out, seen)
             continue
-        dtype = str(a.dtype).removeprefix("torch.")
-        if dtype != spec.dtype:
-            out.append(Mismatch("dtype", spec.name, spec.dtype, dtype))
-        if str(a.device) != spec.device:
-            out.append(Mismatch("device", spec.name, spec.device, str(a.device)))
-        if a.dim() != len(spec.sizes):
-            out.append(
-                Mismatch(
-                    "rank",
-                    spec.name,
-                    f"rank {len(spec.sizes)}",
-                    f"rank {a.dim()} (shape {list(a.shape)})",
-                )
-            )
-            continue
-        for d, (want, got) in enumerate(zip(spec.sizes, a.shape, strict=False)):
-            if isinstance(want, int) and want != got:
-                out.append(
-                    Mismatch("size", spec.name, f"shape[{d}] == {want}", str(got))
-                )
-            elif isinstance(want, str):
-                if want in seen and seen[want][2] != got:
-                    other, od, osize = seen[want]
-                    out.append(
-                        Mismatch(
-                            "relation",
-                            spec.name,
-                            f"shape[{d}] == {other}.shape[{od}] (one size {want})",
-                            f"{got} and {osize}",
-                        )
-                    )
-                seen.setdefault(want, (spec.name, d, got))
-        if spec.index_bound is not None and spec.device == "cpu" and a.numel():
-            lo, hi = int(a.min()), int(a.max())
-            if lo < 0 or hi >= spec.index_bound:
-                out.append(
-                    Mismatch(
-                        "bounds",
-                        spec.name,
-                        f"values in [0, {spec.index_bound})",
-                        f"values from {lo} to {hi}",
-                    )
-                )
-        # The layout of these sizes (a wrong size is reported as one already).
-        strides = contiguous_strides(list(a.shape)) if spec.contiguous else spec.strides
-        if any(
-            w is not None and w != g
-            for w, g in zip(strides, a.stride(), strict=False)
-            if w is not None
-        ):
-            if not (spec.contiguous and a.numel() <= 1):
-                out.append(
-                    Mismatch(
-                        "layout", spec.name, spec.describe(), f"strides {a.stride()}"
-                    )
-                )
+        _tensor_mismatches(spec, a, out, seen)
     return out
 
 
+def _tensor_mismatches(
+    spec: TensorInput,
+    a: Any,
+    out: list[Mismatch],
+    seen: dict[str, tuple[str, int, int]],
+) -> None:
+    if not isinstance(a, torch.Tensor):
+        out.append(Mismatch("type", spec.name, "a tensor", type(a).__name__))
+        return
+    dtype = str(a.dtype).removeprefix("torch.")
+    if dtype != spec.dtype:
+        out.append(Mismatch("dtype", spec.name, spec.dtype, dtype))
+    if str(a.device) != spec.device:
+        out.append(Mismatch("device", spec.name, spec.device, str(a.device)))
+    if a.dim() != len(spec.sizes):
+        out.append(
+            Mismatch(
+                "rank",
+                spec.name,
+                f"rank {len(spec.sizes)}",
+                f"rank {a.dim()} (shape {list(a.shape)})",
+            )
+        )
+        return
+    for d, (want, got) in enumerate(zip(spec.sizes, a.shape, strict=False)):
+        if isinstance(want, int) and want != got:
+            out.append(Mismatch("size", spec.name, f"shape[{d}] == {want}", str(got)))
+        elif isinstance(want, str):
+            if want in seen and seen[want][2] != got:
+                other, od, osize = seen[want]
+                out.append(
+                    Mismatch(
+                        "relation",
+                        spec.name,
+                        f"shape[{d}] == {other}.shape[{od}] (one size {want})",
+                        f"{got} and {osize}",
+                    )
+                )
+            seen.setdefault(want, (spec.name, d, got))
+    if spec.index_bound is not None and spec.device == "cpu" and a.numel():
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi >= spec.index_bound:
+            out.append(
+                Mismatch(
+                    "bounds",
+                    spec.name,
+                    f"values in [0, {spec.index_bound})",
+                    f"values from {lo} to {hi}",
+                )
+            )
+    # The layout of these sizes (a wrong size is reported as one already).
+    strides = contiguous_strides(list(a.shape)) if spec.contiguous else spec.strides
+    if any(
+        w is not None and w != g
+        for w, g in zip(strides, a.stride(), strict=False)
+        if w is not None
+    ):
+        if not (spec.contiguous and a.numel() <= 1):
+            out.append(
+                Mismatch("layout", spec.name, spec.describe(), f"strides {a.stride()}")
+            )
+
+
 def written(sig: InputSignature, found: Sequence[Mismatch]) -> bool:
-    mutated = {i.name for i in sig.inputs if isinstance(i, TensorInput) and i.mutated}
+    """Whether a mismatched tensor is one the forward writes into (an object's
+    tensors included: a cache is written in place, never copied)."""
+    tensors = [i for i in sig.inputs if isinstance(i, TensorInput)]
+    for i in sig.inputs:
+        if isinstance(i, ObjectInput):
+            tensors.extend(i.tensors)
+    mutated = {t.name for t in tensors if t.mutated}
     return any(m.name in mutated for m in found)
