@@ -1,8 +1,8 @@
 """Templates + layout: a :class:`ModuleContext` becomes formatted source text.
 
 black defines the format.  ``render_module`` writes black's output directly:
-each statement is laid out by :mod:`.layout`, which splits long lines as black
-does, so black does not run on the hot path.  ``render_module_with_black`` is
+each statement is laid out by :mod:`.layout` (as it is when it fits; black's
+layout of its shape, black running once per module, when it does not).  ``render_module_with_black`` is
 the reference it must equal: the same templates with every statement on one
 line, then ``black.format_str`` over the whole module.
 """
@@ -88,12 +88,16 @@ def _render(
 
 
 def render_module(context: ModuleContext) -> str:
-    """The module source, formatted as black formats it (without running black)."""
-    layout = Layout()
-    return _render(
-        context,
-        lambda s, depth: layout(one_line(s), depth),
-        lambda fn: layout(one_line_def(fn), 0),
+    """The module source, formatted as black formats it: statements that fit
+    as they are, the others laid out by shape (black runs once, over one
+    statement of each new shape; NOTE: [one black run per module])."""
+    layout = Layout(deferred=True)
+    return layout.resolve(
+        _render(
+            context,
+            lambda s, depth: layout(one_line(s), depth),
+            lambda fn: layout(one_line_def(fn), 0),
+        )
     )
 
 

@@ -54,15 +54,25 @@ _PLAIN_DEF = re.compile(
 )
 _KEYWORDS = frozenset({"def", "del", "return"})
 _UNKNOWN = object()
+# Marks a deferred statement in rendered source (never in Python source).
+_MARK = "\x00"
+_MARKED = re.compile(f"{_MARK}(\\d+){_MARK}")
 
 
 class Layout:
-    """Lays out statements as black does, remembering each shape's layout."""
+    """Lays out statements as black does, remembering each shape's layout.
 
-    def __init__(self) -> None:
+    With ``deferred=True`` a statement whose shape is new comes back as a
+    marker, and :meth:`resolve` lays out every such statement of a rendered
+    module with one black run (NOTE: [one black run per module]).
+    """
+
+    def __init__(self, *, deferred: bool = False) -> None:
         # Statement shape -> black's layout of it as a format string over the
         # statement's tokens, or None where black must run for each statement.
         self._splits: dict[tuple[object, ...], str | None] = {}
+        self._deferred = deferred
+        self._pending: list[tuple[tuple[object, ...], str, int]] = []
 
     def __call__(self, text: str, depth: int) -> str:
         """``text`` (one statement on one line) as black writes it at ``depth``.
@@ -90,12 +100,38 @@ class Layout:
         key = (depth, first if first in _KEYWORDS else "", text.translate(_SHAPE))
         split = self._splits.get(key, _UNKNOWN)
         if split is _UNKNOWN:
+            if self._deferred:
+                self._pending.append((key, text, depth))
+                return f"{_MARK}{len(self._pending) - 1}{_MARK}"
             laid_out = _with_black(text, depth)
             self._splits[key] = _template(text, laid_out)
             return laid_out
         if split is None:
             return _with_black(text, depth)
         return split.format(*_VALUES.findall(text))
+
+    def resolve(self, source: str) -> str:
+        """``source`` with every marker replaced by its statement's layout.
+
+        NOTE: [one black run per module]
+        black's fixed cost per call (about 2 ms) is most of what laying out a
+        statement costs, and a model has a handful of new shapes per module:
+        one statement of each new shape goes to black, all in one module, and
+        each shape's layout fills the others.
+        """
+        if not self._pending:
+            return source
+        firsts: dict[tuple[object, ...], tuple[str, int]] = {}
+        for key, text, depth in self._pending:
+            firsts.setdefault(key, (text, depth))
+        laid_out = dict(
+            zip(firsts, _with_black_many(list(firsts.values())), strict=True)
+        )
+        for key, (text, _) in firsts.items():
+            self._splits[key] = _template(text, laid_out[key])
+        results = [self(text, depth) for _, text, depth in self._pending]
+        self._pending.clear()
+        return _MARKED.sub(lambda m: results[int(m[1])], source)
 
 
 def lay_out(text: str, depth: int) -> str:
@@ -173,6 +209,28 @@ def _plain_def(text: str, depth: int) -> str | None:
     else:
         body = [f"{indent}{param}," for param in params]
     return "\n".join([f"def {m[1]}(", *body, "    " * depth + "):"])
+
+
+def _with_black_many(statements: list[tuple[str, int]]) -> list[str]:
+    """:func:`_with_black` of each statement, from one black run over all of them."""
+    if len(statements) == 1:
+        return [_with_black(*statements[0])]
+    snippets = []
+    for i, (text, depth) in enumerate(statements):
+        nesting = "".join(f"{'    ' * d}def _():\n" for d in range(depth))
+        body = f"{'    ' * (depth + 1)}pass\n" if text.endswith(":") else ""
+        snippets.append(f"{_SEPARATOR}{i} = 0\n{nesting}{'    ' * depth}{text}\n{body}")
+    formatted = black.format_str("".join(snippets), mode=BLACK_MODE)
+    parts = re.split(rf"^{_SEPARATOR}\d+ = 0\n", formatted, flags=re.MULTILINE)[1:]
+    results = []
+    for (text, depth), part in zip(statements, parts, strict=True):
+        lines = [line for line in part.splitlines() if line]
+        body = text.endswith(":")
+        results.append("\n".join(lines[depth : len(lines) - body])[4 * depth :])
+    return results
+
+
+_SEPARATOR = "___stitch_statement_"
 
 
 def _with_black(text: str, depth: int) -> str:
