@@ -253,10 +253,15 @@ class InputCheck:
         if shape in rejected:
             raise StitchInputError(rejected[shape])
         folder = f"{self.folder}.sig_{shape}" if self.folder else None
+        # The first few differences say what changed (a cache's 16 tensors
+        # differ the same way: the first names it).
+        shown = "; ".join(str(m) for m in closest[:3])
+        if len(closest) > 3:
+            shown += f"; and {len(closest) - 3} more"
         log.warning(
             "stitch aot: %s was not compiled for these inputs (%s); compiling it for them",
             model_name(self.model),
-            "; ".join(str(m) for m in closest),
+            shown,
         )
         try:
             forward, saved, graph = self.ops.compile_signature(
