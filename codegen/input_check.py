@@ -310,10 +310,12 @@ def _symbol_sources(tensors: Sequence[TensorInput]) -> list[tuple[str, str]]:
         for d, size in enumerate(t.sizes):
             if isinstance(size, str):
                 first.setdefault(size, f"{t.name}.shape[{d}]")
-    return [(s, first[s]) for s in sorted(first, key=_symbol_order)]
+    return [(s, first[s]) for s in sorted(first, key=symbol_order)]
 
 
-def _symbol_order(symbol: str) -> tuple[int, str]:
+def symbol_order(symbol: str) -> tuple[int, str]:
+    """The order of dynamic sizes in a guard's key (n0, n1, ..., n10): the emitted
+    check and the runtime's ``SizedGuards`` both sort by it."""
     digits = symbol.lstrip("n")
     return (int(digits), symbol) if digits.isdigit() else (1 << 30, symbol)
 

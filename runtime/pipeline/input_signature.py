@@ -22,6 +22,7 @@ from stitch.codegen.input_check import (
     ObjectInput,
     TensorInput,
     ValueInput,
+    symbol_order,
 )
 
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
@@ -192,7 +193,7 @@ class SizedGuards(dict):  # type: ignore[type-arg]
         super().__init__()
         self.entries = tuple(entries)
         found = {s for e in entries for s in e[3] if isinstance(s, str)}
-        self.symbols = sorted(found, key=lambda s: (len(s), s))
+        self.symbols = sorted(found, key=symbol_order)
         self.examples = [
             _example(e[1], e[2], [None if isinstance(s, str) else s for s in e[3]], ())
             for e in self.entries
