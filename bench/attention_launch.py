@@ -66,42 +66,10 @@ def main() -> int:
     positions = torch.randint(0, length, (n,), device="cuda")
     out = torch.empty_like(q)
     scale = d**-0.5
-    block_d = 1 << (d - 1).bit_length()
-    block_l = max(16, min(64, 4096 // block_d))
-    grid = (n, h)
-    params = (
-        q,
-        k,
-        v,
-        k_cache,
-        v_cache,
-        positions,
-        out,
-        q,
-        float(scale),
-        0.0,
-        0,
-        q.stride(0),
-        q.stride(1),
-        k.stride(0),
-        k.stride(1),
-        v.stride(0),
-        v.stride(1),
-        out.stride(0),
-        out.stride(1),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
+    grid, params, values = triton_attention.kernel_arguments(
+        q, k, v, k_cache, v_cache, positions, out, scale
     )
-    constexprs = dict(
-        GROUPS=1,
-        HAS_SINKS=False,
-        HAS_SOFTCAP=False,
-        HAS_WINDOW=False,
-        HEAD_DIM=d,
-        BLOCK_D=block_d,
-        BLOCK_L=block_l,
-    )
+    constexprs = dict(zip(triton_attention.CONSTEXPRS, values, strict=True))
     kernel = kernels.decode_attention_kernel
     compiled = kernel[grid](*params, **constexprs)
     if hasattr(compiled, "result"):

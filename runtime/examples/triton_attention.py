@@ -79,8 +79,7 @@ def decode_attention(
 ) -> None:
     """Launch the Triton kernel (any device Triton runs on, its interpreter too)."""
     kernels = kernels if kernels is not None else triton_kernels()
-    n, heads, dim = q.shape
-    if n == 0:
+    if q.shape[0] == 0:
         return
     if kernels is None or not kernel_supports(
         q, k, v, k_cache, v_cache, positions, out, sinks
@@ -89,46 +88,66 @@ def decode_attention(
             q, k, v, k_cache, v_cache, positions, out, scale, sinks, softcap, window
         )
         return
+    launch(
+        kernels,
+        *kernel_arguments(
+            q, k, v, k_cache, v_cache, positions, out, scale, sinks, softcap, window
+        ),
+    )
+
+
+def kernel_arguments(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    out: torch.Tensor,
+    scale: float,
+    sinks: torch.Tensor | None = None,
+    softcap: float = 0.0,
+    window: int = 0,
+) -> tuple[tuple[int, int], tuple[Any, ...], tuple[Any, ...]]:
+    """The kernel's grid, its arguments in order, and its constexprs (``CONSTEXPRS``)."""
+    n, heads, dim = q.shape
     block_d = 1 << (dim - 1).bit_length()
     # Two [BLOCK_L, BLOCK_D] fp32 tiles per program stay in registers.
     block_l = max(16, min(64, 4096 // block_d))
-    launch(
-        kernels,
-        (n, heads),
-        (
-            q,
-            k,
-            v,
-            k_cache,
-            v_cache,
-            positions,
-            out,
-            sinks if sinks is not None else q,  # any pointer where there are none
-            float(scale),
-            float(softcap),
-            int(window),
-            q.stride(0),
-            q.stride(1),
-            k.stride(0),
-            k.stride(1),
-            v.stride(0),
-            v.stride(1),
-            out.stride(0),
-            out.stride(1),
-            k_cache.stride(0),
-            k_cache.stride(1),
-            k_cache.stride(2),
-        ),
-        (
-            heads // k.shape[1],  # GROUPS
-            sinks is not None,  # HAS_SINKS
-            bool(softcap),  # HAS_SOFTCAP
-            window > 0,  # HAS_WINDOW
-            dim,  # HEAD_DIM
-            block_d,  # BLOCK_D
-            block_l,  # BLOCK_L
-        ),
+    args = (
+        q,
+        k,
+        v,
+        k_cache,
+        v_cache,
+        positions,
+        out,
+        sinks if sinks is not None else q,  # any pointer where there are none
+        float(scale),
+        float(softcap),
+        int(window),
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        out.stride(0),
+        out.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
     )
+    constexprs = (
+        heads // k.shape[1],  # GROUPS
+        sinks is not None,  # HAS_SINKS
+        bool(softcap),  # HAS_SOFTCAP
+        window > 0,  # HAS_WINDOW
+        dim,  # HEAD_DIM
+        block_d,  # BLOCK_D
+        block_l,  # BLOCK_L
+    )
+    return (n, heads), args, constexprs
 
 
 CONSTEXPRS = (
@@ -201,7 +220,7 @@ def launch(
     constexprs: tuple[Any, ...],
 ) -> None:
     """Launch the kernel on ``grid``; directly when a compiled kernel for ``args`` is kept."""
-    direct = _direct_launch() if kernels is _kernel_module() else None
+    direct = _direct_launch() if kernels is triton_kernels() else None
     if direct is None:
         kernels.decode_attention_kernel[grid](
             *args, **dict(zip(CONSTEXPRS, constexprs, strict=True))
@@ -234,10 +253,6 @@ def launch(
         runtime.launch_exit_hook,
         *everything,
     )
-
-
-def _kernel_module() -> ModuleType | None:
-    return triton_kernels()
 
 
 # Registered directly on the CUDA key: torch.library.register_kernel would wrap
