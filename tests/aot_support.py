@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from backend_support import parse_worker, worker_env
+import backend_support
 
 WORKER = Path(__file__).with_name("aot_worker.py")
 MODEL_SOURCE = '''\
@@ -46,14 +43,5 @@ def run_worker(
 ) -> dict[str, Any]:
     """The worker's report; ``inductor_dir``: an Inductor cache of its own (else
     the test run's, which other tests' compiles of the same pieces warm)."""
-    env = worker_env()
-    if inductor_dir is not None:
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_dir)
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), json.dumps(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    return parse_worker(proc.returncode, proc.stdout, proc.stderr)
+    env = {} if inductor_dir is None else {"TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
+    return backend_support.run_worker(spec, 300, env, worker=WORKER)

@@ -130,8 +130,8 @@ def stitch_warnings(caplog: Any) -> list[str]:
 # -- subprocess workers --------------------------------------------------------------
 
 
-def worker_command(spec: dict[str, Any]) -> list[str]:
-    return [sys.executable, str(WORKER), json.dumps(spec)]
+def worker_command(spec: dict[str, Any], worker: Path = WORKER) -> list[str]:
+    return [sys.executable, str(worker), json.dumps(spec)]
 
 
 def worker_env() -> dict[str, str]:
@@ -144,11 +144,16 @@ def worker_env() -> dict[str, str]:
 
 
 def run_worker(
-    spec: dict[str, Any], timeout: float = 300, env: dict[str, str] | None = None
+    spec: dict[str, Any],
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    *,
+    worker: Path = WORKER,
 ) -> dict[str, Any]:
-    """Run ``backend_worker.py`` with ``spec`` (and extra ``env``); its JSON report."""
+    """Run ``worker`` (``backend_worker.py`` unless told) with ``spec`` and extra
+    ``env``; its JSON report."""
     proc = subprocess.run(
-        worker_command(spec),
+        worker_command(spec, worker),
         env={**worker_env(), **(env or {})},
         capture_output=True,
         text=True,

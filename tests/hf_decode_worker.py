@@ -19,14 +19,7 @@ import sys
 import types
 from typing import Any
 
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+from aot_worker import _Collect  # the stitch warnings a worker reports
 
 
 def main(spec: dict[str, Any]) -> dict[str, Any]:

@@ -20,9 +20,6 @@ saved; the check and its slow path are the same).
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +36,7 @@ from stitch.runtime.hf import build_model  # noqa: E402
 from stitch.runtime.hf.decode import greedy_decode, static_cache  # noqa: E402
 from stitch.runtime.pipeline.input_signature import SizedGuards  # noqa: E402
 
-from backend_support import parse_worker, worker_env  # noqa: E402
+import backend_support  # noqa: E402
 
 WORKER = Path(__file__).with_name("hf_decode_worker.py")
 SHAPE = {"batch": 2, "prompt": 6, "new_tokens": 8}
@@ -51,17 +48,8 @@ pytestmark = pytest.mark.usefixtures("dynamo_state")
 def run_worker(
     spec: dict[str, Any], inductor_dir: Path | None = None
 ) -> dict[str, Any]:
-    env = worker_env()
-    if inductor_dir is not None:
-        env["TORCHINDUCTOR_CACHE_DIR"] = str(inductor_dir)
-    proc = subprocess.run(
-        [sys.executable, str(WORKER), json.dumps(spec)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return parse_worker(proc.returncode, proc.stdout, proc.stderr)
+    env = {} if inductor_dir is None else {"TORCHINDUCTOR_CACHE_DIR": str(inductor_dir)}
+    return backend_support.run_worker(spec, 600, env, worker=WORKER)
 
 
 @pytest.fixture(scope="module")
