@@ -577,8 +577,9 @@ def test_capture_after_start_up_is_forbidden() -> None:
         served(3, seed=3)
 
 
-def test_through_torch_compile() -> None:
-    """Dynamo calls the padded runner: one compilation serves every size."""
+def _compiled_llama() -> tuple[StitchBackend, Any, torch.nn.Module]:
+    """The llama through torch.compile with Stitch and emulated graphs, and its
+    eager twin (equal weights)."""
     torch._dynamo.reset()
     config = CompilationConfig(
         backend="eager",
@@ -592,6 +593,12 @@ def test_through_torch_compile() -> None:
     compiled = torch.compile(
         model, backend=backend, fullgraph=True, options=dict(NO_GUARDS)
     )
+    return backend, compiled, eager
+
+
+def test_through_torch_compile() -> None:
+    """Dynamo calls the padded runner: one compilation serves every size."""
+    backend, compiled, eager = _compiled_llama()
     with (
         torch.inference_mode(),
         compilation_counter.expect(num_cudagraph_captured=PIECES * 3),
@@ -607,19 +614,7 @@ def test_through_torch_compile() -> None:
 def test_keyword_inputs_are_padded_by_their_keyword() -> None:
     """``model(input_ids=..., positions=...)``: Dynamo's sources are
     ``L['kwargs']['positions']``; the pad value is still found by the keyword."""
-    torch._dynamo.reset()
-    config = CompilationConfig(
-        backend="eager",
-        disable_cache=True,
-        cudagraph_capture_sizes=SIZES,
-        cudagraph_pad_values={"positions": -1},
-    )
-    backend = StitchBackend(config)
-    backend.cudagraphs = CUDAGraphManager(config, ops=EmulatedGraphOps())
-    model, eager = build_llama(LLAMA), build_llama(LLAMA)
-    compiled = torch.compile(
-        model, backend=backend, fullgraph=True, options=dict(NO_GUARDS)
-    )
+    backend, compiled, eager = _compiled_llama()
     with torch.inference_mode():
         for step, n in enumerate([3, 8]):  # 3 is padded: row 3 must write nothing
             ids, positions = _inputs(n, step)
