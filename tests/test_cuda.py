@@ -486,8 +486,9 @@ def test_direct_launch_reuses_a_compiled_kernel_only_for_its_specialization() ->
     if triton_attention._direct_launch() is None:
         pytest.skip("the direct launch is off for this Triton (DIRECT_LAUNCH_TRITON)")
     triton_attention._compiled.clear()
-    for seed in range(3):  # a Triton launch, then two direct launches
-        case = _attention_case(
+
+    def make_case(seed: int) -> tuple[Any, ...]:
+        return _attention_case(
             6,
             4,
             64,
@@ -498,6 +499,9 @@ def test_direct_launch_reuses_a_compiled_kernel_only_for_its_specialization() ->
             padding=True,
             seed=seed,
         )
+
+    for seed in range(3):  # a Triton launch, then two direct launches
+        case = make_case(seed)
         caches = (case[3].clone(), case[4].clone())
         expected = torch.full_like(case[0], 7.0)
         attention_reference(*case[:3], *caches, case[5], expected, 0.125)
@@ -507,17 +511,7 @@ def test_direct_launch_reuses_a_compiled_kernel_only_for_its_specialization() ->
         torch.testing.assert_close(case[3], caches[0], rtol=0, atol=0)
         assert len(triton_attention._compiled) == 1
     # q 2 bytes past a 16-byte boundary: a pointer Triton must not assume aligned
-    q, k, v, k_cache, v_cache, positions = _attention_case(
-        6,
-        4,
-        64,
-        48,
-        torch.bfloat16,
-        torch.bfloat16,
-        strided_v=True,
-        padding=True,
-        seed=9,
-    )
+    q, k, v, k_cache, v_cache, positions = make_case(9)
     shifted = torch.empty(q.numel() + 1, device="cuda", dtype=q.dtype)[1:].view_as(q)
     shifted.copy_(q)
     assert shifted.data_ptr() % 16 != 0
