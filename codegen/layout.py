@@ -129,7 +129,12 @@ class Layout:
         )
         for key, (text, _) in firsts.items():
             self._splits[key] = _template(text, laid_out[key])
-        results = [self(text, depth) for _, text, depth in self._pending]
+        # The statement black laid out keeps that layout (its shape may have no
+        # format string, and black need not run for it twice).
+        results = [
+            laid_out[key] if firsts[key] == (text, depth) else self(text, depth)
+            for key, text, depth in self._pending
+        ]
         self._pending.clear()
         return _MARKED.sub(lambda m: results[int(m[1])], source)
 
