@@ -33,6 +33,16 @@ import tempfile
 import time
 from typing import Any
 
+# The warm processes: what each one's Inductor cache is, and its extra environment.
+WARM_KINDS = {
+    "empty": ("an empty Inductor cache of its own", {}),
+    "kept": ("the cold process's Inductor cache", {}),
+    "empty-1thread": (
+        "an empty Inductor cache, no compile worker pool",
+        {"TORCHINDUCTOR_COMPILE_THREADS": "1"},
+    ),
+}
+
 MODES = {
     "PIECEWISE": {"cudagraph_mode": "PIECEWISE"},
     "FULL": {"cudagraph_mode": "FULL"},
@@ -47,6 +57,11 @@ def progress(what: str, since: float) -> None:
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
+    if spec.get("stacks_every"):
+        import faulthandler
+
+        # Every thread's stack to stderr now and then: where a slow load waits.
+        faulthandler.dump_traceback_later(spec["stacks_every"], repeat=True)
     import torch
 
     imported = time.perf_counter()
@@ -86,9 +101,15 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         def dummy(n: int) -> None:
             forward(*llama_inputs(cfg, n, seed=1, device=device))
 
+        if profiler is not None:
+            profiler = cProfile.Profile()
+            profiler.enable()
         forward.cudagraphs.capture_sizes(dummy)
         if device == "cuda":
             torch.cuda.synchronize()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(spec["profile"] + ".capture")
         captured = time.perf_counter()
         progress("graphs captured", imported)
         model.reset_kv_caches()
@@ -98,6 +119,11 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         model.reset_kv_caches()
         expected = model(*llama_inputs(cfg, 1, seed=2, device=device)).argmax(-1)
     after = compilation_counter.snapshot()
+    inductor_counters: dict[str, int] = {}
+    if "torch._dynamo" in sys.modules:  # loaded through Inductor: its cache events
+        from torch._dynamo.utils import counters
+
+        inductor_counters = dict(counters["inductor"])
     return {
         "warm": forward.warm,
         "import_torch_s": imported - started,
@@ -110,14 +136,21 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "inductor_compiles": after["num_inductor_compiles"]
         - before["num_inductor_compiles"],
         "same_token_as_eager": bool(torch.equal(token, expected)),
+        "prebuilt_loads": after["num_prebuilt_loads"] - before["num_prebuilt_loads"],
+        "artifacts_loaded": after["num_compiled_artifacts_loaded"]
+        - before["num_compiled_artifacts_loaded"],
+        "inductor_counters": inductor_counters,
     }
 
 
 def run_child(
-    spec: dict[str, Any], inductor_dir: str, timeout: float
+    spec: dict[str, Any],
+    inductor_dir: str,
+    timeout: float,
+    extra_env: dict[str, str] | None = None,
 ) -> dict[str, Any] | None:
     """The child's report; None when it did not finish within ``timeout`` seconds."""
-    env = dict(os.environ)
+    env = {**os.environ, **(extra_env or {})}
     if inductor_dir:
         env["TORCHINDUCTOR_CACHE_DIR"] = inductor_dir
     try:
@@ -136,6 +169,16 @@ def run_child(
     return json.loads(lines[0][len("RESULT ") :])
 
 
+def write_profile_summary(path: str) -> None:
+    """``path``.txt: the profile's top 40 by cumulative time and top 25 by own time."""
+    import pstats
+
+    with open(path + ".txt", "w", encoding="utf-8") as f:
+        stats = pstats.Stats(path, stream=f)
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(25)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=16)
@@ -150,7 +193,18 @@ def main() -> int:
         help="comma-separated (default vLLM's, 1 to 512)",
     )
     parser.add_argument("--modes", default="PIECEWISE,FULL")
-    parser.add_argument("--warm-repeats", type=int, default=2)
+    parser.add_argument(
+        "--warm",
+        default="empty,empty",
+        help="the warm processes, comma-separated: "
+        + ", ".join(f"{k} ({v[0]})" for k, v in WARM_KINDS.items()),
+    )
+    parser.add_argument(
+        "--stacks-every",
+        type=float,
+        default=0,
+        help="each process prints every thread's stack every this many seconds",
+    )
     parser.add_argument(
         "--cold-inductor",
         choices=("empty", "kept"),
@@ -166,8 +220,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--profile-warm",
-        help="cProfile the first warm process's aot_compile into this file "
-        "(and FILE.txt, the top 40 by cumulative time)",
+        help="cProfile the first warm process's aot_compile into this file and its "
+        "capture into FILE.capture (with FILE.txt and FILE.capture.txt: the top 40 "
+        "by cumulative time, the top 25 by own time)",
     )
     parser.add_argument("--out", help="also write the markdown table here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -199,6 +254,7 @@ def main() -> int:
                 "mode": mode,
                 "device": args.device,
                 "cache_dir": os.path.join(scratch, f"stitch-{mode}"),
+                "stacks_every": args.stacks_every,
             }
             cold_inductor = (
                 os.path.join(scratch, f"inductor-{mode}")
@@ -206,20 +262,25 @@ def main() -> int:
                 else os.environ.get("TORCHINDUCTOR_CACHE_DIR", "")
             )
             runs = [("cold", run_child(spec, cold_inductor, args.child_timeout))]
-            for r in range(args.warm_repeats):
-                empty = tempfile.mkdtemp(prefix="inductor-empty-", dir=scratch)
-                profile = args.profile_warm if r == 0 else None
-                warm = {**spec, "profile": profile}
-                runs.append(
-                    (f"warm {r + 1}", run_child(warm, empty, args.child_timeout))
+            profile = args.profile_warm
+            for r, kind in enumerate(k for k in args.warm.split(",") if k):
+                if kind not in WARM_KINDS:
+                    parser.error(f"--warm: unknown kind {kind!r}")
+                inductor_dir = (
+                    cold_inductor
+                    if kind == "kept"
+                    else tempfile.mkdtemp(prefix="inductor-empty-", dir=scratch)
                 )
-                if profile and os.path.exists(profile):
-                    import pstats
-
-                    with open(profile + ".txt", "w", encoding="utf-8") as f:
-                        pstats.Stats(profile, stream=f).sort_stats(
-                            "cumulative"
-                        ).print_stats(40)
+                warm = {**spec, "profile": profile if kind != "kept" else None}
+                print(f"== {mode} warm {r + 1}: {WARM_KINDS[kind][0]}", flush=True)
+                res = run_child(
+                    warm, inductor_dir, args.child_timeout, WARM_KINDS[kind][1]
+                )
+                runs.append((f"warm {r + 1} ({kind})", res))
+                if warm["profile"] and os.path.exists(warm["profile"]):
+                    write_profile_summary(warm["profile"])
+                    write_profile_summary(warm["profile"] + ".capture")
+                    profile = None  # the first warm process that loads cold
             for label, res in runs:
                 if res is None:
                     lines.append(
@@ -237,6 +298,12 @@ def main() -> int:
                 if args.out:  # what is measured so far survives a later failure
                     with open(args.out, "w", encoding="utf-8") as f:
                         f.write("\n".join(lines) + "\n")
+                print(
+                    f"  {label}: prebuilt loads {res['prebuilt_loads']}, artifacts "
+                    f"loaded {res['artifacts_loaded']}, Inductor counters "
+                    f"{res['inductor_counters']}",
+                    flush=True,
+                )
                 if label.startswith("warm"):
                     verdict = "met" if res["first_token_s"] < 2 else "NOT met"
                     lines.append(

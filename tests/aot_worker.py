@@ -129,7 +129,15 @@ def main(spec: dict) -> dict:
         "replays": sum(g.replays for g in cudagraphs.ops.graphs) if cudagraphs else 0,
         # Since the worker started (imports included): loaded, captured, first output.
         "seconds": seconds,
+        # Whether Stitch started Inductor's CPU ISA probe (NOTE: [Inductor
+        # warm-up overlaps the split], pipeline/compilers.py).
+        "isa_probe": isa_probe_started(),
     }
+
+
+def isa_probe_started() -> bool:
+    compilers = sys.modules.get("stitch.runtime.pipeline.compilers")
+    return compilers is not None and compilers._probe is not None
 
 
 if __name__ == "__main__":

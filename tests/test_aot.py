@@ -75,6 +75,8 @@ def test_cold_process_compiles_and_saves(runs: dict[str, Any]) -> None:
     # It traced, compiled and generated the stitching source.
     assert cold["imported"] == ["black", "jinja2", "torch._dynamo", "torch._inductor"]
     assert max(cold["diffs"].values()) < INDUCTOR_TOL["atol"]
+    # A CPU graph: its compile probed the CPU's vector ISA beside the split.
+    assert cold["isa_probe"] is True
 
 
 @pytest.mark.slow
@@ -85,6 +87,7 @@ def test_warm_process_imports_no_compiler_and_no_code_generator(
     assert warm["warnings"] == []
     assert warm["warm"] is True
     assert warm["imported"] == []
+    assert warm["isa_probe"] is False
     assert warm["plain_function"]
     counter = warm["counter"]
     assert counter.get("num_backend_compilations", 0) == 0

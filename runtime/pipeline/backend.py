@@ -40,7 +40,7 @@ from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, trace_source, write_debug_dump
 from ..store.index import EntryRecord
 from ..targets import Target
-from .compilers import CompilerAdapter, make_adapter, start_inductor_warmup
+from .compilers import CompilerAdapter, make_adapter, on_cpu, start_inductor_warmup
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .graph_inputs import GraphInput, graph_inputs
@@ -198,7 +198,7 @@ class Compilation:
             cache = self.entry_guards.open(self.config, graph_key, self.config_hash)
         if (cache is None or cache.index is None) and self.config.backend == "inductor":
             # A cold start: the warm-up runs beside the split and fake propagation.
-            start_inductor_warmup()
+            start_inductor_warmup(cpu=on_cpu(self.example_inputs))
 
         matcher = OpMatcher.parse(self.config.splitting_ops)
         self.splitting_warnings.check(self.gm, matcher)

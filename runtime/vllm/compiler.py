@@ -60,8 +60,11 @@ class VllmStitchFunction(StitchFunction):
         # the top-k/top-p sampler).  Without this, that request pays the
         # Inductor imports and the CPU ISA probe a cold start pays while it
         # splits the graph (about a second here); started now, the probe runs
-        # beside the rest of the engine's start (KV cache, profile run).
-        start_inductor_warmup()
+        # beside the rest of the engine's start (KV cache, profile run).  On a
+        # GPU those helpers are Triton kernels: no probe (see NOTE: [Inductor
+        # warm-up overlaps the split]).
+        device_config = getattr(vllm_config, "device_config", None)
+        start_inductor_warmup(cpu=getattr(device_config, "device_type", "cpu") == "cpu")
 
     def __call__(self, *args: Any) -> Any:
         if self.fn is None:
