@@ -163,6 +163,22 @@ def test_dispatch_picks_size_then_range_then_general(compiled: Compiled) -> None
             assert piece.runnable_for(n) is runnables[Target("range", 17, 32)], n
 
 
+def test_the_compiling_process_runs_its_pieces_prebuilt(compiled: Compiled) -> None:
+    """NOTE: [the compiling process runs its pieces prebuilt too] (compilers.py):
+    every saved Inductor piece runs its wrapper's ``call`` without Inductor's
+    runtime wrappers, as a warm process would."""
+    if compiled.name != "inductor":
+        pytest.skip("the eager backend saves no pieces")
+    (result,) = compiled.backend.compiled[:1]
+    for piece in result.backends.values():
+        for target, runnable in piece.runnables.items():
+            inner = runnable
+            while hasattr(inner, "__wrapped__"):
+                inner = inner.__wrapped__
+            where = getattr(getattr(inner, "__code__", None), "co_filename", inner)
+            assert str(where).startswith("<stitch-prebuilt-"), (piece.name, target)
+
+
 def test_ranges_share_the_general_runnable(compiled: Compiled) -> None:
     (result,) = compiled.backend.compiled
     for piece in result.backends.values():

@@ -179,8 +179,7 @@ class Compilation:
     # -- the steps -----------------------------------------------------------
     def run(self, sink: list[CompiledModel]) -> Callable[..., Any]:
         start = time.perf_counter()
-        # Every Inductor call waits for the Inductor warm-up first (see
-        # compilers.py); a warm start that loads only prebuilt pieces never does.
+        # Inductor calls wait for its warm-up (compilers.py); prebuilt loads never do.
         fake_inputs = self._fake_inputs()
         # NOTE: [lifted floats are specialized up front] (scalars.py), for
         # Inductor's tensorify pass; eager pieces run lifted floats as they are.
@@ -471,7 +470,9 @@ class Compilation:
                 save=lambda path: self.adapter.save(handle, path),
             )
             if entry.saved:
-                self.adapter.published(cache.artifact_path(key, ARTIFACT_FILE))
+                # NOTE: [the compiling process runs its pieces prebuilt too]
+                path = cache.artifact_path(key, ARTIFACT_FILE)
+                runnable = self.adapter.published(path, bool(handle[1])) or runnable
         self.memo[key] = (runnable, entry.saved)
         return runnable, entry, "miss"
 
