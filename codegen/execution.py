@@ -19,6 +19,7 @@ from .aliases import alias_candidate as _alias_candidate
 from .body import FunctionBody
 from .context import FunctionContext, ModuleContext, PieceFunction, Statement
 from .contract import (
+    CONSTS_NAME,
     DISPATCH_NAME,
     FORMAT_VERSION,
     FUNCTION_NAME,
@@ -169,7 +170,8 @@ class _ModuleLowering:
             if named is not None and named[0] is not None:
                 # Reserved up front so no local shadows a module root.
                 roots.add(named[0].split(".")[0])
-        self.global_names = Namespace(roots)
+        # torch: the root of the dtype and device literals (values.torch_literal).
+        self.global_names = Namespace(roots | {"torch"})
         for piece, module in pieces:
             if single_call(module) is None and piece not in self._function_names:
                 m = re.fullmatch(r"submod_(\d+)", piece)
@@ -222,6 +224,13 @@ class _ModuleLowering:
             f"constants: {len(self.consts.values)}",
             f"graph: sha256:{graph_hash(self.split_gm)[:16]}",
         )
+        if self.consts.values:
+            header += (
+                f"{CONSTS_NAME}, set by the loader (slot: graph attribute, value):",
+                *(f"  {line}" for line in self.consts.describe()),
+            )
+        if self.consts.uses_torch:
+            self._used_imports.add("torch")
         if self.profile:
             header += (
                 f"profiling variant: every piece call is timed by {RANGES_NAME}",
@@ -242,7 +251,7 @@ class _ModuleLowering:
             if n.op == "placeholder":
                 body.param(n)
             elif n.op == "get_attr":
-                body.names[n] = self.consts.ref(fetch_attr(gm, n.target, n))
+                body.names[n] = self.consts.ref(fetch_attr(gm, n.target, n), n.target)
             elif n.op == "output":
                 value = body.render(n.args[0])
                 if self.profile:
@@ -462,7 +471,9 @@ class _ModuleLowering:
             if node in argument:
                 return body.render(argument[node])
             if node.op == "get_attr":
-                return self.consts.ref(fetch_attr(module, node.target, node))
+                return self.consts.ref(
+                    fetch_attr(module, node.target, node), node.target
+                )
             raise StitchCodegenError(
                 f"argument refers to node '{node.name}', which is not defined before "
                 f"its use in {n.target}",
@@ -488,7 +499,7 @@ class _ModuleLowering:
                     body.param(node)
                 elif node.op == "get_attr":
                     body.names[node] = self.consts.ref(
-                        fetch_attr(module, node.target, node)
+                        fetch_attr(module, node.target, node), node.target
                     )
                 elif node.op == "output":
                     body.emit(Statement("return", body.render(node.args[0])))

@@ -1,8 +1,10 @@
 """Rendering of FX argument values and call targets as emitted source text.
 
-Literals are written inline and exactly; everything else becomes a slot in the
-constants table (``__vllm_consts__[j]``), because ``repr()`` of an arbitrary
-object is not valid source.
+Literals are written inline and exactly, dtypes, layouts, memory formats and
+devices by their torch names (as torch.fx writes them); everything else becomes
+a slot in the constants table (``__vllm_consts__[j]``), because ``repr()`` of an
+arbitrary object is not valid source.  The emitted header lists what each slot
+holds.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ class ConstTable:
 
     def __init__(self) -> None:
         self.values: list[Any] = []
+        # slot -> the graph attribute it was first fetched from, when it was one
+        self.names: dict[int, str] = {}
         self._slots: dict[Any, int] = {}
         self.log: list[int] | None = None
+        # Set when a rendered value is written with a torch name (torch.float32).
+        self.uses_torch = False
 
-    def slot(self, value: Any) -> int:
+    def slot(self, value: Any, name: str | None = None) -> int:
         key: Any
         if isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Module):
             key = ("id", id(value))
@@ -46,12 +52,53 @@ class ConstTable:
             self._slots[key] = len(self.values)
             self.values.append(value)
         slot = self._slots[key]
+        if name is not None:
+            self.names.setdefault(slot, name)
         if self.log is not None:
             self.log.append(slot)
         return slot
 
-    def ref(self, value: Any) -> str:
-        return f"{CONSTS_NAME}[{self.slot(value)}]"
+    def ref(self, value: Any, name: str | None = None) -> str:
+        """``__vllm_consts__[j]`` for ``value``; ``name``: the graph attribute it is."""
+        return f"{CONSTS_NAME}[{self.slot(value, name)}]"
+
+    def describe(self) -> list[str]:
+        """One line per slot for the emitted header: what the loader puts there."""
+        lines = []
+        for j, value in enumerate(self.values):
+            name = self.names.get(j)
+            lines.append(f"[{j}] {name + ': ' if name else ''}{describe_value(value)}")
+        return lines
+
+
+def describe_value(value: Any) -> str:
+    """A short, stable description of a constant (no addresses, no values)."""
+    if isinstance(value, torch.Tensor):
+        kind = "Parameter" if isinstance(value, torch.nn.Parameter) else "Tensor"
+        dtype = str(value.dtype).removeprefix("torch.")
+        return f"{kind}({dtype}, {list(value.shape)}, {value.device.type})"
+    if isinstance(value, torch.nn.Module):
+        return f"module {type(value).__qualname__}"
+    if callable(value):
+        qualname = getattr(value, "__qualname__", None) or type(value).__qualname__
+        return f"{getattr(value, '__module__', None) or '?'}.{qualname}"
+    return type(value).__qualname__
+
+
+def torch_literal(value: Any) -> str | None:
+    """Source for a dtype, layout, memory format or device, as torch.fx writes
+    them: ``torch.float32``, ``torch.strided``, ``torch.channels_last``,
+    ``torch.device("cuda", 0)``; None for anything else."""
+    if isinstance(value, (torch.dtype, torch.layout, torch.memory_format)):
+        text = str(value)
+        name = text.removeprefix("torch.")
+        if name != text and name.isidentifier() and getattr(torch, name, None) is value:
+            return text
+        return None
+    if isinstance(value, torch.device):
+        index = "" if value.index is None else f", {value.index}"
+        return f'torch.device("{value.type}"{index})'
+    return None
 
 
 def render_float(value: float) -> str:
@@ -118,7 +165,12 @@ def render_value(
             + "}"
         )
     if kind is torch.Size and all(type(v) is int for v in value):
+        consts.uses_torch = True
         return "torch.Size([" + ", ".join(repr(v) for v in value) + "])"
+    literal = torch_literal(value)
+    if literal is not None:
+        consts.uses_torch = True
+        return literal
     return consts.ref(value)
 
 

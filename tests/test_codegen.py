@@ -580,25 +580,18 @@ def test_other_values_become_deduplicated_consts_in_order_of_first_use() -> None
     )
     kwargs = {"dtype": torch.float16, "obj": (opaque, torch.sparse_coo)}
     code, consts, fn = emit_and_load(echo_piece(args, kwargs))
-    expected = [
-        torch.float16,
-        cpu_a,
-        torch.channels_last,
-        torch.strided,
-        opaque,
-        tensor,
-        torch.Generator,
-        torch.sparse_coo,
-    ]
+    # dtypes, layouts, memory formats and devices are written by their torch
+    # names; the rest is a slot, deduplicated, in order of first use.
+    expected = [opaque, tensor, torch.Generator]
     assert len(consts) == len(expected)
-    assert all(
-        c is e or (type(c) is type(e) and c == e)
-        for c, e in zip(consts, expected, strict=True)
-    )
-    assert consts[4] is opaque and consts[5] is tensor
+    assert all(c is e for c, e in zip(consts, expected, strict=True))
     body = ast.unparse(functions(code)["execution_fn"])
-    assert "[__vllm_consts__[2], {'layout': __vllm_consts__[3]}]" in body
-    assert "obj=(__vllm_consts__[4], __vllm_consts__[7])" in body
+    assert "torch.float16, torch.device('cpu')" in body
+    assert "[torch.channels_last, {'layout': torch.strided}]" in body
+    assert "obj=(__vllm_consts__[0], torch.sparse_coo)" in body
+    # The header says what each slot holds.
+    assert "#   [0] Opaque\n" in code
+    assert "#   [1] Tensor(float32, [3], cpu)\n" in code
     assert "0x" not in code and "object at" not in code
     out_args, out_kwargs = fn("p")
     assert out_args[1:] == args[:4] + (tensor,) + args[5:]
@@ -606,16 +599,19 @@ def test_other_values_become_deduplicated_consts_in_order_of_first_use() -> None
     assert out_kwargs == kwargs
 
 
-def test_case_constants_are_device_dtype_layout_and_memory_format() -> None:
+def test_device_dtype_layout_and_memory_format_are_written_as_torch_names() -> None:
     emitted = emit_case("device_dtype_consts")
-    assert emitted.consts == [
-        torch.float64,
-        torch.device("cpu"),
-        torch.strided,
-        torch.contiguous_format,
-        torch.preserve_format,
-        torch.float32,
-    ]
+    assert emitted.consts == []
+    body = ast.unparse(functions(emitted.code)["execution_fn"])
+    for literal in (
+        "dtype=torch.float64",
+        "device=torch.device('cpu')",
+        "layout=torch.strided",
+        "memory_format=torch.contiguous_format",
+        "memory_format=torch.preserve_format",
+        "dtype=torch.float32",
+    ):
+        assert literal in body, literal
 
 
 def test_tensor_constants_are_passed_through_consts() -> None:

@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 3).
+# Stitching source emitted by stitch.codegen (format 4).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 0
 # graph: sha256:231bebfdbbbc0691
 import torch

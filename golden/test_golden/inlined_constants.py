@@ -1,6 +1,8 @@
-# Stitching source emitted by stitch.codegen (format 3).
+# Stitching source emitted by stitch.codegen (format 4).
 # pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 1
 # graph: sha256:c8987e9b1d91596e
+# __vllm_consts__, set by the loader (slot: graph attribute, value):
+#   [0] table: Tensor(float32, [3, 4], cpu)
 import torch
 
 stitchtest_encode = torch.ops.stitchtest.encode

@@ -1,5 +1,5 @@
-# Stitching source emitted by stitch.codegen (format 3).
-# pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 1
+# Stitching source emitted by stitch.codegen (format 4).
+# pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 0
 # graph: sha256:61d39affbad12f14
 import torch
 
@@ -9,7 +9,7 @@ stitchtest_weighted_sum = torch.ops.stitchtest.weighted_sum
 
 def __vllm_inlined_submods__1(cat):
     """Inlined piece submod_1."""
-    scale = stitchtest_scale(cat, 2.0, dtype=__vllm_consts__[0], tag="kw")
+    scale = stitchtest_scale(cat, 2.0, dtype=torch.float64, tag="kw")
     weighted_sum = stitchtest_weighted_sum(xs=[scale, cat], weights=[0.5, -2.0])
     return weighted_sum
 
