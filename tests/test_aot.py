@@ -243,3 +243,42 @@ def test_a_record_others_can_write_is_refused(
         StitchCacheTrustError, match=r"function\.py is writable by its group"
     ):
         aot_compile(module.build(), (ids, pos), config, dynamic_dims={0: [0], 1: [0]})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        (
+            lambda r: r["function"].update(light="yes"),
+            "function.light is str, not bool",
+        ),
+        (lambda r: r.pop("stitched"), "field stitched is missing"),
+        (lambda r: r["stitched"].pop("entry"), "field stitched.entry is missing"),
+        (lambda r: r.update(code=[("m", "p")]), "field code holds ('m', 'p')"),
+        (lambda r: r["function"].pop("bytecode_sha256"), "bytecode_sha256 is missing"),
+    ],
+)
+def test_a_malformed_record_is_refused_naming_the_field(
+    runs: dict[str, Any], tmp_path: Path, change: Any, says: str
+) -> None:
+    """What loading reads is checked when the record is read: a damaged record is
+    a StitchCacheError naming the file and the field (the caller compiles again),
+    never a KeyError or TypeError from deep in the load."""
+    from stitch.codegen.errors import StitchCacheError
+    from stitch.runtime.pipeline.aot_record import (
+        RECORD_FILE,
+        RECORD_HEADER,
+        read_record,
+    )
+
+    folder = tmp_path / "root" / "aot" / "model" / "rank_0"
+    folder.parent.parent.mkdir(parents=True, mode=0o700)
+    shutil.copytree(runs["cold"]["path"], folder)
+    record = read_record(str(folder))
+    assert record is not None and record["function"]["light"] is True
+    change(record)
+    (folder / RECORD_FILE).write_text(RECORD_HEADER + repr(record) + "\n")
+    with pytest.raises(StitchCacheError, match="is malformed") as info:
+        read_record(str(folder))
+    assert says in str(info.value) and RECORD_FILE in str(info.value)

@@ -163,7 +163,9 @@ def aot_compile(
                 model_name(model),
                 exc,
             )
-        except (StitchCacheError, OSError, ValueError, KeyError, TypeError) as exc:
+        # read_record checked every field loading reads (aot_record.record_problem):
+        # a KeyError or TypeError here is a bug, and is raised as one.
+        except (StitchCacheError, OSError, ValueError) as exc:
             log.warning(
                 "stitch aot: the saved %s is unusable (%s); compiling it again",
                 model_name(model),

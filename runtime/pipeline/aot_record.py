@@ -279,7 +279,73 @@ def read_record(folder: str) -> dict[str, Any] | None:
         ) from None
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         raise StitchCacheError(f"{path} has an unknown format")
+    problem = record_problem(record)
+    if problem:
+        raise StitchCacheError(f"{path} is malformed: {problem}")
     return record
+
+
+# The fields of a record and of its "function" and "stitched" parts: name ->
+# the types its value may have.  What loading reads is checked here, once, so
+# that a KeyError or TypeError while loading is a bug, not a damaged file.
+_NONE = type(None)
+RECORD_FIELDS: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "factors": (dict,),
+    "code": (list, tuple),
+    "function": (dict,),
+    "stitched": (dict,),
+    "torch_function_sha256": (str, _NONE),
+}
+FUNCTION_FIELDS: dict[str, tuple[type, ...]] = {
+    "backend_id": (str,),
+    "import_sources": (dict,),
+    "builtins": (list, tuple),
+    "argdefs": (tuple, _NONE),
+    "kwdefaults": (dict, _NONE),
+    "light": (bool,),
+}
+STITCHED_FIELDS: dict[str, tuple[type, ...]] = {"entry": (str,), "cache_root": (str,)}
+
+
+def record_problem(record: dict[str, Any]) -> str:
+    """What is wrong with a record's fields ("" when nothing is)."""
+    parts = (
+        ("", record, RECORD_FIELDS),
+        ("function.", record.get("function"), FUNCTION_FIELDS),
+        ("stitched.", record.get("stitched"), STITCHED_FIELDS),
+    )
+    for prefix, part, fields in parts:
+        if not isinstance(part, dict):
+            return f"{prefix.rstrip('.')} is {type(part).__name__}, not a dict"
+        for name, types_ in fields.items():
+            if name not in part:
+                return f"field {prefix}{name} is missing"
+            if not isinstance(part[name], types_):
+                return (
+                    f"field {prefix}{name} is {type(part[name]).__name__}, not "
+                    + " or ".join(t.__name__ for t in types_)
+                )
+    function = record["function"]
+    if function["light"] and not isinstance(function.get("bytecode_sha256"), str):
+        return "field function.bytecode_sha256 is missing"
+    if not all(
+        isinstance(k, str) and isinstance(v, str)
+        for k, v in function["import_sources"].items()
+    ):
+        return "field function.import_sources holds a non-string"
+    if not all(isinstance(b, str) for b in function["builtins"]):
+        return "field function.builtins holds a non-string"
+    for item in record["code"]:
+        if not (
+            isinstance(item, (list, tuple))
+            and len(item) == 3
+            and isinstance(item[0], str)
+            and isinstance(item[1], str)
+            and isinstance(item[2], (str, _NONE))
+        ):
+            return f"field code holds {item!r}, not (module, path, sha256)"
+    return ""
 
 
 def read_file(folder: str, name: str, sha256: Any) -> bytes:
