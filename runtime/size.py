@@ -21,12 +21,12 @@ class RuntimeSize:
 
     ``symbol`` is the sympy symbol of the first graph input that is a plain
     SymInt, else of the first symbolic dimension of an input tensor (graphs
-    traced by ``make_fx`` take sizes only inside tensors).  ``input_index`` and
+    traced by ``make_fx`` take sizes only inside tensors).  ``size_index`` and
     ``input_name`` locate the SymInt input when there is one (None otherwise).
     """
 
     symbol: Any
-    input_index: int | None
+    size_index: int | None
     input_name: str | None
 
     def piece_argument(self, args: Sequence[Any]) -> int | None:

@@ -155,7 +155,7 @@ def test_dispatch_picks_size_then_range_then_general(compiled: Compiled) -> None
     (result,) = compiled.backend.compiled[:1]
     for piece in result.backends.values():
         runnables = piece.runnables
-        assert piece.sym_index is not None, piece.name
+        assert piece.size_index is not None, piece.name
         assert piece.runnable_for(4) is runnables[Target("size", 4, 4)]
         for n in (1, 3, 5, 16):
             assert piece.runnable_for(n) is runnables[Target("range", 1, 16)], n
@@ -225,7 +225,7 @@ def test_batch_size_one_recompiles_a_static_graph(compiled: Compiled) -> None:
         ref, out = eager_and_compiled(compiled.model, compiled.fn, TINY, 1)
     assert_matches(compiled.name, ref, out)
     static = compiled.backend.compiled[1]
-    assert all(b.sym_index is None for b in static.backends.values())
+    assert all(b.size_index is None for b in static.backends.values())
     assert [r.targets for r in static.reports if not r.splitting] == [["general"]] * 3
     # Size 1 again, and the dynamic graph's sizes, compile nothing more.
     with compilation_counter.expect(

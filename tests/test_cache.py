@@ -150,9 +150,9 @@ def code_in_index(entry: Path, index: dict[str, Any], marker: Path) -> Path:
     return path
 
 
-def sym_index_changed(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+def size_index_changed(entry: Path, index: dict[str, Any], marker: Path) -> Path:
     # Hashes intact, but the piece would read its runtime size from argument 0.
-    index["pieces"]["submod_2"]["sym_index"] = 0
+    index["pieces"]["submod_2"]["size_index"] = 0
     write_index(entry / INDEX_FILE, index)
     return entry / INDEX_FILE
 
@@ -232,8 +232,8 @@ Injector = Callable[[Path, dict[str, Any], Path], Path]
 FAULTS: dict[str, tuple[Injector, str, int]] = {
     "index-not-a-literal": (code_in_index, "is not a Python literal", 0),
     "index-sym-index-changed": (
-        sym_index_changed,
-        "field pieces['submod_2'].sym_index",
+        size_index_changed,
+        "field pieces['submod_2'].size_index",
         0,
     ),
     "index-key-of-another-piece": (

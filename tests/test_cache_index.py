@@ -23,6 +23,7 @@ from stitch.runtime import CompilationConfig
 from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.store.index import (
     INDEX_FILE,
+    INDEX_FORMAT,
     EntryIdentity,
     EntryRecord,
     Index,
@@ -129,21 +130,21 @@ MUTATIONS: dict[str, tuple[tuple[Any, ...], Any, str, bool]] = {
         False,
     ),
     "sym-index-str": (
-        ("pieces", "submod_0", "sym_index"),
+        ("pieces", "submod_0", "size_index"),
         "1",
-        "sym_index is '1'",
+        "size_index is '1'",
         False,
     ),
     "sym-index-bool": (
-        ("pieces", "submod_0", "sym_index"),
+        ("pieces", "submod_0", "size_index"),
         True,
-        "sym_index is True",
+        "size_index is True",
         False,
     ),
     "sym-index-negative": (
-        ("pieces", "submod_0", "sym_index"),
+        ("pieces", "submod_0", "size_index"),
         -1,
-        "sym_index is -1",
+        "size_index is -1",
         False,
     ),
     "module-path-none": (
@@ -195,7 +196,10 @@ def test_a_record_that_does_not_validate_is_one_problem_naming_its_field(
         ("[1, 2]", "holds list"),
         ("__import__('os').system('false')", "not a Python literal"),
         ("[" * 100_000 + "]" * 100_000, "not a Python literal"),
-        ("{'format': 2, " + "'x': 1, " * 10 + "}", "field stitch_version is missing"),
+        (
+            "{'format': %d, " % INDEX_FORMAT + "'x': 1, " * 10 + "}",
+            "field stitch_version is missing",
+        ),
     ],
     ids=["empty", "truncated", "list", "code", "deep", "no-identity"],
 )

@@ -155,7 +155,7 @@ def plan_padding(
     argument, or dim 0 of a contiguous input or output whose other dims are
     static.  Raises :class:`CannotPad` otherwise.
     """
-    if size is None or size.input_index is None:
+    if size is None or size.size_index is None:
         raise CannotPad("the graph has no runtime-size input that every piece shares")
     if len(names) != len(example_inputs):
         raise CannotPad(f"{len(names)} placeholders but {len(example_inputs)} inputs")
@@ -174,7 +174,7 @@ def plan_padding(
                 raise CannotPad(f"size input {labels[i]} is {value}, not a plain size")
             sizes.append(i)
             symbols.add(symbol)
-    size_index = size.input_index
+    size_index = size.size_index
     if size_index not in sizes:
         raise CannotPad(f"the dispatch input {size.input_name} is not a runtime size")
 

@@ -251,9 +251,9 @@ class Compilation:
         for piece_name, backend in backends.items():
             split_gm.__dict__[piece_name] = backend
 
-        size_arguments = {name: b.sym_index for name, b in backends.items()}
-        size_on = hoisted_input(split_gm, self.size, size_arguments)
-        dispatch_on = size_on  # the pieces' runnables picked once per forward
+        size_indices = {name: b.size_index for name, b in backends.items()}
+        # The placeholder the pieces' runnables are picked by, once per forward.
+        dispatch_on = hoisted_input(split_gm, self.size, size_indices)
         code, submod_names, consts, warm_source = self._stitching_source(
             split_gm, cache, dispatch_on
         )
@@ -290,7 +290,7 @@ class Compilation:
                 example_inputs=fake_inputs,
                 backends=backends,
                 submod_names=submod_names,
-                size=self.size if size_on is not None else None,
+                size=self.size if dispatch_on is not None else None,
             )
             fn = self.cudagraphs.build(
                 self.graphs,
@@ -362,7 +362,7 @@ class Compilation:
         piece_start = time.perf_counter()
         for target, key in zip(plan.targets, plan.keys, strict=True):
             runnable, entry, outcome = self._runnable(
-                name, graph, piece_args, target, key, cache, plan.size_argument
+                name, graph, piece_args, target, key, cache, plan.size_index
             )
             runnables[target] = guard_layouts(
                 runnable, self.layout_checks.get(name, ())
@@ -371,7 +371,7 @@ class Compilation:
             outcomes.append(outcome)
         seconds = time.perf_counter() - piece_start
         backend = PiecewiseBackend(
-            name, plan.size_argument, runnables, module_path, self.range_warnings
+            name, plan.size_index, runnables, module_path, self.range_warnings
         )
         # "shared" outcomes reuse a runnable of this call (a twin's, or this
         # piece's general one for its ranges): they neither hit nor miss.
@@ -383,7 +383,7 @@ class Compilation:
             state = "miss"
         if cache is not None:
             self.entry_guards.note(cache)
-            cache.record_piece(name, module_path, plan.size_argument, entries)
+            cache.record_piece(name, module_path, plan.size_index, entries)
         report = PieceReport(
             name,
             False,
@@ -410,13 +410,11 @@ class Compilation:
         # against its artifacts] in store/cache.py).
         recorded = cache.recorded_plan(name, graph, self.config) if cache else None
         if recorded is not None:
-            size_argument, targets, keys = recorded
-            return PiecePlan(name, size_argument, tuple(targets), tuple(keys))
+            size_index, targets, keys = recorded
+            return PiecePlan(name, size_index, tuple(targets), tuple(keys))
         args = piece_args(name)
-        size_argument = (
-            self.size.piece_argument(args) if self.size is not None else None
-        )
-        return plan_piece(name, graph, args, size_argument, self.config, self.key_salt)
+        size_index = self.size.piece_argument(args) if self.size is not None else None
+        return plan_piece(name, graph, args, size_index, self.config, self.key_salt)
 
     def _runnable(
         self,
@@ -426,7 +424,7 @@ class Compilation:
         target: Target,
         key_choice: KeyChoice,
         cache: CompileCache | None,
-        size_argument: int | None,
+        size_index: int | None,
     ) -> tuple[Any, EntryRecord, str]:
         key = self._resolve_key(key_choice)
         if key is None and cache is not None and isinstance(key_choice, StringKeys):
@@ -436,7 +434,7 @@ class Compilation:
                 runnable, saved = self.memo[key]
                 return runnable, EntryRecord(target.key(), key, saved), "shared"
             # 1. the persistent cache
-            runnable = self._from_cache(name, graph, target, key, cache, size_argument)
+            runnable = self._from_cache(name, graph, target, key, cache, size_index)
             if runnable is not None:
                 self.memo[key] = (runnable, True)
                 compilation_counter.num_cache_hits += 1
@@ -464,7 +462,7 @@ class Compilation:
                 graph,
                 target,
                 key,
-                size_argument,
+                size_index,
                 unwrap=bool(handle[1]),
                 strings=tuple(key_choice.strings) if exact else None,
                 save=lambda path: self.adapter.save(handle, path),
@@ -513,11 +511,11 @@ class Compilation:
         target: Target,
         key: str,
         cache: CompileCache | None,
-        size_argument: int | None,
+        size_index: int | None,
     ) -> Any:
         if cache is None or not self.adapter.saves_artifacts:
             return None
-        found = cache.lookup(name, graph, target, key, size_argument)
+        found = cache.lookup(name, graph, target, key, size_index)
         if found is None:
             return None
         path, unwrap, sha256 = found

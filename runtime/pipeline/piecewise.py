@@ -47,7 +47,7 @@ class PiecewiseBackend:
     def __init__(
         self,
         name: str,
-        sym_index: int | None,
+        size_index: int | None,
         runnables: dict[Target, Runnable],
         module_path: str = "",
         range_warnings: RangeWarnings | None = None,
@@ -55,7 +55,7 @@ class PiecewiseBackend:
         if Target("general") not in runnables:
             raise StitchRuntimeError(f"piece {name} has no general runnable")
         self.name = name
-        self.sym_index = sym_index
+        self.size_index = size_index
         self.module_path = module_path
         self.runnables = runnables
         self.general = runnables[Target("general")]
@@ -94,9 +94,9 @@ class PiecewiseBackend:
         return self.general
 
     def __call__(self, *args: Any) -> Any:
-        if self.sym_index is None:
+        if self.size_index is None:
             return self.general(*args)
-        size = args[self.sym_index]
+        size = args[self.size_index]
         fn = self._by_size.get(size)
         if fn is None:
             fn = self.runnable_for(int(size))

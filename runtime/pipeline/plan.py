@@ -55,7 +55,7 @@ class PiecePlan:
     """What one compiled piece is built for."""
 
     name: str
-    size_argument: int | None  # index of the runtime-size argument, if dynamic
+    size_index: int | None  # index of the runtime-size argument, if dynamic
     targets: tuple[Target, ...]
     keys: tuple[KeyChoice, ...]  # one per target
 
@@ -64,7 +64,7 @@ def plan_piece(
     name: str,
     graph: fx.GraphModule,
     args: tuple[Any, ...],
-    size_argument: int | None,
+    size_index: int | None,
     config: CompilationConfig,
     key_salt: str,
 ) -> PiecePlan:
@@ -74,13 +74,13 @@ def plan_piece(
     and config hash).
     """
     targets = targets_for(
-        config.compile_sizes, config.compile_ranges(), size_argument is not None
+        config.compile_sizes, config.compile_ranges(), size_index is not None
     )
-    if size_argument is not None:
-        targets = reachable(targets, args[size_argument], name)
+    if size_index is not None:
+        targets = reachable(targets, args[size_index], name)
     return PiecePlan(
         name,
-        size_argument,
+        size_index,
         tuple(targets),
         tuple(keys_for(graph, args, targets, key_salt)),
     )

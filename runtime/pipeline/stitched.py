@@ -383,7 +383,7 @@ def _piece(
     possible = {
         t.key(): t
         for t in targets_for(
-            config.compile_sizes, config.compile_ranges(), record.sym_index is not None
+            config.compile_sizes, config.compile_ranges(), record.size_index is not None
         )
     }
     runnables = {}
@@ -394,7 +394,7 @@ def _piece(
             target is None
             or identity is None
             or identity.target not in (entry.target, "general")
-            or identity.sym_index != record.sym_index
+            or identity.size_index != record.size_index
         ):
             raise StitchCacheError(
                 f"piece {name} ({entry.target}): no usable artifact for it in {cache.directory}"
@@ -406,5 +406,5 @@ def _piece(
             loaded[loaded_key] = adapter.load(path, identity.unwrap, identity.sha256)
         runnables[target] = loaded[loaded_key]
     return PiecewiseBackend(
-        name, record.sym_index, runnables, record.module_path, warnings
+        name, record.size_index, runnables, record.module_path, warnings
     )

@@ -50,7 +50,8 @@ IDENTITY_FILE = "identity.py"
 # Beside the artifacts: what the pipeline prebuilt from them (wrapper records
 # and built kernels), so a load needs no kernel build (pipeline/prebuilt.py).
 PREBUILT_DIR = "prebuilt"
-ARTIFACT_FORMAT = 1
+# 2: the runtime-size argument is "size_index" (was "sym_index").
+ARTIFACT_FORMAT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +91,7 @@ class ArtifactIdentity:
     strings: tuple[str, ...] | None
     target: str
     key: str
-    sym_index: int | None
+    size_index: int | None
     unwrap: bool
     sha256: str
 
@@ -131,8 +132,8 @@ class ArtifactIdentity:
             strings=None if strings is None else tuple(strings),
             target=field(data, "target", "", is_target, "a target"),
             key=field(data, "key", "", is_key, "a hex compile key"),
-            sym_index=field(
-                data, "sym_index", "", is_int_or_none, "an int >= 0 or None"
+            size_index=field(
+                data, "size_index", "", is_int_or_none, "an int >= 0 or None"
             ),
             unwrap=field(data, "unwrap", "", is_bool, "a bool"),
             sha256=field(data, "sha256", "", is_sha256, "a sha256 hex digest"),
@@ -152,7 +153,7 @@ class ArtifactIdentity:
         piece: PieceIdentity,
         target: str,
         key: str,
-        sym_index: int | None,
+        size_index: int | None,
     ) -> str | None:
         """The first field that says this artifact is not for that use, described."""
         # NOTE: [ranges share the general artifact]
@@ -166,7 +167,7 @@ class ArtifactIdentity:
             "key": key,
             "piece_hash": piece.piece_hash,
             "target": target,
-            "sym_index": sym_index,
+            "size_index": size_index,
         }
         for name, want in wanted.items():
             if getattr(self, name) != want:

@@ -253,7 +253,7 @@ class CompileCache:
             for t in targets_for(
                 config.compile_sizes,
                 config.compile_ranges(),
-                record.sym_index is not None,
+                record.size_index is not None,
             )
         }
         where = f"pieces[{name!r}]"
@@ -273,12 +273,12 @@ class CompileCache:
             if identity is None:
                 return None
             problem = self._mismatch(
-                identity, name, graph, entry.target, entry.key, record.sym_index
+                identity, name, graph, entry.target, entry.key, record.size_index
             )
             if problem is not None:
                 bad = (
-                    f"{where}.sym_index is {record.sym_index!r}"
-                    if problem.startswith("field sym_index")
+                    f"{where}.size_index is {record.size_index!r}"
+                    if problem.startswith("field size_index")
                     else f"{where}.entries[{i}].key points at {self.artifact_path(entry.key)}"
                 )
                 self.fault(
@@ -290,7 +290,7 @@ class CompileCache:
             targets.append(possible[entry.target])
         if Target("general") not in targets:
             return None
-        return record.sym_index, targets, [e.key for e in record.entries]
+        return record.size_index, targets, [e.key for e in record.entries]
 
     def _mismatch(
         self,
@@ -299,7 +299,7 @@ class CompileCache:
         graph: fx.GraphModule,
         target: str,
         key: str,
-        sym_index: int | None,
+        size_index: int | None,
     ) -> str | None:
         """What in ``identity`` disagrees with this entry's use of the artifact."""
         return identity.mismatch(
@@ -308,7 +308,7 @@ class CompileCache:
             piece=self._piece(name, graph),
             target=target,
             key=key,
-            sym_index=sym_index,
+            size_index=size_index,
         )
 
     def _artifact(self, key: str, *, claimed: bool) -> ArtifactIdentity | None:
@@ -358,7 +358,7 @@ class CompileCache:
         graph: fx.GraphModule,
         target: Target,
         key: str,
-        sym_index: int | None,
+        size_index: int | None,
     ) -> tuple[str, bool, str] | None:
         """``(artifact path, unwrap, sha256)`` of a verified artifact for this use, or None."""
         old = self._old_entry(name, target.key())
@@ -366,7 +366,7 @@ class CompileCache:
         identity = self._artifact(key, claimed=claimed)
         if identity is None:
             return None
-        problem = self._mismatch(identity, name, graph, target.key(), key, sym_index)
+        problem = self._mismatch(identity, name, graph, target.key(), key, size_index)
         if problem is not None:
             self.fault(
                 self.artifact_path(key, IDENTITY_FILE), f"{problem} (piece {name})"
@@ -385,7 +385,7 @@ class CompileCache:
         graph: fx.GraphModule,
         target: Target,
         key: str,
-        sym_index: int | None,
+        size_index: int | None,
         *,
         unwrap: bool,
         strings: tuple[str, ...] | None,
@@ -413,7 +413,7 @@ class CompileCache:
                 strings=strings,
                 target=target.key(),
                 key=key,
-                sym_index=sym_index,
+                size_index=size_index,
                 unwrap=unwrap,
                 sha256=sha256,
             )
@@ -455,11 +455,11 @@ class CompileCache:
         self,
         name: str,
         module_path: str,
-        sym_index: int | None,
+        size_index: int | None,
         entries: list[EntryRecord],
     ) -> None:
         """Record a compiled piece in the index now (a crash later keeps it)."""
-        record = PieceRecord(module_path, sym_index, tuple(entries))
+        record = PieceRecord(module_path, size_index, tuple(entries))
         if self.index is not None and self.index.pieces.get(name) == record:
             return
         self._update(lambda index: index.with_piece(name, record))

@@ -7,7 +7,7 @@ describing one cache entry::
      "graph_key": ..., "backend": ...,
      "source": {"file": "execution_fn.py", "sha256": ..., "submod_names": [...],
                 "dispatch_on": <placeholder name or None>} or None,
-     "pieces": {<piece name>: {"module_path": ..., "sym_index": <int or None>,
+     "pieces": {<piece name>: {"module_path": ..., "size_index": <int or None>,
                                "entries": [{"target": "general" | "size8" | ...,
                                             "key": <compile key>, "saved": bool,
                                             "note": <why not saved, or "">}, ...]}},
@@ -38,7 +38,8 @@ from typing import Any
 INDEX_FILE = "index.py"
 LOCK_FILE = "index.lock"  # serializes index updates between processes
 SOURCE_FILE = "execution_fn.py"
-INDEX_FORMAT = 2
+# 3: a piece's runtime-size argument is "size_index" (was "sym_index").
+INDEX_FORMAT = 3
 
 _HEX = re.compile(r"[0-9a-f]{8,64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -159,7 +160,7 @@ class EntryRecord:
 @dataclasses.dataclass(frozen=True)
 class PieceRecord:
     module_path: str
-    sym_index: int | None
+    size_index: int | None
     entries: tuple[EntryRecord, ...]
 
     @classmethod
@@ -180,8 +181,8 @@ class PieceRecord:
             raise Invalid(f"{where}entries", "names a target twice")
         return cls(
             module_path=field(data, "module_path", where, is_str, "a str"),
-            sym_index=field(
-                data, "sym_index", where, is_int_or_none, "an int >= 0 or None"
+            size_index=field(
+                data, "size_index", where, is_int_or_none, "an int >= 0 or None"
             ),
             entries=parsed,
         )
@@ -251,7 +252,7 @@ class Index:
         data["pieces"] = {
             name: {
                 "module_path": p.module_path,
-                "sym_index": p.sym_index,
+                "size_index": p.size_index,
                 "entries": [dataclasses.asdict(e) for e in p.entries],
             }
             for name, p in self.pieces.items()

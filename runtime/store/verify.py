@@ -170,7 +170,7 @@ def _check_pieces(report: EntryReport, index: Index) -> tuple[set[str], set[str]
                     if identity.target == "general" and entry.target.startswith("range")
                     else entry.target
                 ),
-                "sym_index": record.sym_index,
+                "size_index": record.size_index,
                 "backend": index.identity.backend,
                 "config_hash": index.identity.config_hash,
             }
