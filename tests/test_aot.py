@@ -251,12 +251,18 @@ def test_a_record_others_can_write_is_refused(
     [
         (
             lambda r: r["function"].update(light="yes"),
-            "function.light is str, not bool",
+            "field function.light is 'yes', expected a bool",
         ),
         (lambda r: r.pop("stitched"), "field stitched is missing"),
         (lambda r: r["stitched"].pop("entry"), "field stitched.entry is missing"),
-        (lambda r: r.update(code=[("m", "p")]), "field code holds ('m', 'p')"),
-        (lambda r: r["function"].pop("bytecode_sha256"), "bytecode_sha256 is missing"),
+        (
+            lambda r: r.update(code=[("m", "p")]),
+            "field code is [('m', 'p')], expected a list of (module, path, sha256)",
+        ),
+        (
+            lambda r: r["function"].pop("bytecode_sha256"),
+            "field function.bytecode_sha256 is missing",
+        ),
     ],
 )
 def test_a_malformed_record_is_refused_naming_the_field(

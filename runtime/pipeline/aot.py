@@ -163,7 +163,7 @@ def aot_compile(
                 model_name(model),
                 exc,
             )
-        # read_record checked every field loading reads (aot_record.record_problem):
+        # read_record checked every field loading reads (aot_record.check_record):
         # a KeyError or TypeError here is a bug, and is raised as one.
         except (StitchCacheError, OSError, ValueError) as exc:
             log.warning(

@@ -18,7 +18,7 @@ import hashlib
 import importlib.util
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -30,6 +30,7 @@ from ..config import CompilationConfig
 from ..cudagraph.plan import plan_settings
 from ..store.cache import cache_root, current_rank, stitch_version
 from ..store.files import atomic_write, make_private_dirs
+from ..store.index import Invalid, field, is_bool, is_dict, is_str
 from ..store.trust import check_trusted
 
 AOT_DIR = "aot"
@@ -279,73 +280,73 @@ def read_record(folder: str) -> dict[str, Any] | None:
         ) from None
     if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
         raise StitchCacheError(f"{path} has an unknown format")
-    problem = record_problem(record)
-    if problem:
-        raise StitchCacheError(f"{path} is malformed: {problem}")
+    try:
+        check_record(record)
+    except Invalid as exc:
+        raise StitchCacheError(f"{path} is malformed: {exc}") from None
     return record
 
 
-# The fields of a record and of its "function" and "stitched" parts: name ->
-# the types its value may have.  What loading reads is checked here, once, so
-# that a KeyError or TypeError while loading is a bug, not a damaged file.
-_NONE = type(None)
-RECORD_FIELDS: dict[str, tuple[type, ...]] = {
-    "model": (str,),
-    "factors": (dict,),
-    "code": (list, tuple),
-    "function": (dict,),
-    "stitched": (dict,),
-    "torch_function_sha256": (str, _NONE),
-}
-FUNCTION_FIELDS: dict[str, tuple[type, ...]] = {
-    "backend_id": (str,),
-    "import_sources": (dict,),
-    "builtins": (list, tuple),
-    "argdefs": (tuple, _NONE),
-    "kwdefaults": (dict, _NONE),
-    "light": (bool,),
-}
-STITCHED_FIELDS: dict[str, tuple[type, ...]] = {"entry": (str,), "cache_root": (str,)}
+def _is_str_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
 
 
-def record_problem(record: dict[str, Any]) -> str:
-    """What is wrong with a record's fields ("" when nothing is)."""
-    parts = (
-        ("", record, RECORD_FIELDS),
-        ("function.", record.get("function"), FUNCTION_FIELDS),
-        ("stitched.", record.get("stitched"), STITCHED_FIELDS),
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple))
+
+
+def _all(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: _is_sequence(value) and all(ok(v) for v in value)
+
+
+def _is_code_item(item: Any) -> bool:
+    return (
+        _is_sequence(item)
+        and len(item) == 3
+        and is_str(item[0])
+        and is_str(item[1])
+        and _is_str_or_none(item[2])
     )
-    for prefix, part, fields in parts:
-        if not isinstance(part, dict):
-            return f"{prefix.rstrip('.')} is {type(part).__name__}, not a dict"
-        for name, types_ in fields.items():
-            if name not in part:
-                return f"field {prefix}{name} is missing"
-            if not isinstance(part[name], types_):
-                return (
-                    f"field {prefix}{name} is {type(part[name]).__name__}, not "
-                    + " or ".join(t.__name__ for t in types_)
-                )
-    function = record["function"]
-    if function["light"] and not isinstance(function.get("bytecode_sha256"), str):
-        return "field function.bytecode_sha256 is missing"
-    if not all(
-        isinstance(k, str) and isinstance(v, str)
-        for k, v in function["import_sources"].items()
-    ):
-        return "field function.import_sources holds a non-string"
-    if not all(isinstance(b, str) for b in function["builtins"]):
-        return "field function.builtins holds a non-string"
-    for item in record["code"]:
-        if not (
-            isinstance(item, (list, tuple))
-            and len(item) == 3
-            and isinstance(item[0], str)
-            and isinstance(item[1], str)
-            and isinstance(item[2], (str, _NONE))
-        ):
-            return f"field code holds {item!r}, not (module, path, sha256)"
-    return ""
+
+
+# What loading reads, checked once when the record is read (store/index.py's
+# field()), so that a KeyError or TypeError while loading is a bug, not a
+# damaged file: (part, field, check, what it must be).
+RECORD_FIELDS: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
+    ("", "model", is_str, "a str"),
+    ("", "factors", is_dict, "a dict"),
+    ("", "code", _all(_is_code_item), "a list of (module, path, sha256)"),
+    ("", "function", is_dict, "a dict"),
+    ("", "stitched", is_dict, "a dict"),
+    ("", "torch_function_sha256", _is_str_or_none, "a str or None"),
+    ("function", "backend_id", is_str, "a str"),
+    (
+        "function",
+        "import_sources",
+        lambda v: is_dict(v) and all(is_str(k) and is_str(m) for k, m in v.items()),
+        "a dict of str",
+    ),
+    ("function", "builtins", _all(is_str), "a list of str"),
+    (
+        "function",
+        "argdefs",
+        lambda v: v is None or isinstance(v, tuple),
+        "a tuple or None",
+    ),
+    ("function", "kwdefaults", lambda v: v is None or is_dict(v), "a dict or None"),
+    ("function", "light", is_bool, "a bool"),
+    ("stitched", "entry", is_str, "a str"),
+    ("stitched", "cache_root", is_str, "a str"),
+)
+
+
+def check_record(record: dict[str, Any]) -> None:
+    """Raise :class:`Invalid` naming the first field of ``record`` loading cannot read."""
+    for part, name, ok, expected in RECORD_FIELDS:
+        data = record[part] if part else record
+        field(data, name, f"{part}." if part else "", ok, expected)
+    if record["function"]["light"]:
+        field(record["function"], "bytecode_sha256", "function.", is_str, "a str")
 
 
 def read_file(folder: str, name: str, sha256: Any) -> bytes:
