@@ -106,16 +106,12 @@ def guard_layouts(
     """``fn`` taking the checked arguments in their layouts (``fn`` itself with no checks)."""
     if not checks:
         return fn
-    # A row-major order is asked with one C call (the usual case: eager ops
-    # return contiguous tensors); other orders stride by stride.
-    checked = tuple(
-        (index, order, order == tuple(range(len(order)))) for index, order in checks
-    )
+    checks = tuple(checks)
 
     def call(*args: Any) -> Any:
-        for index, order, row_major in checked:
+        for index, order in checks:
             t = args[index]
-            if not (t.is_contiguous() if row_major else _in_order(t, order)):
+            if not _in_order(t, order):
                 args = args[:index] + (_to_order(t, order),) + args[index + 1 :]
         return fn(*args)
 
