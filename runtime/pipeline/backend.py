@@ -40,6 +40,7 @@ from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, trace_source, write_debug_dump
 from ..store.index import EntryRecord
 from ..targets import Target
+from .attention_masks import additive_sdpa_masks
 from .compilers import CompilerAdapter, make_adapter, on_cpu, start_inductor_warmup
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
@@ -158,7 +159,6 @@ class Compilation:
             config.backend, config.inductor_compile_config, config.inductor_passes
         )
         self.config_hash = config.compute_hash()
-        # What every compile key of this call shares.
         self.key_salt = self.adapter.name + self.config_hash
         # compile key -> runnable, shared by twins within this call
         self.memo: dict[str, Any] = {}
@@ -187,6 +187,9 @@ class Compilation:
             specialize_lifted_floats(fake_inputs)
         compilation_counter.num_graphs_seen += 1
         compilation_counter.num_backend_compilations += 1
+        matcher = OpMatcher.parse(self.config.splitting_ops)
+        # NOTE: [boolean SDPA masks are converted once, before the split]
+        additive_sdpa_masks(self.gm, matcher)  # before the key, which covers it
         self.size = find_size(self.gm, fake_inputs)
         graph_key = self._graph_key(fake_inputs)
         # NOTE: [the guards a backend call adds are part of its cache entry]
@@ -199,7 +202,6 @@ class Compilation:
             # A cold start: the warm-up runs beside the split and fake propagation.
             start_inductor_warmup(cpu=on_cpu(self.example_inputs))
 
-        matcher = OpMatcher.parse(self.config.splitting_ops)
         self.splitting_warnings.check(self.gm, matcher)
         split_gm, items = split_graph(self.gm, matcher)
         compilation_counter.num_piecewise_graphs_seen += len(items)
