@@ -1,10 +1,11 @@
 """Templates + layout: a :class:`ModuleContext` becomes formatted source text.
 
-black defines the format.  ``render_module`` writes black's output directly:
-each statement is laid out by :mod:`.layout` (as it is when it fits; black's
-layout of its shape, black running once per module, when it does not).  ``render_module_with_black`` is
-the reference it must equal: the same templates with every statement on one
-line, then ``black.format_str`` over the whole module.
+The templates write every statement (one form per kind, on one line) and hand
+it to ``layout``.  black defines the format: ``render_module`` lays each
+statement out as black would (:mod:`.layout`: as it is when it fits, else
+black's layout of its shape, black running once per module).
+``render_module_with_black`` is the reference it must equal: the statements
+left on one line, then ``black.format_str`` over the whole module.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from importlib import resources
 import black
 import jinja2
 
-from .context import FunctionContext, ModuleContext, Statement
+from .context import ModuleContext
 from .errors import StitchCodegenError
 from .layout import BLACK_MODE, Layout
 
@@ -53,26 +54,7 @@ def template_environment() -> jinja2.Environment:
     )
 
 
-def one_line(s: Statement) -> str:
-    """The statement as one line of source, in black's spacing."""
-    if s.kind == "assign":
-        return f"{s.target} = {s.value}"
-    if s.kind == "del":
-        return f"del {s.value}"
-    if s.kind == "return":
-        return f"return {s.value}"
-    return s.value
-
-
-def one_line_def(fn: FunctionContext) -> str:
-    return f"def {fn.name}({fn.signature}):"
-
-
-def _render(
-    context: ModuleContext,
-    statement: Callable[[Statement, int], str],
-    def_line: Callable[[FunctionContext], str],
-) -> str:
+def _render(context: ModuleContext, layout: Callable[[str, int], str]) -> str:
     return (
         template_environment()
         .get_template(TEMPLATE)
@@ -81,8 +63,7 @@ def _render(
             imports=context.imports,
             aliases=context.aliases,
             functions=context.functions,
-            statement=statement,
-            def_line=def_line,
+            layout=layout,
         )
     )
 
@@ -92,18 +73,12 @@ def render_module(context: ModuleContext) -> str:
     as they are, the others laid out by shape (black runs once, over one
     statement of each new shape; NOTE: [one black run per module])."""
     layout = Layout(deferred=True)
-    return layout.resolve(
-        _render(
-            context,
-            lambda s, depth: layout(one_line(s), depth),
-            lambda fn: layout(one_line_def(fn), 0),
-        )
-    )
+    return layout.resolve(_render(context, layout))
 
 
 def render_one_line(context: ModuleContext) -> str:
     """The module with every statement on one line: what black is given."""
-    return _render(context, lambda s, depth: one_line(s), one_line_def)
+    return _render(context, lambda text, depth: text)
 
 
 def render_module_with_black(context: ModuleContext) -> str:

@@ -139,11 +139,6 @@ class Layout:
         return _MARKED.sub(lambda m: results[int(m[1])], source)
 
 
-def lay_out(text: str, depth: int) -> str:
-    """One statement laid out as black lays it out (see :class:`Layout`)."""
-    return Layout()(text, depth)
-
-
 def _template(text: str, laid_out: str) -> str | None:
     """``laid_out`` as a format string over ``text``'s tokens, or None.
 
@@ -217,9 +212,8 @@ def _plain_def(text: str, depth: int) -> str | None:
 
 
 def _with_black_many(statements: list[tuple[str, int]]) -> list[str]:
-    """:func:`_with_black` of each statement, from one black run over all of them."""
-    if len(statements) == 1:
-        return [_with_black(*statements[0])]
+    """black's own layout of each statement, as it formats it inside a module
+    (one black run over all of them, each nested ``depth`` functions deep)."""
     snippets = []
     for i, (text, depth) in enumerate(statements):
         nesting = "".join(f"{'    ' * d}def _():\n" for d in range(depth))
@@ -239,9 +233,4 @@ _SEPARATOR = "___stitch_statement_"
 
 
 def _with_black(text: str, depth: int) -> str:
-    """black's own layout of one statement, as it formats it inside a module."""
-    nesting = "".join(f"{'    ' * d}def _():\n" for d in range(depth))
-    body = f"{'    ' * (depth + 1)}pass\n" if text.endswith(":") else ""
-    source = f"{nesting}{'    ' * depth}{text}\n{body}"
-    lines = black.format_str(source, mode=BLACK_MODE).splitlines()
-    return "\n".join(lines[depth : len(lines) - bool(body)])[4 * depth :]
+    return _with_black_many([(text, depth)])[0]
