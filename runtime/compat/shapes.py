@@ -40,6 +40,13 @@ _SYMPY_NAMES = (
 ).split()
 
 
+def known_equal(a: Any, b: Any) -> bool:
+    """Whether two sizes (ints or SymInts) are provably equal; adds no guard."""
+    from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+    return bool(statically_known_true(a == b))
+
+
 def size_bounds(size: Any) -> tuple[int, int | None]:
     """The range Dynamo gave a symbolic size: ``(lower, upper or None)``.
 

@@ -40,7 +40,6 @@ from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, trace_source, write_debug_dump
 from ..store.index import EntryRecord
 from ..targets import Target
-from .attention_masks import additive_sdpa_masks
 from .compilers import CompilerAdapter, make_adapter, on_cpu, start_inductor_warmup
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
@@ -49,6 +48,7 @@ from .layouts import LayoutChecks, eager_fed_layouts, guard_layouts
 from .piecewise import PiecewiseBackend, RangeWarnings, concretize
 from .plan import KeyChoice, PiecePlan, StringKeys, piece_inputs, plan_piece
 from .scalars import specialize_lifted_floats
+from .sdpa_inputs import rewrite_splitting_sdpa
 from .splitting import SplittingOpWarnings
 from .stitched import in_torch_aot_compile, saveable
 
@@ -188,8 +188,8 @@ class Compilation:
         compilation_counter.num_graphs_seen += 1
         compilation_counter.num_backend_compilations += 1
         matcher = OpMatcher.parse(self.config.splitting_ops)
-        # NOTE: [boolean SDPA masks are converted once, before the split]
-        additive_sdpa_masks(self.gm, matcher)  # before the key, which covers it
+        # sdpa_inputs.py: before the key, which then covers the rewrite.
+        rewrite_splitting_sdpa(self.gm, matcher)
         self.size = find_size(self.gm, fake_inputs)
         graph_key = self._graph_key(fake_inputs)
         # NOTE: [the guards a backend call adds are part of its cache entry]

@@ -1,4 +1,5 @@
-"""Boolean SDPA masks are made additive once, in a compiled piece (attention_masks.py)."""
+"""What a splitting SDPA is given: boolean masks made additive once, repeated
+key/value heads passed unrepeated with enable_gqa (sdpa_inputs.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from torch import nn
 from stitch.codegen.matching import OpMatcher
 from stitch.runtime import CompilationConfig, StitchBackend
 from stitch.runtime.config import DEFAULT_SPLITTING_OPS
-from stitch.runtime.pipeline.attention_masks import additive_sdpa_masks
+from stitch.runtime.pipeline.sdpa_inputs import (
+    additive_sdpa_masks,
+    unrepeated_sdpa_heads,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -112,3 +116,67 @@ def test_stitch_runs_the_conversion_in_a_piece_and_matches_eager(
     # converts nothing itself.
     assert code.count("attn_mask=keep_additive") == 2, code
     assert "logical_not" not in code and "where" not in code
+
+
+def _repeat(kv: torch.Tensor, n: int) -> torch.Tensor:
+    # transformers' repeat_kv
+    b, h, s, d = kv.shape
+    return kv[:, :, None, :, :].expand(b, h, n, s, d).reshape(b, h * n, s, d)
+
+
+class GroupedAttention(nn.Module):
+    """A grouped-query layer: 4 query heads over 2 key/value heads, masked."""
+
+    def __init__(self, keep_repeat: bool = False) -> None:
+        super().__init__()
+        self.q = nn.Linear(16, 16)
+        self.kv = nn.Linear(16, 16)
+        self.keep_repeat = keep_repeat
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> Any:
+        b, s, _ = x.shape
+        q = self.q(x).view(b, s, 4, 4).transpose(1, 2)
+        k, v = self.kv(x).view(b, s, 2, 8).transpose(1, 2).split(4, dim=-1)
+        key, value = _repeat(k, 2), _repeat(v, 2)
+        keep = torch.arange(s) < lengths[:, None, None, None]
+        out = F.scaled_dot_product_attention(q, key, value, attn_mask=keep)
+        out = out.transpose(1, 2).reshape(b, s, 16)
+        if self.keep_repeat:  # the repeat has another user: it stays
+            out = out + key.sum()
+        return out
+
+
+def test_repeated_heads_become_enable_gqa_and_the_repeat_goes() -> None:
+    torch.manual_seed(0)
+    model = GroupedAttention()
+    gm, graph_args = _captured(model, (torch.randn(3, 5, 16), torch.tensor([5, 0, 2])))
+    before = gm(*graph_args)[0]
+
+    assert unrepeated_sdpa_heads(gm, OpMatcher.parse(DEFAULT_SPLITTING_OPS)) == 1
+
+    (sdpa,) = gm.graph.find_nodes(
+        op="call_function", target=F.scaled_dot_product_attention
+    )
+    assert sdpa.kwargs["enable_gqa"] is True
+    assert [a.meta["example_value"].shape[1] for a in sdpa.args[1:3]] == [2, 2]
+    assert not [n for n in gm.graph.nodes if n.target == "expand"]
+    assert torch.equal(gm(*graph_args)[0], before)
+
+    kept = GroupedAttention(keep_repeat=True)
+    gm, _ = _captured(kept, (torch.randn(3, 5, 16), torch.tensor([5, 0, 2])))
+    assert unrepeated_sdpa_heads(gm, OpMatcher.parse(DEFAULT_SPLITTING_OPS)) == 0
+
+
+def test_stitch_runs_grouped_attention_unrepeated_and_matches_eager(
+    tmp_path: Any,
+) -> None:
+    torch.manual_seed(0)
+    backend = StitchBackend(CompilationConfig(cache_dir=str(tmp_path)))
+    model = GroupedAttention()
+    compiled = torch.compile(model, backend=backend, dynamic=True)
+    for batch, seq in ((3, 5), (2, 7)):
+        x = torch.randn(batch, seq, 16)
+        lengths = torch.arange(batch) % seq
+        torch.testing.assert_close(compiled(x, lengths), model(x, lengths))
+    code = backend.compiled[-1].code
+    assert "enable_gqa=True" in code, code
