@@ -33,8 +33,11 @@ guard-free saved forward: ``stitch.runtime.aot_compile(model,
 example_kwargs={"input_ids", "past_key_values"})`` on its first call, then no
 Dynamo per step, only Stitch's input check (the prefill and the decode step
 are two signatures, each compiled on its first call).  The first prefill and
-step of each variant are timed apart (the compiles).  ``stitch profile --hf llama --decode`` shows where
-Stitch's step time goes, piece by piece.
+step of each variant are timed apart (the compiles).  ``--inside`` also
+times each compiled variant's backend function alone (``torch.compile`` then
+names ``compile_fx``, what its default backend calls): the rest of a step is
+Dynamo's (guards, frame, rebuilding the outputs).  ``stitch profile --hf llama
+--decode`` shows where Stitch's step time goes, piece by piece.
 
 ``--threads 1`` on a machine
 other jobs keep busy: with two OpenMP threads on two busy cores, eager PyTorch
@@ -78,17 +81,53 @@ def inputs(batch: int, seq: int) -> dict[str, Any]:
 
 
 def variants(
-    model: torch.nn.Module, cache_dir: str, dynamic: bool | None = None
+    model: torch.nn.Module,
+    cache_dir: str,
+    dynamic: bool | None = None,
+    inside: dict[str, Inside] | None = None,
 ) -> dict[str, Callable[..., Any]]:
-    """eager, ``torch.compile`` (with ``dynamic``) and Stitch (always dynamic)."""
+    """eager, ``torch.compile`` (with ``dynamic``) and Stitch (always dynamic).
+
+    With ``inside``, each compiled variant's backend function is timed apart
+    (``torch.compile`` then names Inductor's ``compile_fx``, what its default
+    backend calls)."""
     from stitch.runtime import CompilationConfig, StitchBackend
 
-    stitch = StitchBackend(CompilationConfig(cache_dir=cache_dir))
+    stitch: Any = StitchBackend(CompilationConfig(cache_dir=cache_dir))
+    inductor: Any = "inductor"
+    if inside is not None:
+        from torch._inductor.compile_fx import compile_fx
+
+        inductor = inside["torch.compile"].wrap(compile_fx)
+        stitch = inside["stitch"].wrap(stitch)
     return {
         "eager": model,
-        "torch.compile": torch.compile(model, dynamic=dynamic),
+        "torch.compile": torch.compile(model, backend=inductor, dynamic=dynamic),
         "stitch": torch.compile(model, backend=stitch, dynamic=True),
     }
+
+
+class Inside:
+    """Time spent in a backend's compiled function; the rest of a compiled
+    call is Dynamo's (guards, frame, rebuilding the outputs)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def wrap(self, backend: Callable[..., Any]) -> Callable[..., Any]:
+        def compile_graph(gm: Any, example_inputs: Any) -> Callable[..., Any]:
+            fn = backend(gm, example_inputs)
+
+            def timed(*args: Any) -> Any:
+                start = time.perf_counter()
+                try:
+                    return fn(*args)
+                finally:
+                    self.seconds += time.perf_counter() - start
+
+            return timed
+
+        return compile_graph
 
 
 class SavedForward:
@@ -193,8 +232,10 @@ def decode_round(
     prompt: torch.Tensor,
     steps: int,
     clock: Callable[[], float],
-) -> tuple[list[float], float, torch.Tensor]:
-    """Step times (ms), the prefill time (s) and the tokens of one greedy decode."""
+    inside: Inside | None = None,
+) -> tuple[list[float], float, torch.Tensor, list[float]]:
+    """Step times (ms), the prefill time (s), the tokens of one greedy decode,
+    and each step's time in the backend's function (ms; with ``inside``)."""
     from stitch.runtime.hf.decode import static_cache
 
     cache = static_cache(model, prompt.shape[0], PROMPT + steps)
@@ -202,14 +243,18 @@ def decode_round(
     logits = fn(input_ids=prompt, past_key_values=cache).logits
     prefill_s = time.perf_counter() - start
     ids = logits[:, -1].argmax(-1, keepdim=True)
-    tokens, times = [ids], []
+    tokens, times, within = [ids], [], []
     for _ in range(steps - 1):
+        if inside is not None:
+            inside.seconds = 0.0
         start = clock()
         logits = fn(input_ids=ids, past_key_values=cache).logits
         ids = logits[:, -1].argmax(-1, keepdim=True)
         times.append((clock() - start) * 1e3)
+        if inside is not None:
+            within.append(inside.seconds * 1e3)
         tokens.append(ids)
-    return times, prefill_s, torch.cat(tokens, dim=1)
+    return times, prefill_s, torch.cat(tokens, dim=1), within
 
 
 def run_decode(args: argparse.Namespace) -> str:
@@ -219,8 +264,10 @@ def run_decode(args: argparse.Namespace) -> str:
     torch.manual_seed(0)
     model = build(args.layers, args.hidden)
     cache_dir = tempfile.mkdtemp(prefix="stitch-bench-")
-    fns = variants(model, cache_dir, dynamic=True)
+    inside = {n: Inside() for n in ("torch.compile", "stitch")} if args.inside else None
+    fns = variants(model, cache_dir, dynamic=True, inside=inside)
     fns["stitch aot"] = SavedForward(model, cache_dir)
+    within: dict[tuple[str, int], list[float]] = {}
     vocab = model.config.vocab_size
     first: dict[tuple[str, int], tuple[float, float]] = {}
     steps: dict[tuple[str, int], list[float]] = {}
@@ -230,17 +277,28 @@ def run_decode(args: argparse.Namespace) -> str:
             prompt = torch.randint(3, vocab, (batch, PROMPT))
             for name, fn in fns.items():
                 # As many steps as the timed rounds: the same cache length.
-                times, prefill_s, _ = decode_round(fn, model, prompt, args.steps, clock)
+                times, prefill_s, _, _ = decode_round(
+                    fn, model, prompt, args.steps, clock
+                )
                 first[name, batch] = (prefill_s, times[0] / 1e3)
         for r in range(args.rounds):
             for batch in DECODE_BATCHES:
                 prompt = torch.randint(3, vocab, (batch, PROMPT))
                 reference = None
                 for name, fn in fns.items():
-                    times, _, tokens = decode_round(
-                        fn, model, prompt, args.steps, clock
+                    times, _, tokens, inner = decode_round(
+                        fn,
+                        model,
+                        prompt,
+                        args.steps,
+                        clock,
+                        inside.get(name) if inside else None,
                     )
                     steps.setdefault((name, batch), []).append(statistics.median(times))
+                    if inner:
+                        within.setdefault((name, batch), []).append(
+                            statistics.median(inner)
+                        )
                     if reference is None:
                         reference = tokens
                     elif not torch.equal(tokens, reference):
@@ -273,6 +331,20 @@ def run_decode(args: argparse.Namespace) -> str:
             f"{first[n, batch][0]:.2f}, {first[n, batch][1]:.2f}" for n in fns
         )
         lines.append(f"| {batch} | {cells} |")
+    if within:
+        lines += [
+            "",
+            "inside the backend's function and outside it (Dynamo), ms per step:",
+            "",
+            "| batch | variant | step | inside | outside |",
+            "| ---: | --- | ---: | ---: | ---: |",
+        ]
+        for (name, batch), inner in sorted(within.items(), key=lambda x: x[0][::-1]):
+            step = statistics.median(steps[name, batch])
+            ms = statistics.median(inner)
+            lines.append(
+                f"| {batch} | {name} | {step:.3f} | {ms:.3f} | {step - ms:.3f} |"
+            )
     if mismatched:
         lines += ["", "tokens differ from eager: " + ", ".join(mismatched)]
     return "\n".join(lines)
@@ -302,6 +374,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--steps", type=int, default=33, help="--decode: tokens per round (default 33)"
+    )
+    parser.add_argument(
+        "--inside",
+        action="store_true",
+        help="--decode: also time each compiled variant's backend function apart "
+        "from Dynamo's work around it",
     )
     parser.add_argument(
         "--clock",
