@@ -173,7 +173,8 @@ def unrepeated_sdpa_heads(
     the heads unrepeated and ``enable_gqa=True``; how many."""
     count = 0
     for node in list(gm.graph.nodes):
-        if not _is_splitting_sdpa(node, matcher) or len(node.args) < 3:
+        # enable_gqa is the eighth argument: set it only where it is not given.
+        if not _is_splitting_sdpa(node, matcher) or not 3 <= len(node.args) <= 7:
             continue
         if node.kwargs.get("enable_gqa", False) is not False:
             continue
