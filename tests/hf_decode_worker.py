@@ -9,7 +9,10 @@ prints ``WORKER <json report>``: whether it loaded warm, the tokens of both,
 Stitch's counter deltas, the ``stitch`` warnings, Dynamo's frame counters, and
 the Python functions of ``torch._dynamo`` that ran in the forward calls of
 the decode (``sys.setprofile``: none, when no guard is evaluated per step).
-"""
+
+A spec with ``family`` instead runs one forward of that family's tiny model
+(its default attention) through the saved forward and reports whether it
+loaded warm and its largest difference from eager."""
 
 from __future__ import annotations
 
@@ -85,6 +88,25 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def saved_forward(spec: dict[str, Any]) -> dict[str, Any]:
+    """One forward of ``spec["family"]``'s tiny model (its default attention)
+    through ``aot_compile``: compiled, or loaded from the cache, then run."""
+    import torch
+
+    from stitch.runtime import CompilationConfig, aot_compile
+    from stitch.runtime.hf import build_model, example_inputs
+
+    torch.manual_seed(0)
+    model = build_model(spec["family"]).eval()
+    kwargs = example_inputs(spec["family"], spec["batch"], spec["prompt"], seed=1)
+    config = CompilationConfig(cache_dir=spec["cache_dir"])
+    with torch.no_grad():
+        compiled = aot_compile(model, (), config, example_kwargs=kwargs)
+        got, want = compiled(**kwargs).logits, model(**kwargs).logits
+    return {"warm": compiled.warm, "max_diff": float((got - want).abs().max())}
+
+
 if __name__ == "__main__":
-    report = main(json.loads(sys.argv[1]))
+    spec = json.loads(sys.argv[1])
+    report = saved_forward(spec) if "family" in spec else main(spec)
     print("WORKER " + json.dumps(report, sort_keys=True))

@@ -59,7 +59,11 @@ def sample() -> Index:
     return Index(
         IDENTITY,
         SourceRecord("execution_fn.py", "a" * 64, ("submod_0", "submod_1"), "s72"),
-        {"submod_0": PieceRecord("embed_tokens .. layers.0", 1, entries)},
+        {
+            "submod_0": PieceRecord(
+                "embed_tokens .. layers.0", 1, entries, ((0, (0, 2, 1, 3)),)
+            )
+        },
     )
 
 
@@ -151,6 +155,18 @@ MUTATIONS: dict[str, tuple[tuple[Any, ...], Any, str, bool]] = {
         ("pieces", "submod_0", "module_path"),
         None,
         "module_path is None",
+        False,
+    ),
+    "layouts-missing": (
+        ("pieces", "submod_0", "layouts"),
+        DELETE,
+        "layouts is missing",
+        False,
+    ),
+    "layouts-not-an-order": (
+        ("pieces", "submod_0", "layouts", 0, 1),
+        [0, 2, 2, 3],
+        "layouts is [[0, [0, 2, 2, 3]]]",
         False,
     ),
     "pieces-none": (("pieces",), None, "field pieces is None", True),

@@ -229,3 +229,20 @@ def test_a_size_dynamo_made_dynamic_by_itself_is_checked_as_the_example() -> Non
     got = greedy_decode(compiled, model, prompts[1], 6)
     assert torch.equal(got, greedy_decode(model, model, prompts[1], 6))
     assert "SIGNATURE_1" in check
+
+
+def test_a_saved_forward_restrides_eager_outputs_in_a_new_process(
+    tmp_path: Path,
+) -> None:
+    # NOTE: [eager outputs are restrided for compiled pieces] (layouts.py):
+    # Phi-3's query comes out of a fused qkv_proj, so CPU SDPA returns it in
+    # another layout than its fake kernel says, and the next piece is compiled
+    # for the fake's.  A process that loads the saved forward must restride it
+    # as the compiling process did (the index records each piece's layouts);
+    # without that, Inductor's stride assertion failed in the second process.
+    spec = {"family": "phi3", "batch": 2, "prompt": 7}
+    spec["cache_dir"] = str(tmp_path / "cache")
+    cold = run_worker(spec)
+    warm = run_worker(spec)
+    assert (cold["warm"], warm["warm"]) == (False, True)
+    assert cold["max_diff"] < 1e-4 and warm["max_diff"] < 1e-4, (cold, warm)

@@ -265,11 +265,8 @@ class Compilation:
         dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
         if dump:
             write_debug_dump(dump, split_gm, code, reports)
-        # NOTE: [emitted source runs from a real file]
-        # Tracebacks (Python 3.11's default hook reads the file), pdb and
-        # profilers show the emitted lines when the code is compiled under the
-        # file that holds it: the cache's, else the debug dump's, else a private
-        # temporary file the loader writes.
+        # NOTE: [emitted source lives in a real file] (loader.py): the cache's,
+        # else the debug dump's, else a private one the loader writes.
         source_file = cache.source_path() if cache is not None else None
         if source_file is None and dump:
             source_file = os.path.join(dump, DUMP_SOURCE_FILE)
@@ -358,6 +355,7 @@ class Compilation:
         cache: CompileCache | None,
     ) -> tuple[PiecewiseBackend, PieceReport]:
         plan = self._plan(name, graph, piece_args, cache)
+        layouts = self.layout_checks.get(name, ())
         runnables: dict[Target, Any] = {}
         entries: list[EntryRecord] = []
         outcomes: list[str] = []
@@ -366,9 +364,7 @@ class Compilation:
             runnable, entry, outcome = self._runnable(
                 name, graph, piece_args, target, key, cache, plan.size_index
             )
-            runnables[target] = guard_layouts(
-                runnable, self.layout_checks.get(name, ())
-            )
+            runnables[target] = guard_layouts(runnable, layouts)
             entries.append(entry)
             outcomes.append(outcome)
         seconds = time.perf_counter() - piece_start
@@ -385,7 +381,7 @@ class Compilation:
             state = "miss"
         if cache is not None:
             self.entry_guards.note(cache)
-            cache.record_piece(name, module_path, plan.size_index, entries)
+            cache.record_piece(name, module_path, plan.size_index, entries, layouts)
         report = PieceReport(
             name,
             False,

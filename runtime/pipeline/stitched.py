@@ -47,6 +47,7 @@ from ..store.cache import CACHE_ENV, CompileCache
 from ..store.index import INDEX_FILE, PieceRecord
 from ..targets import targets_for
 from .compilers import InductorAdapter
+from .layouts import guard_layouts
 from .piecewise import PiecewiseBackend, RangeWarnings
 
 log = logging.getLogger("stitch")
@@ -404,7 +405,8 @@ def _piece(
         loaded_key = (path, identity.sha256, identity.unwrap)
         if loaded_key not in loaded:
             loaded[loaded_key] = adapter.load(path, identity.unwrap, identity.sha256)
-        runnables[target] = loaded[loaded_key]
+        # NOTE: [eager outputs are restrided for compiled pieces] (layouts.py)
+        runnables[target] = guard_layouts(loaded[loaded_key], record.layouts)
     return PiecewiseBackend(
         name, record.size_index, runnables, record.module_path, warnings
     )

@@ -8,6 +8,7 @@ describing one cache entry::
      "source": {"file": "execution_fn.py", "sha256": ..., "submod_names": [...],
                 "dispatch_on": <placeholder name or None>} or None,
      "pieces": {<piece name>: {"module_path": ..., "size_index": <int or None>,
+                               "layouts": [[<argument index>, [<dim>, ...]], ...],
                                "entries": [{"target": "general" | "size8" | ...,
                                             "key": <compile key>, "saved": bool,
                                             "note": <why not saved, or "">}, ...]}},
@@ -39,7 +40,8 @@ INDEX_FILE = "index.py"
 LOCK_FILE = "index.lock"  # serializes index updates between processes
 SOURCE_FILE = "execution_fn.py"
 # 3: a piece's runtime-size argument is "size_index" (was "sym_index").
-INDEX_FORMAT = 3
+# 4: a piece records the layouts of its arguments from splitting pieces.
+INDEX_FORMAT = 4
 
 _HEX = re.compile(r"[0-9a-f]{8,64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -162,6 +164,10 @@ class PieceRecord:
     module_path: str
     size_index: int | None
     entries: tuple[EntryRecord, ...]
+    # (argument index, dims outermost to innermost) of each argument a splitting
+    # piece makes: NOTE: [eager outputs are restrided for compiled pieces]
+    # (pipeline/layouts.py), which every process that runs the piece applies.
+    layouts: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     @classmethod
     def parse(cls, data: Any, where: str) -> PieceRecord:
@@ -185,10 +191,30 @@ class PieceRecord:
                 data, "size_index", where, is_int_or_none, "an int >= 0 or None"
             ),
             entries=parsed,
+            layouts=tuple(
+                (i, tuple(order))
+                for i, order in field(
+                    data, "layouts", where, _is_layouts, "a list of [int, [int, ...]]"
+                )
+            ),
         )
 
     def entry(self, target: str) -> EntryRecord | None:
         return next((e for e in self.entries if e.target == target), None)
+
+
+def _is_layouts(value: Any) -> bool:
+    def is_index(v: Any) -> bool:
+        return type(v) is int and v >= 0
+
+    return isinstance(value, list) and all(
+        isinstance(item, list)
+        and len(item) == 2
+        and is_index(item[0])
+        and isinstance(item[1], list)
+        and sorted(item[1]) == list(range(len(item[1])))
+        for item in value
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,6 +279,7 @@ class Index:
             name: {
                 "module_path": p.module_path,
                 "size_index": p.size_index,
+                "layouts": [[i, list(order)] for i, order in p.layouts],
                 "entries": [dataclasses.asdict(e) for e in p.entries],
             }
             for name, p in self.pieces.items()
