@@ -26,8 +26,10 @@ from typing import Any
 import pytest
 import torch
 
+from stitch.codegen.errors import StitchCacheError
 from stitch.runtime import CompilationConfig
 from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.pipeline.stitched import load_entry
 from stitch.runtime.store.artifacts import (
     ARTIFACT_FILE,
     IDENTITY_FILE,
@@ -386,3 +388,38 @@ def test_inspect_reports_the_fault_and_fails(
     assert "1 of 1 entries unhealthy" in text
     assert "could not be inspected" not in text
     assert not marker.exists()
+
+
+def config_hash_edited(entry: Path, index: dict[str, Any], marker: Path) -> Path:
+    # Self-consistent, but saved under another config.
+    folder = entry / "artifacts" / key_of(index, *BROKEN)
+    edit_identity(folder, recheck=True, config_hash="f" * 64)
+    return folder / IDENTITY_FILE
+
+
+@pytest.mark.parametrize(
+    "inject, says",
+    [
+        (artifact_of_another_piece, "field key"),
+        (config_hash_edited, "field config_hash"),
+    ],
+)
+def test_a_saved_forward_checks_each_artifact_as_a_warm_start_does(
+    inject: Injector,
+    says: str,
+    copy: tuple[Path, Path, dict[str, Any]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A saved forward rebuilds its pieces from the index, without the graph:
+    # every artifact is still checked by the store's one identity check
+    # (CompileCache.lookup), all but the piece's hash, which needs the graph.
+    root, entry, index = copy
+    broken = inject(entry, index, tmp_path / "planted-code-ran")
+    piece, target = BROKEN
+    with caplog.at_level(logging.WARNING, logger="stitch"):
+        with pytest.raises(StitchCacheError, match=rf"piece {piece} \({target}\)"):
+            load_entry(str(root), str(entry), CompilationConfig(**CONFIG), [])
+    assert any(
+        str(broken) in m and says in m for m in stitch_warnings(caplog)
+    ), stitch_warnings(caplog)

@@ -42,7 +42,6 @@ from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.plan import GraphPlan
 from ..loader import compile_execution_fn
-from ..store.artifacts import ARTIFACT_FILE
 from ..store.cache import CACHE_ENV, CompileCache
 from ..store.index import INDEX_FILE, PieceRecord
 from ..targets import targets_for
@@ -390,23 +389,18 @@ def _piece(
     runnables = {}
     for entry in record.entries:
         target = possible.get(entry.target)
-        identity = cache.saved_identity(entry.key) if entry.saved else None
-        if (
-            target is None
-            or identity is None
-            or identity.target not in (entry.target, "general")
-            or identity.size_index != record.size_index
-        ):
+        found = None
+        if target is not None:
+            found = cache.lookup(name, None, target, entry.key, record.size_index)
+        if found is None:
             raise StitchCacheError(
                 f"piece {name} ({entry.target}): no usable artifact for it in {cache.directory}"
             )
         # Twins and ranges share artifacts: verify and load each one once.
-        path = cache.artifact_path(entry.key, ARTIFACT_FILE)
-        loaded_key = (path, identity.sha256, identity.unwrap)
-        if loaded_key not in loaded:
-            loaded[loaded_key] = adapter.load(path, identity.unwrap, identity.sha256)
+        if found not in loaded:
+            loaded[found] = adapter.load(*found)
         # NOTE: [eager outputs are restrided for compiled pieces] (layouts.py)
-        runnables[target] = guard_layouts(loaded[loaded_key], record.layouts)
+        runnables[target] = guard_layouts(loaded[found], record.layouts)
     return PiecewiseBackend(
         name, record.size_index, runnables, record.module_path, warnings
     )

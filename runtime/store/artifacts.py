@@ -150,12 +150,15 @@ class ArtifactIdentity:
         *,
         backend: str,
         config_hash: str,
-        piece: PieceIdentity,
+        piece: PieceIdentity | None,
         target: str,
         key: str,
         size_index: int | None,
     ) -> str | None:
-        """The first field that says this artifact is not for that use, described."""
+        """The first field that says this artifact is not for that use, described.
+
+        ``piece`` None: no graph to compare with (a saved forward loads by its
+        index, which the saved reference pins by hash); the rest is checked."""
         # NOTE: [ranges share the general artifact]
         # A range whose compile gives the general piece's code records the
         # general artifact's key (pipeline/plan.py): that artifact serves it.
@@ -165,14 +168,19 @@ class ArtifactIdentity:
             "backend": backend,
             "config_hash": config_hash,
             "key": key,
-            "piece_hash": piece.piece_hash,
             "target": target,
             "size_index": size_index,
         }
+        if piece is not None:
+            wanted["piece_hash"] = piece.piece_hash
         for name, want in wanted.items():
             if getattr(self, name) != want:
                 return f"field {name} is {short(getattr(self, name))}, expected {short(want)}"
-        if self.strings is not None and self.strings != piece.strings:
+        if (
+            piece is not None
+            and self.strings is not None
+            and self.strings != piece.strings
+        ):
             ours = short(list(piece.strings))
             return (
                 f"field strings is {short(list(self.strings))}, this piece's are {ours}"

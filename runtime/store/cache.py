@@ -296,7 +296,7 @@ class CompileCache:
         self,
         identity: ArtifactIdentity,
         name: str,
-        graph: fx.GraphModule,
+        graph: fx.GraphModule | None,
         target: str,
         key: str,
         size_index: int | None,
@@ -305,7 +305,7 @@ class CompileCache:
         return identity.mismatch(
             backend=self.identity.backend,
             config_hash=self.identity.config_hash,
-            piece=self._piece(name, graph),
+            piece=self._piece(name, graph) if graph is not None else None,
             target=target,
             key=key,
             size_index=size_index,
@@ -344,10 +344,6 @@ class CompileCache:
         self._artifacts[key] = identity
         return identity
 
-    def saved_identity(self, key: str) -> ArtifactIdentity | None:
-        """The verified identity of the artifact saved under ``key`` (None: unusable)."""
-        return self._artifact(key, claimed=True)
-
     def has_artifact(self, key: str) -> bool:
         """Whether a whole, verified artifact is stored under ``key``."""
         return self._artifact(key, claimed=False) is not None
@@ -355,12 +351,15 @@ class CompileCache:
     def lookup(
         self,
         name: str,
-        graph: fx.GraphModule,
+        graph: fx.GraphModule | None,
         target: Target,
         key: str,
         size_index: int | None,
     ) -> tuple[str, bool, str] | None:
-        """``(artifact path, unwrap, sha256)`` of a verified artifact for this use, or None."""
+        """``(artifact path, unwrap, sha256)`` of a verified artifact for this use, or None.
+
+        The one identity check of a warm start and a saved forward; a saved
+        forward has no ``graph`` (see :meth:`ArtifactIdentity.mismatch`)."""
         old = self._old_entry(name, target.key())
         claimed = old is not None and old.saved and old.key == key
         identity = self._artifact(key, claimed=claimed)
