@@ -59,7 +59,9 @@ def describe_constant(value: Any) -> str:
         )
         return "{" + inner + "}"
     if isinstance(value, slice):
-        return f"slice({value.start!r}, {value.stop!r}, {value.step!r})"
+        # Bounds may be nodes (``x[:, 0:s27]``): described, never repr'd.
+        parts = (value.start, value.stop, value.step)
+        return f"slice({', '.join(describe_constant(v) for v in parts)})"
     if isinstance(value, fx.Node):
         return f"%{value.name}"
     if type(value).__name__ == "_Ref":
@@ -203,3 +205,6 @@ def string_constants(gm: fx.GraphModule) -> list[str]:
 class _Ref:
     def __init__(self, name: str) -> None:
         self.name = name
+
+    def __repr__(self) -> str:
+        return self.name

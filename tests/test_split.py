@@ -402,3 +402,20 @@ def test_a_returned_size_keeps_its_type() -> None:
     split_gm, _ = split_graph(gm, ["stitchtest::scale"])
     _, size = split_gm(x)
     assert type(size) is torch.Size and size == x.size()
+
+
+def test_hashes_of_a_slice_bounded_by_a_node_are_stable() -> None:
+    # ``x[:, 0:n]`` keeps the node ``n`` inside a slice argument.  Its
+    # description must not fall back to an object's repr (an address): two
+    # traces of one function, as in two processes, hash alike, or no piece
+    # holding such a slice (a BERT embedding's position ids) ever starts warm.
+    from stitch.codegen.fingerprint import graph_hash, structural_hash
+
+    def f(x: torch.Tensor, n: int) -> torch.Tensor:
+        return x[:, 0:n] * 2
+
+    first, second = torch.fx.symbolic_trace(f), torch.fx.symbolic_trace(f)
+    (index,) = [n for n in first.graph.nodes if n.op == "call_function"][:1]
+    assert any(isinstance(a, slice) for a in index.args[1])
+    assert structural_hash(first) == structural_hash(second)
+    assert graph_hash(first) == graph_hash(second)
