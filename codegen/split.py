@@ -192,10 +192,19 @@ def _assign_pieces(
 
 
 def _is_scalar_node(node: fx.Node, matcher: OpMatcher) -> bool:
-    """A pure node whose value is a float or bool, plain or symbolic (not a tensor or int)."""
+    """A pure node whose value is a float or bool, plain or symbolic, or a SymInt
+    computed from sizes alone (not from a tensor)."""
     if node.op not in ("call_function", "call_method") or node.is_impure():
         return False
     value = node.meta.get("example_value", node.meta.get("val"))
+    if isinstance(value, torch.SymInt):
+        # NOTE: [size arithmetic is computed where it is used]
+        # Dynamo computes ``s27 * s52`` once and hands the node to every later
+        # layer that needs it: left where it is, the first layer's piece would
+        # return it and every later piece take it, and the first layer would
+        # never be a twin of the others.  Recomputed beside each user, every
+        # layer's piece is the same code.
+        return not _reads_tensors(node) and not matcher.matches(node)
     if not isinstance(value, (torch.SymFloat, torch.SymBool, float, bool)):
         return False
     return not matcher.matches(node)
