@@ -61,12 +61,13 @@ SHAPES = ((1, 16), (8, 16))
 VARIANTS = ("eager", "torch.compile", "stitch")
 
 
-def build(layers: int, hidden: int) -> torch.nn.Module:
+def build(layers: int, hidden: int, vocab: int = 512) -> torch.nn.Module:
     from stitch.runtime.hf import build_model
 
     return build_model(
         "llama",
         layers=layers,
+        vocab_size=vocab,
         hidden_size=hidden,
         intermediate_size=hidden * 11 // 4,
         num_attention_heads=8,
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build(args.layers, args.hidden)
+    model = build(args.layers, args.hidden, args.vocab)
     cache_dir = tempfile.mkdtemp(prefix="stitch-bench-")
     fns = variants(model, cache_dir)
     first_call: dict[tuple[str, tuple[int, int]], float] = {}
@@ -197,6 +198,7 @@ def run(args: argparse.Namespace) -> str:
 
     lines = [
         f"transformers LlamaForCausalLM: {args.layers} layers, hidden {args.hidden}, "
+        f"vocabulary {args.vocab}, "
         f"8 heads / 4 kv heads, float32, CPU, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()} ({os.cpu_count()} CPUs); "
         f"median of {args.rounds} rounds x {args.iters} forwards, clock {args.clock}",
@@ -262,7 +264,7 @@ def run_decode(args: argparse.Namespace) -> str:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = build(args.layers, args.hidden)
+    model = build(args.layers, args.hidden, args.vocab)
     cache_dir = tempfile.mkdtemp(prefix="stitch-bench-")
     inside = {n: Inside() for n in ("torch.compile", "stitch")} if args.inside else None
     fns = variants(model, cache_dir, dynamic=True, inside=inside)
@@ -305,7 +307,7 @@ def run_decode(args: argparse.Namespace) -> str:
                         mismatched.append(f"{name} batch {batch} round {r}")
     lines = [
         f"decode steps: transformers LlamaForCausalLM, {args.layers} layers, hidden "
-        f"{args.hidden}, float32, CPU, torch {torch.__version__}, "
+        f"{args.hidden}, vocabulary {args.vocab}, float32, CPU, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; static KV cache, prompt {PROMPT}, "
         f"median step of {args.steps - 1} per round, median of {args.rounds} rounds, "
         f"clock {args.clock}",
@@ -354,6 +356,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument(
+        "--vocab",
+        type=int,
+        default=512,
+        help="vocabulary size (default 512; issue 20's model has 32000)",
+    )
     parser.add_argument(
         "--iters", type=int, default=50, help="forwards per round (default 50)"
     )

@@ -103,7 +103,12 @@ def saved_forward(spec: dict[str, Any]) -> dict[str, Any]:
     with torch.no_grad():
         compiled = aot_compile(model, (), config, example_kwargs=kwargs)
         got, want = compiled(**kwargs).logits, model(**kwargs).logits
-    return {"warm": compiled.warm, "max_diff": float((got - want).abs().max())}
+    return {
+        "warm": compiled.warm,
+        "saved": compiled.path is not None,
+        "torch": torch.__version__,
+        "max_diff": float((got - want).abs().max()),
+    }
 
 
 if __name__ == "__main__":

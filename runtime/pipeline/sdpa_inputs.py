@@ -249,15 +249,19 @@ def _repeated_heads(node: Any) -> tuple[fx.Node, Any] | None:
     return None
 
 
-def _erase_unused(graph: fx.Graph, node: fx.Node) -> None:
+def _erase_unused(
+    graph: fx.Graph, node: fx.Node, erased: set[fx.Node] | None = None
+) -> None:
     """Erase ``node`` and then each of its inputs no one else uses (views and size
     arithmetic of the repeat: nothing with an effect)."""
-    if node.users or node.op not in ("call_method", "call_function"):
+    erased = set() if erased is None else erased
+    if node in erased or node.users or node.op not in ("call_method", "call_function"):
         return
-    inputs = [a for a in node.all_input_nodes]
+    inputs = node.all_input_nodes
     graph.erase_node(node)
+    erased.add(node)
     for a in inputs:
-        if a.op == "call_function" and a.target in (operator.getitem, operator.mul):
-            _erase_unused(graph, a)
-        elif a.op == "call_method" and a.target == "expand":
-            _erase_unused(graph, a)
+        if (
+            a.op == "call_function" and a.target in (operator.getitem, operator.mul)
+        ) or (a.op == "call_method" and a.target == "expand"):
+            _erase_unused(graph, a, erased)
