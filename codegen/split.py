@@ -204,8 +204,9 @@ def _is_scalar_node(node: fx.Node, matcher: OpMatcher) -> bool:
         # return it and every later piece take it, and the first layer would
         # never be a twin of the others.  Recomputed beside each user, every
         # layer's piece is the same code.
-        return not _reads_tensors(node) and not matcher.matches(node)
-    if not isinstance(value, (torch.SymFloat, torch.SymBool, float, bool)):
+        if _reads_tensors(node):
+            return False
+    elif not isinstance(value, (torch.SymFloat, torch.SymBool, float, bool)):
         return False
     return not matcher.matches(node)
 

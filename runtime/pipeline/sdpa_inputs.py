@@ -71,11 +71,11 @@ def additive_sdpa_masks(
     for node in list(graph.nodes):
         if not _is_splitting_sdpa(node, matcher):
             continue
-        mask, set_mask = _mask_argument(node)
-        dtype = _query_dtype(node)
+        mask = _mask_argument(node)
+        query = _query_example(node)
         if (
             not isinstance(mask, fx.Node)
-            or dtype is None
+            or query is None
             or bool(node.kwargs.get("is_causal", False))
         ):
             continue
@@ -86,11 +86,14 @@ def additive_sdpa_masks(
             or example.device.type != "cpu"
         ):
             continue
-        additive = converted.get((mask, dtype))
+        additive = converted.get((mask, query.dtype))
         if additive is None:
-            additive = _insert_additive(graph, mask, example, dtype)
-            converted[mask, dtype] = additive
-        set_mask(additive)
+            additive = _insert_additive(graph, mask, example, query.dtype)
+            converted[mask, query.dtype] = additive
+        if "attn_mask" in node.kwargs:
+            node.update_kwarg("attn_mask", additive)
+        else:
+            node.update_arg(MASK_POSITION, additive)
         count += 1
     if count and recompile:
         graph.lint()
@@ -103,26 +106,17 @@ def _is_splitting_sdpa(node: fx.Node, matcher: OpMatcher) -> bool:
     return key is not None and key.op == SDPA and matcher.matches(node)
 
 
-def _mask_argument(node: fx.Node) -> tuple[object, object]:
+def _mask_argument(node: fx.Node) -> Any:
     if "attn_mask" in node.kwargs:
-
-        def set_kwarg(value: fx.Node) -> None:
-            node.update_kwarg("attn_mask", value)
-
-        return node.kwargs["attn_mask"], set_kwarg
-    if len(node.args) > MASK_POSITION:
-
-        def set_arg(value: fx.Node) -> None:
-            node.update_arg(MASK_POSITION, value)
-
-        return node.args[MASK_POSITION], set_arg
-    return None, None
+        return node.kwargs["attn_mask"]
+    return node.args[MASK_POSITION] if len(node.args) > MASK_POSITION else None
 
 
-def _query_dtype(node: fx.Node) -> torch.dtype | None:
+def _query_example(node: fx.Node) -> torch.Tensor | None:
+    """The example value of an SDPA call's query (None where it has none)."""
     query = node.args[0] if node.args else node.kwargs.get("query")
     example = _example(query) if isinstance(query, fx.Node) else None
-    return example.dtype if isinstance(example, torch.Tensor) else None
+    return example if isinstance(example, torch.Tensor) else None
 
 
 def _example(node: fx.Node) -> object:
@@ -178,10 +172,10 @@ def unrepeated_sdpa_heads(
             continue
         if node.kwargs.get("enable_gqa", False) is not False:
             continue
-        query = _example(node.args[0]) if isinstance(node.args[0], fx.Node) else None
+        query = _query_example(node)
         key, value = (_repeated_heads(a) for a in node.args[1:3])
         if (
-            not isinstance(query, torch.Tensor)
+            query is None
             or query.device.type != "cpu"
             or key is None
             or value is None

@@ -212,6 +212,7 @@ def _is_layouts(value: Any) -> bool:
         and len(item) == 2
         and is_index(item[0])
         and isinstance(item[1], list)
+        and all(type(d) is int for d in item[1])
         and sorted(item[1]) == list(range(len(item[1])))
         for item in value
     )

@@ -162,26 +162,21 @@ def _check_pieces(report: EntryReport, index: Index) -> tuple[set[str], set[str]
                     relative, f"cannot be read ({type(exc).__name__}: {exc})"
                 )
                 continue
-            wanted = {
-                "key": entry.key,
-                # See NOTE: [ranges share the general artifact] (artifacts.py).
-                "target": (
-                    "general"
-                    if identity.target == "general" and entry.target.startswith("range")
-                    else entry.target
-                ),
-                "size_index": record.size_index,
-                "backend": index.identity.backend,
-                "config_hash": index.identity.config_hash,
-            }
-            for field_name, want in wanted.items():
-                if getattr(identity, field_name) != want:
-                    report.problem(
-                        os.path.join(relative, IDENTITY_FILE),
-                        f"field {field_name} is {getattr(identity, field_name)!r}, but the "
-                        f"index's piece {name} ({entry.target}) has {want!r}",
-                    )
-                    break
+            # The store's one identity check, without a graph (as a saved
+            # forward makes it): what the index records is what is checked.
+            problem = identity.mismatch(
+                backend=index.identity.backend,
+                config_hash=index.identity.config_hash,
+                piece=None,
+                target=entry.target,
+                key=entry.key,
+                size_index=record.size_index,
+            )
+            if problem is not None:
+                report.problem(
+                    os.path.join(relative, IDENTITY_FILE),
+                    f"{problem} (the index's piece {name}, {entry.target})",
+                )
             listed, problems = inspect_extras(folder, identity.sha256)
             extras |= listed
             for path, problem in problems:
