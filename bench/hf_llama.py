@@ -12,6 +12,9 @@ timed for each shape in three variants:
 ``eager``          the model as it is;
 ``torch.compile``  ``torch.compile(model)``: Inductor on the whole graph
                    (``dynamic=None``: the second shape recompiles, batch dynamic);
+``torch.compile dynamic``  ``torch.compile(model, dynamic=True)``: Stitch's own
+                   setting (batch and sequence symbolic), the like-for-like
+                   comparison;
 ``stitch``         ``torch.compile(model, backend=StitchBackend(), dynamic=True)``:
                    split at SDPA (a default splitting op), Inductor pieces, the
                    attention run eagerly between them by the emitted function.
@@ -58,7 +61,7 @@ from typing import Any
 import torch
 
 SHAPES = ((1, 16), (8, 16))
-VARIANTS = ("eager", "torch.compile", "stitch")
+VARIANTS = ("eager", "torch.compile", "torch.compile dynamic", "stitch")
 
 
 def build(layers: int, hidden: int, vocab: int = 512) -> torch.nn.Module:
@@ -174,6 +177,8 @@ def run(args: argparse.Namespace) -> str:
     model = build(args.layers, args.hidden, args.vocab)
     cache_dir = tempfile.mkdtemp(prefix="stitch-bench-")
     fns = variants(model, cache_dir)
+    fns["torch.compile dynamic"] = torch.compile(model, dynamic=True)
+    fns = {name: fns[name] for name in VARIANTS}
     first_call: dict[tuple[str, tuple[int, int]], float] = {}
     errors: dict[tuple[str, tuple[int, int]], float] = {}
     results: dict[tuple[str, tuple[int, int]], list[float]] = {}
@@ -203,16 +208,19 @@ def run(args: argparse.Namespace) -> str:
         f"{torch.get_num_threads()} threads, {platform.machine()} ({os.cpu_count()} CPUs); "
         f"median of {args.rounds} rounds x {args.iters} forwards, clock {args.clock}",
         "",
-        "| batch x seq | eager ms | torch.compile ms | stitch ms | stitch / eager | "
-        "stitch / torch.compile | max abs err (compile, stitch) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| batch x seq | eager ms | torch.compile ms | torch.compile dynamic ms "
+        "| stitch ms | stitch / eager | stitch / torch.compile "
+        "| stitch / torch.compile dynamic | max abs err (compile, stitch) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for shape in SHAPES:
         ms = {name: statistics.median(results[name, shape]) for name in VARIANTS}
         lines.append(
             f"| {shape[0]} x {shape[1]} | {ms['eager']:.3f} | {ms['torch.compile']:.3f} | "
+            f"{ms['torch.compile dynamic']:.3f} | "
             f"{ms['stitch']:.3f} | {ms['stitch'] / ms['eager']:.2f} | "
             f"{ms['stitch'] / ms['torch.compile']:.2f} | "
+            f"{ms['stitch'] / ms['torch.compile dynamic']:.2f} | "
             f"{errors['torch.compile', shape]:.1e}, {errors['stitch', shape]:.1e} |"
         )
     lines += ["", "first call (compile included), seconds:", ""]
