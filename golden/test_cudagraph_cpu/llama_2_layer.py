@@ -1,6 +1,6 @@
 # Stitching source emitted by stitch.codegen (format 4).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 0
-# graph: sha256:231bebfdbbbc0691
+# graph: sha256:81c147410d455910
 import torch
 
 stitch_attention = torch.ops.stitch.attention

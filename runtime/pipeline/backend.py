@@ -30,7 +30,6 @@ from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.plan import GraphPlan
-from ..loader import compile_execution_fn
 from ..profiling import Profiler, piece_list
 from ..progress import progress_bar
 from ..size import find_size, hoisted_input
@@ -38,13 +37,14 @@ from ..store.artifacts import ARTIFACT_FILE
 from ..store.cache import CompileCache
 from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, trace_source, write_debug_dump
-from ..store.index import EntryRecord
+from ..store.index import EntryRecord, PieceRecord
 from ..targets import Target
 from .compilers import CompilerAdapter, make_adapter, on_cpu, start_inductor_warmup
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .graph_inputs import GraphInput, graph_inputs
-from .layouts import LayoutChecks, eager_fed_layouts, guard_layouts
+from .layouts import LayoutChecks, eager_fed_layouts
+from .materialize import CompiledPlan, materialize
 from .piecewise import PiecewiseBackend, RangeWarnings, concretize
 from .plan import KeyChoice, PiecePlan, StringKeys, piece_inputs, plan_piece
 from .scalars import specialize_lifted_floats
@@ -227,7 +227,7 @@ class Compilation:
                 )
             return args
 
-        backends: dict[str, PiecewiseBackend] = {}
+        records: dict[str, PieceRecord] = {}
         reports: list[PieceReport] = []
         progress = progress_bar(
             len(compiled_items),
@@ -240,20 +240,15 @@ class Compilation:
             if item.is_splitting_graph:
                 reports.append(PieceReport(item.submod_name, True, path, [], 0.0, "-"))
                 continue
-            backend, report = self._compile_piece(
+            record, report = self._compile_piece(
                 item.submod_name, item.graph, piece_args, path, cache
             )
-            backends[item.submod_name] = backend
+            records[item.submod_name] = record
             reports.append(report)
             progress.update(1)
         progress.close()
-        # NOTE: [pieces are installed after the loop]
-        # A miss after a hit runs the fake propagation over split_gm, which must
-        # call the pieces' own GraphModules, not a PiecewiseBackend.
-        for piece_name, backend in backends.items():
-            split_gm.__dict__[piece_name] = backend
 
-        size_indices = {name: b.size_index for name, b in backends.items()}
+        size_indices = {name: r.size_index for name, r in records.items()}
         # The placeholder the pieces' runnables are picked by, once per forward.
         dispatch_on = hoisted_input(split_gm, self.size, size_indices)
         code, submod_names, consts, warm_source = self._stitching_source(
@@ -287,29 +282,35 @@ class Compilation:
                 graph=self.gm,
                 split_gm=split_gm,
                 example_inputs=fake_inputs,
-                backends=backends,
+                backends=records,
                 submod_names=submod_names,
                 size=self.size if dispatch_on is not None else None,
             )
-            fn = self.cudagraphs.build(
-                self.graphs,
-                code=run_code,
-                backends=backends,
-                submod_names=submod_names,
-                consts=run_consts,
-                filename=run_file,
-                split_gm=split_gm,
-                ranges=ranges,
-            )
-        else:
-            fn = compile_execution_fn(
-                run_code,
-                backends,
-                submod_names,
-                run_consts,
-                filename=run_file,
-                ranges=ranges,
-            )
+        # NOTE: [one plan for cold, warm and saved starts] (materialize.py):
+        # here each key's runnable is the one this call compiled or loaded.
+        plan = CompiledPlan(
+            run_code,
+            run_file,
+            tuple(submod_names),
+            records,
+            run_consts,
+            self.graphs,
+        )
+        fn, backends = materialize(
+            plan,
+            self.config,
+            lambda _name, _target, entry: self.memo[entry.key][0],
+            cudagraphs=self.cudagraphs if self.cudagraphed else None,
+            warnings=self.range_warnings,
+            split_gm=split_gm,
+            ranges=ranges,
+        )
+        # NOTE: [pieces are installed after the loop]
+        # A miss after a hit runs the fake propagation over split_gm, which must
+        # call the pieces' own GraphModules, not a PiecewiseBackend; the split
+        # graph (CompiledModel.split_gm) runs the compiled pieces from here on.
+        for piece_name, backend in backends.items():
+            split_gm.__dict__[piece_name] = backend
 
         # Twins report "shared": they run what their first instance loaded.
         warm = warm_source and all(
@@ -353,23 +354,24 @@ class Compilation:
         piece_args: Callable[[str], tuple[Any, ...]],
         module_path: str,
         cache: CompileCache | None,
-    ) -> tuple[PiecewiseBackend, PieceReport]:
+    ) -> tuple[PieceRecord, PieceReport]:
+        """The piece's record (its runnables are in ``self.memo``) and report."""
         plan = self._plan(name, graph, piece_args, cache)
-        layouts = self.layout_checks.get(name, ())
-        runnables: dict[Target, Any] = {}
         entries: list[EntryRecord] = []
         outcomes: list[str] = []
         piece_start = time.perf_counter()
         for target, key in zip(plan.targets, plan.keys, strict=True):
-            runnable, entry, outcome = self._runnable(
+            entry, outcome = self._runnable(
                 name, graph, piece_args, target, key, cache, plan.size_index
             )
-            runnables[target] = guard_layouts(runnable, layouts)
             entries.append(entry)
             outcomes.append(outcome)
         seconds = time.perf_counter() - piece_start
-        backend = PiecewiseBackend(
-            name, plan.size_index, runnables, module_path, self.range_warnings
+        record = PieceRecord(
+            module_path,
+            plan.size_index,
+            tuple(entries),
+            tuple(self.layout_checks.get(name, ())),
         )
         # "shared" outcomes reuse a runnable of this call (a twin's, or this
         # piece's general one for its ranges): they neither hit nor miss.
@@ -381,7 +383,7 @@ class Compilation:
             state = "miss"
         if cache is not None:
             self.entry_guards.note(cache)
-            cache.record_piece(name, module_path, plan.size_index, entries, layouts)
+            cache.record_piece(name, record)
         report = PieceReport(
             name,
             False,
@@ -390,7 +392,7 @@ class Compilation:
             seconds,
             state,
         )
-        return backend, report
+        return record, report
 
     def _plan(
         self,
@@ -423,20 +425,21 @@ class Compilation:
         key_choice: KeyChoice,
         cache: CompileCache | None,
         size_index: int | None,
-    ) -> tuple[Any, EntryRecord, str]:
+    ) -> tuple[EntryRecord, str]:
+        """The entry of one target and how it came (shared, hit, miss); its
+        runnable goes to ``self.memo`` under the entry's key."""
         key = self._resolve_key(key_choice)
         if key is None and cache is not None and isinstance(key_choice, StringKeys):
             key = self._key_on_disk(key_choice, cache)
         if key is not None:
             if key in self.memo:
-                runnable, saved = self.memo[key]
-                return runnable, EntryRecord(target.key(), key, saved), "shared"
+                return EntryRecord(target.key(), key, self.memo[key][1]), "shared"
             # 1. the persistent cache
             runnable = self._from_cache(name, graph, target, key, cache, size_index)
             if runnable is not None:
                 self.memo[key] = (runnable, True)
                 compilation_counter.num_cache_hits += 1
-                return runnable, EntryRecord(target.key(), key, True), "hit"
+                return EntryRecord(target.key(), key, True), "hit"
         # 2. compile
         if cache is not None and self.adapter.saves_artifacts:
             compilation_counter.num_cache_misses += 1
@@ -470,7 +473,7 @@ class Compilation:
                 path = cache.artifact_path(key, ARTIFACT_FILE)
                 runnable = self.adapter.published(path, bool(handle[1])) or runnable
         self.memo[key] = (runnable, entry.saved)
-        return runnable, entry, "miss"
+        return entry, "miss"
 
     def _resolve_key(self, choice: KeyChoice) -> str | None:
         """The compile key, or None while a string-dependence decision is pending."""

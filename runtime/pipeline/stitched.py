@@ -41,13 +41,11 @@ from ..compat import dynamo
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.plan import GraphPlan
-from ..loader import compile_execution_fn
 from ..store.cache import CACHE_ENV, CompileCache
-from ..store.index import INDEX_FILE, PieceRecord
-from ..targets import targets_for
+from ..store.index import INDEX_FILE, EntryRecord
+from ..targets import Target
 from .compilers import InductorAdapter
-from .layouts import guard_layouts
-from .piecewise import PiecewiseBackend, RangeWarnings
+from .materialize import CompiledPlan, materialize
 
 log = logging.getLogger("stitch")
 
@@ -342,65 +340,38 @@ def load_entry(
         )
     if any(n not in index.pieces for n in names):
         raise StitchCacheError(f"cache entry {entry_dir}: pieces and source disagree")
+    if plan is not None and (
+        cudagraphs is None or not cudagraphs.applies_to_plan(plan)
+    ):
+        if cudagraphs is not None:
+            log.info(
+                "stitch: %s runs without CUDA graphs here (cudagraph_mode=%s, graph "
+                "ops %s)",
+                entry_dir,
+                cudagraphs.config.cudagraph_mode.name,
+                type(cudagraphs.ops).__name__,
+            )
+        plan = None
     adapter = InductorAdapter({})
     loaded: dict[tuple[Any, ...], Any] = {}
-    warnings = RangeWarnings()
-    backends = {
-        name: _piece(name, index.pieces[name], cache, config, adapter, loaded, warnings)
-        for name in names
-    }
-    if plan is not None and cudagraphs is not None:
-        if cudagraphs.applies_to_plan(plan):
-            return cudagraphs.build(
-                plan,
-                code=code,
-                backends=backends,
-                submod_names=names,
-                consts=consts,
-                filename=cache.source_path(),
-            )
-        log.info(
-            "stitch: %s runs without CUDA graphs here (cudagraph_mode=%s, graph ops "
-            "%s)",
-            entry_dir,
-            cudagraphs.config.cudagraph_mode.name,
-            type(cudagraphs.ops).__name__,
-        )
-    return compile_execution_fn(
-        code, backends, names, consts, filename=cache.source_path()
-    )
 
-
-def _piece(
-    name: str,
-    record: PieceRecord,
-    cache: CompileCache,
-    config: CompilationConfig,
-    adapter: InductorAdapter,
-    loaded: dict[tuple[Any, ...], Any],
-    warnings: RangeWarnings,
-) -> PiecewiseBackend:
-    possible = {
-        t.key(): t
-        for t in targets_for(
-            config.compile_sizes, config.compile_ranges(), record.size_index is not None
+    def runnable(name: str, target: Target, entry: EntryRecord) -> Any:
+        found = cache.lookup(
+            name, None, target, entry.key, index.pieces[name].size_index
         )
-    }
-    runnables = {}
-    for entry in record.entries:
-        target = possible.get(entry.target)
-        found = None
-        if target is not None:
-            found = cache.lookup(name, None, target, entry.key, record.size_index)
         if found is None:
             raise StitchCacheError(
-                f"piece {name} ({entry.target}): no usable artifact for it in {cache.directory}"
+                f"piece {name} ({entry.target}): no usable artifact for it in "
+                f"{cache.directory}"
             )
         # Twins and ranges share artifacts: verify and load each one once.
         if found not in loaded:
             loaded[found] = adapter.load(*found)
-        # NOTE: [eager outputs are restrided for compiled pieces] (layouts.py)
-        runnables[target] = guard_layouts(loaded[found], record.layouts)
-    return PiecewiseBackend(
-        name, record.size_index, runnables, record.module_path, warnings
+        return loaded[found]
+
+    # NOTE: [one plan for cold, warm and saved starts] (materialize.py)
+    pieces = {n: index.pieces[n] for n in names}
+    compiled = CompiledPlan(
+        code, cache.source_path(), tuple(names), pieces, consts, plan
     )
+    return materialize(compiled, config, runnable, cudagraphs=cudagraphs)[0]

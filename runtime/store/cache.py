@@ -450,16 +450,8 @@ class CompileCache:
             self._artifacts[key] = identity
         return EntryRecord(target.key(), key, identity is not None, "")
 
-    def record_piece(
-        self,
-        name: str,
-        module_path: str,
-        size_index: int | None,
-        entries: list[EntryRecord],
-        layouts: Sequence[tuple[int, tuple[int, ...]]] = (),
-    ) -> None:
+    def record_piece(self, name: str, record: PieceRecord) -> None:
         """Record a compiled piece in the index now (a crash later keeps it)."""
-        record = PieceRecord(module_path, size_index, tuple(entries), tuple(layouts))
         if self.index is not None and self.index.pieces.get(name) == record:
             return
         self._update(lambda index: index.with_piece(name, record))
