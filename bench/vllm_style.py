@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import torch.fx as fx
 
-from stitch.codegen.errors import StitchRuntimeError
+from stitch.core.errors import StitchRuntimeError
 from stitch.runtime.config import CUDAGraphMode
 from stitch.runtime.cudagraph import CUDAGraphManager, CUDAGraphWrapper, call_order
 from stitch.runtime.cudagraph.plan import GraphPlan

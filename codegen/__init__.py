@@ -3,8 +3,8 @@
 Nothing here executes user code or imports ``stitch.runtime``.
 """
 
-from . import contract
-from .errors import (
+from stitch.core import contract
+from stitch.core.errors import (
     StitchCacheError,
     StitchCodegenError,
     StitchConfigError,
@@ -13,6 +13,7 @@ from .errors import (
     StitchLoadError,
     StitchRuntimeError,
 )
+
 from .execution import generate_execution_code, lower_execution
 from .fingerprint import graph_hash, structural_hash
 from .pieces import is_inlined_piece, module_path_of

@@ -7,8 +7,9 @@ from typing import Any
 
 import torch.fx as fx
 
+from stitch.core.errors import StitchCodegenError
+
 from .context import Statement
-from .errors import StitchCodegenError
 from .naming import Namespace
 from .values import ConstTable, render_value
 

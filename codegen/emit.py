@@ -17,8 +17,9 @@ from importlib import resources
 import black
 import jinja2
 
+from stitch.core.errors import StitchCodegenError
+
 from .context import ModuleContext
-from .errors import StitchCodegenError
 from .layout import BLACK_MODE, Layout
 
 TEMPLATE_PACKAGE = "stitch.templates"

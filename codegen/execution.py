@@ -14,11 +14,7 @@ from typing import Any
 
 import torch.fx as fx
 
-from .aliases import Alias as _Alias
-from .aliases import alias_candidate as _alias_candidate
-from .body import FunctionBody
-from .context import FunctionContext, ModuleContext, PieceFunction, Statement
-from .contract import (
+from stitch.core.contract import (
     CONSTS_NAME,
     DISPATCH_NAME,
     FORMAT_VERSION,
@@ -27,7 +23,12 @@ from .contract import (
     RANGES_NAME,
     SUBMODS_NAME,
 )
-from .errors import StitchCodegenError
+from stitch.core.errors import StitchCodegenError
+
+from .aliases import Alias as _Alias
+from .aliases import alias_candidate as _alias_candidate
+from .body import FunctionBody
+from .context import FunctionContext, ModuleContext, PieceFunction, Statement
 from .expressions import kwargs_source, node_expression
 from .fingerprint import graph_hash, structural_hash
 from .naming import Namespace, base_name

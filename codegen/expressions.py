@@ -10,7 +10,7 @@ from typing import Any
 
 import torch.fx as fx
 
-from .errors import StitchCodegenError
+from stitch.core.errors import StitchCodegenError
 
 
 def node_expression(

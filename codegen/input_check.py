@@ -34,7 +34,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Union
 
-from .errors import StitchCodegenError
+from stitch.core.errors import StitchCodegenError
 
 # 2: a guard per value of the dynamic sizes (NOTE: [a guard per token count]).
 CHECK_FORMAT = 2

@@ -12,7 +12,7 @@ import builtins
 import keyword
 import re
 
-from .contract import (
+from stitch.core.contract import (
     CONSTS_NAME,
     DISPATCH_NAME,
     FUNCTION_NAME,

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from .errors import StitchCodegenError
+from stitch.core.errors import StitchCodegenError
+
 from .split import IS_SPLITTING_META
 
 

@@ -12,7 +12,8 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.split_module import split_module
 
-from .errors import StitchCodegenError
+from stitch.core.errors import StitchCodegenError
+
 from .matching import OpMatcher, SplittingOp
 
 # Key under which split_graph records on each piece whether it is a splitting piece.

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from .contract import CONSTS_NAME
+from stitch.core.contract import CONSTS_NAME
 
 
 class ConstTable:

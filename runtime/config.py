@@ -10,8 +10,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from stitch.codegen.errors import StitchConfigError
 from stitch.codegen.matching import OpMatcher, entry_label
+from stitch.core.errors import StitchConfigError
 
 from .passes.base import pass_name, pass_uuid
 

@@ -16,14 +16,14 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.contract import (
+from stitch.core.contract import (
     CONSTS_NAME,
     DISPATCH_NAME,
     FUNCTION_NAME,
     RANGES_NAME,
     SUBMODS_NAME,
 )
-from stitch.codegen.errors import StitchLoadError
+from stitch.core.errors import StitchLoadError
 
 log = logging.getLogger("stitch")
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from stitch.codegen.errors import StitchConfigError
+from stitch.core.errors import StitchConfigError
 from stitch.runtime import CompilationConfig, StitchBackend
 from stitch.runtime.hf import FAMILIES, build_model, example_inputs, output_tensor
 

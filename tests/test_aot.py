@@ -271,7 +271,7 @@ def test_a_malformed_record_is_refused_naming_the_field(
     """What loading reads is checked when the record is read: a damaged record is
     a StitchCacheError naming the file and the field (the caller compiles again),
     never a KeyError or TypeError from deep in the load."""
-    from stitch.codegen.errors import StitchCacheError
+    from stitch.core.errors import StitchCacheError
     from stitch.runtime.pipeline.aot_record import (
         RECORD_FILE,
         RECORD_HEADER,

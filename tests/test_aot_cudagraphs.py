@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 
-from stitch.codegen.errors import StitchCacheError
+from stitch.core.errors import StitchCacheError
 from stitch.runtime.cudagraph import DynamicInput, PaddingPlan
 from stitch.runtime.cudagraph.plan import GraphPlan
 

@@ -14,6 +14,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ROOTS = {
+    "core": "stitch.core",
     "codegen": "stitch.codegen",
     "runtime": "stitch.runtime",
     "templates": "stitch.templates",
@@ -81,6 +82,51 @@ def test_codegen_imports_nothing_from_runtime() -> None:
                 if m.startswith("stitch.runtime")
             }
             assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_core_imports_nothing_above_it() -> None:
+    # core (errors, the emitted contract) is below codegen and runtime, and needs
+    # no torch: any part may raise its errors.
+    for module, path in MODULES.items():
+        if not module.startswith("stitch.core"):
+            continue
+        bad = {
+            m
+            for m in _imports(module, top_level_only=False)
+            if not m.startswith("stitch.core")
+        }
+        assert not bad, f"{module} imports {sorted(bad)}"
+        tree = ast.parse(path.read_text(), str(path))
+        names = {
+            (n.module or "") if isinstance(n, ast.ImportFrom) else a.name
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Import, ast.ImportFrom))
+            for a in n.names
+        }
+        assert not {n for n in names if n.split(".")[0] == "torch"}, module
+
+
+def test_errors_and_the_contract_are_imported_from_core() -> None:
+    # codegen re-exports the errors for its users; inside the project each
+    # part takes them from where they live.
+    shared = {
+        "StitchCacheError",
+        "StitchCodegenError",
+        "StitchConfigError",
+        "StitchError",
+        "StitchInputError",
+        "StitchLoadError",
+        "StitchRuntimeError",
+        "contract",
+    }
+    for module, path in MODULES.items():
+        if module == "stitch.codegen":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "stitch.codegen":
+                bad = {a.name for a in node.names} & shared
+                assert not bad, f"{module} imports {sorted(bad)} from stitch.codegen"
 
 
 OUTER = (

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import torch
 
-from stitch.codegen.errors import StitchCacheError
+from stitch.core.errors import StitchCacheError
 from stitch.runtime import CompilationConfig
 from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.pipeline.stitched import load_entry

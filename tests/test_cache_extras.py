@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import torch
 
-from stitch.codegen.errors import StitchCacheError
+from stitch.core.errors import StitchCacheError
 from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.pipeline.prebuilt import PREBUILT_SUFFIX, read_record, render_record
 from stitch.runtime.store.artifacts import ARTIFACT_FILE, ARTIFACTS_DIR

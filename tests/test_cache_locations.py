@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import torch
 
-from stitch.codegen.errors import StitchCacheError
+from stitch.core.errors import StitchCacheError
 from stitch.runtime import CompilationConfig
 from stitch.runtime.cli import main
 from stitch.runtime.cli.main_job import inspect_cache

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 
-from stitch.codegen.errors import StitchConfigError, StitchRuntimeError
+from stitch.core.errors import StitchConfigError, StitchRuntimeError
 from stitch.runtime import CompilationConfig, CUDAGraphMode, StitchBackend
 
 BAD = [

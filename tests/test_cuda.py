@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from stitch.codegen.errors import StitchRuntimeError
+from stitch.core.errors import StitchRuntimeError
 from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
 from stitch.runtime.cudagraph import CUDAGraphManager
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs

@@ -25,7 +25,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from stitch.codegen import lower_execution
-from stitch.codegen.errors import (
+from stitch.core.errors import (
     StitchConfigError,
     StitchInputError,
     StitchRuntimeError,

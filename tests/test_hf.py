@@ -42,7 +42,7 @@ pytest.importorskip("transformers")
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from stitch.codegen.errors import StitchRuntimeError  # noqa: E402
+from stitch.core.errors import StitchRuntimeError  # noqa: E402
 from stitch.runtime import CompilationConfig, StitchBackend  # noqa: E402
 from stitch.runtime.cli.main import HF_FAMILIES, main  # noqa: E402
 from stitch.runtime.hf import (  # noqa: E402

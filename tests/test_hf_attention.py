@@ -23,7 +23,7 @@ from transformers.models.gemma2 import modeling_gemma2  # noqa: E402
 from transformers.models.gpt_oss import modeling_gpt_oss  # noqa: E402
 from transformers.utils.generic import TransformersKwargs  # noqa: E402
 
-from stitch.codegen.errors import StitchRuntimeError  # noqa: E402
+from stitch.core.errors import StitchRuntimeError  # noqa: E402
 from stitch.runtime.hf.attention import (
     ARGUMENTS,
     stitch_attention_forward,

@@ -29,7 +29,7 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 
-from stitch.codegen.errors import StitchInputError, StitchRuntimeError  # noqa: E402
+from stitch.core.errors import StitchInputError, StitchRuntimeError  # noqa: E402
 from stitch.runtime import CompilationConfig, aot_compile  # noqa: E402
 from stitch.runtime.examples import LlamaConfig, build_llama  # noqa: E402
 from stitch.runtime.hf import build_model  # noqa: E402

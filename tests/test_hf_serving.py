@@ -19,7 +19,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from stitch.codegen.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
+from stitch.core.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
 from stitch.runtime import (  # noqa: E402
     CompilationConfig,
     StitchBackend,

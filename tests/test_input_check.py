@@ -428,7 +428,7 @@ def test_check_arguments_take_the_forward_parameter_names() -> None:
 
 def test_input_error_is_a_stitch_error() -> None:
     assert issubclass(StitchInputError, StitchError)
-    assert StitchInputError.__module__ == "stitch.codegen.errors"
+    assert StitchInputError.__module__ == "stitch.core.errors"
 
 
 # -- keyword arguments and an object argument (a transformers StaticCache) ---------

@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from stitch.codegen.errors import StitchConfigError, StitchRuntimeError
+from stitch.core.errors import StitchConfigError, StitchRuntimeError
 from stitch.runtime import CompilationConfig
 from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.passes import InductorPass

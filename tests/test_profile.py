@@ -13,9 +13,9 @@ import torch
 from test_golden import assert_same_outputs, run
 
 from stitch.codegen import generate_execution_code, lower_execution
-from stitch.codegen.contract import RANGES_NAME
 from stitch.codegen.emit import BLACK_MODE, render_module_with_black
-from stitch.codegen.errors import StitchLoadError
+from stitch.core.contract import RANGES_NAME
+from stitch.core.errors import StitchLoadError
 from stitch.runtime import CompilationConfig, StitchBackend, compile_execution_fn
 from stitch.runtime.cli.main import main
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs

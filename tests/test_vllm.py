@@ -204,7 +204,7 @@ def test_config_takes_vllm_defaults(
 
 
 def test_config_fields_from_env_and_factory(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stitch.codegen.errors import StitchConfigError
+    from stitch.core.errors import StitchConfigError
     from stitch.runtime.vllm import backend_with, stitch_config
 
     monkeypatch.setenv("STITCH_VLLM_CONFIG", '{"compile_sizes": [1, 8]}')

@@ -478,7 +478,7 @@ def build_parser() -> StitchArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``stitch`` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    from stitch.codegen.errors import StitchError
+    from stitch.core.errors import StitchError
 
     try:
         return args.handler(args)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from stitch.codegen.errors import StitchError, StitchRuntimeError
+from stitch.core.errors import StitchError, StitchRuntimeError
 
 from ..config import CompilationConfig, CUDAGraphMode
 from ..counter import compilation_counter

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from stitch.codegen.errors import (
+from stitch.core.errors import (
     StitchConfigError,
     StitchError,
     StitchInputError,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchCacheError
+from stitch.core.errors import StitchCacheError
 
 from ..config import CompilationConfig
 from .padding import DynamicInput, PaddingPlan

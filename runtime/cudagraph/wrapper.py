@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import torch
 import torch.fx as fx
 
-from stitch.codegen.errors import StitchRuntimeError
+from stitch.core.errors import StitchRuntimeError
 
 from ..config import CompilationConfig
 from ..loader import SizeTables, bind_runnable

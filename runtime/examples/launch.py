@@ -14,7 +14,7 @@ from typing import Any
 
 import torch.distributed as dist
 
-from stitch.codegen.errors import StitchConfigError, StitchRuntimeError
+from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
 from ..store.files import atomic_write
 

@@ -31,7 +31,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from stitch.codegen.errors import StitchConfigError, StitchRuntimeError
+from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
 from .launch import DEFAULT_TIMEOUT, launch  # noqa: F401 - re-exported
 from .models import (

@@ -16,7 +16,7 @@ it needs transformers (``pip install 'stitch[hf]'``).
 
 from __future__ import annotations
 
-from stitch.codegen.errors import StitchConfigError
+from stitch.core.errors import StitchConfigError
 
 try:
     import transformers  # noqa: F401

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchRuntimeError
+from stitch.core.errors import StitchRuntimeError
 
 # stitch::attention (serving KV caches); the package registers its Triton kernel
 # for CUDA tensors too.

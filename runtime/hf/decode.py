@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchConfigError
+from stitch.core.errors import StitchConfigError
 
 
 def static_cache(model: torch.nn.Module, batch: int, max_cache_len: int) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchConfigError
+from stitch.core.errors import StitchConfigError
 
 VOCAB = 512
 # Token ids every family shares (all below VOCAB).

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchConfigError, StitchRuntimeError
+from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
 from .attention import ATTN_IMPLEMENTATION, K_CACHE, V_CACHE, register
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch.fx as fx
 
-from stitch.codegen.errors import StitchRuntimeError
+from stitch.core.errors import StitchRuntimeError
 
 
 class InductorPassError(StitchRuntimeError):

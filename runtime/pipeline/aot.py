@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchCacheError, StitchError
+from stitch.core.errors import StitchCacheError, StitchError
 
 from ..compat import dynamo
 from ..config import CompilationConfig

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
+from stitch.core.errors import StitchCacheError, StitchRuntimeError
 
 from ..compat.dynamo import marked_dims
 from ..config import CompilationConfig

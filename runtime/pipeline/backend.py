@@ -13,8 +13,6 @@ from typing import Any
 import torch.fx as fx
 
 from stitch.codegen import (
-    StitchCacheError,
-    StitchRuntimeError,
     generate_execution_code,
     graph_hash,
     lower_execution,
@@ -23,6 +21,7 @@ from stitch.codegen import (
 )
 from stitch.codegen.fingerprint import describe_example
 from stitch.codegen.matching import OpMatcher
+from stitch.core import StitchCacheError, StitchRuntimeError
 
 from ..compat.fake import shape_env_of
 from ..compat.versions import check_supported

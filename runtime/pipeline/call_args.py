@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchRuntimeError
+from stitch.core.errors import StitchRuntimeError
 
 # How deep object_tensors looks: StaticCache -> layers -> [i] -> keys is 3.
 MAX_DEPTH = 4

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import torch
 import torch.fx as fx
 
-from stitch.codegen.errors import StitchCacheError, StitchRuntimeError
+from stitch.core.errors import StitchCacheError, StitchRuntimeError
 
 from ..compat import dynamo, inductor
 from ..counter import compilation_counter

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from stitch.codegen.errors import StitchRuntimeError
+from stitch.core.errors import StitchRuntimeError
 
 from ..compat.fake import FakeTensor, detect_fake_mode, tracing_fake_mode
 

@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchCacheError, StitchError, StitchInputError
 from stitch.codegen.input_check import (
     FORWARDS,
     FUNCTION,
@@ -53,6 +52,7 @@ from stitch.codegen.input_check import (
     ObjectInput,
     TensorInput,
 )
+from stitch.core.errors import StitchCacheError, StitchError, StitchInputError
 
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 from ..config import CompilationConfig

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch.fx as fx
 
-from stitch.codegen import StitchCacheError
+from stitch.core import StitchCacheError
 
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager

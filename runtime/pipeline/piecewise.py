@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchRuntimeError
+from stitch.core.errors import StitchRuntimeError
 
 from ..targets import Target
 

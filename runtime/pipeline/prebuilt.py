@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchCacheError
+from stitch.core.errors import StitchCacheError
 
 from ..compat import inductor
 from ..store.artifacts import PREBUILT_DIR

@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from stitch.codegen.errors import StitchCacheError, StitchError, StitchRuntimeError
+from stitch.core.errors import StitchCacheError, StitchError, StitchRuntimeError
 
 from ..compat import dynamo
 from ..config import CompilationConfig

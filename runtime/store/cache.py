@@ -33,7 +33,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from stitch.codegen.errors import StitchCacheError
+from stitch.core.errors import StitchCacheError
 
 from ..config import CompilationConfig
 from ..counter import compilation_counter

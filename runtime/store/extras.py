@@ -30,7 +30,7 @@ import stat
 from collections.abc import Mapping
 from typing import Any
 
-from stitch.codegen.errors import StitchCacheError
+from stitch.core.errors import StitchCacheError
 
 from .artifacts import PREBUILT_DIR
 from .files import (

@@ -8,7 +8,7 @@ import os
 import torch
 from platformdirs import user_cache_dir
 
-from stitch.codegen.contract import FORMAT_VERSION
+from stitch.core.contract import FORMAT_VERSION
 
 from ..config import CompilationConfig
 from .index import INDEX_FORMAT, EntryIdentity

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 
-from stitch.codegen.errors import StitchError
+from stitch.core.errors import StitchError
 
 
 class StitchCacheTrustError(StitchError):

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch.fx as fx
 
-from stitch.codegen.errors import StitchCacheError, StitchConfigError
+from stitch.core.errors import StitchCacheError, StitchConfigError
 
 from ..compat.dynamo import register_serializable
 from ..pipeline.backend import StitchBackend

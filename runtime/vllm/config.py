@@ -23,7 +23,7 @@ import logging
 import os
 from typing import Any
 
-from stitch.codegen.errors import StitchConfigError
+from stitch.core.errors import StitchConfigError
 
 from ..config import CompilationConfig
 from ..store.location import CACHE_ENV
