@@ -300,8 +300,7 @@ class _ModuleLowering:
     def _piece_call(self, body: FunctionBody, n: fx.Node) -> None:
         module = self._piece(n)
         # The piece's own GraphModule names the modules it covers, also where a
-        # compiled runnable shadows it (the backend installs those before
-        # emitting).
+        # compiled runnable shadows it (a finished compile's split graph).
         graph = self.split_gm._modules.get(n.target, module)
         path = module_path_of(graph) if isinstance(graph, fx.GraphModule) else ""
         if not self.profile:
