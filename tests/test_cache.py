@@ -423,3 +423,16 @@ def test_a_saved_forward_checks_each_artifact_as_a_warm_start_does(
     assert any(
         str(broken) in m and says in m for m in stitch_warnings(caplog)
     ), stitch_warnings(caplog)
+
+
+def test_a_saved_forward_refuses_an_entry_compiled_for_other_targets(
+    copy: tuple[Path, Path, dict[str, Any]],
+) -> None:
+    # The index records size 4; a saved reference whose targets have no size 4
+    # does not describe this entry: materialize names the piece and target.
+    root, entry, _ = copy
+    config = CompilationConfig(**{**CONFIG, "compile_sizes": []})
+    with pytest.raises(
+        StitchCacheError, match=r"piece submod_\d+: target 'size4' is not one of"
+    ):
+        load_entry(str(root), str(entry), config, [])
