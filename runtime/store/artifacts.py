@@ -159,9 +159,8 @@ class ArtifactIdentity:
 
         ``piece`` None: no graph to compare with (a saved forward loads by its
         index, which the saved reference pins by hash); the rest is checked."""
-        # NOTE: [ranges share the general artifact]
-        # A range whose compile gives the general piece's code records the
-        # general artifact's key (pipeline/plan.py): that artifact serves it.
+        # See NOTE: [ranges share the general artifact] (pipeline/plan.py): a
+        # range records the general artifact's key, and that artifact serves it.
         if self.target == "general" and target.startswith("range"):
             target = "general"
         wanted = {
