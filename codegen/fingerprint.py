@@ -124,6 +124,12 @@ def _fetch(gm: torch.nn.Module, target: str) -> Any:
     return obj
 
 
+def example_value(node: fx.Node) -> Any:
+    """The value a node was traced with: Dynamo's ``example_value``, else the
+    ``val`` of make_fx/AOT graphs (None where it has neither)."""
+    return node.meta.get("example_value", node.meta.get("val"))
+
+
 def describe_example(value: Any) -> str:
     """Dtype/shape/stride/device of an example input; symbolic dims by expression."""
     if isinstance(value, torch.Tensor):

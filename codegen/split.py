@@ -14,6 +14,7 @@ from torch.fx.passes.split_module import split_module
 
 from stitch.core.errors import StitchCodegenError
 
+from .fingerprint import example_value
 from .matching import OpMatcher, SplittingOp
 
 # Key under which split_graph records on each piece whether it is a splitting piece.
@@ -197,7 +198,7 @@ def _is_scalar_node(node: fx.Node, matcher: OpMatcher) -> bool:
     computed from sizes alone (not from a tensor)."""
     if node.op not in ("call_function", "call_method") or node.is_impure():
         return False
-    value = node.meta.get("example_value", node.meta.get("val"))
+    value = example_value(node)
     if isinstance(value, torch.SymInt):
         # NOTE: [size arithmetic is computed where it is used]
         # Dynamo computes ``s27 * s52`` once and hands the node to every later
@@ -248,9 +249,7 @@ def _place_scalars_with_users(gm: fx.GraphModule, matcher: OpMatcher) -> set[fx.
 
 def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
     return [
-        n
-        for n in node.all_input_nodes
-        if isinstance(n.meta.get("example_value", n.meta.get("val")), torch.Tensor)
+        n for n in node.all_input_nodes if isinstance(example_value(n), torch.Tensor)
     ]
 
 

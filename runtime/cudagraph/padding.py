@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from stitch.codegen.fingerprint import example_value
 from stitch.core.errors import (
     StitchConfigError,
     StitchError,
@@ -225,11 +226,7 @@ def plan_padding(
     leaves, _ = tree_flatten(output.args[0])
     slice_outputs = []
     for j, leaf in enumerate(leaves):
-        value = (
-            leaf.meta.get("example_value", leaf.meta.get("val"))
-            if isinstance(leaf, fx.Node)
-            else leaf
-        )
+        value = example_value(leaf) if isinstance(leaf, fx.Node) else leaf
         if isinstance(value, torch.SymInt):
             raise CannotPad(f"output {j} is a runtime size ({value})")
         if isinstance(leaf, fx.Node) and value is None:

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from stitch.codegen.fingerprint import example_value
 from stitch.core.errors import StitchRuntimeError
 
 from ..compat.fake import FakeTensor, detect_fake_mode, tracing_fake_mode
@@ -64,7 +65,7 @@ def backend_fake_inputs(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> li
     fallback = detect_fake_mode(list(example_inputs))
     values = []
     for node, example in zip(placeholders, example_inputs, strict=False):
-        value = node.meta.get("example_value", node.meta.get("val"))
+        value = example_value(node)
         if value is None:
             if isinstance(example, torch.Tensor) and fallback is not None:
                 value = fallback.from_tensor(example)

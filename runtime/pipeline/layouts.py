@@ -27,6 +27,8 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from stitch.codegen.fingerprint import example_value
+
 # piece name -> [(argument index, dims from outermost to innermost in memory)]
 LayoutChecks = dict[str, list[tuple[int, tuple[int, ...]]]]
 
@@ -44,7 +46,7 @@ def eager_fed_layouts(split_gm: fx.GraphModule, splitting: set[str]) -> LayoutCh
         for index, arg in enumerate(node.args):
             if index >= len(placeholders) or not _from_splitting(arg, splitting):
                 continue
-            order = dense_order(_example(placeholders[index]))
+            order = dense_order(example_value(placeholders[index]))
             if order is not None:
                 checks.setdefault(node.target, []).append((index, order))
     return checks
@@ -58,10 +60,6 @@ def _from_splitting(arg: Any, splitting: set[str]) -> bool:
     return (
         isinstance(arg, fx.Node) and arg.op == "call_module" and arg.target in splitting
     )
-
-
-def _example(node: fx.Node) -> Any:
-    return node.meta.get("example_value", node.meta.get("val"))
 
 
 def _hint(value: Any) -> int | None:

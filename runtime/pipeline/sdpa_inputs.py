@@ -44,6 +44,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from stitch.codegen.fingerprint import example_value
 from stitch.codegen.matching import OpMatcher, node_key
 
 from ..compat.shapes import known_equal
@@ -79,7 +80,7 @@ def additive_sdpa_masks(
             or bool(node.kwargs.get("is_causal", False))
         ):
             continue
-        example = _example(mask)
+        example = example_value(mask)
         if (
             not isinstance(example, torch.Tensor)
             or example.dtype != torch.bool
@@ -115,12 +116,8 @@ def _mask_argument(node: fx.Node) -> Any:
 def _query_example(node: fx.Node) -> torch.Tensor | None:
     """The example value of an SDPA call's query (None where it has none)."""
     query = node.args[0] if node.args else node.kwargs.get("query")
-    example = _example(query) if isinstance(query, fx.Node) else None
+    example = example_value(query) if isinstance(query, fx.Node) else None
     return example if isinstance(example, torch.Tensor) else None
-
-
-def _example(node: fx.Node) -> object:
-    return node.meta.get("example_value", node.meta.get("val"))
 
 
 def _insert_additive(
@@ -227,7 +224,11 @@ def _repeated_heads(node: Any) -> tuple[fx.Node, Any] | None:
     ):
         return None
     kv = index.args[0]
-    kv_val, expanded, out = _example(kv), _example(expand), _example(node)
+    kv_val, expanded, out = (
+        example_value(kv),
+        example_value(expand),
+        example_value(node),
+    )
     if not all(isinstance(t, torch.Tensor) for t in (kv_val, expanded, out)):
         return None
     if kv_val.dim() != 4 or expanded.dim() != 5 or out.dim() != 4:

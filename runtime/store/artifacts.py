@@ -25,6 +25,7 @@ import torch.fx as fx
 
 from stitch.codegen.fingerprint import (
     describe_example,
+    example_value,
     string_constants,
     structural_hash,
 )
@@ -69,9 +70,7 @@ class PieceIdentity:
     @classmethod
     def of(cls, graph: fx.GraphModule) -> PieceIdentity:
         examples = [
-            n.meta.get("example_value", n.meta.get("val"))
-            for n in graph.graph.nodes
-            if n.op == "placeholder"
+            example_value(n) for n in graph.graph.nodes if n.op == "placeholder"
         ]
         text = structural_hash(graph, abstract_strings=True) + "".join(
             describe_example(v) for v in examples
