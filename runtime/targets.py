@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import CompilationConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,3 +46,10 @@ def targets_for(
         + [Target("range", lo, hi) for lo, hi in ranges]
         + [Target("size", s, s) for s in compile_sizes]
     )
+
+
+def targets_by_key(config: CompilationConfig, dynamic: bool) -> dict[str, Target]:
+    """The config's targets for a piece (``dynamic``: it has a size argument),
+    by :meth:`Target.key`, the name the cache index records them under."""
+    targets = targets_for(config.compile_sizes, config.compile_ranges(), dynamic)
+    return {t.key(): t for t in targets}

@@ -31,7 +31,7 @@ from ..cudagraph import CUDAGraphManager
 from ..cudagraph.plan import GraphPlan
 from ..loader import compile_execution_fn
 from ..store.index import EntryRecord, PieceRecord
-from ..targets import Target, targets_for
+from ..targets import Target, targets_by_key
 from .layouts import guard_layouts
 from .piecewise import PiecewiseBackend, RangeWarnings
 
@@ -106,12 +106,7 @@ def _backend(
     runnable: Runnables,
     warnings: RangeWarnings,
 ) -> PiecewiseBackend:
-    possible = {
-        t.key(): t
-        for t in targets_for(
-            config.compile_sizes, config.compile_ranges(), record.size_index is not None
-        )
-    }
+    possible = targets_by_key(config, record.size_index is not None)
     runnables = {}
     for entry in record.entries:
         target = possible.get(entry.target)

@@ -37,7 +37,7 @@ from stitch.core.errors import StitchCacheError
 
 from ..config import CompilationConfig
 from ..counter import compilation_counter
-from ..targets import Target, targets_for
+from ..targets import Target, targets_by_key
 from .artifacts import (
     ARTIFACT_FILE,
     ARTIFACTS_DIR,
@@ -248,14 +248,7 @@ class CompileCache:
         record = self.index.pieces.get(name) if self.index is not None else None
         if record is None:
             return None
-        possible = {
-            t.key(): t
-            for t in targets_for(
-                config.compile_sizes,
-                config.compile_ranges(),
-                record.size_index is not None,
-            )
-        }
+        possible = targets_by_key(config, record.size_index is not None)
         where = f"pieces[{name!r}]"
         targets: list[Target] = []
         for i, entry in enumerate(record.entries):
