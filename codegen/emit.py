@@ -71,10 +71,8 @@ def _render(context: ModuleContext, layout: Callable[[str, int], str]) -> str:
 
 def render_module(context: ModuleContext) -> str:
     """The module source, formatted as black formats it: statements that fit
-    as they are, the others laid out by shape (black runs once, over one
-    statement of each new shape; NOTE: [one black run per module])."""
-    layout = Layout(deferred=True)
-    return layout.resolve(_render(context, layout))
+    as they are, the others laid out by shape (layout.py)."""
+    return _render(context, Layout())
 
 
 def render_one_line(context: ModuleContext) -> str:

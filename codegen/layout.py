@@ -48,31 +48,24 @@ _PLAIN_CALL = re.compile(
     rf"({_NAME}(?:\.{_NAME})*(?:\[\d+\])?)"  # callee
     rf"\(({_ARG}(?:, {_ARG})+)\)"  # two or more plain arguments
 )
+# Several names unpacking a name or a table entry (the compiled pieces, bound
+# once per forward: NOTE: [pieces are locals] in execution.py).
+_PLAIN_UNPACK = re.compile(rf"({_NAME}(?:, {_NAME})+) = ({_NAME}(?:\[{_NAME}\])?)")
 _NAME_OR_STAR = r"(?:[A-Za-z_][A-Za-z0-9_]*|\*)"
 _PLAIN_DEF = re.compile(
     rf"def ([A-Za-z_][A-Za-z0-9_]*)\(({_NAME_OR_STAR}(?:, {_NAME_OR_STAR})*)\):"
 )
 _KEYWORDS = frozenset({"def", "del", "return"})
 _UNKNOWN = object()
-# Marks a deferred statement in rendered source (never in Python source).
-_MARK = "\x00"
-_MARKED = re.compile(f"{_MARK}(\\d+){_MARK}")
 
 
 class Layout:
-    """Lays out statements as black does, remembering each shape's layout.
+    """Lays out statements as black does, remembering each shape's layout."""
 
-    With ``deferred=True`` a statement whose shape is new comes back as a
-    marker, and :meth:`resolve` lays out every such statement of a rendered
-    module with one black run (NOTE: [one black run per module]).
-    """
-
-    def __init__(self, *, deferred: bool = False) -> None:
+    def __init__(self) -> None:
         # Statement shape -> black's layout of it as a format string over the
         # statement's tokens, or None where black must run for each statement.
         self._splits: dict[tuple[object, ...], str | None] = {}
-        self._deferred = deferred
-        self._pending: list[tuple[tuple[object, ...], str, int]] = []
 
     def __call__(self, text: str, depth: int) -> str:
         """``text`` (one statement on one line) as black writes it at ``depth``.
@@ -100,43 +93,12 @@ class Layout:
         key = (depth, first if first in _KEYWORDS else "", text.translate(_SHAPE))
         split = self._splits.get(key, _UNKNOWN)
         if split is _UNKNOWN:
-            if self._deferred:
-                self._pending.append((key, text, depth))
-                return f"{_MARK}{len(self._pending) - 1}{_MARK}"
             laid_out = _with_black(text, depth)
             self._splits[key] = _template(text, laid_out)
             return laid_out
         if split is None:
             return _with_black(text, depth)
         return split.format(*_VALUES.findall(text))
-
-    def resolve(self, source: str) -> str:
-        """``source`` with every marker replaced by its statement's layout.
-
-        NOTE: [one black run per module]
-        black's fixed cost per call (about 2 ms) is most of what laying out a
-        statement costs, and a model has a handful of new shapes per module:
-        one statement of each new shape goes to black, all in one module, and
-        each shape's layout fills the others.
-        """
-        if not self._pending:
-            return source
-        firsts: dict[tuple[object, ...], tuple[str, int]] = {}
-        for key, text, depth in self._pending:
-            firsts.setdefault(key, (text, depth))
-        laid_out = dict(
-            zip(firsts, _with_black_many(list(firsts.values())), strict=True)
-        )
-        for key, (text, _) in firsts.items():
-            self._splits[key] = _template(text, laid_out[key])
-        # The statement black laid out keeps that layout (its shape may have no
-        # format string, and black need not run for it twice).
-        results = [
-            laid_out[key] if firsts[key] == (text, depth) else self(text, depth)
-            for key, text, depth in self._pending
-        ]
-        self._pending.clear()
-        return _MARKED.sub(lambda m: results[int(m[1])], source)
 
 
 def _template(text: str, laid_out: str) -> str | None:
@@ -163,20 +125,41 @@ def _template(text: str, laid_out: str) -> str | None:
 
 
 def _plain_call(text: str, depth: int) -> str | None:
-    """black's split of ``a, b = f(x, y[0], k=1)`` (plain arguments), or None.
+    """black's split of ``a, b = f(x, y[0], k=1)`` (plain arguments) or of
+    ``a, b = table[n]``, or None.
 
     What right_hand_split makes of it when ``a, b = f(`` fits: the optional
     parentheses around the value are dropped (the targets hold no brackets, or
     the line up to ``f(`` fits), the arguments go on a line of their own, or if
-    they do not fit there, one per line with a trailing comma.  Anything else
-    (a head that does not fit, an argument that does not fit on its own line)
-    is left to the general split.
+    they do not fit there, one per line with a trailing comma.  When it does not
+    fit, several targets are split as :func:`_split_targets` says.  Anything
+    else (one long target, a subscripted callee) is left to the general split.
+    An argument too long for a line of its own stays so, as black leaves it.
     """
     m = _PLAIN_CALL.fullmatch(text)
     if m is None:
-        return None
+        unpack = _PLAIN_UNPACK.fullmatch(text)
+        if unpack is None:
+            return None
+        targets, value = unpack.groups()
+        table, bracket, key = value.partition("[")
+        if bracket and 4 * depth + len(f"{targets} = {table}[") <= LINE_LENGTH:
+            # The subscript splits as a call would: ``a, b = table[`` fits.
+            return f"{targets} = {table}[\n{'    ' * (depth + 1)}{key[:-1]}\n{'    ' * depth}]"
+        return _split_targets(targets, value, depth)
     targets, callee, args = m.groups()
-    head = f"{targets} = {callee}(" if targets else f"{callee}("
+    laid_out = _call_lines(
+        f"{targets} = {callee}(" if targets else f"{callee}(", args, depth
+    )
+    # A subscripted callee (``table[0](``) may split at its subscript: black's.
+    if laid_out is None and targets and ", " in targets and "[" not in callee:
+        return _split_targets(targets, f"{callee}({args})", depth, callee, args)
+    return laid_out
+
+
+def _call_lines(head: str, args: str, depth: int) -> str | None:
+    """``head`` (ending in the call's bracket), its arguments and the closing
+    bracket, split as black splits a call; None where ``head`` does not fit."""
     indent = "    " * (depth + 1)
     if len(indent) - 4 + len(head) > LINE_LENGTH:
         return None
@@ -184,9 +167,31 @@ def _plain_call(text: str, depth: int) -> str | None:
         body = [indent + args]
     else:
         body = [f"{indent}{arg}," for arg in args.split(", ")]
-        if max(len(line) for line in body) > LINE_LENGTH:
-            return None
     return "\n".join([head, *body, "    " * depth + ")"])
+
+
+def _split_targets(
+    targets: str, value: str, depth: int, callee: str = "", args: str = ""
+) -> str | None:
+    """black's split of ``a, b = value`` (a call of ``callee`` with ``args``, or a
+    name) where ``a, b = callee(`` does not fit.
+
+    If ``a, b = (`` fits, the value goes in parentheses of its own, on one line
+    or split as a call one level deeper.  Else the targets are split, one per
+    line with a trailing comma, and the value follows the closing bracket, split
+    as a call if it must be.
+    """
+    outer, indent = "    " * depth, "    " * (depth + 1)
+    if len(indent) + len(targets) <= LINE_LENGTH:  # as wide as ``a, b = (``
+        inner: str | None = value
+        if len(indent) + len(value) > LINE_LENGTH:
+            inner = _call_lines(f"{callee}(", args, depth + 1) if callee else None
+        return None if inner is None else f"{targets} = (\n{indent}{inner}\n{outer})"
+    lines = [f"{indent}{target}," for target in targets.split(", ")]
+    tail: str | None = f") = {value}"
+    if len(outer) + len(f") = {value}") > LINE_LENGTH:
+        tail = _call_lines(f") = {callee}(", args, depth) if callee else None
+    return None if tail is None else "\n".join(["(", *lines, outer + tail])
 
 
 def _plain_def(text: str, depth: int) -> str | None:
@@ -211,26 +216,13 @@ def _plain_def(text: str, depth: int) -> str | None:
     return "\n".join([f"def {m[1]}(", *body, "    " * depth + "):"])
 
 
-def _with_black_many(statements: list[tuple[str, int]]) -> list[str]:
-    """black's own layout of each statement, as it formats it inside a module
-    (one black run over all of them, each nested ``depth`` functions deep)."""
-    snippets = []
-    for i, (text, depth) in enumerate(statements):
-        nesting = "".join(f"{'    ' * d}def _():\n" for d in range(depth))
-        body = f"{'    ' * (depth + 1)}pass\n" if text.endswith(":") else ""
-        snippets.append(f"{_SEPARATOR}{i} = 0\n{nesting}{'    ' * depth}{text}\n{body}")
-    formatted = black.format_str("".join(snippets), mode=BLACK_MODE)
-    parts = re.split(rf"^{_SEPARATOR}\d+ = 0\n", formatted, flags=re.MULTILINE)[1:]
-    results = []
-    for (text, depth), part in zip(statements, parts, strict=True):
-        lines = [line for line in part.splitlines() if line]
-        body = text.endswith(":")
-        results.append("\n".join(lines[depth : len(lines) - body])[4 * depth :])
-    return results
-
-
-_SEPARATOR = "___stitch_statement_"
-
-
 def _with_black(text: str, depth: int) -> str:
-    return _with_black_many([(text, depth)])[0]
+    """black's own layout of the statement, as it formats it inside a module,
+    nested ``depth`` functions deep."""
+    nesting = "".join(f"{'    ' * d}def _():\n" for d in range(depth))
+    body = f"{'    ' * (depth + 1)}pass\n" if text.endswith(":") else ""
+    formatted = black.format_str(
+        f"{nesting}{'    ' * depth}{text}\n{body}", mode=BLACK_MODE
+    )
+    lines = [line for line in formatted.splitlines() if line]
+    return "\n".join(lines[depth : len(lines) - bool(body)])[4 * depth :]

@@ -266,8 +266,23 @@ plain_calls = st.tuples(
 ).map(
     lambda c: (f"{', '.join(c[0])} = " if c[0] else "") + f"{c[1]}({', '.join(c[2])})"
 )
+# Several targets, up to a line's width and beyond: the value in parentheses of
+# its own, or the targets split (layout._split_targets).
+many_targets = st.lists(st.one_of(names, long_names), min_size=2, max_size=12).map(
+    ", ".join
+)
+split_targets = st.one_of(
+    st.tuples(
+        many_targets, callees, st.lists(plain_arguments, min_size=2, max_size=20)
+    ).map(lambda c: f"{c[0]} = {c[1]}({', '.join(c[2])})"),
+    st.tuples(
+        many_targets,
+        st.sampled_from(["__vllm_submods__", "__vllm_dispatch__[n0]", "table[size]"]),
+    ).map(lambda c: f"{c[0]} = {c[1]}"),
+)
 statements = st.one_of(
     plain_calls,
+    split_targets,
     st.tuples(
         st.lists(st.one_of(any_name, st.just("_")), min_size=1, max_size=8), calls
     ).map(lambda c: f"{', '.join(c[0])} = {c[1]}" if c[0] != ["_"] else f"x = {c[1]}"),
@@ -284,6 +299,30 @@ statements = st.one_of(
         + "):"
     ),
 )
+
+_TARGETS = ", ".join(f"target_{i}" for i in range(5))
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        # The piece call of a deep model: ``a, b = (`` fits, ``a, b = f(`` not.
+        f"{_TARGETS}, mm_default_3 = submod_2({', '.join(f'arg_{i}' for i in range(9))})",
+        f"{_TARGETS}, x = submod_2({', '.join(f'argument_{i:02}' for i in range(9))})",
+        # Targets too wide for ``a, b = (``: split one per line.
+        f"{_TARGETS}, {_TARGETS.upper()} = submod_2(a, b)",
+        ", ".join(f"submod_{i}" for i in range(161)) + " = __vllm_submods__",
+        ", ".join(f"submod_{i}" for i in range(161)) + " = __vllm_dispatch__[n0]",
+        f"{_TARGETS}, pieces = __vllm_dispatch__[n0]",
+        # A value too wide for a line of its own: black's general split.
+        f"{_TARGETS} = {'t' * 90}",
+        f"{_TARGETS} = __vllm_consts__[3](a, b)",
+    ],
+)
+@pytest.mark.parametrize("depth", [0, 1])
+def test_several_targets_split_as_black_does(statement: str, depth: int) -> None:
+    assert Layout()(statement, depth) == _with_black(statement, depth)
+
 
 _SHARED = Layout()  # splits of earlier examples are reused for later ones
 
