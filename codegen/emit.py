@@ -2,8 +2,8 @@
 
 The templates write every statement (one form per kind, on one line) and hand
 it to ``layout``.  black defines the format: ``render_module`` lays each
-statement out as black would (:mod:`.layout`: as it is when it fits, else
-black's layout of its shape, black running once per module).
+statement out as black would (:mod:`.layout`: as it is when it fits, the
+common splits written out, else black's layout of its shape).
 ``render_module_with_black`` is the reference it must equal: the statements
 left on one line, then ``black.format_str`` over the whole module.
 """
