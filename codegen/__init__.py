@@ -1,18 +1,8 @@
 """Pure code generation: split FX graph -> template context -> stitching source.
 
-Nothing here executes user code or imports ``stitch.runtime``.
+Nothing here executes user code or imports ``stitch.runtime``.  Its errors
+live in ``stitch.core.errors``.
 """
-
-from stitch.core import contract
-from stitch.core.errors import (
-    StitchCacheError,
-    StitchCodegenError,
-    StitchConfigError,
-    StitchError,
-    StitchInputError,
-    StitchLoadError,
-    StitchRuntimeError,
-)
 
 from .execution import generate_execution_code, lower_execution
 from .fingerprint import graph_hash, structural_hash
@@ -22,14 +12,6 @@ from .split import OpMatcher, SplitItem, split_graph
 __all__ = [
     "OpMatcher",
     "SplitItem",
-    "StitchCacheError",
-    "StitchCodegenError",
-    "StitchConfigError",
-    "StitchError",
-    "StitchInputError",
-    "StitchLoadError",
-    "StitchRuntimeError",
-    "contract",
     "generate_execution_code",
     "graph_hash",
     "structural_hash",

@@ -28,8 +28,7 @@ class FunctionBody:
         self.params: list[str] = []
         self.unpacked: set[fx.Node] = set()
         self._lines: list[tuple[Statement, frozenset[str]]] = []
-        self._bound: list[str] = []
-        self._bound_set: set[str] = set()
+        self._bound: dict[str, None] = {}  # in binding order
         self._reads: set[str] = set()
         # Indices of statements that close a profiling range (NOTE: [the
         # profiling variant] in execution.py): a del goes after them.
@@ -56,25 +55,19 @@ class FunctionBody:
 
     def bind(self, node: fx.Node, candidate: str) -> str:
         name = self.names[node] = self.local.create(candidate)
-        self._bound.append(name)
-        self._bound_set.add(name)
+        self._bound[name] = None
         return name
 
     def rebind(self, node: fx.Node, name: str) -> str:
-        """Bind ``node`` to ``name``, a name this body bound before whose value
-        the statement being built reads for the last time (see NOTE below)."""
-        if name not in self._bound_set:
-            raise StitchCodegenError(
-                f"cannot rebind {name!r} to '{node.name}' in {self.where}: "
-                "the name was not bound by a statement here",
-                node,
-            )
+        """Bind ``node`` to ``name``, a name this body bound (:meth:`is_bound`)
+        whose value the statement being built reads for the last time (see
+        NOTE below)."""
         self.names[node] = name
         return name
 
     def is_bound(self, name: str) -> bool:
         """Whether a statement of this body bound ``name`` (not a parameter)."""
-        return name in self._bound_set
+        return name in self._bound
 
     def emit(self, statement: Statement, *, range_end: bool = False) -> None:
         if range_end:

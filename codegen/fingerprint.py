@@ -13,28 +13,26 @@ from .values import qualified_target
 _PRIMITIVES = frozenset({bool, int, float, str, bytes, type(None)})
 
 
-def describe_constant(value: Any) -> str:
-    """A stable description of a non-literal constant (used only for hashing)."""
+def describe_constant(value: Any, strings: dict[str, int] | None = None) -> str:
+    """A stable description of a non-literal constant (used only for hashing).
+
+    ``strings``: string constants described by their number (``<str#0>``), see
+    :func:`structural_hash`.
+    """
     kind = type(value)
-    # The common cases first (same text as the general branches below).
-    if kind is fx.Node:
-        return f"%{value.name}"
-    if kind is tuple or kind is list:
-        inner = ", ".join(
-            [
-                f"%{v.name}" if type(v) is fx.Node else describe_constant(v)
-                for v in value
-            ]
-        )
-        return f"{kind.__name__}[{inner}]"
+    if strings and isinstance(value, str) and value in strings:
+        return f"<str#{strings[value]}>"
     if kind in _PRIMITIVES:
         return repr(value)
-    if kind is dict:
-        if not value:
-            return "{}"
+    if isinstance(value, fx.Node):
+        return f"%{value.name}"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join([describe_constant(v, strings) for v in value])
+        return f"{kind.__name__}[{inner}]"
+    if isinstance(value, dict):
         inner = ", ".join(
             [
-                f"{describe_constant(k)}: {describe_constant(v)}"
+                f"{describe_constant(k, strings)}: {describe_constant(v, strings)}"
                 for k, v in value.items()
             ]
         )
@@ -48,25 +46,15 @@ def describe_constant(value: Any) -> str:
         value, (torch.dtype, torch.device, torch.memory_format, torch.layout)
     ):
         return str(value)
-    if isinstance(value, (bool, int, float, str, bytes, type(None))):
+    if isinstance(value, (bool, int, float, str, bytes)):
         return repr(value)
-    if isinstance(value, (list, tuple)):
-        inner = ", ".join(describe_constant(v) for v in value)
-        return f"{type(value).__name__}[{inner}]"
-    if isinstance(value, dict):
-        inner = ", ".join(
-            f"{describe_constant(k)}: {describe_constant(v)}" for k, v in value.items()
-        )
-        return "{" + inner + "}"
     if isinstance(value, slice):
         # Bounds may be nodes (``x[:, 0:s27]``): described, never repr'd.
         parts = (value.start, value.stop, value.step)
         return f"slice({', '.join(describe_constant(v) for v in parts)})"
-    if isinstance(value, fx.Node):
-        return f"%{value.name}"
-    if type(value).__name__ == "_Ref":
+    if kind is _Ref:
         return value.name
-    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+    return f"<{kind.__module__}.{kind.__qualname__}>"
 
 
 def describe_target(target: Any) -> str:
@@ -161,25 +149,12 @@ def structural_hash(
         {v: k for k, v in enumerate(string_constants(gm))} if abstract_strings else {}
     )
 
-    def describe(value: Any) -> str:
-        if isinstance(value, str) and value in strings:
-            return f"<str#{strings[value]}>"
-        if isinstance(value, (list, tuple)):
-            return f"{type(value).__name__}[{', '.join(describe(v) for v in value)}]"
-        if isinstance(value, dict):
-            return (
-                "{"
-                + ", ".join(f"{describe(k)}: {describe(v)}" for k, v in value.items())
-                + "}"
-            )
-        return describe_constant(value)
-
     lines: list[str] = []
     for i, node in enumerate(gm.graph.nodes):
         index[node] = f"%{i}"
         args = fx.map_arg((node.args, dict(node.kwargs)), lambda n: _Ref(index[n]))
         target = describe_target(node.target) if node.op != "placeholder" else ""
-        lines.append(f"{node.op} {target} {describe(args)}")
+        lines.append(f"{node.op} {target} {describe_constant(args, strings)}")
         if node.op == "get_attr":
             lines.append(f"attribute {node.target}")
     lines.extend(describe_example(v) for v in example_inputs)

@@ -124,9 +124,6 @@ class InputSignature:
     def key(self) -> str:
         return hashlib.sha256(repr(self.to_literal()).encode()).hexdigest()[:16]
 
-    def describe(self) -> str:
-        return ", ".join(f"{i.name} {i.describe()}" for i in self.inputs)
-
 
 def _input_literal(i: Input) -> dict[str, Any]:
     if isinstance(i, ObjectInput):
@@ -273,7 +270,7 @@ def _signature(
     if tensors:
         # NOTE: [a guard per token count]: the size variables pick the guard.
         for symbol, source in _symbol_sources(tensors):
-            variables[symbol] = _size_read(source, params, reads)
+            variables[symbol] = _read(source, params, reads, "n")
         pick = f"[{', '.join(variables.values())}]" if variables else ""
         terms.append(
             f"{guard_name}{pick}.check({', '.join(values[t.name] for t in tensors)})"
@@ -320,14 +317,10 @@ def symbol_order(symbol: str) -> tuple[int, str]:
     return (int(digits), symbol) if digits.isdigit() else (1 << 30, symbol)
 
 
-def _size_read(source: str, params: Sequence[str], reads: dict[str, SizeRead]) -> str:
-    """The variable holding ``source``'s value (one read per source and call)."""
-    return _read(source, params, reads, "n")
-
-
 def _read(
     source: str, params: Sequence[str], reads: dict[str, SizeRead], prefix: str
 ) -> str:
+    """The variable holding ``source``'s value (one read per source and call)."""
     if source not in reads:
         name = f"{prefix}{len(reads)}"
         while name in params:

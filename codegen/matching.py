@@ -265,32 +265,10 @@ class OpMatcher:
     def parse(cls, splitting_ops: Iterable[SplittingOp] | None) -> OpMatcher:
         return cls(tuple(_parse_entry(e) for e in splitting_ops or ()))
 
-    @property
-    def ops(self) -> frozenset[str]:
-        """``ns::op`` names that match every overload."""
-        return frozenset(e.name for e in self.entries if e.kind == "op")
-
-    @property
-    def overloads(self) -> frozenset[tuple[str, str]]:
-        """``(ns::op, overload)`` pairs that match one overload."""
-        return frozenset(
-            (e.name, e.overload) for e in self.entries if e.kind == "overload"
-        )
-
-    def match(self, node: fx.Node) -> Entry | None:
-        """The first entry that ``node`` matches, else None."""
-        if not self.entries:
-            return None
-        key = node_key(node)
-        if key is None:
-            return None
-        for entry in self.entries:
-            if _entry_matches(entry, key):
-                return entry
-        return None
-
     def matches(self, node: fx.Node) -> bool:
-        return self.match(node) is not None
+        """Whether ``node`` matches an entry."""
+        key = node_key(node) if self.entries else None
+        return key is not None and any(_entry_matches(e, key) for e in self.entries)
 
     def unmatched(self, gm: fx.GraphModule) -> list[tuple[Entry, list[str]]]:
         """Entries no node of ``gm`` matches, each with close names the graph does call."""

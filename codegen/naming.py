@@ -46,18 +46,12 @@ class Namespace:
     def __init__(self, reserved: frozenset[str] | set[str] = frozenset()) -> None:
         self._used: set[str] = set(reserved) | RESERVED_GLOBALS
         self._base_count: dict[str, int] = {}
-        self._by_key: dict[object, str] = {}
 
     def child(self) -> Namespace:
         """A namespace for a function's locals: it avoids every name taken here."""
         return Namespace(self._used)
 
-    def reserve(self, name: str) -> None:
-        self._used.add(name)
-
-    def create(self, candidate: str, key: object = None) -> str:
-        if key is not None and key in self._by_key:
-            return self._by_key[key]
+    def create(self, candidate: str) -> str:
         if candidate.isascii() and candidate.isidentifier():
             name = candidate
         else:
@@ -68,18 +62,13 @@ class Namespace:
         head, underscore, digits = name.rpartition("_")
         if underscore and digits.isdigit():  # ``add_5``: base ``add``, number 5
             base, num = head, int(digits)
-        while self._is_taken(name):
+        while name in self._used or name in _REFUSED:
             num = self._base_count.get(base, 0) + 1 if num is None else num + 1
             name = f"{base}_{num}"
         if num is not None:
             self._base_count[base] = max(self._base_count.get(base, 0), num)
         self._used.add(name)
-        if key is not None:
-            self._by_key[key] = name
         return name
-
-    def _is_taken(self, name: str) -> bool:
-        return name in self._used or name in _REFUSED
 
 
 _NUMBERED = re.compile(r"(.+?)(?:_\d+)?")

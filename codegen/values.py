@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import builtins
 import math
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +18,8 @@ import torch
 import torch.fx as fx
 
 from stitch.core.contract import CONSTS_NAME
+
+from .matching import resolve_dotted
 
 
 class ConstTable:
@@ -174,18 +175,6 @@ def render_value(
     return consts.ref(value)
 
 
-def _resolve(module_name: str, qualname: str) -> Any:
-    module = sys.modules.get(module_name)
-    if module is None:
-        return None
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-        if obj is None:
-            return None
-    return obj
-
-
 def _is_identifier_path(path: str) -> bool:
     return all(p.isidentifier() for p in path.split("."))
 
@@ -225,6 +214,6 @@ def qualified_target(target: Any) -> tuple[str | None, str] | None:
             continue
         if not _is_identifier_path(path):
             continue
-        if _resolve(mod, path) is target:
+        if resolve_dotted(f"{mod}.{path}") is target:
             return (mod, f"{mod}.{path}")
     return None

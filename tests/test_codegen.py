@@ -25,13 +25,9 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from stitch.codegen import (
-    StitchCodegenError,
-    generate_execution_code,
-    module_path_of,
-    split_graph,
-)
+from stitch.codegen import generate_execution_code, module_path_of, split_graph
 from stitch.codegen.split import IS_SPLITTING_META
+from stitch.core.errors import StitchCodegenError
 from stitch.runtime import compile_execution_fn
 
 import models

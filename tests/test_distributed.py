@@ -32,12 +32,8 @@ import torch
 import torch.fx as fx
 from conftest import GOLDEN_DIR, UPDATE_COMMAND
 
-from stitch.codegen import (
-    StitchConfigError,
-    StitchRuntimeError,
-    generate_execution_code,
-    split_graph,
-)
+from stitch.codegen import generate_execution_code, split_graph
+from stitch.core.errors import StitchConfigError, StitchRuntimeError
 from stitch.runtime import (
     CompilationConfig,
     StitchBackend,

@@ -21,7 +21,6 @@ import black
 import pytest
 import torch
 
-from stitch.codegen import StitchError, StitchInputError
 from stitch.codegen.emit import BLACK_MODE
 from stitch.codegen.input_check import (
     FORWARDS,
@@ -36,6 +35,7 @@ from stitch.codegen.input_check import (
     ValueInput,
     generate_input_check,
 )
+from stitch.core.errors import StitchError, StitchInputError
 from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.loader import bind_kwonly, load_execution_module
 from stitch.runtime.pipeline.call_args import CallArgs

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from stitch.codegen import StitchLoadError
+from stitch.core.errors import StitchLoadError
 from stitch.runtime import compile_execution_fn, source_filename
 
 from models import emit_case, randn

@@ -10,7 +10,8 @@ import torch
 import torch.fx as fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-from stitch.codegen import SplitItem, StitchCodegenError, split_graph
+from stitch.codegen import SplitItem, split_graph
+from stitch.core.errors import StitchCodegenError
 from stitch.runtime.examples import EXAMPLES
 
 import models
