@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +19,6 @@ import torch
 import torch.fx as fx
 
 from stitch.core.contract import CONSTS_NAME
-
-from .matching import resolve_dotted
 
 
 class ConstTable:
@@ -175,6 +174,13 @@ def render_value(
     return consts.ref(value)
 
 
+def _resolve(module_name: str, qualname: str) -> Any:
+    obj: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
 def _is_identifier_path(path: str) -> bool:
     return all(p.isidentifier() for p in path.split("."))
 
@@ -214,6 +220,7 @@ def qualified_target(target: Any) -> tuple[str | None, str] | None:
             continue
         if not _is_identifier_path(path):
             continue
-        if resolve_dotted(f"{mod}.{path}") is target:
+        # The emitted code imports ``mod``: it must be that module itself.
+        if _resolve(mod, path) is target:
             return (mod, f"{mod}.{path}")
     return None
