@@ -112,9 +112,6 @@ class Clock:
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        # The 10th percentile of the last host_us call: a call's own cost, where
-        # the median also holds what the machine added (NOTE in host_us).
-        self.last_p10 = 0.0
 
     def sync(self) -> None:
         if self.cuda:
@@ -138,7 +135,8 @@ class Clock:
                 times.append((time.perf_counter() - t0) * 1e6)
         return statistics.median(times)
 
-    def host_us(self, fn: Callable[[], Any], iters: int) -> float:
+    def host_us(self, fn: Callable[[], Any], iters: int) -> tuple[float, float]:
+        """The median and the 10th percentile of one call's host time."""
         times = []
         for _ in range(iters):
             self.sync()  # an idle GPU: the launches never wait for it
@@ -152,10 +150,8 @@ class Clock:
         # run to the next (and once between batch 1 and 8 of one run), while the
         # profiler counted the same CPU time.  The 10th percentile is what the
         # call itself costs; the report gives both.
-        self.last_p10 = (
-            statistics.quantiles(times, n=10)[0] if len(times) > 1 else times[0]
-        )
-        return statistics.median(times)
+        p10 = statistics.quantiles(times, n=10)[0] if len(times) > 1 else times[0]
+        return statistics.median(times), p10
 
     def back_to_back_us(self, fn: Callable[[], Any], iters: int) -> float:
         self.sync()
@@ -393,7 +389,7 @@ def prepare(
 # -- the floor of host time ---------------------------------------------------------------------
 def launch_floor_us(
     subject: Subject, n: int, device: torch.device, clock: Clock, iters: int
-) -> tuple[float, float]:
+) -> tuple[float, float, float, float]:
     """Host µs of one attention call at ``n`` tokens and of one graph replay
     (medians, then 10th percentiles).
 
@@ -413,8 +409,8 @@ def launch_floor_us(
 
     with torch.inference_mode():
         attention()
-        attention_us = clock.host_us(attention, iters) / len(layers)
-        attention_p10 = clock.last_p10 / len(layers)
+        median, p10 = clock.host_us(attention, iters)
+        attention_us, attention_p10 = median / len(layers), p10 / len(layers)
     replay_us = replay_p10 = 0.0
     if device.type == "cuda":
         x = torch.randn(n, subject.hidden, device=device, dtype=subject.dtype)
@@ -427,8 +423,8 @@ def launch_floor_us(
             for _ in range(len(layers) + 1):
                 graph.replay()
 
-        replay_us = clock.host_us(replays, iters) / (len(layers) + 1)
-        replay_p10 = clock.last_p10 / (len(layers) + 1)
+        median, p10 = clock.host_us(replays, iters)
+        replay_us, replay_p10 = median / (len(layers) + 1), p10 / (len(layers) + 1)
     return attention_us, replay_us, attention_p10, replay_p10
 
 
@@ -452,10 +448,12 @@ def measure(
         with torch.inference_mode():
             for _ in range(args.warmup):
                 forward()
+            latency = clock.latency_us(forward, iters)
+            host, host_p10 = clock.host_us(forward, iters)
             rows[n] = {
-                "latency_us": clock.latency_us(forward, iters),
-                "host_us": clock.host_us(forward, iters),
-                "host_p10_us": clock.last_p10,
+                "latency_us": latency,
+                "host_us": host,
+                "host_p10_us": host_p10,
                 "back_to_back_us": clock.back_to_back_us(forward, iters),
             }
     return rows
@@ -589,26 +587,22 @@ def overhead_us(
 ) -> float | None:
     """Host time minus the floor: one attention call per layer, one replay per graph
     (``p10``: both at their 10th percentile, NOTE: [host time's low percentile])."""
+    unit = "_p10_us" if p10 else "_us"
     row = results["variants"].get(variant, {}).get("sizes", {}).get(n)
-    if row is None or (p10 and "host_p10_us" not in row):
+    if row is None or "host" + unit not in row:
         return None
     layers = int(results["model"]["num_layers"])
     floor = results["floor"][n]
-    if p10:
-        row = {"host_us": row["host_p10_us"]}
-        floor = {
-            "attention_us": floor["attention_p10_us"],
-            "replay_us": floor["replay_p10_us"],
-        }
+    attention, replay = floor["attention" + unit], floor["replay" + unit]
     full_limit = {
         "stitch-full": max(results["args"]["capture_sizes"]),
         "stitch-fp": results["args"]["max_full"],
     }.get(variant, 0)
     if n <= full_limit:
-        base = floor["replay_us"]
+        base = replay
     else:
-        base = layers * floor["attention_us"] + (layers + 1) * floor["replay_us"]
-    return row["host_us"] - base
+        base = layers * attention + (layers + 1) * replay
+    return row["host" + unit] - base
 
 
 def report(results: dict[str, Any]) -> str:
@@ -684,12 +678,13 @@ def targets(results: dict[str, Any]) -> list[str]:
                 f"- batch {n}: hoisted PIECEWISE latency / FULL = {ratio:.3f} "
                 f"(target <= 1.10: {verdict})"
             )
-    for p10, (what, key) in enumerate(
-        (("median", "host_us"), ("10th percentile", "host_p10_us"))
+    for p10, what, key in (
+        (False, "median", "host_us"),
+        (True, "10th percentile", "host_p10_us"),
     ):
         for n in results["args"]["decode"]:
-            hoisted = overhead_us(results, "stitch-piecewise", n, p10=bool(p10))
-            vllm = overhead_us(results, "stitch-vllm", n, p10=bool(p10))
+            hoisted = overhead_us(results, "stitch-piecewise", n, p10=p10)
+            vllm = overhead_us(results, "stitch-vllm", n, p10=p10)
             if hoisted is None or vllm is None:
                 continue
             raw = (
