@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import operator
 from typing import Any
 
 import torch
@@ -88,11 +89,11 @@ def _graph_lines(
                 described = targets[id(target)] = describe_target(target)
         lines.append(f"{prefix}{node.op} {node.name} {described} {args} {kwargs}")
         if node.op == "get_attr":
-            value = _fetch(gm, node.target)
+            value = operator.attrgetter(node.target)(gm)
             if not isinstance(value, torch.nn.Module):
                 lines.append(f"{prefix}  = {describe_constant(value)}")
         if node.op == "call_module":
-            child = _fetch(gm, node.target)
+            child = operator.attrgetter(node.target)(gm)
             if isinstance(child, fx.GraphModule):
                 _graph_lines(child, prefix + "  ", lines, targets)
             else:
@@ -103,13 +104,6 @@ def graph_hash(gm: fx.GraphModule) -> str:
     """sha256 hex digest of :func:`graph_lines`."""
     text = "\n".join(graph_lines(gm))
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _fetch(gm: torch.nn.Module, target: str) -> Any:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def example_value(node: fx.Node) -> Any:

@@ -175,9 +175,14 @@ def render_value(
 
 
 def _resolve(module_name: str, qualname: str) -> Any:
-    obj: Any = sys.modules.get(module_name)
+    module = sys.modules.get(module_name)
+    if module is None:
+        return None
+    obj: Any = module
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
+        if obj is None:
+            return None
     return obj
 
 
