@@ -23,12 +23,14 @@ python3 -m venv "$venv"
 # What the suite's pytest configuration and Stitch's code generator need; the
 # constraints keep vLLM's own pins where they are.
 "$venv/bin/pip" install -q -c <(printf 'torch==2.13.0+cpu\ntransformers<5.20\n') \
-    "black==26.10.1" "pytest>=8" "pytest-xdist>=3.6" "syrupy>=7" "hypothesis>=6.100"
+    "black==26.10.1" "pytest>=8" "pytest-xdist>=3.6" "syrupy>=7" "hypothesis>=6.100" \
+    "openai>=1.0"
 # A module that cannot import vllm skips itself; here that would pass vacuously.
-"$venv/bin/python" -c "import vllm, stitch.runtime.vllm; print('vllm', vllm.__version__)"
+"$venv/bin/python" -c "import vllm, openai, stitch.runtime.vllm; print('vllm', vllm.__version__)"
 
-echo "== vllm 2/2 tests: pytest -m vllm tests/test_vllm.py tests/test_readme.py"
+echo "== vllm 2/2 tests: pytest -m vllm tests/test_vllm.py tests/test_vllm_server.py tests/test_readme.py"
 # One process: each test starts engines (which spawn workers) one at a time.
-"$venv/bin/python" -m pytest -q -n 0 -m vllm tests/test_vllm.py tests/test_readme.py
+"$venv/bin/python" -m pytest -q -n 0 -m vllm tests/test_vllm.py tests/test_vllm_server.py \
+    tests/test_readme.py
 
 echo "== vllm ok in $((SECONDS - started)) s"

@@ -9,6 +9,7 @@ later runs compile it quietly instead of warning about a broken record.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import logging
@@ -275,3 +276,77 @@ def test_a_piece_that_cannot_be_saved_is_recorded_not_warned_about_forever(
     out = io.StringIO()
     assert inspect_cache(str(root), out) == 0, out.getvalue()
     assert "not cached (the compiler could not save it" in out.getvalue()
+
+
+# -- ranks of one engine share a folder ---------------------------------------------
+
+
+def test_ranks_of_one_group_share_one_folder_with_a_rank_folder_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # NOTE: [ranks of one engine share a folder]: the ranks of a tensor-parallel
+    # engine trace different graphs; an integration names what they share as
+    # the group, and one model's cache is one folder, rank_<r> below it.
+    from stitch.runtime.pipeline.backend import StitchBackend
+
+    config = CompilationConfig(cache_dir=str(tmp_path), **INDUCTOR)
+    graphs = {0: TINY, 1: dataclasses.replace(TINY, intermediate_size=96)}
+
+    def compile_on(rank: int, group: str) -> tuple[StitchBackend, dict[str, int]]:
+        monkeypatch.setenv("RANK", str(rank))
+        model = model_for(graphs[rank])
+        backend = StitchBackend(config, cache_group=group)
+        fn = torch.compile(model, backend=backend, fullgraph=True)
+        with counting() as deltas:
+            ref, out = eager_and_compiled(model, fn, graphs[rank], 8)
+        torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
+        torch._dynamo.reset()
+        return backend, deltas
+
+    folders = {}
+    for rank in (0, 1):
+        backend, deltas = compile_on(rank, "engine-a")
+        assert deltas["num_compiled_artifacts_saved"] == ARTIFACTS
+        folders[rank] = Path(backend.compiled[-1].cache_dir)
+    assert [folders[r].name for r in (0, 1)] == ["rank_0", "rank_1"]
+    assert folders[0].parent == folders[1].parent
+    assert [p.name for p in tmp_path.iterdir()] == [folders[0].parent.name]
+    # Each rank starts warm from its own folder.
+    for rank in (0, 1):
+        backend, deltas = compile_on(rank, "engine-a")
+        assert deltas.get("num_inductor_compiles", 0) == 0, deltas
+        assert Path(backend.compiled[-1].cache_dir) == folders[rank]
+    # stitch inspect finds both ranks' entries healthy, each under the one folder.
+    out = io.StringIO()
+    assert inspect_cache(str(tmp_path), out) == 0, out.getvalue()
+    assert out.getvalue().count("health: ok") == 2
+    assert out.getvalue().count("group: engine-a") == 2
+    assert str(folders[0]) in out.getvalue() and str(folders[1]) in out.getvalue()
+    # Without a group, each graph has a folder of its own, as before.
+    backend, _ = compile_on(1, "")
+    assert Path(backend.compiled[-1].cache_dir).parent != folders[1].parent
+    # Another graph under the same group and rank (the model changed) does not
+    # use the old entry: it is rebuilt in place, with one warning naming it.
+    graphs[1] = dataclasses.replace(TINY, intermediate_size=80)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="stitch"):
+        backend, deltas = compile_on(1, "engine-a")
+    # (The first piece, embedding and the first attention's inputs, is the
+    # same graph as before: its artifact is found by its compile key.)
+    assert deltas["num_inductor_compiles"] == ARTIFACTS - 1
+    assert Path(backend.compiled[-1].cache_dir) == folders[1]
+    warned = stitch_warnings(caplog)
+    assert len(warned) == 1 and "graph_key" in warned[0], warned
+
+
+def test_a_forward_that_cannot_be_saved_names_the_real_cause() -> None:
+    # An entry folder that could not be written is not "disable_cache=True":
+    # the message never blames a setting the user did not make.
+    from stitch.runtime.pipeline.stitched import saveable
+
+    unwritable = saveable(len, CompilationConfig(), None, [], None)
+    assert unwritable.reference is None
+    assert "could not be written" in unwritable.unsaveable
+    assert "disable_cache" not in unwritable.unsaveable
+    disabled = saveable(len, CompilationConfig(disable_cache=True), None, [], None)
+    assert disabled.unsaveable == "the cache is disabled (disable_cache=True)"

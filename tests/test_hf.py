@@ -28,11 +28,13 @@ shared from tests/hf_support.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.version import Version
@@ -41,8 +43,9 @@ pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from transformers import PreTrainedModel  # noqa: E402
 
-from stitch.core.errors import StitchRuntimeError  # noqa: E402
+from stitch.core.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
 from stitch.runtime import CompilationConfig, StitchBackend  # noqa: E402
 from stitch.runtime.cli.main import HF_FAMILIES, main  # noqa: E402
 from stitch.runtime.hf import (  # noqa: E402
@@ -50,10 +53,18 @@ from stitch.runtime.hf import (  # noqa: E402
     build_model,
     example_inputs,
     output_tensor,
+    register,
 )
+from stitch.runtime.hf.attention import unserved_attention  # noqa: E402
 from stitch.runtime.hf.decode import greedy_decode  # noqa: E402
+from stitch.runtime.hf.models import VOCAB  # noqa: E402
 
-from backend_support import INDUCTOR_TOL, counting, parse_worker  # noqa: E402
+from backend_support import (  # noqa: E402
+    INDUCTOR_TOL,
+    counting,
+    parse_worker,
+    stitch_warnings,
+)
 from hf_support import (  # noqa: E402
     BATCH,
     DEEP_LAYERS,
@@ -240,6 +251,166 @@ def test_stitch_attention_refuses_dropout_and_attention_weights() -> None:
         model.train()(**kwargs)
     with pytest.raises(StitchRuntimeError, match="output_attentions=True"):
         model.eval()(**kwargs, output_attentions=True)
+
+
+# -- models "stitch" cannot serve ----------------------------------------------------
+# NOTE: [models whose attention "stitch" cannot serve] in runtime/hf/attention.py.
+
+# Tiny configs of two families whose attention does not dispatch through
+# transformers' attention functions: Bloom (ALiBi in its own attention; eager
+# by default, no SDPA) and Falcon (its attention class picked by the
+# implementation's name; SDPA by default).
+UNSERVED = {
+    "bloom": (
+        "BloomConfig",
+        {"vocab_size": VOCAB, "hidden_size": 64, "n_head": 4, "n_layer": 2},
+    ),
+    "falcon": (
+        "FalconConfig",
+        {
+            "vocab_size": VOCAB,
+            "hidden_size": 64,
+            "num_attention_heads": 4,
+            "num_hidden_layers": 2,
+        },
+    ),
+}
+
+
+def unserved_model(
+    name: str, attn: str | None = None, auto: Any = transformers.AutoModelForCausalLM
+) -> torch.nn.Module:
+    config_class, fields = UNSERVED[name]
+    config = getattr(transformers, config_class)(**fields)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return auto.from_config(config, attn_implementation=attn).eval()
+
+
+def padded_inputs() -> dict[str, torch.Tensor]:
+    """Two rows of 7 tokens, the last of the first row padding (the mask is built)."""
+    ids = torch.randint(3, VOCAB, (2, 7), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[0, -1] = 0
+    return {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+
+
+@pytest.mark.parametrize(
+    "auto",
+    [transformers.AutoModelForCausalLM, transformers.AutoModel],
+    ids=["causal-lm", "base-model"],
+)
+@pytest.mark.parametrize("name", sorted(UNSERVED))
+def test_stitch_attention_refuses_a_model_whose_attention_does_not_dispatch(
+    name: str, auto: Any
+) -> None:
+    register()
+    model_class = type(unserved_model(name, "eager", auto))
+    attention = {"bloom": "BloomAttention", "falcon": "FalconAttention"}[name]
+    with pytest.raises(StitchConfigError) as info:
+        unserved_model(name, "stitch", auto)
+    message = str(info.value)
+    assert (
+        f"attn_implementation='stitch' cannot serve {model_class.__name__}" in message
+    )
+    assert attention in message
+    assert "does not dispatch through transformers' attention functions" in message
+    # what to use instead: the default, eager, and SDPA where the model has it
+    assert "default attention (no attn_implementation)" in message
+    expected = '"eager" or "sdpa"' if name == "falcon" else '"eager":'
+    assert f"attn_implementation={expected}" in message
+    # transformers' own heuristic for the same question agrees
+    if hasattr(model_class, "_can_set_attn_implementation"):
+        assert model_class._can_set_attn_implementation() is False
+
+
+def test_stitch_attention_is_refused_however_a_bloom_asks_for_it(
+    tmp_path: Path,
+) -> None:
+    register()
+    unserved_model("bloom").save_pretrained(tmp_path)
+    with pytest.raises(StitchConfigError, match="cannot serve BloomForCausalLM"):
+        transformers.AutoModelForCausalLM.from_pretrained(
+            tmp_path, attn_implementation="stitch"
+        )
+    # transformers' own switch keeps Bloom's attention (it warns): not "stitch"
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    model.set_attn_implementation("stitch")
+    assert model.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_family_is_served_by_stitch_attention(name: str) -> None:
+    register()
+    model_class = type(build_model(name, attn_implementation="stitch"))
+    assert unserved_attention(model_class) == []
+    if hasattr(model_class, "_can_set_attn_implementation"):
+        assert model_class._can_set_attn_implementation() is True
+
+
+@pytest.mark.parametrize(
+    ("name", "attn"),
+    [
+        ("bloom", None),
+        ("bloom", "eager"),
+        ("falcon", None),
+        ("falcon", "eager"),
+        ("falcon", "sdpa"),
+        ("llama", "eager"),
+        ("llama", "sdpa"),
+    ],
+)
+def test_the_refusal_leaves_other_implementations_alone(
+    name: str, attn: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Built with the refusal installed and with transformers' own method (as
+    before register()): the same implementation and the same logits."""
+    register()
+    register()  # idempotent: one wrapper around transformers' method
+    checked = PreTrainedModel.get_correct_attn_implementation
+    original = checked.__wrapped__
+    assert original.__module__ == "transformers.modeling_utils"
+
+    def build() -> torch.nn.Module:
+        if name == "llama":
+            return build_model(name, attn_implementation=attn)
+        return unserved_model(name, attn)
+
+    after = build()
+    monkeypatch.setattr(PreTrainedModel, "get_correct_attn_implementation", original)
+    before = build()
+    assert after.config._attn_implementation == before.config._attn_implementation
+    with torch.no_grad():
+        assert torch.equal(
+            after(**padded_inputs()).logits, before(**padded_inputs()).logits
+        )
+
+
+def test_a_model_stitch_cannot_split_warns_naming_its_attention(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bloom's default (eager, ALiBi) compiles as one piece, and says why."""
+    torch._dynamo.reset()
+    model = unserved_model("bloom")
+    assert model.config._attn_implementation == "eager"
+    backend = StitchBackend(backend="eager", disable_cache=True)
+    with caplog.at_level(logging.INFO, logger="stitch"), torch.no_grad():
+        out = torch.compile(model, backend=backend)(**padded_inputs()).logits
+        assert torch.equal(out, model(**padded_inputs()).logits)
+    assert all(
+        [r.splitting for r in result.reports] == [False] for result in backend.compiled
+    )
+    (message,) = stitch_warnings(caplog)
+    assert (
+        "holds attention modules (transformer.h.0.self_attention (BloomAttention), "
+        "transformer.h.1.self_attention (BloomAttention))" in message
+    )
+    assert "compiles as one piece" in message
+    assert "torch.library.custom_op" in message
+    assert (
+        "BloomAttention does not dispatch through transformers' attention "
+        'functions, so attn_implementation="stitch" cannot route it' in message
+    )
 
 
 class Decode:

@@ -232,6 +232,87 @@ def test_absent_defaults_do_not_warn(caplog: pytest.LogCaptureFixture) -> None:
     )
 
 
+class SelfAttention(torch.nn.Module):
+    """A model's own attention module around torch's: the warning names the
+    innermost (``nn_module_stack`` holds both)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # need_weights=True (the default): bmm and softmax, no SDPA call
+        return self.mha(x, x, x)[0]
+
+
+class AttentionStack(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList(SelfAttention() for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers[1](self.layers[0](x))
+        torch._dynamo.graph_break()
+        return self.layers[3](self.layers[2](x))
+
+
+def test_attention_modules_with_nothing_to_split_warn_once_naming_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """NOTE: [nothing to split where there is attention] in splitting.py."""
+    torch._dynamo.reset()
+    backend = StitchBackend(backend="eager", disable_cache=True)
+    model = AttentionStack().eval()
+    x = torch.randn(2, 5, 8)
+    with caplog.at_level(logging.INFO, logger="stitch"), torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend=backend)(x), model(x))
+    assert len(backend.compiled) == 2  # the graph break: two graphs, one report
+    (message,) = stitch_warnings(caplog)
+    assert message.startswith(
+        "graph 1 holds attention modules (layers.0.mha (MultiheadAttention), "
+        "layers.1.mha (MultiheadAttention)) but no splitting op"
+    )
+    assert "(SelfAttention)" not in message
+    assert "compiles as one piece" in message
+    assert "torch.library.custom_op" in message
+    # not a transformers attention: nothing about transformers' dispatch
+    assert "attn_implementation" not in message
+
+
+def test_many_attention_modules_are_counted_after_the_first_few(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(*(SelfAttention() for _ in range(5))).eval()
+    with caplog.at_level(logging.WARNING, logger="stitch"), torch.no_grad():
+        torch.compile(
+            model, backend=StitchBackend(backend="eager", disable_cache=True)
+        )(torch.randn(2, 5, 8))
+    (message,) = stitch_warnings(caplog)
+    assert (
+        "(0.mha (MultiheadAttention), 1.mha (MultiheadAttention), "
+        "2.mha (MultiheadAttention) and 2 more)" in message
+    )
+
+
+def test_a_graph_without_attention_modules_is_reported_at_info(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8)
+    )
+    with caplog.at_level(logging.INFO, logger="stitch"), torch.no_grad():
+        torch.compile(
+            model, backend=StitchBackend(backend="eager", disable_cache=True)
+        )(torch.randn(2, 8))
+    assert stitch_warnings(caplog) == []
+    (record,) = [
+        r for r in caplog.records if "no splitting op matched graph 1" in r.getMessage()
+    ]
+    assert record.levelno == logging.INFO
+
+
 def test_unmatched_reports_each_missing_entry_with_close_names() -> None:
     gm = dynamo_graph(attention, *ARGS)
     matcher = OpMatcher.parse(

@@ -40,14 +40,20 @@ LOGPROB_TOL = 2e-3
 
 
 def run_engine(
-    model: Path, variant: str, cache: Path, env: dict[str, str] | None = None
+    model: Path,
+    variant: str,
+    cache: Path,
+    env: dict[str, str] | None = None,
+    backend: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """One engine in a fresh process: its result and its output (logs)."""
-    environ = dict(os.environ, VLLM_CACHE_ROOT=str(cache), **(env or {}))
+    environ = dict(os.environ, VLLM_CACHE_ROOT=str(cache))
     environ.pop("STITCH_CACHE_DIR", None)
+    environ.update(env or {})
     proc = subprocess.run(
         [sys.executable, "-m", "stitch.runtime.vllm.engine", str(model), variant]
-        + ["--batches", "1,4", "--max-tokens", str(TOKENS)],
+        + ["--batches", "1,4", "--max-tokens", str(TOKENS)]
+        + (["--backend", backend] if backend else []),
         env=environ,
         capture_output=True,
         text=True,
@@ -135,6 +141,25 @@ def test_unloadable_entry_recompiles_with_one_warning(llama: dict[str, Any]) -> 
     assert_same_generation(result, llama["eager"])
 
 
+def test_truncated_artifact_is_reported_once(llama: dict[str, Any]) -> None:
+    # NOTE: [a broken entry is reported once, by the run that rebuilds it]:
+    # vLLM says the saved forward failed to load, naming the file, and the
+    # compile that follows rebuilds it with one warning of Stitch's.
+    artifact = sorted(
+        (llama["cache"] / "stitch").glob("*/rank_0/artifacts/*/artifact.bin")
+    )[0]
+    with open(artifact, "r+b") as f:
+        f.truncate(100)
+    result, log = run_engine(llama["model"], "stitch", llama["cache"])
+    failures = [ln for ln in log.splitlines() if LOAD_FAILURE in ln]
+    assert len(failures) == 1 and str(artifact) in failures[0], log[-4000:]
+    named = [ln for ln in log.splitlines() if str(artifact) in ln]
+    warnings = [ln for ln in named if "stitch cache:" in ln]
+    assert len(warnings) == 1 and "rebuilding" in warnings[0], named
+    assert len(named) == 2, named
+    assert_same_generation(result, llama["eager"])
+
+
 def test_mixtral_through_stitch_matches_vllm_eager(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
@@ -149,11 +174,25 @@ def test_mixtral_through_stitch_matches_vllm_eager(
         "splitting_ops": vllm_splitting_ops() + ["vllm::no_such_attention"],
         "compile_szes": [4],
     }
-    cold, log = run_engine(
-        model, "stitch", cache, {"STITCH_VLLM_CONFIG": json.dumps(fields)}
+    # The README's other routes: a backend_with() object of a module the
+    # workers import, named by its qualified name, and $STITCH_CACHE_DIR.
+    (root / "mixtral_backend.py").write_text(
+        "from stitch.runtime.vllm import backend_with\n\n"
+        "sized = backend_with(compile_sizes=[4])\n"
     )
+    path = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+    mine = root / "mine"
+    env = {
+        "STITCH_VLLM_CONFIG": json.dumps(fields),
+        "PYTHONPATH": path,
+        "STITCH_CACHE_DIR": str(mine),
+    }
+    cold, log = run_engine(model, "stitch", cache, env, "mixtral_backend.sized")
     assert_same_generation(cold, eager)
     assert cold["counters"]["stitch"]["num_piecewise_capturable_graphs_seen"] == 3
+    assert not (cache / "stitch").exists()
+    (index,) = mine.glob("*/rank_0/index.py")
+    assert index.read_text().count("'size4'") == 3  # every compiled piece
     bad_op = [ln for ln in log.splitlines() if "'vllm::no_such_attention'" in ln]
     assert len(bad_op) == 1 and "matched no node" in bad_op[0], log[-4000:]
     assert log.count("matched no node") == 1  # vLLM's own ops stay quiet
@@ -163,6 +202,42 @@ def test_mixtral_through_stitch_matches_vllm_eager(
 
 
 # -- the config a vLLM engine gets (no engine) ---------------------------------------
+
+
+def test_stitch_logs_through_the_engines_handlers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import logging
+
+    from stitch.runtime.vllm.logs import join_vllm_logging
+
+    stitch, engine = logging.getLogger("stitch"), logging.getLogger("vllm")
+    for logger in (stitch, engine):
+        monkeypatch.setattr(logger, "handlers", [])
+        monkeypatch.setattr(logger, "propagate", logger.propagate)
+        monkeypatch.setattr(logger, "level", logger.level)
+    # vLLM configured nothing (VLLM_CONFIGURE_LOGGING=0): nothing changes.
+    assert join_vllm_logging() is False and stitch.handlers == []
+    handler = logging.StreamHandler()
+    engine.addHandler(handler)
+    engine.setLevel(logging.WARNING)
+    assert join_vllm_logging() is True
+    assert join_vllm_logging() is True  # once
+    assert stitch.handlers == [handler] and not stitch.propagate
+    assert stitch.level == logging.WARNING
+    # A handler of the user's own on "stitch" is left as it is.
+    mine = logging.StreamHandler()
+    monkeypatch.setattr(stitch, "handlers", [mine])
+    assert join_vllm_logging() is False and stitch.handlers == [mine]
+
+
+def test_torch_registry_name_is_the_backend() -> None:
+    # "backend": "stitch_vllm" reaches vLLM through torch's backend registry.
+    import torch._dynamo
+
+    from stitch.runtime.vllm import StitchVllmBackend
+
+    assert isinstance(torch._dynamo.lookup_backend("stitch_vllm"), StitchVllmBackend)
 
 
 def fake_vllm_config(tokens: int = 4096, splitting_ops: Any = None) -> Any:

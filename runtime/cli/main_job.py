@@ -221,8 +221,11 @@ def _print_index(index: Index, directory: str, out: TextIO) -> None:
         "backend",
         "config_hash",
         "graph_key",
+        "group",
     ):
         value = identity[key]
+        if key == "group" and not value:
+            continue
         if len(value) > 24:
             value = value[:16] + "…"
         print(f"  {key}: {value}", file=out)

@@ -12,13 +12,7 @@ from typing import Any
 
 import torch.fx as fx
 
-from stitch.codegen import (
-    generate_execution_code,
-    graph_hash,
-    lower_execution,
-    module_path_of,
-    split_graph,
-)
+from stitch.codegen import graph_hash, module_path_of, split_graph
 from stitch.codegen.fingerprint import describe_example
 from stitch.codegen.matching import OpMatcher
 from stitch.core import StitchCacheError, StitchRuntimeError
@@ -44,10 +38,18 @@ from .fakes import backend_fake_inputs
 from .graph_inputs import GraphInput, graph_inputs
 from .layouts import LayoutChecks, eager_fed_layouts
 from .materialize import CompiledPlan, materialize
-from .piecewise import PiecewiseBackend, RangeWarnings, concretize
-from .plan import KeyChoice, PiecePlan, StringKeys, piece_inputs, plan_piece
+from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
+from .plan import (
+    KeyChoice,
+    PiecePlan,
+    StringKeys,
+    UnfixedSizes,
+    piece_inputs,
+    plan_piece,
+)
 from .scalars import specialize_lifted_floats
 from .sdpa_inputs import rewrite_splitting_sdpa
+from .source import stitching_source
 from .splitting import SplittingOpWarnings
 from .stitched import in_torch_aot_compile, saveable
 
@@ -84,6 +86,8 @@ class StitchBackend:
         *,
         serializable: bool | None = None,
         profiler: Profiler | None = None,
+        splitting_warnings: SplittingOpWarnings | None = None,
+        cache_group: str = "",
         **fields: Any,
     ) -> None:
         if config is not None and fields:
@@ -97,7 +101,10 @@ class StitchBackend:
         # Pool, capture switch and start-up capture of every graph compiled here.
         self.cudagraphs = CUDAGraphManager(self.config)
         # Splitting ops that matched nothing, reported once per backend.
-        self.splitting_warnings = SplittingOpWarnings()
+        self.splitting_warnings = splitting_warnings or SplittingOpWarnings()
+        # What the ranks of one engine share (NOTE: [ranks of one engine share a
+        # folder] in store/location.py); "": each graph's own folder.
+        self.cache_group = cache_group
         # Set: every graph runs the profiling variant of its source (profiling.py).
         self.profiler = profiler
         # The inputs of the last graph (sizes, written or not): what a saved
@@ -115,6 +122,7 @@ class StitchBackend:
             self.cudagraphs,
             self.splitting_warnings,
             self.profiler,
+            self.cache_group,
         )
         fn = compilation.run(self.compiled)
         if self.serializable or (self.serializable is None and in_torch_aot_compile()):
@@ -147,9 +155,11 @@ class Compilation:
         cudagraphs: CUDAGraphManager | None = None,
         splitting_warnings: SplittingOpWarnings | None = None,
         profiler: Profiler | None = None,
+        cache_group: str = "",
     ) -> None:
         self.config = config
         self.profiler = profiler
+        self.cache_group = cache_group
         self.cudagraphs = cudagraphs
         self.splitting_warnings = splitting_warnings or SplittingOpWarnings()
         self.gm = gm
@@ -162,6 +172,7 @@ class Compilation:
         # compile key -> runnable, shared by twins within this call
         self.memo: dict[str, Any] = {}
         self.range_warnings = RangeWarnings()
+        self.unfixed = UnfixedSizes()
         self.layout_checks: LayoutChecks = {}
         # normalized key -> whether the compiled code is free of the piece's strings
         self.string_free: dict[str, bool] = {}
@@ -196,7 +207,9 @@ class Compilation:
         self.entry_guards = EntryGuards(shape_env_of(fake_inputs))
         cache = None
         if not self.config.disable_cache:
-            cache = self.entry_guards.open(self.config, graph_key, self.config_hash)
+            cache = self.entry_guards.open(
+                self.config, graph_key, self.config_hash, self.cache_group
+            )
         if (cache is None or cache.index is None) and self.config.backend == "inductor":
             # A cold start: the warm-up runs beside the split and fake propagation.
             start_inductor_warmup(cpu=on_cpu(self.example_inputs))
@@ -246,11 +259,12 @@ class Compilation:
             reports.append(report)
             progress.update(1)
         progress.close()
+        self.unfixed.report(self.config.compile_sizes)
 
         size_indices = {name: r.size_index for name, r in records.items()}
         # The placeholder the pieces' runnables are picked by, once per forward.
         dispatch_on = hoisted_input(split_gm, self.size, size_indices)
-        code, submod_names, consts, warm_source = self._stitching_source(
+        code, submod_names, consts, warm_source = stitching_source(
             split_gm, cache, dispatch_on
         )
         self.guards = self.entry_guards.finish(cache)
@@ -317,9 +331,11 @@ class Compilation:
         )
         seconds = time.perf_counter() - start
         log.info(
-            "stitch: %d pieces (%d compiled), %s start in %.2fs%s",
+            "stitch: graph %s: %d pieces (%d compiled, %d unique), %s start in %.2fs%s",
+            graph_key[:12],
             len(items),
             len(compiled_items),
+            len({tuple(e.key for e in r.entries) for r in records.values()}),
             "warm" if warm else "cold",
             seconds,
             f", cache {cache.directory}" if cache and cache.holds_source() else "",
@@ -413,7 +429,9 @@ class Compilation:
             return PiecePlan(name, size_index, tuple(targets), tuple(keys))
         args = piece_args(name)
         size_index = self.size.piece_argument(args) if self.size is not None else None
-        return plan_piece(name, graph, args, size_index, self.config, self.key_salt)
+        return plan_piece(
+            name, graph, args, size_index, self.config, self.key_salt, self.unfixed
+        )
 
     def _runnable(
         self,
@@ -442,7 +460,7 @@ class Compilation:
         # 2. compile
         if cache is not None and self.adapter.saves_artifacts:
             compilation_counter.num_cache_misses += 1
-        example = self._example_inputs(name, piece_args(name), target)
+        example = example_inputs(name, piece_args(name), target, self.size)
         try:
             runnable, handle = self.adapter.compile(
                 graph, example, static=target.static
@@ -529,30 +547,3 @@ class Compilation:
         if path not in self.loaded:
             self.loaded[path] = self.adapter.load(path, unwrap, sha256)
         return self.loaded[path]
-
-    def _example_inputs(
-        self, name: str, args: tuple[Any, ...], target: Target
-    ) -> list[Any]:
-        if not target.static:
-            return list(args)
-        assert self.size is not None  # a static target exists only for a dynamic piece
-        try:
-            return [concretize(a, self.size.symbol, target.lo) for a in args]
-        except ValueError as exc:
-            raise StitchRuntimeError(
-                f"piece {name}: cannot specialize to {target.describe()}: {exc}"
-            ) from exc
-
-    def _stitching_source(
-        self,
-        split_gm: fx.GraphModule,
-        cache: CompileCache | None,
-        dispatch_on: str | None,
-    ) -> tuple[str, list[str], list[Any], bool]:
-        if cache is not None and cache.has_source():
-            _, names, consts = lower_execution(split_gm, dispatch_on=dispatch_on)
-            code = cache.read_source(names, dispatch_on)
-            if code is not None:
-                return code, names, consts, True
-        code, names, consts = generate_execution_code(split_gm, dispatch_on=dispatch_on)
-        return code, names, consts, False

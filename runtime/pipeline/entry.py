@@ -24,7 +24,11 @@ MAX_ENTRIES = 8
 
 
 def open_entry(
-    config: CompilationConfig, graph_key: str, config_hash: str, shape_env: Any
+    config: CompilationConfig,
+    graph_key: str,
+    config_hash: str,
+    shape_env: Any,
+    group: str = "",
 ) -> tuple[CompileCache | None, tuple[str, ...]]:
     """The entry this call uses and its recorded guards (they hold here).
 
@@ -34,7 +38,7 @@ def open_entry(
     """
     key = graph_key
     for _ in range(MAX_ENTRIES):
-        cache = CompileCache.open(config, key, config_hash)
+        cache = CompileCache.open(config, key, config_hash, group)
         guards = cache.index.guards if cache.index is not None else ()
         if not guards:
             return cache, ()
@@ -45,6 +49,8 @@ def open_entry(
             "stitch: cache entry %s is not for this call: %s", cache.directory, why
         )
         key = hashlib.sha256(f"{key}|{'|'.join(guards)}".encode()).hexdigest()
+        if group:  # the next entry of the chain needs a folder of its own too
+            group = hashlib.sha256(f"{group}|{'|'.join(guards)}".encode()).hexdigest()
     log.warning(
         "stitch: graph %s has %d cache entries for other sizes; compiling it "
         "without the cache",
@@ -64,10 +70,10 @@ class EntryGuards:
         self.recorded: tuple[str, ...] = ()
 
     def open(
-        self, config: CompilationConfig, graph_key: str, config_hash: str
+        self, config: CompilationConfig, graph_key: str, config_hash: str, group: str
     ) -> CompileCache | None:
         cache, self.recorded = open_entry(
-            config, graph_key, config_hash, self.shape_env
+            config, graph_key, config_hash, self.shape_env, group
         )
         return cache
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from stitch.core.errors import StitchRuntimeError
 
+from ..compat.shapes import backed_values
+from ..size import RuntimeSize
 from ..targets import Target
 
 log = logging.getLogger("stitch")
@@ -103,11 +105,61 @@ class PiecewiseBackend:
         return fn(*args)
 
 
-def concretize(value: Any, symbol: Any, size: int) -> Any:
-    """A real value for ``value`` (fake tensor / SymInt) with ``symbol`` = ``size``.
+# NOTE: [sizes that move with the token count]
+# A static target (compile_sizes) compiles a piece for one value of the
+# runtime size symbol.  A graph can carry the same size under several symbols:
+# vLLM marks ``input_ids`` and ``positions`` dynamic one by one, with duck
+# sizing off, so the token count is ``s72`` in one and ``s80`` in the other.
+# Every symbol whose value in the example inputs equals the size's is taken to
+# be that size and specialized with it, as vLLM's own ``create_concrete_args``
+# does for every symbol; with duck sizing on (torch.compile's default), Dynamo
+# already gives equal sizes one symbol and guards that they stay equal.  A
+# symbol whose example value differs is another size (a transformers model
+# with batch and sequence length both dynamic): no static compile can fix it,
+# so the plan leaves the piece's static targets out (plan.py, with one warning
+# per graph) and the piece runs its general runnable at those sizes.
 
-    Raises :class:`ValueError` when another free symbol remains.
-    """
+
+def other_sizes(args: Sequence[Any], symbol: Any) -> list[str]:
+    """The sizes in ``args`` that a static target for ``symbol`` cannot fix, as
+    ``"s50=8"`` (each symbol with its example value), sorted."""
+    found: dict[str, str] = {}
+    for value in args:
+        dims: list[Any] = []
+        if isinstance(value, torch.SymInt):
+            dims = [value]
+        elif isinstance(value, torch.Tensor):
+            dims = [*value.shape, *value.stride()]
+        for dim in dims:
+            if isinstance(dim, torch.SymInt):
+                hints = backed_values(dim.node.shape_env)
+                for s in _untied(dim.node.expr, symbol, hints):
+                    found[str(s)] = f"{s}={hints.get(s, '?')}"
+    return [found[name] for name in sorted(found)]
+
+
+def example_inputs(
+    name: str, args: tuple[Any, ...], target: Target, size: RuntimeSize | None
+) -> list[Any]:
+    """The inputs piece ``name`` compiles with for ``target``: ``args`` (fake) for a
+    dynamic target, real tensors of the target's size for a static one."""
+    if not target.static:
+        return list(args)
+    if size is None:
+        raise StitchRuntimeError(f"piece {name}: {target.describe()} needs a size")
+    others = other_sizes(args, size.symbol)
+    if others:
+        raise StitchRuntimeError(
+            f"piece {name}: cannot specialize to {target.describe()}: its inputs "
+            f"depend on {', '.join(others)}, sizes other than {size.symbol} that "
+            "the target does not fix"
+        )
+    return [concretize(a, size.symbol, target.lo) for a in args]
+
+
+def concretize(value: Any, symbol: Any, size: int) -> Any:
+    """A real value for ``value`` (fake tensor / SymInt) with ``symbol`` = ``size``
+    and the symbols tied to it too (NOTE: [sizes that move with the token count])."""
     if isinstance(value, torch.SymInt):
         return _concrete_int(value, symbol, size)
     if isinstance(value, torch.Tensor):
@@ -122,7 +174,19 @@ def concretize(value: Any, symbol: Any, size: int) -> Any:
 def _concrete_int(value: Any, symbol: Any, size: int) -> int:
     if isinstance(value, int):
         return value
-    expr = value.node.expr.xreplace({symbol: size})
-    if getattr(expr, "free_symbols", None):
-        raise ValueError(f"{value} depends on symbols other than {symbol}")
-    return int(expr)
+    expr = value.node.expr
+    free = getattr(expr, "free_symbols", None) or set()
+    if _untied(expr, symbol, backed_values(value.node.shape_env)):
+        raise ValueError(f"{value} depends on sizes other than {symbol}")
+    return int(expr.xreplace({s: size for s in free}))
+
+
+def _untied(expr: Any, symbol: Any, hints: dict[Any, Any]) -> list[Any]:
+    """The free symbols of ``expr`` that are neither ``symbol`` nor equal to it in
+    the example inputs."""
+    want = hints.get(symbol)
+    return [
+        s
+        for s in getattr(expr, "free_symbols", None) or ()
+        if s != symbol and (want is None or hints.get(s) != want)
+    ]

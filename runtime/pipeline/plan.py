@@ -24,6 +24,7 @@ from ..compat.fake import FakeTensorMode, fake_mode_of, propagating
 from ..compat.shapes import size_bounds
 from ..config import CompilationConfig
 from ..targets import Target, targets_for
+from .piecewise import other_sizes
 
 log = logging.getLogger("stitch")
 
@@ -60,6 +61,29 @@ class PiecePlan:
     keys: tuple[KeyChoice, ...]  # one per target
 
 
+class UnfixedSizes:
+    """The pieces of one graph whose static targets were left out, reported once
+    (NOTE: [sizes that move with the token count] in piecewise.py)."""
+
+    def __init__(self) -> None:
+        self.pieces: dict[str, list[str]] = {}
+
+    def report(self, sizes: Sequence[int]) -> None:
+        if not self.pieces:
+            return
+        first, others = next(iter(self.pieces.items()))
+        log.warning(
+            "stitch: compile_sizes %s are left out of %d piece(s) (%s, ...): their "
+            "inputs depend on %s, sizes that move apart from the runtime size, which "
+            "no static compile fixes; those pieces run their general runnable at "
+            "every size",
+            list(sizes),
+            len(self.pieces),
+            first,
+            ", ".join(others),
+        )
+
+
 def plan_piece(
     name: str,
     graph: fx.GraphModule,
@@ -67,17 +91,25 @@ def plan_piece(
     size_index: int | None,
     config: CompilationConfig,
     key_salt: str,
+    unfixed: UnfixedSizes | None = None,
 ) -> PiecePlan:
     """Plan a piece from its fake example arguments.
 
     ``key_salt`` holds what every key of this compilation shares (compiler name
-    and config hash).
+    and config hash); ``unfixed`` collects the piece when its static targets
+    are left out.
     """
     targets = targets_for(
         config.compile_sizes, config.compile_ranges(), size_index is not None
     )
     if size_index is not None:
         targets = reachable(targets, args[size_index], name)
+        size = args[size_index]
+        others = other_sizes(args, size.node.expr) if targets else []
+        if others and any(t.static for t in targets):
+            targets = [t for t in targets if not t.static]
+            if unfixed is not None:
+                unfixed.pieces[name] = others
     return PiecePlan(
         name,
         size_index,

@@ -12,14 +12,15 @@ such as the prologue before a graph break, can trigger it; the message says so).
 
 The default entries (``DEFAULT_SPLITTING_OPS``) are the attention of different
 kinds of model, so most models miss all but one of them: they never warn one by
-one.  A graph that none of the entries splits at all logs one INFO line, or
-a warning when it holds a transformers attention module that could be split
-(NOTE: [a transformers model with nothing to split]).
+one.  A graph that none of the entries splits at all is reported once per
+backend: a warning when it holds attention modules (NOTE: [nothing to split
+where there is attention]), an INFO line otherwise.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -50,16 +51,7 @@ class SplittingOpWarnings:
         unmatched = matcher.unmatched(gm)
         if len(unmatched) == len(matcher.entries) and not self.reported_unsplit:
             self.reported_unsplit = True
-            found = transformers_attention(gm)
-            if found is not None:
-                log.warning("%s", unsplit_transformers_message(*found, self.graphs))
-                return
-            log.info(
-                "stitch: no splitting op matched graph %d; it compiles as one piece "
-                "(splitting_ops=%s)",
-                self.graphs,
-                [e.label for e in matcher.entries],
-            )
+            report_unsplit(gm, self.graphs, [e.label for e in matcher.entries])
         for entry, close in unmatched:
             if entry.label in self.quiet or entry.label in self.warned:
                 continue
@@ -86,15 +78,90 @@ def unmatched_message(entry: Any, close: list[str], graph: int) -> str:
     return text
 
 
-# NOTE: [a transformers model with nothing to split]
-# A transformers model whose default attention is its eager one (Gemma 2,
-# GPT-OSS: SDPA lacks their softcapping or sinks) has no SDPA call to split
-# at: the whole graph is one piece, the attention compiled into it, which is
-# not what a user of a piecewise compiler expects and cannot be seen in the
-# numbers.  Its attention modules are in the nodes' ``nn_module_stack``; one
-# defined in a modeling module that dispatches through transformers'
-# ``ALL_ATTENTION_FUNCTIONS`` can run Stitch's op instead.  Read from
-# ``sys.modules`` only: the core never imports transformers.
+# NOTE: [nothing to split where there is attention]
+# A graph no splitting op matched compiles as one piece, its attention
+# compiled into it: not what a user of a piecewise compiler expects, and not
+# visible in the numbers.  So when the nodes' ``nn_module_stack`` shows
+# attention modules (a class whose name holds "Attention": transformers',
+# torch's ``nn.MultiheadAttention``, a model's own) the report is a warning
+# naming them and what Stitch would need: the attention run as one op that
+# splitting_ops names.  A graph with no attention module (an MLP, the
+# prologue before a graph break) has nothing Stitch would split at: INFO.
+#
+# A transformers attention module whose forward is defined in a modeling
+# module that dispatches through transformers' ``ALL_ATTENTION_FUNCTIONS``
+# can run Stitch's op instead (attn_implementation="stitch"): Gemma 2 and
+# GPT-OSS, whose default is their eager attention (SDPA lacks their
+# softcapping or sinks); the warning says so.  One that does not (Bloom's
+# ALiBi attention, Falcon's) cannot: stitch.runtime.hf refuses "stitch" for
+# such a model (NOTE: [models whose attention "stitch" cannot serve] in
+# runtime/hf/attention.py), and the warning says that too.  Everything is
+# read from ``sys.modules``: the core never imports transformers.
+
+# Attention modules named in the warning; the others are counted.
+SHOWN_MODULES = 3
+
+
+def is_attention(name: str) -> bool:
+    """Whether a module class name reads as attention (``BloomAttention``,
+    ``BertSelfAttention``, ``MultiheadAttention``)."""
+    return "Attention" in name
+
+
+def dispatches_through_transformers(cls: Any) -> bool:
+    """Whether ``cls``'s forward is defined in a module that dispatches attention
+    through transformers' ``ALL_ATTENTION_FUNCTIONS`` (a subclass that keeps its
+    base's forward is judged by the base's module)."""
+    for klass in getattr(cls, "__mro__", ()):
+        if "forward" in vars(klass):
+            module = sys.modules.get(klass.__module__)
+            return hasattr(module, "ALL_ATTENTION_FUNCTIONS")
+    return False
+
+
+def report_unsplit(gm: fx.GraphModule, graph: int, labels: list[str]) -> None:
+    """Log that no splitting op matched ``gm`` (graph ``graph`` of its backend)."""
+    found = transformers_attention(gm)
+    if found is not None:
+        log.warning("%s", unsplit_transformers_message(*found, graph))
+        return
+    modules = attention_modules(gm)
+    if modules:
+        log.warning("%s", unsplit_attention_message(modules, graph, labels))
+        return
+    log.info(
+        "stitch: no splitting op matched graph %d; it compiles as one piece "
+        "(splitting_ops=%s)",
+        graph,
+        labels,
+    )
+
+
+def attention_modules(gm: fx.GraphModule) -> list[tuple[str, Any]]:
+    """(path, class) of the attention modules ``gm``'s nodes ran in, in graph order;
+    of nested ones (BERT's ``BertAttention`` around ``BertSelfAttention``) the innermost.
+    """
+    found: dict[str, Any] = {}
+    for node in gm.graph.nodes:
+        for path, cls in (node.meta.get("nn_module_stack") or {}).values():
+            if is_attention(_class_name(cls)):
+                found.setdefault(path, cls)
+    return [
+        (path, cls)
+        for path, cls in found.items()
+        if not any(other.startswith(path + ".") for other in found)
+    ]
+
+
+def _class_name(cls: Any) -> str:
+    # Dynamo records the class; a string (a qualified name) is read as one too.
+    if isinstance(cls, str):
+        return cls.rsplit(".", 1)[-1]
+    return getattr(cls, "__qualname__", None) or type(cls).__name__
+
+
+def _is_transformers(cls: Any) -> bool:
+    return (getattr(cls, "__module__", "") or "").startswith("transformers.")
 
 
 def transformers_attention(gm: fx.GraphModule) -> tuple[str, str] | None:
@@ -102,14 +169,16 @@ def transformers_attention(gm: fx.GraphModule) -> tuple[str, str] | None:
     model = attention = None
     for node in gm.graph.nodes:
         for _path, cls in (node.meta.get("nn_module_stack") or {}).values():
-            module = getattr(cls, "__module__", "") or ""
-            if not module.startswith("transformers."):
+            if not _is_transformers(cls):
                 continue
+            name = _class_name(cls)
             if model is None:
-                model = cls.__qualname__
-            name = cls.__qualname__
-            routable = hasattr(sys.modules.get(module), "ALL_ATTENTION_FUNCTIONS")
-            if attention is None and routable and name.endswith("Attention"):
+                model = name
+            if (
+                attention is None
+                and is_attention(name)
+                and dispatches_through_transformers(cls)
+            ):
                 attention = name
         if model is not None and attention is not None:
             return model, attention
@@ -126,3 +195,43 @@ def unsplit_transformers_message(model: str, attention: str, graph: int) -> str:
         "Stitch's op: call stitch.runtime.hf.register() and build the model with "
         'attn_implementation="stitch"'
     )
+
+
+def unsplit_attention_message(
+    modules: list[tuple[str, Any]], graph: int, labels: list[str]
+) -> str:
+    """The warning for a graph with attention modules and no splitting op."""
+    shown = ", ".join(
+        f"{_short_path(path)} ({_class_name(cls)})"
+        for path, cls in modules[:SHOWN_MODULES]
+    )
+    if len(modules) > SHOWN_MODULES:
+        shown += f" and {len(modules) - SHOWN_MODULES} more"
+    text = (
+        f"graph {graph} holds attention modules ({shown}) but no splitting op "
+        f"(splitting_ops={labels}), so it compiles as one piece, its attention "
+        "inside. Stitch splits at an attention only where it runs as one op that "
+        "splitting_ops names: SDPA (torch.nn.functional.scaled_dot_product_attention, "
+        "a default), or an op of your own (torch.library.custom_op) added to "
+        "splitting_ops"
+    )
+    unroutable = list(
+        dict.fromkeys(
+            _class_name(cls)
+            for _path, cls in modules
+            if _is_transformers(cls) and not dispatches_through_transformers(cls)
+        )
+    )
+    if unroutable:
+        text += (
+            f". {', '.join(unroutable)} does not dispatch through transformers' "
+            'attention functions, so attn_implementation="stitch" cannot route it '
+            "to Stitch's op"
+        )
+    return text
+
+
+def _short_path(path: str) -> str:
+    # Dynamo's paths start at the compiled module (L['self'], L['fn']); the
+    # rest is the module's name in model.named_modules().
+    return re.sub(r"^L\['\w+'\]\.", "", path)

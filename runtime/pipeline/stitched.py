@@ -30,6 +30,7 @@ import hashlib
 import importlib
 import logging
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -127,8 +128,10 @@ def saveable(
     why = ""
     if config.backend != "inductor":
         why = f"the {config.backend} backend saves no artifacts"
-    elif entry_dir is None:
+    elif entry_dir is None and config.disable_cache:
         why = "the cache is disabled (disable_cache=True)"
+    elif entry_dir is None:
+        why = "its cache entry could not be written (the cache warning above says why)"
     elif guards:
         why = f"its compile specialized the graph ({', '.join(guards)})"
     if why:
@@ -282,11 +285,13 @@ def load_reference(
     reference: dict[str, Any],
     root: str | None = None,
     cudagraphs: CUDAGraphManager | None = None,
+    config_hash: str | None = None,
 ) -> Callable[..., Any]:
     """The stitched function of a saved reference (no graph, no split, no compile).
 
     A reference that runs CUDA graphs builds them with ``cudagraphs`` (whose
-    config's run-time settings apply), else with a manager of its own.
+    config's run-time settings apply), else with a manager of its own.  With
+    ``config_hash``, an entry compiled under another config is refused.
     """
     for module in reference.get("imports", []):
         importlib.import_module(module)
@@ -317,7 +322,7 @@ def load_reference(
     consts = [decode_const(c) for c in reference["consts"]]
     if plan is not None and cudagraphs is None:
         cudagraphs = CUDAGraphManager(config)
-    return load_entry(root, entry_dir, config, consts, plan, cudagraphs)
+    return load_entry(root, entry_dir, config, consts, plan, cudagraphs, config_hash)
 
 
 def load_entry(
@@ -327,11 +332,25 @@ def load_entry(
     consts: Sequence[Any],
     plan: GraphPlan | None = None,
     cudagraphs: CUDAGraphManager | None = None,
+    config_hash: str | None = None,
 ) -> Callable[..., Any]:
-    cache = CompileCache.existing(root, entry_dir)
+    start = time.perf_counter()
+    # NOTE: [a broken entry is reported once, by the run that rebuilds it]
+    # A saved forward that cannot load raises, and its caller says so (vLLM's
+    # "Compiling model again due to a load failure", with this error as the
+    # reason), then compiles; that compile meets the same broken file and warns
+    # that it rebuilds it.  So the load itself warns about nothing: the
+    # faults it meets go into its error.
+    cache = CompileCache.existing(root, entry_dir, quiet=True)
     index = cache.index
     if index is None or index.source is None:
         raise StitchCacheError(f"cache entry {entry_dir} records no stitching source")
+    if config_hash is not None and index.identity.config_hash != config_hash:
+        raise StitchCacheError(
+            f"cache entry {entry_dir} was compiled under another Stitch config "
+            f"(config hash {index.identity.config_hash[:12]}, this one's "
+            f"{config_hash[:12]})"
+        )
     names = list(index.source.submod_names)
     code = cache.read_source(names, index.source.dispatch_on)
     if code is None:
@@ -360,10 +379,8 @@ def load_entry(
             name, None, target, entry.key, index.pieces[name].size_index
         )
         if found is None:
-            raise StitchCacheError(
-                f"piece {name} ({entry.target}): no usable artifact for it in "
-                f"{cache.directory}"
-            )
+            why = "; ".join(cache.faults) or f"no usable artifact in {cache.directory}"
+            raise StitchCacheError(f"piece {name} ({entry.target}): {why}")
         # Twins and ranges share artifacts: verify and load each one once.
         if found not in loaded:
             loaded[found] = adapter.load(*found)
@@ -374,4 +391,14 @@ def load_entry(
     compiled = CompiledPlan(
         code, cache.source_path(), tuple(names), pieces, consts, plan
     )
-    return materialize(compiled, config, runnable, cudagraphs=cudagraphs)[0]
+    fn = materialize(compiled, config, runnable, cudagraphs=cudagraphs)[0]
+    log.info(
+        "stitch: graph %s: %d compiled pieces (%d unique), warm start from the "
+        "saved forward in %.2fs, cache %s",
+        index.identity.graph_key[:12],
+        len(names),
+        len({tuple(e.key for e in p.entries) for p in pieces.values()}),
+        time.perf_counter() - start,
+        cache.directory,
+    )
+    return fn

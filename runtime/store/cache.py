@@ -1,6 +1,8 @@
 """The persistent compile cache, as one compilation uses it (``CompileCache``).
 
-Layout of one entry (``<root>/<entry key>/rank_<r>/``, every folder 0700)::
+Layout of one entry (``<root>/<entry key>/rank_<r>/``, every folder 0700; the
+key covers the graph, or the group the ranks of one engine share: NOTE: [ranks
+of one engine share a folder] in ``location.py``)::
 
     index.py                   # the typed index (index.py), a Python literal
     index.lock                 # serializes concurrent index updates
@@ -90,17 +92,32 @@ class CompileCache:
         self._artifacts: dict[str, ArtifactIdentity | None] = {}  # verified, by key
         self._broken: set[str] = set()  # keys whose folder must be replaced
         self._reported: set[str] = set()
+        # Quiet: faults are collected in ``faults`` instead of warned about (a
+        # saved forward's load, whose caller reports its failure; NOTE: [a
+        # broken entry is reported once, by the run that rebuilds it]).
+        self.quiet = False
+        self.faults: list[str] = []
         self._source_read = False
         self._source_saved = False
 
     @classmethod
     def open(
-        cls, config: CompilationConfig, graph_key: str, config_hash: str
+        cls,
+        config: CompilationConfig,
+        graph_key: str,
+        config_hash: str,
+        group: str = "",
     ) -> CompileCache:
-        """The entry for this graph and config; raises ``StitchCacheTrustError``."""
+        """The entry for this graph and config (in ``group``'s folder when one is
+        named); raises ``StitchCacheTrustError``."""
         root = cache_root(config)
         identity = EntryIdentity(
-            stitch_version(), torch.__version__, config_hash, graph_key, config.backend
+            stitch_version(),
+            torch.__version__,
+            config_hash,
+            graph_key,
+            config.backend,
+            group,
         )
         directory = os.path.join(root, entry_key(identity), f"rank_{current_rank()}")
         cache = cls(root, directory, identity)
@@ -109,9 +126,10 @@ class CompileCache:
         return cache
 
     @classmethod
-    def existing(cls, root: str, directory: str) -> CompileCache:
+    def existing(cls, root: str, directory: str, quiet: bool = False) -> CompileCache:
         """An entry already on disk, taken as its index describes itself (a saved
-        function's reference names the entry, not the graph); trust-checked."""
+        function's reference names the entry, not the graph); trust-checked.
+        ``quiet``: collect faults instead of warning (see ``faults``)."""
         check_trusted(directory, root)
         path = os.path.join(directory, INDEX_FILE)
         check_trusted(path, root)
@@ -124,6 +142,7 @@ class CompileCache:
         if read.index is None or read.problems:
             raise StitchCacheError(f"{path}: {'; '.join(read.problems)}")
         cache = cls(root, directory, read.index.identity)
+        cache.quiet = quiet
         cache.index = read.index
         return cache
 
@@ -139,6 +158,9 @@ class CompileCache:
         if path in self._reported:
             return
         self._reported.add(path)
+        if self.quiet:
+            self.faults.append(f"{path}: {why}")
+            return
         compilation_counter.num_cache_faults += 1
         log.warning("stitch cache: %s: %s; rebuilding %s", path, why, rebuilding)
 

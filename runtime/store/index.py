@@ -3,8 +3,8 @@
 The index is a Python literal (read with ``ast.literal_eval``, never executed)
 describing one cache entry::
 
-    {"format": 2, "stitch_version": ..., "torch_version": ..., "config_hash": ...,
-     "graph_key": ..., "backend": ...,
+    {"format": 5, "stitch_version": ..., "torch_version": ..., "config_hash": ...,
+     "graph_key": ..., "backend": ..., "group": ...,
      "source": {"file": "execution_fn.py", "sha256": ..., "submod_names": [...],
                 "dispatch_on": <placeholder name or None>} or None,
      "pieces": {<piece name>: {"module_path": ..., "size_index": <int or None>,
@@ -41,7 +41,7 @@ LOCK_FILE = "index.lock"  # serializes index updates between processes
 SOURCE_FILE = "execution_fn.py"
 # 3: a piece's runtime-size argument is "size_index" (was "sym_index").
 # 4: a piece records the layouts of its arguments from splitting pieces.
-INDEX_FORMAT = 4
+INDEX_FORMAT = 5
 
 _HEX = re.compile(r"[0-9a-f]{8,64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -134,6 +134,10 @@ class EntryIdentity:
     config_hash: str
     graph_key: str
     backend: str
+    # The folder the entry shares with the other ranks of one engine ("": the
+    # entry's own, by graph key); see NOTE: [ranks of one engine share a folder]
+    # in location.py.
+    group: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

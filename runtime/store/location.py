@@ -44,14 +44,29 @@ def current_rank() -> int:
     return int(os.environ.get("RANK", "0") or 0)
 
 
+# NOTE: [ranks of one engine share a folder]
+# An entry's folder is ``<root>/<entry key>/rank_<r>``.  By default the key
+# covers the graph, so one graph's ranks share it.  The ranks of a tensor-
+# parallel engine trace different graphs (each holds its own shard's sizes and
+# offsets, such as a vocabulary-parallel embedding's first token id), which
+# would put each rank's entry under a folder of its own.  An integration that
+# knows what its ranks share (vLLM: the engine config's hash and the compiled
+# module) names it as the entry's ``group``: the key then covers the group
+# instead of the graph, so one model's cache is one folder with ``rank_<r>``
+# below it, and each rank's index still records, and is checked against, its
+# own graph key.
+
+
 def entry_key(identity: EntryIdentity) -> str:
     """The folder name of the entry for ``identity`` (what its index must say)."""
-    factors = (
+    factors: tuple[object, ...] = (
         identity.config_hash,
         identity.torch_version,
-        identity.graph_key,
+        identity.group or identity.graph_key,
         identity.stitch_version,
         identity.backend,
         INDEX_FORMAT,
     )
+    if identity.group:
+        factors += ("group",)
     return hashlib.sha256(repr(factors).encode()).hexdigest()[:20]

@@ -16,12 +16,16 @@ ever runs a half-loaded function.
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
 import torch.fx as fx
 
+from stitch.codegen.fingerprint import example_value
 from stitch.core.errors import StitchCacheError, StitchConfigError
 
 from ..compat.dynamo import register_serializable
@@ -30,6 +34,7 @@ from ..pipeline.compilers import start_inductor_warmup
 from ..pipeline.splitting import SplittingOpWarnings
 from ..pipeline.stitched import StitchFunction, load_reference, parse_reference
 from .config import env_fields, stitch_cache_root, stitch_config, vllm_splitting_ops
+from .logs import join_vllm_logging
 
 log = logging.getLogger("stitch")
 
@@ -46,14 +51,25 @@ class VllmStitchFunction(StitchFunction):
         """Load the saved cache entry (no graph, no split, no compile); idempotent."""
         if self.fn is not None:
             return
+        join_vllm_logging()
         if self.reference is None:
             raise StitchCacheError("a saved Stitch function holds no reference")
         # The root this process would compile into: vLLM's cache root may have
         # moved since the entry was saved, and the reference names its entry
         # relative to the root.
         root = env_fields().get("cache_dir") or stitch_cache_root()
-        self.fn = load_reference(self.reference, root)
-        log.info("stitch: loaded the saved forward from %s", self.reference["entry"])
+        # NOTE: [a saved forward is checked against this engine's Stitch config]
+        # vLLM keys its saved forward by its own config, which holds the
+        # backend's name but not $STITCH_VLLM_CONFIG: after the user changes
+        # that (compile_sizes, say), vLLM would load the forward compiled under
+        # the old fields.  The entry's index records the Stitch config's hash;
+        # one that differs from the config this engine would compile with is
+        # refused here, and vLLM compiles again (one warning).
+        expected = None
+        if vllm_config is not None:
+            fields = named_backend_fields(vllm_config)
+            expected = stitch_config(vllm_config, fields).compute_hash()
+        self.fn = load_reference(self.reference, root, config_hash=expected)
         # NOTE: [a warm engine still meets Inductor]
         # The loaded pieces need no Inductor, but vLLM compiles small helpers of
         # its own with Inductor on the first request (the logprobs rank count,
@@ -92,6 +108,7 @@ class StitchVllmBackend:
     def __init__(self, vllm_config: Any = None, **fields: Any) -> None:
         self.vllm_config = vllm_config
         self.fields = fields
+        join_vllm_logging()
 
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]
@@ -104,16 +121,52 @@ class StitchVllmBackend:
                 "'stitch.runtime.vllm.backend'}), or build it inside "
                 "set_current_vllm_config(...)"
             )
+        join_vllm_logging()
         config = stitch_config(vllm_config, self.fields)
-        stitch = StitchBackend(config)
-        stitch.splitting_warnings = SplittingOpWarnings(
-            quiet=vllm_splitting_ops(vllm_config)
+        stitch = StitchBackend(
+            config,
+            splitting_warnings=SplittingOpWarnings(
+                quiet=vllm_splitting_ops(vllm_config)
+            ),
+            cache_group=cache_group(vllm_config, gm),
         )
         fn = stitch(gm, example_inputs)
         if isinstance(fn, StitchFunction):
             register_serializable(VllmStitchFunction)
             return VllmStitchFunction(fn.fn, fn.reference, fn.unsaveable)
         return fn
+
+
+def named_backend_fields(vllm_config: Any) -> dict[str, Any]:
+    """The fields of the :func:`backend_with` object the engine's config names by
+    its qualified name ({} for the package's own ``backend`` or a torch name)."""
+    name = getattr(getattr(vllm_config, "compilation_config", None), "backend", "")
+    module, _, attribute = str(name or "").rpartition(".")
+    if not module or module == __package__:
+        return {}
+    try:
+        found = getattr(importlib.import_module(module), attribute, None)
+    except ImportError:
+        return {}
+    return dict(found.fields) if isinstance(found, StitchVllmBackend) else {}
+
+
+def cache_group(vllm_config: Any, gm: fx.GraphModule) -> str:
+    """What every rank of this engine shares for this graph (NOTE: [ranks of one
+    engine share a folder] in store/location.py): vLLM's config hash (the
+    model, its parallel sizes, the compile settings; the rank is not in it, as
+    vLLM's own compile cache is shared the same way) and the graph's inputs by
+    name (one engine may compile several modules)."""
+    compute_hash = getattr(vllm_config, "compute_hash", None)
+    if compute_hash is None:
+        return ""
+    names = [
+        n.name
+        for n in gm.graph.nodes
+        if n.op == "placeholder" and not isinstance(example_value(n), torch.SymInt)
+    ]
+    text = f"vllm {compute_hash()} {names}"
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def current_vllm_config() -> Any:

@@ -112,8 +112,13 @@ def run(
     batches: list[int],
     max_tokens: int,
     rounds: int = 1,
+    backend: str | None = None,
 ) -> dict[str, Any]:
-    """Start one engine, time requests of each batch size; see NOTE above for weights."""
+    """Start one engine, time requests of each batch size; see NOTE above for weights.
+
+    ``backend``: the name the ``stitch`` variant gives vLLM for Stitch's backend
+    (the README's names: ``stitch.runtime.vllm.backend``, ``stitch_vllm``, or a
+    ``backend_with`` object's qualified name)."""
     for name, value in ENGINE_ENV.items():
         os.environ.setdefault(name, value)
     start = time.perf_counter()
@@ -132,6 +137,8 @@ def run(
         kwargs["enforce_eager"] = True
     else:
         kwargs["compilation_config"] = dict(VARIANTS[variant])
+        if backend and variant == "stitch":
+            kwargs["compilation_config"]["backend"] = backend
     llm = LLM(**kwargs)
     started = time.perf_counter() - start
     params = SamplingParams(
@@ -182,11 +189,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--save", metavar="FAMILY", help="first save a checkpoint")
     parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--backend", help="the stitch variant's backend name")
     args = parser.parse_args(argv)
     if args.save:
         save_checkpoint(args.model, args.save, args.layers)
     batches = [int(b) for b in args.batches.split(",") if b]
-    result = run(args.model, args.variant, batches, args.max_tokens, args.rounds)
+    result = run(
+        args.model, args.variant, batches, args.max_tokens, args.rounds, args.backend
+    )
     sys.stdout.flush()
     print("STITCH_VLLM_RESULT " + json.dumps(result), flush=True)
 

@@ -1,0 +1,24 @@
+"""The stitching source of a split graph: the cache entry's, else emitted anew."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx as fx
+
+from stitch.codegen import generate_execution_code, lower_execution
+
+from ..store.cache import CompileCache
+
+
+def stitching_source(
+    split_gm: fx.GraphModule, cache: CompileCache | None, dispatch_on: str | None
+) -> tuple[str, list[str], list[Any], bool]:
+    """``(code, piece names, constants, whether the code came from the cache)``."""
+    if cache is not None and cache.has_source():
+        _, names, consts = lower_execution(split_gm, dispatch_on=dispatch_on)
+        code = cache.read_source(names, dispatch_on)
+        if code is not None:
+            return code, names, consts, True
+    code, names, consts = generate_execution_code(split_gm, dispatch_on=dispatch_on)
+    return code, names, consts, False
