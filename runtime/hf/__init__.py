@@ -8,7 +8,12 @@
 - :mod:`.decode`: greedy decoding with a static KV cache, one compiled graph
   for the prefill and one for every decode step;
 - :mod:`.serving`: a causal LM served in the token layout, its attention
-  modules owning their KV caches (CUDA graph padding leaves them alone).
+  modules owning their KV caches (CUDA graph padding leaves them alone);
+- :mod:`.paged`: ``stitch::paged_attention``, varlen attention over
+  transformers' paged KV cache, which it writes; :mod:`.triton_paged` its
+  Triton kernel for CUDA tensors;
+- :mod:`.engine`: transformers' continuous batching (``generate_batch``)
+  compiled by Stitch, its paged attention routed to that op.
 
 The core (``stitch.runtime`` outside this package) never imports it; importing
 it needs transformers (``pip install 'stitch[hf]'``).
@@ -25,7 +30,9 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
         "stitch.runtime.hf needs transformers: pip install 'stitch[hf]'"
     ) from exc
 
+from . import triton_paged  # noqa: F401 - registers the CUDA kernel
 from .attention import ATTN_IMPLEMENTATION, register, stitch_attention_forward
+from .engine import EngineBackend, continuous_batching_config, route_paged_attention
 from .models import (
     FAMILIES,
     Family,
@@ -35,6 +42,7 @@ from .models import (
     tiny_config,
 )
 from .ops import HF_ATTENTION_OP
+from .paged import PAGED_ATTENTION_OP
 from .serving import (
     PAD_VALUES,
     attach_kv_caches,
@@ -45,17 +53,21 @@ from .serving import (
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
+    "EngineBackend",
     "FAMILIES",
     "Family",
     "HF_ATTENTION_OP",
     "PAD_VALUES",
+    "PAGED_ATTENTION_OP",
     "attach_kv_caches",
     "build_serving_llama",
     "build_model",
+    "continuous_batching_config",
     "example_inputs",
     "output_tensor",
     "register",
     "reset_kv_caches",
+    "route_paged_attention",
     "serving_inputs",
     "stitch_attention_forward",
     "tiny_config",

@@ -1,0 +1,221 @@
+"""``stitch run --engine transformers``: transformers' continuous batching, eager,
+with its own compile and through Stitch, side by side.
+
+Each run is a fresh process (``python -m stitch.runtime.cli.engine_job --child``),
+one after the other: ``eager`` (the engine's paged SDPA, no compile),
+``engine`` (its own compile, ``default_compile_level=1``: Inductor, the graph
+broken at every layer's cache update), ``stitch`` (the step as one Dynamo
+graph split at ``stitch::paged_attention``: NOTE: [how the engine reaches the
+paged op] in runtime/hf/engine.py).  ``engine`` and ``stitch`` run twice on
+one cache folder, cold then warm (Inductor's FX graph cache for ``engine``,
+Stitch's for ``stitch``).  Per run:
+
+- start: from the process's first line to the first token of one short
+  request (model build, the engine's start, every compile or cache load);
+- ttft: the median over the requests, submitted together, of the time from a
+  request's creation to its first token;
+- tok/s: generated tokens over the batch's wall time.
+
+The model is a random-weight Llama built from a small config (no download),
+float32 and seeded, so every process generates the same greedy tokens; the
+table says whether they did.  ``bench/transformers_engine.py`` runs the
+issue's workload (64 prompts of 16-512 tokens, 64 new tokens each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, TextIO
+
+STARTED = time.perf_counter()
+RESULT = "STITCH_ENGINE_RESULT "
+
+LLAMA = dict(
+    vocab_size=8192,
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+)
+# (variant, label): each run in its own process; the second of a variant is warm.
+RUNS = (
+    ("eager", "eager"),
+    ("engine", "engine compile, cold"),
+    ("engine", "engine compile, warm"),
+    ("stitch", "stitch, cold"),
+    ("stitch", "stitch, warm"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    prompts: int = 64
+    shortest: int = 16
+    longest: int = 512
+    new_tokens: int = 64
+
+    def describe(self) -> str:
+        return (
+            f"{self.prompts} prompts of {self.shortest}-{self.longest} tokens, "
+            f"{self.new_tokens} new tokens each"
+        )
+
+
+def engine_fields(work: Workload) -> dict[str, Any]:
+    """The engine's cache and batch sizes: every request fits at once."""
+    page = 16
+    pages = work.prompts * -(-(work.longest + work.new_tokens) // page)
+    return dict(num_blocks=pages + 8, page_size=page, max_batch_tokens=256)
+
+
+def child(variant: str, cache: str, work: Workload) -> dict[str, Any]:
+    """One run, in this process (a fresh one: see :func:`measure`)."""
+    import torch
+    from transformers import (
+        ContinuousBatchingConfig,
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM._from_config(
+        LlamaConfig(**LLAMA), attn_implementation="sdpa"
+    ).eval()
+    generator = torch.Generator().manual_seed(1)
+    lengths = torch.randint(
+        work.shortest, work.longest + 1, (work.prompts,), generator=generator
+    ).tolist()
+    batch = [
+        torch.randint(3, LLAMA["vocab_size"], (n,), generator=generator).tolist()
+        for n in lengths
+    ]
+    fields = engine_fields(work)
+    if variant == "stitch":
+        from stitch.runtime import CompilationConfig, StitchBackend
+        from stitch.runtime.hf import continuous_batching_config
+
+        backend = StitchBackend(CompilationConfig(cache_dir=cache))
+        config = continuous_batching_config(model, backend, **fields)
+    else:
+        config = ContinuousBatchingConfig(
+            **fields,
+            default_compile_level=1 if variant == "engine" else 0,
+            max_blocks_per_request=0,
+            auto_switch_to_flash=False,
+            use_cuda_graph=False,
+        )
+
+    def greedy(tokens: int) -> Any:
+        return GenerationConfig(
+            max_new_tokens=tokens, do_sample=False, eos_token_id=-1, pad_token_id=0
+        )
+
+    with torch.no_grad():
+        model.generate_batch(
+            [batch[0][:16]], greedy(1), continuous_batching_config=config
+        )
+        start = time.perf_counter() - STARTED
+        t0 = time.perf_counter()
+        outputs = model.generate_batch(
+            batch,
+            greedy(work.new_tokens),
+            continuous_batching_config=config,
+            record_timestamps=True,
+        )
+        seconds = time.perf_counter() - t0
+    results = list(outputs.values())
+    errors = [o.error for o in results if o.error]
+    if errors:
+        raise SystemExit(f"{variant}: {len(errors)} requests failed: {errors[0]}")
+    return {
+        "start_s": start,
+        "ttft_s": statistics.median(o.timestamps[0] - o.created_time for o in results),
+        "tok_s": sum(len(o.generated_tokens) for o in results) / seconds,
+        "tokens": [
+            o.generated_tokens for o in sorted(results, key=lambda o: o.prompt_ids)
+        ],
+        "prefill_tokens": sum(lengths),
+    }
+
+
+def run_child(variant: str, cache: str, work: Workload) -> dict[str, Any]:
+    command = [sys.executable, "-m", __name__, "--child", variant, "--cache", cache]
+    command += ["--work", json.dumps(dataclasses.asdict(work))]
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"{variant} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
+    return json.loads(lines[-1][len(RESULT) :])
+
+
+def measure(work: Workload, out: TextIO) -> list[tuple[str, dict[str, Any]]]:
+    """Every run of :data:`RUNS`, one after the other, each in a fresh process."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="stitch-engine-") as root:
+        for variant, label in RUNS:
+            cache = os.path.join(root, variant)
+            os.makedirs(cache, exist_ok=True)
+            print(f"  {label} ...", file=out, flush=True)
+            rows.append((label, run_child(variant, cache, work)))
+    return rows
+
+
+def format_table(rows: list[tuple[str, dict[str, Any]]], work: Workload) -> str:
+    eager = rows[0][1]
+    lines = [
+        f"{work.describe()} ({eager['prefill_tokens']} prompt tokens); Llama "
+        f"{LLAMA['num_hidden_layers']} layers x {LLAMA['hidden_size']}, float32, "
+        f"CPU ({os.cpu_count()} cores)",
+        "",
+        "| run | start (s) | ttft median (s) | tok/s | vs eager | tokens |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for label, r in rows:
+        same = "= eager" if r["tokens"] == eager["tokens"] else "DIFFER"
+        lines.append(
+            f"| {label} | {r['start_s']:.1f} | {r['ttft_s']:.2f} | {r['tok_s']:.1f} "
+            f"| {r['tok_s'] / eager['tok_s']:.2f}x | {same} |"
+        )
+    return "\n".join(lines)
+
+
+def run_engine_table(work: Workload, out: TextIO) -> int:
+    """Measure, print the table; 1 when a run's tokens differ from eager's."""
+    print(f"transformers' continuous batching: {work.describe()}", file=out)
+    rows = measure(work, out)
+    print(file=out)
+    print(format_table(rows, work), file=out)
+    eager = rows[0][1]["tokens"]
+    wrong = [label for label, r in rows if r["tokens"] != eager]
+    if wrong:
+        print(f"tokens differ from eager: {', '.join(wrong)}", file=out)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", required=True)
+    parser.add_argument("--cache", required=True)
+    parser.add_argument("--work", required=True)
+    args = parser.parse_args(argv)
+    result = child(args.child, args.cache, Workload(**json.loads(args.work)))
+    print(RESULT + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

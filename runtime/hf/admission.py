@@ -1,0 +1,114 @@
+"""Requests that transformers' paged cache can never hold, refused by name when
+they reach the engine, so that the engine keeps serving the others.
+
+NOTE: [requests the paged cache can never hold]
+transformers 5.23's engine admits every request.  One whose prompt is longer
+than the whole cache, or whose prompt and ``max_new_tokens`` outgrow it, is
+scheduled in chunks until the cache is full; then no request can get a block,
+none can be offloaded, and ``prepare_next_batch`` raises "No requests can be
+scheduled and no requests can be offloaded.": a fatal error of the generation
+loop, which fails every request still in flight with that message (it names
+neither the request nor a size).  The engine catches an error raised while it
+admits a request (``add_waiting_request``) and fails that request alone, with
+the error's message; so :func:`scheduler_type` registers a subclass of the
+user's scheduler whose ``add_waiting_request`` refuses a request that would
+need more blocks than the cache has, even empty.  A request is refused for its
+``max_new_tokens`` too, though it might stop earlier (an end-of-sequence
+token): its ``max_new_tokens`` is what the engine may have to store, and
+failing it midway would take the others with it.  Requests that fit alone but
+not together wait or are offloaded by the engine, as without Stitch.
+
+The subclass is registered in transformers' ``SCHEDULER_MAPPING`` under a name
+of its own (``stitch_<type>``): a new entry, so no other engine in the process
+changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stitch.core.errors import StitchConfigError, StitchRuntimeError
+
+PREFIX = "stitch_"
+# A request id no block table holds: the blocks a request needs from nothing.
+_PROBE = "stitch capacity probe"
+
+
+def sectors_needed(cache: Any, tokens: int) -> int:
+    """The cache sectors one request of ``tokens`` stored tokens needs."""
+    return sum(
+        -(-allocator.needs_new_blocks(_PROBE, 0, tokens) // allocator.blocks_per_sector)
+        for allocator in cache.cache_allocators.values()
+    )
+
+
+def capacity(cache: Any, tokens: int) -> int:
+    """The most tokens, up to ``tokens``, that one request can store in the
+    whole (empty) cache (sliding-window layers need no more past their window)."""
+    low, high = 0, tokens + 1
+    while high - low > 1:
+        mid = (low + high) // 2
+        if sectors_needed(cache, mid) <= cache.num_sectors:
+            low = mid
+        else:
+            high = mid
+    return low
+
+
+def refuse_unservable(cache: Any, state: Any) -> None:
+    """Raise, naming the request and its sizes, when ``state`` can never be stored."""
+    prompt = len(state.initial_tokens)
+    new = state.max_new_tokens
+    # The last generated token is sampled, never stored.
+    stored = prompt + (new - 1 if new else 0)
+    if sectors_needed(cache, stored) <= cache.num_sectors:
+        return
+    most = capacity(cache, stored)
+    page = min(a.tokens_per_page for a in cache.cache_allocators.values())
+    sizes = (
+        f"the paged cache holds at most {most} tokens of one request "
+        f"(num_blocks={cache.num_blocks}, page_size={page})"
+    )
+    if prompt > most:
+        raise StitchRuntimeError(
+            f"request {state.request_id!r}: its prompt of {prompt} tokens does not "
+            f"fit: {sizes}; shorten the prompt or raise num_blocks"
+        )
+    raise StitchRuntimeError(
+        f"request {state.request_id!r}: its prompt of {prompt} tokens and "
+        f"max_new_tokens={new} need {stored} cached tokens, but {sizes}: token "
+        f"{most + 1} could never get a block; lower max_new_tokens or raise num_blocks"
+    )
+
+
+def scheduler_type(name: str) -> str:
+    """The registered name of scheduler ``name`` refusing what the cache can
+    never hold (NOTE: [requests the paged cache can never hold])."""
+    from transformers.generation.continuous_batching.scheduler import (
+        SCHEDULER_MAPPING,
+    )
+
+    if name.startswith(PREFIX) and name in SCHEDULER_MAPPING:
+        return name
+    base = SCHEDULER_MAPPING.get(name)
+    if base is None:
+        raise StitchConfigError(
+            f"scheduler_type={name!r} is not one of transformers' schedulers "
+            f"{sorted(n for n in SCHEDULER_MAPPING if not n.startswith(PREFIX))}"
+        )
+    registered = PREFIX + name
+    if registered not in SCHEDULER_MAPPING:
+
+        def add_waiting_request(self: Any, state: Any) -> None:
+            refuse_unservable(self.cache, state)
+            base.add_waiting_request(self, state)
+
+        SCHEDULER_MAPPING[registered] = type(
+            f"Stitch{base.__name__}",
+            (base,),
+            {
+                "add_waiting_request": add_waiting_request,
+                "__doc__": f"{base.__name__}, refusing requests the cache can never hold.",
+            },
+        )
+    return registered

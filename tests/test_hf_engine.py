@@ -1,0 +1,559 @@
+"""``stitch::paged_attention`` against transformers' own paged attention, and
+transformers' continuous batching (``generate_batch``) compiled by Stitch."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+# transformers' engine moved between 5.17 (the GPU image's) and 5.23 (its config
+# fields, its cache's views); the routing is written against 5.23's.
+if tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (5, 23):
+    pytest.skip(
+        f"transformers {transformers.__version__}: the continuous batching "
+        "engine through Stitch needs 5.23 or newer",
+        allow_module_level=True,
+    )
+
+from transformers import LlamaConfig, Qwen2Config  # noqa: E402
+from transformers.generation.continuous_batching.cache import (  # noqa: E402
+    PagedAttentionCache,
+)
+from transformers.generation.continuous_batching.distributed import (  # noqa: E402
+    DistributedHelper,
+)
+from transformers.generation.continuous_batching.requests import (  # noqa: E402
+    RequestState,
+)
+from transformers.generation.continuous_batching.utils import (  # noqa: E402
+    build_attention_mask,
+)
+from transformers.integrations.sdpa_attention import (  # noqa: E402
+    sdpa_attention_forward,
+)
+
+from stitch.core.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
+from stitch.runtime.hf import engine  # noqa: E402
+from stitch.runtime.hf.paged import PAGED_ATTENTION_OP  # noqa: E402
+
+HEADS, KV_HEADS, DIM = 4, 2, 8
+
+
+def _config(sliding: bool = False):
+    fields = dict(
+        vocab_size=64,
+        hidden_size=HEADS * DIM,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        intermediate_size=64,
+    )
+    if sliding:
+        # Layer 0 slides over 3 tokens, layer 1 attends to everything.
+        return Qwen2Config(
+            **fields,
+            use_sliding_window=True,
+            sliding_window=3,
+            max_window_layers=0,
+            layer_types=["sliding_attention", "full_attention"],
+        )
+    return LlamaConfig(**fields)
+
+
+def _cache(config) -> PagedAttentionCache:
+    from transformers import ContinuousBatchingConfig
+
+    cb = ContinuousBatchingConfig(
+        page_size=4,
+        num_blocks=16,
+        max_batch_tokens=32,
+        max_blocks_per_request=0,
+        max_memory_percent=0.5,
+    )
+    cache = PagedAttentionCache(
+        config, cb, "cpu", DistributedHelper(None, None), dtype=torch.float32
+    )
+    # Random contents everywhere: the cached prefixes, and rows nobody may touch.
+    cache.cache_tensor.view(torch.float32).copy_(
+        torch.randn(
+            cache.cache_tensor.numel() // 4, generator=torch.Generator().manual_seed(1)
+        )
+    )
+    return cache
+
+
+class _Attention(torch.nn.Module):
+    """What transformers' attention functions read of their module."""
+
+    def __init__(self, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_key_value_groups = HEADS // KV_HEADS
+        self.is_causal = True
+
+
+def _batch(cache: PagedAttentionCache, requests: list[tuple[int, int]], pad: int = 0):
+    """The engine's kwargs for ``requests`` (``(past, new)`` tokens each), as
+    ``ContinuousBatchingIOs.prepare_batch_tensors`` builds them; ``pad`` extra
+    query tokens as the engine pads under compile."""
+    allocators = list(cache.cache_allocators.values())
+    reads = [[] for _ in allocators]
+    writes = [[] for _ in allocators]
+    cu_q = [0]
+    cu_k = {a.layer_type: [0] for a in allocators}
+    for i, (past, new) in enumerate(requests):
+        state = RequestState(request_id=f"r{i}", initial_tokens=[1] * (past + new))
+        assert cache.can_store_request_tokens(state, past + new)
+        cache.extend_read_and_write_indices(state.request_id, past, new, reads, writes)
+        cu_q.append(cu_q[-1] + new)
+        for a in allocators:
+            cu_k[a.layer_type].append(
+                cu_k[a.layer_type][-1] + a.get_seqlen_k(past, new)
+            )
+    has_reads = any(past for past, _ in requests)
+    tokens = cu_q[-1] + pad
+    masks = {}
+    for a in allocators:
+        n_k = cu_k[a.layer_type][-1]
+        mask = torch.empty(1, 1, tokens, n_k + pad if has_reads else tokens)
+        mask.fill_(torch.finfo(torch.float32).min)
+        window = a.sliding_window if a.layer_type == "sliding_attention" else 1
+        build_attention_mask(mask, cu_q, cu_k[a.layer_type], sliding_window=window)
+        masks[a.layer_type] = mask
+    index = lambda rows, n: torch.tensor(
+        rows + [0] * n, dtype=torch.int64
+    )  # noqa: E731
+    return dict(
+        # Padding sequences have no tokens (the boundaries plateau).
+        cu_seq_lens_q=torch.tensor(cu_q + [cu_q[-1]] * pad, dtype=torch.int32),
+        cu_seq_lens_k={
+            k: torch.tensor(v + [v[-1]] * pad, dtype=torch.int32)
+            for k, v in cu_k.items()
+        },
+        max_length_k={
+            k: max(b - a for a, b in itertools.pairwise(v)) for k, v in cu_k.items()
+        },
+        read_index=[index(r, pad) if has_reads else index([], 0) for r in reads],
+        write_index=[index(w, pad) for w in writes],
+        masks=masks,
+        tokens=tokens,
+        real=cu_q[-1],
+    )
+
+
+def _kwargs(batch, cache):
+    return dict(
+        cache=cache,
+        cu_seq_lens_q=batch["cu_seq_lens_q"],
+        cu_seq_lens_k=dict(batch["cu_seq_lens_k"]),
+        max_length_k=dict(batch["max_length_k"]),
+        read_index=list(batch["read_index"]),
+        write_index=list(batch["write_index"]),
+    )
+
+
+def _compare(requests, sliding=False, pad=0):
+    torch.manual_seed(0)
+    config = _config(sliding)
+    cache = _cache(config)
+    batch = _batch(cache, requests, pad)
+    tokens = batch["tokens"]
+    for layer in range(config.num_hidden_layers):
+        module = _Attention(layer)
+        layer_type = cache.layer_to_allocator[layer].layer_type
+        q = torch.randn(1, HEADS, tokens, DIM)
+        k = torch.randn(1, KV_HEADS, tokens, DIM)
+        v = torch.randn(1, KV_HEADS, tokens, DIM)
+        before = cache.cache_tensor.clone()
+        expected, _ = sdpa_attention_forward(
+            module,
+            q,
+            k,
+            v,
+            batch["masks"][layer_type],
+            scaling=0.3,
+            **_kwargs(batch, cache),
+        )
+        written_by_transformers = cache.cache_tensor.clone()
+        cache.cache_tensor.copy_(before)
+        got, _ = engine.paged_attention_forward(
+            module,
+            q,
+            k,
+            v,
+            batch["masks"][layer_type],
+            scaling=0.3,
+            **_kwargs(batch, cache),
+        )
+        real = batch["real"]
+        torch.testing.assert_close(
+            got[:, :real], expected[:, :real], rtol=1e-5, atol=1e-5
+        )
+        assert torch.equal(got[:, real:], torch.zeros_like(got[:, real:]))
+        assert torch.equal(cache.cache_tensor, written_by_transformers)
+        # Written at the write rows, nowhere else: the cache equals the one
+        # before with only the new keys and values copied into those rows.
+        written = cache.cache_tensor.clone()
+        cache.cache_tensor.copy_(before)
+        allocator = cache.layer_to_allocator[layer]
+        rows = batch["write_index"][allocator.index]
+        k_view, v_view = allocator._kv_token_views[layer]
+        k_view.index_copy_(0, rows, k[0].transpose(0, 1))
+        v_view.index_copy_(0, rows, v[0].transpose(0, 1))
+        assert torch.equal(written, cache.cache_tensor)
+        assert not torch.equal(written, before)
+
+
+@pytest.mark.parametrize("sliding", [False, True], ids=["full", "sliding"])
+def test_paged_prefill_matches_transformers(sliding):
+    _compare([(0, 5), (0, 3), (0, 7)], sliding=sliding)
+
+
+@pytest.mark.parametrize("sliding", [False, True], ids=["full", "sliding"])
+def test_paged_decode_matches_transformers(sliding):
+    _compare([(5, 1), (9, 1), (2, 1)], sliding=sliding)
+
+
+@pytest.mark.parametrize("sliding", [False, True], ids=["full", "sliding"])
+def test_paged_mixed_matches_transformers(sliding):
+    # A first prefill chunk, a later chunk over a cached prefix, two decodes.
+    _compare([(0, 4), (6, 3), (7, 1), (1, 1)], sliding=sliding)
+
+
+def test_paged_padded_batch_matches_transformers():
+    _compare([(0, 4), (6, 3), (7, 1)], pad=3)
+
+
+def test_paged_refuses_block_tables_and_unknown_arguments():
+    config = _config()
+    cache = _cache(config)
+    batch = _batch(cache, [(0, 2)])
+    q, k = torch.randn(1, HEADS, 2, DIM), torch.randn(1, KV_HEADS, 2, DIM)
+    call = dict(_kwargs(batch, cache), scaling=0.3)
+    with pytest.raises(StitchRuntimeError, match="block_table="):
+        engine.paged_attention_forward(
+            _Attention(0), q, k, k, None, block_table=torch.zeros(1, 2), **call
+        )
+    with pytest.raises(StitchRuntimeError, match="argument frobnicate=3"):
+        engine.paged_attention_forward(
+            _Attention(0), q, k, k, None, frobnicate=3, **call
+        )
+
+
+# -- routing: only the engine's calls of an opted-in model change ----------------
+
+
+def _llama(seed: int = 0, **fields):
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=256,
+        **fields,
+    )
+    return LlamaForCausalLM._from_config(config, attn_implementation="sdpa").eval()
+
+
+def test_routing_leaves_plain_calls_and_other_models_alone():
+    from transformers import AttentionInterface
+
+    routed, other = _llama(), _llama()
+    ids = torch.randint(3, 128, (2, 7))
+    with torch.no_grad():
+        before = routed(ids).logits
+    assert engine.route_paged_attention(routed) == 2
+    sdpa = AttentionInterface._global_mapping["sdpa"]
+    assert getattr(sdpa, "__wrapped__", None) is not None
+    engine.install()  # idempotent: wrapped once
+    assert AttentionInterface._global_mapping["sdpa"] is sdpa
+    calls = []
+    original = sdpa.__wrapped__
+    forward = engine.paged_attention_forward
+    engine.paged_attention_forward = lambda *a, **k: calls.append(1) or forward(*a, **k)
+    try:
+        with torch.no_grad():
+            # A plain forward of the routed model, and the other model: SDPA's.
+            torch.testing.assert_close(routed(ids).logits, before, rtol=0, atol=0)
+            torch.testing.assert_close(other(ids).logits, before, rtol=0, atol=0)
+        assert calls == []
+        # A paged call of the model not opted in goes to transformers too.
+        cache = _cache(_config())
+        batch = _batch(cache, [(0, 3)])
+        q, k = torch.randn(1, HEADS, 3, DIM), torch.randn(1, KV_HEADS, 3, DIM)
+        module = other.model.layers[0].self_attn
+        got, _ = sdpa(
+            module,
+            q,
+            k,
+            k,
+            batch["masks"]["full_attention"],
+            scaling=0.3,
+            **_kwargs(batch, cache),
+        )
+        assert calls == []
+        cache.cache_tensor.zero_()
+        expected, _ = original(
+            module,
+            q,
+            k,
+            k,
+            batch["masks"]["full_attention"],
+            scaling=0.3,
+            **_kwargs(batch, cache),
+        )
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        # ... and the routed model's paged call goes to Stitch's op.
+        sdpa(
+            routed.model.layers[0].self_attn,
+            q,
+            k,
+            k,
+            None,
+            scaling=0.3,
+            **_kwargs(batch, cache),
+        )
+        assert calls == [1]
+    finally:
+        engine.paged_attention_forward = forward
+
+
+def test_routing_refuses_other_implementations_and_backends_without_the_op():
+    from transformers import LlamaForCausalLM
+
+    from stitch.runtime import CompilationConfig, StitchBackend
+
+    eager = LlamaForCausalLM._from_config(_llama().config, attn_implementation="eager")
+    with pytest.raises(StitchConfigError, match="attn_implementation='eager'"):
+        engine.route_paged_attention(eager)
+    with pytest.raises(StitchConfigError, match="lacks 'stitch::paged_attention'"):
+        engine.continuous_batching_config(
+            _llama(),
+            StitchBackend(CompilationConfig(splitting_ops=["stitch::hf_attention"])),
+        )
+
+
+# -- the engine: generate_batch compiled by Stitch --------------------------------
+
+
+def _generate(model, config):
+    from transformers import GenerationConfig
+
+    generator = torch.Generator().manual_seed(0)
+    prompts = [
+        torch.randint(3, 128, (n,), generator=generator).tolist() for n in (5, 17, 9, 2)
+    ]
+    generation = GenerationConfig(
+        max_new_tokens=8, do_sample=False, eos_token_id=-1, pad_token_id=0
+    )
+    outputs = model.generate_batch(
+        prompts, generation, continuous_batching_config=config
+    )
+    assert [o.error for o in outputs.values()] == [None] * len(prompts)
+    return [(o.generated_tokens, o.logprobs) for o in outputs.values()]
+
+
+# Small pages and batches, so prompts are prefilled in chunks next to decodes.
+_ENGINE = dict(
+    num_blocks=32,
+    max_batch_tokens=16,
+    page_size=16,
+    max_memory_percent=0.5,
+    return_logprobs=True,
+)
+
+
+def _engine_matches_eager(model, tmp_path):
+    from transformers import ContinuousBatchingConfig
+
+    from stitch.runtime import CompilationConfig, StitchBackend
+
+    eager = ContinuousBatchingConfig(
+        **_ENGINE, max_blocks_per_request=0, auto_switch_to_flash=False
+    )
+    expected = _generate(model, eager)
+    backend = StitchBackend(
+        CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP], cache_dir=str(tmp_path))
+    )
+    got = _generate(model, engine.continuous_batching_config(model, backend, **_ENGINE))
+    for (tokens, logprobs), (want, want_logprobs) in zip(got, expected, strict=True):
+        assert tokens == want and len(tokens) == 8
+        torch.testing.assert_close(logprobs, want_logprobs, rtol=1e-4, atol=1e-4)
+    # The user's backend compiled the step: one graph (fullgraph, dynamic),
+    # split at the paged op of every layer.
+    assert len(backend.compiled) == 1
+    reports = backend.compiled[0].reports
+    layers = model.config.num_hidden_layers
+    assert [r.module_path for r in reports if r.splitting] == [
+        f"model.layers.{i}.self_attn" for i in range(layers)
+    ]
+    assert "stitch.paged_attention" in backend.compiled[0].code
+    assert backend.compiled[0].warm is False
+    return got
+
+
+@pytest.fixture(scope="module")
+def llama_cold(tmp_path_factory):
+    """The Llama through Stitch in this process: its cache folder and outputs."""
+    cache = tmp_path_factory.mktemp("engine_cache")
+    return cache, _engine_matches_eager(_llama(), cache)
+
+
+def test_generate_batch_llama_through_stitch(llama_cold):
+    cache, got = llama_cold
+    assert list(cache.glob("*/rank_0/index.py"))
+
+
+def test_generate_batch_mixtral_through_stitch(tmp_path):
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    config = MixtralConfig(
+        vocab_size=128,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=256,
+        sliding_window=None,
+    )
+    model = MixtralForCausalLM._from_config(config, attn_implementation="sdpa").eval()
+    _engine_matches_eager(model, tmp_path)
+
+
+# The child: the engine through Stitch with a given cache folder; prints the
+# tokens and whether each graph started warm.
+_CHILD = """
+import json, sys, torch
+sys.path.insert(0, sys.argv[2])
+from test_hf_engine import _ENGINE, _generate, _llama
+from stitch.runtime import CompilationConfig, StitchBackend
+from stitch.runtime.hf import PAGED_ATTENTION_OP, continuous_batching_config
+model = _llama()
+backend = StitchBackend(
+    CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP], cache_dir=sys.argv[1])
+)
+out = _generate(model, continuous_batching_config(model, backend, **_ENGINE))
+print(json.dumps({
+    "out": out,
+    "warm": [c.warm for c in backend.compiled],
+    "caches": [r.cache for c in backend.compiled for r in c.reports if not r.splitting],
+}))
+"""
+
+
+def test_generate_batch_second_process_starts_warm(llama_cold):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    # A new process over the cache the cold run (this process) filled.
+    cache, cold = llama_cold
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(cache), os.path.dirname(__file__)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    warm = json.loads(done.stdout.strip().splitlines()[-1])
+    assert warm["warm"] == [True] and set(warm["caches"]) == {"hit"}
+    assert [[tokens, logprobs] for tokens, logprobs in cold] == warm["out"]
+
+
+# -- bad input: requests the cache cannot hold, indices outside it ----------------
+
+
+def test_paged_op_refuses_rows_outside_the_cache():
+    """On CPU the op names an index outside the cache and writes nothing
+    (NOTE: [cache rows checked on CPU only] in paged.py)."""
+    config = _config()
+    cache = _cache(config)
+    batch = _batch(cache, [(3, 2)])
+    q, k = torch.randn(1, HEADS, 2, DIM), torch.randn(1, KV_HEADS, 2, DIM)
+    rows = cache.layer_to_allocator[0]._kv_token_views[0][0].shape[0]
+    before = cache.cache_tensor.clone()
+    for name, at, row in (("write_index", 1, rows), ("read_index", 2, -1)):
+        call = dict(_kwargs(batch, cache), scaling=0.3)
+        call[name] = [index.clone() for index in call[name]]
+        call[name][0][at] = row
+        with pytest.raises(
+            StitchRuntimeError, match=rf"{name}\[{at}\]={row} is outside"
+        ):
+            engine.paged_attention_forward(_Attention(0), q, k, k, None, **call)
+        assert torch.equal(cache.cache_tensor, before)
+
+
+def _outputs(model, config, prompts, max_new_tokens=8):
+    from transformers import GenerationConfig
+
+    generation = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0
+    )
+    outputs = model.generate_batch(
+        prompts, generation, continuous_batching_config=config
+    )
+    return [outputs[f"req_{i}"] for i in range(len(prompts))]
+
+
+def test_generate_batch_refuses_what_the_cache_cannot_hold(tmp_path):
+    """A prompt longer than the cache and a request whose tokens outgrow it each
+    fail alone, naming their sizes; the others (one filling the whole cache, so
+    the rest wait for blocks) get eager's tokens.
+
+    Without Stitch, transformers 5.23 schedules both until the cache is full and
+    then fails every request in flight with "No requests can be scheduled"
+    (NOTE: [requests the paged cache can never hold] in admission.py).
+    """
+    from transformers import ContinuousBatchingConfig
+
+    from stitch.runtime import CompilationConfig, StitchBackend
+
+    model = _llama()
+    # 4 blocks of 16 tokens: 64 cached tokens; 8 new tokens store 7 more.
+    fields = dict(_ENGINE, num_blocks=4)
+    # 57 + 7 = 64 fits exactly; 58 + 7 = 65 does not; 100 never does.
+    generator = torch.Generator().manual_seed(0)
+    prompts = [
+        torch.randint(3, 128, (n,), generator=generator).tolist()
+        for n in (5, 57, 100, 9, 58, 17)
+    ]
+    good = [0, 1, 3, 5]
+    eager = ContinuousBatchingConfig(
+        **fields, max_blocks_per_request=0, auto_switch_to_flash=False
+    )
+    expected = _outputs(model, eager, [prompts[i] for i in good])
+    backend = StitchBackend(
+        CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP], cache_dir=str(tmp_path))
+    )
+    got = _outputs(
+        model, engine.continuous_batching_config(model, backend, **fields), prompts
+    )
+    assert "'req_2': its prompt of 100 tokens does not fit" in got[2].error
+    assert "at most 64 tokens of one request (num_blocks=4, page_size=16)" in (
+        got[2].error
+    )
+    assert (
+        "'req_4': its prompt of 58 tokens and max_new_tokens=8 need 65 cached "
+        "tokens, but the paged cache holds at most 64 tokens" in got[4].error
+    )
+    assert "token 65 could never get a block" in got[4].error
+    assert got[2].generated_tokens == [] and got[4].generated_tokens == []
+    for i, want in zip(good, expected, strict=True):
+        assert got[i].error is None and want.error is None
+        assert got[i].generated_tokens == want.generated_tokens
+        assert len(got[i].generated_tokens) == 8
+        torch.testing.assert_close(got[i].logprobs, want.logprobs, rtol=1e-4, atol=1e-4)
+    assert len(backend.compiled) == 1

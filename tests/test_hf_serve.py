@@ -1,0 +1,315 @@
+"""``transformers serve`` through Stitch (``python -m stitch.runtime.hf.serve``),
+answered by the ``openai`` client, against ``generate_batch`` in eager mode."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+if tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (5, 23):
+    pytest.skip(
+        f"transformers {transformers.__version__}: the continuous batching "
+        "engine through Stitch needs 5.23 or newer",
+        allow_module_level=True,
+    )
+from transformers.utils.import_utils import is_serve_available  # noqa: E402
+
+if not is_serve_available():
+    pytest.skip(
+        "transformers' serving packages (pydantic, fastapi, uvicorn, openai) are "
+        "not installed: pip install 'stitch[serve]'",
+        allow_module_level=True,
+    )
+openai = pytest.importorskip("openai")
+
+from stitch.core.errors import StitchConfigError  # noqa: E402
+from stitch.runtime.hf import serve as stitch_serve  # noqa: E402
+
+VOCAB = 128
+MAX_TOKENS = 8
+# Small pages and batches, so prompts are prefilled in chunks next to decodes
+# (as tests/test_hf_engine.py's _ENGINE); the launcher's --cb-* flags.
+FIELDS = dict(page_size=16, num_blocks=32, max_batch_tokens=16, max_memory_percent=0.5)
+FLAGS = [
+    "--cb-block-size=16",
+    "--cb-num-blocks=32",
+    "--cb-max-batch-tokens=16",
+    "--cb-max-memory-percent=0.5",
+]
+
+
+def _prompts() -> list[list[int]]:
+    generator = torch.Generator().manual_seed(0)
+    return [
+        torch.randint(3, VOCAB, (n,), generator=generator).tolist()
+        for n in (5, 17, 9, 2, 12)
+    ]
+
+
+def _text(tokens: list[int]) -> str:
+    return " ".join(f"t{t}" for t in tokens)
+
+
+def _tokens(text: str) -> list[int]:
+    return [int(word[1:]) for word in text.split()]
+
+
+def _checkpoint(path) -> None:
+    """A tiny random-weight Llama, a word-level tokenizer over its vocabulary
+    (token ``i`` is the word ``t<i>``) and a greedy generation config without an
+    end token, so every request runs its ``max_tokens``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=256,
+    )
+    model = LlamaForCausalLM._from_config(config, dtype=torch.float32)
+    model.save_pretrained(path)
+    GenerationConfig(
+        do_sample=False, eos_token_id=-1, pad_token_id=0, bos_token_id=1
+    ).save_pretrained(path)
+    words = Tokenizer(
+        models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0")
+    )
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=words).save_pretrained(path)
+
+
+def _eager_tokens(path, prompts) -> list[list[int]]:
+    """The same prompts through ``generate_batch``: transformers' paged SDPA,
+    uncompiled, in this process."""
+    from transformers import (
+        ContinuousBatchingConfig,
+        GenerationConfig,
+        LlamaForCausalLM,
+    )
+
+    model = LlamaForCausalLM.from_pretrained(
+        path, attn_implementation="sdpa", dtype=torch.float32
+    ).eval()
+    generation = GenerationConfig(
+        max_new_tokens=MAX_TOKENS, do_sample=False, eos_token_id=-1, pad_token_id=0
+    )
+    eager = ContinuousBatchingConfig(
+        **FIELDS, max_blocks_per_request=0, auto_switch_to_flash=False
+    )
+    outputs = model.generate_batch(
+        prompts, generation, continuous_batching_config=eager
+    )
+    assert [o.error for o in outputs.values()] == [None] * len(prompts)
+    return [o.generated_tokens for o in outputs.values()]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(process, port: int, log, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited ({process.returncode}):\n{_read(log)}")
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{port}/health", timeout=5
+            ) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"the server did not answer /health in {timeout}s:\n{_read(log)}")
+
+
+def _read(log) -> str:
+    log.flush()
+    with open(log.name, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def _stop(process) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_openai_client_gets_the_eager_engine_tokens_through_stitch(tmp_path):
+    model_dir = tmp_path / "tiny-llama"
+    _checkpoint(model_dir)
+    prompts = _prompts()
+    expected = _eager_tokens(model_dir, prompts)
+    assert all(len(t) == MAX_TOKENS for t in expected)
+
+    port = _free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "stitch.runtime.hf.serve",
+        str(model_dir),
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--device=cpu",
+        "--dtype=float32",
+        f"--cache-dir={tmp_path / 'cache'}",
+        *FLAGS,
+    ]
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1"
+    )
+    with open(tmp_path / "server.log", "w+", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+            _wait_healthy(process, port, log)
+            client = openai.OpenAI(
+                base_url=f"http://127.0.0.1:{port}/v1",
+                api_key="unused",
+                timeout=300,
+                max_retries=0,
+            )
+
+            def complete(prompt: list[int]) -> list[int]:
+                answer = client.completions.create(
+                    model=str(model_dir),
+                    prompt=_text(prompt),
+                    max_tokens=MAX_TOKENS,
+                    temperature=0,
+                )
+                assert answer.usage.prompt_tokens == len(prompt)
+                assert answer.usage.completion_tokens == MAX_TOKENS
+                return _tokens(answer.choices[0].text)
+
+            # One request (it compiles the step), then the others at once.
+            assert complete(prompts[0]) == expected[0]
+            with concurrent.futures.ThreadPoolExecutor(len(prompts) - 1) as pool:
+                got = list(pool.map(complete, prompts[1:]))
+            assert got == expected[1:]
+        finally:
+            _stop(process)
+        output = _read(log)
+    # Stitch compiled the engine's step once (fullgraph, dynamic), split at the
+    # paged attention of both layers: 2 op pieces and 3 compiled around them.
+    assert re.findall(r"stitch: graph \w+: (\d+) pieces", output) == ["5"], output
+    # SIGTERM stopped it through uvicorn's shutdown (which re-raises the signal
+    # after it), not the kill.
+    assert "Application shutdown complete" in output, output
+    assert process.returncode in (0, -signal.SIGTERM), output
+
+
+# -- what the launcher changes in transformers' server ----------------------------
+
+
+def test_generation_state_makes_stitch_managers_only_for_continuous_batching():
+    from transformers.cli.serving.utils import GenerateManager
+
+    backend = object()
+    state = stitch_serve.StitchGenerationState(backend, {"num_blocks": 8})
+    first = state.get_manager("a@main", use_cb=True)
+    assert isinstance(first, stitch_serve.StitchCBGenerateManager)
+    assert first.backend is backend and first.fields == {"num_blocks": 8}
+    assert state.get_manager("a@main", use_cb=True) is first
+    other = state.get_manager("b@main", use_cb=True)
+    assert isinstance(other, stitch_serve.StitchCBGenerateManager)
+    assert other is not first
+    assert type(state.get_manager("a@main")) is GenerateManager
+    for refused in (
+        dict(continuous_batching=False),
+        dict(compile=True),
+        dict(cb_config=object()),
+    ):
+        with pytest.raises(StitchConfigError, match=next(iter(refused))):
+            stitch_serve.StitchGenerationState(backend, {}, **refused)
+    with pytest.raises(StitchConfigError, match="cb_num_blocks=4 is set by Stitch"):
+        stitch_serve.serve("m", backend, cb_num_blocks=4)
+
+
+def _describe(server) -> dict:
+    app = server.server.config.app
+    return dict(
+        routes=sorted(
+            (r.path, tuple(sorted(getattr(r, "methods", None) or ())))
+            for r in app.routes
+        ),
+        handlers={
+            name: type(value).__name__
+            for name, value in vars(server).items()
+            if name.endswith("_handler")
+        },
+        model_manager={
+            k: v
+            for k, v in vars(server._model_manager).items()
+            if not k.startswith("_")
+        },
+        state={k: v for k, v in vars(server._generation_state).items()},
+    )
+
+
+@pytest.mark.slow
+def test_serve_builds_transformers_server_with_only_the_generation_state_changed():
+    """The patched name is restored, and the server built through it differs from
+    ``Serve``'s own (same options) only in its generation state's class and the
+    backend it holds."""
+    from transformers.cli.serve import Serve
+    from transformers.cli.serving import utils as serving_utils
+
+    original = serving_utils.GenerationState
+    backend = object()
+    options = dict(host="127.0.0.1", device="cpu", dtype="float32", non_blocking=True)
+    ours = stitch_serve.serve(
+        None, backend, {"num_blocks": 8}, port=_free_port(), **options
+    )
+    try:
+        assert serving_utils.GenerationState is original
+        theirs = Serve(
+            continuous_batching=True,
+            attn_implementation="sdpa",
+            port=_free_port(),
+            **options,
+        )
+        try:
+            assert type(ours) is Serve is type(theirs)
+            assert type(ours._generation_state) is stitch_serve.StitchGenerationState
+            assert type(theirs._generation_state) is original
+            described = _describe(ours), _describe(theirs)
+            state = described[0].pop("state"), described[1].pop("state")
+            assert described[0] == described[1]
+            assert state[0].pop("backend") is backend
+            assert state[0].pop("fields") == {"num_blocks": 8}
+            assert state[0] == state[1]
+        finally:
+            theirs.kill_server()
+    finally:
+        ours.kill_server()
