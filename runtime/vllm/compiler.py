@@ -106,7 +106,10 @@ class StitchVllmBackend:
     """
 
     def __init__(self, vllm_config: Any = None, **fields: Any) -> None:
-        self.vllm_config = vllm_config
+        # A backend_with() object is built when vLLM's worker first imports the
+        # user's module, which is while vLLM resolves the backend's name, under
+        # set_current_vllm_config: that config is the engine's.
+        self.vllm_config = vllm_config if vllm_config is not None else _current()
         self.fields = fields
         join_vllm_logging()
 
@@ -167,6 +170,13 @@ def cache_group(vllm_config: Any, gm: fx.GraphModule) -> str:
     ]
     text = f"vllm {compute_hash()} {names}"
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _current() -> Any:
+    try:
+        return current_vllm_config()
+    except ImportError:  # built where vLLM is not installed: no engine config
+        return None
 
 
 def current_vllm_config() -> Any:
