@@ -7,16 +7,9 @@ import itertools
 
 import pytest
 import torch
+from engine_support import skip_without_the_engine
 
-transformers = pytest.importorskip("transformers")
-# transformers' engine moved between 5.17 (the GPU image's) and 5.23 (its config
-# fields, its cache's views); the routing is written against 5.23's.
-if tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (5, 23):
-    pytest.skip(
-        f"transformers {transformers.__version__}: the continuous batching "
-        "engine through Stitch needs 5.23 or newer",
-        allow_module_level=True,
-    )
+skip_without_the_engine()
 
 from transformers import LlamaConfig, Qwen2Config  # noqa: E402
 from transformers.generation.continuous_batching.cache import (  # noqa: E402

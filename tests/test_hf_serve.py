@@ -16,14 +16,9 @@ import urllib.request
 
 import pytest
 import torch
+from engine_support import skip_without_the_engine
 
-transformers = pytest.importorskip("transformers")
-if tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (5, 23):
-    pytest.skip(
-        f"transformers {transformers.__version__}: the continuous batching "
-        "engine through Stitch needs 5.23 or newer",
-        allow_module_level=True,
-    )
+skip_without_the_engine()
 from transformers.utils.import_utils import is_serve_available  # noqa: E402
 
 if not is_serve_available():

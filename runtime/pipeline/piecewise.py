@@ -124,6 +124,7 @@ def other_sizes(args: Sequence[Any], symbol: Any) -> list[str]:
     """The sizes in ``args`` that a static target for ``symbol`` cannot fix, as
     ``"s50=8"`` (each symbol with its example value), sorted."""
     found: dict[str, str] = {}
+    hints: dict[Any, Any] | None = None  # one shape env: read once
     for value in args:
         dims: list[Any] = []
         if isinstance(value, torch.SymInt):
@@ -132,7 +133,8 @@ def other_sizes(args: Sequence[Any], symbol: Any) -> list[str]:
             dims = [*value.shape, *value.stride()]
         for dim in dims:
             if isinstance(dim, torch.SymInt):
-                hints = backed_values(dim.node.shape_env)
+                if hints is None:
+                    hints = backed_values(dim.node.shape_env)
                 for s in _untied(dim.node.expr, symbol, hints):
                     found[str(s)] = f"{s}={hints.get(s, '?')}"
     return [found[name] for name in sorted(found)]
@@ -154,30 +156,30 @@ def example_inputs(
             f"depend on {', '.join(others)}, sizes other than {size.symbol} that "
             "the target does not fix"
         )
-    return [concretize(a, size.symbol, target.lo) for a in args]
+    return [concretize(a, target.lo) for a in args]
 
 
-def concretize(value: Any, symbol: Any, size: int) -> Any:
-    """A real value for ``value`` (fake tensor / SymInt) with ``symbol`` = ``size``
-    and the symbols tied to it too (NOTE: [sizes that move with the token count])."""
+def concretize(value: Any, size: int) -> Any:
+    """A real value for ``value`` (fake tensor / SymInt) with every free symbol =
+    ``size``: the runtime size's and those tied to it, the only ones left once
+    :func:`other_sizes` found none other (NOTE: [sizes that move with the token
+    count])."""
     if isinstance(value, torch.SymInt):
-        return _concrete_int(value, symbol, size)
+        return _concrete_int(value, size)
     if isinstance(value, torch.Tensor):
-        shape = [_concrete_int(s, symbol, size) for s in value.shape]
-        stride = [_concrete_int(s, symbol, size) for s in value.stride()]
+        shape = [_concrete_int(s, size) for s in value.shape]
+        stride = [_concrete_int(s, size) for s in value.stride()]
         return torch.empty_strided(
             shape, stride, dtype=value.dtype, device=value.device
         )
     return value
 
 
-def _concrete_int(value: Any, symbol: Any, size: int) -> int:
+def _concrete_int(value: Any, size: int) -> int:
     if isinstance(value, int):
         return value
     expr = value.node.expr
-    free = getattr(expr, "free_symbols", None) or set()
-    if _untied(expr, symbol, backed_values(value.node.shape_env)):
-        raise ValueError(f"{value} depends on sizes other than {symbol}")
+    free = getattr(expr, "free_symbols", None) or ()
     return int(expr.xreplace({s: size for s in free}))
 
 
