@@ -5,18 +5,28 @@ from __future__ import annotations
 import pytest
 
 # transformers' engine moved between 5.17 (the GPU image's) and 5.23 (its config
-# fields, its cache's views); the routing is written against 5.23's.
-ENGINE_TRANSFORMERS = (5, 23)
+# fields, its cache's layout, the attention name it calls): Stitch reads both
+# (NOTE: [transformers' engine across versions] in runtime/hf/engine_compat.py).
+# Its server launcher is written against 5.23's ``transformers serve``.
+ENGINE_TRANSFORMERS = (5, 17)
+SERVER_TRANSFORMERS = (5, 23)
+
+
+def _skip_below(wanted: tuple[int, int], what: str) -> None:
+    transformers = pytest.importorskip("transformers")
+    if tuple(int(p) for p in transformers.__version__.split(".")[:2]) < wanted:
+        pytest.skip(
+            f"transformers {transformers.__version__}: {what} needs "
+            f"{wanted[0]}.{wanted[1]} or newer",
+            allow_module_level=True,
+        )
 
 
 def skip_without_the_engine() -> None:
-    """Skip the calling test module where transformers' engine is not 5.23's."""
-    transformers = pytest.importorskip("transformers")
-    if tuple(int(p) for p in transformers.__version__.split(".")[:2]) < (
-        ENGINE_TRANSFORMERS
-    ):
-        pytest.skip(
-            f"transformers {transformers.__version__}: the continuous batching "
-            "engine through Stitch needs 5.23 or newer",
-            allow_module_level=True,
-        )
+    """Skip the calling test module where transformers' engine is older than 5.17."""
+    _skip_below(ENGINE_TRANSFORMERS, "the continuous batching engine through Stitch")
+
+
+def skip_without_the_server() -> None:
+    """Skip the calling test module where ``transformers serve`` is older than 5.23."""
+    _skip_below(SERVER_TRANSFORMERS, "transformers serve through Stitch")

@@ -288,3 +288,22 @@ def test_a_malformed_record_is_refused_naming_the_field(
     with pytest.raises(StitchCacheError, match="is malformed") as info:
         read_record(str(folder))
     assert says in str(info.value) and RECORD_FILE in str(info.value)
+
+
+def test_a_given_backend_compiles_and_reports(tmp_path: Path) -> None:
+    """``aot_compile(backend=)``: that backend's compiled list reports the compile
+    (the transformers engine's user sees their own backend), and a config or
+    CUDA graphs beside it are refused, not silently dropped."""
+    from stitch.core.errors import StitchConfigError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU()).eval()
+    x = torch.randn(4, 8)
+    backend = StitchBackend(CompilationConfig(cache_dir=str(tmp_path)))
+    compiled = aot_compile(model, (x,), backend=backend)
+    assert compiled.backend is backend and len(backend.compiled) == 1
+    torch.testing.assert_close(compiled(x), model(x), **INDUCTOR_TOL)
+    with pytest.raises(StitchConfigError, match="give the backend alone"):
+        aot_compile(model, (x,), CompilationConfig(), backend=backend)
+    with pytest.raises(StitchConfigError, match="give the backend alone"):
+        aot_compile(model, (x,), backend=backend, cudagraphs=StitchBackend().cudagraphs)

@@ -29,7 +29,8 @@ from transformers.integrations.sdpa_attention import (  # noqa: E402
 )
 
 from stitch.core.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
-from stitch.runtime.hf import engine  # noqa: E402
+from stitch.runtime.hf import engine, engine_compat  # noqa: E402
+from stitch.runtime.hf.engine_compat import config_fields  # noqa: E402
 from stitch.runtime.hf.paged import PAGED_ATTENTION_OP  # noqa: E402
 
 HEADS, KV_HEADS, DIM = 4, 2, 8
@@ -58,6 +59,12 @@ def _config(sliding: bool = False):
 
 def _cache(config) -> PagedAttentionCache:
     from transformers import ContinuousBatchingConfig
+
+    if engine_compat.version() < (5, 23):
+        pytest.skip(
+            "builds the engine's batches through 5.23's cache API; the "
+            "generate_batch tests cover 5.17"
+        )
 
     cb = ContinuousBatchingConfig(
         page_size=4,
@@ -264,10 +271,12 @@ def test_routing_leaves_plain_calls_and_other_models_alone():
     with torch.no_grad():
         before = routed(ids).logits
     assert engine.route_paged_attention(routed) == 2
-    sdpa = AttentionInterface._global_mapping["sdpa"]
+    # The name the engine calls: "sdpa" (5.23), "paged|sdpa" (5.17).
+    name = engine_compat.engine_attention_name()
+    sdpa = AttentionInterface._global_mapping[name]
     assert getattr(sdpa, "__wrapped__", None) is not None
     engine.install()  # idempotent: wrapped once
-    assert AttentionInterface._global_mapping["sdpa"] is sdpa
+    assert AttentionInterface._global_mapping[name] is sdpa
     calls = []
     original = sdpa.__wrapped__
     forward = engine.paged_attention_forward
@@ -317,6 +326,36 @@ def test_routing_leaves_plain_calls_and_other_models_alone():
         assert calls == [1]
     finally:
         engine.paged_attention_forward = forward
+
+
+def test_engine_forward_leaves_the_models_other_uses_alone():
+    """continuous_batching_config gives the model a forward of its own: plain
+    calls, a saved and loaded model, and a copy behave as before."""
+    import copy
+    import io
+
+    from stitch.runtime import StitchBackend
+    from stitch.runtime.hf.saved_step import EngineForward
+
+    model = _llama()
+    ids = torch.randint(3, 128, (2, 7))
+    with torch.no_grad():
+        before = model(ids).logits
+        engine.continuous_batching_config(model, StitchBackend(), **_ENGINE)
+        assert isinstance(model.__dict__["forward"], EngineForward)
+        torch.testing.assert_close(model(ids).logits, before, rtol=0, atol=0)
+        # torch.save pickles the model: the loaded one has its class's forward.
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        loaded = torch.load(buffer, weights_only=False)
+        assert not isinstance(loaded.forward, EngineForward)
+        torch.testing.assert_close(loaded(ids).logits, before, rtol=0, atol=0)
+        # A copy gets an engine forward of its own, bound to the copy.
+        twin = copy.deepcopy(model)
+        assert twin.forward is not model.forward and twin.forward.model is twin
+        torch.testing.assert_close(twin(ids).logits, before, rtol=0, atol=0)
+    assert model.forward.steps == {}  # nothing compiled: no engine ran
 
 
 def test_routing_refuses_other_implementations_and_backends_without_the_op():
@@ -370,7 +409,9 @@ def _engine_matches_eager(model, tmp_path):
     from stitch.runtime import CompilationConfig, StitchBackend
 
     eager = ContinuousBatchingConfig(
-        **_ENGINE, max_blocks_per_request=0, auto_switch_to_flash=False
+        **config_fields(
+            dict(_ENGINE, max_blocks_per_request=0, auto_switch_to_flash=False)
+        )
     )
     expected = _generate(model, eager)
     backend = StitchBackend(
@@ -380,16 +421,18 @@ def _engine_matches_eager(model, tmp_path):
     for (tokens, logprobs), (want, want_logprobs) in zip(got, expected, strict=True):
         assert tokens == want and len(tokens) == 8
         torch.testing.assert_close(logprobs, want_logprobs, rtol=1e-4, atol=1e-4)
-    # The user's backend compiled the step: one graph (fullgraph, dynamic),
-    # split at the paged op of every layer.
+    # The user's backend compiled the model's call: one graph (every size
+    # dynamic), split at the paged op of every layer, and saved it.
     assert len(backend.compiled) == 1
     reports = backend.compiled[0].reports
     layers = model.config.num_hidden_layers
     assert [r.module_path for r in reports if r.splitting] == [
-        f"model.layers.{i}.self_attn" for i in range(layers)
+        f"model.model.layers.{i}.self_attn" for i in range(layers)
     ]
     assert "stitch.paged_attention" in backend.compiled[0].code
     assert backend.compiled[0].warm is False
+    [step] = model.forward.steps.values()
+    assert step.warm is False and step.path is not None
     return got
 
 
@@ -425,6 +468,17 @@ def test_generate_batch_mixtral_through_stitch(tmp_path):
     _engine_matches_eager(model, tmp_path)
 
 
+def test_generate_batch_sliding_window_through_stitch(tmp_path):
+    """A sliding layer beside a full one: two cache groups, keys per layer type."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = _config(sliding=True)
+    config.vocab_size = 128
+    model = Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa").eval()
+    _engine_matches_eager(model, tmp_path)
+
+
 # The child: the engine through Stitch with a given cache folder; prints the
 # tokens and whether each graph started warm.
 _CHILD = """
@@ -440,8 +494,10 @@ backend = StitchBackend(
 out = _generate(model, continuous_batching_config(model, backend, **_ENGINE))
 print(json.dumps({
     "out": out,
-    "warm": [c.warm for c in backend.compiled],
-    "caches": [r.cache for c in backend.compiled for r in c.reports if not r.splitting],
+    "steps": [s.warm for s in model.forward.steps.values()],
+    "compiled": len(backend.compiled),
+    "traced": "torch._dynamo.convert_frame" in sys.modules
+    and sum(torch._dynamo.utils.counters["stats"].values()),
 }))
 """
 
@@ -462,7 +518,8 @@ def test_generate_batch_second_process_starts_warm(llama_cold):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     warm = json.loads(done.stdout.strip().splitlines()[-1])
-    assert warm["warm"] == [True] and set(warm["caches"]) == {"hit"}
+    # The saved forward loaded: no Dynamo trace, no backend call.
+    assert warm["steps"] == [True] and warm["compiled"] == 0 and not warm["traced"]
     assert [[tokens, logprobs] for tokens, logprobs in cold] == warm["out"]
 
 
@@ -525,7 +582,9 @@ def test_generate_batch_refuses_what_the_cache_cannot_hold(tmp_path):
     ]
     good = [0, 1, 3, 5]
     eager = ContinuousBatchingConfig(
-        **fields, max_blocks_per_request=0, auto_switch_to_flash=False
+        **config_fields(
+            dict(fields, max_blocks_per_request=0, auto_switch_to_flash=False)
+        )
     )
     expected = _outputs(model, eager, [prompts[i] for i in good])
     backend = StitchBackend(

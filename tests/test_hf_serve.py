@@ -16,9 +16,9 @@ import urllib.request
 
 import pytest
 import torch
-from engine_support import skip_without_the_engine
+from engine_support import skip_without_the_server
 
-skip_without_the_engine()
+skip_without_the_server()
 from transformers.utils.import_utils import is_serve_available  # noqa: E402
 
 if not is_serve_available():
@@ -159,14 +159,10 @@ def _stop(process) -> None:
             process.wait(timeout=10)
 
 
-@pytest.mark.slow
-def test_openai_client_gets_the_eager_engine_tokens_through_stitch(tmp_path):
-    model_dir = tmp_path / "tiny-llama"
-    _checkpoint(model_dir)
-    prompts = _prompts()
-    expected = _eager_tokens(model_dir, prompts)
-    assert all(len(t) == MAX_TOKENS for t in expected)
-
+def _serve_and_ask(model_dir, cache, log_path, prompts) -> tuple[list, str, int]:
+    """Start the launcher on ``cache``, ask it every prompt through the openai
+    client (one first, then the others at once), stop it: the tokens, the
+    server's log and its exit status."""
     port = _free_port()
     command = [
         sys.executable,
@@ -177,13 +173,13 @@ def test_openai_client_gets_the_eager_engine_tokens_through_stitch(tmp_path):
         f"--port={port}",
         "--device=cpu",
         "--dtype=float32",
-        f"--cache-dir={tmp_path / 'cache'}",
+        f"--cache-dir={cache}",
         *FLAGS,
     ]
     env = dict(
         os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1"
     )
-    with open(tmp_path / "server.log", "w+", encoding="utf-8") as log:
+    with open(log_path, "w+", encoding="utf-8") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=env
         )
@@ -207,21 +203,45 @@ def test_openai_client_gets_the_eager_engine_tokens_through_stitch(tmp_path):
                 assert answer.usage.completion_tokens == MAX_TOKENS
                 return _tokens(answer.choices[0].text)
 
-            # One request (it compiles the step), then the others at once.
-            assert complete(prompts[0]) == expected[0]
+            # One request (it compiles the model's call), then the others at once.
+            got = [complete(prompts[0])]
             with concurrent.futures.ThreadPoolExecutor(len(prompts) - 1) as pool:
-                got = list(pool.map(complete, prompts[1:]))
-            assert got == expected[1:]
+                got += list(pool.map(complete, prompts[1:]))
         finally:
             _stop(process)
-        output = _read(log)
-    # Stitch compiled the engine's step once (fullgraph, dynamic), split at the
+        return got, _read(log), process.returncode
+
+
+@pytest.mark.slow
+def test_openai_client_gets_the_eager_engine_tokens_through_stitch(tmp_path):
+    model_dir = tmp_path / "tiny-llama"
+    _checkpoint(model_dir)
+    prompts = _prompts()
+    expected = _eager_tokens(model_dir, prompts)
+    assert all(len(t) == MAX_TOKENS for t in expected)
+
+    cache = tmp_path / "cache"
+    got, output, status = _serve_and_ask(
+        model_dir, cache, tmp_path / "server.log", prompts
+    )
+    assert got == expected
+    # Stitch compiled the model's call once (every size dynamic), split at the
     # paged attention of both layers: 2 op pieces and 3 compiled around them.
     assert re.findall(r"stitch: graph \w+: (\d+) pieces", output) == ["5"], output
+    assert "engine forward compiled" in output, output
     # SIGTERM stopped it through uvicorn's shutdown (which re-raises the signal
     # after it), not the kill.
     assert "Application shutdown complete" in output, output
-    assert process.returncode in (0, -signal.SIGTERM), output
+    assert status in (0, -signal.SIGTERM), output
+
+    # A restart on the same cache loads the saved forward: no compile.
+    got, output, status = _serve_and_ask(
+        model_dir, cache, tmp_path / "restart.log", prompts
+    )
+    assert got == expected
+    assert "engine forward loaded warm" in output, output
+    assert not re.findall(r"stitch: graph \w+: (\d+) pieces", output), output
+    assert status in (0, -signal.SIGTERM), output
 
 
 # -- what the launcher changes in transformers' server ----------------------------

@@ -4,11 +4,12 @@ with its own compile and through Stitch, side by side.
 Each run is a fresh process (``python -m stitch.runtime.cli.engine_job --child``),
 one after the other: ``eager`` (the engine's paged SDPA, no compile),
 ``engine`` (its own compile, ``default_compile_level=1``: Inductor, the graph
-broken at every layer's cache update), ``stitch`` (the step as one Dynamo
-graph split at ``stitch::paged_attention``: NOTE: [how the engine reaches the
-paged op] in runtime/hf/engine.py).  ``engine`` and ``stitch`` run twice on
-one cache folder, cold then warm (Inductor's FX graph cache for ``engine``,
-Stitch's for ``stitch``).  Per run:
+broken at every layer's cache update), ``stitch`` (the model's call in each
+step as one graph split at ``stitch::paged_attention``, saved: NOTE:
+[transformers' engine under Stitch] in runtime/hf/engine.py).  ``engine`` and
+``stitch`` run twice on one cache folder, cold then warm (Inductor's FX graph
+cache for ``engine``, whose warm process still traces the step; Stitch's saved
+forward for ``stitch``, which a warm process loads without Dynamo).  Per run:
 
 - start: from the process's first line to the first token of one short
   request (model build, the engine's start, every compile or cache load);
@@ -108,12 +109,18 @@ def child(variant: str, cache: str, work: Workload) -> dict[str, Any]:
         backend = StitchBackend(CompilationConfig(cache_dir=cache))
         config = continuous_batching_config(model, backend, **fields)
     else:
+        from stitch.runtime.hf.engine_compat import config_fields
+
         config = ContinuousBatchingConfig(
-            **fields,
-            default_compile_level=1 if variant == "engine" else 0,
-            max_blocks_per_request=0,
-            auto_switch_to_flash=False,
-            use_cuda_graph=False,
+            **config_fields(
+                dict(
+                    fields,
+                    default_compile_level=1 if variant == "engine" else 0,
+                    max_blocks_per_request=0,
+                    auto_switch_to_flash=False,
+                    use_cuda_graph=False,
+                )
+            )
         )
 
     def greedy(tokens: int) -> Any:

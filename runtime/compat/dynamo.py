@@ -75,8 +75,20 @@ def aot_compile(
     kwargs: Mapping[str, Any] | None = None,
 ) -> Any:
     """``torch.compile(fn, backend, fullgraph=True).aot_compile((args, kwargs))``,
-    keeping only the guards torch can save (NOTE: [guards torch cannot save])."""
-    with aot_compile_enabled():
+    keeping only the guards torch can save (NOTE: [guards torch cannot save]).
+
+    NOTE: [a saved forward does not depend on earlier compiles]
+    Dynamo's automatic dynamic shapes make a size or scalar that differed from
+    an earlier compile of the same code dynamic: two models in one process (a
+    paged attention's ``scaling`` of another head size) made the second trace
+    a float input and restart, which ``aot_compile`` does not survive, and a
+    saved forward would depend on what the process compiled before.  It is
+    off for this compile: the dims marked are the dynamic ones, as in a fresh
+    process.
+    """
+    import torch._dynamo.config as config
+
+    with aot_compile_enabled(), config.patch(automatic_dynamic_shapes=False):
         return torch.compile(
             fn,
             backend=backend,

@@ -13,7 +13,8 @@
   transformers' paged KV cache, which it writes; :mod:`.triton_paged` its
   Triton kernel for CUDA tensors;
 - :mod:`.engine`: transformers' continuous batching (``generate_batch``)
-  compiled by Stitch, its paged attention routed to that op.
+  compiled by Stitch, its paged attention routed to that op;
+  :mod:`.saved_step` the engine's model call as a saved forward.
 
 The core (``stitch.runtime`` outside this package) never imports it; importing
 it needs transformers (``pip install 'stitch[hf]'``).
@@ -32,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
 
 from . import triton_paged  # noqa: F401 - registers the CUDA kernel
 from .attention import ATTN_IMPLEMENTATION, register, stitch_attention_forward
-from .engine import EngineBackend, continuous_batching_config, route_paged_attention
+from .engine import continuous_batching_config, route_paged_attention
 from .models import (
     FAMILIES,
     Family,
@@ -53,7 +54,6 @@ from .serving import (
 
 __all__ = [
     "ATTN_IMPLEMENTATION",
-    "EngineBackend",
     "FAMILIES",
     "Family",
     "HF_ATTENTION_OP",

@@ -2,7 +2,7 @@
 they reach the engine, so that the engine keeps serving the others.
 
 NOTE: [requests the paged cache can never hold]
-transformers 5.23's engine admits every request.  One whose prompt is longer
+transformers' engine (5.17 and 5.23) admits every request.  One whose prompt is longer
 than the whole cache, or whose prompt and ``max_new_tokens`` outgrow it, is
 scheduled in chunks until the cache is full; then no request can get a block,
 none can be offloaded, and ``prepare_next_batch`` raises "No requests can be
@@ -29,17 +29,9 @@ from typing import Any
 
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
+from .engine_compat import fits, page_size
+
 PREFIX = "stitch_"
-# A request id no block table holds: the blocks a request needs from nothing.
-_PROBE = "stitch capacity probe"
-
-
-def sectors_needed(cache: Any, tokens: int) -> int:
-    """The cache sectors one request of ``tokens`` stored tokens needs."""
-    return sum(
-        -(-allocator.needs_new_blocks(_PROBE, 0, tokens) // allocator.blocks_per_sector)
-        for allocator in cache.cache_allocators.values()
-    )
 
 
 def capacity(cache: Any, tokens: int) -> int:
@@ -48,7 +40,7 @@ def capacity(cache: Any, tokens: int) -> int:
     low, high = 0, tokens + 1
     while high - low > 1:
         mid = (low + high) // 2
-        if sectors_needed(cache, mid) <= cache.num_sectors:
+        if fits(cache, mid):
             low = mid
         else:
             high = mid
@@ -61,10 +53,10 @@ def refuse_unservable(cache: Any, state: Any) -> None:
     new = state.max_new_tokens
     # The last generated token is sampled, never stored.
     stored = prompt + (new - 1 if new else 0)
-    if sectors_needed(cache, stored) <= cache.num_sectors:
+    if fits(cache, stored):
         return
     most = capacity(cache, stored)
-    page = min(a.tokens_per_page for a in cache.cache_allocators.values())
+    page = page_size(cache)
     sizes = (
         f"the paged cache holds at most {most} tokens of one request "
         f"(num_blocks={cache.num_blocks}, page_size={page})"

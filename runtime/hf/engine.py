@@ -6,14 +6,17 @@
     backend = StitchBackend(CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP]))
     cb_config = continuous_batching_config(model, backend, num_blocks=64)
     outputs = model.generate_batch(prompts, generation_config, continuous_batching_config=cb_config)
-    backend.compiled  # the step's graphs, split at the paged attention
+    backend.compiled  # the model call's graph, split at the paged attention (cold)
+    model.forward.steps  # its saved forward per cache layout: .warm, .path
 
 NOTE: [how the engine reaches the paged op]
 transformers 5.23's ``ContinuousBatchingManager.switch_to_cb_friendly_attn``
 accepts only ``"paged|eager"``, ``"sdpa"`` or a flash name (a registered name
 containing "flash" is looked up as a hub kernel when the model is built), so a
 new implementation name cannot reach the engine.  The paged calls come under
-``"sdpa"``: :func:`install` wraps transformers' SDPA function in
+``"sdpa"`` (5.17 switches an SDPA model to ``"paged|sdpa"`` while the engine
+runs, so there that is the name wrapped: NOTE: [transformers' engine across
+versions] in engine_compat.py): :func:`install` wraps transformers' function in
 ``AttentionInterface`` once (the wrapper is marked) and the wrapper sends a call
 to :func:`paged_attention_forward` only when both hold: a ``PagedAttentionCache``
 is passed (``cache=``, the engine's calls only) and the calling attention module
@@ -25,29 +28,24 @@ a constant under a guard.  Why not "paged|eager": its function is the
 ``torch.compiler.disable``d one, and it is the name the engine switches eager
 models to, so wrapping it would change them too.
 
-NOTE: [the engine copies its backend]
-``CompileConfig.to_dict`` deep-copies its fields, backend included, before
-``torch.compile``, and ``resolve_continuous_batching_config`` deep-copies the
-whole config: a ``StitchBackend`` given there compiles as a copy, and its
-``compiled`` list stays empty.  :class:`EngineBackend` is what goes into the
-``CompileConfig``: copying it gives itself, so the user's backend compiles.
-``torch.compile`` passes ``mode`` (``CompileConfig`` defaults it to
-"reduce-overhead", Inductor's CUDA graphs) as a keyword; Stitch's own
-``cudagraph_mode`` decides graphs, so the mode is dropped; ``options`` are
-refused by name.
-
-NOTE: [transformers' engine compile paths under Stitch]
-For SDPA the engine has one compiled path, the varlen one
-(``varlen_compile_config``): the decode fast path needs flash's block tables
-(``max_blocks_per_request`` is set to 0 here).  Under compile the engine pads
-the query tokens and the keys read to intervals, so steps come in a few sizes;
-``dynamic=True`` gives one graph for all.  The engine's CUDA graphs are off
-(``use_cuda_graph=False``): on CUDA the graphs are Stitch's.
+NOTE: [transformers' engine under Stitch]
+:func:`continuous_batching_config` gives the engine no compile config: the
+engine's step runs eagerly and calls the model once per step, and that call
+runs Stitch's saved forward (NOTE: [the engine calls a saved forward] in
+saved_step.py), compiled by the user's backend the first time and loaded
+without Dynamo by every later process.  (A ``CompileConfig`` would make every
+process trace the step, and ``CompileConfig.to_dict`` deep-copies its
+backend: the user's would not be the one that compiles.)  The decode fast
+path needs flash's block tables (``max_blocks_per_request`` is set to 0), so
+every step is the varlen one.  Without a compile config the engine does not
+pad its batches; the sizes are dynamic dims of one graph.  The engine's CUDA
+graphs are off (``use_cuda_graph=False``): they would capture the eager step
+around Stitch's pieces.  Capturing decode steps with Stitch's graphs, whose
+token counts the engine no longer pads, has not run on a GPU yet (issue 35).
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -58,7 +56,16 @@ from stitch.core.errors import StitchConfigError, StitchRuntimeError
 from ..pipeline.splitting import is_attention
 from .admission import scheduler_type
 from .attention import ARGUMENTS, _short, _sinks, _where
+from .engine_compat import (
+    FLASH_LENGTHS,
+    accepted_implementations,
+    config_fields,
+    engine_attention_name,
+    layer_cache,
+    refuse_flash_switch,
+)
 from .paged import PAGED_ATTENTION_OP
+from .saved_step import install_engine_forward
 
 # The flag on an opted-in model's attention modules, and the mark on the wrapper.
 ROUTED = "_stitch_paged_attention"
@@ -72,8 +79,7 @@ PAGED_ARGUMENTS: dict[str, str] = {
     "write_index": "per allocator: the cache row of every new token",
     "cu_seq_lens_q": "the sequences' query boundaries",
     "cu_seq_lens_k": "per layer type: the sequences' key boundaries",
-    "max_length_q": "flash's; the op reads the boundaries",
-    "max_length_k": "flash's; the op reads the boundaries",
+    **{name: "flash's; the op reads the boundaries" for name in FLASH_LENGTHS},
     "block_table": "flash's decode fast path; must be None",
     "logits_indices": "the engine's sampling; not attention's",
     "logits_processor_args": "the engine's sampling; not attention's",
@@ -117,9 +123,8 @@ def paged_attention_forward(
                 "(block tables are flash's decode fast path: continuous_batching_config "
                 "sets max_blocks_per_request=0)"
             )
-    cache = kwargs["cache"]
-    allocator = cache.layer_to_allocator[module.layer_idx]
-    k_cache, v_cache = allocator._kv_token_views[module.layer_idx]
+    layer = layer_cache(kwargs["cache"], module.layer_idx)
+    k_cache, v_cache = layer.k, layer.v
     batch, heads, tokens, head_dim = query.shape
     kv_heads = key.shape[1]
     if (
@@ -132,8 +137,11 @@ def paged_attention_forward(
             f"the paged cache rows {tuple(k_cache.shape[1:])} (one packed batch of "
             "[1, heads, tokens, head_dim]; query heads a multiple of key/value heads)"
         )
-    sliding = allocator.layer_type == "sliding_attention"
     sinks = _sinks(module, kwargs, heads)
+    # One per layer type; 5.17 passes the one tensor of a model with one type.
+    cu_seq_lens_k = kwargs["cu_seq_lens_k"]
+    if isinstance(cu_seq_lens_k, dict):
+        cu_seq_lens_k = cu_seq_lens_k[layer.layer_type]
     out = query.new_empty((tokens, heads, value.shape[-1]))
     torch.ops.stitch.paged_attention(
         query[0].transpose(0, 1),
@@ -141,15 +149,15 @@ def paged_attention_forward(
         value[0].transpose(0, 1),
         k_cache,
         v_cache,
-        kwargs["write_index"][allocator.index],
-        kwargs["read_index"][allocator.index],
+        kwargs["write_index"][layer.group],
+        kwargs["read_index"][layer.group],
         kwargs["cu_seq_lens_q"],
-        kwargs["cu_seq_lens_k"][allocator.layer_type],
+        cu_seq_lens_k,
         out,
         float(scaling) if scaling is not None else head_dim**-0.5,
-        not sliding,
-        allocator.sentinel_index,
-        allocator.sliding_window if sliding else 0,
+        not layer.window,
+        layer.sentinel,
+        layer.window,
         float(kwargs.get("softcap") or 0.0),
         None if sinks is None else sinks.reshape(heads),
     )
@@ -161,8 +169,9 @@ def install() -> None:
     from transformers import AttentionInterface
     from transformers.generation.continuous_batching.cache import PagedAttentionCache
 
+    name = engine_attention_name()
     mapping = AttentionInterface._global_mapping
-    original = mapping["sdpa"]
+    original = mapping[name]
     if getattr(original, _WRAPPED, False):
         return
 
@@ -177,19 +186,20 @@ def install() -> None:
 
     setattr(sdpa_or_stitch_paged, _WRAPPED, True)
     sdpa_or_stitch_paged.__wrapped__ = original
-    AttentionInterface.register("sdpa", sdpa_or_stitch_paged)
+    AttentionInterface.register(name, sdpa_or_stitch_paged)
 
 
 def route_paged_attention(model: torch.nn.Module) -> int:
     """Send ``model``'s paged attention calls to Stitch's op; returns how many
     attention modules were opted in (a model with none is refused)."""
     implementation = getattr(model.config, "_attn_implementation", None)
-    if implementation != "sdpa":
+    if implementation not in accepted_implementations():
         raise StitchConfigError(
             f"{type(model).__name__}: attn_implementation={implementation!r}; Stitch's "
             "paged attention routes the engine's 'sdpa' calls: build the model with "
             "attn_implementation='sdpa'"
         )
+    refuse_flash_switch(model)
     install()
     modules = [
         m
@@ -207,43 +217,21 @@ def route_paged_attention(model: torch.nn.Module) -> int:
     return len(modules)
 
 
-class EngineBackend:
-    """What the engine's ``CompileConfig`` holds: the user's backend, uncopied
-    (NOTE: [the engine copies its backend])."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> EngineBackend:
-        return self
-
-    def __copy__(self) -> EngineBackend:
-        return self
-
-    def __call__(self, gm: torch.fx.GraphModule, example_inputs: Any, **kwargs: Any):
-        kwargs.pop("mode", None)
-        if kwargs:
-            raise StitchConfigError(
-                f"CompileConfig passes {sorted(kwargs)} to the backend; Stitch takes "
-                "its settings from its CompilationConfig: leave options unset"
-            )
-        return self.backend(gm, example_inputs)
-
-
 def continuous_batching_config(
     model: torch.nn.Module, backend: Any, **fields: Any
 ) -> Any:
-    """A ``ContinuousBatchingConfig`` whose step compiles with ``backend``
-    (fullgraph, dynamic), ``model``'s paged attention routed to Stitch's op.
+    """A ``ContinuousBatchingConfig`` whose model call is compiled by ``backend``
+    and saved (NOTE: [transformers' engine under Stitch]), ``model``'s paged
+    attention routed to Stitch's op.
 
     ``fields`` go to ``ContinuousBatchingConfig`` (``num_blocks``,
     ``max_batch_tokens``, ...); the compile configs, the decode fast path, the
     engine's CUDA graphs and the switch to flash are set here (NOTE: [transformers'
-    engine compile paths under Stitch]), and ``scheduler_type`` becomes its
+    engine under Stitch]), and ``scheduler_type`` becomes its
     variant that refuses requests the cache can never hold (NOTE: [requests the
     paged cache can never hold] in admission.py).
     """
-    from transformers import CompileConfig, ContinuousBatchingConfig
+    from transformers import ContinuousBatchingConfig
 
     config = getattr(backend, "config", None)
     splitting = getattr(config, "splitting_ops", None)
@@ -268,15 +256,15 @@ def continuous_batching_config(
                 "Stitch; leave it out"
             )
     route_paged_attention(model)
-    compile_config = CompileConfig(
-        backend=EngineBackend(backend), fullgraph=True, dynamic=True, mode="default"
-    )
+    install_engine_forward(model, backend)
+    fields["scheduler_type"] = scheduler_type(fields.pop("scheduler_type", "fifo"))
     return ContinuousBatchingConfig(
-        varlen_compile_config=compile_config,
-        decode_compile_config=copy.copy(compile_config),
-        use_cuda_graph=False,
-        max_blocks_per_request=0,
-        auto_switch_to_flash=False,
-        scheduler_type=scheduler_type(fields.pop("scheduler_type", "fifo")),
-        **fields,
+        **config_fields(
+            dict(
+                use_cuda_graph=False,
+                max_blocks_per_request=0,
+                auto_switch_to_flash=False,
+                **fields,
+            )
+        )
     )

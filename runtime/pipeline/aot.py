@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from stitch.core.errors import StitchCacheError, StitchError
+from stitch.core.errors import StitchCacheError, StitchConfigError, StitchError
 
 from ..compat import dynamo
 from ..config import CompilationConfig
@@ -117,6 +117,7 @@ def aot_compile(
     dynamic_dims: Mapping[int | str, Sequence[int]] | None = None,
     guards: bool | None = None,
     cudagraphs: CUDAGraphManager | None = None,
+    backend: StitchBackend | None = None,
 ) -> AOTCompiledModel:
     """Compile ``model.forward`` with Stitch ahead of time, or load it as compiled before.
 
@@ -137,8 +138,20 @@ def aot_compile(
     every call, for debugging.  ``cudagraphs`` is the :class:`CUDAGraphManager`
     the forward's CUDA graphs use (default: a new one for ``config``); a saved
     forward runs the graphs it was compiled with, captured in this process.
+    ``backend``: the :class:`StitchBackend` that compiles (its ``compiled``
+    list reports it; its config and CUDA graphs are the ones used); default: a
+    new one for ``config``.
     """
     start = time.perf_counter()
+    if backend is not None:
+        if (config is not None and config is not backend.config) or (
+            cudagraphs is not None and cudagraphs is not backend.cudagraphs
+        ):
+            raise StitchConfigError(
+                "aot_compile: a backend brings its config and CUDA graphs; "
+                "give the backend alone"
+            )
+        config, cudagraphs = backend.config, backend.cudagraphs
     config = config if config is not None else CompilationConfig()
     if cudagraphs is None:
         cudagraphs = CUDAGraphManager(config)
@@ -179,8 +192,9 @@ def aot_compile(
                 return AOTCompiledModel(
                     forward, True, guards, seconds, folder, entry, None, cudagraphs
                 )
-    backend = StitchBackend(config, serializable=True)
-    backend.cudagraphs = cudagraphs
+    if backend is None:
+        backend = StitchBackend(config, serializable=True)
+        backend.cudagraphs = cudagraphs
     with marked_unbacked(args, dims):
         forward, saved = compile_and_save(
             model, args, dims, config, backend, folder, guards
@@ -365,7 +379,7 @@ def compile_and_save(
             type(exc).__name__,
             exc,
         )
-        return torch.compile(model, backend=StitchBackend(config), fullgraph=True), None
+        return torch.compile(model, backend=backend, fullgraph=True), None
     artifacts = compiled._artifacts
     stitched = artifacts.compiled_fn
     assert isinstance(stitched, StitchFunction)  # serializable=True above

@@ -1,0 +1,183 @@
+"""transformers' continuous batching engine as Stitch reads it: 5.17 (the GPU
+image's) and 5.23 and later.
+
+NOTE: [transformers' engine across versions]
+What Stitch reads from the engine moved between 5.17 and 5.23:
+
+- the attention name the engine calls for an SDPA model: 5.23 keeps
+  ``"sdpa"`` and passes the paged cache; 5.17 switches the model to
+  ``"paged|sdpa"`` while it runs (and to a flash implementation first, when
+  one is installed: :func:`refuse_flash_switch`);
+- the paged cache: 5.23 has one allocator per layer group
+  (``layer_to_allocator``, each with its key and value views, sentinel row and
+  window); 5.17 has ``layer_index_to_group_indices`` into shared
+  ``key_cache``/``value_cache`` lists, one sentinel row and per-layer windows
+  (1: full attention);
+- the config: 5.23's ``page_size`` is 5.17's ``block_size``, and 5.17 has no
+  ``auto_switch_to_flash``; the batch's ``max_length_q/k`` are 5.17's
+  ``max_seqlen_q/k``;
+- capacity: 5.23 counts sectors of blocks per allocator, 5.17 blocks of one
+  block manager.
+
+Everything else Stitch uses (``generate_batch``, the batch's keyword
+arguments, the scheduler mapping) is the same in both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from stitch.core.errors import StitchConfigError
+
+# The engine's batch arguments that are flash's, under either version's name.
+FLASH_LENGTHS = ("max_length_q", "max_length_k", "max_seqlen_q", "max_seqlen_k")
+
+
+def version() -> tuple[int, int]:
+    import transformers
+
+    major, minor = transformers.__version__.split(".")[:2]
+    return int(major), int(minor)
+
+
+def engine_attention_name() -> str:
+    """The attention name the engine calls for a model built with ``"sdpa"``."""
+    return "sdpa" if version() >= (5, 23) else "paged|sdpa"
+
+
+def accepted_implementations() -> tuple[str, ...]:
+    """What a model may be built with for Stitch's engine route."""
+    return ("sdpa",) if version() >= (5, 23) else ("sdpa", "paged|sdpa")
+
+
+def refuse_flash_switch(model: torch.nn.Module) -> None:
+    """5.17 switches an SDPA model that supports flash to flash attention when a
+    flash package is installed; Stitch's op would then not be called."""
+    if version() >= (5, 23):
+        return
+    from transformers.utils import (
+        is_flash_attn_2_available,
+        is_flash_attn_3_available,
+    )
+
+    implementation = model.config._attn_implementation
+    if (
+        implementation == "sdpa"
+        and getattr(model, "_supports_flash_attn", False)
+        and (
+            is_flash_attn_3_available(kernels_fallback_ok=True)
+            or is_flash_attn_2_available(kernels_fallback_ok=True)
+        )
+    ):
+        raise StitchConfigError(
+            f"{type(model).__name__}: transformers 5.17's engine would switch "
+            "attn_implementation='sdpa' to flash attention (installed here), which "
+            "Stitch's paged op does not take; build the model with "
+            "attn_implementation='paged|sdpa'"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCache:
+    """One layer's part of the paged cache, as ``stitch::paged_attention`` takes it."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    # Which entry of the batch's read_index and write_index lists is this layer's.
+    group: int
+    # The key of the batch's cu_seq_lens_k for this layer.
+    layer_type: str
+    sentinel: int
+    # 0: full attention.
+    window: int
+
+
+def layer_cache(cache: Any, layer_idx: int) -> LayerCache:
+    if hasattr(cache, "layer_to_allocator"):
+        allocator = cache.layer_to_allocator[layer_idx]
+        k, v = allocator._kv_token_views[layer_idx]
+        sliding = allocator.layer_type == "sliding_attention"
+        return LayerCache(
+            k,
+            v,
+            allocator.index,
+            allocator.layer_type,
+            allocator.sentinel_index,
+            allocator.sliding_window if sliding else 0,
+        )
+    group, in_group = cache.layer_index_to_group_indices[layer_idx]
+    window = cache.sliding_windows[layer_idx]
+    return LayerCache(
+        cache.key_cache[in_group],
+        cache.value_cache[in_group],
+        group,
+        "full_attention" if window == 1 else "sliding_attention",
+        cache.sentinel_index,
+        0 if window == 1 else window,
+    )
+
+
+def layer_indices(cache: Any) -> list[int]:
+    if hasattr(cache, "layer_to_allocator"):
+        return sorted(cache.layer_to_allocator)
+    return sorted(cache.layer_index_to_group_indices)
+
+
+def cache_layout(cache: Any) -> str:
+    """The layout of every layer's cache, as a string (NOTE: [what keys the
+    engine's saved forward] in saved_step.py)."""
+    layers = []
+    for i in layer_indices(cache):
+        c = layer_cache(cache, i)
+        layers.append(
+            (
+                i,
+                c.group,
+                c.layer_type,
+                c.sentinel,
+                c.window,
+                tuple(c.k.shape),
+                str(c.k.dtype),
+            )
+        )
+    return repr(layers)
+
+
+def page_size(cache: Any) -> int:
+    if hasattr(cache, "cache_allocators"):
+        return min(a.tokens_per_page for a in cache.cache_allocators.values())
+    return cache.block_size
+
+
+def fits(cache: Any, tokens: int) -> bool:
+    """Whether one request storing ``tokens`` tokens fits the whole empty cache."""
+    if hasattr(cache, "cache_allocators"):
+        probe = "stitch capacity probe"  # a request id no block table holds
+        sectors = sum(
+            -(
+                -allocator.needs_new_blocks(probe, 0, tokens)
+                // allocator.blocks_per_sector
+            )
+            for allocator in cache.cache_allocators.values()
+        )
+        return sectors <= cache.num_sectors
+    blocks = -(-tokens // cache.block_size)
+    needed = sum(
+        min(blocks, getattr(m, "_max_blocks_per_request", blocks))
+        for m in cache.group_cache_managers
+    )
+    return needed <= cache.num_blocks
+
+
+def config_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """``ContinuousBatchingConfig`` fields in this version's names: ``page_size``
+    is 5.17's ``block_size``; 5.17 has no ``auto_switch_to_flash``."""
+    out = dict(fields)
+    if version() < (5, 23):
+        if "page_size" in out:
+            out["block_size"] = out.pop("page_size")
+        out.pop("auto_switch_to_flash", None)
+    return out
