@@ -240,7 +240,7 @@ def continuous_batching_config(
     }:
         raise StitchConfigError(
             f"splitting_ops={[entry_label(op) for op in splitting]} lacks "
-            f"{PAGED_ATTENTION_OP!r}: the engine's step would compile as one piece "
+            f"{PAGED_ATTENTION_OP!r}: the model's call would compile as one piece "
             "around the cache write; add it to the backend's splitting_ops"
         )
     for name in (

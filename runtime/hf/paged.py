@@ -5,8 +5,8 @@ serve``): one call per layer and step takes the new tokens of every sequence in
 the batch, packed (prefill chunks and decode tokens mixed), writes their keys
 and values into the layer's paged cache in place, and attends causally within
 each sequence's chunk and over its cached prefix.  It owns the cache write, so
-no ``torch.compiler.disable``d function is left in the engine's step (see
-engine.py), and Stitch splits the step's graph at it (add it to
+no ``torch.compiler.disable``d function is left in the model's call (see
+engine.py), and Stitch splits that call's graph at it (add it to
 ``splitting_ops``; :data:`PAGED_ATTENTION_OP`).
 
 NOTE: [the paged batch of transformers' engine]
