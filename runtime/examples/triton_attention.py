@@ -9,6 +9,7 @@ the op runs the torch implementation instead (also graph-capturable).
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import os
 from types import ModuleType
@@ -22,21 +23,27 @@ log = logging.getLogger("stitch")
 
 
 @functools.cache
-def triton_kernels() -> ModuleType | None:
-    """The kernel module, or None when Triton cannot be imported (asked once)."""
+def optional_kernels(module: str, op: str) -> ModuleType | None:
+    """The Triton kernel module ``module``, or None when Triton cannot be
+    imported (asked once per module; ``op`` then runs its torch implementation)."""
     try:
-        from . import triton_attention_kernel
+        return importlib.import_module(module)
     except (
         Exception
     ) as exc:  # noqa: BLE001 - ImportError, or a Triton that cannot start
         log.warning(
-            "stitch: Triton is unavailable (%s: %s); stitch::attention runs the torch "
+            "stitch: Triton is unavailable (%s: %s); %s runs the torch "
             "implementation on CUDA",
             type(exc).__name__,
             exc,
+            op,
         )
         return None
-    return triton_attention_kernel
+
+
+def triton_kernels() -> ModuleType | None:
+    """The kernel module, or None when Triton cannot be imported (asked once)."""
+    return optional_kernels(f"{__package__}.triton_attention_kernel", ATTENTION_OP)
 
 
 def kernel_supports(

@@ -19,34 +19,18 @@ implementation does.
 
 from __future__ import annotations
 
-import functools
-import logging
 from types import ModuleType
 from typing import Any
 
 import torch
 
+from ..examples.triton_attention import optional_kernels
 from .paged import PAGED_ATTENTION_OP, paged_attention_reference, write_cache
 
-log = logging.getLogger("stitch")
 
-
-@functools.cache
 def triton_kernels() -> ModuleType | None:
     """The kernel module, or None when Triton cannot be imported (asked once)."""
-    try:
-        from . import triton_paged_kernel
-    except (
-        Exception
-    ) as exc:  # noqa: BLE001 - ImportError, or a Triton that cannot start
-        log.warning(
-            "stitch: Triton is unavailable (%s: %s); stitch::paged_attention runs the "
-            "torch implementation on CUDA",
-            type(exc).__name__,
-            exc,
-        )
-        return None
-    return triton_paged_kernel
+    return optional_kernels(f"{__package__}.triton_paged_kernel", PAGED_ATTENTION_OP)
 
 
 def kernel_supports(
