@@ -33,6 +33,7 @@ import copy
 import functools
 import inspect
 import logging
+import weakref
 from typing import Any
 
 import torch
@@ -122,6 +123,11 @@ class EngineForward:
         self.__signature__ = inspect.signature(self.original)
         # By cache layout: the saved forward of each cache the engine built.
         self.steps: dict[str, AOTCompiledModel] = {}
+        # By cache object, so that a step does not build the layout string.
+        self.by_cache: weakref.WeakKeyDictionary[Any, AOTCompiledModel] = (
+            weakref.WeakKeyDictionary()
+        )
+        self.cache_type = paged_cache_type()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Pickled (torch.save of the model, Dynamo saving its guards), the
@@ -134,12 +140,8 @@ class EngineForward:
         return EngineForward(copy.deepcopy(self.model, memo), self.backend)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from transformers.generation.continuous_batching.cache import (
-            PagedAttentionCache,
-        )
-
         cache = kwargs.get("cache")
-        if args or not isinstance(cache, PagedAttentionCache):
+        if args or not isinstance(cache, self.cache_type):
             return self.original(*args, **kwargs)
         return self.paged(kwargs, cache)
 
@@ -172,10 +174,13 @@ class EngineForward:
                 f"the engine passes {name}={_short(kwargs[name])}, which Stitch's "
                 "engine forward does not know (another transformers version?)"
             )
-        layout = cache_layout(cache)
-        step = self.steps.get(layout)
+        step = self.by_cache.get(cache)
         if step is None:
-            step = self.steps[layout] = self.compile(inputs, layout)
+            layout = cache_layout(cache)
+            step = self.steps.get(layout)
+            if step is None:
+                step = self.steps[layout] = self.compile(inputs, layout)
+            self.by_cache[cache] = step
         logits = step(**inputs)
         return CausalLMOutputWithPast(logits=logits)
 
@@ -236,6 +241,14 @@ def _compile_thread() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="stitch-engine-compile"
     )
+
+
+def paged_cache_type() -> type:
+    from transformers.generation.continuous_batching.cache import (
+        PagedAttentionCache,
+    )
+
+    return PagedAttentionCache
 
 
 def _class_forward(model: torch.nn.Module) -> Any:
