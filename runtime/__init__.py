@@ -16,7 +16,7 @@ Parts (see docs/architecture.md):
 from .config import CompilationConfig, CUDAGraphMode
 from .counter import compilation_counter
 from .loader import compile_execution_fn, load_execution_module, source_filename
-from .pipeline.aot import AOTCompiledModel, aot_compile
+from .saved.aot import AOTCompiledModel, aot_compile
 from .pipeline.backend import CompiledModel, StitchBackend, stitch_backend
 from .pipeline.piecewise import PiecewiseBackend
 from .pipeline.stitched import StitchFunction

@@ -24,7 +24,7 @@ import torch
 from stitch.runtime import CompilationConfig, StitchBackend, StitchFunction, aot_compile
 from stitch.runtime.compat.dynamo import aot_compile_enabled
 from stitch.runtime.examples import llama_inputs
-from stitch.runtime.pipeline.aot import dynamic_spec, factors, stale_reasons
+from stitch.runtime.saved.aot import dynamic_spec, factors, stale_reasons
 from stitch.runtime.store.trust import StitchCacheTrustError
 
 from aot_support import MODEL_SOURCE, PIECES, SIZES, run_worker
@@ -272,7 +272,7 @@ def test_a_malformed_record_is_refused_naming_the_field(
     a StitchCacheError naming the file and the field (the caller compiles again),
     never a KeyError or TypeError from deep in the load."""
     from stitch.core.errors import StitchCacheError
-    from stitch.runtime.pipeline.aot_record import (
+    from stitch.runtime.saved.record import (
         RECORD_FILE,
         RECORD_HEADER,
         read_record,

@@ -16,8 +16,8 @@ import torch
 from ..config import CompilationConfig
 from ..examples import LlamaConfig, build_llama, llama_inputs
 from ..examples.models import runnable_examples
-from ..pipeline.aot import AOTCompiledModel, aot_compile
-from ..pipeline.input_check import CHECK_FILE, read_signatures
+from ..saved.aot import AOTCompiledModel, aot_compile
+from ..saved.input_check import CHECK_FILE, read_signatures
 from ..store.index import INDEX_FILE, Index
 from ..store.verify import find_entries, inspect_entry
 

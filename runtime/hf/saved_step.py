@@ -5,7 +5,7 @@ transformers' engine compiles its step with ``torch.compile`` when a
 ``CompileConfig`` is given, so every process traces the whole step (about 10 s
 for a 4-layer Llama on CPU, and as long again after each new engine).  Stitch's
 ``aot_compile`` saves what Dynamo produced and loads it in a new process with
-no tracing (NOTE: [warm start without Dynamo] in pipeline/aot.py); the engine
+no tracing (NOTE: [warm start without Dynamo] in saved/aot.py); the engine
 cannot call it through ``torch.compile``.  So :func:`install_engine_forward` gives the model
 an instance ``forward`` (:class:`EngineForward`, the model's own signature):
 the engine runs with no compile config, and its one model call per step,
@@ -40,7 +40,7 @@ import torch
 
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
-from ..pipeline.aot import AOTCompiledModel, aot_compile
+from ..saved.aot import AOTCompiledModel, aot_compile
 from .attention import _short
 from .engine_compat import FLASH_LENGTHS, cache_layout
 

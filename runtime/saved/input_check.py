@@ -59,11 +59,11 @@ from ..config import CompilationConfig
 from ..loader import bind_kwonly, load_execution_module
 from ..store.files import atomic_write
 from ..store.trust import check_trusted
-from .aot_record import StaleRecord, cache_root_of, model_name
-from .backend import StitchBackend
+from .record import StaleRecord, cache_root_of, model_name
+from ..pipeline.backend import StitchBackend
 from .call_args import CallArgs, resolve
-from .graph_inputs import GraphInput
-from .input_signature import (
+from ..pipeline.graph_inputs import GraphInput
+from .signature import (
     Mismatch,
     SizedGuards,
     describe,

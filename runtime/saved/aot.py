@@ -49,7 +49,7 @@ from ..compat import dynamo
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..store.cache import cache_root
-from .aot_record import (
+from .record import (
     RECORD_FORMAT,
     StaleRecord,
     dynamic_spec,
@@ -63,10 +63,10 @@ from .aot_record import (
     traced_code,
     write_record,
 )
-from .backend import StitchBackend
+from ..pipeline.backend import StitchBackend
 from .call_args import CallArgs, call_args, dims_by_position
 from .input_check import AOTOps, after_compile, after_load
-from .stitched import (
+from ..pipeline.stitched import (
     StitchFunction,
     load_reference,
     parse_reference,

@@ -27,7 +27,7 @@ from stitch.codegen.input_check import (
 
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 from .call_args import is_object, object_tensors, resolve
-from .graph_inputs import GraphInput
+from ..pipeline.graph_inputs import GraphInput
 
 # -- describing inputs ----------------------------------------------------------------
 
