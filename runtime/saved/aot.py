@@ -48,7 +48,17 @@ from stitch.core.errors import StitchCacheError, StitchConfigError, StitchError
 from ..compat import dynamo
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
+from ..pipeline.backend import StitchBackend
+from ..pipeline.stitched import (
+    StitchFunction,
+    load_reference,
+    parse_reference,
+    reference_entry,
+    reference_root,
+)
 from ..store.cache import cache_root
+from .call_args import CallArgs, call_args, dims_by_position
+from .input_check import AOTOps, after_compile, after_load
 from .record import (
     RECORD_FORMAT,
     StaleRecord,
@@ -62,16 +72,6 @@ from .record import (
     stale_reasons,
     traced_code,
     write_record,
-)
-from ..pipeline.backend import StitchBackend
-from .call_args import CallArgs, call_args, dims_by_position
-from .input_check import AOTOps, after_compile, after_load
-from ..pipeline.stitched import (
-    StitchFunction,
-    load_reference,
-    parse_reference,
-    reference_entry,
-    reference_root,
 )
 
 log = logging.getLogger("stitch")

@@ -57,12 +57,12 @@ from stitch.core.errors import StitchCacheError, StitchError, StitchInputError
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 from ..config import CompilationConfig
 from ..loader import bind_kwonly, load_execution_module
+from ..pipeline.backend import StitchBackend
+from ..pipeline.graph_inputs import GraphInput
 from ..store.files import atomic_write
 from ..store.trust import check_trusted
-from .record import StaleRecord, cache_root_of, model_name
-from ..pipeline.backend import StitchBackend
 from .call_args import CallArgs, resolve
-from ..pipeline.graph_inputs import GraphInput
+from .record import StaleRecord, cache_root_of, model_name
 from .signature import (
     Mismatch,
     SizedGuards,

@@ -26,8 +26,8 @@ from stitch.codegen.input_check import (
 )
 
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
-from .call_args import is_object, object_tensors, resolve
 from ..pipeline.graph_inputs import GraphInput
+from .call_args import is_object, object_tensors, resolve
 
 # -- describing inputs ----------------------------------------------------------------
 
