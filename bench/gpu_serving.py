@@ -342,13 +342,11 @@ def prepare(
             {"max_full_cudagraph_size": args.max_full} if variant == "stitch-fp" else {}
         ),
     )
-    backend = StitchBackend(config)
     manager = VllmStyleManager if variant == "stitch-vllm" else CUDAGraphManager
+    ops = None
     if args.emulate or args.host_only:
         ops = NullGraphOps() if args.host_only else EmulatedGraphOps()
-        backend.cudagraphs = manager(config, ops=ops)
-    elif manager is not CUDAGraphManager:
-        backend.cudagraphs = manager(config)
+    backend = StitchBackend(config, cudagraphs=manager(config, ops=ops))
     forward = torch.compile(
         model, backend=backend, fullgraph=True, options=dict(NO_GUARDS)
     )

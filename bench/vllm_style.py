@@ -3,8 +3,7 @@
 ``VllmStyleManager`` is a :class:`CUDAGraphManager` whose piecewise sizes run
 vLLM's way (NOTE: [the vLLM-style baseline]); give it to a backend::
 
-    backend = StitchBackend(config)
-    backend.cudagraphs = VllmStyleManager(config)
+    backend = StitchBackend(config, cudagraphs=VllmStyleManager(config))
 
 It lives here, not in the runtime: nothing serves with it, the benchmark
 measures what the hoisted dispatch saves against it.
@@ -152,16 +151,30 @@ def vllm_style_forward(
 
 
 class VllmStyleManager(CUDAGraphManager):
-    """Piecewise sizes through vLLM's per-piece path (the split graph's forward)."""
+    """Piecewise sizes through vLLM's per-piece path (the split graph's forward).
+
+    The split graph comes from :meth:`plan`, which the backend calls with it;
+    a saved function (planned in another process) has none.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.split_gms: dict[int, fx.GraphModule] = {}
+
+    def plan(self, *, split_gm: fx.GraphModule, **kwargs: Any) -> GraphPlan | None:
+        plan = super().plan(split_gm=split_gm, **kwargs)
+        if plan is not None:
+            self.split_gms[id(plan)] = split_gm
+        return plan
 
     def piecewise(
         self,
         plan: GraphPlan,
         *,
-        split_gm: fx.GraphModule | None,
         backends: dict[str, Any],
         **_: Any,
     ) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        split_gm = self.split_gms.get(id(plan))
         if split_gm is None:
             raise StitchRuntimeError(
                 "the vLLM-style path runs the split graph, which a saved function "

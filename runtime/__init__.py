@@ -16,9 +16,13 @@ Parts (see docs/architecture.md):
 from .config import CompilationConfig, CUDAGraphMode
 from .counter import compilation_counter
 from .loader import compile_execution_fn, load_execution_module, source_filename
-from .pipeline.backend import CompiledModel, StitchBackend, stitch_backend
-from .pipeline.piecewise import PiecewiseBackend
-from .pipeline.stitched import StitchFunction
+from .pipeline.api import (
+    CompiledModel,
+    PiecewiseBackend,
+    StitchBackend,
+    StitchFunction,
+    stitch_backend,
+)
 from .saved.aot import AOTCompiledModel, aot_compile
 
 __all__ = [

@@ -24,7 +24,7 @@ import torch
 from stitch.runtime import CompilationConfig, StitchBackend, StitchFunction, aot_compile
 from stitch.runtime.compat.dynamo import aot_compile_enabled
 from stitch.runtime.examples import llama_inputs
-from stitch.runtime.saved.aot import dynamic_spec, factors, stale_reasons
+from stitch.runtime.saved.record import dynamic_spec, factors, stale_reasons
 from stitch.runtime.store.trust import StitchCacheTrustError
 
 from aot_support import MODEL_SOURCE, PIECES, SIZES, run_worker

@@ -257,9 +257,9 @@ class Served:
         fields.setdefault("cudagraph_capture_sizes", SIZES)
         fields.setdefault("cudagraph_pad_values", {"positions": -1})
         self.config = CompilationConfig(disable_cache=True, **fields)
-        self.backend = StitchBackend(self.config)
-        if not shared_pool or manager is not CUDAGraphManager:
-            self.backend.cudagraphs = manager(self.config, shared_pool=shared_pool)
+        self.backend = StitchBackend(
+            self.config, cudagraphs=manager(self.config, shared_pool=shared_pool)
+        )
         self.model = build_llama(self.cfg).cuda()
         self.eager = build_llama(self.cfg).cuda()
         self.compiled = torch.compile(

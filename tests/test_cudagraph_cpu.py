@@ -481,10 +481,11 @@ class Served:
         fields.setdefault("cudagraph_capture_sizes", SIZES)
         fields.setdefault("cudagraph_pad_values", {"positions": -1})
         self.config = CompilationConfig(backend="eager", disable_cache=True, **fields)
-        self.backend = StitchBackend(self.config)
         self.ops = EmulatedGraphOps()
-        if emulate:
-            self.backend.cudagraphs = manager(self.config, ops=self.ops)
+        self.backend = StitchBackend(
+            self.config,
+            cudagraphs=manager(self.config, ops=self.ops) if emulate else None,
+        )
         graph, example_inputs = _traced()
         self.fn = self.backend(graph, example_inputs)
         self.model = build_llama(LLAMA)
@@ -587,8 +588,9 @@ def _compiled_llama() -> tuple[StitchBackend, Any, torch.nn.Module]:
         cudagraph_capture_sizes=SIZES,
         cudagraph_pad_values={"positions": -1},
     )
-    backend = StitchBackend(config)
-    backend.cudagraphs = CUDAGraphManager(config, ops=EmulatedGraphOps())
+    backend = StitchBackend(
+        config, cudagraphs=CUDAGraphManager(config, ops=EmulatedGraphOps())
+    )
     model, eager = build_llama(LLAMA), build_llama(LLAMA)
     compiled = torch.compile(
         model, backend=backend, fullgraph=True, options=dict(NO_GUARDS)
@@ -660,8 +662,9 @@ def test_a_graph_that_cannot_be_padded_runs_without_graphs(
     config = CompilationConfig(
         backend="eager", disable_cache=True, cudagraph_capture_sizes=SIZES
     )
-    backend = StitchBackend(config)
-    backend.cudagraphs = CUDAGraphManager(config, ops=EmulatedGraphOps())
+    backend = StitchBackend(
+        config, cudagraphs=CUDAGraphManager(config, ops=EmulatedGraphOps())
+    )
     model = build_llama(LLAMA)
 
     def forward(

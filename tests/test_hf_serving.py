@@ -268,9 +268,8 @@ def test_compiled_with_emulated_graphs_matches_eager(
         cudagraph_pad_values=PAD_VALUES,
         **fields,
     )
-    backend = StitchBackend(config)
     ops = EmulatedGraphOps()
-    backend.cudagraphs = CUDAGraphManager(config, ops=ops)
+    backend = StitchBackend(config, cudagraphs=CUDAGraphManager(config, ops=ops))
     served, eager = build_serving_llama(**SHAPE), build_serving_llama(**SHAPE)
     compiled = torch.compile(
         served, backend=backend, fullgraph=True, options=dict(NO_GUARDS)
@@ -312,8 +311,9 @@ def test_padding_without_the_pad_value_corrupts_the_caches() -> None:
     config = CompilationConfig(
         backend="eager", disable_cache=True, cudagraph_capture_sizes=SIZES
     )
-    backend = StitchBackend(config)
-    backend.cudagraphs = CUDAGraphManager(config, ops=EmulatedGraphOps())
+    backend = StitchBackend(
+        config, cudagraphs=CUDAGraphManager(config, ops=EmulatedGraphOps())
+    )
     served, eager = build_serving_llama(**SHAPE), build_serving_llama(**SHAPE)
     compiled = torch.compile(
         served, backend=backend, fullgraph=True, options=dict(NO_GUARDS)

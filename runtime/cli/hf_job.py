@@ -19,7 +19,7 @@ import torch
 
 from ..config import CompilationConfig
 from ..counter import compilation_counter
-from ..pipeline.backend import StitchBackend
+from ..pipeline.api import StitchBackend
 from .main_job import median_ms
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}

@@ -19,7 +19,7 @@ import torch
 
 from ..compat.dynamo import mark_unbacked
 from ..config import CompilationConfig
-from ..pipeline.backend import StitchBackend
+from ..pipeline.api import StitchBackend
 from ..profiling import Profiler
 
 WARMUP = 3

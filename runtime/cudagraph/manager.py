@@ -214,7 +214,6 @@ class CUDAGraphManager:
         submod_names: Sequence[str],
         consts: Sequence[Any],
         filename: str | None,
-        split_gm: fx.GraphModule | None,
         ranges: Any,
         plain: Callable[..., Any],
     ) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -252,15 +251,11 @@ class CUDAGraphManager:
         submod_names: Sequence[str],
         consts: Sequence[Any],
         filename: str | None = None,
-        split_gm: fx.GraphModule | None = None,
         ranges: Any = None,
     ) -> Callable[..., Any]:
         """The execution function with padding and CUDA graphs, from ``plan``.
 
-        ``filename`` is the file holding ``code``, if any.  ``split_gm`` (the
-        split graph with the compiled pieces bound) goes to :meth:`piecewise`,
-        which does not need it; a saved function has none (see
-        NOTE: [a saved function rebuilds its graphs from a plan]).
+        ``filename`` is the file holding ``code``, if any.
         """
         config = self.config
         plain = compile_execution_fn(
@@ -281,7 +276,6 @@ class CUDAGraphManager:
                 submod_names=submod_names,
                 consts=consts,
                 filename=filename,
-                split_gm=split_gm,
                 ranges=ranges,
                 plain=plain,
             )

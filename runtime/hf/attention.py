@@ -39,7 +39,7 @@ from stitch.core.errors import StitchConfigError, StitchRuntimeError
 # stitch::attention (serving KV caches); the package registers its Triton kernel
 # for CUDA tensors too.
 from ..examples import ops as _example_ops  # noqa: F401
-from ..pipeline.splitting import dispatches_through_transformers, is_attention
+from ..pipeline.api import dispatches_through_transformers, is_attention
 from . import ops  # noqa: F401 - registers stitch::hf_attention
 
 ATTN_IMPLEMENTATION = "stitch"

@@ -53,7 +53,7 @@ import torch
 from stitch.codegen.matching import entry_label
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
-from ..pipeline.splitting import is_attention
+from ..pipeline.api import is_attention
 from .admission import scheduler_type
 from .attention import ARGUMENTS, _short, _sinks, _where
 from .engine_compat import (

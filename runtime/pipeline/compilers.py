@@ -18,6 +18,7 @@ from stitch.core.errors import StitchCacheError, StitchRuntimeError
 from ..compat import dynamo, inductor
 from ..counter import compilation_counter
 from ..store.files import sha256_file
+from .scalars import specialize_lifted_floats
 
 log = logging.getLogger("stitch")
 
@@ -51,6 +52,14 @@ class CompilerAdapter(Protocol):
         """The code the compile generated, when it can be read (else None)."""
         ...
 
+    def prepare(self, fake_inputs: Sequence[Any]) -> None:
+        """Adjust the graph's fake inputs before any piece is planned."""
+        ...
+
+    def warm_up(self, cpu: bool) -> None:
+        """Start what a cold compile will wait for, beside the split."""
+        ...
+
 
 class EagerAdapter:
     """Runs the piece's GraphModule as it is (no compilation, nothing saved)."""
@@ -79,6 +88,13 @@ class EagerAdapter:
     def generated_source(self, handle: Any) -> str | None:
         # The GraphModule itself runs: its strings are always live.
         return None
+
+    def prepare(self, fake_inputs: Sequence[Any]) -> None:
+        # Eager pieces run lifted floats as they are.
+        pass
+
+    def warm_up(self, cpu: bool) -> None:
+        pass
 
 
 def _tupled(fn: Runnable) -> Runnable:
@@ -205,6 +221,14 @@ class InductorAdapter:
                 return source
             fn = getattr(fn, "__wrapped__", None)
         return None
+
+    def prepare(self, fake_inputs: Sequence[Any]) -> None:
+        # NOTE: [lifted floats are specialized up front] (scalars.py), for
+        # Inductor's tensorify pass.
+        specialize_lifted_floats(fake_inputs)
+
+    def warm_up(self, cpu: bool) -> None:
+        start_inductor_warmup(cpu=cpu)
 
     def load(
         self, path: str, unwrap: bool = False, sha256: str | None = None
@@ -374,6 +398,10 @@ def on_cpu(values: Sequence[Any]) -> bool:
     any input tensor on the CPU, or no tensor input at all."""
     devices = {v.device.type for v in values if isinstance(v, torch.Tensor)}
     return not devices or "cpu" in devices
+
+
+# The compiler backends by ``CompilationConfig.backend``.
+ADAPTERS: dict[str, Any] = {"inductor": InductorAdapter, "eager": EagerAdapter}
 
 
 def make_adapter(

@@ -22,8 +22,6 @@ import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch.fx as fx
-
 from stitch.core import StitchCacheError
 
 from ..config import CompilationConfig
@@ -61,14 +59,13 @@ def materialize(
     *,
     cudagraphs: CUDAGraphManager | None = None,
     warnings: RangeWarnings | None = None,
-    split_gm: fx.GraphModule | None = None,
     ranges: Any = None,
 ) -> tuple[Callable[..., Any], dict[str, PiecewiseBackend]]:
     """The function ``plan`` describes, and each piece's backend.
 
     ``config`` gives the shape targets a record's entries name; ``cudagraphs``
     builds the plan's graphs (None, or a plan without graphs: none);
-    ``split_gm`` and ``ranges`` (the profiling variant's) go to the binding.
+    ``ranges`` (the profiling variant's) go to the binding.
     """
     warnings = warnings if warnings is not None else RangeWarnings()
     backends = {
@@ -84,7 +81,6 @@ def materialize(
             submod_names=names,
             consts=plan.consts,
             filename=plan.filename,
-            split_gm=split_gm,
             ranges=ranges,
         )
     else:

@@ -43,9 +43,8 @@ from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.plan import GraphPlan
 from ..store.cache import CACHE_ENV, CompileCache
-from ..store.index import INDEX_FILE, EntryRecord
-from ..targets import Target
-from .compilers import InductorAdapter
+from ..store.index import INDEX_FILE
+from .artifact_source import ArtifactSource
 from .materialize import CompiledPlan, materialize
 
 log = logging.getLogger("stitch")
@@ -126,7 +125,7 @@ def saveable(
     what its compile specialized on, which a saved forward would not check."""
     dynamo.register_serializable(StitchFunction)
     why = ""
-    if config.backend != "inductor":
+    if not ArtifactSource.saves(config.backend):
         why = f"the {config.backend} backend saves no artifacts"
     elif entry_dir is None and config.disable_cache:
         why = "the cache is disabled (disable_cache=True)"
@@ -301,7 +300,7 @@ def load_reference(
         raise StitchCacheError(
             f"cache entry {entry_dir} was rewritten since it was saved"
         )
-    if reference.get("backend") != "inductor":
+    if not ArtifactSource.saves(str(reference.get("backend"))):
         raise StitchCacheError(
             f"backend {reference.get('backend')!r} saves no artifacts"
         )
@@ -371,27 +370,13 @@ def load_entry(
                 type(cudagraphs.ops).__name__,
             )
         plan = None
-    adapter = InductorAdapter({})
-    loaded: dict[tuple[Any, ...], Any] = {}
-
-    def runnable(name: str, target: Target, entry: EntryRecord) -> Any:
-        found = cache.lookup(
-            name, None, target, entry.key, index.pieces[name].size_index
-        )
-        if found is None:
-            why = "; ".join(cache.faults) or f"no usable artifact in {cache.directory}"
-            raise StitchCacheError(f"piece {name} ({entry.target}): {why}")
-        # Twins and ranges share artifacts: verify and load each one once.
-        if found not in loaded:
-            loaded[found] = adapter.load(*found)
-        return loaded[found]
-
     # NOTE: [one plan for cold, warm and saved starts] (materialize.py)
     pieces = {n: index.pieces[n] for n in names}
     compiled = CompiledPlan(
         code, cache.source_path(), tuple(names), pieces, consts, plan
     )
-    fn = materialize(compiled, config, runnable, cudagraphs=cudagraphs)[0]
+    source = ArtifactSource(config, cache)
+    fn = materialize(compiled, config, source.runnable, cudagraphs=cudagraphs)[0]
     log.info(
         "stitch: graph %s: %d compiled pieces (%d unique), warm start from the "
         "saved forward in %.2fs, cache %s",

@@ -36,7 +36,7 @@ import os
 import re
 import threading
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -48,26 +48,23 @@ from stitch.codegen.input_check import (
     IN_RANGE,
     MISMATCH,
     InputCheckSpec,
-    InputSignature,
     ObjectInput,
     TensorInput,
 )
-from stitch.core.errors import StitchCacheError, StitchError, StitchInputError
+from stitch.core.errors import StitchCacheError, StitchInputError
 
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 from ..config import CompilationConfig
 from ..loader import bind_kwonly, load_execution_module
-from ..pipeline.backend import StitchBackend
-from ..pipeline.graph_inputs import GraphInput
 from ..store.files import atomic_write
 from ..store.trust import check_trusted
 from .call_args import CallArgs, resolve
+from .compile import compile_forward
 from .record import StaleRecord, cache_root_of, model_name
 from .signature import (
     Mismatch,
     SizedGuards,
     describe,
-    forward_params,
     in_range,
     mismatches,
     tensor_guards,
@@ -79,34 +76,6 @@ log = logging.getLogger("stitch")
 CHECK_FILE = "input_check.py"
 SIGNATURES_FILE = "signatures.py"
 SIGNATURES_FORMAT = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class AOTOps:
-    """What this module needs from ``aot.py`` (passed in: aot.py imports this module)."""
-
-    load: Callable[..., Any]
-    compile_and_save: Callable[..., Any]
-    marked_unbacked: Callable[..., Any]
-
-    def compile_signature(
-        self,
-        model: torch.nn.Module,
-        args: Sequence[Any],
-        dims: Sequence[Sequence[int]],
-        config: CompilationConfig,
-        folder: str | None,
-        cudagraphs: Any,
-    ) -> tuple[Any, str | None, list[GraphInput]]:
-        """Compile (and save to ``folder``) the forward for ``args``; raises what the
-        trace raises (no Dynamo-entered fallback)."""
-        backend = StitchBackend(config, serializable=True)
-        backend.cudagraphs = cudagraphs
-        with self.marked_unbacked(args, dims):
-            forward, saved = self.compile_and_save(
-                model, args, dims, config, backend, folder, False, fallback=False
-            )
-        return forward, saved, backend.graph_inputs
 
 
 # -- the check of one saved forward -------------------------------------------------------
@@ -123,7 +92,8 @@ class InputCheck:
         folders: list[str | None],
         state: dict[str, Any],
         folder: str | None,
-        context: tuple[CompilationConfig, Any, AOTOps],
+        config: CompilationConfig,
+        cudagraphs: Any,
     ) -> None:
         self.model = model
         self.spec = spec
@@ -131,7 +101,7 @@ class InputCheck:
         self.folders = folders
         self.state = state  # dims, rejected: what signatures.py holds besides them
         self.folder = folder
-        self.config, self.cudagraphs, self.ops = context
+        self.config, self.cudagraphs = config, cudagraphs
         self.lock = threading.RLock()
         self.namespace: dict[str, Any] = {}
         self.function: types.FunctionType | None = None
@@ -246,7 +216,7 @@ class InputCheck:
         )
 
     def _compile(self, model: Any, args: CallArgs, closest: list[Mismatch]) -> Any:
-        dims = _dims(self, args)
+        dims = first_dims(self, args)
         names = self.spec.params[1:]
         shape = describe(names, args, dims, ()).key()
         rejected = self.state["rejected"]
@@ -264,8 +234,14 @@ class InputCheck:
             shown,
         )
         try:
-            forward, saved, graph = self.ops.compile_signature(
-                self.model, args, dims, self.config, folder, self.cudagraphs
+            forward, saved, backend = compile_forward(
+                self.model,
+                args,
+                dims,
+                self.config,
+                self.cudagraphs,
+                folder,
+                fallback=False,
             )
         except Exception as exc:  # noqa: BLE001 - the trace rejects what eager rejects
             message = (
@@ -275,11 +251,11 @@ class InputCheck:
             rejected[shape] = message
             self._save()
             raise StitchInputError(message) from exc
-        sig = describe(names, args, dims, graph)
+        sig = describe(names, args, dims, backend.graph_inputs)
         self.spec = dataclasses.replace(
             self.spec, signatures=(*self.spec.signatures, sig)
         )
-        self.forwards.append(_unbound(forward))
+        self.forwards.append(unbound(forward))
         self.folders.append(os.path.basename(saved) if saved else None)
         self._save()
         # Through the new check: what the compile did not look at (token ids
@@ -303,7 +279,7 @@ class InputCheck:
         self.install(code, path)
 
 
-def _dims(check: InputCheck, args: Sequence[Any]) -> list[list[int]]:
+def first_dims(check: InputCheck, args: Sequence[Any]) -> list[list[int]]:
     """The first signature's dynamic dims, for other inputs (those they have)."""
     return [
         [d for d in dyn if isinstance(a, torch.Tensor) and d < a.dim()]
@@ -311,7 +287,7 @@ def _dims(check: InputCheck, args: Sequence[Any]) -> list[list[int]]:
     ]
 
 
-def _unbound(forward: Any) -> Any:
+def unbound(forward: Any) -> Any:
     if isinstance(forward, types.MethodType):
         return forward.__func__
     return lambda _self, *args, **kwargs: forward(*args, **kwargs)
@@ -392,125 +368,3 @@ def read_signatures(folder: str) -> tuple[dict[str, Any], str]:
     if hashlib.sha256(code.encode("utf-8")).hexdigest() != record.get("check_sha256"):
         raise StitchCacheError(f"{paths[1]} does not match its sha256")
     return record, code
-
-
-# -- the entry points aot.py calls ----------------------------------------------------------
-
-
-def after_compile(
-    model: torch.nn.Module,
-    forward: Any,
-    saved: str | None,
-    args: Sequence[Any],
-    dims: Sequence[Sequence[int]],
-    graph: Sequence[GraphInput],
-    context: tuple[CompilationConfig, Any, AOTOps],
-) -> Any:
-    """The compiled forward behind a new input check (written beside the record)."""
-    if not isinstance(forward, types.MethodType):
-        return forward  # the Dynamo-entered fallback: Dynamo's guards check
-    keywords = tuple(getattr(args, "keywords", ()))
-    params = (*forward_params(model, len(args) - len(keywords)), *keywords)
-    sig = describe(params[1:], args, dims, graph)
-    spec = InputCheckSpec(_qualname(model), params, (sig,), keywords)
-    state = {"dims": [list(d) for d in dims], "rejected": {}}
-    check = InputCheck(model, spec, [_unbound(forward)], [""], state, saved, context)
-    check._save()
-    return check.forward
-
-
-def after_load(
-    model: torch.nn.Module,
-    forward: Any,
-    folder: str,
-    context: tuple[CompilationConfig, Any, AOTOps],
-) -> Any:
-    """The loaded forward behind its saved check; later signatures load on first use."""
-    record, code = read_signatures(folder)
-    try:
-        sigs = tuple(
-            InputSignature.from_literal(s["inputs"]) for s in record["signatures"]
-        )
-        keywords = tuple(record.get("keywords", ()))
-        spec = InputCheckSpec(
-            record["forward"], tuple(record["params"]), sigs, keywords
-        )
-        folders = [s["folder"] or None for s in record["signatures"]]
-        state = {"dims": record["dims"], "rejected": dict(record["rejected"])}
-    except (KeyError, TypeError, StitchError) as exc:
-        raise StitchCacheError(
-            f"{folder}/{SIGNATURES_FILE} is malformed ({exc})"
-        ) from None
-    check = InputCheck(model, spec, [], folders, state, folder, context)
-    check.forwards.append(_unbound(forward))
-    for i in range(1, len(sigs)):
-        check.forwards.append(LazyForward(check, i))
-    check.install(code, os.path.join(folder, CHECK_FILE))
-    return check.forward
-
-
-class LazyForward:
-    """A later signature's saved forward, loaded on its first call (then replaced)."""
-
-    def __init__(self, check: InputCheck, index: int) -> None:
-        self.check = check
-        self.index = index
-
-    def __call__(self, model: Any, *args: Any, **kwargs: Any) -> Any:
-        check = self.check
-        keywords = check.spec.keywords
-        values = CallArgs((*args, *(kwargs[k] for k in keywords)), keywords)
-        with check.lock:
-            forward = check.forwards[self.index]
-            if forward is self:
-                try:
-                    forward = self._load(values)
-                except (
-                    StaleRecord,
-                    StitchCacheError,
-                    OSError,
-                    ValueError,
-                    KeyError,
-                ) as exc:
-                    forward = self._compile(values, exc)
-                check.forwards[self.index] = forward
-        return forward(model, *args, **kwargs)
-
-    def _compile(self, args: Sequence[Any], exc: Exception) -> Any:
-        check = self.check
-        folder = os.path.join(os.path.dirname(check.folder), check.folders[self.index])
-        log.warning(
-            "stitch aot: the saved %s for signature %d is unusable (%s); compiling it again",
-            model_name(check.model),
-            self.index,
-            exc,
-        )
-        forward, _, _ = check.ops.compile_signature(
-            check.model,
-            args,
-            _dims(check, args),
-            check.config,
-            folder,
-            check.cudagraphs,
-        )
-        return _unbound(forward)
-
-    def _load(self, args: Sequence[Any]) -> Any:
-        check = self.check
-        folder = os.path.join(os.path.dirname(check.folder), check.folders[self.index])
-        loaded = check.ops.load(
-            check.model,
-            args,
-            _dims(check, args),
-            check.config,
-            folder,
-            False,
-            check.cudagraphs,
-        )
-        if loaded is None:
-            raise StitchCacheError(f"{folder} holds no saved forward")
-        return _unbound(loaded[0])
-
-
-def _qualname(model: torch.nn.Module) -> str:
-    return f"{model_name(model)}.forward"

@@ -26,7 +26,7 @@ from stitch.codegen.input_check import (
 )
 
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
-from ..pipeline.graph_inputs import GraphInput
+from ..pipeline.api import GraphInput
 from .call_args import is_object, object_tensors, resolve
 
 # -- describing inputs ----------------------------------------------------------------

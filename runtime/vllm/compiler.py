@@ -29,10 +29,13 @@ from stitch.codegen.fingerprint import example_value
 from stitch.core.errors import StitchCacheError, StitchConfigError
 
 from ..compat.dynamo import register_serializable
-from ..pipeline.backend import StitchBackend
-from ..pipeline.compilers import start_inductor_warmup
-from ..pipeline.splitting import SplittingOpWarnings
-from ..pipeline.stitched import StitchFunction, load_reference, parse_reference
+from ..pipeline.api import (
+    StitchBackend,
+    StitchFunction,
+    load_reference,
+    parse_reference,
+    start_inductor_warmup,
+)
 from .config import env_fields, stitch_cache_root, stitch_config, vllm_splitting_ops
 from .logs import join_vllm_logging
 
@@ -128,9 +131,7 @@ class StitchVllmBackend:
         config = stitch_config(vllm_config, self.fields)
         stitch = StitchBackend(
             config,
-            splitting_warnings=SplittingOpWarnings(
-                quiet=vllm_splitting_ops(vllm_config)
-            ),
+            quiet_splitting_ops=vllm_splitting_ops(vllm_config),
             cache_group=cache_group(vllm_config, gm),
         )
         fn = stitch(gm, example_inputs)

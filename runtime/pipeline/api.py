@@ -1,0 +1,38 @@
+"""The compile pipeline's public entry: what the saved forward, the engines' integrations and the command line use.
+
+Everything outside ``runtime/pipeline/`` imports the pipeline from here, so
+its modules can change without those callers (the architecture test checks it).
+"""
+
+from __future__ import annotations
+
+from .artifact_source import ArtifactSource
+from .backend import CompiledModel, StitchBackend, stitch_backend
+from .compilers import start_inductor_warmup
+from .graph_inputs import GraphInput
+from .piecewise import PiecewiseBackend
+from .splitting import dispatches_through_transformers, is_attention
+from .stitched import (
+    StitchFunction,
+    load_reference,
+    parse_reference,
+    reference_entry,
+    reference_root,
+)
+
+__all__ = [
+    "ArtifactSource",
+    "CompiledModel",
+    "GraphInput",
+    "PiecewiseBackend",
+    "StitchBackend",
+    "StitchFunction",
+    "dispatches_through_transformers",
+    "is_attention",
+    "load_reference",
+    "parse_reference",
+    "reference_entry",
+    "reference_root",
+    "start_inductor_warmup",
+    "stitch_backend",
+]

@@ -1,0 +1,210 @@
+"""``ArtifactSource``: where the runnable of every compile key comes from.
+
+NOTE: [one owner for a piece's runnable]
+A piece's runnable for one shape target can come from five places: a twin
+already handled in this call (the memo), the cache entry (lookup, then load),
+or a compile (then save and publish, and run the published form).  A key whose
+piece holds string constants is decided after the compile, or from what the
+cache holds (see NOTE: [a string decision is found on disk]).  The cold
+compile, the warm start and the saved forward all get their runnables here;
+nothing else asks whether the compiler backend saves artifacts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch.fx as fx
+
+from stitch.core import StitchCacheError, StitchRuntimeError
+
+from ..config import CompilationConfig
+from ..counter import compilation_counter
+from ..store.artifacts import ARTIFACT_FILE
+from ..store.cache import CompileCache
+from ..store.index import EntryRecord
+from ..targets import Target
+from .compilers import ADAPTERS, CompilerAdapter, make_adapter
+from .plan import KeyChoice, StringKeys
+
+log = logging.getLogger("stitch")
+
+Runnable = Callable[..., Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """What a compile needs of one piece: its graph and its example inputs."""
+
+    name: str
+    graph: fx.GraphModule
+    size_index: int | None
+    # The example inputs of a target (fake propagation runs only when called).
+    example: Callable[[Target], Sequence[Any]]
+
+
+class ArtifactSource:
+    """The runnables of one compilation (or one saved forward), by compile key.
+
+    ``cache`` is the graph's cache entry (None: nothing is looked up or saved);
+    ``note_guards`` runs after each compile, before anything is saved under the
+    guards it may have added (see ``entry.py``).
+    """
+
+    def __init__(
+        self,
+        config: CompilationConfig,
+        cache: CompileCache | None = None,
+        *,
+        adapter: CompilerAdapter | None = None,
+        note_guards: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.adapter = adapter or make_adapter(
+            config.backend, config.inductor_compile_config, config.inductor_passes
+        )
+        self.cache = cache
+        self.note_guards = note_guards
+        # compile key -> (runnable, saved), shared by twins and ranges
+        self.memo: dict[str, tuple[Runnable, bool]] = {}
+        # normalized key -> whether the compiled code is free of the piece's strings
+        self.string_free: dict[str, bool] = {}
+        # (path, unwrap, sha256) -> runnable: each artifact is verified and loaded once
+        self.loaded: dict[tuple[str, bool, str], Runnable] = {}
+
+    @staticmethod
+    def saves(backend: str) -> bool:
+        """Whether the compiler backend ``backend`` (``CompilationConfig.backend``)
+        saves artifacts: whether its pieces can start warm."""
+        adapter = ADAPTERS.get(backend)
+        return adapter is not None and adapter.saves_artifacts
+
+    @property
+    def caching(self) -> bool:
+        return self.cache is not None and self.adapter.saves_artifacts
+
+    # -- the compile pipeline ------------------------------------------------
+    def entry(
+        self, piece: Piece, target: Target, choice: KeyChoice
+    ) -> tuple[EntryRecord, str]:
+        """The entry of ``target`` and how its runnable came: "shared" (this call
+        has it), "hit" (loaded) or "miss" (compiled)."""
+        key = self._resolve_key(choice)
+        if key is None and self.cache is not None and isinstance(choice, StringKeys):
+            key = self._key_on_disk(choice, self.cache)
+        if key is not None:
+            if key in self.memo:
+                return EntryRecord(target.key(), key, self.memo[key][1]), "shared"
+            runnable = self._from_cache(piece, target, key)
+            if runnable is not None:
+                self.memo[key] = (runnable, True)
+                compilation_counter.num_cache_hits += 1
+                return EntryRecord(target.key(), key, True), "hit"
+        if self.caching:
+            compilation_counter.num_cache_misses += 1
+        return self._compile(piece, target, choice, key), "miss"
+
+    def runnable(self, name: str, target: Target, entry: EntryRecord) -> Runnable:
+        """The runnable of a recorded entry: this call's, else loaded from the
+        cache (a saved forward, which compiles nothing)."""
+        found = self.memo.get(entry.key)
+        if found is not None:
+            return found[0]
+        cache = self.cache
+        if cache is None or cache.index is None or not self.adapter.saves_artifacts:
+            raise StitchCacheError(f"piece {name} ({entry.target}): no cache entry")
+        size_index = cache.index.pieces[name].size_index
+        artifact = cache.lookup(name, None, target, entry.key, size_index)
+        if artifact is None:
+            why = "; ".join(cache.faults) or f"no usable artifact in {cache.directory}"
+            raise StitchCacheError(f"piece {name} ({entry.target}): {why}")
+        runnable = self._load(artifact)
+        self.memo[entry.key] = (runnable, True)
+        return runnable
+
+    # -- the steps -----------------------------------------------------------
+    def _from_cache(self, piece: Piece, target: Target, key: str) -> Runnable | None:
+        cache = self.cache
+        if cache is None or not self.adapter.saves_artifacts:
+            return None
+        artifact = cache.lookup(piece.name, piece.graph, target, key, piece.size_index)
+        if artifact is None:
+            return None
+        try:
+            return self._load(artifact)
+        except StitchCacheError as exc:
+            cache.load_failed(key, artifact[0], exc)
+            return None
+
+    def _load(self, artifact: tuple[str, bool, str]) -> Runnable:
+        if artifact not in self.loaded:
+            self.loaded[artifact] = self.adapter.load(*artifact)
+        return self.loaded[artifact]
+
+    def _compile(
+        self, piece: Piece, target: Target, choice: KeyChoice, key: str | None
+    ) -> EntryRecord:
+        try:
+            runnable, handle = self.adapter.compile(
+                piece.graph, piece.example(target), static=target.static
+            )
+        except StitchRuntimeError as exc:
+            raise StitchRuntimeError(
+                f"piece {piece.name} ({target.describe()}): {exc}"
+            ) from exc.__cause__ or exc
+        self.note_guards()
+        if key is None:
+            assert isinstance(choice, StringKeys)  # a str choice is always resolved
+            key = self._decide_strings(choice, handle)
+        entry = EntryRecord(target.key(), key, False)
+        cache = self.cache
+        if cache is not None and self.adapter.saves_artifacts:
+            exact = isinstance(choice, StringKeys) and key == choice.exact
+            entry = cache.save_artifact(
+                piece.name,
+                piece.graph,
+                target,
+                key,
+                piece.size_index,
+                unwrap=bool(handle[1]),
+                strings=tuple(choice.strings) if exact else None,
+                save=lambda path: self.adapter.save(handle, path),
+            )
+            if entry.saved:
+                # NOTE: [the compiling process runs its pieces prebuilt too]
+                path = cache.artifact_path(key, ARTIFACT_FILE)
+                runnable = self.adapter.published(path, bool(handle[1])) or runnable
+        self.memo[key] = (runnable, entry.saved)
+        return entry
+
+    def _resolve_key(self, choice: KeyChoice) -> str | None:
+        """The compile key, or None while a string-dependence decision is pending."""
+        if isinstance(choice, str):
+            return choice
+        decided = self.string_free.get(choice.normalized)
+        if decided is None:
+            return None
+        return choice.normalized if decided else choice.exact
+
+    def _key_on_disk(self, choice: StringKeys, cache: CompileCache) -> str | None:
+        # NOTE: [a string decision is found on disk]
+        # A verified artifact under the normalized key exists only if the run that
+        # compiled it found the code free of the strings; under the exact key, only
+        # if it did not.  Either way no compile is needed to decide again.
+        for key, free in ((choice.normalized, True), (choice.exact, False)):
+            if cache.has_artifact(key):
+                self.string_free[choice.normalized] = free
+                return key
+        return None
+
+    def _decide_strings(self, choice: StringKeys, handle: Any) -> str:
+        source = self.adapter.generated_source(handle)
+        free = source is not None and not any(
+            s in source or repr(s)[1:-1] in source for s in choice.strings
+        )
+        self.string_free[choice.normalized] = free
+        if free:
+            log.debug("string constants %s do not reach compiled code", choice.strings)
+        return choice.normalized if free else choice.exact

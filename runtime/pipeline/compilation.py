@@ -1,0 +1,428 @@
+"""``Compilation``: one backend call, as named phases that hand data to the next.
+
+The phases, in order: make the fake inputs, open the cache entry, split,
+compile (or load) each piece, emit the stitching source, plan the CUDA graphs,
+and materialize the function (``materialize.py``).  Each phase returns what the
+next one reads; the call's result is one :class:`CompiledModel`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch.fx as fx
+
+from stitch.codegen import graph_hash, module_path_of
+from stitch.codegen.fingerprint import describe_example
+from stitch.codegen.split import SplitItem
+from stitch.core import StitchRuntimeError
+
+from ..compat.fake import shape_env_of
+from ..config import CompilationConfig
+from ..counter import compilation_counter
+from ..cudagraph import CUDAGraphManager
+from ..cudagraph.plan import GraphPlan
+from ..profiling import Profiler, piece_list
+from ..progress import progress_bar
+from ..size import find_size, hoisted_input
+from ..store.cache import CompileCache
+from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
+from ..store.dump import PieceReport, trace_source, write_debug_dump
+from ..store.index import EntryRecord, PieceRecord
+from .artifact_source import ArtifactSource, Piece
+from .compilers import on_cpu
+from .entry import EntryGuards
+from .fakes import backend_fake_inputs
+from .layouts import LayoutChecks, eager_fed_layouts
+from .materialize import CompiledPlan, materialize
+from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
+from .plan import PiecePlan, UnfixedSizes, piece_inputs, plan_piece
+from .source import stitching_source
+from .split_policy import SplitPolicy
+
+log = logging.getLogger("stitch")
+
+DUMP_ENV = "STITCH_DEBUG_DUMP"
+
+
+@dataclasses.dataclass
+class CompiledModel:
+    """What one backend call produced (kept for inspection and tests)."""
+
+    split_gm: fx.GraphModule
+    code: str
+    submod_names: list[str]
+    backends: dict[str, PiecewiseBackend]
+    reports: list[PieceReport]
+    cache_dir: str | None
+    warm: bool
+    seconds: float
+    # What runs, the constants its source reads, the plan of its CUDA graphs
+    # (None: none) and the guards its compile added (a saved forward's limits).
+    fn: Callable[..., Any]
+    consts: list[Any]
+    graphs: GraphPlan | None
+    guards: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class Split:
+    """The split phase's result."""
+
+    split_gm: fx.GraphModule
+    items: list[SplitItem]
+    layouts: LayoutChecks
+
+    @property
+    def compiled(self) -> list[SplitItem]:
+        return [it for it in self.items if not it.is_splitting_graph]
+
+
+@dataclasses.dataclass
+class Emitted:
+    """The emit phase's result: the serving source, saved with the entry's guards."""
+
+    code: str
+    submod_names: list[str]
+    consts: list[Any]
+    dispatch_on: str | None
+    from_cache: bool
+    source_file: str | None
+    # The guards the entry holds under (recorded or added by this call).
+    guards: tuple[str, ...]
+
+
+class PieceArgs:
+    """Each piece's fake inputs, from one fake run of the split graph, made on
+    first use (see NOTE: [warm start skips fake propagation])."""
+
+    def __init__(self, split_gm: fx.GraphModule, fake_inputs: list[Any]) -> None:
+        self.split_gm = split_gm
+        self.fake_inputs = fake_inputs
+        self._args: dict[str, tuple[Any, ...]] | None = None
+
+    def __call__(self, name: str) -> tuple[Any, ...]:
+        if self._args is None:
+            self._args = piece_inputs(self.split_gm, self.fake_inputs)
+        args = self._args.get(name)
+        if args is None:
+            raise StitchRuntimeError(f"piece {name} is never called by the split graph")
+        return args
+
+
+class Compilation:
+    """One backend call: split, plan and compile (or load) each piece, stitch."""
+
+    def __init__(
+        self,
+        config: CompilationConfig,
+        gm: fx.GraphModule,
+        example_inputs: Sequence[Any],
+        policy: SplitPolicy,
+        *,
+        cudagraphs: CUDAGraphManager | None = None,
+        profiler: Profiler | None = None,
+        cache_group: str = "",
+    ) -> None:
+        self.config = config
+        self.gm = gm
+        self.example_inputs = list(example_inputs)
+        self.policy = policy
+        self.cudagraphs = cudagraphs
+        self.profiler = profiler
+        self.cache_group = cache_group
+        self.config_hash = config.compute_hash()
+        self.source = ArtifactSource(config)
+        self.key_salt = self.source.adapter.name + self.config_hash
+        self.range_warnings = RangeWarnings()
+        self.unfixed = UnfixedSizes()
+        self.entry_guards = EntryGuards(None)
+
+    def run(self) -> CompiledModel:
+        start = time.perf_counter()
+        compilation_counter.num_graphs_seen += 1
+        compilation_counter.num_backend_compilations += 1
+        fake_inputs = self.fake_inputs()
+        graph_key, cache = self.open_cache(fake_inputs)
+        split = self.split()
+        records, reports = self.compile_pieces(split, fake_inputs, cache)
+        emitted = self.emit(split, cache, records, reports)
+        graphs = self.plan_graphs(split, fake_inputs, records, emitted)
+        fn, backends = self.materialize(split, emitted, records, reports, graphs)
+        # Twins report "shared": they run what their first instance loaded.
+        warm = emitted.from_cache and all(
+            r.cache in ("hit", "shared") for r in reports if not r.splitting
+        )
+        seconds = time.perf_counter() - start
+        cache_dir = cache.directory if cache and cache.holds_source() else None
+        log.info(
+            "stitch: graph %s: %d pieces (%d compiled, %d unique), %s start in %.2fs%s",
+            graph_key[:12],
+            len(split.items),
+            len(split.compiled),
+            len({tuple(e.key for e in r.entries) for r in records.values()}),
+            "warm" if warm else "cold",
+            seconds,
+            f", cache {cache_dir}" if cache_dir else "",
+        )
+        return CompiledModel(
+            split.split_gm,
+            emitted.code,
+            emitted.submod_names,
+            backends,
+            reports,
+            cache_dir,
+            warm,
+            seconds,
+            fn,
+            emitted.consts,
+            graphs,
+            emitted.guards,
+        )
+
+    # -- the phases ----------------------------------------------------------
+    def fake_inputs(self) -> list[Any]:
+        # NOTE: [pieces trace in the backend's fake mode] (fakes.py); Inductor
+        # calls wait for its warm-up (compilers.py), prebuilt loads never do.
+        fake_inputs = backend_fake_inputs(self.gm, self.example_inputs)
+        self.source.adapter.prepare(fake_inputs)
+        # split_policy.py: the rewrite comes before the key, which then covers it.
+        self.policy.prepare(self.gm)
+        self.size = find_size(self.gm, fake_inputs)
+        return fake_inputs
+
+    def open_cache(self, fake_inputs: list[Any]) -> tuple[str, CompileCache | None]:
+        text = graph_hash(self.gm) + "".join(describe_example(v) for v in fake_inputs)
+        graph_key = hashlib.sha256(text.encode()).hexdigest()
+        # NOTE: [the guards a backend call adds are part of its cache entry]
+        # (compat/shapes.py): the key is taken before anything here can add any.
+        self.entry_guards = EntryGuards(shape_env_of(fake_inputs))
+        cache = None
+        if not self.config.disable_cache:
+            cache = self.entry_guards.open(
+                self.config, graph_key, self.config_hash, self.cache_group
+            )
+        if cache is None or cache.index is None:
+            # A cold start: the warm-up runs beside the split and fake propagation.
+            self.source.adapter.warm_up(cpu=on_cpu(self.example_inputs))
+        self.source.cache = cache
+        self.source.note_guards = lambda: self.entry_guards.note(cache)
+        return graph_key, cache
+
+    def split(self) -> Split:
+        split_gm, items = self.policy.split(self.gm)
+        compilation_counter.num_piecewise_graphs_seen += len(items)
+        # NOTE: [eager outputs are restrided for compiled pieces] (layouts.py)
+        layouts = eager_fed_layouts(
+            split_gm, {it.submod_name for it in items if it.is_splitting_graph}
+        )
+        split = Split(split_gm, items, layouts)
+        compilation_counter.num_piecewise_capturable_graphs_seen += len(split.compiled)
+        return split
+
+    def compile_pieces(
+        self, split: Split, fake_inputs: list[Any], cache: CompileCache | None
+    ) -> tuple[dict[str, PieceRecord], list[PieceReport]]:
+        if cache is not None:
+            cache.identify({it.submod_name: it.graph for it in split.compiled})
+        # See NOTE: [warm start skips fake propagation] (plan): the fake run
+        # happens only if some entry has to be compiled.
+        args = PieceArgs(split.split_gm, fake_inputs)
+        records: dict[str, PieceRecord] = {}
+        reports: list[PieceReport] = []
+        progress = progress_bar(
+            len(split.compiled),
+            "stitch: compiling pieces",
+            "piece",
+            enabled=len(split.compiled) >= 8 and log.isEnabledFor(logging.INFO),
+        )
+        for item in split.items:
+            path = module_path_of(item.graph)
+            if item.is_splitting_graph:
+                reports.append(PieceReport(item.submod_name, True, path, [], 0.0, "-"))
+                continue
+            record, report = self.compile_piece(
+                item.submod_name, item.graph, args, path, split.layouts, cache
+            )
+            records[item.submod_name] = record
+            reports.append(report)
+            progress.update(1)
+        progress.close()
+        self.unfixed.report(self.config.compile_sizes)
+        return records, reports
+
+    def emit(
+        self,
+        split: Split,
+        cache: CompileCache | None,
+        records: dict[str, PieceRecord],
+        reports: list[PieceReport],
+    ) -> Emitted:
+        size_indices = {name: r.size_index for name, r in records.items()}
+        # The placeholder the pieces' runnables are picked by, once per forward.
+        dispatch_on = hoisted_input(split.split_gm, self.size, size_indices)
+        code, names, consts, from_cache = stitching_source(
+            split.split_gm, cache, dispatch_on
+        )
+        # The entry is complete: its guards, then its source.
+        guards = self.entry_guards.finish(cache)
+        if cache is not None:
+            cache.save_source(code, names, dispatch_on)
+        dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
+        if dump:
+            write_debug_dump(dump, split.split_gm, code, reports)
+        # NOTE: [emitted source lives in a real file] (loader.py): the cache's,
+        # else the debug dump's, else a private one the loader writes.
+        source_file = cache.source_path() if cache is not None else None
+        if source_file is None and dump:
+            source_file = os.path.join(dump, DUMP_SOURCE_FILE)
+        trace_source(code)
+        return Emitted(
+            code, names, consts, dispatch_on, from_cache, source_file, guards
+        )
+
+    def plan_graphs(
+        self,
+        split: Split,
+        fake_inputs: list[Any],
+        records: dict[str, PieceRecord],
+        emitted: Emitted,
+    ) -> GraphPlan | None:
+        if self.cudagraphs is None or not self.cudagraphs.applies_to(fake_inputs):
+            return None
+        return self.cudagraphs.plan(
+            graph=self.gm,
+            split_gm=split.split_gm,
+            example_inputs=fake_inputs,
+            backends=records,
+            submod_names=emitted.submod_names,
+            size=self.size if emitted.dispatch_on is not None else None,
+        )
+
+    def materialize(
+        self,
+        split: Split,
+        emitted: Emitted,
+        records: dict[str, PieceRecord],
+        reports: list[PieceReport],
+        graphs: GraphPlan | None,
+    ) -> tuple[Callable[..., Any], dict[str, PiecewiseBackend]]:
+        # What runs: the serving source, or its profiling variant (never cached).
+        code, consts, filename, ranges = (
+            emitted.code,
+            emitted.consts,
+            emitted.source_file,
+            None,
+        )
+        if self.profiler is not None:
+            code, consts, ranges = self.profiler.variant(
+                split.split_gm, emitted.dispatch_on, piece_list(reports)
+            )
+            filename = None
+        # NOTE: [one plan for cold, warm and saved starts] (materialize.py):
+        # here each key's runnable is the one this call compiled or loaded.
+        plan = CompiledPlan(
+            code, filename, tuple(emitted.submod_names), records, consts, graphs
+        )
+        fn, backends = materialize(
+            plan,
+            self.config,
+            self.source.runnable,
+            cudagraphs=self.cudagraphs if graphs is not None else None,
+            warnings=self.range_warnings,
+            ranges=ranges,
+        )
+        # NOTE: [pieces are installed after the loop]
+        # A miss after a hit runs the fake propagation over split_gm, which must
+        # call the pieces' own GraphModules, not a PiecewiseBackend; the split
+        # graph (CompiledModel.split_gm) runs the compiled pieces from here on.
+        for piece_name, backend in backends.items():
+            split.split_gm.__dict__[piece_name] = backend
+        return fn, backends
+
+    # -- one piece -----------------------------------------------------------
+    def compile_piece(
+        self,
+        name: str,
+        graph: fx.GraphModule,
+        args: PieceArgs,
+        module_path: str,
+        layouts: LayoutChecks,
+        cache: CompileCache | None,
+    ) -> tuple[PieceRecord, PieceReport]:
+        """The piece's record (its runnables are in the artifact source) and report."""
+        plan = self.plan_piece(name, graph, args, cache)
+        piece = Piece(
+            name,
+            graph,
+            plan.size_index,
+            lambda target: example_inputs(name, args(name), target, self.size),
+        )
+        entries: list[EntryRecord] = []
+        outcomes: list[str] = []
+        piece_start = time.perf_counter()
+        for target, key in zip(plan.targets, plan.keys, strict=True):
+            entry, outcome = self.source.entry(piece, target, key)
+            entries.append(entry)
+            outcomes.append(outcome)
+        seconds = time.perf_counter() - piece_start
+        record = PieceRecord(
+            module_path, plan.size_index, tuple(entries), tuple(layouts.get(name, ()))
+        )
+        if cache is not None:
+            self.entry_guards.note(cache)
+            cache.record_piece(name, record)
+        targets = [t.describe() for t in plan.targets]
+        report = PieceReport(
+            name, False, module_path, targets, seconds, piece_state(outcomes)
+        )
+        return record, report
+
+    def plan_piece(
+        self,
+        name: str,
+        graph: fx.GraphModule,
+        args: PieceArgs,
+        cache: CompileCache | None,
+    ) -> PiecePlan:
+        # NOTE: [warm start skips fake propagation]
+        # A plan needs the piece's fake inputs, which come from running the split
+        # graph over fake tensors (seconds on deep models).  A cache entry is keyed
+        # by the whole graph and its input metadata, so the per-piece records in
+        # its index (size argument, compile keys) can be used as they are, once
+        # each artifact's identity agrees (see NOTE: [a recorded plan is checked
+        # against its artifacts] in store/cache.py).
+        recorded = cache.recorded_plan(name, graph, self.config) if cache else None
+        if recorded is not None:
+            size_index, targets, keys = recorded
+            return PiecePlan(name, size_index, tuple(targets), tuple(keys))
+        piece_args = args(name)
+        size_index = (
+            self.size.piece_argument(piece_args) if self.size is not None else None
+        )
+        return plan_piece(
+            name,
+            graph,
+            piece_args,
+            size_index,
+            self.config,
+            self.key_salt,
+            self.unfixed,
+        )
+
+
+def piece_state(outcomes: Sequence[str]) -> str:
+    """A piece's cache state from its targets' outcomes.  "shared" outcomes reuse
+    a runnable of this call (a twin's, or this piece's general one for its
+    ranges): they neither hit nor miss."""
+    if all(o == "shared" for o in outcomes):
+        return "shared"
+    if "hit" in outcomes:
+        return "partial" if "miss" in outcomes else "hit"
+    return "miss"

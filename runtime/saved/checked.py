@@ -1,0 +1,160 @@
+"""The saved forward behind its input check: after a compile, after a load, and later signatures on first use.
+
+See NOTE: [what a saved forward does with an input it was not compiled for]
+in ``input_check.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import types
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from stitch.codegen.input_check import InputCheckSpec, InputSignature
+from stitch.core.errors import StitchCacheError, StitchError
+
+from ..config import CompilationConfig
+from ..pipeline.api import GraphInput
+from .call_args import CallArgs
+from .compile import compile_forward
+from .input_check import (
+    CHECK_FILE,
+    SIGNATURES_FILE,
+    InputCheck,
+    first_dims,
+    read_signatures,
+    unbound,
+)
+from .load import load
+from .record import StaleRecord, model_name
+from .signature import describe, forward_params
+
+log = logging.getLogger("stitch")
+
+
+def after_compile(
+    model: torch.nn.Module,
+    forward: Any,
+    saved: str | None,
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+    graph: Sequence[GraphInput],
+    config: CompilationConfig,
+    cudagraphs: Any,
+) -> Any:
+    """The compiled forward behind a new input check (written beside the record)."""
+    if not isinstance(forward, types.MethodType):
+        return forward  # the Dynamo-entered fallback: Dynamo's guards check
+    keywords = tuple(getattr(args, "keywords", ()))
+    params = (*forward_params(model, len(args) - len(keywords)), *keywords)
+    sig = describe(params[1:], args, dims, graph)
+    spec = InputCheckSpec(_qualname(model), params, (sig,), keywords)
+    state = {"dims": [list(d) for d in dims], "rejected": {}}
+    check = InputCheck(
+        model, spec, [unbound(forward)], [""], state, saved, config, cudagraphs
+    )
+    check._save()
+    return check.forward
+
+
+def after_load(
+    model: torch.nn.Module,
+    forward: Any,
+    folder: str,
+    config: CompilationConfig,
+    cudagraphs: Any,
+) -> Any:
+    """The loaded forward behind its saved check; later signatures load on first use."""
+    record, code = read_signatures(folder)
+    try:
+        sigs = tuple(
+            InputSignature.from_literal(s["inputs"]) for s in record["signatures"]
+        )
+        keywords = tuple(record.get("keywords", ()))
+        spec = InputCheckSpec(
+            record["forward"], tuple(record["params"]), sigs, keywords
+        )
+        folders = [s["folder"] or None for s in record["signatures"]]
+        state = {"dims": record["dims"], "rejected": dict(record["rejected"])}
+    except (KeyError, TypeError, StitchError) as exc:
+        raise StitchCacheError(
+            f"{folder}/{SIGNATURES_FILE} is malformed ({exc})"
+        ) from None
+    check = InputCheck(model, spec, [], folders, state, folder, config, cudagraphs)
+    check.forwards.append(unbound(forward))
+    for i in range(1, len(sigs)):
+        check.forwards.append(LazyForward(check, i))
+    check.install(code, os.path.join(folder, CHECK_FILE))
+    return check.forward
+
+
+class LazyForward:
+    """A later signature's saved forward, loaded on its first call (then replaced)."""
+
+    def __init__(self, check: InputCheck, index: int) -> None:
+        self.check = check
+        self.index = index
+
+    def __call__(self, model: Any, *args: Any, **kwargs: Any) -> Any:
+        check = self.check
+        keywords = check.spec.keywords
+        values = CallArgs((*args, *(kwargs[k] for k in keywords)), keywords)
+        with check.lock:
+            forward = check.forwards[self.index]
+            if forward is self:
+                try:
+                    forward = self._load(values)
+                except (
+                    StaleRecord,
+                    StitchCacheError,
+                    OSError,
+                    ValueError,
+                    KeyError,
+                ) as exc:
+                    forward = self._compile(values, exc)
+                check.forwards[self.index] = forward
+        return forward(model, *args, **kwargs)
+
+    def _compile(self, args: Sequence[Any], exc: Exception) -> Any:
+        check = self.check
+        folder = os.path.join(os.path.dirname(check.folder), check.folders[self.index])
+        log.warning(
+            "stitch aot: the saved %s for signature %d is unusable (%s); compiling it again",
+            model_name(check.model),
+            self.index,
+            exc,
+        )
+        forward, _, _ = compile_forward(
+            check.model,
+            args,
+            first_dims(check, args),
+            check.config,
+            check.cudagraphs,
+            folder,
+            fallback=False,
+        )
+        return unbound(forward)
+
+    def _load(self, args: Sequence[Any]) -> Any:
+        check = self.check
+        folder = os.path.join(os.path.dirname(check.folder), check.folders[self.index])
+        loaded = load(
+            check.model,
+            args,
+            first_dims(check, args),
+            check.config,
+            folder,
+            False,
+            check.cudagraphs,
+        )
+        if loaded is None:
+            raise StitchCacheError(f"{folder} holds no saved forward")
+        return unbound(loaded[0])
+
+
+def _qualname(model: torch.nn.Module) -> str:
+    return f"{model_name(model)}.forward"

@@ -1,0 +1,274 @@
+"""Compiling a saved forward: trace through torch's aot_compile with a Stitch backend, save its record.
+
+See NOTE: [warm start without Dynamo] in ``aot.py``.  This is the saved
+forward's one way into the compile pipeline: a :class:`StitchBackend` built
+here (or given by the caller), whose result torch's aot_compile saves.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import hashlib
+import logging
+import marshal
+import types
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from stitch.core.errors import StitchError
+
+from ..compat import dynamo
+from ..config import CompilationConfig
+from ..cudagraph import CUDAGraphManager
+from ..pipeline.api import StitchBackend, StitchFunction, parse_reference
+from .call_args import CallArgs
+from .load import BYTECODE_FILE, TORCH_FILE, build_forward
+from .record import (
+    RECORD_FORMAT,
+    factors,
+    literal,
+    model_name,
+    traced_code,
+    write_record,
+)
+
+log = logging.getLogger("stitch")
+
+
+def compile_forward(
+    model: torch.nn.Module,
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+    config: CompilationConfig,
+    cudagraphs: CUDAGraphManager | None,
+    folder: str | None,
+    *,
+    guards: bool = False,
+    fallback: bool = True,
+    backend: StitchBackend | None = None,
+) -> tuple[Callable[..., Any], str | None, StitchBackend]:
+    """Compile ``model``'s forward for ``args`` (``dims`` marked unbacked) and save
+    it to ``folder``; the forward, the folder it was saved to (None: not saved)
+    and the backend that compiled it.  ``backend``: the caller's (its config and
+    CUDA graphs are ``config`` and ``cudagraphs``); default: a new one."""
+    if backend is None:
+        backend = StitchBackend(config, serializable=True, cudagraphs=cudagraphs)
+    with marked_unbacked(args, dims):
+        forward, saved = compile_and_save(
+            model, args, dims, config, backend, folder, guards, fallback
+        )
+    return forward, saved, backend
+
+
+@contextlib.contextmanager
+def marked_unbacked(
+    args: Sequence[Any], dims: Sequence[Sequence[int]]
+) -> Iterator[None]:
+    """Mark the requested dims for Dynamo while compiling; the inputs are left as they were.
+
+    Dynamo's marks are attributes of the tensor; a guarded call (``guards=True``)
+    with a tensor still marked fails Dynamo's marking guard.
+    """
+    saved = [(a, dict(a.__dict__)) for a in args if isinstance(a, torch.Tensor)]
+    for a, wanted in zip(args, dims, strict=False):
+        if not isinstance(a, torch.Tensor):
+            continue
+        marked = dynamo.marked_dims(a)
+        for d in wanted:
+            if d not in marked:
+                dynamo.mark_unbacked(a, d)
+    try:
+        yield
+    finally:
+        for a, attrs in saved:
+            for name in set(a.__dict__) - set(attrs):
+                delattr(a, name)
+            a.__dict__.update(attrs)
+
+
+def compile_and_save(
+    model: torch.nn.Module,
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+    config: CompilationConfig,
+    backend: StitchBackend,
+    folder: str | None,
+    guards: bool,
+    fallback: bool = True,
+) -> tuple[Callable[..., Any], str | None]:
+    """Trace and compile through torch's aot_compile; save the record when it can be.
+
+    ``fallback``: when torch's aot_compile fails, run the model through
+    torch.compile instead (else raise what it raised)."""
+    positional, kwargs = split_args(args)
+    try:
+        with torch.no_grad():
+            compiled = dynamo.aot_compile(
+                type(model).forward, backend, (model, *positional), kwargs
+            )
+    except Exception as exc:  # noqa: BLE001 - fall back to the Dynamo-entered path
+        if not fallback or isinstance(
+            getattr(exc, "inner_exception", exc), StitchError
+        ):
+            raise  # the model does not compile: the fallback would fail the same way
+        log.warning(
+            "stitch aot: torch's aot_compile failed for %s (%s: %s); "
+            "running it through torch.compile instead",
+            model_name(model),
+            type(exc).__name__,
+            exc,
+        )
+        return torch.compile(model, backend=backend, fullgraph=True), None
+    artifacts = compiled._artifacts
+    stitched = artifacts.compiled_fn
+    assert isinstance(stitched, StitchFunction)  # serializable=True above
+    env = artifacts.runtime_env
+    function, why_not_light = function_record(
+        artifacts, type(model).forward.__globals__
+    )
+    forward: Callable[..., Any]
+    if guards or why_not_light:
+        if not guards:
+            compiled.disable_guard_check()
+        forward = types.MethodType(compiled, model)
+    else:
+        forward = types.MethodType(
+            build_forward(
+                env.bytecode,
+                function,
+                type(model).forward.__globals__,
+                stitched.fn,
+                env.closure,
+            ),
+            model,
+        )
+    if folder is None:
+        return forward, None
+    files = {}
+    try:
+        reference = parse_reference(
+            StitchFunction.serialize_compile_artifacts(stitched).decode("utf-8")
+        )
+        files[TORCH_FILE] = torch_file(compiled, why_not_light)
+    except (
+        Exception
+    ) as exc:  # noqa: BLE001 - this process runs; the next compiles again
+        log.warning(
+            "stitch aot: %s cannot be saved (%s: %s); the next process compiles it again",
+            model_name(model),
+            type(exc).__name__,
+            exc,
+        )
+        return forward, None
+    torch_data = files.pop(TORCH_FILE)
+    if torch_data:
+        files[TORCH_FILE] = torch_data
+    if not why_not_light:
+        files[BYTECODE_FILE] = marshal.dumps(env.bytecode)
+        function["bytecode_sha256"] = hashlib.sha256(files[BYTECODE_FILE]).hexdigest()
+    else:
+        log.info(
+            "stitch aot: %s loads through torch's loader: %s",
+            model_name(model),
+            why_not_light,
+        )
+    record = {
+        "format": RECORD_FORMAT,
+        "model": model_name(model),
+        "factors": literal(factors(config, args, dims)),
+        "code": traced_code(artifacts.source_info.inlined_sources),
+        "function": function,
+        "stitched": reference,
+        "torch_function_sha256": (
+            hashlib.sha256(torch_data).hexdigest() if torch_data else None
+        ),
+    }
+    try:
+        write_record(folder, record, files)
+    except OSError as exc:
+        log.warning("stitch aot: could not write %s (%s)", folder, exc)
+        return forward, None
+    return forward, folder
+
+
+def torch_file(compiled: Any, why_not_light: str) -> bytes:
+    """torch's save of the compiled function; b"" when torch cannot save it and
+    the forward does not need it.
+
+    NOTE: [a forward torch cannot save]
+    torch pickles the traced function's closure by reference: a transformers
+    forward's wrapper holds the undecorated ``forward``, which is not the
+    class attribute, so the pickle fails.  The plain forward needs only the
+    bytecode and the closure of this process (NOTE: [a decorated forward's
+    closure]); ``guards=True``, which loads torch's function, then compiles
+    the model again.
+    """
+    try:
+        return dynamo.serialize_aot(compiled)
+    except Exception as exc:  # noqa: BLE001 - pickling reports many kinds
+        if why_not_light:
+            raise
+        log.info(
+            "stitch aot: torch cannot save the function with its guards "
+            "(%s: %s); guards=True will compile it again",
+            type(exc).__name__,
+            exc,
+        )
+        return b""
+
+
+def function_record(
+    artifacts: Any, forward_globals: Mapping[str, Any]
+) -> tuple[dict[str, Any], str]:
+    """What rebuilding Dynamo's forward needs; and why it cannot be rebuilt ("" if it can)."""
+    env = artifacts.runtime_env
+    why = []
+    # NOTE: [modules Dynamo installs as globals]
+    # Where the forward's module does not bind a module the bytecode loads
+    # (transformers' wrapper building an output through ``collections``),
+    # Dynamo installs it into that module's globals as
+    # ``___module_<name>_<id>_c<n>``: this process has it, a later one must
+    # import it again under that alias.
+    installed = {}
+    for name in env.bytecode.co_names:
+        if name.startswith("___") and name in forward_globals:
+            value = forward_globals[name]
+            if isinstance(value, types.ModuleType):
+                installed[name] = value.__name__
+            else:
+                why.append(f"the bytecode reads the global {name} Dynamo installed")
+    record = {
+        "backend_id": artifacts.backend_id,
+        "import_sources": {**installed, **dict(env.import_sources)},
+        "argdefs": None,
+        "kwdefaults": None,
+        "light": False,
+    }
+    if env.closure and len(env.closure) != len(env.bytecode.co_freevars):
+        why.append("the forward's closure does not match its free variables")
+    # Builtins (``type``) are bound again by name; other saved globals are not literals.
+    found = {
+        name: value
+        for name, value in env.used_globals.items()
+        if getattr(builtins, name, None) is not value
+    }
+    if found:
+        why.append(f"the bytecode reads saved globals {sorted(found)}")
+    record["builtins"] = sorted(set(env.used_globals) - set(found))
+    for name in ("argdefs", "kwdefaults"):
+        value = getattr(env, name)
+        try:
+            record[name] = literal(value) if value is not None else None
+        except (SyntaxError, ValueError):
+            why.append(f"its {name} are not literals")
+    record["light"] = not why
+    return record, "; ".join(why)
+
+
+def split_args(args: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(args, CallArgs):
+        return args.split()
+    return tuple(args), {}
