@@ -205,3 +205,46 @@ def test_no_module_is_much_over_500_lines() -> None:
         m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 560
     }
     assert not long, f"modules over 560 lines: {long}"
+
+
+def test_the_pipeline_is_used_through_its_public_entry() -> None:
+    # NOTE: pipeline/api.py: callers outside the pipeline (the saved forward,
+    # the engines' integrations, the command line) see one module of it.
+    api = "stitch.runtime.pipeline.api"
+    inside = "stitch.runtime.pipeline"
+    checked = 0
+    for module in MODULES:
+        if module == inside or module.startswith(inside + "."):
+            continue
+        used = {
+            m
+            for m in _imports(module, top_level_only=False)
+            if m.startswith(inside + ".")
+        }
+        checked += bool(used)
+        bad = {m for m in used if m != api and not m.startswith(api + ".")}
+        assert not bad, f"{module} imports pipeline internals {sorted(bad)}"
+    assert checked >= 5  # the saved forward, vLLM, hf and the CLI use it
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper"),
+    [
+        ("stitch.runtime.pipeline", "stitch.runtime.saved"),
+        ("stitch.runtime.store", "stitch.runtime.pipeline"),
+        ("stitch.runtime.store", "stitch.runtime.saved"),
+        ("stitch.runtime.cudagraph", "stitch.runtime.pipeline"),
+    ],
+)
+def test_lower_parts_never_call_up(lower: str, upper: str) -> None:
+    # The saved forward uses the pipeline, which uses the store and the CUDA
+    # graphs; nothing below calls back up (TYPE_CHECKING imports included).
+    modules = [m for m in MODULES if m == lower or m.startswith(lower + ".")]
+    assert modules
+    for module in modules:
+        bad = {
+            m
+            for m in _imports(module, top_level_only=False)
+            if m == upper or m.startswith(upper + ".")
+        }
+        assert not bad, f"{module} imports {sorted(bad)}"
