@@ -266,6 +266,17 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
         ranges.append((lo, self.max_num_batched_tokens))
         return ranges
 
+    def plan_settings(self) -> dict[str, Any]:
+        """The fields that decide a CUDA graph plan, as a literal: not in the
+        hash (see NOTE: [the config hash covers every field]), so a saved
+        forward records and compares them apart."""
+        return {
+            "cudagraph_mode": self.cudagraph_mode.name,
+            "cudagraph_capture_sizes": sorted(self.cudagraph_capture_sizes or ()),
+            "max_full_cudagraph_size": self.max_full_cudagraph_size,
+            "cudagraph_pad_values": dict(sorted(self.cudagraph_pad_values.items())),
+        }
+
     def compute_hash(self) -> str:
         """Stable hash of every field but those in ``NOT_HASHED``.
 
@@ -298,7 +309,7 @@ NOT_HASHED: dict[str, str] = {
     "disable_cache": "whether the cache is used",
     "debug_dump_path": "where debug files go",
     # CUDA graphs wrap the compiled pieces at run time; a saved forward records
-    # these settings apart (cudagraph/plan.py, plan_settings).
+    # these settings apart (CompilationConfig.plan_settings).
     "cudagraph_mode": "CUDA graphs are a runtime wrapper",
     "cudagraph_capture_sizes": "CUDA graphs are a runtime wrapper",
     "max_cudagraph_capture_size": "CUDA graphs are a runtime wrapper",

@@ -19,7 +19,6 @@ import torch
 
 from stitch.core.errors import StitchCacheError
 
-from ..config import CompilationConfig
 from .padding import DynamicInput, PaddingPlan
 
 PLAN_FORMAT = 1
@@ -140,13 +139,3 @@ def _is_str(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def plan_settings(config: CompilationConfig) -> dict[str, Any]:
-    """The config's fields that decide a graph plan, as a literal (compared on load)."""
-    return {
-        "cudagraph_mode": config.cudagraph_mode.name,
-        "cudagraph_capture_sizes": sorted(config.cudagraph_capture_sizes or ()),
-        "max_full_cudagraph_size": config.max_full_cudagraph_size,
-        "cudagraph_pad_values": dict(sorted(config.cudagraph_pad_values.items())),
-    }

@@ -27,7 +27,6 @@ from stitch.core.errors import StitchCacheError, StitchRuntimeError
 
 from ..compat.dynamo import marked_dims
 from ..config import CompilationConfig
-from ..cudagraph.plan import plan_settings
 from ..store.cache import cache_root, current_rank, stitch_version
 from ..store.files import atomic_write, make_private_dirs
 from ..store.index import Invalid, field, is_bool, is_dict, is_str
@@ -148,7 +147,7 @@ def factors(
         "config_hash": config.compute_hash(),
         # Not in the config hash (they change no compiled code), but in the saved
         # function: the CUDA graphs it wraps its pieces in.
-        "cudagraphs": plan_settings(config),
+        "cudagraphs": config.plan_settings(),
         "inputs": input_spec(args, dims),
     }
 
