@@ -31,7 +31,7 @@ from transformers.integrations.sdpa_attention import (  # noqa: E402
 from stitch.core.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
 from stitch.runtime.hf import engine, engine_compat  # noqa: E402
 from stitch.runtime.hf.engine_compat import config_fields  # noqa: E402
-from stitch.runtime.hf.paged import PAGED_ATTENTION_OP  # noqa: E402
+from stitch.runtime.kernels.paged_attention import PAGED_ATTENTION_OP  # noqa: E402
 
 HEADS, KV_HEADS, DIM = 4, 2, 8
 
@@ -528,7 +528,7 @@ def test_generate_batch_second_process_starts_warm(llama_cold):
 
 def test_paged_op_refuses_rows_outside_the_cache():
     """On CPU the op names an index outside the cache and writes nothing
-    (NOTE: [cache rows checked on CPU only] in paged.py)."""
+    (NOTE: [cache rows checked on CPU only] in kernels/paged_attention.py)."""
     config = _config()
     cache = _cache(config)
     batch = _batch(cache, [(3, 2)])

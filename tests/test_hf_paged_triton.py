@@ -2,7 +2,7 @@
 Triton's interpreter on CPU, and compiled on a GPU (marked ``cuda``).
 
 The batches are built as transformers' engine builds them (NOTE: [the paged
-batch of transformers' engine] in runtime/hf/paged.py): every sequence's rows
+batch of transformers' engine] in runtime/kernels/paged_attention.py): every sequence's rows
 scattered over the cache, prefill chunks next to decode tokens, sliding-window
 reads with sentinel rows, padding tokens and zero-length padding sequences.
 """
@@ -19,7 +19,9 @@ import torch
 
 pytest.importorskip("transformers")
 
-from stitch.runtime.hf.paged import paged_attention_reference  # noqa: E402
+from stitch.runtime.kernels.paged_attention import (
+    paged_attention_reference,
+)  # noqa: E402
 
 SENTINEL = 1  # transformers' sentinel_index: a row of the trash sector
 
@@ -122,7 +124,7 @@ def _call(fn: Any, tensors: tuple[Any, ...], scalars: tuple[Any, ...], **kw) -> 
 def check_case(case: dict[str, Any], kernels: Any) -> None:
     """The kernel's output and caches equal the reference's; the feature the
     case turns on changes the reference's numbers (a kernel ignoring it fails)."""
-    from stitch.runtime.hf.triton_paged import paged_attention_triton
+    from stitch.runtime.kernels.triton_paged import paged_attention_triton
 
     tensors, scalars = paged_case(**case)
     expected = tuple(t.clone() for t in tensors)
@@ -178,7 +180,7 @@ CASES: dict[str, dict[str, Any]] = {
 _INTERPRETED = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from stitch.runtime.hf import triton_paged
+from stitch.runtime.kernels import triton_paged
 from test_hf_paged_triton import CASES, check_case
 kernels = triton_paged.triton_kernels()
 assert kernels is not None
@@ -220,7 +222,7 @@ def test_triton_paged_kernel_under_the_interpreter() -> None:
     ],
 )
 def test_triton_paged_kernel_matches_torch_on_cuda(case: str) -> None:
-    from stitch.runtime.hf import triton_paged
+    from stitch.runtime.kernels import triton_paged
 
     kernels = triton_paged.triton_kernels()
     assert kernels is not None, "Triton did not import on this CUDA machine"
@@ -246,7 +248,7 @@ def test_paged_op_dispatches_to_the_triton_kernel_on_cuda(
     """``stitch::paged_attention`` on CUDA tensors launches the Triton kernel once."""
     from types import SimpleNamespace
 
-    from stitch.runtime.hf import triton_paged
+    from stitch.runtime.kernels import triton_paged
 
     kernels = triton_paged.triton_kernels()
     assert kernels is not None, "Triton did not import on this CUDA machine"

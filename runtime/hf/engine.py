@@ -53,6 +53,7 @@ import torch
 from stitch.codegen.matching import entry_label
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
+from ..kernels.paged_attention import PAGED_ATTENTION_OP
 from ..pipeline.splitting import is_attention
 from .admission import scheduler_type
 from .attention import ARGUMENTS, _short, _sinks, _where
@@ -64,7 +65,6 @@ from .engine_compat import (
     layer_cache,
     refuse_flash_switch,
 )
-from .paged import PAGED_ATTENTION_OP
 from .saved_step import install_engine_forward
 
 # The flag on an opted-in model's attention modules, and the mark on the wrapper.
@@ -102,7 +102,7 @@ def paged_attention_forward(
 
     transformers' mask (``attention_mask``) is not read: the op builds the same
     one from the boundaries (NOTE: [the paged batch of transformers' engine] in
-    paged.py).
+    stitch.runtime.kernels.paged_attention).
     """
     where = f"stitch paged attention in {_where(module)}"
     for name in kwargs:

@@ -1,11 +1,10 @@
 """``stitch::paged_attention`` on CUDA: the cache write, then the Triton kernel.
 
-Importing this module (the hf package does, after ``paged``) registers
+Importing this module (the kernels package does, after ``paged_attention``) registers
 :func:`paged_attention_triton` for the CUDA dispatch key; it needs no Triton.
 Triton is imported on the first CUDA call: where it is missing, or a tensor
 layout is one the kernel does not take, the op runs the torch implementation
-instead (NOTE: [attention registered directly] and the fallback of
-examples/triton_attention.py).
+instead (NOTE: [attention registered directly] in attention.py, and loader.py).
 
 NOTE: [the paged cache write outside the kernel]
 Full attention reads the cache after writing it, so a program may read rows
@@ -24,8 +23,8 @@ from typing import Any
 
 import torch
 
-from ..examples.triton_attention import optional_kernels
-from .paged import PAGED_ATTENTION_OP, paged_attention_reference, write_cache
+from .loader import optional_kernels
+from .paged_attention import PAGED_ATTENTION_OP, paged_attention_reference, write_cache
 
 
 def triton_kernels() -> ModuleType | None:

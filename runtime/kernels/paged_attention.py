@@ -6,7 +6,7 @@ the batch, packed (prefill chunks and decode tokens mixed), writes their keys
 and values into the layer's paged cache in place, and attends causally within
 each sequence's chunk and over its cached prefix.  It owns the cache write, so
 no ``torch.compiler.disable``d function is left in the model's call (see
-engine.py), and Stitch splits that call's graph at it (add it to
+stitch.runtime.hf.engine), and Stitch splits that call's graph at it (add it to
 ``splitting_ops``; :data:`PAGED_ATTENTION_OP`).
 
 NOTE: [the paged batch of transformers' engine]
@@ -38,8 +38,8 @@ query rows past ``cu_seq_lens_q[-1]``, write rows that point at the trash
 sector, read rows past ``cu_seq_lens_k[-1]``; the op writes every write row, as
 transformers does, and gives padding queries a zero output.
 
-Importing this module registers the op; it needs only torch (the hf package
-registers the Triton kernel for CUDA tensors: triton_paged.py).
+Importing this module registers the op; it needs only torch (triton_paged.py
+registers the Triton kernel for CUDA tensors).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from stitch.core.errors import StitchRuntimeError
 
 PAGED_ATTENTION_OP = "stitch::paged_attention"
 
-# NOTE: [attention registered directly] (examples/ops.py): the schema and the
+# NOTE: [attention registered directly] (attention.py): the schema and the
 # kernel are registered without torch.library.custom_op's Python layers; a fake
 # kernel keeps the call one node in Dynamo's graph.  The caches are two views of
 # one storage (transformers' layout), declared written; ``out`` is filled.
@@ -195,7 +195,7 @@ def _attend(
     no key gets zeros.
 
     The query heads of one key/value head are grouped (NOTE: [query heads
-    grouped, keys never repeated] in ops.py).
+    grouped, keys never repeated] in hf_attention.py).
     """
     tokens, heads, dim = query.shape
     if not softcap and sinks is None:
