@@ -17,11 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-
-from stitch.runtime.kernels.paged_attention import (
-    paged_attention_reference,
-)  # noqa: E402
+from stitch.runtime.kernels.paged_attention import paged_attention_reference
 
 SENTINEL = 1  # transformers' sentinel_index: a row of the trash sector
 
@@ -175,6 +171,30 @@ CASES: dict[str, dict[str, Any]] = {
     ),
     "empty": dict(requests=[]),
 }
+
+
+def test_the_schema_is_the_one_graphs_were_traced_with() -> None:
+    """Built from PagedCall's fields; a field's type, order, default or the
+    written set changing would change what traced graphs call."""
+    assert str(torch.ops.stitch.paged_attention.default._schema) == (
+        "stitch::paged_attention(Tensor query, Tensor key, Tensor value, "
+        "Tensor(a3!) k_cache, Tensor(a4!) v_cache, Tensor write_index, "
+        "Tensor read_index, Tensor cu_seq_lens_q, Tensor cu_seq_lens_k, "
+        "Tensor(a9!) out, float scale, bool read_after_write=True, "
+        "int sentinel=-1, int window=0, float softcap=0., Tensor? sinks=None) -> ()"
+    )
+
+
+def test_the_op_on_cpu_takes_its_defaults_and_equals_the_reference() -> None:
+    """The dispatcher leaves trailing defaults out of the call it makes."""
+    tensors, scalars = paged_case(MIXED, window=3)
+    expected = tuple(t.clone() for t in tensors)
+    _call(paged_attention_reference, expected, scalars)
+    _call(torch.ops.stitch.paged_attention, tensors, scalars[:4])
+    assert torch.equal(tensors[-1], expected[-1])
+    assert torch.equal(tensors[-3], expected[-3])
+    assert (tensors[-1] != 7.0).any(), "out was not written"
+
 
 # The child: every case under the interpreter (on before Triton is imported).
 _INTERPRETED = """
