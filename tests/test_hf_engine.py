@@ -243,6 +243,24 @@ def test_paged_refuses_block_tables_and_unknown_arguments():
         )
 
 
+def test_the_saved_forward_takes_the_engine_keywords_marked_input():
+    """ENGINE_KEYWORDS (one table for the paged attention and the saved forward)
+    and PagedStep's parameters name the same inputs."""
+    import inspect
+
+    from stitch.runtime.hf.saved_step import PagedStep
+
+    marked = {
+        name
+        for name, keyword in engine_compat.ENGINE_KEYWORDS.items()
+        if keyword.saved_forward == "input"
+    }
+    taken = set(inspect.signature(PagedStep.forward).parameters) - {"self"}
+    assert marked == taken
+    kinds = {k.saved_forward for k in engine_compat.ENGINE_KEYWORDS.values()}
+    assert kinds == {"input", "dropped", "refused"}
+
+
 # -- routing: only the engine's calls of an opted-in model change ----------------
 
 
