@@ -128,6 +128,7 @@ OUTER = (
     "stitch.runtime.cli",
     "stitch.runtime.hf",
     "stitch.runtime.vllm",
+    "stitch.runtime.harness",
 )
 
 
@@ -160,6 +161,23 @@ def test_kernels_import_no_other_outer_package() -> None:
             if m.startswith(OUTER) and not m.startswith(kernels)
         }
         assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_only_the_command_line_imports_the_harnesses() -> None:
+    # The harnesses (vLLM's engine per process, its table, greedy decoding)
+    # serve `stitch run` and the benchmarks; no part of Stitch builds on them.
+    harness = "stitch.runtime.harness"
+    users = {
+        module
+        for module in MODULES
+        if not module.startswith((harness, "stitch.runtime.cli"))
+        and any(m.startswith(harness) for m in _imports(module, top_level_only=False))
+    }
+    assert not users, f"{sorted(users)} import {harness}"
+    cli = [m for m in MODULES if m.startswith("stitch.runtime.cli")]
+    assert any(
+        m.startswith(harness) for c in cli for m in _imports(c, top_level_only=False)
+    ), "the command line no longer imports the harnesses: is the rule still needed?"
 
 
 def test_no_import_cycles() -> None:
@@ -196,7 +214,8 @@ def test_importing_the_runtime_registers_no_example_op() -> None:
         "CompilationConfig()\n"
         "loaded = sorted(m for m in sys.modules if m.startswith(\n"
         "    ('stitch.runtime.examples', 'stitch.runtime.hf', 'transformers',\n"
-        "     'stitch.runtime.kernels', 'stitch.runtime.vllm', 'vllm')))\n"
+        "     'stitch.runtime.kernels', 'stitch.runtime.harness',\n"
+        "     'stitch.runtime.vllm', 'vllm')))\n"
         "print(loaded)\n"
     )
     out = subprocess.run(

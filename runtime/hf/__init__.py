@@ -5,8 +5,6 @@
   ``stitch::hf_attention`` (a default splitting op; the op and the other
   attention ops live in stitch.runtime.kernels);
 - :mod:`.models`: tiny random-weight models per family, built from configs;
-- :mod:`.decode`: greedy decoding with a static KV cache, one compiled graph
-  for the prefill and one for every decode step;
 - :mod:`.serving`: a causal LM served in the token layout, its attention
   modules owning their KV caches (CUDA graph padding leaves them alone);
 - :mod:`.engine`: transformers' continuous batching (``generate_batch``)
