@@ -30,9 +30,9 @@ from collections.abc import Callable
 import torch
 
 import stitch.runtime.examples  # noqa: F401 - registers stitch::attention
-from stitch.runtime.examples import triton_attention
-from stitch.runtime.examples.ops import attention_reference
-from stitch.runtime.hf.ops import hf_attention_reference
+from stitch.runtime.kernels import triton_attention
+from stitch.runtime.kernels.attention import attention_reference
+from stitch.runtime.kernels.hf_attention import hf_attention_reference
 
 
 def timer(device: str) -> Callable[[Callable[[], None], int], float]:

@@ -53,7 +53,7 @@ def main() -> int:
     from triton import knobs
     from triton.runtime import driver
 
-    from stitch.runtime.examples import triton_attention
+    from stitch.runtime.kernels import triton_attention
 
     kernels = triton_attention.triton_kernels()
     assert kernels is not None, "Triton did not import"

@@ -246,7 +246,7 @@ def decode_round(
 ) -> tuple[list[float], float, torch.Tensor, list[float]]:
     """Step times (ms), the prefill time (s), the tokens of one greedy decode,
     and each step's time in the backend's function (ms; with ``inside``)."""
-    from stitch.runtime.hf.decode import static_cache
+    from stitch.runtime.harness.hf_decode import static_cache
 
     cache = static_cache(model, prompt.shape[0], PROMPT + steps)
     start = time.perf_counter()

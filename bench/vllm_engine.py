@@ -6,7 +6,7 @@ Run (in the vLLM venv, see README.md)::
 
 For each depth, a tiny Llama (hidden 256, float32, random normal(0, 0.02)
 weights saved with ``save_pretrained``) is served by five engines, each in its
-own process (``stitch.runtime.vllm.table``): vLLM eager; vLLM's default compile
+own process (``stitch.runtime.harness.vllm_table``): vLLM eager; vLLM's default compile
 cold, then warm over the same cache; Stitch split at vLLM's attention cold,
 then warm.  Each engine times requests of 1 and 8 prompts x ``--tokens`` new
 tokens (``--repeats`` times in the process, the median), after one first
@@ -25,8 +25,8 @@ import statistics
 import sys
 import tempfile
 
-from stitch.runtime.vllm.engine import save_checkpoint
-from stitch.runtime.vllm.table import (
+from stitch.runtime.harness.vllm_engine import save_checkpoint
+from stitch.runtime.harness.vllm_table import (
     check_tokens,
     format_counters,
     format_table,

@@ -3,12 +3,15 @@
 Flow: split GraphModule -> :class:`ModuleContext` (every decision made here) ->
 Jinja templates, each statement laid out as black lays it out.  The result is a
 module defining ``execution_fn``.
+
+This module walks the graph: the module, its main function, the piece calls and
+the functions of inlined pieces.  The module's global names are
+module_globals.py's job, the binding of a piece call's outputs piece_outputs.py's.
 """
 
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,19 +22,17 @@ from stitch.core.contract import (
     DISPATCH_NAME,
     FORMAT_VERSION,
     FUNCTION_NAME,
-    INLINED_PREFIX,
     RANGES_NAME,
     SUBMODS_NAME,
 )
 from stitch.core.errors import StitchCodegenError
 
-from .aliases import Alias as _Alias
-from .aliases import alias_candidate as _alias_candidate
 from .body import FunctionBody
 from .context import FunctionContext, ModuleContext, PieceFunction, Statement
 from .expressions import kwargs_source, node_expression
 from .fingerprint import graph_hash, structural_hash
-from .naming import Namespace, base_name
+from .module_globals import ModuleGlobals
+from .piece_outputs import PieceOutputs
 from .pieces import (
     fetch_attr,
     is_inlined_piece,
@@ -39,7 +40,7 @@ from .pieces import (
     output_value,
     single_call,
 )
-from .values import ConstTable, qualified_target, render_string, render_value
+from .values import ConstTable, render_string, render_value
 
 
 def generate_execution_code(
@@ -121,19 +122,13 @@ class _ModuleLowering:
         self._submod_index: dict[str, int] = {}
         # Local name of compiled piece i in execution_fn (``submod_3``).
         self._submod_locals: list[str] = []
-        self._used_imports: set[str] = set()
-        self._aliases: dict[int, _Alias] = {}  # id(target) -> alias
-        self._used_aliases: list[_Alias] = []
-        self._function_names: dict[str, str] = {}  # piece -> reserved function name
+        self.globals = ModuleGlobals(self.consts)
+        self.outputs = PieceOutputs(split_gm)
         self._functions: list[PieceFunction] = []
         self._function_of: dict[str, str] = {}  # piece -> function it runs in
         self._by_structure: dict[tuple[Any, ...], PieceFunction] = {}
-        self._targets_log: list[str] | None = None
         self._n_inlined = 0
-        self._named: dict[int, tuple[str | None, str] | None] = {}
         self._pieces: dict[str, Any] = {}  # call_module target -> the piece
-        self._returns: dict[str, Any] = {}  # call_module target -> its output
-        self._order: dict[fx.Node, int] | None = None  # top-level graph order
 
     def _piece(self, node: fx.Node) -> Any:
         """The module a top-level ``call_module`` node calls, fetched once."""
@@ -141,81 +136,9 @@ class _ModuleLowering:
             self._pieces[node.target] = fetch_attr(self.split_gm, node.target, node)
         return self._pieces[node.target]
 
-    def _named_target(self, target: Any) -> tuple[str | None, str] | None:
-        """``qualified_target(target)``, looked up once per target."""
-        key = id(target)
-        if key not in self._named:
-            self._named[key] = qualified_target(target)
-        return self._named[key]
-
-    # -- module globals -----------------------------------------------------------
-    def _name_globals(self) -> None:
-        """Name every module global before any local: imports, functions, aliases."""
-        targets: list[Any] = []
-        pieces: list[tuple[str, fx.GraphModule]] = []
-
-        def visit(gm: fx.GraphModule, top_level: bool) -> None:
-            for node in gm.graph.nodes:
-                if node.op == "call_function" and node.target is not operator.getitem:
-                    targets.append(node.target)
-                elif node.op == "call_module" and top_level:
-                    child = self._piece(node)
-                    if is_inlined_piece(child):
-                        pieces.append((node.target, child))
-                        visit(child, False)
-
-        visit(self.split_gm, True)
-        roots = set()
-        for target in targets:
-            named = self._named_target(target)
-            if named is not None and named[0] is not None:
-                # Reserved up front so no local shadows a module root.
-                roots.add(named[0].split(".")[0])
-        # torch: the root of the dtype and device literals (values.torch_literal).
-        self.global_names = Namespace(roots | {"torch"})
-        for piece, module in pieces:
-            if single_call(module) is None and piece not in self._function_names:
-                m = re.fullmatch(r"submod_(\d+)", piece)
-                suffix = m.group(1) if m else str(len(self._function_names))
-                self._function_names[piece] = self.global_names.create(
-                    f"{INLINED_PREFIX}{suffix}"
-                )
-        for target in targets:
-            if id(target) in self._aliases:
-                continue
-            candidate = _alias_candidate(target, self._named_target(target))
-            if candidate is not None:
-                self._aliases[id(target)] = _Alias(
-                    target, self.global_names.create(candidate)
-                )
-
-    def target_expr(self, node: fx.Node) -> str:
-        alias = self._aliases.get(id(node.target))
-        if alias is not None:
-            if not alias.value:
-                # Module-level: not a read of the function being lowered.
-                log, self.consts.log = self.consts.log, None
-                alias.value = self._qualified(node.target)
-                self.consts.log = log
-                self._used_aliases.append(alias)
-            expr = alias.name
-        else:
-            expr = self._qualified(node.target)
-        if self._targets_log is not None:
-            self._targets_log.append(expr)
-        return expr
-
-    def _qualified(self, target: Any) -> str:
-        named = self._named_target(target)
-        if named is None:
-            return self.consts.ref(target)
-        if named[0] is not None:
-            self._used_imports.add(named[0])
-        return named[1]
-
     # -- the module -------------------------------------------------------------
     def build(self) -> ModuleContext:
-        self._name_globals()
+        self.globals.reserve(self.split_gm, self._piece)
         main = self._lower_main()
         n_called = len(self.submod_names)
         header = (
@@ -231,23 +154,23 @@ class _ModuleLowering:
                 *(f"  {line}" for line in self.consts.describe()),
             )
         if self.consts.uses_torch:
-            self._used_imports.add("torch")
+            self.globals.used_imports.add("torch")
         if self.profile:
             header += (
                 f"profiling variant: every piece call is timed by {RANGES_NAME}",
             )
         return ModuleContext(
             header=header,
-            imports=tuple(sorted(self._used_imports)),
+            imports=tuple(sorted(self.globals.used_imports)),
             aliases=tuple(
-                Statement("assign", a.value, a.name) for a in self._used_aliases
+                Statement("assign", a.value, a.name) for a in self.globals.used_aliases
             ),
             functions=(*(f.context() for f in self._functions), main),
         )
 
     def _lower_main(self) -> FunctionContext:
         gm = self.split_gm
-        body = FunctionBody(self.global_names.child(), self.consts, "the split graph")
+        body = FunctionBody(self.globals.names.child(), self.consts, "the split graph")
         for n in gm.graph.nodes:
             if n.op == "placeholder":
                 body.param(n)
@@ -347,109 +270,7 @@ class _ModuleLowering:
         args = ", ".join(
             [body.render(a) for a in n.args] + kwargs_source(n, body.render)
         )
-        self._bind_outputs(body, n, f"{callee}({args})", path)
-
-    def _bind_outputs(
-        self, body: FunctionBody, n: fx.Node, expr: str, comment: str
-    ) -> None:
-        """``a, _, b = <piece call>``: one tuple assignment names what is used."""
-        if not n.users:
-            body.emit(Statement("expr", expr, "", comment))
-            return
-        values = self._outputs(n.target)
-        arity = len(values) if isinstance(values, (tuple, list)) else None
-        by_index: dict[int, fx.Node] = {}
-        for user in n.users:
-            index = user.args[1] if len(user.args) == 2 else None
-            if (
-                arity is None
-                or user.op != "call_function"
-                or user.target is not operator.getitem
-                or user.kwargs
-                or user.args[0] is not n
-                or type(index) is not int
-                or not 0 <= index < arity
-                or index in by_index
-            ):
-                # Not a plain unpacking: bind the whole result, index it below.
-                name = body.bind(n, self._result_name(n))
-                body.emit(Statement("assign", expr, name, comment))
-                return
-            by_index[index] = user
-        body.unpacked.update(by_index.values())
-        live = {i: u for i, u in by_index.items() if u.users}
-        if not live:
-            body.emit(Statement("expr", expr, "", comment))
-            return
-        dying = self._dying_at(body, n)
-        targets = [
-            (
-                self._bind_output(body, live[i], self._readable_name(live[i]), dying)
-                if i in live
-                else "_"
-            )
-            for i in range(arity)
-        ]
-        if arity == 1:
-            body.emit(Statement("assign", f"{expr}[0]", targets[0], comment))
-        else:
-            body.emit(Statement("assign", expr, ", ".join(targets), comment))
-
-    def _dying_at(self, body: FunctionBody, n: fx.Node) -> dict[str, str]:
-        """Names of values bound in ``body`` that node ``n`` reads for the last
-        time, by base name (``x_2`` -> ``x``)."""
-        if self._order is None:
-            self._order = {node: i for i, node in enumerate(self.split_gm.graph.nodes)}
-        order = self._order
-        dying: dict[str, str] = {}
-        for value in n.all_input_nodes:
-            name = body.names.get(value)
-            if name is None or not body.is_bound(name):
-                continue
-            if max(order[u] for u in value.users) == order[n]:
-                dying.setdefault(base_name(name), name)
-        return dying
-
-    @staticmethod
-    def _bind_output(
-        body: FunctionBody, node: fx.Node, candidate: str, dying: dict[str, str]
-    ) -> str:
-        # NOTE: [a piece's output takes the name of the input it replaces]
-        # ``x = submod_2(x)``, as a person writes ``x = layer(x)``: an output
-        # named like an input that dies at this call (same name but for the
-        # numeric suffix) takes that input's name, which frees the input
-        # without a del.
-        reused = dying.pop(base_name(candidate), None)
-        if reused is not None:
-            return body.rebind(node, reused)
-        return body.bind(node, candidate)
-
-    def _outputs(self, target: str) -> Any:
-        """What the GraphModule of piece ``target`` returns (None if unknown)."""
-        if target not in self._returns:
-            # The GraphModule itself, even where a compiled piece shadows it.
-            module = self.split_gm._modules.get(target)
-            self._returns[target] = (
-                output_value(module) if isinstance(module, fx.GraphModule) else None
-            )
-        return self._returns[target]
-
-    def _result_name(self, n: fx.Node) -> str:
-        """A piece's whole result is named after the value it returns, if one,
-        else ``<piece>_outputs`` (``submod_3`` itself names the piece)."""
-        value = self._outputs(n.target)
-        if isinstance(value, fx.Node):
-            return value.name
-        return f"{n.target}_outputs"
-
-    def _readable_name(self, n: fx.Node) -> str:
-        """A piece output is named after the value inside the piece (``q``, ``out``)
-        rather than FX's ``getitem_7``."""
-        source, index = n.args
-        values = self._outputs(source.target)
-        if isinstance(values, (tuple, list)) and isinstance(values[index], fx.Node):
-            return values[index].name
-        return n.name
+        self.outputs.bind(body, n, f"{callee}({args})", path)
 
     def _call_site(
         self,
@@ -490,10 +311,10 @@ class _ModuleLowering:
         """The module-level function that runs piece ``n.target``."""
         if n.target in self._function_of:
             return self._function_of[n.target]
-        name = self._function_names[n.target]
-        self._targets_log, self.consts.log = [], []
+        name = self.globals.function_names[n.target]
+        self.globals.targets_log, self.consts.log = [], []
         try:
-            body = FunctionBody(self.global_names.child(), self.consts, name)
+            body = FunctionBody(self.globals.names.child(), self.consts, name)
             for node in module.graph.nodes:
                 if node.op == "placeholder":
                     body.param(node)
@@ -511,11 +332,11 @@ class _ModuleLowering:
             # same code: the first one's function serves them all.
             key = (
                 structural_hash(module),
-                tuple(self._targets_log),
+                tuple(self.globals.targets_log),
                 tuple(self.consts.log),
             )
         finally:
-            self._targets_log, self.consts.log = None, None
+            self.globals.targets_log, self.consts.log = None, None
         shared = self._by_structure.get(key)
         if shared is None:
             shared = PieceFunction(
@@ -549,4 +370,4 @@ class _ModuleLowering:
         def render(value: Any) -> str:
             return render_value(value, name_of, self.consts)
 
-        return node_expression(n, render, name_of, self.target_expr, top_level)
+        return node_expression(n, render, name_of, self.globals.target_expr, top_level)

@@ -29,8 +29,8 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from stitch.runtime import CompilationConfig, aot_compile, compilation_counter
+    from stitch.runtime.harness.hf_decode import greedy_decode, static_cache
     from stitch.runtime.hf import build_model
-    from stitch.runtime.hf.decode import greedy_decode, static_cache
 
     collect = _Collect()
     logging.getLogger("stitch").addHandler(collect)

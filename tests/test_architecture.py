@@ -123,17 +123,20 @@ def test_errors_and_the_contract_are_imported_from_core() -> None:
 
 
 OUTER = (
+    "stitch.runtime.kernels",
     "stitch.runtime.examples",
     "stitch.runtime.cli",
     "stitch.runtime.hf",
     "stitch.runtime.vllm",
+    "stitch.runtime.harness",
 )
 
 
 @pytest.mark.parametrize("outer", OUTER)
-def test_core_imports_neither_examples_nor_cli_nor_hf(outer: str) -> None:
+def test_core_imports_no_outer_package(outer: str) -> None:
     # hf needs transformers and vllm needs vLLM (optional extras, vLLM in a venv
-    # of its own); the core must run without them.
+    # of its own), and importing kernels or examples registers ops; the core
+    # must run without any of them.
     for module in MODULES:
         if module.startswith(OUTER):
             continue
@@ -143,6 +146,38 @@ def test_core_imports_neither_examples_nor_cli_nor_hf(outer: str) -> None:
             if m == outer or m.startswith(outer + ".")
         }
         assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_kernels_import_no_other_outer_package() -> None:
+    # The ops and their kernels need only torch (and Triton, on first use): the
+    # examples, hf, and anything else on top may use them, not the other way.
+    kernels = "stitch.runtime.kernels"
+    inside = [m for m in MODULES if m == kernels or m.startswith(kernels + ".")]
+    assert len(inside) > 1, f"no modules found under {kernels}"
+    for module in inside:
+        bad = {
+            m
+            for m in _imports(module, top_level_only=False)
+            if m.startswith(OUTER) and not m.startswith(kernels)
+        }
+        assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_only_the_command_line_imports_the_harnesses() -> None:
+    # The harnesses (vLLM's engine per process, its table, greedy decoding)
+    # serve `stitch run` and the benchmarks; no part of Stitch builds on them.
+    harness = "stitch.runtime.harness"
+    users = {
+        module
+        for module in MODULES
+        if not module.startswith((harness, "stitch.runtime.cli"))
+        and any(m.startswith(harness) for m in _imports(module, top_level_only=False))
+    }
+    assert not users, f"{sorted(users)} import {harness}"
+    cli = [m for m in MODULES if m.startswith("stitch.runtime.cli")]
+    assert any(
+        m.startswith(harness) for c in cli for m in _imports(c, top_level_only=False)
+    ), "the command line no longer imports the harnesses: is the rule still needed?"
 
 
 def test_no_import_cycles() -> None:
@@ -179,6 +214,7 @@ def test_importing_the_runtime_registers_no_example_op() -> None:
         "CompilationConfig()\n"
         "loaded = sorted(m for m in sys.modules if m.startswith(\n"
         "    ('stitch.runtime.examples', 'stitch.runtime.hf', 'transformers',\n"
+        "     'stitch.runtime.kernels', 'stitch.runtime.harness',\n"
         "     'stitch.runtime.vllm', 'vllm')))\n"
         "print(loaded)\n"
     )

@@ -24,7 +24,7 @@ from stitch.core.errors import StitchRuntimeError
 from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
 from stitch.runtime.cudagraph import CUDAGraphManager
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
-from stitch.runtime.examples.ops import attention_reference
+from stitch.runtime.kernels.attention import attention_reference
 
 # The vLLM-style baseline lives with the benchmark (bench/vllm_style.py).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -102,7 +102,7 @@ def test_triton_kernel_matches_torch(
     strided_v: bool,
     padding: bool,
 ) -> None:
-    from stitch.runtime.examples import triton_attention
+    from stitch.runtime.kernels import triton_attention
 
     kernels = triton_attention.triton_kernels()
     assert kernels is not None, "Triton did not import on this CUDA machine"
@@ -138,7 +138,7 @@ def test_triton_kernel_features_match_torch(
     kv_heads: int, sinks: bool, softcap: float, window: int, dtype: torch.dtype
 ) -> None:
     """GQA, GPT-OSS's sinks, Gemma 2's softcap, a sliding window: as attention_reference."""
-    from stitch.runtime.examples import triton_attention
+    from stitch.runtime.kernels import triton_attention
 
     kernels = triton_attention.triton_kernels()
     assert kernels is not None, "Triton did not import on this CUDA machine"
@@ -168,7 +168,7 @@ def test_triton_kernel_features_match_torch(
 
 def test_op_dispatches_to_the_triton_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     """``stitch::attention`` on CUDA launches the Triton kernel, once, on a grid per head."""
-    from stitch.runtime.examples import triton_attention
+    from stitch.runtime.kernels import triton_attention
 
     kernels = triton_attention.triton_kernels()
     assert kernels is not None, "Triton did not import on this CUDA machine"
@@ -484,7 +484,7 @@ def test_direct_launch_reuses_a_compiled_kernel_only_for_its_specialization() ->
 
     NOTE: [launching the compiled kernel directly] in triton_attention.py.
     """
-    from stitch.runtime.examples import triton_attention
+    from stitch.runtime.kernels import triton_attention
 
     if triton_attention._direct_launch() is None:
         pytest.skip("the direct launch is off for this Triton (DIRECT_LAUNCH_TRITON)")

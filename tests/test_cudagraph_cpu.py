@@ -51,7 +51,7 @@ from stitch.runtime.cudagraph import (
     weak_ref_tensor,
 )
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
-from stitch.runtime.examples.ops import attention_reference
+from stitch.runtime.kernels.attention import attention_reference
 from stitch.runtime.loader import compile_execution_fn
 
 # The vLLM-style baseline lives with the benchmark (bench/vllm_style.py).
@@ -772,8 +772,8 @@ def test_negative_position_writes_nothing_and_outputs_zero() -> None:
 
 _INTERPRETED_KERNEL_CHECK = """
 import torch
-from stitch.runtime.examples import triton_attention
-from stitch.runtime.examples.ops import attention_reference
+from stitch.runtime.kernels import triton_attention
+from stitch.runtime.kernels.attention import attention_reference
 
 kernels = triton_attention.triton_kernels()
 assert kernels is not None
@@ -841,7 +841,7 @@ def test_triton_kernel_under_the_interpreter() -> None:
 def test_the_direct_launch_key_tells_apart_what_triton_specializes_on() -> None:
     """NOTE: [launching the compiled kernel directly]: a kept kernel is reused only
     for arguments Triton would have given the same compiled kernel."""
-    from stitch.runtime.examples import triton_attention
+    from stitch.runtime.kernels import triton_attention
 
     base = torch.zeros(64, dtype=torch.float16)
 

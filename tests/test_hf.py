@@ -48,6 +48,7 @@ from transformers import PreTrainedModel  # noqa: E402
 from stitch.core.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
 from stitch.runtime import CompilationConfig, StitchBackend  # noqa: E402
 from stitch.runtime.cli.main import HF_FAMILIES, main  # noqa: E402
+from stitch.runtime.harness.hf_decode import greedy_decode  # noqa: E402
 from stitch.runtime.hf import (  # noqa: E402
     FAMILIES,
     build_model,
@@ -56,7 +57,6 @@ from stitch.runtime.hf import (  # noqa: E402
     register,
 )
 from stitch.runtime.hf.attention import unserved_attention  # noqa: E402
-from stitch.runtime.hf.decode import greedy_decode  # noqa: E402
 from stitch.runtime.hf.models import VOCAB  # noqa: E402
 
 from backend_support import (  # noqa: E402

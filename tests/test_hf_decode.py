@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from stitch.core.errors import StitchInputError, StitchRuntimeError  # noqa: E402
 from stitch.runtime import CompilationConfig, aot_compile  # noqa: E402
 from stitch.runtime.examples import LlamaConfig, build_llama  # noqa: E402
+from stitch.runtime.harness.hf_decode import greedy_decode, static_cache  # noqa: E402
 from stitch.runtime.hf import build_model  # noqa: E402
-from stitch.runtime.hf.decode import greedy_decode, static_cache  # noqa: E402
 from stitch.runtime.saved.signature import SizedGuards  # noqa: E402
 
 import backend_support  # noqa: E402

@@ -31,7 +31,7 @@ from transformers.integrations.sdpa_attention import (  # noqa: E402
 from stitch.core.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
 from stitch.runtime.hf import engine, engine_compat  # noqa: E402
 from stitch.runtime.hf.engine_compat import config_fields  # noqa: E402
-from stitch.runtime.hf.paged import PAGED_ATTENTION_OP  # noqa: E402
+from stitch.runtime.kernels.paged_attention import PAGED_ATTENTION_OP  # noqa: E402
 
 HEADS, KV_HEADS, DIM = 4, 2, 8
 
@@ -241,6 +241,24 @@ def test_paged_refuses_block_tables_and_unknown_arguments():
         engine.paged_attention_forward(
             _Attention(0), q, k, k, None, frobnicate=3, **call
         )
+
+
+def test_the_saved_forward_takes_the_engine_keywords_marked_input():
+    """ENGINE_KEYWORDS (one table for the paged attention and the saved forward)
+    and PagedStep's parameters name the same inputs."""
+    import inspect
+
+    from stitch.runtime.hf.saved_step import PagedStep
+
+    marked = {
+        name
+        for name, keyword in engine_compat.ENGINE_KEYWORDS.items()
+        if keyword.saved_forward == "input"
+    }
+    taken = set(inspect.signature(PagedStep.forward).parameters) - {"self"}
+    assert marked == taken
+    kinds = {k.saved_forward for k in engine_compat.ENGINE_KEYWORDS.values()}
+    assert kinds == {"input", "dropped", "refused"}
 
 
 # -- routing: only the engine's calls of an opted-in model change ----------------
@@ -528,7 +546,7 @@ def test_generate_batch_second_process_starts_warm(llama_cold):
 
 def test_paged_op_refuses_rows_outside_the_cache():
     """On CPU the op names an index outside the cache and writes nothing
-    (NOTE: [cache rows checked on CPU only] in paged.py)."""
+    (NOTE: [cache rows checked on CPU only] in kernels/paged_attention.py)."""
     config = _config()
     cache = _cache(config)
     batch = _batch(cache, [(3, 2)])

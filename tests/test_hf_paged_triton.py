@@ -2,7 +2,7 @@
 Triton's interpreter on CPU, and compiled on a GPU (marked ``cuda``).
 
 The batches are built as transformers' engine builds them (NOTE: [the paged
-batch of transformers' engine] in runtime/hf/paged.py): every sequence's rows
+batch of transformers' engine] in runtime/kernels/paged_attention.py): every sequence's rows
 scattered over the cache, prefill chunks next to decode tokens, sliding-window
 reads with sentinel rows, padding tokens and zero-length padding sequences.
 """
@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-pytest.importorskip("transformers")
-
-from stitch.runtime.hf.paged import paged_attention_reference  # noqa: E402
+from stitch.runtime.kernels.paged_attention import paged_attention_reference
 
 SENTINEL = 1  # transformers' sentinel_index: a row of the trash sector
 
@@ -122,7 +120,7 @@ def _call(fn: Any, tensors: tuple[Any, ...], scalars: tuple[Any, ...], **kw) -> 
 def check_case(case: dict[str, Any], kernels: Any) -> None:
     """The kernel's output and caches equal the reference's; the feature the
     case turns on changes the reference's numbers (a kernel ignoring it fails)."""
-    from stitch.runtime.hf.triton_paged import paged_attention_triton
+    from stitch.runtime.kernels.triton_paged import paged_attention_triton
 
     tensors, scalars = paged_case(**case)
     expected = tuple(t.clone() for t in tensors)
@@ -174,11 +172,35 @@ CASES: dict[str, dict[str, Any]] = {
     "empty": dict(requests=[]),
 }
 
+
+def test_the_schema_is_the_one_graphs_were_traced_with() -> None:
+    """Built from PagedCall's fields; a field's type, order, default or the
+    written set changing would change what traced graphs call."""
+    assert str(torch.ops.stitch.paged_attention.default._schema) == (
+        "stitch::paged_attention(Tensor query, Tensor key, Tensor value, "
+        "Tensor(a3!) k_cache, Tensor(a4!) v_cache, Tensor write_index, "
+        "Tensor read_index, Tensor cu_seq_lens_q, Tensor cu_seq_lens_k, "
+        "Tensor(a9!) out, float scale, bool read_after_write=True, "
+        "int sentinel=-1, int window=0, float softcap=0., Tensor? sinks=None) -> ()"
+    )
+
+
+def test_the_op_on_cpu_takes_its_defaults_and_equals_the_reference() -> None:
+    """The dispatcher leaves trailing defaults out of the call it makes."""
+    tensors, scalars = paged_case(MIXED, window=3)
+    expected = tuple(t.clone() for t in tensors)
+    _call(paged_attention_reference, expected, scalars)
+    _call(torch.ops.stitch.paged_attention, tensors, scalars[:4])
+    assert torch.equal(tensors[-1], expected[-1])
+    assert torch.equal(tensors[-3], expected[-3])
+    assert (tensors[-1] != 7.0).any(), "out was not written"
+
+
 # The child: every case under the interpreter (on before Triton is imported).
 _INTERPRETED = """
 import sys
 sys.path.insert(0, sys.argv[1])
-from stitch.runtime.hf import triton_paged
+from stitch.runtime.kernels import triton_paged
 from test_hf_paged_triton import CASES, check_case
 kernels = triton_paged.triton_kernels()
 assert kernels is not None
@@ -220,7 +242,7 @@ def test_triton_paged_kernel_under_the_interpreter() -> None:
     ],
 )
 def test_triton_paged_kernel_matches_torch_on_cuda(case: str) -> None:
-    from stitch.runtime.hf import triton_paged
+    from stitch.runtime.kernels import triton_paged
 
     kernels = triton_paged.triton_kernels()
     assert kernels is not None, "Triton did not import on this CUDA machine"
@@ -246,7 +268,7 @@ def test_paged_op_dispatches_to_the_triton_kernel_on_cuda(
     """``stitch::paged_attention`` on CUDA tensors launches the Triton kernel once."""
     from types import SimpleNamespace
 
-    from stitch.runtime.hf import triton_paged
+    from stitch.runtime.kernels import triton_paged
 
     kernels = triton_paged.triton_kernels()
     assert kernels is not None, "Triton did not import on this CUDA machine"

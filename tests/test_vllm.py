@@ -3,7 +3,7 @@ a second engine process starts warm through vLLM's AOT loader, a broken entry
 recompiles with one warning.
 
 Runs only where vllm is importable (its own venv: ``.ci/vllm.sh``); each engine
-runs in a fresh process (``python -m stitch.runtime.vllm.engine``), as vLLM
+runs in a fresh process (``python -m stitch.runtime.harness.vllm_engine``), as vLLM
 spawns its workers.  Engines start slowly (25-70 s on 2 cores), so the module
 starts six: Llama eager, cold, warm and with a broken entry; Mixtral eager and
 cold (with a misspelled field and an op the graph lacks).
@@ -51,7 +51,13 @@ def run_engine(
     environ.pop("STITCH_CACHE_DIR", None)
     environ.update(env or {})
     proc = subprocess.run(
-        [sys.executable, "-m", "stitch.runtime.vllm.engine", str(model), variant]
+        [
+            sys.executable,
+            "-m",
+            "stitch.runtime.harness.vllm_engine",
+            str(model),
+            variant,
+        ]
         + ["--batches", "1,4", "--max-tokens", str(TOKENS)]
         + (["--backend", backend] if backend else []),
         env=environ,
@@ -72,13 +78,14 @@ def assert_same_generation(got: dict[str, Any], want: dict[str, Any]) -> None:
             worst = max(abs(a - b) for a, b in zip(row_got, row_want, strict=True))
             assert worst < LOGPROB_TOL, f"batch {batch}: logprobs differ by {worst}"
     # The greedy tokens are decided, not ties (NOTE: [logits of a trained
-    # model's spread] in engine.py): the sampled token is far above uniform.
+    # model's spread] in harness/vllm_engine.py): the sampled token is far
+    # above uniform.
     assert max(want["logprobs"]["1"][0]) > math.log(1 / 32000) + 3
 
 
 @pytest.fixture(scope="module")
 def llama(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from stitch.runtime.vllm.engine import save_checkpoint
+    from stitch.runtime.harness.vllm_engine import save_checkpoint
 
     root = tmp_path_factory.mktemp("vllm_llama")
     model = Path(save_checkpoint(str(root / "model"), "llama", layers=4))
@@ -163,8 +170,8 @@ def test_truncated_artifact_is_reported_once(llama: dict[str, Any]) -> None:
 def test_mixtral_through_stitch_matches_vllm_eager(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
+    from stitch.runtime.harness.vllm_engine import save_checkpoint
     from stitch.runtime.vllm import vllm_splitting_ops
-    from stitch.runtime.vllm.engine import save_checkpoint
 
     root = tmp_path_factory.mktemp("vllm_mixtral")
     model = Path(save_checkpoint(str(root / "model"), "mixtral", layers=2))

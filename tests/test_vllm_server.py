@@ -136,7 +136,7 @@ def generate(client: Any) -> dict[str, list[list[int]]]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from stitch.runtime.vllm.engine import save_checkpoint
+    from stitch.runtime.harness.vllm_engine import save_checkpoint
 
     root = tmp_path_factory.mktemp("vllm_server")
     model = Path(save_checkpoint(str(root / "model"), "llama", layers=2))

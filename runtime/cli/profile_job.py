@@ -174,10 +174,10 @@ def _hf_decode_forwards(
     Each batch size prefills a prompt of PROMPT tokens once (not profiled), then
     every forward is one greedy decode step that appends to that cache: the
     serving loop's steady state (see NOTE: [one graph for the prefill, one for
-    every decode step] in hf/decode.py).
+    every decode step] in harness/hf_decode.py).
     """
+    from stitch.runtime.harness.hf_decode import static_cache
     from stitch.runtime.hf import build_model
-    from stitch.runtime.hf.decode import static_cache
 
     model = build_model(
         family,

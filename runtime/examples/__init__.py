@@ -1,14 +1,14 @@
-"""The example models and what they need: their ops, kernels and tensor-parallel variant.
+"""The example models, their layer-name ops, their tensor-parallel variant and its launcher.
 
-Importing this package registers ``stitch::attention`` (with its CPU kernel and,
-for CUDA tensors, the Triton kernel) and the layer-name ops.  The core
-(``stitch.runtime`` outside this package) never imports it.
+Importing this package registers the layer-name ops and, through
+stitch.runtime.kernels, ``stitch::attention`` (the models' attention, with its
+CPU kernel and, for CUDA tensors, the Triton kernel).  The core
+(``stitch.runtime`` outside the outer packages) never imports it.
 """
 
-from . import (
-    ops,  # noqa: F401 - registers the ops
-    triton_attention,  # noqa: F401 - registers the CUDA kernel
-)
+from .. import kernels  # noqa: F401 - registers stitch::attention and its kernels
+from ..kernels.attention import ATTENTION_OP, attention_reference
+from . import ops  # noqa: F401 - registers the layer-name ops
 from .models import (
     DEFAULT_SPLITTING_OPS,
     EXAMPLES,
@@ -24,7 +24,6 @@ from .models import (
     register_example,
     trace_module,
 )
-from .ops import ATTENTION_OP, attention_reference
 
 __all__ = [
     "ATTENTION_OP",

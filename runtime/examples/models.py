@@ -19,7 +19,7 @@ from torch import nn
 
 from stitch.codegen import split_graph
 
-from .ops import ATTENTION_OP
+from ..kernels.attention import ATTENTION_OP
 
 DEFAULT_SPLITTING_OPS = (ATTENTION_OP,)
 

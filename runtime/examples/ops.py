@@ -1,103 +1,13 @@
-"""Custom ops of the example models, registered with ``torch.library``.
+"""The example models' layer-name ops, registered with ``torch.library``.
 
-``stitch::attention`` is a decode attention over a per-layer KV cache that writes
-its result into ``out``: the kind of op serving stacks run eagerly between
-compiled pieces (it is the default splitting op of the examples).
+(``stitch::attention``, their attention, is a real op: stitch.runtime.kernels.)
 """
 
 from __future__ import annotations
 
 import torch
 
-ATTENTION_OP = "stitch::attention"
-
-# NOTE: [attention registered directly]
-# torch.library.custom_op wraps every call in Python layers (filling defaults,
-# bumping versions) that cost some 20 µs a call on CPU, more than a decode
-# layer's GPU time: between CUDA graph replays that is most of the host time.
-# Like vLLM's direct_register_custom_op, the schema is defined and the kernels
-# are registered directly (a few µs a call).
 _lib = torch.library.Library("stitch", "FRAGMENT")
-# The trailing arguments have defaults (no sinks, no softcap, no window): the
-# example models and graphs traced before they existed pass eight.
-_lib.define(
-    "attention(Tensor q, Tensor k, Tensor v, Tensor(a3!) k_cache, Tensor(a4!) v_cache, "
-    "Tensor positions, Tensor(a6!) out, float scale, Tensor? sinks=None, "
-    "float softcap=0.0, int window=0) -> ()"
-)
-
-
-def attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    positions: torch.Tensor,
-    out: torch.Tensor,
-    scale: float,
-    sinks: torch.Tensor | None = None,
-    softcap: float = 0.0,
-    window: int = 0,
-) -> None:
-    """Decode attention: token ``i`` is the newest token of sequence slot ``i``.
-
-    ``q, out``: ``[n, heads, head_dim]``; ``k, v``: ``[n, kv_heads, head_dim]``
-    (``heads`` a multiple of ``kv_heads``: grouped-query attention); ``k_cache,
-    v_cache``: ``[max_seqs, max_len, kv_heads, head_dim]``; ``positions``: ``[n]``
-    int64.  The token's k/v are written at ``cache[i, positions[i]]`` and
-    ``q[i]`` attends over ``cache[i, : positions[i] + 1]``.  A negative position
-    marks a padding token (CUDA graph padding): it writes no cache entry and its
-    output is zero.
-
-    ``sinks``: ``[heads]`` attention-sink logits (one more softmax column with a
-    zero value, GPT-OSS); ``softcap`` > 0: scores become ``softcap *
-    tanh(score / softcap)`` (Gemma 2); ``window`` > 0: only the last ``window``
-    positions, the token's own included (transformers' sliding window).
-
-    The plain torch implementation of ``stitch::attention``: the CPU kernel, and
-    the reference for the CUDA one.
-    """
-    n = q.shape[0]
-    if n == 0:
-        return
-    # NOTE: [padding tokens] Selecting with torch.where instead of indexing by the
-    # valid rows keeps this free of host syncs, so it can be captured in a graph.
-    valid = (positions >= 0)[:, None, None]
-    pos = positions.clamp(min=0)
-    slots = torch.arange(n, device=q.device)
-    k_cache[slots, pos] = torch.where(valid, k.to(k_cache.dtype), k_cache[slots, pos])
-    v_cache[slots, pos] = torch.where(valid, v.to(v_cache.dtype), v_cache[slots, pos])
-    groups = q.shape[1] // k_cache.shape[2]
-    keys = k_cache[:n].float().repeat_interleave(groups, dim=2)  # [n, L, H, D]
-    values = v_cache[:n].float().repeat_interleave(groups, dim=2)
-    scores = torch.einsum("nhd,nlhd->nhl", q.float(), keys) * scale
-    if softcap:
-        scores = torch.tanh(scores / softcap) * softcap
-    length = k_cache.shape[1]
-    slots_l = torch.arange(length, device=q.device)[None, :]
-    masked = slots_l > pos[:, None]
-    if window:
-        masked = masked | (slots_l <= pos[:, None] - window)
-    scores = scores.masked_fill(masked[:, None, :], float("-inf"))
-    if sinks is not None:
-        sink = sinks.float()[None, :, None].expand(n, -1, 1)
-        probs = torch.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
-    else:
-        probs = torch.softmax(scores, dim=-1)
-    result = torch.einsum("nhl,nlhd->nhd", probs, values)
-    out.copy_(torch.where(valid, result, 0.0).to(out.dtype))
-
-
-_lib.impl("attention", attention_reference, "CompositeExplicitAutograd")
-
-
-@torch.library.register_fake(ATTENTION_OP, lib=_lib)
-def _attention_fake(
-    q, k, v, k_cache, v_cache, positions, out, scale, sinks=None, softcap=0.0, window=0
-) -> None:
-    return None
-
 
 # NOTE: [layer-name ops]
 # Serving models pass a layer's name to ops inside compiled pieces.  Two shapes of

@@ -33,6 +33,7 @@ from torch import nn
 
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
+from ..kernels.attention import ATTENTION_OP
 from .launch import DEFAULT_TIMEOUT, launch  # noqa: F401 - re-exported
 from .models import (
     LlamaConfig,
@@ -43,7 +44,6 @@ from .models import (
     register_attention_state,
     trace_module,
 )
-from .ops import ATTENTION_OP
 
 # NOTE: [what Dynamo records for a functional collective]
 # funcol.all_reduce(x, "sum", group) becomes

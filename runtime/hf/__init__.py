@@ -1,19 +1,14 @@
 """Stitch for transformers models (the ``stitch[hf]`` extra).
 
-- :mod:`.ops`: ``stitch::hf_attention``, attention that writes into an output
-  buffer (a default splitting op);
 - :mod:`.attention`: the ``"stitch"`` attention implementation registered with
-  transformers' ``AttentionInterface`` (:func:`register`);
+  transformers' ``AttentionInterface`` (:func:`register`), each call one
+  ``stitch::hf_attention`` (a default splitting op; the op and the other
+  attention ops live in stitch.runtime.kernels);
 - :mod:`.models`: tiny random-weight models per family, built from configs;
-- :mod:`.decode`: greedy decoding with a static KV cache, one compiled graph
-  for the prefill and one for every decode step;
 - :mod:`.serving`: a causal LM served in the token layout, its attention
   modules owning their KV caches (CUDA graph padding leaves them alone);
-- :mod:`.paged`: ``stitch::paged_attention``, varlen attention over
-  transformers' paged KV cache, which it writes; :mod:`.triton_paged` its
-  Triton kernel for CUDA tensors;
 - :mod:`.engine`: transformers' continuous batching (``generate_batch``)
-  compiled by Stitch, its paged attention routed to that op;
+  compiled by Stitch, its paged attention routed to ``stitch::paged_attention``;
   :mod:`.saved_step` the engine's model call as a saved forward.
 
 The core (``stitch.runtime`` outside this package) never imports it; importing
@@ -31,7 +26,7 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
         "stitch.runtime.hf needs transformers: pip install 'stitch[hf]'"
     ) from exc
 
-from . import triton_paged  # noqa: F401 - registers the CUDA kernel
+from ..kernels import HF_ATTENTION_OP, PAGED_ATTENTION_OP
 from .attention import ATTN_IMPLEMENTATION, register, stitch_attention_forward
 from .engine import continuous_batching_config, route_paged_attention
 from .models import (
@@ -42,8 +37,6 @@ from .models import (
     output_tensor,
     tiny_config,
 )
-from .ops import HF_ATTENTION_OP
-from .paged import PAGED_ATTENTION_OP
 from .serving import (
     PAD_VALUES,
     attach_kv_caches,

@@ -36,11 +36,10 @@ import torch
 
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
-# stitch::attention (serving KV caches); the package registers its Triton kernel
-# for CUDA tensors too.
-from ..examples import ops as _example_ops  # noqa: F401
+# stitch::hf_attention, and stitch::attention (serving KV caches), with their
+# kernels.
+from .. import kernels  # noqa: F401 - registers the ops
 from ..pipeline.api import dispatches_through_transformers, is_attention
-from . import ops  # noqa: F401 - registers stitch::hf_attention
 
 ATTN_IMPLEMENTATION = "stitch"
 # The serving KV caches' buffer names on an attention module (serving.py).

@@ -53,38 +53,23 @@ import torch
 from stitch.codegen.matching import entry_label
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
+from ..kernels.paged_attention import PAGED_ATTENTION_OP
 from ..pipeline.api import is_attention
 from .admission import scheduler_type
 from .attention import ARGUMENTS, _short, _sinks, _where
 from .engine_compat import (
-    FLASH_LENGTHS,
+    ENGINE_KEYWORDS,
     accepted_implementations,
     config_fields,
     engine_attention_name,
     layer_cache,
     refuse_flash_switch,
 )
-from .paged import PAGED_ATTENTION_OP
 from .saved_step import install_engine_forward
 
 # The flag on an opted-in model's attention modules, and the mark on the wrapper.
 ROUTED = "_stitch_paged_attention"
 _WRAPPED = "_stitch_paged_wrapper"
-
-# The engine's keywords beyond those of transformers' plain forwards
-# (attention.ARGUMENTS), and what is done with them.
-PAGED_ARGUMENTS: dict[str, str] = {
-    "cache": "the PagedAttentionCache: the layer's cache rows and allocator",
-    "read_index": "per allocator: the cache rows of every sequence's keys",
-    "write_index": "per allocator: the cache row of every new token",
-    "cu_seq_lens_q": "the sequences' query boundaries",
-    "cu_seq_lens_k": "per layer type: the sequences' key boundaries",
-    **{name: "flash's; the op reads the boundaries" for name in FLASH_LENGTHS},
-    "block_table": "flash's decode fast path; must be None",
-    "logits_indices": "the engine's sampling; not attention's",
-    "logits_processor_args": "the engine's sampling; not attention's",
-    "logits_to_keep": "the model's head; not attention's",
-}
 
 
 def paged_attention_forward(
@@ -102,11 +87,12 @@ def paged_attention_forward(
 
     transformers' mask (``attention_mask``) is not read: the op builds the same
     one from the boundaries (NOTE: [the paged batch of transformers' engine] in
-    paged.py).
+    stitch.runtime.kernels.paged_attention).
     """
     where = f"stitch paged attention in {_where(module)}"
     for name in kwargs:
-        if name not in ARGUMENTS and name not in PAGED_ARGUMENTS:
+        # NOTE: [the engine's keywords] in engine_compat.py
+        if name not in ARGUMENTS and name not in ENGINE_KEYWORDS:
             raise StitchRuntimeError(
                 f"{where}: argument {name}={_short(kwargs[name])} is not implemented "
                 "(transformers' engine passes an argument this Stitch does not know)"

@@ -26,7 +26,7 @@ arguments, the scheduler mapping) is the same in both.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -34,6 +34,62 @@ from stitch.core.errors import StitchConfigError
 
 # The engine's batch arguments that are flash's, under either version's name.
 FLASH_LENGTHS = ("max_length_q", "max_length_k", "max_seqlen_q", "max_seqlen_k")
+
+
+class EngineKeyword(NamedTuple):
+    """What one keyword of the engine's model call is, and what Stitch's saved
+    forward does with it: ``"input"`` (a parameter of ``saved_step.PagedStep``),
+    ``"dropped"`` (left out: ``meaning`` says why it may be) or ``"refused"``
+    (must be None)."""
+
+    meaning: str
+    saved_forward: str
+
+
+# NOTE: [the engine's keywords]
+# Every keyword transformers' engine passes to the model's call.  The model
+# passes them on to its attention functions, so Stitch's paged attention
+# (engine.py) takes each of these besides attention.ARGUMENTS; the saved
+# forward (saved_step.py) takes the inputs and refuses any other keyword.
+ENGINE_KEYWORDS: dict[str, EngineKeyword] = {
+    "input_ids": EngineKeyword("the new tokens, [1, tokens]", "input"),
+    "position_ids": EngineKeyword("each new token's position", "input"),
+    "attention_mask": EngineKeyword(
+        "transformers' mask, built on the host; the op builds its own from the "
+        "boundaries",
+        "input",
+    ),
+    "cache": EngineKeyword(
+        "the PagedAttentionCache: the layer's cache rows and allocator", "input"
+    ),
+    "read_index": EngineKeyword(
+        "per allocator: the cache rows of every sequence's keys", "input"
+    ),
+    "write_index": EngineKeyword(
+        "per allocator: the cache row of every new token", "input"
+    ),
+    "cu_seq_lens_q": EngineKeyword("the sequences' query boundaries", "input"),
+    "cu_seq_lens_k": EngineKeyword(
+        "per layer type: the sequences' key boundaries", "input"
+    ),
+    "logits_to_keep": EngineKeyword("the model's head; not attention's", "input"),
+    **{
+        name: EngineKeyword("flash's; the op reads the boundaries", "dropped")
+        for name in FLASH_LENGTHS
+    },
+    "block_table": EngineKeyword("flash's decode fast path; must be None", "refused"),
+    "logits_indices": EngineKeyword(
+        "the engine's sampling (passed as logits_to_keep); not attention's",
+        "dropped",
+    ),
+    "logits_processor_args": EngineKeyword(
+        "the engine's sampling, after the forward; not attention's", "dropped"
+    ),
+    "is_causal": EngineKeyword(
+        "the op is causal within each sequence (5.23 passes it)", "dropped"
+    ),
+    "use_cache": EngineKeyword("the paged cache is written by the op", "dropped"),
+}
 
 
 def version() -> tuple[int, int]:

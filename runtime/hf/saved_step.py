@@ -42,18 +42,10 @@ from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
 from ..saved.aot import AOTCompiledModel, aot_compile
 from .attention import _short
-from .engine_compat import FLASH_LENGTHS, cache_layout
+from .engine_compat import ENGINE_KEYWORDS, cache_layout
 
 log = logging.getLogger("stitch")
 
-# The engine's keywords PagedStep does not take, and why they may be left out.
-DROPPED = {
-    **{name: "flash's; the op reads the boundaries" for name in FLASH_LENGTHS},
-    "logits_indices": "the engine's sampling (passed as logits_to_keep)",
-    "logits_processor_args": "the engine's sampling, after the forward",
-    "is_causal": "the op is causal within each sequence (5.23 passes it)",
-    "use_cache": "the paged cache is written by the op",
-}
 # Each tensor's dimensions that vary from step to step.
 DYNAMIC = {"input_ids": [1], "position_ids": [1], "cu_seq_lens_q": [0]}
 # The same for arguments that may come as a dict or list of tensors (by layer
@@ -167,7 +159,8 @@ class EngineForward:
             "write_index": kwargs["write_index"],
             "cache": cache,
         }
-        unknown = set(kwargs) - set(inputs) - set(DROPPED) - {"block_table"}
+        # NOTE: [the engine's keywords] in engine_compat.py
+        unknown = set(kwargs) - set(ENGINE_KEYWORDS)
         if unknown:
             name = sorted(unknown)[0]
             raise StitchRuntimeError(

@@ -203,7 +203,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     from stitch.runtime import CompilationConfig, StitchBackend
 
-    from .paged import PAGED_ATTENTION_OP
+    from ..kernels.paged_attention import PAGED_ATTENTION_OP
 
     args = _parser().parse_args(argv)
     # Stitch reports each compiled graph ("stitch: graph ...: N pieces") at INFO.

@@ -1,7 +1,7 @@
 """Run vLLM's real engine on a tiny saved checkpoint, one variant per process.
 
 The tests, ``stitch run --vllm`` and ``bench/vllm_engine.py`` all start each
-engine with ``python -m stitch.runtime.vllm.engine`` (vLLM spawns workers, so
+engine with ``python -m stitch.runtime.harness.vllm_engine`` (vLLM spawns workers, so
 the engine needs a fresh ``__main__``) and read one JSON line back: the start
 time, request times, tokens, log-probabilities and the worker's compile
 counters.

@@ -6,7 +6,7 @@ the batch, packed (prefill chunks and decode tokens mixed), writes their keys
 and values into the layer's paged cache in place, and attends causally within
 each sequence's chunk and over its cached prefix.  It owns the cache write, so
 no ``torch.compiler.disable``d function is left in the model's call (see
-engine.py), and Stitch splits that call's graph at it (add it to
+stitch.runtime.hf.engine), and Stitch splits that call's graph at it (add it to
 ``splitting_ops``; :data:`PAGED_ATTENTION_OP`).
 
 NOTE: [the paged batch of transformers' engine]
@@ -38,11 +38,14 @@ query rows past ``cu_seq_lens_q[-1]``, write rows that point at the trash
 sector, read rows past ``cu_seq_lens_k[-1]``; the op writes every write row, as
 transformers does, and gives padding queries a zero output.
 
-Importing this module registers the op; it needs only torch (the hf package
-registers the Triton kernel for CUDA tensors: triton_paged.py).
+Importing this module registers the op; it needs only torch (triton_paged.py
+registers the Triton kernel for CUDA tensors).
 """
 
 from __future__ import annotations
+
+import typing
+from typing import Any, NamedTuple
 
 import torch
 
@@ -50,39 +53,15 @@ from stitch.core.errors import StitchRuntimeError
 
 PAGED_ATTENTION_OP = "stitch::paged_attention"
 
-# NOTE: [attention registered directly] (examples/ops.py): the schema and the
-# kernel are registered without torch.library.custom_op's Python layers; a fake
-# kernel keeps the call one node in Dynamo's graph.  The caches are two views of
-# one storage (transformers' layout), declared written; ``out`` is filled.
-_lib = torch.library.Library("stitch", "FRAGMENT")
-_lib.define(
-    "paged_attention(Tensor query, Tensor key, Tensor value, Tensor(a3!) k_cache, "
-    "Tensor(a4!) v_cache, Tensor write_index, Tensor read_index, "
-    "Tensor cu_seq_lens_q, Tensor cu_seq_lens_k, Tensor(a9!) out, float scale, "
-    "bool read_after_write=True, int sentinel=-1, int window=0, "
-    "float softcap=0.0, Tensor? sinks=None) -> ()"
-)
 
+class PagedCall(NamedTuple):
+    """The op's arguments, in its schema's order.
 
-def paged_attention_reference(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    write_index: torch.Tensor,
-    read_index: torch.Tensor,
-    cu_seq_lens_q: torch.Tensor,
-    cu_seq_lens_k: torch.Tensor,
-    out: torch.Tensor,
-    scale: float,
-    read_after_write: bool = True,
-    sentinel: int = -1,
-    window: int = 0,
-    softcap: float = 0.0,
-    sinks: torch.Tensor | None = None,
-) -> None:
-    """Paged varlen attention (NOTE: [the paged batch of transformers' engine]).
+    NOTE: [the paged op's arguments, declared once]
+    The schema registered below, the torch implementation, the CUDA launcher
+    and the Triton kernel's arguments (triton_paged.py) all read these fields;
+    the callables registered with the dispatcher take the op's arguments
+    positionally (trailing defaults left out) and build one of these.
 
     ``query, out``: ``[tokens, heads, dim]``; ``key, value``: ``[tokens,
     kv_heads, dim]`` (``heads`` a multiple of ``kv_heads``); ``k_cache,
@@ -93,31 +72,99 @@ def paged_attention_reference(
     new keys in order (sliding window).  ``window`` > 0: the last ``window``
     keys, the query's own included; ``softcap`` > 0: ``softcap * tanh(score /
     softcap)``; ``sinks``: ``[heads]`` logits of a zero-valued extra column.
+    """
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    write_index: torch.Tensor
+    read_index: torch.Tensor
+    cu_seq_lens_q: torch.Tensor
+    cu_seq_lens_k: torch.Tensor
+    out: torch.Tensor
+    scale: float
+    read_after_write: bool = True
+    sentinel: int = -1
+    window: int = 0
+    softcap: float = 0.0
+    sinks: torch.Tensor | None = None
+
+
+# The arguments the op writes: the caches (two views of one storage,
+# transformers' layout) and ``out``.
+WRITTEN = ("k_cache", "v_cache", "out")
+_SCHEMA_TYPES = {
+    torch.Tensor: "Tensor",
+    torch.Tensor | None: "Tensor?",
+    float: "float",
+    bool: "bool",
+    int: "int",
+}
+
+
+def schema(name: str, fields: type[NamedTuple], written: tuple[str, ...]) -> str:
+    """``name``'s schema for ``torch.library``, from the fields' annotations and
+    defaults; a written tensor is aliased as ``Tensor(aN!)`` (``N``: its index)."""
+    arguments = []
+    hints = typing.get_type_hints(fields)
+    for index, field in enumerate(fields._fields):
+        kind = _SCHEMA_TYPES[hints[field]]
+        if field in written:
+            kind = f"Tensor(a{index}!)"
+        text = f"{kind} {field}"
+        if field in fields._field_defaults:
+            text += f"={fields._field_defaults[field]!r}"
+        arguments.append(text)
+    return f"{name}({', '.join(arguments)}) -> ()"
+
+
+# NOTE: [attention registered directly] (attention.py): the schema and the
+# kernel are registered without torch.library.custom_op's Python layers; a fake
+# kernel keeps the call one node in Dynamo's graph.
+_lib = torch.library.Library("stitch", "FRAGMENT")
+_lib.define(schema(PAGED_ATTENTION_OP.split("::")[1], PagedCall, WRITTEN))
+
+
+def paged_attention_reference(*args: Any) -> None:
+    """The op's torch implementation, called as the op is (``args``:
+    :class:`PagedCall`'s fields in order, trailing defaults optional)."""
+    run_reference(PagedCall(*args))
+
+
+def run_reference(call: PagedCall) -> None:
+    """Paged varlen attention (NOTE: [the paged batch of transformers' engine]).
 
     The plain torch implementation: the CPU kernel, and the reference.  It
     materializes ``[heads, tokens, keys]`` scores, as transformers' SDPA path
     materializes its mask.
     """
-    tokens = query.shape[0]
+    tokens = call.query.shape[0]
     if tokens == 0:
         return
-    if write_index.device.type == "cpu":
-        check_rows(k_cache, v_cache, write_index, read_index)
-    if read_after_write:
-        write_cache(key, value, k_cache, v_cache, write_index)
+    if call.write_index.device.type == "cpu":
+        check_rows(call.k_cache, call.v_cache, call.write_index, call.read_index)
+    if call.read_after_write:
+        write_cache(call)
+    key, value, read_index = call.key, call.value, call.read_index
     if read_index.numel() == 0:
         keys, values = key, value
     else:
-        keys = k_cache.index_select(0, read_index)
-        values = v_cache.index_select(0, read_index)
-        if not read_after_write:
-            new = (read_index == sentinel)[:, None, None]
+        keys = call.k_cache.index_select(0, read_index)
+        values = call.v_cache.index_select(0, read_index)
+        if not call.read_after_write:
+            new = (read_index == call.sentinel)[:, None, None]
             keys = keys.masked_scatter(new, key.to(keys.dtype))
             values = values.masked_scatter(new, value.to(values.dtype))
-    if not read_after_write:
-        write_cache(key, value, k_cache, v_cache, write_index)
-    allowed = _allowed(cu_seq_lens_q, cu_seq_lens_k, tokens, keys.shape[0], window)
-    out.copy_(_attend(query, keys, values, allowed, scale, softcap, sinks))
+    if not call.read_after_write:
+        write_cache(call)
+    allowed = _allowed(
+        call.cu_seq_lens_q, call.cu_seq_lens_k, tokens, keys.shape[0], call.window
+    )
+    call.out.copy_(
+        _attend(call.query, keys, values, allowed, call.scale, call.softcap, call.sinks)
+    )
 
 
 def check_rows(
@@ -146,16 +193,10 @@ def check_rows(
             )
 
 
-def write_cache(
-    key: torch.Tensor,
-    value: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    write_index: torch.Tensor,
-) -> None:
+def write_cache(call: PagedCall) -> None:
     """Each new token's key and value into its row (every row of ``write_index``)."""
-    k_cache.index_copy_(0, write_index, key.to(k_cache.dtype))
-    v_cache.index_copy_(0, write_index, value.to(v_cache.dtype))
+    call.k_cache.index_copy_(0, call.write_index, call.key.to(call.k_cache.dtype))
+    call.v_cache.index_copy_(0, call.write_index, call.value.to(call.v_cache.dtype))
 
 
 def _allowed(
@@ -195,7 +236,7 @@ def _attend(
     no key gets zeros.
 
     The query heads of one key/value head are grouped (NOTE: [query heads
-    grouped, keys never repeated] in ops.py).
+    grouped, keys never repeated] in hf_attention.py).
     """
     tokens, heads, dim = query.shape
     if not softcap and sinks is None:
@@ -233,26 +274,13 @@ def _attend(
     return result.permute(2, 0, 1, 3).reshape(tokens, heads, -1).to(query.dtype)
 
 
-_lib.impl("paged_attention", paged_attention_reference, "CompositeExplicitAutograd")
+_lib.impl(
+    PAGED_ATTENTION_OP.split("::")[1],
+    paged_attention_reference,
+    "CompositeExplicitAutograd",
+)
 
 
 @torch.library.register_fake(PAGED_ATTENTION_OP, lib=_lib)
-def _paged_attention_fake(
-    query,
-    key,
-    value,
-    k_cache,
-    v_cache,
-    write_index,
-    read_index,
-    cu_seq_lens_q,
-    cu_seq_lens_k,
-    out,
-    scale,
-    read_after_write=True,
-    sentinel=-1,
-    window=0,
-    softcap=0.0,
-    sinks=None,
-) -> None:
+def _paged_attention_fake(*args: Any) -> None:
     return None

@@ -132,7 +132,7 @@ def paged_attention_kernel(
     m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    # NOTE: [a while loop over the tiles] (examples/triton_attention_kernel.py)
+    # NOTE: [a while loop over the tiles] (triton_attention_kernel.py)
     start = k_start
     while start < k_stop:
         offs = start + tl.arange(0, BLOCK_N)

@@ -1,7 +1,7 @@
 """vLLM eager, vLLM's own compile and Stitch, side by side, each engine in its own process.
 
 ``stitch run --vllm`` and ``bench/vllm_engine.py`` print this table.  Each row
-is one fresh engine process (``python -m stitch.runtime.vllm.engine``); a "warm"
+is one fresh engine process (``python -m stitch.runtime.harness.vllm_engine``); a "warm"
 row is a second process over the cache its "cold" row filled.  Rounds repeat
 the whole sequence with fresh caches, interleaving the variants, and each cell
 is the median over rounds (single processes swing by about 15% on a shared
@@ -43,7 +43,13 @@ def run_variant(
     """One engine process; raises RuntimeError with its log's tail if it fails."""
     env = dict(os.environ, VLLM_CACHE_ROOT=cache)
     env.pop("STITCH_CACHE_DIR", None)
-    command = [sys.executable, "-m", "stitch.runtime.vllm.engine", model, variant]
+    command = [
+        sys.executable,
+        "-m",
+        "stitch.runtime.harness.vllm_engine",
+        model,
+        variant,
+    ]
     command += ["--batches", batches, "--max-tokens", str(tokens)]
     command += ["--rounds", str(repeats)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 HF_ATTENTION_OP = "stitch::hf_attention"
 
-# NOTE: [attention registered directly] (examples/ops.py): the schema and the
+# NOTE: [attention registered directly] (attention.py): the schema and the
 # kernel are registered without torch.library.custom_op's Python layers.
 # ``sinks`` and ``softcap`` have defaults, so graphs and callers written before
 # they existed still bind.

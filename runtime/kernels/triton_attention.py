@@ -1,44 +1,23 @@
 """``stitch::attention`` on CUDA: launches the Triton decode-attention kernel.
 
-Importing this module (the examples package does, after ``ops``) registers :func:`decode_attention` for the
-CUDA dispatch key; it needs no Triton.  Triton is imported on the first CUDA
-call: where it is missing, or a tensor layout is one the kernel does not take,
-the op runs the torch implementation instead (also graph-capturable).
+Importing this module (the kernels package does, after ``attention``) registers
+:func:`decode_attention` for the CUDA dispatch key; it needs no Triton.  Triton
+is imported on the first CUDA call (loader.py): where it is missing, or a tensor
+layout is one the kernel does not take, the op runs the torch implementation
+instead (also graph-capturable).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import logging
 import os
 from types import ModuleType
 from typing import Any
 
 import torch
 
-from .ops import ATTENTION_OP, attention_reference
-
-log = logging.getLogger("stitch")
-
-
-@functools.cache
-def optional_kernels(module: str, op: str) -> ModuleType | None:
-    """The Triton kernel module ``module``, or None when Triton cannot be
-    imported (asked once per module; ``op`` then runs its torch implementation)."""
-    try:
-        return importlib.import_module(module)
-    except (
-        Exception
-    ) as exc:  # noqa: BLE001 - ImportError, or a Triton that cannot start
-        log.warning(
-            "stitch: Triton is unavailable (%s: %s); %s runs the torch "
-            "implementation on CUDA",
-            type(exc).__name__,
-            exc,
-            op,
-        )
-        return None
+from .attention import ATTENTION_OP, attention_reference
+from .loader import optional_kernels
 
 
 def triton_kernels() -> ModuleType | None:

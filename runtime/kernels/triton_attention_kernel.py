@@ -1,6 +1,6 @@
 """The Triton kernel behind ``stitch::attention`` on CUDA (imports Triton).
 
-Only :mod:`stitch.runtime.triton_attention` imports this module, on the op's
+Only :mod:`.triton_attention` imports this module, on the op's
 first CUDA call; nothing else in Stitch needs Triton.
 """
 

@@ -1,0 +1,143 @@
+"""``stitch::paged_attention`` on CUDA: the cache write, then the Triton kernel.
+
+Importing this module (the kernels package does, after ``paged_attention``)
+registers :func:`paged_attention_triton` for the CUDA dispatch key; it needs no
+Triton.  Triton is imported on the first CUDA call: where it is missing, or a
+tensor layout is one the kernel does not take, the op runs the torch
+implementation instead (NOTE: [attention registered directly] in attention.py, and loader.py).
+
+NOTE: [the paged cache write outside the kernel]
+Full attention reads the cache after writing it, so a program may read rows
+that another program writes: without a grid-wide barrier the write cannot be
+part of the attention kernel.  It is two ``index_copy_`` launches before the
+kernel (full attention) or after it (sliding window, which reads first and
+takes the new keys at the sentinel rows from ``key`` itself); the stream
+orders them.  Every write row is written, padding rows included, as the torch
+implementation does.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from .loader import optional_kernels
+from .paged_attention import PAGED_ATTENTION_OP, PagedCall, run_reference, write_cache
+
+
+def triton_kernels() -> ModuleType | None:
+    """The kernel module, or None when Triton cannot be imported (asked once)."""
+    return optional_kernels(f"{__package__}.triton_paged_kernel", PAGED_ATTENTION_OP)
+
+
+def kernel_supports(call: PagedCall) -> bool:
+    """The layouts the kernel takes: unit stride in the head dim, one head dim."""
+    dim = call.query.shape[-1]
+    tensors = (call.query, call.key, call.value, call.k_cache, call.v_cache, call.out)
+    sinks = call.sinks
+    kv_heads = {t.shape[1] for t in tensors[1:5]}
+    return (
+        all(t.dim() == 3 and t.stride(2) == 1 and t.shape[2] == dim for t in tensors)
+        and len(kv_heads) == 1
+        and call.query.shape[1] % call.key.shape[1] == 0
+        and (sinks is None or (sinks.dim() == 1 and sinks.stride(0) == 1))
+    )
+
+
+def paged_attention_triton(*args: Any, kernels: ModuleType | None = None) -> None:
+    """``stitch::paged_attention`` with the Triton kernel (any device Triton
+    runs on, its interpreter too); ``args`` as ``paged_attention_reference``'s."""
+    call = PagedCall(*args)
+    kernels = kernels if kernels is not None else triton_kernels()
+    if call.query.shape[0] == 0:
+        return
+    if kernels is None or not kernel_supports(call):
+        run_reference(call)
+        return
+    if call.read_after_write:
+        write_cache(call)
+    grid, arguments, constexprs = kernel_arguments(call)
+    kernels.paged_attention_kernel[grid](*arguments, **constexprs)
+    if not call.read_after_write:
+        write_cache(call)
+
+
+def kernel_arguments(
+    call: PagedCall,
+) -> tuple[tuple[int, int], tuple[Any, ...], dict[str, Any]]:
+    """The kernel's grid (NOTE: [query blocks of a varlen batch]), its
+    arguments in order and its constexprs, all from shapes (no host syncs)."""
+    tokens, heads, dim = call.query.shape
+    kv_heads = call.key.shape[1]
+    groups = heads // kv_heads
+    seqs = call.cu_seq_lens_q.shape[0] - 1
+    has_read = call.read_index.numel() > 0
+    has_sentinels = has_read and not call.read_after_write
+    # The new key of each sentinel row: the sentinels take the new keys in order.
+    src = call.read_index
+    if has_sentinels:
+        src = torch.cumsum(call.read_index == call.sentinel, 0) - 1
+    # Prefill chunks fill taller tiles; a decode step's token fills its group's rows.
+    block_m = 64 if tokens >= 8 * max(seqs, 1) else 16
+    block_m = max(block_m, 1 << (groups - 1).bit_length())
+    block_q = max(block_m // groups, 1)
+    block_d = max(16, 1 << (dim - 1).bit_length())
+    block_n = 64 if block_d <= 128 else 32
+    half = (torch.float16, torch.bfloat16)
+    dtype = call.query.dtype
+    fp32_dot = not (dtype == call.key.dtype == call.k_cache.dtype and dtype in half)
+    args = (
+        call.query,
+        call.key,
+        call.value,
+        call.k_cache,
+        call.v_cache,
+        # any pointer where there are none
+        call.read_index if has_read else call.write_index,
+        src if has_read else call.write_index,
+        call.cu_seq_lens_q,
+        call.cu_seq_lens_k,
+        call.out,
+        call.sinks if call.sinks is not None else call.query,
+        float(call.scale),
+        float(call.softcap),
+        int(call.window),
+        seqs,
+        tokens,
+        int(call.sentinel),
+        call.query.stride(0),
+        call.query.stride(1),
+        call.key.stride(0),
+        call.key.stride(1),
+        call.value.stride(0),
+        call.value.stride(1),
+        call.k_cache.stride(0),
+        call.k_cache.stride(1),
+        call.v_cache.stride(0),
+        call.v_cache.stride(1),
+        call.out.stride(0),
+        call.out.stride(1),
+    )
+    constexprs = dict(
+        GROUPS=groups,
+        HAS_READ=has_read,
+        HAS_SENTINELS=has_sentinels,
+        HAS_WINDOW=call.window > 0,
+        HAS_SOFTCAP=bool(call.softcap),
+        HAS_SINKS=call.sinks is not None,
+        FP32_DOT=fp32_dot,
+        HEAD_DIM=dim,
+        BLOCK_Q=block_q,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+    )
+    return (tokens // block_q + seqs + 1, kv_heads), args, constexprs
+
+
+# Registered directly on the CUDA key: torch.library.register_kernel would wrap
+# the kernel in a dynamo-disabling decorator, a cost on every call.
+_lib = torch.library.Library(PAGED_ATTENTION_OP.split("::")[0], "IMPL")
+_lib.impl(PAGED_ATTENTION_OP.split("::")[1], paged_attention_triton, "CUDA")
