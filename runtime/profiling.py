@@ -236,6 +236,8 @@ class Profile:
 
     def table(self) -> str:
         """A Markdown table per size: every piece, then the totals."""
+        from .tables import markdown_table
+
         lines: list[str] = []
         for sp in self.sizes:
             lines.append(
@@ -243,14 +245,18 @@ class Profile:
                 f"({sp.forwards} forwards)"
             )
             lines.append("")
-            lines.append("| piece | kind | modules | us/forward | share |")
-            lines.append("| --- | --- | --- | ---: | ---: |")
-            for r in (*sp.pieces, *sp.summary):
-                name = f"**{r.name}**" if r.kind in ("total", "overhead") else r.name
-                lines.append(
-                    f"| {name} | {r.kind} | {r.path or '-'} | {r.us:.1f} | "
-                    f"{r.share(sp.total_us):.1f}% |"
+            rows = [
+                (
+                    f"**{r.name}**" if r.kind in ("total", "overhead") else r.name,
+                    r.kind,
+                    r.path or "-",
+                    f"{r.us:.1f}",
+                    f"{r.share(sp.total_us):.1f}%",
                 )
+                for r in (*sp.pieces, *sp.summary)
+            ]
+            headers = ("piece", "kind", "modules", "us/forward", "share")
+            lines.append(markdown_table(headers, rows, align="lllrr"))
             lines.append("")
         return "\n".join(lines)
 

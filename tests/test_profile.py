@@ -21,6 +21,7 @@ from stitch.runtime.cli.main import main
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
 from stitch.runtime.profiling import Profiler
 
+from backend_support import markdown_rows
 from models import CASES, emit_case
 
 
@@ -225,9 +226,13 @@ def test_stitch_profile_command(tmp_path: Any) -> None:
         )
     text = out.getvalue()
     assert status == 0, text
-    assert text.count("| piece | kind |") == 2  # one table per size
+    rows = markdown_rows(text)
+    header = ["piece", "kind", "modules", "us/forward", "share"]
+    assert rows.count(header) == 2  # one table per size
     assert "size 1:" in text and "size 5:" in text
-    assert "| splitting |" in text and "**guards and frame**" in text
+    # Two layers' attention, at each of the two sizes.
+    assert [r[1] for r in rows].count("splitting") == 2 * 2
+    assert [r[0] for r in rows].count("**guards and frame**") == 2
     assert "<svg" in html.read_text()
 
 
@@ -257,4 +262,9 @@ def test_stitch_profile_decode_steps(tmp_path: Any) -> None:
     assert status == 0, text
     assert "size decode batch 2:" in text
     # 2 layers: two attention rows in the decode graph.
-    assert text.count("| splitting | model.layers.") == 2
+    attention = [
+        r
+        for r in markdown_rows(text)
+        if r[1] == "splitting" and r[2].startswith("model.layers.")
+    ]
+    assert len(attention) == 2
