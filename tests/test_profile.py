@@ -19,7 +19,7 @@ from stitch.core.errors import StitchLoadError
 from stitch.runtime import CompilationConfig, StitchBackend, compile_execution_fn
 from stitch.runtime.cli.main import main
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
-from stitch.runtime.profiling import Profiler
+from stitch.runtime.profiling import PieceInfo, Profile, Profiler, _SizeStats
 
 from backend_support import markdown_rows
 from models import CASES, emit_case
@@ -268,3 +268,25 @@ def test_stitch_profile_decode_steps(tmp_path: Any) -> None:
         if r[1] == "splitting" and r[2].startswith("model.layers.")
     ]
     assert len(attention) == 2
+
+
+def test_profile_page_escapes_what_it_is_given() -> None:
+    stats = {
+        8: _SizeStats(
+            forwards=1,
+            calls=1,
+            call_ns=4000,
+            stitched_ns=3000,
+            pieces={(0, "submod_0"): 1000, (0, "submod_1"): 1000},
+        )
+    }
+    pieces = {
+        (0, "submod_0"): PieceInfo("compiled", "layers.<0> & more"),
+        (0, "submod_1"): PieceInfo("splitting", "layers.0.attn"),
+    }
+    page = Profile.build(stats, pieces).html("a <b> & c")
+    assert "<b>" not in page and "<title>a &lt;b&gt; &amp; c</title>" in page
+    assert "layers.&lt;0&gt; &amp; more" in page
+    # One segment per piece, then stitching and guards and frame.
+    assert page.count("<rect") == 2 + 2
+    assert 'fill="#f58518"' in page  # the splitting piece's colour
