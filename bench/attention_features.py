@@ -33,6 +33,7 @@ import stitch.runtime.examples  # noqa: F401 - registers stitch::attention
 from stitch.runtime.kernels import triton_attention
 from stitch.runtime.kernels.attention import attention_reference
 from stitch.runtime.kernels.hf_attention import hf_attention_reference
+from stitch.runtime.tables import markdown_table
 
 
 def timer(device: str) -> Callable[[Callable[[], None], int], float]:
@@ -70,10 +71,7 @@ def hf_table(device: str, dtype: torch.dtype, iters: int, rounds: int) -> None:
     print(
         "\n### stitch::hf_attention: the torch fallback for sinks and softcap against SDPA\n"
     )
-    print(
-        "| shape | batch x q x kv | SDPA µs | sinks µs | softcap µs | sinks / SDPA | softcap / SDPA |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    rows = []
     gen = torch.Generator(device=device).manual_seed(0)
     for label, batch, q_len, kv_len in shapes:
         q = torch.randn(batch, heads, q_len, dim, device=device, generator=gen).to(
@@ -102,10 +100,20 @@ def hf_table(device: str, dtype: torch.dtype, iters: int, rounds: int) -> None:
             ),
         }
         t = compare(variants, iters, rounds, device)
-        print(
-            f"| {label} | {batch} x {q_len} x {kv_len} | {t['sdpa']:.1f} | {t['sinks']:.1f} | "
-            f"{t['softcap']:.1f} | {t['sinks'] / t['sdpa']:.2f}x | {t['softcap'] / t['sdpa']:.2f}x |"
+        rows.append(
+            (
+                label,
+                f"{batch} x {q_len} x {kv_len}",
+                f"{t['sdpa']:.1f}",
+                f"{t['sinks']:.1f}",
+                f"{t['softcap']:.1f}",
+                f"{t['sinks'] / t['sdpa']:.2f}x",
+                f"{t['softcap'] / t['sdpa']:.2f}x",
+            )
         )
+    headers = ("shape", "batch x q x kv", "SDPA µs", "sinks µs", "softcap µs")
+    headers += ("sinks / SDPA", "softcap / SDPA")
+    print(markdown_table(headers, rows, align="llrrrrr"))
 
 
 def kernel_table(device: str, dtype: torch.dtype, iters: int, rounds: int) -> None:
@@ -137,8 +145,7 @@ def kernel_table(device: str, dtype: torch.dtype, iters: int, rounds: int) -> No
     print(
         f"\n### stitch::attention: the Triton kernel per feature ({n} tokens, {heads}/{kv_heads} heads, dim {dim}, positions {length // 2}-{length})\n"
     )
-    print("| feature | kernel µs | kernel / no feature | torch µs | torch / kernel |")
-    print("|---|---|---|---|---|")
+    rows = []
     base = None
     for name, extra in cases.items():
         expected, got = torch.empty_like(q), torch.empty_like(q)
@@ -169,9 +176,17 @@ def kernel_table(device: str, dtype: torch.dtype, iters: int, rounds: int) -> No
         }
         t = compare(variants, iters, rounds, device)
         base = base or t["kernel"]
-        print(
-            f"| {name} | {t['kernel']:.1f} | {t['kernel'] / base:.2f}x | {t['torch']:.1f} | {t['torch'] / t['kernel']:.1f}x |"
+        rows.append(
+            (
+                name,
+                f"{t['kernel']:.1f}",
+                f"{t['kernel'] / base:.2f}x",
+                f"{t['torch']:.1f}",
+                f"{t['torch'] / t['kernel']:.1f}x",
+            )
         )
+    headers = ("feature", "kernel µs", "kernel / no feature", "torch µs")
+    print(markdown_table((*headers, "torch / kernel"), rows, align="lrrrr"))
 
 
 def main() -> None:

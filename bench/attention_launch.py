@@ -124,11 +124,15 @@ def main() -> int:
         f"{torch.cuda.get_device_name()}; {n} tokens, {h} heads, dim {d}; "
         f"{args.calls} calls in a row from an idle GPU, median of {args.iters}"
     )
-    print("\n| launch | host µs per call |\n| --- | ---: |")
+    from stitch.runtime.tables import markdown_table
+
+    cells = []
     for name, fn in rows.items():
         for _ in range(5):
             fn()
-        print(f"| {name} | {host_us(fn, args.calls, args.iters):.1f} |")
+        cells.append((name, f"{host_us(fn, args.calls, args.iters):.1f}"))
+    print()
+    print(markdown_table(("launch", "host µs per call"), cells, align="lr"))
     print(f"\ncompiled launch gives jit's output: {same}")
     return 0 if same else 1
 

@@ -613,38 +613,43 @@ def report(results: dict[str, Any]) -> str:
         f"{model['dtype']}, KV cache {model['max_seqs']} x {model['max_len']}"
     )
     lines.append(f"- capture sizes: {results['args']['capture_sizes']}")
-    lines += [
-        "",
-        "| variant | tokens | latency µs | host µs | host overhead µs "
-        "| host µs, p10 | host overhead µs, p10 | back-to-back µs |",
-    ]
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    from stitch.runtime.tables import markdown_table
 
     def cell(value: float | None) -> str:
         return "" if value is None else f"{value:.1f}"
 
-    for variant, data in results["variants"].items():
-        for n, row in data["sizes"].items():
-            over = overhead_us(results, variant, n)
-            over10 = overhead_us(results, variant, n, p10=True)
-            lines.append(
-                f"| {variant} | {n} | {row['latency_us']:.1f} | {row['host_us']:.1f} | "
-                f"{cell(over)} | {cell(row.get('host_p10_us'))} | {cell(over10)} | "
-                f"{row['back_to_back_us']:.1f} |"
-            )
-    lines += [
-        "",
-        "| variant | compile s | capture s | graphs | graph memory MiB "
-        "| largest size alone MiB | note |",
-    ]
-    lines.append("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
-    for variant, data in results["variants"].items():
-        alone = data.get("largest_mib", 0.0)
-        lines.append(
-            f"| {variant} | {data['compile_s']:.1f} | {data['capture_s']:.2f} | "
-            f"{data['graphs']} | {data['graph_mib']:.0f} | "
-            f"{f'{alone:.0f}' if data['graphs'] else ''} | {data['note']} |"
+    timings = [
+        (
+            variant,
+            n,
+            f"{row['latency_us']:.1f}",
+            f"{row['host_us']:.1f}",
+            cell(overhead_us(results, variant, n)),
+            cell(row.get("host_p10_us")),
+            cell(overhead_us(results, variant, n, p10=True)),
+            f"{row['back_to_back_us']:.1f}",
         )
+        for variant, data in results["variants"].items()
+        for n, row in data["sizes"].items()
+    ]
+    headers = ["variant", "tokens", "latency µs", "host µs", "host overhead µs"]
+    headers += ["host µs, p10", "host overhead µs, p10", "back-to-back µs"]
+    lines += ["", markdown_table(headers, timings, align="lrrrrrrr")]
+    graphs = [
+        (
+            variant,
+            f"{data['compile_s']:.1f}",
+            f"{data['capture_s']:.2f}",
+            data["graphs"],
+            f"{data['graph_mib']:.0f}",
+            f"{data.get('largest_mib', 0.0):.0f}" if data["graphs"] else "",
+            data["note"],
+        )
+        for variant, data in results["variants"].items()
+    ]
+    headers = ["variant", "compile s", "capture s", "graphs", "graph memory MiB"]
+    headers += ["largest size alone MiB", "note"]
+    lines += ["", markdown_table(headers, graphs, align="lrrrrrl")]
     lines += [
         "",
         "Floor (host µs, measured alone, median / p10): "

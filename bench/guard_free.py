@@ -237,14 +237,20 @@ def time_variants(
 
 
 def print_table(title: str, med: dict[str, float]) -> None:
+    from stitch.runtime.tables import markdown_table
+
     print(f"\n{title}:\n")
-    print("| forward | us per forward | minus guard-free aot | / guard-free aot |")
-    print("| --- | ---: | ---: | ---: |")
-    for name in med:
-        print(
-            f"| {name} | {med[name]:.1f} | {med[name] - med['aot']:+.1f} | "
-            f"{med[name] / med['aot']:.2f}x |"
+    rows = [
+        (
+            name,
+            f"{med[name]:.1f}",
+            f"{med[name] - med['aot']:+.1f}",
+            f"{med[name] / med['aot']:.2f}x",
         )
+        for name in med
+    ]
+    headers = ("forward", "us per forward", "minus guard-free aot")
+    print(markdown_table((*headers, "/ guard-free aot"), rows, align="lrrr"))
 
 
 if __name__ == "__main__":

@@ -86,15 +86,20 @@ def main() -> None:
         f"\nexample llama, hidden 64, one thread; {args.clock}, median of "
         f"{args.rounds} rounds of {args.iters} calls; us per call (share of the step)\n"
     )
-    print("| layers | tokens | step | aminmax | min, max | all | in_range |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for layers, tokens, med in rows:
-        step = med["step"]
-        cells = " | ".join(
-            f"{med[k]:.2f} ({med[k] / step:.1%})"
-            for k in ("aminmax", "min, max", "all", "in_range")
+    from stitch.runtime.tables import markdown_table
+
+    checks = ("aminmax", "min, max", "all", "in_range")
+    cells = [
+        (
+            layers,
+            tokens,
+            f"{med['step']:.1f}",
+            *(f"{med[k]:.2f} ({med[k] / med['step']:.1%})" for k in checks),
         )
-        print(f"| {layers} | {tokens} | {step:.1f} | {cells} |")
+        for layers, tokens, med in rows
+    ]
+    headers = ("layers", "tokens", "step", *checks)
+    print(markdown_table(headers, cells, align="r" * len(headers)))
     print(f"\nmachine: {machine()}")
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"load average at the end (1, 5, 15 min): {load}")

@@ -51,7 +51,13 @@ def template_environment() -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
-        autoescape=False,
+        # NOTE: [markup templates escape]
+        # Emitted Python is written as given; a page (the profile's chart,
+        # *.html.j2) escapes every value, so a module path or a title cannot
+        # break its markup.
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html.j2",), default_for_string=False, default=False
+        ),
     )
 
 

@@ -28,7 +28,6 @@ its trace shows the pieces by name.
 from __future__ import annotations
 
 import dataclasses
-import html
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -236,6 +235,8 @@ class Profile:
 
     def table(self) -> str:
         """A Markdown table per size: every piece, then the totals."""
+        from .tables import markdown_table
+
         lines: list[str] = []
         for sp in self.sizes:
             lines.append(
@@ -243,63 +244,26 @@ class Profile:
                 f"({sp.forwards} forwards)"
             )
             lines.append("")
-            lines.append("| piece | kind | modules | us/forward | share |")
-            lines.append("| --- | --- | --- | ---: | ---: |")
-            for r in (*sp.pieces, *sp.summary):
-                name = f"**{r.name}**" if r.kind in ("total", "overhead") else r.name
-                lines.append(
-                    f"| {name} | {r.kind} | {r.path or '-'} | {r.us:.1f} | "
-                    f"{r.share(sp.total_us):.1f}% |"
+            rows = [
+                (
+                    f"**{r.name}**" if r.kind in ("total", "overhead") else r.name,
+                    r.kind,
+                    r.path or "-",
+                    f"{r.us:.1f}",
+                    f"{r.share(sp.total_us):.1f}%",
                 )
+                for r in (*sp.pieces, *sp.summary)
+            ]
+            headers = ("piece", "kind", "modules", "us/forward", "share")
+            lines.append(markdown_table(headers, rows, align="lllrr"))
             lines.append("")
         return "\n".join(lines)
 
     def html(self, title: str) -> str:
         """A self-contained page: one stacked bar per size, one segment per piece."""
-        colors = {"compiled": "#4c78a8", "splitting": "#f58518", "overhead": "#b8b8b8"}
-        width, bar, gap, left = 900, 28, 44, 90
-        longest = max((sp.total_us for sp in self.sizes), default=1.0) or 1.0
-        parts = []
-        y = 30
-        for sp in self.sizes:
-            x = float(left)
-            parts.append(
-                f'<text x="{left - 8}" y="{y + bar * 0.7:.0f}" text-anchor="end">'
-                f"{html.escape(str(sp.size))}</text>"
-            )
-            segments = [*sp.pieces, *(r for r in sp.summary if r.kind == "overhead")]
-            for r in segments:
-                w = (width - left - 20) * r.us / longest
-                tip = (
-                    f"{r.name} ({r.kind}) {r.path}: {r.us:.1f} us, "
-                    f"{r.share(sp.total_us):.1f}%"
-                )
-                parts.append(
-                    f'<rect x="{x:.2f}" y="{y}" width="{max(w, 0):.2f}" height="{bar}" '
-                    f'fill="{colors.get(r.kind, "#999")}" stroke="#fff" '
-                    f'stroke-width="0.5"><title>{html.escape(tip)}</title></rect>'
-                )
-                x += w
-            parts.append(
-                f'<text x="{x + 6:.0f}" y="{y + bar * 0.7:.0f}">'
-                f"{sp.total_us:.0f} us</text>"
-            )
-            y += gap
-        legend = " ".join(
-            f'<span style="color:{c}">&#9632;</span> {k}' for k, c in colors.items()
-        )
-        svg = (
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y + 10}" '
-            f'font-family="sans-serif" font-size="12">{"".join(parts)}</svg>'
-        )
-        table = html.escape(self.table())
-        return (
-            "<!doctype html>\n<html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title></head><body>"
-            f"<h1>{html.escape(title)}</h1><p>time per forward by piece, one bar per "
-            f"size (hover for names)</p><p>{legend}</p>{svg}<pre>{table}</pre>"
-            "</body></html>\n"
-        )
+        from .profile_chart import render_page
+
+        return render_page(self, title)
 
 
 def piece_list(reports: Sequence[Any]) -> list[tuple[str, bool, str]]:

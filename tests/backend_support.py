@@ -173,3 +173,18 @@ def parse_worker(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
     report = json.loads(lines[0][len("WORKER ") :])
     report["stderr"] = stderr
     return report
+
+
+def markdown_rows(text: str) -> list[list[str]]:
+    """The stripped cells of every Markdown table row in ``text``: header rows
+    included, the rules under them left out.  Checks read cells, not padding."""
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("|"):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if all(c and set(c) <= set(":-") for c in cells):
+            continue
+        rows.append(cells)
+    return rows

@@ -37,6 +37,17 @@ def _modules() -> dict[str, Path]:
 MODULES = _modules()
 
 
+def _import_source(module: str, path: Path, node: ast.ImportFrom) -> str:
+    """The module ``from X import ...`` in ``module`` (at ``path``) names, made
+    absolute."""
+    if not node.level:
+        return node.module or ""
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    base = package.split(".")
+    base = base[: len(base) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imports(module: str, *, top_level_only: bool) -> set[str]:
     """Stitch modules that ``module`` imports (at import time, or anywhere).
 
@@ -45,7 +56,6 @@ def _imports(module: str, *, top_level_only: bool) -> set[str]:
     """
     path = MODULES[module]
     tree = ast.parse(path.read_text(), str(path))
-    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
     found: set[str] = set()
 
     def visit(nodes: list[ast.stmt]) -> None:
@@ -58,12 +68,7 @@ def _imports(module: str, *, top_level_only: bool) -> set[str]:
             if isinstance(node, ast.Import):
                 found.update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")
-                    base = base[: len(base) - node.level + 1]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
+                target = _import_source(module, path, node)
                 found.add(target)
                 found.update(f"{target}.{a.name}" for a in node.names)
             for field in ("body", "orelse", "handlers", "finalbody"):
@@ -109,17 +114,31 @@ def test_core_imports_nothing_above_it() -> None:
 
 
 def test_errors_and_the_contract_are_imported_from_core() -> None:
-    # codegen re-exports the errors for its users; inside the project each
-    # part takes them from where they live.
+    # Each part takes the errors and the contract from where they live
+    # (stitch.core), never through a module that happens to import them: that
+    # module could stop importing them, or define a different class by the name.
     shared = set(stitch.core.__all__)
-    for module, path in MODULES.items():
-        if module == "stitch.codegen":
-            continue
+    roots = [REPO / folder for folder in ("bench", "scripts", "tests")]
+    files = [
+        *MODULES.items(),
+        *(("", p) for r in roots for p in sorted(r.rglob("*.py"))),
+    ]
+    checked = 0
+    for module, path in files:
         tree = ast.parse(path.read_text(), str(path))
         for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module == "stitch.codegen":
-                bad = {a.name for a in node.names} & shared
-                assert not bad, f"{module} imports {sorted(bad)} from stitch.codegen"
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            names = {a.name for a in node.names} & shared
+            if not names:
+                continue
+            checked += 1
+            source = _import_source(module, path, node)
+            assert source == "stitch.core" or source.startswith("stitch.core."), (
+                f"{path.relative_to(REPO)}:{node.lineno} imports {sorted(names)} "
+                f"from {source}"
+            )
+    assert checked, "no import of stitch.core's names found: the walk is broken"
 
 
 OUTER = (

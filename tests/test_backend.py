@@ -57,6 +57,13 @@ COMPILED_TARGETS = 2
 PIECES = 5
 COMPILED_PIECES = 3
 UNIQUE_PIECES = 3
+# Every target a compiled piece of the dynamic graph has (see SIZES above).
+TARGETS = {
+    Target("general"),
+    Target("range", 1, 16),
+    Target("range", 17, 32),
+    Target("size", 4, 4),
+}
 
 
 def small_config(
@@ -79,6 +86,18 @@ def assert_matches(backend: str, ref: torch.Tensor, out: torch.Tensor) -> None:
         assert torch.equal(out, ref), (out - ref).abs().max()
     else:
         torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
+
+
+def compiled_pieces(result: Any) -> list[Any]:
+    """The compiled pieces of one backend call of the 2-layer model.
+
+    NOTE: [a loop over the pieces must run]
+    The tests below check each piece in a loop; with no piece the loop would
+    pass having checked nothing, so the count is checked first.
+    """
+    pieces = list(result.backends.values())
+    assert len(pieces) == COMPILED_PIECES, sorted(result.backends)
+    return pieces
 
 
 class Compiled:
@@ -153,7 +172,7 @@ def test_numerics_inside_sizes_and_ranges(compiled: Compiled, n: int) -> None:
 
 def test_dispatch_picks_size_then_range_then_general(compiled: Compiled) -> None:
     (result,) = compiled.backend.compiled[:1]
-    for piece in result.backends.values():
+    for piece in compiled_pieces(result):
         runnables = piece.runnables
         assert piece.size_index is not None, piece.name
         assert piece.runnable_for(4) is runnables[Target("size", 4, 4)]
@@ -170,7 +189,8 @@ def test_the_compiling_process_runs_its_pieces_prebuilt(compiled: Compiled) -> N
     if compiled.name != "inductor":
         pytest.skip("the eager backend saves no pieces")
     (result,) = compiled.backend.compiled[:1]
-    for piece in result.backends.values():
+    for piece in compiled_pieces(result):
+        assert set(piece.runnables) == TARGETS, piece.name
         for target, runnable in piece.runnables.items():
             inner = runnable
             while hasattr(inner, "__wrapped__"):
@@ -181,7 +201,7 @@ def test_the_compiling_process_runs_its_pieces_prebuilt(compiled: Compiled) -> N
 
 def test_ranges_share_the_general_runnable(compiled: Compiled) -> None:
     (result,) = compiled.backend.compiled
-    for piece in result.backends.values():
+    for piece in compiled_pieces(result):
         general = piece.runnables[Target("general")]
         assert piece.runnables[Target("range", 1, 16)] is general
         assert piece.runnables[Target("range", 17, 32)] is general
@@ -207,7 +227,7 @@ def test_size_outside_every_range_runs_general_and_warns_once(
     # One warning per compiled model (not one per piece), naming the size.
     assert len(first) == 1, first
     assert f"size {n} is outside every compile range" in first[0]
-    for piece in compiled.backend.compiled[0].backends.values():
+    for piece in compiled_pieces(compiled.backend.compiled[0]):
         assert piece.runnable_for(n) is piece.general
 
 
@@ -225,7 +245,7 @@ def test_batch_size_one_recompiles_a_static_graph(compiled: Compiled) -> None:
         ref, out = eager_and_compiled(compiled.model, compiled.fn, TINY, 1)
     assert_matches(compiled.name, ref, out)
     static = compiled.backend.compiled[1]
-    assert all(b.size_index is None for b in static.backends.values())
+    assert all(b.size_index is None for b in compiled_pieces(static))
     assert [r.targets for r in static.reports if not r.splitting] == [["general"]] * 3
     # Size 1 again, and the dynamic graph's sizes, compile nothing more.
     with compilation_counter.expect(
@@ -252,7 +272,7 @@ def test_batch_size_one_without_recompile_when_unbacked(
             ref, out = eager_and_compiled(model, fn, TINY, n, mark="unbacked")
             assert_matches(backend, ref, out)
     (result,) = be.compiled
-    for piece in result.backends.values():
+    for piece in compiled_pieces(result):
         assert piece.runnable_for(1) is piece.runnables[Target("range", 1, 16)]
 
 

@@ -9,9 +9,13 @@ data; the assertions run here, in the test process.
   the collectives inside the pieces or as splitting ops run eagerly between
   them) and runs it at several batch sizes next to the unsharded model.
 * The warm job starts both ranks again from the cache the cold job wrote.
-* The golden files ``golden/test_distributed/<case>.py`` hold the stitching
-  source of rank 0's TP model (``make_fx``, symbolic token count); rank 1 emits
-  the same source, and the warm job runs the golden file on both ranks.
+* The golden file ``golden/test_distributed/tp2_eager_collectives.py`` holds the
+  stitching source of rank 0's TP model with its collectives run eagerly between
+  the pieces (``make_fx``, symbolic token count); rank 1 emits the same source,
+  and the warm job runs the golden file on both ranks.  With the collectives
+  inside the pieces the stitching source is the unsharded model's (checked
+  against it, below the header): golden/test_golden/llama_dynamic_batch.py
+  already pins that source.
 
 Update the goldens after an intended change with::
 
@@ -68,7 +72,11 @@ MODES: dict[str, tuple[str, ...]] = {
     "eager_collectives": EAGER_COLLECTIVE_SPLITTING_OPS,
 }
 CONFIGS = [f"{b}/{m}" for b in BACKENDS for m in MODES]
-GOLDEN_CASES = {f"tp{WORLD}_{mode}": mode for mode in MODES}
+# NOTE: [one TP golden]
+# Only the eager collectives change the stitching source; collectives inside
+# the pieces leave it the unsharded model's, which test_golden pins, so that
+# mode is checked against the unsharded model rather than kept as a second copy.
+GOLDEN_CASES = {f"tp{WORLD}_eager_collectives": "eager_collectives"}
 GOLDEN_MODULE_DIR = GOLDEN_DIR / Path(__file__).stem
 JOB_TIMEOUT = 240.0
 # A different reduction order (two partial sums, then the all-reduce) moves
@@ -153,6 +161,7 @@ def cold_job(rank: int, world_size: int, cache_root: str) -> dict[str, Any]:
         "tp_eager": {n: _fresh(model, model, n) for n in RUN_SIZES},
         "configs": {},
         "golden": {},
+        "sources": {},
     }
     for name in CONFIGS:
         backend, mode = name.split("/")
@@ -163,6 +172,12 @@ def cold_job(rank: int, world_size: int, cache_root: str) -> dict[str, Any]:
     gm = trace_tp(model, _inputs(COMPILE_SIZE, mark=False))
     for case, mode in GOLDEN_CASES.items():
         result["golden"][case] = _emit(gm, MODES[mode])[0]
+    unsharded_gm = trace_tp(full, _inputs(COMPILE_SIZE, mark=False))
+    for mode, ops in MODES.items():
+        result["sources"][mode] = {
+            "tp": _emit(gm, ops)[0],
+            "unsharded": _emit(unsharded_gm, ops)[0],
+        }
     return result
 
 
@@ -439,8 +454,32 @@ def test_golden_eager_collectives_are_inlined() -> None:
         alias = f"_c10d_functional_{op} = torch.ops._c10d_functional.{op}.default"
         assert alias in text.splitlines()
         assert _runs(text, f"_c10d_functional_{op}") == 2 * CFG.num_layers
-    in_piece = (GOLDEN_MODULE_DIR / f"tp{WORLD}_in_piece.py").read_text()
-    assert "_c10d_functional" not in in_piece
+
+
+def _below_header(text: str) -> str:
+    """The source without its header comments (graph hash, constants' shapes:
+    the TP model's weights are shards)."""
+    return "\n".join(line for line in text.splitlines() if not line.startswith("#"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(MODES))
+def test_only_eager_collectives_change_the_stitching(
+    cold: list[dict[str, Any]], mode: str
+) -> None:
+    """See NOTE: [one TP golden]."""
+    for rank, result in enumerate(cold):
+        emitted = result["sources"][mode]
+        assert emitted["tp"] == cold[0]["sources"][mode]["tp"], rank
+        tp, unsharded = _below_header(emitted["tp"]), _below_header(
+            emitted["unsharded"]
+        )
+        if mode == "in_piece":
+            assert "_c10d_functional" not in emitted["tp"]
+            assert tp == unsharded, rank
+        else:
+            assert "_c10d_functional" in emitted["tp"]
+            assert tp != unsharded, rank
 
 
 # --------------------------------------------------------------------------------

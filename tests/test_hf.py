@@ -62,6 +62,7 @@ from stitch.runtime.hf.models import VOCAB  # noqa: E402
 from backend_support import (  # noqa: E402
     INDUCTOR_TOL,
     counting,
+    markdown_rows,
     parse_worker,
     stitch_warnings,
 )
@@ -505,9 +506,11 @@ def test_stitch_run_hf_prints_pieces_counts_and_times(
     assert "stitch run --hf gpt2: GPT2LMHeadModel, 1 layers" in text
     assert "graph 1: 3 pieces (1 splitting, 2 compiled)" in text
     assert re.search(r"compiles: 1 graphs, 0 Inductor compiles", text)
-    rows = [line for line in text.splitlines() if re.match(r"\| \d+ \|", line)]
-    assert [int(r.split("|")[1]) for r in rows] == [5, 9]
-    assert all(r.rstrip().endswith("| yes |") for r in rows)
+    table = markdown_rows(text)
+    assert table[0][0] == "tokens" and table[0][-1] == "ok"
+    rows = table[1:]
+    assert [int(r[0]) for r in rows] == [5, 9]
+    assert [r[-1] for r in rows] == ["yes"] * 2
 
 
 def test_stitch_run_hf_rejects_static_sizes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -116,12 +116,87 @@ def test_processes_exit_cleanly(runs: dict[str, Any], process: str) -> None:
     assert run["report"]["warm"] is (process == "warm")
 
 
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """What one row must do in both processes (cold and warm)."""
+
+    row: str
+    # Fragments of the StitchInputError's message; none: the row runs and
+    # matches eager.
+    error: tuple[str, ...] = ()
+    # The output's shape, where the row pins it.
+    shape: tuple[int, ...] | None = None
+    # Processes where the call must not even trace (no counter moves); in the
+    # others it must compile nothing.
+    untraced: tuple[str, ...] = ()
+    # A row the check does not pin the compiles of.
+    any_compiles: bool = False
+
+
+EXPECTED_INT64 = "input_ids: expected int64, got float32"
+EQUAL_LENGTHS = "positions: expected shape[0] == input_ids.shape[0]"
+IN_VOCAB = "input_ids: expected values in [0, 128)"
+CASES = [
+    Case("int64"),
+    # What the trace said is in the message too (eager says the same).
+    Case("float_ids", (EXPECTED_INT64, "Long, Int"), untraced=("warm",)),
+    # Run on a contiguous copy.
+    Case("noncontiguous_ids"),
+    Case(
+        "2d_ids",
+        ("input_ids: expected rank 1, got rank 2 (shape [1, 8])",),
+        untraced=("warm",),
+    ),
+    Case(
+        "different_lengths",
+        (
+            EQUAL_LENGTHS,
+            "got 5 and 8 (the model requires these sizes to be equal)",
+        ),
+        untraced=("cold", "warm"),
+    ),
+    Case("zero_tokens_int32_positions", shape=(0, 64), any_compiles=True),
+    # Eager raises IndexError; Inductor's CPU kernel would end the process.
+    Case("ids_out_of_range", (IN_VOCAB, "got values from 1")),
+    Case("negative_ids", (IN_VOCAB, "got values from -")),
+    Case("int32_ids_out_of_range", (IN_VOCAB, "got values from 1")),
+    # What no compile changes is refused without one.
+    Case(
+        "out_of_range_different_lengths",
+        (EQUAL_LENGTHS, IN_VOCAB),
+        untraced=("cold", "warm"),
+    ),
+    # Their dispatch keys differ from the guard's: the slow path finds them
+    # fitting, and rebuilds the guard.
+    Case("inference_tensors"),
+]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("process", PROCESSES)
-def test_the_compiled_signature_runs(runs: dict[str, Any], process: str) -> None:
-    r = row(runs, process, "int64")
-    assert r["diff"] < INDUCTOR_TOL["atol"]
-    assert r["counter"].get("num_backend_compilations", 0) == 0
+@pytest.mark.parametrize("case", CASES, ids=[c.row for c in CASES])
+def test_row(runs: dict[str, Any], process: str, case: Case) -> None:
+    r = row(runs, process, case.row)
+    if case.error:
+        assert r.get("error") == "StitchInputError", r
+        for fragment in case.error:
+            assert fragment in r["message"], (fragment, r["message"])
+    else:
+        assert "error" not in r, r
+        assert r["diff"] < INDUCTOR_TOL["atol"]
+    if case.shape is not None:
+        assert r["shape"] == list(case.shape)
+    if process in case.untraced:
+        assert r["counter"] == {}
+    elif not case.any_compiles:
+        assert r["counter"].get("num_backend_compilations", 0) == 0
+
+
+def test_every_row_is_checked() -> None:
+    # int32_ids and int32_ids_again compile: their own test below.
+    assert sorted(c.row for c in CASES) == sorted(
+        set(ROWS) - {"int32_ids", "int32_ids_again"}
+    )
 
 
 @pytest.mark.slow
@@ -139,103 +214,6 @@ def test_int32_ids_compile_once_and_are_chosen_later(runs: dict[str, Any]) -> No
         assert warm["counter"].get("num_backend_compilations", 0) == 0
         # Loaded from its saved record: prebuilt pieces, no Inductor.
         assert warm["counter"].get("num_inductor_compiles", 0) == 0
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("process", PROCESSES)
-def test_float_ids_raise_a_stitch_input_error(
-    runs: dict[str, Any], process: str
-) -> None:
-    r = row(runs, process, "float_ids")
-    assert r["error"] == "StitchInputError", r
-    assert "input_ids: expected int64, got float32" in r["message"]
-    # What the trace said (eager says the same).
-    assert "Long, Int" in r["message"]
-    if process == "warm":  # rejected before: nothing traced again
-        assert r["counter"] == {}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("process", PROCESSES)
-def test_noncontiguous_ids_run_on_a_copy(runs: dict[str, Any], process: str) -> None:
-    r = row(runs, process, "noncontiguous_ids")
-    assert r["diff"] < INDUCTOR_TOL["atol"]
-    assert r["counter"].get("num_backend_compilations", 0) == 0
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("process", PROCESSES)
-def test_2d_ids_raise_a_stitch_input_error(runs: dict[str, Any], process: str) -> None:
-    r = row(runs, process, "2d_ids")
-    assert r["error"] == "StitchInputError", r
-    assert "input_ids: expected rank 1, got rank 2 (shape [1, 8])" in r["message"]
-    if process == "warm":
-        assert r["counter"] == {}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("process", PROCESSES)
-def test_different_lengths_raise_a_stitch_input_error(
-    runs: dict[str, Any], process: str
-) -> None:
-    r = row(runs, process, "different_lengths")
-    assert r["error"] == "StitchInputError", r
-    assert "positions: expected shape[0] == input_ids.shape[0]" in r["message"]
-    assert "got 5 and 8 (the model requires these sizes to be equal)" in r["message"]
-    assert r["counter"] == {}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("process", PROCESSES)
-def test_zero_tokens_with_int32_positions_work(
-    runs: dict[str, Any], process: str
-) -> None:
-    r = row(runs, process, "zero_tokens_int32_positions")
-    assert "error" not in r, r
-    assert r["shape"] == [0, 64]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("process", PROCESSES)
-@pytest.mark.parametrize(
-    ("name", "values"),
-    [
-        ("ids_out_of_range", "got values from 1"),
-        ("negative_ids", "got values from -"),
-        ("int32_ids_out_of_range", "got values from 1"),
-    ],
-)
-def test_token_ids_out_of_range_raise_a_stitch_input_error(
-    runs: dict[str, Any], process: str, name: str, values: str
-) -> None:
-    """Eager raises IndexError; Inductor's CPU kernel would end the process."""
-    r = row(runs, process, name)
-    assert r["error"] == "StitchInputError", r
-    assert "input_ids: expected values in [0, 128)" in r["message"]
-    assert values in r["message"]
-    assert r["counter"].get("num_backend_compilations", 0) == 0
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("process", PROCESSES)
-def test_what_no_compile_changes_is_refused_without_one(
-    runs: dict[str, Any], process: str
-) -> None:
-    r = row(runs, process, "out_of_range_different_lengths")
-    assert r["error"] == "StitchInputError", r
-    assert "positions: expected shape[0] == input_ids.shape[0]" in r["message"]
-    assert "input_ids: expected values in [0, 128)" in r["message"]
-    assert r["counter"] == {}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("process", PROCESSES)
-def test_inference_tensors_pass_the_check(runs: dict[str, Any], process: str) -> None:
-    """Their dispatch keys differ from the guard's: the slow path finds them
-    fitting, and rebuilds the guard."""
-    r = row(runs, process, "inference_tensors")
-    assert r["diff"] < INDUCTOR_TOL["atol"]
-    assert r["counter"].get("num_backend_compilations", 0) == 0
 
 
 @pytest.mark.slow

@@ -19,8 +19,9 @@ from stitch.core.errors import StitchLoadError
 from stitch.runtime import CompilationConfig, StitchBackend, compile_execution_fn
 from stitch.runtime.cli.main import main
 from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
-from stitch.runtime.profiling import Profiler
+from stitch.runtime.profiling import PieceInfo, Profile, Profiler, _SizeStats
 
+from backend_support import markdown_rows
 from models import CASES, emit_case
 
 
@@ -225,9 +226,13 @@ def test_stitch_profile_command(tmp_path: Any) -> None:
         )
     text = out.getvalue()
     assert status == 0, text
-    assert text.count("| piece | kind |") == 2  # one table per size
+    rows = markdown_rows(text)
+    header = ["piece", "kind", "modules", "us/forward", "share"]
+    assert rows.count(header) == 2  # one table per size
     assert "size 1:" in text and "size 5:" in text
-    assert "| splitting |" in text and "**guards and frame**" in text
+    # Two layers' attention, at each of the two sizes.
+    assert [r[1] for r in rows].count("splitting") == 2 * 2
+    assert [r[0] for r in rows].count("**guards and frame**") == 2
     assert "<svg" in html.read_text()
 
 
@@ -257,4 +262,31 @@ def test_stitch_profile_decode_steps(tmp_path: Any) -> None:
     assert status == 0, text
     assert "size decode batch 2:" in text
     # 2 layers: two attention rows in the decode graph.
-    assert text.count("| splitting | model.layers.") == 2
+    attention = [
+        r
+        for r in markdown_rows(text)
+        if r[1] == "splitting" and r[2].startswith("model.layers.")
+    ]
+    assert len(attention) == 2
+
+
+def test_profile_page_escapes_what_it_is_given() -> None:
+    stats = {
+        8: _SizeStats(
+            forwards=1,
+            calls=1,
+            call_ns=4000,
+            stitched_ns=3000,
+            pieces={(0, "submod_0"): 1000, (0, "submod_1"): 1000},
+        )
+    }
+    pieces = {
+        (0, "submod_0"): PieceInfo("compiled", "layers.<0> & more"),
+        (0, "submod_1"): PieceInfo("splitting", "layers.0.attn"),
+    }
+    page = Profile.build(stats, pieces).html("a <b> & c")
+    assert "<b>" not in page and "<title>a &lt;b&gt; &amp; c</title>" in page
+    assert "layers.&lt;0&gt; &amp; more" in page
+    # One segment per piece, then stitching and guards and frame.
+    assert page.count("<rect") == 2 + 2
+    assert 'fill="#f58518"' in page  # the splitting piece's colour

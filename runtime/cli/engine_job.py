@@ -182,21 +182,29 @@ def measure(work: Workload, out: TextIO) -> list[tuple[str, dict[str, Any]]]:
 
 
 def format_table(rows: list[tuple[str, dict[str, Any]]], work: Workload) -> str:
+    # Imported here: the child processes import this module too, and print none.
+    from stitch.runtime.tables import markdown_table
+
     eager = rows[0][1]
     lines = [
         f"{work.describe()} ({eager['prefill_tokens']} prompt tokens); Llama "
         f"{LLAMA['num_hidden_layers']} layers x {LLAMA['hidden_size']}, float32, "
         f"CPU ({os.cpu_count()} cores)",
         "",
-        "| run | start (s) | ttft median (s) | tok/s | vs eager | tokens |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
-    for label, r in rows:
-        same = "= eager" if r["tokens"] == eager["tokens"] else "DIFFER"
-        lines.append(
-            f"| {label} | {r['start_s']:.1f} | {r['ttft_s']:.2f} | {r['tok_s']:.1f} "
-            f"| {r['tok_s'] / eager['tok_s']:.2f}x | {same} |"
+    cells = [
+        (
+            label,
+            f"{r['start_s']:.1f}",
+            f"{r['ttft_s']:.2f}",
+            f"{r['tok_s']:.1f}",
+            f"{r['tok_s'] / eager['tok_s']:.2f}x",
+            "= eager" if r["tokens"] == eager["tokens"] else "DIFFER",
         )
+        for label, r in rows
+    ]
+    headers = ("run", "start (s)", "ttft median (s)", "tok/s", "vs eager", "tokens")
+    lines.append(markdown_table(headers, cells, align="lrrrrl"))
     return "\n".join(lines)
 
 

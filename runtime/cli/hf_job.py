@@ -20,7 +20,7 @@ import torch
 from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..pipeline.api import StitchBackend
-from .main_job import median_ms
+from .main_job import median_ms, timing_table
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
 
@@ -105,17 +105,7 @@ def run_hf(
             print(f"  cache: {result.cache_dir}", file=out)
     print(f"  debug dump: {dump_dir}", file=out)
     print("", file=out)
-    print(
-        "| tokens | eager ms | stitch ms | speed-up | first call ms | max abs err | ok |",
-        file=out,
-    )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | --- |", file=out)
-    for n, eager_ms, stitch_ms, first_ms, err, ok in rows:
-        print(
-            f"| {n} | {eager_ms:.3f} | {stitch_ms:.3f} | {eager_ms / stitch_ms:.2f}x | "
-            f"{first_ms:.1f} | {err:.2e} | {'yes' if ok else 'NO'} |",
-            file=out,
-        )
+    print(timing_table(rows), file=out)
     if failures:
         print(f"\n{failures} length(s) differ from eager beyond tolerance", file=out)
         return 1

@@ -20,6 +20,7 @@ from ..saved.aot import AOTCompiledModel, aot_compile
 from ..saved.input_check import CHECK_FILE, read_signatures
 from ..store.index import INDEX_FILE, Index
 from ..store.verify import find_entries, inspect_entry
+from ..tables import markdown_table
 
 
 def median_ms(fn: Any, repeats: int) -> float:
@@ -30,6 +31,40 @@ def median_ms(fn: Any, repeats: int) -> float:
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+# One row of the timing table: tokens, eager ms, stitch ms, first call ms, the
+# largest difference from eager, and whether it is within tolerance.
+TimingRow = tuple[int, float, float, float, float, bool]
+
+
+def timing_table(rows: Sequence[TimingRow]) -> str:
+    """``stitch run``'s table (the examples' and transformers' models alike):
+    per token count, eager and Stitch times and whether the outputs agree."""
+    return markdown_table(
+        (
+            "tokens",
+            "eager ms",
+            "stitch ms",
+            "speed-up",
+            "first call ms",
+            "max abs err",
+            "ok",
+        ),
+        [
+            (
+                n,
+                f"{eager_ms:.3f}",
+                f"{stitch_ms:.3f}",
+                f"{eager_ms / stitch_ms:.2f}x",
+                f"{first_ms:.1f}",
+                f"{err:.2e}",
+                "yes" if ok else "NO",
+            )
+            for n, eager_ms, stitch_ms, first_ms, err, ok in rows
+        ],
+        align="rrrrrrl",
+    )
 
 
 def run_example(
@@ -117,17 +152,7 @@ def run_example(
             file=out,
         )
     print("", file=out)
-    print(
-        "| tokens | eager ms | stitch ms | speed-up | first call ms | max abs err | ok |",
-        file=out,
-    )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | --- |", file=out)
-    for n, eager_ms, stitch_ms, first_ms, err, ok in rows:
-        print(
-            f"| {n} | {eager_ms:.3f} | {stitch_ms:.3f} | {eager_ms / stitch_ms:.2f}x | "
-            f"{first_ms:.1f} | {err:.2e} | {'yes' if ok else 'NO'} |",
-            file=out,
-        )
+    print(timing_table(rows), file=out)
     if failures:
         print(f"\n{failures} size(s) differ from eager beyond tolerance", file=out)
         return 1

@@ -114,23 +114,24 @@ def format_table(
     rows: list[dict[str, Any]], tokens: int, batches: tuple[int, ...] = (1, 8)
 ) -> str:
     """A markdown table: start, first request, time per request and per token."""
-    head = "| run | engine start | first request |"
-    rule = "|---|---:|---:|"
+    # Imported here: the engine processes import this module too, and print none.
+    from stitch.runtime.tables import markdown_table
+
+    headers = ["run", "engine start", "first request"]
     for b in batches:
-        head += f" {b} x {tokens} tokens | ms/token ({b}) |"
-        rule += "---:|---:|"
-    lines = [head, rule]
+        headers += [f"{b} x {tokens} tokens", f"ms/token ({b})"]
+    cells = []
     for row in rows:
-        cells = [
+        line = [
             row["label"],
             f"{_median(row, lambda r: r['start_s']):.1f} s",
             f"{_median(row, lambda r: r['first_request_s']):.2f} s",
         ]
         for b in batches:
             seconds = _median(row, lambda r, b=b: r["seconds"][str(b)])
-            cells += [f"{seconds:.3f} s", f"{1000 * seconds / tokens:.2f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            line += [f"{seconds:.3f} s", f"{1000 * seconds / tokens:.2f}"]
+        cells.append(line)
+    return markdown_table(headers, cells, align="l" + "r" * (len(headers) - 1))
 
 
 def format_counters(rows: list[dict[str, Any]]) -> str:

@@ -26,20 +26,22 @@ class PieceReport:
 
 
 def index_markdown(reports: list[PieceReport]) -> str:
-    lines = [
-        "# Stitch pieces",
-        "",
-        "| piece | kind | module path | compiled for | compile s | cache |",
-        "| --- | --- | --- | --- | ---: | --- |",
-    ]
-    for r in reports:
-        kind = "splitting (eager, inlined)" if r.splitting else "compiled"
-        targets = ", ".join(r.targets) if r.targets else "-"
-        lines.append(
-            f"| {r.name} | {kind} | {r.module_path or '-'} | {targets} | "
-            f"{r.seconds:.3f} | {r.cache} |"
+    from ..tables import markdown_table
+
+    rows = [
+        (
+            r.name,
+            "splitting (eager, inlined)" if r.splitting else "compiled",
+            r.module_path or "-",
+            ", ".join(r.targets) if r.targets else "-",
+            f"{r.seconds:.3f}",
+            r.cache,
         )
-    return "\n".join(lines) + "\n"
+        for r in reports
+    ]
+    headers = ("piece", "kind", "module path", "compiled for", "compile s", "cache")
+    table = markdown_table(headers, rows, align="llllrl")
+    return f"# Stitch pieces\n\n{table}\n"
 
 
 def write_debug_dump(
