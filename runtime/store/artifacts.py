@@ -148,7 +148,7 @@ def read_identity(folder: str) -> ArtifactIdentity:
         raise RecordError(
             artifact_file(folder),
             "",
-            f"hashes to {actual[:12]}..., but its identity's sha256 is "
+            f"hashes to {actual[:12]}..., but field sha256 of {IDENTITY_FILE} says "
             f"{identity.sha256[:12]}...",
         )
     return identity
