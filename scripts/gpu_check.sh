@@ -29,9 +29,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PY=${PYTHON:-python3}
 # black is pinned by pyproject.toml (goldens are its output); the rest are what
-# black and syrupy need beyond the CUDA image's packages, and tabulate (Stitch's
-# tables).
-WHEELS=(black==26.10.1 syrupy==7.0.2 pathspec==1.1.1 platformdirs==4.14.5 pytokens==0.4.1 pytest-xdist==3.8.0 tabulate==0.10.0)
+# black and syrupy need beyond the CUDA image's packages, tabulate (Stitch's
+# tables) and msgspec (the cache's records).
+WHEELS=(black==26.10.1 syrupy==7.0.2 pathspec==1.1.1 platformdirs==4.14.5 pytokens==0.4.1 pytest-xdist==3.8.0 tabulate==0.10.0 msgspec==0.22.0)
 
 if [[ ${1:-} == --fetch-wheels ]]; then
     mkdir -p .whl

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import torch
 
@@ -124,7 +125,7 @@ def edit_identity(folder: Path, *, recheck: bool, **changes: Any) -> None:
     path = folder / IDENTITY_FILE
     if recheck:
         identity = ArtifactIdentity.parse(path.read_text())
-        path.write_text(dataclasses.replace(identity, **changes).render())
+        path.write_text(msgspec.structs.replace(identity, **changes).render())
     else:
         data = ast.literal_eval(path.read_text())
         path.write_text(pprint.pformat({**data, **changes}) + "\n")
@@ -365,7 +366,7 @@ INSPECTED: dict[str, tuple[Injector, str]] = {
     "artifact-folder-is-a-file": (file_in_place_of_artifact, "is not a folder"),
     "index-record-of-wrong-type": (
         piece_of_wrong_type,
-        "field pieces['submod_2'] is 5",
+        "field pieces['submod_2']: expected object, got int (5)",
     ),
     "index-not-a-literal": (code_in_index, "is not a Python literal"),
     "orphaned-artifact": (orphan_file, "is orphaned"),

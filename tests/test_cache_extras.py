@@ -35,7 +35,8 @@ from stitch.runtime.store.extras import (
     open_extras,
     save_extras,
 )
-from stitch.runtime.store.files import make_private_dirs, sha256_file
+from stitch.runtime.store.files import make_private_dirs
+from stitch.runtime.store.hashing import file_hash
 from stitch.runtime.store.trust import StitchCacheTrustError
 
 from aot_support import MODEL_SOURCE, PIECES, SIZES, run_worker
@@ -56,7 +57,7 @@ def artifact(tmp_path: Path) -> tuple[Path, str]:
     path = folder / ARTIFACT_FILE
     path.write_bytes(b"the artifact")
     os.chmod(path, 0o600)
-    return path, sha256_file(str(path))
+    return path, file_hash(str(path))
 
 
 FILES = {
@@ -156,7 +157,9 @@ def test_the_list_is_checked(artifact: tuple[Path, str]) -> None:
     listed.write_text(
         text.replace(f"'size': {sizes['prebuilt/a.prebuilt']}", "'size': 1")
     )
-    with pytest.raises(ExtraFileError, match=r"extras\.py: field check does not match"):
+    with pytest.raises(
+        ExtraFileError, match=r"extras\.py: field check: does not match"
+    ):
         open_extras(str(path), sha)
     listed.write_text("__import__('os').system('false')\n")
     with pytest.raises(ExtraFileError, match="is not a Python literal"):

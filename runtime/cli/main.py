@@ -15,6 +15,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .inspect_cmd import add_inspect
+from .options import add_model_options, int_list
+
 PROG = "stitch"
 
 DESCRIPTION = """\
@@ -174,59 +177,6 @@ HF_FAMILIES = (
 )
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a comma-separated list of ints"
-        ) from None
-    return values
-
-
-def _add_model_options(parser: Any, sizes: list[int]) -> None:
-    """The options ``stitch run`` and ``stitch profile`` share (after the model)."""
-    parser.add_argument(
-        "--batch",
-        type=int,
-        default=2,
-        help="--hf: sequences per forward (default: 2)",
-    )
-    parser.add_argument(
-        "--attn",
-        choices=("default", "sdpa", "eager", "stitch"),
-        default="default",
-        help="--hf: attn_implementation: the model's default (SDPA where the "
-        "model supports it), SDPA, transformers' eager attention, or Stitch's op "
-        "(SDPA and Stitch's op split with the default config; eager does not)",
-    )
-    parser.add_argument(
-        "--backend",
-        choices=("inductor", "eager"),
-        default="inductor",
-        help="piece compiler (default: inductor)",
-    )
-    parser.add_argument(
-        "--layers",
-        type=int,
-        default=None,
-        help="number of decoder layers (default: the example's; 2 for --hf)",
-    )
-    parser.add_argument(
-        "--sizes",
-        type=_int_list,
-        default=sizes,
-        metavar="N,N,...",
-        help=f"sizes to run (default: {','.join(map(str, sizes))})",
-    )
-    parser.add_argument(
-        "--cache-dir",
-        default="",
-        metavar="DIR",
-        help="cache root (default: $STITCH_CACHE_DIR or ~/.cache/stitch)",
-    )
-
-
 def _add_run(subparsers: Any) -> None:
     from stitch.runtime.examples.models import runnable_examples
 
@@ -276,17 +226,17 @@ def _add_run(subparsers: Any) -> None:
         "'pip install stitch[hf]'): eager, the engine's own compile and Stitch side "
         "by side, cold and warm, each in its own process",
     )
-    _add_model_options(parser, [1, 3, 8, 17, 32])
+    add_model_options(parser, [1, 3, 8, 17, 32])
     parser.add_argument(
         "--compile-sizes",
-        type=_int_list,
+        type=int_list,
         default=[],
         metavar="N,N,...",
         help="sizes compiled with static shapes (default: none)",
     )
     parser.add_argument(
         "--split-points",
-        type=_int_list,
+        type=int_list,
         default=[],
         metavar="N,N,...",
         help="compile range split points (default: none)",
@@ -382,7 +332,7 @@ def _add_profile(subparsers: Any) -> None:
         help="a tiny transformers model of this family (--sizes are sequence "
         "lengths of a batch of --batch)",
     )
-    _add_model_options(parser, [1, 8, 32])
+    add_model_options(parser, [1, 8, 32])
     parser.add_argument(
         "--decode",
         action="store_true",
@@ -430,42 +380,13 @@ def run_profile(args: argparse.Namespace) -> int:
     )
 
 
-# -- stitch inspect ---------------------------------------------------------------------
-
-
-def _add_inspect(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "inspect",
-        help="check a compile cache and print its index in human form",
-        description=(
-            "Check and print the entries of a Stitch compile cache: versions, the "
-            "stitching source file and its hash, and per compiled piece the module "
-            "path it covers, the sizes/ranges compiled and its artifacts. Every "
-            "record is validated and every hash and artifact identity checked; "
-            "problems (hash mismatches, records of the wrong type, a changed "
-            "source, orphaned files, permissions a run would refuse) are listed. "
-            "Exit status: 0 healthy, 1 a problem, 2 no cache entry found. "
-            "CACHE_DIR may be one rank folder or any folder above it. "
-            "docs/cache.md describes the cache and its trust model."
-        ),
-    )
-    parser.add_argument("cache_dir", metavar="CACHE_DIR")
-    parser.set_defaults(handler=run_inspect)
-
-
-def run_inspect(args: argparse.Namespace) -> int:
-    from .main_job import inspect_cache
-
-    return inspect_cache(args.cache_dir, sys.stdout)
-
-
 # -- the parser ---------------------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_emit,
     _add_run,
     _add_profile,
-    _add_inspect,
+    add_inspect,
 )
 
 

@@ -19,7 +19,8 @@ from ..examples.models import runnable_examples
 from ..saved.aot import AOTCompiledModel, aot_compile
 from ..saved.input_check import CHECK_FILE, read_signatures
 from ..store.index import INDEX_FILE, Index
-from ..store.verify import find_entries, inspect_entry
+from ..store.location import AOT_RECORD_FILE, find_aot_folders
+from ..store.verify import find_entries, inspect_aot, inspect_entry
 from ..tables import markdown_table
 
 
@@ -188,10 +189,21 @@ def inspect_cache(path: str, out: TextIO) -> int:
     is no entry.
     """
     entries = find_entries(path) if os.path.isdir(path) else []
-    if not entries:
+    saved = find_aot_folders(path) if os.path.isdir(path) else []
+    if not entries and not saved:
         print(f"stitch inspect: no {INDEX_FILE} under {path}", file=out)
         return 2
     unhealthy = 0
+    for folder in saved:
+        problems = inspect_aot(folder)
+        unhealthy += bool(problems)
+        print(f"{folder}\n  saved forward: {AOT_RECORD_FILE}", file=out)
+        if not problems:
+            print("  health: ok", file=out)
+        else:
+            print(f"  health: {len(problems)} problem(s)", file=out)
+            for problem in problems:
+                print(f"    - {problem}", file=out)
     for directory in entries:
         report = inspect_entry(directory)
         unhealthy += not report.healthy
@@ -209,7 +221,8 @@ def inspect_cache(path: str, out: TextIO) -> int:
     _print_input_checks(path, out)
     if unhealthy:
         print(
-            f"stitch inspect: {unhealthy} of {len(entries)} entries unhealthy; a run "
+            f"stitch inspect: {unhealthy} of {len(entries) + len(saved)} entries "
+            "unhealthy; a run "
             "rebuilds what it can check, or delete the entry folder",
             file=out,
         )

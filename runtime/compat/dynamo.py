@@ -109,7 +109,7 @@ def savable_guards(entries: Sequence[Any]) -> list[bool]:
     torch's does and guards derived from an unsavable type too.  The saved
     forward checks its inputs with Stitch's own check, not these guards; what
     they guarded (code objects, closures of decorators) is the model's source,
-    which the record pins by file hash (``aot_record.traced_code``).
+    which the record pins by file hash (``saved/record.py``, ``traced_code``).
     """
     from torch._dynamo.guards import CheckFunctionManager
 

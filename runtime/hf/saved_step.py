@@ -18,7 +18,7 @@ dynamic dimensions of one graph (``mark_unbacked``, 0 and 1 included).
 
 NOTE: [what keys the engine's saved forward]
 A saved forward is checked by its inputs' dtypes, ranks and dynamic dims, and
-by the structure of the module compiled (aot_record.record_folder).  The
+by the structure of the module compiled (saved/record.py, record_folder).  The
 paged cache's rows are read through the ``cache`` argument (its allocators'
 key and value views), not passed as tensors, so the cache's layout is what
 :class:`PagedStep` holds as a plain attribute: per layer its group, layer

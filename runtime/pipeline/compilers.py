@@ -17,7 +17,7 @@ from stitch.core.errors import StitchCacheError, StitchRuntimeError
 
 from ..compat import dynamo, inductor
 from ..counter import compilation_counter
-from ..store.files import sha256_file
+from ..store.hashing import file_hash
 from .scalars import specialize_lifted_floats
 
 log = logging.getLogger("stitch")
@@ -318,7 +318,7 @@ def _write_prebuilt(path: str) -> str | None:
     from .prebuilt_save import save_prebuilt
 
     try:
-        sha256 = sha256_file(path)
+        sha256 = file_hash(path)
         save_prebuilt(path, sha256)
     except PrebuiltUnavailable as exc:
         log.info("stitch: piece %s will load through Inductor: %s", path, exc)

@@ -19,11 +19,12 @@ from ..compat import dynamo
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import load_reference, reference_entry, reference_root
+from ..store import location
 from ..store.cache import cache_root
 from .record import StaleRecord, read_file, read_record, stale_reasons
 
-BYTECODE_FILE = "forward.bytecode"
-TORCH_FILE = "torch_function.bin"
+BYTECODE_FILE = location.AOT_BYTECODE_FILE
+TORCH_FILE = location.AOT_TORCH_FILE
 
 
 def load(

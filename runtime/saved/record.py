@@ -14,11 +14,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import enum
-import hashlib
 import importlib.util
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -27,15 +26,17 @@ from stitch.core.errors import StitchCacheError, StitchRuntimeError
 
 from ..compat.dynamo import marked_dims
 from ..config import CompilationConfig
+from ..store import codec, location
 from ..store.cache import cache_root, current_rank, stitch_version
 from ..store.files import atomic_write, make_private_dirs
-from ..store.index import Invalid, field, is_bool, is_dict, is_str
+from ..store.hashing import content_hash, file_hash_or_none, key_hash
+from ..store.location import AOT_DIR, AOT_RECORD_FILE
+from ..store.records import AOT_RECORD_FORMAT, AOTRecord, aot_record, as_data
 from ..store.trust import check_trusted
 
-AOT_DIR = "aot"
-RECORD_FILE = "function.py"
-RECORD_FORMAT = 1
-RECORD_HEADER = "# Stitch AOT-compiled forward (a Python literal; see stitch/runtime/pipeline/aot.py)\n"
+RECORD_FILE = AOT_RECORD_FILE
+RECORD_FORMAT = AOT_RECORD_FORMAT
+__all__ = ["AOT_DIR", "RECORD_FILE", "RECORD_FORMAT"]
 
 
 class StaleRecord(Exception):
@@ -44,10 +45,8 @@ class StaleRecord(Exception):
 
 def record_folder(model: torch.nn.Module, config: CompilationConfig) -> str:
     """``<cache root>/aot/<model key>/rank_<r>``: one record per model class and structure."""
-    key = hashlib.sha256(
-        repr((model_name(model), model_structure(model))).encode()
-    ).hexdigest()[:20]
-    return os.path.join(cache_root(config), AOT_DIR, key, f"rank_{current_rank()}")
+    key = key_hash(model_name(model), model_structure(model))
+    return location.aot_folder(cache_root(config), key, current_rank())
 
 
 def model_name(model: torch.nn.Module) -> str:
@@ -191,7 +190,7 @@ def stale_reasons(
     for module, saved_path, sha in record.get("code", []):
         # The module's file here (a shipped cache may find the code elsewhere).
         path = module_file(module) or saved_path
-        if _file_sha256(path) != sha:
+        if file_hash_or_none(path) != sha:
             reasons.append(f"model code changed ({module}: {path})")
     return reasons
 
@@ -218,14 +217,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:16] + "…"
 
 
-def _file_sha256(path: str) -> str | None:
-    try:
-        with open(path, "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
-    except OSError:
-        return None
-
-
 def traced_code(sources: Any) -> list[tuple[str, str, str | None]]:
     """``(module, file, sha256)`` of each source file Dynamo traced, torch's own left out."""
     out = set()
@@ -235,7 +226,7 @@ def traced_code(sources: Any) -> list[tuple[str, str, str | None]]:
             continue
         path = module_file(name)
         if path is not None:
-            out.add((name, path, _file_sha256(path)))
+            out.add((name, path, file_hash_or_none(path)))
     return sorted(out)
 
 
@@ -244,7 +235,7 @@ def traced_code(sources: Any) -> list[tuple[str, str, str | None]]:
 
 def cache_root_of(folder: str) -> str:
     """The cache root of a record folder (``<root>/aot/<model key>/rank_<r>``)."""
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(folder))))
+    return location.root_of_aot(folder)
 
 
 def write_record(folder: str, record: dict[str, Any], files: dict[str, bytes]) -> None:
@@ -253,107 +244,33 @@ def write_record(folder: str, record: dict[str, Any], files: dict[str, bytes]) -
     Folders are created 0700 and files 0600, as everywhere in the cache: the
     bytecode is code this user will run (see docs/cache.md, trust model).
     """
+    path = location.aot_record_file(folder)
+    data = codec.encode(aot_record(record, path))  # checked before anything is written
     make_private_dirs(folder, cache_root_of(folder))
-    for name, data in files.items():
-        atomic_write(os.path.join(folder, name), data)
-    text = RECORD_HEADER + repr(record) + "\n"
-    ast.literal_eval(text)
-    atomic_write(os.path.join(folder, RECORD_FILE), text.encode("utf-8"))
+    for name, content in files.items():
+        atomic_write(location.aot_side_file(folder, name), content)
+    atomic_write(path, data)
 
 
 def read_record(folder: str) -> dict[str, Any] | None:
-    """The record in ``folder`` (None: there is none); raises
+    """The record in ``folder`` (None: there is none), every field loading reads
+    checked (``store/records.py``: a damaged record is a ``RecordError`` naming
+    the file and the field, never a KeyError deep in the load); raises
     ``StitchCacheTrustError`` when someone else could have written it."""
-    path = os.path.join(folder, RECORD_FILE)
+    path = location.aot_record_file(folder)
     check_trusted(path, cache_root_of(folder))
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        return as_data(codec.read(AOTRecord, path))
     except FileNotFoundError:
         return None
-    try:
-        record = ast.literal_eval(text)
-    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
-        raise StitchCacheError(
-            f"{path} is not a literal ({type(exc).__name__})"
-        ) from None
-    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
-        raise StitchCacheError(f"{path} has an unknown format")
-    try:
-        check_record(record)
-    except Invalid as exc:
-        raise StitchCacheError(f"{path} is malformed: {exc}") from None
-    return record
-
-
-def _is_str_or_none(value: Any) -> bool:
-    return value is None or isinstance(value, str)
-
-
-def _is_sequence(value: Any) -> bool:
-    return isinstance(value, (list, tuple))
-
-
-def _all(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: _is_sequence(value) and all(ok(v) for v in value)
-
-
-def _is_code_item(item: Any) -> bool:
-    return (
-        _is_sequence(item)
-        and len(item) == 3
-        and is_str(item[0])
-        and is_str(item[1])
-        and _is_str_or_none(item[2])
-    )
-
-
-# What loading reads, checked once when the record is read (store/index.py's
-# field()), so that a KeyError or TypeError while loading is a bug, not a
-# damaged file: (part, field, check, what it must be).
-RECORD_FIELDS: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
-    ("", "model", is_str, "a str"),
-    ("", "factors", is_dict, "a dict"),
-    ("", "code", _all(_is_code_item), "a list of (module, path, sha256)"),
-    ("", "function", is_dict, "a dict"),
-    ("", "stitched", is_dict, "a dict"),
-    ("", "torch_function_sha256", _is_str_or_none, "a str or None"),
-    ("function", "backend_id", is_str, "a str"),
-    (
-        "function",
-        "import_sources",
-        lambda v: is_dict(v) and all(is_str(k) and is_str(m) for k, m in v.items()),
-        "a dict of str",
-    ),
-    ("function", "builtins", _all(is_str), "a list of str"),
-    (
-        "function",
-        "argdefs",
-        lambda v: v is None or isinstance(v, tuple),
-        "a tuple or None",
-    ),
-    ("function", "kwdefaults", lambda v: v is None or is_dict(v), "a dict or None"),
-    ("function", "light", is_bool, "a bool"),
-    ("stitched", "entry", is_str, "a str"),
-    ("stitched", "cache_root", is_str, "a str"),
-)
-
-
-def check_record(record: dict[str, Any]) -> None:
-    """Raise :class:`Invalid` naming the first field of ``record`` loading cannot read."""
-    for part, name, ok, expected in RECORD_FIELDS:
-        data = record[part] if part else record
-        field(data, name, f"{part}." if part else "", ok, expected)
-    if record["function"]["light"]:
-        field(record["function"], "bytecode_sha256", "function.", is_str, "a str")
 
 
 def read_file(folder: str, name: str, sha256: Any) -> bytes:
     """A side file of the record, trust-checked, its bytes matching ``sha256``."""
-    path = os.path.join(folder, name)
+    path = location.aot_side_file(folder, name)
     check_trusted(path, cache_root_of(folder))
     with open(path, "rb") as f:
         data = f.read()
-    if hashlib.sha256(data).hexdigest() != sha256:
+    if content_hash(data) != sha256:
         raise StitchCacheError(f"{path} does not match its sha256")
     return data

@@ -1,25 +1,12 @@
-"""Compiled artifacts on disk: one sealed folder per compile key, carrying its identity.
-
-Layout: ``artifacts/<compile key>/artifact.bin`` (what the compiler saved) next to
-``artifacts/<compile key>/identity.py``, a literal saying what the artifact is
-for (format, compiler, config hash, the piece's structural hash, target, compile
-key, size argument, output unwrapping) with the sha256 of ``artifact.bin`` and a
-checksum of the record itself.  The folder is filled under a temporary name and
-renamed into place: readers see a whole artifact or none, and the first of
-several processes to publish a key wins (renaming onto a non-empty folder fails).
-"""
-
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import errno
-import hashlib
 import os
 import tempfile
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 import torch.fx as fx
 
@@ -30,29 +17,25 @@ from stitch.codegen.fingerprint import (
     structural_hash,
 )
 
-from .files import PRIVATE_FILE, fsync_dir, fsync_file, remove_tree, sha256_file
-from .index import (
-    Invalid,
-    field,
-    is_bool,
-    is_int_or_none,
-    is_key,
-    is_sha256,
-    is_str,
-    is_target,
-    parse_literal,
-    render_literal,
-    short,
+from . import codec
+from .codec import Record, RecordError, short
+from .files import PRIVATE_FILE, fsync_dir, fsync_file, remove_tree
+from .hashing import content_hash, file_hash
+from .index import Count, Key, Sha256, TargetKey
+from .location import (
+    ARTIFACT_FILE,
+    ARTIFACTS_DIR,
+    IDENTITY_FILE,
+    PREBUILT_DIR,
+    artifact_file,
+    identity_file,
 )
 
-ARTIFACTS_DIR = "artifacts"
-ARTIFACT_FILE = "artifact.bin"
-IDENTITY_FILE = "identity.py"
-# Beside the artifacts: what the pipeline prebuilt from them (wrapper records
-# and built kernels), so a load needs no kernel build (pipeline/prebuilt.py).
-PREBUILT_DIR = "prebuilt"
+__all__ = ["ARTIFACTS_DIR", "ARTIFACT_FILE", "IDENTITY_FILE", "PREBUILT_DIR"]
+
 # 2: the runtime-size argument is "size_index" (was "sym_index").
-ARTIFACT_FORMAT = 2
+# 3: the codec's envelope (kind, version).
+ARTIFACT_FORMAT = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,74 +58,33 @@ class PieceIdentity:
         text = structural_hash(graph, abstract_strings=True) + "".join(
             describe_example(v) for v in examples
         )
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        return cls(digest, tuple(string_constants(graph)))
+        return cls(content_hash(text.encode()), tuple(string_constants(graph)))
 
 
-@dataclasses.dataclass(frozen=True)
-class ArtifactIdentity:
-    """What one artifact was compiled for, and the hash of its bytes."""
+class ArtifactIdentity(Record, frozen=True):
+    """What one artifact was compiled for, and the hash of its bytes (``identity.py``)."""
+
+    KIND = "artifact"
+    VERSION = ARTIFACT_FORMAT
+    SEALED = True
 
     backend: str
     config_hash: str
-    piece_hash: str
+    piece_hash: Sha256
     # The string constants the compiled code depends on; None when it depends on none.
     strings: tuple[str, ...] | None
-    target: str
-    key: str
-    size_index: int | None
+    target: TargetKey
+    key: Key
+    size_index: Count | None
     unwrap: bool
-    sha256: str
-
-    def _fields(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["strings"] = None if self.strings is None else list(self.strings)
-        return {"format": ARTIFACT_FORMAT, **data}
+    sha256: Sha256
 
     def render(self) -> str:
-        data = self._fields()
-        data["check"] = _checksum(data)
-        return render_literal("Stitch artifact identity: a Python literal.", data)
+        return codec.render(self)
 
     @classmethod
-    def parse(cls, text: str) -> ArtifactIdentity:
-        data = parse_literal(text)
-        if not isinstance(data, dict):
-            raise Invalid("<file>", f"holds {type(data).__name__}, expected a dict")
-        field(
-            data,
-            "format",
-            "",
-            lambda v: v == ARTIFACT_FORMAT,
-            f"format {ARTIFACT_FORMAT}",
-        )
-        strings = field(
-            data,
-            "strings",
-            "",
-            lambda v: v is None
-            or (isinstance(v, list) and all(isinstance(s, str) for s in v)),
-            "a list of str or None",
-        )
-        identity = cls(
-            backend=field(data, "backend", "", is_str, "a str"),
-            config_hash=field(data, "config_hash", "", is_str, "a str"),
-            piece_hash=field(data, "piece_hash", "", is_sha256, "a sha256 hex digest"),
-            strings=None if strings is None else tuple(strings),
-            target=field(data, "target", "", is_target, "a target"),
-            key=field(data, "key", "", is_key, "a hex compile key"),
-            size_index=field(
-                data, "size_index", "", is_int_or_none, "an int >= 0 or None"
-            ),
-            unwrap=field(data, "unwrap", "", is_bool, "a bool"),
-            sha256=field(data, "sha256", "", is_sha256, "a sha256 hex digest"),
-        )
-        check = field(data, "check", "", is_str, "a str")
-        if check != _checksum(identity._fields()):
-            raise Invalid(
-                "check", "does not match the record (it was edited or is corrupted)"
-            )
-        return identity
+    def parse(cls, text: str | bytes, path: str = IDENTITY_FILE) -> ArtifactIdentity:
+        return codec.decode(cls, text, path)
 
     def mismatch(
         self,
@@ -186,22 +128,28 @@ class ArtifactIdentity:
         return None
 
 
-def _checksum(data: dict[str, Any]) -> str:
-    return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()
-
-
 def read_identity(folder: str) -> ArtifactIdentity:
     """The identity of the artifact in ``folder``, its bytes checked against it.
 
-    Raises :class:`Invalid` (naming the field) or ``OSError``.
+    Raises :class:`~.codec.RecordError` (naming the file and field: the
+    artifact's own file when its bytes do not hash to the record's sha256) or
+    ``OSError``.
     """
-    with open(os.path.join(folder, IDENTITY_FILE), encoding="utf-8") as f:
-        identity = ArtifactIdentity.parse(f.read())
-    actual = sha256_file(os.path.join(folder, ARTIFACT_FILE))
+    identity = codec.read(ArtifactIdentity, identity_file(folder))
+    key = os.path.basename(os.path.abspath(folder))
+    if identity.key != key:
+        raise RecordError(
+            identity_file(folder),
+            "key",
+            f"is {identity.key!r}, but the folder is {key!r}",
+        )
+    actual = file_hash(artifact_file(folder))
     if actual != identity.sha256:
-        raise Invalid(
-            "sha256",
-            f"is {identity.sha256[:12]}..., but {ARTIFACT_FILE} hashes to {actual[:12]}...",
+        raise RecordError(
+            artifact_file(folder),
+            "",
+            f"hashes to {actual[:12]}..., but field sha256 of {IDENTITY_FILE} says "
+            f"{identity.sha256[:12]}...",
         )
     return identity
 
@@ -223,18 +171,18 @@ def publish(
     """
     staging = tempfile.mkdtemp(prefix=".staging-", dir=artifacts_dir)
     try:
-        payload = os.path.join(staging, ARTIFACT_FILE)
+        payload = artifact_file(staging)
         save(payload)
         os.chmod(payload, PRIVATE_FILE)
         fsync_file(payload)
-        identity = identity_for(sha256_file(payload))
+        identity = identity_for(file_hash(payload))
         fd = os.open(
-            os.path.join(staging, IDENTITY_FILE),
+            identity_file(staging),
             os.O_WRONLY | os.O_CREAT | os.O_EXCL,
             PRIVATE_FILE,
         )
         with os.fdopen(fd, "wb") as f:
-            f.write(identity.render().encode("utf-8"))
+            f.write(codec.encode(identity))
             f.flush()
             os.fsync(f.fileno())
         fsync_dir(staging)

@@ -22,41 +22,40 @@ artifact's sha256, and carries a checksum of itself.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import os
-import re
 import stat
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from stitch.core.errors import StitchCacheError
 
-from .artifacts import PREBUILT_DIR
-from .files import (
-    atomic_write,
-    locked,
-    make_private_dirs,
-    sha256_bytes,
-    sha256_file,
-)
-from .index import (
-    LOCK_FILE,
-    Invalid,
-    field,
-    is_dict,
-    is_key,
-    is_sha256,
-    is_str,
-    parse_literal,
-    render_literal,
-    short,
+from . import codec
+from .codec import Record, RecordError, short
+from .files import atomic_write, locked, make_private_dirs
+from .hashing import content_hash, file_hash
+from .index import Count, Key, Sha256
+from .location import (
+    EXTRAS_FILE,
+    PREBUILT_DIR,
+    artifact_file,
+    extra_path,
+    extras_file,
+    locate_artifact,
+    lock_file,
 )
 from .trust import check_trusted
 
-EXTRAS_FILE = "extras.py"
-EXTRAS_FORMAT = 1
-_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+__all__ = ["EXTRAS_FILE"]
+
+# 2: the codec's envelope (kind, version).
+EXTRAS_FORMAT = 2
+# A relative path under ``prebuilt/``, ``/``-separated, of plain names.
+ExtraName = Annotated[
+    str,
+    msgspec.Meta(pattern=r"^prebuilt(/[A-Za-z0-9_][A-Za-z0-9_.-]*)+$"),
+]
 
 
 class ExtraFileError(StitchCacheError):
@@ -74,97 +73,36 @@ class NoExtras(Exception):
 
 def is_extra_name(value: Any) -> bool:
     """A relative path under ``prebuilt/``, ``/``-separated, of plain names."""
-    if not isinstance(value, str):
+    try:
+        msgspec.convert(value, ExtraName)
+    except msgspec.ValidationError:
         return False
-    parts = value.split("/")
-    return (
-        len(parts) >= 2
-        and parts[0] == PREBUILT_DIR
-        and all(_PART.fullmatch(p) for p in parts)
-    )
+    return True
 
 
-def _is_size(value: Any) -> bool:
-    return type(value) is int and value >= 0
+class ExtraFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    size: Count
+    sha256: Sha256
 
 
-@dataclasses.dataclass(frozen=True)
-class ExtraFile:
-    size: int
-    sha256: str
-
-
-@dataclasses.dataclass(frozen=True)
-class ExtrasRecord:
+class ExtrasRecord(Record, frozen=True):
     """``extras.py``: the artifact (key and sha256) and its extra files."""
 
-    key: str
-    artifact_sha256: str
-    files: Mapping[str, ExtraFile]
+    KIND = "extras"
+    VERSION = EXTRAS_FORMAT
+    SEALED = True
 
-    def _fields(self) -> dict[str, Any]:
-        return {
-            "format": EXTRAS_FORMAT,
-            "key": self.key,
-            "artifact_sha256": self.artifact_sha256,
-            "files": {
-                name: {"size": f.size, "sha256": f.sha256}
-                for name, f in sorted(self.files.items())
-            },
-        }
+    key: Key
+    artifact_sha256: Sha256
+    files: dict[ExtraName, ExtraFile]
 
     def render(self) -> str:
-        data = self._fields()
-        data["check"] = _checksum(data)
-        return render_literal(
-            "Stitch: the extra files of an artifact (a Python literal).", data
-        )
+        return codec.render(self)
 
     @classmethod
-    def parse(cls, text: str) -> ExtrasRecord:
-        """The record in ``text``; :class:`Invalid` naming the first bad field."""
-        data = parse_literal(text)
-        if not isinstance(data, dict):
-            raise Invalid("<file>", f"holds {type(data).__name__}, expected a dict")
-        field(
-            data, "format", "", lambda v: v == EXTRAS_FORMAT, f"format {EXTRAS_FORMAT}"
-        )
-        files: dict[str, ExtraFile] = {}
-        for name, entry in field(data, "files", "", is_dict, "a dict").items():
-            where = f"files[{short(name)}]"
-            if not is_extra_name(name):
-                raise Invalid(where, f"names no file under {PREBUILT_DIR}/")
-            if not isinstance(entry, dict):
-                raise Invalid(where, f"is {short(entry)}, expected a dict")
-            files[name] = ExtraFile(
-                size=field(entry, "size", where + ".", _is_size, "an int >= 0"),
-                sha256=field(
-                    entry, "sha256", where + ".", is_sha256, "a sha256 hex digest"
-                ),
-            )
-        record = cls(
-            key=field(data, "key", "", is_key, "a hex compile key"),
-            artifact_sha256=field(
-                data, "artifact_sha256", "", is_sha256, "a sha256 hex digest"
-            ),
-            files=files,
-        )
-        if field(data, "check", "", is_str, "a str") != _checksum(record._fields()):
-            raise Invalid(
-                "check", "does not match the record (it was edited or is corrupted)"
-            )
-        return record
-
-
-def _checksum(data: dict[str, Any]) -> str:
-    return hashlib.sha256(repr(sorted(data.items())).encode()).hexdigest()
-
-
-def locate(artifact_path: str) -> tuple[str, str, str]:
-    """``(cache root, entry folder, compile key)`` of ``<root>/<entry key>/rank_<r>/artifacts/<key>/artifact.bin``."""
-    folder = os.path.dirname(os.path.abspath(artifact_path))
-    entry = os.path.dirname(os.path.dirname(folder))
-    return os.path.dirname(os.path.dirname(entry)), entry, os.path.basename(folder)
+    def parse(cls, text: str | bytes, path: str = EXTRAS_FILE) -> ExtrasRecord:
+        """The record in ``text``; :class:`~.codec.RecordError` naming the first bad field."""
+        return codec.decode(cls, text, path)
 
 
 def file_problem(path: str, want: ExtraFile) -> str | None:
@@ -182,7 +120,7 @@ def file_problem(path: str, want: ExtraFile) -> str | None:
             f"is {st.st_size} bytes, its record says {want.size} (truncated or changed)"
         )
     try:
-        actual = sha256_file(path)
+        actual = file_hash(path)
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
     if actual != want.sha256:
@@ -205,7 +143,7 @@ class Extras:
         self.record = record
 
     def path(self, name: str) -> str:
-        return os.path.join(self.entry, *name.split("/"))
+        return extra_path(self.entry, name)
 
     def _listed(self, name: str) -> tuple[str, ExtraFile]:
         path = self.path(name)
@@ -232,7 +170,7 @@ class Extras:
                 path,
                 f"is {len(data)} bytes, its record says {want.size} (truncated or changed)",
             )
-        actual = sha256_bytes(data)
+        actual = content_hash(data)
         if actual != want.sha256:
             raise ExtraFileError(
                 path,
@@ -262,9 +200,9 @@ def _read_list(list_path: str) -> ExtrasRecord:
             list_path, f"cannot be read ({type(exc).__name__}: {exc})"
         ) from None
     try:
-        return ExtrasRecord.parse(text)
-    except Invalid as exc:
-        raise ExtraFileError(list_path, str(exc)) from None
+        return ExtrasRecord.parse(text, list_path)
+    except RecordError as exc:
+        raise ExtraFileError(list_path, exc.detail) from None
 
 
 def open_extras(artifact_path: str, artifact_sha256: str | None) -> Extras:
@@ -276,10 +214,8 @@ def open_extras(artifact_path: str, artifact_sha256: str | None) -> Extras:
     artifact, and
     ``StitchCacheTrustError`` when it could have been written by someone else.
     """
-    root, entry, key = locate(artifact_path)
-    list_path = os.path.join(
-        os.path.dirname(os.path.abspath(artifact_path)), EXTRAS_FILE
-    )
+    root, entry, key = locate_artifact(artifact_path)
+    list_path = extras_file(os.path.dirname(os.path.abspath(artifact_path)))
     check_trusted(list_path, root)
     record = _read_list(list_path)
     if record.key != key:
@@ -301,26 +237,24 @@ def save_extras(
 
     Raises ``OSError`` when the entry cannot be written.
     """
-    root, entry, key = locate(artifact_path)
+    root, entry, key = locate_artifact(artifact_path)
     bad = sorted(name for name in files if not is_extra_name(name))
     if bad:
         raise StitchCacheError(
             f"extra files must be plain paths under {PREBUILT_DIR}/, not {bad[0]!r}"
         )
-    list_path = os.path.join(
-        os.path.dirname(os.path.abspath(artifact_path)), EXTRAS_FILE
-    )
+    list_path = extras_file(os.path.dirname(os.path.abspath(artifact_path)))
     listed: dict[str, ExtraFile] = {}
-    with locked(os.path.join(entry, LOCK_FILE)):
+    with locked(lock_file(entry)):
         for name, data in sorted(files.items()):
-            want = ExtraFile(len(data), sha256_bytes(data))
-            path = os.path.join(entry, *name.split("/"))
+            want = ExtraFile(len(data), content_hash(data))
+            path = extra_path(entry, name)
             make_private_dirs(os.path.dirname(path), root)
             if file_problem(path, want) is not None:
                 atomic_write(path, data)
             listed[name] = want
         record = ExtrasRecord(key, artifact_sha256, listed)
-        atomic_write(list_path, record.render().encode("utf-8"))
+        atomic_write(list_path, codec.encode(record))
     return list_path
 
 
@@ -330,7 +264,7 @@ def inspect_extras(
     """For ``stitch inspect``: the names an artifact lists, and ``(path, problem)``
     for the list and each listed file that is not whole (no trust checks: the
     inspection walks the permissions itself)."""
-    list_path = os.path.join(artifact_folder, EXTRAS_FILE)
+    list_path = extras_file(artifact_folder)
     try:
         record = _read_list(list_path)
     except NoExtras:
@@ -347,10 +281,10 @@ def inspect_extras(
             f"artifact hashes to {artifact_sha256[:12]}..."
         )
         return set(record.files), [(list_path, why)]
-    entry = os.path.dirname(os.path.dirname(os.path.abspath(artifact_folder)))
+    _, entry, _ = locate_artifact(artifact_file(artifact_folder))
     problems = []
     for name, want in sorted(record.files.items()):
-        path = os.path.join(entry, *name.split("/"))
+        path = extra_path(entry, name)
         problem = file_problem(path, want)
         if problem is not None:
             problems.append((path, problem))

@@ -1,10 +1,11 @@
-"""Files in the cache and the debug dump: private folders, durable atomic writes, hashes."""
+"""Files in the cache and the debug dump: private folders, durable atomic writes.
+
+Hashes are ``hashing.py``'s."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shutil
 import tempfile
@@ -14,18 +15,6 @@ from filelock import FileLock
 
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def fsync_dir(directory: str) -> None:

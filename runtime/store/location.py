@@ -1,8 +1,15 @@
-"""Where a cache entry lives: the cache root, the entry key, the rank folder."""
+"""Where everything in the cache lives: the root, entry folders, and every file's path.
+
+NOTE: [every cache path comes from here]
+A compile cache entry is ``<root>/<entry key>/rank_<r>/`` holding ``index.py``,
+``index.lock``, ``execution_fn.py``, ``artifacts/<key>/{artifact.bin,
+identity.py, extras.py}`` and ``prebuilt/``; a saved forward's record is
+``<root>/aot/<model key>/rank_<r>/function.py``.  The functions below are the
+only code that joins these names, so a layout change is made here alone.
+"""
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import torch
@@ -11,9 +18,23 @@ from platformdirs import user_cache_dir
 from stitch.core.contract import FORMAT_VERSION
 
 from ..config import CompilationConfig
-from .index import INDEX_FORMAT, EntryIdentity
+from .hashing import key_hash
+from .index import INDEX_FILE, INDEX_FORMAT, LOCK_FILE, SOURCE_FILE, EntryIdentity
 
 CACHE_ENV = "STITCH_CACHE_DIR"
+ARTIFACTS_DIR = "artifacts"
+ARTIFACT_FILE = "artifact.bin"
+IDENTITY_FILE = "identity.py"
+EXTRAS_FILE = "extras.py"
+# Beside the artifacts: what the pipeline prebuilt from them (wrapper records
+# and built kernels), so a load needs no kernel build (pipeline/prebuilt.py).
+PREBUILT_DIR = "prebuilt"
+PREBUILT_SUFFIX = ".prebuilt"
+AOT_DIR = "aot"
+AOT_RECORD_FILE = "function.py"
+# The side files a saved forward's record names (runtime/saved/ writes them).
+AOT_BYTECODE_FILE = "forward.bytecode"
+AOT_TORCH_FILE = "torch_function.bin"
 
 
 def stitch_version() -> str:
@@ -69,4 +90,120 @@ def entry_key(identity: EntryIdentity) -> str:
     )
     if identity.group:
         factors += ("group",)
-    return hashlib.sha256(repr(factors).encode()).hexdigest()[:20]
+    return key_hash(*factors)
+
+
+# -- a compile cache entry ------------------------------------------------------------
+
+
+def entry_dir(root: str, identity: EntryIdentity, rank: int | None = None) -> str:
+    """``<root>/<entry key>/rank_<r>`` (``r``: this process's rank by default)."""
+    rank = current_rank() if rank is None else rank
+    return os.path.join(root, entry_key(identity), f"rank_{rank}")
+
+
+def root_of_entry(entry: str) -> str:
+    """The cache root of an entry folder (``<root>/<entry key>/rank_<r>``)."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(entry)))
+
+
+def entry_folder_key(entry: str) -> str:
+    """The entry key an entry folder is filed under."""
+    return os.path.basename(os.path.dirname(os.path.abspath(entry)))
+
+
+def index_file(entry: str) -> str:
+    return os.path.join(entry, INDEX_FILE)
+
+
+def lock_file(entry: str) -> str:
+    return os.path.join(entry, LOCK_FILE)
+
+
+def source_file(entry: str) -> str:
+    return os.path.join(entry, SOURCE_FILE)
+
+
+def artifacts_dir(entry: str) -> str:
+    return os.path.join(entry, ARTIFACTS_DIR)
+
+
+def artifact_folder(entry: str, key: str) -> str:
+    """``<entry>/artifacts/<key>``: one sealed folder per compile key."""
+    return os.path.join(entry, ARTIFACTS_DIR, key)
+
+
+def artifact_file(folder: str) -> str:
+    return os.path.join(folder, ARTIFACT_FILE)
+
+
+def identity_file(folder: str) -> str:
+    return os.path.join(folder, IDENTITY_FILE)
+
+
+def extras_file(folder: str) -> str:
+    return os.path.join(folder, EXTRAS_FILE)
+
+
+def locate_artifact(artifact_path: str) -> tuple[str, str, str]:
+    """``(cache root, entry folder, compile key)`` of ``<entry>/artifacts/<key>/artifact.bin``."""
+    folder = os.path.dirname(os.path.abspath(artifact_path))
+    entry = os.path.dirname(os.path.dirname(folder))
+    return root_of_entry(entry), entry, os.path.basename(folder)
+
+
+def extra_path(entry: str, name: str) -> str:
+    """The path of an extra file named ``prebuilt/...`` (``/``-separated) in ``entry``."""
+    return os.path.join(entry, *name.split("/"))
+
+
+def prebuilt_dir(entry: str) -> str:
+    return os.path.join(entry, PREBUILT_DIR)
+
+
+def prebuilt_name(key: str) -> str:
+    """A piece's prebuilt record as an extra file: ``prebuilt/<key>.prebuilt``."""
+    return f"{PREBUILT_DIR}/{key}{PREBUILT_SUFFIX}"
+
+
+# -- saved forwards ------------------------------------------------------------------
+
+
+def aot_folder(root: str, model_key: str, rank: int | None = None) -> str:
+    """``<root>/aot/<model key>/rank_<r>``: one saved forward per model and rank."""
+    rank = current_rank() if rank is None else rank
+    return os.path.join(root, AOT_DIR, model_key, f"rank_{rank}")
+
+
+def root_of_aot(folder: str) -> str:
+    """The cache root of a saved forward's folder (``<root>/aot/<model key>/rank_<r>``)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(folder))))
+
+
+def find_aot_folders(path: str) -> list[str]:
+    """Saved forwards' folders (those holding ``function.py``) at or under ``path``."""
+    found = []
+    for directory, dirs, files in os.walk(path):
+        dirs.sort()
+        if AOT_RECORD_FILE in files:
+            found.append(directory)
+    return found
+
+
+def aot_record_file(folder: str) -> str:
+    return os.path.join(folder, AOT_RECORD_FILE)
+
+
+def aot_side_file(folder: str, name: str) -> str:
+    """A file a saved forward's record names beside it (bytecode, torch's bytes)."""
+    return os.path.join(folder, name)
+
+
+def reference_entry(root: str, entry: str) -> str:
+    """The entry folder a saved reference names (``entry``: relative, ``/``-separated)."""
+    return os.path.join(os.path.abspath(os.path.expanduser(root)), *entry.split("/"))
+
+
+def reference_name(root: str, entry: str) -> str:
+    """What a saved reference records for ``entry`` under ``root``."""
+    return os.path.relpath(entry, root).replace(os.sep, "/")

@@ -1,6 +1,7 @@
 """Checking a cache entry on disk without running anything (``stitch inspect``).
 
-The same schema and identity records the backend reads are checked here, with
+The same records the backend and a saved forward's load read are checked here
+(the index, artifact identities, extras, saved forwards' records), with
 every problem listed instead of rebuilt: records that do not validate, hashes
 that do not match, a changed stitching source, artifacts whose identity
 disagrees with the index, extra files of an artifact (its prebuilt record and
@@ -13,17 +14,21 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from .artifacts import (
+from . import codec, location
+from .artifacts import read_identity
+from .codec import RecordError
+from .extras import inspect_extras
+from .hashing import file_hash, file_hash_or_none
+from .index import INDEX_FILE, LOCK_FILE, SOURCE_FILE, Index, parse_index
+from .location import (
     ARTIFACT_FILE,
     ARTIFACTS_DIR,
+    EXTRAS_FILE,
     IDENTITY_FILE,
     PREBUILT_DIR,
-    read_identity,
+    entry_key,
 )
-from .extras import EXTRAS_FILE, inspect_extras
-from .files import sha256_file
-from .index import INDEX_FILE, LOCK_FILE, SOURCE_FILE, Index, Invalid, parse_index
-from .location import entry_key
+from .records import AOTRecord
 from .trust import trust_problem
 
 
@@ -70,18 +75,18 @@ def inspect_entry(directory: str) -> EntryReport:
 
 def _inspect(report: EntryReport) -> None:
     directory = report.directory
-    root = os.path.dirname(os.path.dirname(directory))
+    root = location.root_of_entry(directory)
     _check_permissions(report, root)
-    index_path = os.path.join(directory, INDEX_FILE)
+    index_path = location.index_file(directory)
     if not os.path.isfile(index_path):
         report.problem(
             INDEX_FILE, "is missing (a run was stopped before recording anything)"
         )
     else:
         try:
-            with open(index_path, encoding="utf-8") as f:
-                read = parse_index(f.read(), None)
-        except (OSError, UnicodeDecodeError) as exc:
+            with open(index_path, "rb") as f:
+                read = parse_index(f.read(), None, index_path)
+        except OSError as exc:
             report.problem(INDEX_FILE, f"cannot be read ({type(exc).__name__}: {exc})")
         else:
             report.index = read.index
@@ -89,7 +94,7 @@ def _inspect(report: EntryReport) -> None:
                 report.problem(INDEX_FILE, problem)
     index = report.index
     if index is not None:
-        folder = os.path.basename(os.path.dirname(os.path.abspath(directory)))
+        folder = location.entry_folder_key(directory)
         if folder != entry_key(index.identity):
             report.problem(
                 INDEX_FILE,
@@ -119,11 +124,11 @@ def _check_permissions(report: EntryReport, root: str) -> None:
 
 
 def _check_source(report: EntryReport, sha256: str) -> None:
-    path = os.path.join(report.directory, SOURCE_FILE)
+    path = location.source_file(report.directory)
     if not os.path.isfile(path):
         report.problem(SOURCE_FILE, "is missing")
         return
-    actual = sha256_file(path)
+    actual = file_hash(path)
     if actual != sha256:
         report.problem(
             SOURCE_FILE,
@@ -146,18 +151,17 @@ def _check_pieces(report: EntryReport, index: Index) -> tuple[set[str], set[str]
                 continue
             keys.add(entry.key)
             relative = os.path.join(ARTIFACTS_DIR, entry.key)
-            folder = os.path.join(report.directory, relative)
+            folder = location.artifact_folder(report.directory, entry.key)
             if not os.path.isdir(folder):
                 what = "is not a folder" if os.path.lexists(folder) else "is missing"
                 report.problem(relative, f"{what} (piece {name}, {entry.target})")
                 continue
             try:
                 identity = read_identity(folder)
-            except Invalid as exc:
-                file = ARTIFACT_FILE if exc.field == "sha256" else IDENTITY_FILE
-                report.problem(os.path.join(relative, file), str(exc))
+            except RecordError as exc:
+                report.problem(os.path.relpath(exc.path, report.directory), exc.detail)
                 continue
-            except (OSError, UnicodeDecodeError) as exc:
+            except OSError as exc:
                 report.problem(
                     relative, f"cannot be read ({type(exc).__name__}: {exc})"
                 )
@@ -188,7 +192,7 @@ def _orphans(report: EntryReport, used: set[str], keys: set[str]) -> None:
     for name in sorted(os.listdir(report.directory)):
         if name not in used:
             report.problem(name, "is orphaned (no record uses it)")
-    artifacts = os.path.join(report.directory, ARTIFACTS_DIR)
+    artifacts = location.artifacts_dir(report.directory)
     if not os.path.isdir(artifacts):
         return
     for name in sorted(os.listdir(artifacts)):
@@ -211,7 +215,7 @@ def _orphans(report: EntryReport, used: set[str], keys: set[str]) -> None:
 def _unlisted_extras(report: EntryReport, listed: set[str]) -> None:
     """Files under ``prebuilt/`` no artifact lists: never loaded, safe to delete
     (left by a replaced artifact or a run stopped while writing them)."""
-    prebuilt = os.path.join(report.directory, PREBUILT_DIR)
+    prebuilt = location.prebuilt_dir(report.directory)
     unlisted = []
     for directory, dirs, files in os.walk(prebuilt):
         dirs.sort()
@@ -224,3 +228,43 @@ def _unlisted_extras(report: EntryReport, listed: set[str]) -> None:
         report.notes.append(
             f"{unlisted[0]}{more}: listed by no artifact, never loaded (safe to delete)"
         )
+
+
+# -- saved forwards (``aot_compile``) ------------------------------------------------
+
+
+def inspect_aot(folder: str) -> list[str]:
+    """The problems of the saved forward's record in ``folder``
+    (``<root>/aot/<model key>/rank_<r>/function.py``): a record that does not
+    decode (naming the field), side files it names that are missing or changed,
+    and permissions a load would refuse.  Whether it is stale is a load's to
+    decide (it depends on the loading process)."""
+    problems: list[str] = []
+    root = location.root_of_aot(folder)
+    path = location.aot_record_file(folder)
+    for checked in (folder, path):
+        problem = trust_problem(checked, root)
+        if problem is not None:
+            problems.append(f"refused by a load: {problem}")
+            return problems
+    try:
+        record = codec.read(AOTRecord, path)
+    except (RecordError, OSError) as exc:
+        return [str(exc) if isinstance(exc, RecordError) else f"{path}: {exc}"]
+    sides = [
+        (location.AOT_BYTECODE_FILE, record.function.bytecode_sha256),
+        (location.AOT_TORCH_FILE, record.torch_function_sha256),
+    ]
+    for name, sha256 in sides:
+        if sha256 is None:
+            continue
+        side = location.aot_side_file(folder, name)
+        actual = file_hash_or_none(side)
+        if actual is None:
+            problems.append(f"{side}: is missing (the record names it)")
+        elif actual != sha256:
+            problems.append(
+                f"{side}: sha256 {actual[:12]}... does not match the record "
+                f"({sha256[:12]}...)"
+            )
+    return problems

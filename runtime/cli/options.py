@@ -1,0 +1,59 @@
+"""The options ``stitch run`` and ``stitch profile`` share (after the model)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of ints"
+        ) from None
+    return values
+
+
+def add_model_options(parser: Any, sizes: list[int]) -> None:
+    """The options ``stitch run`` and ``stitch profile`` share (after the model)."""
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=2,
+        help="--hf: sequences per forward (default: 2)",
+    )
+    parser.add_argument(
+        "--attn",
+        choices=("default", "sdpa", "eager", "stitch"),
+        default="default",
+        help="--hf: attn_implementation: the model's default (SDPA where the "
+        "model supports it), SDPA, transformers' eager attention, or Stitch's op "
+        "(SDPA and Stitch's op split with the default config; eager does not)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("inductor", "eager"),
+        default="inductor",
+        help="piece compiler (default: inductor)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="number of decoder layers (default: the example's; 2 for --hf)",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int_list,
+        default=sizes,
+        metavar="N,N,...",
+        help=f"sizes to run (default: {','.join(map(str, sizes))})",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        default="",
+        metavar="DIR",
+        help="cache root (default: $STITCH_CACHE_DIR or ~/.cache/stitch)",
+    )

@@ -1,0 +1,72 @@
+"""The record kinds of a saved forward (``runtime/saved/``), declared for the codec.
+
+They live in ``store/`` so that ``stitch inspect`` (``verify_aot.py``) checks
+them without importing the pipeline; the pipeline reads and writes them
+through :func:`read_aot_record` and :func:`write_aot_record`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+
+from . import codec
+from .codec import Record
+
+# 2: the codec's envelope (kind, version).
+AOT_RECORD_FORMAT = 2
+
+Sha256OrNone = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None
+
+
+class SavedFunction(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How the forward's own code is rebuilt: torch's loader or the light path."""
+
+    backend_id: str
+    import_sources: dict[str, str]
+    builtins: tuple[str, ...]
+    argdefs: tuple[Any, ...] | None
+    kwdefaults: dict[str, Any] | None
+    light: bool
+    bytecode_sha256: Sha256OrNone = None
+
+    def __post_init__(self) -> None:
+        if self.light and self.bytecode_sha256 is None:
+            raise ValueError("bytecode_sha256 is missing (the light path needs it)")
+
+
+class AOTRecord(Record, frozen=True):
+    """``function.py``: what a saved forward is valid for and how it loads."""
+
+    KIND = "aot"
+    VERSION = AOT_RECORD_FORMAT
+
+    model: str
+    factors: dict[str, Any]
+    # (module, source file, sha256 or None) of each file Dynamo traced.
+    code: tuple[tuple[str, str, Sha256OrNone], ...]
+    function: SavedFunction
+    # The saved reference to the stitched function's cache entry (stitched.py).
+    stitched: dict[str, Any]
+    torch_function_sha256: Sha256OrNone
+
+    def __post_init__(self) -> None:
+        for name in ("entry", "cache_root"):
+            if not isinstance(self.stitched.get(name), str):
+                raise ValueError(f"stitched.{name} is missing or not a str")
+
+
+def as_data(value: Any) -> Any:
+    """A record as the plain dicts its readers index (tuples stay tuples)."""
+    if isinstance(value, msgspec.Struct):
+        return {f: as_data(getattr(value, f)) for f in value.__struct_fields__}
+    if isinstance(value, dict):
+        return {k: as_data(v) for k, v in value.items()}
+    return value
+
+
+def aot_record(data: dict[str, Any], path: str) -> AOTRecord:
+    """``data`` (what the saved forward's writer built) as a checked record."""
+    body = {k: v for k, v in data.items() if k != "format"}
+    return codec.convert(AOTRecord, body, path)

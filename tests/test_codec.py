@@ -1,0 +1,126 @@
+"""The codec of every on-disk record (``store/codec.py``): each kind reads back as
+written, a damaged field is named by its path and file, and ``stitch inspect``
+checks saved forwards' records."""
+
+from __future__ import annotations
+
+import ast
+import io
+import pprint
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.store import codec
+from stitch.runtime.store.artifacts import ArtifactIdentity
+from stitch.runtime.store.codec import RecordError, StaleRecord
+from stitch.runtime.store.extras import ExtraFile, ExtrasRecord
+from stitch.runtime.store.files import make_private_dirs
+from stitch.runtime.store.index import (
+    EntryIdentity,
+    EntryRecord,
+    Index,
+    PieceRecord,
+    SourceRecord,
+)
+from stitch.runtime.store.location import aot_folder, aot_record_file
+from stitch.runtime.store.records import AOTRecord, SavedFunction
+
+KEY = "0123456789abcdef01234567"
+SHA = "a" * 64
+
+RECORDS = {
+    "index": Index(
+        EntryIdentity("0.1.0", "2.13.0", "c" * 64, "g" * 64, "inductor"),
+        SourceRecord("execution_fn.py", SHA, ("submod_0",), None),
+        {
+            "submod_0": PieceRecord(
+                "layers.0", 0, (EntryRecord("general", KEY, True),), ()
+            )
+        },
+        ("Eq(s27, 7)",),
+    ),
+    "artifact": ArtifactIdentity(
+        "inductor", "c" * 64, SHA, ("a",), "size8", KEY, 0, True, "b" * 64
+    ),
+    "extras": ExtrasRecord(KEY, SHA, {"prebuilt/a.prebuilt": ExtraFile(3, SHA)}),
+    "aot": AOTRecord(
+        model="m.Model",
+        factors={"torch": "2.13.0"},
+        code=(("m", "/m.py", SHA),),
+        function=SavedFunction(
+            "id", {"x": "m"}, ("len",), (1, (2, 3)), None, True, SHA
+        ),
+        stitched={"entry": "k/rank_0", "cache_root": "/c", "format": 1},
+        torch_function_sha256=None,
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", list(RECORDS))
+def test_a_record_of_each_kind_reads_back_as_written(kind: str) -> None:
+    record = RECORDS[kind]
+    assert codec.decode(type(record), codec.encode(record), "f.py") == record
+
+
+def test_a_damaged_field_is_named_by_its_path_and_file() -> None:
+    data = ast.literal_eval(codec.render(RECORDS["index"]))
+    data["pieces"]["submod_0"]["entries"] = [
+        {"target": "general", "key": 7, "saved": True}
+    ]
+    with pytest.raises(RecordError) as info:
+        codec.decode(Index, pprint.pformat(data), "/c/index.py")
+    assert info.value.path == "/c/index.py"
+    assert info.value.field == "pieces['submod_0'].entries[0].key"
+    assert str(info.value).startswith(
+        "/c/index.py: field pieces['submod_0'].entries[0].key: expected str"
+    )
+
+
+def test_a_dict_key_is_named_in_the_path() -> None:
+    data = ast.literal_eval(codec.render(RECORDS["extras"]))
+    data["files"]["prebuilt/b.so"] = {"size": -1, "sha256": SHA}
+    body = {k: v for k, v in data.items() if k not in ("kind", "version", "check")}
+    with pytest.raises(RecordError) as info:
+        codec.convert(ExtrasRecord, body, "/c/extras.py")
+    assert info.value.field == "files['prebuilt/b.so'].size"
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [({"version": 1}, "version"), ({"kind": "index"}, "kind")],
+)
+def test_another_version_or_kind_is_stale(change: dict[str, Any], field: str) -> None:
+    data = {**codec.to_literal(RECORDS["aot"]), **change}
+    with pytest.raises(StaleRecord) as info:
+        codec.decode(AOTRecord, repr(data), "function.py")
+    assert info.value.field == field
+
+
+def test_an_edited_sealed_record_fails_its_check() -> None:
+    text = codec.render(RECORDS["artifact"]).replace("'size8'", "'size9'")
+    with pytest.raises(RecordError, match="field check: does not match"):
+        codec.decode(ArtifactIdentity, text, "identity.py")
+
+
+def test_inspect_reports_a_broken_saved_forward(tmp_path: Path) -> None:
+    root = tmp_path / "cache"
+    folder = Path(aot_folder(str(root), "k" * 24, 0))
+    make_private_dirs(str(folder), str(root))
+    path = Path(aot_record_file(str(folder)))
+    path.write_bytes(codec.encode(RECORDS["aot"]))
+    path.chmod(0o600)
+    (folder / "forward.bytecode").write_bytes(b"x")
+    (folder / "forward.bytecode").chmod(0o600)
+    out = io.StringIO()
+    assert inspect_cache(str(root), out) == 1  # the bytecode is not what it records
+    assert "forward.bytecode: sha256" in out.getvalue()
+
+    data = ast.literal_eval(path.read_text())
+    data["function"]["light"] = "yes"
+    path.write_text(pprint.pformat(data))
+    out = io.StringIO()
+    assert inspect_cache(str(root), out) == 1
+    assert f"{path}: field function.light: expected bool" in out.getvalue()
