@@ -165,20 +165,22 @@ def test_stale_reasons_name_what_changed() -> None:
     args = (torch.zeros(3, dtype=torch.int64), torch.zeros(3, 2))
     dims = dynamic_spec(args, {0: [0]})
     record = {"factors": factors(config, args, dims), "code": []}
-    assert stale_reasons(record, config, args, dims) == []
+    assert stale_reasons(record, factors(config, args, dims)) == []
     other = CompilationConfig(compile_sizes=[8])
-    (reason,) = stale_reasons(record, other, args, dims)
+    (reason,) = stale_reasons(record, factors(other, args, dims))
     assert reason.startswith("config hash")
     graphs = CompilationConfig(compile_sizes=[4], cudagraph_mode="FULL")
-    (reason,) = stale_reasons(record, graphs, args, dims)
+    (reason,) = stale_reasons(record, factors(graphs, args, dims))
     assert reason == "CUDA graph settings cudagraph_mode 'PIECEWISE' -> 'FULL'"
     wider = (args[0], torch.zeros(3, 2, 1))
-    (reason,) = stale_reasons(record, config, wider, dynamic_spec(wider, {0: [0]}))
+    (reason,) = stale_reasons(
+        record, factors(config, wider, dynamic_spec(wider, {0: [0]}))
+    )
     assert reason.startswith("input dtypes/ranks")
     record["factors"]["torch"] = "1.0"
     assert any(
         r.startswith("torch version '1.0'")
-        for r in stale_reasons(record, config, args, dims)
+        for r in stale_reasons(record, factors(config, args, dims))
     )
 
 

@@ -47,7 +47,7 @@ from .call_args import call_args, dims_by_position
 from .checked import after_compile, after_load
 from .compile import compile_forward
 from .load import load
-from .record import StaleRecord, dynamic_spec, model_name, record_folder
+from .record import StaleRecord, dynamic_spec, model_name, record_key
 
 log = logging.getLogger("stitch")
 
@@ -134,10 +134,10 @@ def aot_compile(
     dims = dynamic_spec(args, dims_by_position(args, dynamic_dims))
     # Only a backend that saves its pieces has anything to load.
     saves = not config.disable_cache and ArtifactSource.saves(config.backend)
-    folder = record_folder(model, config) if saves else None
+    folder, now = record_key(model, config, args, dims, saves)
     if folder is not None:
         try:
-            loaded = load(model, args, dims, config, folder, guards, cudagraphs)
+            loaded = load(model, now, config, folder, guards, cudagraphs)
             if loaded is not None and not guards:  # NOTE in input_check.py
                 checked = after_load(model, loaded[0], folder, config, cudagraphs)
                 loaded = (checked, loaded[1])
@@ -164,7 +164,15 @@ def aot_compile(
                     forward, True, guards, seconds, folder, entry, None, cudagraphs
                 )
     forward, saved, backend = compile_forward(
-        model, args, dims, config, cudagraphs, folder, guards=guards, backend=backend
+        model,
+        args,
+        dims,
+        config,
+        cudagraphs,
+        folder,
+        now,
+        guards=guards,
+        backend=backend,
     )
     if not guards:
         forward = after_compile(

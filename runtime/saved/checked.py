@@ -30,7 +30,7 @@ from .input_check import (
     unbound,
 )
 from .load import load
-from .record import StaleRecord, model_name
+from .record import StaleRecord, factors, model_name
 from .signature import describe, forward_params
 
 log = logging.getLogger("stitch")
@@ -128,13 +128,15 @@ class LazyForward:
             self.index,
             exc,
         )
+        dims = first_dims(check, args)
         forward, _, _ = compile_forward(
             check.model,
             args,
-            first_dims(check, args),
+            dims,
             check.config,
             check.cudagraphs,
             folder,
+            factors(check.config, args, dims),
             fallback=False,
         )
         return unbound(forward)
@@ -142,15 +144,8 @@ class LazyForward:
     def _load(self, args: Sequence[Any]) -> Any:
         check = self.check
         folder = os.path.join(os.path.dirname(check.folder), check.folders[self.index])
-        loaded = load(
-            check.model,
-            args,
-            first_dims(check, args),
-            check.config,
-            folder,
-            False,
-            check.cudagraphs,
-        )
+        now = factors(check.config, args, first_dims(check, args))
+        loaded = load(check.model, now, check.config, folder, False, check.cudagraphs)
         if loaded is None:
             raise StitchCacheError(f"{folder} holds no saved forward")
         return unbound(loaded[0])

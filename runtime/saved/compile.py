@@ -28,7 +28,6 @@ from .call_args import CallArgs
 from .load import BYTECODE_FILE, TORCH_FILE, build_forward
 from .record import (
     RECORD_FORMAT,
-    factors,
     literal,
     model_name,
     traced_code,
@@ -45,6 +44,7 @@ def compile_forward(
     config: CompilationConfig,
     cudagraphs: CUDAGraphManager | None,
     folder: str | None,
+    now: dict[str, Any],
     *,
     guards: bool = False,
     fallback: bool = True,
@@ -53,12 +53,19 @@ def compile_forward(
     """Compile ``model``'s forward for ``args`` (``dims`` marked unbacked) and save
     it to ``folder``; the forward, the folder it was saved to (None: not saved)
     and the backend that compiled it.  ``backend``: the caller's (its config and
-    CUDA graphs are ``config`` and ``cudagraphs``); default: a new one."""
+    CUDA graphs are ``config`` and ``cudagraphs``); default: a new one.  ``now``:
+    what the record is valid for (``record.factors``)."""
     if backend is None:
         backend = StitchBackend(config, serializable=True, cudagraphs=cudagraphs)
     with marked_unbacked(args, dims):
         forward, saved = compile_and_save(
-            model, args, dims, config, backend, folder, guards, fallback
+            model,
+            args,
+            now,
+            backend,
+            folder,
+            guards,
+            fallback,
         )
     return forward, saved, backend
 
@@ -92,14 +99,14 @@ def marked_unbacked(
 def compile_and_save(
     model: torch.nn.Module,
     args: Sequence[Any],
-    dims: Sequence[Sequence[int]],
-    config: CompilationConfig,
+    now: dict[str, Any],
     backend: StitchBackend,
     folder: str | None,
     guards: bool,
     fallback: bool = True,
 ) -> tuple[Callable[..., Any], str | None]:
-    """Trace and compile through torch's aot_compile; save the record when it can be.
+    """Trace and compile through torch's aot_compile; save the record (valid for
+    ``now``, see ``record.factors``) when it can be.
 
     ``fallback``: when torch's aot_compile fails, run the model through
     torch.compile instead (else raise what it raised)."""
@@ -178,7 +185,7 @@ def compile_and_save(
     record = {
         "format": RECORD_FORMAT,
         "model": model_name(model),
-        "factors": literal(factors(config, args, dims)),
+        "factors": literal(now),
         "code": traced_code(artifacts.source_info.inlined_sources),
         "function": function,
         "stitched": reference,

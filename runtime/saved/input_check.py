@@ -60,7 +60,7 @@ from ..store.files import atomic_write
 from ..store.trust import check_trusted
 from .call_args import CallArgs, resolve
 from .compile import compile_forward
-from .record import StaleRecord, cache_root_of, model_name
+from .record import StaleRecord, cache_root_of, factors, model_name
 from .signature import (
     Mismatch,
     SizedGuards,
@@ -241,6 +241,7 @@ class InputCheck:
                 self.config,
                 self.cudagraphs,
                 folder,
+                factors(self.config, args, dims),
                 fallback=False,
             )
         except Exception as exc:  # noqa: BLE001 - the trace rejects what eager rejects

@@ -8,7 +8,7 @@ from __future__ import annotations
 import builtins
 import marshal
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,18 +29,18 @@ TORCH_FILE = location.AOT_TORCH_FILE
 
 def load(
     model: torch.nn.Module,
-    args: Sequence[Any],
-    dims: Sequence[Sequence[int]],
+    now: dict[str, Any],
     config: CompilationConfig,
     folder: str,
     guards: bool,
     cudagraphs: CUDAGraphManager | None = None,
 ) -> tuple[Callable[..., Any], str] | None:
-    """The saved forward bound to ``model`` and its cache entry (None if nothing was saved)."""
+    """The saved forward bound to ``model`` and its cache entry (None if nothing was
+    saved); ``now``: what a record must have been saved for (``record.factors``)."""
     record = read_record(folder)
     if record is None:
         return None
-    reasons = stale_reasons(record, config, args, dims)
+    reasons = stale_reasons(record, now)
     if reasons:
         raise StaleRecord("; ".join(reasons))
     forward_globals = type(model).forward.__globals__

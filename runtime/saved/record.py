@@ -43,6 +43,19 @@ class StaleRecord(Exception):
     """The saved function does not fit this process; the reasons, for one warning."""
 
 
+def record_key(
+    model: torch.nn.Module,
+    config: CompilationConfig,
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+    saves: bool,
+) -> tuple[str | None, dict[str, Any]]:
+    """Where the record of ``model``'s forward lives (None: ``saves`` is False,
+    nothing is saved) and what it must have been saved for (:func:`factors`)."""
+    folder = record_folder(model, config) if saves else None
+    return folder, factors(config, args, dims)
+
+
 def record_folder(model: torch.nn.Module, config: CompilationConfig) -> str:
     """``<cache root>/aot/<model key>/rank_<r>``: one record per model class and structure."""
     key = key_hash(model_name(model), model_structure(model))
@@ -162,15 +175,10 @@ FACTOR_NAMES = {
 }
 
 
-def stale_reasons(
-    record: dict[str, Any],
-    config: CompilationConfig,
-    args: Sequence[Any],
-    dims: Sequence[Sequence[int]],
-) -> list[str]:
+def stale_reasons(record: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Why ``record`` does not hold for a process whose :func:`factors` are ``now``."""
     reasons = []
     saved = record.get("factors", {})
-    now = factors(config, args, dims)
     if isinstance(saved, dict) and "keywords" in saved and "keywords" not in now:
         reasons.append(f"keyword arguments {_short(saved['keywords'])} -> none")
     for name, value in now.items():
