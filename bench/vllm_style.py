@@ -22,7 +22,7 @@ import torch.fx as fx
 from stitch.core.errors import StitchRuntimeError
 from stitch.runtime.config import CUDAGraphMode
 from stitch.runtime.cudagraph import CUDAGraphManager, CUDAGraphWrapper, call_order
-from stitch.runtime.cudagraph.plan import GraphPlan
+from stitch.runtime.cudagraph.graph_plan import GraphPlan
 
 
 # NOTE: [the vLLM-style baseline]

@@ -23,7 +23,7 @@ import torch
 
 from stitch.core.errors import StitchCacheError
 from stitch.runtime.cudagraph import DynamicInput, PaddingPlan
-from stitch.runtime.cudagraph.plan import GraphPlan
+from stitch.runtime.cudagraph.graph_plan import GraphPlan
 
 from aot_support import MODEL_SOURCE, PIECES, run_worker
 from backend_support import INDUCTOR_TOL

@@ -18,6 +18,7 @@ from ..loader import compile_execution_fn
 from ..progress import progress_bar
 from ..size import RuntimeSize
 from .graph_ops import CUDAGraphOps
+from .graph_plan import GraphPlan
 from .padding import (
     CannotPad,
     PaddedRunner,
@@ -27,7 +28,6 @@ from .padding import (
     padding_table,
     plan_padding,
 )
-from .plan import GraphPlan
 from .wrapper import FULL_GRAPH, CUDAGraphTables, CUDAGraphWrapper, call_order
 
 log = logging.getLogger("stitch")

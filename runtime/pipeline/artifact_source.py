@@ -28,7 +28,7 @@ from ..store.cache import CompileCache
 from ..store.index import EntryRecord
 from ..targets import Target
 from .compilers import ADAPTERS, CompilerAdapter, make_adapter
-from .plan import KeyChoice, StringKeys
+from .piece_plan import KeyChoice, StringKeys
 
 log = logging.getLogger("stitch")
 

@@ -27,7 +27,7 @@ from ..compat.fake import shape_env_of
 from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..cudagraph import CUDAGraphManager
-from ..cudagraph.plan import GraphPlan
+from ..cudagraph.graph_plan import GraphPlan
 from ..profiling import Profiler, piece_list
 from ..progress import progress_bar
 from ..size import find_size, hoisted_input
@@ -41,8 +41,8 @@ from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .layouts import LayoutChecks, eager_fed_layouts
 from .materialize import CompiledPlan, materialize
+from .piece_plan import PiecePlan, UnfixedSizes, piece_inputs, plan_piece
 from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
-from .plan import PiecePlan, UnfixedSizes, piece_inputs, plan_piece
 from .source import stitching_source
 from .split_policy import SplitPolicy
 

@@ -26,7 +26,7 @@ from stitch.core import StitchCacheError
 
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
-from ..cudagraph.plan import GraphPlan
+from ..cudagraph.graph_plan import GraphPlan
 from ..loader import compile_execution_fn
 from ..store.index import EntryRecord, PieceRecord
 from ..targets import Target, targets_by_key

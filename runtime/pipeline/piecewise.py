@@ -116,7 +116,7 @@ class PiecewiseBackend:
 # already gives equal sizes one symbol and guards that they stay equal.  A
 # symbol whose example value differs is another size (a transformers model
 # with batch and sequence length both dynamic): no static compile can fix it,
-# so the plan leaves the piece's static targets out (plan.py, with one warning
+# so the plan leaves the piece's static targets out (piece_plan.py, with one warning
 # per graph) and the piece runs its general runnable at those sizes.
 
 

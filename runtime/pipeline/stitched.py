@@ -12,7 +12,7 @@ planned with, never a second copy.  Loading rebuilds each piece's runnables
 from the index (prebuilt: no Inductor) and binds the emitted source to them,
 with no graph, no split and no fake tensors.  A function that runs CUDA graphs
 also saves its graph plan and CUDA graph settings (see NOTE: [a saved function
-rebuilds its graphs from a plan] in ``cudagraph/plan.py``): the loading process
+rebuilds its graphs from a plan] in ``cudagraph/graph_plan.py``): the loading process
 wraps its pieces in the same padded runner and per-size graph tables, and
 captures its own graphs.
 
@@ -41,7 +41,7 @@ from stitch.core.errors import StitchCacheError, StitchError, StitchRuntimeError
 from ..compat import dynamo
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
-from ..cudagraph.plan import GraphPlan
+from ..cudagraph.graph_plan import GraphPlan
 from ..store.cache import CACHE_ENV, CompileCache
 from ..store.index import INDEX_FILE
 from .artifact_source import ArtifactSource

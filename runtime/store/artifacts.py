@@ -100,7 +100,7 @@ class ArtifactIdentity(Record, frozen=True):
 
         ``piece`` None: no graph to compare with (a saved forward loads by its
         index, which the saved reference pins by hash); the rest is checked."""
-        # See NOTE: [ranges share the general artifact] (pipeline/plan.py): a
+        # See NOTE: [ranges share the general artifact] (pipeline/piece_plan.py): a
         # range records the general artifact's key, and that artifact serves it.
         if self.target == "general" and target.startswith("range"):
             target = "general"
