@@ -255,11 +255,13 @@ def test_importing_the_runtime_imports_no_code_generator() -> None:
     assert out.strip() == "[]"
 
 
-def test_no_module_is_much_over_500_lines() -> None:
+def test_no_module_is_over_450_lines() -> None:
+    # Files are split by job (STYLE.md: about 500 lines at most), with room
+    # to grow before a split is due.
     long = {
-        m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 560
+        m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 450
     }
-    assert not long, f"modules over 560 lines: {long}"
+    assert not long, f"modules over 450 lines: {long}"
 
 
 def test_the_pipeline_is_used_through_its_public_entry() -> None:
