@@ -29,6 +29,7 @@ import torch
 
 from stitch.codegen import generate_execution_code, lower_execution, split_graph
 from stitch.codegen.emit import BLACK_MODE, render_module_with_black
+from stitch.runtime.tables import markdown_table
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import stitching_overhead  # noqa: E402  (the graph builder, next to this file)
@@ -94,20 +95,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def format_table(rows: Sequence[tuple[int, int, int, dict[str, float]]]) -> str:
+    """One row per (layers, pieces, lines of source, ms per path): both paths'
+    milliseconds and how many times faster ``generate`` is."""
+    headers = ("layers", "pieces", "lines", "generate", "via black", "speedup")
+    cells = [
+        (
+            layers,
+            pieces,
+            lines,
+            f"{ms['generate']:.1f}",
+            f"{ms['via black']:.1f}",
+            f"{ms['via black'] / ms['generate']:.0f}x",
+        )
+        for layers, pieces, lines, ms in rows
+    ]
+    return markdown_table(headers, cells, align="r" * len(headers))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     lib = stitching_overhead.register_attention_op()  # noqa: F841 - keeps the op
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, black "
         f"{black.__version__}, {platform.machine()}; {args.clock} clock, median of "
-        f"{args.repeats}; milliseconds"
+        f"{args.repeats}; milliseconds\n"
     )
-    header = (
-        f"{'layers':>6} {'pieces':>6} {'lines':>6} {'generate':>10} "
-        f"{'via black':>10} {'speedup':>8}"
-    )
-    print(header)
-    print("-" * len(header))
+    rows = []
     for layers in args.layers:
         gm = stitching_overhead.build_graph(layers)
         split_gm, items = split_graph(gm, [stitching_overhead.OP_NAME])
@@ -118,11 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             raise RuntimeError(f"{layers} layers: the two paths emit different text")
         ms = measure(split_gm, args.repeats, CLOCKS[args.clock])
-        print(
-            f"{layers:>6} {len(items):>6} {code.count(chr(10)):>6} "
-            f"{ms['generate']:>10.1f} {ms['via black']:>10.1f} "
-            f"{ms['via black'] / ms['generate']:>7.0f}x"
-        )
+        rows.append((layers, len(items), code.count("\n"), ms))
+    print(format_table(rows))
     return 0
 
 

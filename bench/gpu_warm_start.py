@@ -179,6 +179,39 @@ def write_profile_summary(path: str) -> None:
         stats.sort_stats("tottime").print_stats(25)
 
 
+HEADERS = (
+    "mode",
+    "process",
+    "import torch s",
+    "loaded s",
+    "graphs captured s",
+    "first token s",
+    "graphs",
+    "Inductor compiles",
+    "token = eager",
+)
+
+
+def result_row(mode: str, label: str, res: dict[str, Any]) -> tuple[Any, ...]:
+    """One process's row of the table: its times, graphs and compiles."""
+    times = ("import_torch_s", "loaded_s", "captured_s", "first_token_s")
+    return (
+        mode,
+        label,
+        *(f"{res[t]:.2f}" for t in times),
+        res["graphs"],
+        res["inductor_compiles"],
+        res["same_token_as_eager"],
+    )
+
+
+def warm_table(rows: list[tuple[Any, ...]]) -> str:
+    """The Markdown table of the processes' rows (and the target's verdicts)."""
+    from stitch.runtime.tables import markdown_table
+
+    return markdown_table(HEADERS, rows, align="llrrrrrrl")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=16)
@@ -241,11 +274,7 @@ def main() -> int:
         "max_len": args.max_len,
     }
     scratch = tempfile.mkdtemp(prefix="stitch-gpu-warm-")
-    lines = [
-        "| mode | process | import torch s | loaded s | graphs captured s "
-        "| first token s | graphs | Inductor compiles | token = eager |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
+    rows: list[tuple[Any, ...]] = []
     try:
         for mode in args.modes.split(","):
             spec = {
@@ -283,21 +312,15 @@ def main() -> int:
                     profile = None  # the first warm process that loads cold
             for label, res in runs:
                 if res is None:
-                    lines.append(
-                        f"| {mode} | {label} | did not finish in {args.child_timeout:.0f} s "
-                        "| | | | | | |"
-                    )
+                    cell = f"did not finish in {args.child_timeout:.0f} s"
+                    rows.append((mode, label, cell, *[""] * 6))
                     continue
-                lines.append(
-                    f"| {mode} | {label} | {res['import_torch_s']:.2f} | "
-                    f"{res['loaded_s']:.2f} | {res['captured_s']:.2f} | "
-                    f"{res['first_token_s']:.2f} | {res['graphs']} | "
-                    f"{res['inductor_compiles']} | {res['same_token_as_eager']} |"
-                )
-                print(lines[-1], flush=True)
+                rows.append(result_row(mode, label, res))
+                # The row alone, as it will read in the table: progress.
+                print(warm_table(rows[-1:]).splitlines()[-1], flush=True)
                 if args.out:  # what is measured so far survives a later failure
                     with open(args.out, "w", encoding="utf-8") as f:
-                        f.write("\n".join(lines) + "\n")
+                        f.write(warm_table(rows) + "\n")
                 print(
                     f"  {label}: prebuilt loads {res['prebuilt_loads']}, artifacts "
                     f"loaded {res['artifacts_loaded']}, Inductor counters "
@@ -306,15 +329,13 @@ def main() -> int:
                 )
                 if label.startswith("warm"):
                     verdict = "met" if res["first_token_s"] < 2 else "NOT met"
-                    lines.append(
-                        f"|  | target: warm start to the first token < 2 s | | | | "
-                        f"{verdict} | | | |"
-                    )
+                    target = "target: warm start to the first token < 2 s"
+                    rows.append(("", target, "", "", "", verdict, "", "", ""))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     text = (
         f"capture sizes: {len(sizes)} ({min(sizes)} to {max(sizes)}); seconds from "
-        "after `import torch`\n\n" + "\n".join(lines) + "\n"
+        "after `import torch`\n\n" + warm_table(rows) + "\n"
     )
     print(text)
     if args.out:

@@ -201,35 +201,48 @@ def run(args: argparse.Namespace) -> str:
                         time_ms(fn, kwargs, args.iters, clock)
                     )
 
-    lines = [
+    title = (
         f"transformers LlamaForCausalLM: {args.layers} layers, hidden {args.hidden}, "
         f"vocabulary {args.vocab}, "
         f"8 heads / 4 kv heads, float32, CPU, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, {platform.machine()} ({os.cpu_count()} CPUs); "
-        f"median of {args.rounds} rounds x {args.iters} forwards, clock {args.clock}",
-        "",
-        "| batch x seq | eager ms | torch.compile ms | torch.compile dynamic ms "
-        "| stitch ms | stitch / eager | stitch / torch.compile "
-        "| stitch / torch.compile dynamic | max abs err (compile, stitch) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for shape in SHAPES:
-        ms = {name: statistics.median(results[name, shape]) for name in VARIANTS}
-        lines.append(
-            f"| {shape[0]} x {shape[1]} | {ms['eager']:.3f} | {ms['torch.compile']:.3f} | "
-            f"{ms['torch.compile dynamic']:.3f} | "
-            f"{ms['stitch']:.3f} | {ms['stitch'] / ms['eager']:.2f} | "
-            f"{ms['stitch'] / ms['torch.compile']:.2f} | "
-            f"{ms['stitch'] / ms['torch.compile dynamic']:.2f} | "
-            f"{errors['torch.compile', shape]:.1e}, {errors['stitch', shape]:.1e} |"
+        f"median of {args.rounds} rounds x {args.iters} forwards, clock {args.clock}"
+    )
+    ms = {key: statistics.median(times) for key, times in results.items()}
+    return "\n\n".join([title, *forward_tables(ms, errors, first_call)])
+
+
+def forward_tables(
+    ms: dict[tuple[str, tuple[int, int]], float],
+    errors: dict[tuple[str, tuple[int, int]], float],
+    first_call: dict[tuple[str, tuple[int, int]], float],
+) -> list[str]:
+    """The forward table (median ms, ratios, errors) and the first-call table,
+    each keyed by (variant, shape)."""
+    from stitch.runtime.tables import markdown_table
+
+    def row(shape: tuple[int, int]) -> tuple[str, ...]:
+        t = {name: ms[name, shape] for name in VARIANTS}
+        err = f"{errors['torch.compile', shape]:.1e}, {errors['stitch', shape]:.1e}"
+        return (
+            f"{shape[0]} x {shape[1]}",
+            *(f"{t[name]:.3f}" for name in VARIANTS),
+            *(f"{t['stitch'] / t[name]:.2f}" for name in VARIANTS[:3]),
+            err,
         )
-    lines += ["", "first call (compile included), seconds:", ""]
-    lines.append("| batch x seq | " + " | ".join(VARIANTS) + " |")
-    lines.append("| --- |" + " ---: |" * len(VARIANTS))
-    for shape in SHAPES:
-        cells = " | ".join(f"{first_call[name, shape]:.2f}" for name in VARIANTS)
-        lines.append(f"| {shape[0]} x {shape[1]} | {cells} |")
-    return "\n".join(lines)
+
+    headers = ["batch x seq", *(f"{name} ms" for name in VARIANTS)]
+    headers += [*(f"stitch / {name}" for name in VARIANTS[:3])]
+    headers += ["max abs err (compile, stitch)"]
+    first = [
+        (f"{s[0]} x {s[1]}", *(f"{first_call[name, s]:.2f}" for name in VARIANTS))
+        for s in SHAPES
+    ]
+    return [
+        markdown_table(headers, map(row, SHAPES), align="lrrrrrrrl"),
+        "first call (compile included), seconds:",
+        markdown_table(("batch x seq", *VARIANTS), first, align="lrrrr"),
+    ]
 
 
 DECODE_BATCHES = (1, 8)
@@ -313,51 +326,65 @@ def run_decode(args: argparse.Namespace) -> str:
                         reference = tokens
                     elif not torch.equal(tokens, reference):
                         mismatched.append(f"{name} batch {batch} round {r}")
-    lines = [
+    title = (
         f"decode steps: transformers LlamaForCausalLM, {args.layers} layers, hidden "
         f"{args.hidden}, vocabulary {args.vocab}, float32, CPU, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; static KV cache, prompt {PROMPT}, "
         f"median step of {args.steps - 1} per round, median of {args.rounds} rounds, "
-        f"clock {args.clock}",
-        "",
-        "| batch | eager ms | torch.compile ms | stitch ms | stitch aot (guard-free) ms "
-        "| stitch / torch.compile | stitch aot / torch.compile | tokens equal |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
+        f"clock {args.clock}"
+    )
+    step_ms = {key: statistics.median(times) for key, times in steps.items()}
+    inside_ms = {key: statistics.median(times) for key, times in within.items()}
+    tables = decode_tables(list(fns), step_ms, first, inside_ms, mismatched)
+    return "\n\n".join([title, *tables])
+
+
+def decode_tables(
+    names: Sequence[str],
+    step_ms: dict[tuple[str, int], float],
+    first: dict[tuple[str, int], tuple[float, float]],
+    inside_ms: dict[tuple[str, int], float],
+    mismatched: Sequence[str],
+) -> list[str]:
+    """The decode step table, the first prefill and step, and (with
+    ``inside_ms``) each step inside and outside the backend's function; keyed
+    by (variant, batch)."""
+    from stitch.runtime.tables import markdown_table
+
+    timed = ("eager", "torch.compile", "stitch", "stitch aot")
+    rows = []
     for batch in DECODE_BATCHES:
-        ms = {n: statistics.median(steps[n, batch]) for n in fns}
+        ms = {n: step_ms[n, batch] for n in timed}
         equal = "yes" if not any(f"batch {batch} " in m for m in mismatched) else "NO"
-        tc = ms["torch.compile"]
-        lines.append(
-            f"| {batch} | {ms['eager']:.3f} | {tc:.3f} | {ms['stitch']:.3f} | "
-            f"{ms['stitch aot']:.3f} | {ms['stitch'] / tc:.3f}x | "
-            f"{ms['stitch aot'] / tc:.3f}x | {equal} |"
-        )
-    lines += ["", "first prefill and first step (compiles included), seconds:", ""]
-    lines.append("| batch | " + " | ".join(f"{n} prefill, step" for n in fns) + " |")
-    lines.append("| ---: |" + " ---: |" * len(fns))
-    for batch in DECODE_BATCHES:
-        cells = " | ".join(
-            f"{first[n, batch][0]:.2f}, {first[n, batch][1]:.2f}" for n in fns
-        )
-        lines.append(f"| {batch} | {cells} |")
-    if within:
-        lines += [
-            "",
+        ratios = (f"{ms[n] / ms['torch.compile']:.3f}x" for n in timed[2:])
+        rows.append((batch, *(f"{ms[n]:.3f}" for n in timed), *ratios, equal))
+    headers = ["batch", "eager ms", "torch.compile ms", "stitch ms"]
+    headers += ["stitch aot (guard-free) ms", "stitch / torch.compile"]
+    headers += ["stitch aot / torch.compile", "tokens equal"]
+    firsts = [
+        (batch, *(f"{first[n, batch][0]:.2f}, {first[n, batch][1]:.2f}" for n in names))
+        for batch in DECODE_BATCHES
+    ]
+    first_headers = ("batch", *(f"{n} prefill, step" for n in names))
+    tables = [
+        markdown_table(headers, rows, align="rrrrrrrl"),
+        "first prefill and first step (compiles included), seconds:",
+        markdown_table(first_headers, firsts, align="r" * len(first_headers)),
+    ]
+    if inside_ms:
+        split = []
+        for (name, batch), ms in sorted(inside_ms.items(), key=lambda x: x[0][::-1]):
+            step = step_ms[name, batch]
+            split.append((batch, name, *(f"{t:.3f}" for t in (step, ms, step - ms))))
+        tables += [
             "inside the backend's function and outside it (Dynamo), ms per step:",
-            "",
-            "| batch | variant | step | inside | outside |",
-            "| ---: | --- | ---: | ---: | ---: |",
+            markdown_table(
+                ("batch", "variant", "step", "inside", "outside"), split, align="rlrrr"
+            ),
         ]
-        for (name, batch), inner in sorted(within.items(), key=lambda x: x[0][::-1]):
-            step = statistics.median(steps[name, batch])
-            ms = statistics.median(inner)
-            lines.append(
-                f"| {batch} | {name} | {step:.3f} | {ms:.3f} | {step - ms:.3f} |"
-            )
     if mismatched:
-        lines += ["", "tokens differ from eager: " + ", ".join(mismatched)]
-    return "\n".join(lines)
+        tables.append("tokens differ from eager: " + ", ".join(mismatched))
+    return tables
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -52,6 +52,7 @@ import torch.fx as fx
 
 from stitch.codegen import SplitItem, generate_execution_code, split_graph
 from stitch.runtime import compile_execution_fn
+from stitch.runtime.tables import markdown_table
 
 OP_NAMESPACE = "stitchbench"
 OP_NAME = f"{OP_NAMESPACE}::attn"
@@ -482,31 +483,26 @@ def measure(
 
 
 def format_table(rows: list[tuple[int, dict[str, float]]]) -> str:
-    columns = [f"{v:>14}" for v in VARIANTS]
-    ratios = [
-        "emit/floor calls",
-        "emit/floor inline",
-        "split_gm/emitted",
-        "(emit-floor)/L",
-    ]
-    header = f"{'layers':>6} {'pieces':>6} " + " ".join(columns)
-    header += " " + " ".join(f"{r:>16}" for r in ratios)
-    lines = [header, "-" * len(header)]
+    """One row per layer count: each variant's microseconds per forward, then
+    the ratios of the emitted function to the floors and to FX's split_gm, and
+    the emitted function's cost over the floor per layer."""
+    headers = ("layers", "pieces", *VARIANTS, "emit/floor calls", "emit/floor inline")
+    headers += ("split_gm/emitted", "(emit-floor)/L")
+    cells = []
     for layers, us in rows:
         floor, emitted = us["floor calls"], us["emitted"]
-        cells = [
-            f"{emitted / floor:.2f}x",
-            f"{emitted / us['floor inline']:.2f}x",
-            f"{us['FX split_gm'] / emitted:.1f}x",
-            f"{(emitted - floor) * 1000 / layers:.0f} ns",
-        ]
-        lines.append(
-            f"{layers:>6} {2 * layers + 1:>6} "
-            + " ".join(f"{us[v]:>14.1f}" for v in VARIANTS)
-            + " "
-            + " ".join(f"{c:>16}" for c in cells)
+        cells.append(
+            (
+                layers,
+                2 * layers + 1,
+                *(f"{us[v]:.1f}" for v in VARIANTS),
+                f"{emitted / floor:.2f}x",
+                f"{emitted / us['floor inline']:.2f}x",
+                f"{us['FX split_gm'] / emitted:.1f}x",
+                f"{(emitted - floor) * 1000 / layers:.0f} ns",
+            )
         )
-    return "\n".join(lines)
+    return markdown_table(headers, cells, align="r" * len(headers))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -616,7 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "op": "attention = torch.library op (one dispatcher call per layer)",
             "python": "attention = plain Python function (stitching alone)",
         }[mode]
-        print(f"\n{title}\n{format_table(rows)}")
+        print(f"\n{title}\n\n{format_table(rows)}")
     print(f"\n({time.perf_counter() - started:.0f} s)")
     return 0
 

@@ -266,6 +266,11 @@ def report(
     runs: list[dict[tuple[str, str], dict[str, Any]]],
     start_load: str,
 ) -> None:
+    # NOTE: [the table helper in the parent only]
+    # Imported here: a child process runs this file too, and importing Stitch
+    # at its top would move Stitch's import before the clock that measures it.
+    from stitch.runtime.tables import markdown_table
+
     def med(key: tuple[str, str], field: str) -> float:
         return statistics.median(r[key][field] for r in runs)
 
@@ -276,23 +281,28 @@ def report(
         f"{'OMP_NUM_THREADS=' + str(args.threads) if args.threads else 'default threads'}; "
         f"median of {args.repeats} fresh processes each\n"
     )
-    print(
-        "| path | start | after import torch s | first forward s | import torch s "
-        "| Inductor compiles | prebuilt loads | imports | after import / true cold |"
-    )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     cold = med(("dynamo", "true cold"), "ready_s")
+    rows = []
     for label, mode, _, _ in SETTINGS:
         key = (mode, label)
-        rows = [r[key] for r in runs]
-        compiles = "/".join(map(str, sorted({r["inductor_compiles"] for r in rows})))
-        loads = "/".join(map(str, sorted({r["prebuilt_loads"] for r in rows})))
-        imports = "/".join(sorted({"+".join(r["imported"]) or "none" for r in rows}))
-        print(
-            f"| {mode} | {label} | {med(key, 'ready_s'):.3f} | {med(key, 'first_forward_s'):.3f} "
-            f"| {med(key, 'import_s'):.2f} | {compiles} | {loads} | {imports} "
-            f"| {med(key, 'ready_s') / cold:.3f} |"
+        runs_of = [r[key] for r in runs]
+        rows.append(
+            (
+                mode,
+                label,
+                f"{med(key, 'ready_s'):.3f}",
+                f"{med(key, 'first_forward_s'):.3f}",
+                f"{med(key, 'import_s'):.2f}",
+                "/".join(map(str, sorted({r["inductor_compiles"] for r in runs_of}))),
+                "/".join(map(str, sorted({r["prebuilt_loads"] for r in runs_of}))),
+                "/".join(sorted({"+".join(r["imported"]) or "none" for r in runs_of})),
+                f"{med(key, 'ready_s') / cold:.3f}",
+            )
         )
+    headers = ["path", "start", "after import torch s", "first forward s"]
+    headers += ["import torch s", "Inductor compiles", "prebuilt loads", "imports"]
+    headers += ["after import / true cold"]
+    print(markdown_table(headers, rows, align="llrrrrrlr"))
     warm = ("aot", "warm, Inductor empty")
     ready = med(warm, "ready_s")
     print(
@@ -303,13 +313,13 @@ def report(
         "(targets: <= 5% of true cold, <= 1.5 s after import torch)"
     )
     print("\nwhere its time goes (medians, s):\n")
-    print("| part | s |\n| --- | ---: |")
-    for part in runs[0][warm]["parts"]:
-        print(
-            f"| {part} | {statistics.median(r[warm]['parts'][part] for r in runs):.3f} |"
-        )
+    parts = [
+        (part, f"{statistics.median(r[warm]['parts'][part] for r in runs):.3f}")
+        for part in runs[0][warm]["parts"]
+    ]
+    print(markdown_table(("part", "s"), parts, align="lr"))
     worst = max(r[key]["max_abs_diff"] for r in runs for key in r)
-    print(f"max |compiled - eager| over all runs: {worst:.2e}")
+    print(f"\nmax |compiled - eager| over all runs: {worst:.2e}")
     print(f"machine: {machine()}")
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"load average (1, 5, 15 min) at the start: {start_load}; at the end: {load}")
