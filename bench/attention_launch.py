@@ -54,6 +54,7 @@ def main() -> int:
     from triton.runtime import driver
 
     from stitch.runtime.kernels import triton_attention
+    from stitch.runtime.kernels.attention import AttentionCall
 
     kernels = triton_attention.triton_kernels()
     assert kernels is not None, "Triton did not import"
@@ -67,7 +68,7 @@ def main() -> int:
     out = torch.empty_like(q)
     scale = d**-0.5
     grid, params, values = triton_attention.kernel_arguments(
-        q, k, v, k_cache, v_cache, positions, out, scale
+        AttentionCall(q, k, v, k_cache, v_cache, positions, out, scale)
     )
     constexprs = dict(zip(triton_attention.CONSTEXPRS, values, strict=True))
     kernel = kernels.decode_attention_kernel

@@ -9,9 +9,38 @@ triton_attention.py registers the CUDA kernel.
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import torch
 
+from .schema import schema
+
 ATTENTION_OP = "stitch::attention"
+
+
+class AttentionCall(NamedTuple):
+    """The op's arguments, in its schema's order (see NOTE: [an op's arguments,
+    declared once] in schema.py; :func:`run_reference` says what each is).
+
+    The trailing arguments have defaults (no sinks, no softcap, no window): the
+    example models and graphs traced before they existed pass eight.
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    positions: torch.Tensor
+    out: torch.Tensor
+    scale: float
+    sinks: torch.Tensor | None = None
+    softcap: float = 0.0
+    window: int = 0
+
+
+# The arguments the op writes: the caches and ``out``.
+WRITTEN = ("k_cache", "v_cache", "out")
 
 # NOTE: [attention registered directly]
 # torch.library.custom_op wraps every call in Python layers (filling defaults,
@@ -20,28 +49,16 @@ ATTENTION_OP = "stitch::attention"
 # Like vLLM's direct_register_custom_op, the schema is defined and the kernels
 # are registered directly (a few µs a call).
 _lib = torch.library.Library("stitch", "FRAGMENT")
-# The trailing arguments have defaults (no sinks, no softcap, no window): the
-# example models and graphs traced before they existed pass eight.
-_lib.define(
-    "attention(Tensor q, Tensor k, Tensor v, Tensor(a3!) k_cache, Tensor(a4!) v_cache, "
-    "Tensor positions, Tensor(a6!) out, float scale, Tensor? sinks=None, "
-    "float softcap=0.0, int window=0) -> ()"
-)
+_lib.define(schema(ATTENTION_OP.split("::")[1], AttentionCall, WRITTEN))
 
 
-def attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    positions: torch.Tensor,
-    out: torch.Tensor,
-    scale: float,
-    sinks: torch.Tensor | None = None,
-    softcap: float = 0.0,
-    window: int = 0,
-) -> None:
+def attention_reference(*args: Any) -> None:
+    """The op's torch implementation, called as the op is (``args``:
+    :class:`AttentionCall`'s fields in order, trailing defaults optional)."""
+    run_reference(AttentionCall(*args))
+
+
+def run_reference(call: AttentionCall) -> None:
     """Decode attention: token ``i`` is the newest token of sequence slot ``i``.
 
     ``q, out``: ``[n, heads, head_dim]``; ``k, v``: ``[n, kv_heads, head_dim]``
@@ -60,6 +77,7 @@ def attention_reference(
     The plain torch implementation of ``stitch::attention``: the CPU kernel, and
     the reference for the CUDA one.
     """
+    q, k, v, k_cache, v_cache, positions, out, scale, sinks, softcap, window = call
     n = q.shape[0]
     if n == 0:
         return
@@ -95,7 +113,5 @@ _lib.impl("attention", attention_reference, "CompositeExplicitAutograd")
 
 
 @torch.library.register_fake(ATTENTION_OP, lib=_lib)
-def _attention_fake(
-    q, k, v, k_cache, v_cache, positions, out, scale, sinks=None, softcap=0.0, window=0
-) -> None:
+def _attention_fake(*args: Any) -> None:
     return None

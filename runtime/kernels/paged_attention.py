@@ -44,12 +44,13 @@ registers the Triton kernel for CUDA tensors).
 
 from __future__ import annotations
 
-import typing
 from typing import Any, NamedTuple
 
 import torch
 
 from stitch.core.errors import StitchRuntimeError
+
+from .schema import schema
 
 PAGED_ATTENTION_OP = "stitch::paged_attention"
 
@@ -57,11 +58,9 @@ PAGED_ATTENTION_OP = "stitch::paged_attention"
 class PagedCall(NamedTuple):
     """The op's arguments, in its schema's order.
 
-    NOTE: [the paged op's arguments, declared once]
-    The schema registered below, the torch implementation, the CUDA launcher
-    and the Triton kernel's arguments (triton_paged.py) all read these fields;
-    the callables registered with the dispatcher take the op's arguments
-    positionally (trailing defaults left out) and build one of these.
+    See NOTE: [an op's arguments, declared once] (schema.py): the schema
+    registered below, the torch implementation, the CUDA launcher and the
+    Triton kernel's arguments (triton_paged.py) all read these fields.
 
     ``query, out``: ``[tokens, heads, dim]``; ``key, value``: ``[tokens,
     kv_heads, dim]`` (``heads`` a multiple of ``kv_heads``); ``k_cache,
@@ -95,29 +94,6 @@ class PagedCall(NamedTuple):
 # The arguments the op writes: the caches (two views of one storage,
 # transformers' layout) and ``out``.
 WRITTEN = ("k_cache", "v_cache", "out")
-_SCHEMA_TYPES = {
-    torch.Tensor: "Tensor",
-    torch.Tensor | None: "Tensor?",
-    float: "float",
-    bool: "bool",
-    int: "int",
-}
-
-
-def schema(name: str, fields: type[NamedTuple], written: tuple[str, ...]) -> str:
-    """``name``'s schema for ``torch.library``, from the fields' annotations and
-    defaults; a written tensor is aliased as ``Tensor(aN!)`` (``N``: its index)."""
-    arguments = []
-    hints = typing.get_type_hints(fields)
-    for index, field in enumerate(fields._fields):
-        kind = _SCHEMA_TYPES[hints[field]]
-        if field in written:
-            kind = f"Tensor(a{index}!)"
-        text = f"{kind} {field}"
-        if field in fields._field_defaults:
-            text += f"={fields._field_defaults[field]!r}"
-        arguments.append(text)
-    return f"{name}({', '.join(arguments)}) -> ()"
 
 
 # NOTE: [attention registered directly] (attention.py): the schema and the

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .attention import ATTENTION_OP, attention_reference
+from .attention import ATTENTION_OP, AttentionCall, run_reference
 from .loader import optional_kernels
 
 
@@ -25,17 +25,9 @@ def triton_kernels() -> ModuleType | None:
     return optional_kernels(f"{__package__}.triton_attention_kernel", ATTENTION_OP)
 
 
-def kernel_supports(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    positions: torch.Tensor,
-    out: torch.Tensor,
-    sinks: torch.Tensor | None = None,
-) -> bool:
+def kernel_supports(call: AttentionCall) -> bool:
     """The layouts the kernel takes: unit stride in the head dim, equal cache strides."""
+    q, k, v, k_cache, v_cache, positions, out, _, sinks, _, _ = call
     return (
         all(t.dim() == 3 and t.stride(2) == 1 for t in (q, k, v, out))
         and q.shape[1] % k.shape[1] == 0
@@ -48,54 +40,24 @@ def kernel_supports(
     )
 
 
-def decode_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    positions: torch.Tensor,
-    out: torch.Tensor,
-    scale: float,
-    sinks: torch.Tensor | None = None,
-    softcap: float = 0.0,
-    window: int = 0,
-    *,
-    kernels: ModuleType | None = None,
-) -> None:
-    """Launch the Triton kernel (any device Triton runs on, its interpreter too)."""
+def decode_attention(*args: Any, kernels: ModuleType | None = None) -> None:
+    """Launch the Triton kernel (any device Triton runs on, its interpreter too);
+    ``args``: :class:`AttentionCall`'s fields in order, as the op is called."""
+    call = AttentionCall(*args)
     kernels = kernels if kernels is not None else triton_kernels()
-    if q.shape[0] == 0:
+    if call.q.shape[0] == 0:
         return
-    if kernels is None or not kernel_supports(
-        q, k, v, k_cache, v_cache, positions, out, sinks
-    ):
-        attention_reference(
-            q, k, v, k_cache, v_cache, positions, out, scale, sinks, softcap, window
-        )
+    if kernels is None or not kernel_supports(call):
+        run_reference(call)
         return
-    launch(
-        kernels,
-        *kernel_arguments(
-            q, k, v, k_cache, v_cache, positions, out, scale, sinks, softcap, window
-        ),
-    )
+    launch(kernels, *kernel_arguments(call))
 
 
 def kernel_arguments(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    positions: torch.Tensor,
-    out: torch.Tensor,
-    scale: float,
-    sinks: torch.Tensor | None = None,
-    softcap: float = 0.0,
-    window: int = 0,
+    call: AttentionCall,
 ) -> tuple[tuple[int, int], tuple[Any, ...], tuple[Any, ...]]:
     """The kernel's grid, its arguments in order, and its constexprs (``CONSTEXPRS``)."""
+    q, k, v, k_cache, v_cache, positions, out, scale, sinks, softcap, window = call
     n, heads, dim = q.shape
     block_d = 1 << (dim - 1).bit_length()
     # Two [BLOCK_L, BLOCK_D] fp32 tiles per program stay in registers.
