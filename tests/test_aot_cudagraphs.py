@@ -158,19 +158,22 @@ def test_a_plan_survives_its_literal() -> None:
 @pytest.mark.parametrize(
     ("change", "says"),
     [
-        (lambda p: p.update(format=9), "unknown format"),
+        (lambda p: p.update(format=9), "unknown field format"),
         (
             lambda p: p["dynamic"][0].update(dtype="floaty"),
-            "field dynamic[0].dtype is 'floaty'",
+            "field dynamic[0].dtype: is 'floaty', not a torch dtype",
         ),
         (
             lambda p: p["dynamic"][1].update(pad="-1"),
-            "field dynamic[1].pad is '-1', expected a number",
+            "field dynamic[1].pad: expected int | float, got str ('-1')",
         ),
         (lambda p: p["dynamic"][0].update(device="gpu:x"), "field dynamic[0].device"),
         (lambda p: p.update(size_index=3), "size_index is not a size argument"),
-        (lambda p: p.update(slice_outputs=[1]), "field slice_outputs is [1]"),
-        (lambda p: p.update(last="2"), "field last is '2'"),
+        (
+            lambda p: p.update(slice_outputs=[1]),
+            "field slice_outputs[0]: expected bool, got int (1)",
+        ),
+        (lambda p: p.update(last="2"), "field last: expected int, got str ('2')"),
     ],
 )
 def test_a_malformed_plan_is_refused_naming_the_field(change: Any, says: str) -> None:

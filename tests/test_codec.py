@@ -26,7 +26,14 @@ from stitch.runtime.store.index import (
     SourceRecord,
 )
 from stitch.runtime.store.location import aot_folder, aot_record_file
-from stitch.runtime.store.records import AOTRecord, SavedFunction
+from stitch.runtime.store.records import (
+    AOTRecord,
+    Reference,
+    SavedDynamicInput,
+    SavedFunction,
+    SavedGraphPlan,
+    SavedGraphs,
+)
 
 KEY = "0123456789abcdef01234567"
 SHA = "a" * 64
@@ -56,6 +63,26 @@ RECORDS = {
         stitched={"entry": "k/rank_0", "cache_root": "/c", "format": 1},
         torch_function_sha256=None,
     ),
+    "reference": Reference(
+        cache_root="/c",
+        entry="k/rank_0",
+        backend="inductor",
+        targets={"compile_sizes": [4]},
+        consts=({"dtype": "float32"}, {"literal": "(1, 2)"}),
+        imports=(),
+        cudagraphs=SavedGraphs(
+            {"cudagraph_mode": "PIECEWISE"},
+            SavedGraphPlan(
+                0,
+                (0,),
+                (SavedDynamicInput(1, "positions", (), "int64", "cpu", -1),),
+                (True,),
+                False,
+                2,
+            ),
+        ),
+        index_sha256=SHA,
+    ),
 }
 
 
@@ -77,6 +104,26 @@ def test_a_damaged_field_is_named_by_its_path_and_file() -> None:
     assert str(info.value).startswith(
         "/c/index.py: field pieces['submod_0'].entries[0].key: expected str"
     )
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (lambda d: d.update(entry="../elsewhere"), "entry"),
+        (lambda d: d["consts"][0].update(tensor="x"), "consts[0]"),
+        (
+            lambda d: d["cudagraphs"]["plan"]["dynamic"][0].update(rest=[-1]),
+            "cudagraphs.plan.dynamic[0].rest[0]",
+        ),
+        (lambda d: d["cudagraphs"]["plan"].update(last=-2), "cudagraphs.plan.last"),
+    ],
+)
+def test_a_damaged_reference_names_the_field(change: Any, field: str) -> None:
+    data = ast.literal_eval(codec.render(RECORDS["reference"]))
+    change(data)
+    with pytest.raises(RecordError) as info:
+        codec.decode(Reference, repr(data), "a saved Stitch function")
+    assert info.value.field.startswith(field), str(info.value)
 
 
 def test_a_dict_key_is_named_in_the_path() -> None:

@@ -15,13 +15,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import msgspec
 import torch
 
-from stitch.core.errors import StitchCacheError
-
+from ..store import codec
+from ..store.codec import RecordError
+from ..store.records import SavedDynamicInput, SavedGraphPlan
 from .padding import DynamicInput, PaddingPlan
 
-PLAN_FORMAT = 1
+WHERE = "the saved CUDA graph plan"
+
 # The config fields that decide which graphs wrap which pieces (the others,
 # such as warm-ups or the address check, only change how a graph is run).
 PLAN_FIELDS = (
@@ -39,103 +42,58 @@ class GraphPlan:
     padding: PaddingPlan
     last: int
 
-    def to_literal(self) -> dict[str, Any]:
+    def to_record(self) -> SavedGraphPlan:
         p = self.padding
-        return {
-            "format": PLAN_FORMAT,
-            "size_index": p.size_index,
-            "size_indices": list(p.size_indices),
-            "dynamic": [
-                {
-                    "index": d.index,
-                    "name": d.name,
-                    "rest": list(d.rest),
-                    "dtype": str(d.dtype).removeprefix("torch."),
-                    "device": str(d.device),
-                    "pad": d.pad,
-                }
+        return SavedGraphPlan(
+            size_index=p.size_index,
+            size_indices=tuple(p.size_indices),
+            dynamic=tuple(
+                SavedDynamicInput(
+                    index=d.index,
+                    name=d.name,
+                    rest=tuple(d.rest),
+                    dtype=str(d.dtype).removeprefix("torch."),
+                    device=str(d.device),
+                    pad=d.pad,
+                )
                 for d in p.dynamic
-            ],
-            "slice_outputs": list(p.slice_outputs),
-            "flat_output": p.flat_output,
-            "last": self.last,
-        }
+            ),
+            slice_outputs=tuple(p.slice_outputs),
+            flat_output=p.flat_output,
+            last=self.last,
+        )
+
+    def to_literal(self) -> dict[str, Any]:
+        """The plan as plain data (what a saved reference holds)."""
+        return msgspec.to_builtins(self.to_record())
 
     @classmethod
-    def from_literal(cls, data: Any) -> GraphPlan:
-        """The plan a saved function recorded; :class:`StitchCacheError` naming a bad field."""
-        where = "the saved CUDA graph plan"
-        if not isinstance(data, dict) or data.get("format") != PLAN_FORMAT:
-            raise StitchCacheError(f"{where} has an unknown format")
+    def from_literal(cls, data: Any, where: str = WHERE) -> GraphPlan:
+        """The plan a saved function recorded; :class:`StitchCacheError` naming a
+        bad field (``where``: what holds it)."""
+        return cls.from_record(codec.convert(SavedGraphPlan, data, where))
 
-        def get(
-            obj: dict[str, Any], name: str, ok: Any, expected: str, prefix: str = ""
-        ) -> Any:
-            value = obj.get(name)
-            if not ok(value):
-                raise StitchCacheError(
-                    f"{where}: field {prefix}{name} is {value!r:.60}, expected {expected}"
-                )
-            return value
-
-        def index(v: Any) -> bool:
-            return type(v) is int and v >= 0
-
-        def indices(v: Any) -> bool:
-            return isinstance(v, list) and all(index(i) for i in v)
-
+    @classmethod
+    def from_record(cls, record: SavedGraphPlan, where: str = WHERE) -> GraphPlan:
         dynamic = []
-        items = get(data, "dynamic", lambda v: isinstance(v, list), "a list")
-        for i, d in enumerate(items):
-            at = f"dynamic[{i}]."
-            if not isinstance(d, dict):
-                raise StitchCacheError(f"{where}: field dynamic[{i}] is {d!r:.60}")
-            dtype = getattr(torch, str(d.get("dtype")), None)
+        for i, d in enumerate(record.dynamic):
+            dtype = getattr(torch, d.dtype, None)
             if not isinstance(dtype, torch.dtype):
-                raise StitchCacheError(
-                    f"{where}: field {at}dtype is {d.get('dtype')!r:.60}, expected "
-                    "a torch dtype name"
+                raise RecordError(
+                    where, f"dynamic[{i}].dtype", f"is {d.dtype!r}, not a torch dtype"
                 )
             try:
-                device = torch.device(get(d, "device", _is_str, "a device", at))
+                device = torch.device(d.device)
             except RuntimeError as exc:
-                raise StitchCacheError(f"{where}: field {at}device: {exc}") from None
+                raise RecordError(where, f"dynamic[{i}].device", str(exc)) from None
             dynamic.append(
-                DynamicInput(
-                    get(d, "index", index, "an int >= 0", at),
-                    get(d, "name", _is_str, "a str", at),
-                    tuple(get(d, "rest", indices, "a list of sizes", at)),
-                    dtype,
-                    device,
-                    get(d, "pad", _is_number, "a number", at),
-                )
+                DynamicInput(d.index, d.name, tuple(d.rest), dtype, device, d.pad)
             )
-        size_index = get(data, "size_index", index, "an int >= 0")
-        size_indices = tuple(get(data, "size_indices", indices, "a list of ints"))
-        if size_index not in size_indices:
-            raise StitchCacheError(f"{where}: size_index is not a size argument")
         padding = PaddingPlan(
-            size_index,
-            size_indices,
+            record.size_index,
+            tuple(record.size_indices),
             tuple(dynamic),
-            tuple(
-                get(
-                    data,
-                    "slice_outputs",
-                    lambda v: isinstance(v, list)
-                    and all(isinstance(b, bool) for b in v),
-                    "a list of bools",
-                )
-            ),
-            get(data, "flat_output", lambda v: isinstance(v, bool), "a bool"),
+            tuple(record.slice_outputs),
+            record.flat_output,
         )
-        last = get(data, "last", lambda v: type(v) is int and v >= -1, "an int >= -1")
-        return cls(padding, last)
-
-
-def _is_str(value: Any) -> bool:
-    return isinstance(value, str)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return cls(padding, record.last)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import contextvars
-import hashlib
 import importlib
 import logging
 import os
@@ -42,14 +41,16 @@ from ..compat import dynamo
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.graph_plan import GraphPlan
+from ..store import codec, location
 from ..store.cache import CACHE_ENV, CompileCache
-from ..store.index import INDEX_FILE
+from ..store.hashing import file_hash
+from ..store.records import Reference, SavedGraphs
 from .artifact_source import ArtifactSource
 from .materialize import CompiledPlan, materialize
 
 log = logging.getLogger("stitch")
 
-REFERENCE_FORMAT = 1
+WHERE = "a saved Stitch function"
 # The fields of CompilationConfig that decide a piece's shape targets.
 TARGET_FIELDS = (
     "compile_sizes",
@@ -156,24 +157,24 @@ def make_reference(
     consts: Sequence[Any],
     graphs: GraphPlan | None = None,
 ) -> dict[str, Any]:
-    """The reference to a cache entry; raises StitchRuntimeError if a constant cannot be saved."""
-    root = os.path.abspath(os.path.dirname(os.path.dirname(entry_dir)))
+    """The reference to a cache entry (its literal: a :class:`Reference` record);
+    raises StitchRuntimeError if a constant cannot be saved."""
+    root = location.root_of_entry(entry_dir)
     saved_graphs = None
     if graphs is not None:
         settings = {name: getattr(config, name) for name in GRAPH_FIELDS}
         settings["cudagraph_mode"] = config.cudagraph_mode.name
-        saved_graphs = {"config": settings, "plan": graphs.to_literal()}
-    return {
-        "format": REFERENCE_FORMAT,
-        "cache_root": root,
-        "entry": os.path.relpath(entry_dir, root).replace(os.sep, "/"),
-        "backend": config.backend,
-        "targets": {name: getattr(config, name) for name in TARGET_FIELDS},
-        "consts": [encode_const(i, c) for i, c in enumerate(consts)],
-        # Modules whose import registers ops the compiled pieces call (the passes').
-        "imports": sorted({type(p).__module__ for p in config.inductor_passes}),
-        "cudagraphs": saved_graphs,
-    }
+        saved_graphs = SavedGraphs(settings, graphs.to_record())
+    record = Reference(
+        cache_root=root,
+        entry=location.reference_name(root, entry_dir),
+        backend=config.backend,
+        targets={name: getattr(config, name) for name in TARGET_FIELDS},
+        consts=tuple(encode_const(i, c) for i, c in enumerate(consts)),
+        imports=tuple(sorted({type(p).__module__ for p in config.inductor_passes})),
+        cudagraphs=saved_graphs,
+    )
+    return codec.to_literal(record)
 
 
 # The cache root a reference resolves against, and the CUDA graph manager its
@@ -198,21 +199,18 @@ def reference_root(
 
 
 def render_reference(reference: dict[str, Any]) -> str:
-    text = repr(reference)
-    ast.literal_eval(text)
-    return text
+    """The reference's text, one line (checked first)."""
+    return repr(codec.to_literal(checked(reference)))
 
 
 def parse_reference(text: str) -> dict[str, Any]:
-    try:
-        reference = ast.literal_eval(text)
-    except (SyntaxError, ValueError) as exc:
-        raise StitchCacheError(
-            f"a saved Stitch function is not a literal ({exc})"
-        ) from None
-    if not isinstance(reference, dict) or reference.get("format") != REFERENCE_FORMAT:
-        raise StitchCacheError("a saved Stitch function has an unknown format")
-    return reference
+    """The reference in ``text`` (checked: :class:`RecordError` names the field)."""
+    return codec.to_literal(codec.decode(Reference, text, WHERE))
+
+
+def checked(reference: dict[str, Any]) -> Reference:
+    """``reference`` as its record (:class:`RecordError` names a bad field)."""
+    return codec.decode(Reference, reference, WHERE)
 
 
 def reference_location(
@@ -220,12 +218,11 @@ def reference_location(
 ) -> tuple[str, str]:
     """The cache root and entry directory; ``root`` (else ``$STITCH_CACHE_DIR``,
     else the saved root)."""
-    root = root or os.environ.get(CACHE_ENV) or reference["cache_root"]
-    entry = reference["entry"]
-    if not isinstance(entry, str) or os.path.isabs(entry) or ".." in entry.split("/"):
-        raise StitchCacheError(f"a saved Stitch function names entry {entry!r}")
-    root = os.path.abspath(os.path.expanduser(root))
-    return root, os.path.join(root, *entry.split("/"))
+    record = checked(reference)
+    root = os.path.abspath(
+        os.path.expanduser(root or os.environ.get(CACHE_ENV) or record.cache_root)
+    )
+    return root, location.reference_entry(root, record.entry)
 
 
 def reference_entry(reference: dict[str, Any], root: str | None = None) -> str:
@@ -235,8 +232,7 @@ def reference_entry(reference: dict[str, Any], root: str | None = None) -> str:
 
 def index_sha256(entry_dir: str) -> str:
     try:
-        with open(os.path.join(entry_dir, INDEX_FILE), "rb") as f:
-            return hashlib.sha256(f.read()).hexdigest()
+        return file_hash(location.index_file(entry_dir))
     except OSError as exc:
         raise StitchCacheError(
             f"cache entry {entry_dir} has no readable index ({exc})"
@@ -292,33 +288,31 @@ def load_reference(
     config's run-time settings apply), else with a manager of its own.  With
     ``config_hash``, an entry compiled under another config is refused.
     """
-    for module in reference.get("imports", []):
+    record = checked(reference)
+    for module in record.imports:
         importlib.import_module(module)
     root, entry_dir = reference_location(reference, root)
-    want = reference.get("index_sha256")
-    if want is not None and index_sha256(entry_dir) != want:
+    if (
+        record.index_sha256 is not None
+        and index_sha256(entry_dir) != record.index_sha256
+    ):
         raise StitchCacheError(
             f"cache entry {entry_dir} was rewritten since it was saved"
         )
-    if not ArtifactSource.saves(str(reference.get("backend"))):
-        raise StitchCacheError(
-            f"backend {reference.get('backend')!r} saves no artifacts"
-        )
-    graphs = reference.get("cudagraphs")
+    if not ArtifactSource.saves(record.backend):
+        raise StitchCacheError(f"backend {record.backend!r} saves no artifacts")
     plan = None
     settings: dict[str, Any] = {}
-    if graphs is not None:
-        if not isinstance(graphs, dict) or not isinstance(graphs.get("config"), dict):
-            raise StitchCacheError(
-                "a saved Stitch function's CUDA graphs are malformed"
-            )
-        plan = GraphPlan.from_literal(graphs.get("plan"))
-        settings = {k: v for k, v in graphs["config"].items() if k in GRAPH_FIELDS}
+    if record.cudagraphs is not None:
+        plan = GraphPlan.from_record(record.cudagraphs.plan, WHERE)
+        settings = {
+            k: v for k, v in record.cudagraphs.config.items() if k in GRAPH_FIELDS
+        }
     try:
-        config = CompilationConfig(**reference["targets"], **settings)
-    except StitchError as exc:
+        config = CompilationConfig(**record.targets, **settings)
+    except (StitchError, TypeError) as exc:
         raise StitchCacheError(f"a saved Stitch function's config: {exc}") from None
-    consts = [decode_const(c) for c in reference["consts"]]
+    consts = [decode_const(dict(c)) for c in record.consts]
     if plan is not None and cudagraphs is None:
         cudagraphs = CUDAGraphManager(config)
     return load_entry(root, entry_dir, config, consts, plan, cudagraphs, config_hash)

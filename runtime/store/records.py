@@ -70,3 +70,75 @@ def aot_record(data: dict[str, Any], path: str) -> AOTRecord:
     """``data`` (what the saved forward's writer built) as a checked record."""
     body = {k: v for k, v in data.items() if k != "format"}
     return codec.convert(AOTRecord, body, path)
+
+
+# -- the saved reference to a cache entry (pipeline/stitched.py) ------------------
+
+# 2: the codec's envelope (kind, version); the graph plan is a typed field.
+REFERENCE_FORMAT = 2
+
+Index = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class SavedDynamicInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A padded input of a CUDA graph plan (cudagraph/padding.py's DynamicInput)."""
+
+    index: Index
+    name: str
+    rest: tuple[Index, ...]
+    dtype: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]+$")]
+    device: str
+    pad: float | int
+
+
+class SavedGraphPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a saved function rebuilds its CUDA graphs from (cudagraph/graph_plan.py)."""
+
+    size_index: Index
+    size_indices: tuple[Index, ...]
+    dynamic: tuple[SavedDynamicInput, ...]
+    slice_outputs: tuple[bool, ...]
+    flat_output: bool
+    last: Annotated[int, msgspec.Meta(ge=-1)]
+
+    def __post_init__(self) -> None:
+        if self.size_index not in self.size_indices:
+            raise ValueError("size_index is not a size argument")
+
+
+class SavedGraphs(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The CUDA graphs a saved function runs: their settings and plan."""
+
+    config: dict[str, Any]
+    plan: SavedGraphPlan
+
+
+# A constant of the stitching source: {"dtype": name}, {"device": text} or
+# {"literal": repr}.
+SavedConst = dict[
+    Annotated[str, msgspec.Meta(pattern=r"^(dtype|device|literal)$")], str
+]
+
+
+class Reference(Record, frozen=True):
+    """What a saved Stitch function holds: a reference to its cache entry."""
+
+    KIND = "reference"
+    VERSION = REFERENCE_FORMAT
+
+    cache_root: str
+    # The entry's folder under the root, "/"-separated, never absolute or "..".
+    entry: Annotated[str, msgspec.Meta(pattern=r"^(?!/)(?!.*(^|/)\.\.(/|$)).+$")]
+    backend: str
+    targets: dict[str, Any]
+    consts: tuple[SavedConst, ...]
+    # Modules whose import registers ops the compiled pieces call (the passes').
+    imports: tuple[str, ...]
+    cudagraphs: SavedGraphs | None
+    # The sha256 of the entry's index when the function was saved.
+    index_sha256: Sha256OrNone = None
+
+    def __post_init__(self) -> None:
+        for i, const in enumerate(self.consts):
+            if len(const) != 1:
+                raise ValueError(f"consts[{i}] has {len(const)} kinds, expected one")
