@@ -28,6 +28,7 @@ from stitch.runtime.store.index import (
 from stitch.runtime.store.location import aot_folder, aot_record_file
 from stitch.runtime.store.records import (
     AOTRecord,
+    PrebuiltRecord,
     Reference,
     SavedDynamicInput,
     SavedFunction,
@@ -82,6 +83,15 @@ RECORDS = {
             ),
         ),
         index_sha256=SHA,
+    ),
+    "prebuilt": PrebuiltRecord(
+        artifact_sha256=SHA,
+        machine="x86_64 avx2",
+        torch_version="2.13.0",
+        increment_version=(1,),
+        extern_kernels={"mm": "torch.ops.aten.mm"},
+        kernels={"k" * 64: SHA},
+        wrapper="def call(args):\n    return args\n",
     ),
 }
 

@@ -30,14 +30,11 @@ Dynamo.
 
 from __future__ import annotations
 
-import ast
 import builtins
 import functools
-import hashlib
 import importlib
 import importlib.util
 import linecache
-import os
 import platform
 import sys
 import types
@@ -49,14 +46,18 @@ import torch
 from stitch.core.errors import StitchCacheError
 
 from ..compat import inductor
+from ..store import codec, location
 from ..store.artifacts import PREBUILT_DIR
 from ..store.extras import Extras, NoExtras, open_extras
+from ..store.hashing import content_hash, key_hash
+from ..store.location import PREBUILT_SUFFIX  # noqa: F401 - re-exported
+from ..store.records import (
+    PREBUILT_FORMAT,  # noqa: F401 - re-exported
+    PrebuiltRecord,
+    as_data,
+)
 
-# 2: the record and its kernels are listed in the artifact's extras.py.
-PREBUILT_FORMAT = 2
-PREBUILT_SUFFIX = ".prebuilt"
 KERNELS_DIR = "kernels"
-HEADER = f"# Stitch prebuilt piece, format {PREBUILT_FORMAT} (a Python literal)\n"
 
 Runnable = Callable[..., Any]
 
@@ -72,22 +73,15 @@ class PrebuiltUnavailable(Exception):
     """No usable prebuilt record (expected: e.g. another machine); load through Inductor."""
 
 
-def prebuilt_dir(artifact_path: str) -> str:
-    """``<entry>/prebuilt`` for an artifact saved as ``<entry>/artifacts/<key>/artifact.bin``."""
-    entry = os.path.dirname(os.path.dirname(os.path.dirname(artifact_path)))
-    return os.path.join(entry, PREBUILT_DIR)
-
-
 def prebuilt_path(artifact_path: str) -> str:
     """``<entry>/prebuilt/<key>.prebuilt``: one record per artifact, named by its key."""
-    key = os.path.basename(os.path.dirname(artifact_path))
-    return os.path.join(prebuilt_dir(artifact_path), key + PREBUILT_SUFFIX)
+    _, entry, _ = location.locate_artifact(artifact_path)
+    return location.extra_path(entry, record_name(artifact_path))
 
 
 def record_name(artifact_path: str) -> str:
     """The record's name as an extra file of the artifact (``prebuilt/<key>.prebuilt``)."""
-    key = os.path.basename(os.path.dirname(artifact_path))
-    return f"{PREBUILT_DIR}/{key}{PREBUILT_SUFFIX}"
+    return location.prebuilt_name(location.locate_artifact(artifact_path)[2])
 
 
 def kernel_name(sha256: str) -> str:
@@ -97,7 +91,7 @@ def kernel_name(sha256: str) -> str:
 
 def kernel_key(argtypes: Sequence[str], source: str) -> str:
     """The content key of one kernel: its argument types and C++ source."""
-    return hashlib.sha256((repr(list(argtypes)) + "\0" + source).encode()).hexdigest()
+    return content_hash((repr(list(argtypes)) + "\0" + source).encode())
 
 
 @functools.cache
@@ -116,19 +110,19 @@ def machine_fingerprint() -> str:
         platform.machine(),
         flags,
         sys.implementation.cache_tag or "",
-        torch.__version__,
+        str(torch.__version__),
     )
-    return hashlib.sha256(repr(parts).encode()).hexdigest()[:24]
+    return key_hash(*parts)
 
 
 # -- the record file ---------------------------------------------------------------
 
 
 def render_record(data: dict[str, Any]) -> str:
-    body = repr(data) + "\n"
-    ast.literal_eval(body)  # never write what could not be read back
-    digest = hashlib.sha256(body.encode()).hexdigest()
-    return f"{HEADER}# sha256 {digest}\n{body}"
+    """The text of a prebuilt record (``data``: its fields, as :func:`read_record`
+    gives them); sealed, so an edit is noticed."""
+    body = {k: v for k, v in data.items() if k not in codec.ENVELOPE + (codec.CHECK,)}
+    return codec.render(codec.convert(PrebuiltRecord, body, "a prebuilt record"))
 
 
 def read_record(path: str) -> dict[str, Any]:
@@ -141,31 +135,16 @@ def read_record(path: str) -> dict[str, Any]:
         raise PrebuiltUnavailable("no prebuilt record") from None
     except OSError as exc:
         raise StitchCacheError(f"{path} is unreadable ({exc})") from None
-    return parse_record(data, path)
+    return as_data(parse_record(data, path))
 
 
-def parse_record(data: bytes, path: str) -> dict[str, Any]:
-    """The record in ``data`` (read from ``path``)."""
+def parse_record(data: bytes, path: str) -> PrebuiltRecord:
+    """The record in ``data`` (read from ``path``); one written by another Stitch
+    is unavailable, not damaged."""
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise StitchCacheError(f"{path} is unreadable ({exc})") from None
-    header, _, rest = text.partition("\n")
-    digest_line, _, body = rest.partition("\n")
-    if header + "\n" != HEADER:
-        raise PrebuiltUnavailable(f"{path} has another format ({header[:60]!r})")
-    want = digest_line.removeprefix("# sha256 ")
-    if hashlib.sha256(body.encode()).hexdigest() != want:
-        raise StitchCacheError(f"{path} does not match its sha256")
-    try:
-        data = ast.literal_eval(body)
-    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
-        raise StitchCacheError(
-            f"{path} is not a literal ({type(exc).__name__})"
-        ) from None
-    if not isinstance(data, dict):
-        raise StitchCacheError(f"{path} is not a dict")
-    return data
+        return codec.decode(PrebuiltRecord, data, path)
+    except codec.StaleRecord as exc:
+        raise PrebuiltUnavailable(f"{path} has another format ({exc.detail})") from None
 
 
 # -- loading -----------------------------------------------------------------------
@@ -184,25 +163,15 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
         extras = open_extras(artifact_path, artifact_sha256)
     except NoExtras:
         raise PrebuiltUnavailable("no prebuilt record") from None
-    data = parse_record(extras.read(record_name(artifact_path)), path)
-    if data.get("machine") != machine_fingerprint():
+    record = parse_record(extras.read(record_name(artifact_path)), path)
+    if record.machine != machine_fingerprint():
         raise PrebuiltUnavailable(
             "built on another machine (CPU flags, Python or torch)"
         )
-    if artifact_sha256 is not None and data.get("artifact_sha256") != artifact_sha256:
+    if artifact_sha256 is not None and record.artifact_sha256 != artifact_sha256:
         # Stale, not damaged: the artifact was rewritten (and is checked on its own).
         raise PrebuiltUnavailable("made from another version of the artifact")
-    source = data.get("wrapper")
-    kernels = data.get("kernels")
-    extern = data.get("extern_kernels")
-    if (
-        not isinstance(source, str)
-        or not isinstance(kernels, dict)
-        or not isinstance(extern, dict)
-    ):
-        raise StitchCacheError(
-            f"{path} is missing its wrapper, kernels or extern kernels"
-        )
+    kernels = record.kernels
 
     def kernel(argtypes: Sequence[str], kernel_source: str) -> Any:
         entry = kernels.get(kernel_key(argtypes, kernel_source))
@@ -212,9 +181,11 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
             )
         return load_kernel(extras, entry)
 
-    filename = f"<stitch-prebuilt-{data.get('artifact_sha256', '?')[:12]}>"
+    filename = f"<stitch-prebuilt-{record.artifact_sha256[:12]}>"
     try:
-        namespace = exec_wrapper(source, filename, kernel, resolve_externs(extern))
+        namespace = exec_wrapper(
+            record.wrapper, filename, kernel, resolve_externs(record.extern_kernels)
+        )
     except (StitchCacheError, PrebuiltUnavailable):
         raise
     except Exception as exc:  # e.g. an op the pieces call is not registered here
@@ -224,7 +195,7 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
     call = namespace.get("call")
     if not callable(call):
         raise StitchCacheError(f"{path}: the wrapper defines no call()")
-    return piece_runnable(call, tuple(data.get("increment_version", ())))
+    return piece_runnable(call, tuple(record.increment_version))
 
 
 def load_kernel(extras: Extras, sha256: str) -> Any:

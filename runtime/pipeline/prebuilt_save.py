@@ -8,7 +8,6 @@ from where Inductor loaded it, never rebuilt.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -19,8 +18,8 @@ import torch
 
 from ..compat import inductor
 from ..store.extras import save_extras
+from ..store.hashing import content_hash
 from .prebuilt import (
-    PREBUILT_FORMAT,
     PrebuiltUnavailable,
     exec_wrapper,
     kernel_key,
@@ -61,7 +60,7 @@ def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
             raise PrebuiltUnavailable("a kernel's library file cannot be found")
         with open(library, "rb") as f:
             data = f.read()
-        sha = hashlib.sha256(data).hexdigest()
+        sha = content_hash(data)
         files[kernel_name(sha)] = data
         kernels[kernel_key(argtypes, kernel_source)] = sha
         return fn
@@ -73,10 +72,9 @@ def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
         source, f"<stitch-prebuilt-save-{artifact_sha256[:12]}>", kernel, resolved
     )
     record = {
-        "format": PREBUILT_FORMAT,
         "artifact_sha256": artifact_sha256,
         "machine": machine_fingerprint(),
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
         "increment_version": list(increment),
         "extern_kernels": externs,
         "kernels": kernels,

@@ -142,3 +142,31 @@ class Reference(Record, frozen=True):
         for i, const in enumerate(self.consts):
             if len(const) != 1:
                 raise ValueError(f"consts[{i}] has {len(const)} kinds, expected one")
+
+
+# -- a prebuilt piece (pipeline/prebuilt.py) ---------------------------------------
+
+# 3: a sealed codec record (kind, version, check) instead of a sha256 header.
+PREBUILT_FORMAT = 3
+
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+
+
+class PrebuiltRecord(Record, frozen=True):
+    """``prebuilt/<key>.prebuilt``: an Inductor piece's wrapper code and the
+    kernels it calls, to run without Inductor (NOTE: [prebuilt pieces])."""
+
+    KIND = "prebuilt"
+    VERSION = PREBUILT_FORMAT
+    SEALED = True
+
+    artifact_sha256: Sha256
+    # What the kernels were built for: CPU flags, Python and torch.
+    machine: str
+    torch_version: str
+    increment_version: tuple[Any, ...]
+    # Name in the wrapper -> dotted path of the function it stands for.
+    extern_kernels: dict[str, str]
+    # Kernel key (argument types and source) -> sha256 of its built library.
+    kernels: dict[str, Sha256]
+    wrapper: str
