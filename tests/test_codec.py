@@ -31,6 +31,8 @@ from stitch.runtime.store.records import (
     PrebuiltRecord,
     Reference,
     SavedDynamicInput,
+    SavedSignature,
+    SignaturesRecord,
     SavedFunction,
     SavedGraphPlan,
     SavedGraphs,
@@ -92,6 +94,15 @@ RECORDS = {
         extern_kernels={"mm": "torch.ops.aten.mm"},
         kernels={"k" * 64: SHA},
         wrapper="def call(args):\n    return args\n",
+    ),
+    "signatures": SignaturesRecord(
+        forward="m.Model.forward",
+        params=("self", "x"),
+        dims=((0,),),
+        signatures=(SavedSignature("", ({"kind": "tensor", "name": "x"},)),),
+        rejected={"abc": "x: expected 2 dims"},
+        check_sha256=SHA,
+        keywords=("cache",),
     ),
 }
 

@@ -72,7 +72,7 @@ def after_load(
     record, code = read_signatures(folder)
     try:
         sigs = tuple(
-            InputSignature.from_literal(s["inputs"]) for s in record["signatures"]
+            InputSignature.from_literal(list(s["inputs"])) for s in record["signatures"]
         )
         keywords = tuple(record.get("keywords", ()))
         spec = InputCheckSpec(

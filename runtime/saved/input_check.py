@@ -28,9 +28,7 @@ A signature compiled later is a record of its own in ``<record>.sig_<key>/``.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import hashlib
 import logging
 import os
 import re
@@ -56,7 +54,10 @@ from stitch.core.errors import StitchCacheError, StitchInputError
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 from ..config import CompilationConfig
 from ..loader import bind_kwonly, load_execution_module
+from ..store import codec
 from ..store.files import atomic_write
+from ..store.hashing import content_hash
+from ..store.records import SavedSignature, SignaturesRecord, as_data
 from ..store.trust import check_trusted
 from .call_args import CallArgs, resolve
 from .compile import compile_forward
@@ -75,7 +76,6 @@ log = logging.getLogger("stitch")
 
 CHECK_FILE = "input_check.py"
 SIGNATURES_FILE = "signatures.py"
-SIGNATURES_FORMAT = 1
 
 
 # -- the check of one saved forward -------------------------------------------------------
@@ -331,41 +331,36 @@ def write_signatures(
 ) -> None:
     """The check, then ``signatures.py`` (its presence and sha256 commit the check)."""
     atomic_write(os.path.join(folder, CHECK_FILE), code.encode("utf-8"))
-    record = {
-        "format": SIGNATURES_FORMAT,
-        "forward": spec.forward,
-        "params": list(spec.params),
-        **({"keywords": list(spec.keywords)} if spec.keywords else {}),
-        "dims": state["dims"],
-        "signatures": [
-            {"folder": f or "", "inputs": s.to_literal()}
+    record = SignaturesRecord(
+        forward=spec.forward,
+        params=tuple(spec.params),
+        keywords=tuple(spec.keywords),
+        dims=tuple(tuple(d) for d in state["dims"]),
+        signatures=tuple(
+            SavedSignature(f or "", tuple(s.to_literal()))
             for f, s in zip(folders, spec.signatures, strict=True)
-        ],
-        "rejected": dict(sorted(state["rejected"].items())),
-        "check_sha256": hashlib.sha256(code.encode("utf-8")).hexdigest(),
-    }
-    text = repr(record) + "\n"
-    ast.literal_eval(text)
-    atomic_write(os.path.join(folder, SIGNATURES_FILE), text.encode("utf-8"))
+        ),
+        rejected=dict(sorted(state["rejected"].items())),
+        check_sha256=content_hash(code.encode("utf-8")),
+    )
+    atomic_write(os.path.join(folder, SIGNATURES_FILE), codec.encode(record))
 
 
 def read_signatures(folder: str) -> tuple[dict[str, Any], str]:
-    """``signatures.py`` and the check it pins; StaleRecord when there is none."""
+    """``signatures.py`` (as plain data) and the check it pins; StaleRecord when
+    there is none; :class:`RecordError` naming a bad field."""
     root = cache_root_of(folder)
     paths = [os.path.join(folder, n) for n in (SIGNATURES_FILE, CHECK_FILE)]
     for path in paths:
         check_trusted(path, root)
     try:
-        with open(paths[0], encoding="utf-8") as f:
-            record = ast.literal_eval(f.read())
+        with open(paths[0], "rb") as f:
+            data = f.read()
         with open(paths[1], encoding="utf-8") as f:
             code = f.read()
     except FileNotFoundError:
         raise StaleRecord("it has no input check") from None
-    except (SyntaxError, ValueError) as exc:
-        raise StitchCacheError(f"{paths[0]} is not a literal ({exc})") from None
-    if not isinstance(record, dict) or record.get("format") != SIGNATURES_FORMAT:
-        raise StitchCacheError(f"{paths[0]} has an unknown format")
-    if hashlib.sha256(code.encode("utf-8")).hexdigest() != record.get("check_sha256"):
+    record = codec.decode(SignaturesRecord, data, paths[0])
+    if content_hash(code.encode("utf-8")) != record.check_sha256:
         raise StitchCacheError(f"{paths[1]} does not match its sha256")
-    return record, code
+    return as_data(record), code

@@ -63,6 +63,8 @@ def as_data(value: Any) -> Any:
         return {f: as_data(getattr(value, f)) for f in value.__struct_fields__}
     if isinstance(value, dict):
         return {k: as_data(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(as_data(v) for v in value)
     return value
 
 
@@ -170,3 +172,34 @@ class PrebuiltRecord(Record, frozen=True):
     # Kernel key (argument types and source) -> sha256 of its built library.
     kernels: dict[str, Sha256]
     wrapper: str
+
+
+# -- a saved forward's input signatures (saved/input_check.py) -----------------------
+
+# 2: the codec's envelope (kind, version).
+SIGNATURES_FORMAT = 2
+
+
+class SavedSignature(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One signature: the folder of its saved forward ("" for the first) and
+    its inputs (codegen's ``InputSignature.to_literal``, checked by its reader)."""
+
+    folder: str
+    inputs: tuple[dict[str, Any], ...]
+
+
+class SignaturesRecord(Record, frozen=True):
+    """``signatures.py``: the signatures a saved forward's input check was
+    generated from, and the sha256 of that check (``input_check.py``)."""
+
+    KIND = "signatures"
+    VERSION = SIGNATURES_FORMAT
+
+    forward: str
+    params: tuple[str, ...]
+    dims: tuple[tuple[Annotated[int, msgspec.Meta(ge=0)], ...], ...]
+    signatures: tuple[SavedSignature, ...]
+    # Input shapes whose compile failed -> the error the check raises for them.
+    rejected: dict[str, str]
+    check_sha256: Sha256
+    keywords: tuple[str, ...] = ()
