@@ -10,6 +10,7 @@ import pprint
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from stitch.runtime.cli.main_job import inspect_cache
@@ -31,11 +32,11 @@ from stitch.runtime.store.records import (
     PrebuiltRecord,
     Reference,
     SavedDynamicInput,
-    SavedSignature,
-    SignaturesRecord,
     SavedFunction,
     SavedGraphPlan,
     SavedGraphs,
+    SavedSignature,
+    SignaturesRecord,
 )
 
 KEY = "0123456789abcdef01234567"
@@ -192,3 +193,25 @@ def test_inspect_reports_a_broken_saved_forward(tmp_path: Path) -> None:
     out = io.StringIO()
     assert inspect_cache(str(root), out) == 1
     assert f"{path}: field function.light: expected bool" in out.getvalue()
+
+
+def test_inspect_checks_the_reference_and_signatures_a_saved_forward_holds(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "cache"
+    folder = Path(aot_folder(str(root), "k" * 24, 0))
+    make_private_dirs(str(folder), str(root))
+    path = Path(aot_record_file(str(folder)))
+    reference = codec.to_literal(RECORDS["reference"])
+    aot = msgspec.structs.replace(
+        RECORDS["aot"], stitched={**reference, "entry": "../../elsewhere"}
+    )
+    path.write_bytes(codec.encode(aot))
+    path.chmod(0o600)
+    (folder / "signatures.py").write_text("{'kind': 'signatures', 'version': 2}\n")
+    (folder / "signatures.py").chmod(0o600)
+    out = io.StringIO()
+    assert inspect_cache(str(root), out) == 1
+    text = out.getvalue()
+    assert f"{path}: field stitched: field entry: expected str matching" in text
+    assert f"{folder / 'signatures.py'}: field forward: is missing" in text

@@ -54,7 +54,7 @@ from stitch.core.errors import StitchCacheError, StitchInputError
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 from ..config import CompilationConfig
 from ..loader import bind_kwonly, load_execution_module
-from ..store import codec
+from ..store import codec, location
 from ..store.files import atomic_write
 from ..store.hashing import content_hash
 from ..store.records import SavedSignature, SignaturesRecord, as_data
@@ -74,8 +74,8 @@ from .signature import (
 
 log = logging.getLogger("stitch")
 
-CHECK_FILE = "input_check.py"
-SIGNATURES_FILE = "signatures.py"
+CHECK_FILE = location.AOT_CHECK_FILE
+SIGNATURES_FILE = location.AOT_SIGNATURES_FILE
 
 
 # -- the check of one saved forward -------------------------------------------------------

@@ -39,12 +39,14 @@ from .index import Count, Key, Sha256
 from .location import (
     EXTRAS_FILE,
     PREBUILT_DIR,
+    PREBUILT_SUFFIX,
     artifact_file,
     extra_path,
     extras_file,
     locate_artifact,
     lock_file,
 )
+from .records import PrebuiltRecord
 from .trust import check_trusted
 
 __all__ = ["EXTRAS_FILE"]
@@ -286,6 +288,17 @@ def inspect_extras(
     for name, want in sorted(record.files.items()):
         path = extra_path(entry, name)
         problem = file_problem(path, want)
+        if problem is None and name.endswith(PREBUILT_SUFFIX):
+            problem = _record_problem(path)
         if problem is not None:
             problems.append((path, problem))
     return set(record.files), problems
+
+
+def _record_problem(path: str) -> str | None:
+    """Whether a listed prebuilt record decodes (its bytes matched the list)."""
+    try:
+        codec.read(PrebuiltRecord, path)
+    except RecordError as exc:
+        return exc.detail
+    return None

@@ -35,6 +35,9 @@ AOT_RECORD_FILE = "function.py"
 # The side files a saved forward's record names (runtime/saved/ writes them).
 AOT_BYTECODE_FILE = "forward.bytecode"
 AOT_TORCH_FILE = "torch_function.bin"
+# A saved forward's input check, and the signatures it was generated from.
+AOT_CHECK_FILE = "input_check.py"
+AOT_SIGNATURES_FILE = "signatures.py"
 
 
 def stitch_version() -> str:

@@ -28,7 +28,7 @@ from .location import (
     PREBUILT_DIR,
     entry_key,
 )
-from .records import AOTRecord
+from .records import AOTRecord, Reference, SignaturesRecord
 from .trust import trust_problem
 
 
@@ -251,6 +251,16 @@ def inspect_aot(folder: str) -> list[str]:
         record = codec.read(AOTRecord, path)
     except (RecordError, OSError) as exc:
         return [str(exc) if isinstance(exc, RecordError) else f"{path}: {exc}"]
+    try:
+        codec.decode(Reference, record.stitched, f"{path}: field stitched")
+    except RecordError as exc:
+        problems.append(str(exc))
+    signatures = os.path.join(folder, location.AOT_SIGNATURES_FILE)
+    if os.path.exists(signatures):
+        try:
+            codec.read(SignaturesRecord, signatures)
+        except (RecordError, OSError) as exc:
+            problems.append(str(exc))
     sides = [
         (location.AOT_BYTECODE_FILE, record.function.bytecode_sha256),
         (location.AOT_TORCH_FILE, record.torch_function_sha256),
