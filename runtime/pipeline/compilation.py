@@ -9,7 +9,6 @@ next one reads; the call's result is one :class:`CompiledModel`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import time
@@ -34,6 +33,7 @@ from ..size import find_size, hoisted_input
 from ..store.cache import CompileCache
 from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, trace_source, write_debug_dump
+from ..store.hashing import content_hash
 from ..store.index import EntryRecord, PieceRecord
 from .artifact_source import ArtifactSource, Piece
 from .compilers import on_cpu
@@ -201,7 +201,7 @@ class Compilation:
 
     def open_cache(self, fake_inputs: list[Any]) -> tuple[str, CompileCache | None]:
         text = graph_hash(self.gm) + "".join(describe_example(v) for v in fake_inputs)
-        graph_key = hashlib.sha256(text.encode()).hexdigest()
+        graph_key = content_hash(text.encode())
         # NOTE: [the guards a backend call adds are part of its cache entry]
         # (compat/shapes.py): the key is taken before anything here can add any.
         self.entry_guards = EntryGuards(shape_env_of(fake_inputs))

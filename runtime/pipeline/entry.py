@@ -8,13 +8,13 @@ with those guards, and so on.  Almost every graph has one entry with no guards.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import Any
 
 from ..compat.shapes import added_guards, check_guards, guard_mark, install_guards
 from ..config import CompilationConfig
 from ..store.cache import CompileCache
+from ..store.hashing import content_hash
 
 log = logging.getLogger("stitch")
 
@@ -48,9 +48,9 @@ def open_entry(
         log.debug(
             "stitch: cache entry %s is not for this call: %s", cache.directory, why
         )
-        key = hashlib.sha256(f"{key}|{'|'.join(guards)}".encode()).hexdigest()
+        key = content_hash(f"{key}|{'|'.join(guards)}".encode())
         if group:  # the next entry of the chain needs a folder of its own too
-            group = hashlib.sha256(f"{group}|{'|'.join(guards)}".encode()).hexdigest()
+            group = content_hash(f"{group}|{'|'.join(guards)}".encode())
     log.warning(
         "stitch: graph %s has %d cache entries for other sizes; compiling it "
         "without the cache",

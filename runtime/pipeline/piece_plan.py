@@ -9,7 +9,6 @@ split graph (:func:`piece_inputs`) on a cold start, or from the cache index.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -23,6 +22,7 @@ from stitch.codegen.fingerprint import string_constants
 from ..compat.fake import FakeTensorMode, fake_mode_of, propagating
 from ..compat.shapes import size_bounds
 from ..config import CompilationConfig
+from ..store.hashing import key_hash
 from ..targets import Target, targets_for
 from .piecewise import other_sizes
 
@@ -180,7 +180,7 @@ def reachable(targets: list[Target], size: Any, name: str) -> list[Target]:
 
 
 def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    return key_hash(text)
 
 
 def piece_inputs(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import builtins
 import contextlib
-import hashlib
 import logging
 import marshal
 import types
@@ -24,6 +23,7 @@ from ..compat import dynamo
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import StitchBackend, StitchFunction, parse_reference
+from ..store.hashing import content_hash
 from .call_args import CallArgs
 from .load import BYTECODE_FILE, TORCH_FILE, build_forward
 from .record import (
@@ -175,7 +175,7 @@ def compile_and_save(
         files[TORCH_FILE] = torch_data
     if not why_not_light:
         files[BYTECODE_FILE] = marshal.dumps(env.bytecode)
-        function["bytecode_sha256"] = hashlib.sha256(files[BYTECODE_FILE]).hexdigest()
+        function["bytecode_sha256"] = content_hash(files[BYTECODE_FILE])
     else:
         log.info(
             "stitch aot: %s loads through torch's loader: %s",
@@ -189,9 +189,7 @@ def compile_and_save(
         "code": traced_code(artifacts.source_info.inlined_sources),
         "function": function,
         "stitched": reference,
-        "torch_function_sha256": (
-            hashlib.sha256(torch_data).hexdigest() if torch_data else None
-        ),
+        "torch_function_sha256": (content_hash(torch_data) if torch_data else None),
     }
     try:
         write_record(folder, record, files)

@@ -16,7 +16,6 @@ ever runs a half-loaded function.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import logging
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from ..pipeline.api import (
     parse_reference,
     start_inductor_warmup,
 )
+from ..store.hashing import content_hash
 from .config import env_fields, stitch_cache_root, stitch_config, vllm_splitting_ops
 from .logs import join_vllm_logging
 
@@ -170,7 +170,7 @@ def cache_group(vllm_config: Any, gm: fx.GraphModule) -> str:
         if n.op == "placeholder" and not isinstance(example_value(n), torch.SymInt)
     ]
     text = f"vllm {compute_hash()} {names}"
-    return hashlib.sha256(text.encode()).hexdigest()
+    return content_hash(text.encode())
 
 
 def _current() -> Any:
