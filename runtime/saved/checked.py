@@ -20,7 +20,6 @@ from stitch.core.errors import StitchCacheError, StitchError
 from ..config import CompilationConfig
 from ..pipeline.api import GraphInput
 from .call_args import CallArgs
-from .compile import compile_forward
 from .input_check import (
     CHECK_FILE,
     SIGNATURES_FILE,
@@ -128,17 +127,7 @@ class LazyForward:
             self.index,
             exc,
         )
-        dims = first_dims(check, args)
-        forward, _, _ = compile_forward(
-            check.model,
-            args,
-            dims,
-            check.config,
-            check.cudagraphs,
-            folder,
-            factors(check.config, args, dims),
-            fallback=False,
-        )
+        forward, _, _ = check.compile_signature(args, first_dims(check, args), folder)
         return unbound(forward)
 
     def _load(self, args: Sequence[Any]) -> Any:

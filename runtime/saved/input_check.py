@@ -234,16 +234,7 @@ class InputCheck:
             shown,
         )
         try:
-            forward, saved, backend = compile_forward(
-                self.model,
-                args,
-                dims,
-                self.config,
-                self.cudagraphs,
-                folder,
-                factors(self.config, args, dims),
-                fallback=False,
-            )
+            forward, saved, backend = self.compile_signature(args, dims, folder)
         except Exception as exc:  # noqa: BLE001 - the trace rejects what eager rejects
             message = (
                 f"{self.spec.forward}: {closest[0]}; compiling the model for these "
@@ -263,6 +254,22 @@ class InputCheck:
         # out of range, say) is still refused before a kernel runs.
         assert self.function is not None
         return call(self.function, model, args)
+
+    def compile_signature(
+        self, args: Sequence[Any], dims: Sequence[Sequence[int]], folder: str | None
+    ) -> tuple[Any, str | None, Any]:
+        """Compile (and save to ``folder``) the forward for ``args``; raises what
+        the trace raises (no Dynamo-entered fallback)."""
+        return compile_forward(
+            self.model,
+            args,
+            dims,
+            self.config,
+            self.cudagraphs,
+            folder,
+            factors(self.config, args, dims),
+            fallback=False,
+        )
 
     def _save(self) -> None:
         """Generate the check again, write it and ``signatures.py`` (when saved), load it."""
