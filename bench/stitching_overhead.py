@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import operator
+import os
 import platform
 import statistics
 import sys
@@ -54,118 +54,21 @@ from stitch.codegen import SplitItem, generate_execution_code, split_graph
 from stitch.runtime import compile_execution_fn
 from stitch.runtime.tables import markdown_table
 
-OP_NAMESPACE = "stitchbench"
-OP_NAME = f"{OP_NAMESPACE}::attn"
-HIDDEN = 8  # tiny tensors: the pieces' work is not what is measured
-TOKENS = 2
-LAYER_WEIGHTS = ("norm1", "qkv", "o", "norm2", "mlp")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stitching_floor import compile_floor, floor_source  # noqa: E402, F401
+from stitching_graph import (  # noqa: E402, F401
+    HIDDEN,
+    LAYER_WEIGHTS,
+    OP_NAME,
+    OP_NAMESPACE,
+    TOKENS,
+    build_graph,
+    example_inputs,
+    make_attention_python,
+    register_attention_op,
+)
+
 VARIANTS = ("fx.Interpreter", "FX split_gm", "emitted", "floor calls", "floor inline")
-
-
-# -- the attention op ---------------------------------------------------------------
-
-
-def _attention_kernel(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
-) -> None:
-    """Kernel of ``stitchbench::attn``: returns at once (only dispatch is timed)."""
-    return None
-
-
-def make_attention_python() -> Callable[..., None]:
-    """The ``--attention python`` stand-in for the op: a plain function.
-
-    It is made in a function so that no import path names it: the emitted code
-    then reads it from its constants table whether this file runs as a script
-    or is imported.
-    """
-
-    def attention_python(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor
-    ) -> None:
-        return None
-
-    return attention_python
-
-
-def register_attention_op() -> torch.library.Library | None:
-    """Define ``stitchbench::attn`` unless already defined; keep the result alive.
-
-    Registered with ``torch.library.Library.impl`` as serving stacks register
-    their attention ops.  (``torch.library.custom_op`` adds a Python wrapper that
-    costs several microseconds a call, which would swamp what is measured here.)
-    """
-    if hasattr(getattr(torch.ops, OP_NAMESPACE), "attn"):
-        return None
-    lib = torch.library.Library(OP_NAMESPACE, "FRAGMENT")
-    lib.define("attn(Tensor q, Tensor k, Tensor v, Tensor(a!) out) -> ()")
-    lib.impl("attn", _attention_kernel, "CompositeExplicitAutograd")
-    return lib
-
-
-# -- the model graph ----------------------------------------------------------------
-
-
-def build_graph(num_layers: int) -> fx.GraphModule:
-    """A decoder-shaped graph with Dynamo-style lifted weights as placeholders.
-
-    Between two attention ops sit the previous layer's o-proj, residual add,
-    norm and MLP and the next layer's norm and qkv projection, so a middle piece
-    takes 8 inputs and returns 5 values (q, k, v, the attention output buffer
-    and the residual), as in a served llama.  The op writes into ``out``, which
-    the piece before allocates, like vLLM's ``unified_attention_with_output``.
-    """
-    if num_layers < 1:
-        raise ValueError(f"num_layers={num_layers} must be at least 1")
-    aten = torch.ops.aten
-    attn = getattr(torch.ops, OP_NAMESPACE).attn.default
-    g = fx.Graph()
-    x = g.placeholder("hidden_states")
-    positions = g.placeholder("positions")
-
-    weights = [
-        {key: g.placeholder(f"layers_{i}_{key}") for key in LAYER_WEIGHTS}
-        for i in range(num_layers)
-    ]
-    final_norm = g.placeholder("norm")
-
-    def after_attention(out: fx.Node, residual: fx.Node, w: dict) -> fx.Node:
-        h = g.call_function(aten.mm.default, (out, w["o"]))
-        residual = g.call_function(aten.add.Tensor, (h, residual))
-        h = g.call_function(aten.mul.Tensor, (residual, w["norm2"]))
-        h = g.call_function(aten.mm.default, (h, w["mlp"]))
-        return g.call_function(aten.add.Tensor, (h, residual))
-
-    residual = x
-    out = x  # replaced by the first layer's attention buffer
-    for i, w in enumerate(weights):
-        if i:
-            residual = after_attention(out, residual, weights[i - 1])
-        h = g.call_function(aten.mul.Tensor, (residual, w["norm1"]))
-        h = g.call_function(aten.add.Tensor, (h, positions))
-        q = g.call_function(aten.mm.default, (h, w["qkv"]))
-        k = g.call_function(aten.mul.Tensor, (q, 2.0))
-        v = g.call_function(aten.mul.Tensor, (q, 3.0))
-        out = g.call_function(aten.empty_like.default, (q,))
-        g.call_function(attn, (q, k, v, out))
-    residual = after_attention(out, residual, weights[-1])
-    h = g.call_function(aten.mul.Tensor, (residual, final_norm))
-    g.output(h)
-    return fx.GraphModule(torch.nn.Module(), g)
-
-
-def example_inputs(num_layers: int) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen)
-
-    inputs = [rand(TOKENS, HIDDEN), rand(TOKENS, 1)]
-    for _ in range(num_layers):
-        inputs += [rand(HIDDEN), rand(HIDDEN, HIDDEN), rand(HIDDEN, HIDDEN)]
-        inputs += [rand(HIDDEN), rand(HIDDEN, HIDDEN)]
-    inputs.append(rand(HIDDEN))
-    return inputs
 
 
 # -- do-nothing pieces ----------------------------------------------------------------
@@ -228,151 +131,6 @@ def retarget_attention(split_gm: fx.GraphModule, target: Callable[..., Any]) -> 
                 changed = True
         if changed:
             module.recompile()
-
-
-# -- the floor ------------------------------------------------------------------------
-
-
-class _FloorWriter:
-    """Writes the straight-line function a person would write for ``split_gm``."""
-
-    def __init__(self, split_gm: fx.GraphModule, inline_attention: bool = True) -> None:
-        self.split_gm = split_gm
-        self.inline_attention = inline_attention
-        self.globals: dict[str, Any] = {}
-        self._global_ids: dict[int, str] = {}
-        self.lines: list[str] = []
-        self.params: list[str] = []
-        self._count = 0
-
-    def fresh(self) -> str:
-        self._count += 1
-        return f"v{self._count}"
-
-    def bind(self, obj: Any, prefix: str) -> str:
-        if id(obj) not in self._global_ids:
-            name = f"{prefix}{len(self._global_ids)}"
-            self._global_ids[id(obj)] = name
-            self.globals[name] = obj
-        return self._global_ids[id(obj)]
-
-    def render(self, value: Any, env: dict[fx.Node, str]) -> str:
-        if isinstance(value, fx.Node):
-            return env[value]
-        if isinstance(value, (tuple, list)):
-            inner = ", ".join(self.render(v, env) for v in value)
-            if isinstance(value, list):
-                return f"[{inner}]"
-            return f"({inner},)" if len(value) == 1 else f"({inner})"
-        if value is None or type(value) in (bool, int, float, str):
-            return repr(value)
-        return self.bind(value, "_const")
-
-    def write(self) -> str:
-        env: dict[fx.Node, str] = {}
-        for node in self.split_gm.graph.nodes:
-            if node.op == "placeholder":
-                env[node] = self.fresh()
-                self.params.append(env[node])
-            elif node.op == "get_attr":
-                env[node] = self.bind(getattr(self.split_gm, node.target), "_const")
-            elif node.op == "call_module":
-                self._piece(node, env)
-            elif node.op == "call_function" and node.target is operator.getitem:
-                continue  # unpacked at the call (see _piece)
-            elif node.op == "output":
-                self.lines.append(f"return {self.render(node.args[0], env)}")
-            else:
-                raise ValueError(f"unexpected top-level node {node.format_node()}")
-        body = "\n".join(f"    {line}" for line in self.lines)
-        return f"def floor_fn({', '.join(self.params)}):\n{body}\n"
-
-    def _piece(self, node: fx.Node, env: dict[fx.Node, str]) -> None:
-        args = ", ".join(self.render(a, env) for a in node.args)
-        module = self.split_gm._modules[node.target]
-        installed = self.split_gm.__dict__.get(node.target)
-        if installed is None and not self.inline_attention:
-            # "floor (calls)": the attention piece is called like any other
-            # callable, through its GraphModule's forward (one frame per piece).
-            installed = module.forward
-        if installed is not None:
-            # A compiled piece: call the very callable every variant calls.
-            call = f"{self.bind(installed, '_piece')}({args})"
-            output = next(n for n in module.graph.nodes if n.op == "output")
-            returned = output.args[0]
-            if isinstance(returned, (tuple, list)) and not returned:
-                self.lines.append(call)
-            elif isinstance(returned, (tuple, list)):
-                by_index = {
-                    u.args[1]: u for u in node.users if u.target is operator.getitem
-                }
-                names = []
-                for index in range(len(returned)):
-                    user = by_index.get(index)
-                    names.append(self._name(user, env) if user is not None else "_")
-                targets = ", ".join(names) + ("," if len(names) == 1 else "")
-                self.lines.append(f"{targets} = {call}")
-            elif node.users:
-                self.lines.append(f"{self._name(node, env)} = {call}")
-            else:
-                self.lines.append(call)
-            return
-        # NOTE: [the floor inlines the attention pieces' ops]
-        # The floor runs the attention piece's ops inline, with each target bound
-        # to a global name: the same work as GraphModule.forward, without its
-        # frame or the attribute walk to ``torch.ops.<ns>.<op>.<overload>``.  That
-        # is the least any stitching can do, so it is the strictest floor.
-        inner: dict[fx.Node, str] = {}
-        placeholders = [n for n in module.graph.nodes if n.op == "placeholder"]
-        for ph, arg in zip(placeholders, node.args, strict=False):
-            inner[ph] = self.render(arg, env)
-        for n in module.graph.nodes:
-            if n.op in ("call_function", "call_method"):
-                if n.op == "call_method":
-                    fn = f"{self.render(n.args[0], inner)}.{n.target}"
-                    call_args = n.args[1:]
-                else:
-                    fn = self.bind(n.target, "_op")
-                    call_args = n.args
-                parts = [self.render(a, inner) for a in call_args]
-                parts += [f"{k}={self.render(v, inner)}" for k, v in n.kwargs.items()]
-                call = f"{fn}({', '.join(parts)})"
-                if n.users:
-                    inner[n] = self.fresh()
-                    self.lines.append(f"{inner[n]} = {call}")
-                else:
-                    self.lines.append(call)
-            elif n.op == "output":
-                returned = n.args[0]
-                for user in node.users:
-                    if user.target is operator.getitem:
-                        env[user] = self.render(returned[user.args[1]], inner)
-                    else:
-                        env[user] = self.render(returned, inner)
-            elif n.op != "placeholder":
-                raise ValueError(f"unexpected node in a piece: {n.format_node()}")
-
-    def _name(self, node: fx.Node, env: dict[fx.Node, str]) -> str:
-        if not node.users:
-            return "_"
-        env[node] = self.fresh()
-        return env[node]
-
-
-def floor_source(
-    split_gm: fx.GraphModule, inline_attention: bool = True
-) -> tuple[str, dict[str, Any]]:
-    """Source of the hand-written straight-line function and the globals it reads."""
-    writer = _FloorWriter(split_gm, inline_attention)
-    return writer.write(), writer.globals
-
-
-def compile_floor(
-    split_gm: fx.GraphModule, inline_attention: bool = True
-) -> Callable[..., Any]:
-    source, namespace = floor_source(split_gm, inline_attention)
-    exec(compile(source, "<stitching-floor>", "exec"), namespace)  # noqa: S102
-    return namespace["floor_fn"]
 
 
 # -- the measurement ------------------------------------------------------------------
