@@ -1,0 +1,335 @@
+"""The variants, model subjects and preparation of bench/gpu_serving.py (timing included)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from vllm_style import VllmStyleManager
+
+from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
+from stitch.runtime.cudagraph import CUDAGraphManager, EmulatedGraphOps
+from stitch.runtime.examples import LlamaConfig, LlamaModel
+
+VARIANTS = (
+    "eager",
+    "compile",
+    "compile-ro",
+    "stitch-vllm",
+    "stitch-piecewise",
+    "stitch-full",
+    "stitch-fp",
+)
+STITCH_MODES: dict[str, dict[str, Any]] = {
+    "stitch-vllm": {"cudagraph_mode": "PIECEWISE"},  # with VllmStyleManager
+    "stitch-piecewise": {"cudagraph_mode": "PIECEWISE"},
+    "stitch-full": {"cudagraph_mode": "FULL"},
+    "stitch-fp": {"cudagraph_mode": "FULL_AND_PIECEWISE"},
+}
+# vLLM's default capture sizes: 1, 2, 4, then every multiple of 8 up to 512.
+CAPTURE_SIZES = [1, 2, 4, *range(8, 513, 8)]
+NO_GUARDS = {"guard_filter_fn": lambda entries: [False] * len(entries)}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class NullGraphOps(EmulatedGraphOps):
+    """Graphs whose replay does nothing (``--host-only``)."""
+
+    class Graph:
+        def replay(self) -> None:
+            pass
+
+    def capture(self, fn: Callable[..., Any], args: Sequence[Any], **_: Any) -> Any:
+        return self.Graph(), fn(*args)
+
+
+def null_attention_kernel() -> torch.library.Library:
+    """``stitch::attention`` on CPU returns at once (``--host-only``); keep the result."""
+    lib = torch.library.Library("stitch", "IMPL")
+    lib.impl("attention", lambda *args: None, "CPU")
+    return lib
+
+
+# -- timing -------------------------------------------------------------------------------
+class Clock:
+    """CUDA events on a GPU, wall time elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def latency_us(self, fn: Callable[[], Any], iters: int) -> float:
+        times = []
+        for _ in range(iters):
+            self.sync()
+            if self.cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) * 1e3)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e6)
+        return statistics.median(times)
+
+    def host_us(self, fn: Callable[[], Any], iters: int) -> tuple[float, float]:
+        """The median and the 10th percentile of one call's host time."""
+        times = []
+        for _ in range(iters):
+            self.sync()  # an idle GPU: the launches never wait for it
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e6)
+        self.sync()
+        # NOTE: [host time's low percentile]
+        # Other work on the machine only ever adds to a call's host time; on the
+        # GPU machine the same forward's median moved by hundreds of µs from one
+        # run to the next (and once between batch 1 and 8 of one run), while the
+        # profiler counted the same CPU time.  The 10th percentile is what the
+        # call itself costs; the report gives both.
+        p10 = statistics.quantiles(times, n=10)[0] if len(times) > 1 else times[0]
+        return statistics.median(times), p10
+
+    def back_to_back_us(self, fn: Callable[[], Any], iters: int) -> float:
+        self.sync()
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        self.sync()
+        return (time.perf_counter() - t0) / iters * 1e6
+
+
+# -- the model ----------------------------------------------------------------------------
+def build_model(cfg: LlamaConfig, device: torch.device) -> LlamaModel:
+    """Random weights, created on the device (the caches are several GB)."""
+    with torch.device(device):
+        model = LlamaModel(cfg)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 1.0 / math.sqrt(param.shape[-1]), generator=gen)
+    return model.to(cfg.dtype).eval()
+
+
+@dataclasses.dataclass
+class Subject:
+    """The model served, and what the benchmark needs to know of it."""
+
+    model: torch.nn.Module
+    inputs: Callable[[int, int], tuple[tuple[Any, ...], dict[str, Any]]]  # (n, seed)
+    caches: list[torch.Tensor]  # k0, v0, k1, v1, ...: one attention call per pair
+    heads: int
+    head_dim: int
+    hidden: int
+    dtype: torch.dtype
+    pad_values: dict[str, float]
+    description: dict[str, str]
+
+    def call(self, forward: Callable[..., Any], n: int, seed: int) -> Any:
+        args, kwargs = self.inputs(n, seed)
+        return forward(*args, **kwargs)
+
+
+def example_subject(cfg: LlamaConfig, device: torch.device) -> Subject:
+    model = build_model(cfg, device)
+    caches = [
+        c
+        for layer in model.layers
+        for c in (layer.self_attn.k_cache, layer.self_attn.v_cache)
+    ]
+    return Subject(
+        model,
+        lambda n, seed: (make_inputs(cfg, n, device, seed), {}),
+        caches,
+        cfg.num_heads,
+        cfg.head_dim,
+        cfg.hidden_size,
+        cfg.dtype,
+        {"positions": -1},
+        {
+            "model": "the example llama",
+            **{k: str(v) for k, v in dataclasses.asdict(cfg).items()},
+        },
+    )
+
+
+def hf_subject(cfg: LlamaConfig, device: torch.device) -> Subject:
+    """transformers' LlamaForCausalLM, attn_implementation="stitch", token layout."""
+    from stitch.runtime.hf.serving import (
+        PAD_VALUES,
+        build_serving_llama,
+        kv_caches,
+        serving_inputs,
+    )
+
+    model = build_serving_llama(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        num_kv_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_seqs=cfg.max_seqs,
+        max_len=cfg.max_len,
+        dtype=cfg.dtype,
+        device=device,
+        seed=0,
+    )
+
+    def inputs(n: int, seed: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        kwargs = serving_inputs(model, n, seed=seed)
+        torch._dynamo.mark_dynamic(kwargs["input_ids"], 0)
+        torch._dynamo.mark_dynamic(kwargs["position_ids"], 0)
+        return (), kwargs
+
+    import transformers
+
+    return Subject(
+        model,
+        inputs,
+        kv_caches(model),
+        cfg.num_heads,
+        cfg.head_dim,
+        cfg.hidden_size,
+        cfg.dtype,
+        dict(PAD_VALUES),
+        {
+            "model": f"transformers {transformers.__version__} LlamaForCausalLM, "
+            'attn_implementation="stitch"',
+            **{k: str(v) for k, v in dataclasses.asdict(cfg).items()},
+        },
+    )
+
+
+def make_inputs(
+    cfg: LlamaConfig, n: int, device: torch.device, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, cfg.vocab_size, (n,), generator=gen).to(device)
+    positions = torch.randint(0, cfg.max_len, (n,), generator=gen).to(device)
+    torch._dynamo.mark_dynamic(ids, 0)
+    torch._dynamo.mark_dynamic(positions, 0)
+    return ids, positions
+
+
+@dataclasses.dataclass
+class Prepared:
+    forward: Callable[..., Any]
+    compile_s: float = 0.0
+    capture_s: float = 0.0
+    graph_mib: float = 0.0
+    graphs: int = 0
+    note: str = ""
+    largest_mib: float = 0.0  # the graphs of the largest capture size alone
+
+
+def _reserved_mib() -> float:
+    return torch.cuda.memory_reserved() / 2**20 if torch.cuda.is_available() else 0.0
+
+
+def prepare(
+    variant: str,
+    subject: Subject,
+    args: argparse.Namespace,
+    device: torch.device,
+    clock: Clock,
+) -> Prepared:
+    """Compile (and capture) one variant; first calls at every size happen here."""
+    model = subject.model
+    torch._dynamo.reset()
+    sizes = args.decode + [args.prefill]
+    first = max(args.decode)
+    if variant == "eager":
+        return Prepared(model)
+    start = time.perf_counter()
+    if variant in ("compile", "compile-ro"):
+        options: dict[str, Any] = dict(NO_GUARDS)
+        if variant == "compile-ro":
+            options["triton.cudagraphs"] = True
+        forward = torch.compile(model, fullgraph=True, options=options)
+        subject.call(forward, first, 0)
+        clock.sync()
+        compile_s = time.perf_counter() - start
+        gc.collect()
+        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        before = _reserved_mib()
+        start = time.perf_counter()
+        for n in sorted(sizes, reverse=True):  # Inductor records per size
+            for _ in range(3):
+                subject.call(forward, n, 1)
+        clock.sync()
+        skips = torch._dynamo.utils.counters["inductor"].get("cudagraph_skips", 0)
+        return Prepared(
+            forward,
+            compile_s,
+            time.perf_counter() - start if variant == "compile-ro" else 0.0,
+            _reserved_mib() - before if variant == "compile-ro" else 0.0,
+            note=f"cudagraph skips: {skips}" if variant == "compile-ro" else "",
+        )
+    config = CompilationConfig(
+        backend=args.stitch_backend,
+        disable_cache=True,
+        cudagraph_capture_sizes=args.capture_sizes,
+        cudagraph_pad_values=subject.pad_values,
+        **STITCH_MODES[variant],
+        **(
+            {"max_full_cudagraph_size": args.max_full} if variant == "stitch-fp" else {}
+        ),
+    )
+    manager = VllmStyleManager if variant == "stitch-vllm" else CUDAGraphManager
+    ops = None
+    if args.emulate or args.host_only:
+        ops = NullGraphOps() if args.host_only else EmulatedGraphOps()
+    backend = StitchBackend(config, cudagraphs=manager(config, ops=ops))
+    forward = torch.compile(
+        model, backend=backend, fullgraph=True, options=dict(NO_GUARDS)
+    )
+    subject.call(forward, first, 0)
+    clock.sync()
+    compile_s = time.perf_counter() - start
+    gc.collect()
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    before, captured = _reserved_mib(), compilation_counter.num_cudagraph_captured
+
+    def dummy(n: int) -> None:
+        subject.call(forward, n, 2)
+
+    start = time.perf_counter()
+    # Largest first (as capture_sizes orders them): what the largest size's
+    # graphs reserve alone, then what all sizes reserve together.
+    backend.cudagraphs.capture_sizes(dummy, [max(args.capture_sizes)])
+    clock.sync()
+    largest_mib = _reserved_mib() - before
+    backend.cudagraphs.capture_sizes(dummy)
+    clock.sync()
+    capture_s = time.perf_counter() - start
+    graphs = compilation_counter.num_cudagraph_captured - captured
+    note = "" if backend.cudagraphs.runners else "no CUDA graphs (not a CUDA device?)"
+    # Serving never captures: a capture now would be a bug of the runtime.
+    backend.cudagraphs.forbid_capture()
+    return Prepared(
+        forward,
+        compile_s,
+        capture_s,
+        _reserved_mib() - before,
+        graphs,
+        note,
+        largest_mib,
+    )

@@ -1,0 +1,185 @@
+"""The report of bench/gpu_serving.py: the tables and the targets, from its results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stitch.runtime.tables import markdown_table
+
+
+# -- the report ------------------------------------------------------------------------------
+def overhead_us(
+    results: dict[str, Any], variant: str, n: int, p10: bool = False
+) -> float | None:
+    """Host time minus the floor: one attention call per layer, one replay per graph
+    (``p10``: both at their 10th percentile, NOTE: [host time's low percentile])."""
+    unit = "_p10_us" if p10 else "_us"
+    row = results["variants"].get(variant, {}).get("sizes", {}).get(n)
+    if row is None or "host" + unit not in row:
+        return None
+    layers = int(results["model"]["num_layers"])
+    floor = results["floor"][n]
+    attention, replay = floor["attention" + unit], floor["replay" + unit]
+    full_limit = {
+        "stitch-full": max(results["args"]["capture_sizes"]),
+        "stitch-fp": results["args"]["max_full"],
+    }.get(variant, 0)
+    if n <= full_limit:
+        base = replay
+    else:
+        base = layers * attention + (layers + 1) * replay
+    return row["host" + unit] - base
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = ["## GPU serving benchmark", ""]
+    lines += [f"- {k}: {v}" for k, v in results["machine"].items()]
+    model = results["model"]
+    lines.append(
+        f"- model: {model['model']}, {model['num_layers']} layers, hidden {model['hidden_size']}, "
+        f"{model['num_heads']} heads, intermediate {model['intermediate_size']}, "
+        f"{model['dtype']}, KV cache {model['max_seqs']} x {model['max_len']}"
+    )
+    lines.append(f"- capture sizes: {results['args']['capture_sizes']}")
+
+    def cell(value: float | None) -> str:
+        return "" if value is None else f"{value:.1f}"
+
+    timings = [
+        (
+            variant,
+            n,
+            f"{row['latency_us']:.1f}",
+            f"{row['host_us']:.1f}",
+            cell(overhead_us(results, variant, n)),
+            cell(row.get("host_p10_us")),
+            cell(overhead_us(results, variant, n, p10=True)),
+            f"{row['back_to_back_us']:.1f}",
+        )
+        for variant, data in results["variants"].items()
+        for n, row in data["sizes"].items()
+    ]
+    headers = ["variant", "tokens", "latency µs", "host µs", "host overhead µs"]
+    headers += ["host µs, p10", "host overhead µs, p10", "back-to-back µs"]
+    lines += ["", markdown_table(headers, timings, align="lrrrrrrr")]
+    graphs = [
+        (
+            variant,
+            f"{data['compile_s']:.1f}",
+            f"{data['capture_s']:.2f}",
+            data["graphs"],
+            f"{data['graph_mib']:.0f}",
+            f"{data.get('largest_mib', 0.0):.0f}" if data["graphs"] else "",
+            data["note"],
+        )
+        for variant, data in results["variants"].items()
+    ]
+    headers = ["variant", "compile s", "capture s", "graphs", "graph memory MiB"]
+    headers += ["largest size alone MiB", "note"]
+    lines += ["", markdown_table(headers, graphs, align="lrrrrrl")]
+    lines += [
+        "",
+        "Floor (host µs, measured alone, median / p10): "
+        + ", ".join(
+            f"n={n}: attention {f['attention_us']:.1f} / {f['attention_p10_us']:.1f}, "
+            f"replay {f['replay_us']:.1f} / {f['replay_p10_us']:.1f}"
+            for n, f in results["floor"].items()
+        ),
+    ]
+    lines += ["", "### Targets", ""]
+    lines += targets(results)
+    return "\n".join(lines) + "\n"
+
+
+def targets(results: dict[str, Any]) -> list[str]:
+    variants = results["variants"]
+    lines = []
+    if "gpu" not in results["machine"]:
+        lines.append(
+            "- latency targets: need a GPU (this run measured host costs only)"
+        )
+    for n in (1, 8) if "gpu" in results["machine"] else ():
+        piecewise = variants.get("stitch-piecewise", {}).get("sizes", {}).get(n)
+        full = variants.get("stitch-full", {}).get("sizes", {}).get(n)
+        if piecewise and full:
+            ratio = piecewise["latency_us"] / full["latency_us"]
+            verdict = "met" if ratio <= 1.10 else "NOT met"
+            lines.append(
+                f"- batch {n}: hoisted PIECEWISE latency / FULL = {ratio:.3f} "
+                f"(target <= 1.10: {verdict})"
+            )
+    for p10, what, key in (
+        (False, "median", "host_us"),
+        (True, "10th percentile", "host_p10_us"),
+    ):
+        for n in results["args"]["decode"]:
+            hoisted = overhead_us(results, "stitch-piecewise", n, p10=p10)
+            vllm = overhead_us(results, "stitch-vllm", n, p10=p10)
+            if hoisted is None or vllm is None:
+                continue
+            raw = (
+                variants["stitch-vllm"]["sizes"][n][key]
+                / variants["stitch-piecewise"]["sizes"][n][key]
+            )
+            if hoisted <= 0:
+                lines.append(
+                    f"- batch {n} ({what}): hoisted host overhead {hoisted:.1f} µs is "
+                    f"within the floor's error (vLLM-style: {vllm:.1f} µs); raw host "
+                    f"time ratio {raw:.2f}"
+                )
+                continue
+            ratio = vllm / hoisted
+            verdict = "met" if ratio >= 3 else "NOT met"
+            lines.append(
+                f"- batch {n} ({what}): host overhead vLLM-style / hoisted = {ratio:.2f} "
+                f"(target >= 3: {verdict}); raw host time ratio {raw:.2f}"
+            )
+    lines += memory_targets(results)
+    if "gpu" in results["machine"]:
+        lines += speed_targets(results)
+    return lines
+
+
+def memory_targets(results: dict[str, Any]) -> list[str]:
+    """Capture of every size in under 30 s; all sizes' memory at most 1.2x the largest's."""
+    lines = []
+    largest = max(results["args"]["capture_sizes"])
+    for variant, data in results["variants"].items():
+        if not data["graphs"]:
+            continue
+        seconds = data["capture_s"]
+        lines.append(
+            f"- {variant}: {data['graphs']} graphs for sizes up to {largest} captured in "
+            f"{seconds:.1f} s (target < 30 s: {'met' if seconds < 30 else 'NOT met'})"
+        )
+        if data.get("largest_mib", 0) > 0:
+            ratio = data["graph_mib"] / data["largest_mib"]
+            lines.append(
+                f"- {variant}: graph memory {data['graph_mib']:.0f} MiB, the largest size "
+                f"alone {data['largest_mib']:.0f} MiB: {ratio:.2f}x "
+                f"(target <= 1.2x: {'met' if ratio <= 1.2 else 'NOT met'})"
+            )
+    return lines
+
+
+def speed_targets(results: dict[str, Any]) -> list[str]:
+    """Stitch's best mode faster than reduce-overhead at batch 1 and 8."""
+    variants = results["variants"]
+    lines = []
+    for n in (1, 8):
+        ro = variants.get("compile-ro", {}).get("sizes", {}).get(n)
+        stitch = {
+            v: d["sizes"][n]["latency_us"]
+            for v, d in variants.items()
+            if v.startswith("stitch-") and n in d["sizes"]
+        }
+        if not ro or not stitch:
+            continue
+        best = min(stitch, key=stitch.__getitem__)
+        ratio = stitch[best] / ro["latency_us"]
+        lines.append(
+            f"- batch {n}: best Stitch ({best}) {stitch[best]:.1f} µs vs reduce-overhead "
+            f"{ro['latency_us']:.1f} µs: {ratio:.3f}x (target < 1: "
+            f"{'met' if ratio < 1 else 'NOT met'})"
+        )
+    return lines
