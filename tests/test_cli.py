@@ -67,7 +67,9 @@ def test_inspect_prints_the_index(tmp_path: Path) -> None:
     text = out.getvalue()
     assert "stitching source: execution_fn.py" in text
     assert re.search(r"compiled pieces: 3\b", text)
-    assert "layers.0.self_attn" in text
+    rows = markdown_rows(text)
+    assert rows[0] == ["piece", "module", "targets", "artifacts"]
+    assert len(rows) == 4 and any("layers.0.self_attn" in r[1] for r in rows[1:])
 
 
 def test_inspect_of_a_folder_without_index(tmp_path: Path) -> None:

@@ -506,7 +506,11 @@ def test_stitch_run_hf_prints_pieces_counts_and_times(
     assert "stitch run --hf gpt2: GPT2LMHeadModel, 1 layers" in text
     assert "graph 1: 3 pieces (1 splitting, 2 compiled)" in text
     assert re.search(r"compiles: 1 graphs, 0 Inductor compiles", text)
-    table = markdown_rows(text)
+    every = markdown_rows(text)
+    start = [r[0] for r in every].index("tokens")
+    piece_rows, table = every[:start], every[start:]
+    assert piece_rows[0] == ["piece", "cache", "module"]
+    assert [r[1] for r in piece_rows[1:]].count("split") == 1
     assert table[0][0] == "tokens" and table[0][-1] == "ok"
     rows = table[1:]
     assert [int(r[0]) for r in rows] == [5, 9]

@@ -20,6 +20,7 @@ import torch
 from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..pipeline.api import StitchBackend
+from ..tables import markdown_table
 from .main_job import median_ms, timing_table
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
@@ -88,11 +89,12 @@ def run_hf(
             f"{result.seconds:.2f}s",
             file=out,
         )
-        for report in result.reports:
-            kind = "split" if report.splitting else report.cache
-            print(
-                f"    {report.name:<10} {kind:<7} {report.module_path or '-'}", file=out
-            )
+        pieces = [
+            (r.name, "split" if r.splitting else r.cache, r.module_path or "-")
+            for r in result.reports
+        ]
+        table = markdown_table(("piece", "cache", "module"), pieces)
+        print("\n" + table + "\n", file=out)
     print(
         f"  compiles: {after['num_backend_compilations'] - before['num_backend_compilations']} "
         f"graphs, {after['num_inductor_compiles'] - before['num_inductor_compiles']} Inductor "

@@ -278,14 +278,14 @@ def _print_index(index: Index, directory: str, out: TextIO) -> None:
         print("  stitching source: not recorded", file=out)
     print(f"  compiled pieces: {len(index.pieces)}", file=out)
     keys: set[str] = set()
+    rows = []
     for name in sorted(index.pieces, key=lambda p: (len(p), p)):
         record = index.pieces[name]
-        targets = ", ".join(e.target for e in record.entries)
         saved = [e.key for e in record.entries if e.saved]
         keys.update(saved)
-        print(
-            f"    {name:<12} {record.module_path or '-':<40} [{targets}] "
-            f"{len(saved)} artifact(s)",
-            file=out,
-        )
+        targets = ", ".join(e.target for e in record.entries)
+        rows.append((name, record.module_path or "-", targets, len(saved)))
+    if rows:
+        table = markdown_table(("piece", "module", "targets", "artifacts"), rows)
+        print("\n" + table + "\n", file=out)
     print(f"  unique artifacts: {len(keys)}", file=out)
