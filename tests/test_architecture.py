@@ -305,3 +305,10 @@ def test_lower_parts_never_call_up(lower: str, upper: str) -> None:
             if m == upper or m.startswith(upper + ".")
         }
         assert not bad, f"{module} imports {sorted(bad)}"
+
+
+def test_no_benchmark_is_over_450_lines() -> None:
+    files = sorted((REPO / "bench").glob("*.py"))
+    assert files
+    long = {p.name: n for p in files if (n := len(p.read_text().splitlines())) > 450}
+    assert not long, f"benchmarks over 450 lines: {long}"
