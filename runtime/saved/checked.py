@@ -19,6 +19,7 @@ from stitch.core.errors import StitchCacheError, StitchError
 
 from ..config import CompilationConfig
 from ..pipeline.api import GraphInput
+from ..store import location
 from .call_args import CallArgs
 from .input_check import (
     CHECK_FILE,
@@ -120,7 +121,7 @@ class LazyForward:
 
     def _compile(self, args: Sequence[Any], exc: Exception) -> Any:
         check = self.check
-        folder = os.path.join(os.path.dirname(check.folder), check.folders[self.index])
+        folder = location.aot_sibling(check.folder, check.folders[self.index])
         log.warning(
             "stitch aot: the saved %s for signature %d is unusable (%s); compiling it again",
             model_name(check.model),
@@ -132,7 +133,7 @@ class LazyForward:
 
     def _load(self, args: Sequence[Any]) -> Any:
         check = self.check
-        folder = os.path.join(os.path.dirname(check.folder), check.folders[self.index])
+        folder = location.aot_sibling(check.folder, check.folders[self.index])
         now = factors(check.config, args, first_dims(check, args))
         loaded = load(check.model, now, check.config, folder, False, check.cudagraphs)
         if loaded is None:

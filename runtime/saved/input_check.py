@@ -222,7 +222,9 @@ class InputCheck:
         rejected = self.state["rejected"]
         if shape in rejected:
             raise StitchInputError(rejected[shape])
-        folder = f"{self.folder}.sig_{shape}" if self.folder else None
+        folder = (
+            location.aot_signature_folder(self.folder, shape) if self.folder else None
+        )
         # The first few differences say what changed (a cache's 16 tensors
         # differ the same way: the first names it).
         shown = "; ".join(str(m) for m in closest[:3])

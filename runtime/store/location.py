@@ -193,6 +193,18 @@ def find_aot_folders(path: str) -> list[str]:
     return found
 
 
+def aot_signature_folder(folder: str, shape: str) -> str:
+    """The folder of a later signature's saved forward, beside the first one's
+    (``<first folder>.sig_<shape key>``)."""
+    return f"{folder}.sig_{shape}"
+
+
+def aot_sibling(folder: str, name: str) -> str:
+    """The saved-forward folder ``name`` (as the signatures file records it)
+    beside ``folder``."""
+    return os.path.join(os.path.dirname(folder), name)
+
+
 def aot_record_file(folder: str) -> str:
     return os.path.join(folder, AOT_RECORD_FILE)
 
