@@ -214,11 +214,11 @@ def checked(reference: dict[str, Any]) -> Reference:
 
 
 def reference_location(
-    reference: dict[str, Any], root: str | None = None
+    reference: dict[str, Any] | Reference, root: str | None = None
 ) -> tuple[str, str]:
     """The cache root and entry directory; ``root`` (else ``$STITCH_CACHE_DIR``,
-    else the saved root)."""
-    record = checked(reference)
+    else the saved root).  ``reference``: its literal, or the record checked."""
+    record = reference if isinstance(reference, Reference) else checked(reference)
     root = os.path.abspath(
         os.path.expanduser(root or os.environ.get(CACHE_ENV) or record.cache_root)
     )
@@ -291,7 +291,7 @@ def load_reference(
     record = checked(reference)
     for module in record.imports:
         importlib.import_module(module)
-    root, entry_dir = reference_location(reference, root)
+    root, entry_dir = reference_location(record, root)
     if (
         record.index_sha256 is not None
         and index_sha256(entry_dir) != record.index_sha256

@@ -13,11 +13,12 @@ import msgspec
 
 from . import codec
 from .codec import Record
+from .index import Count, Sha256
 
 # 2: the codec's envelope (kind, version).
 AOT_RECORD_FORMAT = 2
 
-Sha256OrNone = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")] | None
+Sha256OrNone = Sha256 | None
 
 
 class SavedFunction(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -79,15 +80,13 @@ def aot_record(data: dict[str, Any], path: str) -> AOTRecord:
 # 2: the codec's envelope (kind, version); the graph plan is a typed field.
 REFERENCE_FORMAT = 2
 
-Index = Annotated[int, msgspec.Meta(ge=0)]
-
 
 class SavedDynamicInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A padded input of a CUDA graph plan (cudagraph/padding.py's DynamicInput)."""
 
-    index: Index
+    index: Count
     name: str
-    rest: tuple[Index, ...]
+    rest: tuple[Count, ...]
     dtype: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9_]+$")]
     device: str
     pad: float | int
@@ -96,8 +95,8 @@ class SavedDynamicInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
 class SavedGraphPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What a saved function rebuilds its CUDA graphs from (cudagraph/graph_plan.py)."""
 
-    size_index: Index
-    size_indices: tuple[Index, ...]
+    size_index: Count
+    size_indices: tuple[Count, ...]
     dynamic: tuple[SavedDynamicInput, ...]
     slice_outputs: tuple[bool, ...]
     flat_output: bool
@@ -151,8 +150,6 @@ class Reference(Record, frozen=True):
 # 3: a sealed codec record (kind, version, check) instead of a sha256 header.
 PREBUILT_FORMAT = 3
 
-Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
-
 
 class PrebuiltRecord(Record, frozen=True):
     """``prebuilt/<key>.prebuilt``: an Inductor piece's wrapper code and the
@@ -197,7 +194,7 @@ class SignaturesRecord(Record, frozen=True):
 
     forward: str
     params: tuple[str, ...]
-    dims: tuple[tuple[Annotated[int, msgspec.Meta(ge=0)], ...], ...]
+    dims: tuple[tuple[Count, ...], ...]
     signatures: tuple[SavedSignature, ...]
     # Input shapes whose compile failed -> the error the check raises for them.
     rejected: dict[str, str]
