@@ -185,9 +185,10 @@ def test_compile_sizes_from_the_readme_compile_those_sizes(
     # general runnable and one for each size.
     status, report = runs["inspect"]
     assert status == 0, report
-    pieces = [ln for ln in report.splitlines() if "artifact(s)" in ln]
-    assert len(pieces) == 3, report
-    assert all("[general, size1, size8] 3 artifact(s)" in ln for ln in pieces), report
+    rows = [ln for ln in report.splitlines() if ln.startswith("| submod_")]
+    assert len(rows) == 3, report
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in rows]
+    assert all(c[2:] == ["general, size1, size8", "3"] for c in cells), report
 
 
 def test_stitch_logs_through_vllms_handlers(runs: dict[str, Any]) -> None:
