@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import enum
 import hashlib
 import os
@@ -13,7 +12,15 @@ from typing import Any
 from stitch.codegen.matching import OpMatcher, entry_label
 from stitch.core.errors import StitchConfigError
 
-from .passes.base import pass_name, pass_uuid
+from .config_fields import (
+    check_cache_fields,
+    check_inductor_keys,
+    checked_passes,
+    did_you_mean,
+    field_error,
+    int_list,
+)
+from .passes.base import pass_uuid
 
 BACKENDS = ("inductor", "eager")
 
@@ -70,26 +77,6 @@ def default_capture_sizes(max_size: int) -> list[int]:
     return [s for s in sizes if s <= max_size]
 
 
-def _field_error(name: str, value: Any, why: str) -> StitchConfigError:
-    return StitchConfigError(f"CompilationConfig.{name}={value!r}: {why}")
-
-
-def _int_list(name: str, value: Any) -> list[int]:
-    if not isinstance(value, (list, tuple)):
-        raise _field_error(name, value, "must be a list of positive ints")
-    for v in value:
-        if type(v) is not int or v < 1:
-            raise _field_error(name, value, f"entry {v!r} is not a positive int")
-    if len(set(value)) != len(value):
-        raise _field_error(name, value, "has duplicate entries")
-    return sorted(value)
-
-
-def _did_you_mean(name: str, known: Any) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 class _ChecksFieldNames(type):
     """Names a misspelled field with the one meant, where dataclass would only say
     "unexpected keyword argument"."""
@@ -99,7 +86,7 @@ class _ChecksFieldNames(type):
         for name in kwargs:
             if name not in names:
                 raise StitchConfigError(
-                    f"CompilationConfig has no field {name!r}{_did_you_mean(name, names)}"
+                    f"CompilationConfig has no field {name!r}{did_you_mean(name, names)}"
                 )
         return super().__call__(*args, **kwargs)
 
@@ -124,6 +111,15 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
     inductor_passes: list[Any] = dataclasses.field(default_factory=list)
     cache_dir: str = ""
     disable_cache: bool = False
+    # The fleet's shared store behind the local cache (store/shared/):
+    # "redis://host:port/db", else $STITCH_CACHE_URL; "" is none.  A replica
+    # waits up to cache_wait_s for another one's compile of the same key; a
+    # lease lasts cache_lease_s unless renewed; cache_store_max_bytes caps the
+    # store (0: no cap), evicting the least recently used entries.
+    cache_url: str = ""
+    cache_wait_s: float = 600.0
+    cache_lease_s: float = 30.0
+    cache_store_max_bytes: int = 0
     debug_dump_path: str = ""
     # CUDA graphs (used on CUDA devices only; nothing happens on CPU).
     cudagraph_mode: Any = CUDAGraphMode.PIECEWISE
@@ -145,11 +141,11 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise _field_error("backend", self.backend, f"must be one of {BACKENDS}")
+            raise field_error("backend", self.backend, f"must be one of {BACKENDS}")
         if self.splitting_ops is None:
             self.splitting_ops = list(DEFAULT_SPLITTING_OPS)
         if not isinstance(self.splitting_ops, (list, tuple)):
-            raise _field_error(
+            raise field_error(
                 "splitting_ops",
                 self.splitting_ops,
                 "must be a list of op names, ops or callables",
@@ -157,32 +153,32 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
         try:
             OpMatcher.parse(self.splitting_ops)
         except ValueError as exc:
-            raise _field_error("splitting_ops", self.splitting_ops, str(exc)) from None
+            raise field_error("splitting_ops", self.splitting_ops, str(exc)) from None
         self.splitting_ops = list(self.splitting_ops)
         if (
             type(self.max_num_batched_tokens) is not int
             or self.max_num_batched_tokens < 1
         ):
-            raise _field_error(
+            raise field_error(
                 "max_num_batched_tokens",
                 self.max_num_batched_tokens,
                 "must be an int >= 1",
             )
-        self.compile_sizes = _int_list("compile_sizes", self.compile_sizes)
+        self.compile_sizes = int_list("compile_sizes", self.compile_sizes)
         for size in self.compile_sizes:
             if size > self.max_num_batched_tokens:
-                raise _field_error(
+                raise field_error(
                     "compile_sizes",
                     self.compile_sizes,
                     f"size {size} exceeds max_num_batched_tokens="
                     f"{self.max_num_batched_tokens}",
                 )
-        points = _int_list(
+        points = int_list(
             "compile_ranges_split_points", self.compile_ranges_split_points
         )
         for p in points:
             if p >= self.max_num_batched_tokens:
-                raise _field_error(
+                raise field_error(
                     "compile_ranges_split_points",
                     self.compile_ranges_split_points,
                     f"split point {p} must be below max_num_batched_tokens="
@@ -192,20 +188,21 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
         if not isinstance(self.inductor_compile_config, dict) or not all(
             isinstance(k, str) for k in self.inductor_compile_config
         ):
-            raise _field_error(
+            raise field_error(
                 "inductor_compile_config",
                 self.inductor_compile_config,
                 "must be a dict of Inductor config names to values",
             )
-        _check_inductor_keys(self.inductor_compile_config)
-        self.inductor_passes = _passes(
+        check_inductor_keys(self.inductor_compile_config)
+        self.inductor_passes = checked_passes(
             self.inductor_passes, self.inductor_compile_config
         )
         for name in ("cache_dir", "debug_dump_path"):
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
             if not isinstance(getattr(self, name), str):
-                raise _field_error(name, getattr(self, name), "must be a str path")
+                raise field_error(name, getattr(self, name), "must be a str path")
+        check_cache_fields(self)
         for name in (
             "disable_cache",
             "cudagraph_copy_inputs",
@@ -213,13 +210,13 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
             "cudagraph_check_addresses",
         ):
             if not isinstance(getattr(self, name), bool):
-                raise _field_error(name, getattr(self, name), "must be a bool")
+                raise field_error(name, getattr(self, name), "must be a bool")
         self.cudagraph_mode = CUDAGraphMode.parse(self.cudagraph_mode)
         if (
             type(self.cudagraph_num_of_warmups) is not int
             or self.cudagraph_num_of_warmups < 0
         ):
-            raise _field_error(
+            raise field_error(
                 "cudagraph_num_of_warmups",
                 self.cudagraph_num_of_warmups,
                 "must be an int >= 0",
@@ -228,7 +225,7 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
             type(self.max_cudagraph_capture_size) is not int
             or self.max_cudagraph_capture_size < 1
         ):
-            raise _field_error(
+            raise field_error(
                 "max_cudagraph_capture_size",
                 self.max_cudagraph_capture_size,
                 "must be a positive int or None",
@@ -239,7 +236,7 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
             )
             self.cudagraph_capture_sizes = default_capture_sizes(limit)
         else:
-            self.cudagraph_capture_sizes = _int_list(
+            self.cudagraph_capture_sizes = int_list(
                 "cudagraph_capture_sizes", self.cudagraph_capture_sizes
             )
         if self.max_cudagraph_capture_size is None:
@@ -307,6 +304,10 @@ _UNHASHED = object()  # a canonical form's "leave this field out"
 NOT_HASHED: dict[str, str] = {
     "cache_dir": "where the cache is",
     "disable_cache": "whether the cache is used",
+    "cache_url": "where the fleet's shared store is",
+    "cache_wait_s": "how long a replica waits for another's compile",
+    "cache_lease_s": "how long a compile's lease lasts in the shared store",
+    "cache_store_max_bytes": "the shared store's size cap",
     "debug_dump_path": "where debug files go",
     # CUDA graphs wrap the compiled pieces at run time; a saved forward records
     # these settings apart (CompilationConfig.plan_settings).
@@ -346,50 +347,6 @@ _HASHED_AS: dict[str, tuple[str, Callable[[CompilationConfig], Any]]] = {
 }
 
 
-def _check_inductor_keys(patches: dict[str, Any]) -> None:
-    """Every key names an Inductor config option (checked now, not at the first compile)."""
-    if not patches:
-        return  # importing Inductor's config costs seconds: only when there is a key
-    from .compat.inductor import config_options
-
-    known = config_options()
-    for key in patches:
-        if key not in known:
-            raise _field_error(
-                "inductor_compile_config",
-                patches,
-                f"{key!r} is not an option of torch._inductor.config"
-                + _did_you_mean(key, known),
-            )
-
-
-def _passes(value: Any, inductor_config: dict[str, Any]) -> list[Any]:
-    """``inductor_passes``, checked: a list of callables with a string ``uuid()``."""
-    if not isinstance(value, (list, tuple)):
-        raise _field_error(
-            "inductor_passes",
-            value,
-            "must be a list of passes (fx.Graph callables with uuid())",
-        )
-    for p in value:
-        if not callable(p):
-            raise _field_error(
-                "inductor_passes", value, f"{pass_name(p)} is not callable"
-            )
-        try:
-            pass_uuid(p)
-        except TypeError as exc:
-            raise _field_error("inductor_passes", value, str(exc)) from None
-    if value and "post_grad_custom_post_pass" in inductor_config:
-        raise _field_error(
-            "inductor_passes",
-            value,
-            "cannot be combined with inductor_compile_config['post_grad_custom_post_pass'] "
-            "(Stitch runs the passes through that hook); add that pass to inductor_passes",
-        )
-    return list(value)
-
-
 def _validate_cudagraph_fields(config: CompilationConfig) -> None:
     """The CUDA graph fields that depend on each other.
 
@@ -399,18 +356,18 @@ def _validate_cudagraph_fields(config: CompilationConfig) -> None:
     """
     limit = config.max_full_cudagraph_size
     if limit is not None and (type(limit) is not int or limit < 1):
-        raise _field_error(
+        raise field_error(
             "max_full_cudagraph_size", limit, "must be a positive int or None"
         )
     if config.cudagraph_mode is CUDAGraphMode.FULL_AND_PIECEWISE:
         if limit is not None and limit > (config.max_cudagraph_capture_size or 0):
-            raise _field_error(
+            raise field_error(
                 "max_full_cudagraph_size",
                 limit,
                 f"exceeds max_cudagraph_capture_size={config.max_cudagraph_capture_size}",
             )
     elif limit is not None:
-        raise _field_error(
+        raise field_error(
             "max_full_cudagraph_size",
             limit,
             "is only used with cudagraph_mode=FULL_AND_PIECEWISE (the mode is "
@@ -420,7 +377,7 @@ def _validate_cudagraph_fields(config: CompilationConfig) -> None:
     if not isinstance(pads, dict) or not all(
         isinstance(k, str) and type(v) in (int, float) for k, v in pads.items()
     ):
-        raise _field_error(
+        raise field_error(
             "cudagraph_pad_values",
             pads,
             "must map argument names to int or float fill values",

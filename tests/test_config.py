@@ -147,6 +147,10 @@ PLACE_FIELDS = {
     "cache_dir": "/somewhere/else",
     "debug_dump_path": "/tmp/dump",
     "disable_cache": True,
+    "cache_url": "redis://127.0.0.1:6379/0",
+    "cache_wait_s": 5.0,
+    "cache_lease_s": 5.0,
+    "cache_store_max_bytes": 1 << 20,
 }
 
 

@@ -39,6 +39,7 @@ from .artifact_source import ArtifactSource, Piece
 from .compilers import on_cpu
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
+from .fleet import FleetTurn
 from .layouts import LayoutChecks, eager_fed_layouts
 from .materialize import CompiledPlan, materialize
 from .piece_plan import PiecePlan, UnfixedSizes, piece_inputs, plan_piece
@@ -143,6 +144,7 @@ class Compilation:
         self.range_warnings = RangeWarnings()
         self.unfixed = UnfixedSizes()
         self.entry_guards = EntryGuards(None)
+        self.fleet = FleetTurn(config)
 
     def run(self) -> CompiledModel:
         start = time.perf_counter()
@@ -152,11 +154,16 @@ class Compilation:
         compilation_counter.num_graphs_seen += 1
         compilation_counter.num_backend_compilations += 1
         graph_key, cache = self.open_cache(fake_inputs)
-        split = self.split()
-        records, reports = self.compile_pieces(split, fake_inputs, cache)
-        emitted = self.emit(split, cache, records, reports)
-        graphs = self.plan_graphs(split, fake_inputs, records, emitted)
-        fn, backends = self.materialize(split, emitted, records, reports, graphs)
+        finished = False
+        try:
+            split = self.split()
+            records, reports = self.compile_pieces(split, fake_inputs, cache)
+            emitted = self.emit(split, cache, records, reports)
+            graphs = self.plan_graphs(split, fake_inputs, records, emitted)
+            fn, backends = self.materialize(split, emitted, records, reports, graphs)
+            finished = True
+        finally:
+            self.fleet.end(finished)
         # Twins report "shared": they run what their first instance loaded.
         warm = emitted.from_cache and all(
             r.cache in ("hit", "shared") for r in reports if not r.splitting
@@ -207,9 +214,13 @@ class Compilation:
         self.entry_guards = EntryGuards(shape_env_of(fake_inputs))
         cache = None
         if not self.config.disable_cache:
-            cache = self.entry_guards.open(
-                self.config, graph_key, self.config_hash, self.cache_group
-            )
+
+            def reopen() -> CompileCache | None:
+                return self.entry_guards.open(
+                    self.config, graph_key, self.config_hash, self.cache_group
+                )
+
+            cache = self.fleet.open(reopen(), reopen)
         if cache is None or cache.index is None:
             # A cold start: the warm-up runs beside the split and fake propagation.
             self.source.adapter.warm_up(cpu=on_cpu(self.example_inputs))

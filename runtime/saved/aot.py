@@ -43,6 +43,9 @@ from stitch.core.errors import StitchCacheError, StitchConfigError
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import ArtifactSource, StitchBackend
+from ..store.location import cache_root
+from ..store.shared.tier import INSTALLED, Lease, SharedTier
+from ..store.shared.units import saved_forward_unit
 from .call_args import call_args, dims_by_position
 from .checked import after_compile, after_load
 from .compile import compile_forward
@@ -135,51 +138,93 @@ def aot_compile(
     # Only a backend that saves its pieces has anything to load.
     saves = not config.disable_cache and ArtifactSource.saves(config.backend)
     folder, now = record_key(model, config, args, dims, saves)
+    tier = turn = None
     if folder is not None:
-        try:
-            loaded = load(model, now, config, folder, guards, cudagraphs)
-            if loaded is not None and not guards:  # NOTE in input_check.py
-                checked = after_load(model, loaded[0], folder, config, cudagraphs)
-                loaded = (checked, loaded[1])
-        except StaleRecord as exc:
-            log.warning(
-                "stitch aot: the saved %s is stale (%s); compiling it again",
-                model_name(model),
-                exc,
-            )
-        # read_record checked every field loading reads (aot_record.check_record):
-        # a KeyError or TypeError here is a bug, and is raised as one.
-        except (StitchCacheError, OSError, ValueError) as exc:
-            log.warning(
-                "stitch aot: the saved %s is unusable (%s); compiling it again",
-                model_name(model),
-                exc,
-            )
-        else:
-            if loaded is not None:
-                forward, entry = loaded
-                seconds = time.perf_counter() - start
-                log.info("stitch aot: %s loaded in %.2fs", model_name(model), seconds)
-                return AOTCompiledModel(
-                    forward, True, guards, seconds, folder, entry, None, cudagraphs
+        found = _load_saved(model, now, config, folder, guards, cudagraphs, start)
+        tier = SharedTier.of(config) if found is None else None
+        if tier is not None:
+            # NOTE: [the shared tier never stops a run] (store/shared/tier.py)
+            unit = saved_forward_unit(cache_root(config), folder, now)
+            turn = tier.before_compile(cache_root(config), unit)
+            if turn == INSTALLED:
+                found = _load_saved(
+                    model, now, config, folder, guards, cudagraphs, start
                 )
-    forward, saved, backend = compile_forward(
-        model,
-        args,
-        dims,
-        config,
-        cudagraphs,
-        folder,
-        now,
-        guards=guards,
-        backend=backend,
-    )
-    if not guards:
-        forward = after_compile(
-            model, forward, saved, args, dims, backend.graph_inputs, config, cudagraphs
+                turn = Lease(unit, held=False)  # unusable here: compiled, republished
+        if found is not None:
+            return found
+    compiled = False
+    try:
+        forward, saved, backend = compile_forward(
+            model,
+            args,
+            dims,
+            config,
+            cudagraphs,
+            folder,
+            now,
+            guards=guards,
+            backend=backend,
         )
+        if not guards:
+            forward = after_compile(
+                model,
+                forward,
+                saved,
+                args,
+                dims,
+                backend.graph_inputs,
+                config,
+                cudagraphs,
+            )
+        compiled = True
+    finally:
+        if tier is not None and isinstance(turn, Lease):
+            tier.after_compile(cache_root(config), turn, compiled)
     entry = backend.compiled[-1].cache_dir if backend.compiled else None
     seconds = time.perf_counter() - start
     return AOTCompiledModel(
         forward, False, guards, seconds, saved, entry, backend, cudagraphs
+    )
+
+
+def _load_saved(
+    model: torch.nn.Module,
+    now: dict[str, Any],
+    config: CompilationConfig,
+    folder: str,
+    guards: bool,
+    cudagraphs: CUDAGraphManager,
+    start: float,
+) -> AOTCompiledModel | None:
+    """The saved forward in ``folder``, if it is there and fits (else one
+    warning saying why, when it is there)."""
+    try:
+        loaded = load(model, now, config, folder, guards, cudagraphs)
+        if loaded is not None and not guards:  # NOTE in input_check.py
+            checked = after_load(model, loaded[0], folder, config, cudagraphs)
+            loaded = (checked, loaded[1])
+    except StaleRecord as exc:
+        log.warning(
+            "stitch aot: the saved %s is stale (%s); compiling it again",
+            model_name(model),
+            exc,
+        )
+        return None
+    # read_record checked every field loading reads (aot_record.check_record):
+    # a KeyError or TypeError here is a bug, and is raised as one.
+    except (StitchCacheError, OSError, ValueError) as exc:
+        log.warning(
+            "stitch aot: the saved %s is unusable (%s); compiling it again",
+            model_name(model),
+            exc,
+        )
+        return None
+    if loaded is None:
+        return None
+    forward, entry = loaded
+    seconds = time.perf_counter() - start
+    log.info("stitch aot: %s loaded in %.2fs", model_name(model), seconds)
+    return AOTCompiledModel(
+        forward, True, guards, seconds, folder, entry, None, cudagraphs
     )

@@ -1,0 +1,115 @@
+"""One replica of a fleet, in a process of its own: compile (or fetch) a model
+through the shared store, run its first forward, and say what it took.
+
+Run: ``python -m stitch.runtime.harness.fleet_replica '<spec as JSON>'``; the
+last line printed is the result as JSON.  The spec: ``model`` ("llama": the
+built-in example through ``aot_compile``; "hf-llama": a tiny transformers
+Llama through ``torch.compile(backend=StitchBackend(...), dynamic=True)``),
+``layers``, ``cache_dir``, ``cache_url``, and optionally ``wait_s``,
+``lease_s``, ``start_at`` (a ``time.time()`` all replicas start at) and
+``compile_delay_s`` (a pause inside the compile, to widen the window another
+replica waits in).  The store's key comes from the environment
+(``$STITCH_CACHE_KEY``), as it would in a fleet.  Used by
+tests/test_fleet_cache.py and bench/fleet_start.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+
+def _model(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(model, its example inputs, a function running one forward of ``fn``)."""
+    if spec["model"] == "llama":
+        from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
+
+        cfg = LlamaConfig(num_layers=spec.get("layers", 2))
+        model = build_llama(cfg)
+        inputs = llama_inputs(cfg, 8)
+
+        def run(fn: Any) -> Any:
+            model.reset_kv_caches()
+            return fn(*inputs)
+
+        return model, inputs, run
+    from stitch.runtime.hf.models import build_model, example_inputs, output_tensor
+
+    model = build_model("llama", layers=spec.get("layers", 2))
+    kwargs = example_inputs("llama", 2, 8)
+
+    def run_hf(fn: Any) -> Any:
+        return output_tensor("llama", fn(**kwargs))
+
+    return model, kwargs, run_hf
+
+
+def _slow_compiles(seconds: float) -> None:
+    """Hold every lease this process takes ``seconds`` before compiling (the
+    lease renewed meanwhile): a long compile, in which the others wait."""
+    from stitch.runtime.store.shared.tier import Lease, SharedTier
+
+    original = SharedTier.before_compile
+
+    def slow(self: SharedTier, root: str, unit: Any) -> Any:
+        turn = original(self, root, unit)
+        if isinstance(turn, Lease) and turn.held:
+            time.sleep(seconds)
+        return turn
+
+    SharedTier.before_compile = slow  # type: ignore[method-assign]
+
+
+def replica(spec: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    from stitch.runtime import (
+        CompilationConfig,
+        StitchBackend,
+        aot_compile,
+        compilation_counter,
+    )
+
+    model, inputs, run = _model(spec)
+    with torch.no_grad():
+        eager = run(model)
+    config = CompilationConfig(
+        cache_dir=spec["cache_dir"],
+        cache_url=spec.get("cache_url", ""),
+        cache_wait_s=spec.get("wait_s", 600.0),
+        cache_lease_s=spec.get("lease_s", 30.0),
+    )
+    if spec.get("compile_delay_s"):
+        _slow_compiles(spec["compile_delay_s"])
+    while time.time() < spec.get("start_at", 0.0):
+        time.sleep(0.005)
+    before = compilation_counter.snapshot()
+    start = time.perf_counter()
+    with torch.no_grad():
+        if spec["model"] == "llama":
+            compiled = aot_compile(model, inputs, config, dynamic_dims={0: [0], 1: [0]})
+            out = run(compiled)
+            warm = compiled.warm
+        else:
+            backend = StitchBackend(config)
+            out = run(torch.compile(model, backend=backend, dynamic=True))
+            warm = bool(backend.compiled) and backend.compiled[0].warm
+    first = time.perf_counter() - start
+    after = compilation_counter.snapshot()
+    return {
+        "first_forward_s": first,
+        "warm": warm,
+        "inductor_compiles": after["num_inductor_compiles"]
+        - before["num_inductor_compiles"],
+        "tokens_equal": bool(torch.equal(out.argmax(-1), eager.argmax(-1))),
+        "max_abs_diff": (out - eager).abs().max().item(),
+    }
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
+    result = replica(json.loads(sys.argv[1]))
+    print(json.dumps(result))

@@ -1,0 +1,1 @@
+"""The fleet's shared store behind the local cache (docs/cache.md, "A fleet")."""

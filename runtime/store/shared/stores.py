@@ -1,0 +1,200 @@
+"""The shared stores a fleet's cache can live on: what one must do, and Redis.
+
+NOTE: [a shared store is a few verbs]
+The tier (``tier.py``) needs of a store only: entries by name with a
+compare-and-set, blobs by sha256 (written once), leases (take if free, renew
+and release only by their holder, expire on their own), and a last-used time
+per entry for eviction.  Signing, verifying, installing and the eviction
+policy are the tier's, so another store (a shared folder through fsspec, an
+object store) is one more class here with these methods, and nothing in the
+pipeline changes.  Every call either answers within the store's timeout or
+raises :class:`StoreDown`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from stitch.core.errors import StitchError
+
+
+class StoreDown(StitchError):
+    """The shared store did not answer (unreachable, timed out, refused)."""
+
+
+class SharedStore(Protocol):
+    url: str
+
+    def get_entry(self, unit: str) -> bytes | None: ...
+
+    def put_entry(self, unit: str, data: bytes, expected: bytes | None) -> bool:
+        """Store ``data`` as ``unit``'s entry if the entry is now ``expected``
+        (None: absent); whether it was stored."""
+
+    def delete_entry(self, unit: str, expected: bytes) -> bool: ...
+
+    def has_blobs(self, shas: list[str]) -> list[bool]: ...
+
+    def get_blob(self, sha: str) -> bytes | None: ...
+
+    def put_blob(self, sha: str, data: bytes, replace: bool = False) -> None:
+        """Store ``data`` as blob ``sha`` (kept if there, unless ``replace``)."""
+
+    def delete_blob(self, sha: str) -> None: ...
+
+    def take_lease(self, unit: str, owner: str, seconds: float) -> bool: ...
+
+    def renew_lease(self, unit: str, owner: str, seconds: float) -> bool: ...
+
+    def release_lease(self, unit: str, owner: str) -> None: ...
+
+    def lease_holder(self, unit: str) -> str | None: ...
+
+    def touch(self, unit: str, when: float) -> None: ...
+
+    def by_age(self) -> list[tuple[str, float]]:
+        """Every entry's name and last use, least recently used first."""
+
+    def close(self) -> None: ...
+
+
+# Compare-and-set of an entry: ARGV[2] is the expected value, "" for absent.
+_PUT_ENTRY = """
+local cur = redis.call('GET', KEYS[1])
+if ARGV[2] == '' then
+  if cur then return 0 end
+elseif cur ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+_DELETE_ENTRY = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1]); redis.call('ZREM', KEYS[2], ARGV[2]); return 1
+end
+return 0
+"""
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RedisStore:
+    """A shared store on a Redis server (``redis://host:port/db``).
+
+    Keys: ``stitch:entry:<unit>`` (signed manifests), ``stitch:blob:<sha256>``,
+    ``stitch:lease:<unit>`` (with a TTL), ``stitch:used`` (a sorted set: each
+    entry's last use).  Every call times out after ``timeout`` seconds and is
+    never retried: a store that does not answer is :class:`StoreDown`.
+    """
+
+    PREFIX = "stitch:"
+
+    def __init__(self, url: str, timeout: float = 2.0) -> None:
+        try:
+            import redis
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+        except ImportError:
+            raise StoreDown(
+                f"{url} needs the redis client: pip install 'stitch[fleet]'"
+            ) from None
+        self.url = url
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        try:
+            self._client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+            )
+        except (ValueError, *self._errors) as exc:
+            raise StoreDown(f"{url}: {exc}") from None
+
+    def _call(self, name: str, *args: Any) -> Any:
+        try:
+            return getattr(self._client, name)(*args)
+        except self._errors as exc:
+            raise StoreDown(f"{self.url}: {type(exc).__name__}: {exc}") from None
+
+    def _script(self, script: str, keys: list[str], *args: Any) -> Any:
+        return self._call("eval", script, len(keys), *keys, *args)
+
+    def _key(self, kind: str, name: str) -> str:
+        return f"{self.PREFIX}{kind}:{name}"
+
+    def get_entry(self, unit: str) -> bytes | None:
+        return self._call("get", self._key("entry", unit))
+
+    def put_entry(self, unit: str, data: bytes, expected: bytes | None) -> bool:
+        return bool(
+            self._script(_PUT_ENTRY, [self._key("entry", unit)], data, expected or b"")
+        )
+
+    def delete_entry(self, unit: str, expected: bytes) -> bool:
+        keys = [self._key("entry", unit), self.PREFIX + "used"]
+        return bool(self._script(_DELETE_ENTRY, keys, expected, unit))
+
+    def has_blobs(self, shas: list[str]) -> list[bool]:
+        if not shas:
+            return []
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for sha in shas:
+                pipe.exists(self._key("blob", sha))
+            return [bool(n) for n in pipe.execute()]
+        except self._errors as exc:
+            raise StoreDown(f"{self.url}: {type(exc).__name__}: {exc}") from None
+
+    def get_blob(self, sha: str) -> bytes | None:
+        return self._call("get", self._key("blob", sha))
+
+    def put_blob(self, sha: str, data: bytes, replace: bool = False) -> None:
+        self._call("set", self._key("blob", sha), data, None, None, not replace)
+
+    def delete_blob(self, sha: str) -> None:
+        self._call("delete", self._key("blob", sha))
+
+    def take_lease(self, unit: str, owner: str, seconds: float) -> bool:
+        ms = max(1, int(seconds * 1000))
+        return bool(self._call("set", self._key("lease", unit), owner, None, ms, True))
+
+    def renew_lease(self, unit: str, owner: str, seconds: float) -> bool:
+        ms = max(1, int(seconds * 1000))
+        return bool(self._script(_RENEW, [self._key("lease", unit)], owner, ms))
+
+    def release_lease(self, unit: str, owner: str) -> None:
+        self._script(_RELEASE, [self._key("lease", unit)], owner)
+
+    def lease_holder(self, unit: str) -> str | None:
+        holder = self._call("get", self._key("lease", unit))
+        return holder.decode(errors="replace") if holder is not None else None
+
+    def touch(self, unit: str, when: float) -> None:
+        self._call("zadd", self.PREFIX + "used", {unit: when})
+
+    def by_age(self) -> list[tuple[str, float]]:
+        pairs = self._call("zrange", self.PREFIX + "used", 0, -1, False, True)
+        return [(name.decode(errors="replace"), float(when)) for name, when in pairs]
+
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except self._errors:
+            pass
+
+
+def open_store(url: str, timeout: float = 2.0) -> SharedStore:
+    """The store ``url`` names; raises :class:`StoreDown` for an unknown scheme."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(url, timeout)
+    raise StoreDown(f"{url}: no shared store for this URL scheme")

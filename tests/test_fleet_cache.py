@@ -1,0 +1,158 @@
+"""A fleet of replicas (processes) on one real Redis store: one compile per key.
+
+Each replica is ``python -m stitch.runtime.harness.fleet_replica`` with a local
+cache of its own; they share only the store.  tests/test_fleet_store.py checks
+the tier's rules one by one without compiling.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis_support import RedisServer
+
+from stitch.runtime.store.shared.manifest import KEY_ENV, FleetKey
+
+pytestmark = pytest.mark.slow
+KEY = "fleet-test-key"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    srv = RedisServer(folder)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def start(spec: dict[str, Any], log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, KEY_ENV: KEY}
+    env.pop("STITCH_CACHE_URL", None)
+    env.pop("STITCH_CACHE_DIR", None)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stitch.runtime.harness.fleet_replica",
+            json.dumps(spec),
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+
+
+def finish(proc: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    result = json.loads(log.read_text().strip().splitlines()[-1])
+    result["log"] = log.read_text()
+    return result
+
+
+def fleet(
+    server: RedisServer, tmp_path: Path, n: int, model: str, **spec: Any
+) -> list[dict[str, Any]]:
+    """``n`` replicas started together on an empty local cache each."""
+    at = time.time() + 3.0  # every replica has imported torch by then
+    procs = []
+    for _ in range(n):
+        full = {
+            "model": model,
+            "layers": 2,
+            "cache_dir": str(tmp_path / f"local{len(list(tmp_path.glob('local*')))}"),
+            "cache_url": server.url,
+            "start_at": at,
+            **spec,
+        }
+        Path(full["cache_dir"]).mkdir()
+        log = tmp_path / f"replica{len(list(tmp_path.glob('replica*')))}.log"
+        procs.append((start(full, log), log))
+    return [finish(p, log) for p, log in procs]
+
+
+def test_four_replicas_started_together_compile_once(
+    server: RedisServer, tmp_path: Path
+):
+    results = fleet(server, tmp_path, 4, "llama")
+    compiled = [r for r in results if r["inductor_compiles"]]
+    assert len(compiled) == 1, [(r["warm"], r["inductor_compiles"]) for r in results]
+    assert all(r["tokens_equal"] for r in results)
+    assert sum(r["warm"] for r in results) == 3
+    # The others waited for the compile, or found it published already.
+    for r in results:
+        if r is not compiled[0]:
+            assert "installed aot/" in r["log"], r["log"][-2000:]
+    assert "published aot/" in compiled[0]["log"]
+    # A replica started later, with an empty local cache, is warm from the store.
+    (late,) = fleet(server, tmp_path, 1, "llama")
+    assert late["warm"] and late["inductor_compiles"] == 0 and late["tokens_equal"]
+
+
+def test_transformers_replicas_through_torch_compile_compile_once(
+    server: RedisServer, tmp_path: Path
+):
+    results = fleet(server, tmp_path, 2, "hf-llama")
+    assert sorted(bool(r["inductor_compiles"]) for r in results) == [False, True]
+    assert all(r["tokens_equal"] for r in results)
+    assert [r["warm"] for r in results if not r["inductor_compiles"]] == [True]
+
+
+def test_tampered_artifact_is_refused_compiled_again_and_republished(
+    server: RedisServer, tmp_path: Path
+):
+    (first,) = fleet(server, tmp_path, 1, "llama")
+    assert first["inductor_compiles"]
+    client = server.client()
+    # Another machine with write access to the store swaps one artifact's bytes
+    # (it has no key, so it cannot sign a manifest for them).
+    stored = client.get(next(iter(client.keys("stitch:entry:aot/*"))))
+    entry = FleetKey(KEY.encode(), "test").open(stored, "the aot entry")
+    sha = next(f.sha256 for f in entry.files if f.path.endswith("artifact.bin"))
+    assert client.exists(f"stitch:blob:{sha}")
+    client.set(f"stitch:blob:{sha}", b"import os; os.system('echo owned')")
+    (second,) = fleet(server, tmp_path, 1, "llama")
+    assert "refusing shared entry aot/" in second["log"]
+    assert "does not match its sha256" in second["log"]
+    assert second["inductor_compiles"] and second["tokens_equal"]
+    assert "owned" not in second["log"]
+    (third,) = fleet(server, tmp_path, 1, "llama")
+    assert third["warm"] and not third["inductor_compiles"], third["log"][-2000:]
+
+
+def test_a_dead_compiler_lease_expires_and_another_replica_compiles(
+    server: RedisServer, tmp_path: Path
+):
+    local = tmp_path / "dead"
+    local.mkdir()
+    spec = {
+        "model": "llama",
+        "layers": 2,
+        "cache_dir": str(local),
+        "cache_url": server.url,
+        "lease_s": 2.0,
+        "compile_delay_s": 120.0,
+    }
+    dead = start(spec, tmp_path / "dead.log")
+    client = server.client()
+    deadline = time.monotonic() + 120
+    while not client.keys("stitch:lease:*"):
+        assert dead.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    (survivor,) = fleet(server, tmp_path, 1, "llama", lease_s=2.0)
+    assert survivor["inductor_compiles"] and survivor["tokens_equal"]
+    assert "is compiling" in survivor["log"] or not client.keys("stitch:lease:*")

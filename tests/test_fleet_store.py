@@ -1,0 +1,326 @@
+"""The shared tier on a real Redis server, unit by unit: trust, faults, leases, the cap.
+
+A unit here is a folder of files shaped like a compile cache entry (an
+artifact, then ``index.py``, the marker installed last); nothing is compiled.
+tests/test_fleet_cache.py runs real models through it in several processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from redis_support import RedisServer, fresh_tiers
+
+from stitch.runtime import CompilationConfig
+from stitch.runtime.store.shared.manifest import KEY_ENV, KEY_FILE_ENV
+from stitch.runtime.store.shared.tier import INSTALLED, Lease, SharedTier
+from stitch.runtime.store.shared.units import Unit
+
+KEY = "test-fleet-key"
+UNIT = Unit("0123456789abcdef01234567/rank_0", "0123456789abcdef01234567/rank_0")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    folder = tmp_path / "redis"
+    folder.mkdir()
+    srv = RedisServer(folder)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def fleet_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv(KEY_ENV, KEY)
+    monkeypatch.delenv(KEY_FILE_ENV, raising=False)
+    monkeypatch.delenv("STITCH_CACHE_URL", raising=False)
+    fresh_tiers()
+    yield
+    fresh_tiers()
+
+
+def tier(url: str, **fields: object) -> SharedTier:
+    fresh_tiers()
+    found = SharedTier.of(CompilationConfig(cache_url=url, **fields))  # type: ignore[arg-type]
+    assert found is not None
+    return found
+
+
+def make_unit(root: Path, payload: bytes = b"compiled piece") -> Path:
+    entry = root / UNIT.folder
+    (entry / "artifacts" / "k1").mkdir(parents=True, exist_ok=True)
+    (entry / "artifacts" / "k1" / "artifact.bin").write_bytes(payload)
+    (entry / "execution_fn.py").write_text("def execution_fn(): pass\n")
+    (entry / "index.py").write_text("{'kind': 'index'}\n")
+    (entry / "index.lock").write_text("")
+    (entry / ".tmp-xyz").write_text("half")
+    for folder in (root, *root.rglob("*")):
+        if folder.is_dir():
+            folder.chmod(0o700)
+    return entry
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_published_unit_installs_in_another_root(server: RedisServer, tmp_path: Path):
+    src, dst = tmp_path / "a", tmp_path / "b"
+    make_unit(src)
+    assert tier(server.url).publish(str(src), UNIT)
+    assert tier(server.url).fetch(str(dst), UNIT)
+    got = tree(dst)
+    # What is shared: no lock, no temporary file.
+    assert sorted(got) == sorted(
+        f"{UNIT.folder}/{name}"
+        for name in ("artifacts/k1/artifact.bin", "execution_fn.py", "index.py")
+    )
+    assert got == {k: v for k, v in tree(src).items() if k in got}
+    for path in (dst / UNIT.folder).rglob("*"):
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
+def test_two_publishers_of_one_key_agree_and_one_wins(
+    server: RedisServer, tmp_path: Path
+):
+    make_unit(tmp_path / "a")
+    make_unit(tmp_path / "b")
+    first, second = tier(server.url), tier(server.url)
+    assert first.publish(str(tmp_path / "a"), UNIT)
+    stored = server.client().get(f"stitch:entry:{UNIT.name}")
+    assert second.publish(str(tmp_path / "b"), UNIT)
+    assert server.client().get(f"stitch:entry:{UNIT.name}") == stored
+
+
+def test_partial_upload_is_never_visible(server: RedisServer, tmp_path: Path):
+    make_unit(tmp_path / "a")
+    t = tier(server.url)
+    # A publisher that dies after its blobs: no manifest, nothing to fetch.
+    t._commit = lambda unit, entry: False  # type: ignore[method-assign]
+    assert not t.publish(str(tmp_path / "a"), UNIT)
+    assert server.client().keys("stitch:blob:*")
+    assert not tier(server.url).fetch(str(tmp_path / "b"), UNIT)
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, why",
+    [
+        ("flip a byte of the manifest", "signed with another key"),
+        ("another key signed it", "signed with another key"),
+        ("unsigned", "not signed"),
+        ("evict a blob", "is gone"),
+        ("replace a blob's bytes", "does not match its sha256"),
+        ("name a file outside the unit", "outside the unit"),
+    ],
+)
+def test_damaged_entry_is_refused_once_and_nothing_is_installed(
+    server: RedisServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    damage: str,
+    why: str,
+):
+    make_unit(tmp_path / "a", payload=b"x" * 1000)
+    client = server.client()
+    entry_key = f"stitch:entry:{UNIT.name}"
+    if damage == "another key signed it":
+        monkeypatch.setenv(KEY_ENV, "someone-else")
+    publisher = tier(server.url)
+    if damage == "name a file outside the unit":
+        import dataclasses
+
+        wide = dataclasses.replace(UNIT, folder="0123456789abcdef01234567")
+        assert publisher.publish(str(tmp_path / "a"), wide)
+        # The signed manifest names rank_0/... relative to another folder: the
+        # same bytes under a unit they do not belong to.
+        entry = publisher.key.open(client.get(f"stitch:entry:{wide.name}"), "x")
+        import msgspec
+
+        outside = msgspec.structs.replace(
+            entry,
+            unit=UNIT.name,
+            files=(
+                *entry.files[:-1],
+                msgspec.structs.replace(entry.files[-1], path="ab/cd"),
+            ),
+        )
+        client.set(entry_key, publisher.key.seal(outside))
+    else:
+        assert publisher.publish(str(tmp_path / "a"), UNIT)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    stored = client.get(entry_key)
+    if damage == "flip a byte of the manifest":
+        i = stored.index(b"writer")
+        client.set(entry_key, stored[:i] + b"W" + stored[i + 1 :])
+    elif damage == "unsigned":
+        client.set(entry_key, stored[65:])
+    elif damage == "evict a blob":
+        blobs = client.keys("stitch:blob:*")
+        client.delete(*blobs[:1])
+        # The marker is installed last, so the order of eviction decides
+        # nothing: whichever blob is gone, the folder never gets its index.
+    elif damage == "replace a blob's bytes":
+        for key in client.keys("stitch:blob:*"):
+            client.set(key, b"y" * 1000)
+    caplog.set_level(logging.INFO, logger="stitch")
+    reader = tier(server.url)
+    dst = tmp_path / "b"
+    assert not reader.fetch(str(dst), UNIT)
+    assert not reader.fetch(str(dst), UNIT)  # refused once, not again
+    assert reader.before_compile(str(dst), UNIT) != INSTALLED
+    refused = [w for w in warnings_of(caplog) if "refusing shared entry" in w]
+    assert len(refused) == 1 and UNIT.name in refused[0] and why in refused[0], refused
+    assert not (dst / UNIT.folder / "index.py").exists()
+    # The replica compiles and publishes again: the store heals.
+    make_unit(dst, payload=b"x" * 1000)
+    assert reader.publish(str(dst), UNIT)
+    assert tier(server.url).fetch(str(tmp_path / "c"), UNIT)
+
+
+def test_without_a_key_the_tier_is_off_with_one_warning(
+    server: RedisServer, caplog: pytest.LogCaptureFixture, monkeypatch
+):
+    monkeypatch.delenv(KEY_ENV)
+    fresh_tiers()
+    config = CompilationConfig(cache_url=server.url)
+    assert SharedTier.of(config) is None and SharedTier.of(config) is None
+    off = [w for w in warnings_of(caplog) if "is off" in w]
+    assert len(off) == 1 and KEY_ENV in off[0] and server.url in off[0], off
+
+
+def test_key_file_must_be_private(tmp_path: Path, monkeypatch, caplog):
+    monkeypatch.delenv(KEY_ENV)
+    key = tmp_path / "fleet.key"
+    key.write_text("secret\n")
+    key.chmod(0o644)
+    monkeypatch.setenv(KEY_FILE_ENV, str(key))
+    fresh_tiers()
+    assert SharedTier.of(CompilationConfig(cache_url="redis://127.0.0.1:1/0")) is None
+    assert any("0644" in w and str(key) in w for w in warnings_of(caplog))
+    key.chmod(0o600)
+    fresh_tiers()
+    assert SharedTier.of(CompilationConfig(cache_url="redis://127.0.0.1:1/0"))
+
+
+def test_unreachable_store_is_one_warning_and_never_a_hang(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    from redis_support import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    t = tier(url)
+    make_unit(tmp_path / "a")
+    start = time.monotonic()
+    assert t.before_compile(str(tmp_path / "b"), UNIT) == Lease(UNIT, False)
+    assert not t.publish(str(tmp_path / "a"), UNIT)
+    assert not t.fetch(str(tmp_path / "b"), UNIT)
+    assert time.monotonic() - start < 5
+    down = [w for w in warnings_of(caplog) if "did not answer" in w]
+    assert len(down) == 1 and url in down[0], down
+
+
+def test_store_killed_mid_run_then_restarted_empty(
+    server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    make_unit(tmp_path / "a")
+    t = tier(server.url)
+    assert t.publish(str(tmp_path / "a"), UNIT)
+    server.stop()
+    start = time.monotonic()
+    assert not t.fetch(str(tmp_path / "b"), UNIT)
+    assert not t.publish(str(tmp_path / "a"), UNIT)
+    assert time.monotonic() - start < 5
+    assert len([w for w in warnings_of(caplog) if "did not answer" in w]) == 1
+    # Restarted (no persistence: flushed): a new process misses, compiles,
+    # publishes, and the next one installs.
+    server.start()
+    fresh = tier(server.url)
+    assert not fresh.fetch(str(tmp_path / "b"), UNIT)
+    assert fresh.publish(str(tmp_path / "a"), UNIT)
+    assert tier(server.url).fetch(str(tmp_path / "c"), UNIT)
+
+
+def test_waiting_replica_installs_what_the_lease_holder_publishes(
+    server: RedisServer, tmp_path: Path
+):
+    holder, waiter = tier(server.url), tier(server.url)
+    turn = holder.before_compile(str(tmp_path / "a"), UNIT)
+    assert isinstance(turn, Lease) and turn.held
+    got: list[object] = []
+    thread = threading.Thread(
+        target=lambda: got.append(waiter.before_compile(str(tmp_path / "b"), UNIT))
+    )
+    thread.start()
+    time.sleep(1.0)
+    assert not got  # waiting, not compiling
+    make_unit(tmp_path / "a")
+    holder.after_compile(str(tmp_path / "a"), turn, True)
+    thread.join(timeout=10)
+    assert got == [INSTALLED]
+    assert server.client().get(f"stitch:lease:{UNIT.name}") is None
+
+
+def test_lease_of_a_dead_replica_expires_and_the_next_takes_over(
+    server: RedisServer, tmp_path: Path
+):
+    dead = tier(server.url, cache_lease_s=1.0)
+    turn = dead.before_compile(str(tmp_path / "a"), UNIT)
+    assert isinstance(turn, Lease) and turn.held
+    turn._stop.set()  # it dies: no renewal, no release
+    start = time.monotonic()
+    nxt = tier(server.url, cache_lease_s=1.0).before_compile(str(tmp_path / "b"), UNIT)
+    assert isinstance(nxt, Lease) and nxt.held
+    assert 0.5 < time.monotonic() - start < 5
+
+
+def test_wait_is_bounded_and_the_waiter_compiles_itself(
+    server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
+    holder = tier(server.url, cache_lease_s=1.0)
+    turn = holder.before_compile(str(tmp_path / "a"), UNIT)
+    assert isinstance(turn, Lease) and turn.held  # renewed while "compiling"
+    start = time.monotonic()
+    got = tier(server.url, cache_wait_s=2.0).before_compile(str(tmp_path / "b"), UNIT)
+    waited = time.monotonic() - start
+    assert got == Lease(UNIT, False) and 1.9 < waited < 5, waited
+    assert any("compiling it here" in w for w in warnings_of(caplog))
+    holder.after_compile(str(tmp_path / "a"), turn, False)
+
+
+def test_size_cap_evicts_least_recently_used(server: RedisServer, tmp_path: Path):
+    units = [Unit(f"{i:024x}/rank_0", f"{i:024x}/rank_0") for i in range(3)]
+    t = tier(server.url, cache_store_max_bytes=2500)
+    for i, unit in enumerate(units):
+        root = tmp_path / f"r{i}"
+        folder = root / unit.folder
+        folder.mkdir(parents=True)
+        (folder / "artifact.bin").write_bytes(bytes([i]) * 1000)
+        (folder / "index.py").write_text("{}\n")
+        if i == 2:  # the first is used again: the second is now the oldest
+            assert t.fetch(str(tmp_path / "again"), units[0])
+        assert t.publish(str(root), unit)
+        time.sleep(0.01)
+    client = server.client()
+    left = sorted(k.decode() for k in client.keys("stitch:entry:*"))
+    assert left == [f"stitch:entry:{units[0].name}", f"stitch:entry:{units[2].name}"]
+    # The evicted entry's own blob went with it; the shared index.py stayed.
+    assert len(client.keys("stitch:blob:*")) == 3
