@@ -24,7 +24,7 @@ python3 -m venv "$venv"
 # constraints keep vLLM's own pins where they are.
 "$venv/bin/pip" install -q -c <(printf 'torch==2.13.0+cpu\ntransformers<5.20\n') \
     "black==26.10.1" "msgspec>=0.18,<1" "tabulate>=0.9" "pytest>=8" "pytest-xdist>=3.6" \
-    "syrupy>=7" "hypothesis>=6.100" "openai>=1.0"
+    "syrupy>=7" "hypothesis>=6.100" "openai>=1.0" "redis>=5,<9"
 # A module that cannot import vllm skips itself; here that would pass vacuously.
 "$venv/bin/python" -c "import vllm, openai, stitch.runtime.vllm; print('vllm', vllm.__version__)"
 

@@ -17,7 +17,9 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,14 +91,79 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     root = tmp_path_factory.mktemp("vllm_llama")
     model = Path(save_checkpoint(str(root / "model"), "llama", layers=4))
-    cache = root / "cache"
-    eager, _ = run_engine(model, "eager", cache)
-    cold, cold_log = run_engine(model, "stitch", cache)
+    eager, _ = run_engine(model, "eager", root / "eager")
+    # The cold start is two engines started together on one shared store:
+    # the one that compiled is "cold", the other "peer" (NOTE in fleet_pair).
+    pair = fleet_pair(
+        root,
+        lambda cache, env: run_engine(model, "stitch", cache, env),
+        lambda run: run[0]["counters"]["stitch"]["num_inductor_compiles"] > 0,
+    )
+    (cold, cold_log), cache = pair["cold"]
     warm, warm_log = run_engine(model, "stitch", cache)
     return dict(
         model=model, cache=cache, eager=eager, cold=cold, cold_log=cold_log,
-        warm=warm, warm_log=warm_log,
+        warm=warm, warm_log=warm_log, peer=pair["peer"][0], both=pair["both"],
     )  # fmt: skip
+
+
+def fleet_pair(
+    root: Path,
+    start: Callable[[Path, dict[str, str]], Any],
+    compiled: Callable[[Any], bool],
+) -> dict[str, Any]:
+    """Two engines started at once, caches of their own, one Redis store.
+
+    NOTE: [a fleet of two vLLM engines]
+    Both get only ``$STITCH_CACHE_URL`` and ``$STITCH_CACHE_KEY`` (vLLM's
+    workers inherit them).  Whichever takes the store's lease first compiles
+    ("cold", with its cache folder), the other waits and installs ("peer").
+    ``both``: whether each of them compiled.  Dynamo traces in both: vLLM's own
+    saved forward lives in each engine's cache.
+    """
+    from redis_support import RedisServer
+
+    (root / "redis").mkdir(parents=True)
+    store = RedisServer(root / "redis")
+    store.start()
+    env = {"STITCH_CACHE_URL": store.url, "STITCH_CACHE_KEY": "vllm-fleet-test"}
+    runs: dict[str, Any] = {}
+
+    def one(name: str) -> None:
+        try:
+            runs[name] = start(root / name, env)
+        except BaseException as exc:  # noqa: BLE001 - raised below
+            runs[name] = exc
+
+    try:
+        threads = [threading.Thread(target=one, args=(n,)) for n in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        store.stop()
+    for run in runs.values():
+        if isinstance(run, BaseException):
+            raise run
+    both = {n: compiled(run) for n, run in runs.items()}
+    first = "a" if both["a"] else "b"
+    other = "b" if first == "a" else "a"
+    return {
+        "cold": (runs[first], root / first),
+        "peer": (runs[other], root / other),
+        "both": both,
+    }
+
+
+def test_two_engines_started_together_compile_once(llama: dict[str, Any]) -> None:
+    # NOTE: [a fleet of two vLLM engines]
+    assert sorted(llama["both"].values()) == [False, True], llama["both"]
+    peer, peer_log = llama["peer"]
+    assert_same_generation(peer, llama["eager"])
+    assert peer["counters"]["stitch"]["num_inductor_compiles"] == 0
+    assert "stitch cache: installed" in peer_log, peer_log[-4000:]
+    assert "published" in llama["cold_log"]
 
 
 def test_llama_through_stitch_matches_vllm_eager(llama: dict[str, Any]) -> None:

@@ -41,6 +41,8 @@ if (
         allow_module_level=True,
     )
 
+from test_vllm import fleet_pair  # noqa: E402
+
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 TOKENS = 16
@@ -140,7 +142,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     root = tmp_path_factory.mktemp("vllm_server")
     model = Path(save_checkpoint(str(root / "model"), "llama", layers=2))
-    cache = root / "cache"
+    cache = root / "eager"
     sizes = {"STITCH_VLLM_CONFIG": json.dumps({"compile_sizes": [1, 8]})}
     variants = [
         ("eager", ["--enforce-eager"], {}),
@@ -149,15 +151,45 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ("changed", ["--compilation-config", STITCH],
          {"STITCH_VLLM_CONFIG": json.dumps({"compile_sizes": [4]})}),
     ]  # fmt: skip
-    results: dict[str, Any] = {"cache": cache}
+    results: dict[str, Any] = {}
     for name, args, env in variants:
-        log = root / f"{name}.log"
-        with server(model, cache, log, args, env) as client:
-            results[name] = generate(client)
-        results[f"{name}_log"] = log.read_text()
+        if name == "cold":
+            # Two servers started together on one store (NOTE: [a fleet of
+            # two vLLM engines] in test_vllm.py); later ones use the cache of
+            # the one that compiled.
+            pair = fleet_pair(
+                root / "fleet",
+                lambda folder, fleet, a=args, e=env: serve(
+                    model, folder, a, {**e, **fleet}
+                ),
+                lambda run: "cold start in" in run[1],
+            )
+            (results["cold"], results["cold_log"]), cache = pair["cold"]
+            results["peer"], results["peer_log"] = pair["peer"][0]
+            results["both"] = pair["both"]
+            results["cache"] = cache
+            continue
+        results[name], results[f"{name}_log"] = serve(model, cache, args, env)
         if name == "warm":
             results["inspect"] = inspect(cache / "stitch")
     return results
+
+
+def serve(
+    model: Path, cache: Path, args: list[str], env: dict[str, str]
+) -> tuple[dict[str, list[list[int]]], str]:
+    """One server's tokens and its log (beside its cache folder)."""
+    log = cache.parent / f"{cache.name}.log"
+    with server(model, cache, log, args, env) as client:
+        tokens = generate(client)
+    return tokens, log.read_text()
+
+
+def test_two_servers_started_together_compile_once(runs: dict[str, Any]) -> None:
+    assert sorted(runs["both"].values()) == [False, True], runs["both"]
+    assert runs["peer"] == runs["eager"]
+    assert "stitch cache: installed" in runs["peer_log"], runs["peer_log"][-4000:]
+    assert "warm start" in runs["peer_log"]
 
 
 def inspect(folder: Path) -> tuple[int, str]:

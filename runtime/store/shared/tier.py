@@ -23,7 +23,6 @@ import secrets
 import socket
 import threading
 import time
-from typing import Any
 
 import torch
 
@@ -354,7 +353,3 @@ class SharedTier:
     def entries(self) -> list[tuple[str, float, bytes | None]]:
         """Every entry's name, last use and stored bytes, least recently used first."""
         return [(n, t, self.store.get_entry(n)) for n, t in self.store.by_age()]
-
-
-def describe(entry: Any) -> str:
-    return f"{len(entry.files)} files, {entry.size / 1e6:.1f} MB, by {entry.writer}"

@@ -11,8 +11,11 @@ must match (``record.factors``): two configs of one model are two entries.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
+
+import msgspec
 
 from .. import codec, location
 from ..hashing import file_hash, key_hash
@@ -58,7 +61,10 @@ def entry_unit(root: str, directory: str) -> Unit:
 def saved_forward_unit(root: str, folder: str, factors: object) -> Unit:
     """The unit of the saved forward in ``folder``, for a record of ``factors``."""
     relative = location.reference_name(root, folder)
-    return Unit(f"{relative}@{key_hash(factors)}", relative)
+    # Canonical: the factors as computed (tuples) and as read back from the
+    # record (lists, sorted keys) name one unit.
+    text = json.dumps(msgspec.to_builtins(factors, enc_hook=str), sort_keys=True)
+    return Unit(f"{relative}@{key_hash(text)}", relative)
 
 
 def _folder_files(root: str, folder: str) -> list[str]:
@@ -116,3 +122,30 @@ def install_order(entry: SharedEntry) -> list[SharedFile]:
         entry.files,
         key=lambda f: (f.path.rsplit("/", 1)[-1] in MARKERS, f.path),
     )
+
+
+def local_units(root: str) -> list[Unit]:
+    """Every unit of the cache at ``root``: its compile cache entries (those with
+    an index) and its saved forwards (those whose record reads)."""
+    units = []
+    if not os.path.isdir(root):
+        return units
+    for key in sorted(os.listdir(root)):
+        folder = os.path.join(root, key)
+        if key == location.AOT_DIR or not os.path.isdir(folder):
+            continue
+        for rank in sorted(os.listdir(folder)):
+            entry = os.path.join(folder, rank)
+            if _ENTRY_FOLDER.match(f"{key}/{rank}") and os.path.isfile(
+                location.index_file(entry)
+            ):
+                units.append(entry_unit(root, entry))
+    for folder in location.find_aot_folders(os.path.join(root, location.AOT_DIR)):
+        if ".sig_" in os.path.basename(folder):
+            continue
+        try:
+            record = codec.read(AOTRecord, location.aot_record_file(folder))
+        except (OSError, codec.RecordError):
+            continue
+        units.append(saved_forward_unit(root, folder, record.factors))
+    return units

@@ -1,0 +1,188 @@
+"""``stitch cache ls | push | pull | verify``: a local cache and a fleet's shared store.
+
+Each ``_add_<name>(subparsers)`` registers one subcommand of ``stitch cache``
+(``cache_cmd.py`` builds the group).  A TARGET is a cache folder or a store URL
+(``redis://host:port/db``); the store's key comes from ``$STITCH_CACHE_KEY``
+(or ``$STITCH_CACHE_KEY_FILE``), as in a run.  Exit status: 0 done, 1 a
+problem found (verify) or a unit not moved (push, pull), 2 a target that
+cannot be used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, TextIO
+
+from ..config_fields import SHARED_SCHEMES
+
+LOCAL_HELP = "the local cache root (default: $STITCH_CACHE_DIR or ~/.cache/stitch)"
+
+
+def _is_url(target: str) -> bool:
+    return target.startswith(SHARED_SCHEMES)
+
+
+def _tier(url: str, out: TextIO) -> Any:
+    """The store at ``url`` with the fleet's key, or None (said on ``out``)."""
+    from stitch.runtime.config import CompilationConfig
+    from stitch.runtime.store.shared.tier import SharedTier
+
+    tier = SharedTier.of(CompilationConfig(cache_url=url))
+    if tier is None:
+        print(f"error: cannot use the store {url} (see the warning above)", file=out)
+    return tier
+
+
+def _root(cache_dir: str | None) -> str:
+    from stitch.runtime.config import CompilationConfig
+    from stitch.runtime.store.location import cache_root
+
+    return cache_root(CompilationConfig(cache_dir=cache_dir or ""))
+
+
+def _add_ls(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "ls",
+        help="list the entries of a local cache or a shared store",
+        description="List the units of a local cache (compile cache entries and "
+        "saved forwards: what push would publish), or the entries of a shared "
+        "store, least recently used first, with their size, writer and "
+        "whether their signature holds.",
+    )
+    parser.add_argument("target", metavar="TARGET", nargs="?", help="folder or URL")
+    parser.set_defaults(handler=run_ls)
+
+
+def run_ls(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from stitch.runtime.store.shared.admin import age, stored_entries
+    from stitch.runtime.store.shared.units import collect, local_units
+    from stitch.runtime.tables import markdown_table
+
+    target = args.target or _root(None)
+    if not _is_url(target):
+        rows = []
+        for unit in local_units(target):
+            files = collect(target, unit)
+            size = sum(f.size for f, _ in files)
+            rows.append([unit.name, len(files), f"{size / 1e6:.2f}"])
+        print(f"{target}: {len(rows)} unit(s)", file=out)
+        if rows:
+            print(markdown_table(["unit", "files", "MB"], rows), file=out)
+        return 0
+    tier = _tier(target, out)
+    if tier is None:
+        return 2
+    rows = []
+    for s in stored_entries(tier):
+        if s.entry is None:
+            rows.append(
+                [s.name, "-", "-", "-", age(s.last_used), f"refused: {s.problem}"]
+            )
+        else:
+            e = s.entry
+            rows.append(
+                [
+                    s.name,
+                    len(e.files),
+                    f"{e.size / 1e6:.2f}",
+                    e.writer,
+                    age(s.last_used),
+                    "ok",
+                ]
+            )
+    print(f"{target}: {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}", file=out)
+    if rows:
+        header = ["entry", "files", "MB", "writer", "last used", "signature"]
+        print(markdown_table(header, rows), file=out)
+    return 0
+
+
+def _add_verify(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help="check every entry of a local cache or a shared store",
+        description="A folder: the checks of 'stitch inspect'. A store URL: "
+        "each entry's signature, then every blob it names is read and hashed; "
+        "what a replica would refuse is listed.",
+    )
+    parser.add_argument("target", metavar="TARGET", help="folder or URL")
+    parser.set_defaults(handler=run_verify)
+
+
+def run_verify(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if not _is_url(args.target):
+        from .main_job import inspect_cache
+
+        return inspect_cache(args.target, out)
+    from stitch.runtime.store.shared.admin import stored_entries
+
+    tier = _tier(args.target, out)
+    if tier is None:
+        return 2
+    entries = stored_entries(tier, blobs=True)
+    bad = [s for s in entries if s.entry is None or s.problem]
+    for s in entries:
+        print(f"{s.name}: {s.problem or 'ok'}", file=out)
+    print(
+        f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {len(bad)} refused",
+        file=out,
+    )
+    return 1 if bad else 0
+
+
+def _add_push(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "push",
+        help="publish every unit of a local cache to a shared store",
+        description="Publish the compile cache entries and saved forwards of a "
+        "local cache to a shared store, as a run does after its compile: blobs "
+        "first, then the signed manifest.",
+    )
+    parser.add_argument("url", metavar="URL")
+    parser.add_argument("--cache-dir", metavar="DIR", help=LOCAL_HELP)
+    parser.set_defaults(handler=run_push)
+
+
+def run_push(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from stitch.runtime.store.shared.admin import push
+
+    tier = _tier(args.url, out)
+    if tier is None:
+        return 2
+    root = _root(args.cache_dir)
+    done = push(tier, root)
+    for unit, ok in done:
+        print(f"{unit.name}: {'published' if ok else 'NOT published'}", file=out)
+    print(f"{sum(ok for _, ok in done)} of {len(done)} unit(s) from {root}", file=out)
+    return 0 if all(ok for _, ok in done) else 1
+
+
+def _add_pull(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "pull",
+        help="install entries of a shared store into a local cache",
+        description="Install entries of a shared store (all, or those named) "
+        "into a local cache, each verified as a run would before using it.",
+    )
+    parser.add_argument("url", metavar="URL")
+    parser.add_argument("entries", metavar="ENTRY", nargs="*")
+    parser.add_argument("--cache-dir", metavar="DIR", help=LOCAL_HELP)
+    parser.set_defaults(handler=run_pull)
+
+
+def run_pull(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    from stitch.runtime.store.shared.admin import pull
+
+    tier = _tier(args.url, out)
+    if tier is None:
+        return 2
+    root = _root(args.cache_dir)
+    done = pull(tier, root, list(args.entries))
+    for name, ok in done:
+        print(f"{name}: {'installed' if ok else 'NOT installed'}", file=out)
+    print(f"{sum(ok for _, ok in done)} of {len(done)} entr(ies) into {root}", file=out)
+    return 0 if all(ok for _, ok in done) else 1
+
+
+STORE_COMMANDS = (_add_ls, _add_push, _add_pull, _add_verify)
