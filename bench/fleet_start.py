@@ -14,6 +14,8 @@ local cache of its own, measured in one run:
                    store: one compiles, the others wait and install.
 ``fleet, warm``    N replicas started together on the store the row above
                    filled, each with an empty local cache.
+``lone, warm store``  one process, an empty local cache, the warm store: to
+                   compare with ``lone warm`` (the fleet rows share 2 cores).
 
 "first forward" is from the call into Stitch (``aot_compile`` for the example,
 ``torch.compile``'s first call for transformers) to the first forward's result;
@@ -121,6 +123,8 @@ def run_model(model: str, n: int, layers: int, work: str, url: str) -> list[list
         for i in range(n)
     ]
     add(f"fleet of {n}, warm store", replicas(warm, key))
+    alone = {**base, "cache_dir": os.path.join(work, model, "alone"), "cache_url": url}
+    add("lone, warm store", replicas([alone], key))
     return rows
 
 

@@ -284,6 +284,12 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
         neither).  ``_HASHED_AS`` gives the fields with several spellings of one
         value their canonical form; every other field enters as its ``repr``.
         """
+        factors = self.hash_factors()
+        return hashlib.sha256(repr(sorted(factors.items())).encode()).hexdigest()
+
+    def hash_factors(self) -> dict[str, Any]:
+        """What :meth:`compute_hash` hashes: each hashed field's canonical value,
+        by factor name (an entry's factors record keeps their ``repr``)."""
         factors = {}
         for field in dataclasses.fields(self):
             if field.name in NOT_HASHED:
@@ -294,7 +300,7 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
             value = canonical(self)
             if value is not _UNHASHED:
                 factors[key] = value
-        return hashlib.sha256(repr(sorted(factors.items())).encode()).hexdigest()
+        return factors
 
 
 _UNHASHED = object()  # a canonical form's "leave this field out"

@@ -54,7 +54,8 @@ def _add_ls(subparsers: Any) -> None:
     parser.set_defaults(handler=run_ls)
 
 
-def run_ls(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_ls(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     from stitch.runtime.store.shared.admin import age, stored_entries
     from stitch.runtime.store.shared.units import collect, local_units
     from stitch.runtime.tables import markdown_table
@@ -110,7 +111,8 @@ def _add_verify(subparsers: Any) -> None:
     parser.set_defaults(handler=run_verify)
 
 
-def run_verify(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     if not _is_url(args.target):
         from .main_job import inspect_cache
 
@@ -144,7 +146,8 @@ def _add_push(subparsers: Any) -> None:
     parser.set_defaults(handler=run_push)
 
 
-def run_push(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_push(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     from stitch.runtime.store.shared.admin import push
 
     tier = _tier(args.url, out)
@@ -171,7 +174,8 @@ def _add_pull(subparsers: Any) -> None:
     parser.set_defaults(handler=run_pull)
 
 
-def run_pull(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_pull(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
     from stitch.runtime.store.shared.admin import pull
 
     tier = _tier(args.url, out)

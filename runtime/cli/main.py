@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .cache_cmd import add_cache
 from .inspect_cmd import add_inspect
 from .options import add_model_options, int_list
 
@@ -387,6 +388,7 @@ SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_run,
     _add_profile,
     add_inspect,
+    add_cache,
 )
 
 

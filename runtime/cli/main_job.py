@@ -180,6 +180,10 @@ def _print_aot(compiled: AOTCompiledModel, seconds: float, out: TextIO) -> None:
     else:
         how = "traced and compiled (not saved)"
     print(f"  aot_compile: {seconds:.2f}s ({how})", file=out)
+    backend = compiled.backend
+    why = backend.compiled[-1].why_cold if backend and backend.compiled else None
+    if why:
+        print(f"  not warm: {why}", file=out)
 
 
 def inspect_cache(path: str, out: TextIO) -> int:

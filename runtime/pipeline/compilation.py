@@ -70,6 +70,8 @@ class CompiledModel:
     consts: list[Any]
     graphs: GraphPlan | None
     guards: tuple[str, ...]
+    # A cold start's cause: what differs from the nearest cached entry.
+    why_cold: str | None = None
 
 
 @dataclasses.dataclass
@@ -161,6 +163,7 @@ class Compilation:
             emitted = self.emit(split, cache, records, reports)
             graphs = self.plan_graphs(split, fake_inputs, records, emitted)
             fn, backends = self.materialize(split, emitted, records, reports, graphs)
+            self.fleet.record(cache)
             finished = True
         finally:
             self.fleet.end(finished)
@@ -193,6 +196,7 @@ class Compilation:
             emitted.consts,
             graphs,
             emitted.guards,
+            None if warm else self.fleet.why_cold,
         )
 
     # -- the phases ----------------------------------------------------------
@@ -221,6 +225,7 @@ class Compilation:
                 )
 
             cache = self.fleet.open(reopen(), reopen)
+            self.fleet.explain(cache, self.gm, fake_inputs, self.cache_group, graph_key)
         if cache is None or cache.index is None:
             # A cold start: the warm-up runs beside the split and fake propagation.
             self.source.adapter.warm_up(cpu=on_cpu(self.example_inputs))

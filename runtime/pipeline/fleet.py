@@ -1,26 +1,42 @@
 """A backend call's turn in the fleet: install its entry from the shared store,
-or compile it under the store's lease and publish it after.
+or compile it under the store's lease and publish it after; and, when it
+compiles, why it did not start warm.
 
-See NOTE: [the shared tier never stops a run] in ``store/shared/tier.py``.
+See NOTE: [the shared tier never stops a run] in ``store/shared/tier.py`` and
+NOTE: [an entry records what its key covers] in ``store/explain.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from stitch.codegen.fingerprint import describe_example, graph_lines
 
 from ..config import CompilationConfig
 from ..store.cache import CompileCache
+from ..store.explain import EntryFactors, entry_factors, explain_miss, save_factors
 from ..store.shared.tier import INSTALLED, Lease, SharedTier
 from ..store.shared.units import entry_unit
 from .entry import MAX_ENTRIES
+
+log = logging.getLogger("stitch")
 
 
 class FleetTurn:
     """Opened with the call's cache entry; :meth:`end` once the call is done."""
 
     def __init__(self, config: CompilationConfig) -> None:
+        self.config = config
         self.tier = SharedTier.of(config)
         self.lease: tuple[str, Lease] | None = None
+        self.factors: EntryFactors | None = None
+        # Why this call compiles: what differs from the nearest cached entry.
+        self.why_cold: str | None = None
 
     def open(
         self,
@@ -50,3 +66,35 @@ class FleetTurn:
             root, lease = self.lease
             self.lease = None
             self.tier.after_compile(root, lease, compiled)
+
+    def explain(
+        self,
+        cache: CompileCache | None,
+        gm: fx.GraphModule,
+        fake_inputs: Sequence[Any],
+        group: str,
+        graph_key: str,
+    ) -> None:
+        """On a miss (``cache`` has no index): the factors this entry will record,
+        and one line on what differs from the nearest entry of the cache."""
+        if cache is None or cache.index is not None:
+            return
+        devices = [v.device.type for v in fake_inputs if isinstance(v, torch.Tensor)]
+        lines = graph_lines(gm) + [describe_example(v) for v in fake_inputs]
+        self.factors = entry_factors(
+            self.config.hash_factors(), self.config.backend, devices, group, lines
+        )
+        self.why_cold = explain_miss(cache.root, cache.directory, self.factors)
+        if self.why_cold:
+            log.info("stitch: graph %s starts cold: %s", graph_key[:12], self.why_cold)
+
+    def record(self, cache: CompileCache | None) -> None:
+        """Write the factors of the entry this call compiled."""
+        if self.factors is None or cache is None or not cache.writable:
+            return
+        try:
+            save_factors(cache.directory, cache.root, self.factors)
+        except OSError as exc:
+            log.debug(
+                "stitch: cannot write the factors of %s (%s)", cache.directory, exc
+            )

@@ -14,9 +14,12 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from stitch.core.errors import StitchCacheError
+
 from . import codec, location
 from .artifacts import read_identity
 from .codec import RecordError
+from .explain import factors_file, read_factors
 from .extras import inspect_extras
 from .hashing import file_hash, file_hash_or_none
 from .index import INDEX_FILE, LOCK_FILE, SOURCE_FILE, Index, parse_index
@@ -24,6 +27,7 @@ from .location import (
     ARTIFACT_FILE,
     ARTIFACTS_DIR,
     EXTRAS_FILE,
+    FACTORS_FILE,
     IDENTITY_FILE,
     PREBUILT_DIR,
     entry_key,
@@ -101,7 +105,12 @@ def _inspect(report: EntryReport) -> None:
                 f"its identity (graph_key {index.identity.graph_key[:12]}..., config_hash "
                 f"{index.identity.config_hash[:12]}...) is not the one of folder {folder}",
             )
-    used = {INDEX_FILE, LOCK_FILE, ARTIFACTS_DIR, PREBUILT_DIR}
+    used = {INDEX_FILE, LOCK_FILE, ARTIFACTS_DIR, PREBUILT_DIR, FACTORS_FILE}
+    if os.path.exists(factors_file(directory)):
+        try:
+            read_factors(directory)
+        except (StitchCacheError, OSError) as exc:
+            report.problem(FACTORS_FILE, str(exc).replace(directory + os.sep, ""))
     if index is not None and index.source is not None:
         used.add(SOURCE_FILE)
         _check_source(report, index.source.sha256)
