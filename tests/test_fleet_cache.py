@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_support import RedisServer
+from redis_support import RedisServer, fresh_tiers
 
 from stitch.runtime.store.shared.manifest import KEY_ENV, FleetKey
 
@@ -99,6 +99,46 @@ def test_four_replicas_started_together_compile_once(
     # A replica started later, with an empty local cache, is warm from the store.
     (late,) = fleet(server, tmp_path, 1, "llama")
     assert late["warm"] and late["inductor_compiles"] == 0 and late["tokens_equal"]
+    check_cache_commands(server, tmp_path)
+
+
+def check_cache_commands(server: RedisServer, tmp_path: Path) -> None:
+    """stitch cache ls / verify / pull / push on the store the fleet filled."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(KEY_ENV, KEY)
+        fresh_tiers()
+        listed = cli(["cache", "ls", server.url])
+        rows = [
+            ln for ln in listed.splitlines() if ln.startswith("| ") and " ok " in ln
+        ]
+        assert len(rows) == 2, listed  # the saved forward's unit, the entry's
+        assert cli(["cache", "verify", server.url]).endswith("2 entries, 0 refused\n")
+        pulled = tmp_path / "pulled"
+        out = cli(["cache", "pull", server.url, "--cache-dir", str(pulled)])
+        assert "2 of 2 entr(ies)" in out, out
+        # The pulled cache is whole (stitch inspect), and pushing it back names
+        # the same two units: nothing new appears in the store.
+        assert cli(["cache", "verify", str(pulled)], status=0)
+        local = cli(["cache", "ls", str(pulled)])
+        assert all(row.split("|")[1].strip() in local for row in rows), local
+        cli(["cache", "push", server.url, "--cache-dir", str(pulled)])
+        assert len(server.client().keys("stitch:entry:*")) == 2
+        fresh_tiers()
+
+
+def cli(argv: list[str], status: int = 0) -> str:
+    import contextlib
+    import io
+
+    from stitch.runtime.cli.main import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        got = main(argv)
+    assert got == status, out.getvalue()
+    return out.getvalue()
 
 
 def test_transformers_replicas_through_torch_compile_compile_once(
