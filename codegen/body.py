@@ -11,6 +11,7 @@ from stitch.core.errors import StitchCodegenError
 
 from .context import Statement
 from .naming import Namespace
+from .readable import tidy
 from .values import ConstTable, render_value
 
 
@@ -49,12 +50,14 @@ class FunctionBody:
     def render(self, value: Any) -> str:
         return render_value(value, self.name_of, self.consts)
 
-    def param(self, node: fx.Node) -> None:
-        self.names[node] = self.local.create(node.name)
+    def param(self, node: fx.Node, candidate: str | None = None) -> None:
+        """A parameter for placeholder ``node``, named ``candidate`` (see NOTE:
+        [names from the model's paths] in readable.py), else readably after it."""
+        self.names[node] = self.local.create(candidate or tidy(node.name))
         self.params.append(self.names[node])
 
     def bind(self, node: fx.Node, candidate: str) -> str:
-        name = self.names[node] = self.local.create(candidate)
+        name = self.names[node] = self.local.create(tidy(candidate))
         self._bound[name] = None
         return name
 

@@ -40,6 +40,7 @@ from .pieces import (
     output_value,
     single_call,
 )
+from .readable import provenance, readable_names
 from .values import ConstTable, render_string, render_value
 
 
@@ -129,6 +130,8 @@ class _ModuleLowering:
         self._by_structure: dict[tuple[Any, ...], PieceFunction] = {}
         self._n_inlined = 0
         self._pieces: dict[str, Any] = {}  # call_module target -> the piece
+        self.renamed: list[str] = []  # the header's table of renamed parameters
+        self._readable: dict[str, str] = {}  # placeholder -> its readable name
 
     def _piece(self, node: fx.Node) -> Any:
         """The module a top-level ``call_module`` node calls, fetched once."""
@@ -153,6 +156,11 @@ class _ModuleLowering:
                 f"{CONSTS_NAME}, set by the loader (slot: graph attribute, value):",
                 *(f"  {line}" for line in self.consts.describe()),
             )
+        if self.renamed:
+            header += (
+                "parameters (name: module path or size (Dynamo's name)):",
+                *self.renamed,
+            )
         if self.consts.uses_torch:
             self.globals.used_imports.add("torch")
         if self.profile:
@@ -171,9 +179,11 @@ class _ModuleLowering:
     def _lower_main(self) -> FunctionContext:
         gm = self.split_gm
         body = FunctionBody(self.globals.names.child(), self.consts, "the split graph")
+        placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        readable = self._readable = readable_names(placeholders)
         for n in gm.graph.nodes:
             if n.op == "placeholder":
-                body.param(n)
+                body.param(n, readable.get(n.name))
             elif n.op == "get_attr":
                 body.names[n] = self.consts.ref(fetch_attr(gm, n.target, n), n.target)
             elif n.op == "output":
@@ -216,6 +226,9 @@ class _ModuleLowering:
                 *statements,
             )
             kwonly = f"{kwonly}, {RANGES_NAME}"
+        self.renamed = provenance(
+            placeholders, {p.name: body.names[p] for p in placeholders}
+        )
         signature = ", ".join([*body.params, f"*, {kwonly}"])
         return FunctionContext(FUNCTION_NAME, signature, "", statements)
 
@@ -315,9 +328,12 @@ class _ModuleLowering:
         self.globals.targets_log, self.consts.log = [], []
         try:
             body = FunctionBody(self.globals.names.child(), self.consts, name)
+            inputs = [p for p in module.graph.nodes if p.op == "placeholder"]
+            # The piece's inputs carry the split graph's names: named alike.
+            readable = {**readable_names(inputs), **self._readable}
             for node in module.graph.nodes:
                 if node.op == "placeholder":
-                    body.param(node)
+                    body.param(node, readable.get(node.name))
                 elif node.op == "get_attr":
                     body.names[node] = self.consts.ref(
                         fetch_attr(module, node.target, node), node.target

@@ -93,18 +93,9 @@ def module_path_of(gm: fx.GraphModule) -> str:
             paths.append(path)
     if not paths:
         return ""
-    if len(paths) == 1:
-        return paths[0]
-    split = [p.split(".") for p in paths]
-    common: list[str] = []
-    for parts in zip(*split, strict=False):
-        if len(set(parts)) != 1:
-            break
-        common.append(parts[0])
-    prefix = ".".join(common)
-    if prefix in paths:
-        return prefix
-    return f"{paths[0]} .. {paths[-1]}"
+    # First to last, however they nest: "model .. model.layers.0.self_attn.v_proj"
+    # says where the piece starts and ends, where "model" alone would not.
+    return paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1]}"
 
 
 def output_value(module: fx.GraphModule) -> Any:

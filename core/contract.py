@@ -27,7 +27,7 @@ RANGES_NAME = "__stitch_ranges__"
 FUNCTION_NAME = "execution_fn"
 # Version of the emitted format, written into the provenance header.  Bumped
 # whenever the shape of the emitted source changes.
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 __all__ = [
     "CONSTS_NAME",

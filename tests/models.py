@@ -451,6 +451,41 @@ def case_bare_attention() -> Case:
     return Case(gm, example.splitting_ops, make_inputs, model, model.reset_kv_caches)
 
 
+# Parameters named as Dynamo names a module's weights and a keyword argument
+# (NOTE: [names from the model's paths] in codegen/readable.py): the emitted
+# function's parameters take the model's paths instead.
+def f_dynamo_names(
+    l_kwargs_hidden_states_: Tensor,
+    l_self_modules_model_modules_layers_modules_0_modules_mlp_modules_up_proj_parameters_weight_: Tensor,
+    l_self_modules_model_modules_layers_modules_1_modules_mlp_modules_up_proj_parameters_weight_: Tensor,
+    l_self_modules_model_modules_norm_parameters_weight_: Tensor,
+    l_self_modules_model_modules_norm_parameters_bias_: Tensor,
+    l_self_modules_lm_head_parameters_weight_: Tensor,
+) -> Tensor:
+    x = l_kwargs_hidden_states_
+    for w in (
+        l_self_modules_model_modules_layers_modules_0_modules_mlp_modules_up_proj_parameters_weight_,
+        l_self_modules_model_modules_layers_modules_1_modules_mlp_modules_up_proj_parameters_weight_,
+    ):
+        x = x + ops.scale(torch.nn.functional.linear(x, w), 0.5)
+    x = torch.nn.functional.layer_norm(
+        x,
+        (8,),
+        l_self_modules_model_modules_norm_parameters_weight_,
+        l_self_modules_model_modules_norm_parameters_bias_,
+    )
+    return torch.nn.functional.linear(x, l_self_modules_lm_head_parameters_weight_)
+
+
+def case_dynamo_names() -> Case:
+    return Case(
+        _traced(f_dynamo_names),
+        ("stitchtest::scale",),
+        lambda seed: randn(seed, (4, 8), (8, 8), (8, 8), (8,), (8,), (16, 8)),
+        f_dynamo_names,
+    )
+
+
 CASES: dict[str, Callable[[], Case]] = {
     "two_layer_attention": case_two_layer_attention,
     "llama_3_layer": case_llama_3_layer,
@@ -467,6 +502,7 @@ CASES: dict[str, Callable[[], Case]] = {
     "inlined_constants": case_inlined_constants,
     "many_pieces": case_many_pieces,
     "bare_attention": case_bare_attention,
+    "dynamo_names": case_dynamo_names,
 }
 
 

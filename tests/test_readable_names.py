@@ -1,0 +1,151 @@
+"""The emitted function's parameters are named after the model's paths (NOTE:
+[names from the model's paths] in codegen/readable.py), and nothing that runs
+depends on those names: old and new emitted files of one graph compute alike."""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+
+import pytest
+import torch.fx as fx
+from test_golden import assert_same_outputs, run
+
+from stitch.codegen.readable import MAX_CHARS, readable_names, source_path
+from stitch.runtime import compile_execution_fn
+
+from models import emit_case
+
+DYNAMO_Q = (
+    "l_self_modules_model_modules_layers_modules_0_modules_self_attn_"
+    "modules_q_proj_parameters_weight_"
+)
+
+
+def placeholders(*names: str) -> list[fx.Node]:
+    graph = fx.Graph()
+    return [graph.placeholder(n) for n in names]
+
+
+def test_dynamo_noise_goes_and_the_shared_first_step_too() -> None:
+    names = readable_names(
+        placeholders(
+            "l_kwargs_input_ids_",
+            DYNAMO_Q,
+            "l_self_modules_model_modules_norm_parameters_weight_",
+            "l_self_modules_lm_head_parameters_weight_",
+            "s52",
+            "arg0_1",
+        )
+    )
+    assert names == {
+        "l_kwargs_input_ids_": "input_ids",
+        DYNAMO_Q: "layers_0_self_attn_q_proj_weight",
+        "l_self_modules_model_modules_norm_parameters_weight_": "norm_weight",
+        "l_self_modules_lm_head_parameters_weight_": "lm_head_weight",
+    }
+
+
+def test_long_paths_keep_their_numbers_and_last_word() -> None:
+    long = (
+        "l_self_modules_model_modules_layers_modules_11_modules_block_sparse_moe_"
+        "modules_experts_modules_7_modules_post_attention_layernorm_parameters_weight_"
+    )
+    (name,) = readable_names(placeholders(long)).values()
+    assert len(name) <= MAX_CHARS
+    assert name.startswith("model_layers_11_") and name.endswith("_weight")
+    assert "_7_" in name
+    # Deterministic: the graph alone decides.
+    assert readable_names(placeholders(long)) == readable_names(placeholders(long))
+
+
+def test_a_first_step_is_kept_where_dropping_it_would_clash() -> None:
+    names = readable_names(
+        placeholders(
+            "l_self_modules_model_modules_norm_parameters_weight_",
+            "l_self_modules_model_modules_fc_parameters_weight_",
+            "l_self_modules_norm_parameters_weight_",
+        )
+    )
+    assert names["l_self_modules_model_modules_norm_parameters_weight_"] == (
+        "model_norm_weight"
+    )
+    assert names["l_self_modules_model_modules_fc_parameters_weight_"] == "fc_weight"
+
+
+def test_names_are_unique_and_never_keywords_or_builtins() -> None:
+    # ``type`` and ``input`` are builtins, ``lambda`` a keyword; two sources
+    # read alike once the noise goes.
+    case = emit_case("dynamo_names")
+    gm = case.split_gm
+    graph = fx.Graph()
+    for name in ("l_type_", "l_input_", "l_lambda_", "l_kwargs_x_", "l_x_"):
+        graph.placeholder(name)
+    graph.output(None)
+    from stitch.codegen import generate_execution_code
+
+    code, _, _ = generate_execution_code(fx.GraphModule(gm, graph))
+    signature = re.search(r"def execution_fn\(([^)]*)\)", code, re.S)
+    assert signature is not None
+    params = [p.strip() for p in signature.group(1).split(",") if p.strip()][:5]
+    assert len(set(params)) == 5, params
+    for p in params:
+        assert p.isidentifier() and not keyword.iskeyword(p), p
+        assert p not in dir(builtins), p
+
+
+def old_style(code: str) -> str:
+    """``code`` as the code generator wrote it before readable names: each
+    parameter under Dynamo's name (read back from the header's table)."""
+    table = re.findall(r"^#   (\w+): .* \((\w+)\)$", code, re.M)
+    assert table
+    body = "\n".join(ln for ln in code.splitlines() if not ln.startswith("#   "))
+    for new, old in table:
+        body = re.sub(rf"\b{new}\b", old, body)
+    return body + "\n"
+
+
+def test_old_and_new_emitted_files_of_one_graph_compute_alike() -> None:
+    emitted = emit_case("dynamo_names")
+    new = emitted.code
+    old = old_style(new)
+    assert (
+        "layers_0_mlp_up_proj_weight" in new
+        and "_modules_" not in new.split("import torch")[1]
+    )
+    assert (
+        "l_self_modules_model_modules_layers_modules_0" in old.split("import torch")[1]
+    )
+    pieces = dict(emitted.split_gm.named_children())
+    fns = [
+        compile_execution_fn(code, pieces, emitted.submod_names, emitted.consts)
+        for code in (old, new)
+    ]
+    for seed in emitted.case.seeds:
+        inputs = emitted.case.make_inputs(seed)
+        a, b = (run(emitted.case, fn, inputs) for fn in fns)
+        assert_same_outputs(a, b, exact=True)
+
+
+@pytest.mark.parametrize("name", ["input_ids", "tokens"])
+def test_size_symbols_named_by_the_token_ids(name: str) -> None:
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    env = ShapeEnv()
+    s0 = env.create_unbacked_symint()
+    graph = fx.Graph()
+    size = graph.placeholder("s0")
+    ids = graph.placeholder(f"l_kwargs_{name}_")
+    size.meta["example_value"] = s0
+    # A 1-D tensor of s0 token ids (only its shape is read).
+    ids.meta["example_value"] = type("Ids", (), {"shape": (s0,)})()
+    assert readable_names([size, ids]) == {
+        f"l_kwargs_{name}_": name,
+        "s0": "num_tokens",
+    }
+
+
+def test_source_path_reads_only_dynamo_names() -> None:
+    assert source_path("arg0_1") is None and source_path("s52") is None
+    assert source_path(DYNAMO_Q) == ("self", "model_layers_0_self_attn_q_proj_weight")
