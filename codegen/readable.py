@@ -169,6 +169,7 @@ def _module_path(node: fx.Node) -> str | None:
     if not isinstance(text, str):
         return None
     text = re.sub(r"^L\['(self|kwargs)'\]", "", text)
+    text = re.sub(r"^L\['(\w+)'\]", r"\1", text)  # a positional argument
     text = re.sub(r"\._(modules|parameters|buffers)\['([^']+)'\]", r".\2", text)
     text = re.sub(r"\[['\"]?([^\]'\"]+)['\"]?\]", r".\1", text)
     return text.lstrip(".") or None
