@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 4).
+# Stitching source emitted by stitch.codegen (format 5).
 # pieces: 13 (7 called through __vllm_submods__, 6 inlined); constants: 20
 # graph: sha256:8f812b12f7cdd922
 # __vllm_consts__, set by the loader (slot: graph attribute, value):
@@ -63,13 +63,13 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
         0.25,
     )
     del cat, cat_1, view_2
-    # layers.0.self_attn
+    # layers.0.self_attn .. layers.0.self_attn.o_proj
     mm_1 = submod_2(empty_like, sym_size_int, __vllm_consts__[6])
     del empty_like
     # layers.0.self_attn.o_proj
     wait_tensor = __vllm_inlined_submods__3(mm_1)
     del mm_1
-    # layers.0
+    # layers.0 .. layers.0.mlp.down_proj
     mm_3, add_3 = submod_4(
         embedding,
         wait_tensor,
@@ -105,13 +105,13 @@ def execution_fn(arg0_1, arg1_1, *, __vllm_submods__):
         0.25,
     )
     del cat_2, cat_3, view_6
-    # layers.1.self_attn
+    # layers.1.self_attn .. layers.1.self_attn.o_proj
     mm_5 = submod_8(empty_like_1, sym_size_int, __vllm_consts__[15])
     del sym_size_int, empty_like_1
     # layers.1.self_attn.o_proj
     wait_tensor_2 = __vllm_inlined_submods__3(mm_5)
     del mm_5
-    # layers.1
+    # layers.1 .. layers.1.mlp.down_proj
     mm_7, add_3 = submod_10(
         add_3,
         wait_tensor_2,

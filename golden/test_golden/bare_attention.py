@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 4).
+# Stitching source emitted by stitch.codegen (format 5).
 # pieces: 1 (0 called through __vllm_submods__, 1 inlined); constants: 2
 # graph: sha256:7f19c495ae59f485
 # __vllm_consts__, set by the loader (slot: graph attribute, value):

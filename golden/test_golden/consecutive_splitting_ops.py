@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 4).
+# Stitching source emitted by stitch.codegen (format 5).
 # pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 0
 # graph: sha256:3a2c5949f05239c5
 import torch

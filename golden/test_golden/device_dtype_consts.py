@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 4).
+# Stitching source emitted by stitch.codegen (format 5).
 # pieces: 5 (2 called through __vllm_submods__, 3 inlined); constants: 0
 # graph: sha256:6e3bd54d6e90f351
 import torch

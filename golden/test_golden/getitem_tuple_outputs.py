@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 4).
+# Stitching source emitted by stitch.codegen (format 5).
 # pieces: 4 (2 called through __vllm_submods__, 2 inlined); constants: 0
 # graph: sha256:859b6bf450469273
 import torch

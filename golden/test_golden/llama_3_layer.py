@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 4).
+# Stitching source emitted by stitch.codegen (format 5).
 # pieces: 7 (4 called through __vllm_submods__, 3 inlined); constants: 29
 # graph: sha256:339bc9ab4e1a5f66
 # __vllm_consts__, set by the loader (slot: graph attribute, value):

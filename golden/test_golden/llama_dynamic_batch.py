@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 4).
+# Stitching source emitted by stitch.codegen (format 5).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 20
 # graph: sha256:f4333cd6afe823e2
 # __vllm_consts__, set by the loader (slot: graph attribute, value):

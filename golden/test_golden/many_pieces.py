@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 4).
+# Stitching source emitted by stitch.codegen (format 5).
 # pieces: 12 (6 called through __vllm_submods__, 6 inlined); constants: 0
 # graph: sha256:eddbafc96685adca
 import torch

@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 4).
+# Stitching source emitted by stitch.codegen (format 5).
 # pieces: 1 (1 called through __vllm_submods__, 0 inlined); constants: 0
 # graph: sha256:b1c123df4b6774d1
 

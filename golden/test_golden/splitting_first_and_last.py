@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 4).
+# Stitching source emitted by stitch.codegen (format 5).
 # pieces: 3 (1 called through __vllm_submods__, 2 inlined); constants: 0
 # graph: sha256:011b20f4ce93f5a9
 import torch

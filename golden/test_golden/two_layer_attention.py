@@ -1,4 +1,4 @@
-# Stitching source emitted by stitch.codegen (format 4).
+# Stitching source emitted by stitch.codegen (format 5).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 20
 # graph: sha256:e792efe169eddc5e
 # __vllm_consts__, set by the loader (slot: graph attribute, value):
