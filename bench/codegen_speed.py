@@ -1,10 +1,15 @@
 """How long emitting the stitching source takes.
 
-Run: ``python bench/codegen_speed.py [--layers 8 32 80] [--repeats N]``.
+Run: ``python bench/codegen_speed.py [--layers 8 32 80] [--repeats N]
+[--names dynamo]``.
 
 The graph is the decoder-shaped graph of ``bench/stitching_overhead.py`` (L
 layers, 2L+1 pieces, 5 weight placeholders per layer), split at its attention
-op.  Two ways to get the same source are timed side by side, alternating:
+op; with ``--names dynamo`` its placeholders are named as Dynamo names a
+transformers model's (``l_self_modules_model_modules_layers_modules_3_...``),
+which the code generator turns back into readable names.
+
+Two ways to get the same source are timed side by side, alternating:
 
 ``generate``   ``generate_execution_code(split_gm)``: lowering, templates, and
                each long statement laid out as black would (codegen/layout.py).
@@ -88,6 +93,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="perf_counter",
         help="perf_counter: wall time (default); thread_time: CPU time of the thread",
     )
+    parser.add_argument(
+        "--names",
+        choices=("plain", "dynamo"),
+        default="plain",
+        help="plain: placeholders named layers_3_qkv (default); dynamo: as Dynamo "
+        "names a transformers model's",
+    )
     args = parser.parse_args(argv)
     if any(n < 1 for n in args.layers):
         parser.error("--layers values must be >= 1")
@@ -120,11 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"python {platform.python_version()}, torch {torch.__version__}, black "
         f"{black.__version__}, {platform.machine()}; {args.clock} clock, median of "
-        f"{args.repeats}; milliseconds\n"
+        f"{args.repeats}; {args.names} names; milliseconds\n"
     )
     rows = []
     for layers in args.layers:
-        gm = stitching_graph.build_graph(layers)
+        gm = stitching_graph.build_graph(layers, args.names == "dynamo")
         split_gm, items = split_graph(gm, [stitching_graph.OP_NAME])
         code = new_path(split_gm)
         if (

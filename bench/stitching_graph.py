@@ -64,8 +64,19 @@ def register_attention_op() -> torch.library.Library | None:
 # -- the model graph ----------------------------------------------------------------
 
 
-def build_graph(num_layers: int) -> fx.GraphModule:
-    """A decoder-shaped graph with Dynamo-style lifted weights as placeholders.
+def dynamo_name(name: str) -> str:
+    """The name Dynamo gives the placeholder ``name`` of :func:`build_graph`
+    (``layers_3_qkv`` -> ``l_self_modules_model_modules_layers_modules_3_
+    modules_qkv_parameters_weight_``), as a transformers model's graph has it."""
+    if name in ("hidden_states", "positions"):
+        return f"l_{name}_"
+    modules = ["model", *name.split("_", 2)]
+    return "l_self_" + "".join(f"modules_{m}_" for m in modules) + "parameters_weight_"
+
+
+def build_graph(num_layers: int, dynamo_names: bool = False) -> fx.GraphModule:
+    """A decoder-shaped graph with Dynamo-style lifted weights as placeholders,
+    named as Dynamo names them with ``dynamo_names`` (:func:`dynamo_name`).
 
     Between two attention ops sit the previous layer's o-proj, residual add,
     norm and MLP and the next layer's norm and qkv projection, so a middle piece
@@ -78,14 +89,18 @@ def build_graph(num_layers: int) -> fx.GraphModule:
     aten = torch.ops.aten
     attn = getattr(torch.ops, OP_NAMESPACE).attn.default
     g = fx.Graph()
-    x = g.placeholder("hidden_states")
-    positions = g.placeholder("positions")
+
+    def placeholder(name: str) -> fx.Node:
+        return g.placeholder(dynamo_name(name) if dynamo_names else name)
+
+    x = placeholder("hidden_states")
+    positions = placeholder("positions")
 
     weights = [
-        {key: g.placeholder(f"layers_{i}_{key}") for key in LAYER_WEIGHTS}
+        {key: placeholder(f"layers_{i}_{key}") for key in LAYER_WEIGHTS}
         for i in range(num_layers)
     ]
-    final_norm = g.placeholder("norm")
+    final_norm = placeholder("norm")
 
     def after_attention(out: fx.Node, residual: fx.Node, w: dict) -> fx.Node:
         h = g.call_function(aten.mm.default, (out, w["o"]))

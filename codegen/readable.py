@@ -27,7 +27,8 @@ import torch.fx as fx
 
 from .fingerprint import example_value
 
-MAX_CHARS = 48
+# 48 at most in the emitted source: room is left for the namespace's ``_N``.
+MAX_CHARS = 44
 _DYNAMO = re.compile(r"[lL]_(\w+?)_?")
 _GLOBAL = re.compile(r"[gG]_(\w+?)_?")
 _STEPS = re.compile(r"(?:^|_)(?:modules|parameters|buffers)_")

@@ -26,6 +26,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from stitch.codegen import generate_execution_code, module_path_of, split_graph
+from stitch.codegen.readable import readable_names
 from stitch.codegen.split import IS_SPLITTING_META
 from stitch.core.errors import StitchCodegenError
 from stitch.runtime import compile_execution_fn
@@ -205,10 +206,12 @@ def test_same_source_in_another_process() -> None:
 def test_signature_is_placeholders_in_graph_order_then_submods(name: str) -> None:
     emitted = emit_case(name)
     fn = functions(emitted.code)["execution_fn"]
-    placeholders = [
-        n.name for n in emitted.split_gm.graph.nodes if n.op == "placeholder"
+    placeholders = [n for n in emitted.split_gm.graph.nodes if n.op == "placeholder"]
+    # Named after the model's paths where Dynamo spelled them (readable.py).
+    readable = readable_names(placeholders)
+    assert [a.arg for a in fn.args.args] == [
+        readable.get(n.name, n.name) for n in placeholders
     ]
-    assert [a.arg for a in fn.args.args] == placeholders
     assert [a.arg for a in fn.args.kwonlyargs] == ["__vllm_submods__"]
     assert fn.args.defaults == [] and fn.args.kw_defaults == [None]
     assert fn.args.vararg is None and fn.args.kwarg is None
