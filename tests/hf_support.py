@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,23 @@ def check_splits(run: FamilyRun) -> None:
         )
     else:
         assert unsplit == [], run.warnings
+
+
+def check_names(family_run: FamilyRun) -> None:
+    """NOTE: [names from the model's paths]: no Dynamo spelling, nothing over 48
+    characters, every renamed parameter in the header's table."""
+    for result in family_run.backend.compiled:
+        code = "\n".join(
+            ln for ln in result.code.splitlines() if not ln.lstrip().startswith("#")
+        )
+        names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", code))
+        assert max(len(n) for n in names) <= 48, max(names, key=len)
+        assert not [n for n in names if "_modules_" in n or n.startswith("l_self_")]
+        params = re.search(r"def execution_fn\(([^)]*)\)", result.code, re.S)
+        assert params is not None
+        table = dict(re.findall(r"^#   (\w+): .* \((\w+)\)$", result.code, re.M))
+        # Every parameter came from a Dynamo name (or is a size symbol Dynamo
+        # named s<N>), so each one Stitch renamed is in the table.
+        for p in (x.strip() for x in params.group(1).split(",")):
+            if p and not p.startswith(("*", "__")):
+                assert p in table or re.fullmatch(r"s\d+", p), (p, sorted(table))

@@ -13,7 +13,14 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from hf_support import NAMES, FamilyRun, Runs, check_numbers, check_splits  # noqa: E402
+from hf_support import (  # noqa: E402
+    NAMES,
+    FamilyRun,
+    Runs,
+    check_names,
+    check_numbers,
+    check_splits,
+)
 
 # See NOTE: [many compiles of one forward] in conftest.py.
 pytestmark = pytest.mark.usefixtures("dynamo_state")
@@ -34,6 +41,11 @@ def test_stitch_attention_matches_default_eager_at_every_length(
     stitch_run: FamilyRun,
 ) -> None:
     check_numbers(stitch_run)
+
+
+@pytest.mark.slow
+def test_stitch_attention_emitted_names_are_the_models(stitch_run: FamilyRun) -> None:
+    check_names(stitch_run)
 
 
 # A known fault of eager pieces, not of the attention: GPT-2's gelu reads
