@@ -31,6 +31,8 @@ from .fingerprint import example_value
 MAX_CHARS = 44
 _DYNAMO = re.compile(r"[lL]_(\w+?)_?")
 _GLOBAL = re.compile(r"[gG]_(\w+?)_?")
+# A source Dynamo wraps in a call it names first: object_getattribute_l_self_...
+_WRAPPED = re.compile(r"[a-z]\w*?_((?:l|L)_(?:self|kwargs)_\w+)")
 _STEPS = re.compile(r"(?:^|_)(?:modules|parameters|buffers)_")
 _TOKEN_IDS = ("input_ids", "ids", "tokens", "token_ids", "positions", "position_ids")
 
@@ -38,6 +40,9 @@ _TOKEN_IDS = ("input_ids", "ids", "tokens", "token_ids", "positions", "position_
 def dotted_path(name: str) -> str | None:
     """The module path Dynamo's ``name`` spells, its steps joined by dots
     (``model.layers.0.mlp.up_proj.weight``); an attribute's own underscores stay."""
+    wrapped = _WRAPPED.fullmatch(name)
+    if wrapped is not None:
+        return dotted_path(wrapped.group(1))
     g = _GLOBAL.fullmatch(name)
     if g is not None:
         return re.sub(r"^_*import_", "", g.group(1)).replace("_dot_", ".")
@@ -53,6 +58,9 @@ def source_path(name: str) -> tuple[str, str] | None:
     """``(kind, dotted path)`` Dynamo's placeholder ``name`` spells, else None:
     kind ``self`` (a module attribute), ``kwargs`` or ``arg`` (the forward's
     arguments), ``global`` (a module global)."""
+    wrapped = _WRAPPED.fullmatch(name)
+    if wrapped is not None:  # object_getattribute_l_self_config_..._ (torch 2.11)
+        return source_path(wrapped.group(1))
     g = _GLOBAL.fullmatch(name)
     if g is not None:  # G['__import_transformers_dot_activations'].math.pi
         return "global", (dotted_path(name) or "").replace(".", "_")

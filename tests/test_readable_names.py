@@ -148,4 +148,8 @@ def test_size_symbols_named_by_the_token_ids(name: str) -> None:
 
 def test_source_path_reads_only_dynamo_names() -> None:
     assert source_path("arg0_1") is None and source_path("s52") is None
+    # torch 2.11 names a config attribute read through object.__getattribute__
+    # after the call around it.
+    wrapped = "object_getattribute_l_self_config_final_logit_softcapping_"
+    assert source_path(wrapped) == ("self", "config_final_logit_softcapping")
     assert source_path(DYNAMO_Q) == ("self", "model_layers_0_self_attn_q_proj_weight")
