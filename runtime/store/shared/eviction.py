@@ -1,15 +1,26 @@
-"""The shared store's size cap: least recently used entries go first.
+"""The shared store's size cap: orphaned blobs, then the least recently used entries.
 
 NOTE: [the store's eviction policy]
-``cache_store_max_bytes`` caps the bytes of the distinct blobs the store's
-entries name.  After each publish, while the store holds more, the entry used
-least recently (published or installed last the longest ago; every replica's
-fetch counts as a use) is removed: its manifest first, then its blobs that no
-remaining entry names.  The entry just published is never removed, so one
-entry larger than the cap still stays.  Entries that do not verify (unsigned,
-another key, damaged) go before any that do.  Replicas evicting at once may
-remove a blob another entry still names; that entry is then refused when
-fetched ("blob ... is gone"), compiled again and published again.
+``cache_store_max_bytes`` caps the bytes of every blob the store holds: those
+its entries name and the orphans no entry names (left by a publisher killed
+after its blobs, or by an entry replaced with other files).  After each
+publish, with a cap set:
+
+1. Orphans whose stamp is older than the lease (``cache_lease_s``) are
+   deleted.  A publish stamps its blobs before it uploads them and again just
+   before its manifest, so a blob younger than that may be an upload in
+   progress: it is counted, and kept.
+2. While the store holds more than the cap, the entry used least recently
+   (published or installed last the longest ago; every replica's fetch counts
+   as a use) is removed: its manifest first, then its blobs that no remaining
+   entry names.  The entry just published is never removed, so one entry
+   larger than the cap still stays.  Entries that do not verify (unsigned,
+   another key, damaged) go before any that do; until then the blobs they
+   list are counted and kept.
+
+Replicas evicting at once may remove a blob another entry still names; that
+entry is then refused when fetched ("blob ... is gone"), compiled again and
+published again.  Without a cap nothing is removed, orphans included.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..codec import RecordError
-from .manifest import SharedEntry
+from .manifest import SharedEntry, unverified
 
 if TYPE_CHECKING:
     from .tier import SharedTier
@@ -26,36 +37,54 @@ if TYPE_CHECKING:
 log = logging.getLogger("stitch")
 
 
+def collect_orphans(tier: SharedTier, named: set[str]) -> tuple[list[str], int]:
+    """Delete the blobs no entry names (not in ``named``) stamped longer than a
+    lease ago; the blobs deleted, and the bytes of the younger orphans kept."""
+    collected, young = [], 0
+    for sha, size, age in tier.store.blob_ages():
+        if sha in named:
+            continue
+        if age > tier.lease_s:
+            tier.store.delete_blob(sha)
+            collected.append(sha)
+        else:
+            young += size
+    return collected, young
+
+
 def evict(tier: SharedTier, keep: str) -> list[str]:
-    """Remove entries, least recently used first, until the store is under the
-    cap; the names removed."""
-    entries: dict[str, tuple[bytes, SharedEntry | None]] = {}
+    """Collect old orphans, then remove entries, least recently used first,
+    until the store is under the cap; the names of the entries removed."""
+    # name -> (stored bytes, the verified entry or None, the files it lists)
+    entries: dict[str, tuple[bytes, SharedEntry | None, SharedEntry | None]] = {}
     for name, _, stored in tier.entries():
         if stored is None:
             continue
         try:
-            entries[name] = (stored, tier.key.open(stored, name))
+            entry = tier.key.open(stored, name)
+            entries[name] = (stored, entry, entry)
         except RecordError:
-            entries[name] = (stored, None)
-    order = [n for n, (_, e) in entries.items() if e is None]
-    order += [n for n, (_, e) in entries.items() if e is not None]
+            entries[name] = (stored, None, unverified(stored, name))
+    order = [n for n, (_, e, _) in entries.items() if e is None]
+    order += [n for n, (_, e, _) in entries.items() if e is not None]
 
     def blobs(names: object) -> dict[str, int]:
         out: dict[str, int] = {}
         for n in names:  # type: ignore[attr-defined]
-            entry = entries[n][1]
-            for f in entry.files if entry is not None else ():
+            listed = entries[n][2]
+            for f in listed.files if listed is not None else ():
                 out[f.sha256] = f.size
         return out
 
-    removed = []
     held = blobs(entries)
+    collected, young = collect_orphans(tier, set(held))
+    removed = []
     for name in order:
-        if sum(held.values()) <= tier.max_bytes:
+        if sum(held.values()) + young <= tier.max_bytes:
             break
         if name == keep:
             continue
-        stored, _ = entries[name]
+        stored = entries[name][0]
         if not tier.store.delete_entry(name, stored):
             continue  # changed since read: another replica's business now
         gone = set(blobs([name]))
@@ -64,6 +93,14 @@ def evict(tier: SharedTier, keep: str) -> list[str]:
         for sha in gone - set(held):
             tier.store.delete_blob(sha)
         removed.append(name)
+    if collected:
+        log.info(
+            "stitch cache: deleted %d orphaned blob(s) from %s (no entry names "
+            "them, stamped over %.0fs ago)",
+            len(collected),
+            tier.url,
+            tier.lease_s,
+        )
     if removed:
         log.info(
             "stitch cache: evicted %d entr%s from %s (cap %d bytes): %s",

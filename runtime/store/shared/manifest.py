@@ -134,3 +134,13 @@ class FleetKey:
                 name, "", "is signed with another key (or was changed after signing)"
             )
         return codec.decode(SharedEntry, data, name)
+
+
+def unverified(stored: bytes, name: str) -> SharedEntry | None:
+    """The entry in ``stored`` with its signature NOT checked (None: it does not
+    decode): only for what eviction must count and not delete as an orphan,
+    never for anything that is installed or run."""
+    try:
+        return codec.decode(SharedEntry, stored[_SIG_CHARS + 1 :], name)
+    except RecordError:
+        return None

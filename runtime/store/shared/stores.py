@@ -4,7 +4,9 @@ NOTE: [a shared store is a few verbs]
 The tier (``tier.py``) needs of a store only: entries by name with a
 compare-and-set, blobs by sha256 (written once), leases (take if free, renew
 and release only by their holder, expire on their own), and a last-used time
-per entry for eviction.  Signing, verifying, installing and the eviction
+per entry for eviction, and a stamp per blob (the store's clock when it was
+last written or claimed by a publish) so that eviction can collect the blobs
+no entry names.  Signing, verifying, installing and the eviction
 policy are the tier's, so another store (a shared folder through fsspec, an
 object store) is one more class here with these methods, and nothing in the
 pipeline changes.  Every call either answers within the store's timeout or
@@ -40,7 +42,16 @@ class SharedStore(Protocol):
     def put_blob(self, sha: str, data: bytes, replace: bool = False) -> None:
         """Store ``data`` as blob ``sha`` (kept if there, unless ``replace``)."""
 
-    def delete_blob(self, sha: str) -> None: ...
+    def delete_blob(self, sha: str) -> None:
+        """Remove blob ``sha`` and its stamp."""
+
+    def stamp_blobs(self, shas: list[str]) -> None:
+        """Stamp the blobs ``shas`` (stored or about to be) with the store's
+        clock: a publish claims them, so eviction leaves them alone a while."""
+
+    def blob_ages(self) -> list[tuple[str, int, float]]:
+        """Every blob stored or stamped: its sha256, size (0: not stored) and
+        seconds since its stamp (a blob never stamped is stamped now: 0)."""
 
     def take_lease(self, unit: str, owner: str, seconds: float) -> bool: ...
 
@@ -81,6 +92,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+_STAMP = """
+local t = redis.call('TIME')
+local now = t[1] + t[2] / 1000000
+for _, sha in ipairs(ARGV) do redis.call('ZADD', KEYS[1], now, sha) end
+return 0
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -92,7 +109,8 @@ class RedisStore:
 
     Keys: ``stitch:entry:<unit>`` (signed manifests), ``stitch:blob:<sha256>``,
     ``stitch:lease:<unit>`` (with a TTL), ``stitch:used`` (a sorted set: each
-    entry's last use).  Every call times out after ``timeout`` seconds and is
+    entry's last use), ``stitch:stamps`` (a sorted set: each blob's stamp, by
+    the server's clock).  Every call times out after ``timeout`` seconds and is
     never retried: a store that does not answer is :class:`StoreDown`.
     """
 
@@ -162,7 +180,47 @@ class RedisStore:
         self._call("set", self._key("blob", sha), data, None, None, not replace)
 
     def delete_blob(self, sha: str) -> None:
-        self._call("delete", self._key("blob", sha))
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(self._key("blob", sha))
+            pipe.zrem(self.PREFIX + "stamps", sha)
+            pipe.execute()
+        except self._errors as exc:
+            raise StoreDown(f"{self.url}: {type(exc).__name__}: {exc}") from None
+
+    def stamp_blobs(self, shas: list[str]) -> None:
+        if shas:
+            self._script(_STAMP, [self.PREFIX + "stamps"], *shas)
+
+    def blob_ages(self) -> list[tuple[str, int, float]]:
+        blob = self._key("blob", "")
+        try:
+            sec, usec = self._client.time()
+            now = sec + usec / 1e6
+            stamps = {
+                name.decode(errors="replace"): float(when)
+                for name, when in self._client.zrange(
+                    self.PREFIX + "stamps", 0, -1, withscores=True
+                )
+            }
+            stored = [
+                key.decode(errors="replace")[len(blob) :]
+                for key in self._client.scan_iter(match=blob + "*", count=1000)
+            ]
+            pipe = self._client.pipeline(transaction=False)
+            for sha in stored:
+                pipe.strlen(blob + sha)
+            sizes = dict(zip(stored, pipe.execute(), strict=True))
+        except self._errors as exc:
+            raise StoreDown(f"{self.url}: {type(exc).__name__}: {exc}") from None
+        unstamped = [sha for sha in stored if sha not in stamps]
+        # Stamped now, so that a blob whose stamp was lost (a server evicting
+        # keys itself) ages out like any other.
+        self.stamp_blobs(unstamped)
+        return [
+            (sha, int(sizes.get(sha, 0)), max(0.0, now - stamps.get(sha, now)))
+            for sha in sorted(set(stored) | set(stamps))
+        ]
 
     def take_lease(self, unit: str, owner: str, seconds: float) -> bool:
         ms = max(1, int(seconds * 1000))
