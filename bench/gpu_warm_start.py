@@ -66,7 +66,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     imported = time.perf_counter()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from gpu_serving import build_model  # the benchmark's model
+    from gpu_serving_model import build_model  # the benchmark's model
 
     from stitch.runtime import CompilationConfig, aot_compile, compilation_counter
     from stitch.runtime.examples import LlamaConfig, llama_inputs

@@ -22,6 +22,10 @@ from typing import Any
 
 # Modules a warm start has no use for: it compiles nothing and generates no code.
 WATCHED = ("torch._dynamo", "torch._inductor", "black", "jinja2")
+# What a load through Inductor imports besides (seconds on the GPU machine):
+# sympy, the shape environment and FSDP (through the Triton kernel op).  Triton
+# itself is not among them: stitch::attention's own kernel is a Triton kernel.
+HEAVY = ("sympy", "torch.fx.experimental.symbolic_shapes", "torch.distributed.fsdp")
 
 
 class _Collect(logging.Handler):
@@ -119,6 +123,7 @@ def main(spec: dict) -> dict:
         "plain_function": isinstance(forward, types.MethodType)
         and type(forward.__func__) is types.FunctionType,
         "imported": sorted(m for m in WATCHED if m in sys.modules),
+        "heavy": sorted(m for m in HEAVY if m in sys.modules),
         "entry": first.cache_entry,
         "mapped": mapped_under(spec["cache_dir"]),
         "counter": {k: after[k] - before[k] for k in after if after[k] != before[k]},

@@ -464,6 +464,11 @@ def test_saved_forward_captures_its_graphs_in_a_second_process(
     assert counter.get("num_backend_compilations", 0) == 0
     assert counter.get("num_inductor_compiles", 0) == 0
     assert counter["num_compiled_artifacts_loaded"] == PIECES
+    # NOTE: [prebuilt Triton kernels]: every piece, Triton kernels included, is
+    # launched from its record; the warm process imports no Inductor, Dynamo,
+    # sympy or FSDP.
+    assert counter["num_prebuilt_loads"] == PIECES
+    assert warm["imported"] == [] and warm["heavy"] == [], warm
     print("warm Inductor cache:", sorted(p.name for p in empty.glob("*")))
     for report in (cold, warm):
         # Triton pieces only: no CPU ISA probe (a C++ build and a torch import

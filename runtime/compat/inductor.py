@@ -23,7 +23,21 @@ WRAPPER_FUNCTIONS = {
     "torch._inductor.hooks": ("run_intermediate_hooks",),
     "torch._inductor.utils": ("maybe_profile",),
     "torch._inductor.codegen.memory_planning": ("_align",),
+    # A CUDA piece's wrapper (its Triton kernels are answered by the record).
+    "torch._inductor.runtime.triton_heuristics": (
+        "start_graph",
+        "end_graph",
+        "grid",
+        "split_scan_grid",
+        "grid_combo_kernels",
+        "cooperative_reduction_grid",
+    ),
 }
+# What a CUDA piece's wrapper imports of Triton at its top level (for its
+# kernels, which the record answers): imported only if ever read.
+TRITON_MODULES = ("triton", "triton.language")
+# The docstring heading a CUDA wrapper's compile-time autotuning block.
+AUTOTUNE_BLOCK = "Compile-time auto-tuning block:"
 ASYNC_COMPILE = "torch._inductor.async_compile"
 SELECT_ALGORITHM = "torch._inductor.select_algorithm"
 # Prefixes of the modules that are Inductor's or Dynamo's own.
@@ -126,3 +140,104 @@ def publish_tensor_data_ptr() -> None:
     os.environ["_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR"] = str(
         torch._C._dynamo.guards._torchinductor_pyobject_tensor_data_ptr  # type: ignore[attr-defined]
     )
+
+
+# -- Triton kernels of a CUDA piece (NOTE: [prebuilt Triton kernels]) -------------
+
+
+def tuned_triton_kernels(wrapper: str) -> dict[str, Any]:
+    """The Triton kernels of a CUDA wrapper, each autotuned to one configuration.
+
+    Inductor's wrapper source starts with a compile-time autotuning block (a
+    docstring): the kernels again, and one call of each on example inputs of the
+    hinted sizes.  Running it settles every kernel with several configurations
+    (Inductor's own ``autotune_at_compile_time`` runs the same block).  Kernel
+    name -> its ``CachingAutotuner``; empty when the wrapper has no block.
+    """
+    start = wrapper.find(AUTOTUNE_BLOCK)
+    if start < 0:
+        return {}
+    start += len(AUTOTUNE_BLOCK)
+    end = wrapper.find('"""', start)
+    if end < 0:
+        return {}
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    namespace: dict[str, Any] = {"__name__": "stitch_autotune_block"}
+    exec(
+        compile(wrapper[start:end], "<autotune block>", "exec"), namespace
+    )  # noqa: S102
+    return {k: v for k, v in namespace.items() if isinstance(v, CachingAutotuner)}
+
+
+def load_triton_kernel(name: str, source: str) -> Any:
+    """A Triton kernel's ``CachingAutotuner`` from its generated module source."""
+    from torch._inductor.codecache import TritonCodeCache
+
+    return TritonCodeCache.load(name, source)
+
+
+def triton_kernel_facts(kernel: Any) -> tuple[dict[str, Any], bytes]:
+    """What launching a settled Triton kernel takes, and its cubin.
+
+    ``kernel``: a ``CachingAutotuner`` with one launcher, launched statically
+    (through ``torch._C._StaticCudaLauncher``).  Raises ``ValueError`` naming
+    why the kernel cannot be launched that way.
+    """
+    from torch._inductor.runtime.triton_heuristics import GridExpr
+
+    if not kernel.launchers:  # (precompiling again would undo an autotuning)
+        kernel.precompile()
+    launchers = kernel.launchers
+    if len(launchers) != 1:
+        raise ValueError(f"{len(launchers)} configurations, not autotuned to one")
+    launcher = launchers[0]
+    if not getattr(launcher, "_is_static", False):
+        raise ValueError("it is not launched statically (the CUDA launcher refused it)")
+    results = [
+        r
+        for r in getattr(kernel, "compile_results", ()) or ()
+        if r.config is launcher.config
+        or (r.config.kwargs, r.config.num_warps, r.config.num_stages)
+        == (
+            launcher.config.kwargs,
+            launcher.config.num_warps,
+            launcher.config.num_stages,
+        )
+    ]
+    if not results:
+        raise ValueError("its compiled form is not kept")
+    result = results[0]
+    static = result.kernel
+    result.reload_cubin_path()
+    with open(static.cubin_path, "rb") as f:
+        cubin = f.read()
+    grid = GridExpr.from_meta(result.inductor_meta, result.config)
+    _, parameters, none_args = result._get_arg_lists(
+        static.arg_names, static.declared_constexprs
+    )
+    launched = [
+        arg
+        for i, arg in enumerate(static.arg_names)
+        if i not in static.full_constexprs and arg not in none_args
+    ]
+    arg_types = static.arg_tys
+    for scratch in (static.has_global_scratch, static.has_profile_scratch):
+        if scratch:
+            arg_types += "O"
+            launched.append("None")
+    if len(launched) != len(arg_types):
+        raise ValueError(f"{len(launched)} arguments for {len(arg_types)} types")
+    device = result.compile_meta.get("device", 0) or 0
+    facts = {
+        "function": static.name,
+        "num_warps": int(static.num_warps),
+        "shared": int(static.shared),
+        "arg_types": arg_types,
+        "parameters": list(parameters),
+        "grid_prefix": list(grid.prefix),
+        "grid": [str(grid.x_grid), str(grid.y_grid), str(grid.z_grid)],
+        "launched": launched,
+        "device": int(device),
+    }
+    return facts, cubin

@@ -288,17 +288,32 @@ def _tuple_output(gm: fx.GraphModule) -> tuple[fx.GraphModule, bool]:
     return wrapped, True
 
 
+# Prebuilt records this process refused (warned about once).
+_REFUSED: list[str] = []
+
+
 def _load_prebuilt(path: str, sha256: str | None, faults: set[str]) -> Runnable | None:
     """The prebuilt runnable of the artifact at ``path``, or None: load it through
     Inductor.  A damaged prebuilt file is one warning naming it (``faults``: the
     files already reported), never loaded; the Inductor load then rewrites it."""
     from ..store.extras import ExtraFileError
-    from .prebuilt import PrebuiltUnavailable, load_prebuilt
+    from .prebuilt import NO_RECORD, PrebuiltUnavailable, load_prebuilt
 
     try:
         runnable = load_prebuilt(path, sha256)
     except PrebuiltUnavailable as exc:
-        log.debug("stitch: %s loads through Inductor: %s", path, exc)
+        if str(exc) == NO_RECORD or _REFUSED:
+            log.debug("stitch: %s loads through Inductor: %s", path, exc)
+        else:
+            # A record this process cannot use (another GPU, another format):
+            # one warning, the pieces load through Inductor (seconds of imports).
+            _REFUSED.append(path)
+            log.warning(
+                "stitch cache: the prebuilt form of %s is refused (%s); its "
+                "pieces load through Inductor",
+                path,
+                exc,
+            )
         return None
     except StitchCacheError as exc:
         where = exc.path if isinstance(exc, ExtraFileError) else str(exc)

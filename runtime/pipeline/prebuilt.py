@@ -17,15 +17,16 @@ answered by stand-ins: ``AsyncCompile.cpp_pybinding`` returns the prebuilt
 kernel for its source instead of building it, ``extern_kernels.<name>`` is the
 torch function recorded at save time, and the few helper functions import
 their real module only if they are ever called.  Every other import is the real
-one.  A piece whose wrapper needs anything else (Triton kernels, constants,
-aliased outputs, ...) gets no record and loads through Inductor as before.
+one; a CUDA piece's Triton kernels: NOTE: [prebuilt Triton kernels].  A piece
+whose wrapper needs anything else (constants, aliased outputs, ...) gets no
+record and loads through Inductor as before.
 
 A record is used only on a machine like the one that built it (same CPU flags,
-Python and torch).  The record and the kernels are the artifact's extra files
-(``store/extras.py``): listed with their sizes and sha256 in the artifact's
-folder when written, and each one trust-checked and verified against that list
-before it is read or loaded.  This module imports nothing from Inductor or
-Dynamo.
+Python and torch; for Triton kernels, the same GPU, CUDA and Triton).  The
+record and the kernels are the artifact's extra files (``store/extras.py``):
+listed with their sizes and sha256 when written, each one trust-checked and
+verified against that list before it is read or loaded.  This module imports
+nothing from Inductor or Dynamo.
 """
 
 from __future__ import annotations
@@ -56,8 +57,15 @@ from ..store.records import (
     PrebuiltRecord,
     as_data,
 )
-
-KERNELS_DIR = "kernels"
+from .prebuilt_triton import (
+    KERNELS_DIR,
+    aligned_call,
+    cubin_name,  # noqa: F401 - re-exported
+    cuda_available,
+    gpu_fingerprint,
+    load_triton,
+    triton_key,
+)
 
 Runnable = Callable[..., Any]
 
@@ -67,6 +75,9 @@ Runnable = Callable[..., Any]
 LAZY_FUNCTIONS = inductor.WRAPPER_FUNCTIONS
 ASYNC_COMPILE = inductor.ASYNC_COMPILE
 SELECT_ALGORITHM = inductor.SELECT_ALGORITHM
+
+
+NO_RECORD = "no prebuilt record"
 
 
 class PrebuiltUnavailable(Exception):
@@ -132,7 +143,7 @@ def read_record(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        raise PrebuiltUnavailable("no prebuilt record") from None
+        raise PrebuiltUnavailable(NO_RECORD) from None
     except OSError as exc:
         raise StitchCacheError(f"{path} is unreadable ({exc})") from None
     return as_data(parse_record(data, path))
@@ -162,7 +173,7 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
     try:
         extras = open_extras(artifact_path, artifact_sha256)
     except NoExtras:
-        raise PrebuiltUnavailable("no prebuilt record") from None
+        raise PrebuiltUnavailable(NO_RECORD) from None
     record = parse_record(extras.read(record_name(artifact_path)), path)
     if record.machine != machine_fingerprint():
         raise PrebuiltUnavailable(
@@ -171,6 +182,14 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
     if artifact_sha256 is not None and record.artifact_sha256 != artifact_sha256:
         # Stale, not damaged: the artifact was rewritten (and is checked on its own).
         raise PrebuiltUnavailable("made from another version of the artifact")
+    if record.triton:
+        devices = {k.device for k in record.triton.values()}
+        here = {d: gpu_fingerprint(d) for d in devices} if cuda_available() else {}
+        if any(here.get(d) != record.gpu for d in devices):
+            raise PrebuiltUnavailable(
+                f"its Triton kernels were built for {record.gpu}, this GPU is "
+                f"{', '.join(sorted(set(here.values()))) or 'absent'}"
+            )
     kernels = record.kernels
 
     def kernel(argtypes: Sequence[str], kernel_source: str) -> Any:
@@ -181,10 +200,22 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
             )
         return load_kernel(extras, entry)
 
+    def triton(name: str, kernel_source: str, device_str: str = "cuda") -> Any:
+        entry = record.triton.get(triton_key(name, kernel_source))
+        if entry is None:
+            raise StitchCacheError(
+                f"{path}: the wrapper asks for a Triton kernel it does not list ({name})"
+            )
+        return load_triton(extras, name, entry)
+
     filename = f"<stitch-prebuilt-{record.artifact_sha256[:12]}>"
     try:
         namespace = exec_wrapper(
-            record.wrapper, filename, kernel, resolve_externs(record.extern_kernels)
+            record.wrapper,
+            filename,
+            kernel,
+            resolve_externs(record.extern_kernels),
+            triton,
         )
     except (StitchCacheError, PrebuiltUnavailable):
         raise
@@ -195,7 +226,9 @@ def load_prebuilt(artifact_path: str, artifact_sha256: str | None = None) -> Run
     call = namespace.get("call")
     if not callable(call):
         raise StitchCacheError(f"{path}: the wrapper defines no call()")
-    return piece_runnable(call, tuple(record.increment_version))
+    return piece_runnable(
+        call, tuple(record.increment_version), tuple(record.align_inputs)
+    )
 
 
 def load_kernel(extras: Extras, sha256: str) -> Any:
@@ -257,9 +290,10 @@ def exec_wrapper(
     filename: str,
     kernel: Callable[[Sequence[str], str], Any],
     externs: dict[str, Any],
+    triton: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:
     """Run a generated wrapper module's top level with Inductor's imports answered locally."""
-    stubs = stub_modules(kernel, externs)
+    stubs = stub_modules(kernel, externs, triton)
 
     def import_(
         name: str,
@@ -270,6 +304,9 @@ def exec_wrapper(
     ) -> Any:
         if level == 0 and fromlist and name in stubs:
             return stubs[name]
+        if level == 0 and name in inductor.TRITON_MODULES:
+            # ``import triton`` / ``import triton.language as tl``: the top package.
+            return stubs["triton"]
         return builtins.__import__(name, globals_, locals_, fromlist, level)
 
     namespace: dict[str, Any] = {
@@ -284,13 +321,18 @@ def exec_wrapper(
 
 
 def stub_modules(
-    kernel: Callable[[Sequence[str], str], Any], externs: dict[str, Any]
+    kernel: Callable[[Sequence[str], str], Any],
+    externs: dict[str, Any],
+    triton: Callable[..., Any] | None = None,
 ) -> dict[str, types.ModuleType]:
     stubs = {
         name: _LazyModule(name, functions) for name, functions in LAZY_FUNCTIONS.items()
     }
+    # Triton's modules, imported only if a name of theirs is ever read.
+    stubs["triton"] = _LazyModule("triton", ())
+    stubs["triton"].language = _LazyModule("triton.language", ())  # type: ignore[attr-defined]
     async_compile = _LazyModule(ASYNC_COMPILE, ())
-    async_compile.AsyncCompile = functools.partial(PrebuiltAsyncCompile, kernel)  # type: ignore[attr-defined]
+    async_compile.AsyncCompile = functools.partial(PrebuiltAsyncCompile, kernel, triton)  # type: ignore[attr-defined]
     stubs[ASYNC_COMPILE] = async_compile
     select = _LazyModule(SELECT_ALGORITHM, ())
     select.extern_kernels = _ExternKernels(externs)  # type: ignore[attr-defined]
@@ -335,11 +377,21 @@ class _ExternKernels:
 class PrebuiltAsyncCompile:
     """``AsyncCompile`` for a prebuilt wrapper: kernels come from the record."""
 
-    def __init__(self, kernel: Callable[[Sequence[str], str], Any]) -> None:
+    def __init__(
+        self,
+        kernel: Callable[[Sequence[str], str], Any],
+        triton: Callable[..., Any] | None = None,
+    ) -> None:
         self._kernel = kernel
+        self._triton = triton
 
     def cpp_pybinding(self, argtypes: Sequence[str], source_code: str) -> Any:
         return self._kernel(argtypes, source_code)
+
+    def triton(self, name: str, source_code: str, device_str: str = "cuda") -> Any:
+        if self._triton is None or device_str != "cuda":
+            raise PrebuiltUnavailable(f"a {device_str} Triton kernel ({name})")
+        return self._triton(name, source_code, device_str)
 
     def wait(self, scope: dict[str, Any]) -> None:
         """Every kernel is loaded already."""
@@ -349,7 +401,9 @@ class PrebuiltAsyncCompile:
 
 
 def piece_runnable(
-    call: Callable[[list[Any]], Any], increment: tuple[int, ...]
+    call: Callable[[list[Any]], Any],
+    increment: tuple[int, ...],
+    align: tuple[int, ...] = (),
 ) -> Runnable:
     """``runnable(*args)`` as AOTAutograd's inference wrapper runs ``call``.
 
@@ -363,6 +417,8 @@ def piece_runnable(
     is_grad = torch.is_grad_enabled
     set_grad = torch._C._set_grad_enabled
     disable_amp = torch._C._is_any_autocast_enabled()
+    if align:
+        call = aligned_call(call, align)
 
     def run_plain(*args: Any) -> Any:
         if is_grad():

@@ -21,7 +21,9 @@ from ..store.extras import save_extras
 from ..store.hashing import content_hash
 from .prebuilt import (
     PrebuiltUnavailable,
+    cubin_name,
     exec_wrapper,
+    gpu_fingerprint,
     kernel_key,
     kernel_name,
     machine_fingerprint,
@@ -29,11 +31,15 @@ from .prebuilt import (
     record_name,
     render_record,
     resolve_dotted,
+    triton_key,
 )
 
 log = logging.getLogger("stitch")
 
 EXTERN_USE = re.compile(r"\bextern_kernels\.(\w+)")
+# A kernel launch that passes its grid (older wrappers): not the launcher we build.
+GRID_ARGUMENT = re.compile(r"\.run\([^\n]*\bgrid=")
+TRITON_KERNEL = "async_compile.triton("
 
 
 def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
@@ -45,7 +51,7 @@ def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
     Inductor (it then loads through Inductor, as before).
     """
     graph, entry = read_artifact(artifact_path)
-    increment = runtime_facts(graph, entry)
+    increment, align = runtime_facts(graph, entry)
     source = graph.source_code
     externs = {
         name: dotted_path(name) for name in sorted(set(EXTERN_USE.findall(source)))
@@ -65,12 +71,42 @@ def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
         kernels[kernel_key(argtypes, kernel_source)] = sha
         return fn
 
+    tritons: dict[str, dict[str, Any]] = {}
+    tuned: dict[str, Any] = {}
+    if TRITON_KERNEL in source:
+        if GRID_ARGUMENT.search(source):
+            raise PrebuiltUnavailable("its Triton kernels are launched with a grid")
+        try:
+            tuned = inductor.tuned_triton_kernels(source)
+        except Exception as exc:  # noqa: BLE001 - then each kernel must be settled
+            log.info(
+                "stitch: the autotuning block of %s failed: %s", artifact_path, exc
+            )
+
+    def triton(name: str, kernel_source: str, device_str: str = "cuda") -> Any:
+        found = tuned.get(name) or inductor.load_triton_kernel(name, kernel_source)
+        try:
+            facts, cubin = inductor.triton_kernel_facts(found)
+        except ValueError as exc:
+            raise PrebuiltUnavailable(f"Triton kernel {name}: {exc}") from None
+        sha = content_hash(cubin)
+        files[cubin_name(sha)] = cubin
+        tritons[triton_key(name, kernel_source)] = {**facts, "cubin_sha256": sha}
+        return found
+
     # Running the module's top level (as Inductor did when it loaded the piece)
     # both collects the kernels and proves the wrapper runs with the stand-ins.
     resolved = {name: resolve_dotted(path) for name, path in externs.items()}
     exec_wrapper(
-        source, f"<stitch-prebuilt-save-{artifact_sha256[:12]}>", kernel, resolved
+        source,
+        f"<stitch-prebuilt-save-{artifact_sha256[:12]}>",
+        kernel,
+        resolved,
+        triton,
     )
+    devices = sorted({facts["device"] for facts in tritons.values()})
+    if len(devices) > 1:
+        raise PrebuiltUnavailable(f"its Triton kernels run on devices {devices}")
     record = {
         "artifact_sha256": artifact_sha256,
         "machine": machine_fingerprint(),
@@ -79,6 +115,9 @@ def save_prebuilt(artifact_path: str, artifact_sha256: str) -> str:
         "extern_kernels": externs,
         "kernels": kernels,
         "wrapper": source,
+        "triton": tritons,
+        "gpu": gpu_fingerprint(devices[0]) if devices else "",
+        "align_inputs": list(align),
     }
     files[record_name(artifact_path)] = render_record(record).encode("utf-8")
     save_extras(artifact_path, artifact_sha256, files)
@@ -102,8 +141,9 @@ def read_artifact(path: str) -> tuple[Any, Any]:
     return pickle.loads(graphs[graph_key]), entry
 
 
-def runtime_facts(graph: Any, entry: Any) -> list[int]:
-    """Check the piece runs as ``piece_runnable`` runs it; the inputs whose versions it bumps."""
+def runtime_facts(graph: Any, entry: Any) -> tuple[list[int], list[int]]:
+    """Check the piece runs as ``piece_runnable`` runs it; the inputs whose
+    versions it bumps, and those it realigns."""
     why = []
     if getattr(entry, "compiled_bw", None) is not None:
         why.append("it has a backward graph")
@@ -124,10 +164,13 @@ def runtime_facts(graph: Any, entry: Any) -> list[int]:
         why.append("it changes grad mode")
     if not isinstance(getattr(graph, "source_code", None), str):
         why.append("its wrapper source is not saved")
-    if set(getattr(graph, "device_types", ())) - {"cpu"}:
+    if set(getattr(graph, "device_types", ())) - {"cpu", "cuda"}:
         why.append(f"it runs on {sorted(graph.device_types)}")
-    if graph.inputs_to_check or graph.constants or graph.torchbind_constants:
-        why.append("it realigns inputs or carries constants")
+    if graph.constants or graph.torchbind_constants:
+        why.append("it carries constants")
+    align = sorted(graph.inputs_to_check or ())
+    if set(align) & set(getattr(graph, "mutated_input_idxs", ()) or ()):
+        why.append("it realigns an input it mutates")
     if (
         getattr(graph, "_wrap_compiled_regions", False)
         or graph.cudagraph_info is not None
@@ -136,7 +179,10 @@ def runtime_facts(graph: Any, entry: Any) -> list[int]:
     if why:
         raise PrebuiltUnavailable("; ".join(why))
     keeps = getattr(entry.sanitized_aot_config, "keep_inference_input_mutations", False)
-    return list(meta.mutated_graph_handled_indices_seen_by_autograd) if keeps else []
+    increment = (
+        list(meta.mutated_graph_handled_indices_seen_by_autograd) if keeps else []
+    )
+    return increment, align
 
 
 def dotted_path(name: str) -> str:

@@ -148,7 +148,29 @@ class Reference(Record, frozen=True):
 # -- a prebuilt piece (pipeline/prebuilt.py) ---------------------------------------
 
 # 3: a sealed codec record (kind, version, check) instead of a sha256 header.
-PREBUILT_FORMAT = 3
+# 4: Triton kernels (CUDA pieces) and the GPU they were built for.
+PREBUILT_FORMAT = 4
+
+
+class TritonKernel(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One Triton kernel of a CUDA piece, as the autotuner settled it: its cubin
+    and what launching it takes (NOTE: [prebuilt Triton kernels])."""
+
+    # The kernel function's name inside the cubin.
+    function: str
+    cubin_sha256: Sha256
+    num_warps: Count
+    shared: Count
+    # One character per launched argument (pointer "O", i32 "i", ...), the
+    # scratch arguments included.
+    arg_types: str
+    # The launcher: its parameters (the wrapper's ``.run`` arguments), the grid
+    # (statements, then the three dimensions) and the arguments launched.
+    parameters: tuple[str, ...]
+    grid_prefix: tuple[str, ...]
+    grid: tuple[str, str, str]
+    launched: tuple[str, ...]
+    device: Count
 
 
 class PrebuiltRecord(Record, frozen=True):
@@ -169,6 +191,12 @@ class PrebuiltRecord(Record, frozen=True):
     # Kernel key (argument types and source) -> sha256 of its built library.
     kernels: dict[str, Sha256]
     wrapper: str
+    # Kernel key (name and source) -> the Triton kernel it launches.
+    triton: dict[str, TritonKernel] = {}
+    # The GPU the Triton kernels were built for ("" for a CPU piece).
+    gpu: str = ""
+    # Inputs AOTAutograd realigns when they are not 16-byte aligned.
+    align_inputs: tuple[Count, ...] = ()
 
 
 # -- a saved forward's input signatures (saved/input_check.py) -----------------------
