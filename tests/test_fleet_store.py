@@ -7,7 +7,11 @@ tests/test_fleet_cache.py runs real models through it in several processes.
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -260,7 +264,7 @@ def test_store_killed_mid_run_then_restarted_empty(
 
 
 def test_waiting_replica_installs_what_the_lease_holder_publishes(
-    server: RedisServer, tmp_path: Path
+    server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     holder, waiter = tier(server.url), tier(server.url)
     turn = holder.before_compile(str(tmp_path / "a"), UNIT)
@@ -277,10 +281,15 @@ def test_waiting_replica_installs_what_the_lease_holder_publishes(
     thread.join(timeout=10)
     assert got == [INSTALLED]
     assert server.client().get(f"stitch:lease:{UNIT.name}") is None
+    # One warning when the wait starts, naming the unit, the holder, the store
+    # and the bound; nothing more at WARNING when the entry arrives.
+    (started,) = warnings_of(caplog)
+    assert f"{holder.owner} holds the lease of {UNIT.name} on {server.url}" in started
+    assert "at most 600s (cache_wait_s)" in started
 
 
 def test_lease_of_a_dead_replica_expires_and_the_next_takes_over(
-    server: RedisServer, tmp_path: Path
+    server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     dead = tier(server.url, cache_lease_s=1.0)
     turn = dead.before_compile(str(tmp_path / "a"), UNIT)
@@ -290,6 +299,8 @@ def test_lease_of_a_dead_replica_expires_and_the_next_takes_over(
     nxt = tier(server.url, cache_lease_s=1.0).before_compile(str(tmp_path / "b"), UNIT)
     assert isinstance(nxt, Lease) and nxt.held
     assert 0.5 < time.monotonic() - start < 5
+    started, ended = warnings_of(caplog)
+    assert dead.owner in started and "came free" in ended and dead.owner in ended
 
 
 def test_wait_is_bounded_and_the_waiter_compiles_itself(
@@ -302,8 +313,86 @@ def test_wait_is_bounded_and_the_waiter_compiles_itself(
     got = tier(server.url, cache_wait_s=2.0).before_compile(str(tmp_path / "b"), UNIT)
     waited = time.monotonic() - start
     assert got == Lease(UNIT, False) and 1.9 < waited < 5, waited
-    assert any("compiling it here" in w for w in warnings_of(caplog))
+    started, ended = warnings_of(caplog)
+    assert "holds the lease of" in started and "at most 2s" in started
+    assert f"for {holder.owner} to compile {UNIT.name}; compiling it here" in ended
     holder.after_compile(str(tmp_path / "a"), turn, False)
+
+
+def test_a_wait_is_visible_with_no_logging_configured(
+    server: RedisServer, tmp_path: Path
+):
+    # A fresh interpreter that configures no logging, as a user's script:
+    # Python shows warnings only, on stderr.
+    holder = tier(server.url)
+    turn = holder.before_compile(str(tmp_path / "a"), UNIT)
+    assert isinstance(turn, Lease) and turn.held
+    code = (
+        "from stitch.runtime import CompilationConfig\n"
+        "from stitch.runtime.store.shared.tier import SharedTier\n"
+        "from stitch.runtime.store.shared.units import Unit\n"
+        f"config = CompilationConfig(cache_url={server.url!r}, cache_wait_s=2.0)\n"
+        f"unit = Unit({UNIT.name!r}, {UNIT.folder!r})\n"
+        f"print(SharedTier.of(config).before_compile({str(tmp_path / 'b')!r}, unit))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, KEY_ENV: KEY},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    holder.after_compile(str(tmp_path / "a"), turn, False)
+    assert proc.returncode == 0, proc.stderr
+    assert "held=False" in proc.stdout  # waited, then compiled itself
+    lines = proc.stderr.splitlines()
+    started = [line for line in lines if "holds the lease of" in line]
+    assert len(started) == 1, proc.stderr
+    assert holder.owner in started[0] and UNIT.name in started[0]
+    assert "at most 2s" in started[0]
+    assert any("compiling it here" in line for line in lines), proc.stderr
+    assert "stitch: waiting for" not in proc.stderr  # no bar: not a terminal
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_wait_shows_the_progress_bar_on_a_terminal(
+    server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    holder = tier(server.url)
+    turn = holder.before_compile(str(tmp_path / "a"), UNIT)
+    assert isinstance(turn, Lease)
+    screen = Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    got = tier(server.url, cache_wait_s=1.5).before_compile(str(tmp_path / "b"), UNIT)
+    monkeypatch.undo()
+    holder.after_compile(str(tmp_path / "a"), turn, False)
+    assert got == Lease(UNIT, False)
+    drawn = screen.getvalue()
+    assert f"stitch: waiting for {holder.owner}" in drawn, drawn
+    assert "/2 [" in drawn  # seconds of the bound
+
+
+@pytest.mark.parametrize("command", ["ls", "verify", "push", "pull"])
+def test_commands_on_an_unreachable_store_exit_2(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    from redis_support import free_port
+
+    from stitch.runtime.cli.main import main
+
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    make_unit(tmp_path / "cache")
+    extra = (
+        ["--cache-dir", str(tmp_path / "cache")] if command in ("push", "pull") else []
+    )
+    start = time.monotonic()
+    assert main(["cache", command, url, *extra]) == 2
+    assert time.monotonic() - start < 10
+    assert f"error: the store {url} did not answer" in capsys.readouterr().out
 
 
 def test_size_cap_evicts_least_recently_used(server: RedisServer, tmp_path: Path):

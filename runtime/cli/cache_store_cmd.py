@@ -5,7 +5,7 @@ Each ``_add_<name>(subparsers)`` registers one subcommand of ``stitch cache``
 (``redis://host:port/db``); the store's key comes from ``$STITCH_CACHE_KEY``
 (or ``$STITCH_CACHE_KEY_FILE``), as in a run.  Exit status: 0 done, 1 a
 problem found (verify) or a unit not moved (push, pull), 2 a target that
-cannot be used.
+cannot be used (no key, an unknown scheme, a store that does not answer).
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ def _tier(url: str, out: TextIO) -> Any:
     if tier is None:
         print(f"error: cannot use the store {url} (see the warning above)", file=out)
     return tier
+
+
+def _unreachable(url: str, why: object, out: TextIO) -> int:
+    print(f"error: the store {url} did not answer ({why})", file=out)
+    return 2
 
 
 def _root(cache_dir: str | None) -> str:
@@ -71,11 +76,17 @@ def run_ls(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if rows:
             print(markdown_table(["unit", "files", "MB"], rows), file=out)
         return 0
+    from stitch.runtime.store.shared.stores import StoreDown
+
     tier = _tier(target, out)
     if tier is None:
         return 2
+    try:
+        stored = stored_entries(tier)
+    except StoreDown as exc:
+        return _unreachable(target, exc, out)
     rows = []
-    for s in stored_entries(tier):
+    for s in stored:
         if s.entry is None:
             rows.append(
                 [s.name, "-", "-", "-", age(s.last_used), f"refused: {s.problem}"]
@@ -118,11 +129,15 @@ def run_verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
         return inspect_cache(args.target, out)
     from stitch.runtime.store.shared.admin import stored_entries
+    from stitch.runtime.store.shared.stores import StoreDown
 
     tier = _tier(args.target, out)
     if tier is None:
         return 2
-    entries = stored_entries(tier, blobs=True)
+    try:
+        entries = stored_entries(tier, blobs=True)
+    except StoreDown as exc:
+        return _unreachable(args.target, exc, out)
     bad = [s for s in entries if s.entry is None or s.problem]
     for s in entries:
         print(f"{s.name}: {s.problem or 'ok'}", file=out)
@@ -155,6 +170,8 @@ def run_push(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     root = _root(args.cache_dir)
     done = push(tier, root)
+    if not tier.alive:
+        return _unreachable(args.url, "see the warning above", out)
     for unit, ok in done:
         print(f"{unit.name}: {'published' if ok else 'NOT published'}", file=out)
     print(f"{sum(ok for _, ok in done)} of {len(done)} unit(s) from {root}", file=out)
@@ -177,12 +194,18 @@ def _add_pull(subparsers: Any) -> None:
 def run_pull(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     from stitch.runtime.store.shared.admin import pull
+    from stitch.runtime.store.shared.stores import StoreDown
 
     tier = _tier(args.url, out)
     if tier is None:
         return 2
     root = _root(args.cache_dir)
-    done = pull(tier, root, list(args.entries))
+    try:
+        done = pull(tier, root, list(args.entries))
+    except StoreDown as exc:
+        return _unreachable(args.url, exc, out)
+    if not tier.alive:
+        return _unreachable(args.url, "see the warning above", out)
     for name, ok in done:
         print(f"{name}: {'installed' if ok else 'NOT installed'}", file=out)
     print(f"{sum(ok for _, ok in done)} of {len(done)} entr(ies) into {root}", file=out)
