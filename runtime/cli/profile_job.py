@@ -42,15 +42,24 @@ def run_profile(
     decode: bool = False,
 ) -> int:
     profiler = Profiler()
-    config = CompilationConfig(backend=backend, cache_dir=cache_dir)
+    llama = None
+    if not hf:
+        assert example is not None
+        llama = _example_config(example, sizes, layers)
+    config = CompilationConfig(
+        backend=backend,
+        cache_dir=cache_dir,
+        # An example's batches hold at most its max_seqs tokens.
+        **({} if llama is None else {"max_num_batched_tokens": llama.max_seqs}),
+    )
     stitch = StitchBackend(config, profiler=profiler)
     if hf and decode:
         title, forwards = _hf_decode_forwards(hf, sizes, layers, attn, stitch, iters)
     elif hf:
         title, forwards = _hf_forwards(hf, sizes, layers, batch, attn, stitch)
     else:
-        assert example is not None
-        title, forwards = _example_forwards(example, sizes, layers, stitch)
+        assert example is not None and llama is not None
+        title, forwards = _example_forwards(example, llama, sizes, stitch)
     with torch.no_grad():
         for size, forward in forwards:
             profiler.size = size
@@ -93,10 +102,9 @@ def _trace(forwards: Sequence[tuple[int, Callable[[], Any]]], path: str) -> None
     prof.export_chrome_trace(os.fspath(path))
 
 
-def _example_forwards(
-    name: str, sizes: Sequence[int], layers: int | None, stitch: StitchBackend
-) -> tuple[str, list[tuple[int, Callable[[], Any]]]]:
-    from ..examples import LlamaConfig, build_llama, llama_inputs
+def _example_config(name: str, sizes: Sequence[int], layers: int | None) -> Any:
+    """The example's LlamaConfig, once ``name`` and ``sizes`` are checked."""
+    from ..examples import LlamaConfig
     from ..examples.models import runnable_examples
 
     runnable = runnable_examples()
@@ -109,7 +117,14 @@ def _example_forwards(
     for n in sizes:
         if not 1 <= n <= cfg.max_seqs:
             raise SystemExit(f"stitch profile: size {n} must be in [1, {cfg.max_seqs}]")
-    stitch.config.max_num_batched_tokens = cfg.max_seqs
+    return cfg
+
+
+def _example_forwards(
+    name: str, cfg: Any, sizes: Sequence[int], stitch: StitchBackend
+) -> tuple[str, list[tuple[int, Callable[[], Any]]]]:
+    from ..examples import build_llama, llama_inputs
+
     model = build_llama(cfg)
     compiled = torch.compile(model, backend=stitch, fullgraph=True)
     forwards = []

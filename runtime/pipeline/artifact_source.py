@@ -46,6 +46,13 @@ class Piece:
     example: Callable[[Target], Sequence[Any]]
 
 
+def config_adapter(config: CompilationConfig) -> CompilerAdapter:
+    """The compiler adapter that ``config`` names."""
+    return make_adapter(
+        config.backend, config.inductor_compile_config, config.inductor_passes
+    )
+
+
 class ArtifactSource:
     """The runnables of one compilation (or one saved forward), by compile key.
 
@@ -62,9 +69,7 @@ class ArtifactSource:
         adapter: CompilerAdapter | None = None,
         note_guards: Callable[[], None] = lambda: None,
     ) -> None:
-        self.adapter = adapter or make_adapter(
-            config.backend, config.inductor_compile_config, config.inductor_passes
-        )
+        self.adapter = adapter or config_adapter(config)
         self.cache = cache
         self.note_guards = note_guards
         # compile key -> (runnable, saved), shared by twins and ranges

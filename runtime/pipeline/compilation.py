@@ -35,7 +35,7 @@ from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, trace_source, write_debug_dump
 from ..store.hashing import content_hash
 from ..store.index import EntryRecord, PieceRecord
-from .artifact_source import ArtifactSource, Piece
+from .artifact_source import ArtifactSource, Piece, config_adapter
 from .compilers import on_cpu
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
@@ -141,8 +141,8 @@ class Compilation:
         self.profiler = profiler
         self.cache_group = cache_group
         self.config_hash = config.compute_hash()
-        self.source = ArtifactSource(config)
-        self.key_salt = self.source.adapter.name + self.config_hash
+        self.adapter = config_adapter(config)
+        self.key_salt = self.adapter.name + self.config_hash
         self.range_warnings = RangeWarnings()
         self.unfixed = UnfixedSizes()
         self.entry_guards = EntryGuards(None)
@@ -204,7 +204,7 @@ class Compilation:
         # NOTE: [pieces trace in the backend's fake mode] (fakes.py); Inductor
         # calls wait for its warm-up (compilers.py), prebuilt loads never do.
         fake_inputs = backend_fake_inputs(self.gm, self.example_inputs)
-        self.source.adapter.prepare(fake_inputs)
+        self.adapter.prepare(fake_inputs)
         # split_policy.py: the rewrite comes before the key, which then covers it.
         self.policy.prepare(self.gm)
         self.size = find_size(self.gm, fake_inputs)
@@ -228,9 +228,13 @@ class Compilation:
             self.fleet.explain(cache, self.gm, fake_inputs, self.cache_group, graph_key)
         if cache is None or cache.index is None:
             # A cold start: the warm-up runs beside the split and fake propagation.
-            self.source.adapter.warm_up(cpu=on_cpu(self.example_inputs))
-        self.source.cache = cache
-        self.source.note_guards = lambda: self.entry_guards.note(cache)
+            self.adapter.warm_up(cpu=on_cpu(self.example_inputs))
+        self.source = ArtifactSource(
+            self.config,
+            cache,
+            adapter=self.adapter,
+            note_guards=lambda: self.entry_guards.note(cache),
+        )
         return graph_key, cache
 
     def split(self) -> Split:
