@@ -28,6 +28,8 @@ from .location import (
     IDENTITY_FILE,
     PREBUILT_DIR,
     artifact_file,
+    artifact_folder_in,
+    artifact_trash_folder,
     identity_file,
 )
 
@@ -186,7 +188,7 @@ def publish(
             f.flush()
             os.fsync(f.fileno())
         fsync_dir(staging)
-        final = os.path.join(artifacts_dir, key)
+        final = artifact_folder_in(artifacts_dir, key)
         try:
             os.rename(staging, final)
         except OSError as exc:
@@ -195,7 +197,7 @@ def publish(
                 raise
             if not replace:
                 return None
-            trash = os.path.join(artifacts_dir, f".trash-{uuid.uuid4().hex[:12]}")
+            trash = artifact_trash_folder(artifacts_dir, uuid.uuid4().hex[:12])
             with contextlib.suppress(FileNotFoundError):
                 os.rename(final, trash)
             os.rename(staging, final)

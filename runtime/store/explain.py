@@ -81,8 +81,7 @@ def entry_factors(
     )
 
 
-def factors_file(entry: str) -> str:
-    return os.path.join(entry, FACTORS_FILE)
+factors_file = location.factors_file
 
 
 def save_factors(entry: str, root: str, factors: EntryFactors) -> None:
@@ -171,20 +170,15 @@ def nearest(
     """The entry of the cache at ``root`` (not ``skip``) nearest to ``here``."""
     candidates = []
     try:
-        keys = os.listdir(root)
+        entries = location.entry_folders(root)
     except OSError:
         return None
-    for key in keys:
-        folder = os.path.join(root, key)
-        if key == location.AOT_DIR or not os.path.isdir(folder):
-            continue
-        for rank in os.listdir(folder):
-            entry = os.path.join(folder, rank)
-            path = factors_file(entry)
-            if os.path.abspath(entry) != os.path.abspath(
-                skip or "/"
-            ) and os.path.isfile(path):
-                candidates.append((os.path.getmtime(path), entry))
+    for entry in entries:
+        path = factors_file(entry)
+        if os.path.abspath(entry) != os.path.abspath(skip or "/") and os.path.isfile(
+            path
+        ):
+            candidates.append((os.path.getmtime(path), entry))
     best = None
     for _, entry in sorted(candidates, reverse=True)[:NEAREST_LIMIT]:
         try:

@@ -11,6 +11,7 @@ only code that joins these names, so a layout change is made here alone.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import torch
 from platformdirs import user_cache_dir
@@ -117,6 +118,19 @@ def entry_folder_key(entry: str) -> str:
     return os.path.basename(os.path.dirname(os.path.abspath(entry)))
 
 
+def entry_folders(root: str) -> Iterator[str]:
+    """The entry folders (``<root>/<entry key>/rank_<r>``) under ``root``, the
+    saved forwards' ``aot/`` left out.  ``root`` is listed by this call (an
+    unlistable root raises ``OSError`` here), each key folder as it is reached."""
+    keys = os.listdir(root)
+    return (
+        os.path.join(root, key, rank)
+        for key in keys
+        if key != AOT_DIR and os.path.isdir(os.path.join(root, key))
+        for rank in os.listdir(os.path.join(root, key))
+    )
+
+
 def index_file(entry: str) -> str:
     return os.path.join(entry, INDEX_FILE)
 
@@ -129,13 +143,29 @@ def source_file(entry: str) -> str:
     return os.path.join(entry, SOURCE_FILE)
 
 
+def factors_file(entry: str) -> str:
+    """``<entry>/factors.py``: what the entry's key covers (``explain.py``)."""
+    return os.path.join(entry, FACTORS_FILE)
+
+
 def artifacts_dir(entry: str) -> str:
     return os.path.join(entry, ARTIFACTS_DIR)
 
 
 def artifact_folder(entry: str, key: str) -> str:
     """``<entry>/artifacts/<key>``: one sealed folder per compile key."""
-    return os.path.join(entry, ARTIFACTS_DIR, key)
+    return artifact_folder_in(artifacts_dir(entry), key)
+
+
+def artifact_folder_in(artifacts: str, key: str) -> str:
+    """``<artifacts>/<key>``: the sealed folder of ``key`` in an entry's
+    ``artifacts`` folder (the path :func:`artifacts_dir` gives)."""
+    return os.path.join(artifacts, key)
+
+
+def artifact_trash_folder(artifacts: str, token: str) -> str:
+    """``<artifacts>/.trash-<token>``: where a broken folder goes before it is removed."""
+    return os.path.join(artifacts, f".trash-{token}")
 
 
 def artifact_file(folder: str) -> str:
@@ -209,6 +239,16 @@ def aot_sibling(folder: str, name: str) -> str:
 
 def aot_record_file(folder: str) -> str:
     return os.path.join(folder, AOT_RECORD_FILE)
+
+
+def aot_check_file(folder: str) -> str:
+    """The input check emitted beside a saved forward's record."""
+    return os.path.join(folder, AOT_CHECK_FILE)
+
+
+def aot_signatures_file(folder: str) -> str:
+    """The signatures the input check beside a saved forward was generated from."""
+    return os.path.join(folder, AOT_SIGNATURES_FILE)
 
 
 def aot_side_file(folder: str, name: str) -> str:
