@@ -4,7 +4,9 @@
 # its transformers 5.17) and torch 2.15 (the newest release, with the
 # transformers the test extra pins).  Runs the fast tests, then the AOT,
 # warm-start, cache-guard, version-table and transformers tests, which are
-# marked slow.  Any failure fails CI; every release runs even after one fails.
+# marked slow, then compiles the example llama into one cache folder the
+# releases share and checks that `stitch cache explain` names torch with both
+# versions.  Any failure fails CI; every release runs even after one fails.
 #
 # .ci/run calls this after the main suite; it also runs alone from a fresh
 # clone.  PIP_CONFIG_FILE=/dev/null lifts a pip configuration's cap on torch
@@ -48,6 +50,20 @@ else
     trap 'rm -rf "$venvs"' EXIT
 fi
 
+# NOTE: [a real miss for another torch]
+# The entry key covers torch's version, so a cache filled under one torch is
+# a miss under another; `stitch cache explain` must say so (docs/cache.md,
+# "Why a run did not start warm").  tests/test_cache_explain.py can only write
+# another version into a copied entry's factors.py; here each release
+# compiles the example llama (one layer, the eager piece compiler: a few
+# seconds) into the same folder, and after the loop the newest release's
+# `stitch cache explain` compares the two entries: its output must hold
+# "torch <oldest> there, <newest> here", with torch.__version__ of each.
+explain_cache="$venvs/explain-cache"
+rm -rf "$explain_cache"
+explain_entries=()  # the entry each release compiled, in RELEASES order
+explain_torch=()    # torch.__version__ of each
+
 failed=()
 for release in "${RELEASES[@]}"; do
     read -r torch_version transformers_version <<<"$release"
@@ -85,14 +101,44 @@ print("installed: torch", torch.__version__, "| " + ", ".join(
     fi
     # shellcheck disable=SC2068  # unquoted: the removed entry leaves no empty word
     "$venv/bin/python" -m pytest -q -m slow ${slow[@]} || status=1
+    # See NOTE: [a real miss for another torch].
+    explain_torch+=("$("$venv/bin/python" -c 'import torch; print(torch.__version__)')")
+    if run=$("$venv/bin/stitch" run --example llama --layers 1 --sizes 8 \
+        --backend eager --cache-dir "$explain_cache" \
+        --dump "$venvs/explain-dump-$torch_version" 2>&1); then
+        explain_entries+=("$(sed -n 's/^  cache: //p' <<<"$run")")
+    else
+        printf '%s\n' "$run" >&2
+        echo "error: torch $torch_version: stitch run into $explain_cache failed" >&2
+        explain_entries+=("")
+        status=1
+    fi
     if ((status)); then
         failed+=("$torch_version")
     fi
     echo "   tests in $((SECONDS - step)) s"
 done
 
+# See NOTE: [a real miss for another torch].
+echo "== stitch cache explain: the entries of torch ${explain_torch[*]}"
+explained=0
+older=${explain_entries[0]:-} newer=${explain_entries[-1]:-}
+want="- torch ${explain_torch[0]:-?} there, ${explain_torch[-1]:-?} here"
+if [[ -f $older/factors.py && -f $newer/factors.py && $older != "$newer" ]]; then
+    explain=$("$venv/bin/stitch" cache explain "$newer" "$older" 2>&1) || true
+    printf '%s\n' "$explain"
+    grep -qF -- "$want" <<<"$explain" && explained=1
+fi
+if ((!explained)); then
+    echo "error: stitch cache explain did not name torch with both versions" \
+        "(wanted '$want'; entries: '$older', '$newer')" >&2
+fi
+
 if ((${#failed[@]})); then
     echo "error: tests failed on torch ${failed[*]}" >&2
+    exit 1
+fi
+if ((!explained)); then
     exit 1
 fi
 echo "== torch releases ok in $((SECONDS - started)) s"
