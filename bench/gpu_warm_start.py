@@ -17,8 +17,11 @@ of 1 token, synchronized:
 Per process: seconds from its start to ``import torch`` done, then from there to
 the saved forward loaded, to every graph captured, to the first token; the
 graphs captured and the Inductor compiles.  The target of the GPU issue: a warm
-start to the first token, graphs captured, under 2 s (counted from after
-``import torch``, which is the same for every program that uses torch).
+start to the first token within 1 s, every size captured within 2 s more
+(counted from after ``import torch``, which is the same for every program that
+uses torch).  The ``lazy`` warm process captures only size 1 before its first
+token and the other sizes after it (NOTE: [capture what the first request
+needs]).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from typing import Any
 WARM_KINDS = {
     "empty": ("an empty Inductor cache of its own", {}),
     "kept": ("the cold process's Inductor cache", {}),
+    # NOTE: [capture what the first request needs]
+    "lazy": ("an empty Inductor cache; size 1 captured before the first token", {}),
     "empty-1thread": (
         "an empty Inductor cache, no compile worker pool",
         {"TORCHINDUCTOR_COMPILE_THREADS": "1"},
@@ -104,7 +109,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         if profiler is not None:
             profiler = cProfile.Profile()
             profiler.enable()
-        forward.cudagraphs.capture_sizes(dummy)
+        startup = spec.get("startup_sizes")
+        # NOTE: [capture what the first request needs]: with --startup-sizes,
+        # only those sizes before the first token, the rest after it.
+        forward.cudagraphs.capture_sizes(dummy, startup, defer_rest=bool(startup))
         if device == "cuda":
             torch.cuda.synchronize()
         if profiler is not None:
@@ -116,6 +124,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         token = forward(*llama_inputs(cfg, 1, seed=2, device=device)).argmax(-1)
         token.item()  # synchronizes
         first = time.perf_counter()
+        forward.cudagraphs.capture_pending(dummy)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        all_captured = time.perf_counter()
         model.reset_kv_caches()
         expected = model(*llama_inputs(cfg, 1, seed=2, device=device)).argmax(-1)
     after = compilation_counter.snapshot()
@@ -132,6 +144,10 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "loaded_s": loaded - imported,
         "captured_s": captured - imported,
         "first_token_s": first - imported,
+        "all_captured_s": all_captured - imported,
+        "pool_reserved_gib": (
+            torch.cuda.memory_reserved() / 2**30 if device == "cuda" else 0.0
+        ),
         "graphs": after["num_cudagraph_captured"] - before["num_cudagraph_captured"],
         "inductor_compiles": after["num_inductor_compiles"]
         - before["num_inductor_compiles"],
@@ -186,6 +202,8 @@ HEADERS = (
     "loaded s",
     "graphs captured s",
     "first token s",
+    "every size captured s",
+    "reserved GiB",
     "graphs",
     "Inductor compiles",
     "token = eager",
@@ -199,6 +217,8 @@ def result_row(mode: str, label: str, res: dict[str, Any]) -> tuple[Any, ...]:
         mode,
         label,
         *(f"{res[t]:.2f}" for t in times),
+        f"{res['all_captured_s']:.2f}",
+        f"{res['pool_reserved_gib']:.2f}",
         res["graphs"],
         res["inductor_compiles"],
         res["same_token_as_eager"],
@@ -209,7 +229,7 @@ def warm_table(rows: list[tuple[Any, ...]]) -> str:
     """The Markdown table of the processes' rows (and the target's verdicts)."""
     from stitch.runtime.tables import markdown_table
 
-    return markdown_table(HEADERS, rows, align="llrrrrrrl")
+    return markdown_table(HEADERS, rows, align="llrrrrrrrrl")
 
 
 def main() -> int:
@@ -301,6 +321,8 @@ def main() -> int:
                     else tempfile.mkdtemp(prefix="inductor-empty-", dir=scratch)
                 )
                 warm = {**spec, "profile": profile if kind != "kept" else None}
+                if kind == "lazy":
+                    warm["startup_sizes"] = [min(sizes)]
                 print(f"== {mode} warm {r + 1}: {WARM_KINDS[kind][0]}", flush=True)
                 res = run_child(
                     warm, inductor_dir, args.child_timeout, WARM_KINDS[kind][1]
@@ -313,7 +335,7 @@ def main() -> int:
             for label, res in runs:
                 if res is None:
                     cell = f"did not finish in {args.child_timeout:.0f} s"
-                    rows.append((mode, label, cell, *[""] * 6))
+                    rows.append((mode, label, cell, *[""] * (len(HEADERS) - 3)))
                     continue
                 rows.append(result_row(mode, label, res))
                 # The row alone, as it will read in the table: progress.
@@ -328,9 +350,14 @@ def main() -> int:
                     flush=True,
                 )
                 if label.startswith("warm"):
-                    verdict = "met" if res["first_token_s"] < 2 else "NOT met"
-                    target = "target: warm start to the first token < 2 s"
-                    rows.append(("", target, "", "", "", verdict, "", "", ""))
+                    # The GPU issue's target: the first token within 1 s of
+                    # import torch, every size captured within 2 s more.
+                    first = "met" if res["first_token_s"] <= 1 else "NOT met"
+                    every = res["all_captured_s"] - res["first_token_s"]
+                    rest = "met" if every <= 2 else "NOT met"
+                    target = "target: first token <= 1 s, every size <= 2 s later"
+                    cells = ["", target, "", "", "", first, rest]
+                    rows.append(tuple(cells + [""] * (len(HEADERS) - len(cells))))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     text = (

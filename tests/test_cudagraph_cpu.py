@@ -578,6 +578,33 @@ def test_capture_after_start_up_is_forbidden() -> None:
         served(3, seed=3)
 
 
+def test_start_up_can_capture_only_the_first_sizes() -> None:
+    """NOTE: [capture what the first request needs]: size 1 now, the rest on
+    first use or while idle, then capture is forbidden as configured."""
+    served = Served(
+        cudagraph_mode="PIECEWISE", cudagraph_forbid_capture_after_startup=True
+    )
+    manager = served.backend.cudagraphs
+    run = lambda n: served(n, 100 + n)  # noqa: E731
+    manager.capture_sizes(run, [1], defer_rest=True)
+    assert manager.captured_sizes == {1}
+    assert manager.pending == sorted(set(SIZES) - {1}, reverse=True)
+    before = compilation_counter.num_cudagraph_captured
+    served(3, seed=1)  # padded to 4: its warm-up, then its capture
+    served(4, seed=2)
+    assert 4 in manager.captured_sizes
+    assert compilation_counter.num_cudagraph_captured - before == PIECES
+    assert manager.capture_pending(run, budget_s=0.0) == len(SIZES) - 3
+    assert manager.capture_allowed
+    assert manager.capture_pending(run) == 0
+    assert manager.captured_sizes == set(SIZES) and not manager.capture_allowed
+    assert compilation_counter.num_cudagraph_captured - before == PIECES * (
+        len(SIZES) - 1
+    )
+    for step, n in enumerate(CALLS):
+        served(n, seed=step)
+
+
 def _compiled_llama() -> tuple[StitchBackend, Any, torch.nn.Module]:
     """The llama through torch.compile with Stitch and emulated graphs, and its
     eager twin (equal weights)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -55,6 +57,9 @@ class CUDAGraphManager:
         self.num_captured = 0
         self._pool: Any = None
         self._captured_any = False
+        # The sizes that have a graph, and those left for later (capture_pending).
+        self.captured_sizes: set[int] = set()
+        self.pending: list[int] = []
         # Every padded runner built here, newest last (inspection, benchmarks).
         self.runners: list[PaddedRunner] = []
 
@@ -124,12 +129,17 @@ class CUDAGraphManager:
                 "caching allocator); compare with cudagraph_mode='NONE'"
             ) from exc
         self._captured_any = True
+        self.captured_sizes.add(size)
         self.num_captured += 1
         compilation_counter.num_cudagraph_captured += 1
         return graph, output
 
     def capture_sizes(
-        self, run: Callable[[int], Any], sizes: Sequence[int] | None = None
+        self,
+        run: Callable[[int], Any],
+        sizes: Sequence[int] | None = None,
+        *,
+        defer_rest: bool = False,
     ) -> None:
         """Start-up capture: ``run(size)`` for every capture size, largest first.
 
@@ -138,30 +148,68 @@ class CUDAGraphManager:
         forwards, then the capturing one.  With
         ``cudagraph_forbid_capture_after_startup`` set, capture is forbidden
         afterwards.
+
+        NOTE: [capture what the first request needs]
+        With ``defer_rest=True`` only ``sizes`` (the size about to be served, or
+        the few smallest) are captured now: the first request does not wait for
+        every size.  The other capture sizes are left in :attr:`pending`: each
+        is captured at its first use, or by :meth:`capture_pending` while the
+        server is idle, into the same pool.  Capture stays allowed until none
+        is pending.
         """
-        order = capture_order(
-            self.config.cudagraph_capture_sizes if sizes is None else sizes
-        )
+        every = capture_order(self.config.cudagraph_capture_sizes or ())
+        order = capture_order(every if sizes is None else sizes)
+        self._capture_loop(run, order)
+        if defer_rest:
+            self.pending = [s for s in every if s not in self.captured_sizes]
+        elif self.config.cudagraph_forbid_capture_after_startup:
+            self.forbid_capture()
+
+    def capture_pending(
+        self, run: Callable[[int], Any], budget_s: float | None = None
+    ) -> int:
+        """Capture the sizes :meth:`capture_sizes` left pending, largest first,
+        for at most ``budget_s`` seconds (a server's idle time); the number still
+        pending.  Sizes a request captured meanwhile are skipped."""
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        while self.pending:
+            size = self.pending.pop(0)
+            if size in self.captured_sizes:
+                continue
+            self._capture_loop(run, [size], quiet=True)
+            if deadline is not None and time.perf_counter() >= deadline:
+                break
+        self.pending = [s for s in self.pending if s not in self.captured_sizes]
+        if not self.pending and self.config.cudagraph_forbid_capture_after_startup:
+            self.forbid_capture()
+        return len(self.pending)
+
+    def _capture_loop(
+        self, run: Callable[[int], Any], order: Sequence[int], quiet: bool = False
+    ) -> None:
         calls = self.config.cudagraph_num_of_warmups + 1
         bar = progress_bar(
-            len(order), "stitch: capturing CUDA graphs", "size", enabled=len(order) >= 8
+            len(order),
+            "stitch: capturing CUDA graphs",
+            "size",
+            enabled=not quiet and len(order) >= 8,
         )
         before, start = self.num_captured, time.perf_counter()
-        try:
-            for size in order:
-                for _ in range(calls):
-                    run(size)
-                bar.update(1)
-        finally:
-            bar.close()
-        log.info(
+        # No collection between captures: a pause there only delays the start.
+        with _gc_paused():
+            try:
+                for size in order:
+                    for _ in range(calls):
+                        run(size)
+                    bar.update(1)
+            finally:
+                bar.close()
+        (log.debug if quiet else log.info)(
             "stitch: captured %d CUDA graphs for %d sizes in %.2fs",
             self.num_captured - before,
             len(order),
             time.perf_counter() - start,
         )
-        if self.config.cudagraph_forbid_capture_after_startup:
-            self.forbid_capture()
 
     # -- building the runtime --------------------------------------------------------
     def applies_to_plan(self, plan: GraphPlan) -> bool:
@@ -302,3 +350,14 @@ class CUDAGraphManager:
         runner = PaddedRunner(plan.padding, padding_table(sizes), runners, above_max)
         self.runners.append(runner)
         return runner
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Any:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
