@@ -25,6 +25,7 @@ from stitch.runtime import CompilationConfig, StitchBackend, StitchFunction, aot
 from stitch.runtime.compat.dynamo import aot_compile_enabled
 from stitch.runtime.examples import llama_inputs
 from stitch.runtime.saved.record import dynamic_spec, factors, stale_reasons
+from stitch.runtime.store.records import AOTRecord, SavedFunction
 from stitch.runtime.store.trust import StitchCacheTrustError
 
 from aot_support import MODEL_SOURCE, PIECES, SIZES, run_worker
@@ -164,7 +165,11 @@ def test_stale_reasons_name_what_changed() -> None:
     config = CompilationConfig(compile_sizes=[4])
     args = (torch.zeros(3, dtype=torch.int64), torch.zeros(3, 2))
     dims = dynamic_spec(args, {0: [0]})
-    record = {"factors": factors(config, args, dims), "code": []}
+    function = SavedFunction("backend", {}, (), None, None, False)
+    stitched = {"entry": "entry", "cache_root": "root"}
+    record = AOTRecord(
+        "model", factors(config, args, dims), (), function, stitched, None
+    )
     assert stale_reasons(record, factors(config, args, dims)) == []
     other = CompilationConfig(compile_sizes=[8])
     (reason,) = stale_reasons(record, factors(other, args, dims))
@@ -177,7 +182,7 @@ def test_stale_reasons_name_what_changed() -> None:
         record, factors(config, wider, dynamic_spec(wider, {0: [0]}))
     )
     assert reason.startswith("input dtypes/ranks")
-    record["factors"]["torch"] = "1.0"
+    record.factors["torch"] = "1.0"
     assert any(
         r.startswith("torch version '1.0'")
         for r in stale_reasons(record, factors(config, args, dims))
@@ -280,7 +285,7 @@ def test_a_malformed_record_is_refused_naming_the_field(
     folder.parent.parent.mkdir(parents=True, mode=0o700)
     shutil.copytree(runs["cold"]["path"], folder)
     record = read_record(str(folder))
-    assert record is not None and record["function"]["light"] is True
+    assert record is not None and record.function.light is True
     data = ast.literal_eval((folder / RECORD_FILE).read_text())
     change(data)
     (folder / RECORD_FILE).write_text(repr(data) + "\n")

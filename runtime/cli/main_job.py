@@ -17,7 +17,7 @@ from ..config import CompilationConfig
 from ..examples import LlamaConfig, build_llama, llama_inputs
 from ..examples.models import runnable_examples
 from ..saved.aot import AOTCompiledModel, aot_compile
-from ..saved.input_check import CHECK_FILE, read_signatures
+from ..saved.signature_check import CHECK_FILE, read_signatures
 from ..store.index import INDEX_FILE, Index
 from ..store.location import AOT_RECORD_FILE, find_aot_folders
 from ..store.verify import find_entries, inspect_aot, inspect_entry
@@ -244,8 +244,8 @@ def _print_input_checks(path: str, out: TextIO) -> None:
         try:
             record, code = read_signatures(directory)
             summary = (
-                f"{len(record['signatures'])} signature(s), "
-                f"{len(record['rejected'])} rejected"
+                f"{len(record.signatures)} signature(s), "
+                f"{len(record.rejected)} rejected"
             )
         except Exception as exc:  # noqa: BLE001 - a diagnosis must not crash
             print(f"{directory}\n  input check: {check} is unusable ({exc})", file=out)

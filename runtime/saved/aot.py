@@ -201,7 +201,7 @@ def _load_saved(
     warning saying why, when it is there)."""
     try:
         loaded = load(model, now, config, folder, guards, cudagraphs)
-        if loaded is not None and not guards:  # NOTE in input_check.py
+        if loaded is not None and not guards:  # NOTE in signature_check.py
             checked = after_load(model, loaded[0], folder, config, cudagraphs)
             loaded = (checked, loaded[1])
     except StaleRecord as exc:

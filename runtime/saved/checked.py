@@ -1,13 +1,12 @@
 """The saved forward behind its input check: after a compile, after a load, and later signatures on first use.
 
 See NOTE: [what a saved forward does with an input it was not compiled for]
-in ``input_check.py``.
+in ``signature_check.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import types
 from collections.abc import Sequence
 from typing import Any
@@ -21,17 +20,15 @@ from ..config import CompilationConfig
 from ..pipeline.api import GraphInput
 from ..store import location
 from .call_args import CallArgs
-from .input_check import (
-    CHECK_FILE,
-    SIGNATURES_FILE,
+from .load import load
+from .record import StaleRecord, factors, model_name
+from .signature import describe, forward_params
+from .signature_check import (
     InputCheck,
     first_dims,
     read_signatures,
     unbound,
 )
-from .load import load
-from .record import StaleRecord, factors, model_name
-from .signature import describe, forward_params
 
 log = logging.getLogger("stitch")
 
@@ -70,25 +67,24 @@ def after_load(
 ) -> Any:
     """The loaded forward behind its saved check; later signatures load on first use."""
     record, code = read_signatures(folder)
+    # The record's fields are checked by its reader; the signatures' inputs
+    # (codegen's literal form) by InputSignature.from_literal.
     try:
         sigs = tuple(
-            InputSignature.from_literal(list(s["inputs"])) for s in record["signatures"]
+            InputSignature.from_literal(list(s.inputs)) for s in record.signatures
         )
-        keywords = tuple(record.get("keywords", ()))
-        spec = InputCheckSpec(
-            record["forward"], tuple(record["params"]), sigs, keywords
-        )
-        folders = [s["folder"] or None for s in record["signatures"]]
-        state = {"dims": record["dims"], "rejected": dict(record["rejected"])}
     except (KeyError, TypeError, StitchError) as exc:
         raise StitchCacheError(
-            f"{folder}/{SIGNATURES_FILE} is malformed ({exc})"
+            f"{location.aot_signatures_file(folder)} is malformed ({exc})"
         ) from None
+    spec = InputCheckSpec(record.forward, record.params, sigs, record.keywords)
+    folders = [s.folder or None for s in record.signatures]
+    state = {"dims": record.dims, "rejected": dict(record.rejected)}
     check = InputCheck(model, spec, [], folders, state, folder, config, cudagraphs)
     check.forwards.append(unbound(forward))
     for i in range(1, len(sigs)):
         check.forwards.append(LazyForward(check, i))
-    check.install(code, os.path.join(folder, CHECK_FILE))
+    check.install(code, location.aot_check_file(folder))
     return check.forward
 
 

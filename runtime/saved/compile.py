@@ -23,7 +23,9 @@ from ..compat import dynamo
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import StitchBackend, StitchFunction, parse_reference
+from ..store import codec
 from ..store.hashing import content_hash
+from ..store.records import SavedFunction
 from .call_args import CallArgs
 from .load import BYTECODE_FILE, TORCH_FILE, build_forward
 from .record import (
@@ -136,6 +138,11 @@ def compile_and_save(
     function, why_not_light = function_record(
         artifacts, type(model).forward.__globals__
     )
+    bytecode = b""
+    if not why_not_light:
+        # What the light path loads: its sha256 is in the record.
+        bytecode = marshal.dumps(env.bytecode)
+        function["bytecode_sha256"] = content_hash(bytecode)
     forward: Callable[..., Any]
     if guards or why_not_light:
         if not guards:
@@ -145,7 +152,7 @@ def compile_and_save(
         forward = types.MethodType(
             build_forward(
                 env.bytecode,
-                function,
+                codec.convert(SavedFunction, function, model_name(model)),
                 type(model).forward.__globals__,
                 stitched.fn,
                 env.closure,
@@ -173,9 +180,8 @@ def compile_and_save(
     torch_data = files.pop(TORCH_FILE)
     if torch_data:
         files[TORCH_FILE] = torch_data
-    if not why_not_light:
-        files[BYTECODE_FILE] = marshal.dumps(env.bytecode)
-        function["bytecode_sha256"] = content_hash(files[BYTECODE_FILE])
+    if bytecode:
+        files[BYTECODE_FILE] = bytecode
     else:
         log.info(
             "stitch aot: %s loads through torch's loader: %s",

@@ -21,6 +21,7 @@ from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import load_reference, reference_entry, reference_root
 from ..store import location
 from ..store.cache import cache_root
+from ..store.records import SavedFunction
 from .record import StaleRecord, read_file, read_record, stale_reasons
 
 BYTECODE_FILE = location.AOT_BYTECODE_FILE
@@ -45,12 +46,12 @@ def load(
         raise StaleRecord("; ".join(reasons))
     forward_globals = type(model).forward.__globals__
     root = cache_root(config)
-    entry = reference_entry(record["stitched"], root)
-    function = record["function"]
-    if guards or not function.get("light"):
-        if not record.get("torch_function_sha256"):
+    entry = reference_entry(record.stitched, root)
+    function = record.function
+    if guards or not function.light:
+        if not record.torch_function_sha256:
             raise StaleRecord(f"torch could not save its function ({TORCH_FILE})")
-        data = read_file(folder, TORCH_FILE, record.get("torch_function_sha256"))
+        data = read_file(folder, TORCH_FILE, record.torch_function_sha256)
         try:
             with reference_root(root, cudagraphs):
                 compiled = dynamo.deserialize_aot(data, forward_globals)
@@ -63,12 +64,10 @@ def load(
         if not guards:
             compiled.disable_guard_check()
         return types.MethodType(compiled, model), entry
-    code = marshal.loads(
-        read_file(folder, BYTECODE_FILE, function.get("bytecode_sha256"))
-    )
+    code = marshal.loads(read_file(folder, BYTECODE_FILE, function.bytecode_sha256))
     if not isinstance(code, types.CodeType):
         raise StitchCacheError(f"{folder}/{BYTECODE_FILE} holds no code object")
-    stitched = load_reference(record["stitched"], root, cudagraphs)
+    stitched = load_reference(record.stitched, root, cudagraphs)
     closure = live_closure(type(model).forward, code, folder)
     forward = build_forward(code, function, forward_globals, stitched, closure)
     return types.MethodType(forward, model), entry
@@ -76,7 +75,7 @@ def load(
 
 def build_forward(
     code: types.CodeType,
-    function: dict[str, Any],
+    function: SavedFunction,
     forward_globals: dict[str, Any],
     stitched: Callable[..., Any],
     closure: tuple[Any, ...] | None = None,
@@ -88,15 +87,15 @@ def build_forward(
     NOTE: [saved bytecode imports lazily] in ``compat/dynamo.py``).
     """
     f_globals = dict(forward_globals)
-    f_globals.update(dynamo.bytecode_globals(function["import_sources"]))
-    for name in function.get("builtins", ()):
+    f_globals.update(dynamo.bytecode_globals(function.import_sources))
+    for name in function.builtins:
         f_globals[name] = getattr(builtins, name)
-    f_globals[function["backend_id"]] = stitched
+    f_globals[function.backend_id] = stitched
     fn = types.FunctionType(
-        code, f_globals, code.co_name, function.get("argdefs"), closure or None
+        code, f_globals, code.co_name, function.argdefs, closure or None
     )
-    if function.get("kwdefaults"):
-        fn.__kwdefaults__ = dict(function["kwdefaults"])
+    if function.kwdefaults:
+        fn.__kwdefaults__ = dict(function.kwdefaults)
     return fn
 
 

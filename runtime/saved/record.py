@@ -31,7 +31,7 @@ from ..store.cache import cache_root, current_rank, stitch_version
 from ..store.files import atomic_write, make_private_dirs
 from ..store.hashing import content_hash, file_hash_or_none, key_hash
 from ..store.location import AOT_DIR, AOT_RECORD_FILE
-from ..store.records import AOT_RECORD_FORMAT, AOTRecord, aot_record, as_data
+from ..store.records import AOT_RECORD_FORMAT, AOTRecord, aot_record
 from ..store.trust import check_trusted
 
 RECORD_FILE = AOT_RECORD_FILE
@@ -175,11 +175,11 @@ FACTOR_NAMES = {
 }
 
 
-def stale_reasons(record: dict[str, Any], now: dict[str, Any]) -> list[str]:
+def stale_reasons(record: AOTRecord, now: dict[str, Any]) -> list[str]:
     """Why ``record`` does not hold for a process whose :func:`factors` are ``now``."""
     reasons = []
-    saved = record.get("factors", {})
-    if isinstance(saved, dict) and "keywords" in saved and "keywords" not in now:
+    saved = record.factors
+    if "keywords" in saved and "keywords" not in now:
         reasons.append(f"keyword arguments {_short(saved['keywords'])} -> none")
     for name, value in now.items():
         old = saved.get(name)
@@ -195,7 +195,7 @@ def stale_reasons(record: dict[str, Any], now: dict[str, Any]) -> list[str]:
             )
         else:
             reasons.append(f"{FACTOR_NAMES[name]} {_short(old)} -> {_short(value)}")
-    for module, saved_path, sha in record.get("code", []):
+    for module, saved_path, sha in record.code:
         # The module's file here (a shipped cache may find the code elsewhere).
         path = module_file(module) or saved_path
         if file_hash_or_none(path) != sha:
@@ -260,7 +260,7 @@ def write_record(folder: str, record: dict[str, Any], files: dict[str, bytes]) -
     atomic_write(path, data)
 
 
-def read_record(folder: str) -> dict[str, Any] | None:
+def read_record(folder: str) -> AOTRecord | None:
     """The record in ``folder`` (None: there is none), every field loading reads
     checked (``store/records.py``: a damaged record is a ``RecordError`` naming
     the file and the field, never a KeyError deep in the load); raises
@@ -268,7 +268,7 @@ def read_record(folder: str) -> dict[str, Any] | None:
     path = location.aot_record_file(folder)
     check_trusted(path, cache_root_of(folder))
     try:
-        return as_data(codec.read(AOTRecord, path))
+        return codec.read(AOTRecord, path)
     except FileNotFoundError:
         return None
 

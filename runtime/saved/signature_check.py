@@ -57,7 +57,7 @@ from ..loader import bind_kwonly, load_execution_module
 from ..store import codec, location
 from ..store.files import atomic_write
 from ..store.hashing import content_hash
-from ..store.records import SavedSignature, SignaturesRecord, as_data
+from ..store.records import SavedSignature, SignaturesRecord
 from ..store.trust import check_trusted
 from .call_args import CallArgs, resolve
 from .compile import compile_forward
@@ -280,7 +280,7 @@ class InputCheck:
         code = generate_input_check(self.spec)
         path = None
         if self.folder is not None:
-            path = os.path.join(self.folder, CHECK_FILE)
+            path = location.aot_check_file(self.folder)
             try:
                 write_signatures(self.folder, code, self.spec, self.folders, self.state)
             except OSError as exc:
@@ -339,7 +339,7 @@ def write_signatures(
     state: dict[str, Any],
 ) -> None:
     """The check, then ``signatures.py`` (its presence and sha256 commit the check)."""
-    atomic_write(os.path.join(folder, CHECK_FILE), code.encode("utf-8"))
+    atomic_write(location.aot_check_file(folder), code.encode("utf-8"))
     record = SignaturesRecord(
         forward=spec.forward,
         params=tuple(spec.params),
@@ -352,14 +352,14 @@ def write_signatures(
         rejected=dict(sorted(state["rejected"].items())),
         check_sha256=content_hash(code.encode("utf-8")),
     )
-    atomic_write(os.path.join(folder, SIGNATURES_FILE), codec.encode(record))
+    atomic_write(location.aot_signatures_file(folder), codec.encode(record))
 
 
-def read_signatures(folder: str) -> tuple[dict[str, Any], str]:
-    """``signatures.py`` (as plain data) and the check it pins; StaleRecord when
-    there is none; :class:`RecordError` naming a bad field."""
+def read_signatures(folder: str) -> tuple[SignaturesRecord, str]:
+    """``signatures.py`` and the check it pins; StaleRecord when there is none;
+    :class:`RecordError` naming a bad field."""
     root = cache_root_of(folder)
-    paths = [os.path.join(folder, n) for n in (SIGNATURES_FILE, CHECK_FILE)]
+    paths = [location.aot_signatures_file(folder), location.aot_check_file(folder)]
     for path in paths:
         check_trusted(path, root)
     try:
@@ -372,4 +372,4 @@ def read_signatures(folder: str) -> tuple[dict[str, Any], str]:
     record = codec.decode(SignaturesRecord, data, paths[0])
     if content_hash(code.encode("utf-8")) != record.check_sha256:
         raise StitchCacheError(f"{paths[1]} does not match its sha256")
-    return as_data(record), code
+    return record, code
