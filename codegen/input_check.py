@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from typing import Any, Union
 
 from stitch.core.errors import StitchCodegenError
+from stitch.core.hashing import key_hash
 
 # 2: a guard per value of the dynamic sizes (NOTE: [a guard per token count]).
 CHECK_FORMAT = 2
@@ -122,7 +123,10 @@ class InputSignature:
         return cls(tuple(_input_from_literal(item) for item in value))
 
     def key(self) -> str:
-        return hashlib.sha256(repr(self.to_literal()).encode()).hexdigest()[:16]
+        """The key a later signature's folder and a rejected input are filed
+        under (the one key hash; 16 characters before it, so an older cache's
+        rejected inputs are traced once more, then filed again)."""
+        return key_hash(self.to_literal())
 
 
 def _input_literal(i: Input) -> dict[str, Any]:

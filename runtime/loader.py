@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import hashlib
 import linecache
 import logging
 import os
@@ -24,6 +23,7 @@ from stitch.core.contract import (
     SUBMODS_NAME,
 )
 from stitch.core.errors import StitchLoadError
+from stitch.core.hashing import key_hash
 
 log = logging.getLogger("stitch")
 
@@ -47,7 +47,7 @@ def _source_dir() -> str:
 def source_filename(code: str) -> str:
     """The content-named file :func:`load_execution_module` compiles ``code`` under
     when no ``filename`` is given."""
-    digest = hashlib.sha256(code.encode()).hexdigest()[:16]
+    digest = key_hash(code)
     return os.path.join(_source_dir(), f"execution_fn_{digest}.py")
 
 
@@ -178,7 +178,7 @@ def load_execution_module(
             f"{len(consts_tuple)} constants were given"
             + (" (consts=None)" if consts is None else "")
         )
-    digest = hashlib.sha256(code.encode()).hexdigest()[:16]
+    digest = key_hash(code)
     if filename is None:
         label = write_source_file(code) or f"<stitch-execution-fn-{digest}>"
     else:

@@ -3,21 +3,25 @@
 NOTE: [one content hash, one key hash]
 A content hash names exact bytes (an artifact, the stitching source, a kernel):
 the full sha256 hex digest, so a check against it is as strong as sha256.  A
-key hash names a folder or a cache slot from the factors that decide it (an
-entry's identity, a model's structure, a machine): the sha256 of the factors'
-``repr`` (callers pass tuples, lists and sorted dicts of plain values, whose
-``repr`` is stable), cut to :data:`KEY_CHARS` hex characters.  One truncation
-for every key: 96 bits make a collision between two entries of one cache
-unthinkable, and paths stay short.
+key hash names a folder or a cache slot from the factors that decide it: the
+core's :func:`~stitch.core.hashing.key_hash` (see NOTE: [one key hash] in
+``core/hashing.py``), handed on here so the store's callers find both hashes in
+one place.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
-# See NOTE: [one content hash, one key hash].
-KEY_CHARS = 24
+from stitch.core.hashing import key_hash
+
+__all__ = [
+    "content_hash",
+    "file_hash",
+    "file_hash_or_none",
+    "key_hash",
+]
+
 _CHUNK = 1 << 20
 
 
@@ -41,8 +45,3 @@ def file_hash_or_none(path: str) -> str | None:
         return file_hash(path)
     except OSError:
         return None
-
-
-def key_hash(*factors: Any) -> str:
-    """The key of ``factors``: sha256 of their canonical text, :data:`KEY_CHARS` long."""
-    return hashlib.sha256(repr(factors).encode()).hexdigest()[:KEY_CHARS]
