@@ -738,13 +738,13 @@ def test_hoisted_source(case: str, golden: Any) -> None:
     golden(code)
 
 
-def test_hoisted_golden_runs_with_graph_tables() -> None:
-    """The golden, bound to the compiled pieces through graph tables, computes the model."""
-    path = GOLDEN / "llama_2_layer.py"
-    if not path.exists():
-        pytest.fail(
-            f"{path} is missing; run tests/test_cudagraph_cpu.py --snapshot-update"
-        )
+STEPS = [8, 8, 8, 3, 3, 3, 5, 11]  # captures at 8 and 4, replays, one eager size
+
+
+def _run_with_graph_tables(source: str) -> tuple[list[torch.Tensor], EmulatedGraphOps]:
+    """``source``, bound to today's compiled pieces of the llama graph through graph
+    tables and run for STEPS on a fresh model: each output (checked against eager)
+    and the emulated graphs it captured."""
     served = _hoisted()
     compiled = served.backend.compiled[-1]
     ops = EmulatedGraphOps()
@@ -759,25 +759,67 @@ def test_hoisted_golden_runs_with_graph_tables() -> None:
     )
     size_on = compiled.code.split("__vllm_dispatch__[", 1)[1].split("]", 1)[0]
     _, _, consts = lower_execution(compiled.split_gm, dispatch_on=size_on)
-    fn = compile_execution_fn(
-        path.read_text(encoding="utf-8"),
-        compiled.backends,
-        names,
-        consts,
-        dispatch=tables,
-    )
+    fn = compile_execution_fn(source, compiled.backends, names, consts, dispatch=tables)
     runner = PaddedRunner(
         served.runner.plan, padding_table(SIZES), dict.fromkeys(SIZES, fn), fn
     )
     mine, reference = build_llama(LLAMA), build_llama(LLAMA)
     args = _graph_args(compiled.split_gm, mine)
+    outputs = []
     with torch.inference_mode():
-        for step, n in enumerate([8, 8, 8, 3, 3, 3, 5, 11]):
+        for step, n in enumerate(STEPS):
             ids, positions = llama_inputs(LLAMA, n, seed=step)
             expected = reference(ids, positions)
             (got,) = runner(*args(ids, positions))
             torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+            outputs.append(got.clone())
+    return outputs, ops
+
+
+def test_hoisted_golden_runs_with_graph_tables() -> None:
+    """The golden, bound to the compiled pieces through graph tables, computes the model."""
+    path = GOLDEN / "llama_2_layer.py"
+    if not path.exists():
+        pytest.fail(
+            f"{path} is missing; run tests/test_cudagraph_cpu.py --snapshot-update"
+        )
+    _, ops = _run_with_graph_tables(path.read_text(encoding="utf-8"))
     assert len(ops.graphs) == PIECES * 2  # sizes 8 and 4, warm-up first
+
+
+# Byte for byte what the code generator wrote for this graph before readable names
+# (issue 34): golden/test_cudagraph_cpu/llama_2_layer.py at d3f6e48^, format 4.
+FORMAT_4 = Path(__file__).parent / "fixtures" / "emitted_format4" / "llama_2_layer.py"
+
+
+def _signature(source: str) -> list[str]:
+    params = re.search(r"^def execution_fn\(\n(.*?)\n    \*,$", source, re.M | re.S)
+    assert params is not None
+    return [p.strip().rstrip(",") for p in params.group(1).splitlines()]
+
+
+def test_format_4_file_and_the_golden_compute_alike() -> None:
+    """NOTE: [names from the model's paths]: the loader binds the emitted function
+    by position, so the file written before readable names (Dynamo's names, s80)
+    and today's golden of the same graph compute the same, and what eager does."""
+    old = FORMAT_4.read_text(encoding="utf-8")
+    new = (GOLDEN / "llama_2_layer.py").read_text(encoding="utf-8")
+    # One graph, two spellings: the old file's parameters are the graph's own
+    # placeholder names, the golden's are the readable ones, in the same order.
+    graph = _hoisted().backend.compiled[-1].split_gm
+    placeholders = [n.name for n in graph.graph.find_nodes(op="placeholder")]
+    assert old.startswith("# Stitching source emitted by stitch.codegen (format 4).")
+    changed = f"the llama graph is no longer the one {FORMAT_4.name} was emitted for"
+    assert old.splitlines()[2] == new.splitlines()[2], changed  # the graph's hash
+    assert _signature(old) == placeholders, changed
+    renamed = dict(zip(_signature(old), _signature(new), strict=True))
+    assert renamed["s80"] == "num_tokens" and renamed["s72"] == "s72"
+    assert sum(o != n for o, n in renamed.items()) == len(placeholders) - 1
+    assert "_modules_" not in new.split("import torch")[1]
+    (old_out, old_ops), (new_out, new_ops) = map(_run_with_graph_tables, (old, new))
+    for a, b in zip(old_out, new_out, strict=True):
+        assert torch.equal(a, b)
+    assert len(old_ops.graphs) == len(new_ops.graphs) == PIECES * 2
 
 
 # -- the attention op's padding semantics ---------------------------------------------------

@@ -1,6 +1,9 @@
 """The emitted function's parameters are named after the model's paths (NOTE:
 [names from the model's paths] in codegen/readable.py), and nothing that runs
-depends on those names: old and new emitted files of one graph compute alike."""
+depends on those names: old and new emitted files of one graph compute alike
+(here on a file renamed back; tests/test_cudagraph_cpu.py's
+test_format_4_file_and_the_golden_compute_alike runs the file the code generator
+really wrote before readable names, tests/fixtures/emitted_format4/)."""
 
 from __future__ import annotations
 
@@ -96,8 +99,9 @@ def test_names_are_unique_and_never_keywords_or_builtins() -> None:
 
 
 def old_style(code: str) -> str:
-    """``code`` as the code generator wrote it before readable names: each
-    parameter under Dynamo's name (read back from the header's table)."""
+    """``code`` roughly as the code generator wrote it before readable names: each
+    parameter under Dynamo's name (read back from the header's table).  The
+    dynamo_names graph postdates that code generator, so it has no real old file."""
     table = re.findall(r"^#   (\w+): .* \((\w+)\)$", code, re.M)
     assert table
     body = "\n".join(ln for ln in code.splitlines() if not ln.startswith("#   "))
