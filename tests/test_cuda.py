@@ -356,7 +356,7 @@ def test_capture_after_start_up_is_forbidden() -> None:
         served(3, seed=3)
 
 
-def _reserved_by_capture(shared_pool: bool) -> tuple[int, int]:
+def _reserved_by_capture(shared_pool: bool, lazy: bool = False) -> tuple[int, int]:
     cfg = LlamaConfig(
         num_layers=4, hidden_size=256, num_heads=4, intermediate_size=1024
     )
@@ -367,9 +367,32 @@ def _reserved_by_capture(shared_pool: bool) -> tuple[int, int]:
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     before = torch.cuda.memory_reserved()
-    graphs = served.start_up(compile_first=False)
+    if lazy:  # NOTE: [capture what the first request needs]
+        manager = served.backend.cudagraphs
+        count = compilation_counter.num_cudagraph_captured
+        manager.capture_sizes(lambda n: served(n, n), [1], defer_rest=True)
+        for step, n in enumerate([3, 3, 17, 1, 17]):  # 4 and 32 on first use
+            served(n, seed=step)
+        assert manager.capture_pending(lambda n: served(n, 50 + n)) == 0
+        graphs = compilation_counter.num_cudagraph_captured - count
+    else:
+        graphs = served.start_up(compile_first=False)
     torch.cuda.synchronize()
     return torch.cuda.memory_reserved() - before, graphs
+
+
+def test_sizes_captured_later_share_the_pool_of_those_captured_first() -> None:
+    """Size 1 before the first request, 4 and 32 as requests need them, the rest
+    while idle: every size gets its graphs, numerics hold, and the pool grows
+    no more than when every size is captured at start-up, largest first."""
+    eager_order, graphs = _reserved_by_capture(True)
+    lazy_order, lazy_graphs = _reserved_by_capture(True, lazy=True)
+    print(
+        f"graph memory: all at start-up {eager_order / 2**20:.1f} MiB, "
+        f"size 1 first, the rest later {lazy_order / 2**20:.1f} MiB"
+    )
+    assert lazy_graphs == graphs == 5 * len(SIZES)
+    assert lazy_order <= eager_order * 1.25 + 2**21
 
 
 def test_one_shared_pool_takes_less_memory_than_a_pool_per_graph() -> None:
