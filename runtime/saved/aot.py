@@ -42,15 +42,13 @@ from stitch.core.errors import StitchCacheError, StitchConfigError
 
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
-from ..pipeline.api import ArtifactSource, StitchBackend
-from ..store.location import cache_root
-from ..store.shared.tier import INSTALLED, Lease, SharedTier
+from ..pipeline.api import StitchBackend
+from ..store.shared.tier import INSTALLED, Lease
 from ..store.shared.units import saved_forward_unit
 from .call_args import call_args, dims_by_position
 from .checked import after_compile, after_load
-from .compile import compile_forward
-from .load import load
-from .record import StaleRecord, dynamic_spec, model_name, record_key
+from .record import StaleRecord, dynamic_spec, model_name
+from .site import SaveSite
 
 log = logging.getLogger("stitch")
 
@@ -129,81 +127,57 @@ def aot_compile(
             )
         config, cudagraphs = backend.config, backend.cudagraphs
     config = config if config is not None else CompilationConfig()
-    if cudagraphs is None:
-        cudagraphs = CUDAGraphManager(config)
     if guards is None:
         guards = os.environ.get(GUARDS_ENV, "") not in ("", "0")
+    if cudagraphs is None:
+        cudagraphs = CUDAGraphManager(config)
+    # NOTE: [one owner of the config in saved/] (site.py)
+    site = SaveSite(model, config, cudagraphs, guards, backend)
     args = call_args(model, tuple(example_inputs), example_kwargs)
     dims = dynamic_spec(args, dims_by_position(args, dynamic_dims))
-    # Only a backend that saves its pieces has anything to load.
-    saves = not config.disable_cache and ArtifactSource.saves(config.backend)
-    folder, now = record_key(model, config, args, dims, saves)
+    now = site.factors(args, dims)
     tier = turn = None
-    if folder is not None:
-        found = _load_saved(model, now, config, folder, guards, cudagraphs, start)
-        tier = SharedTier.of(config) if found is None else None
+    if site.folder is not None:
+        found = _load_saved(site, now, start)
+        tier = site.shared_tier() if found is None else None
         if tier is not None:
             # NOTE: [the shared tier never stops a run] (store/shared/tier.py)
-            unit = saved_forward_unit(cache_root(config), folder, now)
-            turn = tier.before_compile(cache_root(config), unit)
+            unit = saved_forward_unit(site.root, site.folder, now)
+            turn = tier.before_compile(site.root, unit)
             if turn == INSTALLED:
-                found = _load_saved(
-                    model, now, config, folder, guards, cudagraphs, start
-                )
+                found = _load_saved(site, now, start)
                 turn = Lease(unit, held=False)  # unusable here: compiled, republished
         if found is not None:
             return found
     compiled = False
     try:
-        forward, saved, backend = compile_forward(
-            model,
-            args,
-            dims,
-            config,
-            cudagraphs,
-            folder,
-            now,
-            guards=guards,
-            backend=backend,
-        )
+        forward, saved, backend = site.compile(args, dims, site.folder, now, first=True)
         if not guards:
             forward = after_compile(
-                model,
-                forward,
-                saved,
-                args,
-                dims,
-                backend.graph_inputs,
-                config,
-                cudagraphs,
+                site, forward, saved, args, dims, backend.graph_inputs
             )
         compiled = True
     finally:
         if tier is not None and isinstance(turn, Lease):
-            tier.after_compile(cache_root(config), turn, compiled)
+            tier.after_compile(site.root, turn, compiled)
     entry = backend.compiled[-1].cache_dir if backend.compiled else None
     seconds = time.perf_counter() - start
     return AOTCompiledModel(
-        forward, False, guards, seconds, saved, entry, backend, cudagraphs
+        forward, False, guards, seconds, saved, entry, backend, site.cudagraphs
     )
 
 
 def _load_saved(
-    model: torch.nn.Module,
-    now: dict[str, Any],
-    config: CompilationConfig,
-    folder: str,
-    guards: bool,
-    cudagraphs: CUDAGraphManager,
-    start: float,
+    site: SaveSite, now: dict[str, Any], start: float
 ) -> AOTCompiledModel | None:
-    """The saved forward in ``folder``, if it is there and fits (else one
-    warning saying why, when it is there)."""
+    """The saved forward in the site's folder, if it is there and fits ``now``
+    (else one warning saying why, when it is there)."""
+    model, folder = site.model, site.folder
+    assert folder is not None
     try:
-        loaded = load(model, now, config, folder, guards, cudagraphs)
-        if loaded is not None and not guards:  # NOTE in signature_check.py
-            checked = after_load(model, loaded[0], folder, config, cudagraphs)
-            loaded = (checked, loaded[1])
+        loaded = site.load(folder, now)
+        if loaded is not None and not site.guards:  # NOTE in signature_check.py
+            loaded = (after_load(site, loaded[0], folder), loaded[1])
     except StaleRecord as exc:
         log.warning(
             "stitch aot: the saved %s is stale (%s); compiling it again",
@@ -226,5 +200,5 @@ def _load_saved(
     seconds = time.perf_counter() - start
     log.info("stitch aot: %s loaded in %.2fs", model_name(model), seconds)
     return AOTCompiledModel(
-        forward, True, guards, seconds, folder, entry, None, cudagraphs
+        forward, True, site.guards, seconds, folder, entry, None, site.cudagraphs
     )

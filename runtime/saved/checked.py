@@ -9,19 +9,17 @@ from __future__ import annotations
 import logging
 import types
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from stitch.codegen.input_check import InputCheckSpec, InputSignature
 from stitch.core.errors import StitchCacheError, StitchError
 
-from ..config import CompilationConfig
 from ..pipeline.api import GraphInput
 from ..store import location
 from .call_args import CallArgs
-from .load import load
-from .record import StaleRecord, factors, model_name
+from .record import StaleRecord, model_name
 from .signature import describe, forward_params
 from .signature_check import (
     InputCheck,
@@ -30,41 +28,35 @@ from .signature_check import (
     unbound,
 )
 
+if TYPE_CHECKING:
+    from .site import SaveSite
+
 log = logging.getLogger("stitch")
 
 
 def after_compile(
-    model: torch.nn.Module,
+    site: SaveSite,
     forward: Any,
     saved: str | None,
     args: Sequence[Any],
     dims: Sequence[Sequence[int]],
     graph: Sequence[GraphInput],
-    config: CompilationConfig,
-    cudagraphs: Any,
 ) -> Any:
     """The compiled forward behind a new input check (written beside the record)."""
     if not isinstance(forward, types.MethodType):
         return forward  # the Dynamo-entered fallback: Dynamo's guards check
+    model = site.model
     keywords = tuple(getattr(args, "keywords", ()))
     params = (*forward_params(model, len(args) - len(keywords)), *keywords)
     sig = describe(params[1:], args, dims, graph)
     spec = InputCheckSpec(_qualname(model), params, (sig,), keywords)
     state = {"dims": [list(d) for d in dims], "rejected": {}}
-    check = InputCheck(
-        model, spec, [unbound(forward)], [""], state, saved, config, cudagraphs
-    )
+    check = InputCheck(site, spec, [unbound(forward)], [""], state, saved)
     check._save()
     return check.forward
 
 
-def after_load(
-    model: torch.nn.Module,
-    forward: Any,
-    folder: str,
-    config: CompilationConfig,
-    cudagraphs: Any,
-) -> Any:
+def after_load(site: SaveSite, forward: Any, folder: str) -> Any:
     """The loaded forward behind its saved check; later signatures load on first use."""
     record, code = read_signatures(folder)
     # The record's fields are checked by its reader; the signatures' inputs
@@ -80,7 +72,7 @@ def after_load(
     spec = InputCheckSpec(record.forward, record.params, sigs, record.keywords)
     folders = [s.folder or None for s in record.signatures]
     state = {"dims": record.dims, "rejected": dict(record.rejected)}
-    check = InputCheck(model, spec, [], folders, state, folder, config, cudagraphs)
+    check = InputCheck(site, spec, [], folders, state, folder)
     check.forwards.append(unbound(forward))
     for i in range(1, len(sigs)):
         check.forwards.append(LazyForward(check, i))
@@ -130,8 +122,9 @@ class LazyForward:
     def _load(self, args: Sequence[Any]) -> Any:
         check = self.check
         folder = location.aot_sibling(check.folder, check.folders[self.index])
-        now = factors(check.config, args, first_dims(check, args))
-        loaded = load(check.model, now, check.config, folder, False, check.cudagraphs)
+        loaded = check.site.load(
+            folder, check.site.factors(args, first_dims(check, args)), guards=False
+        )
         if loaded is None:
             raise StitchCacheError(f"{folder} holds no saved forward")
         return unbound(loaded[0])

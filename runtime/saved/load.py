@@ -16,11 +16,9 @@ import torch
 from stitch.core.errors import StitchCacheError
 
 from ..compat import dynamo
-from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import load_reference, reference_entry, reference_root
 from ..store import location
-from ..store.cache import cache_root
 from ..store.records import SavedFunction
 from .record import StaleRecord, read_file, read_record, stale_reasons
 
@@ -31,13 +29,14 @@ TORCH_FILE = location.AOT_TORCH_FILE
 def load(
     model: torch.nn.Module,
     now: dict[str, Any],
-    config: CompilationConfig,
+    root: str,
     folder: str,
     guards: bool,
     cudagraphs: CUDAGraphManager | None = None,
 ) -> tuple[Callable[..., Any], str] | None:
     """The saved forward bound to ``model`` and its cache entry (None if nothing was
-    saved); ``now``: what a record must have been saved for (``record.factors``)."""
+    saved); ``now``: what a record must have been saved for (``record.factors``);
+    ``root``: the cache root its stitched function's entry lies under."""
     record = read_record(folder)
     if record is None:
         return None
@@ -45,7 +44,6 @@ def load(
     if reasons:
         raise StaleRecord("; ".join(reasons))
     forward_globals = type(model).forward.__globals__
-    root = cache_root(config)
     entry = reference_entry(record.stitched, root)
     function = record.function
     if guards or not function.light:

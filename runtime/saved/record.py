@@ -27,7 +27,7 @@ from stitch.core.errors import StitchCacheError, StitchRuntimeError
 from ..compat.dynamo import marked_dims
 from ..config import CompilationConfig
 from ..store import codec, location
-from ..store.cache import cache_root, current_rank, stitch_version
+from ..store.cache import current_rank, stitch_version
 from ..store.files import atomic_write, make_private_dirs
 from ..store.hashing import content_hash, file_hash_or_none, key_hash
 from ..store.location import AOT_DIR, AOT_RECORD_FILE
@@ -43,23 +43,10 @@ class StaleRecord(Exception):
     """The saved function does not fit this process; the reasons, for one warning."""
 
 
-def record_key(
-    model: torch.nn.Module,
-    config: CompilationConfig,
-    args: Sequence[Any],
-    dims: Sequence[Sequence[int]],
-    saves: bool,
-) -> tuple[str | None, dict[str, Any]]:
-    """Where the record of ``model``'s forward lives (None: ``saves`` is False,
-    nothing is saved) and what it must have been saved for (:func:`factors`)."""
-    folder = record_folder(model, config) if saves else None
-    return folder, factors(config, args, dims)
-
-
-def record_folder(model: torch.nn.Module, config: CompilationConfig) -> str:
-    """``<cache root>/aot/<model key>/rank_<r>``: one record per model class and structure."""
+def record_folder(model: torch.nn.Module, root: str) -> str:
+    """``<root>/aot/<model key>/rank_<r>``: one record per model class and structure."""
     key = key_hash(model_name(model), model_structure(model))
-    return location.aot_folder(cache_root(config), key, current_rank())
+    return location.aot_folder(root, key, current_rank())
 
 
 def model_name(model: torch.nn.Module) -> str:

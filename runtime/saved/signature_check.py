@@ -35,7 +35,7 @@ import re
 import threading
 import types
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -52,7 +52,6 @@ from stitch.codegen.input_check import (
 from stitch.core.errors import StitchCacheError, StitchInputError
 
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
-from ..config import CompilationConfig
 from ..loader import bind_kwonly, load_execution_module
 from ..store import codec, location
 from ..store.files import atomic_write
@@ -60,8 +59,7 @@ from ..store.hashing import content_hash
 from ..store.records import SavedSignature, SignaturesRecord
 from ..store.trust import check_trusted
 from .call_args import CallArgs, resolve
-from .compile import compile_forward
-from .record import StaleRecord, cache_root_of, factors, model_name
+from .record import StaleRecord, cache_root_of, model_name
 from .signature import (
     Mismatch,
     SizedGuards,
@@ -71,6 +69,9 @@ from .signature import (
     tensor_guards,
     written,
 )
+
+if TYPE_CHECKING:
+    from .site import SaveSite
 
 log = logging.getLogger("stitch")
 
@@ -86,22 +87,20 @@ class InputCheck:
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        site: SaveSite,
         spec: InputCheckSpec,
         forwards: list[Any],
         folders: list[str | None],
         state: dict[str, Any],
         folder: str | None,
-        config: CompilationConfig,
-        cudagraphs: Any,
     ) -> None:
-        self.model = model
+        self.site = site  # loads and compiles every signature's forward
+        self.model = site.model
         self.spec = spec
         self.forwards = forwards
         self.folders = folders
         self.state = state  # dims, rejected: what signatures.py holds besides them
         self.folder = folder
-        self.config, self.cudagraphs = config, cudagraphs
         self.lock = threading.RLock()
         self.namespace: dict[str, Any] = {}
         self.function: types.FunctionType | None = None
@@ -262,16 +261,7 @@ class InputCheck:
     ) -> tuple[Any, str | None, Any]:
         """Compile (and save to ``folder``) the forward for ``args``; raises what
         the trace raises (no Dynamo-entered fallback)."""
-        return compile_forward(
-            self.model,
-            args,
-            dims,
-            self.config,
-            self.cudagraphs,
-            folder,
-            factors(self.config, args, dims),
-            fallback=False,
-        )
+        return self.site.compile(args, dims, folder)
 
     def _save(self) -> None:
         """Generate the check again, write it and ``signatures.py`` (when saved), load it."""
