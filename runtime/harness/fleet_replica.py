@@ -7,8 +7,8 @@ built-in example through ``aot_compile``; "hf-llama": a tiny transformers
 Llama through ``torch.compile(backend=StitchBackend(...), dynamic=True)``),
 ``layers``, ``cache_dir``, ``cache_url``, and optionally ``wait_s``,
 ``lease_s``, ``start_at`` (a ``time.time()`` all replicas start at) and
-``compile_delay_s`` (a pause inside the compile, to widen the window another
-replica waits in).  The store's key comes from the environment
+``compile_delay_s`` (llama only: a pause before the compile, the lease held,
+to widen the window another replica waits in).  The store's key comes from the environment
 (``$STITCH_CACHE_KEY``), as it would in a fleet.  Used by
 tests/test_fleet_cache.py and bench/fleet_start.py.
 """
@@ -47,20 +47,21 @@ def _model(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
     return model, kwargs, run_hf
 
 
-def _slow_compiles(seconds: float) -> None:
-    """Hold every lease this process takes ``seconds`` before compiling (the
-    lease renewed meanwhile): a long compile, in which the others wait."""
-    from stitch.runtime.store.shared.tier import Lease, SharedTier
+def _slow_backend(config: Any, seconds: float) -> Any:
+    """A backend that holds ``seconds`` before compiling: a long compile, in
+    which the lease is held (and renewed) while the other replicas wait.
 
-    original = SharedTier.before_compile
+    Only for ``model == "llama"``: ``aot_compile`` takes the saved forward's
+    lease before torch's trace calls the backend, and a replica that installs
+    the entry instead never calls it."""
+    from stitch.runtime import StitchBackend
 
-    def slow(self: SharedTier, root: str, unit: Any) -> Any:
-        turn = original(self, root, unit)
-        if isinstance(turn, Lease) and turn.held:
+    class SlowBackend(StitchBackend):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
             time.sleep(seconds)
-        return turn
+            return super().__call__(*args, **kwargs)
 
-    SharedTier.before_compile = slow  # type: ignore[method-assign]
+    return SlowBackend(config, serializable=True)
 
 
 def replica(spec: dict[str, Any]) -> dict[str, Any]:
@@ -82,15 +83,24 @@ def replica(spec: dict[str, Any]) -> dict[str, Any]:
         cache_wait_s=spec.get("wait_s", 600.0),
         cache_lease_s=spec.get("lease_s", 30.0),
     )
+    backend = None
     if spec.get("compile_delay_s"):
-        _slow_compiles(spec["compile_delay_s"])
+        if spec["model"] != "llama":
+            raise ValueError("compile_delay_s is for the llama example only")
+        backend = _slow_backend(config, spec["compile_delay_s"])
     while time.time() < spec.get("start_at", 0.0):
         time.sleep(0.005)
     before = compilation_counter.snapshot()
     start = time.perf_counter()
     with torch.no_grad():
         if spec["model"] == "llama":
-            compiled = aot_compile(model, inputs, config, dynamic_dims={0: [0], 1: [0]})
+            compiled = aot_compile(
+                model,
+                inputs,
+                None if backend else config,
+                dynamic_dims={0: [0], 1: [0]},
+                backend=backend,
+            )
             out = run(compiled)
             warm = compiled.warm
         else:

@@ -26,42 +26,46 @@ published again.  Without a cap nothing is removed, orphans included.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from ..codec import RecordError
-from .manifest import SharedEntry, unverified
-
-if TYPE_CHECKING:
-    from .tier import SharedTier
+from .manifest import FleetKey, SharedEntry, unverified
+from .stores import SharedStore
 
 log = logging.getLogger("stitch")
 
 
-def collect_orphans(tier: SharedTier, named: set[str]) -> tuple[list[str], int]:
-    """Delete the blobs no entry names (not in ``named``) stamped longer than a
-    lease ago; the blobs deleted, and the bytes of the younger orphans kept."""
+def collect_orphans(
+    store: SharedStore, named: set[str], lease_s: float
+) -> tuple[list[str], int]:
+    """Delete the blobs no entry names (not in ``named``) stamped longer than
+    ``lease_s`` ago; the blobs deleted, and the bytes of the younger orphans kept."""
     collected, young = [], 0
-    for sha, size, age in tier.store.blob_ages():
+    for sha, size, age in store.blob_ages():
         if sha in named:
             continue
-        if age > tier.lease_s:
-            tier.store.delete_blob(sha)
+        if age > lease_s:
+            store.delete_blob(sha)
             collected.append(sha)
         else:
             young += size
     return collected, young
 
 
-def evict(tier: SharedTier, keep: str) -> list[str]:
-    """Collect old orphans, then remove entries, least recently used first,
-    until the store is under the cap; the names of the entries removed."""
+def evict(
+    store: SharedStore, key: FleetKey, *, max_bytes: int, lease_s: float, keep: str
+) -> list[str]:
+    """Collect orphans older than ``lease_s``, then remove entries, least
+    recently used first, until ``store`` holds at most ``max_bytes``; the names
+    of the entries removed (``keep`` never is).  ``key`` tells the entries
+    that verify from those that do not."""
     # name -> (stored bytes, the verified entry or None, the files it lists)
     entries: dict[str, tuple[bytes, SharedEntry | None, SharedEntry | None]] = {}
-    for name, _, stored in tier.entries():
+    for name, _ in store.by_age():
+        stored = store.get_entry(name)
         if stored is None:
             continue
         try:
-            entry = tier.key.open(stored, name)
+            entry = key.open(stored, name)
             entries[name] = (stored, entry, entry)
         except RecordError:
             entries[name] = (stored, None, unverified(stored, name))
@@ -77,37 +81,37 @@ def evict(tier: SharedTier, keep: str) -> list[str]:
         return out
 
     held = blobs(entries)
-    collected, young = collect_orphans(tier, set(held))
+    collected, young = collect_orphans(store, set(held), lease_s)
     removed = []
     for name in order:
-        if sum(held.values()) + young <= tier.max_bytes:
+        if sum(held.values()) + young <= max_bytes:
             break
         if name == keep:
             continue
         stored = entries[name][0]
-        if not tier.store.delete_entry(name, stored):
+        if not store.delete_entry(name, stored):
             continue  # changed since read: another replica's business now
         gone = set(blobs([name]))
         del entries[name]
         held = blobs(entries)
         for sha in gone - set(held):
-            tier.store.delete_blob(sha)
+            store.delete_blob(sha)
         removed.append(name)
     if collected:
         log.info(
             "stitch cache: deleted %d orphaned blob(s) from %s (no entry names "
             "them, stamped over %.0fs ago)",
             len(collected),
-            tier.url,
-            tier.lease_s,
+            store.url,
+            lease_s,
         )
     if removed:
         log.info(
             "stitch cache: evicted %d entr%s from %s (cap %d bytes): %s",
             len(removed),
             "y" if len(removed) == 1 else "ies",
-            tier.url,
-            tier.max_bytes,
+            store.url,
+            max_bytes,
             ", ".join(removed),
         )
     return removed

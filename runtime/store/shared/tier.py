@@ -35,6 +35,7 @@ from ..codec import RecordError
 from ..files import atomic_write, make_private_dirs
 from ..hashing import content_hash, file_hash_or_none
 from ..trust import check_trusted
+from .eviction import evict
 from .manifest import FleetKey, SharedEntry
 from .stores import SharedStore, StoreDown, open_store
 from .units import Unit, collect, install_order
@@ -301,9 +302,13 @@ class SharedTier:
                             return False  # changed under us; the next publish has it
             done = self._commit(unit, entry)
             if done and self.max_bytes:
-                from .eviction import evict
-
-                evict(self, keep=unit.name)
+                evict(
+                    self.store,
+                    self.key,
+                    max_bytes=self.max_bytes,
+                    lease_s=self.lease_s,
+                    keep=unit.name,
+                )
         except OSError as exc:
             log.warning("stitch cache: cannot publish %s (%s)", unit.name, exc)
             return False
