@@ -142,33 +142,32 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
     root = tmp_path_factory.mktemp("vllm_server")
     model = Path(save_checkpoint(str(root / "model"), "llama", layers=2))
-    cache = root / "eager"
     sizes = {"STITCH_VLLM_CONFIG": json.dumps({"compile_sizes": [1, 8]})}
     variants = [
-        ("eager", ["--enforce-eager"], {}),
-        ("cold", ["--compilation-config", STITCH], sizes),
         ("warm", ["--compilation-config", STITCH], sizes),
         ("changed", ["--compilation-config", STITCH],
          {"STITCH_VLLM_CONFIG": json.dumps({"compile_sizes": [4]})}),
     ]  # fmt: skip
     results: dict[str, Any] = {}
+    # Two servers started together on one store (NOTE: [a fleet of two vLLM
+    # engines] in test_vllm.py), the eager server beside them (NOTE: [eager
+    # references beside the cold starts] there); later ones use the cache of
+    # the one that compiled.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        eager = pool.submit(serve, model, root / "eager", ["--enforce-eager"], {})
+        pair = fleet_pair(
+            root / "fleet",
+            lambda folder, fleet: serve(
+                model, folder, ["--compilation-config", STITCH], {**sizes, **fleet}
+            ),
+            lambda run: "cold start in" in run[1],
+        )
+        results["eager"], results["eager_log"] = eager.result()
+    (results["cold"], results["cold_log"]), cache = pair["cold"]
+    results["peer"], results["peer_log"] = pair["peer"][0]
+    results["both"] = pair["both"]
+    results["cache"] = cache
     for name, args, env in variants:
-        if name == "cold":
-            # Two servers started together on one store (NOTE: [a fleet of
-            # two vLLM engines] in test_vllm.py); later ones use the cache of
-            # the one that compiled.
-            pair = fleet_pair(
-                root / "fleet",
-                lambda folder, fleet, a=args, e=env: serve(
-                    model, folder, a, {**e, **fleet}
-                ),
-                lambda run: "cold start in" in run[1],
-            )
-            (results["cold"], results["cold_log"]), cache = pair["cold"]
-            results["peer"], results["peer_log"] = pair["peer"][0]
-            results["both"] = pair["both"]
-            results["cache"] = cache
-            continue
         results[name], results[f"{name}_log"] = serve(model, cache, args, env)
         if name == "warm":
             results["inspect"] = inspect(cache / "stitch")
