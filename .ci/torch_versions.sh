@@ -18,9 +18,12 @@
 # HTTP cache stores nothing behind a proxy that drops the responses' caching
 # headers (as on our CI machines: `pip cache info` counts 0 files after a
 # download), so every run would download them again.  The wheels are kept in
-# STITCH_CI_WHEELS (default ~/.cache/stitch/ci-wheels) instead: `pip download`
-# fetches only what is not there yet, and the environment is installed from
-# that folder alone.
+# STITCH_CI_WHEELS (default ~/.cache/stitch/ci-wheels) instead: the
+# environment is installed from that folder alone, and `pip download` fills it
+# (fetching only what is not there yet) when that install finds a wheel
+# missing.  What the constraints leave open (numpy, say) is therefore the
+# newest release in the folder, not on the index: delete the folder to take
+# newer ones.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -74,13 +77,18 @@ for release in "${RELEASES[@]}"; do
         >"$venvs/constraints-$torch_version.txt"
     constraints="$venvs/constraints-$torch_version.txt"
     python3 -m venv "$venv"
-    # setuptools: the build backend, for the editable install below.
-    "$venv/bin/pip" download -q -d "$wheels" -c "$constraints" \
-        '.[hf,test-tools]' 'setuptools>=64'
     # --no-compile: byte-compiling torch's own files at install costs a minute;
-    # Python compiles what the tests import anyway.
-    "$venv/bin/pip" install -q --no-compile --no-index --find-links "$wheels" \
-        -c "$constraints" -e '.[hf,test-tools]'
+    # Python compiles what the tests import anyway.  The folder alone first:
+    # `pip download` asks the index for every package (40-80 s a release even
+    # when nothing is missing), so it runs only when the folder lacks a wheel.
+    # setuptools: the build backend, for the editable install.
+    if ! "$venv/bin/pip" install -q --no-compile --no-index --find-links "$wheels" \
+        -c "$constraints" -e '.[hf,test-tools]' 2>/dev/null; then
+        "$venv/bin/pip" download -q -d "$wheels" -c "$constraints" \
+            '.[hf,test-tools]' 'setuptools>=64'
+        "$venv/bin/pip" install -q --no-compile --no-index --find-links "$wheels" \
+            -c "$constraints" -e '.[hf,test-tools]'
+    fi
     "$venv/bin/python" -c 'import importlib.metadata as m, torch
 print("installed: torch", torch.__version__, "| " + ", ".join(
     f"{p} {m.version(p)}" for p in ("triton", "numpy", "transformers")))'
