@@ -4,20 +4,303 @@ Usage::
 
     python bench/transformers_engine.py                  # 64 prompts of 16-512 tokens, 64 new
     python bench/transformers_engine.py --prompts 16 --new-tokens 16   # a quick look
+    python bench/transformers_engine.py --device cuda    # the GPU table (below)
 
 Each run is a fresh process, one after the other in one invocation (side by
 side): eager, the engine's own compile cold and warm, Stitch cold and warm.
 What each column means is in the docstring of ``stitch.runtime.cli.engine_job``
 (``stitch run --engine transformers`` prints the same table for a smaller
 workload).  Results: docs/performance.md.
+
+On a GPU (``--device cuda``) the model is a random-weight Llama of Llama 3.2
+1B's shape in bfloat16, ``max_batch_tokens`` 2048, and one engine (a
+persistent manager) per process serves every measurement, so that its CUDA
+graphs are captured once, at its warm-up.  The runs: eager; eager in the
+engine's CUDA graphs (its own graph path); the engine's compile in its CUDA
+graphs, cold; Stitch cold and warm; Stitch warm in the engine's CUDA graphs
+(NOTE: [the engine's CUDA graphs around Stitch's forward] in
+runtime/hf/engine.py).  Beside the CPU table's columns, each run reports
+decode tokens per second with ``--decode-requests`` (64) requests decoding
+together (128-token prompts, 128 new tokens; counted from the moment every
+request has its first token), and the time from a request's creation to the
+first token of one ``--long-prompt`` (2,048) token prompt (median of 5 after
+one warm-up).  A process of its own times a plain forward of the same model
+over those 2,048 tokens through SDPA (FlashAttention on an H100;
+``logits_to_keep=1``, as the engine keeps one logit; CUDA events, median of
+10 after 3 warm-ups), the issue's reference for the long prompt.  The tokens
+column compares every run's greedy tokens with eager's, position by position
+(bfloat16 kernels differ: a share below 100% is expected, not a failure).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
+import json
+import os
+import statistics
+import subprocess
 import sys
+import tempfile
+import time
+from typing import Any, TextIO
 
-from stitch.runtime.cli.engine_job import Workload, run_engine_table
+from stitch.runtime.cli.engine_job import (
+    MODELS,
+    Workload,
+    build_model,
+    engine_config,
+    engine_fields,
+    greedy,
+    prompts,
+    run_engine_table,
+)
+
+RESULT = "STITCH_GPU_ENGINE_RESULT "
+# (run, label): a run's cache folder is its variant's (before "+"), so the
+# runs after a cold one of that variant are warm.
+GPU_RUNS = (
+    ("sdpa", "plain SDPA forward"),
+    ("eager", "eager"),
+    ("eager+graphs", "eager, engine's CUDA graphs"),
+    ("engine+graphs", "engine compile + CUDA graphs, cold"),
+    ("stitch", "stitch, cold"),
+    ("stitch", "stitch, warm"),
+    ("stitch+graphs", "stitch in the engine's CUDA graphs, warm"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class GpuWork:
+    work: Workload
+    decode_requests: int = 64
+    decode_prompt: int = 128
+    decode_tokens: int = 128
+    long_prompt: int = 2048
+
+
+def gpu_fields(gpu: GpuWork) -> dict[str, Any]:
+    """The mixed workload's engine sizes, with room for the other two."""
+    from transformers import ContinuousBatchingConfig
+
+    fields = engine_fields(gpu.work)
+    page = fields["page_size"]
+    decode = gpu.decode_requests * -(-(gpu.decode_prompt + gpu.decode_tokens) // page)
+    long = -(-(gpu.long_prompt + 1) // page)
+    fields["num_blocks"] = max(fields["num_blocks"], decode + 8, long + 8)
+    # Sized by the first request otherwise (a persistent manager's hints).
+    if (
+        "max_requests_per_batch"
+        in inspect.signature(ContinuousBatchingConfig).parameters
+    ):
+        fields["max_requests_per_batch"] = max(gpu.work.prompts, gpu.decode_requests)
+    return fields
+
+
+def sdpa_forward(gpu: GpuWork) -> dict[str, Any]:
+    """A plain forward over ``long_prompt`` tokens (CUDA events, milliseconds)."""
+    import torch
+
+    model = build_model(gpu.work)
+    vocab = MODELS[gpu.work.shape]["vocab_size"]
+    ids = torch.randint(3, vocab, (1, gpu.long_prompt), device=gpu.work.device)
+    cuda = ids.device.type == "cuda"
+    times = []
+    with torch.no_grad():
+        for i in range(13):
+            if cuda:
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+            t0 = time.perf_counter()
+            model(input_ids=ids, logits_to_keep=1)
+            if cuda:
+                end.record()
+                torch.cuda.synchronize()
+            ms = start.elapsed_time(end) if cuda else 1000 * (time.perf_counter() - t0)
+            if i >= 3:
+                times.append(ms)
+    return {"forward_ms": statistics.median(times)}
+
+
+def gpu_child(run: str, cache: str, gpu: GpuWork) -> dict[str, Any]:
+    """One run in this process: every measurement on one persistent engine."""
+    import torch
+
+    if run == "sdpa":
+        return sdpa_forward(gpu)
+    started = time.perf_counter()
+    model = build_model(gpu.work)
+    config = engine_config(run, cache, model, gpu_fields(gpu))
+
+    def generate(inputs: list[list[int]], tokens: int) -> list[Any]:
+        outputs = model.generate_batch(
+            inputs,
+            greedy(tokens),
+            continuous_batching_config=config,
+            record_timestamps=True,
+            persistent_manager=True,
+        )
+        results = list(outputs.values())  # in the inputs' order
+        errors = [o.error for o in results if o.error]
+        if errors or len(results) != len(inputs):
+            raise SystemExit(f"{run}: {len(errors)} requests failed: {errors[:1]}")
+        return results
+
+    vocab = MODELS[gpu.work.shape]["vocab_size"]
+    generator = torch.Generator().manual_seed(2)
+    long = torch.randint(3, vocab, (gpu.long_prompt,), generator=generator).tolist()
+    decode = [
+        torch.randint(3, vocab, (gpu.decode_prompt,), generator=generator).tolist()
+        for _ in range(gpu.decode_requests)
+    ]
+    batch = prompts(gpu.work)
+    with torch.no_grad():
+        generate([batch[0][:16]], 1)
+        start = time.perf_counter() - started
+        t0 = time.perf_counter()
+        mixed = generate(batch, gpu.work.new_tokens)
+        seconds = time.perf_counter() - t0
+        decoded = generate(decode, gpu.decode_tokens)
+        long_ttft = []
+        for _ in range(6):
+            [first] = generate([long], 1)
+            long_ttft.append(first.timestamps[0] - first.created_time)
+        long_ttft = long_ttft[1:]
+    model.destroy_cached_continuous_batching_manager()
+    # Decode: from the moment every request has its first token.
+    since = max(o.timestamps[0] for o in decoded)
+    until = max(o.timestamps[-1] for o in decoded)
+    later = sum(sum(t > since for t in o.timestamps) for o in decoded)
+    return {
+        "start_s": start,
+        "ttft_s": statistics.median(o.timestamps[0] - o.created_time for o in mixed),
+        "tok_s": sum(len(o.generated_tokens) for o in mixed) / seconds,
+        "decode_tok_s": later / (until - since) if until > since else 0.0,
+        "long_ttft_ms": 1000 * statistics.median(long_ttft),
+        "tokens": [o.generated_tokens for o in mixed]
+        + [o.generated_tokens for o in decoded],
+    }
+
+
+def run_gpu_child(run: str, cache: str, gpu: GpuWork) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", run, "--cache", cache]
+    command += ["--gpu-work", json.dumps(dataclasses.asdict(gpu))]
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)]
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stdout[-1500:] + done.stderr[-2500:]).strip()}
+    return json.loads(lines[-1][len(RESULT) :])
+
+
+def environment() -> str:
+    import torch
+    import transformers
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    try:
+        driver = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    except OSError:
+        driver = ""
+    return (
+        f"{device}, driver {driver or '?'}, torch {torch.__version__} (CUDA "
+        f"{torch.version.cuda}), Triton {triton_version}, transformers "
+        f"{transformers.__version__}"
+    )
+
+
+def agreement(tokens: list[list[int]], eager: list[list[int]]) -> str:
+    pairs = [
+        (a, b)
+        for x, y in zip(tokens, eager, strict=True)
+        for a, b in zip(x, y, strict=True)
+    ]
+    same = sum(a == b for a, b in pairs)
+    return (
+        "= eager" if same == len(pairs) else f"{100 * same / len(pairs):.0f}% = eager"
+    )
+
+
+def run_gpu_table(gpu: GpuWork, runs: list[str], out: TextIO) -> int:
+    """Every run of :data:`GPU_RUNS` named in ``runs``, then the table; 1 when one failed."""
+    from stitch.runtime.tables import markdown_table
+
+    print(f"transformers' continuous batching on {environment()}", file=out, flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="stitch-gpu-engine-") as root:
+        for run, label in GPU_RUNS:
+            if run not in runs:
+                continue
+            cache = os.path.join(root, run.partition("+")[0])
+            os.makedirs(cache, exist_ok=True)
+            print(f"  {label} ...", file=out, flush=True)
+            rows.append((run, label, run_gpu_child(run, cache, gpu)))
+    forward = next((r for run, _, r in rows if run == "sdpa"), {})
+    eager = next((r for run, _, r in rows if run == "eager"), {})
+    cells, failed = [], []
+    for run, label, r in rows:
+        if "error" in r:
+            failed.append(f"{label}:\n{r['error']}")
+            cells.append((label, *["failed"] * 7))
+        elif run == "sdpa":
+            cells.append((label, "", "", "", "", f"{r['forward_ms']:.1f}", "1.00x", ""))
+        else:
+            ratio = (
+                r["long_ttft_ms"] / forward["forward_ms"]
+                if "forward_ms" in forward
+                else 0
+            )
+            cells.append(
+                (
+                    label,
+                    f"{r['start_s']:.1f}",
+                    f"{r['ttft_s']:.3f}",
+                    f"{r['tok_s']:.0f}",
+                    f"{r['decode_tok_s']:.0f}",
+                    f"{r['long_ttft_ms']:.1f}",
+                    f"{ratio:.2f}x" if ratio else "",
+                    (
+                        agreement(r["tokens"], eager["tokens"])
+                        if "tokens" in eager
+                        else ""
+                    ),
+                )
+            )
+    work = gpu.work
+    print(
+        f"\nLlama {work.shape} ({MODELS[work.shape]['num_hidden_layers']} layers x "
+        f"{MODELS[work.shape]['hidden_size']}), {work.dtype}; mixed: {work.describe()}, "
+        f"max_batch_tokens {work.max_batch_tokens}; decode: {gpu.decode_requests} "
+        f"requests of {gpu.decode_prompt} tokens, {gpu.decode_tokens} new; long: one "
+        f"{gpu.long_prompt}-token prompt\n",
+        file=out,
+    )
+    headers = (
+        "run",
+        "start (s)",
+        "ttft median (s)",
+        "tok/s",
+        f"decode tok/s ({gpu.decode_requests} requests)",
+        f"{gpu.long_prompt}-token ttft (ms)",
+        "vs SDPA forward",
+        "tokens",
+    )
+    print(markdown_table(headers, cells, align="lrrrrrrl"), file=out)
+    for text in failed:
+        print(f"\n{text}", file=out)
+    return 1 if failed else 0
 
 
 def main() -> int:
@@ -26,9 +309,42 @@ def main() -> int:
     parser.add_argument("--shortest", type=int, default=16)
     parser.add_argument("--longest", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shape", default=None, help="tiny or 1b (1b on a GPU)")
+    parser.add_argument("--decode-requests", type=int, default=64)
+    parser.add_argument("--long-prompt", type=int, default=2048)
+    parser.add_argument(
+        "--runs", default=",".join(dict(GPU_RUNS)), help="the GPU table's runs"
+    )
+    parser.add_argument(
+        "--table",
+        choices=("default", "gpu"),
+        default="default",
+        help="gpu: the GPU table on any device (a quick check of it on CPU)",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--gpu-work", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    work = Workload(args.prompts, args.shortest, args.longest, args.new_tokens)
-    return run_engine_table(work, sys.stdout)
+    if args.child:
+        fields = json.loads(args.gpu_work)
+        gpu = GpuWork(Workload(**fields.pop("work")), **fields)
+        result = gpu_child(args.child, args.cache, gpu)
+        print(RESULT + json.dumps(result), flush=True)
+        return 0
+    sizes = (args.prompts, args.shortest, args.longest, args.new_tokens)
+    if args.device == "cpu" and args.table == "default":
+        return run_engine_table(Workload(*sizes), sys.stdout)
+    cuda = args.device.startswith("cuda")
+    work = Workload(
+        *sizes,
+        shape=args.shape or ("1b" if cuda else "tiny"),
+        device=args.device,
+        dtype="bfloat16" if cuda else "float32",
+        max_batch_tokens=max(args.long_prompt, 256),
+    )
+    gpu = GpuWork(work, args.decode_requests, long_prompt=args.long_prompt)
+    return run_gpu_table(gpu, args.runs.split(","), sys.stdout)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,9 @@
 #     bash scripts/gpu_check.sh bench-hf   # the same, transformers' Llama (3 min)
 #     bash scripts/gpu_check.sh warm-start # a saved forward in a fresh process, the kernel
 #                                          #   launch and attention features (3 min or more)
+#     bash scripts/gpu_check.sh engine     # transformers' continuous batching, eager, its
+#                                          #   CUDA graphs and compile, Stitch (5-8 min;
+#                                          #   extra arguments go to the benchmark)
 #
 # The device tool runs one command for at most 10 minutes: run the parts in
 # separate calls (docs/cuda_graphs.md).
@@ -21,7 +24,8 @@
 # Logs and results go to $OUT when it is set (the device tool brings them back),
 # else to /tmp/stitch-gpu-check: gpu_check.log, pytest_cuda.xml, gpu_serving.md,
 # gpu_serving_hf.md, gpu_profile.txt, gpu_warm_start.md, attention_launch.md,
-# attention_features.md (eight files: what the device tool brings back).  The exit
+# attention_features.md, transformers_engine.md (nine files: what the device
+# tool brings back; "all" leaves out engine, run it in a call of its own).  The exit
 # status is non-zero when a step failed.  PYTEST_ARGS adds pytest options (more
 # xdist workers made the compiles slower there: each starts Inductor's workers).
 set -uo pipefail
@@ -43,9 +47,9 @@ fi
 part=${1:-all}
 [[ $# -gt 0 ]] && shift
 case $part in
-    all | tests | bench | bench-hf | warm-start) ;;
+    all | tests | bench | bench-hf | warm-start | engine) ;;
     *)
-        echo "usage: $0 [all|tests|bench [benchmark args...]|bench-hf|warm-start]" \
+        echo "usage: $0 [all|tests|bench [benchmark args...]|bench-hf|warm-start|engine [args...]]" \
             "| --fetch-wheels" >&2
         exit 2
         ;;
@@ -107,6 +111,12 @@ if [[ $part == all || $part == warm-start ]]; then
     "$PY" bench/attention_features.py | tee "$out/attention_features.md" || status=1
     echo "== benchmark: bench/gpu_warm_start.py (a saved forward in a fresh process)"
     "$PY" bench/gpu_warm_start.py --out "$out/gpu_warm_start.md" --child-timeout 240 \
+        || status=1
+fi
+
+if [[ $part == engine ]]; then
+    echo "== benchmark: bench/transformers_engine.py --device cuda $*"
+    "$PY" bench/transformers_engine.py --device cuda "$@" | tee "$out/transformers_engine.md" \
         || status=1
 fi
 

@@ -130,3 +130,39 @@ def test_engine_table_compares_every_run_with_eager(
     assert "tokens differ from eager: engine compile, cold" in out.getvalue()
     with pytest.raises(SystemExit):
         main(["run", "--engine", "vllm"])  # transformers' engine is the one choice
+
+
+def test_gpu_engine_table_sets_each_run_against_eager_and_the_forward(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # bench/transformers_engine.py --device cuda: its table from each run's
+    # result (the runs themselves need a GPU: scripts/gpu_check.sh engine).
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import transformers_engine as bench
+
+    def run(start: float, tokens: list[list[int]]) -> dict[str, object]:
+        return {"start_s": start, "ttft_s": 0.25, "tok_s": 900.0, "tokens": tokens,
+                "decode_tok_s": 3000.0, "long_ttft_ms": 60.0}  # fmt: skip
+
+    results = {
+        "sdpa": {"forward_ms": 50.0},
+        "eager": run(4.0, [[1, 2], [3, 4]]),
+        "stitch": run(9.0, [[1, 2], [3, 5]]),
+        "stitch+graphs": {"error": "capture failed: illegal memory access"},
+    }
+    monkeypatch.setattr(bench, "run_gpu_child", lambda r, cache, gpu: results[r])
+    gpu = bench.GpuWork(bench.Workload(prompts=2, shape="1b", dtype="bfloat16"))
+    out = io.StringIO()
+    assert bench.run_gpu_table(gpu, list(results), out) == 1
+    rows = markdown_rows(out.getvalue())
+    assert ["plain SDPA forward", "", "", "", "", "50.0", "1.00x", ""] in rows
+    eager = ["eager", "4.0", "0.250", "900", "3000", "60.0", "1.20x", "= eager"]
+    assert eager in rows
+    assert ["stitch, cold", "9.0", "0.250", "900", "3000", "60.0", "1.20x",
+            "75% = eager"] in rows  # fmt: skip
+    # Each failed run is one row and its error under the table.
+    assert sum(r[0] == "stitch in the engine's CUDA graphs, warm" for r in rows) == 1
+    assert "capture failed: illegal memory access" in out.getvalue()
+    assert "Llama 1b (16 layers x 2048), bfloat16" in out.getvalue()

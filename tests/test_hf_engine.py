@@ -541,6 +541,77 @@ def test_generate_batch_second_process_starts_warm(llama_cold):
     assert [[tokens, logprobs] for tokens, logprobs in cold] == warm["out"]
 
 
+def test_use_cuda_graph_goes_to_the_engine_and_must_be_a_flag():
+    """NOTE: [the engine's CUDA graphs around Stitch's forward] (engine.py):
+    off unless asked for; a flag or transformers' (varlen, decode) pair."""
+    from stitch.runtime import CompilationConfig, StitchBackend
+
+    model = _llama()
+    backend = StitchBackend(CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP]))
+
+    def graphs(**fields):
+        return engine.continuous_batching_config(
+            model, backend, num_blocks=8, **fields
+        ).use_cuda_graph
+
+    assert graphs() is False
+    assert graphs(use_cuda_graph=True) is True
+    assert graphs(use_cuda_graph=(True, False)) is True
+    for bad in ("yes", None, (True, 1)):
+        with pytest.raises(
+            StitchConfigError, match=r"use_cuda_graph=.* is not a bool or a"
+        ):
+            graphs(use_cuda_graph=bad)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("graphs", [False, True], ids=["pieces", "engine_graphs"])
+def test_generate_batch_through_stitch_on_cuda(tmp_path, monkeypatch, graphs):
+    """On CUDA, Stitch's pieces and the Triton paged kernel give the eager
+    engine's tokens; with ``use_cuda_graph=True`` the engine captures its steps
+    around the saved forward and replays them (NOTE: [the engine's CUDA graphs
+    around Stitch's forward] in engine.py)."""
+    from transformers import ContinuousBatchingConfig
+
+    from stitch.runtime import CompilationConfig, StitchBackend
+
+    model = _llama().cuda()
+    eager = ContinuousBatchingConfig(
+        **config_fields(
+            dict(
+                _ENGINE,
+                max_blocks_per_request=0,
+                auto_switch_to_flash=False,
+                use_cuda_graph=False,
+            )
+        )
+    )
+    expected = _generate(model, eager)
+    replays = []
+    replay = torch.cuda.CUDAGraph.replay
+
+    def counted(graph):
+        replays.append(graph)
+        return replay(graph)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", counted)
+    backend = StitchBackend(
+        CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP], cache_dir=str(tmp_path))
+    )
+    config = engine.continuous_batching_config(
+        model, backend, use_cuda_graph=graphs, **_ENGINE
+    )
+    got = _generate(model, config)
+    for (tokens, logprobs), (want, want_logprobs) in zip(got, expected, strict=True):
+        assert tokens == want and len(tokens) == 8
+        torch.testing.assert_close(logprobs, want_logprobs, rtol=1e-3, atol=1e-3)
+    assert len(backend.compiled) == 1
+    assert "stitch.paged_attention" in backend.compiled[0].code
+    # The engine's graphs replayed only when asked for.
+    assert bool(replays) is graphs
+
+
 # -- bad input: requests the cache cannot hold, indices outside it ----------------
 
 

@@ -48,6 +48,19 @@ LLAMA = dict(
     num_key_value_heads=2,
     max_position_embeddings=1024,
 )
+# Llama 3.2 1B's shape (1.24 B parameters), for the GPU benchmark.
+LLAMA_1B = dict(
+    vocab_size=128256,
+    hidden_size=2048,
+    intermediate_size=8192,
+    num_hidden_layers=16,
+    num_attention_heads=32,
+    num_key_value_heads=8,
+    max_position_embeddings=4096,
+    rope_theta=500000.0,
+    tie_word_embeddings=True,
+)
+MODELS = {"tiny": LLAMA, "1b": LLAMA_1B}
 # (variant, label): each run in its own process; the second of a variant is warm.
 RUNS = (
     ("eager", "eager"),
@@ -64,6 +77,11 @@ class Workload:
     shortest: int = 16
     longest: int = 512
     new_tokens: int = 64
+    # The model (a key of MODELS) and where it runs.
+    shape: str = "tiny"
+    device: str = "cpu"
+    dtype: str = "float32"
+    max_batch_tokens: int = 256
 
     def describe(self) -> str:
         return (
@@ -76,58 +94,82 @@ def engine_fields(work: Workload) -> dict[str, Any]:
     """The engine's cache and batch sizes: every request fits at once."""
     page = 16
     pages = work.prompts * -(-(work.longest + work.new_tokens) // page)
-    return dict(num_blocks=pages + 8, page_size=page, max_batch_tokens=256)
-
-
-def child(variant: str, cache: str, work: Workload) -> dict[str, Any]:
-    """One run, in this process (a fresh one: see :func:`measure`)."""
-    import torch
-    from transformers import (
-        ContinuousBatchingConfig,
-        GenerationConfig,
-        LlamaConfig,
-        LlamaForCausalLM,
+    return dict(
+        num_blocks=pages + 8, page_size=page, max_batch_tokens=work.max_batch_tokens
     )
 
+
+def build_model(work: Workload) -> Any:
+    """The seeded random-weight Llama of ``work.shape``, on its device and dtype."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     torch.manual_seed(0)
-    model = LlamaForCausalLM._from_config(
-        LlamaConfig(**LLAMA), attn_implementation="sdpa"
-    ).eval()
+    with torch.device(work.device):
+        model = LlamaForCausalLM._from_config(
+            LlamaConfig(**MODELS[work.shape]),
+            attn_implementation="sdpa",
+            dtype=getattr(torch, work.dtype),
+        )
+    return model.eval()
+
+
+def prompts(work: Workload) -> list[list[int]]:
+    """``work.prompts`` prompts of ``shortest`` to ``longest`` tokens (seeded)."""
+    import torch
+
+    vocab = MODELS[work.shape]["vocab_size"]
     generator = torch.Generator().manual_seed(1)
     lengths = torch.randint(
         work.shortest, work.longest + 1, (work.prompts,), generator=generator
     ).tolist()
-    batch = [
-        torch.randint(3, LLAMA["vocab_size"], (n,), generator=generator).tolist()
-        for n in lengths
+    return [
+        torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths
     ]
-    fields = engine_fields(work)
+
+
+def engine_config(run: str, cache: str, model: Any, fields: dict[str, Any]) -> Any:
+    """The engine's config for one run: ``eager``, ``engine`` (its own compile)
+    or ``stitch``, each with ``+graphs`` for the engine's CUDA graphs."""
+    from transformers import ContinuousBatchingConfig
+
+    from stitch.runtime.hf.engine_compat import config_fields
+
+    variant, _, graphs = run.partition("+")
+    fields = dict(fields, use_cuda_graph=graphs == "graphs")
     if variant == "stitch":
         from stitch.runtime import CompilationConfig, StitchBackend
         from stitch.runtime.hf import continuous_batching_config
 
         backend = StitchBackend(CompilationConfig(cache_dir=cache))
-        config = continuous_batching_config(model, backend, **fields)
-    else:
-        from stitch.runtime.hf.engine_compat import config_fields
-
-        config = ContinuousBatchingConfig(
-            **config_fields(
-                dict(
-                    fields,
-                    default_compile_level=1 if variant == "engine" else 0,
-                    max_blocks_per_request=0,
-                    auto_switch_to_flash=False,
-                    use_cuda_graph=False,
-                )
+        return continuous_batching_config(model, backend, **fields)
+    return ContinuousBatchingConfig(
+        **config_fields(
+            dict(
+                fields,
+                default_compile_level=1 if variant == "engine" else 0,
+                max_blocks_per_request=0,
+                auto_switch_to_flash=False,
             )
         )
+    )
 
-    def greedy(tokens: int) -> Any:
-        return GenerationConfig(
-            max_new_tokens=tokens, do_sample=False, eos_token_id=-1, pad_token_id=0
-        )
 
+def greedy(tokens: int) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        max_new_tokens=tokens, do_sample=False, eos_token_id=-1, pad_token_id=0
+    )
+
+
+def child(variant: str, cache: str, work: Workload) -> dict[str, Any]:
+    """One run, in this process (a fresh one: see :func:`measure`)."""
+    import torch
+
+    model = build_model(work)
+    batch = prompts(work)
+    config = engine_config(variant, cache, model, engine_fields(work))
     with torch.no_grad():
         model.generate_batch(
             [batch[0][:16]], greedy(1), continuous_batching_config=config
@@ -152,7 +194,7 @@ def child(variant: str, cache: str, work: Workload) -> dict[str, Any]:
         "tokens": [
             o.generated_tokens for o in sorted(results, key=lambda o: o.prompt_ids)
         ],
-        "prefill_tokens": sum(lengths),
+        "prefill_tokens": sum(len(p) for p in batch),
     }
 
 

@@ -38,10 +38,24 @@ process trace the step, and ``CompileConfig.to_dict`` deep-copies its
 backend: the user's would not be the one that compiles.)  The decode fast
 path needs flash's block tables (``max_blocks_per_request`` is set to 0), so
 every step is the varlen one.  Without a compile config the engine does not
-pad its batches; the sizes are dynamic dims of one graph.  The engine's CUDA
-graphs are off (``use_cuda_graph=False``): they would capture the eager step
-around Stitch's pieces.  Capturing decode steps with Stitch's graphs, whose
-token counts the engine no longer pads, has not run on a GPU yet (issue 35).
+pad its batches; the sizes are dynamic dims of one graph.
+
+NOTE: [the engine's CUDA graphs around Stitch's forward]
+On CUDA, ``use_cuda_graph=True`` composes the two: the engine pads each step
+to its intervals (query tokens, keys read), fills its static buffers (padding
+rows write to and read from its trash rows), and captures the whole step, its
+sampling included, once per padded size; the saved forward runs inside the
+capture as Inductor's pieces and the paged op, whose launches read only
+shapes (no host syncs: NOTE: [cache rows checked on CPU only] in
+kernels/paged_attention.py).  Stitch's own graphs do not apply to this
+forward: they pad one token count on dim 0, and the engine's batch has
+several dynamic sizes (tokens, sequences, keys) on other dims, so the backend
+logs "running without CUDA graphs" once and runs its pieces plainly, which is
+what a capture around them needs.  The engine's graphs are off unless asked
+for (``use_cuda_graph=False``, as transformers chooses for SDPA): they have
+not yet run on a GPU with Stitch (issue 35;
+``scripts/gpu_check.sh engine`` measures them).  On CPU transformers turns
+them off with a warning.
 """
 
 from __future__ import annotations
@@ -211,9 +225,11 @@ def continuous_batching_config(
     attention routed to Stitch's op.
 
     ``fields`` go to ``ContinuousBatchingConfig`` (``num_blocks``,
-    ``max_batch_tokens``, ...); the compile configs, the decode fast path, the
-    engine's CUDA graphs and the switch to flash are set here (NOTE: [transformers'
-    engine under Stitch]), and ``scheduler_type`` becomes its
+    ``max_batch_tokens``, ...); the compile configs, the decode fast path and
+    the switch to flash are set here (NOTE: [transformers' engine under
+    Stitch]); ``use_cuda_graph=True`` lets the engine capture its steps around
+    the saved forward on CUDA (NOTE: [the engine's CUDA graphs around Stitch's
+    forward]; off by default), and ``scheduler_type`` becomes its
     variant that refuses requests the cache can never hold (NOTE: [requests the
     paged cache can never hold] in admission.py).
     """
@@ -232,7 +248,6 @@ def continuous_batching_config(
     for name in (
         "varlen_compile_config",
         "decode_compile_config",
-        "use_cuda_graph",
         "max_blocks_per_request",
         "auto_switch_to_flash",
     ):
@@ -247,10 +262,25 @@ def continuous_batching_config(
     return ContinuousBatchingConfig(
         **config_fields(
             dict(
-                use_cuda_graph=False,
+                # NOTE: [the engine's CUDA graphs around Stitch's forward]
+                use_cuda_graph=_graphs(fields.pop("use_cuda_graph", False)),
                 max_blocks_per_request=0,
                 auto_switch_to_flash=False,
                 **fields,
             )
         )
     )
+
+
+def _graphs(value: Any) -> bool:
+    """``use_cuda_graph`` as one flag: every step is the varlen one (the decode
+    fast path is off), so ``(varlen, decode)`` comes down to ``varlen``."""
+    pair = isinstance(value, tuple) and len(value) == 2
+    if pair and all(isinstance(v, bool) for v in value):
+        value = value[0]
+    if not isinstance(value, bool):
+        raise StitchConfigError(
+            f"continuous_batching_config: use_cuda_graph={_short(value)} is not a "
+            "bool or a (varlen, decode) pair of bools"
+        )
+    return value
