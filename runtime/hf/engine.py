@@ -51,7 +51,9 @@ kernels/paged_attention.py).  Stitch's own graphs do not apply to this
 forward: they pad one token count on dim 0, and the engine's batch has
 several dynamic sizes (tokens, sequences, keys) on other dims, so the backend
 logs "running without CUDA graphs" once and runs its pieces plainly, which is
-what a capture around them needs.  The engine's graphs are off unless asked
+what a capture around them needs.  The engine runs every step once before
+capturing it (its warm-up), so Stitch compiles or loads outside any capture.
+The engine's graphs are off unless asked
 for (``use_cuda_graph=False``, as transformers chooses for SDPA): they have
 not yet run on a GPU with Stitch (issue 35;
 ``scripts/gpu_check.sh engine`` measures them).  On CPU transformers turns
