@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import os
 import statistics
@@ -49,12 +48,15 @@ from typing import Any, TextIO
 from stitch.runtime.cli.engine_job import (
     MODELS,
     Workload,
+    batch_figures,
     build_model,
     engine_config,
     engine_fields,
+    finished,
     greedy,
     prompts,
     run_engine_table,
+    run_result,
 )
 
 RESULT = "STITCH_GPU_ENGINE_RESULT "
@@ -82,19 +84,13 @@ class GpuWork:
 
 def gpu_fields(gpu: GpuWork) -> dict[str, Any]:
     """The mixed workload's engine sizes, with room for the other two."""
-    from transformers import ContinuousBatchingConfig
-
     fields = engine_fields(gpu.work)
     page = fields["page_size"]
     decode = gpu.decode_requests * -(-(gpu.decode_prompt + gpu.decode_tokens) // page)
     long = -(-(gpu.long_prompt + 1) // page)
     fields["num_blocks"] = max(fields["num_blocks"], decode + 8, long + 8)
     # Sized by the first request otherwise (a persistent manager's hints).
-    if (
-        "max_requests_per_batch"
-        in inspect.signature(ContinuousBatchingConfig).parameters
-    ):
-        fields["max_requests_per_batch"] = max(gpu.work.prompts, gpu.decode_requests)
+    fields["max_requests_per_batch"] = max(gpu.work.prompts, gpu.decode_requests)
     return fields
 
 
@@ -142,11 +138,7 @@ def gpu_child(run: str, cache: str, gpu: GpuWork) -> dict[str, Any]:
             record_timestamps=True,
             persistent_manager=True,
         )
-        results = list(outputs.values())  # in the inputs' order
-        errors = [o.error for o in results if o.error]
-        if errors or len(results) != len(inputs):
-            raise SystemExit(f"{run}: {len(errors)} requests failed: {errors[:1]}")
-        return results
+        return finished(outputs, run, len(inputs))
 
     vocab = MODELS[gpu.work.shape]["vocab_size"]
     generator = torch.Generator().manual_seed(2)
@@ -175,8 +167,7 @@ def gpu_child(run: str, cache: str, gpu: GpuWork) -> dict[str, Any]:
     later = sum(sum(t > since for t in o.timestamps) for o in decoded)
     return {
         "start_s": start,
-        "ttft_s": statistics.median(o.timestamps[0] - o.created_time for o in mixed),
-        "tok_s": sum(len(o.generated_tokens) for o in mixed) / seconds,
+        **batch_figures(mixed, seconds),
         "decode_tok_s": later / (until - since) if until > since else 0.0,
         "long_ttft_ms": 1000 * statistics.median(long_ttft),
         "tokens": [o.generated_tokens for o in mixed]
@@ -187,12 +178,10 @@ def gpu_child(run: str, cache: str, gpu: GpuWork) -> dict[str, Any]:
 def run_gpu_child(run: str, cache: str, gpu: GpuWork) -> dict[str, Any]:
     command = [sys.executable, __file__, "--child", run, "--cache", cache]
     command += ["--gpu-work", json.dumps(dataclasses.asdict(gpu))]
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"))
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)]
-    if done.returncode != 0 or not lines:
-        return {"error": (done.stdout[-1500:] + done.stderr[-2500:]).strip()}
-    return json.loads(lines[-1][len(RESULT) :])
+    try:
+        return run_result(command, cache, RESULT)
+    except RuntimeError as exc:
+        return {"error": str(exc)}
 
 
 def environment() -> str:

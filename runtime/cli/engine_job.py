@@ -183,14 +183,10 @@ def child(variant: str, cache: str, work: Workload) -> dict[str, Any]:
             record_timestamps=True,
         )
         seconds = time.perf_counter() - t0
-    results = list(outputs.values())
-    errors = [o.error for o in results if o.error]
-    if errors:
-        raise SystemExit(f"{variant}: {len(errors)} requests failed: {errors[0]}")
+    results = finished(outputs, variant, len(batch))
     return {
         "start_s": start,
-        "ttft_s": statistics.median(o.timestamps[0] - o.created_time for o in results),
-        "tok_s": sum(len(o.generated_tokens) for o in results) / seconds,
+        **batch_figures(results, seconds),
         "tokens": [
             o.generated_tokens for o in sorted(results, key=lambda o: o.prompt_ids)
         ],
@@ -198,17 +194,44 @@ def child(variant: str, cache: str, work: Workload) -> dict[str, Any]:
     }
 
 
+def finished(outputs: dict[str, Any], run: str, requests: int) -> list[Any]:
+    """``generate_batch``'s outputs, in the inputs' order; exits when a request failed."""
+    results = list(outputs.values())
+    errors = [o.error for o in results if o.error]
+    if errors or len(results) != requests:
+        raise SystemExit(
+            f"{run}: {len(errors)} of {requests} requests failed, "
+            f"{requests - len(results)} missing: {errors[:1]}"
+        )
+    return results
+
+
+def batch_figures(results: list[Any], seconds: float) -> dict[str, float]:
+    """Time to the first token (median over the requests) and tokens per second."""
+    return {
+        "ttft_s": statistics.median(o.timestamps[0] - o.created_time for o in results),
+        "tok_s": sum(len(o.generated_tokens) for o in results) / seconds,
+    }
+
+
+def run_result(command: list[str], cache: str, marker: str) -> dict[str, Any]:
+    """Run a child process with Inductor's cache in ``cache``; the JSON it printed
+    after ``marker``.  RuntimeError with its output's tail when it printed none."""
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"))
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(marker)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{done.stdout[-3000:]}{done.stderr[-3000:]}".strip())
+    return json.loads(lines[-1][len(marker) :])
+
+
 def run_child(variant: str, cache: str, work: Workload) -> dict[str, Any]:
     command = [sys.executable, "-m", __name__, "--child", variant, "--cache", cache]
     command += ["--work", json.dumps(dataclasses.asdict(work))]
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"))
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(
-            f"{variant} failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
-        )
-    return json.loads(lines[-1][len(RESULT) :])
+    try:
+        return run_result(command, cache, RESULT)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{variant} failed:\n{exc}") from None
 
 
 def measure(work: Workload, out: TextIO) -> list[tuple[str, dict[str, Any]]]:
