@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from vllm_support import vllm_cache_root
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -54,11 +55,13 @@ def test_readme_block_runs_as_written(source: str, tmp_path: Path) -> None:
         pytest.skip("needs transformers (pip install -e '.[hf]')")
     if "from vllm" in source and importlib.util.find_spec("vllm") is None:
         pytest.skip("needs vLLM in its own venv (README.md, .ci/vllm.sh)")
-    # Caches go to a scratch folder, not the user's ~/.cache.
+    # Caches go to a scratch folder, not the user's ~/.cache (vLLM's model
+    # information aside: NOTE: [vLLM's model information, inspected once a
+    # session] in vllm_support.py).
     env = {
         **os.environ,
         "STITCH_CACHE_DIR": str(tmp_path / "cache"),
-        "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache"),
+        "VLLM_CACHE_ROOT": str(vllm_cache_root(tmp_path / "vllm-cache")),
     }
     proc = subprocess.run(
         [sys.executable, "-c", source],

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vllm_support import vllm_cache_root
 
 if importlib.util.find_spec("vllm") is None:
     pytest.skip(
@@ -50,7 +51,7 @@ def run_engine(
     backend: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     """One engine in a fresh process: its result and its output (logs)."""
-    environ = dict(os.environ, VLLM_CACHE_ROOT=str(cache))
+    environ = dict(os.environ, VLLM_CACHE_ROOT=str(vllm_cache_root(cache)))
     environ.pop("STITCH_CACHE_DIR", None)
     environ.update(env or {})
     proc = subprocess.run(

@@ -42,6 +42,7 @@ if (
     )
 
 from test_vllm import fleet_pair  # noqa: E402
+from vllm_support import vllm_cache_root  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
@@ -77,7 +78,8 @@ def server(
     import openai
 
     port = free_port()
-    environ = dict(os.environ, VLLM_CACHE_ROOT=str(cache), VLLM_CPU_KVCACHE_SPACE="1")
+    environ = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1")
+    environ["VLLM_CACHE_ROOT"] = str(vllm_cache_root(cache))
     environ.pop("STITCH_CACHE_DIR", None)
     environ.pop("STITCH_VLLM_CONFIG", None)
     environ.update(env)
