@@ -23,9 +23,12 @@ from typing import Any
 # Modules a warm start has no use for: it compiles nothing and generates no code.
 WATCHED = ("torch._dynamo", "torch._inductor", "black", "jinja2")
 # What a load through Inductor imports besides (seconds on the GPU machine):
-# sympy, the shape environment and FSDP (through the Triton kernel op).  Triton
-# itself is not among them: stitch::attention's own kernel is a Triton kernel.
+# sympy, the shape environment and FSDP (through the Triton kernel op).
 HEAVY = ("sympy", "torch.fx.experimental.symbolic_shapes", "torch.distributed.fsdp")
+# Triton (0.7 s with its source hash): a warm process launches the pieces' kernels
+# and stitch::attention's from cubins (NOTE: [an op's Triton kernel without
+# Triton] in runtime/kernels/kept.py).
+TRITON = "triton"
 
 
 class _Collect(logging.Handler):
@@ -124,6 +127,7 @@ def main(spec: dict) -> dict:
         and type(forward.__func__) is types.FunctionType,
         "imported": sorted(m for m in WATCHED if m in sys.modules),
         "heavy": sorted(m for m in HEAVY if m in sys.modules),
+        "triton": TRITON in sys.modules,
         "entry": first.cache_entry,
         "mapped": mapped_under(spec["cache_dir"]),
         "counter": {k: after[k] - before[k] for k in after if after[k] != before[k]},

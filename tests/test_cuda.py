@@ -492,6 +492,9 @@ def test_saved_forward_captures_its_graphs_in_a_second_process(
     # sympy or FSDP.
     assert counter["num_prebuilt_loads"] == PIECES
     assert warm["imported"] == [] and warm["heavy"] == [], warm
+    # NOTE: [an op's Triton kernel without Triton]: the cold process kept
+    # stitch::attention's kernel, the warm one launches it without Triton.
+    assert cold["triton"] is True and warm["triton"] is False, warm
     print("warm Inductor cache:", sorted(p.name for p in empty.glob("*")))
     for report in (cold, warm):
         # Triton pieces only: no CPU ISA probe (a C++ build and a torch import
@@ -507,15 +510,19 @@ def test_saved_forward_captures_its_graphs_in_a_second_process(
         torch.testing.assert_close(warm_out[n], cold_out[n], rtol=1e-5, atol=1e-5)
 
 
-def test_direct_launch_reuses_a_compiled_kernel_only_for_its_specialization() -> None:
+def test_direct_launch_reuses_a_compiled_kernel_only_for_its_specialization(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The second call of a layout launches the kept kernel; another alignment compiles anew.
 
-    NOTE: [launching the compiled kernel directly] in triton_attention.py.
+    NOTE: [launching the compiled kernel directly] in triton_attention.py.  Kernels
+    kept on disk are off here (tests/test_kept_kernels.py launches those).
     """
     from stitch.runtime.kernels import triton_attention
 
     if triton_attention._direct_launch() is None:
         pytest.skip("the direct launch is off for this Triton (DIRECT_LAUNCH_TRITON)")
+    monkeypatch.setattr(triton_attention, "_keeps", lambda: False)
     triton_attention._compiled.clear()
 
     def make_case(seed: int) -> tuple[Any, ...]:

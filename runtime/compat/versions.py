@@ -13,6 +13,7 @@ version notes, then change :data:`NEWEST`, ``pyproject.toml`` and the docs.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import logging
 import re
 
@@ -55,3 +56,16 @@ def check_supported() -> bool:
             supported_range(),
         )
     return inside
+
+
+def gpu_fingerprint(device: int) -> str:
+    """What a cubin depends on: the GPU model and architecture, CUDA and Triton."""
+    props = torch.cuda.get_device_properties(device)
+    try:
+        triton_version = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        triton_version = "none"
+    return (
+        f"{props.name} sm_{props.major}{props.minor} "
+        f"cuda {torch.version.cuda} triton {triton_version}"
+    )

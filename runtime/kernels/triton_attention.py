@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from .attention import ATTENTION_OP, AttentionCall, run_reference
+from .kept import KeptKernels
 from .loader import optional_kernels
 
 
@@ -44,13 +45,23 @@ def decode_attention(*args: Any, kernels: ModuleType | None = None) -> None:
     """Launch the Triton kernel (any device Triton runs on, its interpreter too);
     ``args``: :class:`AttentionCall`'s fields in order, as the op is called."""
     call = AttentionCall(*args)
-    kernels = kernels if kernels is not None else triton_kernels()
     if call.q.shape[0] == 0:
         return
-    if kernels is None or not kernel_supports(call):
+    if not kernel_supports(call):
         run_reference(call)
         return
-    launch(kernels, *kernel_arguments(call))
+    grid, arguments, constexprs = kernel_arguments(call)
+    key = None
+    if kernels is None and _keeps():
+        # NOTE: [an op's Triton kernel without Triton] in kept.py
+        key = specialization_key(call.q.device.index, arguments, constexprs)
+        if KEPT.launch(key, (*grid, 1), (*arguments, *constexprs)):
+            return
+    kernels = kernels if kernels is not None else triton_kernels()
+    if kernels is None:
+        run_reference(call)
+        return
+    launch(kernels, grid, arguments, constexprs, key)
 
 
 def kernel_arguments(
@@ -143,6 +154,23 @@ def specialization_key(
     )
 
 
+# NOTE: [an op's Triton kernel without Triton] in kept.py; STITCH_KEEP_KERNELS=0
+# turns keeping and launching kept kernels off.
+KEPT = KeptKernels(
+    ATTENTION_OP, os.path.join(os.path.dirname(__file__), "triton_attention_kernel.py")
+)
+
+
+@functools.cache
+def _keeps() -> bool:
+    """Whether kernels are kept, and kept ones launched (NOTE in kept.py)."""
+    return (
+        os.environ.get("STITCH_KEEP_KERNELS", "1") != "0"
+        and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+        and torch.cuda.is_available()
+    )
+
+
 @functools.cache
 def _direct_launch() -> Any:
     """Triton's launch pieces when the direct launch applies, else None (asked once)."""
@@ -166,27 +194,31 @@ def launch(
     grid: tuple[int, int],
     args: tuple[Any, ...],
     constexprs: tuple[Any, ...],
+    key: tuple[Any, ...] | None = None,
 ) -> None:
-    """Launch the kernel on ``grid``; directly when a compiled kernel for ``args`` is kept."""
-    direct = _direct_launch() if kernels is triton_kernels() else None
-    if direct is None:
-        kernels.decode_attention_kernel[grid](
-            *args, **dict(zip(CONSTEXPRS, constexprs, strict=True))
-        )
-        return
-    runtime, active = direct
+    """Launch the kernel on ``grid``; directly when a compiled kernel for ``args`` is
+    at hand.  ``key``: their :func:`specialization_key`, when known."""
+    ours = kernels is triton_kernels()
+    direct = _direct_launch() if ours else None
+    keeps = ours and _keeps()
     device = args[0].device.index
-    key = specialization_key(device, args, constexprs)
-    compiled = _compiled.get(key)
+    if key is None and (direct is not None or keeps):
+        key = specialization_key(device, args, constexprs)
+    compiled = _compiled.get(key) if direct is not None else None
     if compiled is None:
         compiled = kernels.decode_attention_kernel[grid](
             *args, **dict(zip(CONSTEXPRS, constexprs, strict=True))
         )
         if hasattr(compiled, "result"):  # compiled in the background
             compiled = compiled.result()
-        if all(hasattr(compiled, a) for a in ("run", "function", "packed_metadata")):
+        if keeps:
+            KEPT.keep(key, compiled)
+        if direct is not None and all(
+            hasattr(compiled, a) for a in ("run", "function", "packed_metadata")
+        ):
             _compiled[key] = compiled
         return
+    runtime, active = direct
     everything = (*args, *constexprs)
     stream = active.get_current_stream(device)
     compiled.run(

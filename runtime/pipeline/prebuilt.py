@@ -47,6 +47,7 @@ import torch
 from stitch.core.errors import StitchCacheError
 
 from ..compat import inductor
+from ..compat.versions import gpu_fingerprint
 from ..store import codec, location
 from ..store.artifacts import PREBUILT_DIR
 from ..store.extras import Extras, NoExtras, open_extras
@@ -62,7 +63,6 @@ from .prebuilt_triton import (
     aligned_call,
     cubin_name,  # noqa: F401 - re-exported
     cuda_available,
-    gpu_fingerprint,
     load_triton,
     triton_key,
 )

@@ -17,13 +17,13 @@ from typing import Any
 import torch
 
 from ..compat import inductor
+from ..compat.versions import gpu_fingerprint
 from ..store.extras import save_extras
 from ..store.hashing import content_hash
 from .prebuilt import (
     PrebuiltUnavailable,
     cubin_name,
     exec_wrapper,
-    gpu_fingerprint,
     kernel_key,
     kernel_name,
     machine_fingerprint,

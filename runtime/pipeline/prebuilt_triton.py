@@ -17,7 +17,6 @@ several CTAs) leaves its piece without a record.
 
 from __future__ import annotations
 
-import importlib.metadata
 import linecache
 import types
 from collections.abc import Callable
@@ -45,19 +44,6 @@ def cubin_name(sha256: str) -> str:
 def triton_key(name: str, source: str) -> str:
     """The content key of one Triton kernel: its name and generated module source."""
     return content_hash((repr(["triton", name]) + "\0" + source).encode())
-
-
-def gpu_fingerprint(device: int) -> str:
-    """What a cubin depends on: the GPU model and architecture, CUDA and Triton."""
-    props = torch.cuda.get_device_properties(device)
-    try:
-        triton_version = importlib.metadata.version("triton")
-    except importlib.metadata.PackageNotFoundError:
-        triton_version = "none"
-    return (
-        f"{props.name} sm_{props.major}{props.minor} "
-        f"cuda {torch.version.cuda} triton {triton_version}"
-    )
 
 
 def cuda_available() -> bool:

@@ -108,6 +108,7 @@ class CompileCache(PieceStore):
         directory = location.entry_dir(root, identity, current_rank())
         cache = cls(root, directory, identity)
         check_trusted(directory, root)
+        location.note_cache_root(root)
         cache.index = cache._read_index(report=True)
         return cache
 
@@ -128,6 +129,7 @@ class CompileCache(PieceStore):
         if read.index is None or read.problems:
             raise StitchCacheError(f"{path}: {'; '.join(read.problems)}")
         cache = cls(root, directory, read.index.identity)
+        location.note_cache_root(root)
         cache.quiet = quiet
         cache.index = read.index
         return cache

@@ -34,6 +34,11 @@ FACTORS_FILE = "factors.py"
 PREBUILT_DIR = "prebuilt"
 PREBUILT_SUFFIX = ".prebuilt"
 AOT_DIR = "aot"
+# Beside the entries: the compiled Triton kernels of Stitch's own ops
+# (``kernels/<op>/``, stitch.runtime.kernels.kept).
+KERNELS_DIR = "kernels"
+# The root's folders that are not compile cache entries.
+SIDE_DIRS = (AOT_DIR, KERNELS_DIR)
 AOT_RECORD_FILE = "function.py"
 # The side files a saved forward's record names (runtime/saved/ writes them).
 AOT_BYTECODE_FILE = "forward.bytecode"
@@ -120,13 +125,13 @@ def entry_folder_key(entry: str) -> str:
 
 def entry_folders(root: str) -> Iterator[str]:
     """The entry folders (``<root>/<entry key>/rank_<r>``) under ``root``, the
-    saved forwards' ``aot/`` left out.  ``root`` is listed by this call (an
+    saved forwards' ``aot/`` and the ops' ``kernels/`` left out.  ``root`` is listed by this call (an
     unlistable root raises ``OSError`` here), each key folder as it is reached."""
     keys = os.listdir(root)
     return (
         os.path.join(root, key, rank)
         for key in keys
-        if key != AOT_DIR and os.path.isdir(os.path.join(root, key))
+        if key not in SIDE_DIRS and os.path.isdir(os.path.join(root, key))
         for rank in os.listdir(os.path.join(root, key))
     )
 
@@ -264,3 +269,39 @@ def reference_entry(root: str, entry: str) -> str:
 def reference_name(root: str, entry: str) -> str:
     """What a saved reference records for ``entry`` under ``root``."""
     return os.path.relpath(entry, root).replace(os.sep, "/")
+
+
+# -- the ops' compiled kernels ------------------------------------------------------
+
+# NOTE: [the root Stitch's ops keep their kernels under]
+# Stitch's own ops (``stitch::attention``) run outside any entry, so they have
+# no config to ask for a cache root.  The first entry this process opens
+# (``CompileCache.open`` or ``existing``: a compile, a load, a saved forward's
+# pieces) names the root; its ``kernels/`` then holds the ops' compiled
+# kernels.  Before that, and in a process that opens none, the ops keep and
+# find nothing.
+_kernel_root: list[str] = []
+
+
+def note_cache_root(root: str) -> None:
+    """Record ``root`` as where the ops keep their kernels (the first noted wins)."""
+    if not _kernel_root:
+        _kernel_root.append(os.path.abspath(root))
+
+
+def kernel_root() -> str | None:
+    """The cache root the ops keep their kernels under (NOTE above), or None."""
+    return _kernel_root[0] if _kernel_root else None
+
+
+def kernel_folder(root: str, op: str) -> str:
+    """``<root>/kernels/<op>``, ``op``'s ``::`` written ``.`` (``stitch.attention``)."""
+    return os.path.join(root, KERNELS_DIR, op.replace("::", "."))
+
+
+def kernel_record_file(folder: str, name: str) -> str:
+    return os.path.join(folder, f"{name}.kernel")
+
+
+def kernel_cubin_file(folder: str, sha256: str) -> str:
+    return os.path.join(folder, f"{sha256}.cubin")

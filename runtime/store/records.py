@@ -228,3 +228,32 @@ class SignaturesRecord(Record, frozen=True):
     rejected: dict[str, str]
     check_sha256: Sha256
     keywords: tuple[str, ...] = ()
+
+
+class OpKernelRecord(Record, frozen=True):
+    """``kernels/<op>/<name>.kernel``: one Triton kernel of one of Stitch's own ops,
+    compiled for one specialization, and what launching its cubin
+    (``<cubin_sha256>.cubin`` beside it) takes (NOTE: [an op's Triton kernel
+    without Triton] in stitch.runtime.kernels.kept)."""
+
+    KIND = "op-kernel"
+    VERSION = 1
+    SEALED = True
+
+    op: str
+    # What it was compiled for: the specialization (constexprs, dtypes, what
+    # Triton specializes pointers and integers on), the GPU, CUDA and Triton,
+    # and the kernel module's source.
+    specialization: str
+    gpu: str
+    source_sha256: Sha256
+    # The kernel function's name inside the cubin.
+    function: str
+    cubin_sha256: Sha256
+    num_warps: Count
+    shared: Count
+    # One character per launched argument (pointer "O", i32 "i", ...), and the
+    # index of each in the kernel's arguments (constexprs included); -1 for a
+    # scratch pointer, launched as null.
+    arg_types: str
+    launched: tuple[Annotated[int, msgspec.Meta(ge=-1)], ...]

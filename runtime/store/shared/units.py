@@ -132,7 +132,7 @@ def local_units(root: str) -> list[Unit]:
         return units
     for key in sorted(os.listdir(root)):
         folder = os.path.join(root, key)
-        if key == location.AOT_DIR or not os.path.isdir(folder):
+        if key in location.SIDE_DIRS or not os.path.isdir(folder):
             continue
         for rank in sorted(os.listdir(folder)):
             entry = os.path.join(folder, rank)
