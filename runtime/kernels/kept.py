@@ -79,6 +79,8 @@ ARGUMENT_TYPES = {
 }
 # Scratch buffers Triton 3.x appends to a kernel's parameters (launched as null).
 SCRATCH_FIELDS = ("global_scratch_size", "profile_scratch_size")
+# Launch modes the static launcher does not set up.
+LAUNCH_FLAGS = ("launch_cooperative_grid", "launch_pdl")
 
 
 def specialization_text(key: tuple[Any, ...]) -> str:
@@ -96,6 +98,11 @@ def launch_facts(compiled: Any) -> tuple[dict[str, Any], bytes]:
         raise ValueError("it has no cubin (not compiled for CUDA)")
     if getattr(metadata, "num_ctas", 1) != 1:
         raise ValueError(f"it runs {metadata.num_ctas} CTAs a program")
+    for flag in LAUNCH_FLAGS:
+        if getattr(metadata, flag, False):
+            raise ValueError(f"it is launched with {flag}")
+    if getattr(metadata, "tensordesc_meta", None):
+        raise ValueError("it takes TMA descriptors")
     scratch = [f for f in SCRATCH_FIELDS if hasattr(metadata, f)]
     for field in scratch:
         if getattr(metadata, field) > 0:
