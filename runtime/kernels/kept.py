@@ -48,7 +48,7 @@ from stitch.core.errors import StitchError
 from ..compat.versions import gpu_fingerprint
 from ..store import codec, location
 from ..store.files import atomic_write, make_private_dirs
-from ..store.hashing import content_hash, file_hash, key_hash
+from ..store.hashing import content_hash, file_hash_or_none, key_hash
 from ..store.records import OpKernelRecord
 from ..store.trust import check_trusted
 
@@ -161,19 +161,12 @@ def save_kernel(
     make_private_dirs(folder, root)
     sha = content_hash(cubin)
     cubin_path = location.kernel_cubin_file(folder, sha)
-    if file_hash_of(cubin_path) != sha:
+    if file_hash_or_none(cubin_path) != sha:
         atomic_write(cubin_path, cubin)
     record = OpKernelRecord(**fields, **facts, cubin_sha256=sha)
     path = location.kernel_record_file(folder, name)
     atomic_write(path, codec.encode(record))
     return path
-
-
-def file_hash_of(path: str) -> str | None:
-    try:
-        return file_hash(path)
-    except OSError:
-        return None
 
 
 def find_kernel(
@@ -195,7 +188,7 @@ def find_kernel(
             )
     cubin = location.kernel_cubin_file(folder, record.cubin_sha256)
     check_trusted(cubin, root)
-    got = file_hash_of(cubin)
+    got = file_hash_or_none(cubin)
     if got != record.cubin_sha256:
         why = "is missing" if got is None else f"has sha256 {got[:12]}..."
         raise StitchError(f"{path}: its cubin {cubin} {why}, not the one kept")
