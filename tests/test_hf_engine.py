@@ -421,16 +421,22 @@ _ENGINE = dict(
 )
 
 
-def _engine_matches_eager(model, tmp_path):
+def _eager_config(fields, **extra):
+    """transformers' own engine, eager, on the paged path Stitch's config also
+    takes (no decode fast path, no switch to flash)."""
     from transformers import ContinuousBatchingConfig
 
-    from stitch.runtime import CompilationConfig, StitchBackend
-
-    eager = ContinuousBatchingConfig(
+    return ContinuousBatchingConfig(
         **config_fields(
-            dict(_ENGINE, max_blocks_per_request=0, auto_switch_to_flash=False)
+            dict(fields, max_blocks_per_request=0, auto_switch_to_flash=False, **extra)
         )
     )
+
+
+def _engine_matches_eager(model, tmp_path):
+    from stitch.runtime import CompilationConfig, StitchBackend
+
+    eager = _eager_config(_ENGINE)
     expected = _generate(model, eager)
     backend = StitchBackend(
         CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP], cache_dir=str(tmp_path))
@@ -572,21 +578,10 @@ def test_generate_batch_through_stitch_on_cuda(tmp_path, monkeypatch, graphs):
     engine's tokens; with ``use_cuda_graph=True`` the engine captures its steps
     around the saved forward and replays them (NOTE: [the engine's CUDA graphs
     around Stitch's forward] in engine.py)."""
-    from transformers import ContinuousBatchingConfig
-
     from stitch.runtime import CompilationConfig, StitchBackend
 
     model = _llama().cuda()
-    eager = ContinuousBatchingConfig(
-        **config_fields(
-            dict(
-                _ENGINE,
-                max_blocks_per_request=0,
-                auto_switch_to_flash=False,
-                use_cuda_graph=False,
-            )
-        )
-    )
+    eager = _eager_config(_ENGINE, use_cuda_graph=False)
     expected = _generate(model, eager)
     replays = []
     replay = torch.cuda.CUDAGraph.replay
@@ -656,8 +651,6 @@ def test_generate_batch_refuses_what_the_cache_cannot_hold(tmp_path):
     then fails every request in flight with "No requests can be scheduled"
     (NOTE: [requests the paged cache can never hold] in admission.py).
     """
-    from transformers import ContinuousBatchingConfig
-
     from stitch.runtime import CompilationConfig, StitchBackend
 
     model = _llama()
@@ -670,11 +663,7 @@ def test_generate_batch_refuses_what_the_cache_cannot_hold(tmp_path):
         for n in (5, 57, 100, 9, 58, 17)
     ]
     good = [0, 1, 3, 5]
-    eager = ContinuousBatchingConfig(
-        **config_fields(
-            dict(fields, max_blocks_per_request=0, auto_switch_to_flash=False)
-        )
-    )
+    eager = _eager_config(fields)
     expected = _outputs(model, eager, [prompts[i] for i in good])
     backend = StitchBackend(
         CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP], cache_dir=str(tmp_path))
