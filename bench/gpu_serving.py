@@ -22,11 +22,23 @@ size.  Side by side in one process, on the same model and inputs:
 ``stitch-full``       Stitch FULL: one graph per size for the whole forward
 ``stitch-fp``         Stitch FULL_AND_PIECEWISE: full graphs up to ``--max-full``
                       tokens (decode batches), piecewise graphs above
+``stitch-full-tuned`` Stitch FULL with ``--tuned-sizes`` compiled for themselves
+                      under ``--tuned-options`` (``compile_sizes`` and
+                      ``compile_sizes_inductor_config``; default max_autotune
+                      and coordinate descent, as vLLM does for its sizes)
+``stitch-full-pdl``   Stitch FULL with every Triton kernel launched with
+                      programmatic dependent launch (``triton.enable_pdl``)
+
+The last two are not run unless named in ``--variants``: their compiles take
+minutes more (``scripts/gpu_check.sh decode`` runs them against FULL).
 
 Per variant and size: latency (CUDA events around one forward, median), host
 time (wall time of one call, started on an idle GPU, so the launches never wait
 for it), and the time per forward of back-to-back forwards.  Per variant: compile
-time, capture time and the memory the graphs reserved.
+time, capture time and the memory the graphs reserved.  On a GPU, the run also
+measures the device's copy bandwidth (a 1 GiB device-to-device copy) and states
+the floor of a decode step: the bytes of the weights it reads whole over that
+bandwidth.
 
 Host *overhead* is host time minus a floor: what the launches themselves cost
 (one ``stitch::attention`` call per layer plus one graph replay per piece,
@@ -49,7 +61,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -62,6 +73,7 @@ from stitch.runtime.examples import LlamaConfig
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from gpu_serving_model import (  # noqa: E402  (bench/, beside this file)
     CAPTURE_SIZES,
+    DEFAULT_VARIANTS,
     DTYPES,
     VARIANTS,
     Clock,
@@ -75,6 +87,7 @@ from gpu_serving_model import (  # noqa: E402  (bench/, beside this file)
 from gpu_serving_report import (  # noqa: E402
     report,
 )
+from machine_facts import machine_facts  # noqa: E402
 
 
 # -- the floor of host time ---------------------------------------------------------------------
@@ -117,6 +130,33 @@ def launch_floor_us(
         median, p10 = clock.host_us(replays, iters)
         replay_us, replay_p10 = median / (len(layers) + 1), p10 / (len(layers) + 1)
     return attention_us, replay_us, attention_p10, replay_p10
+
+
+# -- the floor of a decode step ---------------------------------------------------------------
+def weight_bytes(model: torch.nn.Module) -> int:
+    """The bytes of the weights one decode step reads whole: every parameter once
+    (tied ones too), but an embedding table that no linear layer also uses (a
+    step reads only its tokens' rows of it)."""
+    embeddings = {
+        id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)
+    }
+    linears = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    return sum(
+        p.numel() * p.element_size()
+        for p in model.parameters()
+        if id(p) not in embeddings or id(p) in linears
+    )
+
+
+def copy_bandwidth_gbs(device: torch.device, clock: Clock, iters: int) -> float:
+    """The device's copy bandwidth in GB/s: bytes read plus bytes written by a
+    1 GiB device-to-device copy, over its median time (CUDA events)."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    seconds = clock.latency_us(lambda: dst.copy_(src), iters) / 1e6
+    return 2 * (1 << 30) / seconds / 1e9
 
 
 # -- the run -------------------------------------------------------------------------------
@@ -214,6 +254,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         for n, (a, r, a10, r10) in floors.items()
     }
+    if device.type == "cuda":
+        bandwidth = copy_bandwidth_gbs(device, clock, max(20, args.iters // 10))
+        torch.cuda.empty_cache()  # the copy's 2 GiB back to the device
+        weights = weight_bytes(subject.model)
+        results["read_floor"] = {
+            "copy_gbs": bandwidth,
+            "weight_bytes": weights,
+            "floor_us": weights / (bandwidth * 1e9) * 1e6,
+        }
     t0 = time.perf_counter()
     for variant in args.variants:
         print(
@@ -255,20 +304,9 @@ def save(results: dict[str, Any], args: argparse.Namespace) -> None:
 
 
 def machine(device: torch.device) -> dict[str, str]:
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = str(torch.version.cuda)
-        try:
-            import triton
-
-            info["triton"] = triton.__version__
-        except ImportError:
-            info["triton"] = "missing (attention runs the torch implementation)"
+    info = machine_facts(gpu=device.type == "cuda")
+    if info.get("triton") == "missing":
+        info["triton"] = "missing (attention runs the torch implementation)"
     return info
 
 
@@ -320,7 +358,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="append a torch.profiler table per variant at batch 1 and 8 to this file",
     )
     parser.add_argument(
-        "--variants", type=lambda t: t.split(","), default=list(VARIANTS)
+        "--variants",
+        type=lambda t: t.split(","),
+        default=list(DEFAULT_VARIANTS),
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but the "
+        "last two)",
+    )
+    parser.add_argument(
+        "--tuned-sizes",
+        type=_ints,
+        default=[1, 8],
+        help="stitch-full-tuned: the sizes compiled for themselves (compile_sizes)",
+    )
+    parser.add_argument(
+        "--tuned-options",
+        type=json.loads,
+        default={"max_autotune": True, "coordinate_descent_tuning": True},
+        help="stitch-full-tuned: their Inductor options, as JSON "
+        "(compile_sizes_inductor_config)",
     )
     parser.add_argument(
         "--stitch-backend", choices=("inductor", "eager"), default="inductor"

@@ -26,12 +26,25 @@ VARIANTS = (
     "stitch-piecewise",
     "stitch-full",
     "stitch-fp",
+    "stitch-full-tuned",
+    "stitch-full-pdl",
 )
+# What runs when --variants is not given: the tuned ones compile for minutes more
+# (scripts/gpu_check.sh decode runs them).
+DEFAULT_VARIANTS = VARIANTS[:7]
 STITCH_MODES: dict[str, dict[str, Any]] = {
     "stitch-vllm": {"cudagraph_mode": "PIECEWISE"},  # with VllmStyleManager
     "stitch-piecewise": {"cudagraph_mode": "PIECEWISE"},
     "stitch-full": {"cudagraph_mode": "FULL"},
     "stitch-fp": {"cudagraph_mode": "FULL_AND_PIECEWISE"},
+    # FULL, with --tuned-sizes compiled for themselves under --tuned-options
+    # (CompilationConfig.compile_sizes_inductor_config).
+    "stitch-full-tuned": {"cudagraph_mode": "FULL"},
+    # FULL, every Triton kernel launched with programmatic dependent launch.
+    "stitch-full-pdl": {
+        "cudagraph_mode": "FULL",
+        "inductor_compile_config": {"triton.enable_pdl": True},
+    },
 }
 # vLLM's default capture sizes: 1, 2, 4, then every multiple of 8 up to 512.
 CAPTURE_SIZES = [1, 2, 4, *range(8, 513, 8)]
@@ -291,6 +304,14 @@ def prepare(
         **STITCH_MODES[variant],
         **(
             {"max_full_cudagraph_size": args.max_full} if variant == "stitch-fp" else {}
+        ),
+        **(
+            {
+                "compile_sizes": args.tuned_sizes,
+                "compile_sizes_inductor_config": args.tuned_options,
+            }
+            if variant == "stitch-full-tuned"
+            else {}
         ),
     )
     manager = VllmStyleManager if variant == "stitch-vllm" else CUDAGraphManager

@@ -39,7 +39,6 @@ import dataclasses
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -187,26 +186,13 @@ def run_gpu_child(run: str, cache: str, gpu: GpuWork) -> dict[str, Any]:
 def environment() -> str:
     import torch
     import transformers
+    from machine_facts import machine_facts, triton_version  # bench/, beside this file
 
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "none"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    try:
-        driver = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        driver = ""
+    facts = machine_facts(gpu=torch.cuda.is_available())
     return (
-        f"{device}, driver {driver or '?'}, torch {torch.__version__} (CUDA "
-        f"{torch.version.cuda}), Triton {triton_version}, transformers "
-        f"{transformers.__version__}"
+        f"{facts.get('gpu', 'no GPU')}, driver {facts.get('driver', '?')}, torch "
+        f"{facts['torch']} (CUDA {torch.version.cuda}), Triton {triton_version()}, "
+        f"transformers {transformers.__version__}"
     )
 
 

@@ -105,6 +105,13 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
     compile_ranges_split_points: list[int] = dataclasses.field(default_factory=list)
     max_num_batched_tokens: int = 8192
     inductor_compile_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Inductor options for the static sizes alone (compile_sizes), over
+    # inductor_compile_config: a size compiled for itself can afford tuning the
+    # general graph cannot (vLLM turns on max_autotune and
+    # coordinate_descent_tuning there).  NOTE: [options of one size]
+    compile_sizes_inductor_config: dict[str, Any] = dataclasses.field(
+        default_factory=dict
+    )
     # Custom Inductor passes run on every compiled piece's post-grad graph, in
     # order: objects callable on an fx.Graph with a uuid() (see
     # stitch.runtime.passes).  Their uuids enter the config hash.
@@ -185,17 +192,11 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
                     f"{self.max_num_batched_tokens}",
                 )
         self.compile_ranges_split_points = points
-        if not isinstance(self.inductor_compile_config, dict) or not all(
-            isinstance(k, str) for k in self.inductor_compile_config
-        ):
-            raise field_error(
-                "inductor_compile_config",
-                self.inductor_compile_config,
-                "must be a dict of Inductor config names to values",
-            )
-        check_inductor_keys(self.inductor_compile_config)
+        for name in ("inductor_compile_config", "compile_sizes_inductor_config"):
+            check_inductor_keys(name, getattr(self, name))
         self.inductor_passes = checked_passes(
-            self.inductor_passes, self.inductor_compile_config
+            self.inductor_passes,
+            {**self.inductor_compile_config, **self.compile_sizes_inductor_config},
         )
         for name in ("cache_dir", "debug_dump_path"):
             if isinstance(getattr(self, name), os.PathLike):
@@ -340,6 +341,15 @@ _HASHED_AS: dict[str, tuple[str, Callable[[CompilationConfig], Any]]] = {
     "inductor_compile_config": (
         "inductor_compile_config",
         lambda c: sorted((k, repr(v)) for k, v in c.inductor_compile_config.items()),
+    ),
+    # Only when set (as inductor_passes): the configs without it keep their
+    # hash, and their cache.
+    "compile_sizes_inductor_config": (
+        "compile_sizes_inductor_config",
+        lambda c: (
+            sorted((k, repr(v)) for k, v in c.compile_sizes_inductor_config.items())
+            or _UNHASHED
+        ),
     ),
     # Only when set: configs without passes keep their hash (and cache).
     "inductor_passes": (

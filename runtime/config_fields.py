@@ -34,8 +34,13 @@ def did_you_mean(name: str, known: Any) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def check_inductor_keys(patches: dict[str, Any]) -> None:
-    """Every key names an Inductor config option (checked now, not at the first compile)."""
+def check_inductor_keys(name: str, patches: Any) -> None:
+    """``patches`` (the field ``name``) maps Inductor config options to values;
+    checked now, not at the first compile."""
+    if not isinstance(patches, dict) or not all(isinstance(k, str) for k in patches):
+        raise field_error(
+            name, patches, "must be a dict of Inductor config names to values"
+        )
     if not patches:
         return  # importing Inductor's config costs seconds: only when there is a key
     from .compat.inductor import config_options
@@ -44,7 +49,7 @@ def check_inductor_keys(patches: dict[str, Any]) -> None:
     for key in patches:
         if key not in known:
             raise field_error(
-                "inductor_compile_config",
+                name,
                 patches,
                 f"{key!r} is not an option of torch._inductor.config"
                 + did_you_mean(key, known),
@@ -72,7 +77,7 @@ def checked_passes(value: Any, inductor_config: dict[str, Any]) -> list[Any]:
         raise field_error(
             "inductor_passes",
             value,
-            "cannot be combined with inductor_compile_config['post_grad_custom_post_pass'] "
+            "cannot be combined with an Inductor option 'post_grad_custom_post_pass' "
             "(Stitch runs the passes through that hook); add that pass to inductor_passes",
         )
     return list(value)

@@ -11,6 +11,10 @@
 #     bash scripts/gpu_check.sh engine     # transformers' continuous batching, eager, its
 #                                          #   CUDA graphs and compile, Stitch (5-8 min;
 #                                          #   extra arguments go to the benchmark)
+#     bash scripts/gpu_check.sh decode     # decode against the weight-read floor: FULL,
+#                                          #   FULL with its decode sizes tuned, FULL with
+#                                          #   PDL, reduce-overhead (extra arguments go to
+#                                          #   the benchmark; not yet timed there)
 #
 # The device tool runs one command for at most 10 minutes: run the parts in
 # separate calls (docs/cuda_graphs.md).
@@ -24,8 +28,9 @@
 # Logs and results go to $OUT when it is set (the device tool brings them back),
 # else to /tmp/stitch-gpu-check: gpu_check.log, pytest_cuda.xml, gpu_serving.md,
 # gpu_serving_hf.md, gpu_profile.txt, gpu_warm_start.md, attention_launch.md,
-# attention_features.md, transformers_engine.md (nine files: what the device
-# tool brings back; "all" leaves out engine, run it in a call of its own).  The exit
+# attention_features.md, transformers_engine.md, gpu_decode.md (the device tool
+# brings back eight files a call; "all" leaves out engine and decode, run each
+# in a call of its own).  The exit
 # status is non-zero when a step failed.  PYTEST_ARGS adds pytest options (more
 # xdist workers made the compiles slower there: each starts Inductor's workers).
 set -uo pipefail
@@ -47,9 +52,9 @@ fi
 part=${1:-all}
 [[ $# -gt 0 ]] && shift
 case $part in
-    all | tests | bench | bench-hf | warm-start | engine) ;;
+    all | tests | bench | bench-hf | warm-start | engine | decode) ;;
     *)
-        echo "usage: $0 [all|tests|bench [benchmark args...]|bench-hf|warm-start|engine [args...]]" \
+        echo "usage: $0 [all|tests|bench [benchmark args...]|bench-hf|warm-start|engine [args...]|decode [args...]]" \
             "| --fetch-wheels" >&2
         exit 2
         ;;
@@ -118,6 +123,15 @@ if [[ $part == engine ]]; then
     echo "== benchmark: bench/transformers_engine.py --device cuda $*"
     "$PY" bench/transformers_engine.py --device cuda "$@" | tee "$out/transformers_engine.md" \
         || status=1
+fi
+
+if [[ $part == decode ]]; then
+    # Issue 30's batch-1 target: the best mode within 1.5x the weight-read floor.
+    echo "== benchmark: bench/gpu_serving.py, decode variants $*"
+    rm -f "$out/gpu_decode_profile.txt"
+    "$PY" bench/gpu_serving.py --variants compile-ro,stitch-full,stitch-full-tuned,stitch-full-pdl \
+        --decode 1,8,32,128 --out "$out/gpu_decode.md" --json "$out/gpu_decode.json" \
+        --profile "$out/gpu_decode_profile.txt" "$@" || status=1
 fi
 
 echo "== done in $((SECONDS - started)) s, status $status (results in $out)"

@@ -11,12 +11,15 @@ targets out of the pieces it reaches, with one warning per graph.
 from __future__ import annotations
 
 import logging
+import uuid
+from typing import Any
 
 import pytest
 import torch
 import torch.fx.experimental._config as fx_config
 
 from stitch.runtime import CompilationConfig
+from stitch.runtime.passes import InductorPass
 from stitch.runtime.pipeline.backend import StitchBackend
 
 from backend_support import INDUCTOR_TOL, TINY, counting, eager_and_compiled, model_for
@@ -91,3 +94,85 @@ def test_a_size_that_moves_apart_leaves_static_targets_out_with_one_warning(
     warnings = [r.getMessage() for r in caplog.records if r.name == "stitch"]
     assert len(warnings) == 1, warnings
     assert "compile_sizes [4, 8] are left out of 3 piece(s)" in warnings[0]
+
+
+class Observe(InductorPass):
+    """Notes, for each piece Inductor compiles, whether the compile is for one
+    size and which of the options under test are on.  Its uuid is new in each
+    run, so Inductor's own cache never skips the pass."""
+
+    def __init__(self) -> None:
+        self.run = uuid.uuid4().hex
+        self.seen: list[tuple[bool, bool, bool]] = []
+
+    def __call__(self, graph: Any) -> None:
+        from torch._inductor import config as inductor_config
+
+        static = not any(
+            isinstance(dim, torch.SymInt)
+            for node in graph.find_nodes(op="placeholder")
+            if isinstance(node.meta.get("val"), torch.Tensor)
+            for dim in node.meta["val"].shape
+        )
+        self.seen.append(
+            (
+                static,
+                bool(inductor_config.max_autotune),
+                bool(inductor_config.coordinate_descent_tuning),
+            )
+        )
+
+    def options(self) -> dict[str, Any]:
+        return {"run": self.run}
+
+
+def test_options_of_one_size_reach_its_compiles_and_only_those(
+    tmp_path: object,
+) -> None:
+    """NOTE: [options of one size]: compile_sizes_inductor_config patches the
+    static sizes' compiles over inductor_compile_config; the general runnable,
+    which serves every other size, is compiled without it."""
+    observe = Observe()
+    model = model_for(TINY)
+    config = CompilationConfig(
+        compile_sizes=SIZES,
+        max_num_batched_tokens=32,
+        cache_dir=str(tmp_path),
+        inductor_passes=[observe],
+        inductor_compile_config={"max_autotune": False},
+        compile_sizes_inductor_config={
+            "max_autotune": True,
+            "coordinate_descent_tuning": True,
+        },
+    )
+    backend = StitchBackend(config)
+    fn = torch.compile(model, backend=backend, fullgraph=True)
+    with counting() as deltas:
+        for n in (8, 4, 2, 3):
+            ref, out = eager_and_compiled(model, fn, TINY, n)
+            torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
+    assert deltas["num_inductor_compiles"] == 3 * (1 + len(SIZES))
+    assert sorted(observe.seen) == sorted(
+        [(False, False, False)] * 3 + [(True, True, True)] * (3 * len(SIZES))
+    )
+    # The options are in the entry's key: the same config again starts warm, and
+    # other options of one size start cold.
+    for options, compiles in (
+        (config.compile_sizes_inductor_config, 0),
+        ({"coordinate_descent_tuning": True}, 3 * (1 + len(SIZES))),
+    ):
+        torch._dynamo.reset()
+        again = CompilationConfig(
+            **{
+                **{f: getattr(config, f) for f in ("compile_sizes", "cache_dir")},
+                "max_num_batched_tokens": 32,
+                "inductor_passes": [observe],
+                "inductor_compile_config": {"max_autotune": False},
+                "compile_sizes_inductor_config": options,
+            }
+        )
+        fn = torch.compile(model, backend=StitchBackend(again), fullgraph=True)
+        with counting() as deltas:
+            ref, out = eager_and_compiled(model, fn, TINY, 4)
+        torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
+        assert deltas.get("num_inductor_compiles", 0) == compiles, options

@@ -42,6 +42,7 @@ BAD = [
     ("max_num_batched_tokens", 0, "must be an int >= 1"),
     ("max_num_batched_tokens", True, "must be an int >= 1"),
     ("inductor_compile_config", {1: 2}, "must be a dict of Inductor config names"),
+    ("compile_sizes_inductor_config", [], "must be a dict of Inductor config names"),
     ("disable_cache", "no", "must be a bool"),
     ("cache_dir", None, "must be a str path"),
     ("debug_dump_path", 3, "must be a str path"),
@@ -90,6 +91,15 @@ def test_inductor_config_keys_are_checked_when_the_config_is_built() -> None:
     # Nested options are named with a dot, as torch._inductor.config.patch takes them.
     config = CompilationConfig(inductor_compile_config={"triton.cudagraphs": False})
     assert config.inductor_compile_config == {"triton.cudagraphs": False}
+    with pytest.raises(
+        StitchConfigError,
+        match=re.escape(
+            "CompilationConfig.compile_sizes_inductor_config={'coordinate_descent': "
+            "True}: 'coordinate_descent' is not an option of torch._inductor.config; "
+            "did you mean 'coordinate_descent_tuning'"
+        ),
+    ):
+        CompilationConfig(compile_sizes_inductor_config={"coordinate_descent": True})
 
 
 def test_backend_takes_a_config_or_fields_not_both() -> None:
@@ -141,6 +151,7 @@ CODE_FIELDS = {
     "compile_ranges_split_points": [32],
     "max_num_batched_tokens": 128,
     "inductor_compile_config": {"max_autotune": True, "epilogue_fusion": True},
+    "compile_sizes_inductor_config": {"coordinate_descent_tuning": True},
 }
 # Where things are written, and whether the cache is used, change no code.
 PLACE_FIELDS = {
@@ -186,6 +197,18 @@ def test_every_field_is_hashed_or_ignored_with_a_reason() -> None:
     hashed = fields - set(NOT_HASHED)
     assert hashed == set(CODE_FIELDS) | {"inductor_passes"}  # test_passes.py: passes
     assert all(reason for reason in NOT_HASHED.values())
+
+
+def test_a_config_without_options_of_one_size_keeps_its_hash() -> None:
+    """The field is hashed only when set: caches written before it existed stay warm."""
+    from stitch.runtime.config import CompilationConfig as Config
+
+    config = Config(**BASE)
+    assert "compile_sizes_inductor_config" not in config.hash_factors()
+    tuned = Config(**BASE, compile_sizes_inductor_config={"max_autotune": True})
+    assert tuned.hash_factors()["compile_sizes_inductor_config"] == [
+        ("max_autotune", "True")
+    ]
 
 
 def test_a_new_field_enters_the_hash() -> None:

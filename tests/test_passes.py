@@ -130,11 +130,17 @@ def test_config_rejects_bad_passes(passes: Any, message: str) -> None:
     assert "inductor_passes" in str(info.value)
 
 
-def test_config_rejects_passes_beside_inductor_custom_pass() -> None:
-    with pytest.raises(StitchConfigError, match="post_grad_custom_post_pass"):
+@pytest.mark.parametrize(
+    "field", ["inductor_compile_config", "compile_sizes_inductor_config"]
+)
+def test_config_rejects_passes_beside_inductor_custom_pass(field: str) -> None:
+    with pytest.raises(
+        StitchConfigError,
+        match="cannot be combined with an Inductor option 'post_grad_custom_post_pass'",
+    ):
         CompilationConfig(
             inductor_passes=[FuseRMSNorm()],
-            inductor_compile_config={"post_grad_custom_post_pass": None},
+            **{field: {"post_grad_custom_post_pass": None}},
         )
 
 

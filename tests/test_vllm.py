@@ -363,6 +363,17 @@ def test_config_takes_vllm_defaults(
     assert config.inductor_compile_config["size_asserts"] is False
     assert config.inductor_compile_config["cpp.dynamic_threads"] is True
     assert config.inductor_compile_config["enable_auto_functionalized_v2"] is False
+    # A compile of one size (compile_sizes) gets what vLLM's own Inductor adaptor
+    # turns on for it, its environment variables included.
+    from vllm.compilation.compiler_interface import set_inductor_config
+    from vllm.config.utils import Range
+
+    for autotune in ("1", "0"):
+        monkeypatch.setenv("VLLM_ENABLE_INDUCTOR_MAX_AUTOTUNE", autotune)
+        vllms: dict[str, Any] = {}
+        set_inductor_config(vllms, Range(start=8, end=8))
+        assert stitch_config(fake_vllm_config()).compile_sizes_inductor_config == vllms
+        assert vllms["max_autotune"] is (autotune == "1")
     monkeypatch.setenv("STITCH_CACHE_DIR", str(tmp_path / "mine"))
     mine = stitch_config(fake_vllm_config(256, ["vllm::unified_attention_with_output"]))
     assert mine.cache_dir == str(tmp_path / "mine")

@@ -49,7 +49,10 @@ class Piece:
 def config_adapter(config: CompilationConfig) -> CompilerAdapter:
     """The compiler adapter that ``config`` names."""
     return make_adapter(
-        config.backend, config.inductor_compile_config, config.inductor_passes
+        config.backend,
+        config.inductor_compile_config,
+        config.inductor_passes,
+        config.compile_sizes_inductor_config,
     )
 
 

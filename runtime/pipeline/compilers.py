@@ -115,9 +115,13 @@ class InductorAdapter:
     saves_artifacts = True
 
     def __init__(
-        self, config_patches: dict[str, Any], passes: Sequence[Any] = ()
+        self,
+        config_patches: dict[str, Any],
+        passes: Sequence[Any] = (),
+        static_patches: dict[str, Any] | None = None,
     ) -> None:
         self.config_patches = dict(config_patches)
+        self.static_patches = dict(static_patches or {})
         self.passes = list(passes)
         self._patches: dict[str, Any] | None = None
         # Damaged prebuilt files already warned about (one warning per file).
@@ -139,7 +143,7 @@ class InductorAdapter:
                 gm,
                 example_inputs,
                 dynamic_shapes=dynamic_shapes,
-                config_patches=self._config_patches(),
+                config_patches=self._config_patches(static),
             )
         except Exception as exc:
             if is_dynamo_restart(exc):
@@ -195,8 +199,17 @@ class InductorAdapter:
             return None
         return _tupled(runnable) if unwrap else runnable
 
-    def _config_patches(self) -> dict[str, Any]:
-        """Inductor's config patches, with the configured passes as its post-grad pass."""
+    def _config_patches(self, static: bool = False) -> dict[str, Any]:
+        """Inductor's config patches, with the configured passes as its post-grad
+        pass; for a static size, with that size's options over them.
+
+        NOTE: [options of one size]
+        ``compile_sizes_inductor_config`` applies to the compiles of static
+        sizes only: the general and range runnables, which serve every other
+        size, keep ``inductor_compile_config`` alone.  The options enter the
+        config hash (when set), so every artifact of the entry was compiled
+        under them; the piece's content key does not need them.
+        """
         if self._patches is None:
             self._patches = dict(self.config_patches)
             if self.passes:
@@ -205,6 +218,8 @@ class InductorAdapter:
                 self._patches["post_grad_custom_post_pass"] = PostGradPasses(
                     self.passes
                 )
+        if static and self.static_patches:
+            return {**self._patches, **self.static_patches}
         return self._patches
 
     def generated_source(self, handle: Any) -> str | None:
@@ -420,10 +435,13 @@ ADAPTERS: dict[str, Any] = {"inductor": InductorAdapter, "eager": EagerAdapter}
 
 
 def make_adapter(
-    backend: str, config_patches: dict[str, Any], passes: Sequence[Any] = ()
+    backend: str,
+    config_patches: dict[str, Any],
+    passes: Sequence[Any] = (),
+    static_patches: dict[str, Any] | None = None,
 ) -> CompilerAdapter:
     if backend == "inductor":
-        return InductorAdapter(config_patches, passes)
+        return InductorAdapter(config_patches, passes, static_patches)
     if backend == "eager":
         return EagerAdapter()
     raise StitchRuntimeError(f"unknown compiler backend {backend!r}")

@@ -159,6 +159,26 @@ def inductor_options(vllm_config: Any) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k in known}
 
 
+def static_size_options() -> dict[str, Any]:
+    """What vLLM's Inductor adaptor turns on for a compile of one size
+    (``set_inductor_config``): max_autotune and coordinate_descent_tuning, each
+    unless its environment variable is 0 (read as vLLM reads it)."""
+    options = {}
+    for option, variable in (
+        ("max_autotune", "VLLM_ENABLE_INDUCTOR_MAX_AUTOTUNE"),
+        ("coordinate_descent_tuning", "VLLM_ENABLE_INDUCTOR_COORDINATE_DESCENT_TUNING"),
+    ):
+        raw = os.environ.get(variable, "1")
+        try:
+            options[option] = bool(int(raw))
+        except ValueError:
+            raise StitchConfigError(
+                f"${variable}={raw!r}: must be an integer (0 turns {option} off "
+                "for compile_sizes)"
+            ) from None
+    return options
+
+
 def vllm_defaults(vllm_config: Any) -> dict[str, Any]:
     """The fields vLLM's own config decides."""
     compilation = getattr(vllm_config, "compilation_config", None)
@@ -169,6 +189,8 @@ def vllm_defaults(vllm_config: Any) -> dict[str, Any]:
         or vllm_splitting_ops(vllm_config),
         "cache_dir": stitch_cache_root(),
         "inductor_compile_config": inductor_options(vllm_config),
+        # Used only when compile_sizes names sizes (NOTE: [options of one size]).
+        "compile_sizes_inductor_config": static_size_options(),
     }
     tokens = getattr(scheduler, "max_num_batched_tokens", None)
     if type(tokens) is int and tokens >= 1:
