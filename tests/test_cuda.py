@@ -518,11 +518,11 @@ def test_direct_launch_reuses_a_compiled_kernel_only_for_its_specialization(
     NOTE: [launching the compiled kernel directly] in triton_attention.py.  Kernels
     kept on disk are off here (tests/test_kept_kernels.py launches those).
     """
-    from stitch.runtime.kernels import triton_attention
+    from stitch.runtime.kernels import kept, triton_attention
 
     if triton_attention._direct_launch() is None:
         pytest.skip("the direct launch is off for this Triton (DIRECT_LAUNCH_TRITON)")
-    monkeypatch.setattr(triton_attention, "_keeps", lambda: False)
+    monkeypatch.setattr(kept, "keeping", lambda: False)
     triton_attention._compiled.clear()
 
     def make_case(seed: int) -> tuple[Any, ...]:

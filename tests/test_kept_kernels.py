@@ -1,5 +1,6 @@
-"""``stitch::attention``'s Triton kernel kept as a cubin and launched without Triton
-(NOTE: [an op's Triton kernel without Triton] in runtime/kernels/kept.py).
+"""The Triton kernels of ``stitch::attention`` and ``stitch::paged_attention``
+kept as cubins and launched without Triton (NOTE: [an op's Triton kernel
+without Triton] in runtime/kernels/kept.py).
 
 On CPU the kernel is compiled for an H100 (sm_90) by Triton itself, through the
 same binder and packing its JIT uses on a GPU, so what is kept is what a CUDA
@@ -86,13 +87,47 @@ def specialize(call: AttentionCall) -> tuple[Any, ...]:
     return key, specialization, (kwargs, bound, options)
 
 
-def compile_sm90(call: AttentionCall) -> tuple[Any, tuple[Any, ...]]:
-    """Triton's ``CompiledKernel`` for ``call`` on an H100, and Stitch's key for it."""
+def specialize_paged(case: dict[str, Any]) -> tuple[Any, ...]:
+    """As :func:`specialize`, for ``stitch::paged_attention`` on a batch of
+    tests/test_hf_paged_triton.py (``case``: ``paged_case``'s arguments)."""
+    from test_hf_paged_triton import paged_case
+    from triton.runtime.jit import create_function_from_signature
+
+    from stitch.runtime.kernels import triton_paged
+    from stitch.runtime.kernels.paged_attention import PagedCall
+    from stitch.runtime.kernels.triton_paged_kernel import paged_attention_kernel
+
+    _, (_, backend), _ = triton_for_sm90()
+    (q, k, v, write, read, cu_q, cu_k, k_cache, v_cache, out), scalars = paged_case(
+        **case
+    )
+    call = PagedCall(q, k, v, k_cache, v_cache, write, read, cu_q, cu_k, out, *scalars)
+    assert triton_paged.kernel_supports(call)
+    _, args, constexprs = triton_paged.kernel_arguments(call)
+    key = triton_paged.specialization_key(0, args, constexprs)
+    fn = paged_attention_kernel
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    kwargs = {**constexprs, "debug": False}
+    bound, specialization, options = binder(*args, **kwargs)
+    return key, specialization, (kwargs, bound, options)
+
+
+def compile_sm90(
+    call: AttentionCall | dict[str, Any],
+) -> tuple[Any, tuple[Any, ...]]:
+    """Triton's ``CompiledKernel`` on an H100, and Stitch's key for it: of
+    ``stitch::attention`` for an ``AttentionCall``, of ``stitch::paged_attention``
+    for a paged batch (``paged_case``'s arguments)."""
     triton, (target, backend), ast_source = triton_for_sm90()
     from stitch.runtime.kernels.triton_attention_kernel import decode_attention_kernel
+    from stitch.runtime.kernels.triton_paged_kernel import paged_attention_kernel
 
-    fn = decode_attention_kernel
-    key, specialization, (kwargs, bound, options) = specialize(call)
+    if isinstance(call, dict):
+        fn = paged_attention_kernel
+        key, specialization, (kwargs, bound, options) = specialize_paged(call)
+    else:
+        fn = decode_attention_kernel
+        key, specialization, (kwargs, bound, options) = specialize(call)
     options, signature, constexprs, attrs = fn._pack_args(
         backend, kwargs, bound, specialization, options
     )
@@ -104,15 +139,31 @@ def compile_sm90(call: AttentionCall) -> tuple[Any, tuple[Any, ...]]:
     return compiled, key
 
 
+# Paged batches (tests/test_hf_paged_triton.py's paged_case) for the paged kernel.
+PAGED_MIXED = [(0, 5), (7, 1), (3, 4), (20, 1)]
+PAGED = {
+    "paged-mixed": {"requests": PAGED_MIXED, "dtype": torch.bfloat16, "dim": 64},
+    "paged-sliding-sinks-softcap": {
+        "requests": [(0, 4), (12, 2), (5, 1)],
+        "sliding": 4,
+        "sinks": True,
+        "softcap": 5.0,
+        "dtype": torch.bfloat16,
+        "dim": 64,
+    },
+}
+
+
 @pytest.mark.parametrize(
     "features",
-    [{}, {"window": 1}, {"window": 48, "sinks": True}],
-    ids=["plain", "window-of-one", "window-and-sinks"],
+    [{}, {"window": 1}, {"window": 48, "sinks": True}, *PAGED.values()],
+    ids=["plain", "window-of-one", "window-and-sinks", *PAGED],
 )
 def test_launch_facts_are_torchs_static_launcher_facts(
     features: dict[str, Any],
 ) -> None:
-    compiled, _ = compile_sm90(attention_call(**features))
+    paged = "requests" in features
+    compiled, _ = compile_sm90(features if paged else attention_call(**features))
     facts, cubin = kept.launch_facts(compiled)
 
     from torch._inductor.runtime.static_triton_launcher import (
@@ -131,7 +182,9 @@ def test_launch_facts_are_torchs_static_launcher_facts(
         if i not in static.full_constexprs and i not in constant
     ]
     assert facts["launched"] == (*runtime, *[-1] * scratch)
-    assert (names.index("window") in facts["launched"]) == (features.get("window") != 1)
+    if not paged:
+        window = names.index("window") in facts["launched"]
+        assert window == (features.get("window") != 1)
     assert (facts["num_warps"], facts["shared"]) == (static.num_warps, static.shared)
     assert facts["function"] == static.name
     assert facts["function"].encode() in cubin  # the entry point the launcher loads
@@ -165,6 +218,108 @@ def test_the_key_tells_apart_whatever_triton_compiles_apart() -> None:
     assert seen["plain"][0] == seen["positions 16 bytes off"][0]
     texts = {text for text, _ in seen.values()}
     assert len(texts) == len(calls) - 2
+
+
+def test_the_paged_key_tells_apart_whatever_triton_compiles_apart() -> None:
+    """The same for ``stitch::paged_attention``: batches of every shape the
+    engine builds (prefill, decode, mixed, padded, sliding windows, GQA,
+    dtypes), so token counts and strides fall in every class Triton tells
+    apart (1, multiples of 16, others)."""
+    cases = {
+        "mixed": {"requests": PAGED_MIXED},
+        "mixed again": {"requests": PAGED_MIXED, "seed": 1},
+        "decode": {"requests": [(5, 1), (9, 1), (2, 1), (70, 1)]},
+        "one token": {"requests": [(5, 1)]},
+        "sixteen tokens": {"requests": [(0, 16)], "read": False},
+        "padded": {"requests": PAGED_MIXED, "pad": 3},
+        "gqa 3": {"requests": PAGED_MIXED, "heads": 6, "kv_heads": 2, "dim": 24},
+        "mha": {"requests": PAGED_MIXED, "heads": 2, "kv_heads": 2},
+        "sliding": {"requests": [(0, 4), (6, 3), (7, 1)], "sliding": 4},
+        "sliding, no reads": {
+            "requests": [(0, 4), (0, 2)],
+            "sliding": 4,
+            "read": False,
+        },
+        "window": {"requests": PAGED_MIXED, "window": 5},
+        "softcap": {"requests": PAGED_MIXED, "softcap": 2.0},
+        "sinks": {"requests": PAGED_MIXED, "sinks": True},
+        "bf16": {"requests": PAGED_MIXED, "dtype": torch.bfloat16},
+        "fp16, fp32 cache": {
+            "requests": PAGED_MIXED,
+            "dtype": torch.float16,
+            "cache_dtype": torch.float32,
+        },
+    }
+    seen: dict[str, tuple[str, Any]] = {}
+    for name, case in cases.items():
+        key, specialization, _ = specialize_paged(case)
+        seen[name] = (kept.specialization_text(key), specialization)
+    for a, (text_a, spec_a) in seen.items():
+        for b, (text_b, spec_b) in seen.items():
+            if text_a == text_b:
+                assert spec_a == spec_b, (a, b)
+    assert seen["mixed"][0] == seen["mixed again"][0]
+    assert seen["decode"][0] != seen["one token"][0]  # 4 sequences, not 1
+
+
+def test_the_paged_op_launches_its_kept_kernel_and_writes_the_cache_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a kernel kept for the key, the op launches it, not Triton's JIT, and
+    writes the cache before it (full attention) or after it (sliding window),
+    as with Triton's; with none kept, Triton compiles and it is kept."""
+    from test_hf_paged_triton import paged_case
+
+    from stitch.runtime.kernels import paged_attention, triton_paged
+
+    events: list[Any] = []
+
+    class Shelf:
+        def __init__(self, kept_keys: set[Any]) -> None:
+            self.kept_keys = kept_keys
+
+        def ready(self, key: Any) -> bool:
+            return key in self.kept_keys
+
+        def launch(self, key: Any, grid: Any, everything: Any) -> bool:
+            events.append(("kept", grid[2], len(everything)))
+            return True
+
+        def keep(self, key: Any, compiled: Any) -> None:
+            events.append(("keep", compiled))
+
+    class Jit:
+        def __getitem__(self, grid: Any) -> Any:
+            def run(*args: Any, **constexprs: Any) -> str:
+                events.append(("triton", len(args) + len(constexprs)))
+                return "compiled"
+
+            return run
+
+    kernels = type("Kernels", (), {"paged_attention_kernel": Jit()})()
+    monkeypatch.setattr(kept, "keeping", lambda: True)
+    monkeypatch.setattr(triton_paged, "triton_kernels", lambda: kernels)
+    monkeypatch.setattr(
+        triton_paged, "write_cache", lambda call: events.append(("write",))
+    )
+    for sliding in (0, 4):
+        tensors, scalars = paged_case([(0, 3), (5, 1)], sliding=sliding)
+        q, k, v, write, read, cu_q, cu_k, k_cache, v_cache, out = tensors
+        args = (q, k, v, k_cache, v_cache, write, read, cu_q, cu_k, out, *scalars)
+        call = paged_attention.PagedCall(*args)
+        _, arguments, constexprs = triton_paged.kernel_arguments(call)
+        key = triton_paged.specialization_key(q.device.index, arguments, constexprs)
+        everything = len(arguments) + len(constexprs)
+        first = [("write",)] if not sliding else []
+        last = [("write",)] if sliding else []
+        for kept_keys, launched in (
+            (set(), [("triton", everything), ("keep", "compiled")]),
+            ({key}, [("kept", 1, everything)]),
+        ):
+            events.clear()
+            monkeypatch.setattr(triton_paged, "KEPT", Shelf(kept_keys))
+            triton_paged.paged_attention_triton(*args)
+            assert events == first + launched + last, (sliding, kept_keys)
 
 
 def kept_kernel(tmp_path: Path) -> tuple[str, str, str, dict[str, Any], OpKernelRecord]:
@@ -290,10 +445,45 @@ _PROCESS = textwrap.dedent("""
     """)
 
 
+# The same for stitch::paged_attention: a mixed batch of transformers' engine.
+_PAGED_PROCESS = textwrap.dedent("""
+    import json, sys
+    import torch
+    sys.path.insert(0, sys.argv[2])
+    from test_hf_paged_triton import paged_case
+    from stitch.runtime.kernels.paged_attention import paged_attention_reference
+    from stitch.runtime.store import location
+    import stitch.runtime.kernels  # registers the ops
+
+    location.note_cache_root(sys.argv[1])
+    tensors, scalars = paged_case(
+        [(0, 5), (7, 1), (3, 4), (20, 1)], dtype=torch.bfloat16, dim=64, device="cuda"
+    )
+    q, k, v, write, read, cu_q, cu_k, k_cache, v_cache, out = tensors
+    expected = [t.clone() for t in (k_cache, v_cache, out)]
+    paged_attention_reference(
+        q, k, v, *expected[:2], write, read, cu_q, cu_k, expected[2], *scalars
+    )
+    for _ in range(2):
+        torch.ops.stitch.paged_attention(
+            q, k, v, k_cache, v_cache, write, read, cu_q, cu_k, out, *scalars
+        )
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, expected[2], rtol=2e-2, atol=2e-2)
+    assert torch.equal(k_cache, expected[0]) and torch.equal(v_cache, expected[1])
+    print(json.dumps({"triton": "triton" in sys.modules}))
+    """)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize(
+    "op, script",
+    [("stitch::attention", _PROCESS), ("stitch::paged_attention", _PAGED_PROCESS)],
+    ids=["attention", "paged_attention"],
+)
 def test_a_second_process_launches_the_kept_kernel_without_triton(
-    tmp_path: Path,
+    tmp_path: Path, op: str, script: str
 ) -> None:
     root = tmp_path / "cache"
     root.mkdir(mode=0o700)
@@ -302,7 +492,7 @@ def test_a_second_process_launches_the_kept_kernel_without_triton(
         env = dict(os.environ)
         env.pop("STITCH_KEEP_KERNELS", None)
         proc = subprocess.run(
-            [sys.executable, "-c", _PROCESS, str(root)],
+            [sys.executable, "-c", script, str(root), os.path.dirname(__file__)],
             env=env,
             capture_output=True,
             text=True,
@@ -314,7 +504,7 @@ def test_a_second_process_launches_the_kept_kernel_without_triton(
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
     assert run() == {"triton": True}  # compiled through Triton, and kept
-    folder = Path(location.kernel_folder(str(root), "stitch::attention"))
+    folder = Path(location.kernel_folder(str(root), op))
     assert len(list(folder.glob("*.kernel"))) == 1
     assert len(list(folder.glob("*.cubin"))) == 1
     assert run() == {"triton": False}  # the kept cubin, equal outputs

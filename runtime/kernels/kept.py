@@ -3,15 +3,15 @@ and launched from there by later processes, without importing Triton.
 
 NOTE: [an op's Triton kernel without Triton]
 A warm process loads its pieces' Triton kernels prebuilt (NOTE: [prebuilt
-Triton kernels] in pipeline/prebuilt_triton.py), but ``stitch::attention`` is
-a splitting op, not a piece: its kernel went through Triton's JIT on the first
-launch, which cost about 0.92 s of the 2.03 s warm restart on the H100
-(``import triton`` 0.28 s, Triton hashing its own sources 0.44 s, the JIT's
-lookup 0.15-0.2 s; docs/performance.md).  So the process that compiles the
-kernel keeps it: for each specialization (the key ``launch`` in
-triton_attention.py already computes: constexprs, dtypes, pointers' 16-byte
-alignment, integers equal to 1, divisible by 16 or beyond int32, which are
-what Triton specializes on), the cubin and what launching it takes (function
+Triton kernels] in pipeline/prebuilt_triton.py), but ``stitch::attention`` and
+``stitch::paged_attention`` are splitting ops, not pieces: their kernels went
+through Triton's JIT on the first launch, which cost about 0.92 s of the 2.03 s
+warm restart on the H100 (``import triton`` 0.28 s, Triton hashing its own
+sources 0.44 s, the JIT's lookup 0.15-0.2 s; docs/performance.md).  So the
+process that compiles a kernel keeps it: for each specialization
+(:func:`specialization_key`: constexprs, dtypes, pointers' 16-byte alignment,
+integers equal to 1, divisible by 16 or beyond int32, which are what Triton
+specializes on), the cubin and what launching it takes (function
 name, warps, shared memory, one type per launched argument, which arguments
 are launched) go to ``<root>/kernels/<op>/`` (NOTE: [the root Stitch's ops
 keep their kernels under] in store/location.py), named by a key hash of the op,
@@ -81,6 +81,41 @@ ARGUMENT_TYPES = {
 SCRATCH_FIELDS = ("global_scratch_size", "profile_scratch_size")
 # Launch modes the static launcher does not set up.
 LAUNCH_FLAGS = ("launch_cooperative_grid", "launch_pdl")
+
+
+def specialization_key(
+    device: int,
+    args: tuple[Any, ...],
+    constexprs: tuple[Any, ...],
+    *,
+    pointers: int,
+    floats: int,
+) -> tuple[Any, ...]:
+    """What Triton specializes a kernel on, for ``args`` in the kernel's order:
+    ``pointers`` tensors first (dtype, 16-byte alignment), then ``floats``
+    floats (no specialization), then integers (equal to 1, divisible by 16,
+    within int32); the constexprs and the device."""
+    tensors = args[:pointers]
+    ints = args[pointers + floats :]
+    return (
+        device,
+        constexprs,
+        tuple(t.dtype for t in tensors),
+        tuple(t.data_ptr() % 16 == 0 for t in tensors),
+        tuple((i == 1) + 2 * (i % 16 == 0) + 4 * (-(2**31) <= i < 2**31) for i in ints),
+    )
+
+
+@functools.cache
+def keeping() -> bool:
+    """Whether kernels are kept, and kept ones launched: not with
+    ``STITCH_KEEP_KERNELS=0``, under Triton's interpreter or without CUDA
+    (asked once)."""
+    return (
+        os.environ.get("STITCH_KEEP_KERNELS", "1") != "0"
+        and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
+        and torch.cuda.is_available()
+    )
 
 
 def specialization_text(key: tuple[Any, ...]) -> str:
@@ -241,14 +276,9 @@ class KeptKernels:
                 "stitch: %s; %s compiles that kernel through Triton", message, self.op
             )
 
-    def launch(
-        self,
-        key: tuple[Any, ...],
-        grid: tuple[int, int, int],
-        everything: tuple[Any, ...],
-    ) -> bool:
-        """Launch the kernel kept for ``key`` on the current stream; ``everything``:
-        the kernel's arguments in order, constexprs included."""
+    def ready(self, key: tuple[Any, ...]) -> bool:
+        """Whether a kernel is kept for ``key`` and loaded: :meth:`launch` will
+        launch it (looked up once a key; a pending keep is written here)."""
         entry = self._loaded.get(key, False)
         if entry is False:
             where = self._where(key)
@@ -259,8 +289,21 @@ class KeptKernels:
                 entry = self._loaded[key] = None
             else:
                 entry = self._loaded[key] = self._load(key, where)
-        if entry is None:
+        return entry is not None
+
+    def launch(
+        self,
+        key: tuple[Any, ...],
+        grid: tuple[int, int, int],
+        everything: tuple[Any, ...],
+    ) -> bool:
+        """Launch the kernel kept for ``key`` on the current stream (False: none
+        is, nothing launched); ``everything``: the kernel's arguments in order,
+        constexprs included."""
+        if not self.ready(key):
             return False
+        entry = self._loaded[key]
+        assert entry is not None  # ready() said so
         function, record = entry
         args = tuple(None if i < 0 else everything[i] for i in record.launched)
         _launcher()._launch_kernel(
@@ -325,7 +368,9 @@ def _launcher() -> Any:
 __all__ = [
     "KeptKernels",
     "find_kernel",
+    "keeping",
     "launch_facts",
     "save_kernel",
+    "specialization_key",
     "specialization_text",
 ]

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
+from . import kept
 from .attention import ATTENTION_OP, AttentionCall, run_reference
-from .kept import KeptKernels
 from .loader import optional_kernels
 
 
@@ -52,7 +52,7 @@ def decode_attention(*args: Any, kernels: ModuleType | None = None) -> None:
         return
     grid, arguments, constexprs = kernel_arguments(call)
     key = None
-    if kernels is None and _keeps():
+    if kernels is None and kept.keeping():
         # NOTE: [an op's Triton kernel without Triton] in kept.py
         key = specialization_key(call.q.device.index, arguments, constexprs)
         if KEPT.launch(key, (*grid, 1), (*arguments, *constexprs)):
@@ -143,32 +143,16 @@ def specialization_key(
     device: int, args: tuple[Any, ...], constexprs: tuple[Any, ...]
 ) -> tuple[Any, ...]:
     """What Triton specializes the kernel on, for ``args`` in the kernel's order."""
-    pointers = args[:_POINTERS]
-    ints = args[_POINTERS + _FLOATS :]
-    return (
-        device,
-        constexprs,
-        tuple(t.dtype for t in pointers),
-        tuple(t.data_ptr() % 16 == 0 for t in pointers),
-        tuple((i == 1) + 2 * (i % 16 == 0) + 4 * (-(2**31) <= i < 2**31) for i in ints),
+    return kept.specialization_key(
+        device, args, constexprs, pointers=_POINTERS, floats=_FLOATS
     )
 
 
 # NOTE: [an op's Triton kernel without Triton] in kept.py; STITCH_KEEP_KERNELS=0
 # turns keeping and launching kept kernels off.
-KEPT = KeptKernels(
+KEPT = kept.KeptKernels(
     ATTENTION_OP, os.path.join(os.path.dirname(__file__), "triton_attention_kernel.py")
 )
-
-
-@functools.cache
-def _keeps() -> bool:
-    """Whether kernels are kept, and kept ones launched (NOTE in kept.py)."""
-    return (
-        os.environ.get("STITCH_KEEP_KERNELS", "1") != "0"
-        and os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
-        and torch.cuda.is_available()
-    )
 
 
 @functools.cache
@@ -200,7 +184,7 @@ def launch(
     at hand.  ``key``: their :func:`specialization_key`, when known."""
     ours = kernels is triton_kernels()
     direct = _direct_launch() if ours else None
-    keeps = ours and _keeps()
+    keeps = ours and kept.keeping()
     device = args[0].device.index
     if key is None and (direct is not None or keeps):
         key = specialization_key(device, args, constexprs)

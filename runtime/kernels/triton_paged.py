@@ -18,11 +18,13 @@ implementation does.
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Any
 
 import torch
 
+from . import kept
 from .loader import optional_kernels
 from .paged_attention import PAGED_ATTENTION_OP, PagedCall, run_reference, write_cache
 
@@ -48,18 +50,38 @@ def kernel_supports(call: PagedCall) -> bool:
 
 def paged_attention_triton(*args: Any, kernels: ModuleType | None = None) -> None:
     """``stitch::paged_attention`` with the Triton kernel (any device Triton
-    runs on, its interpreter too); ``args`` as ``paged_attention_reference``'s."""
+    runs on, its interpreter too); ``args`` as ``paged_attention_reference``'s.
+
+    The kernel kept for this specialization is launched without Triton when
+    there is one (NOTE: [an op's Triton kernel without Triton] in kept.py);
+    else Triton compiles it, and it is kept for the next process.
+    """
     call = PagedCall(*args)
-    kernels = kernels if kernels is not None else triton_kernels()
     if call.query.shape[0] == 0:
         return
-    if kernels is None or not kernel_supports(call):
+    if not kernel_supports(call):
+        run_reference(call)
+        return
+    grid, arguments, constexprs = kernel_arguments(call)
+    key = None
+    if kernels is None and kept.keeping():
+        key = specialization_key(call.query.device.index, arguments, constexprs)
+        if not KEPT.ready(key):
+            kernels = triton_kernels()
+    elif kernels is None:
+        kernels = triton_kernels()
+    if key is None and kernels is None:
         run_reference(call)
         return
     if call.read_after_write:
         write_cache(call)
-    grid, arguments, constexprs = kernel_arguments(call)
-    kernels.paged_attention_kernel[grid](*arguments, **constexprs)
+    if kernels is None:
+        assert key is not None  # KEPT.ready(key) said so
+        KEPT.launch(key, (*grid, 1), (*arguments, *constexprs.values()))
+    else:
+        compiled = kernels.paged_attention_kernel[grid](*arguments, **constexprs)
+        if key is not None:
+            KEPT.keep(key, compiled)
     if not call.read_after_write:
         write_cache(call)
 
@@ -136,6 +158,24 @@ def kernel_arguments(
     )
     return (tokens // block_q + seqs + 1, kv_heads), args, constexprs
 
+
+# The kernel's pointer arguments come first, then two floats, then integers.
+_POINTERS, _FLOATS = 11, 2
+
+
+def specialization_key(
+    device: int, args: tuple[Any, ...], constexprs: dict[str, Any]
+) -> tuple[Any, ...]:
+    """What Triton specializes the kernel on, for ``kernel_arguments``' results."""
+    return kept.specialization_key(
+        device, args, tuple(constexprs.values()), pointers=_POINTERS, floats=_FLOATS
+    )
+
+
+KEPT = kept.KeptKernels(
+    PAGED_ATTENTION_OP,
+    os.path.join(os.path.dirname(__file__), "triton_paged_kernel.py"),
+)
 
 # Registered directly on the CUDA key: torch.library.register_kernel would wrap
 # the kernel in a dynamo-disabling decorator, a cost on every call.
