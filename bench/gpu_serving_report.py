@@ -169,38 +169,43 @@ def memory_targets(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def best_stitch(variants: dict[str, Any], n: int) -> tuple[str, float] | None:
+    """The Stitch variant with the lowest latency at ``n`` tokens, and that latency."""
+    stitch = {
+        v: d["sizes"][n]["latency_us"]
+        for v, d in variants.items()
+        if v.startswith("stitch-") and n in d["sizes"]
+    }
+    if not stitch:
+        return None
+    best = min(stitch, key=stitch.__getitem__)
+    return best, stitch[best]
+
+
 def speed_targets(results: dict[str, Any]) -> list[str]:
     """Stitch's best mode at batch 1 within 1.5x the weight-read floor, and faster
     than reduce-overhead at every decode size."""
     variants = results["variants"]
     lines = []
     floor = results.get("read_floor")
-    best_at_1 = {
-        v: d["sizes"][1]["latency_us"]
-        for v, d in variants.items()
-        if v.startswith("stitch-") and 1 in d["sizes"]
-    }
-    if floor and best_at_1:
-        best = min(best_at_1, key=best_at_1.__getitem__)
-        ratio = best_at_1[best] / floor["floor_us"]
+    at_1 = best_stitch(variants, 1)
+    if floor and at_1:
+        best, latency = at_1
+        ratio = latency / floor["floor_us"]
         lines.append(
-            f"- batch 1: best Stitch ({best}) {best_at_1[best]:.1f} µs = {ratio:.2f}x the "
+            f"- batch 1: best Stitch ({best}) {latency:.1f} µs = {ratio:.2f}x the "
             f"weight-read floor {floor['floor_us']:.1f} µs (target <= 1.5x: "
             f"{'met' if ratio <= 1.5 else 'NOT met'})"
         )
     for n in results["args"]["decode"]:
         ro = variants.get("compile-ro", {}).get("sizes", {}).get(n)
-        stitch = {
-            v: d["sizes"][n]["latency_us"]
-            for v, d in variants.items()
-            if v.startswith("stitch-") and n in d["sizes"]
-        }
-        if not ro or not stitch:
+        at_n = best_stitch(variants, n)
+        if not ro or not at_n:
             continue
-        best = min(stitch, key=stitch.__getitem__)
-        ratio = stitch[best] / ro["latency_us"]
+        best, latency = at_n
+        ratio = latency / ro["latency_us"]
         lines.append(
-            f"- batch {n}: best Stitch ({best}) {stitch[best]:.1f} µs vs reduce-overhead "
+            f"- batch {n}: best Stitch ({best}) {latency:.1f} µs vs reduce-overhead "
             f"{ro['latency_us']:.1f} µs: {ratio:.3f}x (target < 1: "
             f"{'met' if ratio < 1 else 'NOT met'})"
         )

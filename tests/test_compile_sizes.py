@@ -10,6 +10,7 @@ targets out of the pieces it reaches, with one warning per graph.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -162,15 +163,7 @@ def test_options_of_one_size_reach_its_compiles_and_only_those(
         ({"coordinate_descent_tuning": True}, 3 * (1 + len(SIZES))),
     ):
         torch._dynamo.reset()
-        again = CompilationConfig(
-            **{
-                **{f: getattr(config, f) for f in ("compile_sizes", "cache_dir")},
-                "max_num_batched_tokens": 32,
-                "inductor_passes": [observe],
-                "inductor_compile_config": {"max_autotune": False},
-                "compile_sizes_inductor_config": options,
-            }
-        )
+        again = dataclasses.replace(config, compile_sizes_inductor_config=options)
         fn = torch.compile(model, backend=StitchBackend(again), fullgraph=True)
         with counting() as deltas:
             ref, out = eager_and_compiled(model, fn, TINY, 4)

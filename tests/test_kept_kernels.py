@@ -190,6 +190,22 @@ def test_launch_facts_are_torchs_static_launcher_facts(
     assert facts["function"].encode() in cubin  # the entry point the launcher loads
 
 
+def one_specialization_per_key(
+    specialize: Any, calls: dict[str, Any]
+) -> dict[str, tuple[str, Any]]:
+    """Each call's key (as text) and Triton's specialization, by name; asserts
+    that calls with one key have one specialization."""
+    seen: dict[str, tuple[str, Any]] = {}
+    for name, call in calls.items():
+        key, specialization, _ = specialize(call)
+        seen[name] = (kept.specialization_text(key), specialization)
+    for a, (text_a, spec_a) in seen.items():
+        for b, (text_b, spec_b) in seen.items():
+            if text_a == text_b:
+                assert spec_a == spec_b, (a, b)
+    return seen
+
+
 def test_the_key_tells_apart_whatever_triton_compiles_apart() -> None:
     """Two calls with one key must bind to one Triton specialization: a kept
     kernel is found by the key, and launched for every call that has it."""
@@ -206,14 +222,7 @@ def test_the_key_tells_apart_whatever_triton_compiles_apart() -> None:
         "sinks": attention_call(sinks=True),
         "fp16": attention_call(dtype=torch.float16),
     }
-    seen: dict[str, tuple[str, Any]] = {}
-    for name, call in calls.items():
-        key, specialization, _ = specialize(call)
-        seen[name] = (kept.specialization_text(key), specialization)
-    for a, (text_a, spec_a) in seen.items():
-        for b, (text_b, spec_b) in seen.items():
-            if text_a == text_b:
-                assert spec_a == spec_b, (a, b)
+    seen = one_specialization_per_key(specialize, calls)
     assert seen["plain"][0] == seen["again"][0]
     assert seen["plain"][0] == seen["positions 16 bytes off"][0]
     texts = {text for text, _ in seen.values()}
@@ -250,14 +259,7 @@ def test_the_paged_key_tells_apart_whatever_triton_compiles_apart() -> None:
             "cache_dtype": torch.float32,
         },
     }
-    seen: dict[str, tuple[str, Any]] = {}
-    for name, case in cases.items():
-        key, specialization, _ = specialize_paged(case)
-        seen[name] = (kept.specialization_text(key), specialization)
-    for a, (text_a, spec_a) in seen.items():
-        for b, (text_b, spec_b) in seen.items():
-            if text_a == text_b:
-                assert spec_a == spec_b, (a, b)
+    seen = one_specialization_per_key(specialize_paged, cases)
     assert seen["mixed"][0] == seen["mixed again"][0]
     assert seen["decode"][0] != seen["one token"][0]  # 4 sequences, not 1
 

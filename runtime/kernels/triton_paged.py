@@ -66,17 +66,15 @@ def paged_attention_triton(*args: Any, kernels: ModuleType | None = None) -> Non
     key = None
     if kernels is None and kept.keeping():
         key = specialization_key(call.query.device.index, arguments, constexprs)
-        if not KEPT.ready(key):
-            kernels = triton_kernels()
-    elif kernels is None:
-        kernels = triton_kernels()
-    if key is None and kernels is None:
-        run_reference(call)
-        return
+    use_kept = key is not None and KEPT.ready(key)
+    if not use_kept:
+        kernels = kernels if kernels is not None else triton_kernels()
+        if kernels is None:
+            run_reference(call)
+            return
     if call.read_after_write:
         write_cache(call)
-    if kernels is None:
-        assert key is not None  # KEPT.ready(key) said so
+    if use_kept:
         KEPT.launch(key, (*grid, 1), (*arguments, *constexprs.values()))
     else:
         compiled = kernels.paged_attention_kernel[grid](*arguments, **constexprs)
