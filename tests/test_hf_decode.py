@@ -234,7 +234,7 @@ def test_a_size_dynamo_made_dynamic_by_itself_is_checked_as_the_example() -> Non
 def test_a_saved_forward_restrides_eager_outputs_in_a_new_process(
     tmp_path: Path,
 ) -> None:
-    # NOTE: [eager outputs are restrided for compiled pieces] (layouts.py):
+    # NOTE: [piece inputs restrided to their compiled layout] (layouts.py):
     # Phi-3's query comes out of a fused qkv_proj, so CPU SDPA returns it in
     # another layout than its fake kernel says, and the next piece is compiled
     # for the fake's.  A process that loads the saved forward must restride it

@@ -293,8 +293,14 @@ def test_routing_leaves_plain_calls_and_other_models_alone():
     name = engine_compat.engine_attention_name()
     sdpa = AttentionInterface._global_mapping[name]
     assert getattr(sdpa, "__wrapped__", None) is not None
+    # ... and "paged|eager", the engine's name for a model built with "eager".
+    from transformers.integrations.eager_paged import eager_paged_attention_forward
+
+    paged_eager = AttentionInterface._global_mapping["paged|eager"]
+    assert paged_eager.__wrapped__ is eager_paged_attention_forward
     engine.install()  # idempotent: wrapped once
     assert AttentionInterface._global_mapping[name] is sdpa
+    assert AttentionInterface._global_mapping["paged|eager"] is paged_eager
     calls = []
     original = sdpa.__wrapped__
     forward = engine.paged_attention_forward
@@ -381,9 +387,11 @@ def test_routing_refuses_other_implementations_and_backends_without_the_op():
 
     from stitch.runtime import CompilationConfig, StitchBackend
 
-    eager = LlamaForCausalLM._from_config(_llama().config, attn_implementation="eager")
-    with pytest.raises(StitchConfigError, match="attn_implementation='eager'"):
-        engine.route_paged_attention(eager)
+    flex = LlamaForCausalLM._from_config(
+        _llama().config, attn_implementation="flex_attention"
+    )
+    with pytest.raises(StitchConfigError, match="attn_implementation='flex_attention'"):
+        engine.route_paged_attention(flex)
     with pytest.raises(StitchConfigError, match="lacks 'stitch::paged_attention'"):
         engine.continuous_batching_config(
             _llama(),
@@ -434,10 +442,13 @@ def _eager_config(fields, **extra):
 
 
 def _engine_matches_eager(model, tmp_path):
+    return _engine_matches(model, tmp_path, _generate(model, _eager_config(_ENGINE)))
+
+
+def _engine_matches(model, tmp_path, expected):
+    """The engine through Stitch gives ``expected``'s tokens and log-probabilities."""
     from stitch.runtime import CompilationConfig, StitchBackend
 
-    eager = _eager_config(_ENGINE)
-    expected = _generate(model, eager)
     backend = StitchBackend(
         CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP], cache_dir=str(tmp_path))
     )
@@ -458,6 +469,33 @@ def _engine_matches_eager(model, tmp_path):
     [step] = model.forward.steps.values()
     assert step.warm is False and step.path is not None
     return got
+
+
+def _generate_plainly(model):
+    """``_generate``'s prompts through ``model.generate`` one at a time: the
+    model's own attention over transformers' ordinary cache, no engine."""
+    from transformers import GenerationConfig
+
+    generator = torch.Generator().manual_seed(0)
+    generation = GenerationConfig(
+        max_new_tokens=8, do_sample=False, eos_token_id=-1, pad_token_id=0
+    )
+    results = []
+    for n in (5, 17, 9, 2):
+        prompt = torch.randint(3, 128, (1, n), generator=generator)
+        out = model.generate(
+            prompt,
+            generation,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+        tokens = out.sequences[0, n:].tolist()
+        logprobs = [
+            torch.log_softmax(logits[0].float(), -1)[t].item()
+            for logits, t in zip(out.logits, tokens, strict=True)
+        ]
+        results.append((tokens, logprobs))
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -501,6 +539,48 @@ def test_generate_batch_sliding_window_through_stitch(tmp_path):
     config.vocab_size = 128
     model = Qwen2ForCausalLM._from_config(config, attn_implementation="sdpa").eval()
     _engine_matches_eager(model, tmp_path)
+
+
+# What each eager-only family's attention has that SDPA lacks, and how to take
+# it away (the module attribute its attention passes on).
+_EAGER_ONLY = {
+    "gemma2": ("attn_logit_softcapping", None),  # softcap
+    "gpt_oss": ("sinks", -1e9),  # sinks: a -1e9 logit is no sink
+}
+
+
+@pytest.mark.parametrize("name", sorted(_EAGER_ONLY))
+def test_generate_batch_eager_only_families_through_stitch(tmp_path, name):
+    """Gemma 2 (softcap) and GPT-OSS (sinks) have no SDPA in transformers, so
+    the engine calls their attention "paged|eager"; through Stitch it reaches
+    the op, which applies the feature (NOTE: [how the engine reaches the paged
+    op]).  The reference is the model's own eager attention without the
+    engine: transformers' "paged|eager" drops the softcap."""
+    import copy
+
+    from stitch.runtime.hf.models import build_model
+
+    model = build_model(name, attn_implementation="eager")
+    with torch.no_grad():
+        # Scores of order one, so the softcap and the sinks change the tokens.
+        for module in model.modules():
+            if hasattr(module, "k_proj"):
+                module.q_proj.weight.mul_(30.0)
+                module.k_proj.weight.mul_(30.0)
+    expected = _generate_plainly(model)
+    attribute, without = _EAGER_ONLY[name]
+    featureless = copy.deepcopy(model)
+    for module in featureless.modules():
+        if hasattr(module, attribute) and hasattr(module, "k_proj"):
+            value = getattr(module, attribute)
+            if isinstance(value, torch.Tensor):
+                with torch.no_grad():
+                    value.fill_(without)
+            else:
+                setattr(module, attribute, without)
+    assert _generate_plainly(featureless) != expected  # the feature matters here
+    _engine_matches(model, tmp_path, expected)
+    assert model.config._attn_implementation == "eager"  # the engine restored it
 
 
 # The child: the engine through Stitch with a given cache folder; prints the

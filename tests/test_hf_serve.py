@@ -308,12 +308,7 @@ def test_serve_builds_transformers_server_with_only_the_generation_state_changed
     )
     try:
         assert serving_utils.GenerationState is original
-        theirs = Serve(
-            continuous_batching=True,
-            attn_implementation="sdpa",
-            port=_free_port(),
-            **options,
-        )
+        theirs = Serve(continuous_batching=True, port=_free_port(), **options)
         try:
             assert type(ours) is Serve is type(theirs)
             assert type(ours._generation_state) is stitch_serve.StitchGenerationState

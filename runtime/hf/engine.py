@@ -14,19 +14,25 @@ transformers 5.23's ``ContinuousBatchingManager.switch_to_cb_friendly_attn``
 accepts only ``"paged|eager"``, ``"sdpa"`` or a flash name (a registered name
 containing "flash" is looked up as a hub kernel when the model is built), so a
 new implementation name cannot reach the engine.  The paged calls come under
-``"sdpa"`` (5.17 switches an SDPA model to ``"paged|sdpa"`` while the engine
-runs, so there that is the name wrapped: NOTE: [transformers' engine across
-versions] in engine_compat.py): :func:`install` wraps transformers' function in
-``AttentionInterface`` once (the wrapper is marked) and the wrapper sends a call
-to :func:`paged_attention_forward` only when both hold: a ``PagedAttentionCache``
-is passed (``cache=``, the engine's calls only) and the calling attention module
-belongs to a model that :func:`route_paged_attention` opted in (a flag on its
-attention modules).  Every other call, a plain forward of the same model
-included, and every other model in the process, goes to transformers' function
-with the same arguments.  The flag is a module attribute, so Dynamo reads it as
-a constant under a guard.  Why not "paged|eager": its function is the
-``torch.compiler.disable``d one, and it is the name the engine switches eager
-models to, so wrapping it would change them too.
+the names the engine already calls: ``"sdpa"`` for a model built with SDPA
+(5.17 switches it to ``"paged|sdpa"`` while the engine runs, so there that is
+the name wrapped: NOTE: [transformers' engine across versions] in
+engine_compat.py), and ``"paged|eager"`` for a model built with ``"eager"``
+(both versions switch it to that name; Gemma 2 and GPT-OSS, whose softcap and
+sinks SDPA lacks, can only be built so).  :func:`install` wraps transformers'
+function under each of the two names once (the wrapper is marked), and the
+wrapper sends a call to :func:`paged_attention_forward` only when both hold: a
+``PagedAttentionCache`` is passed (``cache=``, the engine's calls only) and the
+calling attention module belongs to a model that :func:`route_paged_attention`
+opted in (a flag on its attention modules).  Every other call, a plain forward
+of the same model included, and every other model in the process, goes to
+transformers' function with the same arguments (``"paged|eager"``'s stays
+``torch.compiler.disable``d, so a model not opted in compiles as before).  The
+flag is a module attribute, so Dynamo reads it as a constant under a guard.
+transformers' ``"paged|eager"`` drops Gemma 2's softcap (it passes the
+``softcap`` keyword but the function does not read it: 5.17 and 5.23); the
+op applies it, so a Gemma 2 through Stitch gives the model's own eager
+attention's tokens, not that function's.
 
 NOTE: [transformers' engine under Stitch]
 :func:`continuous_batching_config` gives the engine no compile config: the
@@ -77,7 +83,7 @@ from .engine_compat import (
     ENGINE_KEYWORDS,
     accepted_implementations,
     config_fields,
-    engine_attention_name,
+    engine_attention_names,
     layer_cache,
     refuse_flash_switch,
 )
@@ -167,17 +173,23 @@ def paged_attention_forward(
 
 
 def install() -> None:
-    """Wrap transformers' ``"sdpa"`` once (NOTE: [how the engine reaches the paged op])."""
+    """Wrap transformers' attention under the engine's names once (NOTE: [how
+    the engine reaches the paged op])."""
     from transformers import AttentionInterface
+
+    for name in engine_attention_names():
+        original = AttentionInterface._global_mapping[name]
+        if not getattr(original, _WRAPPED, False):
+            AttentionInterface.register(name, _stitch_or(original))
+
+
+def _stitch_or(original: Any) -> Any:
+    """``original`` with the opted-in models' paged calls sent to Stitch's op."""
     from transformers.generation.continuous_batching.cache import PagedAttentionCache
 
-    name = engine_attention_name()
-    mapping = AttentionInterface._global_mapping
-    original = mapping[name]
-    if getattr(original, _WRAPPED, False):
-        return
-
-    def sdpa_or_stitch_paged(module, query, key, value, attention_mask, *args, **kw):
+    def stitch_paged_or_transformers(
+        module, query, key, value, attention_mask, *args, **kw
+    ):
         if getattr(module, ROUTED, False) and isinstance(
             kw.get("cache"), PagedAttentionCache
         ):
@@ -186,9 +198,9 @@ def install() -> None:
             )
         return original(module, query, key, value, attention_mask, *args, **kw)
 
-    setattr(sdpa_or_stitch_paged, _WRAPPED, True)
-    sdpa_or_stitch_paged.__wrapped__ = original
-    AttentionInterface.register(name, sdpa_or_stitch_paged)
+    setattr(stitch_paged_or_transformers, _WRAPPED, True)
+    stitch_paged_or_transformers.__wrapped__ = original
+    return stitch_paged_or_transformers
 
 
 def route_paged_attention(model: torch.nn.Module) -> int:
@@ -198,8 +210,9 @@ def route_paged_attention(model: torch.nn.Module) -> int:
     if implementation not in accepted_implementations():
         raise StitchConfigError(
             f"{type(model).__name__}: attn_implementation={implementation!r}; Stitch's "
-            "paged attention routes the engine's 'sdpa' calls: build the model with "
-            "attn_implementation='sdpa'"
+            "paged attention routes the engine's 'sdpa' and 'paged|eager' calls: build "
+            "the model with attn_implementation='sdpa' (or 'eager' where transformers "
+            "has no SDPA for it)"
         )
     refuse_flash_switch(model)
     install()

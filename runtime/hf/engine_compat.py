@@ -7,7 +7,8 @@ What Stitch reads from the engine moved between 5.17 and 5.23:
 - the attention name the engine calls for an SDPA model: 5.23 keeps
   ``"sdpa"`` and passes the paged cache; 5.17 switches the model to
   ``"paged|sdpa"`` while it runs (and to a flash implementation first, when
-  one is installed: :func:`refuse_flash_switch`);
+  one is installed: :func:`refuse_flash_switch`).  Both switch an eager model
+  to ``"paged|eager"``;
 - the paged cache: 5.23 has one allocator per layer group
   (``layer_to_allocator``, each with its key and value views, sentinel row and
   window); 5.17 has ``layer_index_to_group_indices`` into shared
@@ -104,9 +105,20 @@ def engine_attention_name() -> str:
     return "sdpa" if version() >= (5, 23) else "paged|sdpa"
 
 
+# The name the engine calls for a model built with "eager" (Gemma 2, GPT-OSS:
+# transformers has no SDPA for them), in 5.17 and 5.23 alike.
+EAGER_PAGED = "paged|eager"
+
+
+def engine_attention_names() -> tuple[str, str]:
+    """The names Stitch wraps: the engine's SDPA name and its eager one."""
+    return engine_attention_name(), EAGER_PAGED
+
+
 def accepted_implementations() -> tuple[str, ...]:
     """What a model may be built with for Stitch's engine route."""
-    return ("sdpa",) if version() >= (5, 23) else ("sdpa", "paged|sdpa")
+    sdpa = ("sdpa",) if version() >= (5, 23) else ("sdpa", "paged|sdpa")
+    return (*sdpa, "eager", EAGER_PAGED)
 
 
 def refuse_flash_switch(model: torch.nn.Module) -> None:
@@ -121,7 +133,7 @@ def refuse_flash_switch(model: torch.nn.Module) -> None:
 
     implementation = model.config._attn_implementation
     if (
-        implementation == "sdpa"
+        implementation in ("sdpa", "eager")
         and getattr(model, "_supports_flash_attn", False)
         and (
             is_flash_attn_3_available(kernels_fallback_ok=True)
@@ -130,9 +142,9 @@ def refuse_flash_switch(model: torch.nn.Module) -> None:
     ):
         raise StitchConfigError(
             f"{type(model).__name__}: transformers 5.17's engine would switch "
-            "attn_implementation='sdpa' to flash attention (installed here), which "
-            "Stitch's paged op does not take; build the model with "
-            "attn_implementation='paged|sdpa'"
+            f"attn_implementation={implementation!r} to flash attention (installed "
+            "here), which Stitch's paged op does not take; build the model with "
+            f"attn_implementation='paged|{implementation}'"
         )
 
 

@@ -163,13 +163,15 @@ def serve(
         if name in options:
             raise StitchConfigError(
                 f"serve through Stitch: {name}={options[name]!r} is set by Stitch "
-                "(continuous batching, 'sdpa' routed to its paged op; give "
-                "ContinuousBatchingConfig fields as `fields`)"
+                "(continuous batching, the model's default attention routed to its "
+                "paged op; give ContinuousBatchingConfig fields as `fields`)"
             )
     with stitch_generation_state(backend, fields or {}):
-        return Serve(
-            model, continuous_batching=True, attn_implementation="sdpa", **options
-        )
+        # No attn_implementation: transformers loads the model with its default
+        # (SDPA, or eager for a model without SDPA such as Gemma 2), and the
+        # engine's calls of either reach the paged op (NOTE: [how the engine
+        # reaches the paged op] in engine.py).
+        return Serve(model, continuous_batching=True, **options)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -40,7 +40,7 @@ from .compilers import on_cpu
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .fleet import FleetTurn
-from .layouts import LayoutChecks, eager_fed_layouts
+from .layouts import LayoutChecks, fed_layouts
 from .materialize import CompiledPlan, materialize
 from .piece_plan import PiecePlan, UnfixedSizes, piece_inputs, plan_piece
 from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
@@ -240,8 +240,8 @@ class Compilation:
     def split(self) -> Split:
         split_gm, items = self.policy.split(self.gm)
         compilation_counter.num_piecewise_graphs_seen += len(items)
-        # NOTE: [eager outputs are restrided for compiled pieces] (layouts.py)
-        layouts = eager_fed_layouts(
+        # NOTE: [piece inputs restrided to their compiled layout] (layouts.py)
+        layouts = fed_layouts(
             split_gm, {it.submod_name for it in items if it.is_splitting_graph}
         )
         split = Split(split_gm, items, layouts)

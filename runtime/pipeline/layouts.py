@@ -1,21 +1,30 @@
-"""Tensors that eager pieces hand to compiled pieces, in the layout those were compiled for.
+"""Tensors handed to compiled pieces in the layout those were compiled for.
 
-NOTE: [eager outputs are restrided for compiled pieces]
+NOTE: [piece inputs restrided to their compiled layout]
 Inductor compiles a piece for the strides of its example inputs and checks them
-on every call (``assert_size_stride``).  An input made by a splitting piece
-comes from an op run eagerly, and its example from that op's fake kernel; the
-two need not agree.  CPU SDPA is one: with a mask and a query sliced out of a
-fused projection (Phi-3's ``qkv_proj``), the fake output is contiguous
-``[batch, heads, seq, dim]`` while the flash kernel returns the query's
-transposed layout, and the next piece fails at its first call.  Stock
-``torch.compile`` never meets this: Inductor lowers SDPA itself.
+on every call (``assert_size_stride``).  Two kinds of input may come in another
+layout than the example's:
 
-So a compiled piece that takes tensors from a splitting piece checks each of
-them against the dense layout its example had (the order of its strides, known
-from the split graph, so a warm start needs no fake propagation) and copies a
-tensor that differs into that layout.  Tensors that already match, the usual
-case and always so for an op that writes into a buffer a compiled piece laid
-out, cost one stride comparison per dimension.
+- one made by a splitting piece: it comes from an op run eagerly, and its
+  example from that op's fake kernel; the two need not agree.  CPU SDPA is
+  one: with a mask and a query sliced out of a fused projection (Phi-3's
+  ``qkv_proj``), the fake output is contiguous ``[batch, heads, seq, dim]``
+  while the flash kernel returns the query's transposed layout, and the next
+  piece fails at its first call.  Stock ``torch.compile`` never meets this:
+  Inductor lowers SDPA itself.
+- one made by another compiled piece whose strides hold an unbacked size (the
+  saved forward of transformers' engine has them): Inductor keeps a graph
+  output's traced strides only where no unbacked size enters them, and
+  otherwise picks its own.  GPT-OSS's rotary ``cos``/``sin`` are one: traced
+  as ``[1, tokens, 8]`` with strides ``(8*u, 1, u)`` (a transpose), returned
+  contiguous by torch 2.11's Inductor, and refused by the next piece.
+
+So a compiled piece checks each such input against the dense layout its
+example had (the order of its strides, known from the split graph, so a warm
+start needs no fake propagation; an unbacked size counts as a large one there)
+and copies a tensor that differs into that layout.  Tensors that already
+match, the usual case and always so for an op that writes into a buffer a
+compiled piece laid out, cost one stride comparison per dimension.
 """
 
 from __future__ import annotations
@@ -29,12 +38,16 @@ import torch.fx as fx
 
 from stitch.codegen.fingerprint import example_value
 
+from ..compat.shapes import backed_values
+
 # piece name -> [(argument index, dims from outermost to innermost in memory)]
 LayoutChecks = dict[str, list[tuple[int, tuple[int, ...]]]]
 
 
-def eager_fed_layouts(split_gm: fx.GraphModule, splitting: set[str]) -> LayoutChecks:
-    """For each compiled piece, its tensor arguments made by splitting pieces and their layout."""
+def fed_layouts(split_gm: fx.GraphModule, splitting: set[str]) -> LayoutChecks:
+    """For each compiled piece, the tensor arguments whose layout it cannot count
+    on, and the layout each one's example had (NOTE: [piece inputs restrided to
+    their compiled layout])."""
     checks: LayoutChecks = {}
     for node in split_gm.graph.nodes:
         if node.op != "call_module" or node.target in splitting:
@@ -44,22 +57,40 @@ def eager_fed_layouts(split_gm: fx.GraphModule, splitting: set[str]) -> LayoutCh
             continue
         placeholders = [n for n in piece.graph.nodes if n.op == "placeholder"]
         for index, arg in enumerate(node.args):
-            if index >= len(placeholders) or not _from_splitting(arg, splitting):
+            if index >= len(placeholders):
                 continue
-            order = dense_order(example_value(placeholders[index]))
+            producer = _producer(arg)
+            if producer is None:
+                continue
+            example = example_value(placeholders[index])
+            if producer not in splitting and not _unbacked_strides(example):
+                continue  # a compiled piece returns the strides it was traced with
+            order = dense_order(example)
             if order is not None:
                 checks.setdefault(node.target, []).append((index, order))
     return checks
 
 
-def _from_splitting(arg: Any, splitting: set[str]) -> bool:
+def _producer(arg: Any) -> str | None:
+    """The piece whose output ``arg`` is (None: not a piece's output)."""
     if not isinstance(arg, fx.Node):
-        return False
+        return None
     if arg.op == "call_function" and arg.target is operator.getitem:
         arg = arg.args[0]
-    return (
-        isinstance(arg, fx.Node) and arg.op == "call_module" and arg.target in splitting
+    if isinstance(arg, fx.Node) and arg.op == "call_module":
+        return str(arg.target)
+    return None
+
+
+def _unbacked_strides(example: Any) -> bool:
+    return isinstance(example, torch.Tensor) and any(
+        _hint(s) is None for s in example.stride()
     )
+
+
+# What an unbacked size counts as when ordering strides: large, as Dynamo's own
+# fallback for an unbacked size's hint.
+_UNBACKED_SIZE = 8192
 
 
 def _hint(value: Any) -> int | None:
@@ -71,14 +102,30 @@ def _hint(value: Any) -> int | None:
     return None
 
 
+def _sample(value: Any) -> int | None:
+    """``value``'s hint, or with each unbacked size at :data:`_UNBACKED_SIZE`."""
+    hint = _hint(value)
+    if hint is not None or not isinstance(value, torch.SymInt):
+        return hint
+    node = value.node
+    known = backed_values(node.shape_env)
+    expr = node.expr.xreplace(
+        {s: known.get(s, _UNBACKED_SIZE) for s in node.expr.free_symbols}
+    )
+    try:
+        return int(expr)
+    except TypeError:  # a symbol left that is neither backed nor unbacked
+        return None
+
+
 def dense_order(example: Any) -> tuple[int, ...] | None:
     """The dims of a dense tensor from outermost to innermost in memory (None: not dense)."""
     if not isinstance(example, torch.Tensor) or example.dim() == 0:
         return None
-    sizes = [_hint(s) for s in example.shape]
-    strides = [_hint(s) for s in example.stride()]
+    sizes = [_sample(s) for s in example.shape]
+    strides = [_sample(s) for s in example.stride()]
     if None in sizes or None in strides:
-        return None  # unbacked: nothing to compare with
+        return None
     order = tuple(sorted(range(len(sizes)), key=lambda d: (-strides[d], -d)))
     expected = 1
     for d in reversed(order):

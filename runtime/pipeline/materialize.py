@@ -110,7 +110,7 @@ def _backend(
             raise StitchCacheError(
                 f"piece {name}: target {entry.target!r} is not one of this config's"
             )
-        # NOTE: [eager outputs are restrided for compiled pieces] (layouts.py)
+        # NOTE: [piece inputs restrided to their compiled layout] (layouts.py)
         runnables[target] = guard_layouts(runnable(name, target, entry), record.layouts)
     return PiecewiseBackend(
         name, record.size_index, runnables, record.module_path, warnings

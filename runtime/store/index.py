@@ -95,8 +95,10 @@ class PieceRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     module_path: str
     size_index: Count | None
     entries: Annotated[tuple[EntryRecord, ...], msgspec.Meta(min_length=1)]
-    # (argument index, dims outermost to innermost) of each argument a splitting
-    # piece makes: NOTE: [eager outputs are restrided for compiled pieces]
+    # (argument index, dims outermost to innermost) of each argument whose
+    # layout the piece cannot count on (a splitting piece's output, or a
+    # compiled piece's with unbacked strides): NOTE: [piece inputs restrided to
+    # their compiled layout]
     # (pipeline/layouts.py), which every process that runs the piece applies.
     layouts: tuple[tuple[Count, tuple[int, ...]], ...]
 
