@@ -392,6 +392,16 @@ def test_routing_refuses_other_implementations_and_backends_without_the_op():
     )
     with pytest.raises(StitchConfigError, match="attn_implementation='flex_attention'"):
         engine.route_paged_attention(flex)
+    # Bloom attends in its own code (alibi): no attention name reaches it.
+    from transformers import BloomConfig, BloomForCausalLM
+
+    bloom = BloomForCausalLM(BloomConfig(vocab_size=64, hidden_size=32, n_layer=1))
+    with pytest.raises(
+        StitchConfigError,
+        match=r"BloomForCausalLM: _supports_attention_backend=False, its attention "
+        r"\(BloomAttention\)",
+    ):
+        engine.route_paged_attention(bloom)
     with pytest.raises(StitchConfigError, match="lacks 'stitch::paged_attention'"):
         engine.continuous_batching_config(
             _llama(),

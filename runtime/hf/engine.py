@@ -227,6 +227,15 @@ def route_paged_attention(model: torch.nn.Module) -> int:
             f"{type(model).__name__}: no attention module with a layer_idx, so none "
             "can take the engine's paged cache through Stitch's op"
         )
+    if not getattr(type(model), "_supports_attention_backend", False):
+        # Bloom, Falcon, GPT-J, ...: the engine updates their paged cache and
+        # they attend in their own code, which no attention name reaches.
+        raise StitchConfigError(
+            f"{type(model).__name__}: _supports_attention_backend=False, its "
+            f"attention ({type(modules[0]).__name__}) is computed in its own code, "
+            "not through transformers' attention functions, so the engine's paged "
+            "calls cannot reach Stitch's op; serve it with transformers' own engine"
+        )
     for m in modules:
         setattr(m, ROUTED, True)
     return len(modules)
