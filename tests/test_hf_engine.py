@@ -412,7 +412,8 @@ def test_routing_refuses_other_implementations_and_backends_without_the_op():
 # -- the engine: generate_batch compiled by Stitch --------------------------------
 
 
-def _generate(model, config):
+def _prompts_and_generation():
+    """The prompts every engine test generates from, and its greedy config."""
     from transformers import GenerationConfig
 
     generator = torch.Generator().manual_seed(0)
@@ -422,6 +423,11 @@ def _generate(model, config):
     generation = GenerationConfig(
         max_new_tokens=8, do_sample=False, eos_token_id=-1, pad_token_id=0
     )
+    return prompts, generation
+
+
+def _generate(model, config):
+    prompts, generation = _prompts_and_generation()
     outputs = model.generate_batch(
         prompts, generation, continuous_batching_config=config
     )
@@ -484,22 +490,16 @@ def _engine_matches(model, tmp_path, expected):
 def _generate_plainly(model):
     """``_generate``'s prompts through ``model.generate`` one at a time: the
     model's own attention over transformers' ordinary cache, no engine."""
-    from transformers import GenerationConfig
-
-    generator = torch.Generator().manual_seed(0)
-    generation = GenerationConfig(
-        max_new_tokens=8, do_sample=False, eos_token_id=-1, pad_token_id=0
-    )
+    prompts, generation = _prompts_and_generation()
     results = []
-    for n in (5, 17, 9, 2):
-        prompt = torch.randint(3, 128, (1, n), generator=generator)
+    for prompt in prompts:
         out = model.generate(
-            prompt,
+            torch.tensor([prompt]),
             generation,
             output_logits=True,
             return_dict_in_generate=True,
         )
-        tokens = out.sequences[0, n:].tolist()
+        tokens = out.sequences[0, len(prompt) :].tolist()
         logprobs = [
             torch.log_softmax(logits[0].float(), -1)[t].item()
             for logits, t in zip(out.logits, tokens, strict=True)
