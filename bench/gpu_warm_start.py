@@ -5,7 +5,9 @@ Run on a CUDA machine: ``python bench/gpu_warm_start.py`` (``--help`` for option
 
 The model is bench/gpu_serving.py's (about 1B parameters, bf16, random weights
 made on the GPU: a server would read its weights instead, which is not what is
-measured here).  Each row is one fresh Python process that runs
+measured here); ``--model hf`` serves transformers' ``LlamaForCausalLM`` of the
+same shapes in the token layout (``attn_implementation="stitch"``) instead.
+Each row is one fresh Python process that runs
 ``stitch.runtime.aot_compile`` on it, captures the CUDA graphs of every capture
 size (as a server does before its first request) and then runs one decode step
 of 1 token, synchronized:
@@ -14,7 +16,9 @@ of 1 token, synchronized:
 ``warm``  the Stitch cache the cold process left, an empty Inductor cache of its
           own (a new machine with the cache shipped to it): loads, compiles nothing.
 
-Per process: seconds from its start to ``import torch`` done, then from there to
+Per process: seconds from its start to ``import torch`` done (and, for
+``--model hf``, transformers' Llama modeling: any program serving it imports
+that), then from there to
 the saved forward loaded, to every graph captured, to the first token; the
 graphs captured and the Inductor compiles.  The target of the GPU issue: a warm
 start to the first token within 1 s, every size captured within 2 s more
@@ -69,34 +73,42 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         faulthandler.dump_traceback_later(spec["stacks_every"], repeat=True)
     import torch
 
+    if spec.get("hf"):
+        # What any program serving a transformers Llama imports, counted with
+        # torch: transformers' modeling (it imports Dynamo itself).
+        import transformers.models.llama.modeling_llama  # noqa: F401
+
     imported = time.perf_counter()
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from gpu_serving_model import build_model  # the benchmark's model
+    from warm_subjects import example_subject, hf_subject
 
     from stitch.runtime import CompilationConfig, aot_compile, compilation_counter
-    from stitch.runtime.examples import LlamaConfig, llama_inputs
+    from stitch.runtime.examples import LlamaConfig
 
     device = spec["device"]
     cfg = LlamaConfig(**spec["model"], dtype=torch.bfloat16)
-    model = build_model(cfg, torch.device(device))
+    subject = (hf_subject if spec.get("hf") else example_subject)(cfg, device)
+    model = subject.model
     built = time.perf_counter()
     progress(f"{spec['mode']}: model built", imported)
     config = CompilationConfig(
         cache_dir=spec["cache_dir"],
         cudagraph_capture_sizes=spec["capture_sizes"],
-        cudagraph_pad_values={"positions": -1},
+        cudagraph_pad_values=subject.pad_values,
         **MODES[spec["mode"]],
     )
     before = compilation_counter.snapshot()
     with torch.inference_mode():
-        ids, pos = llama_inputs(cfg, max(spec["capture_sizes"]), device=device)
+        args, kwargs = subject.inputs(max(spec["capture_sizes"]), 0)
         profiler = None
         if spec.get("profile"):
             import cProfile
 
             profiler = cProfile.Profile()
             profiler.enable()
-        forward = aot_compile(model, (ids, pos), config, dynamic_dims={0: [0], 1: [0]})
+        forward = aot_compile(
+            model, args, config, example_kwargs=kwargs, dynamic_dims=subject.dims
+        )
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(spec["profile"])
@@ -104,7 +116,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         progress(f"loaded (warm: {forward.warm})", imported)
 
         def dummy(n: int) -> None:
-            forward(*llama_inputs(cfg, n, seed=1, device=device))
+            subject.call(forward, n, 1)
 
         if profiler is not None:
             profiler = cProfile.Profile()
@@ -120,16 +132,16 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             profiler.dump_stats(spec["profile"] + ".capture")
         captured = time.perf_counter()
         progress("graphs captured", imported)
-        model.reset_kv_caches()
-        token = forward(*llama_inputs(cfg, 1, seed=2, device=device)).argmax(-1)
+        subject.reset()
+        token = subject.call(forward, 1, 2).argmax(-1)
         token.item()  # synchronizes
         first = time.perf_counter()
         forward.cudagraphs.capture_pending(dummy)
         if device == "cuda":
             torch.cuda.synchronize()
         all_captured = time.perf_counter()
-        model.reset_kv_caches()
-        expected = model(*llama_inputs(cfg, 1, seed=2, device=device)).argmax(-1)
+        subject.reset()
+        expected = subject.call(model, 1, 2).argmax(-1)
     after = compilation_counter.snapshot()
     inductor_counters: dict[str, int] = {}
     if "torch._dynamo" in sys.modules:  # loaded through Inductor: its cache events
@@ -198,7 +210,7 @@ def write_profile_summary(path: str) -> None:
 HEADERS = (
     "mode",
     "process",
-    "import torch s",
+    "imports s",
     "loaded s",
     "graphs captured s",
     "first token s",
@@ -246,6 +258,13 @@ def main() -> int:
         help="comma-separated (default vLLM's, 1 to 512)",
     )
     parser.add_argument("--modes", default="PIECEWISE,FULL")
+    parser.add_argument(
+        "--model",
+        choices=("example", "hf"),
+        default="example",
+        help="the example llama, or transformers' LlamaForCausalLM with "
+        'attn_implementation="stitch" in the token layout, the same shapes',
+    )
     parser.add_argument(
         "--warm",
         default="empty,empty",
@@ -302,6 +321,7 @@ def main() -> int:
                 "capture_sizes": sizes,
                 "mode": mode,
                 "device": args.device,
+                "hf": args.model == "hf",
                 "cache_dir": os.path.join(scratch, f"stitch-{mode}"),
                 "stacks_every": args.stacks_every,
             }
@@ -362,7 +382,11 @@ def main() -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     text = (
         f"capture sizes: {len(sizes)} ({min(sizes)} to {max(sizes)}); seconds from "
-        "after `import torch`\n\n" + warm_table(rows) + "\n"
+        "after `import torch`"
+        + (" and transformers' Llama" if args.model == "hf" else "")
+        + "\n\n"
+        + warm_table(rows)
+        + "\n"
     )
     print(text)
     if args.out:

@@ -8,6 +8,8 @@
 #     bash scripts/gpu_check.sh bench-hf   # the same, transformers' Llama (3 min)
 #     bash scripts/gpu_check.sh warm-start # a saved forward in a fresh process, the kernel
 #                                          #   launch and attention features (3 min or more)
+#     bash scripts/gpu_check.sh warm-start-hf  # the same warm start, transformers' Llama
+#                                          #   in the token layout (4 min or more)
 #     bash scripts/gpu_check.sh engine     # transformers' continuous batching, eager, its
 #                                          #   CUDA graphs and compile, Stitch (5-8 min;
 #                                          #   extra arguments go to the benchmark)
@@ -27,10 +29,10 @@
 #
 # Logs and results go to $OUT when it is set (the device tool brings them back),
 # else to /tmp/stitch-gpu-check: gpu_check.log, pytest_cuda.xml, gpu_serving.md,
-# gpu_serving_hf.md, gpu_profile.txt, gpu_warm_start.md, attention_launch.md,
-# attention_features.md, transformers_engine.md, gpu_decode.md (the device tool
-# brings back eight files a call; "all" leaves out engine and decode, run each
-# in a call of its own).  The exit
+# gpu_serving_hf.md, gpu_profile.txt, gpu_warm_start.md, gpu_warm_start_hf.md,
+# attention_launch.md, attention_features.md, transformers_engine.md,
+# gpu_decode.md (the device tool brings back eight files a call; "all" leaves
+# out engine and decode, run each in a call of its own).  The exit
 # status is non-zero when a step failed.  PYTEST_ARGS adds pytest options (more
 # xdist workers made the compiles slower there: each starts Inductor's workers).
 set -uo pipefail
@@ -52,9 +54,9 @@ fi
 part=${1:-all}
 [[ $# -gt 0 ]] && shift
 case $part in
-    all | tests | bench | bench-hf | warm-start | engine | decode) ;;
+    all | tests | bench | bench-hf | warm-start | warm-start-hf | engine | decode) ;;
     *)
-        echo "usage: $0 [all|tests|bench [benchmark args...]|bench-hf|warm-start|engine [args...]|decode [args...]]" \
+        echo "usage: $0 [all|tests|bench [benchmark args...]|bench-hf|warm-start|warm-start-hf|engine [args...]|decode [args...]]" \
             "| --fetch-wheels" >&2
         exit 2
         ;;
@@ -117,6 +119,13 @@ if [[ $part == all || $part == warm-start ]]; then
     echo "== benchmark: bench/gpu_warm_start.py (a saved forward in a fresh process)"
     "$PY" bench/gpu_warm_start.py --out "$out/gpu_warm_start.md" --child-timeout 240 \
         || status=1
+fi
+
+if [[ $part == all || $part == warm-start-hf ]]; then
+    # Issue 30's warm-start target for transformers' Llama in the token layout.
+    echo "== benchmark: bench/gpu_warm_start.py --model hf"
+    "$PY" bench/gpu_warm_start.py --model hf --out "$out/gpu_warm_start_hf.md" \
+        --child-timeout 240 || status=1
 fi
 
 if [[ $part == engine ]]; then

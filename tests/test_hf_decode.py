@@ -20,6 +20,7 @@ saved; the check and its slow path are the same).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import pytest
 pytest.importorskip("transformers")
 
 import torch  # noqa: E402
+from transformers.utils import ModelOutput  # noqa: E402
 
 from stitch.core.errors import StitchInputError, StitchRuntimeError  # noqa: E402
 from stitch.runtime import CompilationConfig, aot_compile  # noqa: E402
@@ -37,6 +39,7 @@ from stitch.runtime.hf import build_model  # noqa: E402
 from stitch.runtime.saved.signature import SizedGuards  # noqa: E402
 
 import backend_support  # noqa: E402
+from backend_support import INDUCTOR_TOL  # noqa: E402
 
 WORKER = Path(__file__).with_name("hf_decode_worker.py")
 SHAPE = {"batch": 2, "prompt": 6, "new_tokens": 8}
@@ -250,3 +253,40 @@ def test_a_saved_forward_restrides_eager_outputs_in_a_new_process(
     warm = run_worker(spec)
     assert (cold["warm"], warm["warm"]) == (False, True)
     assert cold["max_diff"] < 1e-4 and warm["max_diff"] < 1e-4, (cold, warm)
+
+
+@dataclasses.dataclass
+class HeadOutput(ModelOutput):
+    logits: torch.Tensor | None = None
+
+
+class Head(torch.nn.Module):
+    """A forward that returns a ``ModelOutput``, as every transformers model's
+    does (torch saves the forward's classes by name: they live here, not in
+    the test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> HeadOutput:
+        return HeadOutput(logits=self.proj(x).relu())
+
+
+def test_a_forward_returning_a_model_output_is_saved(tmp_path: Path) -> None:
+    """Dynamo's bytecode rebuilds a ``ModelOutput`` through the builtin ``type``,
+    which torch 2.11 left out of the globals it saves and then refused at once
+    ("Missing required external references"): no transformers model's forward
+    was saved, and every process traced it again (NOTE: [builtins the saved
+    bytecode reads] in compat/dynamo.py)."""
+    torch.manual_seed(0)
+    model = Head().eval()
+    x = torch.randn(4, 8)
+    config = CompilationConfig(cache_dir=str(tmp_path))
+    cold = aot_compile(model, (x,), config)
+    assert cold.path is not None, "the forward was not saved"
+    warm = aot_compile(model, (x,), config)
+    assert warm.warm is True
+    out = warm(x)
+    assert type(out) is HeadOutput
+    torch.testing.assert_close(out.logits, model(x).logits, **INDUCTOR_TOL)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import sys
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -325,3 +327,103 @@ def test_padding_without_the_pad_value_corrupts_the_caches() -> None:
     for got, expected in zip(kv_caches(served), kv_caches(eager), strict=True):
         assert not expected[3].any() and got[3].any()
         torch.testing.assert_close(got[:3], expected[:3], rtol=1e-4, atol=1e-5)
+
+
+def test_the_saved_forward_loads_every_piece_prebuilt(tmp_path: Any) -> None:
+    """``aot_compile`` of the token layout, with the token count of
+    ``input_ids`` and ``position_ids`` named as one size: the model compares
+    the two (NOTE: [one size for dims of one name]), so two unrelated sizes
+    failed its trace and nothing was saved.  A later load runs every piece
+    prebuilt, though each hands ``stitch::attention`` a view of its
+    ``position_ids`` (NOTE: [a piece's output that views its input]); a call
+    whose two token counts differ is refused by name."""
+    from stitch.core.errors import StitchInputError
+    from stitch.runtime import aot_compile
+
+    model = build_serving_llama(**SHAPE)
+    config = CompilationConfig(cache_dir=str(tmp_path), cudagraph_pad_values=PAD_VALUES)
+    tokens = {"input_ids": {0: "tokens"}, "position_ids": {0: "tokens"}}
+    example = serving_inputs(model, 8)
+    before = compilation_counter.snapshot()
+    with torch.inference_mode():
+        cold = aot_compile(
+            model, (), config, example_kwargs=example, dynamic_dims=tokens
+        )
+        assert cold.path is not None, "the forward was not saved"
+        warm = aot_compile(
+            model, (), config, example_kwargs=example, dynamic_dims=tokens
+        )
+    after = compilation_counter.snapshot()
+    assert warm.warm is True
+    assert after["num_prebuilt_loads"] - before["num_prebuilt_loads"] == PIECES
+    dynamo_code: set[str] = set()
+
+    def profile(frame: types.FrameType, event: str, arg: Any) -> None:
+        if event == "call" and "/torch/_dynamo/" in frame.f_code.co_filename:
+            dynamo_code.add(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
+
+    def profiled(**kwargs: Any) -> Any:
+        sys.setprofile(profile)
+        try:
+            return warm(**kwargs, use_cache=False)
+        finally:
+            sys.setprofile(None)
+
+    decode, expected = Decode(SHAPE["vocab_size"]), Decode(SHAPE["vocab_size"])
+    decode.run(profiled, CALLS)
+    reset_kv_caches(model)
+    expected.run(model, CALLS)
+    for slot, logits in expected.logits.items():
+        torch.testing.assert_close(
+            torch.stack(decode.logits[slot]), torch.stack(logits), rtol=1e-4, atol=1e-4
+        )
+    # A serving step runs the saved bytecode and its pieces: no guard of Dynamo,
+    # only the torch._dynamo.utils helpers the bytecode replays (an attribute
+    # set on the model's output).
+    ran = {f.split(":")[0].rsplit("/", 1)[-1] for f in dynamo_code}
+    assert ran <= {"utils.py"}, sorted(dynamo_code)
+    bad = serving_inputs(model, 5)
+    bad["position_ids"] = bad["position_ids"][:3]
+    with pytest.raises(
+        StitchInputError, match=r"position_ids: expected shape\[0\] == input_ids"
+    ):
+        warm(**bad)
+    with pytest.raises(
+        StitchRuntimeError,
+        match="'tokens' names input_ids dim 0 .size 5. and position_ids dim 0 .size 3.",
+    ):
+        aot_compile(model, (), config, example_kwargs=bad, dynamic_dims=tokens)
+
+
+@pytest.mark.parametrize(
+    ("returned", "kind", "says"),
+    [
+        ("reinterpret_tensor(arg1_1, (u0, ), (1, ), 0), buf2", "alias_of_input", ""),
+        ("arg1_1, buf2", "is_input", ""),
+        ("buf0, buf2", "alias_of_input", "not returned as arg1_1"),
+        (
+            "reinterpret_tensor(arg0_1, (u0, ), (1, ), 0), buf2",
+            "alias_of_input",
+            "arg1_1",
+        ),
+        ("buf0, buf2", "alias_of_intermediate", "aliases an intermediate"),
+        ("buf0", "alias_of_input", "return cannot be read"),
+    ],
+)
+def test_only_outputs_returned_as_views_of_their_input_run_prebuilt(
+    returned: str, kind: str, says: str
+) -> None:
+    """NOTE: [a piece's output that views its input]: output 0 aliases input 1."""
+    import types
+
+    from stitch.runtime.pipeline.prebuilt_save import input_views_unshown
+
+    source = (
+        f"def call(self, args):\n    arg0_1, arg1_1 = args\n    return ({returned}, )\n"
+    )
+    outputs = [
+        types.SimpleNamespace(output_type=types.SimpleNamespace(name=kind), base_idx=1),
+        types.SimpleNamespace(output_type=types.SimpleNamespace(name="non_alias")),
+    ]
+    why = input_views_unshown(outputs, source)
+    assert (says in "; ".join(why)) and (bool(why) == bool(says))

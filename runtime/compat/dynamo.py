@@ -6,6 +6,7 @@ start that loads a saved forward never imports Dynamo.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import importlib
 import sys
@@ -33,10 +34,14 @@ def marked_dims(t: torch.Tensor) -> set[int]:
     return marked
 
 
-def mark_unbacked(t: torch.Tensor, dim: int) -> None:
+def mark_unbacked(t: torch.Tensor, dim: int, shape_id: str | None = None) -> None:
+    """Mark ``t``'s ``dim`` unbacked; dims of one ``shape_id`` are one size."""
     import torch._dynamo.decorators
 
-    torch._dynamo.decorators.mark_unbacked(t, dim)
+    if shape_id is None:
+        torch._dynamo.decorators.mark_unbacked(t, dim)
+    else:
+        torch._dynamo.decorators.mark_unbacked(t, dim, shape_id=shape_id)
 
 
 # -- torch.compile(...).aot_compile --------------------------------------------------------
@@ -88,13 +93,55 @@ def aot_compile(
     """
     import torch._dynamo.config as config
 
-    with aot_compile_enabled(), config.patch(automatic_dynamic_shapes=False):
+    with (
+        aot_compile_enabled(),
+        config.patch(automatic_dynamic_shapes=False),
+        _builtins_saved_with_the_bytecode(),
+    ):
         return torch.compile(
             fn,
             backend=backend,
             fullgraph=True,
             options={"guard_filter_fn": savable_guards},
         ).aot_compile((args, dict(kwargs or {})))
+
+
+@contextlib.contextmanager
+def _builtins_saved_with_the_bytecode() -> Iterator[None]:
+    """Builtins the transformed bytecode reads are among the globals torch saves with it.
+
+    NOTE: [builtins the saved bytecode reads]
+    Dynamo's bytecode for a transformers model loads ``type`` as a global (to
+    rebuild the model's output).  torch 2.13 lists every builtin the bytecode
+    loads among its ``used_globals``; torch 2.11 does not, and then refuses
+    its own result at once (``forward_callable``: "Missing required external
+    references: ['type']"), so no transformers model saved its forward and
+    every warm process traced it again.  For the one compile, the runtime
+    environment gets the builtins it names and lacks, as 2.13 gives them (a
+    no-op there); the record rebinds them by name (``builtins`` in
+    ``saved/compile.py``'s function record).
+    """
+    from torch._dynamo import convert_frame
+
+    capture = getattr(convert_frame, "GraphCaptureOutput", None)
+    original = getattr(capture, "get_runtime_env", None)
+    if original is None:
+        yield
+        return
+
+    def get_runtime_env(self: Any) -> Any:
+        env = original(self)
+        module = getattr(self, "f_globals", {})  # the module's own name wins
+        for name in getattr(env, "external_refs", ()):
+            if name not in module and hasattr(builtins, name):
+                env.used_globals.setdefault(name, getattr(builtins, name))
+        return env
+
+    capture.get_runtime_env = get_runtime_env
+    try:
+        yield
+    finally:
+        capture.get_runtime_env = original
 
 
 def savable_guards(entries: Sequence[Any]) -> list[bool]:

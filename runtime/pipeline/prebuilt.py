@@ -18,15 +18,14 @@ kernel for its source instead of building it, ``extern_kernels.<name>`` is the
 torch function recorded at save time, and the few helper functions import
 their real module only if they are ever called.  Every other import is the real
 one; a CUDA piece's Triton kernels: NOTE: [prebuilt Triton kernels].  A piece
-whose wrapper needs anything else (constants, aliased outputs, ...) gets no
-record and loads through Inductor as before.
+whose wrapper needs anything else (constants, outputs aliasing each other or an
+intermediate, ...) gets no record and loads through Inductor as before.
 
 A record is used only on a machine like the one that built it (same CPU flags,
 Python and torch; for Triton kernels, the same GPU, CUDA and Triton).  The
-record and the kernels are the artifact's extra files (``store/extras.py``):
-listed with their sizes and sha256 when written, each one trust-checked and
-verified against that list before it is read or loaded.  This module imports
-nothing from Inductor or Dynamo.
+record and kernels are the artifact's extra files (``store/extras.py``), listed
+with sizes and sha256 when written, each trust-checked and verified against
+that list before it is read or loaded.  No import of Inductor or Dynamo here.
 """
 
 from __future__ import annotations
@@ -408,11 +407,12 @@ def piece_runnable(
     """``runnable(*args)`` as AOTAutograd's inference wrapper runs ``call``.
 
     NOTE: [what AOTAutograd's inference wrapper does here]
-    For a piece with no aliased outputs, no mutations applied outside the graph,
-    no RNG functionalization, no subclasses and no effect tokens (the only kind
+    For a piece with no aliased outputs but views of its inputs (NOTE: [a
+    piece's output that views its input]), no mutations applied outside the
+    graph, RNG functionalization, subclasses or effect tokens (the only kind
     that gets a record), its runtime wrapper bumps the version counter of the
-    inputs the graph mutates, turns grad mode off around the call, and, when
-    autocast was on as the piece was loaded, runs it with autocast disabled.
+    inputs the graph mutates, turns grad mode off around the call, and runs it
+    with autocast disabled when autocast was on as the piece was loaded.
     """
     is_grad = torch.is_grad_enabled
     set_grad = torch._C._set_grad_enabled

@@ -8,10 +8,12 @@ from where Inductor loaded it, never rebuilt.
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import pickle
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -154,8 +156,10 @@ def runtime_facts(graph: Any, entry: Any) -> tuple[list[int], list[int]]:
     ):
         why.append("AOTAutograd wraps its inputs (duplicates or synthetic bases)")
     meta = entry.runtime_metadata
-    if meta.num_outputs_aliased or meta.num_intermediate_bases:
-        why.append("outputs alias inputs or each other")
+    if meta.num_intermediate_bases:
+        why.append("outputs alias each other")
+    elif meta.num_outputs_aliased:
+        why.extend(input_views_unshown(meta.output_info, graph.source_code))
     if meta.num_mutated_inp_runtime_indices:
         why.append("input mutations are applied outside the graph")
     if meta.is_rng_op_functionalized or meta.tokens:
@@ -183,6 +187,64 @@ def runtime_facts(graph: Any, entry: Any) -> tuple[list[int], list[int]]:
         list(meta.mutated_graph_handled_indices_seen_by_autograd) if keeps else []
     )
     return increment, align
+
+
+# What AOTAutograd calls an output that is an input or a view of one.
+INPUT_VIEWS = ("alias_of_input", "is_input")
+
+
+def input_views_unshown(outputs: Sequence[Any], source: Any) -> list[str]:
+    """Why the piece's aliased outputs are not plain views of its inputs ([]: they are).
+
+    NOTE: [a piece's output that views its input]
+    A piece often hands the splitting op a view of one of its own inputs (a
+    transformers Llama in the token layout passes ``position_ids.view(-1)``
+    to ``stitch::attention``).  AOTAutograd's wrapper rebuilds such an output
+    from the input it views (``gen_alias_from_base``), which matters for
+    autograd only: in inference the graph's own output is already that view
+    when the wrapper returns it as ``argN_1`` or ``reinterpret_tensor(argN_1,
+    ...)``, with N the input AOTAutograd names.  Such a piece runs prebuilt
+    as it is; any other aliased output (of an intermediate, a view the
+    wrapper computes otherwise) keeps the piece on Inductor's load.
+    """
+    returned = _returned(source)
+    if returned is None or len(returned) != len(outputs):
+        return ["outputs alias inputs, and its wrapper's return cannot be read"]
+    why = []
+    for i, (info, expr) in enumerate(zip(outputs, returned, strict=True)):
+        kind = getattr(getattr(info, "output_type", None), "name", "")
+        if kind == "non_alias":
+            continue
+        if kind not in INPUT_VIEWS:
+            why.append(f"output {i} aliases an intermediate or each other ({kind})")
+            continue
+        base = f"arg{getattr(info, 'base_idx', None)}_1"
+        if isinstance(expr, ast.Call) and getattr(expr.func, "id", None) == (
+            "reinterpret_tensor"
+        ):
+            expr = expr.args[0] if expr.args else expr
+        if not (isinstance(expr, ast.Name) and expr.id == base):
+            why.append(f"output {i} aliases an input but is not returned as {base}")
+    return why
+
+
+def _returned(source: Any) -> list[ast.expr] | None:
+    """The expressions the wrapper's ``call`` returns (None: not one tuple)."""
+    if not isinstance(source, str):
+        return None
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    calls = [
+        n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "call"
+    ]
+    if len(calls) != 1:
+        return None
+    returns = [n for n in ast.walk(calls[0]) if isinstance(n, ast.Return)]
+    if len(returns) != 1 or not isinstance(returns[0].value, (ast.Tuple, ast.List)):
+        return None
+    return list(returns[0].value.elts)
 
 
 def dotted_path(name: str) -> str:

@@ -45,7 +45,7 @@ from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import StitchBackend
 from ..store.shared.tier import INSTALLED, Lease
 from ..store.shared.units import saved_forward_unit
-from .call_args import call_args, dims_by_position
+from .call_args import call_args, dims_by_position, size_names
 from .checked import after_compile, after_load
 from .record import StaleRecord, dynamic_spec, model_name
 from .site import SaveSite
@@ -88,7 +88,7 @@ def aot_compile(
     config: CompilationConfig | None = None,
     *,
     example_kwargs: Mapping[str, Any] | None = None,
-    dynamic_dims: Mapping[int | str, Sequence[int]] | None = None,
+    dynamic_dims: Mapping[int | str, Sequence[int] | Mapping[int, str]] | None = None,
     guards: bool | None = None,
     cudagraphs: CUDAGraphManager | None = None,
     backend: StitchBackend | None = None,
@@ -105,7 +105,10 @@ def aot_compile(
     ``dynamic_dims`` maps an input's position, or a keyword argument's name, to
     its dimensions that vary (the token count): they are marked
     ``mark_unbacked`` (one graph for every size, 1 included) only when the
-    model is compiled, since marking imports Dynamo.
+    model is compiled, since marking imports Dynamo.  Dims given as
+    ``{dim: name}`` instead of a list are one size per name, equal in every
+    call (``{"input_ids": {0: "tokens"}, "position_ids": {0: "tokens"}}``:
+    NOTE: [one size for dims of one name] in ``call_args.py``).
     Dimensions marked on the inputs beforehand count too.  The model is
     compiled for inference (under ``torch.no_grad()``); forward hooks do not
     run.  ``guards`` (default: ``$STITCH_AOT_GUARDS``) checks Dynamo's guards on
@@ -132,9 +135,12 @@ def aot_compile(
     if cudagraphs is None:
         cudagraphs = CUDAGraphManager(config)
     # NOTE: [one owner of the config in saved/] (site.py)
-    site = SaveSite(model, config, cudagraphs, guards, backend)
     args = call_args(model, tuple(example_inputs), example_kwargs)
-    dims = dynamic_spec(args, dims_by_position(args, dynamic_dims))
+    requested = dims_by_position(args, dynamic_dims)
+    dims = dynamic_spec(args, requested)
+    site = SaveSite(
+        model, config, cudagraphs, guards, backend, size_names(args, requested)
+    )
     now = site.factors(args, dims)
     tier = turn = None
     if site.folder is not None:

@@ -86,11 +86,12 @@ def call_args(
 
 
 def dims_by_position(
-    args: CallArgs, requested: Mapping[int | str, Sequence[int]] | None
-) -> dict[int, Sequence[int]]:
-    """``dynamic_dims`` keyed by position or keyword name -> keyed by position in ``args``."""
+    args: CallArgs, requested: Mapping[int | str, Any] | None
+) -> dict[int, Any]:
+    """``dynamic_dims`` keyed by position or keyword name -> keyed by position in
+    ``args`` (each value as given: a list of dims, or ``{dim: name}``)."""
     cut = len(args) - len(args.keywords)
-    out: dict[int, Sequence[int]] = {}
+    out: dict[int, Any] = {}
     for key, dims in (requested or {}).items():
         if isinstance(key, str):
             if key not in args.keywords:
@@ -102,6 +103,55 @@ def dims_by_position(
         else:
             out[key] = dims
     return out
+
+
+def size_names(
+    args: CallArgs, by_position: Mapping[int, Any]
+) -> dict[tuple[int, int], str]:
+    """``(position, dim) -> name`` for the dims ``dynamic_dims`` named (a mapping
+    ``{dim: name}`` instead of a list of dims).
+
+    NOTE: [one size for dims of one name]
+    Each dim marked unbacked is a size of its own, which the trace may not
+    compare with another: a transformers Llama in the token layout checks
+    ``batch_size != position_ids.shape[0]`` and fails the trace when
+    ``input_ids`` and ``position_ids`` have two unrelated token counts.  Dims
+    given one name are one size (Dynamo's ``shape_id``): the trace knows them
+    equal, and the saved forward's input check refuses a call where they are
+    not.  The example's sizes of one name must be equal.
+    """
+    names: dict[tuple[int, int], str] = {}
+    first: dict[str, tuple[int, int, int]] = {}
+    for position, dims in by_position.items():
+        if not isinstance(dims, Mapping):
+            continue
+        for dim, name in dims.items():
+            if not isinstance(name, str) or not name:
+                raise StitchRuntimeError(
+                    f"dynamic_dims: {_arg_name(args, position)} dim {dim} is "
+                    f"named {name!r}; a name is a non-empty str"
+                )
+            a = args[position]
+            if not isinstance(a, torch.Tensor):  # dynamic_spec refused it already
+                continue
+            dim %= a.dim()
+            size = int(a.shape[dim])
+            seen = first.setdefault(name, (position, dim, size))
+            if seen[2] != size:
+                raise StitchRuntimeError(
+                    f"dynamic_dims: {name!r} names {_arg_name(args, seen[0])} dim "
+                    f"{seen[1]} (size {seen[2]}) and {_arg_name(args, position)} "
+                    f"dim {dim} (size {size}); the example's dims of one name "
+                    "must be equal"
+                )
+            names[(position, dim)] = name
+    return names
+
+
+def _arg_name(args: CallArgs, position: int) -> str:
+    """A keyword argument's name, else ``input <position>``."""
+    cut = len(args) - len(args.keywords)
+    return args.keywords[position - cut] if position >= cut else f"input {position}"
 
 
 def is_object(value: Any) -> bool:

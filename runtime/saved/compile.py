@@ -51,6 +51,7 @@ def compile_forward(
     guards: bool = False,
     fallback: bool = True,
     backend: StitchBackend | None = None,
+    names: Mapping[tuple[int, int], str] | None = None,
 ) -> tuple[Callable[..., Any], str | None, StitchBackend]:
     """Compile ``model``'s forward for ``args`` (``dims`` marked unbacked) and save
     it to ``folder``; the forward, the folder it was saved to (None: not saved)
@@ -59,7 +60,7 @@ def compile_forward(
     what the record is valid for (``record.factors``)."""
     if backend is None:
         backend = StitchBackend(config, serializable=True, cudagraphs=cudagraphs)
-    with marked_unbacked(args, dims):
+    with marked_unbacked(args, dims, names):
         forward, saved = compile_and_save(
             model,
             args,
@@ -74,21 +75,26 @@ def compile_forward(
 
 @contextlib.contextmanager
 def marked_unbacked(
-    args: Sequence[Any], dims: Sequence[Sequence[int]]
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+    names: Mapping[tuple[int, int], str] | None = None,
 ) -> Iterator[None]:
     """Mark the requested dims for Dynamo while compiling; the inputs are left as they were.
+
+    ``names``: ``(position, dim) -> name``, dims of one name marked as one size.
 
     Dynamo's marks are attributes of the tensor; a guarded call (``guards=True``)
     with a tensor still marked fails Dynamo's marking guard.
     """
     saved = [(a, dict(a.__dict__)) for a in args if isinstance(a, torch.Tensor)]
-    for a, wanted in zip(args, dims, strict=False):
+    names = names or {}
+    for position, (a, wanted) in enumerate(zip(args, dims, strict=False)):
         if not isinstance(a, torch.Tensor):
             continue
         marked = dynamo.marked_dims(a)
         for d in wanted:
             if d not in marked:
-                dynamo.mark_unbacked(a, d)
+                dynamo.mark_unbacked(a, d, names.get((position, d)))
     try:
         yield
     finally:

@@ -86,8 +86,8 @@ def build_forward(
     """
     f_globals = dict(forward_globals)
     f_globals.update(dynamo.bytecode_globals(function.import_sources))
-    for name in function.builtins:
-        f_globals[name] = getattr(builtins, name)
+    for name in function.builtins:  # a global of the model's module shadows one
+        f_globals.setdefault(name, getattr(builtins, name))
     f_globals[function.backend_id] = stitched
     fn = types.FunctionType(
         code, f_globals, code.co_name, function.argdefs, closure or None

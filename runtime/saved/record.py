@@ -133,13 +133,19 @@ def input_spec(args: Sequence[Any], dims: Sequence[Sequence[int]]) -> list[Any]:
 
 
 def factors(
-    config: CompilationConfig, args: Sequence[Any], dims: Sequence[Sequence[int]]
+    config: CompilationConfig,
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+    names: Mapping[tuple[int, int], str] | None = None,
 ) -> dict[str, Any]:
     # Keyword arguments (call_args.py) by name; a positional call's factors
-    # are as they were before keywords.
+    # are as they were before keywords, and a call without named sizes
+    # (NOTE: [one size for dims of one name]) as before them.
     keywords = list(getattr(args, "keywords", ()))
+    sizes = sorted([p, d, n] for (p, d), n in (names or {}).items())
     return {
         **({"keywords": keywords} if keywords else {}),
+        **({"sizes": sizes} if sizes else {}),
         "torch": torch.__version__,
         "python": sys.implementation.cache_tag,
         "stitch": stitch_version(),
@@ -159,6 +165,7 @@ FACTOR_NAMES = {
     "cudagraphs": "CUDA graph settings",
     "inputs": "input dtypes/ranks/dynamic dims",
     "keywords": "keyword arguments",
+    "sizes": "dims of one size",
 }
 
 
@@ -166,8 +173,9 @@ def stale_reasons(record: AOTRecord, now: dict[str, Any]) -> list[str]:
     """Why ``record`` does not hold for a process whose :func:`factors` are ``now``."""
     reasons = []
     saved = record.factors
-    if "keywords" in saved and "keywords" not in now:
-        reasons.append(f"keyword arguments {_short(saved['keywords'])} -> none")
+    for name in ("keywords", "sizes"):
+        if name in saved and name not in now:
+            reasons.append(f"{FACTOR_NAMES[name]} {_short(saved[name])} -> none")
     for name, value in now.items():
         old = saved.get(name)
         if old == literal(value):

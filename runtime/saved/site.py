@@ -15,7 +15,7 @@ and compiled alike.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -44,6 +44,9 @@ class SaveSite:
     cudagraphs: CUDAGraphManager
     guards: bool = False
     backend: StitchBackend | None = None
+    # (position, dim) -> name: dims of one name are one size (NOTE: [one size
+    # for dims of one name] in call_args.py), in every signature.
+    size_names: Mapping[tuple[int, int], str] = dataclasses.field(default_factory=dict)
     # The cache root every record and entry of this site lies under.
     root: str = dataclasses.field(init=False)
     # ``<root>/aot/<model key>/rank_<r>``; None when the config's backend saves
@@ -63,7 +66,7 @@ class SaveSite:
         self, args: Sequence[Any], dims: Sequence[Sequence[int]]
     ) -> dict[str, Any]:
         """What a record for ``args`` (``dims`` dynamic) must have been saved for."""
-        return factors(self.config, args, dims)
+        return factors(self.config, args, dims, self.size_names)
 
     def shared_tier(self) -> SharedTier | None:
         """The shared store behind the local cache (None: not configured, or off)."""
@@ -104,4 +107,5 @@ class SaveSite:
             guards=self.guards and first,
             fallback=first,
             backend=self.backend if first else None,
+            names=self.size_names,
         )

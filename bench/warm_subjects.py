@@ -1,0 +1,82 @@
+"""The models bench/gpu_warm_start.py's processes serve: each one's example
+call, the dims that vary, its pad values and a step of ``n`` tokens.
+
+Imported by the child processes only, after ``import torch`` is timed, from
+bench/ on ``sys.path`` (as ``gpu_serving_model``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+
+@dataclasses.dataclass
+class WarmSubject:
+    """The model a warm-start process serves: its saved forward's example call,
+    the dims that vary, and a call of ``n`` tokens."""
+
+    model: Any
+    inputs: Callable[[int, int], tuple[tuple[Any, ...], dict[str, Any]]]  # n, seed
+    dims: dict[Any, Any]
+    pad_values: dict[str, float]
+    reset: Callable[[], None]
+
+    def call(self, forward: Callable[..., Any], n: int, seed: int) -> Any:
+        """The step's logits, one row per token."""
+        args, kwargs = self.inputs(n, seed)
+        out = forward(*args, **kwargs)
+        return out.logits[:, 0] if hasattr(out, "logits") else out
+
+
+def example_subject(cfg: Any, device: str) -> WarmSubject:
+    """bench/gpu_serving.py's example llama (``forward(ids, positions)``)."""
+    import torch
+    from gpu_serving_model import build_model  # the benchmark's model
+
+    from stitch.runtime.examples import llama_inputs
+
+    model = build_model(cfg, torch.device(device))
+
+    def inputs(n: int, seed: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return llama_inputs(cfg, n, seed=seed, device=device), {}
+
+    return WarmSubject(
+        model, inputs, {0: [0], 1: [0]}, {"positions": -1}, model.reset_kv_caches
+    )
+
+
+def hf_subject(cfg: Any, device: str) -> WarmSubject:
+    """transformers' LlamaForCausalLM in the token layout, the same shapes
+    (``attn_implementation="stitch"``; bench/gpu_serving.py ``--model hf``).
+    ``input_ids`` and ``position_ids`` share one token count (NOTE: [one size
+    for dims of one name] in runtime/saved/call_args.py)."""
+    from stitch.runtime.hf.serving import (
+        PAD_VALUES,
+        build_serving_llama,
+        reset_kv_caches,
+        serving_inputs,
+    )
+
+    model = build_serving_llama(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        num_heads=cfg.num_heads,
+        num_kv_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size,
+        max_seqs=cfg.max_seqs,
+        max_len=cfg.max_len,
+        dtype=cfg.dtype,
+        device=device,
+        seed=0,
+    )
+
+    def inputs(n: int, seed: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (), serving_inputs(model, n, seed=seed)
+
+    tokens = {"input_ids": {0: "tokens"}, "position_ids": {0: "tokens"}}
+    return WarmSubject(
+        model, inputs, tokens, dict(PAD_VALUES), lambda: reset_kv_caches(model)
+    )
