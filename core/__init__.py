@@ -9,6 +9,7 @@ the one key hash (``key_hash``).  Nothing here imports ``stitch.codegen``,
 
 from . import contract
 from .errors import (
+    StitchArgumentError,
     StitchCacheError,
     StitchCodegenError,
     StitchConfigError,
@@ -19,6 +20,7 @@ from .errors import (
 )
 
 __all__ = [
+    "StitchArgumentError",
     "StitchCacheError",
     "StitchCodegenError",
     "StitchConfigError",

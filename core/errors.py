@@ -45,6 +45,12 @@ class StitchInputError(StitchError, ValueError):
     given.  Raised before any compiled code runs."""
 
 
+class StitchArgumentError(StitchInputError, TypeError):
+    """A saved forward was called with arguments its compiled parameters do not
+    bind (one missing, one unknown, too many): a ``TypeError``, as the same call
+    of a plain function raises, that names the forward and its parameters."""
+
+
 def describe_node(node: Any) -> str:
     """``name (op=..., target=...)`` for an FX node, without object ids."""
     op = getattr(node, "op", "?")

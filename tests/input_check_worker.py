@@ -19,6 +19,11 @@ import sys
 WATCHED = ("torch._dynamo", "torch._inductor", "black", "jinja2")
 
 
+# Rows whose call is not the forward's (ids, positions): positional arguments
+# beyond the row's own, and keywords.
+CALLS = {"one_argument": (1, {}), "unknown_keyword": (2, {"scale": 2.0})}
+
+
 def row_inputs(name: str, cfg: object) -> tuple[object, object]:
     import torch
 
@@ -32,6 +37,8 @@ def row_inputs(name: str, cfg: object) -> tuple[object, object]:
         "inference_tensors": inference,
         "out_of_range_different_lengths": (ids + cfg.vocab_size, short_pos),
         "int64": (ids, pos),
+        "one_argument": (ids, pos),
+        "unknown_keyword": (ids, pos),
         "int32_ids": (ids.to(torch.int32), pos),
         "int32_ids_again": (short_ids.to(torch.int32), short_pos),
         "float_ids": (ids.float(), pos),
@@ -70,7 +77,8 @@ def main(spec: dict) -> dict:
             report: dict = {"row": name}
             try:
                 model.reset_kv_caches()
-                out = compiled(ids, pos)
+                count, keywords = CALLS.get(name, (2, {}))
+                out = compiled(*(ids, pos)[:count], **keywords)
             except Exception as exc:  # noqa: BLE001 - reported to the test
                 report["error"] = type(exc).__name__
                 report["message"] = str(exc)

@@ -337,7 +337,7 @@ def test_the_saved_forward_loads_every_piece_prebuilt(tmp_path: Any) -> None:
     prebuilt, though each hands ``stitch::attention`` a view of its
     ``position_ids`` (NOTE: [a piece's output that views its input]); a call
     whose two token counts differ is refused by name."""
-    from stitch.core.errors import StitchInputError
+    from stitch.core.errors import StitchArgumentError, StitchInputError
     from stitch.runtime import aot_compile
 
     model = build_serving_llama(**SHAPE)
@@ -382,6 +382,17 @@ def test_the_saved_forward_loads_every_piece_prebuilt(tmp_path: Any) -> None:
     # set on the model's output).
     ran = {f.split(":")[0].rsplit("/", 1)[-1] for f in dynamo_code}
     assert ran <= {"utils.py"}, sorted(dynamo_code)
+    # Compiled for use_cache=False: a call without it is refused by name (the
+    # model's default would be the config's use_cache).
+    missing = serving_inputs(model, 3)
+    del missing["use_cache"]
+    with pytest.raises(
+        StitchArgumentError,
+        match=r"LlamaForCausalLM.forward \(saved by aot_compile\) takes \(\*, "
+        r"input_ids, position_ids, use_cache\), .*: missing 1 required "
+        r"keyword-only argument: 'use_cache'",
+    ):
+        warm(**missing)
     bad = serving_inputs(model, 5)
     bad["position_ids"] = bad["position_ids"][:3]
     with pytest.raises(

@@ -65,6 +65,8 @@ ROWS = [
     "int32_ids_out_of_range",
     "inference_tensors",
     "out_of_range_different_lengths",
+    "one_argument",
+    "unknown_keyword",
 ]
 
 
@@ -131,11 +133,14 @@ class Case:
     untraced: tuple[str, ...] = ()
     # A row the check does not pin the compiles of.
     any_compiles: bool = False
+    # The error's class, where the row errs.
+    kind: str = "StitchInputError"
 
 
 EXPECTED_INT64 = "input_ids: expected int64, got float32"
 EQUAL_LENGTHS = "positions: expected shape[0] == input_ids.shape[0]"
 IN_VOCAB = "input_ids: expected values in [0, 128)"
+TAKES = "LlamaModel.forward (saved by aot_compile) takes (input_ids, positions)"
 CASES = [
     Case("int64"),
     # What the trace said is in the message too (eager says the same).
@@ -169,6 +174,20 @@ CASES = [
     # Their dispatch keys differ from the guard's: the slow path finds them
     # fitting, and rebuilds the guard.
     Case("inference_tensors"),
+    # A call the compiled parameters do not bind: the forward and its
+    # parameters are named, not the emitted check's function.
+    Case(
+        "one_argument",
+        (TAKES, "missing 1 required positional argument: 'positions'"),
+        untraced=("cold", "warm"),
+        kind="StitchArgumentError",
+    ),
+    Case(
+        "unknown_keyword",
+        (TAKES, "got an unexpected keyword argument 'scale'"),
+        untraced=("cold", "warm"),
+        kind="StitchArgumentError",
+    ),
 ]
 
 
@@ -178,7 +197,7 @@ CASES = [
 def test_row(runs: dict[str, Any], process: str, case: Case) -> None:
     r = row(runs, process, case.row)
     if case.error:
-        assert r.get("error") == "StitchInputError", r
+        assert r.get("error") == case.kind, r
         for fragment in case.error:
             assert fragment in r["message"], (fragment, r["message"])
     else:

@@ -30,6 +30,7 @@ raising with the failed guard when an input no longer fits.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import os
 import time
@@ -38,7 +39,11 @@ from typing import Any
 
 import torch
 
-from stitch.core.errors import StitchCacheError, StitchConfigError
+from stitch.core.errors import (
+    StitchArgumentError,
+    StitchCacheError,
+    StitchConfigError,
+)
 
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
@@ -79,7 +84,37 @@ class AOTCompiledModel:
     cudagraphs: CUDAGraphManager | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.forward(*args, **kwargs)
+        try:
+            return self.forward(*args, **kwargs)
+        except TypeError as exc:
+            # Raised binding the arguments, before the forward's frame began.
+            if exc.__traceback__ is None or exc.__traceback__.tb_next is not None:
+                raise
+            raise StitchArgumentError(unbound(self.forward, exc)) from None
+
+
+def unbound(forward: Callable[..., Any], exc: TypeError) -> str:
+    """What a call that ``forward``'s parameters do not bind is told: the
+    forward, its parameters as compiled, and Python's own reason."""
+    owner = getattr(forward, "__self__", None)
+    name = f"{type(owner).__name__}.forward" if owner is not None else "the forward"
+    try:
+        params = inspect.signature(forward).parameters.values()
+    except (TypeError, ValueError):
+        return f"{name} (saved by aot_compile): {exc}"
+    shown, star = [], False
+    for p in params:
+        if p.name.startswith("__stitch"):
+            continue
+        if p.kind is p.KEYWORD_ONLY and not star:
+            shown.append("*")
+        star = star or p.kind in (p.KEYWORD_ONLY, p.VAR_POSITIONAL)
+        shown.append(str(p))
+    reason = str(exc).split("() ", 1)[-1]
+    return (
+        f"{name} (saved by aot_compile) takes ({', '.join(shown)}), the arguments "
+        f"it was compiled with: {reason}"
+    )
 
 
 def aot_compile(
