@@ -183,16 +183,12 @@ def example_subject(cfg: LlamaConfig, device: torch.device) -> Subject:
     )
 
 
-def hf_subject(cfg: LlamaConfig, device: torch.device) -> Subject:
-    """transformers' LlamaForCausalLM, attn_implementation="stitch", token layout."""
-    from stitch.runtime.hf.serving import (
-        PAD_VALUES,
-        build_serving_llama,
-        kv_caches,
-        serving_inputs,
-    )
+def build_hf_llama(cfg: LlamaConfig, device: torch.device | str) -> torch.nn.Module:
+    """transformers' LlamaForCausalLM of ``cfg``'s shapes, random weights,
+    attn_implementation="stitch", with the token layout's caches."""
+    from stitch.runtime.hf.serving import build_serving_llama
 
-    model = build_serving_llama(
+    return build_serving_llama(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
         num_layers=cfg.num_layers,
@@ -205,6 +201,13 @@ def hf_subject(cfg: LlamaConfig, device: torch.device) -> Subject:
         device=device,
         seed=0,
     )
+
+
+def hf_subject(cfg: LlamaConfig, device: torch.device) -> Subject:
+    """transformers' LlamaForCausalLM, attn_implementation="stitch", token layout."""
+    from stitch.runtime.hf.serving import PAD_VALUES, kv_caches, serving_inputs
+
+    model = build_hf_llama(cfg, device)
 
     def inputs(n: int, seed: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         kwargs = serving_inputs(model, n, seed=seed)

@@ -52,26 +52,11 @@ def hf_subject(cfg: Any, device: str) -> WarmSubject:
     (``attn_implementation="stitch"``; bench/gpu_serving.py ``--model hf``).
     ``input_ids`` and ``position_ids`` share one token count (NOTE: [one size
     for dims of one name] in runtime/saved/call_args.py)."""
-    from stitch.runtime.hf.serving import (
-        PAD_VALUES,
-        build_serving_llama,
-        reset_kv_caches,
-        serving_inputs,
-    )
+    from gpu_serving_model import build_hf_llama
 
-    model = build_serving_llama(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_layers,
-        num_heads=cfg.num_heads,
-        num_kv_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size,
-        max_seqs=cfg.max_seqs,
-        max_len=cfg.max_len,
-        dtype=cfg.dtype,
-        device=device,
-        seed=0,
-    )
+    from stitch.runtime.hf.serving import PAD_VALUES, reset_kv_caches, serving_inputs
+
+    model = build_hf_llama(cfg, device)
 
     def inputs(n: int, seed: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return (), serving_inputs(model, n, seed=seed)

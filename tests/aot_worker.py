@@ -40,6 +40,26 @@ class _Collect(logging.Handler):
         self.messages.append(record.getMessage())
 
 
+def dynamo_calls(call: Any) -> tuple[Any, set[str]]:
+    """``call`` wrapped so that the ``torch._dynamo`` functions each call runs
+    are recorded (``sys.setprofile``), and the set of ``file:function`` they
+    are recorded in."""
+    ran: set[str] = set()
+
+    def profile(frame: types.FrameType, event: str, arg: Any) -> None:
+        if event == "call" and "/torch/_dynamo/" in frame.f_code.co_filename:
+            ran.add(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
+
+    def profiled(*args: Any, **kwargs: Any) -> Any:
+        sys.setprofile(profile)
+        try:
+            return call(*args, **kwargs)
+        finally:
+            sys.setprofile(None)
+
+    return profiled, ran
+
+
 def load_model_module(path: str) -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("aot_test_model", path)
     assert spec is not None and spec.loader is not None

@@ -22,7 +22,7 @@ import sys
 import types
 from typing import Any
 
-from aot_worker import _Collect  # the stitch warnings a worker reports
+from aot_worker import _Collect, dynamo_calls  # _Collect: the stitch warnings
 
 
 def main(spec: dict[str, Any]) -> dict[str, Any]:
@@ -46,25 +46,12 @@ def main(spec: dict[str, Any]) -> dict[str, Any]:
         compiled = aot_compile(model, (), config, example_kwargs=example)
     untouched = bool(cache.layers[0].cumulative_length == 0)
 
-    dynamo_code: set[str] = set()
-
-    def profile(frame: types.FrameType, event: str, arg: Any) -> None:
-        if event == "call" and "/torch/_dynamo/" in frame.f_code.co_filename:
-            dynamo_code.add(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
-
     # The first call of each signature may load or compile it; the decode
     # after that (a fresh cache of the same length) is what a serving loop runs.
     greedy_decode(compiled, model, prompt, new)
-
-    def profiled(**kwargs: Any) -> Any:
-        # The forward calls only: building the cache marks its tensors through
-        # torch._dynamo (transformers' StaticCache), once, before the loop.
-        sys.setprofile(profile)
-        try:
-            return compiled(**kwargs)
-        finally:
-            sys.setprofile(None)
-
+    # The forward calls only: building the cache marks its tensors through
+    # torch._dynamo (transformers' StaticCache), once, before the loop.
+    profiled, dynamo_code = dynamo_calls(compiled)
     tokens = greedy_decode(profiled, model, prompt, new)
     eager = greedy_decode(model, model, prompt, new)
     after = compilation_counter.snapshot()

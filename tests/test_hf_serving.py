@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 import types
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,6 +19,8 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
+
+from aot_worker import dynamo_calls  # noqa: E402
 
 from stitch.core.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
 from stitch.runtime import (  # noqa: E402
@@ -356,19 +357,7 @@ def test_the_saved_forward_loads_every_piece_prebuilt(tmp_path: Any) -> None:
     after = compilation_counter.snapshot()
     assert warm.warm is True
     assert after["num_prebuilt_loads"] - before["num_prebuilt_loads"] == PIECES
-    dynamo_code: set[str] = set()
-
-    def profile(frame: types.FrameType, event: str, arg: Any) -> None:
-        if event == "call" and "/torch/_dynamo/" in frame.f_code.co_filename:
-            dynamo_code.add(f"{frame.f_code.co_filename}:{frame.f_code.co_name}")
-
-    def profiled(**kwargs: Any) -> Any:
-        sys.setprofile(profile)
-        try:
-            return warm(**kwargs, use_cache=False)
-        finally:
-            sys.setprofile(None)
-
+    profiled, dynamo_code = dynamo_calls(lambda **kw: warm(**kw, use_cache=False))
     decode, expected = Decode(SHAPE["vocab_size"]), Decode(SHAPE["vocab_size"])
     decode.run(profiled, CALLS)
     reset_kv_caches(model)
@@ -425,8 +414,6 @@ def test_only_outputs_returned_as_views_of_their_input_run_prebuilt(
     returned: str, kind: str, says: str
 ) -> None:
     """NOTE: [a piece's output that views its input]: output 0 aliases input 1."""
-    import types
-
     from stitch.runtime.pipeline.prebuilt_save import input_views_unshown
 
     source = (

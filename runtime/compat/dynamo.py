@@ -38,10 +38,7 @@ def mark_unbacked(t: torch.Tensor, dim: int, shape_id: str | None = None) -> Non
     """Mark ``t``'s ``dim`` unbacked; dims of one ``shape_id`` are one size."""
     import torch._dynamo.decorators
 
-    if shape_id is None:
-        torch._dynamo.decorators.mark_unbacked(t, dim)
-    else:
-        torch._dynamo.decorators.mark_unbacked(t, dim, shape_id=shape_id)
+    torch._dynamo.decorators.mark_unbacked(t, dim, shape_id=shape_id)
 
 
 # -- torch.compile(...).aot_compile --------------------------------------------------------

@@ -90,10 +90,10 @@ class AOTCompiledModel:
             # Raised binding the arguments, before the forward's frame began.
             if exc.__traceback__ is None or exc.__traceback__.tb_next is not None:
                 raise
-            raise StitchArgumentError(unbound(self.forward, exc)) from None
+            raise StitchArgumentError(not_bound(self.forward, exc)) from None
 
 
-def unbound(forward: Callable[..., Any], exc: TypeError) -> str:
+def not_bound(forward: Callable[..., Any], exc: TypeError) -> str:
     """What a call that ``forward``'s parameters do not bind is told: the
     forward, its parameters as compiled, and Python's own reason."""
     owner = getattr(forward, "__self__", None)

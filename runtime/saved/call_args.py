@@ -48,10 +48,20 @@ class CallArgs(tuple):  # type: ignore[type-arg]
         self.keywords = tuple(keywords)
         return self
 
+    @property
+    def cut(self) -> int:
+        """How many values are passed by position (the keywords' first index)."""
+        return len(self) - len(self.keywords)
+
     def split(self) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """``(args, kwargs)`` to call the forward with."""
-        cut = len(self) - len(self.keywords)
+        cut = self.cut
         return tuple(self[:cut]), dict(zip(self.keywords, self[cut:], strict=True))
+
+    def label(self, position: int) -> str:
+        """The value's keyword name, else ``input <position>``."""
+        cut = self.cut
+        return self.keywords[position - cut] if position >= cut else f"input {position}"
 
     def like(self, values: Sequence[Any]) -> "CallArgs":
         """Other values for the same parameters."""
@@ -90,7 +100,6 @@ def dims_by_position(
 ) -> dict[int, Any]:
     """``dynamic_dims`` keyed by position or keyword name -> keyed by position in
     ``args`` (each value as given: a list of dims, or ``{dim: name}``)."""
-    cut = len(args) - len(args.keywords)
     out: dict[int, Any] = {}
     for key, dims in (requested or {}).items():
         if isinstance(key, str):
@@ -99,7 +108,7 @@ def dims_by_position(
                     f"dynamic_dims names {key!r}, not one of the keyword arguments "
                     f"{list(args.keywords)}"
                 )
-            out[cut + args.keywords.index(key)] = dims
+            out[args.cut + args.keywords.index(key)] = dims
         else:
             out[key] = dims
     return out
@@ -128,7 +137,7 @@ def size_names(
         for dim, name in dims.items():
             if not isinstance(name, str) or not name:
                 raise StitchRuntimeError(
-                    f"dynamic_dims: {_arg_name(args, position)} dim {dim} is "
+                    f"dynamic_dims: {args.label(position)} dim {dim} is "
                     f"named {name!r}; a name is a non-empty str"
                 )
             a = args[position]
@@ -139,19 +148,13 @@ def size_names(
             seen = first.setdefault(name, (position, dim, size))
             if seen[2] != size:
                 raise StitchRuntimeError(
-                    f"dynamic_dims: {name!r} names {_arg_name(args, seen[0])} dim "
-                    f"{seen[1]} (size {seen[2]}) and {_arg_name(args, position)} "
+                    f"dynamic_dims: {name!r} names {args.label(seen[0])} dim "
+                    f"{seen[1]} (size {seen[2]}) and {args.label(position)} "
                     f"dim {dim} (size {size}); the example's dims of one name "
                     "must be equal"
                 )
             names[(position, dim)] = name
     return names
-
-
-def _arg_name(args: CallArgs, position: int) -> str:
-    """A keyword argument's name, else ``input <position>``."""
-    cut = len(args) - len(args.keywords)
-    return args.keywords[position - cut] if position >= cut else f"input {position}"
 
 
 def is_object(value: Any) -> bool:
