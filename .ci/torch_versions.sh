@@ -32,7 +32,7 @@ started=$SECONDS
 # torch, transformers: one line per release.
 RELEASES=(
     "2.11.0 5.17.0"
-    "2.15.0 5.23.0"
+    "2.15.0 5.24.0"
 )
 SLOW_TESTS=(
     tests/test_aot.py

@@ -63,7 +63,13 @@ def fetch_attr(gm: torch.nn.Module, target: Any, node: fx.Node) -> Any:
     return obj
 
 
-_PATH_ROOT = re.compile(r"^L\['[^']*'\]\.?|^self\.?")
+# NOTE: [the compiled module under a wrapper]
+# Dynamo's sources start at the compiled frame's locals: ``L['self']`` for a
+# module's own forward.  A forward behind a decorator of the ``(*args,
+# **kwargs)`` kind (transformers 5.24's ``deprecate_kwarg`` wraps every
+# model's) makes the module ``L['args'][0]``; its attributes are the model's
+# names all the same, so that root is dropped as ``L['self']`` is.
+_PATH_ROOT = re.compile(r"^L\['args'\]\[0\](?=\.)|^L\['[^']*'\]\.?|^self\.?")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]|[\"\\]")
 
 

@@ -34,6 +34,10 @@ _GLOBAL = re.compile(r"[gG]_(\w+?)_?")
 # A source Dynamo wraps in a call it names first: object_getattribute_l_self_...
 _WRAPPED = re.compile(r"[a-z]\w*?_((?:l|L)_(?:self|kwargs)_\w+)")
 _STEPS = re.compile(r"(?:^|_)(?:modules|parameters|buffers)_")
+# The module itself as the first positional argument of a wrapper around its
+# forward (NOTE: [the compiled module under a wrapper] in pieces.py): Dynamo
+# spells its attributes l_args_0_modules_..., l_args_0_parameters_...
+_SELF_UNDER_WRAPPER = re.compile(r"args_0_(?=(?:modules|parameters|buffers)_)")
 _TOKEN_IDS = ("input_ids", "ids", "tokens", "token_ids", "positions", "position_ids")
 
 
@@ -49,7 +53,8 @@ def dotted_path(name: str) -> str | None:
     m = _DYNAMO.fullmatch(name)
     if m is None:
         return None
-    core = re.sub(r"^(self|kwargs)_", "", m.group(1))
+    core = _SELF_UNDER_WRAPPER.sub("self_", m.group(1), count=1)
+    core = re.sub(r"^(self|kwargs)_", "", core)
     parts = [p for p in _STEPS.split(core) if p]
     return ".".join(parts)
 
@@ -68,6 +73,8 @@ def source_path(name: str) -> tuple[str, str] | None:
     if m is None:
         return None
     core = m.group(1)
+    if _SELF_UNDER_WRAPPER.match(core):
+        core = "self_" + core[len("args_0_") :]
     kind = "arg"
     for prefix in ("self_", "kwargs_"):
         if core.startswith(prefix):
@@ -177,7 +184,8 @@ def _module_path(node: fx.Node) -> str | None:
     text = name() if callable(name) else name
     if not isinstance(text, str):
         return None
-    text = re.sub(r"^L\['(self|kwargs)'\]", "", text)
+    # NOTE: [the compiled module under a wrapper] in pieces.py
+    text = re.sub(r"^L\['(self|kwargs)'\]|^L\['args'\]\[0\](?=\.)", "", text)
     text = re.sub(r"^L\['(\w+)'\]", r"\1", text)  # a positional argument
     text = re.sub(r"\._(modules|parameters|buffers)\['([^']+)'\]", r".\2", text)
     text = re.sub(r"\[['\"]?([^\]'\"]+)['\"]?\]", r".\1", text)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-# transformers' engine moved between 5.17 (the GPU image's) and 5.23 (its config
-# fields, its cache's layout, the attention name it calls): Stitch reads both
-# (NOTE: [transformers' engine across versions] in runtime/hf/engine_compat.py).
-# Its server launcher is written against 5.23's ``transformers serve``.
+# transformers' engine moved between 5.17 (the GPU image's), 5.23 (its config
+# fields, its cache's layout, the attention name it calls) and 5.24 (who writes
+# the paged cache): Stitch reads all three (NOTE: [transformers' engine across
+# versions] in runtime/hf/engine_compat.py).  Its server launcher is written
+# against 5.23's ``transformers serve`` (5.24's is the same where it reads it).
 ENGINE_TRANSFORMERS = (5, 17)
 SERVER_TRANSFORMERS = (5, 23)
 

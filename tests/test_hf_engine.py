@@ -144,15 +144,35 @@ def _batch(cache: PagedAttentionCache, requests: list[tuple[int, int]], pad: int
     )
 
 
-def _kwargs(batch, cache):
+def _kwargs(batch, cache, keyword=engine_compat.PAGED_CACHE):
+    """The attention function's keywords, the cache under ``keyword``: Stitch's
+    (what its saved forward passes) or the engine's ``cache``."""
+    return {
+        keyword: cache,
+        **_batch_kwargs(batch),
+    }
+
+
+def _batch_kwargs(batch):
     return dict(
-        cache=cache,
         cu_seq_lens_q=batch["cu_seq_lens_q"],
         cu_seq_lens_k=dict(batch["cu_seq_lens_k"]),
         max_length_k=dict(batch["max_length_k"]),
         read_index=list(batch["read_index"]),
         write_index=list(batch["write_index"]),
     )
+
+
+def _transformers_paged(module, q, k, v, mask, batch, cache):
+    """transformers' own paged SDPA attention, the cache written as its version
+    writes it: by the attention module before the function (5.24), or by the
+    function (5.23) (NOTE: [transformers' engine across versions])."""
+    kwargs = _batch_kwargs(batch)
+    if engine_compat.version() >= (5, 24):
+        k, v = cache.update(k, v, module.layer_idx, kwargs=kwargs)
+    else:
+        kwargs["cache"] = cache
+    return sdpa_attention_forward(module, q, k, v, mask, scaling=0.3, **kwargs)
 
 
 def _compare(requests, sliding=False, pad=0):
@@ -168,14 +188,8 @@ def _compare(requests, sliding=False, pad=0):
         k = torch.randn(1, KV_HEADS, tokens, DIM)
         v = torch.randn(1, KV_HEADS, tokens, DIM)
         before = cache.cache_tensor.clone()
-        expected, _ = sdpa_attention_forward(
-            module,
-            q,
-            k,
-            v,
-            batch["masks"][layer_type],
-            scaling=0.3,
-            **_kwargs(batch, cache),
+        expected, _ = _transformers_paged(
+            module, q, k, v, batch["masks"][layer_type], batch, cache
         )
         written_by_transformers = cache.cache_tensor.clone()
         cache.cache_tensor.copy_(before)
@@ -261,6 +275,102 @@ def test_the_saved_forward_takes_the_engine_keywords_marked_input():
     assert kinds == {"input", "dropped", "refused"}
 
 
+# -- the tested transformers range ---------------------------------------------
+
+
+def test_a_release_outside_the_tested_range_warns_once_naming_it(caplog):
+    """NOTE: [the tested transformers range]: the version comes in through
+    check_tested's argument, or engine_compat.installed_version (the seam
+    continuous_batching_config reads)."""
+    import logging
+
+    engine_compat.check_tested.cache_clear()
+    low, high = engine_compat.TESTED
+    newest = f"{high[0]}.{high[1]}.0"
+    untested = f"{high[0]}.{high[1] + 1}.0"
+    with caplog.at_level(logging.WARNING, logger="stitch"):
+        assert engine_compat.check_tested(newest)
+        assert engine_compat.check_tested(f"{low[0]}.{low[1]}.0")
+        assert caplog.records == []
+        assert not engine_compat.check_tested(untested)
+        assert not engine_compat.check_tested(untested)  # once
+        assert not engine_compat.check_tested(f"{low[0]}.{low[1] - 1}.2")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2, messages
+    assert f"transformers {untested} is outside" in messages[0]
+    assert f"({low[0]}.{low[1]} to {high[0]}.{high[1]})" in messages[0]
+    engine_compat.check_tested.cache_clear()
+
+
+def test_configuring_the_engine_under_an_untested_release_warns(monkeypatch, caplog):
+    import logging
+
+    from stitch.runtime import StitchBackend
+
+    engine_compat.check_tested.cache_clear()
+    monkeypatch.setattr(engine_compat, "installed_version", lambda: "5.99.1")
+    with caplog.at_level(logging.WARNING, logger="stitch"):
+        engine.continuous_batching_config(_llama(), StitchBackend(), **_ENGINE)
+        engine.continuous_batching_config(_llama(), StitchBackend(), **_ENGINE)
+    warned = [r.getMessage() for r in caplog.records if "5.99.1" in r.getMessage()]
+    assert len(warned) == 1 and "tested with (5.17 to 5.24)" in warned[0]
+    engine_compat.check_tested.cache_clear()
+
+
+def test_an_engine_forward_that_fails_to_compile_names_the_untested_release(
+    monkeypatch,
+):
+    """Under a release outside the range, the compile's own error (Dynamo's
+    "Skip inlining ..." where 5.24 moved the cache update) becomes one that
+    names the release and the range; inside it, the error passes unchanged."""
+    from stitch.runtime import StitchBackend
+    from stitch.runtime.hf import saved_step
+
+    def skip_inlining(*args, **kwargs):
+        raise torch._dynamo.exc.Unsupported(
+            "Skip inlining `torch.compiler.disable()`d function"
+        )
+
+    monkeypatch.setattr(saved_step, "_aot_compile", skip_inlining)
+    model = _llama()
+    engine.continuous_batching_config(model, StitchBackend(), **_ENGINE)
+    inputs = {
+        "logits_to_keep": None,
+        "attention_mask": torch.zeros(1, 1, 2, 2),
+        "cu_seq_lens_k": torch.tensor([0, 2], dtype=torch.int32),
+        "read_index": [torch.zeros(2, dtype=torch.int64)],
+        "write_index": [torch.zeros(2, dtype=torch.int64)],
+    }
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="Skip inlining"):
+        model.forward.compile(inputs, "layout")
+    monkeypatch.setattr(engine_compat, "installed_version", lambda: "5.99.1")
+    with pytest.raises(
+        StitchConfigError,
+        match=r"transformers 5\.99\.1 is outside the range Stitch's engine route is "
+        r"tested with \(5\.17 to 5\.24\), and the engine's forward could not be "
+        r"compiled under it \(Unsupported: Skip inlining",
+    ):
+        model.forward.compile(inputs, "layout")
+
+
+def test_the_hf_extra_allows_the_tested_range_alone():
+    """pyproject.toml's hf extra, the test extra's pin and CI's releases agree
+    with engine_compat.TESTED (NOTE: [the tested transformers range])."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text()
+    low, high = engine_compat.TESTED
+    low_s, high_s = f"{low[0]}.{low[1]}", f"{high[0]}.{high[1]}"
+    hf = re.search(r"^hf = \[(.*)\]$", pyproject, re.M).group(1)
+    assert f'"transformers>={low_s},<={high_s}.0"' in hf, hf
+    assert f'"transformers=={high_s}.0",' in pyproject
+    ci = (root / ".ci" / "torch_versions.sh").read_text()
+    pairs = re.findall(r'^    "(\d+\.\d+\.\d+) (\d+\.\d+)\.\d+"$', ci, re.M)
+    assert [t for _, t in pairs] == [low_s, high_s], pairs
+
+
 # -- routing: only the engine's calls of an opted-in model change ----------------
 
 
@@ -311,7 +421,8 @@ def test_routing_leaves_plain_calls_and_other_models_alone():
             torch.testing.assert_close(routed(ids).logits, before, rtol=0, atol=0)
             torch.testing.assert_close(other(ids).logits, before, rtol=0, atol=0)
         assert calls == []
-        # A paged call of the model not opted in goes to transformers too.
+        # A paged call of the model not opted in goes to transformers too,
+        # even with the cache under Stitch's keyword.
         cache = _cache(_config())
         batch = _batch(cache, [(0, 3)])
         q, k = torch.randn(1, HEADS, 3, DIM), torch.randn(1, KV_HEADS, 3, DIM)
@@ -337,7 +448,19 @@ def test_routing_leaves_plain_calls_and_other_models_alone():
             **_kwargs(batch, cache),
         )
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
-        # ... and the routed model's paged call goes to Stitch's op.
+        # The routed model's call with the engine's own cache= keyword (not
+        # Stitch's saved forward) goes to transformers ...
+        sdpa(
+            routed.model.layers[0].self_attn,
+            q,
+            k,
+            k,
+            batch["masks"]["full_attention"],
+            scaling=0.3,
+            **_kwargs(batch, cache, keyword="cache"),
+        )
+        assert calls == []
+        # ... and its call with Stitch's keyword goes to Stitch's op.
         sdpa(
             routed.model.layers[0].self_attn,
             q,
@@ -431,7 +554,8 @@ def _generate(model, config):
     outputs = model.generate_batch(
         prompts, generation, continuous_batching_config=config
     )
-    assert [o.error for o in outputs.values()] == [None] * len(prompts)
+    errors = [o.error for o in outputs.values()]
+    assert errors == [None] * len(prompts), errors[0] if errors else "no output"
     return [(o.generated_tokens, o.logprobs) for o in outputs.values()]
 
 

@@ -182,7 +182,7 @@ def test_a_forward_without_positions_is_refused(model: torch.nn.Module) -> None:
         model(input_ids=torch.zeros(2, 1, dtype=torch.long))
 
 
-@pytest.mark.parametrize("key", ["use_cache", "past_key_values"])
+@pytest.mark.parametrize("key", ["use_cache", "past_key_values", "cache"])
 def test_transformers_cache_is_refused(model: torch.nn.Module, key: str) -> None:
     from transformers import DynamicCache
 

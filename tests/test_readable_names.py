@@ -157,3 +157,53 @@ def test_source_path_reads_only_dynamo_names() -> None:
     wrapped = "object_getattribute_l_self_config_final_logit_softcapping_"
     assert source_path(wrapped) == ("self", "config_final_logit_softcapping")
     assert source_path(DYNAMO_Q) == ("self", "model_layers_0_self_attn_q_proj_weight")
+
+
+def test_a_forward_behind_a_wrapper_keeps_the_models_names() -> None:
+    """transformers 5.24 wraps every model's forward in a ``(*args, **kwargs)``
+    decorator, so Dynamo's sources start at ``L['args'][0]``, not
+    ``L['self']`` (NOTE: [the compiled module under a wrapper] in
+    codegen/pieces.py): the emitted names and the pieces' module paths are the
+    model's all the same, and a tensor passed positionally keeps ``args``."""
+    import functools
+
+    import torch
+
+    from stitch.runtime import StitchBackend
+
+    def wrapped(forward):
+        @functools.wraps(forward)
+        def wrapper(*args, **kwargs):
+            return forward(*args, **kwargs)
+
+        return wrapper
+
+    class Attention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj = torch.nn.Linear(8, 8)
+            self.norm = torch.nn.LayerNorm(8)
+
+        @wrapped
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            q = self.q_proj(x).view(1, 2, -1, 4)
+            out = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+            return self.norm(out.reshape(x.shape))
+
+    torch._dynamo.reset()
+    model = Attention().eval()
+    backend = StitchBackend(backend="eager", disable_cache=True)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, backend=backend)(x), model(x))
+    (compiled,) = backend.compiled
+    source = compiled.code
+    # The wrapper made the module L['args'][0]: Dynamo's names say so ...
+    assert "l_args_0_modules_q_proj_parameters_weight_" in source
+    # ... and the emitted ones do not.
+    params = re.search(r"def \w+\(([^)]*)\)", source).group(1)
+    assert "q_proj_weight" in params and "norm_weight" in params
+    assert "args_0" not in params
+    assert "self.q_proj.weight" in source and "args.0" not in source
+    assert "# q_proj" in source or "q_proj .." in source
+    assert "L['args']" not in source and "0.q_proj" not in source

@@ -20,7 +20,7 @@ NOTE: [every argument is taken or refused by name]
 transformers calls an attention function with the arguments its model needs,
 as keywords, and SDPA's function drops the ones it does not know: a model
 whose attention needs one (GPT-OSS's sinks) gets wrong numbers and no word.
-Here every keyword transformers 5.23 passes is in ``ARGUMENTS``, with what is
+Here every keyword transformers (5.17 to 5.24) passes is in ``ARGUMENTS``, with what is
 done with it; anything else is a ``StitchRuntimeError`` naming it and the
 module, whatever its value.  tests/test_hf_attention.py reads transformers'
 call sites and fails when one passes a keyword missing from ``ARGUMENTS``.

@@ -11,28 +11,34 @@
 
 NOTE: [how the engine reaches the paged op]
 transformers 5.23's ``ContinuousBatchingManager.switch_to_cb_friendly_attn``
-accepts only ``"paged|eager"``, ``"sdpa"`` or a flash name (a registered name
-containing "flash" is looked up as a hub kernel when the model is built), so a
-new implementation name cannot reach the engine.  The paged calls come under
-the names the engine already calls: ``"sdpa"`` for a model built with SDPA
-(5.17 switches it to ``"paged|sdpa"`` while the engine runs, so there that is
-the name wrapped: NOTE: [transformers' engine across versions] in
-engine_compat.py), and ``"paged|eager"`` for a model built with ``"eager"``
-(both versions switch it to that name; Gemma 2 and GPT-OSS, whose softcap and
-sinks SDPA lacks, can only be built so).  :func:`install` wraps transformers'
-function under each of the two names once (the wrapper is marked), and the
-wrapper sends a call to :func:`paged_attention_forward` only when both hold: a
-``PagedAttentionCache`` is passed (``cache=``, the engine's calls only) and the
-calling attention module belongs to a model that :func:`route_paged_attention`
-opted in (a flag on its attention modules).  Every other call, a plain forward
-of the same model included, and every other model in the process, goes to
-transformers' function with the same arguments (``"paged|eager"``'s stays
-``torch.compiler.disable``d, so a model not opted in compiles as before).  The
-flag is a module attribute, so Dynamo reads it as a constant under a guard.
-transformers' ``"paged|eager"`` drops Gemma 2's softcap (it passes the
-``softcap`` keyword but the function does not read it: 5.17 and 5.23); the
-op applies it, so a Gemma 2 through Stitch gives the model's own eager
-attention's tokens, not that function's.
+(and 5.24's) accepts only ``"paged|eager"``, ``"sdpa"`` or a flash name (a
+registered name containing "flash" is looked up as a hub kernel when the model
+is built), so a new implementation name cannot reach the engine.  The paged
+calls come under the names the engine already calls: ``"sdpa"`` for a model
+built with SDPA (5.17 switches it to ``"paged|sdpa"`` while the engine runs,
+so there that is the name wrapped: NOTE: [transformers' engine across
+versions] in engine_compat.py), and ``"paged|eager"`` for a model built with
+``"eager"`` (every version switches it to that name; Gemma 2 and GPT-OSS,
+whose softcap and sinks SDPA lacks, can only be built so).  :func:`install`
+wraps transformers' function under each of the two names once (the wrapper
+is marked), and the wrapper sends a call to :func:`paged_attention_forward`
+only when both hold: the engine's ``PagedAttentionCache`` comes under
+Stitch's keyword (``engine_compat.PAGED_CACHE``, which only Stitch's saved
+forward passes) and the calling attention module belongs to a model that
+:func:`route_paged_attention` opted in (a flag on its attention modules).
+Stitch's keyword and not the engine's ``cache=``: in 5.24 the attention
+module takes ``cache`` itself and writes it with an update that is
+``torch.compiler.disable``d, which would break the traced step; under a
+keyword transformers does not read, the cache passes every module untouched
+and only the op writes it, in every version.  Every other call, a plain
+forward of the same model included, and every other model in the process,
+goes to transformers' function with the same arguments (through 5.23,
+``"paged|eager"``'s stays ``torch.compiler.disable``d, so a model not opted
+in compiles as before).  The flag is a module attribute, so Dynamo reads it
+as a constant under a guard.  transformers' ``"paged|eager"`` drops Gemma 2's
+softcap (it passes the ``softcap`` keyword but the function does not read
+it: 5.17 to 5.24); the op applies it, so a Gemma 2 through Stitch gives the
+model's own eager attention's tokens, not that function's.
 
 NOTE: [transformers' engine under Stitch]
 :func:`continuous_batching_config` gives the engine no compile config: the
@@ -81,7 +87,9 @@ from .admission import scheduler_type
 from .attention import ARGUMENTS, _short, _sinks, _where
 from .engine_compat import (
     ENGINE_KEYWORDS,
+    PAGED_CACHE,
     accepted_implementations,
+    check_tested,
     config_fields,
     engine_attention_names,
     layer_cache,
@@ -114,7 +122,11 @@ def paged_attention_forward(
     where = f"stitch paged attention in {_where(module)}"
     for name in kwargs:
         # NOTE: [the engine's keywords] in engine_compat.py
-        if name not in ARGUMENTS and name not in ENGINE_KEYWORDS:
+        if (
+            name not in ARGUMENTS
+            and name not in ENGINE_KEYWORDS
+            and name != PAGED_CACHE
+        ):
             raise StitchRuntimeError(
                 f"{where}: argument {name}={_short(kwargs[name])} is not implemented "
                 "(transformers' engine passes an argument this Stitch does not know)"
@@ -131,7 +143,7 @@ def paged_attention_forward(
                 "(block tables are flash's decode fast path: continuous_batching_config "
                 "sets max_blocks_per_request=0)"
             )
-    layer = layer_cache(kwargs["cache"], module.layer_idx)
+    layer = layer_cache(kwargs[PAGED_CACHE], module.layer_idx)
     k_cache, v_cache = layer.k, layer.v
     batch, heads, tokens, head_dim = query.shape
     kv_heads = key.shape[1]
@@ -191,7 +203,7 @@ def _stitch_or(original: Any) -> Any:
         module, query, key, value, attention_mask, *args, **kw
     ):
         if getattr(module, ROUTED, False) and isinstance(
-            kw.get("cache"), PagedAttentionCache
+            kw.get(PAGED_CACHE), PagedAttentionCache
         ):
             return paged_attention_forward(
                 module, query, key, value, attention_mask, *args, **kw
@@ -259,6 +271,8 @@ def continuous_batching_config(
     """
     from transformers import ContinuousBatchingConfig
 
+    # NOTE: [the tested transformers range] in engine_compat.py
+    check_tested()
     config = getattr(backend, "config", None)
     splitting = getattr(config, "splitting_ops", None)
     if splitting is not None and PAGED_ATTENTION_OP not in {

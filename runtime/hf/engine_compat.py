@@ -1,19 +1,30 @@
 """transformers' continuous batching engine as Stitch reads it: 5.17 (the GPU
-image's) and 5.23 and later.
+image's), 5.23 and 5.24, the tested range (:data:`TESTED`).
 
 NOTE: [transformers' engine across versions]
-What Stitch reads from the engine moved between 5.17 and 5.23:
+What Stitch reads from the engine moved between 5.17, 5.23 and 5.24:
 
-- the attention name the engine calls for an SDPA model: 5.23 keeps
-  ``"sdpa"`` and passes the paged cache; 5.17 switches the model to
-  ``"paged|sdpa"`` while it runs (and to a flash implementation first, when
-  one is installed: :func:`refuse_flash_switch`).  Both switch an eager model
-  to ``"paged|eager"``;
-- the paged cache: 5.23 has one allocator per layer group
-  (``layer_to_allocator``, each with its key and value views, sentinel row and
-  window); 5.17 has ``layer_index_to_group_indices`` into shared
-  ``key_cache``/``value_cache`` lists, one sentinel row and per-layer windows
-  (1: full attention);
+- the attention name the engine calls for an SDPA model: 5.23 and 5.24 keep
+  ``"sdpa"``; 5.17 switches the model to ``"paged|sdpa"`` while it runs (and
+  to a flash implementation first, when one is installed:
+  :func:`refuse_flash_switch`).  All three switch an eager model to
+  ``"paged|eager"``;
+- who writes the paged cache: through 5.23 the attention *function* does
+  (the engine's ``cache=`` keyword flows through the model's ``**kwargs`` to
+  it); in 5.24 the attention *module* does, before it calls the function:
+  every model's forward takes ``cache`` (it was ``past_key_values``), the
+  module calls ``cache.update(key, value, layer_idx, kwargs=kwargs)``, which
+  is ``torch.compiler.disable``d, and the function gets no cache.  Stitch's
+  saved forward therefore passes the engine's cache to the model under a
+  keyword of its own (:data:`PAGED_CACHE`) and not as ``cache``: no
+  transformers code reads that keyword, so neither the 5.24 module nor the
+  5.17/5.23 function writes the cache, and only Stitch's op does (NOTE: [how
+  the engine reaches the paged op] in engine.py);
+- the paged cache: 5.23 and 5.24 have one allocator per layer group
+  (``layer_to_allocator``, each with its key and value views into the one
+  ``uint8`` ``cache_tensor``, sentinel row and window); 5.17 has
+  ``layer_index_to_group_indices`` into shared ``key_cache``/``value_cache``
+  lists, one sentinel row and per-layer windows (1: full attention);
 - the config: 5.23's ``page_size`` is 5.17's ``block_size``, and 5.17 has no
   ``auto_switch_to_flash``; the batch's ``max_length_q/k`` are 5.17's
   ``max_seqlen_q/k``;
@@ -21,17 +32,42 @@ What Stitch reads from the engine moved between 5.17 and 5.23:
   block manager.
 
 Everything else Stitch uses (``generate_batch``, the batch's keyword
-arguments, the scheduler mapping) is the same in both.
+arguments, the scheduler mapping) is the same in all three.
+
+NOTE: [the tested transformers range]
+``pyproject.toml``'s ``hf`` extra allows :data:`TESTED` alone, and
+``.ci/torch_versions.sh`` tests both ends (5.17 with torch 2.11, 5.24 with
+torch 2.15; the main suite 5.24 with torch 2.13).  A release outside it,
+installed by hand, gets one warning when an engine is configured
+(:func:`check_tested`), and an engine forward that then fails to trace is
+reported with both versions (:func:`untested_failure`) instead of Dynamo's
+message.  Raising the cap: read the new release's engine and attention
+modules against the notes above, make the suite pass on it, then change
+:data:`TESTED`, the extra, the test extra's pin and the CI releases together
+(tests/test_hf_engine.py checks that the extra and :data:`TESTED` agree).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
+import re
 from typing import Any, NamedTuple
 
 import torch
 
 from stitch.core.errors import StitchConfigError
+
+log = logging.getLogger("stitch")
+
+# The oldest and the newest transformers release CI tests (NOTE: [the tested
+# transformers range]).
+TESTED = ((5, 17), (5, 24))
+
+# The keyword that carries the engine's paged cache from Stitch's saved forward
+# to the attention functions (NOTE: [transformers' engine across versions]).
+PAGED_CACHE = "stitch_paged_cache"
 
 # The engine's batch arguments that are flash's, under either version's name.
 FLASH_LENGTHS = ("max_length_q", "max_length_k", "max_seqlen_q", "max_seqlen_k")
@@ -61,7 +97,9 @@ ENGINE_KEYWORDS: dict[str, EngineKeyword] = {
         "input",
     ),
     "cache": EngineKeyword(
-        "the PagedAttentionCache: the layer's cache rows and allocator", "input"
+        "the PagedAttentionCache: the layer's cache rows and allocator (passed on "
+        "to the attention functions as PAGED_CACHE)",
+        "input",
     ),
     "read_index": EngineKeyword(
         "per allocator: the cache rows of every sequence's keys", "input"
@@ -93,11 +131,69 @@ ENGINE_KEYWORDS: dict[str, EngineKeyword] = {
 }
 
 
-def version() -> tuple[int, int]:
+def installed_version() -> str:
+    """transformers' version string, as installed: what the range check reads
+    (a test sets it)."""
     import transformers
 
-    major, minor = transformers.__version__.split(".")[:2]
-    return int(major), int(minor)
+    return transformers.__version__
+
+
+def parse(release: str) -> tuple[int, int]:
+    """``(major, minor)`` of a transformers version (``5.24.0.dev0`` -> ``(5, 24)``)."""
+    found = re.match(r"(\d+)\.(\d+)", release)
+    if found is None:
+        raise ValueError(f"not a transformers version: {release!r}")
+    return int(found.group(1)), int(found.group(2))
+
+
+def version() -> tuple[int, int]:
+    """transformers' ``(major, minor)``, which the compat choices here read
+    (read directly: :func:`installed_version` is the range check's seam)."""
+    import transformers
+
+    return parse(transformers.__version__)
+
+
+def tested_range() -> str:
+    (a, b), (c, d) = TESTED
+    return f"{a}.{b} to {c}.{d}"
+
+
+def is_tested(release: str) -> bool:
+    return TESTED[0] <= parse(release) <= TESTED[1]
+
+
+@functools.cache
+def check_tested(release: str | None = None) -> bool:
+    """Warn once per release when transformers ``release`` (the installed one
+    by default) is outside the tested range; whether it is inside."""
+    release = installed_version() if release is None else release
+    inside = is_tested(release)
+    if not inside:
+        log.warning(
+            "stitch: transformers %s is outside the range Stitch's engine route is "
+            "tested with (%s); its paged attention and cache may have moved "
+            "(pip install 'stitch[hf]' installs a tested release)",
+            release,
+            tested_range(),
+        )
+    return inside
+
+
+def untested_failure(error: BaseException, release: str | None = None) -> None:
+    """Raise a ``StitchConfigError`` naming transformers' version and the tested
+    range when ``error`` (the engine forward's compile failing) came under a
+    release outside that range; return otherwise."""
+    release = installed_version() if release is None else release
+    if is_tested(release):
+        return
+    raise StitchConfigError(
+        f"transformers {release} is outside the range Stitch's engine route is "
+        f"tested with ({tested_range()}), and the engine's forward could not be "
+        f"compiled under it ({type(error).__name__}: {str(error).splitlines()[0]}); "
+        "install a tested release: pip install 'stitch[hf]'"
+    ) from error
 
 
 def engine_attention_name() -> str:
@@ -106,7 +202,7 @@ def engine_attention_name() -> str:
 
 
 # The name the engine calls for a model built with "eager" (Gemma 2, GPT-OSS:
-# transformers has no SDPA for them), in 5.17 and 5.23 alike.
+# transformers has no SDPA for them), in 5.17, 5.23 and 5.24 alike.
 EAGER_PAGED = "paged|eager"
 
 

@@ -42,7 +42,7 @@ from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
 from ..saved.aot import AOTCompiledModel, aot_compile
 from .attention import _short
-from .engine_compat import ENGINE_KEYWORDS, cache_layout
+from .engine_compat import ENGINE_KEYWORDS, PAGED_CACHE, cache_layout, untested_failure
 
 log = logging.getLogger("stitch")
 
@@ -95,7 +95,9 @@ class PagedStep(torch.nn.Module):
             cu_seq_lens_k=cu_seq_lens_k,
             read_index=read_index,
             write_index=write_index,
-            cache=cache,
+            # Under Stitch's keyword, not as cache=: only the paged op writes
+            # the cache (NOTE: [transformers' engine across versions]).
+            **{PAGED_CACHE: cache},
             use_cache=False,
             **keep,
         )
@@ -194,13 +196,15 @@ class EngineForward:
             for t in value.values() if isinstance(value, dict) else value:
                 for d in set(varying) - dynamo.marked_dims(t):
                     dynamo.mark_unbacked(t, d)
-        step = (
-            _compile_thread()
-            .submit(
-                _aot_compile, PagedStep(self.model, layout), inputs, dims, self.backend
-            )
-            .result()
+        compiling = _compile_thread().submit(
+            _aot_compile, PagedStep(self.model, layout), inputs, dims, self.backend
         )
+        try:
+            step = compiling.result()
+        except Exception as error:
+            # NOTE: [the tested transformers range] in engine_compat.py
+            untested_failure(error)
+            raise
         log.info(
             "stitch: %s's engine forward %s in %.2fs",
             type(self.model).__name__,

@@ -126,7 +126,9 @@ def _check_forward(
             f"{name} with serving KV caches: position_ids=None; pass each token's "
             "position, position_ids of shape [tokens, 1] (-1: a padding row)"
         )
-    for key in ("past_key_values", "use_cache"):
+    # transformers 5.24 names the model's cache argument ``cache`` (it was
+    # ``past_key_values``, still taken with a deprecation warning).
+    for key in ("past_key_values", "cache", "use_cache"):
         if kwargs.get(key) is not None and kwargs[key] is not False:
             raise StitchRuntimeError(
                 f"{name} with serving KV caches: {key}={kwargs[key]!r}; the "

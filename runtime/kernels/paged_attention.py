@@ -10,15 +10,18 @@ stitch.runtime.hf.engine), and Stitch splits that call's graph at it (add it to
 ``splitting_ops``; :data:`PAGED_ATTENTION_OP`).
 
 NOTE: [the paged batch of transformers' engine]
-Read from transformers 5.23 (generation/continuous_batching/): the engine's
-batch is ``[1, tokens]`` (``input_ids``, ``position_ids``), its attention gets
-``query [1, heads, tokens, dim]`` and ``key``/``value [1, kv_heads, tokens,
-dim]`` and, as keywords, ``cache`` (the ``PagedAttentionCache``),
+Read from transformers 5.23 and 5.24 (generation/continuous_batching/): the
+engine's batch is ``[1, tokens]`` (``input_ids``, ``position_ids``), its
+attention gets ``query [1, heads, tokens, dim]`` and ``key``/``value [1,
+kv_heads, tokens, dim]`` and, as keywords, the ``PagedAttentionCache``
+(``cache`` through 5.23; Stitch's ``stitch_paged_cache`` under its saved
+forward, in every version: NOTE: [transformers' engine across versions]),
 ``cu_seq_lens_q [seqs + 1]``, ``cu_seq_lens_k`` and ``max_length_k`` (dicts per
 layer type), ``read_index`` and ``write_index`` (lists of int64 tensors, one per
 cache allocator), a 4D additive ``attention_mask`` built on the host for
 eager/SDPA, and ``block_table`` (None unless flash's decode fast path is on).
-``cache.update`` (``@torch.compiler.disable``) writes ``key`` at
+``cache.update`` (``@torch.compiler.disable``; called by the attention
+function through 5.23, by the attention module in 5.24) writes ``key`` at
 ``write_index`` into the layer's token rows (``_kv_token_views[layer]``, two
 shifted views of one flat byte tensor) and returns the keys at ``read_index``:
 

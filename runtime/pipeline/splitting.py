@@ -20,7 +20,6 @@ where there is attention]), an INFO line otherwise.
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import Iterable
 from typing import Any
@@ -28,6 +27,7 @@ from typing import Any
 import torch.fx as fx
 
 from stitch.codegen.matching import OpMatcher
+from stitch.codegen.pieces import normalize_module_path
 
 from ..config import DEFAULT_SPLITTING_OPS
 
@@ -232,6 +232,8 @@ def unsplit_attention_message(
 
 
 def _short_path(path: str) -> str:
-    # Dynamo's paths start at the compiled module (L['self'], L['fn']); the
-    # rest is the module's name in model.named_modules().
-    return re.sub(r"^L\['\w+'\]\.", "", path)
+    # Dynamo's paths start at the compiled module (L['self'], L['fn'], or
+    # L['args'][0] under a wrapper: NOTE: [the compiled module under a
+    # wrapper] in codegen/pieces.py); the rest is the module's name in
+    # model.named_modules().
+    return normalize_module_path(path)
