@@ -229,8 +229,8 @@ def test_openai_client_gets_the_eager_engine_tokens_through_stitch(tmp_path):
     # paged attention of both layers: 2 op pieces and 3 compiled around them.
     assert re.findall(r"stitch: graph \w+: (\d+) pieces", output) == ["5"], output
     assert "engine forward compiled" in output, output
-    # SIGTERM stopped it through uvicorn's shutdown (which re-raises the signal
-    # after it), not the kill.
+    # SIGTERM stopped it through uvicorn's shutdown, not the kill (NOTE: [a
+    # clean stop] in runtime/hf/serve_lifecycle.py).
     assert "Application shutdown complete" in output, output
     assert status in (0, -signal.SIGTERM), output
 
@@ -294,32 +294,60 @@ def _describe(server) -> dict:
 
 @pytest.mark.slow
 def test_serve_builds_transformers_server_with_only_the_generation_state_changed():
-    """The patched name is restored, and the server built through it differs from
-    ``Serve``'s own (same options) only in its generation state's class and the
-    backend it holds."""
+    """The patched names are restored, and the server built through them differs
+    from ``Serve``'s own (same options) only in its generation state's class
+    and the backend it holds, and its completion and chat handlers' classes
+    (which check each request first: NOTE: [requests refused before the
+    engine] in runtime/hf/serve_checks.py)."""
     from transformers.cli.serve import Serve
+    from transformers.cli.serving import chat_completion, completion, server
     from transformers.cli.serving import utils as serving_utils
 
-    original = serving_utils.GenerationState
+    originals = (
+        serving_utils.GenerationState,
+        completion.CompletionHandler,
+        chat_completion.ChatCompletionHandler,
+        server.build_server,
+    )
     backend = object()
-    options = dict(host="127.0.0.1", device="cpu", dtype="float32", non_blocking=True)
+    options = dict(host="127.0.0.1", device="cpu", dtype="float32")
     ours = stitch_serve.serve(
-        None, backend, {"num_blocks": 8}, port=_free_port(), **options
+        None,
+        backend,
+        {"num_blocks": 8},
+        port=_free_port(),
+        non_blocking=True,
+        **options,
     )
     try:
-        assert serving_utils.GenerationState is original
-        theirs = Serve(continuous_batching=True, port=_free_port(), **options)
+        assert (
+            serving_utils.GenerationState,
+            completion.CompletionHandler,
+            chat_completion.ChatCompletionHandler,
+            server.build_server,
+        ) == originals
+        # No model named: nothing to warm up, ready at once.
+        assert ours.readiness.event.is_set()
+        theirs = Serve(
+            continuous_batching=True, port=_free_port(), non_blocking=True, **options
+        )
         try:
-            assert type(ours) is Serve is type(theirs)
-            assert type(ours._generation_state) is stitch_serve.StitchGenerationState
-            assert type(theirs._generation_state) is original
-            described = _describe(ours), _describe(theirs)
+            assert type(ours.serve) is Serve is type(theirs)
+            assert type(ours.generation_state) is stitch_serve.StitchGenerationState
+            assert type(theirs._generation_state) is originals[0]
+            described = _describe(ours.serve), _describe(theirs)
             state = described[0].pop("state"), described[1].pop("state")
+            handlers = described[0].pop("handlers"), described[1].pop("handlers")
             assert described[0] == described[1]
             assert state[0].pop("backend") is backend
             assert state[0].pop("fields") == {"num_blocks": 8}
             assert state[0] == state[1]
+            assert handlers[0] == {
+                **handlers[1],
+                "_completion_handler": "StitchCompletionHandler",
+                "_chat_handler": "StitchChatCompletionHandler",
+            }
         finally:
             theirs.kill_server()
     finally:
-        ours.kill_server()
+        ours.stop()

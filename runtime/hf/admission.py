@@ -2,7 +2,7 @@
 they reach the engine, so that the engine keeps serving the others.
 
 NOTE: [requests the paged cache can never hold]
-transformers' engine (5.17 and 5.23) admits every request.  One whose prompt is longer
+transformers' engine (5.17 to 5.24) admits every request.  One whose prompt is longer
 than the whole cache, or whose prompt and ``max_new_tokens`` outgrow it, is
 scheduled in chunks until the cache is full; then no request can get a block,
 none can be offloaded, and ``prepare_next_batch`` raises "No requests can be
@@ -47,14 +47,15 @@ def capacity(cache: Any, tokens: int) -> int:
     return low
 
 
-def refuse_unservable(cache: Any, state: Any) -> None:
-    """Raise, naming the request and its sizes, when ``state`` can never be stored."""
-    prompt = len(state.initial_tokens)
-    new = state.max_new_tokens
+def unservable(cache: Any, prompt: int, max_new_tokens: int) -> tuple[str, str] | None:
+    """Why a request of ``prompt`` tokens and ``max_new_tokens`` can never be
+    stored in ``cache``, as ``(field at fault, reason)`` (the field: "prompt"
+    or "max_new_tokens"), or None when it can (the scheduler's admission check
+    and the server's request check, runtime/hf/serve_checks.py, both ask)."""
     # The last generated token is sampled, never stored.
-    stored = prompt + (new - 1 if new else 0)
+    stored = prompt + (max_new_tokens - 1 if max_new_tokens else 0)
     if fits(cache, stored):
-        return
+        return None
     most = capacity(cache, stored)
     page = page_size(cache)
     sizes = (
@@ -62,15 +63,22 @@ def refuse_unservable(cache: Any, state: Any) -> None:
         f"(num_blocks={cache.num_blocks}, page_size={page})"
     )
     if prompt > most:
-        raise StitchRuntimeError(
-            f"request {state.request_id!r}: its prompt of {prompt} tokens does not "
-            f"fit: {sizes}; shorten the prompt or raise num_blocks"
+        return "prompt", (
+            f"its prompt of {prompt} tokens does not fit: {sizes}; shorten the "
+            "prompt or raise num_blocks"
         )
-    raise StitchRuntimeError(
-        f"request {state.request_id!r}: its prompt of {prompt} tokens and "
-        f"max_new_tokens={new} need {stored} cached tokens, but {sizes}: token "
-        f"{most + 1} could never get a block; lower max_new_tokens or raise num_blocks"
+    return "max_new_tokens", (
+        f"its prompt of {prompt} tokens and max_new_tokens={max_new_tokens} need "
+        f"{stored} cached tokens, but {sizes}: token {most + 1} could never get a "
+        "block; lower max_new_tokens or raise num_blocks"
     )
+
+
+def refuse_unservable(cache: Any, state: Any) -> None:
+    """Raise, naming the request and its sizes, when ``state`` can never be stored."""
+    found = unservable(cache, len(state.initial_tokens), state.max_new_tokens)
+    if found is not None:
+        raise StitchRuntimeError(f"request {state.request_id!r}: {found[1]}")
 
 
 def scheduler_type(name: str) -> str:

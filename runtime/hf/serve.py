@@ -5,6 +5,9 @@ server, its continuous batching compiled by a ``StitchBackend``.
 
     python -m stitch.runtime.hf.serve MODEL_DIR --port 8000 --cb-num-blocks 64
 
+``MODEL_DIR`` holds the model and its tokenizer (transformers' server loads
+both).
+
 The server is transformers' (``transformers.cli.serve.Serve``: its handlers,
 FastAPI app and uvicorn); what changes is the generation state, whose
 continuous batching manager builds its ``ContinuousBatchingConfig`` with
@@ -12,58 +15,46 @@ continuous batching manager builds its ``ContinuousBatchingConfig`` with
 model and the backend.  Needs transformers' serving packages (``pip install
 'stitch[serve]'``).
 
-NOTE: [how transformers serve gets Stitch's engine config]
-transformers 5.23's ``Serve.__init__`` builds everything inline: its
-``ContinuousBatchingConfig`` comes from the ``--cb-*`` flags only, and it
-constructs ``GenerationState(continuous_batching=, compile=, cb_config=)``
-itself, so neither a backend nor a model-dependent config can be passed in.
-The config also needs the model (its attention is routed to Stitch's op, NOTE:
-[how the engine reaches the paged op] in engine.py), which the server loads
-after that point.  So the Stitch parts are two subclasses that take their
-collaborators through their constructors: :class:`StitchCBGenerateManager`
-builds the config in ``init_cb``, where transformers hands it the loaded model,
-and :class:`StitchGenerationState` creates that manager.  The one patch is
-the name ``GenerationState`` in ``transformers.cli.serving.utils`` (``Serve``
-imports it from there when it is constructed), bound to
-:class:`StitchGenerationState` with the backend for the duration of
-:func:`serve` and restored after; every other object the server builds is
-transformers' own, built with the same arguments
-(tests/test_hf_serve.py compares the two servers).  Copying ``Serve.__init__``
-instead would fork its wiring (five handlers, the app, uvicorn) and drift from
-transformers' releases.
+Stitch's parts of the server are in :mod:`.serve_parts` (NOTE: [how
+transformers serve gets Stitch's engine config] there), its life (ready, a
+dead engine replaced, a stop) in :mod:`.serve_lifecycle`, and the checks of
+each request in :mod:`.serve_checks`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import logging
+import os
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Sequence
 from typing import Any
 
 from stitch.core.errors import StitchConfigError
 
-from .engine import continuous_batching_config
+from ..store.location import CACHE_ENV
+from .serve_lifecycle import Readiness, StitchServer
+from .serve_parts import (
+    StitchCBGenerateManager,
+    StitchChatCompletionHandler,
+    StitchCompletionHandler,
+    StitchGenerationState,
+    stitch_generation_state,
+)
 
-try:
-    from transformers.cli.serving import utils as serving_utils
-    from transformers.utils.import_utils import is_serve_available
-except ImportError as exc:  # pragma: no cover - transformers without its CLI
-    raise StitchConfigError(
-        "stitch.runtime.hf.serve needs transformers' server (transformers>=5.23)"
-    ) from exc
+__all__ = [
+    "CB_FLAGS",
+    "StitchCBGenerateManager",
+    "StitchChatCompletionHandler",
+    "StitchCompletionHandler",
+    "StitchGenerationState",
+    "StitchServer",
+    "main",
+    "serve",
+    "stitch_generation_state",
+]
 
-if not is_serve_available():  # pragma: no cover - the extra is not installed
-    raise StitchConfigError(
-        "stitch.runtime.hf.serve needs transformers' serving packages "
-        "(pydantic, fastapi, uvicorn, openai): pip install 'stitch[serve]'"
-    )
-
-# The --cb-* flags of `transformers serve`, and the ContinuousBatchingConfig
-# fields they set (as Serve.__init__ maps them, but for block_size, deprecated
-# since 5.17 in favour of page_size).
 CB_FLAGS: dict[str, str] = {
     "cb_block_size": "page_size",
     "cb_num_blocks": "num_blocks",
@@ -72,91 +63,23 @@ CB_FLAGS: dict[str, str] = {
 }
 
 
-class StitchCBGenerateManager(serving_utils.CBGenerateManager):
-    """transformers' continuous batching manager for the server, its engine
-    config built from the loaded model with ``backend`` (and ``fields``, given to
-    ``ContinuousBatchingConfig``) when the first request starts it."""
-
-    def __init__(self, backend: Any, fields: dict[str, Any]) -> None:
-        super().__init__(cb_config=None)
-        self.backend = backend
-        self.fields = dict(fields)
-
-    def init_cb(self, model: Any, gen_config: Any) -> None:
-        if self._cb is None:
-            self._cb_config = continuous_batching_config(
-                model, self.backend, **self.fields
-            )
-        super().init_cb(model, gen_config)
-
-
-class StitchGenerationState(serving_utils.GenerationState):
-    """transformers' generation state whose continuous batching managers are
-    :class:`StitchCBGenerateManager`; takes ``Serve``'s keywords and refuses the
-    ones Stitch replaces."""
-
-    def __init__(
-        self,
-        backend: Any,
-        fields: dict[str, Any],
-        *,
-        continuous_batching: bool = True,
-        compile: bool = False,
-        cb_config: Any = None,
-    ) -> None:
-        given = dict(
-            continuous_batching=continuous_batching,
-            compile=compile,
-            cb_config=cb_config,
-        )
-        wanted = dict(continuous_batching=True, compile=False, cb_config=None)
-        for name, value in given.items():
-            if value != wanted[name]:
-                raise StitchConfigError(
-                    f"serve through Stitch: {name}={value!r} is not supported "
-                    f"(Stitch compiles the continuous batching engine; expected "
-                    f"{wanted[name]!r})"
-                )
-        super().__init__(continuous_batching=True, compile=False, cb_config=None)
-        self.backend = backend
-        self.fields = dict(fields)
-
-    def get_manager(self, model_id: str, use_cb: bool = False) -> Any:
-        # Create ours where the base class would create its own (a first model,
-        # or another model than the running manager's); it returns it then.
-        if use_cb and (self._cb_manager is None or self._cb_model_id != model_id):
-            if self._cb_manager is not None:
-                self._cb_manager.stop()
-            self._cb_manager = StitchCBGenerateManager(self.backend, self.fields)
-            self._cb_model_id = model_id
-        return super().get_manager(model_id, use_cb=use_cb)
-
-
-@contextlib.contextmanager
-def stitch_generation_state(backend: Any, fields: dict[str, Any]) -> Iterator[None]:
-    """Within: ``Serve`` builds a :class:`StitchGenerationState` with ``backend``
-    (NOTE: [how transformers serve gets Stitch's engine config])."""
-    original = serving_utils.GenerationState
-    serving_utils.GenerationState = functools.partial(
-        StitchGenerationState, backend, fields
-    )
-    try:
-        yield
-    finally:
-        serving_utils.GenerationState = original
-
-
 def serve(
     model: str | None,
     backend: Any,
     fields: dict[str, Any] | None = None,
+    *,
+    non_blocking: bool = False,
     **options: Any,
-) -> Any:
+) -> StitchServer:
     """Run ``transformers serve`` for ``model`` with continuous batching compiled
     by ``backend``; ``fields`` go to ``ContinuousBatchingConfig``, ``options`` to
     ``Serve`` (``host``, ``port``, ``device``, ``dtype``, ``log_level``, ...).
-    Blocks until the server stops unless ``non_blocking=True``; returns the
-    ``Serve``."""
+
+    The server listens at once; with ``model`` named, /health answers 503 until
+    a warm-up request through it has compiled or loaded the engine's forward
+    (NOTE: [ready means ready]).  Blocks until SIGINT or SIGTERM stops it
+    (NOTE: [a clean stop]) unless ``non_blocking=True``; returns the
+    :class:`StitchServer`."""
     from transformers.cli.serve import Serve
 
     for name in ("continuous_batching", "attn_implementation", "compile", *CB_FLAGS):
@@ -166,12 +89,36 @@ def serve(
                 "(continuous batching, the model's default attention routed to its "
                 "paged op; give ContinuousBatchingConfig fields as `fields`)"
             )
-    with stitch_generation_state(backend, fields or {}):
+    readiness = Readiness("warming up: compiling or loading the model's forward")
+    if model is None:
+        readiness.ready()  # models load on request: nothing to warm up
+    with stitch_generation_state(backend, fields or {}, readiness):
         # No attn_implementation: transformers loads the model with its default
         # (SDPA, or eager for a model without SDPA such as Gemma 2), and the
         # engine's calls of either reach the paged op (NOTE: [how the engine
         # reaches the paged op] in engine.py).
-        return Serve(model, continuous_batching=True, **options)
+        built = Serve(model, continuous_batching=True, non_blocking=True, **options)
+    server = StitchServer(
+        built, readiness, model, options.get("host", "localhost"), options["port"]
+    )
+    server.start()
+    if not non_blocking:
+        server.run_until_stopped()
+    return server
+
+
+EPILOG = """\
+/health answers 503 {"status": "starting"} until a warm-up request has compiled
+or loaded the model's forward, then 200.  A prompt is text or a list of token
+ids.  Requests the engine cannot run get a 400 in OpenAI's error shape, naming
+the value and the limit, for example:
+  {"error": {"message": "prompt is empty: there is no token to continue from",
+   "type": "invalid_request_error", "param": "prompt", "code": "empty_prompt"}}
+(also: token ids outside the vocabulary, max_tokens below 1, a prompt and
+max_tokens the paged cache can never hold, temperature or top_p other than the
+engine's, penalties, several prompts, chat without a chat template).
+Ctrl+C or SIGTERM stops the server within seconds.
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -179,8 +126,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m stitch.runtime.hf.serve",
         description="transformers serve (OpenAI-compatible), its continuous "
         "batching compiled by Stitch",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG,
     )
-    parser.add_argument("model", help="model directory or hub id to serve")
+    parser.add_argument(
+        "model",
+        help="model directory (weights, config and a tokenizer) or hub id to serve",
+    )
     parser.add_argument("--host", default="localhost")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="auto", help="e.g. cpu, cuda:0")
@@ -190,7 +142,10 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", default="warning", help="transformers' log level"
     )
     parser.add_argument(
-        "--cache-dir", default="", help="Stitch's cache (default: its own folder)"
+        "--cache-dir",
+        default="",
+        help=f"Stitch's cache folder (default: ${CACHE_ENV} when set, else Stitch's "
+        "own folder under the user's cache)",
     )
     for flag, field in CB_FLAGS.items():
         parser.add_argument(
@@ -223,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if getattr(args, flag) is not None
     }
     stitch_log.info("stitch: serving %s, continuous batching %s", args.model, fields)
-    serve(
+    server = serve(
         args.model,
         backend,
         fields,
@@ -233,7 +188,27 @@ def main(argv: Sequence[str] | None = None) -> None:
         dtype=args.dtype,
         default_seed=args.default_seed,
         log_level=args.log_level,
+        non_blocking=True,
     )
+    status = server.run_until_stopped()
+    # concurrent.futures' idle workers end at exit by themselves.
+    lingering = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.main_thread()
+        and not t.daemon
+        and t.is_alive()
+        and getattr(getattr(t, "_target", None), "__module__", "")
+        != "concurrent.futures.thread"
+    ]
+    if lingering:
+        # NOTE: [a clean stop] in serve_lifecycle.py: a thread of transformers'
+        # that did not stop in time must not hold the exit.
+        stitch_log.warning("stitch: exiting past threads %s", ", ".join(lingering))
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""transformers' server through Stitch from launch: when /health first says 200,
+what the first completion after it costs, and what a warm one costs.
+
+Run: ``python bench/serve_start.py [--requests N]`` (needs ``pip install -e
+'.[test]'``).  The launcher (``python -m stitch.runtime.hf.serve``) serves the
+tests' tiny Llama (2 layers, random weights, a word-level tokenizer:
+tests/test_hf_serve.py) twice, side by side in one run: with empty Stitch and
+Inductor caches (cold), then again on those caches (warm).  For each start the
+table gives the seconds from launch to the first /health 200, the first
+completion's latency after it, the median of ``N`` completions after that,
+and their ratio (the target: at most 1.5, NOTE: [ready means ready] in
+runtime/hf/serve_lifecycle.py).  Each completion is 8 greedy tokens from a
+5-token prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+
+
+def _complete(port: int, model: str) -> float:
+    body = json.dumps(
+        {"model": model, "prompt": "t7 t21 t3 t90 t44", "max_tokens": 8}
+    ).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/completions",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=600) as response:
+        response.read()
+    return time.perf_counter() - start
+
+
+def start(model: str, scratch: str, requests: int) -> dict[str, float]:
+    from test_hf_serve import FLAGS, _free_port
+
+    from serve_support import health
+
+    port = _free_port()
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        TORCHINDUCTOR_CACHE_DIR=os.path.join(scratch, "inductor"),
+    )
+    launched = time.perf_counter()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "stitch.runtime.hf.serve",
+            model,
+            "--host=127.0.0.1",
+            f"--port={port}",
+            "--device=cpu",
+            "--dtype=float32",
+            f"--cache-dir={os.path.join(scratch, 'stitch')}",
+            *FLAGS,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        while health(port) != 200:
+            if process.poll() is not None:
+                raise SystemExit(f"the server exited ({process.returncode})")
+            time.sleep(0.05)
+        ready = time.perf_counter() - launched
+        first = _complete(port, model)
+        warm = [_complete(port, model) for _ in range(requests)]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    median = statistics.median(warm)
+    return {
+        "ready_s": ready,
+        "first_ms": first * 1e3,
+        "warm_ms": median * 1e3,
+        "ratio": first / median,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20)
+    args = parser.parse_args()
+    import torch
+    import transformers
+    from test_hf_serve import _checkpoint
+
+    with tempfile.TemporaryDirectory() as scratch:
+        model = os.path.join(scratch, "tiny-llama")
+        _checkpoint(model)
+        rows = [
+            ("cold (empty caches)", start(model, scratch, args.requests)),
+            ("warm (the same caches)", start(model, scratch, args.requests)),
+        ]
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{os.cpu_count()} CPUs\n"
+    )
+    print(
+        "| start | launch to /health 200 (s) | first completion (ms) | "
+        "warm completion, median (ms) | first / warm |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, r in rows:
+        print(
+            f"| {name} | {r['ready_s']:.1f} | {r['first_ms']:.1f} | "
+            f"{r['warm_ms']:.1f} | {r['ratio']:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
