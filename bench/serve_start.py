@@ -16,33 +16,28 @@ runtime/hf/serve_lifecycle.py).  Each completion is 8 greedy tokens from a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 
 def _complete(port: int, model: str) -> float:
-    body = json.dumps(
-        {"model": model, "prompt": "t7 t21 t3 t90 t44", "max_tokens": 8}
-    ).encode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v1/completions",
-        data=body,
-        headers={"Content-Type": "application/json"},
-    )
+    """One completion's latency in seconds."""
+    from serve_support import post
+
+    body = {"model": model, "prompt": "t7 t21 t3 t90 t44", "max_tokens": 8}
     start = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=600) as response:
-        response.read()
-    return time.perf_counter() - start
+    status, answer = post(port, "/v1/completions", body, timeout=600)
+    seconds = time.perf_counter() - start
+    if status != 200:
+        raise SystemExit(f"a completion failed with {status}: {answer}")
+    return seconds
 
 
 def start(model: str, scratch: str, requests: int) -> dict[str, float]:

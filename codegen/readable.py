@@ -37,8 +37,13 @@ _STEPS = re.compile(r"(?:^|_)(?:modules|parameters|buffers)_")
 # The module itself as the first positional argument of a wrapper around its
 # forward (NOTE: [the compiled module under a wrapper] in pieces.py): Dynamo
 # spells its attributes l_args_0_modules_..., l_args_0_parameters_...
-_SELF_UNDER_WRAPPER = re.compile(r"args_0_(?=(?:modules|parameters|buffers)_)")
+_SELF_UNDER_WRAPPER = re.compile(r"^args_0_(?=(?:modules|parameters|buffers)_)")
 _TOKEN_IDS = ("input_ids", "ids", "tokens", "token_ids", "positions", "position_ids")
+
+
+def _self_rooted(core: str) -> str:
+    """``core`` with the wrapped module's root (``args_0_``) spelled ``self_``."""
+    return _SELF_UNDER_WRAPPER.sub("self_", core)
 
 
 def dotted_path(name: str) -> str | None:
@@ -53,8 +58,7 @@ def dotted_path(name: str) -> str | None:
     m = _DYNAMO.fullmatch(name)
     if m is None:
         return None
-    core = _SELF_UNDER_WRAPPER.sub("self_", m.group(1), count=1)
-    core = re.sub(r"^(self|kwargs)_", "", core)
+    core = re.sub(r"^(self|kwargs)_", "", _self_rooted(m.group(1)))
     parts = [p for p in _STEPS.split(core) if p]
     return ".".join(parts)
 
@@ -72,9 +76,7 @@ def source_path(name: str) -> tuple[str, str] | None:
     m = _DYNAMO.fullmatch(name)
     if m is None:
         return None
-    core = m.group(1)
-    if _SELF_UNDER_WRAPPER.match(core):
-        core = "self_" + core[len("args_0_") :]
+    core = _self_rooted(m.group(1))
     kind = "arg"
     for prefix in ("self_", "kwargs_"):
         if core.startswith(prefix):

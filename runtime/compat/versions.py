@@ -26,10 +26,11 @@ NEWEST = (2, 15)
 
 
 def parse(version: str) -> tuple[int, int]:
-    """``(major, minor)`` of a torch version string (``2.11.0+cu130`` -> ``(2, 11)``)."""
+    """``(major, minor)`` of a release's version string (torch's ``2.11.0+cu130``
+    -> ``(2, 11)``; transformers' too)."""
     found = re.match(r"(\d+)\.(\d+)", version)
     if found is None:
-        raise ValueError(f"not a torch version: {version!r}")
+        raise ValueError(f"not a release version: {version!r}")
     return int(found.group(1)), int(found.group(2))
 
 

@@ -52,12 +52,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import re
 from typing import Any, NamedTuple
 
 import torch
 
 from stitch.core.errors import StitchConfigError
+
+from ..compat.versions import parse
 
 log = logging.getLogger("stitch")
 
@@ -137,14 +138,6 @@ def installed_version() -> str:
     import transformers
 
     return transformers.__version__
-
-
-def parse(release: str) -> tuple[int, int]:
-    """``(major, minor)`` of a transformers version (``5.24.0.dev0`` -> ``(5, 24)``)."""
-    found = re.match(r"(\d+)\.(\d+)", release)
-    if found is None:
-        raise ValueError(f"not a transformers version: {release!r}")
-    return int(found.group(1)), int(found.group(2))
 
 
 def version() -> tuple[int, int]:

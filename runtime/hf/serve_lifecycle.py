@@ -206,7 +206,7 @@ class StitchServer:
         if thread is not None:
             thread.join(DRAIN_SECONDS + 1)
         with contextlib.suppress(Exception):
-            self.serve._generation_state.shutdown()
+            self.generation_state.shutdown()
         with contextlib.suppress(Exception):
             self.serve._model_manager.shutdown()
         log.info("stitch: server stopped")

@@ -63,9 +63,6 @@ from transformers.cli.serving import completion as serving_completion  # noqa: E
 from transformers.cli.serving import server as serving_server  # noqa: E402
 
 
-# The --cb-* flags of `transformers serve`, and the ContinuousBatchingConfig
-# fields they set (as Serve.__init__ maps them, but for block_size, deprecated
-# since 5.17 in favour of page_size).
 class StitchCBGenerateManager(serving_utils.CBGenerateManager):
     """transformers' continuous batching manager for the server, its engine
     config built from the loaded model with ``backend`` (and ``fields``, given to
