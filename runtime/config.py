@@ -128,6 +128,13 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
     cache_lease_s: float = 30.0
     cache_store_max_bytes: int = 0
     debug_dump_path: str = ""
+    # A tiered start (NOTE: [a tiered start], pipeline/tiered.py): the backend
+    # returns once the source is emitted, every piece the cache lacks first runs
+    # uncompiled, and compile workers (processes; 0: one per two cores, at most
+    # four) compile them into the cache entry, each swapped in once it has run
+    # equal to its uncompiled form.  Graphs on the CPU with a cache only.
+    tiered_start: bool = False
+    compile_workers: int = 0
     # CUDA graphs (used on CUDA devices only; nothing happens on CPU).
     cudagraph_mode: Any = CUDAGraphMode.PIECEWISE
     cudagraph_capture_sizes: list[int] | None = None
@@ -204,8 +211,15 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
             if not isinstance(getattr(self, name), str):
                 raise field_error(name, getattr(self, name), "must be a str path")
         check_cache_fields(self)
+        if type(self.compile_workers) is not int or self.compile_workers < 0:
+            raise field_error(
+                "compile_workers",
+                self.compile_workers,
+                "must be an int >= 0 (0: one per two cores, at most four)",
+            )
         for name in (
             "disable_cache",
+            "tiered_start",
             "cudagraph_copy_inputs",
             "cudagraph_forbid_capture_after_startup",
             "cudagraph_check_addresses",
@@ -316,6 +330,8 @@ NOT_HASHED: dict[str, str] = {
     "cache_lease_s": "how long a compile's lease lasts in the shared store",
     "cache_store_max_bytes": "the shared store's size cap",
     "debug_dump_path": "where debug files go",
+    "tiered_start": "when pieces compile, not what they compile to",
+    "compile_workers": "how many processes compile, not what",
     # CUDA graphs wrap the compiled pieces at run time; a saved forward records
     # these settings apart (CompilationConfig.plan_settings).
     "cudagraph_mode": "CUDA graphs are a runtime wrapper",

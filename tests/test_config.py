@@ -162,6 +162,8 @@ PLACE_FIELDS = {
     "cache_wait_s": 5.0,
     "cache_lease_s": 5.0,
     "cache_store_max_bytes": 1 << 20,
+    "tiered_start": True,
+    "compile_workers": 3,
 }
 
 

@@ -150,6 +150,78 @@ def test_transformers_replicas_through_torch_compile_compile_once(
     assert [r["warm"] for r in results if not r["inductor_compiles"]] == [True]
 
 
+def test_a_tiered_replica_serves_while_another_compiles_then_swaps_its_pieces(
+    server: RedisServer, tmp_path: Path
+):
+    # NOTE: [a tiered start]: the replica that waits for the lease serves on
+    # uncompiled pieces, installs the holder's entry and swaps every piece in.
+    results = fleet(server, tmp_path, 2, "hf-llama", tiered=True)
+    holder = [r for r in results if r["inductor_compiles"]]
+    assert len(holder) == 1, [
+        (r["inductor_compiles"], r["log"][-1500:]) for r in results
+    ]
+    (waiter,) = [r for r in results if r is not holder[0]]
+    for r in results:
+        assert r["tier"] and r["settled"] and not r["uncompiled"], r["log"][-3000:]
+        assert r["swapped"] == r["pieces"] > 0
+        assert r["tokens_equal"] and r["tokens_equal_meanwhile"]
+    assert waiter["installed"] and not holder[0]["installed"]
+    assert "while serving on uncompiled pieces" in waiter["log"]
+    assert "published " in holder[0]["log"], holder[0]["log"][-2000:]
+    # A replica started later finds the published entry: warm, nothing compiled.
+    (late,) = fleet(server, tmp_path, 1, "hf-llama", tiered=True)
+    assert late["warm"] and not late["inductor_compiles"] and not late["tier"]
+
+
+def test_a_tiered_replica_compiles_itself_when_the_holder_never_publishes(
+    server: RedisServer, tmp_path: Path
+):
+    import threading
+
+    # The unit's name, from a first replica's entry; then a store where a
+    # replica that died holds that lease and no entry.  The lease goes once the
+    # next replica serves and waits (as a dead holder's lease expires).
+    fleet(server, tmp_path, 1, "hf-llama", tiered=True)
+    client = server.client()
+    (entry,) = client.keys("stitch:entry:*")
+    unit = entry.decode().removeprefix("stitch:entry:")
+    client.flushall()
+    lease = f"stitch:lease:{unit}"
+    client.set(lease, "dead-replica", px=600_000)
+
+    def expire_when_waited() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            logs = [p.read_text() for p in tmp_path.glob("replica*.log")]
+            if any("dead-replica holds the lease" in text for text in logs):
+                client.delete(lease)
+                return
+            time.sleep(0.2)
+
+    expiry = threading.Thread(target=expire_when_waited, daemon=True)
+    expiry.start()
+    (r,) = fleet(server, tmp_path, 1, "hf-llama", tiered=True, lease_s=2.0)
+    expiry.join()
+    assert "dead-replica holds the lease" in r["log"], r["log"][-2000:]
+    assert "came free" in r["log"]
+    assert r["inductor_compiles"] and not r["installed"] and not r["uncompiled"]
+    assert r["swapped"] == r["pieces"] and r["tokens_equal_meanwhile"]
+    assert client.keys("stitch:entry:*") == [entry]  # published after its swaps
+
+
+def test_a_tiered_aot_replica_publishes_its_saved_forward_after_the_last_swap(
+    server: RedisServer, tmp_path: Path
+):
+    (first,) = fleet(server, tmp_path, 1, "llama", tiered=True)
+    assert first["tier"] and first["swapped"] == first["pieces"] > 0, first["log"]
+    assert first["tokens_equal"] and first["tokens_equal_meanwhile"]
+    assert "published aot/" in first["log"]
+    # What it published is whole: the saved forward and every piece.
+    (late,) = fleet(server, tmp_path, 1, "llama", tiered=True)
+    assert late["warm"] and not late["inductor_compiles"] and not late["tier"]
+    assert late["tokens_equal"], late["log"][-2000:]
+
+
 def test_tampered_artifact_is_refused_compiled_again_and_republished(
     server: RedisServer, tmp_path: Path
 ):

@@ -5,8 +5,9 @@ recompiles with one warning.
 Runs only where vllm is importable (its own venv: ``.ci/vllm.sh``); each engine
 runs in a fresh process (``python -m stitch.runtime.harness.vllm_engine``), as vLLM
 spawns its workers.  Engines start slowly (25-70 s on 2 cores), so the module
-starts six: Llama eager, cold, warm and with a broken entry; Mixtral eager and
-cold (with a misspelled field and an op the graph lacks).
+starts eight: Llama eager, cold, warm, with a broken entry, and a tiered start
+cold and warm; Mixtral eager and cold (with a misspelled field and an op the
+graph lacks).
 """
 
 from __future__ import annotations
@@ -215,6 +216,30 @@ def test_second_engine_starts_warm(llama: dict[str, Any]) -> None:
     # cold process traced one graph more, the model.
     assert counters["dynamo_graphs"] == eager["counters"]["dynamo_graphs"]
     assert llama["cold"]["counters"]["dynamo_graphs"] == counters["dynamo_graphs"] + 1
+
+
+def test_tiered_engine_serves_then_its_saved_forward_starts_warm(
+    llama: dict[str, Any], tmp_path: Path
+) -> None:
+    # NOTE: [a tiered start]: the engine serves on uncompiled pieces while its
+    # compile workers build them; vLLM's AOT save, made at once, names the
+    # entry the workers complete, and a second engine loads it warm.
+    cache = tmp_path / "tiered"
+    cold, cold_log = run_engine(llama["model"], "tiered", cache)
+    assert_same_generation(cold, llama["eager"])
+    want = llama["eager"]["tokens"]["1"][0]
+    assert cold["tokens_meanwhile"] and all(t == want for t in cold["tokens_meanwhile"])
+    (tier,) = cold["tiers"]
+    assert tier["settled"] and not tier["uncompiled"], tier
+    assert len(tier["swapped_at"]) == 5  # the 3 unique pieces and 2 twins
+    assert cold["counters"]["stitch"]["num_inductor_compiles"] == 3
+    assert "runs compiled from" in cold_log and LOAD_FAILURE not in cold_log
+    warm, warm_log = run_engine(llama["model"], "tiered", cache)
+    assert LOAD_FAILURE not in warm_log, warm_log[-4000:]
+    assert warm["counters"]["vllm_aot_loaded"] == 1
+    assert warm["counters"]["stitch"]["num_inductor_compiles"] == 0
+    assert warm["tiers"] == [] and warm["tokens_meanwhile"] == []
+    assert_same_generation(warm, llama["eager"])
 
 
 def test_unloadable_entry_recompiles_with_one_warning(llama: dict[str, Any]) -> None:

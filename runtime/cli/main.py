@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache_cmd import add_cache
+from .compile_job import add_compile
 from .inspect_cmd import add_inspect
 from .options import add_model_options, int_list
 
@@ -248,6 +249,17 @@ def _add_run(subparsers: Any) -> None:
         metavar="DIR",
         help="debug dump folder (default: a new temporary folder)",
     )
+    parser.add_argument(
+        "--tiered",
+        action="store_true",
+        help="--example: a tiered start (serve at once, swap compiled pieces in)",
+    )
+    parser.add_argument(
+        "--compile-workers",
+        type=int,
+        default=0,
+        help="a tiered start's worker processes (default: one per two cores, <= 4)",
+    )
     parser.set_defaults(handler=run_run)
 
 
@@ -296,6 +308,8 @@ def run_run(args: argparse.Namespace) -> int:
         dump_dir=args.dump,
         compile_sizes=args.compile_sizes,
         split_points=args.split_points,
+        tiered=args.tiered,
+        compile_workers=args.compile_workers,
         out=sys.stdout,
     )
 
@@ -386,6 +400,7 @@ def run_profile(args: argparse.Namespace) -> int:
 SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     _add_emit,
     _add_run,
+    add_compile,
     _add_profile,
     add_inspect,
     add_cache,

@@ -79,6 +79,8 @@ def run_example(
     compile_sizes: Sequence[int] = (),
     split_points: Sequence[int] = (),
     repeats: int = 5,
+    tiered: bool = False,
+    compile_workers: int = 0,
     out: TextIO,
 ) -> int:
     """Compile a built-in model with stitch, check it against eager, time both."""
@@ -98,6 +100,8 @@ def run_example(
         compile_sizes=list(compile_sizes),
         compile_ranges_split_points=list(split_points),
         max_num_batched_tokens=cfg.max_seqs,
+        tiered_start=tiered,
+        compile_workers=compile_workers,
     )
     model = build_llama(cfg)
     start = time.perf_counter()
@@ -105,6 +109,7 @@ def run_example(
         compiled = _aot_compile(model, cfg, config, sizes[0])
     ready_s = time.perf_counter() - start
     stitch = compiled.backend
+    timeline = _serve_until_compiled(compiled, cfg, sizes[0], start)
 
     rows = []
     failures = 0
@@ -152,12 +157,49 @@ def run_example(
             f"  debug dump: {dump_dir} (execution_fn.py, computation_graph.py, index.md)",
             file=out,
         )
+    if timeline:
+        print(timeline, file=out)
     print("", file=out)
     print(timing_table(rows), file=out)
     if failures:
         print(f"\n{failures} size(s) differ from eager beyond tolerance", file=out)
         return 1
     return 0
+
+
+def _serve_until_compiled(
+    compiled: AOTCompiledModel, cfg: LlamaConfig, size: int, start: float
+) -> str:
+    """A tiered start's timeline, once every piece is swapped in (forwards of
+    ``size`` tokens run meanwhile): "" when nothing compiles in the background."""
+    backend = compiled.backend
+    tiers = [c.tier for c in backend.compiled if c.tier] if backend else []
+    if not tiers:
+        return ""
+    args = llama_inputs(cfg, size, seed=size)
+    with torch.no_grad():
+        compiled(*args)
+        first = time.perf_counter() - start
+        while not all(t.settled for t in tiers):
+            compiled(*args)
+    lines = [f"  tiered start: first output at {first:.2f}s"]
+    for tier in tiers:
+        offset = tier.started - start
+        line = tier.timeline()
+        for name in sorted(line["compiled_at"], key=line["compiled_at"].get):
+            swapped = line["swapped_at"].get(name)
+            lines.append(
+                f"    {name}: compiled at {offset + line['compiled_at'][name]:.2f}s, "
+                + (
+                    f"swapped in at {offset + swapped:.2f}s"
+                    if swapped is not None
+                    else f"uncompiled: {line['uncompiled'].get(name, '?')}"
+                )
+            )
+        last = line["last_swap_at"]
+        if last is not None:
+            lines.append(f"  last swap at {offset + last:.2f}s")
+    return "\n".join(lines)
 
 
 def _aot_compile(

@@ -331,3 +331,10 @@ def dynamo_counters() -> Any:
     from torch._dynamo.utils import counters
 
     return counters
+
+
+def reset() -> None:
+    """Forget every compiled frame (``torch._dynamo.reset``)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()

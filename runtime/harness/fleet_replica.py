@@ -8,7 +8,8 @@ Llama through ``torch.compile(backend=StitchBackend(...), dynamic=True)``),
 ``layers``, ``cache_dir``, ``cache_url``, and optionally ``wait_s``,
 ``lease_s``, ``start_at`` (a ``time.time()`` all replicas start at) and
 ``compile_delay_s`` (llama only: a pause before the compile, the lease held,
-to widen the window another replica waits in).  The store's key comes from the environment
+to widen the window another replica waits in) and ``tiered`` (a tiered
+start, one compile worker, forwards until every piece is swapped in).  The store's key comes from the environment
 (``$STITCH_CACHE_KEY``), as it would in a fleet.  Used by
 tests/test_fleet_cache.py and bench/fleet_start.py.
 """
@@ -82,6 +83,8 @@ def replica(spec: dict[str, Any]) -> dict[str, Any]:
         cache_url=spec.get("cache_url", ""),
         cache_wait_s=spec.get("wait_s", 600.0),
         cache_lease_s=spec.get("lease_s", 30.0),
+        tiered_start=spec.get("tiered", False),
+        compile_workers=1 if spec.get("tiered") else 0,
     )
     backend = None
     if spec.get("compile_delay_s"):
@@ -105,17 +108,50 @@ def replica(spec: dict[str, Any]) -> dict[str, Any]:
             warm = compiled.warm
         else:
             backend = StitchBackend(config)
-            out = run(torch.compile(model, backend=backend, dynamic=True))
+            fn = torch.compile(model, backend=backend, dynamic=True)
+            out = run(fn)
             warm = bool(backend.compiled) and backend.compiled[0].warm
     first = time.perf_counter() - start
+    tiered = {}
+    if spec.get("tiered"):
+        if spec["model"] == "llama":
+            backend, fn = compiled.backend, compiled
+        tiered = _serve_until_settled(backend, fn, run, eager)
     after = compilation_counter.snapshot()
     return {
+        **tiered,
         "first_forward_s": first,
         "warm": warm,
         "inductor_compiles": after["num_inductor_compiles"]
         - before["num_inductor_compiles"],
         "tokens_equal": bool(torch.equal(out.argmax(-1), eager.argmax(-1))),
         "max_abs_diff": (out - eager).abs().max().item(),
+    }
+
+
+def _serve_until_settled(backend: Any, fn: Any, run: Any, eager: Any) -> dict:
+    """Forwards until the tiered start's last piece is swapped in or given up
+    (``spec["tiered"]``), each compared with eager's tokens."""
+    import torch
+
+    tier = backend.compiled[0].tier if backend is not None else None
+    forwards, equal = 0, True
+    deadline = time.monotonic() + 300
+    while tier is not None and not tier.settled and time.monotonic() < deadline:
+        with torch.no_grad():
+            equal &= bool(torch.equal(run(fn).argmax(-1), eager.argmax(-1)))
+        forwards += 1
+        time.sleep(0.05)
+    timeline = tier.timeline() if tier is not None else {}
+    return {
+        "tier": tier is not None,
+        "installed": bool(tier is not None and tier.installed),
+        "settled": bool(tier is not None and tier.settled),
+        "swapped": len(timeline.get("swapped_at", {})),
+        "pieces": len(tier.backends) if tier is not None else 0,
+        "uncompiled": timeline.get("uncompiled", {}),
+        "forwards_meanwhile": forwards,
+        "tokens_equal_meanwhile": equal,
     }
 
 

@@ -31,7 +31,15 @@ VARIANTS = {
     "vllm": {},
     # Stitch, split at vLLM's attention and mixer ops.
     "stitch": {"mode": 2, "backend": "stitch.runtime.vllm.backend"},
+    # vLLM's piecewise compile with its eager backend: Dynamo and the split alone.
+    "dynamo": {"mode": 2, "backend": "eager"},
+    # Stitch with a tiered start (NOTE: [a tiered start]): serves on uncompiled
+    # pieces while compile workers build them.
+    "tiered": {"mode": 2, "backend": "stitch.runtime.vllm.backend"},
 }
+
+# How long the tiered variant serves requests, at most, for its pieces to land.
+SETTLE_S = 300.0
 
 ENGINE_ENV = {
     # Small KV cache, for 2-core machines with little memory per engineer.
@@ -86,6 +94,32 @@ def prompts(batch: int, length: int = 16, seed: int = 0) -> list[list[int]]:
     return [[rng.randrange(1, 32000) for _ in range(length)] for _ in range(batch)]
 
 
+def _worker_tiers(worker: Any = None) -> list[dict[str, Any]]:
+    """Run inside vLLM's worker: the timeline of each tiered start there, with
+    whether it is settled (every piece swapped in or given up)."""
+    import gc
+
+    from stitch.runtime.pipeline.api import Tier
+
+    tiers = [o for o in gc.get_objects() if type(o) is Tier]  # not a weakproxy
+    return [dict(t.timeline(), settled=t.settled) for t in tiers]
+
+
+def _serve_until_settled(llm: Any, generate: Any) -> dict[str, Any]:
+    """One-prompt requests until every piece of the worker's tiered starts has
+    been swapped in or given up: their tokens, and the timelines."""
+    tokens = []
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        tiers = llm.collective_rpc(_worker_tiers)[0]
+        if all(t["settled"] for t in tiers) or time.monotonic() > deadline:
+            break
+        _, outs = generate(1)
+        tokens.append(list(outs[0].outputs[0].token_ids))
+        time.sleep(0.05)
+    return {"tokens_meanwhile": tokens, "tiers": tiers}
+
+
 def _worker_counters(worker: Any = None) -> dict[str, Any]:
     """Run inside vLLM's worker: what Dynamo, Inductor, vLLM and Stitch did there."""
     from vllm.compilation.counter import compilation_counter as vllm_counter
@@ -121,6 +155,11 @@ def run(
     ``backend_with`` object's qualified name)."""
     for name, value in ENGINE_ENV.items():
         os.environ.setdefault(name, value)
+    if variant == "tiered":
+        from stitch.runtime.vllm.config import CONFIG_ENV
+
+        fields = json.loads(os.environ.get(CONFIG_ENV) or "{}")
+        os.environ[CONFIG_ENV] = json.dumps(dict(fields, tiered_start=True))
     start = time.perf_counter()
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
@@ -137,7 +176,7 @@ def run(
         kwargs["enforce_eager"] = True
     else:
         kwargs["compilation_config"] = dict(VARIANTS[variant])
-        if backend and variant == "stitch":
+        if backend and variant in ("stitch", "tiered"):
             kwargs["compilation_config"]["backend"] = backend
     llm = LLM(**kwargs)
     started = time.perf_counter() - start
@@ -160,6 +199,9 @@ def run(
         "tokens": {},
         "logprobs": {},
     }
+    if variant == "tiered":
+        result.update(_serve_until_settled(llm, generate))
+        result["settled_s"] = time.perf_counter() - start
     for batch in batches:
         times = []
         for _ in range(rounds):

@@ -14,11 +14,13 @@ from .piecewise import PiecewiseBackend
 from .splitting import dispatches_through_transformers, is_attention
 from .stitched import (
     StitchFunction,
+    index_sha256,
     load_reference,
     parse_reference,
     reference_entry,
     reference_root,
 )
+from .tiered import Tier
 
 __all__ = [
     "ArtifactSource",
@@ -27,7 +29,9 @@ __all__ = [
     "PiecewiseBackend",
     "StitchBackend",
     "StitchFunction",
+    "Tier",
     "dispatches_through_transformers",
+    "index_sha256",
     "is_attention",
     "load_reference",
     "parse_reference",

@@ -98,13 +98,27 @@ class ArtifactSource:
         self, piece: Piece, target: Target, choice: KeyChoice
     ) -> tuple[EntryRecord, str]:
         """The entry of ``target`` and how its runnable came: "shared" (this call
-        has it), "hit" (loaded) or "miss" (compiled)."""
+        has it), "hit" (loaded), "miss" (compiled) or "refused" (it runs
+        uncompiled: its compiled form was found wrong)."""
         key = self._resolve_key(choice)
         if key is None and self.cache is not None and isinstance(choice, StringKeys):
             key = self._key_on_disk(choice, self.cache)
         if key is not None:
             if key in self.memo:
                 return EntryRecord(target.key(), key, self.memo[key][1]), "shared"
+            why = self.cache.refusal(key) if self.cache is not None else None
+            if why is not None:
+                # NOTE: [a piece that compiled wrong] (tiered.py)
+                log.warning(
+                    "stitch: piece %s (%s) runs uncompiled: %s (recorded in %s; "
+                    "delete that folder to compile it again)",
+                    piece.name,
+                    target.describe(),
+                    why,
+                    self.cache.directory,
+                )
+                self.memo[key] = (piece.graph.forward, False)
+                return EntryRecord(target.key(), key, False), "refused"
             runnable = self._from_cache(piece, target, key)
             if runnable is not None:
                 self.memo[key] = (runnable, True)
@@ -123,6 +137,11 @@ class ArtifactSource:
         cache = self.cache
         if cache is None or cache.index is None or not self.adapter.saves_artifacts:
             raise StitchCacheError(f"piece {name} ({entry.target}): no cache entry")
+        why = cache.refusal(entry.key)
+        if why is not None:
+            raise StitchCacheError(
+                f"piece {name} ({entry.target}) runs uncompiled: {why}"
+            )
         size_index = cache.index.pieces[name].size_index
         artifact = cache.lookup(name, None, target, entry.key, size_index)
         if artifact is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -81,7 +82,7 @@ class StitchBackend:
         ).run()
         self.compiled.append(compiled)
         if self.serializable or (self.serializable is None and in_torch_aot_compile()):
-            return saveable(
+            fn = saveable(
                 compiled.fn,
                 self.config,
                 compiled.cache_dir,
@@ -89,7 +90,22 @@ class StitchBackend:
                 compiled.graphs,
                 compiled.guards,
             )
+            fn.tier = compiled.tier
+            return fn
         return compiled.fn
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Wait until every piece of this backend's tiered starts has landed in
+        the cache or been given up (NOTE: [a tiered start]); whether all did
+        within ``timeout`` seconds.  Each lands in the function at its next call."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for compiled in self.compiled:
+            if compiled.tier is None:
+                continue
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not compiled.tier.wait(left):
+                return False
+        return True
 
 
 def stitch_backend(

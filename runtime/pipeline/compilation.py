@@ -8,7 +8,6 @@ next one reads; the call's result is one :class:`CompiledModel`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -19,8 +18,6 @@ import torch.fx as fx
 
 from stitch.codegen import graph_hash, module_path_of
 from stitch.codegen.fingerprint import describe_example
-from stitch.codegen.split import SplitItem
-from stitch.core import StitchRuntimeError
 
 from ..compat.fake import shape_env_of
 from ..config import CompilationConfig
@@ -42,81 +39,16 @@ from .fakes import backend_fake_inputs
 from .fleet import FleetTurn
 from .layouts import LayoutChecks, fed_layouts
 from .materialize import CompiledPlan, materialize
-from .piece_plan import PiecePlan, UnfixedSizes, piece_inputs, plan_piece
+from .piece_plan import PieceArgs, PiecePlan, UnfixedSizes, piece_state, plan_piece
 from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
+from .results import CompiledModel, Emitted, Split
 from .source import stitching_source
 from .split_policy import SplitPolicy
+from .tiered import DeferredSource, tiered_off
 
 log = logging.getLogger("stitch")
 
 DUMP_ENV = "STITCH_DEBUG_DUMP"
-
-
-@dataclasses.dataclass
-class CompiledModel:
-    """What one backend call produced (kept for inspection and tests)."""
-
-    split_gm: fx.GraphModule
-    code: str
-    submod_names: list[str]
-    backends: dict[str, PiecewiseBackend]
-    reports: list[PieceReport]
-    cache_dir: str | None
-    warm: bool
-    seconds: float
-    # What runs, the constants its source reads, the plan of its CUDA graphs
-    # (None: none) and the guards its compile added (a saved forward's limits).
-    fn: Callable[..., Any]
-    consts: list[Any]
-    graphs: GraphPlan | None
-    guards: tuple[str, ...]
-    # A cold start's cause: what differs from the nearest cached entry.
-    why_cold: str | None = None
-
-
-@dataclasses.dataclass
-class Split:
-    """The split phase's result."""
-
-    split_gm: fx.GraphModule
-    items: list[SplitItem]
-    layouts: LayoutChecks
-
-    @property
-    def compiled(self) -> list[SplitItem]:
-        return [it for it in self.items if not it.is_splitting_graph]
-
-
-@dataclasses.dataclass
-class Emitted:
-    """The emit phase's result: the serving source, saved with the entry's guards."""
-
-    code: str
-    submod_names: list[str]
-    consts: list[Any]
-    dispatch_on: str | None
-    from_cache: bool
-    source_file: str | None
-    # The guards the entry holds under (recorded or added by this call).
-    guards: tuple[str, ...]
-
-
-class PieceArgs:
-    """Each piece's fake inputs, from one fake run of the split graph, made on
-    first use (see NOTE: [warm start skips fake propagation])."""
-
-    def __init__(self, split_gm: fx.GraphModule, fake_inputs: list[Any]) -> None:
-        self.split_gm = split_gm
-        self.fake_inputs = fake_inputs
-        self._args: dict[str, tuple[Any, ...]] | None = None
-
-    def __call__(self, name: str) -> tuple[Any, ...]:
-        if self._args is None:
-            self._args = piece_inputs(self.split_gm, self.fake_inputs)
-        args = self._args.get(name)
-        if args is None:
-            raise StitchRuntimeError(f"piece {name} is never called by the split graph")
-        return args
 
 
 class Compilation:
@@ -157,16 +89,24 @@ class Compilation:
         compilation_counter.num_backend_compilations += 1
         graph_key, cache = self.open_cache(fake_inputs)
         finished = False
+        tier = None
         try:
             split = self.split()
             records, reports = self.compile_pieces(split, fake_inputs, cache)
             emitted = self.emit(split, cache, records, reports)
             graphs = self.plan_graphs(split, fake_inputs, records, emitted)
             fn, backends = self.materialize(split, emitted, records, reports, graphs)
-            self.fleet.record(cache)
+            tier = None
+            if getattr(self.source, "deferred", None) and cache is not None:
+                from .compile_workers import start_tier
+
+                tier = start_tier(self, split, fn, backends, cache, start, graph_key)
+            if tier is None:
+                self.fleet.record(cache)
             finished = True
         finally:
-            self.fleet.end(finished)
+            if tier is None:
+                self.fleet.end(finished)
         # Twins report "shared": they run what their first instance loaded.
         warm = emitted.from_cache and all(
             r.cache in ("hit", "shared") for r in reports if not r.splitting
@@ -197,6 +137,7 @@ class Compilation:
             graphs,
             emitted.guards,
             None if warm else self.fleet.why_cold,
+            tier,
         )
 
     # -- the phases ----------------------------------------------------------
@@ -224,12 +165,20 @@ class Compilation:
                     self.config, graph_key, self.config_hash, self.cache_group
                 )
 
-            cache = self.fleet.open(reopen(), reopen)
+            cache = reopen()
+        # NOTE: [a tiered start] (tiered.py): missing pieces compile in workers,
+        # and a replica that waits for another's lease serves meanwhile.
+        self.tiered_off = tiered_off(self.config, self.example_inputs, cache)
+        if cache is not None:
+            cache = self.fleet.open(cache, reopen, self.tiered_off is None)
             self.fleet.explain(cache, self.gm, fake_inputs, self.cache_group, graph_key)
-        if cache is None or cache.index is None:
+        if self.tiered_off not in (None, "off"):
+            log.info("stitch: no tiered start: %s", self.tiered_off)
+        if self.tiered_off is not None and (cache is None or cache.index is None):
             # A cold start: the warm-up runs beside the split and fake propagation.
             self.adapter.warm_up(cpu=on_cpu(self.example_inputs))
-        self.source = ArtifactSource(
+        source = ArtifactSource if self.tiered_off is not None else DeferredSource
+        self.source = source(
             self.config,
             cache,
             adapter=self.adapter,
@@ -255,7 +204,7 @@ class Compilation:
             cache.identify({it.submod_name: it.graph for it in split.compiled})
         # See NOTE: [warm start skips fake propagation] (plan): the fake run
         # happens only if some entry has to be compiled.
-        args = PieceArgs(split.split_gm, fake_inputs)
+        args = self.piece_args = PieceArgs(split.split_gm, fake_inputs)
         records: dict[str, PieceRecord] = {}
         reports: list[PieceReport] = []
         progress = progress_bar(
@@ -276,6 +225,12 @@ class Compilation:
             reports.append(report)
             progress.update(1)
         progress.close()
+        deferred = getattr(self.source, "deferred", None)
+        if deferred:
+            # The workers compile from these fake inputs; made now, before the
+            # pieces' backends are installed (NOTE: [pieces are installed after
+            # the loop]).
+            args(next(iter(deferred)))
         self.unfixed.report(self.config.compile_sizes)
         return records, reports
 
@@ -399,7 +354,8 @@ class Compilation:
         )
         if cache is not None:
             self.entry_guards.note(cache)
-            cache.record_piece(name, record)
+            if name not in getattr(self.source, "deferred", ()):
+                cache.record_piece(name, record)
         targets = [t.describe() for t in plan.targets]
         report = PieceReport(
             name, False, module_path, targets, seconds, piece_state(outcomes)
@@ -437,14 +393,3 @@ class Compilation:
             self.key_salt,
             self.unfixed,
         )
-
-
-def piece_state(outcomes: Sequence[str]) -> str:
-    """A piece's cache state from its targets' outcomes.  "shared" outcomes reuse
-    a runnable of this call (a twin's, or this piece's general one for its
-    ranges): they neither hit nor miss."""
-    if all(o == "shared" for o in outcomes):
-        return "shared"
-    if "hit" in outcomes:
-        return "partial" if "miss" in outcomes else "hit"
-    return "miss"

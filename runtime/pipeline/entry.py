@@ -89,4 +89,8 @@ class EntryGuards:
         if self.recorded:
             install_guards(self.shape_env, self.recorded)
         self.note(cache)
+        return self.held()
+
+    def held(self) -> tuple[str, ...]:
+        """Every guard the call's result holds under: recorded and added."""
         return tuple(dict.fromkeys(self.recorded + tuple(added_guards(self.mark))))

@@ -20,7 +20,7 @@ from stitch.codegen.fingerprint import describe_example, graph_lines
 from ..config import CompilationConfig
 from ..store.cache import CompileCache
 from ..store.explain import EntryFactors, entry_factors, explain_miss, save_factors
-from ..store.shared.tier import INSTALLED, Lease, SharedTier
+from ..store.shared.tier import INSTALLED, Lease, SharedTier, Waiting
 from ..store.shared.units import entry_unit
 from .entry import MAX_ENTRIES
 
@@ -34,6 +34,8 @@ class FleetTurn:
         self.config = config
         self.tier = SharedTier.of(config)
         self.lease: tuple[str, Lease] | None = None
+        # Another replica holds the lease and this call serves meanwhile.
+        self.waiting: Waiting | None = None
         self.factors: EntryFactors | None = None
         # Why this call compiles: what differs from the nearest cached entry.
         self.why_cold: str | None = None
@@ -42,22 +44,41 @@ class FleetTurn:
         self,
         cache: CompileCache | None,
         reopen: Callable[[], CompileCache | None],
+        serve_meanwhile: bool = False,
     ) -> CompileCache | None:
         """The entry to use: ``cache``, or after a local miss the entry installed
         from the store (``reopen`` opens it again, its guards checked), or
-        ``cache`` with this process holding the lease to compile it."""
+        ``cache`` with this process holding the lease to compile it.  With
+        ``serve_meanwhile`` (a tiered start), a lease another replica holds
+        does not wait here: ``cache`` is returned, with :attr:`waiting` set."""
         for _ in range(MAX_ENTRIES):
             if self.tier is None or cache is None or cache.index is not None:
                 return cache
-            turn = self.tier.before_compile(
-                cache.root, entry_unit(cache.root, cache.directory)
-            )
+            unit = entry_unit(cache.root, cache.directory)
+            turn = self.tier.first_turn(cache.root, unit, serve_meanwhile)
+            if isinstance(turn, Waiting) and not serve_meanwhile:
+                turn = turn.result()
+            if isinstance(turn, Waiting):
+                self.waiting = turn
+                return cache
             if isinstance(turn, Lease):
                 self.lease = (cache.root, turn)
                 return cache
             assert turn == INSTALLED
             cache = reopen()
         return cache
+
+    def take_turn(self) -> bool:
+        """After :meth:`open` left this call waiting: wait for the other
+        replica's entry (True: installed) or for this process's turn to
+        compile (False: the lease is this call's, or the wait ran out)."""
+        assert self.waiting is not None
+        waiting, self.waiting = self.waiting, None
+        turn = waiting.result()
+        if isinstance(turn, Lease):
+            self.lease = (waiting.root, turn)
+            return False
+        return True
 
     def end(self, compiled: bool) -> None:
         """Publish what was compiled (``compiled``: the call finished) and let

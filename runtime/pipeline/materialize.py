@@ -69,7 +69,7 @@ def materialize(
     """
     warnings = warnings if warnings is not None else RangeWarnings()
     backends = {
-        name: _backend(name, record, config, runnable, warnings)
+        name: piece_backend(name, record, config, runnable, warnings)
         for name, record in plan.pieces.items()
     }
     names = list(plan.submod_names)
@@ -95,7 +95,7 @@ def materialize(
     return fn, backends
 
 
-def _backend(
+def piece_backend(
     name: str,
     record: PieceRecord,
     config: CompilationConfig,

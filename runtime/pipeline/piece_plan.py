@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from stitch.codegen import structural_hash
 from stitch.codegen.fingerprint import string_constants
+from stitch.core import StitchRuntimeError
 
 from ..compat.fake import FakeTensorMode, fake_mode_of, propagating
 from ..compat.shapes import size_bounds
@@ -206,3 +207,34 @@ def piece_inputs(
     with propagating(fake_mode):
         Recorder(split_gm).run(*fake_inputs)
     return recorded
+
+
+class PieceArgs:
+    """Each piece's fake inputs, from one fake run of the split graph, made on
+    first use (see NOTE: [warm start skips fake propagation])."""
+
+    def __init__(self, split_gm: fx.GraphModule, fake_inputs: list[Any]) -> None:
+        self.split_gm = split_gm
+        self.fake_inputs = fake_inputs
+        self._args: dict[str, tuple[Any, ...]] | None = None
+
+    def __call__(self, name: str) -> tuple[Any, ...]:
+        if self._args is None:
+            self._args = piece_inputs(self.split_gm, self.fake_inputs)
+        args = self._args.get(name)
+        if args is None:
+            raise StitchRuntimeError(f"piece {name} is never called by the split graph")
+        return args
+
+
+def piece_state(outcomes: Sequence[str]) -> str:
+    """A piece's cache state from its targets' outcomes.  "shared" outcomes reuse
+    a runnable of this call (a twin's, or this piece's general one for its
+    ranges): they neither hit nor miss."""
+    if all(o == "shared" for o in outcomes):
+        return "shared"
+    if "refused" in outcomes:
+        return "refused"
+    if "hit" in outcomes:
+        return "partial" if "miss" in outcomes else "hit"
+    return "miss"

@@ -88,6 +88,9 @@ class StitchFunction:
         self.fn = fn
         self.reference = reference
         self.unsaveable = unsaveable
+        # The tiered start whose pieces still compile into the entry (NOTE: [a
+        # tiered start] in tiered.py); None: the entry was complete.
+        self.tier: Any = None
 
     def __call__(self, *args: Any) -> Any:
         return self.fn(*args)
@@ -99,7 +102,15 @@ class StitchFunction:
                 f"this Stitch function cannot be saved: {fn.unsaveable}"
             )
         reference = dict(fn.reference)
-        reference["index_sha256"] = index_sha256(reference_entry(reference))
+        tier = getattr(fn, "tier", None)
+        if tier is not None and not tier.settled:
+            # Saved before the workers finished (vLLM saves what the backend
+            # returns at once): the index changes as pieces land, so it is not
+            # pinned.  A load checks that every piece is there, and each
+            # artifact's identity; an entry left incomplete raises.
+            reference["index_sha256"] = None
+        else:
+            reference["index_sha256"] = index_sha256(reference_entry(reference))
         return render_reference(reference).encode("utf-8")
 
     @classmethod

@@ -33,6 +33,7 @@ import dataclasses
 import inspect
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -191,6 +192,7 @@ def aot_compile(
         if found is not None:
             return found
     compiled = False
+    pieces_tier = None
     try:
         forward, saved, backend = site.compile(args, dims, site.folder, now, first=True)
         if not guards:
@@ -198,14 +200,33 @@ def aot_compile(
                 site, forward, saved, args, dims, backend.graph_inputs
             )
         compiled = True
+        pieces_tier = backend.compiled[-1].tier if backend.compiled else None
     finally:
         if tier is not None and isinstance(turn, Lease):
-            tier.after_compile(site.root, turn, compiled)
+            if pieces_tier is None:
+                tier.after_compile(site.root, turn, compiled)
+            else:
+                _publish_when_compiled(pieces_tier, tier, site.root, turn)
     entry = backend.compiled[-1].cache_dir if backend.compiled else None
     seconds = time.perf_counter() - start
     return AOTCompiledModel(
         forward, False, guards, seconds, saved, entry, backend, site.cudagraphs
     )
+
+
+def _publish_when_compiled(pieces: Any, tier: Any, root: str, turn: Lease) -> None:
+    """A tiered start (NOTE: [a tiered start]): the saved forward is written
+    once every piece is swapped in (saved/compile.py), and published then,
+    off the serving thread; nothing is published if a piece stays uncompiled."""
+
+    def publish(ok: bool) -> None:
+        threading.Thread(
+            target=tier.after_compile,
+            args=(root, turn, ok),
+            name="stitch-aot-publish",
+        ).start()
+
+    pieces.when_complete(publish)
 
 
 def _load_saved(

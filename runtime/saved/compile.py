@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from stitch.core.errors import StitchError
+from stitch.core.errors import StitchCacheError, StitchError
 
 from ..compat import dynamo
 from ..config import CompilationConfig
@@ -203,12 +203,49 @@ def compile_and_save(
         "stitched": reference,
         "torch_function_sha256": (content_hash(torch_data) if torch_data else None),
     }
+    tier = backend.compiled[-1].tier if backend.compiled else None
+    if tier is not None:
+        # NOTE: [a tiered start] (pipeline/tiered.py): the saved forward names
+        # compiled pieces only, so it is written once every piece is swapped in.
+        tier.when_complete(
+            lambda ok: _write_when_compiled(model, folder, record, files, ok)
+        )
+        return forward, folder
     try:
         write_record(folder, record, files)
     except OSError as exc:
         log.warning("stitch aot: could not write %s (%s)", folder, exc)
         return forward, None
     return forward, folder
+
+
+def _write_when_compiled(
+    model: torch.nn.Module,
+    folder: str,
+    record: dict[str, Any],
+    files: dict[str, bytes],
+    compiled: bool,
+) -> None:
+    if not compiled:
+        log.warning(
+            "stitch aot: %s is not saved: some of its pieces stay uncompiled in "
+            "this process; the next one compiles what is missing",
+            model_name(model),
+        )
+        return
+    from ..pipeline.api import index_sha256, reference_entry
+
+    stitched = dict(record["stitched"])
+    try:
+        # The workers wrote the index since the reference was made.
+        stitched["index_sha256"] = index_sha256(reference_entry(stitched))
+        write_record(folder, dict(record, stitched=stitched), files)
+    except (OSError, StitchCacheError) as exc:
+        log.warning("stitch aot: could not write %s (%s)", folder, exc)
+        return
+    log.info(
+        "stitch aot: %s saved to %s, every piece compiled", model_name(model), folder
+    )
 
 
 def torch_file(compiled: Any, why_not_light: str) -> bytes:

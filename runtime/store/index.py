@@ -13,7 +13,8 @@ Python literal, never executed) describing one cache entry::
                                'entries': [{'target': 'general' | 'size8' | ...,
                                             'key': <compile key>, 'saved': bool,
                                             'note': <why not saved, or ''>}, ...]}},
-     'guards': [<a guard the compile added, as text: 'Eq(s27, 7)'>, ...]}
+     'guards': [<a guard the compile added, as text: 'Eq(s27, 7)'>, ...],
+     'refused': {<compile key>: <why its compiled form is not run>, ...}}
 
 ``guards`` lists what the compile added to Dynamo's ShapeEnv; the entry
 applies only where they hold (see NOTE: [the guards a backend call adds are
@@ -130,6 +131,9 @@ class Index(Record, frozen=True):
     source: SourceRecord | None
     pieces: dict[Name, PieceRecord]
     guards: tuple[str, ...] = ()
+    # Compile keys whose compiled form a tiered start found to differ from the
+    # uncompiled piece: they run uncompiled, and are not compiled again.
+    refused: dict[Key, str] = msgspec.field(default_factory=dict)
 
     def render(self) -> str:
         return codec.render(self)

@@ -168,6 +168,12 @@ class PieceStore:
         self._artifacts[key] = identity
         return identity
 
+    def look_again(self, key: str) -> None:
+        """Forget what this run found under ``key``: another process (a compile
+        worker) has saved it since."""
+        if self._artifacts.get(key, True) is None:
+            del self._artifacts[key]
+
     def has_artifact(self, key: str) -> bool:
         """Whether a whole, verified artifact is stored under ``key``."""
         return self._artifact(key, claimed=False) is not None
@@ -281,6 +287,21 @@ class PieceStore:
         if self.index is not None and self.index.pieces.get(name) == record:
             return
         self._update(lambda index: index.with_piece(name, record))
+
+    def refusal(self, key: str) -> str | None:
+        """Why the compiled form of ``key`` is not run (an earlier run found its
+        numbers differ from the uncompiled piece's), or None."""
+        return self.index.refused.get(key) if self.index is not None else None
+
+    def refuse(self, key: str, why: str) -> None:
+        """Record that the compiled form of ``key`` is not run, and why."""
+
+        def change(index: Index) -> Index:
+            return msgspec.structs.replace(index, refused={**index.refused, key: why})
+
+        self._update(change)
+        if self.index is not None:
+            self.index = change(self.index)
 
     def record_guards(self, guards: Sequence[str]) -> None:
         """Add guards the compile added to the ShapeEnv (see NOTE: [the guards a

@@ -137,7 +137,11 @@ class StitchVllmBackend:
         fn = stitch(gm, example_inputs)
         if isinstance(fn, StitchFunction):
             register_serializable(VllmStitchFunction)
-            return VllmStitchFunction(fn.fn, fn.reference, fn.unsaveable)
+            saved = VllmStitchFunction(fn.fn, fn.reference, fn.unsaveable)
+            # NOTE: [a tiered start]: vLLM saves this at once; the reference
+            # then does not pin the index the workers are still writing.
+            saved.tier = fn.tier
+            return saved
         return fn
 
 

@@ -207,34 +207,24 @@ class SharedTier:
     def before_compile(self, root: str, unit: Unit) -> Lease | str:
         """:data:`INSTALLED` when the unit is installed now (from the store, or
         after another replica's compile), else this process's :class:`Lease`."""
+        turn = self.first_turn(root, unit)
+        return turn.result() if isinstance(turn, Waiting) else turn
+
+    def first_turn(
+        self, root: str, unit: Unit, serving: bool = False
+    ) -> Lease | str | Waiting:
+        """:meth:`before_compile` without its wait: a :class:`Waiting` when
+        another replica holds the lease (``serving``: this process serves on
+        uncompiled pieces meanwhile, NOTE: [a tiered start])."""
         if not self.alive:
             return Lease(unit, False)
         if self.fetch(root, unit):
             return INSTALLED
-        wait = Wait(self.url, unit.name, self.wait_s)
-        while self.alive:
-            try:
-                if self.store.take_lease(unit.name, self.owner, self.lease_s):
-                    wait.end("lease")
-                    lease = Lease(unit, True)
-                    threading.Thread(
-                        target=self._renew, args=(lease,), daemon=True
-                    ).start()
-                    return lease
-                holder = self.store.lease_holder(unit.name)
-            except StoreDown as exc:
-                self._down(exc)
-                break
-            if wait.waited >= self.wait_s:
-                wait.end("timeout")
-                return Lease(unit, False)
-            wait.tick(holder)
-            time.sleep(min(0.5, self.lease_s / 4))
-            if self.fetch(root, unit):
-                wait.end("installed")
-                return INSTALLED
-        wait.end("down")
-        return Lease(unit, False)
+        waiting = Waiting(self, root, unit, serving)
+        turn = waiting.take()
+        if turn is None and not self.alive:
+            return waiting.result()
+        return waiting if turn is None else turn
 
     def _renew(self, lease: Lease) -> None:
         while not lease._stop.wait(self.lease_s / 3):
@@ -358,3 +348,51 @@ class SharedTier:
     def entries(self) -> list[tuple[str, float, bytes | None]]:
         """Every entry's name, last use and stored bytes, least recently used first."""
         return [(n, t, self.store.get_entry(n)) for n, t in self.store.by_age()]
+
+
+class Waiting:
+    """A replica's turn while another one holds the unit's lease: :meth:`result`
+    waits (at most ``cache_wait_s``) for the entry or the lease."""
+
+    def __init__(self, tier: SharedTier, root: str, unit: Unit, serving: bool) -> None:
+        self.tier = tier
+        self.root = root
+        self.unit = unit
+        self.wait = Wait(tier.url, unit.name, tier.wait_s, serving)
+        self.holder: str | None = None
+
+    def take(self) -> Lease | None:
+        """The lease when it is this process's now (or the wait ran out, or the
+        store is down: compile here), else None (``holder`` holds it)."""
+        tier = self.tier
+        try:
+            if tier.store.take_lease(self.unit.name, tier.owner, tier.lease_s):
+                self.wait.end("lease")
+                lease = Lease(self.unit, True)
+                threading.Thread(target=tier._renew, args=(lease,), daemon=True).start()
+                return lease
+            self.holder = tier.store.lease_holder(self.unit.name)
+        except StoreDown as exc:
+            tier._down(exc)
+            return None
+        if self.wait.waited >= tier.wait_s:
+            self.wait.end("timeout")
+            return Lease(self.unit, False)
+        return None
+
+    def result(self) -> Lease | str:
+        """Wait: :data:`INSTALLED` once another replica's entry is installed,
+        else this process's :class:`Lease` (the lease came free, the wait ran
+        out, or the store went down)."""
+        tier = self.tier
+        while tier.alive:
+            self.wait.tick(self.holder)
+            time.sleep(min(0.5, tier.lease_s / 4))
+            if tier.fetch(self.root, self.unit):
+                self.wait.end("installed")
+                return INSTALLED
+            turn = self.take()
+            if turn is not None:
+                return turn
+        self.wait.end("down")
+        return Lease(self.unit, False)

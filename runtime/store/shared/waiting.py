@@ -37,8 +37,13 @@ def show_bar() -> bool:
 class Wait:
     """One replica's wait for the unit ``unit`` another one is compiling."""
 
-    def __init__(self, url: str, unit: str, bound_s: float) -> None:
+    def __init__(
+        self, url: str, unit: str, bound_s: float, serving: bool = False
+    ) -> None:
         self.url = url
+        # This process serves on uncompiled pieces while it waits (NOTE: [a
+        # tiered start]): no bar over its output.
+        self.serving = serving
         self.unit = unit
         self.bound_s = bound_s
         self.start = self.last = time.monotonic()
@@ -62,18 +67,19 @@ class Wait:
         if self._bar is None:
             log.warning(
                 "stitch cache: %s holds the lease of %s on %s (it is compiling "
-                "it); waiting for its entry, at most %.0fs (cache_wait_s), then "
+                "it); waiting for its entry%s, at most %.0fs (cache_wait_s), then "
                 "compiling here",
                 who,
                 self.unit,
                 self.url,
+                " while serving on uncompiled pieces" if self.serving else "",
                 self.bound_s,
             )
             self._bar = progress_bar(
                 round(self.bound_s),
                 f"stitch: waiting for {who}",
                 "s",
-                enabled=show_bar(),
+                enabled=show_bar() and not self.serving,
             )
         elif time.monotonic() - self.last >= PROGRESS_S:
             self.last = time.monotonic()

@@ -1,0 +1,325 @@
+"""A cold start, side by side: Dynamo alone, Stitch compiling first, and Stitch's tiered start.
+
+Usage::
+
+    python bench/cold_start.py              # examples at 3 and 32 layers, the engine
+    python bench/cold_start.py --quick      # the 3-layer example alone
+
+Every run is a fresh process with empty Stitch and Inductor caches (but
+"warm", which reuses the tiered run's), one after the other in one
+invocation.  The runs:
+
+- ``dynamo``: ``torch.compile(backend="eager")``, Dynamo alone;
+- ``cold``: Stitch as today, every piece compiled before the first output;
+- ``tiered``: ``CompilationConfig(tiered_start=True)`` (NOTE: [a tiered
+  start]): it serves at once and swaps compiled pieces in;
+- ``warm``: a start after the tiered run, from the entry its workers filled.
+
+For the built-in example (8 tokens a forward, ``dynamic=True``), "first
+output" is seconds from ``torch.compile`` (the model built) to the first
+forward's output; "last swap" the same clock at the tiered run's last swap,
+while forwards run back to back; "ms/forward" the median of 50 forwards after
+the last swap (the cold run's after its compile); "max err" the largest
+difference from eager over every forward of the run, swaps included.
+
+For transformers' engine (``--engine``: the README's tiny Llama and a
+4-layer one; 8 prompts of 1-61 tokens, 16 new tokens each), "first output" is
+seconds from the start of the process to the first token of a one-request
+warm-up, the batch runs right after it (during the swaps, for the tiered run),
+and a second batch after the last swap gives "ms/token"; "tokens" compares
+every run's greedy tokens with eager's.  There, "dynamo" is Stitch with
+``CompilationConfig(backend="eager")``: Dynamo and the split, no Inductor.
+
+The compile without weights: ``bench/weightless_compile.py``.
+
+Results: docs/performance.md ("Cold start").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+STARTED = time.perf_counter()
+RESULT = "COLD_START_RESULT "
+WAIT_S = 900.0
+README_LLAMA = dict(
+    vocab_size=256,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+)
+
+
+def example_child(run: str, layers: int, cache: str) -> dict[str, Any]:
+    import torch
+
+    from stitch.runtime import CompilationConfig, StitchBackend
+    from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
+
+    cfg = LlamaConfig(num_layers=layers)
+    model = build_llama(cfg)
+    sizes = (8, 5, 3, 7)
+    batches = [llama_inputs(cfg, n, seed=n) for n in sizes]
+
+    def forward(fn: Any, args: Any) -> torch.Tensor:
+        model.reset_kv_caches()
+        with torch.no_grad():
+            return fn(*args)
+
+    refs = [forward(model, a) for a in batches]
+    backend = None
+    t0 = time.perf_counter()
+    if run == "dynamo":
+        fn = torch.compile(model, backend="eager", dynamic=True)
+    else:
+        config = CompilationConfig(cache_dir=cache, tiered_start=run != "cold")
+        backend = StitchBackend(config)
+        fn = torch.compile(model, backend=backend, dynamic=True)
+    err = (forward(fn, batches[0]) - refs[0]).abs().max().item()
+    first = time.perf_counter() - t0
+    out: dict[str, Any] = {"first_s": first, "forwards_during": 0}
+    tier = backend.compiled[-1].tier if backend and backend.compiled else None
+    if tier is not None:
+        deadline = time.monotonic() + WAIT_S
+        i = 0
+        while not tier.settled and time.monotonic() < deadline:
+            i += 1
+            got = forward(fn, batches[i % len(batches)])
+            err = max(err, (got - refs[i % len(batches)]).abs().max().item())
+        timeline = tier.timeline()
+        out["forwards_during"] = i
+        out["last_swap_s"] = tier.started - t0 + (timeline["last_swap_at"] or 0.0)
+        out["uncompiled"] = timeline["uncompiled"]
+    for i, args in enumerate(batches):
+        err = max(err, (forward(fn, args) - refs[i]).abs().max().item())
+    times = []
+    for _ in range(50):
+        start = time.perf_counter()
+        forward(fn, batches[0])
+        times.append(time.perf_counter() - start)
+    out["ms_per_forward"] = statistics.median(times) * 1e3
+    out["max_err"] = err
+    out["warm"] = bool(backend and backend.compiled and backend.compiled[-1].warm)
+    return out
+
+
+def engine_child(run: str, layers: int, cache: str) -> dict[str, Any]:
+    import torch
+    from transformers import ContinuousBatchingConfig
+
+    from stitch.runtime import CompilationConfig, StitchBackend
+    from stitch.runtime.cli.engine_job import (
+        LLAMA,
+        Workload,
+        build_model,
+        engine_fields,
+        finished,
+        greedy,
+        prompts,
+    )
+    from stitch.runtime.cli.engine_job import MODELS as SHAPES
+    from stitch.runtime.hf import continuous_batching_config
+    from stitch.runtime.hf.engine_compat import config_fields
+
+    # layers 0: the README's model (its transformers section), else LLAMA's shape.
+    SHAPES["bench"] = (
+        README_LLAMA if layers == 0 else dict(LLAMA, num_hidden_layers=layers)
+    )
+    work = Workload(prompts=8, shortest=1, longest=61, new_tokens=16, shape="bench")
+    model = build_model(work)
+    batch = prompts(work)
+    fields = engine_fields(work)
+    backend = None
+    if run == "eager":
+        config = ContinuousBatchingConfig(
+            **config_fields(
+                dict(
+                    fields,
+                    default_compile_level=0,
+                    max_blocks_per_request=0,
+                    auto_switch_to_flash=False,
+                )
+            )
+        )
+    else:
+        options = {"backend": "eager"} if run == "dynamo" else {}
+        backend = StitchBackend(
+            CompilationConfig(cache_dir=cache, tiered_start=run == "tiered", **options)
+        )
+        config = continuous_batching_config(model, backend, **fields)
+    with torch.no_grad():
+
+        def generate(requests: list[list[int]], new: int) -> list[Any]:
+            outputs = model.generate_batch(
+                requests, greedy(new), continuous_batching_config=config
+            )
+            return finished(outputs, run, len(requests))
+
+        generate([batch[0][:16]], 1)
+        first = time.perf_counter() - STARTED
+        results = generate(batch, work.new_tokens)
+        tokens = [
+            o.generated_tokens for o in sorted(results, key=lambda o: o.prompt_ids)
+        ]
+        out: dict[str, Any] = {"first_s": first, "tokens": tokens}
+        tier = None
+        if backend is not None:
+            tiers = [c.tier for c in backend.compiled if c.tier is not None]
+            tier = tiers[0] if tiers else None
+        if tier is not None:
+            deadline = time.monotonic() + WAIT_S
+            while not all(t.settled for t in tiers) and time.monotonic() < deadline:
+                generate([batch[1]], 2)
+            out["last_swap_s"] = max(
+                t.started - STARTED + (t.timeline()["last_swap_at"] or 0.0)
+                for t in tiers
+            )
+            out["uncompiled"] = {
+                k: v for t in tiers for k, v in t.timeline()["uncompiled"].items()
+            }
+        start = time.perf_counter()
+        again = generate(batch, work.new_tokens)
+        seconds = time.perf_counter() - start
+        out["tokens_after"] = [
+            o.generated_tokens for o in sorted(again, key=lambda o: o.prompt_ids)
+        ]
+        out["ms_per_token"] = 1e3 * seconds / sum(len(t) for t in out["tokens_after"])
+    return out
+
+
+def run_child(kind: str, run: str, layers: int, cache: str) -> dict[str, Any]:
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"))
+    command = [sys.executable, __file__, "--child", kind, run, str(layers), cache]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"{kind} {run}: {done.stdout[-2000:]}{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len(RESULT) :])
+
+
+def subject_rows(kind: str, layers: int) -> list[tuple[str, dict[str, Any]]]:
+    runs = ["dynamo", "cold", "tiered", "warm"]
+    if kind == "engine":
+        runs = ["eager", *runs]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="stitch-cold-") as root:
+        for run in runs:
+            cache = os.path.join(root, "tiered" if run in ("tiered", "warm") else run)
+            os.makedirs(cache, exist_ok=True)
+            print(f"  {kind} {layers} layers: {run} ...", file=sys.stderr, flush=True)
+            rows.append(
+                (
+                    run,
+                    run_child(kind, "tiered" if run == "warm" else run, layers, cache),
+                )
+            )
+    return rows
+
+
+def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str:
+    from stitch.runtime.tables import markdown_table
+
+    by = dict(rows)
+    cells = []
+    for run, r in rows:
+        if kind == "example":
+            check = f"{r['max_err']:.1e}"
+            speed = f"{r['ms_per_forward']:.2f}"
+        else:
+            eager = by["eager"]
+            same = (
+                r["tokens"] == eager["tokens"] and r["tokens_after"] == eager["tokens"]
+            )
+            check = "= eager" if same else "DIFFER"
+            speed = f"{r['ms_per_token']:.2f}"
+        last = r.get("last_swap_s")
+        cells.append(
+            (
+                run,
+                f"{r['first_s']:.2f}",
+                "-" if last is None else f"{last:.2f}",
+                speed,
+                check,
+                ", ".join(sorted(r.get("uncompiled") or {})) or "-",
+            )
+        )
+    what = "ms/forward" if kind == "example" else "ms/token"
+    check = "max err" if kind == "example" else "tokens"
+    headers = ("run", "first output (s)", "last swap (s)", what, check, "uncompiled")
+    title = (
+        f"example llama, {layers} layers, 8 tokens"
+        if kind == "example"
+        else "transformers' engine, "
+        + (
+            "the README's Llama (2 layers x 64)"
+            if layers == 0
+            else f"Llama {layers} layers x 256"
+        )
+        + " (8 prompts of 1-61 tokens, 16 new tokens)"
+    )
+    lines = [title, "", markdown_table(headers, cells, align="lrrrrl"), ""]
+    dyn, cold, tiered = by["dynamo"], by["cold"], by["tiered"]
+    lines.append(
+        f"targets: first output {tiered['first_s'] - dyn['first_s']:+.2f} s from "
+        f"Dynamo alone (<= 1.5 s: {'met' if tiered['first_s'] - dyn['first_s'] <= 1.5 else 'MISSED'}); "
+        f"last swap {tiered.get('last_swap_s', 0) / cold['first_s']:.2f}x the cold "
+        f"compile's first output (<= 1.3x: "
+        f"{'met' if tiered.get('last_swap_s', 0) <= 1.3 * cold['first_s'] else 'MISSED'})"
+    )
+    key = "ms_per_forward" if kind == "example" else "ms_per_token"
+    ratio = tiered[key] / cold[key]
+    lines.append(
+        f"after the last swap: {ratio:.3f}x the cold run's {what} "
+        f"(<= 1.05x: {'met' if ratio <= 1.05 else 'MISSED'}); warm start "
+        f"{by['warm']['first_s']:.2f} s"
+    )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--child", nargs=4, metavar=("KIND", "RUN", "LAYERS", "CACHE"))
+    parser.add_argument(
+        "--quick", action="store_true", help="the 3-layer example alone"
+    )
+    parser.add_argument("--layers", type=int, nargs="*", default=[3, 32])
+    parser.add_argument(
+        "--engine-layers",
+        type=int,
+        nargs="*",
+        default=[0, 4],
+        help="0: the README's model",
+    )
+    args = parser.parse_args()
+    if args.child:
+        kind, run, layers, cache = args.child
+        child = example_child if kind == "example" else engine_child
+        result = child(run, int(layers), cache)
+        print(RESULT + json.dumps(result), flush=True)
+        return 0
+    import torch
+
+    subjects = [("example", n) for n in ([3] if args.quick else args.layers)]
+    if not args.quick:
+        subjects += [("engine", n) for n in args.engine_layers]
+    print(
+        f"machine: {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}\n"
+    )
+    for kind, layers in subjects:
+        print(table(kind, layers, subject_rows(kind, layers)), "\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

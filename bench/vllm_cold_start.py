@@ -1,0 +1,108 @@
+"""vLLM's engine from an empty cache: Dynamo alone, Stitch, and Stitch's tiered start.
+
+Run (in the vLLM venv, see README.md)::
+
+    python bench/vllm_cold_start.py [--layers 4] [--tokens 16]
+
+NOTE: [a tiered start] (runtime/pipeline/tiered.py).  A tiny Llama (hidden
+256, float32, random normal(0, 0.02) weights saved with ``save_pretrained``,
+NOTE: [realistic weights]) is served by one engine per row, each in its own
+process with an empty vLLM and Stitch cache (``stitch.runtime.harness
+.vllm_engine``): vLLM eager; vLLM's piecewise compile with its ``eager``
+backend (Dynamo and the split, no Inductor: the target's reference); Stitch;
+Stitch with ``tiered_start``; and a second process over the tiered row's
+cache.  "ready" is the ``LLM(...)`` constructor's time (the engine can take
+requests), "first request" one prompt's ``--tokens`` new tokens after it.
+The tiered row then sends one-prompt requests until every piece has been
+swapped in ("settled", from the process start), each compared with eager's
+tokens, before the batches are timed.
+
+Results: docs/performance.md ("Cold start").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+
+from stitch.runtime.harness.vllm_engine import save_checkpoint
+from stitch.runtime.harness.vllm_table import run_variant
+
+ROWS = (
+    ("vLLM eager (enforce_eager)", "eager", "fresh"),
+    ('vLLM mode 2, backend "eager" (Dynamo alone)', "dynamo", "fresh"),
+    ("Stitch, cold", "stitch", "fresh"),
+    ("Stitch, tiered_start, cold", "tiered", "fresh"),
+    ("the same, second process", "tiered", "same"),
+)
+
+
+def row(label: str, result: dict, eager: dict) -> list[str]:
+    want = eager["tokens"]["1"][0]
+    during = result.get("tokens_meanwhile", [])
+    equal = all(result["tokens"][b] == eager["tokens"][b] for b in eager["tokens"])
+    equal = equal and all(t == want for t in during)
+    compiles = result["counters"]["stitch"].get("num_inductor_compiles", 0)
+    settled = result.get("settled_s") if result.get("tiers") else None
+    ms = 1000 * result["seconds"]["8"] / (8 * result["max_tokens"])
+    return [
+        label,
+        f"{result['start_s']:.2f}",
+        f"{result['first_request_s']:.2f}",
+        f"{settled:.2f}" if settled is not None else "-",
+        f"{len(during)}" if "tokens_meanwhile" in result else "-",
+        "= eager" if equal else "**differ**",
+        str(compiles),
+        f"{ms:.2f}",
+    ]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=16)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="stitch-vllm-cold-") as scratch:
+        model = save_checkpoint(os.path.join(scratch, "model"), "llama", args.layers)
+        results, cache = [], ""
+        for i, (label, variant, which) in enumerate(ROWS):
+            if which == "fresh":
+                cache = os.path.join(scratch, f"cache{i}")
+            print(f"  {label} ...", file=sys.stderr, flush=True)
+            result = run_variant(
+                model, variant, cache, batches="1,8", tokens=args.tokens, repeats=1
+            )
+            result["max_tokens"] = args.tokens
+            results.append(result)
+    eager = results[0]
+    headers = [
+        "engine",
+        "ready (s)",
+        "first request (s)",
+        "settled (s)",
+        "requests meanwhile",
+        "tokens",
+        "Inductor compiles",
+        "ms/token (batch 8)",
+    ]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for (label, _, _), result in zip(ROWS, results, strict=True):
+        lines.append("| " + " | ".join(row(label, result, eager)) + " |")
+    print(
+        f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+        f"vLLM's engine, Llama {args.layers} layers x 256, {args.tokens} new tokens\n"
+    )
+    print("\n".join(lines))
+    for (label, _, _), result in zip(ROWS, results, strict=True):
+        for tier in result.get("tiers", []):
+            print(
+                f"\n{label}: backend returned at {tier['returned_at']:.2f} s, last "
+                f"swap at {tier['last_swap_at']} s, uncompiled {tier['uncompiled']}"
+            )
+
+
+if __name__ == "__main__":
+    main()

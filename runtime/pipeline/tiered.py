@@ -1,0 +1,395 @@
+"""A tiered start: serve on uncompiled pieces while compile workers build them.
+
+NOTE: [a tiered start]
+With ``CompilationConfig.tiered_start``, a backend call that finds pieces
+missing from its cache entry does not compile them before it returns.  It
+splits, plans and emits as always, and every missing piece first runs as its
+own GraphModule (:class:`DeferredSource`), which computes what the compiled
+piece computes.  Before it returns, the call forks compile workers
+(``compile_workers.py``): each runs the ordinary compile of its pieces
+(``Compilation.compile_piece``, Inductor, the artifact saved and its prebuilt
+record written) into the same cache entry, and reports each piece's record
+when it is there.  The serving process loads the piece from the entry with the
+prebuilt loader a warm start uses, runs it beside the uncompiled piece on the
+inputs of that call, and swaps it in where the outputs agree
+(:data:`SWAP_TOLERANCE`): the piece's backend takes the compiled runnables and
+becomes a plain :class:`PiecewiseBackend`, so a swapped piece costs nothing
+more than a cold-compiled one.  A swap happens at the piece's next call, which
+is between two of its calls; the pieces are functions, so a forward that runs
+some pieces compiled and others not computes the same numbers.
+
+Workers are processes, not threads: most of Inductor's time is Python, and
+a thread would take the serving process's GIL.  They are forked inside the
+backend call, so they hold Dynamo's tracing context, the fake inputs and
+every op the graph calls, and need nothing pickled; for the same reason a
+tiered start applies to graphs on the CPU only (a process that has used CUDA
+cannot fork one that uses it, see ``tiered_off``).
+
+What can go wrong leaves serving on the uncompiled piece, with one warning:
+a worker that dies (killed, out of memory: its pieces are not reported), a
+compile that fails, a compiled piece that does not load, one whose compile
+added guards this process's graph does not hold (the next start uses them),
+and one whose numbers differ, which is recorded in the entry's index
+(``Index.refused``) so that no later start compiles or runs it again
+(NOTE: [a piece that compiled wrong]).  A piece is recorded in the index
+only once its artifacts are written, so an exit mid-compile leaves no partial
+entry: the next start loads what landed and compiles what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from stitch.core import StitchCacheError
+
+from ..config import CompilationConfig
+from ..counter import compilation_counter
+from ..store.cache import CompileCache
+from ..store.index import EntryRecord, PieceRecord
+from ..targets import Target
+from .artifact_source import ArtifactSource, Piece
+from .piece_plan import KeyChoice, StringKeys
+from .piecewise import PiecewiseBackend, RangeWarnings
+from .swap_check import copy_input, differences, mutates, unset_outputs
+
+log = logging.getLogger("stitch")
+
+
+def tiered_off(
+    config: CompilationConfig, example_inputs: Sequence[Any], cache: Any
+) -> str | None:
+    """Why a tiered start does not apply to this backend call (None: it does)."""
+    if not config.tiered_start:
+        return "off"
+    if config.backend != "inductor":
+        return f"the {config.backend} backend compiles nothing"
+    if not hasattr(os, "fork"):
+        return "this platform cannot fork compile workers"
+    if cache is None or not cache.writable:
+        return "no writable cache entry to bring compiled pieces back through"
+    devices = {v.device.type for v in example_inputs if isinstance(v, torch.Tensor)}
+    if devices - {"cpu", "meta"}:
+        return f"the graph runs on {sorted(devices - {'cpu', 'meta'})}, not the CPU"
+    return None
+
+
+def default_workers(pieces: int) -> int:
+    """One compile worker per two cores, at most four and at most ``pieces``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores // 2, pieces))
+
+
+class DeferredSource(ArtifactSource):
+    """The serving process's artifact source in a tiered start: what the cache
+    holds loads as always; what it lacks runs as the piece's GraphModule and
+    is named in ``deferred``, for the compile workers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deferred: dict[str, fx.GraphModule] = {}
+        self.deferred_keys: set[str] = set()
+        # Each deferred piece's compile key: twins share one, and one worker
+        # compiles it (the others of the key are "shared" there).
+        self.key_of: dict[str, str] = {}
+
+    def entry(
+        self, piece: Piece, target: Target, choice: KeyChoice
+    ) -> tuple[EntryRecord, str]:
+        record, outcome = super().entry(piece, target, choice)
+        if outcome == "shared" and record.key in self.deferred_keys:
+            # A twin of a deferred piece runs uncompiled too, and is swapped.
+            self.deferred[piece.name] = piece.graph
+            self.key_of[piece.name] = record.key
+        return record, outcome
+
+    def _compile(
+        self, piece: Piece, target: Target, choice: KeyChoice, key: str | None
+    ) -> EntryRecord:
+        if key is None:  # decided by the worker's compile; a placeholder here
+            assert isinstance(choice, StringKeys)
+            key = choice.exact
+        self.deferred[piece.name] = piece.graph
+        self.deferred_keys.add(key)
+        self.key_of[piece.name] = key
+        self.memo.setdefault(key, (piece.graph.forward, False))
+        return EntryRecord(target.key(), key, False)
+
+
+class TieredPiece(PiecewiseBackend):
+    """A piece's backend while its compiled form has not been swapped in: it
+    runs the uncompiled piece until a worker's record has landed, then swaps
+    (:meth:`Tier.swap`) and becomes a plain :class:`PiecewiseBackend`."""
+
+    _landed: PieceRecord | None = None
+    _tier: Tier
+
+    def __call__(self, *args: Any) -> Any:
+        if self._landed is not None:
+            return self._tier.swap(self, args)
+        return uncompiled(self, args)
+
+    def runnable_for(self, size: int) -> Any:
+        # What a size's dispatch table holds until the swap, which empties the
+        # tables (Tier.dispatch) so that they fill with the compiled runnables.
+        def call(*args: Any) -> Any:
+            return self(*args)
+
+        return call
+
+
+class Tier:
+    """The pieces of one backend call that run uncompiled, their workers'
+    reports, the swaps, and the timeline."""
+
+    def __init__(
+        self,
+        config: CompilationConfig,
+        cache: CompileCache,
+        source: ArtifactSource,
+        backends: dict[str, PiecewiseBackend],
+        graphs: dict[str, fx.GraphModule],
+        warnings: RangeWarnings,
+        started: float,
+        label: str,
+    ) -> None:
+        self.config = config
+        self.cache = cache
+        self.source = source
+        self.graphs = graphs
+        self.warnings = warnings
+        self.started = started
+        self.label = label
+        self.backends: dict[str, PiecewiseBackend] = {}
+        for name in graphs:
+            backend = backends[name]
+            backend.__class__ = TieredPiece
+            backend._tier = self  # type: ignore[attr-defined]
+            self.backends[name] = backend
+        self.mutating = {name: mutates(g) for name, g in graphs.items()}
+        self.unset = {name: unset_outputs(g) for name, g in graphs.items()}
+        self._lock = threading.Lock()
+        self._landed = threading.Event()  # every piece reported or given up
+        self._settled = threading.Event()  # every piece swapped or given up
+        self.reported: set[str] = set()
+        self.compiled_at: dict[str, float] = {}
+        self.swapped_at: dict[str, float] = {}
+        self.failed: dict[str, str] = {}
+        self._complete: list[Callable[[bool], None]] = []
+        self.returned_at = 0.0
+        # The function's per-size tables of runnables (loader.SizeTables), if any.
+        self.dispatch: dict[Any, Any] | None = None
+        self.pids: list[int] = []
+        # The pieces came from another replica's entry, installed from the
+        # fleet's store, rather than from this process's workers.
+        self.installed = False
+        # The guards this call's graph holds under (a piece compiled under
+        # more is not swapped in).
+        self.held_guards: frozenset[str] = frozenset()
+
+    # -- what the workers report (their reader threads) ------------------------
+    def landed(self, name: str, record: PieceRecord, guards: Sequence[str]) -> None:
+        now = self._now()
+        with self._lock:
+            self.reported.add(name)
+            self.compiled_at[name] = now
+        if guards:
+            self.give_up(
+                name,
+                f"its compile added the guards {list(guards)}, which this process's "
+                "graph does not hold (the next start uses them)",
+            )
+        else:
+            self.backends[name]._landed = record  # type: ignore[attr-defined]
+        self._check_landed()
+
+    def land_installed(self) -> None:
+        """Every piece from the entry another replica compiled, now installed
+        in this entry's folder from the fleet's store."""
+        self.installed = True
+        try:
+            index = CompileCache.existing(self.cache.root, self.cache.directory).index
+        except StitchCacheError as exc:
+            index, why = None, f"the fleet's entry does not open ({exc})"
+        else:
+            why = f"the fleet's entry {self.cache.directory} has no record of it"
+        for name in self.backends:
+            record = index.pieces.get(name) if index is not None else None
+            if record is None:
+                self.give_up(name, why)
+            else:
+                extra = [g for g in index.guards if g not in self.held_guards]
+                self.landed(name, record, extra)
+
+    def give_up(self, name: str, why: str) -> None:
+        """Leave ``name`` uncompiled for this process, with one warning."""
+        with self._lock:
+            if name in self.failed or name in self.swapped_at:
+                return
+            self.reported.add(name)
+            self.failed[name] = why
+        backend = self.backends[name]
+        backend.__class__ = PiecewiseBackend
+        if self.dispatch is not None:
+            self.dispatch.clear()
+        log.warning("stitch: piece %s stays uncompiled: %s", self._name(name), why)
+        self._check_landed()
+        self._check_settled()
+
+    # -- the swap (the serving thread) -----------------------------------------
+    def swap(self, backend: TieredPiece, args: tuple[Any, ...]) -> Any:
+        name, record = backend.name, backend._landed
+        assert record is not None
+        backend._landed = None
+        try:
+            compiled = self._compiled_backend(name, record)
+        except StitchCacheError as exc:
+            self.give_up(name, f"its compiled form does not load ({exc})")
+            return uncompiled(backend, args)
+        result, differs = self._check(backend, compiled, args)
+        if differs:
+            for entry in record.entries:
+                self.cache.refuse(entry.key, f"its compiled form differed: {differs}")
+            self.give_up(name, f"its compiled form differs from it: {differs}")
+            return result
+        with self._lock:
+            self.swapped_at[name] = self._now()
+        state = dict(compiled.__dict__)
+        backend.__dict__.clear()
+        backend.__dict__.update(state)
+        backend.__class__ = PiecewiseBackend
+        if self.dispatch is not None:
+            self.dispatch.clear()
+        log.info(
+            "stitch: piece %s runs compiled from %.2fs (compiled at %.2fs)",
+            self._name(name),
+            self.swapped_at[name],
+            self.compiled_at.get(name, float("nan")),
+        )
+        self._check_settled()
+        return result
+
+    def _compiled_backend(self, name: str, record: PieceRecord) -> PiecewiseBackend:
+        from .materialize import piece_backend
+
+        graph = self.graphs[name]
+
+        def runnable(piece: str, target: Target, entry: EntryRecord) -> Any:
+            self.cache.look_again(entry.key)
+            artifact = self.cache.lookup(
+                piece, graph, target, entry.key, record.size_index
+            )
+            if artifact is None:
+                raise StitchCacheError(
+                    f"no verified artifact for {entry.target} in {self.cache.directory}"
+                )
+            return self.source.adapter.load(*artifact)
+
+        return piece_backend(name, record, self.config, runnable, self.warnings)
+
+    def _check(
+        self, backend: PiecewiseBackend, compiled: PiecewiseBackend, args: tuple
+    ) -> tuple[Any, str]:
+        """Both runs of one call: the uncompiled result (the one returned) and
+        how the compiled one differs ("" when it agrees).  A piece that writes
+        its inputs runs compiled on copies, so only the uncompiled run writes."""
+        name = backend.name
+        mutating = self.mutating.get(name, True)
+        copies = tuple(copy_input(a) for a in args) if mutating else args
+        try:
+            got = compiled(*copies)
+        except Exception as exc:  # noqa: BLE001 - the uncompiled piece serves
+            return uncompiled(backend, args), (f"it raised {type(exc).__name__}: {exc}")
+        want = uncompiled(backend, args)
+        differs = differences(got, want, "output", self.unset.get(name, set()))
+        if not differs and mutating:
+            differs = differences(copies, args, "written input")
+        return want, differs
+
+    # -- progress -------------------------------------------------------------
+    def _check_landed(self) -> None:
+        if self.reported >= set(self.backends) and not self._landed.is_set():
+            self._landed.set()
+
+    def _check_settled(self) -> None:
+        with self._lock:
+            done = set(self.swapped_at) | set(self.failed)
+            if done < set(self.backends) or self._settled.is_set():
+                return
+            self._settled.set()
+            callbacks, self._complete = self._complete, []
+        ok = not self.failed
+        log.info(
+            "stitch: tiered start of %s: %d of %d pieces compiled, last swap at "
+            "%.2fs%s",
+            self.label,
+            len(self.swapped_at),
+            len(self.backends),
+            max(self.swapped_at.values(), default=0.0),
+            "" if ok else f" ({len(self.failed)} stay uncompiled)",
+        )
+        for callback in callbacks:
+            callback(ok)
+
+    def when_complete(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(every piece swapped)`` once every piece is swapped in
+        or given up (now, if that is already so)."""
+        with self._lock:
+            if not self._settled.is_set():
+                self._complete.append(callback)
+                return
+        callback(not self.failed)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every piece has landed in the cache or was given up."""
+        return self._landed.wait(timeout)
+
+    @property
+    def settled(self) -> bool:
+        return self._settled.is_set()
+
+    def timeline(self) -> dict[str, Any]:
+        """Seconds from the backend call's start: when it returned, when each
+        piece was compiled and swapped in, and why pieces stay uncompiled."""
+        with self._lock:
+            return {
+                "returned_at": self.returned_at,
+                "compiled_at": dict(self.compiled_at),
+                "swapped_at": dict(self.swapped_at),
+                "last_swap_at": max(self.swapped_at.values(), default=None),
+                "uncompiled": dict(self.failed),
+            }
+
+    def _now(self) -> float:
+        return time.perf_counter() - self.started
+
+    def _name(self, name: str) -> str:
+        path = self.backends[name].module_path
+        return f"{name} ({path})" if path else name
+
+
+def uncompiled(backend: PiecewiseBackend, args: tuple[Any, ...]) -> Any:
+    """Run the piece's own runnables (before its swap) for ``args``."""
+    if backend.size_index is None:
+        return backend.general(*args)
+    size = int(args[backend.size_index])
+    return PiecewiseBackend.runnable_for(backend, size)(*args)
+
+
+def add_counters(deltas: dict[str, int]) -> None:
+    """Add a worker's counter changes to this process's counter."""
+    for field, delta in deltas.items():
+        if hasattr(compilation_counter, field):
+            setattr(
+                compilation_counter, field, getattr(compilation_counter, field) + delta
+            )

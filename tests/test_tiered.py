@@ -1,0 +1,348 @@
+"""A tiered start (NOTE: [a tiered start], runtime/pipeline/tiered.py): the
+backend returns before Inductor compiles, pieces run uncompiled, compile
+workers bring each one back through the cache entry, and faults leave serving
+on the uncompiled pieces."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.fx as fx
+
+from stitch.runtime import CompilationConfig
+from stitch.runtime.passes import InductorPass
+from stitch.runtime.pipeline.piecewise import PiecewiseBackend
+from stitch.runtime.pipeline.swap_check import unset_outputs
+from stitch.runtime.store.cache import CompileCache
+
+from backend_support import (
+    INDUCTOR_TOL,
+    TINY,
+    compile_model,
+    counting,
+    inputs,
+    model_for,
+    run_fresh,
+    stitch_warnings,
+)
+
+pytestmark = pytest.mark.slow
+
+SWAP_WAIT_S = 240.0
+
+
+def tiered(cache: Path, **fields: Any) -> CompilationConfig:
+    return CompilationConfig(cache_dir=str(cache), tiered_start=True, **fields)
+
+
+def serve_until_settled(model: Any, fn: Any, tier: Any) -> int:
+    """Forwards over 2-8 tokens (1 is a graph of its own) until every piece is swapped in or given up,
+    each checked against eager; the number of forwards run."""
+    deadline = time.monotonic() + SWAP_WAIT_S
+    n = 0
+    while not tier.settled:
+        assert (
+            time.monotonic() < deadline
+        ), f"no settle in {SWAP_WAIT_S}s: {tier.timeline()}"
+        args = inputs(TINY, 2 + n % 7)
+        out, ref = run_fresh(model, fn, args), run_fresh(model, model, args)
+        torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
+        n += 1
+        time.sleep(0.02)
+    return n
+
+
+def entry_index(cache: Path) -> Any:
+    (folder,) = {p.parent for p in cache.rglob("index.py")}
+    return CompileCache.existing(str(cache), str(folder)).index
+
+
+def test_tiered_start_serves_at_once_and_swaps_every_piece(
+    tmp_path: Path, caplog: Any
+) -> None:
+    caplog.set_level("INFO", logger="stitch")
+    model = model_for()
+    with counting() as cold:
+        backend, fn = compile_model(model, tiered(tmp_path))
+        args = inputs(TINY, 5)
+        torch.testing.assert_close(
+            run_fresh(model, fn, args), run_fresh(model, model, args), **INDUCTOR_TOL
+        )
+        compiled = backend.compiled[-1]
+        tier = compiled.tier
+        assert tier is not None and not compiled.warm
+        # Every piece started uncompiled (some may have been swapped by now).
+        assert set(tier.backends) == set(compiled.backends)
+        serve_until_settled(model, fn, tier)
+    assert not tier.timeline()["uncompiled"], tier.timeline()
+    assert set(tier.timeline()["swapped_at"]) == set(compiled.backends)
+    # Swapped pieces are plain backends: nothing of the tier is left per call.
+    assert all(type(b) is PiecewiseBackend for b in compiled.backends.values())
+    swaps = [m for m in caplog.messages if "runs compiled from" in m]
+    assert len(swaps) == len(compiled.backends)
+    assert cold["num_inductor_compiles"] >= 1  # the workers' counts come back
+    # The entry is complete: a second start compiles nothing.
+    torch._dynamo.reset()
+    with counting() as warm:
+        backend2, fn2 = compile_model(model, tiered(tmp_path))
+        args = inputs(TINY, 3)
+        torch.testing.assert_close(
+            run_fresh(model, fn2, args), run_fresh(model, model, args), **INDUCTOR_TOL
+        )
+    assert backend2.compiled[-1].warm and backend2.compiled[-1].tier is None
+    assert warm.get("num_inductor_compiles", 0) == 0
+
+
+def test_a_killed_worker_leaves_serving_uncompiled_and_no_partial_entry(
+    tmp_path: Path, caplog: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NOTE: [a compile worker's niceness]
+    monkeypatch.setenv("STITCH_COMPILE_NICE", "7")
+    model = model_for()
+    backend, fn = compile_model(model, tiered(tmp_path, compile_workers=1))
+    args = inputs(TINY, 4)
+    run_fresh(model, fn, args)
+    tier = backend.compiled[-1].tier
+    (pid,) = tier.pids
+    assert os.getpriority(os.PRIO_PROCESS, pid) == 7 + os.getpriority(
+        os.PRIO_PROCESS, 0
+    )
+    os.kill(pid, signal.SIGKILL)
+    serve_until_settled(model, fn, tier)
+    left = tier.timeline()["uncompiled"]
+    assert left and all("killed by SIGKILL" in why for why in left.values())
+    warned = [w for w in stitch_warnings(caplog) if "stays uncompiled" in w]
+    assert len(warned) == len(left)
+    # Only pieces whose artifacts are written are in the index.
+    index = entry_index(tmp_path)
+    for name, record in index.pieces.items():
+        assert all(e.saved for e in record.entries), name
+    # The next start compiles what is missing and nothing else.
+    torch._dynamo.reset()
+    with counting() as deltas:
+        _, fn2 = compile_model(model, CompilationConfig(cache_dir=str(tmp_path)))
+        run_fresh(model, fn2, args)
+    # A piece whose artifact was written before the kill, but not its record,
+    # is found by its key too.
+    assert deltas.get("num_cache_hits", 0) >= len(index.pieces)
+    assert deltas.get("num_cache_hits", 0) + deltas.get(
+        "num_inductor_compiles", 0
+    ) == len(backend.compiled[-1].backends)
+
+
+class Broken(InductorPass):
+    name = "BrokenPass"
+
+    def __call__(self, graph: fx.Graph) -> None:
+        raise ValueError("no rewrite today")
+
+
+def test_a_compile_error_leaves_the_piece_uncompiled_with_one_warning(
+    tmp_path: Path, caplog: Any
+) -> None:
+    model = model_for()
+    backend, fn = compile_model(model, tiered(tmp_path, inductor_passes=[Broken()]))
+    args = inputs(TINY, 2)
+    run_fresh(model, fn, args)
+    tier = backend.compiled[-1].tier
+    serve_until_settled(model, fn, tier)
+    left = tier.timeline()["uncompiled"]
+    assert set(left) == set(backend.compiled[-1].backends)
+    assert all(
+        "BrokenPass" in why and "no rewrite today" in why for why in left.values()
+    )
+    warned = [w for w in stitch_warnings(caplog) if "stays uncompiled" in w]
+    assert len(warned) == len(left)
+
+
+class Doubles(InductorPass):
+    """Compiles wrong on purpose: every rsqrt's result is doubled."""
+
+    name = "DoublesRsqrt"
+
+    def __call__(self, graph: fx.Graph) -> None:
+        for node in list(graph.nodes):
+            if node.target is torch.ops.aten.rsqrt.default:
+                with graph.inserting_after(node):
+                    double = graph.call_function(torch.ops.aten.mul.Tensor, (node, 2.0))
+                node.replace_all_uses_with(double)
+                double.args = (node, 2.0)
+
+
+def test_a_piece_that_compiles_wrong_is_refused_and_never_compiled_again(
+    tmp_path: Path, caplog: Any
+) -> None:
+    model = model_for()
+    config = tiered(tmp_path, inductor_passes=[Doubles()])
+    backend, fn = compile_model(model, config)
+    run_fresh(model, fn, inputs(TINY, 3))
+    tier = backend.compiled[-1].tier
+    serve_until_settled(model, fn, tier)  # every output checked against eager
+    left = tier.timeline()["uncompiled"]
+    assert left and all("differs by up to" in why for why in left.values()), left
+    assert entry_index(tmp_path).refused
+    # The next start runs those pieces uncompiled and compiles nothing.
+    torch._dynamo.reset()
+    caplog.clear()
+    with counting() as deltas:
+        backend2, fn2 = compile_model(model, config)
+        args = inputs(TINY, 6)
+        torch.testing.assert_close(
+            run_fresh(model, fn2, args), run_fresh(model, model, args), **INDUCTOR_TOL
+        )
+    assert deltas.get("num_inductor_compiles", 0) == 0
+    assert backend2.compiled[-1].tier is None
+    assert any("runs uncompiled" in w for w in stitch_warnings(caplog))
+
+
+EXITS_MID_COMPILE = """
+import json, os, sys, time, torch
+sys.path.insert(0, {tests!r})
+from backend_support import TINY, compile_model, inputs, model_for, run_fresh
+from stitch.runtime import CompilationConfig
+model = model_for()
+config = CompilationConfig(cache_dir={cache!r}, tiered_start=True, compile_workers=1)
+backend, fn = compile_model(model, config)
+run_fresh(model, fn, inputs(TINY, 4))
+tier = backend.compiled[-1].tier
+deadline = time.monotonic() + 240
+while not tier.timeline()["compiled_at"] and time.monotonic() < deadline:
+    time.sleep(0.01)
+print(json.dumps(sorted(tier.timeline()["compiled_at"])), flush=True)
+sys.exit(0)  # while the worker compiles the other pieces
+"""
+
+
+def test_an_exit_mid_compile_leaves_the_next_start_only_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    script = EXITS_MID_COMPILE.format(
+        tests=str(Path(__file__).parent), cache=str(tmp_path / "cache")
+    )
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    landed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert landed
+    index = entry_index(tmp_path / "cache")
+    assert set(landed) <= set(index.pieces)
+    model = model_for()
+    torch._dynamo.reset()
+    with counting() as deltas:
+        backend, fn = compile_model(
+            model, CompilationConfig(cache_dir=str(tmp_path / "cache"))
+        )
+        run_fresh(model, fn, inputs(TINY, 4))
+    reports = [r for r in backend.compiled[-1].reports if not r.splitting]
+    for report in reports:
+        if report.name in index.pieces:
+            assert report.cache in ("hit", "shared"), report
+        else:
+            assert report.cache in ("miss", "shared"), report
+    assert deltas.get("num_cache_hits", 0) >= 1
+    assert deltas.get("num_inductor_compiles", 0) < len(reports)
+
+
+def test_an_empty_buffer_output_is_not_compared() -> None:
+    def f(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x + 1, torch.empty_like(x).view(-1)
+
+    graph = fx.symbolic_trace(f)
+    assert unset_outputs(graph) == {1}
+
+
+def test_transformers_engine_serves_eager_tokens_before_during_and_after_swaps(
+    tmp_path: Path,
+) -> None:
+    from engine_support import skip_without_the_engine
+
+    skip_without_the_engine()
+    from stitch.runtime import StitchBackend
+    from stitch.runtime.cli.engine_job import (
+        Workload,
+        build_model,
+        engine_config,
+        engine_fields,
+        finished,
+        greedy,
+        prompts,
+    )
+    from stitch.runtime.hf import continuous_batching_config
+
+    work = Workload(prompts=4, shortest=1, longest=24, new_tokens=6)
+    model = build_model(work)
+    batch = prompts(work)
+    fields = engine_fields(work)
+
+    def generate(config: Any, requests: list[list[int]]) -> dict[tuple, list[int]]:
+        with torch.no_grad():
+            out = model.generate_batch(
+                requests, greedy(work.new_tokens), continuous_batching_config=config
+            )
+        results = finished(out, "tiered", len(requests))
+        return {tuple(o.prompt_ids): list(o.generated_tokens) for o in results}
+
+    eager = generate(engine_config("eager", str(tmp_path), model, fields), batch)
+    backend = StitchBackend(
+        CompilationConfig(cache_dir=str(tmp_path), tiered_start=True)
+    )
+    config = continuous_batching_config(model, backend, **fields)
+    assert generate(config, batch) == eager  # served before Inductor compiled
+    tiers = [c.tier for c in backend.compiled if c.tier is not None]
+    assert tiers
+    deadline = time.monotonic() + SWAP_WAIT_S
+    while not all(t.settled for t in tiers):
+        assert time.monotonic() < deadline, [t.timeline() for t in tiers]
+        one = generate(config, batch[:1])  # during the swaps
+        assert one == {tuple(batch[0]): eager[tuple(batch[0])]}
+    assert all(not t.timeline()["uncompiled"] for t in tiers)
+    assert generate(config, batch) == eager  # every piece compiled
+
+
+def test_identical_layers_of_a_transformers_model_are_all_swapped(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("transformers")
+    from stitch.runtime import StitchBackend
+    from stitch.runtime.hf import build_model, example_inputs, output_tensor
+
+    model = build_model("llama", layers=3)
+    backend = StitchBackend(tiered(tmp_path, compile_workers=3))
+    fn = torch.compile(model, backend=backend, dynamic=True)
+    deadline = time.monotonic() + SWAP_WAIT_S
+    n = 0
+    with counting() as deltas, torch.no_grad():
+        while n == 0 or not all(
+            c.tier is None or c.tier.settled for c in backend.compiled
+        ):
+            assert time.monotonic() < deadline
+            kwargs = example_inputs("llama", 2, 4 + n % 3, seed=n)
+            torch.testing.assert_close(
+                output_tensor("llama", fn(**kwargs)),
+                output_tensor("llama", model(**kwargs)),
+                **INDUCTOR_TOL,
+            )
+            n += 1
+    (compiled,) = backend.compiled
+    # Its three decoder layers are twins: one compile (twins go to one worker
+    # of the three), every piece swapped.
+    unique = set(compiled.tier.source.key_of.values())
+    assert deltas["num_inductor_compiles"] == len(unique) < len(compiled.backends)
+    assert set(compiled.tier.timeline()["swapped_at"]) == set(compiled.backends)
+    assert all(type(b) is PiecewiseBackend for b in compiled.backends.values())
