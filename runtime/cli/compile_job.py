@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from stitch.core import StitchConfigError
 
+from .options import int_list
+
 if TYPE_CHECKING:
     from ..saved.weightless import WeightlessCompile
 
@@ -31,29 +33,16 @@ def compile_example(
     layers: int | None,
     cache_dir: str,
     compile_sizes: Sequence[int] = (),
-    split_points: Sequence[int] = (),
     out: TextIO,
 ) -> int:
     """``stitch compile --example NAME``: what ``stitch run --example NAME`` loads."""
 
-    from ..config import CompilationConfig
-    from ..examples import LlamaConfig, LlamaModel, llama_inputs
-    from ..examples.models import runnable_examples
+    from ..examples import LlamaModel, llama_inputs
     from ..saved.weightless import compile_without_weights
+    from .main_job import EXAMPLE_DYNAMIC_DIMS, example_config, example_llama
 
-    runnable = runnable_examples()
-    if name not in runnable:
-        known = ", ".join(sorted(runnable))
-        raise SystemExit(
-            f"stitch compile: unknown example {name!r} (runnable: {known})"
-        )
-    cfg = LlamaConfig(num_layers=layers or runnable[name])
-    config = CompilationConfig(
-        cache_dir=cache_dir,
-        compile_sizes=list(compile_sizes),
-        compile_ranges_split_points=list(split_points),
-        max_num_batched_tokens=cfg.max_seqs,
-    )
+    cfg = example_llama(name, layers, "compile")
+    config = example_config(cfg, cache_dir=cache_dir, compile_sizes=compile_sizes)
 
     def build() -> Any:
         return LlamaModel(cfg).to(cfg.dtype)
@@ -63,7 +52,7 @@ def compile_example(
         build,
         llama_inputs(cfg, 1, seed=1),
         config,
-        dynamic_dims={0: [0], 1: [0]},
+        dynamic_dims=EXAMPLE_DYNAMIC_DIMS,
         name=f"example {name} ({cfg.num_layers} layers)",
     )
     report(done, f"stitch run --example {name} --layers {cfg.num_layers}", out)
@@ -205,7 +194,7 @@ def add_compile(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--compile-sizes",
-        type=lambda text: [int(x) for x in text.split(",") if x],
+        type=int_list,
         default=[],
         metavar="N,N,...",
         help="--example: sizes compiled with static shapes (as stitch run's)",

@@ -68,6 +68,41 @@ def timing_table(rows: Sequence[TimingRow]) -> str:
     )
 
 
+# The token dimension of the example's inputs, marked unbacked when compiling:
+# one graph for every size, 1 included, as a serving engine needs.
+EXAMPLE_DYNAMIC_DIMS = {0: [0], 1: [0]}
+
+
+def example_llama(name: str, layers: int | None, command: str) -> LlamaConfig:
+    """The config of built-in example ``name`` (exits naming the runnable ones)."""
+    runnable = runnable_examples()
+    if name not in runnable:
+        known = ", ".join(sorted(runnable))
+        raise SystemExit(
+            f"stitch {command}: unknown example {name!r} (runnable: {known})"
+        )
+    return LlamaConfig(num_layers=layers or runnable[name])
+
+
+def example_config(
+    cfg: LlamaConfig,
+    *,
+    cache_dir: str,
+    compile_sizes: Sequence[int] = (),
+    split_points: Sequence[int] = (),
+    **fields: Any,
+) -> CompilationConfig:
+    """The config ``stitch run --example`` compiles under, and ``stitch
+    compile --example`` too, so that a run finds what a compile saved."""
+    return CompilationConfig(
+        cache_dir=cache_dir,
+        compile_sizes=list(compile_sizes),
+        compile_ranges_split_points=list(split_points),
+        max_num_batched_tokens=cfg.max_seqs,
+        **fields,
+    )
+
+
 def run_example(
     name: str,
     *,
@@ -84,22 +119,18 @@ def run_example(
     out: TextIO,
 ) -> int:
     """Compile a built-in model with stitch, check it against eager, time both."""
-    runnable = runnable_examples()
-    if name not in runnable:
-        known = ", ".join(sorted(runnable))
-        raise SystemExit(f"stitch run: unknown example {name!r} (runnable: {known})")
-    cfg = LlamaConfig(num_layers=layers or runnable[name])
+    cfg = example_llama(name, layers, "run")
     for n in sizes:
         if not 1 <= n <= cfg.max_seqs:
             raise SystemExit(f"stitch run: size {n} must be in [1, {cfg.max_seqs}]")
     dump_dir = dump_dir or tempfile.mkdtemp(prefix="stitch-dump-")
-    config = CompilationConfig(
-        backend=backend,
+    config = example_config(
+        cfg,
         cache_dir=cache_dir,
+        compile_sizes=compile_sizes,
+        split_points=split_points,
+        backend=backend,
         debug_dump_path=dump_dir,
-        compile_sizes=list(compile_sizes),
-        compile_ranges_split_points=list(split_points),
-        max_num_batched_tokens=cfg.max_seqs,
         tiered_start=tiered,
         compile_workers=compile_workers,
     )
@@ -205,13 +236,10 @@ def _serve_until_compiled(
 def _aot_compile(
     model: torch.nn.Module, cfg: LlamaConfig, config: CompilationConfig, size: int
 ) -> AOTCompiledModel:
-    """Compile (or load the saved forward) with example inputs of ``size`` tokens.
-
-    The token dimension is marked unbacked when compiling: one graph for every
-    size, 1 included, as a serving engine needs.
-    """
+    """Compile (or load the saved forward) with example inputs of ``size``
+    tokens (the token dimension unbacked: :data:`EXAMPLE_DYNAMIC_DIMS`)."""
     example = llama_inputs(cfg, size, seed=size)
-    return aot_compile(model, example, config, dynamic_dims={0: [0], 1: [0]})
+    return aot_compile(model, example, config, dynamic_dims=EXAMPLE_DYNAMIC_DIMS)
 
 
 def _print_aot(compiled: AOTCompiledModel, seconds: float, out: TextIO) -> None:

@@ -81,6 +81,9 @@ class ArtifactSource:
         self.string_free: dict[str, bool] = {}
         # (path, unwrap, sha256) -> runnable: each artifact is verified and loaded once
         self.loaded: dict[tuple[str, bool, str], Runnable] = {}
+        # Pieces this source runs uncompiled while compile workers build them
+        # (a tiered start's DeferredSource, tiered.py); none here.
+        self.deferred: dict[str, fx.GraphModule] = {}
 
     @staticmethod
     def saves(backend: str) -> bool:
@@ -143,13 +146,40 @@ class ArtifactSource:
                 f"piece {name} ({entry.target}) runs uncompiled: {why}"
             )
         size_index = cache.index.pieces[name].size_index
-        artifact = cache.lookup(name, None, target, entry.key, size_index)
+        runnable = self._load_entry(cache, name, None, target, entry, size_index)
+        self.memo[entry.key] = (runnable, True)
+        return runnable
+
+    def landed(
+        self,
+        name: str,
+        graph: fx.GraphModule,
+        target: Target,
+        entry: EntryRecord,
+        size_index: int | None,
+    ) -> Runnable:
+        """The runnable of an entry a compile worker saved since this call
+        looked (NOTE: [a tiered start]), loaded from the cache once for all
+        twins; raises StitchCacheError when it does not load."""
+        if self.cache is None:
+            raise StitchCacheError(f"piece {name} ({entry.target}): no cache entry")
+        self.cache.look_again(entry.key)
+        return self._load_entry(self.cache, name, graph, target, entry, size_index)
+
+    def _load_entry(
+        self,
+        cache: CompileCache,
+        name: str,
+        graph: fx.GraphModule | None,
+        target: Target,
+        entry: EntryRecord,
+        size_index: int | None,
+    ) -> Runnable:
+        artifact = cache.lookup(name, graph, target, entry.key, size_index)
         if artifact is None:
             why = "; ".join(cache.faults) or f"no usable artifact in {cache.directory}"
             raise StitchCacheError(f"piece {name} ({entry.target}): {why}")
-        runnable = self._load(artifact)
-        self.memo[entry.key] = (runnable, True)
-        return runnable
+        return self._load(artifact)
 
     # -- the steps -----------------------------------------------------------
     def _from_cache(self, piece: Piece, target: Target, key: str) -> Runnable | None:

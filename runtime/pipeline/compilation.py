@@ -96,8 +96,7 @@ class Compilation:
             emitted = self.emit(split, cache, records, reports)
             graphs = self.plan_graphs(split, fake_inputs, records, emitted)
             fn, backends = self.materialize(split, emitted, records, reports, graphs)
-            tier = None
-            if getattr(self.source, "deferred", None) and cache is not None:
+            if self.source.deferred and cache is not None:
                 from .compile_workers import start_tier
 
                 tier = start_tier(self, split, fn, backends, cache, start, graph_key)
@@ -225,7 +224,7 @@ class Compilation:
             reports.append(report)
             progress.update(1)
         progress.close()
-        deferred = getattr(self.source, "deferred", None)
+        deferred = self.source.deferred
         if deferred:
             # The workers compile from these fake inputs; made now, before the
             # pieces' backends are installed (NOTE: [pieces are installed after
@@ -354,7 +353,7 @@ class Compilation:
         )
         if cache is not None:
             self.entry_guards.note(cache)
-            if name not in getattr(self.source, "deferred", ()):
+            if name not in self.source.deferred:
                 cache.record_piece(name, record)
         targets = [t.describe() for t in plan.targets]
         report = PieceReport(

@@ -102,8 +102,7 @@ class StitchFunction:
                 f"this Stitch function cannot be saved: {fn.unsaveable}"
             )
         reference = dict(fn.reference)
-        tier = getattr(fn, "tier", None)
-        if tier is not None and not tier.settled:
+        if fn.tier is not None and not fn.tier.settled:
             # Saved before the workers finished (vLLM saves what the backend
             # returns at once): the index changes as pieces land, so it is not
             # pinned.  A load checks that every piece is there, and each

@@ -3,6 +3,7 @@ one does on the inputs of one call (NOTE: [a tiered start], tiered.py)?"""
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import torch
@@ -24,8 +25,6 @@ SWAP_TOLERANCE = {
 def mutates(graph: fx.GraphModule) -> bool:
     """Whether a piece may write one of its inputs (an in-place op anywhere:
     a mutable schema, a trailing-underscore method or ``setitem``)."""
-    import operator
-
     for node in graph.graph.nodes:
         target = node.target
         if node.op == "call_method" and str(target).endswith("_"):
@@ -66,11 +65,7 @@ def unset_outputs(graph: fx.GraphModule) -> set[int]:
             name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
             if node.op in ("call_function", "call_method") and name in _UNSET:
                 return True
-            if (
-                node.op == "call_method"
-                and name in _VIEWS
-                or (node.op == "call_function" and name in _VIEWS)
-            ):
+            if node.op in ("call_function", "call_method") and name in _VIEWS:
                 node = node.args[0]
                 continue
             return False

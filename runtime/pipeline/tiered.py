@@ -97,7 +97,6 @@ class DeferredSource(ArtifactSource):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.deferred: dict[str, fx.GraphModule] = {}
         self.deferred_keys: set[str] = set()
         # Each deferred piece's compile key: twins share one, and one worker
         # compiles it (the others of the key are "shared" there).
@@ -285,15 +284,7 @@ class Tier:
         graph = self.graphs[name]
 
         def runnable(piece: str, target: Target, entry: EntryRecord) -> Any:
-            self.cache.look_again(entry.key)
-            artifact = self.cache.lookup(
-                piece, graph, target, entry.key, record.size_index
-            )
-            if artifact is None:
-                raise StitchCacheError(
-                    f"no verified artifact for {entry.target} in {self.cache.directory}"
-                )
-            return self.source.adapter.load(*artifact)
+            return self.source.landed(piece, graph, target, entry, record.size_index)
 
         return piece_backend(name, record, self.config, runnable, self.warnings)
 

@@ -71,14 +71,8 @@ def compile_without_weights(
     the real model starts warm.  ``name`` names the model in errors.
     """
     start = time.perf_counter()
-    config = config if config is not None else CompilationConfig()
     what = name or getattr(build, "__name__", "the model")
-    if config.disable_cache:
-        raise StitchConfigError(
-            f"compile_without_weights({what}): the config disables the cache, "
-            "where the compiled forward would go"
-        )
-    config = dataclasses.replace(config, tiered_start=False)
+    config = _compiling(config or CompilationConfig(), what, "forward")
     model = _built(build, what, device)
     try:
         with torch.no_grad():
@@ -109,6 +103,17 @@ def compile_without_weights(
         compiled.path,
     )
     return WeightlessCompile(compiled.path, compiled.cache_entry, seconds)
+
+
+def _compiling(config: CompilationConfig, what: str, goes: str) -> CompilationConfig:
+    """``config`` for a process that only compiles: its cache on (where the
+    compiled ``goes``), ``tiered_start`` off (it waits for the compile)."""
+    if config.disable_cache:
+        raise StitchConfigError(
+            f"compile_without_weights({what}): the config disables the cache, "
+            f"where the compiled {goes} would go"
+        )
+    return dataclasses.replace(config, tiered_start=False)
 
 
 class _Compiled(Exception):
@@ -147,12 +152,7 @@ def trace_without_weights(
     for these calls (keyword arguments), without the weights (NOTE: [a compile
     without weights]); what each backend call produced."""
     what = name or getattr(build, "__name__", "the model")
-    if config.disable_cache:
-        raise StitchConfigError(
-            f"compile_without_weights({what}): the config disables the cache, "
-            "where the compiled pieces would go"
-        )
-    stitch = StitchBackend(dataclasses.replace(config, tiered_start=False))
+    stitch = StitchBackend(_compiling(config, what, "pieces"))
 
     def backend(gm: Any, example_inputs: Any) -> Any:
         stitch(gm, example_inputs)
