@@ -20,6 +20,7 @@ import torch
 import torch.fx as fx
 
 from stitch.runtime import CompilationConfig
+from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.passes import InductorPass
 from stitch.runtime.pipeline.piecewise import PiecewiseBackend
 from stitch.runtime.pipeline.swap_check import unset_outputs
@@ -45,7 +46,7 @@ def tiered(cache: Path, **fields: Any) -> CompilationConfig:
     return CompilationConfig(cache_dir=str(cache), tiered_start=True, **fields)
 
 
-def serve_until_settled(model: Any, fn: Any, tier: Any) -> int:
+def serve_until_settled(model: Any, fn: Any, tier: Any, cfg: LlamaConfig = TINY) -> int:
     """Forwards over 2-8 tokens (1 is a graph of its own) until every piece is swapped in or given up,
     each checked against eager; the number of forwards run."""
     deadline = time.monotonic() + SWAP_WAIT_S
@@ -54,7 +55,7 @@ def serve_until_settled(model: Any, fn: Any, tier: Any) -> int:
         assert (
             time.monotonic() < deadline
         ), f"no settle in {SWAP_WAIT_S}s: {tier.timeline()}"
-        args = inputs(TINY, 2 + n % 7)
+        args = inputs(cfg, 2 + n % 7)
         out, ref = run_fresh(model, fn, args), run_fresh(model, model, args)
         torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
         n += 1
@@ -101,6 +102,30 @@ def test_tiered_start_serves_at_once_and_swaps_every_piece(
         )
     assert backend2.compiled[-1].warm and backend2.compiled[-1].tier is None
     assert warm.get("num_inductor_compiles", 0) == 0
+
+
+def test_workers_forked_after_an_in_process_compile_still_compile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NOTE: [Inductor's pools in a forked process]: an earlier compile in this
+    # process left Inductor's build thread pool cached; a worker forked after it
+    # must not submit its C++ builds there (they never ran: CI's hang).
+    from torch._inductor.async_compile import AsyncCompile, get_compile_threads
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    first = model_for(LlamaConfig(num_layers=1, hidden_size=48, num_heads=4))
+    _, fn = compile_model(first, CompilationConfig(cache_dir=str(tmp_path / "a")))
+    run_fresh(first, fn, inputs(TINY, 3))
+    if get_compile_threads() > 1:
+        assert AsyncCompile.pool.cache_info().currsize == 1  # the state CI hit
+    torch._dynamo.reset()
+    cfg = LlamaConfig(num_layers=2, hidden_size=80, num_heads=4)
+    model = model_for(cfg)
+    backend, fn = compile_model(model, tiered(tmp_path / "b"))
+    run_fresh(model, fn, inputs(cfg, 3))
+    tier = backend.compiled[-1].tier
+    serve_until_settled(model, fn, tier, cfg)
+    assert not tier.timeline()["uncompiled"], tier.timeline()
 
 
 def test_a_killed_worker_leaves_serving_uncompiled_and_no_partial_entry(
@@ -210,6 +235,7 @@ import json, os, sys, time, torch
 sys.path.insert(0, {tests!r})
 from backend_support import TINY, compile_model, inputs, model_for, run_fresh
 from stitch.runtime import CompilationConfig
+from stitch.runtime.examples import LlamaConfig
 model = model_for()
 config = CompilationConfig(cache_dir={cache!r}, tiered_start=True, compile_workers=1)
 backend, fn = compile_model(model, config)

@@ -8,6 +8,7 @@ prebuilt pieces never imports Inductor.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,6 +61,29 @@ def import_inductor() -> None:
     import torch._dynamo  # noqa: F401
     import torch._inductor.compile_fx  # noqa: F401
     from torch._inductor import codecache, cpp_builder, cpu_vec_isa  # noqa: F401
+
+
+# NOTE: [Inductor's pools in a forked process]
+# With more than one compile thread (two or more cores), Inductor submits its
+# C++ and Triton builds to a ThreadPoolExecutor it creates once and caches
+# (``AsyncCompile.pool``, and ``thread_pool`` from torch 2.15).  A process
+# forked after one was created inherits the executor but none of its threads,
+# and the executor counts the dead threads as idle: a build submitted there
+# waits forever.  torch's own fork hook forgets the process pool but, before
+# 2.15, not the thread pool.  A compile worker forgets both before it compiles.
+
+
+def forget_compile_pools() -> None:
+    """In a forked process: drop the compile pools Inductor cached in its parent."""
+    if "torch._inductor.async_compile" not in sys.modules:
+        return  # nothing was created: the parent never imported it
+    from torch._inductor import async_compile
+
+    async_compile.after_fork()
+    for name in ("pool", "thread_pool", "process_pool"):
+        cached = getattr(async_compile.AsyncCompile, name, None)
+        if cached is not None and hasattr(cached, "cache_clear"):
+            cached.cache_clear()
 
 
 def probe_cpu_isa() -> None:

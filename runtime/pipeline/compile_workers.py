@@ -30,6 +30,7 @@ import msgspec
 
 from stitch.codegen import module_path_of
 
+from ..compat.inductor import forget_compile_pools
 from ..compat.shapes import added_guards, guard_mark
 from ..counter import compilation_counter
 from ..loader import DISPATCH_NAME
@@ -220,6 +221,7 @@ def _work(
     code = 0
     try:
         _die_with_parent()
+        forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
         os.nice(nice)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
