@@ -188,3 +188,39 @@ def test_piece_inputs_are_faked_in_the_tracing_context_mode() -> None:
     # Dynamo lifted eps to a 0-d tensor read with .item(): its fake knows the symbol.
     memos = [memo for _, memo in fakes if memo is not None]
     assert len(memos) == 1 and isinstance(memos[0], torch.SymFloat)
+
+
+@pytest.mark.slow
+def test_lifted_floats_take_one_trace_and_guard_their_values(tmp_path: Any) -> None:
+    # NOTE: [lifted floats are specialized up front] (scalars.py): made constants
+    # in the graph Dynamo handed over, so Dynamo traces the frame once.
+    class Counted(StitchBackend):
+        calls = 0
+
+        def __call__(self, gm: fx.GraphModule, example_inputs: Any) -> Any:
+            Counted.calls += 1
+            return super().__call__(gm, example_inputs)
+
+    torch.manual_seed(0)
+    block = Block().eval()
+    x = torch.randn(2, 5, 16)
+
+    def run() -> tuple[Counted, torch.Tensor]:
+        torch._dynamo.reset()
+        Counted.calls = 0
+        backend = Counted(cache_dir=str(tmp_path))
+        with torch.no_grad():
+            out = torch.compile(block, backend=backend, dynamic=True)(x)
+            torch.testing.assert_close(out, block(x), **INDUCTOR_TOL)
+        return backend, out
+
+    cold, _ = run()
+    assert Counted.calls == 1 and not cold.compiled[-1].warm
+    # A second trace (here after a reset, or in another process) makes the same
+    # graph: the same entry, warm.
+    warm, _ = run()
+    assert Counted.calls == 1 and warm.compiled[-1].warm
+    # The value is guarded: another eps is another graph, with its own numbers.
+    block.norm.eps = 0.5
+    changed, _ = run()
+    assert Counted.calls == 1 and not changed.compiled[-1].warm

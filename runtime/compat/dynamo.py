@@ -309,6 +309,16 @@ def restart_specializing(names: list[str]) -> list[str]:
     return new
 
 
+def forget_specializing(names: list[str]) -> None:
+    """Unmark float symbols :func:`restart_specializing` marked."""
+    if not names:
+        return
+    from torch._dynamo.symbolic_convert import TensorifyState
+
+    for name in names:
+        TensorifyState.force_specializations.discard(name)
+
+
 def tensorify_restart() -> BaseException:
     from torch._dynamo.exc import TensorifyScalarRestartAnalysis
 

@@ -144,7 +144,7 @@ class Compilation:
         # NOTE: [pieces trace in the backend's fake mode] (fakes.py); Inductor
         # calls wait for its warm-up (compilers.py), prebuilt loads never do.
         fake_inputs = backend_fake_inputs(self.gm, self.example_inputs)
-        self.adapter.prepare(fake_inputs)
+        self.adapter.prepare(self.gm, fake_inputs)
         # split_policy.py: the rewrite comes before the key, which then covers it.
         self.policy.prepare(self.gm)
         self.size = find_size(self.gm, fake_inputs)

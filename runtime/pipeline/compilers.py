@@ -18,7 +18,7 @@ from stitch.core.errors import StitchCacheError, StitchRuntimeError
 from ..compat import dynamo, inductor
 from ..counter import compilation_counter
 from ..store.hashing import file_hash
-from .scalars import specialize_lifted_floats
+from .scalars import floats_marked, specialize_lifted_floats
 
 log = logging.getLogger("stitch")
 
@@ -52,8 +52,8 @@ class CompilerAdapter(Protocol):
         """The code the compile generated, when it can be read (else None)."""
         ...
 
-    def prepare(self, fake_inputs: Sequence[Any]) -> None:
-        """Adjust the graph's fake inputs before any piece is planned."""
+    def prepare(self, gm: fx.GraphModule, fake_inputs: Sequence[Any]) -> None:
+        """Adjust the graph (before its key) and its fake inputs before any piece is planned."""
         ...
 
     def warm_up(self, cpu: bool) -> None:
@@ -89,7 +89,7 @@ class EagerAdapter:
         # The GraphModule itself runs: its strings are always live.
         return None
 
-    def prepare(self, fake_inputs: Sequence[Any]) -> None:
+    def prepare(self, gm: fx.GraphModule, fake_inputs: Sequence[Any]) -> None:
         # Eager pieces run lifted floats as they are.
         pass
 
@@ -139,12 +139,13 @@ class InductorAdapter:
         dynamic_shapes = "from_example_inputs" if static else "from_tracing_context"
         compilation_counter.num_inductor_compiles += 1
         try:
-            artifact = inductor.standalone_compile(
-                gm,
-                example_inputs,
-                dynamic_shapes=dynamic_shapes,
-                config_patches=self._config_patches(static),
-            )
+            with floats_marked(example_inputs):
+                artifact = inductor.standalone_compile(
+                    gm,
+                    example_inputs,
+                    dynamic_shapes=dynamic_shapes,
+                    config_patches=self._config_patches(static),
+                )
         except Exception as exc:
             if is_dynamo_restart(exc):
                 raise
@@ -237,10 +238,10 @@ class InductorAdapter:
             fn = getattr(fn, "__wrapped__", None)
         return None
 
-    def prepare(self, fake_inputs: Sequence[Any]) -> None:
+    def prepare(self, gm: fx.GraphModule, fake_inputs: Sequence[Any]) -> None:
         # NOTE: [lifted floats are specialized up front] (scalars.py), for
         # Inductor's tensorify pass.
-        specialize_lifted_floats(fake_inputs)
+        specialize_lifted_floats(gm, fake_inputs)
 
     def warm_up(self, cpu: bool) -> None:
         start_inductor_warmup(cpu=cpu)
