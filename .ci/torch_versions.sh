@@ -3,8 +3,9 @@
 # fresh virtual environment of PyPI's builds: torch 2.11 (the GPU image's, with
 # its transformers 5.17) and torch 2.15 (the newest release, with the
 # transformers the test extra pins).  Runs the fast tests, then the AOT,
-# warm-start, cache-guard, version-table and transformers tests, which are
-# marked slow, then compiles the example llama into one cache folder the
+# warm-start, cache-guard, version-table, transformers and spawned-worker
+# tests (a tiered start on a GPU spawns its compile workers, which read the
+# pieces through torch's GraphPickler), which are marked slow, then compiles the example llama into one cache folder the
 # releases share and checks that `stitch cache explain` names torch with both
 # versions.  Any failure fails CI; every release runs even after one fails.
 #
@@ -40,6 +41,7 @@ SLOW_TESTS=(
     tests/test_cache_guards.py
     tests/test_torch_versions.py
     tests/test_hf.py
+    tests/test_tiered_spawn.py
 )
 
 export PIP_CONFIG_FILE=/dev/null

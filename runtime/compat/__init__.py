@@ -17,7 +17,9 @@ supporting the next release starts with reading these files:
   code imports, the warm-up;
 - ``fake``: fake tensors, the tracing context, fake propagation;
 - ``shapes``: the ShapeEnv: ranges, backed values, the guards a call adds;
-- ``pytree``: flattening outputs.
+- ``pytree``: flattening outputs;
+- ``graph_pickle``: pieces, fake tensors and the ShapeEnv across a process
+  boundary (spawned compile workers).
 
 Importing any of them imports neither Dynamo nor Inductor: a warm start loads
 neither (``tests/test_warm_start.py``); they are imported inside the functions

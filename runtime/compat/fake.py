@@ -31,6 +31,14 @@ def tracing_fake_mode() -> Any:
     return context.fake_mode if context is not None else None
 
 
+def tracing(fake_mode: Any) -> contextlib.AbstractContextManager[Any]:
+    """A tracing context over ``fake_mode``, as a backend call has one (a
+    spawned compile worker's compiles read it)."""
+    from torch._guards import tracing as _tracing
+
+    return _tracing(TracingContext(fake_mode))
+
+
 def fake_mode_of(values: Sequence[Any]) -> Any:
     """The fake mode of the first fake tensor in ``values`` (None if there is none)."""
     return next((v.fake_mode for v in values if isinstance(v, FakeTensor)), None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from stitch.core.errors import StitchError, StitchRuntimeError
 
 from ..config import CompilationConfig, CUDAGraphMode
 from ..counter import compilation_counter
-from ..loader import compile_execution_fn
+from ..loader import DISPATCH_NAME, compile_execution_fn
 from ..progress import progress_bar
 from ..size import RuntimeSize
 from .graph_ops import CUDAGraphOps
@@ -30,7 +31,7 @@ from .padding import (
     padding_table,
     plan_padding,
 )
-from .wrapper import FULL_GRAPH, CUDAGraphTables, CUDAGraphWrapper, call_order
+from .wrapper import CUDAGraphTables, FunctionGraphs, call_order
 
 log = logging.getLogger("stitch")
 
@@ -62,6 +63,9 @@ class CUDAGraphManager:
         self.pending: list[int] = []
         # Every padded runner built here, newest last (inspection, benchmarks).
         self.runners: list[PaddedRunner] = []
+        # NOTE: [uncompiled pieces under CUDA graphs] (wrapper.py)
+        self.lock = threading.Lock()
+        self.capturing = False
 
     # -- decisions -------------------------------------------------------------
     def applies_to(self, example_inputs: Sequence[Any]) -> bool:
@@ -111,6 +115,7 @@ class CUDAGraphManager:
             pool = self._pool
         else:
             pool = self.ops.new_pool()
+        self.capturing = True
         try:
             graph, output = self.ops.capture(
                 fn,
@@ -128,6 +133,8 @@ class CUDAGraphManager:
                 "capturable (a host sync, a CPU tensor, an allocation outside the "
                 "caching allocator); compare with cudagraph_mode='NONE'"
             ) from exc
+        finally:
+            self.capturing = False
         self._captured_any = True
         self.captured_sizes.add(size)
         self.num_captured += 1
@@ -183,6 +190,16 @@ class CUDAGraphManager:
         if not self.pending and self.config.cudagraph_forbid_capture_after_startup:
             self.forbid_capture()
         return len(self.pending)
+
+    def recapture_sizes(self, sizes: set[int]) -> None:
+        """A function dropped its graphs of ``sizes`` (NOTE: [uncompiled pieces
+        under CUDA graphs]): they are pending again, and capture is allowed
+        until :meth:`capture_pending` has captured them."""
+        with self.lock:
+            again = sorted(sizes & self.captured_sizes, reverse=True)
+            self.captured_sizes -= sizes
+            self.pending = self.pending + [s for s in again if s not in self.pending]
+            self.capture_allowed = True
 
     def _capture_loop(
         self, run: Callable[[int], Any], order: Sequence[int], quiet: bool = False
@@ -328,16 +345,17 @@ class CUDAGraphManager:
                 plain=plain,
             )
         runners: dict[int, Callable[..., Any]] = {}
+        tables = (getattr(piecewise, "__kwdefaults__", None) or {}).get(DISPATCH_NAME)
+        graphs = FunctionGraphs(
+            self,
+            plain,
+            runners,
+            [s for s in sizes if s <= full_limit],
+            tables if isinstance(tables, CUDAGraphTables) else None,
+        )
         for size in sizes:
             if size <= full_limit:
-                runners[size] = CUDAGraphWrapper(
-                    plain,
-                    self,
-                    piece=FULL_GRAPH,
-                    size=size,
-                    weak_output=True,
-                    slot=(runners, size),
-                )
+                runners[size] = graphs.full_wrapper(size)
             else:
                 assert piecewise is not None  # sizes above full_limit built it
                 runners[size] = piecewise
@@ -348,6 +366,7 @@ class CUDAGraphManager:
             full_limit,
         )
         runner = PaddedRunner(plan.padding, padding_table(sizes), runners, above_max)
+        runner.graphs = graphs
         self.runners.append(runner)
         return runner
 

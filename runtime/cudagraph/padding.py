@@ -284,6 +284,8 @@ class PaddedRunner:
                 for d in plan.dynamic
             ]
         self.flat_output = plan.flat_output
+        # The function's graphs (wrapper.FunctionGraphs), set by its manager.
+        self.graphs: Any = None
         self._steps: dict[int, tuple[Any, ...]] = {}
 
     def _step(self, n: int) -> tuple[Any, ...]:

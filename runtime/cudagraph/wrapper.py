@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -11,7 +12,7 @@ import torch.fx as fx
 from stitch.core.errors import StitchRuntimeError
 
 from ..config import CompilationConfig
-from ..loader import SizeTables, bind_runnable
+from ..loader import DISPATCH_NAME, SizeTables, bind_runnable
 
 
 class CUDAGraphManager(Protocol):
@@ -21,6 +22,8 @@ class CUDAGraphManager(Protocol):
 
     config: CompilationConfig
     ops: Any
+    # Held while a slot changes hands (NOTE: [uncompiled pieces under CUDA graphs]).
+    lock: threading.Lock
 
     def check_capture_allowed(self, piece: str, size: int) -> None: ...
 
@@ -62,6 +65,7 @@ class CUDAGraphWrapper:
         size: int,
         weak_output: bool,
         slot: tuple[Any, Any] | None = None,
+        min_warmups: int = 0,
     ) -> None:
         config = manager.config
         self.runnable = runnable
@@ -70,7 +74,7 @@ class CUDAGraphWrapper:
         self.size = size
         self.weak_output = weak_output
         self.slot = slot
-        self.warmups_left = config.cudagraph_num_of_warmups
+        self.warmups_left = max(config.cudagraph_num_of_warmups, min_warmups)
         self.check_addresses = config.cudagraph_check_addresses
         self.copy_inputs = config.cudagraph_copy_inputs
         self.graph: Any = None
@@ -117,7 +121,10 @@ class CUDAGraphWrapper:
             # emitted function indexes then holds a closure that does exactly
             # that, with no attribute lookups or state checks per call.
             container, key = self.slot
-            container[key] = _replayer(graph.replay, self.output)
+            with manager.lock:
+                # A tiered start may have replaced this wrapper meanwhile.
+                if container[key] is self:
+                    container[key] = _replayer(graph.replay, self.output)
         # An intermediate piece returns its strong outputs from the capture: the
         # stitching code holds them until their last use, which keeps later
         # captures of this forward from reusing their memory too early.
@@ -167,6 +174,8 @@ class CUDAGraphTables(SizeTables):
         self.names = list(names)
         self.capture_sizes = frozenset(capture_sizes)
         self.last = last
+        # Warm-up calls of every graph made from now on, at least.
+        self.min_warmups = 0
 
     def __missing__(self, size: Any) -> list[Any]:
         size = int(size)
@@ -185,6 +194,7 @@ class CUDAGraphTables(SizeTables):
                     size=size,
                     weak_output=i == self.last,
                     slot=(table, i),
+                    min_warmups=self.min_warmups,
                 )
             )
         self[size] = table
@@ -198,3 +208,77 @@ def call_order(split_gm: fx.GraphModule, backends: dict[str, Any]) -> list[str]:
         for n in split_gm.graph.nodes
         if n.op == "call_module" and n.target in backends
     ]
+
+
+class FunctionGraphs:
+    """The CUDA graphs of one function: its full-graph wrappers per size, its
+    piecewise tables, and the plain function's tables of runnables.
+
+    NOTE: [uncompiled pieces under CUDA graphs]
+    A tiered start (pipeline/tiered.py) runs pieces uncompiled until their
+    compiled form lands.  They are captured at once, as compiled pieces are:
+    on a GPU an uncompiled piece's cost is mostly its many kernel launches,
+    which a graph replays without the host.  A replay runs no Python, so a
+    landed piece would never be called to be swapped in; when one lands,
+    :meth:`recapture` (the worker's reader thread) puts fresh wrappers in
+    every slot and empties the tables, so the next forward warms up (at
+    least once: the swap runs in that call, never inside a capture) and
+    captures again, into the same pool, which the dropped graphs' memory
+    returns to.  A wrapper that finishes a capture after its slot was given
+    to a fresh one leaves the slot alone (under the manager's lock).
+    """
+
+    def __init__(
+        self,
+        manager: Any,
+        plain: Callable[..., Any],
+        runners: dict[int, Any],
+        full_sizes: Sequence[int],
+        tables: CUDAGraphTables | None,
+    ) -> None:
+        self.manager = manager
+        self.plain = plain
+        self.runners = runners
+        self.full_sizes = list(full_sizes)
+        self.tables = tables
+        self.plain_tables = (getattr(plain, "__kwdefaults__", None) or {}).get(
+            DISPATCH_NAME
+        )
+        self.recaptures = 0
+
+    def full_wrapper(self, size: int, min_warmups: int = 0) -> CUDAGraphWrapper:
+        return CUDAGraphWrapper(
+            self.plain,
+            self.manager,
+            piece=FULL_GRAPH,
+            size=size,
+            weak_output=True,
+            slot=(self.runners, size),
+            min_warmups=min_warmups,
+        )
+
+    def recapture(self) -> None:
+        """Drop every graph of this function: each size captures again at its
+        next forward, after at least one warm-up call."""
+        manager = self.manager
+        with manager.lock:
+            for size in self.full_sizes:
+                self.runners[size] = self.full_wrapper(size, min_warmups=1)
+            if self.tables is not None:
+                self.tables.min_warmups = 1
+                self.tables.clear()
+            self.drop_runnables()
+            self.recaptures += 1
+        manager.recapture_sizes(set(self.full_sizes) | set(self.piecewise_sizes()))
+
+    def piecewise_sizes(self) -> list[int]:
+        return sorted(self.tables.capture_sizes) if self.tables is not None else []
+
+    def drop_runnables(self) -> None:
+        """The plain function's tables fill again with the pieces' runnables as
+        they are now (after a swap)."""
+        if self.plain_tables is not None:
+            self.plain_tables.clear()
+
+    def capturing(self) -> bool:
+        return bool(self.manager.capturing)

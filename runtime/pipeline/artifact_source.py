@@ -25,10 +25,10 @@ from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..store.artifacts import ARTIFACT_FILE
 from ..store.cache import CompileCache
-from ..store.index import EntryRecord
+from ..store.index import EntryRecord, PieceRecord
 from ..targets import Target
 from .compilers import ADAPTERS, CompilerAdapter, make_adapter
-from .piece_plan import KeyChoice, StringKeys
+from .piece_plan import KeyChoice, PiecePlan, StringKeys
 
 log = logging.getLogger("stitch")
 
@@ -97,6 +97,26 @@ class ArtifactSource:
         return self.cache is not None and self.adapter.saves_artifacts
 
     # -- the compile pipeline ------------------------------------------------
+    def record(
+        self,
+        piece: Piece,
+        plan: PiecePlan,
+        module_path: str,
+        layouts: Sequence[Any],
+    ) -> tuple[PieceRecord, list[str]]:
+        """The record of ``piece`` once each target of ``plan`` has its entry
+        (:meth:`entry`), and how each came."""
+        entries: list[EntryRecord] = []
+        outcomes: list[str] = []
+        for target, key in zip(plan.targets, plan.keys, strict=True):
+            entry, outcome = self.entry(piece, target, key)
+            entries.append(entry)
+            outcomes.append(outcome)
+        record = PieceRecord(
+            module_path, plan.size_index, tuple(entries), tuple(layouts)
+        )
+        return record, outcomes
+
     def entry(
         self, piece: Piece, target: Target, choice: KeyChoice
     ) -> tuple[EntryRecord, str]:

@@ -31,7 +31,7 @@ from ..store.cache import CompileCache
 from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, trace_source, write_debug_dump
 from ..store.hashing import content_hash
-from ..store.index import EntryRecord, PieceRecord
+from ..store.index import PieceRecord
 from .artifact_source import ArtifactSource, Piece, config_adapter
 from .compilers import on_cpu
 from .entry import EntryGuards
@@ -79,6 +79,8 @@ class Compilation:
         self.unfixed = UnfixedSizes()
         self.entry_guards = EntryGuards(None)
         self.fleet = FleetTurn(config)
+        # Each compiled piece's plan (a tiered start's workers compile from it).
+        self.plans: dict[str, PiecePlan] = {}
 
     def run(self) -> CompiledModel:
         start = time.perf_counter()
@@ -333,24 +335,18 @@ class Compilation:
         cache: CompileCache | None,
     ) -> tuple[PieceRecord, PieceReport]:
         """The piece's record (its runnables are in the artifact source) and report."""
-        plan = self.plan_piece(name, graph, args, cache)
+        plan = self.plans[name] = self.plan_piece(name, graph, args, cache)
         piece = Piece(
             name,
             graph,
             plan.size_index,
             lambda target: example_inputs(name, args(name), target, self.size),
         )
-        entries: list[EntryRecord] = []
-        outcomes: list[str] = []
         piece_start = time.perf_counter()
-        for target, key in zip(plan.targets, plan.keys, strict=True):
-            entry, outcome = self.source.entry(piece, target, key)
-            entries.append(entry)
-            outcomes.append(outcome)
-        seconds = time.perf_counter() - piece_start
-        record = PieceRecord(
-            module_path, plan.size_index, tuple(entries), tuple(layouts.get(name, ()))
+        record, outcomes = self.source.record(
+            piece, plan, module_path, layouts.get(name, ())
         )
+        seconds = time.perf_counter() - piece_start
         if cache is not None:
             self.entry_guards.note(cache)
             if name not in self.source.deferred:

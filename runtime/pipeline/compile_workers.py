@@ -1,8 +1,19 @@
-"""The compile workers of a tiered start: forked processes that compile pieces
-into the cache entry and report each one (NOTE: [a tiered start], tiered.py);
-and the start of a backend call's tier, which forks them.
+"""The compile workers of a tiered start: processes that compile pieces into
+the cache entry and report each one (NOTE: [a tiered start], tiered.py); and
+the start of a backend call's tier, which starts them.
 
-A replica that waits for another's fleet lease forks its workers gated: they
+NOTE: [forked or spawned compile workers]
+A worker is forked where it can be: inside the backend call, so that it holds
+Dynamo's tracing context, the fake inputs and every op the graph calls, and
+nothing is sent to it.  A process that has initialized CUDA cannot fork a
+child that uses it, so for a graph on a GPU (or in a process that has touched
+CUDA) the worker is spawned: a fresh interpreter that receives its pieces
+pickled, graphs, fake inputs and ShapeEnv (``compat/graph_pickle.py``,
+``spawned_workers.py``), and compiles them the same way (``piece_jobs.py``).
+``$STITCH_COMPILE_START`` (``fork`` or ``spawn``) chooses for every graph; a
+forked worker for a graph on a GPU is refused, naming why.
+
+A replica that waits for another's fleet lease starts its workers gated: they
 compile only if the lease comes to this process or the wait runs out, and
 exit when the other replica's entry is installed instead, its pieces swapped
 in from there.
@@ -15,7 +26,6 @@ pieces up when the pipe closes.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -31,22 +41,23 @@ import msgspec
 from stitch.codegen import module_path_of
 
 from ..compat.inductor import forget_compile_pools
-from ..compat.shapes import added_guards, guard_mark
-from ..counter import compilation_counter
 from ..loader import DISPATCH_NAME
 from ..store.cache import CompileCache
 from ..store.index import PieceRecord
-from .artifact_source import ArtifactSource
+from .piece_jobs import PieceJob, UnitCompiler, UnitJob
 from .piecewise import PiecewiseBackend
 from .results import Split
-from .tiered import DeferredSource, Tier, add_counters, default_workers
+from .tiered import Tier, add_counters, default_workers, start_method
+from .worker_process import (
+    CompileOne,
+    Launch,
+    Worker,
+    compile_and_report,
+    die_with_parent,
+    ended_status,
+)
 
 log = logging.getLogger("stitch")
-
-# Compile one piece (in the worker): its index record, once its artifacts are saved.
-CompileOne = Callable[[str], PieceRecord]
-
-_PR_SET_PDEATHSIG = 1
 
 # NOTE: [a compile worker's niceness]
 # By default a worker shares the cores with the serving process as an equal
@@ -70,7 +81,7 @@ def start_tier(
     graph_key: str,
 ) -> Tier:
     """The tier of the pieces ``compilation`` (a backend call's
-    ``Compilation``) runs uncompiled, their workers forked."""
+    ``Compilation``) runs uncompiled, their workers started."""
     c = compilation
     deferred = c.source.deferred
     tier = Tier(
@@ -84,38 +95,33 @@ def start_tier(
         f"graph {graph_key[:12]}",
     )
     tier.dispatch = (getattr(fn, "__kwdefaults__", None) or {}).get(DISPATCH_NAME)
+    tier.cuda_graphs = getattr(fn, "graphs", None)  # a PaddedRunner's
     tier.held_guards = frozenset(c.entry_guards.held())
-    items = {it.submod_name: it for it in split.compiled}
+    units = _units(c, split, deferred)
+    method = start_method(c.example_inputs)
+    launch: Launch
+    if method == "spawn":
+        from .spawned_workers import spawner
 
-    def compile_one(name: str) -> PieceRecord:
-        # In the worker: the ordinary compile, saved into the entry.
-        if isinstance(c.source, DeferredSource):
-            c.source = ArtifactSource(
-                c.config,
-                cache,
-                adapter=c.adapter,
-                note_guards=lambda: c.entry_guards.note(cache),
-            )
-            c.adapter.warm_up(cpu=True)
-        item = items[name]
-        path = module_path_of(item.graph)
-        record, _ = c.compile_piece(
-            name, item.graph, c.piece_args, path, split.layouts, cache
+        launch = spawner(units, c.config, cache, c.size)
+    else:
+        compile_one = UnitCompiler(
+            units,
+            c.config,
+            cache,
+            c.size,
+            note_guards=lambda: c.entry_guards.note(cache),
+            adapter=c.adapter,
         )
-        return record
-
+        launch = _forker(compile_one, c.entry_guards.shape_env)
     fleet = c.fleet
     waiting = fleet.waiting is not None
-    # Twins (one compile key) go to one worker, in piece order.
-    by_key: dict[str, list[str]] = {}
-    for name in deferred:
-        by_key.setdefault(c.source.key_of.get(name, name), []).append(name)
     tier.pids, go = start_workers(
         tier,
-        list(by_key.values()),
-        c.config.compile_workers or default_workers(len(by_key)),
-        compile_one,
-        c.entry_guards.shape_env,
+        units,
+        c.config.compile_workers or default_workers(len(units)),
+        launch,
+        method,
         gated=waiting,
     )
 
@@ -145,54 +151,71 @@ def start_tier(
     return tier
 
 
+def _units(c: Any, split: Split, deferred: dict[str, Any]) -> list[UnitJob]:
+    """The deferred pieces by compile key (twins in one unit), in piece order."""
+    items = {it.submod_name: it for it in split.compiled}
+    units: dict[str, UnitJob] = {}
+    for name in deferred:
+        graph = items[name].graph
+        job = PieceJob(
+            name,
+            c.plans[name],
+            module_path_of(graph),
+            tuple(split.layouts.get(name, ())),
+        )
+        key = c.source.key_of.get(name, name)
+        if key not in units:
+            units[key] = UnitJob(graph, tuple(c.piece_args(name)), [])
+        units[key].pieces.append(job)
+    return list(units.values())
+
+
 def start_workers(
     tier: Tier,
-    units: Sequence[Sequence[str]],
+    units: Sequence[UnitJob],
     workers: int,
-    compile_one: CompileOne,
-    shape_env: Any,
+    launch: Launch,
+    method: str = "fork",
     gated: bool = False,
 ) -> tuple[list[int], Callable[[bool], None]]:
-    """Fork ``workers`` processes for the pieces of ``units`` (each unit's to
-    one worker, units dealt in turn): their pids, and ``go``.  ``gated``
-    workers wait for ``go(True)`` to compile, or ``go(False)`` to exit
-    (another replica's entry came); others start now."""
-    groups = [
-        [name for unit in units[i::workers] for name in unit] for i in range(workers)
-    ]
-    names = [name for unit in units for name in unit]
+    """Start ``workers`` processes for ``units`` (dealt in turn, each unit to
+    one worker): their pids, and ``go``.  ``gated`` workers wait for
+    ``go(True)`` to compile, or ``go(False)`` to exit (another replica's entry
+    came); others start now."""
+    groups = [list(units[i::workers]) for i in range(workers)]
+    names = [job.name for unit in units for job in unit.pieces]
     nice = _niceness()
     pids, gates = [], []
     for group in groups:
         if not group:
             continue
-        read_fd, write_fd = os.pipe()
-        gate_read, gate_write = os.pipe() if gated else (-1, -1)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns
-            os.close(read_fd)
-            if gated:
-                os.close(gate_write)
-            _work(group, write_fd, gate_read, compile_one, shape_env, nice)
-        os.close(write_fd)
+        group_names = [job.name for unit in group for job in unit.pieces]
+        try:
+            worker = launch(group, nice, gated)
+        except Exception as exc:  # noqa: BLE001 - those pieces stay uncompiled
+            for name in group_names:
+                tier.give_up(
+                    name,
+                    f"its compile worker could not be started ({type(exc).__name__}: "
+                    f"{exc})",
+                )
+            continue
         if gated:
-            os.close(gate_read)
-            gates.append(gate_write)
-        pids.append(pid)
+            gates.append(worker.gate)
+        pids.append(worker.pid)
         threading.Thread(
             target=_read,
-            args=(tier, pid, read_fd, group),
-            name=f"stitch-compile-reader-{pid}",
+            args=(tier, worker, group_names),
+            name=f"stitch-compile-reader-{worker.pid}",
             daemon=True,
         ).start()
     log.info(
-        "stitch: %d pieces %s in %d worker%s (pids %s) while the graph runs "
+        "stitch: %d pieces %s in %d %s worker%s (pids %s) while the graph runs "
         "them uncompiled",
         len(names),
         "wait for the fleet's entry, else compile" if gated else "compile",
         len(pids),
+        "spawned" if method == "spawn" else "forked",
         "" if len(pids) == 1 else "s",
         ", ".join(map(str, pids)),
     )
@@ -210,6 +233,34 @@ def start_workers(
     return pids, go
 
 
+def _forker(compile_one: CompileOne, shape_env: Any) -> Launch:
+    """Launch by ``fork``: the worker holds this process's state, and compiles
+    each piece with ``compile_one``."""
+
+    def launch(group: Sequence[UnitJob], nice: int, gated: bool) -> Worker:
+        names = [job.name for unit in group for job in unit.pieces]
+        read_fd, write_fd = os.pipe()
+        gate_read, gate_write = os.pipe() if gated else (-1, -1)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns
+            os.close(read_fd)
+            if gated:
+                os.close(gate_write)
+            _work(names, write_fd, gate_read, compile_one, shape_env, nice)
+        os.close(write_fd)
+        if gated:
+            os.close(gate_read)
+
+        def ended() -> str:
+            return ended_status(os.waitpid(pid, 0)[1])
+
+        return Worker(pid, read_fd, gate_write, ended)
+
+    return launch
+
+
 def _work(
     names: list[str],
     fd: int,
@@ -220,30 +271,15 @@ def _work(
 ) -> None:
     code = 0
     try:
-        _die_with_parent()
+        die_with_parent()
         forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
         os.nice(nice)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         if gate >= 0 and os.read(gate, 1) != b"c":
             os._exit(0)  # another replica's entry was installed (or the parent died)
-        mark = guard_mark(shape_env)
         with os.fdopen(fd, "w", buffering=1) as out:
-            for name in names:
-                before = compilation_counter.snapshot()
-                start = time.perf_counter()
-                message: dict[str, Any] = {"piece": name}
-                try:
-                    record = compile_one(name)
-                except BaseException as exc:  # noqa: BLE001 - reported, not raised
-                    message["error"] = f"{type(exc).__name__}: {exc}"
-                else:
-                    message["record"] = msgspec.json.encode(record).decode()
-                    message["guards"] = added_guards(mark)
-                after = compilation_counter.snapshot()
-                message["counters"] = {k: after[k] - before[k] for k in after}
-                message["seconds"] = time.perf_counter() - start
-                out.write(json.dumps(message) + "\n")
+            compile_and_report(names, out, compile_one, shape_env)
     except BaseException:  # noqa: BLE001 - the parent sees the pipe close
         code = 1
         import traceback
@@ -270,18 +306,8 @@ def _niceness() -> int:
     return nice
 
 
-def _die_with_parent() -> None:
-    """Ask the kernel to kill this worker when the thread that forked it ends:
-    a worker never outlives the process it compiles for (Linux only)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _read(tier: Tier, pid: int, fd: int, group: list[str]) -> None:
-    with os.fdopen(fd, "r") as lines:
+def _read(tier: Tier, worker: Worker, names: list[str]) -> None:
+    with os.fdopen(worker.reports, "r") as lines:
         for line in lines:
             try:
                 message = json.loads(line)
@@ -293,15 +319,10 @@ def _read(tier: Tier, pid: int, fd: int, group: list[str]) -> None:
                     record = msgspec.json.decode(message["record"], type=PieceRecord)
                     tier.landed(name, record, message.get("guards", ()))
             except Exception as exc:  # noqa: BLE001 - a reader must not die
-                log.warning("stitch: compile worker %d sent %r: %s", pid, line, exc)
-    _, status = os.waitpid(pid, 0)
-    for name in group:
+                log.warning(
+                    "stitch: compile worker %d sent %r: %s", worker.pid, line, exc
+                )
+    how = worker.ended()
+    for name in names:
         if name not in tier.reported:
-            tier.give_up(name, f"its compile worker (pid {pid}) {_ended(status)}")
-
-
-def _ended(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return f"was killed by {signal.Signals(sig).name}"
-    return f"exited with status {os.WEXITSTATUS(status)} before compiling it"
+            tier.give_up(name, f"its compile worker (pid {worker.pid}) {how}")

@@ -20,10 +20,10 @@ some pieces compiled and others not computes the same numbers.
 
 Workers are processes, not threads: most of Inductor's time is Python, and
 a thread would take the serving process's GIL.  They are forked inside the
-backend call, so they hold Dynamo's tracing context, the fake inputs and
-every op the graph calls, and need nothing pickled; for the same reason a
-tiered start applies to graphs on the CPU only (a process that has used CUDA
-cannot fork one that uses it, see ``tiered_off``).
+backend call where they can be, and spawned where the process has used CUDA
+(NOTE: [forked or spawned compile workers], compile_workers.py).  Under CUDA
+graphs the uncompiled pieces are captured at once and again after each
+landing (NOTE: [uncompiled pieces under CUDA graphs], cudagraph/wrapper.py).
 
 What can go wrong leaves serving on the uncompiled piece, with one warning:
 a worker that dies (killed, out of memory: its pieces are not reported), a
@@ -63,6 +63,10 @@ from .swap_check import copy_input, differences, mutates, unset_outputs
 log = logging.getLogger("stitch")
 
 
+# NOTE: [forked or spawned compile workers] (compile_workers.py)
+START_ENV = "STITCH_COMPILE_START"
+
+
 def tiered_off(
     config: CompilationConfig, example_inputs: Sequence[Any], cache: Any
 ) -> str | None:
@@ -71,14 +75,43 @@ def tiered_off(
         return "off"
     if config.backend != "inductor":
         return f"the {config.backend} backend compiles nothing"
-    if not hasattr(os, "fork"):
-        return "this platform cannot fork compile workers"
     if cache is None or not cache.writable:
         return "no writable cache entry to bring compiled pieces back through"
-    devices = {v.device.type for v in example_inputs if isinstance(v, torch.Tensor)}
-    if devices - {"cpu", "meta"}:
-        return f"the graph runs on {sorted(devices - {'cpu', 'meta'})}, not the CPU"
+    if start_method(example_inputs) == "fork":
+        why = needs_spawn(example_inputs) or (
+            "" if hasattr(os, "fork") else "this platform cannot fork"
+        )
+        if why:
+            return f"${START_ENV}=fork, but {why}: compile workers must be spawned"
     return None
+
+
+def start_method(example_inputs: Sequence[Any]) -> str:
+    """How compile workers start: ``fork`` or ``spawn`` (NOTE: [forked or
+    spawned compile workers])."""
+    text = os.environ.get(START_ENV, "").strip().lower()
+    if text in ("fork", "spawn"):
+        return text
+    if text:
+        log.warning(
+            "stitch: $%s=%r is neither fork nor spawn; choosing by the graph's devices",
+            START_ENV,
+            text,
+        )
+    if needs_spawn(example_inputs) or not hasattr(os, "fork"):
+        return "spawn"
+    return "fork"
+
+
+def needs_spawn(example_inputs: Sequence[Any]) -> str:
+    """Why a forked worker cannot compile for this graph ("" when it can)."""
+    devices = {v.device.type for v in example_inputs if isinstance(v, torch.Tensor)}
+    devices -= {"cpu", "meta"}
+    if devices:
+        return f"the graph runs on {', '.join(sorted(devices))}"
+    if torch.cuda.is_initialized():
+        return "this process has initialized CUDA"
+    return ""
 
 
 def default_workers(pieces: int) -> int:
@@ -134,7 +167,7 @@ class TieredPiece(PiecewiseBackend):
     _tier: Tier
 
     def __call__(self, *args: Any) -> Any:
-        if self._landed is not None:
+        if self._landed is not None and not self._tier.capturing():
             return self._tier.swap(self, args)
         return uncompiled(self, args)
 
@@ -188,6 +221,9 @@ class Tier:
         self.returned_at = 0.0
         # The function's per-size tables of runnables (loader.SizeTables), if any.
         self.dispatch: dict[Any, Any] | None = None
+        # The function's CUDA graphs (cudagraph.GraphsOfOne), if any: NOTE:
+        # [uncompiled pieces under CUDA graphs].
+        self.cuda_graphs: Any = None
         self.pids: list[int] = []
         # The pieces came from another replica's entry, installed from the
         # fleet's store, rather than from this process's workers.
@@ -210,6 +246,11 @@ class Tier:
             )
         else:
             self.backends[name]._landed = record  # type: ignore[attr-defined]
+            if self.cuda_graphs is not None:
+                # Replays run no Python: the next forward captures again, and
+                # its warm-up call swaps (NOTE: [uncompiled pieces under CUDA
+                # graphs]).
+                self.cuda_graphs.recapture()
         self._check_landed()
 
     def land_installed(self) -> None:
@@ -239,8 +280,7 @@ class Tier:
             self.failed[name] = why
         backend = self.backends[name]
         backend.__class__ = PiecewiseBackend
-        if self.dispatch is not None:
-            self.dispatch.clear()
+        self._drop_runnables()
         log.warning("stitch: piece %s stays uncompiled: %s", self._name(name), why)
         self._check_landed()
         self._check_settled()
@@ -267,8 +307,7 @@ class Tier:
         backend.__dict__.clear()
         backend.__dict__.update(state)
         backend.__class__ = PiecewiseBackend
-        if self.dispatch is not None:
-            self.dispatch.clear()
+        self._drop_runnables()
         log.info(
             "stitch: piece %s runs compiled from %.2fs (compiled at %.2fs)",
             self._name(name),
@@ -306,6 +345,20 @@ class Tier:
         if not differs and mutating:
             differs = differences(copies, args, "written input")
         return want, differs
+
+    def capturing(self) -> bool:
+        """Whether a CUDA graph is being captured now (no swap runs inside one)."""
+        if self.cuda_graphs is not None and self.cuda_graphs.capturing():
+            return True
+        # Graphs captured around this function (an engine's own).
+        return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+    def _drop_runnables(self) -> None:
+        # The tables fill again with each piece's runnables as they are now.
+        if self.dispatch is not None:
+            self.dispatch.clear()
+        if self.cuda_graphs is not None:
+            self.cuda_graphs.drop_runnables()
 
     # -- progress -------------------------------------------------------------
     def _check_landed(self) -> None:
