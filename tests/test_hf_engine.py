@@ -782,6 +782,13 @@ def test_use_cuda_graph_goes_to_the_engine_and_must_be_a_flag():
             StitchConfigError, match=r"use_cuda_graph=.* is not a bool or a"
         ):
             graphs(use_cuda_graph=bad)
+    # The engine's graphs would keep a tiered start's uncompiled pieces.
+    backend = StitchBackend(
+        CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP], tiered_start=True)
+    )
+    assert graphs() is False
+    with pytest.raises(StitchConfigError, match=r"use_cuda_graph=True with a tiered"):
+        graphs(use_cuda_graph=True)
 
 
 @pytest.mark.cuda

@@ -294,6 +294,15 @@ def continuous_batching_config(
                 f"continuous_batching_config: {name}={_short(fields[name])} is set by "
                 "Stitch; leave it out"
             )
+    graphs = _graphs(fields.pop("use_cuda_graph", False))
+    if graphs and getattr(config, "tiered_start", False):
+        # NOTE: [uncompiled pieces under CUDA graphs] (cudagraph/wrapper.py)
+        raise StitchConfigError(
+            "continuous_batching_config: use_cuda_graph=True with a tiered start "
+            "(tiered_start=True): the engine captures each step once, with the "
+            "pieces uncompiled, and its graphs would never run the pieces swapped "
+            "in later; set one of them to False"
+        )
     route_paged_attention(model)
     install_engine_forward(model, backend)
     fields["scheduler_type"] = scheduler_type(fields.pop("scheduler_type", "fifo"))
@@ -301,7 +310,7 @@ def continuous_batching_config(
         **config_fields(
             dict(
                 # NOTE: [the engine's CUDA graphs around Stitch's forward]
-                use_cuda_graph=_graphs(fields.pop("use_cuda_graph", False)),
+                use_cuda_graph=graphs,
                 max_blocks_per_request=0,
                 auto_switch_to_flash=False,
                 **fields,

@@ -44,7 +44,8 @@ from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
 from .results import CompiledModel, Emitted, Split
 from .source import stitching_source
 from .split_policy import SplitPolicy
-from .tiered import DeferredSource, tiered_off
+from .tiered import DeferredSource, default_workers, tiered_off
+from .worker_process import niceness, start_method
 
 log = logging.getLogger("stitch")
 
@@ -81,6 +82,8 @@ class Compilation:
         self.fleet = FleetTurn(config)
         # Each compiled piece's plan (a tiered start's workers compile from it).
         self.plans: dict[str, PiecePlan] = {}
+        # A tiered start's spawned workers, started with the call (spawned_workers.py).
+        self.prestarted: Any = None
 
     def run(self) -> CompiledModel:
         start = time.perf_counter()
@@ -108,6 +111,8 @@ class Compilation:
         finally:
             if tier is None:
                 self.fleet.end(finished)
+            if self.prestarted is not None:
+                self.prestarted.close()
         # Twins report "shared": they run what their first instance loaded.
         warm = emitted.from_cache and all(
             r.cache in ("hit", "shared") for r in reports if not r.splitting
@@ -175,9 +180,19 @@ class Compilation:
             self.fleet.explain(cache, self.gm, fake_inputs, self.cache_group, graph_key)
         if self.tiered_off not in (None, "off"):
             log.info("stitch: no tiered start: %s", self.tiered_off)
-        if self.tiered_off is not None and (cache is None or cache.index is None):
+        cold = cache is None or cache.index is None
+        if self.tiered_off is not None and cold:
             # A cold start: the warm-up runs beside the split and fake propagation.
             self.adapter.warm_up(cpu=on_cpu(self.example_inputs))
+        elif cold and start_method(self.example_inputs) == "spawn":
+            # Spawned workers load torch and Inductor beside the split instead.
+            from .spawned_workers import Prestarted
+
+            self.prestarted = Prestarted(
+                self.config.compile_workers or default_workers(4),
+                cpu=on_cpu(self.example_inputs),
+                nice=niceness(),
+            )
         source = ArtifactSource if self.tiered_off is not None else DeferredSource
         self.source = source(
             self.config,

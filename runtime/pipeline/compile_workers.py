@@ -44,10 +44,11 @@ from ..compat.inductor import forget_compile_pools
 from ..loader import DISPATCH_NAME
 from ..store.cache import CompileCache
 from ..store.index import PieceRecord
+from .compilers import on_cpu
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob
 from .piecewise import PiecewiseBackend
 from .results import Split
-from .tiered import Tier, add_counters, default_workers, start_method
+from .tiered import Tier, add_counters, default_workers
 from .worker_process import (
     CompileOne,
     Launch,
@@ -55,20 +56,11 @@ from .worker_process import (
     compile_and_report,
     die_with_parent,
     ended_status,
+    niceness,
+    start_method,
 )
 
 log = logging.getLogger("stitch")
-
-# NOTE: [a compile worker's niceness]
-# By default a worker shares the cores with the serving process as an equal
-# (niceness 0).  $STITCH_COMPILE_NICE raises its niceness: the serving process,
-# or an engine still starting, keeps the cores it needs and the compile takes
-# what is left.  Neither wins everywhere on a machine with few cores (2 here,
-# docs/performance.md "Cold start"): at 10, vLLM's engine is ready 2.2 s after
-# Dynamo alone rather than 12.5 s, but under forwards run back to back the
-# last swap of the 3-layer example comes 9.6x the cold compile's time
-# rather than 1.2x.
-NICE_ENV = "STITCH_COMPILE_NICE"
 
 
 def start_tier(
@@ -101,9 +93,10 @@ def start_tier(
     method = start_method(c.example_inputs)
     launch: Launch
     if method == "spawn":
-        from .spawned_workers import spawner
+        from .spawned_workers import Prestarted, spawner
 
-        launch = spawner(units, c.config, cache, c.size)
+        workers = c.prestarted or Prestarted(0, on_cpu(c.example_inputs), 0)
+        launch = spawner(units, c.config, cache, c.size, workers)
     else:
         compile_one = UnitCompiler(
             units,
@@ -184,7 +177,7 @@ def start_workers(
     came); others start now."""
     groups = [list(units[i::workers]) for i in range(workers)]
     names = [job.name for unit in units for job in unit.pieces]
-    nice = _niceness()
+    nice = niceness()
     pids, gates = [], []
     for group in groups:
         if not group:
@@ -287,23 +280,6 @@ def _work(
         traceback.print_exc()
     finally:
         os._exit(code)
-
-
-def _niceness() -> int:
-    """$STITCH_COMPILE_NICE (0 to 19; NOTE: [a compile worker's niceness])."""
-    text = os.environ.get(NICE_ENV, "").strip() or "0"
-    try:
-        nice = int(text)
-    except ValueError:
-        nice = -1
-    if not 0 <= nice <= 19:
-        log.warning(
-            "stitch: $%s=%r is not a niceness from 0 to 19; compiling at 0",
-            NICE_ENV,
-            text,
-        )
-        return 0
-    return nice
 
 
 def _read(tier: Tier, worker: Worker, names: list[str]) -> None:

@@ -17,6 +17,7 @@ says why.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -34,6 +35,7 @@ import torch
 from ..compat.fake import tracing
 from ..config import CompilationConfig
 from ..store.cache import CompileCache
+from .compilers import start_inductor_warmup
 from .entry import EntryGuards
 from .piece_jobs import UnitCompiler, UnitJob
 from .worker_process import (
@@ -60,54 +62,97 @@ class SpawnJob:
     size: Any
 
 
+@dataclasses.dataclass
+class Spawned:
+    """A spawned worker waiting for its job: the process, the pipe it reports
+    on and its gate (write ends: one byte, ``c`` to compile)."""
+
+    process: subprocess.Popen[bytes]
+    reports: int
+    gate: int
+
+    def close(self) -> None:
+        """Let a worker that got no job go (it exits at the end of its stdin)."""
+        for fd in (self.reports, self.gate):
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+        threading.Thread(target=self.process.wait, daemon=True).start()
+
+
+def spawn(cpu: bool, nice: int) -> Spawned:
+    """Start a worker: it imports Stitch and Inductor (and, for a graph on
+    the CPU, probes the vector ISA) while it waits for its job on stdin."""
+    reports_read, reports_write = os.pipe()
+    gate_read, gate_write = os.pipe()
+    passed = (reports_write, gate_read)
+    command = [sys.executable, "-m", __name__, str(os.getpid()), *map(str, passed)]
+    try:
+        process = subprocess.Popen(
+            [*command, "cpu" if cpu else "gpu"], stdin=subprocess.PIPE, pass_fds=passed
+        )
+    except BaseException:
+        os.close(reports_read)
+        os.close(gate_write)
+        raise
+    finally:
+        for fd in passed:
+            os.close(fd)
+    if nice:
+        # Before its threads start, which inherit it.
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, process.pid, min(19, base + nice))
+    return Spawned(process, reports_read, gate_write)
+
+
+class Prestarted:
+    """Workers spawned at the start of a cold backend call, so that their
+    interpreter, torch and Inductor load while the call splits, plans and
+    emits (NOTE: [forked or spawned compile workers]); :meth:`close` lets
+    those no piece needed go."""
+
+    def __init__(self, count: int, cpu: bool, nice: int) -> None:
+        self.cpu = cpu
+        self.ready = [spawn(cpu, nice) for _ in range(count)]
+
+    def take(self, nice: int) -> Spawned:
+        return self.ready.pop(0) if self.ready else spawn(self.cpu, nice)
+
+    def close(self) -> None:
+        while self.ready:
+            self.ready.pop().close()
+
+
 def spawner(
-    units: Sequence[UnitJob], config: CompilationConfig, cache: CompileCache, size: Any
+    units: Sequence[UnitJob],
+    config: CompilationConfig,
+    cache: CompileCache,
+    size: Any,
+    workers: Prestarted,
 ) -> Launch:
-    """Launch by spawning: each worker gets its group of ``units`` pickled."""
+    """Launch by spawning (or taking a prestarted worker): each worker gets
+    its group of ``units`` pickled."""
     modules = defining_modules(units)
 
     def launch(group: Sequence[UnitJob], nice: int, gated: bool) -> Worker:
         from ..compat import graph_pickle
 
         units = [([p.name for p in u.pieces], graph_pickle.dumps(u)) for u in group]
-        job = SpawnJob(units, config, cache, size)
-        data = pickle.dumps(job)
-        names = [job.name for unit in group for job in unit.pieces]
+        data = pickle.dumps(SpawnJob(units, config, cache, size))
         header = {
             "sys_path": list(sys.path),
             "modules": modules,
-            "names": names,
+            "names": [name for names, _ in units for name in names],
             "state": global_state(),
         }
-        reports_read, reports_write = os.pipe()
-        gate_read, gate_write = os.pipe() if gated else (-1, -1)
-        passed = [fd for fd in (reports_write, gate_read) if fd >= 0]
-        try:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    __name__,
-                    str(os.getpid()),
-                    str(reports_write),
-                    str(gate_read),
-                ],
-                stdin=subprocess.PIPE,
-                pass_fds=passed,
-            )
-        except BaseException:
-            for fd in (reports_read, gate_write):
-                if fd >= 0:
-                    os.close(fd)
-            raise
-        finally:
-            for fd in passed:
-                os.close(fd)
-        if nice:
-            # Before its threads start, which inherit it.
-            base = os.getpriority(os.PRIO_PROCESS, 0)
-            os.setpriority(os.PRIO_PROCESS, process.pid, min(19, base + nice))
-        # The pipe holds 64 KiB: the rest goes while the worker imports torch.
+        spawned = workers.take(nice)
+        process, gate = spawned.process, spawned.gate
+        if not gated:
+            os.write(gate, b"c")
+            os.close(gate)
+            gate = -1
+        # The pipe holds 64 KiB: the rest goes while the worker reads.
         threading.Thread(
             target=_send,
             args=(process.stdin, header, data),
@@ -115,10 +160,7 @@ def spawner(
             daemon=True,
         ).start()
         return Worker(
-            process.pid,
-            reports_read,
-            gate_write,
-            lambda: ended_by(process.wait()),
+            process.pid, spawned.reports, gate, lambda: ended_by(process.wait())
         )
 
     return launch
@@ -188,14 +230,19 @@ def _is_torch(module: str) -> bool:
 
 def main(argv: Sequence[str]) -> int:
     """A spawned worker: read the job on stdin, compile, report (see above)."""
-    parent, reports, gate = (int(a) for a in argv)
+    parent, reports, gate = (int(a) for a in argv[:3])
     die_with_parent()
     if os.getppid() != parent:
         return 0  # the serving process is already gone
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    # What the first compile needs, loaded while the serving process splits.
+    start_inductor_warmup(cpu=argv[3] == "cpu")
     stdin = sys.stdin.buffer
-    header = json.loads(stdin.readline())
+    line = stdin.readline()
+    if not line:
+        return 0  # no piece needed this worker
+    header = json.loads(line)
     sys.path[:] = header["sys_path"]
     set_global_state(header["state"])
     with os.fdopen(reports, "w", buffering=1) as out:
@@ -253,4 +300,10 @@ if __name__ == "__main__":
     # Run as the module Stitch imports, so that the pickle's classes are these.
     from stitch.runtime.pipeline.spawned_workers import main as _main
 
-    sys.exit(_main(sys.argv[1:]))
+    code = _main(sys.argv[1:])
+    # Every artifact is written and reported: exit now, as a forked worker
+    # does, rather than wait for Inductor's build pools and probe threads to
+    # wind down (they kept a core busy for seconds after the last report).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

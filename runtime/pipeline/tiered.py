@@ -59,12 +59,9 @@ from .artifact_source import ArtifactSource, Piece
 from .piece_plan import KeyChoice, StringKeys
 from .piecewise import PiecewiseBackend, RangeWarnings
 from .swap_check import copy_input, differences, mutates, unset_outputs
+from .worker_process import START_ENV, needs_spawn, start_method
 
 log = logging.getLogger("stitch")
-
-
-# NOTE: [forked or spawned compile workers] (compile_workers.py)
-START_ENV = "STITCH_COMPILE_START"
 
 
 def tiered_off(
@@ -84,34 +81,6 @@ def tiered_off(
         if why:
             return f"${START_ENV}=fork, but {why}: compile workers must be spawned"
     return None
-
-
-def start_method(example_inputs: Sequence[Any]) -> str:
-    """How compile workers start: ``fork`` or ``spawn`` (NOTE: [forked or
-    spawned compile workers])."""
-    text = os.environ.get(START_ENV, "").strip().lower()
-    if text in ("fork", "spawn"):
-        return text
-    if text:
-        log.warning(
-            "stitch: $%s=%r is neither fork nor spawn; choosing by the graph's devices",
-            START_ENV,
-            text,
-        )
-    if needs_spawn(example_inputs) or not hasattr(os, "fork"):
-        return "spawn"
-    return "fork"
-
-
-def needs_spawn(example_inputs: Sequence[Any]) -> str:
-    """Why a forked worker cannot compile for this graph ("" when it can)."""
-    devices = {v.device.type for v in example_inputs if isinstance(v, torch.Tensor)}
-    devices -= {"cpu", "meta"}
-    if devices:
-        return f"the graph runs on {', '.join(sorted(devices))}"
-    if torch.cuda.is_initialized():
-        return "this process has initialized CUDA"
-    return ""
 
 
 def default_workers(pieces: int) -> int:
