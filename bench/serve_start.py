@@ -4,8 +4,9 @@ what the first completion after it costs, and what a warm one costs.
 Run: ``python bench/serve_start.py [--requests N]`` (needs ``pip install -e
 '.[test]'``).  The launcher (``python -m stitch.runtime.hf.serve``) serves the
 tests' tiny Llama (2 layers, random weights, a word-level tokenizer:
-tests/test_hf_serve.py) twice, side by side in one run: with empty Stitch and
-Inductor caches (cold), then again on those caches (warm).  For each start the
+tests/test_hf_serve.py) three times, side by side in one run: with empty Stitch
+and Inductor caches (cold), then again on those caches (warm), then with
+``--tiered`` on empty caches of its own (a tiered start: docs/cold_start.md).  For each start the
 table gives the seconds from launch to the first /health 200, the first
 completion's latency after it, the median of ``N`` completions after that,
 and their ratio (the target: at most 1.5, NOTE: [ready means ready] in
@@ -40,7 +41,7 @@ def _complete(port: int, model: str) -> float:
     return seconds
 
 
-def start(model: str, scratch: str, requests: int) -> dict[str, float]:
+def start(model: str, scratch: str, requests: int, *flags: str) -> dict[str, float]:
     from test_hf_serve import FLAGS, _free_port
 
     from serve_support import health
@@ -65,6 +66,7 @@ def start(model: str, scratch: str, requests: int) -> dict[str, float]:
             "--dtype=float32",
             f"--cache-dir={os.path.join(scratch, 'stitch')}",
             *FLAGS,
+            *flags,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -105,6 +107,14 @@ def main() -> None:
             ("cold (empty caches)", start(model, scratch, args.requests)),
             ("warm (the same caches)", start(model, scratch, args.requests)),
         ]
+        tiered = os.path.join(scratch, "tiered")
+        os.makedirs(tiered)
+        rows.append(
+            (
+                "`--tiered`, empty caches",
+                start(model, tiered, args.requests, "--tiered"),
+            )
+        )
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"{os.cpu_count()} CPUs\n"

@@ -159,7 +159,9 @@ def _stop(process) -> None:
             process.wait(timeout=10)
 
 
-def _serve_and_ask(model_dir, cache, log_path, prompts) -> tuple[list, str, int]:
+def _serve_and_ask(
+    model_dir, cache, log_path, prompts, *flags: str
+) -> tuple[list, str, int]:
     """Start the launcher on ``cache``, ask it every prompt through the openai
     client (one first, then the others at once), stop it: the tokens, the
     server's log and its exit status."""
@@ -175,6 +177,7 @@ def _serve_and_ask(model_dir, cache, log_path, prompts) -> tuple[list, str, int]
         "--dtype=float32",
         f"--cache-dir={cache}",
         *FLAGS,
+        *flags,
     ]
     env = dict(
         os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1"
@@ -241,6 +244,25 @@ def test_openai_client_gets_the_eager_engine_tokens_through_stitch(tmp_path):
     assert got == expected
     assert "engine forward loaded warm" in output, output
     assert not re.findall(r"stitch: graph \w+: (\d+) pieces", output), output
+    assert status in (0, -signal.SIGTERM), output
+
+
+@pytest.mark.slow
+def test_a_tiered_server_answers_with_eager_tokens_before_its_pieces_compile(
+    tmp_path,
+):
+    """``--tiered`` (NOTE: [a tiered start]): the warm-up request returns once
+    the forward is split, /health says 200, and requests get the eager
+    engine's tokens while compile workers build the pieces."""
+    model_dir = tmp_path / "tiny-llama"
+    _checkpoint(model_dir)
+    prompts = _prompts()
+    expected = _eager_tokens(model_dir, prompts)
+    got, output, status = _serve_and_ask(
+        model_dir, tmp_path / "cache", tmp_path / "server.log", prompts, "--tiered"
+    )
+    assert got == expected
+    assert re.search(r"3 pieces compile in \d+ forked worker", output), output
     assert status in (0, -signal.SIGTERM), output
 
 

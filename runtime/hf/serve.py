@@ -147,6 +147,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"Stitch's cache folder (default: ${CACHE_ENV} when set, else Stitch's "
         "own folder under the user's cache)",
     )
+    parser.add_argument(
+        "--tiered",
+        action="store_true",
+        help="a tiered start: with a cold cache, serve at once on uncompiled pieces "
+        "and swap each compiled piece in as compile workers finish it "
+        "(CompilationConfig.tiered_start; docs/cold_start.md)",
+    )
     for flag, field in CB_FLAGS.items():
         parser.add_argument(
             "--" + flag.replace("_", "-"),
@@ -170,7 +177,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     stitch_log.addHandler(handler)
     backend = StitchBackend(
-        CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP], cache_dir=args.cache_dir)
+        CompilationConfig(
+            splitting_ops=[PAGED_ATTENTION_OP],
+            cache_dir=args.cache_dir,
+            tiered_start=args.tiered,
+        )
     )
     fields = {
         field: getattr(args, flag)
