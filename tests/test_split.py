@@ -420,3 +420,55 @@ def test_hashes_of_a_slice_bounded_by_a_node_are_stable() -> None:
     assert any(isinstance(a, slice) for a in index.args[1])
     assert structural_hash(first) == structural_hash(second)
     assert graph_hash(first) == graph_hash(second)
+
+
+def test_twins_fake_outputs_are_what_running_them_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NOTE: [a twin's fake outputs are made, not run] (runtime/pipeline/
+    piece_plan.py): every piece's planned inputs, made for twins, have the
+    sizes, strides, offsets, view-ness and shared buffers a full fake run gives."""
+    from stitch.codegen.fingerprint import describe_example
+    from stitch.runtime import CompilationConfig, StitchBackend
+    from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
+    from stitch.runtime.pipeline import piece_plan
+
+    real = piece_plan.piece_inputs
+    compared: list[int] = []
+
+    def shape_of(args: dict[str, tuple[Any, ...]]) -> dict[str, list[str]]:
+        out = {}
+        for name, values in args.items():
+            storages = {}
+            described = []
+            for v in values:
+                text = describe_example(v)
+                if isinstance(v, torch.Tensor):
+                    key = v.untyped_storage()._cdata
+                    storages.setdefault(key, len(storages))
+                    text += f"@{v.storage_offset()} view={v._is_view()} "
+                    text += f"buffer={storages[key]}"
+                described.append(text)
+            out[name] = described
+        return out
+
+    def both(split_gm: Any, fake_inputs: Any) -> Any:
+        made = real(split_gm, fake_inputs)
+        with monkeypatch.context() as m:
+            m.setattr(piece_plan._Twins, "made", lambda self, key, args: None)
+            run = real(split_gm, fake_inputs)
+        assert shape_of(made) == shape_of(run)
+        compared.append(len(made))
+        return made
+
+    monkeypatch.setattr(piece_plan, "piece_inputs", both)
+    torch._dynamo.reset()
+    layers = 3
+    cfg = LlamaConfig(num_layers=layers)
+    model = build_llama(cfg)
+    backend = StitchBackend(CompilationConfig(backend="eager", disable_cache=True))
+    compiled = torch.compile(model, backend=backend, dynamic=True)
+    with torch.no_grad():
+        compiled(*llama_inputs(cfg, 8))
+    torch._dynamo.reset()
+    assert compared and compared[0] == 2 * layers + 1  # pieces and attentions
