@@ -21,12 +21,16 @@ pickler below clears it as it clears the tensor's own.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 
-def _fake_tensor_data() -> type:
-    """``_TensorPickleData`` without the base's fake mode (NOTE above); made
-    on first use, since its module imports sympy."""
+@functools.cache
+def _pickler() -> Any:
+    """The pickler, and ``_TensorPickleData`` without the base's fake mode
+    (NOTE above) as this module's ``_FakeTensorData``, which the pickle names;
+    made on first use, since their module imports sympy."""
+    from torch._subclasses.fake_tensor import FakeTensor
     from torch.fx import _graph_pickler as gp
 
     class _FakeTensorData(gp._TensorPickleData):
@@ -40,36 +44,23 @@ def _fake_tensor_data() -> type:
 
     _FakeTensorData.__module__ = __name__
     _FakeTensorData.__qualname__ = "_FakeTensorData"
-    return _FakeTensorData
-
-
-def _data() -> Any:
-    cls = globals().get("_FakeTensorData")
-    if cls is None:
-        cls = globals()["_FakeTensorData"] = _fake_tensor_data()
-    return cls
-
-
-def __getattr__(name: str) -> Any:
-    # The pickle names the class by this module's attribute.
-    if name == "_FakeTensorData":
-        return _data()
-    raise AttributeError(name)
-
-
-def _pickler() -> Any:
-    from torch._subclasses.fake_tensor import FakeTensor
-    from torch.fx import _graph_pickler as gp
-
-    data = _data()
+    globals()["_FakeTensorData"] = _FakeTensorData
 
     class _PiecePickler(gp.GraphPickler):
         def reducer_override(self, obj: object) -> Any:
             if isinstance(obj, FakeTensor):
-                return data.reduce_helper(self, obj)
+                return _FakeTensorData.reduce_helper(self, obj)
             return super().reducer_override(obj)
 
     return _PiecePickler
+
+
+def __getattr__(name: str) -> Any:
+    # A process that loads a pickle before it has made one.
+    if name == "_FakeTensorData":
+        _pickler()
+        return globals()[name]
+    raise AttributeError(name)
 
 
 # NOTE: [the node metadata a spawned compile needs]

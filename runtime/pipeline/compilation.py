@@ -84,6 +84,7 @@ class Compilation:
         self.plans: dict[str, PiecePlan] = {}
         # A tiered start's spawned workers, started with the call (spawned_workers.py).
         self.prestarted: Any = None
+        self.worker_start = "fork"
 
     def run(self) -> CompiledModel:
         start = time.perf_counter()
@@ -174,7 +175,12 @@ class Compilation:
             cache = reopen()
         # NOTE: [a tiered start] (tiered.py): missing pieces compile in workers,
         # and a replica that waits for another's lease serves meanwhile.
-        self.tiered_off = tiered_off(self.config, self.example_inputs, cache)
+        # How its compile workers would start, decided (and warned about) once.
+        if self.config.tiered_start:
+            self.worker_start = start_method(self.example_inputs)
+        self.tiered_off = tiered_off(
+            self.config, self.example_inputs, cache, self.worker_start
+        )
         if cache is not None:
             cache = self.fleet.open(cache, reopen, self.tiered_off is None)
             self.fleet.explain(cache, self.gm, fake_inputs, self.cache_group, graph_key)
@@ -184,7 +190,7 @@ class Compilation:
         if self.tiered_off is not None and cold:
             # A cold start: the warm-up runs beside the split and fake propagation.
             self.adapter.warm_up(cpu=on_cpu(self.example_inputs))
-        elif cold and start_method(self.example_inputs) == "spawn":
+        elif cold and self.worker_start == "spawn":
             # Spawned workers load torch and Inductor beside the split instead.
             from .spawned_workers import Prestarted
 

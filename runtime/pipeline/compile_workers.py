@@ -45,7 +45,7 @@ from ..loader import DISPATCH_NAME
 from ..store.cache import CompileCache
 from ..store.index import PieceRecord
 from .compilers import on_cpu
-from .piece_jobs import PieceJob, UnitCompiler, UnitJob
+from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
 from .piecewise import PiecewiseBackend
 from .results import Split
 from .tiered import Tier, add_counters, default_workers
@@ -57,7 +57,6 @@ from .worker_process import (
     die_with_parent,
     ended_status,
     niceness,
-    start_method,
 )
 
 log = logging.getLogger("stitch")
@@ -90,7 +89,7 @@ def start_tier(
     tier.cuda_graphs = getattr(fn, "graphs", None)  # a PaddedRunner's
     tier.held_guards = frozenset(c.entry_guards.held())
     units = _units(c, split, deferred)
-    method = start_method(c.example_inputs)
+    method = c.worker_start
     launch: Launch
     if method == "spawn":
         from .spawned_workers import Prestarted, spawner
@@ -176,13 +175,13 @@ def start_workers(
     ``go(True)`` to compile, or ``go(False)`` to exit (another replica's entry
     came); others start now."""
     groups = [list(units[i::workers]) for i in range(workers)]
-    names = [job.name for unit in units for job in unit.pieces]
+    names = piece_names(units)
     nice = niceness()
     pids, gates = [], []
     for group in groups:
         if not group:
             continue
-        group_names = [job.name for unit in group for job in unit.pieces]
+        group_names = piece_names(group)
         try:
             worker = launch(group, nice, gated)
         except Exception as exc:  # noqa: BLE001 - those pieces stay uncompiled
@@ -231,7 +230,7 @@ def _forker(compile_one: CompileOne, shape_env: Any) -> Launch:
     each piece with ``compile_one``."""
 
     def launch(group: Sequence[UnitJob], nice: int, gated: bool) -> Worker:
-        names = [job.name for unit in group for job in unit.pieces]
+        names = piece_names(group)
         read_fd, write_fd = os.pipe()
         gate_read, gate_write = os.pipe() if gated else (-1, -1)
         sys.stdout.flush()

@@ -45,6 +45,11 @@ class UnitJob:
     pieces: list[PieceJob]
 
 
+def piece_names(units: Sequence[UnitJob]) -> list[str]:
+    """The pieces of ``units``, in order."""
+    return [job.name for unit in units for job in unit.pieces]
+
+
 class UnitCompiler:
     """In a worker: compile one piece of ``units`` by name into ``cache``, and
     record it there; its index record.  ``size`` is the backend call's runtime

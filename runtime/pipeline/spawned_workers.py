@@ -37,7 +37,7 @@ from ..config import CompilationConfig
 from ..store.cache import CompileCache
 from .compilers import start_inductor_warmup
 from .entry import EntryGuards
-from .piece_jobs import UnitCompiler, UnitJob
+from .piece_jobs import UnitCompiler, UnitJob, piece_names
 from .worker_process import (
     Launch,
     Worker,
@@ -138,12 +138,12 @@ def spawner(
     def launch(group: Sequence[UnitJob], nice: int, gated: bool) -> Worker:
         from ..compat import graph_pickle
 
-        units = [([p.name for p in u.pieces], graph_pickle.dumps(u)) for u in group]
+        units = [(piece_names([u]), graph_pickle.dumps(u)) for u in group]
         data = pickle.dumps(SpawnJob(units, config, cache, size))
         header = {
             "sys_path": list(sys.path),
             "modules": modules,
-            "names": [name for names, _ in units for name in names],
+            "names": piece_names(group),
             "state": global_state(),
         }
         spawned = workers.take(nice)
@@ -216,7 +216,8 @@ def _module_of(thing: Any) -> str:
     if isinstance(thing, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
         from torch._library.custom_ops import OPDEFS
 
-        opdef = OPDEFS.get(f"{thing._schema.name}" if hasattr(thing, "_schema") else "")
+        # An overload's schema names its op; a packet has no schema.
+        opdef = OPDEFS.get(getattr(getattr(thing, "_schema", None), "name", ""))
         fn = getattr(opdef, "_init_fn", None)
         return getattr(fn, "__module__", "") or ""
     return getattr(thing, "__module__", "") or ""

@@ -59,22 +59,26 @@ from .artifact_source import ArtifactSource, Piece
 from .piece_plan import KeyChoice, StringKeys
 from .piecewise import PiecewiseBackend, RangeWarnings
 from .swap_check import copy_input, differences, mutates, unset_outputs
-from .worker_process import START_ENV, needs_spawn, start_method
+from .worker_process import START_ENV, needs_spawn
 
 log = logging.getLogger("stitch")
 
 
 def tiered_off(
-    config: CompilationConfig, example_inputs: Sequence[Any], cache: Any
+    config: CompilationConfig,
+    example_inputs: Sequence[Any],
+    cache: Any,
+    method: str,
 ) -> str | None:
-    """Why a tiered start does not apply to this backend call (None: it does)."""
+    """Why a tiered start does not apply to this backend call (None: it does);
+    ``method`` is how its workers would start (``worker_process.start_method``)."""
     if not config.tiered_start:
         return "off"
     if config.backend != "inductor":
         return f"the {config.backend} backend compiles nothing"
     if cache is None or not cache.writable:
         return "no writable cache entry to bring compiled pieces back through"
-    if start_method(example_inputs) == "fork":
+    if method == "fork":
         why = needs_spawn(example_inputs) or (
             "" if hasattr(os, "fork") else "this platform cannot fork"
         )
@@ -190,7 +194,7 @@ class Tier:
         self.returned_at = 0.0
         # The function's per-size tables of runnables (loader.SizeTables), if any.
         self.dispatch: dict[Any, Any] | None = None
-        # The function's CUDA graphs (cudagraph.GraphsOfOne), if any: NOTE:
+        # The function's CUDA graphs (cudagraph.FunctionGraphs), if any: NOTE:
         # [uncompiled pieces under CUDA graphs].
         self.cuda_graphs: Any = None
         self.pids: list[int] = []
