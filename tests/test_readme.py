@@ -1,4 +1,9 @@
-"""Every Python block of README.md runs as written, each in a fresh interpreter."""
+"""Every Python block of README.md and docs/ runs as written, each in a fresh interpreter.
+
+A block that is not a whole program (an excerpt of emitted source, a fragment
+of a longer example) says so on the line before it, with the reason:
+``<!-- not run: REASON -->`` (docs/development.md, "Python blocks of the pages").
+"""
 
 from __future__ import annotations
 
@@ -12,31 +17,103 @@ from pathlib import Path
 import pytest
 from vllm_support import vllm_cache_root
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+# A heading, a "not run" comment, or a fenced python block.
+_PARTS = re.compile(
+    r"^(?P<heading>#+ [^\n]*)$"
+    r"|^<!-- not run:(?P<reason>[^\n]*?)-->\n(?=```python\n)"
+    r"|^```python\n(?P<source>.*?)^```$",
+    re.M | re.S,
+)
 
 
-def python_blocks() -> list[tuple[str, str]]:
-    """``(id, source)`` of each fenced ``python`` block, named after its section."""
+def python_blocks(page: Path) -> list[tuple[str, str, str | None]]:
+    """``(id, source, reason not run)`` of each fenced ``python`` block of ``page``.
+
+    The id names the page and the section the block is in.
+    """
     blocks = []
     heading = "top"
-    for match in re.finditer(
-        r"^(#+ [^\n]*)$|^```python\n(.*?)^```$", README.read_text(), re.M | re.S
-    ):
-        if match.group(1):
+    reason = None
+    name = page.relative_to(ROOT).as_posix()
+    for match in _PARTS.finditer(page.read_text()):
+        if match.group("heading"):
             heading = re.sub(
-                r"[^a-z0-9]+", "-", match.group(1).lstrip("# ").lower()
+                r"[^a-z0-9]+", "-", match.group("heading").lstrip("# ").lower()
             ).strip("-")
+        elif match.group("reason") is not None:
+            reason = match.group("reason").strip()
         else:
-            blocks.append((f"{heading}-{len(blocks)}", match.group(2)))
+            block_id = f"{name}:{heading}-{len(blocks)}"
+            blocks.append((block_id, match.group("source"), reason))
+            reason = None
     return blocks
 
 
-BLOCKS = python_blocks()
+ALL_BLOCKS = [block for page in PAGES for block in python_blocks(page)]
+
+
+def _runnable() -> list[tuple[str, str]]:
+    # A block shown on two pages (the first compiled model: README.md and
+    # docs/compiling.md) runs once, under its first id.
+    seen: dict[str, str] = {}
+    for block_id, source, reason in ALL_BLOCKS:
+        if reason is None:
+            seen.setdefault(source, block_id)
+    return [(block_id, source) for source, block_id in seen.items()]
+
+
+BLOCKS = _runnable()
 
 
 def test_the_readme_has_python_blocks() -> None:
-    # Compiling a model, and Hugging Face models.
-    assert len(BLOCKS) >= 2
+    # A first compiled model, and at least one block per page that has one.
+    readme = [b for b in ALL_BLOCKS if b[0].startswith("README.md:")]
+    assert any(reason is None for _, _, reason in readme), readme
+
+
+def test_every_block_not_run_says_why() -> None:
+    # A "not run" comment with no reason hides a block from the tests without
+    # saying why.
+    unexplained = [block_id for block_id, _, reason in ALL_BLOCKS if reason == ""]
+    assert not unexplained, f"<!-- not run: --> without a reason: {unexplained}"
+
+
+def test_a_not_run_comment_sits_on_a_python_block() -> None:
+    # The comment must be the line right before a ```python fence; anywhere
+    # else it would silently not apply.
+    for page in PAGES:
+        for match in re.finditer(r"^<!-- not run:.*$", page.read_text(), re.M):
+            after = page.read_text()[match.end() :]
+            assert after.startswith(
+                "\n```python\n"
+            ), f"{page.relative_to(ROOT)}: {match.group(0)!r} is not followed by a ```python block"
+
+
+def test_an_excerpt_of_a_golden_is_the_golden() -> None:
+    # A block shown as an excerpt of a golden file (its "not run" reason names
+    # golden/...py) holds that file's lines in order ("..." marks a cut), so
+    # the emitted source the README shows is what Stitch emits today.
+    excerpts = [
+        (block_id, source, golden)
+        for block_id, source, reason in ALL_BLOCKS
+        for golden in re.findall(r"golden/\S+\.py", reason or "")
+    ]
+    assert excerpts, "README.md shows no excerpt of a golden file"
+    for block_id, source, golden in excerpts:
+        lines = (ROOT / golden).read_text().split("\n")
+        at = 0
+        for line in source.split("\n"):
+            if line.strip() in ("", "..."):
+                continue
+            try:
+                at = lines.index(line, at) + 1
+            except ValueError:
+                pytest.fail(
+                    f"{block_id}: {line!r} is not in {golden} (after line {at})"
+                )
 
 
 def _param(source: str, block_id: str) -> object:
@@ -54,7 +131,7 @@ def test_readme_block_runs_as_written(source: str, tmp_path: Path) -> None:
     ):
         pytest.skip("needs transformers (pip install -e '.[hf]')")
     if "from vllm" in source and importlib.util.find_spec("vllm") is None:
-        pytest.skip("needs vLLM in its own venv (README.md, .ci/vllm.sh)")
+        pytest.skip("needs vLLM in its own venv (docs/vllm.md, .ci/vllm.sh)")
     # Caches go to a scratch folder, not the user's ~/.cache (vLLM's model
     # information aside: NOTE: [vLLM's model information, inspected once a
     # session] in vllm_support.py).

@@ -287,7 +287,7 @@ def test_mixtral_through_stitch_matches_vllm_eager(
         "splitting_ops": vllm_splitting_ops() + ["vllm::no_such_attention"],
         "compile_szes": [4],
     }
-    # The README's other routes: a backend_with() object of a module the
+    # docs/vllm.md's other routes: a backend_with() object of a module the
     # workers import, named by its qualified name, and $STITCH_CACHE_DIR.
     (root / "mixtral_backend.py").write_text(
         "from stitch.runtime.vllm import backend_with\n\n"

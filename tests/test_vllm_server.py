@@ -1,7 +1,7 @@
 """vLLM's OpenAI server through Stitch, answered through the ``openai`` package.
 
 Started as a server user starts it (``python -m vllm.entrypoints.openai.api_server``,
-the README's command) on 127.0.0.1, with the README's ``$STITCH_VLLM_CONFIG``
+docs/vllm.md's command) on 127.0.0.1, with its ``$STITCH_VLLM_CONFIG``
 (``compile_sizes``), and asked as a client asks it: one request, then eight at
 once.  Four servers start one after the other: ``--enforce-eager`` (the
 reference tokens), Stitch cold, Stitch warm, and Stitch after the user changed
