@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,26 @@ def test_inspect_prints_the_index(tmp_path: Path) -> None:
     rows = markdown_rows(text)
     assert rows[0] == ["piece", "module", "targets", "artifacts"]
     assert len(rows) == 4 and any("layers.0.self_attn" in r[1] for r in rows[1:])
+
+
+def test_run_leaves_no_debug_dump_in_the_temp_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The debug dump is written only with --dump (or $STITCH_DEBUG_DUMP).
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.delenv("STITCH_DEBUG_DUMP", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read $TMPDIR again
+    assert tempfile.gettempdir() == str(temp)
+    cache = tmp_path / "cache"
+    argv = ["run", "--example", "two_layer", "--sizes", "4", "--backend", "eager"]
+    assert main([*argv, "--cache-dir", str(cache)]) == 0
+    text = capsys.readouterr().out
+    assert "debug dump:" not in text, text
+    assert "emitted source:" in text, text
+    assert not list(temp.glob("stitch-dump-*")), sorted(os.listdir(temp))
+    assert not list(cache.rglob("computation_graph.py"))
 
 
 def test_inspect_of_a_folder_without_index(tmp_path: Path) -> None:

@@ -103,6 +103,7 @@ def test_warm_start_compiles_nothing_and_loads_everything(runs: dict[str, Any]) 
 
 def test_warm_start_runs_the_cached_source(runs: dict[str, Any]) -> None:
     cold, warm = runs["cold"], runs["warm"]
+    assert len(cold["compiled"]) == 2, cold["compiled"]  # as warm: two graphs
     for c, w in zip(cold["compiled"], warm["compiled"], strict=True):
         assert w["cache_dir"] == c["cache_dir"]
         assert w["code_sha256"] == c["code_sha256"]

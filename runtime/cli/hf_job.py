@@ -10,7 +10,6 @@ and the per-forward times.
 from __future__ import annotations
 
 import functools
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import TextIO
@@ -42,7 +41,6 @@ def run_hf(
     """Compile a tiny ``family`` model with Stitch, check it against eager, time both."""
     from stitch.runtime.hf import build_model, example_inputs, output_tensor
 
-    dump_dir = dump_dir or tempfile.mkdtemp(prefix="stitch-dump-")
     config = CompilationConfig(
         backend=backend, cache_dir=cache_dir, debug_dump_path=dump_dir
     )
@@ -105,7 +103,8 @@ def run_hf(
     for result in stitch.compiled:
         if result.cache_dir:
             print(f"  cache: {result.cache_dir}", file=out)
-    print(f"  debug dump: {dump_dir}", file=out)
+    if dump_dir:
+        print(f"  debug dump: {dump_dir}", file=out)
     print("", file=out)
     print(timing_table(rows), file=out)
     if failures:

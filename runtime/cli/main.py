@@ -247,7 +247,7 @@ def _add_run(subparsers: Any) -> None:
         "--dump",
         default="",
         metavar="DIR",
-        help="debug dump folder (default: a new temporary folder)",
+        help="write a debug dump to this folder (default: none)",
     )
     parser.add_argument(
         "--tiered",

@@ -6,7 +6,6 @@ import dataclasses
 import functools
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -123,7 +122,6 @@ def run_example(
     for n in sizes:
         if not 1 <= n <= cfg.max_seqs:
             raise SystemExit(f"stitch run: size {n} must be in [1, {cfg.max_seqs}]")
-    dump_dir = dump_dir or tempfile.mkdtemp(prefix="stitch-dump-")
     config = example_config(
         cfg,
         cache_dir=cache_dir,
@@ -183,7 +181,7 @@ def run_example(
             file=out,
         )
         print(f"  cache: {compiled.cache_entry}", file=out)
-    if result is not None:
+    if result is not None and dump_dir:
         print(
             f"  debug dump: {dump_dir} (execution_fn.py, computation_graph.py, index.md)",
             file=out,

@@ -20,6 +20,7 @@ supporting the next release starts with reading these files:
 - ``pytree``: flattening outputs;
 - ``graph_pickle``: pieces, fake tensors and the ShapeEnv across a process
   boundary (spawned compile workers).
+- ``trace``: ``TORCH_TRACE`` artifacts and ``dynamo_timed`` phase times.
 
 Importing any of them imports neither Dynamo nor Inductor: a warm start loads
 neither (``tests/test_warm_start.py``); they are imported inside the functions

@@ -15,6 +15,7 @@ import torch.fx as fx
 
 from stitch.core.errors import StitchError, StitchRuntimeError
 
+from ..compat.trace import phase
 from ..config import CompilationConfig, CUDAGraphMode
 from ..counter import compilation_counter
 from ..loader import DISPATCH_NAME, compile_execution_fn
@@ -213,7 +214,7 @@ class CUDAGraphManager:
         )
         before, start = self.num_captured, time.perf_counter()
         # No collection between captures: a pause there only delays the start.
-        with _gc_paused():
+        with _gc_paused(), phase("stitch_capture", sizes=list(order)):
             try:
                 for size in order:
                     for _ in range(calls):

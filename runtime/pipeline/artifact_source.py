@@ -82,7 +82,7 @@ class ArtifactSource:
         # (path, unwrap, sha256) -> runnable: each artifact is verified and loaded once
         self.loaded: dict[tuple[str, bool, str], Runnable] = {}
         # Pieces this source runs uncompiled while compile workers build them
-        # (a tiered start's DeferredSource, tiered.py); none here.
+        # (a tiered start's DeferredSource, deferred.py); none here.
         self.deferred: dict[str, fx.GraphModule] = {}
 
     @staticmethod

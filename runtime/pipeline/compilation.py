@@ -3,7 +3,8 @@
 The phases, in order: make the fake inputs, open the cache entry, split,
 compile (or load) each piece, emit the stitching source, plan the CUDA graphs,
 and materialize the function (``materialize.py``).  Each phase returns what the
-next one reads; the call's result is one :class:`CompiledModel`.
+next one reads; the call's result is one :class:`CompiledModel`.  The timed
+phases and the split show in ``TORCH_TRACE`` (``tracing.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from stitch.codegen import graph_hash, module_path_of
 from stitch.codegen.fingerprint import describe_example
 
 from ..compat.fake import shape_env_of
+from ..compat.trace import phase
 from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..cudagraph import CUDAGraphManager
@@ -32,8 +34,8 @@ from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, trace_source, write_debug_dump
 from ..store.hashing import content_hash
 from ..store.index import PieceRecord
-from .artifact_source import ArtifactSource, Piece, config_adapter
-from .compilers import on_cpu
+from .artifact_source import Piece, config_adapter
+from .deferred import prepare_compiles, tiered_off
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .fleet import FleetTurn
@@ -44,8 +46,8 @@ from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
 from .results import CompiledModel, Emitted, Split
 from .source import stitching_source
 from .split_policy import SplitPolicy
-from .tiered import DeferredSource, default_workers, tiered_off
-from .worker_process import niceness, start_method
+from .tracing import is_warm, log_summary, trace_split
+from .worker_process import start_method
 
 log = logging.getLogger("stitch")
 
@@ -114,22 +116,10 @@ class Compilation:
                 self.fleet.end(finished)
             if self.prestarted is not None:
                 self.prestarted.close()
-        # Twins report "shared": they run what their first instance loaded.
-        warm = emitted.from_cache and all(
-            r.cache in ("hit", "shared") for r in reports if not r.splitting
-        )
+        warm = is_warm(emitted.from_cache, reports)
         seconds = time.perf_counter() - start
         cache_dir = cache.directory if cache and cache.holds_source() else None
-        log.info(
-            "stitch: graph %s: %d pieces (%d compiled, %d unique), %s start in %.2fs%s",
-            graph_key[:12],
-            len(split.items),
-            len(split.compiled),
-            len({tuple(e.key for e in r.entries) for r in records.values()}),
-            "warm" if warm else "cold",
-            seconds,
-            f", cache {cache_dir}" if cache_dir else "",
-        )
+        log_summary(graph_key, split, records, warm, seconds, cache_dir)
         return CompiledModel(
             split.split_gm,
             emitted.code,
@@ -184,22 +174,14 @@ class Compilation:
         if cache is not None:
             cache = self.fleet.open(cache, reopen, self.tiered_off is None)
             self.fleet.explain(cache, self.gm, fake_inputs, self.cache_group, graph_key)
-        if self.tiered_off not in (None, "off"):
-            log.info("stitch: no tiered start: %s", self.tiered_off)
-        cold = cache is None or cache.index is None
-        if self.tiered_off is not None and cold:
-            # A cold start: the warm-up runs beside the split and fake propagation.
-            self.adapter.warm_up(cpu=on_cpu(self.example_inputs))
-        elif cold and self.worker_start == "spawn":
-            # Spawned workers load torch and Inductor beside the split instead.
-            from .spawned_workers import Prestarted
-
-            self.prestarted = Prestarted(
-                self.config.compile_workers or default_workers(4),
-                cpu=on_cpu(self.example_inputs),
-                nice=niceness(),
-            )
-        source = ArtifactSource if self.tiered_off is not None else DeferredSource
+        source, self.prestarted = prepare_compiles(
+            self.config,
+            self.example_inputs,
+            self.adapter,
+            self.tiered_off,
+            self.worker_start,
+            cold=cache is None or cache.index is None,
+        )
         self.source = source(
             self.config,
             cache,
@@ -209,12 +191,13 @@ class Compilation:
         return graph_key, cache
 
     def split(self) -> Split:
-        split_gm, items = self.policy.split(self.gm)
+        with phase("stitch_split"):
+            split_gm, items = self.policy.split(self.gm)
+            # NOTE: [piece inputs restrided to their compiled layout] (layouts.py)
+            layouts = fed_layouts(
+                split_gm, {it.submod_name for it in items if it.is_splitting_graph}
+            )
         compilation_counter.num_piecewise_graphs_seen += len(items)
-        # NOTE: [piece inputs restrided to their compiled layout] (layouts.py)
-        layouts = fed_layouts(
-            split_gm, {it.submod_name for it in items if it.is_splitting_graph}
-        )
         split = Split(split_gm, items, layouts)
         compilation_counter.num_piecewise_capturable_graphs_seen += len(split.compiled)
         return split
@@ -235,18 +218,21 @@ class Compilation:
             "piece",
             enabled=len(split.compiled) >= 8 and log.isEnabledFor(logging.INFO),
         )
-        for item in split.items:
-            path = module_path_of(item.graph)
-            if item.is_splitting_graph:
-                reports.append(PieceReport(item.submod_name, True, path, [], 0.0, "-"))
-                continue
-            record, report = self.compile_piece(
-                item.submod_name, item.graph, args, path, split.layouts, cache
-            )
-            records[item.submod_name] = record
-            reports.append(report)
-            progress.update(1)
-        progress.close()
+        with phase("stitch_compile", pieces=len(split.compiled)):
+            for item in split.items:
+                path = module_path_of(item.graph)
+                if item.is_splitting_graph:
+                    reports.append(
+                        PieceReport(item.submod_name, True, path, [], 0.0, "-")
+                    )
+                    continue
+                record, report = self.compile_piece(
+                    item.submod_name, item.graph, args, path, split.layouts, cache
+                )
+                records[item.submod_name] = record
+                reports.append(report)
+                progress.update(1)
+            progress.close()
         deferred = self.source.deferred
         if deferred:
             # The workers compile from these fake inputs; made now, before the
@@ -266,9 +252,10 @@ class Compilation:
         size_indices = {name: r.size_index for name, r in records.items()}
         # The placeholder the pieces' runnables are picked by, once per forward.
         dispatch_on = hoisted_input(split.split_gm, self.size, size_indices)
-        code, names, consts, from_cache = stitching_source(
-            split.split_gm, cache, dispatch_on
-        )
+        with phase("stitch_emit"):
+            code, names, consts, from_cache = stitching_source(
+                split.split_gm, cache, dispatch_on
+            )
         # The entry is complete: its guards, then its source.
         guards = self.entry_guards.finish(cache)
         if cache is not None:
@@ -282,6 +269,7 @@ class Compilation:
         if source_file is None and dump:
             source_file = os.path.join(dump, DUMP_SOURCE_FILE)
         trace_source(code)
+        trace_split(reports, self.source.deferred)
         return Emitted(
             code, names, consts, dispatch_on, from_cache, source_file, guards
         )
@@ -329,14 +317,15 @@ class Compilation:
         plan = CompiledPlan(
             code, filename, tuple(emitted.submod_names), records, consts, graphs
         )
-        fn, backends = materialize(
-            plan,
-            self.config,
-            self.source.runnable,
-            cudagraphs=self.cudagraphs if graphs is not None else None,
-            warnings=self.range_warnings,
-            ranges=ranges,
-        )
+        with phase("stitch_load"):
+            fn, backends = materialize(
+                plan,
+                self.config,
+                self.source.runnable,
+                cudagraphs=self.cudagraphs if graphs is not None else None,
+                warnings=self.range_warnings,
+                ranges=ranges,
+            )
         # NOTE: [pieces are installed after the loop]
         # A miss after a hit runs the fake propagation over split_gm, which must
         # call the pieces' own GraphModules, not a PiecewiseBackend; the split

@@ -45,10 +45,11 @@ from ..loader import DISPATCH_NAME
 from ..store.cache import CompileCache
 from ..store.index import PieceRecord
 from .compilers import on_cpu
+from .deferred import default_workers
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
 from .piecewise import PiecewiseBackend
 from .results import Split
-from .tiered import Tier, add_counters, default_workers
+from .tiered import Tier, add_counters
 from .worker_process import (
     CompileOne,
     Launch,

@@ -4,7 +4,7 @@ NOTE: [a tiered start]
 With ``CompilationConfig.tiered_start``, a backend call that finds pieces
 missing from its cache entry does not compile them before it returns.  It
 splits, plans and emits as always, and every missing piece first runs as its
-own GraphModule (:class:`DeferredSource`), which computes what the compiled
+own GraphModule (``deferred.py``), which computes what the compiled
 piece computes.  Before it returns, the call forks compile workers
 (``compile_workers.py``): each runs the ordinary compile of its pieces
 (``Compilation.compile_piece``, Inductor, the artifact saved and its prebuilt
@@ -39,7 +39,6 @@ entry: the next start loads what landed and compiles what is missing.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -55,80 +54,11 @@ from ..counter import compilation_counter
 from ..store.cache import CompileCache
 from ..store.index import EntryRecord, PieceRecord
 from ..targets import Target
-from .artifact_source import ArtifactSource, Piece
-from .piece_plan import KeyChoice, StringKeys
+from .artifact_source import ArtifactSource
 from .piecewise import PiecewiseBackend, RangeWarnings
 from .swap_check import copy_input, differences, mutates, unset_outputs
-from .worker_process import START_ENV, needs_spawn
 
 log = logging.getLogger("stitch")
-
-
-def tiered_off(
-    config: CompilationConfig,
-    example_inputs: Sequence[Any],
-    cache: Any,
-    method: str,
-) -> str | None:
-    """Why a tiered start does not apply to this backend call (None: it does);
-    ``method`` is how its workers would start (``worker_process.start_method``)."""
-    if not config.tiered_start:
-        return "off"
-    if config.backend != "inductor":
-        return f"the {config.backend} backend compiles nothing"
-    if cache is None or not cache.writable:
-        return "no writable cache entry to bring compiled pieces back through"
-    if method == "fork":
-        why = needs_spawn(example_inputs) or (
-            "" if hasattr(os, "fork") else "this platform cannot fork"
-        )
-        if why:
-            return f"${START_ENV}=fork, but {why}: compile workers must be spawned"
-    return None
-
-
-def default_workers(pieces: int) -> int:
-    """One compile worker per two cores, at most four and at most ``pieces``."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores // 2, pieces))
-
-
-class DeferredSource(ArtifactSource):
-    """The serving process's artifact source in a tiered start: what the cache
-    holds loads as always; what it lacks runs as the piece's GraphModule and
-    is named in ``deferred``, for the compile workers."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.deferred_keys: set[str] = set()
-        # Each deferred piece's compile key: twins share one, and one worker
-        # compiles it (the others of the key are "shared" there).
-        self.key_of: dict[str, str] = {}
-
-    def entry(
-        self, piece: Piece, target: Target, choice: KeyChoice
-    ) -> tuple[EntryRecord, str]:
-        record, outcome = super().entry(piece, target, choice)
-        if outcome == "shared" and record.key in self.deferred_keys:
-            # A twin of a deferred piece runs uncompiled too, and is swapped.
-            self.deferred[piece.name] = piece.graph
-            self.key_of[piece.name] = record.key
-        return record, outcome
-
-    def _compile(
-        self, piece: Piece, target: Target, choice: KeyChoice, key: str | None
-    ) -> EntryRecord:
-        if key is None:  # decided by the worker's compile; a placeholder here
-            assert isinstance(choice, StringKeys)
-            key = choice.exact
-        self.deferred[piece.name] = piece.graph
-        self.deferred_keys.add(key)
-        self.key_of[piece.name] = key
-        self.memo.setdefault(key, (piece.graph.forward, False))
-        return EntryRecord(target.key(), key, False)
 
 
 class TieredPiece(PiecewiseBackend):

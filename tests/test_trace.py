@@ -1,0 +1,103 @@
+"""Stitch in torch's own tools: a compile under ``TORCH_TRACE`` leaves its split
+(an artifact) and its phases (``dynamo_timed`` chromium events) in the trace
+that tlparse reads (runtime/compat/trace.py, runtime/pipeline/tracing.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from stitch.runtime.pipeline.tracing import SPLIT_ARTIFACT
+
+PHASES = ("stitch_split", "stitch_compile", "stitch_emit", "stitch_load")
+CAPTURE = "stitch_capture"
+
+# One small compile (the two-layer example: five pieces, two of them splitting
+# ops), then a start-up capture under emulated CUDA graphs (no GPU needed).
+SCRIPT = """
+import json, sys
+import torch
+from stitch.runtime import CompilationConfig, StitchBackend
+from stitch.runtime.cudagraph import CUDAGraphManager, EmulatedGraphOps
+from stitch.runtime.examples.models import EXAMPLES
+
+model, inputs = EXAMPLES["two_layer"].build()
+backend = StitchBackend(CompilationConfig(backend="eager", cache_dir=sys.argv[1]))
+torch.compile(model, backend=backend, dynamic=False)(*inputs)
+config = CompilationConfig(cudagraph_capture_sizes=[1, 2])
+CUDAGraphManager(config, ops=EmulatedGraphOps()).capture_sizes(lambda size: None)
+reports = [r for c in backend.compiled for r in c.reports]
+print(json.dumps([[r.name, r.splitting, r.module_path] for r in reports]))
+"""
+
+
+def read_trace(directory: Path) -> list[tuple[dict[str, Any], str]]:
+    """Each entry of the trace logs: its JSON head and its payload.
+
+    torch/_logging/_internal.py writes one line per entry, a glog prefix then
+    the JSON after ``"] "``, followed by its payload's lines, each indented by
+    a tab."""
+    entries: list[tuple[dict[str, Any], str]] = []
+    for log in sorted(directory.glob("*.log")):
+        for line in log.read_text().splitlines():
+            if line.startswith("\t"):
+                head, payload = entries[-1]
+                entries[-1] = (head, payload + line[1:] + "\n")
+            elif "] " in line:
+                entries.append((json.loads(line.split("] ", 1)[1]), ""))
+    return entries
+
+
+def traced_compile(tmp_path: Path) -> tuple[list[Any], list[tuple[dict, str]]]:
+    env = dict(os.environ, TORCH_TRACE=str(tmp_path / "trace"))
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "cache")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    reports = json.loads(proc.stdout.strip().splitlines()[-1])
+    return reports, read_trace(tmp_path / "trace")
+
+
+def test_trace_shows_the_split_and_the_phases(tmp_path: Path) -> None:
+    reports, entries = traced_compile(tmp_path)
+    assert entries, f"no trace entries under {tmp_path / 'trace'}"
+
+    splits = [
+        json.loads(payload)
+        for head, payload in entries
+        if head.get("artifact", {}).get("name") == SPLIT_ARTIFACT
+    ]
+    assert len(splits) == 1, f"{len(splits)} {SPLIT_ARTIFACT} artifacts in the trace"
+    pieces = splits[0]["pieces"]
+    # The artifact's pieces are the backend call's, in graph order.
+    assert [[p["name"], p["splitting"], p["module_range"]] for p in pieces] == reports
+    assert [p["splitting"] for p in pieces] == [False, True, False, True, False]
+    assert all(p["module_range"] for p in pieces), pieces
+    made = {p["name"]: p["made"] for p in pieces}
+    assert made["submod_1"] == made["submod_3"] == "eager (splitting op)"
+    assert {made[n] for n in ("submod_0", "submod_2", "submod_4")} <= {
+        "compiled",
+        "reused",
+    }, made
+
+    # Each phase is a begin/end pair of chromium events (tlparse's timeline).
+    events: dict[str, list[str]] = {}
+    for head, payload in entries:
+        if "chromium_event" in head:
+            event = json.loads(payload)
+            events.setdefault(event["name"], []).append(event["ph"])
+    for name in (*PHASES, CAPTURE):
+        assert events.get(name) == ["B", "E"], (name, sorted(events))
+    # The emitted source is still there, beside them.
+    assert any(
+        head.get("artifact", {}).get("name") == "stitch_execution_fn"
+        for head, _ in entries
+    )
