@@ -49,7 +49,7 @@ def main() -> None:
 
     from stitch.runtime import CompilationConfig, aot_compile
     from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
-    from stitch.runtime.saved.signature import in_range
+    from stitch.runtime.saved.input_signature import in_range
 
     torch.set_num_threads(1)
     clock = getattr(time, args.clock)

@@ -51,7 +51,7 @@ def hf_subject(cfg: Any, device: str) -> WarmSubject:
     """transformers' LlamaForCausalLM in the token layout, the same shapes
     (``attn_implementation="stitch"``; bench/gpu_serving.py ``--model hf``).
     ``input_ids`` and ``position_ids`` share one token count (NOTE: [one size
-    for dims of one name] in runtime/saved/call_args.py)."""
+    for dims of one name] in runtime/saved/arguments.py)."""
     from gpu_serving_model import build_hf_llama
 
     from stitch.runtime.hf.serving import PAD_VALUES, reset_kv_caches, serving_inputs

@@ -19,7 +19,7 @@ built for exactly those sizes: every size and stride in it is static, so the
 one C++ call also checks the relations between the dynamic sizes (the ids
 and positions share one token count) that eight ``numel()`` reads in Python
 checked before.  The loader builds such a guard on the first call with each
-size (``runtime/saved/signature.py``, ``SizedGuards``).  An input that fits
+size (``runtime/saved/input_signature.py``, ``SizedGuards``).  An input that fits
 no signature goes to ``__stitch_mismatch__`` (the runtime): it converts,
 compiles for the new signature, or raises ``StitchInputError``.
 
@@ -93,7 +93,7 @@ class ObjectInput:
     """An object argument (a transformers ``StaticCache``): its exact type and the
     tensors the forward reads from it, each named by the expression that reads it
     (``past_key_values.layers[0].keys``; see NOTE: [the tensors of an object
-    argument] in runtime/saved/call_args.py)."""
+    argument] in runtime/saved/arguments.py)."""
 
     name: str
     module: str

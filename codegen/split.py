@@ -14,8 +14,8 @@ from torch.fx.passes.split_module import split_module
 
 from stitch.core.errors import StitchCodegenError
 
-from .fingerprint import example_value
 from .matching import OpMatcher, SplittingOp
+from .scalars import place_scalars_with_users
 
 # Key under which split_graph records on each piece whether it is a splitting piece.
 IS_SPLITTING_META = "stitch_is_splitting_graph"
@@ -49,7 +49,7 @@ def split_graph(
         else OpMatcher.parse(splitting_ops)
     )
     _decompose_size_nodes(gm)
-    scalars = _place_scalars_with_users(gm, matcher)
+    scalars = place_scalars_with_users(gm, matcher)
 
     assignment, splitting_ids = _assign_pieces(gm, matcher, scalars)
     split_gm = split_module(
@@ -107,6 +107,23 @@ def _is_size_helper(node: fx.Node) -> bool:
 def _assign_pieces(
     gm: fx.GraphModule, matcher: OpMatcher, placed: set[fx.Node]
 ) -> tuple[dict[fx.Node, int], set[int]]:
+    """Each node's piece, and the splitting pieces: runs of nodes of one kind,
+    runs that only allocate merged into their neighbours, scalars where used."""
+    runs, run_of, scalars = _runs(gm, matcher, placed)
+    group_of_run, groups = _group_runs(runs)
+    assignment = {node: group_of_run[run] for node, run in run_of.items()}
+    _assign_scalars(scalars, assignment, groups)
+    splitting_ids = {g for g, splitting in enumerate(groups) if splitting}
+    return assignment, splitting_ids
+
+
+def _runs(gm: fx.GraphModule, matcher: OpMatcher, placed: set[fx.Node]) -> tuple[
+    list[tuple[bool, list[fx.Node]]],
+    dict[fx.Node, int],
+    list[tuple[fx.Node, fx.Node | None]],
+]:
+    """The graph's nodes in runs of splitting or non-splitting ops, each node's
+    run, and the placed scalars with the node before each (assigned last)."""
     # NOTE: [pieces are contiguous runs of nodes]
     # Walking in graph order and only ever opening a new piece keeps the original
     # node order inside and across pieces, which mutation semantics depend on.
@@ -140,7 +157,13 @@ def _assign_pieces(
             runs.append((splitting, []))
         run_of[node] = len(runs) - 1
         runs[-1][1].append(node)
+    return runs, run_of, scalars
 
+
+def _group_runs(
+    runs: list[tuple[bool, list[fx.Node]]],
+) -> tuple[list[int], list[bool]]:
+    """Each run's piece, and per piece whether it splits."""
     # Merge runs that only allocate (e.g. the `out` buffer of an attention op that
     # sits between two splitting ops) into the next run, which consumes the
     # buffer; a trailing one joins the previous run.
@@ -169,14 +192,21 @@ def _assign_pieces(
         if not groups:
             groups.append(False)
         group_of_run[p] = len(groups) - 1
+    return group_of_run, groups
 
-    assignment = {node: group_of_run[run] for node, run in run_of.items()}
+
+def _assign_scalars(
+    scalars: list[tuple[fx.Node, fx.Node | None]],
+    assignment: dict[fx.Node, int],
+    groups: list[bool],
+) -> None:
+    """Put each placed scalar in its user's piece (else where it is)."""
     # NOTE: [a scalar is computed where it is used]
     # Inductor returns tensors, SymInts and sympy expressions from a graph, not
     # floats or bools, plain or symbolic, so a SymFloat made in a compiled piece
     # (``float(scaling)``, ``x.item()``, ``s0 ** 0.5``) cannot be handed to the
     # next piece.  Each scalar node has one user, right after it
-    # (_place_scalars_with_users), and goes to its user's piece: what crosses
+    # (place_scalars_with_users), and goes to its user's piece: what crosses
     # instead are its inputs (SymInts, tensors).  Walking backwards places a
     # chain of scalars in one piece.
     for node, before in reversed(scalars):
@@ -189,108 +219,6 @@ def _assign_pieces(
             if not groups:
                 groups.append(False)
             assignment[node] = 0
-    splitting_ids = {g for g, splitting in enumerate(groups) if splitting}
-    return assignment, splitting_ids
-
-
-def _is_scalar_node(node: fx.Node, matcher: OpMatcher) -> bool:
-    """A pure node whose value is a float or bool, plain or symbolic, or a SymInt
-    computed from sizes alone (not from a tensor)."""
-    if node.op not in ("call_function", "call_method") or node.is_impure():
-        return False
-    value = example_value(node)
-    if isinstance(value, torch.SymInt):
-        # NOTE: [size arithmetic is computed where it is used]
-        # Dynamo computes ``s27 * s52`` once and hands the node to every later
-        # layer that needs it: left where it is, the first layer's piece would
-        # return it and every later piece take it, and the first layer would
-        # never be a twin of the others.  Recomputed beside each user, every
-        # layer's piece is the same code.
-        if _reads_tensors(node):
-            return False
-    elif not isinstance(value, (torch.SymFloat, torch.SymBool, float, bool)):
-        return False
-    return not matcher.matches(node)
-
-
-def _place_scalars_with_users(gm: fx.GraphModule, matcher: OpMatcher) -> set[fx.Node]:
-    """Give every user of a scalar node its own copy of it, right before the user.
-
-    See the NOTE in _assign_pieces.  split_module orders pieces by where each
-    first appears in the graph; sitting next to its user, a scalar never makes
-    its piece appear before one it depends on.  A scalar read from a tensor
-    (``.item()``) that something between it and its users may write reads a
-    clone made where it was instead.  Returns the scalar nodes placed (copies
-    included).
-    """
-    graph = gm.graph
-    placed: set[fx.Node] = set()
-    for node in reversed(list(graph.nodes)):
-        if not node.users or not _is_scalar_node(node, matcher):
-            continue
-        order = {n: i for i, n in enumerate(graph.nodes)}
-        users = sorted(node.users, key=order.__getitem__)
-        if _reads_tensors(node) and _mutation_between(node, users[-1]):
-            _read_clones(graph, node)
-        for user in users[1:]:
-            with graph.inserting_before(user):
-                copy = graph.node_copy(node)
-            copy.meta = dict(node.meta)
-            user.replace_input_with(node, copy)
-            placed.add(copy)
-        if users[0].prev is not node:
-            users[0].prepend(node)
-        placed.add(node)
-    if placed:
-        graph.lint()
-        gm.recompile()
-    return placed
-
-
-def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
-    return [
-        n for n in node.all_input_nodes if isinstance(example_value(n), torch.Tensor)
-    ]
-
-
-def _reads_tensors(node: fx.Node) -> bool:
-    return bool(_tensor_inputs(node))
-
-
-def _read_clones(graph: fx.Graph, node: fx.Node) -> None:
-    """Make ``node`` read clones of its tensor inputs, taken where it is now."""
-    for tensor in _tensor_inputs(node):
-        with graph.inserting_before(node):
-            clone = graph.call_function(torch.clone, (tensor,))
-        clone.meta = dict(tensor.meta)
-        node.replace_input_with(tensor, clone)
-
-
-def _mutation_between(first: fx.Node, last: fx.Node) -> bool:
-    node = first.next
-    while node is not last and node.op != "output":
-        if _may_mutate(node):
-            return True
-        node = node.next
-    return False
-
-
-def _may_mutate(node: fx.Node) -> bool:
-    """Whether ``node`` may write a tensor (conservative: unknown calls may)."""
-    if node.op == "call_method":
-        name = str(node.target)
-        return name.endswith("_") and not name.endswith("__")
-    if node.op == "call_module":
-        return True
-    if node.op != "call_function":
-        return False
-    target = node.target
-    if isinstance(target, torch._ops.OpOverload):
-        return target._schema.is_mutable
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        return any(getattr(target, o)._schema.is_mutable for o in target.overloads())
-    name = getattr(target, "__name__", "") or ""
-    return node.is_impure() or (name.endswith("_") and not name.endswith("__"))
 
 
 def _only_allocates(nodes: list[fx.Node]) -> bool:

@@ -47,7 +47,8 @@ from transformers import PreTrainedModel  # noqa: E402
 
 from stitch.core.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
 from stitch.runtime import CompilationConfig, StitchBackend  # noqa: E402
-from stitch.runtime.cli.main import HF_FAMILIES, main  # noqa: E402
+from stitch.runtime.cli.main import main  # noqa: E402
+from stitch.runtime.cli.options import HF_FAMILIES  # noqa: E402
 from stitch.runtime.harness.hf_decode import greedy_decode  # noqa: E402
 from stitch.runtime.hf import (  # noqa: E402
     FAMILIES,
@@ -56,8 +57,8 @@ from stitch.runtime.hf import (  # noqa: E402
     output_tensor,
     register,
 )
-from stitch.runtime.hf.attention import unserved_attention  # noqa: E402
 from stitch.runtime.hf.models import VOCAB  # noqa: E402
+from stitch.runtime.hf.registration import unserved_attention  # noqa: E402
 
 from backend_support import (  # noqa: E402
     INDUCTOR_TOL,
@@ -261,7 +262,7 @@ def test_stitch_attention_refuses_dropout_and_attention_weights() -> None:
 
 
 # -- models "stitch" cannot serve ----------------------------------------------------
-# NOTE: [models whose attention "stitch" cannot serve] in runtime/hf/attention.py.
+# NOTE: [models whose attention "stitch" cannot serve] in runtime/hf/registration.py.
 
 # Tiny configs of two families whose attention does not dispatch through
 # transformers' attention functions: Bloom (ALiBi in its own attention; eager

@@ -36,7 +36,7 @@ from stitch.runtime import CompilationConfig, aot_compile  # noqa: E402
 from stitch.runtime.examples import LlamaConfig, build_llama  # noqa: E402
 from stitch.runtime.harness.hf_decode import greedy_decode, static_cache  # noqa: E402
 from stitch.runtime.hf import build_model  # noqa: E402
-from stitch.runtime.saved.signature import SizedGuards  # noqa: E402
+from stitch.runtime.saved.input_signature import SizedGuards  # noqa: E402
 
 import backend_support  # noqa: E402
 from backend_support import INDUCTOR_TOL  # noqa: E402

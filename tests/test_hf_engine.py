@@ -342,7 +342,7 @@ def test_an_engine_forward_that_fails_to_compile_names_the_untested_release(
         "write_index": [torch.zeros(2, dtype=torch.int64)],
     }
     with pytest.raises(torch._dynamo.exc.Unsupported, match="Skip inlining"):
-        model.forward.compile(inputs, "layout")
+        model.forward.load_or_compile(inputs, "layout")
     monkeypatch.setattr(engine_compat, "installed_version", lambda: "5.99.1")
     with pytest.raises(
         StitchConfigError,
@@ -350,7 +350,7 @@ def test_an_engine_forward_that_fails_to_compile_names_the_untested_release(
         r"tested with \(5\.17 to 5\.24\), and the engine's forward could not be "
         r"compiled under it \(Unsupported: Skip inlining",
     ):
-        model.forward.compile(inputs, "layout")
+        model.forward.load_or_compile(inputs, "layout")
 
 
 def test_the_hf_extra_allows_the_tested_range_alone():

@@ -39,8 +39,8 @@ from stitch.core.errors import StitchError, StitchInputError
 from stitch.runtime.cli.main_job import inspect_cache
 from stitch.runtime.loader import bind_kwonly, load_execution_module
 from stitch.runtime.pipeline.graph_inputs import GraphInput
-from stitch.runtime.saved.call_args import CallArgs
-from stitch.runtime.saved.signature import (
+from stitch.runtime.saved.arguments import CallArgs
+from stitch.runtime.saved.input_signature import (
     describe,
     forward_params,
     in_range,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 
@@ -39,7 +39,7 @@ def run_hf(
     out: TextIO,
 ) -> int:
     """Compile a tiny ``family`` model with Stitch, check it against eager, time both."""
-    from stitch.runtime.hf import build_model, example_inputs, output_tensor
+    from stitch.runtime.hf import build_model
 
     config = CompilationConfig(
         backend=backend, cache_dir=cache_dir, debug_dump_path=dump_dir
@@ -56,21 +56,9 @@ def run_hf(
     compiled = torch.compile(model, backend=stitch, dynamic=True)
     before = compilation_counter.snapshot()
 
-    rows = []
-    failures = 0
-    with torch.no_grad():
-        for n in lengths:
-            kwargs = example_inputs(family, batch, n, seed=n)
-            expected = output_tensor(family, model(**kwargs))
-            start = time.perf_counter()
-            actual = output_tensor(family, compiled(**kwargs))
-            first_ms = (time.perf_counter() - start) * 1e3
-            err = (expected - actual).abs().max().item()
-            ok = torch.allclose(expected, actual, **TOLERANCE)
-            failures += not ok
-            eager_ms = median_ms(functools.partial(model, **kwargs), repeats)
-            stitch_ms = median_ms(functools.partial(compiled, **kwargs), repeats)
-            rows.append((n, eager_ms, stitch_ms, first_ms, err, ok))
+    rows, failures = _compare_with_eager(
+        family, model, compiled, batch, lengths, repeats
+    )
     after = compilation_counter.snapshot()
 
     print(
@@ -78,21 +66,7 @@ def run_hf(
         f"attn_implementation={attn_implementation!r}, backend {backend}, batch {batch}",
         file=out,
     )
-    for i, result in enumerate(stitch.compiled, 1):
-        splitting = [r for r in result.reports if r.splitting]
-        pieces = [r for r in result.reports if not r.splitting]
-        print(
-            f"  graph {i}: {len(result.reports)} pieces ({len(splitting)} splitting, "
-            f"{len(pieces)} compiled), {'warm' if result.warm else 'cold'} start in "
-            f"{result.seconds:.2f}s",
-            file=out,
-        )
-        pieces = [
-            (r.name, "split" if r.splitting else r.cache, r.module_path or "-")
-            for r in result.reports
-        ]
-        table = markdown_table(("piece", "cache", "module"), pieces)
-        print("\n" + table + "\n", file=out)
+    _print_graphs(stitch, out)
     print(
         f"  compiles: {after['num_backend_compilations'] - before['num_backend_compilations']} "
         f"graphs, {after['num_inductor_compiles'] - before['num_inductor_compiles']} Inductor "
@@ -111,3 +85,52 @@ def run_hf(
         print(f"\n{failures} length(s) differ from eager beyond tolerance", file=out)
         return 1
     return 0
+
+
+def _compare_with_eager(
+    family: str,
+    model: torch.nn.Module,
+    compiled: Any,
+    batch: int,
+    lengths: Sequence[int],
+    repeats: int,
+) -> tuple[list[tuple[Any, ...]], int]:
+    """Per length, eager and Stitch's times and their largest difference; and
+    how many lengths differ from eager beyond tolerance."""
+    from stitch.runtime.hf import example_inputs, output_tensor
+
+    rows = []
+    failures = 0
+    with torch.no_grad():
+        for n in lengths:
+            kwargs = example_inputs(family, batch, n, seed=n)
+            expected = output_tensor(family, model(**kwargs))
+            start = time.perf_counter()
+            actual = output_tensor(family, compiled(**kwargs))
+            first_ms = (time.perf_counter() - start) * 1e3
+            err = (expected - actual).abs().max().item()
+            ok = torch.allclose(expected, actual, **TOLERANCE)
+            failures += not ok
+            eager_ms = median_ms(functools.partial(model, **kwargs), repeats)
+            stitch_ms = median_ms(functools.partial(compiled, **kwargs), repeats)
+            rows.append((n, eager_ms, stitch_ms, first_ms, err, ok))
+    return rows, failures
+
+
+def _print_graphs(stitch: StitchBackend, out: TextIO) -> None:
+    """Each graph the backend compiled: its pieces, each piece's cache and module."""
+    for i, result in enumerate(stitch.compiled, 1):
+        splitting = [r for r in result.reports if r.splitting]
+        pieces = [r for r in result.reports if not r.splitting]
+        print(
+            f"  graph {i}: {len(result.reports)} pieces ({len(splitting)} splitting, "
+            f"{len(pieces)} compiled), {'warm' if result.warm else 'cold'} start in "
+            f"{result.seconds:.2f}s",
+            file=out,
+        )
+        pieces = [
+            (r.name, "split" if r.splitting else r.cache, r.module_path or "-")
+            for r in result.reports
+        ]
+        table = markdown_table(("piece", "cache", "module"), pieces)
+        print("\n" + table + "\n", file=out)

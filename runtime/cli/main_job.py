@@ -16,7 +16,7 @@ from ..config import CompilationConfig
 from ..examples import LlamaConfig, build_llama, llama_inputs
 from ..examples.models import runnable_examples
 from ..saved.aot import AOTCompiledModel, aot_compile
-from ..saved.signature_check import CHECK_FILE, read_signatures
+from ..saved.input_check import CHECK_FILE, read_signatures
 from ..store.index import INDEX_FILE, Index
 from ..store.location import AOT_RECORD_FILE, find_aot_folders
 from ..store.verify import find_entries, inspect_aot, inspect_entry
@@ -140,6 +140,40 @@ def run_example(
     stitch = compiled.backend
     timeline = _serve_until_compiled(compiled, cfg, sizes[0], start)
 
+    rows, failures = _compare_with_eager(model, compiled, cfg, sizes, repeats)
+
+    result = stitch.compiled[0] if stitch is not None and stitch.compiled else None
+    _print_compile(name, cfg, backend, compiled, ready_s, out)
+    if compiled.cache_entry:
+        print(
+            f"  emitted source: {os.path.join(compiled.cache_entry, 'execution_fn.py')}",
+            file=out,
+        )
+        print(f"  cache: {compiled.cache_entry}", file=out)
+    if result is not None and dump_dir:
+        print(
+            f"  debug dump: {dump_dir} (execution_fn.py, computation_graph.py, index.md)",
+            file=out,
+        )
+    if timeline:
+        print(timeline, file=out)
+    print("", file=out)
+    print(timing_table(rows), file=out)
+    if failures:
+        print(f"\n{failures} size(s) differ from eager beyond tolerance", file=out)
+        return 1
+    return 0
+
+
+def _compare_with_eager(
+    model: torch.nn.Module,
+    compiled: AOTCompiledModel,
+    cfg: LlamaConfig,
+    sizes: Sequence[int],
+    repeats: int,
+) -> tuple[list[tuple[Any, ...]], int]:
+    """Per size, eager and Stitch's times and their largest difference; and how
+    many sizes differ from eager beyond tolerance."""
     rows = []
     failures = 0
     with torch.no_grad():
@@ -161,13 +195,25 @@ def run_example(
                 functools.partial(compiled, input_ids, positions), repeats
             )
             rows.append((n, eager_ms, stitch_ms, first_ms, err, ok))
+    return rows, failures
 
-    result = stitch.compiled[0] if stitch is not None and stitch.compiled else None
+
+def _print_compile(
+    name: str,
+    cfg: LlamaConfig,
+    backend: str,
+    compiled: AOTCompiledModel,
+    ready_s: float,
+    out: TextIO,
+) -> None:
+    """How the model was compiled or loaded: the saved forward, the backend call."""
     print(
         f"stitch run --example {name}: {cfg.num_layers} layers, backend {backend}",
         file=out,
     )
     _print_aot(compiled, ready_s, out)
+    stitch = compiled.backend
+    result = stitch.compiled[0] if stitch is not None and stitch.compiled else None
     if result is not None:
         print(
             f"  backend call: {result.seconds:.2f}s ({'warm' if result.warm else 'cold'} "
@@ -175,25 +221,6 @@ def run_example(
             f"{len(stitch.compiled)}",
             file=out,
         )
-    if compiled.cache_entry:
-        print(
-            f"  emitted source: {os.path.join(compiled.cache_entry, 'execution_fn.py')}",
-            file=out,
-        )
-        print(f"  cache: {compiled.cache_entry}", file=out)
-    if result is not None and dump_dir:
-        print(
-            f"  debug dump: {dump_dir} (execution_fn.py, computation_graph.py, index.md)",
-            file=out,
-        )
-    if timeline:
-        print(timeline, file=out)
-    print("", file=out)
-    print(timing_table(rows), file=out)
-    if failures:
-        print(f"\n{failures} size(s) differ from eager beyond tolerance", file=out)
-        return 1
-    return 0
 
 
 def _serve_until_compiled(

@@ -5,6 +5,21 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+# The families of stitch.runtime.hf.models.FAMILIES, listed here so that the
+# help needs no transformers (tests/test_hf.py checks they agree).
+HF_FAMILIES = (
+    "bert",
+    "gemma",
+    "gemma2",
+    "gpt2",
+    "gpt_oss",
+    "llama",
+    "mistral",
+    "mixtral",
+    "phi3",
+    "qwen2",
+)
+
 
 def int_list(text: str) -> list[int]:
     try:

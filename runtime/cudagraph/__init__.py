@@ -30,15 +30,17 @@ bench/vllm_style.py.)
 from .graph_ops import CUDAGraphOps, EmulatedGraphOps, weak_ref_tensor, weak_refs
 from .manager import CUDAGraphManager
 from .padding import (
-    CannotPad,
-    DynamicInput,
     PaddedRunner,
-    PaddingPlan,
     capture_order,
     check_padding,
     full_graph_limit,
-    input_name,
     padding_table,
+)
+from .padding_plan import (
+    CannotPad,
+    DynamicInput,
+    PaddingPlan,
+    input_name,
     plan_padding,
 )
 from .wrapper import FULL_GRAPH, CUDAGraphTables, CUDAGraphWrapper, call_order

@@ -21,7 +21,7 @@ import torch
 from ..store import codec
 from ..store.codec import RecordError
 from ..store.records import SavedDynamicInput, SavedGraphPlan
-from .padding import DynamicInput, PaddingPlan
+from .padding_plan import DynamicInput, PaddingPlan
 
 WHERE = "the saved CUDA graph plan"
 

@@ -24,14 +24,13 @@ from ..size import RuntimeSize
 from .graph_ops import CUDAGraphOps
 from .graph_plan import GraphPlan
 from .padding import (
-    CannotPad,
     PaddedRunner,
     capture_order,
     check_padding,
     full_graph_limit,
     padding_table,
-    plan_padding,
 )
+from .padding_plan import CannotPad, plan_padding
 from .wrapper import CUDAGraphTables, FunctionGraphs, call_order
 
 log = logging.getLogger("stitch")

@@ -27,7 +27,7 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
     ) from exc
 
 from ..kernels import HF_ATTENTION_OP, PAGED_ATTENTION_OP
-from .attention import ATTN_IMPLEMENTATION, register, stitch_attention_forward
+from .attention import ATTN_IMPLEMENTATION, stitch_attention_forward
 from .engine import continuous_batching_config, route_paged_attention
 from .models import (
     FAMILIES,
@@ -37,6 +37,7 @@ from .models import (
     output_tensor,
     tiny_config,
 )
+from .registration import register
 from .serving import (
     PAD_VALUES,
     attach_kv_caches,

@@ -10,7 +10,7 @@ which Stitch's default config splits at.  The maths is that of the model's own
 attention: SDPA's, plus attention sinks (GPT-OSS), logit softcapping (Gemma 2)
 and position biases (T5).  A model whose attention does not dispatch through
 transformers' attention functions (Bloom, Falcon) is refused when it is built
-(NOTE: [models whose attention "stitch" cannot serve]).
+(NOTE: [models whose attention "stitch" cannot serve] in ``registration.py``).
 
 A module that carries Stitch's serving KV caches (:func:`.serving.attach_kv_caches`)
 runs the token layout instead: one decode token per row, attention through
@@ -28,18 +28,15 @@ call sites and fails when one passes a keyword missing from ``ARGUMENTS``.
 
 from __future__ import annotations
 
-import functools
-import sys
 from typing import Any
 
 import torch
 
-from stitch.core.errors import StitchConfigError, StitchRuntimeError
+from stitch.core.errors import StitchRuntimeError
 
 # stitch::hf_attention, and stitch::attention (serving KV caches), with their
 # kernels.
 from .. import kernels  # noqa: F401 - registers the ops
-from ..pipeline.api import dispatches_through_transformers, is_attention
 
 ATTN_IMPLEMENTATION = "stitch"
 # The serving KV caches' buffer names on an attention module (serving.py).
@@ -182,45 +179,9 @@ def _token_attention(
     """
     k_cache, v_cache = getattr(module, K_CACHE), getattr(module, V_CACHE)
     where = f"stitch attention in {_where(module)} (serving KV caches)"
-    tokens, heads, q_length, head_dim = query.shape
-    if q_length != 1 or key.shape[2] != 1:
-        raise StitchRuntimeError(
-            f"{where}: {q_length} query and {key.shape[2]} key tokens per row; the "
-            "token layout takes one: input_ids and position_ids of shape "
-            "[tokens, 1], use_cache=False and no past_key_values"
-        )
-    cache_heads, cache_dim = k_cache.shape[2], k_cache.shape[3]
-    if (
-        heads % key.shape[1]
-        or key.shape[1] != cache_heads
-        or value.shape[1] != cache_heads
-        or head_dim != cache_dim
-        or value.shape[3] != cache_dim
-    ):
-        raise StitchRuntimeError(
-            f"{where}: query {tuple(query.shape[1:])}, key {tuple(key.shape[1:])} "
-            f"and value {tuple(value.shape[1:])} ([heads, 1, head_dim]) do not fit "
-            f"caches of {cache_heads} key/value heads of {cache_dim} (query heads "
-            "must be a multiple of the key/value heads); attach the caches again "
-            "after changing the model"
-        )
-    positions = kwargs.get("position_ids")
-    if positions is None:
-        raise StitchRuntimeError(
-            f"{where}: position_ids=None; the token layout needs each token's "
-            "position (this model does not pass position_ids to its attention, "
-            "or the forward was called without them)"
-        )
-    if (
-        positions.dim() != 2
-        or positions.shape[1] != 1
-        or positions.shape[0] != tokens
-        or positions.is_floating_point()
-    ):
-        raise StitchRuntimeError(
-            f"{where}: position_ids={_short(positions)}; expected integer positions "
-            f"of shape [tokens, 1] for {tokens} tokens"
-        )
+    tokens, heads, _, head_dim = query.shape
+    _check_token_shapes(where, query, key, value, k_cache)
+    positions = _token_positions(where, kwargs, tokens)
     for name in ("sinks", "position_bias"):
         if kwargs.get(name) is not None:
             raise StitchRuntimeError(
@@ -243,6 +204,60 @@ def _token_attention(
         int(kwargs.get("sliding_window") or 0),
     )
     return out.unsqueeze(1), None
+
+
+def _check_token_shapes(
+    where: str,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+) -> None:
+    """One query and key token per row, and heads and head size that fit the caches."""
+    _, heads, q_length, head_dim = query.shape
+    if q_length != 1 or key.shape[2] != 1:
+        raise StitchRuntimeError(
+            f"{where}: {q_length} query and {key.shape[2]} key tokens per row; the "
+            "token layout takes one: input_ids and position_ids of shape "
+            "[tokens, 1], use_cache=False and no past_key_values"
+        )
+    cache_heads, cache_dim = k_cache.shape[2], k_cache.shape[3]
+    if (
+        heads % key.shape[1]
+        or key.shape[1] != cache_heads
+        or value.shape[1] != cache_heads
+        or head_dim != cache_dim
+        or value.shape[3] != cache_dim
+    ):
+        raise StitchRuntimeError(
+            f"{where}: query {tuple(query.shape[1:])}, key {tuple(key.shape[1:])} "
+            f"and value {tuple(value.shape[1:])} ([heads, 1, head_dim]) do not fit "
+            f"caches of {cache_heads} key/value heads of {cache_dim} (query heads "
+            "must be a multiple of the key/value heads); attach the caches again "
+            "after changing the model"
+        )
+
+
+def _token_positions(where: str, kwargs: dict[str, Any], tokens: int) -> torch.Tensor:
+    """Each token's position: integer ``position_ids`` of shape ``[tokens, 1]``."""
+    positions = kwargs.get("position_ids")
+    if positions is None:
+        raise StitchRuntimeError(
+            f"{where}: position_ids=None; the token layout needs each token's "
+            "position (this model does not pass position_ids to its attention, "
+            "or the forward was called without them)"
+        )
+    if (
+        positions.dim() != 2
+        or positions.shape[1] != 1
+        or positions.shape[0] != tokens
+        or positions.is_floating_point()
+    ):
+        raise StitchRuntimeError(
+            f"{where}: position_ids={_short(positions)}; expected integer positions "
+            f"of shape [tokens, 1] for {tokens} tokens"
+        )
+    return positions
 
 
 def _where(module: torch.nn.Module) -> str:
@@ -342,108 +357,3 @@ def _bias_mask(
     if mask.dtype == torch.bool:
         return torch.where(mask, bias, lowest)
     return bias + mask
-
-
-def register() -> None:
-    """Register ``"stitch"`` with transformers (idempotent), refused for the models
-    it cannot serve (NOTE: [models whose attention "stitch" cannot serve])."""
-    from transformers import AttentionInterface, PreTrainedModel
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    # The refusal first: where it cannot be installed, "stitch" is not registered.
-    _install_refusal(PreTrainedModel)
-    AttentionInterface.register(ATTN_IMPLEMENTATION, stitch_attention_forward)
-    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
-
-
-# NOTE: [models whose attention "stitch" cannot serve]
-# "stitch" reaches a model's attention only through transformers' attention
-# functions (``ALL_ATTENTION_FUNCTIONS``).  A model whose attention modules do
-# not dispatch through them never calls it, yet reads the implementation's name
-# elsewhere: Falcon picks its attention class by it (``KeyError: 'stitch'``
-# while it is built), and Bloom's ``create_causal_mask`` returns the mask
-# builder of "stitch", SDPA's: None where the causal flag could stand in for
-# the mask, else a boolean mask, where Bloom's eager (ALiBi) attention adds an
-# additive float mask to its scores.  So Bloom attends to later tokens (or adds
-# 0/1 to its scores), and its logits move by about 2e-2, with no error.
-#
-# transformers checks a requested name only against the registered ones, in
-# ``PreTrainedModel.get_correct_attn_implementation``; it has no per-model
-# refusal of a registered name (``_can_set_attn_implementation``, its source
-# heuristic for the same question, is read by ``set_attn_implementation`` only,
-# which warns and keeps the model's attention, not when a model is built).  So
-# ``register()`` wraps that method, which every model's ``__init__`` calls
-# (``from_config``, ``from_pretrained``, the submodels of a composite model) with
-# the requested name before any layer is built, and ``set_attn_implementation``
-# calls too: for "stitch" it refuses a model class whose modeling module holds
-# attention classes that do not dispatch through transformers' attention
-# functions, as the splitting warnings judge them (``dispatches_through_transformers``
-# in runtime/pipeline/splitting.py); for any other name it calls transformers'
-# method with the same arguments, untouched.  It is the one change Stitch makes
-# to transformers outside its registries; the wrapper is marked, so it is
-# installed once.  Feature-detected: a transformers without the method gets a
-# StitchRuntimeError from register(), never an unchecked "stitch".
-
-# The mark on the installed wrapper.
-_REFUSAL_MARK = "_stitch_refuses_unserved_models"
-
-
-def unserved_attention(model_class: type) -> list[type]:
-    """The attention classes of ``model_class``'s modeling module that do not
-    dispatch through transformers' attention functions, by name."""
-    module = sys.modules.get(model_class.__module__)
-    found = {
-        obj.__name__: obj
-        for obj in vars(module).values()
-        if isinstance(obj, type)
-        and issubclass(obj, torch.nn.Module)
-        and is_attention(obj.__name__)
-        and not dispatches_through_transformers(obj)
-    }
-    return [found[name] for name in sorted(found)]
-
-
-def refuse_unserved(model_class: type) -> None:
-    """Raise ``StitchConfigError`` when "stitch" cannot serve ``model_class``."""
-    unserved = unserved_attention(model_class)
-    if not unserved:
-        return
-    names = ", ".join(cls.__name__ for cls in unserved)
-    others = '"eager"' + (
-        ' or "sdpa"' if getattr(model_class, "_supports_sdpa", False) else ""
-    )
-    raise StitchConfigError(
-        f"attn_implementation={ATTN_IMPLEMENTATION!r} cannot serve "
-        f"{model_class.__name__}: the attention of its modeling module "
-        f"{model_class.__module__} ({names}) does not dispatch through "
-        "transformers' attention functions (ALL_ATTENTION_FUNCTIONS), so Stitch's "
-        f"op would never run and the mask built for {ATTN_IMPLEMENTATION!r} would "
-        "change its numbers. Build it with its default attention (no "
-        f"attn_implementation) or attn_implementation={others}: Stitch then splits "
-        "it where its attention calls SDPA, and compiles it as one piece otherwise"
-    )
-
-
-def _install_refusal(base: type) -> None:
-    original = getattr(base, "get_correct_attn_implementation", None)
-    if original is None:
-        import transformers
-
-        raise StitchRuntimeError(
-            f"transformers {transformers.__version__} has no "
-            f"{base.__name__}.get_correct_attn_implementation, where Stitch refuses "
-            f"attn_implementation={ATTN_IMPLEMENTATION!r} for the models it cannot "
-            "serve; use a transformers Stitch supports (pyproject.toml, the hf extra)"
-        )
-    if getattr(original, _REFUSAL_MARK, False):
-        return
-
-    @functools.wraps(original)
-    def get_correct_attn_implementation(self: Any, *args: Any, **kwargs: Any) -> Any:
-        requested = args[0] if args else kwargs.get("requested_attention")
-        if requested == ATTN_IMPLEMENTATION:
-            refuse_unserved(type(self))
-        return original(self, *args, **kwargs)
-
-    setattr(get_correct_attn_implementation, _REFUSAL_MARK, True)
-    base.get_correct_attn_implementation = get_correct_attn_implementation

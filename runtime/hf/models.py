@@ -193,7 +193,7 @@ def build_model(
     import transformers
 
     if attn_implementation == "stitch":
-        from .attention import register
+        from .registration import register
 
         register()
     fam = family(name)

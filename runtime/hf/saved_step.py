@@ -174,12 +174,12 @@ class EngineForward:
             layout = cache_layout(cache)
             step = self.steps.get(layout)
             if step is None:
-                step = self.steps[layout] = self.compile(inputs, layout)
+                step = self.steps[layout] = self.load_or_compile(inputs, layout)
             self.by_cache[cache] = step
         logits = step(**inputs)
         return CausalLMOutputWithPast(logits=logits)
 
-    def compile(self, inputs: dict[str, Any], layout: str) -> AOTCompiledModel:
+    def load_or_compile(self, inputs: dict[str, Any], layout: str) -> AOTCompiledModel:
         """Load the saved forward for this cache layout, or compile and save it."""
         # The tensors inside the containers vary too; marks on them last as
         # long as these views (the engine slices new ones every step).

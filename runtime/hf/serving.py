@@ -23,7 +23,8 @@ import torch
 
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
-from .attention import ATTN_IMPLEMENTATION, K_CACHE, V_CACHE, register
+from .attention import ATTN_IMPLEMENTATION, K_CACHE, V_CACHE
+from .registration import register
 
 # The pad value of each padded input (CompilationConfig.cudagraph_pad_values):
 # a padding row at position -1 writes nothing and reads nothing.  input_ids

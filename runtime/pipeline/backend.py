@@ -64,7 +64,7 @@ class StitchBackend:
         # Set: every graph runs the profiling variant of its source (profiling.py).
         self.profiler = profiler
         # The inputs of the last graph (sizes, written or not): what a saved
-        # forward's input check is made from (runtime/saved/signature_check.py).
+        # forward's input check is made from (runtime/saved/input_check.py).
         self.graph_inputs: list[GraphInput] = []
 
     def __call__(

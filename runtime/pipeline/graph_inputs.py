@@ -1,7 +1,7 @@
 """What Dynamo's graph says about each of its inputs: symbolic sizes, and whether it is written.
 
 The backend records this for every call (cheap: one pass over the
-placeholders); ``saved/signature.py`` turns it into the saved forward's input
+placeholders); ``saved/input_signature.py`` turns it into the saved forward's input
 signature.  Dynamo hands the backend the real objects it traced with, so a
 forward argument is matched to its placeholder by identity.
 """

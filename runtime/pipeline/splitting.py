@@ -95,7 +95,7 @@ def unmatched_message(entry: Any, close: list[str], graph: int) -> str:
 # softcapping or sinks); the warning says so.  One that does not (Bloom's
 # ALiBi attention, Falcon's) cannot: stitch.runtime.hf refuses "stitch" for
 # such a model (NOTE: [models whose attention "stitch" cannot serve] in
-# runtime/hf/attention.py), and the warning says that too.  Everything is
+# runtime/hf/registration.py), and the warning says that too.  Everything is
 # read from ``sys.modules``: the core never imports transformers.
 
 # Attention modules named in the warning; the others are counted.

@@ -51,10 +51,10 @@ from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import StitchBackend
 from ..store.shared.tier import INSTALLED, Lease
 from ..store.shared.units import saved_forward_unit
-from .call_args import call_args, dims_by_position, size_names
-from .checked import after_compile, after_load
+from .arguments import call_args, dims_by_position, size_names
+from .checked_forward import after_compile, after_load
+from .forward_store import SavedForwardStore
 from .record import StaleRecord, dynamic_spec, model_name
-from .site import SaveSite
 
 log = logging.getLogger("stitch")
 
@@ -137,14 +137,14 @@ def aot_compile(
     the saved forward is called the same way.  An object argument (the cache)
     is checked by the tensors the forward reads from it, and those it writes
     are never copied (NOTE: [the tensors of an object argument] in
-    ``call_args.py``).
+    ``arguments.py``).
     ``dynamic_dims`` maps an input's position, or a keyword argument's name, to
     its dimensions that vary (the token count): they are marked
     ``mark_unbacked`` (one graph for every size, 1 included) only when the
     model is compiled, since marking imports Dynamo.  Dims given as
     ``{dim: name}`` instead of a list are one size per name, equal in every
     call (``{"input_ids": {0: "tokens"}, "position_ids": {0: "tokens"}}``:
-    NOTE: [one size for dims of one name] in ``call_args.py``).
+    NOTE: [one size for dims of one name] in ``arguments.py``).
     Dimensions marked on the inputs beforehand count too.  The model is
     compiled for inference (under ``torch.no_grad()``); forward hooks do not
     run.  ``guards`` (default: ``$STITCH_AOT_GUARDS``) checks Dynamo's guards on
@@ -156,6 +156,31 @@ def aot_compile(
     new one for ``config``.
     """
     start = time.perf_counter()
+    config, cudagraphs, guards = _settled(config, cudagraphs, guards, backend)
+    # NOTE: [one owner of the config in saved/] (forward_store.py)
+    args = call_args(model, tuple(example_inputs), example_kwargs)
+    requested = dims_by_position(args, dynamic_dims)
+    dims = dynamic_spec(args, requested)
+    store = SavedForwardStore(
+        model, config, cudagraphs, guards, backend, size_names(args, requested)
+    )
+    now = store.factors(args, dims)
+    tier = turn = None
+    if store.folder is not None:
+        found, tier, turn = _load_or_lease(store, now, start)
+        if found is not None:
+            return found
+    return _compile(store, args, dims, now, tier, turn, start)
+
+
+def _settled(
+    config: CompilationConfig | None,
+    cudagraphs: CUDAGraphManager | None,
+    guards: bool | None,
+    backend: StitchBackend | None,
+) -> tuple[CompilationConfig, CUDAGraphManager, bool]:
+    """The config, CUDA graphs and guards switch :func:`aot_compile` runs with:
+    the backend's when one is given, else the arguments', else the defaults."""
     if backend is not None:
         if (config is not None and config is not backend.config) or (
             cudagraphs is not None and cudagraphs is not backend.cudagraphs
@@ -170,47 +195,61 @@ def aot_compile(
         guards = os.environ.get(GUARDS_ENV, "") not in ("", "0")
     if cudagraphs is None:
         cudagraphs = CUDAGraphManager(config)
-    # NOTE: [one owner of the config in saved/] (site.py)
-    args = call_args(model, tuple(example_inputs), example_kwargs)
-    requested = dims_by_position(args, dynamic_dims)
-    dims = dynamic_spec(args, requested)
-    site = SaveSite(
-        model, config, cudagraphs, guards, backend, size_names(args, requested)
-    )
-    now = site.factors(args, dims)
-    tier = turn = None
-    if site.folder is not None:
-        found = _load_saved(site, now, start)
-        tier = site.shared_tier() if found is None else None
-        if tier is not None:
-            # NOTE: [the shared tier never stops a run] (store/shared/tier.py)
-            unit = saved_forward_unit(site.root, site.folder, now)
-            turn = tier.before_compile(site.root, unit)
-            if turn == INSTALLED:
-                found = _load_saved(site, now, start)
-                turn = Lease(unit, held=False)  # unusable here: compiled, republished
-        if found is not None:
-            return found
+    return config, cudagraphs, guards
+
+
+def _load_or_lease(
+    store: SavedForwardStore, now: dict[str, Any], start: float
+) -> tuple[AOTCompiledModel | None, Any, Any]:
+    """The saved forward, from the local cache or installed from the shared
+    tier; else the tier and this process's turn to compile (None, None: no
+    tier)."""
+    found = _load_saved(store, now, start)
+    tier = store.shared_tier() if found is None else None
+    turn: Any = None
+    if tier is not None:
+        # NOTE: [the shared tier never stops a run] (store/shared/tier.py)
+        unit = saved_forward_unit(store.root, store.folder, now)
+        turn = tier.before_compile(store.root, unit)
+        if turn == INSTALLED:
+            found = _load_saved(store, now, start)
+            turn = Lease(unit, held=False)  # unusable here: compiled, republished
+    return found, tier, turn
+
+
+def _compile(
+    store: SavedForwardStore,
+    args: Sequence[Any],
+    dims: Sequence[Sequence[int]],
+    now: dict[str, Any],
+    tier: Any,
+    turn: Any,
+    start: float,
+) -> AOTCompiledModel:
+    """Compile and save the first signature's forward, behind its input check,
+    and publish it to the shared tier when this process holds the turn."""
     compiled = False
     pieces_tier = None
     try:
-        forward, saved, backend = site.compile(args, dims, site.folder, now, first=True)
-        if not guards:
+        forward, saved, backend = store.compile_and_save(
+            args, dims, store.folder, now, first=True
+        )
+        if not store.guards:
             forward = after_compile(
-                site, forward, saved, args, dims, backend.graph_inputs
+                store, forward, saved, args, dims, backend.graph_inputs
             )
         compiled = True
         pieces_tier = backend.compiled[-1].tier if backend.compiled else None
     finally:
         if tier is not None and isinstance(turn, Lease):
             if pieces_tier is None:
-                tier.after_compile(site.root, turn, compiled)
+                tier.after_compile(store.root, turn, compiled)
             else:
-                _publish_when_compiled(pieces_tier, tier, site.root, turn)
+                _publish_when_compiled(pieces_tier, tier, store.root, turn)
     entry = backend.compiled[-1].cache_dir if backend.compiled else None
     seconds = time.perf_counter() - start
     return AOTCompiledModel(
-        forward, False, guards, seconds, saved, entry, backend, site.cudagraphs
+        forward, False, store.guards, seconds, saved, entry, backend, store.cudagraphs
     )
 
 
@@ -230,16 +269,16 @@ def _publish_when_compiled(pieces: Any, tier: Any, root: str, turn: Lease) -> No
 
 
 def _load_saved(
-    site: SaveSite, now: dict[str, Any], start: float
+    store: SavedForwardStore, now: dict[str, Any], start: float
 ) -> AOTCompiledModel | None:
-    """The saved forward in the site's folder, if it is there and fits ``now``
+    """The saved forward in the store's folder, if it is there and fits ``now``
     (else one warning saying why, when it is there)."""
-    model, folder = site.model, site.folder
+    model, folder = store.model, store.folder
     assert folder is not None
     try:
-        loaded = site.load(folder, now)
-        if loaded is not None and not site.guards:  # NOTE in signature_check.py
-            loaded = (after_load(site, loaded[0], folder), loaded[1])
+        loaded = store.load(folder, now)
+        if loaded is not None and not store.guards:  # NOTE in input_check.py
+            loaded = (after_load(store, loaded[0], folder), loaded[1])
     except StaleRecord as exc:
         log.warning(
             "stitch aot: the saved %s is stale (%s); compiling it again",
@@ -262,5 +301,5 @@ def _load_saved(
     seconds = time.perf_counter() - start
     log.info("stitch aot: %s loaded in %.2fs", model_name(model), seconds)
     return AOTCompiledModel(
-        forward, True, site.guards, seconds, folder, entry, None, site.cudagraphs
+        forward, True, store.guards, seconds, folder, entry, None, store.cudagraphs
     )

@@ -26,7 +26,7 @@ from ..pipeline.api import StitchBackend, StitchFunction, parse_reference
 from ..store import codec
 from ..store.hashing import content_hash
 from ..store.records import SavedFunction
-from .call_args import CallArgs
+from .arguments import CallArgs
 from .load import BYTECODE_FILE, TORCH_FILE, build_forward
 from .record import (
     RECORD_FORMAT,
@@ -39,7 +39,7 @@ from .record import (
 log = logging.getLogger("stitch")
 
 
-def compile_forward(
+def compile_and_save(
     model: torch.nn.Module,
     args: Sequence[Any],
     dims: Sequence[Sequence[int]],
@@ -61,7 +61,7 @@ def compile_forward(
     if backend is None:
         backend = StitchBackend(config, serializable=True, cudagraphs=cudagraphs)
     with marked_unbacked(args, dims, names):
-        forward, saved = compile_and_save(
+        forward, saved = _trace_and_save(
             model,
             args,
             now,
@@ -104,7 +104,7 @@ def marked_unbacked(
             a.__dict__.update(attrs)
 
 
-def compile_and_save(
+def _trace_and_save(
     model: torch.nn.Module,
     args: Sequence[Any],
     now: dict[str, Any],
@@ -118,10 +118,52 @@ def compile_and_save(
 
     ``fallback``: when torch's aot_compile fails, run the model through
     torch.compile instead (else raise what it raised)."""
+    compiled = _aot_traced(model, args, backend, fallback)
+    if compiled is None:
+        return torch.compile(model, backend=backend, fullgraph=True), None
+    artifacts = compiled._artifacts
+    stitched = artifacts.compiled_fn
+    assert isinstance(stitched, StitchFunction)  # serializable=True above
+    function, why_not_light = function_record(
+        artifacts, type(model).forward.__globals__
+    )
+    bytecode = b""
+    if not why_not_light:
+        # What the light path loads: its sha256 is in the record.
+        bytecode = marshal.dumps(artifacts.runtime_env.bytecode)
+        function["bytecode_sha256"] = content_hash(bytecode)
+    forward = _bound_forward(model, compiled, function, why_not_light, guards)
+    if folder is None:
+        return forward, None
+    saved = _saved_files(model, compiled, why_not_light, bytecode)
+    if saved is None:
+        return forward, None
+    reference, files = saved
+    torch_data = files.get(TORCH_FILE, b"")
+    record = {
+        "format": RECORD_FORMAT,
+        "model": model_name(model),
+        "factors": literal(now),
+        "code": traced_code(artifacts.source_info.inlined_sources),
+        "function": function,
+        "stitched": reference,
+        "torch_function_sha256": (content_hash(torch_data) if torch_data else None),
+    }
+    return forward, _write(model, folder, record, files, backend)
+
+
+def _aot_traced(
+    model: torch.nn.Module,
+    args: Sequence[Any],
+    backend: StitchBackend,
+    fallback: bool,
+) -> Any | None:
+    """torch's aot_compile of ``model``'s forward for ``args``; None when it failed
+    and ``fallback`` allows the Dynamo-entered path instead (said in a warning)."""
     positional, kwargs = split_args(args)
     try:
         with torch.no_grad():
-            compiled = dynamo.aot_compile(
+            return dynamo.aot_compile(
                 type(model).forward, backend, (model, *positional), kwargs
             )
     except Exception as exc:  # noqa: BLE001 - fall back to the Dynamo-entered path
@@ -136,41 +178,47 @@ def compile_and_save(
             type(exc).__name__,
             exc,
         )
-        return torch.compile(model, backend=backend, fullgraph=True), None
-    artifacts = compiled._artifacts
-    stitched = artifacts.compiled_fn
-    assert isinstance(stitched, StitchFunction)  # serializable=True above
-    env = artifacts.runtime_env
-    function, why_not_light = function_record(
-        artifacts, type(model).forward.__globals__
-    )
-    bytecode = b""
-    if not why_not_light:
-        # What the light path loads: its sha256 is in the record.
-        bytecode = marshal.dumps(env.bytecode)
-        function["bytecode_sha256"] = content_hash(bytecode)
-    forward: Callable[..., Any]
+        return None
+
+
+def _bound_forward(
+    model: torch.nn.Module,
+    compiled: Any,
+    function: dict[str, Any],
+    why_not_light: str,
+    guards: bool,
+) -> Callable[..., Any]:
+    """The compiled forward bound to ``model``: torch's (guarded, or when the
+    light path cannot load it), else the plain function rebuilt from its bytecode."""
     if guards or why_not_light:
         if not guards:
             compiled.disable_guard_check()
-        forward = types.MethodType(compiled, model)
-    else:
-        forward = types.MethodType(
-            build_forward(
-                env.bytecode,
-                codec.convert(SavedFunction, function, model_name(model)),
-                type(model).forward.__globals__,
-                stitched.fn,
-                env.closure,
-            ),
-            model,
-        )
-    if folder is None:
-        return forward, None
+        return types.MethodType(compiled, model)
+    artifacts = compiled._artifacts
+    env = artifacts.runtime_env
+    return types.MethodType(
+        build_forward(
+            env.bytecode,
+            codec.convert(SavedFunction, function, model_name(model)),
+            type(model).forward.__globals__,
+            artifacts.compiled_fn.fn,
+            env.closure,
+        ),
+        model,
+    )
+
+
+def _saved_files(
+    model: torch.nn.Module, compiled: Any, why_not_light: str, bytecode: bytes
+) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    """The stitched function's reference and the files saved beside the record;
+    None (said in a warning) when torch's save fails."""
     files = {}
     try:
         reference = parse_reference(
-            StitchFunction.serialize_compile_artifacts(stitched).decode("utf-8")
+            StitchFunction.serialize_compile_artifacts(
+                compiled._artifacts.compiled_fn
+            ).decode("utf-8")
         )
         files[TORCH_FILE] = torch_file(compiled, why_not_light)
     except (
@@ -182,7 +230,7 @@ def compile_and_save(
             type(exc).__name__,
             exc,
         )
-        return forward, None
+        return None
     torch_data = files.pop(TORCH_FILE)
     if torch_data:
         files[TORCH_FILE] = torch_data
@@ -194,15 +242,18 @@ def compile_and_save(
             model_name(model),
             why_not_light,
         )
-    record = {
-        "format": RECORD_FORMAT,
-        "model": model_name(model),
-        "factors": literal(now),
-        "code": traced_code(artifacts.source_info.inlined_sources),
-        "function": function,
-        "stitched": reference,
-        "torch_function_sha256": (content_hash(torch_data) if torch_data else None),
-    }
+    return reference, files
+
+
+def _write(
+    model: torch.nn.Module,
+    folder: str,
+    record: dict[str, Any],
+    files: dict[str, bytes],
+    backend: StitchBackend,
+) -> str | None:
+    """Write the record and its files to ``folder`` (the folder, or None when it
+    could not be written); under a tiered start, once every piece is compiled."""
     tier = backend.compiled[-1].tier if backend.compiled else None
     if tier is not None:
         # NOTE: [a tiered start] (pipeline/tiered.py): the saved forward names
@@ -210,13 +261,13 @@ def compile_and_save(
         tier.when_complete(
             lambda ok: _write_when_compiled(model, folder, record, files, ok)
         )
-        return forward, folder
+        return folder
     try:
         write_record(folder, record, files)
     except OSError as exc:
         log.warning("stitch aot: could not write %s (%s)", folder, exc)
-        return forward, None
-    return forward, folder
+        return None
+    return folder
 
 
 def _write_when_compiled(

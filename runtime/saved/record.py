@@ -138,7 +138,7 @@ def factors(
     dims: Sequence[Sequence[int]],
     names: Mapping[tuple[int, int], str] | None = None,
 ) -> dict[str, Any]:
-    # Keyword arguments (call_args.py) by name; a positional call's factors
+    # Keyword arguments (arguments.py) by name; a positional call's factors
     # are as they were before keywords, and a call without named sizes
     # (NOTE: [one size for dims of one name]) as before them.
     keywords = list(getattr(args, "keywords", ()))

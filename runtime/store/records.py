@@ -82,7 +82,7 @@ REFERENCE_FORMAT = 2
 
 
 class SavedDynamicInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A padded input of a CUDA graph plan (cudagraph/padding.py's DynamicInput)."""
+    """A padded input of a CUDA graph plan (cudagraph/padding_plan.py's DynamicInput)."""
 
     index: Count
     name: str
@@ -199,7 +199,7 @@ class PrebuiltRecord(Record, frozen=True):
     align_inputs: tuple[Count, ...] = ()
 
 
-# -- a saved forward's input signatures (saved/signature_check.py) ------------------
+# -- a saved forward's input signatures (saved/input_check.py) ------------------
 
 # 2: the codec's envelope (kind, version).
 SIGNATURES_FORMAT = 2

@@ -58,9 +58,8 @@ from ..store.files import atomic_write
 from ..store.hashing import content_hash
 from ..store.records import SavedSignature, SignaturesRecord
 from ..store.trust import check_trusted
-from .call_args import CallArgs, resolve
-from .record import StaleRecord, cache_root_of, model_name
-from .signature import (
+from .arguments import CallArgs, resolve
+from .input_signature import (
     Mismatch,
     SizedGuards,
     describe,
@@ -69,9 +68,10 @@ from .signature import (
     tensor_guards,
     written,
 )
+from .record import StaleRecord, cache_root_of, model_name
 
 if TYPE_CHECKING:
-    from .site import SaveSite
+    from .forward_store import SavedForwardStore
 
 log = logging.getLogger("stitch")
 
@@ -87,15 +87,15 @@ class InputCheck:
 
     def __init__(
         self,
-        site: SaveSite,
+        store: SavedForwardStore,
         spec: InputCheckSpec,
         forwards: list[Any],
         folders: list[str | None],
         state: dict[str, Any],
         folder: str | None,
     ) -> None:
-        self.site = site  # loads and compiles every signature's forward
-        self.model = site.model
+        self.store = store  # loads and compiles every signature's forward
+        self.model = store.model
         self.spec = spec
         self.forwards = forwards
         self.folders = folders
@@ -261,7 +261,7 @@ class InputCheck:
     ) -> tuple[Any, str | None, Any]:
         """Compile (and save to ``folder``) the forward for ``args``; raises what
         the trace raises (no Dynamo-entered fallback)."""
-        return self.site.compile(args, dims, folder)
+        return self.store.compile_and_save(args, dims, folder)
 
     def _save(self) -> None:
         """Generate the check again, write it and ``signatures.py`` (when saved), load it."""
@@ -295,7 +295,7 @@ def unbound(forward: Any) -> Any:
 
 def call(fn: Any, model: Any, args: Sequence[Any]) -> Any:
     """``fn(model, ...)`` with ``args`` passed as they came (NOTE: [a call's
-    arguments in one tuple] in call_args.py)."""
+    arguments in one tuple] in arguments.py)."""
     if isinstance(args, CallArgs):
         positional, kwargs = args.split()
         return fn(model, *positional, **kwargs)

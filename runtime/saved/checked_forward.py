@@ -1,7 +1,7 @@
 """The saved forward behind its input check: after a compile, after a load, and later signatures on first use.
 
 See NOTE: [what a saved forward does with an input it was not compiled for]
-in ``signature_check.py``.
+in ``input_check.py``.
 """
 
 from __future__ import annotations
@@ -18,24 +18,24 @@ from stitch.core.errors import StitchCacheError, StitchError
 
 from ..pipeline.api import GraphInput
 from ..store import location
-from .call_args import CallArgs
-from .record import StaleRecord, model_name
-from .signature import describe, forward_params
-from .signature_check import (
+from .arguments import CallArgs
+from .input_check import (
     InputCheck,
     first_dims,
     read_signatures,
     unbound,
 )
+from .input_signature import describe, forward_params
+from .record import StaleRecord, model_name
 
 if TYPE_CHECKING:
-    from .site import SaveSite
+    from .forward_store import SavedForwardStore
 
 log = logging.getLogger("stitch")
 
 
 def after_compile(
-    site: SaveSite,
+    store: SavedForwardStore,
     forward: Any,
     saved: str | None,
     args: Sequence[Any],
@@ -45,18 +45,18 @@ def after_compile(
     """The compiled forward behind a new input check (written beside the record)."""
     if not isinstance(forward, types.MethodType):
         return forward  # the Dynamo-entered fallback: Dynamo's guards check
-    model = site.model
+    model = store.model
     keywords = tuple(getattr(args, "keywords", ()))
     params = (*forward_params(model, len(args) - len(keywords)), *keywords)
     sig = describe(params[1:], args, dims, graph)
     spec = InputCheckSpec(_qualname(model), params, (sig,), keywords)
     state = {"dims": [list(d) for d in dims], "rejected": {}}
-    check = InputCheck(site, spec, [unbound(forward)], [""], state, saved)
+    check = InputCheck(store, spec, [unbound(forward)], [""], state, saved)
     check._save()
     return check.forward
 
 
-def after_load(site: SaveSite, forward: Any, folder: str) -> Any:
+def after_load(store: SavedForwardStore, forward: Any, folder: str) -> Any:
     """The loaded forward behind its saved check; later signatures load on first use."""
     record, code = read_signatures(folder)
     # The record's fields are checked by its reader; the signatures' inputs
@@ -72,7 +72,7 @@ def after_load(site: SaveSite, forward: Any, folder: str) -> Any:
     spec = InputCheckSpec(record.forward, record.params, sigs, record.keywords)
     folders = [s.folder or None for s in record.signatures]
     state = {"dims": record.dims, "rejected": dict(record.rejected)}
-    check = InputCheck(site, spec, [], folders, state, folder)
+    check = InputCheck(store, spec, [], folders, state, folder)
     check.forwards.append(unbound(forward))
     for i in range(1, len(sigs)):
         check.forwards.append(LazyForward(check, i))
@@ -122,8 +122,8 @@ class LazyForward:
     def _load(self, args: Sequence[Any]) -> Any:
         check = self.check
         folder = location.aot_sibling(check.folder, check.folders[self.index])
-        loaded = check.site.load(
-            folder, check.site.factors(args, first_dims(check, args)), guards=False
+        loaded = check.store.load(
+            folder, check.store.factors(args, first_dims(check, args)), guards=False
         )
         if loaded is None:
             raise StitchCacheError(f"{folder} holds no saved forward")

@@ -1,13 +1,13 @@
 """Where one model's saved forwards live under one config, and how one is loaded or compiled.
 
 NOTE: [one owner of the config in saved/]
-:func:`aot_compile` makes one :class:`SaveSite` from the config, the CUDA
-graph manager and the guards switch, and hands the site on; nothing else in
-``saved/`` takes the config.  The site answers what every step needs of it:
+:func:`aot_compile` makes one :class:`SavedForwardStore` from the config, the CUDA
+graph manager and the guards switch, and hands the store on; nothing else in
+``saved/`` takes the config.  The store answers what every step needs of it:
 the record's folder (by the model's class and structure, under the cache
 root), what a record must have been saved for (:meth:`factors`), the shared
-tier behind the local cache, a load (:meth:`load`) and a compile
-(:meth:`compile`).  The input check asks the same site for a later
+tier behind the local cache, a load (:meth:`load`) and a compile that saves
+(:meth:`compile_and_save`).  The input check asks the same store for a later
 signature's forward, so the first signature and every later one are loaded
 and compiled alike.
 """
@@ -25,13 +25,13 @@ from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import ArtifactSource, StitchBackend
 from ..store.location import cache_root
 from ..store.shared.tier import SharedTier
-from .compile import compile_forward
+from .compile import compile_and_save
 from .load import load
 from .record import factors, record_folder
 
 
 @dataclasses.dataclass(eq=False)
-class SaveSite:
+class SavedForwardStore:
     """``model``'s saved forwards under ``config``.
 
     ``backend``: the caller's :class:`StitchBackend`, which compiles the first
@@ -45,9 +45,9 @@ class SaveSite:
     guards: bool = False
     backend: StitchBackend | None = None
     # (position, dim) -> name: dims of one name are one size (NOTE: [one size
-    # for dims of one name] in call_args.py), in every signature.
+    # for dims of one name] in arguments.py), in every signature.
     size_names: Mapping[tuple[int, int], str] = dataclasses.field(default_factory=dict)
-    # The cache root every record and entry of this site lies under.
+    # The cache root every record and entry of this store lies under.
     root: str = dataclasses.field(init=False)
     # ``<root>/aot/<model key>/rank_<r>``; None when the config's backend saves
     # nothing (or the cache is off): there is nothing to load, and nothing is
@@ -77,11 +77,11 @@ class SaveSite:
     ) -> tuple[Callable[..., Any], str] | None:
         """The forward saved in ``folder`` bound to the model, and its cache entry
         (None: nothing saved there); raises ``StaleRecord`` when it does not fit
-        ``now``.  ``guards``: default the site's."""
+        ``now``.  ``guards``: default the store's."""
         guards = self.guards if guards is None else guards
         return load(self.model, now, self.root, folder, guards, self.cudagraphs)
 
-    def compile(
+    def compile_and_save(
         self,
         args: Sequence[Any],
         dims: Sequence[Sequence[int]],
@@ -96,7 +96,7 @@ class SaveSite:
         ``first``: the first signature, which may fall back to a Dynamo-entered
         forward when torch's aot_compile fails, and is compiled by the caller's
         backend; a later signature raises what the trace raises."""
-        return compile_forward(
+        return compile_and_save(
             self.model,
             args,
             dims,

@@ -4,7 +4,7 @@
 the :class:`InputSignature` the emitted check is generated from;
 ``tensor_guards`` builds the C++ guard the emitted check calls; ``mismatches``
 is the slow path's diagnosis, argument by argument (see NOTE: [what a saved
-forward does with an input it was not compiled for] in ``signature_check.py``).
+forward does with an input it was not compiled for] in ``input_check.py``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from stitch.codegen.input_check import (
 
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 from ..pipeline.api import GraphInput
-from .call_args import is_object, object_tensors, resolve
+from .arguments import is_object, object_tensors, resolve
 
 # -- describing inputs ----------------------------------------------------------------
 
@@ -62,7 +62,7 @@ def describe(
         if isinstance(a, torch.Tensor):
             inputs.append(_tensor(name, a, dyn, by_id.get(id(a)), symbols, f"arg{i}"))
         elif is_object(a):
-            # NOTE: [the tensors of an object argument] (call_args.py): those
+            # NOTE: [the tensors of an object argument] (arguments.py): those
             # the graph reads.
             leaves = tuple(
                 _tensor(path, t, (), by_id[id(t)], symbols, f"arg{i}")
