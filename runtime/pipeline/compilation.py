@@ -33,10 +33,10 @@ from ..store.dump import PieceReport, trace_source, write_debug_dump
 from ..store.hashing import content_hash
 from ..store.index import PieceRecord
 from .artifact_source import ArtifactSource, Piece, config_adapter
-from .compilers import on_cpu
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .fleet import FleetTurn
+from .inductor_warmup import on_cpu
 from .layouts import LayoutChecks, fed_layouts
 from .materialize import CompiledPlan, materialize
 from .piece_plan import PieceArgs, PiecePlan, UnfixedSizes, piece_state, plan_piece
