@@ -27,7 +27,7 @@ WATCHED = ("torch._dynamo", "torch._inductor", "black", "jinja2")
 HEAVY = ("sympy", "torch.fx.experimental.symbolic_shapes", "torch.distributed.fsdp")
 # Triton (0.7 s with its source hash): a warm process launches the pieces' kernels
 # and stitch::attention's from cubins (NOTE: [an op's Triton kernel without
-# Triton] in runtime/kernels/kept.py).
+# Triton] in runtime/kernels/static_launch.py).
 TRITON = "triton"
 
 
@@ -159,14 +159,14 @@ def main(spec: dict) -> dict:
         # Since the worker started (imports included): loaded, captured, first output.
         "seconds": seconds,
         # Whether Stitch started Inductor's CPU ISA probe (NOTE: [Inductor
-        # warm-up overlaps the split], pipeline/compilers.py).
+        # warm-up overlaps the split], pipeline/inductor_warmup.py).
         "isa_probe": isa_probe_started(),
     }
 
 
 def isa_probe_started() -> bool:
-    compilers = sys.modules.get("stitch.runtime.pipeline.compilers")
-    return compilers is not None and compilers._probe is not None
+    warmup = sys.modules.get("stitch.runtime.pipeline.inductor_warmup")
+    return warmup is not None and warmup._probe is not None
 
 
 if __name__ == "__main__":

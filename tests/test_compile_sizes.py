@@ -68,10 +68,9 @@ def test_a_size_that_moves_apart_leaves_static_targets_out_with_one_warning(
 ) -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
-    )  # fmt: skip
+    from stitch.runtime.hf.models import tiny_config
+
+    cfg = tiny_config("llama", vocab_size=256)
     model = transformers.LlamaForCausalLM(cfg).eval()
     config = CompilationConfig(compile_sizes=[4, 8], cache_dir=str(tmp_path))
     backend = StitchBackend(config)

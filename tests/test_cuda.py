@@ -492,7 +492,7 @@ def test_saved_forward_captures_its_graphs_in_a_second_process(
     # sympy or FSDP.
     assert counter["num_prebuilt_loads"] == PIECES
     assert warm["imported"] == [] and warm["heavy"] == [], warm
-    # NOTE: [an op's Triton kernel without Triton]: the cold process kept
+    # NOTE: [an op's Triton kernel without Triton]: the cold process saved
     # stitch::attention's kernel, the warm one launches it without Triton.
     assert cold["triton"] is True and warm["triton"] is False, warm
     print("warm Inductor cache:", sorted(p.name for p in empty.glob("*")))
@@ -513,16 +513,16 @@ def test_saved_forward_captures_its_graphs_in_a_second_process(
 def test_direct_launch_reuses_a_compiled_kernel_only_for_its_specialization(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The second call of a layout launches the kept kernel; another alignment compiles anew.
+    """The second call of a layout launches the compiled kernel; another alignment compiles anew.
 
-    NOTE: [launching the compiled kernel directly] in triton_attention.py.  Kernels
-    kept on disk are off here (tests/test_kept_kernels.py launches those).
+    NOTE: [launching the compiled kernel directly] in triton_attention.py.  Prebuilt
+    kernels on disk are off here (tests/test_prebuilt_kernels.py launches those).
     """
-    from stitch.runtime.kernels import kept, triton_attention
+    from stitch.runtime.kernels import static_launch, triton_attention
 
     if triton_attention._direct_launch() is None:
         pytest.skip("the direct launch is off for this Triton (DIRECT_LAUNCH_TRITON)")
-    monkeypatch.setattr(kept, "keeping", lambda: False)
+    monkeypatch.setattr(static_launch, "enabled", lambda: False)
     triton_attention._compiled.clear()
 
     def make_case(seed: int) -> tuple[Any, ...]:

@@ -908,7 +908,7 @@ def test_triton_kernel_under_the_interpreter() -> None:
 
 
 def test_the_direct_launch_key_tells_apart_what_triton_specializes_on() -> None:
-    """NOTE: [launching the compiled kernel directly]: a kept kernel is reused only
+    """NOTE: [launching the compiled kernel directly]: a compiled kernel is reused only
     for arguments Triton would have given the same compiled kernel."""
     from stitch.runtime.kernels import triton_attention
 

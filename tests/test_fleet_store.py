@@ -303,6 +303,35 @@ def test_lease_of_a_dead_replica_expires_and_the_next_takes_over(
     assert dead.owner in started and "came free" in ended and dead.owner in ended
 
 
+def test_a_lease_is_renewed_and_released_only_by_its_holder(
+    server: RedisServer,
+) -> None:
+    """NOTE: [a lease is redis-py's Lock]: take if free, renew and release only
+    by the holder, the holder's name readable, lapse after its TTL."""
+    from stitch.runtime.store.shared.stores import RedisStore
+
+    store = RedisStore(server.url)
+    try:
+        assert store.take_lease("u", "a", 0.6)
+        assert not store.take_lease("u", "b", 0.6)
+        assert store.lease_holder("u") == "a"
+        assert not store.renew_lease("u", "b", 0.6)
+        store.release_lease("u", "b")  # not b's: nothing happens
+        assert store.lease_holder("u") == "a"
+        for _ in range(3):  # renewed past its first TTL, as while compiling
+            time.sleep(0.3)
+            assert store.renew_lease("u", "a", 0.6)
+        assert store.lease_holder("u") == "a"
+        store.release_lease("u", "a")
+        assert store.lease_holder("u") is None
+        assert not store.renew_lease("u", "a", 0.6)  # released: not renewed
+        assert store.take_lease("u", "b", 0.3)
+        time.sleep(0.6)  # b dies: its lease lapses
+        assert store.lease_holder("u") is None and store.take_lease("u", "a", 0.6)
+    finally:
+        store.close()
+
+
 def test_wait_is_bounded_and_the_waiter_compiles_itself(
     server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):

@@ -31,6 +31,7 @@ from transformers.integrations.sdpa_attention import (  # noqa: E402
 from stitch.core.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
 from stitch.runtime.hf import engine, engine_compat  # noqa: E402
 from stitch.runtime.hf.engine_compat import config_fields  # noqa: E402
+from stitch.runtime.hf.models import tiny_config  # noqa: E402
 from stitch.runtime.kernels.paged_attention import PAGED_ATTENTION_OP  # noqa: E402
 
 HEADS, KV_HEADS, DIM = 4, 2, 8
@@ -378,16 +379,7 @@ def _llama(seed: int = 0, **fields):
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=256,
-        **fields,
-    )
+    config = tiny_config("llama", vocab_size=128, **fields)
     return LlamaForCausalLM._from_config(config, attn_implementation="sdpa").eval()
 
 

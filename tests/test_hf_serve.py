@@ -31,6 +31,7 @@ openai = pytest.importorskip("openai")
 
 from stitch.core.errors import StitchConfigError  # noqa: E402
 from stitch.runtime.hf import serve as stitch_serve  # noqa: E402
+from stitch.runtime.hf.models import tiny_config  # noqa: E402
 
 VOCAB = 128
 MAX_TOKENS = 8
@@ -68,21 +69,12 @@ def _checkpoint(path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import (
         GenerationConfig,
-        LlamaConfig,
         LlamaForCausalLM,
         PreTrainedTokenizerFast,
     )
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=128,
-        max_position_embeddings=256,
-    )
+    config = tiny_config("llama", vocab_size=VOCAB)
     model = LlamaForCausalLM._from_config(config, dtype=torch.float32)
     model.save_pretrained(path)
     GenerationConfig(

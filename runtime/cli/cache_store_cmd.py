@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO, TypeVar
 
 from ..config_fields import SHARED_SCHEMES
 
 LOCAL_HELP = "the local cache root (default: $STITCH_CACHE_DIR or ~/.cache/stitch)"
+
+T = TypeVar("T")
 
 
 def _is_url(target: str) -> bool:
@@ -34,9 +37,37 @@ def _tier(url: str, out: TextIO) -> Any:
     return tier
 
 
-def _unreachable(url: str, why: object, out: TextIO) -> int:
+def _from_store(url: str, out: TextIO, call: Callable[[Any], T]) -> T | None:
+    """``call(tier)`` on the store at ``url``; None, said on ``out``, when the
+    store cannot be used or did not answer (exit status 2)."""
+    from stitch.runtime.store.shared.stores import StoreDown
+
+    tier = _tier(url, out)
+    if tier is None:
+        return None
+    try:
+        result = call(tier)
+    except StoreDown as exc:
+        why: object = exc
+    else:
+        if tier.alive:
+            return result
+        why = "see the warning above"
     print(f"error: the store {url} did not answer ({why})", file=out)
-    return 2
+    return None
+
+
+def _subcommand(
+    subparsers: Any,
+    name: str,
+    handler: Callable[..., int],
+    help: str,
+    description: str,
+) -> argparse.ArgumentParser:
+    """Register ``stitch cache <name>``, run by ``handler``; its parser."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def _root(cache_dir: str | None) -> str:
@@ -47,8 +78,10 @@ def _root(cache_dir: str | None) -> str:
 
 
 def _add_ls(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    parser = _subcommand(
+        subparsers,
         "ls",
+        run_ls,
         help="list the entries of a local cache or a shared store",
         description="List the units of a local cache (compile cache entries and "
         "saved forwards: what push would publish), or the entries of a shared "
@@ -56,7 +89,6 @@ def _add_ls(subparsers: Any) -> None:
         "whether their signature holds.",
     )
     parser.add_argument("target", metavar="TARGET", nargs="?", help="folder or URL")
-    parser.set_defaults(handler=run_ls)
 
 
 def run_ls(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -76,15 +108,9 @@ def run_ls(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if rows:
             print(markdown_table(["unit", "files", "MB"], rows), file=out)
         return 0
-    from stitch.runtime.store.shared.stores import StoreDown
-
-    tier = _tier(target, out)
-    if tier is None:
+    stored = _from_store(target, out, stored_entries)
+    if stored is None:
         return 2
-    try:
-        stored = stored_entries(tier)
-    except StoreDown as exc:
-        return _unreachable(target, exc, out)
     rows = []
     for s in stored:
         if s.entry is None:
@@ -111,15 +137,16 @@ def run_ls(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def _add_verify(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    parser = _subcommand(
+        subparsers,
         "verify",
+        run_verify,
         help="check every entry of a local cache or a shared store",
         description="A folder: the checks of 'stitch inspect'. A store URL: "
         "each entry's signature, then every blob it names is read and hashed; "
         "what a replica would refuse is listed.",
     )
     parser.add_argument("target", metavar="TARGET", help="folder or URL")
-    parser.set_defaults(handler=run_verify)
 
 
 def run_verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -129,15 +156,10 @@ def run_verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
         return inspect_cache(args.target, out)
     from stitch.runtime.store.shared.admin import stored_entries
-    from stitch.runtime.store.shared.stores import StoreDown
 
-    tier = _tier(args.target, out)
-    if tier is None:
+    entries = _from_store(args.target, out, lambda t: stored_entries(t, blobs=True))
+    if entries is None:
         return 2
-    try:
-        entries = stored_entries(tier, blobs=True)
-    except StoreDown as exc:
-        return _unreachable(args.target, exc, out)
     bad = [s for s in entries if s.entry is None or s.problem]
     for s in entries:
         print(f"{s.name}: {s.problem or 'ok'}", file=out)
@@ -149,8 +171,10 @@ def run_verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def _add_push(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    parser = _subcommand(
+        subparsers,
         "push",
+        run_push,
         help="publish every unit of a local cache to a shared store",
         description="Publish the compile cache entries and saved forwards of a "
         "local cache to a shared store, as a run does after its compile: blobs "
@@ -158,20 +182,16 @@ def _add_push(subparsers: Any) -> None:
     )
     parser.add_argument("url", metavar="URL")
     parser.add_argument("--cache-dir", metavar="DIR", help=LOCAL_HELP)
-    parser.set_defaults(handler=run_push)
 
 
 def run_push(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     from stitch.runtime.store.shared.admin import push
 
-    tier = _tier(args.url, out)
-    if tier is None:
-        return 2
     root = _root(args.cache_dir)
-    done = push(tier, root)
-    if not tier.alive:
-        return _unreachable(args.url, "see the warning above", out)
+    done = _from_store(args.url, out, lambda tier: push(tier, root))
+    if done is None:
+        return 2
     for unit, ok in done:
         print(f"{unit.name}: {'published' if ok else 'NOT published'}", file=out)
     print(f"{sum(ok for _, ok in done)} of {len(done)} unit(s) from {root}", file=out)
@@ -179,8 +199,10 @@ def run_push(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def _add_pull(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    parser = _subcommand(
+        subparsers,
         "pull",
+        run_pull,
         help="install entries of a shared store into a local cache",
         description="Install entries of a shared store (all, or those named) "
         "into a local cache, each verified as a run would before using it.",
@@ -188,24 +210,16 @@ def _add_pull(subparsers: Any) -> None:
     parser.add_argument("url", metavar="URL")
     parser.add_argument("entries", metavar="ENTRY", nargs="*")
     parser.add_argument("--cache-dir", metavar="DIR", help=LOCAL_HELP)
-    parser.set_defaults(handler=run_pull)
 
 
 def run_pull(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     from stitch.runtime.store.shared.admin import pull
-    from stitch.runtime.store.shared.stores import StoreDown
 
-    tier = _tier(args.url, out)
-    if tier is None:
-        return 2
     root = _root(args.cache_dir)
-    try:
-        done = pull(tier, root, list(args.entries))
-    except StoreDown as exc:
-        return _unreachable(args.url, exc, out)
-    if not tier.alive:
-        return _unreachable(args.url, "see the warning above", out)
+    done = _from_store(args.url, out, lambda tier: pull(tier, root, list(args.entries)))
+    if done is None:
+        return 2
     for name, ok in done:
         print(f"{name}: {'installed' if ok else 'NOT installed'}", file=out)
     print(f"{sum(ok for _, ok in done)} of {len(done)} entr(ies) into {root}", file=out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -135,13 +135,19 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    """A llama-like decoder: embedding, N decoder layers, final norm."""
+    """A llama-like decoder: embedding, N decoder layers, final norm.
 
-    def __init__(self, cfg: LlamaConfig) -> None:
+    ``layers``: the decoder layers, when not :class:`DecoderLayer`'s (one rank's
+    of the tensor-parallel model, examples/tp.py, which shares this forward).
+    """
+
+    def __init__(self, cfg: LlamaConfig, layers: Iterable[nn.Module] = ()) -> None:
         super().__init__()
         self.cfg = cfg
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(
+            list(layers) or [DecoderLayer(cfg) for _ in range(cfg.num_layers)]
+        )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

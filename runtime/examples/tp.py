@@ -180,34 +180,19 @@ class TPDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class TPLlamaModel(nn.Module):
-    """One rank of the tensor-parallel llama-like decoder.
+class TPLlamaModel(LlamaModel):
+    """One rank of the tensor-parallel llama-like decoder: :class:`LlamaModel`
+    with this rank's decoder layers (its forward and ``reset_kv_caches``).
 
     Module names match :class:`LlamaModel`'s, so emitted source names the same
     modules.  The embedding and the norms are replicated on every rank.
     """
 
     def __init__(self, cfg: LlamaConfig, tp_size: int, group: Any = None) -> None:
-        super().__init__()
         check_divisible(cfg, tp_size)
-        self.cfg = cfg
+        layers = [TPDecoderLayer(cfg, tp_size, group) for _ in range(cfg.num_layers)]
+        super().__init__(cfg, layers)
         self.tp_size = tp_size
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(
-            TPDecoderLayer(cfg, tp_size, group) for _ in range(cfg.num_layers)
-        )
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_eps)
-
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            x = layer(positions, x)
-        return self.norm(x)
-
-    def reset_kv_caches(self) -> None:
-        for layer in self.layers:
-            layer.self_attn.k_cache.zero_()
-            layer.self_attn.v_cache.zero_()
 
 
 # --------------------------------------------------------------------------------

@@ -9,7 +9,12 @@
   transformers' paged KV cache, which it writes; :mod:`.triton_paged` its CUDA
   kernel;
 - :mod:`.loader`: the Triton kernel modules (``*_kernel.py``, the only modules
-  that import Triton), loaded on an op's first CUDA call.
+  that import Triton), loaded on an op's first CUDA call;
+- :mod:`.static_launch`: prebuilt kernels, the ops' Triton kernels saved as
+  cubins by the process that compiled them and launched by later ones through
+  torch's static launcher (:mod:`.kernel_records`: their files on disk);
+- :mod:`.schema`: an op's schema from its arguments' NamedTuple, and its
+  registration with the dispatcher.
 
 Importing this package registers the three ops, each with its torch
 implementation (the CPU kernel), its fake and, for CUDA tensors, its Triton

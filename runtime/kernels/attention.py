@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .schema import schema
+from .schema import define_op, schema
 
 ATTENTION_OP = "stitch::attention"
 
@@ -41,15 +41,6 @@ class AttentionCall(NamedTuple):
 
 # The arguments the op writes: the caches and ``out``.
 WRITTEN = ("k_cache", "v_cache", "out")
-
-# NOTE: [attention registered directly]
-# torch.library.custom_op wraps every call in Python layers (filling defaults,
-# bumping versions) that cost some 20 µs a call on CPU, more than a decode
-# layer's GPU time: between CUDA graph replays that is most of the host time.
-# Like vLLM's direct_register_custom_op, the schema is defined and the kernels
-# are registered directly (a few µs a call).
-_lib = torch.library.Library("stitch", "FRAGMENT")
-_lib.define(schema(ATTENTION_OP.split("::")[1], AttentionCall, WRITTEN))
 
 
 def attention_reference(*args: Any) -> None:
@@ -109,9 +100,9 @@ def run_reference(call: AttentionCall) -> None:
     out.copy_(torch.where(valid, result, 0.0).to(out.dtype))
 
 
-_lib.impl("attention", attention_reference, "CompositeExplicitAutograd")
-
-
-@torch.library.register_fake(ATTENTION_OP, lib=_lib)
-def _attention_fake(*args: Any) -> None:
-    return None
+# NOTE: [attention registered directly] in schema.py
+_lib = define_op(
+    ATTENTION_OP,
+    schema(ATTENTION_OP.split("::")[1], AttentionCall, WRITTEN),
+    attention_reference,
+)

@@ -14,14 +14,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .schema import define_op
+
 HF_ATTENTION_OP = "stitch::hf_attention"
 
-# NOTE: [attention registered directly] (attention.py): the schema and the
-# kernel are registered without torch.library.custom_op's Python layers.
 # ``sinks`` and ``softcap`` have defaults, so graphs and callers written before
 # they existed still bind.
-_lib = torch.library.Library("stitch", "FRAGMENT")
-_lib.define(
+_SCHEMA = (
     "hf_attention(Tensor query, Tensor key, Tensor value, Tensor? attn_mask, "
     "Tensor(a4!) out, float scale, bool is_causal, Tensor? sinks=None, "
     "float softcap=0.0) -> ()"
@@ -136,11 +135,5 @@ def _per_group(t: torch.Tensor, kv_heads: int, groups: int) -> torch.Tensor:
     return t.reshape(t.shape[0], kv_heads, groups, *t.shape[2:])
 
 
-_lib.impl("hf_attention", hf_attention_reference, "CompositeExplicitAutograd")
-
-
-@torch.library.register_fake(HF_ATTENTION_OP, lib=_lib)
-def _hf_attention_fake(
-    query, key, value, attn_mask, out, scale, is_causal, sinks=None, softcap=0.0
-) -> None:
-    return None
+# NOTE: [attention registered directly] in schema.py
+_lib = define_op(HF_ATTENTION_OP, _SCHEMA, hf_attention_reference)

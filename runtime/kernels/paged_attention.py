@@ -53,7 +53,7 @@ import torch
 
 from stitch.core.errors import StitchRuntimeError
 
-from .schema import schema
+from .schema import define_op, schema
 
 PAGED_ATTENTION_OP = "stitch::paged_attention"
 
@@ -97,13 +97,6 @@ class PagedCall(NamedTuple):
 # The arguments the op writes: the caches (two views of one storage,
 # transformers' layout) and ``out``.
 WRITTEN = ("k_cache", "v_cache", "out")
-
-
-# NOTE: [attention registered directly] (attention.py): the schema and the
-# kernel are registered without torch.library.custom_op's Python layers; a fake
-# kernel keeps the call one node in Dynamo's graph.
-_lib = torch.library.Library("stitch", "FRAGMENT")
-_lib.define(schema(PAGED_ATTENTION_OP.split("::")[1], PagedCall, WRITTEN))
 
 
 def paged_attention_reference(*args: Any) -> None:
@@ -253,13 +246,9 @@ def _attend(
     return result.permute(2, 0, 1, 3).reshape(tokens, heads, -1).to(query.dtype)
 
 
-_lib.impl(
-    PAGED_ATTENTION_OP.split("::")[1],
+# NOTE: [attention registered directly] in schema.py
+_lib = define_op(
+    PAGED_ATTENTION_OP,
+    schema(PAGED_ATTENTION_OP.split("::")[1], PagedCall, WRITTEN),
     paged_attention_reference,
-    "CompositeExplicitAutograd",
 )
-
-
-@torch.library.register_fake(PAGED_ATTENTION_OP, lib=_lib)
-def _paged_attention_fake(*args: Any) -> None:
-    return None

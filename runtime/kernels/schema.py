@@ -1,4 +1,5 @@
-"""An op's ``torch.library`` schema, from a NamedTuple that declares its arguments once.
+"""An op's ``torch.library`` schema, from a NamedTuple that declares its arguments
+once, and the op's registration with the dispatcher.
 
 NOTE: [an op's arguments, declared once]
 Each op here declares its arguments as a NamedTuple (``AttentionCall``,
@@ -11,7 +12,8 @@ arguments positionally (trailing defaults left out) and build one.
 from __future__ import annotations
 
 import typing
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 
@@ -38,3 +40,41 @@ def schema(name: str, fields: type[NamedTuple], written: tuple[str, ...]) -> str
             text += f"={fields._field_defaults[field]!r}"
         arguments.append(text)
     return f"{name}({', '.join(arguments)}) -> ()"
+
+
+# NOTE: [attention registered directly]
+# torch.library.custom_op wraps every call in Python layers (filling defaults,
+# bumping versions) that cost some 20 µs a call on CPU, more than a decode
+# layer's GPU time: between CUDA graph replays that is most of the host time.
+# Like vLLM's direct_register_custom_op, the schema is defined and the kernels
+# are registered directly (a few µs a call); a fake kernel keeps the call one
+# node in Dynamo's graph.  The ops write their outputs, so the fake returns
+# nothing.
+
+
+def define_op(
+    op: str, op_schema: str, reference: Callable[..., None]
+) -> torch.library.Library:
+    """Define ``op`` (``namespace::name``) with ``op_schema`` and register
+    ``reference`` as its torch implementation and a fake that returns nothing
+    (NOTE: [attention registered directly]); the library that holds them."""
+    namespace, _ = op.split("::")
+    lib = torch.library.Library(namespace, "FRAGMENT")
+    lib.define(op_schema)
+    lib.impl(op_schema.split("(")[0], reference, "CompositeExplicitAutograd")
+    torch.library.register_fake(op, _writes_only, lib=lib)
+    return lib
+
+
+def register_cuda(op: str, kernel: Callable[..., None]) -> torch.library.Library:
+    """Register ``kernel`` for ``op``'s CUDA dispatch key, directly: the
+    library that holds it.  torch.library.register_kernel would wrap the kernel
+    in a dynamo-disabling decorator, a cost on every call."""
+    namespace, name = op.split("::")
+    lib = torch.library.Library(namespace, "IMPL")
+    lib.impl(name, kernel, "CUDA")
+    return lib
+
+
+def _writes_only(*args: Any) -> None:
+    return None

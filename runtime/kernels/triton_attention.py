@@ -14,11 +14,10 @@ import os
 from types import ModuleType
 from typing import Any
 
-import torch
-
-from . import kept
+from . import static_launch
 from .attention import ATTENTION_OP, AttentionCall, run_reference
 from .loader import optional_kernels
+from .schema import register_cuda
 
 
 def triton_kernels() -> ModuleType | None:
@@ -51,17 +50,19 @@ def decode_attention(*args: Any, kernels: ModuleType | None = None) -> None:
         run_reference(call)
         return
     grid, arguments, constexprs = kernel_arguments(call)
-    key = None
-    if kernels is None and kept.keeping():
-        # NOTE: [an op's Triton kernel without Triton] in kept.py
-        key = specialization_key(call.q.device.index, arguments, constexprs)
-        if KEPT.launch(key, (*grid, 1), (*arguments, *constexprs)):
-            return
-    kernels = kernels if kernels is not None else triton_kernels()
-    if kernels is None:
+    device = call.q.device.index
+    chosen = static_launch.choose_launch(
+        PREBUILT,
+        lambda: specialization_key(device, arguments, constexprs),
+        kernels,
+        triton_kernels,
+    )
+    if chosen is None:
         run_reference(call)
-        return
-    launch(kernels, grid, arguments, constexprs, key)
+    elif chosen.kernels is None:
+        PREBUILT.launch(chosen.key, (*grid, 1), (*arguments, *constexprs))
+    else:
+        launch(chosen.kernels, grid, arguments, constexprs, chosen.key)
 
 
 def kernel_arguments(
@@ -126,7 +127,7 @@ _POINTERS, _FLOATS = 8, 2
 # an H100 machine): binding the arguments, computing the specialization key,
 # finding the compiled kernel.  Under PIECEWISE graphs the op runs eagerly once
 # per layer, so that is paid layers times per forward.  After a first launch
-# through Triton, the compiled kernel is kept under a key of what Triton
+# through Triton, the compiled kernel is held under a key of what Triton
 # specializes a kernel on (tensor dtypes and 16-byte alignment, integers equal
 # to 1, divisible by 16 or beyond int32, the constexprs, the device) and
 # launched the way JITFunction.run launches it once found: 8.8 µs
@@ -143,14 +144,14 @@ def specialization_key(
     device: int, args: tuple[Any, ...], constexprs: tuple[Any, ...]
 ) -> tuple[Any, ...]:
     """What Triton specializes the kernel on, for ``args`` in the kernel's order."""
-    return kept.specialization_key(
+    return static_launch.specialization_key(
         device, args, constexprs, pointers=_POINTERS, floats=_FLOATS
     )
 
 
-# NOTE: [an op's Triton kernel without Triton] in kept.py; STITCH_KEEP_KERNELS=0
-# turns keeping and launching kept kernels off.
-KEPT = kept.KeptKernels(
+# NOTE: [an op's Triton kernel without Triton] in static_launch.py;
+# STITCH_KEEP_KERNELS=0 turns saving and launching prebuilt kernels off.
+PREBUILT = static_launch.PrebuiltKernels(
     ATTENTION_OP, os.path.join(os.path.dirname(__file__), "triton_attention_kernel.py")
 )
 
@@ -184,9 +185,9 @@ def launch(
     at hand.  ``key``: their :func:`specialization_key`, when known."""
     ours = kernels is triton_kernels()
     direct = _direct_launch() if ours else None
-    keeps = ours and kept.keeping()
+    saves = ours and static_launch.enabled()
     device = args[0].device.index
-    if key is None and (direct is not None or keeps):
+    if key is None and (direct is not None or saves):
         key = specialization_key(device, args, constexprs)
     compiled = _compiled.get(key) if direct is not None else None
     if compiled is None:
@@ -195,8 +196,8 @@ def launch(
         )
         if hasattr(compiled, "result"):  # compiled in the background
             compiled = compiled.result()
-        if keeps:
-            KEPT.keep(key, compiled)
+        if saves:
+            PREBUILT.save(key, compiled)
         if direct is not None and all(
             hasattr(compiled, a) for a in ("run", "function", "packed_metadata")
         ):
@@ -219,7 +220,4 @@ def launch(
     )
 
 
-# Registered directly on the CUDA key: torch.library.register_kernel would wrap
-# the kernel in a dynamo-disabling decorator, a cost on every call.
-_lib = torch.library.Library(ATTENTION_OP.split("::")[0], "IMPL")
-_lib.impl(ATTENTION_OP.split("::")[1], decode_attention, "CUDA")
+_lib = register_cuda(ATTENTION_OP, decode_attention)

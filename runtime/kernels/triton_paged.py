@@ -4,7 +4,7 @@ Importing this module (the kernels package does, after ``paged_attention``)
 registers :func:`paged_attention_triton` for the CUDA dispatch key; it needs no
 Triton.  Triton is imported on the first CUDA call: where it is missing, or a
 tensor layout is one the kernel does not take, the op runs the torch
-implementation instead (NOTE: [attention registered directly] in attention.py, and loader.py).
+implementation instead (NOTE: [attention registered directly] in schema.py, and loader.py).
 
 NOTE: [the paged cache write outside the kernel]
 Full attention reads the cache after writing it, so a program may read rows
@@ -24,9 +24,10 @@ from typing import Any
 
 import torch
 
-from . import kept
+from . import static_launch
 from .loader import optional_kernels
 from .paged_attention import PAGED_ATTENTION_OP, PagedCall, run_reference, write_cache
+from .schema import register_cuda
 
 
 def triton_kernels() -> ModuleType | None:
@@ -52,9 +53,10 @@ def paged_attention_triton(*args: Any, kernels: ModuleType | None = None) -> Non
     """``stitch::paged_attention`` with the Triton kernel (any device Triton
     runs on, its interpreter too); ``args`` as ``paged_attention_reference``'s.
 
-    The kernel kept for this specialization is launched without Triton when
-    there is one (NOTE: [an op's Triton kernel without Triton] in kept.py);
-    else Triton compiles it, and it is kept for the next process.
+    The prebuilt kernel for this specialization is launched without Triton
+    when there is one (NOTE: [an op's Triton kernel without Triton] in
+    static_launch.py); else Triton compiles it, and it is saved for the next
+    process.
     """
     call = PagedCall(*args)
     if call.query.shape[0] == 0:
@@ -63,23 +65,24 @@ def paged_attention_triton(*args: Any, kernels: ModuleType | None = None) -> Non
         run_reference(call)
         return
     grid, arguments, constexprs = kernel_arguments(call)
-    key = None
-    if kernels is None and kept.keeping():
-        key = specialization_key(call.query.device.index, arguments, constexprs)
-    use_kept = key is not None and KEPT.ready(key)
-    if not use_kept:
-        kernels = kernels if kernels is not None else triton_kernels()
-        if kernels is None:
-            run_reference(call)
-            return
+    device = call.query.device.index
+    chosen = static_launch.choose_launch(
+        PREBUILT,
+        lambda: specialization_key(device, arguments, constexprs),
+        kernels,
+        triton_kernels,
+    )
+    if chosen is None:
+        run_reference(call)
+        return
     if call.read_after_write:
         write_cache(call)
-    if use_kept:
-        KEPT.launch(key, (*grid, 1), (*arguments, *constexprs.values()))
+    if chosen.kernels is None:
+        PREBUILT.launch(chosen.key, (*grid, 1), (*arguments, *constexprs.values()))
     else:
-        compiled = kernels.paged_attention_kernel[grid](*arguments, **constexprs)
-        if key is not None:
-            KEPT.keep(key, compiled)
+        compiled = chosen.kernels.paged_attention_kernel[grid](*arguments, **constexprs)
+        if chosen.key is not None:
+            PREBUILT.save(chosen.key, compiled)
     if not call.read_after_write:
         write_cache(call)
 
@@ -165,17 +168,14 @@ def specialization_key(
     device: int, args: tuple[Any, ...], constexprs: dict[str, Any]
 ) -> tuple[Any, ...]:
     """What Triton specializes the kernel on, for ``kernel_arguments``' results."""
-    return kept.specialization_key(
+    return static_launch.specialization_key(
         device, args, tuple(constexprs.values()), pointers=_POINTERS, floats=_FLOATS
     )
 
 
-KEPT = kept.KeptKernels(
+PREBUILT = static_launch.PrebuiltKernels(
     PAGED_ATTENTION_OP,
     os.path.join(os.path.dirname(__file__), "triton_paged_kernel.py"),
 )
 
-# Registered directly on the CUDA key: torch.library.register_kernel would wrap
-# the kernel in a dynamo-disabling decorator, a cost on every call.
-_lib = torch.library.Library(PAGED_ATTENTION_OP.split("::")[0], "IMPL")
-_lib.impl(PAGED_ATTENTION_OP.split("::")[1], paged_attention_triton, "CUDA")
+_lib = register_cuda(PAGED_ATTENTION_OP, paged_attention_triton)

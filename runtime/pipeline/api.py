@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from .artifact_source import ArtifactSource
 from .backend import CompiledModel, StitchBackend, stitch_backend
-from .compilers import start_inductor_warmup
 from .graph_inputs import GraphInput
+from .inductor_warmup import start_inductor_warmup
 from .piecewise import PiecewiseBackend
 from .splitting import dispatches_through_transformers, is_attention
 from .stitched import (

@@ -44,8 +44,8 @@ from ..compat.inductor import forget_compile_pools
 from ..loader import DISPATCH_NAME
 from ..store.cache import CompileCache
 from ..store.index import PieceRecord
-from .compilers import on_cpu
 from .deferred import default_workers
+from .inductor_warmup import on_cpu
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
 from .piecewise import PiecewiseBackend
 from .results import Split

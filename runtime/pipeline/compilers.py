@@ -6,11 +6,9 @@ import contextlib
 import logging
 import os
 import tempfile
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import torch
 import torch.fx as fx
 
 from stitch.core.errors import StitchCacheError, StitchRuntimeError
@@ -18,6 +16,7 @@ from stitch.core.errors import StitchCacheError, StitchRuntimeError
 from ..compat import dynamo, inductor
 from ..counter import compilation_counter
 from ..store.hashing import file_hash
+from .inductor_warmup import inductor_ready, start_inductor_warmup
 from .scalars import floats_marked, specialize_lifted_floats
 
 log = logging.getLogger("stitch")
@@ -130,7 +129,7 @@ class InductorAdapter:
     def compile(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, static: bool
     ) -> tuple[Runnable, Any]:
-        _inductor_ready()
+        inductor_ready()
         gm, unwrap = _tuple_output(gm)
         # NOTE: [static sizes compile from example inputs]
         # A static size is compiled from concrete example inputs in a fresh fake
@@ -256,7 +255,7 @@ class InductorAdapter:
         """
         runnable = _load_prebuilt(path, sha256, self._faults)
         if runnable is None:
-            _inductor_ready()
+            inductor_ready()
             try:
                 runnable = inductor.load_artifact(path)
             except Exception as exc:
@@ -373,62 +372,6 @@ def _pass_error(exc: BaseException) -> Exception | None:
     from ..passes.manager import find_pass_error
 
     return find_pass_error(exc)
-
-
-def _inductor_ready() -> None:
-    """Import Inductor and wait for the ISA probe if one was started, before using Inductor."""
-    inductor.import_inductor()
-    if _probe is not None:
-        _probe.join()
-
-
-# The ISA probe's thread, once start_inductor_warmup(cpu=True) started it.
-_probe: threading.Thread | None = None
-_probe_lock = threading.Lock()
-
-
-def _probe_isa() -> None:
-    try:
-        inductor.probe_cpu_isa()
-    except Exception:  # noqa: BLE001 - the real compile reports real errors
-        log.debug("Inductor ISA probe failed", exc_info=True)
-
-
-def start_inductor_warmup(cpu: bool) -> None:
-    """Import Inductor now and, for graphs that run on the CPU, probe its vector ISA
-    in the background (once).
-
-    NOTE: [Inductor warm-up overlaps the split]
-    The first compile or load of C++ kernels in a process probes the CPU's
-    vector ISA: a C++ dry compile per candidate ISA, each loaded by a fresh
-    Python process that imports torch (about a second on a CPU machine, 30-45 s
-    on the GPU machine with its CUDA torch).  A backend call that finds no cache
-    entry for a CPU graph starts the probe before it splits the graph and
-    propagates fake tensors, which hides it; it fills the cache Inductor would
-    fill on first use anyway.  A graph whose tensors are all on a GPU compiles
-    Triton kernels, for which Inductor never asks the ISA, so it is not probed
-    (Inductor still probes by itself should such a graph hold a CPU kernel).  A
-    warm start loads prebuilt pieces, needs neither Inductor nor the probe, and
-    so never starts it (see NOTE: [prebuilt pieces]).  Every module involved is
-    imported here, in the calling thread, first: two threads importing torch's
-    modules at once can see each other's half-initialized modules.
-    """
-    global _probe
-    inductor.import_inductor()
-    if cpu:
-        with _probe_lock:
-            if _probe is None:
-                _probe = threading.Thread(
-                    target=_probe_isa, name="stitch-isa-probe", daemon=True
-                )
-                _probe.start()
-
-
-def on_cpu(values: Sequence[Any]) -> bool:
-    """Whether a graph with these inputs runs (some of) its kernels on the CPU:
-    any input tensor on the CPU, or no tensor input at all."""
-    devices = {v.device.type for v in values if isinstance(v, torch.Tensor)}
-    return not devices or "cpu" in devices
 
 
 # The compiler backends by ``CompilationConfig.backend``.

@@ -18,7 +18,8 @@ from ..config import CompilationConfig
 from ..store.index import EntryRecord
 from ..targets import Target
 from .artifact_source import ArtifactSource, Piece
-from .compilers import CompilerAdapter, on_cpu
+from .compilers import CompilerAdapter
+from .inductor_warmup import on_cpu
 from .piece_plan import KeyChoice, StringKeys
 from .worker_process import START_ENV, needs_spawn, niceness
 

@@ -20,7 +20,8 @@ from ..config import CompilationConfig
 from ..store.cache import CompileCache
 from ..store.index import PieceRecord
 from .artifact_source import ArtifactSource, Piece
-from .compilers import CompilerAdapter, on_cpu
+from .compilers import CompilerAdapter
+from .inductor_warmup import on_cpu
 from .piece_plan import PiecePlan
 from .piecewise import example_inputs
 

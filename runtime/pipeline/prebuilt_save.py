@@ -23,18 +23,16 @@ from ..compat.versions import gpu_fingerprint
 from ..store.extras import save_extras
 from ..store.hashing import content_hash
 from .prebuilt import (
-    PrebuiltUnavailable,
     cubin_name,
-    exec_wrapper,
     kernel_key,
     kernel_name,
     machine_fingerprint,
     prebuilt_path,
     record_name,
     render_record,
-    resolve_dotted,
     triton_key,
 )
+from .prebuilt_wrapper import PrebuiltUnavailable, exec_wrapper, resolve_dotted
 
 log = logging.getLogger("stitch")
 

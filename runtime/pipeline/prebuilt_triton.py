@@ -17,7 +17,6 @@ several CTAs) leaves its piece without a record.
 
 from __future__ import annotations
 
-import linecache
 import types
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 
 from stitch.core.errors import StitchCacheError
 
+from ..loader import register_source
 from ..store.artifacts import PREBUILT_DIR
 from ..store.extras import Extras
 from ..store.hashing import content_hash
@@ -107,7 +107,7 @@ def triton_launcher(
     }
     source = "\n".join(lines) + "\n"
     filename = f"<stitch-triton-{name}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    register_source(source, filename)
     try:
         exec(compile(source, filename, "exec"), scope)  # noqa: S102
     except SyntaxError as exc:

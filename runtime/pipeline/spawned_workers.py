@@ -35,8 +35,8 @@ import torch
 from ..compat.fake import tracing
 from ..config import CompilationConfig
 from ..store.cache import CompileCache
-from .compilers import start_inductor_warmup
 from .entry import EntryGuards
+from .inductor_warmup import start_inductor_warmup
 from .piece_jobs import UnitCompiler, UnitJob, piece_names
 from .worker_process import (
     Launch,

@@ -35,7 +35,7 @@ PREBUILT_DIR = "prebuilt"
 PREBUILT_SUFFIX = ".prebuilt"
 AOT_DIR = "aot"
 # Beside the entries: the compiled Triton kernels of Stitch's own ops
-# (``kernels/<op>/``, stitch.runtime.kernels.kept).
+# (``kernels/<op>/``, stitch.runtime.kernels.static_launch).
 KERNELS_DIR = "kernels"
 # The root's folders that are not compile cache entries.
 SIDE_DIRS = (AOT_DIR, KERNELS_DIR)

@@ -234,7 +234,7 @@ class OpKernelRecord(Record, frozen=True):
     """``kernels/<op>/<name>.kernel``: one Triton kernel of one of Stitch's own ops,
     compiled for one specialization, and what launching its cubin
     (``<cubin_sha256>.cubin`` beside it) takes (NOTE: [an op's Triton kernel
-    without Triton] in stitch.runtime.kernels.kept)."""
+    without Triton] in stitch.runtime.kernels.static_launch)."""
 
     KIND = "op-kernel"
     VERSION = 1

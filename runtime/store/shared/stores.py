@@ -15,6 +15,7 @@ raises :class:`StoreDown`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from stitch.core.errors import StitchError
@@ -86,20 +87,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
 _STAMP = """
 local t = redis.call('TIME')
 local now = t[1] + t[2] / 1000000
 for _, sha in ipairs(ARGV) do redis.call('ZADD', KEYS[1], now, sha) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
 
@@ -222,16 +213,42 @@ class RedisStore:
             for sha in sorted(set(stored) | set(stamps))
         ]
 
+    # NOTE: [a lease is redis-py's Lock]
+    # A unit's lease is redis-py's ``Lock`` on ``stitch:lease:<unit>`` with the
+    # replica's owner string as its token: taken with a non-blocking acquire
+    # (SET NX PX), renewed with ``reacquire`` (the TTL set anew, only by the
+    # token's holder) and released only by its holder; a dead holder's lease
+    # lapses with the TTL.  The lease's holder is read as the key's value
+    # (``lease_holder``: who a waiting replica is waiting for).  Waiting and
+    # renewing stay the tier's: NOTE: [the wait is not Lock's blocking acquire]
+    # in tier.py.
+    def _lease(self, unit: str, owner: str, seconds: float | None = None) -> Any:
+        lock = self._client.lock(
+            self._key("lease", unit), timeout=seconds, thread_local=False
+        )
+        lock.local.token = owner.encode()
+        return lock
+
+    def _held(self, act: Callable[[], Any]) -> bool:
+        """``act()``'s answer on the lease: False when it is another's (or none)."""
+        from redis.exceptions import LockNotOwnedError
+
+        try:
+            return bool(act())
+        except LockNotOwnedError:
+            return False
+        except self._errors as exc:
+            raise StoreDown(f"{self.url}: {type(exc).__name__}: {exc}") from None
+
     def take_lease(self, unit: str, owner: str, seconds: float) -> bool:
-        ms = max(1, int(seconds * 1000))
-        return bool(self._call("set", self._key("lease", unit), owner, None, ms, True))
+        lock = self._lease(unit, owner, max(0.001, seconds))
+        return self._held(lambda: lock.acquire(blocking=False, token=owner))
 
     def renew_lease(self, unit: str, owner: str, seconds: float) -> bool:
-        ms = max(1, int(seconds * 1000))
-        return bool(self._script(_RENEW, [self._key("lease", unit)], owner, ms))
+        return self._held(self._lease(unit, owner, max(0.001, seconds)).reacquire)
 
     def release_lease(self, unit: str, owner: str) -> None:
-        self._script(_RELEASE, [self._key("lease", unit)], owner)
+        self._held(self._lease(unit, owner).release)
 
     def lease_holder(self, unit: str) -> str | None:
         holder = self._call("get", self._key("lease", unit))

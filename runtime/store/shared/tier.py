@@ -17,12 +17,10 @@ by default] in ``waiting.py``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import secrets
 import socket
-import threading
 import time
 
 import torch
@@ -36,29 +34,14 @@ from ..files import atomic_write, make_private_dirs
 from ..hashing import content_hash, file_hash_or_none
 from ..trust import check_trusted
 from .eviction import evict
+from .lease import INSTALLED, Lease, Waiting
 from .manifest import FleetKey, SharedEntry
 from .stores import SharedStore, StoreDown, open_store
 from .units import Unit, collect, install_order
-from .waiting import Wait
 
 log = logging.getLogger("stitch")
 
 URL_ENV = "STITCH_CACHE_URL"
-
-
-@dataclasses.dataclass
-class Lease:
-    """This process's turn to compile a unit: held (renewed until released) or
-    not (the store is off, or waiting ran out: compile without one)."""
-
-    unit: Unit
-    held: bool
-    _stop: threading.Event = dataclasses.field(
-        default_factory=threading.Event, compare=False, repr=False
-    )
-
-
-INSTALLED = "installed"
 
 
 class SharedTier:
@@ -226,17 +209,6 @@ class SharedTier:
             return waiting.result()
         return waiting if turn is None else turn
 
-    def _renew(self, lease: Lease) -> None:
-        while not lease._stop.wait(self.lease_s / 3):
-            try:
-                if not self.store.renew_lease(
-                    lease.unit.name, self.owner, self.lease_s
-                ):
-                    log.debug("stitch cache: lost the lease of %s", lease.unit.name)
-                    return
-            except StoreDown:
-                return  # the compile's publish reports it
-
     def after_compile(self, root: str, lease: Lease | str, published: bool) -> None:
         """Publish the unit (when ``published``: the compile finished) and let
         the lease go."""
@@ -348,51 +320,3 @@ class SharedTier:
     def entries(self) -> list[tuple[str, float, bytes | None]]:
         """Every entry's name, last use and stored bytes, least recently used first."""
         return [(n, t, self.store.get_entry(n)) for n, t in self.store.by_age()]
-
-
-class Waiting:
-    """A replica's turn while another one holds the unit's lease: :meth:`result`
-    waits (at most ``cache_wait_s``) for the entry or the lease."""
-
-    def __init__(self, tier: SharedTier, root: str, unit: Unit, serving: bool) -> None:
-        self.tier = tier
-        self.root = root
-        self.unit = unit
-        self.wait = Wait(tier.url, unit.name, tier.wait_s, serving)
-        self.holder: str | None = None
-
-    def take(self) -> Lease | None:
-        """The lease when it is this process's now (or the wait ran out, or the
-        store is down: compile here), else None (``holder`` holds it)."""
-        tier = self.tier
-        try:
-            if tier.store.take_lease(self.unit.name, tier.owner, tier.lease_s):
-                self.wait.end("lease")
-                lease = Lease(self.unit, True)
-                threading.Thread(target=tier._renew, args=(lease,), daemon=True).start()
-                return lease
-            self.holder = tier.store.lease_holder(self.unit.name)
-        except StoreDown as exc:
-            tier._down(exc)
-            return None
-        if self.wait.waited >= tier.wait_s:
-            self.wait.end("timeout")
-            return Lease(self.unit, False)
-        return None
-
-    def result(self) -> Lease | str:
-        """Wait: :data:`INSTALLED` once another replica's entry is installed,
-        else this process's :class:`Lease` (the lease came free, the wait ran
-        out, or the store went down)."""
-        tier = self.tier
-        while tier.alive:
-            self.wait.tick(self.holder)
-            time.sleep(min(0.5, tier.lease_s / 4))
-            if tier.fetch(self.root, self.unit):
-                self.wait.end("installed")
-                return INSTALLED
-            turn = self.take()
-            if turn is not None:
-                return turn
-        self.wait.end("down")
-        return Lease(self.unit, False)

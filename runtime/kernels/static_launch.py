@@ -1,5 +1,6 @@
-"""Stitch's own Triton kernels, kept as cubins by the process that compiled them
-and launched from there by later processes, without importing Triton.
+"""Prebuilt kernels: Stitch's own ops' Triton kernels, saved as cubins by the
+process that compiled them and launched by later processes from those binaries
+through torch's static launcher, without importing Triton.
 
 NOTE: [an op's Triton kernel without Triton]
 A warm process loads its pieces' Triton kernels prebuilt (NOTE: [prebuilt
@@ -8,7 +9,7 @@ Triton kernels] in pipeline/prebuilt_triton.py), but ``stitch::attention`` and
 through Triton's JIT on the first launch, which cost about 0.92 s of the 2.03 s
 warm restart on the H100 (``import triton`` 0.28 s, Triton hashing its own
 sources 0.44 s, the JIT's lookup 0.15-0.2 s; docs/performance.md).  So the
-process that compiles a kernel keeps it: for each specialization
+process that compiles a kernel saves it: for each specialization
 (:func:`specialization_key`: constexprs, dtypes, pointers' 16-byte alignment,
 integers equal to 1, divisible by 16 or beyond int32, which are what Triton
 specializes on), the cubin and what launching it takes (function
@@ -17,21 +18,21 @@ are launched) go to ``<root>/kernels/<op>/`` (NOTE: [the root Stitch's ops
 keep their kernels under] in store/location.py), named by a key hash of the op,
 the specialization, the GPU (model, architecture, CUDA, Triton) and the kernel
 module's source.  A later process with the same key finds the record, checks
-it (trusted folder, sealed record, the cubin's sha256, every field it was kept
+it (trusted folder, sealed record, the cubin's sha256, every field it was saved
 for) and launches the cubin through ``torch._C._StaticCudaLauncher``, the
 launcher the prebuilt pieces use.  Any check that fails is one warning naming
 the file, and that specialization goes through Triton as before.  Triton's
-launch hooks (profilers such as proton) are not called for a kept kernel's
+launch hooks (profilers such as proton) are not called for a prebuilt kernel's
 launch, as for Inductor's statically launched kernels.
 
 Each file is written through a rename, the cubin (named by its sha256) before
 its record, so a reader sees a whole record naming a cubin that is there, even
-when processes keep the same kernel at once.  A kernel compiled before the
-process opened any entry (an eager run first) is kept on the op's first call
+when processes save the same kernel at once.  A kernel compiled before the
+process opened any entry (an eager run first) is saved on the op's first call
 after one is opened.  The files are not part of any entry: ``stitch cache``
 leaves ``kernels/`` alone, and the fleet store does not carry them (a replica
 compiles its own on its first launch, about a second).  ``STITCH_KEEP_KERNELS=0``
-turns keeping and launching kept kernels off.
+turns saving and launching prebuilt kernels off.
 """
 
 from __future__ import annotations
@@ -39,48 +40,25 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, NamedTuple
 
 import torch
 
 from stitch.core.errors import StitchError
 
 from ..compat.versions import gpu_fingerprint
-from ..store import codec, location
-from ..store.files import atomic_write, make_private_dirs
-from ..store.hashing import content_hash, file_hash_or_none, key_hash
+from ..store import location
+from ..store.hashing import content_hash, key_hash
 from ..store.records import OpKernelRecord
-from ..store.trust import check_trusted
+from .kernel_records import find_kernel, launch_facts, save_kernel
 
 log = logging.getLogger("stitch")
 
-# Where one specialization's kernel is kept: folder, cache root, name, and the
+# Where one specialization's kernel is saved: folder, cache root, name, and the
 # fields its record must hold.
 Where = tuple[str, str, str, dict[str, Any]]
-
-# Triton's scalar types -> _StaticCudaLauncher's argument characters (pointers
-# are "O"), as torch's StaticallyLaunchedCudaKernel maps them.
-ARGUMENT_TYPES = {
-    "i1": "i",
-    "i8": "b",
-    "i16": "h",
-    "i32": "i",
-    "i64": "l",
-    "u1": "I",
-    "u8": "B",
-    "u16": "H",
-    "u32": "I",
-    "u64": "K",
-    "fp16": "f",
-    "bf16": "f",
-    "fp32": "f",
-    "f32": "f",
-    "fp64": "d",
-}
-# Scratch buffers Triton 3.x appends to a kernel's parameters (launched as null).
-SCRATCH_FIELDS = ("global_scratch_size", "profile_scratch_size")
-# Launch modes the static launcher does not set up.
-LAUNCH_FLAGS = ("launch_cooperative_grid", "launch_pdl")
 
 
 def specialization_key(
@@ -107,8 +85,8 @@ def specialization_key(
 
 
 @functools.cache
-def keeping() -> bool:
-    """Whether kernels are kept, and kept ones launched: not with
+def enabled() -> bool:
+    """Whether kernels are saved, and prebuilt ones launched: not with
     ``STITCH_KEEP_KERNELS=0``, under Triton's interpreter or without CUDA
     (asked once)."""
     return (
@@ -124,121 +102,16 @@ def specialization_text(key: tuple[Any, ...]) -> str:
     return repr((constexprs, tuple(str(d) for d in dtypes), aligned, ints))
 
 
-def launch_facts(compiled: Any) -> tuple[dict[str, Any], bytes]:
-    """What launching a Triton ``CompiledKernel`` statically takes, and its cubin;
-    raises ``ValueError`` naming why it cannot be launched that way."""
-    metadata = compiled.metadata
-    cubin = getattr(compiled, "asm", {}).get("cubin")
-    if not cubin:
-        raise ValueError("it has no cubin (not compiled for CUDA)")
-    if getattr(metadata, "num_ctas", 1) != 1:
-        raise ValueError(f"it runs {metadata.num_ctas} CTAs a program")
-    for flag in LAUNCH_FLAGS:
-        if getattr(metadata, flag, False):
-            raise ValueError(f"it is launched with {flag}")
-    if getattr(metadata, "tensordesc_meta", None):
-        raise ValueError("it takes TMA descriptors")
-    scratch = [f for f in SCRATCH_FIELDS if hasattr(metadata, f)]
-    for field in scratch:
-        if getattr(metadata, field) > 0:
-            raise ValueError(
-                f"it needs scratch memory ({field}={getattr(metadata, field)})"
-            )
-    source = compiled.src
-    names = list(source.fn.arg_names)
-
-    def index(key: Any) -> int:
-        if isinstance(key, str):
-            return names.index(key)
-        return key[0] if isinstance(key, tuple) else int(key)
-
-    signature = {index(k): t for k, t in source.signature.items()}
-    constants = {index(k) for k in getattr(source, "constants", {})}
-    types, launched = [], []
-    for i in sorted(signature):
-        kind = signature[i]
-        if kind == "constexpr" or i in constants:
-            continue
-        if kind.startswith("*"):
-            types.append("O")
-        elif kind in ARGUMENT_TYPES:
-            types.append(ARGUMENT_TYPES[kind])
-        else:
-            raise ValueError(
-                f"argument {names[i]} has type {kind}, not launched statically"
-            )
-        launched.append(i)
-    types += ["O"] * len(scratch)
-    launched += [-1] * len(scratch)
-    facts = {
-        "function": str(metadata.name),
-        "num_warps": int(metadata.num_warps),
-        "shared": int(metadata.shared),
-        "arg_types": "".join(types),
-        "launched": tuple(launched),
-    }
-    return facts, bytes(cubin)
-
-
-def save_kernel(
-    folder: str,
-    root: str,
-    name: str,
-    fields: dict[str, Any],
-    facts: dict[str, Any],
-    cubin: bytes,
-) -> str:
-    """Write the cubin, then the record ``<folder>/<name>.kernel``; its path.
-
-    ``fields``: what the kernel was kept for (op, specialization, gpu,
-    source_sha256).  Raises ``OSError``.
-    """
-    make_private_dirs(folder, root)
-    sha = content_hash(cubin)
-    cubin_path = location.kernel_cubin_file(folder, sha)
-    if file_hash_or_none(cubin_path) != sha:
-        atomic_write(cubin_path, cubin)
-    record = OpKernelRecord(**fields, **facts, cubin_sha256=sha)
-    path = location.kernel_record_file(folder, name)
-    atomic_write(path, codec.encode(record))
-    return path
-
-
-def find_kernel(
-    folder: str, root: str, name: str, fields: dict[str, Any]
-) -> tuple[OpKernelRecord, str] | None:
-    """The record ``<folder>/<name>.kernel`` and its cubin's path, checked; None
-    when there is none.  Raises ``StitchError`` naming the file and what is
-    wrong when one is there but cannot be used."""
-    path = location.kernel_record_file(folder, name)
-    if not os.path.exists(path):
-        return None
-    check_trusted(path, root)
-    record = codec.read(OpKernelRecord, path)
-    for field, want in fields.items():
-        if getattr(record, field) != want:
-            raise StitchError(
-                f"{path}: was kept for {field} {getattr(record, field)!r}, "
-                f"this process has {want!r}"
-            )
-    cubin = location.kernel_cubin_file(folder, record.cubin_sha256)
-    check_trusted(cubin, root)
-    got = file_hash_or_none(cubin)
-    if got != record.cubin_sha256:
-        why = "is missing" if got is None else f"has sha256 {got[:12]}..."
-        raise StitchError(f"{path}: its cubin {cubin} {why}, not the one kept")
-    return record, cubin
-
-
 @functools.cache
 def gpu_of(device: int) -> str:
     """The GPU a cubin for ``device`` is built for (asked once a device)."""
     return gpu_fingerprint(device)
 
 
-class KeptKernels:
-    """One op's kept kernels: :meth:`launch` one (False: none kept for that key),
-    :meth:`keep` one Triton compiled (NOTE: [an op's Triton kernel without Triton])."""
+class PrebuiltKernels:
+    """One op's prebuilt kernels: :meth:`launch` one (False: none saved for that
+    key), :meth:`save` one Triton compiled (NOTE: [an op's Triton kernel without Triton]).
+    """
 
     def __init__(self, op: str, source_file: str) -> None:
         self.op = op
@@ -246,9 +119,9 @@ class KeptKernels:
         # key -> (function, record), or None: looked up, none usable (Triton's
         # JIT serves that key in this process).
         self._loaded: dict[tuple[Any, ...], tuple[int, OpKernelRecord] | None] = {}
-        # Compiled before this process noted a cache root: kept once it has one.
+        # Compiled before this process noted a cache root: saved once it has one.
         self._pending: dict[tuple[Any, ...], Any] = {}
-        self._kept: set[tuple[Any, ...]] = set()
+        self._saved: set[tuple[Any, ...]] = set()
         self._told: set[str] = set()
 
     @functools.cached_property
@@ -277,8 +150,8 @@ class KeptKernels:
             )
 
     def ready(self, key: tuple[Any, ...]) -> bool:
-        """Whether a kernel is kept for ``key`` and loaded: :meth:`launch` will
-        launch it (looked up once a key; a pending keep is written here)."""
+        """Whether a kernel is saved for ``key`` and loaded: :meth:`launch` will
+        launch it (looked up once a key; a pending save is written here)."""
         entry = self._loaded.get(key, False)
         if entry is False:
             where = self._where(key)
@@ -297,7 +170,7 @@ class KeptKernels:
         grid: tuple[int, int, int],
         everything: tuple[Any, ...],
     ) -> bool:
-        """Launch the kernel kept for ``key`` on the current stream (False: none
+        """Launch the kernel saved for ``key`` on the current stream (False: none
         is, nothing launched); ``everything``: the kernel's arguments in order,
         constexprs included."""
         if not self.ready(key):
@@ -332,14 +205,14 @@ class KeptKernels:
                 cubin, record.function, record.shared, key[0]
             )
         except (StitchError, OSError, RuntimeError) as exc:
-            self._tell(name, f"the kept kernel {name} is not used ({exc})")
+            self._tell(name, f"the prebuilt kernel {name} is not used ({exc})")
             return None
         return function, record
 
-    def keep(self, key: tuple[Any, ...], compiled: Any) -> None:
-        """Keep what Triton compiled for ``key``, once a process (before a cache
+    def save(self, key: tuple[Any, ...], compiled: Any) -> None:
+        """Save what Triton compiled for ``key``, once a process (before a cache
         root is noted: once one is, on the next :meth:`launch`)."""
-        if self._loaded.get(key) or key in self._kept:
+        if self._loaded.get(key) or key in self._saved:
             return
         where = self._where(key)
         if where is None:
@@ -348,17 +221,46 @@ class KeptKernels:
         self._write(key, where, compiled)
 
     def _write(self, key: tuple[Any, ...], where: Where, compiled: Any) -> None:
-        self._kept.add(key)
+        self._saved.add(key)
         folder, root, name, fields = where
         try:
             facts, cubin = launch_facts(compiled)
         except (ValueError, AttributeError, KeyError) as exc:
-            log.info("stitch: %s's kernel %s is not kept (%s)", self.op, name, exc)
+            log.info("stitch: %s's kernel %s is not saved (%s)", self.op, name, exc)
             return
         try:
             save_kernel(folder, root, name, fields, facts, cubin)
         except OSError as exc:
-            self._tell(f"write {folder}", f"cannot keep kernels in {folder} ({exc})")
+            self._tell(f"write {folder}", f"cannot save kernels in {folder} ({exc})")
+
+
+class Launch(NamedTuple):
+    """How an op launches its kernel: ``kernels`` None, the prebuilt one saved
+    for ``key``; else through Triton's ``kernels`` module, saving what it
+    compiles under ``key`` unless that is None."""
+
+    key: tuple[Any, ...] | None
+    kernels: ModuleType | None
+
+
+def choose_launch(
+    prebuilt: PrebuiltKernels,
+    specialization: Callable[[], tuple[Any, ...]],
+    kernels: ModuleType | None,
+    import_kernels: Callable[[], ModuleType | None],
+) -> Launch | None:
+    """An op's launch: its prebuilt kernel for this ``specialization()`` when
+    one is saved, else Triton's (``kernels`` when given: a test's, never
+    saved; else ``import_kernels()``); None when Triton cannot be imported
+    either, and the op runs its torch implementation."""
+    key = None
+    if kernels is None and enabled():
+        # NOTE: [an op's Triton kernel without Triton]
+        key = specialization()
+        if prebuilt.ready(key):
+            return Launch(key, None)
+    kernels = kernels if kernels is not None else import_kernels()
+    return None if kernels is None else Launch(key, kernels)
 
 
 def _launcher() -> Any:
@@ -366,11 +268,10 @@ def _launcher() -> Any:
 
 
 __all__ = [
-    "KeptKernels",
-    "find_kernel",
-    "keeping",
-    "launch_facts",
-    "save_kernel",
+    "Launch",
+    "PrebuiltKernels",
+    "choose_launch",
+    "enabled",
     "specialization_key",
     "specialization_text",
 ]

@@ -1,12 +1,12 @@
 """The Triton kernels of ``stitch::attention`` and ``stitch::paged_attention``
-kept as cubins and launched without Triton (NOTE: [an op's Triton kernel
-without Triton] in runtime/kernels/kept.py).
+saved as cubins and launched without Triton: prebuilt kernels (NOTE: [an op's
+Triton kernel without Triton] in runtime/kernels/static_launch.py).
 
 On CPU the kernel is compiled for an H100 (sm_90) by Triton itself, through the
-same binder and packing its JIT uses on a GPU, so what is kept is what a CUDA
-process keeps: the launch facts are checked against torch's own static
+same binder and packing its JIT uses on a GPU, so what is saved is what a CUDA
+process saves: the launch facts are checked against torch's own static
 launcher, the key against Triton's own specialization, and the files against
-damage.  Launching a kept cubin needs a GPU (marked ``cuda``).
+damage.  Launching a prebuilt cubin needs a GPU (marked ``cuda``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from stitch.core.errors import StitchError
-from stitch.runtime.kernels import kept
+from stitch.runtime.kernels import kernel_records, static_launch
 from stitch.runtime.kernels.attention import AttentionCall
 from stitch.runtime.store import codec, location
 from stitch.runtime.store.records import OpKernelRecord
@@ -164,7 +164,7 @@ def test_launch_facts_are_torchs_static_launcher_facts(
 ) -> None:
     paged = "requests" in features
     compiled, _ = compile_sm90(features if paged else attention_call(**features))
-    facts, cubin = kept.launch_facts(compiled)
+    facts, cubin = kernel_records.launch_facts(compiled)
 
     from torch._inductor.runtime.static_triton_launcher import (
         StaticallyLaunchedCudaKernel,
@@ -198,7 +198,7 @@ def one_specialization_per_key(
     seen: dict[str, tuple[str, Any]] = {}
     for name, call in calls.items():
         key, specialization, _ = specialize(call)
-        seen[name] = (kept.specialization_text(key), specialization)
+        seen[name] = (static_launch.specialization_text(key), specialization)
     for a, (text_a, spec_a) in seen.items():
         for b, (text_b, spec_b) in seen.items():
             if text_a == text_b:
@@ -207,7 +207,7 @@ def one_specialization_per_key(
 
 
 def test_the_key_tells_apart_whatever_triton_compiles_apart() -> None:
-    """Two calls with one key must bind to one Triton specialization: a kept
+    """Two calls with one key must bind to one Triton specialization: a prebuilt
     kernel is found by the key, and launched for every call that has it."""
     torch.manual_seed(0)
     calls = {
@@ -264,31 +264,31 @@ def test_the_paged_key_tells_apart_whatever_triton_compiles_apart() -> None:
     assert seen["decode"][0] != seen["one token"][0]  # 4 sequences, not 1
 
 
-def test_the_paged_op_launches_its_kept_kernel_and_writes_the_cache_in_order(
+def test_the_paged_op_launches_its_prebuilt_kernel_and_writes_the_cache_in_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """With a kernel kept for the key, the op launches it, not Triton's JIT, and
+    """With a prebuilt kernel for the key, the op launches it, not Triton's JIT, and
     writes the cache before it (full attention) or after it (sliding window),
-    as with Triton's; with none kept, Triton compiles and it is kept."""
+    as with Triton's; with none saved, Triton compiles and it is saved."""
     from test_hf_paged_triton import paged_case
 
     from stitch.runtime.kernels import paged_attention, triton_paged
 
     events: list[Any] = []
 
-    class Shelf:
-        def __init__(self, kept_keys: set[Any]) -> None:
-            self.kept_keys = kept_keys
+    class Prebuilt:
+        def __init__(self, saved_keys: set[Any]) -> None:
+            self.saved_keys = saved_keys
 
         def ready(self, key: Any) -> bool:
-            return key in self.kept_keys
+            return key in self.saved_keys
 
         def launch(self, key: Any, grid: Any, everything: Any) -> bool:
-            events.append(("kept", grid[2], len(everything)))
+            events.append(("prebuilt", grid[2], len(everything)))
             return True
 
-        def keep(self, key: Any, compiled: Any) -> None:
-            events.append(("keep", compiled))
+        def save(self, key: Any, compiled: Any) -> None:
+            events.append(("save", compiled))
 
     class Jit:
         def __getitem__(self, grid: Any) -> Any:
@@ -299,7 +299,7 @@ def test_the_paged_op_launches_its_kept_kernel_and_writes_the_cache_in_order(
             return run
 
     kernels = type("Kernels", (), {"paged_attention_kernel": Jit()})()
-    monkeypatch.setattr(kept, "keeping", lambda: True)
+    monkeypatch.setattr(static_launch, "enabled", lambda: True)
     monkeypatch.setattr(triton_paged, "triton_kernels", lambda: kernels)
     monkeypatch.setattr(
         triton_paged, "write_cache", lambda call: events.append(("write",))
@@ -314,29 +314,31 @@ def test_the_paged_op_launches_its_kept_kernel_and_writes_the_cache_in_order(
         everything = len(arguments) + len(constexprs)
         first = [("write",)] if not sliding else []
         last = [("write",)] if sliding else []
-        for kept_keys, launched in (
-            (set(), [("triton", everything), ("keep", "compiled")]),
-            ({key}, [("kept", 1, everything)]),
+        for saved_keys, launched in (
+            (set(), [("triton", everything), ("save", "compiled")]),
+            ({key}, [("prebuilt", 1, everything)]),
         ):
             events.clear()
-            monkeypatch.setattr(triton_paged, "KEPT", Shelf(kept_keys))
+            monkeypatch.setattr(triton_paged, "PREBUILT", Prebuilt(saved_keys))
             triton_paged.paged_attention_triton(*args)
-            assert events == first + launched + last, (sliding, kept_keys)
+            assert events == first + launched + last, (sliding, saved_keys)
 
 
-def kept_kernel(tmp_path: Path) -> tuple[str, str, str, dict[str, Any], OpKernelRecord]:
+def saved_kernel(
+    tmp_path: Path,
+) -> tuple[str, str, str, dict[str, Any], OpKernelRecord]:
     compiled, key = compile_sm90(attention_call())
-    facts, cubin = kept.launch_facts(compiled)
+    facts, cubin = kernel_records.launch_facts(compiled)
     root = str(tmp_path / "cache")
     folder = location.kernel_folder(root, "stitch::attention")
     fields = {
         "op": "stitch::attention",
-        "specialization": kept.specialization_text(key),
+        "specialization": static_launch.specialization_text(key),
         "gpu": "NVIDIA H100 80GB HBM3 sm_90 cuda 13.0 triton 3.6.0",
         "source_sha256": "0" * 64,
     }
-    path = kept.save_kernel(folder, root, "k1", fields, facts, cubin)
-    found = kept.find_kernel(folder, root, "k1", fields)
+    path = kernel_records.save_kernel(folder, root, "k1", fields, facts, cubin)
+    found = kernel_records.find_kernel(folder, root, "k1", fields)
     assert found is not None
     record, cubin_path = found
     assert Path(cubin_path).read_bytes() == cubin
@@ -345,9 +347,11 @@ def kept_kernel(tmp_path: Path) -> tuple[str, str, str, dict[str, Any], OpKernel
     return root, folder, cubin_path, fields, record
 
 
-def test_a_kept_kernel_is_found_as_it_was_kept(tmp_path: Path) -> None:
-    root, folder, _, fields, _ = kept_kernel(tmp_path)
-    assert kept.find_kernel(folder, root, "another", fields) is None  # a miss, no file
+def test_a_prebuilt_kernel_is_found_as_it_was_saved(tmp_path: Path) -> None:
+    root, folder, _, fields, _ = saved_kernel(tmp_path)
+    assert (
+        kernel_records.find_kernel(folder, root, "another", fields) is None
+    )  # a miss, no file
     assert folder == os.path.join(root, "kernels", "stitch.attention")
     # The cache's own listings leave the ops' kernels alone.
     assert list(location.entry_folders(root)) == []
@@ -355,69 +359,69 @@ def test_a_kept_kernel_is_found_as_it_was_kept(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["cubin", "record", "gpu", "loose folder"])
-def test_a_damaged_kept_kernel_is_refused_naming_the_file(
+def test_a_damaged_prebuilt_kernel_is_refused_naming_the_file(
     tmp_path: Path, damage: str
 ) -> None:
-    root, folder, cubin_path, fields, record = kept_kernel(tmp_path)
+    root, folder, cubin_path, fields, record = saved_kernel(tmp_path)
     path = location.kernel_record_file(folder, "k1")
     if damage == "cubin":
         data = bytearray(Path(cubin_path).read_bytes())
         data[len(data) // 2] ^= 0xFF
         Path(cubin_path).write_bytes(bytes(data))
-        error, words = StitchError, [path, cubin_path, "not the one kept"]
+        error, words = StitchError, [path, cubin_path, "not the one saved"]
     elif damage == "record":
         text = Path(path).read_text().replace(repr(record.arg_types), "'OOi'")
         Path(path).write_text(text)
         error, words = codec.RecordError, [path]
     elif damage == "gpu":
         fields = {**fields, "gpu": "NVIDIA H200 sm_90 cuda 13.0 triton 3.6.0"}
-        error, words = StitchError, [path, "was kept for gpu", "H200"]
+        error, words = StitchError, [path, "was saved for gpu", "H200"]
     else:
         os.chmod(folder, 0o777)
         error, words = StitchCacheTrustError, [folder, "writable by"]
     with pytest.raises(error) as caught:
-        kept.find_kernel(folder, root, "k1", fields)
+        kernel_records.find_kernel(folder, root, "k1", fields)
     assert all(w in str(caught.value) for w in words), str(caught.value)
 
 
-def test_the_op_keeps_what_triton_compiled_under_the_noted_root(
+def test_the_op_saves_what_triton_compiled_under_the_noted_root(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from stitch.runtime.kernels.triton_attention import KEPT
+    from stitch.runtime.kernels.triton_attention import PREBUILT
 
     compiled, key = compile_sm90(attention_call())
-    shelf = kept.KeptKernels(KEPT.op, KEPT.source_file)
-    monkeypatch.setattr(kept, "gpu_of", lambda device: "an H100 (this test)")
+    prebuilt = static_launch.PrebuiltKernels(PREBUILT.op, PREBUILT.source_file)
+    monkeypatch.setattr(static_launch, "gpu_of", lambda device: "an H100 (this test)")
     monkeypatch.setattr(location, "_kernel_root", [])
     # Compiled before the process opened an entry (an eager run first): no root
-    # yet, nothing written; the op's next call, once a root is noted, keeps it.
-    shelf.keep(key, compiled)
-    assert shelf.launch(key, (4, 8, 1), ()) is False
+    # yet, nothing written; the op's next call, once a root is noted, saves it.
+    prebuilt.save(key, compiled)
+    assert prebuilt.launch(key, (4, 8, 1), ()) is False
     assert not (tmp_path / "cache").exists()
     root = tmp_path / "cache"
     location.note_cache_root(str(root))
     location.note_cache_root(str(tmp_path / "another"))  # the first noted wins
-    assert shelf.launch(key, (4, 8, 1), ()) is False  # Triton's JIT serves it here
-    shelf.keep(key, compiled)  # once a process
-    where = shelf._where(key)
+    assert prebuilt.launch(key, (4, 8, 1), ()) is False  # Triton's JIT serves it here
+    prebuilt.save(key, compiled)  # once a process
+    where = prebuilt._where(key)
     assert where is not None
     folder, noted, name, fields = where
     assert noted == str(root)
-    found = kept.find_kernel(folder, noted, name, fields)
+    found = kernel_records.find_kernel(folder, noted, name, fields)
     assert found is not None
     record, _ = found
-    assert record.specialization == kept.specialization_text(key)
+    assert record.specialization == static_launch.specialization_text(key)
     assert record.gpu == "an H100 (this test)"
-    assert record.source_sha256 == shelf.source_sha256
+    assert record.source_sha256 == prebuilt.source_sha256
     assert sorted(p.suffix for p in Path(folder).iterdir()) == [".cubin", ".kernel"]
-    # With a root noted before Triton compiles (the usual order), keep writes at once.
+    # With a root noted before Triton compiles (the usual order), save writes at once.
     for file in Path(folder).iterdir():
         file.unlink()
-    kept.KeptKernels(KEPT.op, KEPT.source_file).keep(key, compiled)
-    assert kept.find_kernel(folder, noted, name, fields) == found
+    static_launch.PrebuiltKernels(PREBUILT.op, PREBUILT.source_file).save(key, compiled)
+    assert kernel_records.find_kernel(folder, noted, name, fields) == found
 
 
-# -- on a GPU: kept by one process, launched without Triton by the next ---------------
+# -- on a GPU: saved by one process, launched without Triton by the next ---------------
 
 _PROCESS = textwrap.dedent("""
     import json, sys
@@ -484,7 +488,7 @@ _PAGED_PROCESS = textwrap.dedent("""
     [("stitch::attention", _PROCESS), ("stitch::paged_attention", _PAGED_PROCESS)],
     ids=["attention", "paged_attention"],
 )
-def test_a_second_process_launches_the_kept_kernel_without_triton(
+def test_a_second_process_launches_the_prebuilt_kernel_without_triton(
     tmp_path: Path, op: str, script: str
 ) -> None:
     root = tmp_path / "cache"
@@ -505,8 +509,8 @@ def test_a_second_process_launches_the_kept_kernel_without_triton(
 
         return json.loads(proc.stdout.strip().splitlines()[-1])
 
-    assert run() == {"triton": True}  # compiled through Triton, and kept
+    assert run() == {"triton": True}  # compiled through Triton, and saved
     folder = Path(location.kernel_folder(str(root), op))
     assert len(list(folder.glob("*.kernel"))) == 1
     assert len(list(folder.glob("*.cubin"))) == 1
-    assert run() == {"triton": False}  # the kept cubin, equal outputs
+    assert run() == {"triton": False}  # the prebuilt cubin, equal outputs

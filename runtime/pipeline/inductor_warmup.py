@@ -1,0 +1,72 @@
+"""Inductor's warm-up: import it, and probe the CPU's vector ISA in the
+background while a backend call splits its graph (NOTE: [Inductor warm-up
+overlaps the split])."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..compat import inductor
+
+log = logging.getLogger("stitch")
+
+
+def inductor_ready() -> None:
+    """Import Inductor and wait for the ISA probe if one was started, before using Inductor."""
+    inductor.import_inductor()
+    if _probe is not None:
+        _probe.join()
+
+
+# The ISA probe's thread, once start_inductor_warmup(cpu=True) started it.
+_probe: threading.Thread | None = None
+_probe_lock = threading.Lock()
+
+
+def _probe_isa() -> None:
+    try:
+        inductor.probe_cpu_isa()
+    except Exception:  # noqa: BLE001 - the real compile reports real errors
+        log.debug("Inductor ISA probe failed", exc_info=True)
+
+
+def start_inductor_warmup(cpu: bool) -> None:
+    """Import Inductor now and, for graphs that run on the CPU, probe its vector ISA
+    in the background (once).
+
+    NOTE: [Inductor warm-up overlaps the split]
+    The first compile or load of C++ kernels in a process probes the CPU's
+    vector ISA: a C++ dry compile per candidate ISA, each loaded by a fresh
+    Python process that imports torch (about a second on a CPU machine, 30-45 s
+    on the GPU machine with its CUDA torch).  A backend call that finds no cache
+    entry for a CPU graph starts the probe before it splits the graph and
+    propagates fake tensors, which hides it; it fills the cache Inductor would
+    fill on first use anyway.  A graph whose tensors are all on a GPU compiles
+    Triton kernels, for which Inductor never asks the ISA, so it is not probed
+    (Inductor still probes by itself should such a graph hold a CPU kernel).  A
+    warm start loads prebuilt pieces, needs neither Inductor nor the probe, and
+    so never starts it (see NOTE: [prebuilt pieces]).  Every module involved is
+    imported here, in the calling thread, first: two threads importing torch's
+    modules at once can see each other's half-initialized modules.
+    """
+    global _probe
+    inductor.import_inductor()
+    if cpu:
+        with _probe_lock:
+            if _probe is None:
+                _probe = threading.Thread(
+                    target=_probe_isa, name="stitch-isa-probe", daemon=True
+                )
+                _probe.start()
+
+
+def on_cpu(values: Sequence[Any]) -> bool:
+    """Whether a graph with these inputs runs (some of) its kernels on the CPU:
+    any input tensor on the CPU, or no tensor input at all."""
+    devices = {v.device.type for v in values if isinstance(v, torch.Tensor)}
+    return not devices or "cpu" in devices
