@@ -39,7 +39,6 @@ from .deferred import prepare_compiles, tiered_off
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .fleet import FleetTurn
-from .inductor_warmup import on_cpu
 from .layouts import LayoutChecks, fed_layouts
 from .materialize import CompiledPlan, materialize
 from .piece_plan import PieceArgs, PiecePlan, UnfixedSizes, piece_state, plan_piece
