@@ -38,6 +38,8 @@ import tempfile
 import time
 from typing import Any
 
+from stitch.runtime.harness.fleet_replica import read_result
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -87,7 +89,7 @@ def replicas(specs: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
         stdout, _ = proc.communicate(timeout=900)
         if proc.returncode:
             sys.exit(f"error: a replica failed ({proc.returncode})")
-        out.append(json.loads(stdout.decode().strip().splitlines()[-1]))
+        out.append(read_result(stdout.decode()))
     return out
 
 

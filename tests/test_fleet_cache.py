@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from redis_support import RedisServer, fresh_tiers
 
+from stitch.runtime.harness.fleet_replica import read_result
 from stitch.runtime.store.shared.manifest import KEY_ENV, FleetKey
 
 pytestmark = pytest.mark.slow
@@ -57,7 +58,7 @@ def start(spec: dict[str, Any], log: Path) -> subprocess.Popen[bytes]:
 
 def finish(proc: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:
     assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
-    result = json.loads(log.read_text().strip().splitlines()[-1])
+    result = read_result(log.read_text())
     result["log"] = log.read_text()
     return result
 

@@ -2,7 +2,8 @@
 through the shared store, run its first forward, and say what it took.
 
 Run: ``python -m stitch.runtime.harness.fleet_replica '<spec as JSON>'``; the
-last line printed is the result as JSON.  The spec: ``model`` ("llama": the
+result is printed as JSON on the line that starts with ``RESULT`` (read it with
+:func:`read_result`: in a tiered start the publish thread may log after it).  The spec: ``model`` ("llama": the
 built-in example through ``aot_compile``; "hf-llama": a tiny transformers
 Llama through ``torch.compile(backend=StitchBackend(...), dynamic=True)``),
 ``layers``, ``cache_dir``, ``cache_url``, and optionally ``wait_s``,
@@ -155,7 +156,18 @@ def _serve_until_settled(backend: Any, fn: Any, run: Any, eager: Any) -> dict:
     }
 
 
+RESULT = "stitch-replica-result: "
+
+
+def read_result(output: str) -> dict[str, Any]:
+    """The result a replica printed, from its whole output."""
+    for line in reversed(output.splitlines()):
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT) :])
+    raise ValueError(f"no {RESULT.strip()!r} line in: {output[-2000:]}")
+
+
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     result = replica(json.loads(sys.argv[1]))
-    print(json.dumps(result))
+    print(RESULT + json.dumps(result), flush=True)
