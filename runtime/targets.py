@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .config import CompilationConfig
+    from .settings import CompileSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +48,8 @@ def targets_for(
     )
 
 
-def targets_by_key(config: CompilationConfig, dynamic: bool) -> dict[str, Target]:
-    """The config's targets for a piece (``dynamic``: it has a size argument),
+def targets_by_key(settings: CompileSettings, dynamic: bool) -> dict[str, Target]:
+    """The compile settings' targets for a piece (``dynamic``: it has a size argument),
     by :meth:`Target.key`, the name the cache index records them under."""
-    targets = targets_for(config.compile_sizes, config.compile_ranges(), dynamic)
+    targets = targets_for(settings.compile_sizes, settings.compile_ranges(), dynamic)
     return {t.key(): t for t in targets}

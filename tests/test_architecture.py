@@ -322,3 +322,25 @@ def test_no_benchmark_or_script_is_over_450_lines() -> None:
         if (n := len(p.read_text().splitlines())) > 450
     }
     assert not long, f"benchmarks or scripts over 450 lines: {long}"
+
+
+def test_the_store_reads_its_section_not_the_whole_config() -> None:
+    # NOTE: [a field declares its checks and its place in the cache key]
+    # (runtime/settings.py): the store is handed CacheSettings (and the compile
+    # sizes' CompileSettings), never CompilationConfig, so what it may read is
+    # what its section holds.
+    store = "stitch.runtime.store"
+    inside = [m for m in MODULES if m == store or m.startswith(store + ".")]
+    assert len(inside) > 10, f"no modules found under {store}"
+    for module in inside:
+        assert "stitch.runtime.config" not in _imports(
+            module, top_level_only=False
+        ), f"{module} imports stitch.runtime.config"
+        tree = ast.parse(MODULES[module].read_text())
+        names = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        assert "CompilationConfig" not in names, f"{module} imports CompilationConfig"

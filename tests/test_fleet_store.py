@@ -53,7 +53,7 @@ def fleet_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def tier(url: str, **fields: object) -> SharedTier:
     fresh_tiers()
-    found = SharedTier.of(CompilationConfig(cache_url=url, **fields))  # type: ignore[arg-type]
+    found = SharedTier.of(CompilationConfig(cache_url=url, **fields).cache)  # type: ignore[arg-type]
     assert found is not None
     return found
 
@@ -206,7 +206,7 @@ def test_without_a_key_the_tier_is_off_with_one_warning(
     monkeypatch.delenv(KEY_ENV)
     fresh_tiers()
     config = CompilationConfig(cache_url=server.url)
-    assert SharedTier.of(config) is None and SharedTier.of(config) is None
+    assert SharedTier.of(config.cache) is None and SharedTier.of(config.cache) is None
     off = [w for w in warnings_of(caplog) if "is off" in w]
     assert len(off) == 1 and KEY_ENV in off[0] and server.url in off[0], off
 
@@ -218,11 +218,14 @@ def test_key_file_must_be_private(tmp_path: Path, monkeypatch, caplog):
     key.chmod(0o644)
     monkeypatch.setenv(KEY_FILE_ENV, str(key))
     fresh_tiers()
-    assert SharedTier.of(CompilationConfig(cache_url="redis://127.0.0.1:1/0")) is None
+    assert (
+        SharedTier.of(CompilationConfig(cache_url="redis://127.0.0.1:1/0").cache)
+        is None
+    )
     assert any("0644" in w and str(key) in w for w in warnings_of(caplog))
     key.chmod(0o600)
     fresh_tiers()
-    assert SharedTier.of(CompilationConfig(cache_url="redis://127.0.0.1:1/0"))
+    assert SharedTier.of(CompilationConfig(cache_url="redis://127.0.0.1:1/0").cache)
 
 
 def test_unreachable_store_is_one_warning_and_never_a_hang(
@@ -362,7 +365,7 @@ def test_a_wait_is_visible_with_no_logging_configured(
         "from stitch.runtime.store.shared.units import Unit\n"
         f"config = CompilationConfig(cache_url={server.url!r}, cache_wait_s=2.0)\n"
         f"unit = Unit({UNIT.name!r}, {UNIT.folder!r})\n"
-        f"print(SharedTier.of(config).before_compile({str(tmp_path / 'b')!r}, unit))\n"
+        f"print(SharedTier.of(config.cache).before_compile({str(tmp_path / 'b')!r}, unit))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TextIO, TypeVar
 
-from ..config_fields import SHARED_SCHEMES
+from ..settings import SHARED_SCHEMES
 
 LOCAL_HELP = "the local cache root (default: $STITCH_CACHE_DIR or ~/.cache/stitch)"
 
@@ -31,7 +31,7 @@ def _tier(url: str, out: TextIO) -> Any:
     from stitch.runtime.config import CompilationConfig
     from stitch.runtime.store.shared.tier import SharedTier
 
-    tier = SharedTier.of(CompilationConfig(cache_url=url))
+    tier = SharedTier.of(CompilationConfig(cache_url=url).cache)
     if tier is None:
         print(f"error: cannot use the store {url} (see the warning above)", file=out)
     return tier
@@ -74,7 +74,7 @@ def _root(cache_dir: str | None) -> str:
     from stitch.runtime.config import CompilationConfig
     from stitch.runtime.store.location import cache_root
 
-    return cache_root(CompilationConfig(cache_dir=cache_dir or ""))
+    return cache_root(CompilationConfig(cache_dir=cache_dir or "").cache)
 
 
 def _add_ls(subparsers: Any) -> None:

@@ -17,8 +17,7 @@ from typing import Any
 
 import torch.fx as fx
 
-from stitch.codegen import graph_hash, module_path_of
-from stitch.codegen.fingerprint import describe_example
+from stitch.codegen import module_path_of
 
 from ..compat.fake import shape_env_of
 from ..compat.trace import phase
@@ -32,7 +31,7 @@ from ..size import find_size, hoisted_input
 from ..store.cache import CompileCache
 from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
 from ..store.dump import PieceReport, trace_source, write_debug_dump
-from ..store.hashing import content_hash
+from ..store.hashing import graph_key as entry_graph_key
 from ..store.index import PieceRecord
 from .artifact_source import Piece, config_adapter
 from .deferred import prepare_compiles, tiered_off
@@ -149,8 +148,7 @@ class Compilation:
         return fake_inputs
 
     def open_cache(self, fake_inputs: list[Any]) -> tuple[str, CompileCache | None]:
-        text = graph_hash(self.gm) + "".join(describe_example(v) for v in fake_inputs)
-        graph_key = content_hash(text.encode())
+        graph_key = entry_graph_key(self.gm, fake_inputs)
         # NOTE: [the guards a backend call adds are part of its cache entry]
         # (compat/shapes.py): the key is taken before anything here can add any.
         self.entry_guards = EntryGuards(shape_env_of(fake_inputs))
@@ -381,7 +379,9 @@ class Compilation:
         # its index (size argument, compile keys) can be used as they are, once
         # each artifact's identity agrees (see NOTE: [a recorded plan is checked
         # against its artifacts] in store/cache.py).
-        recorded = cache.recorded_plan(name, graph, self.config) if cache else None
+        recorded = (
+            cache.recorded_plan(name, graph, self.config.compile) if cache else None
+        )
         if recorded is not None:
             size_index, targets, keys = recorded
             return PiecePlan(name, size_index, tuple(targets), tuple(keys))

@@ -38,7 +38,7 @@ def open_entry(
     """
     key = graph_key
     for _ in range(MAX_ENTRIES):
-        cache = CompileCache.open(config, key, config_hash, group)
+        cache = CompileCache.open(config.cache, config.backend, key, config_hash, group)
         guards = cache.index.guards if cache.index is not None else ()
         if not guards:
             return cache, ()

@@ -32,7 +32,7 @@ class FleetTurn:
 
     def __init__(self, config: CompilationConfig) -> None:
         self.config = config
-        self.tier = SharedTier.of(config)
+        self.tier = SharedTier.of(config.cache)
         self.lease: tuple[str, Lease] | None = None
         # Another replica holds the lease and this call serves meanwhile.
         self.waiting: Waiting | None = None

@@ -102,7 +102,7 @@ def piece_backend(
     runnable: Runnables,
     warnings: RangeWarnings,
 ) -> PiecewiseBackend:
-    possible = targets_by_key(config, record.size_index is not None)
+    possible = targets_by_key(config.compile, record.size_index is not None)
     runnables = {}
     for entry in record.entries:
         target = possible.get(entry.target)

@@ -55,7 +55,7 @@ class SavedForwardStore:
     folder: str | None = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self.root = cache_root(self.config)
+        self.root = cache_root(self.config.cache)
         # Only a backend that saves its pieces has anything to load.
         saves = not self.config.disable_cache and ArtifactSource.saves(
             self.config.backend
@@ -70,7 +70,7 @@ class SavedForwardStore:
 
     def shared_tier(self) -> SharedTier | None:
         """The shared store behind the local cache (None: not configured, or off)."""
-        return SharedTier.of(self.config)
+        return SharedTier.of(self.config.cache)
 
     def load(
         self, folder: str, now: dict[str, Any], guards: bool | None = None

@@ -36,8 +36,8 @@ import torch
 
 from stitch.core.errors import StitchCacheError
 
-from ..config import CompilationConfig
 from ..counter import compilation_counter
+from ..settings import CacheSettings
 from . import codec, location
 from .artifacts import ArtifactIdentity, PieceIdentity
 from .files import atomic_write, locked, make_private_dirs
@@ -89,20 +89,21 @@ class CompileCache(PieceStore):
     @classmethod
     def open(
         cls,
-        config: CompilationConfig,
+        settings: CacheSettings,
+        backend: str,
         graph_key: str,
         config_hash: str,
         group: str = "",
     ) -> CompileCache:
         """The entry for this graph and config (in ``group``'s folder when one is
         named); raises ``StitchCacheTrustError``."""
-        root = cache_root(config)
+        root = cache_root(settings)
         identity = EntryIdentity(
             stitch_version(),
             str(torch.__version__),
             config_hash,
             graph_key,
-            config.backend,
+            backend,
             group,
         )
         directory = location.entry_dir(root, identity, current_rank())

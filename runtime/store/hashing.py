@@ -12,13 +12,19 @@ one place.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from typing import Any
 
+import torch.fx as fx
+
+from stitch.codegen.fingerprint import describe_example, graph_hash
 from stitch.core.hashing import key_hash
 
 __all__ = [
     "content_hash",
     "file_hash",
     "file_hash_or_none",
+    "graph_key",
     "key_hash",
 ]
 
@@ -45,3 +51,10 @@ def file_hash_or_none(path: str) -> str | None:
         return file_hash(path)
     except OSError:
         return None
+
+
+def graph_key(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> str:
+    """The key of a backend call's graph: its canonical lines and its example
+    inputs' dtype, shape, stride and device (an entry's folder covers it)."""
+    text = graph_hash(gm) + "".join(describe_example(v) for v in example_inputs)
+    return content_hash(text.encode())

@@ -18,7 +18,7 @@ from platformdirs import user_cache_dir
 
 from stitch.core.contract import FORMAT_VERSION
 
-from ..config import CompilationConfig
+from ..settings import CacheSettings
 from .hashing import key_hash
 from .index import INDEX_FILE, INDEX_FORMAT, LOCK_FILE, SOURCE_FILE, EntryIdentity
 
@@ -60,11 +60,11 @@ def stitch_version() -> str:
     return f"{package}/emitted-format-{FORMAT_VERSION}"
 
 
-def cache_root(config: CompilationConfig) -> str:
+def cache_root(settings: CacheSettings) -> str:
     """``config.cache_dir``, else ``$STITCH_CACHE_DIR``, else the user cache dir
     (``platformdirs``: ``$XDG_CACHE_HOME/stitch`` or ``~/.cache/stitch`` on Linux)."""
-    if config.cache_dir:
-        return os.path.abspath(os.path.expanduser(config.cache_dir))
+    if settings.cache_dir:
+        return os.path.abspath(os.path.expanduser(settings.cache_dir))
     if os.environ.get(CACHE_ENV):
         return os.path.abspath(os.path.expanduser(os.environ[CACHE_ENV]))
     return user_cache_dir("stitch", appauthor=False)

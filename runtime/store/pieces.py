@@ -16,7 +16,7 @@ import torch.fx as fx
 
 from stitch.core.errors import StitchCacheError
 
-from ..config import CompilationConfig
+from ..settings import CompileSettings
 from ..targets import Target, targets_by_key
 from . import location
 from .artifacts import ArtifactIdentity, PieceIdentity, publish, read_identity
@@ -69,7 +69,7 @@ class PieceStore:
         return record.entry(target) if record is not None else None
 
     def recorded_plan(
-        self, name: str, graph: fx.GraphModule, config: CompilationConfig
+        self, name: str, graph: fx.GraphModule, settings: CompileSettings
     ) -> tuple[int | None, list[Target], list[str]] | None:
         """Size argument, targets and keys the index records for a piece, if all load.
 
@@ -81,7 +81,7 @@ class PieceStore:
         record = self.index.pieces.get(name) if self.index is not None else None
         if record is None:
             return None
-        possible = targets_by_key(config, record.size_index is not None)
+        possible = targets_by_key(settings, record.size_index is not None)
         where = f"pieces[{name!r}]"
         targets: list[Target] = []
         for i, entry in enumerate(record.entries):

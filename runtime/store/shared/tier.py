@@ -27,7 +27,7 @@ import torch
 
 from stitch.core.errors import StitchError
 
-from ...config import CompilationConfig
+from ...settings import CacheSettings
 from .. import location
 from ..codec import RecordError
 from ..files import atomic_write, make_private_dirs
@@ -49,13 +49,13 @@ class SharedTier:
 
     _open: dict[str, SharedTier | None] = {}
 
-    def __init__(self, store: SharedStore, key: FleetKey, config: CompilationConfig):
+    def __init__(self, store: SharedStore, key: FleetKey, settings: CacheSettings):
         self.store = store
         self.key = key
         self.url = store.url
-        self.wait_s = float(config.cache_wait_s)
-        self.lease_s = float(config.cache_lease_s)
-        self.max_bytes = int(config.cache_store_max_bytes)
+        self.wait_s = float(settings.cache_wait_s)
+        self.lease_s = float(settings.cache_lease_s)
+        self.max_bytes = int(settings.cache_store_max_bytes)
         self.alive = True
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         # unit name -> the stored bytes refused (warned once; not fetched again)
@@ -63,17 +63,20 @@ class SharedTier:
 
     # -- opening ---------------------------------------------------------------
     @classmethod
-    def of(cls, config: CompilationConfig) -> SharedTier | None:
-        """The tier ``config.cache_url`` (else ``$STITCH_CACHE_URL``) names, one
+    def of(cls, settings: CacheSettings) -> SharedTier | None:
+        """The tier ``settings.cache_url`` (else ``$STITCH_CACHE_URL``) names, one
         per URL and process; None when none is named or it is off (said once)."""
-        url = config.cache_url or os.environ.get(URL_ENV, "")
-        if not url or config.disable_cache:
+        url = settings.cache_url or os.environ.get(URL_ENV, "")
+        if not url or settings.disable_cache:
             return None
         if url in cls._open:
             tier = cls._open[url]
             if tier is not None:
-                tier.wait_s, tier.lease_s = config.cache_wait_s, config.cache_lease_s
-                tier.max_bytes = config.cache_store_max_bytes
+                tier.wait_s, tier.lease_s = (
+                    settings.cache_wait_s,
+                    settings.cache_lease_s,
+                )
+                tier.max_bytes = settings.cache_store_max_bytes
             return tier
         tier = None
         key = FleetKey.load()
@@ -81,7 +84,7 @@ class SharedTier:
             log.warning("stitch cache: the shared store %s is off: %s", url, key)
         else:
             try:
-                tier = cls(open_store(url), key, config)
+                tier = cls(open_store(url), key, settings)
             except StoreDown as exc:
                 log.warning("stitch cache: the shared store is off: %s", exc)
         cls._open[url] = tier
