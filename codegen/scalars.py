@@ -25,7 +25,7 @@ def _is_scalar_node(node: fx.Node, matcher: OpMatcher) -> bool:
         # Dynamo computes ``s27 * s52`` once and hands the node to every later
         # layer that needs it: left where it is, the first layer's piece would
         # return it and every later piece take it, and the first layer would
-        # never be a twin of the others.  Recomputed beside each user, every
+        # never be a repeated piece of the others.  Recomputed beside each user, every
         # layer's piece is the same code.
         if _reads_tensors(node):
             return False

@@ -53,7 +53,7 @@ COMPILED_TARGETS = 2
 # The 2-layer model splits into 5 pieces: 3 compiled (embedding + layer 0 up to
 # attention; layer 0 after attention + layer 1 up to attention; layer 1 after
 # attention + final norm) and 2 attention pieces that stay eager.  The 3 compiled
-# pieces differ in structure, and a deeper model adds only twins of the middle one.
+# pieces differ in structure, and a deeper model adds only repeats of the middle one.
 PIECES = 5
 COMPILED_PIECES = 3
 UNIQUE_PIECES = 3
@@ -279,7 +279,7 @@ def test_batch_size_one_without_recompile_when_unbacked(
 # -- dedup -----------------------------------------------------------------------------
 
 
-# A deeper model adds only twins of the middle piece.  Six layers give five
+# A deeper model adds only repeats of the middle piece.  Six layers give five
 # middle pieces, four of them sharing the first one's compiles; a serving
 # model's dozens of layers would cost Dynamo about a second each to trace here
 # and check nothing more.
@@ -299,7 +299,7 @@ def test_deep_model_compiles_as_many_pieces_as_a_shallow_one(
         ref, out = eager_and_compiled(model, fn, cfg, 8)
     torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
     # Same number of Inductor compiles as the 2-layer model: the middle pieces
-    # are structural twins and compile once per compiled target.
+    # are structural repeats and compile once per compiled target.
     assert (
         deltas["num_inductor_compiles"]
         == compiled.first_deltas["num_inductor_compiles"]
@@ -311,13 +311,15 @@ def test_deep_model_compiles_as_many_pieces_as_a_shallow_one(
 
     (result,) = be.compiled
     pieces = [r for r in result.reports if not r.splitting]
-    twins = DEEP_LAYERS - 2
-    assert [r.cache for r in pieces] == ["miss", "miss"] + ["shared"] * twins + ["miss"]
-    # Twins run the very same compiled code; each passes its own weights.
+    repeats = DEEP_LAYERS - 2
+    assert [r.cache for r in pieces] == ["miss", "miss"] + ["shared"] * repeats + [
+        "miss"
+    ]
+    # Repeated pieces run the very same compiled code; each passes its own weights.
     first_middle = result.backends[pieces[1].name]
     for report in pieces[2:-1]:
-        twin = result.backends[report.name]
-        assert twin.runnables == first_middle.runnables
+        repeat = result.backends[report.name]
+        assert repeat.runnables == first_middle.runnables
     for n in (4, 8, 20):
         ref, out = eager_and_compiled(model, fn, cfg, n)
         torch.testing.assert_close(out, ref, **INDUCTOR_TOL)

@@ -502,8 +502,8 @@ def test_warm_start_loads_each_ranks_own_artifacts(
             run["deltas"]["num_cache_hits"]
             == cold_run["deltas"]["num_inductor_compiles"]
         )
-        # Every compiled piece came from this rank's cache ("shared": a twin of a
-        # piece that did).  CompiledModel.warm is not used: it counts a twin as
+        # Every compiled piece came from this rank's cache ("shared": a repeat of a
+        # piece that did).  CompiledModel.warm is not used: it counts a repeat as
         # not warm.
         states = {state for _, splitting, state in run["reports"] if not splitting}
         assert "hit" in states and states <= {"hit", "shared"}, run["reports"]

@@ -160,8 +160,8 @@ def test_inductor_compiles_each_unique_piece_once(split_run: FamilyRun) -> None:
 def test_identical_layers_share_compiles(split_run: FamilyRun, tmp_path: Path) -> None:
     skip_unless_heavy(split_run.name)
     torch._dynamo.reset()
-    # 4 layers: three middle pieces, two of them twins of the first (more
-    # layers would add only twins, at seconds of Dynamo tracing each); where
+    # 4 layers: three middle pieces, two of them repeats of the first (more
+    # layers would add only repeats, at seconds of Dynamo tracing each); where
     # layer types alternate (Gemma 2, GPT-OSS: sliding, full), up to two kinds
     # of middle piece (GPT-OSS's differ, Gemma 2's are the same code).
     model = build_model(

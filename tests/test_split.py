@@ -424,11 +424,11 @@ def test_hashes_of_a_slice_bounded_by_a_node_are_stable() -> None:
     assert graph_hash(first) == graph_hash(second)
 
 
-def test_twins_fake_outputs_are_what_running_them_gives(
+def test_repeated_pieces_fake_outputs_are_what_running_them_gives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """NOTE: [a twin's fake outputs are made, not run] (runtime/pipeline/
-    piece_plan.py): every piece's planned inputs, made for twins, have the
+    """NOTE: [a repeated piece's fake outputs are made, not run] (runtime/pipeline/
+    piece_plan.py): every piece's planned inputs, made for repeated pieces, have the
     sizes, strides, offsets, view-ness and shared buffers a full fake run gives."""
     from stitch.codegen.fingerprint import describe_example
     from stitch.runtime import CompilationConfig, StitchBackend
@@ -457,7 +457,7 @@ def test_twins_fake_outputs_are_what_running_them_gives(
     def both(split_gm: Any, fake_inputs: Any) -> Any:
         made = real(split_gm, fake_inputs)
         with monkeypatch.context() as m:
-            m.setattr(piece_plan._Twins, "made", lambda self, key, args: None)
+            m.setattr(piece_plan._RepeatedPieces, "made", lambda self, key, args: None)
             run = real(split_gm, fake_inputs)
         assert shape_of(made) == shape_of(run)
         compared.append(len(made))

@@ -380,7 +380,7 @@ def test_identical_layers_of_a_transformers_model_are_all_swapped(
             )
             n += 1
     (compiled,) = backend.compiled
-    # Its three decoder layers are twins: one compile (twins go to one worker
+    # Its three decoder layers are repeats: one compile (repeats go to one worker
     # of the three), every piece swapped.
     unique = set(compiled.tier.source.key_of.values())
     assert deltas["num_inductor_compiles"] == len(unique) < len(compiled.backends)

@@ -231,7 +231,7 @@ def test_tiered_engine_serves_then_its_saved_forward_starts_warm(
     assert cold["tokens_meanwhile"] and all(t == want for t in cold["tokens_meanwhile"])
     (tier,) = cold["tiers"]
     assert tier["settled"] and not tier["uncompiled"], tier
-    assert len(tier["swapped_at"]) == 5  # the 3 unique pieces and 2 twins
+    assert len(tier["swapped_at"]) == 5  # the 3 unique pieces and 2 repeats
     assert cold["counters"]["stitch"]["num_inductor_compiles"] == 3
     assert "runs compiled from" in cold_log and LOAD_FAILURE not in cold_log
     warm, warm_log = run_engine(llama["model"], "tiered", cache)

@@ -5,8 +5,8 @@ whose Inductor cache is empty, compiles the same model again.  The second must c
 load every artifact from the cache, run the stitching source read back from the
 cache (its sha256 checked against the index), and compute the same outputs.
 
-The model has 3 layers, so two of its pieces are structural twins: a warm start
-is warm for a model with twins too (every real model has them).
+The model has 3 layers, so two of its pieces are structural repeats: a warm start
+is warm for a model with repeated pieces too (every real model has them).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ CONFIG = {
     "max_num_batched_tokens": 32,
 }
 # Size 1 makes Dynamo trace a second, static graph (see test_backend.py).  Each
-# graph has 4 compiled pieces, 3 of them unique (the middle two are twins): the
+# graph has 4 compiled pieces, 3 of them unique (the middle two are repeats): the
 # dynamic graph's 3 unique pieces x 2 compiled targets (general and size 4; the
 # two ranges share the general artifact) plus the static graph's 3 general.
 SIZES = [8, 1, 4, 20]

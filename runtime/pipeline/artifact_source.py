@@ -1,7 +1,7 @@
 """``ArtifactSource``: where the runnable of every compile key comes from.
 
 NOTE: [one owner for a piece's runnable]
-A piece's runnable for one shape target can come from five places: a twin
+A piece's runnable for one shape target can come from five places: a repeated piece
 already handled in this call (the memo), the cache entry (lookup, then load),
 or a compile (then save and publish, and run the published form).  A key whose
 piece holds string constants is decided after the compile, or from what the
@@ -75,7 +75,7 @@ class ArtifactSource:
         self.adapter = adapter or config_adapter(config)
         self.cache = cache
         self.note_guards = note_guards
-        # compile key -> (runnable, saved), shared by twins and ranges
+        # compile key -> (runnable, saved), shared by repeated pieces and ranges
         self.memo: dict[str, tuple[Runnable, bool]] = {}
         # normalized key -> whether the compiled code is free of the piece's strings
         self.string_free: dict[str, bool] = {}
@@ -180,7 +180,7 @@ class ArtifactSource:
     ) -> Runnable:
         """The runnable of an entry a compile worker saved since this call
         looked (NOTE: [a tiered start]), loaded from the cache once for all
-        twins; raises StitchCacheError when it does not load."""
+        repeated pieces; raises StitchCacheError when it does not load."""
         if self.cache is None:
             raise StitchCacheError(f"piece {name} ({entry.target}): no cache entry")
         self.cache.look_again(entry.key)

@@ -37,7 +37,7 @@ from .artifact_source import Piece, config_adapter
 from .deferred import prepare_compiles, tiered_off
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
-from .fleet import FleetTurn
+from .fleet import FleetCacheSession
 from .layouts import LayoutChecks, fed_layouts
 from .materialize import CompiledPlan, materialize
 from .piece_plan import PieceArgs, PiecePlan, UnfixedSizes, piece_state, plan_piece
@@ -80,7 +80,7 @@ class Compilation:
         self.range_warnings = RangeWarnings()
         self.unfixed = UnfixedSizes()
         self.entry_guards = EntryGuards(None)
-        self.fleet = FleetTurn(config)
+        self.fleet = FleetCacheSession(config)
         # Each compiled piece's plan (a tiered start's workers compile from it).
         self.plans: dict[str, PiecePlan] = {}
         # A tiered start's spawned workers, started with the call (spawned_workers.py).

@@ -145,7 +145,7 @@ def start_tier(
 
 
 def _units(c: Any, split: Split, deferred: dict[str, Any]) -> list[UnitJob]:
-    """The deferred pieces by compile key (twins in one unit), in piece order."""
+    """The deferred pieces by compile key (repeated pieces in one unit), in piece order."""
     items = {it.submod_name: it for it in split.compiled}
     units: dict[str, UnitJob] = {}
     for name in deferred:

@@ -66,7 +66,7 @@ class DeferredSource(ArtifactSource):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.deferred_keys: set[str] = set()
-        # Each deferred piece's compile key: twins share one, and one worker
+        # Each deferred piece's compile key: repeated pieces share one, and one worker
         # compiles it (the others of the key are "shared" there).
         self.key_of: dict[str, str] = {}
 
@@ -75,7 +75,7 @@ class DeferredSource(ArtifactSource):
     ) -> tuple[EntryRecord, str]:
         record, outcome = super().entry(piece, target, choice)
         if outcome == "shared" and record.key in self.deferred_keys:
-            # A twin of a deferred piece runs uncompiled too, and is swapped.
+            # A repeated piece of a deferred piece runs uncompiled too, and is swapped.
             self.deferred[piece.name] = piece.graph
             self.key_of[piece.name] = record.key
         return record, outcome

@@ -1,6 +1,6 @@
-"""A backend call's turn in the fleet: install its entry from the shared store,
-or compile it under the store's lease and publish it after; and, when it
-compiles, why it did not start warm.
+"""A backend call's session with the fleet's shared store: install its entry
+from the store, or compile it under the store's lease and publish it after;
+and, when it compiles, why it did not start warm.
 
 See NOTE: [the shared tier never stops a run] in ``store/shared/tier.py`` and
 NOTE: [an entry records what its key covers] in ``store/explain.py``.
@@ -27,7 +27,7 @@ from .entry import MAX_ENTRIES
 log = logging.getLogger("stitch")
 
 
-class FleetTurn:
+class FleetCacheSession:
     """Opened with the call's cache entry; :meth:`end` once the call is done."""
 
     def __init__(self, config: CompilationConfig) -> None:

@@ -1,7 +1,7 @@
 """What a tiered start's compile worker compiles, the same in a forked worker
 and a spawned one (NOTE: [a tiered start], tiered.py).
 
-A *unit* is the pieces of one compile key (twins): the worker compiles its
+A *unit* is the pieces of one compile key (repeated pieces): the worker compiles its
 first piece and the others share that compile.  Each piece comes with the
 plan the backend call made (its targets and their compile keys), so the
 worker compiles under exactly the keys the serving process will look up, and

@@ -40,7 +40,7 @@ class StringKeys:
     Pieces that differ only in string constants (a layer name passed to an op)
     share a normalized key.  The first of them is compiled with its own strings;
     when none of them appears in the code Inductor generated (the op was
-    decomposed or the string was dead), every twin reuses that artifact.
+    decomposed or the string was dead), every repeated piece reuses that artifact.
     Otherwise the strings are baked into the code and each distinct set of
     strings compiles on its own.
     """
@@ -191,30 +191,30 @@ def piece_inputs(
 ) -> dict[str, tuple[Any, ...]]:
     """Run the split graph over fake tensors; record each piece's inputs.
 
-    NOTE: [a twin's fake outputs are made, not run]
-    A deep model's pieces are mostly twins: the same graph (every layer's
+    NOTE: [a repeated piece's fake outputs are made, not run]
+    A deep model's pieces are mostly repeated pieces: the same graph (every layer's
     piece) over inputs of the same sizes, strides and dtypes, so their
-    outputs have the same metadata too.  A twin's outputs are therefore made
-    from the first twin's (``torch.empty_strided`` in the fake mode, views of
-    this twin's own inputs where the first's outputs viewed its inputs, and
+    outputs have the same metadata too.  A repeated piece's outputs are therefore made
+    from the first instance's (``torch.empty_strided`` in the fake mode, views of
+    this repeated piece's own inputs where the first's outputs viewed its inputs, and
     views of one new buffer where they viewed one intermediate) instead of
     running its graph: the fake run of a 32-layer example took about 1.1 s,
-    nearly all of it the 31 twins of each layer's pieces.  A piece that
+    nearly all of it the 31 repeats of each layer's pieces.  A piece that
     writes its inputs, or whose outputs have sizes of a symbol its inputs
     lack (an unbacked size), is always run.
     """
     recorded: dict[str, tuple[Any, ...]] = {}
-    twins = _Twins()
+    repeats = _RepeatedPieces()
 
     class Recorder(fx.Interpreter):
         def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
             recorded.setdefault(target, tuple(args))
-            key = twins.key(self.fetch_attr(target), args, kwargs)
-            made = twins.made(key, args)
+            key = repeats.key(self.fetch_attr(target), args, kwargs)
+            made = repeats.made(key, args)
             if made is not None:
                 return made
             out = super().call_module(target, args, kwargs)
-            twins.remember(key, args, out)
+            repeats.remember(key, args, out)
             return out
 
     fake_mode = fake_mode_of(fake_inputs)
@@ -231,9 +231,9 @@ def piece_inputs(
     return recorded
 
 
-class _Twins:
-    """The first run of each twin's graph over its inputs' metadata (NOTE: [a
-    twin's fake outputs are made, not run])."""
+class _RepeatedPieces:
+    """The first run of each repeated piece's graph over its inputs' metadata (NOTE: [a
+    repeated piece's fake outputs are made, not run])."""
 
     def __init__(self) -> None:
         self.first: dict[str, tuple[tuple[Any, ...], Any]] = {}
@@ -262,7 +262,7 @@ class _Twins:
             self.first[key] = (tuple(args), out)
 
     def made(self, key: str | None, args: Any) -> Any:
-        """The outputs of a twin of an earlier run, made; None: run it."""
+        """The outputs of a repeated piece of an earlier run, made; None: run it."""
         if key is None or key not in self.first:
             return None
         first_args, first_out = self.first[key]
@@ -348,7 +348,7 @@ class PieceArgs:
 
 def piece_state(outcomes: Sequence[str]) -> str:
     """A piece's cache state from its targets' outcomes.  "shared" outcomes reuse
-    a runnable of this call (a twin's, or this piece's general one for its
+    a runnable of this call (a repeated piece's, or this piece's general one for its
     ranges): they neither hit nor miss."""
     if all(o == "shared" for o in outcomes):
         return "shared"

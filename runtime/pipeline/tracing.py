@@ -21,7 +21,7 @@ SPLIT_ARTIFACT = "stitch_split"
 MADE = {
     "miss": "compiled",
     "hit": "loaded",
-    "shared": "reused",  # a twin's runnable, or this piece's general one
+    "shared": "reused",  # a repeated piece's runnable, or this piece's general one
     "partial": "loaded and compiled",  # some shape targets each
     "refused": "refused",  # compiled wrong once (NOTE: [a piece that compiled wrong])
 }
@@ -65,7 +65,7 @@ def trace_split(reports: list[PieceReport], deferred: Container[str]) -> None:
 
 
 def is_warm(from_cache: bool, reports: list[PieceReport]) -> bool:
-    """A warm start: the source and every piece came from the cache.  Twins
+    """A warm start: the source and every piece came from the cache.  Repeated pieces
     report "shared": they run what their first instance loaded."""
     return from_cache and all(
         r.cache in ("hit", "shared") for r in reports if not r.splitting

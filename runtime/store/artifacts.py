@@ -45,7 +45,7 @@ class PieceIdentity:
     """What a piece is, from its graph alone (no fake propagation needed).
 
     ``piece_hash`` is its structural hash with string constants abstracted (so
-    twins that differ only in layer names agree), including the example
+    repeated pieces that differ only in layer names agree), including the example
     metadata Dynamo left on its placeholders (dtypes, shapes, symbolic sizes).
     """
 

@@ -22,7 +22,7 @@ class PieceReport:
     module_path: str
     targets: list[str]
     seconds: float
-    cache: str  # "hit", "miss", "shared" (a twin's compile), "partial", "-"
+    cache: str  # "hit", "miss", "shared" (a repeated piece's compile), "partial", "-"
 
 
 def index_markdown(reports: list[PieceReport]) -> str:
