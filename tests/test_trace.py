@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from stitch.runtime.pipeline.tracing import SPLIT_ARTIFACT
 
@@ -101,3 +104,28 @@ def test_trace_shows_the_split_and_the_phases(tmp_path: Path) -> None:
         head.get("artifact", {}).get("name") == "stitch_execution_fn"
         for head, _ in entries
     )
+
+
+def test_tlparse_draws_the_split_and_the_phases(tmp_path: Path) -> None:
+    # tlparse (the test extra's pin) reads the same trace: its index links the
+    # split and the emitted source, its timeline holds every phase.
+    tlparse = shutil.which("tlparse", path=os.path.dirname(sys.executable))
+    tlparse = tlparse or shutil.which("tlparse")
+    if tlparse is None:
+        pytest.skip("tlparse is not installed (pip install -e '.[test]' has it)")
+    traced_compile(tmp_path)
+    out = tmp_path / "tlparse"
+    logs = sorted(str(p) for p in (tmp_path / "trace").glob("*.log"))
+    done = subprocess.run(
+        [tlparse, *logs, "-o", str(out), "--overwrite", "--no-browser"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    index = (out / "index.html").read_text()
+    for artifact in (SPLIT_ARTIFACT, "stitch_execution_fn"):
+        assert artifact in index, f"tlparse's index does not link {artifact}"
+    events = json.loads((out / "chromium_events.json").read_text())
+    drawn = {e["name"] for e in events}
+    assert set(PHASES) | {CAPTURE} <= drawn, sorted(drawn)
