@@ -220,8 +220,8 @@ class RedisStore:
     # token's holder) and released only by its holder; a dead holder's lease
     # lapses with the TTL.  The lease's holder is read as the key's value
     # (``lease_holder``: who a waiting replica is waiting for).  Waiting and
-    # renewing stay the tier's: NOTE: [the wait is not Lock's blocking acquire]
-    # in tier.py.
+    # renewing stay ours: NOTE: [the wait is not Lock's blocking acquire]
+    # in lease.py.
     def _lease(self, unit: str, owner: str, seconds: float | None = None) -> Any:
         lock = self._client.lock(
             self._key("lease", unit), timeout=seconds, thread_local=False
