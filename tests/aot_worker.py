@@ -100,7 +100,7 @@ def main(spec: dict) -> dict:
         # CUDA graphs on CPU, emulated (see tests/test_cudagraph_cpu.py).
         from stitch.runtime.cudagraph import CUDAGraphManager, EmulatedGraphOps
 
-        cudagraphs = CUDAGraphManager(config, ops=EmulatedGraphOps())
+        cudagraphs = CUDAGraphManager(config.cudagraphs, ops=EmulatedGraphOps())
     before = compilation_counter.snapshot()
     first = None
     outputs: dict[int, torch.Tensor] = {}

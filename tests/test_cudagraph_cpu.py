@@ -124,14 +124,17 @@ def test_cudagraph_fields_are_validated(fields: dict[str, Any], message: str) ->
 
 
 def test_compile_sizes_must_agree_with_padding() -> None:
-    check_padding(
-        CompilationConfig(compile_sizes=[4, 600], cudagraph_capture_sizes=SIZES)
-    )
-    config = CompilationConfig(compile_sizes=[3, 4, 5], cudagraph_capture_sizes=SIZES)
+    def check(compile_sizes: list[int]) -> None:
+        config = CompilationConfig(
+            compile_sizes=compile_sizes, cudagraph_capture_sizes=SIZES
+        )
+        check_padding(config.cudagraphs, config.compile_sizes)
+
+    check([4, 600])
     with pytest.raises(StitchConfigError, match=r"size\(s\) \[3, 5\].*capture size 8"):
-        check_padding(config)
+        check([3, 4, 5])
     # Above the largest capture size nothing is padded: any compile size is fine.
-    check_padding(CompilationConfig(compile_sizes=[9], cudagraph_capture_sizes=SIZES))
+    check([9])
 
 
 def test_full_graph_limit() -> None:
@@ -139,7 +142,7 @@ def test_full_graph_limit() -> None:
         return full_graph_limit(
             CompilationConfig(
                 cudagraph_mode=mode, cudagraph_capture_sizes=SIZES, **extra
-            )
+            ).cudagraphs
         )
 
     assert limit("NONE") == 0
@@ -180,7 +183,7 @@ def test_start_up_capture_runs_sizes_largest_first_with_warmups() -> None:
         cudagraph_num_of_warmups=2,
         cudagraph_forbid_capture_after_startup=True,
     )
-    manager = CUDAGraphManager(config, ops=EmulatedGraphOps())
+    manager = CUDAGraphManager(config.cudagraphs, ops=EmulatedGraphOps())
     calls: list[int] = []
     manager.capture_sizes(calls.append)
     assert calls == [8, 8, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1]
@@ -188,7 +191,7 @@ def test_start_up_capture_runs_sizes_largest_first_with_warmups() -> None:
 
 
 def test_many_sizes_show_a_progress_bar(capsys: pytest.CaptureFixture[str]) -> None:
-    manager = CUDAGraphManager(CompilationConfig(), ops=EmulatedGraphOps())
+    manager = CUDAGraphManager(CompilationConfig().cudagraphs, ops=EmulatedGraphOps())
     manager.capture_sizes(lambda size: None, sizes=range(1, 20))
     assert "capturing CUDA graphs" in capsys.readouterr().err
 
@@ -212,7 +215,7 @@ class Piece:
 def test_wrapper_warms_up_then_captures_then_replays() -> None:
     config = CompilationConfig(cudagraph_num_of_warmups=2)
     ops = EmulatedGraphOps()
-    manager = CUDAGraphManager(config, ops=ops)
+    manager = CUDAGraphManager(config.cudagraphs, ops=ops)
     piece = Piece("p")
     wrapper = CUDAGraphWrapper(
         piece.runnable_for(4), manager, piece="p", size=4, weak_output=False
@@ -234,7 +237,7 @@ def test_wrapper_warms_up_then_captures_then_replays() -> None:
 
 def test_size_tables_hold_graph_wrappers_for_capture_sizes_only() -> None:
     config = CompilationConfig(cudagraph_num_of_warmups=0)
-    manager = CUDAGraphManager(config, ops=EmulatedGraphOps())
+    manager = CUDAGraphManager(config.cudagraphs, ops=EmulatedGraphOps())
     pieces = [Piece("a"), Piece("b")]
     tables = CUDAGraphTables(pieces, manager, ["a", "b"], SIZES, last=1)
     table = tables[4]
@@ -253,7 +256,7 @@ def test_size_tables_hold_graph_wrappers_for_capture_sizes_only() -> None:
 
 def test_capture_is_refused_when_forbidden() -> None:
     config = CompilationConfig(cudagraph_num_of_warmups=1)
-    manager = CUDAGraphManager(config, ops=EmulatedGraphOps())
+    manager = CUDAGraphManager(config.cudagraphs, ops=EmulatedGraphOps())
     wrapper = CUDAGraphWrapper(
         Piece("p").runnable_for(2), manager, piece="p", size=2, weak_output=False
     )
@@ -272,7 +275,7 @@ def test_address_check_names_piece_size_and_argument() -> None:
     config = CompilationConfig(
         cudagraph_num_of_warmups=0, cudagraph_check_addresses=True
     )
-    manager = CUDAGraphManager(config, ops=EmulatedGraphOps())
+    manager = CUDAGraphManager(config.cudagraphs, ops=EmulatedGraphOps())
     wrapper = CUDAGraphWrapper(
         Piece("p").runnable_for(2), manager, piece="p", size=2, weak_output=False
     )
@@ -287,7 +290,7 @@ def test_address_check_names_piece_size_and_argument() -> None:
 
 def test_copy_inputs_copies_moved_inputs_into_the_captured_ones() -> None:
     config = CompilationConfig(cudagraph_num_of_warmups=0, cudagraph_copy_inputs=True)
-    manager = CUDAGraphManager(config, ops=EmulatedGraphOps())
+    manager = CUDAGraphManager(config.cudagraphs, ops=EmulatedGraphOps())
     wrapper = CUDAGraphWrapper(
         Piece("p").runnable_for(2), manager, piece="p", size=2, weak_output=False
     )
@@ -299,7 +302,9 @@ def test_pools_are_shared_unless_asked_otherwise() -> None:
     for shared, pools in ((True, 1), (False, 4)):
         ops = EmulatedGraphOps()
         manager = CUDAGraphManager(
-            CompilationConfig(cudagraph_num_of_warmups=0), ops=ops, shared_pool=shared
+            CompilationConfig(cudagraph_num_of_warmups=0).cudagraphs,
+            ops=ops,
+            shared_pool=shared,
         )
         tables = CUDAGraphTables(
             [Piece("a"), Piece("b")], manager, ["a", "b"], SIZES, last=1
@@ -616,7 +621,7 @@ def _compiled_llama() -> tuple[StitchBackend, Any, torch.nn.Module]:
         cudagraph_pad_values={"positions": -1},
     )
     backend = StitchBackend(
-        config, cudagraphs=CUDAGraphManager(config, ops=EmulatedGraphOps())
+        config, cudagraphs=CUDAGraphManager(config.cudagraphs, ops=EmulatedGraphOps())
     )
     model, eager = build_llama(LLAMA), build_llama(LLAMA)
     compiled = torch.compile(
@@ -690,7 +695,7 @@ def test_a_graph_that_cannot_be_padded_runs_without_graphs(
         backend="eager", disable_cache=True, cudagraph_capture_sizes=SIZES
     )
     backend = StitchBackend(
-        config, cudagraphs=CUDAGraphManager(config, ops=EmulatedGraphOps())
+        config, cudagraphs=CUDAGraphManager(config.cudagraphs, ops=EmulatedGraphOps())
     )
     model = build_llama(LLAMA)
 
@@ -748,7 +753,7 @@ def _run_with_graph_tables(source: str) -> tuple[list[torch.Tensor], EmulatedGra
     served = _hoisted()
     compiled = served.backend.compiled[-1]
     ops = EmulatedGraphOps()
-    manager = CUDAGraphManager(served.config, ops=ops)
+    manager = CUDAGraphManager(served.config.cudagraphs, ops=ops)
     names = compiled.submod_names
     tables = CUDAGraphTables(
         [compiled.backends[n] for n in names],

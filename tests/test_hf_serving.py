@@ -272,7 +272,9 @@ def test_compiled_with_emulated_graphs_matches_eager(
         **fields,
     )
     ops = EmulatedGraphOps()
-    backend = StitchBackend(config, cudagraphs=CUDAGraphManager(config, ops=ops))
+    backend = StitchBackend(
+        config, cudagraphs=CUDAGraphManager(config.cudagraphs, ops=ops)
+    )
     served, eager = build_serving_llama(**SHAPE), build_serving_llama(**SHAPE)
     compiled = torch.compile(
         served, backend=backend, fullgraph=True, options=dict(NO_GUARDS)
@@ -315,7 +317,7 @@ def test_padding_without_the_pad_value_corrupts_the_caches() -> None:
         backend="eager", disable_cache=True, cudagraph_capture_sizes=SIZES
     )
     backend = StitchBackend(
-        config, cudagraphs=CUDAGraphManager(config, ops=EmulatedGraphOps())
+        config, cudagraphs=CUDAGraphManager(config.cudagraphs, ops=EmulatedGraphOps())
     )
     served, eager = build_serving_llama(**SHAPE), build_serving_llama(**SHAPE)
     compiled = torch.compile(

@@ -117,7 +117,7 @@ def test_a_piece_a_spawned_worker_cannot_read_stays_uncompiled_naming_the_op(
 
 def _emulated_backend(config: CompilationConfig) -> tuple[StitchBackend, Any]:
     backend = StitchBackend(
-        config, cudagraphs=CUDAGraphManager(config, ops=EmulatedGraphOps())
+        config, cudagraphs=CUDAGraphManager(config.cudagraphs, ops=EmulatedGraphOps())
     )
     return backend, backend.cudagraphs
 

@@ -32,7 +32,7 @@ model, inputs = EXAMPLES["two_layer"].build()
 backend = StitchBackend(CompilationConfig(backend="eager", cache_dir=sys.argv[1]))
 torch.compile(model, backend=backend, dynamic=False)(*inputs)
 config = CompilationConfig(cudagraph_capture_sizes=[1, 2])
-CUDAGraphManager(config, ops=EmulatedGraphOps()).capture_sizes(lambda size: None)
+CUDAGraphManager(config.cudagraphs, ops=EmulatedGraphOps()).capture_sizes(lambda size: None)
 reports = [r for c in backend.compiled for r in c.reports]
 print(json.dumps([[r.name, r.splitting, r.module_path] for r in reports]))
 """

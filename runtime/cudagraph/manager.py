@@ -16,10 +16,10 @@ import torch.fx as fx
 from stitch.core.errors import StitchError, StitchRuntimeError
 
 from ..compat.trace import phase
-from ..config import CompilationConfig, CUDAGraphMode
 from ..counter import compilation_counter
 from ..loader import DISPATCH_NAME, compile_execution_fn
 from ..progress import progress_bar
+from ..settings import CUDAGraphMode, CUDAGraphSettings
 from ..size import RuntimeSize
 from .graph_ops import CUDAGraphOps
 from .graph_plan import GraphPlan
@@ -45,12 +45,13 @@ class CUDAGraphManager:
 
     def __init__(
         self,
-        config: CompilationConfig,
+        settings: CUDAGraphSettings,
         *,
         ops: Any = None,
         shared_pool: bool = True,
     ) -> None:
-        self.config = config
+        # Its own section of the config (CompilationConfig.cudagraphs), no more.
+        self.settings = settings
         self.ops = ops if ops is not None else CUDAGraphOps()
         # False gives every graph its own pool: only for measuring what sharing saves.
         self.shared_pool = shared_pool
@@ -70,7 +71,7 @@ class CUDAGraphManager:
     # -- decisions -------------------------------------------------------------
     def applies_to(self, example_inputs: Sequence[Any]) -> bool:
         """Graphs are used when the mode asks for them and the graph runs on CUDA."""
-        if self.config.cudagraph_mode is CUDAGraphMode.NONE:
+        if self.settings.cudagraph_mode is CUDAGraphMode.NONE:
             return False
         if not self.ops.needs_cuda:
             return True
@@ -94,7 +95,7 @@ class CUDAGraphManager:
                 "cudagraph_forbid_capture_after_startup=True or CUDAGraphManager."
                 "forbid_capture()).  Capture every size the server runs at start-up "
                 "with CUDAGraphManager.capture_sizes(run) (capture sizes: "
-                f"{self.config.cudagraph_capture_sizes}); a recompilation after "
+                f"{self.settings.cudagraph_capture_sizes}); a recompilation after "
                 "start-up needs its graphs captured too"
             )
 
@@ -164,12 +165,12 @@ class CUDAGraphManager:
         server is idle, into the same pool.  Capture stays allowed until none
         is pending.
         """
-        every = capture_order(self.config.cudagraph_capture_sizes or ())
+        every = capture_order(self.settings.cudagraph_capture_sizes or ())
         order = capture_order(every if sizes is None else sizes)
         self._capture_loop(run, order)
         if defer_rest:
             self.pending = [s for s in every if s not in self.captured_sizes]
-        elif self.config.cudagraph_forbid_capture_after_startup:
+        elif self.settings.cudagraph_forbid_capture_after_startup:
             self.forbid_capture()
 
     def capture_pending(
@@ -187,7 +188,7 @@ class CUDAGraphManager:
             if deadline is not None and time.perf_counter() >= deadline:
                 break
         self.pending = [s for s in self.pending if s not in self.captured_sizes]
-        if not self.pending and self.config.cudagraph_forbid_capture_after_startup:
+        if not self.pending and self.settings.cudagraph_forbid_capture_after_startup:
             self.forbid_capture()
         return len(self.pending)
 
@@ -204,7 +205,7 @@ class CUDAGraphManager:
     def _capture_loop(
         self, run: Callable[[int], Any], order: Sequence[int], quiet: bool = False
     ) -> None:
-        calls = self.config.cudagraph_num_of_warmups + 1
+        calls = self.settings.cudagraph_num_of_warmups + 1
         bar = progress_bar(
             len(order),
             "stitch: capturing CUDA graphs",
@@ -231,7 +232,7 @@ class CUDAGraphManager:
     # -- building the runtime --------------------------------------------------------
     def applies_to_plan(self, plan: GraphPlan) -> bool:
         """:meth:`applies_to` for a saved function: its padded inputs' devices."""
-        if self.config.cudagraph_mode is CUDAGraphMode.NONE:
+        if self.settings.cudagraph_mode is CUDAGraphMode.NONE:
             return False
         if not self.ops.needs_cuda:
             return True
@@ -248,17 +249,20 @@ class CUDAGraphManager:
         backends: dict[str, Any],
         submod_names: Sequence[str],
         size: RuntimeSize | None,
+        compile_sizes: Sequence[int] = (),
     ) -> GraphPlan | None:
         """What the graphs of one compilation need from its graph (None: no graphs).
 
         ``graph`` is the graph the backend was given, ``split_gm`` its split
         form, ``example_inputs`` its (fake) inputs and ``size`` the runtime size
-        (None when the pieces do not all dispatch on one graph input).
+        (None when the pieces do not all dispatch on one graph input);
+        ``compile_sizes`` the sizes compiled for themselves, which padding must
+        be able to produce.
         """
-        config = self.config
+        config = self.settings
         if not config.cudagraph_capture_sizes:
             return None
-        check_padding(config)
+        check_padding(config, compile_sizes)
         names = [n.name for n in split_gm.graph.nodes if n.op == "placeholder"]
         try:
             padding = plan_padding(
@@ -293,7 +297,7 @@ class CUDAGraphManager:
             [backends[name] for name in submod_names],
             self,
             submod_names,
-            sorted(self.config.cudagraph_capture_sizes or ()),
+            sorted(self.settings.cudagraph_capture_sizes or ()),
             last=plan.last,
         )
         piecewise = compile_execution_fn(
@@ -322,7 +326,7 @@ class CUDAGraphManager:
 
         ``filename`` is the file holding ``code``, if any.
         """
-        config = self.config
+        config = self.settings
         plain = compile_execution_fn(
             code, backends, submod_names, consts, filename=filename, ranges=ranges
         )

@@ -18,7 +18,7 @@ from stitch.core.errors import (
 
 from ..compat.dynamo import tensor_guards
 from ..compat.pytree import tree_flatten, tree_unflatten
-from ..config import CompilationConfig, CUDAGraphMode
+from ..settings import CUDAGraphMode, CUDAGraphSettings
 from .padding_plan import PaddingPlan
 
 log = logging.getLogger("stitch")
@@ -47,7 +47,7 @@ def capture_order(sizes: Sequence[int]) -> list[int]:
     return sorted(set(sizes), reverse=True)
 
 
-def check_padding(config: CompilationConfig) -> None:
+def check_padding(config: CUDAGraphSettings, compile_sizes: Sequence[int]) -> None:
     """Compile sizes must be sizes the padding can produce.
 
     With graphs on, a call of ``n <= max capture size`` runs at the padded size,
@@ -57,17 +57,17 @@ def check_padding(config: CompilationConfig) -> None:
     sizes = set(config.cudagraph_capture_sizes or ())
     if not sizes:
         return
-    dead = [s for s in config.compile_sizes if s <= max(sizes) and s not in sizes]
+    dead = [s for s in compile_sizes if s <= max(sizes) and s not in sizes]
     if dead:
         raise StitchConfigError(
-            f"CompilationConfig.compile_sizes={config.compile_sizes!r}: size(s) "
+            f"CompilationConfig.compile_sizes={list(compile_sizes)!r}: size(s) "
             f"{dead} are at most the largest CUDA graph capture size {max(sizes)} "
             "but are not capture sizes, so padding never runs them; add them to "
             "cudagraph_capture_sizes or drop them from compile_sizes"
         )
 
 
-def full_graph_limit(config: CompilationConfig) -> int:
+def full_graph_limit(config: CUDAGraphSettings) -> int:
     """The largest padded size captured as one full graph (0: none)."""
     mode = config.cudagraph_mode
     sizes = config.cudagraph_capture_sizes or ()

@@ -11,8 +11,8 @@ import torch.fx as fx
 
 from stitch.core.errors import StitchRuntimeError
 
-from ..config import CompilationConfig
 from ..loader import DISPATCH_NAME, SizeTables, bind_runnable
+from ..settings import CUDAGraphSettings
 
 
 class CUDAGraphManager(Protocol):
@@ -20,7 +20,7 @@ class CUDAGraphManager(Protocol):
     ``CUDAGraphManager``; a protocol, so the import goes one way: manager ->
     wrapper)."""
 
-    config: CompilationConfig
+    settings: CUDAGraphSettings
     ops: Any
     # Held while a slot changes hands (NOTE: [uncompiled pieces under CUDA graphs]).
     lock: threading.Lock
@@ -67,7 +67,7 @@ class CUDAGraphWrapper:
         slot: tuple[Any, Any] | None = None,
         min_warmups: int = 0,
     ) -> None:
-        config = manager.config
+        config = manager.settings
         self.runnable = runnable
         self.manager = manager
         self.piece = piece

@@ -55,7 +55,7 @@ class StitchBackend:
         self.serializable = serializable
         self.compiled: list[CompiledModel] = []
         # Pool, capture switch and start-up capture of every graph compiled here.
-        self.cudagraphs = cudagraphs or CUDAGraphManager(self.config)
+        self.cudagraphs = cudagraphs or CUDAGraphManager(self.config.cudagraphs)
         # Where graphs are cut; its warnings are given once per backend.
         self.split_policy = SplitPolicy.from_config(self.config, quiet_splitting_ops)
         # What the ranks of one engine share (NOTE: [ranks of one engine share a

@@ -40,7 +40,13 @@ from .fakes import backend_fake_inputs
 from .fleet import FleetCacheSession
 from .layouts import LayoutChecks, fed_layouts
 from .materialize import CompiledPlan, materialize
-from .piece_plan import PieceArgs, PiecePlan, UnfixedSizes, piece_state, plan_piece
+from .piece_plan import (
+    PieceArgs,
+    PiecePlan,
+    UnfixedSizes,
+    piece_state,
+    recalled_or_planned,
+)
 from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
 from .results import CompiledModel, Emitted, Split
 from .source import stitching_source
@@ -288,6 +294,7 @@ class Compilation:
             backends=records,
             submod_names=emitted.submod_names,
             size=self.size if emitted.dispatch_on is not None else None,
+            compile_sizes=self.config.compile_sizes,
         )
 
     def materialize(
@@ -343,7 +350,16 @@ class Compilation:
         cache: CompileCache | None,
     ) -> tuple[PieceRecord, PieceReport]:
         """The piece's record (its runnables are in the artifact source) and report."""
-        plan = self.plans[name] = self.plan_piece(name, graph, args, cache)
+        plan = self.plans[name] = recalled_or_planned(
+            name,
+            graph,
+            args,
+            cache,
+            self.size,
+            self.config,
+            self.key_salt,
+            self.unfixed,
+        )
         piece = Piece(
             name,
             graph,
@@ -364,37 +380,3 @@ class Compilation:
             name, False, module_path, targets, seconds, piece_state(outcomes)
         )
         return record, report
-
-    def plan_piece(
-        self,
-        name: str,
-        graph: fx.GraphModule,
-        args: PieceArgs,
-        cache: CompileCache | None,
-    ) -> PiecePlan:
-        # NOTE: [warm start skips fake propagation]
-        # A plan needs the piece's fake inputs, which come from running the split
-        # graph over fake tensors (seconds on deep models).  A cache entry is keyed
-        # by the whole graph and its input metadata, so the per-piece records in
-        # its index (size argument, compile keys) can be used as they are, once
-        # each artifact's identity agrees (see NOTE: [a recorded plan is checked
-        # against its artifacts] in store/cache.py).
-        recorded = (
-            cache.recorded_plan(name, graph, self.config.compile) if cache else None
-        )
-        if recorded is not None:
-            size_index, targets, keys = recorded
-            return PiecePlan(name, size_index, tuple(targets), tuple(keys))
-        piece_args = args(name)
-        size_index = (
-            self.size.piece_argument(piece_args) if self.size is not None else None
-        )
-        return plan_piece(
-            name,
-            graph,
-            piece_args,
-            size_index,
-            self.config,
-            self.key_salt,
-            self.unfixed,
-        )

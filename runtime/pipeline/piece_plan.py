@@ -24,6 +24,8 @@ from ..compat.fake import FakeTensorMode, fake_mode_of, propagating
 from ..compat.pytree import tree_flatten, tree_unflatten
 from ..compat.shapes import size_bounds
 from ..config import CompilationConfig
+from ..size import RuntimeSize
+from ..store.cache import CompileCache
 from ..store.hashing import key_hash
 from ..targets import Target, targets_for
 from .piecewise import other_sizes
@@ -119,6 +121,35 @@ def plan_piece(
         tuple(targets),
         tuple(keys_for(graph, args, targets, key_salt)),
     )
+
+
+def recalled_or_planned(
+    name: str,
+    graph: fx.GraphModule,
+    args: PieceArgs,
+    cache: CompileCache | None,
+    size: RuntimeSize | None,
+    config: CompilationConfig,
+    key_salt: str,
+    unfixed: UnfixedSizes | None,
+) -> PiecePlan:
+    """The piece's plan as the cache entry recorded it, else planned anew.
+
+    NOTE: [warm start skips fake propagation]
+    A plan needs the piece's fake inputs, which come from running the split
+    graph over fake tensors (seconds on deep models).  A cache entry is keyed
+    by the whole graph and its input metadata, so the per-piece records in
+    its index (size argument, compile keys) can be used as they are, once
+    each artifact's identity agrees (see NOTE: [a recorded plan is checked
+    against its artifacts] in store/cache.py).
+    """
+    recorded = cache.recorded_plan(name, graph, config.compile) if cache else None
+    if recorded is not None:
+        size_index, targets, keys = recorded
+        return PiecePlan(name, size_index, tuple(targets), tuple(keys))
+    piece_args = args(name)
+    size_index = size.piece_argument(piece_args) if size is not None else None
+    return plan_piece(name, graph, piece_args, size_index, config, key_salt, unfixed)
 
 
 def keys_for(

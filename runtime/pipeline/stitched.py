@@ -324,7 +324,7 @@ def load_reference(
         raise StitchCacheError(f"a saved Stitch function's config: {exc}") from None
     consts = [decode_const(dict(c)) for c in record.consts]
     if plan is not None and cudagraphs is None:
-        cudagraphs = CUDAGraphManager(config)
+        cudagraphs = CUDAGraphManager(config.cudagraphs)
     return load_entry(root, entry_dir, config, consts, plan, cudagraphs, config_hash)
 
 
@@ -370,7 +370,7 @@ def load_entry(
                 "stitch: %s runs without CUDA graphs here (cudagraph_mode=%s, graph "
                 "ops %s)",
                 entry_dir,
-                cudagraphs.config.cudagraph_mode.name,
+                cudagraphs.settings.cudagraph_mode.name,
                 type(cudagraphs.ops).__name__,
             )
         plan = None

@@ -194,7 +194,7 @@ def _settled(
     if guards is None:
         guards = os.environ.get(GUARDS_ENV, "") not in ("", "0")
     if cudagraphs is None:
-        cudagraphs = CUDAGraphManager(config)
+        cudagraphs = CUDAGraphManager(config.cudagraphs)
     return config, cudagraphs, guards
 
 
