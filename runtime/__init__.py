@@ -2,15 +2,22 @@
 
 Parts (see docs/architecture.md):
 
+- ``config`` and ``settings``: ``CompilationConfig`` (vLLM's flat field names)
+  and the section each part reads (split, compile, CUDA graphs, cache);
 - ``pipeline``: the backend: split, plan each piece, compile it (or load it), stitch;
-  ``aot_compile``, which saves the compiled forward and loads it without Dynamo;
+- ``saved``: ``aot_compile``, which saves the compiled forward and loads it
+  without Dynamo;
 - ``passes``: custom Inductor passes run on every compiled piece;
-- ``store``: the persistent cache, its index, and the debug dump;
+- ``store``: the persistent cache, its index, the debug dump and the fleet's
+  shared store;
 - ``cudagraph``: padding, capture per size, replay;
 - ``loader``: compile emitted source and bind it to its pieces;
-- ``examples``: the example models with their ops and kernels (not imported here);
-- ``cli``: the ``stitch`` command (not imported here);
-- ``hf``: transformers models, the ``hf`` extra (not imported here).
+- ``compat``: what differs across torch 2.11 to 2.15, in one place;
+- ``kernels``: the attention ops and their Triton kernels (not imported here);
+- ``examples``: the example models (not imported here);
+- ``hf`` and ``vllm``: transformers models and vLLM's engine (not imported here);
+- ``harness``: processes the tests and benchmarks start (not imported here);
+- ``cli``: the ``stitch`` command (not imported here).
 """
 
 from .config import CompilationConfig, CUDAGraphMode

@@ -26,7 +26,11 @@ import torch
 
 from stitch.core.errors import StitchCacheError
 from stitch.runtime.cli.main_job import inspect_cache
-from stitch.runtime.pipeline.prebuilt import PREBUILT_SUFFIX, read_record, render_record
+from stitch.runtime.pipeline.prebuilt_load import (
+    PREBUILT_SUFFIX,
+    read_record,
+    render_record,
+)
 from stitch.runtime.store.artifacts import ARTIFACT_FILE, ARTIFACTS_DIR
 from stitch.runtime.store.extras import (
     EXTRAS_FILE,

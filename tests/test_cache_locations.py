@@ -342,7 +342,7 @@ def test_ranks_of_one_group_share_one_folder_with_a_rank_folder_each(
 def test_a_forward_that_cannot_be_saved_names_the_real_cause() -> None:
     # An entry folder that could not be written is not "disable_cache=True":
     # the message never blames a setting the user did not make.
-    from stitch.runtime.pipeline.stitched import saveable
+    from stitch.runtime.pipeline.saved_function import saveable
 
     unwritable = saveable(len, CompilationConfig(), None, [], None)
     assert unwritable.reference is None

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from stitch.core.errors import StitchCacheError
-from stitch.runtime.pipeline.prebuilt import parse_record, render_record
+from stitch.runtime.pipeline.prebuilt_load import parse_record, render_record
 from stitch.runtime.pipeline.prebuilt_triton import (
     aligned_call,
     triton_key,

@@ -1,4 +1,5 @@
-"""The ``stitch`` command: ``emit``, ``run`` and ``inspect`` (``main``)."""
+"""The ``stitch`` command (``main``): ``emit``, ``run``, ``inspect``, ``profile``,
+``compile`` and ``cache``."""
 
 from .main import main
 

@@ -6,7 +6,7 @@ pieces comes from the FX graph: which arguments are the runtime size, which
 inputs are padded (their trailing dims, dtype, device, pad value), which
 outputs are sliced, and which piece is called last (its graph outputs are weak
 references).  A :class:`GraphPlan` holds exactly that, so a process that loads
-a saved function (no graph, no split: ``pipeline/stitched.py``) builds the same
+a saved function (no graph, no split: ``pipeline/saved_function.py``) builds the same
 padded runner and per-size graph tables as the process that compiled it.
 """
 

@@ -1,6 +1,6 @@
 """The ``"stitch"`` attention implementation of transformers.
 
-``register()`` adds it to transformers' ``AttentionInterface`` (with SDPA's mask
+``register()`` (``registration.py``) adds it to transformers' ``AttentionInterface`` (with SDPA's mask
 builder in ``AttentionMaskInterface``), so that::
 
     AutoModelForCausalLM.from_config(cfg, attn_implementation="stitch")

@@ -11,8 +11,7 @@ from .backend import CompiledModel, StitchBackend, stitch_backend
 from .graph_inputs import GraphInput
 from .inductor_warmup import start_inductor_warmup
 from .piecewise import PiecewiseBackend
-from .splitting import dispatches_through_transformers, is_attention
-from .stitched import (
+from .saved_function import (
     StitchFunction,
     index_sha256,
     load_reference,
@@ -20,6 +19,7 @@ from .stitched import (
     reference_entry,
     reference_root,
 )
+from .splitting import dispatches_through_transformers, is_attention
 from .tiered import Tier
 
 __all__ = [

@@ -16,8 +16,8 @@ from ..cudagraph import CUDAGraphManager
 from ..profiling import Profiler
 from .compilation import Compilation, CompiledModel
 from .graph_inputs import GraphInput, graph_inputs
+from .saved_function import in_torch_aot_compile, saveable
 from .split_policy import SplitPolicy
-from .stitched import in_torch_aot_compile, saveable
 
 __all__ = ["CompiledModel", "StitchBackend", "stitch_backend"]
 

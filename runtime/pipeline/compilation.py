@@ -49,8 +49,8 @@ from .piece_plan import (
 )
 from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
 from .results import CompiledModel, Emitted, Split
-from .source import stitching_source
 from .split_policy import SplitPolicy
+from .stitching_source import stitching_source
 from .tracing import is_warm, log_summary, trace_split
 from .worker_process import start_method
 

@@ -184,13 +184,13 @@ class InductorAdapter:
         0.1-0.2 ms of 2 ms on the 2-core machine).  The prebuilt runnable calls
         the same ``call`` of the same kernels with only what those wrappers do
         for such a piece (NOTE: [what AOTAutograd's inference wrapper does
-        here], prebuilt.py), so the process that compiled a piece runs it the
+        here], prebuilt_load.py), so the process that compiled a piece runs it the
         way every later process does.
         """
         sha256 = _write_prebuilt(path)
         if sha256 is None:
             return None
-        from .prebuilt import PrebuiltUnavailable, load_prebuilt
+        from .prebuilt_load import PrebuiltUnavailable, load_prebuilt
 
         try:
             runnable = load_prebuilt(path, sha256)
@@ -312,7 +312,7 @@ def _load_prebuilt(path: str, sha256: str | None, faults: set[str]) -> Runnable 
     Inductor.  A damaged prebuilt file is one warning naming it (``faults``: the
     files already reported), never loaded; the Inductor load then rewrites it."""
     from ..store.extras import ExtraFileError
-    from .prebuilt import NO_RECORD, PrebuiltUnavailable, load_prebuilt
+    from .prebuilt_load import NO_RECORD, PrebuiltUnavailable, load_prebuilt
 
     try:
         runnable = load_prebuilt(path, sha256)
@@ -344,7 +344,7 @@ def _load_prebuilt(path: str, sha256: str | None, faults: set[str]) -> Runnable 
 def _write_prebuilt(path: str) -> str | None:
     """Save the prebuilt record of the artifact at ``path`` (never fails the caller);
     the artifact's sha256 when a record was written, else None."""
-    from .prebuilt import PrebuiltUnavailable
+    from .prebuilt_load import PrebuiltUnavailable
     from .prebuilt_save import save_prebuilt
 
     try:

@@ -8,7 +8,7 @@ compile key per shape target: the cache index's :class:`PieceRecord`), the
 constants the source reads and the plan of its CUDA graphs.  Every part is
 serializable, and saved: the records and the source are the cache entry's
 index and source file, the constants and the graph plan are what a saved
-function's reference holds (``stitched.py``).  The cold compile makes the plan
+function's reference holds (``saved_function.py``).  The cold compile makes the plan
 while it compiles, the warm start while it loads, the saved forward reads it
 back from the entry and the reference; all three turn it into the function
 that runs with :func:`materialize`, and differ only in where the runnable of a

@@ -1,6 +1,6 @@
 """Write a piece's prebuilt record: its wrapper source, its built kernels, its runtime facts.
 
-See NOTE: [prebuilt pieces] in ``prebuilt.py``.  This side runs in a process that
+See NOTE: [prebuilt pieces] in ``prebuilt_load.py``.  This side runs in a process that
 has just compiled (or loaded through Inductor) the piece, so Inductor is imported
 and every kernel of the piece is built and loaded: each kernel library is copied
 from where Inductor loaded it, never rebuilt.
@@ -22,7 +22,7 @@ from ..compat import inductor
 from ..compat.versions import gpu_fingerprint
 from ..store.extras import save_extras
 from ..store.hashing import content_hash
-from .prebuilt import (
+from .prebuilt_load import (
     cubin_name,
     kernel_key,
     kernel_name,

@@ -1,6 +1,6 @@
 """Run the Python wrapper module Inductor generated for a piece without
 importing Inductor: its imports that would pull Inductor in are answered by
-stand-ins (NOTE: [prebuilt pieces] in prebuilt.py).
+stand-ins (NOTE: [prebuilt pieces] in prebuilt_load.py).
 
 ``AsyncCompile.cpp_pybinding`` and ``AsyncCompile.triton`` return the prebuilt
 kernels the caller loads, ``extern_kernels.<name>`` is the torch function

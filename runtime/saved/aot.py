@@ -9,7 +9,7 @@ A warm Dynamo-entered start still traces the whole model in every process
 - the forward Dynamo produced (its transformed bytecode, which gathers the
   parameters, calls the stitched function and builds the result), marshalled;
 - a reference to the Stitch cache entry the stitched function runs (see
-  ``stitched.py``), never a copy of it;
+  ``saved_function.py``), never a copy of it;
 - torch's own save of the compiled function (with its guards), for debugging;
 - what the save is valid for: torch, Python and Stitch versions, the config
   hash, the inputs' dtypes, ranks and dynamic dims, and the source files Dynamo

@@ -1,1 +1,2 @@
-"""The store: the persistent compile cache, its index, and the debug dump."""
+"""The store: the persistent compile cache, its index, the debug dump, and the
+fleet's shared store behind the cache (``shared/``)."""

@@ -1,3 +1,7 @@
+"""A piece's compiled artifact on disk: its identity (which graph, which
+compile), written beside it and checked before it is loaded, and publishing a
+finished artifact into the cache atomically."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,6 @@
 """The record kinds of a saved forward (``runtime/saved/``), declared for the codec.
 
-They live in ``store/`` so that ``stitch inspect`` (``verify_aot.py``) checks
+They live in ``store/`` so that ``stitch inspect`` (``verify.py``) checks
 them without importing the pipeline; the pipeline reads and writes them
 through :func:`read_aot_record` and :func:`write_aot_record`.
 """
@@ -48,7 +48,7 @@ class AOTRecord(Record, frozen=True):
     # (module, source file, sha256 or None) of each file Dynamo traced.
     code: tuple[tuple[str, str, Sha256OrNone], ...]
     function: SavedFunction
-    # The saved reference to the stitched function's cache entry (stitched.py).
+    # The saved reference to the stitched function's cache entry (pipeline/saved_function.py).
     stitched: dict[str, Any]
     torch_function_sha256: Sha256OrNone
 
@@ -75,7 +75,7 @@ def aot_record(data: dict[str, Any], path: str) -> AOTRecord:
     return codec.convert(AOTRecord, body, path)
 
 
-# -- the saved reference to a cache entry (pipeline/stitched.py) ------------------
+# -- the saved reference to a cache entry (pipeline/saved_function.py) ------------------
 
 # 2: the codec's envelope (kind, version); the graph plan is a typed field.
 REFERENCE_FORMAT = 2
@@ -145,7 +145,7 @@ class Reference(Record, frozen=True):
                 raise ValueError(f"consts[{i}] has {len(const)} kinds, expected one")
 
 
-# -- a prebuilt piece (pipeline/prebuilt.py) ---------------------------------------
+# -- a prebuilt piece (pipeline/prebuilt_load.py) ---------------------------------------
 
 # 3: a sealed codec record (kind, version, check) instead of a sha256 header.
 # 4: Triton kernels (CUDA pieces) and the GPU they were built for.
