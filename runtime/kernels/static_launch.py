@@ -173,10 +173,12 @@ class PrebuiltKernels:
         """Launch the kernel saved for ``key`` on the current stream (False: none
         is, nothing launched); ``everything``: the kernel's arguments in order,
         constexprs included."""
-        if not self.ready(key):
-            return False
-        entry = self._loaded[key]
-        assert entry is not None  # ready() said so
+        entry = self._loaded.get(key)  # one lookup once loaded (every launch)
+        if entry is None:
+            if not self.ready(key):
+                return False
+            entry = self._loaded[key]
+            assert entry is not None  # ready() said so
         function, record = entry
         args = tuple(None if i < 0 else everything[i] for i in record.launched)
         _launcher()._launch_kernel(
@@ -245,18 +247,22 @@ class Launch(NamedTuple):
 
 def choose_launch(
     prebuilt: PrebuiltKernels,
-    specialization: Callable[[], tuple[Any, ...]],
     kernels: ModuleType | None,
     import_kernels: Callable[[], ModuleType | None],
+    key_of: Callable[[int, tuple[Any, ...], Any], tuple[Any, ...]],
+    device: int,
+    arguments: tuple[Any, ...],
+    constexprs: Any,
 ) -> Launch | None:
-    """An op's launch: its prebuilt kernel for this ``specialization()`` when
-    one is saved, else Triton's (``kernels`` when given: a test's, never
-    saved; else ``import_kernels()``); None when Triton cannot be imported
-    either, and the op runs its torch implementation."""
+    """An op's launch: its prebuilt kernel for ``key_of(device, arguments,
+    constexprs)`` when one is saved, else Triton's (``kernels`` when given: a
+    test's, never saved; else ``import_kernels()``); None when Triton cannot be
+    imported either, and the op runs its torch implementation.  The key's
+    parts are passed, not a closure over them: this runs at every launch."""
     key = None
     if kernels is None and enabled():
         # NOTE: [an op's Triton kernel without Triton]
-        key = specialization()
+        key = key_of(device, arguments, constexprs)
         if prebuilt.ready(key):
             return Launch(key, None)
     kernels = kernels if kernels is not None else import_kernels()

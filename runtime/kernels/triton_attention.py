@@ -50,12 +50,14 @@ def decode_attention(*args: Any, kernels: ModuleType | None = None) -> None:
         run_reference(call)
         return
     grid, arguments, constexprs = kernel_arguments(call)
-    device = call.q.device.index
     chosen = static_launch.choose_launch(
         PREBUILT,
-        lambda: specialization_key(device, arguments, constexprs),
         kernels,
         triton_kernels,
+        specialization_key,
+        call.q.device.index,
+        arguments,
+        constexprs,
     )
     if chosen is None:
         run_reference(call)

@@ -65,12 +65,14 @@ def paged_attention_triton(*args: Any, kernels: ModuleType | None = None) -> Non
         run_reference(call)
         return
     grid, arguments, constexprs = kernel_arguments(call)
-    device = call.query.device.index
     chosen = static_launch.choose_launch(
         PREBUILT,
-        lambda: specialization_key(device, arguments, constexprs),
         kernels,
         triton_kernels,
+        specialization_key,
+        call.query.device.index,
+        arguments,
+        constexprs,
     )
     if chosen is None:
         run_reference(call)
