@@ -15,10 +15,9 @@ import msgspec
 from stitch.core.errors import StitchConfigError
 
 from .passes.base import pass_name, pass_uuid
-from .settings import DECLARED, SHARED_SCHEMES, CUDAGraphMode
+from .settings import DECLARED, CUDAGraphMode
 
 __all__ = [
-    "SHARED_SCHEMES",
     "check_declared",
     "check_full_graph_limit",
     "check_inductor_keys",

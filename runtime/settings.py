@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import typing
 from typing import Annotated, Any, Literal
 
@@ -29,6 +30,7 @@ from stitch.core.errors import StitchConfigError
 
 # The URL schemes of cache_url a shared store exists for (store/shared/).
 SHARED_SCHEMES = ("redis://", "rediss://", "unix://")
+_SHARED_URL = "^$|^(" + "|".join(re.escape(s) for s in SHARED_SCHEMES) + ")"
 
 _NONE = object()  # a declaration with no example value of its own
 
@@ -249,7 +251,7 @@ class CacheSettings(msgspec.Struct, kw_only=True):
     # "redis://host:port/db", else $STITCH_CACHE_URL; "" is none.
     cache_url: Annotated[
         str,
-        msgspec.Meta(pattern="^$|^(redis|rediss|unix)://"),
+        msgspec.Meta(pattern=_SHARED_URL),
         not_in_key(
             "where the fleet's shared store is",
             f"a URL starting with one of {SHARED_SCHEMES}, or ''",

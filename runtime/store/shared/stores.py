@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 from stitch.core.errors import StitchError
 
+from ...settings import SHARED_SCHEMES
+
 
 class StoreDown(StitchError):
     """The shared store did not answer (unreachable, timed out, refused)."""
@@ -270,6 +272,6 @@ class RedisStore:
 
 def open_store(url: str, timeout: float = 2.0) -> SharedStore:
     """The store ``url`` names; raises :class:`StoreDown` for an unknown scheme."""
-    if url.startswith(("redis://", "rediss://", "unix://")):
+    if url.startswith(SHARED_SCHEMES):
         return RedisStore(url, timeout)
     raise StoreDown(f"{url}: no shared store for this URL scheme")

@@ -53,13 +53,18 @@ class SharedTier:
         self.store = store
         self.key = key
         self.url = store.url
-        self.wait_s = float(settings.cache_wait_s)
-        self.lease_s = float(settings.cache_lease_s)
-        self.max_bytes = int(settings.cache_store_max_bytes)
+        self.settle(settings)
         self.alive = True
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         # unit name -> the stored bytes refused (warned once; not fetched again)
         self.refused: dict[str, bytes] = {}
+
+    def settle(self, settings: CacheSettings) -> None:
+        """Take the waits and the cap of ``settings`` (the latest config to open
+        this URL's tier sets them)."""
+        self.wait_s = float(settings.cache_wait_s)
+        self.lease_s = float(settings.cache_lease_s)
+        self.max_bytes = int(settings.cache_store_max_bytes)
 
     # -- opening ---------------------------------------------------------------
     @classmethod
@@ -72,11 +77,7 @@ class SharedTier:
         if url in cls._open:
             tier = cls._open[url]
             if tier is not None:
-                tier.wait_s, tier.lease_s = (
-                    settings.cache_wait_s,
-                    settings.cache_lease_s,
-                )
-                tier.max_bytes = settings.cache_store_max_bytes
+                tier.settle(settings)
             return tier
         tier = None
         key = FleetKey.load()
