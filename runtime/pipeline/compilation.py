@@ -30,7 +30,7 @@ from ..progress import progress_bar
 from ..size import find_size, hoisted_input
 from ..store.cache import CompileCache
 from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
-from ..store.dump import PieceReport, trace_source, write_debug_dump
+from ..store.dump import PieceReport, write_debug_dump
 from ..store.hashing import graph_key as entry_graph_key
 from ..store.index import PieceRecord
 from .artifact_source import Piece, config_adapter
@@ -51,7 +51,7 @@ from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
 from .results import CompiledModel, Emitted, Split
 from .split_policy import SplitPolicy
 from .stitching_source import stitching_source
-from .tracing import is_warm, log_summary, trace_split
+from .tracing import is_warm, log_summary, trace_source, trace_split
 from .worker_process import start_method
 
 log = logging.getLogger("stitch")

@@ -14,8 +14,9 @@ from .results import Split
 
 log = logging.getLogger("stitch")
 
-# The split's artifact in the structured trace (JSON).
+# The artifacts in the structured trace: the split (JSON), the emitted source.
 SPLIT_ARTIFACT = "stitch_split"
+SOURCE_ARTIFACT = "stitch_execution_fn"
 
 # How each piece was made, from its report's cache state (PieceReport.cache).
 MADE = {
@@ -53,6 +54,11 @@ def split_record(
             }
         )
     return {"pieces": pieces}
+
+
+def trace_source(code: str) -> None:
+    """Hand the emitted source to torch's structured trace (``TORCH_TRACE``, tlparse)."""
+    trace_artifact(SOURCE_ARTIFACT, "string", lambda: code)
 
 
 def trace_split(reports: list[PieceReport], deferred: Container[str]) -> None:

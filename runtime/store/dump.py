@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import torch
 import torch.fx as fx
 
 from .files import atomic_write
@@ -52,12 +51,3 @@ def write_debug_dump(
     atomic_write(os.path.join(directory, "computation_graph.py"), graph_text.encode())
     atomic_write(os.path.join(directory, SOURCE_FILE), code.encode())
     atomic_write(os.path.join(directory, "index.md"), index_markdown(reports).encode())
-
-
-def trace_source(code: str) -> None:
-    """Hand the emitted source to torch's structured trace (``TORCH_TRACE``, tlparse)."""
-    torch._logging.trace_structured(
-        "artifact",
-        metadata_fn=lambda: {"name": "stitch_execution_fn", "encoding": "string"},
-        payload_fn=lambda: code,
-    )
