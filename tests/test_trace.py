@@ -55,7 +55,11 @@ def read_trace(directory: Path) -> list[tuple[dict[str, Any], str]]:
     return entries
 
 
-def traced_compile(tmp_path: Path) -> tuple[list[Any], list[tuple[dict, str]]]:
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One traced compile for the module's tests: the folder holding its
+    ``trace`` (read by both tests) and the backend's reports (``reports.json``)."""
+    tmp_path = tmp_path_factory.mktemp("traced")
     env = dict(os.environ, TORCH_TRACE=str(tmp_path / "trace"))
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "cache")],
@@ -65,13 +69,14 @@ def traced_compile(tmp_path: Path) -> tuple[list[Any], list[tuple[dict, str]]]:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    reports = json.loads(proc.stdout.strip().splitlines()[-1])
-    return reports, read_trace(tmp_path / "trace")
+    (tmp_path / "reports.json").write_text(proc.stdout.strip().splitlines()[-1])
+    return tmp_path
 
 
-def test_trace_shows_the_split_and_the_phases(tmp_path: Path) -> None:
-    reports, entries = traced_compile(tmp_path)
-    assert entries, f"no trace entries under {tmp_path / 'trace'}"
+def test_trace_shows_the_split_and_the_phases(traced: Path) -> None:
+    reports = json.loads((traced / "reports.json").read_text())
+    entries = read_trace(traced / "trace")
+    assert entries, f"no trace entries under {traced / 'trace'}"
 
     splits = [
         json.loads(payload)
@@ -106,16 +111,15 @@ def test_trace_shows_the_split_and_the_phases(tmp_path: Path) -> None:
     )
 
 
-def test_tlparse_draws_the_split_and_the_phases(tmp_path: Path) -> None:
+def test_tlparse_draws_the_split_and_the_phases(traced: Path, tmp_path: Path) -> None:
     # tlparse (the test extra's pin) reads the same trace: its index links the
     # split and the emitted source, its timeline holds every phase.
     tlparse = shutil.which("tlparse", path=os.path.dirname(sys.executable))
     tlparse = tlparse or shutil.which("tlparse")
     if tlparse is None:
         pytest.skip("tlparse is not installed (pip install -e '.[test]' has it)")
-    traced_compile(tmp_path)
     out = tmp_path / "tlparse"
-    logs = sorted(str(p) for p in (tmp_path / "trace").glob("*.log"))
+    logs = sorted(str(p) for p in (traced / "trace").glob("*.log"))
     done = subprocess.run(
         [tlparse, *logs, "-o", str(out), "--overwrite", "--no-browser"],
         capture_output=True,
