@@ -36,6 +36,8 @@ import tempfile
 import time
 from typing import Any, TextIO
 
+from ..harness.results import marked_result
+
 STARTED = time.perf_counter()
 RESULT = "STITCH_ENGINE_RESULT "
 
@@ -219,10 +221,10 @@ def run_result(command: list[str], cache: str, marker: str) -> dict[str, Any]:
     after ``marker``.  RuntimeError with its output's tail when it printed none."""
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"))
     done = subprocess.run(command, capture_output=True, text=True, env=env)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(marker)]
-    if done.returncode != 0 or not lines:
+    result = marked_result(done.stdout, marker)
+    if done.returncode != 0 or result is None:
         raise RuntimeError(f"{done.stdout[-3000:]}{done.stderr[-3000:]}".strip())
-    return json.loads(lines[-1][len(marker) :])
+    return result
 
 
 def run_child(variant: str, cache: str, work: Workload) -> dict[str, Any]:

@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any
 
+from .results import marked_result
+
 
 def _model(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
     """(model, its example inputs, a function running one forward of ``fn``)."""
@@ -161,10 +163,10 @@ RESULT = "stitch-replica-result: "
 
 def read_result(output: str) -> dict[str, Any]:
     """The result a replica printed, from its whole output."""
-    for line in reversed(output.splitlines()):
-        if line.startswith(RESULT):
-            return json.loads(line[len(RESULT) :])
-    raise ValueError(f"no {RESULT.strip()!r} line in: {output[-2000:]}")
+    result = marked_result(output, RESULT)
+    if result is None:
+        raise ValueError(f"no {RESULT.strip()!r} line in: {output[-2000:]}")
+    return result
 
 
 if __name__ == "__main__":

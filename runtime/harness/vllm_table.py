@@ -10,7 +10,6 @@ is the median over rounds (single processes swing by about 15% on a shared
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import subprocess
@@ -18,6 +17,8 @@ import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
+
+from .results import marked_result
 
 RESULT = "STITCH_VLLM_RESULT "
 
@@ -53,11 +54,11 @@ def run_variant(
     command += ["--batches", batches, "--max-tokens", str(tokens)]
     command += ["--rounds", str(repeats)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT)]
-    if proc.returncode != 0 or not lines:
+    result = marked_result(proc.stdout, RESULT)
+    if proc.returncode != 0 or result is None:
         tail = (proc.stdout + proc.stderr)[-4000:]
         raise RuntimeError(f"the {variant} engine failed:\n{tail}")
-    return json.loads(lines[-1][len(RESULT) :])
+    return result
 
 
 def measure(
