@@ -249,7 +249,7 @@ class CUDAGraphManager:
         backends: dict[str, Any],
         submod_names: Sequence[str],
         size: RuntimeSize | None,
-        compile_sizes: Sequence[int] = (),
+        compile_sizes: Sequence[int],
     ) -> GraphPlan | None:
         """What the graphs of one compilation need from its graph (None: no graphs).
 
