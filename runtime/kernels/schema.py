@@ -58,10 +58,10 @@ def define_op(
     """Define ``op`` (``namespace::name``) with ``op_schema`` and register
     ``reference`` as its torch implementation and a fake that returns nothing
     (NOTE: [attention registered directly]); the library that holds them."""
-    namespace, _ = op.split("::")
+    namespace, name = op.split("::")
     lib = torch.library.Library(namespace, "FRAGMENT")
     lib.define(op_schema)
-    lib.impl(op_schema.split("(")[0], reference, "CompositeExplicitAutograd")
+    lib.impl(name, reference, "CompositeExplicitAutograd")
     torch.library.register_fake(op, _writes_only, lib=lib)
     return lib
 
