@@ -1,48 +1,67 @@
 #!/usr/bin/env bash
-# The GPU check, one command on a CUDA machine (PyTorch with CUDA, and Triton):
+# The GPU check on a CUDA machine (PyTorch with CUDA, and Triton), in parts that
+# each fit one device call of at most 5 minutes on an H100 (docs/development.md,
+# "A GPU window", says how to spend a 15-minute window):
 #
-#     bash scripts/gpu_check.sh            # all the parts below, in order
-#     bash scripts/gpu_check.sh tests      # pytest -m cuda (about 5 min on an H100 machine)
-#     bash scripts/gpu_check.sh bench      # the serving benchmark, the example llama (4 min;
-#                                          #   extra arguments go to it)
-#     bash scripts/gpu_check.sh bench-hf   # the same, transformers' Llama (3 min)
-#     bash scripts/gpu_check.sh warm-start # a saved forward in a fresh process, the kernel
-#                                          #   launch and attention features (3 min or more)
-#     bash scripts/gpu_check.sh warm-start-hf  # the same warm start, transformers' Llama
-#                                          #   in the token layout (4 min or more)
-#     bash scripts/gpu_check.sh engine     # transformers' continuous batching, eager, its
-#                                          #   CUDA graphs and compile, Stitch (5-8 min;
-#                                          #   extra arguments go to the benchmark)
-#     bash scripts/gpu_check.sh decode     # decode against the weight-read floor: FULL,
-#                                          #   FULL with its decode sizes tuned, FULL with
-#                                          #   PDL, reduce-overhead (extra arguments go to
-#                                          #   the benchmark; not yet timed there)
+#     bash scripts/gpu_check.sh first        # the window's first call: every cuda-marked
+#                                            #   test (xdist), then the warm restart's
+#                                            #   first token with lazy capture (~4-5 min)
+#     bash scripts/gpu_check.sh tests [ID..] # the cuda-marked tests (~3 min), or only the
+#                                            #   named node ids: the rerun of what failed
+#     bash scripts/gpu_check.sh warm-lazy    # the warm restart's first token, lazy capture,
+#                                            #   PIECEWISE and FULL (~1.5 min)
+#     bash scripts/gpu_check.sh bench        # the serving benchmark, the example llama
+#                                            #   (~4 min; extra arguments go to it)
+#     bash scripts/gpu_check.sh bench-hf     # the same, transformers' Llama (~3 min)
+#     bash scripts/gpu_check.sh warm-start   # one attention launch's host cost, the
+#                                            #   attention features, the warm start with
+#                                            #   an empty and a lazy warm process (~3 min)
+#     bash scripts/gpu_check.sh warm-start-hf  # the warm start, transformers' Llama in
+#                                            #   the token layout, lazy (~2.5 min)
+#     bash scripts/gpu_check.sh engine       # transformers' continuous batching through
+#                                            #   Stitch, sized to fit (~4 min; extra
+#                                            #   arguments go to the benchmark)
+#     bash scripts/gpu_check.sh decode       # batch-1..128 decode against the weight-read
+#                                            #   floor (~4 min; extra arguments go to it)
+#     bash scripts/gpu_check.sh all          # every part but engine and decode, in order
+#                                            #   (about 20 min: never in one device call)
 #
-# The device tool runs one command for at most 10 minutes: run the parts in
-# separate calls (docs/cuda_graphs.md).
+# Each part prints its own elapsed time ("== part P: done in N s") and is
+# stopped at $STITCH_PART_LIMIT seconds (default 300), so that one hung part
+# cannot spend a window; a test is stopped at $STITCH_TEST_TIMEOUT (180 s).
+#
+#     bash scripts/gpu_check.sh --rehearse PART
+#
+# runs PART's Python on this machine without a GPU, up to its first CUDA call:
+# the tests are collected (every cuda-marked one must be selected), each
+# benchmark runs its CPU dry run with tiny shapes.  Run it with the GPU image's
+# versions (torch 2.11, transformers 5.17, triton 3.6) before a window:
+# PYTHON=/path/to/venv/bin/python bash scripts/gpu_check.sh --rehearse first.
 #
 # It installs this checkout with `pip install --no-deps --no-build-isolation -e .`
-# and takes the pure-Python dependencies the CUDA image lacks (black, syrupy and
-# theirs) from wheels in .whl/, made beforehand on a machine with network access:
+# and takes the pure-Python packages the CUDA image lacks from wheels in .whl/,
+# made beforehand on a machine with network access (carry .whl in the call):
 #
 #     bash scripts/gpu_check.sh --fetch-wheels
 #
-# Logs and results go to $OUT when it is set (the device tool brings them back),
-# else to /tmp/stitch-gpu-check: gpu_check.log, pytest_cuda.xml, gpu_serving.md,
-# gpu_serving_hf.md, gpu_profile.txt, gpu_warm_start.md, gpu_warm_start_hf.md,
-# attention_launch.md, attention_features.md, transformers_engine.md,
-# gpu_decode.md (the device tool brings back eight files a call; "all" leaves
-# out engine and decode, run each in a call of its own).  The exit
-# status is non-zero when a step failed.  PYTEST_ARGS adds pytest options (more
-# xdist workers made the compiles slower there: each starts Inductor's workers).
+# Logs and results go to $OUT when it is set (the device tool brings back at
+# most eight files a call), else to /tmp/stitch-gpu-check.  The exit status is
+# non-zero when a step failed.  PYTEST_ARGS adds pytest options.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PY=${PYTHON:-python3}
-# black is pinned by pyproject.toml (goldens are its output); the rest are what
-# black and syrupy need beyond the CUDA image's packages, tabulate (Stitch's
-# tables) and msgspec (the cache's records).
+# What the tests and benchmarks import that the CUDA image lacks (its package
+# list: the device tool's KINDS.md): black (pinned by pyproject.toml: goldens
+# are its output) with pytokens, syrupy (the golden fixture), msgspec (the
+# cache's records), platformdirs (the cache's default folder).  The rest are
+# on the image but pinned here to what CI runs: tabulate, pathspec, xdist.
 WHEELS=(black==26.10.1 syrupy==7.0.2 pathspec==1.1.1 platformdirs==4.14.5 pytokens==0.4.1 pytest-xdist==3.8.0 tabulate==0.10.0 msgspec==0.22.0)
+
+# The test files that hold cuda-marked tests: collecting only these keeps the
+# other modules' imports (redis, fastapi, ...: not on the image) out of the run.
+# --rehearse checks that the whole suite selects no cuda test outside them.
+cuda_test_files() { grep -lE 'pytest\.mark\.cuda\b' tests/test_*.py; }
 
 if [[ ${1:-} == --fetch-wheels ]]; then
     mkdir -p .whl
@@ -51,16 +70,19 @@ if [[ ${1:-} == --fetch-wheels ]]; then
         --platform manylinux2014_x86_64 --platform any -d .whl "${WHEELS[@]}"
 fi
 
+rehearse=0
+if [[ ${1:-} == --rehearse ]]; then
+    rehearse=1
+    shift
+fi
+
 part=${1:-all}
 [[ $# -gt 0 ]] && shift
-case $part in
-    all | tests | bench | bench-hf | warm-start | warm-start-hf | engine | decode) ;;
-    *)
-        echo "usage: $0 [all|tests|bench [benchmark args...]|bench-hf|warm-start|warm-start-hf|engine [args...]|decode [args...]]" \
-            "| --fetch-wheels" >&2
-        exit 2
-        ;;
-esac
+PARTS=(first tests warm-lazy bench bench-hf warm-start warm-start-hf engine decode)
+if [[ $part != all ]] && ! printf '%s\n' "${PARTS[@]}" | grep -qxF -- "$part"; then
+    echo "usage: $0 [--rehearse] [all|${PARTS[*]// /|}] [args...] | --fetch-wheels" >&2
+    exit 2
+fi
 
 out=${OUT:-/tmp/stitch-gpu-check}
 mkdir -p "$out"
@@ -68,80 +90,197 @@ exec > >(tee "$out/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 started=$SECONDS
 status=0
+limit=${STITCH_PART_LIMIT:-300}
 
-echo "== setup"
-if compgen -G ".whl/*.whl" >/dev/null; then
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/stitch-site .whl/*.whl || status=1
-    export PYTHONPATH=/tmp/stitch-site${PYTHONPATH:+:$PYTHONPATH}
-else
-    echo "warning: no wheels in .whl/ (bash $0 --fetch-wheels where pip has network)"
-fi
-"$PY" -m pip install -q --no-deps --no-build-isolation -e . || status=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
-"$PY" - <<'PY' || status=1
+# A tiny model for a benchmark's CPU dry run (--rehearse): later arguments win.
+TINY=(--layers 2 --hidden 64 --heads 4 --intermediate 128 --vocab 256)
+
+# run_step LABEL CMD...: CMD under the part's time limit; a failure marks status.
+run_step() {
+    local label=$1
+    shift
+    echo "== $label: $*"
+    timeout -k 15 "$limit" "$@"
+    local rc=$?
+    if [[ $rc -eq 124 || $rc -eq 137 ]]; then
+        echo "== $label: stopped at the part's limit of $limit s (STITCH_PART_LIMIT)"
+    fi
+    [[ $rc -eq 0 ]] || status=1
+    return $rc
+}
+
+# run_tee FILE LABEL CMD...: run_step, its output also written to FILE.
+run_tee() {
+    local file=$1
+    shift
+    run_step "$1" bash -c 'set -o pipefail; f=$1; shift; "$@" | tee "$f"' _ "$file" "${@:2}"
+}
+
+setup() {
+    echo "== setup"
+    if [[ $rehearse == 0 ]]; then
+        if compgen -G ".whl/*.whl" >/dev/null; then
+            "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+                --upgrade --target /tmp/stitch-site .whl/*.whl || status=1
+            export PYTHONPATH=/tmp/stitch-site${PYTHONPATH:+:$PYTHONPATH}
+        else
+            echo "warning: no wheels in .whl/ (bash $0 --fetch-wheels where pip has network)"
+        fi
+        "$PY" -m pip install -q --no-deps --no-build-isolation -e . || status=1
+        nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv || true
+    fi
+    "$PY" - <<'PY' || status=1
+import importlib.util
+import platform
+
 import torch
-print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, available: {torch.cuda.is_available()}")
-try:
-    import triton
-    print(f"triton {triton.__version__}")
-except ImportError as exc:
-    print(f"triton: missing ({exc})")
-import black, pytest, syrupy  # noqa: F401  (what the test suite imports)
+
+print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
+      f"available: {torch.cuda.is_available()}")
+if torch.cuda.is_available():
+    print(f"device {torch.cuda.get_device_name()}, {torch.cuda.device_count()} visible")
+for name in ("triton", "transformers"):
+    try:
+        print(f"{name} {__import__(name).__version__}")
+    except ImportError as exc:
+        print(f"{name}: missing ({exc})")
+# engine_compat refuses SDPA models on CUDA with transformers 5.17 where either
+# is installed (NOTE: [SDPA on CUDA under 5.17] in stitch/runtime/hf/engine_compat).
+for name in ("flash_attn", "kernels"):
+    print(f"{name}: {'installed' if importlib.util.find_spec(name) else 'absent'}")
+import black, pytest, syrupy  # noqa: F401,E401  (what the test suite imports)
 print(f"pytest {pytest.__version__}, black {black.__version__}")
 import stitch.runtime  # noqa: F401
 PY
+}
 
-if [[ $part == all || $part == tests ]]; then
-    echo "== tests: pytest -m cuda"
-    "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider --continue-on-collection-errors \
-        --junitxml "$out/pytest_cuda.xml" -s ${PYTEST_ARGS:-} \
-        || status=1
-fi
+part_tests() {
+    local junit=$out/pytest_cuda.xml
+    local files
+    mapfile -t files < <(cuda_test_files)
+    if [[ $rehearse == 1 ]]; then
+        # Every cuda-marked test of the whole suite must be in the part's files.
+        local all_ids part_ids
+        all_ids=$("$PY" -m pytest -q -p no:cacheprovider -n 0 --collect-only -m cuda tests |
+            grep '::' | sort)
+        part_ids=$("$PY" -m pytest -q -p no:cacheprovider -n 0 --collect-only -m cuda \
+            "${files[@]}" | grep '::' | sort)
+        echo "cuda-marked tests: $(grep -c '::' <<<"$all_ids") in the suite," \
+            "$(grep -c '::' <<<"$part_ids") in ${files[*]}"
+        if [[ $all_ids != "$part_ids" ]]; then
+            echo "error: cuda-marked tests outside the part's files:"
+            comm -23 <(echo "$all_ids") <(echo "$part_ids")
+            status=1
+        fi
+        # Each test up to its first CUDA call (NOTE: [rehearsing the cuda tests]).
+        export STITCH_REHEARSE_CUDA=1
+        run_step "tests, rehearsed to their first CUDA call" "$PY" -m pytest -m cuda -q \
+            -rfEs -p no:cacheprovider -n 2 --dist load "${files[@]}"
+        unset STITCH_REHEARSE_CUDA
+        return
+    fi
+    local targets=("${files[@]}")
+    if [[ $# -gt 0 ]]; then # a rerun of the named tests
+        targets=("$@")
+        junit=$out/pytest_cuda_rerun.xml
+    fi
+    local timeout_opt=()
+    if "$PY" -c "import pytest_timeout" 2>/dev/null; then
+        timeout_opt=(--timeout "${STITCH_TEST_TIMEOUT:-180}")
+    fi
+    # Four workers, tests dealt one by one (no module here compiles a shared
+    # fixture for its cuda tests); more workers made the compiles slower.
+    # shellcheck disable=SC2086  # PYTEST_ARGS: one word per option
+    run_step "tests: pytest -m cuda" "$PY" -m pytest -m cuda -q -rfEs -p no:cacheprovider \
+        -n "${STITCH_TEST_WORKERS:-4}" --dist load --durations 15 "${timeout_opt[@]}" \
+        --junitxml "$junit" ${PYTEST_ARGS:-} "${targets[@]}"
+}
 
-if [[ $part == all || $part == bench ]]; then
-    echo "== benchmark: bench/gpu_serving.py $*"
+# The warm restart's first token: lazy capture (size 1 before the first token,
+# the rest after it), PIECEWISE and FULL; never --warm empty,empty here.
+part_warm_lazy() {
+    local extra=(--warm lazy --child-timeout 150 --out "$out/gpu_warm_start_lazy.md")
+    [[ $rehearse == 1 ]] && extra+=(--device cpu "${TINY[@]}" --capture-sizes 1,2,4)
+    run_step "warm restart, lazy capture: bench/gpu_warm_start.py" \
+        "$PY" bench/gpu_warm_start.py "${extra[@]}" "$@"
+}
+
+part_bench() {
+    local extra=(--out "$out/gpu_serving.md" --profile "$out/gpu_profile.txt")
     rm -f "$out/gpu_profile.txt"
-    "$PY" bench/gpu_serving.py --out "$out/gpu_serving.md" --profile "$out/gpu_profile.txt" "$@" \
-        || status=1
-fi
+    [[ $rehearse == 1 ]] && extra+=(--device cpu --emulate "${TINY[@]}" --iters 2
+        --warmup 1 --prefill 16 --decode 1,2 --capture-sizes 1,2,4)
+    run_step "benchmark: bench/gpu_serving.py" "$PY" bench/gpu_serving.py "${extra[@]}" "$@"
+}
 
-if [[ $part == all || $part == bench-hf ]]; then
-    echo "== benchmark: bench/gpu_serving.py --model hf"
-    "$PY" bench/gpu_serving.py --model hf --out "$out/gpu_serving_hf.md" || status=1
-fi
+part_bench_hf() {
+    local extra=(--model hf --out "$out/gpu_serving_hf.md")
+    [[ $rehearse == 1 ]] && extra+=(--device cpu --emulate "${TINY[@]}" --iters 2
+        --warmup 1 --prefill 16 --decode 1,2 --capture-sizes 1,2,4)
+    run_step "benchmark: bench/gpu_serving.py --model hf" \
+        "$PY" bench/gpu_serving.py "${extra[@]}" "$@"
+}
 
-if [[ $part == all || $part == warm-start ]]; then
-    echo "== benchmark: bench/attention_launch.py (the host cost of one attention launch)"
-    "$PY" bench/attention_launch.py | tee "$out/attention_launch.md" || status=1
-    echo "== benchmark: bench/attention_features.py (sinks, softcap, window: kernel and fallback)"
-    "$PY" bench/attention_features.py | tee "$out/attention_features.md" || status=1
-    echo "== benchmark: bench/gpu_warm_start.py (a saved forward in a fresh process)"
-    "$PY" bench/gpu_warm_start.py --out "$out/gpu_warm_start.md" --child-timeout 240 \
-        || status=1
-fi
+part_warm_start() {
+    if [[ $rehearse == 0 ]]; then
+        run_tee "$out/attention_launch.md" "benchmark: bench/attention_launch.py" \
+            "$PY" bench/attention_launch.py
+    fi
+    run_tee "$out/attention_features.md" "benchmark: bench/attention_features.py" \
+        "$PY" bench/attention_features.py
+    local extra=(--warm empty,lazy --child-timeout 150 --out "$out/gpu_warm_start.md")
+    [[ $rehearse == 1 ]] && extra+=(--device cpu "${TINY[@]}" --capture-sizes 1,2,4)
+    run_step "warm start, empty and lazy: bench/gpu_warm_start.py" \
+        "$PY" bench/gpu_warm_start.py "${extra[@]}" "$@"
+}
 
-if [[ $part == all || $part == warm-start-hf ]]; then
-    # Issue 30's warm-start target for transformers' Llama in the token layout.
-    echo "== benchmark: bench/gpu_warm_start.py --model hf"
-    "$PY" bench/gpu_warm_start.py --model hf --out "$out/gpu_warm_start_hf.md" \
-        --child-timeout 240 || status=1
-fi
+part_warm_start_hf() {
+    local extra=(--model hf --warm lazy --child-timeout 150 --out "$out/gpu_warm_start_hf.md")
+    [[ $rehearse == 1 ]] && extra+=(--device cpu "${TINY[@]}" --capture-sizes 1,2,4)
+    run_step "warm start, transformers' Llama: bench/gpu_warm_start.py --model hf" \
+        "$PY" bench/gpu_warm_start.py "${extra[@]}" "$@"
+}
 
-if [[ $part == engine ]]; then
-    echo "== benchmark: bench/transformers_engine.py --device cuda $*"
-    "$PY" bench/transformers_engine.py --device cuda "$@" | tee "$out/transformers_engine.md" \
-        || status=1
-fi
+part_engine() {
+    local extra=(--device cuda --table gpu --prompts 16 --new-tokens 32)
+    [[ $rehearse == 1 ]] && extra=(--device cpu --shape tiny --prompts 4 --new-tokens 4)
+    run_tee "$out/transformers_engine.md" "benchmark: bench/transformers_engine.py" \
+        "$PY" bench/transformers_engine.py "${extra[@]}" "$@"
+}
 
-if [[ $part == decode ]]; then
+part_decode() {
     # Issue 30's batch-1 target: the best mode within 1.5x the weight-read floor.
-    echo "== benchmark: bench/gpu_serving.py, decode variants $*"
+    local extra=(--variants compile-ro,stitch-full,stitch-full-tuned,stitch-full-pdl
+        --decode 1,8,32,128 --iters 100 --out "$out/gpu_decode.md"
+        --json "$out/gpu_decode.json" --profile "$out/gpu_decode_profile.txt")
     rm -f "$out/gpu_decode_profile.txt"
-    "$PY" bench/gpu_serving.py --variants compile-ro,stitch-full,stitch-full-tuned,stitch-full-pdl \
-        --decode 1,8,32,128 --out "$out/gpu_decode.md" --json "$out/gpu_decode.json" \
-        --profile "$out/gpu_decode_profile.txt" "$@" || status=1
-fi
+    [[ $rehearse == 1 ]] && extra+=(--device cpu --emulate "${TINY[@]}" --iters 2
+        --warmup 1 --prefill 16 --decode 1,2 --capture-sizes 1,2,4 --tuned-sizes 1)
+    run_step "benchmark: bench/gpu_serving.py, decode variants" \
+        "$PY" bench/gpu_serving.py "${extra[@]}" "$@"
+}
 
+# run_part P ARGS...: one part, with its own elapsed time.
+run_part() {
+    local p=$1
+    shift
+    local t0=$SECONDS
+    echo "== part $p"
+    case $p in
+        first)
+            part_tests
+            part_warm_lazy
+            ;;
+        *) "part_${p//-/_}" "$@" ;;
+    esac
+    echo "== part $p: done in $((SECONDS - t0)) s"
+}
+
+setup
+if [[ $part == all ]]; then
+    for p in tests warm-lazy bench bench-hf warm-start warm-start-hf; do run_part "$p"; done
+else
+    run_part "$part" "$@"
+fi
 echo "== done in $((SECONDS - started)) s, status $status (results in $out)"
 exit $status
