@@ -19,8 +19,9 @@ supporting the next release starts with reading these files:
 - ``shapes``: the ShapeEnv: ranges, backed values, the guards a call adds;
 - ``pytree``: flattening outputs;
 - ``graph_pickle``: pieces, fake tensors and the ShapeEnv across a process
-  boundary (spawned compile workers).
-- ``trace``: ``TORCH_TRACE`` artifacts and ``dynamo_timed`` phase times.
+  boundary (spawned compile workers);
+- ``trace``: ``TORCH_TRACE`` artifacts and ``dynamo_timed`` phase times;
+- ``static_launcher``: loading a cubin through torch's static CUDA launcher.
 
 Importing any of them imports neither Dynamo nor Inductor: a warm start loads
 neither (``tests/test_warm_start.py``); they are imported inside the functions

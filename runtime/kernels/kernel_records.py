@@ -5,13 +5,14 @@ static launcher takes, and its cubin and record written and found, checked."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from stitch.core.errors import StitchError
 
 from ..store import codec, location
 from ..store.files import atomic_write, make_private_dirs
-from ..store.hashing import content_hash, file_hash_or_none
+from ..store.hashing import content_hash, file_hash_or_none, key_hash
 from ..store.records import OpKernelRecord
 from ..store.trust import check_trusted
 
@@ -120,6 +121,12 @@ def save_kernel(
     return path
 
 
+def kernel_name(fields: dict[str, Any]) -> str:
+    """The name a kernel saved for ``fields`` (op, specialization, gpu,
+    source_sha256, in that order) is saved and found under."""
+    return key_hash(*fields.values())
+
+
 def find_kernel(
     folder: str, root: str, name: str, fields: dict[str, Any]
 ) -> tuple[OpKernelRecord, str] | None:
@@ -146,4 +153,34 @@ def find_kernel(
     return record, cubin
 
 
-__all__ = ["find_kernel", "launch_facts", "save_kernel"]
+def find_kernels(
+    folder: str, root: str, fields: dict[str, Any]
+) -> Iterator[tuple[str, OpKernelRecord, str]]:
+    """Each kernel in ``folder`` saved for ``fields`` but any specialization:
+    its name, record and cubin's path, checked as :func:`find_kernel` checks.
+    A record that fails a check, or is not named by its own fields, is left
+    out here: :func:`find_kernel` names what is wrong when its specialization
+    is asked for."""
+    try:
+        files = sorted(os.listdir(folder))
+    except OSError:  # nothing saved yet
+        return
+    for file in files:
+        name = os.path.splitext(file)[0]
+        path = location.kernel_record_file(folder, name)
+        if path != os.path.join(folder, file):
+            continue  # a cubin
+        try:
+            check_trusted(path, root)
+            specialization = codec.read(OpKernelRecord, path).specialization
+            wanted = {**fields, "specialization": specialization}
+            if kernel_name(wanted) != name:
+                continue
+            found = find_kernel(folder, root, name, wanted)
+        except (StitchError, OSError):
+            continue
+        if found is not None:
+            yield name, *found
+
+
+__all__ = ["find_kernel", "find_kernels", "kernel_name", "launch_facts", "save_kernel"]

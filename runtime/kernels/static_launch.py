@@ -46,19 +46,29 @@ from typing import Any, NamedTuple
 
 import torch
 
-from stitch.core.errors import StitchError
+from stitch.core.errors import StitchError, StitchRuntimeError
 
+from ..compat.static_launcher import launcher, load_function
 from ..compat.versions import gpu_fingerprint
 from ..store import location
-from ..store.hashing import content_hash, key_hash
+from ..store.hashing import content_hash
 from ..store.records import OpKernelRecord
-from .kernel_records import find_kernel, launch_facts, save_kernel
+from .kernel_records import (
+    find_kernel,
+    find_kernels,
+    kernel_name,
+    launch_facts,
+    save_kernel,
+)
 
 log = logging.getLogger("stitch")
 
 # Where one specialization's kernel is saved: folder, cache root, name, and the
 # fields its record must hold.
 Where = tuple[str, str, str, dict[str, Any]]
+# A loaded kernel: how it is launched (NOTE: [a prebuilt kernel launches on its
+# tensors' device]), its CUfunction, its record.
+Loaded = tuple[Callable[..., Any], int, OpKernelRecord]
 
 
 def specialization_key(
@@ -116,9 +126,12 @@ class PrebuiltKernels:
     def __init__(self, op: str, source_file: str) -> None:
         self.op = op
         self.source_file = source_file
-        # key -> (function, record), or None: looked up, none usable (Triton's
+        # key -> what launches it, or None: looked up, none usable (Triton's
         # JIT serves that key in this process).
-        self._loaded: dict[tuple[Any, ...], tuple[int, OpKernelRecord] | None] = {}
+        self._loaded: dict[tuple[Any, ...], Loaded | None] = {}
+        # device -> name -> every kernel saved for this op and the device's GPU,
+        # loaded at the device's first call outside a CUDA graph capture.
+        self._preloaded: dict[int, dict[str, Loaded]] = {}
         # Compiled before this process noted a cache root: saved once it has one.
         self._pending: dict[tuple[Any, ...], Any] = {}
         self._saved: set[tuple[Any, ...]] = set()
@@ -139,8 +152,7 @@ class PrebuiltKernels:
             "gpu": gpu_of(key[0]),
             "source_sha256": self.source_sha256,
         }
-        name = key_hash(*fields.values())
-        return location.kernel_folder(root, self.op), root, name, fields
+        return location.kernel_folder(root, self.op), root, kernel_name(fields), fields
 
     def _tell(self, what: str, message: str) -> None:
         if what not in self._told:
@@ -161,7 +173,7 @@ class PrebuiltKernels:
                 self._write(key, where, self._pending.pop(key))
                 entry = self._loaded[key] = None
             else:
-                entry = self._loaded[key] = self._load(key, where)
+                entry = self._loaded[key] = self._find(key, where)
         return entry is not None
 
     def launch(
@@ -179,9 +191,9 @@ class PrebuiltKernels:
                 return False
             entry = self._loaded[key]
             assert entry is not None  # ready() said so
-        function, record = entry
+        run, function, record = entry
         args = tuple(None if i < 0 else everything[i] for i in record.launched)
-        _launcher()._launch_kernel(
+        run(
             function,
             grid[0],
             grid[1],
@@ -194,22 +206,73 @@ class PrebuiltKernels:
         )
         return True
 
-    def _load(
-        self, key: tuple[Any, ...], where: Where
-    ) -> tuple[int, OpKernelRecord] | None:
+    # NOTE: [no cubin loads inside a CUDA graph capture]
+    # Loading a module (cuModuleLoad, then cuFuncSetAttribute) while a stream
+    # captures in the default global mode is refused by the driver ("operation
+    # not permitted when stream is capturing") and invalidates the capture;
+    # Triton's JIT fails the same way on a kernel it has not loaded yet (its
+    # load_binary), so falling back to it is no escape.  A key is first seen
+    # inside a capture in FULL mode with cudagraph_num_of_warmups=0, or in an
+    # engine's own graphs, at a size whose specialization no eager call had.
+    # So a device's first call outside a capture loads every kernel saved for
+    # the op and that GPU (a few, each a small cubin), and a key first seen
+    # inside a capture takes its kernel from those.  One saved but not loaded
+    # then (the first call was itself captured) raises, naming the op and the
+    # specialization, before any driver call; a key with nothing saved goes to
+    # Triton as it would without prebuilt kernels.  A capture on another thread
+    # is not seen here: a load it refuses is a RuntimeError, and Triton serves.
+
+    def _find(self, key: tuple[Any, ...], where: Where) -> Loaded | None:
+        folder, _, name, fields = where
+        device = key[0]
+        preloaded = self._preloaded.get(device)
+        if torch.cuda.is_current_stream_capturing():
+            found = preloaded.get(name) if preloaded is not None else None
+            if found is None and os.path.exists(
+                location.kernel_record_file(folder, name)
+            ):
+                raise StitchRuntimeError(
+                    f"{self.op}: the prebuilt kernel {name} for specialization "
+                    f"{fields['specialization']} on cuda:{device} is first needed "
+                    "inside a CUDA graph capture, where no kernel can be loaded; "
+                    "run one call at this size before capturing (for instance "
+                    "cudagraph_num_of_warmups=1)"
+                )
+            return found
+        if preloaded is None:
+            preloaded = self._preloaded[device] = self._preload(device, where)
+        found = preloaded.get(name)
+        return found if found is not None else self._load(key, where)
+
+    def _preload(self, device: int, where: Where) -> dict[str, Loaded]:
+        """Every kernel saved for this op and ``device``'s GPU, loaded (NOTE:
+        [no cubin loads inside a CUDA graph capture]); one that does not load
+        is left to :meth:`_load`, which says why when its key is asked for."""
+        folder, root, _, fields = where
+        loaded = {}
+        for name, record, cubin in find_kernels(folder, root, fields):
+            try:
+                loaded[name] = self._loaded_kernel(device, record, cubin)
+            except RuntimeError:
+                continue
+        return loaded
+
+    def _load(self, key: tuple[Any, ...], where: Where) -> Loaded | None:
         folder, root, name, fields = where
         try:
             found = find_kernel(folder, root, name, fields)
             if found is None:
                 return None
             record, cubin = found
-            function, _, _ = _launcher()._load_kernel(
-                cubin, record.function, record.shared, key[0]
-            )
+            return self._loaded_kernel(key[0], record, cubin)
         except (StitchError, OSError, RuntimeError) as exc:
             self._tell(name, f"the prebuilt kernel {name} is not used ({exc})")
             return None
-        return function, record
+
+    @staticmethod
+    def _loaded_kernel(device: int, record: OpKernelRecord, cubin: str) -> Loaded:
+        function = load_function(cubin, record.function, record.shared, device)
+        return launcher_for(device), function, record
 
     def save(self, key: tuple[Any, ...], compiled: Any) -> None:
         """Save what Triton compiled for ``key``, once a process (before a cache
@@ -269,8 +332,32 @@ def choose_launch(
     return None if kernels is None else Launch(key, kernels)
 
 
-def _launcher() -> Any:
-    return torch._C._StaticCudaLauncher  # type: ignore[attr-defined]
+# NOTE: [a prebuilt kernel launches on its tensors' device]
+# The static launcher launches in the CUDA context current on the thread, and a
+# function loaded for cuda:1 (NOTE: [loading a cubin through torch's static
+# launcher] in compat/static_launcher.py) launches only there: a model split
+# over GPUs in one process (transformers' device_map) calls the op for cuda:1
+# while cuda:0 is current.  With one GPU visible no launch can go astray and a
+# kernel launches through the launcher itself; with several, through a check
+# of the current device first (switching only when it differs).
+
+
+def launcher_for(device: int) -> Callable[..., Any]:
+    """What launches a kernel loaded for ``device`` (NOTE: [a prebuilt kernel
+    launches on its tensors' device])."""
+    launch = launcher()._launch_kernel
+    if torch.cuda.device_count() <= 1:
+        return launch
+    current = torch._C._cuda_getDevice  # type: ignore[attr-defined]
+
+    def on_device(*args: Any) -> None:
+        if current() == device:
+            launch(*args)
+            return
+        with torch.cuda.device(device):
+            launch(*args)
+
+    return on_device
 
 
 __all__ = [
@@ -278,6 +365,7 @@ __all__ = [
     "PrebuiltKernels",
     "choose_launch",
     "enabled",
+    "launcher_for",
     "specialization_key",
     "specialization_text",
 ]

@@ -25,6 +25,7 @@ import torch
 
 from stitch.core.errors import StitchCacheError
 
+from ..compat.static_launcher import launcher, load_function
 from ..loader import register_source
 from ..store.artifacts import PREBUILT_DIR
 from ..store.extras import Extras
@@ -67,15 +68,12 @@ def load_triton(extras: Extras, name: str, entry: TritonKernel) -> Any:
             raise StitchCacheError(
                 f"{extras.list_path}: lists {extra} with another sha256"
             )
-        launcher = torch._C._StaticCudaLauncher  # type: ignore[attr-defined]
         try:
-            function, _, _ = launcher._load_kernel(
-                cubin, entry.function, entry.shared, entry.device
-            )
+            function = load_function(cubin, entry.function, entry.shared, entry.device)
         except RuntimeError as exc:
             raise StitchCacheError(f"kernel {cubin} does not load ({exc})") from None
         _FUNCTIONS[key] = function
-    launch = torch._C._StaticCudaLauncher._launch_kernel  # type: ignore[attr-defined]
+    launch = launcher()._launch_kernel
     return types.SimpleNamespace(
         name=name, run=triton_launcher(name, entry, function, launch)
     )
