@@ -31,6 +31,28 @@ HEAVY = ("sympy", "torch.fx.experimental.symbolic_shapes", "torch.distributed.fs
 TRITON = "triton"
 
 
+class _ImportTracer:
+    """A ``sys.meta_path`` finder that finds nothing: it notes where each watched
+    module was first imported from (the innermost frames outside importlib), so
+    that a warm process that imports one says who asked for it."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self.names = names
+        self.stacks: dict[str, list[str]] = {}
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name in self.names and name not in self.stacks:
+            import traceback
+
+            frames = [
+                f"{f.filename}:{f.lineno} {f.name}"
+                for f in traceback.extract_stack()[:-1]
+                if "importlib" not in f.filename and "aot_worker" not in f.filename
+            ]
+            self.stacks[name] = frames[-12:]
+        return None
+
+
 class _Collect(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -84,6 +106,8 @@ def mapped_under(folder: str) -> list[str]:
 
 def main(spec: dict) -> dict:
     started = time.perf_counter()
+    tracer = _ImportTracer(WATCHED + HEAVY)
+    sys.meta_path.insert(0, tracer)
     import torch
 
     from stitch.runtime import CompilationConfig, aot_compile, compilation_counter
@@ -147,6 +171,9 @@ def main(spec: dict) -> dict:
         and type(forward.__func__) is types.FunctionType,
         "imported": sorted(m for m in WATCHED if m in sys.modules),
         "heavy": sorted(m for m in HEAVY if m in sys.modules),
+        # Who first imported each watched module: what to fix when a warm
+        # process imports one.
+        "import_stacks": tracer.stacks,
         "triton": TRITON in sys.modules,
         "entry": first.cache_entry,
         "mapped": mapped_under(spec["cache_dir"]),
