@@ -5,6 +5,8 @@ Usage::
     python bench/transformers_engine.py                  # 64 prompts of 16-512 tokens, 64 new
     python bench/transformers_engine.py --prompts 16 --new-tokens 16   # a quick look
     python bench/transformers_engine.py --device cuda    # the GPU table (below)
+    python bench/transformers_engine.py --device cuda --dtype float32 --max-batch-tokens 64 \
+        --decode-requests 0 --long-prompt 0 --runs eager,stitch,stitch+graphs  # tokens
 
 Each run is a fresh process, one after the other in one invocation (side by
 side): eager, the engine's own compile cold and warm, Stitch cold and warm.
@@ -29,13 +31,23 @@ over those 2,048 tokens through SDPA (FlashAttention on an H100;
 ``logits_to_keep=1``, as the engine keeps one logit; CUDA events, median of
 10 after 3 warm-ups), the issue's reference for the long prompt.  The tokens
 column compares every run's greedy tokens with eager's, position by position
-(bfloat16 kernels differ: a share below 100% is expected, not a failure).
+(bfloat16 kernels differ: a share below 100% is expected, not a failure; the
+cell counts the tokens that differ and the first step, 0 being the token
+after the prompt, at which any request's differ).  Stitch's runs count the
+Inductor compiles they ran (a warm process: none).  ``--dtype float32``
+runs with TF32 off (the child sets it off and reports it), where the tokens
+must equal eager's; ``--max-batch-tokens`` below the longest prompt chunks
+its prefill beside other requests' decode steps; ``--decode-requests 0``
+and ``--long-prompt 0`` leave out the decode and long-prompt measurements
+(and the SDPA forward).  Under the table, each Stitch run's figures are set
+against issue 60's targets, met or missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import statistics
@@ -43,6 +55,8 @@ import sys
 import tempfile
 import time
 from typing import Any, TextIO
+
+from engine_report import gpu_cells, gpu_targets
 
 from stitch.runtime.cli.engine_job import (
     MODELS,
@@ -93,6 +107,19 @@ def gpu_fields(gpu: GpuWork) -> dict[str, Any]:
     return fields
 
 
+def float32_exact(dtype: str) -> dict[str, Any]:
+    """For float32, TF32 off in this process (issue 60's token check): what
+    the child reports of it."""
+    import torch
+
+    if dtype != "float32":
+        return {}
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    return {"tf32": torch.backends.cuda.matmul.allow_tf32}
+
+
 def sdpa_forward(gpu: GpuWork) -> dict[str, Any]:
     """A plain forward over ``long_prompt`` tokens (CUDA events, milliseconds)."""
     import torch
@@ -123,6 +150,7 @@ def gpu_child(run: str, cache: str, gpu: GpuWork) -> dict[str, Any]:
     """One run in this process: every measurement on one persistent engine."""
     import torch
 
+    exact = float32_exact(gpu.work.dtype)
     if run == "sdpa":
         return sdpa_forward(gpu)
     started = time.perf_counter()
@@ -153,25 +181,36 @@ def gpu_child(run: str, cache: str, gpu: GpuWork) -> dict[str, Any]:
         t0 = time.perf_counter()
         mixed = generate(batch, gpu.work.new_tokens)
         seconds = time.perf_counter() - t0
-        decoded = generate(decode, gpu.decode_tokens)
+        decoded = generate(decode, gpu.decode_tokens) if decode else []
         long_ttft = []
-        for _ in range(6):
+        for _ in range(6 if gpu.long_prompt else 0):
             [first] = generate([long], 1)
             long_ttft.append(first.timestamps[0] - first.created_time)
-        long_ttft = long_ttft[1:]
     model.destroy_cached_continuous_batching_manager()
-    # Decode: from the moment every request has its first token.
-    since = max(o.timestamps[0] for o in decoded)
-    until = max(o.timestamps[-1] for o in decoded)
-    later = sum(sum(t > since for t in o.timestamps) for o in decoded)
-    return {
+    out = {
         "start_s": start,
         **batch_figures(mixed, seconds),
-        "decode_tok_s": later / (until - since) if until > since else 0.0,
-        "long_ttft_ms": 1000 * statistics.median(long_ttft),
+        **exact,
         "tokens": [o.generated_tokens for o in mixed]
         + [o.generated_tokens for o in decoded],
     }
+    if decoded:
+        out["decode_tok_s"] = decode_rate(decoded)
+    if long_ttft:
+        out["long_ttft_ms"] = 1000 * statistics.median(long_ttft[1:])
+    if run.startswith("stitch"):
+        from stitch.runtime.counter import compilation_counter
+
+        out["inductor_compiles"] = compilation_counter.num_inductor_compiles
+    return out
+
+
+def decode_rate(decoded: list[Any]) -> float:
+    """Tokens per second from the moment every request has its first token."""
+    since = max(o.timestamps[0] for o in decoded)
+    until = max(o.timestamps[-1] for o in decoded)
+    later = sum(sum(t > since for t in o.timestamps) for o in decoded)
+    return later / (until - since) if until > since else 0.0
 
 
 def run_gpu_child(run: str, cache: str, gpu: GpuWork) -> dict[str, Any]:
@@ -196,20 +235,9 @@ def environment() -> str:
     )
 
 
-def agreement(tokens: list[list[int]], eager: list[list[int]]) -> str:
-    pairs = [
-        (a, b)
-        for x, y in zip(tokens, eager, strict=True)
-        for a, b in zip(x, y, strict=True)
-    ]
-    same = sum(a == b for a, b in pairs)
-    return (
-        "= eager" if same == len(pairs) else f"{100 * same / len(pairs):.0f}% = eager"
-    )
-
-
 def run_gpu_table(gpu: GpuWork, runs: list[str], out: TextIO) -> int:
-    """Every run of :data:`GPU_RUNS` named in ``runs``, then the table; 1 when one failed."""
+    """Every run of :data:`GPU_RUNS` named in ``runs``, then the table and the
+    targets; 1 when one failed."""
     from stitch.runtime.tables import markdown_table
 
     print(f"transformers' continuous batching on {environment()}", file=out, flush=True)
@@ -228,38 +256,28 @@ def run_gpu_table(gpu: GpuWork, runs: list[str], out: TextIO) -> int:
     for run, label, r in rows:
         if "error" in r:
             failed.append(f"{label}:\n{r['error']}")
-            cells.append((label, *["failed"] * 7))
+            cells.append((label, *["failed"] * 8))
         elif run == "sdpa":
-            cells.append((label, "", "", "", "", f"{r['forward_ms']:.1f}", "1.00x", ""))
-        else:
-            ratio = (
-                r["long_ttft_ms"] / forward["forward_ms"]
-                if "forward_ms" in forward
-                else 0
-            )
             cells.append(
-                (
-                    label,
-                    f"{r['start_s']:.1f}",
-                    f"{r['ttft_s']:.3f}",
-                    f"{r['tok_s']:.0f}",
-                    f"{r['decode_tok_s']:.0f}",
-                    f"{r['long_ttft_ms']:.1f}",
-                    f"{ratio:.2f}x" if ratio else "",
-                    (
-                        agreement(r["tokens"], eager["tokens"])
-                        if "tokens" in eager
-                        else ""
-                    ),
-                )
+                (label, "", "", "", "", f"{r['forward_ms']:.1f}", "1.00x", "", "")
             )
+        else:
+            cells.append(gpu_cells(label, r, forward, eager))
     work = gpu.work
+    tf32 = next((r["tf32"] for _, _, r in rows if "tf32" in r), None)
     print(
         f"\nLlama {work.shape} ({MODELS[work.shape]['num_hidden_layers']} layers x "
-        f"{MODELS[work.shape]['hidden_size']}), {work.dtype}; mixed: {work.describe()}, "
-        f"max_batch_tokens {work.max_batch_tokens}; decode: {gpu.decode_requests} "
-        f"requests of {gpu.decode_prompt} tokens, {gpu.decode_tokens} new; long: one "
-        f"{gpu.long_prompt}-token prompt\n",
+        f"{MODELS[work.shape]['hidden_size']}), {work.dtype}"
+        + ("" if tf32 is None else f" (TF32 {'on' if tf32 else 'off'})")
+        + f"; mixed: {work.describe()}, max_batch_tokens {work.max_batch_tokens}; "
+        + (
+            f"decode: {gpu.decode_requests} requests of {gpu.decode_prompt} tokens, "
+            f"{gpu.decode_tokens} new; "
+            if gpu.decode_requests
+            else ""
+        )
+        + (f"long: one {gpu.long_prompt}-token prompt" if gpu.long_prompt else "")
+        + "\n",
         file=out,
     )
     headers = (
@@ -267,12 +285,18 @@ def run_gpu_table(gpu: GpuWork, runs: list[str], out: TextIO) -> int:
         "start (s)",
         "ttft median (s)",
         "tok/s",
-        f"decode tok/s ({gpu.decode_requests} requests)",
-        f"{gpu.long_prompt}-token ttft (ms)",
+        f"decode tok/s ({gpu.decode_requests or 'no'} requests)",
+        (
+            f"{gpu.long_prompt}-token ttft (ms)"
+            if gpu.long_prompt
+            else "long-prompt ttft (ms)"
+        ),
         "vs SDPA forward",
         "tokens",
+        "Inductor compiles",
     )
-    print(markdown_table(headers, cells, align="lrrrrrrl"), file=out)
+    print(markdown_table(headers, cells, align="lrrrrrrlr"), file=out)
+    print("\n" + "\n".join(gpu_targets(rows, work.dtype)), file=out)
     for text in failed:
         print(f"\n{text}", file=out)
     return 1 if failed else 0
@@ -286,8 +310,21 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--shape", default=None, help="tiny or 1b (1b on a GPU)")
-    parser.add_argument("--decode-requests", type=int, default=64)
-    parser.add_argument("--long-prompt", type=int, default=2048)
+    parser.add_argument(
+        "--dtype", default=None, help="bfloat16 on a GPU, float32 on the CPU"
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="the engine's (default: the long prompt, at least 256)",
+    )
+    parser.add_argument(
+        "--decode-requests", type=int, default=64, help="0: no decode measurement"
+    )
+    parser.add_argument(
+        "--long-prompt", type=int, default=2048, help="0: no long-prompt measurement"
+    )
     parser.add_argument(
         "--runs", default=",".join(dict(GPU_RUNS)), help="the GPU table's runs"
     )
@@ -297,6 +334,7 @@ def main() -> int:
         default="default",
         help="gpu: the GPU table on any device (a quick check of it on CPU)",
     )
+    parser.add_argument("--out", help="also write the GPU table to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--gpu-work", help=argparse.SUPPRESS)
@@ -315,11 +353,36 @@ def main() -> int:
         *sizes,
         shape=args.shape or ("1b" if cuda else "tiny"),
         device=args.device,
-        dtype="bfloat16" if cuda else "float32",
-        max_batch_tokens=max(args.long_prompt, 256),
+        dtype=args.dtype or ("bfloat16" if cuda else "float32"),
+        max_batch_tokens=args.max_batch_tokens or max(args.long_prompt, 256),
     )
     gpu = GpuWork(work, args.decode_requests, long_prompt=args.long_prompt)
-    return run_gpu_table(gpu, args.runs.split(","), sys.stdout)
+    runs = args.runs.split(",")
+    if not args.long_prompt:
+        runs = [r for r in runs if r != "sdpa"]  # its reference is the long prompt
+    if not args.out:
+        return run_gpu_table(gpu, runs, sys.stdout)
+    text = io.StringIO()
+    code = run_gpu_table(gpu, runs, Tee(sys.stdout, text))
+    with open(args.out, "w") as f:
+        f.write(text.getvalue())
+    return code
+
+
+class Tee:
+    """Print to the terminal and keep a copy (the ``--out`` file)."""
+
+    def __init__(self, *streams: Any) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
 
 
 if __name__ == "__main__":

@@ -19,11 +19,15 @@
 #     bash scripts/gpu_check.sh warm-start-hf  # the warm start, transformers' Llama in
 #                                            #   the token layout, lazy (~2.5 min)
 #     bash scripts/gpu_check.sh engine       # transformers' continuous batching through
-#                                            #   Stitch, sized to fit (~4 min; extra
-#                                            #   arguments go to the benchmark)
+#                                            #   Stitch, bf16, sized to fit (~2.5 min;
+#                                            #   extra arguments go to the benchmark)
+#     bash scripts/gpu_check.sh engine-fp32  # the same in fp32, TF32 off: tokens equal
+#                                            #   eager's, chunked prefill (~2 min)
+#     bash scripts/gpu_check.sh tiered       # the tiered start under PIECEWISE graphs,
+#                                            #   3 and 32 layers (~2.5-4 min)
 #     bash scripts/gpu_check.sh decode       # batch-1..128 decode against the weight-read
 #                                            #   floor (~4 min; extra arguments go to it)
-#     bash scripts/gpu_check.sh all          # every part but engine and decode, in order
+#     bash scripts/gpu_check.sh all          # every part but engine, tiered and decode
 #                                            #   (about 20 min: never in one device call)
 #
 # Each part prints its own elapsed time ("== part P: done in N s") and is
@@ -78,7 +82,7 @@ fi
 
 part=${1:-all}
 [[ $# -gt 0 ]] && shift
-PARTS=(first tests warm-lazy bench bench-hf warm-start warm-start-hf engine decode)
+PARTS=(first tests warm-lazy bench bench-hf warm-start warm-start-hf engine engine-fp32 tiered decode)
 if [[ $part != all ]] && ! printf '%s\n' "${PARTS[@]}" | grep -qxF -- "$part"; then
     echo "usage: $0 [--rehearse] [all|${PARTS[*]// /|}] [args...] | --fetch-wheels" >&2
     exit 2
@@ -241,11 +245,37 @@ part_warm_start_hf() {
         "$PY" bench/gpu_warm_start.py "${extra[@]}" "$@"
 }
 
+# transformers' engine (issue 60): bf16, every run but the engine's own compile
+# (engine+graphs: the costliest, and no target needs it), the 2,048-token
+# prompt against plain SDPA and decode at 64 requests.
 part_engine() {
-    local extra=(--device cuda --table gpu --prompts 16 --new-tokens 32)
-    [[ $rehearse == 1 ]] && extra=(--device cpu --shape tiny --prompts 4 --new-tokens 4)
-    run_tee "$out/transformers_engine.md" "benchmark: bench/transformers_engine.py" \
+    local extra=(--device cuda --table gpu --prompts 16 --new-tokens 32
+        --runs sdpa,eager,eager+graphs,stitch,stitch+graphs --out "$out/transformers_engine.md")
+    [[ $rehearse == 1 ]] && extra+=(--device cpu --shape tiny --decode-requests 4
+        --long-prompt 64)
+    run_step "benchmark: bench/transformers_engine.py" \
         "$PY" bench/transformers_engine.py "${extra[@]}" "$@"
+}
+
+# The engine in fp32 with TF32 off: tokens equal eager's, chunked prefill
+# (max_batch_tokens 64) beside decode steps, 16 prompts of 8-200 tokens.
+part_engine_fp32() {
+    local extra=(--device cuda --table gpu --dtype float32 --prompts 16 --shortest 8
+        --longest 200 --new-tokens 24 --max-batch-tokens 64 --decode-requests 0
+        --long-prompt 0 --runs eager,stitch,stitch+graphs
+        --out "$out/transformers_engine_fp32.md")
+    [[ $rehearse == 1 ]] && extra+=(--device cpu --shape tiny --prompts 4 --new-tokens 4)
+    run_step "benchmark: bench/transformers_engine.py --dtype float32" \
+        "$PY" bench/transformers_engine.py "${extra[@]}" "$@"
+}
+
+# The tiered start under PIECEWISE graphs (issue 60): Dynamo alone, cold,
+# tiered (spawned workers), warm; 3 and 32 layers.
+part_tiered() {
+    local extra=(--device cuda --layers 3 32 --child-timeout 150 --settle-s 100
+        --out "$out/tiered_start.md")
+    [[ $rehearse == 1 ]] && extra+=(--device cpu --layers 2 --child-timeout 420 --settle-s 360)
+    run_step "benchmark: bench/tiered_start.py" "$PY" bench/tiered_start.py "${extra[@]}" "$@"
 }
 
 part_decode() {

@@ -170,7 +170,7 @@ def test_gpu_engine_table_sets_each_run_against_eager_and_the_forward(
     results = {
         "sdpa": {"forward_ms": 50.0},
         "eager": run(4.0, [[1, 2], [3, 4]]),
-        "stitch": run(9.0, [[1, 2], [3, 5]]),
+        "stitch": dict(run(9.0, [[1, 2], [3, 5]]), inductor_compiles=0),
         "stitch+graphs": {"error": "capture failed: illegal memory access"},
     }
     monkeypatch.setattr(bench, "run_gpu_child", lambda r, cache, gpu: results[r])
@@ -178,11 +178,14 @@ def test_gpu_engine_table_sets_each_run_against_eager_and_the_forward(
     out = io.StringIO()
     assert bench.run_gpu_table(gpu, list(results), out) == 1
     rows = markdown_rows(out.getvalue())
-    assert ["plain SDPA forward", "", "", "", "", "50.0", "1.00x", ""] in rows
-    eager = ["eager", "4.0", "0.250", "900", "3000", "60.0", "1.20x", "= eager"]
+    assert ["plain SDPA forward", "", "", "", "", "50.0", "1.00x", "", ""] in rows
+    eager = ["eager", "4.0", "0.250", "900", "3000", "60.0", "1.20x", "= eager", ""]
     assert eager in rows
+    # The share of eager's tokens, how many differ and the first step that does.
     assert ["stitch, cold", "9.0", "0.250", "900", "3000", "60.0", "1.20x",
-            "75% = eager"] in rows  # fmt: skip
+            "75% = eager (1 differ, from step 1)", "0"] in rows  # fmt: skip
+    assert "stitch, cold: tokens 75% = eager" in out.getvalue()
+    assert "long ttft 1.20x SDPA (<= 1.2x: met)" in out.getvalue()
     # Each failed run is one row and its error under the table.
     assert sum(r[0] == "stitch in the engine's CUDA graphs, warm" for r in rows) == 1
     assert "capture failed: illegal memory access" in out.getvalue()
