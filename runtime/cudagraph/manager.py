@@ -67,6 +67,8 @@ class CUDAGraphManager:
         # NOTE: [uncompiled pieces under CUDA graphs] (wrapper.py)
         self.lock = threading.Lock()
         self.capturing = False
+        # Per size, bumped as its graphs are dropped (NOTE in capture).
+        self._generation: dict[int, int] = {}
 
     # -- decisions -------------------------------------------------------------
     def applies_to(self, example_inputs: Sequence[Any]) -> bool:
@@ -108,14 +110,13 @@ class CUDAGraphManager:
         piece: str,
         size: int,
         weak_output: bool,
-    ) -> tuple[Any, Any]:
+    ) -> tuple[Any, Any, bool]:
+        """Graph, output, and whether the size counts as captured (NOTE below)."""
         self.check_capture_allowed(piece, size)
-        if self.shared_pool:
-            if self._pool is None:
-                self._pool = self.ops.new_pool()
-            pool = self._pool
-        else:
-            pool = self.ops.new_pool()
+        pool = self._pool if self.shared_pool else self.ops.new_pool()
+        if pool is None:
+            pool = self._pool = self.ops.new_pool()
+        generation = self._generation.get(size, 0)
         self.capturing = True
         try:
             graph, output = self.ops.capture(
@@ -137,10 +138,22 @@ class CUDAGraphManager:
         finally:
             self.capturing = False
         self._captured_any = True
-        self.captured_sizes.add(size)
         self.num_captured += 1
         compilation_counter.num_cudagraph_captured += 1
-        return graph, output
+        # NOTE: [a capture that raced with a recapture]
+        # A capture runs outside the lock.  If recapture_sizes dropped this
+        # size's graphs meanwhile, marking it captured would undo that (under
+        # cudagraph_forbid_capture_after_startup its next capture would raise):
+        # it goes back to pending, and the caller replays the stale graph once
+        # for this call and drops it.
+        with self.lock:
+            kept = self._generation.get(size, 0) == generation
+            if kept:
+                self.captured_sizes.add(size)
+            elif size not in self.captured_sizes | set(self.pending):
+                self.pending.append(size)
+                self.capture_allowed = True
+        return graph, output, kept
 
     def capture_sizes(
         self,
@@ -197,6 +210,7 @@ class CUDAGraphManager:
         under CUDA graphs]): they are pending again, and capture is allowed
         until :meth:`capture_pending` has captured them."""
         with self.lock:
+            self._generation.update({s: self._generation.get(s, 0) + 1 for s in sizes})
             again = sorted(sizes & self.captured_sizes, reverse=True)
             self.captured_sizes -= sizes
             self.pending = self.pending + [s for s in again if s not in self.pending]

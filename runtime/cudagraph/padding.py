@@ -144,6 +144,10 @@ class PaddedRunner:
         return step
 
     def __call__(self, *args: Any) -> Any:
+        graphs = self.graphs
+        if graphs is not None and graphs.stale:
+            # NOTE: [graphs are dropped on the serving thread] (wrapper.py)
+            graphs.settle()
         n = args[self.size_index]
         if n > self.max_size:
             return self.above_max(*args)

@@ -35,7 +35,7 @@ class CUDAGraphManager(Protocol):
         piece: str,
         size: int,
         weak_output: bool,
-    ) -> tuple[Any, Any]: ...
+    ) -> tuple[Any, Any, bool]: ...
 
 
 FULL_GRAPH = "<full forward>"
@@ -99,13 +99,20 @@ class CUDAGraphWrapper:
         if self.warmups_left > 0:
             self.warmups_left -= 1
             return self.runnable(*args)
-        graph, output = manager.capture(
+        graph, output, kept = manager.capture(
             self.runnable,
             args,
             piece=self.piece,
             size=self.size,
             weak_output=self.weak_output,
         )
+        if not kept:
+            # NOTE: [a capture that raced with a recapture] (manager.py): this
+            # call's output, then the graph goes; the next call warms up (the
+            # swap runs there) and captures again.
+            graph.replay()
+            self.warmups_left = max(self.warmups_left, 1)
+            return output
         self.graph = graph
         self.output = manager.ops.weak_refs(output)
         tensors = [(i, a) for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
@@ -220,12 +227,28 @@ class FunctionGraphs:
     on a GPU an uncompiled piece's cost is mostly its many kernel launches,
     which a graph replays without the host.  A replay runs no Python, so a
     landed piece would never be called to be swapped in; when one lands,
-    :meth:`recapture` (the worker's reader thread) puts fresh wrappers in
-    every slot and empties the tables, so the next forward warms up (at
-    least once: the swap runs in that call, never inside a capture) and
+    :meth:`recapture` asks for the function's graphs to be dropped, and the
+    next forward (:meth:`settle`, from ``PaddedRunner.__call__``) puts fresh
+    wrappers in every slot and empties the tables, so that forward warms up
+    (at least once: the swap runs in that call, never inside a capture) and
     captures again, into the same pool, which the dropped graphs' memory
     returns to.  A wrapper that finishes a capture after its slot was given
     to a fresh one leaves the slot alone (under the manager's lock).
+
+    NOTE: [graphs are dropped on the serving thread]
+    A landing arrives on a compile worker's reader thread, maybe while the
+    serving thread captures.  Graphs are captured in the "global" mode, in
+    which a CUDA call from any other thread (freeing a graph, or memory
+    through the caching allocator) invalidates the capture.  So a landing
+    only records the request, under the manager's lock, which no capture
+    holds: it never waits for a capture, and landings that come between two
+    forwards are applied together.
+    Dropping, and so every free, happens on the serving thread at the start
+    of its next forward, outside any capture (a forward inside a capture
+    someone else began leaves the request for a later one).  The dropped
+    tables are emptied one by one: a wrapper still in its table is a
+    reference cycle, which the cyclic collector would free on whatever
+    thread it next runs on.
     """
 
     def __init__(
@@ -244,7 +267,12 @@ class FunctionGraphs:
         self.plain_tables = (getattr(plain, "__kwdefaults__", None) or {}).get(
             DISPATCH_NAME
         )
+        # Landings that asked for the graphs to be dropped.
         self.recaptures = 0
+        # Something to drop at the next forward (read there without the lock).
+        self.stale = False
+        self._drop_graphs = False
+        self._drop_runnables = False
 
     def full_wrapper(self, size: int, min_warmups: int = 0) -> CUDAGraphWrapper:
         return CUDAGraphWrapper(
@@ -258,27 +286,53 @@ class FunctionGraphs:
         )
 
     def recapture(self) -> None:
-        """Drop every graph of this function: each size captures again at its
-        next forward, after at least one warm-up call."""
-        manager = self.manager
-        with manager.lock:
-            for size in self.full_sizes:
-                self.runners[size] = self.full_wrapper(size, min_warmups=1)
-            if self.tables is not None:
-                self.tables.min_warmups = 1
-                self.tables.clear()
-            self.drop_runnables()
+        """Ask for every graph of this function to be dropped (any thread):
+        each size captures again after its next forward's warm-up call
+        (NOTE: [graphs are dropped on the serving thread])."""
+        with self.manager.lock:
+            self._drop_graphs = True
             self.recaptures += 1
-        manager.recapture_sizes(set(self.full_sizes) | set(self.piecewise_sizes()))
+            self.stale = True
 
     def piecewise_sizes(self) -> list[int]:
         return sorted(self.tables.capture_sizes) if self.tables is not None else []
 
     def drop_runnables(self) -> None:
-        """The plain function's tables fill again with the pieces' runnables as
-        they are now (after a swap)."""
-        if self.plain_tables is not None:
-            self.plain_tables.clear()
+        """Ask for the plain function's tables to fill again with the pieces'
+        runnables as they are now (after a swap), at the next forward."""
+        with self.manager.lock:
+            self._drop_runnables = True
+            self.stale = True
+
+    def settle(self) -> None:
+        """Drop what :meth:`recapture` and :meth:`drop_runnables` asked for; the
+        serving thread, at the start of a forward."""
+        if self.capturing():
+            return  # a forward inside a capture: a later one drops
+        manager = self.manager
+        with manager.lock:
+            graphs, self._drop_graphs = self._drop_graphs, False
+            self._drop_runnables = self.stale = False
+            if graphs:
+                for size in self.full_sizes:
+                    self.runners[size] = self.full_wrapper(size, min_warmups=1)
+                if self.tables is not None:
+                    self.tables.min_warmups = 1
+                    for table in self.tables.values():
+                        table.clear()
+                    self.tables.clear()
+            if self.plain_tables is not None:
+                self.plain_tables.clear()
+        if graphs:
+            manager.recapture_sizes(set(self.full_sizes) | set(self.piecewise_sizes()))
 
     def capturing(self) -> bool:
-        return bool(self.manager.capturing)
+        """Whether a graph is being captured: by the manager, or around this
+        function (an engine's own graph)."""
+        if self.manager.capturing:
+            return True
+        return bool(
+            self.manager.ops.needs_cuda
+            and torch.cuda.is_available()
+            and torch.cuda.is_current_stream_capturing()
+        )

@@ -152,7 +152,8 @@ class Tier:
             if self.cuda_graphs is not None:
                 # Replays run no Python: the next forward captures again, and
                 # its warm-up call swaps (NOTE: [uncompiled pieces under CUDA
-                # graphs]).
+                # graphs]).  This thread only asks: NOTE: [graphs are dropped
+                # on the serving thread].
                 self.cuda_graphs.recapture()
         self._check_landed()
 
@@ -258,6 +259,9 @@ class Tier:
 
     def _drop_runnables(self) -> None:
         # The tables fill again with each piece's runnables as they are now.
+        # Under graphs that waits for the next forward (any thread may call
+        # this); a plain function's tables hold only references to runnables
+        # the backends keep, so clearing them frees no CUDA memory.
         if self.dispatch is not None:
             self.dispatch.clear()
         if self.cuda_graphs is not None:
