@@ -56,6 +56,7 @@ from ..store.index import EntryRecord, PieceRecord
 from ..targets import Target
 from .artifact_source import ArtifactSource
 from .piecewise import PiecewiseBackend, RangeWarnings
+from .size_guards import guard_piece, size_predicate
 from .swap_check import copy_input, differences, mutates, unset_outputs
 
 log = logging.getLogger("stitch")
@@ -134,6 +135,8 @@ class Tier:
         # The guards this call's graph holds under (a piece compiled under
         # more is not swapped in).
         self.held_guards: frozenset[str] = frozenset()
+        # Pieces compiled under guards on their size alone: where they hold.
+        self.size_guards: dict[str, Callable[[int], bool]] = {}
 
     # -- what the workers report (their reader threads) ------------------------
     def landed(self, name: str, record: PieceRecord, guards: Sequence[str]) -> None:
@@ -141,14 +144,29 @@ class Tier:
         with self._lock:
             self.reported.add(name)
             self.compiled_at[name] = now
-        if guards:
+        backend = self.backends[name]
+        # NOTE: [guards a landing adds on the size alone] (size_guards.py)
+        holds = (
+            size_predicate(self.graphs[name], backend.size_index, guards)
+            if guards
+            else None
+        )
+        if guards and holds is None:
             self.give_up(
                 name,
                 f"its compile added the guards {list(guards)}, which this process's "
                 "graph does not hold (the next start uses them)",
             )
         else:
-            self.backends[name]._landed = record  # type: ignore[attr-defined]
+            if holds is not None:
+                self.size_guards[name] = holds
+                log.info(
+                    "stitch: piece %s compiled under guards on its size %s: it runs "
+                    "compiled at the sizes where they hold",
+                    self._name(name),
+                    list(guards),
+                )
+            backend._landed = record  # type: ignore[attr-defined]
             if self.cuda_graphs is not None:
                 # Replays run no Python: the next forward captures again, and
                 # its warm-up call swaps (NOTE: [uncompiled pieces under CUDA
@@ -193,6 +211,9 @@ class Tier:
     def swap(self, backend: TieredPiece, args: tuple[Any, ...]) -> Any:
         name, record = backend.name, backend._landed
         assert record is not None
+        holds = self.size_guards.get(name)
+        if holds is not None and not holds(int(args[backend.size_index])):  # type: ignore[index]
+            return uncompiled(backend, args)  # it swaps at a size they hold for
         backend._landed = None
         try:
             compiled = self._compiled_backend(name, record)
@@ -208,9 +229,13 @@ class Tier:
         with self._lock:
             self.swapped_at[name] = self._now()
         state = dict(compiled.__dict__)
+        fallback = PiecewiseBackend.__new__(PiecewiseBackend)
+        fallback.__dict__.update(backend.__dict__)
         backend.__dict__.clear()
         backend.__dict__.update(state)
         backend.__class__ = PiecewiseBackend
+        if holds is not None:
+            guard_piece(backend, holds, fallback)
         self._drop_runnables()
         log.info(
             "stitch: piece %s runs compiled from %.2fs (compiled at %.2fs)",
