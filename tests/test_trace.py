@@ -133,3 +133,33 @@ def test_tlparse_draws_the_split_and_the_phases(traced: Path, tmp_path: Path) ->
     events = json.loads((out / "chromium_events.json").read_text())
     drawn = {e["name"] for e in events}
     assert set(PHASES) | {CAPTURE} <= drawn, sorted(drawn)
+
+
+PHASE_WITHOUT_TRACE = """
+import sys
+import torch
+from stitch.runtime.compat.trace import phase, tracing
+with phase("stitch_capture", sizes=[1]):
+    pass
+print(tracing(), "torch._dynamo" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("trace", [False, True], ids=["no_trace", "TORCH_TRACE"])
+def test_a_phase_imports_dynamo_only_under_a_trace(tmp_path: Path, trace: bool) -> None:
+    """NOTE: [the trace handler torch adds without TORCH_TRACE]: a warm start's
+    capture phase must not import Dynamo when no trace is asked for, although
+    ``import torch`` left a (dormant) trace handler and nothing has written a
+    trace record yet."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_TRACE"}
+    if trace:
+        env["TORCH_TRACE"] = str(tmp_path / "trace")
+    proc = subprocess.run(
+        [sys.executable, "-c", PHASE_WITHOUT_TRACE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == [str(trace), str(trace)]

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -35,7 +36,29 @@ def tracing() -> bool:
     ``torch._logging``'s trace handler): ``trace_structured`` writes only then."""
     from torch._logging._internal import trace_log
 
-    return bool(trace_log.handlers)
+    return any(not _dormant(h) for h in trace_log.handlers)
+
+
+def _dormant(handler: object) -> bool:
+    """NOTE: [the trace handler torch adds without TORCH_TRACE]
+    ``import torch`` adds a ``LazyTraceHandler`` to the trace log even when
+    ``TORCH_TRACE`` is unset.  Without a folder it writes nothing and removes
+    itself at its first record, outside Meta's own builds (a release has
+    ``torch.version.git_version``; ``MAST_HPC_JOB_NAME`` marks theirs).  Until
+    some record reaches it, it is there: taken for a trace, it made a warm
+    start import Dynamo at its first CUDA graph capture (seen on an H200:
+    nothing had written a trace record before the capture's phase)."""
+    from torch._logging import _internal
+
+    lazy = getattr(_internal, "LazyTraceHandler", None)
+    return (
+        lazy is not None
+        and isinstance(handler, lazy)
+        and getattr(handler, "root_dir", "") is None
+        and getattr(handler, "stream", None) is None
+        and hasattr(torch.version, "git_version")
+        and os.getenv("MAST_HPC_JOB_NAME") is None
+    )
 
 
 def trace_artifact(name: str, encoding: str, payload: Callable[[], str]) -> None:
