@@ -257,3 +257,46 @@ def test_a_landing_during_a_capture_releases_graphs_only_after_it(
     finally:
         workers.close()
     assert tier.wait(WAIT_S)  # the reader gave the other pieces up and ended
+
+
+def test_the_shared_pool_keeps_a_graph_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NOTE: [a pool outlives its graphs]: the shared pool is born with one small
+    graph the ops keep (its users' count, in the device and the host
+    allocators, stays above 0 when a recapture drops every other graph); a
+    pool of one graph gets none."""
+    import contextlib
+
+    from stitch.runtime.cudagraph.graph_ops import CUDAGraphOps
+
+    captured: list[tuple[str, Any]] = []
+
+    class Graph:  # torch.cuda.CUDAGraph as the ops use it
+        def capture_begin(self, pool: Any) -> None:
+            captured.append(("begin", pool))
+
+        def capture_end(self) -> None:
+            captured.append(("end", None))
+
+    class Stream:
+        def wait_stream(self, other: Any) -> None:
+            pass
+
+    handles = iter([(0, 7), (0, 8)])
+    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: next(handles))
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", Graph)
+    monkeypatch.setattr(torch.cuda, "Stream", Stream)
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    real_zeros = torch.zeros
+    monkeypatch.setattr(
+        torch, "zeros", lambda *a, device=None, **k: captured.append(("fill", device))
+    )
+    ops = CUDAGraphOps()
+    assert ops.new_pool() == (0, 7) and not captured
+    assert ops.new_pool(shared=True) == (0, 8)
+    monkeypatch.setattr(torch, "zeros", real_zeros)
+    assert captured == [("begin", (0, 8)), ("fill", "cuda"), ("end", None)]
+    assert len(ops._anchors) == 1 and isinstance(ops._anchors[0], Graph)

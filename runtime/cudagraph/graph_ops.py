@@ -43,9 +43,47 @@ class CUDAGraphOps:
 
     def __init__(self) -> None:
         self._stream: Any = None
+        # One small graph per shared pool, kept: NOTE: [a pool outlives its graphs].
+        self._anchors: list[Any] = []
 
-    def new_pool(self) -> Any:
-        return torch.cuda.graph_pool_handle()
+    def new_pool(self, shared: bool = False) -> Any:
+        """A private pool's id; ``shared``: the pool every graph of the manager
+        is captured into, kept for the life of these ops."""
+        pool = torch.cuda.graph_pool_handle()
+        if shared:
+            self._anchors.append(self._anchor(pool))
+        return pool
+
+    # NOTE: [a pool outlives its graphs]
+    # The device's caching allocator and the pinned host allocator each count
+    # a private pool's users: every graph captured into it holds one until it
+    # is reset.  Once every graph of a pool is gone, its count is 0, and the
+    # next capture into the same pool fails torch's internal assert
+    # "use_count > 0" (CUDACachingAllocator.cpp, then CachingHostAllocator.h:
+    # both seen on an H200 with torch 2.11, when a tiered start dropped every
+    # graph of the function after a landing and captured again).  A MemPool
+    # object would hold the device allocator's count only.  So the shared pool
+    # gets one graph of its own at birth, which these ops keep: a one-element
+    # fill, whose 512 bytes are freed back into the pool at once.
+
+    def _anchor(self, pool: Any) -> Any:
+        torch.cuda.synchronize()
+        stream = self._side_stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(stream):
+            graph.capture_begin(pool=pool)
+            try:
+                torch.zeros(1, device="cuda")
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream().wait_stream(stream)
+        return graph
+
+    def _side_stream(self) -> Any:
+        if self._stream is None:
+            self._stream = torch.cuda.Stream()
+        return self._stream
 
     def capture(
         self,
@@ -65,9 +103,7 @@ class CUDAGraphOps:
             gc.collect()
             torch.cuda.empty_cache()
         torch.cuda.synchronize()
-        if self._stream is None:
-            self._stream = torch.cuda.Stream()
-        stream = self._stream
+        stream = self._side_stream()
         stream.wait_stream(torch.cuda.current_stream())
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.stream(stream):
@@ -133,7 +169,7 @@ class EmulatedGraphOps:
         self.pools = 0
         self.graphs: list[_EmulatedGraph] = []
 
-    def new_pool(self) -> Any:
+    def new_pool(self, shared: bool = False) -> Any:
         self.pools += 1
         return ("emulated-pool", self.pools)
 

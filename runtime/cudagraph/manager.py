@@ -115,7 +115,7 @@ class CUDAGraphManager:
         self.check_capture_allowed(piece, size)
         pool = self._pool if self.shared_pool else self.ops.new_pool()
         if pool is None:
-            pool = self._pool = self.ops.new_pool()
+            pool = self._pool = self.ops.new_pool(shared=True)
         generation = self._generation.get(size, 0)
         self.capturing = True
         try:
