@@ -212,7 +212,14 @@ def accepted_implementations() -> tuple[str, ...]:
 
 def refuse_flash_switch(model: torch.nn.Module) -> None:
     """5.17 switches an SDPA model that supports flash to flash attention when a
-    flash package is installed; Stitch's op would then not be called."""
+    flash package is installed; Stitch's op would then not be called.
+
+    NOTE: [SDPA on CUDA under 5.17]
+    This refuses only where ``flash_attn`` or ``kernels`` is importable.  The
+    GPU image (torch 2.11, transformers 5.17) has neither: its package list
+    names none, and ``scripts/gpu_check.sh`` prints both as absent (an H200,
+    2026-11-26, docs/gpu/h200_window_1.md), where the engine's SDPA tests ran
+    through Stitch's op."""
     if version() >= (5, 23):
         return
     from transformers.utils import (
