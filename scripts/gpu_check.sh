@@ -27,7 +27,9 @@
 #                                            #   3 and 32 layers (~2.5-4 min)
 #     bash scripts/gpu_check.sh decode       # batch-1..128 decode against the weight-read
 #                                            #   floor (~4 min; extra arguments go to it)
-#     bash scripts/gpu_check.sh all          # every part but engine, tiered and decode
+#     bash scripts/gpu_check.sh profile      # where a warm restart's time goes, and one
+#                                            #   decode step's kernels and gaps (~2 min)
+#     bash scripts/gpu_check.sh all          # every part but engine, tiered, decode, profile
 #                                            #   (about 20 min: never in one device call)
 #
 # Each part prints its own elapsed time ("== part P: done in N s") and is
@@ -82,7 +84,7 @@ fi
 
 part=${1:-all}
 [[ $# -gt 0 ]] && shift
-PARTS=(first tests warm-lazy bench bench-hf warm-start warm-start-hf engine engine-fp32 tiered decode)
+PARTS=(first tests warm-lazy bench bench-hf warm-start warm-start-hf engine engine-fp32 tiered decode profile)
 if [[ $part != all ]] && ! printf '%s\n' "${PARTS[@]}" | grep -qxF -- "$part"; then
     echo "usage: $0 [--rehearse] [all|${PARTS[*]// /|}] [args...] | --fetch-wheels" >&2
     exit 2
@@ -95,9 +97,13 @@ export PYTHONUNBUFFERED=1
 started=$SECONDS
 status=0
 limit=${STITCH_PART_LIMIT:-300}
+# A rehearsal times nothing: the limits are for the device's window.
+[[ $rehearse == 1 ]] && limit=${STITCH_PART_LIMIT:-1800}
 
 # A tiny model for a benchmark's CPU dry run (--rehearse): later arguments win.
 TINY=(--layers 2 --hidden 64 --heads 4 --intermediate 128 --vocab 256)
+# and the warm-start benchmark's processes may take minutes on a CPU.
+WARM_CPU=(--device cpu --child-timeout 900 "${TINY[@]}" --capture-sizes 1,2,4)
 
 # run_step LABEL CMD...: CMD under the part's time limit; a failure marks status.
 run_step() {
@@ -204,7 +210,7 @@ part_tests() {
 # the rest after it), PIECEWISE and FULL; never --warm empty,empty here.
 part_warm_lazy() {
     local extra=(--warm lazy --child-timeout 150 --out "$out/gpu_warm_start_lazy.md")
-    [[ $rehearse == 1 ]] && extra+=(--device cpu "${TINY[@]}" --capture-sizes 1,2,4)
+    [[ $rehearse == 1 ]] && extra+=("${WARM_CPU[@]}")
     run_step "warm restart, lazy capture: bench/gpu_warm_start.py" \
         "$PY" bench/gpu_warm_start.py "${extra[@]}" "$@"
 }
@@ -233,14 +239,14 @@ part_warm_start() {
     run_tee "$out/attention_features.md" "benchmark: bench/attention_features.py" \
         "$PY" bench/attention_features.py
     local extra=(--warm empty,lazy --child-timeout 150 --out "$out/gpu_warm_start.md")
-    [[ $rehearse == 1 ]] && extra+=(--device cpu "${TINY[@]}" --capture-sizes 1,2,4)
+    [[ $rehearse == 1 ]] && extra+=("${WARM_CPU[@]}")
     run_step "warm start, empty and lazy: bench/gpu_warm_start.py" \
         "$PY" bench/gpu_warm_start.py "${extra[@]}" "$@"
 }
 
 part_warm_start_hf() {
     local extra=(--model hf --warm lazy --child-timeout 150 --out "$out/gpu_warm_start_hf.md")
-    [[ $rehearse == 1 ]] && extra+=(--device cpu "${TINY[@]}" --capture-sizes 1,2,4)
+    [[ $rehearse == 1 ]] && extra+=("${WARM_CPU[@]}")
     run_step "warm start, transformers' Llama: bench/gpu_warm_start.py --model hf" \
         "$PY" bench/gpu_warm_start.py "${extra[@]}" "$@"
 }
@@ -288,6 +294,26 @@ part_decode() {
         --warmup 1 --prefill 16 --decode 1,2 --capture-sizes 1,2,4 --tuned-sizes 1)
     run_step "benchmark: bench/gpu_serving.py, decode variants" \
         "$PY" bench/gpu_serving.py "${extra[@]}" "$@"
+}
+
+# Issue 61's first window: where a warm restart's time goes (cProfile of the
+# load and of the lazy capture to the first token, PIECEWISE) and one decode
+# step of Stitch's FULL graphs and of reduce-overhead at batch 1 and 8
+# (torch.profiler tables: the kernels and the gaps between them).
+part_profile() {
+    local warm=(--warm lazy --modes PIECEWISE --child-timeout 150
+        --profile-warm "$out/warm_profile" --out "$out/gpu_warm_start_lazy.md")
+    local decode=(--variants compile-ro,stitch-full --decode 1,8 --iters 50
+        --profile "$out/decode_profile.txt" --out "$out/gpu_decode_profile.md")
+    rm -f "$out/decode_profile.txt"
+    if [[ $rehearse == 1 ]]; then
+        warm+=("${WARM_CPU[@]}")
+        decode+=(--device cpu --emulate "${TINY[@]}" --iters 2 --warmup 1 --prefill 16
+            --capture-sizes 1,2,4,8)
+    fi
+    run_step "restart profile: bench/gpu_warm_start.py" \
+        "$PY" bench/gpu_warm_start.py "${warm[@]}"
+    run_step "decode profile: bench/gpu_serving.py" "$PY" bench/gpu_serving.py "${decode[@]}" "$@"
 }
 
 # run_part P ARGS...: one part, with its own elapsed time.
