@@ -31,12 +31,14 @@ def open_entry(
     config_hash: str,
     shape_env: Any,
     group: str = "",
+    failed: list[str] | None = None,
 ) -> tuple[CompileCache | None, tuple[str, ...]]:
     """The entry this call uses and its recorded guards (they hold here).
 
     An entry whose recorded guards all hold is used; the caller installs them
     as Dynamo's guards once the pieces are loaded, as the entry's compile made
-    them.  An entry for other sizes is passed over for the next in the chain.
+    them.  An entry for other sizes is passed over for the next in the chain,
+    and so is one whose guards do not decode (its warning is added to ``failed``).
     """
     key = graph_key
     for _ in range(MAX_ENTRIES):
@@ -44,7 +46,11 @@ def open_entry(
         guards = cache.index.guards if cache.index is not None else ()
         if not guards:
             return cache, ()
-        why = _check(cache, guards, shape_env) if shape_env is not None else "no sizes"
+        why = (
+            _check(cache, guards, shape_env, failed if failed is not None else [])
+            if shape_env is not None
+            else "no sizes"
+        )
         if not why:
             return cache, guards
         log.debug(
@@ -62,7 +68,9 @@ def open_entry(
     return None, ()
 
 
-def _check(cache: CompileCache, guards: tuple[str, ...], shape_env: Any) -> str:
+def _check(
+    cache: CompileCache, guards: tuple[str, ...], shape_env: Any, failed: list[str]
+) -> str:
     """Why the entry is not for this call ("" when it is).  A guard that does not
     decode or check passes the entry over too (NOTE: [a warm load that fails
     compiles instead] in ``warm_load.py``; NOTE: [which old text guards still
@@ -80,7 +88,8 @@ def _check(cache: CompileCache, guards: tuple[str, ...], shape_env: Any) -> str:
             # An entry from before the guard codec: expected once per entry.
             log.info("stitch cache: %s; %s", exc, then)
             return str(exc)
-        return report(exc, then)
+        failed.append(report(exc, then))
+        return failed[-1]
 
 
 class EntryGuards:
@@ -91,12 +100,14 @@ class EntryGuards:
         self.shape_env = shape_env
         self.mark = guard_mark(shape_env)
         self.recorded: tuple[str, ...] = ()
+        # The warnings of entries passed over because a guard did not decode.
+        self.failed: list[str] = []
 
     def open(
         self, config: CompilationConfig, graph_key: str, config_hash: str, group: str
     ) -> CompileCache | None:
         cache, self.recorded = open_entry(
-            config, graph_key, config_hash, self.shape_env, group
+            config, graph_key, config_hash, self.shape_env, group, self.failed
         )
         return cache
 
