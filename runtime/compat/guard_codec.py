@@ -8,7 +8,7 @@ torch's integer functions from sympy's real ones: ``s38//s61`` reads back as
 analysis refuses such an expression (or worse, a warm start installs a
 different guard than the compile added).  So a guard is written as its tree,
 each node named by its class the way ``sympy.srepr`` writes it, torch's classes
-(``torch.utils._sympy.functions``) prefixed ``torch.``::
+(``torch.utils._sympy.functions`` and ``.numbers``) prefixed ``torch.``::
 
     Unequality(torch.FloorDiv(Symbol('s38', integer=True, positive=True),
                               Symbol('s61', integer=True, positive=True)), Integer(0))
@@ -47,8 +47,9 @@ _SYMPY_CLASSES = (
     "BooleanTrue BooleanFalse Infinity NegativeInfinity"
 ).split()
 _ATOMS = ("Symbol", "Integer", "Rational", "Float")
-# Past this a text is not a guard a compile wrote (and would cost the parser).
-MAX_TEXT = 20_000
+# Past this a text is not a guard a compile wrote (and would cost the parser):
+# neither written nor read.
+MAX_TEXT = 100_000
 MAX_DEPTH = 64
 
 # No "==" or "!=": str() never prints them, and Python would compare the texts.
@@ -64,19 +65,22 @@ class GuardCodecError(StitchCacheError):
 
 @functools.lru_cache(maxsize=1)
 def torch_classes() -> dict[str, type]:
-    """Every sympy class ``torch.utils._sympy.functions`` defines, by name."""
+    """Every sympy class ``torch.utils._sympy.functions`` and ``.numbers``
+    (``int_oo``, a bound a guard can hold) define, by name."""
     import sympy
     import torch.utils._sympy.functions as functions
+    import torch.utils._sympy.numbers as numbers
 
     found = {}
-    for name in dir(functions):
-        value = getattr(functions, name)
-        if (
-            isinstance(value, type)
-            and issubclass(value, sympy.Basic)
-            and value.__module__ == functions.__name__
-        ):
-            found[value.__name__] = value
+    for module in (functions, numbers):
+        for name in dir(module):
+            value = getattr(module, name)
+            if (
+                isinstance(value, type)
+                and issubclass(value, sympy.Basic)
+                and value.__module__ == module.__name__
+            ):
+                found[value.__name__] = value
     return found
 
 
@@ -106,9 +110,15 @@ def encode(expr: Any) -> str:
     """``expr`` as structural text; :class:`GuardCodecError` naming the guard and
     the node when it holds a class outside the allow-list."""
     try:
-        return _encode(expr)
+        text = _encode(expr)
     except GuardCodecError as exc:
         raise GuardCodecError(f"guard {expr} cannot be recorded: it {exc}") from None
+    if len(text) > MAX_TEXT:
+        raise GuardCodecError(
+            f"guard {str(expr)[:80]} cannot be recorded: it is longer than "
+            f"{MAX_TEXT} characters"
+        )
+    return text
 
 
 def _encode(node: Any) -> str:
@@ -119,13 +129,19 @@ def _encode(node: Any) -> str:
             raise GuardCodecError(f"holds the symbol {node!r} of {type(node)}")
         return sympy.srepr(node)
     if isinstance(node, sympy.Integer):
-        return f"Integer({int(node)})"
+        return f"Integer({_int(int(node))})"
     if isinstance(node, sympy.Rational):
-        return f"Rational({node.p}, {node.q})"
+        return f"Rational({_int(node.p)}, {_int(node.q)})"
     if isinstance(node, sympy.Float):
         return sympy.srepr(node)  # Float('<digits>', precision=<bits>): exact
     name = _name_of(node)
     return f"{name}({', '.join(_encode(a) for a in node.args)})"
+
+
+def _int(value: int) -> str:
+    # Python refuses decimal text of more than 4300 digits (a shift by
+    # thousands of bits makes such a divisor); hex has no such limit.
+    return str(value) if value.bit_length() < 1024 else hex(value)
 
 
 def decode(text: str) -> Any:
