@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import torch.fx as fx
 
-from stitch.core.errors import StitchCacheError, StitchRuntimeError
+from stitch.core.errors import StitchCacheError, StitchError, StitchRuntimeError
 
 from ..compat import dynamo, inductor
 from ..counter import compilation_counter
@@ -319,7 +319,11 @@ def _load_prebuilt(path: str, sha256: str | None, faults: set[str]) -> Runnable 
     entry = entry_of_artifact(path)
     try:
         # NOTE: [a warm load that fails compiles instead] (warm_load.py)
-        with warm_step(entry, "prebuilt records", os.path.relpath(path, entry)):
+        what = os.path.relpath(path, entry)
+        # Unavailable (no record, another machine) and damaged are foreseen below.
+        with warm_step(
+            entry, "prebuilt records", what, (StitchError, PrebuiltUnavailable)
+        ):
             runnable = load_prebuilt(path, sha256)
     except PrebuiltUnavailable as exc:
         if str(exc) == NO_RECORD or _REFUSED:
