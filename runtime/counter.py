@@ -17,6 +17,8 @@ class CompilationCounter:
     num_cache_hits: int = 0
     num_cache_misses: int = 0
     num_cache_faults: int = 0
+    # Warm loads that failed and compiled instead (pipeline/warm_load.py).
+    num_warm_load_failures: int = 0
     num_compiled_artifacts_saved: int = 0
     num_compiled_artifacts_loaded: int = 0
     # Artifacts loaded from their prebuilt record (no Inductor, no kernel build).

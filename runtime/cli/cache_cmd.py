@@ -38,7 +38,9 @@ def _add_explain(subparsers: Any) -> None:
         "Triton, Python or Stitch version, the devices, the serving engine's "
         "group, or the graph (the first line that differs). A run that starts "
         "cold says the same in its log ('starts cold: ...') and 'stitch run' "
-        "prints it.",
+        "prints it. Warm loads of ENTRY that failed and compiled instead (a "
+        "recorded guard, the source, a piece or a prebuilt record) are listed "
+        "too, as their warning said.",
     )
     parser.add_argument("entry", metavar="ENTRY")
     parser.add_argument("other", metavar="ENTRY2", nargs="?")
@@ -51,6 +53,7 @@ def run_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from stitch.runtime.store.explain import differences, nearest, read_factors
     from stitch.runtime.store.location import root_of_entry
 
+    failed = _failed_loads(args.entry, out)
     try:
         here = read_factors(args.entry)
         if args.other:
@@ -59,7 +62,7 @@ def run_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
             found = nearest(root_of_entry(args.entry), here, skip=args.entry)
             if found is None:
                 print(f"{args.entry}: no other entry in its cache to compare", file=out)
-                return 2
+                return 0 if failed else 2
             other, there = found
     except StitchCacheError as exc:
         print(f"error: {exc}", file=out)
@@ -71,3 +74,21 @@ def run_explain(args: argparse.Namespace, out: TextIO | None = None) -> int:
     for line in diff or ["no recorded factor differs (another rank or guard chain)"]:
         print(f"  - {line}", file=out)
     return 0
+
+
+def _failed_loads(entry: str, out: TextIO) -> bool:
+    """Print why warm loads of ``entry`` failed (NOTE: [a warm load that fails
+    compiles instead]); whether any did."""
+    from stitch.core.errors import StitchCacheError
+    from stitch.runtime.store.load_failures import describe, read_failures
+
+    try:
+        failures = read_failures(entry)
+    except StitchCacheError as exc:
+        print(f"{os.path.abspath(entry)}: {exc}", file=out)
+        return False
+    if failures:
+        print(f"{os.path.abspath(entry)}: warm loads compiled instead:", file=out)
+        for failure in failures:
+            print(f"  - {describe(failure)}", file=out)
+    return bool(failures)

@@ -12,7 +12,7 @@ same key and load pieces compiled for the first: silently the wrong entry.
 So the guards a call adds are recorded with its entry (:func:`added_guards`,
 in the index), and a later call uses the entry only where they hold for its
 own inputs (:func:`check_guards`), installing them as Dynamo's guards once its
-pieces are loaded (:func:`install_guards`), as a compile would have; where
+pieces are loaded (:func:`install_guard`), as a compile would have; where
 they do not hold, the call's key is chained with
 them and it finds (or compiles) an entry of its own.  Inductor's FX graph
 cache does the same with its ``guards_expr``.
@@ -24,20 +24,10 @@ a warm start (which checks no guards) must not pay for it.
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Sequence
 from typing import Any
 
-# What a recorded guard may contain: names, numbers, operators, calls.  A
-# guard is rebuilt with sympy (which evaluates text), so the index is checked
-# against this first, and every name must be a symbol of this ShapeEnv or one
-# of the functions below.
-GUARD_TEXT = re.compile(r"[A-Za-z0-9_ (),.+\-*/%<>=!&|~]*")
-_NAMES = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_SYMPY_NAMES = (
-    "Eq Ne Lt Le Gt Ge And Or Not Mod Max Min Abs floor ceiling Integer Rational "
-    "true false True False"
-).split()
+from .guard_codec import decode, decode_legacy, encode, is_structural
 
 
 def known_equal(a: Any, b: Any) -> bool:
@@ -106,7 +96,9 @@ def guard_mark(shape_env: Any) -> GuardMark | None:
 
 
 def added_guards(mark: GuardMark | None) -> list[str]:
-    """The guards on backed symbols added since ``mark``, as text (in the order added).
+    """The guards on backed symbols added since ``mark``, encoded (NOTE: [guards
+    are recorded by structure, not printed] in ``guard_codec.py``), in the order
+    added; :class:`GuardCodecError` for one that cannot be recorded.
 
     A replacement (``s27 -> 7``) counts as the guard ``Eq(s27, 7)``.
     """
@@ -123,65 +115,45 @@ def added_guards(mark: GuardMark | None) -> list[str]:
     found: list[str] = []
     for expr in exprs:
         if expr.free_symbols and expr.free_symbols <= set(backed):
-            text = str(expr)
+            text = encode(expr)
             if text not in found:
                 found.append(text)
     return found
 
 
+def decode_guard(shape_env: Any, text: str) -> Any:
+    """The recorded guard ``text`` as a sympy expression over this ShapeEnv's
+    symbols; :class:`GuardCodecError` saying why when it does not decode."""
+    backed = backed_values(shape_env)
+    if is_structural(text):
+        return decode(text)
+    return decode_legacy(text, {str(s): s for s in backed})
+
+
 def check_guards(shape_env: Any, guards: Sequence[str]) -> str:
     """ "" when every guard holds for this call's inputs; else which one does not,
-    and the values it was evaluated at.  Installs nothing."""
+    and the values it was evaluated at.  Installs nothing; raises
+    :class:`GuardCodecError` for a guard that does not decode."""
     import sympy
 
     backed = backed_values(shape_env)
-    by_name = {str(s): s for s in backed}
     for text in guards:
-        expr = parse_guard(text, by_name)
-        if expr is None:
-            return f"guard {text!r} names what this graph's sizes do not have"
+        expr = decode_guard(shape_env, text)
+        unknown = sorted(str(s) for s in expr.free_symbols if s not in backed)
+        if unknown:
+            return f"guard {expr} names sizes this graph does not have ({', '.join(unknown)})"
         value = expr.xreplace(backed)
         if value is not sympy.true:
             values = ", ".join(
                 f"{s}={backed[s]}" for s in sorted(expr.free_symbols, key=str)
             )
-            return f"guard {text} does not hold for {values}"
+            return f"guard {expr} does not hold for {values}"
     return ""
 
 
-def install_guards(shape_env: Any, guards: Sequence[str]) -> None:
-    """Make ``guards`` (checked to hold) guards of this ShapeEnv, as a compile adding
-    them would have: Dynamo then guards the frame on them."""
-    by_name = {str(s): s for s in backed_values(shape_env)}
-    for text in guards:
-        expr = parse_guard(text, by_name)
-        if expr is not None:
-            shape_env.evaluate_expr(expr)
-
-
-def parse_guard(text: str, symbols: dict[str, Any]) -> Any:
-    """``text`` as a sympy expression over ``symbols`` (None if it is not a safe guard)."""
-    if not isinstance(text, str) or not GUARD_TEXT.fullmatch(text):
-        return None
-    import sympy
-
-    names = _functions()
-    allowed = {**names, **symbols}
-    if any(n not in allowed for n in _NAMES.findall(text)):
-        return None
-    try:
-        return sympy.sympify(text, locals=allowed)
-    except (sympy.SympifyError, SyntaxError, TypeError, ValueError):
-        return None
-
-
-def _functions() -> dict[str, Any]:
-    import sympy
-    import torch.utils._sympy.functions as functions
-
-    found = {n: getattr(sympy, n) for n in _SYMPY_NAMES if hasattr(sympy, n)}
-    for name in dir(functions):
-        value = getattr(functions, name)
-        if isinstance(value, type) and issubclass(value, sympy.Basic):
-            found[name] = value
-    return found
+def install_guard(shape_env: Any, text: str) -> None:
+    """Make the recorded guard ``text`` (checked to hold) a guard of this ShapeEnv,
+    as the compile adding it did: Dynamo then guards the frame on it.  Raises
+    what decoding or the ShapeEnv raises (the caller compiles instead:
+    NOTE: [a warm load that fails compiles instead] in ``pipeline/warm_load.py``)."""
+    shape_env.evaluate_expr(decode_guard(shape_env, text))

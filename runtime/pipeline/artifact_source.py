@@ -29,6 +29,7 @@ from ..store.index import EntryRecord, PieceRecord
 from ..targets import Target
 from .compilers import ADAPTERS, CompilerAdapter, make_adapter
 from .piece_plan import KeyChoice, PiecePlan, StringKeys
+from .warm_load import WarmLoadFailed, warm_step
 
 log = logging.getLogger("stitch")
 
@@ -206,14 +207,21 @@ class ArtifactSource:
         cache = self.cache
         if cache is None or not self.adapter.saves_artifacts:
             return None
-        artifact = cache.lookup(piece.name, piece.graph, target, key, piece.size_index)
-        if artifact is None:
-            return None
-        try:
-            return self._load(artifact)
-        except StitchCacheError as exc:
-            cache.load_failed(key, artifact[0], exc)
-            return None
+        # NOTE: [a warm load that fails compiles instead] (warm_load.py)
+        what = f"piece {piece.name} ({target.describe()}), key {key[:12]}"
+        with warm_step(cache.directory, "pieces", what):
+            artifact = cache.lookup(
+                piece.name, piece.graph, target, key, piece.size_index
+            )
+            if artifact is None:
+                return None
+            try:
+                return self._load(artifact)
+            except WarmLoadFailed:
+                raise
+            except StitchCacheError as exc:
+                cache.load_failed(key, artifact[0], exc)
+                return None
 
     def _load(self, artifact: tuple[str, bool, str]) -> Runnable:
         if artifact not in self.loaded:

@@ -10,7 +10,6 @@ phases and the split show in ``TORCH_TRACE`` (``tracing.py``).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,8 +28,7 @@ from ..profiling import Profiler, piece_list
 from ..progress import progress_bar
 from ..size import find_size, hoisted_input
 from ..store.cache import CompileCache
-from ..store.dump import SOURCE_FILE as DUMP_SOURCE_FILE
-from ..store.dump import PieceReport, write_debug_dump
+from ..store.dump import PieceReport, debug_dump
 from ..store.hashing import graph_key as entry_graph_key
 from ..store.index import PieceRecord
 from .artifact_source import Piece, config_adapter
@@ -52,11 +50,10 @@ from .results import CompiledModel, Emitted, Split
 from .split_policy import SplitPolicy
 from .stitching_source import stitching_source
 from .tracing import is_warm, log_summary, trace_source, trace_split
+from .warm_load import WarmLoadFailed, report
 from .worker_process import start_method
 
 log = logging.getLogger("stitch")
-
-DUMP_ENV = "STITCH_DEBUG_DUMP"
 
 
 class Compilation:
@@ -92,6 +89,9 @@ class Compilation:
         # A tiered start's spawned workers, started with the call (spawned_workers.py).
         self.prestarted: Any = None
         self.worker_start = "fork"
+        self.fakes: list[Any] = []
+        # Why the call compiled after a warm load failed (warm_load.py).
+        self.why_cold: str | None = None
 
     def run(self) -> CompiledModel:
         start = time.perf_counter()
@@ -101,13 +101,25 @@ class Compilation:
         compilation_counter.num_graphs_seen += 1
         compilation_counter.num_backend_compilations += 1
         graph_key, cache = self.open_cache(fake_inputs)
+        try:
+            return self.build(start, graph_key, cache)
+        except WarmLoadFailed as failed:
+            # NOTE: [a warm load that fails compiles instead] (warm_load.py)
+            self.why_cold = report(failed, "this call compiles without the cache")
+            self.without_cache()
+            return self.build(start, graph_key, None)
+
+    def build(
+        self, start: float, graph_key: str, cache: CompileCache | None
+    ) -> CompiledModel:
+        """Every phase after the cache is opened: split, compile or load, emit, run."""
         finished = False
         tier = None
         try:
             split = self.split()
-            records, reports = self.compile_pieces(split, fake_inputs, cache)
+            records, reports = self.compile_pieces(split, self.fakes, cache)
             emitted = self.emit(split, cache, records, reports)
-            graphs = self.plan_graphs(split, fake_inputs, records, emitted)
+            graphs = self.plan_graphs(split, records, emitted)
             fn, backends = self.materialize(split, emitted, records, reports, graphs)
             if self.source.deferred and cache is not None:
                 from .compile_workers import start_tier
@@ -121,6 +133,7 @@ class Compilation:
                 self.fleet.end(finished)
             if self.prestarted is not None:
                 self.prestarted.close()
+                self.prestarted = None
         warm = is_warm(emitted.from_cache, reports)
         seconds = time.perf_counter() - start
         cache_dir = cache.directory if cache and cache.holds_source() else None
@@ -138,8 +151,29 @@ class Compilation:
             emitted.consts,
             graphs,
             emitted.guards,
-            None if warm else self.fleet.why_cold,
+            None if warm else self.why_cold or self.fleet.why_cold,
             tier,
+        )
+
+    def without_cache(self) -> None:
+        """Start again as a cold call that neither reads nor writes the cache."""
+        self.entry_guards.forget()
+        self.range_warnings = RangeWarnings()
+        self.unfixed = UnfixedSizes()
+        self.plans = {}
+        self.tiered_off = "a warm load failed"
+        self.artifact_source(None)
+
+    def artifact_source(self, cache: CompileCache | None) -> None:
+        """The call's artifact source (and the tiered start's spawned workers)."""
+        self.source, self.prestarted = prepare_compiles(
+            self.config,
+            self.example_inputs,
+            self.adapter,
+            self.tiered_off,
+            self.worker_start,
+            cache,
+            lambda: self.entry_guards.note(cache),
         )
 
     # -- the phases ----------------------------------------------------------
@@ -151,6 +185,7 @@ class Compilation:
         # split_policy.py: the rewrite comes before the key, which then covers it.
         self.policy.prepare(self.gm)
         self.size = find_size(self.gm, fake_inputs)
+        self.fakes = fake_inputs
         return fake_inputs
 
     def open_cache(self, fake_inputs: list[Any]) -> tuple[str, CompileCache | None]:
@@ -178,20 +213,8 @@ class Compilation:
         if cache is not None:
             cache = self.fleet.open(cache, reopen, self.tiered_off is None)
             self.fleet.explain(cache, self.gm, fake_inputs, self.cache_group, graph_key)
-        source, self.prestarted = prepare_compiles(
-            self.config,
-            self.example_inputs,
-            self.adapter,
-            self.tiered_off,
-            self.worker_start,
-            cold=cache is None or cache.index is None,
-        )
-        self.source = source(
-            self.config,
-            cache,
-            adapter=self.adapter,
-            note_guards=lambda: self.entry_guards.note(cache),
-        )
+        self.artifact_source(cache)
+        self.why_cold = next(iter(self.entry_guards.failed), None)
         return graph_key, cache
 
     def split(self) -> Split:
@@ -264,14 +287,15 @@ class Compilation:
         guards = self.entry_guards.finish(cache)
         if cache is not None:
             cache.save_source(code, names, dispatch_on)
-        dump = self.config.debug_dump_path or os.environ.get(DUMP_ENV, "")
-        if dump:
-            write_debug_dump(dump, split.split_gm, code, reports)
         # NOTE: [emitted source lives in a real file] (loader.py): the cache's,
         # else the debug dump's, else a private one the loader writes.
-        source_file = cache.source_path() if cache is not None else None
-        if source_file is None and dump:
-            source_file = os.path.join(dump, DUMP_SOURCE_FILE)
+        source_file = debug_dump(
+            self.config.debug_dump_path,
+            split.split_gm,
+            code,
+            reports,
+            cache.source_path() if cache is not None else None,
+        )
         trace_source(code)
         trace_split(reports, self.source.deferred)
         return Emitted(
@@ -279,12 +303,9 @@ class Compilation:
         )
 
     def plan_graphs(
-        self,
-        split: Split,
-        fake_inputs: list[Any],
-        records: dict[str, PieceRecord],
-        emitted: Emitted,
+        self, split: Split, records: dict[str, PieceRecord], emitted: Emitted
     ) -> GraphPlan | None:
+        fake_inputs = self.fakes
         if self.cudagraphs is None or not self.cudagraphs.applies_to(fake_inputs):
             return None
         return self.cudagraphs.plan(
@@ -306,12 +327,8 @@ class Compilation:
         graphs: GraphPlan | None,
     ) -> tuple[Callable[..., Any], dict[str, PiecewiseBackend]]:
         # What runs: the serving source, or its profiling variant (never cached).
-        code, consts, filename, ranges = (
-            emitted.code,
-            emitted.consts,
-            emitted.source_file,
-            None,
-        )
+        code, consts, filename = emitted.code, emitted.consts, emitted.source_file
+        ranges = None
         if self.profiler is not None:
             code, consts, ranges = self.profiler.variant(
                 split.split_gm, emitted.dispatch_on, piece_list(reports)

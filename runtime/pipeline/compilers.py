@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import torch.fx as fx
 
-from stitch.core.errors import StitchCacheError, StitchRuntimeError
+from stitch.core.errors import StitchCacheError, StitchError, StitchRuntimeError
 
 from ..compat import dynamo, inductor
 from ..counter import compilation_counter
@@ -312,10 +312,19 @@ def _load_prebuilt(path: str, sha256: str | None, faults: set[str]) -> Runnable 
     Inductor.  A damaged prebuilt file is one warning naming it (``faults``: the
     files already reported), never loaded; the Inductor load then rewrites it."""
     from ..store.extras import ExtraFileError
+    from ..store.location import entry_of_artifact
     from .prebuilt_load import NO_RECORD, PrebuiltUnavailable, load_prebuilt
+    from .warm_load import WarmLoadFailed, warm_step
 
+    entry = entry_of_artifact(path)
     try:
-        runnable = load_prebuilt(path, sha256)
+        # NOTE: [a warm load that fails compiles instead] (warm_load.py)
+        what = os.path.relpath(path, entry)
+        # Unavailable (no record, another machine) and damaged are foreseen below.
+        with warm_step(
+            entry, "prebuilt records", what, (StitchError, PrebuiltUnavailable)
+        ):
+            runnable = load_prebuilt(path, sha256)
     except PrebuiltUnavailable as exc:
         if str(exc) == NO_RECORD or _REFUSED:
             log.debug("stitch: %s loads through Inductor: %s", path, exc)
@@ -330,6 +339,8 @@ def _load_prebuilt(path: str, sha256: str | None, faults: set[str]) -> Runnable 
                 exc,
             )
         return None
+    except WarmLoadFailed:
+        raise
     except StitchCacheError as exc:
         where = exc.path if isinstance(exc, ExtraFileError) else str(exc)
         if where not in faults:

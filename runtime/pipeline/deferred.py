@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..config import CompilationConfig
@@ -99,10 +99,13 @@ def prepare_compiles(
     adapter: CompilerAdapter,
     off: str | None,
     worker_start: str,
-    cold: bool,
-) -> tuple[type[ArtifactSource], Any]:
-    """The call's artifact source class and its prestarted spawned workers (None:
-    none).  ``off`` says why the call does not start tiered (None: it does)."""
+    cache: Any,
+    note_guards: Callable[[], None],
+) -> tuple[ArtifactSource, Any]:
+    """The call's artifact source over ``cache`` and its prestarted spawned
+    workers (None: none).  ``off`` says why the call does not start tiered
+    (None: it does); the call is cold when ``cache`` holds no index."""
+    cold = cache is None or cache.index is None
     if off not in (None, "off"):
         log.info("stitch: no tiered start: %s", off)
     prestarted = None
@@ -118,4 +121,5 @@ def prepare_compiles(
             cpu=on_cpu(example_inputs),
             nice=niceness(),
         )
-    return (ArtifactSource if off is not None else DeferredSource), prestarted
+    source = ArtifactSource if off is not None else DeferredSource
+    return source(config, cache, adapter=adapter, note_guards=note_guards), prestarted

@@ -38,6 +38,7 @@ import torch
 from stitch.core.errors import StitchCacheError, StitchError, StitchRuntimeError
 
 from ..compat import dynamo
+from ..compat.guard_codec import readable
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.graph_plan import GraphPlan
@@ -143,7 +144,7 @@ def saveable(
     elif entry_dir is None:
         why = "its cache entry could not be written (the cache warning above says why)"
     elif guards:
-        why = f"its compile specialized the graph ({', '.join(guards)})"
+        why = f"its compile specialized the graph ({', '.join(map(readable, guards))})"
     if why:
         return StitchFunction(fn, None, why)
     try:

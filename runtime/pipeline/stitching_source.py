@@ -9,6 +9,8 @@ import torch.fx as fx
 from stitch.codegen import generate_execution_code, lower_execution
 
 from ..store.cache import CompileCache
+from ..store.index import SOURCE_FILE
+from .warm_load import warm_step
 
 
 def stitching_source(
@@ -17,7 +19,9 @@ def stitching_source(
     """``(code, piece names, constants, whether the code came from the cache)``."""
     if cache is not None and cache.has_source():
         _, names, consts = lower_execution(split_gm, dispatch_on=dispatch_on)
-        code = cache.read_source(names, dispatch_on)
+        # NOTE: [a warm load that fails compiles instead] (warm_load.py)
+        with warm_step(cache.directory, "source", SOURCE_FILE):
+            code = cache.read_source(names, dispatch_on)
         if code is not None:
             return code, names, consts, True
     code, names, consts = generate_execution_code(split_gm, dispatch_on=dispatch_on)

@@ -49,6 +49,7 @@ import torch.fx as fx
 
 from stitch.core import StitchCacheError
 
+from ..compat.guard_codec import readable
 from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..store.cache import CompileCache
@@ -154,8 +155,8 @@ class Tier:
         if guards and holds is None:
             self.give_up(
                 name,
-                f"its compile added the guards {list(guards)}, which this process's "
-                "graph does not hold (the next start uses them)",
+                f"its compile added the guards {[readable(g) for g in guards]}, which "
+                "this process's graph does not hold (the next start uses them)",
             )
         else:
             if holds is not None:

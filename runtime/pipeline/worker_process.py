@@ -71,11 +71,12 @@ def compile_and_report(
         message: dict[str, Any] = {"piece": name}
         try:
             record = compile_one(name)
+            guards = added_guards(mark)  # GuardCodecError: reported, not saved
         except BaseException as exc:  # noqa: BLE001 - reported, not raised
             message["error"] = f"{type(exc).__name__}: {exc}"
         else:
             message["record"] = msgspec.json.encode(record).decode()
-            message["guards"] = added_guards(mark)
+            message["guards"] = guards
         after = compilation_counter.snapshot()
         message["counters"] = {k: after[k] - before[k] for k in after}
         message["seconds"] = time.perf_counter() - start

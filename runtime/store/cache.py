@@ -150,6 +150,17 @@ class CompileCache(PieceStore):
         compilation_counter.num_cache_faults += 1
         log.warning("stitch cache: %s: %s; rebuilding %s", path, why, rebuilding)
 
+    def stop_saving(self, why: str) -> None:
+        """Save nothing more this run (one warning): what is compiled now could
+        not be recorded correctly (``why``)."""
+        if self.writable:
+            self.writable = False
+            log.warning(
+                "stitch cache: %s; nothing more is cached in %s this run",
+                why,
+                self.directory,
+            )
+
     def _unwritable(self, path: str, exc: OSError) -> None:
         if not self.writable:
             return

@@ -43,6 +43,9 @@ def index_markdown(reports: list[PieceReport]) -> str:
     return f"# Stitch pieces\n\n{table}\n"
 
 
+DUMP_ENV = "STITCH_DEBUG_DUMP"
+
+
 def write_debug_dump(
     directory: str, split_gm: fx.GraphModule, code: str, reports: list[PieceReport]
 ) -> None:
@@ -51,3 +54,21 @@ def write_debug_dump(
     atomic_write(os.path.join(directory, "computation_graph.py"), graph_text.encode())
     atomic_write(os.path.join(directory, SOURCE_FILE), code.encode())
     atomic_write(os.path.join(directory, "index.md"), index_markdown(reports).encode())
+
+
+def debug_dump(
+    configured: str,
+    split_gm: fx.GraphModule,
+    code: str,
+    reports: list[PieceReport],
+    source_file: str | None,
+) -> str | None:
+    """Write the debug dump where ``configured`` (else ``$STITCH_DEBUG_DUMP``)
+    says; the file the emitted source runs from: ``source_file`` (the cache's),
+    else the dump's (None: neither)."""
+    directory = configured or os.environ.get(DUMP_ENV, "")
+    if directory:
+        write_debug_dump(directory, split_gm, code, reports)
+        if source_file is None:
+            return os.path.join(directory, SOURCE_FILE)
+    return source_file

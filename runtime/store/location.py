@@ -31,6 +31,8 @@ EXTRAS_FILE = "extras.py"
 # and built kernels), so a load needs no kernel build (pipeline/prebuilt_load.py).
 # What the entry's key covers, readable (explain.py): "why did this not start warm?"
 FACTORS_FILE = "factors.py"
+# Why warm loads of the entry failed and compiled instead (load_failures.py).
+LOAD_FAILURES_FILE = "load_failures.py"
 PREBUILT_DIR = "prebuilt"
 PREBUILT_SUFFIX = ".prebuilt"
 AOT_DIR = "aot"
@@ -151,6 +153,16 @@ def source_file(entry: str) -> str:
 def factors_file(entry: str) -> str:
     """``<entry>/factors.py``: what the entry's key covers (``explain.py``)."""
     return os.path.join(entry, FACTORS_FILE)
+
+
+def load_failures_file(entry: str) -> str:
+    """``<entry>/load_failures.py``: why warm loads of it failed (``load_failures.py``)."""
+    return os.path.join(entry, LOAD_FAILURES_FILE)
+
+
+def entry_of_artifact(path: str) -> str:
+    """The entry folder of an artifact file (``<entry>/artifacts/<key>/<file>``)."""
+    return os.path.dirname(os.path.dirname(os.path.dirname(path)))
 
 
 def artifacts_dir(entry: str) -> str:

@@ -23,12 +23,14 @@ from .explain import factors_file, read_factors
 from .extras import inspect_extras
 from .hashing import file_hash, file_hash_or_none
 from .index import INDEX_FILE, LOCK_FILE, SOURCE_FILE, Index, parse_index
+from .load_failures import read_failures
 from .location import (
     ARTIFACT_FILE,
     ARTIFACTS_DIR,
     EXTRAS_FILE,
     FACTORS_FILE,
     IDENTITY_FILE,
+    LOAD_FAILURES_FILE,
     PREBUILT_DIR,
     entry_key,
 )
@@ -105,7 +107,18 @@ def _inspect(report: EntryReport) -> None:
                 f"its identity (graph_key {index.identity.graph_key[:12]}..., config_hash "
                 f"{index.identity.config_hash[:12]}...) is not the one of folder {folder}",
             )
-    used = {INDEX_FILE, LOCK_FILE, ARTIFACTS_DIR, PREBUILT_DIR, FACTORS_FILE}
+    used = {
+        INDEX_FILE,
+        LOCK_FILE,
+        ARTIFACTS_DIR,
+        PREBUILT_DIR,
+        FACTORS_FILE,
+        LOAD_FAILURES_FILE,
+    }
+    try:
+        read_failures(directory)
+    except StitchCacheError as exc:
+        report.problem(LOAD_FAILURES_FILE, str(exc).replace(directory + os.sep, ""))
     if os.path.exists(factors_file(directory)):
         try:
             read_factors(directory)
