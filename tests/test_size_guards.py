@@ -54,6 +54,16 @@ def test_guards_on_the_size_alone_become_a_predicate_of_the_size() -> None:
     assert holds is not None
     assert holds(1) and holds(INT32_MAX // 64)
     assert not holds(INT32_MAX // 64 + 1)
+    # As a compile worker reports them: structural text, torch's own classes.
+    from torch.utils._sympy.functions import FloorDiv
+
+    from stitch.runtime.compat.guard_codec import encode
+
+    recorded = [encode(64 * symbol <= INT32_MAX), encode(FloorDiv(symbol, 3) <= 2)]
+    assert all("'" in r for r in recorded)
+    structural = size_predicate(gm, 1, recorded)
+    assert structural is not None
+    assert [structural(k) for k in (1, 8, 9)] == [True, True, False]
     # Floor division and modulo, read at an integer, give torch's values.
     floors = size_predicate(gm, 1, [f"({s}//3) <= 2", f"Ne(Mod({s}, 2), 1)"])
     assert floors is not None

@@ -15,11 +15,12 @@ predicate runs once per size, never per call.  A guard over any other symbol,
 or one that does not parse, still leaves the piece uncompiled; the entry
 records every guard, and the next start checks them as Dynamo guards.
 
-The guards arrive as text (the worker's report, the entry's index); their
-truth is evaluated at an integer, where ``//`` read as ``floor(a/b)`` and
-``%`` as ``Mod`` give torch's values, so this reading does not depend on the
-text form's ambiguities (issue 57's guard codec is for installing guards into
-a ShapeEnv, which this does not do).
+The guards arrive as recorded text (the worker's report, the entry's index):
+structural text decodes to torch's own functions (NOTE: [guards are recorded
+by structure, not printed], compat/guard_codec.py); an older entry's printed
+text is read with sympy, which is exact here because each guard is only ever
+evaluated at an integer, where ``//`` read as ``floor(a/b)`` and ``%`` as
+``Mod`` give torch's values.  Symbols are matched by name.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 
 import torch.fx as fx
 
+from ..compat.guard_codec import GuardCodecError, decode, is_structural
 from .piecewise import PiecewiseBackend, Runnable
 
 
@@ -56,19 +58,30 @@ def size_predicate(
     if symbol is None:
         return None
     try:
-        parsed = [sympy.sympify(g, locals={symbol.name: symbol}) for g in guards]
-    except (sympy.SympifyError, SyntaxError, TypeError, ValueError):
+        parsed = [_read(g, symbol) for g in guards]
+    except (GuardCodecError, sympy.SympifyError, SyntaxError, TypeError, ValueError):
         return None
-    if any(getattr(p, "free_symbols", {None}) - {symbol} for p in parsed):
+    names = {str(symbol)}
+    if any(
+        {str(s) for s in getattr(p, "free_symbols", {None})} - names for p in parsed
+    ):
         return None
 
     def holds(size: int) -> bool:
         try:
-            return all(bool(p.subs(symbol, size)) for p in parsed)
+            return all(bool(p.subs({s: size for s in p.free_symbols})) for p in parsed)
         except TypeError:  # not decided at this size: the uncompiled piece serves
             return False
 
     return holds
+
+
+def _read(text: str, symbol: Any) -> Any:
+    import sympy
+
+    if is_structural(text):
+        return decode(text)
+    return sympy.sympify(text, locals={symbol.name: symbol})
 
 
 class SizeGuardedPiece(PiecewiseBackend):

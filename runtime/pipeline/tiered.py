@@ -165,7 +165,7 @@ class Tier:
                     "stitch: piece %s compiled under guards on its size %s: it runs "
                     "compiled at the sizes where they hold",
                     self._name(name),
-                    list(guards),
+                    [readable(g) for g in guards],
                 )
             backend._landed = record  # type: ignore[attr-defined]
             if self.cuda_graphs is not None:
