@@ -188,10 +188,11 @@ def test_the_issue_guard_reads_back_as_torchs_floor_division() -> None:
     back = decode(encode(guard))
     assert back == guard and isinstance(back.args[0], floor_div)
     env.evaluate_expr(back)
-    # ValueError or ValueRangeError, by torch release.
-    with pytest.raises((ValueError, RuntimeError)):
-        old = sympy.sympify(str(guard), locals={str(a): a, str(b): b})
-        shape_env()[0].evaluate_expr(old)
+    # The printed text read back is sympy's floor(s38/s61), not torch's
+    # FloorDiv: torch 2.11 and 2.13's range analysis refuse it (ValueError or
+    # ValueRangeError), 2.15's takes it; a different guard either way.
+    old = sympy.sympify(str(guard), locals={str(a): a, str(b): b})
+    assert old != guard and not old.args[0].has(floor_div)
 
 
 @pytest.mark.parametrize(
