@@ -49,6 +49,7 @@ from .piece_plan import (
 )
 from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
 from .results import CompiledModel, Emitted, Split
+from .spawned_pool import SpawnedPool
 from .split_policy import SplitPolicy
 from .stitching_source import stitching_source
 from .tracing import is_warm, log_summary, trace_source, trace_split
@@ -72,6 +73,7 @@ class Compilation:
         cudagraphs: CUDAGraphManager | None = None,
         profiler: Profiler | None = None,
         cache_group: str = "",
+        spawned_pool: SpawnedPool | None = None,
     ) -> None:
         self.config = config
         self.gm = gm
@@ -89,8 +91,9 @@ class Compilation:
         self.fleet = FleetCacheSession(config)
         # Each compiled piece's plan (a tiered start's workers compile from it).
         self.plans: dict[str, PiecePlan] = {}
-        # A tiered start's spawned workers, started with the call (spawned_workers.py).
-        self.prestarted: Any = None
+        # A tiered start's spawned workers, kept by the backend
+        # (NOTE: [pre-started compile workers]); a pool of the call's own else.
+        self.spawned_pool = spawned_pool or SpawnedPool.for_config(config)
         self.worker_start = "fork"
 
     def run(self) -> CompiledModel:
@@ -119,8 +122,6 @@ class Compilation:
         finally:
             if tier is None:
                 self.fleet.end(finished)
-            if self.prestarted is not None:
-                self.prestarted.close()
         warm = is_warm(emitted.from_cache, reports)
         seconds = time.perf_counter() - start
         cache_dir = cache.directory if cache and cache.holds_source() else None
@@ -178,13 +179,14 @@ class Compilation:
         if cache is not None:
             cache = self.fleet.open(cache, reopen, self.tiered_off is None)
             self.fleet.explain(cache, self.gm, fake_inputs, self.cache_group, graph_key)
-        source, self.prestarted = prepare_compiles(
+        source = prepare_compiles(
             self.config,
             self.example_inputs,
             self.adapter,
             self.tiered_off,
             self.worker_start,
             cold=cache is None or cache.index is None,
+            spawned_pool=self.spawned_pool,
         )
         self.source = source(
             self.config,

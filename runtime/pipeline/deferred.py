@@ -21,7 +21,7 @@ from .artifact_source import ArtifactSource, Piece
 from .compilers import CompilerAdapter
 from .inductor_warmup import on_cpu
 from .piece_plan import KeyChoice, StringKeys
-from .worker_process import START_ENV, needs_spawn, niceness
+from .worker_process import START_ENV, needs_spawn
 
 log = logging.getLogger("stitch")
 
@@ -100,22 +100,18 @@ def prepare_compiles(
     off: str | None,
     worker_start: str,
     cold: bool,
-) -> tuple[type[ArtifactSource], Any]:
-    """The call's artifact source class and its prestarted spawned workers (None:
-    none).  ``off`` says why the call does not start tiered (None: it does)."""
+    spawned_pool: Any,
+) -> type[ArtifactSource]:
+    """The call's artifact source class; ``off`` says why the call does not
+    start tiered (None: it does).  A cold call that will spawn its workers has
+    ``spawned_pool`` start them now, if the backend did not (NOTE: [pre-started
+    compile workers])."""
     if off not in (None, "off"):
         log.info("stitch: no tiered start: %s", off)
-    prestarted = None
     if off is not None and cold:
         # A cold start: the warm-up runs beside the split and fake propagation.
         adapter.warm_up(cpu=on_cpu(example_inputs))
     elif cold and worker_start == "spawn":
         # Spawned workers load torch and Inductor beside the split instead.
-        from .spawned_workers import Prestarted
-
-        prestarted = Prestarted(
-            config.compile_workers or default_workers(4),
-            cpu=on_cpu(example_inputs),
-            nice=niceness(),
-        )
-    return (ArtifactSource if off is not None else DeferredSource), prestarted
+        spawned_pool.start(cpu=on_cpu(example_inputs))
+    return ArtifactSource if off is not None else DeferredSource
