@@ -15,7 +15,8 @@ invocation.  The runs:
   start]): it serves at once and swaps compiled pieces in;
 - ``spawned``: the same with spawned compile workers
   (``$STITCH_COMPILE_START=spawn``, as on a GPU: NOTE: [forked or spawned
-  compile workers]), in a cache of its own;
+  compile workers]), in a cache of its own; they start when the backend is
+  made, inside the clock (NOTE: [pre-started compile workers]);
 - ``warm``: a start after the tiered run, from the entry its workers filled.
 
 For the built-in example (8 tokens a forward, ``dynamic=True``), "first

@@ -32,9 +32,9 @@ tokens after 10 warm-ups (after the last swap for the tiered run), timed
 with CUDA events on a GPU and ``perf_counter`` on the CPU.  The compile
 workers' start-up, apart from their compile: as many workers as the tiered
 run started, spawned at once by the serving process (after its last swap)
-through the workers' own entry point (``spawned_workers.spawn``) and given
-an empty job: from launch to exit is the interpreter, torch, Stitch and
-Inductor's import and the job's read; on a GPU, a fresh process's CUDA
+as a pool (``spawned_pool.SpawnedPool``), each timed from launch until it
+says it is ready: the interpreter, torch, Stitch and Inductor's import, the
+ISA probe (on the CPU) and Inductor's build pools; on a GPU, a fresh process's CUDA
 context (which a worker makes at its first compile) is timed beside it.
 """
 
@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import statistics
 import subprocess
 import sys
@@ -178,36 +177,22 @@ def per_forward(fn: Any, args: Any, device: str) -> float:
 
 def worker_startup(count: int, device: str) -> dict[str, Any]:
     """The compile workers' start-up apart from their compile (see the
-    docstring): ``count`` workers spawned at once, each given an empty job."""
-    from stitch.runtime.pipeline.spawned_workers import SpawnJob, global_state, spawn
+    docstring): a pool of ``count`` workers started at once, each until ready."""
+    from stitch.runtime.pipeline.spawned_pool import SpawnedPool
 
     count = max(count, 1)
-    header = {
-        "sys_path": list(sys.path),
-        "modules": ["stitch.runtime", "stitch.runtime.examples.models"],
-        "names": [],
-        "state": global_state(),
-    }
-    job = (
-        json.dumps(header).encode()
-        + b"\n"
-        + pickle.dumps(SpawnJob([], None, None, None))
-    )
     t0 = time.perf_counter()
-    workers = [spawn(cpu=device == "cpu", nice=0) for _ in range(count)]
-    for w in workers:
-        assert w.process.stdin is not None
-        w.process.stdin.write(job)
-        w.process.stdin.close()
-        os.write(w.gate, b"c")
-        os.close(w.gate)
+    pool = SpawnedPool(count, preload=["stitch.runtime.examples.models"])
+    pool.start(cpu=device == "cpu")
+    workers = [pool.take() for _ in range(count)]
     seconds = []
     for w in workers:
-        code = w.process.wait()
+        w.ready.wait()
         seconds.append(time.perf_counter() - t0)
-        os.close(w.reports)
-        if code:
-            raise RuntimeError(f"an empty compile worker exited with status {code}")
+        if not w.alive():
+            raise RuntimeError(f"a compile worker exited with {w.process.returncode}")
+    for w in workers:
+        w.close()
     out = {"count": count, "ready_s": statistics.median(seconds), "max_s": max(seconds)}
     if device.startswith("cuda"):
         out["cuda_context_s"] = cuda_context(count)

@@ -92,8 +92,8 @@ def eager_and_compiled(
 class CapturingBackend(StitchBackend):
     """A :class:`StitchBackend` that also keeps the callables it returned."""
 
-    def __init__(self, config: CompilationConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: CompilationConfig, **collaborators: Any) -> None:
+        super().__init__(config, **collaborators)
         self.fns: list[Any] = []
 
     def __call__(self, gm: Any, example_inputs: Any) -> Any:

@@ -86,6 +86,16 @@ def forget_compile_pools() -> None:
             cached.cache_clear()
 
 
+def warm_compile_pools() -> None:
+    """Start Inductor's build pools now (NOTE: [pre-started compile workers]):
+    its thread pool and, where it uses one, its subprocess pool."""
+    from torch._inductor.async_compile import AsyncCompile
+
+    if AsyncCompile.use_process_pool():
+        AsyncCompile.warm_pool()
+    AsyncCompile.pool()
+
+
 def probe_cpu_isa() -> None:
     from torch._inductor import cpu_vec_isa
 

@@ -17,6 +17,7 @@ from ..profiling import Profiler
 from .compilation import Compilation, CompiledModel
 from .graph_inputs import GraphInput, graph_inputs
 from .saved_function import in_torch_aot_compile, saveable
+from .spawned_pool import SpawnedPool
 from .split_policy import SplitPolicy
 
 __all__ = ["CompiledModel", "StitchBackend", "stitch_backend"]
@@ -32,7 +33,8 @@ class StitchBackend:
     Collaborators come in here: ``cudagraphs`` (the manager whose pool and
     capture every graph compiled here shares; one of its own by default),
     ``quiet_splitting_ops`` (splitting ops that may match nothing without a
-    warning: an engine's own list), ``profiler`` and ``cache_group``.
+    warning: an engine's own list), ``profiler``, ``cache_group`` and
+    ``spawned_pool`` (a tiered start's spawned compile workers).
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class StitchBackend:
         profiler: Profiler | None = None,
         quiet_splitting_ops: Iterable[str] = (),
         cache_group: str = "",
+        spawned_pool: SpawnedPool | None = None,
         **fields: Any,
     ) -> None:
         if config is not None and fields:
@@ -66,6 +69,10 @@ class StitchBackend:
         # The inputs of the last graph (sizes, written or not): what a saved
         # forward's input check is made from (runtime/saved/input_check.py).
         self.graph_inputs: list[GraphInput] = []
+        # A tiered start's spawned compile workers, started now where they
+        # will be needed and kept for every graph compiled here (NOTE:
+        # [pre-started compile workers]); a pool may be shared between backends.
+        self.spawned_pool = spawned_pool or SpawnedPool.for_config(self.config)
 
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]
@@ -79,6 +86,7 @@ class StitchBackend:
             cudagraphs=self.cudagraphs,
             profiler=self.profiler,
             cache_group=self.cache_group,
+            spawned_pool=self.spawned_pool,
         ).run()
         self.compiled.append(compiled)
         if self.serializable or (self.serializable is None and in_torch_aot_compile()):

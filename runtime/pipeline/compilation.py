@@ -47,6 +47,7 @@ from .piece_plan import (
 )
 from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
 from .results import CompiledModel, Emitted, Split
+from .spawned_pool import SpawnedPool
 from .split_policy import SplitPolicy
 from .stitching_source import stitching_source
 from .tracing import is_warm, log_summary, trace_source, trace_split
@@ -69,6 +70,7 @@ class Compilation:
         cudagraphs: CUDAGraphManager | None = None,
         profiler: Profiler | None = None,
         cache_group: str = "",
+        spawned_pool: SpawnedPool | None = None,
     ) -> None:
         self.config = config
         self.gm = gm
@@ -86,8 +88,9 @@ class Compilation:
         self.fleet = FleetCacheSession(config)
         # Each compiled piece's plan (a tiered start's workers compile from it).
         self.plans: dict[str, PiecePlan] = {}
-        # A tiered start's spawned workers, started with the call (spawned_workers.py).
-        self.prestarted: Any = None
+        # A tiered start's spawned workers, kept by the backend
+        # (NOTE: [pre-started compile workers]); a pool of the call's own else.
+        self.spawned_pool = spawned_pool or SpawnedPool.for_config(config)
         self.worker_start = "fork"
         self.fakes: list[Any] = []
         # Why the call compiled after a warm load failed (warm_load.py).
@@ -131,9 +134,6 @@ class Compilation:
         finally:
             if tier is None:
                 self.fleet.end(finished)
-            if self.prestarted is not None:
-                self.prestarted.close()
-                self.prestarted = None
         warm = is_warm(emitted.from_cache, reports)
         seconds = time.perf_counter() - start
         cache_dir = cache.directory if cache and cache.holds_source() else None
@@ -165,8 +165,10 @@ class Compilation:
         self.artifact_source(None)
 
     def artifact_source(self, cache: CompileCache | None) -> None:
-        """The call's artifact source (and the tiered start's spawned workers)."""
-        self.source, self.prestarted = prepare_compiles(
+        """The call's artifact source (a cold tiered call that spawns its
+        workers has its pool start them now: NOTE: [pre-started compile
+        workers])."""
+        self.source = prepare_compiles(
             self.config,
             self.example_inputs,
             self.adapter,
@@ -174,6 +176,7 @@ class Compilation:
             self.worker_start,
             cache,
             lambda: self.entry_guards.note(cache),
+            self.spawned_pool,
         )
 
     # -- the phases ----------------------------------------------------------

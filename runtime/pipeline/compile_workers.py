@@ -26,6 +26,7 @@ pieces up when the pipe closes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -45,7 +46,6 @@ from ..loader import DISPATCH_NAME
 from ..store.cache import CompileCache
 from ..store.index import PieceRecord
 from .deferred import default_workers
-from .inductor_warmup import on_cpu
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
 from .piecewise import PiecewiseBackend
 from .results import Split
@@ -93,10 +93,9 @@ def start_tier(
     method = c.worker_start
     launch: Launch
     if method == "spawn":
-        from .spawned_workers import Prestarted, spawner
+        from .spawned_workers import spawner
 
-        workers = c.prestarted or Prestarted(0, on_cpu(c.example_inputs), 0)
-        launch = spawner(units, c.config, cache, c.size, workers)
+        launch = spawner(units, c.config, cache, c.size, c.spawned_pool)
     else:
         compile_one = UnitCompiler(
             units,
@@ -283,10 +282,15 @@ def _work(
 
 
 def _read(tier: Tier, worker: Worker, names: list[str]) -> None:
-    with os.fdopen(worker.reports, "r") as lines:
+    reports = worker.reports
+    own = isinstance(reports, int)
+    with os.fdopen(reports, "r") if own else contextlib.nullcontext(reports) as lines:
         for line in lines:
             try:
                 message = json.loads(line)
+                if "done" in message and worker.job_done is not None:
+                    worker.job_done()  # a pooled worker, back to its pool
+                    return
                 name = message["piece"]
                 add_counters(message.get("counters", {}))
                 if "error" in message:

@@ -21,7 +21,7 @@ from .artifact_source import ArtifactSource, Piece
 from .compilers import CompilerAdapter
 from .inductor_warmup import on_cpu
 from .piece_plan import KeyChoice, StringKeys
-from .worker_process import START_ENV, needs_spawn, niceness
+from .worker_process import START_ENV, needs_spawn
 
 log = logging.getLogger("stitch")
 
@@ -101,25 +101,21 @@ def prepare_compiles(
     worker_start: str,
     cache: Any,
     note_guards: Callable[[], None],
-) -> tuple[ArtifactSource, Any]:
-    """The call's artifact source over ``cache`` and its prestarted spawned
-    workers (None: none).  ``off`` says why the call does not start tiered
-    (None: it does); the call is cold when ``cache`` holds no index."""
+    spawned_pool: Any,
+) -> ArtifactSource:
+    """The call's artifact source over ``cache``.  ``off`` says why the call
+    does not start tiered (None: it does); the call is cold when ``cache``
+    holds no index.  A cold call that will spawn its workers has
+    ``spawned_pool`` start them now, if the backend did not (NOTE: [pre-started
+    compile workers])."""
     cold = cache is None or cache.index is None
     if off not in (None, "off"):
         log.info("stitch: no tiered start: %s", off)
-    prestarted = None
     if off is not None and cold:
         # A cold start: the warm-up runs beside the split and fake propagation.
         adapter.warm_up(cpu=on_cpu(example_inputs))
     elif cold and worker_start == "spawn":
         # Spawned workers load torch and Inductor beside the split instead.
-        from .spawned_workers import Prestarted
-
-        prestarted = Prestarted(
-            config.compile_workers or default_workers(4),
-            cpu=on_cpu(example_inputs),
-            nice=niceness(),
-        )
+        spawned_pool.start(cpu=on_cpu(example_inputs))
     source = ArtifactSource if off is not None else DeferredSource
-    return source(config, cache, adapter=adapter, note_guards=note_guards), prestarted
+    return source(config, cache, adapter=adapter, note_guards=note_guards)

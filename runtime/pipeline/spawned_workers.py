@@ -1,18 +1,21 @@
-"""Spawned compile workers: a fresh interpreter per worker that receives its
-pieces pickled (NOTE: [forked or spawned compile workers], compile_workers.py).
+"""Spawned compile workers: a fresh interpreter that receives its pieces
+pickled (NOTE: [forked or spawned compile workers], compile_workers.py), kept
+in a pool between jobs (NOTE: [pre-started compile workers], spawned_pool.py).
 
-The serving process pickles each worker's units (graphs, fake inputs with
-their ShapeEnv, plans), the config, the cache entry and the runtime size with
-``compat/graph_pickle.py``, and starts ``python -m
-stitch.runtime.pipeline.spawned_workers PARENT REPORTS GATE``.  On its stdin
-the worker reads one JSON line (the parent's ``sys.path``, the modules that
-define the ops and modules the graphs name, its pieces' names, the grad mode
-and other global state a compile reads)
-and then the pickle; it reports on the ``REPORTS`` pipe exactly as a forked
-worker does, and a gated worker waits for one byte on ``GATE``.  A piece it
-cannot read (an op defined in ``__main__``, a pass that does not pickle) is
-reported as that piece's error, so it stays uncompiled with one warning that
-says why.
+The pool starts ``python -m stitch.runtime.pipeline.spawned_workers PARENT
+REPORTS READY cpu|gpu PARENT_DEATH [MODULE...]``: the worker imports Stitch,
+the modules named, torch and Inductor, probes the vector ISA (on the CPU),
+starts Inductor's build pools, writes one byte on ``READY`` and waits.  For
+each job the serving process pickles the units of one worker (graphs, fake
+inputs with their ShapeEnv, plans), the config, the cache entry and the
+runtime size with ``compat/graph_pickle.py``; on its stdin the worker reads
+one JSON line (the parent's ``sys.path``, the modules that define the ops and
+modules the graphs name, its pieces' names, the grad mode and other global
+state a compile reads, the pickle's length) and then the pickle.  It reports
+on the ``REPORTS`` pipe exactly as a forked worker does, then ``{"done":
+true}``.  A piece it cannot read (an op defined in ``__main__``, a pass that
+does not pickle) is reported as that piece's error, so it stays uncompiled
+with one warning that says why.
 """
 
 from __future__ import annotations
@@ -24,20 +27,22 @@ import json
 import os
 import pickle
 import signal
-import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import IO, Any
 
 import torch
 
 from ..compat.fake import tracing
+from ..compat.inductor import warm_compile_pools
 from ..config import CompilationConfig
 from ..store.cache import CompileCache
 from .entry import EntryGuards
-from .inductor_warmup import start_inductor_warmup
+from .inductor_warmup import inductor_ready, start_inductor_warmup
 from .piece_jobs import UnitCompiler, UnitJob, piece_names
+from .spawned_pool import SpawnedPool
 from .worker_process import (
     Launch,
     Worker,
@@ -62,77 +67,16 @@ class SpawnJob:
     size: Any
 
 
-@dataclasses.dataclass
-class Spawned:
-    """A spawned worker waiting for its job: the process, the pipe it reports
-    on and its gate (write ends: one byte, ``c`` to compile)."""
-
-    process: subprocess.Popen[bytes]
-    reports: int
-    gate: int
-
-    def close(self) -> None:
-        """Let a worker that got no job go (it exits at the end of its stdin)."""
-        for fd in (self.reports, self.gate):
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-        threading.Thread(target=self.process.wait, daemon=True).start()
-
-
-def spawn(cpu: bool, nice: int) -> Spawned:
-    """Start a worker: it imports Stitch and Inductor (and, for a graph on
-    the CPU, probes the vector ISA) while it waits for its job on stdin."""
-    reports_read, reports_write = os.pipe()
-    gate_read, gate_write = os.pipe()
-    passed = (reports_write, gate_read)
-    command = [sys.executable, "-m", __name__, str(os.getpid()), *map(str, passed)]
-    try:
-        process = subprocess.Popen(
-            [*command, "cpu" if cpu else "gpu"], stdin=subprocess.PIPE, pass_fds=passed
-        )
-    except BaseException:
-        os.close(reports_read)
-        os.close(gate_write)
-        raise
-    finally:
-        for fd in passed:
-            os.close(fd)
-    if nice:
-        # Before its threads start, which inherit it.
-        base = os.getpriority(os.PRIO_PROCESS, 0)
-        os.setpriority(os.PRIO_PROCESS, process.pid, min(19, base + nice))
-    return Spawned(process, reports_read, gate_write)
-
-
-class Prestarted:
-    """Workers spawned at the start of a cold backend call, so that their
-    interpreter, torch and Inductor load while the call splits, plans and
-    emits (NOTE: [forked or spawned compile workers]); :meth:`close` lets
-    those no piece needed go."""
-
-    def __init__(self, count: int, cpu: bool, nice: int) -> None:
-        self.cpu = cpu
-        self.ready = [spawn(cpu, nice) for _ in range(count)]
-
-    def take(self, nice: int) -> Spawned:
-        return self.ready.pop(0) if self.ready else spawn(self.cpu, nice)
-
-    def close(self) -> None:
-        while self.ready:
-            self.ready.pop().close()
-
-
 def spawner(
     units: Sequence[UnitJob],
     config: CompilationConfig,
     cache: CompileCache,
     size: Any,
-    workers: Prestarted,
+    pool: SpawnedPool,
 ) -> Launch:
-    """Launch by spawning (or taking a prestarted worker): each worker gets
-    its group of ``units`` pickled."""
+    """Launch by taking a worker from ``pool`` (NOTE: [pre-started compile
+    workers]): each worker gets its group of ``units`` pickled, and goes back
+    to the pool once it has reported them."""
     modules = defining_modules(units)
 
     def launch(group: Sequence[UnitJob], nice: int, gated: bool) -> Worker:
@@ -145,22 +89,23 @@ def spawner(
             "modules": modules,
             "names": piece_names(group),
             "state": global_state(),
+            "bytes": len(data),
         }
-        spawned = workers.take(nice)
-        process, gate = spawned.process, spawned.gate
-        if not gated:
-            os.write(gate, b"c")
-            os.close(gate)
-            gate = -1
+        worker = pool.take()
+        gate_read, gate_write = os.pipe() if gated else (-1, -1)
         # The pipe holds 64 KiB: the rest goes while the worker reads.
         threading.Thread(
             target=_send,
-            args=(process.stdin, header, data),
-            name=f"stitch-compile-job-{process.pid}",
+            args=(worker.process.stdin, header, data, gate_read),
+            name=f"stitch-compile-job-{worker.pid}",
             daemon=True,
         ).start()
         return Worker(
-            process.pid, spawned.reports, gate, lambda: ended_by(process.wait())
+            worker.pid,
+            worker.reports,
+            gate_write,
+            lambda: ended_by(worker.process.wait()),
+            lambda: pool.give_back(worker),
         )
 
     return launch
@@ -186,11 +131,18 @@ def set_global_state(state: dict[str, Any]) -> None:
     torch.set_default_dtype(getattr(torch, state["default_dtype"]))
 
 
-def _send(pipe: IO[bytes], header: dict[str, Any], data: bytes) -> None:
+def _send(pipe: IO[bytes], header: dict[str, Any], data: bytes, gate: int) -> None:
+    """Send a job; a gated one once its gate says ``c`` (else an empty job,
+    which the worker answers at once: another replica's entry came)."""
+    if gate >= 0:
+        with contextlib.suppress(OSError):
+            if os.read(gate, 1) != b"c":
+                header, data = {**header, "names": [], "bytes": 0}, b""
+        os.close(gate)
     try:
-        with pipe:
-            pipe.write(json.dumps(header).encode() + b"\n")
-            pipe.write(data)
+        pipe.write(json.dumps(header).encode() + b"\n")
+        pipe.write(data)
+        pipe.flush()
     except OSError:
         pass  # the worker is gone: its reader gives its pieces up
 
@@ -230,35 +182,55 @@ def _is_torch(module: str) -> bool:
 
 
 def main(argv: Sequence[str]) -> int:
-    """A spawned worker: read the job on stdin, compile, report (see above)."""
-    parent, reports, gate = (int(a) for a in argv[:3])
-    die_with_parent()
+    """A pooled worker: get ready, then compile and report one job after
+    another from stdin (see above), until its end or the parent's."""
+    parent, reports, ready = (int(a) for a in argv[:3])
+    cpu, parent_death, preload = argv[3] == "cpu", argv[4] == "1", argv[5:]
+    if parent_death:
+        die_with_parent()
     if os.getppid() != parent:
         return 0  # the serving process is already gone
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
-    # What the first compile needs, loaded while the serving process splits.
-    start_inductor_warmup(cpu=argv[3] == "cpu")
+    # NOTE: [pre-started compile workers]: what the first compile needs, loaded
+    # before any job comes.  An import that fails here ends the worker.
+    for module in (*ALWAYS, *preload):
+        importlib.import_module(module)
+    start_inductor_warmup(cpu=cpu)
+    inductor_ready()
+    warm_compile_pools()
+    os.write(ready, b"r")
+    os.close(ready)
     stdin = sys.stdin.buffer
-    line = stdin.readline()
-    if not line:
-        return 0  # no piece needed this worker
-    header = json.loads(line)
+    with os.fdopen(reports, "w", buffering=1) as out:
+        while line := stdin.readline():
+            header = json.loads(line)
+            data = stdin.read(header["bytes"])
+            if header["names"]:
+                _run_job(out, header, data)
+            out.write(json.dumps({"done": True}) + "\n")
+    return 0  # the pool let it go
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)  # the serving process is gone: so is every job's use
+
+
+def _run_job(out: IO[str], header: dict[str, Any], data: bytes) -> None:
     sys.path[:] = header["sys_path"]
     set_global_state(header["state"])
-    with os.fdopen(reports, "w", buffering=1) as out:
-        try:
-            for module in header["modules"]:
-                _import(module)
-            job = pickle.loads(stdin.read())
-        except Exception as exc:  # noqa: BLE001 - reported per piece
-            _cannot_read(out, header["names"], exc)
-            return 0
-        if gate >= 0 and os.read(gate, 1) != b"c":
-            return 0  # another replica's entry was installed (or the parent died)
-        for names, data in job.units:
-            _compile_unit(out, names, data, job)
-    return 0
+    try:
+        for module in header["modules"]:
+            _import(module)
+        job = pickle.loads(data)
+    except Exception as exc:  # noqa: BLE001 - reported per piece
+        _cannot_read(out, header["names"], exc)
+        return
+    for names, unit in job.units:
+        _compile_unit(out, names, unit, job)
 
 
 def _compile_unit(out: IO[str], names: list[str], data: bytes, job: SpawnJob) -> None:

@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 import msgspec
 import torch
@@ -45,13 +45,16 @@ START_ENV = "STITCH_COMPILE_START"
 
 @dataclasses.dataclass
 class Worker:
-    """A started compile worker: its pid, the pipe it reports on, its gate
-    (-1: none) and how to wait for its end (a description of how it ended)."""
+    """A started compile worker: its pid, the pipe it reports on (a forked
+    worker's fd, or a pooled worker's file, open across jobs), its gate (-1:
+    none), how to wait for its end (a description of how it ended) and, for a
+    pooled worker, what to do once its job is reported in full."""
 
     pid: int
-    reports: int
+    reports: int | IO[str]
     gate: int
     ended: Callable[[], str]
+    job_done: Callable[[], None] | None = None
 
 
 # Start one worker for a group of units (gated: it waits on its gate).

@@ -1,0 +1,237 @@
+"""Spawned compile workers started before they are needed and kept between
+backend calls (NOTE: [pre-started compile workers]).
+
+NOTE: [pre-started compile workers]
+A spawned worker pays for a fresh interpreter, torch's and Inductor's imports,
+the vector ISA probe and Inductor's build pools before it compiles anything:
+seconds that a tiered start used to wait for after the backend call began.
+A :class:`SpawnedPool` starts its workers when the backend is made (where they
+will be spawned: ``likely_spawned``) or, at the latest, when a cold backend
+call begins, and each waits on its stdin for a job once it is ready.  A job
+is one group of pieces (``spawned_workers.py``); when it is reported in full
+the worker goes back to the pool, for the next backend call (vLLM and
+transformers' engine compile several graphs).  The pool, not the worker,
+decides when an idle worker leaves (``idle_s`` after its last job it closes the
+worker's stdin), so a job is never sent to a worker that chose to exit.  A
+worker also leaves at the end of its stdin and when its parent is gone (it
+polls its parent pid, and where the pool runs on the main thread the kernel
+kills it with its parent), so none outlives the serving process.  A worker
+found dead when a job comes (killed while idle, or its imports failed) is
+named in one warning and replaced; one that dies during a job gives its
+pieces up through its reader, as a forked worker's does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import IO
+
+import torch
+
+from ..config import CompilationConfig
+from .deferred import default_workers
+from .worker_process import START_ENV, ended_by, niceness
+
+log = logging.getLogger("stitch")
+
+# Seconds an idle worker waits for another job before the pool lets it go.
+IDLE_S = 120.0
+WORKER_MODULE = "stitch.runtime.pipeline.spawned_workers"
+
+
+@dataclasses.dataclass
+class PooledWorker:
+    """A spawned worker as its pool holds it: the process, the open end of
+    the pipe it reports on (kept across jobs) and whether it has said it is
+    ready (torch and Inductor imported, the ISA probe done, pools up)."""
+
+    process: subprocess.Popen[bytes]
+    reports: IO[str]
+    ready: threading.Event
+    idle_since: float = 0.0
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        """Let the worker go: it exits at the end of its stdin."""
+        with contextlib.suppress(OSError):
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+        with contextlib.suppress(OSError):
+            self.reports.close()
+        threading.Thread(target=self.process.wait, daemon=True).start()
+
+
+class SpawnedPool:
+    """Spawned compile workers, started ahead and reused (NOTE: [pre-started
+    compile workers]).  ``count`` workers are started by :meth:`start`;
+    ``preload`` names modules each imports at its start, beside Stitch's."""
+
+    def __init__(
+        self,
+        count: int,
+        nice: int = 0,
+        *,
+        preload: Sequence[str] = (),
+        idle_s: float = IDLE_S,
+    ) -> None:
+        self.count = count
+        self.nice = nice
+        self.preload = tuple(preload)
+        self.idle_s = idle_s
+        self._lock = threading.Lock()
+        self._idle: list[PooledWorker] = []
+        self._cpu: bool | None = None  # probe the ISA: set by the first start
+
+    @classmethod
+    def for_config(cls, config: CompilationConfig) -> SpawnedPool:
+        """The pool of a backend made with ``config``, started now where its
+        tiered start will spawn its workers (``likely_spawned``)."""
+        pool = cls(config.compile_workers or default_workers(4), niceness())
+        if likely_spawned(config):
+            pool.start(cpu=not torch.cuda.is_available())
+        return pool
+
+    def start(self, cpu: bool) -> None:
+        """Have ``count`` workers idle or starting (for graphs on the CPU,
+        ``cpu``: they probe its vector ISA)."""
+        with self._lock:
+            if self._cpu is None:
+                self._cpu = cpu
+            self._idle = [w for w in self._idle if self._alive(w)]
+            while len(self._idle) < self.count:
+                self._idle.append(self._spawn())
+
+    def take(self) -> PooledWorker:
+        """An idle worker (started now if none is left) for one job."""
+        with self._lock:
+            while self._idle:
+                worker = self._idle.pop(0)
+                if self._alive(worker):
+                    return worker
+            return self._spawn()
+
+    @staticmethod
+    def _alive(worker: PooledWorker) -> bool:
+        """Whether an idle ``worker`` is alive; if not, one warning names how
+        it ended (it is replaced)."""
+        if worker.alive():
+            return True
+        how = ended_by(worker.process.returncode).replace(" before compiling it", "")
+        log.warning(
+            "stitch: a pre-started compile worker (pid %d) %s while idle; "
+            "starting another",
+            worker.pid,
+            how,
+        )
+        worker.close()
+        return False
+
+    def give_back(self, worker: PooledWorker) -> None:
+        """``worker`` reported its job in full: idle until the next, or until
+        ``idle_s`` passes."""
+        worker.idle_since = time.monotonic()
+        with self._lock:
+            self._idle.append(worker)
+        timer = threading.Timer(self.idle_s, self._let_idle_go)
+        timer.daemon = True
+        timer.start()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Whether every idle worker is ready (or dead) within ``timeout`` s."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            workers = list(self._idle)
+        for w in workers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not w.ready.wait(left):
+                return False
+        return True
+
+    def idle_pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._idle]
+
+    def close(self) -> None:
+        """Let every idle worker go (those at work go when their job ends)."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.close()
+
+    def _let_idle_go(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            going = [w for w in self._idle if now - w.idle_since >= self.idle_s]
+            self._idle = [w for w in self._idle if w not in going]
+        for worker in going:
+            worker.close()
+
+    def _spawn(self) -> PooledWorker:
+        """Start one worker (the lock held); it imports while we go on."""
+        reports_read, reports_write = os.pipe()
+        ready_read, ready_write = os.pipe()
+        passed = (reports_write, ready_write)
+        # NOTE: [pre-started compile workers]: the kernel's parent-death signal
+        # follows the thread that spawned, so it is asked for on the main thread only.
+        main = threading.current_thread() is threading.main_thread()
+        command = [
+            *(sys.executable, "-m", WORKER_MODULE, str(os.getpid())),
+            *map(str, passed),
+            "cpu" if self._cpu else "gpu",
+            "1" if main else "0",
+            *self.preload,
+        ]
+        try:
+            process = subprocess.Popen(command, stdin=subprocess.PIPE, pass_fds=passed)
+        except BaseException:
+            os.close(reports_read)
+            os.close(ready_read)
+            raise
+        finally:
+            for fd in passed:
+                os.close(fd)
+        if self.nice:
+            # Before its threads start, which inherit it.
+            base = os.getpriority(os.PRIO_PROCESS, 0)
+            os.setpriority(os.PRIO_PROCESS, process.pid, min(19, base + self.nice))
+        ready = threading.Event()
+
+        def wait_ready() -> None:
+            with contextlib.suppress(OSError):
+                os.read(ready_read, 1)  # one byte, or the end: it died starting
+            os.close(ready_read)
+            ready.set()
+
+        threading.Thread(
+            target=wait_ready, name=f"stitch-worker-ready-{process.pid}", daemon=True
+        ).start()
+        return PooledWorker(process, os.fdopen(reports_read, "r"), ready)
+
+
+def likely_spawned(config: CompilationConfig) -> bool:
+    """Whether a backend made with ``config`` will spawn its tiered start's
+    workers, as far as can be told before a graph comes: ``$STITCH_COMPILE_START``
+    says spawn, or this process has CUDA (NOTE: [forked or spawned compile
+    workers]); a graph that proves otherwise leaves the pool idle, to go."""
+    if not config.tiered_start or config.backend != "inductor":
+        return False
+    if config.disable_cache:
+        return False
+    method = os.environ.get(START_ENV, "").strip().lower()
+    if method in ("fork", "spawn"):
+        return method == "spawn"
+    return torch.cuda.is_available() or not hasattr(os, "fork")

@@ -1,0 +1,201 @@
+"""Pre-started spawned compile workers (NOTE: [pre-started compile workers],
+runtime/pipeline/spawned_pool.py): started when the backend is made, ready
+before the first piece comes, reused by the next backend call, and every fault
+(a worker killed idle or at work, its imports failing, the parent gone)
+leaves serving on the uncompiled pieces, never a hang or an orphan."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from test_tiered import _fresh_dynamo, serve_until_settled, tiered  # noqa: F401
+
+from stitch.runtime.examples import LlamaConfig
+from stitch.runtime.pipeline.spawned_pool import SpawnedPool
+
+from backend_support import (
+    TINY,
+    CapturingBackend,
+    compile_model,
+    inputs,
+    model_for,
+    run_fresh,
+    stitch_warnings,
+)
+
+pytestmark = pytest.mark.slow
+
+READY_S = 90.0
+
+
+@pytest.fixture(autouse=True)
+def _spawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STITCH_COMPILE_START", "spawn")
+
+
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie not yet reaped counts)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
+def wait_gone(pids: list[int], seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(gone(p) for p in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def settle(model: Any, fn: Any, backend: Any, cfg: LlamaConfig = TINY) -> Any:
+    run_fresh(model, fn, inputs(cfg, 4))
+    tier = backend.compiled[-1].tier
+    assert tier is not None
+    serve_until_settled(model, fn, tier, cfg)
+    return tier
+
+
+def test_workers_are_ready_before_the_first_call_and_serve_the_next(
+    tmp_path: Path,
+) -> None:
+    model = model_for()
+    backend, fn = compile_model(model, tiered(tmp_path, compile_workers=1))
+    pool = backend.spawned_pool
+    # Started when the backend was made, before any graph came.
+    (pid,) = pool.idle_pids()
+    assert pool.wait_ready(READY_S)
+    try:
+        first = settle(model, fn, backend)
+        assert first.pids == [pid]
+        assert not first.timeline()["uncompiled"], first.timeline()
+        # A second graph through the same backend: the same worker compiles it.
+        cfg = LlamaConfig(num_layers=1, hidden_size=48, num_heads=4)
+        other = model_for(cfg)
+        fn2 = torch.compile(other, backend=backend, fullgraph=True)
+        second = settle(other, fn2, backend, cfg)
+        assert second is not first and second.pids == [pid]
+        assert not second.timeline()["uncompiled"], second.timeline()
+        assert pool.idle_pids() == [pid]
+    finally:
+        pool.close()
+    assert wait_gone([pid])
+
+
+def test_a_worker_killed_while_idle_is_replaced_with_one_warning(
+    tmp_path: Path, caplog: Any
+) -> None:
+    model = model_for()
+    backend, fn = compile_model(model, tiered(tmp_path, compile_workers=1))
+    pool = backend.spawned_pool
+    (pid,) = pool.idle_pids()
+    assert pool.wait_ready(READY_S)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_gone([pid])
+    try:
+        tier = settle(model, fn, backend)
+        assert tier.pids != [pid]
+        assert not tier.timeline()["uncompiled"], tier.timeline()
+    finally:
+        pool.close()
+    (warned,) = stitch_warnings(caplog)
+    assert f"(pid {pid}) was killed by SIGKILL while idle" in warned, warned
+
+
+def test_a_worker_killed_while_compiling_leaves_its_pieces_uncompiled(
+    tmp_path: Path, caplog: Any
+) -> None:
+    model = model_for()
+    backend, fn = compile_model(model, tiered(tmp_path, compile_workers=1))
+    pool = backend.spawned_pool
+    assert pool.wait_ready(READY_S)
+    run_fresh(model, fn, inputs(TINY, 4))
+    tier = backend.compiled[-1].tier
+    (pid,) = tier.pids
+    os.kill(pid, signal.SIGKILL)
+    try:
+        serve_until_settled(model, fn, tier)
+        left = tier.timeline()["uncompiled"]
+        assert left and all("killed by SIGKILL" in why for why in left.values())
+        warned = [w for w in stitch_warnings(caplog) if "stays uncompiled" in w]
+        assert len(warned) == len(left) == len(stitch_warnings(caplog))
+        assert pid not in pool.idle_pids()  # a dead worker is not given back
+    finally:
+        pool.close()
+
+
+def test_a_worker_whose_import_fails_leaves_serving_uncompiled(
+    tmp_path: Path, caplog: Any
+) -> None:
+    pool = SpawnedPool(1, preload=["stitch_test_no_such_module"])
+    backend = CapturingBackend(tiered(tmp_path, compile_workers=1), spawned_pool=pool)
+    model = model_for()
+    fn = torch.compile(model, backend=backend, fullgraph=True)
+    try:
+        tier = settle(model, fn, backend)
+    finally:
+        pool.close()
+    left = tier.timeline()["uncompiled"]
+    assert set(left) == set(backend.compiled[-1].backends)
+    assert all("exited with status 1" in why for why in left.values()), left
+    warned = [w for w in stitch_warnings(caplog) if "stays uncompiled" in w]
+    assert len(warned) == len(left)
+
+
+PARENT = textwrap.dedent("""
+    import json, sys, threading, time
+    from stitch.runtime import CompilationConfig, StitchBackend
+
+    made = []
+
+    def make():
+        config = CompilationConfig(
+            cache_dir=sys.argv[1], tiered_start=True, compile_workers=2
+        )
+        made.append(StitchBackend(config))
+
+    if sys.argv[2] == "main":
+        make()
+    else:  # made on a thread that ends before the workers are ready
+        thread = threading.Thread(target=make)
+        thread.start()
+        thread.join()
+    pool = made[0].spawned_pool
+    assert pool.wait_ready(120)
+    print(json.dumps(pool.idle_pids()), flush=True)
+    time.sleep(600)
+    """)
+
+
+@pytest.mark.parametrize("made_on", ["main", "thread"])
+def test_workers_exit_with_a_parent_killed_while_they_are_idle(
+    tmp_path: Path, made_on: str
+) -> None:
+    env = dict(os.environ, STITCH_COMPILE_START="spawn")
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path), made_on],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert parent.stdout is not None
+        pids = json.loads(parent.stdout.readline())
+        assert len(pids) == 2 and not any(gone(p) for p in pids), pids
+    finally:
+        parent.kill()
+        parent.wait()
+    assert wait_gone(pids), [p for p in pids if not gone(p)]
