@@ -310,20 +310,18 @@ _REFUSED: list[str] = []
 def _load_prebuilt(path: str, sha256: str | None, faults: set[str]) -> Runnable | None:
     """The prebuilt runnable of the artifact at ``path``, or None: load it through
     Inductor.  A damaged prebuilt file is one warning naming it (``faults``: the
-    files already reported), never loaded; the Inductor load then rewrites it."""
+    files already reported), never loaded; the Inductor load rewrites it."""
     from ..store.extras import ExtraFileError
     from ..store.location import entry_of_artifact
     from .prebuilt_load import NO_RECORD, PrebuiltUnavailable, load_prebuilt
     from .warm_load import WarmLoadFailed, warm_step
 
     entry = entry_of_artifact(path)
+    what = os.path.relpath(path, entry)
+    foreseen = (StitchError, PrebuiltUnavailable)  # handled below: NOTE: [a
+    # warm load that fails compiles instead] (unavailable: no record, another GPU)
     try:
-        # NOTE: [a warm load that fails compiles instead] (warm_load.py)
-        what = os.path.relpath(path, entry)
-        # Unavailable (no record, another machine) and damaged are foreseen below.
-        with warm_step(
-            entry, "prebuilt records", what, (StitchError, PrebuiltUnavailable)
-        ):
+        with warm_step(entry, "prebuilt records", what, foreseen):
             runnable = load_prebuilt(path, sha256)
     except PrebuiltUnavailable as exc:
         if str(exc) == NO_RECORD or _REFUSED:
