@@ -64,20 +64,14 @@ class CUDAGraphOps:
     # graph of the function after a landing and captured again).  A MemPool
     # object would hold the device allocator's count only.  So the shared pool
     # gets one graph of its own at birth, which these ops keep: a one-element
-    # fill, whose 512 bytes are freed back into the pool at once.
+    # fill captured like any other graph, its output weakly referenced so that
+    # its 512 bytes go back into the pool at once.
 
     def _anchor(self, pool: Any) -> Any:
-        torch.cuda.synchronize()
-        stream = self._side_stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.stream(stream):
-            graph.capture_begin(pool=pool)
-            try:
-                torch.zeros(1, device="cuda")
-            finally:
-                graph.capture_end()
-        torch.cuda.current_stream().wait_stream(stream)
+        def fill() -> Any:
+            return torch.zeros(1, device="cuda")
+
+        graph, _ = self.capture(fill, (), pool=pool, first=False, weak_output=True)
         return graph
 
     def _side_stream(self) -> Any:
