@@ -481,6 +481,24 @@ _PAGED_PROCESS = textwrap.dedent("""
     """)
 
 
+def kernel_process(script: str, root: Path, *args: str) -> dict[str, Any]:
+    """Run ``script`` in a fresh process over the cache ``root`` (its argv: the
+    root, this folder, ``args``); the JSON its last line prints."""
+    import json
+
+    env = dict(os.environ)
+    env.pop("STITCH_KEEP_KERNELS", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(root), os.path.dirname(__file__), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize(
@@ -495,19 +513,7 @@ def test_a_second_process_launches_the_prebuilt_kernel_without_triton(
     root.mkdir(mode=0o700)
 
     def run() -> dict[str, Any]:
-        env = dict(os.environ)
-        env.pop("STITCH_KEEP_KERNELS", None)
-        proc = subprocess.run(
-            [sys.executable, "-c", script, str(root), os.path.dirname(__file__)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        import json
-
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return kernel_process(script, root)
 
     assert run() == {"triton": True}  # compiled through Triton, and saved
     folder = Path(location.kernel_folder(str(root), op))

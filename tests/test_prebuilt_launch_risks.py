@@ -13,10 +13,6 @@ graph.
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -317,25 +313,10 @@ def test_prebuilt_kernels_over_48_kb_launch_eagerly_and_in_captured_graphs(
     root = tmp_path / "cache"
     root.mkdir(mode=0o700)
 
+    from test_prebuilt_kernels import kernel_process
+
     def run(steps: str) -> dict[str, Any]:
-        env = dict(os.environ)
-        env.pop("STITCH_KEEP_KERNELS", None)
-        proc = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _CAPTURE_PROCESS,
-                str(root),
-                os.path.dirname(__file__),
-            ]
-            + [steps],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert proc.returncode == 0, proc.stderr[-4000:]
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return kernel_process(_CAPTURE_PROCESS, root, steps)
 
     assert run("eager:mixed,eager:prefill") == {"triton": True}  # compiled, saved
     folder = Path(location.kernel_folder(str(root), "stitch::paged_attention"))
