@@ -16,6 +16,7 @@ from .errors import (
     StitchError,
     StitchInputError,
     StitchLoadError,
+    StitchModelError,
     StitchRuntimeError,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "StitchError",
     "StitchInputError",
     "StitchLoadError",
+    "StitchModelError",
     "StitchRuntimeError",
     "contract",
 ]

@@ -31,6 +31,13 @@ class StitchConfigError(StitchError, ValueError):
     """A configuration field holds a value Stitch cannot use."""
 
 
+class StitchModelError(StitchError, ValueError):
+    """A model the user named cannot be loaded, called or traced: a checkpoint
+    folder (``--model``), a module's factory (``--module``) or the model they
+    give.  The message names the folder, file, module or model and the reason,
+    never only a traceback from deep inside transformers or Dynamo."""
+
+
 class StitchCacheError(StitchError):
     """A cache entry is unusable (the runtime recovers from these)."""
 
@@ -70,3 +77,10 @@ def describe_node(node: Any) -> str:
             except Exception:  # noqa: BLE001 - best effort description only
                 pass
     return f"'{getattr(node, 'name', '?')}' (op={op}, target={target_s})"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``Type: first line of the message``: an error from a library, told in one
+    line inside a Stitch message (its traceback stays in ``__cause__``)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -283,6 +283,26 @@ class _DynamoHelpers(types.ModuleType):
 DYNAMO_HELPERS = _DynamoHelpers()
 
 
+def trace_failure(exc: BaseException) -> str | None:
+    """Why Dynamo could not trace a model, in one line; None when ``exc`` is not
+    Dynamo's (a backend's failure is its own error, not the model's).
+
+    Dynamo's message opens with a one-line summary ("RuntimeError when making
+    fake tensor call") and often an ``Explanation:`` line that names the op.
+    """
+    from torch._dynamo.exc import BackendCompilerFailed, TorchDynamoException
+
+    if not isinstance(exc, TorchDynamoException) or isinstance(
+        exc, BackendCompilerFailed
+    ):
+        return None
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    why = next((ln for ln in lines[1:] if ln.startswith("Explanation:")), "")
+    return f"{lines[0]} ({why})" if why else lines[0]
+
+
 # -- restarts ------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from .saved_function import (
     reference_root,
 )
 from .splitting import dispatches_through_transformers, is_attention
+from .swap_check import tolerance
 from .tiered import Tier
 
 __all__ = [
@@ -39,4 +40,5 @@ __all__ = [
     "reference_root",
     "start_inductor_warmup",
     "stitch_backend",
+    "tolerance",
 ]

@@ -22,6 +22,12 @@ SWAP_TOLERANCE = {
 }
 
 
+def tolerance(dtype: torch.dtype) -> tuple[float, float]:
+    """``(rtol, atol)`` of :data:`SWAP_TOLERANCE` for ``dtype``: what a
+    compiled piece, and ``stitch run``'s whole model, must agree with eager in."""
+    return SWAP_TOLERANCE.get(dtype, (1e-4, 1e-4))
+
+
 def mutates(graph: fx.GraphModule) -> bool:
     """Whether a piece may write one of its inputs (an in-place op anywhere:
     a mutable schema, a trailing-underscore method or ``setitem``)."""
@@ -94,7 +100,7 @@ def differences(got: Any, want: Any, what: str, skip: set[int] = frozenset()) ->
             if not torch.equal(g, w):
                 return f"{what} {i} ({_describe(w)}) holds other values"
             continue
-        rtol, atol = SWAP_TOLERANCE.get(w.dtype, (1e-4, 1e-4))
+        rtol, atol = tolerance(w.dtype)
         if not torch.allclose(g, w, rtol=rtol, atol=atol, equal_nan=True):
             diff = (g.double() - w.double()).abs().max().item()
             return (
