@@ -527,6 +527,6 @@ def test_stitch_run_hf_prints_pieces_counts_and_times(
 def test_stitch_run_hf_rejects_static_sizes(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--hf", "llama", "--compile-sizes", "4"]) == 2
     assert (
-        "--compile-sizes and --split-points apply to --example only"
+        "--compile-sizes, --split-points and --tiered apply to --example only"
         in capsys.readouterr().err
     )

@@ -37,13 +37,13 @@ def add_model_options(parser: Any, sizes: list[int]) -> None:
         "--batch",
         type=int,
         default=2,
-        help="--hf: sequences per forward (default: 2)",
+        help="--hf, --model: sequences per forward (default: 2)",
     )
     parser.add_argument(
         "--attn",
         choices=("default", "sdpa", "eager", "stitch"),
         default="default",
-        help="--hf: attn_implementation: the model's default (SDPA where the "
+        help="--hf, --model: attn_implementation: the model's default (SDPA where the "
         "model supports it), SDPA, transformers' eager attention, or Stitch's op "
         "(SDPA and Stitch's op split with the default config; eager does not)",
     )
@@ -59,10 +59,12 @@ def add_model_options(parser: Any, sizes: list[int]) -> None:
         default=None,
         help="number of decoder layers (default: the example's; 2 for --hf)",
     )
+    # None, not the default list: a factory's one fixed forward (--module)
+    # refuses sizes given, not the default ones.
     parser.add_argument(
         "--sizes",
         type=int_list,
-        default=sizes,
+        default=None,
         metavar="N,N,...",
         help=f"sizes to run (default: {','.join(map(str, sizes))})",
     )

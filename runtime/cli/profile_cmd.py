@@ -6,44 +6,32 @@ import argparse
 import sys
 from typing import Any
 
-from .options import HF_FAMILIES, add_model_options
+from .model_choice import add_model_choice
+from .options import add_model_options
+
+SIZES = [1, 8, 32]
 
 
 def add_profile(subparsers: Any) -> None:
-    from stitch.runtime.examples.models import runnable_examples
-
     parser = subparsers.add_parser(
         "profile",
         help="show where each forward's time goes, piece by piece",
         description=(
-            "Compile a built-in example (--example) or a tiny transformers model "
-            "(--hf FAMILY) with Stitch, running the profiling variant of the "
+            "Compile a built-in example (--example), a tiny transformers model "
+            "(--hf FAMILY), a checkpoint folder (--model DIR) or your own module "
+            "(--module PKG.MOD:FACTORY) with Stitch, running the profiling variant of the "
             "stitching source (every piece call timed and named in torch.profiler "
             "traces; the serving source is unchanged), and print per size the time "
             "per forward of each compiled piece and splitting op, the stitching "
             "itself, and Dynamo's guards and frame, with their shares."
         ),
     )
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument(
-        "--example",
-        "-e",
-        metavar="NAME",
-        choices=sorted(runnable_examples()),
-        help="built-in example model",
-    )
-    model.add_argument(
-        "--hf",
-        metavar="FAMILY",
-        choices=HF_FAMILIES,
-        help="a tiny transformers model of this family (--sizes are sequence "
-        "lengths of a batch of --batch)",
-    )
-    add_model_options(parser, [1, 8, 32])
+    add_model_choice(parser)
+    add_model_options(parser, SIZES)
     parser.add_argument(
         "--decode",
         action="store_true",
-        help="--hf: profile greedy decode steps with a static KV cache (--sizes "
+        help="--hf, --model: profile greedy decode steps with a static KV cache (--sizes "
         "are then batch sizes; each prefills a 16-token prompt first)",
     )
     parser.add_argument(
@@ -62,23 +50,23 @@ def add_profile(subparsers: Any) -> None:
 
 
 def run_profile(args: argparse.Namespace) -> int:
+    from .model_choice import resolve_model
     from .profile_job import run_profile as job
 
     if args.iters < 1:
         print("stitch profile: error: --iters must be >= 1", file=sys.stderr)
         return 2
-    if args.decode and not args.hf:
-        print("stitch profile: error: --decode applies to --hf", file=sys.stderr)
+    if args.decode and not (args.hf or args.model):
+        print(
+            "stitch profile: error: --decode applies to --hf and --model",
+            file=sys.stderr,
+        )
         return 2
     return job(
-        example=args.example,
-        hf=args.hf,
-        sizes=args.sizes,
+        resolve_model(args, sizes=SIZES),
+        sizes=args.sizes or SIZES,
         iters=args.iters,
-        layers=args.layers,
         backend=args.backend,
-        batch=args.batch,
-        attn=args.attn,
         cache_dir=args.cache_dir,
         html_path=args.html,
         trace_path=args.trace,

@@ -1,6 +1,7 @@
 """``stitch profile``: where a forward's time goes, piece by piece.
 
-Compiles a built-in example or a tiny transformers model with a
+Compiles the chosen model (NOTE: [one resolution of the model choice] in
+``model_choice.py``) with a
 :class:`~stitch.runtime.profiling.Profiler` on the backend, so every graph runs
 the profiling variant of its stitching source (see NOTE: [what a profile
 counts] in ``profiling.py``), warms each size up, then times ``--iters``
@@ -11,30 +12,26 @@ forward per size whose ranges carry the piece names.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import torch
 
-from ..compat.dynamo import mark_unbacked
-from ..config import CompilationConfig
 from ..pipeline.api import StitchBackend
 from ..profiling import Profiler
+from .model_choice import ModelChoice
 
 WARMUP = 3
 
 
 def run_profile(
+    choice: ModelChoice,
     *,
-    example: str | None,
-    hf: str | None,
     sizes: Sequence[int],
     iters: int,
-    layers: int | None,
     backend: str,
-    batch: int,
-    attn: str,
     cache_dir: str,
     html_path: str,
     trace_path: str,
@@ -42,24 +39,14 @@ def run_profile(
     decode: bool = False,
 ) -> int:
     profiler = Profiler()
-    llama = None
-    if not hf:
-        assert example is not None
-        llama = _example_config(example, sizes, layers)
-    config = CompilationConfig(
-        backend=backend,
-        cache_dir=cache_dir,
-        # An example's batches hold at most its max_seqs tokens.
-        **({} if llama is None else {"max_num_batched_tokens": llama.max_seqs}),
-    )
+    config = choice.config(backend=backend, cache_dir=cache_dir)
     stitch = StitchBackend(config, profiler=profiler)
-    if hf and decode:
-        title, forwards = _hf_decode_forwards(hf, sizes, layers, attn, stitch, iters)
-    elif hf:
-        title, forwards = _hf_forwards(hf, sizes, layers, batch, attn, stitch)
+    compiled = choice.compile(stitch)
+    if decode:
+        title, forwards = _decode_forwards(choice, compiled, sizes, iters)
     else:
-        assert example is not None and llama is not None
-        title, forwards = _example_forwards(example, llama, sizes, stitch)
+        title = f"stitch profile {choice.flag} ({choice.description})"
+        forwards = _forwards(choice, compiled, profiler)
     with torch.no_grad():
         for size, forward in forwards:
             profiler.size = size
@@ -89,6 +76,22 @@ def run_profile(
     return 0
 
 
+def _forwards(
+    choice: ModelChoice, compiled: Callable[..., Any], profiler: Profiler
+) -> list[tuple[Any, Callable[[], Any]]]:
+    """One forward per call of ``choice``, each compiled (and checked for a
+    model Dynamo cannot trace) by a first call here."""
+    forwards = []
+    with torch.no_grad():
+        for call in choice.calls:
+            profiler.size = call.size
+            choice.compiled(compiled, call)
+            forwards.append(
+                (call.size, functools.partial(compiled, *call.args, **call.kwargs))
+            )
+    return forwards
+
+
 def _trace(forwards: Sequence[tuple[int, Callable[[], Any]]], path: str) -> None:
     from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -102,86 +105,13 @@ def _trace(forwards: Sequence[tuple[int, Callable[[], Any]]], path: str) -> None
     prof.export_chrome_trace(os.fspath(path))
 
 
-def _example_config(name: str, sizes: Sequence[int], layers: int | None) -> Any:
-    """The example's LlamaConfig, once ``name`` and ``sizes`` are checked."""
-    from ..examples import LlamaConfig
-    from ..examples.models import runnable_examples
-
-    runnable = runnable_examples()
-    if name not in runnable:
-        raise SystemExit(
-            f"stitch profile: unknown example {name!r} "
-            f"(runnable: {', '.join(sorted(runnable))})"
-        )
-    cfg = LlamaConfig(num_layers=layers or runnable[name])
-    for n in sizes:
-        if not 1 <= n <= cfg.max_seqs:
-            raise SystemExit(f"stitch profile: size {n} must be in [1, {cfg.max_seqs}]")
-    return cfg
-
-
-def _example_forwards(
-    name: str, cfg: Any, sizes: Sequence[int], stitch: StitchBackend
-) -> tuple[str, list[tuple[int, Callable[[], Any]]]]:
-    from ..examples import build_llama, llama_inputs
-
-    model = build_llama(cfg)
-    compiled = torch.compile(model, backend=stitch, fullgraph=True)
-    forwards = []
-    for n in sizes:
-        input_ids, positions = llama_inputs(cfg, n, seed=n)
-        # One graph for every token count (see the README).
-        for t in (input_ids, positions):
-            mark_unbacked(t, 0)
-
-        def forward(ids: Any = input_ids, pos: Any = positions) -> Any:
-            return compiled(ids, pos)
-
-        forwards.append((n, forward))
-    title = f"stitch profile --example {name} ({cfg.num_layers} layers)"
-    return title, forwards
-
-
-def _hf_forwards(
-    family: str,
-    sizes: Sequence[int],
-    layers: int | None,
-    batch: int,
-    attn: str,
-    stitch: StitchBackend,
-) -> tuple[str, list[tuple[int, Callable[[], Any]]]]:
-    from stitch.runtime.hf import build_model, example_inputs
-
-    model = build_model(
-        family,
-        layers=layers or 2,
-        attn_implementation=None if attn == "default" else attn,
-    )
-    compiled = torch.compile(model, backend=stitch, dynamic=True)
-    forwards = []
-    for n in sizes:
-        kwargs = example_inputs(family, batch, n, seed=n)
-
-        def forward(kw: dict[str, Any] = kwargs) -> Any:
-            return compiled(**kw)
-
-        forwards.append((n, forward))
-    title = (
-        f"stitch profile --hf {family} ({type(model).__name__}, batch {batch}, "
-        f"attn {attn})"
-    )
-    return title, forwards
-
-
 PROMPT = 16
 
 
-def _hf_decode_forwards(
-    family: str,
+def _decode_forwards(
+    choice: ModelChoice,
+    compiled: Callable[..., Any],
     batches: Sequence[int],
-    layers: int | None,
-    attn: str,
-    stitch: StitchBackend,
     iters: int,
 ) -> tuple[str, list[tuple[str, Callable[[], Any]]]]:
     """One decode step per forward, with a static KV cache per batch size.
@@ -192,22 +122,19 @@ def _hf_decode_forwards(
     every decode step] in harness/hf_decode.py).
     """
     from stitch.runtime.harness.hf_decode import static_cache
-    from stitch.runtime.hf import build_model
 
-    model = build_model(
-        family,
-        layers=layers or 2,
-        attn_implementation=None if attn == "default" else attn,
-    )
+    model = choice.model
     if not getattr(model, "can_generate", lambda: False)():
-        raise SystemExit(f"stitch profile: --decode needs a causal LM; {family} is not")
-    compiled = torch.compile(model, backend=stitch, dynamic=True)
+        raise SystemExit(
+            f"stitch profile: --decode needs a causal LM; {choice.flag} is not"
+        )
     generator = torch.Generator().manual_seed(0)
+    device = next(model.parameters()).device
     forwards = []
     for b in batches:
         prompt = torch.randint(
             3, model.config.vocab_size, (b, PROMPT), generator=generator
-        )
+        ).to(device)
         cache = static_cache(model, b, PROMPT + WARMUP + iters + 1)
         with torch.no_grad():
             logits = compiled(input_ids=prompt, past_key_values=cache).logits
@@ -220,7 +147,7 @@ def _hf_decode_forwards(
 
         forwards.append((f"decode batch {b}", step))
     title = (
-        f"stitch profile --hf {family} --decode ({type(model).__name__}, prompt "
-        f"{PROMPT} tokens, attn {attn})"
+        f"stitch profile {choice.flag} --decode ({choice.description}, prompt "
+        f"{PROMPT} tokens)"
     )
     return title, forwards

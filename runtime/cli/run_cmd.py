@@ -1,4 +1,4 @@
-"""``stitch run``: its arguments, and the handler that runs the chosen model (``main_job``, ``hf_job``, ``vllm_job``, ``engine_job``)."""
+"""``stitch run``: its arguments, and the handler that runs the chosen model (``main_job``, ``model_job``, ``vllm_job``, ``engine_job``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import argparse
 import sys
 from typing import Any
 
+from .model_choice import add_model_choice, check_flags, resolve_model
 from .options import HF_FAMILIES, add_model_options, int_list
+
+SIZES = [1, 3, 8, 17, 32]
 
 
 def add_run(subparsers: Any) -> None:
@@ -18,8 +21,10 @@ def add_run(subparsers: Any) -> None:
         "run",
         help="compile a model with Stitch, check it against eager, time it",
         description=(
-            "Compile a built-in llama-like model (--example) or a tiny random-weight "
-            "transformers model (--hf FAMILY, needs 'pip install stitch[hf]') with "
+            "Compile a built-in llama-like model (--example), a tiny random-weight "
+            "transformers model (--hf FAMILY), a transformers checkpoint folder "
+            "(--model DIR; both need 'pip install stitch[hf]') or your own module "
+            "(--module PKG.MOD:FACTORY) with "
             "torch.compile(backend=Stitch), run it at several sizes, check every "
             "result against eager PyTorch, and print the pieces, the compile counts, "
             "where the emitted stitching source, the cache and the debug dump were "
@@ -29,28 +34,14 @@ def add_run(subparsers: Any) -> None:
             "A second run with the same cache directory is a warm start."
         ),
     )
-    _add_model_choice(parser, runnable)
+    _add_model_choice(parser)
     _add_run_options(parser)
     parser.set_defaults(handler=run_run)
 
 
-def _add_model_choice(parser: Any, runnable: Any) -> None:
-    """The model to run: one of --example, --hf, --vllm and --engine."""
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument(
-        "--example",
-        "-e",
-        metavar="NAME",
-        choices=sorted(runnable),
-        help="built-in example model",
-    )
-    model.add_argument(
-        "--hf",
-        metavar="FAMILY",
-        choices=HF_FAMILIES,
-        help="a tiny transformers model of this family, compiled with dynamic=True "
-        "(--sizes are then sequence lengths of a batch of --batch)",
-    )
+def _add_model_choice(parser: Any) -> None:
+    """The model to run: one of add_model_choice's, --vllm and --engine."""
+    model = add_model_choice(parser)
     model.add_argument(
         "--vllm",
         metavar="FAMILY",
@@ -69,7 +60,7 @@ def _add_model_choice(parser: Any, runnable: Any) -> None:
 
 def _add_run_options(parser: Any) -> None:
     """The sizes, compile and start options of ``stitch run``."""
-    add_model_options(parser, [1, 3, 8, 17, 32])
+    add_model_options(parser, SIZES)
     parser.add_argument(
         "--compile-sizes",
         type=int_list,
@@ -114,34 +105,30 @@ def run_run(args: argparse.Namespace) -> int:
         from .vllm_job import run_vllm
 
         return run_vllm(args.vllm, layers=args.layers or 8, out=sys.stdout)
-    if args.hf:
-        from .hf_job import run_hf
-
-        if args.compile_sizes or args.split_points:
+    if not args.example:
+        if args.compile_sizes or args.split_points or args.tiered:
             print(
-                "stitch run: error: --compile-sizes and --split-points apply to "
-                "--example only (a transformers model has two dynamic dimensions, "
-                "batch and sequence)",
+                "stitch run: error: --compile-sizes, --split-points and --tiered "
+                "apply to --example only (--hf, --model and --module compile with "
+                "dynamic=True)",
                 file=sys.stderr,
             )
             return 2
+        from .model_job import run_model
 
-        return run_hf(
-            args.hf,
-            lengths=args.sizes,
-            batch=args.batch,
-            layers=args.layers or 2,
+        return run_model(
+            resolve_model(args, sizes=SIZES),
             backend=args.backend,
-            attn_implementation=args.attn,
             cache_dir=args.cache_dir,
             dump_dir=args.dump,
             out=sys.stdout,
         )
     from .main_job import run_example
 
+    check_flags(args)
     return run_example(
         args.example,
-        sizes=args.sizes,
+        sizes=args.sizes or SIZES,
         backend=args.backend,
         layers=args.layers,
         cache_dir=args.cache_dir,

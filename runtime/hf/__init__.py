@@ -5,6 +5,7 @@
   ``stitch::hf_attention`` (a default splitting op; the op and the other
   attention ops live in stitch.runtime.kernels);
 - :mod:`.models`: tiny random-weight models per family, built from configs;
+  :mod:`.checkpoint` a checkpoint folder with its weights (``--model DIR``);
 - :mod:`.serving`: a causal LM served in the token layout, its attention
   modules owning their KV caches (CUDA graph padding leaves them alone);
 - :mod:`.engine`: transformers' continuous batching (``generate_batch``)

@@ -1,0 +1,116 @@
+"""``stitch run --hf FAMILY | --model DIR | --module PKG.MOD:FACTORY``: a model compiled piecewise.
+
+Compiles the chosen model (NOTE: [one resolution of the model choice] in
+``model_choice.py``) with ``torch.compile(model, backend=StitchBackend(...),
+dynamic=True)`` under the default splitting ops (its attention), runs it at
+each size, checks every output against eager, and prints the pieces with their
+module ranges, the emitted source, the compile counts and the per-forward
+times.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from typing import Any, TextIO
+
+import torch
+
+from ..counter import compilation_counter
+from ..pipeline.api import StitchBackend
+from ..store.index import SOURCE_FILE
+from ..tables import markdown_table
+from .main_job import median_ms, timing_table
+from .model_choice import ModelChoice
+
+
+def run_model(
+    choice: ModelChoice,
+    *,
+    backend: str = "inductor",
+    cache_dir: str = "",
+    dump_dir: str = "",
+    repeats: int = 5,
+    out: TextIO,
+) -> int:
+    """Compile ``choice``'s model with Stitch, check it against eager, time both."""
+    stitch = StitchBackend(
+        choice.config(backend=backend, cache_dir=cache_dir, debug_dump_path=dump_dir)
+    )
+    compiled = choice.compile(stitch)
+    before = compilation_counter.snapshot()
+    rows, failures = _compare_with_eager(choice, compiled, repeats)
+    after = compilation_counter.snapshot()
+
+    def counted(name: str) -> int:
+        return after[name] - before[name]
+
+    print(
+        f"stitch run {choice.flag}: {choice.description}, backend {backend}",
+        file=out,
+    )
+    _print_graphs(stitch, out)
+    print(
+        f"  compiles: {counted('num_backend_compilations')} graphs, "
+        f"{counted('num_inductor_compiles')} Inductor compiles, "
+        f"{counted('num_compiled_artifacts_loaded')} artifacts loaded from the cache",
+        file=out,
+    )
+    if dump_dir:
+        print(f"  debug dump: {dump_dir}", file=out)
+    print("", file=out)
+    print(timing_table(rows), file=out)
+    if failures:
+        print(f"\n{failures} size(s) differ from eager beyond tolerance", file=out)
+        return 1
+    return 0
+
+
+def _compare_with_eager(
+    choice: ModelChoice, compiled: Any, repeats: int
+) -> tuple[list[tuple[Any, ...]], int]:
+    """Per size, eager and Stitch's times and their largest difference; and
+    how many sizes differ from eager beyond tolerance."""
+    rows = []
+    failures = 0
+    with torch.no_grad():
+        for call in choice.calls:
+            expected = choice.eager(call)
+            start = time.perf_counter()
+            actual = choice.compiled(compiled, call)
+            first_ms = (time.perf_counter() - start) * 1e3
+            err, ok = choice.agree(expected, actual)
+            failures += not ok
+            eager_ms = median_ms(
+                functools.partial(choice.model, *call.args, **call.kwargs), repeats
+            )
+            stitch_ms = median_ms(
+                functools.partial(compiled, *call.args, **call.kwargs), repeats
+            )
+            rows.append((call.size, eager_ms, stitch_ms, first_ms, err, ok))
+    return rows, failures
+
+
+def _print_graphs(stitch: StitchBackend, out: TextIO) -> None:
+    """Each graph the backend compiled: its pieces, each piece's cache and
+    module range, and where its emitted source is."""
+    for i, result in enumerate(stitch.compiled, 1):
+        splitting = [r for r in result.reports if r.splitting]
+        pieces = [r for r in result.reports if not r.splitting]
+        print(
+            f"  graph {i}: {len(result.reports)} pieces ({len(splitting)} splitting, "
+            f"{len(pieces)} compiled), {'warm' if result.warm else 'cold'} start in "
+            f"{result.seconds:.2f}s",
+            file=out,
+        )
+        if result.cache_dir:
+            source = os.path.join(result.cache_dir, SOURCE_FILE)
+            print(f"  emitted source: {source}", file=out)
+            print(f"  cache: {result.cache_dir}", file=out)
+        rows = [
+            (r.name, "split" if r.splitting else r.cache, r.module_path or "-")
+            for r in result.reports
+        ]
+        table = markdown_table(("piece", "cache", "module"), rows)
+        print("\n" + table + "\n", file=out)
