@@ -168,7 +168,7 @@ def add_model_choice(parser: Any) -> Any:
         metavar="PKG.MOD:FACTORY",
         help="your own nn.Module: FACTORY() returns (model, args), (model, args, "
         "kwargs) or (model, inputs) with inputs(size) giving each size's args "
-        "(docs/compiling.md, 'Your own model')",
+        "(docs/compiling.md, Your own model)",
     )
     parser.add_argument(
         "--device",
