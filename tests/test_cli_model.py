@@ -207,6 +207,23 @@ def test_profile_model(checkpoint: Path, tmp_path: Path, capsys: Any) -> None:
     assert len(attention) == 2 * 2  # two layers at two sizes
 
 
+@pytest.mark.slow
+def test_profile_model_decode_steps(
+    checkpoint: Path, tmp_path: Path, capsys: Any
+) -> None:
+    status, text, _ = _run(
+        capsys, "profile", "--model", str(checkpoint), "--decode", "--backend",
+        "eager", "--sizes", "2", "--iters", "1", "--cache-dir", str(tmp_path / "c"),
+    )  # fmt: skip
+    assert status == 0, text
+    assert "size decode batch 2:" in text
+    attention = [r for r in markdown_rows(text) if r[1] == "splitting"]
+    assert [r[2] for r in attention] == [
+        "model.layers.0.self_attn",
+        "model.layers.1.self_attn",
+    ]
+
+
 # -- --module PKG.MOD:FACTORY ------------------------------------------------------------
 
 FACTORY = """
