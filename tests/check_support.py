@@ -33,9 +33,10 @@ def llama_forwards(
 
 
 def _in_module(node: fx.Node, module: str) -> bool:
+    """Whether ``node`` runs in the module at path ``module`` or below it."""
     stack = node.meta.get("nn_module_stack") or {}
-    paths = [str(v[0] if isinstance(v, tuple) else v) for v in stack.values()]
-    return any(p.endswith(module) or f"{module}." in p for p in paths)
+    paths = ["." + str(v[0] if isinstance(v, tuple) else v) for v in stack.values()]
+    return any(p.endswith(f".{module}") or f".{module}." in p for p in paths)
 
 
 class MulToAdd(InductorPass):

@@ -26,10 +26,10 @@ def find_pass(
 
     NOTE: [the search compiles for one size]
     Each compile here is static, from the call's own inputs, with the config's
-    Inductor options: the piece as served may be a general (dynamic) compile,
-    so the search first checks that a static compile with every pass still
-    differs; where it does not, it says so and names no pass.  It costs two
-    compiles of the piece, plus one per pass when there are several.
+    Inductor options: the piece as served may be a general (dynamic) compile.
+    Without any pass it must agree (else no pass is to blame); with one pass
+    configured, that pass is named, one compile in all; with several, the
+    piece is compiled once more without each.
     """
     passes = list(config.inductor_passes)
     want = uncompiled(*copy_inputs(example))
@@ -39,14 +39,6 @@ def find_pass(
         runnable, _ = adapter.compile(uncompiled, copy_inputs(example), static=True)
         return measure(runnable(*copy_inputs(example)), want, "output", skip)
 
-    every = run(passes)
-    if not every.beyond:
-        return (
-            "compiled again for its first differing call with every pass, the "
-            f"piece agrees with its uncompiled form ({every.abs:.3g}): the "
-            "difference does not show outside the served compile, so no pass "
-            "is named"
-        )
     bare = run([])
     if bare.beyond:
         return (
@@ -71,7 +63,4 @@ def find_pass(
         f"{pass_name(p)} (inductor_passes[{i}]; without it: {d.abs:.3g})"
         for i, p, d in culprits
     )
-    return (
-        f"the Inductor pass that makes the difference: {named}; with every pass "
-        f"the piece differs by up to {every.abs:.3g}"
-    )
+    return f"the Inductor pass that makes the difference: {named}"
