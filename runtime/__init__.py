@@ -7,6 +7,8 @@ Parts (see docs/architecture.md):
 - ``pipeline``: the backend: split, plan each piece, compile it (or load it), stitch;
 - ``saved``: ``aot_compile``, which saves the compiled forward and loads it
   without Dynamo;
+- ``check``: ``check_model``, which names the compiled piece that changed the
+  numbers;
 - ``passes``: custom Inductor passes run on every compiled piece;
 - ``store``: the persistent cache, its index, the debug dump and the fleet's
   shared store;
@@ -20,6 +22,7 @@ Parts (see docs/architecture.md):
 - ``cli``: the ``stitch`` command (not imported here).
 """
 
+from .check import CheckReport, Forward, check_model
 from .config import CompilationConfig, CUDAGraphMode
 from .counter import compilation_counter
 from .loader import compile_execution_fn, load_execution_module, source_filename
@@ -35,12 +38,15 @@ from .saved.aot import AOTCompiledModel, aot_compile
 __all__ = [
     "AOTCompiledModel",
     "CUDAGraphMode",
+    "CheckReport",
     "CompilationConfig",
     "CompiledModel",
+    "Forward",
     "PiecewiseBackend",
     "StitchBackend",
     "StitchFunction",
     "aot_compile",
+    "check_model",
     "compilation_counter",
     "compile_execution_fn",
     "load_execution_module",

@@ -316,6 +316,8 @@ def test_the_pipeline_is_used_through_its_public_entry() -> None:
         ("stitch.runtime.store", "stitch.runtime.pipeline"),
         ("stitch.runtime.store", "stitch.runtime.saved"),
         ("stitch.runtime.cudagraph", "stitch.runtime.pipeline"),
+        ("stitch.runtime.pipeline", "stitch.runtime.check"),
+        ("stitch.runtime.cudagraph", "stitch.runtime.check"),
     ],
 )
 def test_lower_parts_never_call_up(lower: str, upper: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .cache_cmd import add_cache
+from .check_cmd import add_check
 from .compile_job import add_compile
 from .inspect_cmd import add_inspect
 from .profile_cmd import add_profile
@@ -36,6 +37,7 @@ examples:
   stitch emit --example llama -o llama.py  write it to llama.py
   stitch emit --help                       options and the list of examples
   stitch profile --example llama           time per piece of each forward
+  stitch check --example llama             which compiled piece changed the numbers
 
 Run 'stitch COMMAND --help' for the options of a command.
 """
@@ -169,6 +171,7 @@ SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
     add_run,
     add_compile,
     add_profile,
+    add_check,
     add_inspect,
     add_cache,
 )

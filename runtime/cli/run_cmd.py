@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
@@ -116,17 +117,18 @@ def run_run(args: argparse.Namespace) -> int:
             return 2
         from .model_job import run_model
 
-        return run_model(
+        status = run_model(
             resolve_model(args, sizes=SIZES),
             backend=args.backend,
             cache_dir=args.cache_dir,
             dump_dir=args.dump,
             out=sys.stdout,
         )
+        return suggest_check(args, status)
     from .main_job import run_example
 
     check_flags(args)
-    return run_example(
+    status = run_example(
         args.example,
         sizes=args.sizes or SIZES,
         backend=args.backend,
@@ -139,3 +141,45 @@ def run_run(args: argparse.Namespace) -> int:
         compile_workers=args.compile_workers,
         out=sys.stdout,
     )
+    return suggest_check(args, status)
+
+
+def suggest_check(args: argparse.Namespace, status: int) -> int:
+    """After a run whose numbers differ from eager, the exact `stitch check`
+    command that names the piece that changed them."""
+    if status == 1:
+        print(
+            "\nto find the piece that changed the numbers, run:\n  "
+            + check_command(args),
+            file=sys.stdout,
+        )
+    return status
+
+
+# The options of `stitch run` that `stitch check` does not take (check_cmd.py
+# takes the rest: the same model choice and model options).
+RUN_ONLY = frozenset({"vllm", "engine", "tiered", "compile_workers"})
+
+
+def check_command(args: argparse.Namespace) -> str:
+    """The ``stitch check`` command for the model and options of ``args`` (a
+    `stitch run` namespace): every option the check takes, as given."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_model_choice(parser)
+    _add_run_options(parser)
+    words = ["stitch", "check"]
+    given = vars(args)
+    for action in parser._actions:  # argparse's own list of its options
+        long = [o for o in action.option_strings if o.startswith("--")]
+        if not long or action.dest in RUN_ONLY or action.dest not in given:
+            continue
+        value = given[action.dest]
+        if value is None or value is False or value == action.default:
+            continue
+        if value is True:
+            words.append(long[0])
+        elif isinstance(value, list):
+            words += [long[0], ",".join(str(v) for v in value)]
+        else:
+            words += [long[0], str(value)]
+    return shlex.join(words)

@@ -6,7 +6,7 @@ its modules can change without those callers (the architecture test checks it).
 
 from __future__ import annotations
 
-from .artifact_source import ArtifactSource
+from .artifact_source import ArtifactSource, config_adapter
 from .backend import CompiledModel, StitchBackend, stitch_backend
 from .graph_inputs import GraphInput
 from .inductor_warmup import start_inductor_warmup
@@ -20,7 +20,7 @@ from .saved_function import (
     reference_root,
 )
 from .splitting import dispatches_through_transformers, is_attention
-from .swap_check import tolerance
+from .swap_check import SWAP_TOLERANCE, mutates, tolerance, unset_outputs
 from .tiered import Tier
 
 __all__ = [
@@ -28,17 +28,21 @@ __all__ = [
     "CompiledModel",
     "GraphInput",
     "PiecewiseBackend",
+    "SWAP_TOLERANCE",
     "StitchBackend",
     "StitchFunction",
     "Tier",
+    "config_adapter",
     "dispatches_through_transformers",
     "index_sha256",
     "is_attention",
     "load_reference",
+    "mutates",
     "parse_reference",
     "reference_entry",
     "reference_root",
     "start_inductor_warmup",
     "stitch_backend",
     "tolerance",
+    "unset_outputs",
 ]

@@ -1,0 +1,226 @@
+"""``check_model``: compile a model as serving does, then name the piece that
+changed the numbers (NOTE: [three runs of one forward], recorder.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from ..compat.pytree import tree_leaves, tree_map
+from ..config import CompilationConfig
+from ..cudagraph.wrapper import call_order
+from .backend import CheckBackend, CheckedGraph
+from .compare import Difference, measure, tolerance
+from .graphs import CheckGraphManager, replays
+from .passes import find_pass
+from .recorder import Recorder
+from .report import CheckReport, ForwardResult, PieceResult
+from .source_lines import piece_lines
+
+log = logging.getLogger("stitch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """One forward the check runs: its inputs, and the size the report gives it."""
+
+    size: Any
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class Checker:
+    """The check's backend, and the runs that fill its report.
+
+    ``config`` is the serving config, used as it is but for a tiered start
+    (every piece must be compiled to be checked); ``graph_ops`` are the CUDA
+    graph ops (CPU emulation: ``EmulatedGraphOps()``; default: CUDA's).
+    """
+
+    def __init__(self, config: CompilationConfig, *, graph_ops: Any = None) -> None:
+        self.config = dataclasses.replace(config, tiered_start=False)
+        self.recorder = Recorder()
+        manager = CheckGraphManager(
+            self.config.cudagraphs, self.recorder, ops=graph_ops
+        )
+        self.backend = CheckBackend(self.config, self.recorder, cudagraphs=manager)
+
+    def run(
+        self,
+        model: Callable[..., Any],
+        compiled: Callable[..., Any],
+        forwards: Sequence[Forward],
+    ) -> CheckReport:
+        """Run ``forwards`` through ``model`` eagerly and through ``compiled``
+        (``model`` under ``torch.compile`` with :attr:`backend`), and report."""
+        state = ModelState(model, forwards)
+        results = []
+        with torch.no_grad():
+            for forward in forwards:
+                results.append(self._forward(model, compiled, forward, state))
+            state.restore()
+        self.recorder.start("serve", None)
+        report = CheckReport(self._pieces(), results)
+        self._search_passes(report)
+        return report
+
+    def _forward(
+        self,
+        model: Callable[..., Any],
+        compiled: Callable[..., Any],
+        forward: Forward,
+        state: ModelState,
+    ) -> ForwardResult:
+        def run(
+            fn: Callable[..., Any], mode: str, inputs: Forward = forward
+        ) -> list[Any]:
+            state.restore()
+            self.recorder.start(mode, forward.size)
+            return output_leaves(fn(*inputs.args, **inputs.kwargs))
+
+        eager = run(model, "serve")
+        reference = run(compiled, "reference")
+        checked = run(compiled, "check")
+        result = ForwardResult(
+            forward.size,
+            measure(reference, eager, "output"),
+            measure(checked, eager, "output"),
+        )
+        if replays(g.served for g in self.backend.graphs):
+            # NOTE: [graphs are captured on other inputs]
+            # Warm-up calls and the capture run on the forward's inputs rolled
+            # by one row, as a server captures on dummy inputs: a replay that
+            # reads what its capture read (an input that moved since) then
+            # gives other numbers than a direct call on the forward's inputs.
+            rolled = Forward(
+                forward.size, *tree_map(_roll, (forward.args, forward.kwargs))
+            )
+            for _ in range(self.config.cudagraph_num_of_warmups + 1):
+                run(compiled, "serve", rolled)
+            replayed = run(compiled, "replay")
+            result.replayed = measure(replayed, eager, "output")
+        return result
+
+    def _pieces(self) -> list[PieceResult]:
+        rows = []
+        for graph in self.backend.graphs:
+            rows += graph_rows(graph, self.recorder)
+        return rows
+
+    def _search_passes(self, report: CheckReport) -> None:
+        """Which configured pass makes the difference, for each piece whose
+        compiled form differs from its uncompiled one (passes.py)."""
+        if not self.config.inductor_passes or self.config.backend != "inductor":
+            return
+        graphs = {g.index: g for g in self.backend.graphs}
+        for row in report.pieces:
+            found = self.recorder.findings.get((row.graph, row.name))
+            if not row.output.beyond or found is None or found.example is None:
+                continue
+            graph = graphs[row.graph]
+            row.passes = find_pass(
+                self.config,
+                graph.uncompiled[row.name],
+                found.example,
+                graph.unset[row.name],
+            )
+
+
+def graph_rows(graph: CheckedGraph, recorder: Recorder) -> list[PieceResult]:
+    """One row per compiled piece of ``graph``, in the order the graph calls them."""
+    compiled = graph.compiled
+    lines = piece_lines(compiled.code, compiled.submod_names)
+    modules = {r.name: r.module_path for r in compiled.reports}
+    rows = []
+    for name in call_order(compiled.split_gm, compiled.backends):
+        found = recorder.found(graph.key(name))
+        dtype = found.dtype or torch.float32
+        rtol, atol = tolerance(dtype)
+        rows.append(
+            PieceResult(
+                graph=graph.index,
+                name=name,
+                modules=modules.get(name, ""),
+                lines=lines.get(name),
+                source_file=graph.source_file,
+                calls=found.calls,
+                dtype=str(dtype).removeprefix("torch."),
+                rtol=rtol,
+                atol=atol,
+                output=found.output,
+                inputs=found.inputs,
+                replay=found.replay,
+            )
+        )
+    return rows
+
+
+def _roll(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.dim() >= 1:
+        return torch.roll(value, 1, 0)
+    return value
+
+
+def output_leaves(value: Any) -> list[Any]:
+    """The values of a forward's output, tensors copied (under CUDA graphs an
+    output lives until the next forward)."""
+    to_tuple = getattr(value, "to_tuple", None)  # transformers' ModelOutput
+    if callable(to_tuple):
+        value = to_tuple()
+    return [
+        leaf.clone() if isinstance(leaf, torch.Tensor) else leaf
+        for leaf in tree_leaves(value)
+    ]
+
+
+class ModelState:
+    """The model's buffers and the forwards' input tensors as they were first,
+    put back before each run: a run writes KV caches, and a piece may write
+    its inputs."""
+
+    def __init__(self, model: Any, forwards: Sequence[Forward]) -> None:
+        tensors: dict[int, torch.Tensor] = {}
+        if isinstance(model, torch.nn.Module):
+            for buffer in model.buffers():
+                tensors[id(buffer)] = buffer
+        for forward in forwards:
+            for leaf in tree_leaves((forward.args, forward.kwargs)):
+                if isinstance(leaf, torch.Tensor):
+                    tensors[id(leaf)] = leaf
+        self.tensors = list(tensors.values())
+        with torch.no_grad():
+            self.saved = [t.clone() for t in self.tensors]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for tensor, saved in zip(self.tensors, self.saved, strict=True):
+                with torch.inference_mode(tensor.is_inference()):
+                    tensor.copy_(saved)
+
+
+def check_model(
+    model: Callable[..., Any],
+    forwards: Sequence[Forward],
+    config: CompilationConfig | None = None,
+    *,
+    dynamic: bool | None = None,
+    fullgraph: bool = False,
+    graph_ops: Any = None,
+) -> CheckReport:
+    """Compile ``model`` with Stitch under ``config`` (as ``torch.compile(model,
+    backend=StitchBackend(config), dynamic=dynamic)`` does for serving), run
+    every forward, and report each compiled piece against its uncompiled
+    GraphModule.  Dynamic dims are marked on the forwards' tensors by the
+    caller, as for serving."""
+    checker = Checker(config or CompilationConfig(), graph_ops=graph_ops)
+    compiled = torch.compile(
+        model, backend=checker.backend, dynamic=dynamic, fullgraph=fullgraph
+    )
+    return checker.run(model, compiled, forwards)
+
+
+__all__ = ["Checker", "Difference", "Forward", "check_model"]
