@@ -207,6 +207,20 @@ def test_profile_model(checkpoint: Path, tmp_path: Path, capsys: Any) -> None:
     assert len(attention) == 2 * 2  # two layers at two sizes
 
 
+def test_check_model(checkpoint: Path, tmp_path: Path, capsys: Any) -> None:
+    """``stitch check`` resolves ``--model`` as run does: every piece of the
+    saved checkpoint checked beside its uncompiled form, none off."""
+    status, text, _ = _run(
+        capsys, "check", "--model", str(checkpoint), "--backend", "eager",
+        "--sizes", "2,6", "--cache-dir", str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert status == 0, text
+    assert text.startswith(f"stitch check --model {checkpoint}: LlamaForCausalLM")
+    pieces = [r[0] for r in markdown_rows(text) if r[0].startswith("submod_")]
+    assert pieces == ["submod_0", "submod_2", "submod_4"], text
+    assert "every piece agrees with its uncompiled form" in text
+
+
 @pytest.mark.slow
 def test_profile_model_decode_steps(
     checkpoint: Path, tmp_path: Path, capsys: Any

@@ -65,7 +65,9 @@ def add_check_arguments(parser: Any) -> None:
     )
 
 
-def run_check(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    # sys.stdout as it is now, not when this module was imported (a test's capture).
+    out = out or sys.stdout
     if not args.example and (args.compile_sizes or args.split_points):
         print(
             "stitch check: error: --compile-sizes and --split-points apply to "

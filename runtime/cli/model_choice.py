@@ -1,7 +1,8 @@
 """The model a command runs: ``--example``, ``--hf``, ``--model`` or ``--module``, resolved once.
 
 NOTE: [one resolution of the model choice]
-``stitch run`` and ``stitch profile`` take their model the same way:
+``stitch run``, ``stitch profile`` and ``stitch check`` take their model the
+same way:
 :func:`add_model_choice` registers the flags, :func:`resolve_model` turns the
 parsed arguments into a :class:`ModelChoice`, and a command compiles
 ``choice.model`` with :meth:`ModelChoice.compile`, runs each of
