@@ -45,6 +45,8 @@ SLOW_TESTS=(
 )
 
 export PIP_CONFIG_FILE=/dev/null
+# Every test, the extended modules too (NOTE: [CI's extended tests] in tests/conftest.py).
+export STITCH_EXTENDED=1
 wheels=${STITCH_CI_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/stitch/ci-wheels}
 mkdir -p "$wheels"
 # NOTE: [CI's venvs kept between runs] in .ci/venvs.sh; scratch files here.

@@ -8,6 +8,8 @@
 # .ci/venvs.sh); the checkout goes in with --no-deps so nothing of vLLM's pins
 # moves, and any failure fails CI.
 set -euo pipefail
+# Every test, the extended modules too (NOTE: [CI's extended tests] in tests/conftest.py).
+export STITCH_EXTENDED=1
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$SECONDS

@@ -94,6 +94,8 @@ out=${OUT:-/tmp/stitch-gpu-check}
 mkdir -p "$out"
 exec > >(tee "$out/gpu_check.log") 2>&1
 export PYTHONUNBUFFERED=1
+# Every test, the extended modules too (NOTE: [CI's extended tests] in tests/conftest.py).
+export STITCH_EXTENDED=1
 started=$SECONDS
 status=0
 limit=${STITCH_PART_LIMIT:-300}

@@ -14,7 +14,6 @@ start every graph warm, warn about nothing and equal eager.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -25,15 +24,8 @@ from backend_support import run_worker  # noqa: E402
 from hf_support import WORKER  # noqa: E402
 
 # Two cold Inductor compiles of a two-layer model, then a warm process.
-# NOTE: [CI's extended tests]: a transformers MoE model compiled in two processes, about 3 minutes; the README's suite skips them to
-# stay near its time, and .ci/run runs them with STITCH_SLOW=1 after it.
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("STITCH_SLOW", "") != "1",
-        reason="STITCH_SLOW=1 runs it (.ci/run does, after the README's suite)",
-    ),
-]
+# An extended module (NOTE: [CI's extended tests] in conftest.py).
+pytestmark = pytest.mark.slow
 
 # The config: hidden 64, 2 layers, 4 heads, 4 KV heads, vocab 512.
 LONGCAT = {

@@ -33,15 +33,8 @@ from backend_support import (
     stitch_warnings,
 )
 
-# NOTE: [CI's extended tests]: processes started, killed and replaced, about 3 minutes in all; the README's suite skips them to
-# stay near its time, and .ci/run runs them with STITCH_SLOW=1 after it.
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        os.environ.get("STITCH_SLOW", "") != "1",
-        reason="STITCH_SLOW=1 runs it (.ci/run does, after the README's suite)",
-    ),
-]
+# An extended module (NOTE: [CI's extended tests] in conftest.py).
+pytestmark = pytest.mark.slow
 
 READY_S = 90.0
 
