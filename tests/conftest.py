@@ -97,10 +97,11 @@ def dynamo_state() -> Iterator[None]:
 # NOTE: [CI's extended tests]
 # The README's suite must run in 10 minutes on two cores.  The modules below
 # start whole processes, servers, replicas and Inductor compiles one after
-# another: on 2026-11-26 they took about three fifths of the suite's time
-# (its --durations, under load).  They carry the ``extended`` mark and are
+# another; with the documentation pages' blocks they took most of the
+# suite's CPU time on 2026-11-26 (docs/development.md has the figures).  They carry the ``extended`` mark and are
 # skipped unless STITCH_EXTENDED=1; .ci/run runs them in a step of their own
-# after the README's suite (``STITCH_EXTENDED=1 pytest -m extended``), and
+# after the README's suite (``STITCH_EXTENDED=1 pytest -m extended``), as
+# are the documentation pages' runnable blocks (README.md's stay), and
 # .ci/torch_versions.sh, .ci/vllm.sh and scripts/gpu_check.sh set the variable,
 # so every other run is what it was.  Nothing is left out of CI.
 EXTENDED_MODULES = frozenset(
@@ -109,6 +110,8 @@ EXTENDED_MODULES = frozenset(
         "test_aot_cudagraphs.py",
         "test_cache_extras.py",
         "test_cache_guards.py",
+        "test_cache_processes.py",
+        "test_check_hf.py",
         "test_compile_sizes.py",
         "test_distributed.py",
         "test_fleet_cache.py",
@@ -116,20 +119,29 @@ EXTENDED_MODULES = frozenset(
         "test_hf_engine.py",
         "test_hf_longcat.py",
         "test_hf_serve.py",
+        "test_hf_serve_requests.py",
+        "test_hf_stitch.py",
+        "test_input_check.py",
         "test_spawned_pool.py",
         "test_tiered.py",
+        "test_tiered_spawn.py",
         "test_warm_start.py",
     }
 )
+# The documentation pages' runnable blocks (tests/test_readme.py's ids name the
+# page); README.md's own blocks stay in the README's suite.
+EXTENDED_BLOCKS = re.compile(r"test_readme_block_runs_as_written\[docs/")
 EXTENDED = os.environ.get("STITCH_EXTENDED", "") == "1"
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Mark the extended modules' tests as they are collected (``-m`` selects
     after)."""
-    if item.path.name in EXTENDED_MODULES:
+    if item.path.name in EXTENDED_MODULES or EXTENDED_BLOCKS.match(item.name):
         item.add_marker(pytest.mark.extended)
         if not EXTENDED:
+            # Its goldens are not orphans (NOTE: [goldens under xdist]).
+            _PARTIAL_MODULES.add(_module_key(item.path))
             item.add_marker(
                 pytest.mark.skip(
                     reason="extended: STITCH_EXTENDED=1 runs it (.ci/run does)"
