@@ -151,7 +151,7 @@ class CompileSettings(msgspec.Struct, kw_only=True):
     inductor_passes: Annotated[
         list[Any], in_key("a list of passes (fx.Graph callables with uuid())")
     ]
-    # NOTE: [a tiered start] (pipeline/tiered.py)
+    # NOTE: [a tiered start] (pipeline/tiered/tier.py)
     tiered_start: Annotated[
         bool,
         not_in_key("when pieces compile, not what they compile to", "a bool", True),

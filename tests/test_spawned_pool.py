@@ -1,5 +1,5 @@
 """Pre-started spawned compile workers (NOTE: [pre-started compile workers],
-runtime/pipeline/spawned_pool.py): started when the backend is made, ready
+runtime/pipeline/tiered/spawned_pool.py): started when the backend is made, ready
 before the first piece comes, reused by the next backend call, and every fault
 (a worker killed idle or at work, its imports failing, the parent gone)
 leaves serving on the uncompiled pieces, never a hang or an orphan."""
@@ -21,7 +21,7 @@ import torch
 from test_tiered import _fresh_dynamo, serve_until_settled, tiered  # noqa: F401
 
 from stitch.runtime.examples import LlamaConfig
-from stitch.runtime.pipeline.spawned_pool import SpawnedPool
+from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
 
 from backend_support import (
     TINY,

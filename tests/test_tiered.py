@@ -1,4 +1,4 @@
-"""A tiered start (NOTE: [a tiered start], runtime/pipeline/tiered.py): the
+"""A tiered start (NOTE: [a tiered start], runtime/pipeline/tiered/tier.py): the
 backend returns before Inductor compiles, pieces run uncompiled, compile
 workers bring each one back through the cache entry, and faults leave serving
 on the uncompiled pieces."""
@@ -23,7 +23,7 @@ from stitch.runtime import CompilationConfig
 from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.passes import InductorPass
 from stitch.runtime.pipeline.piecewise import PiecewiseBackend
-from stitch.runtime.pipeline.swap_check import unset_outputs
+from stitch.runtime.pipeline.tiered.swap_check import unset_outputs
 from stitch.runtime.store.cache import CompileCache
 
 from backend_support import (

@@ -20,7 +20,7 @@ from .saved_function import (
     reference_root,
 )
 from .splitting import dispatches_through_transformers, is_attention
-from .tiered import Tier
+from .tiered.tier import Tier
 
 __all__ = [
     "ArtifactSource",

@@ -3,7 +3,7 @@
 The decision (:func:`tiered_off`), the compile workers' number
 (:func:`default_workers`), their getting ready beside the split
 (:func:`prepare_compiles`), and the serving process's artifact source while
-they work (:class:`DeferredSource`).  NOTE: [a tiered start] (``tiered.py``)
+they work (:class:`DeferredSource`).  NOTE: [a tiered start] (``tier.py``)
 says how the pieces come back.
 """
 
@@ -14,13 +14,13 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..config import CompilationConfig
-from ..store.index import EntryRecord
-from ..targets import Target
-from .artifact_source import ArtifactSource, Piece
-from .compilers import CompilerAdapter
-from .inductor_warmup import on_cpu
-from .piece_plan import KeyChoice, StringKeys
+from ...config import CompilationConfig
+from ...store.index import EntryRecord
+from ...targets import Target
+from ..artifact_source import ArtifactSource, Piece
+from ..compilers import CompilerAdapter
+from ..inductor_warmup import on_cpu
+from ..piece_plan import KeyChoice, StringKeys
 from .worker_process import START_ENV, needs_spawn
 
 log = logging.getLogger("stitch")

@@ -1,5 +1,5 @@
 """The compile workers of a tiered start: processes that compile pieces into
-the cache entry and report each one (NOTE: [a tiered start], tiered.py); and
+the cache entry and report each one (NOTE: [a tiered start], tier.py); and
 the start of a backend call's tier, which starts them.
 
 NOTE: [forked or spawned compile workers]
@@ -41,15 +41,15 @@ import msgspec
 
 from stitch.codegen import module_path_of
 
-from ..compat.inductor import forget_compile_pools
-from ..loader import DISPATCH_NAME
-from ..store.cache import CompileCache
-from ..store.index import PieceRecord
+from ...compat.inductor import forget_compile_pools
+from ...loader import DISPATCH_NAME
+from ...store.cache import CompileCache
+from ...store.index import PieceRecord
+from ..piecewise import PiecewiseBackend
+from ..results import Split
 from .deferred import default_workers
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
-from .piecewise import PiecewiseBackend
-from .results import Split
-from .tiered import Tier, add_counters
+from .tier import Tier, add_counters
 from .worker_process import (
     CompileOne,
     Launch,

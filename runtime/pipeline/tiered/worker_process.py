@@ -17,9 +17,9 @@ from typing import IO, Any, TextIO
 import msgspec
 import torch
 
-from ..compat.shapes import added_guards, guard_mark
-from ..counter import compilation_counter
-from ..store.index import PieceRecord
+from ...compat.shapes import added_guards, guard_mark
+from ...counter import compilation_counter
+from ...store.index import PieceRecord
 from .piece_jobs import UnitJob
 
 log = logging.getLogger("stitch")

@@ -36,7 +36,7 @@ from typing import IO
 
 import torch
 
-from ..config import CompilationConfig
+from ...config import CompilationConfig
 from .deferred import default_workers
 from .worker_process import START_ENV, ended_by, niceness
 
@@ -44,7 +44,7 @@ log = logging.getLogger("stitch")
 
 # Seconds an idle worker waits for another job before the pool lets it go.
 IDLE_S = 120.0
-WORKER_MODULE = "stitch.runtime.pipeline.spawned_workers"
+WORKER_MODULE = "stitch.runtime.pipeline.tiered.spawned_workers"
 
 
 @dataclasses.dataclass

@@ -1,15 +1,14 @@
 """The check before a swap: does a compiled piece compute what the uncompiled
-one does on the inputs of one call (NOTE: [a tiered start], tiered.py)?"""
+one does on the inputs of one call (NOTE: [a tiered start], tier.py)?"""
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
 import torch.fx as fx
 
-from ..compat.pytree import tree_leaves
+from ...compat.pytree import tree_leaves
 
 # (rtol, atol) a swapped piece's outputs must agree within, by dtype; the
 # tests' Inductor tolerance for float32, wider for the half types, whose
@@ -20,25 +19,6 @@ SWAP_TOLERANCE = {
     torch.float16: (1e-2, 1e-2),
     torch.bfloat16: (3e-2, 3e-2),
 }
-
-
-def mutates(graph: fx.GraphModule) -> bool:
-    """Whether a piece may write one of its inputs (an in-place op anywhere:
-    a mutable schema, a trailing-underscore method or ``setitem``)."""
-    for node in graph.graph.nodes:
-        target = node.target
-        if node.op == "call_method" and str(target).endswith("_"):
-            return True
-        if node.op != "call_function":
-            continue
-        if target is operator.setitem:
-            return True
-        schema = getattr(target, "_schema", None)
-        if schema is not None and schema.is_mutable:
-            return True
-        if getattr(target, "__name__", "").endswith("_"):
-            return True
-    return False
 
 
 def copy_input(value: Any) -> Any:

@@ -2,7 +2,7 @@
 pickled (NOTE: [forked or spawned compile workers], compile_workers.py), kept
 in a pool between jobs (NOTE: [pre-started compile workers], spawned_pool.py).
 
-The pool starts ``python -m stitch.runtime.pipeline.spawned_workers PARENT
+The pool starts ``python -m stitch.runtime.pipeline.tiered.spawned_workers PARENT
 REPORTS READY cpu|gpu PARENT_DEATH [MODULE...]``: the worker imports Stitch,
 the modules named, torch and Inductor, probes the vector ISA (on the CPU),
 starts Inductor's build pools, writes one byte on ``READY`` and waits.  For
@@ -35,12 +35,12 @@ from typing import IO, Any
 
 import torch
 
-from ..compat.fake import tracing
-from ..compat.inductor import warm_compile_pools
-from ..config import CompilationConfig
-from ..store.cache import CompileCache
-from .entry import EntryGuards
-from .inductor_warmup import inductor_ready, start_inductor_warmup
+from ...compat.fake import tracing
+from ...compat.inductor import warm_compile_pools
+from ...config import CompilationConfig
+from ...store.cache import CompileCache
+from ..entry import EntryGuards
+from ..inductor_warmup import inductor_ready, start_inductor_warmup
 from .piece_jobs import UnitCompiler, UnitJob, piece_names
 from .spawned_pool import SpawnedPool
 from .worker_process import (
@@ -80,7 +80,7 @@ def spawner(
     modules = defining_modules(units)
 
     def launch(group: Sequence[UnitJob], nice: int, gated: bool) -> Worker:
-        from ..compat import graph_pickle
+        from ...compat import graph_pickle
 
         units = [(piece_names([u]), graph_pickle.dumps(u)) for u in group]
         data = pickle.dumps(SpawnJob(units, config, cache, size))
@@ -234,7 +234,7 @@ def _run_job(out: IO[str], header: dict[str, Any], data: bytes) -> None:
 
 
 def _compile_unit(out: IO[str], names: list[str], data: bytes, job: SpawnJob) -> None:
-    from ..compat import graph_pickle
+    from ...compat import graph_pickle
 
     try:
         unit, fake_mode = graph_pickle.loads(data)
@@ -271,7 +271,7 @@ def _import(module: str) -> None:
 
 if __name__ == "__main__":
     # Run as the module Stitch imports, so that the pickle's classes are these.
-    from stitch.runtime.pipeline.spawned_workers import main as _main
+    from stitch.runtime.pipeline.tiered.spawned_workers import main as _main
 
     code = _main(sys.argv[1:])
     # Every artifact is written and reported: exit now, as a forked worker
