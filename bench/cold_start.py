@@ -34,6 +34,12 @@ and a second batch after the last swap gives "ms/token"; "tokens" compares
 every run's greedy tokens with eager's.  There, "dynamo" is Stitch with
 ``CompilationConfig(backend="eager")``: Dynamo and the split, no Inductor.
 
+With ``--aot``, the same example through ``aot_compile`` (as ``stitch run``
+compiles it): "cold" with ``tiered_start=False`` (its default there), "tiered"
+with ``True``, and "saved at return" says whether the saved forward was on
+disk when ``aot_compile`` returned (a tiered start writes it at the last
+swap, NOTE: [where a tiered start is the default]).
+
 The compile without weights: ``bench/weightless_compile.py``.
 
 Results: docs/performance.md ("Cold start").
@@ -64,7 +70,9 @@ README_LLAMA = dict(
 )
 
 
-def example_child(run: str, layers: int, cache: str) -> dict[str, Any]:
+def example_child(
+    run: str, layers: int, cache: str, aot: bool = False
+) -> dict[str, Any]:
     import torch
 
     from stitch.runtime import CompilationConfig, StitchBackend
@@ -91,9 +99,14 @@ def example_child(run: str, layers: int, cache: str) -> dict[str, Any]:
             os.environ["STITCH_COMPILE_START"] = "spawn"
         backend = StitchBackend(config)
         fn = torch.compile(model, backend=backend, dynamic=True)
+        if aot:
+            fn, saved = aot_example(model, batches[0], config)
+            backend = fn.backend
     err = (forward(fn, batches[0]) - refs[0]).abs().max().item()
     first = time.perf_counter() - t0
     out: dict[str, Any] = {"first_s": first, "forwards_during": 0}
+    if aot and run != "dynamo":
+        out["saved_at_return"] = saved
     tier = backend.compiled[-1].tier if backend and backend.compiled else None
     if tier is not None:
         deadline = time.monotonic() + WAIT_S
@@ -117,6 +130,17 @@ def example_child(run: str, layers: int, cache: str) -> dict[str, Any]:
     out["max_err"] = err
     out["warm"] = bool(backend and backend.compiled and backend.compiled[-1].warm)
     return out
+
+
+def aot_example(model: Any, args: Any, config: Any) -> tuple[Any, bool]:
+    """``aot_compile`` of the example, and whether its saved forward was on
+    disk when it returned."""
+    from stitch.runtime import aot_compile
+    from stitch.runtime.store.location import AOT_RECORD_FILE
+
+    compiled = aot_compile(model, args, config, dynamic_dims={0: [0], 1: [0]})
+    path = compiled.path
+    return compiled, bool(path and os.path.exists(os.path.join(path, AOT_RECORD_FILE)))
 
 
 def engine_child(run: str, layers: int, cache: str) -> dict[str, Any]:
@@ -219,6 +243,8 @@ def run_child(kind: str, run: str, layers: int, cache: str) -> dict[str, Any]:
 
 def subject_rows(kind: str, layers: int) -> list[tuple[str, dict[str, Any]]]:
     runs = ["dynamo", "cold", "tiered", "spawned", "warm"]
+    if kind == "aot":
+        runs = ["dynamo", "cold", "tiered", "warm"]
     if kind == "engine":
         runs = ["eager", *runs]
     rows = []
@@ -242,7 +268,7 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
     by = dict(rows)
     cells = []
     for run, r in rows:
-        if kind == "example":
+        if kind != "engine":
             check = f"{r['max_err']:.1e}"
             speed = f"{r['ms_per_forward']:.2f}"
         else:
@@ -263,12 +289,13 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
                 ", ".join(sorted(r.get("uncompiled") or {})) or "-",
             )
         )
-    what = "ms/forward" if kind == "example" else "ms/token"
-    check = "max err" if kind == "example" else "tokens"
+    what = "ms/forward" if kind != "engine" else "ms/token"
+    check = "max err" if kind != "engine" else "tokens"
     headers = ("run", "first output (s)", "last swap (s)", what, check, "uncompiled")
     title = (
         f"example llama, {layers} layers, 8 tokens"
-        if kind == "example"
+        + (", through aot_compile" if kind == "aot" else "")
+        if kind != "engine"
         else "transformers' engine, "
         + (
             "docs/transformers.md's Llama (2 layers x 64)"
@@ -278,10 +305,16 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
         + " (8 prompts of 1-61 tokens, 16 new tokens)"
     )
     lines = [title, "", markdown_table(headers, cells, align="lrrrrl"), ""]
-    for run in ("tiered", "spawned"):
+    for run in ("tiered", "spawned") if kind != "aot" else ("tiered",):
         lines += targets(
-            by, run, what, "ms_per_forward" if kind == "example" else "ms_per_token"
+            by, run, what, "ms_per_forward" if kind != "engine" else "ms_per_token"
         )
+    if kind == "aot":
+        lines += [
+            f"{run}: saved forward on disk when aot_compile returned: "
+            + ("yes" if by[run]["saved_at_return"] else "no")
+            for run in ("cold", "tiered")
+        ]
     lines.append(f"warm start {by['warm']['first_s']:.2f} s")
     return "\n".join(lines)
 
@@ -310,6 +343,14 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="the 3-layer example alone"
     )
+    parser.add_argument(
+        "--aot",
+        action="store_true",
+        help="also the 3-layer example through aot_compile",
+    )
+    parser.add_argument(
+        "--no-engine", action="store_true", help="leave transformers' engine out"
+    )
     parser.add_argument("--layers", type=int, nargs="*", default=[3, 32])
     parser.add_argument(
         "--engine-layers",
@@ -321,14 +362,18 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         kind, run, layers, cache = args.child
-        child = example_child if kind == "example" else engine_child
-        result = child(run, int(layers), cache)
+        if kind == "engine":
+            result = engine_child(run, int(layers), cache)
+        else:
+            result = example_child(run, int(layers), cache, aot=kind == "aot")
         print(RESULT + json.dumps(result), flush=True)
         return 0
     import torch
 
     subjects = [("example", n) for n in ([3] if args.quick else args.layers)]
-    if not args.quick:
+    if args.aot:
+        subjects.append(("aot", 3))
+    if not args.quick and not args.no_engine:
         subjects += [("engine", n) for n in args.engine_layers]
     print(
         f"machine: {os.cpu_count()} cores, torch {torch.__version__}, "

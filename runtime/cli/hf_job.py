@@ -41,8 +41,13 @@ def run_hf(
     """Compile a tiny ``family`` model with Stitch, check it against eager, time both."""
     from stitch.runtime.hf import build_model
 
+    # stitch run times compiled forwards: no tiered start (NOTE: [where a
+    # tiered start is the default]).
     config = CompilationConfig(
-        backend=backend, cache_dir=cache_dir, debug_dump_path=dump_dir
+        backend=backend,
+        cache_dir=cache_dir,
+        debug_dump_path=dump_dir,
+        tiered_start=False,
     )
     model = build_model(
         family,

@@ -46,9 +46,11 @@ def run_profile(
     if not hf:
         assert example is not None
         llama = _example_config(example, sizes, layers)
+    # Profiling times compiled pieces: no tiered start.
     config = CompilationConfig(
         backend=backend,
         cache_dir=cache_dir,
+        tiered_start=False,
         # An example's batches hold at most its max_seqs tokens.
         **({} if llama is None else {"max_num_batched_tokens": llama.max_seqs}),
     )

@@ -20,6 +20,8 @@ from .saved_function import (
     reference_root,
 )
 from .splitting import dispatches_through_transformers, is_attention
+from .tiered.deferred import DEFAULT_ENV as TIERED_DEFAULT_ENV
+from .tiered.spawned_pool import SpawnedPool
 from .tiered.tier import Tier
 
 __all__ = [
@@ -27,8 +29,10 @@ __all__ = [
     "CompiledModel",
     "GraphInput",
     "PiecewiseBackend",
+    "SpawnedPool",
     "StitchBackend",
     "StitchFunction",
+    "TIERED_DEFAULT_ENV",
     "Tier",
     "dispatches_through_transformers",
     "index_sha256",

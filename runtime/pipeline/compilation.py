@@ -206,7 +206,7 @@ class Compilation:
         # NOTE: [a tiered start] (tiered/tier.py): missing pieces compile in workers,
         # and a replica that waits for another's lease serves meanwhile.
         # How its compile workers would start, decided (and warned about) once.
-        if self.config.tiered_start:
+        if self.config.tiered_start is not False:
             self.worker_start = start_method(self.example_inputs)
         self.tiered_off = tiered_off(
             self.config, self.example_inputs, cache, self.worker_start

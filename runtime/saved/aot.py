@@ -180,7 +180,10 @@ def _settled(
     backend: StitchBackend | None,
 ) -> tuple[CompilationConfig, CUDAGraphManager, bool]:
     """The config, CUDA graphs and guards switch :func:`aot_compile` runs with:
-    the backend's when one is given, else the arguments', else the defaults."""
+    the backend's when one is given, else the arguments', else the defaults.
+    Its own backend leaves a tiered start off unless the config asks for one
+    (NOTE: [where a tiered start is the default]: the saved forward would be
+    written only after forwards that swap every piece in)."""
     if backend is not None:
         if (config is not None and config is not backend.config) or (
             cudagraphs is not None and cudagraphs is not backend.cudagraphs
@@ -191,6 +194,8 @@ def _settled(
             )
         config, cudagraphs = backend.config, backend.cudagraphs
     config = config if config is not None else CompilationConfig()
+    if backend is None and config.tiered_start is None:
+        config = dataclasses.replace(config, tiered_start=False)
     if guards is None:
         guards = os.environ.get(GUARDS_ENV, "") not in ("", "0")
     if cudagraphs is None:

@@ -14,6 +14,8 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 from ...config import CompilationConfig
 from ...store.index import EntryRecord
 from ...targets import Target
@@ -26,6 +28,28 @@ from .worker_process import START_ENV, needs_spawn
 log = logging.getLogger("stitch")
 
 
+# NOTE: [where a tiered start is the default]
+# A config that leaves ``tiered_start`` unset (None) gets the entry point's
+# default.  A backend call (torch.compile and StitchBackend, transformers'
+# engine and server, vLLM's backend) starts tiered for a graph on the CPU,
+# where it never lost in the measurements (docs/cold_start.md, "Where it is
+# on"): its first output within about a second of Dynamo alone, the same
+# numbers and tokens throughout, the same speed once the last piece is
+# swapped in.  It stays off by default:
+# - for a graph on a GPU: each spawned worker holds a CUDA context (hundreds
+#   of MB of device memory, taken while an engine sizes its KV cache from
+#   what is free), and the tiered start under CUDA graphs has not run in full
+#   on one yet;
+# - for aot_compile's own backend (saved/aot.py): the saved forward is written
+#   once every piece is swapped in, which takes forwards after the compile,
+#   so a process that compiles and exits would leave nothing saved;
+# - for stitch run, which times compiled forwards and so waits for the last
+#   swap anyway (cli/run_cmd.py).
+# ``$STITCH_TIERED_START=0`` turns the default off for a whole process tree
+# (the test suite's conftest does); a config's own True or False wins.
+DEFAULT_ENV = "STITCH_TIERED_START"
+
+
 def tiered_off(
     config: CompilationConfig,
     example_inputs: Sequence[Any],
@@ -33,20 +57,36 @@ def tiered_off(
     method: str,
 ) -> str | None:
     """Why a tiered start does not apply to this backend call (None: it does);
-    ``method`` is how its workers would start (``worker_process.start_method``)."""
-    if not config.tiered_start:
+    ``method`` is how its workers would start (``worker_process.start_method``).
+    "off" when it is not asked for, or the default does not apply (quietly)."""
+    asked = config.tiered_start
+    if asked is False or (asked is None and default_off(example_inputs)):
         return "off"
+    why = None
     if config.backend != "inductor":
-        return f"the {config.backend} backend compiles nothing"
-    if cache is None or not cache.writable:
-        return "no writable cache entry to bring compiled pieces back through"
-    if method == "fork":
-        why = needs_spawn(example_inputs) or (
+        why = f"the {config.backend} backend compiles nothing"
+    elif cache is None or not cache.writable:
+        why = "no writable cache entry to bring compiled pieces back through"
+    elif method == "fork":
+        cannot = needs_spawn(example_inputs) or (
             "" if hasattr(os, "fork") else "this platform cannot fork"
         )
-        if why:
-            return f"${START_ENV}=fork, but {why}: compile workers must be spawned"
-    return None
+        if cannot:
+            why = f"${START_ENV}=fork, but {cannot}: compile workers must be spawned"
+    return "off" if why and asked is None else why
+
+
+def default_off(example_inputs: Sequence[Any]) -> str:
+    """Why a config that leaves ``tiered_start`` unset does not start tiered
+    for this graph ("" when it does: NOTE: [where a tiered start is the
+    default])."""
+    if os.environ.get(DEFAULT_ENV, "").strip() == "0":
+        return f"${DEFAULT_ENV}=0"
+    devices = {v.device.type for v in example_inputs if isinstance(v, torch.Tensor)}
+    devices -= {"cpu"}
+    if devices:
+        return f"the graph runs on {', '.join(sorted(devices))}"
+    return ""
 
 
 def default_workers(pieces: int) -> int:

@@ -37,7 +37,7 @@ from typing import IO
 import torch
 
 from ...config import CompilationConfig
-from .deferred import default_workers
+from .deferred import DEFAULT_ENV, default_workers
 from .worker_process import START_ENV, ended_by, niceness
 
 log = logging.getLogger("stitch")
@@ -226,10 +226,16 @@ def likely_spawned(config: CompilationConfig) -> bool:
     """Whether a backend made with ``config`` will spawn its tiered start's
     workers, as far as can be told before a graph comes: ``$STITCH_COMPILE_START``
     says spawn, or this process has CUDA (NOTE: [forked or spawned compile
-    workers]); a graph that proves otherwise leaves the pool idle, to go."""
-    if not config.tiered_start or config.backend != "inductor":
+    workers]); a graph that proves otherwise leaves the pool idle, to go.
+    Where ``tiered_start`` is left to the default, a process with CUDA is
+    taken to compile for the GPU, where the default is off (NOTE: [where a
+    tiered start is the default])."""
+    asked = config.tiered_start
+    if asked is False or config.backend != "inductor" or config.disable_cache:
         return False
-    if config.disable_cache:
+    if asked is None and (
+        torch.cuda.is_available() or os.environ.get(DEFAULT_ENV, "").strip() == "0"
+    ):
         return False
     method = os.environ.get(START_ENV, "").strip().lower()
     if method in ("fork", "spawn"):
