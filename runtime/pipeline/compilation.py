@@ -48,9 +48,8 @@ from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
 from .results import CompiledModel, Emitted, Split
 from .split_policy import SplitPolicy
 from .stitching_source import stitching_source
-from .tiered.deferred import prepare_compiles, tiered_off
+from .tiered.deferred import prepare_compiles, tiered_decision
 from .tiered.spawned_pool import SpawnedPool
-from .tiered.worker_process import start_method
 from .tracing import is_warm, log_summary, trace_source, trace_split
 from .warm_load import WarmLoadFailed, report
 
@@ -203,13 +202,11 @@ class Compilation:
                 )
 
             cache = reopen()
-        # NOTE: [a tiered start] (tiered/tier.py): missing pieces compile in workers,
-        # and a replica that waits for another's lease serves meanwhile.
-        # How its compile workers would start, decided (and warned about) once.
-        if self.config.tiered_start is not False:
-            self.worker_start = start_method(self.example_inputs)
-        self.tiered_off = tiered_off(
-            self.config, self.example_inputs, cache, self.worker_start
+        # NOTE: [a tiered start] (tiered/tier.py): missing pieces compile in workers
+        # (their start decided, and warned about, once); a replica that waits
+        # for another's lease serves meanwhile.
+        self.worker_start, self.tiered_off = tiered_decision(
+            self.config, self.example_inputs, cache, self.spawned_pool
         )
         if cache is not None:
             cache = self.fleet.open(cache, reopen, self.tiered_off is None)

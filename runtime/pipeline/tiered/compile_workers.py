@@ -27,6 +27,7 @@ pieces up when the pipe closes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -91,20 +92,21 @@ def start_tier(
     tier.held_guards = frozenset(c.entry_guards.held())
     units = _units(c, split, deferred)
     method = c.worker_start
+    # What a forked worker runs, and this process where none can be started.
+    compile_one = UnitCompiler(
+        units,
+        c.config,
+        cache,
+        c.size,
+        note_guards=lambda: c.entry_guards.note(cache),
+        adapter=c.adapter,
+    )
     launch: Launch
     if method == "spawn":
         from .spawned_workers import spawner
 
         launch = spawner(units, c.config, cache, c.size, c.spawned_pool)
     else:
-        compile_one = UnitCompiler(
-            units,
-            c.config,
-            cache,
-            c.size,
-            note_guards=lambda: c.entry_guards.note(cache),
-            adapter=c.adapter,
-        )
         launch = _forker(compile_one, c.entry_guards.shape_env)
     fleet = c.fleet
     waiting = fleet.waiting is not None
@@ -112,7 +114,7 @@ def start_tier(
         tier,
         units,
         c.config.compile_workers or default_workers(len(units)),
-        launch,
+        Starts(launch, c.spawned_pool, compile_one),
         method,
         gated=waiting,
     )
@@ -162,28 +164,46 @@ def _units(c: Any, split: Split, deferred: dict[str, Any]) -> list[UnitJob]:
     return list(units.values())
 
 
+@dataclasses.dataclass
+class Starts:
+    """How a call's workers start (``launch``), the pool that remembers a
+    process that cannot start them, and the compile of a unit's piece in this
+    process for then (NOTE: [a process that cannot start compile workers])."""
+
+    launch: Launch
+    pool: Any
+    here: CompileOne
+
+
 def start_workers(
     tier: Tier,
     units: Sequence[UnitJob],
     workers: int,
-    launch: Launch,
+    starts: Starts,
     method: str = "fork",
     gated: bool = False,
 ) -> tuple[list[int], Callable[[bool], None]]:
     """Start ``workers`` processes for ``units`` (dealt in turn, each unit to
     one worker): their pids, and ``go``.  ``gated`` workers wait for
     ``go(True)`` to compile, or ``go(False)`` to exit (another replica's entry
-    came); others start now."""
+    came); others start now.  A group whose worker the OS refuses compiles
+    here, before this returns."""
     groups = [list(units[i::workers]) for i in range(workers)]
     names = piece_names(units)
     nice = niceness()
     pids, gates = [], []
+    here: list[UnitJob] = []
     for group in groups:
         if not group:
             continue
         group_names = piece_names(group)
         try:
-            worker = launch(group, nice, gated)
+            worker = starts.launch(group, nice, gated)
+        except OSError as exc:
+            # NOTE: [a process that cannot start compile workers]
+            starts.pool.refuse(f"{type(exc).__name__}: {exc}")
+            here += group
+            continue
         except Exception as exc:  # noqa: BLE001 - those pieces stay uncompiled
             for name in group_names:
                 tier.give_up(
@@ -201,16 +221,18 @@ def start_workers(
             name=f"stitch-compile-reader-{worker.pid}",
             daemon=True,
         ).start()
-    log.info(
-        "stitch: %d pieces %s in %d %s worker%s (pids %s) while the graph runs "
-        "them uncompiled",
-        len(names),
-        "wait for the fleet's entry, else compile" if gated else "compile",
-        len(pids),
-        "spawned" if method == "spawn" else "forked",
-        "" if len(pids) == 1 else "s",
-        ", ".join(map(str, pids)),
-    )
+    if pids:
+        log.info(
+            "stitch: %d pieces %s in %d %s worker%s (pids %s) while the graph runs "
+            "them uncompiled",
+            len(names) - len(piece_names(here)),
+            "wait for the fleet's entry, else compile" if gated else "compile",
+            len(pids),
+            "spawned" if method == "spawn" else "forked",
+            "" if len(pids) == 1 else "s",
+            ", ".join(map(str, pids)),
+        )
+    _compile_here(tier, here, starts.here)
 
     def go(compile: bool) -> None:
         for fd in gates:
@@ -223,6 +245,21 @@ def start_workers(
         gates.clear()
 
     return pids, go
+
+
+def _compile_here(
+    tier: Tier, units: Sequence[UnitJob], compile_one: CompileOne
+) -> None:
+    """Compile ``units`` in this process, in the backend call, as a cold start
+    does; each piece lands as a worker's would, and swaps in at its next call.
+    Guards the compile adds are this call's own (it is still Dynamo's)."""
+    for name in piece_names(units):
+        try:
+            record = compile_one(name)
+        except Exception as exc:  # noqa: BLE001 - that piece stays uncompiled
+            tier.give_up(name, f"its compile failed: {type(exc).__name__}: {exc}")
+        else:
+            tier.landed(name, record, ())
 
 
 def _forker(compile_one: CompileOne, shape_env: Any) -> Launch:

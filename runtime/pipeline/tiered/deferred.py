@@ -1,6 +1,6 @@
 """Whether a backend call starts tiered, and what it serves meanwhile.
 
-The decision (:func:`tiered_off`), the compile workers' number
+The decision (:func:`tiered_decision`, :func:`tiered_off`), the compile workers' number
 (:func:`default_workers`), their getting ready beside the split
 (:func:`prepare_compiles`), and the serving process's artifact source while
 they work (:class:`DeferredSource`).  NOTE: [a tiered start] (``tier.py``)
@@ -23,7 +23,7 @@ from ..artifact_source import ArtifactSource, Piece
 from ..compilers import CompilerAdapter
 from ..inductor_warmup import on_cpu
 from ..piece_plan import KeyChoice, StringKeys
-from .worker_process import START_ENV, needs_spawn
+from .worker_process import START_ENV, needs_spawn, start_method
 
 log = logging.getLogger("stitch")
 
@@ -50,15 +50,30 @@ log = logging.getLogger("stitch")
 DEFAULT_ENV = "STITCH_TIERED_START"
 
 
+def tiered_decision(
+    config: CompilationConfig, example_inputs: Sequence[Any], cache: Any, pool: Any
+) -> tuple[str, str | None]:
+    """How this backend call's compile workers would start (``fork`` or
+    ``spawn``: ``worker_process.start_method``, decided and warned about once),
+    and why a tiered start does not apply to it (None: it does)."""
+    method = "fork"
+    if config.tiered_start is not False:
+        method = start_method(example_inputs)
+    return method, tiered_off(config, example_inputs, cache, method, pool)
+
+
 def tiered_off(
     config: CompilationConfig,
     example_inputs: Sequence[Any],
     cache: Any,
     method: str,
+    pool: Any,
 ) -> str | None:
-    """Why a tiered start does not apply to this backend call (None: it does);
-    ``method`` is how its workers would start (``worker_process.start_method``).
-    "off" when it is not asked for, or the default does not apply (quietly)."""
+    """Why a tiered start does not apply (None: it does) to a call whose
+    workers would start by ``method``: "off" when it is not asked for, or the
+    default does not apply (quietly), or no worker can be started here
+    (``pool.cannot_start``, said once by the pool: NOTE: [a process that
+    cannot start compile workers])."""
     asked = config.tiered_start
     if asked is False or (asked is None and default_off(example_inputs)):
         return "off"
@@ -72,7 +87,9 @@ def tiered_off(
             "" if hasattr(os, "fork") else "this platform cannot fork"
         )
         if cannot:
-            why = f"${START_ENV}=fork, but {cannot}: compile workers must be spawned"
+            pool.refuse(f"${START_ENV}=fork, but {cannot}: they must be spawned")
+    if why is None and pool.cannot_start is not None:
+        return "off"
     return "off" if why and asked is None else why
 
 
@@ -151,11 +168,13 @@ def prepare_compiles(
     cold = cache is None or cache.index is None
     if off not in (None, "off"):
         log.info("stitch: no tiered start: %s", off)
+    if off is None and cold and worker_start == "spawn":
+        # Spawned workers load torch and Inductor beside the split instead.
+        spawned_pool.start(cpu=on_cpu(example_inputs))
+        if spawned_pool.cannot_start is not None:
+            off = "off"  # NOTE: [a process that cannot start compile workers]
     if off is not None and cold:
         # A cold start: the warm-up runs beside the split and fake propagation.
         adapter.warm_up(cpu=on_cpu(example_inputs))
-    elif cold and worker_start == "spawn":
-        # Spawned workers load torch and Inductor beside the split instead.
-        spawned_pool.start(cpu=on_cpu(example_inputs))
     source = ArtifactSource if off is not None else DeferredSource
     return source(config, cache, adapter=adapter, note_guards=note_guards)

@@ -19,6 +19,19 @@ kills it with its parent), so none outlives the serving process.  A worker
 found dead when a job comes (killed while idle, or its imports failed) is
 named in one warning and replaced; one that dies during a job gives its
 pieces up through its reader, as a forked worker's does.
+
+NOTE: [a process that cannot start compile workers]
+A sandbox may forbid new processes (seccomp refusing fork and clone with
+EPERM, a process limit with EAGAIN), and ``$STITCH_COMPILE_START=fork`` may
+name a start the process cannot use (it has initialized CUDA).  Stitch's
+workers start with ``os.fork`` or ``subprocess``, never through
+``multiprocessing``, so its start method, set by the caller or not, does not
+choose them.  Where a worker cannot be started, the pool remembers why
+(:meth:`SpawnedPool.refuse`, for forked workers too) and says it in one
+warning; that call's pieces compile in this process, as a cold start compiles
+them (``compile_workers.start_workers``, or before the split where the pool
+failed to start), and every later graph of the backend compiles so without
+trying again (``deferred.tiered_off``).  Never a crash, never a wait.
 """
 
 from __future__ import annotations
@@ -95,6 +108,9 @@ class SpawnedPool:
         self._lock = threading.Lock()
         self._idle: list[PooledWorker] = []
         self._cpu: bool | None = None  # probe the ISA: set by the first start
+        # Why no compile worker can be started in this process, once one
+        # failed to (NOTE: [a process that cannot start compile workers]).
+        self.cannot_start: str | None = None
 
     @classmethod
     def for_config(cls, config: CompilationConfig) -> SpawnedPool:
@@ -112,8 +128,26 @@ class SpawnedPool:
             if self._cpu is None:
                 self._cpu = cpu
             self._idle = [w for w in self._idle if self._alive(w)]
-            while len(self._idle) < self.count:
-                self._idle.append(self._spawn())
+            while len(self._idle) < self.count and self.cannot_start is None:
+                try:
+                    self._idle.append(self._spawn())
+                except OSError as exc:
+                    self.refuse(f"{type(exc).__name__}: {exc}")
+
+    def refuse(self, why: str) -> bool:
+        """No compile worker can be started in this process, because ``why``:
+        said in one warning, the first time (NOTE: [a process that cannot
+        start compile workers]); whether this was the first time."""
+        if self.cannot_start is not None:
+            return False
+        self.cannot_start = why
+        log.warning(
+            "stitch: compile workers cannot be started in this process (%s); "
+            "pieces compile in this process before the backend call returns, "
+            "as without a tiered start",
+            why,
+        )
+        return True
 
     def take(self) -> PooledWorker:
         """An idle worker (started now if none is left) for one job."""
