@@ -207,3 +207,16 @@ def test_workers_exit_with_a_parent_killed_while_they_are_idle(
         parent.kill()
         parent.wait()
     assert wait_gone(pids), [p for p in pids if not gone(p)]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE")
+def test_a_pool_at_idle_priority_starts_its_workers_there() -> None:
+    # NOTE: [a compile worker's priority]: $STITCH_COMPILE_NICE=idle.
+    pool = SpawnedPool(1, None)
+    pool.start(cpu=True)
+    try:
+        (pid,) = pool.idle_pids()
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    finally:
+        pool.close()
+    assert wait_gone([pid])

@@ -59,6 +59,7 @@ from .worker_process import (
     die_with_parent,
     ended_status,
     niceness,
+    take_priority,
 )
 
 log = logging.getLogger("stitch")
@@ -266,7 +267,7 @@ def _forker(compile_one: CompileOne, shape_env: Any) -> Launch:
     """Launch by ``fork``: the worker holds this process's state, and compiles
     each piece with ``compile_one``."""
 
-    def launch(group: Sequence[UnitJob], nice: int, gated: bool) -> Worker:
+    def launch(group: Sequence[UnitJob], nice: int | None, gated: bool) -> Worker:
         names = piece_names(group)
         read_fd, write_fd = os.pipe()
         gate_read, gate_write = os.pipe() if gated else (-1, -1)
@@ -296,13 +297,14 @@ def _work(
     gate: int,
     compile_one: CompileOne,
     shape_env: Any,
-    nice: int,
+    nice: int | None,
 ) -> None:
     code = 0
     try:
         die_with_parent()
         forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
-        os.nice(nice)
+        # NOTE: [a compile worker's priority]
+        take_priority(nice)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         if gate >= 0 and os.read(gate, 1) != b"c":

@@ -51,7 +51,7 @@ import torch
 
 from ...config import CompilationConfig
 from .deferred import DEFAULT_ENV, default_workers
-from .worker_process import START_ENV, ended_by, niceness
+from .worker_process import START_ENV, ended_by, niceness, take_priority
 
 log = logging.getLogger("stitch")
 
@@ -96,7 +96,7 @@ class SpawnedPool:
     def __init__(
         self,
         count: int,
-        nice: int = 0,
+        nice: int | None = 0,
         *,
         preload: Sequence[str] = (),
         idle_s: float = IDLE_S,
@@ -227,6 +227,7 @@ class SpawnedPool:
             *map(str, passed),
             "cpu" if self._cpu else "gpu",
             "1" if main else "0",
+            "idle" if self.nice is None else str(self.nice),
             *self.preload,
         ]
         try:
@@ -238,10 +239,9 @@ class SpawnedPool:
         finally:
             for fd in passed:
                 os.close(fd)
-        if self.nice:
-            # Before its threads start, which inherit it.
-            base = os.getpriority(os.PRIO_PROCESS, 0)
-            os.setpriority(os.PRIO_PROCESS, process.pid, min(19, base + self.nice))
+        # Before its threads start, which inherit it (the worker takes idle
+        # priority again itself, for the threads it starts after).
+        take_priority(self.nice, process.pid)
         ready = threading.Event()
 
         def wait_ready() -> None:

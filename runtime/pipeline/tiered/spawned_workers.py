@@ -3,7 +3,8 @@ pickled (NOTE: [forked or spawned compile workers], compile_workers.py), kept
 in a pool between jobs (NOTE: [pre-started compile workers], spawned_pool.py).
 
 The pool starts ``python -m stitch.runtime.pipeline.tiered.spawned_workers PARENT
-REPORTS READY cpu|gpu PARENT_DEATH [MODULE...]``: the worker imports Stitch,
+REPORTS READY cpu|gpu PARENT_DEATH idle|NICE [MODULE...]``: the worker takes its
+priority (NOTE: [a compile worker's priority]), imports Stitch,
 the modules named, torch and Inductor, probes the vector ISA (on the CPU),
 starts Inductor's build pools, writes one byte on ``READY`` and waits.  For
 each job the serving process pickles the units of one worker (graphs, fake
@@ -49,6 +50,7 @@ from .worker_process import (
     compile_and_report,
     die_with_parent,
     ended_by,
+    take_priority,
 )
 
 # Modules every worker imports before it reads its pieces (Stitch's own ops).
@@ -79,7 +81,7 @@ def spawner(
     to the pool once it has reported them."""
     modules = defining_modules(units)
 
-    def launch(group: Sequence[UnitJob], nice: int, gated: bool) -> Worker:
+    def launch(group: Sequence[UnitJob], nice: int | None, gated: bool) -> Worker:
         from ...compat import graph_pickle
 
         units = [(piece_names([u]), graph_pickle.dumps(u)) for u in group]
@@ -185,7 +187,9 @@ def main(argv: Sequence[str]) -> int:
     """A pooled worker: get ready, then compile and report one job after
     another from stdin (see above), until its end or the parent's."""
     parent, reports, ready = (int(a) for a in argv[:3])
-    cpu, parent_death, preload = argv[3] == "cpu", argv[4] == "1", argv[5:]
+    cpu, parent_death, preload = argv[3] == "cpu", argv[4] == "1", argv[6:]
+    if argv[5] == "idle":
+        take_priority(None)  # the pool set it too, before any thread started
     if parent_death:
         die_with_parent()
     if os.getppid() != parent:
