@@ -17,6 +17,9 @@ invocation.  The runs:
   (``$STITCH_COMPILE_START=spawn``, as on a GPU: NOTE: [forked or spawned
   compile workers]), in a cache of its own; they start when the backend is
   made, inside the clock (NOTE: [pre-started compile workers]);
+- ``idle``: the tiered start with ``$STITCH_COMPILE_NICE=idle``: its workers
+  run in Linux's SCHED_IDLE class, on cores nothing else wants (NOTE: [a
+  compile worker's priority]); the others share the cores as equals;
 - ``warm``: a start after the tiered run, from the entry its workers filled.
 
 For the built-in example (8 tokens a forward, ``dynamic=True``), "first
@@ -33,6 +36,12 @@ warm-up, the batch runs right after it (during the swaps, for the tiered run),
 and a second batch after the last swap gives "ms/token"; "tokens" compares
 every run's greedy tokens with eager's.  There, "dynamo" is Stitch with
 ``CompilationConfig(backend="eager")``: Dynamo and the split, no Inductor.
+
+With ``--aot``, the same example through ``aot_compile`` (as ``stitch run``
+compiles it): "cold" with ``tiered_start=False`` (its default there), "tiered"
+with ``True``, and "saved at return" says whether the saved forward was on
+disk when ``aot_compile`` returned (a tiered start writes it at the last
+swap, NOTE: [where a tiered start is the default]).
 
 The compile without weights: ``bench/weightless_compile.py``.
 
@@ -53,7 +62,8 @@ from typing import Any
 
 STARTED = time.perf_counter()
 RESULT = "COLD_START_RESULT "
-WAIT_S = 900.0
+# How long a tiered run serves, at most, for its last swap (--wait).
+WAIT_S = float(os.environ.get("COLD_START_WAIT_S", "900"))
 README_LLAMA = dict(
     vocab_size=256,
     hidden_size=64,
@@ -64,7 +74,9 @@ README_LLAMA = dict(
 )
 
 
-def example_child(run: str, layers: int, cache: str) -> dict[str, Any]:
+def example_child(
+    run: str, layers: int, cache: str, aot: bool = False
+) -> dict[str, Any]:
     import torch
 
     from stitch.runtime import CompilationConfig, StitchBackend
@@ -87,13 +99,17 @@ def example_child(run: str, layers: int, cache: str) -> dict[str, Any]:
         fn = torch.compile(model, backend="eager", dynamic=True)
     else:
         config = CompilationConfig(cache_dir=cache, tiered_start=run != "cold")
-        if run == "spawned":
-            os.environ["STITCH_COMPILE_START"] = "spawn"
+        start_as(run)
         backend = StitchBackend(config)
         fn = torch.compile(model, backend=backend, dynamic=True)
+        if aot:
+            fn, saved = aot_example(model, batches[0], config)
+            backend = fn.backend
     err = (forward(fn, batches[0]) - refs[0]).abs().max().item()
     first = time.perf_counter() - t0
     out: dict[str, Any] = {"first_s": first, "forwards_during": 0}
+    if aot and run != "dynamo":
+        out["saved_at_return"] = saved
     tier = backend.compiled[-1].tier if backend and backend.compiled else None
     if tier is not None:
         deadline = time.monotonic() + WAIT_S
@@ -105,6 +121,8 @@ def example_child(run: str, layers: int, cache: str) -> dict[str, Any]:
         timeline = tier.timeline()
         out["forwards_during"] = i
         out["last_swap_s"] = tier.started - t0 + (timeline["last_swap_at"] or 0.0)
+        if not tier.settled:  # still compiling after WAIT_S
+            out["last_swap_s"] = f"> {time.perf_counter() - t0:.0f}"
         out["uncompiled"] = timeline["uncompiled"]
     for i, args in enumerate(batches):
         err = max(err, (forward(fn, args) - refs[i]).abs().max().item())
@@ -117,6 +135,25 @@ def example_child(run: str, layers: int, cache: str) -> dict[str, Any]:
     out["max_err"] = err
     out["warm"] = bool(backend and backend.compiled and backend.compiled[-1].warm)
     return out
+
+
+def start_as(run: str) -> None:
+    """The environment of run ``spawned`` (spawned workers) or ``idle``."""
+    if run == "spawned":
+        os.environ["STITCH_COMPILE_START"] = "spawn"
+    if run == "idle":
+        os.environ["STITCH_COMPILE_NICE"] = "idle"
+
+
+def aot_example(model: Any, args: Any, config: Any) -> tuple[Any, bool]:
+    """``aot_compile`` of the example, and whether its saved forward was on
+    disk when it returned."""
+    from stitch.runtime import aot_compile
+    from stitch.runtime.store.location import AOT_RECORD_FILE
+
+    compiled = aot_compile(model, args, config, dynamic_dims={0: [0], 1: [0]})
+    path = compiled.path
+    return compiled, bool(path and os.path.exists(os.path.join(path, AOT_RECORD_FILE)))
 
 
 def engine_child(run: str, layers: int, cache: str) -> dict[str, Any]:
@@ -159,12 +196,10 @@ def engine_child(run: str, layers: int, cache: str) -> dict[str, Any]:
         )
     else:
         options = {"backend": "eager"} if run == "dynamo" else {}
-        if run == "spawned":
-            os.environ["STITCH_COMPILE_START"] = "spawn"
+        start_as(run)
+        tiered = run in ("tiered", "spawned", "idle")
         backend = StitchBackend(
-            CompilationConfig(
-                cache_dir=cache, tiered_start=run in ("tiered", "spawned"), **options
-            )
+            CompilationConfig(cache_dir=cache, tiered_start=tiered, **options)
         )
         config = continuous_batching_config(model, backend, **fields)
     with torch.no_grad():
@@ -194,6 +229,8 @@ def engine_child(run: str, layers: int, cache: str) -> dict[str, Any]:
                 t.started - STARTED + (t.timeline()["last_swap_at"] or 0.0)
                 for t in tiers
             )
+            if not all(t.settled for t in tiers):
+                out["last_swap_s"] = f"> {time.perf_counter() - STARTED:.0f}"
             out["uncompiled"] = {
                 k: v for t in tiers for k, v in t.timeline()["uncompiled"].items()
             }
@@ -218,7 +255,9 @@ def run_child(kind: str, run: str, layers: int, cache: str) -> dict[str, Any]:
 
 
 def subject_rows(kind: str, layers: int) -> list[tuple[str, dict[str, Any]]]:
-    runs = ["dynamo", "cold", "tiered", "spawned", "warm"]
+    runs = ["dynamo", "cold", "tiered", "idle", "spawned", "warm"]
+    if kind == "aot":
+        runs = ["dynamo", "cold", "tiered", "warm"]
     if kind == "engine":
         runs = ["eager", *runs]
     rows = []
@@ -242,7 +281,7 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
     by = dict(rows)
     cells = []
     for run, r in rows:
-        if kind == "example":
+        if kind != "engine":
             check = f"{r['max_err']:.1e}"
             speed = f"{r['ms_per_forward']:.2f}"
         else:
@@ -257,18 +296,23 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
             (
                 run,
                 f"{r['first_s']:.2f}",
-                "-" if last is None else f"{last:.2f}",
+                (
+                    "-"
+                    if last is None
+                    else last if isinstance(last, str) else f"{last:.2f}"
+                ),
                 speed,
                 check,
                 ", ".join(sorted(r.get("uncompiled") or {})) or "-",
             )
         )
-    what = "ms/forward" if kind == "example" else "ms/token"
-    check = "max err" if kind == "example" else "tokens"
+    what = "ms/forward" if kind != "engine" else "ms/token"
+    check = "max err" if kind != "engine" else "tokens"
     headers = ("run", "first output (s)", "last swap (s)", what, check, "uncompiled")
     title = (
         f"example llama, {layers} layers, 8 tokens"
-        if kind == "example"
+        + (", through aot_compile" if kind == "aot" else "")
+        if kind != "engine"
         else "transformers' engine, "
         + (
             "docs/transformers.md's Llama (2 layers x 64)"
@@ -278,10 +322,16 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
         + " (8 prompts of 1-61 tokens, 16 new tokens)"
     )
     lines = [title, "", markdown_table(headers, cells, align="lrrrrl"), ""]
-    for run in ("tiered", "spawned"):
+    for run in ("tiered", "idle", "spawned") if kind != "aot" else ("tiered",):
         lines += targets(
-            by, run, what, "ms_per_forward" if kind == "example" else "ms_per_token"
+            by, run, what, "ms_per_forward" if kind != "engine" else "ms_per_token"
         )
+    if kind == "aot":
+        lines += [
+            f"{run}: saved forward on disk when aot_compile returned: "
+            + ("yes" if by[run]["saved_at_return"] else "no")
+            for run in ("cold", "tiered")
+        ]
     lines.append(f"warm start {by['warm']['first_s']:.2f} s")
     return "\n".join(lines)
 
@@ -290,7 +340,8 @@ def targets(by: dict[str, Any], run: str, what: str, key: str) -> list[str]:
     """The issue's three targets for the tiered run ``run``, met or missed."""
     dyn, cold, tiered = by["dynamo"], by["cold"], by[run]
     first = tiered["first_s"] - dyn["first_s"]
-    last = tiered.get("last_swap_s", 0) / cold["first_s"]
+    swap = tiered.get("last_swap_s", 0)
+    last = (swap if isinstance(swap, float) else float("inf")) / cold["first_s"]
     ratio = tiered[key] / cold[key]
 
     def verdict(ok: bool) -> str:
@@ -310,6 +361,14 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="the 3-layer example alone"
     )
+    parser.add_argument(
+        "--aot",
+        action="store_true",
+        help="also the 3-layer example through aot_compile",
+    )
+    parser.add_argument(
+        "--no-engine", action="store_true", help="leave transformers' engine out"
+    )
     parser.add_argument("--layers", type=int, nargs="*", default=[3, 32])
     parser.add_argument(
         "--engine-layers",
@@ -321,14 +380,18 @@ def main() -> int:
     args = parser.parse_args()
     if args.child:
         kind, run, layers, cache = args.child
-        child = example_child if kind == "example" else engine_child
-        result = child(run, int(layers), cache)
+        if kind == "engine":
+            result = engine_child(run, int(layers), cache)
+        else:
+            result = example_child(run, int(layers), cache, aot=kind == "aot")
         print(RESULT + json.dumps(result), flush=True)
         return 0
     import torch
 
     subjects = [("example", n) for n in ([3] if args.quick else args.layers)]
-    if not args.quick:
+    if args.aot:
+        subjects.append(("aot", 3))
+    if not args.quick and not args.no_engine:
         subjects += [("engine", n) for n in args.engine_layers]
     print(
         f"machine: {os.cpu_count()} cores, torch {torch.__version__}, "

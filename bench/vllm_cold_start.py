@@ -4,7 +4,7 @@ Run (in the vLLM venv, see README.md)::
 
     python bench/vllm_cold_start.py [--layers 4] [--tokens 16]
 
-NOTE: [a tiered start] (runtime/pipeline/tiered.py).  A tiny Llama (hidden
+NOTE: [a tiered start] (runtime/pipeline/tiered/tier.py).  A tiny Llama (hidden
 256, float32, random normal(0, 0.02) weights saved with ``save_pretrained``,
 NOTE: [realistic weights]) is served by one engine per row, each in its own
 process with an empty vLLM and Stitch cache (``stitch.runtime.harness

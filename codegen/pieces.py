@@ -1,5 +1,5 @@
 """Questions about the pieces of a split graph: which run inline, what they return,
-which module they cover."""
+which module they cover, whether they write their inputs."""
 
 from __future__ import annotations
 
@@ -108,3 +108,22 @@ def output_value(module: fx.GraphModule) -> Any:
     """What a piece's graph returns (None if it returns nothing)."""
     output = next((o for o in reversed(module.graph.nodes) if o.op == "output"), None)
     return output.args[0] if output is not None and output.args else None
+
+
+def mutates(graph: fx.GraphModule) -> bool:
+    """Whether a piece may write one of its inputs (an in-place op anywhere:
+    a mutable schema, a trailing-underscore method or ``setitem``)."""
+    for node in graph.graph.nodes:
+        target = node.target
+        if node.op == "call_method" and str(target).endswith("_"):
+            return True
+        if node.op != "call_function":
+            continue
+        if target is operator.setitem:
+            return True
+        schema = getattr(target, "_schema", None)
+        if schema is not None and schema.is_mutable:
+            return True
+        if getattr(target, "__name__", "").endswith("_"):
+            return True
+    return False

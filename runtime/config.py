@@ -105,7 +105,7 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
         default_factory=dict
     )
     inductor_passes: list[Any] = dataclasses.field(default_factory=list)
-    tiered_start: bool = False
+    tiered_start: bool | None = None
     compile_workers: int = 0
     # -- CacheSettings
     cache_dir: str = ""

@@ -151,10 +151,16 @@ class CompileSettings(msgspec.Struct, kw_only=True):
     inductor_passes: Annotated[
         list[Any], in_key("a list of passes (fx.Graph callables with uuid())")
     ]
-    # NOTE: [a tiered start] (pipeline/tiered.py)
+    # NOTE: [a tiered start] (pipeline/tiered/tier.py); None: the entry
+    # point's default (NOTE: [where a tiered start is the default] in
+    # pipeline/tiered/deferred.py).
     tiered_start: Annotated[
-        bool,
-        not_in_key("when pieces compile, not what they compile to", "a bool", True),
+        bool | None,
+        not_in_key(
+            "when pieces compile, not what they compile to",
+            "a bool, or None for the entry point's default",
+            True,
+        ),
     ]
     compile_workers: Annotated[
         int,

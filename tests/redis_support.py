@@ -87,8 +87,8 @@ class RedisServer:
         return redis.Redis.from_url(self.url, socket_timeout=5)
 
 
-def fresh_tiers() -> None:
-    """Forget the tiers this process opened (each test's store is another)."""
-    from stitch.runtime.store.shared.tier import SharedTier
+def fresh_fleet_caches() -> None:
+    """Forget the fleet caches this process opened (each test's store is another)."""
+    from stitch.runtime.store.shared.fleet_cache import FleetCache
 
-    SharedTier._open.clear()
+    FleetCache._open.clear()

@@ -204,8 +204,9 @@ def test_only_the_command_line_imports_the_harnesses() -> None:
 
 def test_no_import_cycles() -> None:
     """Imports inside functions count: deferring one hides a cycle from the
-    interpreter, not from the reader (store/shared/tier.py imported eviction.py
-    in a function while eviction.py typed its argument as the tier)."""
+    interpreter, not from the reader (store/shared/fleet_cache.py, then tier.py,
+    imported eviction.py in a function while eviction.py typed its argument as
+    the fleet's cache)."""
     graph = {m: _imports(m, top_level_only=False) for m in MODULES}
     # A package's __init__ importing its own submodules is how it re-exports;
     # a submodule needs its package initialized first anyway, so that edge

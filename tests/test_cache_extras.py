@@ -26,7 +26,7 @@ import torch
 
 from stitch.core.errors import StitchCacheError
 from stitch.runtime.cli.main_job import inspect_cache
-from stitch.runtime.pipeline.prebuilt_load import (
+from stitch.runtime.pipeline.prebuilt.load import (
     PREBUILT_SUFFIX,
     read_record,
     render_record,

@@ -25,10 +25,10 @@ from stitch.runtime import CompilationConfig, StitchBackend
 from stitch.runtime.cudagraph import CUDAGraphManager, EmulatedGraphOps
 from stitch.runtime.cudagraph.wrapper import CUDAGraphWrapper
 from stitch.runtime.examples import LlamaConfig
-from stitch.runtime.pipeline import compile_workers
 from stitch.runtime.pipeline.piecewise import PiecewiseBackend
-from stitch.runtime.pipeline.tiered import Tier
-from stitch.runtime.pipeline.worker_process import Worker
+from stitch.runtime.pipeline.tiered import compile_workers
+from stitch.runtime.pipeline.tiered.tier import Tier
+from stitch.runtime.pipeline.tiered.worker_process import Worker
 from stitch.runtime.store.index import EntryRecord, PieceRecord
 
 from backend_support import INDUCTOR_TOL, inputs, model_for, run_fresh

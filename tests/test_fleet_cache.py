@@ -2,7 +2,7 @@
 
 Each replica is ``python -m stitch.runtime.harness.fleet_replica`` with a local
 cache of its own; they share only the store.  tests/test_fleet_store.py checks
-the tier's rules one by one without compiling.
+the fleet cache's rules one by one without compiling.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis_support import RedisServer, fresh_tiers
+from redis_support import RedisServer, fresh_fleet_caches
 
 from stitch.runtime.harness.fleet_replica import read_result
 from stitch.runtime.store.shared.manifest import KEY_ENV, FleetKey
@@ -109,7 +109,7 @@ def check_cache_commands(server: RedisServer, tmp_path: Path) -> None:
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(KEY_ENV, KEY)
-        fresh_tiers()
+        fresh_fleet_caches()
         listed = cli(["cache", "ls", server.url])
         rows = [
             ln for ln in listed.splitlines() if ln.startswith("| ") and " ok " in ln
@@ -126,7 +126,7 @@ def check_cache_commands(server: RedisServer, tmp_path: Path) -> None:
         assert all(row.split("|")[1].strip() in local for row in rows), local
         cli(["cache", "push", server.url, "--cache-dir", str(pulled)])
         assert len(server.client().keys("stitch:entry:*")) == 2
-        fresh_tiers()
+        fresh_fleet_caches()
 
 
 def cli(argv: list[str], status: int = 0) -> str:

@@ -1,4 +1,4 @@
-"""The shared tier on a real Redis server, unit by unit: trust, faults, leases, the cap.
+"""The fleet's cache on a real Redis server, unit by unit: trust, faults, leases, the cap.
 
 A unit here is a folder of files shaped like a compile cache entry (an
 artifact, then ``index.py``, the marker installed last); nothing is compiled.
@@ -18,11 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from redis_support import RedisServer, fresh_tiers
+from redis_support import RedisServer, fresh_fleet_caches
 
 from stitch.runtime import CompilationConfig
+from stitch.runtime.store.shared.fleet_cache import FleetCache
+from stitch.runtime.store.shared.lease import (
+    INSTALLED,
+    Lease,
+    end_turn,
+    wait_turn,
+)
 from stitch.runtime.store.shared.manifest import KEY_ENV, KEY_FILE_ENV
-from stitch.runtime.store.shared.tier import INSTALLED, Lease, SharedTier
 from stitch.runtime.store.shared.units import Unit
 
 KEY = "test-fleet-key"
@@ -46,14 +52,14 @@ def fleet_key(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv(KEY_ENV, KEY)
     monkeypatch.delenv(KEY_FILE_ENV, raising=False)
     monkeypatch.delenv("STITCH_CACHE_URL", raising=False)
-    fresh_tiers()
+    fresh_fleet_caches()
     yield
-    fresh_tiers()
+    fresh_fleet_caches()
 
 
-def tier(url: str, **fields: object) -> SharedTier:
-    fresh_tiers()
-    found = SharedTier.of(CompilationConfig(cache_url=url, **fields).cache)  # type: ignore[arg-type]
+def shared(url: str, **fields: object) -> FleetCache:
+    fresh_fleet_caches()
+    found = FleetCache.of(CompilationConfig(cache_url=url, **fields).cache)  # type: ignore[arg-type]
     assert found is not None
     return found
 
@@ -87,8 +93,8 @@ def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
 def test_published_unit_installs_in_another_root(server: RedisServer, tmp_path: Path):
     src, dst = tmp_path / "a", tmp_path / "b"
     make_unit(src)
-    assert tier(server.url).publish(str(src), UNIT)
-    assert tier(server.url).fetch(str(dst), UNIT)
+    assert shared(server.url).publish(str(src), UNIT)
+    assert shared(server.url).fetch(str(dst), UNIT)
     got = tree(dst)
     # What is shared: no lock, no temporary file.
     assert sorted(got) == sorted(
@@ -106,7 +112,7 @@ def test_two_publishers_of_one_key_agree_and_one_wins(
 ):
     make_unit(tmp_path / "a")
     make_unit(tmp_path / "b")
-    first, second = tier(server.url), tier(server.url)
+    first, second = shared(server.url), shared(server.url)
     assert first.publish(str(tmp_path / "a"), UNIT)
     stored = server.client().get(f"stitch:entry:{UNIT.name}")
     assert second.publish(str(tmp_path / "b"), UNIT)
@@ -115,12 +121,12 @@ def test_two_publishers_of_one_key_agree_and_one_wins(
 
 def test_partial_upload_is_never_visible(server: RedisServer, tmp_path: Path):
     make_unit(tmp_path / "a")
-    t = tier(server.url)
+    t = shared(server.url)
     # A publisher that dies after its blobs: no manifest, nothing to fetch.
     t._commit = lambda unit, entry: False  # type: ignore[method-assign]
     assert not t.publish(str(tmp_path / "a"), UNIT)
     assert server.client().keys("stitch:blob:*")
-    assert not tier(server.url).fetch(str(tmp_path / "b"), UNIT)
+    assert not shared(server.url).fetch(str(tmp_path / "b"), UNIT)
     assert not (tmp_path / "b").exists()
 
 
@@ -148,7 +154,7 @@ def test_damaged_entry_is_refused_once_and_nothing_is_installed(
     entry_key = f"stitch:entry:{UNIT.name}"
     if damage == "another key signed it":
         monkeypatch.setenv(KEY_ENV, "someone-else")
-    publisher = tier(server.url)
+    publisher = shared(server.url)
     if damage == "name a file outside the unit":
         import dataclasses
 
@@ -186,27 +192,27 @@ def test_damaged_entry_is_refused_once_and_nothing_is_installed(
         for key in client.keys("stitch:blob:*"):
             client.set(key, b"y" * 1000)
     caplog.set_level(logging.INFO, logger="stitch")
-    reader = tier(server.url)
+    reader = shared(server.url)
     dst = tmp_path / "b"
     assert not reader.fetch(str(dst), UNIT)
     assert not reader.fetch(str(dst), UNIT)  # refused once, not again
-    assert reader.before_compile(str(dst), UNIT) != INSTALLED
+    assert wait_turn(reader, str(dst), UNIT) != INSTALLED
     refused = [w for w in warnings_of(caplog) if "refusing shared entry" in w]
     assert len(refused) == 1 and UNIT.name in refused[0] and why in refused[0], refused
     assert not (dst / UNIT.folder / "index.py").exists()
     # The replica compiles and publishes again: the store heals.
     make_unit(dst, payload=b"x" * 1000)
     assert reader.publish(str(dst), UNIT)
-    assert tier(server.url).fetch(str(tmp_path / "c"), UNIT)
+    assert shared(server.url).fetch(str(tmp_path / "c"), UNIT)
 
 
-def test_without_a_key_the_tier_is_off_with_one_warning(
+def test_without_a_key_the_fleet_cache_is_off_with_one_warning(
     server: RedisServer, caplog: pytest.LogCaptureFixture, monkeypatch
 ):
     monkeypatch.delenv(KEY_ENV)
-    fresh_tiers()
+    fresh_fleet_caches()
     config = CompilationConfig(cache_url=server.url)
-    assert SharedTier.of(config.cache) is None and SharedTier.of(config.cache) is None
+    assert FleetCache.of(config.cache) is None and FleetCache.of(config.cache) is None
     off = [w for w in warnings_of(caplog) if "is off" in w]
     assert len(off) == 1 and KEY_ENV in off[0] and server.url in off[0], off
 
@@ -217,15 +223,15 @@ def test_key_file_must_be_private(tmp_path: Path, monkeypatch, caplog):
     key.write_text("secret\n")
     key.chmod(0o644)
     monkeypatch.setenv(KEY_FILE_ENV, str(key))
-    fresh_tiers()
+    fresh_fleet_caches()
     assert (
-        SharedTier.of(CompilationConfig(cache_url="redis://127.0.0.1:1/0").cache)
+        FleetCache.of(CompilationConfig(cache_url="redis://127.0.0.1:1/0").cache)
         is None
     )
     assert any("0644" in w and str(key) in w for w in warnings_of(caplog))
     key.chmod(0o600)
-    fresh_tiers()
-    assert SharedTier.of(CompilationConfig(cache_url="redis://127.0.0.1:1/0").cache)
+    fresh_fleet_caches()
+    assert FleetCache.of(CompilationConfig(cache_url="redis://127.0.0.1:1/0").cache)
 
 
 def test_unreachable_store_is_one_warning_and_never_a_hang(
@@ -234,10 +240,10 @@ def test_unreachable_store_is_one_warning_and_never_a_hang(
     from redis_support import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    t = tier(url)
+    t = shared(url)
     make_unit(tmp_path / "a")
     start = time.monotonic()
-    assert t.before_compile(str(tmp_path / "b"), UNIT) == Lease(UNIT, False)
+    assert wait_turn(t, str(tmp_path / "b"), UNIT) == Lease(UNIT, False)
     assert not t.publish(str(tmp_path / "a"), UNIT)
     assert not t.fetch(str(tmp_path / "b"), UNIT)
     assert time.monotonic() - start < 5
@@ -249,7 +255,7 @@ def test_store_killed_mid_run_then_restarted_empty(
     server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
     make_unit(tmp_path / "a")
-    t = tier(server.url)
+    t = shared(server.url)
     assert t.publish(str(tmp_path / "a"), UNIT)
     server.stop()
     start = time.monotonic()
@@ -260,27 +266,27 @@ def test_store_killed_mid_run_then_restarted_empty(
     # Restarted (no persistence: flushed): a new process misses, compiles,
     # publishes, and the next one installs.
     server.start()
-    fresh = tier(server.url)
+    fresh = shared(server.url)
     assert not fresh.fetch(str(tmp_path / "b"), UNIT)
     assert fresh.publish(str(tmp_path / "a"), UNIT)
-    assert tier(server.url).fetch(str(tmp_path / "c"), UNIT)
+    assert shared(server.url).fetch(str(tmp_path / "c"), UNIT)
 
 
 def test_waiting_replica_installs_what_the_lease_holder_publishes(
     server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
-    holder, waiter = tier(server.url), tier(server.url)
-    turn = holder.before_compile(str(tmp_path / "a"), UNIT)
+    holder, waiter = shared(server.url), shared(server.url)
+    turn = wait_turn(holder, str(tmp_path / "a"), UNIT)
     assert isinstance(turn, Lease) and turn.held
     got: list[object] = []
     thread = threading.Thread(
-        target=lambda: got.append(waiter.before_compile(str(tmp_path / "b"), UNIT))
+        target=lambda: got.append(wait_turn(waiter, str(tmp_path / "b"), UNIT))
     )
     thread.start()
     time.sleep(1.0)
     assert not got  # waiting, not compiling
     make_unit(tmp_path / "a")
-    holder.after_compile(str(tmp_path / "a"), turn, True)
+    end_turn(holder, str(tmp_path / "a"), turn, True)
     thread.join(timeout=10)
     assert got == [INSTALLED]
     assert server.client().get(f"stitch:lease:{UNIT.name}") is None
@@ -294,12 +300,12 @@ def test_waiting_replica_installs_what_the_lease_holder_publishes(
 def test_lease_of_a_dead_replica_expires_and_the_next_takes_over(
     server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
-    dead = tier(server.url, cache_lease_s=1.0)
-    turn = dead.before_compile(str(tmp_path / "a"), UNIT)
+    dead = shared(server.url, cache_lease_s=1.0)
+    turn = wait_turn(dead, str(tmp_path / "a"), UNIT)
     assert isinstance(turn, Lease) and turn.held
     turn._stop.set()  # it dies: no renewal, no release
     start = time.monotonic()
-    nxt = tier(server.url, cache_lease_s=1.0).before_compile(str(tmp_path / "b"), UNIT)
+    nxt = wait_turn(shared(server.url, cache_lease_s=1.0), str(tmp_path / "b"), UNIT)
     assert isinstance(nxt, Lease) and nxt.held
     assert 0.5 < time.monotonic() - start < 5
     started, ended = warnings_of(caplog)
@@ -338,17 +344,17 @@ def test_a_lease_is_renewed_and_released_only_by_its_holder(
 def test_wait_is_bounded_and_the_waiter_compiles_itself(
     server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):
-    holder = tier(server.url, cache_lease_s=1.0)
-    turn = holder.before_compile(str(tmp_path / "a"), UNIT)
+    holder = shared(server.url, cache_lease_s=1.0)
+    turn = wait_turn(holder, str(tmp_path / "a"), UNIT)
     assert isinstance(turn, Lease) and turn.held  # renewed while "compiling"
     start = time.monotonic()
-    got = tier(server.url, cache_wait_s=2.0).before_compile(str(tmp_path / "b"), UNIT)
+    got = wait_turn(shared(server.url, cache_wait_s=2.0), str(tmp_path / "b"), UNIT)
     waited = time.monotonic() - start
     assert got == Lease(UNIT, False) and 1.9 < waited < 5, waited
     started, ended = warnings_of(caplog)
     assert "holds the lease of" in started and "at most 2s" in started
     assert f"for {holder.owner} to compile {UNIT.name}; compiling it here" in ended
-    holder.after_compile(str(tmp_path / "a"), turn, False)
+    end_turn(holder, str(tmp_path / "a"), turn, False)
 
 
 def test_a_wait_is_visible_with_no_logging_configured(
@@ -356,16 +362,17 @@ def test_a_wait_is_visible_with_no_logging_configured(
 ):
     # A fresh interpreter that configures no logging, as a user's script:
     # Python shows warnings only, on stderr.
-    holder = tier(server.url)
-    turn = holder.before_compile(str(tmp_path / "a"), UNIT)
+    holder = shared(server.url)
+    turn = wait_turn(holder, str(tmp_path / "a"), UNIT)
     assert isinstance(turn, Lease) and turn.held
     code = (
         "from stitch.runtime import CompilationConfig\n"
-        "from stitch.runtime.store.shared.tier import SharedTier\n"
+        "from stitch.runtime.store.shared.fleet_cache import FleetCache\n"
+        "from stitch.runtime.store.shared.lease import wait_turn\n"
         "from stitch.runtime.store.shared.units import Unit\n"
         f"config = CompilationConfig(cache_url={server.url!r}, cache_wait_s=2.0)\n"
         f"unit = Unit({UNIT.name!r}, {UNIT.folder!r})\n"
-        f"print(SharedTier.of(config.cache).before_compile({str(tmp_path / 'b')!r}, unit))\n"
+        f"print(wait_turn(FleetCache.of(config.cache), {str(tmp_path / 'b')!r}, unit))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code],
@@ -374,7 +381,7 @@ def test_a_wait_is_visible_with_no_logging_configured(
         text=True,
         timeout=120,
     )
-    holder.after_compile(str(tmp_path / "a"), turn, False)
+    end_turn(holder, str(tmp_path / "a"), turn, False)
     assert proc.returncode == 0, proc.stderr
     assert "held=False" in proc.stdout  # waited, then compiled itself
     lines = proc.stderr.splitlines()
@@ -394,14 +401,14 @@ class Terminal(io.StringIO):
 def test_a_wait_shows_the_progress_bar_on_a_terminal(
     server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    holder = tier(server.url)
-    turn = holder.before_compile(str(tmp_path / "a"), UNIT)
+    holder = shared(server.url)
+    turn = wait_turn(holder, str(tmp_path / "a"), UNIT)
     assert isinstance(turn, Lease)
     screen = Terminal()
     monkeypatch.setattr(sys, "stderr", screen)
-    got = tier(server.url, cache_wait_s=1.5).before_compile(str(tmp_path / "b"), UNIT)
+    got = wait_turn(shared(server.url, cache_wait_s=1.5), str(tmp_path / "b"), UNIT)
     monkeypatch.undo()
-    holder.after_compile(str(tmp_path / "a"), turn, False)
+    end_turn(holder, str(tmp_path / "a"), turn, False)
     assert got == Lease(UNIT, False)
     drawn = screen.getvalue()
     assert f"stitch: waiting for {holder.owner}" in drawn, drawn
@@ -429,7 +436,7 @@ def test_commands_on_an_unreachable_store_exit_2(
 
 def test_size_cap_evicts_least_recently_used(server: RedisServer, tmp_path: Path):
     units = [Unit(f"{i:024x}/rank_0", f"{i:024x}/rank_0") for i in range(3)]
-    t = tier(server.url, cache_store_max_bytes=2500)
+    t = shared(server.url, cache_store_max_bytes=2500)
     for i, unit in enumerate(units):
         root = tmp_path / f"r{i}"
         folder = root / unit.folder
@@ -464,12 +471,12 @@ def small_unit(root: Path, i: int) -> Unit:
 def test_orphans_of_a_partial_upload_are_counted_then_collected(
     server: RedisServer, tmp_path: Path
 ):
-    t = tier(server.url, cache_store_max_bytes=2500, cache_lease_s=1.0)
+    t = shared(server.url, cache_store_max_bytes=2500, cache_lease_s=1.0)
     assert t.publish(str(tmp_path / "r0"), small_unit(tmp_path / "r0", 0))
     named = blob_keys(server)
     # A publisher killed after its blobs: 3000 bytes that no entry names.
     make_unit(tmp_path / "dead", b"x" * 3000)
-    dead = tier(server.url)
+    dead = shared(server.url)
     dead._commit = lambda unit, entry: False  # type: ignore[method-assign]
     assert not dead.publish(str(tmp_path / "dead"), UNIT)
     orphans = blob_keys(server) - named
@@ -479,7 +486,7 @@ def test_orphans_of_a_partial_upload_are_counted_then_collected(
     # Young orphans may be an upload in progress: kept, but counted, so the
     # store (1003 + 1000 named, 3000+ orphaned) is over its cap and the least
     # recently used entry goes.
-    t = tier(server.url, cache_store_max_bytes=2500, cache_lease_s=1.0)
+    t = shared(server.url, cache_store_max_bytes=2500, cache_lease_s=1.0)
     r1 = small_unit(tmp_path / "r1", 1)
     assert t.publish(str(tmp_path / "r1"), r1)
     client = server.client()
@@ -496,7 +503,7 @@ def test_orphans_of_a_partial_upload_are_counted_then_collected(
     assert len(blob_keys(server)) == 3  # two artifacts, one shared index.py
     assert client.zcard("stitch:stamps") == 3
     for unit in (r1, r2):
-        assert tier(server.url).fetch(str(tmp_path / "again"), unit)
+        assert shared(server.url).fetch(str(tmp_path / "again"), unit)
 
 
 def test_blobs_of_a_replaced_entry_are_collected_after_a_lease(
@@ -506,7 +513,7 @@ def test_blobs_of_a_replaced_entry_are_collected_after_a_lease(
 
     make_unit(tmp_path / "a", b"first build")
     make_unit(tmp_path / "b", b"second build")  # compiled again: other bytes
-    t = tier(server.url, cache_store_max_bytes=10**6, cache_lease_s=0.5)
+    t = shared(server.url, cache_store_max_bytes=10**6, cache_lease_s=0.5)
     assert t.publish(str(tmp_path / "a"), UNIT)
     assert t.publish(str(tmp_path / "b"), UNIT)  # replaces the entry
     old = content_hash(b"first build")
@@ -514,6 +521,6 @@ def test_blobs_of_a_replaced_entry_are_collected_after_a_lease(
     time.sleep(0.7)
     assert t.publish(str(tmp_path / "b"), UNIT)
     assert old not in blob_keys(server)
-    assert tier(server.url).fetch(str(tmp_path / "c"), UNIT)
+    assert shared(server.url).fetch(str(tmp_path / "c"), UNIT)
     artifact = tmp_path / "c" / UNIT.folder / "artifacts" / "k1" / "artifact.bin"
     assert artifact.read_bytes() == b"second build"

@@ -32,6 +32,7 @@ openai = pytest.importorskip("openai")
 from stitch.core.errors import StitchConfigError  # noqa: E402
 from stitch.runtime.hf import serve as stitch_serve  # noqa: E402
 from stitch.runtime.hf.models import tiny_config  # noqa: E402
+from stitch.runtime.pipeline.api import TIERED_DEFAULT_ENV  # noqa: E402
 
 VOCAB = 128
 MAX_TOKENS = 8
@@ -240,22 +241,34 @@ def test_openai_client_gets_the_eager_engine_tokens_through_stitch(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tiered_server_answers_with_eager_tokens_before_its_pieces_compile(
-    tmp_path,
+def test_a_server_starts_tiered_by_default_with_eager_tokens_before_its_pieces_compile(
+    tmp_path, monkeypatch
 ):
-    """``--tiered`` (NOTE: [a tiered start]): the warm-up request returns once
+    """A tiered start is the server's default (NOTE: [a tiered start]; NOTE:
+    [where a tiered start is the default]): the warm-up request returns once
     the forward is split, /health says 200, and requests get the eager
     engine's tokens while compile workers build the pieces."""
+    monkeypatch.delenv(TIERED_DEFAULT_ENV, raising=False)  # the suite's off switch
     model_dir = tmp_path / "tiny-llama"
     _checkpoint(model_dir)
     prompts = _prompts()
     expected = _eager_tokens(model_dir, prompts)
     got, output, status = _serve_and_ask(
-        model_dir, tmp_path / "cache", tmp_path / "server.log", prompts, "--tiered"
+        model_dir, tmp_path / "cache", tmp_path / "server.log", prompts
     )
     assert got == expected
     assert re.search(r"3 pieces compile in \d+ forked worker", output), output
     assert status in (0, -signal.SIGTERM), output
+
+
+@pytest.mark.parametrize(
+    ("flags", "tiered"), [((), None), (("--tiered",), True), (("--no-tiered",), False)]
+)
+def test_the_servers_tiered_flag_sets_the_field_or_leaves_the_default(
+    flags: tuple[str, ...], tiered: bool | None
+) -> None:
+    # None: the backend's default, on for a model on the CPU.
+    assert stitch_serve._parser().parse_args(["model", *flags]).tiered is tiered
 
 
 # -- what the launcher changes in transformers' server ----------------------------

@@ -416,7 +416,7 @@ def test_only_outputs_returned_as_views_of_their_input_run_prebuilt(
     returned: str, kind: str, says: str
 ) -> None:
     """NOTE: [a piece's output that views its input]: output 0 aliases input 1."""
-    from stitch.runtime.pipeline.prebuilt_save import input_views_unshown
+    from stitch.runtime.pipeline.prebuilt.save import input_views_unshown
 
     source = (
         f"def call(self, args):\n    arg0_1, arg1_1 = args\n    return ({returned}, )\n"

@@ -23,7 +23,7 @@ from stitch.runtime import CompilationConfig
 from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.passes import InductorPass
 from stitch.runtime.passes.rms_norm import RMS_NORM_OP, FuseRMSNorm
-from stitch.runtime.pipeline.prebuilt_load import (
+from stitch.runtime.pipeline.prebuilt.load import (
     PREBUILT_DIR,
     PREBUILT_SUFFIX,
     read_record,

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from stitch.core.errors import StitchCacheError
-from stitch.runtime.pipeline.prebuilt_load import parse_record, render_record
-from stitch.runtime.pipeline.prebuilt_triton import (
+from stitch.runtime.pipeline.prebuilt.load import parse_record, render_record
+from stitch.runtime.pipeline.prebuilt.triton_kernels import (
     aligned_call,
     triton_key,
     triton_launcher,
@@ -132,7 +132,7 @@ def call(args):
 PROBE = """
 import json, sys
 import torch
-from stitch.runtime.pipeline.prebuilt_wrapper import exec_wrapper
+from stitch.runtime.pipeline.prebuilt.wrapper import exec_wrapper
 asked = []
 def triton(name, source, device_str="cuda"):
     asked.append([name, device_str, "def triton_poi_fused_0" in source])

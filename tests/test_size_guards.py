@@ -1,5 +1,5 @@
 """A landed piece whose compile added guards on its runtime size alone (NOTE:
-[guards a landing adds on the size alone], runtime/pipeline/size_guards.py):
+[guards a landing adds on the size alone], runtime/pipeline/tiered/size_guards.py):
 on a GPU every Triton piece adds 32-bit indexing guards (``64*s72 <=
 2147483647``), which a tiered start must not answer by leaving the piece
 uncompiled."""
@@ -16,12 +16,12 @@ from test_tiered import _fresh_dynamo, serve_until_settled, tiered  # noqa: F401
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 
 from stitch.runtime.pipeline.piecewise import PiecewiseBackend
-from stitch.runtime.pipeline.size_guards import (
+from stitch.runtime.pipeline.tiered.size_guards import (
     SizeGuardedPiece,
     size_predicate,
     size_symbol,
 )
-from stitch.runtime.pipeline.tiered import Tier
+from stitch.runtime.pipeline.tiered.tier import Tier
 
 from backend_support import (
     TINY,

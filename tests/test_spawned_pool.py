@@ -1,5 +1,5 @@
 """Pre-started spawned compile workers (NOTE: [pre-started compile workers],
-runtime/pipeline/spawned_pool.py): started when the backend is made, ready
+runtime/pipeline/tiered/spawned_pool.py): started when the backend is made, ready
 before the first piece comes, reused by the next backend call, and every fault
 (a worker killed idle or at work, its imports failing, the parent gone)
 leaves serving on the uncompiled pieces, never a hang or an orphan."""
@@ -21,7 +21,7 @@ import torch
 from test_tiered import _fresh_dynamo, serve_until_settled, tiered  # noqa: F401
 
 from stitch.runtime.examples import LlamaConfig
-from stitch.runtime.pipeline.spawned_pool import SpawnedPool
+from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
 
 from backend_support import (
     TINY,
@@ -200,3 +200,16 @@ def test_workers_exit_with_a_parent_killed_while_they_are_idle(
         parent.kill()
         parent.wait()
     assert wait_gone(pids), [p for p in pids if not gone(p)]
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE")
+def test_a_pool_at_idle_priority_starts_its_workers_there() -> None:
+    # NOTE: [a compile worker's priority]: $STITCH_COMPILE_NICE=idle.
+    pool = SpawnedPool(1, None)
+    pool.start(cpu=True)
+    try:
+        (pid,) = pool.idle_pids()
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    finally:
+        pool.close()
+    assert wait_gone([pid])

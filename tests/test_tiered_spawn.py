@@ -1,5 +1,5 @@
 """A tiered start with spawned compile workers (NOTE: [forked or spawned
-compile workers], runtime/pipeline/compile_workers.py) and under CUDA graphs
+compile workers], runtime/pipeline/tiered/compile_workers.py) and under CUDA graphs
 (NOTE: [uncompiled pieces under CUDA graphs], runtime/cudagraph/wrapper.py).
 
 On a GPU the workers are spawned, since a process that has used CUDA cannot

@@ -28,7 +28,7 @@ from stitch.runtime import CompilationConfig
 from stitch.runtime.cli.cache_cmd import run_explain
 from stitch.runtime.compat import shapes
 from stitch.runtime.pipeline import entry as entry_module
-from stitch.runtime.pipeline import prebuilt_load
+from stitch.runtime.pipeline.prebuilt import load as prebuilt_load
 from stitch.runtime.store.cache import CompileCache
 from stitch.runtime.store.load_failures import read_failures
 from stitch.runtime.store.location import LOAD_FAILURES_FILE, LOCK_FILE

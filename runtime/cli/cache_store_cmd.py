@@ -26,31 +26,31 @@ def _is_url(target: str) -> bool:
     return target.startswith(SHARED_SCHEMES)
 
 
-def _tier(url: str, out: TextIO) -> Any:
+def _open(url: str, out: TextIO) -> Any:
     """The store at ``url`` with the fleet's key, or None (said on ``out``)."""
     from stitch.runtime.config import CompilationConfig
-    from stitch.runtime.store.shared.tier import SharedTier
+    from stitch.runtime.store.shared.fleet_cache import FleetCache
 
-    tier = SharedTier.of(CompilationConfig(cache_url=url).cache)
-    if tier is None:
+    shared = FleetCache.of(CompilationConfig(cache_url=url).cache)
+    if shared is None:
         print(f"error: cannot use the store {url} (see the warning above)", file=out)
-    return tier
+    return shared
 
 
 def _from_store(url: str, out: TextIO, call: Callable[[Any], T]) -> T | None:
-    """``call(tier)`` on the store at ``url``; None, said on ``out``, when the
+    """``call(shared)`` on the store at ``url``; None, said on ``out``, when the
     store cannot be used or did not answer (exit status 2)."""
     from stitch.runtime.store.shared.stores import StoreDown
 
-    tier = _tier(url, out)
-    if tier is None:
+    shared = _open(url, out)
+    if shared is None:
         return None
     try:
-        result = call(tier)
+        result = call(shared)
     except StoreDown as exc:
         why: object = exc
     else:
-        if tier.alive:
+        if shared.alive:
             return result
         why = "see the warning above"
     print(f"error: the store {url} did not answer ({why})", file=out)
@@ -189,7 +189,7 @@ def run_push(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from stitch.runtime.store.shared.admin import push
 
     root = _root(args.cache_dir)
-    done = _from_store(args.url, out, lambda tier: push(tier, root))
+    done = _from_store(args.url, out, lambda shared: push(shared, root))
     if done is None:
         return 2
     for unit, ok in done:
@@ -217,7 +217,9 @@ def run_pull(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from stitch.runtime.store.shared.admin import pull
 
     root = _root(args.cache_dir)
-    done = _from_store(args.url, out, lambda tier: pull(tier, root, list(args.entries)))
+    done = _from_store(
+        args.url, out, lambda shared: pull(shared, root, list(args.entries))
+    )
     if done is None:
         return 2
     for name, ok in done:

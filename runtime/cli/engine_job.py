@@ -143,7 +143,8 @@ def engine_config(run: str, cache: str, model: Any, fields: dict[str, Any]) -> A
         from stitch.runtime import CompilationConfig, StitchBackend
         from stitch.runtime.hf import continuous_batching_config
 
-        backend = StitchBackend(CompilationConfig(cache_dir=cache))
+        # "stitch, cold" times a start that compiles first (no tiered start).
+        backend = StitchBackend(CompilationConfig(cache_dir=cache, tiered_start=False))
         return continuous_batching_config(model, backend, **fields)
     return ContinuousBatchingConfig(
         **config_fields(

@@ -36,7 +36,14 @@ def run_model(
 ) -> int:
     """Compile ``choice``'s model with Stitch, check it against eager, time both."""
     stitch = StitchBackend(
-        choice.config(backend=backend, cache_dir=cache_dir, debug_dump_path=dump_dir)
+        # stitch run times compiled forwards: no tiered start (NOTE: [where a
+        # tiered start is the default]).
+        choice.config(
+            backend=backend,
+            cache_dir=cache_dir,
+            debug_dump_path=dump_dir,
+            tiered_start=False,
+        )
     )
     compiled = choice.compile(stitch)
     before = compilation_counter.snapshot()

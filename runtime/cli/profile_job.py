@@ -39,7 +39,8 @@ def run_profile(
     decode: bool = False,
 ) -> int:
     profiler = Profiler()
-    config = choice.config(backend=backend, cache_dir=cache_dir)
+    # Profiling times compiled pieces: no tiered start.
+    config = choice.config(backend=backend, cache_dir=cache_dir, tiered_start=False)
     stitch = StitchBackend(config, profiler=profiler)
     compiled = choice.compile(stitch)
     if decode:

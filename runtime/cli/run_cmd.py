@@ -85,7 +85,8 @@ def _add_run_options(parser: Any) -> None:
     parser.add_argument(
         "--tiered",
         action="store_true",
-        help="--example: a tiered start (serve at once, swap compiled pieces in)",
+        help="--example: a tiered start (serve at once, swap compiled pieces in); "
+        "off by default here, since stitch run times compiled forwards",
     )
     parser.add_argument(
         "--compile-workers",

@@ -1,6 +1,6 @@
 """Pieces across a process boundary: ``torch.fx._graph_pickler`` with one fix.
 
-A spawned compile worker (``pipeline/spawned_workers.py``) receives each piece
+A spawned compile worker (``pipeline/tiered/spawned_workers.py``) receives each piece
 as its GraphModule and fake example inputs, pickled with torch's
 ``GraphPickler``: graphs with their node metadata, fake tensors by their
 metadata, the ShapeEnv with its symbols, guards and ranges, SymInts, and ops

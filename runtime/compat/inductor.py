@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 # NOTE: [names Inductor's wrapper code imports]
-# A prebuilt piece (pipeline/prebuilt_load.py) execs the Python wrapper Inductor
+# A prebuilt piece (pipeline/prebuilt/load.py) execs the Python wrapper Inductor
 # generated with the imports that would load Inductor answered by stand-ins.
 # These are the modules it imports and the plain functions it takes from them
 # (the same in every supported release); AsyncCompile and extern_kernels are

@@ -1,6 +1,6 @@
 """torch's static CUDA launcher (``torch._C._StaticCudaLauncher``): Inductor
 launches its Triton kernels through it, and Stitch launches its prebuilt cubins
-through it (pipeline/prebuilt_triton.py, kernels/static_launch.py).
+through it (pipeline/prebuilt/triton_kernels.py, kernels/static_launch.py).
 
 NOTE: [loading a cubin through torch's static launcher]
 ``_load_kernel(path, name, shared, device)`` loads the cubin into the CUDA

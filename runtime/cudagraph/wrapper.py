@@ -222,7 +222,7 @@ class FunctionGraphs:
     piecewise tables, and the plain function's tables of runnables.
 
     NOTE: [uncompiled pieces under CUDA graphs]
-    A tiered start (pipeline/tiered.py) runs pieces uncompiled until their
+    A tiered start (pipeline/tiered/tier.py) runs pieces uncompiled until their
     compiled form lands.  They are captured at once, as compiled pieces are:
     on a GPU an uncompiled piece's cost is mostly its many kernel launches,
     which a graph replays without the host.  A replay runs no Python, so a

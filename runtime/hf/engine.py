@@ -295,7 +295,7 @@ def continuous_batching_config(
                 "Stitch; leave it out"
             )
     graphs = _graphs(fields.pop("use_cuda_graph", False))
-    if graphs and getattr(config, "tiered_start", False):
+    if graphs and getattr(config, "tiered_start", None) is True:
         # NOTE: [uncompiled pieces under CUDA graphs] (cudagraph/wrapper.py)
         raise StitchConfigError(
             "continuous_batching_config: use_cuda_graph=True with a tiered start "

@@ -149,9 +149,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tiered",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="a tiered start: with a cold cache, serve at once on uncompiled pieces "
-        "and swap each compiled piece in as compile workers finish it "
+        "and swap each compiled piece in as compile workers finish it; on by "
+        "default for a model on the CPU, --no-tiered turns it off "
         "(CompilationConfig.tiered_start; docs/cold_start.md)",
     )
     for flag, field in CB_FLAGS.items():

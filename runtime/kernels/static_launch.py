@@ -4,7 +4,7 @@ through torch's static launcher, without importing Triton.
 
 NOTE: [an op's Triton kernel without Triton]
 A warm process loads its pieces' Triton kernels prebuilt (NOTE: [prebuilt
-Triton kernels] in pipeline/prebuilt_triton.py), but ``stitch::attention`` and
+Triton kernels] in pipeline/prebuilt/triton_kernels.py), but ``stitch::attention`` and
 ``stitch::paged_attention`` are splitting ops, not pieces: their kernels went
 through Triton's JIT on the first launch, which cost about 0.92 s of the 2.03 s
 warm restart on the H100 (``import triton`` 0.28 s, Triton hashing its own

@@ -20,8 +20,10 @@ from .saved_function import (
     reference_root,
 )
 from .splitting import dispatches_through_transformers, is_attention
-from .swap_check import SWAP_TOLERANCE, mutates, tolerance, unset_outputs
-from .tiered import Tier
+from .tiered.deferred import DEFAULT_ENV as TIERED_DEFAULT_ENV
+from .tiered.spawned_pool import SpawnedPool
+from .tiered.swap_check import SWAP_TOLERANCE, mutates, tolerance, unset_outputs
+from .tiered.tier import Tier
 
 __all__ = [
     "ArtifactSource",
@@ -29,8 +31,10 @@ __all__ = [
     "GraphInput",
     "PiecewiseBackend",
     "SWAP_TOLERANCE",
+    "SpawnedPool",
     "StitchBackend",
     "StitchFunction",
+    "TIERED_DEFAULT_ENV",
     "Tier",
     "config_adapter",
     "dispatches_through_transformers",

@@ -83,7 +83,7 @@ class ArtifactSource:
         # (path, unwrap, sha256) -> runnable: each artifact is verified and loaded once
         self.loaded: dict[tuple[str, bool, str], Runnable] = {}
         # Pieces this source runs uncompiled while compile workers build them
-        # (a tiered start's DeferredSource, deferred.py); none here.
+        # (a tiered start's DeferredSource, tiered/deferred.py); none here.
         self.deferred: dict[str, fx.GraphModule] = {}
 
     @staticmethod
@@ -132,7 +132,7 @@ class ArtifactSource:
                 return EntryRecord(target.key(), key, self.memo[key][1]), "shared"
             why = self.cache.refusal(key) if self.cache is not None else None
             if why is not None:
-                # NOTE: [a piece that compiled wrong] (tiered.py)
+                # NOTE: [a piece that compiled wrong] (tiered/tier.py)
                 log.warning(
                     "stitch: piece %s (%s) runs uncompiled: %s (recorded in %s; "
                     "delete that folder to compile it again)",

@@ -17,8 +17,8 @@ from ..profiling import Profiler
 from .compilation import Compilation, CompiledModel
 from .graph_inputs import GraphInput, graph_inputs
 from .saved_function import in_torch_aot_compile, saveable
-from .spawned_pool import SpawnedPool
 from .split_policy import SplitPolicy
+from .tiered.spawned_pool import SpawnedPool
 
 __all__ = ["CompiledModel", "StitchBackend", "stitch_backend"]
 

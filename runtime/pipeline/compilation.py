@@ -32,7 +32,6 @@ from ..store.dump import PieceReport, debug_dump
 from ..store.hashing import graph_key as entry_graph_key
 from ..store.index import PieceRecord
 from .artifact_source import Piece, config_adapter
-from .deferred import prepare_compiles, tiered_off
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .fleet import FleetCacheSession
@@ -47,12 +46,12 @@ from .piece_plan import (
 )
 from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
 from .results import CompiledModel, Emitted, Split
-from .spawned_pool import SpawnedPool
 from .split_policy import SplitPolicy
 from .stitching_source import stitching_source
+from .tiered.deferred import prepare_compiles, tiered_decision
+from .tiered.spawned_pool import SpawnedPool
 from .tracing import is_warm, log_summary, trace_source, trace_split
 from .warm_load import WarmLoadFailed, report
-from .worker_process import start_method
 
 log = logging.getLogger("stitch")
 
@@ -125,7 +124,7 @@ class Compilation:
             graphs = self.plan_graphs(split, records, emitted)
             fn, backends = self.materialize(split, emitted, records, reports, graphs)
             if self.source.deferred and cache is not None:
-                from .compile_workers import start_tier
+                from .tiered.compile_workers import start_tier
 
                 tier = start_tier(self, split, fn, backends, cache, start, graph_key)
             if tier is None:
@@ -203,13 +202,11 @@ class Compilation:
                 )
 
             cache = reopen()
-        # NOTE: [a tiered start] (tiered.py): missing pieces compile in workers,
-        # and a replica that waits for another's lease serves meanwhile.
-        # How its compile workers would start, decided (and warned about) once.
-        if self.config.tiered_start:
-            self.worker_start = start_method(self.example_inputs)
-        self.tiered_off = tiered_off(
-            self.config, self.example_inputs, cache, self.worker_start
+        # NOTE: [a tiered start] (tiered/tier.py): missing pieces compile in workers
+        # (their start decided, and warned about, once); a replica that waits
+        # for another's lease serves meanwhile.
+        self.worker_start, self.tiered_off = tiered_decision(
+            self.config, self.example_inputs, cache, self.spawned_pool
         )
         if cache is not None:
             cache = self.fleet.open(cache, reopen, self.tiered_off is None)

@@ -184,13 +184,13 @@ class InductorAdapter:
         0.1-0.2 ms of 2 ms on the 2-core machine).  The prebuilt runnable calls
         the same ``call`` of the same kernels with only what those wrappers do
         for such a piece (NOTE: [what AOTAutograd's inference wrapper does
-        here], prebuilt_load.py), so the process that compiled a piece runs it the
+        here], prebuilt/load.py), so the process that compiled a piece runs it the
         way every later process does.
         """
         sha256 = _write_prebuilt(path)
         if sha256 is None:
             return None
-        from .prebuilt_load import PrebuiltUnavailable, load_prebuilt
+        from .prebuilt.load import PrebuiltUnavailable, load_prebuilt
 
         try:
             runnable = load_prebuilt(path, sha256)
@@ -313,7 +313,7 @@ def _load_prebuilt(path: str, sha256: str | None, faults: set[str]) -> Runnable 
     files already reported), never loaded; the Inductor load rewrites it."""
     from ..store.extras import ExtraFileError
     from ..store.location import entry_of_artifact
-    from .prebuilt_load import NO_RECORD, PrebuiltUnavailable, load_prebuilt
+    from .prebuilt.load import NO_RECORD, PrebuiltUnavailable, load_prebuilt
     from .warm_load import WarmLoadFailed, warm_step
 
     entry = entry_of_artifact(path)
@@ -353,8 +353,8 @@ def _load_prebuilt(path: str, sha256: str | None, faults: set[str]) -> Runnable 
 def _write_prebuilt(path: str) -> str | None:
     """Save the prebuilt record of the artifact at ``path`` (never fails the caller);
     the artifact's sha256 when a record was written, else None."""
-    from .prebuilt_load import PrebuiltUnavailable
-    from .prebuilt_save import save_prebuilt
+    from .prebuilt.load import PrebuiltUnavailable
+    from .prebuilt.save import save_prebuilt
 
     try:
         sha256 = file_hash(path)

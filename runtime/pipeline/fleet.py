@@ -2,7 +2,8 @@
 from the store, or compile it under the store's lease and publish it after;
 and, when it compiles, why it did not start warm.
 
-See NOTE: [the shared tier never stops a run] in ``store/shared/tier.py`` and
+See NOTE: [the fleet's cache never stops a run] in ``store/shared/fleet_cache.py``
+and
 NOTE: [an entry records what its key covers] in ``store/explain.py``.
 """
 
@@ -20,7 +21,14 @@ from stitch.codegen.fingerprint import describe_example, graph_lines
 from ..config import CompilationConfig
 from ..store.cache import CompileCache
 from ..store.explain import EntryFactors, entry_factors, explain_miss, save_factors
-from ..store.shared.tier import INSTALLED, Lease, SharedTier, Waiting
+from ..store.shared.fleet_cache import FleetCache
+from ..store.shared.lease import (
+    INSTALLED,
+    Lease,
+    Waiting,
+    end_turn,
+    first_turn,
+)
 from ..store.shared.units import entry_unit
 from .entry import MAX_ENTRIES
 
@@ -32,7 +40,7 @@ class FleetCacheSession:
 
     def __init__(self, config: CompilationConfig) -> None:
         self.config = config
-        self.tier = SharedTier.of(config.cache)
+        self.shared = FleetCache.of(config.cache)
         self.lease: tuple[str, Lease] | None = None
         # Another replica holds the lease and this call serves meanwhile.
         self.waiting: Waiting | None = None
@@ -52,10 +60,10 @@ class FleetCacheSession:
         ``serve_meanwhile`` (a tiered start), a lease another replica holds
         does not wait here: ``cache`` is returned, with :attr:`waiting` set."""
         for _ in range(MAX_ENTRIES):
-            if self.tier is None or cache is None or cache.index is not None:
+            if self.shared is None or cache is None or cache.index is not None:
                 return cache
             unit = entry_unit(cache.root, cache.directory)
-            turn = self.tier.first_turn(cache.root, unit, serve_meanwhile)
+            turn = first_turn(self.shared, cache.root, unit, serve_meanwhile)
             if isinstance(turn, Waiting) and not serve_meanwhile:
                 turn = turn.result()
             if isinstance(turn, Waiting):
@@ -83,10 +91,10 @@ class FleetCacheSession:
     def end(self, compiled: bool) -> None:
         """Publish what was compiled (``compiled``: the call finished) and let
         the lease go."""
-        if self.tier is not None and self.lease is not None:
+        if self.shared is not None and self.lease is not None:
             root, lease = self.lease
             self.lease = None
-            self.tier.after_compile(root, lease, compiled)
+            end_turn(self.shared, root, lease, compiled)
 
     def explain(
         self,

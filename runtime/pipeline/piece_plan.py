@@ -18,6 +18,7 @@ import torch.fx as fx
 
 from stitch.codegen import structural_hash
 from stitch.codegen.fingerprint import describe_example, string_constants
+from stitch.codegen.pieces import mutates
 from stitch.core import StitchRuntimeError
 
 from ..compat.fake import FakeTensorMode, fake_mode_of, propagating
@@ -29,7 +30,6 @@ from ..store.cache import CompileCache
 from ..store.hashing import key_hash
 from ..targets import Target, targets_for
 from .piecewise import other_sizes
-from .swap_check import mutates
 
 log = logging.getLogger("stitch")
 

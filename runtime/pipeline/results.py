@@ -17,7 +17,7 @@ from .layouts import LayoutChecks
 from .piecewise import PiecewiseBackend
 
 if TYPE_CHECKING:
-    from .tiered import Tier
+    from .tiered.tier import Tier
 
 
 @dataclasses.dataclass

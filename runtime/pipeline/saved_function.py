@@ -90,7 +90,7 @@ class StitchFunction:
         self.reference = reference
         self.unsaveable = unsaveable
         # The tiered start whose pieces still compile into the entry (NOTE: [a
-        # tiered start] in tiered.py); None: the entry was complete.
+        # tiered start] in tiered/tier.py); None: the entry was complete.
         self.tier: Any = None
 
     def __call__(self, *args: Any) -> Any:

@@ -49,7 +49,7 @@ from stitch.core.errors import (
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import StitchBackend
-from ..store.shared.tier import INSTALLED, Lease
+from ..store.shared.lease import INSTALLED, Lease, end_turn, wait_turn
 from ..store.shared.units import saved_forward_unit
 from .arguments import call_args, dims_by_position, size_names
 from .checked_forward import after_compile, after_load
@@ -165,12 +165,12 @@ def aot_compile(
         model, config, cudagraphs, guards, backend, size_names(args, requested)
     )
     now = store.factors(args, dims)
-    tier = turn = None
+    shared = turn = None
     if store.folder is not None:
-        found, tier, turn = _load_or_lease(store, now, start)
+        found, shared, turn = _load_or_lease(store, now, start)
         if found is not None:
             return found
-    return _compile(store, args, dims, now, tier, turn, start)
+    return _compile(store, args, dims, now, shared, turn, start)
 
 
 def _settled(
@@ -180,7 +180,10 @@ def _settled(
     backend: StitchBackend | None,
 ) -> tuple[CompilationConfig, CUDAGraphManager, bool]:
     """The config, CUDA graphs and guards switch :func:`aot_compile` runs with:
-    the backend's when one is given, else the arguments', else the defaults."""
+    the backend's when one is given, else the arguments', else the defaults.
+    Its own backend leaves a tiered start off unless the config asks for one
+    (NOTE: [where a tiered start is the default]: the saved forward would be
+    written only after forwards that swap every piece in)."""
     if backend is not None:
         if (config is not None and config is not backend.config) or (
             cudagraphs is not None and cudagraphs is not backend.cudagraphs
@@ -191,6 +194,8 @@ def _settled(
             )
         config, cudagraphs = backend.config, backend.cudagraphs
     config = config if config is not None else CompilationConfig()
+    if backend is None and config.tiered_start is None:
+        config = dataclasses.replace(config, tiered_start=False)
     if guards is None:
         guards = os.environ.get(GUARDS_ENV, "") not in ("", "0")
     if cudagraphs is None:
@@ -201,20 +206,20 @@ def _settled(
 def _load_or_lease(
     store: SavedForwardStore, now: dict[str, Any], start: float
 ) -> tuple[AOTCompiledModel | None, Any, Any]:
-    """The saved forward, from the local cache or installed from the shared
-    tier; else the tier and this process's turn to compile (None, None: no
-    tier)."""
+    """The saved forward, from the local cache or installed from the fleet's
+    cache; else the fleet's cache and this process's turn to compile (None,
+    None: no fleet's cache)."""
     found = _load_saved(store, now, start)
-    tier = store.shared_tier() if found is None else None
+    shared = store.fleet_cache() if found is None else None
     turn: Any = None
-    if tier is not None:
-        # NOTE: [the shared tier never stops a run] (store/shared/tier.py)
+    if shared is not None:
+        # NOTE: [the fleet's cache never stops a run] (store/shared/fleet_cache.py)
         unit = saved_forward_unit(store.root, store.folder, now)
-        turn = tier.before_compile(store.root, unit)
+        turn = wait_turn(shared, store.root, unit)
         if turn == INSTALLED:
             found = _load_saved(store, now, start)
             turn = Lease(unit, held=False)  # unusable here: compiled, republished
-    return found, tier, turn
+    return found, shared, turn
 
 
 def _compile(
@@ -222,12 +227,12 @@ def _compile(
     args: Sequence[Any],
     dims: Sequence[Sequence[int]],
     now: dict[str, Any],
-    tier: Any,
+    shared: Any,
     turn: Any,
     start: float,
 ) -> AOTCompiledModel:
     """Compile and save the first signature's forward, behind its input check,
-    and publish it to the shared tier when this process holds the turn."""
+    and publish it to the fleet's cache when this process holds the turn."""
     compiled = False
     pieces_tier = None
     try:
@@ -241,11 +246,11 @@ def _compile(
         compiled = True
         pieces_tier = backend.compiled[-1].tier if backend.compiled else None
     finally:
-        if tier is not None and isinstance(turn, Lease):
+        if shared is not None and isinstance(turn, Lease):
             if pieces_tier is None:
-                tier.after_compile(store.root, turn, compiled)
+                end_turn(shared, store.root, turn, compiled)
             else:
-                _publish_when_compiled(pieces_tier, tier, store.root, turn)
+                _publish_when_compiled(pieces_tier, shared, store.root, turn)
     entry = backend.compiled[-1].cache_dir if backend.compiled else None
     seconds = time.perf_counter() - start
     return AOTCompiledModel(
@@ -253,15 +258,15 @@ def _compile(
     )
 
 
-def _publish_when_compiled(pieces: Any, tier: Any, root: str, turn: Lease) -> None:
+def _publish_when_compiled(pieces: Any, shared: Any, root: str, turn: Lease) -> None:
     """A tiered start (NOTE: [a tiered start]): the saved forward is written
     once every piece is swapped in (saved/compile.py), and published then,
     off the serving thread; nothing is published if a piece stays uncompiled."""
 
     def publish(ok: bool) -> None:
         threading.Thread(
-            target=tier.after_compile,
-            args=(root, turn, ok),
+            target=end_turn,
+            args=(shared, root, turn, ok),
             name="stitch-aot-publish",
         ).start()
 

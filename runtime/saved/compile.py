@@ -256,7 +256,7 @@ def _write(
     could not be written); under a tiered start, once every piece is compiled."""
     tier = backend.compiled[-1].tier if backend.compiled else None
     if tier is not None:
-        # NOTE: [a tiered start] (pipeline/tiered.py): the saved forward names
+        # NOTE: [a tiered start] (pipeline/tiered/tier.py): the saved forward names
         # compiled pieces only, so it is written once every piece is swapped in.
         tier.when_complete(
             lambda ok: _write_when_compiled(model, folder, record, files, ok)

@@ -5,8 +5,8 @@ NOTE: [one owner of the config in saved/]
 graph manager and the guards switch, and hands the store on; nothing else in
 ``saved/`` takes the config.  The store answers what every step needs of it:
 the record's folder (by the model's class and structure, under the cache
-root), what a record must have been saved for (:meth:`factors`), the shared
-tier behind the local cache, a load (:meth:`load`) and a compile that saves
+root), what a record must have been saved for (:meth:`factors`), the fleet's
+cache behind the local one, a load (:meth:`load`) and a compile that saves
 (:meth:`compile_and_save`).  The input check asks the same store for a later
 signature's forward, so the first signature and every later one are loaded
 and compiled alike.
@@ -24,7 +24,7 @@ from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import ArtifactSource, StitchBackend
 from ..store.location import cache_root
-from ..store.shared.tier import SharedTier
+from ..store.shared.fleet_cache import FleetCache
 from .compile import compile_and_save
 from .load import load
 from .record import factors, record_folder
@@ -68,9 +68,9 @@ class SavedForwardStore:
         """What a record for ``args`` (``dims`` dynamic) must have been saved for."""
         return factors(self.config, args, dims, self.size_names)
 
-    def shared_tier(self) -> SharedTier | None:
+    def fleet_cache(self) -> FleetCache | None:
         """The shared store behind the local cache (None: not configured, or off)."""
-        return SharedTier.of(self.config.cache)
+        return FleetCache.of(self.config.cache)
 
     def load(
         self, folder: str, now: dict[str, Any], guards: bool | None = None

@@ -3,7 +3,7 @@
 NOTE: [extra files are sealed like the artifact]
 The pipeline keeps files derived from a saved artifact under ``<entry>/prebuilt/``
 (a piece's prebuilt wrapper record and the kernel libraries it loads:
-``pipeline/prebuilt_load.py``).  They are imported and dlopen'd, so they get the
+``pipeline/prebuilt/load.py``).  They are imported and dlopen'd, so they get the
 artifact's checks: ``artifacts/<key>/extras.py``, beside ``identity.py``, lists
 each file (a path under the entry) with its size and sha256, names the
 artifact's sha256, and carries a checksum of itself.

@@ -28,7 +28,7 @@ ARTIFACT_FILE = "artifact.bin"
 IDENTITY_FILE = "identity.py"
 EXTRAS_FILE = "extras.py"
 # Beside the artifacts: what the pipeline prebuilt from them (wrapper records
-# and built kernels), so a load needs no kernel build (pipeline/prebuilt_load.py).
+# and built kernels), so a load needs no kernel build (pipeline/prebuilt/load.py).
 # What the entry's key covers, readable (explain.py): "why did this not start warm?"
 FACTORS_FILE = "factors.py"
 # Why warm loads of the entry failed and compiled instead (load_failures.py).

@@ -145,7 +145,7 @@ class Reference(Record, frozen=True):
                 raise ValueError(f"consts[{i}] has {len(const)} kinds, expected one")
 
 
-# -- a prebuilt piece (pipeline/prebuilt_load.py) ---------------------------------------
+# -- a prebuilt piece (pipeline/prebuilt/load.py) ---------------------------------------
 
 # 3: a sealed codec record (kind, version, check) instead of a sha256 header.
 # 4: Triton kernels (CUDA pieces) and the GPU they were built for.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from stitch.core.errors import StitchCacheError, StitchConfigError
 
 from ..compat.dynamo import register_serializable
 from ..pipeline.api import (
+    SpawnedPool,
     StitchBackend,
     StitchFunction,
     load_reference,
@@ -106,7 +108,19 @@ class StitchVllmBackend:
     where no config is current.  So the package hands out a new backend per
     lookup (``stitch.runtime.vllm.__getattr__``), holding the config current at
     that moment; a config current at call time wins.
+
+    NOTE: [one pool of compile workers per vLLM process]
+    So every graph an engine compiles comes through a backend of its own, and
+    a pool of spawned compile workers per backend would start its processes
+    again for each graph (NOTE: [pre-started compile workers]).  The process
+    keeps one pool (:meth:`pool`), made and, where its workers will be
+    spawned, started by the first backend built, which vLLM does when it
+    resolves the name while the engine begins to load; every backend call of
+    the process shares it.
     """
+
+    _pool: SpawnedPool | None = None
+    _pool_lock = threading.Lock()
 
     def __init__(self, vllm_config: Any = None, **fields: Any) -> None:
         # A backend_with() object is built when vLLM's worker first imports the
@@ -115,6 +129,17 @@ class StitchVllmBackend:
         self.vllm_config = vllm_config if vllm_config is not None else _current()
         self.fields = fields
         join_vllm_logging()
+        if self.vllm_config is not None:
+            self.pool(stitch_config(self.vllm_config, fields))
+
+    @classmethod
+    def pool(cls, config: Any) -> SpawnedPool:
+        """This process's pool of spawned compile workers (NOTE: [one pool of
+        compile workers per vLLM process]), made for ``config`` the first time."""
+        with cls._pool_lock:
+            if cls._pool is None:
+                cls._pool = SpawnedPool.for_config(config)
+            return cls._pool
 
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]
@@ -133,6 +158,7 @@ class StitchVllmBackend:
             config,
             quiet_splitting_ops=vllm_splitting_ops(vllm_config),
             cache_group=cache_group(vllm_config, gm),
+            spawned_pool=self.pool(config),
         )
         fn = stitch(gm, example_inputs)
         if isinstance(fn, StitchFunction):

@@ -1,6 +1,6 @@
 """What ``stitch cache`` does with a shared store: list, verify, push, pull.
 
-Reading goes through the tier's own checks (the signature, then each blob's
+Reading goes through the fleet cache's own checks (the signature, then each blob's
 sha256), so ``verify`` says exactly what a replica would refuse.
 """
 
@@ -11,8 +11,8 @@ import time
 
 from ..codec import RecordError
 from ..hashing import content_hash
+from .fleet_cache import FleetCache
 from .manifest import SharedEntry
-from .tier import SharedTier
 from .units import Unit, local_units
 
 
@@ -26,23 +26,23 @@ class StoredEntry:
     problem: str
 
 
-def stored_entries(tier: SharedTier, *, blobs: bool = False) -> list[StoredEntry]:
+def stored_entries(cache: FleetCache, *, blobs: bool = False) -> list[StoredEntry]:
     """Every entry, least recently used first; ``blobs``: read and hash every
     blob too (``verify``), not only the signature (``ls``)."""
     out = []
-    for name, when, stored in tier.entries():
+    for name, when, stored in cache.entries():
         if stored is None:
             out.append(StoredEntry(name, when, None, "the manifest is gone"))
             continue
         try:
-            entry = tier.key.open(stored, name)
+            entry = cache.key.open(stored, name)
         except RecordError as exc:
             out.append(StoredEntry(name, when, None, exc.detail))
             continue
         problem = ""
         if blobs:
             for f in entry.files:
-                data = tier.store.get_blob(f.sha256)
+                data = cache.store.get_blob(f.sha256)
                 if data is None:
                     problem = f"blob {f.sha256[:12]} ({f.path}) is gone"
                 elif content_hash(data) != f.sha256:
@@ -53,19 +53,19 @@ def stored_entries(tier: SharedTier, *, blobs: bool = False) -> list[StoredEntry
     return out
 
 
-def push(tier: SharedTier, root: str) -> list[tuple[Unit, bool]]:
+def push(cache: FleetCache, root: str) -> list[tuple[Unit, bool]]:
     """Publish every unit of the cache at ``root``; each with whether the store
     holds it now."""
-    return [(unit, tier.publish(root, unit)) for unit in local_units(root)]
+    return [(unit, cache.publish(root, unit)) for unit in local_units(root)]
 
 
-def pull(tier: SharedTier, root: str, names: list[str]) -> list[tuple[str, bool]]:
+def pull(cache: FleetCache, root: str, names: list[str]) -> list[tuple[str, bool]]:
     """Install the entries ``names`` (all when empty) into the cache at ``root``."""
-    wanted = names or [name for name, _, _ in tier.entries()]
+    wanted = names or [name for name, _, _ in cache.entries()]
     out = []
     for name in wanted:
         folder = name.split("@", 1)[0]
-        out.append((name, tier.fetch(root, Unit(name, folder))))
+        out.append((name, cache.fetch(root, Unit(name, folder))))
     return out
 
 

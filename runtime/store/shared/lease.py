@@ -1,5 +1,6 @@
-"""A replica's turn at a unit: this process's lease (renewed while it
-compiles), or its wait while another replica holds the lease."""
+"""A replica's turn at a unit of the fleet's cache: this process's lease
+(renewed while it compiles), or its wait while another replica holds the
+lease; and the turn taken before a compile and given back after it."""
 
 from __future__ import annotations
 
@@ -7,28 +8,13 @@ import dataclasses
 import logging
 import threading
 import time
-from typing import Protocol
 
-from .stores import SharedStore, StoreDown
+from .fleet_cache import FleetCache
+from .stores import StoreDown
 from .units import Unit
 from .waiting import Wait
 
 log = logging.getLogger("stitch")
-
-
-class SharedTier(Protocol):
-    """What a turn uses of tier.py's ``SharedTier`` (which imports this module)."""
-
-    store: SharedStore
-    url: str
-    owner: str
-    wait_s: float
-    lease_s: float
-    alive: bool
-
-    def fetch(self, root: str, unit: Unit) -> bool: ...
-
-    def _down(self, exc: StoreDown) -> None: ...
 
 
 @dataclasses.dataclass
@@ -61,12 +47,12 @@ INSTALLED = "installed"
 # it compiles, so a dead holder's lease lapses within ``lease_s``.
 
 
-def keep_renewed(tier: SharedTier, lease: Lease) -> None:
-    """Renew ``lease`` every third of ``tier.lease_s`` until it is released
+def keep_renewed(cache: FleetCache, lease: Lease) -> None:
+    """Renew ``lease`` every third of ``cache.lease_s`` until it is released
     (its ``_stop`` set), lost or the store stops answering."""
-    while not lease._stop.wait(tier.lease_s / 3):
+    while not lease._stop.wait(cache.lease_s / 3):
         try:
-            if not tier.store.renew_lease(lease.unit.name, tier.owner, tier.lease_s):
+            if not cache.store.renew_lease(lease.unit.name, cache.owner, cache.lease_s):
                 log.debug("stitch cache: lost the lease of %s", lease.unit.name)
                 return
         except StoreDown:
@@ -77,30 +63,30 @@ class Waiting:
     """A replica's turn while another one holds the unit's lease: :meth:`result`
     waits (at most ``cache_wait_s``) for the entry or the lease."""
 
-    def __init__(self, tier: SharedTier, root: str, unit: Unit, serving: bool) -> None:
-        self.tier = tier
+    def __init__(self, cache: FleetCache, root: str, unit: Unit, serving: bool) -> None:
+        self.cache = cache
         self.root = root
         self.unit = unit
-        self.wait = Wait(tier.url, unit.name, tier.wait_s, serving)
+        self.wait = Wait(cache.url, unit.name, cache.wait_s, serving)
         self.holder: str | None = None
 
     def take(self) -> Lease | None:
         """The lease when it is this process's now (or the wait ran out, or the
         store is down: compile here), else None (``holder`` holds it)."""
-        tier = self.tier
+        cache = self.cache
         try:
-            if tier.store.take_lease(self.unit.name, tier.owner, tier.lease_s):
+            if cache.store.take_lease(self.unit.name, cache.owner, cache.lease_s):
                 self.wait.end("lease")
                 lease = Lease(self.unit, True)
                 threading.Thread(
-                    target=keep_renewed, args=(tier, lease), daemon=True
+                    target=keep_renewed, args=(cache, lease), daemon=True
                 ).start()
                 return lease
-            self.holder = tier.store.lease_holder(self.unit.name)
+            self.holder = cache.store.lease_holder(self.unit.name)
         except StoreDown as exc:
-            tier._down(exc)
+            cache.went_down(exc)
             return None
-        if self.wait.waited >= tier.wait_s:
+        if self.wait.waited >= cache.wait_s:
             self.wait.end("timeout")
             return Lease(self.unit, False)
         return None
@@ -109,11 +95,11 @@ class Waiting:
         """Wait: :data:`INSTALLED` once another replica's entry is installed,
         else this process's :class:`Lease` (the lease came free, the wait ran
         out, or the store went down)."""
-        tier = self.tier
-        while tier.alive:
+        cache = self.cache
+        while cache.alive:
             self.wait.tick(self.holder)
-            time.sleep(min(0.5, tier.lease_s / 4))
-            if tier.fetch(self.root, self.unit):
+            time.sleep(min(0.5, cache.lease_s / 4))
+            if cache.fetch(self.root, self.unit):
                 self.wait.end("installed")
                 return INSTALLED
             turn = self.take()
@@ -121,3 +107,44 @@ class Waiting:
                 return turn
         self.wait.end("down")
         return Lease(self.unit, False)
+
+
+def wait_turn(cache: FleetCache, root: str, unit: Unit) -> Lease | str:
+    """:data:`INSTALLED` when the unit is installed now (from the store, or
+    after another replica's compile), else this process's :class:`Lease`."""
+    turn = first_turn(cache, root, unit)
+    return turn.result() if isinstance(turn, Waiting) else turn
+
+
+def first_turn(
+    cache: FleetCache, root: str, unit: Unit, serving: bool = False
+) -> Lease | str | Waiting:
+    """:func:`wait_turn` without its wait: a :class:`Waiting` when
+    another replica holds the lease (``serving``: this process serves on
+    uncompiled pieces meanwhile, NOTE: [a tiered start])."""
+    if not cache.alive:
+        return Lease(unit, False)
+    if cache.fetch(root, unit):
+        return INSTALLED
+    waiting = Waiting(cache, root, unit, serving)
+    turn = waiting.take()
+    if turn is None and not cache.alive:
+        return waiting.result()
+    return waiting if turn is None else turn
+
+
+def end_turn(cache: FleetCache, root: str, lease: Lease | str, published: bool) -> None:
+    """Publish the unit (when ``published``: the compile finished) and let
+    the lease go."""
+    if not isinstance(lease, Lease):
+        return
+    lease._stop.set()
+    try:
+        if published:
+            cache.publish(root, lease.unit)
+    finally:
+        if lease.held and cache.alive:
+            try:
+                cache.store.release_lease(lease.unit.name, cache.owner)
+            except StoreDown as exc:
+                cache.went_down(exc)

@@ -1,13 +1,13 @@
 """The shared stores a fleet's cache can live on: what one must do, and Redis.
 
 NOTE: [a shared store is a few verbs]
-The tier (``tier.py``) needs of a store only: entries by name with a
+The fleet's cache (``fleet_cache.py``) needs of a store only: entries by name with a
 compare-and-set, blobs by sha256 (written once), leases (take if free, renew
 and release only by their holder, expire on their own), and a last-used time
 per entry for eviction, and a stamp per blob (the store's clock when it was
 last written or claimed by a publish) so that eviction can collect the blobs
 no entry names.  Signing, verifying, installing and the eviction
-policy are the tier's, so another store (a shared folder through fsspec, an
+policy are the fleet cache's, so another store (a shared folder through fsspec, an
 object store) is one more class here with these methods, and nothing in the
 pipeline changes.  Every call either answers within the store's timeout or
 raises :class:`StoreDown`.

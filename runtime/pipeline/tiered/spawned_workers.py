@@ -2,8 +2,9 @@
 pickled (NOTE: [forked or spawned compile workers], compile_workers.py), kept
 in a pool between jobs (NOTE: [pre-started compile workers], spawned_pool.py).
 
-The pool starts ``python -m stitch.runtime.pipeline.spawned_workers PARENT
-REPORTS READY cpu|gpu PARENT_DEATH [MODULE...]``: the worker imports Stitch,
+The pool starts ``python -m stitch.runtime.pipeline.tiered.spawned_workers PARENT
+REPORTS READY cpu|gpu PARENT_DEATH idle|NICE [MODULE...]``: the worker takes its
+priority (NOTE: [a compile worker's priority]), imports Stitch,
 the modules named, torch and Inductor, probes the vector ISA (on the CPU),
 starts Inductor's build pools, writes one byte on ``READY`` and waits.  For
 each job the serving process pickles the units of one worker (graphs, fake
@@ -35,12 +36,12 @@ from typing import IO, Any
 
 import torch
 
-from ..compat.fake import tracing
-from ..compat.inductor import warm_compile_pools
-from ..config import CompilationConfig
-from ..store.cache import CompileCache
-from .entry import EntryGuards
-from .inductor_warmup import inductor_ready, start_inductor_warmup
+from ...compat.fake import tracing
+from ...compat.inductor import warm_compile_pools
+from ...config import CompilationConfig
+from ...store.cache import CompileCache
+from ..entry import EntryGuards
+from ..inductor_warmup import inductor_ready, start_inductor_warmup
 from .piece_jobs import UnitCompiler, UnitJob, piece_names
 from .spawned_pool import SpawnedPool
 from .worker_process import (
@@ -49,6 +50,7 @@ from .worker_process import (
     compile_and_report,
     die_with_parent,
     ended_by,
+    take_priority,
 )
 
 # Modules every worker imports before it reads its pieces (Stitch's own ops).
@@ -79,8 +81,8 @@ def spawner(
     to the pool once it has reported them."""
     modules = defining_modules(units)
 
-    def launch(group: Sequence[UnitJob], nice: int, gated: bool) -> Worker:
-        from ..compat import graph_pickle
+    def launch(group: Sequence[UnitJob], nice: int | None, gated: bool) -> Worker:
+        from ...compat import graph_pickle
 
         units = [(piece_names([u]), graph_pickle.dumps(u)) for u in group]
         data = pickle.dumps(SpawnJob(units, config, cache, size))
@@ -185,7 +187,9 @@ def main(argv: Sequence[str]) -> int:
     """A pooled worker: get ready, then compile and report one job after
     another from stdin (see above), until its end or the parent's."""
     parent, reports, ready = (int(a) for a in argv[:3])
-    cpu, parent_death, preload = argv[3] == "cpu", argv[4] == "1", argv[5:]
+    cpu, parent_death, preload = argv[3] == "cpu", argv[4] == "1", argv[6:]
+    if argv[5] == "idle":
+        take_priority(None)  # the pool set it too, before any thread started
     if parent_death:
         die_with_parent()
     if os.getppid() != parent:
@@ -234,7 +238,7 @@ def _run_job(out: IO[str], header: dict[str, Any], data: bytes) -> None:
 
 
 def _compile_unit(out: IO[str], names: list[str], data: bytes, job: SpawnJob) -> None:
-    from ..compat import graph_pickle
+    from ...compat import graph_pickle
 
     try:
         unit, fake_mode = graph_pickle.loads(data)
@@ -271,7 +275,7 @@ def _import(module: str) -> None:
 
 if __name__ == "__main__":
     # Run as the module Stitch imports, so that the pickle's classes are these.
-    from stitch.runtime.pipeline.spawned_workers import main as _main
+    from stitch.runtime.pipeline.tiered.spawned_workers import main as _main
 
     code = _main(sys.argv[1:])
     # Every artifact is written and reported: exit now, as a forked worker

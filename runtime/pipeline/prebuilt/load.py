@@ -8,11 +8,11 @@ as compiling.  What running a CPU piece actually needs is small: the Python
 wrapper module Inductor generated (its ``call(args)``), the kernel libraries it
 loads, and two facts of AOTAutograd's runtime wrapper (grad mode off, version
 bumps of inputs mutated in the graph).  When a piece is saved, Stitch writes
-those beside the artifacts of the cache entry (``prebuilt_save.py``):
+those beside the artifacts of the cache entry (``save.py``):
 ``prebuilt/<key>.prebuilt`` holds the wrapper source and the kernel table,
 ``prebuilt/kernels/<sha256>.so`` the built libraries.
 
-Loading execs the wrapper source (``prebuilt_wrapper.py``) with the imports that would pull in Inductor
+Loading execs the wrapper source (``wrapper.py``) with the imports that would pull in Inductor
 answered by stand-ins: ``AsyncCompile.cpp_pybinding`` returns the prebuilt
 kernel for its source instead of building it, ``extern_kernels.<name>`` is the
 torch function recorded at save time, and the few helper functions import
@@ -42,19 +42,19 @@ import torch
 
 from stitch.core.errors import StitchCacheError
 
-from ..compat import inductor
-from ..compat.versions import gpu_fingerprint
-from ..store import codec, location
-from ..store.artifacts import PREBUILT_DIR
-from ..store.extras import Extras, NoExtras, open_extras
-from ..store.hashing import content_hash, key_hash
-from ..store.location import PREBUILT_SUFFIX  # noqa: F401 - re-exported
-from ..store.records import (
+from ...compat import inductor
+from ...compat.versions import gpu_fingerprint
+from ...store import codec, location
+from ...store.artifacts import PREBUILT_DIR
+from ...store.extras import Extras, NoExtras, open_extras
+from ...store.hashing import content_hash, key_hash
+from ...store.location import PREBUILT_SUFFIX  # noqa: F401 - re-exported
+from ...store.records import (
     PREBUILT_FORMAT,  # noqa: F401 - re-exported
     PrebuiltRecord,
     as_data,
 )
-from .prebuilt_triton import (
+from .triton_kernels import (
     KERNELS_DIR,
     aligned_call,
     cubin_name,  # noqa: F401 - re-exported
@@ -62,7 +62,7 @@ from .prebuilt_triton import (
     load_triton,
     triton_key,
 )
-from .prebuilt_wrapper import (
+from .wrapper import (
     PrebuiltUnavailable,
     exec_wrapper,
     resolve_externs,

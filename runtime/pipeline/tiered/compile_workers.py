@@ -1,5 +1,5 @@
 """The compile workers of a tiered start: processes that compile pieces into
-the cache entry and report each one (NOTE: [a tiered start], tiered.py); and
+the cache entry and report each one (NOTE: [a tiered start], tier.py); and
 the start of a backend call's tier, which starts them.
 
 NOTE: [forked or spawned compile workers]
@@ -18,6 +18,18 @@ compile only if the lease comes to this process or the wait runs out, and
 exit when the other replica's entry is installed instead, its pieces swapped
 in from there.
 
+NOTE: [a process that exits normally waits for its workers]
+A tiered start is the default of a backend call, and a short script (a test,
+a notebook run again, a tool) may end before its workers do.  Killed with it,
+they would leave the cache without the rest of the pieces, and every later
+run would start cold again, serving uncompiled: a loss against the cold
+start, whose one wait leaves every later run warm.  So a process that exits
+normally (its main thread returns, ``sys.exit``, Ctrl-C) first waits, in an
+``atexit`` hook, for its workers to land or give up every piece: at most the
+rest of the compile, no longer than a cold start would have waited, and the
+next run starts warm.  A process killed, or ended by ``os._exit``, takes its
+workers with it as before.
+
 A worker writes one JSON line per piece to its pipe: the piece's index record
 and the guards its compile added, or the error it raised, with its counter
 changes.  A worker that dies reports nothing more; its reader gives its
@@ -26,7 +38,9 @@ pieces up when the pipe closes.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +48,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,15 +56,15 @@ import msgspec
 
 from stitch.codegen import module_path_of
 
-from ..compat.inductor import forget_compile_pools
-from ..loader import DISPATCH_NAME
-from ..store.cache import CompileCache
-from ..store.index import PieceRecord
+from ...compat.inductor import forget_compile_pools
+from ...loader import DISPATCH_NAME
+from ...store.cache import CompileCache
+from ...store.index import PieceRecord
+from ..piecewise import PiecewiseBackend
+from ..results import Split
 from .deferred import default_workers
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
-from .piecewise import PiecewiseBackend
-from .results import Split
-from .tiered import Tier, add_counters
+from .tier import Tier, add_counters
 from .worker_process import (
     CompileOne,
     Launch,
@@ -58,6 +73,7 @@ from .worker_process import (
     die_with_parent,
     ended_status,
     niceness,
+    take_priority,
 )
 
 log = logging.getLogger("stitch")
@@ -91,20 +107,21 @@ def start_tier(
     tier.held_guards = frozenset(c.entry_guards.held())
     units = _units(c, split, deferred)
     method = c.worker_start
+    # What a forked worker runs, and this process where none can be started.
+    compile_one = UnitCompiler(
+        units,
+        c.config,
+        cache,
+        c.size,
+        note_guards=lambda: c.entry_guards.note(cache),
+        adapter=c.adapter,
+    )
     launch: Launch
     if method == "spawn":
         from .spawned_workers import spawner
 
         launch = spawner(units, c.config, cache, c.size, c.spawned_pool)
     else:
-        compile_one = UnitCompiler(
-            units,
-            c.config,
-            cache,
-            c.size,
-            note_guards=lambda: c.entry_guards.note(cache),
-            adapter=c.adapter,
-        )
         launch = _forker(compile_one, c.entry_guards.shape_env)
     fleet = c.fleet
     waiting = fleet.waiting is not None
@@ -112,7 +129,7 @@ def start_tier(
         tier,
         units,
         c.config.compile_workers or default_workers(len(units)),
-        launch,
+        Starts(launch, c.spawned_pool, compile_one),
         method,
         gated=waiting,
     )
@@ -140,7 +157,32 @@ def start_tier(
 
         threading.Thread(target=watch, name="stitch-fleet-wait", daemon=True).start()
     tier.returned_at = time.perf_counter() - start
+    atexit.register(_land_before_exit, weakref.ref(tier))
     return tier
+
+
+def _land_before_exit(ref: weakref.ref[Tier]) -> None:
+    """NOTE: [a process that exits normally waits for its workers]."""
+    tier = ref()
+    if tier is None or tier.wait(0):
+        return
+    log.info(
+        "stitch: %s: waiting for its compile workers before exiting, so that "
+        "the next start finds every piece",
+        tier.label,
+    )
+    while not tier.wait(1.0) and any(map(_running, tier.pids)):
+        pass  # a worker that ended reported, or its reader gives its pieces up
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
 
 
 def _units(c: Any, split: Split, deferred: dict[str, Any]) -> list[UnitJob]:
@@ -162,28 +204,46 @@ def _units(c: Any, split: Split, deferred: dict[str, Any]) -> list[UnitJob]:
     return list(units.values())
 
 
+@dataclasses.dataclass
+class Starts:
+    """How a call's workers start (``launch``), the pool that remembers a
+    process that cannot start them, and the compile of a unit's piece in this
+    process for then (NOTE: [a process that cannot start compile workers])."""
+
+    launch: Launch
+    pool: Any
+    here: CompileOne
+
+
 def start_workers(
     tier: Tier,
     units: Sequence[UnitJob],
     workers: int,
-    launch: Launch,
+    starts: Starts,
     method: str = "fork",
     gated: bool = False,
 ) -> tuple[list[int], Callable[[bool], None]]:
     """Start ``workers`` processes for ``units`` (dealt in turn, each unit to
     one worker): their pids, and ``go``.  ``gated`` workers wait for
     ``go(True)`` to compile, or ``go(False)`` to exit (another replica's entry
-    came); others start now."""
+    came); others start now.  A group whose worker the OS refuses compiles
+    here, before this returns."""
     groups = [list(units[i::workers]) for i in range(workers)]
     names = piece_names(units)
     nice = niceness()
     pids, gates = [], []
+    here: list[UnitJob] = []
     for group in groups:
         if not group:
             continue
         group_names = piece_names(group)
         try:
-            worker = launch(group, nice, gated)
+            worker = starts.launch(group, nice, gated)
+        except OSError as exc:
+            # NOTE: [a process that cannot start compile workers]
+            starts.pool.refuse(f"{type(exc).__name__}: {exc}")
+            here += group
+            continue
         except Exception as exc:  # noqa: BLE001 - those pieces stay uncompiled
             for name in group_names:
                 tier.give_up(
@@ -201,16 +261,18 @@ def start_workers(
             name=f"stitch-compile-reader-{worker.pid}",
             daemon=True,
         ).start()
-    log.info(
-        "stitch: %d pieces %s in %d %s worker%s (pids %s) while the graph runs "
-        "them uncompiled",
-        len(names),
-        "wait for the fleet's entry, else compile" if gated else "compile",
-        len(pids),
-        "spawned" if method == "spawn" else "forked",
-        "" if len(pids) == 1 else "s",
-        ", ".join(map(str, pids)),
-    )
+    if pids:
+        log.info(
+            "stitch: %d pieces %s in %d %s worker%s (pids %s) while the graph runs "
+            "them uncompiled",
+            len(names) - len(piece_names(here)),
+            "wait for the fleet's entry, else compile" if gated else "compile",
+            len(pids),
+            "spawned" if method == "spawn" else "forked",
+            "" if len(pids) == 1 else "s",
+            ", ".join(map(str, pids)),
+        )
+    _compile_here(tier, here, starts.here)
 
     def go(compile: bool) -> None:
         for fd in gates:
@@ -225,11 +287,26 @@ def start_workers(
     return pids, go
 
 
+def _compile_here(
+    tier: Tier, units: Sequence[UnitJob], compile_one: CompileOne
+) -> None:
+    """Compile ``units`` in this process, in the backend call, as a cold start
+    does; each piece lands as a worker's would, and swaps in at its next call.
+    Guards the compile adds are this call's own (it is still Dynamo's)."""
+    for name in piece_names(units):
+        try:
+            record = compile_one(name)
+        except Exception as exc:  # noqa: BLE001 - that piece stays uncompiled
+            tier.give_up(name, f"its compile failed: {type(exc).__name__}: {exc}")
+        else:
+            tier.landed(name, record, ())
+
+
 def _forker(compile_one: CompileOne, shape_env: Any) -> Launch:
     """Launch by ``fork``: the worker holds this process's state, and compiles
     each piece with ``compile_one``."""
 
-    def launch(group: Sequence[UnitJob], nice: int, gated: bool) -> Worker:
+    def launch(group: Sequence[UnitJob], nice: int | None, gated: bool) -> Worker:
         names = piece_names(group)
         read_fd, write_fd = os.pipe()
         gate_read, gate_write = os.pipe() if gated else (-1, -1)
@@ -259,13 +336,14 @@ def _work(
     gate: int,
     compile_one: CompileOne,
     shape_env: Any,
-    nice: int,
+    nice: int | None,
 ) -> None:
     code = 0
     try:
         die_with_parent()
         forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
-        os.nice(nice)
+        # NOTE: [a compile worker's priority]
+        take_priority(nice)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         if gate >= 0 and os.read(gate, 1) != b"c":

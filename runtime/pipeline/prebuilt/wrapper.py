@@ -1,6 +1,6 @@
 """Run the Python wrapper module Inductor generated for a piece without
 importing Inductor: its imports that would pull Inductor in are answered by
-stand-ins (NOTE: [prebuilt pieces] in prebuilt_load.py).
+stand-ins (NOTE: [prebuilt pieces] in load.py).
 
 ``AsyncCompile.cpp_pybinding`` and ``AsyncCompile.triton`` return the prebuilt
 kernels the caller loads, ``extern_kernels.<name>`` is the torch function
@@ -19,8 +19,8 @@ from typing import Any
 
 from stitch.core.errors import StitchCacheError
 
-from ..compat import inductor
-from ..loader import register_source
+from ...compat import inductor
+from ...loader import register_source
 
 # Modules of the generated wrapper that would import Inductor, and the names it
 # takes from them that are plain functions (forwarded to the real module only

@@ -1,6 +1,6 @@
 """Write a piece's prebuilt record: its wrapper source, its built kernels, its runtime facts.
 
-See NOTE: [prebuilt pieces] in ``prebuilt_load.py``.  This side runs in a process that
+See NOTE: [prebuilt pieces] in ``load.py``.  This side runs in a process that
 has just compiled (or loaded through Inductor) the piece, so Inductor is imported
 and every kernel of the piece is built and loaded: each kernel library is copied
 from where Inductor loaded it, never rebuilt.
@@ -18,11 +18,11 @@ from typing import Any
 
 import torch
 
-from ..compat import inductor
-from ..compat.versions import gpu_fingerprint
-from ..store.extras import save_extras
-from ..store.hashing import content_hash
-from .prebuilt_load import (
+from ...compat import inductor
+from ...compat.versions import gpu_fingerprint
+from ...store.extras import save_extras
+from ...store.hashing import content_hash
+from .load import (
     cubin_name,
     kernel_key,
     kernel_name,
@@ -32,7 +32,7 @@ from .prebuilt_load import (
     render_record,
     triton_key,
 )
-from .prebuilt_wrapper import PrebuiltUnavailable, exec_wrapper, resolve_dotted
+from .wrapper import PrebuiltUnavailable, exec_wrapper, resolve_dotted
 
 log = logging.getLogger("stitch")
 

@@ -47,18 +47,19 @@ from typing import Any
 import torch
 import torch.fx as fx
 
+from stitch.codegen.pieces import mutates
 from stitch.core import StitchCacheError
 
-from ..compat.guard_codec import readable
-from ..config import CompilationConfig
-from ..counter import compilation_counter
-from ..store.cache import CompileCache
-from ..store.index import EntryRecord, PieceRecord
-from ..targets import Target
-from .artifact_source import ArtifactSource
-from .piecewise import PiecewiseBackend, RangeWarnings
+from ...compat.guard_codec import readable
+from ...config import CompilationConfig
+from ...counter import compilation_counter
+from ...store.cache import CompileCache
+from ...store.index import EntryRecord, PieceRecord
+from ...targets import Target
+from ..artifact_source import ArtifactSource
+from ..piecewise import PiecewiseBackend, RangeWarnings
 from .size_guards import guard_piece, size_predicate
-from .swap_check import copy_input, differences, mutates, unset_outputs
+from .swap_check import copy_input, differences, unset_outputs
 
 log = logging.getLogger("stitch")
 
@@ -248,7 +249,7 @@ class Tier:
         return result
 
     def _compiled_backend(self, name: str, record: PieceRecord) -> PiecewiseBackend:
-        from .materialize import piece_backend
+        from ..materialize import piece_backend
 
         graph = self.graphs[name]
 

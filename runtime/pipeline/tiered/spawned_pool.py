@@ -19,6 +19,19 @@ kills it with its parent), so none outlives the serving process.  A worker
 found dead when a job comes (killed while idle, or its imports failed) is
 named in one warning and replaced; one that dies during a job gives its
 pieces up through its reader, as a forked worker's does.
+
+NOTE: [a process that cannot start compile workers]
+A sandbox may forbid new processes (seccomp refusing fork and clone with
+EPERM, a process limit with EAGAIN), and ``$STITCH_COMPILE_START=fork`` may
+name a start the process cannot use (it has initialized CUDA).  Stitch's
+workers start with ``os.fork`` or ``subprocess``, never through
+``multiprocessing``, so its start method, set by the caller or not, does not
+choose them.  Where a worker cannot be started, the pool remembers why
+(:meth:`SpawnedPool.refuse`, for forked workers too) and says it in one
+warning; that call's pieces compile in this process, as a cold start compiles
+them (``compile_workers.start_workers``, or before the split where the pool
+failed to start), and every later graph of the backend compiles so without
+trying again (``deferred.tiered_off``).  Never a crash, never a wait.
 """
 
 from __future__ import annotations
@@ -36,15 +49,15 @@ from typing import IO
 
 import torch
 
-from ..config import CompilationConfig
-from .deferred import default_workers
-from .worker_process import START_ENV, ended_by, niceness
+from ...config import CompilationConfig
+from .deferred import DEFAULT_ENV, default_workers
+from .worker_process import START_ENV, ended_by, niceness, take_priority
 
 log = logging.getLogger("stitch")
 
 # Seconds an idle worker waits for another job before the pool lets it go.
 IDLE_S = 120.0
-WORKER_MODULE = "stitch.runtime.pipeline.spawned_workers"
+WORKER_MODULE = "stitch.runtime.pipeline.tiered.spawned_workers"
 
 
 @dataclasses.dataclass
@@ -83,7 +96,7 @@ class SpawnedPool:
     def __init__(
         self,
         count: int,
-        nice: int = 0,
+        nice: int | None = 0,
         *,
         preload: Sequence[str] = (),
         idle_s: float = IDLE_S,
@@ -95,6 +108,9 @@ class SpawnedPool:
         self._lock = threading.Lock()
         self._idle: list[PooledWorker] = []
         self._cpu: bool | None = None  # probe the ISA: set by the first start
+        # Why no compile worker can be started in this process, once one
+        # failed to (NOTE: [a process that cannot start compile workers]).
+        self.cannot_start: str | None = None
 
     @classmethod
     def for_config(cls, config: CompilationConfig) -> SpawnedPool:
@@ -112,8 +128,26 @@ class SpawnedPool:
             if self._cpu is None:
                 self._cpu = cpu
             self._idle = [w for w in self._idle if self._alive(w)]
-            while len(self._idle) < self.count:
-                self._idle.append(self._spawn())
+            while len(self._idle) < self.count and self.cannot_start is None:
+                try:
+                    self._idle.append(self._spawn())
+                except OSError as exc:
+                    self.refuse(f"{type(exc).__name__}: {exc}")
+
+    def refuse(self, why: str) -> bool:
+        """No compile worker can be started in this process, because ``why``:
+        said in one warning, the first time (NOTE: [a process that cannot
+        start compile workers]); whether this was the first time."""
+        if self.cannot_start is not None:
+            return False
+        self.cannot_start = why
+        log.warning(
+            "stitch: compile workers cannot be started in this process (%s); "
+            "pieces compile in this process before the backend call returns, "
+            "as without a tiered start",
+            why,
+        )
+        return True
 
     def take(self) -> PooledWorker:
         """An idle worker (started now if none is left) for one job."""
@@ -193,6 +227,7 @@ class SpawnedPool:
             *map(str, passed),
             "cpu" if self._cpu else "gpu",
             "1" if main else "0",
+            "idle" if self.nice is None else str(self.nice),
             *self.preload,
         ]
         try:
@@ -204,10 +239,9 @@ class SpawnedPool:
         finally:
             for fd in passed:
                 os.close(fd)
-        if self.nice:
-            # Before its threads start, which inherit it.
-            base = os.getpriority(os.PRIO_PROCESS, 0)
-            os.setpriority(os.PRIO_PROCESS, process.pid, min(19, base + self.nice))
+        # Before its threads start, which inherit it (the worker takes idle
+        # priority again itself, for the threads it starts after).
+        take_priority(self.nice, process.pid)
         ready = threading.Event()
 
         def wait_ready() -> None:
@@ -226,10 +260,16 @@ def likely_spawned(config: CompilationConfig) -> bool:
     """Whether a backend made with ``config`` will spawn its tiered start's
     workers, as far as can be told before a graph comes: ``$STITCH_COMPILE_START``
     says spawn, or this process has CUDA (NOTE: [forked or spawned compile
-    workers]); a graph that proves otherwise leaves the pool idle, to go."""
-    if not config.tiered_start or config.backend != "inductor":
+    workers]); a graph that proves otherwise leaves the pool idle, to go.
+    Where ``tiered_start`` is left to the default, a process with CUDA is
+    taken to compile for the GPU, where the default is off (NOTE: [where a
+    tiered start is the default])."""
+    asked = config.tiered_start
+    if asked is False or config.backend != "inductor" or config.disable_cache:
         return False
-    if config.disable_cache:
+    if asked is None and (
+        torch.cuda.is_available() or os.environ.get(DEFAULT_ENV, "").strip() == "0"
+    ):
         return False
     method = os.environ.get(START_ENV, "").strip().lower()
     if method in ("fork", "spawn"):

@@ -30,8 +30,8 @@ from typing import Any
 
 import torch.fx as fx
 
-from ..compat.guard_codec import GuardCodecError, decode, is_structural
-from .piecewise import PiecewiseBackend, Runnable
+from ...compat.guard_codec import GuardCodecError, decode, is_structural
+from ..piecewise import PiecewiseBackend, Runnable
 
 
 def size_symbol(graph: fx.GraphModule, size_index: int | None) -> Any:

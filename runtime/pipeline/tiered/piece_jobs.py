@@ -1,5 +1,5 @@
 """What a tiered start's compile worker compiles, the same in a forked worker
-and a spawned one (NOTE: [a tiered start], tiered.py).
+and a spawned one (NOTE: [a tiered start], tier.py).
 
 A *unit* is the pieces of one compile key (repeated pieces): the worker compiles its
 first piece and the others share that compile.  Each piece comes with the
@@ -16,14 +16,14 @@ from typing import Any
 
 import torch.fx as fx
 
-from ..config import CompilationConfig
-from ..store.cache import CompileCache
-from ..store.index import PieceRecord
-from .artifact_source import ArtifactSource, Piece
-from .compilers import CompilerAdapter
-from .inductor_warmup import on_cpu
-from .piece_plan import PiecePlan
-from .piecewise import example_inputs
+from ...config import CompilationConfig
+from ...store.cache import CompileCache
+from ...store.index import PieceRecord
+from ..artifact_source import ArtifactSource, Piece
+from ..compilers import CompilerAdapter
+from ..inductor_warmup import on_cpu
+from ..piece_plan import PiecePlan
+from ..piecewise import example_inputs
 
 
 @dataclasses.dataclass

@@ -1,13 +1,15 @@
-"""``SharedTier``: the fleet's store behind the local cache.
+"""``FleetCache``: the fleet's shared store behind the local cache, as this
+process uses it.
 
 On a local miss a replica installs the unit from the store (verified, then
 through the local cache's atomic writes, markers last), or takes the unit's
-lease and compiles it, or waits while another replica holds the lease.  After
-a compile it publishes the unit's blobs, then its signed manifest.
+lease and compiles it, or waits while another replica holds the lease (the
+turns: ``lease.py``).  After a compile it publishes the unit's blobs, then
+its signed manifest.
 
-NOTE: [the shared tier never stops a run]
+NOTE: [the fleet's cache never stops a run]
 The store is an accelerator, never a dependency: every call has a timeout, the
-first failure is one warning and turns the tier off for the rest of the
+first failure is one warning and turns the fleet's cache off for the rest of the
 process (nothing more is fetched or published; the local cache goes on as
 before), a refused entry is one warning naming it and is compiled again, and
 a replica waits for another's compile at most ``cache_wait_s`` and then
@@ -34,7 +36,6 @@ from ..files import atomic_write, make_private_dirs
 from ..hashing import content_hash, file_hash_or_none
 from ..trust import check_trusted
 from .eviction import evict
-from .lease import INSTALLED, Lease, Waiting
 from .manifest import FleetKey, SharedEntry
 from .stores import SharedStore, StoreDown, open_store
 from .units import Unit, collect, install_order
@@ -44,10 +45,10 @@ log = logging.getLogger("stitch")
 URL_ENV = "STITCH_CACHE_URL"
 
 
-class SharedTier:
+class FleetCache:
     """One shared store, with the fleet key, as this process uses it."""
 
-    _open: dict[str, SharedTier | None] = {}
+    _open: dict[str, FleetCache | None] = {}
 
     def __init__(self, store: SharedStore, key: FleetKey, settings: CacheSettings):
         self.store = store
@@ -61,37 +62,38 @@ class SharedTier:
 
     def settle(self, settings: CacheSettings) -> None:
         """Take the waits and the cap of ``settings`` (the latest config to open
-        this URL's tier sets them)."""
+        this URL's cache sets them)."""
         self.wait_s = float(settings.cache_wait_s)
         self.lease_s = float(settings.cache_lease_s)
         self.max_bytes = int(settings.cache_store_max_bytes)
 
     # -- opening ---------------------------------------------------------------
     @classmethod
-    def of(cls, settings: CacheSettings) -> SharedTier | None:
-        """The tier ``settings.cache_url`` (else ``$STITCH_CACHE_URL``) names, one
+    def of(cls, settings: CacheSettings) -> FleetCache | None:
+        """The cache ``settings.cache_url`` (else ``$STITCH_CACHE_URL``) names, one
         per URL and process; None when none is named or it is off (said once)."""
         url = settings.cache_url or os.environ.get(URL_ENV, "")
         if not url or settings.disable_cache:
             return None
         if url in cls._open:
-            tier = cls._open[url]
-            if tier is not None:
-                tier.settle(settings)
-            return tier
-        tier = None
+            found = cls._open[url]
+            if found is not None:
+                found.settle(settings)
+            return found
+        found = None
         key = FleetKey.load()
         if isinstance(key, str):
             log.warning("stitch cache: the shared store %s is off: %s", url, key)
         else:
             try:
-                tier = cls(open_store(url), key, settings)
+                found = cls(open_store(url), key, settings)
             except StoreDown as exc:
                 log.warning("stitch cache: the shared store is off: %s", exc)
-        cls._open[url] = tier
-        return tier
+        cls._open[url] = found
+        return found
 
-    def _down(self, exc: StoreDown) -> None:
+    def went_down(self, exc: StoreDown) -> None:
+        """The store did not answer: off for the rest of the process (one warning)."""
         if self.alive:
             self.alive = False
             log.warning(
@@ -128,7 +130,7 @@ class SharedTier:
             if got:
                 self.store.touch(unit.name, time.time())
         except StoreDown as exc:
-            self._down(exc)
+            self.went_down(exc)
             return False
         if got:
             log.info(
@@ -190,45 +192,6 @@ class SharedTier:
             return False
         return True
 
-    # -- one compile per key -----------------------------------------------------
-    def before_compile(self, root: str, unit: Unit) -> Lease | str:
-        """:data:`INSTALLED` when the unit is installed now (from the store, or
-        after another replica's compile), else this process's :class:`Lease`."""
-        turn = self.first_turn(root, unit)
-        return turn.result() if isinstance(turn, Waiting) else turn
-
-    def first_turn(
-        self, root: str, unit: Unit, serving: bool = False
-    ) -> Lease | str | Waiting:
-        """:meth:`before_compile` without its wait: a :class:`Waiting` when
-        another replica holds the lease (``serving``: this process serves on
-        uncompiled pieces meanwhile, NOTE: [a tiered start])."""
-        if not self.alive:
-            return Lease(unit, False)
-        if self.fetch(root, unit):
-            return INSTALLED
-        waiting = Waiting(self, root, unit, serving)
-        turn = waiting.take()
-        if turn is None and not self.alive:
-            return waiting.result()
-        return waiting if turn is None else turn
-
-    def after_compile(self, root: str, lease: Lease | str, published: bool) -> None:
-        """Publish the unit (when ``published``: the compile finished) and let
-        the lease go."""
-        if not isinstance(lease, Lease):
-            return
-        lease._stop.set()
-        try:
-            if published:
-                self.publish(root, lease.unit)
-        finally:
-            if lease.held and self.alive:
-                try:
-                    self.store.release_lease(lease.unit.name, self.owner)
-                except StoreDown as exc:
-                    self._down(exc)
-
     # -- publishing --------------------------------------------------------------
     def publish(self, root: str, unit: Unit) -> bool:
         """Store the unit's blobs, then its signed manifest (unless an entry with
@@ -279,7 +242,7 @@ class SharedTier:
             log.warning("stitch cache: cannot publish %s (%s)", unit.name, exc)
             return False
         except StoreDown as exc:
-            self._down(exc)
+            self.went_down(exc)
             return False
         return done
 

@@ -17,9 +17,9 @@ from typing import IO, Any, TextIO
 import msgspec
 import torch
 
-from ..compat.shapes import added_guards, guard_mark
-from ..counter import compilation_counter
-from ..store.index import PieceRecord
+from ...compat.shapes import added_guards, guard_mark
+from ...counter import compilation_counter
+from ...store.index import PieceRecord
 from .piece_jobs import UnitJob
 
 log = logging.getLogger("stitch")
@@ -29,15 +29,26 @@ CompileOne = Callable[[str], PieceRecord]
 
 _PR_SET_PDEATHSIG = 1
 
-# NOTE: [a compile worker's niceness]
-# By default a worker shares the cores with the serving process as an equal
-# (niceness 0).  $STITCH_COMPILE_NICE raises its niceness: the serving process,
-# or an engine still starting, keeps the cores it needs and the compile takes
-# what is left.  Neither wins everywhere on a machine with few cores (2 here,
-# docs/performance.md "Cold start"): at 10, vLLM's engine is ready 2.2 s after
-# Dynamo alone rather than 12.5 s, but under forwards run back to back the
-# last swap of the 3-layer example comes 9.6x the cold compile's time
-# rather than 1.2x.
+# NOTE: [a compile worker's priority]
+# A compile worker should not delay a forward, nor an engine still starting,
+# and should take every core the serving process leaves idle; and its compile
+# must end.  On few cores no one priority gives all three (2 here,
+# docs/performance.md "Cold start"): at niceness 0 vLLM's engine was ready
+# 12.5 s after Dynamo alone, at 10 in 2.2 s but the example's last swap under
+# forwards run back to back came at 9.6x the cold compile's time.  Linux's
+# SCHED_IDLE class gives the first two exactly (the kernel hands a worker a
+# core only when no other thread wants it, at once; any process may enter the
+# class, unprivileged, and its threads and children inherit it; leaving it
+# takes privilege), but not the third: while every core is busy, with forwards
+# run back to back or with other work on a shared machine, a worker at idle
+# priority gets nothing, and was measured to take 30 times as long and more
+# (docs/cold_start.md, "Serving first").  A serving process that is never
+# idle would then serve uncompiled pieces for ever, which a cold start never
+# does; so the default stays niceness 0, sharing the cores as an equal, whose
+# last swap stays within about 1.3x the cold compile.  $STITCH_COMPILE_NICE
+# chooses otherwise for a machine whose owner knows its load: ``idle``
+# (SCHED_IDLE; niceness 19 where the class is missing) or a niceness from 0
+# to 19.
 NICE_ENV = "STITCH_COMPILE_NICE"
 # NOTE: [forked or spawned compile workers] (compile_workers.py)
 START_ENV = "STITCH_COMPILE_START"
@@ -57,8 +68,9 @@ class Worker:
     job_done: Callable[[], None] | None = None
 
 
-# Start one worker for a group of units (gated: it waits on its gate).
-Launch = Callable[[Sequence[UnitJob], int, bool], Worker]
+# Start one worker for a group of units, at a priority (niceness(): None is
+# idle) and gated or not (it waits on its gate).
+Launch = Callable[[Sequence[UnitJob], int | None, bool], Worker]
 
 
 def compile_and_report(
@@ -110,21 +122,46 @@ def ended_by(code: int) -> str:
     return f"exited with status {code} before compiling it"
 
 
-def niceness() -> int:
-    """$STITCH_COMPILE_NICE (0 to 19; NOTE: [a compile worker's niceness])."""
-    text = os.environ.get(NICE_ENV, "").strip() or "0"
+def niceness() -> int | None:
+    """The priority $STITCH_COMPILE_NICE names: a niceness from 0 (the
+    default) to 19, or None for ``idle`` (NOTE: [a compile worker's
+    priority])."""
+    text = os.environ.get(NICE_ENV, "").strip().lower() or "0"
+    if text == "idle":
+        return None
     try:
         nice = int(text)
     except ValueError:
         nice = -1
     if not 0 <= nice <= 19:
         log.warning(
-            "stitch: $%s=%r is not a niceness from 0 to 19; compiling at 0",
+            "stitch: $%s=%r is neither idle nor a niceness from 0 to 19; "
+            "compiling at 0",
             NICE_ENV,
             text,
         )
         return 0
     return nice
+
+
+def take_priority(nice: int | None, pid: int = 0) -> None:
+    """Put process ``pid`` (0: this one; a pid: its main thread, and the
+    threads it starts after) ``nice`` above the caller's niceness, or at idle
+    priority (``nice`` None: SCHED_IDLE, else niceness 19).  Quiet where the
+    system refuses: the worker then shares the cores as an equal."""
+    if nice == 0:
+        return
+    if nice is None:
+        try:
+            os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+            return
+        except (AttributeError, OSError):
+            nice = 19
+    try:
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, pid, min(19, base + nice))
+    except (AttributeError, OSError):
+        pass
 
 
 def start_method(example_inputs: Sequence[Any]) -> str:

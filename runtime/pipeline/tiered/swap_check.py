@@ -1,5 +1,5 @@
 """The check before a swap: does a compiled piece compute what the uncompiled
-one does on the inputs of one call (NOTE: [a tiered start], tiered.py)?"""
+one does on the inputs of one call (NOTE: [a tiered start], tier.py)?"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from ..compat.pytree import tree_leaves
+from ...compat.pytree import tree_leaves
 
 # (rtol, atol) a swapped piece's outputs must agree within, by dtype; the
 # tests' Inductor tolerance for float32, wider for the half types, whose
