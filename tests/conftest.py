@@ -136,6 +136,8 @@ EXTENDED_MODULES = frozenset(
         "test_input_check.py",
         "test_spawned_pool.py",
         "test_tiered.py",
+        "test_tiered_default.py",
+        "test_tiered_sandbox.py",
         "test_tiered_spawn.py",
         "test_warm_start.py",
     }
