@@ -242,10 +242,6 @@ def main(argv: list[str] | None = None) -> None:
     print("STITCH_VLLM_RESULT " + json.dumps(result), flush=True)
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _tiered_or_not(tiered: bool) -> None:
     """The Stitch variants' fields in $STITCH_VLLM_CONFIG: ``stitch`` compiles
     every piece before the engine serves; ``tiered`` runs on the default, a
@@ -261,3 +257,7 @@ def _tiered_or_not(tiered: bool) -> None:
     else:
         fields["tiered_start"] = False
     os.environ[CONFIG_ENV] = json.dumps(fields)
+
+
+if __name__ == "__main__":
+    main()
