@@ -16,7 +16,7 @@ from ..cudagraph.wrapper import call_order
 from .backend import CheckBackend, CheckedGraph
 from .compare import Difference, measure, tolerance
 from .graphs import CheckGraphManager, replays
-from .passes import find_pass
+from .passes import find_pass, served_static
 from .recorder import Recorder
 from .report import CheckReport, ForwardResult, PieceResult
 from .source_lines import piece_lines
@@ -63,9 +63,15 @@ class Checker:
             for forward in forwards:
                 results.append(self._forward(model, compiled, forward, state))
             state.restore()
-        self.recorder.start("serve", None)
-        report = CheckReport(self._pieces(), results)
-        self._search_passes(report)
+            self.recorder.start("serve", None)
+            report = CheckReport(self._pieces(), results)
+            # NOTE: [the search runs without grad]
+            # The forwards ran under no_grad, so Inductor compiled each piece
+            # as an inference graph.  With grad on, the search's compiles would
+            # be of a training graph: a forward partitioned for a backward,
+            # and that backward's kernels too, about twice the work for a
+            # piece that is not the one served.
+            self._search_passes(report)
         return report
 
     def _forward(
@@ -127,6 +133,7 @@ class Checker:
                 graph.uncompiled[row.name],
                 found.example,
                 graph.unset[row.name],
+                static=served_static(graph.compiled.backends[row.name], found.example),
             )
 
 
