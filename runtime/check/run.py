@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..compat.pytree import tree_leaves, tree_map
+from ..compat.trace import phase
 from ..config import CompilationConfig
 from ..cudagraph.wrapper import call_order
 from .backend import CheckBackend, CheckedGraph
@@ -71,7 +72,8 @@ class Checker:
             # be of a training graph: a forward partitioned for a backward,
             # and that backward's kernels too, about twice the work for a
             # piece that is not the one served.
-            self._search_passes(report)
+            with phase("stitch_check_pass_search"):
+                self._search_passes(report)
         return report
 
     def _forward(
@@ -82,15 +84,16 @@ class Checker:
         state: ModelState,
     ) -> ForwardResult:
         def run(
-            fn: Callable[..., Any], mode: str, inputs: Forward = forward
+            fn: Callable[..., Any], mode: str, name: str, inputs: Forward = forward
         ) -> list[Any]:
-            state.restore()
+            state.ready()
             self.recorder.start(mode, forward.size)
-            return output_leaves(fn(*inputs.args, **inputs.kwargs))
+            with phase(f"stitch_check_{name}"):
+                return output_leaves(fn(*inputs.args, **inputs.kwargs))
 
-        eager = run(model, "serve")
-        reference = run(compiled, "reference")
-        checked = run(compiled, "check")
+        eager = run(model, "serve", "eager")
+        reference = run(compiled, "reference", "reference")
+        checked = run(compiled, "check", "pieces")
         result = ForwardResult(
             forward.size,
             measure(reference, eager, "output"),
@@ -106,8 +109,8 @@ class Checker:
                 forward.size, *tree_map(_roll, (forward.args, forward.kwargs))
             )
             for _ in range(self.config.cudagraph_num_of_warmups + 1):
-                run(compiled, "serve", rolled)
-            replayed = run(compiled, "replay")
+                run(compiled, "serve", "capture", rolled)
+            replayed = run(compiled, "replay", "replay")
             result.replayed = measure(replayed, eager, "output")
         return result
 
@@ -186,8 +189,8 @@ def output_leaves(value: Any) -> list[Any]:
 
 class ModelState:
     """The model's buffers and the forwards' input tensors as they were first,
-    put back before each run: a run writes KV caches, and a piece may write
-    its inputs."""
+    put back before each run but the first: a run writes KV caches, and a
+    piece may write its inputs."""
 
     def __init__(self, model: Any, forwards: Sequence[Forward]) -> None:
         tensors: dict[int, torch.Tensor] = {}
@@ -201,12 +204,21 @@ class ModelState:
         self.tensors = list(tensors.values())
         with torch.no_grad():
             self.saved = [t.clone() for t in self.tensors]
+        # Whether anything ran since the values were saved or put back.
+        self.used = False
+
+    def ready(self) -> None:
+        """Before a run: the values as they were first."""
+        if self.used:
+            self.restore()
+        self.used = True
 
     def restore(self) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), phase("stitch_check_restore"):
             for tensor, saved in zip(self.tensors, self.saved, strict=True):
                 with torch.inference_mode(tensor.is_inference()):
                     tensor.copy_(saved)
+        self.used = False
 
 
 def check_model(
