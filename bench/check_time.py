@@ -5,6 +5,7 @@ Usage::
 
     python bench/check_time.py                   # the 32-layer example
     python bench/check_time.py --layers 3 --cap 120
+    python bench/check_time.py --repeat 3        # compile and check alternated
 
 The fault: an Inductor pass that turns the first multiplication of the final
 norm into an addition (tests/check_support.py's ``MulToAdd``), so exactly one
@@ -21,6 +22,12 @@ fresh process with empty Stitch and Inductor caches:
   which finds the accuracy failure and writes ``minifier_launcher.py``, then
   that launcher, which minifies; both within ``--cap`` seconds together
   (">cap" when they do not finish).
+
+With ``--repeat N`` the compile and the check run N times each, alternated
+(the machine's load drifts), and the table gives their medians.  Each child
+also reads its phases from torch's ``compile_times()`` (Dynamo's compile, the
+Stitch backend call in it, and the check's ``stitch_check_*`` runs), printed
+below the table from the median run.
 
 Results: docs/performance.md ("Finding the faulty piece").
 """
@@ -66,6 +73,36 @@ def _config(cfg: Any, cache_dir: str) -> Any:
     )
 
 
+# What each child reads from torch's compile_times(): a label, and the
+# dynamo_timed event whose times are summed under it.
+# The check's runs on uncompiled pieces include the compile at their first
+# call (the first compiled call is one of them): the parent takes it out.
+PHASES = {
+    "compile": "_compile.compile_inner",
+    "backend": "OutputGraph.call_user_compiler",
+    "eager": "stitch_check_eager",
+    "reference": "stitch_check_reference",
+    "pieces": "stitch_check_pieces",
+    "restore": "stitch_check_restore",
+    "search": "stitch_check_pass_search",
+}
+
+
+def _phases() -> dict[str, float]:
+    """Seconds per phase of this process (PHASES), from torch's compile_times(),
+    and "kernels": how many kernels the C++ compiler built."""
+    from torch._dynamo.utils import compile_times
+
+    headers, values = compile_times(repr="csv", aggregate=False)
+    found = {
+        key: [float(v) for v in text.split(", ") if v]
+        for key, text in zip(headers, values, strict=True)
+    }
+    phases = {name: sum(found.get(key, [])) for name, key in PHASES.items()}
+    phases["kernels"] = len(found.get("compile_file", []))  # one per kernel
+    return phases
+
+
 def child_compile(layers: int, sizes: list[int], cache_dir: str) -> dict[str, Any]:
     import torch
 
@@ -85,7 +122,8 @@ def child_compile(layers: int, sizes: list[int], cache_dir: str) -> dict[str, An
         for forward in forwards:
             for _ in range(2):
                 compiled(*forward.args)
-    return {"compile_s": compile_s, "seconds": time.perf_counter() - start}
+    seconds = time.perf_counter() - start
+    return {"compile_s": compile_s, "seconds": seconds, "phases": _phases()}
 
 
 def child_check(layers: int, sizes: list[int], cache_dir: str) -> dict[str, Any]:
@@ -106,6 +144,7 @@ def child_check(layers: int, sizes: list[int], cache_dir: str) -> dict[str, Any]
         "pass": first.passes if first else "",
         "pieces": len(report.pieces),
         "verdict": report.verdict(),
+        "phases": _phases(),
     }
 
 
@@ -216,11 +255,49 @@ def minifier(layers: int, sizes: list[int], cap: float) -> dict[str, Any]:
         }
 
 
+def breakdown(compiled: dict[str, Any], checked: dict[str, Any]) -> list[tuple]:
+    """Rows of (phase, seconds in the compile run, seconds in the check run)."""
+    c, k = compiled["phases"], checked["phases"]
+    runs = k["eager"] + k["reference"] + k["pieces"] + k["restore"] + k["search"]
+    return [
+        ("Dynamo + Stitch compile", c["compile"], k["compile"]),
+        ("... of which the Stitch backend call", c["backend"], k["backend"]),
+        ("kernels the C++ compiler built (the check's: its search's too)", c["kernels"],
+         k["kernels"]),
+        ("eager runs", None, k["eager"]),
+        ("runs on uncompiled pieces (less the compile)", None,
+         k["reference"] - k["compile"]),
+        ("runs on compiled pieces, each beside its GraphModule", None, k["pieces"]),
+        ("model state put back", None, k["restore"]),
+        ("pass search", None, k["search"]),
+        ("the rest (of the compile run: its forwards)",
+         compiled["seconds"] - c["compile"], checked["seconds"] - runs),
+        ("total", compiled["seconds"], checked["seconds"]),
+    ]  # fmt: skip
+
+
+def _cell(value: float | int | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median time (the lower one of two middles)."""
+    return sorted(runs, key=lambda r: r["seconds"])[(len(runs) - 1) // 2]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--sizes", default="1,8,32")
     parser.add_argument("--cap", type=float, default=600.0)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--skip-minifier",
+        action="store_true",
+        help="leave torch's minifier out (quote an earlier run's figure, dated)",
+    )
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -232,36 +309,50 @@ def main(argv: list[str] | None = None) -> int:
         result = CHILDREN[args.child](args.layers, sizes, args.cache_dir)
         print(RESULT + json.dumps(result), flush=True)
         return 0
-    compiled = measure("compile", args.layers, sizes)
-    checked = measure("check", args.layers, sizes)
-    minified = minifier(args.layers, sizes, args.cap)
+    from stitch.runtime.tables import markdown_table
+
+    compiles, checks = [], []
+    for _ in range(args.repeat):
+        compiles.append(measure("compile", args.layers, sizes))
+        checks.append(measure("check", args.layers, sizes))
+    compiled, checked = _median(compiles), _median(checks)
+    minified = None if args.skip_minifier else minifier(args.layers, sizes, args.cap)
     budget = compiled["seconds"]
     print(f"{args.layers}-layer example, sizes {args.sizes}, fault in {FAULTY_MODULE}")
     print(f"  check named: {checked['named']} ({checked['modules']})")
     print(f"  {checked['pass']}")
-    if minified["finished"]:
-        minifier_s = f"{minified['seconds']:.1f}"
-    elif minified["stage"] == "detect" and "finished in" in minified["why"]:
-        minifier_s = f"no fault found, {minified['seconds']:.1f}"
-    else:
-        minifier_s = f">{args.cap:.0f}"
+    if args.repeat > 1:
+        for name, runs in (("compile + forwards", compiles), ("check", checks)):
+            each = ", ".join(f"{r['seconds']:.1f}" for r in runs)
+            print(f"  {name}, each run: {each} s")
     rows = [
         ("cold compile (first forward)", f"{compiled['compile_s']:.1f}", "-"),
         ("cold compile + 2 forwards per size", f"{budget:.1f}", "1.00"),
         ("stitch check (named piece and pass)", f"{checked['seconds']:.1f}",
          f"{checked['seconds'] / budget:.2f}"),
-        ("torch accuracy minifier (detect + minify)", minifier_s,
-         f"{minified['seconds'] / budget:.2f}" if minified["finished"] else "-"),
     ]  # fmt: skip
-    width = max(len(r[0]) for r in rows)
-    cell = max(7, *(len(r[1]) for r in rows))
-    print(f"\n| {'run':<{width}} | {'seconds':>{cell}} | / budget |")
-    print(f"|{'-' * (width + 2)}|{'-' * (cell + 1)}:|---------:|")
-    for name, seconds, ratio in rows:
-        print(f"| {name:<{width}} | {seconds:>{cell}} | {ratio:>8} |")
-    print(f"\nminifier: {minified['stage']}: {minified['why']}")
-    if minified.get("tail"):
-        print(minified["tail"])
+    if minified is not None:
+        if minified["finished"]:
+            minifier_s = f"{minified['seconds']:.1f}"
+            ratio = f"{minified['seconds'] / budget:.2f}"
+        elif minified["stage"] == "detect" and "finished in" in minified["why"]:
+            minifier_s, ratio = f"no fault found, {minified['seconds']:.1f}", "-"
+        else:
+            minifier_s, ratio = f">{args.cap:.0f}", "-"
+        rows.append(("torch accuracy minifier (detect + minify)", minifier_s, ratio))
+    print("\n" + markdown_table(["run", "seconds", "/ budget"], rows, "lrr"))
+    phases = [
+        (name, *(_cell(v) for v in values))
+        for name, *values in breakdown(compiled, checked)
+    ]
+    print("\nwhere the time goes (the median runs; torch's compile_times()):\n")
+    print(
+        markdown_table(["phase", "compile + forwards", "stitch check"], phases, "lrr")
+    )
+    if minified is not None:
+        print(f"\nminifier: {minified['stage']}: {minified['why']}")
+        if minified.get("tail"):
+            print(minified["tail"])
     return 0 if checked["named"] else 1
 
 

@@ -13,9 +13,13 @@ import torch
 
 from stitch.runtime import CompilationConfig
 from stitch.runtime.check import Checker, check_model
+from stitch.runtime.check.passes import served_static
 from stitch.runtime.check.source_lines import piece_lines
 from stitch.runtime.cudagraph import EmulatedGraphOps
 from stitch.runtime.examples import LlamaConfig, build_llama
+from stitch.runtime.pipeline.api import PiecewiseBackend
+from stitch.runtime.pipeline.compilers import InductorAdapter
+from stitch.runtime.targets import Target
 
 from check_support import (
     Harmless,
@@ -45,10 +49,13 @@ def eager_config(cfg: LlamaConfig = TWO, **fields: object) -> CompilationConfig:
 
 def test_a_correct_model_names_no_piece() -> None:
     torch._dynamo.reset()
-    report = check_model(
-        build_llama(TWO), llama_forwards(TWO, SIZES), eager_config(), fullgraph=True
-    )
+    model = build_llama(TWO)
+    caches = {name: b.clone() for name, b in model.named_buffers()}
+    forwards = llama_forwards(TWO, SIZES)
+    report = check_model(model, forwards, eager_config(), fullgraph=True)
     assert report.ok and report.first is None
+    # Every run wrote the KV caches; the check leaves them as it found them.
+    assert all(torch.equal(b, caches[name]) for name, b in model.named_buffers())
     assert [p.name for p in report.pieces] == ["submod_0", "submod_2", "submod_4"]
     assert all(p.calls == len(SIZES) for p in report.pieces)
     assert report.verdict().startswith("every piece agrees")
@@ -164,12 +171,40 @@ def test_a_graph_replayed_on_moved_inputs_is_named(copy_inputs: bool) -> None:
         assert "replay abs err" in report.table()
 
 
+def test_the_search_compiles_for_the_size_where_serving_did() -> None:
+    """A call at a compile size ran that size's runnable; any other, the general one."""
+
+    def runnable(*args: object) -> None:
+        return None
+
+    general, sized = Target("general"), Target("size", 8, 8)
+    served = PiecewiseBackend("submod_0", 0, {general: runnable, sized: runnable})
+    assert served_static(served, [8, torch.zeros(8)])
+    assert not served_static(served, [3, torch.zeros(3)])
+    no_size = PiecewiseBackend("submod_0", None, {general: runnable})
+    assert not served_static(no_size, [torch.zeros(8)])
+
+
 # -- Inductor -----------------------------------------------------------------------
 
 
+def record_compiles(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, bool]]:
+    """(static, grad enabled) of every Inductor compile of a piece, from now on."""
+    seen: list[tuple[bool, bool]] = []
+    compile_piece = InductorAdapter.compile
+
+    def recording(self: InductorAdapter, gm: object, inputs: object, *, static: bool):
+        seen.append((static, torch.is_grad_enabled()))
+        return compile_piece(self, gm, inputs, static=static)
+
+    monkeypatch.setattr(InductorAdapter, "compile", recording)
+    return seen
+
+
 @pytest.mark.slow
-def test_a_wrong_pass_is_named_with_its_piece() -> None:
+def test_a_wrong_pass_is_named_with_its_piece(monkeypatch: pytest.MonkeyPatch) -> None:
     torch._dynamo.reset()
+    compiles = record_compiles(monkeypatch)
     config = CompilationConfig(
         disable_cache=True,
         max_num_batched_tokens=TWO.max_seqs,
@@ -186,6 +221,11 @@ def test_a_wrong_pass_is_named_with_its_piece() -> None:
     # The last piece only gets the difference.
     assert report.pieces[2].inputs.beyond and not report.pieces[2].output.beyond
     assert not report.pieces[2].passes
+    # The three pieces as served, then the search's three compiles of submod_2
+    # (without any pass, without each of the two); all as served: for the
+    # general shape, of an inference graph (NOTE: [the search compiles the
+    # piece as it was served], passes.py).
+    assert compiles == [(False, False)] * 6
 
 
 @pytest.mark.slow

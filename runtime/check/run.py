@@ -11,12 +11,13 @@ from typing import Any
 import torch
 
 from ..compat.pytree import tree_leaves, tree_map
+from ..compat.trace import phase
 from ..config import CompilationConfig
 from ..cudagraph.wrapper import call_order
 from .backend import CheckBackend, CheckedGraph
 from .compare import Difference, measure, tolerance
 from .graphs import CheckGraphManager, replays
-from .passes import find_pass
+from .passes import find_pass, served_static
 from .recorder import Recorder
 from .report import CheckReport, ForwardResult, PieceResult
 from .source_lines import piece_lines
@@ -63,9 +64,16 @@ class Checker:
             for forward in forwards:
                 results.append(self._forward(model, compiled, forward, state))
             state.restore()
-        self.recorder.start("serve", None)
-        report = CheckReport(self._pieces(), results)
-        self._search_passes(report)
+            self.recorder.start("serve", None)
+            report = CheckReport(self._pieces(), results)
+            # NOTE: [the search runs without grad]
+            # The forwards ran under no_grad, so Inductor compiled each piece
+            # as an inference graph.  With grad on, the search's compiles would
+            # be of a training graph: a forward partitioned for a backward,
+            # and that backward's kernels too, about twice the work for a
+            # piece that is not the one served.
+            with phase("stitch_check_pass_search"):
+                self._search_passes(report)
         return report
 
     def _forward(
@@ -76,15 +84,16 @@ class Checker:
         state: ModelState,
     ) -> ForwardResult:
         def run(
-            fn: Callable[..., Any], mode: str, inputs: Forward = forward
+            fn: Callable[..., Any], mode: str, name: str, inputs: Forward = forward
         ) -> list[Any]:
-            state.restore()
+            state.ready()
             self.recorder.start(mode, forward.size)
-            return output_leaves(fn(*inputs.args, **inputs.kwargs))
+            with phase(f"stitch_check_{name}"):
+                return output_leaves(fn(*inputs.args, **inputs.kwargs))
 
-        eager = run(model, "serve")
-        reference = run(compiled, "reference")
-        checked = run(compiled, "check")
+        eager = run(model, "serve", "eager")
+        reference = run(compiled, "reference", "reference")
+        checked = run(compiled, "check", "pieces")
         result = ForwardResult(
             forward.size,
             measure(reference, eager, "output"),
@@ -100,8 +109,8 @@ class Checker:
                 forward.size, *tree_map(_roll, (forward.args, forward.kwargs))
             )
             for _ in range(self.config.cudagraph_num_of_warmups + 1):
-                run(compiled, "serve", rolled)
-            replayed = run(compiled, "replay")
+                run(compiled, "serve", "capture", rolled)
+            replayed = run(compiled, "replay", "replay")
             result.replayed = measure(replayed, eager, "output")
         return result
 
@@ -127,6 +136,7 @@ class Checker:
                 graph.uncompiled[row.name],
                 found.example,
                 graph.unset[row.name],
+                static=served_static(graph.compiled.backends[row.name], found.example),
             )
 
 
@@ -179,8 +189,8 @@ def output_leaves(value: Any) -> list[Any]:
 
 class ModelState:
     """The model's buffers and the forwards' input tensors as they were first,
-    put back before each run: a run writes KV caches, and a piece may write
-    its inputs."""
+    put back before each run but the first: a run writes KV caches, and a
+    piece may write its inputs."""
 
     def __init__(self, model: Any, forwards: Sequence[Forward]) -> None:
         tensors: dict[int, torch.Tensor] = {}
@@ -194,12 +204,21 @@ class ModelState:
         self.tensors = list(tensors.values())
         with torch.no_grad():
             self.saved = [t.clone() for t in self.tensors]
+        # Whether anything ran since the values were saved or put back.
+        self.used = False
+
+    def ready(self) -> None:
+        """Before a run: the values as they were first."""
+        if self.used:
+            self.restore()
+        self.used = True
 
     def restore(self) -> None:
-        with torch.no_grad():
+        with torch.no_grad(), phase("stitch_check_restore"):
             for tensor, saved in zip(self.tensors, self.saved, strict=True):
                 with torch.inference_mode(tensor.is_inference()):
                     tensor.copy_(saved)
+        self.used = False
 
 
 def check_model(
