@@ -6,6 +6,8 @@ its modules can change without those callers (the architecture test checks it).
 
 from __future__ import annotations
 
+from stitch.codegen.pieces import mutates
+
 from .artifact_source import ArtifactSource, config_adapter
 from .backend import CompiledModel, StitchBackend, stitch_backend
 from .graph_inputs import GraphInput
@@ -22,7 +24,7 @@ from .saved_function import (
 from .splitting import dispatches_through_transformers, is_attention
 from .tiered.deferred import DEFAULT_ENV as TIERED_DEFAULT_ENV
 from .tiered.spawned_pool import SpawnedPool
-from .tiered.swap_check import SWAP_TOLERANCE, mutates, tolerance, unset_outputs
+from .tiered.swap_check import SWAP_TOLERANCE, tolerance, unset_outputs
 from .tiered.tier import Tier
 
 __all__ = [

@@ -3,7 +3,6 @@ one does on the inputs of one call (NOTE: [a tiered start], tier.py)?"""
 
 from __future__ import annotations
 
-import operator
 from typing import Any
 
 import torch
@@ -26,25 +25,6 @@ def tolerance(dtype: torch.dtype) -> tuple[float, float]:
     """``(rtol, atol)`` of :data:`SWAP_TOLERANCE` for ``dtype``: what a
     compiled piece, and ``stitch run``'s whole model, must agree with eager in."""
     return SWAP_TOLERANCE.get(dtype, (1e-4, 1e-4))
-
-
-def mutates(graph: fx.GraphModule) -> bool:
-    """Whether a piece may write one of its inputs (an in-place op anywhere:
-    a mutable schema, a trailing-underscore method or ``setitem``)."""
-    for node in graph.graph.nodes:
-        target = node.target
-        if node.op == "call_method" and str(target).endswith("_"):
-            return True
-        if node.op != "call_function":
-            continue
-        if target is operator.setitem:
-            return True
-        schema = getattr(target, "_schema", None)
-        if schema is not None and schema.is_mutable:
-            return True
-        if getattr(target, "__name__", "").endswith("_"):
-            return True
-    return False
 
 
 def copy_input(value: Any) -> Any:
