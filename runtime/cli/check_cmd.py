@@ -9,7 +9,7 @@ import time
 from typing import Any, TextIO
 
 from .model_choice import add_model_choice, resolve_model
-from .options import add_model_options, int_list
+from .options import add_compile_options, add_model_options
 
 # The sizes `stitch run` runs by default, so that a check of a run's model
 # covers the same forwards.
@@ -43,26 +43,7 @@ def add_check_arguments(parser: Any) -> None:
     # of naming a model to `stitch run` names it here too.
     add_model_choice(parser)
     add_model_options(parser, DEFAULT_SIZES)
-    parser.add_argument(
-        "--compile-sizes",
-        type=int_list,
-        default=[],
-        metavar="N,N,...",
-        help="sizes compiled with static shapes (default: none)",
-    )
-    parser.add_argument(
-        "--split-points",
-        type=int_list,
-        default=[],
-        metavar="N,N,...",
-        help="compile range split points (default: none)",
-    )
-    parser.add_argument(
-        "--dump",
-        default="",
-        metavar="DIR",
-        help="write a debug dump to this folder (default: none)",
-    )
+    add_compile_options(parser)
 
 
 def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:

@@ -74,3 +74,29 @@ def add_model_options(parser: Any, sizes: list[int]) -> None:
         metavar="DIR",
         help="cache root (default: $STITCH_CACHE_DIR or ~/.cache/stitch)",
     )
+
+
+def add_compile_options(parser: Any) -> None:
+    """``--compile-sizes``, ``--split-points`` and ``--dump``: what ``stitch
+    run`` and ``stitch check`` compile under (one definition, so that the
+    command a failed run prints is one the check takes)."""
+    parser.add_argument(
+        "--compile-sizes",
+        type=int_list,
+        default=[],
+        metavar="N,N,...",
+        help="sizes compiled with static shapes (default: none)",
+    )
+    parser.add_argument(
+        "--split-points",
+        type=int_list,
+        default=[],
+        metavar="N,N,...",
+        help="compile range split points (default: none)",
+    )
+    parser.add_argument(
+        "--dump",
+        default="",
+        metavar="DIR",
+        help="write a debug dump to this folder (default: none)",
+    )

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from .model_choice import add_model_choice, check_flags, resolve_model
-from .options import HF_FAMILIES, add_model_options, int_list
+from .options import HF_FAMILIES, add_compile_options, add_model_options
 
 SIZES = [1, 3, 8, 17, 32]
 
@@ -62,26 +62,7 @@ def _add_model_choice(parser: Any) -> None:
 def _add_run_options(parser: Any) -> None:
     """The sizes, compile and start options of ``stitch run``."""
     add_model_options(parser, SIZES)
-    parser.add_argument(
-        "--compile-sizes",
-        type=int_list,
-        default=[],
-        metavar="N,N,...",
-        help="sizes compiled with static shapes (default: none)",
-    )
-    parser.add_argument(
-        "--split-points",
-        type=int_list,
-        default=[],
-        metavar="N,N,...",
-        help="compile range split points (default: none)",
-    )
-    parser.add_argument(
-        "--dump",
-        default="",
-        metavar="DIR",
-        help="write a debug dump to this folder (default: none)",
-    )
+    add_compile_options(parser)
     parser.add_argument(
         "--tiered",
         action="store_true",
