@@ -202,6 +202,17 @@ def test_workers_exit_with_a_parent_killed_while_they_are_idle(
     assert wait_gone(pids), [p for p in pids if not gone(p)]
 
 
+def test_a_worker_let_go_that_does_not_leave_is_ended() -> None:
+    # NOTE: [an idle worker that does not leave]: a stopped worker never reads
+    # the end of its stdin, nor acts on SIGTERM; the pool's reaper kills it.
+    pool = SpawnedPool(1, 0)
+    pool.start(cpu=True)
+    (pid,) = pool.idle_pids()
+    os.kill(pid, signal.SIGSTOP)
+    pool.close()
+    assert wait_gone([pid])
+
+
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE")
 def test_a_pool_at_idle_priority_starts_its_workers_there() -> None:
     # NOTE: [a compile worker's priority]: $STITCH_COMPILE_NICE=idle.

@@ -57,6 +57,8 @@ log = logging.getLogger("stitch")
 
 # Seconds an idle worker waits for another job before the pool lets it go.
 IDLE_S = 120.0
+# Seconds a worker the pool let go has to leave before it is ended.
+CLOSE_GRACE_S = 5.0
 WORKER_MODULE = "stitch.runtime.pipeline.tiered.spawned_workers"
 
 
@@ -79,13 +81,32 @@ class PooledWorker:
         return self.process.poll() is None
 
     def close(self) -> None:
-        """Let the worker go: it exits at the end of its stdin."""
+        """Let the worker go: it exits at the end of its stdin, or is ended
+        (NOTE: [an idle worker that does not leave])."""
         with contextlib.suppress(OSError):
             assert self.process.stdin is not None
             self.process.stdin.close()
         with contextlib.suppress(OSError):
             self.reports.close()
-        threading.Thread(target=self.process.wait, daemon=True).start()
+        threading.Thread(target=self._reap, daemon=True).start()
+
+    def _reap(self) -> None:
+        # NOTE: [an idle worker that does not leave]
+        # A worker the pool lets go holds no job, so ending it loses nothing.
+        # It may not get to read the end of its stdin soon: one still
+        # importing, or one at SCHED_IDLE on a busy machine (it runs only
+        # when no other thread wants the core; CI saw one outlive 20 s).
+        # After CLOSE_GRACE_S it is sent SIGTERM (its handler is the
+        # default: exit), then SIGKILL, so a closed pool leaves no process.
+        for end in (None, self.process.terminate, self.process.kill):
+            if end is not None:
+                with contextlib.suppress(OSError):
+                    end()
+            try:
+                self.process.wait(CLOSE_GRACE_S)
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
 
 class SpawnedPool:
