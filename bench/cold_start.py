@@ -17,16 +17,18 @@ invocation.  The runs:
   (``$STITCH_COMPILE_START=spawn``, as on a GPU: NOTE: [forked or spawned
   compile workers]), in a cache of its own; they start when the backend is
   made, inside the clock (NOTE: [pre-started compile workers]);
-- ``idle``: the tiered start with ``$STITCH_COMPILE_NICE=idle``: its workers
-  run in Linux's SCHED_IDLE class, on cores nothing else wants (NOTE: [a
-  compile worker's priority]); the others share the cores as equals;
+- ``equals``: the tiered start with ``$STITCH_SERVING_FIRST=0``: its workers
+  share the cores with the serving process as equals, never paused (the
+  default pauses them while they make it wait: NOTE: [serving first]);
 - ``warm``: a start after the tiered run, from the entry its workers filled.
 
 For the built-in example (8 tokens a forward, ``dynamic=True``), "first
 output" is seconds from ``torch.compile`` (the model built) to the first
 forward's output; "last swap" the same clock at the tiered run's last swap,
-while forwards run back to back; "ms/forward" the median of 50 forwards after
-the last swap (the cold run's after its compile); "max err" the largest
+while forwards run back to back (``--busy 0.5``: each followed by a sleep as
+long, a serving process busy half the time); "during" the median time of those forwards
+(what the compile costs the serving process); "ms/forward" the median of 50
+forwards after the last swap (the cold run's after its compile); "max err" the largest
 difference from eager over every forward of the run, swaps included.
 
 For transformers' engine (``--engine``: the tiny Llama of docs/transformers.md and a
@@ -64,6 +66,9 @@ STARTED = time.perf_counter()
 RESULT = "COLD_START_RESULT "
 # How long a tiered run serves, at most, for its last swap (--wait).
 WAIT_S = float(os.environ.get("COLD_START_WAIT_S", "900"))
+# The share of the time a tiered run's serving loop is busy (--busy): 1, forwards
+# back to back; 0.5, each forward followed by a sleep as long.
+BUSY = float(os.environ.get("COLD_START_BUSY", "1"))
 README_LLAMA = dict(
     vocab_size=256,
     hidden_size=64,
@@ -114,10 +119,16 @@ def example_child(
     if tier is not None:
         deadline = time.monotonic() + WAIT_S
         i = 0
+        during = []
         while not tier.settled and time.monotonic() < deadline:
             i += 1
+            start = time.perf_counter()
             got = forward(fn, batches[i % len(batches)])
+            during.append(time.perf_counter() - start)
+            time.sleep(during[-1] * (1 / BUSY - 1))
             err = max(err, (got - refs[i % len(batches)]).abs().max().item())
+        if during:
+            out["ms_during"] = statistics.median(during) * 1e3
         timeline = tier.timeline()
         out["forwards_during"] = i
         out["last_swap_s"] = tier.started - t0 + (timeline["last_swap_at"] or 0.0)
@@ -138,11 +149,11 @@ def example_child(
 
 
 def start_as(run: str) -> None:
-    """The environment of run ``spawned`` (spawned workers) or ``idle``."""
+    """The environment of run ``spawned`` (spawned workers) or ``equals``."""
     if run == "spawned":
         os.environ["STITCH_COMPILE_START"] = "spawn"
-    if run == "idle":
-        os.environ["STITCH_COMPILE_NICE"] = "idle"
+    if run == "equals":
+        os.environ["STITCH_SERVING_FIRST"] = "0"
 
 
 def aot_example(model: Any, args: Any, config: Any) -> tuple[Any, bool]:
@@ -197,7 +208,7 @@ def engine_child(run: str, layers: int, cache: str) -> dict[str, Any]:
     else:
         options = {"backend": "eager"} if run == "dynamo" else {}
         start_as(run)
-        tiered = run in ("tiered", "spawned", "idle")
+        tiered = run in ("tiered", "spawned", "equals")
         backend = StitchBackend(
             CompilationConfig(cache_dir=cache, tiered_start=tiered, **options)
         )
@@ -254,12 +265,16 @@ def run_child(kind: str, run: str, layers: int, cache: str) -> dict[str, Any]:
     return json.loads(lines[-1][len(RESULT) :])
 
 
-def subject_rows(kind: str, layers: int) -> list[tuple[str, dict[str, Any]]]:
-    runs = ["dynamo", "cold", "tiered", "idle", "spawned", "warm"]
+def subject_rows(
+    kind: str, layers: int, only: list[str] | None = None
+) -> list[tuple[str, dict[str, Any]]]:
+    runs = ["dynamo", "cold", "tiered", "equals", "spawned", "warm"]
     if kind == "aot":
         runs = ["dynamo", "cold", "tiered", "warm"]
     if kind == "engine":
         runs = ["eager", *runs]
+    if only:
+        runs = [r for r in runs if r in only or r in ("eager", "dynamo", "cold")]
     rows = []
     with tempfile.TemporaryDirectory(prefix="stitch-cold-") as root:
         for run in runs:
@@ -301,6 +316,7 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
                     if last is None
                     else last if isinstance(last, str) else f"{last:.2f}"
                 ),
+                *(() if kind == "engine" else (during(r),)),
                 speed,
                 check,
                 ", ".join(sorted(r.get("uncompiled") or {})) or "-",
@@ -308,7 +324,15 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
         )
     what = "ms/forward" if kind != "engine" else "ms/token"
     check = "max err" if kind != "engine" else "tokens"
-    headers = ("run", "first output (s)", "last swap (s)", what, check, "uncompiled")
+    headers = (
+        "run",
+        "first output (s)",
+        "last swap (s)",
+        *(() if kind == "engine" else ("during (ms/forward)",)),
+        what,
+        check,
+        "uncompiled",
+    )
     title = (
         f"example llama, {layers} layers, 8 tokens"
         + (", through aot_compile" if kind == "aot" else "")
@@ -321,8 +345,13 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
         )
         + " (8 prompts of 1-61 tokens, 16 new tokens)"
     )
-    lines = [title, "", markdown_table(headers, cells, align="lrrrrl"), ""]
-    for run in ("tiered", "idle", "spawned") if kind != "aot" else ("tiered",):
+    align = "lrrrrl" if kind == "engine" else "lrrrrrl"
+    if kind != "engine" and float(os.environ.get("COLD_START_BUSY", "1")) != 1:
+        title += (
+            f", serving busy {float(os.environ['COLD_START_BUSY']):.0%} of the time"
+        )
+    lines = [title, "", markdown_table(headers, cells, align=align), ""]
+    for run in [r for r in ("tiered", "equals", "spawned") if r in by]:
         lines += targets(
             by, run, what, "ms_per_forward" if kind != "engine" else "ms_per_token"
         )
@@ -332,8 +361,14 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
             + ("yes" if by[run]["saved_at_return"] else "no")
             for run in ("cold", "tiered")
         ]
-    lines.append(f"warm start {by['warm']['first_s']:.2f} s")
+    if "warm" in by:
+        lines.append(f"warm start {by['warm']['first_s']:.2f} s")
     return "\n".join(lines)
+
+
+def during(r: dict[str, Any]) -> str:
+    """The median forward while the workers compiled (tiered runs)."""
+    return f"{r['ms_during']:.2f}" if "ms_during" in r else "-"
 
 
 def targets(by: dict[str, Any], run: str, what: str, key: str) -> list[str]:
@@ -377,7 +412,20 @@ def main() -> int:
         default=[0, 4],
         help="0: the README's model",
     )
+    parser.add_argument(
+        "--runs",
+        type=lambda text: text.split(","),
+        help="these runs only (besides dynamo and cold), e.g. tiered,equals",
+    )
+    parser.add_argument(
+        "--busy",
+        type=float,
+        default=BUSY,
+        help="the share of the time the serving loop is busy during the swaps "
+        "(1: forwards back to back)",
+    )
     args = parser.parse_args()
+    os.environ["COLD_START_BUSY"] = str(args.busy)
     if args.child:
         kind, run, layers, cache = args.child
         if kind == "engine":
@@ -398,7 +446,8 @@ def main() -> int:
         f"{time.strftime('%Y-%m-%d')}\n"
     )
     for kind, layers in subjects:
-        print(table(kind, layers, subject_rows(kind, layers)), "\n", flush=True)
+        rows = subject_rows(kind, layers, args.runs)
+        print(table(kind, layers, rows), "\n", flush=True)
     return 0
 
 

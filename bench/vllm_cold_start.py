@@ -10,8 +10,9 @@ NOTE: [realistic weights]) is served by one engine per row, each in its own
 process with an empty vLLM and Stitch cache (``stitch.runtime.harness
 .vllm_engine``): vLLM eager; vLLM's piecewise compile with its ``eager``
 backend (Dynamo and the split, no Inductor: the target's reference); Stitch;
-Stitch with ``tiered_start``; and a second process over the tiered row's
-cache.  "ready" is the ``LLM(...)`` constructor's time (the engine can take
+Stitch with ``tiered_start``; a second process over the tiered row's
+cache; and the tiered start with its workers as the engine's equals
+(``$STITCH_SERVING_FIRST=0``, NOTE: [serving first]).  "ready" is the ``LLM(...)`` constructor's time (the engine can take
 requests), "first request" one prompt's ``--tokens`` new tokens after it.
 The tiered row then sends one-prompt requests until every piece has been
 swapped in ("settled", from the process start), each compared with eager's
@@ -37,7 +38,11 @@ ROWS = (
     ("Stitch, cold", "stitch", "fresh"),
     ("Stitch, tiered_start, cold", "tiered", "fresh"),
     ("the same, second process", "tiered", "same"),
+    ("Stitch, tiered_start, workers as equals, cold", "equals", "fresh"),
 )
+# The rows run with an environment of their own: "equals" turns off NOTE:
+# [serving first] (the workers share the cores with the engine as equals).
+ROW_ENV = {"equals": {"STITCH_SERVING_FIRST": "0"}}
 
 
 def row(label: str, result: dict, eager: dict) -> list[str]:
@@ -72,9 +77,20 @@ def main(argv: list[str] | None = None) -> None:
             if which == "fresh":
                 cache = os.path.join(scratch, f"cache{i}")
             print(f"  {label} ...", file=sys.stderr, flush=True)
-            result = run_variant(
-                model, variant, cache, batches="1,8", tokens=args.tokens, repeats=1
-            )
+            saved = dict(os.environ)
+            os.environ.update(ROW_ENV.get(variant, {}))
+            try:
+                result = run_variant(
+                    model,
+                    "tiered" if variant == "equals" else variant,
+                    cache,
+                    batches="1,8",
+                    tokens=args.tokens,
+                    repeats=1,
+                )
+            finally:
+                os.environ.clear()
+                os.environ.update(saved)
             result["max_tokens"] = args.tokens
             results.append(result)
     eager = results[0]

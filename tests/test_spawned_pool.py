@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_tiered import _fresh_dynamo, serve_until_settled, tiered  # noqa: F401
+from test_tiered import _fresh_dynamo, gone, serve_until_settled, tiered  # noqa: F401
 
 from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
@@ -42,15 +42,6 @@ READY_S = 90.0
 @pytest.fixture(autouse=True)
 def _spawn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STITCH_COMPILE_START", "spawn")
-
-
-def gone(pid: int) -> bool:
-    """Whether ``pid`` has exited (a zombie not yet reaped counts)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
 
 def wait_gone(pids: list[int], seconds: float = 20.0) -> bool:

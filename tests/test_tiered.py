@@ -23,6 +23,7 @@ from stitch.runtime import CompilationConfig
 from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.passes import InductorPass
 from stitch.runtime.pipeline.piecewise import PiecewiseBackend
+from stitch.runtime.pipeline.tiered import serving_first
 from stitch.runtime.pipeline.tiered.swap_check import unset_outputs
 from stitch.runtime.store.cache import CompileCache
 
@@ -56,6 +57,15 @@ def tiered(cache: Path, **fields: Any) -> CompilationConfig:
     return CompilationConfig(cache_dir=str(cache), tiered_start=True, **fields)
 
 
+def gone(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie not yet reaped counts)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
 def serve_until_settled(model: Any, fn: Any, tier: Any, cfg: LlamaConfig = TINY) -> int:
     """Forwards over 2-8 tokens (1 is a graph of its own) until every piece is swapped in or given up,
     each checked against eager; the number of forwards run."""
@@ -84,6 +94,13 @@ def test_tiered_start_serves_at_once_and_swaps_every_piece(
 ) -> None:
     # NOTE: [forked or spawned compile workers]: on a GPU they are spawned.
     monkeypatch.setenv("STITCH_COMPILE_START", start)
+    watched: set[int] = set()
+    watch = serving_first.ServingFirst.watch
+    monkeypatch.setattr(
+        serving_first.ServingFirst,
+        "watch",
+        lambda self, pid: (watched.add(pid), watch(self, pid))[1],
+    )
     caplog.set_level("INFO", logger="stitch")
     model = model_for()
     with counting() as cold:
@@ -97,6 +114,8 @@ def test_tiered_start_serves_at_once_and_swaps_every_piece(
         assert tier is not None and not compiled.warm
         # Every piece started uncompiled (some may have been swapped by now).
         assert set(tier.backends) == set(compiled.backends)
+        # NOTE: [serving first]: its workers give way to this process.
+        assert set(tier.pids) <= watched | set(filter(gone, tier.pids))
         serve_until_settled(model, fn, tier)
     assert not tier.timeline()["uncompiled"], tier.timeline()
     assert set(tier.timeline()["swapped_at"]) == set(compiled.backends)

@@ -64,6 +64,7 @@ from ..piecewise import PiecewiseBackend
 from ..results import Split
 from .deferred import default_workers
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
+from .serving_first import controller
 from .tier import Tier, add_counters
 from .worker_process import (
     CompileOne,
@@ -166,6 +167,7 @@ def _land_before_exit(ref: weakref.ref[Tier]) -> None:
     tier = ref()
     if tier is None or tier.wait(0):
         return
+    controller().release()  # NOTE: [serving first]: never wait on a paused worker
     log.info(
         "stitch: %s: waiting for its compile workers before exiting, so that "
         "the next start finds every piece",
@@ -255,6 +257,7 @@ def start_workers(
         if gated:
             gates.append(worker.gate)
         pids.append(worker.pid)
+        controller().watch(worker.pid)  # NOTE: [serving first]
         threading.Thread(
             target=_read,
             args=(tier, worker, group_names),

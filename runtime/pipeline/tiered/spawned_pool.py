@@ -51,6 +51,7 @@ import torch
 
 from ...config import CompilationConfig
 from .deferred import DEFAULT_ENV, default_workers
+from .serving_first import controller
 from .worker_process import START_ENV, ended_by, niceness, take_priority
 
 log = logging.getLogger("stitch")
@@ -83,6 +84,7 @@ class PooledWorker:
     def close(self) -> None:
         """Let the worker go: it exits at the end of its stdin, or is ended
         (NOTE: [an idle worker that does not leave])."""
+        controller().forget(self.pid)  # resumed, if paused (NOTE: [serving first])
         with contextlib.suppress(OSError):
             assert self.process.stdin is not None
             self.process.stdin.close()
@@ -263,6 +265,7 @@ class SpawnedPool:
         # Before its threads start, which inherit it (the worker takes idle
         # priority again itself, for the threads it starts after).
         take_priority(self.nice, process.pid)
+        controller().watch(process.pid)  # its imports too (NOTE: [serving first])
         ready = threading.Event()
 
         def wait_ready() -> None:

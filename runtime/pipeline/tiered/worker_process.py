@@ -42,11 +42,11 @@ _PR_SET_PDEATHSIG = 1
 # takes privilege), but not the third: while every core is busy, with forwards
 # run back to back or with other work on a shared machine, a worker at idle
 # priority gets nothing, and was measured to take 30 times as long and more
-# (docs/cold_start.md, "Serving first").  A serving process that is never
-# idle would then serve uncompiled pieces for ever, which a cold start never
-# does; so the default stays niceness 0, sharing the cores as an equal, whose
-# last swap stays within about 1.3x the cold compile.  $STITCH_COMPILE_NICE
-# chooses otherwise for a machine whose owner knows its load: ``idle``
+# (docs/performance.md, "A worker's priority").  So the niceness stays 0, and
+# what gives way to the serving process is the controller of NOTE: [serving
+# first] (serving_first.py), which pauses workers while they make it wait and
+# keeps a share for them however busy it is.  $STITCH_COMPILE_NICE chooses a
+# fixed priority besides, for a machine whose owner knows its load: ``idle``
 # (SCHED_IDLE; niceness 19 where the class is missing) or a niceness from 0
 # to 19.
 NICE_ENV = "STITCH_COMPILE_NICE"

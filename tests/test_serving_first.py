@@ -1,0 +1,167 @@
+"""NOTE: [serving first]: compile workers pause while they make the serving
+process wait for a core, and take the cores back when it is idle.
+
+The "workers" here are real processes that keep a core busy, as a compile
+does; the serving process is this one, with a thread that keeps a core busy, as a forward
+does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from stitch.runtime.pipeline.tiered import serving_first
+from stitch.runtime.pipeline.tiered.serving_first import ServingFirst
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/task").is_dir(), reason="Linux's /proc (run delay)"
+)
+
+HOG = "import os\nif os.fork() == 0:\n    pass\nwhile True:\n    pass\n"
+
+
+def state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+
+
+def children(pid: int) -> list[int]:
+    return [
+        int(c)
+        for f in Path(f"/proc/{pid}/task").glob("*/children")
+        for c in f.read_text().split()
+    ]
+
+
+def until(check, seconds: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.fixture
+def hogs():  # type: ignore[no-untyped-def]
+    """Two processes, each with a child of its own, that keep a core busy."""
+    started = [
+        subprocess.Popen([sys.executable, "-c", HOG])
+        for _ in range(max(2, os.cpu_count() or 2))
+    ]
+    assert until(lambda: all(children(p.pid) for p in started))
+    yield started
+    for p in started:
+        for c in children(p.pid):
+            os.kill(c, 9)
+        p.kill()
+        p.wait()
+
+
+def sample(family: list[int]) -> list[bool]:
+    """Whether any of ``family`` is paused, 20 times over 2 s."""
+    samples = []
+    for _ in range(20):
+        samples.append(any(state(q) == "T" for q in family))
+        time.sleep(0.1)
+    return samples
+
+
+def busy(stop: threading.Event) -> None:
+    while not stop.is_set():
+        sum(range(1000))
+
+
+def test_workers_pause_while_the_process_is_busy_and_run_when_it_is_idle(
+    hogs: list[subprocess.Popen[bytes]],
+) -> None:
+    control = ServingFirst()
+    for p in hogs:
+        control.watch(p.pid)
+    family = [q for p in hogs for q in (p.pid, *children(p.pid))]
+    stop = threading.Event()
+    serving = [threading.Thread(target=busy, args=(stop,))]
+    for t in serving:
+        t.start()
+    try:
+        # Busy: the workers, and their children (a build pool, gcc), pause,
+        # most of the time.
+        assert until(lambda: control.paused)
+        assert until(lambda: all(state(q) == "T" for q in family))
+        busy_samples = sample(family)
+        assert sum(busy_samples) >= 14, busy_samples
+    finally:
+        stop.set()
+        for t in serving:
+            t.join()
+    # Idle: they run again, and stay running (but for a period now and then
+    # in which every worker is paused to measure the delay others cause).
+    assert until(lambda: not control.paused and all(state(q) != "T" for q in family))
+    idle_samples = sample(family)
+    assert sum(idle_samples) <= 6, idle_samples
+    control.release()
+
+
+def test_a_worker_let_go_or_a_process_that_exits_resumes_them_first(
+    hogs: list[subprocess.Popen[bytes]],
+) -> None:
+    control = ServingFirst()
+    first, *rest = hogs
+    for p in hogs:
+        control.watch(p.pid)
+    stop = threading.Event()
+    serving = [threading.Thread(target=busy, args=(stop,))]
+    for t in serving:
+        t.start()
+    try:
+        assert until(lambda: control.paused and state(first.pid) == "T")
+        control.forget(first.pid)  # its pool let it go
+        assert state(first.pid) != "T"
+        assert until(lambda: control.paused and state(rest[0].pid) == "T")
+        control.release()  # the process exits and waits for its workers
+        assert not control.paused
+        assert all(state(p.pid) != "T" for p in hogs)
+        time.sleep(0.5)  # and none is paused again
+        assert all(state(p.pid) != "T" for p in hogs)
+    finally:
+        stop.set()
+        for t in serving:
+            t.join()
+
+
+def test_the_controller_stops_when_its_workers_are_gone(
+    hogs: list[subprocess.Popen[bytes]],
+) -> None:
+    control = ServingFirst()
+    control.watch(hogs[0].pid)
+    thread = control._thread
+    assert thread is not None and thread.is_alive()
+    for c in children(hogs[0].pid):
+        os.kill(c, 9)
+    hogs[0].kill()
+    hogs[0].wait()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_it_can_be_turned_off(
+    monkeypatch: pytest.MonkeyPatch, hogs: list[subprocess.Popen[bytes]]
+) -> None:
+    monkeypatch.setenv(serving_first.ENV, "0")
+    control = ServingFirst()
+    control.watch(hogs[0].pid)
+    assert control._thread is None
+
+
+def test_this_process_is_never_paused() -> None:
+    # A test's worker may compile in this very process (its pid is the
+    # worker's): pausing it would stop the controller too, for ever.
+    control = ServingFirst()
+    control.watch(os.getpid())
+    control.watch(0)
+    assert control._thread is None and not control._order
