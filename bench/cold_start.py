@@ -128,7 +128,7 @@ def example_child(
             time.sleep(during[-1] * (1 / BUSY - 1))
             err = max(err, (got - refs[i % len(batches)]).abs().max().item())
         if during:
-            out["ms_during"] = statistics.median(during) * 1e3
+            out["ms_during"] = f"{statistics.median(during) * 1e3:.2f}"
         timeline = tier.timeline()
         out["forwards_during"] = i
         out["last_swap_s"] = tier.started - t0 + (timeline["last_swap_at"] or 0.0)
@@ -316,7 +316,7 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
                     if last is None
                     else last if isinstance(last, str) else f"{last:.2f}"
                 ),
-                *(() if kind == "engine" else (during(r),)),
+                *(() if kind == "engine" else (f"{r.get('ms_during', '-')}",)),
                 speed,
                 check,
                 ", ".join(sorted(r.get("uncompiled") or {})) or "-",
@@ -324,15 +324,9 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
         )
     what = "ms/forward" if kind != "engine" else "ms/token"
     check = "max err" if kind != "engine" else "tokens"
-    headers = (
-        "run",
-        "first output (s)",
-        "last swap (s)",
-        *(() if kind == "engine" else ("during (ms/forward)",)),
-        what,
-        check,
-        "uncompiled",
-    )
+    during = () if kind == "engine" else ("during (ms/forward)",)
+    headers = ("run", "first output (s)", "last swap (s)", *during, what)
+    headers += (check, "uncompiled")
     title = (
         f"example llama, {layers} layers, 8 tokens"
         + (", through aot_compile" if kind == "aot" else "")
@@ -364,11 +358,6 @@ def table(kind: str, layers: int, rows: list[tuple[str, dict[str, Any]]]) -> str
     if "warm" in by:
         lines.append(f"warm start {by['warm']['first_s']:.2f} s")
     return "\n".join(lines)
-
-
-def during(r: dict[str, Any]) -> str:
-    """The median forward while the workers compiled (tiered runs)."""
-    return f"{r['ms_during']:.2f}" if "ms_during" in r else "-"
 
 
 def targets(by: dict[str, Any], run: str, what: str, key: str) -> list[str]:
