@@ -66,10 +66,13 @@ def _forwards(cfg: Any, sizes: list[int]) -> list[Any]:
 def _config(cfg: Any, cache_dir: str) -> Any:
     from stitch.runtime import CompilationConfig
 
+    # The budget is the cold compile: a tiered start (the default on the CPU)
+    # would serve before compiling, and the check turns it off anyway.
     return CompilationConfig(
         cache_dir=cache_dir,
         max_num_batched_tokens=cfg.max_seqs,
         inductor_passes=[_fault()],
+        tiered_start=False,
     )
 
 
