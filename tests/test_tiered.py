@@ -40,7 +40,7 @@ from backend_support import (
 
 pytestmark = pytest.mark.slow
 
-SWAP_WAIT_S = 240.0
+SWAP_WAIT_S = 480.0  # workers give way to the forwards (NOTE: [serving first])
 
 
 @pytest.fixture(autouse=True)
