@@ -85,9 +85,8 @@ def test_workers_pause_while_the_process_is_busy_and_run_when_it_is_idle(
         control.watch(p.pid)
     family = [q for p in hogs for q in (p.pid, *children(p.pid))]
     stop = threading.Event()
-    serving = [threading.Thread(target=busy, args=(stop,))]
-    for t in serving:
-        t.start()
+    serving = threading.Thread(target=busy, args=(stop,))
+    serving.start()
     try:
         # Busy: the workers, and their children (a build pool, gcc), pause,
         # most of the time.
@@ -97,8 +96,7 @@ def test_workers_pause_while_the_process_is_busy_and_run_when_it_is_idle(
         assert sum(busy_samples) >= 14, busy_samples
     finally:
         stop.set()
-        for t in serving:
-            t.join()
+        serving.join()
     # Idle: they run again, and stay running (but for a period now and then
     # in which every worker is paused to measure the delay others cause).
     assert until(lambda: not control.paused and all(state(q) != "T" for q in family))
@@ -115,9 +113,8 @@ def test_a_worker_let_go_or_a_process_that_exits_resumes_them_first(
     for p in hogs:
         control.watch(p.pid)
     stop = threading.Event()
-    serving = [threading.Thread(target=busy, args=(stop,))]
-    for t in serving:
-        t.start()
+    serving = threading.Thread(target=busy, args=(stop,))
+    serving.start()
     try:
         assert until(lambda: control.paused and state(first.pid) == "T")
         control.forget(first.pid)  # its pool let it go
@@ -130,8 +127,7 @@ def test_a_worker_let_go_or_a_process_that_exits_resumes_them_first(
         assert all(state(p.pid) != "T" for p in hogs)
     finally:
         stop.set()
-        for t in serving:
-            t.join()
+        serving.join()
 
 
 def test_the_controller_stops_when_its_workers_are_gone(

@@ -42,14 +42,11 @@ NOTE: [a compile worker's priority]); it exists to measure the difference.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import threading
 import time
 from pathlib import Path
-
-log = logging.getLogger("stitch")
 
 ENV = "STITCH_SERVING_FIRST"
 # Seconds between two readings of the serving process's run delay.
@@ -115,7 +112,6 @@ class ServingFirst:
         self._stopped: dict[int, list[int]] = {}  # a paused worker: its family
         self._thread: threading.Thread | None = None
         self._released = False
-        self.pauses = 0  # how many times a worker was paused (for tests, logs)
 
     def watch(self, pid: int) -> None:
         """Control worker ``pid`` from now until it leaves.  This process
@@ -163,7 +159,6 @@ class ServingFirst:
         if pid not in self._stopped:
             self._stopped[pid] = _family(pid)
             _signal(self._stopped[pid], signal.SIGSTOP)
-            self.pauses += 1
 
     def _run_first(self, k: int) -> None:
         """Let the first ``k`` workers run and pause the others."""
