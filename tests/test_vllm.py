@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import importlib.util
 import json
+import logging
 import math
 import os
 import subprocess
@@ -421,3 +422,29 @@ def test_config_fields_from_env_and_factory(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("STITCH_VLLM_CONFIG", '{"compile_sizes": [9000]}')
     with pytest.raises(StitchConfigError, match="compile_sizes.*9000"):
         stitch_config(fake_vllm_config())
+
+
+def test_a_misspelt_field_is_one_warning_however_often_the_config_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The backend builds its config when it is made and again at each call.
+    from stitch.runtime.vllm import stitch_config
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    monkeypatch.setenv("STITCH_VLLM_CONFIG", '{"compile_sizs": [3]}')
+    seen = Lines()
+    logging.getLogger("stitch").addHandler(seen)
+    try:
+        for _ in range(3):
+            assert stitch_config(fake_vllm_config()).compile_sizes != [3]
+    finally:
+        logging.getLogger("stitch").removeHandler(seen)
+    lines = [line for line in seen.lines if "'compile_sizs'" in line]
+    assert len(lines) == 1 and "did you mean 'compile_sizes'?" in lines[0], lines

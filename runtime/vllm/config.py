@@ -93,14 +93,24 @@ def env_fields() -> dict[str, Any]:
     return fields
 
 
+# The (source, name, value) triples already warned of: the config is built
+# where the backend is made and again at each of its calls, and the user
+# should read of a misspelt field once per process, not once per build.
+_warned: set[tuple[str, str, str]] = set()
+
+
 def known_fields(fields: dict[str, Any], source: str) -> dict[str, Any]:
-    """``fields`` less the names ``CompilationConfig`` lacks (one warning each)."""
+    """``fields`` less the names ``CompilationConfig`` lacks (one warning each,
+    once per process)."""
     names = [f.name for f in dataclasses.fields(CompilationConfig)]
     kept = {}
     for name, value in fields.items():
         if name in names:
             kept[name] = value
             continue
+        if (source, str(name), repr(value)) in _warned:
+            continue
+        _warned.add((source, str(name), repr(value)))
         close = difflib.get_close_matches(str(name), names, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         log.warning(
