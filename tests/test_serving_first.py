@@ -47,6 +47,13 @@ def until(check, seconds: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
     return False
 
 
+@pytest.fixture(autouse=True)
+def serving_first_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The users' default; the suite turns it off for the other modules
+    # (NOTE: [the suite's compile workers run as equals] in conftest.py).
+    monkeypatch.setenv(serving_first.ENV, "1")
+
+
 @pytest.fixture
 def hogs():  # type: ignore[no-untyped-def]
     """Two processes, each with a child of its own, that keep a core busy."""

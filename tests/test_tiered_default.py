@@ -23,6 +23,7 @@ import pytest
 
 from stitch.runtime.cli.main import build_parser
 from stitch.runtime.pipeline.api import TIERED_DEFAULT_ENV
+from stitch.runtime.pipeline.tiered import serving_first
 from stitch.runtime.store.cache import CompileCache
 from stitch.runtime.store.location import CACHE_ENV
 
@@ -85,7 +86,9 @@ def _without_the_suites_switch(root: Path) -> dict[str, str]:
     # $STITCH_CACHE_DIR: that one wins over a config's cache_dir where a saved
     # forward finds its entry (saved_function.py), which aot_compile's save here
     # would then miss.
-    gone = (TIERED_DEFAULT_ENV, CACHE_ENV)
+    # The suite's switch for serving first goes too (NOTE: [the suite's
+    # compile workers run as equals] in conftest.py): these are the defaults.
+    gone = (TIERED_DEFAULT_ENV, CACHE_ENV, serving_first.ENV)
     env = {k: v for k, v in os.environ.items() if k not in gone}
     return dict(
         env,
