@@ -9,6 +9,7 @@ what warm start and concurrency are about.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -117,6 +118,19 @@ def counting() -> Iterator[dict[str, int]]:
     yield deltas
     after = compilation_counter.snapshot()
     deltas.update({k: after[k] - before[k] for k in after if after[k] != before[k]})
+
+
+class WarningMessages(logging.Handler):
+    """The messages of the warnings a logger it is added to gives.  Added to
+    the ``stitch`` logger itself, it sees them where caplog cannot: vLLM's
+    handlers, once joined, stop that logger propagating (runtime/vllm/logs.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
 
 
 def stitch_warnings(caplog: Any) -> list[str]:

@@ -21,7 +21,7 @@ from stitch.core.errors import StitchConfigError
 from stitch.runtime import CompilationConfig, StitchBackend
 from stitch.runtime.hf import FAMILIES, build_model, example_inputs, output_tensor
 
-from backend_support import INDUCTOR_TOL, counting
+from backend_support import INDUCTOR_TOL, WarningMessages, counting
 
 NAMES = sorted(FAMILIES)
 SLOW = os.environ.get("STITCH_SLOW", "") == "1"
@@ -93,7 +93,7 @@ class FamilyRun:
         self.compiled = torch.compile(self.model, backend=self.backend, dynamic=True)
         self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.length_deltas: dict[int, dict[str, int]] = {}
-        handler = Records()
+        handler = WarningMessages()
         stitch_log = logging.getLogger("stitch")
         stitch_log.addHandler(handler)
         try:
@@ -106,7 +106,7 @@ class FamilyRun:
                     self.run(1)
         finally:
             stitch_log.removeHandler(handler)
-        self.warnings = handler.warnings
+        self.warnings = handler.messages
 
     def run(self, n: int) -> None:
         kwargs = example_inputs(self.name, BATCH, n, seed=n)
@@ -120,15 +120,6 @@ class FamilyRun:
         if self.attn == "stitch":
             return torch.ops.stitch.hf_attention  # Dynamo keeps the packet
         return SDPA if self.default_attention == "sdpa" else None
-
-
-class Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.warnings: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.warnings.append(record.getMessage())
 
 
 def split_attn(name: str) -> str | None:

@@ -430,21 +430,15 @@ def test_a_misspelt_field_is_one_warning_however_often_the_config_is_built(
     # The backend builds its config when it is made and again at each call.
     from stitch.runtime.vllm import stitch_config
 
-    class Lines(logging.Handler):
-        def __init__(self) -> None:
-            super().__init__(logging.WARNING)
-            self.lines: list[str] = []
-
-        def emit(self, record: logging.LogRecord) -> None:
-            self.lines.append(record.getMessage())
+    from backend_support import WarningMessages
 
     monkeypatch.setenv("STITCH_VLLM_CONFIG", '{"compile_sizs": [3]}')
-    seen = Lines()
+    seen = WarningMessages()
     logging.getLogger("stitch").addHandler(seen)
     try:
         for _ in range(3):
             assert stitch_config(fake_vllm_config()).compile_sizes != [3]
     finally:
         logging.getLogger("stitch").removeHandler(seen)
-    lines = [line for line in seen.lines if "'compile_sizs'" in line]
+    lines = [line for line in seen.messages if "'compile_sizs'" in line]
     assert len(lines) == 1 and "did you mean 'compile_sizes'?" in lines[0], lines
