@@ -30,7 +30,7 @@ wheels=${STITCH_CI_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/stitch/ci-wheels}
 mkdir -p "$wheels"
 # What the suite's pytest configuration and Stitch's code generator need.
 extras=("black==26.10.1" "msgspec>=0.18,<1" "tabulate>=0.9" "pytest>=8" "pytest-xdist>=3.6"
-    "syrupy>=7" "hypothesis>=6.100" "openai>=1.0" "redis>=5,<9")
+    "pytest-timeout>=2.3" "syrupy>=7" "hypothesis>=6.100" "openai>=1.0" "redis>=5,<9")
 install() { # pip install from the wheel folder, filled first if it must be
     "$venv/bin/pip" install -q --no-compile --no-index --find-links "$wheels" -c "$lock" "$@" \
         2>/dev/null && return

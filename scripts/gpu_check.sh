@@ -61,8 +61,9 @@ PY=${PYTHON:-python3}
 # list: the device tool's KINDS.md): black (pinned by pyproject.toml: goldens
 # are its output) with pytokens, syrupy (the golden fixture), msgspec (the
 # cache's records), platformdirs (the cache's default folder).  The rest are
-# on the image but pinned here to what CI runs: tabulate, pathspec, xdist.
-WHEELS=(black==26.10.1 syrupy==7.0.2 pathspec==1.1.1 platformdirs==4.14.5 pytokens==0.4.1 pytest-xdist==3.8.0 tabulate==0.10.0 msgspec==0.22.0)
+# on the image but pinned here to what CI runs: tabulate, pathspec, xdist;
+# pytest-timeout ends a test that hangs (pyproject.toml's ``timeout``).
+WHEELS=(black==26.10.1 syrupy==7.0.2 pathspec==1.1.1 platformdirs==4.14.5 pytokens==0.4.1 pytest-xdist==3.8.0 pytest-timeout==2.4.0 tabulate==0.10.0 msgspec==0.22.0)
 
 # The test files that hold cuda-marked tests: collecting only these keeps the
 # other modules' imports (redis, fastapi, ...: not on the image) out of the run.

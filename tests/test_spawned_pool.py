@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -185,6 +186,8 @@ def test_workers_exit_with_a_parent_killed_while_they_are_idle(
     )
     try:
         assert parent.stdout is not None
+        # Bounded: a parent that neither reports nor exits fails the test.
+        assert select.select([parent.stdout], [], [], 300)[0], "no report in 300 s"
         pids = json.loads(parent.stdout.readline())
         assert len(pids) == 2 and not any(gone(p) for p in pids), pids
     finally:
