@@ -61,17 +61,17 @@ def start(
         TRANSFORMERS_OFFLINE="1",
         TORCHINDUCTOR_CACHE_DIR=os.path.join(scratch, "inductor"),
     )
-    common = ["--host=127.0.0.1", f"--port={port}", "--device=cpu", "--dtype=float32"]
     if eager:
-        # The same flags' names: the launcher takes transformers' --cb-* flags.
         command = ["-m", "transformers.cli.transformers", "serve", model]
-        command += ["--continuous-batching", *common, *FLAGS]
+        command.append("--continuous-batching")
     else:
-        command = ["-m", "stitch.runtime.hf.serve", model, *common]
-        command += [f"--cache-dir={os.path.join(scratch, 'stitch')}", *FLAGS]
+        command = ["-m", "stitch.runtime.hf.serve", model]
+        command.append(f"--cache-dir={os.path.join(scratch, 'stitch')}")
+    # Both take these and transformers' --cb-* flags (FLAGS) by the same names.
+    common = ["--host=127.0.0.1", f"--port={port}", "--device=cpu", "--dtype=float32"]
     launched = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, *command, *flags],
+        [sys.executable, *command, *common, *FLAGS, *flags],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
