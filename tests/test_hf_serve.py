@@ -146,7 +146,9 @@ def _stop(process) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=20)
+            # A tiered start still compiling waits for its workers before it
+            # exits (NOTE: [a process that exits normally waits for its workers]).
+            process.wait(timeout=180)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)

@@ -112,6 +112,42 @@ def test_workers_pause_while_the_process_is_busy_and_run_when_it_is_idle(
     control.release()
 
 
+def bursts(stop: threading.Event, burst_s: float = 0.015) -> None:
+    """A serving loop busy a tenth of the time: a short forward's worth of
+    CPU, then nine times as long idle."""
+    while not stop.is_set():
+        start = time.thread_time()
+        while time.thread_time() - start < burst_s:
+            sum(range(1000))
+        time.sleep(9 * burst_s)
+
+
+def test_workers_run_between_short_forwards(
+    hogs: list[subprocess.Popen[bytes]],
+) -> None:
+    # Paused at a forward's start and resumed once the process is idle again:
+    # the controller used to pause them for periods after each forward had
+    # ended, 70 to 80% of the time for a process busy 10% of it.
+    control = ServingFirst()
+    for p in hogs:
+        control.watch(p.pid)
+    family = [q for p in hogs for q in (p.pid, *children(p.pid))]
+    stop = threading.Event()
+    serving = threading.Thread(target=bursts, args=(stop,))
+    serving.start()
+    try:
+        samples = []
+        for _ in range(160):
+            samples.append(any(state(q) == "T" for q in family))
+            time.sleep(0.025)
+    finally:
+        stop.set()
+        serving.join()
+        control.release()
+    assert any(samples), "never paused for a forward"
+    assert sum(samples) <= len(samples) / 2, f"paused {sum(samples)} of {len(samples)}"
+
+
 def test_a_worker_let_go_or_a_process_that_exits_resumes_them_first(
     hogs: list[subprocess.Popen[bytes]],
 ) -> None:

@@ -351,6 +351,49 @@ def test_an_exit_mid_compile_leaves_the_next_start_only_what_is_missing(
     assert deltas.get("num_inductor_compiles", 0) < len(reports)
 
 
+COMPILES_FROM_A_THREAD = """
+import json, os, sys, threading, time, torch
+sys.path.insert(0, {tests!r})
+from backend_support import TINY, compile_model, inputs, model_for, run_fresh
+from stitch.runtime import CompilationConfig
+model = model_for()
+config = CompilationConfig(cache_dir={cache!r}, tiered_start=True, compile_workers=1)
+made = {{}}
+def engine():  # an engine's thread: it starts the workers, then ends
+    made["backend"], made["fn"] = compile_model(model, config)
+    run_fresh(model, made["fn"], inputs(TINY, 4))
+thread = threading.Thread(target=engine)
+thread.start()
+thread.join()
+tier = made["backend"].compiled[-1].tier
+deadline = time.monotonic() + 240
+while not tier.settled and time.monotonic() < deadline:
+    run_fresh(model, made["fn"], inputs(TINY, 4))
+    time.sleep(0.05)
+print(json.dumps(tier.timeline()["uncompiled"]), flush=True)
+"""
+
+
+def test_workers_started_by_a_thread_that_ends_compile_on(tmp_path: Path) -> None:
+    # The kernel's parent-death signal follows the thread that forked: a
+    # worker forked by an engine's thread died with it, its pieces uncompiled
+    # (die_with_parent in worker_process.py).
+    script = COMPILES_FROM_A_THREAD.format(
+        tests=str(Path(__file__).parent), cache=str(tmp_path / "cache")
+    )
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not json.loads(done.stdout.strip().splitlines()[-1]), done.stderr[-3000:]
+    assert "was killed by" not in done.stderr, done.stderr[-3000:]
+
+
 def test_an_empty_buffer_output_is_not_compared() -> None:
     def f(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x + 1, torch.empty_like(x).view(-1)

@@ -74,6 +74,7 @@ from .worker_process import (
     die_with_parent,
     ended_status,
     niceness,
+    parent_to_watch,
     take_priority,
 )
 
@@ -315,12 +316,14 @@ def _forker(compile_one: CompileOne, shape_env: Any) -> Launch:
         gate_read, gate_write = os.pipe() if gated else (-1, -1)
         sys.stdout.flush()
         sys.stderr.flush()
+        parent = parent_to_watch()
         pid = os.fork()
         if pid == 0:  # the worker: never returns
+            os.setpgid(0, 0)  # NOTE: [serving first]: a group of its own
             os.close(read_fd)
             if gated:
                 os.close(gate_write)
-            _work(names, write_fd, gate_read, compile_one, shape_env, nice)
+            _work(names, write_fd, gate_read, compile_one, shape_env, nice, parent)
         os.close(write_fd)
         if gated:
             os.close(gate_read)
@@ -340,10 +343,11 @@ def _work(
     compile_one: CompileOne,
     shape_env: Any,
     nice: int | None,
+    parent: int | None,
 ) -> None:
     code = 0
     try:
-        die_with_parent()
+        die_with_parent(parent)
         forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
         # NOTE: [a compile worker's priority]
         take_priority(nice)

@@ -24,11 +24,31 @@ runs each period; while it waits less than half of it, one more runs every
 periods with every worker paused one runs for a period, so the compile ends
 (the workers keep at least a fifth of the time); paused workers change places
 every ``ROTATE`` periods; every ``PROBE`` periods all are paused for one, to
-measure the others' delay again.  Nothing is tuned by hand: an idle process
-gives the workers every core within a few periods; a busy one keeps what it
-needs.  What it cannot do is fill gaps shorter than a period: a process busy
-half of every few milliseconds looks busy in every period (docs/performance.md,
+measure the others' delay again.
+
+A period is too long for a forward of a few milliseconds: the controller saw
+the wait only after the forward had ended, and then kept the workers paused
+for the calm periods that followed.  A process busy a tenth of the time kept
+them paused a third of it (docs/performance.md, "On a quiet machine").  So,
+between two readings, every ``TICK_S`` the controller also reads the CPU time
+the process's other threads used (one call, ``_others_cpu``): where running
+workers have made a busy process wait (``harmful``, learned in the periods in
+which workers ran all through a busy stretch), every worker pauses in the
+tick in which a forward begins (the process uses more than ``BUSY`` of a
+core), and they all run again after ``CALM`` ticks in which it is idle (less
+than ``IDLE``).  Harm is measured again at least every ``LEARN`` periods: a
+period with no pause at a forward's start.  Where workers do not make the
+process wait (more cores than both need), they are not paused at all.  What
+it cannot do is fill gaps shorter than a few ticks: a process busy half of
+every few milliseconds looks busy in every tick (docs/performance.md,
 "Serving first").
+
+A worker starts in a process group of its own (``own_group``; a forked one
+calls ``setpgid``), its build pool and gcc with it.  A serving process killed
+while its workers are paused leaves that group orphaned with stopped members,
+and the kernel then sends the group SIGHUP and SIGCONT: a paused worker, or
+its pool after it, never waits stopped for ever (it did: an Inductor build
+pool stayed stopped, orphaned, after its serving process ended).
 
 The controller runs only while there are workers (``watch``), in the process
 that started them (a fork's child starts empty).  A worker that leaves is
@@ -44,13 +64,26 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ENV = "STITCH_SERVING_FIRST"
 # Seconds between two readings of the serving process's run delay.
 PERIOD_S = 0.05
+# Seconds between two looks at the CPU time the process uses (cheap: one call).
+TICK_S = 0.005
+PERIOD_TICKS = round(PERIOD_S / TICK_S)
+# Cores the process uses: above BUSY it is busy (a forward runs), below IDLE idle.
+BUSY = 0.2
+IDLE = 0.1
+# Idle ticks in a row before every worker runs again.
+CALM = 2
+# Periods, at most, between two measurements of what running workers cost a
+# busy process (a forward, in a period with no pause at its start, learns it).
+LEARN = 100
 # The extra delay (core-seconds a second) the workers may cause before they pause.
 LIMIT = 0.1
 # Periods every worker stays paused, at most, before one runs again.
@@ -80,6 +113,20 @@ def run_delay(skip: int = 0) -> float:
             with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
                 total += int(f.read().split()[1])
     return total / 1e9
+
+
+def own_group() -> dict[str, Any]:
+    """``subprocess.Popen``'s arguments that start a worker in a process group
+    of its own (NOTE: [serving first]); a forked worker calls ``os.setpgid(0, 0)``."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"preexec_fn": os.setpgrp}
+
+
+def _others_cpu() -> float:
+    """Seconds of CPU this process has used, but for the calling thread's
+    (the controller's own: its reads and signals must not look like a forward)."""
+    return time.process_time() - time.thread_time()
 
 
 def _family(pid: int) -> list[int]:
@@ -151,9 +198,9 @@ class ServingFirst:
         return bool(self._stopped)
 
     def _go_on(self, pid: int) -> None:
-        family = self._stopped.pop(pid, None)
-        if family is not None:
-            _signal(sorted(set(family) | set(_family(pid))), signal.SIGCONT)
+        # Only those it paused: a process stopped cannot start another, and
+        # one started before its parent's stop was never paused.
+        _signal(self._stopped.pop(pid, []), signal.SIGCONT)
 
     def _pause(self, pid: int) -> None:
         if pid not in self._stopped:
@@ -169,34 +216,64 @@ class ServingFirst:
                 self._pause(pid)
 
     def _run(self) -> None:
-        baseline = 0.0  # the delay with every worker paused (others' doing)
         me = threading.get_native_id()
-        last, at = run_delay(me), time.monotonic()
+        baseline = 0.0  # the delay with every worker paused (others' doing)
+        last_delay, at = run_delay(me), time.monotonic()
+        last_cpu, tick_at = _others_cpu(), at
         k = -1  # how many workers run; -1: all, not yet decided
-        idle_periods = at_zero = 0
-        period = 0
+        harmful = True  # whether running workers make a busy process wait
+        fixed = False  # this period's k is the compile's share or a probe
+        learning = False  # no pause at a forward's start this period
+        unlearned = 0  # periods since harm was last measured
+        idle_periods = at_zero = idle_ticks = busy_ticks = 0
+        period = tick = 0
+        low = high = 0  # the fewest and most workers that ran this period
         while True:
-            time.sleep(PERIOD_S)
-            now, delay = time.monotonic(), run_delay(me)
-            rate = (delay - last) / max(now - at, 1e-6)
-            last, at = delay, now
-            period += 1
+            time.sleep(TICK_S)
+            tick += 1
+            cpu, now = _others_cpu(), time.monotonic()
+            using = (cpu - last_cpu) / max(now - tick_at, 1e-6)
+            last_cpu, tick_at = cpu, now
             with self._lock:
-                for pid in [p for p in self._order if not _alive(p)]:
-                    self._order.remove(pid)
-                    # Its children, paused with it, must not stay paused.
-                    _signal(self._stopped.pop(pid, []), signal.SIGCONT)
                 n = len(self._order)
                 if not n or self._released:
                     self._thread = None
                     return
                 if k < 0 or k > n:
-                    k = n
-                if k == 0:
+                    k = low = high = n
+                busy_ticks += using > BUSY
+                idle_ticks = idle_ticks + 1 if using < IDLE else 0
+                if not fixed:
+                    if k > 0 and harmful and not learning and using > BUSY:
+                        k = 0  # a forward begins: it must not wait
+                    elif k < n and idle_ticks >= CALM:
+                        k = n  # nothing to wait for: every worker runs
+                        at_zero = 0
+                low, high = min(low, k), max(high, k)
+                if tick % PERIOD_TICKS:
+                    self._run_first(k)
+                    continue
+                for pid in [p for p in self._order if not _alive(p)]:
+                    self._order.remove(pid)
+                    # Its children, paused with it, must not stay paused.
+                    _signal(self._stopped.pop(pid, []), signal.SIGCONT)
+                n = len(self._order)
+                k = min(k, n)
+                delay = run_delay(me)
+                rate = (delay - last_delay) / max(now - at, 1e-6)
+                last_delay, at = delay, now
+                period += 1
+                if high == 0:
                     # Every worker paused: what is left is others' doing.
                     baseline += ALPHA * (rate - baseline)
                 excess = rate - baseline
-                if k > 0 and excess > LIMIT:
+                if low > 0 and busy_ticks >= CALM:
+                    # Workers ran all through a busy period: learn what they cost.
+                    harmful = excess > LIMIT or (harmful and excess >= LIMIT / 2)
+                    unlearned = 0
+                else:
+                    unlearned += 1
+                if k > 0 and excess > LIMIT and idle_ticks < CALM:
                     k -= 1  # they make this process wait: one fewer runs
                     idle_periods = 0
                 elif excess < LIMIT / 2:
@@ -205,13 +282,18 @@ class ServingFirst:
                         k += 1  # no wait: one more runs
                         idle_periods = 0
                 at_zero = at_zero + 1 if k == 0 else 0
+                fixed = learning = False
                 if at_zero > HOLD:
-                    k = 1  # a share for the compile, whatever the load
-                    at_zero = 0
+                    # The compile's share, whatever the load.
+                    k, at_zero, fixed = 1, 0, True
                 if period % PROBE == 0 and k > 0:
-                    k = 0  # measure the others' delay again, now and then
+                    # Measure the others' delay again, now and then.
+                    k, fixed = 0, True
+                learning = harmful and unlearned >= LEARN
                 if period % ROTATE == 0 and 0 < k < n:
                     self._order = self._order[1:] + self._order[:1]
+                low = high = k
+                busy_ticks = 0
                 self._run_first(k)
 
 

@@ -51,7 +51,7 @@ import torch
 
 from ...config import CompilationConfig
 from .deferred import DEFAULT_ENV, default_workers
-from .serving_first import controller
+from .serving_first import controller, own_group
 from .worker_process import START_ENV, ended_by, niceness, take_priority
 
 log = logging.getLogger("stitch")
@@ -254,7 +254,9 @@ class SpawnedPool:
             *self.preload,
         ]
         try:
-            process = subprocess.Popen(command, stdin=subprocess.PIPE, pass_fds=passed)
+            process = subprocess.Popen(
+                command, stdin=subprocess.PIPE, pass_fds=passed, **own_group()
+            )
         except BaseException:
             os.close(reports_read)
             os.close(ready_read)

@@ -30,7 +30,6 @@ import pickle
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from typing import IO, Any
 
@@ -194,7 +193,7 @@ def main(argv: Sequence[str]) -> int:
         die_with_parent()
     if os.getppid() != parent:
         return 0  # the serving process is already gone
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    die_with_parent(parent)  # and whatever the thread that spawned it does
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     # NOTE: [pre-started compile workers]: what the first compile needs, loaded
@@ -215,12 +214,6 @@ def main(argv: Sequence[str]) -> int:
                 _run_job(out, header, data)
             out.write(json.dumps({"done": True}) + "\n")
     return 0  # the pool let it go
-
-
-def _watch_parent(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(0)  # the serving process is gone: so is every job's use
 
 
 def _run_job(out: IO[str], header: dict[str, Any], data: bytes) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import IO, Any, TextIO
@@ -98,14 +99,36 @@ def compile_and_report(
         out.write(json.dumps(message) + "\n")
 
 
-def die_with_parent() -> None:
-    """Ask the kernel to kill this worker when the thread that forked it ends:
-    a worker never outlives the process it compiles for (Linux only)."""
+def die_with_parent(parent: int | None = None) -> None:
+    """End this worker with the process it compiles for.  ``parent=None``
+    (started by the main thread): the kernel kills it when that thread ends
+    (Linux only).  The kernel's signal follows the thread that forked or
+    spawned, not the process, so a worker started by any other thread (an
+    engine's, a server's) would die with that thread, its compile lost, while
+    the process goes on and even waits for it at exit: such a worker instead
+    watches its parent pid, ``parent``, and exits when it is gone."""
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+        return
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)  # the serving process is gone: so is every job's use
+
+
+def parent_to_watch() -> int | None:
+    """What a worker started by the calling thread passes to
+    :func:`die_with_parent`."""
+    if threading.current_thread() is threading.main_thread():
+        return None
+    return os.getpid()
 
 
 def ended_status(status: int) -> str:
