@@ -261,6 +261,11 @@ def test_a_server_starts_tiered_by_default_with_eager_tokens_before_its_pieces_c
     assert got == expected
     assert re.search(r"3 pieces compile in \d+ forked worker", output), output
     assert status in (0, -signal.SIGTERM), output
+    # Stopped while its worker compiles, it waits for it (NOTE: [a process
+    # that exits normally waits for its workers]), on either way out: the
+    # worker, forked by the engine's thread, no longer dies with that thread,
+    # and the exit past transformers' lingering threads waits too.
+    assert "stays uncompiled" not in output, output
 
 
 @pytest.mark.parametrize(

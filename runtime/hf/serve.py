@@ -24,6 +24,7 @@ each request in :mod:`.serve_checks`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -117,7 +118,9 @@ the value and the limit, for example:
 (also: token ids outside the vocabulary, max_tokens below 1, a prompt and
 max_tokens the paged cache can never hold, temperature or top_p other than the
 engine's, penalties, several prompts, chat without a chat template).
-Ctrl+C or SIGTERM stops the server within seconds.
+Ctrl+C or SIGTERM stops the server within seconds; a tiered start still
+compiling then finishes its compile before the process exits (a second Ctrl+C
+or SIGTERM exits at once).
 """
 
 
@@ -218,6 +221,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         # NOTE: [a clean stop] in serve_lifecycle.py: a thread of transformers'
         # that did not stop in time must not hold the exit.
         stitch_log.warning("stitch: exiting past threads %s", ", ".join(lingering))
+        from ..pipeline.api import land_before_exit
+
+        # os._exit runs no atexit hook; a second Ctrl+C ends the wait.
+        with contextlib.suppress(KeyboardInterrupt):
+            land_before_exit()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

@@ -30,7 +30,10 @@ never exits after Ctrl+C.  Here uvicorn runs in a thread of its own (uvicorn
 installs no signal handlers outside the main thread); the main thread waits
 for SIGINT or SIGTERM, then stops uvicorn (in-flight requests get
 :data:`DRAIN_SECONDS` to finish), stops the engine (requests still in it are
-failed), unloads the model, and returns within about 10 s.
+failed), unloads the model, and returns within about 10 s.  A tiered start
+still compiling then waits for its compile workers before the process exits,
+so that the next start finds every piece (NOTE: [a process that exits
+normally waits for its workers]); a second Ctrl+C or SIGTERM ends it at once.
 """
 
 from __future__ import annotations

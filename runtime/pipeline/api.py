@@ -23,6 +23,7 @@ from .saved_function import (
 )
 from .splitting import dispatches_through_transformers, is_attention
 from .tiered.deferred import DEFAULT_ENV as TIERED_DEFAULT_ENV
+from .tiered.exit_wait import land_before_exit
 from .tiered.spawned_pool import SpawnedPool
 from .tiered.swap_check import SWAP_TOLERANCE, tolerance, unset_outputs
 from .tiered.tier import Tier
@@ -41,6 +42,7 @@ __all__ = [
     "config_adapter",
     "dispatches_through_transformers",
     "index_sha256",
+    "land_before_exit",
     "is_attention",
     "load_reference",
     "mutates",

@@ -18,18 +18,6 @@ compile only if the lease comes to this process or the wait runs out, and
 exit when the other replica's entry is installed instead, its pieces swapped
 in from there.
 
-NOTE: [a process that exits normally waits for its workers]
-A tiered start is the default of a backend call, and a short script (a test,
-a notebook run again, a tool) may end before its workers do.  Killed with it,
-they would leave the cache without the rest of the pieces, and every later
-run would start cold again, serving uncompiled: a loss against the cold
-start, whose one wait leaves every later run warm.  So a process that exits
-normally (its main thread returns, ``sys.exit``, Ctrl-C) first waits, in an
-``atexit`` hook, for its workers to land or give up every piece: at most the
-rest of the compile, no longer than a cold start would have waited, and the
-next run starts warm.  A process killed, or ended by ``os._exit``, takes its
-workers with it as before.
-
 A worker writes one JSON line per piece to its pipe: the piece's index record
 and the guards its compile added, or the error it raised, with its counter
 changes.  A worker that dies reports nothing more; its reader gives its
@@ -38,7 +26,6 @@ pieces up when the pipe closes.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import dataclasses
 import json
@@ -48,7 +35,6 @@ import signal
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -63,6 +49,7 @@ from ...store.index import PieceRecord
 from ..piecewise import PiecewiseBackend
 from ..results import Split
 from .deferred import default_workers
+from .exit_wait import wait_at_exit
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
 from .serving_first import controller
 from .tier import Tier, add_counters
@@ -159,33 +146,8 @@ def start_tier(
 
         threading.Thread(target=watch, name="stitch-fleet-wait", daemon=True).start()
     tier.returned_at = time.perf_counter() - start
-    atexit.register(_land_before_exit, weakref.ref(tier))
+    wait_at_exit(tier)  # NOTE: [a process that exits normally waits for its workers]
     return tier
-
-
-def _land_before_exit(ref: weakref.ref[Tier]) -> None:
-    """NOTE: [a process that exits normally waits for its workers]."""
-    tier = ref()
-    if tier is None or tier.wait(0):
-        return
-    controller().release()  # NOTE: [serving first]: never wait on a paused worker
-    log.info(
-        "stitch: %s: waiting for its compile workers before exiting, so that "
-        "the next start finds every piece",
-        tier.label,
-    )
-    while not tier.wait(1.0) and any(map(_running, tier.pids)):
-        pass  # a worker that ended reported, or its reader gives its pieces up
-
-
-def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 def _units(c: Any, split: Split, deferred: dict[str, Any]) -> list[UnitJob]:

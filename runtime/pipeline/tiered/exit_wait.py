@@ -1,0 +1,73 @@
+"""A process's exit waits for its compile workers (NOTE: [a process that
+exits normally waits for its workers]).
+
+NOTE: [a process that exits normally waits for its workers]
+A tiered start is the default of a backend call, and a short script (a test,
+a notebook run again, a tool) may end before its workers do.  Killed with it,
+they would leave the cache without the rest of the pieces, and every later
+run would start cold again, serving uncompiled: a loss against the cold
+start, whose one wait leaves every later run warm.  So a process that exits
+normally (its main thread returns, ``sys.exit``, Ctrl-C) first waits, in an
+``atexit`` hook, for its workers to land or give up every piece: at most the
+rest of the compile, no longer than a cold start would have waited, and the
+next run starts warm.  A process killed, or ended by ``os._exit``, takes its
+workers with it as before; Stitch's own ``os._exit`` (transformers' server,
+past a thread of transformers' that did not stop) calls
+:func:`land_before_exit` first.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import weakref
+
+from .serving_first import controller
+from .tier import Tier
+
+log = logging.getLogger("stitch")
+
+
+def wait_at_exit(tier: Tier) -> None:
+    """Wait for ``tier``'s workers when this process exits normally."""
+    _COMPILING.add(tier)
+    atexit.register(_land_before_exit, weakref.ref(tier))
+
+
+# The tiers whose workers may still compile (NOTE: [a process that exits
+# normally waits for its workers]).
+_COMPILING: weakref.WeakSet[Tier] = weakref.WeakSet()
+
+
+def land_before_exit() -> None:
+    """Wait for every tier's workers, as a process's exit does (NOTE: [a
+    process that exits normally waits for its workers]): for a process about
+    to end with ``os._exit``, which runs no ``atexit`` hook."""
+    for tier in list(_COMPILING):
+        _land_before_exit(weakref.ref(tier))
+
+
+def _land_before_exit(ref: weakref.ref[Tier]) -> None:
+    """NOTE: [a process that exits normally waits for its workers]."""
+    tier = ref()
+    if tier is None or tier.wait(0):
+        return
+    controller().release()  # NOTE: [serving first]: never wait on a paused worker
+    log.info(
+        "stitch: %s: waiting for its compile workers before exiting, so that "
+        "the next start finds every piece",
+        tier.label,
+    )
+    while not tier.wait(1.0) and any(map(_running, tier.pids)):
+        pass  # a worker that ended reported, or its reader gives its pieces up
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
