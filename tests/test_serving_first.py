@@ -7,11 +7,13 @@ does."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -84,26 +86,36 @@ def busy(stop: threading.Event) -> None:
         sum(range(1000))
 
 
-def test_workers_pause_while_the_process_is_busy_and_run_when_it_is_idle(
-    hogs: list[subprocess.Popen[bytes]],
-) -> None:
+@contextlib.contextmanager
+def serving(
+    hogs: list[subprocess.Popen[bytes]], load: Callable[[threading.Event], None]
+) -> Iterator[tuple[ServingFirst, list[int]]]:
+    """A controller of ``hogs`` while a thread of this process runs ``load``
+    (until the block ends): the controller, and the hogs with their children."""
     control = ServingFirst()
     for p in hogs:
         control.watch(p.pid)
     family = [q for p in hogs for q in (p.pid, *children(p.pid))]
     stop = threading.Event()
-    serving = threading.Thread(target=busy, args=(stop,))
-    serving.start()
+    thread = threading.Thread(target=load, args=(stop,))
+    thread.start()
     try:
+        yield control, family
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_workers_pause_while_the_process_is_busy_and_run_when_it_is_idle(
+    hogs: list[subprocess.Popen[bytes]],
+) -> None:
+    with serving(hogs, busy) as (control, family):
         # Busy: the workers, and their children (a build pool, gcc), pause,
         # most of the time.
         assert until(lambda: control.paused)
         assert until(lambda: all(state(q) == "T" for q in family))
         busy_samples = sample(family)
         assert sum(busy_samples) >= 14, busy_samples
-    finally:
-        stop.set()
-        serving.join()
     # Idle: they run again, and stay running (but for a period now and then
     # in which every worker is paused to measure the delay others cause).
     assert until(lambda: not control.paused and all(state(q) != "T" for q in family))
@@ -128,22 +140,12 @@ def test_workers_run_between_short_forwards(
     # Paused at a forward's start and resumed once the process is idle again:
     # the controller used to pause them for periods after each forward had
     # ended, 70 to 80% of the time for a process busy 10% of it.
-    control = ServingFirst()
-    for p in hogs:
-        control.watch(p.pid)
-    family = [q for p in hogs for q in (p.pid, *children(p.pid))]
-    stop = threading.Event()
-    serving = threading.Thread(target=bursts, args=(stop,))
-    serving.start()
-    try:
+    with serving(hogs, bursts) as (control, family):
         samples = []
         for _ in range(160):
             samples.append(any(state(q) == "T" for q in family))
             time.sleep(0.025)
-    finally:
-        stop.set()
-        serving.join()
-        control.release()
+    control.release()
     assert any(samples), "never paused for a forward"
     assert sum(samples) <= len(samples) / 2, f"paused {sum(samples)} of {len(samples)}"
 

@@ -315,20 +315,26 @@ os._exit(0)  # while the worker compiles the other pieces (sys.exit would wait)
 """
 
 
-def test_an_exit_mid_compile_leaves_the_next_start_only_what_is_missing(
-    tmp_path: Path,
-) -> None:
-    script = EXITS_MID_COMPILE.format(
+def run_script(template: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """``template`` (naming the tests' folder and a cache) run in a fresh
+    process with caches of its own under ``tmp_path``."""
+    script = template.format(
         tests=str(Path(__file__).parent), cache=str(tmp_path / "cache")
     )
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    done = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script)],
         capture_output=True,
         text=True,
         env=env,
         timeout=300,
     )
+
+
+def test_an_exit_mid_compile_leaves_the_next_start_only_what_is_missing(
+    tmp_path: Path,
+) -> None:
+    done = run_script(EXITS_MID_COMPILE, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     landed = json.loads(done.stdout.strip().splitlines()[-1])
     assert landed
@@ -378,17 +384,7 @@ def test_workers_started_by_a_thread_that_ends_compile_on(tmp_path: Path) -> Non
     # The kernel's parent-death signal follows the thread that forked: a
     # worker forked by an engine's thread died with it, its pieces uncompiled
     # (die_with_parent in worker_process.py).
-    script = COMPILES_FROM_A_THREAD.format(
-        tests=str(Path(__file__).parent), cache=str(tmp_path / "cache")
-    )
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")}
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    done = run_script(COMPILES_FROM_A_THREAD, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not json.loads(done.stdout.strip().splitlines()[-1]), done.stderr[-3000:]
     assert "was killed by" not in done.stderr, done.stderr[-3000:]

@@ -29,29 +29,31 @@ from .tier import Tier
 log = logging.getLogger("stitch")
 
 
-def wait_at_exit(tier: Tier) -> None:
-    """Wait for ``tier``'s workers when this process exits normally."""
-    _COMPILING.add(tier)
-    atexit.register(_land_before_exit, weakref.ref(tier))
-
-
 # The tiers whose workers may still compile (NOTE: [a process that exits
 # normally waits for its workers]).
 _COMPILING: weakref.WeakSet[Tier] = weakref.WeakSet()
 
 
+def wait_at_exit(tier: Tier) -> None:
+    """Wait for ``tier``'s workers when this process exits normally (one
+    ``atexit`` hook for every tier, registered with the first)."""
+    if not _COMPILING:
+        atexit.unregister(land_before_exit)
+        atexit.register(land_before_exit)
+    _COMPILING.add(tier)
+
+
 def land_before_exit() -> None:
     """Wait for every tier's workers, as a process's exit does (NOTE: [a
-    process that exits normally waits for its workers]): for a process about
-    to end with ``os._exit``, which runs no ``atexit`` hook."""
+    process that exits normally waits for its workers]); also for a process
+    about to end with ``os._exit``, which runs no ``atexit`` hook."""
     for tier in list(_COMPILING):
-        _land_before_exit(weakref.ref(tier))
+        _land_before_exit(tier)
 
 
-def _land_before_exit(ref: weakref.ref[Tier]) -> None:
+def _land_before_exit(tier: Tier) -> None:
     """NOTE: [a process that exits normally waits for its workers]."""
-    tier = ref()
-    if tier is None or tier.wait(0):
+    if tier.wait(0):
         return
     controller().release()  # NOTE: [serving first]: never wait on a paused worker
     log.info(
