@@ -228,12 +228,16 @@ def engine_child(run: str, layers: int, cache: str) -> dict[str, Any]:
             o.generated_tokens for o in sorted(results, key=lambda o: o.prompt_ids)
         ]
         out: dict[str, Any] = {"first_s": first, "tokens": tokens}
-        tier = None
+        tiers: list[Any] = []
         if backend is not None:
-            tiers = [c.tier for c in backend.compiled if c.tier is not None]
-            tier = tiers[0] if tiers else None
-        if tier is not None:
+            # NOTE: [the engine serves while Dynamo traces]: requests until the
+            # trace is done, then until every piece is swapped in.
             deadline = time.monotonic() + WAIT_S
+            while model.forward.compiling() and time.monotonic() < deadline:
+                generate([batch[1]], 2)
+            assert model.forward.steps  # waits for the trace (raising its error)
+            tiers = [c.tier for c in backend.compiled if c.tier is not None]
+        if tiers:
             while not all(t.settled for t in tiers) and time.monotonic() < deadline:
                 generate([batch[1]], 2)
             out["last_swap_s"] = max(

@@ -69,11 +69,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--tokens", type=int, default=16)
+    parser.add_argument(
+        "--rows",
+        type=lambda text: text.split(","),
+        help="these rows, in this order, eager first (its tokens are the "
+        "reference): eager, dynamo, stitch, tiered, same, equals; a row may "
+        "come again (two runs side by side)",
+    )
     args = parser.parse_args(argv)
+    rows = ROWS
+    if args.rows:
+        by_name = {("same" if w == "same" else v): (lab, v, w) for lab, v, w in ROWS}
+        unknown = [r for r in args.rows if r not in by_name]
+        if unknown or args.rows[0] != "eager":
+            parser.error(f"--rows {args.rows}: eager first, then of {sorted(by_name)}")
+        rows = tuple(by_name[r] for r in args.rows)
     with tempfile.TemporaryDirectory(prefix="stitch-vllm-cold-") as scratch:
         model = save_checkpoint(os.path.join(scratch, "model"), "llama", args.layers)
         results, cache = [], ""
-        for i, (label, variant, which) in enumerate(ROWS):
+        for i, (label, variant, which) in enumerate(rows):
             if which == "fresh":
                 cache = os.path.join(scratch, f"cache{i}")
             print(f"  {label} ...", file=sys.stderr, flush=True)
@@ -105,14 +119,14 @@ def main(argv: list[str] | None = None) -> None:
         "ms/token (batch 8)",
     ]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for (label, _, _), result in zip(ROWS, results, strict=True):
+    for (label, _, _), result in zip(rows, results, strict=True):
         lines.append("| " + " | ".join(row(label, result, eager)) + " |")
     print(
         f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}; "
         f"vLLM's engine, Llama {args.layers} layers x 256, {args.tokens} new tokens\n"
     )
     print("\n".join(lines))
-    for (label, _, _), result in zip(ROWS, results, strict=True):
+    for (label, _, _), result in zip(rows, results, strict=True):
         for tier in result.get("tiers", []):
             print(
                 f"\n{label}: backend returned at {tier['returned_at']:.2f} s, last "

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -390,6 +392,58 @@ def test_workers_started_by_a_thread_that_ends_compile_on(tmp_path: Path) -> Non
     assert "was killed by" not in done.stderr, done.stderr[-3000:]
 
 
+ENGINE_EXITS_WHILE_IT_TRACES = """
+import logging, sys, threading, torch
+from stitch.runtime import CompilationConfig, StitchBackend
+from stitch.runtime.cli.engine_job import (
+    Workload, build_model, engine_fields, finished, greedy, prompts,
+)
+from stitch.runtime.hf import continuous_batching_config
+from stitch.runtime.hf.saved_step import _compile_thread
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+work = Workload(prompts=2, shortest=3, longest=9, new_tokens=4)
+model = build_model(work)
+tiered = sys.argv[1] == "tiered"
+backend = StitchBackend(CompilationConfig(cache_dir={cache!r}, tiered_start=tiered))
+config = continuous_batching_config(model, backend, **engine_fields(work))
+held = threading.Event()
+if tiered:  # the trace waits until the main thread has ended
+    _compile_thread().submit(held.wait, 120)
+with torch.no_grad():
+    got = model.generate_batch(
+        prompts(work), greedy(work.new_tokens), continuous_batching_config=config
+    )
+finished(got, sys.argv[1], len(got))
+if tiered:
+    assert model.forward.compiling()
+    threading.Timer(2.0, held.set).start()
+print("MAIN ENDS", file=sys.stderr, flush=True)
+"""
+
+
+def test_an_engine_that_exits_while_it_traces_compiles_every_piece(
+    tmp_path: Path,
+) -> None:
+    """NOTE: [a worker forked while its parent exits]: the trace ends during
+    the interpreter's exit and forks its workers then; they compile every
+    piece, and the next process finds every piece in the cache (it traces
+    again: a saved forward is written at the last swap, which needs forwards)."""
+    from engine_support import skip_without_the_engine
+
+    skip_without_the_engine()
+    template = ENGINE_EXITS_WHILE_IT_TRACES  # the mode goes in the text
+    done = run_script(template.replace("sys.argv[1]", '"tiered"'), tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after_main = done.stderr.split("MAIN ENDS", 1)[1]
+    assert "pieces compile in 1 forked worker" in after_main, done.stderr[-3000:]
+    assert "stays uncompiled" not in done.stderr, done.stderr[-3000:]
+    again = run_script(template.replace("sys.argv[1]", '"cold"'), tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert re.search(
+        r"pieces \(\d+ compiled, \d+ unique\), warm start", again.stderr
+    ), again.stderr[-3000:]
+
+
 def test_an_empty_buffer_output_is_not_compared() -> None:
     def f(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x + 1, torch.empty_like(x).view(-1)
@@ -398,9 +452,13 @@ def test_an_empty_buffer_output_is_not_compared() -> None:
     assert unset_outputs(graph) == {1}
 
 
-def test_transformers_engine_serves_eager_tokens_before_during_and_after_swaps(
+def test_transformers_engine_serves_eager_tokens_while_it_traces_and_swaps(
     tmp_path: Path,
 ) -> None:
+    """NOTE: [the engine serves while Dynamo traces]: the engine's steps run the
+    model's own forward until the trace is done, then the saved forward on
+    uncompiled pieces, then the compiled ones; every request gets the eager
+    engine's tokens, one of them across the switch."""
     from engine_support import skip_without_the_engine
 
     skip_without_the_engine()
@@ -415,8 +473,9 @@ def test_transformers_engine_serves_eager_tokens_before_during_and_after_swaps(
         prompts,
     )
     from stitch.runtime.hf import continuous_batching_config
+    from stitch.runtime.hf.saved_step import _compile_thread
 
-    work = Workload(prompts=4, shortest=1, longest=24, new_tokens=6)
+    work = Workload(prompts=4, shortest=1, longest=24, new_tokens=12)
     model = build_model(work)
     batch = prompts(work)
     fields = engine_fields(work)
@@ -434,7 +493,33 @@ def test_transformers_engine_serves_eager_tokens_before_during_and_after_swaps(
         CompilationConfig(cache_dir=str(tmp_path), tiered_start=True)
     )
     config = continuous_batching_config(model, backend, **fields)
-    assert generate(config, batch) == eager  # served before Inductor compiled
+    forward = model.forward
+    # The trace waits behind this until the fourth of the model's own steps,
+    # which waits for the trace: the fifth step is the saved forward's.
+    held = threading.Event()
+    _compile_thread().submit(held.wait, SWAP_WAIT_S)
+    own, original = [], forward.original
+
+    def own_forward(*args: Any, **kwargs: Any) -> Any:
+        own.append(kwargs["input_ids"].shape)
+        if len(own) == 4:
+            # What transformers 5.24's forward does to its model while it runs
+            # (NOTE: [a trace beside the model's own forward]), during the trace.
+            model.config.is_causal = False
+            held.set()
+            while forward.compiling():
+                time.sleep(0.05)
+            del model.config.is_causal
+        return original(*args, **kwargs)
+
+    forward.original = own_forward
+    try:
+        assert generate(config, batch) == eager  # before and after the trace
+    finally:
+        held.set()
+    assert len(own) == 4, own
+    assert not forward.compiling()
+    assert [s.warm for s in forward.steps.values()] == [False]
     tiers = [c.tier for c in backend.compiled if c.tier is not None]
     assert tiers
     deadline = time.monotonic() + SWAP_WAIT_S
@@ -444,6 +529,7 @@ def test_transformers_engine_serves_eager_tokens_before_during_and_after_swaps(
         assert one == {tuple(batch[0]): eager[tuple(batch[0])]}
     assert all(not t.timeline()["uncompiled"] for t in tiers)
     assert generate(config, batch) == eager  # every piece compiled
+    assert len(own) == 4  # no step of the model's own since the trace
 
 
 def test_identical_layers_of_a_transformers_model_are_all_swapped(

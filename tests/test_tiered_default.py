@@ -195,6 +195,7 @@ def test_transformers_engine_starts_tiered_by_default(tmp_path: Path) -> None:
         want = generate(eager)
         backend = StitchBackend(CompilationConfig(cache_dir=sys.argv[1]))
         got = generate(continuous_batching_config(model, backend, **fields))
+        assert model.forward.steps  # waits for the trace, which serving did not
         tiers = [c.tier for c in backend.compiled if c.tier is not None]
         print("TIERED_DEFAULT " + json.dumps({"tiers": len(tiers), "equal": got == want}))
         """)

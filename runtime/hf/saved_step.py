@@ -24,6 +24,27 @@ key and value views), not passed as tensors, so the cache's layout is what
 :class:`PagedStep` holds as a plain attribute: per layer its group, layer
 type, sliding window, sentinel row, rows, heads, head size and dtype
 (engine_compat.cache_layout).  Another ``num_blocks``, page size or dtype is another record.
+
+NOTE: [the engine serves while Dynamo traces]
+With a cold cache, Dynamo's trace of the engine's forward takes seconds (4.7 s
+of the 7.6 s by which transformers' server answered after the eager one, on
+2 cores: docs/performance.md).  Where the backend asks for a tiered start
+(``pipeline.api.asks_tiered``: NOTE: [where a tiered start is the default]),
+the first call of a cache layout hands the compile to the compile thread and
+does not wait: until it is done, each step runs the model's own forward with
+the engine's arguments, which is transformers' eager engine (its paged
+attention writes the same cache rows as Stitch's op, so the steps after the
+switch read what the eager ones wrote); the next step after it runs the saved
+forward, whose pieces then swap in as in any tiered start.  The trace reads
+the first step's inputs only for their metadata (torch's ``aot_compile``
+traces with fake tensors and runs nothing), so the engine may go on writing
+its buffers meanwhile.  Without a tiered start the step waits, as before: the
+engine's own CUDA graphs would capture an eager step for good (a tiered start
+with them is refused).  ``steps`` waits for a trace under way, so code that
+reads it after ``generate_batch`` sees the saved forward; a process that
+exits first waits for the trace and then for its workers (NOTE: [a process
+that exits normally waits for its workers]).  A failed compile is raised in
+the step that finds it, as a waited-for compile raises in its own.
 """
 
 from __future__ import annotations
@@ -40,9 +61,11 @@ import torch
 
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
+from ..pipeline.api import asks_tiered, finish_before_exit
 from ..saved.aot import AOTCompiledModel, aot_compile
 from .attention import _short
 from .engine_compat import ENGINE_KEYWORDS, PAGED_CACHE, cache_layout, untested_failure
+from .trace_apart import containers_copy, structure_copy
 
 log = logging.getLogger("stitch")
 
@@ -115,8 +138,10 @@ class EngineForward:
         self.original = type(model).forward.__get__(model)
         # The engine asks the forward's signature whether it takes logits_to_keep.
         self.__signature__ = inspect.signature(self.original)
-        # By cache layout: the saved forward of each cache the engine built.
-        self.steps: dict[str, AOTCompiledModel] = {}
+        # By cache layout: the saved forward of each cache the engine built,
+        # and the compiles under way (NOTE: [the engine serves while Dynamo traces]).
+        self._steps: dict[str, AOTCompiledModel] = {}
+        self.tracing: dict[str, concurrent.futures.Future[AOTCompiledModel]] = {}
         # By cache object, so that a step does not build the layout string.
         self.by_cache: weakref.WeakKeyDictionary[Any, AOTCompiledModel] = (
             weakref.WeakKeyDictionary()
@@ -171,16 +196,91 @@ class EngineForward:
             )
         step = self.by_cache.get(cache)
         if step is None:
-            layout = cache_layout(cache)
-            step = self.steps.get(layout)
-            if step is None:
-                step = self.steps[layout] = self.load_or_compile(inputs, layout)
-            self.by_cache[cache] = step
+            step = self.step_for(inputs, cache)
+            if step is None:  # NOTE: [the engine serves while Dynamo traces]
+                return self.original(**kwargs)
         logits = step(**inputs)
         return CausalLMOutputWithPast(logits=logits)
 
-    def load_or_compile(self, inputs: dict[str, Any], layout: str) -> AOTCompiledModel:
-        """Load the saved forward for this cache layout, or compile and save it."""
+    @property
+    def steps(self) -> dict[str, AOTCompiledModel]:
+        """The saved forward of each cache layout, once its compile or load
+        under way has ended (NOTE: [the engine serves while Dynamo traces])."""
+        for layout in list(self.tracing):
+            self.finished(layout)
+        return self._steps
+
+    def compiling(self) -> bool:
+        """Whether a compile or load of a saved forward is under way (NOTE:
+        [the engine serves while Dynamo traces])."""
+        return any(not c.done() for c in list(self.tracing.values()))
+
+    def step_for(self, inputs: dict[str, Any], cache: Any) -> AOTCompiledModel | None:
+        """The saved forward for ``cache``: loaded or compiled now, or None
+        while it compiles off the engine's thread."""
+        layout = cache_layout(cache)
+        if layout not in self._steps:
+            compiling = self.tracing.get(layout)
+            if compiling is None:
+                meanwhile = self.serves_meanwhile(inputs)
+                compiling = self.load_or_compile(inputs, layout, apart=meanwhile)
+                self.tracing[layout] = compiling
+                if meanwhile:
+                    finish_before_exit(compiling, self.label)
+                else:
+                    concurrent.futures.wait([compiling])
+            if not compiling.done():
+                return None
+            self.finished(layout)
+        step = self.by_cache[cache] = self._steps[layout]
+        return step
+
+    def serves_meanwhile(self, inputs: dict[str, Any]) -> bool:
+        """Whether the engine's steps run the model's own forward while the
+        saved forward compiles: where the backend asks for a tiered start
+        (NOTE: [the engine serves while Dynamo traces])."""
+        config = getattr(self.backend, "config", None)
+        if config is None or not asks_tiered(config, (inputs["input_ids"],)):
+            return False
+        log.info(
+            "stitch: %s compiles off the engine's thread; the model's own forward "
+            "serves meanwhile",
+            self.label,
+        )
+        return True
+
+    @property
+    def label(self) -> str:
+        return f"{type(self.model).__name__}'s engine forward"
+
+    def finished(self, layout: str) -> None:
+        """Move the compile of ``layout`` into ``_steps`` once it has ended
+        (waiting for it), raising what it raised."""
+        compiling = self.tracing[layout]
+        try:
+            step = compiling.result()
+        except Exception as error:
+            del self.tracing[layout]  # the next step compiles again
+            # NOTE: [the tested transformers range] in engine_compat.py
+            untested_failure(error)
+            raise
+        self._steps[layout] = step
+        self.tracing.pop(layout, None)
+        log.info(
+            "stitch: %s's engine forward %s in %.2fs",
+            type(self.model).__name__,
+            "loaded warm" if step.warm else "compiled",
+            step.seconds,
+        )
+
+    def load_or_compile(
+        self, inputs: dict[str, Any], layout: str, apart: bool = False
+    ) -> concurrent.futures.Future[AOTCompiledModel]:
+        """Load the saved forward for this cache layout, or compile and save
+        it, in the compile thread (NOTE: [one thread compiles the engine's
+        forwards]); ``apart``: for a copy of the model and of the inputs'
+        containers, while the engine runs the model (NOTE: [a trace beside
+        the model's own forward])."""
         # The tensors inside the containers vary too; marks on them last as
         # long as these views (the engine slices new ones every step).
         from ..compat import dynamo
@@ -196,22 +296,12 @@ class EngineForward:
             for t in value.values() if isinstance(value, dict) else value:
                 for d in set(varying) - dynamo.marked_dims(t):
                     dynamo.mark_unbacked(t, d)
-        compiling = _compile_thread().submit(
-            _aot_compile, PagedStep(self.model, layout), inputs, dims, self.backend
+        model = self.model
+        if apart:
+            model, inputs = structure_copy(model), containers_copy(inputs)
+        return _compile_thread().submit(
+            _aot_compile, PagedStep(model, layout), inputs, dims, self.backend
         )
-        try:
-            step = compiling.result()
-        except Exception as error:
-            # NOTE: [the tested transformers range] in engine_compat.py
-            untested_failure(error)
-            raise
-        log.info(
-            "stitch: %s's engine forward %s in %.2fs",
-            type(self.model).__name__,
-            "loaded warm" if step.warm else "compiled",
-            step.seconds,
-        )
-        return step
 
 
 def _aot_compile(

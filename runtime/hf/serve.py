@@ -24,7 +24,7 @@ each request in :mod:`.serve_checks`.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import atexit
 import logging
 import os
 import sys
@@ -207,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         non_blocking=True,
     )
     status = server.run_until_stopped()
+    _land_compile()
     # concurrent.futures' idle workers end at exit by themselves.
     lingering = [
         t.name
@@ -221,15 +222,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         # NOTE: [a clean stop] in serve_lifecycle.py: a thread of transformers'
         # that did not stop in time must not hold the exit.
         stitch_log.warning("stitch: exiting past threads %s", ", ".join(lingering))
-        from ..pipeline.api import land_before_exit
-
-        # os._exit runs no atexit hook; a second Ctrl+C ends the wait.
-        with contextlib.suppress(KeyboardInterrupt):
-            land_before_exit()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
     sys.exit(status)
+
+
+def _land_compile() -> None:
+    """Wait for the engine forward's trace and the compile workers before the
+    interpreter's exit begins (NOTE: [a process that exits normally waits for
+    its workers]): also on the way out past lingering threads (``os._exit``
+    runs no ``atexit`` hook), and a trace that ended during the exit would
+    start its workers in a process already shutting down.  A second Ctrl+C or
+    SIGTERM ends the wait, and the exit waits no more."""
+    from ..pipeline.api import land_before_exit
+
+    try:
+        land_before_exit()
+    except KeyboardInterrupt:
+        atexit.unregister(land_before_exit)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from .saved_function import (
 )
 from .splitting import dispatches_through_transformers, is_attention
 from .tiered.deferred import DEFAULT_ENV as TIERED_DEFAULT_ENV
-from .tiered.exit_wait import land_before_exit
+from .tiered.deferred import asks_tiered
+from .tiered.exit_wait import finish_before_exit, land_before_exit
 from .tiered.spawned_pool import SpawnedPool
 from .tiered.swap_check import SWAP_TOLERANCE, tolerance, unset_outputs
 from .tiered.tier import Tier
@@ -39,8 +40,10 @@ __all__ = [
     "StitchFunction",
     "TIERED_DEFAULT_ENV",
     "Tier",
+    "asks_tiered",
     "config_adapter",
     "dispatches_through_transformers",
+    "finish_before_exit",
     "index_sha256",
     "land_before_exit",
     "is_attention",

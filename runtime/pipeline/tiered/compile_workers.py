@@ -60,6 +60,7 @@ from .worker_process import (
     compile_and_report,
     die_with_parent,
     ended_status,
+    forget_the_parents_exit,
     niceness,
     parent_to_watch,
     take_priority,
@@ -310,6 +311,7 @@ def _work(
     code = 0
     try:
         die_with_parent(parent)
+        forget_the_parents_exit()  # NOTE: [a worker forked while its parent exits]
         forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
         # NOTE: [a compile worker's priority]
         take_priority(nice)

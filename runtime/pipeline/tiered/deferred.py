@@ -93,6 +93,14 @@ def tiered_off(
     return "off" if why and asked is None else why
 
 
+def asks_tiered(config: CompilationConfig, example_inputs: Sequence[Any]) -> bool:
+    """Whether ``config`` asks for a tiered start of a call with these inputs
+    (its own ``tiered_start``, else the default: NOTE: [where a tiered start
+    is the default]); the call may still start cold (:func:`tiered_off`)."""
+    asked = config.tiered_start
+    return asked is True or (asked is None and not default_off(example_inputs))
+
+
 def default_off(example_inputs: Sequence[Any]) -> str:
     """Why a config that leaves ``tiered_start`` unset does not start tiered
     for this graph ("" when it does: NOTE: [where a tiered start is the

@@ -13,15 +13,20 @@ rest of the compile, no longer than a cold start would have waited, and the
 next run starts warm.  A process killed, or ended by ``os._exit``, takes its
 workers with it as before; Stitch's own ``os._exit`` (transformers' server,
 past a thread of transformers' that did not stop) calls
-:func:`land_before_exit` first.
+:func:`land_before_exit` first.  A trace still under way that may start a
+tier (transformers' engine traces off its own thread: NOTE: [the engine
+serves while Dynamo traces] in hf/saved_step.py) is waited for first
+(:func:`finish_before_exit`), so that its tier is among those waited for.
 """
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import logging
 import os
 import weakref
+from typing import Any
 
 from .serving_first import controller
 from .tier import Tier
@@ -32,21 +37,44 @@ log = logging.getLogger("stitch")
 # The tiers whose workers may still compile (NOTE: [a process that exits
 # normally waits for its workers]).
 _COMPILING: weakref.WeakSet[Tier] = weakref.WeakSet()
+# The traces under way whose backend calls may start a tier, and their labels.
+_TRACING: dict[concurrent.futures.Future[Any], str] = {}
 
 
 def wait_at_exit(tier: Tier) -> None:
     """Wait for ``tier``'s workers when this process exits normally (one
     ``atexit`` hook for every tier, registered with the first)."""
-    if not _COMPILING:
-        atexit.unregister(land_before_exit)
-        atexit.register(land_before_exit)
+    _hook()
     _COMPILING.add(tier)
 
 
+def finish_before_exit(trace: concurrent.futures.Future[Any], label: str) -> None:
+    """Let ``trace`` (a backend call under way in another thread, ``label``
+    naming it) end before an exit waits for the tiers, since it may start one."""
+    _hook()
+    _TRACING[trace] = label
+    trace.add_done_callback(lambda done: _TRACING.pop(done, None))
+
+
+def _hook() -> None:
+    if not _COMPILING and not _TRACING:
+        atexit.unregister(land_before_exit)
+        atexit.register(land_before_exit)
+
+
 def land_before_exit() -> None:
-    """Wait for every tier's workers, as a process's exit does (NOTE: [a
-    process that exits normally waits for its workers]); also for a process
-    about to end with ``os._exit``, which runs no ``atexit`` hook."""
+    """Wait for every trace under way, then every tier's workers, as a
+    process's exit does (NOTE: [a process that exits normally waits for its
+    workers]); also for a process about to end with ``os._exit``, which runs
+    no ``atexit`` hook."""
+    for trace, label in list(_TRACING.items()):
+        if not trace.done():
+            log.info(
+                "stitch: %s: waiting for Dynamo's trace before exiting, so that "
+                "its pieces compile",
+                label,
+            )
+        concurrent.futures.wait([trace])
     for tier in list(_COMPILING):
         _land_before_exit(tier)
 

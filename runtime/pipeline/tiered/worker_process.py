@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -97,6 +98,32 @@ def compile_and_report(
         message["counters"] = {k: after[k] - before[k] for k in after}
         message["seconds"] = time.perf_counter() - start
         out.write(json.dumps(message) + "\n")
+
+
+def forget_the_parents_exit() -> None:
+    """In a forked worker: a process of its own, not one exiting.
+
+    NOTE: [a worker forked while its parent exits]
+    A trace under way when the process exits normally (transformers' engine
+    traces off its thread: NOTE: [the engine serves while Dynamo traces] in
+    hf/saved_step.py) ends inside the interpreter's exit, where
+    ``threading._shutdown`` joins the compile thread, and the tier it starts
+    forks its workers then.  A forked worker inherits the flags that exit set:
+    its compile's first ``threading._register_atexit`` raised "can't register
+    atexit after shutdown" (concurrent.futures' modules call it when they are
+    imported, and ``ThreadPoolExecutor.submit`` refuses after the exit), and
+    every piece stayed uncompiled.  The worker has begun no exit of its own,
+    so it clears them (where this Python has them) before it compiles.
+    """
+    import concurrent.futures.thread as executor_threads
+
+    if getattr(threading, "_SHUTTING_DOWN", False):
+        threading._SHUTTING_DOWN = False  # type: ignore[attr-defined]
+    if getattr(executor_threads, "_shutdown", False):
+        executor_threads._shutdown = False  # type: ignore[attr-defined]
+    processes = sys.modules.get("concurrent.futures.process")
+    if getattr(processes, "_global_shutdown", False):
+        processes._global_shutdown = False  # type: ignore[union-attr]
 
 
 def die_with_parent(parent: int | None = None) -> None:
