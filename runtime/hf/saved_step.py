@@ -255,12 +255,15 @@ class EngineForward:
 
     def finished(self, layout: str) -> None:
         """Move the compile of ``layout`` into ``_steps`` once it has ended
-        (waiting for it), raising what it raised."""
-        compiling = self.tracing[layout]
+        (waiting for it), raising what it raised; the engine's thread and a
+        reader of ``steps`` may both call it."""
+        compiling = self.tracing.get(layout)
+        if compiling is None:
+            return  # moved by the other
         try:
             step = compiling.result()
         except Exception as error:
-            del self.tracing[layout]  # the next step compiles again
+            self.tracing.pop(layout, None)  # the next step compiles again
             # NOTE: [the tested transformers range] in engine_compat.py
             untested_failure(error)
             raise
