@@ -42,7 +42,9 @@ log = logging.getLogger("stitch")
 #   on one yet;
 # - for aot_compile's own backend (saved/aot.py): the saved forward is written
 #   once every piece is swapped in, which takes forwards after the compile,
-#   so a process that compiles and exits would leave nothing saved;
+#   or at a normal exit once every piece has landed, so a process that
+#   compiles and exits would wait for the whole compile there anyway, and one
+#   killed before would leave nothing saved;
 # - for stitch run, which times compiled forwards and so waits for the last
 #   swap anyway (cli/run_cmd.py).
 # ``$STITCH_TIERED_START=0`` turns the default off for a whole process tree

@@ -10,7 +10,10 @@ start, whose one wait leaves every later run warm.  So a process that exits
 normally (its main thread returns, ``sys.exit``, Ctrl-C) first waits, in an
 ``atexit`` hook, for its workers to land or give up every piece: at most the
 rest of the compile, no longer than a cold start would have waited, and the
-next run starts warm.  A process killed, or ended by ``os._exit``, takes its
+next run starts warm.  Once they have landed, what waits for the last swap
+runs too (``Tier.complete_at_exit``): a saved forward is written then, so
+the next process loads it without Dynamo though this one swapped nothing
+in.  A process killed, or ended by ``os._exit``, takes its
 workers with it as before; Stitch's own ``os._exit`` (transformers' server,
 past a thread of transformers' that did not stop) calls
 :func:`land_before_exit` first.  A trace still under way that may start a
@@ -81,16 +84,16 @@ def land_before_exit() -> None:
 
 def _land_before_exit(tier: Tier) -> None:
     """NOTE: [a process that exits normally waits for its workers]."""
-    if tier.wait(0):
-        return
-    controller().release()  # NOTE: [serving first]: never wait on a paused worker
-    log.info(
-        "stitch: %s: waiting for its compile workers before exiting, so that "
-        "the next start finds every piece",
-        tier.label,
-    )
-    while not tier.wait(1.0) and any(map(_running, tier.pids)):
-        pass  # a worker that ended reported, or its reader gives its pieces up
+    if not tier.wait(0):
+        controller().release()  # NOTE: [serving first]: never wait on a paused worker
+        log.info(
+            "stitch: %s: waiting for its compile workers before exiting, so that "
+            "the next start finds every piece",
+            tier.label,
+        )
+        while not tier.wait(1.0) and any(map(_running, tier.pids)):
+            pass  # a worker that ended reported, or its reader gives its pieces up
+    tier.complete_at_exit()
 
 
 def _running(pid: int) -> bool:

@@ -319,6 +319,24 @@ class Tier:
         for callback in callbacks:
             callback(ok)
 
+    def complete_at_exit(self) -> None:
+        """At the process's exit, once every piece has landed (NOTE: [a process
+        that exits normally waits for its workers]): run what waits for the
+        last swap (the saved forward written, and published) though no piece
+        swapped here.  What landed is in the cache as the next process loads
+        it, which compares nothing with the uncompiled pieces either; a piece
+        given up, or refused by a swap's check, leaves the record unwritten
+        (or its index hash stale) as before."""
+        with self._lock:
+            if self._settled.is_set() or not self._landed.is_set():
+                return
+            callbacks, self._complete = self._complete, []
+        for callback in callbacks:
+            try:
+                callback(not self.failed)
+            except Exception as exc:  # noqa: BLE001 - an exit goes on
+                log.warning("stitch: %s: at exit: %s", self.label, exc)
+
     def when_complete(self, callback: Callable[[bool], None]) -> None:
         """Call ``callback(every piece swapped)`` once every piece is swapped in
         or given up (now, if that is already so)."""
