@@ -62,6 +62,8 @@ from .size_guards import guard_piece, size_predicate
 from .swap_check import copy_input, differences, unset_outputs
 
 log = logging.getLogger("stitch")
+# Seconds an exit waits for each thread a completion started (the publish).
+EXIT_JOIN_S = 60.0
 
 
 class TieredPiece(PiecewiseBackend):
@@ -331,11 +333,17 @@ class Tier:
             if self._settled.is_set() or not self._landed.is_set():
                 return
             callbacks, self._complete = self._complete, []
+        before = set(threading.enumerate())
         for callback in callbacks:
             try:
                 callback(not self.failed)
             except Exception as exc:  # noqa: BLE001 - an exit goes on
                 log.warning("stitch: %s: at exit: %s", self.label, exc)
+        # The threads they started (the fleet's publish) end before the exit
+        # goes on, which would stop them half done.
+        for thread in set(threading.enumerate()) - before:
+            if not thread.daemon:
+                thread.join(EXIT_JOIN_S)
 
     def when_complete(self, callback: Callable[[bool], None]) -> None:
         """Call ``callback(every piece swapped)`` once every piece is swapped in
