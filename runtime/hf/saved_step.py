@@ -270,8 +270,8 @@ class EngineForward:
         self._steps[layout] = step
         self.tracing.pop(layout, None)
         log.info(
-            "stitch: %s's engine forward %s in %.2fs",
-            type(self.model).__name__,
+            "stitch: %s %s in %.2fs",
+            self.label,
             "loaded warm" if step.warm else "compiled",
             step.seconds,
         )

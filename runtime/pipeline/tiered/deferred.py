@@ -76,9 +76,9 @@ def tiered_off(
     default does not apply (quietly), or no worker can be started here
     (``pool.cannot_start``, said once by the pool: NOTE: [a process that
     cannot start compile workers])."""
-    asked = config.tiered_start
-    if asked is False or (asked is None and default_off(example_inputs)):
+    if not asks_tiered(config, example_inputs):
         return "off"
+    asked = config.tiered_start
     why = None
     if config.backend != "inductor":
         why = f"the {config.backend} backend compiles nothing"
