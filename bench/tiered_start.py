@@ -1,4 +1,4 @@
-"""The tiered start under PIECEWISE CUDA graphs, side by side: Dynamo alone, Stitch cold, tiered, warm.
+"""The tiered start under PIECEWISE CUDA graphs, side by side: Dynamo alone, Stitch cold, tiered, equals, warm.
 
 Usage::
 
@@ -17,6 +17,8 @@ the tiered run's entry), one after the other in one invocation:
 - ``tiered``: ``CompilationConfig(tiered_start=True)`` with spawned compile
   workers (forced on a GPU; ``$STITCH_COMPILE_START=spawn`` here, so the CPU
   runs the same path);
+- ``equals``: the same with serving first off (``$STITCH_SERVING_FIRST=0``:
+  the workers as the serving threads' equals), its own empty caches;
 - ``warm``: a start from the entry the tiered run's workers filled.
 
 Stitch's runs use ``cudagraph_mode="PIECEWISE"`` (capture sizes 1, 2, 4, 8;
@@ -51,7 +53,7 @@ import time
 from typing import Any
 
 RESULT = "STITCH_TIERED_START_RESULT "
-RUNS = ("dynamo", "cold", "tiered", "warm")
+RUNS = ("dynamo", "cold", "tiered", "equals", "warm")
 SIZES = (8, 5, 3, 7)  # never 1: Dynamo compiles a graph of its own for it
 CAPTURE_SIZES = [1, 2, 4, 8]
 WARMUPS, TIMED = 10, 50
@@ -236,9 +238,11 @@ def run_child(run: str, layers: int, cache: str, args: Any) -> dict[str, Any]:
         TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"),
         TRITON_CACHE_DIR=os.path.join(cache, "triton"),
     )
-    if run == "tiered":
+    if run in ("tiered", "equals"):
         env["STITCH_COMPILE_START"] = "spawn"
-    child = "tiered" if run == "warm" else run
+    if run == "equals":  # the workers as the serving threads' equals
+        env["STITCH_SERVING_FIRST"] = "0"
+    child = "tiered" if run in ("warm", "equals") else run
     command = [sys.executable, __file__, "--child", child, str(layers), cache]
     command += ["--device", args.device, "--settle-s", str(args.settle_s)]
     try:
@@ -257,7 +261,7 @@ def subject(layers: int, args: Any) -> dict[str, dict[str, Any]]:
     """Every run of :data:`RUNS` at ``layers`` layers, in order."""
     rows = {}
     with tempfile.TemporaryDirectory(prefix="stitch-tiered-") as root:
-        for run in RUNS:
+        for run in args.runs.split(","):
             cache = os.path.join(root, "tiered" if run == "warm" else run)
             os.makedirs(cache, exist_ok=True)
             print(f"  {layers} layers: {run} ...", file=sys.stderr, flush=True)
@@ -385,6 +389,7 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cuda or cpu (emulated graphs)")
     parser.add_argument("--layers", type=int, nargs="+", default=[3, 32])
     parser.add_argument("--out", help="also write the report to this file")
+    parser.add_argument("--runs", default=",".join(RUNS), help="which runs, in order")
     parser.add_argument(
         "--child-timeout", type=float, default=300.0, help="seconds a run may take"
     )

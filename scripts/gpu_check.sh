@@ -24,7 +24,8 @@
 #     bash scripts/gpu_check.sh engine-fp32  # the same in fp32, TF32 off: tokens equal
 #                                            #   eager's, chunked prefill (~2 min)
 #     bash scripts/gpu_check.sh tiered       # the tiered start under PIECEWISE graphs,
-#                                            #   3 and 32 layers (~2.5-4 min)
+#                                            #   3 layers (~4 min on an H200)
+#     bash scripts/gpu_check.sh tiered-32    # the same at 32 layers (~4-5 min)
 #     bash scripts/gpu_check.sh decode       # batch-1..128 decode against the weight-read
 #                                            #   floor (~4 min; extra arguments go to it)
 #     bash scripts/gpu_check.sh profile      # where a warm restart's time goes, and one
@@ -85,7 +86,7 @@ fi
 
 part=${1:-all}
 [[ $# -gt 0 ]] && shift
-PARTS=(first tests warm-lazy bench bench-hf warm-start warm-start-hf engine engine-fp32 tiered decode profile)
+PARTS=(first tests warm-lazy bench bench-hf warm-start warm-start-hf engine engine-fp32 tiered tiered-32 decode profile)
 if [[ $part != all ]] && ! printf '%s\n' "${PARTS[@]}" | grep -qxF -- "$part"; then
     echo "usage: $0 [--rehearse] [all|${PARTS[*]// /|}] [args...] | --fetch-wheels" >&2
     exit 2
@@ -279,12 +280,20 @@ part_engine_fp32() {
 }
 
 # The tiered start under PIECEWISE graphs (issue 60): Dynamo alone, cold,
-# tiered (spawned workers), warm; 3 and 32 layers.
+# tiered (spawned workers), the same with serving first off, warm.  On an H200
+# (2026-11-27) the 3-layer runs took 157 s without the serving-first-off row,
+# and 32 layers did not fit beside them: one part each.
 part_tiered() {
-    local extra=(--device cuda --layers 3 32 --child-timeout 150 --settle-s 100
+    local extra=(--device cuda --layers 3 --child-timeout 120 --settle-s 80
         --out "$out/tiered_start.md")
     [[ $rehearse == 1 ]] && extra+=(--device cpu --layers 2 --child-timeout 420 --settle-s 360)
     run_step "benchmark: bench/tiered_start.py" "$PY" bench/tiered_start.py "${extra[@]}" "$@"
+}
+
+part_tiered_32() {
+    local extra=(--layers 32 --settle-s 60 --runs dynamo,cold,tiered,warm)
+    [[ $rehearse == 1 ]] && extra=(--runs dynamo,cold,tiered,warm)
+    part_tiered "${extra[@]}" --out "$out/tiered_start_32.md" "$@"
 }
 
 part_decode() {

@@ -206,3 +206,62 @@ def test_this_process_is_never_paused() -> None:
     control.watch(os.getpid())
     control.watch(0)
     assert control._thread is None and not control._order
+
+
+LIGHT = "import time\nwhile True:\n    time.sleep(0.01)\n"
+
+
+def test_workers_that_cost_a_busy_process_nothing_are_not_paused() -> None:
+    # Forwards back to back (a GPU's serving loop) beside workers that leave
+    # it every core it needs (on a 16-core machine; here, workers that
+    # sleep): what they cost is measured while the process is busy, and they
+    # are not paused for it.  Before, a process busy all the time never
+    # measured it, and kept every worker paused but one a fifth of the time
+    # (an H200's tiered start: the last swap at 3.04x the cold compile).
+    workers = [subprocess.Popen([sys.executable, "-c", LIGHT]) for _ in range(2)]
+    # Started and waiting, as pre-started workers are when a compile begins.
+    time.sleep(1.0)
+    try:
+        with serving(workers, busy) as (control, family):  # type: ignore[arg-type]
+            time.sleep(0.5)
+            samples = []
+            for _ in range(40):
+                samples.append(any(state(q) == "T" for q in family))
+                time.sleep(0.05)
+        control.release()
+    finally:
+        for p in workers:
+            p.kill()
+            p.wait()
+    assert sum(samples) <= len(samples) / 4, f"paused {sum(samples)} of {len(samples)}"
+
+
+def test_however_busy_the_process_a_worker_runs_a_fifth_of_the_time(
+    hogs: list[subprocess.Popen[bytes]],
+) -> None:
+    # The compile's share: after HOLD periods with the workers paused, one
+    # runs for a period.  The count of such periods restarted whenever the
+    # controller let one more worker run at a period's end, which a forward's
+    # start undid a tick later: a worker ran 5% of the time beside a forward
+    # on two threads, and a tiered start under forwards back to back never
+    # swapped on 2 cores.
+    control, ran = ServingFirst(), []
+    run_first = control._run_first
+
+    def recorded(k: int) -> None:
+        ran.append((time.monotonic(), k))
+        run_first(k)
+
+    control._run_first = recorded  # type: ignore[method-assign]
+    stop = threading.Event()
+    thread = threading.Thread(target=busy, args=(stop,))
+    thread.start()
+    for p in hogs:
+        control.watch(p.pid)
+    time.sleep(5.0)
+    stop.set()
+    thread.join()
+    control.release()
+    spans = [(b - a, k) for (a, k), (b, _) in zip(ran, ran[1:], strict=False)]
+    share = sum(s for s, k in spans if k > 0) / sum(s for s, _ in spans)
+    assert share >= 0.1, f"a worker ran {share:.0%} of the time"

@@ -21,8 +21,12 @@ average, in the periods in which every worker is paused.  While the process
 waits more than ``LIMIT`` (a tenth of a core) above that, one fewer worker
 runs each period; while it waits less than half of it, one more runs every
 ``UP`` periods, until all do.  However busy the process, after ``HOLD``
-periods with every worker paused one runs for a period, so the compile ends
-(the workers keep at least a fifth of the time); paused workers change places
+periods in which the workers ran less than half the time one runs for a
+period, so the compile ends (the workers keep at least a fifth of the time).
+That count once restarted whenever a calm period let one more worker run at
+its end, which the next forward's start undid a tick later: a worker ran 1 to
+5% of the time, and on 2 cores a tiered start under forwards back to back
+never swapped in 360 s.  Paused workers change places
 every ``ROTATE`` periods; every ``PROBE`` periods all are paused for one, to
 measure the others' delay again.
 
@@ -36,9 +40,14 @@ workers have made a busy process wait (``harmful``, learned in the periods in
 which workers ran all through a busy stretch), every worker pauses in the
 tick in which a forward begins (the process uses more than ``BUSY`` of a
 core), and they all run again after ``CALM`` ticks in which it is idle (less
-than ``IDLE``).  Harm is measured again at least every ``LEARN`` periods: a
-period with no pause at a forward's start.  Where workers do not make the
-process wait (more cores than both need), they are not paused at all.  What
+than ``IDLE``).  Harm is measured in the first busy period after the first
+(a probe) and again at least every ``LEARN`` periods: a period in which every
+worker runs throughout, with no pause at a forward's start.  Where workers do not make the process wait
+(more cores than both need), they are not paused at all.  A process busy all
+the time used to measure nothing: its learning periods began with every
+worker paused, so it kept them paused but for the compile's share, one worker
+a fifth of the time (on an H200's 16 cores, forwards back to back took the
+3-layer example's last swap to 3.04x the cold compile).  What
 it cannot do is fill gaps shorter than a few ticks: a process busy half of
 every few milliseconds looks busy in every tick (docs/performance.md,
 "Serving first").
@@ -217,15 +226,14 @@ class ServingFirst:
 
     def _run(self) -> None:
         me = threading.get_native_id()
-        baseline = 0.0  # the delay with every worker paused (others' doing)
+        baseline = -1.0  # the delay with every worker paused (others' doing)
         last_delay, at = run_delay(me), time.monotonic()
         last_cpu, tick_at = _others_cpu(), at
-        k = -1  # how many workers run; -1: all, not yet decided
+        k = 0  # how many workers run: none in the first period, a probe
         harmful = True  # whether running workers make a busy process wait
-        fixed = False  # this period's k is the compile's share or a probe
-        learning = False  # no pause at a forward's start this period
-        unlearned = 0  # periods since harm was last measured
-        idle_periods = at_zero = idle_ticks = busy_ticks = 0
+        fixed, learning = True, False  # a share or a probe; harm measured
+        unlearned = LEARN  # periods since harm was last measured
+        idle_periods = at_zero = idle_ticks = busy_ticks = ran = 0
         period = tick = 0
         low = high = 0  # the fewest and most workers that ran this period
         while True:
@@ -249,7 +257,7 @@ class ServingFirst:
                     elif k < n and idle_ticks >= CALM:
                         k = n  # nothing to wait for: every worker runs
                         at_zero = 0
-                low, high = min(low, k), max(high, k)
+                low, high, ran = min(low, k), max(high, k), ran + (k > 0)
                 if tick % PERIOD_TICKS:
                     self._run_first(k)
                     continue
@@ -265,14 +273,12 @@ class ServingFirst:
                 period += 1
                 if high == 0:
                     # Every worker paused: what is left is others' doing.
-                    baseline += ALPHA * (rate - baseline)
-                excess = rate - baseline
+                    baseline += (1 if baseline < 0 else ALPHA) * (rate - baseline)
+                excess = rate - max(baseline, 0.0)
                 if low > 0 and busy_ticks >= CALM:
                     # Workers ran all through a busy period: learn what they cost.
                     harmful = excess > LIMIT or (harmful and excess >= LIMIT / 2)
-                    unlearned = 0
-                else:
-                    unlearned += 1
+                unlearned = 0 if low > 0 and busy_ticks >= CALM else unlearned + 1
                 if k > 0 and excess > LIMIT and idle_ticks < CALM:
                     k -= 1  # they make this process wait: one fewer runs
                     idle_periods = 0
@@ -281,19 +287,21 @@ class ServingFirst:
                     if idle_periods >= UP and k < n:
                         k += 1  # no wait: one more runs
                         idle_periods = 0
-                at_zero = at_zero + 1 if k == 0 else 0
-                fixed = learning = False
+                # Periods in which the workers ran less than half the time.
+                at_zero = at_zero + 1 if 2 * ran < PERIOD_TICKS else 0
+                fixed = False
                 if at_zero > HOLD:
                     # The compile's share, whatever the load.
                     k, at_zero, fixed = 1, 0, True
                 if period % PROBE == 0 and k > 0:
-                    # Measure the others' delay again, now and then.
-                    k, fixed = 0, True
-                learning = harmful and unlearned >= LEARN
+                    k, fixed = 0, True  # a probe: the others' delay, now and then
+                # Every worker runs all through a period: what they cost.
+                learning = harmful and unlearned >= LEARN and not fixed
+                k = n if learning else k
                 if period % ROTATE == 0 and 0 < k < n:
                     self._order = self._order[1:] + self._order[:1]
                 low = high = k
-                busy_ticks = 0
+                busy_ticks = ran = 0
                 self._run_first(k)
 
 
