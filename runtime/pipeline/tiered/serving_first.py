@@ -22,7 +22,7 @@ waits more than ``LIMIT`` (a tenth of a core) above that, one fewer worker
 runs each period; while it waits less than half of it, one more runs every
 ``UP`` periods, until all do.  However busy the process, after ``HOLD``
 periods in which the workers ran less than half the time one runs for a
-period, so the compile ends (the workers keep at least a fifth of the time).
+period, so the compile ends (the workers keep about a sixth of the time, a fifth with the learning periods).
 That count once restarted whenever a calm period let one more worker run at
 its end, which the next forward's start undid a tick later: a worker ran 1 to
 5% of the time, and on 2 cores a tiered start under forwards back to back
