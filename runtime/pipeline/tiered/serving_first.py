@@ -22,12 +22,12 @@ waits more than ``LIMIT`` (a tenth of a core) above that, one fewer worker
 runs each period; while it waits less than half of it, one more runs every
 ``UP`` periods, until all do.  However busy the process, after ``HOLD``
 periods in which the workers ran less than half the time one runs for a
-period, so the compile ends (the workers keep about a sixth of the time, a fifth with the learning periods).
-That count once restarted whenever a calm period let one more worker run at
-its end, which the next forward's start undid a tick later: a worker ran 1 to
-5% of the time, and on 2 cores a tiered start under forwards back to back
-never swapped in 360 s.  Paused workers change places
-every ``ROTATE`` periods; every ``PROBE`` periods all are paused for one, to
+period, so the compile ends (the workers keep about a sixth of the time, a
+fifth with the learning periods).  That count once restarted whenever a
+calm period let one more worker run at its end, which the next forward's
+start undid a tick later: a worker ran 1 to 5% of the time, and on 2 cores a
+tiered start under forwards back to back never swapped in 360 s.  Paused
+workers change places every ``ROTATE`` periods; every ``PROBE`` periods all are paused for one, to
 measure the others' delay again.
 
 A period is too long for a forward of a few milliseconds: the controller saw
