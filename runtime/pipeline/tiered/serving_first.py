@@ -27,8 +27,8 @@ fifth with the learning periods).  That count once restarted whenever a
 calm period let one more worker run at its end, which the next forward's
 start undid a tick later: a worker ran 1 to 5% of the time, and on 2 cores a
 tiered start under forwards back to back never swapped in 360 s.  Paused
-workers change places every ``ROTATE`` periods; every ``PROBE`` periods all are paused for one, to
-measure the others' delay again.
+workers change places every ``ROTATE`` periods; every ``PROBE`` periods
+all are paused for one, to measure the others' delay again.
 
 A period is too long for a forward of a few milliseconds: the controller saw
 the wait only after the forward had ended, and then kept the workers paused
