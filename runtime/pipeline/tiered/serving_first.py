@@ -42,13 +42,12 @@ tick in which a forward begins (the process uses more than ``BUSY`` of a
 core), and they all run again after ``CALM`` ticks in which it is idle (less
 than ``IDLE``).  Harm is measured in the first busy period after the first
 (a probe) and again at least every ``LEARN`` periods: a period in which every
-worker runs throughout, with no pause at a forward's start.  Where workers do not make the process wait
-(more cores than both need), they are not paused at all.  A process busy all
-the time used to measure nothing: its learning periods began with every
-worker paused, so it kept them paused but for the compile's share, one worker
-a fifth of the time (on an H200's 16 cores, forwards back to back took the
-3-layer example's last swap to 3.04x the cold compile).  What
-it cannot do is fill gaps shorter than a few ticks: a process busy half of
+worker runs throughout, with no pause at a forward's start.  Where workers
+do not make the process wait (more cores than both need), they are not
+paused at all.  A process busy all the time used to measure nothing: its
+learning periods began with every worker paused, so it kept them paused but
+for the compile's share (on an H200's 16 cores, forwards back to back took
+the 3-layer example's last swap to 3.04x the cold compile).  What it cannot do is fill gaps shorter than a few ticks: a process busy half of
 every few milliseconds looks busy in every tick (docs/performance.md,
 "Serving first").
 
