@@ -47,9 +47,10 @@ do not make the process wait (more cores than both need), they are not
 paused at all.  A process busy all the time used to measure nothing: its
 learning periods began with every worker paused, so it kept them paused but
 for the compile's share (on an H200's 16 cores, forwards back to back took
-the 3-layer example's last swap to 3.04x the cold compile).  What it cannot do is fill gaps shorter than a few ticks: a process busy half of
-every few milliseconds looks busy in every tick (docs/performance.md,
-"Serving first").
+the 3-layer example's last swap to 3.04x the cold compile).  What it cannot
+do is fill gaps shorter than a few ticks: a process busy half of every few
+milliseconds looks busy in every tick (docs/performance.md, "Serving
+first").
 
 A worker starts in a process group of its own (``own_group``; a forked one
 calls ``setpgid``), its build pool and gcc with it.  A serving process killed
