@@ -37,7 +37,8 @@ run started, spawned at once by the serving process (after its last swap)
 as a pool (``spawned_pool.SpawnedPool``), each timed from launch until it
 says it is ready: the interpreter, torch, Stitch and Inductor's import, the
 ISA probe (on the CPU) and Inductor's build pools; on a GPU, a fresh process's CUDA
-context (which a worker makes at its first compile) is timed beside it.
+context (which a worker makes at its first compile) is timed beside it; and
+the same start phase by phase in as many fresh processes (bench/worker_phases.py).
 """
 
 from __future__ import annotations
@@ -198,6 +199,9 @@ def worker_startup(count: int, device: str) -> dict[str, Any]:
     out = {"count": count, "ready_s": statistics.median(seconds), "max_s": max(seconds)}
     if device.startswith("cuda"):
         out["cuda_context_s"] = cuda_context(count)
+    from worker_phases import measure  # bench/, beside this file
+
+    out["phases"] = measure(count, device)
     return out
 
 
@@ -358,6 +362,9 @@ def targets(rows: dict[str, dict[str, Any]], device: str) -> str:
                 "reported",
             )
         )
+    if w.get("phases"):
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in w["phases"].items())
+        table.append(("a worker's start, phase by phase (median s)", phases, "-", "reported"))
     table.append(
         (
             "tiered: first piece landed",
