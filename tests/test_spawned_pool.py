@@ -250,3 +250,28 @@ def test_a_pool_at_idle_priority_starts_its_workers_there() -> None:
     finally:
         pool.close()
     assert wait_gone([pid])
+
+
+@pytest.mark.parametrize("user", [None, "7"])
+def test_workers_share_the_cores_between_their_build_pools(
+    monkeypatch: pytest.MonkeyPatch, user: str | None
+) -> None:
+    # NOTE: [a worker's share of the build pools]: three workers on 16 cores
+    # get 5 compile threads each, not 16; a value the user set is kept.
+    from stitch.runtime.pipeline.tiered import spawned_pool
+
+    monkeypatch.setattr(spawned_pool, "cores", lambda: 16)
+    if user is None:
+        monkeypatch.delenv(spawned_pool.COMPILE_THREADS_ENV, raising=False)
+    else:
+        monkeypatch.setenv(spawned_pool.COMPILE_THREADS_ENV, user)
+    pool = SpawnedPool(3, 0)
+    pool.start(cpu=True)
+    try:
+        pids = pool.idle_pids()
+        envs = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in pids]
+    finally:
+        pool.close()
+    assert wait_gone(pids)
+    want = f"{spawned_pool.COMPILE_THREADS_ENV}={user or 5}".encode()
+    assert all(want in env for env in envs), want

@@ -116,13 +116,17 @@ def default_off(example_inputs: Sequence[Any]) -> str:
     return ""
 
 
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def default_workers(pieces: int) -> int:
     """One compile worker per two cores, at most four and at most ``pieces``."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(4, cores // 2, pieces))
+    return max(1, min(4, cores() // 2, pieces))
 
 
 class DeferredSource(ArtifactSource):

@@ -50,7 +50,7 @@ from typing import IO
 import torch
 
 from ...config import CompilationConfig
-from .deferred import DEFAULT_ENV, default_workers
+from .deferred import DEFAULT_ENV, cores, default_workers
 from .serving_first import controller, own_group
 from .worker_process import START_ENV, ended_by, niceness, take_priority
 
@@ -109,6 +109,23 @@ class PooledWorker:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+
+# NOTE: [a worker's share of the build pools]
+# Inductor sizes a process's build pool to the machine (a compile thread per
+# core, at most 32), so n workers start n pools that size: on an H200's 16
+# cores, three workers' 48 pool processes raced each other and the serving
+# process for the cores (its start alone took 15.9 s there).  A spawned worker
+# gets ``cores // n`` threads instead ($TORCHINDUCTOR_COMPILE_THREADS; a value
+# the user set is kept).  With one worker it is Inductor's own choice.
+COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
+
+
+def worker_env(count: int) -> dict[str, str]:
+    """The environment of one of ``count`` spawned workers."""
+    env = dict(os.environ)
+    env.setdefault(COMPILE_THREADS_ENV, str(max(1, min(32, cores() // max(count, 1)))))
+    return env
 
 
 class SpawnedPool:
@@ -255,7 +272,11 @@ class SpawnedPool:
         ]
         try:
             process = subprocess.Popen(
-                command, stdin=subprocess.PIPE, pass_fds=passed, **own_group()
+                command,
+                stdin=subprocess.PIPE,
+                pass_fds=passed,
+                env=worker_env(self.count),
+                **own_group(),
             )
         except BaseException:
             os.close(reports_read)
