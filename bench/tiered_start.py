@@ -364,7 +364,9 @@ def targets(rows: dict[str, dict[str, Any]], device: str) -> str:
         )
     if w.get("phases"):
         phases = ", ".join(f"{k} {v:.2f}" for k, v in w["phases"].items())
-        table.append(("a worker's start, phase by phase (median s)", phases, "-", "reported"))
+        table.append(
+            ("a worker's start, phase by phase (median s)", phases, "-", "reported")
+        )
     table.append(
         (
             "tiered: first piece landed",

@@ -57,7 +57,10 @@ print(json.dumps(marks), flush=True)
 
 
 def measure(count: int, device: str) -> dict[str, float]:
-    """Each phase's median seconds over ``count`` workers started at once."""
+    """Each phase's median seconds over ``count`` workers started at once,
+    each with a pool's worker's environment (its share of the build pools)."""
+    from stitch.runtime.pipeline.tiered.spawned_pool import worker_env
+
     launched = time.time()
     kind = "cpu" if device == "cpu" else "gpu"
     procs = [
@@ -65,6 +68,7 @@ def measure(count: int, device: str) -> dict[str, float]:
             [sys.executable, "-c", CHILD, repr(launched), kind],
             stdout=subprocess.PIPE,
             text=True,
+            env=worker_env(count),
         )
         for _ in range(max(count, 1))
     ]
@@ -87,7 +91,11 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=3, help="workers started at once")
     parser.add_argument("--device", default="cpu", help="cpu (ISA probe) or cuda")
     args = parser.parse_args()
-    print(json.dumps({k: round(v, 2) for k, v in measure(args.count, args.device).items()}))
+    print(
+        json.dumps(
+            {k: round(v, 2) for k, v in measure(args.count, args.device).items()}
+        )
+    )
     return 0
 
 
