@@ -88,9 +88,15 @@ def forget_compile_pools() -> None:
 
 def warm_compile_pools() -> None:
     """Start Inductor's build pools now (NOTE: [pre-started compile workers]):
-    its thread pool and, where it uses one, its subprocess pool."""
-    from torch._inductor.async_compile import AsyncCompile
+    its thread pool and, where it uses one, its subprocess pool.  With one
+    compile thread ($TORCHINDUCTOR_COMPILE_THREADS=1, or a worker's share of
+    the build pools: NOTE: [a worker's share of the build pools]) Inductor
+    compiles in the calling thread and has neither: asking for one fails its
+    assert."""
+    from torch._inductor.async_compile import AsyncCompile, get_compile_threads
 
+    if get_compile_threads() <= 1:
+        return
     if AsyncCompile.use_process_pool():
         AsyncCompile.warm_pool()
     AsyncCompile.pool()
