@@ -258,7 +258,7 @@ def test_however_busy_the_process_a_worker_runs_a_fifth_of_the_time(
     thread.start()
     for p in hogs:
         control.watch(p.pid)
-    time.sleep(5.0)
+    time.sleep(3.0)
     stop.set()
     thread.join()
     control.release()
