@@ -274,7 +274,9 @@ def test_workers_share_the_cores_between_their_build_pools(
         envs = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in pids]
         if user == "1":
             assert pool.wait_ready(120)
-            assert not any(gone(pid) for pid in pids), "a worker exited while it started"
+            assert not any(
+                gone(pid) for pid in pids
+            ), "a worker exited while it started"
     finally:
         pool.close()
     assert wait_gone(pids)
