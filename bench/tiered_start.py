@@ -103,7 +103,7 @@ def example_child(run: str, layers: int, cache: str, args: Any) -> dict[str, Any
     out["err_after"] = max(out["err_after"], err(0))
     out["graphs"] = backend.cudagraphs.num_captured if backend else 0
     out["warm"] = bool(backend and backend.compiled and backend.compiled[-1].warm)
-    if tier is not None:
+    if tier is not None and run == "tiered":  # once: "equals" starts the same
         out["workers"] = worker_startup(len(tier.pids), device)
     out["facts"] = facts(device)
     return out
@@ -121,7 +121,7 @@ def compiled(model: Any, run: str, cache: str, device: str) -> tuple[Any, Any]:
         return torch.compile(model, backend="eager", fullgraph=True), None
     config = CompilationConfig(
         cache_dir=cache,
-        tiered_start=run == "tiered",
+        tiered_start=run in ("tiered", "equals"),
         cudagraph_mode="PIECEWISE",
         cudagraph_capture_sizes=CAPTURE_SIZES,
         cudagraph_pad_values={"positions": -1},
@@ -246,7 +246,7 @@ def run_child(run: str, layers: int, cache: str, args: Any) -> dict[str, Any]:
         env["STITCH_COMPILE_START"] = "spawn"
     if run == "equals":  # the workers as the serving threads' equals
         env["STITCH_SERVING_FIRST"] = "0"
-    child = "tiered" if run in ("warm", "equals") else run
+    child = "tiered" if run == "warm" else run
     command = [sys.executable, __file__, "--child", child, str(layers), cache]
     command += ["--device", args.device, "--settle-s", str(args.settle_s)]
     try:
@@ -323,8 +323,8 @@ def targets(rows: dict[str, dict[str, Any]], device: str) -> str:
     from stitch.runtime.tables import markdown_table
 
     needed = ("dynamo", "cold", "tiered", "warm")
-    if any("error" in rows[r] for r in needed):
-        return "targets: not judged, a run failed (below)"
+    if any("error" in rows.get(r, {"error": 1}) for r in needed):
+        return "targets: not judged, a run failed or was not asked for"
     dyn, cold, tier, warm = (rows[r] for r in needed)
     tol = TOLERANCE["cuda" if device.startswith("cuda") else "cpu"]
     worst = max(tier.get(f"err_{k}", 0.0) or 0.0 for k in ("before", "during", "after"))
