@@ -274,11 +274,11 @@ class ServingFirst:
                 if high == 0:
                     # Every worker paused: what is left is others' doing.
                     baseline += (1 if baseline < 0 else ALPHA) * (rate - baseline)
-                excess = rate - max(baseline, 0.0)
-                if low > 0 and busy_ticks >= CALM:
+                excess = rate - baseline  # the first period, a probe, set baseline
+                if learned := low > 0 and busy_ticks >= CALM:
                     # Workers ran all through a busy period: learn what they cost.
                     harmful = excess > LIMIT or (harmful and excess >= LIMIT / 2)
-                unlearned = 0 if low > 0 and busy_ticks >= CALM else unlearned + 1
+                unlearned = 0 if learned else unlearned + 1
                 if k > 0 and excess > LIMIT and idle_ticks < CALM:
                     k -= 1  # they make this process wait: one fewer runs
                     idle_periods = 0
