@@ -297,6 +297,33 @@ def test_waiting_replica_installs_what_the_lease_holder_publishes(
     assert "at most 600s (cache_wait_s)" in started
 
 
+def test_an_entry_published_between_a_look_and_the_lease_is_installed(
+    server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The holder publishes, then lets the lease go.  A waiter that looked for
+    # the entry just before the publish found the lease free just after, and
+    # compiled the unit a second time (CI, torch 2.15: "the lease came free
+    # after 1s ... compiling it here" from a holder that had published).
+    holder, waiter = shared(server.url), shared(server.url)
+    turn = wait_turn(holder, str(tmp_path / "a"), UNIT)
+    assert isinstance(turn, Lease) and turn.held
+    make_unit(tmp_path / "a")
+    looked = waiter.fetch
+
+    def look_then_the_holder_ends(root: str, unit: Unit) -> bool:
+        found = looked(root, unit)
+        if not found and turn.held and not turn._stop.is_set():
+            end_turn(holder, str(tmp_path / "a"), turn, True)  # just after the look
+        return found
+
+    monkeypatch.setattr(waiter, "fetch", look_then_the_holder_ends)
+    assert wait_turn(waiter, str(tmp_path / "b"), UNIT) == INSTALLED
+    got = tree(tmp_path / "b")
+    assert f"{UNIT.folder}/artifacts/k1/artifact.bin" in got
+    assert got == {k: v for k, v in tree(tmp_path / "a").items() if k in got}
+    assert server.client().get(f"stitch:lease:{UNIT.name}") is None
+
+
 def test_lease_of_a_dead_replica_expires_and_the_next_takes_over(
     server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ):

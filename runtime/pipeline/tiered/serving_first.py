@@ -40,14 +40,24 @@ workers have made a busy process wait (``harmful``, learned in the periods in
 which workers ran all through a busy stretch), every worker pauses in the
 tick in which a forward begins (the process uses more than ``BUSY`` of a
 core), and they all run again after ``CALM`` ticks in which it is idle (less
-than ``IDLE``).  Harm is measured in the first busy period after the first
-(a probe) and again at least every ``LEARN`` periods: a period in which every
-worker runs throughout, with no pause at a forward's start.  Where workers
-do not make the process wait (more cores than both need), they are not
-paused at all.  A process busy all the time used to measure nothing: its
-learning periods began with every worker paused, so it kept them paused but
-for the compile's share (on an H200's 16 cores, forwards back to back took
-the 3-layer example's last swap to 3.04x the cold compile).  What it cannot
+than ``IDLE``).  Harm is learned (:class:`_Harm`) in the first busy period
+after the first (a probe) and again every ``LEARN`` periods: a period in
+which every worker runs throughout, with no pause at a forward's
+start.  It is the delay above others' then, but never more than the CPU
+time the workers used: a worker that ran t seconds kept a thread of the
+process from a core t seconds at most.  Others' delay is a few seconds old
+by then, and under a neighbour that computes in bursts (another pytest
+worker on 2 cores) a reading of a twentieth of a second moves by a third of
+a core: workers that slept were judged harmful by that alone, and paused 28
+samples of 40.  Only a learning period judges, and one is due every
+``LEARN`` periods whatever the last verdict.  Where workers do not make the
+process wait (more cores than both need), they are not paused at all, nor is
+one fewer let run for a reading above others' delay (that reading, with
+harmless workers, is a neighbour's).  A process busy all the time used to
+measure nothing: its learning periods began with every worker paused, so it
+kept them paused but for the compile's share (on an H200's 16 cores,
+forwards back to back took the 3-layer example's last swap to 3.04x the cold
+compile).  What it cannot
 do is fill gaps shorter than a few ticks: a process busy half of every few
 milliseconds looks busy in every tick (docs/performance.md, "Serving
 first").
@@ -76,6 +86,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +103,7 @@ IDLE = 0.1
 CALM = 2
 # Periods, at most, between two measurements of what running workers cost a
 # busy process (a forward, in a period with no pause at its start, learns it).
-LEARN = 100
+LEARN = 20
 # The extra delay (core-seconds a second) the workers may cause before they pause.
 LIMIT = 0.1
 # Periods every worker stays paused, at most, before one runs again.
@@ -151,6 +162,18 @@ def _family(pid: int) -> list[int]:
             with contextlib.suppress(OSError, ValueError):
                 todo += map(int, children.read_text().split())
     return family
+
+
+def _cpu_s(pid: int) -> float | None:
+    """Seconds of CPU process ``pid`` has used, None once it is gone: its
+    threads' (its CPU-time clock, to the nanosecond: a tick's rounding would
+    be a tenth of a period) and its children's that it has waited for."""
+    try:
+        live = time.clock_gettime(((~pid) << 3) | 2)  # CPUCLOCK_SCHED, process
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return live + (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _signal(pids: list[int], sig: signal.Signals) -> None:
@@ -224,15 +247,24 @@ class ServingFirst:
             else:
                 self._pause(pid)
 
+    def _drop_gone(self) -> bool:
+        """Stop controlling the workers that left; whether any did."""
+        gone = [p for p in self._order if not _alive(p)]
+        for pid in gone:
+            self._order.remove(pid)
+            # Its children, paused with it, must not stay paused.
+            _signal(self._stopped.pop(pid, []), signal.SIGCONT)
+        return bool(gone)
+
     def _run(self) -> None:
         me = threading.get_native_id()
         baseline = -1.0  # the delay with every worker paused (others' doing)
         last_delay, at = run_delay(me), time.monotonic()
         last_cpu, tick_at = _others_cpu(), at
         k = 0  # how many workers run: none in the first period, a probe
-        harmful = True  # whether running workers make a busy process wait
+        harm = _Harm(lambda: list(self._order))
         fixed, learning = True, False  # a share or a probe; harm measured
-        unlearned = LEARN  # periods since harm was last measured
+        period_at = at
         idle_periods = at_zero = idle_ticks = busy_ticks = ran = 0
         period = tick = 0
         low = high = 0  # the fewest and most workers that ran this period
@@ -252,7 +284,7 @@ class ServingFirst:
                 busy_ticks += using > BUSY
                 idle_ticks = idle_ticks + 1 if using < IDLE else 0
                 if not fixed:
-                    if k > 0 and harmful and not learning and using > BUSY:
+                    if k > 0 and harm.harmful and not learning and using > BUSY:
                         k = 0  # a forward begins: it must not wait
                     elif k < n and idle_ticks >= CALM:
                         k = n  # nothing to wait for: every worker runs
@@ -261,10 +293,8 @@ class ServingFirst:
                 if tick % PERIOD_TICKS:
                     self._run_first(k)
                     continue
-                for pid in [p for p in self._order if not _alive(p)]:
-                    self._order.remove(pid)
-                    # Its children, paused with it, must not stay paused.
-                    _signal(self._stopped.pop(pid, []), signal.SIGCONT)
+                if self._drop_gone():
+                    low = 0  # not every worker ran all through
                 n = len(self._order)
                 k = min(k, n)
                 delay = run_delay(me)
@@ -275,11 +305,9 @@ class ServingFirst:
                     # Every worker paused: what is left is others' doing.
                     baseline += (1 if baseline < 0 else ALPHA) * (rate - baseline)
                 excess = rate - baseline  # the first period, a probe, set baseline
-                if learned := low > 0 and busy_ticks >= CALM:
-                    # Workers ran all through a busy period: learn what they cost.
-                    harmful = excess > LIMIT or (harmful and excess >= LIMIT / 2)
-                unlearned = 0 if learned else unlearned + 1
-                if k > 0 and excess > LIMIT and idle_ticks < CALM:
+                harm.ended(excess, now - period_at, busy_ticks >= CALM, low)
+                period_at = now
+                if k > 0 and harm.harmful and excess > LIMIT and idle_ticks < CALM:
                     k -= 1  # they make this process wait: one fewer runs
                     idle_periods = 0
                 elif excess < LIMIT / 2:
@@ -296,13 +324,51 @@ class ServingFirst:
                 if period % PROBE == 0 and k > 0:
                     k, fixed = 0, True  # a probe: the others' delay, now and then
                 # Every worker runs all through a period: what they cost.
-                learning = harmful and unlearned >= LEARN and not fixed
-                k = n if learning else k
+                if learning := harm.due() and not fixed:
+                    k = n
+                    harm.begin()
+                    # Its readings take a tenth of a second beside a busy
+                    # serving thread: the period starts after them.
+                    last_delay, at = run_delay(me), time.monotonic()
+                    period_at = at
                 if period % ROTATE == 0 and 0 < k < n:
                     self._order = self._order[1:] + self._order[:1]
                 low = high = k
                 busy_ticks = ran = 0
                 self._run_first(k)
+
+
+class _Harm:
+    """Whether running workers make a busy process wait (NOTE: [serving
+    first]), learned in a period in which every one runs throughout."""
+
+    def __init__(self, workers: Callable[[], list[int]]) -> None:
+        self.harmful = True  # until learned: the serving process comes first
+        self.unlearned = LEARN  # periods since it was last learned
+        self._workers = workers
+        self._at: dict[int, float] = {}  # at a learning period's start
+
+    def due(self) -> bool:
+        return self.unlearned >= LEARN
+
+    def begin(self) -> None:
+        """A learning period begins: the CPU time of every worker and its
+        descendants (a build pool, gcc) now."""
+        pids = (q for pid in self._workers() for q in _family(pid))
+        self._at = {q: t for q in pids if (t := _cpu_s(q)) is not None}
+
+    def ended(self, excess: float, seconds: float, busy: bool, low: int) -> None:
+        """The period that ended (``seconds`` long): the process's run delay
+        above others' (core-seconds a second), whether it was busy, and the
+        fewest workers that ran."""
+        at, self._at = self._at, {}
+        if not at or not busy or low == 0:
+            self.unlearned += not at
+            return  # not a learning period, or nothing learned: again
+        used = sum(t - at[q] for q in at if (t := _cpu_s(q)) is not None)
+        cost = min(excess, used / max(seconds, 1e-6))
+        self.harmful = cost > LIMIT or (self.harmful and cost >= LIMIT / 2)
+        self.unlearned = 0
 
 
 def _alive(pid: int) -> bool:
