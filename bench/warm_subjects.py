@@ -30,14 +30,23 @@ class WarmSubject:
         return out.logits[:, 0] if hasattr(out, "logits") else out
 
 
-def example_subject(cfg: Any, device: str) -> WarmSubject:
-    """bench/gpu_serving.py's example llama (``forward(ids, positions)``)."""
+def example_subject(cfg: Any, device: str, weights: str = "") -> WarmSubject:
+    """bench/gpu_serving.py's example llama (``forward(ids, positions)``):
+    built with random weights, saved to ``weights``, by the first process;
+    read from there by a restart (``gpu_serving_model.restarted_model``)."""
+    import os
+
     import torch
-    from gpu_serving_model import build_model  # the benchmark's model
+    from gpu_serving_model import build_model, restarted_model, save_weights
 
     from stitch.runtime.examples import llama_inputs
 
-    model = build_model(cfg, torch.device(device))
+    if weights and os.path.exists(weights):
+        model = restarted_model(cfg, torch.device(device), weights)
+    else:
+        model = build_model(cfg, torch.device(device))
+        if weights:
+            save_weights(model, weights)
 
     def inputs(n: int, seed: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         return llama_inputs(cfg, n, seed=seed, device=device), {}
