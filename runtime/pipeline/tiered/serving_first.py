@@ -34,30 +34,29 @@ A period is too long for a forward of a few milliseconds: the controller saw
 the wait only after the forward had ended, and then kept the workers paused
 for the calm periods that followed.  A process busy a tenth of the time kept
 them paused a third of it (docs/performance.md, "On a quiet machine").  So,
-between two readings, every ``TICK_S`` the controller also reads the CPU time
-the process's other threads used (one call, ``_others_cpu``): where running
-workers have made a busy process wait (``harmful``, learned in the periods in
-which workers ran all through a busy stretch), every worker pauses in the
-tick in which a forward begins (the process uses more than ``BUSY`` of a
-core), and they all run again after ``CALM`` ticks in which it is idle (less
-than ``IDLE``).  Harm is learned (:class:`_Harm`) in the first busy period
-after the first (a probe) and again every ``LEARN`` periods: a period in
-which every worker runs throughout, with no pause at a forward's
-start.  It is the delay above others' then, but never more than the CPU
-time the workers used: a worker that ran t seconds kept a thread of the
-process from a core t seconds at most.  Others' delay is a few seconds old
-by then, and under a neighbour that computes in bursts (another pytest
-worker on 2 cores) a reading of a twentieth of a second moves by a third of
-a core: workers that slept were judged harmful by that alone, and paused 28
-samples of 40.  Only a learning period judges, and one is due every
-``LEARN`` periods whatever the last verdict.  Where workers do not make the
-process wait (more cores than both need), they are not paused at all, nor is
-one fewer let run for a reading above others' delay (that reading, with
-harmless workers, is a neighbour's).  A process busy all the time used to
-measure nothing: its learning periods began with every worker paused, so it
-kept them paused but for the compile's share (on an H200's 16 cores,
-forwards back to back took the 3-layer example's last swap to 3.04x the cold
-compile).  What it cannot
+between two readings, every ``TICK_S`` the controller also reads the CPU
+time the process's other threads used (one call, ``_others_cpu``): where
+running workers have made a busy process wait (``harmful``, learned in the
+periods in which workers ran all through a busy stretch), every worker
+pauses in the tick in which a forward begins (the process uses more than
+``BUSY`` of a core), and they all run again after ``CALM`` ticks in which it
+is idle (less than ``IDLE``).  Harm is learned (:class:`_Harm`) in the first
+busy period after the first (a probe) and again every ``LEARN`` periods
+(``RELEARN`` where they were found to make it wait): a period in which every
+worker runs throughout, with no pause at a forward's start.  It is the delay
+above others' then, but never more than the CPU time the workers used: a
+worker that ran t seconds kept a thread of the process from a core t seconds
+at most.  Others' delay is a few seconds old by then, and under a neighbour
+that computes in bursts (another pytest worker on 2 cores) a reading of a
+twentieth of a second moves by a third of a core: workers that slept were
+judged harmful by that alone, and paused 28 samples of 40.  Only a learning
+period judges.  Where workers do not make the process wait (more cores than
+both need), they are not paused at all, nor is one fewer let run for a
+reading above others' delay (that reading, with harmless workers, is a
+neighbour's).  A process busy all the time used to measure nothing: its
+learning periods began with every worker paused, so it kept them paused but
+for the compile's share (on an H200's 16 cores, forwards back to back took
+the 3-layer example's last swap to 3.04x the cold compile).  What it cannot
 do is fill gaps shorter than a few ticks: a process busy half of every few
 milliseconds looks busy in every tick (docs/performance.md, "Serving
 first").
@@ -101,9 +100,12 @@ BUSY = 0.2
 IDLE = 0.1
 # Idle ticks in a row before every worker runs again.
 CALM = 2
-# Periods, at most, between two measurements of what running workers cost a
-# busy process (a forward, in a period with no pause at its start, learns it).
+# Periods between two measurements of what running workers cost a busy
+# process (a forward, in a period with no pause at its start, learns it):
+# where they cost it nothing (each measurement costs nothing either), and
+# where they make it wait (each makes it wait a period).
 LEARN = 20
+RELEARN = 100
 # The extra delay (core-seconds a second) the workers may cause before they pause.
 LIMIT = 0.1
 # Periods every worker stays paused, at most, before one runs again.
@@ -344,12 +346,12 @@ class _Harm:
 
     def __init__(self, workers: Callable[[], list[int]]) -> None:
         self.harmful = True  # until learned: the serving process comes first
-        self.unlearned = LEARN  # periods since it was last learned
+        self.unlearned = RELEARN  # periods since it was last learned: due now
         self._workers = workers
         self._at: dict[int, float] = {}  # at a learning period's start
 
     def due(self) -> bool:
-        return self.unlearned >= LEARN
+        return self.unlearned >= (RELEARN if self.harmful else LEARN)
 
     def begin(self) -> None:
         """A learning period begins: the CPU time of every worker and its
