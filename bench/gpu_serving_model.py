@@ -151,8 +151,6 @@ def save_weights(model: torch.nn.Module, path: str) -> None:
     for :func:`restarted_model`; written once, by the first process."""
     from safetensors.torch import save_file
 
-    if os.path.exists(path):
-        return
     state = {
         name: t.detach().contiguous()
         for name, t in (*model.named_parameters(), *model.named_buffers())

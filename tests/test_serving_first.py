@@ -72,12 +72,22 @@ def hogs():  # type: ignore[no-untyped-def]
         p.wait()
 
 
-def sample(family: list[int]) -> list[bool]:
-    """Whether any of ``family`` is paused, 20 times over 2 s."""
+def sample(family: list[int], count: int = 20, every_s: float = 0.1) -> list[bool]:
+    """Whether any of ``family`` is paused, ``count`` times ``every_s`` apart."""
     samples = []
-    for _ in range(20):
+    for _ in range(count):
         samples.append(any(state(q) == "T" for q in family))
-        time.sleep(0.1)
+        time.sleep(every_s)
+    return samples
+
+
+def paused_while_busy(workers: list[subprocess.Popen[bytes]]) -> list[bool]:
+    """Whether any of ``workers`` is paused, 40 times over 2 s, while this
+    process runs forwards back to back (after half a second to learn)."""
+    with serving(workers, busy) as (control, family):
+        time.sleep(0.5)
+        samples = sample(family, 40, 0.05)
+    control.release()
     return samples
 
 
@@ -222,13 +232,7 @@ def test_workers_that_cost_a_busy_process_nothing_are_not_paused() -> None:
     # Started and waiting, as pre-started workers are when a compile begins.
     time.sleep(1.0)
     try:
-        with serving(workers, busy) as (control, family):  # type: ignore[arg-type]
-            time.sleep(0.5)
-            samples = []
-            for _ in range(40):
-                samples.append(any(state(q) == "T" for q in family))
-                time.sleep(0.05)
-        control.release()
+        samples = paused_while_busy(workers)
     finally:
         for p in workers:
             p.kill()
@@ -262,13 +266,7 @@ def test_a_neighbour_computing_in_bursts_is_not_taken_for_the_workers() -> None:
     time.sleep(1.0)
     try:
         for _ in range(3):
-            with serving(workers, busy) as (control, family):  # type: ignore[arg-type]
-                time.sleep(0.5)
-                samples = []
-                for _ in range(40):
-                    samples.append(any(state(q) == "T" for q in family))
-                    time.sleep(0.05)
-            control.release()
+            samples = paused_while_busy(workers)
             assert sum(samples) <= len(samples) / 4, f"paused {sum(samples)} of 40"
     finally:
         for p in workers + neighbours:

@@ -77,15 +77,15 @@ class Waiting:
         cache = self.cache
         try:
             if cache.store.take_lease(self.unit.name, cache.owner, cache.lease_s):
+                lease = Lease(self.unit, True)
                 # The holder publishes, then lets the lease go: a look for the
                 # entry just before it was published finds the lease free just
                 # after (CI's waiter compiled the unit a second time).
                 if cache.fetch(self.root, self.unit):
-                    end_turn(cache, self.root, Lease(self.unit, True), False)
+                    end_turn(cache, self.root, lease, False)
                     self.wait.end("installed")
                     return INSTALLED
                 self.wait.end("lease")
-                lease = Lease(self.unit, True)
                 threading.Thread(
                     target=keep_renewed, args=(cache, lease), daemon=True
                 ).start()
