@@ -13,20 +13,20 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from importlib import resources
+from typing import Any
 
-import black
 import jinja2
 
 from stitch.core.errors import StitchCodegenError
 
 from .context import ModuleContext
-from .layout import BLACK_MODE, Layout
+from .layout import Layout, black_mode
 
 TEMPLATE_PACKAGE = "stitch.templates"
 TEMPLATE = "execution_fn.py.j2"
 
 __all__ = [
-    "BLACK_MODE",
+    "black_mode",
     "format_source",
     "render_module",
     "render_module_with_black",
@@ -91,9 +91,17 @@ def render_module_with_black(context: ModuleContext) -> str:
     return format_source(render_one_line(context))
 
 
+def __getattr__(name: str) -> Any:
+    if name == "BLACK_MODE":  # NOTE: [black is imported where it runs] (layout.py)
+        return black_mode()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def format_source(source: str) -> str:
+    import black
+
     try:
-        formatted = black.format_str(source, mode=BLACK_MODE)
+        formatted = black.format_str(source, mode=black_mode())
         # black accepts a few things the compiler rejects; check the real thing.
         compile(formatted, "<stitch-emitted>", "exec")
     except (black.InvalidInput, SyntaxError) as exc:  # pragma: no cover - a codegen bug

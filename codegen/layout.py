@@ -12,17 +12,44 @@ filled with the next statement's (NOTE: [a statement's shape]).
 
 from __future__ import annotations
 
+import functools
 import re
 import string
-
-import black
-from black.strings import str_width
+from typing import Any
 
 LINE_LENGTH = 88
-BLACK_MODE = black.Mode(
-    target_versions={black.TargetVersion.PY310},
-    line_length=LINE_LENGTH,
-)
+
+
+# NOTE: [black is imported where it runs]
+# Importing black costs a cold start's backend call about 0.13 s; most
+# statements of a model are laid out without it (their shapes are plain), so
+# black is imported where a statement needs its own layout, or where a string
+# or a wide character needs its rules (NOTE: [black is imported only to
+# generate code] in values.py).
+@functools.cache
+def black_mode() -> Any:
+    """The black mode Stitch formats with (black imported on first use)."""
+    import black
+
+    return black.Mode(
+        target_versions={black.TargetVersion.PY310}, line_length=LINE_LENGTH
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BLACK_MODE":  # the mode as a module attribute, for tests and tools
+        return black_mode()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def str_width(text: str) -> int:
+    """The width black gives ``text`` (its characters, wide ones counting two)."""
+    if text.isascii():
+        return len(text)
+    from black.strings import str_width as black_width
+
+    return int(black_width(text))
+
 
 _LITERAL_OR_NAME = (
     r"""b?"(?:[^"\\\n]|\\.)*"|b?'(?:[^'\\\n]|\\.)*'"""  # str and bytes literals
@@ -221,8 +248,10 @@ def _with_black(text: str, depth: int) -> str:
     nested ``depth`` functions deep."""
     nesting = "".join(f"{'    ' * d}def _():\n" for d in range(depth))
     body = f"{'    ' * (depth + 1)}pass\n" if text.endswith(":") else ""
+    import black
+
     formatted = black.format_str(
-        f"{nesting}{'    ' * depth}{text}\n{body}", mode=BLACK_MODE
+        f"{nesting}{'    ' * depth}{text}\n{body}", mode=black_mode()
     )
     lines = [line for line in formatted.splitlines() if line]
     return "\n".join(lines[depth : len(lines) - bool(body)])[4 * depth :]

@@ -262,6 +262,31 @@ def test_importing_the_runtime_imports_no_code_generator() -> None:
     assert out.strip() == "[]"
 
 
+def test_emitting_a_models_source_imports_black_only_where_it_runs() -> None:
+    """NOTE: [black is imported where it runs] (codegen/layout.py): the
+    example llama's stitching source, every statement of a plain shape, is
+    written without importing black, and is black's format all the same."""
+    code = (
+        "import sys\n"
+        "from stitch.codegen import generate_execution_code\n"
+        "from stitch.runtime.examples import EXAMPLES\n"
+        "split_gm = EXAMPLES['llama'].split_graph_module()\n"
+        "source, _, _ = generate_execution_code(split_gm)\n"
+        "print('black' in sys.modules)\n"
+        "print(source, end='')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    imported, source = out.split("\n", 1)
+    assert imported == "False"
+    import black
+
+    from stitch.codegen.emit import BLACK_MODE
+
+    assert black.format_str(source, mode=BLACK_MODE) == source
+
+
 def test_no_module_is_over_400_lines() -> None:
     # Files are split by job (STYLE.md), not trimmed to this line.
     long = {

@@ -424,6 +424,45 @@ def test_hashes_of_a_slice_bounded_by_a_node_are_stable() -> None:
     assert graph_hash(first) == graph_hash(second)
 
 
+def test_structures_described_once_hash_as_described_each_time() -> None:
+    """NOTE: [a graph's structure is described once per compile]: inside the
+    scope every hash, with strings abstracted or not and with example inputs,
+    is the hash made without it; outside it a changed graph hashes anew."""
+    from stitch.codegen.fingerprint import (
+        string_constants,
+        structural_hash,
+        structures_described_once,
+    )
+
+    def tagged(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.aten.add(x, 1).relu() * torch.ops.aten.scalar_tensor(2.0)
+
+    def named(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.stitch.layer_tag(x * 2, "model.layers.3")
+
+    import stitch.runtime.examples.ops  # noqa: F401 - registers stitch::layer_tag
+
+    graphs = [torch.fx.symbolic_trace(tagged), torch.fx.symbolic_trace(named)]
+    example = (torch.empty(2, 3),)
+    calls = [(g, ex, a) for g in graphs for ex in ((), example) for a in (False, True)]
+    plain = [structural_hash(g, ex, abstract_strings=a) for g, ex, a in calls]
+    with structures_described_once():
+        once = [structural_hash(g, ex, abstract_strings=a) for g, ex, a in calls]
+        again = [structural_hash(g, ex, abstract_strings=a) for g, ex, a in calls]
+        assert string_constants(graphs[1]) == ["model.layers.3"]
+    assert once == again == plain
+    assert plain[2] != plain[0]  # example inputs count
+    assert plain[4] != plain[5]  # strings abstracted or not
+    assert plain[0] == plain[1]  # no strings: one text
+
+    first = graphs[0]
+    before = structural_hash(first)
+    (mul,) = [n for n in first.graph.nodes if n.target is operator.mul]
+    mul.target = operator.add
+    first.recompile()
+    assert structural_hash(first) != before
+
+
 def test_repeated_pieces_fake_outputs_are_what_running_them_gives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

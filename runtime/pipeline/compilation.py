@@ -17,6 +17,7 @@ from typing import Any
 import torch.fx as fx
 
 from stitch.codegen import module_path_of
+from stitch.codegen.fingerprint import structures_described_once
 
 from ..compat.fake import shape_env_of
 from ..compat.trace import phase
@@ -119,7 +120,9 @@ class Compilation:
         tier = None
         try:
             split = self.split()
-            records, reports = self.compile_pieces(split, self.fakes, cache)
+            # NOTE: [a graph's structure is described once per compile]
+            with structures_described_once():
+                records, reports = self.compile_pieces(split, self.fakes, cache)
             emitted = self.emit(split, cache, records, reports)
             graphs = self.plan_graphs(split, records, emitted)
             fn, backends = self.materialize(split, emitted, records, reports, graphs)
