@@ -45,7 +45,8 @@ with ``True``, and "saved at return" says whether the saved forward was on
 disk when ``aot_compile`` returned (a tiered start writes it at the last
 swap, NOTE: [where a tiered start is the default]).
 
-The compile without weights: ``bench/weightless_compile.py``.
+The compile without weights: ``bench/weightless_compile.py``; the first output
+in rounds, with where its time goes: ``bench/first_output.py``.
 
 Results: docs/performance.md ("Cold start").
 """
