@@ -111,15 +111,23 @@ def report(layers: int, runs: list[str], rounds: list[dict[str, Any]]) -> str:
     def median(run: str, key: str) -> float:
         return statistics.median(r[run][key] for r in rounds)
 
+    # Each run's first output minus Dynamo's, round by round.
+    gaps = {
+        run: [r[run]["first_s"] - r["dynamo"]["first_s"] for r in rounds]
+        for run in runs
+    }
     cells = []
     for run in runs:
-        gaps = [r[run]["first_s"] - r["dynamo"]["first_s"] for r in rounds]
         cells.append(
             (
                 run,
                 f"{median(run, 'first_s'):.2f}",
-                "-" if run == "dynamo" else f"{statistics.median(gaps):+.2f}",
-                "-" if run == "dynamo" else f"{min(gaps):+.2f} .. {max(gaps):+.2f}",
+                "-" if run == "dynamo" else f"{statistics.median(gaps[run]):+.2f}",
+                (
+                    "-"
+                    if run == "dynamo"
+                    else f"{min(gaps[run]):+.2f} .. {max(gaps[run]):+.2f}"
+                ),
                 f"{median(run, 'trace'):.2f}",
                 f"{median(run, 'backend'):.2f}",
                 "/".join(f"{median(run, k):.2f}" for k in ("split", "plan", "emit")),
@@ -148,9 +156,7 @@ def report(layers: int, runs: list[str], rounds: list[dict[str, Any]]) -> str:
         "",
     ]
     for run in runs[1:]:
-        gap = statistics.median(
-            r[run]["first_s"] - r["dynamo"]["first_s"] for r in rounds
-        )
+        gap = statistics.median(gaps[run])
         own = (
             median(run, "backend")
             + median(run, "forward")

@@ -170,17 +170,17 @@ def structures_described_once() -> Iterator[None]:
 
 
 def _structure_text(gm: fx.GraphModule, abstract_strings: bool) -> str:
+    strings = string_constants(gm) if abstract_strings else []
     described = _DESCRIBED.get()
     if described is None:
-        return _describe_structure(gm, string_constants(gm) if abstract_strings else [])
+        return _describe_structure(gm, strings)
     # The graph is kept beside its texts, so its id is not reused meanwhile; a
     # graph without strings has one text, with them abstracted or not.
-    strings = string_constants(gm)
-    kept = described[id(gm)][1]
-    key = abstract_strings and bool(kept["strings"])
-    if key not in kept:
-        kept[key] = _describe_structure(gm, strings if key else [])
-    return kept[key]
+    texts = described.setdefault(id(gm), (gm, {}))[1]
+    key = bool(strings)
+    if key not in texts:
+        texts[key] = _describe_structure(gm, strings)
+    return texts[key]
 
 
 def _describe_structure(gm: fx.GraphModule, strings: list[str]) -> str:

@@ -36,12 +36,6 @@ def black_mode() -> Any:
     )
 
 
-def __getattr__(name: str) -> Any:
-    if name == "BLACK_MODE":  # the mode as a module attribute, for tests and tools
-        return black_mode()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def str_width(text: str) -> int:
     """The width black gives ``text`` (its characters, wide ones counting two)."""
     if text.isascii():

@@ -233,6 +233,13 @@ def test_no_import_cycles() -> None:
             visit(module)
 
 
+def _python_prints(code: str) -> str:
+    """What ``code`` prints in a fresh interpreter (it must exit 0)."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def test_importing_the_runtime_registers_no_example_op() -> None:
     code = (
         "import sys, torch, stitch.runtime\n"
@@ -244,9 +251,7 @@ def test_importing_the_runtime_registers_no_example_op() -> None:
         "     'stitch.runtime.vllm', 'vllm')))\n"
         "print(loaded)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = _python_prints(code)
     assert out.strip() == "[]"
 
 
@@ -256,9 +261,7 @@ def test_importing_the_runtime_imports_no_code_generator() -> None:
         "import sys, torch, stitch.runtime, stitch.codegen\n"
         "print(sorted(m for m in ('black', 'jinja2') if m in sys.modules))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = _python_prints(code)
     assert out.strip() == "[]"
 
 
@@ -275,9 +278,7 @@ def test_emitting_a_models_source_imports_black_only_where_it_runs() -> None:
         "print('black' in sys.modules)\n"
         "print(source, end='')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
+    out = _python_prints(code)
     imported, source = out.split("\n", 1)
     assert imported == "False"
     import black
