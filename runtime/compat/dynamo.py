@@ -41,6 +41,23 @@ def mark_unbacked(t: torch.Tensor, dim: int, shape_id: str | None = None) -> Non
     torch._dynamo.decorators.mark_unbacked(t, dim, shape_id=shape_id)
 
 
+def backend_call_context() -> Callable[[], contextlib.AbstractContextManager[Any]]:
+    """The thread's state of the backend call under way (Dynamo's compile and
+    tracing contexts, grad mode), to enter again on another thread (NOTE:
+    [Dynamo's graph serves while the stitching is built])."""
+    from torch._guards import CompileContext, TracingContext, compile_context, tracing
+
+    compiling, traced = CompileContext.try_get(), TracingContext.try_get()
+    grad = torch.is_grad_enabled()
+
+    @contextlib.contextmanager
+    def entered() -> Iterator[None]:
+        with compile_context(compiling), tracing(traced), torch.set_grad_enabled(grad):
+            yield
+
+    return entered
+
+
 # -- torch.compile(...).aot_compile --------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from .compilation import Compilation, CompiledModel
 from .graph_inputs import GraphInput, graph_inputs
 from .saved_function import in_torch_aot_compile, saveable
 from .split_policy import SplitPolicy
+from .tiered.dynamo_first import DynamoFirst
 from .tiered.spawned_pool import SpawnedPool
 
 __all__ = ["CompiledModel", "StitchBackend", "stitch_backend"]
@@ -56,7 +57,10 @@ class StitchBackend:
         # Return a StitchFunction (saveable by torch's aot_compile): always (True),
         # never (False), or when torch.compile(...).aot_compile calls (None).
         self.serializable = serializable
-        self.compiled: list[CompiledModel] = []
+        # Each call's result, in the order they finished; builds still under
+        # way apart (NOTE: [Dynamo's graph serves while the stitching is built]).
+        self._compiled: list[CompiledModel] = []
+        self._building: list[DynamoFirst] = []
         # Pool, capture switch and start-up capture of every graph compiled here.
         self.cudagraphs = cudagraphs or CUDAGraphManager(self.config.cudagraphs)
         # Where graphs are cut; its warnings are given once per backend.
@@ -74,11 +78,18 @@ class StitchBackend:
         # [pre-started compile workers]); a pool may be shared between backends.
         self.spawned_pool = spawned_pool or SpawnedPool.for_config(self.config)
 
+    @property
+    def compiled(self) -> list[CompiledModel]:
+        """Each call's result, once every build under way has finished."""
+        self._settle()
+        return self._compiled
+
     def __call__(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any]
     ) -> Callable[..., Any]:
+        self._settle()  # two calls never build at once
         self.graph_inputs = graph_inputs(gm, example_inputs)
-        compiled = Compilation(
+        compilation = Compilation(
             self.config,
             gm,
             example_inputs,
@@ -87,9 +98,18 @@ class StitchBackend:
             profiler=self.profiler,
             cache_group=self.cache_group,
             spawned_pool=self.spawned_pool,
-        ).run()
-        self.compiled.append(compiled)
-        if self.serializable or (self.serializable is None and in_torch_aot_compile()):
+        )
+        opened = compilation.open()
+        saved = self.serializable or (
+            self.serializable is None and in_torch_aot_compile()
+        )
+        if not saved and self._builds_apart(compilation, opened[2]):
+            first = DynamoFirst(compilation, opened, self._compiled.append)
+            self._building.append(first)
+            return first
+        compiled = compilation.finish(compilation.built(*opened))
+        self._compiled.append(compiled)
+        if saved:
             fn = saveable(
                 compiled.fn,
                 self.config,
@@ -101,6 +121,23 @@ class StitchBackend:
             fn.tier = compiled.tier
             return fn
         return compiled.fn
+
+    def _builds_apart(self, compilation: Compilation, cache: Any) -> bool:
+        """Whether Dynamo's graph serves while this call's stitching is built
+        (NOTE: [Dynamo's graph serves while the stitching is built]): a cold
+        entry of a tiered start, with no CUDA graphs and no profiler."""
+        return (
+            compilation.tiered_off is None
+            and cache is not None
+            and not cache.has_source()
+            and self.profiler is None
+            and not self.cudagraphs.applies_to(compilation.fakes)
+        )
+
+    def _settle(self) -> None:
+        building, self._building = self._building, []
+        for first in building:
+            first.settle()
 
     def wait_compiled(self, timeout: float | None = None) -> bool:
         """Wait until every piece of this backend's tiered starts has landed in

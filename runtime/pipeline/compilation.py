@@ -46,12 +46,13 @@ from .piece_plan import (
     recalled_or_planned,
 )
 from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
-from .results import CompiledModel, Emitted, Split
+from .results import Built, CompiledModel, Emitted, Split
 from .split_policy import SplitPolicy
 from .stitching_source import stitching_source
 from .tiered.deferred import prepare_compiles, tiered_decision
+from .tiered.giving_way import give_way
 from .tiered.spawned_pool import SpawnedPool
-from .tracing import is_warm, log_summary, trace_source, trace_split
+from .tracing import summary, trace_source, trace_split
 from .warm_load import WarmLoadFailed, report
 
 log = logging.getLogger("stitch")
@@ -97,6 +98,10 @@ class Compilation:
         self.why_cold: str | None = None
 
     def run(self) -> CompiledModel:
+        return self.finish(self.built(*self.open()))
+
+    def open(self) -> tuple[float, str, CompileCache | None]:
+        """The phases before the split: the fake inputs, then the cache entry."""
         start = time.perf_counter()
         # Counted once the fake inputs stand: specializing a lifted float asks
         # Dynamo to trace again (scalars.py), and that call compiled nothing.
@@ -104,58 +109,53 @@ class Compilation:
         compilation_counter.num_graphs_seen += 1
         compilation_counter.num_backend_compilations += 1
         graph_key, cache = self.open_cache(fake_inputs)
+        return start, graph_key, cache
+
+    def built(self, start: float, graph_key: str, cache: CompileCache | None) -> Built:
+        """The phases up to the tier's workers (NOTE: [Dynamo's graph serves while
+        the stitching is built] runs them apart)."""
         try:
-            return self.build(start, graph_key, cache)
+            return self.stitched(start, graph_key, cache)
         except WarmLoadFailed as failed:
             # NOTE: [a warm load that fails compiles instead] (warm_load.py)
             self.why_cold = report(failed, "this call compiles without the cache")
             self.without_cache()
-            return self.build(start, graph_key, None)
+            return self.stitched(start, graph_key, None)
 
-    def build(
-        self, start: float, graph_key: str, cache: CompileCache | None
-    ) -> CompiledModel:
-        """Every phase after the cache is opened: split, compile or load, emit, run."""
-        finished = False
-        tier = None
+    def stitched(self, start: float, key: str, cache: CompileCache | None) -> Built:
         try:
             split = self.split()
             # NOTE: [a graph's structure is described once per compile]
             with structures_described_once():
                 records, reports = self.compile_pieces(split, self.fakes, cache)
             emitted = self.emit(split, cache, records, reports)
+            give_way()
             graphs = self.plan_graphs(split, records, emitted)
             fn, backends = self.materialize(split, emitted, records, reports, graphs)
+        except BaseException:
+            self.fleet.end(False)
+            raise
+        stages = (split, records, reports, emitted, graphs, fn, backends)
+        return Built(start, key, cache, *stages)
+
+    def finish(self, built: Built) -> CompiledModel:
+        b, cache, finished, tier = built, built.cache, False, None
+        try:
             if self.source.deferred and cache is not None:
                 from .tiered.compile_workers import start_tier
 
-                tier = start_tier(self, split, fn, backends, cache, start, graph_key)
+                tier = start_tier(
+                    self, b.split, b.fn, b.backends, cache, b.start, b.graph_key
+                )
             if tier is None:
                 self.fleet.record(cache)
             finished = True
         finally:
             if tier is None:
                 self.fleet.end(finished)
-        warm = is_warm(emitted.from_cache, reports)
-        seconds = time.perf_counter() - start
-        cache_dir = cache.directory if cache and cache.holds_source() else None
-        log_summary(graph_key, split, records, warm, seconds, cache_dir)
-        return CompiledModel(
-            split.split_gm,
-            emitted.code,
-            emitted.submod_names,
-            backends,
-            reports,
-            cache_dir,
-            warm,
-            seconds,
-            fn,
-            emitted.consts,
-            graphs,
-            emitted.guards,
-            None if warm else self.why_cold or self.fleet.why_cold,
-            tier,
-        )
+        warm, seconds, cache_dir = summary(b)
+        why_cold = None if warm else self.why_cold or self.fleet.why_cold
+        return b.result(warm, seconds, cache_dir, why_cold, tier)
 
     def without_cache(self) -> None:
         """Start again as a cold call that neither reads nor writes the cache."""
@@ -235,8 +235,7 @@ class Compilation:
     ) -> tuple[dict[str, PieceRecord], list[PieceReport]]:
         if cache is not None:
             cache.identify({it.submod_name: it.graph for it in split.compiled})
-        # See NOTE: [warm start skips fake propagation] (plan): the fake run
-        # happens only if some entry has to be compiled.
+        # NOTE: [warm start skips fake propagation]: a fake run only for a miss.
         args = self.piece_args = PieceArgs(split.split_gm, fake_inputs)
         records: dict[str, PieceRecord] = {}
         reports: list[PieceReport] = []
@@ -260,6 +259,7 @@ class Compilation:
                 records[item.submod_name] = record
                 reports.append(report)
                 progress.update(1)
+                give_way()
             progress.close()
         deferred = self.source.deferred
         if deferred:

@@ -30,6 +30,7 @@ from ..store.cache import CompileCache
 from ..store.hashing import key_hash
 from ..targets import Target, targets_for
 from .piecewise import other_sizes
+from .tiered.giving_way import give_way
 
 log = logging.getLogger("stitch")
 
@@ -239,6 +240,7 @@ def piece_inputs(
 
     class Recorder(fx.Interpreter):
         def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+            give_way()
             recorded.setdefault(target, tuple(args))
             key = repeats.key(self.fetch_attr(target), args, kwargs)
             made = repeats.made(key, args)

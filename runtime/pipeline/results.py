@@ -17,6 +17,8 @@ from .layouts import LayoutChecks
 from .piecewise import PiecewiseBackend
 
 if TYPE_CHECKING:
+    from ..store.cache import CompileCache
+    from ..store.index import PieceRecord
     from .tiered.tier import Tier
 
 
@@ -69,3 +71,45 @@ class Emitted:
     source_file: str | None
     # The guards the entry holds under (recorded or added by this call).
     guards: tuple[str, ...]
+
+
+@dataclasses.dataclass
+class Built:
+    """Every phase's result up to the tier's workers (``Compilation.stitched``)."""
+
+    start: float
+    graph_key: str
+    cache: CompileCache | None
+    split: Split
+    records: dict[str, PieceRecord]
+    reports: list[PieceReport]
+    emitted: Emitted
+    graphs: GraphPlan | None
+    fn: Callable[..., Any]
+    backends: dict[str, PiecewiseBackend]
+
+    def result(
+        self,
+        warm: bool,
+        seconds: float,
+        cache_dir: str | None,
+        why_cold: str | None,
+        tier: Tier | None,
+    ) -> CompiledModel:
+        e = self.emitted
+        return CompiledModel(
+            self.split.split_gm,
+            e.code,
+            e.submod_names,
+            self.backends,
+            self.reports,
+            cache_dir,
+            warm,
+            seconds,
+            self.fn,
+            e.consts,
+            self.graphs,
+            e.guards,
+            why_cold,
+            tier,
+        )

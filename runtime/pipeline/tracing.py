@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Container
 
 from ..compat.trace import trace_artifact
 from ..store.dump import PieceReport
 from ..store.index import PieceRecord
-from .results import Split
+from .results import Built, Split
 
 log = logging.getLogger("stitch")
 
@@ -96,3 +97,14 @@ def log_summary(
         seconds,
         f", cache {cache_dir}" if cache_dir else "",
     )
+
+
+def summary(built: Built) -> tuple[bool, float, str | None]:
+    """A backend call's result logged: whether it was warm, its seconds (from
+    its start), and its entry's folder where the entry holds its source."""
+    warm = is_warm(built.emitted.from_cache, built.reports)
+    seconds = time.perf_counter() - built.start
+    cache = built.cache
+    cache_dir = cache.directory if cache and cache.holds_source() else None
+    log_summary(built.graph_key, built.split, built.records, warm, seconds, cache_dir)
+    return warm, seconds, cache_dir

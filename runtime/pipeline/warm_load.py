@@ -17,7 +17,7 @@ file or piece) and why.
   the call compiles the next entry of the chain (a compile once, then warm).
 - Any later step (installing the guards, the source, a piece, a prebuilt
   record): what was loaded may already be in use, so the whole call starts
-  again as a cold call without the cache (``Compilation.run``): nothing read
+  again as a cold call without the cache (``Compilation.built``): nothing read
   from the entry, nothing written to it.  The fault may be this process's,
   not the entry's, so the entry is left as it is for the processes it serves.
 

@@ -29,6 +29,7 @@ import concurrent.futures
 import logging
 import os
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .serving_first import controller
@@ -40,8 +41,11 @@ log = logging.getLogger("stitch")
 # The tiers whose workers may still compile (NOTE: [a process that exits
 # normally waits for its workers]).
 _COMPILING: weakref.WeakSet[Tier] = weakref.WeakSet()
-# The traces under way whose backend calls may start a tier, and their labels.
-_TRACING: dict[concurrent.futures.Future[Any], str] = {}
+# The traces under way whose backend calls may start a tier, their labels, and
+# what makes each hurry (None: nothing).
+_TRACING: dict[
+    concurrent.futures.Future[Any], tuple[str, Callable[[], None] | None]
+] = {}
 
 
 def wait_at_exit(tier: Tier) -> None:
@@ -51,11 +55,18 @@ def wait_at_exit(tier: Tier) -> None:
     _COMPILING.add(tier)
 
 
-def finish_before_exit(trace: concurrent.futures.Future[Any], label: str) -> None:
+def finish_before_exit(
+    trace: concurrent.futures.Future[Any],
+    label: str,
+    hurry: Callable[[], None] | None = None,
+) -> None:
     """Let ``trace`` (a backend call under way in another thread, ``label``
-    naming it) end before an exit waits for the tiers, since it may start one."""
+    naming it) end before an exit waits for the tiers, since it may start one;
+    ``hurry`` first, where it waits for something an exit will not bring (a
+    build waiting for a forward: NOTE: [Dynamo's graph serves while the
+    stitching is built])."""
     _hook()
-    _TRACING[trace] = label
+    _TRACING[trace] = (label, hurry)
     trace.add_done_callback(lambda done: _TRACING.pop(done, None))
 
 
@@ -70,7 +81,9 @@ def land_before_exit() -> None:
     process's exit does (NOTE: [a process that exits normally waits for its
     workers]); also for a process about to end with ``os._exit``, which runs
     no ``atexit`` hook."""
-    for trace, label in list(_TRACING.items()):
+    for trace, (label, hurry) in list(_TRACING.items()):
+        if hurry is not None:
+            hurry()
         if not trace.done():
             log.info(
                 "stitch: %s: waiting for Dynamo's trace before exiting, so that "
