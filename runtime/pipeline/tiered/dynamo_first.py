@@ -100,6 +100,11 @@ class DynamoFirst:
         # NOTE: [a process that exits normally waits for its workers]: an exit
         # begins the build now and waits for it, then for the workers it starts.
         finish_before_exit(self._done, self._label, self._begin.set)
+        log.info(
+            "stitch: %s runs Dynamo's graph until its stitching is built, after "
+            "the first forward",
+            self._label,
+        )
         threading.Thread(
             target=self._build, args=(opened,), name="stitch-build", daemon=True
         ).start()
