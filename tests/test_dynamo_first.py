@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import torch
+from test_tiered import SWAP_WAIT_S, _fresh_dynamo, tiered  # noqa: F401
 
 from stitch.core import StitchRuntimeError
-from stitch.runtime import CompilationConfig
 from stitch.runtime.pipeline.compilation import Compilation
 from stitch.runtime.pipeline.tiered.dynamo_first import DynamoFirst
 
@@ -27,19 +27,6 @@ from backend_support import (
 )
 
 pytestmark = pytest.mark.slow
-
-SETTLE_S = 480.0
-
-
-@pytest.fixture(autouse=True)
-def _fresh_dynamo() -> Any:
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
-def tiered(cache: Path) -> CompilationConfig:
-    return CompilationConfig(cache_dir=str(cache), tiered_start=True)
 
 
 def split_then(monkeypatch: pytest.MonkeyPatch, before: Any) -> list[str]:
@@ -61,7 +48,7 @@ def test_the_first_forwards_run_dynamos_graph_before_the_stitching_is_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     release = threading.Event()
-    threads = split_then(monkeypatch, lambda _: release.wait(SETTLE_S))
+    threads = split_then(monkeypatch, lambda _: release.wait(SWAP_WAIT_S))
     model = model_for()
     backend, fn = compile_model(model, tiered(tmp_path))
     # Both forwards end while the split is held: they waited for none of it.
@@ -77,7 +64,7 @@ def test_the_first_forwards_run_dynamos_graph_before_the_stitching_is_built(
     ref, out = eager_and_compiled(model, fn, TINY, 4)
     torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
     assert first.stitched
-    assert backend.wait_compiled(SETTLE_S), compiled.tier.timeline()
+    assert backend.wait_compiled(SWAP_WAIT_S), compiled.tier.timeline()
     for n in (2, 6):
         ref, out = eager_and_compiled(model, fn, TINY, n)
         torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
@@ -114,7 +101,7 @@ def test_a_build_that_adds_a_guard_keeps_running_dynamos_graph(
         ref, out = eager_and_compiled(model, fn, TINY, n)
         torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
     assert not first.stitched
-    assert backend.wait_compiled(SETTLE_S), compiled.tier.timeline()
+    assert backend.wait_compiled(SWAP_WAIT_S), compiled.tier.timeline()
 
 
 def test_a_build_that_fails_raises_at_the_next_call(

@@ -20,10 +20,10 @@ traces]), after any forward of Dynamo's graph in flight has ended; the next
 call serves the stitched function.
 
 Forwards come first: the build gives way at each piece and phase
-(``giving_way.give_way``) once it has run ``SLICE_S`` while a forward of Dynamo's
-graph is in flight, until that forward ends or ``WAIT_S`` has passed; so
-under forwards back to back it keeps about a sixth of the time, as the
-workers do (NOTE: [serving first]).  A thread's Python would otherwise take
+(``giving_way.give_way``) once it has run ``SLICE_S`` while a forward of
+Dynamo's graph is in flight, until that forward ends or ``WAIT_S`` has
+passed; so under forwards back to back it keeps about a sixth of the time,
+as the workers do (NOTE: [serving first]).  A thread's Python would otherwise take
 the GIL each time a forward's op released it.
 
 What Dynamo checks before it runs the graph are the guards in the ShapeEnv
@@ -33,8 +33,9 @@ build runs the split graph over the same fake inputs, which is meant to add
 no guard (the example's fake run adds none); a build that did add one made a
 function that holds only under it, so the graph keeps running Dynamo's
 graph, with one warning, and the entry records the guard for the next start
-(NOTE: [the guards a backend call adds are part of its cache entry]).  A build that fails raises its error at each later
-call, as a backend call that failed would at each trace.  Whoever reads the
+(NOTE: [the guards a backend call adds are part of its cache entry]).  A
+build that fails raises its error at each later call, as a backend call that
+failed would at each trace.  Whoever reads the
 backend's results (``StitchBackend.compiled``, ``wait_compiled``) waits for
 the build, beginning it now if no forward has; a later backend call waits
 for it too, so two never build at once, and so does a normal exit (NOTE: [a
@@ -96,7 +97,6 @@ class DynamoFirst:
         self._error: BaseException | None = None
         self._added: list[str] = []
         self._fn: Callable[..., Any] | None = None
-        self._stitched = False
         # NOTE: [a process that exits normally waits for its workers]: an exit
         # begins the build now and waits for it, then for the workers it starts.
         finish_before_exit(self._done, self._label, self._begin.set)
@@ -129,7 +129,7 @@ class DynamoFirst:
     @property
     def stitched(self) -> bool:
         """Whether the stitched function serves (from the call after the build)."""
-        return self._stitched
+        return self._fn is not None and not self._added
 
     def result(self) -> Any:
         """The backend call's ``CompiledModel``, the build begun now if it has
@@ -163,7 +163,7 @@ class DynamoFirst:
                 self._warn_added()
                 self._fn = self._gm.__call__
             else:
-                self._fn, self._stitched = compiled.fn, True
+                self._fn = compiled.fn
                 self._gm = None  # nothing calls it again: its graph and metadata go
             self._compilation = None
         except BaseException as exc:  # raised at the function's next call

@@ -5,12 +5,12 @@ With ``CompilationConfig.tiered_start``, a backend call that finds pieces
 missing from its cache entry does not compile them before it returns.  It
 splits, plans and emits as always, and every missing piece first runs as its
 own GraphModule (``deferred.py``), which computes what the compiled
-piece computes.  Before it returns, the call forks compile workers
-(``compile_workers.py``; a cold call returns first and does all this on a
-thread: NOTE: [Dynamo's graph serves while the stitching is built]): each runs the ordinary compile of its pieces
-(``Compilation.compile_piece``, Inductor, the artifact saved and its prebuilt
-record written) into the same cache entry, and reports each piece's record
-when it is there.  The serving process loads the piece from the entry with the
+piece computes.  Then it forks compile workers (``compile_workers.py``; a
+cold call returns first, a thread doing all this: NOTE: [Dynamo's graph
+serves while the stitching is built]): each runs the ordinary compile of its
+pieces (``Compilation.compile_piece``, Inductor, the artifact saved and its
+prebuilt record written) into the same cache entry, and reports each piece's
+record when it is there.  The serving process loads the piece from the entry with the
 prebuilt loader a warm start uses, runs it beside the uncompiled piece on the
 inputs of that call, and swaps it in where the outputs agree
 (:data:`SWAP_TOLERANCE`): the piece's backend takes the compiled runnables and
