@@ -12,11 +12,17 @@ process with an empty vLLM and Stitch cache (``stitch.runtime.harness
 backend (Dynamo and the split, no Inductor: the target's reference); Stitch;
 Stitch with ``tiered_start``; a second process over the tiered row's
 cache; and the tiered start with its workers as the engine's equals
-(``$STITCH_SERVING_FIRST=0``, NOTE: [serving first]).  "ready" is the ``LLM(...)`` constructor's time (the engine can take
-requests), "first request" one prompt's ``--tokens`` new tokens after it.
+(``$STITCH_SERVING_FIRST=0``, NOTE: [serving first]); ``--rows`` adds one
+with its workers on the one core vLLM's CPU worker pins itself to on 2 cores
+(``onecore``, as before NOTE: [the cores a compile worker runs on]).  "ready"
+is the ``LLM(...)`` constructor's time (the engine can take requests), "first
+request" one prompt's ``--tokens`` new tokens after it.
 The tiered row then sends one-prompt requests until every piece has been
 swapped in ("settled", from the process start), each compared with eager's
-tokens, before the batches are timed.
+tokens, before the batches are timed; ``--busy`` spaces those requests out.
+"engine's init" is vLLM's own log line for the profile run (where the
+backend is called), the KV cache and the warm-up: the part of "ready" a
+backend changes, the rest being three processes' imports.
 
 Results: docs/performance.md ("Cold start").
 """
@@ -29,7 +35,7 @@ import platform
 import sys
 import tempfile
 
-from stitch.runtime.harness.vllm_engine import save_checkpoint
+from stitch.runtime.harness.vllm_engine import busy_share, save_checkpoint
 from stitch.runtime.harness.vllm_table import run_variant
 
 ROWS = (
@@ -39,10 +45,24 @@ ROWS = (
     ("Stitch, tiered_start, cold", "tiered", "fresh"),
     ("the same, second process", "tiered", "same"),
     ("Stitch, tiered_start, workers as equals, cold", "equals", "fresh"),
+    (
+        "Stitch, tiered_start, workers on the engine worker's core, cold",
+        "onecore",
+        "fresh",
+    ),
 )
 # The rows run with an environment of their own: "equals" turns off NOTE:
 # [serving first] (the workers share the cores with the engine as equals).
-ROW_ENV = {"equals": {"STITCH_SERVING_FIRST": "0"}}
+# "onecore" puts them on the one core vLLM's CPU worker pins itself to on 2
+# cores, as before NOTE: [the cores a compile worker runs on].
+ROW_ENV = {
+    "equals": {"STITCH_SERVING_FIRST": "0"},
+    "onecore": {"STITCH_COMPILE_CPUS": "0"},
+}
+
+
+def seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def row(label: str, result: dict, eager: dict) -> list[str]:
@@ -56,6 +76,8 @@ def row(label: str, result: dict, eager: dict) -> list[str]:
     return [
         label,
         f"{result['start_s']:.2f}",
+        seconds(result.get("init_engine_s")),
+        seconds(result.get("backend_call_s")),
         f"{result['first_request_s']:.2f}",
         f"{settled:.2f}" if settled is not None else "-",
         f"{len(during)}" if "tokens_meanwhile" in result else "-",
@@ -73,11 +95,18 @@ def main(argv: list[str] | None = None) -> None:
         "--rows",
         type=lambda text: text.split(","),
         help="these rows, in this order, eager first (its tokens are the "
-        "reference): eager, dynamo, stitch, tiered, same, equals; a row may "
+        "reference): eager, dynamo, stitch, tiered, same, equals, onecore; a row may "
         "come again (two runs side by side)",
     )
+    parser.add_argument(
+        "--busy",
+        type=busy_share,
+        default=1.0,
+        help="the share of the time the tiered rows' one-prompt requests keep "
+        "the engine busy until every piece has landed (1, the default: back to back)",
+    )
     args = parser.parse_args(argv)
-    rows = ROWS
+    rows = tuple(r for r in ROWS if r[1] != "onecore")
     if args.rows:
         by_name = {("same" if w == "same" else v): (lab, v, w) for lab, v, w in ROWS}
         unknown = [r for r in args.rows if r not in by_name]
@@ -96,11 +125,12 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 result = run_variant(
                     model,
-                    "tiered" if variant == "equals" else variant,
+                    "tiered" if variant in ROW_ENV else variant,
                     cache,
                     batches="1,8",
                     tokens=args.tokens,
                     repeats=1,
+                    busy=args.busy,
                 )
             finally:
                 os.environ.clear()
@@ -111,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     headers = [
         "engine",
         "ready (s)",
+        "engine's init (s)",
+        "Stitch's backend call (s)",
         "first request (s)",
         "settled (s)",
         "requests meanwhile",
@@ -123,14 +155,26 @@ def main(argv: list[str] | None = None) -> None:
         lines.append("| " + " | ".join(row(label, result, eager)) + " |")
     print(
         f"{platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"vLLM's engine, Llama {args.layers} layers x 256, {args.tokens} new tokens\n"
+        f"vLLM's engine, Llama {args.layers} layers x 256, {args.tokens} new tokens; "
+        f"requests busy {args.busy:g} of the time while pieces land\n"
     )
     print("\n".join(lines))
+    colds = [
+        r["backend_call_s"]
+        for (_, v, w), r in zip(rows, results, strict=True)
+        if v == "stitch" and r.get("backend_call_s")
+    ]
     for (label, _, _), result in zip(rows, results, strict=True):
         for tier in result.get("tiers", []):
+            last = tier["last_swap_at"]
+            ratio = (
+                f" ({last / colds[0]:.2f}x Stitch's cold compile)"
+                if colds and last
+                else ""
+            )
             print(
                 f"\n{label}: backend returned at {tier['returned_at']:.2f} s, last "
-                f"swap at {tier['last_swap_at']} s, uncompiled {tier['uncompiled']}"
+                f"swap at {last} s{ratio}, uncompiled {tier['uncompiled']}"
             )
 
 

@@ -60,6 +60,7 @@ def measure(count: int, device: str) -> dict[str, float]:
     """Each phase's median seconds over ``count`` workers started at once,
     each with a pool's worker's environment (its share of the build pools)."""
     from stitch.runtime.pipeline.tiered.spawned_pool import worker_env
+    from stitch.runtime.pipeline.tiered.worker_cpus import cores
 
     launched = time.time()
     kind = "cpu" if device == "cpu" else "gpu"
@@ -68,7 +69,7 @@ def measure(count: int, device: str) -> dict[str, float]:
             [sys.executable, "-c", CHILD, repr(launched), kind],
             stdout=subprocess.PIPE,
             text=True,
-            env=worker_env(count),
+            env=worker_env(count, cores()),
         )
         for _ in range(max(count, 1))
     ]

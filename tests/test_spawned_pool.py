@@ -262,7 +262,7 @@ def test_workers_share_the_cores_between_their_build_pools(
     # failed Inductor's assert and exited: two workers on 2 cores get one each).
     from stitch.runtime.pipeline.tiered import spawned_pool
 
-    monkeypatch.setattr(spawned_pool, "cores", lambda: 10)
+    monkeypatch.setattr(spawned_pool, "worker_cpus", lambda: set(range(10)))
     if user is None:
         monkeypatch.delenv(spawned_pool.COMPILE_THREADS_ENV, raising=False)
     else:

@@ -86,6 +86,16 @@ def forget_compile_pools() -> None:
             cached.cache_clear()
 
 
+def size_compile_threads_again() -> None:
+    """In a forked worker given more cores than its parent had (NOTE: [the
+    cores a compile worker runs on]): Inductor sizes its build pool anew, to
+    them, at its next compile ($TORCHINDUCTOR_COMPILE_THREADS still wins)."""
+    if "torch._inductor.config" in sys.modules:
+        from torch._inductor import config
+
+        config.compile_threads = None
+
+
 def warm_compile_pools() -> None:
     """Start Inductor's build pools now (NOTE: [pre-started compile workers]):
     its thread pool and, where it uses one, its subprocess pool.  With one

@@ -110,19 +110,21 @@ def _worker_tiers(worker: Any = None) -> list[dict[str, Any]]:
     return [dict(t.timeline(), settled=t.settled) for t in tiers]
 
 
-def _serve_until_settled(llm: Any, generate: Any) -> dict[str, Any]:
+def _serve_until_settled(llm: Any, generate: Any, busy: float) -> dict[str, Any]:
     """One-prompt requests until every piece of the worker's tiered starts has
-    been swapped in or given up: their tokens, and the timelines."""
+    been swapped in or given up: their tokens, and the timelines.  Each
+    request of t seconds is followed by t * (1 / ``busy`` - 1) idle (``busy``
+    1: back to back, but for a look at the tiers)."""
     tokens = []
     deadline = time.monotonic() + SETTLE_S
     while True:
         tiers = llm.collective_rpc(_worker_tiers)[0]
         if all(t["settled"] for t in tiers) or time.monotonic() > deadline:
             break
-        _, outs = generate(1)
+        seconds, outs = generate(1)
         tokens.append(list(outs[0].outputs[0].token_ids))
-        time.sleep(0.05)
-    return {"tokens_meanwhile": tokens, "tiers": tiers}
+        time.sleep(max(0.05, seconds * (1 / busy - 1)))
+    return {"tokens_meanwhile": tokens, "tiers": tiers, "busy": busy}
 
 
 def _worker_counters(worker: Any = None) -> dict[str, Any]:
@@ -152,6 +154,7 @@ def run(
     max_tokens: int,
     rounds: int = 1,
     backend: str | None = None,
+    busy: float = 1.0,
 ) -> dict[str, Any]:
     """Start one engine, time requests of each batch size; see NOTE above for weights.
 
@@ -202,7 +205,7 @@ def run(
         "logprobs": {},
     }
     if variant == "tiered":
-        result.update(_serve_until_settled(llm, generate))
+        result.update(_serve_until_settled(llm, generate, busy))
         result["settled_s"] = time.perf_counter() - start
     for batch in batches:
         times = []
@@ -234,15 +237,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--save", metavar="FAMILY", help="first save a checkpoint")
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--backend", help="the stitch variant's backend name")
+    parser.add_argument(
+        "--busy",
+        type=busy_share,
+        default=1.0,
+        help="the share of the time the tiered variant's requests keep the "
+        "engine busy while its pieces land (1: back to back)",
+    )
     args = parser.parse_args(argv)
     if args.save:
         save_checkpoint(args.model, args.save, args.layers)
     batches = [int(b) for b in args.batches.split(",") if b]
     result = run(
-        args.model, args.variant, batches, args.max_tokens, args.rounds, args.backend
+        args.model,
+        args.variant,
+        batches,
+        args.max_tokens,
+        args.rounds,
+        args.backend,
+        args.busy,
     )
     sys.stdout.flush()
     print("STITCH_VLLM_RESULT " + json.dumps(result), flush=True)
+
+
+def busy_share(text: str) -> float:
+    """``--busy``'s value: a share of the time, above 0 and at most 1."""
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a share of the time in (0, 1]"
+        )
+    return share
 
 
 def _tiered_or_not(tiered: bool) -> None:

@@ -11,6 +11,7 @@ is the median over rounds (single processes swing by about 15% on a shared
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,12 @@ from typing import Any
 from .results import marked_result
 
 RESULT = "STITCH_VLLM_RESULT "
+# vLLM's log line (v1/engine/core.py) timing its engine's initialization.
+INIT_ENGINE = re.compile(
+    r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+) s"
+)
+# Stitch's summary line (pipeline/tracing.py) for the backend call.
+STITCH_CALL = re.compile(r"stitch: graph \w+: .*?, (?:cold|warm) start in ([0-9.]+)s")
 
 # (label, variant, which cache: a fresh one, or the one the row before filled)
 ROWS = (
@@ -40,8 +47,11 @@ def run_variant(
     batches: str,
     tokens: int,
     repeats: int,
+    busy: float = 1.0,
 ) -> dict[str, Any]:
-    """One engine process; raises RuntimeError with its log's tail if it fails."""
+    """One engine process; raises RuntimeError with its log's tail if it fails.
+    ``busy``: the share of the time a tiered row's requests keep the engine
+    busy while its pieces land (1: back to back)."""
     env = dict(os.environ, VLLM_CACHE_ROOT=cache)
     env.pop("STITCH_CACHE_DIR", None)
     command = [
@@ -52,12 +62,19 @@ def run_variant(
         variant,
     ]
     command += ["--batches", batches, "--max-tokens", str(tokens)]
-    command += ["--rounds", str(repeats)]
+    command += ["--rounds", str(repeats), "--busy", str(busy)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     result = marked_result(proc.stdout, RESULT)
     if proc.returncode != 0 or result is None:
         tail = (proc.stdout + proc.stderr)[-4000:]
         raise RuntimeError(f"the {variant} engine failed:\n{tail}")
+    # The engine's own start after its processes and the model are up: the
+    # profile run (where the backend is called), the KV cache, the warm-up.
+    init = INIT_ENGINE.search(proc.stdout + proc.stderr)
+    result["init_engine_s"] = float(init.group(1)) if init else None
+    # Stitch's backend call, compile included where it is not tiered.
+    call = STITCH_CALL.search(proc.stdout + proc.stderr)
+    result["backend_call_s"] = float(call.group(1)) if call else None
     return result
 
 

@@ -28,6 +28,7 @@ from .tiered.exit_wait import finish_before_exit, land_before_exit
 from .tiered.spawned_pool import SpawnedPool
 from .tiered.swap_check import SWAP_TOLERANCE, tolerance, unset_outputs
 from .tiered.tier import Tier
+from .tiered.worker_cpus import allow_parents as allow_parents_cpus
 
 __all__ = [
     "ArtifactSource",
@@ -36,6 +37,7 @@ __all__ = [
     "PiecewiseBackend",
     "SWAP_TOLERANCE",
     "SpawnedPool",
+    "allow_parents_cpus",
     "StitchBackend",
     "StitchFunction",
     "TIERED_DEFAULT_ENV",

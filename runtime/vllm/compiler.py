@@ -33,6 +33,7 @@ from ..pipeline.api import (
     SpawnedPool,
     StitchBackend,
     StitchFunction,
+    allow_parents_cpus,
     load_reference,
     parse_reference,
     start_inductor_warmup,
@@ -84,8 +85,7 @@ class VllmStitchFunction(StitchFunction):
         # beside the rest of the engine's start (KV cache, profile run).  On a
         # GPU those helpers are Triton kernels: no probe (see NOTE: [Inductor
         # warm-up overlaps the split]).
-        device_config = getattr(vllm_config, "device_config", None)
-        start_inductor_warmup(cpu=getattr(device_config, "device_type", "cpu") == "cpu")
+        start_inductor_warmup(cpu=_device_type(vllm_config) == "cpu")
 
     def __call__(self, *args: Any) -> Any:
         if self.fn is None:
@@ -131,6 +131,10 @@ class StitchVllmBackend:
         join_vllm_logging()
         if self.vllm_config is not None:
             self.pool(stitch_config(self.vllm_config, fields))
+            if _device_type(self.vllm_config) == "cpu":
+                # vLLM's CPU worker pins itself to its OpenMP cores (NOTE:
+                # [the cores a compile worker runs on]): the engine's are free.
+                allow_parents_cpus()
 
     @classmethod
     def pool(cls, config: Any) -> SpawnedPool:
@@ -201,6 +205,11 @@ def cache_group(vllm_config: Any, gm: fx.GraphModule) -> str:
     ]
     text = f"vllm {compute_hash()} {names}"
     return content_hash(text.encode())
+
+
+def _device_type(vllm_config: Any) -> str:
+    """The engine's device type ("cpu" where its config does not say)."""
+    return getattr(getattr(vllm_config, "device_config", None), "device_type", "cpu")
 
 
 def _current() -> Any:

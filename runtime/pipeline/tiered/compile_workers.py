@@ -42,7 +42,7 @@ import msgspec
 
 from stitch.codegen import module_path_of
 
-from ...compat.inductor import forget_compile_pools
+from ...compat.inductor import forget_compile_pools, size_compile_threads_again
 from ...loader import DISPATCH_NAME
 from ...store.cache import CompileCache
 from ...store.index import PieceRecord
@@ -53,6 +53,7 @@ from .exit_wait import wait_at_exit
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
 from .serving_first import controller
 from .tier import Tier, add_counters
+from .worker_cpus import take_cpus, worker_cpus
 from .worker_process import (
     CompileOne,
     Launch,
@@ -280,13 +281,15 @@ def _forker(compile_one: CompileOne, shape_env: Any) -> Launch:
         sys.stdout.flush()
         sys.stderr.flush()
         parent = parent_to_watch()
+        cpus = worker_cpus()  # the serving process's threads': read before the fork
         pid = os.fork()
         if pid == 0:  # the worker: never returns
             os.setpgid(0, 0)  # NOTE: [serving first]: a group of its own
             os.close(read_fd)
             if gated:
                 os.close(gate_write)
-            _work(names, write_fd, gate_read, compile_one, shape_env, nice, parent)
+            start = _Start(nice, parent, cpus)
+            _work(names, write_fd, gate_read, compile_one, shape_env, start)
         os.close(write_fd)
         if gated:
             os.close(gate_read)
@@ -299,22 +302,33 @@ def _forker(compile_one: CompileOne, shape_env: Any) -> Launch:
     return launch
 
 
+@dataclasses.dataclass(frozen=True)
+class _Start:
+    """How a forked worker starts: its priority, the process it dies with, its cores."""
+
+    nice: int | None
+    parent: int | None
+    cpus: set[int]
+
+
 def _work(
     names: list[str],
     fd: int,
     gate: int,
     compile_one: CompileOne,
     shape_env: Any,
-    nice: int | None,
-    parent: int | None,
+    start: _Start,
 ) -> None:
     code = 0
     try:
-        die_with_parent(parent)
+        die_with_parent(start.parent)
         forget_the_parents_exit()  # NOTE: [a worker forked while its parent exits]
         forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
         # NOTE: [a compile worker's priority]
-        take_priority(nice)
+        take_priority(start.nice)
+        # NOTE: [the cores a compile worker runs on]
+        if take_cpus(start.cpus):
+            size_compile_threads_again()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, signal.SIG_DFL)
         if gate >= 0 and os.read(gate, 1) != b"c":

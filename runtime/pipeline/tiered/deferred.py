@@ -23,6 +23,7 @@ from ..artifact_source import ArtifactSource, Piece
 from ..compilers import CompilerAdapter
 from ..inductor_warmup import on_cpu
 from ..piece_plan import KeyChoice, StringKeys
+from .worker_cpus import cores
 from .worker_process import START_ENV, needs_spawn, start_method
 
 log = logging.getLogger("stitch")
@@ -114,14 +115,6 @@ def default_off(example_inputs: Sequence[Any]) -> str:
     if devices:
         return f"the graph runs on {', '.join(sorted(devices))}"
     return ""
-
-
-def cores() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 def default_workers(pieces: int) -> int:

@@ -50,8 +50,9 @@ from typing import IO
 import torch
 
 from ...config import CompilationConfig
-from .deferred import DEFAULT_ENV, cores, default_workers
+from .deferred import DEFAULT_ENV, default_workers
 from .serving_first import controller, own_group
+from .worker_cpus import take_cpus, worker_cpus
 from .worker_process import START_ENV, ended_by, niceness, take_priority
 
 log = logging.getLogger("stitch")
@@ -121,10 +122,10 @@ class PooledWorker:
 COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
 
 
-def worker_env(count: int) -> dict[str, str]:
-    """The environment of one of ``count`` spawned workers."""
+def worker_env(count: int, cpus: int) -> dict[str, str]:
+    """The environment of one of ``count`` spawned workers on ``cpus`` cores."""
     env = dict(os.environ)
-    env.setdefault(COMPILE_THREADS_ENV, str(max(1, min(32, cores() // max(count, 1)))))
+    env.setdefault(COMPILE_THREADS_ENV, str(max(1, min(32, cpus // max(count, 1)))))
     return env
 
 
@@ -262,6 +263,7 @@ class SpawnedPool:
         # NOTE: [pre-started compile workers]: the kernel's parent-death signal
         # follows the thread that spawned, so it is asked for on the main thread only.
         main = threading.current_thread() is threading.main_thread()
+        cpus = worker_cpus()  # NOTE: [the cores a compile worker runs on]
         command = [
             *(sys.executable, "-m", WORKER_MODULE, str(os.getpid())),
             *map(str, passed),
@@ -275,7 +277,7 @@ class SpawnedPool:
                 command,
                 stdin=subprocess.PIPE,
                 pass_fds=passed,
-                env=worker_env(self.count),
+                env=worker_env(self.count, len(cpus) or os.cpu_count() or 1),
                 **own_group(),
             )
         except BaseException:
@@ -288,6 +290,7 @@ class SpawnedPool:
         # Before its threads start, which inherit it (the worker takes idle
         # priority again itself, for the threads it starts after).
         take_priority(self.nice, process.pid)
+        take_cpus(cpus, process.pid)
         controller().watch(process.pid)  # its imports too (NOTE: [serving first])
         ready = threading.Event()
 
