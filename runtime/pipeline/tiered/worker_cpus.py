@@ -6,9 +6,10 @@ CPU worker pins itself, every thread, to the cores its OpenMP threads compute
 on (on 2 cores: core 0, the other reserved for the engine's scheduler and its
 front end); Intel's OpenMP with ``KMP_AFFINITY`` pins each of its threads, the
 main one with them.  A compile worker forked or spawned there ran on the
-serving threads' cores, its Inductor build pool and gcc with it, and the
-serving process's one core was shared with the compile while the other one
-idled: in vLLM's tiered start the last swap came 113 s into the backend call.
+serving threads' cores, its Inductor build pool and gcc with it: on 2 cores
+vLLM's engine shared core 0 with the compile while core 1 idled, and its
+last swap came 38 s into the backend call with requests a tenth of the time
+(34.5 s on both cores), 113 s with requests back to back (97 s).
 
 So a worker is given every core that any thread of the serving process may
 run on, and the cores an engine's integration adds (:func:`allow`; vLLM's
