@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from ..compat import inductor
+from .tiered.worker_cpus import take_cpus, worker_cpus
 
 log = logging.getLogger("stitch")
 
@@ -29,6 +30,10 @@ _probe_lock = threading.Lock()
 
 
 def _probe_isa() -> None:
+    # Its compiles and fresh interpreters run on every core of the process, as
+    # a compile worker does (NOTE: [the cores a compile worker runs on]): not
+    # on the one core a pinned serving thread computes on.
+    take_cpus(worker_cpus())
     try:
         inductor.probe_cpu_isa()
     except Exception:  # noqa: BLE001 - the real compile reports real errors

@@ -94,6 +94,18 @@ class VllmStitchFunction(StitchFunction):
         return self.fn(*args)
 
 
+# NOTE: [the engine's ISA probe starts with its backend]
+# Inductor probes the CPU's vector ISA once per process, in fresh interpreters
+# (NOTE: [Inductor warm-up overlaps the split]).  A tiered start's backend call
+# does not compile, so nothing probed in vLLM's worker before its forked
+# compile worker did, for its first piece, and vLLM's first request did again,
+# for its sampler's Inductor kernels.  The backend is made while vLLM loads the
+# model, before Dynamo traces; the probe starts then, on cores the engine's
+# OpenMP threads do not compute on (NOTE: [the cores a compile worker runs
+# on]), and a worker forked after it ends inherits its answer.  On 2 cores the
+# tiered engine's last swap came 25.3 s into its backend call rather than
+# 34.5, its first request took 5.9 s rather than 8.9, and a cold engine's
+# backend call 15.8 s rather than 21.4 (docs/performance.md, "vLLM's engine").
 class StitchVllmBackend:
     """The callable a vLLM ``compilation_config`` names as its backend.
 
@@ -135,6 +147,8 @@ class StitchVllmBackend:
                 # vLLM's CPU worker pins itself to its OpenMP cores (NOTE:
                 # [the cores a compile worker runs on]): the engine's are free.
                 allow_parents_cpus()
+                # NOTE: [the engine's ISA probe starts with its backend]
+                start_inductor_warmup(cpu=True)
 
     @classmethod
     def pool(cls, config: Any) -> SpawnedPool:
