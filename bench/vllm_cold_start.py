@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     print("\n".join(lines))
     colds = [
         r["backend_call_s"]
-        for (_, v, w), r in zip(rows, results, strict=True)
+        for (_, v, _), r in zip(rows, results, strict=True)
         if v == "stitch" and r.get("backend_call_s")
     ]
     for (label, _, _), result in zip(rows, results, strict=True):

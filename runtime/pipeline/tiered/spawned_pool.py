@@ -52,7 +52,7 @@ import torch
 from ...config import CompilationConfig
 from .deferred import DEFAULT_ENV, default_workers
 from .serving_first import controller, own_group
-from .worker_cpus import take_cpus, worker_cpus
+from .worker_cpus import cores, take_cpus, worker_cpus
 from .worker_process import START_ENV, ended_by, niceness, take_priority
 
 log = logging.getLogger("stitch")
@@ -277,7 +277,7 @@ class SpawnedPool:
                 command,
                 stdin=subprocess.PIPE,
                 pass_fds=passed,
-                env=worker_env(self.count, len(cpus) or os.cpu_count() or 1),
+                env=worker_env(self.count, cores(cpus)),
                 **own_group(),
             )
         except BaseException:

@@ -96,9 +96,10 @@ def worker_cpus() -> set[int]:
     return cpus
 
 
-def cores() -> int:
-    """How many cores this process's compile workers share."""
-    return len(worker_cpus()) or os.cpu_count() or 1
+def cores(cpus: set[int] | None = None) -> int:
+    """How many cores compile workers share: ``cpus``, by default this
+    process's workers' (:func:`worker_cpus`); the machine's where unknown."""
+    return len(worker_cpus() if cpus is None else cpus) or os.cpu_count() or 1
 
 
 def take_cpus(cpus: set[int], pid: int = 0) -> bool:
