@@ -222,6 +222,17 @@ def run_gpu_child(run: str, cache: str, gpu: GpuWork) -> dict[str, Any]:
         return {"error": str(exc)}
 
 
+def brief(result: dict[str, Any]) -> str:
+    """One run's figures on one line (its tokens left out)."""
+    if "error" in result:
+        return "failed: " + result["error"].strip().splitlines()[-1][:300]
+    return ", ".join(
+        f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in result.items()
+        if key != "tokens"
+    )
+
+
 def environment() -> str:
     import torch
     import transformers
@@ -250,6 +261,8 @@ def run_gpu_table(gpu: GpuWork, runs: list[str], out: TextIO) -> int:
             os.makedirs(cache, exist_ok=True)
             print(f"  {label} ...", file=out, flush=True)
             rows.append((run, label, run_gpu_child(run, cache, gpu)))
+            # Each run's figures as it ends: a part stopped at its limit keeps them.
+            print(f"    {brief(rows[-1][2])}", file=out, flush=True)
     forward = next((r for run, _, r in rows if run == "sdpa"), {})
     eager = next((r for run, _, r in rows if run == "eager"), {})
     cells, failed = [], []
