@@ -34,6 +34,16 @@ failed), unloads the model, and returns within about 10 s.  A tiered start
 still compiling then waits for its compile workers before the process exits,
 so that the next start finds every piece (NOTE: [a process that exits
 normally waits for its workers]); a second Ctrl+C or SIGTERM ends it at once.
+
+NOTE: [a signal that never interrupts a join]
+The main thread must not wait for SIGINT or SIGTERM inside ``Thread.join``
+with a handler that raises: before Python 3.13, an exception raised while
+``join`` waits on uvicorn's thread marks that thread as ended while it still
+runs (``Thread._wait_for_tstate_lock`` releases the lock the running thread
+holds).  The stop's ``join`` then returned at once, and the exit went past
+uvicorn's shutdown while the application's shutdown was still unloading the
+model (seen under load: no "Application shutdown complete").  The handlers
+only set an event; the main thread waits on it.
 """
 
 from __future__ import annotations
@@ -182,16 +192,19 @@ class StitchServer:
         """Wait for SIGINT or SIGTERM (or the server's end), then :meth:`stop`;
         the exit status."""
         # Both, SIGINT too: a shell starts a background job with SIGINT
-        # ignored, and Python then installs no handler of its own.
+        # ignored, and Python then installs no handler of its own.  The
+        # handler only sets an event (NOTE: [a signal that never interrupts a
+        # join]).
+        asked = threading.Event()
         previous = {
-            sig: signal.signal(sig, _raise_interrupt)
+            sig: signal.signal(sig, lambda signum, frame: asked.set())
             for sig in (signal.SIGINT, signal.SIGTERM)
         }
         try:
             while self.serve._thread.is_alive():
-                self.serve._thread.join(0.5)
-        except KeyboardInterrupt:
-            log.warning("stitch: stopping the server")
+                if asked.wait(0.5):
+                    log.warning("stitch: stopping the server")
+                    break
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -213,10 +226,6 @@ class StitchServer:
         with contextlib.suppress(Exception):
             self.serve._model_manager.shutdown()
         log.info("stitch: server stopped")
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def _loopback(host: str) -> str:
