@@ -4,6 +4,7 @@ transformers' continuous batching (``generate_batch``) compiled by Stitch."""
 from __future__ import annotations
 
 import itertools
+import types
 
 import pytest
 import torch
@@ -762,7 +763,8 @@ def test_generate_batch_second_process_starts_warm(llama_cold):
 
 def test_use_cuda_graph_goes_to_the_engine_and_must_be_a_flag():
     """NOTE: [the engine's CUDA graphs around Stitch's forward] (engine.py):
-    off unless asked for; a flag or transformers' (varlen, decode) pair."""
+    on by default for a model on CUDA only, and never by default with a tiered
+    start; a flag or transformers' (varlen, decode) pair."""
     from stitch.runtime import CompilationConfig, StitchBackend
 
     model = _llama()
@@ -773,7 +775,11 @@ def test_use_cuda_graph_goes_to_the_engine_and_must_be_a_flag():
             model, backend, num_blocks=8, **fields
         ).use_cuda_graph
 
-    assert graphs() is False
+    assert graphs() is False  # a model on the CPU
+    on_cuda = types.SimpleNamespace(device=torch.device("cuda", 0))
+    assert engine.default_graphs(on_cuda, backend.config) is True
+    tiered = CompilationConfig(tiered_start=True)
+    assert engine.default_graphs(on_cuda, tiered) is False
     assert graphs(use_cuda_graph=True) is True
     assert graphs(use_cuda_graph=(True, False)) is True
     for bad in ("yes", None, (True, 1)):

@@ -65,13 +65,18 @@ several dynamic sizes (tokens, sequences, keys) on other dims, so the backend
 logs "running without CUDA graphs" once and runs its pieces plainly, which is
 what a capture around them needs.  The engine runs every step once before
 capturing it (its warm-up), so Stitch compiles or loads outside any capture.
-The engine's graphs are off unless asked
-for (``use_cuda_graph=False``, as transformers chooses for SDPA).  On an H200
-(2026-11-27, docs/gpu/h200_window_2.md) they ran around Stitch's warm forward
-in fp32 with tokens equal to eager's, at 560 tokens/s against 477 without
-them; the bf16 figures that decide the default (``scripts/gpu_check.sh
-engine``) are not yet measured.  On CPU transformers turns
-them off with a warning.
+For a model on CUDA the engine's graphs are on unless ``use_cuda_graph=False``
+(transformers leaves them off for SDPA): on an H200 (2026-11-27,
+docs/gpu/h200_window_4.md; a 1B-shape Llama in bf16, warm) they took decode
+at 64 requests from 5,725 to 8,484 tokens/s, mixed prefill and decode from
+683 to 1,019 tokens/s and the median time to first token from 50 to 34 ms,
+with as many tokens equal to the eager engine's, the same start (8.4 s
+against 8.5 s) and a 2,048-token prompt as fast (13.3 ms against 13.8 ms);
+in fp32 their tokens equalled
+eager's (docs/gpu/h200_window_2.md).  They stay off where a tiered start is
+asked for (``tiered_start=True``; the engine would keep the uncompiled pieces
+it captured), and on the CPU, where transformers turns them off with a
+warning.
 """
 
 from __future__ import annotations
@@ -267,7 +272,7 @@ def continuous_batching_config(
     the switch to flash are set here (NOTE: [transformers' engine under
     Stitch]); ``use_cuda_graph=True`` lets the engine capture its steps around
     the saved forward on CUDA (NOTE: [the engine's CUDA graphs around Stitch's
-    forward]; off by default), and ``scheduler_type`` becomes its
+    forward]; by default on for a model on CUDA), and ``scheduler_type`` becomes its
     variant that refuses requests the cache can never hold (NOTE: [requests the
     paged cache can never hold] in admission.py).
     """
@@ -296,7 +301,7 @@ def continuous_batching_config(
                 f"continuous_batching_config: {name}={_short(fields[name])} is set by "
                 "Stitch; leave it out"
             )
-    graphs = _graphs(fields.pop("use_cuda_graph", False))
+    graphs = _graphs(fields.pop("use_cuda_graph", default_graphs(model, config)))
     if graphs and getattr(config, "tiered_start", None) is True:
         # NOTE: [uncompiled pieces under CUDA graphs] (cudagraph/wrapper.py)
         raise StitchConfigError(
@@ -319,6 +324,15 @@ def continuous_batching_config(
             )
         )
     )
+
+
+def default_graphs(model: Any, config: Any) -> bool:
+    """Whether the engine's CUDA graphs go around Stitch's forward when
+    ``use_cuda_graph`` is not given: for a model on CUDA, unless a tiered start
+    is asked for (NOTE: [the engine's CUDA graphs around Stitch's forward])."""
+    device = getattr(model, "device", None)
+    tiered = getattr(config, "tiered_start", None) is True
+    return getattr(device, "type", None) == "cuda" and not tiered
 
 
 def _graphs(value: Any) -> bool:
