@@ -303,3 +303,84 @@ def test_however_busy_the_process_a_worker_runs_a_fifth_of_the_time(
     spans = [(b - a, k) for (a, k), (b, _) in zip(ran, ran[1:], strict=False)]
     share = sum(s for s, k in spans if k > 0) / sum(s for s, _ in spans)
     assert share >= 0.1, f"a worker ran {share:.0%} of the time"
+
+
+# The serving process of a vLLM CPU engine on 2 cores: every thread pinned to
+# one core; its compile worker (a hog with a child: its build pool) may run on
+# every core.  A thread of the pinned process computes (a forward), then rests.
+_PINNED = """
+import json, os, subprocess, sys, threading, time
+from stitch.runtime.pipeline.tiered import worker_cpus
+from stitch.runtime.pipeline.tiered.serving_first import ServingFirst
+
+every = os.sched_getaffinity(0)
+core = min(every)
+for tid in os.listdir("/proc/self/task"):
+    os.sched_setaffinity(int(tid), {core})
+worker_cpus.allow(every)  # as vLLM's backend adds its engine's cores
+hog = subprocess.Popen([sys.executable, "-c", sys.argv[1]],
+                       preexec_fn=lambda: os.sched_setaffinity(0, every))
+family = []
+while len(family) < 2:
+    family = [hog.pid] + [int(c) for f in os.scandir(f"/proc/{hog.pid}/task")
+                          for c in open(f"{f.path}/children").read().split()]
+    time.sleep(0.02)
+control = ServingFirst()
+control.watch(hog.pid)
+
+def look():
+    stat = [open(f"/proc/{q}/stat").read().rpartition(")")[2].split()[0] for q in family]
+    return [sorted(os.sched_getaffinity(q)) for q in family], "T" in stat
+
+stop = threading.Event()
+def forward():
+    while not stop.is_set():
+        sum(range(1000))
+thread = threading.Thread(target=forward)
+thread.start()
+time.sleep(0.3)
+busy = []
+for _ in range(30):
+    busy.append(look())
+    time.sleep(0.03)
+stop.set()
+thread.join()
+time.sleep(0.3)
+idle = [look() for _ in range(5)]
+control.release()
+released = look()
+for q in family[::-1]:
+    os.kill(q, 9)
+print(json.dumps({"every": sorted(every), "core": core, "busy": busy, "idle": idle,
+                  "released": released}))
+"""
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="needs two cores to leave one spare"
+)
+def test_workers_move_to_the_cores_pinned_serving_threads_leave_and_never_pause() -> (
+    None
+):
+    """NOTE: [workers on the serving threads' spare cores] (worker_cpus.py)."""
+    import json
+
+    done = subprocess.run(
+        [sys.executable, "-c", _PINNED, HOG],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, **{serving_first.ENV: "1"}),
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    every, spare = seen["every"], sorted(set(seen["every"]) - {seen["core"]})
+    # Never paused: a worker on a spare core takes no core from the forward.
+    assert not any(stopped for _, stopped in seen["busy"] + seen["idle"]), seen
+    # While the forward computes, the worker and its child run on the spare
+    # cores only (all but a sample or two taken as the controller moves them).
+    narrowed = [cpus for cpus, _ in seen["busy"] if all(c == spare for c in cpus)]
+    assert len(narrowed) >= 25, seen["busy"]
+    # Idle, and once released, every core again.
+    assert all(all(c == every for c in cpus) for cpus, _ in seen["idle"]), seen
+    assert all(c == every for c in seen["released"][0]), seen

@@ -79,7 +79,6 @@ NOTE: [a compile worker's priority]); it exists to measure the difference.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -88,6 +87,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .proc_family import alive as _alive
+from .proc_family import cpu_s as _cpu_s
+from .proc_family import family as _family
+from .proc_family import others_cpu as _others_cpu
+from .proc_family import place, run_delay
+from .proc_family import signal_all as _signal
+from .worker_cpus import spare_cpus
 
 ENV = "STITCH_SERVING_FIRST"
 # Seconds between two readings of the serving process's run delay.
@@ -124,64 +131,12 @@ def enabled() -> bool:
     return os.environ.get(ENV, "1").strip().lower() not in ("0", "off", "false", "no")
 
 
-def run_delay(skip: int = 0) -> float:
-    """Seconds this process's threads (but thread ``skip``, the controller's
-    own) have waited for a core, in all."""
-    total = 0
-    for tid in os.listdir("/proc/self/task"):
-        if tid == str(skip):
-            continue
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[1])
-    return total / 1e9
-
-
 def own_group() -> dict[str, Any]:
     """``subprocess.Popen``'s arguments that start a worker in a process group
     of its own (NOTE: [serving first]); a forked worker calls ``os.setpgid(0, 0)``."""
     if sys.version_info >= (3, 11):
         return {"process_group": 0}
     return {"preexec_fn": os.setpgrp}
-
-
-def _others_cpu() -> float:
-    """Seconds of CPU this process has used, but for the calling thread's
-    (the controller's own: its reads and signals must not look like a forward)."""
-    return time.process_time() - time.thread_time()
-
-
-def _family(pid: int) -> list[int]:
-    """``pid`` and its descendants (the worker, its build pool, gcc); never
-    this process."""
-    family, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        if p <= 0 or p == os.getpid() or p in family:
-            continue
-        family.append(p)
-        for children in Path(f"/proc/{p}/task").glob("*/children"):
-            with contextlib.suppress(OSError, ValueError):
-                todo += map(int, children.read_text().split())
-    return family
-
-
-def _cpu_s(pid: int) -> float | None:
-    """Seconds of CPU process ``pid`` has used, None once it is gone: its
-    threads' (its CPU-time clock, to the nanosecond: a tick's rounding would
-    be a tenth of a period) and its children's that it has waited for."""
-    try:
-        live = time.clock_gettime(((~pid) << 3) | 2)  # CPUCLOCK_SCHED, process
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        return live + (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _signal(pids: list[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, sig)
 
 
 class ServingFirst:
@@ -193,6 +148,7 @@ class ServingFirst:
         self._stopped: dict[int, list[int]] = {}  # a paused worker: its family
         self._thread: threading.Thread | None = None
         self._released = False
+        self._wide: set[int] | None = None  # where it moves workers between cores
 
     def watch(self, pid: int) -> None:
         """Control worker ``pid`` from now until it leaves.  This process
@@ -219,12 +175,14 @@ class ServingFirst:
             self._go_on(pid)
 
     def release(self) -> None:
-        """Resume every worker and control none from now on (the process is
-        exiting and waits for them)."""
+        """Resume every worker, on every core it may use, and control none from
+        now on (the process is exiting and waits for them)."""
         with self._lock:
             self._released = True
             for pid in list(self._stopped):
                 self._go_on(pid)
+            if self._wide is not None:
+                place((q for p in self._order for q in _family(p)), self._wide)
             self._order.clear()
 
     @property
@@ -259,6 +217,13 @@ class ServingFirst:
         return bool(gone)
 
     def _run(self) -> None:
+        wide, spare = spare_cpus()
+        if spare:
+            self._run_spare(wide, spare)
+        else:
+            self._run_pausing()
+
+    def _run_pausing(self) -> None:
         me = threading.get_native_id()
         baseline = -1.0  # the delay with every worker paused (others' doing)
         last_delay, at = run_delay(me), time.monotonic()
@@ -339,6 +304,36 @@ class ServingFirst:
                 busy_ticks = ran = 0
                 self._run_first(k)
 
+    def _run_spare(self, wide: set[int], spare: set[int]) -> None:
+        """No worker paused: every one on ``spare`` while the process is busy,
+        on ``wide`` once it is idle (NOTE: [workers on the serving threads'
+        spare cores], worker_cpus.py)."""
+        last_cpu, tick_at = _others_cpu(), time.monotonic()
+        placed = self._wide = wide
+        idle_ticks = tick = 0
+        while True:
+            time.sleep(TICK_S)
+            tick += 1
+            cpu, now = _others_cpu(), time.monotonic()
+            using = (cpu - last_cpu) / max(now - tick_at, 1e-6)
+            last_cpu, tick_at = cpu, now
+            with self._lock:
+                if tick % PERIOD_TICKS == 0:
+                    self._drop_gone()
+                if not self._order or self._released:
+                    self._thread = None
+                    return
+                idle_ticks = idle_ticks + 1 if using < IDLE else 0
+                want = placed
+                if using > BUSY:
+                    want = spare
+                elif idle_ticks >= CALM:
+                    want = wide
+                # Narrowed, again every period: a worker started since.
+                if want != placed or (want is spare and tick % PERIOD_TICKS == 0):
+                    placed = want
+                    place((q for p in self._order for q in _family(p)), want)
+
 
 class _Harm:
     """Whether running workers make a busy process wait (NOTE: [serving
@@ -371,14 +366,6 @@ class _Harm:
         cost = min(excess, used / max(seconds, 1e-6))
         self.harmful = cost > LIMIT or (self.harmful and cost >= LIMIT / 2)
         self.unlearned = 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 _CONTROLLER = ServingFirst()

@@ -1,0 +1,88 @@
+"""What Linux's ``/proc`` says of this process and of a compile worker's
+family (the worker, its Inductor build pool, gcc), and the signals and cores
+given to them: serving first's readings and levers (NOTE: [serving first],
+serving_first.py; NOTE: [workers on the serving threads' spare cores])."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def run_delay(skip: int = 0) -> float:
+    """Seconds this process's threads (but thread ``skip``, the controller's
+    own) have waited for a core, in all."""
+    total = 0
+    for tid in os.listdir("/proc/self/task"):
+        if tid == str(skip):
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[1])
+    return total / 1e9
+
+
+def others_cpu() -> float:
+    """Seconds of CPU this process has used, but for the calling thread's
+    (the controller's own: its reads and signals must not look like a forward)."""
+    return time.process_time() - time.thread_time()
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and its descendants (the worker, its build pool, gcc); never
+    this process."""
+    members, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if p <= 0 or p == os.getpid() or p in members:
+            continue
+        members.append(p)
+        for children in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError, ValueError):
+                todo += map(int, children.read_text().split())
+    return members
+
+
+def cpu_s(pid: int) -> float | None:
+    """Seconds of CPU process ``pid`` has used, None once it is gone: its
+    threads' (its CPU-time clock, to the nanosecond: a tick's rounding would
+    be a tenth of a period) and its children's that it has waited for."""
+    try:
+        live = time.clock_gettime(((~pid) << 3) | 2)  # CPUCLOCK_SCHED, process
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return live + (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def place(pids: Iterable[int], cpus: set[int]) -> None:
+    """Put every thread of every process in ``pids`` on ``cpus`` (a thread's
+    affinity is its own: a process's threads are set one by one; threads and
+    processes they start later inherit it).  Quiet where one has gone or the
+    system refuses."""
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            with contextlib.suppress(OSError, ValueError):
+                os.sched_setaffinity(int(tid), cpus)
