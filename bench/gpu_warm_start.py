@@ -90,10 +90,16 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
 
     device = spec["device"]
     cfg = LlamaConfig(**spec["model"], dtype=torch.bfloat16)
+    # The model's build, profiled too: most of a warm restart's first token
+    # on an H200 (1.15 s of 1.40 s, docs/gpu/h200_window_4.md).
+    building = _profiling(spec, ".build")
     if spec.get("hf"):
         subject = hf_subject(cfg, device)
     else:
         subject = example_subject(cfg, device, spec.get("weights", ""))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    _dump(building, spec, ".build")
     model = subject.model
     built = time.perf_counter()
     progress(f"{spec['mode']}: model built", imported)
@@ -203,6 +209,23 @@ def run_child(
     return json.loads(lines[0][len("RESULT ") :])
 
 
+def _profiling(spec: dict[str, Any], suffix: str) -> Any:
+    """A cProfile profiler, enabled, where ``spec`` asks for a profile."""
+    if not spec.get("profile"):
+        return None
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
+
+
+def _dump(profiler: Any, spec: dict[str, Any], suffix: str) -> None:
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(spec["profile"] + suffix)
+
+
 def write_profile_summary(path: str) -> None:
     """``path``.txt: the profile's top 40 by cumulative time and top 25 by own time."""
     import pstats
@@ -298,9 +321,10 @@ def main() -> int:
     )
     parser.add_argument(
         "--profile-warm",
-        help="cProfile the first warm process's aot_compile into this file and its "
-        "capture into FILE.capture (with FILE.txt and FILE.capture.txt: the top 40 "
-        "by cumulative time, the top 25 by own time)",
+        help="cProfile the first warm process's aot_compile into this file, its "
+        "model's build into FILE.build and its capture into FILE.capture (with "
+        "FILE.txt, FILE.build.txt and FILE.capture.txt: the top 40 by cumulative "
+        "time, the top 25 by own time)",
     )
     parser.add_argument(
         "--weights",
@@ -368,8 +392,8 @@ def main() -> int:
                 )
                 runs.append((f"warm {r + 1} ({kind})", res))
                 if warm["profile"] and os.path.exists(warm["profile"]):
-                    write_profile_summary(warm["profile"])
-                    write_profile_summary(warm["profile"] + ".capture")
+                    for suffix in ("", ".build", ".capture"):
+                        write_profile_summary(warm["profile"] + suffix)
                     profile = None  # the first warm process that loads cold
             for label, res in runs:
                 if res is None:
