@@ -48,7 +48,8 @@ def start_inductor_warmup(cpu: bool) -> None:
     The first compile or load of C++ kernels in a process probes the CPU's
     vector ISA: a C++ dry compile per candidate ISA, each loaded by a fresh
     Python process that imports torch (about a second on a CPU machine, 30-45 s
-    on the GPU machine with its CUDA torch).  A backend call that finds no cache
+    on the GPU machine with its CUDA torch); the candidates are checked side by
+    side (NOTE: [the ISA probe's candidates side by side]).  A backend call that finds no cache
     entry for a CPU graph starts the probe before it splits the graph and
     propagates fake tensors, which hides it; it fills the cache Inductor would
     fill on first use anyway.  A graph whose tensors are all on a GPU compiles

@@ -1,0 +1,80 @@
+"""Inductor's vector ISA probe, its candidates side by side (NOTE: [the ISA
+probe's candidates side by side] in runtime/compat/inductor.py): the real
+dry compiles overlap, and the answer is the one Inductor reaches alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+CHILD = textwrap.dedent("""
+    import json, threading, time
+    from torch._inductor import cpu_vec_isa
+    from stitch.runtime.compat import inductor
+
+    inductor.import_inductor()
+    lock, running, overlap = threading.Lock(), [0], [0]
+    real = cpu_vec_isa.VecISA.check_build
+
+    def check_build(self, code):
+        with lock:
+            running[0] += 1
+            overlap[0] = max(overlap[0], running[0])
+        try:
+            return real(self, code)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    cpu_vec_isa.VecISA.check_build = check_build
+    candidates = inductor._isa_candidates(cpu_vec_isa)
+    start = time.perf_counter()
+    inductor.probe_cpu_isa(2)
+    seconds = time.perf_counter() - start
+    picked = str(cpu_vec_isa.pick_vec_isa())
+    valid = [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()]
+    # Inductor's own answer, one candidate after the other, from new instances
+    # (each caches its answer): the builds are in the cache now, so only the
+    # loads run again.
+    alone = [type(isa)() for isa in candidates]
+    alone_valid = [str(isa) for isa in alone if bool(isa)]
+    print(json.dumps({
+        "candidates": [str(isa) for isa in candidates],
+        "overlap": overlap[0],
+        "picked": picked,
+        "valid": valid,
+        "alone_valid": alone_valid,
+        "seconds": seconds,
+    }))
+    """)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.machine() != "x86_64",
+    reason="Inductor probes x86 ISAs one by one only on x86 Linux",
+)
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core")
+def test_the_probe_builds_its_candidates_side_by_side_and_picks_as_inductor(tmp_path):
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if len(result["candidates"]) < 2:
+        pytest.skip(f"this CPU offers one vector ISA: {result['candidates']}")
+    # An empty cache: every candidate's dry compile ran, two at a time.
+    assert result["overlap"] >= 2, result
+    # The same list as Inductor's, in its order, and its first pick.
+    assert result["valid"] == result["alone_valid"], result
+    assert result["picked"] in result["valid"], result
