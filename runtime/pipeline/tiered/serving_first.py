@@ -226,8 +226,8 @@ class ServingFirst:
     def _run_pausing(self) -> None:
         me = threading.get_native_id()
         baseline = -1.0  # the delay with every worker paused (others' doing)
-        last_delay, at = run_delay(me), time.monotonic()
-        last_cpu, tick_at = _others_cpu(), at
+        ticks = _Ticks()
+        last_delay, at = run_delay(me), ticks.at
         k = 0  # how many workers run: none in the first period, a probe
         harm = _Harm(lambda: list(self._order))
         fixed, learning = True, False  # a share or a probe; harm measured
@@ -236,11 +236,8 @@ class ServingFirst:
         period = tick = 0
         low = high = 0  # the fewest and most workers that ran this period
         while True:
-            time.sleep(TICK_S)
+            using, now = ticks.next()
             tick += 1
-            cpu, now = _others_cpu(), time.monotonic()
-            using = (cpu - last_cpu) / max(now - tick_at, 1e-6)
-            last_cpu, tick_at = cpu, now
             with self._lock:
                 n = len(self._order)
                 if not n or self._released:
@@ -308,15 +305,12 @@ class ServingFirst:
         """No worker paused: every one on ``spare`` while the process is busy,
         on ``wide`` once it is idle (NOTE: [workers on the serving threads'
         spare cores], worker_cpus.py)."""
-        last_cpu, tick_at = _others_cpu(), time.monotonic()
+        ticks = _Ticks()
         placed = self._wide = wide
         idle_ticks = tick = 0
         while True:
-            time.sleep(TICK_S)
+            using, _ = ticks.next()
             tick += 1
-            cpu, now = _others_cpu(), time.monotonic()
-            using = (cpu - last_cpu) / max(now - tick_at, 1e-6)
-            last_cpu, tick_at = cpu, now
             with self._lock:
                 if tick % PERIOD_TICKS == 0:
                     self._drop_gone()
@@ -333,6 +327,20 @@ class ServingFirst:
                 if want != placed or (want is spare and tick % PERIOD_TICKS == 0):
                     placed = want
                     place((q for p in self._order for q in _family(p)), want)
+
+
+class _Ticks:
+    """Every ``TICK_S``: the cores the process's other threads used since the last."""
+
+    def __init__(self) -> None:
+        self.cpu, self.at = _others_cpu(), time.monotonic()
+
+    def next(self) -> tuple[float, float]:
+        time.sleep(TICK_S)
+        cpu, now = _others_cpu(), time.monotonic()
+        using = (cpu - self.cpu) / max(now - self.at, 1e-6)
+        self.cpu, self.at = cpu, now
+        return using, now
 
 
 class _Harm:
