@@ -135,9 +135,10 @@ def probe_cpu_isa(width: int = 0) -> None:
     """
     from torch._inductor import cpu_vec_isa
 
-    candidates = _isa_candidates(cpu_vec_isa)
-    width = min(len(candidates), width or len(os.sched_getaffinity(0)))
-    if width > 1:
+    candidates = _isa_candidates(cpu_vec_isa)  # [] but on x86 Linux
+    if candidates:  # sched_getaffinity is Linux's
+        width = min(len(candidates), width or len(os.sched_getaffinity(0)))
+    if len(candidates) > 1 and width > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(width, thread_name_prefix="stitch-isa") as pool:
