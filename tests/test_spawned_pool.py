@@ -22,6 +22,7 @@ import torch
 from test_tiered import _fresh_dynamo, gone, serve_until_settled, tiered  # noqa: F401
 
 from stitch.runtime.examples import LlamaConfig
+from stitch.runtime.pipeline.tiered.serving_first import controller
 from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
 
 from backend_support import (
@@ -46,12 +47,16 @@ def _spawn(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def wait_gone(pids: list[int], seconds: float = 20.0) -> bool:
+    return wait_for(lambda: all(gone(p) for p in pids), seconds)
+
+
+def wait_for(condition: Any, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if all(gone(p) for p in pids):
-            return True
-        time.sleep(0.1)
-    return False
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def settle(model: Any, fn: Any, backend: Any, cfg: LlamaConfig = TINY) -> Any:
@@ -83,6 +88,32 @@ def test_workers_are_ready_before_the_first_call_and_serve_the_next(
         assert second is not first and second.pids == [pid]
         assert not second.timeline()["uncompiled"], second.timeline()
         assert pool.idle_pids() == [pid]
+    finally:
+        pool.close()
+    assert wait_gone([pid])
+
+
+def test_serving_first_watches_a_worker_starting_or_at_work_never_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # NOTE: [an idle worker is not watched]: once none is watched, the
+    # controller's thread (a wake-up every tick) ends.
+    monkeypatch.setenv("STITCH_SERVING_FIRST", "1")
+    pool = SpawnedPool(1)
+    pool.start(cpu=True)
+    try:
+        (pid,) = pool.idle_pids()
+        assert controller().workers == [pid]  # its imports compete with a start
+        assert pool.wait_ready(READY_S)
+        assert pid not in controller().workers
+        assert wait_for(lambda: not controller().running, 5.0)
+        worker = pool.take()
+        assert worker.pid == pid
+        controller().watch(pid)  # as compile_workers.start_workers does at a launch
+        assert controller().running
+        pool.give_back(worker)  # its job reported in full
+        assert pid not in controller().workers
+        assert wait_for(lambda: not controller().running, 5.0)
     finally:
         pool.close()
     assert wait_gone([pid])
@@ -180,10 +211,13 @@ PARENT = textwrap.dedent("""
         thread.start()
         thread.join()
     pool = made[0].spawned_pool
-    assert pool.wait_ready(120)
     pids = pool.idle_pids()
-    if sys.argv[3] == "paused":
-        # Busy, so that serving first pauses the workers and their build pools.
+    if sys.argv[3] != "paused":
+        assert pool.wait_ready(120)
+    else:
+        # Busy while they start (a ready worker waiting for a job is not
+        # watched: NOTE: [an idle worker is not watched]), so that serving
+        # first pauses the workers and whatever they started.
         def busy():
             while True:
                 sum(range(1000))
@@ -207,8 +241,8 @@ PARENT = textwrap.dedent("""
 def test_workers_exit_with_a_parent_killed_while_they_are_idle(
     tmp_path: Path, made_on: str, state: str
 ) -> None:
-    # "paused": by serving first (NOTE: [serving first]), with their build
-    # pools; a stopped process left behind would wait for ever.
+    # "paused": by serving first (NOTE: [serving first]) while they start,
+    # with what they started; a stopped process left behind would wait for ever.
     env = dict(os.environ, STITCH_COMPILE_START="spawn", STITCH_SERVING_FIRST="1")
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT, str(tmp_path), made_on, state],

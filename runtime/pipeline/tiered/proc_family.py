@@ -86,3 +86,18 @@ def place(pids: Iterable[int], cpus: set[int]) -> None:
         for tid in tids:
             with contextlib.suppress(OSError, ValueError):
                 os.sched_setaffinity(int(tid), cpus)
+
+
+class Ticks:
+    """Every ``tick_s``: the cores the process's other threads used since the last."""
+
+    def __init__(self, tick_s: float) -> None:
+        self.tick_s = tick_s
+        self.cpu, self.at = others_cpu(), time.monotonic()
+
+    def next(self) -> tuple[float, float]:
+        time.sleep(self.tick_s)
+        cpu, now = others_cpu(), time.monotonic()
+        using = (cpu - self.cpu) / max(now - self.at, 1e-6)
+        self.cpu, self.at = cpu, now
+        return using, now

@@ -35,7 +35,7 @@ the wait only after the forward had ended, and then kept the workers paused
 for the calm periods that followed.  A process busy a tenth of the time kept
 them paused a third of it (docs/performance.md, "On a quiet machine").  So,
 between two readings, every ``TICK_S`` the controller also reads the CPU
-time the process's other threads used (one call, ``_others_cpu``): where
+time the process's other threads used (one call, ``others_cpu``): where
 running workers have made a busy process wait (``harmful``, learned in the
 periods in which workers ran all through a busy stretch), every worker
 pauses in the tick in which a forward begins (the process uses more than
@@ -69,12 +69,14 @@ its pool after it, never waits stopped for ever (it did: an Inductor build
 pool stayed stopped, orphaned, after its serving process ended).
 
 The controller runs only while there are workers (``watch``), in the process
-that started them (a fork's child starts empty).  A worker that leaves is
-dropped; one let go by its pool, and every worker when the process exits
-and waits for its workers, is resumed first (``forget``, ``release``), so that
-no stopped process is ever waited on.  ``$STITCH_SERVING_FIRST=0`` turns the
-controller off (the workers then share the cores as equals at their niceness,
-NOTE: [a compile worker's priority]); it exists to measure the difference.
+that started them (a fork's child starts empty); a pooled worker idle
+between jobs is not one (NOTE: [an idle worker is not watched],
+spawned_pool.py).  A worker that leaves is dropped; one let go by its pool,
+and every worker when the process exits and waits for its workers, is
+resumed first (``forget``, ``release``), so that no stopped process is ever
+waited on.  ``$STITCH_SERVING_FIRST=0`` turns the controller off (the workers
+then share the cores as equals at their niceness, NOTE: [a compile worker's
+priority]); it exists to measure the difference.
 """
 
 from __future__ import annotations
@@ -88,11 +90,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .proc_family import Ticks, place, run_delay
 from .proc_family import alive as _alive
 from .proc_family import cpu_s as _cpu_s
 from .proc_family import family as _family
-from .proc_family import others_cpu as _others_cpu
-from .proc_family import place, run_delay
 from .proc_family import signal_all as _signal
 from .worker_cpus import spare_cpus
 
@@ -189,6 +190,18 @@ class ServingFirst:
     def paused(self) -> bool:
         return bool(self._stopped)
 
+    @property
+    def workers(self) -> list[int]:
+        """The pids it controls now."""
+        with self._lock:
+            return list(self._order)
+
+    @property
+    def running(self) -> bool:
+        """Whether its thread runs (it ends once it controls no worker)."""
+        thread = self._thread
+        return thread is not None and thread.is_alive()
+
     def _go_on(self, pid: int) -> None:
         # Only those it paused: a process stopped cannot start another, and
         # one started before its parent's stop was never paused.
@@ -226,7 +239,7 @@ class ServingFirst:
     def _run_pausing(self) -> None:
         me = threading.get_native_id()
         baseline = -1.0  # the delay with every worker paused (others' doing)
-        ticks = _Ticks()
+        ticks = Ticks(TICK_S)
         last_delay, at = run_delay(me), ticks.at
         k = 0  # how many workers run: none in the first period, a probe
         harm = _Harm(lambda: list(self._order))
@@ -305,7 +318,7 @@ class ServingFirst:
         """No worker paused: every one on ``spare`` while the process is busy,
         on ``wide`` once it is idle (NOTE: [workers on the serving threads'
         spare cores], worker_cpus.py)."""
-        ticks = _Ticks()
+        ticks = Ticks(TICK_S)
         placed = self._wide = wide
         idle_ticks = tick = 0
         while True:
@@ -327,20 +340,6 @@ class ServingFirst:
                 if want != placed or (want is spare and tick % PERIOD_TICKS == 0):
                     placed = want
                     place((q for p in self._order for q in _family(p)), want)
-
-
-class _Ticks:
-    """Every ``TICK_S``: the cores the process's other threads used since the last."""
-
-    def __init__(self) -> None:
-        self.cpu, self.at = _others_cpu(), time.monotonic()
-
-    def next(self) -> tuple[float, float]:
-        time.sleep(TICK_S)
-        cpu, now = _others_cpu(), time.monotonic()
-        using = (cpu - self.cpu) / max(now - self.at, 1e-6)
-        self.cpu, self.at = cpu, now
-        return using, now
 
 
 class _Harm:

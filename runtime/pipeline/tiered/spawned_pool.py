@@ -20,6 +20,16 @@ found dead when a job comes (killed while idle, or its imports failed) is
 named in one warning and replaced; one that dies during a job gives its
 pieces up through its reader, as a forked worker's does.
 
+NOTE: [an idle worker is not watched]
+Serving first (serving_first.py) controls a pooled worker while it starts
+(its imports and the ISA probe compete with the engine's start) and while it
+compiles a job, and never while it waits, ready, for one: that wait costs no
+core, and the controller, which wakes every tick while it controls any
+worker, ends once it controls none.  A worker idle in the pool had kept it
+running for the pool's two minutes after the last swap, pausing and resuming
+a sleeping family at every forward: the 3-layer example's forwards after its
+last swap took 1.57x a cold start's on 2 cores (docs/performance.md).
+
 NOTE: [a process that cannot start compile workers]
 A sandbox may forbid new processes (seccomp refusing fork and clone with
 EPERM, a process limit with EAGAIN), and ``$STITCH_COMPILE_START=fork`` may
@@ -74,6 +84,7 @@ class PooledWorker:
     reports: IO[str]
     ready: threading.Event
     idle_since: float = 0.0
+    working: bool = False  # taken for a job, not yet given back
 
     @property
     def pid(self) -> int:
@@ -196,8 +207,11 @@ class SpawnedPool:
             while self._idle:
                 worker = self._idle.pop(0)
                 if self._alive(worker):
-                    return worker
-            return self._spawn()
+                    break
+            else:
+                worker = self._spawn()
+            worker.working = True  # watched from its launch (compile_workers.py)
+            return worker
 
     @staticmethod
     def _alive(worker: PooledWorker) -> bool:
@@ -220,6 +234,8 @@ class SpawnedPool:
         ``idle_s`` passes."""
         worker.idle_since = time.monotonic()
         with self._lock:
+            worker.working = False
+            controller().forget(worker.pid)  # NOTE: [an idle worker is not watched]
             self._idle.append(worker)
         timer = threading.Timer(self.idle_s, self._let_idle_go)
         timer.daemon = True
@@ -292,18 +308,21 @@ class SpawnedPool:
         take_priority(self.nice, process.pid)
         take_cpus(cpus, process.pid)
         controller().watch(process.pid)  # its imports too (NOTE: [serving first])
-        ready = threading.Event()
+        worker = PooledWorker(process, os.fdopen(reports_read, "r"), threading.Event())
 
         def wait_ready() -> None:
             with contextlib.suppress(OSError):
                 os.read(ready_read, 1)  # one byte, or the end: it died starting
             os.close(ready_read)
-            ready.set()
+            with self._lock:  # not between take() and its launch's watch
+                if not worker.working:
+                    controller().forget(worker.pid)
+            worker.ready.set()
 
         threading.Thread(
             target=wait_ready, name=f"stitch-worker-ready-{process.pid}", daemon=True
         ).start()
-        return PooledWorker(process, os.fdopen(reports_read, "r"), ready)
+        return worker
 
 
 def likely_spawned(config: CompilationConfig) -> bool:
