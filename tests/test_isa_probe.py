@@ -1,6 +1,8 @@
 """Inductor's vector ISA probe, its candidates side by side (NOTE: [the ISA
-probe's candidates side by side] in runtime/compat/inductor.py): the real
-dry compiles overlap, and the answer is the one Inductor reaches alone."""
+probe's candidates side by side] in runtime/compat/isa_probe.py): the real
+dry compiles overlap, and the answer is the one Inductor reaches alone; a
+later process answers from the checks that passed (NOTE: [the ISA probe's
+answers remembered]), with neither a build nor a load."""
 
 from __future__ import annotations
 
@@ -14,17 +16,18 @@ import textwrap
 import pytest
 
 CHILD = textwrap.dedent("""
-    import json, threading, time
+    import json, os, threading, time
     from torch._inductor import cpu_vec_isa
-    from stitch.runtime.compat import inductor
+    from stitch.runtime.compat import inductor, isa_probe
 
     inductor.import_inductor()
-    lock, running, overlap = threading.Lock(), [0], [0]
+    lock, running, overlap, checks = threading.Lock(), [0], [0], [0]
     real = cpu_vec_isa.VecISA.check_build
 
     def check_build(self, code):
         with lock:
             running[0] += 1
+            checks[0] += 1
             overlap[0] = max(overlap[0], running[0])
         try:
             return real(self, code)
@@ -33,10 +36,13 @@ CHILD = textwrap.dedent("""
                 running[0] -= 1
 
     cpu_vec_isa.VecISA.check_build = check_build
-    candidates = inductor._isa_candidates(cpu_vec_isa)
+    candidates = isa_probe._isa_candidates(cpu_vec_isa)
     start = time.perf_counter()
-    inductor.probe_cpu_isa(2)
+    isa_probe.probe_cpu_isa(2)
     seconds = time.perf_counter() - start
+    built = checks[0]
+    records = os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], isa_probe.RECORDS)
+    recorded = sorted(os.listdir(records)) if os.path.isdir(records) else []
     picked = str(cpu_vec_isa.pick_vec_isa())
     valid = [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()]
     # Inductor's own answer, one candidate after the other, from new instances
@@ -47,6 +53,8 @@ CHILD = textwrap.dedent("""
     print(json.dumps({
         "candidates": [str(isa) for isa in candidates],
         "overlap": overlap[0],
+        "checks": built,
+        "recorded": recorded,
         "picked": picked,
         "valid": valid,
         "alone_valid": alone_valid,
@@ -61,16 +69,8 @@ CHILD = textwrap.dedent("""
 )
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core")
 def test_the_probe_builds_its_candidates_side_by_side_and_picks_as_inductor(tmp_path):
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    cache = str(tmp_path / "inductor")
+    result = probe(cache)
     if len(result["candidates"]) < 2:
         pytest.skip(f"this CPU offers one vector ISA: {result['candidates']}")
     # An empty cache: every candidate's dry compile ran, two at a time.
@@ -78,3 +78,25 @@ def test_the_probe_builds_its_candidates_side_by_side_and_picks_as_inductor(tmp_
     # The same list as Inductor's, in its order, and its first pick.
     assert result["valid"] == result["alone_valid"], result
     assert result["picked"] in result["valid"], result
+    # Each check that passed is recorded (at least one per valid ISA).
+    assert len(result["recorded"]) >= len(result["valid"]), result
+    # A later process with the same cache answers every check from them, and
+    # reaches the same list.
+    again = probe(cache)
+    assert again["checks"] == 0, again
+    assert again["recorded"] == result["recorded"], again
+    assert (again["valid"], again["picked"]) == (result["valid"], result["picked"])
+    assert again["alone_valid"] == result["valid"], again
+
+
+def probe(cache: str) -> dict:
+    """The child's findings, probing with Inductor's cache in ``cache``."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])

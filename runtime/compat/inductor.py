@@ -62,6 +62,10 @@ def import_inductor() -> None:
     import torch._inductor.compile_fx  # noqa: F401
     from torch._inductor import codecache, cpp_builder, cpu_vec_isa  # noqa: F401
 
+    from .isa_probe import remember_answers
+
+    remember_answers()  # NOTE: [the ISA probe's answers remembered]
+
 
 # NOTE: [Inductor's pools in a forked process]
 # With more than one compile thread (two or more cores), Inductor submits its
@@ -110,72 +114,6 @@ def warm_compile_pools() -> None:
     if AsyncCompile.use_process_pool():
         AsyncCompile.warm_pool()
     AsyncCompile.pool()
-
-
-def probe_cpu_isa(width: int = 0) -> None:
-    """Probe the CPU's vector ISA as Inductor does, its candidates ``width`` at
-    a time (0: as many as this process has cores).
-
-    NOTE: [the ISA probe's candidates side by side]
-    Inductor tries each vector ISA the CPU reports, one after the other: a
-    C++ dry compile of the ISA's check (``at::vec``'s headers), a smaller one
-    for each extension it adds (AVX-512's bf16 and VNNI), and a fresh process
-    that loads each result.  With an empty Inductor cache (a new container, a
-    new ``$TORCHINDUCTOR_CACHE_DIR``) that was six compiles in a row on an
-    AVX-512 machine, 8 to 9 s of a 3-layer example's 18.6 s cold compile on
-    2 cores.  The candidates are independent objects, each answering
-    ``bool()`` once (functools.cache on the instance) and changing only its
-    own flags while it checks, so they are asked here from threads of their
-    own (each compile and load is a subprocess, so the threads wait without
-    the interpreter's lock), and ``pick_vec_isa`` then reads their cached
-    answers: the same list, in Inductor's order, so the same ISA.  Where
-    that list is not Inductor's to make this way (not x86, a configured
-    ``vec_isa_ok``, an internal build) or a release lacks these names,
-    Inductor probes alone, as before.
-    """
-    from torch._inductor import cpu_vec_isa
-
-    candidates = _isa_candidates(cpu_vec_isa)  # [] but on x86 Linux
-    if candidates:  # sched_getaffinity is Linux's
-        width = min(len(candidates), width or len(os.sched_getaffinity(0)))
-    if len(candidates) > 1 and width > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(width, thread_name_prefix="stitch-isa") as pool:
-            list(pool.map(_answer, candidates))
-    cpu_vec_isa.pick_vec_isa()
-
-
-def _isa_candidates(cpu_vec_isa: Any) -> list[Any]:
-    """The ISAs ``valid_vec_isa_list`` would check here, in its order ([]
-    where it would not check them one by one)."""
-    import platform
-
-    from torch._inductor import config
-
-    try:
-        if (
-            not sys.platform.startswith("linux")
-            or platform.machine() not in ("x86_64", "AMD64")
-            or config.cpp.vec_isa_ok is not None
-            or config.is_fbcode()
-        ):
-            return []
-        flags = cpu_vec_isa.x86_isa_checker()
-        return [
-            isa
-            for isa in cpu_vec_isa.supported_vec_isa_list
-            if all(flag in flags for flag in str(isa).split())
-        ]
-    except (AttributeError, TypeError):
-        return []
-
-
-def _answer(isa: Any) -> bool:
-    try:
-        return bool(isa)
-    except Exception:  # noqa: BLE001 - pick_vec_isa asks again and reports it
-        return False
 
 
 def config_options() -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..compat import inductor
+from ..compat import inductor, isa_probe
 from .tiered.worker_cpus import take_cpus, worker_cpus
 
 log = logging.getLogger("stitch")
@@ -35,7 +35,7 @@ def _probe_isa() -> None:
     # on the one core a pinned serving thread computes on.
     take_cpus(worker_cpus())
     try:
-        inductor.probe_cpu_isa()
+        isa_probe.probe_cpu_isa()
     except Exception:  # noqa: BLE001 - the real compile reports real errors
         log.debug("Inductor ISA probe failed", exc_info=True)
 

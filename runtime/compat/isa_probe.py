@@ -1,0 +1,170 @@
+"""Inductor's vector ISA probe: its candidates checked side by side, and
+their answers remembered between processes (NOTE: [the ISA probe's
+candidates side by side], NOTE: [the ISA probe's answers remembered])."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from typing import Any
+
+import torch
+
+# The folder, in Inductor's cache folder, of the checks that passed.
+RECORDS = "stitch_isa"
+
+
+def probe_cpu_isa(width: int = 0) -> None:
+    """Probe the CPU's vector ISA as Inductor does, its candidates ``width`` at
+    a time (0: as many as this process has cores).
+
+    NOTE: [the ISA probe's candidates side by side]
+    Inductor tries each vector ISA the CPU reports, one after the other: a
+    C++ dry compile of the ISA's check (``at::vec``'s headers), a smaller one
+    for each extension it adds (AVX-512's bf16 and VNNI), and a fresh process
+    that loads each result.  With an empty Inductor cache (a new container, a
+    new ``$TORCHINDUCTOR_CACHE_DIR``) that was six compiles in a row on an
+    AVX-512 machine, 8 to 9 s of a 3-layer example's 18.6 s cold compile on
+    2 cores.  The candidates are independent objects, each answering
+    ``bool()`` once (functools.cache on the instance) and changing only its
+    own flags while it checks, so they are asked here from threads of their
+    own (each compile and load is a subprocess, so the threads wait without
+    the interpreter's lock), and ``pick_vec_isa`` then reads their cached
+    answers: the same list, in Inductor's order, so the same ISA.  Where
+    that list is not Inductor's to make this way (not x86, a configured
+    ``vec_isa_ok``, an internal build) or a release lacks these names,
+    Inductor probes alone, as before.
+    """
+    from torch._inductor import cpu_vec_isa
+
+    candidates = _isa_candidates(cpu_vec_isa)  # [] but on x86 Linux
+    if candidates:  # sched_getaffinity is Linux's
+        width = min(len(candidates), width or len(os.sched_getaffinity(0)))
+    if len(candidates) > 1 and width > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(width, thread_name_prefix="stitch-isa") as pool:
+            list(pool.map(_answer, candidates))
+    cpu_vec_isa.pick_vec_isa()
+
+
+def _isa_candidates(cpu_vec_isa: Any) -> list[Any]:
+    """The ISAs ``valid_vec_isa_list`` would check here, in its order ([]
+    where it would not check them one by one)."""
+    import platform
+
+    from torch._inductor import config
+
+    try:
+        if (
+            not sys.platform.startswith("linux")
+            or platform.machine() not in ("x86_64", "AMD64")
+            or config.cpp.vec_isa_ok is not None
+            or config.is_fbcode()
+        ):
+            return []
+        flags = cpu_vec_isa.x86_isa_checker()
+        return [
+            isa
+            for isa in cpu_vec_isa.supported_vec_isa_list
+            if all(flag in flags for flag in str(isa).split())
+        ]
+    except (AttributeError, TypeError):
+        return []
+
+
+def _answer(isa: Any) -> bool:
+    try:
+        return bool(isa)
+    except Exception:  # noqa: BLE001 - pick_vec_isa asks again and reports it
+        return False
+
+
+def remember_answers() -> None:
+    """Have the candidates Inductor checks here answer a check that passed
+    before from its record.
+
+    NOTE: [the ISA probe's answers remembered]
+    Each candidate's check is a C++ dry compile, which Inductor keeps in its
+    cache folder, and a fresh Python process that loads the result, which it
+    runs in every process.  On torch 2.11 and 2.12 that process imports torch
+    (about 3 s with a CUDA build on 2 cores), so with a warm cache every
+    process that compiled for the CPU (a cold start, each spawned compile
+    worker, each test's process) spent about 20 s probing, 10 s with the
+    candidates side by side; from 2.13 the load is a bare ``dlopen``.  A check
+    that passed is now recorded in Inductor's cache folder (``stitch_isa/``),
+    keyed by all its answer depends on: the ISA and its flags, the code
+    checked, the compiler and its version and torch's version (Inductor's
+    own fingerprint of the dry compile), torch's folder, the interpreter and
+    the CPU's flags.  A later check with the same key answers True without
+    building or loading; any other runs as Inductor's, and a failed check is
+    never recorded (a load that timed out on a busy machine is asked again).
+    Only the candidate objects Inductor asks are changed (``check_build`` as
+    an attribute of each instance), so the answers, and the ISA picked, are
+    the ones Inductor reaches.
+    """
+    from torch._inductor import cpu_vec_isa
+
+    for isa in _isa_candidates(cpu_vec_isa):
+        if "check_build" not in vars(isa):
+            isa.check_build = _Remembered(isa)
+
+
+class _Remembered:
+    """A candidate's ``check_build``, answered from its record when it has one."""
+
+    def __init__(self, isa: Any) -> None:
+        self.isa = isa
+
+    def __call__(self, code: str) -> bool:
+        path = _record(self.isa, code)
+        if path is not None and os.path.isfile(path):
+            return True
+        # The class's own check (never a bound method: one pickled and read
+        # back would be looked up on the instance, and find this).
+        passed = bool(type(self.isa).check_build(self.isa, code))
+        if passed and path is not None:
+            _write(path, str(self.isa))
+        return passed
+
+
+def _record(isa: Any, code: str) -> str | None:
+    """Where the record of ``isa`` passing the check of ``code`` is (None
+    where the key cannot be made: the check runs as Inductor's)."""
+    try:
+        from torch._inductor import cpu_vec_isa
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        fingerprint = cpu_vec_isa._get_isa_dry_compile_fingerprint(
+            isa.build_arch_flags()
+        )
+        parts = [
+            fingerprint,
+            str(isa),
+            code,
+            os.path.dirname(torch.__file__),
+            sys.executable,
+            sorted(cpu_vec_isa.x86_isa_checker()),
+        ]
+    except Exception:  # noqa: BLE001 - a release without these names
+        return None
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+    return os.path.join(cache_dir(), RECORDS, key)
+
+
+def _write(path: str, text: str) -> None:
+    """Write a record whole (a reader never sees half of one), or not at all."""
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text + "\n")
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
