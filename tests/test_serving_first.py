@@ -124,8 +124,13 @@ def test_workers_pause_while_the_process_is_busy_and_run_when_it_is_idle(
         # most of the time.
         assert until(lambda: control.paused)
         assert until(lambda: all(state(q) == "T" for q in family))
-        busy_samples = sample(family)
-        assert sum(busy_samples) >= 14, busy_samples
+        # Most of the time, in 2 s out of the next 10: a neighbour's burst (the
+        # suite's other xdist worker) can make one learning period find them
+        # harmless, and they are learned again a second later.
+        windows: list[list[bool]] = []
+        while len(windows) < 5 and not (windows and sum(windows[-1]) >= 14):
+            windows.append(sample(family))
+        assert sum(windows[-1]) >= 14, windows
     # Idle: they run again, and stay running (but for a period now and then
     # in which every worker is paused to measure the delay others cause).
     assert until(lambda: not control.paused and all(state(q) != "T" for q in family))
