@@ -112,7 +112,7 @@ print("installed: torch", torch.__version__, "| " + ", ".join(
     # Both runs, whatever the first gives.  pytest exits 5 when it collects no
     # tests; that fails like any other status.
     status=0
-    "$venv/bin/python" -m pytest -q -m "not slow" || status=1
+    "$venv/bin/python" -m pytest -q -m "not slow" --durations=15 || status=1
     slow=("${SLOW_TESTS[@]}")
     if [[ $torch_version != "${RELEASES[0]%% *}" ]]; then
         # NOTE: [transformers' slow tests on the oldest torch only]
@@ -123,7 +123,7 @@ print("installed: torch", torch.__version__, "| " + ", ".join(
         slow=("${slow[@]/tests\/test_hf.py/}")
     fi
     # shellcheck disable=SC2068  # unquoted: the removed entry leaves no empty word
-    STITCH_EXTENDED=1 "$venv/bin/python" -m pytest -q -m slow ${slow[@]} || status=1
+    STITCH_EXTENDED=1 "$venv/bin/python" -m pytest -q -m slow --durations=15 ${slow[@]} || status=1
     # See NOTE: [a real miss for another torch].
     explain_torch+=("$("$venv/bin/python" -c 'import torch; print(torch.__version__)')")
     if run=$("$venv/bin/stitch" run --example llama --layers 1 --sizes 8 \
