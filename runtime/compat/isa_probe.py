@@ -150,10 +150,11 @@ def _record(isa: Any, code: str) -> str | None:
             sys.executable,
             sorted(cpu_vec_isa.x86_isa_checker()),
         ]
-    except Exception:  # noqa: BLE001 - a release without these names
+        folder = os.path.join(cache_dir(), RECORDS)
+    except Exception:  # noqa: BLE001 - a release without these names, no folder
         return None
     key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-    return os.path.join(cache_dir(), RECORDS, key)
+    return os.path.join(folder, key)
 
 
 def _write(path: str, text: str) -> None:
