@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from test_serving_first import until
 from test_tiered import _fresh_dynamo, gone, serve_until_settled, tiered  # noqa: F401
 
 from stitch.runtime.examples import LlamaConfig
@@ -47,16 +47,7 @@ def _spawn(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def wait_gone(pids: list[int], seconds: float = 20.0) -> bool:
-    return wait_for(lambda: all(gone(p) for p in pids), seconds)
-
-
-def wait_for(condition: Any, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return until(lambda: all(gone(p) for p in pids), seconds)
 
 
 def settle(model: Any, fn: Any, backend: Any, cfg: LlamaConfig = TINY) -> Any:
@@ -106,14 +97,14 @@ def test_serving_first_watches_a_worker_starting_or_at_work_never_idle(
         assert controller().workers == [pid]  # its imports compete with a start
         assert pool.wait_ready(READY_S)
         assert pid not in controller().workers
-        assert wait_for(lambda: not controller().running, 5.0)
+        assert until(lambda: not controller().running, 5.0)
         worker = pool.take()
         assert worker.pid == pid
         controller().watch(pid)  # as compile_workers.start_workers does at a launch
         assert controller().running
         pool.give_back(worker)  # its job reported in full
         assert pid not in controller().workers
-        assert wait_for(lambda: not controller().running, 5.0)
+        assert until(lambda: not controller().running, 5.0)
     finally:
         pool.close()
     assert wait_gone([pid])
