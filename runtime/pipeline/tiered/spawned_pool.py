@@ -27,8 +27,9 @@ compiles a job, and never while it waits, ready, for one: that wait costs no
 core, and the controller, which wakes every tick while it controls any
 worker, ends once it controls none.  A worker idle in the pool had kept it
 running for the pool's two minutes after the last swap, pausing and resuming
-a sleeping family at every forward: the 3-layer example's forwards after its
-last swap took 1.57x a cold start's on 2 cores (docs/performance.md).
+a sleeping family at every forward; unwatched, that family used no core over
+the forwards that followed (docs/performance.md, "Idle workers unwatched":
+what it did to a forward's time was below the 2-core machine's noise).
 
 NOTE: [a process that cannot start compile workers]
 A sandbox may forbid new processes (seccomp refusing fork and clone with
