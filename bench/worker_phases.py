@@ -14,8 +14,10 @@ runtime/pipeline/tiered/spawned_pool.py), and has each run the steps of
 - ``stitch``: ``import stitch.runtime`` and the example models (the modules
   the pool preloads);
 - ``inductor``: Inductor's import, and on the CPU the vector ISA probe
-  (``start_inductor_warmup`` and ``inductor_ready``);
-- ``pools``: ``warm_compile_pools``, where the worker says it is ready;
+  (``start_inductor_warmup``, ``inductor_ready`` and ``probe_done``; a
+  worker reads its first job before the probe ends, and says it is ready
+  after);
+- ``pools``: ``warm_compile_pools``;
 - ``pool ready``: until Inductor's subprocess pool answers (a worker's first
   compile waits for it), which the ready signal does not wait for.
 
@@ -42,9 +44,10 @@ import torch
 marks.append(time.time())
 import stitch.runtime, stitch.runtime.examples.models
 marks.append(time.time())
-from stitch.runtime.pipeline.inductor_warmup import inductor_ready, start_inductor_warmup
+from stitch.runtime.pipeline.inductor_warmup import inductor_ready, probe_done, start_inductor_warmup
 start_inductor_warmup(cpu=sys.argv[2] == "cpu")
 inductor_ready()
+probe_done()
 marks.append(time.time())
 from stitch.runtime.compat.inductor import warm_compile_pools
 warm_compile_pools()

@@ -6,12 +6,17 @@ answers remembered]), with neither a build nor a load."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import select
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -100,3 +105,121 @@ def probe(cache: str) -> dict:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# A compile begun while the probe checks (NOTE: [a compile waits for the probe
+# only where it asks] in runtime/pipeline/inductor_warmup.py).
+COMPILE_BESIDE = textwrap.dedent("""
+    import collections, json, threading
+    import torch
+    from torch._inductor import cpu_vec_isa
+    from stitch.runtime.compat import isa_probe
+    from stitch.runtime.pipeline import inductor_warmup
+
+    real = cpu_vec_isa.VecISA.check_build
+    built, lock = collections.Counter(), threading.Lock()
+
+    def check_build(self, code):
+        with lock:
+            built[(str(self), code)] += 1
+        return real(self, code)
+
+    cpu_vec_isa.VecISA.check_build = check_build
+    inductor_warmup.start_inductor_warmup(cpu=True)
+    inductor_warmup.inductor_ready()
+    probing = inductor_warmup._probe.is_alive()  # the compile need not wait
+
+    def f(x):
+        return torch.relu(x) * 2 + 1
+
+    x = torch.randn(64, 64)
+    out = torch.compile(f, backend="inductor")(x)
+    inductor_warmup._probe.join()
+    print(json.dumps({
+        "shared": isa_probe.answers_shared(),
+        "probing": probing,
+        "twice": [k[0] for k, n in built.items() if n > 1],
+        "checks": sum(built.values()),
+        "equal": bool(torch.equal(out, f(x))),
+        "picked": str(cpu_vec_isa.pick_vec_isa()),
+        "valid": [str(isa) for isa in cpu_vec_isa.valid_vec_isa_list()],
+    }))
+    """)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.machine() != "x86_64",
+    reason="Inductor probes x86 ISAs one by one only on x86 Linux",
+)
+def test_a_compile_begins_beside_the_probe_and_no_check_is_built_twice(tmp_path):
+    cache = str(tmp_path / "inductor")
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE_BESIDE],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["shared"], result
+    # With an empty cache the probe builds for seconds: the compile went on.
+    assert result["probing"], result
+    # The compile's own asks waited for the probe's checks, or made them
+    # itself: never the same check twice.
+    assert result["twice"] == [] and result["checks"] > 0, result
+    assert result["equal"], result
+    assert result["picked"] == result["valid"][0], result
+    # Alone, with the cache warm, Inductor reaches the same list.
+    alone = probe(cache)
+    assert alone["alone_valid"] == result["valid"], alone
+
+
+class _SlowISA:
+    """A candidate whose check takes a while and counts itself."""
+
+    def __init__(self) -> None:
+        self.checks = 0
+
+    def check_build(self, code: str) -> bool:
+        self.checks += 1
+        time.sleep(0.3)
+        return code == "ok"
+
+
+def test_one_check_per_code_and_a_forked_child_never_waits_on_its_parents_check():
+    from stitch.runtime.compat.isa_probe import _Remembered
+
+    isa = _SlowISA()
+    ask = _Remembered(isa)
+    answers: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(ask("ok"))) for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [True] * 3 and isa.checks == 1
+    assert ask("no") is False and ask("no") is False and isa.checks == 2
+
+    # Fork while a thread of this process is inside a check (its lock held).
+    inside = threading.Thread(target=ask, args=("later",))
+    inside.start()
+    time.sleep(0.1)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child asks the same check: its own, not a wait for ever
+        os.write(write, b"1" if ask("later") is False else b"0")
+        os._exit(0)
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], 10)
+        assert ready, "the forked child waited on a lock its parent's thread held"
+        assert os.read(read, 1) == b"1"
+    finally:
+        inside.join()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # one that waits for ever
+        os.waitpid(pid, 0)
+        os.close(read)

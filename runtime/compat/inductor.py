@@ -56,15 +56,25 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def import_inductor() -> None:
-    """Import what compiling needs, in the calling thread (see start_inductor_warmup)."""
-    import torch._dynamo  # noqa: F401
-    import torch._inductor.compile_fx  # noqa: F401
+def import_isa_probe() -> None:
+    """Import what the ISA probe uses, in the calling thread (see
+    start_inductor_warmup): about half of Inductor's imports."""
+    import concurrent.futures  # noqa: F401
+    import platform  # noqa: F401
+
+    import torch.utils.cpp_extension  # noqa: F401 - cpp_builder's, when it builds
     from torch._inductor import codecache, cpp_builder, cpu_vec_isa  # noqa: F401
 
     from .isa_probe import remember_answers
 
     remember_answers()  # NOTE: [the ISA probe's answers remembered]
+
+
+def import_inductor() -> None:
+    """Import what compiling needs, in the calling thread (see start_inductor_warmup)."""
+    import_isa_probe()
+    import torch._dynamo  # noqa: F401
+    import torch._inductor.compile_fx  # noqa: F401
 
 
 # NOTE: [Inductor's pools in a forked process]

@@ -5,8 +5,9 @@ in a pool between jobs (NOTE: [pre-started compile workers], spawned_pool.py).
 The pool starts ``python -m stitch.runtime.pipeline.tiered.spawned_workers PARENT
 REPORTS READY cpu|gpu PARENT_DEATH idle|NICE [MODULE...]``: the worker takes its
 priority (NOTE: [a compile worker's priority]), imports Stitch,
-the modules named, torch and Inductor, probes the vector ISA (on the CPU),
-starts Inductor's build pools, writes one byte on ``READY`` and waits.  For
+the modules named, torch and Inductor, starts Inductor's build pools and
+waits for a job, while it probes the vector ISA (on the CPU) and then writes
+one byte on ``READY``.  For
 each job the serving process pickles the units of one worker (graphs, fake
 inputs with their ShapeEnv, plans), the config, the cache entry and the
 runtime size with ``compat/graph_pickle.py``; on its stdin the worker reads
@@ -40,7 +41,7 @@ from ...compat.inductor import warm_compile_pools
 from ...config import CompilationConfig
 from ...store.cache import CompileCache
 from ..entry import EntryGuards
-from ..inductor_warmup import inductor_ready, start_inductor_warmup
+from ..inductor_warmup import inductor_ready, probe_done, start_inductor_warmup
 from .piece_jobs import UnitCompiler, UnitJob, piece_names
 from .spawned_pool import SpawnedPool
 from .worker_process import (
@@ -203,8 +204,9 @@ def main(argv: Sequence[str]) -> int:
     start_inductor_warmup(cpu=cpu)
     inductor_ready()
     warm_compile_pools()
-    os.write(ready, b"r")
-    os.close(ready)
+    # Ready once the probe ends; a job waiting on stdin is read before then
+    # (NOTE: [a compile waits for the probe only where it asks]).
+    threading.Thread(target=_say_ready, args=(ready,), daemon=True).start()
     stdin = sys.stdin.buffer
     with os.fdopen(reports, "w", buffering=1) as out:
         while line := stdin.readline():
@@ -214,6 +216,12 @@ def main(argv: Sequence[str]) -> int:
                 _run_job(out, header, data)
             out.write(json.dumps({"done": True}) + "\n")
     return 0  # the pool let it go
+
+
+def _say_ready(ready: int) -> None:
+    probe_done()
+    os.write(ready, b"r")
+    os.close(ready)
 
 
 def _run_job(out: IO[str], header: dict[str, Any], data: bytes) -> None:
