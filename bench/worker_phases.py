@@ -19,7 +19,8 @@ runtime/pipeline/tiered/spawned_pool.py), and has each run the steps of
   after);
 - ``pools``: ``warm_compile_pools``;
 - ``pool ready``: until Inductor's subprocess pool answers (a worker's first
-  compile waits for it), which the ready signal does not wait for.
+  compile waits for it), which the ready signal does not wait for; a worker
+  for the CPU starts none (NOTE: [no subprocess pool for C++ kernels]).
 
 Prints one JSON object: each phase's median seconds over the processes, and
 the median total to ready.  bench/tiered_start.py reports it beside the
@@ -50,10 +51,11 @@ inductor_ready()
 probe_done()
 marks.append(time.time())
 from stitch.runtime.compat.inductor import warm_compile_pools
-warm_compile_pools()
+warm_compile_pools(triton=sys.argv[2] != "cpu")
 marks.append(time.time())
 from torch._inductor.async_compile import AsyncCompile
-AsyncCompile.wait_pool_ready()
+if sys.argv[2] != "cpu":
+    AsyncCompile.wait_pool_ready()
 marks.append(time.time())
 print(json.dumps(marks), flush=True)
 """

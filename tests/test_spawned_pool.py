@@ -22,6 +22,7 @@ from test_serving_first import until
 from test_tiered import _fresh_dynamo, gone, serve_until_settled, tiered  # noqa: F401
 
 from stitch.runtime.examples import LlamaConfig
+from stitch.runtime.pipeline.tiered.proc_family import family
 from stitch.runtime.pipeline.tiered.serving_first import controller
 from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
 
@@ -79,6 +80,25 @@ def test_workers_are_ready_before_the_first_call_and_serve_the_next(
         assert second is not first and second.pids == [pid]
         assert not second.timeline()["uncompiled"], second.timeline()
         assert pool.idle_pids() == [pid]
+    finally:
+        pool.close()
+    assert wait_gone([pid])
+
+
+def test_a_worker_for_the_cpu_starts_no_subprocess_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # NOTE: [no subprocess pool for C++ kernels]: two compile threads would
+    # have Inductor's sidecar pool started, and it builds no C++ kernel.
+    monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "2")
+    pool = SpawnedPool(1)
+    pool.start(cpu=True)
+    try:
+        (pid,) = pool.idle_pids()
+        assert pool.wait_ready(READY_S)
+        assert family(pid) == [pid], [
+            Path(f"/proc/{p}/cmdline").read_bytes() for p in family(pid)
+        ]
     finally:
         pool.close()
     assert wait_gone([pid])

@@ -110,18 +110,29 @@ def size_compile_threads_again() -> None:
         config.compile_threads = None
 
 
-def warm_compile_pools() -> None:
+def warm_compile_pools(triton: bool) -> None:
     """Start Inductor's build pools now (NOTE: [pre-started compile workers]):
-    its thread pool and, where it uses one, its subprocess pool.  With one
-    compile thread ($TORCHINDUCTOR_COMPILE_THREADS=1, or a worker's share of
-    the build pools: NOTE: [a worker's share of the build pools]) Inductor
-    compiles in the calling thread and has neither: asking for one fails its
-    assert."""
+    its thread pool and, for graphs with Triton kernels (``triton``), its
+    subprocess pool.  With one compile thread ($TORCHINDUCTOR_COMPILE_THREADS=1,
+    or a worker's share of the build pools: NOTE: [a worker's share of the
+    build pools]) Inductor compiles in the calling thread and has neither:
+    asking for one fails its assert.
+
+    NOTE: [no subprocess pool for C++ kernels]
+    Inductor builds C++ kernels in its thread pool (each build is a gcc
+    process); its subprocess pool, a sidecar that imports torch and forks
+    its own workers, compiles Triton kernels only.  A compile for the CPU in
+    the serving process never starts it.  A spawned worker for the CPU used
+    to: 2 s of a core on 2 cores (the sidecar's imports), beside the worker's
+    ISA probe and first job, for a pool it never used.  Should a CPU worker
+    meet a Triton kernel after all, Inductor starts the pool then, and
+    compiles in the worker until it answers.
+    """
     from torch._inductor.async_compile import AsyncCompile, get_compile_threads
 
     if get_compile_threads() <= 1:
         return
-    if AsyncCompile.use_process_pool():
+    if triton and AsyncCompile.use_process_pool():
         AsyncCompile.warm_pool()
     AsyncCompile.pool()
 

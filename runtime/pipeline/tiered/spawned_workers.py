@@ -203,7 +203,7 @@ def main(argv: Sequence[str]) -> int:
         importlib.import_module(module)
     start_inductor_warmup(cpu=cpu)
     inductor_ready()
-    warm_compile_pools()
+    warm_compile_pools(triton=not cpu)  # NOTE: [no subprocess pool for C++ kernels]
     # Ready once the probe ends; a job waiting on stdin is read before then
     # (NOTE: [a compile waits for the probe only where it asks]).
     threading.Thread(target=_say_ready, args=(ready,), daemon=True).start()
