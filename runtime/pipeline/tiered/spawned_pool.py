@@ -3,11 +3,13 @@ backend calls (NOTE: [pre-started compile workers]).
 
 NOTE: [pre-started compile workers]
 A spawned worker pays for a fresh interpreter, torch's and Inductor's imports,
-the vector ISA probe and Inductor's build pools before it compiles anything:
-seconds that a tiered start used to wait for after the backend call began.
+the vector ISA probe and Inductor's build pools: seconds that a tiered
+start used to wait for after the backend call began.
 A :class:`SpawnedPool` starts its workers when the backend is made (where they
 will be spawned: ``likely_spawned``) or, at the latest, when a cold backend
-call begins, and each waits on its stdin for a job once it is ready.  A job
+call begins, and each waits on its stdin for a job once its imports are
+done (its ISA probe may still run beside that job: NOTE: [a compile waits
+for the probe only where it asks]).  A job
 is one group of pieces (``spawned_workers.py``); when it is reported in full
 the worker goes back to the pool, for the next backend call (vLLM and
 transformers' engine compile several graphs).  The pool, not the worker,
