@@ -169,10 +169,9 @@ def test_a_compile_begins_beside_the_probe_and_no_check_is_built_twice(tmp_path)
     # itself: never the same check twice.
     assert result["twice"] == [] and result["checks"] > 0, result
     assert result["equal"], result
+    # Inductor's own pick (the first valid ISA; the first test checks the
+    # list against Inductor's alone).
     assert result["picked"] == result["valid"][0], result
-    # Alone, with the cache warm, Inductor reaches the same list.
-    alone = probe(cache)
-    assert alone["alone_valid"] == result["valid"], alone
 
 
 class _SlowISA:
