@@ -116,24 +116,10 @@ def remember_answers() -> None:
             isa.check_build = _Remembered(isa)
 
 
-def answers_shared() -> bool:
-    """Whether every candidate Inductor checks here answers through
-    :class:`_Remembered`, so that a thread asking while the probe checks waits
-    for the probe's answer instead of building the same files again (NOTE:
-    [a compile waits for the probe only where it asks])."""
-    from torch._inductor import cpu_vec_isa
-
-    candidates = _isa_candidates(cpu_vec_isa)
-    return bool(candidates) and all(
-        isinstance(vars(isa).get("check_build"), _Remembered) for isa in candidates
-    )
-
-
 class _Remembered:
     """A candidate's ``check_build``, answered from its record when it has
     one, and once per code in this process: a second thread asking while the
-    first checks waits for its answer (NOTE: [a compile waits for the probe
-    only where it asks])."""
+    first checks waits for its answer."""
 
     def __init__(self, isa: Any) -> None:
         self.isa = isa

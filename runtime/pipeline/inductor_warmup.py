@@ -19,11 +19,34 @@ log = logging.getLogger("stitch")
 
 def inductor_ready() -> None:
     """Import Inductor before using it, and wait for the ISA probe if one was
-    started and a compile's own ask would not wait for it (NOTE: [a compile
-    waits for the probe only where it asks])."""
+    started and Inductor's first ask for the ISA would not wait for it (NOTE:
+    [a compile waits for the probe only where it asks])."""
     inductor.import_inductor()
-    if _probe is not None and not isa_probe.answers_shared():
+    if _probe is not None and not _asks_wait():
         _probe.join()
+
+
+def _asks_wait() -> bool:
+    """Have Inductor's list of valid ISAs (what ``pick_vec_isa`` reads) wait
+    for the probe when another thread asks for it; whether it does."""
+    from torch._inductor import cpu_vec_isa
+
+    real = getattr(cpu_vec_isa, "valid_vec_isa_list", None)
+    if real is None or getattr(real, "_stitch_waits_for_probe", False):
+        return real is not None
+
+    def valid_vec_isa_list() -> Any:
+        probe = _probe
+        if probe is not None and probe is not threading.current_thread():
+            probe.join()  # a thread that forked is dead here: no wait
+        return real()
+
+    valid_vec_isa_list._stitch_waits_for_probe = True  # type: ignore[attr-defined]
+    for name in ("cache_clear", "cache_info", "__wrapped__"):
+        if hasattr(real, name):
+            setattr(valid_vec_isa_list, name, getattr(real, name))
+    cpu_vec_isa.valid_vec_isa_list = valid_vec_isa_list
+    return True
 
 
 def probe_done(timeout: float | None = None) -> bool:
@@ -77,16 +100,21 @@ def start_inductor_warmup(cpu: bool) -> None:
     A compile used to wait for the whole probe before it began, though
     Inductor asks for the ISA only when it generates its first C++ kernel:
     1.5 s into the 3-layer example's compile on 2 cores, after AOT
-    Autograd's trace and the lowering.  Each candidate's check now answers
-    once per process (``isa_probe._Remembered``): a compile that asks for a
-    candidate the probe is checking waits for that check, and checks one the
-    probe has not reached itself, so the two overlap and no check is built
-    twice.  A spawned worker (spawned_workers.py) thus reads its first job
-    while its probe runs, and says it is ready (the pool's signal that its
-    start is over: NOTE: [an idle worker is not watched]) only when the probe
-    ends.  Where the candidates are not Stitch's to answer (``answers_shared``
-    is false: not x86, a configured ``vec_isa_ok``), the compile waits for
-    the whole probe, as before.
+    Autograd's trace and the lowering.  Now Inductor's list of valid ISAs
+    (``valid_vec_isa_list``, which ``pick_vec_isa`` looks up in its module
+    at each call) waits for the probe's thread when another thread asks, so
+    a compile runs beside the probe until that ask.  It waits for the whole
+    probe, never for one candidate's check: a candidate's ``__bool__``
+    changes its own compiler flags while it checks an extension (AVX-512's
+    bf16, AMX's fp16) and puts back the flags it read, so two threads in one
+    candidate's check at once could leave the extension's flag set for every
+    kernel after (a review found it, on this AVX-512 machine).  Each check
+    also answers once per process (``isa_probe._Remembered``), whoever asks.
+    A spawned worker (spawned_workers.py) thus reads its first job while its
+    probe runs, and says it is ready (the pool's signal that its start is
+    over: NOTE: [an idle worker is not watched]) only when the probe ends.
+    Where a release lacks ``valid_vec_isa_list``, the compile waits for the
+    whole probe before it begins, as before.
     """
     global _probe
     if cpu:

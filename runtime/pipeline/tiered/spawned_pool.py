@@ -238,7 +238,10 @@ class SpawnedPool:
         worker.idle_since = time.monotonic()
         with self._lock:
             worker.working = False
-            controller().forget(worker.pid)  # NOTE: [an idle worker is not watched]
+            # NOTE: [an idle worker is not watched]; one still probing the ISA
+            # is forgotten when it says it is ready.
+            if worker.ready.is_set():
+                controller().forget(worker.pid)
             self._idle.append(worker)
         timer = threading.Timer(self.idle_s, self._let_idle_go)
         timer.daemon = True
@@ -318,9 +321,9 @@ class SpawnedPool:
                 os.read(ready_read, 1)  # one byte, or the end: it died starting
             os.close(ready_read)
             with self._lock:  # not between take() and its launch's watch
+                worker.ready.set()  # under the lock, as give_back reads it
                 if not worker.working:
                     controller().forget(worker.pid)
-            worker.ready.set()
 
         threading.Thread(
             target=wait_ready, name=f"stitch-worker-ready-{process.pid}", daemon=True
