@@ -156,6 +156,7 @@ COMPILE_BESIDE = textwrap.dedent("""
     not sys.platform.startswith("linux") or platform.machine() != "x86_64",
     reason="Inductor probes x86 ISAs one by one only on x86 Linux",
 )
+@pytest.mark.extended  # 30-40 s on torch 2.11: NOTE: [CI's extended tests]
 def test_a_compile_begins_beside_the_probe_and_no_check_is_built_twice(tmp_path):
     cache = str(tmp_path / "inductor")
     done = subprocess.run(

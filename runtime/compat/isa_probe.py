@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -114,6 +115,31 @@ def remember_answers() -> None:
     for isa in _isa_candidates(cpu_vec_isa):
         if "check_build" not in vars(isa):
             isa.check_build = _Remembered(isa)
+
+
+def asks_wait_for(probe: Callable[[], threading.Thread | None]) -> bool:
+    """Have Inductor's list of valid ISAs (what ``pick_vec_isa`` reads, a
+    module attribute looked up at each call) wait for ``probe()``'s thread,
+    when another thread asks (NOTE: [a compile waits for the probe only where
+    it asks], pipeline/inductor_warmup.py); whether it does."""
+    from torch._inductor import cpu_vec_isa
+
+    real = getattr(cpu_vec_isa, "valid_vec_isa_list", None)
+    if real is None or getattr(real, "_stitch_waits_for_probe", False):
+        return real is not None
+
+    def valid_vec_isa_list() -> Any:
+        thread = probe()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()  # a thread that forked is dead here: no wait
+        return real()
+
+    valid_vec_isa_list._stitch_waits_for_probe = True  # type: ignore[attr-defined]
+    for name in ("cache_clear", "cache_info", "__wrapped__"):
+        if hasattr(real, name):
+            setattr(valid_vec_isa_list, name, getattr(real, name))
+    cpu_vec_isa.valid_vec_isa_list = valid_vec_isa_list
+    return True
 
 
 class _Remembered:

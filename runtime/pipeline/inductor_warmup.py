@@ -27,26 +27,8 @@ def inductor_ready() -> None:
 
 
 def _asks_wait() -> bool:
-    """Have Inductor's list of valid ISAs (what ``pick_vec_isa`` reads) wait
-    for the probe when another thread asks for it; whether it does."""
-    from torch._inductor import cpu_vec_isa
-
-    real = getattr(cpu_vec_isa, "valid_vec_isa_list", None)
-    if real is None or getattr(real, "_stitch_waits_for_probe", False):
-        return real is not None
-
-    def valid_vec_isa_list() -> Any:
-        probe = _probe
-        if probe is not None and probe is not threading.current_thread():
-            probe.join()  # a thread that forked is dead here: no wait
-        return real()
-
-    valid_vec_isa_list._stitch_waits_for_probe = True  # type: ignore[attr-defined]
-    for name in ("cache_clear", "cache_info", "__wrapped__"):
-        if hasattr(real, name):
-            setattr(valid_vec_isa_list, name, getattr(real, name))
-    cpu_vec_isa.valid_vec_isa_list = valid_vec_isa_list
-    return True
+    """Have Inductor's first ask for the ISA wait for the probe; whether it does."""
+    return isa_probe.asks_wait_for(lambda: _probe)
 
 
 def probe_done(timeout: float | None = None) -> bool:
