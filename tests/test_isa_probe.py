@@ -6,17 +6,13 @@ answers remembered]), with neither a build nor a load."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
-import select
-import signal
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 
@@ -208,53 +204,3 @@ def test_inductors_list_of_valid_isas_waits_for_the_whole_probe(
     release.set()
     asker.join(60)
     assert got == [["an ISA"]]
-
-
-class _SlowISA:
-    """A candidate whose check takes a while and counts itself."""
-
-    def __init__(self) -> None:
-        self.checks = 0
-
-    def check_build(self, code: str) -> bool:
-        self.checks += 1
-        time.sleep(0.3)
-        return code == "ok"
-
-
-def test_one_check_per_code_and_a_forked_child_never_waits_on_its_parents_check():
-    from stitch.runtime.compat.isa_probe import _Remembered
-
-    isa = _SlowISA()
-    ask = _Remembered(isa)
-    answers: list[bool] = []
-    threads = [
-        threading.Thread(target=lambda: answers.append(ask("ok"))) for _ in range(3)
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert answers == [True] * 3 and isa.checks == 1
-    assert ask("no") is False and ask("no") is False and isa.checks == 2
-
-    # Fork while a thread of this process is inside a check (its lock held).
-    inside = threading.Thread(target=ask, args=("later",))
-    inside.start()
-    time.sleep(0.1)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child asks the same check: its own, not a wait for ever
-        os.write(write, b"1" if ask("later") is False else b"0")
-        os._exit(0)
-    os.close(write)
-    try:
-        ready, _, _ = select.select([read], [], [], 10)
-        assert ready, "the forked child waited on a lock its parent's thread held"
-        assert os.read(read, 1) == b"1"
-    finally:
-        inside.join()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)  # one that waits for ever
-        os.waitpid(pid, 0)
-        os.close(read)

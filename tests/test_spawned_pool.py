@@ -6,6 +6,7 @@ leaves serving on the uncompiled pieces, never a hang or an orphan."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,19 @@ def _spawn(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def wait_gone(pids: list[int], seconds: float = 20.0) -> bool:
     return until(lambda: all(gone(p) for p in pids), seconds)
+
+
+@contextlib.contextmanager
+def one_cpu_worker() -> Iterator[tuple[SpawnedPool, int]]:
+    """A pool of one worker for the CPU, started; closed after, its worker gone."""
+    pool = SpawnedPool(1)
+    pool.start(cpu=True)
+    try:
+        (pid,) = pool.idle_pids()
+        yield pool, pid
+    finally:
+        pool.close()
+    assert wait_gone([pid])
 
 
 def settle(model: Any, fn: Any, backend: Any, cfg: LlamaConfig = TINY) -> Any:
@@ -91,17 +106,11 @@ def test_a_worker_for_the_cpu_starts_no_subprocess_pool(
     # NOTE: [no subprocess pool for C++ kernels]: two compile threads would
     # have Inductor's sidecar pool started, and it builds no C++ kernel.
     monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "2")
-    pool = SpawnedPool(1)
-    pool.start(cpu=True)
-    try:
-        (pid,) = pool.idle_pids()
+    with one_cpu_worker() as (pool, pid):
         assert pool.wait_ready(READY_S)
         assert family(pid) == [pid], [
             Path(f"/proc/{p}/cmdline").read_bytes() for p in family(pid)
         ]
-    finally:
-        pool.close()
-    assert wait_gone([pid])
 
 
 def test_serving_first_watches_a_worker_starting_or_at_work_never_idle(
@@ -110,10 +119,7 @@ def test_serving_first_watches_a_worker_starting_or_at_work_never_idle(
     # NOTE: [an idle worker is not watched]: once none is watched, the
     # controller's thread (a wake-up every tick) ends.
     monkeypatch.setenv("STITCH_SERVING_FIRST", "1")
-    pool = SpawnedPool(1)
-    pool.start(cpu=True)
-    try:
-        (pid,) = pool.idle_pids()
+    with one_cpu_worker() as (pool, pid):
         assert controller().workers == [pid]  # its imports compete with a start
         assert pool.wait_ready(READY_S)
         assert pid not in controller().workers
@@ -125,9 +131,6 @@ def test_serving_first_watches_a_worker_starting_or_at_work_never_idle(
         pool.give_back(worker)  # its job reported in full
         assert pid not in controller().workers
         assert until(lambda: not controller().running, 5.0)
-    finally:
-        pool.close()
-    assert wait_gone([pid])
 
 
 def test_a_worker_killed_while_idle_is_replaced_with_one_warning(

@@ -11,7 +11,6 @@ import os
 import sys
 import tempfile
 import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -143,32 +142,12 @@ def asks_wait_for(probe: Callable[[], threading.Thread | None]) -> bool:
 
 
 class _Remembered:
-    """A candidate's ``check_build``, answered from its record when it has
-    one, and once per code in this process: a second thread asking while the
-    first checks waits for its answer."""
+    """A candidate's ``check_build``, answered from its record when it has one."""
 
     def __init__(self, isa: Any) -> None:
         self.isa = isa
-        self._answers: dict[str, bool] = {}
-        self._new_locks()
-        _ALL.add(self)
-
-    def _new_locks(self) -> None:
-        # Also in a forked child: a check running in a thread of the parent
-        # when it forked holds its lock there for ever.
-        self._locks: dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()
 
     def __call__(self, code: str) -> bool:
-        with self._lock:
-            lock = self._locks.setdefault(code, threading.Lock())
-        with lock:
-            if code not in self._answers:
-                # Not kept where the check raised: the next asker checks again.
-                self._answers[code] = self._check(code)
-            return self._answers[code]
-
-    def _check(self, code: str) -> bool:
         path = _record(self.isa, code)
         if path is not None and os.path.isfile(path):
             return True
@@ -178,17 +157,6 @@ class _Remembered:
         if passed and path is not None:
             _write(path, str(self.isa))
         return passed
-
-    @staticmethod
-    def after_fork() -> None:
-        for remembered in list(_ALL):
-            remembered._new_locks()
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"isa": self.isa}  # locks do not pickle; answers are asked again
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["isa"])  # type: ignore[misc]
 
 
 def _record(isa: Any, code: str) -> str | None:
@@ -228,7 +196,3 @@ def _write(path: str, text: str) -> None:
         except OSError:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-
-
-_ALL: weakref.WeakSet[_Remembered] = weakref.WeakSet()
-os.register_at_fork(after_in_child=_Remembered.after_fork)

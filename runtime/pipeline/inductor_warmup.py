@@ -31,12 +31,10 @@ def _asks_wait() -> bool:
     return isa_probe.asks_wait_for(lambda: _probe)
 
 
-def probe_done(timeout: float | None = None) -> bool:
-    """Whether the ISA probe, if one was started, ended within ``timeout`` s."""
+def probe_done() -> None:
+    """Wait for the ISA probe's end, if one was started."""
     if _probe is not None:
-        _probe.join(timeout)
-        return not _probe.is_alive()
-    return True
+        _probe.join()
 
 
 # The ISA probe's thread, once start_inductor_warmup(cpu=True) started it.
@@ -90,9 +88,9 @@ def start_inductor_warmup(cpu: bool) -> None:
     changes its own compiler flags while it checks an extension (AVX-512's
     bf16, AMX's fp16) and puts back the flags it read, so two threads in one
     candidate's check at once could leave the extension's flag set for every
-    kernel after (a review found it, on this AVX-512 machine).  Each check
-    also answers once per process (``isa_probe._Remembered``), whoever asks.
-    A spawned worker (spawned_workers.py) thus reads its first job while its
+    kernel after (a review found it, on this AVX-512 machine).  Waiting at
+    the list, no thread checks a candidate the probe checks, so no check is
+    built twice.  A spawned worker (spawned_workers.py) thus reads its first job while its
     probe runs, and says it is ready (the pool's signal that its start is
     over: NOTE: [an idle worker is not watched]) only when the probe ends.
     Where a release lacks ``valid_vec_isa_list``, the compile waits for the
