@@ -186,7 +186,15 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 # that no long one is left to run alone at the end while the other worker
 # idles.  Ranked by their --durations on the 2-core CI machine; a module not
 # named keeps its place after them.  Only the order changes, in every run.
+# The extended step's heaviest come first (the README's suite skips them, so
+# their place costs it nothing): the server's soak module above all, three
+# minutes in .ci/run's extended step (NOTE: [CI's extended tests]).
 HEAVIEST_MODULES = (
+    "test_hf_serve_requests.py",
+    "test_tiered.py",
+    "test_tiered_default.py",
+    "test_fleet_cache.py",
+    "test_hf_longcat.py",
     "test_hf.py",
     "test_hf_stitch.py",
     "test_distributed.py",

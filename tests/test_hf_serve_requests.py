@@ -38,8 +38,8 @@ from serve_support import health, post
 PAST_VOCAB = VOCAB + 72
 PROMPTS = [[7, 21, 3, 90, 44], [5, 6], [100, 2, 8, 9, 31, 77, 12, 64, 3], [9]]
 PROMPT = PROMPTS[0]
-# The soak's length: STITCH_SOAK_SECONDS (.ci/run runs 180, the three
-# minutes); 20 in the README's suite.
+# The soak's length: STITCH_SOAK_SECONDS (.ci/run's extended step runs 180,
+# the three minutes, beside the other extended modules); 20 otherwise.
 SOAK_SECONDS = float(os.environ.get("STITCH_SOAK_SECONDS", "20"))
 
 
