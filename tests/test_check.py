@@ -13,6 +13,7 @@ import torch
 
 from stitch.runtime import CompilationConfig
 from stitch.runtime.check import Checker, check_model
+from stitch.runtime.check.compare import measure
 from stitch.runtime.check.passes import served_static
 from stitch.runtime.check.source_lines import piece_lines
 from stitch.runtime.cudagraph import EmulatedGraphOps
@@ -169,6 +170,48 @@ def test_a_graph_replayed_on_moved_inputs_is_named(copy_inputs: bool) -> None:
         assert "replays on moved or stale inputs" in report.verdict()
         assert report.forwards[0].replayed.beyond
         assert "replay abs err" in report.table()
+
+
+def test_a_size_replayed_as_one_full_graph_is_noted_in_the_verdict() -> None:
+    """Size 3 pads to 4, captured as one graph of the whole forward: its
+    pieces replay inside it, where no replay of a piece is compared, and the
+    report says so; size 8 replays piece by piece, checked, with no note."""
+    torch._dynamo.reset()
+    model = Toy("fresh")
+    config = graph_config(
+        cudagraph_copy_inputs=True,
+        cudagraph_mode="FULL_AND_PIECEWISE",
+        max_full_cudagraph_size=4,
+    )
+    report = check_model(
+        model, model.forwards([(8, 1), (3, 2)]), config, graph_ops=EmulatedGraphOps()
+    )
+    assert report.ok
+    assert all(p.replay is not None for p in report.pieces)  # size 8's replays
+    note = (
+        "size 3 replayed one full CUDA graph of the forward (captured at size 4): "
+        "its pieces' replays were not checked, only the whole forward against eager"
+    )
+    assert report.notes == [note]
+    # The verdict (what `stitch check` prints last) ends with it.
+    assert report.verdict().splitlines()[-1] == f"note: {note}"
+    assert report.verdict().startswith("every piece agrees")
+
+
+def test_extra_rows_are_a_difference_unless_the_output_ran_padded() -> None:
+    """Rows beyond the expected ones are padding only under CUDA graphs (a
+    padded capture size); anywhere else they are a shape that differs."""
+    want = torch.arange(12.0).reshape(4, 3)
+    got = torch.cat([want, torch.full((2, 3), 7.0)])
+    plain = measure(got, want, "output")
+    assert plain.beyond and plain.abs == float("inf")
+    assert plain.first == "output 0 is float32[6, 3], not float32[4, 3]"
+    padded = measure(got, want, "output", padded=True)
+    assert not padded.beyond and padded.abs == 0.0
+    # Padding rows hide nothing in the rows that count.
+    wrong = got.clone()
+    wrong[0, 0] += 1.0
+    assert measure(wrong, want, "output", padded=True).beyond
 
 
 def test_the_search_compiles_for_the_size_where_serving_did() -> None:

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import torch
 
@@ -29,7 +30,10 @@ from stitch.runtime.cli.cache_cmd import run_explain
 from stitch.runtime.compat import shapes
 from stitch.runtime.pipeline import entry as entry_module
 from stitch.runtime.pipeline.prebuilt import load as prebuilt_load
+from stitch.runtime.store import codec
 from stitch.runtime.store.cache import CompileCache
+from stitch.runtime.store.hashing import content_hash
+from stitch.runtime.store.index import INDEX_FILE, SOURCE_FILE, Index
 from stitch.runtime.store.load_failures import read_failures
 from stitch.runtime.store.location import LOAD_FAILURES_FILE, LOCK_FILE
 
@@ -160,3 +164,35 @@ def test_a_failing_warm_load_step_compiles_instead(
     args = argparse.Namespace(entry=str(entry), other=None)
     run_explain(args, out)
     assert f"at its {failure.step} ({failure.what}): {failure.why}" in out.getvalue()
+
+
+def test_cached_source_that_fails_to_run_compiles_instead(
+    populated: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Source that reads back as recorded (its sha256 is the index's) but whose
+    top level raises when run: the warm load's source step failed, so the call
+    compiles without the cache instead of crashing (NOTE: [running cached
+    source is a step of its warm load], runtime/pipeline/materialize.py)."""
+    root = tmp_path / "cache"
+    shutil.copytree(populated[0], root)
+    entry = root / populated[1]
+    source = entry / SOURCE_FILE
+    broken = source.read_text() + "\nname_this_process_lacks\n"
+    source.write_text(broken)
+    index = codec.read(Index, str(entry / INDEX_FILE))
+    assert index.source is not None
+    record = msgspec.structs.replace(index.source, sha256=content_hash(broken.encode()))
+    (entry / INDEX_FILE).write_text(
+        msgspec.structs.replace(index, source=record).render()
+    )
+
+    compiled, deltas, warnings = run(root, caplog)  # numerics checked by run
+    (warning,) = warnings
+    assert f"{entry}: a warm load failed at its source ({SOURCE_FILE})" in warning
+    assert "NameError" in warning and "name_this_process_lacks" in warning
+    assert "this call compiles without the cache" in warning
+    assert deltas.get("num_warm_load_failures") == 1
+    assert deltas.get("num_inductor_compiles") == PIECES
+    assert compiled.warm is False and "NameError" in compiled.why_cold
+    (failure,) = read_failures(str(entry))
+    assert (failure.step, failure.what) == ("source", SOURCE_FILE)

@@ -59,15 +59,21 @@ def describe(value: Any) -> str:
 
 
 def measure(
-    got: Any, want: Any, what: str, skip: Collection[int] = frozenset()
+    got: Any,
+    want: Any,
+    what: str,
+    skip: Collection[int] = frozenset(),
+    *,
+    padded: bool = False,
 ) -> Difference:
     """How ``got`` differs from ``want``, leaf by leaf (``what`` names a leaf:
     "output", "written input"); the leaves at positions ``skip`` are not compared.
 
     A leaf of another type, shape or dtype is a difference of its own (its
-    errors infinite), and so are unequal integers or other values.  A leaf
-    longer than expected in its first dimension only (padded to a CUDA graph's
-    size) is compared on its first rows.
+    errors infinite), and so are unequal integers or other values.  Only where
+    ``got`` ran padded to a CUDA graph's capture size (``padded``) is a leaf
+    longer than expected in its first dimension alone compared on its first
+    rows: without padding, extra rows are a difference like any other shape.
     """
     found = Difference()
     got_leaves, want_leaves = tree_leaves(got), tree_leaves(want)
@@ -77,18 +83,18 @@ def measure(
         return found
     for i, (g, w) in enumerate(zip(got_leaves, want_leaves, strict=True)):
         if i not in skip:
-            found.merge(_leaf(g, w, f"{what} {i}"))
+            found.merge(_leaf(g, w, f"{what} {i}", padded))
     return found
 
 
-def _leaf(got: Any, want: Any, name: str) -> Difference:
+def _leaf(got: Any, want: Any, name: str, padded: bool) -> Difference:
     if not isinstance(want, torch.Tensor):
         if got == want or got is want:
             return Difference()
         return Difference(
             float("inf"), float("inf"), f"{name} is {got!r}, not {want!r}"
         )
-    if isinstance(got, torch.Tensor) and _padded(got, want):
+    if padded and isinstance(got, torch.Tensor) and _padded(got, want):
         got = got[: want.shape[0]]
     if (
         not isinstance(got, torch.Tensor)

@@ -8,7 +8,10 @@ compiled piece never computes from the inputs it was given (vLLM #53915 and
 #37363).  The manager here builds the piecewise tables of the served function
 with every graph wrapped in a :class:`ReplayCheck`, which, while the recorder
 runs the *replay* (NOTE: [three runs of one forward], recorder.py), calls the
-compiled piece directly on copies of the same inputs and compares.
+compiled piece directly on copies of the same inputs and compares.  A size
+captured as one full graph of the forward replays no piece on its own; its
+graph is wrapped in a :class:`FullGraphReplay`, which tells the recorder so
+(the report's notes).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..cudagraph import CUDAGraphManager, CUDAGraphTables, CUDAGraphWrapper
+from ..cudagraph.wrapper import FULL_GRAPH
 from ..loader import DISPATCH_NAME
 from .compare import copy_inputs
 from .recorder import Recorder
@@ -39,6 +43,14 @@ class CheckGraphManager(CUDAGraphManager):
                 tables, self.recorder
             )
         return piecewise, plain
+
+    def build(self, plan: Any, **kwargs: Any) -> Callable[..., Any]:
+        served = super().build(plan, **kwargs)
+        runners = getattr(served, "runners", None)
+        for size, runner in (runners or {}).items():
+            if isinstance(runner, CUDAGraphWrapper) and runner.piece == FULL_GRAPH:
+                runners[size] = FullGraphReplay(runner, self.recorder)
+        return served
 
     def bind(self, served: Any, graph: Any) -> None:
         """``graph`` (a CheckedGraph) is what ``served`` runs: its tables'
@@ -98,6 +110,20 @@ class ReplayCheck:
             direct = self.wrapper.runnable(*before)
             recorder.compare_replay(key, replayed, direct, graph.unset[self.name])
         return replayed
+
+
+class FullGraphReplay:
+    """The graph of the whole forward at one size; each call in the replay run
+    is noted (the pieces run inside it, out of the check's sight).  Like
+    :class:`ReplayCheck` it holds the wrapper's slot, so each call comes here."""
+
+    def __init__(self, wrapper: CUDAGraphWrapper, recorder: Recorder) -> None:
+        self.wrapper = wrapper
+        self.recorder = recorder
+
+    def __call__(self, *args: Any) -> Any:
+        self.recorder.full_graph(self.wrapper.size)
+        return self.wrapper(*args)
 
 
 def replays(served: Sequence[Any]) -> bool:

@@ -66,6 +66,9 @@ class Recorder:
         self.findings: dict[PieceKey, PieceFindings] = {}
         self._calls: dict[PieceKey, int] = {}
         self._reference: dict[tuple[PieceKey, int], list[Any]] = {}
+        # What the runs left unchecked, once each, in the order met (the
+        # report's notes).
+        self.notes: list[str] = []
 
     def start(self, mode: str, size: Any) -> None:
         """A forward of ``mode`` at ``size`` begins (NOTE: [three runs of one forward])."""
@@ -134,6 +137,19 @@ class Recorder:
             found.dtype = _first_float(want)
         found.output.merge(diff, self._where)
         return got
+
+    def full_graph(self, captured: int) -> None:
+        """The replay at this size ran one CUDA graph of the whole forward
+        (captured at size ``captured``): no piece's replay was compared."""
+        if self.mode != "replay":
+            return
+        note = (
+            f"size {self.size} replayed one full CUDA graph of the forward "
+            f"(captured at size {captured}): its pieces' replays were not checked, "
+            "only the whole forward against eager"
+        )
+        if note not in self.notes:
+            self.notes.append(note)
 
     def compare_replay(
         self, key: PieceKey, replayed: Any, direct: Any, skip: Collection[int]

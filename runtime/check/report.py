@@ -72,7 +72,8 @@ class ForwardResult:
 class CheckReport:
     pieces: list[PieceResult]
     forwards: list[ForwardResult]
-    # Notes on what was not checked (sizes that ran as one full graph).
+    # What was not checked (a size whose replay ran one full CUDA graph, so
+    # no piece's replay was compared); :meth:`verdict` ends with them.
     notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -142,7 +143,12 @@ class CheckReport:
         return markdown_table(headers, rows, align="r" + "r" * (len(headers) - 1))
 
     def verdict(self) -> str:
-        """What the check concludes, in a few sentences."""
+        """What the check concludes, in a few sentences, then what it did not
+        check (``note: ...``, a line each)."""
+        notes = [f"note: {note}" for note in self.notes]
+        return "\n".join([self._conclusion(), *notes])
+
+    def _conclusion(self) -> str:
         first = self.first
         if first is None:
             if self.stitching_differs:

@@ -65,7 +65,7 @@ class Checker:
                 results.append(self._forward(model, compiled, forward, state))
             state.restore()
             self.recorder.start("serve", None)
-            report = CheckReport(self._pieces(), results)
+            report = CheckReport(self._pieces(), results, list(self.recorder.notes))
             # NOTE: [the search runs without grad]
             # The forwards ran under no_grad, so Inductor compiled each piece
             # as an inference graph.  With grad on, the search's compiles would
@@ -111,7 +111,8 @@ class Checker:
             for _ in range(self.config.cudagraph_num_of_warmups + 1):
                 run(compiled, "serve", "capture", rolled)
             replayed = run(compiled, "replay", "replay")
-            result.replayed = measure(replayed, eager, "output")
+            # Only the served function runs padded to a capture size.
+            result.replayed = measure(replayed, eager, "output", padded=True)
         return result
 
     def _pieces(self) -> list[PieceResult]:

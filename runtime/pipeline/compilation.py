@@ -281,7 +281,7 @@ class Compilation:
         # The placeholder the pieces' runnables are picked by, once per forward.
         dispatch_on = hoisted_input(split.split_gm, self.size, size_indices)
         with phase("stitch_emit"):
-            code, names, consts, from_cache = stitching_source(
+            code, names, consts, read_from = stitching_source(
                 split.split_gm, cache, dispatch_on
             )
         # The entry is complete: its guards, then its source.
@@ -299,9 +299,7 @@ class Compilation:
         )
         trace_source(code)
         trace_split(reports, self.source.deferred)
-        return Emitted(
-            code, names, consts, dispatch_on, from_cache, source_file, guards
-        )
+        return Emitted(code, names, consts, dispatch_on, read_from, source_file, guards)
 
     def plan_graphs(
         self, split: Split, records: dict[str, PieceRecord], emitted: Emitted
@@ -329,16 +327,16 @@ class Compilation:
     ) -> tuple[Callable[..., Any], dict[str, PiecewiseBackend]]:
         # What runs: the serving source, or its profiling variant (never cached).
         code, consts, filename = emitted.code, emitted.consts, emitted.source_file
-        ranges = None
+        ranges, entry = None, emitted.read_from
         if self.profiler is not None:
             code, consts, ranges = self.profiler.variant(
                 split.split_gm, emitted.dispatch_on, piece_list(reports)
             )
-            filename = None
+            filename = entry = None
         # NOTE: [one plan for cold, warm and saved starts] (materialize.py):
         # here each key's runnable is the one this call compiled or loaded.
         plan = CompiledPlan(
-            code, filename, tuple(emitted.submod_names), records, consts, graphs
+            code, filename, tuple(emitted.submod_names), records, consts, graphs, entry
         )
         with phase("stitch_load"):
             fn, backends = materialize(

@@ -18,6 +18,7 @@ compile key comes from (the compile that just ran, or the cache, verified by
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,10 +29,11 @@ from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.graph_plan import GraphPlan
 from ..loader import compile_execution_fn
-from ..store.index import EntryRecord, PieceRecord
+from ..store.index import SOURCE_FILE, EntryRecord, PieceRecord
 from ..targets import Target, targets_by_key
 from .layouts import guard_layouts
 from .piecewise import PiecewiseBackend, RangeWarnings
+from .warm_load import warm_step
 
 # The runnable of one entry of a piece: (piece name, target, entry) -> runnable.
 Runnables = Callable[[str, Target, EntryRecord], Any]
@@ -50,6 +52,8 @@ class CompiledPlan:
     consts: Sequence[Any]
     # None: no CUDA graphs.
     graphs: GraphPlan | None = None
+    # The cache entry whose warm load read ``code``; None: emitted by this process.
+    read_from: str | None = None
 
 
 def materialize(
@@ -73,25 +77,35 @@ def materialize(
         for name, record in plan.pieces.items()
     }
     names = list(plan.submod_names)
-    if cudagraphs is not None and plan.graphs is not None:
-        fn = cudagraphs.build(
-            plan.graphs,
-            code=plan.code,
-            backends=backends,
-            submod_names=names,
-            consts=plan.consts,
-            filename=plan.filename,
-            ranges=ranges,
-        )
-    else:
-        fn = compile_execution_fn(
-            plan.code,
-            backends,
-            names,
-            plan.consts,
-            filename=plan.filename,
-            ranges=ranges,
-        )
+    # NOTE: [running cached source is a step of its warm load]
+    # Source read from an entry reads back whole and hashes as recorded, yet
+    # its top level may still fail to run in this process (a name it lacks, a
+    # loader check).  That is the warm load's source step failing: every
+    # error, Stitch's own included, makes the call compile without the cache
+    # (NOTE: [a warm load that fails compiles instead], warm_load.py).
+    running: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if plan.read_from is not None:
+        running = warm_step(plan.read_from, "source", SOURCE_FILE, keep=())
+    with running:
+        if cudagraphs is not None and plan.graphs is not None:
+            fn = cudagraphs.build(
+                plan.graphs,
+                code=plan.code,
+                backends=backends,
+                submod_names=names,
+                consts=plan.consts,
+                filename=plan.filename,
+                ranges=ranges,
+            )
+        else:
+            fn = compile_execution_fn(
+                plan.code,
+                backends,
+                names,
+                plan.consts,
+                filename=plan.filename,
+                ranges=ranges,
+            )
     return fn, backends
 
 

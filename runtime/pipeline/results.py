@@ -67,10 +67,15 @@ class Emitted:
     submod_names: list[str]
     consts: list[Any]
     dispatch_on: str | None
-    from_cache: bool
+    # The cache entry ``code`` was read from; None: emitted by this call.
+    read_from: str | None
     source_file: str | None
     # The guards the entry holds under (recorded or added by this call).
     guards: tuple[str, ...]
+
+    @property
+    def from_cache(self) -> bool:
+        return self.read_from is not None
 
 
 @dataclasses.dataclass

@@ -15,14 +15,15 @@ from .warm_load import warm_step
 
 def stitching_source(
     split_gm: fx.GraphModule, cache: CompileCache | None, dispatch_on: str | None
-) -> tuple[str, list[str], list[Any], bool]:
-    """``(code, piece names, constants, whether the code came from the cache)``."""
+) -> tuple[str, list[str], list[Any], str | None]:
+    """``(code, piece names, constants, the entry the code was read from)``; the
+    entry is None when the code was emitted anew."""
     if cache is not None and cache.has_source():
         _, names, consts = lower_execution(split_gm, dispatch_on=dispatch_on)
         # NOTE: [a warm load that fails compiles instead] (warm_load.py)
         with warm_step(cache.directory, "source", SOURCE_FILE):
             code = cache.read_source(names, dispatch_on)
         if code is not None:
-            return code, names, consts, True
+            return code, names, consts, cache.directory
     code, names, consts = generate_execution_code(split_gm, dispatch_on=dispatch_on)
-    return code, names, consts, False
+    return code, names, consts, None
