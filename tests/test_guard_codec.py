@@ -168,8 +168,9 @@ def test_every_guard_reads_back_exactly_and_installs(name: str, data: Any) -> No
     assume(guard not in (sympy.true, sympy.false))
     try:
         text = encode(guard)
-    except GuardCodecError as exc:  # a shift by thousands of bits, say
-        assume("longer than" not in str(exc))
+    except GuardCodecError as exc:  # a shift by thousands of bits, say, or a
+        # power past the bounds (s**81), refused when written as when read
+        assume("longer than" not in str(exc) and ", past " not in str(exc))
         raise
     back = decode(text)
     assert back == guard, (text, back, guard)
@@ -255,3 +256,75 @@ def test_messages_show_the_guard_as_sympy_prints_it() -> None:
     guard = sympy.Ne(floor_div(a, b), 0)
     assert readable(encode(guard)) == str(guard)
     assert readable("Ne(s0, 7)") == "Ne(s0, 7)"  # old text: as written
+
+
+def test_the_bounds_of_real_guards_read_back_and_evaluate() -> None:
+    """NOTE: [a recorded guard is bounded before anything is computed]
+    (runtime/compat/guard_bounds.py): what real guards hold reads back, and
+    evaluates at a size to what ``xreplace`` gives."""
+    from torch.utils._sympy.numbers import int_oo
+
+    from stitch.runtime.compat.guard_bounds import evaluate
+    from stitch.runtime.compat.guard_codec import read_guard
+
+    fn = torch_classes()
+    _, (a, b, c, d) = shape_env()
+    guards = [
+        64 * a * b <= 2147483647,
+        sympy.Lt(a * b * c * d, 9223372036854775807),
+        sympy.Lt(a, int_oo),
+        sympy.Ne(fn["PowByNatural"](a, 2), 9),
+        sympy.Eq(fn["FloorDiv"](a * b, 2**63), 0),
+        sympy.Ge(fn["LShift"](a, 3) + fn["RShift"](b, 63), 8),
+        sympy.Lt(fn["FloatPow"](fn["ToFloat"](a), sympy.Float(0.5)), 9),
+    ]
+    for guard in guards:
+        text = encode(guard)
+        assert read_guard(text, {}) == guard == decode(text)
+        for values in ({a: 3, b: 5, c: 8, d: 12}, {a: 2**31, b: 2**31, c: 9, d: 9}):
+            at = {s: values[s] for s in guard.free_symbols}
+            assert evaluate(guard, at) == guard.xreplace(
+                {s: sympy.Integer(v) for s, v in at.items()}
+            ), guard
+    assert read_guard(f"{a} < 2147483647", {str(a): a}) == sympy.Lt(a, 2147483647)
+
+
+S0 = "Symbol('s0', integer=True, positive=True)"
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        # Structural text (what encode writes).
+        (f"Integer({hex(2**70000)})", "70001 bits, past 65536"),
+        ("Float('1.5', precision=5000)", "precision, past 1024"),
+        ("Pow(Integer(2), Rational(1, 2))", "by the fraction 1/2"),
+        ("torch.PowByNatural(Integer(2), torch.Identity(Integer(9999)))", "past 4096"),
+        (f"Mul(Integer({hex(2**40000)}), Integer({hex(2**40000)}))", "past 65536"),
+        (f"Pow({S0}, Integer(65))", "degree 65, past 64"),
+        ("Mul(Integer(2), " * 40 + "Integer(1)" + ")" * 40, None),  # 2**40
+        # Old printed text.
+        ("s0 < 2 << 3", "a shift"),
+        ("s0 < " + "*".join(["9" * 7000] * 3), "bits together"),
+        ("s0" + "*s0" * 80 + " < 2", "degree 81, past 64"),
+        ("s0" + "*s0" * 7 + " < 2", None),
+    ],
+)
+def test_a_guard_past_the_bounds_is_refused_as_it_is_read(
+    text: str, why: str | None
+) -> None:
+    """NOTE: [a recorded guard is bounded before anything is computed]."""
+    from stitch.runtime.compat.guard_codec import decode_legacy
+
+    s0 = sympy.Symbol("s0", integer=True, positive=True)
+    structural = text.endswith(")")
+
+    def read() -> Any:
+        return decode(text) if structural else decode_legacy(text, {"s0": s0})
+
+    if why is None:
+        read()
+        return
+    with pytest.raises(GuardCodecError, match=why) as refused:
+        read()
+    assert len(str(refused.value)) < 1000  # the guard is named, shortened

@@ -64,10 +64,11 @@ def test_guards_on_the_size_alone_become_a_predicate_of_the_size() -> None:
     structural = size_predicate(gm, 1, recorded)
     assert structural is not None
     assert [structural(k) for k in (1, 8, 9)] == [True, True, False]
-    # Floor division and modulo, read at an integer, give torch's values.
-    floors = size_predicate(gm, 1, [f"({s}//3) <= 2", f"Ne(Mod({s}, 2), 1)"])
-    assert floors is not None
-    assert [floors(k) for k in (6, 7, 8, 9)] == [True, False, True, False]
+    # Old printed text reads only where it is unambiguous (NOTE: [which old
+    # text guards still read], compat/guard_codec.py): no floor division or
+    # modulo, which it cannot tell torch's from sympy's.
+    for text in (f"({s}//3) <= 2", f"Ne(Mod({s}, 2), 1)"):
+        assert size_predicate(gm, 1, [text]) is None
 
 
 @pytest.mark.parametrize(

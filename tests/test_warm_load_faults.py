@@ -62,7 +62,7 @@ def injected(*args: Any, **kwargs: Any) -> Any:
 
 # step -> (what to patch, its attribute, what the warning names, what it does next)
 STEPS = {
-    "guards decode": (shapes, "decode", "guard Ne(", "next entry of its chain"),
+    "guards decode": (shapes, "read_guard", "guard Ne(", "next entry of its chain"),
     "guards install": (entry_module, "install_guard", "guard Ne(", "without the cache"),
     "source": (CompileCache, "read_source", "execution_fn.py", "without the cache"),
     "pieces": (CompileCache, "lookup", "piece submod_", "without the cache"),

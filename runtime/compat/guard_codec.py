@@ -26,18 +26,29 @@ only where it cannot be ambiguous: comparisons (``Eq Ne Lt Le Gt Ge`` or
 integers over the ShapeEnv's symbols; nothing that prints a division, a
 modulus, a power, a floor, a min or max, or any other function (``/``, ``//``,
 ``%``, ``**`` and every other name), whose printed form is the same for
-torch's integer function and sympy's real one.  Any other text is not a guard
-this version can read, and the entry is treated as missing.
+torch's integer function and sympy's real one, and no shift (``<<``, ``>>``:
+``str()`` never prints one).  Any other text is not a guard this version can
+read, and the entry is treated as missing.
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
-from stitch.core.errors import StitchCacheError
+from .guard_bounds import (
+    MAX_BITS,
+    MAX_PRECISION,
+    GuardCodecError,
+    build,
+    check_tree,
+    number,
+    shown,
+)
 
 TORCH_PREFIX = "torch."
 # sympy's classes a guard may hold besides torch's; atoms are written apart.
@@ -56,11 +67,7 @@ MAX_DEPTH = 64
 _LEGACY_TEXT = re.compile(r"(?:[A-Za-z0-9_ (),+\-*&|~]|[<>]=?)*")
 _LEGACY_NAMES = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _LEGACY_FUNCTIONS = ("Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not")
-
-
-class GuardCodecError(StitchCacheError):
-    """A guard that cannot be written or read back exactly (the message names
-    the guard and the node)."""
+_LEGACY_NUMBERS = re.compile(r"(?<![A-Za-z0-9_])[0-9]+")
 
 
 @functools.lru_cache(maxsize=1)
@@ -110,6 +117,7 @@ def encode(expr: Any) -> str:
     """``expr`` as structural text; :class:`GuardCodecError` naming the guard and
     the node when it holds a class outside the allow-list."""
     try:
+        check_tree(expr)  # what is on disk reads back
         text = _encode(expr)
     except GuardCodecError as exc:
         raise GuardCodecError(f"guard {expr} cannot be recorded: it {exc}") from None
@@ -153,16 +161,16 @@ def decode(text: str) -> Any:
         tree = ast.parse(text, mode="eval").body
     except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         raise GuardCodecError(
-            f"guard {text!r} does not parse ({type(exc).__name__})"
+            f"guard {shown(text)!r} does not parse ({type(exc).__name__})"
         ) from None
     try:
         return _decode(tree, 0)
     except GuardCodecError as exc:
-        raise GuardCodecError(f"guard {text!r} does not decode: {exc}") from None
+        raise GuardCodecError(f"guard {shown(text)!r} does not decode: {exc}") from None
     except (TypeError, ValueError, ArithmeticError, RecursionError) as exc:
         raise GuardCodecError(
-            f"guard {text!r} does not decode: sympy refused it "
-            f"({type(exc).__name__}: {exc})"
+            f"guard {shown(text)!r} does not decode: sympy refused it "
+            f"({type(exc).__name__}: {shown(exc)})"
         ) from None
 
 
@@ -176,7 +184,7 @@ def _decode(node: ast.AST, depth: int) -> Any:
         return _atom(name, node)
     if node.keywords:
         raise GuardCodecError(f"passes keywords to {name}")
-    return cls(*(_decode(a, depth + 1) for a in node.args))
+    return build(cls, [_decode(a, depth + 1) for a in node.args])
 
 
 def _class_of(func: ast.AST) -> tuple[str, Any]:
@@ -220,10 +228,20 @@ def _atom(name: str, node: ast.Call) -> Any:
         keywords = {k.arg: _constant(k.value, int) for k in node.keywords}
         if set(keywords) != {"precision"}:
             raise GuardCodecError("gives Float other than its precision")
-        return sympy.Float(digits, precision=keywords["precision"])
+        if (
+            len(digits) > MAX_PRECISION
+            or not 0 < keywords["precision"] <= MAX_PRECISION
+        ):
+            raise GuardCodecError(
+                f"gives Float digits or a precision, past {MAX_PRECISION}"
+            )
+        return number(sympy.Float(digits, precision=keywords["precision"]))
     if node.keywords:
         raise GuardCodecError(f"passes keywords to {name}")
     numbers = [_constant(a, int) for a in node.args]
+    held = sum(n.bit_length() for n in numbers)
+    if held > MAX_BITS:
+        raise GuardCodecError(f"gives {name} {held} bits, past {MAX_BITS}")
     if name == "Integer" and len(numbers) == 1:
         return sympy.Integer(numbers[0])
     if name == "Rational" and len(numbers) == 2 and numbers[1] != 0:
@@ -231,16 +249,34 @@ def _atom(name: str, node: ast.Call) -> Any:
     raise GuardCodecError(f"gives {name} {len(numbers)} numbers")
 
 
-def decode_legacy(text: str, symbols: dict[str, Any]) -> Any:
+def decode_legacy(text: str, symbols: Mapping[str, Any]) -> Any:
     """A guard recorded as ``str()`` text before :func:`encode` existed, over the
     ShapeEnv's ``symbols`` by name; :class:`GuardCodecError` where the text is
     not unambiguous (NOTE: [which old text guards still read])."""
     import sympy
 
-    if not isinstance(text, str) or not _LEGACY_TEXT.fullmatch(text) or "**" in text:
+    if (
+        not isinstance(text, str)
+        or len(text) > MAX_TEXT
+        or not _LEGACY_TEXT.fullmatch(text)
+        or "**" in text
+    ):
         raise GuardCodecError(
             f"guard {str(text)[:80]!r} was recorded as text that may print a "
             "division, modulus or power, which text cannot tell torch's from sympy's"
+        )
+    # NOTE: [a recorded guard is bounded before anything is computed]
+    # (guard_bounds.py): sympy would compute 1<<(1<<40) as it reads it.
+    if "<<" in text or ">>" in text:
+        raise GuardCodecError(
+            f"guard {shown(text)!r} was recorded as text holding a shift, which "
+            "str() never prints"
+        )
+    digits = sum(len(d) for d in _LEGACY_NUMBERS.findall(text))
+    if digits * math.log2(10) > MAX_BITS:
+        raise GuardCodecError(
+            f"guard {shown(text)!r} was recorded as text whose integers hold "
+            f"more than {MAX_BITS} bits together"
         )
     names = set(_LEGACY_NAMES.findall(text))
     unknown = sorted(
@@ -248,18 +284,45 @@ def decode_legacy(text: str, symbols: dict[str, Any]) -> Any:
     )
     if unknown:
         raise GuardCodecError(
-            f"guard {text!r} was recorded as text naming {', '.join(unknown)}: "
+            f"guard {shown(text)!r} was recorded as text naming "
+            f"{shown(', '.join(unknown))}: "
             "neither a size of this graph nor a comparison"
         )
     allowed = {n: getattr(sympy, n) for n in _LEGACY_FUNCTIONS} | {
         n: symbols[n] for n in names if n in symbols
     }
     try:
-        return sympy.sympify(text, locals=allowed)
-    except (sympy.SympifyError, SyntaxError, TypeError, ValueError) as exc:
+        read = sympy.sympify(text, locals=allowed)
+        check_tree(read)  # s0*s0*...*s0 is a power
+        return read
+    except GuardCodecError as exc:
+        raise GuardCodecError(f"guard {shown(text)!r} does not read: {exc}") from None
+    except (
+        sympy.SympifyError,
+        SyntaxError,
+        TypeError,
+        ValueError,
+        ArithmeticError,
+        RecursionError,
+    ) as exc:
         raise GuardCodecError(
-            f"guard {text!r} does not parse ({type(exc).__name__})"
+            f"guard {shown(text)!r} does not parse ({type(exc).__name__})"
         ) from None
+
+
+def read_guard(text: str, symbols: Mapping[str, Any]) -> Any:
+    """A recorded guard (an entry's, a fleet store's, a worker's report) as a
+    sympy expression, over ``symbols`` (this graph's sizes by name) where it is
+    old text: the one way a recorded guard is read.  Structural text decodes
+    (:func:`decode`); an older entry's text reads where it is unambiguous
+    (:func:`decode_legacy`); neither evaluates anything (NOTE: [a recorded guard
+    is bounded before anything is computed] in ``guard_bounds.py``).
+    :class:`GuardCodecError` naming the guard and why, otherwise."""
+    if not isinstance(text, str):
+        raise GuardCodecError(f"guard {shown(text)!r} is not text")
+    if is_structural(text):
+        return decode(text)
+    return decode_legacy(text, symbols)
 
 
 def is_structural(text: str) -> bool:

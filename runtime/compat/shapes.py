@@ -27,7 +27,8 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from .guard_codec import decode, decode_legacy, encode, is_structural
+from .guard_bounds import evaluate, shown
+from .guard_codec import encode, read_guard
 
 
 def known_equal(a: Any, b: Any) -> bool:
@@ -123,17 +124,17 @@ def added_guards(mark: GuardMark | None) -> list[str]:
 
 def decode_guard(shape_env: Any, text: str) -> Any:
     """The recorded guard ``text`` as a sympy expression over this ShapeEnv's
-    symbols; :class:`GuardCodecError` saying why when it does not decode."""
-    backed = backed_values(shape_env)
-    if is_structural(text):
-        return decode(text)
-    return decode_legacy(text, {str(s): s for s in backed})
+    symbols, read by the codec's one reader (never evaluated: NOTE: [a recorded
+    guard is bounded before anything is computed] in ``guard_bounds.py``);
+    :class:`GuardCodecError` saying why when it does not decode."""
+    return read_guard(text, {str(s): s for s in backed_values(shape_env)})
 
 
 def check_guards(shape_env: Any, guards: Sequence[str]) -> str:
     """ "" when every guard holds for this call's inputs; else which one does not,
     and the values it was evaluated at.  Installs nothing; raises
-    :class:`GuardCodecError` for a guard that does not decode."""
+    :class:`GuardCodecError` for a guard that does not decode, or whose value
+    here would be past the codec's bounds."""
     import sympy
 
     backed = backed_values(shape_env)
@@ -141,13 +142,13 @@ def check_guards(shape_env: Any, guards: Sequence[str]) -> str:
         expr = decode_guard(shape_env, text)
         unknown = sorted(str(s) for s in expr.free_symbols if s not in backed)
         if unknown:
-            return f"guard {expr} names sizes this graph does not have ({', '.join(unknown)})"
-        value = expr.xreplace(backed)
+            return f"guard {shown(expr)} names sizes this graph does not have ({', '.join(unknown)})"
+        value = evaluate(expr, backed)
         if value is not sympy.true:
             values = ", ".join(
                 f"{s}={backed[s]}" for s in sorted(expr.free_symbols, key=str)
             )
-            return f"guard {expr} does not hold for {values}"
+            return f"guard {shown(expr)} does not hold for {values}"
     return ""
 
 

@@ -15,12 +15,16 @@ predicate runs once per size, never per call.  A guard over any other symbol,
 or one that does not parse, still leaves the piece uncompiled; the entry
 records every guard, and the next start checks them as Dynamo guards.
 
-The guards arrive as recorded text (the worker's report, the entry's index):
-structural text decodes to torch's own functions (NOTE: [guards are recorded
-by structure, not printed], compat/guard_codec.py); an older entry's printed
-text is read with sympy, which is exact here because each guard is only ever
-evaluated at an integer, where ``//`` read as ``floor(a/b)`` and ``%`` as
-``Mod`` give torch's values.  Symbols are matched by name.
+The guards arrive as recorded text (the worker's report, the fleet store's
+index), which this process did not write: they are read by the codec's one
+reader, ``read_guard`` (compat/guard_codec.py), never by sympy's parser, and
+evaluated at a size under its bounds (NOTE: [a recorded guard is bounded
+before anything is computed], compat/guard_bounds.py).  Structural text
+decodes to torch's own functions (NOTE: [guards are recorded by structure,
+not printed]); an older entry's printed text reads only where it is
+unambiguous (NOTE: [which old text guards still read]).  A guard the codec
+refuses leaves the piece uncompiled, with a warning saying why.  Symbols are
+matched by name.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from typing import Any
 
 import torch.fx as fx
 
-from ...compat.guard_codec import GuardCodecError, decode, is_structural
+from ...compat.guard_bounds import evaluate
+from ...compat.guard_codec import GuardCodecError, read_guard
 from ..piecewise import PiecewiseBackend, Runnable
 
 
@@ -51,15 +56,17 @@ def size_predicate(
     graph: fx.GraphModule, size_index: int | None, guards: Sequence[str]
 ) -> Callable[[int], bool] | None:
     """Whether ``guards`` hold at a size, when they name the piece's runtime size
-    alone (NOTE: [guards a landing adds on the size alone]); else None."""
+    alone (NOTE: [guards a landing adds on the size alone]); else None (the
+    piece stays uncompiled; :func:`refused_guard` says why, where the codec
+    refused one)."""
     import sympy
 
     symbol = size_symbol(graph, size_index)
     if symbol is None:
         return None
     try:
-        parsed = [_read(g, symbol) for g in guards]
-    except (GuardCodecError, sympy.SympifyError, SyntaxError, TypeError, ValueError):
+        parsed = [read_guard(g, {symbol.name: symbol}) for g in guards]
+    except GuardCodecError:
         return None
     names = {str(symbol)}
     if any(
@@ -69,19 +76,25 @@ def size_predicate(
 
     def holds(size: int) -> bool:
         try:
-            return all(bool(p.subs({s: size for s in p.free_symbols})) for p in parsed)
-        except TypeError:  # not decided at this size: the uncompiled piece serves
-            return False
+            return all(
+                evaluate(p, {s: size for s in p.free_symbols}) is sympy.true
+                for p in parsed
+            )
+        except GuardCodecError:  # past the bounds at this size, or sympy
+            return False  # refused it: the uncompiled piece serves
 
     return holds
 
 
-def _read(text: str, symbol: Any) -> Any:
-    import sympy
-
-    if is_structural(text):
-        return decode(text)
-    return sympy.sympify(text, locals={symbol.name: symbol})
+def refused_guard(guards: Sequence[str]) -> str:
+    """Why the codec refuses one of ``guards`` (read over no known symbols,
+    which the structural text names itself), or "" where it reads them all."""
+    for text in guards:
+        try:
+            read_guard(text, {})
+        except GuardCodecError as exc:
+            return str(exc)
+    return ""
 
 
 class SizeGuardedPiece(PiecewiseBackend):
@@ -112,4 +125,10 @@ def guard_piece(
     }
 
 
-__all__ = ["SizeGuardedPiece", "guard_piece", "size_predicate", "size_symbol"]
+__all__ = [
+    "SizeGuardedPiece",
+    "guard_piece",
+    "refused_guard",
+    "size_predicate",
+    "size_symbol",
+]

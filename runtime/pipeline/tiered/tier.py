@@ -59,7 +59,7 @@ from ...store.index import EntryRecord, PieceRecord
 from ...targets import Target
 from ..artifact_source import ArtifactSource
 from ..piecewise import PiecewiseBackend, RangeWarnings
-from .size_guards import guard_piece, size_predicate
+from .size_guards import guard_piece, refused_guard, size_predicate
 from .swap_check import copy_input, differences, unset_outputs
 
 log = logging.getLogger("stitch")
@@ -157,10 +157,15 @@ class Tier:
             else None
         )
         if guards and holds is None:
+            refused = refused_guard(guards)
             self.give_up(
                 name,
-                f"its compile added the guards {[readable(g) for g in guards]}, which "
-                "this process's graph does not hold (the next start uses them)",
+                (
+                    f"a guard its compile reported is refused: {refused}"
+                    if refused
+                    else f"its compile added the guards {[readable(g) for g in guards]}, "
+                    "which this process's graph does not hold (the next start uses them)"
+                ),
             )
         else:
             if holds is not None:
