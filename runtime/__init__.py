@@ -32,6 +32,7 @@ from .pipeline.api import (
     StitchBackend,
     StitchFunction,
     stitch_backend,
+    wait_compiled,
 )
 from .saved.aot import AOTCompiledModel, aot_compile
 
@@ -52,4 +53,5 @@ __all__ = [
     "load_execution_module",
     "source_filename",
     "stitch_backend",
+    "wait_compiled",
 ]

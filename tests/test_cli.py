@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -51,6 +52,39 @@ def test_run_checks_every_size_against_eager_and_reports_paths(tmp_path: Path) -
     dumped = (tmp_path / "dump" / "execution_fn.py").read_text()
     assert Path(emitted).read_text() == dumped
     assert (tmp_path / "dump" / "index.md").exists()
+
+
+@pytest.mark.slow
+def test_run_tiered_serves_waits_for_every_piece_then_checks_compiled_pieces(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``stitch run --example NAME --tiered``: a tiered start that serves, waits
+    for its pieces as the docs say before timing (NOTE: [say what is still
+    compiling]), swaps every one in, and compares with eager after."""
+    import threading
+
+    import torch
+
+    from stitch.runtime.pipeline.tiered import tiered_piece
+
+    torch._dynamo.reset()
+    # Said once a process: as if this were the process's first tier.
+    monkeypatch.setattr(tiered_piece, "_SAID", threading.Event())
+    caplog.set_level("WARNING", logger="stitch")
+    argv = ["run", "--example", "two_layer", "--sizes", "4,7", "--tiered"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main([*argv, "--cache-dir", str(tmp_path / "cache")])
+    text = out.getvalue()
+    assert status == 0, text
+    assert [r[-1] for r in markdown_rows(text)[1:]] == ["yes", "yes"], text
+    assert "tiered start: first output at" in text, text
+    swapped = re.findall(r"(submod_\d+): compiled at [\d.]+s, swapped in at", text)
+    assert len(swapped) == 3 and "uncompiled" not in text, text
+    assert "last swap at" in text, text
+    said = [r for r in caplog.records if "compile in compile workers" in r.message]
+    assert len(said) == 1, [r.message for r in caplog.records]
+    torch._dynamo.reset()
 
 
 def test_inspect_prints_the_index(tmp_path: Path) -> None:

@@ -151,3 +151,48 @@ def test_readme_block_runs_as_written(source: str, tmp_path: Path) -> None:
     assert (
         proc.returncode == 0
     ), f"--- block\n{source}\n--- stderr\n{proc.stderr[-4000:]}"
+
+
+# What the first compiled model leaves to check once it has run as written.
+_AFTER_THE_FIRST_MODEL = """
+from stitch.runtime.pipeline.piecewise import PiecewiseBackend
+tier = backend.compiled[-1].tier
+assert tier is not None, "a cold start on the CPU is a tiered start by default"
+line = tier.timeline()
+assert tier.settled and not line["uncompiled"], line
+assert set(line["swapped_at"]) == set(tier.backends), line
+assert all(type(b) is PiecewiseBackend for b in tier.backends.values())
+check_against_eager()  # every piece compiled now
+print("SWAPPED", len(line["swapped_at"]))
+"""
+
+
+@pytest.mark.slow
+def test_the_first_compiled_model_runs_the_defaults_before_and_after_its_swaps(
+    tmp_path: Path,
+) -> None:
+    """NOTE: [say what is still compiling]: the README's first compiled model,
+    as written and with no ``STITCH_*`` variable, on empty caches: a tiered
+    start (the CPU's default) with unbacked token dimensions.  Its own
+    checks compare with eager on uncompiled pieces, then after
+    ``wait_compiled()`` while each piece swaps in; here every piece is then
+    swapped in and the compiled ones serve a third round, equal to eager."""
+    (block,) = [
+        s for i, s in BLOCKS if i.startswith("README.md:") and "wait_compiled" in s
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STITCH_")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")  # the default cache, empty
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "inductor")
+    proc = subprocess.run(
+        [sys.executable, "-c", block + _AFTER_THE_FIRST_MODEL],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "SWAPPED" in proc.stdout, proc.stdout
+    # Said once: the forwards before the wait ran uncompiled pieces.
+    assert proc.stderr.count("compile in compile workers") == 1, proc.stderr[-4000:]
+    assert list((tmp_path / "xdg" / "stitch").iterdir()), "the default cache is empty"

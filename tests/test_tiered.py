@@ -349,10 +349,14 @@ def test_an_exit_mid_compile_leaves_the_next_start_only_what_is_missing(
     model = model_for()
     torch._dynamo.reset()
     with counting() as deltas:
+        # The compile counts below: the missing pieces compile in the call.
         backend, fn = compile_model(
-            model, CompilationConfig(cache_dir=str(tmp_path / "cache"))
+            model,
+            CompilationConfig(cache_dir=str(tmp_path / "cache"), tiered_start=False),
         )
-        run_fresh(model, fn, inputs(TINY, 4))
+        args = inputs(TINY, 4)
+        got = run_fresh(model, fn, args)
+    torch.testing.assert_close(got, run_fresh(model, model, args), **INDUCTOR_TOL)
     reports = [r for r in backend.compiled[-1].reports if not r.splitting]
     for report in reports:
         if report.name in index.pieces:
@@ -397,7 +401,7 @@ def test_workers_started_by_a_thread_that_ends_compile_on(tmp_path: Path) -> Non
 
 
 ENGINE_EXITS_WHILE_IT_TRACES = """
-import logging, sys, threading, torch
+import json, logging, sys, threading, torch
 from stitch.runtime import CompilationConfig, StitchBackend
 from stitch.runtime.cli.engine_job import (
     Workload, build_model, engine_fields, finished, greedy, prompts,
@@ -408,8 +412,16 @@ logging.basicConfig(level=logging.INFO, format="%(message)s")
 work = Workload(prompts=2, shortest=3, longest=9, new_tokens=4)
 model = build_model(work)
 tiered = sys.argv[1] == "tiered"
-backend = StitchBackend(CompilationConfig(cache_dir={cache!r}, tiered_start=tiered))
-config = continuous_batching_config(model, backend, **engine_fields(work))
+if sys.argv[1] == "eager":  # transformers' own engine, uncompiled
+    from transformers import ContinuousBatchingConfig
+    from stitch.runtime.hf.engine_compat import config_fields
+    config = ContinuousBatchingConfig(**config_fields(dict(
+        engine_fields(work), default_compile_level=0, max_blocks_per_request=0,
+        auto_switch_to_flash=False,
+    )))
+else:
+    backend = StitchBackend(CompilationConfig(cache_dir={cache!r}, tiered_start=tiered))
+    config = continuous_batching_config(model, backend, **engine_fields(work))
 held = threading.Event()
 if tiered:  # the trace waits until the main thread has ended
     _compile_thread().submit(held.wait, 120)
@@ -418,6 +430,8 @@ with torch.no_grad():
         prompts(work), greedy(work.new_tokens), continuous_batching_config=config
     )
 finished(got, sys.argv[1], len(got))
+tokens = [o.generated_tokens for o in sorted(got.values(), key=lambda o: o.prompt_ids)]
+print("TOKENS", json.dumps(tokens), flush=True)
 if tiered:
     assert model.forward.compiling()
     threading.Timer(2.0, held.set).start()
@@ -448,6 +462,15 @@ def test_an_engine_that_exits_while_it_traces_compiles_every_piece(
     assert not re.search(r"stitch: graph \w+: \d+ pieces", again.stderr), again.stderr[
         -3000:
     ]
+    # Eager's tokens, served while the first traced and from the saved forward.
+    eager = run_script(template.replace("sys.argv[1]", '"eager"'), tmp_path)
+    assert eager.returncode == 0, eager.stderr[-3000:]
+
+    def tokens(done: subprocess.CompletedProcess[str]) -> Any:
+        (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith("TOKENS ")]
+        return json.loads(line[len("TOKENS ") :])
+
+    assert tokens(done) == tokens(again) == tokens(eager), done.stdout
 
 
 def test_an_empty_buffer_output_is_not_compared() -> None:

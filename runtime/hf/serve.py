@@ -118,9 +118,9 @@ the value and the limit, for example:
 (also: token ids outside the vocabulary, max_tokens below 1, a prompt and
 max_tokens the paged cache can never hold, temperature or top_p other than the
 engine's, penalties, several prompts, chat without a chat template).
-Ctrl+C or SIGTERM stops the server within seconds; a tiered start still
-compiling then finishes its compile before the process exits (a second Ctrl+C
-or SIGTERM exits at once).
+Ctrl+C or SIGTERM stops the server within 10 seconds; a tiered start still
+compiling then waits a few seconds for pieces about to land, and the next
+start compiles the rest (a second Ctrl+C or SIGTERM exits at once).
 """
 
 
@@ -207,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         non_blocking=True,
     )
     status = server.run_until_stopped()
-    _land_compile()
+    landed = _land_compile(server.exit_limit())
     # concurrent.futures' idle workers end at exit by themselves.
     lingering = [
         t.name
@@ -218,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         and getattr(getattr(t, "_target", None), "__module__", "")
         != "concurrent.futures.thread"
     ]
+    if not landed:
+        # A trace still under way (NOTE: [an exit the user asked for waits at
+        # most seconds]): its thread would hold the interpreter's exit.
+        lingering.append("Dynamo's trace")
     if lingering:
         # NOTE: [a clean stop] in serve_lifecycle.py: a thread of transformers'
         # that did not stop in time must not hold the exit.
@@ -228,18 +232,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     sys.exit(status)
 
 
-def _land_compile() -> None:
+def _land_compile(limit: float | None) -> bool:
     """Wait for the engine forward's trace and the compile workers before the
     interpreter's exit begins (NOTE: [a process that exits normally waits for
-    its workers]): also on the way out past lingering threads (``os._exit``
-    runs no ``atexit`` hook), and a trace that ended during the exit would
-    start its workers in a process already shutting down.  A second Ctrl+C or
-    SIGTERM ends the wait, and the exit waits no more."""
+    its workers]), ``limit`` seconds at most after a signal stopped the
+    server (NOTE: [an exit the user asked for waits at most seconds]): also
+    on the way out past lingering threads (``os._exit`` runs no ``atexit``
+    hook), and a trace that ended during the exit would start its workers in
+    a process already shutting down.  A second Ctrl+C or SIGTERM ends the
+    wait, and the exit waits no more."""
     from ..pipeline.api import land_before_exit
 
     try:
-        land_before_exit()
-    except KeyboardInterrupt:
+        return land_before_exit(limit)
+    finally:
         atexit.unregister(land_before_exit)
 
 

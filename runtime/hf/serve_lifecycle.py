@@ -30,10 +30,12 @@ never exits after Ctrl+C.  Here uvicorn runs in a thread of its own (uvicorn
 installs no signal handlers outside the main thread); the main thread waits
 for SIGINT or SIGTERM, then stops uvicorn (in-flight requests get
 :data:`DRAIN_SECONDS` to finish), stops the engine (requests still in it are
-failed), unloads the model, and returns within about 10 s.  A tiered start
-still compiling then waits for its compile workers before the process exits,
-so that the next start finds every piece (NOTE: [a process that exits
-normally waits for its workers]); a second Ctrl+C or SIGTERM ends it at once.
+failed), unloads the model, and returns.  A tiered start still compiling
+then waits for its compile workers until ``EXIT_SECONDS`` after the signal,
+for the pieces about to land, then stops them: the process exits within
+10 s, the cache keeps what landed and the next start compiles the rest (NOTE:
+[an exit the user asked for waits at most seconds]); a second Ctrl+C or
+SIGTERM ends that wait at once.
 
 NOTE: [a signal that never interrupts a join]
 The main thread must not wait for SIGINT or SIGTERM inside ``Thread.join``
@@ -62,6 +64,9 @@ log = logging.getLogger("stitch")
 
 # How long in-flight requests get to finish once a stop is asked for.
 DRAIN_SECONDS = 5.0
+# Seconds from a stopping signal until the exit stops compile workers that
+# still compile (NOTE: [a clean stop]): the rest of 10 s is the exit's own.
+EXIT_SECONDS = 5.0
 # How often the supervisor looks at the engine's worker.
 POLL_SECONDS = 0.2
 # How long a warm-up request may take (a cold compile on a slow machine).
@@ -105,6 +110,8 @@ class StitchServer:
         # Where this process reaches its own server.
         self.url = f"http://{_loopback(host)}:{port}"
         self.stopping = threading.Event()
+        # When a signal asked the server to stop (time.monotonic), else None.
+        self.asked_at: float | None = None
         self.replacements = 0
         self._supervisor: threading.Thread | None = None
 
@@ -203,6 +210,7 @@ class StitchServer:
         try:
             while self.serve._thread.is_alive():
                 if asked.wait(0.5):
+                    self.asked_at = time.monotonic()
                     log.warning("stitch: stopping the server")
                     break
         finally:
@@ -210,6 +218,13 @@ class StitchServer:
                 signal.signal(sig, handler)
         self.stop()
         return 0
+
+    def exit_limit(self) -> float | None:
+        """Seconds the exit may still wait for compile workers (None: until
+        they land, when no signal stopped the server; NOTE: [a clean stop])."""
+        if self.asked_at is None:
+            return None
+        return max(0.0, EXIT_SECONDS - (time.monotonic() - self.asked_at))
 
     def stop(self) -> None:
         """Stop uvicorn (in-flight requests get :data:`DRAIN_SECONDS`), the engine

@@ -24,7 +24,7 @@ from .saved_function import (
 from .splitting import dispatches_through_transformers, is_attention
 from .tiered.deferred import DEFAULT_ENV as TIERED_DEFAULT_ENV
 from .tiered.deferred import asks_tiered
-from .tiered.exit_wait import finish_before_exit, land_before_exit
+from .tiered.exit_wait import finish_before_exit, land_before_exit, wait_compiled
 from .tiered.spawned_pool import SpawnedPool
 from .tiered.swap_check import SWAP_TOLERANCE, tolerance, unset_outputs
 from .tiered.tier import Tier
@@ -58,4 +58,5 @@ __all__ = [
     "stitch_backend",
     "tolerance",
     "unset_outputs",
+    "wait_compiled",
 ]

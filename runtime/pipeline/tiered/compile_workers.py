@@ -53,6 +53,7 @@ from .exit_wait import wait_at_exit
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
 from .serving_first import controller
 from .tier import Tier, add_counters
+from .tiered_piece import say_still_compiling
 from .worker_cpus import take_cpus, worker_cpus
 from .worker_process import (
     CompileOne,
@@ -125,6 +126,21 @@ def start_tier(
         gated=waiting,
     )
 
+    _follow_fleet(tier, fleet, cache, go if waiting else None)
+    tier.returned_at = time.perf_counter() - start
+    wait_at_exit(tier)  # NOTE: [a process that exits normally waits for its workers]
+    if tier.pids:
+        say_still_compiling(tier)  # NOTE: [say what is still compiling]
+    return tier
+
+
+def _follow_fleet(
+    tier: Tier, fleet: Any, cache: CompileCache, go: Callable[[bool], None] | None
+) -> None:
+    """The fleet's part of a tier: publish what this process compiled once
+    every piece is in, and (``go``: the workers are gated) wait for another
+    replica's entry before the workers compile."""
+
     def complete(ok: bool) -> None:
         # What this process compiled: its factors, then the fleet's publish,
         # off the serving thread the last swap runs on; not a daemon, so that a
@@ -137,7 +153,7 @@ def start_tier(
         threading.Thread(target=end, name="stitch-tier-complete").start()
 
     tier.when_complete(complete)
-    if waiting:
+    if go is not None:
         # Another replica compiles this entry: the workers compile only if its
         # lease comes free or the wait runs out.
         def watch() -> None:
@@ -147,9 +163,6 @@ def start_tier(
             go(not installed)
 
         threading.Thread(target=watch, name="stitch-fleet-wait", daemon=True).start()
-    tier.returned_at = time.perf_counter() - start
-    wait_at_exit(tier)  # NOTE: [a process that exits normally waits for its workers]
-    return tier
 
 
 def _units(c: Any, split: Split, deferred: dict[str, Any]) -> list[UnitJob]:

@@ -22,9 +22,12 @@ call serves the stitched function.
 Forwards come first: the build gives way at each piece and phase
 (``giving_way.give_way``) once it has run ``SLICE_S`` while a forward of
 Dynamo's graph is in flight, until that forward ends or ``WAIT_S`` has
-passed; so under forwards back to back it keeps about a sixth of the time,
-as the workers do (NOTE: [serving first]).  A thread's Python would otherwise take
-the GIL each time a forward's op released it.
+passed.  A thread's Python would otherwise take the GIL each time a
+forward's op released it.  Under forwards back to back that kept the build
+about a sixth of the time, and at 32 layers its 2 s took most of a minute
+before a worker started; so the build has the compile's share of the time:
+a forward that begins while the build is owed too much waits for it first
+(NOTE: [the compile's share]).
 
 What Dynamo checks before it runs the graph are the guards in the ShapeEnv
 once the backend call has returned; it builds its own from them before the
@@ -57,6 +60,7 @@ from ...compat.guard_codec import readable
 from ...compat.shapes import added_guards, guard_mark
 from .exit_wait import finish_before_exit
 from .giving_way import giving_way
+from .serving_first import controller
 
 log = logging.getLogger("stitch")
 
@@ -91,6 +95,8 @@ class DynamoFirst:
         self._cond = threading.Condition()
         self._busy = 0  # forwards of Dynamo's graph in flight
         self._slice_start = 0.0
+        # When the last forward ended (NOTE: [the compile's share]).
+        self._ended_at = 0.0
         self._begin = threading.Event()
         self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._result: Any = None  # the CompiledModel
@@ -116,8 +122,12 @@ class DynamoFirst:
             return fn(*args)
         if self._error is not None:
             raise self._error
+        building = self._begin.is_set() and not self._done.done()
+        if building:
+            self._owe_build()
         with self._cond:
             self._busy += 1
+        start = time.monotonic()
         try:
             return gm(*args)
         finally:
@@ -125,6 +135,18 @@ class DynamoFirst:
                 self._busy -= 1
                 self._cond.notify_all()
             self._begin.set()
+            if building:
+                self._ended_at = time.monotonic()
+                controller().share.busy(self._ended_at - start)
+
+    def _owe_build(self) -> None:
+        """A forward begins while the build runs: what the build ran alone since
+        the last forward is paid back, and where it is owed too much the
+        forward waits for it (NOTE: [the compile's share])."""
+        share = controller().share
+        if self._ended_at:
+            share.idle(time.monotonic() - self._ended_at)
+        share.pay_back()
 
     @property
     def stitched(self) -> bool:
@@ -169,6 +191,8 @@ class DynamoFirst:
         except BaseException as exc:  # raised at the function's next call
             self._error = exc
         finally:
+            # What the build was owed ends with it (NOTE: [the compile's share]).
+            controller().share.release()
             self._done.set_result(None)
 
     def _give_way(self) -> None:

@@ -20,6 +20,18 @@ past a thread of transformers' that did not stop) calls
 tier (transformers' engine traces off its own thread: NOTE: [the engine
 serves while Dynamo traces] in hf/saved_step.py) is waited for first
 (:func:`finish_before_exit`), so that its tier is among those waited for.
+
+NOTE: [an exit the user asked for waits at most seconds]
+Ctrl+C is a request to stop, not to finish a compile: a server stopped that
+way took 13 s to exit after serving a request.  So an exit the user asked
+for, Ctrl+C on a script (its main thread ended by ``KeyboardInterrupt``,
+which Python leaves in ``sys.last_value`` for the exit hooks) or a signal that
+stopped the server (``limit``), waits at most ``INTERRUPTED_WAIT_S`` for the
+pieces about to land, saying which; then it stops the workers (SIGKILL to
+each worker's family, resumed first).  What landed is in the cache's index,
+and a piece is there only once its artifacts are written, so the next start
+loads it and compiles the rest.  Ctrl+C during any of these waits, that of a
+normal exit included, ends the wait at once the same way.
 """
 
 from __future__ import annotations
@@ -28,14 +40,21 @@ import atexit
 import concurrent.futures
 import logging
 import os
+import signal
+import sys
+import time
 import weakref
 from collections.abc import Callable
 from typing import Any
 
+from .proc_family import family, signal_all
 from .serving_first import controller
 from .tier import Tier
 
 log = logging.getLogger("stitch")
+# Seconds an exit the user asked for waits for pieces about to land (NOTE:
+# [an exit the user asked for waits at most seconds]).
+INTERRUPTED_WAIT_S = 3.0
 
 
 # The tiers whose workers may still compile (NOTE: [a process that exits
@@ -70,43 +89,126 @@ def finish_before_exit(
     trace.add_done_callback(lambda done: _TRACING.pop(done, None))
 
 
+def wait_compiled(timeout: float | None = None) -> bool:
+    """Wait until every piece of this process's tiered starts has landed in
+    the cache or was given up, the traces and builds under way first; whether
+    all did within ``timeout`` seconds.  Each landed piece swaps in at its next
+    call: time forwards after one more (NOTE: [a tiered start])."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for trace, (_label, hurry) in list(_TRACING.items()):
+        if hurry is not None:
+            hurry()
+        concurrent.futures.wait([trace], timeout=_left(deadline))
+        if not trace.done():
+            return False
+    return all(tier.wait(_left(deadline)) for tier in list(_COMPILING))
+
+
 def _hook() -> None:
     if not _COMPILING and not _TRACING:
         atexit.unregister(land_before_exit)
         atexit.register(land_before_exit)
 
 
-def land_before_exit() -> None:
+def land_before_exit(limit: float | None = None) -> bool:
     """Wait for every trace under way, then every tier's workers, as a
     process's exit does (NOTE: [a process that exits normally waits for its
     workers]); also for a process about to end with ``os._exit``, which runs
-    no ``atexit`` hook."""
-    for trace, (label, hurry) in list(_TRACING.items()):
-        if hurry is not None:
-            hurry()
-        if not trace.done():
-            log.info(
-                "stitch: %s: waiting for Dynamo's trace before exiting, so that "
-                "its pieces compile",
-                label,
-            )
-        concurrent.futures.wait([trace])
-    for tier in list(_COMPILING):
-        _land_before_exit(tier)
+    no ``atexit`` hook.  ``limit``: seconds at most, then the workers are
+    stopped (NOTE: [an exit the user asked for waits at most seconds]); an
+    exit after Ctrl+C waits ``INTERRUPTED_WAIT_S`` at most.  Whether every
+    trace and worker ended (False: a trace may still run, and an exit that
+    must not wait for it ends with ``os._exit``)."""
+    if limit is None and isinstance(
+        getattr(sys, "last_value", None), KeyboardInterrupt
+    ):
+        limit = INTERRUPTED_WAIT_S
+    deadline = None if limit is None else time.monotonic() + max(0.0, limit)
+    try:
+        for trace, (label, hurry) in list(_TRACING.items()):
+            if hurry is not None:
+                hurry()
+            if not trace.done():
+                log.info(
+                    "stitch: %s: waiting for Dynamo's trace before exiting, so "
+                    "that its pieces compile%s",
+                    label,
+                    _how_long(deadline),
+                )
+            concurrent.futures.wait([trace], timeout=_left(deadline))
+            if not trace.done():
+                log.warning(
+                    "stitch: %s: exiting after %.0f s without its trace, which "
+                    "the next start runs again",
+                    label,
+                    limit,
+                )
+        for tier in list(_COMPILING):
+            _land_before_exit(tier, deadline)
+    except KeyboardInterrupt:
+        _stop_workers("at Ctrl+C")
+        return not _TRACING
+    if deadline is not None and time.monotonic() >= deadline:
+        _stop_workers(f"after {limit:.0f} s")
+    return not _TRACING
 
 
-def _land_before_exit(tier: Tier) -> None:
+def _land_before_exit(tier: Tier, deadline: float | None) -> None:
     """NOTE: [a process that exits normally waits for its workers]."""
     if not tier.wait(0):
         controller().release()  # NOTE: [serving first]: never wait on a paused worker
-        log.info(
-            "stitch: %s: waiting for its compile workers before exiting, so that "
-            "the next start finds every piece",
+        waiting = sorted(set(tier.backends) - tier.reported)
+        log.warning(
+            "stitch: %s: waiting for its compile workers to land %d piece%s (%s) "
+            "before exiting, so that the next start finds them%s; Ctrl+C stops "
+            "them now, and the next start compiles what is missing",
             tier.label,
+            len(waiting),
+            "" if len(waiting) == 1 else "s",
+            ", ".join(waiting),
+            _how_long(deadline),
         )
-        while not tier.wait(1.0) and any(map(_running, tier.pids)):
-            pass  # a worker that ended reported, or its reader gives its pieces up
+        while True:
+            left = _left(deadline)
+            if tier.wait(1.0 if left is None else min(1.0, left)):
+                break
+            if not any(map(_running, tier.pids)):
+                break  # a worker that ended reported, or its reader gives up
+            if left is not None and left <= 0:
+                return
     tier.complete_at_exit()
+
+
+def _stop_workers(why: str) -> None:
+    """Stop every tier's workers that still compile, their families with them
+    (NOTE: [an exit the user asked for waits at most seconds])."""
+    controller().release()
+    for tier in list(_COMPILING):
+        left = sorted(set(tier.backends) - tier.reported)
+        if not left:
+            continue
+        tier.stopping = True
+        pids = [q for pid in tier.pids if pid != os.getpid() for q in family(pid)]
+        signal_all(pids, signal.SIGKILL)
+        log.warning(
+            "stitch: %s: exiting %s without %d piece%s still compiling (%s): the "
+            "cache keeps the %d that landed, and the next start compiles the rest",
+            tier.label,
+            why,
+            len(left),
+            "" if len(left) == 1 else "s",
+            ", ".join(left),
+            len(tier.reported) - len(tier.failed),
+        )
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _how_long(deadline: float | None) -> str:
+    left = _left(deadline)
+    return "" if left is None else f" (at most {left:.0f} s more)"
 
 
 def _running(pid: int) -> bool:

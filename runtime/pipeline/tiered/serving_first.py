@@ -40,7 +40,7 @@ running workers have made a busy process wait (``harmful``, learned in the
 periods in which workers ran all through a busy stretch), every worker
 pauses in the tick in which a forward begins (the process uses more than
 ``BUSY`` of a core), and they all run again after ``CALM`` ticks in which it
-is idle (less than ``IDLE``).  Harm is learned (:class:`_Harm`) in the first
+is idle (less than ``IDLE``).  Harm is learned (:class:`~.worker_cost.WorkerCost`) in the first
 busy period after the first (a probe) and again every ``LEARN`` periods
 (``RELEARN`` where they were found to make it wait): a period in which every
 worker runs throughout, with no pause at a forward's start.  It is the delay
@@ -86,15 +86,15 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .compile_share import CompileShare
 from .proc_family import Ticks, place, run_delay
 from .proc_family import alive as _alive
-from .proc_family import cpu_s as _cpu_s
 from .proc_family import family as _family
 from .proc_family import signal_all as _signal
+from .worker_cost import LIMIT, WorkerCost
 from .worker_cpus import spare_cpus
 
 ENV = "STITCH_SERVING_FIRST"
@@ -108,14 +108,6 @@ BUSY = 0.2
 IDLE = 0.1
 # Idle ticks in a row before every worker runs again.
 CALM = 2
-# Periods between two measurements of what running workers cost a busy
-# process (a forward, in a period with no pause at its start, learns it):
-# where they cost it nothing (each measurement costs nothing either), and
-# where they make it wait (each makes it wait a period).
-LEARN = 20
-RELEARN = 100
-# The extra delay (core-seconds a second) the workers may cause before they pause.
-LIMIT = 0.1
 # Periods every worker stays paused, at most, before one runs again.
 HOLD = 4
 # Periods without a wait before one more paused worker runs.
@@ -150,6 +142,9 @@ class ServingFirst:
         self._thread: threading.Thread | None = None
         self._released = False
         self._wide: set[int] | None = None  # where it moves workers between cores
+        # What the workers are owed of a busy process's time (NOTE: [the
+        # compile's share]); forwards wait at its gate (``admit``).
+        self.share = CompileShare()
 
     def watch(self, pid: int) -> None:
         """Control worker ``pid`` from now until it leaves.  This process
@@ -175,11 +170,19 @@ class ServingFirst:
                 self._order.remove(pid)
             self._go_on(pid)
 
+    def admit(self) -> None:
+        """Where an uncompiled piece's call begins: wait while the workers are
+        owed too much of this process's time (NOTE: [the compile's share]).
+        Only while this controller runs: nothing else pays the share back."""
+        if self._thread is not None:
+            self.share.admit()
+
     def release(self) -> None:
         """Resume every worker, on every core it may use, and control none from
         now on (the process is exiting and waits for them)."""
         with self._lock:
             self._released = True
+            self.share.release()
             for pid in list(self._stopped):
                 self._go_on(pid)
             if self._wide is not None:
@@ -229,6 +232,11 @@ class ServingFirst:
             _signal(self._stopped.pop(pid, []), signal.SIGCONT)
         return bool(gone)
 
+    def _end(self) -> None:
+        """The thread ends (no worker left): nothing is owed any more."""
+        self._thread = None
+        self.share.release()
+
     def _run(self) -> None:
         wide, spare = spare_cpus()
         if spare:
@@ -242,7 +250,7 @@ class ServingFirst:
         ticks = Ticks(TICK_S)
         last_delay, at = run_delay(me), ticks.at
         k = 0  # how many workers run: none in the first period, a probe
-        harm = _Harm(lambda: list(self._order))
+        harm = WorkerCost(lambda: list(self._order))
         fixed, learning = True, False  # a share or a probe; harm measured
         period_at = at
         idle_periods = at_zero = idle_ticks = busy_ticks = ran = 0
@@ -254,10 +262,10 @@ class ServingFirst:
             with self._lock:
                 n = len(self._order)
                 if not n or self._released:
-                    self._thread = None
-                    return
+                    return self._end()
                 if k < 0 or k > n:
                     k = low = high = n
+                self.share.ran_until(now, k / n)  # NOTE: [the compile's share]
                 busy_ticks += using > BUSY
                 idle_ticks = idle_ticks + 1 if using < IDLE else 0
                 if not fixed:
@@ -328,8 +336,7 @@ class ServingFirst:
                 if tick % PERIOD_TICKS == 0:
                     self._drop_gone()
                 if not self._order or self._released:
-                    self._thread = None
-                    return
+                    return self._end()
                 idle_ticks = idle_ticks + 1 if using < IDLE else 0
                 want = placed
                 if using > BUSY:
@@ -340,39 +347,6 @@ class ServingFirst:
                 if want != placed or (want is spare and tick % PERIOD_TICKS == 0):
                     placed = want
                     place((q for p in self._order for q in _family(p)), want)
-
-
-class _Harm:
-    """Whether running workers make a busy process wait (NOTE: [serving
-    first]), learned in a period in which every one runs throughout."""
-
-    def __init__(self, workers: Callable[[], list[int]]) -> None:
-        self.harmful = True  # until learned: the serving process comes first
-        self.unlearned = RELEARN  # periods since it was last learned: due now
-        self._workers = workers
-        self._at: dict[int, float] = {}  # at a learning period's start
-
-    def due(self) -> bool:
-        return self.unlearned >= (RELEARN if self.harmful else LEARN)
-
-    def begin(self) -> None:
-        """A learning period begins: the CPU time of every worker and its
-        descendants (a build pool, gcc) now."""
-        pids = (q for pid in self._workers() for q in _family(pid))
-        self._at = {q: t for q in pids if (t := _cpu_s(q)) is not None}
-
-    def ended(self, excess: float, seconds: float, busy: bool, low: int) -> None:
-        """The period that ended (``seconds`` long): the process's run delay
-        above others' (core-seconds a second), whether it was busy, and the
-        fewest workers that ran."""
-        at, self._at = self._at, {}
-        if not at or not busy or low == 0:
-            self.unlearned += not at
-            return  # not a learning period, or nothing learned: again
-        used = sum(t - at[q] for q in at if (t := _cpu_s(q)) is not None)
-        cost = min(excess, used / max(seconds, 1e-6))
-        self.harmful = cost > LIMIT or (self.harmful and cost >= LIMIT / 2)
-        self.unlearned = 0
 
 
 _CONTROLLER = ServingFirst()

@@ -61,32 +61,11 @@ from ..artifact_source import ArtifactSource
 from ..piecewise import PiecewiseBackend, RangeWarnings
 from .size_guards import guard_piece, refused_guard, size_predicate
 from .swap_check import copy_input, differences, unset_outputs
+from .tiered_piece import TieredPiece, uncompiled
 
 log = logging.getLogger("stitch")
 # Seconds an exit waits for each thread a completion started (the publish).
 EXIT_JOIN_S = 60.0
-
-
-class TieredPiece(PiecewiseBackend):
-    """A piece's backend while its compiled form has not been swapped in: it
-    runs the uncompiled piece until a worker's record has landed, then swaps
-    (:meth:`Tier.swap`) and becomes a plain :class:`PiecewiseBackend`."""
-
-    _landed: PieceRecord | None = None
-    _tier: Tier
-
-    def __call__(self, *args: Any) -> Any:
-        if self._landed is not None and not self._tier.capturing():
-            return self._tier.swap(self, args)
-        return uncompiled(self, args)
-
-    def runnable_for(self, size: int) -> Any:
-        # What a size's dispatch table holds until the swap, which empties the
-        # tables (Tier.dispatch) so that they fill with the compiled runnables.
-        def call(*args: Any) -> Any:
-            return self(*args)
-
-        return call
 
 
 class Tier:
@@ -134,6 +113,9 @@ class Tier:
         # [uncompiled pieces under CUDA graphs].
         self.cuda_graphs: Any = None
         self.pids: list[int] = []
+        # An exit stopped its workers (NOTE: [an exit the user asked for waits
+        # at most seconds]): pieces given up now are said once, by the exit.
+        self.stopping = False
         # The pieces came from another replica's entry, installed from the
         # fleet's store, rather than from this process's workers.
         self.installed = False
@@ -213,7 +195,8 @@ class Tier:
         backend = self.backends[name]
         backend.__class__ = PiecewiseBackend
         self._drop_runnables()
-        log.warning("stitch: piece %s stays uncompiled: %s", self._name(name), why)
+        level = logging.INFO if self.stopping else logging.WARNING
+        log.log(level, "stitch: piece %s stays uncompiled: %s", self._name(name), why)
         self._check_landed()
         self._check_settled()
 
@@ -386,14 +369,6 @@ class Tier:
     def _name(self, name: str) -> str:
         path = self.backends[name].module_path
         return f"{name} ({path})" if path else name
-
-
-def uncompiled(backend: PiecewiseBackend, args: tuple[Any, ...]) -> Any:
-    """Run the piece's own runnables (before its swap) for ``args``."""
-    if backend.size_index is None:
-        return backend.general(*args)
-    size = int(args[backend.size_index])
-    return PiecewiseBackend.runnable_for(backend, size)(*args)
 
 
 def add_counters(deltas: dict[str, int]) -> None:

@@ -1,0 +1,74 @@
+"""A piece's backend while it runs uncompiled in a tiered start (NOTE: [a
+tiered start], tier.py)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ..piecewise import PiecewiseBackend
+from .serving_first import controller
+
+if TYPE_CHECKING:
+    from ...store.index import PieceRecord
+
+log = logging.getLogger("stitch")
+# Said once a process: forwards run uncompiled pieces (NOTE: [say what is
+# still compiling]).
+_SAID = threading.Event()
+
+
+class TieredPiece(PiecewiseBackend):
+    """A piece's backend while its compiled form has not been swapped in: it
+    runs the uncompiled piece until a worker's record has landed, then swaps
+    (:meth:`Tier.swap`) and becomes a plain :class:`PiecewiseBackend`."""
+
+    _landed: PieceRecord | None = None
+    _tier: Any  # its Tier (tier.py imports this module)
+
+    def __call__(self, *args: Any) -> Any:
+        if self._tier.capturing():
+            return uncompiled(self, args)
+        controller().admit()  # NOTE: [the compile's share]
+        if self._landed is not None:
+            return self._tier.swap(self, args)
+        return uncompiled(self, args)
+
+    def runnable_for(self, size: int) -> Any:
+        # What a size's dispatch table holds until the swap, which empties the
+        # tables (Tier.dispatch) so that they fill with the compiled runnables.
+        def call(*args: Any) -> Any:
+            return self(*args)
+
+        return call
+
+
+def uncompiled(backend: PiecewiseBackend, args: tuple[Any, ...]) -> Any:
+    """Run the piece's own runnables (before its swap) for ``args``."""
+    if backend.size_index is None:
+        return backend.general(*args)
+    size = int(args[backend.size_index])
+    return PiecewiseBackend.runnable_for(backend, size)(*args)
+
+
+def say_still_compiling(tier: Any) -> None:
+    """NOTE: [say what is still compiling]
+    A benchmark that times forwards right after the first call of
+    ``torch.compile(model, backend="stitch")`` timed the uncompiled pieces of
+    a tiered start (1.41x torch.compile's time per decode step, 1.00x once
+    compiled), and nothing said so.  When a tier's workers start, the process
+    says, once, how many pieces compile and how to wait for them:
+    ``stitch.runtime.wait_compiled()``, then one forward, which swaps each
+    landed piece in (later tiers say so at INFO, with their workers)."""
+    if _SAID.is_set():
+        return
+    _SAID.set()
+    log.warning(
+        "stitch: %s serves while %d of its pieces compile in compile workers: "
+        "until each lands it runs uncompiled, more slowly.  To time compiled "
+        "forwards, call stitch.runtime.wait_compiled() and run one forward "
+        "first (docs/cold_start.md)",
+        tier.label,
+        len(tier.backends) - len(tier.reported),
+    )
