@@ -1,4 +1,4 @@
-"""The post-grad pass Inductor runs on each piece: the configured passes, in order.
+"""The post-grad pass Inductor runs on each piece: Stitch's own passes, then the configured ones.
 
 NOTE: [custom passes go through post_grad_custom_post_pass]
 Inductor runs ``config.post_grad_custom_post_pass`` on every graph it compiles,
@@ -8,6 +8,18 @@ FX graph cache accepts only a ``CustomGraphPass`` there and keys on its
 ``standalone_compile`` then has no artifact to save.  So the configured passes
 run behind one ``CustomGraphPass`` whose uuid combines theirs.  This module
 imports Inductor: the compiler imports it when it first compiles.
+
+NOTE: [Stitch's own passes run on every piece]
+Some of what Inductor decides for a whole graph it decides otherwise for a
+piece, because a piece returns values the whole graph keeps inside
+(NOTE: [a piece's residual add stays out of its GEMM]).  :data:`STITCH_PASSES`
+puts those decisions back; they run on every piece, before the configured
+passes (which see the graph Stitch compiles), and enter the hook's uuid, so
+Inductor's cache tells the pieces compiled with them from those compiled
+without, and every piece's compile key (``own.own_passes_key``), so that
+Stitch's cache does too.  An Inductor option ``post_grad_custom_post_pass`` of the user's own
+takes the hook instead, and then they do not run (the configured passes are
+refused beside it: ``checked_passes``).
 """
 
 from __future__ import annotations
@@ -21,8 +33,20 @@ import torch.fx as fx
 
 from ..compat.inductor import CustomGraphPass
 from .base import InductorPassError, pass_name, pass_uuid
+from .own import STITCH_PASSES
 
 log = logging.getLogger("stitch")
+
+
+def with_piece_passes(
+    options: dict[str, Any], configured: Sequence[Any]
+) -> dict[str, Any]:
+    """Inductor's ``options`` with Stitch's own passes, then ``configured``, as its
+    post-grad pass, unless ``options`` names a post-grad pass of its own."""
+    if "post_grad_custom_post_pass" in options:
+        return dict(options)
+    passes = [*(cls() for cls in STITCH_PASSES), *configured]
+    return {**options, "post_grad_custom_post_pass": PostGradPasses(passes)}
 
 
 class PostGradPasses(CustomGraphPass):

@@ -57,6 +57,17 @@ def config_adapter(config: CompilationConfig) -> CompilerAdapter:
     )
 
 
+def key_salt(adapter: CompilerAdapter) -> str:
+    """What every compile key of ``adapter`` holds besides the config's hash:
+    its name, and for Inductor Stitch's own passes (NOTE: [Stitch's own passes
+    run on every piece] in passes/manager.py)."""
+    if adapter.name != "inductor":
+        return adapter.name
+    from ..passes.own import own_passes_key
+
+    return f"{adapter.name}+{own_passes_key()}"
+
+
 class ArtifactSource:
     """The runnables of one compilation (or one saved forward), by compile key.
 

@@ -32,7 +32,7 @@ from ..store.cache import CompileCache
 from ..store.dump import PieceReport, debug_dump
 from ..store.hashing import graph_key as entry_graph_key
 from ..store.index import PieceRecord
-from .artifact_source import Piece, config_adapter
+from .artifact_source import Piece, config_adapter, key_salt
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .fleet import FleetCacheSession
@@ -82,7 +82,7 @@ class Compilation:
         self.cache_group = cache_group
         self.config_hash = config.compute_hash()
         self.adapter = config_adapter(config)
-        self.key_salt = self.adapter.name + self.config_hash
+        self.key_salt = key_salt(self.adapter) + self.config_hash
         self.range_warnings = RangeWarnings()
         self.unfixed = UnfixedSizes()
         self.entry_guards = EntryGuards(None)

@@ -143,12 +143,12 @@ class InductorAdapter:
                     gm,
                     example_inputs,
                     dynamic_shapes=dynamic_shapes,
-                    config_patches=self._config_patches(static),
+                    config_patches=self.inductor_config(static),
                 )
         except Exception as exc:
             if is_dynamo_restart(exc):
                 raise
-            failed_pass = _pass_error(exc) if self.passes else None
+            failed_pass = _pass_error(exc)
             if failed_pass is not None:
                 raise StitchRuntimeError(str(failed_pass)) from failed_pass
             raise StitchRuntimeError(
@@ -199,9 +199,10 @@ class InductorAdapter:
             return None
         return _tupled(runnable) if unwrap else runnable
 
-    def _config_patches(self, static: bool = False) -> dict[str, Any]:
-        """Inductor's config patches, with the configured passes as its post-grad
-        pass; for a static size, with that size's options over them.
+    def inductor_config(self, static: bool = False) -> dict[str, Any]:
+        """Inductor's config patches, with Stitch's own and the configured passes
+        as its post-grad pass (NOTE: [Stitch's own passes run on every piece]);
+        for a static size, with that size's options over them.
 
         NOTE: [options of one size]
         ``compile_sizes_inductor_config`` applies to the compiles of static
@@ -211,13 +212,9 @@ class InductorAdapter:
         under them; the piece's content key does not need them.
         """
         if self._patches is None:
-            self._patches = dict(self.config_patches)
-            if self.passes:
-                from ..passes.manager import PostGradPasses
+            from ..passes.manager import with_piece_passes
 
-                self._patches["post_grad_custom_post_pass"] = PostGradPasses(
-                    self.passes
-                )
+            self._patches = with_piece_passes(self.config_patches, self.passes)
         if static and self.static_patches:
             return {**self._patches, **self.static_patches}
         return self._patches
