@@ -1,10 +1,11 @@
 """One compile of the tiny llama-like model in a fresh process (for the tests).
 
 Usage: ``python tests/backend_worker.py '<json spec>'``.  The spec names the cache
-directory, the ``CompilationConfig`` fields, the model depth and the batch sizes
-to run.  The worker prints one line ``WORKER <json report>``: the counter deltas,
-what each backend call reported, the ``stitch`` warnings, and how far each output
-is from eager; with ``outputs`` it also saves the outputs (``torch.save``); ``passes`` names
+directory, the ``CompilationConfig`` fields (``tiered_start=False`` unless they
+say otherwise), the model depth and the batch sizes to run.  The worker prints
+one line ``WORKER <json report>``: the counter deltas, what each backend call
+reported, the ``stitch`` warnings, and how far each output is from eager; with
+``outputs`` it also saves the outputs (``torch.save``); ``passes`` names
 Inductor passes of ``backend_support`` to run in every piece.
 
 With ``ready_file``/``go_file`` it writes the first once imports are done and
@@ -45,8 +46,12 @@ def main(spec: dict) -> dict:
     model = model_for(cfg)
     # "passes": names of InductorPass classes in backend_support.
     passes = [getattr(backend_support, name)() for name in spec.get("passes", [])]
+    # Every caller reads what this process compiled or loaded (counts, warm
+    # or cold, the entry): its pieces compile in the backend call unless the
+    # spec's config says otherwise.
+    fields = {"tiered_start": False, **spec.get("config", {})}
     config = CompilationConfig(
-        cache_dir=spec["cache_dir"], inductor_passes=passes, **spec.get("config", {})
+        cache_dir=spec["cache_dir"], inductor_passes=passes, **fields
     )
     backend = StitchBackend(config)
     compiled = torch.compile(model, backend=backend, fullgraph=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,30 +25,44 @@ import pytest
 from syrupy.extensions.single_file import SingleFileSnapshotExtension, WriteMode
 from syrupy.location import PyTestLocation
 
-# NOTE: [the suite runs without a tiered start by default]
-# A tiered start is the default of a backend call (NOTE: [where a tiered start
-# is the default] in runtime/pipeline/tiered/deferred.py), but most tests
-# compile models to check what the compile makes, cold then warm, and would
-# each fork compile workers and serve on uncompiled pieces meanwhile.  So the
-# suite turns the default off for itself and every process it starts;
-# tests/test_tiered*.py ask for a tiered start by name, and
-# tests/test_tiered_default.py (and the server's test) unset this to check the
-# default itself.  Set it to 1 to run the suite with the default on.
-os.environ.setdefault("STITCH_TIERED_START", "0")
+# NOTE: [the suite runs the defaults]
+# A backend call on the CPU starts tiered by default, its compile workers
+# serving first (NOTE: [where a tiered start is the default] in
+# runtime/pipeline/tiered/deferred.py, NOTE: [serving first]), and the suite
+# runs that default: no switch here turns it off.  A test that checks compiled
+# pieces or compile counts (counters, warm and cold pieces, cache entries,
+# warm starts, goldens, profiles) says tiered_start=False in its config, or
+# its helper does; one that checks what users get (eager's numbers, tokens, a
+# server's answers) runs the defaults.
 
-# NOTE: [the suite's compile workers run as equals]
-# Where a test does start tiered, its workers give way to the test's process
-# by default (NOTE: [serving first]).  A test that serves until every piece has
-# swapped runs forwards back to back, each checked against eager, so its
-# process is never idle and the workers keep only their minimum share: one
-# spawned worker's test took 91 s with serving first and 13 s without, and
-# CI's run had grown past 75 minutes.  What the workers make does not depend
-# on when they run, so the suite, and every process it starts, runs them as
-# equals; tests/test_serving_first.py, test_tiered.py's
-# test_tiered_start_serves_at_once_and_swaps_every_piece[fork] and
-# test_tiered_default.py's end-to-end default set it to 1 (or leave it unset)
-# to check serving first itself.
-os.environ.setdefault("STITCH_SERVING_FIRST", "0")
+
+# NOTE: [a test's compile workers end with it]
+# A test that runs the defaults may return while its compile workers still
+# compile (a tiered start).  Their pieces would land later, in this process,
+# and with them their counts (compilation_counter is the process's): in the
+# counts of whichever test runs then.  So each test ends as a process does
+# (NOTE: [a process that exits normally waits for its workers]): it waits
+# for its workers to land or give up every piece.  A test whose workers are
+# still at it after WORKERS_WAIT_S fails.
+WORKERS_WAIT_S = 600.0
+
+
+@pytest.fixture(autouse=True)
+def _compile_workers_end_with_the_test() -> Iterator[None]:
+    yield
+    # No tiered start without this module: nothing to wait for (and no
+    # import of torch for the tests that never needed it).
+    if "stitch.runtime.pipeline.tiered.exit_wait" not in sys.modules:
+        return
+    from stitch.runtime import wait_compiled
+
+    if not wait_compiled(WORKERS_WAIT_S):
+        pytest.fail(
+            f"compile workers of this test still compile {WORKERS_WAIT_S:.0f} s "
+            "after it ended (NOTE: [a test's compile workers end with it])",
+            pytrace=False,
+        )
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GOLDEN_DIR = REPO_ROOT / "golden"
@@ -191,6 +206,7 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 # minutes in .ci/run's extended step (NOTE: [CI's extended tests]).
 HEAVIEST_MODULES = (
     "test_hf_serve_requests.py",
+    "test_stop_while_compiling.py",
     "test_tiered.py",
     "test_tiered_default.py",
     "test_fleet_cache.py",

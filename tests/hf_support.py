@@ -52,7 +52,10 @@ def skip_unless_heavy(name: str) -> None:
 
 
 class FamilyRun:
-    """One family's tiny model compiled with the default config, run at every length.
+    """One family's tiny model compiled with the default config, run at every length,
+    its pieces compiled in the backend call (``tiered_start=False``: the
+    checks count compiles, read each graph's pieces and start a second
+    process warm from its entry).
 
     ``attn``: None, the model's default attention (SDPA, or transformers' eager
     attention for Gemma 2 and GPT-OSS); ``"stitch"``, Stitch's op.  Every
@@ -87,7 +90,7 @@ class FamilyRun:
         )
         self.default_attention = self.reference.config._attn_implementation
         config = CompilationConfig(
-            backend=self.piece_compiler, cache_dir=str(cache_dir)
+            backend=self.piece_compiler, cache_dir=str(cache_dir), tiered_start=False
         )
         self.backend = StitchBackend(config)
         self.compiled = torch.compile(self.model, backend=self.backend, dynamic=True)

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import torch
 
-from stitch.runtime import CompilationConfig, compilation_counter
+from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
 from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.pipeline.piecewise import Target
 
@@ -69,9 +69,13 @@ TARGETS = {
 def small_config(
     tmp: Path | str, backend: str = "inductor", **fields: Any
 ) -> CompilationConfig:
+    """The config of this module's tests, which check compile counts and
+    compiled pieces: each piece compiles in the backend call
+    (``tiered_start=False``)."""
     return CompilationConfig(
         backend=backend,
         cache_dir=str(tmp),
+        tiered_start=False,
         compile_sizes=SIZES,
         compile_ranges_split_points=SPLIT_POINTS,
         max_num_batched_tokens=MAX_TOKENS,
@@ -398,10 +402,10 @@ def test_backend_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     assert "stitch" in torch._dynamo.list_backends()
 
     # The default config caches under $STITCH_CACHE_DIR and compiles each piece
-    # for its general shape only.
+    # for its general shape only; counted with its pieces compiled in the call.
     monkeypatch.setenv("STITCH_CACHE_DIR", str(tmp_path))
     model = model_for(TINY)
-    fn = torch.compile(model, backend="stitch", fullgraph=True)
+    fn = torch.compile(model, backend=StitchBackend(tiered_start=False), fullgraph=True)
     with compilation_counter.expect(
         num_backend_compilations=1, num_inductor_compiles=UNIQUE_PIECES
     ):
@@ -410,3 +414,12 @@ def test_backend_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     indexes = list(tmp_path.glob("*/rank_0/index.py"))
     assert len(indexes) == 1
     assert re.search(r"'backend': 'inductor'", indexes[0].read_text())
+    # backend="stitch", the users' default, starts warm from that entry
+    # (tiered_start is not in the cache key): it compiles nothing.
+    fn = torch.compile(model, backend="stitch", fullgraph=True)
+    with compilation_counter.expect(
+        num_backend_compilations=1, num_inductor_compiles=0
+    ):
+        ref, out = eager_and_compiled(model, fn, TINY, 8)
+    torch.testing.assert_close(out, ref, **INDUCTOR_TOL)
+    assert list(tmp_path.glob("*/rank_0/index.py")) == indexes

@@ -79,9 +79,12 @@ def test_a_damaged_or_missing_factors_file_is_an_error_naming_it(
 
 
 def compile_tiny(root: Path, cfg: LlamaConfig = TINY, **fields: object):  # type: ignore[no-untyped-def]
+    """The tiny model compiled into ``root``, its entry whole once the call
+    returns (``tiered_start=False``: the tests read its index and factors)."""
     torch._dynamo.reset()
     model = model_for(cfg)
-    be, fn = compile_model(model, CompilationConfig(cache_dir=str(root), **fields))  # type: ignore[arg-type]
+    config = CompilationConfig(cache_dir=str(root), tiered_start=False, **fields)  # type: ignore[arg-type]
+    be, fn = compile_model(model, config)
     eager_and_compiled(model, fn, cfg, 8)
     (result,) = be.compiled
     return result

@@ -47,8 +47,9 @@ from backend_support import (
 # See NOTE: [many compiles of one forward] in conftest.py.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("dynamo_state")]
 
-# One target per piece: three artifacts, so that fresh processes stay cheap.
-CONFIG = {"max_num_batched_tokens": 32}
+# One target per piece: three artifacts, so that fresh processes stay cheap;
+# compiled in the backend call (the tests count them: tiered_start=False).
+CONFIG = {"max_num_batched_tokens": 32, "tiered_start": False}
 ARTIFACTS = 3
 SIZES = [8, 3]
 CACHE_WORKER = Path(__file__).with_name("cache_worker.py")

@@ -37,8 +37,12 @@ def test_sizes_under_two_symbols_specialize_together(
     # As vLLM traces: token ids and positions marked dynamic one by one, duck
     # sizing off, so the graph takes the token count as two symbols.
     model = model_for(TINY)
+    # Compiles counted and targets read: in the backend call.
     config = CompilationConfig(
-        compile_sizes=SIZES, max_num_batched_tokens=32, cache_dir=str(tmp_path)
+        compile_sizes=SIZES,
+        max_num_batched_tokens=32,
+        cache_dir=str(tmp_path),
+        tiered_start=False,
     )
     backend = StitchBackend(config)
     fn = torch.compile(model, backend=backend, fullgraph=True)
@@ -72,7 +76,10 @@ def test_a_size_that_moves_apart_leaves_static_targets_out_with_one_warning(
 
     cfg = tiny_config("llama", vocab_size=256)
     model = transformers.LlamaForCausalLM(cfg).eval()
-    config = CompilationConfig(compile_sizes=[4, 8], cache_dir=str(tmp_path))
+    # Each piece's targets read: compiled in the backend call.
+    config = CompilationConfig(
+        compile_sizes=[4, 8], cache_dir=str(tmp_path), tiered_start=False
+    )
     backend = StitchBackend(config)
     fn = torch.compile(model, backend=backend, dynamic=True, fullgraph=True)
     # Batch 1: the sequence length is the runtime size, and its sizes compile.
@@ -138,6 +145,8 @@ def test_options_of_one_size_reach_its_compiles_and_only_those(
         compile_sizes=SIZES,
         max_num_batched_tokens=32,
         cache_dir=str(tmp_path),
+        # The pass notes each compile in this process; compiles counted.
+        tiered_start=False,
         inductor_passes=[observe],
         inductor_compile_config={"max_autotune": False},
         compile_sizes_inductor_config={

@@ -165,8 +165,13 @@ def cold_job(rank: int, world_size: int, cache_root: str) -> dict[str, Any]:
     }
     for name in CONFIGS:
         backend, mode = name.split("/")
+        # Compiled in the backend call: the tests count compiles and read
+        # each rank's entry, then start warm from it.
         config = CompilationConfig(
-            cache_dir=cache_root, backend=backend, splitting_ops=list(MODES[mode])
+            cache_dir=cache_root,
+            backend=backend,
+            splitting_ops=list(MODES[mode]),
+            tiered_start=False,
         )
         result["configs"][name] = _compile_and_run(model, config)
     gm = trace_tp(model, _inputs(COMPILE_SIZE, mark=False))
@@ -200,7 +205,10 @@ def warm_job(
     for mode, ops in MODES.items():
         loaded.clear()
         config = CompilationConfig(
-            cache_dir=cache_root, backend="inductor", splitting_ops=list(ops)
+            cache_dir=cache_root,
+            backend="inductor",
+            splitting_ops=list(ops),
+            tiered_start=False,
         )
         result["configs"][mode] = _compile_and_run(model, config)
         result["loaded"][mode] = list(loaded)
@@ -229,7 +237,10 @@ def failing_compile_job(rank: int, world_size: int) -> None:
     """Rank 1 cannot compile (an Inductor option that does not exist); rank 0 can."""
     _, model = _models()
     if rank == 1:
-        config = CompilationConfig(backend="inductor", disable_cache=True)
+        # Its compile fails in the backend call (tiered_start=False).
+        config = CompilationConfig(
+            backend="inductor", disable_cache=True, tiered_start=False
+        )
         # Set after construction, which would reject the option: the point here
         # is a rank whose compile fails.
         config.inductor_compile_config = {"stitch_test_no_such_option": True}

@@ -2,8 +2,10 @@
 
 Every family (``stitch.runtime.hf.models.FAMILIES``: tiny configs, random
 weights, no download) is compiled once per module with
-``torch.compile(model, backend=StitchBackend(default config), dynamic=True)``
-and shared by the tests: it splits at every attention (SDPA is a default
+``torch.compile(model, backend=StitchBackend(default config), dynamic=True)``,
+its pieces compiled in the backend call (``tiered_start=False``: the tests
+count compiles and start warm from the entry), and shared by the tests: it
+splits at every attention (SDPA is a default
 splitting op), one graph serves sequence lengths 7, 16 and 33 and a second one
 length 1 (Dynamo's 0/1 specialization), and every output matches eager.
 
@@ -167,7 +169,10 @@ def test_identical_layers_share_compiles(split_run: FamilyRun, tmp_path: Path) -
     model = build_model(
         split_run.name, layers=DEEP_LAYERS, attn_implementation=split_run.attn
     )
-    backend = StitchBackend(CompilationConfig(cache_dir=str(tmp_path)))
+    # Compiles counted: in the backend call.
+    backend = StitchBackend(
+        CompilationConfig(cache_dir=str(tmp_path), tiered_start=False)
+    )
     compiled = torch.compile(model, backend=backend, dynamic=True)
     kwargs = example_inputs(split_run.name, BATCH, 7)
     with counting() as deltas, torch.no_grad():
@@ -432,7 +437,9 @@ class Decode:
     def __init__(self) -> None:
         torch._dynamo.reset()
         self.model = build_model("llama", attn_implementation="stitch")
-        self.backend = StitchBackend(CompilationConfig(disable_cache=True))
+        # Compiles counted: in the backend call (as without a cache anyway).
+        config = CompilationConfig(disable_cache=True, tiered_start=False)
+        self.backend = StitchBackend(config)
         self.compiled = torch.compile(self.model, backend=self.backend, dynamic=True)
         gen = torch.Generator().manual_seed(0)
         self.prompts = [

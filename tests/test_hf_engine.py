@@ -586,11 +586,18 @@ def _engine_matches_eager(model, tmp_path):
 
 
 def _engine_matches(model, tmp_path, expected):
-    """The engine through Stitch gives ``expected``'s tokens and log-probabilities."""
+    """The engine through Stitch gives ``expected``'s tokens and log-probabilities,
+    and its backend what it compiled and saved: every piece compiled in the
+    backend call (``tiered_start=False``; the engine's default, a tiered start,
+    is tests/test_tiered_default.py's)."""
     from stitch.runtime import CompilationConfig, StitchBackend
 
     backend = StitchBackend(
-        CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP], cache_dir=str(tmp_path))
+        CompilationConfig(
+            splitting_ops=[PAGED_ATTENTION_OP],
+            cache_dir=str(tmp_path),
+            tiered_start=False,
+        )
     )
     got = _generate(model, engine.continuous_batching_config(model, backend, **_ENGINE))
     for (tokens, logprobs), (want, want_logprobs) in zip(got, expected, strict=True):
@@ -727,7 +734,9 @@ from stitch.runtime import CompilationConfig, StitchBackend
 from stitch.runtime.hf import PAGED_ATTENTION_OP, continuous_batching_config
 model = _llama()
 backend = StitchBackend(
-    CompilationConfig(splitting_ops=[PAGED_ATTENTION_OP], cache_dir=sys.argv[1])
+    CompilationConfig(
+        splitting_ops=[PAGED_ATTENTION_OP], cache_dir=sys.argv[1], tiered_start=False
+    )
 )
 out = _generate(model, continuous_batching_config(model, backend, **_ENGINE))
 print(json.dumps({
@@ -912,4 +921,7 @@ def test_generate_batch_refuses_what_the_cache_cannot_hold(tmp_path):
         assert got[i].generated_tokens == want.generated_tokens
         assert len(got[i].generated_tokens) == 8
         torch.testing.assert_close(got[i].logprobs, want.logprobs, rtol=1e-4, atol=1e-4)
+    # One graph served every request, the refused ones among them (a tiered
+    # start, the default, may still trace it: model.forward.steps waits).
+    assert len(model.forward.steps) == 1
     assert len(backend.compiled) == 1

@@ -2,7 +2,8 @@
 
 transformers' ``LongcatFlashForCausalLM`` (multi-head latent attention, a
 mixture of experts with zero experts), compiled with
-``torch.compile(model, backend=StitchBackend(), dynamic=True)`` at lengths
+``torch.compile(model, backend=StitchBackend(tiered_start=False),
+dynamic=True)`` (every piece compiled in the backend call) at lengths
 1, 7, 16 and 33, adds guards such as ``Ne(FloorDiv(s38, s61), 0)`` to
 Dynamo's sizes.  Recorded as printed text they read back as sympy's
 ``floor(s38/s61)``, which torch's range analysis refused, and the second

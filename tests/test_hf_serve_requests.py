@@ -3,7 +3,10 @@ against bad requests, a dead engine and a stop: each bad request a 400 naming
 the value, the engine alive after it (NOTE: [requests refused before the
 engine] in runtime/hf/serve_checks.py); /health 200 only once the forward is
 compiled (NOTE: [ready means ready]); a dead engine replaced (NOTE: [a dead
-engine is replaced]); SIGINT a clean exit (NOTE: [a clean stop])."""
+engine is replaced]); SIGINT a clean exit (NOTE: [a clean stop]).  The
+clients' tests ask a server started as users start it (a tiered start, the
+default); those that read when the engine's forward compiled, or a warm start
+from its cache, ask one started with ``--no-tiered``."""
 
 from __future__ import annotations
 
@@ -61,7 +64,7 @@ def _model_dir(path):
 class Served:
     """The launcher in a process of its own, on a free port."""
 
-    def __init__(self, model_dir, cache, log_path) -> None:
+    def __init__(self, model_dir, cache, log_path, flags=()) -> None:
         self.model_dir = str(model_dir)
         self.port = _free_port()
         self.log = open(log_path, "w+", encoding="utf-8")  # noqa: SIM115
@@ -83,6 +86,7 @@ class Served:
                 "--dtype=float32",
                 f"--cache-dir={cache}",
                 *FLAGS,
+                *flags,
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -139,9 +143,23 @@ def model_and_tokens(eager_tokens):
 
 @pytest.fixture(scope="module")
 def served(model_and_tokens, tmp_path_factory):
+    """The server as users start it (its default, a tiered start): what
+    clients get."""
     model_dir, _ = model_and_tokens
     root = tmp_path_factory.mktemp("served")
     server = Served(model_dir, root / "cache", root / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def compiled_first(model_and_tokens, tmp_path_factory):
+    """A server whose engine forward compiles before it is ready
+    (``--no-tiered``): the tests that read when it compiled, and a warm start
+    from its cache."""
+    model_dir, _ = model_and_tokens
+    root = tmp_path_factory.mktemp("compiled_first")
+    server = Served(model_dir, root / "cache", root / "server.log", ["--no-tiered"])
     yield server
     server.stop()
 
@@ -189,9 +207,10 @@ BAD = [
 
 
 @pytest.mark.slow
-def test_ready_means_the_forward_is_compiled(served, model_and_tokens):
+def test_ready_means_the_forward_is_compiled(compiled_first, model_and_tokens):
     """/health said 200 only after the warm-up compiled the engine's forward; the
     first client request compiles nothing."""
+    served = compiled_first
     _, expected = model_and_tokens
     assert "engine forward compiled" in served.log_when_ready, served.log_when_ready
     assert "warmed up in" in served.log_when_ready, served.log_when_ready
@@ -239,11 +258,13 @@ def test_the_openai_client_sees_the_refusal(served):
 
 
 @pytest.mark.slow
-def test_sigint_stops_the_server_within_ten_seconds(served, model_and_tokens):
-    """A second server on the first one's cache (warm), one request, Ctrl+C."""
+def test_sigint_stops_the_server_within_ten_seconds(compiled_first, model_and_tokens):
+    """A second server on the cache a first one filled (warm, its forward
+    loaded before it is ready: ``--no-tiered``), one request, Ctrl+C."""
     model_dir, expected = model_and_tokens
-    cache = served.log.name.replace("server.log", "cache")
-    second = Served(model_dir, cache, served.log.name + ".sigint")
+    cache = compiled_first.log.name.replace("server.log", "cache")
+    log = compiled_first.log.name + ".sigint"
+    second = Served(model_dir, cache, log, ["--no-tiered"])
     try:
         assert "engine forward loaded warm" in second.log_when_ready
         assert second.complete(_text(PROMPT)) == expected

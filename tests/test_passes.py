@@ -152,7 +152,11 @@ def test_config_rejects_passes_beside_inductor_custom_pass(field: str) -> None:
 
 
 def config(tmp: Path, passes: list[Any]) -> CompilationConfig:
-    return CompilationConfig(cache_dir=str(tmp), inductor_passes=passes)
+    """Every piece compiled in the backend call (``tiered_start=False``): the
+    tests count the compiles, read the entry and expect a pass's error there."""
+    return CompilationConfig(
+        cache_dir=str(tmp), inductor_passes=passes, tiered_start=False
+    )
 
 
 def compile_and_run(

@@ -155,7 +155,10 @@ def test_workers_forked_after_an_in_process_compile_still_compile(
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     first = model_for(LlamaConfig(num_layers=1, hidden_size=48, num_heads=4))
-    _, fn = compile_model(first, CompilationConfig(cache_dir=str(tmp_path / "a")))
+    # An in-process compile first: the call compiles its pieces itself.
+    _, fn = compile_model(
+        first, CompilationConfig(cache_dir=str(tmp_path / "a"), tiered_start=False)
+    )
     run_fresh(first, fn, inputs(TINY, 3))
     if get_compile_threads() > 1:
         assert AsyncCompile.pool.cache_info().currsize == 1  # the state CI hit
@@ -227,7 +230,10 @@ def test_a_killed_worker_leaves_serving_uncompiled_and_no_partial_entry(
     # The next start compiles what is missing and nothing else.
     torch._dynamo.reset()
     with counting() as deltas:
-        _, fn2 = compile_model(model, CompilationConfig(cache_dir=str(tmp_path)))
+        # The compile counts below: what is missing compiles in the call.
+        _, fn2 = compile_model(
+            model, CompilationConfig(cache_dir=str(tmp_path), tiered_start=False)
+        )
         run_fresh(model, fn2, args)
     # A piece whose artifact was written before the kill, but not its record,
     # is found by its key too.

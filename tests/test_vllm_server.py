@@ -138,18 +138,24 @@ def generate(client: Any) -> dict[str, list[list[int]]]:
     return {"1": alone, "8": together}
 
 
+def stitch_config(**fields: Any) -> dict[str, str]:
+    """``$STITCH_VLLM_CONFIG`` with ``fields``, every piece compiled before the
+    server answers (``tiered_start`` off): the tests read each server's cold or
+    warm start and the entry it leaves."""
+    return {"STITCH_VLLM_CONFIG": json.dumps({**fields, "tiered_start": False})}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from stitch.runtime.harness.vllm_engine import save_checkpoint
 
     root = tmp_path_factory.mktemp("vllm_server")
     model = Path(save_checkpoint(str(root / "model"), "llama", layers=2))
-    sizes = {"STITCH_VLLM_CONFIG": json.dumps({"compile_sizes": [1, 8]})}
+    sizes = stitch_config(compile_sizes=[1, 8])
     variants = [
         ("warm", ["--compilation-config", STITCH], sizes),
-        ("changed", ["--compilation-config", STITCH],
-         {"STITCH_VLLM_CONFIG": json.dumps({"compile_sizes": [4]})}),
-    ]  # fmt: skip
+        ("changed", ["--compilation-config", STITCH], stitch_config(compile_sizes=[4])),
+    ]
     results: dict[str, Any] = {}
     # Two servers started together on one store (NOTE: [a fleet of two vLLM
     # engines] in test_vllm.py), the eager server beside them (NOTE: [eager

@@ -38,10 +38,12 @@ pytestmark = pytest.mark.slow
 LAYERS = 3
 MODEL = LlamaConfig(num_layers=LAYERS)
 
+# Compiled in the backend call (the tests count the compiles: tiered_start=False).
 CONFIG = {
     "compile_sizes": [4],
     "compile_ranges_split_points": [16],
     "max_num_batched_tokens": 32,
+    "tiered_start": False,
 }
 # Size 1 makes Dynamo trace a second, static graph (see test_backend.py).  Each
 # graph has 4 compiled pieces, 3 of them unique (the middle two are repeats): the

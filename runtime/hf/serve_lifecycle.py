@@ -66,7 +66,7 @@ log = logging.getLogger("stitch")
 DRAIN_SECONDS = 5.0
 # Seconds from a stopping signal until the exit stops compile workers that
 # still compile (NOTE: [a clean stop]): the rest of 10 s is the exit's own.
-EXIT_SECONDS = 5.0
+EXIT_SECONDS = 4.0
 # How often the supervisor looks at the engine's worker.
 POLL_SECONDS = 0.2
 # How long a warm-up request may take (a cold compile on a slow machine).

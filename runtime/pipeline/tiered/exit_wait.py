@@ -54,7 +54,7 @@ from .tier import Tier
 log = logging.getLogger("stitch")
 # Seconds an exit the user asked for waits for pieces about to land (NOTE:
 # [an exit the user asked for waits at most seconds]).
-INTERRUPTED_WAIT_S = 3.0
+INTERRUPTED_WAIT_S = 2.0
 
 
 # The tiers whose workers may still compile (NOTE: [a process that exits

@@ -28,11 +28,16 @@ class TieredPiece(PiecewiseBackend):
     _tier: Any  # its Tier (tier.py imports this module)
 
     def __call__(self, *args: Any) -> Any:
-        if self._tier.capturing():
+        tier = self._tier
+        if tier.capturing():
             return uncompiled(self, args)
         controller().admit()  # NOTE: [the compile's share]
+        if type(self) is not TieredPiece:
+            # Given up or swapped in (another thread) while it waited: a plain
+            # backend now.
+            return self(*args)
         if self._landed is not None:
-            return self._tier.swap(self, args)
+            return tier.swap(self, args)
         return uncompiled(self, args)
 
     def runnable_for(self, size: int) -> Any:
