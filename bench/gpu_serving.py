@@ -28,17 +28,25 @@ size.  Side by side in one process, on the same model and inputs:
                       and coordinate descent, as vLLM does for its sizes)
 ``stitch-full-pdl``   Stitch FULL with every Triton kernel launched with
                       programmatic dependent launch (``triton.enable_pdl``)
+``stitch-full-copies`` Stitch FULL without Stitch's own passes: Inductor's folds
+                      of the residual adds into addmm kept, with the two
+                      device-to-device copies per layer they cost on CUDA (FULL
+                      as it was before ``UnfuseResidualAddmm``)
 
-The last two are not run unless named in ``--variants``: their compiles take
-minutes more (``scripts/gpu_check.sh decode`` runs them against FULL).
+The last three are not run unless named in ``--variants``: the tuned ones
+compile for minutes more (``scripts/gpu_check.sh decode`` runs all three against
+FULL and reduce-overhead).
 
-Per variant and size: latency (CUDA events around one forward, median), host
-time (wall time of one call, started on an idle GPU, so the launches never wait
-for it), and the time per forward of back-to-back forwards.  Per variant: compile
-time, capture time and the memory the graphs reserved.  On a GPU, the run also
-measures the device's copy bandwidth (a 1 GiB device-to-device copy) and states
-the floor of a decode step: the bytes of the weights it reads whole over that
-bandwidth.
+Every variant is compiled and captured first; then ``--repeats`` repeats (5)
+time each size of every variant in turn (NOTE: [the variants take turns],
+gpu_serving_timing.py).  Per variant and size: the time per forward of forwards
+issued back to back (CUDA events on a GPU, wall time on the CPU), min and median
+over the repeats, beside the floor of a decode step: the bytes of the weights it
+reads whole over the device's copy bandwidth, measured in the same run (a 1 GiB
+copy on the device; 256 MiB on the CPU).  Then, pooled over the repeats:
+latency (CUDA events around one forward, median) and host time (wall time of
+one call, started on an idle GPU, so the launches never wait for it).  Per
+variant: compile time, capture time and the memory the graphs reserved.
 
 Host *overhead* is host time minus a floor: what the launches themselves cost
 (one ``stitch::attention`` call per layer plus one graph replay per piece,
@@ -58,7 +66,6 @@ dispatch of each path (the floor is then the attention op's dispatch).
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -76,7 +83,6 @@ from gpu_serving_model import (  # noqa: E402  (bench/, beside this file)
     DEFAULT_VARIANTS,
     DTYPES,
     VARIANTS,
-    Clock,
     Prepared,
     Subject,
     example_subject,
@@ -84,110 +90,125 @@ from gpu_serving_model import (  # noqa: E402  (bench/, beside this file)
     null_attention_kernel,
     prepare,
 )
-from gpu_serving_report import (  # noqa: E402
-    report,
+from gpu_serving_report import report  # noqa: E402
+from gpu_serving_timing import (  # noqa: E402
+    Clock,
+    Plan,
+    Samples,
+    copy_bandwidth_gbs,
+    launch_floor_us,
+    measure_interleaved,
+    weight_bytes,
 )
 from machine_facts import machine_facts  # noqa: E402
 
 
-# -- the floor of host time ---------------------------------------------------------------------
-def launch_floor_us(
-    subject: Subject, n: int, device: torch.device, clock: Clock, iters: int
-) -> tuple[float, float, float, float]:
-    """Host µs of one attention call at ``n`` tokens and of one graph replay
-    (medians, then 10th percentiles).
-
-    Each is timed as a forward issues it: one call per layer in a row (from an
-    idle GPU), divided by the number of layers.
-    """
-    layers = list(zip(subject.caches[::2], subject.caches[1::2], strict=True))
-    q = torch.randn(
-        n, subject.heads, subject.head_dim, device=device, dtype=subject.dtype
-    )
-    out = torch.empty_like(q)
-    positions = torch.zeros(n, dtype=torch.int64, device=device)
-
-    def attention() -> None:
-        for k_cache, v_cache in layers:
-            torch.ops.stitch.attention(q, q, q, k_cache, v_cache, positions, out, 0.1)
-
-    with torch.inference_mode():
-        attention()
-        median, p10 = clock.host_us(attention, iters)
-        attention_us, attention_p10 = median / len(layers), p10 / len(layers)
-    replay_us = replay_p10 = 0.0
-    if device.type == "cuda":
-        x = torch.randn(n, subject.hidden, device=device, dtype=subject.dtype)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            y = (x * 2).sin() + 1
-        del y
-
-        def replays() -> None:
-            for _ in range(len(layers) + 1):
-                graph.replay()
-
-        median, p10 = clock.host_us(replays, iters)
-        replay_us, replay_p10 = median / (len(layers) + 1), p10 / (len(layers) + 1)
-    return attention_us, replay_us, attention_p10, replay_p10
-
-
-# -- the floor of a decode step ---------------------------------------------------------------
-def weight_bytes(model: torch.nn.Module) -> int:
-    """The bytes of the weights one decode step reads whole: every parameter once
-    (tied ones too), but an embedding table that no linear layer also uses (a
-    step reads only its tokens' rows of it)."""
-    embeddings = {
-        id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)
-    }
-    linears = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    return sum(
-        p.numel() * p.element_size()
-        for p in model.parameters()
-        if id(p) not in embeddings or id(p) in linears
-    )
-
-
-def copy_bandwidth_gbs(device: torch.device, clock: Clock, iters: int) -> float:
-    """The device's copy bandwidth in GB/s: bytes read plus bytes written by a
-    1 GiB device-to-device copy, over its median time (CUDA events)."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    seconds = clock.latency_us(lambda: dst.copy_(src), iters) / 1e6
-    return 2 * (1 << 30) / seconds / 1e9
-
-
 # -- the run -------------------------------------------------------------------------------
-def measure(
-    prepared: Prepared,
+def measure_floors(
     subject: Subject,
     sizes: Sequence[int],
     args: argparse.Namespace,
     device: torch.device,
     clock: Clock,
-) -> dict[int, dict[str, float]]:
-    rows = {}
-    for n in sizes:
-        inputs, kwargs = subject.inputs(n, 3)
-        iters = args.iters if n <= max(args.decode) else max(10, args.iters // 10)
-
-        def forward(inputs: Any = inputs, kwargs: Any = kwargs) -> Any:
-            return prepared.forward(*inputs, **kwargs)
-
-        with torch.inference_mode():
-            for _ in range(args.warmup):
-                forward()
-            latency = clock.latency_us(forward, iters)
-            host, host_p10 = clock.host_us(forward, iters)
-            rows[n] = {
-                "latency_us": latency,
-                "host_us": host,
-                "host_p10_us": host_p10,
-                "back_to_back_us": clock.back_to_back_us(forward, iters),
+) -> dict[str, Any]:
+    """The floor of host time at each size, and the weight-read floor of a decode
+    step (the device's copy bandwidth measured now)."""
+    with torch.inference_mode():
+        floors = {
+            n: launch_floor_us(subject, n, device, clock, args.iters) for n in sizes
+        }
+    size = (1 << 30) if device.type == "cuda" else (256 << 20)
+    bandwidth = copy_bandwidth_gbs(device, clock, max(20, args.iters // 10), size)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the copy's buffers back to the device
+    weights = weight_bytes(subject.model)
+    return {
+        "floor": {
+            n: {
+                "attention_us": a,
+                "replay_us": r,
+                "attention_p10_us": a10,
+                "replay_p10_us": r10,
             }
-    return rows
+            for n, (a, r, a10, r10) in floors.items()
+        },
+        "read_floor": {
+            "copy_bytes": size,
+            "copy_gbs": bandwidth,
+            "weight_bytes": weights,
+            "floor_us": weights / (bandwidth * 1e9) * 1e6,
+        },
+    }
+
+
+def prepare_all(
+    subject: Subject,
+    args: argparse.Namespace,
+    device: torch.device,
+    clock: Clock,
+    results: dict[str, Any],
+) -> dict[str, Prepared]:
+    """Every variant compiled and captured, all alive at once (NOTE: [the
+    variants take turns]); each one's costs recorded as it is ready."""
+    prepared = {}
+    t0 = time.perf_counter()
+    for variant in args.variants:
+        print(
+            f"-- {variant} ({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        with torch.no_grad():
+            ready = prepare(variant, subject, args, device, clock)
+        prepared[variant] = ready
+        results["variants"][variant] = {
+            "compile_s": ready.compile_s,
+            "capture_s": ready.capture_s,
+            "graph_mib": ready.graph_mib,
+            "largest_mib": ready.largest_mib,
+            "graphs": ready.graphs,
+            "note": ready.note,
+            "sizes": {},
+        }
+        save(results, args)  # what is ready so far survives a later failure
+    return prepared
+
+
+def measure(
+    prepared: dict[str, Prepared],
+    subject: Subject,
+    sizes: Sequence[int],
+    args: argparse.Namespace,
+    clock: Clock,
+    results: dict[str, Any],
+) -> None:
+    """Each size of every variant, in turn, ``args.repeats`` times; the rows
+    of ``results`` are written (and saved) after each repeat."""
+    plan = Plan(
+        repeats=args.repeats,
+        iters={
+            n: args.iters if n <= max(args.decode) else max(10, args.iters // 10)
+            for n in sizes
+        },
+        warmup=args.warmup,
+    )
+    inputs = {n: subject.inputs(n, 3) for n in sizes}
+    t0 = time.perf_counter()
+
+    def after_repeat(r: int, samples: dict[str, dict[int, Samples]]) -> None:
+        print(
+            f"-- repeat {r + 1} of {args.repeats} ({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        for variant, by_size in samples.items():
+            results["variants"][variant]["sizes"] = {
+                n: s.row() for n, s in by_size.items()
+            }
+        save(results, args)
+
+    forwards = {v: p.forward for v, p in prepared.items()}
+    measure_interleaved(forwards, inputs, plan, clock, after_repeat)
 
 
 def profile(
@@ -241,56 +262,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "args": {k: v for k, v in vars(args).items() if k not in ("out", "json")},
         "variants": {},
     }
-    with torch.inference_mode():
-        floors = {
-            n: launch_floor_us(subject, n, device, clock, args.iters) for n in sizes
-        }
-    results["floor"] = {
-        n: {
-            "attention_us": a,
-            "replay_us": r,
-            "attention_p10_us": a10,
-            "replay_p10_us": r10,
-        }
-        for n, (a, r, a10, r10) in floors.items()
-    }
-    if device.type == "cuda":
-        bandwidth = copy_bandwidth_gbs(device, clock, max(20, args.iters // 10))
-        torch.cuda.empty_cache()  # the copy's 2 GiB back to the device
-        weights = weight_bytes(subject.model)
-        results["read_floor"] = {
-            "copy_gbs": bandwidth,
-            "weight_bytes": weights,
-            "floor_us": weights / (bandwidth * 1e9) * 1e6,
-        }
-    t0 = time.perf_counter()
-    for variant in args.variants:
-        print(
-            f"-- {variant} ({time.perf_counter() - t0:.0f} s)",
-            file=sys.stderr,
-            flush=True,
-        )
-        with torch.no_grad():
-            prepared = prepare(variant, subject, args, device, clock)
-        rows = measure(prepared, subject, sizes, args, device, clock)
+    results.update(measure_floors(subject, sizes, args, device, clock))
+    # Each compiled variant is one more entry in the cache of the model's
+    # forward, and they all stay (NOTE: [the variants take turns]).
+    with torch._dynamo.config.patch(recompile_limit=len(VARIANTS) + 8):
+        prepared = prepare_all(subject, args, device, clock, results)
+        measure(prepared, subject, sizes, args, clock, results)
         if args.profile:
-            profile(prepared, subject, variant, args, device)
-        results["variants"][variant] = {
-            "compile_s": prepared.compile_s,
-            "capture_s": prepared.capture_s,
-            "graph_mib": prepared.graph_mib,
-            "largest_mib": prepared.largest_mib,
-            "graphs": prepared.graphs,
-            "note": prepared.note,
-            "sizes": rows,
-        }
-        del prepared
-        save(results, args)  # what is measured so far survives a later failure
-        torch._dynamo.reset()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    del keep
+            for variant, ready in prepared.items():
+                profile(ready, subject, variant, args, device)
+    del prepared, keep
     return results
 
 
@@ -361,8 +342,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--variants",
         type=lambda t: t.split(","),
         default=list(DEFAULT_VARIANTS),
-        help=f"comma-separated, of {', '.join(VARIANTS)} (default: all but the "
-        "last two)",
+        help=f"comma-separated, of {', '.join(VARIANTS)} (default: "
+        f"{', '.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument(
         "--tuned-sizes",
@@ -380,8 +361,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--stitch-backend", choices=("inductor", "eager"), default="inductor"
     )
-    parser.add_argument("--iters", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument(
+        "--iters",
+        type=int,
+        default=200,
+        help="forwards timed per variant and decode size, each way, split over the "
+        "repeats (the prefill a tenth, at least 10)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=20,
+        help="forwards run first per variant and size, split over the repeats",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="the variants take turns this many times (min and median over them)",
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument(
         "--emulate", action="store_true", help="emulated graphs (CPU dry run)"
@@ -395,6 +393,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     unknown = sorted(set(args.variants) - set(VARIANTS))
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.repeats < 1 or args.iters < 1 or args.warmup < 0:
+        parser.error("--repeats and --iters must be at least 1, --warmup at least 0")
     if args.hidden % args.heads:
         parser.error("--hidden must be a multiple of --heads")
     if (args.emulate or args.host_only) and args.device != "cpu":

@@ -1,4 +1,4 @@
-"""The variants, model subjects and preparation of bench/gpu_serving.py (timing included)."""
+"""The variants, model subjects and preparation of bench/gpu_serving.py."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import dataclasses
 import gc
 import math
 import os
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from gpu_serving_timing import Clock
 from vllm_style import VllmStyleManager
 
 from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
@@ -29,9 +29,10 @@ VARIANTS = (
     "stitch-fp",
     "stitch-full-tuned",
     "stitch-full-pdl",
+    "stitch-full-copies",
 )
-# What runs when --variants is not given: the tuned ones compile for minutes more
-# (scripts/gpu_check.sh decode runs them).
+# What runs when --variants is not given: the tuned ones compile for minutes more,
+# and the copies are Stitch's old FULL (scripts/gpu_check.sh decode runs them).
 DEFAULT_VARIANTS = VARIANTS[:7]
 STITCH_MODES: dict[str, dict[str, Any]] = {
     "stitch-vllm": {"cudagraph_mode": "PIECEWISE"},  # with VllmStyleManager
@@ -46,6 +47,30 @@ STITCH_MODES: dict[str, dict[str, Any]] = {
         "cudagraph_mode": "FULL",
         "inductor_compile_config": {"triton.enable_pdl": True},
     },
+    # FULL without Stitch's own passes (today only UnfuseResidualAddmm): an
+    # Inductor post-grad pass of the user's own takes their hook (NOTE: [Stitch's
+    # own passes run on every piece]), here none.  Inductor's folds of the
+    # residual adds into addmm stay, with their device-to-device copies on CUDA
+    # (NOTE: [a piece's residual add stays out of its GEMM]): FULL as it was.
+    "stitch-full-copies": {
+        "cudagraph_mode": "FULL",
+        "inductor_compile_config": {"post_grad_custom_post_pass": None},
+    },
+}
+# What the report says of each variant it names.
+DESCRIPTIONS = {
+    "eager": "the model as written",
+    "compile": "torch.compile, Inductor's defaults",
+    "compile-ro": "torch.compile with Inductor's CUDA graphs (reduce-overhead)",
+    "stitch-vllm": "Stitch PIECEWISE through the vLLM-style per-piece path",
+    "stitch-piecewise": "Stitch PIECEWISE, the dispatch hoisted",
+    "stitch-full": "Stitch FULL, residual adds kept out of the GEMMs (no copies)",
+    "stitch-fp": "Stitch FULL_AND_PIECEWISE",
+    "stitch-full-tuned": "Stitch FULL, --tuned-sizes compiled under --tuned-options",
+    "stitch-full-pdl": "Stitch FULL, Triton kernels with programmatic dependent launch",
+    "stitch-full-copies": "Stitch FULL without its own passes: residual adds folded "
+    "into addmm, two device-to-device copies per layer on CUDA (as before "
+    "UnfuseResidualAddmm)",
 }
 # vLLM's default capture sizes: 1, 2, 4, then every multiple of 8 up to 512.
 CAPTURE_SIZES = [1, 2, 4, *range(8, 513, 8)]
@@ -69,62 +94,6 @@ def null_attention_kernel() -> torch.library.Library:
     lib = torch.library.Library("stitch", "IMPL")
     lib.impl("attention", lambda *args: None, "CPU")
     return lib
-
-
-# -- timing -------------------------------------------------------------------------------
-class Clock:
-    """CUDA events on a GPU, wall time elsewhere."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def sync(self) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-
-    def latency_us(self, fn: Callable[[], Any], iters: int) -> float:
-        times = []
-        for _ in range(iters):
-            self.sync()
-            if self.cuda:
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end) * 1e3)
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e6)
-        return statistics.median(times)
-
-    def host_us(self, fn: Callable[[], Any], iters: int) -> tuple[float, float]:
-        """The median and the 10th percentile of one call's host time."""
-        times = []
-        for _ in range(iters):
-            self.sync()  # an idle GPU: the launches never wait for it
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e6)
-        self.sync()
-        # NOTE: [host time's low percentile]
-        # Other work on the machine only ever adds to a call's host time; on the
-        # GPU machine the same forward's median moved by hundreds of µs from one
-        # run to the next (and once between batch 1 and 8 of one run), while the
-        # profiler counted the same CPU time.  The 10th percentile is what the
-        # call itself costs; the report gives both.
-        p10 = statistics.quantiles(times, n=10)[0] if len(times) > 1 else times[0]
-        return statistics.median(times), p10
-
-    def back_to_back_us(self, fn: Callable[[], Any], iters: int) -> float:
-        self.sync()
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        self.sync()
-        return (time.perf_counter() - t0) / iters * 1e6
 
 
 # -- the model ----------------------------------------------------------------------------
@@ -312,7 +281,6 @@ def prepare(
 ) -> Prepared:
     """Compile (and capture) one variant; first calls at every size happen here."""
     model = subject.model
-    torch._dynamo.reset()
     sizes = args.decode + [args.prefill]
     first = max(args.decode)
     if variant == "eager":
@@ -323,6 +291,8 @@ def prepare(
         if variant == "compile-ro":
             options["triton.cudagraphs"] = True
         forward = torch.compile(model, fullgraph=True, options=options)
+        counted = torch._dynamo.utils.counters["inductor"]
+        skipped = counted.get("cudagraph_skips", 0)
         subject.call(forward, first, 0)
         clock.sync()
         compile_s = time.perf_counter() - start
@@ -334,7 +304,7 @@ def prepare(
             for _ in range(3):
                 subject.call(forward, n, 1)
         clock.sync()
-        skips = torch._dynamo.utils.counters["inductor"].get("cudagraph_skips", 0)
+        skips = counted.get("cudagraph_skips", 0) - skipped
         return Prepared(
             forward,
             compile_s,

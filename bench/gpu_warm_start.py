@@ -4,9 +4,10 @@ Run on a CUDA machine: ``python bench/gpu_warm_start.py`` (``--help`` for option
 ``scripts/gpu_check.sh`` runs it after the serving benchmark).
 
 The model is bench/gpu_serving.py's (about 1B parameters, bf16, random weights
-made on the GPU: a server would read its weights instead, which is not what is
-measured here); ``--model hf`` serves transformers' ``LlamaForCausalLM`` of the
-same shapes in the token layout (``attn_implementation="stitch"``) instead.
+made on the GPU by the cold process, read back by the warm ones); ``--model
+hf`` serves transformers' ``LlamaForCausalLM`` of the same shapes in the token
+layout (``attn_implementation="stitch"``) instead, saved with
+``save_pretrained`` and loaded by the warm processes with ``load_checkpoint``.
 Each row is one fresh Python process that runs
 ``stitch.runtime.aot_compile`` on it, captures the CUDA graphs of every capture
 size (as a server does before its first request) and then runs one decode step
@@ -26,9 +27,11 @@ start to the first token within 1 s, every size captured within 2 s more
 uses torch).  The ``lazy`` warm process captures only size 1 before its first
 token and the other sizes after it (NOTE: [capture what the first request
 needs]).  The cold process makes the example llama's weights (fp32, a random
-init, then bf16) and saves them; a warm process builds the model as a
-restart does, in bf16 on the device, and reads them (``--weights random``:
-as the cold process; that build was 0.91 s of an H200's 1.30 s).
+init, then bf16) and saves them; a warm process restarts as a server would:
+it reads them while it imports Stitch and builds the model on the meta device,
+and loads its saved forward before the last bytes arrive
+(stitch.runtime.weights; ``--weights random``: as the cold process).  Each
+process's phases are printed too (bench/warm_phases.py).
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ WARM_KINDS = {
         {"TORCHINDUCTOR_COMPILE_THREADS": "1"},
     ),
 }
+
+# Where the cold process saves the weights a warm one reads (--weights file).
+WEIGHTS = {"example": "weights.safetensors", "hf": "hf-llama"}
 
 MODES = {
     "PIECEWISE": {"cudagraph_mode": "PIECEWISE"},
@@ -82,24 +88,33 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         import transformers.models.llama.modeling_llama  # noqa: F401
 
     imported = time.perf_counter()
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from warm_subjects import example_subject, hf_subject
+    from warm_phases import WarmPhases, dump_profile, profiling  # on sys.path
 
-    from stitch.runtime import CompilationConfig, aot_compile, compilation_counter
-    from stitch.runtime.examples import LlamaConfig
+    # A restart's weights are read from here on (NOTE: [the order of a
+    # model's load] in stitch.runtime.weights).
+    phases = WarmPhases(spec, started, imported)
+    with phases.phase("import stitch"):
+        from warm_subjects import example_subject, hf_subject
+
+        from stitch.runtime import CompilationConfig, aot_compile, compilation_counter
+        from stitch.runtime.examples import LlamaConfig
 
     device = spec["device"]
     cfg = LlamaConfig(**spec["model"], dtype=torch.bfloat16)
     # The model's build, profiled too: most of a warm restart's first token
     # on an H200 (1.15 s of 1.40 s, docs/gpu/h200_window_4.md).
-    building = _profiling(spec, ".build")
-    if spec.get("hf"):
-        subject = hf_subject(cfg, device)
+    building = profiling(spec, ".build")
+    if spec.get("hf") and spec.get("weights"):  # loaded from the saved folder
+        subject = hf_subject(cfg, device, spec["weights"], phases.timeline)
+    elif spec.get("hf"):
+        with phases.phase("model build"):  # random weights, on the device
+            subject = hf_subject(cfg, device)
+    elif phases.reader is None:  # the cold process: random weights, saved
+        with phases.phase("model build"):
+            subject = example_subject(cfg, device, spec.get("weights", ""))
     else:
-        subject = example_subject(cfg, device, spec.get("weights", ""))
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    _dump(building, spec, ".build")
+        subject = example_subject(cfg, device, spec["weights"], phases.reader)
+    dump_profile(building, spec, ".build")
     model = subject.model
     built = time.perf_counter()
     progress(f"{spec['mode']}: model built", imported)
@@ -112,41 +127,39 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     before = compilation_counter.snapshot()
     with torch.inference_mode():
         args, kwargs = subject.inputs(max(spec["capture_sizes"]), 0)
-        profiler = None
-        if spec.get("profile"):
-            import cProfile
-
-            profiler = cProfile.Profile()
-            profiler.enable()
+        profiler = profiling(spec, "")
+        start = time.perf_counter()
         forward = aot_compile(
             model, args, config, example_kwargs=kwargs, dynamic_dims=subject.dims
         )
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(spec["profile"])
+        what = "saved forward load" if forward.warm else "compile and save"
+        phases.timeline.record(what, start, time.perf_counter())
+        dump_profile(profiler, spec, "")
+        with phases.phase("weights wait"):
+            subject.ready()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
         loaded = time.perf_counter()
         progress(f"loaded (warm: {forward.warm})", imported)
 
         def dummy(n: int) -> None:
             subject.call(forward, n, 1)
 
-        if profiler is not None:
-            profiler = cProfile.Profile()
-            profiler.enable()
+        profiler = profiling(spec, ".capture")
         startup = spec.get("startup_sizes")
         # NOTE: [capture what the first request needs]: with --startup-sizes,
         # only those sizes before the first token, the rest after it.
-        forward.cudagraphs.capture_sizes(dummy, startup, defer_rest=bool(startup))
-        if device == "cuda":
-            torch.cuda.synchronize()
-        if profiler is not None:
-            profiler.disable()
-            profiler.dump_stats(spec["profile"] + ".capture")
+        with phases.phase("graphs captured"):
+            forward.cudagraphs.capture_sizes(dummy, startup, defer_rest=bool(startup))
+            if device == "cuda":
+                torch.cuda.synchronize()
+        dump_profile(profiler, spec, ".capture")
         captured = time.perf_counter()
         progress("graphs captured", imported)
         subject.reset()
-        token = subject.call(forward, 1, 2).argmax(-1)
-        token.item()  # synchronizes
+        with phases.phase("first token"):
+            token = subject.call(forward, 1, 2).argmax(-1)
+            token.item()  # synchronizes
         first = time.perf_counter()
         forward.cudagraphs.capture_pending(dummy)
         if device == "cuda":
@@ -180,6 +193,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
         "artifacts_loaded": after["num_compiled_artifacts_loaded"]
         - before["num_compiled_artifacts_loaded"],
         "inductor_counters": inductor_counters,
+        "phases": phases.rows(),
     }
 
 
@@ -207,33 +221,6 @@ def run_child(
     if proc.returncode != 0 or len(lines) != 1:
         raise SystemExit(f"child failed ({proc.returncode}):\n{proc.stdout}")
     return json.loads(lines[0][len("RESULT ") :])
-
-
-def _profiling(spec: dict[str, Any], suffix: str) -> Any:
-    """A cProfile profiler, enabled, where ``spec`` asks for a profile."""
-    if not spec.get("profile"):
-        return None
-    import cProfile
-
-    profiler = cProfile.Profile()
-    profiler.enable()
-    return profiler
-
-
-def _dump(profiler: Any, spec: dict[str, Any], suffix: str) -> None:
-    if profiler is not None:
-        profiler.disable()
-        profiler.dump_stats(spec["profile"] + suffix)
-
-
-def write_profile_summary(path: str) -> None:
-    """``path``.txt: the profile's top 40 by cumulative time and top 25 by own time."""
-    import pstats
-
-    with open(path + ".txt", "w", encoding="utf-8") as f:
-        stats = pstats.Stats(path, stream=f)
-        stats.sort_stats("cumulative").print_stats(40)
-        stats.sort_stats("tottime").print_stats(25)
 
 
 HEADERS = (
@@ -330,13 +317,16 @@ def main() -> int:
         "--weights",
         choices=("file", "random"),
         default="file",
-        help="the example llama's weights in the warm processes: read from the "
-        "file the cold process saved, as a restart does (file), or made as the "
-        "cold process makes them, in fp32 with a random init (random)",
+        help="the model's weights in the warm processes: read from the file "
+        "(--model hf: the save_pretrained folder) the cold process saved, as a "
+        "restart does (file), or made as the cold process makes them (random)",
     )
     parser.add_argument("--out", help="also write the markdown table here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from warm_phases import phase_table, write_profile_summary
+
     if args.child:
         print("RESULT " + json.dumps(child(json.loads(args.child))))
         return 0
@@ -352,6 +342,7 @@ def main() -> int:
     }
     scratch = tempfile.mkdtemp(prefix="stitch-gpu-warm-")
     rows: list[tuple[Any, ...]] = []
+    phase_tables: list[str] = []  # each process's phases (bench/warm_phases.py)
     try:
         for mode in args.modes.split(","):
             spec = {
@@ -362,7 +353,7 @@ def main() -> int:
                 "hf": args.model == "hf",
                 "cache_dir": os.path.join(scratch, f"stitch-{mode}"),
                 "weights": (
-                    os.path.join(scratch, "weights.safetensors")
+                    os.path.join(scratch, WEIGHTS[args.model])
                     if args.weights == "file"
                     else ""
                 ),
@@ -401,6 +392,8 @@ def main() -> int:
                     rows.append((mode, label, cell, *[""] * (len(HEADERS) - 3)))
                     continue
                 rows.append(result_row(mode, label, res))
+                phase_tables.append(f"{mode}, {label}:\n\n{phase_table(res['phases'])}")
+                print(phase_tables[-1], flush=True)
                 # The row alone, as it will read in the table: progress.
                 print(warm_table(rows[-1:]).splitlines()[-1], flush=True)
                 if args.out:  # what is measured so far survives a later failure
@@ -429,6 +422,8 @@ def main() -> int:
         + (" and transformers' Llama" if args.model == "hf" else "")
         + "\n\n"
         + warm_table(rows)
+        + "\n\nEach process's phases, in seconds from its start:\n\n"
+        + "\n\n".join(phase_tables)
         + "\n"
     )
     print(text)

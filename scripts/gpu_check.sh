@@ -27,7 +27,8 @@
 #                                            #   3 layers (~4 min on an H200)
 #     bash scripts/gpu_check.sh tiered-32    # the same at 32 layers (~4-5 min)
 #     bash scripts/gpu_check.sh decode       # batch-1..128 decode against the weight-read
-#                                            #   floor (~4 min; extra arguments go to it)
+#                                            #   floor, FULL with and without its copies
+#                                            #   (~4-5 min; extra arguments go to it)
 #     bash scripts/gpu_check.sh profile      # where a warm restart's time goes, and one
 #                                            #   decode step's kernels and gaps (~2 min)
 #     bash scripts/gpu_check.sh all          # every part but engine, tiered, decode, profile
@@ -222,15 +223,16 @@ part_warm_lazy() {
 part_bench() {
     local extra=(--out "$out/gpu_serving.md" --profile "$out/gpu_profile.txt")
     rm -f "$out/gpu_profile.txt"
+    # --max-full: stitch-fp's full graphs within the rehearsal's capture sizes.
     [[ $rehearse == 1 ]] && extra+=(--device cpu --emulate "${TINY[@]}" --iters 2
-        --warmup 1 --prefill 16 --decode 1,2 --capture-sizes 1,2,4)
+        --warmup 1 --prefill 16 --decode 1,2 --capture-sizes 1,2,4 --max-full 2)
     run_step "benchmark: bench/gpu_serving.py" "$PY" bench/gpu_serving.py "${extra[@]}" "$@"
 }
 
 part_bench_hf() {
     local extra=(--model hf --out "$out/gpu_serving_hf.md")
     [[ $rehearse == 1 ]] && extra+=(--device cpu --emulate "${TINY[@]}" --iters 2
-        --warmup 1 --prefill 16 --decode 1,2 --capture-sizes 1,2,4)
+        --warmup 1 --prefill 16 --decode 1,2 --capture-sizes 1,2,4 --max-full 2)
     run_step "benchmark: bench/gpu_serving.py --model hf" \
         "$PY" bench/gpu_serving.py "${extra[@]}" "$@"
 }
@@ -297,9 +299,12 @@ part_tiered_32() {
 }
 
 part_decode() {
-    # Issue 30's batch-1 target: the best mode within 1.5x the weight-read floor.
-    local extra=(--variants compile-ro,stitch-full,stitch-full-tuned,stitch-full-pdl
-        --decode 1,8,32,128 --iters 100 --out "$out/gpu_decode.md"
+    # Issue 30's batch-1 target: the best mode within 1.5x the weight-read floor;
+    # issue 76: FULL with its residual adds' copies (stitch-full-copies, Stitch's
+    # own passes off) beside copy-free FULL and reduce-overhead.  The variants
+    # take turns over 5 repeats (--repeats); --iters are split over them.
+    local extra=(--variants compile-ro,stitch-full-copies,stitch-full,stitch-full-tuned,stitch-full-pdl
+        --decode 1,8,32,128 --iters 200 --out "$out/gpu_decode.md"
         --json "$out/gpu_decode.json" --profile "$out/gpu_decode_profile.txt")
     rm -f "$out/gpu_decode_profile.txt"
     [[ $rehearse == 1 ]] && extra+=(--device cpu --emulate "${TINY[@]}" --iters 2

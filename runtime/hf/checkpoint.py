@@ -6,7 +6,10 @@ by its file, not by a traceback from inside transformers: the folder, its
 knows), its safetensors weights (one file, or shards and their index; each
 file's header read whole) and, once loaded, that the weights cover every
 parameter of the model.  It is loaded from local files only (never the hub),
-in the checkpoint's dtype (its config's ``dtype``), then moved to the device.
+in the checkpoint's dtype (its config's ``dtype``): the weights are read on
+threads (stitch.runtime.weights) while transformers is imported, then handed
+to ``from_pretrained``, which builds the model on the meta device and puts
+them on the device once.
 A tokenizer in the folder makes the example input ids from a short prompt;
 without one they are random ids of the vocabulary.
 """
@@ -22,8 +25,11 @@ import torch
 
 from stitch.core.errors import StitchModelError, describe_exception
 
+from ..weights import Timeline, start_reading
+
 CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
+GENERATION_FILE = "generation_config.json"
 # Any of these makes the folder hold a tokenizer (AutoTokenizer reads them).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 PROMPT = "Stitch splits a model at its attention and compiles the pieces between."
@@ -80,29 +86,56 @@ def output_tensor(output: Any) -> torch.Tensor:
 
 
 def load_checkpoint(
-    folder: str, *, device: str = "cpu", attn_implementation: str | None = None
+    folder: str,
+    *,
+    device: str = "cpu",
+    attn_implementation: str | None = None,
+    timeline: Timeline | None = None,
 ) -> Checkpoint:
     """Check and load the checkpoint in ``folder``; every fault is a
-    :class:`~stitch.core.errors.StitchModelError` naming the file."""
+    :class:`~stitch.core.errors.StitchModelError` naming the file.
+    ``timeline`` gets the load's phases (``weight read``, ``meta build``:
+    ``from_pretrained`` given the tensors read)."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
         what = "a file, not a folder" if os.path.exists(folder) else "no such folder"
         raise StitchModelError(f"--model {folder}: {what}")
-    config = read_config(folder)
     weights = weight_files(folder)
     for path in weights:
         _check_safetensors(path)
+    target = _device(device)
+    # NOTE: [a checkpoint's weights go to the device through from_pretrained]
+    # The weights are read on threads while transformers is imported and the
+    # config read (NOTE: [the order of a model's load] in runtime/weights),
+    # into CPU memory: from_pretrained builds the model on the meta device
+    # and puts each tensor on the device once.  Read straight to the device
+    # instead, they would sit beside the block from_pretrained reserves for
+    # the weights before it places them (caching_allocator_warmup), twice
+    # the model on the device: a model over half of it would not load.  Read
+    # into pinned memory, every byte would be pinned first, which costs more
+    # than the pageable copy it saves.
+    reader = start_reading(weights, "cpu", timeline=timeline)
+    config = read_config(folder)
     if attn_implementation == "stitch":
         from .registration import register
 
         register()
-    model = _load_model(folder, config, attn_implementation)
-    try:
-        model.to(torch.device(device))
-    except (RuntimeError, AssertionError) as exc:
-        raise StitchModelError(f"--device {device}: {describe_exception(exc)}") from exc
+    tensors = reader.wait()
+    with reader.timeline.phase("meta build"):
+        model = _load_model(folder, config, attn_implementation, tensors, target)
     causal = bool(getattr(model, "can_generate", lambda: False)())
     return Checkpoint(folder, model.eval(), weights, _load_tokenizer(folder), causal)
+
+
+def _device(device: str) -> torch.device:
+    """``device`` parsed, and usable: a CUDA device where CUDA is."""
+    try:
+        target = torch.device(device)
+        if target.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("Torch not compiled with CUDA enabled, or no GPU")
+    except (RuntimeError, ValueError) as exc:
+        raise StitchModelError(f"--device {device}: {describe_exception(exc)}") from exc
+    return target
 
 
 def read_config(folder: str) -> Any:
@@ -199,7 +232,16 @@ def _model_class(config: Any) -> Any:
     return transformers.AutoModel
 
 
-def _load_model(folder: str, config: Any, attn: str | None) -> torch.nn.Module:
+def _load_model(
+    folder: str,
+    config: Any,
+    attn: str | None,
+    tensors: dict[str, torch.Tensor],
+    device: torch.device,
+) -> torch.nn.Module:
+    """transformers' model of ``config`` given the weights read (its own
+    build on the meta device, renames, ties and computed buffers), on
+    ``device``, with the folder's generation config."""
     import transformers.utils.logging as hf_logging
 
     cls = _model_class(config)
@@ -211,12 +253,12 @@ def _load_model(folder: str, config: Any, attn: str | None) -> torch.nn.Module:
     hf_logging.set_verbosity_error()
     try:
         model, info = cls.from_pretrained(
-            folder,
+            None,
             config=config,
-            local_files_only=True,
-            use_safetensors=True,
+            state_dict=tensors,
             dtype="auto",
             attn_implementation=attn,
+            device_map={"": device},
             ignore_mismatched_sizes=True,
             output_loading_info=True,
         )
@@ -229,7 +271,26 @@ def _load_model(folder: str, config: Any, attn: str | None) -> torch.nn.Module:
     finally:
         hf_logging.set_verbosity(verbosity)
     _check_loaded(folder, type(model).__name__, info)
+    _load_generation_config(folder, model)
     return model
+
+
+def _load_generation_config(folder: str, model: Any) -> None:
+    """The folder's ``generation_config.json``, as ``from_pretrained(folder)``
+    reads it (the weights came as tensors, so it did not)."""
+    import transformers
+
+    if not os.path.isfile(os.path.join(folder, GENERATION_FILE)):
+        return
+    try:
+        model.generation_config = transformers.GenerationConfig.from_pretrained(
+            folder, local_files_only=True
+        )
+    except Exception as exc:
+        raise StitchModelError(
+            f"{os.path.join(folder, GENERATION_FILE)} does not load: "
+            f"{describe_exception(exc)}"
+        ) from exc
 
 
 def _check_loaded(folder: str, name: str, info: dict[str, Any]) -> None:
