@@ -166,6 +166,7 @@ EXTENDED_MODULES = frozenset(
         "test_hf_stitch.py",
         "test_input_check.py",
         "test_spawned_pool.py",
+        "test_stop_while_compiling.py",
         "test_tiered.py",
         "test_tiered_default.py",
         "test_tiered_sandbox.py",

@@ -17,6 +17,8 @@ supporting the next release starts with reading these files:
   code imports, the warm-up;
 - ``fake``: fake tensors, the tracing context, fake propagation;
 - ``shapes``: the ShapeEnv: ranges, backed values, the guards a call adds;
+- ``guard_codec`` and ``guard_bounds``: a recorded guard as structural text,
+  read back through one reader and bounded before anything is computed;
 - ``pytree``: flattening outputs;
 - ``graph_pickle``: pieces, fake tensors and the ShapeEnv across a process
   boundary (spawned compile workers);
