@@ -38,6 +38,7 @@ from .pieces import (
     is_inlined_piece,
     module_path_of,
     output_value,
+    reading_module,
     single_call,
 )
 from .readable import provenance, readable_names
@@ -153,12 +154,14 @@ class _ModuleLowering:
         )
         if self.consts.values:
             header += (
-                f"{CONSTS_NAME}, set by the loader (slot: graph attribute, value):",
+                f"{CONSTS_NAME}, set by the loader (slot: graph attribute, in "
+                "the module reading it: value):",
                 *(f"  {line}" for line in self.consts.describe()),
             )
         if self.renamed:
             header += (
-                "parameters (name: module path or size (Dynamo's name)):",
+                "parameters (name: module path (Dynamo's name), or size: the "
+                "input dimension it is):",
                 *self.renamed,
             )
         if self.consts.uses_torch:
@@ -185,7 +188,7 @@ class _ModuleLowering:
             if n.op == "placeholder":
                 body.param(n, readable.get(n.name))
             elif n.op == "get_attr":
-                body.names[n] = self.consts.ref(fetch_attr(gm, n.target, n), n.target)
+                body.names[n] = self._attribute(gm, n)
             elif n.op == "output":
                 value = body.render(n.args[0])
                 if self.profile:
@@ -231,6 +234,11 @@ class _ModuleLowering:
         )
         signature = ", ".join([*body.params, f"*, {kwonly}"])
         return FunctionContext(FUNCTION_NAME, signature, "", statements)
+
+    def _attribute(self, gm: fx.GraphModule, node: fx.Node) -> str:
+        """The constants slot of ``get_attr`` node ``node`` of ``gm``."""
+        value = fetch_attr(gm, node.target, node)
+        return self.consts.ref(value, node.target, reading_module(node))
 
     # -- pieces -----------------------------------------------------------------
     def _piece_call(self, body: FunctionBody, n: fx.Node) -> None:
@@ -305,9 +313,7 @@ class _ModuleLowering:
             if node in argument:
                 return body.render(argument[node])
             if node.op == "get_attr":
-                return self.consts.ref(
-                    fetch_attr(module, node.target, node), node.target
-                )
+                return self._attribute(module, node)
             raise StitchCodegenError(
                 f"argument refers to node '{node.name}', which is not defined before "
                 f"its use in {n.target}",
@@ -335,9 +341,7 @@ class _ModuleLowering:
                 if node.op == "placeholder":
                     body.param(node, readable.get(node.name))
                 elif node.op == "get_attr":
-                    body.names[node] = self.consts.ref(
-                        fetch_attr(module, node.target, node), node.target
-                    )
+                    body.names[node] = self._attribute(module, node)
                 elif node.op == "output":
                     body.emit(Statement("return", body.render(node.args[0])))
                 else:

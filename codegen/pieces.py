@@ -83,18 +83,23 @@ def normalize_module_path(path: str) -> str:
     return _UNPRINTABLE.sub("?", path.strip("."))
 
 
+def reading_module(node: fx.Node) -> str:
+    """The path of the innermost module whose forward ``node`` ran in ("" for
+    the compiled module itself, or where no ``nn_module_stack`` was kept)."""
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return ""
+    last = list(stack.values())[-1]
+    return normalize_module_path(str(last[0] if isinstance(last, tuple) else last))
+
+
 def module_path_of(gm: fx.GraphModule) -> str:
     """The original module path a piece covers, from ``nn_module_stack`` metadata."""
     paths: list[str] = []
     for n in gm.graph.nodes:
         if n.op not in ("call_function", "call_method", "call_module"):
             continue
-        stack = n.meta.get("nn_module_stack")
-        if not stack:
-            continue
-        last = list(stack.values())[-1]
-        raw = last[0] if isinstance(last, tuple) else str(last)
-        path = normalize_module_path(str(raw))
+        path = reading_module(n)
         if path and path not in paths:
             paths.append(path)
     if not paths:

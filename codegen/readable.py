@@ -10,8 +10,8 @@ parameter after the module path instead: the ``l_``/``self``/``kwargs``
 wrapping and the ``modules``/``parameters``/``buffers`` steps go, as does a
 first step every weight shares (``model``), giving ``layers_0_self_attn_q_proj_weight``;
 a name still over :data:`MAX_CHARS` drops inner words (the layer numbers
-stay).  A size symbol that is a dimension of the token ids is named for what
-it is (``num_tokens``; ``batch_size`` and ``seq_len`` for 2-D ids).  Only the
+stay).  A size is named for the input dimension it is (``num_tokens``,
+``positions_len``; NOTE: [every size gets a name] in size_names.py).  Only the
 names change: the function binds its arguments by position, so nothing that
 calls it depends on them, and the header's table maps each name back to its
 module path and Dynamo's name.
@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import torch.fx as fx
 
-from .fingerprint import example_value
+from .size_names import size_names
+from .sources import module_path, source_name
 
 # 48 at most in the emitted source: room is left for the namespace's ``_N``.
 MAX_CHARS = 44
@@ -38,7 +38,6 @@ _STEPS = re.compile(r"(?:^|_)(?:modules|parameters|buffers)_")
 # forward (NOTE: [the compiled module under a wrapper] in pieces.py): Dynamo
 # spells its attributes l_args_0_modules_..., l_args_0_parameters_...
 _SELF_UNDER_WRAPPER = re.compile(r"^args_0_(?=(?:modules|parameters|buffers)_)")
-_TOKEN_IDS = ("input_ids", "ids", "tokens", "token_ids", "positions", "position_ids")
 
 
 def _self_rooted(core: str) -> str:
@@ -109,6 +108,14 @@ def tidy(name: str) -> str:
 
 def readable_names(placeholders: Sequence[fx.Node]) -> dict[str, str]:
     """A candidate name per placeholder name (the namespace makes them unique)."""
+    out = _path_names(placeholders)
+    sizes = size_names(placeholders, out, _texts(placeholders))
+    out.update({name: size.name for name, size in sizes.items()})
+    return out
+
+
+def _path_names(placeholders: Sequence[fx.Node]) -> dict[str, str]:
+    """The names of the placeholders Dynamo named after a source."""
     paths = {p.name: source_path(p.name) for p in placeholders}
     owned = [path for kind, path in filter(None, paths.values()) if kind == "self"]
     # A first step most module attributes share (``model``) says nothing:
@@ -128,67 +135,40 @@ def readable_names(placeholders: Sequence[fx.Node]) -> dict[str, str]:
             if rest and not rest[0].isdigit() and rest not in taken:
                 path = rest
         out[p.name] = _shorten(path)
-    out.update(_size_names(placeholders, out))
-    return out
-
-
-def _size_names(
-    placeholders: Sequence[fx.Node], names: dict[str, str]
-) -> dict[str, str]:
-    """``num_tokens`` (``batch_size``, ``seq_len``) for size symbols the token ids tell."""
-    symbols = {}
-    for p in placeholders:
-        value = example_value(p)
-        expr = getattr(getattr(value, "node", None), "expr", None)
-        if expr is not None and getattr(expr, "is_Symbol", False):
-            symbols[expr] = p.name
-    out: dict[str, str] = {}
-    for p in placeholders:
-        if names.get(p.name, p.name) not in _TOKEN_IDS:
-            continue
-        value = example_value(p)
-        shape: Any = getattr(value, "shape", None)
-        if shape is None:
-            continue
-        meaning = ["num_tokens"] if len(shape) == 1 else ["batch_size", "seq_len"]
-        for dim, size in zip(shape, meaning, strict=False):
-            expr = getattr(getattr(dim, "node", None), "expr", None)
-            if expr in symbols and symbols[expr] not in out:
-                out[symbols[expr]] = size
-        break
     return out
 
 
 def provenance(placeholders: Sequence[fx.Node], emitted: dict[str, str]) -> list[str]:
-    """The header's table: each renamed parameter, its module path, Dynamo's name."""
+    """The header's table: each renamed parameter, its module path and Dynamo's
+    name, or the input dimension a size is (NOTE: [every size gets a name])."""
+    sizes = size_names(placeholders, _path_names(placeholders), _texts(placeholders))
     rows = []
     for p in placeholders:
         name = emitted.get(p.name, p.name)
         if name == p.name:
             continue
-        found = source_path(p.name)
-        if found is not None:
-            kind, _ = found
-            where = _module_path(p) or dotted_path(p.name) or found[1]
-            where = f"{'self.' if kind == 'self' else ''}{where}"
-        else:
-            where = "size"
+        if p.name in sizes:
+            origin = sizes[p.name].origin
+            rows.append(f"  {name}: size {origin}" if origin else f"  {name}: size")
+            continue
+        # else renamed by the namespace alone (a keyword, a clash)
+        where = _where(p) or "a graph input"
         rows.append(f"  {name}: {where} ({p.name})")
     return rows
 
 
-def _module_path(node: fx.Node) -> str | None:
-    """``model.layers.0.self_attn.q_proj.weight`` from Dynamo's source, where kept."""
-    source = getattr(node.meta.get("grapharg"), "source", None)
-    if source is None:
+def _where(p: fx.Node) -> str | None:
+    """Where a placeholder Dynamo named after a source comes from, as the
+    header writes it: ``self.layers.0.mlp.up_proj.weight``, ``input_ids``."""
+    found = source_path(p.name)
+    if found is None:
         return None
-    name = getattr(source, "name", None)
-    text = name() if callable(name) else name
-    if not isinstance(text, str):
-        return None
-    # NOTE: [the compiled module under a wrapper] in pieces.py
-    text = re.sub(r"^L\['(self|kwargs)'\]|^L\['args'\]\[0\](?=\.)", "", text)
-    text = re.sub(r"^L\['(\w+)'\]", r"\1", text)  # a positional argument
-    text = re.sub(r"\._(modules|parameters|buffers)\['([^']+)'\]", r".\2", text)
-    text = re.sub(r"\[['\"]?([^\]'\"]+)['\"]?\]", r".\1", text)
-    return text.lstrip(".") or None
+    kind, _ = found
+    source = source_name(p)
+    path = module_path(source) if source else None
+    where = path or dotted_path(p.name) or found[1]
+    return f"{'self.' if kind == 'self' else ''}{where}"
+
+
+def _texts(placeholders: Sequence[fx.Node]) -> dict[str, str]:
+    return {p.name: w for p in placeholders if (w := _where(p)) is not None}

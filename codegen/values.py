@@ -31,14 +31,18 @@ class ConstTable:
 
     def __init__(self) -> None:
         self.values: list[Any] = []
-        # slot -> the graph attribute it was first fetched from, when it was one
+        # slot -> the graph attribute it was first fetched from, when it was
+        # one, and the module whose forward read it (nn_module_stack)
         self.names: dict[int, str] = {}
+        self.modules: dict[int, str] = {}
         self._slots: dict[Any, int] = {}
         self.log: list[int] | None = None
         # Set when a rendered value is written with a torch name (torch.float32).
         self.uses_torch = False
 
-    def slot(self, value: Any, name: str | None = None) -> int:
+    def slot(
+        self, value: Any, name: str | None = None, module: str | None = None
+    ) -> int:
         key: Any
         if isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Module):
             key = ("id", id(value))
@@ -54,20 +58,28 @@ class ConstTable:
         slot = self._slots[key]
         if name is not None:
             self.names.setdefault(slot, name)
+        if module:
+            self.modules.setdefault(slot, module)
         if self.log is not None:
             self.log.append(slot)
         return slot
 
-    def ref(self, value: Any, name: str | None = None) -> str:
-        """``__vllm_consts__[j]`` for ``value``; ``name``: the graph attribute it is."""
-        return f"{CONSTS_NAME}[{self.slot(value, name)}]"
+    def ref(
+        self, value: Any, name: str | None = None, module: str | None = None
+    ) -> str:
+        """``__vllm_consts__[j]`` for ``value``; ``name``: the graph attribute it
+        is, ``module``: the path of the module that reads it."""
+        return f"{CONSTS_NAME}[{self.slot(value, name, module)}]"
 
     def describe(self) -> list[str]:
         """One line per slot for the emitted header: what the loader puts there."""
         lines = []
         for j, value in enumerate(self.values):
-            name = self.names.get(j)
-            lines.append(f"[{j}] {name + ': ' if name else ''}{describe_value(value)}")
+            name, module = self.names.get(j), self.modules.get(j)
+            label = f"{name}, in {module}" if name and module else name
+            lines.append(
+                f"[{j}] {label + ': ' if label else ''}{describe_value(value)}"
+            )
         return lines
 
 

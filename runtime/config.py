@@ -107,6 +107,7 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
     inductor_passes: list[Any] = dataclasses.field(default_factory=list)
     tiered_start: bool | None = None
     compile_workers: int = 0
+    stitching_source: str = ""
     # -- CacheSettings
     cache_dir: str = ""
     disable_cache: bool = False
@@ -129,7 +130,7 @@ class CompilationConfig(metaclass=_ChecksFieldNames):
     def __post_init__(self) -> None:
         if self.splitting_ops is None:
             self.splitting_ops = list(DEFAULT_SPLITTING_OPS)
-        for name in ("cache_dir", "debug_dump_path"):
+        for name in ("cache_dir", "debug_dump_path", "stitching_source"):
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
         self.cudagraph_mode = CUDAGraphMode.parse(self.cudagraph_mode)

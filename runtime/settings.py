@@ -171,6 +171,18 @@ class CompileSettings(msgspec.Struct, kw_only=True):
             3,
         ),
     ]
+    # A stitching file the user edited, run in place of the emitted source
+    # (NOTE: [an edited stitching file runs in place of the emitted one] in
+    # runtime/edited_source.py); "" runs the emitted source.
+    stitching_source: Annotated[
+        str,
+        not_in_key(
+            "which stitching file runs, checked against the emitted source; "
+            "the pieces and the cached source are the same",
+            "a str path to a Python file, or ''",
+            "/tmp/edited_execution_fn.py",
+        ),
+    ]
 
     def compile_ranges(self) -> list[tuple[int, int]]:
         """Inclusive ``(lo, hi)`` ranges cut from ``[1, max_num_batched_tokens]``."""

@@ -201,8 +201,12 @@ def check_names(family_run: FamilyRun) -> None:
         params = re.search(r"def execution_fn\(([^)]*)\)", result.code, re.S)
         assert params is not None
         table = dict(re.findall(r"^#   (\w+): .* \((\w+)\)$", result.code, re.M))
-        # Every parameter came from a Dynamo name (or is a size symbol Dynamo
-        # named s<N>), so each one Stitch renamed is in the table.
+        # A size is named for the input dimension it is (NOTE: [every size
+        # gets a name]): its row says which, and no raw symbol is left.
+        sizes = set(re.findall(r"^#   (\w+): size\b", result.code, re.M))
+        assert not re.search(r"\b[su]\d+\b", code), code
+        # Every parameter came from a Dynamo name, so each one Stitch renamed
+        # is in the table.
         for p in (x.strip() for x in params.group(1).split(",")):
             if p and not p.startswith(("*", "__")):
-                assert p in table or re.fullmatch(r"s\d+", p), (p, sorted(table))
+                assert p in table or p in sizes, (p, sorted(table), sorted(sizes))

@@ -29,7 +29,7 @@ import torch
 
 from stitch.core.errors import StitchCacheError
 from stitch.runtime import CompilationConfig
-from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.cli.inspect_job import inspect_cache
 from stitch.runtime.pipeline.saved_function import load_entry
 from stitch.runtime.store.artifacts import (
     ARTIFACT_FILE,

@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from stitch.core.errors import StitchCacheError
-from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.cli.inspect_job import inspect_cache
 from stitch.runtime.pipeline.prebuilt.load import (
     PREBUILT_SUFFIX,
     read_record,

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from stitch.runtime import CompilationConfig
-from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.cli.inspect_job import inspect_cache
 from stitch.runtime.store.index import (
     INDEX_FILE,
     INDEX_FORMAT,

@@ -25,7 +25,7 @@ import torch
 from stitch.core.errors import StitchCacheError
 from stitch.runtime import CompilationConfig
 from stitch.runtime.cli import main
-from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.cli.inspect_job import inspect_cache
 from stitch.runtime.pipeline.compilers import InductorAdapter
 from stitch.runtime.store.cache import INDEX_FILE
 from stitch.runtime.store.trust import StitchCacheTrustError

@@ -238,6 +238,29 @@ def test_profile_model_decode_steps(
     ]
 
 
+@pytest.mark.slow
+def test_emit_model_prints_its_source_and_refuses_what_run_refuses(
+    checkpoint: Path, tmp_path: Path, capsys: Any
+) -> None:
+    """``stitch emit --model DIR`` resolves the folder as ``stitch run`` does
+    (NOTE: [one resolution of the model choice]): the source of its compile,
+    named after the model, and a bad folder's one line, the same as run's."""
+    status, code, err = _run(capsys, "emit", "--model", str(checkpoint))
+    assert status == 0, err
+    assert code.startswith("# Stitching source emitted by stitch.codegen")
+    assert "    layers_0_self_attn_q_proj_weight,\n" in code
+    assert "#   batch_size: size input_ids.size(0)\n" in code
+    assert "#   seq_len: size input_ids.size(1)\n" in code
+    assert not re.search(r"\b[su][0-9]+\b", code), code
+    folder = _broken(checkpoint, tmp_path)
+    (folder / "config.json").unlink()
+    status, _, err = _run(capsys, "emit", "--model", str(folder))
+    assert status == 1, err
+    refused = _error(capsys, "--model", str(folder))
+    assert err.strip() == refused.replace("stitch run:", "stitch emit:", 1)
+    assert f"--model {folder}: no config.json" in err
+
+
 # -- --module PKG.MOD:FACTORY ------------------------------------------------------------
 
 FACTORY = """

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.cli.inspect_job import inspect_cache
 from stitch.runtime.store import codec
 from stitch.runtime.store.artifacts import ArtifactIdentity
 from stitch.runtime.store.codec import RecordError, StaleRecord

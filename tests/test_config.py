@@ -164,6 +164,7 @@ PLACE_FIELDS = {
     "cache_store_max_bytes": 1 << 20,
     "tiered_start": True,
     "compile_workers": 3,
+    "stitching_source": "/tmp/edited_execution_fn.py",
 }
 
 

@@ -762,8 +762,11 @@ def _run_with_graph_tables(source: str) -> tuple[list[torch.Tensor], EmulatedGra
         SIZES,
         last=len(names) - 1,
     )
-    size_on = compiled.code.split("__vllm_dispatch__[", 1)[1].split("]", 1)[0]
-    _, _, consts = lower_execution(compiled.split_gm, dispatch_on=size_on)
+    # The placeholder the emitted function dispatches on, by its position.
+    size = compiled.code.split("__vllm_dispatch__[", 1)[1].split("]", 1)[0]
+    placeholders = compiled.split_gm.graph.find_nodes(op="placeholder")
+    size_on = dict(zip(_signature(compiled.code), placeholders, strict=True))[size]
+    _, _, consts = lower_execution(compiled.split_gm, dispatch_on=size_on.name)
     fn = compile_execution_fn(source, compiled.backends, names, consts, dispatch=tables)
     runner = PaddedRunner(
         served.runner.plan, padding_table(SIZES), dict.fromkeys(SIZES, fn), fn
@@ -818,8 +821,9 @@ def test_format_4_file_and_the_golden_compute_alike() -> None:
     assert old.splitlines()[2] == new.splitlines()[2], changed  # the graph's hash
     assert _signature(old) == placeholders, changed
     renamed = dict(zip(_signature(old), _signature(new), strict=True))
-    assert renamed["s80"] == "num_tokens" and renamed["s72"] == "s72"
-    assert sum(o != n for o, n in renamed.items()) == len(placeholders) - 1
+    # NOTE: [every size gets a name]: s72 is input_ids.size(0), s80 positions'.
+    assert renamed["s72"] == "num_tokens" and renamed["s80"] == "positions_len"
+    assert all(o != n for o, n in renamed.items())
     assert "_modules_" not in new.split("import torch")[1]
     (old_out, old_ops), (new_out, new_ops) = map(_run_with_graph_tables, (old, new))
     for a, b in zip(old_out, new_out, strict=True):

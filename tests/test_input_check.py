@@ -36,7 +36,7 @@ from stitch.codegen.input_check import (
     generate_input_check,
 )
 from stitch.core.errors import StitchError, StitchInputError
-from stitch.runtime.cli.main_job import inspect_cache
+from stitch.runtime.cli.inspect_job import inspect_cache
 from stitch.runtime.loader import bind_kwonly, load_execution_module
 from stitch.runtime.pipeline.graph_inputs import GraphInput
 from stitch.runtime.saved.arguments import CallArgs

@@ -15,7 +15,12 @@ import pytest
 import torch.fx as fx
 from test_golden import assert_same_outputs, run
 
-from stitch.codegen.readable import MAX_CHARS, readable_names, source_path
+from stitch.codegen.readable import (
+    MAX_CHARS,
+    provenance,
+    readable_names,
+    source_path,
+)
 from stitch.runtime import compile_execution_fn
 
 from models import emit_case
@@ -207,3 +212,87 @@ def test_a_forward_behind_a_wrapper_keeps_the_models_names() -> None:
     assert "self.q_proj.weight" in source and "args.0" not in source
     assert "# q_proj" in source or "q_proj .." in source
     assert "L['args']" not in source and "0.q_proj" not in source
+
+
+def _size_graph(sources: bool, *order: str) -> list[fx.Node]:
+    """The README model's graph inputs as Dynamo gives them (mark_unbacked on
+    dim 0 of input_ids and positions): sizes u0 (input_ids') and u1
+    (positions'), both carrying u1 once Dynamo found them equal, in ``order``;
+    with ``sources``, each placeholder's grapharg as Dynamo records it."""
+    import torch
+    from torch._dynamo.source import LocalSource, TensorProperty, TensorPropertySource
+    from torch._dynamo.variables.builder import GraphArg
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    env = ShapeEnv()
+    env.create_unbacked_symint()
+    u1 = env.create_unbacked_symint()
+    with FakeTensorMode(shape_env=env):
+        ids = torch.empty(u1, dtype=torch.int64)
+        positions = torch.empty(u1, dtype=torch.int64)
+    inputs = {
+        "u0": (
+            u1,
+            TensorPropertySource(LocalSource("input_ids"), TensorProperty.SIZE, 0),
+        ),
+        "l_input_ids_": (ids, LocalSource("input_ids")),
+        "u1": (
+            u1,
+            TensorPropertySource(LocalSource("positions"), TensorProperty.SIZE, 0),
+        ),
+        "l_positions_": (positions, LocalSource("positions")),
+    }
+    graph = fx.Graph()
+    nodes = []
+    for name in order:
+        value, source = inputs[name]
+        node = graph.placeholder(name)
+        node.meta["example_value"] = value
+        if sources:
+            tensor = isinstance(value, torch.Tensor)
+            node.meta["grapharg"] = GraphArg(
+                source, value, False, value if tensor else None, is_tensor=tensor
+            )
+        nodes.append(node)
+    return nodes
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ("u0", "l_input_ids_", "u1", "l_positions_"),  # the README model's
+        ("u1", "l_positions_", "u0", "l_input_ids_"),
+    ],
+)
+def test_every_size_is_named_by_its_source_with_unified_symbols(
+    order: tuple[str, ...],
+) -> None:
+    """NOTE: [every size gets a name]: u0 and u1 carry one expression; each is
+    named by the tensor Dynamo took it from, input_ids before positions in any
+    graph order, and the header says which dimension it is, not the symbol."""
+    nodes = _size_graph(True, *order)
+    names = readable_names(nodes)
+    assert names["u0"] == "num_tokens" and names["u1"] == "positions_len"
+    rows = provenance(nodes, names)
+    assert "  num_tokens: size input_ids.size(0)" in rows
+    assert "  positions_len: size positions.size(0)" in rows
+    assert not re.search(r"\b[su][0-9]+\b", "\n".join(rows)), rows
+
+
+def test_sizes_without_sources_follow_the_example_shapes() -> None:
+    """A graph without Dynamo's sources (make_fx's) names its sizes from the
+    tensors' example shapes, the token ids first; a size no tensor has is
+    size_<k>."""
+    import torch
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+    nodes = _size_graph(False, "u1", "l_positions_", "u0", "l_input_ids_")
+    lone = fx.Graph().placeholder("s9")
+    lone.meta["example_value"] = ShapeEnv().create_unbacked_symint()
+    assert isinstance(lone.meta["example_value"], torch.SymInt)
+    names = readable_names([*nodes, lone])
+    # Both carry u1: input_ids' dimension takes the first in graph order.
+    assert names["u1"] == "num_tokens" and names["u0"] == "positions_len"
+    assert names["s9"] == "size_0"
+    assert "  size_0: size" in provenance([*nodes, lone], names)

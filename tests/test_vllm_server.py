@@ -201,7 +201,7 @@ def test_two_servers_started_together_compile_once(runs: dict[str, Any]) -> None
 
 def inspect(folder: Path) -> tuple[int, str]:
     """``stitch inspect``'s status and report of ``folder``."""
-    from stitch.runtime.cli.main_job import inspect_cache
+    from stitch.runtime.cli.inspect_job import inspect_cache
 
     out = io.StringIO()
     return inspect_cache(str(folder), out), out.getvalue()

@@ -1,13 +1,14 @@
 # Stitching source emitted by stitch.codegen (format 5).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 0
 # graph: sha256:81c147410d455910
-# parameters (name: module path or size (Dynamo's name)):
+# parameters (name: module path (Dynamo's name), or size: the input dimension it is):
 #   embed_tokens_weight: self.embed_tokens.weight (l_self_modules_embed_tokens_parameters_weight_)
+#   num_tokens: size input_ids.size(0)
 #   input_ids: input_ids (l_input_ids_)
 #   layers_0_input_layernorm_weight: self.layers.0.input_layernorm.weight (l_self_modules_layers_modules_0_modules_input_layernorm_parameters_weight_)
 #   layers_0_self_attn_qkv_proj_weight: self.layers.0.self_attn.qkv_proj.weight (l_self_modules_layers_modules_0_modules_self_attn_modules_qkv_proj_parameters_weight_)
 #   layers_0_self_attn_inv_freq: self.layers.0.self_attn.inv_freq (l_self_modules_layers_modules_0_modules_self_attn_buffers_inv_freq_)
-#   num_tokens: size (s80)
+#   positions_len: size positions.size(0)
 #   positions: positions (l_positions_)
 #   layers_0_self_attn_k_cache: self.layers.0.self_attn.k_cache (l_self_modules_layers_modules_0_modules_self_attn_buffers_k_cache_)
 #   layers_0_self_attn_v_cache: self.layers.0.self_attn.v_cache (l_self_modules_layers_modules_0_modules_self_attn_buffers_v_cache_)
@@ -32,12 +33,12 @@ stitch_attention = torch.ops.stitch.attention
 
 def execution_fn(
     embed_tokens_weight,
-    s72,
+    num_tokens,
     input_ids,
     layers_0_input_layernorm_weight,
     layers_0_self_attn_qkv_proj_weight,
     layers_0_self_attn_inv_freq,
-    num_tokens,
+    positions_len,
     positions,
     layers_0_self_attn_k_cache,
     layers_0_self_attn_v_cache,
@@ -59,11 +60,11 @@ def execution_fn(
     __vllm_dispatch__,
 ):
     # the runnables for this runtime size, chosen once per forward
-    submod_0, submod_2, submod_4 = __vllm_dispatch__[s72]
+    submod_0, submod_2, submod_4 = __vllm_dispatch__[num_tokens]
     # embed_tokens .. layers.0.self_attn
     q_2, k_2, v_1, out, x = submod_0(
         input_ids,
-        s72,
+        num_tokens,
         embed_tokens_weight,
         layers_0_input_layernorm_weight,
         layers_0_self_attn_qkv_proj_weight,
@@ -85,7 +86,7 @@ def execution_fn(
     # layers.0.self_attn .. layers.1.self_attn
     q_5, k_5, v_3, out, x = submod_2(
         out,
-        s72,
+        num_tokens,
         layers_0_self_attn_o_proj_weight,
         x,
         layers_0_post_attention_layernorm_weight,
@@ -111,7 +112,7 @@ def execution_fn(
     # layers.1.self_attn .. norm
     mul_31 = submod_4(
         out,
-        s72,
+        num_tokens,
         layers_1_self_attn_o_proj_weight,
         x,
         layers_1_post_attention_layernorm_weight,

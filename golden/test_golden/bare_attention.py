@@ -1,7 +1,7 @@
 # Stitching source emitted by stitch.codegen (format 5).
 # pieces: 1 (0 called through __vllm_submods__, 1 inlined); constants: 2
 # graph: sha256:7f19c495ae59f485
-# __vllm_consts__, set by the loader (slot: graph attribute, value):
+# __vllm_consts__, set by the loader (slot: graph attribute, in the module reading it: value):
 #   [0] _tensor_constant0: Tensor(float32, [8, 16, 2, 8], cpu)
 #   [1] _tensor_constant1: Tensor(float32, [8, 16, 2, 8], cpu)
 import torch

@@ -1,7 +1,7 @@
 # Stitching source emitted by stitch.codegen (format 5).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 0
 # graph: sha256:32b5ab1ae2584dec
-# parameters (name: module path or size (Dynamo's name)):
+# parameters (name: module path (Dynamo's name), or size: the input dimension it is):
 #   hidden_states: hidden_states (l_kwargs_hidden_states_)
 #   layers_0_mlp_up_proj_weight: self.model.layers.0.mlp.up_proj.weight (l_self_modules_model_modules_layers_modules_0_modules_mlp_modules_up_proj_parameters_weight_)
 #   layers_1_mlp_up_proj_weight: self.model.layers.1.mlp.up_proj.weight (l_self_modules_model_modules_layers_modules_1_modules_mlp_modules_up_proj_parameters_weight_)

@@ -1,7 +1,7 @@
 # Stitching source emitted by stitch.codegen (format 5).
 # pieces: 3 (2 called through __vllm_submods__, 1 inlined); constants: 1
 # graph: sha256:c8987e9b1d91596e
-# __vllm_consts__, set by the loader (slot: graph attribute, value):
+# __vllm_consts__, set by the loader (slot: graph attribute, in the module reading it: value):
 #   [0] table: Tensor(float32, [3, 4], cpu)
 import torch
 

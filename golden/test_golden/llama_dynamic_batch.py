@@ -1,27 +1,27 @@
 # Stitching source emitted by stitch.codegen (format 5).
 # pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 20
 # graph: sha256:f4333cd6afe823e2
-# __vllm_consts__, set by the loader (slot: graph attribute, value):
-#   [0] _param_constant0: Parameter(float32, [128, 64], cpu)
-#   [1] _param_constant1: Parameter(float32, [64], cpu)
-#   [2] _param_constant2: Parameter(float32, [192, 64], cpu)
-#   [3] _tensor_constant0: Tensor(float32, [8], cpu)
-#   [4] _tensor_constant1: Tensor(float32, [64, 32, 4, 16], cpu)
-#   [5] _tensor_constant2: Tensor(float32, [64, 32, 4, 16], cpu)
-#   [6] _param_constant3: Parameter(float32, [64, 64], cpu)
-#   [7] _param_constant4: Parameter(float32, [64], cpu)
-#   [8] _param_constant5: Parameter(float32, [256, 64], cpu)
-#   [9] _param_constant6: Parameter(float32, [64, 128], cpu)
-#   [10] _param_constant7: Parameter(float32, [64], cpu)
-#   [11] _param_constant8: Parameter(float32, [192, 64], cpu)
-#   [12] _tensor_constant3: Tensor(float32, [8], cpu)
-#   [13] _tensor_constant4: Tensor(float32, [64, 32, 4, 16], cpu)
-#   [14] _tensor_constant5: Tensor(float32, [64, 32, 4, 16], cpu)
-#   [15] _param_constant9: Parameter(float32, [64, 64], cpu)
-#   [16] _param_constant10: Parameter(float32, [64], cpu)
-#   [17] _param_constant11: Parameter(float32, [256, 64], cpu)
-#   [18] _param_constant12: Parameter(float32, [64, 128], cpu)
-#   [19] _param_constant13: Parameter(float32, [64], cpu)
+# __vllm_consts__, set by the loader (slot: graph attribute, in the module reading it: value):
+#   [0] _param_constant0, in embed_tokens: Parameter(float32, [128, 64], cpu)
+#   [1] _param_constant1, in layers.0.input_layernorm: Parameter(float32, [64], cpu)
+#   [2] _param_constant2, in layers.0.self_attn.qkv_proj: Parameter(float32, [192, 64], cpu)
+#   [3] _tensor_constant0, in layers.0.self_attn: Tensor(float32, [8], cpu)
+#   [4] _tensor_constant1, in layers.0.self_attn: Tensor(float32, [64, 32, 4, 16], cpu)
+#   [5] _tensor_constant2, in layers.0.self_attn: Tensor(float32, [64, 32, 4, 16], cpu)
+#   [6] _param_constant3, in layers.0.self_attn.o_proj: Parameter(float32, [64, 64], cpu)
+#   [7] _param_constant4, in layers.0.post_attention_layernorm: Parameter(float32, [64], cpu)
+#   [8] _param_constant5, in layers.0.mlp.gate_up_proj: Parameter(float32, [256, 64], cpu)
+#   [9] _param_constant6, in layers.0.mlp.down_proj: Parameter(float32, [64, 128], cpu)
+#   [10] _param_constant7, in layers.1.input_layernorm: Parameter(float32, [64], cpu)
+#   [11] _param_constant8, in layers.1.self_attn.qkv_proj: Parameter(float32, [192, 64], cpu)
+#   [12] _tensor_constant3, in layers.1.self_attn: Tensor(float32, [8], cpu)
+#   [13] _tensor_constant4, in layers.1.self_attn: Tensor(float32, [64, 32, 4, 16], cpu)
+#   [14] _tensor_constant5, in layers.1.self_attn: Tensor(float32, [64, 32, 4, 16], cpu)
+#   [15] _param_constant9, in layers.1.self_attn.o_proj: Parameter(float32, [64, 64], cpu)
+#   [16] _param_constant10, in layers.1.post_attention_layernorm: Parameter(float32, [64], cpu)
+#   [17] _param_constant11, in layers.1.mlp.gate_up_proj: Parameter(float32, [256, 64], cpu)
+#   [18] _param_constant12, in layers.1.mlp.down_proj: Parameter(float32, [64, 128], cpu)
+#   [19] _param_constant13, in norm: Parameter(float32, [64], cpu)
 import torch
 
 stitch_attention = torch.ops.stitch.attention.default

@@ -27,7 +27,13 @@ class CheckBackend(StitchBackend):
 
     def __call__(self, gm: fx.GraphModule, example_inputs: Any) -> Callable[..., Any]:
         served = super().__call__(gm, example_inputs)
-        graph = CheckedGraph(len(self.graphs), self.compiled[-1], served, self.recorder)
+        graph = CheckedGraph(
+            len(self.graphs),
+            self.compiled[-1],
+            served,
+            self.recorder,
+            edited=self.config.compile.stitching_source,
+        )
         self.graphs.append(graph)
         bind = getattr(self.cudagraphs, "bind", None)
         if bind is not None:
@@ -44,6 +50,8 @@ class CheckedGraph:
         compiled: CompiledModel,
         served: Callable[..., Any],
         recorder: Recorder,
+        *,
+        edited: str = "",
     ) -> None:
         self.index = index
         self.compiled = compiled
@@ -57,7 +65,15 @@ class CheckedGraph:
         }
         self.unset = {name: unset_outputs(g) for name, g in self.uncompiled.items()}
         self.writes = {name: mutates(g) for name, g in self.uncompiled.items()}
-        self.source_file = served_file(served, compiled.code)
+        # The stitching source every run of the check binds: the edited file
+        # the served function runs, where one is configured (the serving
+        # function's load checked its contract), else the emitted source.
+        self.code, self.edited = compiled.code, ""
+        if edited:
+            self.edited = os.path.abspath(os.path.expanduser(edited))
+            with open(self.edited, encoding="utf-8") as f:
+                self.code = f.read()
+        self.source_file = self.edited or served_file(served, compiled.code)
         self._functions: dict[str, Callable[..., Any]] = {}
 
     def key(self, name: str) -> PieceKey:
@@ -86,7 +102,7 @@ class CheckedGraph:
         }
         filename = self.source_file if os.path.isfile(self.source_file) else None
         return compile_execution_fn(
-            compiled.code,
+            self.code,
             pieces,
             compiled.submod_names,
             compiled.consts,

@@ -75,6 +75,9 @@ class CheckReport:
     # What was not checked (a size whose replay ran one full CUDA graph, so
     # no piece's replay was compared); :meth:`verdict` ends with them.
     notes: list[str] = dataclasses.field(default_factory=list)
+    # Each edited stitching file that ran (stitching_source), and its unified
+    # diff from the emitted source.
+    edits: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     @property
     def first(self) -> PieceResult | None:
@@ -151,6 +154,8 @@ class CheckReport:
     def _conclusion(self) -> str:
         first = self.first
         if first is None:
+            if self.stitching_differs and self.edits:
+                return "\n".join(_edited_conclusion(self.edits))
             if self.stitching_differs:
                 return (
                     "no compiled piece differs from its uncompiled form, but the "
@@ -165,6 +170,22 @@ class CheckReport:
                 )
             return "every piece agrees with its uncompiled form within tolerance"
         return "\n".join(_first_piece(first))
+
+
+def _edited_conclusion(edits: list[tuple[str, str]]) -> list[str]:
+    files = ", ".join(path for path, _ in edits)
+    lines = [
+        "no compiled piece differs from its uncompiled form, but the stitched "
+        "function with every piece uncompiled already differs from eager: the "
+        f"difference arose in the stitching source, the edited {files}"
+    ]
+    for path, diff in edits:
+        if diff:
+            lines.append(f"where {path} differs from the emitted source:")
+            lines.append(diff.rstrip("\n"))
+        else:
+            lines.append(f"{path} is the emitted source, unchanged: look at the split")
+    return lines
 
 
 def _cell(diff: Difference) -> str:

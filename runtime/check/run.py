@@ -4,6 +4,7 @@ changed the numbers (NOTE: [three runs of one forward], recorder.py)."""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -65,7 +66,9 @@ class Checker:
                 results.append(self._forward(model, compiled, forward, state))
             state.restore()
             self.recorder.start("serve", None)
-            report = CheckReport(self._pieces(), results, list(self.recorder.notes))
+            report = CheckReport(
+                self._pieces(), results, list(self.recorder.notes), self._edits()
+            )
             # NOTE: [the search runs without grad]
             # The forwards ran under no_grad, so Inductor compiled each piece
             # as an inference graph.  With grad on, the search's compiles would
@@ -121,6 +124,22 @@ class Checker:
             rows += graph_rows(graph, self.recorder)
         return rows
 
+    def _edits(self) -> list[tuple[str, str]]:
+        """Each edited stitching file the graphs ran, and where it differs from
+        the emitted source (a unified diff)."""
+        edits = []
+        for graph in self.backend.graphs:
+            if graph.edited:
+                emitted = graph.compiled.code.splitlines(keepends=True)
+                diff = difflib.unified_diff(
+                    emitted,
+                    graph.code.splitlines(keepends=True),
+                    "the emitted source",
+                    graph.edited,
+                )
+                edits.append((graph.edited, "".join(diff)))
+        return edits
+
     def _search_passes(self, report: CheckReport) -> None:
         """Which configured pass makes the difference, for each piece whose
         compiled form differs from its uncompiled one (passes.py)."""
@@ -144,7 +163,7 @@ class Checker:
 def graph_rows(graph: CheckedGraph, recorder: Recorder) -> list[PieceResult]:
     """One row per compiled piece of ``graph``, in the order the graph calls them."""
     compiled = graph.compiled
-    lines = piece_lines(compiled.code, compiled.submod_names)
+    lines = piece_lines(graph.code, compiled.submod_names)
     modules = {r.name: r.module_path for r in compiled.reports}
     rows = []
     for name in call_order(compiled.split_gm, compiled.backends):

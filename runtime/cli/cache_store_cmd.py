@@ -152,7 +152,7 @@ def _add_verify(subparsers: Any) -> None:
 def run_verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     if not _is_url(args.target):
-        from .main_job import inspect_cache
+        from .inspect_job import inspect_cache
 
         return inspect_cache(args.target, out)
     from stitch.runtime.store.shared.admin import stored_entries

@@ -66,7 +66,8 @@ def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     print(f"{title}, backend {args.backend}, sizes {_sizes(args.sizes)}", file=out)
     print(
         f"  compiled and checked in {seconds:.2f}s: {len(report.pieces)} compiled "
-        f"pieces; emitted source: {', '.join(files) or '-'}",
+        f"pieces; {'edited' if args.source else 'emitted'} source: "
+        f"{', '.join(files) or '-'}",
         file=out,
     )
     print("\n" + report.table() + "\n", file=out)
@@ -92,6 +93,7 @@ def _model(args: argparse.Namespace) -> tuple[str, Any, list[Any], Any, dict[str
         debug_dump_path=args.dump,
         compile_sizes=list(args.compile_sizes),
         compile_ranges_split_points=list(args.split_points),
+        stitching_source=args.source,
     )
     forwards = [Forward(c.size, c.args, c.kwargs) for c in choice.calls]
     title = f"stitch check {choice.flag}: {choice.description}"

@@ -1,4 +1,4 @@
-"""``stitch inspect``: its arguments, and the handler that checks a cache (``main_job.inspect_cache``)."""
+"""``stitch inspect``: its arguments, and the handler that checks a cache (``inspect_job.inspect_cache``)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,6 @@ def add_inspect(subparsers: Any) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from .main_job import inspect_cache
+    from .inspect_job import inspect_cache
 
     return inspect_cache(args.cache_dir, sys.stdout)

@@ -2,22 +2,21 @@
 
 To add a subcommand, write ``add_<name>(subparsers)`` (in ``<name>_cmd.py``,
 beside the others) that registers its parser and sets ``handler`` to a function
-``(args) -> exit status``, then list it in ``SUBCOMMANDS``.  Arguments that name a built-in example use
-``add_example_argument`` so every subcommand validates and lists them alike.
+``(args) -> exit status``, then list it in ``SUBCOMMANDS``.  A command that
+names a model takes it as ``stitch run`` does (``model_choice.add_model_choice``).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from .cache_cmd import add_cache
 from .check_cmd import add_check
 from .compile_job import add_compile
+from .emit_job import add_emit
 from .inspect_cmd import add_inspect
 from .profile_cmd import add_profile
 from .run_cmd import add_run
@@ -61,113 +60,10 @@ class StitchArgumentParser(argparse.ArgumentParser):
         return text
 
 
-# -- built-in examples ------------------------------------------------------------------
-
-
-def _examples() -> dict[str, Any]:
-    from stitch.runtime.examples import EXAMPLES
-
-    return EXAMPLES
-
-
-def examples_listing() -> str:
-    """``built-in examples:`` followed by one ``name  description`` line each."""
-    examples = _examples()
-    width = max((len(name) for name in examples), default=0)
-    lines = ["built-in examples:"]
-    for name in sorted(examples):
-        lines += textwrap.wrap(
-            examples[name].description,
-            width=79,
-            initial_indent=f"  {name:<{width}}  ",
-            subsequent_indent=" " * (width + 4),
-        )
-    return "\n".join(lines) + "\n"
-
-
-def example_by_name(name: str) -> Any:
-    """argparse ``type=``: the :class:`Example` called ``name``.
-
-    An unknown name becomes an argparse error (exit status 2) listing the
-    known names.
-    """
-    examples = _examples()
-    try:
-        return examples[name]
-    except KeyError:
-        known = ", ".join(sorted(examples)) or "(none)"
-        raise argparse.ArgumentTypeError(
-            f"unknown example {name!r}; known examples: {known}"
-        ) from None
-
-
-def add_example_argument(parser: StitchArgumentParser) -> None:
-    parser.add_argument(
-        "--example",
-        "-e",
-        required=True,
-        metavar="NAME",
-        type=example_by_name,
-        help="built-in example model (listed below)",
-    )
-    parser.help_appendix = examples_listing
-
-
-# -- stitch emit ------------------------------------------------------------------------
-
-
-def _add_emit(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
-        "emit",
-        help="print the stitching source of a built-in example",
-        description=(
-            "Trace a built-in example model, split it at its splitting ops and "
-            "print the stitching source that Stitch emits for it: a module defining "
-            "execution_fn(<graph inputs>, *, __vllm_submods__), which calls the "
-            "compiled pieces it unpacks from __vllm_submods__ and runs the "
-            "splitting (attention) pieces as plain functions of the same module.  "
-            "Constants (weights, buffers) are read as "
-            "__vllm_consts__[j]; their values are not part of the source."
-        ),
-    )
-    add_example_argument(parser)
-    parser.add_argument(
-        "-o",
-        "--output",
-        metavar="FILE",
-        help="write the source to FILE instead of standard output ('-' for stdout)",
-    )
-    parser.set_defaults(handler=run_emit)
-
-
-def run_emit(args: argparse.Namespace) -> int:
-    from stitch.codegen import generate_execution_code
-
-    split_gm = args.example.split_graph_module()
-    code, _, _ = generate_execution_code(split_gm)
-    if args.output in (None, "-"):
-        sys.stdout.write(code)
-        return 0
-    path = Path(args.output)
-    try:
-        path.write_text(code, encoding="utf-8")
-    except OSError as exc:
-        print(
-            f"{PROG} emit: error: cannot write {path}: {exc.strerror}", file=sys.stderr
-        )
-        return 1
-    print(
-        f"wrote the stitching source of example {args.example.name!r} to {path} "
-        f"({code.count(chr(10))} lines)",
-        file=sys.stderr,
-    )
-    return 0
-
-
 # -- the parser ---------------------------------------------------------------------------
 
 SUBCOMMANDS: tuple[Callable[[Any], None], ...] = (
-    _add_emit,
+    add_emit,
     add_run,
     add_compile,
     add_profile,

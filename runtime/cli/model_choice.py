@@ -136,9 +136,12 @@ class ModelChoice:
         return err, ok
 
 
-def add_model_choice(parser: Any) -> Any:
+def add_model_choice(parser: Any, examples: Sequence[str] | None = None) -> Any:
     """``--example``, ``--hf``, ``--model`` and ``--module`` (one of them is
-    required), and ``--device``; returns the group, for a command's own choices."""
+    required), and ``--device``; returns the group, for a command's own choices.
+
+    ``--example`` takes the runnable examples, or ``examples`` where given
+    (``stitch emit`` prints the source of every example)."""
     from stitch.runtime.examples.models import runnable_examples
 
     model = parser.add_mutually_exclusive_group(required=True)
@@ -146,7 +149,7 @@ def add_model_choice(parser: Any) -> Any:
         "--example",
         "-e",
         metavar="NAME",
-        choices=sorted(runnable_examples()),
+        choices=sorted(runnable_examples()) if examples is None else examples,
         help="built-in example model",
     )
     model.add_argument(

@@ -32,6 +32,7 @@ def run_model(
     cache_dir: str = "",
     dump_dir: str = "",
     repeats: int = 5,
+    source: str = "",
     out: TextIO,
 ) -> int:
     """Compile ``choice``'s model with Stitch, check it against eager, time both."""
@@ -43,6 +44,7 @@ def run_model(
             cache_dir=cache_dir,
             debug_dump_path=dump_dir,
             tiered_start=False,
+            stitching_source=source,
         )
     )
     compiled = choice.compile(stitch)
@@ -115,6 +117,9 @@ def _print_graphs(stitch: StitchBackend, out: TextIO) -> None:
             source = os.path.join(result.cache_dir, SOURCE_FILE)
             print(f"  emitted source: {source}", file=out)
             print(f"  cache: {result.cache_dir}", file=out)
+        edited = stitch.config.compile.stitching_source
+        if edited:
+            print(f"  ran in its place: {os.path.abspath(edited)} (--source)", file=out)
         rows = [
             (r.name, "split" if r.splitting else r.cache, r.module_path or "-")
             for r in result.reports

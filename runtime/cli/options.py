@@ -31,8 +31,14 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-def add_model_options(parser: Any, sizes: list[int]) -> None:
-    """The options ``stitch run`` and ``stitch profile`` share (after the model)."""
+def add_model_shape_options(parser: Any) -> None:
+    """``--batch``, ``--attn`` and ``--layers``: the model a choice builds
+    (``stitch emit`` takes these alone)."""
+    _add_batch_and_attn(parser)
+    _add_layers(parser)
+
+
+def _add_batch_and_attn(parser: Any) -> None:
     parser.add_argument(
         "--batch",
         type=int,
@@ -47,18 +53,29 @@ def add_model_options(parser: Any, sizes: list[int]) -> None:
         "model supports it), SDPA, transformers' eager attention, or Stitch's op "
         "(SDPA and Stitch's op split with the default config; eager does not)",
     )
-    parser.add_argument(
-        "--backend",
-        choices=("inductor", "eager"),
-        default="inductor",
-        help="piece compiler (default: inductor)",
-    )
+
+
+def _add_layers(parser: Any) -> None:
     parser.add_argument(
         "--layers",
         type=int,
         default=None,
         help="number of decoder layers (default: the example's; 2 for --hf)",
     )
+
+
+def add_model_options(parser: Any, sizes: list[int]) -> None:
+    """The options ``stitch run`` and ``stitch profile`` share (after the model)."""
+    # In this order: `stitch run` prints the `stitch check` command of a
+    # failed run in it (run_cmd.check_command).
+    _add_batch_and_attn(parser)
+    parser.add_argument(
+        "--backend",
+        choices=("inductor", "eager"),
+        default="inductor",
+        help="piece compiler (default: inductor)",
+    )
+    _add_layers(parser)
     # None, not the default list: a factory's one fixed forward (--module)
     # refuses sizes given, not the default ones.
     parser.add_argument(
@@ -76,10 +93,24 @@ def add_model_options(parser: Any, sizes: list[int]) -> None:
     )
 
 
+def add_source_option(parser: Any) -> None:
+    """``--source``: an edited stitching file run in place of the emitted one
+    (``stitch run``, ``check`` and ``profile``)."""
+    parser.add_argument(
+        "--source",
+        default="",
+        metavar="PATH",
+        help="run this edited stitching file (from 'stitch emit', or a cache's "
+        "execution_fn.py) in place of the emitted source, checked against it "
+        "first; the pieces and the cache stay as a compile makes them",
+    )
+
+
 def add_compile_options(parser: Any) -> None:
-    """``--compile-sizes``, ``--split-points`` and ``--dump``: what ``stitch
-    run`` and ``stitch check`` compile under (one definition, so that the
-    command a failed run prints is one the check takes)."""
+    """``--compile-sizes``, ``--split-points``, ``--dump`` and ``--source``: what
+    ``stitch run`` and ``stitch check`` compile under (one definition, so that
+    the command a failed run prints is one the check takes)."""
+    add_source_option(parser)
     parser.add_argument(
         "--compile-sizes",
         type=int_list,

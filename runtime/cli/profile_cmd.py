@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from .model_choice import add_model_choice
-from .options import add_model_options
+from .options import add_model_options, add_source_option
 
 SIZES = [1, 8, 32]
 
@@ -28,6 +28,7 @@ def add_profile(subparsers: Any) -> None:
     )
     add_model_choice(parser)
     add_model_options(parser, SIZES)
+    add_source_option(parser)
     parser.add_argument(
         "--decode",
         action="store_true",
@@ -72,4 +73,5 @@ def run_profile(args: argparse.Namespace) -> int:
         trace_path=args.trace,
         out=sys.stdout,
         decode=args.decode,
+        source=args.source,
     )

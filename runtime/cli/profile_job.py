@@ -37,10 +37,16 @@ def run_profile(
     trace_path: str,
     out: TextIO,
     decode: bool = False,
+    source: str = "",
 ) -> int:
     profiler = Profiler()
     # Profiling times compiled pieces: no tiered start.
-    config = choice.config(backend=backend, cache_dir=cache_dir, tiered_start=False)
+    config = choice.config(
+        backend=backend,
+        cache_dir=cache_dir,
+        tiered_start=False,
+        stitching_source=source,
+    )
     stitch = StitchBackend(config, profiler=profiler)
     compiled = choice.compile(stitch)
     if decode:
@@ -65,6 +71,13 @@ def run_profile(
         f"after {WARMUP} warm-up",
         file=out,
     )
+    if source:
+        # NOTE: [a profile of an edited stitching file] (pipeline/materialize.py)
+        print(
+            f"edited stitching source {source}: each compiled piece timed around "
+            "its call; the splitting ops count as stitching",
+            file=out,
+        )
     print("", file=out)
     print(profile.table(), file=out)
     if html_path:

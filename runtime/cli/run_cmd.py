@@ -104,6 +104,7 @@ def run_run(args: argparse.Namespace) -> int:
             backend=args.backend,
             cache_dir=args.cache_dir,
             dump_dir=args.dump,
+            source=args.source,
             out=sys.stdout,
         )
         return suggest_check(args, status)
@@ -121,6 +122,7 @@ def run_run(args: argparse.Namespace) -> int:
         split_points=args.split_points,
         tiered=args.tiered,
         compile_workers=args.compile_workers,
+        source=args.source,
         out=sys.stdout,
     )
     return suggest_check(args, status)

@@ -25,7 +25,7 @@ from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..cudagraph import CUDAGraphManager
 from ..cudagraph.graph_plan import GraphPlan
-from ..profiling import Profiler, piece_list
+from ..profiling import Profiler
 from ..progress import progress_bar
 from ..size import find_size, hoisted_input
 from ..store.cache import CompileCache
@@ -37,7 +37,7 @@ from .entry import EntryGuards
 from .fakes import backend_fake_inputs
 from .fleet import FleetCacheSession
 from .layouts import LayoutChecks, fed_layouts
-from .materialize import CompiledPlan, materialize
+from .materialize import CompiledPlan, materialize, served_source
 from .piece_plan import (
     PieceArgs,
     PiecePlan,
@@ -132,6 +132,8 @@ class Compilation:
             give_way()
             graphs = self.plan_graphs(split, records, emitted)
             fn, backends = self.materialize(split, emitted, records, reports, graphs)
+            if cache is not None:  # NOTE: [an edited stitching file runs in ...]
+                cache.note_edited(self.config.compile.stitching_source)
         except BaseException:
             self.fleet.end(False)
             raise
@@ -325,14 +327,9 @@ class Compilation:
         reports: list[PieceReport],
         graphs: GraphPlan | None,
     ) -> tuple[Callable[..., Any], dict[str, PiecewiseBackend]]:
-        # What runs: the serving source, or its profiling variant (never cached).
-        code, consts, filename = emitted.code, emitted.consts, emitted.source_file
-        ranges, entry = None, emitted.read_from
-        if self.profiler is not None:
-            code, consts, ranges = self.profiler.variant(
-                split.split_gm, emitted.dispatch_on, piece_list(reports)
-            )
-            filename = entry = None
+        code, consts, filename, ranges, entry = served_source(
+            emitted, self.profiler, split.split_gm, reports, self.config
+        )
         # NOTE: [one plan for cold, warm and saved starts] (materialize.py):
         # here each key's runnable is the one this call compiled or loaded.
         plan = CompiledPlan(

@@ -45,6 +45,7 @@ from .hashing import content_hash, file_hash
 from .index import (
     INDEX_FILE,
     SOURCE_FILE,
+    EditedRecord,
     EntryIdentity,
     Index,
     SourceRecord,
@@ -291,6 +292,16 @@ class CompileCache(PieceStore):
             return None
         self._source_read = True
         return code
+
+    def note_edited(self, path: str) -> None:
+        """Record that the edited stitching file ``path`` ran on this entry
+        (``stitch inspect`` says so, with its sha256); nothing for ``""``.  The
+        entry's own source stays the emitted one."""
+        if not path or not self.writable:
+            return
+        path = os.path.abspath(os.path.expanduser(path))
+        edited = EditedRecord(path, file_hash(path))
+        self._update(lambda index: msgspec.structs.replace(index, edited=edited))
 
     def save_source(
         self, code: str, submod_names: list[str], dispatch_on: str | None

@@ -123,6 +123,14 @@ class SourceRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dispatch_on: Name | None
 
 
+class EditedRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """An edited stitching file that ran on this entry (NOTE: [an edited
+    stitching file runs in place of the emitted one], edited_source.py)."""
+
+    path: str
+    sha256: Sha256
+
+
 class Index(Record, frozen=True):
     KIND = "index"
     VERSION = INDEX_FORMAT
@@ -134,6 +142,9 @@ class Index(Record, frozen=True):
     # Compile keys whose compiled form a tiered start found to differ from the
     # uncompiled piece: they run uncompiled, and are not compiled again.
     refused: dict[Key, str] = msgspec.field(default_factory=dict)
+    # The last edited stitching file run on this entry, if any; the source
+    # file stays the emitted one.
+    edited: EditedRecord | None = None
 
     def render(self) -> str:
         return codec.render(self)
