@@ -20,7 +20,11 @@ tensors); it unpacks the same pieces in the same order (item ``i`` of
 ``__vllm_submods__`` is piece ``i``); every constant slot it reads exists.
 Each failure names the file, the line, and what the emitted source has there.
 Its errors are the user's, not the cache's: they never make a warm load
-compile again, and nothing is written because of them.
+compile again, and nothing is written because of them.  An entry written
+while an edited file ran records the file and its sha256 in its index
+(``stitch inspect`` prints them, for a saved forward of that entry too); an
+entry read warm is never rewritten for an edit, since a saved forward
+refuses an entry whose index changed after it was saved.
 """
 
 from __future__ import annotations

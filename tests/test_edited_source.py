@@ -21,6 +21,7 @@ from stitch.runtime.cli.inspect_job import inspect_cache
 from stitch.runtime.examples import build_llama
 from stitch.runtime.profiling import Profiler
 from stitch.runtime.store.hashing import file_hash
+from stitch.runtime.store.index import INDEX_FILE
 
 from backend_support import (
     INDUCTOR_TOL,
@@ -47,11 +48,14 @@ def cold(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     be, fn = compile_model(model, config(root))
     outputs = [eager_and_compiled(model, fn, TINY, n) for n in (8, 3)]
     (source,) = root.rglob("execution_fn.py")
+    index = source.with_name(INDEX_FILE)
     return {
         "root": root,
         "model": model,
         "source": source,
         "emitted": source.read_bytes(),
+        "index": index,
+        "index_bytes": index.read_bytes(),
         "outputs": [out for _, out in outputs],
     }
 
@@ -91,15 +95,32 @@ def test_edited_file_runs_in_place_of_the_emitted_one(
     (compiled,) = be.compiled
     assert compiled.warm  # the pieces of the cold compile, from the cache
     assert compiled.fn.__code__.co_filename == str(path)
-    # The cache keeps the emitted source; its index names the edit.
+    # The cache keeps the emitted source, and an entry read warm is not
+    # rewritten (a saved forward would refuse it).
     assert cold["source"].read_bytes() == cold["emitted"]
-    out = io.StringIO()
-    assert inspect_cache(str(cold["root"]), out) == 0, out.getvalue()
-    assert f"edited stitching source ran: {path} (sha256 {file_hash(str(path))})" in (
-        out.getvalue()
-    )
+    assert cold["index"].read_bytes() == cold["index_bytes"]
     # Without the edit, the same cache starts warm on the emitted source.
     be, _ = forwards(cold)
+    assert be.compiled[0].warm and capfd.readouterr().out == ""
+
+
+def test_an_entry_written_while_an_edit_ran_says_so(
+    cold: dict[str, Any], tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = edit(cold, tmp_path, lambda text: text)
+    fresh = {**cold, "root": tmp_path / "cache"}
+    capfd.readouterr()
+    be, _ = forwards(fresh, stitching_source=str(path))
+    assert not be.compiled[0].warm
+    assert capfd.readouterr().out.count("stitched forward") == 2
+    (source,) = fresh["root"].rglob("execution_fn.py")
+    assert source.read_bytes() == cold["emitted"]  # the emitted source, kept
+    out = io.StringIO()
+    assert inspect_cache(str(fresh["root"]), out) == 0, out.getvalue()
+    sha = file_hash(str(path))
+    assert f"edited stitching source ran: {path} (sha256 {sha})" in out.getvalue()
+    # Without the edit, that cache starts warm with the same numbers.
+    be, _ = forwards(fresh)
     assert be.compiled[0].warm and capfd.readouterr().out == ""
 
 

@@ -9,7 +9,7 @@ from typing import TextIO
 
 from ..saved.input_check import CHECK_FILE, read_signatures
 from ..store.index import INDEX_FILE, Index
-from ..store.location import AOT_RECORD_FILE, find_aot_folders
+from ..store.location import AOT_RECORD_FILE, find_aot_folders, root_of_aot
 from ..store.verify import find_entries, inspect_aot, inspect_entry
 from ..tables import markdown_table
 
@@ -31,6 +31,7 @@ def inspect_cache(path: str, out: TextIO) -> int:
         unhealthy += bool(problems)
         print(f"{folder}\n  saved forward: {AOT_RECORD_FILE}", file=out)
         if not problems:
+            _print_saved_edit(folder, out)
             print("  health: ok", file=out)
         else:
             print(f"  health: {len(problems)} problem(s)", file=out)
@@ -60,6 +61,33 @@ def inspect_cache(path: str, out: TextIO) -> int:
         )
         return 1
     return 0
+
+
+def _print_saved_edit(folder: str, out: TextIO) -> None:
+    """Whether the entry a saved forward loads was written while an edited
+    stitching file ran (NOTE: [an edited stitching file runs in place of the
+    emitted one])."""
+    from ..pipeline.saved_function import reference_location
+    from ..store import codec
+    from ..store.index import parse_index
+    from ..store.location import aot_record_file, index_file
+    from ..store.records import AOTRecord, Reference
+
+    try:
+        path = aot_record_file(folder)
+        record = codec.read(AOTRecord, path)
+        reference = codec.decode(Reference, record.stitched, path)
+        _, entry = reference_location(reference, root_of_aot(folder))
+        with open(index_file(entry), "rb") as f:
+            index = parse_index(f.read(), None, index_file(entry)).index
+    except Exception:  # noqa: BLE001 - the health check above says what is wrong
+        return
+    if index is not None and index.edited is not None:
+        print(
+            f"  saved while an edited stitching source ran: {index.edited.path} "
+            f"(sha256 {index.edited.sha256}); it loads the emitted source",
+            file=out,
+        )
 
 
 def _print_input_checks(path: str, out: TextIO) -> None:

@@ -294,10 +294,12 @@ class CompileCache(PieceStore):
         return code
 
     def note_edited(self, path: str) -> None:
-        """Record that the edited stitching file ``path`` ran on this entry
-        (``stitch inspect`` says so, with its sha256); nothing for ``""``.  The
-        entry's own source stays the emitted one."""
-        if not path or not self.writable:
+        """Record that the edited stitching file ``path`` ran while this entry
+        was written (``stitch inspect`` says so, with its sha256); nothing for
+        ``""``.  The entry's own source stays the emitted one, and an entry read
+        warm is not rewritten: a saved forward refuses an entry whose index
+        changed since it was saved."""
+        if not path or not self.writable or self._source_read:
             return
         path = os.path.abspath(os.path.expanduser(path))
         edited = EditedRecord(path, file_hash(path))

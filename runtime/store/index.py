@@ -124,7 +124,7 @@ class SourceRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class EditedRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """An edited stitching file that ran on this entry (NOTE: [an edited
+    """An edited stitching file that ran while the entry was written (NOTE: [an edited
     stitching file runs in place of the emitted one], edited_source.py)."""
 
     path: str
@@ -142,8 +142,8 @@ class Index(Record, frozen=True):
     # Compile keys whose compiled form a tiered start found to differ from the
     # uncompiled piece: they run uncompiled, and are not compiled again.
     refused: dict[Key, str] = msgspec.field(default_factory=dict)
-    # The last edited stitching file run on this entry, if any; the source
-    # file stays the emitted one.
+    # The edited stitching file that ran while this entry was written, if
+    # any; the source file stays the emitted one.
     edited: EditedRecord | None = None
 
     def render(self) -> str:
