@@ -148,7 +148,8 @@ class _ModuleLowering:
         header = (
             f"Stitching source emitted by stitch.codegen (format {FORMAT_VERSION}).",
             f"pieces: {n_called + self._n_inlined} ({n_called} called through "
-            f"{SUBMODS_NAME}, {self._n_inlined} inlined); "
+            f"{DISPATCH_NAME if self.dispatch_on else SUBMODS_NAME}, "
+            f"{self._n_inlined} inlined); "
             f"constants: {len(self.consts.values)}",
             f"graph: sha256:{graph_hash(self.split_gm)[:16]}",
         )

@@ -1,5 +1,5 @@
 # Stitching source emitted by stitch.codegen (format 5).
-# pieces: 5 (3 called through __vllm_submods__, 2 inlined); constants: 0
+# pieces: 5 (3 called through __vllm_dispatch__, 2 inlined); constants: 0
 # graph: sha256:81c147410d455910
 # parameters (name: module path (Dynamo's name), or size: the input dimension it is):
 #   embed_tokens_weight: self.embed_tokens.weight (l_self_modules_embed_tokens_parameters_weight_)
