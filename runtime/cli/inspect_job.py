@@ -67,7 +67,7 @@ def _print_saved_edit(folder: str, out: TextIO) -> None:
     """Whether the entry a saved forward loads was written while an edited
     stitching file ran (NOTE: [an edited stitching file runs in place of the
     emitted one])."""
-    from ..pipeline.saved_function import reference_location
+    from ..pipeline.api import reference_entry
     from ..store import codec
     from ..store.index import parse_index
     from ..store.location import aot_record_file, index_file
@@ -77,7 +77,7 @@ def _print_saved_edit(folder: str, out: TextIO) -> None:
         path = aot_record_file(folder)
         record = codec.read(AOTRecord, path)
         reference = codec.decode(Reference, record.stitched, path)
-        _, entry = reference_location(reference, root_of_aot(folder))
+        entry = reference_entry(reference, root_of_aot(folder))
         with open(index_file(entry), "rb") as f:
             index = parse_index(f.read(), None, index_file(entry)).index
     except Exception:  # noqa: BLE001 - the health check above says what is wrong

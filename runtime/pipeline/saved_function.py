@@ -236,7 +236,9 @@ def reference_location(
     return root, location.reference_entry(root, record.entry)
 
 
-def reference_entry(reference: dict[str, Any], root: str | None = None) -> str:
+def reference_entry(
+    reference: dict[str, Any] | Reference, root: str | None = None
+) -> str:
     """The entry directory of a saved reference."""
     return reference_location(reference, root)[1]
 
