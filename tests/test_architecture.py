@@ -345,6 +345,8 @@ def test_the_pipeline_is_used_through_its_public_entry() -> None:
         ("stitch.runtime.cudagraph", "stitch.runtime.pipeline"),
         ("stitch.runtime.pipeline", "stitch.runtime.check"),
         ("stitch.runtime.cudagraph", "stitch.runtime.check"),
+        # The worker processes know nothing of the pipeline that uses them.
+        ("stitch.runtime.workers", "stitch.runtime.pipeline"),
     ],
 )
 def test_lower_parts_never_call_up(lower: str, upper: str) -> None:

@@ -225,10 +225,14 @@ PARENT = textwrap.dedent("""
         thread.start()
         thread.join()
     pool = made[0].spawned_pool
-    pids = pool.idle_pids()
+    server = pool._server.server  # NOTE: [a fork server for compile workers]
     if sys.argv[3] != "paused":
+        pids = pool.idle_pids()
         assert pool.wait_ready(120)
+        pids += [server.pid] if server is not None else []
     else:
+        # The fork server while it imports, else the fresh workers.
+        pids = [server.pid] if server is not None else pool.idle_pids()
         # Busy while they start (a ready worker waiting for a job is not
         # watched: NOTE: [an idle worker is not watched]), so that serving
         # first pauses the workers and whatever they started.
@@ -250,14 +254,28 @@ PARENT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize(
-    ("made_on", "state"), [("main", "idle"), ("thread", "idle"), ("main", "paused")]
+    ("made_on", "state", "server"),
+    [
+        ("main", "idle", "1"),
+        ("thread", "idle", "1"),
+        ("main", "paused", "1"),
+        ("main", "paused", "0"),
+    ],
 )
 def test_workers_exit_with_a_parent_killed_while_they_are_idle(
-    tmp_path: Path, made_on: str, state: str
+    tmp_path: Path, made_on: str, state: str, server: str
 ) -> None:
     # "paused": by serving first (NOTE: [serving first]) while they start,
     # with what they started; a stopped process left behind would wait for ever.
-    env = dict(os.environ, STITCH_COMPILE_START="spawn", STITCH_SERVING_FIRST="1")
+    # With a fork server (NOTE: [a fork server for compile workers]) the
+    # server is what starts: paused while it imports, the workers it forked
+    # once idle; without, fresh interpreters.
+    env = dict(
+        os.environ,
+        STITCH_COMPILE_START="spawn",
+        STITCH_SERVING_FIRST="1",
+        STITCH_FORK_SERVER=server,
+    )
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT, str(tmp_path), made_on, state],
         stdout=subprocess.PIPE,
@@ -269,7 +287,8 @@ def test_workers_exit_with_a_parent_killed_while_they_are_idle(
         # Bounded: a parent that neither reports nor exits fails the test.
         assert select.select([parent.stdout], [], [], 300)[0], "no report in 300 s"
         pids = json.loads(parent.stdout.readline())
-        assert len(pids) >= 2 and not any(gone(p) for p in pids), pids
+        assert len(pids) >= (1 if state == "paused" else 2), pids
+        assert not any(gone(p) for p in pids), pids
     finally:
         parent.kill()
         parent.wait()
@@ -308,13 +327,17 @@ def test_workers_share_the_cores_between_their_build_pools(
     # get 5 compile threads each, not 10; a value the user set is kept.  With
     # one thread Inductor has no build pool to start (a worker asking for one
     # failed Inductor's assert and exited: two workers on 2 cores get one each).
-    from stitch.runtime.pipeline.tiered import spawned_pool
+    # Fresh interpreters: /proc/PID/environ shows what each started with (a
+    # worker forked by the fork server sets its environment after the fork:
+    # test_fork_server.py checks that it does).
+    from stitch.runtime.pipeline.tiered import pool_server, spawned_pool
 
+    monkeypatch.setenv("STITCH_FORK_SERVER", "0")
     monkeypatch.setattr(spawned_pool, "worker_cpus", lambda: set(range(10)))
     if user is None:
-        monkeypatch.delenv(spawned_pool.COMPILE_THREADS_ENV, raising=False)
+        monkeypatch.delenv(pool_server.COMPILE_THREADS_ENV, raising=False)
     else:
-        monkeypatch.setenv(spawned_pool.COMPILE_THREADS_ENV, user)
+        monkeypatch.setenv(pool_server.COMPILE_THREADS_ENV, user)
     pool = SpawnedPool(2, 0)
     pool.start(cpu=True)
     try:
@@ -328,5 +351,52 @@ def test_workers_share_the_cores_between_their_build_pools(
     finally:
         pool.close()
     assert wait_gone(pids)
-    want = f"{spawned_pool.COMPILE_THREADS_ENV}={user or 5}".encode()
+    want = f"{pool_server.COMPILE_THREADS_ENV}={user or 5}".encode()
     assert all(want in env for env in envs), want
+
+
+def test_a_worker_beyond_the_pre_started_ones_is_forked_ready(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # NOTE: [a fork server for compile workers]: the pool's fork server
+    # imported and probed once; a worker taken when none is idle is forked
+    # from it, its start already done.
+    from stitch.runtime.workers.fork_server import ForkedProcess
+
+    with one_cpu_worker() as (pool, pid):
+        server = pool._server.server
+        assert server is not None and server.ready
+        first = pool.take()
+        second = pool.take()  # none idle: forked now
+        try:
+            assert first.pid == pid and second.pid != pid
+            for worker in (first, second):
+                assert isinstance(worker.process, ForkedProcess)
+                assert Path(f"/proc/{worker.pid}/stat").exists()
+                assert os.getpgid(worker.pid) == worker.pid  # a group of its own
+            assert second.ready.wait(READY_S)
+        finally:
+            pool.give_back(first)
+            pool.give_back(second)
+        assert sorted(pool.idle_pids()) == sorted([first.pid, second.pid])
+    assert wait_gone([second.pid, server.pid])
+    assert not stitch_warnings(caplog)
+
+
+def test_a_fork_server_that_fails_leaves_fresh_workers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A server whose preparation fails is said once; its workers start as
+    # fresh interpreters, as without one.
+    from stitch.runtime.pipeline.tiered import pool_server
+
+    monkeypatch.setattr(pool_server, "WORKER_MODULE", "stitch_test_no_such_module")
+    with one_cpu_worker() as (pool, pid):
+        assert pool.wait_ready(READY_S)
+        worker = pool.take()
+        pool.give_back(worker)
+        assert worker.pid == pid and isinstance(worker.process, subprocess.Popen)
+    said = [
+        r.getMessage() for r in caplog.records if "fork server failed" in r.getMessage()
+    ]
+    assert len(said) == 1 and "stitch_test_no_such_module" in said[0], said

@@ -7,7 +7,9 @@ the vector ISA probe and Inductor's build pools: seconds that a tiered
 start used to wait for after the backend call began.
 A :class:`SpawnedPool` starts its workers when the backend is made (where they
 will be spawned: ``likely_spawned``) or, at the latest, when a cold backend
-call begins, and each waits on its stdin for a job once its imports are
+call begins, each forked by the pool's fork server once that has imported
+and probed (NOTE: [a fork server for compile workers]; ``pool_server.py``),
+or, without one, each a fresh interpreter, and each waits on its stdin for a job once its imports are
 done (its ISA probe may still run beside that job: NOTE: [a compile waits
 for the probe only where it asks]).  A job
 is one group of pieces (``spawned_workers.py``); when it is reported in full
@@ -63,7 +65,9 @@ from typing import IO
 import torch
 
 from ...config import CompilationConfig
+from ...workers.fork_server import ForkedProcess
 from .deferred import DEFAULT_ENV, default_workers
+from .pool_server import WORKER_MODULE, PoolServer, worker_env
 from .serving_first import controller, own_group
 from .worker_cpus import cores, take_cpus, worker_cpus
 from .worker_process import START_ENV, ended_by, niceness, take_priority
@@ -74,7 +78,6 @@ log = logging.getLogger("stitch")
 IDLE_S = 120.0
 # Seconds a worker the pool let go has to leave before it is ended.
 CLOSE_GRACE_S = 5.0
-WORKER_MODULE = "stitch.runtime.pipeline.tiered.spawned_workers"
 
 
 @dataclasses.dataclass
@@ -83,7 +86,7 @@ class PooledWorker:
     the pipe it reports on (kept across jobs) and whether it has said it is
     ready (torch and Inductor imported, the ISA probe done, pools up)."""
 
-    process: subprocess.Popen[bytes]
+    process: subprocess.Popen[bytes] | ForkedProcess
     reports: IO[str]
     ready: threading.Event
     idle_since: float = 0.0
@@ -126,23 +129,6 @@ class PooledWorker:
                 continue
 
 
-# NOTE: [a worker's share of the build pools]
-# Inductor sizes a process's build pool to the machine (a compile thread per
-# core, at most 32), so n workers start n pools that size: on an H200's 16
-# cores, three workers' 48 pool processes raced each other and the serving
-# process for the cores (its start alone took 15.9 s there).  A spawned worker
-# gets ``cores // n`` threads instead ($TORCHINDUCTOR_COMPILE_THREADS; a value
-# the user set is kept).  With one worker it is Inductor's own choice.
-COMPILE_THREADS_ENV = "TORCHINDUCTOR_COMPILE_THREADS"
-
-
-def worker_env(count: int, cpus: int) -> dict[str, str]:
-    """The environment of one of ``count`` spawned workers on ``cpus`` cores."""
-    env = dict(os.environ)
-    env.setdefault(COMPILE_THREADS_ENV, str(max(1, min(32, cpus // max(count, 1)))))
-    return env
-
-
 class SpawnedPool:
     """Spawned compile workers, started ahead and reused (NOTE: [pre-started
     compile workers]).  ``count`` workers are started by :meth:`start`;
@@ -161,8 +147,12 @@ class SpawnedPool:
         self.preload = tuple(preload)
         self.idle_s = idle_s
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._idle: list[PooledWorker] = []
+        self._starting = 0  # workers being started outside the lock
         self._cpu: bool | None = None  # probe the ISA: set by the first start
+        # NOTE: [a fork server for compile workers] (runtime/workers/fork_server.py)
+        self._server = PoolServer(count, nice, self.preload)
         # Why no compile worker can be started in this process, once one
         # failed to (NOTE: [a process that cannot start compile workers]).
         self.cannot_start: str | None = None
@@ -178,16 +168,39 @@ class SpawnedPool:
 
     def start(self, cpu: bool) -> None:
         """Have ``count`` workers idle or starting (for graphs on the CPU,
-        ``cpu``: they probe its vector ISA)."""
+        ``cpu``: they probe its vector ISA).  Where a fork server starts them,
+        a thread waits for it: this returns at once."""
         with self._lock:
             if self._cpu is None:
                 self._cpu = cpu
             self._idle = [w for w in self._idle if self._alive(w)]
-            while len(self._idle) < self.count and self.cannot_start is None:
-                try:
-                    self._idle.append(self._spawn())
-                except OSError as exc:
-                    self.refuse(f"{type(exc).__name__}: {exc}")
+            missing = self.count - len(self._idle) - self._starting
+            if missing <= 0 or self.cannot_start is not None:
+                return
+            self._starting += missing
+        if self._server.get(cpu) is not None:
+            threading.Thread(
+                target=self._start_idle,
+                args=(missing,),
+                name="stitch-pool-start",
+                daemon=True,
+            ).start()
+        else:
+            self._start_idle(missing)
+
+    def _start_idle(self, count: int) -> None:
+        for _ in range(count):
+            worker = None
+            try:
+                worker = self._spawn()
+            except OSError as exc:
+                self.refuse(f"{type(exc).__name__}: {exc}")
+            finally:
+                with self._changed:
+                    self._starting -= 1
+                    if worker is not None:
+                        self._idle.append(worker)
+                    self._changed.notify_all()
 
     def refuse(self, why: str) -> bool:
         """No compile worker can be started in this process, because ``why``:
@@ -205,16 +218,21 @@ class SpawnedPool:
         return True
 
     def take(self) -> PooledWorker:
-        """An idle worker (started now if none is left) for one job."""
-        with self._lock:
-            while self._idle:
-                worker = self._idle.pop(0)
-                if self._alive(worker):
+        """An idle worker for one job: one being started, else a new one."""
+        with self._changed:
+            while True:
+                while self._idle:
+                    worker = self._idle.pop(0)
+                    if self._alive(worker):
+                        worker.working = True  # watched from its launch
+                        return worker  # (compile_workers.py)
+                if not self._starting:
                     break
-            else:
-                worker = self._spawn()
-            worker.working = True  # watched from its launch (compile_workers.py)
-            return worker
+                self._changed.wait()
+        worker = self._spawn()
+        with self._lock:
+            worker.working = True
+        return worker
 
     @staticmethod
     def _alive(worker: PooledWorker) -> bool:
@@ -248,9 +266,12 @@ class SpawnedPool:
         timer.start()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
-        """Whether every idle worker is ready (or dead) within ``timeout`` s."""
+        """Whether every idle worker, and every one being started, is ready
+        (or dead) within ``timeout`` s."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
+        with self._changed:
+            if not self._changed.wait_for(lambda: not self._starting, timeout):
+                return False
             workers = list(self._idle)
         for w in workers:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -259,7 +280,9 @@ class SpawnedPool:
         return True
 
     def idle_pids(self) -> list[int]:
-        with self._lock:
+        """The idle workers' pids, once those being started are."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._starting, 600.0)
             return [w.pid for w in self._idle]
 
     def close(self) -> None:
@@ -268,6 +291,7 @@ class SpawnedPool:
             idle, self._idle = self._idle, []
         for worker in idle:
             worker.close()
+        self._server.close()  # it leaves once the workers at work have
 
     def _let_idle_go(self) -> None:
         now = time.monotonic()
@@ -278,7 +302,9 @@ class SpawnedPool:
             worker.close()
 
     def _spawn(self) -> PooledWorker:
-        """Start one worker (the lock held); it imports while we go on."""
+        """Start one worker: forked by the fork server where there is one
+        (NOTE: [a fork server for compile workers]), else a fresh interpreter
+        that imports while we go on."""
         reports_read, reports_write = os.pipe()
         ready_read, ready_write = os.pipe()
         passed = (reports_write, ready_write)
@@ -286,22 +312,24 @@ class SpawnedPool:
         # follows the thread that spawned, so it is asked for on the main thread only.
         main = threading.current_thread() is threading.main_thread()
         cpus = worker_cpus()  # NOTE: [the cores a compile worker runs on]
-        command = [
-            *(sys.executable, "-m", WORKER_MODULE, str(os.getpid())),
-            *map(str, passed),
+        rest = [
             "cpu" if self._cpu else "gpu",
             "1" if main else "0",
             "idle" if self.nice is None else str(self.nice),
             *self.preload,
         ]
+        env = worker_env(self.count, cores(cpus))
         try:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE,
-                pass_fds=passed,
-                env=worker_env(self.count, cores(cpus)),
-                **own_group(),
-            )
+            process = self._server.fork(self._cpu or False, rest, env, passed, cpus)
+            if process is None:
+                command = [sys.executable, "-m", WORKER_MODULE, str(os.getpid())]
+                process = subprocess.Popen(
+                    [*command, *map(str, passed), *rest],
+                    stdin=subprocess.PIPE,
+                    pass_fds=passed,
+                    env=env,
+                    **own_group(),
+                )
         except BaseException:
             os.close(reports_read)
             os.close(ready_read)

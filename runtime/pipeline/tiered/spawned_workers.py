@@ -37,7 +37,7 @@ from typing import IO, Any
 import torch
 
 from ...compat.fake import tracing
-from ...compat.inductor import warm_compile_pools
+from ...compat.inductor import size_compile_threads_again, warm_compile_pools
 from ...config import CompilationConfig
 from ...store.cache import CompileCache
 from ..entry import EntryGuards
@@ -198,9 +198,12 @@ def main(argv: Sequence[str]) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     # NOTE: [pre-started compile workers]: what the first compile needs, loaded
-    # before any job comes.  An import that fails here ends the worker.
+    # before any job comes.  An import that fails here ends the worker.  Forked
+    # from a fork server, all of it is loaded already, the build pool not yet
+    # sized to this worker's environment.
     for module in (*ALWAYS, *preload):
         importlib.import_module(module)
+    size_compile_threads_again()
     start_inductor_warmup(cpu=cpu)
     inductor_ready()
     warm_compile_pools(triton=not cpu)  # NOTE: [no subprocess pool for C++ kernels]
@@ -216,6 +219,46 @@ def main(argv: Sequence[str]) -> int:
                 _run_job(out, header, data)
             out.write(json.dumps({"done": True}) + "\n")
     return 0  # the pool let it go
+
+
+def prepare_fork_server(args: Sequence[str]) -> int:
+    """A fork server's preparation for workers (NOTE: [a fork server for
+    compile workers], runtime/workers/fork_server.py): ``cpu|gpu MODULE...``.
+    What each worker would import and probe, done once; a module that fails
+    to import here fails again in each worker, which says so and ends, as a
+    spawned one does."""
+    cpu, preload = args[0] == "cpu", args[1:]
+    for module in (*ALWAYS, *preload):
+        with contextlib.suppress(Exception):
+            importlib.import_module(module)
+    start_inductor_warmup(cpu=cpu)
+    inductor_ready()
+    probe_done()  # its threads end before any fork
+    if not cpu:
+        _check_cuda_after_fork()
+    return 0
+
+
+def _check_cuda_after_fork() -> None:
+    """Fail unless a child forked from this process can use CUDA: one is
+    forked and makes a tensor on the device (a process that has asked CUDA
+    for its devices, or whose Triton initialized the driver, forks children
+    that cannot).  Where no device is visible there is nothing to check."""
+    if not torch.cuda.is_available():  # NVML's answer here: initializes nothing
+        return
+    pid = os.fork()
+    if pid == 0:
+        try:
+            torch.empty(1, device="cuda")
+            torch.cuda.synchronize()
+        except BaseException:  # noqa: BLE001 - the exit code says it
+            os._exit(1)
+        os._exit(0)
+    if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+        raise RuntimeError(
+            "a process forked from the fork server could not use CUDA: "
+            "something it imported initialized CUDA"
+        )
 
 
 def _say_ready(ready: int) -> None:
