@@ -39,7 +39,12 @@ the cold run's first output minus Dynamo alone's (for ``hf``, its second
 token's, once both graphs are compiled); "last swap", from the
 backend call's start (the first graph's, for ``hf``) to the last piece
 swapped in; "x cold", last swap over cold compile (the target is 1.3x);
-"forwards", how many ran until the last swap; "waited", the seconds
+with ``--paired``, a cold run right before each tiered run, "paired cold"
+its cold compile (the same subtraction) and "x paired" the last swap over
+it, which the verdict under the table then uses: on a shared machine the
+cores' speed drifts by up to 2x within an invocation (a 3-layer cold
+compile took 12.3 s and, 20 minutes later, 21.5 s), so a tiered run is
+compared with a cold compile taken beside it; "forwards", how many ran until the last swap; "waited", the seconds
 forwards waited for the compile's share.  Outputs (tokens, for ``hf``) are
 checked against eager's before, during and after the swaps.
 """
@@ -270,6 +275,8 @@ def report(subject: str, rows: list[tuple[str, str, dict[str, Any]]]) -> str:
     for run, load, r in rows:
         swap = r.get("last_swap_s")
         ratio = swap / cold if swap is not None and r.get("settled") else None
+        paired = r.get("paired_cold_s")
+        x_paired = swap / paired if paired and ratio is not None else None
         cells.append(
             (
                 run,
@@ -278,6 +285,8 @@ def report(subject: str, rows: list[tuple[str, str, dict[str, Any]]]) -> str:
                 f"{r['first_s'] - dynamo:+.2f}" if run != "dynamo" else "-",
                 "-" if swap is None else f"{swap:.2f}" + ("" if r["settled"] else "+"),
                 "-" if ratio is None else f"{ratio:.2f}x",
+                "-" if paired is None else f"{paired:.2f}",
+                "-" if x_paired is None else f"{x_paired:.2f}x",
                 "-" if r.get("workers_s") is None else f"{r['workers_s']:.2f}",
                 r["forwards"] or "-",
                 "-" if not r["ms_during"] else f"{r['ms_during']:.2f}",
@@ -294,6 +303,8 @@ def report(subject: str, rows: list[tuple[str, str, dict[str, Any]]]) -> str:
         "vs Dynamo",
         "last swap",
         "x cold",
+        "paired cold",
+        "x paired",
         "workers from",
         "forwards",
         "ms during",
@@ -313,7 +324,7 @@ def report(subject: str, rows: list[tuple[str, str, dict[str, Any]]]) -> str:
         f"{by[('cold', '-')][done]:.2f} s - Dynamo alone's "
         f"{by[('dynamo', '-')][done]:.2f} s)",
         "",
-        markdown_table(headers, cells, align="llrrrrrrrrrll"),
+        markdown_table(headers, cells, align="llrrrrrrrrrrrll"),
         "",
     ]
     if subject == "hf":
@@ -324,7 +335,9 @@ def report(subject: str, rows: list[tuple[str, str, dict[str, Any]]]) -> str:
         lines.append("")
     for (run, load), r in by.items():
         if run in ("forked", "spawned") and r.get("last_swap_s") is not None:
-            ratio = r["last_swap_s"] / cold if r.get("settled") else float("inf")
+            # Against its own cold compile where one ran beside it (--paired).
+            against = r.get("paired_cold_s") or cold
+            ratio = r["last_swap_s"] / against if r.get("settled") else float("inf")
             first = r["first_s"] - dynamo
             lines.append(
                 f"{run}, {load}: last swap {ratio:.2f}x the cold compile (<= 1.3x: "
@@ -341,6 +354,12 @@ def main() -> int:
     parser.add_argument("--runs", nargs="+", default=list(RUNS[2:]))
     parser.add_argument("--loads", nargs="+", default=list(LOADS))
     parser.add_argument("--out", help="also write the report to this file")
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="run a cold compile right before each tiered run, and compare each "
+        "with its own (the machine's speed drifts over a long invocation)",
+    )
     args = parser.parse_args()
     if args.child:
         print(RESULT + json.dumps(child(*args.child)), flush=True)
@@ -360,9 +379,15 @@ def main() -> int:
             rows = []
             plan = [("dynamo", "-"), ("cold", "-")]
             plan += [(run, load) for load in args.loads for run in args.runs]
+            done = "second_s" if subject == "hf" else "first_s"
             for run, load in plan:
+                cold = None
+                if args.paired and run in ("forked", "spawned"):
+                    cold = run_child(subject, "cold", "-", root)
                 print(f"  {subject}: {run} {load} ...", file=sys.stderr, flush=True)
                 rows.append((run, load, run_child(subject, run, load, root)))
+                if cold is not None:
+                    rows[-1][2]["paired_cold_s"] = cold[done] - rows[0][2][done]
                 print(f"    {json.dumps(rows[-1][2])}", file=sys.stderr, flush=True)
             parts += [report(subject, rows), ""]
             print("\n".join(parts[-2:]), flush=True)
