@@ -8,12 +8,18 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
-if TYPE_CHECKING:
-    from gpu_serving_model import Subject
+
+class AttentionShapes(Protocol):
+    """What the launch floor reads of a subject (gpu_serving_model.Subject)."""
+
+    caches: Sequence[torch.Tensor]
+    heads: int
+    head_dim: int
+    dtype: torch.dtype
 
 
 # -- the clock ----------------------------------------------------------------------------
@@ -180,7 +186,7 @@ def measure_interleaved(
 
 # -- the floor of host time ---------------------------------------------------------------------
 def launch_floor_us(
-    subject: Subject, n: int, device: torch.device, clock: Clock, iters: int
+    subject: AttentionShapes, n: int, device: torch.device, clock: Clock, iters: int
 ) -> tuple[float, float, float, float]:
     """Host µs of one attention call at ``n`` tokens and of one graph replay
     (medians, then 10th percentiles).

@@ -9,7 +9,7 @@ Usage::
 The figures tests/test_serving_first.py once asserted (issue 75: they failed
 one run in three on a shared machine; the tests now assert what the
 controller does, and this prints how much).  Each case starts a controller
-(NOTE: [serving first] in runtime/pipeline/tiered/serving_first.py) of real
+(NOTE: [serving first] in runtime/workers/serving_first.py) of real
 processes in this process, one case after the other in one invocation; a
 run is one pass over the cases, and each run is a column:
 
@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from stitch.runtime.pipeline.tiered.serving_first import ServingFirst
+    from stitch.runtime.workers.serving_first import ServingFirst
 
 HOG = "import os\nif os.fork() == 0:\n    pass\nwhile True:\n    pass\n"
 LIGHT = "import time\nprint(flush=True)\nwhile True:\n    time.sleep(0.01)\n"
@@ -150,7 +150,7 @@ def serving(
 ) -> Iterator[Callable[[], None]]:
     """A controller of ``workers`` while a thread runs ``load``; yields
     ``idle()``, which ends the load."""
-    from stitch.runtime.pipeline.tiered.serving_first import ServingFirst
+    from stitch.runtime.workers.serving_first import ServingFirst
 
     control = control or ServingFirst()
     stop = threading.Event()
@@ -194,7 +194,7 @@ def case_sleepers(neighbours: int = 0, rounds: int = 1) -> float:
 
 
 def case_share() -> float:
-    from stitch.runtime.pipeline.tiered.serving_first import ServingFirst
+    from stitch.runtime.workers.serving_first import ServingFirst
 
     class Recorded(ServingFirst):
         """A controller that records how many workers it lets run, and when."""
@@ -220,8 +220,8 @@ def case_share() -> float:
 # core, its worker free on every core, a thread computing.
 PINNED = """
 import json, os, subprocess, sys, threading, time
-from stitch.runtime.pipeline.tiered import worker_cpus
-from stitch.runtime.pipeline.tiered.serving_first import ServingFirst
+from stitch.runtime.workers import worker_cpus
+from stitch.runtime.workers.serving_first import ServingFirst
 
 every = os.sched_getaffinity(0)
 core = min(every)

@@ -7,7 +7,7 @@ Usage::
     python bench/under_load.py --out under_load.md
 
 Issue 75's measurement (NOTE: [the compile's share] in
-runtime/pipeline/tiered/compile_share.py).  Every run is a fresh process with
+runtime/workers/compile_share.py).  Every run is a fresh process with
 empty Stitch and Inductor caches, one after the other in one invocation.
 Subjects:
 
@@ -209,7 +209,7 @@ def child(subject: str, run: str, load: str) -> dict[str, Any]:
         from stitch.runtime import wait_compiled
 
         wait_compiled(WAIT_S)  # nothing runs until every piece has landed
-    from stitch.runtime.pipeline.tiered.serving_first import controller
+    from stitch.runtime.workers.serving_first import controller
 
     share = controller().share
     while tiers and not all(t.settled for t in tiers) and time.monotonic() < deadline:

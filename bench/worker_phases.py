@@ -65,7 +65,7 @@ def measure(count: int, device: str) -> dict[str, float]:
     """Each phase's median seconds over ``count`` workers started at once,
     each with a pool's worker's environment (its share of the build pools)."""
     from stitch.runtime.pipeline.tiered.spawned_pool import worker_env
-    from stitch.runtime.pipeline.tiered.worker_cpus import cores
+    from stitch.runtime.workers.worker_cpus import cores
 
     launched = time.time()
     kind = "cpu" if device == "cpu" else "gpu"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from stitch.runtime.pipeline.tiered import compile_share, serving_first
-from stitch.runtime.pipeline.tiered.compile_share import CompileShare
-from stitch.runtime.pipeline.tiered.proc_family import cpu_s
-from stitch.runtime.pipeline.tiered.serving_first import ServingFirst
+from stitch.runtime.workers import compile_share, serving_first
+from stitch.runtime.workers.compile_share import CompileShare
+from stitch.runtime.workers.proc_family import cpu_s
+from stitch.runtime.workers.serving_first import ServingFirst
 
 
 def test_a_forward_waits_only_once_the_compile_is_owed_more_than_its_bound() -> None:

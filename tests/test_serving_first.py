@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from stitch.runtime.pipeline.tiered import serving_first
-from stitch.runtime.pipeline.tiered.serving_first import PERIOD_TICKS, ServingFirst
-from stitch.runtime.pipeline.tiered.worker_cost import LIMIT, WorkerCost
+from stitch.runtime.workers import serving_first
+from stitch.runtime.workers.serving_first import PERIOD_TICKS, ServingFirst
+from stitch.runtime.workers.worker_cost import LIMIT, WorkerCost
 
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/task").is_dir(), reason="Linux's /proc (run delay)"
@@ -472,8 +472,8 @@ def test_this_process_is_never_paused() -> None:
 # on every core once it rested, and after the controller's release.
 _PINNED = """
 import json, os, subprocess, sys, threading, time
-from stitch.runtime.pipeline.tiered import worker_cpus
-from stitch.runtime.pipeline.tiered.serving_first import ServingFirst
+from stitch.runtime.workers import worker_cpus
+from stitch.runtime.workers.serving_first import ServingFirst
 
 every = os.sched_getaffinity(0)
 core = min(every)

@@ -24,9 +24,9 @@ from test_serving_first import until
 from test_tiered import _fresh_dynamo, gone, serve_until_settled, tiered  # noqa: F401
 
 from stitch.runtime.examples import LlamaConfig
-from stitch.runtime.pipeline.tiered.proc_family import family
-from stitch.runtime.pipeline.tiered.serving_first import controller
 from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
+from stitch.runtime.workers.proc_family import family
+from stitch.runtime.workers.serving_first import controller
 
 from backend_support import (
     TINY,

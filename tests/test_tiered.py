@@ -25,9 +25,9 @@ from stitch.runtime import CompilationConfig
 from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.passes import InductorPass
 from stitch.runtime.pipeline.piecewise import PiecewiseBackend
-from stitch.runtime.pipeline.tiered import serving_first
 from stitch.runtime.pipeline.tiered.swap_check import unset_outputs
 from stitch.runtime.store.cache import CompileCache
+from stitch.runtime.workers import serving_first
 
 from backend_support import (
     INDUCTOR_TOL,

@@ -23,9 +23,9 @@ import pytest
 
 from stitch.runtime.cli.main import build_parser
 from stitch.runtime.pipeline.api import TIERED_DEFAULT_ENV
-from stitch.runtime.pipeline.tiered import serving_first
 from stitch.runtime.store.cache import CompileCache
 from stitch.runtime.store.location import CACHE_ENV
+from stitch.runtime.workers import serving_first
 
 RESULT = "TIERED_DEFAULT "
 

@@ -1,5 +1,5 @@
 """The cores a compile worker runs on (NOTE: [the cores a compile worker runs
-on], runtime/pipeline/tiered/worker_cpus.py): a worker started by a thread
+on], runtime/workers/worker_cpus.py): a worker started by a thread
 pinned to one core (vLLM's CPU worker pins every thread of its process, Intel's
 OpenMP its main thread) still runs on every core of the serving process, its
 build pool sized to them; ``$STITCH_COMPILE_CPUS`` names them instead."""
@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from stitch.runtime.pipeline.tiered import compile_workers, worker_cpus
+from stitch.runtime.pipeline.tiered import compile_workers
 from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
-from stitch.runtime.pipeline.tiered.worker_cpus import parse_cpus
+from stitch.runtime.workers import worker_cpus
+from stitch.runtime.workers.worker_cpus import parse_cpus
 
 needs_two = pytest.mark.skipif(
     len(getattr(os, "sched_getaffinity", lambda _: ())(0)) < 2,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from stitch.codegen.pieces import mutates
 
+from ..workers.worker_cpus import allow_parents as allow_parents_cpus
 from .artifact_source import ArtifactSource, config_adapter
 from .backend import CompiledModel, StitchBackend, stitch_backend
 from .graph_inputs import GraphInput
@@ -28,7 +29,6 @@ from .tiered.exit_wait import finish_before_exit, land_before_exit, wait_compile
 from .tiered.spawned_pool import SpawnedPool
 from .tiered.swap_check import SWAP_TOLERANCE, tolerance, unset_outputs
 from .tiered.tier import Tier
-from .tiered.worker_cpus import allow_parents as allow_parents_cpus
 
 __all__ = [
     "ArtifactSource",

@@ -32,6 +32,7 @@ from ..store.cache import CompileCache
 from ..store.dump import PieceReport, debug_dump
 from ..store.hashing import graph_key as entry_graph_key
 from ..store.index import PieceRecord
+from ..workers.giving_way import give_way
 from .artifact_source import Piece, config_adapter, key_salt
 from .entry import EntryGuards
 from .fakes import backend_fake_inputs
@@ -50,7 +51,6 @@ from .results import Built, CompiledModel, Emitted, Split
 from .split_policy import SplitPolicy
 from .stitching_source import stitching_source
 from .tiered.deferred import prepare_compiles, tiered_decision
-from .tiered.giving_way import give_way
 from .tiered.spawned_pool import SpawnedPool
 from .tracing import summary, trace_source, trace_split
 from .warm_load import WarmLoadFailed, report
@@ -146,9 +146,8 @@ class Compilation:
             if self.source.deferred and cache is not None:
                 from .tiered.compile_workers import start_tier
 
-                tier = start_tier(
-                    self, b.split, b.fn, b.backends, cache, b.start, b.graph_key
-                )
+                parts = (b.fn, b.backends, cache, b.start, b.graph_key)
+                tier = start_tier(self, b.split.compiled, b.split.layouts, *parts)
             if tier is None:
                 self.fleet.record(cache)
             finished = True

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..compat import inductor, isa_probe
-from .tiered.worker_cpus import take_cpus, worker_cpus
+from ..workers.worker_cpus import take_cpus, worker_cpus
 
 log = logging.getLogger("stitch")
 

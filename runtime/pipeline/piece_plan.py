@@ -29,8 +29,8 @@ from ..size import RuntimeSize
 from ..store.cache import CompileCache
 from ..store.hashing import key_hash
 from ..targets import Target, targets_for
+from ..workers.giving_way import give_way
 from .piecewise import other_sizes
-from .tiered.giving_way import give_way
 
 log = logging.getLogger("stitch")
 

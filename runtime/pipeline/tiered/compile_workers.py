@@ -41,20 +41,21 @@ from typing import Any
 import msgspec
 
 from stitch.codegen import module_path_of
+from stitch.codegen.split import SplitItem
 
 from ...compat.inductor import forget_compile_pools, size_compile_threads_again
 from ...loader import DISPATCH_NAME
 from ...store.cache import CompileCache
 from ...store.index import PieceRecord
+from ...workers.serving_first import controller
+from ...workers.worker_cpus import take_cpus, worker_cpus
+from ..layouts import LayoutChecks
 from ..piecewise import PiecewiseBackend
-from ..results import Split
 from .deferred import default_workers
 from .exit_wait import wait_at_exit
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
-from .serving_first import controller
 from .tier import Tier, add_counters
 from .tiered_piece import say_still_compiling
-from .worker_cpus import take_cpus, worker_cpus
 from .worker_process import (
     CompileOne,
     Launch,
@@ -73,7 +74,8 @@ log = logging.getLogger("stitch")
 
 def start_tier(
     compilation: Any,
-    split: Split,
+    compiled: Sequence[SplitItem],
+    layouts: LayoutChecks,
     fn: Callable[..., Any],
     backends: dict[str, PiecewiseBackend],
     cache: CompileCache,
@@ -97,7 +99,7 @@ def start_tier(
     tier.dispatch = (getattr(fn, "__kwdefaults__", None) or {}).get(DISPATCH_NAME)
     tier.cuda_graphs = getattr(fn, "graphs", None)  # a PaddedRunner's
     tier.held_guards = frozenset(c.entry_guards.held())
-    units = _units(c, split, deferred)
+    units = _units(c, compiled, layouts, deferred)
     method = c.worker_start
     # What a forked worker runs, and this process where none can be started.
     compile_one = UnitCompiler(
@@ -165,9 +167,14 @@ def _follow_fleet(
         threading.Thread(target=watch, name="stitch-fleet-wait", daemon=True).start()
 
 
-def _units(c: Any, split: Split, deferred: dict[str, Any]) -> list[UnitJob]:
+def _units(
+    c: Any,
+    compiled: Sequence[SplitItem],
+    layouts: LayoutChecks,
+    deferred: dict[str, Any],
+) -> list[UnitJob]:
     """The deferred pieces by compile key (repeated pieces in one unit), in piece order."""
-    items = {it.submod_name: it for it in split.compiled}
+    items = {it.submod_name: it for it in compiled}
     units: dict[str, UnitJob] = {}
     for name in deferred:
         graph = items[name].graph
@@ -175,7 +182,7 @@ def _units(c: Any, split: Split, deferred: dict[str, Any]) -> list[UnitJob]:
             name,
             c.plans[name],
             module_path_of(graph),
-            tuple(split.layouts.get(name, ())),
+            tuple(layouts.get(name, ())),
         )
         key = c.source.key_of.get(name, name)
         if key not in units:

@@ -19,11 +19,11 @@ import torch
 from ...config import CompilationConfig
 from ...store.index import EntryRecord
 from ...targets import Target
+from ...workers.worker_cpus import cores
 from ..artifact_source import ArtifactSource, Piece
 from ..compilers import CompilerAdapter
 from ..inductor_warmup import on_cpu
 from ..piece_plan import KeyChoice, StringKeys
-from .worker_cpus import cores
 from .worker_process import START_ENV, needs_spawn, start_method
 
 log = logging.getLogger("stitch")

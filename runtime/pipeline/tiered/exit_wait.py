@@ -47,8 +47,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .proc_family import family, signal_all
-from .serving_first import controller
+from ...workers.proc_family import family, signal_all
+from ...workers.serving_first import controller
 from .tier import Tier
 
 log = logging.getLogger("stitch")

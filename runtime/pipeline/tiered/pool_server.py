@@ -15,8 +15,8 @@ from ...workers.fork_server import (
     ForkServerFailed,
     enabled,
 )
-from .serving_first import controller, own_group
-from .worker_cpus import cores, take_cpus, worker_cpus
+from ...workers.serving_first import controller, own_group
+from ...workers.worker_cpus import cores, take_cpus, worker_cpus
 from .worker_process import take_priority
 
 log = logging.getLogger("stitch")

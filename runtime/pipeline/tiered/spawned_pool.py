@@ -25,7 +25,7 @@ named in one warning and replaced; one that dies during a job gives its
 pieces up through its reader, as a forked worker's does.
 
 NOTE: [an idle worker is not watched]
-Serving first (serving_first.py) controls a pooled worker while it starts
+Serving first (workers/serving_first.py) controls a pooled worker while it starts
 (its imports and the ISA probe compete with the engine's start) and while it
 compiles a job, and never while it waits, ready, for one: that wait costs no
 core, and the controller, which wakes every tick while it controls any
@@ -66,10 +66,10 @@ import torch
 
 from ...config import CompilationConfig
 from ...workers.fork_server import ForkedProcess
+from ...workers.serving_first import controller, own_group
+from ...workers.worker_cpus import cores, take_cpus, worker_cpus
 from .deferred import DEFAULT_ENV, default_workers
 from .pool_server import WORKER_MODULE, PoolServer, worker_env
-from .serving_first import controller, own_group
-from .worker_cpus import cores, take_cpus, worker_cpus
 from .worker_process import START_ENV, ended_by, niceness, take_priority
 
 log = logging.getLogger("stitch")

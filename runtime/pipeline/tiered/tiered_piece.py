@@ -7,8 +7,8 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ...workers.serving_first import controller
 from ..piecewise import PiecewiseBackend
-from .serving_first import controller
 
 if TYPE_CHECKING:
     from ...store.index import PieceRecord

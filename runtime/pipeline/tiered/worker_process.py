@@ -46,7 +46,7 @@ _PR_SET_PDEATHSIG = 1
 # priority gets nothing, and was measured to take 30 times as long and more
 # (docs/performance.md, "A worker's priority").  So the niceness stays 0, and
 # what gives way to the serving process is the controller of NOTE: [serving
-# first] (serving_first.py), which pauses workers while they make it wait and
+# first] (workers/serving_first.py), which pauses workers while they make it wait and
 # keeps a share for them however busy it is.  $STITCH_COMPILE_NICE chooses a
 # fixed priority besides, for a machine whose owner knows its load: ``idle``
 # (SCHED_IDLE; niceness 19 where the class is missing) or a niceness from 0

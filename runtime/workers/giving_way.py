@@ -1,5 +1,6 @@
 """The points where a stitching built beside forwards lets them go first
-(NOTE: [Dynamo's graph serves while the stitching is built], dynamo_first.py)."""
+(NOTE: [Dynamo's graph serves while the stitching is built], pipeline/tiered/dynamo_first.py).
+"""
 
 from __future__ import annotations
 
