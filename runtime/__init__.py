@@ -54,7 +54,7 @@ _EXPORTS = {
     "load_execution_module": ".loader",
     "source_filename": ".loader",
     "stitch_backend": ".pipeline.api",
-    "wait_compiled": ".pipeline.api",
+    "wait_compiled": ".pipeline.tiered.controls",
 }
 
 if TYPE_CHECKING:
@@ -68,8 +68,8 @@ if TYPE_CHECKING:
         StitchBackend,
         StitchFunction,
         stitch_backend,
-        wait_compiled,
     )
+    from .pipeline.tiered.controls import wait_compiled
     from .saved.aot import AOTCompiledModel, aot_compile
 
 

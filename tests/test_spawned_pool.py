@@ -400,3 +400,31 @@ def test_a_fork_server_that_fails_leaves_fresh_workers(
         r.getMessage() for r in caplog.records if "fork server failed" in r.getMessage()
     ]
     assert len(said) == 1 and "stitch_test_no_such_module" in said[0], said
+
+
+def test_a_job_never_waits_for_the_fork_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # NOTE: [a job never waits for the fork server]: the server still imports
+    # (a preloaded module that takes seconds), so the job gets a fresh
+    # interpreter at once, and the server forks none in its place.
+    here = str(Path(__file__).resolve().parent)
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
+    )
+    pool = SpawnedPool(1, preload=["slow_import_target"])
+    pool.start(cpu=True)
+    worker = None
+    try:
+        assert not pool._server.ready()
+        worker = pool.take()
+        assert isinstance(worker.process, subprocess.Popen)  # fresh, not forked
+        assert pool.wait_ready(READY_S) and worker.ready.wait(READY_S)
+        assert pool.idle_pids() == []  # the pre-start's one fork was not made
+        server = pool._server.server
+        assert server is not None and server.ready
+    finally:
+        if worker is not None:
+            pool.give_back(worker)
+        pool.close()
+    assert wait_gone([worker.pid, server.pid])

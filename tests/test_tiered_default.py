@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from stitch.runtime.cli.main import build_parser
-from stitch.runtime.pipeline.api import TIERED_DEFAULT_ENV
+from stitch.runtime.pipeline.tiered.controls import TIERED_DEFAULT_ENV
 from stitch.runtime.store.cache import CompileCache
 from stitch.runtime.store.location import CACHE_ENV
 from stitch.runtime.workers import serving_first

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from stitch.runtime.pipeline.api import TIERED_DEFAULT_ENV
+from stitch.runtime.pipeline.tiered.controls import TIERED_DEFAULT_ENV
 
 pytestmark = [
     pytest.mark.slow,

@@ -10,7 +10,8 @@ from typing import Any
 import torch.fx as fx
 
 from ..loader import compile_execution_fn, source_filename
-from ..pipeline.api import CompiledModel, StitchBackend, mutates, unset_outputs
+from ..pipeline.api import CompiledModel, StitchBackend, mutates
+from ..pipeline.tiered.controls import unset_outputs
 from .recorder import PieceKey, Recorder
 
 

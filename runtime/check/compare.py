@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..compat.pytree import tree_leaves
-from ..pipeline.api import SWAP_TOLERANCE
+from ..pipeline.tiered.controls import SWAP_TOLERANCE
 
 # NOTE: [the check's tolerance is the swap's]
 # A compiled piece is held to what the tiered start holds it to before it

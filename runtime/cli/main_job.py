@@ -14,7 +14,7 @@ import torch
 from ..config import CompilationConfig
 from ..examples import LlamaConfig, build_llama, llama_inputs
 from ..examples.models import runnable_examples
-from ..pipeline.api import wait_compiled
+from ..pipeline.tiered.controls import wait_compiled
 from ..saved.aot import AOTCompiledModel, aot_compile
 from ..tables import markdown_table
 

@@ -119,7 +119,7 @@ class ModelChoice:
         each output agrees within the tolerance of its dtype."""
         import torch
 
-        from ..pipeline.api import tolerance
+        from ..pipeline.tiered.controls import tolerance
 
         err, ok = 0.0, len(expected) == len(actual)
         for want, got in zip(expected, actual, strict=False):

@@ -17,21 +17,18 @@ from stitch.core.errors import StitchError, StitchRuntimeError
 
 from ..compat.trace import phase
 from ..counter import compilation_counter
-from ..loader import DISPATCH_NAME, compile_execution_fn
+from ..loader import compile_execution_fn
 from ..progress import progress_bar
 from ..settings import CUDAGraphMode, CUDAGraphSettings
 from ..size import RuntimeSize
+from .building import build_runner, plan_graphs
 from .graph_ops import CUDAGraphOps
 from .graph_plan import GraphPlan
 from .padding import (
     PaddedRunner,
     capture_order,
-    check_padding,
-    full_graph_limit,
-    padding_table,
 )
-from .padding_plan import CannotPad, plan_padding
-from .wrapper import CUDAGraphTables, FunctionGraphs, call_order
+from .wrapper import CUDAGraphTables
 
 log = logging.getLogger("stitch")
 
@@ -265,28 +262,18 @@ class CUDAGraphManager:
         size: RuntimeSize | None,
         compile_sizes: Sequence[int],
     ) -> GraphPlan | None:
-        """What the graphs of one compilation need from its graph (None: no graphs).
-
-        ``graph`` is the graph the backend was given, ``split_gm`` its split
-        form, ``example_inputs`` its (fake) inputs and ``size`` the runtime size
-        (None when the pieces do not all dispatch on one graph input);
-        ``compile_sizes`` the sizes compiled for themselves, which padding must
-        be able to produce.
-        """
-        config = self.settings
-        if not config.cudagraph_capture_sizes:
-            return None
-        check_padding(config, compile_sizes)
-        names = [n.name for n in split_gm.graph.nodes if n.op == "placeholder"]
-        try:
-            padding = plan_padding(
-                graph, example_inputs, names, size, config.cudagraph_pad_values
-            )
-        except CannotPad as exc:
-            log.warning("stitch: running without CUDA graphs: %s", exc)
-            return None
-        order = call_order(split_gm, backends)
-        return GraphPlan(padding, list(submod_names).index(order[-1]) if order else -1)
+        """What the graphs of one compilation need from its graph (None: no
+        graphs): :func:`building.plan_graphs`."""
+        return plan_graphs(
+            self.settings,
+            graph,
+            split_gm,
+            example_inputs,
+            backends,
+            submod_names,
+            size,
+            compile_sizes,
+        )
 
     def piecewise(
         self,
@@ -336,56 +323,14 @@ class CUDAGraphManager:
         filename: str | None = None,
         ranges: Any = None,
     ) -> Callable[..., Any]:
-        """The execution function with padding and CUDA graphs, from ``plan``.
-
-        ``filename`` is the file holding ``code``, if any.
-        """
-        config = self.settings
-        plain = compile_execution_fn(
-            code, backends, submod_names, consts, filename=filename, ranges=ranges
+        """The execution function with padding and CUDA graphs, from ``plan``
+        (:func:`building.build_runner`); ``filename`` is the file holding
+        ``code``, if any."""
+        runner = build_runner(
+            self, plan, code, backends, submod_names, consts, filename, ranges
         )
-        if plan is None:
-            return plain
-        sizes = sorted(config.cudagraph_capture_sizes or ())
-        mode = config.cudagraph_mode
-        full_limit = full_graph_limit(config)
-        piecewise: Callable[..., Any] | None = None
-        above_max: Callable[..., Any] = plain
-        if any(s > full_limit for s in sizes):
-            piecewise, above_max = self.piecewise(
-                plan,
-                code=code,
-                backends=backends,
-                submod_names=submod_names,
-                consts=consts,
-                filename=filename,
-                ranges=ranges,
-                plain=plain,
-            )
-        runners: dict[int, Callable[..., Any]] = {}
-        tables = (getattr(piecewise, "__kwdefaults__", None) or {}).get(DISPATCH_NAME)
-        graphs = FunctionGraphs(
-            self,
-            plain,
-            runners,
-            [s for s in sizes if s <= full_limit],
-            tables if isinstance(tables, CUDAGraphTables) else None,
-        )
-        for size in sizes:
-            if size <= full_limit:
-                runners[size] = graphs.full_wrapper(size)
-            else:
-                assert piecewise is not None  # sizes above full_limit built it
-                runners[size] = piecewise
-        log.info(
-            "stitch: CUDA graphs %s for sizes %s (full graphs up to %d)",
-            mode.name,
-            sizes,
-            full_limit,
-        )
-        runner = PaddedRunner(plan.padding, padding_table(sizes), runners, above_max)
-        runner.graphs = graphs
-        self.runners.append(runner)
+        if isinstance(runner, PaddedRunner):
+            self.runners.append(runner)
         return runner
 
 

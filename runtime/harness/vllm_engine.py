@@ -104,7 +104,7 @@ def _worker_tiers(worker: Any = None) -> list[dict[str, Any]]:
     whether it is settled (every piece swapped in or given up)."""
     import gc
 
-    from stitch.runtime.pipeline.api import Tier
+    from stitch.runtime.pipeline.tiered.controls import Tier
 
     tiers = [o for o in gc.get_objects() if type(o) is Tier]  # not a weakproxy
     return [dict(t.timeline(), settled=t.settled) for t in tiers]
@@ -279,7 +279,7 @@ def _tiered_or_not(tiered: bool) -> None:
     every piece before the engine serves; ``tiered`` runs on the default, a
     tiered start (NOTE: [where a tiered start is the default]), whatever a
     test suite's $STITCH_TIERED_START says."""
-    from stitch.runtime.pipeline.api import TIERED_DEFAULT_ENV
+    from stitch.runtime.pipeline.tiered.controls import TIERED_DEFAULT_ENV
     from stitch.runtime.vllm.config import CONFIG_ENV
 
     fields = json.loads(os.environ.get(CONFIG_ENV) or "{}")

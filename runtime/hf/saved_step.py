@@ -61,7 +61,7 @@ import torch
 
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
-from ..pipeline.api import asks_tiered, finish_before_exit
+from ..pipeline.tiered.controls import asks_tiered, finish_before_exit
 from ..saved.aot import AOTCompiledModel, aot_compile
 from .attention import _short
 from .engine_compat import ENGINE_KEYWORDS, PAGED_CACHE, cache_layout, untested_failure

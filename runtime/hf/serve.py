@@ -241,7 +241,7 @@ def _land_compile(limit: float | None) -> bool:
     hook), and a trace that ended during the exit would start its workers in
     a process already shutting down.  A second Ctrl+C or SIGTERM ends the
     wait, and the exit waits no more."""
-    from ..pipeline.api import land_before_exit
+    from ..pipeline.tiered.controls import land_before_exit
 
     try:
         return land_before_exit(limit)

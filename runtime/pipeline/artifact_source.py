@@ -101,12 +101,11 @@ class ArtifactSource:
     def saves(backend: str) -> bool:
         """Whether the compiler backend ``backend`` (``CompilationConfig.backend``)
         saves artifacts: whether its pieces can start warm."""
-        adapter = ADAPTERS.get(backend)
-        return adapter is not None and adapter.saves_artifacts
+        return backend in ADAPTERS and make_adapter(backend, {}).artifacts is not None
 
     @property
     def caching(self) -> bool:
-        return self.cache is not None and self.adapter.saves_artifacts
+        return self.cache is not None and self.adapter.artifacts is not None
 
     # -- the compile pipeline ------------------------------------------------
     def record(
@@ -170,7 +169,7 @@ class ArtifactSource:
         if found is not None:
             return found[0]
         cache = self.cache
-        if cache is None or cache.index is None or not self.adapter.saves_artifacts:
+        if cache is None or cache.index is None or self.adapter.artifacts is None:
             raise StitchCacheError(f"piece {name} ({entry.target}): no cache entry")
         why = cache.refusal(entry.key)
         if why is not None:
@@ -216,7 +215,7 @@ class ArtifactSource:
     # -- the steps -----------------------------------------------------------
     def _from_cache(self, piece: Piece, target: Target, key: str) -> Runnable | None:
         cache = self.cache
-        if cache is None or not self.adapter.saves_artifacts:
+        if cache is None or self.adapter.artifacts is None:
             return None
         # NOTE: [a warm load that fails compiles instead] (warm_load.py)
         what = f"piece {piece.name} ({target.describe()}), key {key[:12]}"
@@ -236,7 +235,8 @@ class ArtifactSource:
 
     def _load(self, artifact: tuple[str, bool, str]) -> Runnable:
         if artifact not in self.loaded:
-            self.loaded[artifact] = self.adapter.load(*artifact)
+            assert self.adapter.artifacts is not None  # asked where it saves
+            self.loaded[artifact] = self.adapter.artifacts.load(*artifact)
         return self.loaded[artifact]
 
     def _compile(
@@ -256,7 +256,8 @@ class ArtifactSource:
             key = self._decide_strings(choice, handle)
         entry = EntryRecord(target.key(), key, False)
         cache = self.cache
-        if cache is not None and self.adapter.saves_artifacts:
+        store = self.adapter.artifacts
+        if cache is not None and store is not None:
             exact = isinstance(choice, StringKeys) and key == choice.exact
             entry = cache.save_artifact(
                 piece.name,
@@ -266,12 +267,12 @@ class ArtifactSource:
                 piece.size_index,
                 unwrap=bool(handle[1]),
                 strings=tuple(choice.strings) if exact else None,
-                save=lambda path: self.adapter.save(handle, path),
+                save=lambda path: store.save(handle, path),
             )
             if entry.saved:
                 # NOTE: [the compiling process runs its pieces prebuilt too]
                 path = cache.artifact_path(key, ARTIFACT_FILE)
-                runnable = self.adapter.published(path, bool(handle[1])) or runnable
+                runnable = store.published(path, bool(handle[1])) or runnable
         self.memo[key] = (runnable, entry.saved)
         return entry
 

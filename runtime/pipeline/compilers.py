@@ -11,12 +11,12 @@ from typing import Any, Protocol
 
 import torch.fx as fx
 
-from stitch.core.errors import StitchCacheError, StitchError, StitchRuntimeError
+from stitch.core.errors import StitchCacheError, StitchRuntimeError
 
 from ..compat import dynamo, inductor
 from ..counter import compilation_counter
-from ..store.hashing import file_hash
 from .inductor_warmup import inductor_ready, start_inductor_warmup
+from .prebuilt.record_io import load_prebuilt_or_none, write_prebuilt_record
 from .scalars import floats_marked, specialize_lifted_floats
 
 log = logging.getLogger("stitch")
@@ -24,19 +24,13 @@ log = logging.getLogger("stitch")
 Runnable = Callable[..., Any]
 
 
-class CompilerAdapter(Protocol):
-    """Compiles one piece for one shape target and (optionally) saves/loads it."""
+class ArtifactStore(Protocol):
+    """A backend's compiled pieces as files: saved into the cache entry,
+    published there, loaded by a later start (``CompilerAdapter.artifacts``)."""
 
-    name: str
-    saves_artifacts: bool
-
-    def compile(
-        self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, static: bool
-    ) -> tuple[Runnable, Any]:
-        """Return ``(runnable, handle)``; ``handle`` is what :meth:`save` writes."""
+    def save(self, handle: Any, path: str) -> None:
+        """Write the compile's ``handle`` (:meth:`CompilerAdapter.compile`) at ``path``."""
         ...
-
-    def save(self, handle: Any, path: str) -> None: ...
 
     def published(self, path: str, unwrap: bool) -> Runnable | None:
         """The saved artifact's final place, once the store has published it; a
@@ -46,6 +40,21 @@ class CompilerAdapter(Protocol):
     def load(
         self, path: str, unwrap: bool = False, sha256: str | None = None
     ) -> Runnable: ...
+
+
+class CompilerAdapter(Protocol):
+    """Compiles one piece for one shape target: the verbs every backend fills.
+    A backend whose compiled pieces are files (and so start warm) has
+    ``artifacts``; one that saves nothing has None there."""
+
+    name: str
+    artifacts: ArtifactStore | None
+
+    def compile(
+        self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, static: bool
+    ) -> tuple[Runnable, Any]:
+        """Return ``(runnable, handle)``; ``handle`` is what ``artifacts.save`` writes."""
+        ...
 
     def generated_source(self, handle: Any) -> str | None:
         """The code the compile generated, when it can be read (else None)."""
@@ -64,25 +73,12 @@ class EagerAdapter:
     """Runs the piece's GraphModule as it is (no compilation, nothing saved)."""
 
     name = "eager"
-    saves_artifacts = False
+    artifacts: ArtifactStore | None = None
 
     def compile(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, static: bool
     ) -> tuple[Runnable, Any]:
         return gm.forward, None
-
-    def save(self, handle: Any, path: str) -> None:  # pragma: no cover - never called
-        raise StitchRuntimeError("the eager backend saves no artifacts")
-
-    def published(  # pragma: no cover - never called
-        self, path: str, unwrap: bool
-    ) -> Runnable | None:
-        raise StitchRuntimeError("the eager backend saves no artifacts")
-
-    def load(  # pragma: no cover - never called
-        self, path: str, unwrap: bool = False, sha256: str | None = None
-    ) -> Runnable:
-        raise StitchRuntimeError("the eager backend saves no artifacts")
 
     def generated_source(self, handle: Any) -> str | None:
         # The GraphModule itself runs: its strings are always live.
@@ -111,7 +107,6 @@ class InductorAdapter:
     """``torch._inductor.standalone_compile`` with binary save/load of artifacts."""
 
     name = "inductor"
-    saves_artifacts = True
 
     def __init__(
         self,
@@ -125,6 +120,8 @@ class InductorAdapter:
         self._patches: dict[str, Any] | None = None
         # Damaged prebuilt files already warned about (one warning per file).
         self._faults: set[str] = set()
+        # Its pieces are files: saved, published and loaded by the methods below.
+        self.artifacts: ArtifactStore | None = self
 
     def compile(
         self, gm: fx.GraphModule, example_inputs: Sequence[Any], *, static: bool
@@ -187,7 +184,7 @@ class InductorAdapter:
         here], prebuilt/load.py), so the process that compiled a piece runs it the
         way every later process does.
         """
-        sha256 = _write_prebuilt(path)
+        sha256 = write_prebuilt_record(path)
         if sha256 is None:
             return None
         from .prebuilt.load import PrebuiltUnavailable, load_prebuilt
@@ -250,7 +247,7 @@ class InductorAdapter:
         See NOTE: [prebuilt pieces]: a prebuilt load imports no Inductor module
         and builds no kernel, so it does not wait for the Inductor warm-up.
         """
-        runnable = _load_prebuilt(path, sha256, self._faults)
+        runnable = load_prebuilt_or_none(path, sha256, self._faults)
         if runnable is None:
             inductor_ready()
             try:
@@ -261,7 +258,7 @@ class InductorAdapter:
                 ) from exc
             # Loaded through Inductor, so its kernels are built now: record them
             # and the next process loads this piece prebuilt.
-            _write_prebuilt(path)
+            write_prebuilt_record(path)
         compilation_counter.num_compiled_artifacts_loaded += 1
         return _tupled(runnable) if unwrap else runnable
 
@@ -298,80 +295,6 @@ def _tuple_output(gm: fx.GraphModule) -> tuple[fx.GraphModule, bool]:
     wrapped = fx.GraphModule(gm, new_graph)
     wrapped.meta.update(gm.meta)
     return wrapped, True
-
-
-# Prebuilt records this process refused (warned about once).
-_REFUSED: list[str] = []
-
-
-def _load_prebuilt(path: str, sha256: str | None, faults: set[str]) -> Runnable | None:
-    """The prebuilt runnable of the artifact at ``path``, or None: load it through
-    Inductor.  A damaged prebuilt file is one warning naming it (``faults``: the
-    files already reported), never loaded; the Inductor load rewrites it."""
-    from ..store.extras import ExtraFileError
-    from ..store.location import entry_of_artifact
-    from .prebuilt.load import NO_RECORD, PrebuiltUnavailable, load_prebuilt
-    from .warm_load import WarmLoadFailed, warm_step
-
-    entry = entry_of_artifact(path)
-    what = os.path.relpath(path, entry)
-    foreseen = (StitchError, PrebuiltUnavailable)  # handled below: NOTE: [a
-    # warm load that fails compiles instead] (unavailable: no record, another GPU)
-    try:
-        with warm_step(entry, "prebuilt records", what, foreseen):
-            runnable = load_prebuilt(path, sha256)
-    except PrebuiltUnavailable as exc:
-        if str(exc) == NO_RECORD or _REFUSED:
-            log.debug("stitch: %s loads through Inductor: %s", path, exc)
-        else:
-            # A record this process cannot use (another GPU, another format):
-            # one warning, the pieces load through Inductor (seconds of imports).
-            _REFUSED.append(path)
-            log.warning(
-                "stitch cache: the prebuilt form of %s is refused (%s); its "
-                "pieces load through Inductor",
-                path,
-                exc,
-            )
-        return None
-    except WarmLoadFailed:
-        raise
-    except StitchCacheError as exc:
-        where = exc.path if isinstance(exc, ExtraFileError) else str(exc)
-        if where not in faults:
-            faults.add(where)
-            compilation_counter.num_cache_faults += 1
-            log.warning("stitch cache: %s; loading that piece through Inductor", exc)
-        return None
-    compilation_counter.num_prebuilt_loads += 1
-    return runnable
-
-
-def _write_prebuilt(path: str) -> str | None:
-    """Save the prebuilt record of the artifact at ``path`` (never fails the caller);
-    the artifact's sha256 when a record was written, else None."""
-    from .prebuilt.load import PrebuiltUnavailable
-    from .prebuilt.save import save_prebuilt
-
-    try:
-        sha256 = file_hash(path)
-        save_prebuilt(path, sha256)
-    except PrebuiltUnavailable as exc:
-        log.info("stitch: piece %s will load through Inductor: %s", path, exc)
-    except OSError as exc:
-        # An unwritable cache is reported once by the store; a missing prebuilt
-        # record only means the next load goes through Inductor.
-        log.info("stitch: no prebuilt record for %s (%s)", path, exc)
-    except Exception as exc:  # noqa: BLE001 - the artifact itself is saved
-        log.warning(
-            "stitch cache: no prebuilt record for %s (%s: %s)",
-            path,
-            type(exc).__name__,
-            exc,
-        )
-    else:
-        return sha256
-    return None
 
 
 def _pass_error(exc: BaseException) -> Exception | None:

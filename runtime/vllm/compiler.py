@@ -30,14 +30,13 @@ from stitch.core.errors import StitchCacheError, StitchConfigError
 
 from ..compat.dynamo import register_serializable
 from ..pipeline.api import (
-    SpawnedPool,
     StitchBackend,
     StitchFunction,
-    allow_parents_cpus,
     load_reference,
     parse_reference,
     start_inductor_warmup,
 )
+from ..pipeline.tiered.controls import SpawnedPool, allow_parents_cpus
 from ..store.hashing import content_hash
 from .config import env_fields, stitch_cache_root, stitch_config, vllm_splitting_ops
 from .logs import join_vllm_logging

@@ -9,11 +9,12 @@ torch's imports, Inductor's, Stitch's and the vector ISA probe, every time.
 On an H200 machine that was 12.4 s a worker (3.8 s torch, 8.1 s Inductor),
 four at once at a backend's start, beside the engine's own start; on the
 2-core CPU machine about 5 s of a core each.  A :class:`ForkServer` is one
-such interpreter, started where the first would have been.  It imports the
-modules and runs the preparation it is given (the pool's: Stitch, Inductor,
-the ISA probe on the CPU), says it is ready, and then forks a worker for each
-request: the worker starts with all of that done, in a few milliseconds, and
-runs the function the request names.  The server never touches CUDA (its
+such interpreter, started where the first would have been.  It runs the
+preparation it is given (the pool's: Stitch's, torch's and Inductor's
+imports; not the ISA probe, which each worker runs beside its first job:
+``spawned_workers.prepare_fork_server``), says it is ready, and then forks a
+worker for each request: the worker starts with all of that done, in a few
+milliseconds, and runs the function the request names.  The server never touches CUDA (its
 check that a CUDA device exists is NVML's, ``PYTORCH_NVML_BASED_CUDA_CHECK``);
 its preparation proves that a child it forks may still initialize CUDA, or
 the server says it failed and the pool starts fresh interpreters as before.

@@ -63,6 +63,7 @@ def main(argv: Sequence[str]) -> int:
 def _serve(
     sock: socket.socket, request: dict[str, Any], fds: list[int], children: set[int]
 ) -> None:
+    server = os.getpid()
     try:
         pid = os.fork()
     except OSError as exc:
@@ -72,7 +73,7 @@ def _serve(
         return
     if pid == 0:  # the worker: never returns
         sock.close()
-        _run(request, fds)
+        _run(request, fds, server)
     for fd in fds:
         os.close(fd)
     with contextlib.suppress(OSError):  # as the worker does: before its pid is told
@@ -81,11 +82,13 @@ def _serve(
     _send(sock, {"pid": pid})
 
 
-def _run(request: dict[str, Any], fds: list[int]) -> None:
+def _run(request: dict[str, Any], fds: list[int], server: int) -> None:
     code = 1
     try:
         os.setpgid(0, 0)  # NOTE: [serving first]: a group of its own
         _parent_death_signal()  # it ends with the server
+        if os.getppid() != server:
+            os._exit(0)  # the server ended before the signal was asked for
         os.dup2(fds[0], 0)
         os.close(fds[0])
         sys.stdin = io.TextIOWrapper(

@@ -55,6 +55,7 @@ from .deferred import default_workers
 from .exit_wait import wait_at_exit
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
 from .tier import Tier, add_counters
+from .tier_start import TierSource
 from .tiered_piece import say_still_compiling
 from .worker_process import (
     CompileOne,
@@ -73,7 +74,7 @@ log = logging.getLogger("stitch")
 
 
 def start_tier(
-    compilation: Any,
+    call: TierSource,
     compiled: Sequence[SplitItem],
     layouts: LayoutChecks,
     fn: Callable[..., Any],
@@ -82,9 +83,9 @@ def start_tier(
     start: float,
     graph_key: str,
 ) -> Tier:
-    """The tier of the pieces ``compilation`` (a backend call's
-    ``Compilation``) runs uncompiled, their workers started."""
-    c = compilation
+    """The tier of the pieces ``call`` (a backend call's ``Compilation``)
+    runs uncompiled, their workers started."""
+    c = call
     deferred = c.source.deferred
     tier = Tier(
         c.config,
@@ -95,10 +96,10 @@ def start_tier(
         c.range_warnings,
         start,
         f"graph {graph_key[:12]}",
+        dispatch=(getattr(fn, "__kwdefaults__", None) or {}).get(DISPATCH_NAME),
+        cuda_graphs=getattr(fn, "graphs", None),  # a PaddedRunner's
+        held_guards=frozenset(c.entry_guards.held()),
     )
-    tier.dispatch = (getattr(fn, "__kwdefaults__", None) or {}).get(DISPATCH_NAME)
-    tier.cuda_graphs = getattr(fn, "graphs", None)  # a PaddedRunner's
-    tier.held_guards = frozenset(c.entry_guards.held())
     units = _units(c, compiled, layouts, deferred)
     method = c.worker_start
     # What a forked worker runs, and this process where none can be started.
@@ -168,7 +169,7 @@ def _follow_fleet(
 
 
 def _units(
-    c: Any,
+    c: TierSource,
     compiled: Sequence[SplitItem],
     layouts: LayoutChecks,
     deferred: dict[str, Any],

@@ -116,6 +116,11 @@ class PoolServer:
                 )
             return None
 
+    def ready(self) -> bool:
+        """Whether the server is up and can fork a worker now."""
+        server = self.server
+        return server is not None and server.ready
+
     def close(self) -> None:
         """Let the server go (it leaves once the workers it forked have)."""
         with self._lock:

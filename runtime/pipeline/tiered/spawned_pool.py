@@ -52,7 +52,6 @@ trying again (``deferred.tiered_off``).  Never a crash, never a wait.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
 import subprocess
@@ -60,73 +59,21 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import IO
 
 import torch
 
 from ...config import CompilationConfig
-from ...workers.fork_server import ForkedProcess
 from ...workers.serving_first import controller, own_group
 from ...workers.worker_cpus import cores, take_cpus, worker_cpus
 from .deferred import DEFAULT_ENV, default_workers
 from .pool_server import WORKER_MODULE, PoolServer, worker_env
+from .pooled_worker import PooledWorker
 from .worker_process import START_ENV, ended_by, niceness, take_priority
 
 log = logging.getLogger("stitch")
 
 # Seconds an idle worker waits for another job before the pool lets it go.
 IDLE_S = 120.0
-# Seconds a worker the pool let go has to leave before it is ended.
-CLOSE_GRACE_S = 5.0
-
-
-@dataclasses.dataclass
-class PooledWorker:
-    """A spawned worker as its pool holds it: the process, the open end of
-    the pipe it reports on (kept across jobs) and whether it has said it is
-    ready (torch and Inductor imported, the ISA probe done, pools up)."""
-
-    process: subprocess.Popen[bytes] | ForkedProcess
-    reports: IO[str]
-    ready: threading.Event
-    idle_since: float = 0.0
-    working: bool = False  # taken for a job, not yet given back
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def close(self) -> None:
-        """Let the worker go: it exits at the end of its stdin, or is ended
-        (NOTE: [an idle worker that does not leave])."""
-        controller().forget(self.pid)  # resumed, if paused (NOTE: [serving first])
-        with contextlib.suppress(OSError):
-            assert self.process.stdin is not None
-            self.process.stdin.close()
-        with contextlib.suppress(OSError):
-            self.reports.close()
-        threading.Thread(target=self._reap, daemon=True).start()
-
-    def _reap(self) -> None:
-        # NOTE: [an idle worker that does not leave]
-        # A worker the pool lets go holds no job, so ending it loses nothing.
-        # It may not get to read the end of its stdin soon: one still
-        # importing, or one at SCHED_IDLE on a busy machine (it runs only
-        # when no other thread wants the core; CI saw one outlive 20 s).
-        # After CLOSE_GRACE_S it is sent SIGTERM (its handler is the
-        # default: exit), then SIGKILL, so a closed pool leaves no process.
-        for end in (None, self.process.terminate, self.process.kill):
-            if end is not None:
-                with contextlib.suppress(OSError):
-                    end()
-            try:
-                self.process.wait(CLOSE_GRACE_S)
-                return
-            except subprocess.TimeoutExpired:
-                continue
 
 
 class SpawnedPool:
@@ -150,6 +97,7 @@ class SpawnedPool:
         self._changed = threading.Condition(self._lock)
         self._idle: list[PooledWorker] = []
         self._starting = 0  # workers being started outside the lock
+        self._taken_fresh = 0  # of those, started fresh by take() instead
         self._cpu: bool | None = None  # probe the ISA: set by the first start
         # NOTE: [a fork server for compile workers] (runtime/workers/fork_server.py)
         self._server = PoolServer(count, nice, self.preload)
@@ -189,15 +137,24 @@ class SpawnedPool:
             self._start_idle(missing)
 
     def _start_idle(self, count: int) -> None:
+        server = self._server.get(self._cpu or False)
+        if server is not None:
+            server.wait_ready()  # a job meanwhile starts fresh (take())
         for _ in range(count):
             worker = None
             try:
+                with self._lock:
+                    if self._taken_fresh:  # take() started it instead
+                        self._taken_fresh -= 1
+                        continue
                 worker = self._spawn()
             except OSError as exc:
                 self.refuse(f"{type(exc).__name__}: {exc}")
             finally:
                 with self._changed:
                     self._starting -= 1
+                    if not self._starting:
+                        self._taken_fresh = 0
                     if worker is not None:
                         self._idle.append(worker)
                     self._changed.notify_all()
@@ -218,7 +175,17 @@ class SpawnedPool:
         return True
 
     def take(self) -> PooledWorker:
-        """An idle worker for one job: one being started, else a new one."""
+        """An idle worker for one job: one being forked, else a new one.
+
+        NOTE: [a job never waits for the fork server]
+        The pool's first workers are forked once its fork server has
+        imported.  A job that finds none idle while the server still imports
+        does not wait for it: it gets a fresh interpreter at once, which reads
+        the job when its own imports are done (one fewer is forked).  Waiting
+        had held the backend call's build, and every later backend call
+        behind it: the transformers Llama's second token came 24.7 to 31.9 s
+        after ``torch.compile`` with spawned workers, 9.8 to 13.0 s forked.
+        """
         with self._changed:
             while True:
                 while self._idle:
@@ -226,10 +193,14 @@ class SpawnedPool:
                     if self._alive(worker):
                         worker.working = True  # watched from its launch
                         return worker  # (compile_workers.py)
-                if not self._starting:
+                fresh = not self._server.ready()
+                if self._starting <= self._taken_fresh:
                     break
-                self._changed.wait()
-        worker = self._spawn()
+                if fresh:
+                    self._taken_fresh += 1
+                    break
+                self._changed.wait()  # forks from a ready server: milliseconds
+        worker = self._spawn(fresh=fresh)
         with self._lock:
             worker.working = True
         return worker
@@ -301,7 +272,7 @@ class SpawnedPool:
         for worker in going:
             worker.close()
 
-    def _spawn(self) -> PooledWorker:
+    def _spawn(self, fresh: bool = False) -> PooledWorker:
         """Start one worker: forked by the fork server where there is one
         (NOTE: [a fork server for compile workers]), else a fresh interpreter
         that imports while we go on."""
@@ -320,7 +291,9 @@ class SpawnedPool:
         ]
         env = worker_env(self.count, cores(cpus))
         try:
-            process = self._server.fork(self._cpu or False, rest, env, passed, cpus)
+            process = None
+            if not fresh:
+                process = self._server.fork(self._cpu or False, rest, env, passed, cpus)
             if process is None:
                 command = [sys.executable, "-m", WORKER_MODULE, str(os.getpid())]
                 process = subprocess.Popen(

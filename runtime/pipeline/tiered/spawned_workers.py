@@ -36,6 +36,7 @@ from typing import IO, Any
 
 import torch
 
+from ...compat import inductor
 from ...compat.fake import tracing
 from ...compat.inductor import size_compile_threads_again, warm_compile_pools
 from ...config import CompilationConfig
@@ -224,16 +225,21 @@ def main(argv: Sequence[str]) -> int:
 def prepare_fork_server(args: Sequence[str]) -> int:
     """A fork server's preparation for workers (NOTE: [a fork server for
     compile workers], runtime/workers/fork_server.py): ``cpu|gpu MODULE...``.
-    What each worker would import and probe, done once; a module that fails
-    to import here fails again in each worker, which says so and ends, as a
-    spawned one does."""
+    What each worker would import, done once; a module that fails to import
+    here fails again in each worker, which says so and ends, as a spawned
+    one does.  The server does not probe the ISA: a worker forked from it
+    probes beside its first job, as a fresh one does (NOTE: [a compile waits
+    for the probe only where it asks]).  A probe the server ran before it
+    said it was ready held back every worker's first job by the whole probe:
+    in bench/under_load.py at 32 layers on 2 cores, spawned workers started
+    10.7 to 13.6 s after the backend call, against 1.9 to 2.8 s for forked
+    ones in the same run.  The probe's records on disk make every later
+    worker's probe short."""
     cpu, preload = args[0] == "cpu", args[1:]
     for module in (*ALWAYS, *preload):
         with contextlib.suppress(Exception):
             importlib.import_module(module)
-    start_inductor_warmup(cpu=cpu)
-    inductor_ready()
-    probe_done()  # its threads end before any fork
+    inductor.import_inductor()  # the probe's imports with it; no thread starts
     if not cpu:
         _check_cuda_after_fork()
     return 0

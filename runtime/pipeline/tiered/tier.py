@@ -82,6 +82,10 @@ class Tier:
         warnings: RangeWarnings,
         started: float,
         label: str,
+        *,
+        dispatch: dict[Any, Any] | None = None,
+        cuda_graphs: Any = None,
+        held_guards: frozenset[str] = frozenset(),
     ) -> None:
         self.config = config
         self.cache = cache
@@ -108,10 +112,10 @@ class Tier:
         self._complete: list[Callable[[bool], None]] = []
         self.returned_at = 0.0
         # The function's per-size tables of runnables (loader.SizeTables), if any.
-        self.dispatch: dict[Any, Any] | None = None
+        self.dispatch = dispatch
         # The function's CUDA graphs (cudagraph.FunctionGraphs), if any: NOTE:
         # [uncompiled pieces under CUDA graphs].
-        self.cuda_graphs: Any = None
+        self.cuda_graphs = cuda_graphs
         self.pids: list[int] = []
         # An exit stopped its workers (NOTE: [an exit the user asked for waits
         # at most seconds]): pieces given up now are said once, by the exit.
@@ -121,7 +125,7 @@ class Tier:
         self.installed = False
         # The guards this call's graph holds under (a piece compiled under
         # more is not swapped in).
-        self.held_guards: frozenset[str] = frozenset()
+        self.held_guards = held_guards
         # Pieces compiled under guards on their size alone: where they hold.
         self.size_guards: dict[str, Callable[[int], bool]] = {}
 
