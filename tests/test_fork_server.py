@@ -118,3 +118,20 @@ def test_no_server_nor_worker_outlives_the_serving_process() -> None:
     )
     pids = json.loads(done.stdout.splitlines()[0])
     assert until(lambda: all(gone(p) for p in pids), 20), pids
+
+
+@pytest.mark.parametrize(
+    ("env_value", "workers", "used"),
+    [(None, 1, False), (None, 2, True), ("1", 1, True), ("0", 4, False)],
+)
+def test_a_pool_uses_a_fork_server_for_more_than_one_worker(
+    monkeypatch: pytest.MonkeyPatch, env_value: str | None, workers: int, used: bool
+) -> None:
+    # NOTE: [a fork server for more than one worker]
+    from stitch.runtime.workers.fork_server import ENV, enabled
+
+    if env_value is None:
+        monkeypatch.delenv(ENV, raising=False)
+    else:
+        monkeypatch.setenv(ENV, env_value)
+    assert enabled(workers) is used

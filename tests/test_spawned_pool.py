@@ -47,6 +47,9 @@ READY_S = 90.0
 @pytest.fixture(autouse=True)
 def _spawn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STITCH_COMPILE_START", "spawn")
+    # Forked by a fork server even for one worker (NOTE: [a fork server for
+    # more than one worker]); tests that set 0 start fresh interpreters.
+    monkeypatch.setenv("STITCH_FORK_SERVER", "1")
 
 
 def wait_gone(pids: list[int], seconds: float = 20.0) -> bool:

@@ -19,6 +19,17 @@ check that a CUDA device exists is NVML's, ``PYTORCH_NVML_BASED_CUDA_CHECK``);
 its preparation proves that a child it forks may still initialize CUDA, or
 the server says it failed and the pool starts fresh interpreters as before.
 
+NOTE: [a fork server for more than one worker]
+By default a pool uses a fork server only where it starts more than one
+worker.  With one worker, on the 2-core machine with the spawn path forced
+(docs/performance.md, "Compile workers from a fork server"), the server
+made that worker no sooner ready (7.90 s against 6.74 s fresh) and, beside
+Dynamo's trace of the 32-layer example, the first output came 3.8 to 6.8 s
+after Dynamo alone's against 0.9 to 3.9 s with a fresh worker; with four
+workers they were ready in 8.4 s rather than 23.0 s, on 9.6 CPU seconds
+rather than 45.6.  ``$STITCH_FORK_SERVER=1`` uses it for one worker too
+(later workers, a worker replaced, then start in a tenth of a second).
+
 The serving process and the server talk over a Unix socket of packets (one
 JSON object each): a request carries the worker's target, argv and
 environment, and its pipes as passed descriptors (``SCM_RIGHTS``); the server
@@ -58,9 +69,14 @@ FD_MARK = "@fd"
 PACKET = 1 << 20
 
 
-def enabled() -> bool:
-    """Whether spawned workers are forked from a fork server ($STITCH_FORK_SERVER=0: no)."""
-    return os.environ.get(ENV, "").strip() != "0" and hasattr(os, "fork")
+def enabled(workers: int) -> bool:
+    """Whether a pool of ``workers`` forks them from a fork server:
+    ``$STITCH_FORK_SERVER`` 1 or 0 says so; by default where it starts more
+    than one (NOTE: [a fork server for more than one worker])."""
+    text = os.environ.get(ENV, "").strip()
+    if not hasattr(os, "fork") or text == "0":
+        return False
+    return text == "1" or workers > 1
 
 
 class ForkServerFailed(RuntimeError):

@@ -57,7 +57,7 @@ class PoolServer:
         """This pool's fork server, started if need be; None where there is
         none (NOTE: [a fork server for compile workers])."""
         with self._lock:
-            if self.server is not None or self.failed or not enabled():
+            if self.server is not None or self.failed or not enabled(self.count):
                 return self.server
             cpus = worker_cpus()
             server = ForkServer(
