@@ -12,10 +12,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from test_serving_first import until
+from test_tiered import gone
 
 from stitch.runtime.workers.fork_server import ForkServer, ForkServerFailed
 
@@ -26,23 +27,6 @@ TARGETS = "fork_targets"
 def env(**more: str) -> dict[str, str]:
     path = os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])
     return {**os.environ, "PYTHONPATH": path, **more}
-
-
-def gone(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] == "Z"
-
-
-def until(check, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return check()
 
 
 def test_a_worker_starts_with_what_the_server_prepared() -> None:

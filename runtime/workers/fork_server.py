@@ -60,6 +60,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
+from .proc_family import alive
+
 log = logging.getLogger("stitch")
 
 ENV = "STITCH_FORK_SERVER"
@@ -279,6 +281,6 @@ class ForkServer:
             self._answered.notify_all()
         for worker in workers:
             deadline = time.monotonic() + 5.0
-            while os.path.exists(f"/proc/{worker.pid}") and time.monotonic() < deadline:
+            while alive(worker.pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
             worker.ended(-signal.SIGKILL)

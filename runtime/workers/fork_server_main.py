@@ -5,7 +5,6 @@ PARENT PARENT_DEATH PREPARE [ARG...]``."""
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib
 import io
 import json
@@ -19,8 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .fork_server import FD_MARK, PACKET
-
-_PR_SET_PDEATHSIG = 1
+from .proc_family import die_with_parent_thread
 
 
 def main(argv: Sequence[str]) -> int:
@@ -29,7 +27,7 @@ def main(argv: Sequence[str]) -> int:
     sock = socket.socket(fileno=int(argv[0]))
     parent, parent_death = int(argv[1]), argv[2] == "1"
     if parent_death:
-        _parent_death_signal()
+        die_with_parent_thread()
     if os.getppid() != parent:
         return 0
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -86,7 +84,7 @@ def _run(request: dict[str, Any], fds: list[int], server: int) -> None:
     code = 1
     try:
         os.setpgid(0, 0)  # NOTE: [serving first]: a group of its own
-        _parent_death_signal()  # it ends with the server
+        die_with_parent_thread()  # it ends with the server
         if os.getppid() != server:
             os._exit(0)  # the server ended before the signal was asked for
         os.dup2(fds[0], 0)
@@ -134,13 +132,6 @@ def _reap(sock: socket.socket, children: set[int]) -> None:
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
     with contextlib.suppress(OSError):
         sock.send(json.dumps(message).encode())
-
-
-def _parent_death_signal() -> None:
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(
-            _PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0
-        )
 
 
 if __name__ == "__main__":

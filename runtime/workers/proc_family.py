@@ -6,6 +6,7 @@ serving_first.py; NOTE: [workers on the serving threads' spare cores])."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import time
@@ -101,3 +102,15 @@ class Ticks:
         using = (cpu - self.cpu) / max(now - self.at, 1e-6)
         self.cpu, self.at = cpu, now
         return using, now
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent_thread() -> None:
+    """Ask the kernel to SIGKILL this process when the thread that forked or
+    spawned it ends (Linux only; quiet elsewhere): a compile worker started
+    by a serving process's main thread, or forked by a fork server."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

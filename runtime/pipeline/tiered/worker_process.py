@@ -4,7 +4,6 @@ the loop that compiles its pieces and reports each one, and how it ends."""
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import logging
@@ -22,14 +21,13 @@ import torch
 from ...compat.shapes import added_guards, guard_mark
 from ...counter import compilation_counter
 from ...store.index import PieceRecord
+from ...workers.proc_family import die_with_parent_thread
 from .piece_jobs import UnitJob
 
 log = logging.getLogger("stitch")
 
 # Compile one piece (in the worker): its index record, once its artifacts are saved.
 CompileOne = Callable[[str], PieceRecord]
-
-_PR_SET_PDEATHSIG = 1
 
 # NOTE: [a compile worker's priority]
 # A compile worker should not delay a forward, nor an engine still starting,
@@ -137,11 +135,7 @@ def die_with_parent(parent: int | None = None) -> None:
     if parent is not None:
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
         return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    die_with_parent_thread()
 
 
 def _watch_parent(parent: int) -> None:
