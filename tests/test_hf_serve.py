@@ -276,8 +276,14 @@ def test_a_server_starts_tiered_by_default_with_eager_tokens_before_its_pieces_c
     _checkpoint(model_dir)
     prompts = _prompts()
     expected = _eager_tokens(model_dir, prompts)
+    # Dynamo's trace runs off the engine's thread, and on a loaded machine it
+    # may outlast every request: the stop waits until the workers compile.
     got, output, status = _serve_and_ask(
-        model_dir, tmp_path / "cache", tmp_path / "server.log", prompts
+        model_dir,
+        tmp_path / "cache",
+        tmp_path / "server.log",
+        prompts,
+        until="pieces compile in",
     )
     assert got == expected
     assert re.search(r"3 pieces compile in \d+ forked worker", output), output
