@@ -10,20 +10,15 @@ from typing import Any
 import torch
 
 from ..compat.pytree import tree_leaves
-from ..pipeline.tiered.controls import SWAP_TOLERANCE
+from ..pipeline.tiered.controls import tolerance
 
 # NOTE: [the check's tolerance is the swap's]
 # A compiled piece is held to what the tiered start holds it to before it
 # swaps one in (pipeline/swap_check.py): rtol and atol of 1e-4 for float32
 # and float64, 1e-2 for float16 and 3e-2 for bfloat16, whose fused compiled
 # code rounds less often than eager does.  A value is beyond tolerance where
-# ``|got - want| > atol + rtol * |want|`` for some element (torch.allclose).
-DEFAULT_TOLERANCE = (1e-4, 1e-4)
-
-
-def tolerance(dtype: torch.dtype) -> tuple[float, float]:
-    """(rtol, atol) for values of ``dtype``."""
-    return SWAP_TOLERANCE.get(dtype, DEFAULT_TOLERANCE)
+# ``|got - want| > atol + rtol * |want|`` for some element (torch.allclose);
+# a dtype not listed is held to float32's.  ``tolerance`` is the swap's own.
 
 
 @dataclasses.dataclass

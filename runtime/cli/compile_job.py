@@ -39,7 +39,8 @@ def compile_example(
 
     from ..examples import LlamaModel, llama_inputs
     from ..saved.weightless import compile_without_weights
-    from .main_job import EXAMPLE_DYNAMIC_DIMS, example_config, example_llama
+    from .main_job import EXAMPLE_DYNAMIC_DIMS, example_config
+    from .model_choice import example_llama
 
     cfg = example_llama(name, layers, "compile")
     config = example_config(cfg, cache_dir=cache_dir, compile_sizes=compile_sizes)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import statistics
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -12,71 +10,15 @@ from typing import Any, TextIO
 import torch
 
 from ..config import CompilationConfig
-from ..examples import LlamaConfig, build_llama, llama_inputs
-from ..examples.models import runnable_examples
+from ..examples import LlamaConfig, llama_inputs
 from ..pipeline.tiered.controls import wait_compiled
 from ..saved.aot import AOTCompiledModel, aot_compile
-from ..tables import markdown_table
-
-
-def median_ms(fn: Any, repeats: int) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls, in milliseconds."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-# One row of the timing table: tokens, eager ms, stitch ms, first call ms, the
-# largest difference from eager, and whether it is within tolerance.
-TimingRow = tuple[int, float, float, float, float, bool]
-
-
-def timing_table(rows: Sequence[TimingRow]) -> str:
-    """``stitch run``'s table (the examples' and transformers' models alike):
-    per token count, eager and Stitch times and whether the outputs agree."""
-    return markdown_table(
-        (
-            "tokens",
-            "eager ms",
-            "stitch ms",
-            "speed-up",
-            "first call ms",
-            "max abs err",
-            "ok",
-        ),
-        [
-            (
-                n,
-                f"{eager_ms:.3f}",
-                f"{stitch_ms:.3f}",
-                f"{eager_ms / stitch_ms:.2f}x",
-                f"{first_ms:.1f}",
-                f"{err:.2e}",
-                "yes" if ok else "NO",
-            )
-            for n, eager_ms, stitch_ms, first_ms, err, ok in rows
-        ],
-        align="rrrrrrl",
-    )
-
+from .eager_compare import compare_with_eager, print_comparison
+from .model_choice import example_choice, example_llama
 
 # The token dimension of the example's inputs, marked unbacked when compiling:
 # one graph for every size, 1 included, as a serving engine needs.
 EXAMPLE_DYNAMIC_DIMS = {0: [0], 1: [0]}
-
-
-def example_llama(name: str, layers: int | None, command: str) -> LlamaConfig:
-    """The config of built-in example ``name`` (exits naming the runnable ones)."""
-    runnable = runnable_examples()
-    if name not in runnable:
-        known = ", ".join(sorted(runnable))
-        raise SystemExit(
-            f"stitch {command}: unknown example {name!r} (runnable: {known})"
-        )
-    return LlamaConfig(num_layers=layers or runnable[name])
 
 
 def example_config(
@@ -114,11 +56,10 @@ def run_example(
     source: str = "",
     out: TextIO,
 ) -> int:
-    """Compile a built-in model with stitch, check it against eager, time both."""
+    """Compile a built-in model with stitch, check it against eager, time both
+    (NOTE: [one comparison with eager] in eager_compare.py)."""
+    choice = example_choice(name, layers, list(sizes), "run")
     cfg = example_llama(name, layers, "run")
-    for n in sizes:
-        if not 1 <= n <= cfg.max_seqs:
-            raise SystemExit(f"stitch run: size {n} must be in [1, {cfg.max_seqs}]")
     config = example_config(
         cfg,
         cache_dir=cache_dir,
@@ -130,15 +71,14 @@ def run_example(
         compile_workers=compile_workers,
         stitching_source=source,
     )
-    model = build_llama(cfg)
     start = time.perf_counter()
     with torch.no_grad():
-        compiled = _aot_compile(model, cfg, config, sizes[0])
+        compiled = _aot_compile(choice.model, cfg, config, sizes[0])
     ready_s = time.perf_counter() - start
     stitch = compiled.backend
     timeline = _serve_until_compiled(compiled, cfg, sizes[0], start)
 
-    rows, failures = _compare_with_eager(model, compiled, cfg, sizes, repeats)
+    rows, failures = compare_with_eager(choice, compiled, repeats)
 
     result = stitch.compiled[0] if stitch is not None and stitch.compiled else None
     _print_compile(name, cfg, backend, compiled, ready_s, out)
@@ -157,45 +97,7 @@ def run_example(
         )
     if timeline:
         print(timeline, file=out)
-    print("", file=out)
-    print(timing_table(rows), file=out)
-    if failures:
-        print(f"\n{failures} size(s) differ from eager beyond tolerance", file=out)
-        return 1
-    return 0
-
-
-def _compare_with_eager(
-    model: torch.nn.Module,
-    compiled: AOTCompiledModel,
-    cfg: LlamaConfig,
-    sizes: Sequence[int],
-    repeats: int,
-) -> tuple[list[tuple[Any, ...]], int]:
-    """Per size, eager and Stitch's times and their largest difference; and how
-    many sizes differ from eager beyond tolerance."""
-    rows = []
-    failures = 0
-    with torch.no_grad():
-        for n in sizes:
-            input_ids, positions = llama_inputs(cfg, n, seed=n)
-            model.reset_kv_caches()
-            expected = model(input_ids, positions)
-            model.reset_kv_caches()
-            start = time.perf_counter()
-            actual = compiled(input_ids, positions)
-            first_ms = (time.perf_counter() - start) * 1e3
-            err = (expected - actual).abs().max().item()
-            ok = torch.allclose(expected, actual, rtol=1e-4, atol=1e-4)
-            failures += not ok
-            eager_ms = median_ms(
-                functools.partial(model, input_ids, positions), repeats
-            )
-            stitch_ms = median_ms(
-                functools.partial(compiled, input_ids, positions), repeats
-            )
-            rows.append((n, eager_ms, stitch_ms, first_ms, err, ok))
-    return rows, failures
+    return print_comparison(rows, failures, out)
 
 
 def _print_compile(

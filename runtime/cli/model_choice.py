@@ -10,9 +10,11 @@ parsed arguments into a :class:`ModelChoice`, and a command compiles
 (:meth:`ModelChoice.compiled`) and compares the two within the tolerance of
 their dtype (:meth:`ModelChoice.agree`).  ``resolve_model`` reads the options
 of :func:`add_model_choice` and of ``options.add_model_options``.  A new way to name a model is one more branch
-here, and every command has it.  (``stitch run --example`` compiles through
-the saved forward instead, ``main_job.run_example``: its tiered start and
-static sizes are the examples' own.)
+here, and every command has it.  (``stitch run --example`` compiles its
+choice through the saved forward, ``main_job.run_example``: its tiered start
+and static sizes are the examples' own; its comparison with eager and its
+report are every model's: NOTE: [one comparison with eager] in
+``eager_compare.py``.)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
     from ..config import CompilationConfig
+    from ..examples import LlamaConfig
 
 # torch, transformers and the models are imported by the functions that need
 # them: the parser is built for every ``stitch`` command, ``--help`` included.
@@ -188,7 +191,7 @@ def resolve_model(args: argparse.Namespace, *, sizes: Sequence[int]) -> ModelCho
     check_flags(args)
     wanted = list(args.sizes or sizes)
     if args.example:
-        return _example(args.example, args.layers, wanted, args.command)
+        return example_choice(args.example, args.layers, wanted, args.command)
     if args.hf:
         return _family(args.hf, args.layers or 2, args.batch, args.attn, wanted)
     if args.model:
@@ -217,12 +220,26 @@ def _attn(name: str) -> str | None:
     return None if name == "default" else name
 
 
-def _example(
+def example_llama(name: str, layers: int | None, command: str) -> LlamaConfig:
+    """The config of built-in example ``name`` (exits naming the runnable ones)."""
+    from ..examples import LlamaConfig
+    from ..examples.models import runnable_examples
+
+    runnable = runnable_examples()
+    if name not in runnable:
+        known = ", ".join(sorted(runnable))
+        raise SystemExit(
+            f"stitch {command}: unknown example {name!r} (runnable: {known})"
+        )
+    return LlamaConfig(num_layers=layers or runnable[name])
+
+
+def example_choice(
     name: str, layers: int | None, sizes: list[int], command: str
 ) -> ModelChoice:
+    """Built-in example ``name`` (``--example``), one call per size."""
     from ..compat.dynamo import mark_unbacked
     from ..examples import build_llama, llama_inputs
-    from .main_job import example_llama
 
     cfg = example_llama(name, layers, command)
     calls = []

@@ -10,18 +10,14 @@ times.
 
 from __future__ import annotations
 
-import functools
 import os
-import time
-from typing import Any, TextIO
-
-import torch
+from typing import TextIO
 
 from ..counter import compilation_counter
 from ..pipeline.api import StitchBackend
 from ..store.index import SOURCE_FILE
 from ..tables import markdown_table
-from .main_job import median_ms, timing_table
+from .eager_compare import compare_with_eager, print_comparison
 from .model_choice import ModelChoice
 
 
@@ -49,7 +45,7 @@ def run_model(
     )
     compiled = choice.compile(stitch)
     before = compilation_counter.snapshot()
-    rows, failures = _compare_with_eager(choice, compiled, repeats)
+    rows, failures = compare_with_eager(choice, compiled, repeats)
     after = compilation_counter.snapshot()
 
     def counted(name: str) -> int:
@@ -68,37 +64,7 @@ def run_model(
     )
     if dump_dir:
         print(f"  debug dump: {dump_dir}", file=out)
-    print("", file=out)
-    print(timing_table(rows), file=out)
-    if failures:
-        print(f"\n{failures} size(s) differ from eager beyond tolerance", file=out)
-        return 1
-    return 0
-
-
-def _compare_with_eager(
-    choice: ModelChoice, compiled: Any, repeats: int
-) -> tuple[list[tuple[Any, ...]], int]:
-    """Per size, eager and Stitch's times and their largest difference; and
-    how many sizes differ from eager beyond tolerance."""
-    rows = []
-    failures = 0
-    with torch.no_grad():
-        for call in choice.calls:
-            expected = choice.eager(call)
-            start = time.perf_counter()
-            actual = choice.compiled(compiled, call)
-            first_ms = (time.perf_counter() - start) * 1e3
-            err, ok = choice.agree(expected, actual)
-            failures += not ok
-            eager_ms = median_ms(
-                functools.partial(choice.model, *call.args, **call.kwargs), repeats
-            )
-            stitch_ms = median_ms(
-                functools.partial(compiled, *call.args, **call.kwargs), repeats
-            )
-            rows.append((call.size, eager_ms, stitch_ms, first_ms, err, ok))
-    return rows, failures
+    return print_comparison(rows, failures, out)
 
 
 def _print_graphs(stitch: StitchBackend, out: TextIO) -> None:
