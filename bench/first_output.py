@@ -203,7 +203,7 @@ def main() -> int:
         run, layers, cache = args.child
         print(RESULT + json.dumps(child(run, int(layers), cache)), flush=True)
         # The workers' compile is not waited for at exit: they die with this
-        # process (worker_process.die_with_parent), their cache with it.
+        # process (workers/proc_family.die_with_parent), their cache with it.
         os._exit(0)
     import torch
 

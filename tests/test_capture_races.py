@@ -189,7 +189,7 @@ def test_a_landing_during_a_capture_releases_graphs_only_after_it(
     piece in and capture again."""
     workers = PipeWorkers()
     monkeypatch.setenv("STITCH_COMPILE_START", "fork")
-    monkeypatch.setattr(compile_workers, "_forker", workers.forker)
+    monkeypatch.setattr(compile_workers, "forker", workers.forker)
     monkeypatch.setattr(Tier, "_compiled_backend", _uncompiled_twin)
     landed = threading.Event()
     land = Tier.landed

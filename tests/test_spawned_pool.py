@@ -333,7 +333,8 @@ def test_workers_share_the_cores_between_their_build_pools(
     # Fresh interpreters: /proc/PID/environ shows what each started with (a
     # worker forked by the fork server sets its environment after the fork:
     # test_fork_server.py checks that it does).
-    from stitch.runtime.pipeline.tiered import pool_server, spawned_pool
+    from stitch.runtime.pipeline.tiered import spawned_pool
+    from stitch.runtime.workers import pool_server
 
     monkeypatch.setenv("STITCH_FORK_SERVER", "0")
     monkeypatch.setattr(spawned_pool, "worker_cpus", lambda: set(range(10)))
@@ -391,9 +392,18 @@ def test_a_fork_server_that_fails_leaves_fresh_workers(
 ) -> None:
     # A server whose preparation fails is said once; its workers start as
     # fresh interpreters, as without one.
-    from stitch.runtime.pipeline.tiered import pool_server
+    from stitch.runtime.pipeline.tiered import spawned_pool
 
-    monkeypatch.setattr(pool_server, "WORKER_MODULE", "stitch_test_no_such_module")
+    # The server runs a module that cannot be imported; fresh workers run the
+    # pool's own (spawned_pool.WORKER_MODULE).
+    real = spawned_pool.PoolServer
+    monkeypatch.setattr(
+        spawned_pool,
+        "PoolServer",
+        lambda *args, **kwargs: real(
+            *args, **{**kwargs, "module": "stitch_test_no_such_module"}
+        ),
+    )
     with one_cpu_worker() as (pool, pid):
         assert pool.wait_ready(READY_S)
         worker = pool.take()

@@ -467,14 +467,15 @@ def test_repeated_pieces_fake_outputs_are_what_running_them_gives(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """NOTE: [a repeated piece's fake outputs are made, not run] (runtime/pipeline/
-    piece_plan.py): every piece's planned inputs, made for repeated pieces, have the
-    sizes, strides, offsets, view-ness and shared buffers a full fake run gives."""
+    fake_propagation.py): every piece's planned inputs, made for repeated pieces,
+    have the sizes, strides, offsets, view-ness and shared buffers a full fake run
+    gives."""
     from stitch.codegen.fingerprint import describe_example
     from stitch.runtime import CompilationConfig, StitchBackend
     from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
-    from stitch.runtime.pipeline import piece_plan
+    from stitch.runtime.pipeline import fake_propagation
 
-    real = piece_plan.piece_inputs
+    real = fake_propagation.piece_inputs
     compared: list[int] = []
 
     def shape_of(args: dict[str, tuple[Any, ...]]) -> dict[str, list[str]]:
@@ -496,13 +497,15 @@ def test_repeated_pieces_fake_outputs_are_what_running_them_gives(
     def both(split_gm: Any, fake_inputs: Any) -> Any:
         made = real(split_gm, fake_inputs)
         with monkeypatch.context() as m:
-            m.setattr(piece_plan._RepeatedPieces, "made", lambda self, key, args: None)
+            m.setattr(
+                fake_propagation._RepeatedPieces, "made", lambda self, key, args: None
+            )
             run = real(split_gm, fake_inputs)
         assert shape_of(made) == shape_of(run)
         compared.append(len(made))
         return made
 
-    monkeypatch.setattr(piece_plan, "piece_inputs", both)
+    monkeypatch.setattr(fake_propagation, "piece_inputs", both)
     torch._dynamo.reset()
     layers = 3
     cfg = LlamaConfig(num_layers=layers)

@@ -4,8 +4,8 @@ defaults, exit within 10 s, say what they did not wait for, and leave the
 cache to the next start, which compiles the rest.
 
 The compile is held: each test's worker sleeps before its pieces (the
-compile's own ``compile_and_report`` wrapped), so "mid-compile" is certain
-rather than a race with a fast machine."""
+compile's own ``compile_and_report`` wrapped where a forked worker calls it),
+so "mid-compile" is certain rather than a race with a fast machine."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ EXIT_S = 10.0
 # Held compiles: the worker sleeps before its pieces, as a long compile would.
 HOLD = """
 import time
-from stitch.runtime.pipeline.tiered import compile_workers as _cw
+from stitch.runtime.pipeline.tiered import forked_workers as _cw
 _real = _cw.compile_and_report
 def _held(*args, **kwargs):
     time.sleep(600)

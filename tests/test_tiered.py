@@ -399,7 +399,7 @@ print(json.dumps(tier.timeline()["uncompiled"]), flush=True)
 def test_workers_started_by_a_thread_that_ends_compile_on(tmp_path: Path) -> None:
     # The kernel's parent-death signal follows the thread that forked: a
     # worker forked by an engine's thread died with it, its pieces uncompiled
-    # (die_with_parent in worker_process.py).
+    # (die_with_parent in workers/proc_family.py).
     done = run_script(COMPILES_FROM_A_THREAD, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not json.loads(done.stdout.strip().splitlines()[-1]), done.stderr[-3000:]

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from stitch.runtime.pipeline.tiered import compile_workers
+from stitch.runtime.pipeline.tiered import forked_workers
 from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
 from stitch.runtime.workers import worker_cpus
 from stitch.runtime.workers.worker_cpus import parse_cpus
@@ -80,7 +80,7 @@ def test_a_worker_forked_by_a_pinned_thread_runs_on_every_core_of_the_process(
     everyone = worker_cpus.worker_cpus()
     # Inductor as a pinned process sizes its build pool: to one core.
     monkeypatch.delenv("TORCHINDUCTOR_COMPILE_THREADS", raising=False)
-    launch = compile_workers._forker(_report_cpus, None)
+    launch = forked_workers.forker(_report_cpus, None)
     group = [SimpleNamespace(pieces=[SimpleNamespace(name="submod_0")])]
     with config.patch(compile_threads=1):
         worker = _from_a_pinned_thread(lambda: launch(group, 0, False), min(everyone))
@@ -110,7 +110,7 @@ def test_a_worker_spawned_by_a_pinned_thread_runs_on_every_core_of_the_process()
 def test_compile_cpus_names_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     core = max(worker_cpus.worker_cpus())
     monkeypatch.setenv(worker_cpus.ENV, str(core))
-    launch = compile_workers._forker(_report_cpus, None)
+    launch = forked_workers.forker(_report_cpus, None)
     worker = launch([SimpleNamespace(pieces=[SimpleNamespace(name="p")])], 0, False)
     with os.fdopen(worker.reports) as lines:
         report = json.loads(lines.readline())

@@ -2,16 +2,18 @@
 
 The phases, in order: make the fake inputs, open the cache entry, split,
 compile (or load) each piece, emit the stitching source, plan the CUDA graphs,
-and materialize the function (``materialize.py``).  Each phase returns what the
-next one reads; the call's result is one :class:`CompiledModel`.  The timed
-phases and the split show in ``TORCH_TRACE`` (``tracing.py``).
+and materialize the function (``materialize.py``); the last three, which
+assemble the function from the pieces, are in ``assembly.py``.  Each phase
+returns what the next one reads; the call's result is one
+:class:`CompiledModel`.  The timed phases and the split show in
+``TORCH_TRACE`` (``tracing.py``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch.fx as fx
@@ -24,35 +26,28 @@ from ..compat.trace import phase
 from ..config import CompilationConfig
 from ..counter import compilation_counter
 from ..cudagraph import CUDAGraphManager
-from ..cudagraph.graph_plan import GraphPlan
 from ..profiling import Profiler
 from ..progress import progress_bar
-from ..size import find_size, hoisted_input
+from ..size import find_size
 from ..store.cache import CompileCache
-from ..store.dump import PieceReport, debug_dump
+from ..store.dump import PieceReport
 from ..store.hashing import graph_key as entry_graph_key
 from ..store.index import PieceRecord
 from ..workers.giving_way import give_way
 from .artifact_source import Piece, config_adapter, key_salt
+from .assembly import emit, load_function, plan_graphs
 from .entry import EntryGuards
+from .fake_propagation import PieceArgs
 from .fakes import backend_fake_inputs
 from .fleet import FleetCacheSession
 from .layouts import LayoutChecks, fed_layouts
-from .materialize import CompiledPlan, materialize, served_source
-from .piece_plan import (
-    PieceArgs,
-    PiecePlan,
-    UnfixedSizes,
-    piece_state,
-    recalled_or_planned,
-)
+from .piece_plan import PiecePlan, UnfixedSizes, piece_state, recalled_or_planned
 from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
-from .results import Built, CompiledModel, Emitted, Split
+from .results import Built, CompiledModel, Split
 from .split_policy import SplitPolicy
-from .stitching_source import stitching_source
 from .tiered.deferred import prepare_compiles, tiered_decision
 from .tiered.spawned_pool import SpawnedPool
-from .tracing import summary, trace_source, trace_split
+from .tracing import summary
 from .warm_load import WarmLoadFailed, report
 
 log = logging.getLogger("stitch")
@@ -128,10 +123,12 @@ class Compilation:
             # NOTE: [a graph's structure is described once per compile]
             with structures_described_once():
                 records, reports = self.compile_pieces(split, self.fakes, cache)
-            emitted = self.emit(split, cache, records, reports)
+            # The finishing phases (assembly.py).
+            emitted = emit(self, split, cache, records, reports)
             give_way()
-            graphs = self.plan_graphs(split, records, emitted)
-            fn, backends = self.materialize(split, emitted, records, reports, graphs)
+            graphs = plan_graphs(self, split, records, emitted)
+            fn, backends = load_function(self, split, emitted, records, reports, graphs)
+            self.install_pieces(split, backends)
             if cache is not None:  # NOTE: [an edited stitching file runs in ...]
                 cache.note_edited(self.config.compile.stitching_source)
         except BaseException:
@@ -271,85 +268,15 @@ class Compilation:
         self.unfixed.report(self.config.compile_sizes)
         return records, reports
 
-    def emit(
-        self,
-        split: Split,
-        cache: CompileCache | None,
-        records: dict[str, PieceRecord],
-        reports: list[PieceReport],
-    ) -> Emitted:
-        size_indices = {name: r.size_index for name, r in records.items()}
-        # The placeholder the pieces' runnables are picked by, once per forward.
-        dispatch_on = hoisted_input(split.split_gm, self.size, size_indices)
-        with phase("stitch_emit"):
-            code, names, consts, read_from = stitching_source(
-                split.split_gm, cache, dispatch_on
-            )
-        # The entry is complete: its guards, then its source.
-        guards = self.entry_guards.finish(cache)
-        if cache is not None:
-            cache.save_source(code, names, dispatch_on)
-        # NOTE: [emitted source lives in a real file] (loader.py): the cache's,
-        # else the debug dump's, else a private one the loader writes.
-        source_file = debug_dump(
-            self.config.debug_dump_path,
-            split.split_gm,
-            code,
-            reports,
-            cache.source_path() if cache is not None else None,
-        )
-        trace_source(code)
-        trace_split(reports, self.source.deferred)
-        return Emitted(code, names, consts, dispatch_on, read_from, source_file, guards)
-
-    def plan_graphs(
-        self, split: Split, records: dict[str, PieceRecord], emitted: Emitted
-    ) -> GraphPlan | None:
-        fake_inputs = self.fakes
-        if self.cudagraphs is None or not self.cudagraphs.applies_to(fake_inputs):
-            return None
-        return self.cudagraphs.plan(
-            graph=self.gm,
-            split_gm=split.split_gm,
-            example_inputs=fake_inputs,
-            backends=records,
-            submod_names=emitted.submod_names,
-            size=self.size if emitted.dispatch_on is not None else None,
-            compile_sizes=self.config.compile_sizes,
-        )
-
-    def materialize(
-        self,
-        split: Split,
-        emitted: Emitted,
-        records: dict[str, PieceRecord],
-        reports: list[PieceReport],
-        graphs: GraphPlan | None,
-    ) -> tuple[Callable[..., Any], dict[str, PiecewiseBackend]]:
-        code, consts, filename, ranges, entry = served_source(
-            emitted, self.profiler, split.split_gm, reports, self.config
-        )
-        # NOTE: [one plan for cold, warm and saved starts] (materialize.py):
-        # here each key's runnable is the one this call compiled or loaded.
-        plan = CompiledPlan(
-            code, filename, tuple(emitted.submod_names), records, consts, graphs, entry
-        )
-        with phase("stitch_load"):
-            fn, backends = materialize(
-                plan,
-                self.config,
-                self.source.runnable,
-                cudagraphs=self.cudagraphs if graphs is not None else None,
-                warnings=self.range_warnings,
-                ranges=ranges,
-            )
+    def install_pieces(
+        self, split: Split, backends: dict[str, PiecewiseBackend]
+    ) -> None:
         # NOTE: [pieces are installed after the loop]
         # A miss after a hit runs the fake propagation over split_gm, which must
         # call the pieces' own GraphModules, not a PiecewiseBackend; the split
         # graph (CompiledModel.split_gm) runs the compiled pieces from here on.
         for piece_name, backend in backends.items():
             split.split_gm.__dict__[piece_name] = backend
-        return fn, backends
 
     # -- one piece -----------------------------------------------------------
     def compile_piece(

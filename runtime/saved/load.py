@@ -15,7 +15,7 @@ import torch
 
 from stitch.core.errors import StitchCacheError
 
-from ..compat import dynamo
+from ..compat import dynamo, saved_bytecode
 from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import load_reference, reference_entry, reference_root
 from ..store import location
@@ -82,10 +82,10 @@ def build_forward(
 
     This is what torch's own loader builds (``GraphRuntimeEnv.forward_callable``)
     minus the guard manager, and with its modules imported only when used (see
-    NOTE: [saved bytecode imports lazily] in ``compat/dynamo.py``).
+    NOTE: [saved bytecode imports lazily] in ``compat/saved_bytecode.py``).
     """
     f_globals = dict(forward_globals)
-    f_globals.update(dynamo.bytecode_globals(function.import_sources))
+    f_globals.update(saved_bytecode.bytecode_globals(function.import_sources))
     for name in function.builtins:  # a global of the model's module shadows one
         f_globals.setdefault(name, getattr(builtins, name))
     f_globals[function.backend_id] = stitched

@@ -9,6 +9,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -114,3 +115,45 @@ def die_with_parent_thread() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """End this worker with the process it compiles for.  ``parent=None``
+    (started by the main thread): the kernel kills it when that thread ends
+    (Linux only).  The kernel's signal follows the thread that forked or
+    spawned, not the process, so a worker started by any other thread (an
+    engine's, a server's) would die with that thread, its compile lost, while
+    the process goes on and even waits for it at exit: such a worker instead
+    watches its parent pid, ``parent``, and exits when it is gone."""
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+        return
+    die_with_parent_thread()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)  # the serving process is gone: so is every job's use
+
+
+def parent_to_watch() -> int | None:
+    """What a worker started by the calling thread passes to
+    :func:`die_with_parent`."""
+    if threading.current_thread() is threading.main_thread():
+        return None
+    return os.getpid()
+
+
+def ended_status(status: int) -> str:
+    """How a worker ended, from ``os.waitpid``'s status."""
+    if os.WIFSIGNALED(status):
+        return ended_by(-os.WTERMSIG(status))
+    return ended_by(os.WEXITSTATUS(status))
+
+
+def ended_by(code: int) -> str:
+    """How a worker ended, from its exit code (negative: the signal)."""
+    if code < 0:
+        return f"was killed by {signal.Signals(-code).name}"
+    return f"exited with status {code} before compiling it"

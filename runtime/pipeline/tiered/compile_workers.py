@@ -31,8 +31,6 @@ import dataclasses
 import json
 import logging
 import os
-import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -43,32 +41,21 @@ import msgspec
 from stitch.codegen import module_path_of
 from stitch.codegen.split import SplitItem
 
-from ...compat.inductor import forget_compile_pools, size_compile_threads_again
 from ...loader import DISPATCH_NAME
 from ...store.cache import CompileCache
 from ...store.index import PieceRecord
+from ...workers.priority import niceness
 from ...workers.serving_first import controller
-from ...workers.worker_cpus import take_cpus, worker_cpus
 from ..layouts import LayoutChecks
 from ..piecewise import PiecewiseBackend
 from .deferred import default_workers
 from .exit_wait import wait_at_exit
+from .forked_workers import forker
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
-from .tier import Tier, add_counters
+from .tier import Tier
 from .tier_start import TierSource
 from .tiered_piece import say_still_compiling
-from .worker_process import (
-    CompileOne,
-    Launch,
-    Worker,
-    compile_and_report,
-    die_with_parent,
-    ended_status,
-    forget_the_parents_exit,
-    niceness,
-    parent_to_watch,
-    take_priority,
-)
+from .worker_process import CompileOne, Launch, Worker, add_counters
 
 log = logging.getLogger("stitch")
 
@@ -117,7 +104,7 @@ def start_tier(
 
         launch = spawner(units, c.config, cache, c.size, c.spawned_pool)
     else:
-        launch = _forker(compile_one, c.entry_guards.shape_env)
+        launch = forker(compile_one, c.entry_guards.shape_env)
     fleet = c.fleet
     waiting = fleet.waiting is not None
     tier.pids, go = start_workers(
@@ -289,80 +276,6 @@ def _compile_here(
             tier.give_up(name, f"its compile failed: {type(exc).__name__}: {exc}")
         else:
             tier.landed(name, record, ())
-
-
-def _forker(compile_one: CompileOne, shape_env: Any) -> Launch:
-    """Launch by ``fork``: the worker holds this process's state, and compiles
-    each piece with ``compile_one``."""
-
-    def launch(group: Sequence[UnitJob], nice: int | None, gated: bool) -> Worker:
-        names = piece_names(group)
-        read_fd, write_fd = os.pipe()
-        gate_read, gate_write = os.pipe() if gated else (-1, -1)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        parent = parent_to_watch()
-        cpus = worker_cpus()  # the serving process's threads': read before the fork
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns
-            os.setpgid(0, 0)  # NOTE: [serving first]: a group of its own
-            os.close(read_fd)
-            if gated:
-                os.close(gate_write)
-            start = _Start(nice, parent, cpus)
-            _work(names, write_fd, gate_read, compile_one, shape_env, start)
-        os.close(write_fd)
-        if gated:
-            os.close(gate_read)
-
-        def ended() -> str:
-            return ended_status(os.waitpid(pid, 0)[1])
-
-        return Worker(pid, read_fd, gate_write, ended)
-
-    return launch
-
-
-@dataclasses.dataclass(frozen=True)
-class _Start:
-    """How a forked worker starts: its priority, the process it dies with, its cores."""
-
-    nice: int | None
-    parent: int | None
-    cpus: set[int]
-
-
-def _work(
-    names: list[str],
-    fd: int,
-    gate: int,
-    compile_one: CompileOne,
-    shape_env: Any,
-    start: _Start,
-) -> None:
-    code = 0
-    try:
-        die_with_parent(start.parent)
-        forget_the_parents_exit()  # NOTE: [a worker forked while its parent exits]
-        forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
-        # NOTE: [a compile worker's priority]
-        take_priority(start.nice)
-        # NOTE: [the cores a compile worker runs on]
-        if take_cpus(start.cpus):
-            size_compile_threads_again()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
-        if gate >= 0 and os.read(gate, 1) != b"c":
-            os._exit(0)  # another replica's entry was installed (or the parent died)
-        with os.fdopen(fd, "w", buffering=1) as out:
-            compile_and_report(names, out, compile_one, shape_env)
-    except BaseException:  # noqa: BLE001 - the parent sees the pipe close
-        code = 1
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        os._exit(code)
 
 
 def _read(tier: Tier, worker: Worker, names: list[str]) -> None:

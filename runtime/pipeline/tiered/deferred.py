@@ -19,12 +19,12 @@ import torch
 from ...config import CompilationConfig
 from ...store.index import EntryRecord
 from ...targets import Target
+from ...workers.start_method import START_ENV, needs_spawn, start_method
 from ...workers.worker_cpus import cores
 from ..artifact_source import ArtifactSource, Piece
 from ..compilers import CompilerAdapter
 from ..inductor_warmup import on_cpu
 from ..piece_plan import KeyChoice, StringKeys
-from .worker_process import START_ENV, needs_spawn, start_method
 
 log = logging.getLogger("stitch")
 
@@ -57,7 +57,7 @@ def tiered_decision(
     config: CompilationConfig, example_inputs: Sequence[Any], cache: Any, pool: Any
 ) -> tuple[str, str | None]:
     """How this backend call's compile workers would start (``fork`` or
-    ``spawn``: ``worker_process.start_method``, decided and warned about once),
+    ``spawn``: ``workers/start_method.start_method``, decided and warned about once),
     and why a tiered start does not apply to it (None: it does)."""
     method = "fork"
     if config.tiered_start is not False:

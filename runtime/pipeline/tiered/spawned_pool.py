@@ -8,7 +8,7 @@ start used to wait for after the backend call began.
 A :class:`SpawnedPool` starts its workers when the backend is made (where they
 will be spawned: ``likely_spawned``) or, at the latest, when a cold backend
 call begins, each forked by the pool's fork server once that has imported
-and probed (NOTE: [a fork server for compile workers]; ``pool_server.py``),
+and probed (NOTE: [a fork server for compile workers]; ``workers/pool_server.py``),
 or, without one, each a fresh interpreter, and each waits on its stdin for a job once its imports are
 done (its ISA probe may still run beside that job: NOTE: [a compile waits
 for the probe only where it asks]).  A job
@@ -63,15 +63,19 @@ from collections.abc import Sequence
 import torch
 
 from ...config import CompilationConfig
+from ...workers.pool_server import PoolServer, worker_env
+from ...workers.pooled_worker import PooledWorker
+from ...workers.priority import niceness, take_priority
+from ...workers.proc_family import ended_by
 from ...workers.serving_first import controller, own_group
+from ...workers.start_method import START_ENV
 from ...workers.worker_cpus import cores, take_cpus, worker_cpus
 from .deferred import DEFAULT_ENV, default_workers
-from .pool_server import WORKER_MODULE, PoolServer, worker_env
-from .pooled_worker import PooledWorker
-from .worker_process import START_ENV, ended_by, niceness, take_priority
 
 log = logging.getLogger("stitch")
 
+# What a spawned worker runs (its main, and the fork server's preparation).
+WORKER_MODULE = "stitch.runtime.pipeline.tiered.spawned_workers"
 # Seconds an idle worker waits for another job before the pool lets it go.
 IDLE_S = 120.0
 
@@ -100,7 +104,7 @@ class SpawnedPool:
         self._taken_fresh = 0  # of those, started fresh by take() instead
         self._cpu: bool | None = None  # probe the ISA: set by the first start
         # NOTE: [a fork server for compile workers] (runtime/workers/fork_server.py)
-        self._server = PoolServer(count, nice, self.preload)
+        self._server = PoolServer(count, nice, self.preload, module=WORKER_MODULE)
         # Why no compile worker can be started in this process, once one
         # failed to (NOTE: [a process that cannot start compile workers]).
         self.cannot_start: str | None = None

@@ -53,7 +53,6 @@ from stitch.core import StitchCacheError
 
 from ...compat.guard_codec import readable
 from ...config import CompilationConfig
-from ...counter import compilation_counter
 from ...store.cache import CompileCache
 from ...store.index import EntryRecord, PieceRecord
 from ...targets import Target
@@ -373,12 +372,3 @@ class Tier:
     def _name(self, name: str) -> str:
         path = self.backends[name].module_path
         return f"{name} ({path})" if path else name
-
-
-def add_counters(deltas: dict[str, int]) -> None:
-    """Add a worker's counter changes to this process's counter."""
-    for field, delta in deltas.items():
-        if hasattr(compilation_counter, field):
-            setattr(
-                compilation_counter, field, getattr(compilation_counter, field) + delta
-            )

@@ -10,8 +10,9 @@ from typing import Any, Protocol
 from ...config import CompilationConfig
 from ..compilers import CompilerAdapter
 from ..entry import EntryGuards
+from ..fake_propagation import PieceArgs
 from ..fleet import FleetCacheSession
-from ..piece_plan import PieceArgs, PiecePlan
+from ..piece_plan import PiecePlan
 from ..piecewise import RangeWarnings
 from .deferred import DeferredSource
 from .spawned_pool import SpawnedPool

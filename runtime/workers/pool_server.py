@@ -1,6 +1,7 @@
 """A spawned pool's fork server (NOTE: [a fork server for compile workers],
-runtime/workers/fork_server.py): started with the pool's first workers,
-each later worker forked from it."""
+fork_server.py): started with the pool's first workers, each later worker
+forked from it.  The pool names the module its workers run (its
+``prepare_fork_server`` and ``main``)."""
 
 from __future__ import annotations
 
@@ -8,21 +9,18 @@ import logging
 import os
 import threading
 
-from ...workers.fork_server import (
+from .fork_server import (
     FD_MARK,
     ForkedProcess,
     ForkServer,
     ForkServerFailed,
     enabled,
 )
-from ...workers.serving_first import controller, own_group
-from ...workers.worker_cpus import cores, take_cpus, worker_cpus
-from .worker_process import take_priority
+from .priority import take_priority
+from .serving_first import controller, own_group
+from .worker_cpus import cores, take_cpus, worker_cpus
 
 log = logging.getLogger("stitch")
-
-WORKER_MODULE = "stitch.runtime.pipeline.tiered.spawned_workers"
-
 
 # NOTE: [a worker's share of the build pools]
 # Inductor sizes a process's build pool to the machine (a compile thread per
@@ -43,12 +41,17 @@ def worker_env(count: int, cpus: int) -> dict[str, str]:
 
 class PoolServer:
     """The fork server of a pool of ``count`` workers at ``nice`` that
-    preload ``preload``: started at its first use, gone at :meth:`close`."""
+    preload ``preload`` and run ``module``'s ``main`` (the server runs its
+    ``prepare_fork_server`` first): started at its first use, gone at
+    :meth:`close`."""
 
-    def __init__(self, count: int, nice: int | None, preload: tuple[str, ...]) -> None:
+    def __init__(
+        self, count: int, nice: int | None, preload: tuple[str, ...], module: str
+    ) -> None:
         self.count = count
         self.nice = nice
         self.preload = preload
+        self.module = module
         self._lock = threading.Lock()
         self.server: ForkServer | None = None
         self.failed: str | None = None
@@ -61,7 +64,7 @@ class PoolServer:
                 return self.server
             cpus = worker_cpus()
             server = ForkServer(
-                f"{WORKER_MODULE}:prepare_fork_server",
+                f"{self.module}:prepare_fork_server",
                 ["cpu" if cpu else "gpu", *self.preload],
                 worker_env(self.count, cores(cpus)),
             )
@@ -103,7 +106,7 @@ class PoolServer:
             take_cpus(cpus, server.pid)  # the worker's threads inherit them
         argv = [str(server.pid), f"{FD_MARK}0", f"{FD_MARK}1", *rest]
         try:
-            return server.fork(f"{WORKER_MODULE}:main", argv, env, passed)
+            return server.fork(f"{self.module}:main", argv, env, passed)
         except ForkServerFailed as exc:
             with self._lock:
                 first, self.failed = self.failed is None, str(exc)

@@ -1,5 +1,5 @@
 """A spawned compile worker as its pool holds it (NOTE: [pre-started compile
-workers], spawned_pool.py): a fresh interpreter or one the pool's fork server
+workers], pipeline/tiered/spawned_pool.py): a fresh interpreter or one the pool's fork server
 forked (NOTE: [a fork server for compile workers])."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import subprocess
 import threading
 from typing import IO
 
-from ...workers.fork_server import ForkedProcess
-from ...workers.serving_first import controller
+from .fork_server import ForkedProcess
+from .serving_first import controller
 
 # Seconds a worker the pool let go has to leave before it is ended.
 CLOSE_GRACE_S = 5.0
