@@ -156,7 +156,7 @@ def child_minify_first(layers: int, sizes: list[int]) -> dict[str, Any]:
     import torch
 
     from stitch.runtime.examples import LlamaConfig, build_llama
-    from stitch.runtime.passes.manager import PostGradPasses
+    from stitch.runtime.passes.post_grad_hook import PostGradPasses
 
     cfg = LlamaConfig(num_layers=layers)
     model = build_llama(cfg)

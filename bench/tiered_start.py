@@ -235,7 +235,7 @@ def facts(device: str) -> dict[str, str]:
 def run_child(run: str, layers: int, cache: str, args: Any) -> dict[str, Any]:
     """``run`` in a fresh process with Inductor's and Triton's caches in
     ``cache``; its result, or ``{"error": ...}``."""
-    from stitch.runtime.harness.results import marked_result
+    from stitch.runtime.harness.marked_result import marked_result
 
     env = dict(
         os.environ,

@@ -160,7 +160,7 @@ def checkpoint_child(run: str, folder: str, cache: str) -> dict[str, Any]:
     import transformers
 
     from stitch.runtime import CompilationConfig, StitchBackend, compilation_counter
-    from stitch.runtime.hf.models import example_inputs
+    from stitch.runtime.hf.tiny_models import example_inputs
 
     if run == "save":
         torch.manual_seed(0)

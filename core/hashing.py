@@ -8,7 +8,7 @@ strings, tuples, lists and sorted dicts of plain values, whose ``repr`` is
 stable), cut to :data:`KEY_CHARS` hex characters.  One truncation for every
 key: 96 bits make a collision between two keys of one cache unthinkable, and
 paths stay short.  It lives in the core so that codegen, which imports nothing
-of the runtime, uses the same one (``runtime/store/hashing.py`` hands it on
+of the runtime, uses the same one (``runtime/store/digests.py`` hands it on
 beside the content hash).
 """
 

@@ -32,6 +32,7 @@ from stitch.runtime.pipeline.prebuilt.load import (
     render_record,
 )
 from stitch.runtime.store.artifacts import ARTIFACT_FILE, ARTIFACTS_DIR
+from stitch.runtime.store.digests import file_hash
 from stitch.runtime.store.extras import (
     EXTRAS_FILE,
     ExtraFileError,
@@ -40,7 +41,6 @@ from stitch.runtime.store.extras import (
     save_extras,
 )
 from stitch.runtime.store.files import make_private_dirs
-from stitch.runtime.store.hashing import file_hash
 from stitch.runtime.store.trust import StitchCacheTrustError
 
 from aot_support import MODEL_SOURCE, PIECES, SIZES, run_worker

@@ -22,8 +22,8 @@ from stitch.runtime.settings import DECLARED
 from stitch.runtime.store import cache as cache_module
 from stitch.runtime.store import location
 from stitch.runtime.store.cache import CompileCache
+from stitch.runtime.store.digests import graph_key
 from stitch.runtime.store.explain import EntryFactors
-from stitch.runtime.store.hashing import graph_key
 from stitch.runtime.store.index import EntryIdentity
 
 FIELDS = [f.name for f in dataclasses.fields(CompilationConfig)]

@@ -72,7 +72,7 @@ def test_a_size_that_moves_apart_leaves_static_targets_out_with_one_warning(
 ) -> None:
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    from stitch.runtime.hf.models import tiny_config
+    from stitch.runtime.hf.tiny_models import tiny_config
 
     cfg = tiny_config("llama", vocab_size=256)
     model = transformers.LlamaForCausalLM(cfg).eval()

@@ -94,7 +94,7 @@ def test_lifted_floats_symfloats_and_graph_breaks_match_eager(
 
 @pytest.mark.slow
 def test_no_inductor_compile_is_wasted_on_a_restart(compiled: Compiled) -> None:
-    # The lifted eps is specialized before any piece compiles (scalars.py), so
+    # The lifted eps is specialized before any piece compiles (lifted_floats.py), so
     # each compiled piece is compiled exactly once.
     pieces = sum(len(r.backends) for r in compiled.backend.compiled)
     assert compiled.deltas["num_inductor_compiles"] == pieces == 4
@@ -193,7 +193,7 @@ def test_piece_inputs_are_faked_in_the_tracing_context_mode() -> None:
 
 @pytest.mark.slow
 def test_lifted_floats_take_one_trace_and_guard_their_values(tmp_path: Any) -> None:
-    # NOTE: [lifted floats are specialized up front] (scalars.py): made constants
+    # NOTE: [lifted floats are specialized up front] (lifted_floats.py): made constants
     # in the graph Dynamo handed over, so Dynamo traces the frame once.
     class Counted(StitchBackend):
         calls = 0

@@ -20,7 +20,7 @@ from stitch.runtime import CompilationConfig, StitchBackend
 from stitch.runtime.cli.inspect_job import inspect_cache
 from stitch.runtime.examples import build_llama
 from stitch.runtime.profiling import Profiler
-from stitch.runtime.store.hashing import file_hash
+from stitch.runtime.store.digests import file_hash
 from stitch.runtime.store.index import INDEX_FILE
 
 from backend_support import (

@@ -536,7 +536,7 @@ def test_orphans_of_a_partial_upload_are_counted_then_collected(
 def test_blobs_of_a_replaced_entry_are_collected_after_a_lease(
     server: RedisServer, tmp_path: Path
 ):
-    from stitch.runtime.store.hashing import content_hash
+    from stitch.runtime.store.digests import content_hash
 
     make_unit(tmp_path / "a", b"first build")
     make_unit(tmp_path / "b", b"second build")  # compiled again: other bytes

@@ -1,6 +1,6 @@
 """transformers models, unmodified, compiled piecewise.
 
-Every family (``stitch.runtime.hf.models.FAMILIES``: tiny configs, random
+Every family (``stitch.runtime.hf.tiny_models.FAMILIES``: tiny configs, random
 weights, no download) is compiled once per module with
 ``torch.compile(model, backend=StitchBackend(default config), dynamic=True)``,
 its pieces compiled in the backend call (``tiered_start=False``: the tests
@@ -59,8 +59,8 @@ from stitch.runtime.hf import (  # noqa: E402
     output_tensor,
     register,
 )
-from stitch.runtime.hf.models import VOCAB  # noqa: E402
 from stitch.runtime.hf.registration import unserved_attention  # noqa: E402
+from stitch.runtime.hf.tiny_models import VOCAB  # noqa: E402
 
 from backend_support import (  # noqa: E402
     INDUCTOR_TOL,

@@ -32,7 +32,7 @@ from transformers.integrations.sdpa_attention import (  # noqa: E402
 from stitch.core.errors import StitchConfigError, StitchRuntimeError  # noqa: E402
 from stitch.runtime.hf import engine, engine_compat  # noqa: E402
 from stitch.runtime.hf.engine_compat import config_fields  # noqa: E402
-from stitch.runtime.hf.models import tiny_config  # noqa: E402
+from stitch.runtime.hf.tiny_models import tiny_config  # noqa: E402
 from stitch.runtime.kernels.paged_attention import PAGED_ATTENTION_OP  # noqa: E402
 
 HEADS, KV_HEADS, DIM = 4, 2, 8
@@ -699,7 +699,7 @@ def test_generate_batch_eager_only_families_through_stitch(tmp_path, name):
     engine: transformers' "paged|eager" drops the softcap."""
     import copy
 
-    from stitch.runtime.hf.models import build_model
+    from stitch.runtime.hf.tiny_models import build_model
 
     model = build_model(name, attn_implementation="eager")
     with torch.no_grad():

@@ -31,7 +31,7 @@ openai = pytest.importorskip("openai")
 
 from stitch.core.errors import StitchConfigError  # noqa: E402
 from stitch.runtime.hf import serve as stitch_serve  # noqa: E402
-from stitch.runtime.hf.models import tiny_config  # noqa: E402
+from stitch.runtime.hf.tiny_models import tiny_config  # noqa: E402
 from stitch.runtime.pipeline.tiered.controls import TIERED_DEFAULT_ENV  # noqa: E402
 
 VOCAB = 128

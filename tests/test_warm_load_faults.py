@@ -32,7 +32,7 @@ from stitch.runtime.pipeline import entry as entry_module
 from stitch.runtime.pipeline.prebuilt import load as prebuilt_load
 from stitch.runtime.store import codec
 from stitch.runtime.store.cache import CompileCache
-from stitch.runtime.store.hashing import content_hash
+from stitch.runtime.store.digests import content_hash
 from stitch.runtime.store.index import INDEX_FILE, SOURCE_FILE, Index
 from stitch.runtime.store.load_failures import read_failures
 from stitch.runtime.store.location import LOAD_FAILURES_FILE, LOCK_FILE

@@ -15,7 +15,7 @@ from ..compat.pytree import tree_leaves, tree_map
 from ..compat.trace import phase
 from ..config import CompilationConfig
 from ..cudagraph.wrapper import call_order
-from .backend import CheckBackend, CheckedGraph
+from .check_backend import CheckBackend, CheckedGraph
 from .compare import Difference, measure, tolerance
 from .graphs import CheckGraphManager, replays
 from .passes import find_pass, served_static

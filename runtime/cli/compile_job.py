@@ -63,7 +63,7 @@ def compile_example(
 def hf_config(family: str | None, config_path: str | None, layers: int) -> Any:
     """The transformers config of ``--hf FAMILY`` or ``--config PATH``."""
     if family is not None:
-        from ..hf.models import tiny_config
+        from ..hf.tiny_models import tiny_config
 
         return tiny_config(family, layers=layers)
     import transformers
@@ -105,7 +105,7 @@ def compile_hf(
     import transformers
 
     from ..config import CompilationConfig
-    from ..hf.models import example_inputs
+    from ..hf.tiny_models import example_inputs
     from ..saved.weightless import trace_without_weights
 
     cfg = hf_config(family, config_path, layers)
@@ -116,7 +116,7 @@ def compile_hf(
             call["input_ids"] = call["input_ids"] % cfg.vocab_size
     auto = transformers.AutoModelForCausalLM
     if family is not None:
-        from ..hf.models import family as family_of
+        from ..hf.tiny_models import family as family_of
 
         if family_of(family).kind != "causal":
             auto = transformers.AutoModel

@@ -36,7 +36,7 @@ import tempfile
 import time
 from typing import Any, TextIO
 
-from ..harness.results import marked_result
+from ..harness.marked_result import marked_result
 
 STARTED = time.perf_counter()
 RESULT = "STITCH_ENGINE_RESULT "

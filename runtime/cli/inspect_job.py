@@ -7,7 +7,7 @@ import dataclasses
 import os
 from typing import TextIO
 
-from ..saved.input_check import CHECK_FILE, read_signatures
+from ..saved.input_mismatch import CHECK_FILE, read_signatures
 from ..store.index import INDEX_FILE, Index
 from ..store.location import AOT_RECORD_FILE, find_aot_folders, root_of_aot
 from ..store.verify import find_entries, inspect_aot, inspect_entry

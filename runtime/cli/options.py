@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-# The families of stitch.runtime.hf.models.FAMILIES, listed here so that the
+# The families of stitch.runtime.hf.tiny_models.FAMILIES, listed here so that the
 # help needs no transformers (tests/test_hf.py checks they agree).
 HF_FAMILIES = (
     "bert",

@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from .results import marked_result
+from .marked_result import marked_result
 
 
 def _model(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -40,7 +40,7 @@ def _model(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
             return fn(*inputs)
 
         return model, inputs, run
-    from stitch.runtime.hf.models import build_model, example_inputs, output_tensor
+    from stitch.runtime.hf.tiny_models import build_model, example_inputs, output_tensor
 
     model = build_model("llama", layers=spec.get("layers", 2))
     kwargs = example_inputs("llama", 2, 8)

@@ -280,7 +280,7 @@ def _tiered_or_not(tiered: bool) -> None:
     tiered start (NOTE: [where a tiered start is the default]), whatever a
     test suite's $STITCH_TIERED_START says."""
     from stitch.runtime.pipeline.tiered.controls import TIERED_DEFAULT_ENV
-    from stitch.runtime.vllm.config import CONFIG_ENV
+    from stitch.runtime.vllm.config_from_vllm import CONFIG_ENV
 
     fields = json.loads(os.environ.get(CONFIG_ENV) or "{}")
     if tiered:

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from .results import marked_result
+from .marked_result import marked_result
 
 RESULT = "STITCH_VLLM_RESULT "
 # vLLM's log line (v1/engine/core.py) timing its engine's initialization.

@@ -4,7 +4,7 @@
   transformers' ``AttentionInterface`` (:func:`register`), each call one
   ``stitch::hf_attention`` (a default splitting op; the op and the other
   attention ops live in stitch.runtime.kernels);
-- :mod:`.models`: tiny random-weight models per family, built from configs;
+- :mod:`.tiny_models`: tiny random-weight models per family, built from configs;
   :mod:`.checkpoint` a checkpoint folder with its weights (``--model DIR``);
 - :mod:`.serving`: a causal LM served in the token layout, its attention
   modules owning their KV caches (CUDA graph padding leaves them alone);
@@ -30,14 +30,6 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
 from ..kernels import HF_ATTENTION_OP, PAGED_ATTENTION_OP
 from .attention import ATTN_IMPLEMENTATION, stitch_attention_forward
 from .engine import continuous_batching_config, route_paged_attention
-from .models import (
-    FAMILIES,
-    Family,
-    build_model,
-    example_inputs,
-    output_tensor,
-    tiny_config,
-)
 from .registration import register
 from .serving import (
     PAD_VALUES,
@@ -45,6 +37,14 @@ from .serving import (
     build_serving_llama,
     reset_kv_caches,
     serving_inputs,
+)
+from .tiny_models import (
+    FAMILIES,
+    Family,
+    build_model,
+    example_inputs,
+    output_tensor,
+    tiny_config,
 )
 
 __all__ = [

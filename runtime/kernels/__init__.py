@@ -8,7 +8,7 @@
 - :mod:`.paged_attention`: ``stitch::paged_attention``, varlen attention over
   transformers' paged KV cache, which it writes; :mod:`.triton_paged` its CUDA
   kernel;
-- :mod:`.loader`: the Triton kernel modules (``*_kernel.py``, the only modules
+- :mod:`.optional_kernels`: the Triton kernel modules (``*_kernel.py``, the only modules
   that import Triton), loaded on an op's first CUDA call;
 - :mod:`.static_launch`: prebuilt kernels, the ops' Triton kernels saved as
   cubins by the process that compiled them and launched by later ones through

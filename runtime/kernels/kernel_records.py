@@ -11,8 +11,8 @@ from typing import Any
 from stitch.core.errors import StitchError
 
 from ..store import codec, location
+from ..store.digests import content_hash, file_hash_or_none, key_hash
 from ..store.files import atomic_write, make_private_dirs
-from ..store.hashing import content_hash, file_hash_or_none, key_hash
 from ..store.records import OpKernelRecord
 from ..store.trust import check_trusted
 

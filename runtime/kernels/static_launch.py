@@ -51,7 +51,7 @@ from stitch.core.errors import StitchError, StitchRuntimeError
 from ..compat.static_launcher import launcher, load_function
 from ..compat.versions import gpu_fingerprint
 from ..store import location
-from ..store.hashing import content_hash
+from ..store.digests import content_hash
 from ..store.records import OpKernelRecord
 from .kernel_records import (
     find_kernel,

@@ -2,7 +2,7 @@
 
 Importing this module (the kernels package does, after ``attention``) registers
 :func:`decode_attention` for the CUDA dispatch key; it needs no Triton.  Triton
-is imported on the first CUDA call (loader.py): where it is missing, or a tensor
+is imported on the first CUDA call (optional_kernels.py): where it is missing, or a tensor
 layout is one the kernel does not take, the op runs the torch implementation
 instead (also graph-capturable).
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 from . import static_launch
 from .attention import ATTENTION_OP, AttentionCall, run_reference
-from .loader import optional_kernels
+from .optional_kernels import optional_kernels
 from .schema import register_cuda
 
 

@@ -4,7 +4,7 @@ Importing this module (the kernels package does, after ``paged_attention``)
 registers :func:`paged_attention_triton` for the CUDA dispatch key; it needs no
 Triton.  Triton is imported on the first CUDA call: where it is missing, or a
 tensor layout is one the kernel does not take, the op runs the torch
-implementation instead (NOTE: [attention registered directly] in schema.py, and loader.py).
+implementation instead (NOTE: [attention registered directly] in schema.py, and optional_kernels.py).
 
 NOTE: [the paged cache write outside the kernel]
 Full attention reads the cache after writing it, so a program may read rows
@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from . import static_launch
-from .loader import optional_kernels
+from .optional_kernels import optional_kernels
 from .paged_attention import PAGED_ATTENTION_OP, PagedCall, run_reference, write_cache
 from .schema import register_cuda
 

@@ -1,5 +1,5 @@
 """Stitch's own passes, run on every piece (NOTE: [Stitch's own passes run on
-every piece], manager.py), and the part of every compile key they make."""
+every piece], post_grad_hook.py), and the part of every compile key they make."""
 
 from __future__ import annotations
 

@@ -60,7 +60,7 @@ def config_adapter(config: CompilationConfig) -> CompilerAdapter:
 def key_salt(adapter: CompilerAdapter) -> str:
     """What every compile key of ``adapter`` holds besides the config's hash:
     its name, and for Inductor Stitch's own passes (NOTE: [Stitch's own passes
-    run on every piece] in passes/manager.py)."""
+    run on every piece] in passes/post_grad_hook.py)."""
     if adapter.name != "inductor":
         return adapter.name
     from ..passes.own import own_passes_key

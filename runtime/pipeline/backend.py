@@ -71,7 +71,7 @@ class StitchBackend:
         # Set: every graph runs the profiling variant of its source (profiling.py).
         self.profiler = profiler
         # The inputs of the last graph (sizes, written or not): what a saved
-        # forward's input check is made from (runtime/saved/input_check.py).
+        # forward's input check is made from (runtime/saved/input_mismatch.py).
         self.graph_inputs: list[GraphInput] = []
         # A tiered start's spawned compile workers, started now where they
         # will be needed and kept for every graph compiled here (NOTE:

@@ -30,8 +30,8 @@ from ..profiling import Profiler
 from ..progress import progress_bar
 from ..size import find_size
 from ..store.cache import CompileCache
+from ..store.digests import graph_key as entry_graph_key
 from ..store.dump import PieceReport
-from ..store.hashing import graph_key as entry_graph_key
 from ..store.index import PieceRecord
 from ..workers.giving_way import give_way
 from .artifact_source import Piece, config_adapter, key_salt
@@ -99,7 +99,7 @@ class Compilation:
         """The phases before the split: the fake inputs, then the cache entry."""
         start = time.perf_counter()
         # Counted once the fake inputs stand: specializing a lifted float asks
-        # Dynamo to trace again (scalars.py), and that call compiled nothing.
+        # Dynamo to trace again (lifted_floats.py), and that call compiled nothing.
         fake_inputs = self.fake_inputs()
         compilation_counter.num_graphs_seen += 1
         compilation_counter.num_backend_compilations += 1

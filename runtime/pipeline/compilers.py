@@ -16,8 +16,8 @@ from stitch.core.errors import StitchCacheError, StitchRuntimeError
 from ..compat import dynamo, inductor
 from ..counter import compilation_counter
 from .inductor_warmup import inductor_ready, start_inductor_warmup
+from .lifted_floats import floats_marked, specialize_lifted_floats
 from .prebuilt.record_io import load_prebuilt_or_none, write_prebuilt_record
-from .scalars import floats_marked, specialize_lifted_floats
 
 log = logging.getLogger("stitch")
 
@@ -209,7 +209,7 @@ class InductorAdapter:
         under them; the piece's content key does not need them.
         """
         if self._patches is None:
-            from ..passes.manager import with_piece_passes
+            from ..passes.post_grad_hook import with_piece_passes
 
             self._patches = with_piece_passes(self.config_patches, self.passes)
         if static and self.static_patches:
@@ -232,7 +232,7 @@ class InductorAdapter:
         return None
 
     def prepare(self, gm: fx.GraphModule, fake_inputs: Sequence[Any]) -> None:
-        # NOTE: [lifted floats are specialized up front] (scalars.py), for
+        # NOTE: [lifted floats are specialized up front] (lifted_floats.py), for
         # Inductor's tensorify pass.
         specialize_lifted_floats(gm, fake_inputs)
 
@@ -298,7 +298,7 @@ def _tuple_output(gm: fx.GraphModule) -> tuple[fx.GraphModule, bool]:
 
 
 def _pass_error(exc: BaseException) -> Exception | None:
-    from ..passes.manager import find_pass_error
+    from ..passes.post_grad_hook import find_pass_error
 
     return find_pass_error(exc)
 

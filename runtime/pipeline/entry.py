@@ -15,7 +15,7 @@ from ..compat.guard_codec import GuardCodecError, is_structural, readable
 from ..compat.shapes import added_guards, check_guards, guard_mark, install_guard
 from ..config import CompilationConfig
 from ..store.cache import CompileCache
-from ..store.hashing import content_hash
+from ..store.digests import content_hash
 from .warm_load import WarmLoadFailed, report, warm_step
 
 log = logging.getLogger("stitch")

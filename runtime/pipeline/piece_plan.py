@@ -23,7 +23,7 @@ from ..compat.shapes import size_bounds
 from ..config import CompilationConfig
 from ..size import RuntimeSize
 from ..store.cache import CompileCache
-from ..store.hashing import key_hash
+from ..store.digests import key_hash
 from ..targets import Target, targets_for
 from .fake_propagation import PieceArgs
 from .piecewise import other_sizes

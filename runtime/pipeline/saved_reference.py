@@ -18,7 +18,7 @@ from ..config import CompilationConfig
 from ..cudagraph.graph_plan import GraphPlan
 from ..store import codec, location
 from ..store.cache import CACHE_ENV
-from ..store.hashing import file_hash
+from ..store.digests import file_hash
 from ..store.records import Reference, SavedGraphs
 
 WHERE = "a saved Stitch function"

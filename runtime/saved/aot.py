@@ -282,7 +282,7 @@ def _load_saved(
     assert folder is not None
     try:
         loaded = store.load(folder, now)
-        if loaded is not None and not store.guards:  # NOTE in input_check.py
+        if loaded is not None and not store.guards:  # NOTE in input_mismatch.py
             loaded = (after_load(store, loaded[0], folder), loaded[1])
     except StaleRecord as exc:
         log.warning(

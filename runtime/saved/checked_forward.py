@@ -1,7 +1,7 @@
 """The saved forward behind its input check: after a compile, after a load, and later signatures on first use.
 
 See NOTE: [what a saved forward does with an input it was not compiled for]
-in ``input_check.py``.
+in ``input_mismatch.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from stitch.core.errors import StitchCacheError, StitchError
 from ..pipeline.api import GraphInput
 from ..store import location
 from .arguments import CallArgs
-from .input_check import (
+from .input_mismatch import (
     InputCheck,
     first_dims,
     read_signatures,

@@ -24,10 +24,10 @@ from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import StitchBackend, StitchFunction, parse_reference
 from ..store import codec
-from ..store.hashing import content_hash
+from ..store.digests import content_hash
 from ..store.records import SavedFunction
 from .arguments import CallArgs
-from .load import BYTECODE_FILE, TORCH_FILE, build_forward
+from .load_saved import BYTECODE_FILE, TORCH_FILE, build_forward
 from .record import (
     RECORD_FORMAT,
     literal,

@@ -26,7 +26,7 @@ from ..pipeline.api import ArtifactSource, StitchBackend
 from ..store.location import cache_root
 from ..store.shared.fleet_cache import FleetCache
 from .compile import compile_and_save
-from .load import load
+from .load_saved import load
 from .record import factors, record_folder
 
 

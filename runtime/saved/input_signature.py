@@ -4,7 +4,7 @@
 the :class:`InputSignature` the emitted check is generated from;
 ``tensor_guards`` builds the C++ guard the emitted check calls; ``mismatches``
 is the slow path's diagnosis, argument by argument (see NOTE: [what a saved
-forward does with an input it was not compiled for] in ``input_check.py``).
+forward does with an input it was not compiled for] in ``input_mismatch.py``).
 """
 
 from __future__ import annotations

@@ -28,8 +28,8 @@ from ..compat.dynamo import marked_dims
 from ..config import CompilationConfig
 from ..store import codec, location
 from ..store.cache import current_rank, stitch_version
+from ..store.digests import content_hash, file_hash_or_none, key_hash
 from ..store.files import atomic_write, make_private_dirs
-from ..store.hashing import content_hash, file_hash_or_none, key_hash
 from ..store.location import AOT_DIR, AOT_RECORD_FILE
 from ..store.records import AOT_RECORD_FORMAT, AOTRecord, aot_record
 from ..store.trust import check_trusted

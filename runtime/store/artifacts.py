@@ -23,8 +23,8 @@ from stitch.codegen.fingerprint import (
 
 from . import codec
 from .codec import Record, RecordError, short
+from .digests import content_hash, file_hash
 from .files import PRIVATE_FILE, fsync_dir, fsync_file, remove_tree
-from .hashing import content_hash, file_hash
 from .index import Count, Key, Sha256, TargetKey
 from .location import (
     ARTIFACT_FILE,

@@ -40,8 +40,8 @@ from ..counter import compilation_counter
 from ..settings import CacheSettings
 from . import codec, location
 from .artifacts import ArtifactIdentity, PieceIdentity
+from .digests import content_hash, file_hash
 from .files import atomic_write, locked, make_private_dirs
-from .hashing import content_hash, file_hash
 from .index import (
     INDEX_FILE,
     SOURCE_FILE,
@@ -52,7 +52,7 @@ from .index import (
     parse_index,
 )
 from .location import CACHE_ENV, cache_root, current_rank, stitch_version
-from .pieces import PieceStore
+from .piece_store import PieceStore
 from .trust import check_trusted
 
 log = logging.getLogger("stitch")
@@ -64,7 +64,7 @@ class CompileCache(PieceStore):
     """One cache entry directory (already per rank) and what this run knows of it.
 
     Its pieces' artifacts (the recorded plan, lookup, save) are :class:`PieceStore`'s
-    job (``pieces.py``); this class owns the entry, its index and its source."""
+    job (``piece_store.py``); this class owns the entry, its index and its source."""
 
     def __init__(self, root: str, directory: str, identity: EntryIdentity) -> None:
         self.root = root

@@ -37,7 +37,7 @@ import msgspec
 
 from stitch.core.errors import StitchCacheError
 
-from .hashing import content_hash
+from .digests import content_hash
 
 R = TypeVar("R", bound="Record")
 

@@ -33,8 +33,8 @@ from stitch.core.errors import StitchCacheError
 
 from . import codec
 from .codec import Record, RecordError, short
+from .digests import content_hash, file_hash
 from .files import atomic_write, locked, make_private_dirs
-from .hashing import content_hash, file_hash
 from .index import Count, Key, Sha256
 from .location import (
     EXTRAS_FILE,

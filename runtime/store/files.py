@@ -1,6 +1,6 @@
 """Files in the cache and the debug dump: private folders, durable atomic writes.
 
-Hashes are ``hashing.py``'s."""
+Hashes are ``digests.py``'s."""
 
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from platformdirs import user_cache_dir
 from stitch.core.contract import FORMAT_VERSION
 
 from ..settings import CacheSettings
-from .hashing import key_hash
+from .digests import key_hash
 from .index import INDEX_FILE, INDEX_FORMAT, LOCK_FILE, SOURCE_FILE, EntryIdentity
 
 CACHE_ENV = "STITCH_CACHE_DIR"

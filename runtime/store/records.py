@@ -199,7 +199,7 @@ class PrebuiltRecord(Record, frozen=True):
     align_inputs: tuple[Count, ...] = ()
 
 
-# -- a saved forward's input signatures (saved/input_check.py) ------------------
+# -- a saved forward's input signatures (saved/input_mismatch.py) ---------------
 
 # 2: the codec's envelope (kind, version).
 SIGNATURES_FORMAT = 2

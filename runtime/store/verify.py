@@ -19,9 +19,9 @@ from stitch.core.errors import StitchCacheError
 from . import codec, location
 from .artifacts import read_identity
 from .codec import RecordError
+from .digests import file_hash, file_hash_or_none
 from .explain import factors_file, read_factors
 from .extras import inspect_extras
-from .hashing import file_hash, file_hash_or_none
 from .index import INDEX_FILE, LOCK_FILE, SOURCE_FILE, Index, parse_index
 from .load_failures import read_failures
 from .location import (

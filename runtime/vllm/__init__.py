@@ -10,7 +10,7 @@ backend; Stitch splits it at vLLM's attention and mixer ops, compiles the pieces
 with Inductor under ``<VLLM_CACHE_ROOT>/stitch`` (or ``$STITCH_CACHE_DIR``) and
 returns a function vLLM's AOT path saves and loads warm.  Other
 ``CompilationConfig`` fields: ``$STITCH_VLLM_CONFIG`` (JSON) or
-:func:`backend_with` (see ``config.py``).
+:func:`backend_with` (see ``config_from_vllm.py``).
 """
 
 from typing import Any
@@ -21,7 +21,12 @@ from .compiler import (
     backend_with,
     current_vllm_config,
 )
-from .config import CONFIG_ENV, stitch_cache_root, stitch_config, vllm_splitting_ops
+from .config_from_vllm import (
+    CONFIG_ENV,
+    stitch_cache_root,
+    stitch_config,
+    vllm_splitting_ops,
+)
 
 
 def __getattr__(name: str) -> Any:

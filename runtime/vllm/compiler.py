@@ -37,8 +37,13 @@ from ..pipeline.api import (
     start_inductor_warmup,
 )
 from ..pipeline.tiered.controls import SpawnedPool, allow_parents_cpus
-from ..store.hashing import content_hash
-from .config import env_fields, stitch_cache_root, stitch_config, vllm_splitting_ops
+from ..store.digests import content_hash
+from .config_from_vllm import (
+    env_fields,
+    stitch_cache_root,
+    stitch_config,
+    vllm_splitting_ops,
+)
 from .logs import join_vllm_logging
 
 log = logging.getLogger("stitch")
@@ -109,7 +114,7 @@ class StitchVllmBackend:
     """The callable a vLLM ``compilation_config`` names as its backend.
 
     Each call builds a Stitch :class:`CompilationConfig` from the engine's
-    config (see ``config.py``) and compiles through a fresh
+    config (see ``config_from_vllm.py``) and compiles through a fresh
     :class:`StitchBackend`.  ``fields`` are ``CompilationConfig`` fields that
     win over vLLM's defaults and ``$STITCH_VLLM_CONFIG``.
 

@@ -12,9 +12,10 @@ those beside the artifacts of the cache entry (``save.py``):
 ``prebuilt/<key>.prebuilt`` holds the wrapper source and the kernel table,
 ``prebuilt/kernels/<sha256>.so`` the built libraries.
 
-Loading execs the wrapper source (``wrapper.py``) with the imports that would pull in Inductor
-answered by stand-ins: ``AsyncCompile.cpp_pybinding`` returns the prebuilt
-kernel for its source instead of building it, ``extern_kernels.<name>`` is the
+Loading execs the wrapper source (``inductor_stand_ins.py``) with the imports
+that would pull in Inductor answered by stand-ins: ``AsyncCompile.cpp_pybinding``
+returns the prebuilt kernel for its source instead of building it,
+``extern_kernels.<name>`` is the
 torch function recorded at save time, and the few helper functions import
 their real module only if they are ever called.  Every other import is the real
 one; a CUDA piece's Triton kernels: NOTE: [prebuilt Triton kernels].  A piece
@@ -46,13 +47,18 @@ from ...compat import inductor
 from ...compat.versions import gpu_fingerprint
 from ...store import codec, location
 from ...store.artifacts import PREBUILT_DIR
+from ...store.digests import content_hash, key_hash
 from ...store.extras import Extras, NoExtras, open_extras
-from ...store.hashing import content_hash, key_hash
 from ...store.location import PREBUILT_SUFFIX  # noqa: F401 - re-exported
 from ...store.records import (
     PREBUILT_FORMAT,  # noqa: F401 - re-exported
     PrebuiltRecord,
     as_data,
+)
+from .inductor_stand_ins import (
+    PrebuiltUnavailable,
+    exec_wrapper,
+    resolve_externs,
 )
 from .triton_kernels import (
     KERNELS_DIR,
@@ -61,11 +67,6 @@ from .triton_kernels import (
     cuda_available,
     load_triton,
     triton_key,
-)
-from .wrapper import (
-    PrebuiltUnavailable,
-    exec_wrapper,
-    resolve_externs,
 )
 
 Runnable = Callable[..., Any]

@@ -12,7 +12,7 @@ from typing import Any
 from stitch.core.errors import StitchCacheError, StitchError
 
 from ...counter import compilation_counter
-from ...store.hashing import file_hash
+from ...store.digests import file_hash
 
 log = logging.getLogger("stitch")
 

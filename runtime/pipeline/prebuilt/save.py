@@ -20,8 +20,9 @@ import torch
 
 from ...compat import inductor
 from ...compat.versions import gpu_fingerprint
+from ...store.digests import content_hash
 from ...store.extras import save_extras
-from ...store.hashing import content_hash
+from .inductor_stand_ins import PrebuiltUnavailable, exec_wrapper, resolve_dotted
 from .load import (
     cubin_name,
     kernel_key,
@@ -32,7 +33,6 @@ from .load import (
     render_record,
     triton_key,
 )
-from .wrapper import PrebuiltUnavailable, exec_wrapper, resolve_dotted
 
 log = logging.getLogger("stitch")
 

@@ -28,8 +28,8 @@ from stitch.core.errors import StitchCacheError
 from ...compat.static_launcher import launcher, load_function
 from ...loader import register_source
 from ...store.artifacts import PREBUILT_DIR
+from ...store.digests import content_hash
 from ...store.extras import Extras
-from ...store.hashing import content_hash
 from ...store.records import TritonKernel
 
 KERNELS_DIR = "kernels"

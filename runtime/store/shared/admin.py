@@ -10,7 +10,7 @@ import dataclasses
 import time
 
 from ..codec import RecordError
-from ..hashing import content_hash
+from ..digests import content_hash
 from .fleet_cache import FleetCache
 from .manifest import SharedEntry
 from .units import Unit, local_units

@@ -32,8 +32,8 @@ from stitch.core.errors import StitchError
 from ...settings import CacheSettings
 from .. import location
 from ..codec import RecordError
+from ..digests import content_hash, file_hash_or_none
 from ..files import atomic_write, make_private_dirs
-from ..hashing import content_hash, file_hash_or_none
 from ..trust import check_trusted
 from .eviction import evict
 from .manifest import FleetKey, SharedEntry

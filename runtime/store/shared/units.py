@@ -18,7 +18,7 @@ import re
 import msgspec
 
 from .. import codec, location
-from ..hashing import file_hash, key_hash
+from ..digests import file_hash, key_hash
 from ..index import INDEX_FILE, LOCK_FILE
 from ..records import AOTRecord
 from ..trust import check_trusted

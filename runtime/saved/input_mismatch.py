@@ -54,8 +54,8 @@ from stitch.core.errors import StitchCacheError, StitchInputError
 from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 from ..loader import bind_kwonly, load_execution_module
 from ..store import codec, location
+from ..store.digests import content_hash
 from ..store.files import atomic_write
-from ..store.hashing import content_hash
 from ..store.records import SavedSignature, SignaturesRecord
 from ..store.trust import check_trusted
 from .arguments import CallArgs, resolve
