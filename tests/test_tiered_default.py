@@ -133,31 +133,37 @@ def test_a_backend_call_starts_tiered_by_default_and_aot_compile_does_not(
 
 @pytest.mark.slow
 def test_the_off_switch_and_the_suites_switch_leave_it_off(tmp_path: Path) -> None:
+    # Both switches in one process, one after the other (a fresh backend and
+    # cache folder each, Dynamo reset between): the field, then
+    # $STITCH_TIERED_START=0, set before the second backend call reads it.
     code = textwrap.dedent("""
-        import sys, torch
+        import os, sys, torch
         from stitch.runtime import CompilationConfig, StitchBackend
         from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
 
         model = build_llama(LlamaConfig(num_layers=1))
         args = llama_inputs(LlamaConfig(num_layers=1), 8)
-        fields = {"tiered_start": False} if sys.argv[2] == "field" else {}
-        backend = StitchBackend(CompilationConfig(cache_dir=sys.argv[1], **fields))
-        with torch.no_grad():
-            torch.compile(model, backend=backend, dynamic=True)(*args)
-        print("TIERED_DEFAULT", backend.compiled[-1].tier is None, flush=True)
+        for how in ("field", "env"):
+            if how == "env":
+                os.environ[sys.argv[2]] = "0"
+            fields = {"tiered_start": False} if how == "field" else {}
+            cache = os.path.join(sys.argv[1], how)
+            backend = StitchBackend(CompilationConfig(cache_dir=cache, **fields))
+            torch._dynamo.reset()
+            with torch.no_grad():
+                torch.compile(model, backend=backend, dynamic=True)(*args)
+            print("TIERED_DEFAULT", how, backend.compiled[-1].tier is None, flush=True)
         """)
+    env = _without_the_suites_switch(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path), TIERED_DEFAULT_ENV],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
     for how in ("field", "env"):
-        env = _without_the_suites_switch(tmp_path / how)
-        if how == "env":
-            env[TIERED_DEFAULT_ENV] = "0"
-        done = subprocess.run(
-            [sys.executable, "-c", code, str(tmp_path / how), how],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=900,
-        )
-        assert f"{RESULT}True" in done.stdout, done.stdout + done.stderr[-4000:]
+        assert f"{RESULT}{how} True" in done.stdout, done.stdout + done.stderr[-4000:]
 
 
 @pytest.mark.slow
