@@ -131,7 +131,8 @@ def test_tiered_start_serves_at_once_and_swaps_every_piece(
     assert all(type(b) is PiecewiseBackend for b in compiled.backends.values())
     swaps = [m for m in caplog.messages if "runs compiled from" in m]
     assert len(swaps) == len(compiled.backends)
-    assert any(f"1 {start}ed worker" in m for m in caplog.messages), caplog.messages
+    said = [m for m in caplog.messages if re.search(rf"\d+ {start}ed worker", m)]
+    assert said, caplog.messages
     assert cold["num_inductor_compiles"] >= 1  # the workers' counts come back
     # The entry is complete: a second start compiles nothing.
     torch._dynamo.reset()
@@ -460,7 +461,9 @@ def test_an_engine_that_exits_while_it_traces_compiles_every_piece(
     done = run_script(template.replace("sys.argv[1]", '"tiered"'), tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     after_main = done.stderr.split("MAIN ENDS", 1)[1]
-    assert "pieces compile in 1 forked worker" in after_main, done.stderr[-3000:]
+    assert re.search(r"pieces compile in \d+ forked worker", after_main), done.stderr[
+        -3000:
+    ]
     assert "stays uncompiled" not in done.stderr, done.stderr[-3000:]
     again = run_script(template.replace("sys.argv[1]", '"cold"'), tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]

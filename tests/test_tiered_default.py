@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -117,7 +118,9 @@ def test_a_backend_call_starts_tiered_by_default_and_aot_compile_does_not(
     out = _result(done)
     # backend="stitch" (a StitchBackend() per graph): its pieces went to a
     # worker, and the first output, uncompiled, is eager's.
-    assert "pieces compile in 1 forked worker" in done.stderr, done.stderr[-4000:]
+    assert re.search(r"pieces compile in \d+ forked worker", done.stderr), done.stderr[
+        -4000:
+    ]
     assert out["stitch_equal"], out
     assert out["backend_tier"] and out["backend_landed"], out
     assert out["backend_equal"] and not out["backend_uncompiled"], out
