@@ -258,7 +258,7 @@ def _load_model(
             state_dict=tensors,
             dtype="auto",
             attn_implementation=attn,
-            device_map={"": device},
+            device_map=_device_map(device),
             ignore_mismatched_sizes=True,
             output_loading_info=True,
         )
@@ -272,7 +272,21 @@ def _load_model(
         hf_logging.set_verbosity(verbosity)
     _check_loaded(folder, type(model).__name__, info)
     _load_generation_config(folder, model)
+    if device.type != "cpu" and _device_map(device) is None:
+        model.to(device)
     return model
+
+
+def _device_map(device: torch.device) -> dict[str, torch.device] | None:
+    """``from_pretrained``'s ``device_map`` for ``device``: none for the CPU,
+    where it builds anyway, nor without accelerate, which transformers 5.17
+    needs for any ``device_map`` (``stitch[hf]`` does not install it); the
+    model then moves to ``device`` once it is loaded."""
+    import importlib.util
+
+    if device.type == "cpu" or importlib.util.find_spec("accelerate") is None:
+        return None
+    return {"": device}
 
 
 def _load_generation_config(folder: str, model: Any) -> None:

@@ -35,6 +35,7 @@ from .base import InductorPass
 
 aten = torch.ops.aten
 ADD = aten.add.Tensor.name()  # what Inductor folds: "aten::add.Tensor"
+ADDMM = aten.addmm.default.name()
 
 
 class UnfuseResidualAddmm(InductorPass):
@@ -71,10 +72,7 @@ class UnfuseResidualAddmm(InductorPass):
     def is_residual(self, node: fx.Node) -> bool:
         """Whether ``node`` (an addmm) is Inductor's fold of an add of a tensor
         on one of ``devices`` that has the product's own shape."""
-        # By name: the meta's op need not be ``aten.add.Tensor`` itself (on
-        # torch 2.13 it is another object of that overload, and ``==`` is ``is``).
-        original = node.meta.get("original_aten")
-        if not isinstance(original, OpOverload) or original.name() != ADD:
+        if not folded_by_inductor(node):
             return False
         if len(node.args) != 3 or any(v != 1 for v in node.kwargs.values()):
             return False
@@ -90,3 +88,26 @@ class UnfuseResidualAddmm(InductorPass):
             statically_known_true(s == t)
             for s, t in zip(xv.shape, out.shape, strict=True)
         )
+
+
+# Meta that a node traced from the model carries and a pattern's replacement
+# made by torch 2.11 and 2.12 does not.
+TRACED_META = ("from_node", "source_fn_stack", "stack_trace", "seq_nr")
+
+
+def folded_by_inductor(node: fx.Node) -> bool:
+    """Whether ``node`` (an addmm) is a pattern's replacement of an add.
+
+    From torch 2.13 the replacement takes the add's meta: its
+    ``original_aten`` is the add.  Compared by name: it need not be
+    ``aten.add.Tensor`` itself (on torch 2.13 it is another object of that
+    overload, and ``==`` is ``is``).  Torch 2.11 and 2.12 give it the meta of
+    its own trace alone (``original_aten`` the addmm, no ``from_node``), which
+    a model's own addmm always has beside it (as on the GPU image's torch 2.11).
+    """
+    original = node.meta.get("original_aten")
+    if not isinstance(original, OpOverload):
+        return False
+    if original.name() == ADD:
+        return True
+    return original.name() == ADDMM and not any(k in node.meta for k in TRACED_META)
