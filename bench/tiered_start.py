@@ -181,11 +181,14 @@ def per_forward(fn: Any, args: Any, device: str) -> float:
 def worker_startup(count: int, device: str) -> dict[str, Any]:
     """The compile workers' start-up apart from their compile (see the
     docstring): a pool of ``count`` workers started at once, each until ready."""
-    from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
+    from stitch.runtime.pipeline.tiered.pool_choice import WORKER_MODULE
+    from stitch.runtime.workers.spawned_pool import SpawnedPool
 
     count = max(count, 1)
     t0 = time.perf_counter()
-    pool = SpawnedPool(count, preload=["stitch.runtime.examples.models"])
+    pool = SpawnedPool(
+        count, preload=["stitch.runtime.examples.models"], module=WORKER_MODULE
+    )
     pool.start(cpu=device == "cpu")
     workers = [pool.take() for _ in range(count)]
     seconds = []

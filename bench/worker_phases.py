@@ -6,7 +6,7 @@ Usage::
 
 Starts ``--count`` fresh interpreters at once, as a tiered start's pool
 does (NOTE: [pre-started compile workers] in
-runtime/pipeline/tiered/spawned_pool.py), and has each run the steps of
+runtime/workers/spawned_pool.py), and has each run the steps of
 ``spawned_workers.main`` before it says it is ready, timed one by one:
 
 - ``interpreter``: from the launch until the script's first line runs;
@@ -64,7 +64,7 @@ print(json.dumps(marks), flush=True)
 def measure(count: int, device: str) -> dict[str, float]:
     """Each phase's median seconds over ``count`` workers started at once,
     each with a pool's worker's environment (its share of the build pools)."""
-    from stitch.runtime.pipeline.tiered.spawned_pool import worker_env
+    from stitch.runtime.workers.pool_server import worker_env
     from stitch.runtime.workers.worker_cpus import cores
 
     launched = time.time()

@@ -43,9 +43,10 @@ def machine_cpu_s() -> float:
 
 
 def child(count: int, device: str) -> dict[str, float]:
-    from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
+    from stitch.runtime.pipeline.tiered.pool_choice import WORKER_MODULE
+    from stitch.runtime.workers.spawned_pool import SpawnedPool
 
-    pool = SpawnedPool(count)
+    pool = SpawnedPool(count, module=WORKER_MODULE)
     cpu0, t0 = machine_cpu_s(), time.perf_counter()
     pool.start(cpu=device == "cpu")
     assert pool.wait_ready(600), "the pool's workers were not ready in 600 s"

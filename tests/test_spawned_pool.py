@@ -1,5 +1,5 @@
 """Pre-started spawned compile workers (NOTE: [pre-started compile workers],
-runtime/pipeline/tiered/spawned_pool.py): started when the backend is made, ready
+runtime/workers/spawned_pool.py): started when the backend is made, ready
 before the first piece comes, reused by the next backend call, and every fault
 (a worker killed idle or at work, its imports failing, the parent gone)
 leaves serving on the uncompiled pieces, never a hang or an orphan."""
@@ -24,9 +24,10 @@ from test_serving_first import until
 from test_tiered import _fresh_dynamo, gone, serve_until_settled, tiered  # noqa: F401
 
 from stitch.runtime.examples import LlamaConfig
-from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
+from stitch.runtime.pipeline.tiered.pool_choice import WORKER_MODULE
 from stitch.runtime.workers.proc_family import family
 from stitch.runtime.workers.serving_first import controller
+from stitch.runtime.workers.spawned_pool import SpawnedPool
 
 from backend_support import (
     TINY,
@@ -59,7 +60,7 @@ def wait_gone(pids: list[int], seconds: float = 20.0) -> bool:
 @contextlib.contextmanager
 def one_cpu_worker() -> Iterator[tuple[SpawnedPool, int]]:
     """A pool of one worker for the CPU, started; closed after, its worker gone."""
-    pool = SpawnedPool(1)
+    pool = SpawnedPool(1, module=WORKER_MODULE)
     pool.start(cpu=True)
     try:
         (pid,) = pool.idle_pids()
@@ -181,7 +182,7 @@ def test_a_worker_killed_while_compiling_leaves_its_pieces_uncompiled(
 def test_a_worker_whose_import_fails_leaves_serving_uncompiled(
     tmp_path: Path, caplog: Any
 ) -> None:
-    pool = SpawnedPool(1, preload=["stitch_test_no_such_module"])
+    pool = SpawnedPool(1, preload=["stitch_test_no_such_module"], module=WORKER_MODULE)
     backend = CapturingBackend(tiered(tmp_path, compile_workers=1), spawned_pool=pool)
     model = model_for()
     fn = torch.compile(model, backend=backend, fullgraph=True)
@@ -301,7 +302,7 @@ def test_workers_exit_with_a_parent_killed_while_they_are_idle(
 def test_a_worker_let_go_that_does_not_leave_is_ended() -> None:
     # NOTE: [an idle worker that does not leave]: a stopped worker never reads
     # the end of its stdin, nor acts on SIGTERM; the pool's reaper kills it.
-    pool = SpawnedPool(1, 0)
+    pool = SpawnedPool(1, 0, module=WORKER_MODULE)
     pool.start(cpu=True)
     (pid,) = pool.idle_pids()
     os.kill(pid, signal.SIGSTOP)
@@ -312,7 +313,7 @@ def test_a_worker_let_go_that_does_not_leave_is_ended() -> None:
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux's SCHED_IDLE")
 def test_a_pool_at_idle_priority_starts_its_workers_there() -> None:
     # NOTE: [a compile worker's priority]: $STITCH_COMPILE_NICE=idle.
-    pool = SpawnedPool(1, None)
+    pool = SpawnedPool(1, None, module=WORKER_MODULE)
     pool.start(cpu=True)
     try:
         (pid,) = pool.idle_pids()
@@ -333,8 +334,7 @@ def test_workers_share_the_cores_between_their_build_pools(
     # Fresh interpreters: /proc/PID/environ shows what each started with (a
     # worker forked by the fork server sets its environment after the fork:
     # test_fork_server.py checks that it does).
-    from stitch.runtime.pipeline.tiered import spawned_pool
-    from stitch.runtime.workers import pool_server
+    from stitch.runtime.workers import pool_server, spawned_pool
 
     monkeypatch.setenv("STITCH_FORK_SERVER", "0")
     monkeypatch.setattr(spawned_pool, "worker_cpus", lambda: set(range(10)))
@@ -342,7 +342,7 @@ def test_workers_share_the_cores_between_their_build_pools(
         monkeypatch.delenv(pool_server.COMPILE_THREADS_ENV, raising=False)
     else:
         monkeypatch.setenv(pool_server.COMPILE_THREADS_ENV, user)
-    pool = SpawnedPool(2, 0)
+    pool = SpawnedPool(2, 0, module=WORKER_MODULE)
     pool.start(cpu=True)
     try:
         pids = pool.idle_pids()
@@ -392,10 +392,10 @@ def test_a_fork_server_that_fails_leaves_fresh_workers(
 ) -> None:
     # A server whose preparation fails is said once; its workers start as
     # fresh interpreters, as without one.
-    from stitch.runtime.pipeline.tiered import spawned_pool
+    from stitch.runtime.workers import spawned_pool
 
     # The server runs a module that cannot be imported; fresh workers run the
-    # pool's own (spawned_pool.WORKER_MODULE).
+    # pool's own (pool_choice.WORKER_MODULE).
     real = spawned_pool.PoolServer
     monkeypatch.setattr(
         spawned_pool,
@@ -425,7 +425,7 @@ def test_a_job_never_waits_for_the_fork_server(
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])
     )
-    pool = SpawnedPool(1, preload=["slow_import_target"])
+    pool = SpawnedPool(1, preload=["slow_import_target"], module=WORKER_MODULE)
     pool.start(cpu=True)
     worker = None
     try:

@@ -1,5 +1,5 @@
 """A process that must not start child processes (NOTE: [a process that
-cannot start compile workers], runtime/pipeline/tiered/spawned_pool.py).
+cannot start compile workers], runtime/workers/spawned_pool.py).
 
 The process under test is a real sandbox: after its first compile (which
 warms Inductor: its vector ISA probe and C++ builds start processes of their

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from stitch.runtime.pipeline.tiered import forked_workers
-from stitch.runtime.pipeline.tiered.spawned_pool import SpawnedPool
+from stitch.runtime.pipeline.tiered.pool_choice import WORKER_MODULE
 from stitch.runtime.workers import worker_cpus
+from stitch.runtime.workers.spawned_pool import SpawnedPool
 from stitch.runtime.workers.worker_cpus import parse_cpus
 
 needs_two = pytest.mark.skipif(
@@ -97,7 +98,7 @@ def test_a_worker_spawned_by_a_pinned_thread_runs_on_every_core_of_the_process()
     None
 ):
     everyone = worker_cpus.worker_cpus()
-    pool = SpawnedPool(1)
+    pool = SpawnedPool(1, module=WORKER_MODULE)
     try:
         _from_a_pinned_thread(lambda: pool.start(cpu=True), min(everyone))
         (pid,) = pool.idle_pids()

@@ -14,12 +14,13 @@ from ..compat.versions import check_supported
 from ..config import CompilationConfig
 from ..cudagraph import CUDAGraphManager
 from ..profiling import Profiler
+from ..workers.spawned_pool import SpawnedPool
 from .compilation import Compilation, CompiledModel
 from .graph_inputs import GraphInput, graph_inputs
 from .saved_function import in_torch_aot_compile, saveable
 from .split_policy import SplitPolicy
 from .tiered.dynamo_first import DynamoFirst
-from .tiered.spawned_pool import SpawnedPool
+from .tiered.pool_choice import pool_for
 
 __all__ = ["CompiledModel", "StitchBackend", "stitch_backend"]
 
@@ -76,7 +77,7 @@ class StitchBackend:
         # A tiered start's spawned compile workers, started now where they
         # will be needed and kept for every graph compiled here (NOTE:
         # [pre-started compile workers]); a pool may be shared between backends.
-        self.spawned_pool = spawned_pool or SpawnedPool.for_config(self.config)
+        self.spawned_pool = spawned_pool or pool_for(self.config)
 
     @property
     def compiled(self) -> list[CompiledModel]:

@@ -34,6 +34,7 @@ from ..store.digests import graph_key as entry_graph_key
 from ..store.dump import PieceReport
 from ..store.index import PieceRecord
 from ..workers.giving_way import give_way
+from ..workers.spawned_pool import SpawnedPool
 from .artifact_source import Piece, config_adapter, key_salt
 from .assembly import emit, load_function, plan_graphs
 from .entry import EntryGuards
@@ -46,7 +47,7 @@ from .piecewise import PiecewiseBackend, RangeWarnings, example_inputs
 from .results import Built, CompiledModel, Split
 from .split_policy import SplitPolicy
 from .tiered.deferred import prepare_compiles, tiered_decision
-from .tiered.spawned_pool import SpawnedPool
+from .tiered.pool_choice import pool_for
 from .tracing import summary
 from .warm_load import WarmLoadFailed, report
 
@@ -86,7 +87,7 @@ class Compilation:
         self.plans: dict[str, PiecePlan] = {}
         # A tiered start's spawned workers, kept by the backend
         # (NOTE: [pre-started compile workers]); a pool of the call's own else.
-        self.spawned_pool = spawned_pool or SpawnedPool.for_config(config)
+        self.spawned_pool = spawned_pool or pool_for(config)
         self.worker_start = "fork"
         self.fakes: list[Any] = []
         # Why the call compiled after a warm load failed (warm_load.py).

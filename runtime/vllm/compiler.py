@@ -36,8 +36,9 @@ from ..pipeline.api import (
     parse_reference,
     start_inductor_warmup,
 )
-from ..pipeline.tiered.controls import SpawnedPool, allow_parents_cpus
+from ..pipeline.tiered.controls import allow_parents_cpus, pool_for
 from ..store.digests import content_hash
+from ..workers.spawned_pool import SpawnedPool
 from .config_from_vllm import (
     env_fields,
     stitch_cache_root,
@@ -160,7 +161,7 @@ class StitchVllmBackend:
         compile workers per vLLM process]), made for ``config`` the first time."""
         with cls._pool_lock:
             if cls._pool is None:
-                cls._pool = SpawnedPool.for_config(config)
+                cls._pool = pool_for(config)
             return cls._pool
 
     def __call__(

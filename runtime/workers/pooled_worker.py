@@ -1,5 +1,5 @@
 """A spawned compile worker as its pool holds it (NOTE: [pre-started compile
-workers], pipeline/tiered/spawned_pool.py): a fresh interpreter or one the pool's fork server
+workers], workers/spawned_pool.py): a fresh interpreter or one the pool's fork server
 forked (NOTE: [a fork server for compile workers])."""
 
 from __future__ import annotations

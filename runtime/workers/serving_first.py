@@ -71,7 +71,7 @@ pool stayed stopped, orphaned, after its serving process ended).
 The controller runs only while there are workers (``watch``), in the process
 that started them (a fork's child starts empty); a pooled worker idle
 between jobs is not one (NOTE: [an idle worker is not watched],
-pipeline/tiered/spawned_pool.py).  A worker that leaves is dropped; one let go by its pool,
+workers/spawned_pool.py).  A worker that leaves is dropped; one let go by its pool,
 and every worker when the process exits and waits for its workers, is
 resumed first (``forget``, ``release``), so that no stopped process is ever
 waited on.  ``$STITCH_SERVING_FIRST=0`` turns the controller off (the workers

@@ -154,3 +154,8 @@ def take_cpus(cpus: set[int], pid: int = 0) -> bool:
         return not os.sched_getaffinity(pid) <= before
     except (AttributeError, OSError, ValueError):
         return False
+
+
+def default_workers(jobs: int) -> int:
+    """One compile worker per two cores, at most four and at most ``jobs``."""
+    return max(1, min(4, cores() // 2, jobs))

@@ -46,9 +46,9 @@ from ...store.cache import CompileCache
 from ...store.index import PieceRecord
 from ...workers.priority import niceness
 from ...workers.serving_first import controller
+from ...workers.worker_cpus import default_workers
 from ..layouts import LayoutChecks
 from ..piecewise import PiecewiseBackend
-from .deferred import default_workers
 from .exit_wait import wait_at_exit
 from .forked_workers import forker
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names

@@ -13,19 +13,19 @@ from ...workers.worker_cpus import allow_parents as allow_parents_cpus
 from .deferred import DEFAULT_ENV as TIERED_DEFAULT_ENV
 from .deferred import asks_tiered
 from .exit_wait import finish_before_exit, land_before_exit, wait_compiled
-from .spawned_pool import SpawnedPool
+from .pool_choice import pool_for
 from .swap_check import SWAP_TOLERANCE, tolerance, unset_outputs
 from .tier import Tier
 
 __all__ = [
     "SWAP_TOLERANCE",
-    "SpawnedPool",
     "TIERED_DEFAULT_ENV",
     "Tier",
     "allow_parents_cpus",
     "asks_tiered",
     "finish_before_exit",
     "land_before_exit",
+    "pool_for",
     "tolerance",
     "unset_outputs",
     "wait_compiled",

@@ -1,7 +1,7 @@
 """Whether a backend call starts tiered, and what it serves meanwhile.
 
-The decision (:func:`tiered_decision`, :func:`tiered_off`), the compile workers' number
-(:func:`default_workers`), their getting ready beside the split
+The decision (:func:`tiered_decision`, :func:`tiered_off`), the compile workers'
+getting ready beside the split
 (:func:`prepare_compiles`), and the serving process's artifact source while
 they work (:class:`DeferredSource`).  NOTE: [a tiered start] (``tier.py``)
 says how the pieces come back.
@@ -20,7 +20,6 @@ from ...config import CompilationConfig
 from ...store.index import EntryRecord
 from ...targets import Target
 from ...workers.start_method import START_ENV, needs_spawn, start_method
-from ...workers.worker_cpus import cores
 from ..artifact_source import ArtifactSource, Piece
 from ..compilers import CompilerAdapter
 from ..inductor_warmup import on_cpu
@@ -115,11 +114,6 @@ def default_off(example_inputs: Sequence[Any]) -> str:
     if devices:
         return f"the graph runs on {', '.join(sorted(devices))}"
     return ""
-
-
-def default_workers(pieces: int) -> int:
-    """One compile worker per two cores, at most four and at most ``pieces``."""
-    return max(1, min(4, cores() // 2, pieces))
 
 
 class DeferredSource(ArtifactSource):

@@ -43,10 +43,10 @@ from ...config import CompilationConfig
 from ...store.cache import CompileCache
 from ...workers.priority import take_priority
 from ...workers.proc_family import die_with_parent, ended_by
+from ...workers.spawned_pool import SpawnedPool
 from ..entry import EntryGuards
 from ..inductor_warmup import inductor_ready, probe_done, start_inductor_warmup
 from .piece_jobs import UnitCompiler, UnitJob, piece_names
-from .spawned_pool import SpawnedPool
 from .worker_process import Launch, Worker, compile_and_report
 
 # Modules every worker imports before it reads its pieces (Stitch's own ops).

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from ...config import CompilationConfig
+from ...workers.spawned_pool import SpawnedPool
 from ..compilers import CompilerAdapter
 from ..entry import EntryGuards
 from ..fake_propagation import PieceArgs
@@ -15,7 +16,6 @@ from ..fleet import FleetCacheSession
 from ..piece_plan import PiecePlan
 from ..piecewise import RangeWarnings
 from .deferred import DeferredSource
-from .spawned_pool import SpawnedPool
 
 
 class TierSource(Protocol):

@@ -6,13 +6,14 @@ A spawned worker pays for a fresh interpreter, torch's and Inductor's imports,
 the vector ISA probe and Inductor's build pools: seconds that a tiered
 start used to wait for after the backend call began.
 A :class:`SpawnedPool` starts its workers when the backend is made (where they
-will be spawned: ``likely_spawned``) or, at the latest, when a cold backend
+will be spawned: ``pipeline/tiered/pool_choice.likely_spawned``) or, at the latest, when a cold backend
 call begins, each forked by the pool's fork server once that has imported
 and probed (NOTE: [a fork server for compile workers]; ``workers/pool_server.py``),
 or, without one, each a fresh interpreter, and each waits on its stdin for a job once its imports are
 done (its ISA probe may still run beside that job: NOTE: [a compile waits
 for the probe only where it asks]).  A job
-is one group of pieces (``spawned_workers.py``); when it is reported in full
+is whatever the worker's module reads (for a tiered start, a group of pieces:
+``pipeline/tiered/spawned_workers.py``); when it is reported in full
 the worker goes back to the pool, for the next backend call (vLLM and
 transformers' engine compile several graphs).  The pool, not the worker,
 decides when an idle worker leaves (``idle_s`` after its last job it closes the
@@ -60,30 +61,24 @@ import threading
 import time
 from collections.abc import Sequence
 
-import torch
-
-from ...config import CompilationConfig
-from ...workers.pool_server import PoolServer, worker_env
-from ...workers.pooled_worker import PooledWorker
-from ...workers.priority import niceness, take_priority
-from ...workers.proc_family import ended_by
-from ...workers.serving_first import controller, own_group
-from ...workers.start_method import START_ENV
-from ...workers.worker_cpus import cores, take_cpus, worker_cpus
-from .deferred import DEFAULT_ENV, default_workers
+from .pool_server import PoolServer, worker_env
+from .pooled_worker import PooledWorker
+from .priority import take_priority
+from .proc_family import ended_by
+from .serving_first import controller, own_group
+from .worker_cpus import cores, take_cpus, worker_cpus
 
 log = logging.getLogger("stitch")
 
-# What a spawned worker runs (its main, and the fork server's preparation).
-WORKER_MODULE = "stitch.runtime.pipeline.tiered.spawned_workers"
 # Seconds an idle worker waits for another job before the pool lets it go.
 IDLE_S = 120.0
 
 
 class SpawnedPool:
     """Spawned compile workers, started ahead and reused (NOTE: [pre-started
-    compile workers]).  ``count`` workers are started by :meth:`start`;
-    ``preload`` names modules each imports at its start, beside Stitch's."""
+    compile workers]).  ``count`` workers are started by :meth:`start`, each
+    running ``python -m module``; ``preload`` names modules each imports at its
+    start, beside Stitch's."""
 
     def __init__(
         self,
@@ -92,8 +87,10 @@ class SpawnedPool:
         *,
         preload: Sequence[str] = (),
         idle_s: float = IDLE_S,
+        module: str,
     ) -> None:
         self.count = count
+        self.module = module
         self.nice = nice
         self.preload = tuple(preload)
         self.idle_s = idle_s
@@ -104,19 +101,10 @@ class SpawnedPool:
         self._taken_fresh = 0  # of those, started fresh by take() instead
         self._cpu: bool | None = None  # probe the ISA: set by the first start
         # NOTE: [a fork server for compile workers] (runtime/workers/fork_server.py)
-        self._server = PoolServer(count, nice, self.preload, module=WORKER_MODULE)
+        self._server = PoolServer(count, nice, self.preload, module=module)
         # Why no compile worker can be started in this process, once one
         # failed to (NOTE: [a process that cannot start compile workers]).
         self.cannot_start: str | None = None
-
-    @classmethod
-    def for_config(cls, config: CompilationConfig) -> SpawnedPool:
-        """The pool of a backend made with ``config``, started now where its
-        tiered start will spawn its workers (``likely_spawned``)."""
-        pool = cls(config.compile_workers or default_workers(4), niceness())
-        if likely_spawned(config):
-            pool.start(cpu=not torch.cuda.is_available())
-        return pool
 
     def start(self, cpu: bool) -> None:
         """Have ``count`` workers idle or starting (for graphs on the CPU,
@@ -299,7 +287,7 @@ class SpawnedPool:
             if not fresh:
                 process = self._server.fork(self._cpu or False, rest, env, passed, cpus)
             if process is None:
-                command = [sys.executable, "-m", WORKER_MODULE, str(os.getpid())]
+                command = [sys.executable, "-m", self.module, str(os.getpid())]
                 process = subprocess.Popen(
                     [*command, *map(str, passed), *rest],
                     stdin=subprocess.PIPE,
@@ -334,24 +322,3 @@ class SpawnedPool:
             target=wait_ready, name=f"stitch-worker-ready-{process.pid}", daemon=True
         ).start()
         return worker
-
-
-def likely_spawned(config: CompilationConfig) -> bool:
-    """Whether a backend made with ``config`` will spawn its tiered start's
-    workers, as far as can be told before a graph comes: ``$STITCH_COMPILE_START``
-    says spawn, or this process has CUDA (NOTE: [forked or spawned compile
-    workers]); a graph that proves otherwise leaves the pool idle, to go.
-    Where ``tiered_start`` is left to the default, a process with CUDA is
-    taken to compile for the GPU, where the default is off (NOTE: [where a
-    tiered start is the default])."""
-    asked = config.tiered_start
-    if asked is False or config.backend != "inductor" or config.disable_cache:
-        return False
-    if asked is None and (
-        torch.cuda.is_available() or os.environ.get(DEFAULT_ENV, "").strip() == "0"
-    ):
-        return False
-    method = os.environ.get(START_ENV, "").strip().lower()
-    if method in ("fork", "spawn"):
-        return method == "spawn"
-    return torch.cuda.is_available() or not hasattr(os, "fork")
