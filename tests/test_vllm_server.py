@@ -41,7 +41,6 @@ if (
         allow_module_level=True,
     )
 
-from test_vllm import fleet_pair  # noqa: E402
 from vllm_support import vllm_cache_root  # noqa: E402
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -157,23 +156,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         ("changed", ["--compilation-config", STITCH], stitch_config(compile_sizes=[4])),
     ]
     results: dict[str, Any] = {}
-    # Two servers started together on one store (NOTE: [a fleet of two vLLM
-    # engines] in test_vllm.py), the eager server beside them (NOTE: [eager
-    # references beside the cold starts] there); later ones use the cache of
-    # the one that compiled.
+    # The eager server beside the cold one (NOTE: [eager references beside
+    # the cold starts] in test_vllm.py); later ones use the cold one's cache.
+    # (A fleet of two compiling once is test_vllm.py's: a server's engine
+    # inherits the store's variables as the engine's workers do.)
+    cache = root / "cold"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         eager = pool.submit(serve, model, root / "eager", ["--enforce-eager"], {})
-        pair = fleet_pair(
-            root / "fleet",
-            lambda folder, fleet: serve(
-                model, folder, ["--compilation-config", STITCH], {**sizes, **fleet}
-            ),
-            lambda run: "cold start in" in run[1],
+        results["cold"], results["cold_log"] = serve(
+            model, cache, ["--compilation-config", STITCH], sizes
         )
         results["eager"], results["eager_log"] = eager.result()
-    (results["cold"], results["cold_log"]), cache = pair["cold"]
-    results["peer"], results["peer_log"] = pair["peer"][0]
-    results["both"] = pair["both"]
     results["cache"] = cache
     for name, args, env in variants:
         results[name], results[f"{name}_log"] = serve(model, cache, args, env)
@@ -190,13 +183,6 @@ def serve(
     with server(model, cache, log, args, env) as client:
         tokens = generate(client)
     return tokens, log.read_text()
-
-
-def test_two_servers_started_together_compile_once(runs: dict[str, Any]) -> None:
-    assert sorted(runs["both"].values()) == [False, True], runs["both"]
-    assert runs["peer"] == runs["eager"]
-    assert "stitch cache: installed" in runs["peer_log"], runs["peer_log"][-4000:]
-    assert "warm start" in runs["peer_log"]
 
 
 def inspect(folder: Path) -> tuple[int, str]:
