@@ -52,7 +52,7 @@ def _compile_workers_end_with_the_test() -> Iterator[None]:
     yield
     # No tiered start without this module: nothing to wait for (and no
     # import of torch for the tests that never needed it).
-    if "stitch.runtime.pipeline.tiered.exit_wait" not in sys.modules:
+    if "stitch.runtime.workers.exit_wait" not in sys.modules:
         return
     from stitch.runtime import wait_compiled
 

@@ -44,12 +44,12 @@ from stitch.codegen.split import SplitItem
 from ...loader import DISPATCH_NAME
 from ...store.cache import CompileCache
 from ...store.index import PieceRecord
+from ...workers.exit_wait import wait_at_exit
 from ...workers.priority import niceness
 from ...workers.serving_first import controller
 from ...workers.worker_cpus import default_workers
 from ..layouts import LayoutChecks
 from ..piecewise import PiecewiseBackend
-from .exit_wait import wait_at_exit
 from .forked_workers import forker
 from .piece_jobs import PieceJob, UnitCompiler, UnitJob, piece_names
 from .tier import Tier

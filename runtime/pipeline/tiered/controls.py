@@ -9,10 +9,10 @@ imports past them).
 
 from __future__ import annotations
 
+from ...workers.exit_wait import finish_before_exit, land_before_exit, wait_compiled
 from ...workers.worker_cpus import allow_parents as allow_parents_cpus
 from .deferred import DEFAULT_ENV as TIERED_DEFAULT_ENV
 from .deferred import asks_tiered
-from .exit_wait import finish_before_exit, land_before_exit, wait_compiled
 from .pool_choice import pool_for
 from .swap_check import SWAP_TOLERANCE, tolerance, unset_outputs
 from .tier import Tier

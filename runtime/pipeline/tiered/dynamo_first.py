@@ -58,9 +58,9 @@ from typing import Any
 from ...compat.dynamo import backend_call_context
 from ...compat.guard_codec import readable
 from ...compat.shapes import added_guards, guard_mark
+from ...workers.exit_wait import finish_before_exit
 from ...workers.giving_way import giving_way
 from ...workers.serving_first import controller
-from .exit_wait import finish_before_exit
 
 log = logging.getLogger("stitch")
 

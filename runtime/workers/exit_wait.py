@@ -1,5 +1,6 @@
 """A process's exit waits for its compile workers (NOTE: [a process that
-exits normally waits for its workers]).
+exits normally waits for its workers]): for the jobs of each group it is
+given (:class:`Compiling`; a tiered start gives its ``Tier``).
 
 NOTE: [a process that exits normally waits for its workers]
 A tiered start is the default of a backend call, and a short script (a test,
@@ -44,14 +45,34 @@ import signal
 import sys
 import time
 import weakref
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, Protocol
 
-from ...workers.proc_family import family, signal_all
-from ...workers.serving_first import controller
-from .tier import Tier
+from .proc_family import family, signal_all
+from .serving_first import controller
 
 log = logging.getLogger("stitch")
+
+
+class Compiling(Protocol):
+    """What an exit waits for: named jobs (``backends``: a tiered start's
+    pieces, its ``Tier``) that the processes ``pids`` work on, those
+    ``reported`` and, of them, ``failed``.  ``wait`` waits until every job is
+    reported; ``complete_at_exit`` runs what waits for the last of them;
+    ``stopping`` set says the workers are stopped on purpose."""
+
+    label: str
+    pids: list[int]
+    backends: Mapping[str, Any]
+    reported: set[str]
+    failed: Collection[str]
+    stopping: bool
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+    def complete_at_exit(self) -> None: ...
+
+
 # Seconds an exit the user asked for waits for pieces about to land (NOTE:
 # [an exit the user asked for waits at most seconds]).
 INTERRUPTED_WAIT_S = 2.0
@@ -59,7 +80,7 @@ INTERRUPTED_WAIT_S = 2.0
 
 # The tiers whose workers may still compile (NOTE: [a process that exits
 # normally waits for its workers]).
-_COMPILING: weakref.WeakSet[Tier] = weakref.WeakSet()
+_COMPILING: weakref.WeakSet[Compiling] = weakref.WeakSet()
 # The traces under way whose backend calls may start a tier, their labels, and
 # what makes each hurry (None: nothing).
 _TRACING: dict[
@@ -67,7 +88,7 @@ _TRACING: dict[
 ] = {}
 
 
-def wait_at_exit(tier: Tier) -> None:
+def wait_at_exit(tier: Compiling) -> None:
     """Wait for ``tier``'s workers when this process exits normally (one
     ``atexit`` hook for every tier, registered with the first)."""
     _hook()
@@ -153,7 +174,7 @@ def land_before_exit(limit: float | None = None) -> bool:
     return not _TRACING
 
 
-def _land_before_exit(tier: Tier, deadline: float | None) -> None:
+def _land_before_exit(tier: Compiling, deadline: float | None) -> None:
     """NOTE: [a process that exits normally waits for its workers]."""
     if not tier.wait(0):
         controller().release()  # NOTE: [serving first]: never wait on a paused worker
