@@ -180,6 +180,7 @@ def test_two_engines_started_together_compile_once(llama: dict[str, Any]) -> Non
     assert_same_generation(peer, llama["eager"])
     assert peer["counters"]["stitch"]["num_inductor_compiles"] == 0
     assert "stitch cache: installed" in peer_log, peer_log[-4000:]
+    assert "warm start" in peer_log, peer_log[-4000:]
     assert "published" in llama["cold_log"]
 
 
