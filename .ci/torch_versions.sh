@@ -5,8 +5,10 @@
 # transformers the test extra pins).  Runs the fast tests, then the AOT,
 # warm-start, cache-guard, version-table, transformers and spawned-worker
 # tests (a tiered start on a GPU spawns its compile workers, which read the
-# pieces through torch's GraphPickler), which are marked slow, then compiles the example llama into one cache folder the
-# releases share and checks that `stitch cache explain` names torch with both
+# pieces through torch's GraphPickler) and the residual adds' tests (torch
+# 2.11, the GPU image's, marks Inductor's folds otherwise), which are marked
+# slow, then compiles the example llama into one cache folder the releases
+# share and checks that `stitch cache explain` names torch with both
 # versions.  Any failure fails CI; every release runs even after one fails.
 #
 # .ci/run calls this after the main suite; it also runs alone from a fresh
@@ -42,6 +44,7 @@ SLOW_TESTS=(
     tests/test_torch_versions.py
     tests/test_hf.py
     tests/test_tiered_spawn.py
+    tests/test_residual_adds.py
 )
 
 export PIP_CONFIG_FILE=/dev/null

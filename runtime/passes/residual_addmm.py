@@ -17,8 +17,10 @@ through cuBLASLt's epilogue): two device-to-device copies per layer that the
 whole graph does not make (30 per decode step of a 16-layer llama on an H200,
 docs/gpu/h200_window_4.md).  Unfolding them gives back the whole graph's adds,
 rounded as eager rounds them (the product, then the sum).  Only Inductor's
-folds are unfolded (the node's ``original_aten`` is the add it was): an addmm
-the model wrote keeps its one rounding, and a bias (1-D) its copy-free epilogue.
+folds are unfolded (the node's ``original_aten`` is the add it was, or, on
+torch 2.11 and 2.12, it carries no trace of the model's own:
+:func:`folded_by_inductor`): an addmm the model wrote keeps its one rounding,
+and a bias (1-D) its copy-free epilogue.
 """
 
 from __future__ import annotations
