@@ -18,7 +18,7 @@ whole graph does not make (30 per decode step of a 16-layer llama on an H200,
 docs/gpu/h200_window_4.md).  Unfolding them gives back the whole graph's adds,
 rounded as eager rounds them (the product, then the sum).  Only Inductor's
 folds are unfolded (the node's ``original_aten`` is the add it was, or, on
-torch 2.11 and 2.12, it carries no trace of the model's own:
+torch 2.11, it carries no trace of the model's own:
 :func:`folded_by_inductor`): an addmm the model wrote keeps its one rounding,
 and a bias (1-D) its copy-free epilogue.
 """
@@ -93,17 +93,17 @@ class UnfuseResidualAddmm(InductorPass):
 
 
 # Meta that a node traced from the model carries and a pattern's replacement
-# made by torch 2.11 and 2.12 does not.
+# made by torch 2.11 does not (2.13 gives it the add's).
 TRACED_META = ("from_node", "source_fn_stack", "stack_trace", "seq_nr")
 
 
 def folded_by_inductor(node: fx.Node) -> bool:
     """Whether ``node`` (an addmm) is a pattern's replacement of an add.
 
-    From torch 2.13 the replacement takes the add's meta: its
+    On torch 2.13 the replacement takes the add's meta: its
     ``original_aten`` is the add.  Compared by name: it need not be
     ``aten.add.Tensor`` itself (on torch 2.13 it is another object of that
-    overload, and ``==`` is ``is``).  Torch 2.11 and 2.12 give it the meta of
+    overload, and ``==`` is ``is``).  Torch 2.11 gives it the meta of
     its own trace alone (``original_aten`` the addmm, no ``from_node``), which
     a model's own addmm always has beside it (as on the GPU image's torch 2.11).
     """
