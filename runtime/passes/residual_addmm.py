@@ -103,9 +103,9 @@ def folded_by_inductor(node: fx.Node) -> bool:
     On torch 2.13 the replacement takes the add's meta: its
     ``original_aten`` is the add.  Compared by name: it need not be
     ``aten.add.Tensor`` itself (on torch 2.13 it is another object of that
-    overload, and ``==`` is ``is``).  Torch 2.11 gives it the meta of
-    its own trace alone (``original_aten`` the addmm, no ``from_node``), which
-    a model's own addmm always has beside it (as on the GPU image's torch 2.11).
+    overload, and ``==`` is ``is``).  Torch 2.11 (the GPU image's) gives it
+    its own trace's meta alone: ``original_aten`` the addmm and none of
+    ``TRACED_META``, which an addmm traced from the model carries.
     """
     original = node.meta.get("original_aten")
     if not isinstance(original, OpOverload):
