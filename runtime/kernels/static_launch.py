@@ -41,8 +41,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable
-from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -299,39 +298,6 @@ class PrebuiltKernels:
             self._tell(f"write {folder}", f"cannot save kernels in {folder} ({exc})")
 
 
-class Launch(NamedTuple):
-    """How an op launches its kernel: ``kernels`` None, the prebuilt one saved
-    for ``key``; else through Triton's ``kernels`` module, saving what it
-    compiles under ``key`` unless that is None."""
-
-    key: tuple[Any, ...] | None
-    kernels: ModuleType | None
-
-
-def choose_launch(
-    prebuilt: PrebuiltKernels,
-    kernels: ModuleType | None,
-    import_kernels: Callable[[], ModuleType | None],
-    key_of: Callable[[int, tuple[Any, ...], Any], tuple[Any, ...]],
-    device: int,
-    arguments: tuple[Any, ...],
-    constexprs: Any,
-) -> Launch | None:
-    """An op's launch: its prebuilt kernel for ``key_of(device, arguments,
-    constexprs)`` when one is saved, else Triton's (``kernels`` when given: a
-    test's, never saved; else ``import_kernels()``); None when Triton cannot be
-    imported either, and the op runs its torch implementation.  The key's
-    parts are passed, not a closure over them: this runs at every launch."""
-    key = None
-    if kernels is None and enabled():
-        # NOTE: [an op's Triton kernel without Triton]
-        key = key_of(device, arguments, constexprs)
-        if prebuilt.ready(key):
-            return Launch(key, None)
-    kernels = kernels if kernels is not None else import_kernels()
-    return None if kernels is None else Launch(key, kernels)
-
-
 # NOTE: [a prebuilt kernel launches on its tensors' device]
 # The static launcher launches in the CUDA context current on the thread, and a
 # function loaded for cuda:1 (NOTE: [loading a cubin through torch's static
@@ -361,9 +327,7 @@ def launcher_for(device: int) -> Callable[..., Any]:
 
 
 __all__ = [
-    "Launch",
     "PrebuiltKernels",
-    "choose_launch",
     "enabled",
     "launcher_for",
     "specialization_key",

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from types import ModuleType
 from typing import Any
 
 from . import static_launch
-from .attention import ATTENTION_OP, AttentionCall, run_reference
+from .attention import ATTENTION_OP, AttentionCall
+from .op_kernel import launch_of
 from .optional_kernels import optional_kernels
 from .schema import register_cuda
 
@@ -44,27 +46,14 @@ def decode_attention(*args: Any, kernels: ModuleType | None = None) -> None:
     """Launch the Triton kernel (any device Triton runs on, its interpreter too);
     ``args``: :class:`AttentionCall`'s fields in order, as the op is called."""
     call = AttentionCall(*args)
-    if call.q.shape[0] == 0:
-        return
-    if not kernel_supports(call):
-        run_reference(call)
-        return
-    grid, arguments, constexprs = kernel_arguments(call)
-    chosen = static_launch.choose_launch(
-        PREBUILT,
-        kernels,
-        triton_kernels,
-        specialization_key,
-        call.q.device.index,
-        arguments,
-        constexprs,
-    )
+    chosen = launch_of(sys.modules[__name__], call, call.q, kernels)
     if chosen is None:
-        run_reference(call)
-    elif chosen.kernels is None:
-        PREBUILT.launch(chosen.key, (*grid, 1), (*arguments, *constexprs))
+        return
+    key, found, grid, arguments, constexprs = chosen
+    if found is None:
+        PREBUILT.launch(key, (*grid, 1), (*arguments, *constexprs))
     else:
-        launch(chosen.kernels, grid, arguments, constexprs, chosen.key)
+        launch(found, grid, arguments, constexprs, key)
 
 
 def kernel_arguments(

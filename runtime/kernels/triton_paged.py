@@ -19,14 +19,16 @@ implementation does.
 from __future__ import annotations
 
 import os
+import sys
 from types import ModuleType
 from typing import Any
 
 import torch
 
 from . import static_launch
+from .op_kernel import launch_of
 from .optional_kernels import optional_kernels
-from .paged_attention import PAGED_ATTENTION_OP, PagedCall, run_reference, write_cache
+from .paged_attention import PAGED_ATTENTION_OP, PagedCall, write_cache
 from .schema import register_cuda
 
 
@@ -59,32 +61,18 @@ def paged_attention_triton(*args: Any, kernels: ModuleType | None = None) -> Non
     process.
     """
     call = PagedCall(*args)
-    if call.query.shape[0] == 0:
-        return
-    if not kernel_supports(call):
-        run_reference(call)
-        return
-    grid, arguments, constexprs = kernel_arguments(call)
-    chosen = static_launch.choose_launch(
-        PREBUILT,
-        kernels,
-        triton_kernels,
-        specialization_key,
-        call.query.device.index,
-        arguments,
-        constexprs,
-    )
+    chosen = launch_of(sys.modules[__name__], call, call.query, kernels)
     if chosen is None:
-        run_reference(call)
         return
+    key, found, grid, arguments, constexprs = chosen
     if call.read_after_write:
         write_cache(call)
-    if chosen.kernels is None:
-        PREBUILT.launch(chosen.key, (*grid, 1), (*arguments, *constexprs.values()))
+    if found is None:
+        PREBUILT.launch(key, (*grid, 1), (*arguments, *constexprs.values()))
     else:
-        compiled = chosen.kernels.paged_attention_kernel[grid](*arguments, **constexprs)
-        if chosen.key is not None:
-            PREBUILT.save(chosen.key, compiled)
+        compiled = found.paged_attention_kernel[grid](*arguments, **constexprs)
+        if key is not None:
+            PREBUILT.save(key, compiled)
     if not call.read_after_write:
         write_cache(call)
 
