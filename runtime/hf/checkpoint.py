@@ -245,6 +245,7 @@ def _load_model(
     import transformers.utils.logging as hf_logging
 
     cls = _model_class(config)
+    device_map = _device_map(device)
     # NOTE: [the checkpoint's own report]: transformers logs a table of the
     # weights it missed or reshaped, then loads them at random (missing) or
     # raises pointing at that table (mismatched).  Both become one error here
@@ -258,7 +259,7 @@ def _load_model(
             state_dict=tensors,
             dtype="auto",
             attn_implementation=attn,
-            device_map=_device_map(device),
+            device_map=device_map,
             ignore_mismatched_sizes=True,
             output_loading_info=True,
         )
@@ -272,7 +273,7 @@ def _load_model(
         hf_logging.set_verbosity(verbosity)
     _check_loaded(folder, type(model).__name__, info)
     _load_generation_config(folder, model)
-    if device.type != "cpu" and _device_map(device) is None:
+    if device_map is None and device.type != "cpu":
         model.to(device)
     return model
 

@@ -5,16 +5,16 @@ NOTE: [pre-started compile workers]
 A spawned worker pays for a fresh interpreter, torch's and Inductor's imports,
 the vector ISA probe and Inductor's build pools: seconds that a tiered
 start used to wait for after the backend call began.
-A :class:`SpawnedPool` starts its workers when the backend is made (where they
-will be spawned: ``pipeline/tiered/pool_choice.likely_spawned``) or, at the latest, when a cold backend
-call begins, each forked by the pool's fork server once that has imported
-and probed (NOTE: [a fork server for compile workers]; ``workers/pool_server.py``),
-or, without one, each a fresh interpreter, and each waits on its stdin for a job once its imports are
-done (its ISA probe may still run beside that job: NOTE: [a compile waits
-for the probe only where it asks]).  A job
-is whatever the worker's module reads (for a tiered start, a group of pieces:
-``pipeline/tiered/spawned_workers.py``); when it is reported in full
-the worker goes back to the pool, for the next backend call (vLLM and
+A :class:`SpawnedPool` starts its workers when the backend is made (where
+they will be spawned: ``pipeline/tiered/pool_choice.likely_spawned``) or, at
+the latest, when a cold backend call begins, each forked by the pool's fork
+server once that has imported and probed (NOTE: [a fork server for compile
+workers]; ``workers/pool_server.py``), or, without one, each a fresh
+interpreter, and each waits on its stdin for a job once its imports are done
+(its ISA probe may still run beside that job: NOTE: [a compile waits for the
+probe only where it asks]).  A job is whatever the worker's module reads (for
+a tiered start, a group of pieces: ``pipeline/tiered/spawned_workers.py``);
+when it is reported in full the worker goes back to the pool, for the next backend call (vLLM and
 transformers' engine compile several graphs).  The pool, not the worker,
 decides when an idle worker leaves (``idle_s`` after its last job it closes the
 worker's stdin), so a job is never sent to a worker that chose to exit.  A
@@ -45,9 +45,9 @@ workers start with ``os.fork`` or ``subprocess``, never through
 choose them.  Where a worker cannot be started, the pool remembers why
 (:meth:`SpawnedPool.refuse`, for forked workers too) and says it in one
 warning; that call's pieces compile in this process, as a cold start compiles
-them (``compile_workers.start_workers``, or before the split where the pool
-failed to start), and every later graph of the backend compiles so without
-trying again (``deferred.tiered_off``).  Never a crash, never a wait.
+them (``pipeline/tiered/compile_workers.start_workers``, or before the split
+where the pool failed to start), and every later graph of the backend
+compiles so without trying again (``pipeline/tiered/deferred.tiered_off``).  Never a crash, never a wait.
 """
 
 from __future__ import annotations
