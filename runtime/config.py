@@ -53,7 +53,7 @@ __all__ = [
 # transformers integration's op (attn_implementation="stitch", stitch.runtime.hf)
 # and PyTorch's own SDPA (transformers' default "sdpa" attention; the name also
 # matches the torch function Dynamo keeps for it).  Most models hold only one of
-# them, so a default that matches nothing never warns (splitting.py).
+# them, so a default that matches nothing never warns (pipeline/split_warnings.py).
 DEFAULT_SPLITTING_OPS = (
     "stitch::attention",
     "stitch::hf_attention",

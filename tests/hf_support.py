@@ -177,7 +177,7 @@ def check_splits(run: FamilyRun) -> None:
             assert op in targets, (report.name, targets)
     unsplit = [w for w in run.warnings if "no splitting op" in w]
     if op is None:
-        # NOTE: [nothing to split where there is attention] in splitting.py
+        # NOTE: [nothing to split where there is attention] in split_warnings.py
         assert len(unsplit) == 1, run.warnings
         assert type(run.model.model).__name__ in unsplit[0], unsplit
         assert (

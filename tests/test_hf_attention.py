@@ -1,6 +1,6 @@
 """The ``"stitch"`` attention takes every argument transformers passes, or refuses it by name.
 
-NOTE: [every argument is taken or refused by name] in runtime/hf/attention.py.
+NOTE: [every argument is taken or refused by name] in runtime/hf/attn_implementation.py.
 The features SDPA lacks (attention sinks, logit softcapping, position
 biases) are checked against transformers' own functions for them: GPT-OSS's
 and Gemma 2's eager attention, and its SDPA path with a position bias.
@@ -24,7 +24,7 @@ from transformers.models.gpt_oss import modeling_gpt_oss  # noqa: E402
 from transformers.utils.generic import TransformersKwargs  # noqa: E402
 
 from stitch.core.errors import StitchRuntimeError  # noqa: E402
-from stitch.runtime.hf.attention import (
+from stitch.runtime.hf.attn_implementation import (
     ARGUMENTS,
     stitch_attention_forward,
 )  # noqa: E402
@@ -87,7 +87,7 @@ def test_every_keyword_transformers_passes_is_known() -> None:
     }
     assert unknown == {}, (
         f"transformers {transformers.__version__} passes attention functions "
-        f"keywords runtime/hf/attention.py does not know: {unknown}; implement or "
+        f"keywords runtime/hf/attn_implementation.py does not know: {unknown}; implement or "
         "refuse each (ARGUMENTS)"
     )
 

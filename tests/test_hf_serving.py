@@ -30,7 +30,10 @@ from stitch.runtime import (  # noqa: E402
 )
 from stitch.runtime.cudagraph import CUDAGraphManager, EmulatedGraphOps  # noqa: E402
 from stitch.runtime.hf import build_model  # noqa: E402
-from stitch.runtime.hf.attention import K_CACHE, stitch_attention_forward  # noqa: E402
+from stitch.runtime.hf.attn_implementation import (
+    K_CACHE,
+    stitch_attention_forward,
+)  # noqa: E402
 from stitch.runtime.hf.serving import (  # noqa: E402
     PAD_VALUES,
     attach_kv_caches,

@@ -259,7 +259,7 @@ class AttentionStack(torch.nn.Module):
 def test_attention_modules_with_nothing_to_split_warn_once_naming_them(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """NOTE: [nothing to split where there is attention] in splitting.py."""
+    """NOTE: [nothing to split where there is attention] in split_warnings.py."""
     torch._dynamo.reset()
     backend = StitchBackend(backend="eager", disable_cache=True)
     model = AttentionStack().eval()

@@ -130,7 +130,7 @@ def test_serving_first_watches_a_worker_starting_or_at_work_never_idle(
         assert until(lambda: not controller().running, 5.0)
         worker = pool.take()
         assert worker.pid == pid
-        controller().watch(pid)  # as compile_workers.start_workers does at a launch
+        controller().watch(pid)  # as compile_workers.launch_workers does at a launch
         assert controller().running
         pool.give_back(worker)  # its job reported in full
         assert pid not in controller().workers

@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - the extra is not installed
     ) from exc
 
 from ..kernels import HF_ATTENTION_OP, PAGED_ATTENTION_OP
-from .attention import ATTN_IMPLEMENTATION, stitch_attention_forward
+from .attn_implementation import ATTN_IMPLEMENTATION, stitch_attention_forward
 from .engine import continuous_batching_config, route_paged_attention
 from .registration import register
 from .serving import (

@@ -91,7 +91,7 @@ from stitch.core.errors import StitchConfigError, StitchRuntimeError
 from ..kernels.paged_attention import PAGED_ATTENTION_OP
 from ..pipeline.api import is_attention
 from .admission import scheduler_type
-from .attention import ARGUMENTS, _short, _sinks, _where
+from .attn_implementation import ARGUMENTS, _short, _sinks, _where
 from .engine_compat import (
     ENGINE_KEYWORDS,
     PAGED_CACHE,

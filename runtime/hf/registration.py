@@ -17,7 +17,7 @@ import torch
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
 from ..pipeline.api import dispatches_through_transformers, is_attention
-from .attention import ATTN_IMPLEMENTATION, stitch_attention_forward
+from .attn_implementation import ATTN_IMPLEMENTATION, stitch_attention_forward
 
 
 def register() -> None:
@@ -54,7 +54,7 @@ def register() -> None:
 # calls too: for "stitch" it refuses a model class whose modeling module holds
 # attention classes that do not dispatch through transformers' attention
 # functions, as the splitting warnings judge them (``dispatches_through_transformers``
-# in runtime/pipeline/splitting.py); for any other name it calls transformers'
+# in runtime/pipeline/split_warnings.py); for any other name it calls transformers'
 # method with the same arguments, untouched.  It is the one change Stitch makes
 # to transformers outside its registries; the wrapper is marked, so it is
 # installed once.  Feature-detected: a transformers without the method gets a

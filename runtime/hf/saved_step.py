@@ -63,7 +63,7 @@ from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
 from ..pipeline.tiered.controls import asks_tiered, finish_before_exit
 from ..saved.aot import AOTCompiledModel, aot_compile
-from .attention import _short
+from .attn_implementation import _short
 from .engine_compat import ENGINE_KEYWORDS, PAGED_CACHE, cache_layout, untested_failure
 from .trace_apart import containers_copy, structure_copy
 

@@ -3,7 +3,7 @@
 :func:`attach_kv_caches` gives every attention module of a model built with
 ``attn_implementation="stitch"`` its own KV cache buffers; from then on the
 ``"stitch"`` attention runs ``stitch::attention`` over them, one decode token
-per row (NOTE: [the token layout] in attention.py), and the model can run
+per row (NOTE: [the token layout] in attn_implementation.py), and the model can run
 under Stitch's CUDA graphs: the caches are module state that padding never
 copies, and every input and output has the token count as dim 0.  A forward::
 
@@ -23,7 +23,7 @@ import torch
 
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
-from .attention import ATTN_IMPLEMENTATION, K_CACHE, V_CACHE
+from .attn_implementation import ATTN_IMPLEMENTATION, K_CACHE, V_CACHE
 from .registration import register
 
 # The pad value of each padded input (CompilationConfig.cudagraph_pad_values):

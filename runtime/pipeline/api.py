@@ -17,7 +17,7 @@ from .inductor_warmup import start_inductor_warmup
 from .piecewise import PiecewiseBackend
 from .saved_function import StitchFunction, load_reference, reference_root
 from .saved_reference import index_sha256, parse_reference, reference_entry
-from .splitting import dispatches_through_transformers, is_attention
+from .split_warnings import dispatches_through_transformers, is_attention
 
 __all__ = [
     "ArtifactSource",

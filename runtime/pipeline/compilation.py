@@ -166,7 +166,9 @@ class Compilation:
         self.artifact_source(None)
 
     def artifact_source(self, cache: CompileCache | None) -> None:
-        """The call's artifact source (NOTE: [pre-started compile workers])."""
+        """The call's artifact source (a cold tiered call that spawns its
+        workers has its pool start them now: NOTE: [pre-started compile
+        workers])."""
         self.source = prepare_compiles(
             self.config,
             self.example_inputs,

@@ -4,7 +4,7 @@ NOTE: [one policy for splitting]
 Splitting involves three steps that must agree on one matcher: rewriting
 the splitting SDPA calls' inputs before the graph key is taken (so the key
 covers the rewrite; ``sdpa_inputs.py``), warning once per backend about a
-splitting op that matched nothing (``splitting.py``), and the split itself
+splitting op that matched nothing (``split_warnings.py``), and the split itself
 (``codegen.split_graph``).  A backend holds one policy for all its graphs;
 the policy's matcher comes from ``CompilationConfig.splitting_ops``, which
 the config hash covers.
@@ -23,7 +23,7 @@ from stitch.codegen.split import SplitItem
 
 from ..config import CompilationConfig
 from .sdpa_inputs import rewrite_splitting_sdpa
-from .splitting import SplittingOpWarnings
+from .split_warnings import SplittingOpWarnings
 
 
 class SplitPolicy:

@@ -36,7 +36,7 @@ CONFIG_ENV = "STITCH_VLLM_CONFIG"
 # CompilationConfig._attention_ops in vLLM lists every op its piecewise mode
 # splits at (attention of each kind, Mamba mixers, short convolutions, linear
 # attention).  A model holds one or two of them, so these defaults never warn
-# one by one when they match nothing (splitting.py); an op the user names does.
+# one by one when they match nothing (pipeline/split_warnings.py); an op the user names does.
 FALLBACK_SPLITTING_OPS = (
     "vllm::unified_attention_with_output",
     "vllm::unified_mla_attention_with_output",

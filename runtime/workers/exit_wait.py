@@ -78,8 +78,8 @@ class Compiling(Protocol):
 INTERRUPTED_WAIT_S = 2.0
 
 
-# The tiers whose workers may still compile (NOTE: [a process that exits
-# normally waits for its workers]).
+# The groups (a tiered start's tiers) whose workers may still compile (NOTE:
+# [a process that exits normally waits for its workers]).
 _COMPILING: weakref.WeakSet[Compiling] = weakref.WeakSet()
 # The traces under way whose backend calls may start a tier, their labels, and
 # what makes each hurry (None: nothing).
@@ -88,11 +88,11 @@ _TRACING: dict[
 ] = {}
 
 
-def wait_at_exit(tier: Compiling) -> None:
-    """Wait for ``tier``'s workers when this process exits normally (one
-    ``atexit`` hook for every tier, registered with the first)."""
+def wait_at_exit(group: Compiling) -> None:
+    """Wait for ``group``'s workers when this process exits normally (one
+    ``atexit`` hook for every group, registered with the first)."""
     _hook()
-    _COMPILING.add(tier)
+    _COMPILING.add(group)
 
 
 def finish_before_exit(
@@ -101,7 +101,7 @@ def finish_before_exit(
     hurry: Callable[[], None] | None = None,
 ) -> None:
     """Let ``trace`` (a backend call under way in another thread, ``label``
-    naming it) end before an exit waits for the tiers, since it may start one;
+    naming it) end before an exit waits for the groups, since it may start one;
     ``hurry`` first, where it waits for something an exit will not bring (a
     build waiting for a forward: NOTE: [Dynamo's graph serves while the
     stitching is built])."""
@@ -122,7 +122,7 @@ def wait_compiled(timeout: float | None = None) -> bool:
         concurrent.futures.wait([trace], timeout=_left(deadline))
         if not trace.done():
             return False
-    return all(tier.wait(_left(deadline)) for tier in list(_COMPILING))
+    return all(group.wait(_left(deadline)) for group in list(_COMPILING))
 
 
 def _hook() -> None:
@@ -132,7 +132,7 @@ def _hook() -> None:
 
 
 def land_before_exit(limit: float | None = None) -> bool:
-    """Wait for every trace under way, then every tier's workers, as a
+    """Wait for every trace under way, then every group's workers, as a
     process's exit does (NOTE: [a process that exits normally waits for its
     workers]); also for a process about to end with ``os._exit``, which runs
     no ``atexit`` hook.  ``limit``: seconds at most, then the workers are
@@ -164,8 +164,8 @@ def land_before_exit(limit: float | None = None) -> bool:
                     label,
                     limit,
                 )
-        for tier in list(_COMPILING):
-            _land_before_exit(tier, deadline)
+        for group in list(_COMPILING):
+            _land_before_exit(group, deadline)
     except KeyboardInterrupt:
         _stop_workers("at Ctrl+C")
         return not _TRACING
@@ -174,16 +174,16 @@ def land_before_exit(limit: float | None = None) -> bool:
     return not _TRACING
 
 
-def _land_before_exit(tier: Compiling, deadline: float | None) -> None:
+def _land_before_exit(group: Compiling, deadline: float | None) -> None:
     """NOTE: [a process that exits normally waits for its workers]."""
-    if not tier.wait(0):
+    if not group.wait(0):
         controller().release()  # NOTE: [serving first]: never wait on a paused worker
-        waiting = sorted(set(tier.backends) - tier.reported)
+        waiting = sorted(set(group.backends) - group.reported)
         log.warning(
             "stitch: %s: waiting for its compile workers to land %d piece%s (%s) "
             "before exiting, so that the next start finds them%s; Ctrl+C stops "
             "them now, and the next start compiles what is missing",
-            tier.label,
+            group.label,
             len(waiting),
             "" if len(waiting) == 1 else "s",
             ", ".join(waiting),
@@ -191,35 +191,35 @@ def _land_before_exit(tier: Compiling, deadline: float | None) -> None:
         )
         while True:
             left = _left(deadline)
-            if tier.wait(1.0 if left is None else min(1.0, left)):
+            if group.wait(1.0 if left is None else min(1.0, left)):
                 break
-            if not any(map(_running, tier.pids)):
+            if not any(map(_running, group.pids)):
                 break  # a worker that ended reported, or its reader gives up
             if left is not None and left <= 0:
                 return
-    tier.complete_at_exit()
+    group.complete_at_exit()
 
 
 def _stop_workers(why: str) -> None:
-    """Stop every tier's workers that still compile, their families with them
+    """Stop every group's workers that still compile, their families with them
     (NOTE: [an exit the user asked for waits at most seconds])."""
     controller().release()
-    for tier in list(_COMPILING):
-        left = sorted(set(tier.backends) - tier.reported)
+    for group in list(_COMPILING):
+        left = sorted(set(group.backends) - group.reported)
         if not left:
             continue
-        tier.stopping = True
-        pids = [q for pid in tier.pids if pid != os.getpid() for q in family(pid)]
+        group.stopping = True
+        pids = [q for pid in group.pids if pid != os.getpid() for q in family(pid)]
         signal_all(pids, signal.SIGKILL)
         log.warning(
             "stitch: %s: exiting %s without %d piece%s still compiling (%s): the "
             "cache keeps the %d that landed, and the next start compiles the rest",
-            tier.label,
+            group.label,
             why,
             len(left),
             "" if len(left) == 1 else "s",
             ", ".join(left),
-            len(tier.reported) - len(tier.failed),
+            len(group.reported) - len(group.failed),
         )
 
 

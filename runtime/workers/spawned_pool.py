@@ -45,7 +45,7 @@ workers start with ``os.fork`` or ``subprocess``, never through
 choose them.  Where a worker cannot be started, the pool remembers why
 (:meth:`SpawnedPool.refuse`, for forked workers too) and says it in one
 warning; that call's pieces compile in this process, as a cold start compiles
-them (``pipeline/tiered/compile_workers.start_workers``, or before the split
+them (``pipeline/tiered/compile_workers.Launched.serve``, or before the split
 where the pool failed to start), and every later graph of the backend
 compiles so without trying again (``pipeline/tiered/deferred.tiered_off``).  Never a crash, never a wait.
 """

@@ -28,7 +28,7 @@ def load_prebuilt_or_none(
 ) -> Runnable | None:
     """The prebuilt runnable of the artifact at ``path``, or None: load it through
     Inductor.  A damaged prebuilt file is one warning naming it (``faults``: the
-    files already reported), never loaded; the Inductor load rewrites it."""
+    files already reported), never loaded; the Inductor load then rewrites it."""
     # Imported here: a process that never loads a piece never imports them.
     from ...store.extras import ExtraFileError
     from ...store.location import entry_of_artifact
@@ -36,10 +36,11 @@ def load_prebuilt_or_none(
     from .load import NO_RECORD, PrebuiltUnavailable, load_prebuilt
 
     entry = entry_of_artifact(path)
-    what = os.path.relpath(path, entry)
-    foreseen = (StitchError, PrebuiltUnavailable)  # handled below: NOTE: [a
-    # warm load that fails compiles instead] (unavailable: no record, another GPU)
     try:
+        # NOTE: [a warm load that fails compiles instead] (warm_load.py)
+        what = os.path.relpath(path, entry)
+        # Unavailable (no record, another machine) and damaged are foreseen below.
+        foreseen = (StitchError, PrebuiltUnavailable)
         with warm_step(entry, "prebuilt records", what, foreseen):
             runnable = load_prebuilt(path, sha256)
     except PrebuiltUnavailable as exc:

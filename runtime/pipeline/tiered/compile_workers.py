@@ -74,19 +74,6 @@ def start_tier(
     runs uncompiled, their workers started."""
     c = call
     deferred = c.source.deferred
-    tier = Tier(
-        c.config,
-        cache,
-        c.source,
-        backends,
-        deferred,
-        c.range_warnings,
-        start,
-        f"graph {graph_key[:12]}",
-        dispatch=(getattr(fn, "__kwdefaults__", None) or {}).get(DISPATCH_NAME),
-        cuda_graphs=getattr(fn, "graphs", None),  # a PaddedRunner's
-        held_guards=frozenset(c.entry_guards.held()),
-    )
     units = _units(c, compiled, layouts, deferred)
     method = c.worker_start
     # What a forked worker runs, and this process where none can be started.
@@ -107,17 +94,31 @@ def start_tier(
         launch = forker(compile_one, c.entry_guards.shape_env)
     fleet = c.fleet
     waiting = fleet.waiting is not None
-    tier.pids, go = start_workers(
-        tier,
+    # The workers start before the tier exists; what they report waits in
+    # their pipes until its readers start (``Launched.serve``).
+    launched = launch_workers(
         units,
         c.config.compile_workers or default_workers(len(units)),
         Starts(launch, c.spawned_pool, compile_one),
-        method,
         gated=waiting,
     )
-
-    _follow_fleet(tier, fleet, cache, go if waiting else None)
-    tier.returned_at = time.perf_counter() - start
+    tier = Tier(
+        c.config,
+        cache,
+        c.source,
+        backends,
+        deferred,
+        c.range_warnings,
+        start,
+        f"graph {graph_key[:12]}",
+        dispatch=(getattr(fn, "__kwdefaults__", None) or {}).get(DISPATCH_NAME),
+        cuda_graphs=getattr(fn, "graphs", None),  # a PaddedRunner's
+        held_guards=frozenset(c.entry_guards.held()),
+        pids=launched.pids,
+        returned_at=time.perf_counter() - start,
+    )
+    launched.serve(tier, method)
+    _follow_fleet(tier, fleet, cache, launched.go if waiting else None)
     wait_at_exit(tier)  # NOTE: [a process that exits normally waits for its workers]
     if tier.pids:
         say_still_compiling(tier)  # NOTE: [say what is still compiling]
@@ -190,77 +191,96 @@ class Starts:
     here: CompileOne
 
 
-def start_workers(
-    tier: Tier,
-    units: Sequence[UnitJob],
-    workers: int,
-    starts: Starts,
-    method: str = "fork",
-    gated: bool = False,
-) -> tuple[list[int], Callable[[bool], None]]:
-    """Start ``workers`` processes for ``units`` (dealt in turn, each unit to
-    one worker): their pids, and ``go``.  ``gated`` workers wait for
-    ``go(True)`` to compile, or ``go(False)`` to exit (another replica's entry
-    came); others start now.  A group whose worker the OS refuses compiles
-    here, before this returns."""
-    groups = [list(units[i::workers]) for i in range(workers)]
-    names = piece_names(units)
-    nice = niceness()
-    pids, gates = [], []
-    here: list[UnitJob] = []
-    for group in groups:
-        if not group:
-            continue
-        group_names = piece_names(group)
-        try:
-            worker = starts.launch(group, nice, gated)
-        except OSError as exc:
-            # NOTE: [a process that cannot start compile workers]
-            starts.pool.refuse(f"{type(exc).__name__}: {exc}")
-            here += group
-            continue
-        except Exception as exc:  # noqa: BLE001 - those pieces stay uncompiled
-            for name in group_names:
-                tier.give_up(
-                    name,
-                    f"its compile worker could not be started ({type(exc).__name__}: "
-                    f"{exc})",
-                )
-            continue
-        if gated:
-            gates.append(worker.gate)
-        pids.append(worker.pid)
-        controller().watch(worker.pid)  # NOTE: [serving first]
-        threading.Thread(
-            target=_read,
-            args=(tier, worker, group_names),
-            name=f"stitch-compile-reader-{worker.pid}",
-            daemon=True,
-        ).start()
-    if pids:
-        log.info(
-            "stitch: %d pieces %s in %d %s worker%s (pids %s) while the graph runs "
-            "them uncompiled",
-            len(names) - len(piece_names(here)),
-            "wait for the fleet's entry, else compile" if gated else "compile",
-            len(pids),
-            "spawned" if method == "spawn" else "forked",
-            "" if len(pids) == 1 else "s",
-            ", ".join(map(str, pids)),
-        )
-    _compile_here(tier, here, starts.here)
+@dataclasses.dataclass
+class Launched:
+    """A call's workers, started before its tier exists: each with its
+    pieces' names, the units whose worker the OS refused (they compile in
+    this process), the pieces whose worker failed to start and why, and the
+    gates of gated workers."""
 
-    def go(compile: bool) -> None:
-        for fd in gates:
+    workers: list[tuple[Worker, list[str]]]
+    here: list[UnitJob]
+    failed: dict[str, str]
+    gates: list[int]
+    compile_here: CompileOne
+
+    @property
+    def pids(self) -> list[int]:
+        return [worker.pid for worker, _ in self.workers]
+
+    def serve(self, tier: Tier, method: str) -> None:
+        """The workers' reports go to ``tier``; what none compiles is given up
+        or compiled here, before this returns."""
+        for name, why in self.failed.items():
+            tier.give_up(name, why)
+        for worker, names in self.workers:
+            threading.Thread(
+                target=_read,
+                args=(tier, worker, names),
+                name=f"stitch-compile-reader-{worker.pid}",
+                daemon=True,
+            ).start()
+        if self.workers:
+            log.info(
+                "stitch: %d pieces %s in %d %s worker%s (pids %s) while the graph "
+                "runs them uncompiled",
+                sum(len(names) for _, names in self.workers),
+                "wait for the fleet's entry, else compile" if self.gates else "compile",
+                len(self.workers),
+                "spawned" if method == "spawn" else "forked",
+                "" if len(self.workers) == 1 else "s",
+                ", ".join(map(str, self.pids)),
+            )
+        _compile_here(tier, self.here, self.compile_here)
+
+    def go(self, compile: bool) -> None:
+        """Gated workers compile (``compile``) or exit (another replica's
+        entry came)."""
+        for fd in self.gates:
             try:
                 os.write(fd, b"c" if compile else b"q")
             except OSError:
                 pass  # that worker is gone: its reader gives its pieces up
             finally:
                 os.close(fd)
-        gates.clear()
+        self.gates.clear()
 
-    return pids, go
+
+def launch_workers(
+    units: Sequence[UnitJob],
+    workers: int,
+    starts: Starts,
+    gated: bool = False,
+) -> Launched:
+    """Start ``workers`` processes for ``units`` (dealt in turn, each unit to
+    one worker).  ``gated`` workers wait for ``Launched.go(True)`` to
+    compile, or ``go(False)`` to exit (another replica's entry came); others
+    start now."""
+    groups = [list(units[i::workers]) for i in range(workers)]
+    nice = niceness()
+    launched = Launched([], [], {}, [], starts.here)
+    for group in groups:
+        if not group:
+            continue
+        try:
+            worker = starts.launch(group, nice, gated)
+        except OSError as exc:
+            # NOTE: [a process that cannot start compile workers]
+            starts.pool.refuse(f"{type(exc).__name__}: {exc}")
+            launched.here += group
+            continue
+        except Exception as exc:  # noqa: BLE001 - those pieces stay uncompiled
+            why = (
+                f"its compile worker could not be started ({type(exc).__name__}: "
+                f"{exc})"
+            )
+            launched.failed.update(dict.fromkeys(piece_names(group), why))
+            continue
+        if gated:
+            launched.gates.append(worker.gate)
+        controller().watch(worker.pid)  # NOTE: [serving first]
+        launched.workers.append((worker, piece_names(group)))
+    return launched
 
 
 def _compile_here(

@@ -5,12 +5,12 @@ With ``CompilationConfig.tiered_start``, a backend call that finds pieces
 missing from its cache entry does not compile them before it returns.  It
 splits, plans and emits as always, and every missing piece first runs as its
 own GraphModule (``deferred.py``), which computes what the compiled
-piece computes.  Then it forks compile workers (``compile_workers.py``; a
-cold call returns first, a thread doing all this: NOTE: [Dynamo's graph
-serves while the stitching is built]): each runs the ordinary compile of its
-pieces (``Compilation.compile_piece``, Inductor, the artifact saved and its
-prebuilt record written) into the same cache entry, and reports each piece's
-record when it is there.  The serving process loads the piece from the entry with the
+piece computes.  Before it returns, the call forks compile workers
+(``compile_workers.py``; a cold call returns first and does all this on a
+thread: NOTE: [Dynamo's graph serves while the stitching is built]): each
+runs the ordinary compile of its pieces (``Compilation.compile_piece``,
+Inductor, the artifact saved and its prebuilt record written) into the same
+cache entry, and reports each piece's record when it is there.  The serving process loads the piece from the entry with the
 prebuilt loader a warm start uses, runs it beside the uncompiled piece on the
 inputs of that call, and swaps it in where the outputs agree
 (:data:`SWAP_TOLERANCE`): the piece's backend takes the compiled runnables and
@@ -85,6 +85,8 @@ class Tier:
         dispatch: dict[Any, Any] | None = None,
         cuda_graphs: Any = None,
         held_guards: frozenset[str] = frozenset(),
+        pids: Sequence[int] = (),
+        returned_at: float = 0.0,
     ) -> None:
         self.config = config
         self.cache = cache
@@ -109,13 +111,15 @@ class Tier:
         self.swapped_at: dict[str, float] = {}
         self.failed: dict[str, str] = {}
         self._complete: list[Callable[[bool], None]] = []
-        self.returned_at = 0.0
+        # Seconds from ``started`` until the workers had their pieces.
+        self.returned_at = returned_at
         # The function's per-size tables of runnables (loader.SizeTables), if any.
         self.dispatch = dispatch
         # The function's CUDA graphs (cudagraph.FunctionGraphs), if any: NOTE:
         # [uncompiled pieces under CUDA graphs].
         self.cuda_graphs = cuda_graphs
-        self.pids: list[int] = []
+        # The workers compiling the pieces (none: they compiled in this process).
+        self.pids = list(pids)
         # An exit stopped its workers (NOTE: [an exit the user asked for waits
         # at most seconds]): pieces given up now are said once, by the exit.
         self.stopping = False
