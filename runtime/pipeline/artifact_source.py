@@ -29,11 +29,10 @@ from ..store.index import EntryRecord, PieceRecord
 from ..targets import Target
 from .compilers import ADAPTERS, CompilerAdapter, make_adapter
 from .piece_plan import KeyChoice, PiecePlan, StringKeys
+from .piecewise import Runnable
 from .warm_load import WarmLoadFailed, warm_step
 
 log = logging.getLogger("stitch")
-
-Runnable = Callable[..., Any]
 
 
 @dataclasses.dataclass(frozen=True)

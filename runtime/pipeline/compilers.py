@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch.fx as fx
@@ -17,11 +17,10 @@ from ..compat import dynamo, inductor
 from ..counter import compilation_counter
 from .inductor_warmup import inductor_ready, start_inductor_warmup
 from .lifted_floats import floats_marked, specialize_lifted_floats
+from .piecewise import Runnable
 from .prebuilt.record_io import load_prebuilt_or_none, write_prebuilt_record
 
 log = logging.getLogger("stitch")
-
-Runnable = Callable[..., Any]
 
 
 class ArtifactStore(Protocol):

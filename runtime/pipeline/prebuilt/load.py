@@ -55,6 +55,7 @@ from ...store.records import (
     PrebuiltRecord,
     as_data,
 )
+from ..piecewise import Runnable
 from .inductor_stand_ins import (
     PrebuiltUnavailable,
     exec_wrapper,
@@ -68,8 +69,6 @@ from .triton_kernels import (
     load_triton,
     triton_key,
 )
-
-Runnable = Callable[..., Any]
 
 NO_RECORD = "no prebuilt record"
 

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from typing import Any
 
 from stitch.core.errors import StitchCacheError, StitchError
 
 from ...counter import compilation_counter
 from ...store.digests import file_hash
+from ..piecewise import Runnable
 
 log = logging.getLogger("stitch")
-
-Runnable = Callable[..., Any]
 
 
 # Prebuilt records this process refused (warned about once).

@@ -31,10 +31,9 @@ from ...store.artifacts import PREBUILT_DIR
 from ...store.digests import content_hash
 from ...store.extras import Extras
 from ...store.records import TritonKernel
+from ..piecewise import Runnable
 
 KERNELS_DIR = "kernels"
-
-Runnable = Callable[..., Any]
 
 
 def cubin_name(sha256: str) -> str:
