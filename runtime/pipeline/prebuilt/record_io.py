@@ -33,11 +33,11 @@ def load_prebuilt_or_none(
     from .load import NO_RECORD, PrebuiltUnavailable, load_prebuilt
 
     entry = entry_of_artifact(path)
+    what = os.path.relpath(path, entry)
+    # Unavailable (no record, another machine) and damaged are foreseen below.
+    foreseen = (StitchError, PrebuiltUnavailable)
     try:
         # NOTE: [a warm load that fails compiles instead] (warm_load.py)
-        what = os.path.relpath(path, entry)
-        # Unavailable (no record, another machine) and damaged are foreseen below.
-        foreseen = (StitchError, PrebuiltUnavailable)
         with warm_step(entry, "prebuilt records", what, foreseen):
             runnable = load_prebuilt(path, sha256)
     except PrebuiltUnavailable as exc:

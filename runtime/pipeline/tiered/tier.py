@@ -10,7 +10,8 @@ piece computes.  Before it returns, the call forks compile workers
 thread: NOTE: [Dynamo's graph serves while the stitching is built]): each
 runs the ordinary compile of its pieces (``Compilation.compile_piece``,
 Inductor, the artifact saved and its prebuilt record written) into the same
-cache entry, and reports each piece's record when it is there.  The serving process loads the piece from the entry with the
+cache entry, and reports each piece's record when it is there.  The serving
+process loads the piece from the entry with the
 prebuilt loader a warm start uses, runs it beside the uncompiled piece on the
 inputs of that call, and swaps it in where the outputs agree
 (:data:`SWAP_TOLERANCE`): the piece's backend takes the compiled runnables and
