@@ -15,6 +15,9 @@
 # this checkout installed again (editable, no dependencies): it must test this
 # clone, not the one that built it.
 
+# NOTE: [bytecode written in CI] in .ci/run (these scripts also run alone).
+unset PYTHONDONTWRITEBYTECODE
+
 venv_root=${STITCH_CI_VENVS:-${XDG_CACHE_HOME:-$HOME/.cache}/stitch/ci-venvs}
 mkdir -p "$venv_root"
 
