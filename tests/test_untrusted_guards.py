@@ -413,7 +413,7 @@ def populated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     again = later["again"]
     assert again["entry"] == first["entry"], again
     assert not [x for x in again["lines"] if "warm load failed" in x], again
-    return {"root": root, "entry": entry, "size": size, "cases": cases, **later}
+    return {"entry": entry, "size": size, "cases": cases, **later}
 
 
 @pytest.mark.slow

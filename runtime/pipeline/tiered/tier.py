@@ -11,14 +11,14 @@ thread: NOTE: [Dynamo's graph serves while the stitching is built]): each
 runs the ordinary compile of its pieces (``Compilation.compile_piece``,
 Inductor, the artifact saved and its prebuilt record written) into the same
 cache entry, and reports each piece's record when it is there.  The serving
-process loads the piece from the entry with the
-prebuilt loader a warm start uses, runs it beside the uncompiled piece on the
-inputs of that call, and swaps it in where the outputs agree
-(:data:`SWAP_TOLERANCE`): the piece's backend takes the compiled runnables and
-becomes a plain :class:`PiecewiseBackend`, so a swapped piece costs nothing
-more than a cold-compiled one.  A swap happens at the piece's next call, which
-is between two of its calls; the pieces are functions, so a forward that runs
-some pieces compiled and others not computes the same numbers.
+process loads the piece from the entry with the prebuilt loader a warm start
+uses, runs it beside the uncompiled piece on the inputs of that call, and swaps
+it in where the outputs agree (:data:`SWAP_TOLERANCE`): the piece's backend
+takes the compiled runnables and becomes a plain :class:`PiecewiseBackend`, so
+a swapped piece costs nothing more than a cold-compiled one.  A swap happens at
+the piece's next call, which is between two of its calls; the pieces are
+functions, so a forward that runs some pieces compiled and others not computes
+the same numbers.
 
 Workers are processes, not threads: most of Inductor's time is Python, and
 a thread would take the serving process's GIL.  They are forked inside the
