@@ -203,7 +203,7 @@ class Tier:
         backend = self.backends[name]
         backend.__class__ = PiecewiseBackend
         self._drop_runnables()
-        level = logging.INFO if self.stopping else logging.WARNING
+        level = logging.DEBUG if self.stopping else logging.WARNING  # the exit said so
         log.log(level, "stitch: piece %s stays uncompiled: %s", self._name(name), why)
         self._check_landed()
         self._check_settled()
