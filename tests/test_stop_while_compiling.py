@@ -155,8 +155,15 @@ def test_a_second_ctrl_c_ends_a_normal_exits_wait_at_once(tmp_path: Path) -> Non
 # -- transformers' server ---------------------------------------------------------
 
 SERVER = """
-import faulthandler, runpy, signal, sys
+import atexit, faulthandler, runpy, signal, sys
 faulthandler.register(signal.SIGQUIT, all_threads=True)  # where a slow exit waits
+# NOTE: [a server's exit skips the teardown]: the atexit hooks run, the
+# interpreter's teardown (here a module global's __del__) does not.
+atexit.register(lambda: print("test: atexit ran", file=sys.stderr, flush=True))
+class _Teardown:
+    def __del__(self):
+        print("test: teardown ran", file=sys.stderr, flush=True)
+_teardown = _Teardown()
 {hold}
 sys.argv = ["stitch.runtime.hf.serve", *{argv!r}]
 runpy.run_module("stitch.runtime.hf.serve", run_name="__main__", alter_sys=True)
@@ -284,3 +291,5 @@ def test_the_server_with_the_defaults_stops_within_10_s_mid_compile_and_after(
         log.close()  # type: ignore[attr-defined]
     assert "still compiling" not in output, output[-3000:]
     assert "stays uncompiled" not in output, output[-3000:]
+    assert "test: atexit ran" in output, output[-3000:]
+    assert "test: teardown ran" not in output, output[-3000:]
