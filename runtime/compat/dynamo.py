@@ -19,10 +19,6 @@ import torch
 _MARK_ATTRS = ("_dynamo_dynamic_indices", "_dynamo_unbacked_indices")
 
 
-def import_dynamo() -> None:
-    import torch._dynamo  # noqa: F401
-
-
 def marked_dims(t: torch.Tensor) -> set[int]:
     """The dims of ``t`` marked dynamic or unbacked (read without importing Dynamo)."""
     marked: set[int] = set()

@@ -37,10 +37,6 @@ def parse(version: str) -> tuple[int, int]:
 TORCH = parse(torch.__version__)
 
 
-def at_least(major: int, minor: int) -> bool:
-    return TORCH >= (major, minor)
-
-
 def supported_range() -> str:
     return f"{OLDEST[0]}.{OLDEST[1]} to {NEWEST[0]}.{NEWEST[1]}"
 

@@ -18,7 +18,6 @@ import os
 import sys
 from typing import Any
 
-import msgspec
 import torch
 
 from stitch.core.errors import StitchCacheError
@@ -205,7 +204,3 @@ def explain_miss(root: str, entry: str, here: EntryFactors) -> str | None:
         f"nearest entry {location.reference_name(root, folder)} differs in: "
         + "; ".join(diff)
     )
-
-
-def as_dict(factors: EntryFactors) -> dict[str, Any]:
-    return msgspec.to_builtins(factors)

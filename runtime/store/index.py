@@ -57,14 +57,6 @@ Name = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 Count = Annotated[int, msgspec.Meta(ge=0)]
 
 
-class Invalid(Exception):
-    """A record field that does not validate (``field`` names it, ``str`` says why)."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"field {field} {problem}")
-        self.field = field
-
-
 # -- the index ------------------------------------------------------------------------
 
 
