@@ -232,3 +232,60 @@ def test_inductors_list_of_valid_isas_waits_for_the_whole_probe(
     release.set()
     asker.join(60)
     assert got == [["an ISA"]]
+
+
+def test_a_narrow_probe_checks_one_candidate_at_a_time_until_widened() -> None:
+    """NOTE: [a pre-started worker probes narrow until its first job]: a
+    second check waits while the first runs, until ``wide`` is set; then it
+    runs beside the first, which is still running."""
+    from stitch.runtime.compat import isa_probe
+
+    wide, hold = threading.Event(), threading.Event()
+    entered = [threading.Event(), threading.Event()]
+    gate = isa_probe._gate(2, wide)
+
+    def check(i: int) -> bool:
+        entered[i].set()
+        assert hold.wait(60)
+        return True
+
+    threads = [threading.Thread(target=gate, args=(check, i)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    try:
+        first = 0 if entered[0].wait(30) else 1
+        assert entered[first].is_set()
+        # Narrow: the other check does not begin while this one runs (a gate
+        # that let it through would within this settle time).
+        assert not entered[1 - first].wait(0.5)
+        wide.set()
+        assert entered[1 - first].wait(30)  # beside the first, still held
+        assert not hold.is_set()
+    finally:
+        hold.set()
+        for t in threads:
+            t.join(60)
+
+
+def test_a_probe_without_an_event_or_widened_is_not_gated() -> None:
+    from stitch.runtime.compat import isa_probe
+
+    wide = threading.Event()
+    wide.set()
+    for gate in (isa_probe._gate(2, None), isa_probe._gate(2, wide)):
+        meeting = threading.Barrier(2)
+        met = []
+
+        def check(
+            _: int, meeting: threading.Barrier = meeting, met: list[bool] = met
+        ) -> bool:
+            meeting.wait(30)  # both inside at once, or a BrokenBarrierError
+            met.append(True)
+            return True
+
+        threads = [threading.Thread(target=gate, args=(check, i)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert met == [True, True]

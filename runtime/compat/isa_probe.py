@@ -20,9 +20,11 @@ import torch
 RECORDS = "stitch_isa"
 
 
-def probe_cpu_isa(width: int = 0) -> None:
+def probe_cpu_isa(width: int = 0, wide: threading.Event | None = None) -> None:
     """Probe the CPU's vector ISA as Inductor does, its candidates ``width`` at
-    a time (0: as many as this process has cores).
+    a time (0: as many as this process has cores); one at a time until
+    ``wide`` is set, where it is given (NOTE: [a pre-started worker probes
+    narrow until its first job] in pipeline/tiered/spawned_workers.py).
 
     NOTE: [the ISA probe's candidates side by side]
     Inductor tries each vector ISA the CPU reports, one after the other: a
@@ -49,9 +51,30 @@ def probe_cpu_isa(width: int = 0) -> None:
     if len(candidates) > 1 and width > 1:
         from concurrent.futures import ThreadPoolExecutor
 
+        gate = _gate(width, wide)
         with ThreadPoolExecutor(width, thread_name_prefix="stitch-isa") as pool:
-            list(pool.map(_answer, candidates))
+            list(pool.map(lambda isa: gate(_answer, isa), candidates))
     cpu_vec_isa.pick_vec_isa()
+
+
+def _gate(width: int, wide: threading.Event | None) -> Callable[..., bool]:
+    """Run a candidate's check as soon as one of ``width`` places is free:
+    one place until ``wide`` is set, ``width`` after."""
+    if wide is None or wide.is_set():
+        return lambda check, isa: check(isa)
+    places = threading.Semaphore(1)
+
+    def widen() -> None:
+        wide.wait()
+        places.release(width - 1)
+
+    threading.Thread(target=widen, name="stitch-isa-widen", daemon=True).start()
+
+    def gated(check: Callable[[Any], bool], isa: Any) -> bool:
+        with places:
+            return check(isa)
+
+    return gated
 
 
 def _isa_candidates(cpu_vec_isa: Any) -> list[Any]:

@@ -23,6 +23,7 @@ def inductor_ready() -> None:
     [a compile waits for the probe only where it asks])."""
     inductor.import_inductor()
     if _probe is not None and not _asks_wait():
+        widen_probe()  # a compile waits for all of it
         _probe.join()
 
 
@@ -40,6 +41,15 @@ def probe_done() -> None:
 # The ISA probe's thread, once start_inductor_warmup(cpu=True) started it.
 _probe: threading.Thread | None = None
 _probe_lock = threading.Lock()
+# Set: the probe checks its candidates side by side (NOTE: [a pre-started
+# worker probes narrow until its first job] in tiered/spawned_workers.py).
+_wide = threading.Event()
+_wide.set()
+
+
+def widen_probe() -> None:
+    """Let the ISA probe check its candidates side by side from now on."""
+    _wide.set()
 
 
 def _probe_isa() -> None:
@@ -48,14 +58,15 @@ def _probe_isa() -> None:
     # on the one core a pinned serving thread computes on.
     take_cpus(worker_cpus())
     try:
-        isa_probe.probe_cpu_isa()
+        isa_probe.probe_cpu_isa(wide=_wide)
     except Exception:  # noqa: BLE001 - the real compile reports real errors
         log.debug("Inductor ISA probe failed", exc_info=True)
 
 
-def start_inductor_warmup(cpu: bool) -> None:
+def start_inductor_warmup(cpu: bool, narrow: bool = False) -> None:
     """Import Inductor now and, for graphs that run on the CPU, probe its vector ISA
-    in the background (once).
+    in the background (once); ``narrow``: one candidate at a time until
+    :func:`widen_probe`.
 
     NOTE: [Inductor warm-up overlaps the split]
     The first compile or load of C++ kernels in a process probes the CPU's
@@ -101,6 +112,8 @@ def start_inductor_warmup(cpu: bool) -> None:
         inductor.import_isa_probe()
         with _probe_lock:
             if _probe is None:
+                if narrow:
+                    _wide.clear()
                 _probe = threading.Thread(
                     target=_probe_isa, name="stitch-isa-probe", daemon=True
                 )

@@ -18,6 +18,26 @@ on the ``REPORTS`` pipe exactly as a forked worker does, then ``{"done":
 true}``.  A piece it cannot read (an op defined in ``__main__``, a pass that
 does not pickle) is reported as that piece's error, so it stays uncompiled
 with one warning that says why.
+
+NOTE: [a pre-started worker probes narrow until its first job]
+A worker started with the backend imports while the serving process runs
+Dynamo's trace, and its ISA probe (NOTE: [the ISA probe's candidates side by
+side]) used to begin as soon as its imports ended: two compiler processes
+beside the trace, three runnable threads on 2 cores.  Beside the 3-layer
+example's trace on the 2-core machine, that probe cost Dynamo alone's first
+output 1.07 s (median of 7 paired rounds), against 0.30 s for the same
+imports with one candidate at a time and 0.46 s for a mere busy loop
+(docs/performance.md, "What of a spawned worker's start costs the trace").
+So until its first job comes, which the serving process sends only once its
+trace, split and build are done, the worker checks one candidate at a time;
+from the job on, side by side, as a forked worker's probe (begun at its
+first job) checks from its start.  With an empty Inductor cache the probe is
+long (11.5 s side by side, 21 s one at a time, there), so a worker whose
+job comes early has most of it left to run wide, and one whose job comes
+late (32 layers: a trace of 13 s) had it run narrow, and mostly done, during
+the trace.  A compile that must wait for the whole probe (a release without
+``valid_vec_isa_list``: NOTE: [a compile waits for the probe only where it
+asks]) widens it first.
 """
 
 from __future__ import annotations
@@ -45,7 +65,12 @@ from ...workers.priority import take_priority
 from ...workers.proc_family import die_with_parent, ended_by
 from ...workers.spawned_pool import SpawnedPool
 from ..entry import EntryGuards
-from ..inductor_warmup import inductor_ready, probe_done, start_inductor_warmup
+from ..inductor_warmup import (
+    inductor_ready,
+    probe_done,
+    start_inductor_warmup,
+    widen_probe,
+)
 from .piece_jobs import UnitCompiler, UnitJob, piece_names
 from .worker_process import Launch, Worker, compile_and_report
 
@@ -200,7 +225,7 @@ def main(argv: Sequence[str]) -> int:
     for module in (*ALWAYS, *preload):
         importlib.import_module(module)
     size_compile_threads_again()
-    start_inductor_warmup(cpu=cpu)
+    start_inductor_warmup(cpu=cpu, narrow=True)
     inductor_ready()
     warm_compile_pools(triton=not cpu)  # NOTE: [no subprocess pool for C++ kernels]
     # Ready once the probe ends; a job waiting on stdin is read before then
@@ -209,6 +234,8 @@ def main(argv: Sequence[str]) -> int:
     stdin = sys.stdin.buffer
     with os.fdopen(reports, "w", buffering=1) as out:
         while line := stdin.readline():
+            # NOTE: [a pre-started worker probes narrow until its first job]
+            widen_probe()
             header = json.loads(line)
             data = stdin.read(header["bytes"])
             if header["names"]:
