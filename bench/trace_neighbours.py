@@ -9,10 +9,10 @@ Usage::
 Issue 75's spawned rows: a spawned compile worker started with the backend
 imports torch and Inductor and probes the vector ISA while the serving
 process traces.  This bench asks what of that costs the trace.  Each run is
-``bench/under_load.py``'s Dynamo-alone child (``backend="eager"``,
-``dynamic=True``, a fresh process, empty caches; "first output", seconds from
-``torch.compile``), with one neighbour started just before it and killed
-after it:
+``bench/under_load.py``'s Dynamo-alone child, started by its ``run_child``
+(``backend="eager"``, ``dynamic=True``, a fresh process, empty caches; "first
+output", seconds from ``torch.compile``), with one neighbour started just
+before it and killed after it:
 
 - ``none``: no neighbour;
 - ``busy``: ``while True: pass``, one core kept busy with next to no memory;
@@ -26,23 +26,21 @@ after it:
   start as a tiered start's worker makes it.
 
 The runs alternate within each round, so that the machine's drift falls on
-all three alike; the table gives each round's figures, the median, and the
+each alike; the table gives each round's figures, the median, and the
 median of each round's difference from ``none``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
-UNDER_LOAD = Path(__file__).with_name("under_load.py")
-RESULT = "UNDER_LOAD_RESULT "
+from under_load import run_child
+
 NEIGHBOURS = ("none", "busy", "imports", "probe")
 IMPORTS = "import torch, torch._dynamo, torch._inductor.compile_fx\n"
 CODE = {
@@ -54,36 +52,20 @@ CODE = {
 }
 
 
-def neighbour(kind: str, env: dict[str, str]) -> subprocess.Popen[bytes] | None:
-    if kind == "none":
-        return None
-    return subprocess.Popen([sys.executable, "-c", CODE[kind]], env=env)
-
-
-def first_output(subject: str, kind: str) -> float:
-    """One Dynamo-alone child beside ``kind``: its first output, seconds."""
-    cache = tempfile.mkdtemp(prefix=f"trace-{kind}-")
-    env = dict(
-        os.environ,
-        STITCH_CACHE_DIR=cache,
-        TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"),
-    )
-    beside = neighbour(kind, dict(env, TORCHINDUCTOR_CACHE_DIR=cache + "-neighbour"))
+def first_output(subject: str, kind: str, root: str) -> float:
+    """One Dynamo-alone child (``under_load.run_child``, its caches under
+    ``root``) beside ``kind``: its first output, seconds."""
+    beside = None
+    if kind != "none":
+        # The neighbour's Inductor cache is empty and its own.
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tempfile.mkdtemp(dir=root))
+        beside = subprocess.Popen([sys.executable, "-c", CODE[kind]], env=env)
     try:
-        done = subprocess.run(
-            [sys.executable, str(UNDER_LOAD), "--child", subject, "dynamo", "-"],
-            capture_output=True,
-            text=True,
-            env=env,
-        )
+        return float(run_child(subject, "dynamo", "-", root)["first_s"])
     finally:
         if beside is not None:
             beside.kill()
             beside.wait()
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith(RESULT)]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"{subject} beside {kind}: {done.stderr[-3000:]}")
-    return float(json.loads(lines[-1][len(RESULT) :])["first_s"])
 
 
 def main() -> None:
@@ -98,9 +80,10 @@ def main() -> None:
     args = parser.parse_args()
     kinds = ["none", *(k for k in args.neighbours if k != "none")]
     got: dict[str, list[float]] = {kind: [] for kind in kinds}
+    root = tempfile.mkdtemp(prefix="trace-neighbours-")
     for round_ in range(args.rounds):
         for kind in kinds:
-            got[kind].append(first_output(args.subject, kind))
+            got[kind].append(first_output(args.subject, kind, root))
             print(f"round {round_ + 1}: {kind} {got[kind][-1]:.2f} s", flush=True)
     rows = []
     for kind in kinds:
