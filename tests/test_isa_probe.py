@@ -289,3 +289,33 @@ def test_a_probe_without_an_event_or_widened_is_not_gated() -> None:
         for t in threads:
             t.join(60)
         assert met == [True, True]
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.machine() != "x86_64",
+    reason="Inductor probes x86 ISAs one by one only on x86 Linux",
+)
+def test_a_fork_gives_each_candidate_its_flags_from_before_any_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NOTE: [a fork in the middle of a check]: a candidate forked in the
+    middle of an extension's check carries the extension's flag; the forked
+    worker gets back the flags it had before, and no probe thread of the
+    parent's."""
+    from torch._inductor import cpu_vec_isa
+
+    from stitch.runtime.compat import inductor, isa_probe
+    from stitch.runtime.pipeline import inductor_warmup
+
+    inductor.import_isa_probe()  # records each candidate's flags
+    candidates = isa_probe._isa_candidates(cpu_vec_isa)
+    if not candidates:
+        pytest.skip("this CPU reports no x86 vector ISA to check")
+    before = [isa.build_arch_flags() for isa in candidates]
+    for isa in candidates:  # what an extension's check does before it builds
+        monkeypatch.setattr(isa, "_arch_flags", isa._arch_flags + " -mavx512bf16")
+    monkeypatch.setattr(inductor_warmup, "_probe", threading.Thread(target=print))
+    monkeypatch.setattr(inductor_warmup, "_wide", threading.Event())
+    inductor_warmup.forget_probe()  # what a forked worker calls first
+    assert [isa.build_arch_flags() for isa in candidates] == before
+    assert inductor_warmup._probe is None and inductor_warmup._wide.is_set()

@@ -137,6 +137,32 @@ def remember_answers() -> None:
     for isa in _isa_candidates(cpu_vec_isa):
         if "check_build" not in vars(isa):
             isa.check_build = _Remembered(isa)
+            _flags_before_checks[id(isa)] = (isa, getattr(isa, "_arch_flags", None))
+
+
+# Each candidate's compiler flags as they were before any check here changed them.
+_flags_before_checks: dict[int, tuple[Any, str | None]] = {}
+
+
+def forget_checks_in_flight() -> None:
+    """In a process just forked: give each candidate back the flags it had
+    before any check, in case the fork came in the middle of one.
+
+    NOTE: [a fork in the middle of a check]
+    A candidate's check of an extension (AVX-512's bf16, AMX's fp16) adds the
+    extension's flag to the candidate's own flags, checks, and puts back the
+    flags it read.  A process forked while another thread was between the two
+    holds a candidate whose flags carry the extension, with nobody to put them
+    back; its own check would then read them as the base and keep them for
+    every kernel.  A forked compile worker calls this before it checks
+    anything (NOTE: [a worker forked beside a probe] in
+    pipeline/inductor_warmup.py).  A check in flight in the parent leaves
+    nothing else behind: its answer is cached only once it returns, and the
+    next check of the same candidate waits on the parent's lock file, then
+    reuses what it built (Inductor's own ``check_build``)."""
+    for isa, flags in _flags_before_checks.values():
+        if flags is not None:
+            isa._arch_flags = flags
 
 
 def asks_wait_for(probe: Callable[[], threading.Thread | None]) -> bool:

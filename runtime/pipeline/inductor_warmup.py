@@ -121,6 +121,36 @@ def start_inductor_warmup(cpu: bool, narrow: bool = False) -> None:
     inductor.import_inductor()
 
 
+def forget_probe() -> None:
+    """In a forked compile worker: the parent's probe thread did not come along.
+
+    NOTE: [a worker forked beside a probe]
+    A process can fork a tier's workers while a probe it began runs on: a cold
+    call's probe (NOTE: [Inductor warm-up overlaps the split]) that no compile
+    waited for (a graph with no C++ kernel) is still checking when a later
+    graph of the process starts tiered.  The worker inherited the finished
+    thread's handle, so its compile waited for nothing and Inductor checked
+    the candidates one at a time inside it, from whatever state the fork
+    caught (NOTE: [a fork in the middle of a check], compat/isa_probe.py).
+    The worker now forgets the handle, starts its own probe with its first
+    job, side by side, as any worker does, and gives each candidate back its
+    flags from before any check.  A candidate the parent has checked is
+    answered from its record (NOTE: [the ISA probe's answers remembered]);
+    one it is checking waits on Inductor's lock file for that build, then
+    loads it, so nothing is built twice.
+
+    Starting the probe in the serving process at a forked tier's backend
+    call, so that the worker would find it done, was tried and not kept: on 2
+    cores the 32-layer example's last swap came no sooner, one candidate at
+    a time or side by side (docs/performance.md, "The ISA probe from a
+    forked tier's backend call: tried, not kept").
+    """
+    global _probe
+    _probe = None
+    _wide.set()
+    isa_probe.forget_checks_in_flight()
+
+
 def on_cpu(values: Sequence[Any]) -> bool:
     """Whether a graph with these inputs runs (some of) its kernels on the CPU:
     any input tensor on the CPU, or no tensor input at all."""

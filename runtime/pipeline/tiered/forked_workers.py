@@ -18,6 +18,7 @@ from ...workers.priority import take_priority
 from ...workers.proc_family import die_with_parent, ended_status, parent_to_watch
 from ...workers.start_method import forget_the_parents_exit
 from ...workers.worker_cpus import take_cpus, worker_cpus
+from ..inductor_warmup import forget_probe
 from .piece_jobs import UnitJob, piece_names
 from .worker_process import CompileOne, Launch, Worker, compile_and_report
 
@@ -76,6 +77,7 @@ def _work(
         die_with_parent(start.parent)
         forget_the_parents_exit()  # NOTE: [a worker forked while its parent exits]
         forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
+        forget_probe()  # NOTE: [a worker forked beside a probe]
         # NOTE: [a compile worker's priority]
         take_priority(start.nice)
         # NOTE: [the cores a compile worker runs on]
