@@ -311,11 +311,11 @@ def test_a_fork_gives_each_candidate_its_flags_from_before_any_check(
     candidates = isa_probe._isa_candidates(cpu_vec_isa)
     if not candidates:
         pytest.skip("this CPU reports no x86 vector ISA to check")
-    before = [isa.build_arch_flags() for isa in candidates]
+    before = [isa._arch_flags for isa in candidates]
     for isa in candidates:  # what an extension's check does before it builds
         monkeypatch.setattr(isa, "_arch_flags", isa._arch_flags + " -mavx512bf16")
     monkeypatch.setattr(inductor_warmup, "_probe", threading.Thread(target=print))
     monkeypatch.setattr(inductor_warmup, "_wide", threading.Event())
     inductor_warmup.forget_probe()  # what a forked worker calls first
-    assert [isa.build_arch_flags() for isa in candidates] == before
+    assert [isa._arch_flags for isa in candidates] == before
     assert inductor_warmup._probe is None and inductor_warmup._wide.is_set()
