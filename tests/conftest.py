@@ -204,19 +204,14 @@ def pytest_itemcollected(item: pytest.Item) -> None:
 # named keeps its place after them.  Only the order changes, in every run.
 # The extended step's heaviest come first (the README's suite skips them, so
 # their place costs it nothing): the server's soak module above all, three
-# minutes in .ci/run's extended step (NOTE: [CI's extended tests]).  The
-# exits after Ctrl+C (test_stop_while_compiling.py) have 10 s each; beside
-# the soak's 32 clients on 2 cores two of them took longer in one of the two
-# runs of 2026-11-29 that put them there (alone, and in the other, they
-# passed), so they come after four modules that together take longer than
-# the soak (their slowest tests alone add up to more than six minutes).
+# minutes in .ci/run's extended step (NOTE: [CI's extended tests]).
 HEAVIEST_MODULES = (
     "test_hf_serve_requests.py",
+    "test_stop_while_compiling.py",
     "test_tiered.py",
     "test_tiered_default.py",
     "test_fleet_cache.py",
     "test_hf_longcat.py",
-    "test_stop_while_compiling.py",
     "test_hf.py",
     "test_hf_stitch.py",
     "test_distributed.py",

@@ -9,6 +9,7 @@ so "mid-compile" is certain rather than a race with a fast machine."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -39,7 +40,11 @@ if {held}:
 """
 
 SCRIPT = """
-import sys, time, torch
+import signal, sys, time, torch
+# Ctrl+C reaches the script as a terminal's would: a suite started in the
+# background by a shell (``cmd &``, nohup) passes SIGINT on ignored, and
+# Python installs no KeyboardInterrupt handler for an ignored SIGINT.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 {hold}
 from backend_support import INDUCTOR_TOL, TINY, inputs, model_for, run_fresh
@@ -91,10 +96,36 @@ def _interrupt_and_wait(process: subprocess.Popen[str]) -> tuple[int, str]:
     try:
         _, err = process.communicate(timeout=EXIT_S)
     except subprocess.TimeoutExpired:
+        state = _state(process.pid)
         process.kill()
         _, err = process.communicate()
-        pytest.fail(f"no exit within {EXIT_S:.0f} s of Ctrl+C:\n{err[-3000:]}")
+        pytest.fail(
+            f"no exit within {EXIT_S:.0f} s of Ctrl+C ({state}):\n{err[-3000:]}"
+        )
     return process.returncode, err
+
+
+def _state(pid: int) -> str:
+    """What the kernel says of a process that did not exit: its state (``T``:
+    stopped by a signal), signals blocked, ignored and caught, scheduling,
+    affinity, and each thread's state and kernel wait."""
+    lines = []
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.split(":")[0] in (
+                "State",
+                "SigBlk",
+                "SigIgn",
+                "SigCgt",
+                "Cpus_allowed_list",
+            ):
+                lines.append(line.replace("\t", " "))
+        lines.append("sched " + Path(f"/proc/{pid}/sched").read_text().splitlines()[0])
+        for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
+            stat = (task / "stat").read_text().rpartition(")")[2].split()
+            wchan = (task / "wchan").read_text()
+            lines.append(f"thread {task.name} {stat[0]} {wchan}")
+    return "; ".join(lines) or "gone"
 
 
 def _next_start_compiles_what_is_missing(tmp_path: Path) -> None:
