@@ -107,8 +107,8 @@ def _interrupt_and_wait(process: subprocess.Popen[str]) -> tuple[int, str]:
 
 def _state(pid: int) -> str:
     """What the kernel says of a process that did not exit: its state (``T``:
-    stopped by a signal), signals blocked, ignored and caught, scheduling,
-    affinity, and each thread's state and kernel wait."""
+    stopped by a signal), signals blocked, ignored and caught, affinity, and
+    each thread's state and kernel wait."""
     lines = []
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -120,7 +120,6 @@ def _state(pid: int) -> str:
                 "Cpus_allowed_list",
             ):
                 lines.append(line.replace("\t", " "))
-        lines.append("sched " + Path(f"/proc/{pid}/sched").read_text().splitlines()[0])
         for task in sorted(Path(f"/proc/{pid}/task").iterdir()):
             stat = (task / "stat").read_text().rpartition(")")[2].split()
             wchan = (task / "wchan").read_text()

@@ -137,11 +137,13 @@ def remember_answers() -> None:
     for isa in _isa_candidates(cpu_vec_isa):
         if "check_build" not in vars(isa):
             isa.check_build = _Remembered(isa)
-            _flags_before_checks[id(isa)] = (isa, getattr(isa, "_arch_flags", None))
+            if hasattr(isa, "_arch_flags"):
+                _flags_before_checks.append((isa, isa._arch_flags))
 
 
-# Each candidate's compiler flags as they were before any check here changed them.
-_flags_before_checks: dict[int, tuple[Any, str | None]] = {}
+# Each candidate and its compiler flags as they were before any check here
+# changed them (a candidate is wrapped, and recorded, once).
+_flags_before_checks: list[tuple[Any, str]] = []
 
 
 def forget_checks_in_flight() -> None:
@@ -160,9 +162,8 @@ def forget_checks_in_flight() -> None:
     nothing else behind: its answer is cached only once it returns, and the
     next check of the same candidate waits on the parent's lock file, then
     reuses what it built (Inductor's own ``check_build``)."""
-    for isa, flags in _flags_before_checks.values():
-        if flags is not None:
-            isa._arch_flags = flags
+    for isa, flags in _flags_before_checks:
+        isa._arch_flags = flags
 
 
 def asks_wait_for(probe: Callable[[], threading.Thread | None]) -> bool:
