@@ -19,7 +19,8 @@ until every piece has swapped in.
 
 Prints one table per round, seconds after each run's backend call: when each
 phase began and ended (a phase that ran more than once: its first start and
-last end, and the count), then when the last compile ended.  The cold run's
+last end, and the count; each Inductor compile on a row of its own), then
+when the last compile ended.  The cold run's
 pieces compile inside its ``plan`` phase (``Compilation.compile_pieces``).
 """
 
@@ -49,7 +50,8 @@ TIMED = (
     ("stitch.runtime.pipeline.compilers", "InductorAdapter.compile", "compile"),
 )
 ORDER = [label for _, _, label in TIMED[:6]] + ["first output"]
-ORDER += [label for _, _, label in TIMED[6:]]
+ORDER += [label for _, _, label in TIMED[6:8]]
+ORDER += [f"compile {i}" for i in range(1, 9)]
 
 
 def _say(label: str, start: float, end: float) -> None:
@@ -125,7 +127,11 @@ def phases(events: list[dict[str, Any]]) -> dict[str, tuple[float, float, int]]:
     start; Inductor's import only where it imported (later calls return at once)."""
     call = min(e["start"] for e in events if e["label"] == "open")
     out: dict[str, tuple[float, float, int]] = {}
-    for e in events:
+    compiles = 0
+    for e in sorted(events, key=lambda e: e["start"]):
+        if e["label"] == "compile":  # each on a row of its own
+            compiles += 1
+            e = dict(e, label=f"compile {compiles}")
         if e["label"] == "Inductor import" and e["end"] - e["start"] < 0.05:
             continue
         start, end = e["start"] - call, e["end"] - call
@@ -147,6 +153,8 @@ def report(rounds: list[dict[str, dict[str, tuple[float, float, int]]]]) -> str:
     for i, runs in enumerate(rounds, 1):
         rows = []
         for label in ORDER:
+            if all(label not in runs[run] for run in ("cold", "forked")):
+                continue  # fewer compiles than rows
             cells = []
             for run in ("cold", "forked"):
                 got = runs[run].get(label)
@@ -158,7 +166,10 @@ def report(rounds: list[dict[str, dict[str, tuple[float, float, int]]]]) -> str:
                     count = f" (x{got[2]})" if got[2] > 1 else ""
                     cells.append(f"{got[0]:.2f} to {got[1]:.2f}{count}")
             rows.append((label, *cells))
-        last = [runs[run]["compile"][1] for run in ("cold", "forked")]
+        last = [
+            max(end for label, (_, end, _) in runs[run].items() if "compile " in label)
+            for run in ("cold", "forked")
+        ]
         rows.append(("last compile ended", f"{last[0]:.2f}", f"{last[1]:.2f}"))
         lines += [
             f"round {i}, forked at {last[1] / last[0]:.2f}x the cold run's last compile",

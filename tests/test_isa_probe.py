@@ -36,7 +36,10 @@ CHILD = textwrap.dedent("""
     def check_build(self, code):
         with lock:
             checks[0] += 1
-        if probing[0] and not met:
+        # The pick is checked first, alone (NOTE: [the ISA Inductor picks is
+        # probed first]); the others in the probe's pool, side by side.
+        pooled = threading.current_thread().name.startswith("stitch-isa")
+        if probing[0] and pooled and not met:
             try:
                 meeting.wait(timeout=MEET_S)
                 met.append(True)
@@ -61,6 +64,7 @@ CHILD = textwrap.dedent("""
     alone_valid = [str(isa) for isa in alone if bool(isa)]
     print(json.dumps({
         "candidates": [str(isa) for isa in candidates],
+        "after_pick": len(candidates) - 1 - [str(i) for i in candidates].index(picked),
         "side_by_side": bool(met),
         "checks": built,
         "recorded": recorded,
@@ -79,10 +83,10 @@ CHILD = textwrap.dedent("""
 def test_the_probe_builds_its_candidates_side_by_side_and_picks_as_inductor(tmp_path):
     cache = str(tmp_path / "inductor")
     result = probe(cache)
-    if len(result["candidates"]) < 2:
-        pytest.skip(f"this CPU offers one vector ISA: {result['candidates']}")
-    # An empty cache: two of the candidates' checks met, each in a thread of
-    # its own, before either built.
+    if result["after_pick"] < 2:
+        pytest.skip(f"no two vector ISAs after the one picked: {result}")
+    # An empty cache: two of the checks after the pick's met, each in a
+    # thread of its own, before either built.
     assert result["side_by_side"], result
     # The same list as Inductor's, in its order, and its first pick.
     assert result["valid"] == result["alone_valid"], result
@@ -207,31 +211,157 @@ def test_a_compile_begins_beside_the_probe_and_no_check_is_built_twice(tmp_path)
     assert result["picked"] == result["valid"][0], result
 
 
-def test_inductors_list_of_valid_isas_waits_for_the_whole_probe(
-    monkeypatch: pytest.MonkeyPatch,
+class _Candidate:
+    """A stand-in for one of Inductor's ISA candidates: its answer, once asked."""
+
+    def __init__(self, name: str, passes: bool) -> None:
+        self.name, self.passes = name, passes
+
+    def __bool__(self) -> bool:
+        return self.passes
+
+
+def _asker(cpu_vec_isa: object) -> tuple[threading.Thread, list]:
+    """A compile's ask for the list (what pick_vec_isa calls), from a thread."""
+    got: list = []
+    asker = threading.Thread(
+        target=lambda: got.append(cpu_vec_isa.valid_vec_isa_list()),  # type: ignore[attr-defined]
+        daemon=True,
+    )
+    asker.start()
+    return asker, got
+
+
+@pytest.mark.parametrize("picked_by", ["first valid", "ATEN_CPU_CAPABILITY"])
+def test_an_ask_waits_for_the_probes_answers_up_to_the_isa_inductor_picks(
+    monkeypatch: pytest.MonkeyPatch, picked_by: str
 ) -> None:
+    """NOTE: [a compile waits for the probe only where it asks]: while the
+    probe runs, an ask gets the first candidate that passed once every one
+    before it has answered; where the environment picks another ISA, it waits
+    for the whole probe and reads Inductor's list."""
     from torch._inductor import cpu_vec_isa
 
+    from stitch.runtime.compat import isa_probe
     from stitch.runtime.pipeline import inductor_warmup
 
-    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: ["an ISA"])
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    if picked_by == "ATEN_CPU_CAPABILITY":
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: ["Inductor's"])
+    first, second, third = (
+        _Candidate("first", False),
+        _Candidate("second", True),
+        _Candidate("third", True),
+    )
+    monkeypatch.setattr(isa_probe, "_order", [first, second, third])
+    monkeypatch.setattr(isa_probe, "_answers", {})
     release = threading.Event()
     probe = threading.Thread(target=release.wait, args=(60,), daemon=True)
     probe.start()
     monkeypatch.setattr(inductor_warmup, "_probe", probe)
-    inductor_warmup.inductor_ready()  # no wait: the ask does
-    assert probe.is_alive()
-    got: list = []
-    # What pick_vec_isa calls, from another thread (a compile's).
-    asker = threading.Thread(
-        target=lambda: got.append(cpu_vec_isa.valid_vec_isa_list())
-    )
-    asker.start()
-    asker.join(0.5)
-    assert asker.is_alive() and got == []  # waiting for the probe's end
-    release.set()
+    try:
+        inductor_warmup.inductor_ready()  # no wait: the ask does
+        asker, got = _asker(cpu_vec_isa)
+        asker.join(0.5)
+        assert asker.is_alive() and got == []  # nothing answered yet
+        isa_probe._answer(first)  # fails: the ask waits for the next
+        asker.join(0.5)
+        assert asker.is_alive() and got == []
+        isa_probe._answer(second)  # passes; the third is still unanswered
+        asker.join(0 if picked_by == "ATEN_CPU_CAPABILITY" else 30)
+        if picked_by == "first valid":
+            assert got == [[second]] and probe.is_alive()
+        else:
+            assert asker.is_alive() and got == []  # for the whole probe
+    finally:
+        release.set()
     asker.join(60)
-    assert got == [["an ISA"]]
+    probe.join(60)
+    if picked_by == "ATEN_CPU_CAPABILITY":
+        assert got == [["Inductor's"]]
+    # Once the probe has ended, every ask reads Inductor's own list.
+    again, got = _asker(cpu_vec_isa)
+    again.join(60)
+    assert got == [["Inductor's"]]
+
+
+@pytest.mark.parametrize("picked_by", ["first valid", "ATEN_CPU_CAPABILITY"])
+def test_the_probe_checks_the_isa_inductor_picks_first_and_alone(
+    monkeypatch: pytest.MonkeyPatch, picked_by: str
+) -> None:
+    """NOTE: [the ISA Inductor picks is probed first]: the candidates in
+    order, one at a time, until one passes; then the others side by side.
+    Where the environment picks, all side by side, as before."""
+    from torch._inductor import cpu_vec_isa
+
+    from stitch.runtime.compat import isa_probe
+
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    if picked_by == "ATEN_CPU_CAPABILITY":
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    log: list[tuple[str, str]] = []
+    meeting = threading.Barrier(2)
+
+    class Checked(_Candidate):
+        checked = False
+
+        def __bool__(self) -> bool:  # answered once, as Inductor's candidates are
+            if self.checked:
+                return self.passes
+            self.checked = True
+            log.append((self.name, threading.current_thread().name))
+            if threading.current_thread().name.startswith("stitch-isa"):
+                meeting.wait(30)  # the pool's two meet: side by side
+            return self.passes
+
+    names = [("fails", False), ("picked", True), ("third", True), ("fourth", True)]
+    candidates = [Checked(n, p) for n, p in names]
+    monkeypatch.setattr(isa_probe, "_isa_candidates", lambda _: candidates)
+    monkeypatch.setattr(cpu_vec_isa, "pick_vec_isa", lambda: None)
+    monkeypatch.setattr(isa_probe, "_order", [])
+    monkeypatch.setattr(isa_probe, "_answers", {})
+    me = threading.current_thread().name
+    isa_probe.probe_cpu_isa(width=2)
+    if picked_by == "first valid":
+        # In order, in the probe's own thread, until the pick; the rest in its pool.
+        assert log[:2] == [("fails", me), ("picked", me)]
+        assert sorted(n for n, _ in log[2:]) == ["fourth", "third"]
+        assert all(t.startswith("stitch-isa") for _, t in log[2:])
+    else:
+        assert all(t.startswith("stitch-isa") for _, t in log), log
+    assert sorted(n for n, _ in log) == sorted(n for n, _ in names)
+    assert not meeting.broken
+    assert isa_probe._answers == {id(c): c.passes for c in candidates}
+
+
+def test_an_ask_where_no_candidate_passed_waits_for_the_whole_probe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from torch._inductor import cpu_vec_isa
+
+    from stitch.runtime.compat import isa_probe
+    from stitch.runtime.pipeline import inductor_warmup
+
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: [])
+    only = _Candidate("only", False)
+    monkeypatch.setattr(isa_probe, "_order", [only])
+    monkeypatch.setattr(isa_probe, "_answers", {})
+    release = threading.Event()
+    probe = threading.Thread(target=release.wait, args=(60,), daemon=True)
+    probe.start()
+    monkeypatch.setattr(inductor_warmup, "_probe", probe)
+    try:
+        inductor_warmup.inductor_ready()
+        isa_probe._answer(only)
+        asker, got = _asker(cpu_vec_isa)
+        asker.join(0.5)
+        assert asker.is_alive() and got == []  # none passed: the probe's end
+    finally:
+        release.set()
+    asker.join(60)
+    assert got == [[]]
 
 
 def test_a_narrow_probe_checks_one_candidate_at_a_time_until_widened() -> None:

@@ -72,8 +72,9 @@ def start_inductor_warmup(cpu: bool, narrow: bool = False) -> None:
     The first compile or load of C++ kernels in a process probes the CPU's
     vector ISA: a C++ dry compile per candidate ISA, each loaded by a fresh
     Python process that imports torch (about a second on a CPU machine, 30-45 s
-    on the GPU machine with its CUDA torch); the candidates are checked side by
-    side (NOTE: [the ISA probe's candidates side by side]).  A backend call that finds no cache
+    on the GPU machine with its CUDA torch); the one Inductor picks first, the
+    others side by side (NOTE: [the ISA probe's candidates side by side], NOTE:
+    [the ISA Inductor picks is probed first]).  A backend call that finds no cache
     entry for a CPU graph starts the probe before it splits the graph and
     propagates fake tensors, which hides it; it fills the cache Inductor would
     fill on first use anyway.  A graph whose tensors are all on a GPU compiles
@@ -93,15 +94,29 @@ def start_inductor_warmup(cpu: bool, narrow: bool = False) -> None:
     1.5 s into the 3-layer example's compile on 2 cores, after AOT
     Autograd's trace and the lowering.  Now Inductor's list of valid ISAs
     (``valid_vec_isa_list``, which ``pick_vec_isa`` looks up in its module
-    at each call) waits for the probe's thread when another thread asks, so
-    a compile runs beside the probe until that ask.  It waits for the whole
-    probe, never for one candidate's check: a candidate's ``__bool__``
+    at each call) waits for the probe when another thread asks, so a
+    compile runs beside the probe until that ask.  It waits for the probe's
+    answers, never for one candidate's check: a candidate's ``__bool__``
     changes its own compiler flags while it checks an extension (AVX-512's
     bf16, AMX's fp16) and puts back the flags it read, so two threads in one
     candidate's check at once could leave the extension's flag set for every
     kernel after (a review found it, on this AVX-512 machine).  Waiting at
     the list, no thread checks a candidate the probe checks, so no check is
-    built twice.  A spawned worker (spawned_workers.py) thus reads its first job while its
+    built twice.  It waits for the answers up to the candidate
+    ``pick_vec_isa`` takes, not for every one (``isa_probe.first_valid``):
+    its only reader takes the first valid ISA of the list, unless
+    ``ATEN_CPU_CAPABILITY`` or ``cpp.simdlen`` asks for another (then the
+    ask waits for the whole probe, as before), and the list is in the order
+    the probe answers in.  So until the probe ends an ask gets that one
+    candidate, whose check has returned, and the same pick; the probe
+    answers the others beside the compile, and every ask after its end
+    reads Inductor's own list.  The probe checks that candidate first, alone
+    (NOTE: [the ISA Inductor picks is probed first], compat/isa_probe.py).
+    On 2 cores, the 32-layer example with empty caches, three pairs each
+    (``bench/tier_timeline.py``): a cold call's first compile ended 0.2 to
+    1.7 s before the probe did, where it ended after it; its last compile
+    came at 11.2 to 12.7 s from the backend call against 12.4 to 14.2 s, a
+    forked tier's at 11.4 to 14.4 s against 13.9 to 15.8 s.  A spawned worker (spawned_workers.py) thus reads its first job while its
     probe runs, and says it is ready (the pool's signal that its start is
     over: NOTE: [an idle worker is not watched]) only when the probe ends.
     Where a release lacks ``valid_vec_isa_list``, the compile waits for the
