@@ -98,20 +98,14 @@ def child(layers: int, run: str, load: str) -> None:
 
 
 def run_child(layers: int, run: str, load: str) -> list[dict[str, Any]]:
+    sys.path.insert(0, HERE)
+    from under_load import child_env
+
     with tempfile.TemporaryDirectory(prefix=f"timeline-{run}-") as cache:
-        env = dict(
-            os.environ,
-            STITCH_CACHE_DIR=cache,
-            TORCHINDUCTOR_CACHE_DIR=os.path.join(cache, "inductor"),
-        )
-        for name in (
-            "STITCH_TIERED_START",
-            "STITCH_SERVING_FIRST",
-            "STITCH_COMPILE_START",
-        ):
-            env.pop(name, None)
         command = [sys.executable, __file__, "--child", str(layers), run, load]
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        done = subprocess.run(
+            command, capture_output=True, text=True, env=child_env(cache)
+        )
     events = [
         json.loads(line[len(EVENT) :])
         for line in done.stderr.splitlines()

@@ -245,8 +245,10 @@ def child(subject: str, run: str, load: str) -> dict[str, Any]:
     return out
 
 
-def run_child(subject: str, run: str, load: str, root: str) -> dict[str, Any]:
-    cache = tempfile.mkdtemp(prefix=f"{run}-{load}-", dir=root)
+def child_env(cache: str) -> dict[str, str]:
+    """A child's environment: empty Stitch and Inductor caches in ``cache``,
+    and the defaults (no switch of the tiered start, serving first or the
+    workers' start)."""
     env = dict(
         os.environ,
         STITCH_CACHE_DIR=cache,
@@ -254,6 +256,11 @@ def run_child(subject: str, run: str, load: str, root: str) -> dict[str, Any]:
     )
     for name in ("STITCH_TIERED_START", "STITCH_SERVING_FIRST", "STITCH_COMPILE_START"):
         env.pop(name, None)
+    return env
+
+
+def run_child(subject: str, run: str, load: str, root: str) -> dict[str, Any]:
+    env = child_env(tempfile.mkdtemp(prefix=f"{run}-{load}-", dir=root))
     if run == "spawned":
         env["STITCH_COMPILE_START"] = "spawn"
     command = [sys.executable, __file__, "--child", subject, run, load]

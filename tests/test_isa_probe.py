@@ -221,6 +221,25 @@ class _Candidate:
         return self.passes
 
 
+def _running_probe(
+    monkeypatch: pytest.MonkeyPatch, order: list[_Candidate]
+) -> threading.Event:
+    """A probe thread that runs until the event returned is set, answering
+    nothing by itself, of the candidates ``order``; Inductor's list waits
+    for it from now on (``inductor_ready``, which itself does not wait)."""
+    from stitch.runtime.compat import isa_probe
+    from stitch.runtime.pipeline import inductor_warmup
+
+    monkeypatch.setattr(isa_probe, "_order", order)
+    monkeypatch.setattr(isa_probe, "_answers", {})
+    release = threading.Event()
+    probe = threading.Thread(target=release.wait, args=(60,), daemon=True)
+    probe.start()
+    monkeypatch.setattr(inductor_warmup, "_probe", probe)
+    inductor_warmup.inductor_ready()
+    return release
+
+
 def _asker(cpu_vec_isa: object) -> tuple[threading.Thread, list]:
     """A compile's ask for the list (what pick_vec_isa calls), from a thread."""
     got: list = []
@@ -254,14 +273,9 @@ def test_an_ask_waits_for_the_probes_answers_up_to_the_isa_inductor_picks(
         _Candidate("second", True),
         _Candidate("third", True),
     )
-    monkeypatch.setattr(isa_probe, "_order", [first, second, third])
-    monkeypatch.setattr(isa_probe, "_answers", {})
-    release = threading.Event()
-    probe = threading.Thread(target=release.wait, args=(60,), daemon=True)
-    probe.start()
-    monkeypatch.setattr(inductor_warmup, "_probe", probe)
+    release = _running_probe(monkeypatch, [first, second, third])
+    probe = inductor_warmup._probe
     try:
-        inductor_warmup.inductor_ready()  # no wait: the ask does
         asker, got = _asker(cpu_vec_isa)
         asker.join(0.5)
         assert asker.is_alive() and got == []  # nothing answered yet
@@ -341,19 +355,12 @@ def test_an_ask_where_no_candidate_passed_waits_for_the_whole_probe(
     from torch._inductor import cpu_vec_isa
 
     from stitch.runtime.compat import isa_probe
-    from stitch.runtime.pipeline import inductor_warmup
 
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     monkeypatch.setattr(cpu_vec_isa, "valid_vec_isa_list", lambda: [])
     only = _Candidate("only", False)
-    monkeypatch.setattr(isa_probe, "_order", [only])
-    monkeypatch.setattr(isa_probe, "_answers", {})
-    release = threading.Event()
-    probe = threading.Thread(target=release.wait, args=(60,), daemon=True)
-    probe.start()
-    monkeypatch.setattr(inductor_warmup, "_probe", probe)
+    release = _running_probe(monkeypatch, [only])
     try:
-        inductor_warmup.inductor_ready()
         isa_probe._answer(only)
         asker, got = _asker(cpu_vec_isa)
         asker.join(0.5)
