@@ -3,6 +3,7 @@ the compile is owed too much of its time, and never once nothing is owed."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -84,6 +85,18 @@ def test_pay_back_sleeps_for_what_is_owed_and_then_owes_nothing() -> None:
 HOG = "while True:\n    pass\n"
 
 
+def _hogs() -> list[subprocess.Popen[bytes]]:
+    """A busy process per core this one may use."""
+    cores = len(os.sched_getaffinity(0))
+    return [subprocess.Popen([sys.executable, "-c", HOG]) for _ in range(cores)]
+
+
+def _end(hogs: list[subprocess.Popen[bytes]]) -> None:
+    for hog in hogs:
+        hog.kill()
+        hog.wait()
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux's /proc")
 def test_forwards_back_to_back_wait_at_the_gate_and_the_worker_runs(
     monkeypatch: pytest.MonkeyPatch,
@@ -91,10 +104,13 @@ def test_forwards_back_to_back_wait_at_the_gate_and_the_worker_runs(
     """A serving thread that calls ``admit`` before each "forward" (a spin of
     CPU) beside a worker that keeps a core busy: serving first pauses the
     worker at each forward, the share closes the gate, the thread waits, and
-    the worker runs while it does."""
+    the worker runs while it does.  A worker per core, so that the workers
+    make the thread wait on any machine, however idle (one alone did only
+    beside another test's load)."""
     monkeypatch.setenv(serving_first.ENV, "1")
     control = ServingFirst()
-    hog = subprocess.Popen([sys.executable, "-c", HOG])
+    hogs = _hogs()
+    hog = hogs[0]
     stop = threading.Event()
 
     def forwards() -> None:
@@ -106,7 +122,8 @@ def test_forwards_back_to_back_wait_at_the_gate_and_the_worker_runs(
 
     thread = threading.Thread(target=forwards)
     try:
-        control.watch(hog.pid)
+        for h in hogs:
+            control.watch(h.pid)
         thread.start()
         deadline = time.monotonic() + 60
         while control.share.waits < 3 and time.monotonic() < deadline:
@@ -122,8 +139,7 @@ def test_forwards_back_to_back_wait_at_the_gate_and_the_worker_runs(
         stop.set()
         thread.join()
         control.release()
-        hog.kill()
-        hog.wait()
+        _end(hogs)
     # The controller ends with its workers, and the gate is open for good.
     assert not control.share.closed
 

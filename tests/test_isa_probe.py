@@ -456,3 +456,54 @@ def test_a_fork_gives_each_candidate_its_flags_from_before_any_check(
     inductor_warmup.forget_probe()  # what a forked worker calls first
     assert [isa._arch_flags for isa in candidates] == before
     assert inductor_warmup._probe is None and inductor_warmup._wide.is_set()
+
+
+@pytest.mark.parametrize("ends_the_hold", ["the imports", "a job"])
+def test_a_held_probe_begins_after_the_imports_or_at_a_job(
+    monkeypatch: pytest.MonkeyPatch, ends_the_hold: str
+) -> None:
+    """NOTE: [a pre-started worker's probe waits for its imports]: after
+    ``hold_probe`` the probe thread starts but checks nothing while Inductor's
+    import runs; it begins when the import ends or, before that, when a job
+    comes (``widen_probe``), and only then is it widened."""
+    from stitch.runtime.compat import inductor, isa_probe
+    from stitch.runtime.pipeline import inductor_warmup
+
+    importing, imported, began = threading.Event(), threading.Event(), []
+    probing = threading.Event()
+
+    def import_inductor() -> None:
+        importing.set()
+        assert imported.wait(60)
+
+    def probe_cpu_isa(wide: threading.Event | None = None) -> None:
+        began.append(wide is not None and wide.is_set())
+        probing.set()
+
+    monkeypatch.setattr(inductor, "import_isa_probe", lambda: None)
+    monkeypatch.setattr(inductor, "import_inductor", import_inductor)
+    monkeypatch.setattr(isa_probe, "probe_cpu_isa", probe_cpu_isa)
+    monkeypatch.setattr(inductor_warmup, "_probe", None)
+    monkeypatch.setattr(inductor_warmup, "_wide", threading.Event())
+    monkeypatch.setattr(inductor_warmup, "_begin", threading.Event())
+    inductor_warmup.hold_probe()
+    warmup = threading.Thread(
+        target=inductor_warmup.start_inductor_warmup, kwargs={"cpu": True}
+    )
+    warmup.start()
+    try:
+        assert importing.wait(60)
+        assert inductor_warmup._probe is not None  # started, and held
+        assert not probing.wait(0.5)  # a probe let through would begin in this time
+        if ends_the_hold == "a job":
+            inductor_warmup.widen_probe()
+            assert probing.wait(60) and not imported.is_set()
+            assert began == [True]  # side by side from the job on
+        else:
+            imported.set()
+            assert probing.wait(60)
+            assert began == [False]  # one at a time until a job comes
+    finally:
+        imported.set()
+        warmup.join(60)
+        inductor_warmup._probe.join(60)

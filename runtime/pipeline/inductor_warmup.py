@@ -41,18 +41,51 @@ def probe_done() -> None:
 # The ISA probe's thread, once start_inductor_warmup(cpu=True) started it.
 _probe: threading.Thread | None = None
 _probe_lock = threading.Lock()
-# Set: the probe checks its candidates side by side (NOTE: [a pre-started
-# worker probes narrow until its first job] in tiered/spawned_workers.py).
+# Set: the probe checks its candidates side by side; and ``_begin``: it may
+# check at all (NOTE: [a pre-started worker probes narrow until its first
+# job] in tiered/spawned_workers.py).
 _wide = threading.Event()
 _wide.set()
+_begin = threading.Event()
+_begin.set()
+
+
+def hold_probe() -> None:
+    """Before a pre-started worker's imports: the probe, once started, begins
+    its checks when :func:`start_inductor_warmup` has imported Inductor or
+    :func:`widen_probe` is called, and checks one candidate at a time until
+    the latter.
+
+    NOTE: [a pre-started worker's probe waits for its imports]
+    A worker started with the backend (NOTE: [a pre-started worker probes
+    narrow until its first job], tiered/spawned_workers.py) began its narrow
+    probe as soon as the probe's own imports were done, beside the rest of
+    Inductor's import: two runnable threads of one worker (the import, and a
+    compiler) beside the serving process's trace on 2 cores.  Now the probe
+    waits for the worker's imports, unless a job comes first (the worker
+    watches its stdin for one, without reading it), since the serving
+    process is then past its trace.  ``bench/under_load.py``'s child, the
+    example llama at 32 layers, idle, empty caches, ``$STITCH_COMPILE_START=spawn``,
+    12 rounds of the two alternating beside a Dynamo-alone run (2-core
+    machine, 2026-11-30): the last swap came 10.1 s after the backend call
+    by the median, against 12.9 s, sooner in 12 rounds of 12; the first
+    output moved within its noise (+1.9 s from Dynamo alone's by the median,
+    against +2.6 s).  At 3 layers, where the job comes before the imports
+    end, both moved within their noise (docs/performance.md, "A pre-started
+    worker's probe after its imports").
+    """
+    _wide.clear()
+    _begin.clear()
 
 
 def widen_probe() -> None:
-    """Let the ISA probe check its candidates side by side from now on."""
+    """Let the ISA probe check now, its candidates side by side."""
     _wide.set()
+    _begin.set()
 
 
 def _probe_isa() -> None:
+    _begin.wait()
     # Its compiles and fresh interpreters run on every core of the process, as
     # a compile worker does (NOTE: [the cores a compile worker runs on]): not
     # on the one core a pinned serving thread computes on.
@@ -63,10 +96,10 @@ def _probe_isa() -> None:
         log.debug("Inductor ISA probe failed", exc_info=True)
 
 
-def start_inductor_warmup(cpu: bool, narrow: bool = False) -> None:
+def start_inductor_warmup(cpu: bool) -> None:
     """Import Inductor now and, for graphs that run on the CPU, probe its vector ISA
-    in the background (once); ``narrow``: one candidate at a time until
-    :func:`widen_probe`.
+    in the background (once); after :func:`hold_probe`, from the end of the
+    import, one candidate at a time until :func:`widen_probe`.
 
     NOTE: [Inductor warm-up overlaps the split]
     The first compile or load of C++ kernels in a process probes the CPU's
@@ -127,13 +160,12 @@ def start_inductor_warmup(cpu: bool, narrow: bool = False) -> None:
         inductor.import_isa_probe()
         with _probe_lock:
             if _probe is None:
-                if narrow:
-                    _wide.clear()
                 _probe = threading.Thread(
                     target=_probe_isa, name="stitch-isa-probe", daemon=True
                 )
                 _probe.start()
     inductor.import_inductor()
+    _begin.set()
 
 
 def forget_probe() -> None:
@@ -163,6 +195,7 @@ def forget_probe() -> None:
     global _probe
     _probe = None
     _wide.set()
+    _begin.set()
     isa_probe.forget_checks_in_flight()
 
 

@@ -37,7 +37,8 @@ job comes early has most of it left to run wide, and one whose job comes
 late (32 layers: a trace of 13 s) had it run narrow, and mostly done, during
 the trace.  A compile that must wait for the whole probe (a release without
 ``valid_vec_isa_list``: NOTE: [a compile waits for the probe only where it
-asks]) widens it first.
+asks]) widens it first.  Nor does the probe begin before the worker's own
+imports end (NOTE: [a pre-started worker's probe waits for its imports]).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ import importlib
 import json
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -66,6 +68,7 @@ from ...workers.proc_family import die_with_parent, ended_by
 from ...workers.spawned_pool import SpawnedPool
 from ..entry import EntryGuards
 from ..inductor_warmup import (
+    hold_probe,
     inductor_ready,
     probe_done,
     start_inductor_warmup,
@@ -218,6 +221,9 @@ def main(argv: Sequence[str]) -> int:
     die_with_parent(parent)  # and whatever the thread that spawned it does
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
+    # NOTE: [a pre-started worker's probe waits for its imports]
+    hold_probe()
+    threading.Thread(target=_widen_at_a_job, daemon=True).start()
     # NOTE: [pre-started compile workers]: what the first compile needs, loaded
     # before any job comes.  An import that fails here ends the worker.  Forked
     # from a fork server, all of it is loaded already, the build pool not yet
@@ -225,7 +231,7 @@ def main(argv: Sequence[str]) -> int:
     for module in (*ALWAYS, *preload):
         importlib.import_module(module)
     size_compile_threads_again()
-    start_inductor_warmup(cpu=cpu, narrow=True)
+    start_inductor_warmup(cpu=cpu)
     inductor_ready()
     warm_compile_pools(triton=not cpu)  # NOTE: [no subprocess pool for C++ kernels]
     # Ready once the probe ends; a job waiting on stdin is read before then
@@ -287,6 +293,14 @@ def _check_cuda_after_fork() -> None:
             "a process forked from the fork server could not use CUDA: "
             "something it imported initialized CUDA"
         )
+
+
+def _widen_at_a_job() -> None:
+    """Widen the probe once a job waits on stdin (or stdin ends), though the
+    imports may go on: nothing is read here."""
+    with contextlib.suppress(OSError, ValueError):
+        select.select([sys.stdin.fileno()], [], [])
+    widen_probe()
 
 
 def _say_ready(ready: int) -> None:
