@@ -49,9 +49,10 @@ TIMED = (
     ("stitch.runtime.compat.isa_probe", "probe_cpu_isa", "ISA probe"),
     ("stitch.runtime.pipeline.compilers", "InductorAdapter.compile", "compile"),
 )
+# Then a row per Inductor compile ("compile 1", ...), as many as a run made.
 ORDER = [label for _, _, label in TIMED[:6]] + ["first output"]
 ORDER += [label for _, _, label in TIMED[6:8]]
-ORDER += [f"compile {i}" for i in range(1, 9)]
+sys.path.insert(0, HERE)  # under_load, the child's model and environment
 
 
 def _say(label: str, start: float, end: float) -> None:
@@ -73,7 +74,6 @@ def _timed(label: str, fn: Any) -> Any:
 def child(layers: int, run: str, load: str) -> None:
     import importlib
 
-    sys.path.insert(0, HERE)
     import under_load
 
     for module_name, path, label in TIMED:
@@ -98,7 +98,6 @@ def child(layers: int, run: str, load: str) -> None:
 
 
 def run_child(layers: int, run: str, load: str) -> list[dict[str, Any]]:
-    sys.path.insert(0, HERE)
     from under_load import child_env
 
     with tempfile.TemporaryDirectory(prefix=f"timeline-{run}-") as cache:
@@ -146,9 +145,10 @@ def report(rounds: list[dict[str, dict[str, tuple[float, float, int]]]]) -> str:
     lines = []
     for i, runs in enumerate(rounds, 1):
         rows = []
-        for label in ORDER:
+        compiles = max(sum("compile " in label for label in runs[r]) for r in runs)
+        for label in ORDER + [f"compile {i}" for i in range(1, compiles + 1)]:
             if all(label not in runs[run] for run in ("cold", "forked")):
-                continue  # fewer compiles than rows
+                continue  # a phase neither run had
             cells = []
             for run in ("cold", "forked"):
                 got = runs[run].get(label)

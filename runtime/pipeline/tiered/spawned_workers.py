@@ -221,7 +221,9 @@ def main(argv: Sequence[str]) -> int:
     die_with_parent(parent)  # and whatever the thread that spawned it does
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
-    # NOTE: [a pre-started worker's probe waits for its imports]
+    # NOTE: [a pre-started worker's probe waits for its imports], and NOTE:
+    # [a pre-started worker probes narrow until its first job]: the thread
+    # that watches stdin widens it when the job comes.
     hold_probe()
     threading.Thread(target=_widen_at_a_job, daemon=True).start()
     # NOTE: [pre-started compile workers]: what the first compile needs, loaded
@@ -240,8 +242,6 @@ def main(argv: Sequence[str]) -> int:
     stdin = sys.stdin.buffer
     with os.fdopen(reports, "w", buffering=1) as out:
         while line := stdin.readline():
-            # NOTE: [a pre-started worker probes narrow until its first job]
-            widen_probe()
             header = json.loads(line)
             data = stdin.read(header["bytes"])
             if header["names"]:
