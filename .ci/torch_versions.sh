@@ -2,14 +2,15 @@
 # The ends of the supported torch range (docs/torch_versions.md), each in a
 # fresh virtual environment of PyPI's builds: torch 2.11 (the GPU image's, with
 # its transformers 5.17) and torch 2.15 (the newest release, with the
-# transformers the test extra pins).  Runs the fast tests, then the AOT,
-# warm-start, cache-guard, version-table, transformers and spawned-worker
-# tests (a tiered start on a GPU spawns its compile workers, which read the
-# pieces through torch's GraphPickler) and the residual adds' tests (torch
-# 2.11, the GPU image's, marks Inductor's folds otherwise), which are marked
-# slow, then compiles the example llama into one cache folder the releases
-# share and checks that `stitch cache explain` names torch with both
-# versions.  Any failure fails CI; every release runs even after one fails.
+# transformers the test extra pins).  Runs the fast tests and, in the same
+# pytest run, the slow tests of the AOT, warm-start, cache-guard,
+# version-table, transformers and spawned-worker tests (a tiered start on a
+# GPU spawns its compile workers, which read the pieces through torch's
+# GraphPickler) and the residual adds' tests (torch 2.11, the GPU image's,
+# marks Inductor's folds otherwise), which are marked slow, then compiles
+# the example llama into one cache folder the releases share and checks that
+# `stitch cache explain` names torch with both versions.  Any failure fails
+# CI; every release runs even after one fails.
 #
 # .ci/run calls this after the main suite; it also runs alone from a fresh
 # clone.  PIP_CONFIG_FILE=/dev/null lifts a pip configuration's cap on torch
@@ -48,12 +49,12 @@ SLOW_TESTS=(
 )
 
 export PIP_CONFIG_FILE=/dev/null
-# NOTE: [CI's extended tests] (tests/conftest.py): the fast run is the README
-# suite's set; the extended modules (whole processes, servers, replicas) run
-# once, on torch 2.13, in .ci/run.  The slow run below sets STITCH_EXTENDED=1
-# for the modules of SLOW_TESTS that are extended (the AOT, warm-start and
-# cache-guard tests, which read back what each release's torch wrote).  Every
-# extended module on both releases took CI past 70 minutes.
+# NOTE: [CI's extended tests] (tests/conftest.py): each release runs the README
+# suite's set without its slow tests; the extended modules (whole processes,
+# servers, replicas) run once, on torch 2.13, in .ci/run.  The same run adds
+# the slow tests of SLOW_TESTS, those of extended modules included (the AOT,
+# warm-start and cache-guard tests, which read back what each release's torch
+# wrote).  Every extended module on both releases took CI past 70 minutes.
 unset STITCH_EXTENDED
 wheels=${STITCH_CI_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/stitch/ci-wheels}
 mkdir -p "$wheels"
@@ -112,10 +113,9 @@ print("installed: torch", torch.__version__, "| " + ", ".join(
     f"{p} {m.version(p)}" for p in ("triton", "numpy", "transformers")))'
     echo "   venv in $((SECONDS - step)) s"
     step=$SECONDS
-    # Both runs, whatever the first gives.  pytest exits 5 when it collects no
-    # tests; that fails like any other status.
+    # pytest exits 5 when it collects no tests; that fails like any other
+    # status.
     status=0
-    "$venv/bin/python" -m pytest -q -m "not slow" --durations=15 || status=1
     slow=("${SLOW_TESTS[@]}")
     if [[ $torch_version != "${RELEASES[0]%% *}" ]]; then
         # NOTE: [transformers' slow tests on the oldest torch only]
@@ -125,8 +125,11 @@ print("installed: torch", torch.__version__, "| " + ", ".join(
         # transformers); the newest torch runs their fast half with the rest.
         slow=("${slow[@]/tests\/test_hf.py/}")
     fi
-    # shellcheck disable=SC2068  # unquoted: the removed entry leaves no empty word
-    STITCH_EXTENDED=1 "$venv/bin/python" -m pytest -q -m slow --durations=15 ${slow[@]} || status=1
+    # The README's set without its slow tests, and the slow tests of the
+    # modules in $slow, in one run (NOTE: [one run of a torch release] in
+    # tests/conftest.py).
+    STITCH_SLOW_MODULES="${slow[*]}" "$venv/bin/python" -m pytest -q --durations=20 ||
+        status=1
     # See NOTE: [a real miss for another torch].
     explain_torch+=("$("$venv/bin/python" -c 'import torch; print(torch.__version__)')")
     if run=$("$venv/bin/stitch" run --example llama --layers 1 --sizes 8 \

@@ -179,6 +179,25 @@ EXTENDED_MODULES = frozenset(
 EXTENDED_BLOCKS = re.compile(r"test_readme_block_runs_as_written\[docs/")
 EXTENDED = os.environ.get("STITCH_EXTENDED", "") == "1"
 
+# NOTE: [one run of a torch release]
+# .ci/torch_versions.sh runs, on each other torch, the README's set without its
+# slow tests, and the slow tests of a few modules (SLOW_TESTS there), extended
+# or not.  Two pytest runs did that, each starting its xdist workers and each
+# ending with one worker idle while the other finished its last module.
+# STITCH_SLOW_MODULES (file names, space-separated) makes it one run of the
+# same tests: a slow test runs only in those modules, where it runs even if
+# its module is extended; every other test runs as in the README's suite.
+SLOW_MODULES = frozenset(
+    Path(name).name for name in os.environ.get("STITCH_SLOW_MODULES", "").split()
+)
+
+
+def _slow_here(item: pytest.Item) -> bool:
+    """A slow test of STITCH_SLOW_MODULES (NOTE: [one run of a torch release])."""
+    return (
+        item.path.name in SLOW_MODULES and item.get_closest_marker("slow") is not None
+    )
+
 
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Mark the extended modules' tests as they are collected (``-m`` selects
@@ -186,7 +205,7 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     marked = item.get_closest_marker("extended") is not None
     if marked or item.path.name in EXTENDED_MODULES or EXTENDED_BLOCKS.match(item.name):
         item.add_marker(pytest.mark.extended)
-        if not EXTENDED:
+        if not EXTENDED and not _slow_here(item):
             # Its goldens are not orphans (NOTE: [goldens under xdist]).
             _PARTIAL_MODULES.add(_module_key(item.path))
             item.add_marker(
@@ -229,7 +248,17 @@ HEAVIEST_MODULES = (
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    if SLOW_MODULES:  # NOTE: [one run of a torch release]
+        kept, dropped = [], []
+        for item in items:
+            slow = item.get_closest_marker("slow") and not _slow_here(item)
+            (dropped if slow else kept).append(item)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = kept
     rank = {name: i for i, name in enumerate(HEAVIEST_MODULES)}
     # A stable sort: tests keep their order within a module (fixture reuse).
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
