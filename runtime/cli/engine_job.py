@@ -36,7 +36,7 @@ import tempfile
 import time
 from typing import Any, TextIO
 
-from ..harness.marked_result import marked_result
+from ..harness.marked_result import marked_result, print_marked
 
 STARTED = time.perf_counter()
 RESULT = "STITCH_ENGINE_RESULT "
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", required=True)
     args = parser.parse_args(argv)
     result = child(args.child, args.cache, Workload(**json.loads(args.work)))
-    print(RESULT + json.dumps(result), flush=True)
+    print_marked(RESULT, result)
 
 
 if __name__ == "__main__":

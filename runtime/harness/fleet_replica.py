@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from .marked_result import marked_result
+from .marked_result import marked_result, print_marked
 
 
 def _model(spec: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -172,4 +172,4 @@ def read_result(output: str) -> dict[str, Any]:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s %(message)s")
     result = replica(json.loads(sys.argv[1]))
-    print(RESULT + json.dumps(result), flush=True)
+    print_marked(RESULT, result)

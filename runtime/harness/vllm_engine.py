@@ -24,6 +24,8 @@ import sys
 import time
 from typing import Any
 
+from .marked_result import print_marked
+
 VARIANTS = {
     # vLLM without torch.compile.
     "eager": None,
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         args.busy,
     )
     sys.stdout.flush()
-    print("STITCH_VLLM_RESULT " + json.dumps(result), flush=True)
+    print_marked("STITCH_VLLM_RESULT ", result)
 
 
 def busy_share(text: str) -> float:
