@@ -37,6 +37,7 @@ from typing import Any
 
 EVENT = "TIMELINE "
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)  # under_load, the child's model and environment
 # What is timed: (module, attribute path, label).
 TIMED = (
     ("stitch.runtime.pipeline.compilation", "Compilation.open", "open"),
@@ -49,10 +50,10 @@ TIMED = (
     ("stitch.runtime.compat.isa_probe", "probe_cpu_isa", "ISA probe"),
     ("stitch.runtime.pipeline.compilers", "InductorAdapter.compile", "compile"),
 )
-# Then a row per Inductor compile ("compile 1", ...), as many as a run made.
+# The report's rows, in order; after them a row per Inductor compile
+# ("compile 1", ...), as many as a run made.
 ORDER = [label for _, _, label in TIMED[:6]] + ["first output"]
 ORDER += [label for _, _, label in TIMED[6:8]]
-sys.path.insert(0, HERE)  # under_load, the child's model and environment
 
 
 def _say(label: str, start: float, end: float) -> None:
