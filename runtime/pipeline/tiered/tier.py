@@ -59,6 +59,7 @@ from ...store.index import EntryRecord, PieceRecord
 from ...targets import Target
 from ..artifact_source import ArtifactSource
 from ..piecewise import PiecewiseBackend, RangeWarnings
+from .completions import run_completions
 from .size_guards import guard_piece, refused_guard, size_predicate
 from .swap_check import copy_input, differences, unset_outputs
 from .tiered_piece import TieredPiece, uncompiled
@@ -315,8 +316,7 @@ class Tier:
             max(self.swapped_at.values(), default=0.0),
             "" if ok else f" ({len(self.failed)} stay uncompiled)",
         )
-        for callback in callbacks:
-            callback(ok)
+        run_completions(self.label, callbacks, ok, "")
 
     def complete_at_exit(self) -> None:
         """At the process's exit, once every piece has landed (NOTE: [a process
@@ -331,11 +331,7 @@ class Tier:
                 return
             callbacks, self._complete = self._complete, []
         before = set(threading.enumerate())
-        for callback in callbacks:
-            try:
-                callback(not self.failed)
-            except Exception as exc:  # noqa: BLE001 - an exit goes on
-                log.warning("stitch: %s: at exit: %s", self.label, exc)
+        run_completions(self.label, callbacks, not self.failed, "at exit: ")
         # The threads they started (the fleet's publish) end before the exit
         # goes on, which would stop them half done.
         for thread in set(threading.enumerate()) - before:
