@@ -23,9 +23,9 @@ def run_completions(
     that forward.  In CI (run 30, 2026-11-30) transformers' server under the
     soak's 32 clients wrote the saved step's record at its last swap, and the
     record's read-back check (``ast.literal_eval`` in ``store/codec.py``)
-    raised ``SystemError: AST constructor recursion depth mismatch``: on
-    CPython 3.11 the AST conversion keeps its depth in the interpreter, not
-    the thread, and another thread converted at the same time.  The
+    raised ``SystemError: AST constructor recursion depth mismatch``, most
+    likely because CPython 3.11 keeps that depth per interpreter, not per
+    thread, and another thread converted at the same time.  The
     continuous-batching loop died with the forward, and every request after
     it got a 503.  Now each callback's error is logged as a warning.  The
     forward returns its output, and what was not written is compiled or
