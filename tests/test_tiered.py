@@ -139,6 +139,12 @@ def test_tiered_start_serves_at_once_and_swaps_every_piece(
     assert completed == [True]
     failed = [m for m in caplog.messages if "waited for the last swap failed" in m]
     assert len(failed) == 1 and "SystemError: AST constructor" in failed[0], failed
+    # Registered once settled, they run at once, the same way.
+    tier.when_complete(_fail_as_the_ast_check_did)
+    tier.when_complete(completed.append)
+    assert completed == [True, True]
+    failed = [m for m in caplog.messages if "waited for the last swap failed" in m]
+    assert len(failed) == 2 and "SystemError: AST constructor" in failed[1], failed
     assert set(tier.timeline()["swapped_at"]) == set(compiled.backends)
     # Swapped pieces are plain backends: nothing of the tier is left per call.
     assert all(type(b) is PiecewiseBackend for b in compiled.backends.values())

@@ -20,7 +20,8 @@ def run_completions(
     The last swap runs what waited for every piece (``Tier.when_complete``:
     the saved forward's record written, the fleet's publish) on the serving
     thread, inside the forward that made it.  An error there used to fail
-    that forward.  In CI (run 30, 2026-11-30) transformers' server under the
+    that forward.  What is registered after the last swap runs at once, in
+    the caller's thread, through the same loop.  In CI (run 30, 2026-11-30) transformers' server under the
     soak's 32 clients wrote the saved step's record at its last swap, and the
     record's read-back check (``ast.literal_eval`` in ``store/codec.py``)
     raised ``SystemError: AST constructor recursion depth mismatch``, most

@@ -345,7 +345,7 @@ class Tier:
             if not self._settled.is_set():
                 self._complete.append(callback)
                 return
-        callback(not self.failed)
+        run_completions(self.label, [callback], not self.failed, "")
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until every piece has landed in the cache or was given up."""
