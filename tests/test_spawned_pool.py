@@ -57,6 +57,18 @@ def wait_gone(pids: list[int], seconds: float = 20.0) -> bool:
     return until(lambda: all(gone(p) for p in pids), seconds)
 
 
+def environ_after_exec(pid: int) -> list[bytes]:
+    """``/proc/PID/environ`` once the worker's exec has ended.
+
+    ``subprocess.Popen`` returns once the child's exec has closed its
+    close-on-exec pipe, which the kernel does before it sets up the new
+    program's arguments and environment: read in between (2 cores busy, one
+    run in 8), both files are empty."""
+    proc = Path(f"/proc/{pid}")
+    assert until(lambda: (proc / "cmdline").read_bytes() != b""), pid
+    return (proc / "environ").read_bytes().split(b"\0")
+
+
 @contextlib.contextmanager
 def one_cpu_worker() -> Iterator[tuple[SpawnedPool, int]]:
     """A pool of one worker for the CPU, started; closed after, its worker gone."""
@@ -346,7 +358,7 @@ def test_workers_share_the_cores_between_their_build_pools(
     pool.start(cpu=True)
     try:
         pids = pool.idle_pids()
-        envs = [Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") for pid in pids]
+        envs = [environ_after_exec(pid) for pid in pids]
         if user == "1":
             assert pool.wait_ready(120)
             assert not any(
