@@ -1,5 +1,5 @@
-# Sourced by .ci/torch_versions.sh and .ci/vllm.sh: their virtual environments,
-# kept between CI runs.
+# Sourced by .ci/torch_versions.sh, .ci/vllm.sh and .ci/first_checks.sh: their
+# virtual environments, kept between CI runs.
 #
 # NOTE: [CI's venvs kept between runs]
 # Building the two torch releases' venvs and vLLM's took 40-80 s each, all from
