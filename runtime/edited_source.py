@@ -40,6 +40,8 @@ from collections.abc import Iterator
 from stitch.core.contract import CONSTS_NAME, DISPATCH_NAME, FUNCTION_NAME, SUBMODS_NAME
 from stitch.core.errors import StitchLoadError, describe_exception
 
+from .compat import python_ast
+
 __all__ = ["EditedSource", "edited_step", "read_edited_source"]
 
 
@@ -90,7 +92,7 @@ def check_contract(
     breaks the contract ``emitted`` keeps."""
     lines = emitted.splitlines()
     try:
-        tree = ast.parse(edited.code, filename=edited.path)
+        tree = python_ast.parse(edited.code, filename=edited.path)
     except SyntaxError as exc:
         at = exc.lineno or 0
         there = lines[at - 1].strip() if 0 < at <= len(lines) else "(no such line)"
@@ -98,7 +100,7 @@ def check_contract(
             f"{edited.path}:{at}: syntax error: {exc.msg}; the emitted source "
             f"has there: {there!r}"
         ) from None
-    want = _shape(ast.parse(emitted), "the emitted source")
+    want = _shape(python_ast.parse(emitted), "the emitted source")
     got = _shape(tree, edited.path, want)
     _check_params(edited.path, got, want, lines)
     _check_pieces(edited.path, got, want, lines, submod_names)

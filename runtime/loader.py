@@ -25,6 +25,8 @@ from stitch.core.contract import (
 from stitch.core.errors import StitchLoadError
 from stitch.core.hashing import key_hash
 
+from .compat import python_ast
+
 log = logging.getLogger("stitch")
 
 # NOTE: [emitted source lives in a real file]
@@ -164,7 +166,7 @@ def load_execution_module(
     """
     label = filename or source_filename(code)
     try:
-        tree = ast.parse(code, filename=label)
+        tree = python_ast.parse(code, filename=label)
     except SyntaxError as exc:
         raise StitchLoadError(
             f"stitching source {label} does not compile: {exc.msg} at line "

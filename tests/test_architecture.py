@@ -396,3 +396,26 @@ def test_a_part_reads_its_section_not_the_whole_config(part: str) -> None:
             for alias in node.names
         }
         assert "CompilationConfig" not in names, f"{module} imports CompilationConfig"
+
+
+def test_the_package_converts_python_text_through_one_module() -> None:
+    # NOTE: [an AST built with the collector held off]: a call of ast.parse or
+    # ast.literal_eval anywhere else could raise CPython's depth mismatch.
+    home = MODULES["stitch.runtime.compat.python_ast"]
+    calls = []
+    for path in MODULES.values():
+        if path == home:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in ("parse", "literal_eval")
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "ast"
+            ) or (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "ast"
+                and {a.name for a in node.names} & {"parse", "literal_eval"}
+            ):
+                calls.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not calls, f"ast.parse or ast.literal_eval called directly at {calls}"

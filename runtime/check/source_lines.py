@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from stitch.core.contract import DISPATCH_NAME, SUBMODS_NAME
 
+from ..compat import python_ast
+
 
 def piece_lines(code: str, submod_names: Sequence[str]) -> dict[str, tuple[int, int]]:
     """Piece name -> (first, last) line of its call in ``code``, the comment
@@ -16,7 +18,7 @@ def piece_lines(code: str, submod_names: Sequence[str]) -> dict[str, tuple[int, 
     to one local per piece, in ``submod_names`` order; a piece's call is the
     statement that calls that local.
     """
-    tree = ast.parse(code)
+    tree = python_ast.parse(code)
     local_of: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and _binds_pieces(node.value):

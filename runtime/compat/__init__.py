@@ -20,6 +20,8 @@ supporting the next release starts with reading these files:
 - ``guard_codec`` and ``guard_bounds``: a recorded guard as structural text,
   read back through one reader and bounded before anything is computed;
 - ``pytree``: flattening outputs;
+- ``python_ast``: ``ast.parse`` and ``ast.literal_eval`` built with the
+  collector held off, where CPython shares the AST constructor's depth;
 - ``graph_pickle``: pieces, fake tensors and the ShapeEnv across a process
   boundary (spawned compile workers);
 - ``trace``: ``TORCH_TRACE`` artifacts and ``dynamo_timed`` phase times;

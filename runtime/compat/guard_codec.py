@@ -40,6 +40,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from . import python_ast
 from .guard_bounds import (
     MAX_BITS,
     MAX_PRECISION,
@@ -158,7 +159,7 @@ def decode(text: str) -> Any:
     if not isinstance(text, str) or len(text) > MAX_TEXT:
         raise GuardCodecError(f"guard {str(text)[:80]!r} is not a recorded guard")
     try:
-        tree = ast.parse(text, mode="eval").body
+        tree = python_ast.parse(text, mode="eval").body
     except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         raise GuardCodecError(
             f"guard {shown(text)!r} does not parse ({type(exc).__name__})"

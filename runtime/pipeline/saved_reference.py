@@ -5,7 +5,6 @@ resolved and its constants encoded (``saved_function.py`` loads it)."""
 
 from __future__ import annotations
 
-import ast
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +13,7 @@ import torch
 
 from stitch.core.errors import StitchCacheError, StitchRuntimeError
 
+from ..compat import python_ast
 from ..config import CompilationConfig
 from ..cudagraph.graph_plan import GraphPlan
 from ..store import codec, location
@@ -118,9 +118,9 @@ def encode_const(i: int, value: Any) -> Any:
         return {"device": str(value)}
     try:
         text = repr(value)
-        if ast.literal_eval(text) == value and type(ast.literal_eval(text)) is type(
-            value
-        ):
+        if python_ast.literal_eval(text) == value and type(
+            python_ast.literal_eval(text)
+        ) is type(value):
             return {"literal": text}
     except (SyntaxError, ValueError, TypeError, RecursionError):
         pass
@@ -141,5 +141,5 @@ def decode_const(value: Any) -> Any:
     if kind == "device":
         return torch.device(text)
     if kind == "literal":
-        return ast.literal_eval(text)
+        return python_ast.literal_eval(text)
     raise StitchCacheError(f"a saved constant has kind {kind!r}")

@@ -11,7 +11,6 @@ a reason the record is stale (see NOTE: [warm start without Dynamo] in aot.py).
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import enum
 import importlib.util
@@ -24,6 +23,7 @@ import torch
 
 from stitch.core.errors import StitchCacheError, StitchRuntimeError
 
+from ..compat import python_ast
 from ..compat.dynamo import marked_dims
 from ..config import CompilationConfig
 from ..store import codec, location
@@ -212,7 +212,7 @@ def module_file(name: str) -> str | None:
 
 
 def literal(value: Any) -> Any:
-    return ast.literal_eval(repr(value))
+    return python_ast.literal_eval(repr(value))
 
 
 def _short(value: Any) -> str:

@@ -27,7 +27,6 @@ written by another Stitch, a miss rather than damage.
 
 from __future__ import annotations
 
-import ast
 import copy
 import pprint
 import re
@@ -37,6 +36,7 @@ import msgspec
 
 from stitch.core.errors import StitchCacheError
 
+from ..compat import python_ast
 from .digests import content_hash
 
 R = TypeVar("R", bound="Record")
@@ -103,7 +103,7 @@ def render(record: Record) -> str:
     )
     text = header + pprint.pformat(to_literal(record), sort_dicts=True, width=100)
     text += "\n"
-    ast.literal_eval(text)  # never write what could not be read back
+    python_ast.literal_eval(text)  # never write what could not be read back
     return text
 
 
@@ -124,7 +124,7 @@ def parse(data: bytes | str, path: str) -> Any:
     """The literal in ``data`` (read from ``path``); :class:`RecordError` if none."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        return ast.literal_eval(text)
+        return python_ast.literal_eval(text)
     except UnicodeDecodeError as exc:
         raise RecordError(path, "", f"is not UTF-8 ({exc.reason})") from None
     except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as exc:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ...compat import inductor
+from ...compat import inductor, python_ast
 from ...compat.versions import gpu_fingerprint
 from ...store.digests import content_hash
 from ...store.extras import save_extras
@@ -231,7 +231,7 @@ def _returned(source: Any) -> list[ast.expr] | None:
     if not isinstance(source, str):
         return None
     try:
-        tree = ast.parse(source)
+        tree = python_ast.parse(source)
     except SyntaxError:
         return None
     calls = [

@@ -21,14 +21,15 @@ def run_completions(
     the saved forward's record written, the fleet's publish) on the serving
     thread, inside the forward that made it.  An error there used to fail
     that forward.  What is registered after the last swap runs at once, in
-    the caller's thread, through the same loop.  In CI (run 30, 2026-11-30) transformers' server under the
-    soak's 32 clients wrote the saved step's record at its last swap, and the
-    record's read-back check (``ast.literal_eval`` in ``store/codec.py``)
-    raised ``SystemError: AST constructor recursion depth mismatch``, most
-    likely because CPython 3.11 keeps that depth per interpreter, not per
-    thread, and another thread converted at the same time.  The
-    continuous-batching loop died with the forward, and every request after
-    it got a 503.  Now each callback's error is logged as a warning.  The
+    the caller's thread, through the same loop.  In CI (run 30, 2026-11-30)
+    transformers' server under the soak's 32 clients wrote the saved step's
+    record at its last swap, and the record's read-back check
+    (``ast.literal_eval``) raised ``SystemError: AST constructor recursion
+    depth mismatch``: CPython 3.11.7 shares that depth across the
+    interpreter, and another conversion began inside it (Stitch's own are
+    guarded since: NOTE: [an AST built with the collector held off], in
+    ``compat/python_ast.py``).  The continuous-batching loop died with the
+    forward, and every request after it got a 503.  Now each callback's error is logged as a warning.  The
     forward returns its output, and what was not written is compiled or
     loaded again by the next start, as after a failed write.
     """
