@@ -118,9 +118,8 @@ def encode_const(i: int, value: Any) -> Any:
         return {"device": str(value)}
     try:
         text = repr(value)
-        if python_ast.literal_eval(text) == value and type(
-            python_ast.literal_eval(text)
-        ) is type(value):
+        back = python_ast.literal_eval(text)
+        if back == value and type(back) is type(value):
             return {"literal": text}
     except (SyntaxError, ValueError, TypeError, RecursionError):
         pass

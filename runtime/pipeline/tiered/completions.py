@@ -29,9 +29,10 @@ def run_completions(
     interpreter, and another conversion began inside it (Stitch's own are
     guarded since: NOTE: [an AST built with the collector held off], in
     ``compat/python_ast.py``).  The continuous-batching loop died with the
-    forward, and every request after it got a 503.  Now each callback's error is logged as a warning.  The
-    forward returns its output, and what was not written is compiled or
-    loaded again by the next start, as after a failed write.
+    forward, and every request after it got a 503.  Now each callback's
+    error is logged as a warning.  The forward returns its output, and what
+    was not written is compiled or loaded again by the next start, as after
+    a failed write.
     """
     for callback in callbacks:
         try:
