@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -62,6 +63,47 @@ def shared(url: str, **fields: object) -> FleetCache:
     found = FleetCache.of(CompilationConfig(cache_url=url, **fields).cache)  # type: ignore[arg-type]
     assert found is not None
     return found
+
+
+class Asked:
+    """A store that records which of its calls were made, in order."""
+
+    def __init__(self, store: object) -> None:
+        self._store = store
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> object:
+        found = getattr(self._store, name)
+        if not callable(found):
+            return found
+
+        def call(*args: object, **kwargs: object) -> object:
+            self.calls.append(name)
+            return found(*args, **kwargs)
+
+        return call
+
+
+def asked(cache: FleetCache) -> Asked:
+    spy = Asked(cache.store)
+    cache.store = spy  # type: ignore[assignment]
+    return spy
+
+
+@pytest.fixture
+def connects(monkeypatch: pytest.MonkeyPatch) -> list[float | None]:
+    """Every socket connect the redis client makes, by the timeout it was given."""
+    import redis.connection
+
+    seen: list[float | None] = []
+    real = redis.connection.Connection._connect
+
+    def spy(self: redis.connection.Connection) -> object:
+        seen.append(self.socket_connect_timeout)
+        return real(self)
+
+    monkeypatch.setattr(redis.connection.Connection, "_connect", spy)
+    return seen
 
 
 def make_unit(root: Path, payload: bytes = b"compiled piece") -> Path:
@@ -235,33 +277,42 @@ def test_key_file_must_be_private(tmp_path: Path, monkeypatch, caplog):
 
 
 def test_unreachable_store_is_one_warning_and_never_a_hang(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, connects: list[float | None]
 ):
     from redis_support import free_port
 
     url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
     t = shared(url)
+    store = asked(t)
     make_unit(tmp_path / "a")
-    start = time.monotonic()
     assert wait_turn(t, str(tmp_path / "b"), UNIT) == Lease(UNIT, False)
     assert not t.publish(str(tmp_path / "a"), UNIT)
     assert not t.fetch(str(tmp_path / "b"), UNIT)
-    assert time.monotonic() - start < 5
+    # Never a hang: the store was asked once, on one connect bounded by its
+    # timeout and not retried; after that nothing asks it again.
+    assert store.calls == ["get_entry"], store.calls
+    assert connects == [2.0], connects
     down = [w for w in warnings_of(caplog) if "did not answer" in w]
     assert len(down) == 1 and url in down[0], down
 
 
 def test_store_killed_mid_run_then_restarted_empty(
-    server: RedisServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    server: RedisServer,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    connects: list[float | None],
 ):
     make_unit(tmp_path / "a")
     t = shared(server.url)
     assert t.publish(str(tmp_path / "a"), UNIT)
     server.stop()
-    start = time.monotonic()
+    store = asked(t)
+    connects.clear()
     assert not t.fetch(str(tmp_path / "b"), UNIT)
     assert not t.publish(str(tmp_path / "a"), UNIT)
-    assert time.monotonic() - start < 5
+    # Asked once after the kill, at most one connect (bounded, not retried).
+    assert store.calls == ["get_entry"], store.calls
+    assert connects in ([], [2.0]), connects
     assert len([w for w in warnings_of(caplog) if "did not answer" in w]) == 1
     # Restarted (no persistence: flushed): a new process misses, compiles,
     # publishes, and the next one installs.
@@ -331,10 +382,16 @@ def test_lease_of_a_dead_replica_expires_and_the_next_takes_over(
     turn = wait_turn(dead, str(tmp_path / "a"), UNIT)
     assert isinstance(turn, Lease) and turn.held
     turn._stop.set()  # it dies: no renewal, no release
-    start = time.monotonic()
-    nxt = wait_turn(shared(server.url, cache_lease_s=1.0), str(tmp_path / "b"), UNIT)
+    waiter = shared(server.url, cache_lease_s=1.0)
+    store = asked(waiter)
+    left_ms = server.client().pttl(f"stitch:lease:{UNIT.name}")
+    assert 0 < left_ms <= 1000  # it lapses within lease_s
+    nxt = wait_turn(waiter, str(tmp_path / "b"), UNIT)
     assert isinstance(nxt, Lease) and nxt.held
-    assert 0.5 < time.monotonic() - start < 5
+    # Refused while it held, taken at the first poll after it lapsed: a poll
+    # comes every quarter of lease_s (250 ms here, the sleep its least).
+    takes = store.calls.count("take_lease")
+    assert 2 <= takes <= 2 + left_ms // 250, store.calls
     started, ended = warnings_of(caplog)
     assert dead.owner in started and "came free" in ended and dead.owner in ended
 
@@ -374,13 +431,20 @@ def test_wait_is_bounded_and_the_waiter_compiles_itself(
     holder = shared(server.url, cache_lease_s=1.0)
     turn = wait_turn(holder, str(tmp_path / "a"), UNIT)
     assert isinstance(turn, Lease) and turn.held  # renewed while "compiling"
-    start = time.monotonic()
-    got = wait_turn(shared(server.url, cache_wait_s=2.0), str(tmp_path / "b"), UNIT)
-    waited = time.monotonic() - start
-    assert got == Lease(UNIT, False) and 1.9 < waited < 5, waited
+    waiter = shared(server.url, cache_wait_s=2.0)
+    store = asked(waiter)
+    got = wait_turn(waiter, str(tmp_path / "b"), UNIT)
+    assert got == Lease(UNIT, False)
     started, ended = warnings_of(caplog)
     assert "holds the lease of" in started and "at most 2s" in started
     assert f"for {holder.owner} to compile {UNIT.name}; compiling it here" in ended
+    # It gave up at its bound by its own clock, not before, and polled all the
+    # while, a poll every quarter of lease_s at most every half second (the
+    # sleep its least): the lease refused at each.
+    assert int(re.search(r"waited (\d+)s for", ended)[1]) >= 2, ended
+    poll_ms = round(min(0.5, waiter.lease_s / 4) * 1000)
+    takes = store.calls.count("take_lease")
+    assert 2 <= takes <= 2 + 2000 // poll_ms, store.calls
     end_turn(holder, str(tmp_path / "a"), turn, False)
 
 
@@ -444,7 +508,10 @@ def test_a_wait_shows_the_progress_bar_on_a_terminal(
 
 @pytest.mark.parametrize("command", ["ls", "verify", "push", "pull"])
 def test_commands_on_an_unreachable_store_exit_2(
-    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    command: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    connects: list[float | None],
 ):
     from redis_support import free_port
 
@@ -455,9 +522,8 @@ def test_commands_on_an_unreachable_store_exit_2(
     extra = (
         ["--cache-dir", str(tmp_path / "cache")] if command in ("push", "pull") else []
     )
-    start = time.monotonic()
     assert main(["cache", command, url, *extra]) == 2
-    assert time.monotonic() - start < 10
+    assert connects == [2.0], connects  # one bounded connect, not retried
     assert f"error: the store {url} did not answer" in capsys.readouterr().out
 
 

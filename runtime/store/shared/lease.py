@@ -134,6 +134,8 @@ def first_turn(
         return Lease(unit, False)
     if cache.fetch(root, unit):
         return INSTALLED
+    if not cache.alive:  # the look found the store down: no second call
+        return Lease(unit, False)
     waiting = Waiting(cache, root, unit, serving)
     turn = waiting.take()
     if turn is None and not cache.alive:
