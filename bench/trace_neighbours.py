@@ -21,9 +21,11 @@ before it and killed after it:
   checks built with the C++ compiler, one after the other) with an empty
   Inductor cache;
 - ``probe``: the same imports, then Stitch's ISA probe
-  (``stitch.runtime.compat.isa_probe.probe_cpu_isa``, the checks side by
-  side, as many at a time as the process has cores): a spawned worker's
-  start as a tiered start's worker makes it.
+  (``stitch.runtime.compat.isa_probe.probe_cpu_isa``: up to the ISA Inductor
+  picks, one check at a time; every candidate side by side, as many at a
+  time as the process has cores, where ``$ATEN_CPU_CAPABILITY`` picks): a
+  spawned worker's start as a tiered start's worker makes it.  Figures
+  recorded before 2026-11-30 were taken with every candidate checked.
 
 The runs alternate within each round, so that the machine's drift falls on
 each alike; the table gives each round's figures, the median, and the

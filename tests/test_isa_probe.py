@@ -18,26 +18,29 @@ import threading
 
 import pytest
 
-# The probe's checks side by side, shown by a meeting: each of the probe's
-# checks waits at a barrier of two before it builds, until two have met
-# there.  Checks built one after the other never meet (the first gives up
-# after MEET_S and breaks the barrier, and the others do not wait); checks
-# built side by side always do, however loaded the machine.
+# Where the environment picks the ISA (ATEN_CPU_CAPABILITY), the probe's
+# checks run side by side, shown by a meeting: each of the probe's checks
+# waits at a barrier of two before it builds, until two have met there.
+# Checks built one after the other never meet (the first gives up after
+# MEET_S and breaks the barrier, and the others do not wait); checks built
+# side by side always do, however loaded the machine.  Where Inductor takes
+# the first valid ISA, the probe runs as a compile's warm-up does (a thread
+# whose answers Inductor's list waits for) and checks up to the pick alone.
 CHILD = textwrap.dedent("""
     import json, os, threading
     from torch._inductor import cpu_vec_isa
     from stitch.runtime.compat import inductor, isa_probe
 
     inductor.import_inductor()
-    lock, checks = threading.Lock(), [0]
+    lock, checks, checked = threading.Lock(), [0], []
     meeting, met, probing = threading.Barrier(2), [], [False]
     real = cpu_vec_isa.VecISA.check_build
 
     def check_build(self, code):
         with lock:
             checks[0] += 1
-        # The pick is checked first, alone (NOTE: [the ISA Inductor picks is
-        # probed first]); the others in the probe's pool, side by side.
+            if str(self) not in checked:
+                checked.append(str(self))
         pooled = threading.current_thread().name.startswith("stitch-isa")
         if probing[0] and pooled and not met:
             try:
@@ -50,9 +53,15 @@ CHILD = textwrap.dedent("""
     cpu_vec_isa.VecISA.check_build = check_build
     candidates = isa_probe._isa_candidates(cpu_vec_isa)
     probing[0] = True
-    isa_probe.probe_cpu_isa(2)
+    if isa_probe.first_is_picked():
+        probe = threading.Thread(target=isa_probe.probe_cpu_isa, args=(2,))
+        isa_probe.asks_wait_for(lambda: probe)
+        probe.start()
+        probe.join()
+    else:
+        isa_probe.probe_cpu_isa(2)
     probing[0] = False
-    built = checks[0]
+    built, checked_by_probe = checks[0], list(checked)
     records = os.path.join(os.environ["TORCHINDUCTOR_CACHE_DIR"], isa_probe.RECORDS)
     recorded = sorted(os.listdir(records)) if os.path.isdir(records) else []
     picked = str(cpu_vec_isa.pick_vec_isa())
@@ -60,13 +69,13 @@ CHILD = textwrap.dedent("""
     # Inductor's own answer, one candidate after the other, from new instances
     # (each caches its answer): the builds are in the cache now, so only the
     # loads run again.
-    alone = [type(isa)() for isa in candidates]
+    alone = [type(isa)() for isa in candidates] if "STITCH_TEST_ALONE" in os.environ else []
     alone_valid = [str(isa) for isa in alone if bool(isa)]
     print(json.dumps({
         "candidates": [str(isa) for isa in candidates],
-        "after_pick": len(candidates) - 1 - [str(i) for i in candidates].index(picked),
         "side_by_side": bool(met),
         "checks": built,
+        "checked": checked_by_probe,
         "recorded": recorded,
         "picked": picked,
         "valid": valid,
@@ -81,34 +90,68 @@ CHILD = textwrap.dedent("""
 )
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one core")
 def test_the_probe_builds_its_candidates_side_by_side_and_picks_as_inductor(tmp_path):
+    """Where the environment picks: every candidate, side by side."""
     cache = str(tmp_path / "inductor")
-    result = probe(cache)
-    if result["after_pick"] < 2:
-        pytest.skip(f"no two vector ISAs after the one picked: {result}")
-    # An empty cache: two of the checks after the pick's met, each in a
-    # thread of its own, before either built.
+    result = probe(cache, "avx2")
+    if len(result["candidates"]) < 2 or "avx2" not in result["candidates"]:
+        pytest.skip(f"no two vector ISAs, AVX2 among them: {result}")
+    # An empty cache: two of the checks met, each in a thread of its own,
+    # before either built.
     assert result["side_by_side"], result
-    # The same list as Inductor's, in its order, and its first pick.
+    # The same list as Inductor's, in its order, and its pick.
     assert result["valid"] == result["alone_valid"], result
-    assert result["picked"] in result["valid"], result
+    assert result["picked"] == "avx2", result
     # Each check that passed is recorded (at least one per valid ISA).
     assert len(result["recorded"]) >= len(result["valid"]), result
     # A later process with the same cache answers every check from them, and
     # reaches the same list.
-    again = probe(cache)
+    again = probe(cache, "avx2")
     assert again["checks"] == 0, again
     assert again["recorded"] == result["recorded"], again
     assert (again["valid"], again["picked"]) == (result["valid"], result["picked"])
     assert again["alone_valid"] == result["valid"], again
 
 
-def probe(cache: str) -> dict:
-    """The child's findings, probing with Inductor's cache in ``cache``."""
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.machine() != "x86_64",
+    reason="Inductor probes x86 ISAs one by one only on x86 Linux",
+)
+def test_the_probe_checks_up_to_the_isa_inductor_picks_and_no_further(tmp_path):
+    """NOTE: [only the ISA Inductor picks is probed]: the candidates in
+    order up to the first that passes, which is Inductor's own pick; the
+    list pick_vec_isa reads gives that one."""
+    cache = str(tmp_path / "inductor")
+    result = probe(cache, None)
+    if not result["alone_valid"]:
+        pytest.skip(f"no vector ISA passes here: {result}")
+    candidates = result["candidates"]
+    # Inductor's pick, alone: the first valid ISA of its whole list.
+    assert result["picked"] == result["alone_valid"][0], result
+    assert result["valid"] == [result["picked"]], result
+    # Checked: the candidates up to the pick, in order; none after it.
+    upto = candidates[: candidates.index(result["picked"]) + 1]
+    assert result["checked"] == upto, result
+    assert not result["side_by_side"], result
+    assert result["recorded"], result
+    # A later process answers the pick from its record: nothing built.
+    again = probe(cache, None, alone=False)
+    assert again["checks"] == 0 and again["picked"] == result["picked"], again
+
+
+def probe(cache: str, capability: str | None, alone: bool = True) -> dict:
+    """The child's findings, probing with Inductor's cache in ``cache``, and
+    ``$ATEN_CPU_CAPABILITY`` set to ``capability`` (None: unset); with
+    ``alone``, Inductor's own list too."""
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    if capability is not None:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    if alone:
+        env["STITCH_TEST_ALONE"] = "1"
     done = subprocess.run(
         [sys.executable, "-c", CHILD],
         capture_output=True,
         text=True,
-        env=dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache),
+        env=dict(env, TORCHINDUCTOR_CACHE_DIR=cache),
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -294,19 +337,22 @@ def test_an_ask_waits_for_the_probes_answers_up_to_the_isa_inductor_picks(
     probe.join(60)
     if picked_by == "ATEN_CPU_CAPABILITY":
         assert got == [["Inductor's"]]
-    # Once the probe has ended, every ask reads Inductor's own list.
+    # Once the probe has ended, an ask gets the pick again (NOTE: [only the
+    # ISA Inductor picks is probed]); where the environment picks, Inductor's
+    # own list.
     again, got = _asker(cpu_vec_isa)
     again.join(60)
-    assert got == [["Inductor's"]]
+    assert got == [[second] if picked_by == "first valid" else ["Inductor's"]]
 
 
 @pytest.mark.parametrize("picked_by", ["first valid", "ATEN_CPU_CAPABILITY"])
 def test_the_probe_checks_the_isa_inductor_picks_first_and_alone(
     monkeypatch: pytest.MonkeyPatch, picked_by: str
 ) -> None:
-    """NOTE: [the ISA Inductor picks is probed first]: the candidates in
-    order, one at a time, until one passes; then the others side by side.
-    Where the environment picks, all side by side, as before."""
+    """NOTE: [the ISA Inductor picks is probed first], NOTE: [only the ISA
+    Inductor picks is probed]: the candidates in order, one at a time, until
+    one passes, and none after it.  Where the environment picks, all side by
+    side."""
     from torch._inductor import cpu_vec_isa
 
     from stitch.runtime.compat import isa_probe
@@ -338,15 +384,15 @@ def test_the_probe_checks_the_isa_inductor_picks_first_and_alone(
     me = threading.current_thread().name
     isa_probe.probe_cpu_isa(width=2)
     if picked_by == "first valid":
-        # In order, in the probe's own thread, until the pick; the rest in its pool.
-        assert log[:2] == [("fails", me), ("picked", me)]
-        assert sorted(n for n, _ in log[2:]) == ["fourth", "third"]
-        assert all(t.startswith("stitch-isa") for _, t in log[2:])
+        # In order, in the probe's own thread, up to the pick; no other.
+        assert log == [("fails", me), ("picked", me)], log
+        checked = candidates[:2]
     else:
         assert all(t.startswith("stitch-isa") for _, t in log), log
-    assert sorted(n for n, _ in log) == sorted(n for n, _ in names)
-    assert not meeting.broken
-    assert isa_probe._answers == {id(c): c.passes for c in candidates}
+        assert sorted(n for n, _ in log) == sorted(n for n, _ in names)
+        assert not meeting.broken
+        checked = candidates
+    assert isa_probe._answers == {id(c): c.passes for c in checked}
 
 
 def test_an_ask_where_no_candidate_passed_waits_for_the_whole_probe(

@@ -1,8 +1,9 @@
-"""Inductor's vector ISA probe: the ISA Inductor picks checked first, the
-other candidates side by side, each answer there for a compile's ask as soon
-as it is known, and the answers remembered between processes (NOTE: [the ISA
-probe's candidates side by side], NOTE: [the ISA Inductor picks is probed
-first], NOTE: [the ISA probe's answers remembered])."""
+"""Inductor's vector ISA probe: only the ISA Inductor picks, checked first
+(every candidate side by side where the environment picks), each answer
+there for a compile's ask as soon as it is known, and the answers remembered
+between processes (NOTE: [the ISA probe's candidates side by side], NOTE: [the
+ISA Inductor picks is probed first], NOTE: [only the ISA Inductor picks is
+probed], NOTE: [the ISA probe's answers remembered])."""
 
 from __future__ import annotations
 
@@ -51,37 +52,53 @@ def probe_cpu_isa(width: int = 0, wide: threading.Event | None = None) -> None:
     the first that passes in Inductor's order.  Checked side by side with the
     others, that one was the last to answer on this 2-core AVX-512 machine
     (its base check and VNNI's, beside AVX-512's and AVX2's), so the compile
-    waited for the whole probe all the same.  So the probe now checks the
+    waited for the whole probe all the same.  So the probe checks the
     candidates one at a time, in order, until one passes (where the pick is
-    the first valid: ``first_is_picked``), alone on its core, and then the
-    others side by side as before.  Alone on an idle 2-core machine with an
-    empty Inductor cache, the picked one (AVX-512 with VNNI) answered in
-    about 2.5 s and the whole probe took 6 to 7 s, against 4.3 to 4.7 s with
-    the three side by side: a compile waits for the first part only, and
-    what waits for the probe's end (a spawned worker's ready signal) waits
-    about 2 s longer.  Where the environment picks the ISA, all of them are
-    checked side by side, as before.
+    the first valid: ``first_is_picked``), alone on its core: alone on an
+    idle 2-core machine with an empty Inductor cache, the picked one (AVX-512
+    with VNNI) answered in about 2.5 s, where the three side by side took 4.3
+    to 4.7 s.  Where the environment picks the ISA, all of them are checked
+    side by side.
+
+    NOTE: [only the ISA Inductor picks is probed]
+    The candidates after the pick were then checked side by side, beside the
+    compile that already had its answer: two more dry compiles and loads, on
+    2 cores, among the first piece's C++ builds.  Nothing read them.
+    ``pick_vec_isa`` is the only reader of Inductor's list (torch 2.11 to
+    2.15), and where the environment does not pick, it reads the list's first
+    entry only; Stitch's list, the one it reads (NOTE: [a compile waits for
+    the probe only where it asks]), gives that entry alone, during the probe
+    and after it.  So the probe ends at the pick.  The example llama at 32
+    layers, empty caches, 2 cores (``bench/tier_timeline.py``, three rounds
+    each way, alternating): a cold call's probe ended 3.5 to 4.4 s after the
+    backend call rather than 8.1 to 9.4 s, and its last compile came at 9.3
+    to 10.7 s against 10.9 to 12.9 s (docs/performance.md, "Only the ISA
+    Inductor picks").  The others are checked only where something reads
+    Inductor's whole list: a pick the environment makes (``ATEN_CPU_CAPABILITY``,
+    ``cpp.simdlen``), at its ask, or a process in which no probe ran, as
+    Inductor always did.
     """
     from torch._inductor import cpu_vec_isa
 
     candidates = _isa_candidates(cpu_vec_isa)  # [] but on x86 Linux
     with _answered:
         _order[:] = candidates  # what a compile's ask waits on (first_valid)
-    rest = candidates
     if first_is_picked():
-        rest = []  # none passed: none left
-        for i, isa in enumerate(candidates):
+        # One at a time, in order, up to the first that passes: the pick, all
+        # that pick_vec_isa reads (NOTE: [only the ISA Inductor picks is
+        # probed]).  None passed: every one is answered.
+        for isa in candidates:
             if _answer(isa):
-                rest = candidates[i + 1 :]
-                break
-    if rest:  # sched_getaffinity is Linux's
-        width = min(len(rest), width or len(os.sched_getaffinity(0)))
-    if len(rest) > 1 and width > 1:
+                return
+        return
+    if candidates:  # sched_getaffinity is Linux's
+        width = min(len(candidates), width or len(os.sched_getaffinity(0)))
+    if len(candidates) > 1 and width > 1:
         from concurrent.futures import ThreadPoolExecutor
 
         gate = _gate(width, wide)
         with ThreadPoolExecutor(width, thread_name_prefix="stitch-isa") as pool:
-            list(pool.map(lambda isa: gate(_answer, isa), rest))
+            list(pool.map(lambda isa: gate(_answer, isa), candidates))
     for isa in candidates:  # one at a time, in order (answered ones at once)
         _answer(isa)
     cpu_vec_isa.pick_vec_isa()
@@ -173,8 +190,9 @@ def first_valid(probe: threading.Thread) -> Any | None:
     """The candidate ``pick_vec_isa`` takes, once ``probe`` has answered it and
     every one before it; None where that pick needs every answer (the
     environment's ``ATEN_CPU_CAPABILITY`` or ``cpp.simdlen`` asks for a
-    particular ISA), none passed or the probe ended first (NOTE: [a compile
-    waits for the probe only where it asks], pipeline/inductor_warmup.py)."""
+    particular ISA), none passed, or the probe ended before it answered
+    (NOTE: [a compile waits for the probe only where it asks],
+    pipeline/inductor_warmup.py)."""
     if not first_is_picked():
         return None
     with _answered:
@@ -261,8 +279,10 @@ def asks_wait_for(probe: Callable[[], threading.Thread | None]) -> bool:
         thread = probe()
         # A thread that forked is dead here: no wait.
         if thread is not None and thread is not threading.current_thread():
-            if thread.is_alive() and (first := first_valid(thread)) is not None:
-                return [first]  # what pick_vec_isa reads of it: the same pick
+            # What pick_vec_isa reads of it, while the probe runs and after
+            # (NOTE: [only the ISA Inductor picks is probed]): the same pick.
+            if (first := first_valid(thread)) is not None:
+                return [first]
             thread.join()
         return real()
 

@@ -105,9 +105,11 @@ def start_inductor_warmup(cpu: bool) -> None:
     The first compile or load of C++ kernels in a process probes the CPU's
     vector ISA: a C++ dry compile per candidate ISA, each loaded by a fresh
     Python process that imports torch (about a second on a CPU machine, 30-45 s
-    on the GPU machine with its CUDA torch); the one Inductor picks first, the
-    others side by side (NOTE: [the ISA probe's candidates side by side], NOTE:
-    [the ISA Inductor picks is probed first]).  A backend call that finds no cache
+    on the GPU machine with its CUDA torch); the one Inductor picks first, and
+    no other after it (all side by side where the environment picks: NOTE:
+    [the ISA probe's candidates side by side], NOTE: [the ISA Inductor picks
+    is probed first], NOTE: [only the ISA Inductor picks is probed]).  A
+    backend call that finds no cache
     entry for a CPU graph starts the probe before it splits the graph and
     propagates fake tensors, which hides it; it fills the cache Inductor would
     fill on first use anyway.  A graph whose tensors are all on a GPU compiles
@@ -140,11 +142,11 @@ def start_inductor_warmup(cpu: bool) -> None:
     its only reader takes the first valid ISA of the list, unless
     ``ATEN_CPU_CAPABILITY`` or ``cpp.simdlen`` asks for another (then the
     ask waits for the whole probe, as before), and the list is in the order
-    the probe answers in.  So until the probe ends an ask gets that one
-    candidate, whose check has returned, and the same pick; the probe
-    answers the others beside the compile, and every ask after its end
-    reads Inductor's own list.  The probe checks that candidate first, alone
-    (NOTE: [the ISA Inductor picks is probed first], compat/isa_probe.py).
+    the probe answers in.  So an ask gets that one candidate, whose check
+    has returned, and the same pick, during the probe and after it; the
+    probe checks that candidate first, alone, and no other after it (NOTE:
+    [the ISA Inductor picks is probed first], NOTE: [only the ISA Inductor
+    picks is probed], compat/isa_probe.py).
     On 2 cores, the 32-layer example with empty caches, three pairs each
     (``bench/tier_timeline.py``): a cold call's first compile ended 0.2 to
     1.7 s before the probe did, where it ended after it; its last compile

@@ -39,6 +39,9 @@ the trace.  A compile that must wait for the whole probe (a release without
 ``valid_vec_isa_list``: NOTE: [a compile waits for the probe only where it
 asks]) widens it first.  Nor does the probe begin before the worker's own
 imports end (NOTE: [a pre-started worker's probe waits for its imports]).
+Where Inductor takes the first valid ISA, the probe now checks one candidate
+at a time up to it, and no other (NOTE: [only the ISA Inductor picks is
+probed]): narrow or wide matters only where the environment picks.
 """
 
 from __future__ import annotations
