@@ -63,7 +63,8 @@ def gone(pid: int) -> bool:
     """Whether ``pid`` has exited (a zombie not yet reaped counts)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):
+        # Gone before the open, or between the open and the read (ESRCH).
         return True
     return stat.rpartition(")")[2].split()[0] in ("Z", "X")
 
