@@ -152,6 +152,20 @@ def _worker_counters(worker: Any = None) -> dict[str, Any]:
     }
 
 
+def _first_request(
+    llm: Any, generate: Any, tiered: bool
+) -> tuple[float, list[list[int]]]:
+    """The engine's first request: its seconds, and its tokens where a tiered
+    start was still unsettled when it began.  It counts as served while the
+    pieces compile: a fast compile can settle during it (seconds on
+    uncompiled pieces, its forwards waiting at the compile's share)."""
+    unsettled = tiered and not all(
+        t["settled"] for t in llm.collective_rpc(_worker_tiers)[0]
+    )
+    seconds, outs = generate(1)
+    return seconds, [list(outs[0].outputs[0].token_ids)] if unsettled else []
+
+
 def run(
     model: str,
     variant: str,
@@ -200,14 +214,7 @@ def run(
         outs = llm.generate(reqs, params, use_tqdm=False)
         return time.perf_counter() - t0, outs
 
-    # The first request counts as served while the pieces compile where a
-    # tiered start was still unsettled when it began: a faster compile can
-    # settle during it (it takes seconds on uncompiled pieces).
-    unsettled = variant == "tiered" and not all(
-        t["settled"] for t in llm.collective_rpc(_worker_tiers)[0]
-    )
-    first, outs = generate(1)
-    first_tokens = [list(outs[0].outputs[0].token_ids)] if unsettled else []
+    first, first_tokens = _first_request(llm, generate, variant == "tiered")
     result: dict[str, Any] = {
         "variant": variant,
         "start_s": started,
