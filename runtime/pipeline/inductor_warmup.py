@@ -109,10 +109,9 @@ def start_inductor_warmup(cpu: bool) -> None:
     no other after it (all side by side where the environment picks: NOTE:
     [the ISA probe's candidates side by side], NOTE: [the ISA Inductor picks
     is probed first], NOTE: [only the ISA Inductor picks is probed]).  A
-    backend call that finds no cache
-    entry for a CPU graph starts the probe before it splits the graph and
-    propagates fake tensors, which hides it; it fills the cache Inductor would
-    fill on first use anyway.  A graph whose tensors are all on a GPU compiles
+    backend call that finds no cache entry for a CPU graph starts the probe
+    before it splits the graph and propagates fake tensors, which hides it;
+    it fills the cache Inductor would fill on first use anyway.  A graph whose tensors are all on a GPU compiles
     Triton kernels, for which Inductor never asks the ISA, so it is not probed
     (Inductor still probes by itself should such a graph hold a CPU kernel).  A
     warm start loads prebuilt pieces, needs neither Inductor nor the probe, and
