@@ -553,3 +553,110 @@ def test_a_held_probe_begins_after_the_imports_or_at_a_job(
         imported.set()
         warmup.join(60)
         inductor_warmup._probe.join(60)
+
+
+# A cold forked tier (NOTE: [a forked tier probes as its build begins] in
+# runtime/pipeline/tiered/deferred.py): every ISA check, with the process and
+# thread that asked it, each dry compile of one, and the worker's fork, in a
+# log that the forked worker appends to as well.
+FORKED_TIER = textwrap.dedent("""
+    import json, os, threading, time
+    import torch
+    from torch._inductor import cpp_builder, cpu_vec_isa
+    from stitch.runtime import CompilationConfig, StitchBackend, wait_compiled
+    from stitch.runtime.examples import LlamaConfig, build_llama, llama_inputs
+
+    state = threading.local()
+
+    def say(**event):
+        event.update(pid=os.getpid(), t=time.monotonic(),
+                     thread=threading.current_thread().name)
+        with open(os.environ["STITCH_TEST_LOG"], "a") as f:
+            f.write(json.dumps(event) + "\\n")
+
+    real_check, real_build = cpu_vec_isa.VecISA.check_build, cpp_builder.CppBuilder.build
+
+    def check_build(self, code):
+        say(what="check", isa=str(self))
+        state.checking = True
+        try:
+            return real_check(self, code)
+        finally:
+            state.checking = False
+
+    def build(self, *args, **kwargs):
+        if getattr(state, "checking", False):
+            say(what="build", target=self.get_target_file_path())
+        return real_build(self, *args, **kwargs)
+
+    cpu_vec_isa.VecISA.check_build = check_build
+    cpp_builder.CppBuilder.build = build
+    os.register_at_fork(after_in_child=lambda: say(what="forked"))
+
+    cfg = LlamaConfig(num_layers=2)
+    model = build_llama(cfg)
+    config = CompilationConfig(max_num_batched_tokens=cfg.max_seqs, tiered_start=True)
+    backend = StitchBackend(config)
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    equal = []
+    for _ in range(2):  # served at once, then by the compiled pieces
+        with torch.no_grad():
+            ids, pos = llama_inputs(cfg, 5)
+            model.reset_kv_caches()
+            expected = model(ids, pos)
+            model.reset_kv_caches()
+            out = compiled(ids, pos)
+        equal.append(bool(torch.allclose(out, expected, rtol=1e-4, atol=1e-4)))
+        wait_compiled()
+    tiers = [c.tier for c in backend.compiled]
+    print(json.dumps({
+        "equal": equal,
+        "settled": [t is not None and t.settled for t in tiers],
+        "picked": str(cpu_vec_isa.pick_vec_isa()),
+        "pid": os.getpid(),
+    }))
+    """)
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.machine() != "x86_64",
+    reason="Inductor probes x86 ISAs one by one only on x86 Linux",
+)
+@pytest.mark.extended  # a cold compile with an empty Inductor cache
+def test_a_forked_tier_probes_in_a_process_of_its_own_before_its_worker_is_forked(
+    tmp_path,
+):
+    """NOTE: [a forked tier probes as its build begins]: a process forked as
+    the build begins starts the ISA checks before the worker is forked, and
+    no check is built twice."""
+    log = tmp_path / "events.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
+    env.update(
+        STITCH_TEST_LOG=str(log),
+        STITCH_CACHE_DIR=str(tmp_path / "stitch"),
+        TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"),
+        STITCH_COMPILE_START="fork",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", FORKED_TIER],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["equal"] == [True, True] and result["settled"] == [True], result
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    forks = [e for e in events if e["what"] == "forked"]
+    # Two forks: the probe's as the build began, then the worker's (without
+    # the change the worker was the only one, and made every check).  The
+    # probe process made the first check, and checked the ISA picked.
+    assert len(forks) == 2, events
+    probe = forks[0]["pid"]
+    checks = [e for e in events if e["what"] == "check"]
+    assert checks[0]["pid"] == probe != result["pid"], events
+    assert any(e["pid"] == probe and e["isa"] == result["picked"] for e in checks)
+    # No dry compile is built twice, whichever process asks for it.
+    targets = [e["target"] for e in events if e["what"] == "build"]
+    assert targets and len(targets) == len(set(targets)), events

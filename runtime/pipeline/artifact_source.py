@@ -96,6 +96,11 @@ class ArtifactSource:
         # (a tiered start's DeferredSource, tiered/deferred.py); none here.
         self.deferred: dict[str, fx.GraphModule] = {}
 
+    def begin_build(self) -> None:
+        """Start what the pieces' compiles will wait for, as the split begins
+        (a forked tier's probe: NOTE: [a forked tier probes as its build
+        begins], tiered/forked_workers.py); nothing here."""
+
     @staticmethod
     def saves(backend: str) -> bool:
         """Whether the compiler backend ``backend`` (``CompilationConfig.backend``)

@@ -120,6 +120,7 @@ class Compilation:
 
     def stitched(self, start: float, key: str, cache: CompileCache | None) -> Built:
         try:
+            self.source.begin_build()
             split = self.split()
             # NOTE: [a graph's structure is described once per compile]
             with structures_described_once():

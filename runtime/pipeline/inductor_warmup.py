@@ -169,6 +169,14 @@ def start_inductor_warmup(cpu: bool) -> None:
     _begin.set()
 
 
+def probe_isa() -> None:
+    """Probe the CPU's vector ISA now, in the calling thread, importing only
+    what the probe uses (a forked tier's probe process: NOTE: [a forked tier
+    probes as its build begins], tiered/forked_workers.py)."""
+    inductor.import_isa_probe()
+    _probe_isa()
+
+
 def forget_probe() -> None:
     """In a forked compile worker: the parent's probe thread did not come along.
 

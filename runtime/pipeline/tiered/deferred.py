@@ -19,6 +19,8 @@ import torch
 from ...config import CompilationConfig
 from ...store.index import EntryRecord
 from ...targets import Target
+from ...workers.priority import niceness
+from ...workers.serving_first import controller
 from ...workers.start_method import START_ENV, needs_spawn, start_method
 from ..artifact_source import ArtifactSource, Piece
 from ..compilers import CompilerAdapter
@@ -123,10 +125,22 @@ class DeferredSource(ArtifactSource):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # Whether the build forks the ISA probe (a cold forked tier on the CPU).
+        self.probes = False
         self.deferred_keys: set[str] = set()
         # Each deferred piece's compile key: repeated pieces share one, and one worker
         # compiles it (the others of the key are "shared" there).
         self.key_of: dict[str, str] = {}
+
+    def begin_build(self) -> None:
+        """A cold forked tier's build forks the ISA probe as it begins (NOTE:
+        [a forked tier probes as its build begins], forked_workers.py)."""
+        if self.probes:
+            from .forked_workers import fork_probe
+
+            pid = fork_probe(niceness())
+            if pid is not None:
+                controller().watch(pid)  # NOTE: [serving first]
 
     def entry(
         self, piece: Piece, target: Target, choice: KeyChoice
@@ -177,5 +191,8 @@ def prepare_compiles(
     if off is not None and cold:
         # A cold start: the warm-up runs beside the split and fake propagation.
         adapter.warm_up(cpu=on_cpu(example_inputs))
-    source = ArtifactSource if off is not None else DeferredSource
-    return source(config, cache, adapter=adapter, note_guards=note_guards)
+    if off is not None:
+        return ArtifactSource(config, cache, adapter=adapter, note_guards=note_guards)
+    source = DeferredSource(config, cache, adapter=adapter, note_guards=note_guards)
+    source.probes = cold and worker_start == "fork" and on_cpu(example_inputs)
+    return source

@@ -11,6 +11,7 @@ import gc
 import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from ...workers.priority import take_priority
 from ...workers.proc_family import die_with_parent, ended_status, parent_to_watch
 from ...workers.start_method import forget_the_parents_exit
 from ...workers.worker_cpus import take_cpus, worker_cpus
-from ..inductor_warmup import forget_probe
+from ..inductor_warmup import forget_probe, probe_isa
 from .piece_jobs import UnitJob, piece_names
 from .worker_process import CompileOne, Launch, Worker, compile_and_report
 
@@ -80,6 +81,22 @@ class _Start:
     cpus: set[int]
 
 
+def _begin(start: _Start) -> None:
+    """A forked child's start: a process of its own, with the serving
+    process's workers' priority and cores, that dies with it."""
+    die_with_parent(start.parent)
+    forget_the_parents_exit()  # NOTE: [a worker forked while its parent exits]
+    forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
+    forget_probe()  # NOTE: [a worker forked beside a probe]
+    # NOTE: [a compile worker's priority]
+    take_priority(start.nice)
+    # NOTE: [the cores a compile worker runs on]
+    if take_cpus(start.cpus):
+        size_compile_threads_again()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _work(
     names: list[str],
     fd: int,
@@ -91,17 +108,7 @@ def _work(
     code = 0
     gc.freeze()  # NOTE: [a forked worker's inherited objects are frozen]
     try:
-        die_with_parent(start.parent)
-        forget_the_parents_exit()  # NOTE: [a worker forked while its parent exits]
-        forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
-        forget_probe()  # NOTE: [a worker forked beside a probe]
-        # NOTE: [a compile worker's priority]
-        take_priority(start.nice)
-        # NOTE: [the cores a compile worker runs on]
-        if take_cpus(start.cpus):
-            size_compile_threads_again()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
+        _begin(start)
         if gate >= 0 and os.read(gate, 1) != b"c":
             os._exit(0)  # another replica's entry was installed (or the parent died)
         with os.fdopen(fd, "w", buffering=1) as out:
@@ -113,3 +120,59 @@ def _work(
         traceback.print_exc()
     finally:
         os._exit(code)
+
+
+def fork_probe(nice: int | None) -> int | None:
+    """Fork a process that probes the CPU's vector ISA, as a compile worker
+    would, and exits; its pid, watched by serving first (None: not forked).
+
+    NOTE: [a forked tier probes as its build begins]
+    A forked worker is forked once the stitching is built (1.6 to 2.4 s after
+    the backend call at 32 layers on 2 cores), and began the ISA probe then,
+    with its first piece (NOTE: [Inductor warm-up overlaps the split]), where
+    a cold call begins it at its start: the probe, which the first piece's
+    C++ waits for, ended 4.3 to 6.0 s after the backend call, against 3.1 to
+    4.8 s in a cold call.  Now a cold forked tier's build forks a process for
+    the probe as it begins, and the worker, forked later, finds the pick
+    answered (its record: NOTE: [the ISA probe's answers remembered]) or, for
+    a check still in flight, waits on Inductor's lock file for its build and
+    then loads it (NOTE: [a worker forked beside a probe], inductor_warmup.py):
+    nothing is built twice.  The probe process has a group of its own, which
+    serving first watches and pauses, its compilers with it, as it does a
+    worker's (NOTE: [serving first]).
+
+    A thread of the serving process was tried first.  Its imports held the
+    interpreter beside the forwards, and serving first cannot pause its
+    compilers: under a light load at 32 layers each run served two forwards
+    during the compile, each 0.2 to 0.5 s of its own, where the code before
+    served five to seven; with the process, six and ten (54 and 61 ms by the
+    median).  Probing from the backend call had also been tried
+    when the probe checked every candidate, and not kept (docs/performance.md,
+    "The ISA probe from a forked tier's backend call"): the worker then
+    checked the candidates after the pick itself.  The probe now ends at the
+    pick (NOTE: [only the ISA Inductor picks is probed]), and the worker has
+    nothing left to check.  The example llama at 32 layers, ``bench/under_load.py
+    --paired``, two rounds each way alternating (docs/performance.md, "A
+    forked tier's probe from its build's start"): the last swap at 0.90x to
+    1.16x the paired cold compile with it, 1.00x to 1.33x without.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    start = _Start(nice, parent_to_watch(), worker_cpus())
+    try:
+        pid = os.fork()
+    except OSError:
+        return None  # the worker probes, as before
+    if pid == 0:  # the probe: never returns
+        code = 0
+        gc.freeze()  # NOTE: [a forked worker's inherited objects are frozen]
+        try:
+            os.setpgid(0, 0)  # NOTE: [serving first]: a group of its own
+            _begin(start)
+            probe_isa()
+        except BaseException:  # noqa: BLE001 - the worker probes what is left
+            code = 1
+        finally:
+            os._exit(code)
+    threading.Thread(target=os.waitpid, args=(pid, 0), daemon=True).start()
+    return pid
