@@ -553,3 +553,33 @@ def test_workers_move_to_the_cores_pinned_serving_threads_leave_and_never_pause(
     # Never paused: a worker on a spare core takes no core from the forward
     # (it stood paused through vLLM's engine start, and at every request).
     assert not seen["stopped"], seen
+
+
+def test_a_paused_worker_that_has_exited_and_been_reaped_is_no_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker (or the ISA probe's process, or a gcc under it) may exit and
+    be reaped between the controller's look at who is alive and its pause,
+    and its task folder can vanish while its children are listed: the pause
+    signals what is left, and the controller's thread goes on (that listing
+    raised FileNotFoundError, and ended the thread, twice in CI run 37)."""
+    from stitch.runtime.workers import proc_family
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    gone = int(done.stdout)  # exited and reaped
+
+    class Vanishing(type(Path())):  # type: ignore[misc]
+        # The folder was there when the listing began, and is gone at its read.
+        def glob(self, pattern: str) -> Iterator[Path]:
+            raise FileNotFoundError(2, "No such file or directory", str(self))
+
+    monkeypatch.setattr(proc_family, "Path", Vanishing)
+    assert proc_family.family(gone) == [gone]
+    control = ServingFirst()
+    control._pause(gone)
+    control._go_on(gone)

@@ -43,9 +43,12 @@ def family(pid: int) -> list[int]:
         if p <= 0 or p == os.getpid() or p in members:
             continue
         members.append(p)
-        for children in Path(f"/proc/{p}/task").glob("*/children"):
-            with contextlib.suppress(OSError, ValueError):
-                todo += map(int, children.read_text().split())
+        # A member that has exited (a gcc that just ended, a worker or the ISA
+        # probe's process reaped) has no task folder left to list.
+        with contextlib.suppress(OSError):
+            for children in Path(f"/proc/{p}/task").glob("*/children"):
+                with contextlib.suppress(OSError, ValueError):
+                    todo += map(int, children.read_text().split())
     return members
 
 
