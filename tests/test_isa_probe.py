@@ -556,7 +556,7 @@ def test_a_held_probe_begins_after_the_imports_or_at_a_job(
 
 
 # A cold forked tier (NOTE: [a forked tier probes as its build begins] in
-# runtime/pipeline/tiered/deferred.py): every ISA check, with the process and
+# runtime/pipeline/tiered/forked_workers.py): every ISA check, with the process and
 # thread that asked it, each dry compile of one, and the worker's fork, in a
 # log that the forked worker appends to as well.
 FORKED_TIER = textwrap.dedent("""
@@ -627,8 +627,8 @@ def test_a_forked_tier_probes_in_a_process_of_its_own_before_its_worker_is_forke
     tmp_path,
 ):
     """NOTE: [a forked tier probes as its build begins]: a process forked as
-    the build begins starts the ISA checks before the worker is forked, and
-    no check is built twice."""
+    the build begins, before the worker, makes the first ISA check, of the
+    ISA picked, and no check is built twice."""
     log = tmp_path / "events.jsonl"
     env = {k: v for k, v in os.environ.items() if k != "ATEN_CPU_CAPABILITY"}
     env.update(

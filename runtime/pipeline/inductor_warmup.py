@@ -111,11 +111,12 @@ def start_inductor_warmup(cpu: bool) -> None:
     is probed first], NOTE: [only the ISA Inductor picks is probed]).  A
     backend call that finds no cache entry for a CPU graph starts the probe
     before it splits the graph and propagates fake tensors, which hides it;
-    it fills the cache Inductor would fill on first use anyway.  A graph whose tensors are all on a GPU compiles
-    Triton kernels, for which Inductor never asks the ISA, so it is not probed
-    (Inductor still probes by itself should such a graph hold a CPU kernel).  A
-    warm start loads prebuilt pieces, needs neither Inductor nor the probe, and
-    so never starts it (see NOTE: [prebuilt pieces]).  Every module the probe
+    it fills the cache Inductor would fill on first use anyway.  A graph
+    whose tensors are all on a GPU compiles Triton kernels, for which
+    Inductor never asks the ISA, so it is not probed (Inductor still probes
+    by itself should such a graph hold a CPU kernel).  A warm start loads
+    prebuilt pieces, needs neither Inductor nor the probe, and so never
+    starts it (see NOTE: [prebuilt pieces]).  Every module the probe
     uses is imported here, in the calling thread, before it starts: two
     threads importing torch's modules at once can see each other's
     half-initialized modules.  The rest of Inductor (a second of imports) is

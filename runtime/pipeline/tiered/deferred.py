@@ -123,10 +123,10 @@ class DeferredSource(ArtifactSource):
     holds loads as always; what it lacks runs as the piece's GraphModule and
     is named in ``deferred``, for the compile workers."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, probes: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # Whether the build forks the ISA probe (a cold forked tier on the CPU).
-        self.probes = False
+        self.probes = probes
         self.deferred_keys: set[str] = set()
         # Each deferred piece's compile key: repeated pieces share one, and one worker
         # compiles it (the others of the key are "shared" there).
@@ -193,6 +193,10 @@ def prepare_compiles(
         adapter.warm_up(cpu=on_cpu(example_inputs))
     if off is not None:
         return ArtifactSource(config, cache, adapter=adapter, note_guards=note_guards)
-    source = DeferredSource(config, cache, adapter=adapter, note_guards=note_guards)
-    source.probes = cold and worker_start == "fork" and on_cpu(example_inputs)
-    return source
+    return DeferredSource(
+        config,
+        cache,
+        adapter=adapter,
+        note_guards=note_guards,
+        probes=cold and worker_start == "fork" and on_cpu(example_inputs),
+    )

@@ -39,7 +39,6 @@ def forker(compile_one: CompileOne, shape_env: Any) -> Launch:
         cpus = worker_cpus()  # the serving process's threads': read before the fork
         pid = os.fork()
         if pid == 0:  # the worker: never returns
-            os.setpgid(0, 0)  # NOTE: [serving first]: a group of its own
             os.close(read_fd)
             if gated:
                 os.close(gate_write)
@@ -84,6 +83,8 @@ class _Start:
 def _begin(start: _Start) -> None:
     """A forked child's start: a process of its own, with the serving
     process's workers' priority and cores, that dies with it."""
+    gc.freeze()  # NOTE: [a forked worker's inherited objects are frozen]
+    os.setpgid(0, 0)  # NOTE: [serving first]: a group of its own
     die_with_parent(start.parent)
     forget_the_parents_exit()  # NOTE: [a worker forked while its parent exits]
     forget_compile_pools()  # NOTE: [Inductor's pools in a forked process]
@@ -106,7 +107,6 @@ def _work(
     start: _Start,
 ) -> None:
     code = 0
-    gc.freeze()  # NOTE: [a forked worker's inherited objects are frozen]
     try:
         _begin(start)
         if gate >= 0 and os.read(gate, 1) != b"c":
@@ -165,9 +165,7 @@ def fork_probe(nice: int | None) -> int | None:
         return None  # the worker probes, as before
     if pid == 0:  # the probe: never returns
         code = 0
-        gc.freeze()  # NOTE: [a forked worker's inherited objects are frozen]
         try:
-            os.setpgid(0, 0)  # NOTE: [serving first]: a group of its own
             _begin(start)
             probe_isa()
         except BaseException:  # noqa: BLE001 - the worker probes what is left
