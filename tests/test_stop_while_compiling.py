@@ -40,7 +40,11 @@ if {held}:
 """
 
 SCRIPT = """
-import signal, sys, time, torch
+import atexit, gc, signal, sys, time, torch
+# Registered before Stitch's exit hook, so it runs after it: whether the
+# teardown that follows skips its collections (NOTE: [an exit the user asked
+# for skips the teardown's collections]).
+atexit.register(lambda: print("FROZEN", gc.get_freeze_count(), file=sys.stderr, flush=True))
 # Ctrl+C reaches the script as a terminal's would: a suite started in the
 # background by a shell (``cmd &``, nohup) passes SIGINT on ignored, and
 # Python installs no KeyboardInterrupt handler for an ignored SIGINT.
@@ -139,6 +143,8 @@ def _next_start_compiles_what_is_missing(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "TIER True" in done.stdout, done.stdout  # nothing had landed
+    # A normal exit keeps Python's teardown, its collections with it.
+    assert re.search(r"^FROZEN 0$", done.stderr, re.M), done.stderr[-3000:]
     # Its own exit waited for its workers: every piece is now in the cache.
     assert "stays uncompiled" not in done.stderr, done.stderr[-3000:]
     indexes = list((tmp_path / "cache").rglob("index.py"))
@@ -158,6 +164,9 @@ def test_ctrl_c_mid_compile_exits_and_the_next_start_compiles(tmp_path: Path) ->
         r"exiting after \d+ s without \d+ pieces? still compiling", err
     ), err[-3000:]
     assert "stays uncompiled" not in err, err[-3000:]
+    # Python's teardown after it skips its collections: every object frozen.
+    frozen = re.search(r"^FROZEN (\d+)$", err, re.M)
+    assert frozen and int(frozen.group(1)) > 0, err[-3000:]
     _next_start_compiles_what_is_missing(tmp_path)
 
 
@@ -179,6 +188,8 @@ def test_a_second_ctrl_c_ends_a_normal_exits_wait_at_once(tmp_path: Path) -> Non
     assert re.search(
         r"exiting at Ctrl\+C without \d+ pieces? still compiling", err
     ), err[-3000:]
+    frozen = re.search(r"^FROZEN (\d+)$", err, re.M)
+    assert frozen and int(frozen.group(1)) > 0, err[-3000:]
     _next_start_compiles_what_is_missing(tmp_path)
 
 
