@@ -99,6 +99,29 @@ def test_a_not_run_comment_sits_on_a_python_block() -> None:
             ), f"{page.relative_to(ROOT)}: {match.group(0)!r} is not followed by a ```python block"
 
 
+def test_every_fence_closes_on_a_line_of_its_own() -> None:
+    # A closing fence with text after it ("``` `stitch run ...`") closes
+    # nothing: the block ran on into the next one, which neither a reader's
+    # renderer nor python_blocks then showed as a block of its own (the next
+    # block of docs/cold_start.md went untested that way), and a fence that
+    # never closes shows the rest of its page as code (docs/architecture.md's
+    # from its second diagram on).
+    for page in PAGES:
+        opened_at = None
+        for number, text in enumerate(page.read_text().split("\n"), 1):
+            line = text.lstrip(" ")  # a fence in a list item is indented
+            if not line.startswith("```"):
+                continue
+            where = f"{page.relative_to(ROOT)}:{number}"
+            if opened_at is None:
+                assert re.fullmatch(r"```[\w+-]*", line), f"{where}: {line!r}"
+                opened_at = where
+            else:
+                assert line == "```", f"{where}: {line!r} does not close {opened_at}"
+                opened_at = None
+        assert opened_at is None, f"the fence at {opened_at} never closes"
+
+
 def test_an_excerpt_of_a_golden_is_the_golden() -> None:
     # A block shown as an excerpt of a golden file (its "not run" reason names
     # golden/...py) holds that file's lines in order ("..." marks a cut), so

@@ -70,8 +70,8 @@ def none_paused(family: list[int]) -> bool:
 
 @pytest.fixture(autouse=True)
 def serving_first_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The users' default; the suite turns it off for the other modules
-    # (NOTE: [the suite's compile workers run as equals] in conftest.py).
+    # The users' default, as the rest of the suite runs it (NOTE: [the suite
+    # runs the defaults] in conftest.py), whatever the caller's environment says.
     monkeypatch.setenv(serving_first.ENV, "1")
 
 

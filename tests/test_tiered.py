@@ -101,8 +101,8 @@ def test_tiered_start_serves_at_once_and_swaps_every_piece(
 ) -> None:
     # NOTE: [forked or spawned compile workers]: on a GPU they are spawned.
     monkeypatch.setenv("STITCH_COMPILE_START", start)
-    # Serving first, the users' default (NOTE: [the suite's compile workers
-    # run as equals] in conftest.py), end to end with forked workers; spawned
+    # Serving first, the users' default (NOTE: [serving first] in
+    # runtime/workers/serving_first.py), end to end with forked workers; spawned
     # workers are watched all the same (below) but run as equals, for the
     # suite's time (this test took 118 s with spawned workers giving way, 52 s
     # with forked ones, beside vLLM's tests on 2 cores).

@@ -1,10 +1,10 @@
 """Where a tiered start is the default, and where it is not (NOTE: [where a
 tiered start is the default], runtime/pipeline/tiered/deferred.py).
 
-The suite turns the default off for itself (NOTE: [the suite runs without a
-tiered start by default], tests/conftest.py); these tests run fresh processes
-without that switch, each with caches of its own, so that they see what a
-user's process sees.  transformers' server has its own test
+The suite runs the default too (NOTE: [the suite runs the defaults],
+tests/conftest.py); these tests run fresh processes with no ``STITCH_*``
+variable, each with caches of its own, so that they see what a user's
+process sees.  transformers' server has its own test
 (tests/test_hf_serve.py); vLLM's backend is checked in its venv
 (tests/test_vllm.py, whose tiered engine runs on the default).
 """
@@ -87,8 +87,8 @@ def _without_the_suites_switch(root: Path) -> dict[str, str]:
     # $STITCH_CACHE_DIR: that one wins over a config's cache_dir where a saved
     # forward finds its entry (saved_function.py), which aot_compile's save here
     # would then miss.
-    # The suite's switch for serving first goes too (NOTE: [the suite's
-    # compile workers run as equals] in conftest.py): these are the defaults.
+    # A caller's switch for serving first goes too (NOTE: [the suite runs the
+    # defaults] in conftest.py sets none): these are the defaults.
     gone = (TIERED_DEFAULT_ENV, CACHE_ENV, serving_first.ENV)
     env = {k: v for k, v in os.environ.items() if k not in gone}
     return dict(

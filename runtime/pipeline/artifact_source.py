@@ -146,7 +146,7 @@ class ArtifactSource:
                 return EntryRecord(target.key(), key, self.memo[key][1]), "shared"
             why = self.cache.refusal(key) if self.cache is not None else None
             if why is not None:
-                # NOTE: [a piece that compiled wrong] (tiered/tier.py)
+                # NOTE: [a piece that compiled wrong] (store/piece_store.py)
                 log.warning(
                     "stitch: piece %s (%s) runs uncompiled: %s (recorded in %s; "
                     "delete that folder to compile it again)",

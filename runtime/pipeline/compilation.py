@@ -131,7 +131,8 @@ class Compilation:
             graphs = plan_graphs(self, split, records, emitted)
             fn, backends = load_function(self, split, emitted, records, reports, graphs)
             self.install_pieces(split, backends)
-            if cache is not None:  # NOTE: [an edited stitching file runs in ...]
+            # NOTE: [an edited stitching file runs in place of the emitted one]
+            if cache is not None:
                 cache.note_edited(self.config.compile.stitching_source)
         except BaseException:
             self.fleet.end(False)

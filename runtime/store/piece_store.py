@@ -294,7 +294,19 @@ class PieceStore:
         return self.index.refused.get(key) if self.index is not None else None
 
     def refuse(self, key: str, why: str) -> None:
-        """Record that the compiled form of ``key`` is not run, and why."""
+        """Record that the compiled form of ``key`` is not run, and why.
+
+        NOTE: [a piece that compiled wrong]
+        A tiered start runs each landed piece beside its uncompiled piece on
+        the inputs of the call that swaps it in (pipeline/tiered/tier.py);
+        where the outputs differ beyond ``SWAP_TOLERANCE`` the compiled form is
+        never run.  Its compile keys are recorded here, in the entry's index
+        (``Index.refused``, with why), so that no later start, warm or cold,
+        runs or compiles that piece again: it serves uncompiled, and each start
+        says so once, naming the folder to delete to compile it again
+        (pipeline/artifact_source.py).  The numbers stay right; that piece's
+        speed is what is lost.
+        """
 
         def change(index: Index) -> Index:
             return msgspec.structs.replace(index, refused={**index.refused, key: why})
