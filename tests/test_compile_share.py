@@ -9,9 +9,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from stitch.runtime.pipeline.piecewise import PiecewiseBackend
 from stitch.runtime.workers import compile_share, serving_first
 from stitch.runtime.workers.compile_share import CompileShare
 from stitch.runtime.workers.proc_family import cpu_s
@@ -155,3 +157,78 @@ def test_without_a_controller_thread_a_forward_never_waits(
     assert control.share.closed
     control.admit()
     assert control.share.waits == 0
+
+
+def test_a_wait_ends_once_what_it_waits_to_run_is_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # NOTE: [a landed piece does not wait at the gate]: the gate stays closed
+    # throughout; the wait ends because ready() says so, not at MAX_WAIT_S.
+    monkeypatch.setattr(compile_share, "MAX_WAIT_S", 600.0)
+    share = CompileShare(share=0.8, owed_s=0.01)
+    share.busy(1.0)
+    landed = threading.Event()
+    threading.Timer(0.1, landed.set).start()
+    share.admit(landed.is_set)
+    assert landed.is_set() and share.closed and share.waits == 1
+    assert share.waited_s < 300
+
+
+class _Tier:
+    """What a TieredPiece asks of its tier here: no capture, and a swap that
+    says it was asked for."""
+
+    def __init__(self) -> None:
+        self.swapped: list[tuple[Any, ...]] = []
+
+    def capturing(self) -> bool:
+        return False
+
+    def swap(self, backend: Any, args: tuple[Any, ...]) -> str:
+        self.swapped.append(args)
+        return "swapped"
+
+
+def test_a_landed_piece_swaps_in_without_waiting_at_a_closed_gate(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NOTE: [a landed piece does not wait at the gate], with the real gate
+    closed for as long as the test could run."""
+    from stitch.runtime.pipeline.tiered import tiered_piece
+
+    monkeypatch.setattr(compile_share, "MAX_WAIT_S", 600.0)
+    share = CompileShare(share=0.8, owed_s=0.01)
+    share.busy(1.0)
+    monkeypatch.setattr(tiered_piece, "controller", lambda: share)
+    tier = _Tier()
+    piece = tiered_piece.TieredPiece.__new__(tiered_piece.TieredPiece)
+    piece._tier = tier
+    piece._landed = object()  # type: ignore[assignment]  # a record landed
+    assert piece(1, 2) == "swapped" and share.waits == 0
+    # Not landed yet: its call waits at the gate until its piece lands, then
+    # swaps it in (it would otherwise wait the gate's 600 s).
+    waiting = tiered_piece.TieredPiece.__new__(tiered_piece.TieredPiece)
+    waiting._tier = tier
+
+    def land() -> None:
+        waiting._landed = object()  # type: ignore[assignment]
+
+    threading.Timer(0.1, land).start()
+    assert waiting(3) == "swapped" and share.closed and share.waits == 1
+    assert tier.swapped == [(1, 2), (3,)]
+    # Given up while it waits (a plain backend now, as Tier.give_up leaves
+    # it): the wait ends, and the call runs what it has become.
+    given_up = tiered_piece.TieredPiece.__new__(tiered_piece.TieredPiece)
+    given_up._tier = tier
+
+    def give_up() -> None:
+        given_up.__class__ = _GivenUp
+
+    threading.Timer(0.1, give_up).start()
+    assert given_up(4) == "uncompiled" and share.closed and share.waits == 2
+    assert tier.swapped == [(1, 2), (3,)]
+
+
+class _GivenUp(PiecewiseBackend):
+    def __call__(self, *args: Any) -> Any:
+        return "uncompiled"

@@ -47,14 +47,18 @@ need), serving first never pauses them, nothing is owed and nothing waits.
 Only compile work owes: once every piece has landed (its swap needs the
 next call), or the build has ended, a forward never waits.  A wait is at
 most ``MAX_WAIT_S``, so a stalled controller delays a forward, never stops
-it.  The figures under an idle, a light and a back-to-back load are in
-docs/performance.md ("The compile's share").
+it, and it ends sooner where the caller's ``ready()`` says that what it
+waits to run has nothing left to compile (NOTE: [a landed piece does not
+wait at the gate], pipeline/tiered/tiered_piece.py).  The figures under an
+idle, a light and a back-to-back load are in docs/performance.md ("The
+compile's share").
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 # The share of a busy process's time the compile keeps.
 SHARE = 0.95
@@ -64,6 +68,8 @@ OWED_S = 0.1
 CREDIT_S = 0.25
 # Seconds a forward waits at most, once.
 MAX_WAIT_S = 2.0
+# How often a wait asks whether its piece has landed.
+READY_POLL_S = 0.02
 
 
 class CompileShare:
@@ -118,12 +124,20 @@ class CompileShare:
         """The compile ran alone ``seconds``."""
         self.add((self.share - 1.0) * seconds)
 
-    def admit(self) -> None:
-        """Where a forward begins: wait while the compile is owed too much."""
+    def admit(self, ready: Callable[[], bool] | None = None) -> None:
+        """Where a forward begins: wait while the compile is owed too much,
+        or until ``ready()`` says what the caller waits to run has nothing
+        left to compile (NOTE: [a landed piece does not wait at the gate])."""
         if self._open.is_set():
             return
         start = time.monotonic()
-        self._open.wait(MAX_WAIT_S)
+        end = start + MAX_WAIT_S
+        if ready is None:
+            self._open.wait(MAX_WAIT_S)
+        else:
+            while not self._open.wait(min(READY_POLL_S, end - time.monotonic())):
+                if ready() or time.monotonic() >= end:
+                    break
         self.waits += 1
         self.waited_s += time.monotonic() - start
 
@@ -148,4 +162,4 @@ class CompileShare:
             self._open.set()
 
 
-__all__ = ["CREDIT_S", "MAX_WAIT_S", "OWED_S", "SHARE", "CompileShare"]
+__all__ = ["CREDIT_S", "MAX_WAIT_S", "OWED_S", "READY_POLL_S", "SHARE", "CompileShare"]

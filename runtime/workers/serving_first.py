@@ -86,6 +86,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -170,12 +171,13 @@ class ServingFirst:
                 self._order.remove(pid)
             self._go_on(pid)
 
-    def admit(self) -> None:
+    def admit(self, ready: Callable[[], bool] | None = None) -> None:
         """Where an uncompiled piece's call begins: wait while the workers are
-        owed too much of this process's time (NOTE: [the compile's share]).
-        Only while this controller runs: nothing else pays the share back."""
+        owed too much of this process's time (NOTE: [the compile's share]), or
+        until ``ready()``.  Only while this controller runs: nothing else pays
+        the share back."""
         if self._thread is not None:
-            self.share.admit()
+            self.share.admit(ready)
 
     def release(self) -> None:
         """Resume every worker, on every core it may use, and control none from
