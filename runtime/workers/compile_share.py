@@ -68,7 +68,7 @@ OWED_S = 0.1
 CREDIT_S = 0.25
 # Seconds a forward waits at most, once.
 MAX_WAIT_S = 2.0
-# How often a wait asks whether its piece has landed.
+# How often a wait at the gate asks its caller's ready() again.
 READY_POLL_S = 0.02
 
 
@@ -132,12 +132,9 @@ class CompileShare:
             return
         start = time.monotonic()
         end = start + MAX_WAIT_S
-        if ready is None:
-            self._open.wait(MAX_WAIT_S)
-        else:
-            while not self._open.wait(min(READY_POLL_S, end - time.monotonic())):
-                if ready() or time.monotonic() >= end:
-                    break
+        while not self._open.wait(min(READY_POLL_S, end - time.monotonic())):
+            if time.monotonic() >= end or (ready is not None and ready()):
+                break
         self.waits += 1
         self.waited_s += time.monotonic() - start
 
