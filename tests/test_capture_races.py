@@ -26,7 +26,7 @@ from stitch.runtime.cudagraph import CUDAGraphManager, EmulatedGraphOps
 from stitch.runtime.cudagraph.wrapper import CUDAGraphWrapper
 from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.pipeline.piecewise import PiecewiseBackend
-from stitch.runtime.pipeline.tiered import compile_workers
+from stitch.runtime.pipeline.tiered import compile_workers, swap
 from stitch.runtime.pipeline.tiered.tier import Tier
 from stitch.runtime.pipeline.tiered.worker_process import Worker
 from stitch.runtime.store.index import EntryRecord, PieceRecord
@@ -190,7 +190,7 @@ def test_a_landing_during_a_capture_releases_graphs_only_after_it(
     workers = PipeWorkers()
     monkeypatch.setenv("STITCH_COMPILE_START", "fork")
     monkeypatch.setattr(compile_workers, "forker", workers.forker)
-    monkeypatch.setattr(Tier, "_compiled_backend", _uncompiled_twin)
+    monkeypatch.setattr(swap, "compiled_backend", _uncompiled_twin)
     landed = threading.Event()
     land = Tier.landed
 

@@ -175,8 +175,8 @@ def test_a_wait_ends_once_what_it_waits_to_run_is_ready(
 
 
 class _Tier:
-    """What a TieredPiece asks of its tier here: no capture, and a swap that
-    says it was asked for."""
+    """What a TieredPiece asks of its tier here: no capture, and a swap (the
+    call's ``swap.swap``) that says it was asked for."""
 
     def __init__(self) -> None:
         self.swapped: list[tuple[Any, ...]] = []
@@ -200,6 +200,7 @@ def test_a_landed_piece_swaps_in_without_waiting_at_a_closed_gate(
     share = CompileShare(share=0.8, owed_s=0.01)
     share.busy(1.0)
     monkeypatch.setattr(tiered_piece, "controller", lambda: share)
+    monkeypatch.setattr(tiered_piece, "swap", lambda tier, b, args: tier.swap(b, args))
     tier = _Tier()
     piece = tiered_piece.TieredPiece.__new__(tiered_piece.TieredPiece)
     piece._tier = tier

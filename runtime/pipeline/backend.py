@@ -143,7 +143,8 @@ class StitchBackend:
     def wait_compiled(self, timeout: float | None = None) -> bool:
         """Wait until every piece of this backend's tiered starts has landed in
         the cache or been given up (NOTE: [a tiered start]); whether all did
-        within ``timeout`` seconds.  Each lands in the function at its next call."""
+        within ``timeout`` seconds.  Each swaps in as it lands or at its next call
+        (NOTE: [a landed piece swaps without its next call])."""
         deadline = None if timeout is None else time.monotonic() + timeout
         for compiled in self.compiled:
             if compiled.tier is None:

@@ -36,7 +36,10 @@ build runs the split graph over the same fake inputs, which is meant to add
 no guard (the example's fake run adds none); a build that did add one made a
 function that holds only under it, so the graph keeps running Dynamo's
 graph, with one warning, and the entry records the guard for the next start
-(NOTE: [the guards a backend call adds are part of its cache entry]).  A
+(NOTE: [the guards a backend call adds are part of its cache entry]).  Before
+the stitched function serves, the build runs it once on a copy of the first
+forward's inputs, so that its pieces keep inputs to swap in with as they land
+(NOTE: [the first forward rehearsed], rehearsal.py).  A
 build that fails raises its error at each later call, as a backend call that
 failed would at each trace.  Whoever reads the
 backend's results (``StitchBackend.compiled``, ``wait_compiled``) waits for
@@ -61,6 +64,7 @@ from ...compat.shapes import added_guards, guard_mark
 from ...workers.exit_wait import finish_before_exit
 from ...workers.giving_way import giving_way
 from ...workers.serving_first import controller
+from .rehearsal import keep_graph_inputs, rehearse
 
 log = logging.getLogger("stitch")
 
@@ -103,6 +107,10 @@ class DynamoFirst:
         self._error: BaseException | None = None
         self._added: list[str] = []
         self._fn: Callable[..., Any] | None = None
+        # The first forward's inputs, for the rehearsal (NOTE: [the first
+        # forward rehearsed], rehearsal.py); kept once.
+        self._kept: Any = None
+        self._keep = True
         # NOTE: [a process that exits normally waits for its workers]: an exit
         # begins the build now and waits for it, then for the workers it starts.
         finish_before_exit(self._done, self._label, self._begin.set)
@@ -125,6 +133,9 @@ class DynamoFirst:
         building = self._begin.is_set() and not self._done.done()
         if building:
             self._owe_build()
+        if self._keep:
+            self._keep = False
+            self._kept = keep_graph_inputs(gm, args)
         with self._cond:
             self._busy += 1
         start = time.monotonic()
@@ -185,8 +196,11 @@ class DynamoFirst:
                 self._warn_added()
                 self._fn = self._gm.__call__
             else:
+                if self._kept is not None and compiled.tier is not None:
+                    rehearse(compiled.fn, self._kept, self._label)
                 self._fn = compiled.fn
                 self._gm = None  # nothing calls it again: its graph and metadata go
+            self._kept = None
             self._compilation = None
         except BaseException as exc:  # raised at the function's next call
             self._error = exc

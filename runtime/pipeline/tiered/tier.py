@@ -15,10 +15,11 @@ process loads the piece from the entry with the prebuilt loader a warm start
 uses, runs it beside the uncompiled piece on the inputs of that call, and swaps
 it in where the outputs agree (:data:`SWAP_TOLERANCE`): the piece's backend
 takes the compiled runnables and becomes a plain :class:`PiecewiseBackend`, so
-a swapped piece costs nothing more than a cold-compiled one.  A swap happens at
-the piece's next call, which is between two of its calls; the pieces are
-functions, so a forward that runs some pieces compiled and others not computes
-the same numbers.
+a swapped piece costs nothing more than a cold-compiled one.  A swap happens
+as the piece lands, on a thread, with the inputs its first call kept, or
+else at the piece's next call (NOTE: [a landed piece swaps without its next
+call], swap.py); the pieces are functions, so a forward that runs some
+pieces compiled and others not computes the same numbers.
 
 Workers are processes, not threads: most of Inductor's time is Python, and
 a thread would take the serving process's GIL.  They are forked inside the
@@ -55,14 +56,14 @@ from stitch.core import StitchCacheError
 from ...compat.guard_codec import readable
 from ...config import CompilationConfig
 from ...store.cache import CompileCache
-from ...store.index import EntryRecord, PieceRecord
-from ...targets import Target
+from ...store.index import PieceRecord
 from ..artifact_source import ArtifactSource
 from ..piecewise import PiecewiseBackend, RangeWarnings
 from .completions import run_completions
 from .size_guards import guard_piece, refused_guard, size_predicate
-from .swap_check import copy_input, differences, unset_outputs
-from .tiered_piece import TieredPiece, uncompiled
+from .swap import swap_when_landed
+from .swap_check import unset_outputs
+from .tiered_piece import TieredPiece
 
 log = logging.getLogger("stitch")
 # Seconds an exit waits for each thread a completion started (the publish).
@@ -106,6 +107,10 @@ class Tier:
         self.mutating = {name: mutates(g) for name, g in graphs.items()}
         self.unset = {name: unset_outputs(g) for name, g in graphs.items()}
         self._lock = threading.Lock()
+        # Held by a landed piece's check off the serving thread, one at a time,
+        # and the bytes of inputs the pieces kept for it (swap.py).
+        self.checking = threading.Lock()
+        self.kept_bytes = 0
         self._landed = threading.Event()  # every piece reported or given up
         self._settled = threading.Event()  # every piece swapped or given up
         self.reported: set[str] = set()
@@ -174,6 +179,8 @@ class Tier:
                 # graphs]).  This thread only asks: NOTE: [graphs are dropped
                 # on the serving thread].
                 self.cuda_graphs.recapture()
+            elif holds is None:
+                swap_when_landed(self, backend)  # type: ignore[arg-type]
         self._check_landed()
 
     def land_installed(self) -> None:
@@ -203,39 +210,49 @@ class Tier:
             self.failed[name] = why
         backend = self.backends[name]
         backend.__class__ = PiecewiseBackend
+        # Its kept inputs go (NOTE: [a landed piece swaps without its next call]).
+        backend.__dict__.pop("_inputs", None)
         self._drop_runnables()
         level = logging.DEBUG if self.stopping else logging.WARNING  # the exit said so
         log.log(level, "stitch: piece %s stays uncompiled: %s", self._name(name), why)
         self._check_landed()
         self._check_settled()
 
-    # -- the swap (the serving thread) -----------------------------------------
-    def swap(self, backend: TieredPiece, args: tuple[Any, ...]) -> Any:
-        name, record = backend.name, backend._landed
-        assert record is not None
-        holds = self.size_guards.get(name)
-        if holds is not None and not holds(int(args[backend.size_index])):  # type: ignore[index]
-            return uncompiled(backend, args)  # it swaps at a size they hold for
-        backend._landed = None
-        try:
-            compiled = self._compiled_backend(name, record)
-        except StitchCacheError as exc:
-            self.give_up(name, f"its compiled form does not load ({exc})")
-            return uncompiled(backend, args)
-        result, differs = self._check(backend, compiled, args)
-        if differs:
-            for entry in record.entries:
-                self.cache.refuse(entry.key, f"its compiled form differed: {differs}")
-            self.give_up(name, f"its compiled form differs from it: {differs}")
-            return result
+    # -- the swap's claim and install (swap.py: on any thread) -----------------
+    def claim(self, backend: TieredPiece) -> PieceRecord | None:
+        """Take ``backend``'s landed record to check it (None: taken already,
+        or the piece swapped in or given up)."""
+        with self._lock:
+            if type(backend) is not TieredPiece:
+                return None
+            record, backend._landed = backend._landed, None
+            if record is not None:
+                backend._checking = True
+        return record
+
+    def unclaim(self, backend: TieredPiece, record: PieceRecord) -> None:
+        """Give a claimed record back: the piece's next call checks it."""
+        with self._lock:
+            backend._landed, backend._checking = record, False
+
+    def install(
+        self,
+        backend: TieredPiece,
+        compiled: PiecewiseBackend,
+        holds: Callable[[int], bool] | None,
+    ) -> None:
+        """Swap ``compiled`` in: ``backend`` becomes it, a plain backend.  The
+        class first, then the whole ``__dict__`` in one assignment: a call on
+        another thread meanwhile runs one form or the other (NOTE: [a landed
+        piece swaps without its next call])."""
+        name = backend.name
         with self._lock:
             self.swapped_at[name] = self._now()
-        state = dict(compiled.__dict__)
         fallback = PiecewiseBackend.__new__(PiecewiseBackend)
         fallback.__dict__.update(backend.__dict__)
-        backend.__dict__.clear()
-        backend.__dict__.update(state)
+        fallback.__dict__.pop("_inputs", None)
         backend.__class__ = PiecewiseBackend
+        backend.__dict__ = dict(compiled.__dict__)
         if holds is not None:
             guard_piece(backend, holds, fallback)
         self._drop_runnables()
@@ -246,36 +263,6 @@ class Tier:
             self.compiled_at.get(name, float("nan")),
         )
         self._check_settled()
-        return result
-
-    def _compiled_backend(self, name: str, record: PieceRecord) -> PiecewiseBackend:
-        from ..materialize import piece_backend
-
-        graph = self.graphs[name]
-
-        def runnable(piece: str, target: Target, entry: EntryRecord) -> Any:
-            return self.source.landed(piece, graph, target, entry, record.size_index)
-
-        return piece_backend(name, record, self.config, runnable, self.warnings)
-
-    def _check(
-        self, backend: PiecewiseBackend, compiled: PiecewiseBackend, args: tuple
-    ) -> tuple[Any, str]:
-        """Both runs of one call: the uncompiled result (the one returned) and
-        how the compiled one differs ("" when it agrees).  A piece that writes
-        its inputs runs compiled on copies, so only the uncompiled run writes."""
-        name = backend.name
-        mutating = self.mutating.get(name, True)
-        copies = tuple(copy_input(a) for a in args) if mutating else args
-        try:
-            got = compiled(*copies)
-        except Exception as exc:  # noqa: BLE001 - the uncompiled piece serves
-            return uncompiled(backend, args), (f"it raised {type(exc).__name__}: {exc}")
-        want = uncompiled(backend, args)
-        differs = differences(got, want, "output", self.unset.get(name, set()))
-        if not differs and mutating:
-            differs = differences(copies, args, "written input")
-        return want, differs
 
     def capturing(self) -> bool:
         """Whether a CUDA graph is being captured now (no swap runs inside one)."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...workers.serving_first import controller
 from ..piecewise import PiecewiseBackend
+from .swap import keep_inputs, rehearsing, swap, uncompiled
 
 if TYPE_CHECKING:
     from ...store.index import PieceRecord
@@ -22,7 +23,7 @@ _SAID = threading.Event()
 class TieredPiece(PiecewiseBackend):
     """A piece's backend while its compiled form has not been swapped in: it
     runs the uncompiled piece until a worker's record has landed, then swaps
-    (:meth:`Tier.swap`) and becomes a plain :class:`PiecewiseBackend`.
+    (``swap.py``) and becomes a plain :class:`PiecewiseBackend`.
 
     NOTE: [a landed piece does not wait at the gate]
     An uncompiled piece's call waits at the compile's gate while the compile
@@ -39,27 +40,37 @@ class TieredPiece(PiecewiseBackend):
     """
 
     _landed: PieceRecord | None = None
+    # NOTE: [a landed piece swaps without its next call] (landing_swap.py):
+    # its landed record is being checked; the inputs its first call kept.
+    _checking = False
+    _inputs: Any = None
     _tier: Any  # its Tier (tier.py imports this module)
 
     def __call__(self, *args: Any) -> Any:
         tier = self._tier
         if tier.capturing():
             return uncompiled(self, args)
-        if self._landed is None:
-            # NOTE: [the compile's share]; [a landed piece does not wait at the gate]
+        if self._landed is None and not getattr(rehearsing, "on", False):
+            # NOTE: [the compile's share]; [a landed piece does not wait at the
+            # gate]; a rehearsal is no forward (NOTE: [the first forward rehearsed])
             controller().admit(self._ready)
         if type(self) is not TieredPiece:
             # Given up or swapped in (another thread) while it waited: a plain
             # backend now.
             return self(*args)
         if self._landed is not None:
-            return tier.swap(self, args)
+            return swap(tier, self, args)
+        if self._inputs is None:
+            self._inputs = keep_inputs(tier, self.name, args)
         return uncompiled(self, args)
 
     def _ready(self) -> bool:
-        # Landed, or given up or swapped in by another thread (a plain backend
-        # now, without ``_landed``): nothing of it is left to compile.
-        return type(self) is not TieredPiece or self._landed is not None
+        # Landed (or being checked), or given up or swapped in by another
+        # thread (a plain backend now, without ``_landed``): nothing of it is
+        # left to compile.
+        return (
+            type(self) is not TieredPiece or self._landed is not None or self._checking
+        )
 
     def runnable_for(self, size: int) -> Any:
         # What a size's dispatch table holds until the swap, which empties the
@@ -68,14 +79,6 @@ class TieredPiece(PiecewiseBackend):
             return self(*args)
 
         return call
-
-
-def uncompiled(backend: PiecewiseBackend, args: tuple[Any, ...]) -> Any:
-    """Run the piece's own runnables (before its swap) for ``args``."""
-    if backend.size_index is None:
-        return backend.general(*args)
-    size = int(args[backend.size_index])
-    return PiecewiseBackend.runnable_for(backend, size)(*args)
 
 
 def say_still_compiling(tier: Any) -> None:

@@ -1,0 +1,250 @@
+"""The swap: a landed piece checked beside its uncompiled form and swapped in,
+at its next call or, where its inputs were kept, when it lands.
+
+NOTE: [a landed piece swaps without its next call]
+A swap runs the compiled piece beside the uncompiled one on the inputs of a
+call (NOTE: [a tiered start], tier.py), so it used to wait for the piece's
+next call.  A graph that is not called for a while kept its landed pieces
+uncompiled all that time, and its next call paid the load and both runs: a
+transformers Llama's prefill graph, called once a prompt, swapped in 48
+decode steps after its pieces had landed, and under the light load its
+last swap came at 1.43x the cold compile's time (the target is 1.3x).
+
+So an uncompiled piece keeps a copy of the inputs of its first call
+(:func:`keep_inputs`; a graph whose first forward ran Dynamo's graph makes
+that call in a rehearsal: NOTE: [the first forward rehearsed]), and when it
+lands, a thread of its own loads the
+compiled form, runs both forms on copies of those inputs, and swaps it in
+where they agree, as the call would have (:func:`swap_when_landed`).  A piece
+a call is already swapping is left to that call, and the other way round:
+whoever takes the landed record first (``Tier.claim``) checks it.  While
+the thread checks, the piece's calls run uncompiled without waiting at the
+compile's gate, as they would once landed.
+
+The copy is kept only where running the piece again off the serving thread
+computes what it would compute on it:
+
+- no CUDA graphs and every tensor on the CPU (a second thread's kernels
+  would land inside a capture);
+- gradients off, as a serving process runs, and no autocast; inference mode
+  is kept and entered again by the thread;
+- at most :data:`KEEP_BYTES` copied by the pieces of one tier together: a
+  parameter is referenced, not copied, unless the piece writes its inputs;
+  every other tensor is copied, because the next pieces and splitting ops
+  write into caches and buffers;
+- no guard on the piece's size (a guarded piece swaps at a size they hold);
+- every op of the piece computes from its arguments alone, in this process
+  (:func:`not_local`): aten's, prims' and Stitch's own.  A collective run
+  again on one rank, or an op that reads an engine's forward context, would
+  hang or write what the serving forward owns.
+
+Otherwise the piece swaps at its next call, as before.  The swap itself is
+one assignment of the backend's class and one of its ``__dict__``: a call
+running on the serving thread meanwhile runs one form or the other, and the
+two compute the same numbers, as checked.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.fx as fx
+
+from stitch.core import StitchCacheError
+
+from ...store.index import EntryRecord, PieceRecord
+from ...targets import Target
+from ..piecewise import PiecewiseBackend
+from .swap_check import copy_input, differences
+
+# ``Tier`` and ``TieredPiece`` below are ``Any``: tier.py and tiered_piece.py
+# import this module.
+Tier = TieredPiece = Any
+
+log = logging.getLogger("stitch")
+# Bytes of inputs the uncompiled pieces of one tier may copy, all together, to
+# be checked when they land (each copy goes with its piece's swap).
+KEEP_BYTES = 128 << 20
+# Kept for a piece whose inputs are not kept (so that no later call tries).
+NOT_KEPT = False
+# The namespaces of ops that compute from their arguments alone, in this process.
+LOCAL_NAMESPACES = frozenset({"aten", "prims", "stitch"})
+# Set on a thread that runs the stitched function off the serving thread
+# (rehearsal.py): its uncompiled pieces do not wait at the compile's gate.
+rehearsing = threading.local()
+
+
+def swap(tier: Tier, backend: TieredPiece, args: tuple[Any, ...]) -> Any:
+    """A call of a landed piece: check its compiled form beside it on ``args``
+    and swap it in where they agree; the uncompiled result either way."""
+    name = backend.name
+    holds = tier.size_guards.get(name)
+    if holds is not None and not holds(int(args[backend.size_index])):  # type: ignore[index]
+        return uncompiled(backend, args)  # it swaps at a size they hold for
+    record = tier.claim(backend)
+    if record is None:  # a thread is checking it since it landed (the NOTE)
+        return uncompiled(backend, args)
+    try:
+        compiled = compiled_backend(tier, name, record)
+    except StitchCacheError as exc:
+        tier.give_up(name, f"its compiled form does not load ({exc})")
+        return uncompiled(backend, args)
+    result, differs = check(tier, backend, compiled, args)
+    if differs:
+        refuse(tier, name, record, differs)
+    else:
+        tier.install(backend, compiled, holds)
+    return result
+
+
+def uncompiled(backend: PiecewiseBackend, args: tuple[Any, ...]) -> Any:
+    """Run the piece's own runnables (before its swap) for ``args``."""
+    if backend.size_index is None:
+        return backend.general(*args)
+    size = int(args[backend.size_index])
+    return PiecewiseBackend.runnable_for(backend, size)(*args)
+
+
+def compiled_backend(tier: Tier, name: str, record: PieceRecord) -> PiecewiseBackend:
+    """The compiled form of a landed piece, loaded from the cache entry."""
+    from ..materialize import piece_backend
+
+    graph = tier.graphs[name]
+
+    def runnable(piece: str, target: Target, entry: EntryRecord) -> Any:
+        return tier.source.landed(piece, graph, target, entry, record.size_index)
+
+    return piece_backend(name, record, tier.config, runnable, tier.warnings)
+
+
+def check(
+    tier: Tier, backend: PiecewiseBackend, compiled: PiecewiseBackend, args: tuple
+) -> tuple[Any, str]:
+    """Both runs of one call: the uncompiled result (the one returned) and
+    how the compiled one differs ("" when it agrees).  A piece that writes
+    its inputs runs compiled on copies, so only the uncompiled run writes."""
+    name = backend.name
+    mutating = tier.mutating.get(name, True)
+    copies = tuple(copy_input(a) for a in args) if mutating else args
+    try:
+        got = compiled(*copies)
+    except Exception as exc:  # noqa: BLE001 - the uncompiled piece serves
+        return uncompiled(backend, args), (f"it raised {type(exc).__name__}: {exc}")
+    want = uncompiled(backend, args)
+    differs = differences(got, want, "output", tier.unset.get(name, set()))
+    if not differs and mutating:
+        differs = differences(copies, args, "written input")
+    return want, differs
+
+
+def refuse(tier: Tier, name: str, record: PieceRecord, differs: str) -> None:
+    """A compiled form that differs: refused in the entry's index, so that no
+    later start compiles or runs it again (NOTE: [a piece that compiled
+    wrong]), and the piece left uncompiled here."""
+    for entry in record.entries:
+        tier.cache.refuse(entry.key, f"its compiled form differed: {differs}")
+    tier.give_up(name, f"its compiled form differs from it: {differs}")
+
+
+@dataclass(frozen=True)
+class KeptInputs:
+    """A copy of the inputs of one uncompiled call, and its inference mode."""
+
+    args: tuple[Any, ...]
+    inference: bool
+
+
+def keep_inputs(tier: Tier, name: str, args: tuple[Any, ...]) -> KeptInputs | bool:
+    """The inputs of the first uncompiled call of piece ``name``, copied where
+    the NOTE allows, else :data:`NOT_KEPT`."""
+    if tier.cuda_graphs is not None or torch.is_grad_enabled():
+        return NOT_KEPT
+    if torch.is_autocast_enabled("cpu") or not_local(tier.graphs[name]):
+        return NOT_KEPT
+    copy_parameters = tier.mutating.get(name, True)
+    copied, total = [], 0
+    for value in args:
+        if not isinstance(value, torch.Tensor):
+            copied.append(False)
+            continue
+        if value.device.type != "cpu":
+            return NOT_KEPT
+        if isinstance(value, torch.nn.Parameter) and not copy_parameters:
+            copied.append(False)  # referenced: the piece does not write it
+            continue
+        if type(value) not in (torch.Tensor, torch.nn.Parameter):
+            return NOT_KEPT  # a subclass: a plain copy may not be what it is
+        total += value.nelement() * value.element_size()
+        copied.append(True)
+    if tier.kept_bytes + total > KEEP_BYTES:
+        return NOT_KEPT
+    tier.kept_bytes += total  # the serving thread's alone
+    return KeptInputs(
+        tuple(copy_input(v) if c else v for v, c in zip(args, copied, strict=True)),
+        torch.is_inference_mode_enabled(),
+    )
+
+
+def swap_when_landed(tier: Tier, backend: TieredPiece) -> None:
+    """Start the thread that checks and swaps in ``backend``'s landed record,
+    if its inputs were kept."""
+    if not isinstance(backend._inputs, KeptInputs):
+        return
+    threading.Thread(
+        target=_check_and_swap,
+        args=(tier, backend, backend._inputs),
+        name=f"stitch-swap-{backend.name}",
+    ).start()
+
+
+def _check_and_swap(tier: Tier, backend: TieredPiece, kept: KeptInputs) -> None:
+    with tier.checking:  # one check at a time: the serving process's cores
+        if tier.stopping:
+            return
+        name, record = backend.name, tier.claim(backend)
+        if record is None:
+            return  # a call took it
+        try:
+            compiled = compiled_backend(tier, name, record)
+            with torch.inference_mode(kept.inference), torch.no_grad():
+                _, differs = check(tier, backend, compiled, kept.args)
+        except StitchCacheError as exc:
+            tier.give_up(name, f"its compiled form does not load ({exc})")
+            return
+        except Exception as exc:  # noqa: BLE001 - the next call swaps, as before
+            log.debug("stitch: piece %s is checked at its next call: %r", name, exc)
+            tier.unclaim(backend, record)
+            return
+        if differs:
+            refuse(tier, name, record, differs)
+        else:
+            tier.install(backend, compiled, None)
+
+
+def not_local(graph: fx.GraphModule) -> str:
+    """The first op of ``graph`` that may do more than compute from its
+    arguments in this process ("" if none): an op outside
+    :data:`LOCAL_NAMESPACES`, a higher-order op, or torch.distributed's."""
+    for node in graph.graph.nodes:
+        if node.op != "call_function":
+            continue
+        target = node.target
+        if isinstance(target, torch._ops.HigherOrderOperator):
+            return str(target)
+        if isinstance(target, torch._ops.OpOverloadPacket):
+            target = target.default if "default" in target.overloads() else target
+        if isinstance(target, torch._ops.OpOverload):
+            if target.namespace not in LOCAL_NAMESPACES:
+                return target.name()
+        elif isinstance(target, torch._ops.OpOverloadPacket):
+            if target._qualified_op_name.split("::")[0] not in LOCAL_NAMESPACES:
+                return target._qualified_op_name
+        elif (getattr(target, "__module__", None) or "").startswith(
+            "torch.distributed"
+        ):
+            return getattr(target, "__name__", str(target))
+    return ""
