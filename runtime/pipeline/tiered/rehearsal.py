@@ -40,39 +40,23 @@ import torch
 import torch.fx as fx
 
 from . import swap
-from .swap import KeptInputs, not_local
-from .swap_check import copy_input
+from .swap import KeptInputs, copy_inputs, runs_off_thread
 
 log = logging.getLogger("stitch")
 
 
 def keep_graph_inputs(gm: fx.GraphModule, args: tuple[Any, ...]) -> KeptInputs | None:
     """A copy of the inputs of Dynamo's first forward, where the NOTE allows."""
-    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu") or not_local(gm):
+    if not runs_off_thread(gm):
         return None
     written = written_inputs(gm)
     if written is None:
         return None
-    copied, total = [], 0
-    for i, value in enumerate(args):
-        if not isinstance(value, torch.Tensor):
-            copied.append(False)
-            continue
-        if value.device.type != "cpu":
-            return None
-        if type(value) not in (torch.Tensor, torch.nn.Parameter):
-            return None  # a subclass: a plain copy may not be what it is
-        if isinstance(value, torch.nn.Parameter) and i not in written:
-            copied.append(False)
-            continue
-        total += value.nelement() * value.element_size()
-        if total > swap.KEEP_BYTES:
-            return None
-        copied.append(True)
-    return KeptInputs(
-        tuple(copy_input(v) if c else v for v, c in zip(args, copied, strict=True)),
-        torch.is_inference_mode_enabled(),
-    )
+    return copy_inputs(
+        args,
+        lambda i, t: isinstance(t, torch.nn.Parameter) and i not in written,
+        swap.KEEP_BYTES,
+    )[0]
 
 
 def rehearse(fn: Callable[..., Any], kept: KeptInputs, label: str) -> None:

@@ -38,7 +38,10 @@ computes what it would compute on it:
   again on one rank, or an op that reads an engine's forward context, would
   hang or write what the serving forward owns.
 
-Otherwise the piece swaps at its next call, as before.  The swap itself is
+Otherwise the piece swaps at its next call, as before.  With the rehearsal,
+the Llama's light load came to 1.19x in two rounds, and its idle runs
+settled within two forwards rather than 47 (docs/performance.md, "A landed
+piece swaps in as it lands").  The swap itself is
 one assignment of the backend's class and one of its ``__dict__``: a call
 running on the serving thread meanwhile runs one form or the other, and the
 two compute the same numbers, as checked.
@@ -48,6 +51,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,32 +165,52 @@ class KeptInputs:
 def keep_inputs(tier: Tier, name: str, args: tuple[Any, ...]) -> KeptInputs | bool:
     """The inputs of the first uncompiled call of piece ``name``, copied where
     the NOTE allows, else :data:`NOT_KEPT`."""
-    if tier.cuda_graphs is not None or torch.is_grad_enabled():
+    if tier.cuda_graphs is not None or not runs_off_thread(tier.graphs[name]):
         return NOT_KEPT
-    if torch.is_autocast_enabled("cpu") or not_local(tier.graphs[name]):
+    writes = tier.mutating.get(name, True)
+    kept, size = copy_inputs(
+        args,
+        lambda i, t: isinstance(t, torch.nn.Parameter) and not writes,
+        KEEP_BYTES - tier.kept_bytes,
+    )
+    if kept is None:
         return NOT_KEPT
-    copy_parameters = tier.mutating.get(name, True)
+    tier.kept_bytes += size  # the serving thread's alone
+    return kept
+
+
+def runs_off_thread(graph: fx.GraphModule) -> bool:
+    """Whether ``graph``, run now on another thread, computes what it computes
+    on this one (the NOTE): gradients off, no autocast, every op local."""
+    if torch.is_grad_enabled() or torch.is_autocast_enabled("cpu"):
+        return False
+    return not not_local(graph)
+
+
+def copy_inputs(
+    args: tuple[Any, ...], referenced: Callable[[int, torch.Tensor], bool], room: int
+) -> tuple[KeptInputs | None, int]:
+    """A copy of ``args`` to run off the serving thread, with the bytes it
+    copied: every tensor copied but those ``referenced(i, tensor)`` keeps as
+    they are.  None where a tensor is off the CPU or of a subclass (whose plain
+    copy may not be what it is), or the copies would take more than ``room``
+    bytes."""
     copied, total = [], 0
-    for value in args:
+    for i, value in enumerate(args):
         if not isinstance(value, torch.Tensor):
             copied.append(False)
             continue
         if value.device.type != "cpu":
-            return NOT_KEPT
-        if isinstance(value, torch.nn.Parameter) and not copy_parameters:
-            copied.append(False)  # referenced: the piece does not write it
-            continue
+            return None, 0
         if type(value) not in (torch.Tensor, torch.nn.Parameter):
-            return NOT_KEPT  # a subclass: a plain copy may not be what it is
-        total += value.nelement() * value.element_size()
-        copied.append(True)
-    if tier.kept_bytes + total > KEEP_BYTES:
-        return NOT_KEPT
-    tier.kept_bytes += total  # the serving thread's alone
-    return KeptInputs(
-        tuple(copy_input(v) if c else v for v, c in zip(args, copied, strict=True)),
-        torch.is_inference_mode_enabled(),
-    )
+            return None, 0
+        copy = not referenced(i, value)
+        copied.append(copy)
+        total += value.nelement() * value.element_size() if copy else 0
+    if total > room:
+        return None, 0
+    kept = tuple(copy_input(v) if c else v for v, c in zip(args, copied, strict=True))
+    return KeptInputs(kept, torch.is_inference_mode_enabled()), total
 
 
 def swap_when_landed(tier: Tier, backend: TieredPiece) -> None:
