@@ -115,20 +115,60 @@ def output_value(module: fx.GraphModule) -> Any:
     return output.args[0] if output is not None and output.args else None
 
 
+# operator's in-place functions: ``x += y`` on a tensor writes ``x``.
+INPLACE_OPERATORS = frozenset(
+    {
+        operator.iadd,
+        operator.isub,
+        operator.imul,
+        operator.imatmul,
+        operator.itruediv,
+        operator.ifloordiv,
+        operator.imod,
+        operator.ipow,
+        operator.iand,
+        operator.ior,
+        operator.ixor,
+        operator.ilshift,
+        operator.irshift,
+    }
+)
+
+
 def mutates(graph: fx.GraphModule) -> bool:
     """Whether a piece may write one of its inputs (an in-place op anywhere:
-    a mutable schema, a trailing-underscore method or ``setitem``)."""
-    for node in graph.graph.nodes:
-        target = node.target
-        if node.op == "call_method" and str(target).endswith("_"):
-            return True
-        if node.op != "call_function":
-            continue
-        if target is operator.setitem:
-            return True
-        schema = getattr(target, "_schema", None)
-        if schema is not None and schema.is_mutable:
-            return True
-        if getattr(target, "__name__", "").endswith("_"):
-            return True
-    return False
+    a mutable schema, a trailing-underscore method, ``setitem``, an in-place
+    operator or an ``out=``)."""
+    return any(written_args(node) for node in graph.graph.nodes)
+
+
+def written_args(node: fx.Node) -> list[Any]:
+    """What ``node`` may write: its arguments written in place (a written
+    argument a schema allows but the call leaves out is None)."""
+    target = node.target
+    out = (
+        node.kwargs.get("out") if node.op in ("call_function", "call_method") else None
+    )
+    outs = (
+        list(out)
+        if isinstance(out, (tuple, list))
+        else [out] if out is not None else []
+    )
+    if node.op == "call_method":
+        return [node.args[0], *outs] if str(target).endswith("_") else outs
+    if node.op != "call_function":
+        return []
+    if target is operator.setitem or target in INPLACE_OPERATORS:
+        return [node.args[0], *outs]
+    if isinstance(target, torch._ops.OpOverloadPacket):
+        target = getattr(target, "default", target)
+    schema = getattr(target, "_schema", None)
+    if schema is not None and schema.is_mutable:
+        return [
+            node.kwargs.get(a.name) if i >= len(node.args) else node.args[i]
+            for i, a in enumerate(schema.arguments)
+            if a.alias_info is not None and a.alias_info.is_write
+        ] or [None]
+    if getattr(target, "__name__", "").endswith("_"):
+        return [node.args[0] if node.args else None, *outs]
+    return outs

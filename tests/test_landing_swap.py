@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 from test_tiered import _fresh_dynamo, entry_index, tiered  # noqa: F401
 
+from stitch.codegen.pieces import mutates
 from stitch.runtime.pipeline.piecewise import PiecewiseBackend
 from stitch.runtime.pipeline.tiered import swap
 from stitch.runtime.pipeline.tiered.rehearsal import keep_graph_inputs, written_inputs
@@ -224,6 +225,14 @@ def _cache_write() -> fx.GraphModule:
 def test_the_inputs_a_graph_writes_are_found_through_views() -> None:
     gm = _cache_write()
     assert written_inputs(gm) == {1}
+    # An ``out=`` and an in-place operator write too (and make a piece mutate).
+    graph = fx.Graph()
+    x, cache, w = (graph.placeholder(n) for n in ("x", "cache", "w"))
+    graph.call_function(torch.add, (x, x), {"out": cache})
+    graph.output(graph.call_function(operator.iadd, (w, x)))
+    written = fx.GraphModule(torch.nn.Module(), graph)
+    assert written_inputs(written) == {1, 2} and mutates(written)
+    assert not mutates(fx.symbolic_trace(lambda x: x * 2))
     weight = torch.nn.Parameter(torch.randn(4, 4), requires_grad=False)
     x, cache = torch.randn(4), torch.zeros(2, 4)
     with torch.no_grad():

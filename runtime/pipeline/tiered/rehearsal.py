@@ -32,12 +32,13 @@ rehearsal computes nothing the serving process can see:
 from __future__ import annotations
 
 import logging
-import operator
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.fx as fx
+
+from stitch.codegen.pieces import written_args
 
 from . import swap
 from .swap import KeptInputs, copy_inputs, runs_off_thread
@@ -76,11 +77,11 @@ def rehearse(fn: Callable[..., Any], kept: KeptInputs, label: str) -> None:
 
 def written_inputs(gm: fx.GraphModule) -> set[int] | None:
     """The positions of the inputs ``gm`` may write (through views too); None
-    if it may write an attribute of its module or what it writes is unknown."""
+    if it may write an attribute of its module (a ``get_attr``)."""
     position = {n: i for i, n in enumerate(gm.graph.find_nodes(op="placeholder"))}
     found: set[int] = set()
     for node in gm.graph.nodes:
-        for base in _written_args(node):
+        for base in written_args(node):
             # Back through whatever made it (a view's base is its first
             # argument; a tensor made in the graph ends at a size or a value).
             while isinstance(base, fx.Node) and base.op in (
@@ -93,25 +94,3 @@ def written_inputs(gm: fx.GraphModule) -> set[int] | None:
             elif isinstance(base, fx.Node):
                 return None  # an attribute of the module (get_attr)
     return found
-
-
-def _written_args(node: fx.Node) -> list[Any]:
-    target = node.target
-    if node.op == "call_method":
-        return [node.args[0]] if str(target).endswith("_") else []
-    if node.op != "call_function":
-        return []
-    if target is operator.setitem:
-        return [node.args[0]]
-    if isinstance(target, torch._ops.OpOverloadPacket):
-        target = getattr(target, "default", target)
-    schema = getattr(target, "_schema", None)
-    if schema is not None:
-        return [
-            node.kwargs.get(a.name) if i >= len(node.args) else node.args[i]
-            for i, a in enumerate(schema.arguments)
-            if a.alias_info is not None and a.alias_info.is_write
-        ]
-    if getattr(target, "__name__", "").endswith("_"):
-        return [node.args[0]] if node.args else []
-    return []
