@@ -146,14 +146,9 @@ def written_args(node: fx.Node) -> list[Any]:
     """What ``node`` may write: its arguments written in place (a written
     argument a schema allows but the call leaves out is None)."""
     target = node.target
-    out = (
-        node.kwargs.get("out") if node.op in ("call_function", "call_method") else None
-    )
-    outs = (
-        list(out)
-        if isinstance(out, (tuple, list))
-        else [out] if out is not None else []
-    )
+    out = node.kwargs.get("out")
+    outs = list(out) if isinstance(out, (tuple, list)) else [out]
+    outs = [o for o in outs if o is not None]
     if node.op == "call_method":
         return [node.args[0], *outs] if str(target).endswith("_") else outs
     if node.op != "call_function":

@@ -44,8 +44,8 @@ and its forwards waited 12 to 15 s of a 20 s compile, in waits of up to
 what idle time banks, so that a burst after a long idle spell waits after
 0.35 s).  Where the workers do not slow the forwards (more cores than both
 need), serving first never pauses them, nothing is owed and nothing waits.
-Only compile work owes: once every piece has landed (its swap needs the
-next call), or the build has ended, a forward never waits.  A wait is at
+Only compile work owes: once every piece has landed (its swap owes the
+compile nothing), or the build has ended, a forward never waits.  A wait is at
 most ``MAX_WAIT_S``, so a stalled controller delays a forward, never stops
 it, and it ends sooner where the caller's ``ready()`` says that what it
 waits to run has nothing left to compile (NOTE: [a landed piece does not

@@ -92,17 +92,32 @@ def swap(tier: Tier, backend: TieredPiece, args: tuple[Any, ...]) -> Any:
     record = tier.claim(backend)
     if record is None:  # a thread is checking it since it landed (the NOTE)
         return uncompiled(backend, args)
+    loaded, result = _check_and_install(tier, backend, record, args, holds)
+    return result if loaded else uncompiled(backend, args)
+
+
+def _check_and_install(
+    tier: Tier,
+    backend: TieredPiece,
+    record: PieceRecord,
+    args: tuple[Any, ...],
+    holds: Callable[[int], bool] | None,
+) -> tuple[bool, Any]:
+    """Load a claimed ``record``, check it beside ``backend`` on ``args``, and
+    install or refuse it: whether it loaded (else the piece is given up and
+    nothing ran), and the uncompiled result."""
+    name = backend.name
     try:
         compiled = compiled_backend(tier, name, record)
     except StitchCacheError as exc:
         tier.give_up(name, f"its compiled form does not load ({exc})")
-        return uncompiled(backend, args)
+        return False, None
     result, differs = check(tier, backend, compiled, args)
     if differs:
         refuse(tier, name, record, differs)
     else:
         tier.install(backend, compiled, holds)
-    return result
+    return True, result
 
 
 def uncompiled(backend: PiecewiseBackend, args: tuple[Any, ...]) -> Any:
@@ -175,7 +190,8 @@ def keep_inputs(tier: Tier, name: str, args: tuple[Any, ...]) -> KeptInputs | bo
     )
     if kept is None:
         return NOT_KEPT
-    tier.kept_bytes += size  # the serving thread's alone
+    # One thread at a time: the serving one, or the rehearsal before it serves.
+    tier.kept_bytes += size
     return kept
 
 
@@ -229,24 +245,17 @@ def _check_and_swap(tier: Tier, backend: TieredPiece, kept: KeptInputs) -> None:
     with tier.checking:  # one check at a time: the serving process's cores
         if tier.stopping:
             return
-        name, record = backend.name, tier.claim(backend)
+        record = tier.claim(backend)
         if record is None:
             return  # a call took it
         try:
-            compiled = compiled_backend(tier, name, record)
             with torch.inference_mode(kept.inference), torch.no_grad():
-                _, differs = check(tier, backend, compiled, kept.args)
-        except StitchCacheError as exc:
-            tier.give_up(name, f"its compiled form does not load ({exc})")
-            return
+                _check_and_install(tier, backend, record, kept.args, None)
         except Exception as exc:  # noqa: BLE001 - the next call swaps, as before
-            log.debug("stitch: piece %s is checked at its next call: %r", name, exc)
+            log.debug(
+                "stitch: piece %s is checked at its next call: %r", backend.name, exc
+            )
             tier.unclaim(backend, record)
-            return
-        if differs:
-            refuse(tier, name, record, differs)
-        else:
-            tier.install(backend, compiled, None)
 
 
 def not_local(graph: fx.GraphModule) -> str:
@@ -259,14 +268,14 @@ def not_local(graph: fx.GraphModule) -> str:
         target = node.target
         if isinstance(target, torch._ops.HigherOrderOperator):
             return str(target)
-        if isinstance(target, torch._ops.OpOverloadPacket):
-            target = target.default if "default" in target.overloads() else target
-        if isinstance(target, torch._ops.OpOverload):
-            if target.namespace not in LOCAL_NAMESPACES:
-                return target.name()
-        elif isinstance(target, torch._ops.OpOverloadPacket):
-            if target._qualified_op_name.split("::")[0] not in LOCAL_NAMESPACES:
-                return target._qualified_op_name
+        if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+            name = (
+                target.name()
+                if isinstance(target, torch._ops.OpOverload)
+                else target._qualified_op_name
+            )
+            if name.split("::")[0] not in LOCAL_NAMESPACES:
+                return name
         elif (getattr(target, "__module__", None) or "").startswith(
             "torch.distributed"
         ):

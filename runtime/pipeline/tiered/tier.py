@@ -248,9 +248,10 @@ class Tier:
         name = backend.name
         with self._lock:
             self.swapped_at[name] = self._now()
-        fallback = PiecewiseBackend.__new__(PiecewiseBackend)
-        fallback.__dict__.update(backend.__dict__)
-        fallback.__dict__.pop("_inputs", None)
+        if holds is not None:  # the uncompiled piece serves where they fail
+            fallback = PiecewiseBackend.__new__(PiecewiseBackend)
+            fallback.__dict__.update(backend.__dict__)
+            fallback.__dict__.pop("_inputs", None)
         backend.__class__ = PiecewiseBackend
         backend.__dict__ = dict(compiled.__dict__)
         if holds is not None:

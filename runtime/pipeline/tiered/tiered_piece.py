@@ -40,7 +40,7 @@ class TieredPiece(PiecewiseBackend):
     """
 
     _landed: PieceRecord | None = None
-    # NOTE: [a landed piece swaps without its next call] (landing_swap.py):
+    # NOTE: [a landed piece swaps without its next call] (swap.py):
     # its landed record is being checked; the inputs its first call kept.
     _checking = False
     _inputs: Any = None
