@@ -5,6 +5,7 @@ rehearsed], rehearsal.py)."""
 
 from __future__ import annotations
 
+import json
 import operator
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 import torch.fx as fx
-from test_tiered import _fresh_dynamo, entry_index, tiered  # noqa: F401
+from test_tiered import _fresh_dynamo, entry_index, run_script, tiered  # noqa: F401
 
 from stitch.codegen.pieces import mutates
 from stitch.runtime.pipeline.piecewise import PiecewiseBackend
@@ -305,3 +306,40 @@ def test_a_graph_called_once_swaps_in_every_piece_without_a_second_call(
         torch.testing.assert_close(
             run_fresh(model, fn, args), run_fresh(model, model, args), **INDUCTOR_TOL
         )
+
+
+EXITS_AT_THE_LAST_SWAP = """
+import json, sys, threading, time
+sys.path.insert(0, {tests!r})
+from backend_support import TINY, compile_model, inputs, model_for, run_fresh
+from stitch.runtime import CompilationConfig
+model = model_for()
+config = CompilationConfig(cache_dir={cache!r}, tiered_start=True, compile_workers=1)
+backend, fn = compile_model(model, config)
+run_fresh(model, fn, inputs(TINY, 4))
+tier = backend.compiled[-1].tier
+def publish() -> None:  # as the fleet's publish does, a while after the swap
+    time.sleep(1.0)
+    print("published", flush=True)
+def complete(ok: bool) -> None:  # as the saved forward's write does
+    print(json.dumps([threading.current_thread().name, ok]), flush=True)
+    time.sleep(1.0)
+    threading.Thread(target=publish).start()
+tier.when_complete(complete)
+while not tier.settled:
+    time.sleep(0.01)
+"""
+
+
+def test_what_waits_for_a_last_swap_made_off_the_serving_thread_ends_before_the_exit(
+    tmp_path: Path,
+) -> None:
+    """NOTE: [the last swap's work is not cut off at exit]: the script ends
+    as soon as its tier settles, the last piece swapped in by a landing
+    thread; what that swap runs, and the thread it starts, finish first."""
+    done = run_script(EXITS_AT_THE_LAST_SWAP, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "published", (done.stdout, done.stderr[-3000:])
+    thread, ok = json.loads(lines[-2])
+    assert ok and thread.startswith("stitch-swap-"), thread

@@ -268,6 +268,7 @@ def _publish_when_compiled(pieces: Any, shared: Any, root: str, turn: Lease) -> 
             target=end_turn,
             args=(shared, root, turn, ok),
             name="stitch-aot-publish",
+            daemon=False,  # NOTE: [the last swap's work is not cut off at exit]
         ).start()
 
     pieces.when_complete(publish)

@@ -135,13 +135,14 @@ def _follow_fleet(
     def complete(ok: bool) -> None:
         # What this process compiled: its factors, then the fleet's publish,
         # off the serving thread the last swap runs on; not a daemon, so that a
-        # process that ends normally publishes and lets the lease go first.
+        # process that ends normally publishes and lets the lease go first
+        # (NOTE: [the last swap's work is not cut off at exit], swap.py).
         def end() -> None:
             if ok and not tier.installed:
                 fleet.record(cache)
             fleet.end(ok)
 
-        threading.Thread(target=end, name="stitch-tier-complete").start()
+        threading.Thread(target=end, name="stitch-tier-complete", daemon=False).start()
 
     tier.when_complete(complete)
     if go is not None:

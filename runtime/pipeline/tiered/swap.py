@@ -234,16 +234,31 @@ def swap_when_landed(tier: Tier, backend: TieredPiece) -> None:
     if its inputs were kept."""
     if not isinstance(backend._inputs, KeptInputs):
         return
+    # Not a daemon (NOTE: [the last swap's work is not cut off at exit]).
     threading.Thread(
         target=_check_and_swap,
         args=(tier, backend, backend._inputs),
         name=f"stitch-swap-{backend.name}",
+        daemon=False,
     ).start()
 
 
 def _check_and_swap(tier: Tier, backend: TieredPiece, kept: KeptInputs) -> None:
+    """NOTE: [the last swap's work is not cut off at exit]
+    The thread that swaps in a tier's last piece runs what waited for it: the
+    saved forward written, and the threads that publish it and the entry to
+    the fleet's store.  It was started by a worker's reader, a daemon, and a
+    thread is a daemon when the thread that starts it is, so all of them were
+    daemons.  A script that exits once the tier has settled was cut off
+    partway: in CI (runs 45 and 47) a fleet replica exited without publishing
+    or letting its lease go, and the replica waiting on the lease compiled
+    again 30 s later.  Now this thread and the ones the completions start
+    are not daemons, so the exit waits for them.  A check that has not
+    begun when the main thread has ended is skipped: the exit's hook then
+    runs the completions (``Tier.complete_at_exit``), and a later call in a
+    process still serving swaps the piece in, as before."""
     with tier.checking:  # one check at a time: the serving process's cores
-        if tier.stopping:
+        if tier.stopping or not threading.main_thread().is_alive():
             return
         record = tier.claim(backend)
         if record is None:
