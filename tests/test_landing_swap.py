@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 import torch
 import torch.fx as fx
-from test_tiered import _fresh_dynamo, entry_index, run_script, tiered  # noqa: F401
+from test_tiered import (  # noqa: F401
+    TIERED_SCRIPT,
+    _fresh_dynamo,
+    entry_index,
+    run_script,
+    tiered,
+)
 
 from stitch.codegen.pieces import mutates
 from stitch.runtime.pipeline.piecewise import PiecewiseBackend
@@ -308,16 +314,7 @@ def test_a_graph_called_once_swaps_in_every_piece_without_a_second_call(
         )
 
 
-EXITS_AT_THE_LAST_SWAP = """
-import json, sys, threading, time
-sys.path.insert(0, {tests!r})
-from backend_support import TINY, compile_model, inputs, model_for, run_fresh
-from stitch.runtime import CompilationConfig
-model = model_for()
-config = CompilationConfig(cache_dir={cache!r}, tiered_start=True, compile_workers=1)
-backend, fn = compile_model(model, config)
-run_fresh(model, fn, inputs(TINY, 4))
-tier = backend.compiled[-1].tier
+EXITS_AT_THE_LAST_SWAP = TIERED_SCRIPT + """
 def publish() -> None:  # as the fleet's publish does, a while after the swap
     time.sleep(1.0)
     print("published", flush=True)

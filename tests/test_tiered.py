@@ -329,17 +329,21 @@ def test_a_piece_that_compiles_wrong_is_refused_and_never_compiled_again(
     assert any("runs uncompiled" in w for w in stitch_warnings(caplog))
 
 
-EXITS_MID_COMPILE = """
-import json, os, sys, time, torch
+# A script's start: the example llama's tiered start, one worker, one forward.
+TIERED_SCRIPT = """
+import json, os, sys, threading, time, torch
 sys.path.insert(0, {tests!r})
 from backend_support import TINY, compile_model, inputs, model_for, run_fresh
 from stitch.runtime import CompilationConfig
-from stitch.runtime.examples import LlamaConfig
 model = model_for()
 config = CompilationConfig(cache_dir={cache!r}, tiered_start=True, compile_workers=1)
 backend, fn = compile_model(model, config)
 run_fresh(model, fn, inputs(TINY, 4))
 tier = backend.compiled[-1].tier
+"""
+
+
+EXITS_MID_COMPILE = TIERED_SCRIPT + """
 deadline = time.monotonic() + 240
 while not tier.timeline()["compiled_at"] and time.monotonic() < deadline:
     time.sleep(0.01)

@@ -11,6 +11,7 @@ fork one that does; here they are spawned on the CPU with
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from stitch.runtime import CompilationConfig, StitchBackend
 from stitch.runtime.cudagraph import CUDAGraphManager, EmulatedGraphOps, PaddedRunner
 from stitch.runtime.examples import LlamaConfig
 from stitch.runtime.pipeline.piecewise import PiecewiseBackend
+from stitch.runtime.pipeline.tiered.job_modules import defining_modules
 
 from backend_support import (
     INDUCTOR_TOL,
@@ -77,6 +79,47 @@ def _twice_op() -> Any:
             return torch.empty_like(x)
 
     return torch.ops.stitch_test_spawn.twice
+
+
+def _traced_from(target: Any, stack: str = "a_model_package.layers.Block") -> Any:
+    """A unit whose one graph calls ``target`` under a module of class ``stack``."""
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    node = graph.call_function(target, (x,))
+    node.meta["nn_module_stack"] = {"L__self__": ("layer", stack)}
+    graph.output(node)
+    return SimpleNamespace(graph=torch.fx.GraphModule(torch.nn.Module(), graph))
+
+
+def test_a_worker_imports_the_model_only_for_an_op_it_cannot_place() -> None:
+    """NOTE: [a worker imports the model's modules only for an op it cannot
+    place] (runtime/pipeline/tiered/job_modules.py)."""
+    # aten's ops, and an op whose definition names its module: not the model's.
+    assert defining_modules([_traced_from(torch.ops.aten.relu.default)]) == [
+        "stitch.runtime"
+    ]
+    twice = _twice_op()
+    assert defining_modules([_traced_from(twice.default), _traced_from(twice)]) == [
+        "stitch.runtime",
+        __name__,
+    ]
+    # An op defined without one (as an extension's): the model's modules too.
+    if not hasattr(torch.ops.stitch_test_placed, "thrice"):
+        lib = torch.library.Library("stitch_test_placed", "FRAGMENT")
+        lib.define("thrice(Tensor x) -> Tensor")
+        _LIBS.append(lib)
+    for op in (
+        torch.ops.stitch_test_placed.thrice,
+        torch.ops.stitch_test_placed.thrice.default,
+    ):
+        assert defining_modules([_traced_from(op)]) == [
+            "stitch.runtime",
+            "a_model_package.layers",
+        ]
+
+
+# Libraries defined by the tests, kept alive (a dropped one takes its ops away).
+_LIBS: list[Any] = []
 
 
 class Twice(torch.nn.Module):

@@ -77,11 +77,9 @@ from ..inductor_warmup import (
     start_inductor_warmup,
     widen_probe,
 )
+from .job_modules import ALWAYS, defining_modules
 from .piece_jobs import UnitCompiler, UnitJob, piece_names
 from .worker_process import Launch, Worker, compile_and_report
-
-# Modules every worker imports before it reads its pieces (Stitch's own ops).
-ALWAYS = ("stitch.runtime",)
 
 
 @dataclasses.dataclass
@@ -174,40 +172,6 @@ def _send(pipe: IO[bytes], header: dict[str, Any], data: bytes, gate: int) -> No
         pipe.flush()
     except OSError:
         pass  # the worker is gone: its reader gives its pieces up
-
-
-def defining_modules(units: Sequence[UnitJob]) -> list[str]:
-    """The modules a worker imports before it unpickles ``units``: Stitch's,
-    those of the modules the graphs were traced from, of the functions they
-    call and of the custom ops' definitions, as far as they can be found
-    (an op whose module is not imported fails the read, naming the op)."""
-    found = dict.fromkeys(ALWAYS)
-    for unit in units:
-        for node in unit.graph.graph.nodes:
-            for _, kind in (node.meta.get("nn_module_stack") or {}).values():
-                found[_module_of(kind)] = None
-            if node.op == "call_function":
-                found[_module_of(node.target)] = None
-    return [m for m in found if m and m != "__main__" and not _is_torch(m)]
-
-
-def _module_of(thing: Any) -> str:
-    if isinstance(thing, str):  # a qualified class name
-        return thing.rpartition(".")[0]
-    if isinstance(thing, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
-        from torch._library.custom_ops import OPDEFS
-
-        # An overload's schema names its op; a packet has no schema.
-        opdef = OPDEFS.get(getattr(getattr(thing, "_schema", None), "name", ""))
-        fn = getattr(opdef, "_init_fn", None)
-        return getattr(fn, "__module__", "") or ""
-    return getattr(thing, "__module__", "") or ""
-
-
-def _is_torch(module: str) -> bool:
-    return module in ("torch", "builtins", "_operator", "operator", "math") or (
-        module.startswith("torch.")
-    )
 
 
 def main(argv: Sequence[str]) -> int:
