@@ -130,6 +130,27 @@ print("installed: torch", torch.__version__, "| " + ", ".join(
     # tests/conftest.py).
     STITCH_SLOW_MODULES="${slow[*]}" "$venv/bin/python" -m pytest -q --durations=20 ||
         status=1
+    if [[ $torch_version == "${RELEASES[0]%% *}" ]]; then
+        # NOTE: [the GPU window's parts rehearsed at every commit]
+        # A GPU is lent to some sessions only, and the cuda-marked tests once
+        # went 37 commits without running.  The window's first two calls
+        # (scripts/gpu_check.sh: `first`, every cuda test and the warm
+        # restart; `decode`, the decode variants) run here on the GPU image's
+        # torch and transformers up to their first CUDA call (--rehearse:
+        # every cuda test selected and run to that call, each benchmark's CPU
+        # dry run), so that a window is not lost to a break that shows
+        # without a GPU.  About 100 s.
+        for part in first decode; do
+            OUT="$venvs/gpu-$part" PYTHON="$venv/bin/python" \
+                bash scripts/gpu_check.sh --rehearse "$part" >"$venvs/gpu-$part.log" 2>&1 ||
+                {
+                    cat "$venvs/gpu-$part.log"
+                    echo "error: scripts/gpu_check.sh --rehearse $part failed (above)" >&2
+                    status=1
+                }
+            grep -E '^== (part|done)' "$venvs/gpu-$part.log" || true
+        done
+    fi
     # See NOTE: [a real miss for another torch].
     explain_torch+=("$("$venv/bin/python" -c 'import torch; print(torch.__version__)')")
     if run=$("$venv/bin/stitch" run --example llama --layers 1 --sizes 8 \

@@ -44,9 +44,12 @@
 # the tests are collected (every cuda-marked one must be selected), each
 # benchmark runs its CPU dry run with tiny shapes.  Run it with the GPU image's
 # versions (torch 2.11, transformers 5.17, triton 3.6) before a window:
-# PYTHON=/path/to/venv/bin/python bash scripts/gpu_check.sh --rehearse first.
+# PYTHON=/path/to/venv/bin/python bash scripts/gpu_check.sh --rehearse first,
+# with this checkout installed in that venv (a rehearsal installs nothing).
+# CI rehearses `first` and `decode` at every commit (NOTE: [the GPU window's
+# parts rehearsed at every commit] in .ci/torch_versions.sh).
 #
-# It installs this checkout with `pip install --no-deps --no-build-isolation -e .`
+# On the device it installs this checkout with `pip install --no-deps --no-build-isolation -e .`
 # and takes the pure-Python packages the CUDA image lacks from wheels in .whl/,
 # made beforehand on a machine with network access (carry .whl in the call):
 #
