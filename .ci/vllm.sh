@@ -57,6 +57,12 @@ echo "   venv in $((SECONDS - started)) s"
 "$venv/bin/python" -c "import vllm, openai, stitch.runtime.vllm; print('vllm', vllm.__version__)"
 
 echo "== vllm 2/2 tests: pytest -m vllm tests/test_vllm.py tests/test_vllm_server.py tests/test_readme.py"
+# vLLM names each engine's ZeroMQ sockets <VLLM_RPC_BASE_PATH>/<uuid>
+# (default: the temp folder) and leaves them there: about 90 a run piled up
+# in /tmp.  They go in a folder of this run's, removed at the end.
+VLLM_RPC_BASE_PATH=$(mktemp -d)
+export VLLM_RPC_BASE_PATH
+trap 'rm -rf "$VLLM_RPC_BASE_PATH"' EXIT
 # One process: each test starts engines (which spawn workers) one at a time.
 "$venv/bin/python" -m pytest -q -n 0 --durations=20 -m vllm tests/test_vllm.py tests/test_vllm_server.py \
     tests/test_readme.py
