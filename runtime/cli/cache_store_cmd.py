@@ -57,19 +57,6 @@ def _from_store(url: str, out: TextIO, call: Callable[[Any], T]) -> T | None:
     return None
 
 
-def _subcommand(
-    subparsers: Any,
-    name: str,
-    handler: Callable[..., int],
-    help: str,
-    description: str,
-) -> argparse.ArgumentParser:
-    """Register ``stitch cache <name>``, run by ``handler``; its parser."""
-    parser = subparsers.add_parser(name, help=help, description=description)
-    parser.set_defaults(handler=handler)
-    return parser
-
-
 def _root(cache_dir: str | None) -> str:
     from stitch.runtime.config import CompilationConfig
     from stitch.runtime.store.location import cache_root
@@ -78,16 +65,15 @@ def _root(cache_dir: str | None) -> str:
 
 
 def _add_ls(subparsers: Any) -> None:
-    parser = _subcommand(
-        subparsers,
+    parser = subparsers.add_parser(
         "ls",
-        run_ls,
         help="list the entries of a local cache or a shared store",
         description="List the units of a local cache (compile cache entries and "
         "saved forwards: what push would publish), or the entries of a shared "
         "store, least recently used first, with their size, writer and "
         "whether their signature holds.",
     )
+    parser.set_defaults(handler=run_ls)
     parser.add_argument("target", metavar="TARGET", nargs="?", help="folder or URL")
 
 
@@ -113,22 +99,12 @@ def run_ls(args: argparse.Namespace, out: TextIO | None = None) -> int:
         return 2
     rows = []
     for s in stored:
-        if s.entry is None:
-            rows.append(
-                [s.name, "-", "-", "-", age(s.last_used), f"refused: {s.problem}"]
-            )
+        e = s.entry
+        if e is None:
+            cells, signature = ["-", "-", "-"], f"refused: {s.problem}"
         else:
-            e = s.entry
-            rows.append(
-                [
-                    s.name,
-                    len(e.files),
-                    f"{e.size / 1e6:.2f}",
-                    e.writer,
-                    age(s.last_used),
-                    "ok",
-                ]
-            )
+            cells, signature = [len(e.files), f"{e.size / 1e6:.2f}", e.writer], "ok"
+        rows.append([s.name, *cells, age(s.last_used), signature])
     print(f"{target}: {len(rows)} entr{'y' if len(rows) == 1 else 'ies'}", file=out)
     if rows:
         header = ["entry", "files", "MB", "writer", "last used", "signature"]
@@ -137,15 +113,14 @@ def run_ls(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def _add_verify(subparsers: Any) -> None:
-    parser = _subcommand(
-        subparsers,
+    parser = subparsers.add_parser(
         "verify",
-        run_verify,
         help="check every entry of a local cache or a shared store",
         description="A folder: the checks of 'stitch inspect'. A store URL: "
         "each entry's signature, then every blob it names is read and hashed; "
         "what a replica would refuse is listed.",
     )
+    parser.set_defaults(handler=run_verify)
     parser.add_argument("target", metavar="TARGET", help="folder or URL")
 
 
@@ -171,15 +146,14 @@ def run_verify(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def _add_push(subparsers: Any) -> None:
-    parser = _subcommand(
-        subparsers,
+    parser = subparsers.add_parser(
         "push",
-        run_push,
         help="publish every unit of a local cache to a shared store",
         description="Publish the compile cache entries and saved forwards of a "
         "local cache to a shared store, as a run does after its compile: blobs "
         "first, then the signed manifest.",
     )
+    parser.set_defaults(handler=run_push)
     parser.add_argument("url", metavar="URL")
     parser.add_argument("--cache-dir", metavar="DIR", help=LOCAL_HELP)
 
@@ -189,24 +163,20 @@ def run_push(args: argparse.Namespace, out: TextIO | None = None) -> int:
     from stitch.runtime.store.shared.admin import push
 
     root = _root(args.cache_dir)
-    done = _from_store(args.url, out, lambda shared: push(shared, root))
-    if done is None:
-        return 2
-    for unit, ok in done:
-        print(f"{unit.name}: {'published' if ok else 'NOT published'}", file=out)
-    print(f"{sum(ok for _, ok in done)} of {len(done)} unit(s) from {root}", file=out)
-    return 0 if all(ok for _, ok in done) else 1
+    done = _from_store(
+        args.url, out, lambda shared: [(u.name, ok) for u, ok in push(shared, root)]
+    )
+    return _moved(done, "published", f"unit(s) from {root}", out)
 
 
 def _add_pull(subparsers: Any) -> None:
-    parser = _subcommand(
-        subparsers,
+    parser = subparsers.add_parser(
         "pull",
-        run_pull,
         help="install entries of a shared store into a local cache",
         description="Install entries of a shared store (all, or those named) "
         "into a local cache, each verified as a run would before using it.",
     )
+    parser.set_defaults(handler=run_pull)
     parser.add_argument("url", metavar="URL")
     parser.add_argument("entries", metavar="ENTRY", nargs="*")
     parser.add_argument("--cache-dir", metavar="DIR", help=LOCAL_HELP)
@@ -220,11 +190,19 @@ def run_pull(args: argparse.Namespace, out: TextIO | None = None) -> int:
     done = _from_store(
         args.url, out, lambda shared: pull(shared, root, list(args.entries))
     )
+    return _moved(done, "installed", f"entr(ies) into {root}", out)
+
+
+def _moved(
+    done: list[tuple[str, bool]] | None, verb: str, what: str, out: TextIO
+) -> int:
+    """Each unit push or pull moved (``verb``) or not, then the count of
+    ``what``; the exit status (2: the store could not be used)."""
     if done is None:
         return 2
     for name, ok in done:
-        print(f"{name}: {'installed' if ok else 'NOT installed'}", file=out)
-    print(f"{sum(ok for _, ok in done)} of {len(done)} entr(ies) into {root}", file=out)
+        print(f"{name}: {verb if ok else 'NOT ' + verb}", file=out)
+    print(f"{sum(ok for _, ok in done)} of {len(done)} {what}", file=out)
     return 0 if all(ok for _, ok in done) else 1
 
 

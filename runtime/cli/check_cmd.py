@@ -63,7 +63,8 @@ def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     report = check_model(model, forwards, config, **compile_args)
     seconds = time.perf_counter() - start
     files = sorted({p.source_file for p in report.pieces})
-    print(f"{title}, backend {args.backend}, sizes {_sizes(args.sizes)}", file=out)
+    sizes = ",".join(str(s) for s in args.sizes)
+    print(f"{title}, backend {args.backend}, sizes {sizes}", file=out)
     print(
         f"  compiled and checked in {seconds:.2f}s: {len(report.pieces)} compiled "
         f"pieces; {'edited' if args.source else 'emitted'} source: "
@@ -74,10 +75,6 @@ def run_check(args: argparse.Namespace, out: TextIO | None = None) -> int:
     print("whole forward against eager:\n\n" + report.forward_table() + "\n", file=out)
     print(report.verdict(), file=out)
     return 0 if report.ok else 1
-
-
-def _sizes(sizes: list[int]) -> str:
-    return ",".join(str(s) for s in sizes)
 
 
 def _model(args: argparse.Namespace) -> tuple[str, Any, list[Any], Any, dict[str, Any]]:

@@ -14,14 +14,11 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from stitch.core import StitchConfigError
 
 from .options import int_list
-
-if TYPE_CHECKING:
-    from ..saved.weightless import WeightlessCompile
 
 # torch and the pipeline are imported by the functions that need them: the
 # parser is built for every ``stitch`` command, ``--help`` included.
@@ -56,7 +53,14 @@ def compile_example(
         dynamic_dims=EXAMPLE_DYNAMIC_DIMS,
         name=f"example {name} ({cfg.num_layers} layers)",
     )
-    report(done, f"stitch run --example {name} --layers {cfg.num_layers}", out)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    later = f"stitch run --example {name} --layers {cfg.num_layers}"
+    print(f"stitch compile: compiled without weights in {done.seconds:.2f}s", file=out)
+    print(f"  saved forward: {done.saved}", file=out)
+    if done.cache_entry:
+        print(f"  cache entry: {done.cache_entry}", file=out)
+    print(f"  peak memory: {peak:.0f} MiB", file=out)
+    print(f"  a start with the weights that loads it: {later}", file=out)
     return 0
 
 
@@ -147,16 +151,6 @@ def compile_hf(
     )
     print(f"  a start with the weights that loads every piece: {later}", file=out)
     return 0
-
-
-def report(done: WeightlessCompile, later: str, out: TextIO) -> None:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"stitch compile: compiled without weights in {done.seconds:.2f}s", file=out)
-    print(f"  saved forward: {done.saved}", file=out)
-    if done.cache_entry:
-        print(f"  cache entry: {done.cache_entry}", file=out)
-    print(f"  peak memory: {peak:.0f} MiB", file=out)
-    print(f"  a start with the weights that loads it: {later}", file=out)
 
 
 def add_compile(subparsers: Any) -> None:

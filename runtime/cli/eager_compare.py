@@ -13,6 +13,7 @@ calls eagerly and compiled here, hold them to the tolerance of their dtype
 from __future__ import annotations
 
 import functools
+import os
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 
 import torch
 
+from ..store.index import SOURCE_FILE
 from ..tables import markdown_table
 from .model_choice import ModelChoice
 
@@ -100,3 +102,13 @@ def print_comparison(rows: Sequence[TimingRow], failures: int, out: TextIO) -> i
         print(f"\n{failures} size(s) differ from eager beyond tolerance", file=out)
         return 1
     return 0
+
+
+def print_paths(cache_entry: str | None, edited: str, out: TextIO) -> None:
+    """Where the emitted source and its cache entry are, and the edited
+    stitching file that ran in its place (``--source``), if any."""
+    if cache_entry:
+        print(f"  emitted source: {os.path.join(cache_entry, SOURCE_FILE)}", file=out)
+        print(f"  cache: {cache_entry}", file=out)
+    if edited:
+        print(f"  ran in its place: {os.path.abspath(edited)} (--source)", file=out)

@@ -28,29 +28,18 @@ def inspect_cache(path: str, out: TextIO) -> int:
     unhealthy = 0
     for folder in saved:
         problems = inspect_aot(folder)
-        unhealthy += bool(problems)
         print(f"{folder}\n  saved forward: {AOT_RECORD_FILE}", file=out)
         if not problems:
             _print_saved_edit(folder, out)
-            print("  health: ok", file=out)
-        else:
-            print(f"  health: {len(problems)} problem(s)", file=out)
-            for problem in problems:
-                print(f"    - {problem}", file=out)
+        unhealthy += _print_health(problems, out)
     for directory in entries:
         report = inspect_entry(directory)
-        unhealthy += not report.healthy
         print(f"{directory}", file=out)
         if report.index is not None:
             _print_index(report.index, directory, out)
         for note in report.notes:
             print(f"  note: {note}", file=out)
-        if report.healthy:
-            print("  health: ok", file=out)
-        else:
-            print(f"  health: {len(report.problems)} problem(s)", file=out)
-            for problem in report.problems:
-                print(f"    - {problem}", file=out)
+        unhealthy += _print_health(report.problems, out)
     _print_input_checks(path, out)
     if unhealthy:
         print(
@@ -61,6 +50,15 @@ def inspect_cache(path: str, out: TextIO) -> int:
         )
         return 1
     return 0
+
+
+def _print_health(problems: list[str], out: TextIO) -> bool:
+    """The health line, then a line per problem; whether there is any."""
+    health = f"{len(problems)} problem(s)" if problems else "ok"
+    print(f"  health: {health}", file=out)
+    for problem in problems:
+        print(f"    - {problem}", file=out)
+    return bool(problems)
 
 
 def _print_saved_edit(folder: str, out: TextIO) -> None:

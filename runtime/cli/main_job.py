@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from typing import Any, TextIO
@@ -11,9 +10,10 @@ import torch
 
 from ..config import CompilationConfig
 from ..examples import LlamaConfig, llama_inputs
+from ..pipeline.api import CompiledModel
 from ..pipeline.tiered.controls import wait_compiled
 from ..saved.aot import AOTCompiledModel, aot_compile
-from .eager_compare import compare_with_eager, print_comparison
+from .eager_compare import compare_with_eager, print_comparison, print_paths
 from .model_choice import example_choice, example_llama
 
 # The token dimension of the example's inputs, marked unbacked when compiling:
@@ -75,21 +75,12 @@ def run_example(
     with torch.no_grad():
         compiled = _aot_compile(choice.model, cfg, config, sizes[0])
     ready_s = time.perf_counter() - start
-    stitch = compiled.backend
     timeline = _serve_until_compiled(compiled, cfg, sizes[0], start)
 
     rows, failures = compare_with_eager(choice, compiled, repeats)
 
-    result = stitch.compiled[0] if stitch is not None and stitch.compiled else None
-    _print_compile(name, cfg, backend, compiled, ready_s, out)
-    if compiled.cache_entry:
-        print(
-            f"  emitted source: {os.path.join(compiled.cache_entry, 'execution_fn.py')}",
-            file=out,
-        )
-        print(f"  cache: {compiled.cache_entry}", file=out)
-    if source:
-        print(f"  ran in its place: {os.path.abspath(source)} (--source)", file=out)
+    result = _print_compile(name, cfg, backend, compiled, ready_s, out)
+    print_paths(compiled.cache_entry, source, out)
     if result is not None and dump_dir:
         print(
             f"  debug dump: {dump_dir} (execution_fn.py, computation_graph.py, index.md)",
@@ -107,14 +98,24 @@ def _print_compile(
     compiled: AOTCompiledModel,
     ready_s: float,
     out: TextIO,
-) -> None:
-    """How the model was compiled or loaded: the saved forward, the backend call."""
+) -> CompiledModel | None:
+    """How the model was compiled or loaded: the saved forward, the backend call
+    (returned; None when there was none)."""
     print(
         f"stitch run --example {name}: {cfg.num_layers} layers, backend {backend}",
         file=out,
     )
-    _print_aot(compiled, ready_s, out)
+    if compiled.warm:
+        how = "warm: the saved forward, loaded without Dynamo or Inductor"
+    elif compiled.path:
+        how = f"cold: traced and compiled, saved to {compiled.path}"
+    else:
+        how = "traced and compiled (not saved)"
+    print(f"  aot_compile: {ready_s:.2f}s ({how})", file=out)
     stitch = compiled.backend
+    why = stitch.compiled[-1].why_cold if stitch and stitch.compiled else None
+    if why:
+        print(f"  not warm: {why}", file=out)
     result = stitch.compiled[0] if stitch is not None and stitch.compiled else None
     if result is not None:
         print(
@@ -123,6 +124,7 @@ def _print_compile(
             f"{len(stitch.compiled)}",
             file=out,
         )
+    return result
 
 
 def _serve_until_compiled(
@@ -174,17 +176,3 @@ def _aot_compile(
     tokens (the token dimension unbacked: :data:`EXAMPLE_DYNAMIC_DIMS`)."""
     example = llama_inputs(cfg, size, seed=size)
     return aot_compile(model, example, config, dynamic_dims=EXAMPLE_DYNAMIC_DIMS)
-
-
-def _print_aot(compiled: AOTCompiledModel, seconds: float, out: TextIO) -> None:
-    if compiled.warm:
-        how = "warm: the saved forward, loaded without Dynamo or Inductor"
-    elif compiled.path:
-        how = f"cold: traced and compiled, saved to {compiled.path}"
-    else:
-        how = "traced and compiled (not saved)"
-    print(f"  aot_compile: {seconds:.2f}s ({how})", file=out)
-    backend = compiled.backend
-    why = backend.compiled[-1].why_cold if backend and backend.compiled else None
-    if why:
-        print(f"  not warm: {why}", file=out)

@@ -10,14 +10,12 @@ times.
 
 from __future__ import annotations
 
-import os
 from typing import TextIO
 
 from ..counter import compilation_counter
 from ..pipeline.api import StitchBackend
-from ..store.index import SOURCE_FILE
 from ..tables import markdown_table
-from .eager_compare import compare_with_eager, print_comparison
+from .eager_compare import compare_with_eager, print_comparison, print_paths
 from .model_choice import ModelChoice
 
 
@@ -79,13 +77,7 @@ def _print_graphs(stitch: StitchBackend, out: TextIO) -> None:
             f"{result.seconds:.2f}s",
             file=out,
         )
-        if result.cache_dir:
-            source = os.path.join(result.cache_dir, SOURCE_FILE)
-            print(f"  emitted source: {source}", file=out)
-            print(f"  cache: {result.cache_dir}", file=out)
-        edited = stitch.config.compile.stitching_source
-        if edited:
-            print(f"  ran in its place: {os.path.abspath(edited)} (--source)", file=out)
+        print_paths(result.cache_dir, stitch.config.compile.stitching_source, out)
         rows = [
             (r.name, "split" if r.splitting else r.cache, r.module_path or "-")
             for r in result.reports

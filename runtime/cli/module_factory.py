@@ -49,9 +49,7 @@ class Factory:
 
     def call(self, size: int) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The ``(args, kwargs)`` of one forward of ``size``."""
-        if self.sized is None:
-            assert self.fixed is not None
-            return self.fixed
+        assert self.sized is not None
         try:
             value = self.sized(size)
         except Exception as exc:

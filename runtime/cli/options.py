@@ -23,12 +23,11 @@ HF_FAMILIES = (
 
 def int_list(text: str) -> list[int]:
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a comma-separated list of ints"
         ) from None
-    return values
 
 
 def add_model_shape_options(parser: Any) -> None:
@@ -111,20 +110,13 @@ def add_compile_options(parser: Any) -> None:
     ``stitch run`` and ``stitch check`` compile under (one definition, so that
     the command a failed run prints is one the check takes)."""
     add_source_option(parser)
-    parser.add_argument(
-        "--compile-sizes",
-        type=int_list,
-        default=[],
-        metavar="N,N,...",
-        help="sizes compiled with static shapes (default: none)",
-    )
-    parser.add_argument(
-        "--split-points",
-        type=int_list,
-        default=[],
-        metavar="N,N,...",
-        help="compile range split points (default: none)",
-    )
+    for flag, what in (
+        ("--compile-sizes", "sizes compiled with static shapes (default: none)"),
+        ("--split-points", "compile range split points (default: none)"),
+    ):
+        parser.add_argument(
+            flag, type=int_list, default=[], metavar="N,N,...", help=what
+        )
     parser.add_argument(
         "--dump",
         default="",

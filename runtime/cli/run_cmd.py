@@ -16,8 +16,6 @@ SIZES = [1, 3, 8, 17, 32]
 def add_run(subparsers: Any) -> None:
     from stitch.runtime.examples.models import runnable_examples
 
-    runnable = runnable_examples()
-
     parser = subparsers.add_parser(
         "run",
         help="compile a model with Stitch, check it against eager, time it",
@@ -30,7 +28,7 @@ def add_run(subparsers: Any) -> None:
             "result against eager PyTorch, and print the pieces, the compile counts, "
             "where the emitted stitching source, the cache and the debug dump were "
             "written, and a short timing table. "
-            f"Runnable examples: {', '.join(sorted(runnable))}. "
+            f"Runnable examples: {', '.join(sorted(runnable_examples()))}. "
             f"Families: {', '.join(HF_FAMILIES)}. "
             "A second run with the same cache directory is a warm start."
         ),

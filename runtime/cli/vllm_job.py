@@ -15,8 +15,6 @@ import sys
 import tempfile
 from typing import TextIO
 
-FAMILIES = ("llama", "mixtral")
-
 
 def run_vllm(
     family: str,

@@ -25,15 +25,6 @@ from .padding_plan import DynamicInput, PaddingPlan
 
 WHERE = "the saved CUDA graph plan"
 
-# The config fields that decide which graphs wrap which pieces (the others,
-# such as warm-ups or the address check, only change how a graph is run).
-PLAN_FIELDS = (
-    "cudagraph_mode",
-    "cudagraph_capture_sizes",
-    "max_full_cudagraph_size",
-    "cudagraph_pad_values",
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class GraphPlan:

@@ -76,7 +76,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("stitch")
 
 CHECK_FILE = location.AOT_CHECK_FILE
-SIGNATURES_FILE = location.AOT_SIGNATURES_FILE
 
 
 # -- the check of one saved forward -------------------------------------------------------

@@ -24,7 +24,7 @@ from stitch.codegen.fingerprint import (
 from . import codec
 from .codec import Record, RecordError, short
 from .digests import content_hash, file_hash
-from .files import PRIVATE_FILE, fsync_dir, fsync_file, remove_tree
+from .files import PRIVATE_FILE, atomic_write, fsync_dir, fsync_file, remove_tree
 from .index import Count, Key, Sha256, TargetKey
 from .location import (
     ARTIFACT_FILE,
@@ -182,16 +182,7 @@ def publish(
         os.chmod(payload, PRIVATE_FILE)
         fsync_file(payload)
         identity = identity_for(file_hash(payload))
-        fd = os.open(
-            identity_file(staging),
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL,
-            PRIVATE_FILE,
-        )
-        with os.fdopen(fd, "wb") as f:
-            f.write(codec.encode(identity))
-            f.flush()
-            os.fsync(f.fileno())
-        fsync_dir(staging)
+        atomic_write(identity_file(staging), codec.encode(identity))
         final = artifact_folder_in(artifacts_dir, key)
         try:
             os.rename(staging, final)

@@ -25,7 +25,6 @@ stitching source.  Rules it keeps:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -72,9 +71,8 @@ class CompileCache(PieceStore):
         self.identity = identity
         self.writable = True
         self.index: Index | None = None  # as read at the start of the run
-        self._disk: tuple[Any, Index] | None = (
-            None  # (file stamp, index) last seen on disk
-        )
+        # (file stamp, index) last seen on disk
+        self._disk: tuple[Any, Index] | None = None
         self._pieces: dict[str, PieceIdentity] = {}
         self._artifacts: dict[str, ArtifactIdentity | None] = {}  # verified, by key
         self._broken: set[str] = set()  # keys whose folder must be replaced
@@ -135,9 +133,6 @@ class CompileCache(PieceStore):
         cache.quiet = quiet
         cache.index = read.index
         return cache
-
-    def path(self, relative: str) -> str:
-        return os.path.join(self.directory, relative)
 
     # -- problems -------------------------------------------------------------
     def fault(self, path: str, why: str, rebuilding: str = "that entry") -> None:
@@ -225,7 +220,7 @@ class CompileCache(PieceStore):
         path = location.index_file(self.directory)
         try:
             make_private_dirs(self.directory, self.root)
-            with self._locked():
+            with locked(location.lock_file(self.directory)):
                 current = self._on_disk()
                 new = change(current)
                 if new == current:
@@ -235,9 +230,6 @@ class CompileCache(PieceStore):
                 self._disk = ((st.st_ino, st.st_mtime_ns, st.st_size), new)
         except OSError as exc:
             self._unwritable(path, exc)
-
-    def _locked(self) -> contextlib.AbstractContextManager[None]:
-        return locked(location.lock_file(self.directory))
 
     # -- the stitching source ---------------------------------------------------
     def holds_source(self) -> bool:

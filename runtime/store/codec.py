@@ -156,20 +156,13 @@ def decode(kind: type[R], data: bytes | str | Any, path: str) -> R:
     return convert(kind, body, path)
 
 
-def convert(kind: type[R], body: Any, path: str, prefix: str = "") -> R:
-    """``body`` (plain data) as a ``kind``; :class:`RecordError` naming the field
-    (under ``prefix``, the path of ``body`` inside the file)."""
+def convert(kind: type[R], body: Any, path: str) -> R:
+    """``body`` (plain data) as a ``kind``; :class:`RecordError` naming the field."""
     try:
         return msgspec.convert(body, kind, strict=True)
     except msgspec.ValidationError as exc:
         field, problem = _explain(kind, body, str(exc))
-        raise RecordError(path, _join(prefix, field), problem) from None
-
-
-def _join(prefix: str, field: str) -> str:
-    if not prefix or not field:
-        return prefix or field
-    return prefix + field if field.startswith("[") else f"{prefix}.{field}"
+        raise RecordError(path, field, problem) from None
 
 
 # msgspec says where: "Expected `int`, got `str` - at `$.pieces[...].size_index`"

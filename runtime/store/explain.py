@@ -80,18 +80,15 @@ def entry_factors(
     )
 
 
-factors_file = location.factors_file
-
-
 def save_factors(entry: str, root: str, factors: EntryFactors) -> None:
     """Write ``factors.py`` in ``entry`` (raises ``OSError``)."""
     make_private_dirs(entry, root)
-    atomic_write(factors_file(entry), codec.encode(factors))
+    atomic_write(location.factors_file(entry), codec.encode(factors))
 
 
 def read_factors(entry: str) -> EntryFactors:
     """The factors of ``entry``; :class:`StitchCacheError` naming the file."""
-    path = factors_file(entry)
+    path = location.factors_file(entry)
     try:
         return codec.read(EntryFactors, path)
     except FileNotFoundError:
@@ -173,7 +170,7 @@ def nearest(
     except OSError:
         return None
     for entry in entries:
-        path = factors_file(entry)
+        path = location.factors_file(entry)
         if os.path.abspath(entry) != os.path.abspath(skip or "/") and os.path.isfile(
             path
         ):

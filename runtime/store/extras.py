@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 import msgspec
@@ -98,14 +98,6 @@ class ExtrasRecord(Record, frozen=True):
     artifact_sha256: Sha256
     files: dict[ExtraName, ExtraFile]
 
-    def render(self) -> str:
-        return codec.render(self)
-
-    @classmethod
-    def parse(cls, text: str | bytes, path: str = EXTRAS_FILE) -> ExtrasRecord:
-        """The record in ``text``; :class:`~.codec.RecordError` naming the first bad field."""
-        return codec.decode(cls, text, path)
-
 
 def file_problem(path: str, want: ExtraFile) -> str | None:
     """Why the file at ``path`` is not the recorded one (None: it is)."""
@@ -117,14 +109,20 @@ def file_problem(path: str, want: ExtraFile) -> str | None:
         return f"cannot be read ({exc.strerror or exc})"
     if not stat.S_ISREG(st.st_mode):
         return "is not a file"
-    if st.st_size != want.size:
-        return (
-            f"is {st.st_size} bytes, its record says {want.size} (truncated or changed)"
-        )
     try:
-        actual = file_hash(path)
+        return _content_problem(st.st_size, lambda: file_hash(path), want)
     except OSError as exc:
         return f"cannot be read ({exc.strerror or exc})"
+
+
+def _content_problem(
+    size: int, sha256: Callable[[], str], want: ExtraFile
+) -> str | None:
+    """Why content of ``size`` bytes, hashing to ``sha256()`` (asked only when
+    the size is right), is not the recorded one (None: it is)."""
+    if size != want.size:
+        return f"is {size} bytes, its record says {want.size} (truncated or changed)"
+    actual = sha256()
     if actual != want.sha256:
         return (
             f"has sha256 {actual[:12]}..., its record says {want.sha256[:12]}... "
@@ -144,11 +142,8 @@ class Extras:
         self.list_path = list_path
         self.record = record
 
-    def path(self, name: str) -> str:
-        return extra_path(self.entry, name)
-
     def _listed(self, name: str) -> tuple[str, ExtraFile]:
-        path = self.path(name)
+        path = extra_path(self.entry, name)
         want = self.record.files.get(name)
         if want is None:
             raise ExtraFileError(path, f"is not listed in {self.list_path}")
@@ -167,18 +162,9 @@ class Extras:
             raise ExtraFileError(
                 path, f"cannot be read ({exc.strerror or exc})"
             ) from None
-        if len(data) != want.size:
-            raise ExtraFileError(
-                path,
-                f"is {len(data)} bytes, its record says {want.size} (truncated or changed)",
-            )
-        actual = content_hash(data)
-        if actual != want.sha256:
-            raise ExtraFileError(
-                path,
-                f"has sha256 {actual[:12]}..., its record says {want.sha256[:12]}... "
-                "(changed)",
-            )
+        problem = _content_problem(len(data), lambda: content_hash(data), want)
+        if problem is not None:
+            raise ExtraFileError(path, problem)
         return data
 
     def verified_path(self, name: str) -> str:
@@ -202,7 +188,7 @@ def _read_list(list_path: str) -> ExtrasRecord:
             list_path, f"cannot be read ({type(exc).__name__}: {exc})"
         ) from None
     try:
-        return ExtrasRecord.parse(text, list_path)
+        return codec.decode(ExtrasRecord, text, list_path)
     except RecordError as exc:
         raise ExtraFileError(list_path, exc.detail) from None
 

@@ -19,15 +19,8 @@ PRIVATE_FILE = 0o600
 
 def fsync_dir(directory: str) -> None:
     """Make a rename or a new file in ``directory`` durable (a no-op where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    with contextlib.suppress(OSError):
+        fsync_file(directory)
 
 
 def fsync_file(path: str) -> None:

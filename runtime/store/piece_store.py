@@ -160,11 +160,9 @@ class PieceStore:
             except RecordError as exc:
                 self.fault(exc.path, exc.detail)
                 self._broken.add(key)
-                identity = None
             except OSError as exc:
                 self.fault(folder, f"cannot be read ({type(exc).__name__}: {exc})")
                 self._broken.add(key)
-                identity = None
         self._artifacts[key] = identity
         return identity
 
@@ -196,15 +194,12 @@ class PieceStore:
         if identity is None:
             return None
         problem = self._mismatch(identity, name, graph, target.key(), key, size_index)
+        folder = location.artifact_folder(self.directory, key)
         if problem is not None:
-            self.fault(
-                location.identity_file(location.artifact_folder(self.directory, key)),
-                f"{problem} (piece {name})",
-            )
+            self.fault(location.identity_file(folder), f"{problem} (piece {name})")
             self._broken.add(key)
             return None
-        path = location.artifact_file(location.artifact_folder(self.directory, key))
-        return path, identity.unwrap, identity.sha256
+        return location.artifact_file(folder), identity.unwrap, identity.sha256
 
     def load_failed(self, key: str, path: str, exc: Exception) -> None:
         self.fault(path, str(exc))

@@ -20,7 +20,7 @@ from . import codec, location
 from .artifacts import read_identity
 from .codec import RecordError
 from .digests import file_hash, file_hash_or_none
-from .explain import factors_file, read_factors
+from .explain import read_factors
 from .extras import inspect_extras
 from .index import INDEX_FILE, LOCK_FILE, SOURCE_FILE, Index, parse_index
 from .load_failures import read_failures
@@ -72,9 +72,8 @@ def inspect_entry(directory: str) -> EntryReport:
     report = EntryReport(directory)
     try:
         _inspect(report)
-    except (
-        Exception
-    ) as exc:  # noqa: BLE001 - a diagnosis must not crash on what it diagnoses
+    except Exception as exc:  # noqa: BLE001
+        # a diagnosis must not crash on what it diagnoses
         report.problem("", f"could not be inspected ({type(exc).__name__}: {exc})")
     return report
 
@@ -119,7 +118,7 @@ def _inspect(report: EntryReport) -> None:
         read_failures(directory)
     except StitchCacheError as exc:
         report.problem(LOAD_FAILURES_FILE, str(exc).replace(directory + os.sep, ""))
-    if os.path.exists(factors_file(directory)):
+    if os.path.exists(location.factors_file(directory)):
         try:
             read_factors(directory)
         except (StitchCacheError, OSError) as exc:

@@ -264,7 +264,7 @@ class FleetCache:
                 except RecordError:
                     old = None  # unsigned, foreign or damaged: replaced
                 if old is not None and set(entry.files) <= set(old.files):
-                    if not self._missing_blobs(old):
+                    if all(self.store.has_blobs([f.sha256 for f in old.files])):
                         self.store.touch(unit.name, time.time())
                         return True
             if self.store.put_entry(unit.name, sealed, current):
@@ -279,9 +279,6 @@ class FleetCache:
                 )
                 return True
         return False
-
-    def _missing_blobs(self, entry: SharedEntry) -> bool:
-        return not all(self.store.has_blobs([f.sha256 for f in entry.files]))
 
     # -- reading the store (stitch cache ls / verify) --------------------------------
     def entries(self) -> list[tuple[str, float, bytes | None]]:

@@ -96,12 +96,9 @@ class FleetKey:
         if not path:
             return f"no fleet key (set ${KEY_ENV}, or ${KEY_FILE_ENV} to a 0600 file)"
         try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                st = os.fstat(fd)
-                data = os.read(fd, 1 << 16)
-            finally:
-                os.close(fd)
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                data = f.read(1 << 16)
         except OSError as exc:
             return f"the fleet key file {path} cannot be read ({exc.strerror or exc})"
         mode = stat.S_IMODE(st.st_mode)

@@ -15,7 +15,8 @@ raises :class:`StoreDown`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from stitch.core.errors import StitchError
@@ -131,11 +132,17 @@ class RedisStore:
         except (ValueError, *self._errors) as exc:
             raise StoreDown(f"{url}: {exc}") from None
 
-    def _call(self, name: str, *args: Any) -> Any:
+    @contextlib.contextmanager
+    def _answering(self) -> Iterator[None]:
+        """The client's errors inside the block as :class:`StoreDown`."""
         try:
-            return getattr(self._client, name)(*args)
+            yield
         except self._errors as exc:
             raise StoreDown(f"{self.url}: {type(exc).__name__}: {exc}") from None
+
+    def _call(self, name: str, *args: Any) -> Any:
+        with self._answering():
+            return getattr(self._client, name)(*args)
 
     def _script(self, script: str, keys: list[str], *args: Any) -> Any:
         return self._call("eval", script, len(keys), *keys, *args)
@@ -158,13 +165,11 @@ class RedisStore:
     def has_blobs(self, shas: list[str]) -> list[bool]:
         if not shas:
             return []
-        try:
+        with self._answering():
             pipe = self._client.pipeline(transaction=False)
             for sha in shas:
                 pipe.exists(self._key("blob", sha))
             return [bool(n) for n in pipe.execute()]
-        except self._errors as exc:
-            raise StoreDown(f"{self.url}: {type(exc).__name__}: {exc}") from None
 
     def get_blob(self, sha: str) -> bytes | None:
         return self._call("get", self._key("blob", sha))
@@ -173,13 +178,11 @@ class RedisStore:
         self._call("set", self._key("blob", sha), data, None, None, not replace)
 
     def delete_blob(self, sha: str) -> None:
-        try:
+        with self._answering():
             pipe = self._client.pipeline(transaction=True)
             pipe.delete(self._key("blob", sha))
             pipe.zrem(self.PREFIX + "stamps", sha)
             pipe.execute()
-        except self._errors as exc:
-            raise StoreDown(f"{self.url}: {type(exc).__name__}: {exc}") from None
 
     def stamp_blobs(self, shas: list[str]) -> None:
         if shas:
@@ -187,7 +190,7 @@ class RedisStore:
 
     def blob_ages(self) -> list[tuple[str, int, float]]:
         blob = self._key("blob", "")
-        try:
+        with self._answering():
             sec, usec = self._client.time()
             now = sec + usec / 1e6
             stamps = {
@@ -204,8 +207,6 @@ class RedisStore:
             for sha in stored:
                 pipe.strlen(blob + sha)
             sizes = dict(zip(stored, pipe.execute(), strict=True))
-        except self._errors as exc:
-            raise StoreDown(f"{self.url}: {type(exc).__name__}: {exc}") from None
         unstamped = [sha for sha in stored if sha not in stamps]
         # Stamped now, so that a blob whose stamp was lost (a server evicting
         # keys itself) ages out like any other.
@@ -235,12 +236,11 @@ class RedisStore:
         """``act()``'s answer on the lease: False when it is another's (or none)."""
         from redis.exceptions import LockNotOwnedError
 
-        try:
-            return bool(act())
-        except LockNotOwnedError:
-            return False
-        except self._errors as exc:
-            raise StoreDown(f"{self.url}: {type(exc).__name__}: {exc}") from None
+        with self._answering():
+            try:
+                return bool(act())
+            except LockNotOwnedError:
+                return False
 
     def take_lease(self, unit: str, owner: str, seconds: float) -> bool:
         lock = self._lease(unit, owner, max(0.001, seconds))
@@ -264,10 +264,8 @@ class RedisStore:
         return [(name.decode(errors="replace"), float(when)) for name, when in pairs]
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(*self._errors):
             self._client.close()
-        except self._errors:
-            pass
 
 
 def open_store(url: str, timeout: float = 2.0) -> SharedStore:

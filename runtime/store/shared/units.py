@@ -67,7 +67,7 @@ def saved_forward_unit(root: str, folder: str, factors: object) -> Unit:
     return Unit(f"{relative}@{key_hash(text)}", relative)
 
 
-def _folder_files(root: str, folder: str) -> list[str]:
+def _folder_files(folder: str) -> list[str]:
     """The files of ``folder`` (absolute) that are shared: no hidden files, no lock."""
     found = []
     for directory, dirs, files in os.walk(folder):
@@ -108,7 +108,7 @@ def collect(root: str, unit: Unit) -> list[tuple[SharedFile, str]]:
     check_trusted(location.reference_entry(root, unit.folder), root)
     out = []
     for folder in unit_folders(root, unit):
-        for path in _folder_files(root, folder):
+        for path in _folder_files(folder):
             relative = location.reference_name(root, path)
             if unit.allows(relative):
                 line = SharedFile(relative, file_hash(path), os.path.getsize(path))
@@ -130,16 +130,12 @@ def local_units(root: str) -> list[Unit]:
     units = []
     if not os.path.isdir(root):
         return units
-    for key in sorted(os.listdir(root)):
-        folder = os.path.join(root, key)
-        if key in location.SIDE_DIRS or not os.path.isdir(folder):
-            continue
-        for rank in sorted(os.listdir(folder)):
-            entry = os.path.join(folder, rank)
-            if _ENTRY_FOLDER.match(f"{key}/{rank}") and os.path.isfile(
-                location.index_file(entry)
-            ):
-                units.append(entry_unit(root, entry))
+    for entry in sorted(location.entry_folders(root)):
+        unit = entry_unit(root, entry)
+        if _ENTRY_FOLDER.match(unit.folder) and os.path.isfile(
+            location.index_file(entry)
+        ):
+            units.append(unit)
     for folder in location.find_aot_folders(os.path.join(root, location.AOT_DIR)):
         if ".sig_" in os.path.basename(folder):
             continue

@@ -55,10 +55,6 @@ class Wait:
     def waited(self) -> float:
         return time.monotonic() - self.start
 
-    @property
-    def started(self) -> bool:
-        return self._bar is not None
-
     def tick(self, holder: str | None) -> None:
         """The lease is taken (by ``holder``, None: not known): say so the first
         time, then show progress."""
