@@ -10,7 +10,7 @@ difference arose inside it or came from earlier, and, with
 ``inductor_passes``, the pass that makes it (passes.py).
 """
 
-from .compare import Difference, tolerance
+from .compare import Difference
 from .report import CheckReport, ForwardResult, PieceResult
 from .run import Checker, Forward, check_model
 
@@ -22,5 +22,4 @@ __all__ = [
     "ForwardResult",
     "PieceResult",
     "check_model",
-    "tolerance",
 ]

@@ -93,14 +93,8 @@ class CheckedGraph:
         """The graph's stitching source bound to pieces that record (reference)
         or check (check) each call."""
         compiled = self.compiled
-        pieces: dict[str, Any] = {
-            name: (
-                ReferencePiece(self, name)
-                if mode == "reference"
-                else CheckedPiece(self, name, compiled.backends[name])
-            )
-            for name in compiled.backends
-        }
+        piece = ReferencePiece if mode == "reference" else CheckedPiece
+        pieces = {name: piece(self, name) for name in compiled.backends}
         filename = self.source_file if os.path.isfile(self.source_file) else None
         return compile_execution_fn(
             self.code,
@@ -127,10 +121,10 @@ class ReferencePiece:
 class CheckedPiece:
     """A compiled piece, each call compared with its uncompiled GraphModule."""
 
-    def __init__(self, graph: CheckedGraph, name: str, served: Any) -> None:
+    def __init__(self, graph: CheckedGraph, name: str) -> None:
         self.key = graph.key(name)
         self.recorder = graph.recorder
-        self.served = served
+        self.served = graph.compiled.backends[name]
         self.uncompiled = graph.uncompiled[name]
         self.skip = graph.unset[name]
         self.writes = graph.writes[name]

@@ -89,7 +89,13 @@ def _leaf(got: Any, want: Any, name: str, padded: bool) -> Difference:
         return Difference(
             float("inf"), float("inf"), f"{name} is {got!r}, not {want!r}"
         )
-    if padded and isinstance(got, torch.Tensor) and _padded(got, want):
+    if (
+        padded
+        and isinstance(got, torch.Tensor)
+        and got.dim() == want.dim() >= 1
+        and got.shape[0] > want.shape[0]
+        and got.shape[1:] == want.shape[1:]
+    ):
         got = got[: want.shape[0]]
     if (
         not isinstance(got, torch.Tensor)
@@ -121,14 +127,6 @@ def _leaf(got: Any, want: Any, name: str, padded: bool) -> Difference:
     return Difference(largest, rel, first)
 
 
-def _padded(got: torch.Tensor, want: torch.Tensor) -> bool:
-    return (
-        got.dim() == want.dim() >= 1
-        and got.shape[0] > want.shape[0]
-        and got.shape[1:] == want.shape[1:]
-    )
-
-
 def copy_inputs(args: Sequence[Any]) -> list[Any]:
     """Copies of the tensors in ``args`` that may be written (everything but
     parameters, which no forward writes), the rest as they are.
@@ -138,20 +136,12 @@ def copy_inputs(args: Sequence[Any]) -> list[Any]:
     would copy the model per forward.  A parameter is the same object in every
     run, so both runs of a piece read it and neither writes it.
     """
-    return [
-        (
-            _copy(a)
-            if isinstance(a, torch.Tensor) and not isinstance(a, torch.nn.Parameter)
-            else a
-        )
-        for a in args
-    ]
-
-
-def _copy(value: torch.Tensor) -> torch.Tensor:
-    # clone keeps the strides of a dense tensor (a piece may be compiled for
-    # them) and makes an expanded one dense.
-    return value.clone(memory_format=torch.preserve_format)
+    copies = list(args)
+    for i in written(args):
+        # clone keeps the strides of a dense tensor (a piece may be compiled for
+        # them) and makes an expanded one dense.
+        copies[i] = args[i].clone(memory_format=torch.preserve_format)
+    return copies
 
 
 def written(args: Sequence[Any]) -> list[int]:

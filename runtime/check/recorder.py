@@ -93,12 +93,7 @@ class Recorder:
         kept = self._reference.get((key, n))
         if kept is None or self.mode != "check":
             return
-        positions = written(args)
-        got = [args[i] for i in positions]
-        want = [kept[i] for i in positions]
-        diff = measure(got, want, "input")
-        diff.first = _renumber(diff.first, positions)
-        self.found(key).inputs.merge(diff, self._where)
+        self.found(key).inputs.merge(_written_inputs(args, kept, "input"), self._where)
 
     @property
     def _where(self) -> str:
@@ -122,19 +117,17 @@ class Recorder:
         got = served(*args)
         want = uncompiled(*before)
         diff = measure(got, want, "output", skip)
-        positions = written(args)
-        if not diff.beyond and positions:
-            inputs = measure(
-                [args[i] for i in positions],
-                [before[i] for i in positions],
-                "written input",
-            )
-            inputs.first = _renumber(inputs.first, positions)
-            diff.merge(inputs)
+        if not diff.beyond:
+            diff.merge(_written_inputs(args, before, "written input"))
         if diff.beyond and found.example is None:
             found.example = pristine
         if found.dtype is None:
-            found.dtype = _first_float(want)
+            floats = (
+                leaf.dtype
+                for leaf in tree_leaves(want)
+                if isinstance(leaf, torch.Tensor) and leaf.is_floating_point()
+            )
+            found.dtype = next(floats, None)
         found.output.merge(diff, self._where)
         return got
 
@@ -161,22 +154,12 @@ class Recorder:
         found.replay.merge(measure(replayed, direct, "output", skip), self._where)
 
 
-def _first_float(value: Any) -> torch.dtype | None:
-    for leaf in tree_leaves(value):
-        if isinstance(leaf, torch.Tensor) and leaf.is_floating_point():
-            return leaf.dtype
-    return None
-
-
-def _renumber(first: str, positions: Sequence[int]) -> str:
-    """ "input 2 (...)" of a list of the inputs at ``positions`` -> its position
-    among all the piece's inputs."""
-    word, _, rest = first.partition(" ")
-    if not rest:
-        return first
-    prefix = "written input" if first.startswith("written input ") else word
-    tail = first[len(prefix) + 1 :]
-    index, _, detail = tail.partition(" ")
-    if not index.isdigit():
-        return first
-    return f"{prefix} {positions[int(index)]} {detail}".rstrip()
+def _written_inputs(got: Sequence[Any], want: Sequence[Any], what: str) -> Difference:
+    """How the inputs of ``got`` a piece may write differ from those of ``want``,
+    each named by its position among all the piece's inputs."""
+    positions = written(got)
+    diff = measure([got[i] for i in positions], [want[i] for i in positions], what)
+    if diff.first.startswith(f"{what} "):
+        index, _, detail = diff.first[len(what) + 1 :].partition(" ")
+        diff.first = f"{what} {positions[int(index)]} {detail}".rstrip()
+    return diff

@@ -152,24 +152,23 @@ class CheckReport:
         return "\n".join([self._conclusion(), *notes])
 
     def _conclusion(self) -> str:
-        first = self.first
-        if first is None:
-            if self.stitching_differs and self.edits:
-                return "\n".join(_edited_conclusion(self.edits))
-            if self.stitching_differs:
-                return (
-                    "no compiled piece differs from its uncompiled form, but the "
-                    "stitched function with every piece uncompiled already differs "
-                    "from eager: the split or the stitching source changed the "
-                    "numbers, not a compiled piece"
-                )
-            if not self.ok:
-                return (
-                    "no piece is beyond its tolerance, but the whole forward is: "
-                    "small differences of several pieces add up"
-                )
-            return "every piece agrees with its uncompiled form within tolerance"
-        return "\n".join(_first_piece(first))
+        if self.first is not None:
+            return "\n".join(_first_piece(self.first))
+        if self.stitching_differs and self.edits:
+            return "\n".join(_edited_conclusion(self.edits))
+        if self.stitching_differs:
+            return (
+                "no compiled piece differs from its uncompiled form, but the "
+                "stitched function with every piece uncompiled already differs "
+                "from eager: the split or the stitching source changed the "
+                "numbers, not a compiled piece"
+            )
+        if not self.ok:
+            return (
+                "no piece is beyond its tolerance, but the whole forward is: "
+                "small differences of several pieces add up"
+            )
+        return "every piece agrees with its uncompiled form within tolerance"
 
 
 def _edited_conclusion(edits: list[tuple[str, str]]) -> list[str]:

@@ -16,7 +16,7 @@ from ..compat.trace import phase
 from ..config import CompilationConfig
 from ..cudagraph.wrapper import call_order
 from .check_backend import CheckBackend, CheckedGraph
-from .compare import Difference, measure, tolerance
+from .compare import measure, tolerance
 from .graphs import CheckGraphManager, replays
 from .passes import find_pass, served_static
 from .recorder import Recorder
@@ -60,14 +60,17 @@ class Checker:
         """Run ``forwards`` through ``model`` eagerly and through ``compiled``
         (``model`` under ``torch.compile`` with :attr:`backend`), and report."""
         state = ModelState(model, forwards)
-        results = []
         with torch.no_grad():
-            for forward in forwards:
-                results.append(self._forward(model, compiled, forward, state))
+            results = [self._forward(model, compiled, f, state) for f in forwards]
             state.restore()
             self.recorder.start("serve", None)
+            pieces = [
+                row
+                for graph in self.backend.graphs
+                for row in graph_rows(graph, self.recorder)
+            ]
             report = CheckReport(
-                self._pieces(), results, list(self.recorder.notes), self._edits()
+                pieces, results, list(self.recorder.notes), self._edits()
             )
             # NOTE: [the search runs without grad]
             # The forwards ran under no_grad, so Inductor compiled each piece
@@ -117,12 +120,6 @@ class Checker:
             # Only the served function runs padded to a capture size.
             result.replayed = measure(replayed, eager, "output", padded=True)
         return result
-
-    def _pieces(self) -> list[PieceResult]:
-        rows = []
-        for graph in self.backend.graphs:
-            rows += graph_rows(graph, self.recorder)
-        return rows
 
     def _edits(self) -> list[tuple[str, str]]:
         """Each edited stitching file the graphs ran, and where it differs from
@@ -213,14 +210,9 @@ class ModelState:
     piece may write its inputs."""
 
     def __init__(self, model: Any, forwards: Sequence[Forward]) -> None:
-        tensors: dict[int, torch.Tensor] = {}
-        if isinstance(model, torch.nn.Module):
-            for buffer in model.buffers():
-                tensors[id(buffer)] = buffer
-        for forward in forwards:
-            for leaf in tree_leaves((forward.args, forward.kwargs)):
-                if isinstance(leaf, torch.Tensor):
-                    tensors[id(leaf)] = leaf
+        buffers = list(model.buffers()) if isinstance(model, torch.nn.Module) else []
+        leaves = tree_leaves([(f.args, f.kwargs) for f in forwards])
+        tensors = {id(t): t for t in [*buffers, *leaves] if isinstance(t, torch.Tensor)}
         self.tensors = list(tensors.values())
         with torch.no_grad():
             self.saved = [t.clone() for t in self.tensors]
@@ -260,6 +252,3 @@ def check_model(
         model, backend=checker.backend, dynamic=dynamic, fullgraph=fullgraph
     )
     return checker.run(model, compiled, forwards)
-
-
-__all__ = ["Checker", "Difference", "Forward", "check_model"]

@@ -21,8 +21,6 @@ from stitch.codegen import split_graph
 
 from ..kernels.attention import ATTENTION_OP
 
-DEFAULT_SPLITTING_OPS = (ATTENTION_OP,)
-
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
@@ -224,7 +222,7 @@ class Example:
     name: str
     description: str
     build: Callable[[], tuple[nn.Module, tuple[Any, ...]]]
-    splitting_ops: tuple[str, ...] = DEFAULT_SPLITTING_OPS
+    splitting_ops: tuple[str, ...] = (ATTENTION_OP,)
     # make_fx tracing mode: "real" bakes the example shapes in, "symbolic" keeps
     # every input dimension symbolic (SymInt), e.g. a dynamic number of tokens.
     tracing_mode: str = "real"
@@ -253,55 +251,6 @@ def _llama(layers: int) -> Callable[[], tuple[nn.Module, tuple[Any, ...]]]:
         return build_llama(cfg), llama_inputs(cfg, 8)
 
     return build
-
-
-EXAMPLES: dict[str, Example] = {}
-
-
-def runnable_examples() -> dict[str, int]:
-    """Example name -> layers, for the examples ``stitch run`` can build at any depth."""
-    return {
-        name: e.llama_layers
-        for name, e in EXAMPLES.items()
-        if e.llama_layers is not None
-    }
-
-
-def register_example(example: Example) -> Example:
-    if example.name in EXAMPLES:
-        raise ValueError(f"example {example.name!r} is already registered")
-    EXAMPLES[example.name] = example
-    return example
-
-
-register_example(
-    Example(
-        "llama",
-        "3-layer llama-like decoder (RMSNorm, QKV, rotary, decode attention over a "
-        "KV cache, O-proj, SwiGLU MLP) split at stitch::attention",
-        _llama(3),
-        llama_layers=3,
-    )
-)
-register_example(
-    Example(
-        "two_layer",
-        "2-layer llama-like decoder split at stitch::attention",
-        _llama(2),
-        llama_layers=2,
-    )
-)
-
-register_example(
-    Example(
-        "llama_dynamic",
-        "2-layer llama-like decoder traced with a symbolic number of tokens "
-        "(SymInt batch dimension) split at stitch::attention",
-        _llama(2),
-        tracing_mode="symbolic",
-        llama_layers=2,
-    )
-)
 
 
 class BareAttention(nn.Module):
@@ -345,11 +294,44 @@ def build_bare_attention() -> tuple[nn.Module, tuple[Any, ...]]:
     return model, (q, k, v, positions)
 
 
-register_example(
-    Example(
-        "bare_attention",
-        "a lone stitch::attention call (splitting op first and last): the whole "
-        "graph is one inlined piece and nothing is compiled",
-        build_bare_attention,
-    )
-)
+EXAMPLES: dict[str, Example] = {
+    example.name: example
+    for example in [
+        Example(
+            "llama",
+            "3-layer llama-like decoder (RMSNorm, QKV, rotary, decode attention "
+            "over a KV cache, O-proj, SwiGLU MLP) split at stitch::attention",
+            _llama(3),
+            llama_layers=3,
+        ),
+        Example(
+            "two_layer",
+            "2-layer llama-like decoder split at stitch::attention",
+            _llama(2),
+            llama_layers=2,
+        ),
+        Example(
+            "llama_dynamic",
+            "2-layer llama-like decoder traced with a symbolic number of tokens "
+            "(SymInt batch dimension) split at stitch::attention",
+            _llama(2),
+            tracing_mode="symbolic",
+            llama_layers=2,
+        ),
+        Example(
+            "bare_attention",
+            "a lone stitch::attention call (splitting op first and last): the "
+            "whole graph is one inlined piece and nothing is compiled",
+            build_bare_attention,
+        ),
+    ]
+}
+
+
+def runnable_examples() -> dict[str, int]:
+    """Example name -> layers, for the examples ``stitch run`` can build at any depth."""
+    return {
+        name: e.llama_layers
+        for name, e in EXAMPLES.items()
+        if e.llama_layers is not None
+    }

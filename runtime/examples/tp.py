@@ -34,7 +34,7 @@ from torch import nn
 from stitch.core.errors import StitchConfigError, StitchRuntimeError
 
 from ..kernels.attention import ATTENTION_OP
-from .launch import DEFAULT_TIMEOUT, launch  # noqa: F401 - re-exported
+from .launch import launch  # noqa: F401 - re-exported
 from .models import (
     LlamaConfig,
     LlamaModel,
@@ -78,16 +78,6 @@ def all_reduce(x: torch.Tensor, group: Any) -> torch.Tensor:
     from torch.distributed import _functional_collectives as funcol
 
     return funcol.all_reduce(x, "sum", group)
-
-
-def _tp_world(group: Any) -> tuple[Any, int, int]:
-    if not (dist.is_available() and dist.is_initialized()):
-        raise StitchRuntimeError(
-            "the tensor-parallel model needs torch.distributed: call "
-            "torch.distributed.init_process_group first (or use stitch.runtime.examples.launch.launch)"
-        )
-    group = dist.group.WORLD if group is None else group
-    return group, dist.get_rank(group), dist.get_world_size(group)
 
 
 def check_divisible(cfg: LlamaConfig, tp_size: int) -> None:
@@ -209,10 +199,6 @@ def _rows(weight: torch.Tensor, parts: int, rank: int, tp_size: int) -> torch.Te
     return blocks[:, rank].reshape(-1, in_features)
 
 
-def _columns(weight: torch.Tensor, rank: int, tp_size: int) -> torch.Tensor:
-    return weight.chunk(tp_size, dim=1)[rank]
-
-
 def shard_state_dict(
     state: dict[str, torch.Tensor], cfg: LlamaConfig, rank: int, tp_size: int
 ) -> dict[str, torch.Tensor]:
@@ -231,7 +217,7 @@ def shard_state_dict(
         elif name.endswith("mlp.gate_up_proj.weight"):
             value = _rows(value, 2, rank, tp_size)
         elif name.endswith(("self_attn.o_proj.weight", "mlp.down_proj.weight")):
-            value = _columns(value, rank, tp_size)
+            value = value.chunk(tp_size, dim=1)[rank]
         elif name.endswith(("self_attn.k_cache", "self_attn.v_cache")):
             # Caches hold this rank's heads only (dim 2 of [seqs, len, heads, dim]).
             value = value.chunk(tp_size, dim=2)[rank]
@@ -241,7 +227,13 @@ def shard_state_dict(
 
 def shard_llama(model: LlamaModel, group: Any = None) -> TPLlamaModel:
     """This rank's :class:`TPLlamaModel` holding its shard of ``model``'s weights."""
-    group, rank, tp_size = _tp_world(group)
+    if not (dist.is_available() and dist.is_initialized()):
+        raise StitchRuntimeError(
+            "the tensor-parallel model needs torch.distributed: call "
+            "torch.distributed.init_process_group first (or use stitch.runtime.examples.launch.launch)"
+        )
+    group = dist.group.WORLD if group is None else group
+    rank, tp_size = dist.get_rank(group), dist.get_world_size(group)
     tp = TPLlamaModel(model.cfg, tp_size, group)
     tp.load_state_dict(shard_state_dict(model.state_dict(), model.cfg, rank, tp_size))
     return tp.to(model.cfg.dtype).eval()

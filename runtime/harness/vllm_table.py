@@ -54,26 +54,20 @@ def run_variant(
     busy while its pieces land (1: back to back)."""
     env = dict(os.environ, VLLM_CACHE_ROOT=cache)
     env.pop("STITCH_CACHE_DIR", None)
-    command = [
-        sys.executable,
-        "-m",
-        "stitch.runtime.harness.vllm_engine",
-        model,
-        variant,
-    ]
-    command += ["--batches", batches, "--max-tokens", str(tokens)]
+    command = [sys.executable, "-m", "stitch.runtime.harness.vllm_engine", model]
+    command += [variant, "--batches", batches, "--max-tokens", str(tokens)]
     command += ["--rounds", str(repeats), "--busy", str(busy)]
     proc = subprocess.run(command, env=env, capture_output=True, text=True)
     result = marked_result(proc.stdout, RESULT)
+    log = proc.stdout + proc.stderr
     if proc.returncode != 0 or result is None:
-        tail = (proc.stdout + proc.stderr)[-4000:]
-        raise RuntimeError(f"the {variant} engine failed:\n{tail}")
+        raise RuntimeError(f"the {variant} engine failed:\n{log[-4000:]}")
     # The engine's own start after its processes and the model are up: the
     # profile run (where the backend is called), the KV cache, the warm-up.
-    init = INIT_ENGINE.search(proc.stdout + proc.stderr)
+    init = INIT_ENGINE.search(log)
     result["init_engine_s"] = float(init.group(1)) if init else None
     # Stitch's backend call, compile included where it is not tiered.
-    call = STITCH_CALL.search(proc.stdout + proc.stderr)
+    call = STITCH_CALL.search(log)
     result["backend_call_s"] = float(call.group(1)) if call else None
     return result
 

@@ -134,12 +134,21 @@ def stitch_attention_forward(
     # As transformers' SDPA path: the causal flag stands in for a mask only when
     # there is no mask and more than one query token.
     causal = bool(q_length > 1 and attention_mask is None and is_causal)
-    _check_window(module, kwargs.get("sliding_window"), attention_mask, key)
+    # NOTE: [sliding windows live in the mask]
+    # transformers builds the window into the mask (masking_utils) and leaves
+    # the mask out only while every key is inside the window; an unmasked key
+    # beyond it would be attended to, silently.
+    window = kwargs.get("sliding_window")
+    if window is not None and attention_mask is None and key.shape[2] > window:
+        raise StitchRuntimeError(
+            f"stitch attention in {_where(module)}: sliding_window={window} with "
+            f"{key.shape[2]} keys and no attention mask; the window must come in "
+            "the mask (register() installs SDPA's mask builder for 'stitch')"
+        )
     position_bias = kwargs.get("position_bias")
     if position_bias is not None:
         attention_mask = _bias_mask(position_bias, attention_mask, causal, query, key)
         causal = False
-    scale = float(scaling) if scaling is not None else head_dim**-0.5
     out = query.new_empty((batch, q_length, heads, value.shape[-1]))
     torch.ops.stitch.hf_attention(
         query,
@@ -147,7 +156,7 @@ def stitch_attention_forward(
         value,
         attention_mask,
         out,
-        scale,
+        float(scaling) if scaling is not None else head_dim**-0.5,
         causal,
         _sinks(module, kwargs, heads),
         float(kwargs.get("softcap") or 0.0),
@@ -296,24 +305,6 @@ def _short(value: Any) -> str:
         return f"<tensor {tuple(value.shape)} {value.dtype}>"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _check_window(
-    module: torch.nn.Module,
-    window: int | None,
-    mask: torch.Tensor | None,
-    key: torch.Tensor,
-) -> None:
-    # NOTE: [sliding windows live in the mask]
-    # transformers builds the window into the mask (masking_utils) and leaves
-    # the mask out only while every key is inside the window; an unmasked key
-    # beyond it would be attended to, silently.
-    if window is not None and mask is None and key.shape[2] > window:
-        raise StitchRuntimeError(
-            f"stitch attention in {_where(module)}: sliding_window={window} with "
-            f"{key.shape[2]} keys and no attention mask; the window must come in "
-            "the mask (register() installs SDPA's mask builder for 'stitch')"
-        )
 
 
 def _sinks(

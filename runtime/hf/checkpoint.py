@@ -16,9 +16,11 @@ without one they are random ids of the vocabulary.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -65,8 +67,14 @@ class Checkpoint:
         random ids of the vocabulary drawn from ``seed``.
         """
         vocab = _vocab_size(self.model.config)
-        ids = _prompt_ids(self.tokenizer, batch, seq) if self.tokenizer else None
-        if ids is None:
+        prompt = list(self.tokenizer(PROMPT)["input_ids"]) if self.tokenizer else []
+        if prompt:
+            rows = [
+                [prompt[(b + i) % len(prompt)] for i in range(seq)]
+                for b in range(batch)
+            ]
+            ids = torch.tensor(rows, dtype=torch.long)
+        else:
             gen = torch.Generator().manual_seed(seed)
             ids = torch.randint(0, vocab, (batch, seq), generator=gen)
         ids = (ids % vocab).to(self.device)
@@ -163,12 +171,8 @@ def read_config(folder: str) -> Any:
             f"{path}: model_type {model_type!r} is unknown to transformers "
             f"{transformers.__version__}"
         )
-    try:
+    with _fails_as(f"{path} is not a transformers config"):
         return transformers.AutoConfig.from_pretrained(folder, local_files_only=True)
-    except Exception as exc:
-        raise StitchModelError(
-            f"{path} is not a transformers config: {describe_exception(exc)}"
-        ) from exc
 
 
 def weight_files(folder: str) -> tuple[str, ...]:
@@ -208,14 +212,11 @@ def _check_safetensors(path: str) -> None:
     """Read ``path``'s header: a truncated or foreign file fails here, by name."""
     from safetensors import safe_open
 
-    try:
+    with _fails_as(
+        f"{path} is not a readable safetensors file (truncated or not safetensors?)"
+    ):
         with safe_open(path, framework="pt") as f:
             f.keys()
-    except Exception as exc:
-        raise StitchModelError(
-            f"{path} is not a readable safetensors file (truncated or not "
-            f"safetensors?): {describe_exception(exc)}"
-        ) from exc
 
 
 def _model_class(config: Any) -> Any:
@@ -297,15 +298,10 @@ def _load_generation_config(folder: str, model: Any) -> None:
 
     if not os.path.isfile(os.path.join(folder, GENERATION_FILE)):
         return
-    try:
+    with _fails_as(f"{os.path.join(folder, GENERATION_FILE)} does not load"):
         model.generation_config = transformers.GenerationConfig.from_pretrained(
             folder, local_files_only=True
         )
-    except Exception as exc:
-        raise StitchModelError(
-            f"{os.path.join(folder, GENERATION_FILE)} does not load: "
-            f"{describe_exception(exc)}"
-        ) from exc
 
 
 def _check_loaded(folder: str, name: str, info: dict[str, Any]) -> None:
@@ -339,20 +335,18 @@ def _load_tokenizer(folder: str) -> Any | None:
         return None
     import transformers
 
-    try:
+    with _fails_as(f"--model {folder}: its tokenizer does not load"):
         return transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+@contextlib.contextmanager
+def _fails_as(message: str) -> Iterator[None]:
+    """Any error within raised again as a ``StitchModelError``: ``message``,
+    then the error's own."""
+    try:
+        yield
     except Exception as exc:
-        raise StitchModelError(
-            f"--model {folder}: its tokenizer does not load: {describe_exception(exc)}"
-        ) from exc
-
-
-def _prompt_ids(tokenizer: Any, batch: int, seq: int) -> torch.Tensor | None:
-    ids = list(tokenizer(PROMPT)["input_ids"])
-    if not ids:
-        return None
-    rows = [[ids[(b + i) % len(ids)] for i in range(seq)] for b in range(batch)]
-    return torch.tensor(rows, dtype=torch.long)
+        raise StitchModelError(f"{message}: {describe_exception(exc)}") from exc
 
 
 def _vocab_size(config: Any) -> int:

@@ -153,10 +153,9 @@ def paged_attention_forward(
     layer = layer_cache(kwargs[PAGED_CACHE], module.layer_idx)
     k_cache, v_cache = layer.k, layer.v
     batch, heads, tokens, head_dim = query.shape
-    kv_heads = key.shape[1]
     if (
         batch != 1
-        or heads % kv_heads
+        or heads % key.shape[1]
         or k_cache.shape[1:] != key.shape[1:2] + (head_dim,)
     ):
         raise StitchRuntimeError(

@@ -133,9 +133,13 @@ class EngineForward:
     every other call the model's own ``forward``."""
 
     def __init__(self, model: torch.nn.Module, backend: Any) -> None:
+        from transformers.generation.continuous_batching.cache import (
+            PagedAttentionCache,
+        )
+
         self.model = model
         self.backend = backend
-        self.original = type(model).forward.__get__(model)
+        self.original = _class_forward(model)
         # The engine asks the forward's signature whether it takes logits_to_keep.
         self.__signature__ = inspect.signature(self.original)
         # By cache layout: the saved forward of each cache the engine built,
@@ -146,7 +150,7 @@ class EngineForward:
         self.by_cache: weakref.WeakKeyDictionary[Any, AOTCompiledModel] = (
             weakref.WeakKeyDictionary()
         )
-        self.cache_type = paged_cache_type()
+        self.cache_type = PagedAttentionCache
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Pickled (torch.save of the model, Dynamo saving its guards), the
@@ -293,12 +297,10 @@ class EngineForward:
             value = inputs[name]
             if isinstance(value, torch.Tensor):
                 dims[name] = varying
-                continue
-            if value is None:
-                continue
-            for t in value.values() if isinstance(value, dict) else value:
-                for d in set(varying) - dynamo.marked_dims(t):
-                    dynamo.mark_unbacked(t, d)
+            elif value is not None:
+                for t in value.values() if isinstance(value, dict) else value:
+                    for d in set(varying) - dynamo.marked_dims(t):
+                        dynamo.mark_unbacked(t, d)
         model = self.model
         if apart:
             model, inputs = structure_copy(model), containers_copy(inputs)
@@ -331,14 +333,6 @@ def _compile_thread() -> concurrent.futures.ThreadPoolExecutor:
     return concurrent.futures.ThreadPoolExecutor(
         max_workers=1, thread_name_prefix="stitch-engine-compile"
     )
-
-
-def paged_cache_type() -> type:
-    from transformers.generation.continuous_batching.cache import (
-        PagedAttentionCache,
-    )
-
-    return PagedAttentionCache
 
 
 def _class_forward(model: torch.nn.Module) -> Any:

@@ -72,8 +72,8 @@ CURRENT: contextvars.ContextVar[Asked | None] = contextvars.ContextVar(
     "stitch_serve_request", default=None
 )
 
-# Sampling fields: (name, the value that asks for no change).
-_SAMPLING = (("temperature", None), ("top_p", 1.0))
+# Sampling fields a request may set.
+_SAMPLING = ("temperature", "top_p")
 # Penalties transformers' engine does not apply (its logits processors do not
 # include them): refused unless 0.
 _PENALTIES = ("frequency_penalty", "presence_penalty")
@@ -95,7 +95,7 @@ def check_body(body: dict[str, Any], endpoint: str) -> Asked:
             "invalid_max_tokens",
         )
     sampling: dict[str, float] = {}
-    for name, _ in _SAMPLING:
+    for name in _SAMPLING:
         value = body.get(name)
         if value is None:
             continue

@@ -181,18 +181,16 @@ class StitchGenerationState(serving_utils.GenerationState):
         compile: bool = False,
         cb_config: Any = None,
     ) -> None:
-        given = dict(
-            continuous_batching=continuous_batching,
-            compile=compile,
-            cb_config=cb_config,
-        )
-        wanted = dict(continuous_batching=True, compile=False, cb_config=None)
-        for name, value in given.items():
-            if value != wanted[name]:
+        for name, value, wanted in (
+            ("continuous_batching", continuous_batching, True),
+            ("compile", compile, False),
+            ("cb_config", cb_config, None),
+        ):
+            if value != wanted:
                 raise StitchConfigError(
                     f"serve through Stitch: {name}={value!r} is not supported "
                     f"(Stitch compiles the continuous batching engine; expected "
-                    f"{wanted[name]!r})"
+                    f"{wanted!r})"
                 )
         super().__init__(continuous_batching=True, compile=False, cb_config=None)
         self.backend = backend

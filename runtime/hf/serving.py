@@ -175,7 +175,6 @@ def build_serving_llama(
         max_position_embeddings=max_len,
         use_cache=False,
     )
-    device = torch.device(device)
     with torch.device(device):
         model = transformers.AutoModelForCausalLM.from_config(
             config, attn_implementation=ATTN_IMPLEMENTATION

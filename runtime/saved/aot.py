@@ -285,19 +285,13 @@ def _load_saved(
         loaded = store.load(folder, now)
         if loaded is not None and not store.guards:  # NOTE in input_mismatch.py
             loaded = (after_load(store, loaded[0], folder), loaded[1])
-    except StaleRecord as exc:
-        log.warning(
-            "stitch aot: the saved %s is stale (%s); compiling it again",
-            model_name(model),
-            exc,
-        )
-        return None
     # read_record checked every field loading reads (aot_record.check_record):
     # a KeyError or TypeError here is a bug, and is raised as one.
-    except (StitchCacheError, OSError, ValueError) as exc:
+    except (StaleRecord, StitchCacheError, OSError, ValueError) as exc:
         log.warning(
-            "stitch aot: the saved %s is unusable (%s); compiling it again",
+            "stitch aot: the saved %s is %s (%s); compiling it again",
             model_name(model),
+            "stale" if isinstance(exc, StaleRecord) else "unusable",
             exc,
         )
         return None

@@ -68,6 +68,12 @@ class CallArgs(tuple):  # type: ignore[type-arg]
         return CallArgs(values, self.keywords)
 
 
+def split_args(args: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    if isinstance(args, CallArgs):
+        return args.split()
+    return tuple(args), {}
+
+
 def call_args(
     model: torch.nn.Module,
     example_inputs: Sequence[Any],

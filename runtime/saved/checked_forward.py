@@ -11,8 +11,6 @@ import types
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from stitch.codegen.input_check import InputCheckSpec, InputSignature
 from stitch.core.errors import StitchCacheError, StitchError
 
@@ -49,7 +47,7 @@ def after_compile(
     keywords = tuple(getattr(args, "keywords", ()))
     params = (*forward_params(model, len(args) - len(keywords)), *keywords)
     sig = describe(params[1:], args, dims, graph)
-    spec = InputCheckSpec(_qualname(model), params, (sig,), keywords)
+    spec = InputCheckSpec(f"{model_name(model)}.forward", params, (sig,), keywords)
     state = {"dims": [list(d) for d in dims], "rejected": {}}
     check = InputCheck(store, spec, [unbound(forward)], [""], state, saved)
     check._save()
@@ -72,10 +70,8 @@ def after_load(store: SavedForwardStore, forward: Any, folder: str) -> Any:
     spec = InputCheckSpec(record.forward, record.params, sigs, record.keywords)
     folders = [s.folder or None for s in record.signatures]
     state = {"dims": record.dims, "rejected": dict(record.rejected)}
-    check = InputCheck(store, spec, [], folders, state, folder)
-    check.forwards.append(unbound(forward))
-    for i in range(1, len(sigs)):
-        check.forwards.append(LazyForward(check, i))
+    check = InputCheck(store, spec, [unbound(forward)], folders, state, folder)
+    check.forwards.extend(LazyForward(check, i) for i in range(1, len(sigs)))
     check.install(code, location.aot_check_file(folder))
     return check.forward
 
@@ -94,8 +90,9 @@ class LazyForward:
         with check.lock:
             forward = check.forwards[self.index]
             if forward is self:
+                folder = location.aot_sibling(check.folder, check.folders[self.index])
                 try:
-                    forward = self._load(values)
+                    forward = self._load(values, folder)
                 except (
                     StaleRecord,
                     StitchCacheError,
@@ -103,32 +100,28 @@ class LazyForward:
                     ValueError,
                     KeyError,
                 ) as exc:
-                    forward = self._compile(values, exc)
+                    forward = self._compile(values, folder, exc)
                 check.forwards[self.index] = forward
         return forward(model, *args, **kwargs)
 
-    def _compile(self, args: Sequence[Any], exc: Exception) -> Any:
+    def _compile(self, args: Sequence[Any], folder: str, exc: Exception) -> Any:
         check = self.check
-        folder = location.aot_sibling(check.folder, check.folders[self.index])
         log.warning(
             "stitch aot: the saved %s for signature %d is unusable (%s); compiling it again",
             model_name(check.model),
             self.index,
             exc,
         )
-        forward, _, _ = check.compile_signature(args, first_dims(check, args), folder)
+        forward, _, _ = check.store.compile_and_save(
+            args, first_dims(check, args), folder
+        )
         return unbound(forward)
 
-    def _load(self, args: Sequence[Any]) -> Any:
+    def _load(self, args: Sequence[Any], folder: str) -> Any:
         check = self.check
-        folder = location.aot_sibling(check.folder, check.folders[self.index])
         loaded = check.store.load(
             folder, check.store.factors(args, first_dims(check, args)), guards=False
         )
         if loaded is None:
             raise StitchCacheError(f"{folder} holds no saved forward")
         return unbound(loaded[0])
-
-
-def _qualname(model: torch.nn.Module) -> str:
-    return f"{model_name(model)}.forward"

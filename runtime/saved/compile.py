@@ -25,16 +25,10 @@ from ..cudagraph import CUDAGraphManager
 from ..pipeline.api import StitchBackend, StitchFunction, parse_reference
 from ..store import codec
 from ..store.digests import content_hash
-from ..store.records import SavedFunction
-from .arguments import CallArgs
+from ..store.records import AOT_RECORD_FORMAT, SavedFunction
+from .arguments import split_args
 from .load_saved import BYTECODE_FILE, TORCH_FILE, build_forward
-from .record import (
-    RECORD_FORMAT,
-    literal,
-    model_name,
-    traced_code,
-    write_record,
-)
+from .record import literal, model_name, traced_code, write_record
 
 log = logging.getLogger("stitch")
 
@@ -141,7 +135,7 @@ def _trace_and_save(
     reference, files = saved
     torch_data = files.get(TORCH_FILE, b"")
     record = {
-        "format": RECORD_FORMAT,
+        "format": AOT_RECORD_FORMAT,
         "model": model_name(model),
         "factors": literal(now),
         "code": traced_code(artifacts.source_info.inlined_sources),
@@ -213,14 +207,13 @@ def _saved_files(
 ) -> tuple[dict[str, Any], dict[str, bytes]] | None:
     """The stitched function's reference and the files saved beside the record;
     None (said in a warning) when torch's save fails."""
-    files = {}
     try:
         reference = parse_reference(
             StitchFunction.serialize_compile_artifacts(
                 compiled._artifacts.compiled_fn
             ).decode("utf-8")
         )
-        files[TORCH_FILE] = torch_file(compiled, why_not_light)
+        torch_data = torch_file(compiled, why_not_light)
     except (
         Exception
     ) as exc:  # noqa: BLE001 - this process runs; the next compiles again
@@ -231,9 +224,7 @@ def _saved_files(
             exc,
         )
         return None
-    torch_data = files.pop(TORCH_FILE)
-    if torch_data:
-        files[TORCH_FILE] = torch_data
+    files = {TORCH_FILE: torch_data} if torch_data else {}
     if bytecode:
         files[BYTECODE_FILE] = bytecode
     else:
@@ -371,9 +362,3 @@ def function_record(
             why.append(f"its {name} are not literals")
     record["light"] = not why
     return record, "; ".join(why)
-
-
-def split_args(args: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(args, CallArgs):
-        return args.split()
-    return tuple(args), {}

@@ -51,24 +51,24 @@ from stitch.codegen.input_check import (
 )
 from stitch.core.errors import StitchCacheError, StitchInputError
 
-from ..compat.dynamo import tensor_guards as cpp_tensor_guards
 from ..loader import bind_kwonly, load_execution_module
 from ..store import codec, location
 from ..store.digests import content_hash
 from ..store.files import atomic_write
 from ..store.records import SavedSignature, SignaturesRecord
 from ..store.trust import check_trusted
-from .arguments import CallArgs, resolve
+from .arguments import CallArgs, resolve, split_args
 from .input_signature import (
     Mismatch,
     SizedGuards,
     describe,
     in_range,
     mismatches,
+    static_guards,
     tensor_guards,
     written,
 )
-from .record import StaleRecord, cache_root_of, model_name
+from .record import StaleRecord, model_name
 
 if TYPE_CHECKING:
     from .forward_store import SavedForwardStore
@@ -203,15 +203,9 @@ class InputCheck:
         if isinstance(guard, SizedGuards):
             guard.rebuild(tensors)
             return
-        entries = [
-            (tuple(s if isinstance(s, int) else None for s in spec.sizes), spec.strides)
-            for spec in specs
-        ]
-        self.namespace[f"SIGNATURE_{i}"] = cpp_tensor_guards(
-            *tensors,
-            dynamic_dims_sizes=[list(e[0]) for e in entries],
-            dynamic_dims_strides=[list(e[1]) for e in entries],
-        )
+        sizes = [[s if isinstance(s, int) else None for s in t.sizes] for t in specs]
+        strides = [t.strides for t in specs]
+        self.namespace[f"SIGNATURE_{i}"] = static_guards(tensors, sizes, strides)
 
     def _compile(self, model: Any, args: CallArgs, closest: list[Mismatch]) -> Any:
         dims = first_dims(self, args)
@@ -234,7 +228,7 @@ class InputCheck:
             shown,
         )
         try:
-            forward, saved, backend = self.compile_signature(args, dims, folder)
+            forward, saved, backend = self.store.compile_and_save(args, dims, folder)
         except Exception as exc:  # noqa: BLE001 - the trace rejects what eager rejects
             message = (
                 f"{self.spec.forward}: {closest[0]}; compiling the model for these "
@@ -254,13 +248,6 @@ class InputCheck:
         # out of range, say) is still refused before a kernel runs.
         assert self.function is not None
         return call(self.function, model, args)
-
-    def compile_signature(
-        self, args: Sequence[Any], dims: Sequence[Sequence[int]], folder: str | None
-    ) -> tuple[Any, str | None, Any]:
-        """Compile (and save to ``folder``) the forward for ``args``; raises what
-        the trace raises (no Dynamo-entered fallback)."""
-        return self.store.compile_and_save(args, dims, folder)
 
     def _save(self) -> None:
         """Generate the check again, write it and ``signatures.py`` (when saved), load it."""
@@ -295,10 +282,8 @@ def unbound(forward: Any) -> Any:
 def call(fn: Any, model: Any, args: Sequence[Any]) -> Any:
     """``fn(model, ...)`` with ``args`` passed as they came (NOTE: [a call's
     arguments in one tuple] in arguments.py)."""
-    if isinstance(args, CallArgs):
-        positional, kwargs = args.split()
-        return fn(model, *positional, **kwargs)
-    return fn(model, *args)
+    positional, kwargs = split_args(args)
+    return fn(model, *positional, **kwargs)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -347,7 +332,7 @@ def write_signatures(
 def read_signatures(folder: str) -> tuple[SignaturesRecord, str]:
     """``signatures.py`` and the check it pins; StaleRecord when there is none;
     :class:`RecordError` naming a bad field."""
-    root = cache_root_of(folder)
+    root = location.root_of_aot(folder)
     paths = [location.aot_signatures_file(folder), location.aot_check_file(folder)]
     for path in paths:
         check_trusted(path, root)

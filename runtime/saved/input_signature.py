@@ -85,7 +85,7 @@ def _tensor(
     symbols: dict[str, str],
     prefix: str,
 ) -> TensorInput:
-    raw = found.sizes if found is not None and found.sizes is not None else None
+    raw = found.sizes if found is not None else None
     if raw is None or len(raw) != a.dim():
         raw = tuple(f"{prefix}_{d}" if d in dyn else s for d, s in enumerate(a.shape))
     else:
@@ -104,7 +104,11 @@ def _tensor(
         for s in raw
     )
     contiguous = a.is_contiguous()
-    strides = contiguous_strides(sizes) if contiguous else _static_strides(a, sizes)
+    if contiguous:
+        strides = contiguous_strides(sizes)
+    else:
+        dynamic = any(isinstance(s, str) for s in sizes)
+        strides = tuple(None if dynamic else s for s in a.stride())
     return TensorInput(
         name,
         str(a.dtype).removeprefix("torch."),
@@ -131,13 +135,6 @@ def contiguous_strides(sizes: Sequence[int | str]) -> tuple[int | None, ...]:
     return tuple(reversed(strides))
 
 
-def _static_strides(
-    a: torch.Tensor, sizes: Sequence[int | str]
-) -> tuple[int | None, ...]:
-    dynamic = any(isinstance(s, str) for s in sizes)
-    return tuple(None if dynamic else s for s in a.stride())
-
-
 def tensor_guards(*entries: tuple[Any, ...]) -> Any:
     """The guard of one signature of the emitted check (C++; no Dynamo import).
 
@@ -148,17 +145,16 @@ def tensor_guards(*entries: tuple[Any, ...]) -> Any:
     """
     if any(isinstance(s, str) for e in entries for s in e[3]):
         return SizedGuards(entries)
-    return _guards(entries, [e[3] for e in entries], [e[4] for e in entries], None)
+    examples = [_example(e[1], e[2], e[3]) for e in entries]
+    return static_guards(examples, [e[3] for e in entries], [e[4] for e in entries])
 
 
-def _guards(
-    entries: Sequence[tuple[Any, ...]],
+def static_guards(
+    examples: Sequence[Any],
     sizes: Sequence[Sequence[int | None]],
     strides: Sequence[Sequence[int | None]],
-    examples: Sequence[torch.Tensor] | None,
 ) -> Any:
-    if examples is None:
-        examples = [_example(e[1], e[2], e[3], e[4]) for e in entries]
+    """One ``TensorGuards`` from ``examples``, None for a size or stride not checked."""
     return cpp_tensor_guards(
         *examples,
         dynamic_dims_sizes=[list(s) for s in sizes],
@@ -195,7 +191,7 @@ class SizedGuards(dict):  # type: ignore[type-arg]
         found = {s for e in entries for s in e[3] if isinstance(s, str)}
         self.symbols = sorted(found, key=symbol_order)
         self.examples = [
-            _example(e[1], e[2], [None if isinstance(s, str) else s for s in e[3]], ())
+            _example(e[1], e[2], [None if isinstance(s, str) else s for s in e[3]])
             for e in self.entries
         ]
 
@@ -219,7 +215,7 @@ class SizedGuards(dict):  # type: ignore[type-arg]
             sizes.append(concrete)
             contiguous = len(e) > 5 and e[5]
             strides.append(contiguous_strides(concrete) if contiguous else e[4])
-        return _guards(self.entries, sizes, strides, examples or self.examples)
+        return static_guards(examples or self.examples, sizes, strides)
 
     def rebuild(self, tensors: Sequence[torch.Tensor]) -> None:
         """The guard of these tensors' sizes, from them (what the C++ guard adds to
@@ -248,9 +244,7 @@ def in_range(t: torch.Tensor, high: int) -> bool:
     return t.numel() == 0 or (int(t.min()) >= 0 and int(t.max()) < high)
 
 
-def _example(
-    dtype: str, device: str, sizes: Sequence[Any], strides: Sequence[Any]
-) -> Any:
+def _example(dtype: str, device: str, sizes: Sequence[Any]) -> Any:
     shape = [2 if s is None else s for s in sizes]
     return torch.empty_strided(
         shape, contiguous_strides(shape), dtype=getattr(torch, dtype), device=device
@@ -347,11 +341,7 @@ def _tensor_mismatches(
             )
     # The layout of these sizes (a wrong size is reported as one already).
     strides = contiguous_strides(list(a.shape)) if spec.contiguous else spec.strides
-    if any(
-        w is not None and w != g
-        for w, g in zip(strides, a.stride(), strict=False)
-        if w is not None
-    ):
+    if any(w != g for w, g in zip(strides, a.stride(), strict=False) if w is not None):
         if not (spec.contiguous and a.numel() <= 1):
             out.append(
                 Mismatch("layout", spec.name, spec.describe(), f"strides {a.stride()}")

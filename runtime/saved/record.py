@@ -30,13 +30,11 @@ from ..store import codec, location
 from ..store.cache import current_rank, stitch_version
 from ..store.digests import content_hash, file_hash_or_none, key_hash
 from ..store.files import atomic_write, make_private_dirs
-from ..store.location import AOT_DIR, AOT_RECORD_FILE
-from ..store.records import AOT_RECORD_FORMAT, AOTRecord, aot_record
+from ..store.location import AOT_RECORD_FILE
+from ..store.records import AOTRecord, aot_record
 from ..store.trust import check_trusted
 
 RECORD_FILE = AOT_RECORD_FILE
-RECORD_FORMAT = AOT_RECORD_FORMAT
-__all__ = ["AOT_DIR", "RECORD_FILE", "RECORD_FORMAT"]
 
 
 class StaleRecord(Exception):
@@ -236,11 +234,6 @@ def traced_code(sources: Any) -> list[tuple[str, str, str | None]]:
 # -- the record on disk -------------------------------------------------------------------
 
 
-def cache_root_of(folder: str) -> str:
-    """The cache root of a record folder (``<root>/aot/<model key>/rank_<r>``)."""
-    return location.root_of_aot(folder)
-
-
 def write_record(folder: str, record: dict[str, Any], files: dict[str, bytes]) -> None:
     """Write the side files, then the record (its presence commits them).
 
@@ -249,7 +242,7 @@ def write_record(folder: str, record: dict[str, Any], files: dict[str, bytes]) -
     """
     path = location.aot_record_file(folder)
     data = codec.encode(aot_record(record, path))  # checked before anything is written
-    make_private_dirs(folder, cache_root_of(folder))
+    make_private_dirs(folder, location.root_of_aot(folder))
     for name, content in files.items():
         atomic_write(location.aot_side_file(folder, name), content)
     atomic_write(path, data)
@@ -261,7 +254,7 @@ def read_record(folder: str) -> AOTRecord | None:
     the file and the field, never a KeyError deep in the load); raises
     ``StitchCacheTrustError`` when someone else could have written it."""
     path = location.aot_record_file(folder)
-    check_trusted(path, cache_root_of(folder))
+    check_trusted(path, location.root_of_aot(folder))
     try:
         return codec.read(AOTRecord, path)
     except FileNotFoundError:
@@ -271,7 +264,7 @@ def read_record(folder: str) -> AOTRecord | None:
 def read_file(folder: str, name: str, sha256: Any) -> bytes:
     """A side file of the record, trust-checked, its bytes matching ``sha256``."""
     path = location.aot_side_file(folder, name)
-    check_trusted(path, cache_root_of(folder))
+    check_trusted(path, location.root_of_aot(folder))
     with open(path, "rb") as f:
         data = f.read()
     if content_hash(data) != sha256:
