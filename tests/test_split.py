@@ -12,7 +12,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from stitch.codegen import SplitItem, split_graph
 from stitch.core.errors import StitchCodegenError
-from stitch.runtime.examples import EXAMPLES
+from stitch.runtime.examples import EXAMPLES, Example, register_example
 
 import models
 from models import ops, randn
@@ -516,3 +516,18 @@ def test_repeated_pieces_fake_outputs_are_what_running_them_gives(
         compiled(*llama_inputs(cfg, 8))
     torch._dynamo.reset()
     assert compared and compared[0] == 2 * layers + 1  # pieces and attentions
+
+
+def test_an_example_registers_once_under_its_name() -> None:
+    """``register_example`` adds an example to EXAMPLES (``stitch emit --list``
+    shows it) and refuses a name that is taken."""
+    built_in = EXAMPLES["two_layer"]
+    mine = Example("stitch_test_mine", "a test's own example", built_in.build)
+    try:
+        assert register_example(mine) is mine
+        assert EXAMPLES["stitch_test_mine"] is mine
+        with pytest.raises(ValueError, match="'two_layer' is already registered"):
+            register_example(Example("two_layer", "another", built_in.build))
+        assert EXAMPLES["two_layer"] is built_in
+    finally:
+        EXAMPLES.pop("stitch_test_mine", None)

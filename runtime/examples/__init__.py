@@ -8,12 +8,22 @@ CPU kernel and, for CUDA tensors, the Triton kernel).  The core
 
 from .. import kernels  # noqa: F401 - registers stitch::attention and its kernels
 from . import ops  # noqa: F401 - registers the layer-name ops
-from .models import EXAMPLES, LlamaConfig, LlamaModel, build_llama, llama_inputs
+from .models import (
+    EXAMPLES,
+    Example,
+    LlamaConfig,
+    LlamaModel,
+    build_llama,
+    llama_inputs,
+    register_example,
+)
 
 __all__ = [
     "EXAMPLES",
+    "Example",
     "LlamaConfig",
     "LlamaModel",
     "build_llama",
     "llama_inputs",
+    "register_example",
 ]

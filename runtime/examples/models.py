@@ -294,38 +294,47 @@ def build_bare_attention() -> tuple[nn.Module, tuple[Any, ...]]:
     return model, (q, k, v, positions)
 
 
-EXAMPLES: dict[str, Example] = {
-    example.name: example
-    for example in [
-        Example(
-            "llama",
-            "3-layer llama-like decoder (RMSNorm, QKV, rotary, decode attention "
-            "over a KV cache, O-proj, SwiGLU MLP) split at stitch::attention",
-            _llama(3),
-            llama_layers=3,
-        ),
-        Example(
-            "two_layer",
-            "2-layer llama-like decoder split at stitch::attention",
-            _llama(2),
-            llama_layers=2,
-        ),
-        Example(
-            "llama_dynamic",
-            "2-layer llama-like decoder traced with a symbolic number of tokens "
-            "(SymInt batch dimension) split at stitch::attention",
-            _llama(2),
-            tracing_mode="symbolic",
-            llama_layers=2,
-        ),
-        Example(
-            "bare_attention",
-            "a lone stitch::attention call (splitting op first and last): the "
-            "whole graph is one inlined piece and nothing is compiled",
-            build_bare_attention,
-        ),
-    ]
-}
+EXAMPLES: dict[str, Example] = {}
+
+
+def register_example(example: Example) -> Example:
+    if example.name in EXAMPLES:
+        raise ValueError(f"example {example.name!r} is already registered")
+    EXAMPLES[example.name] = example
+    return example
+
+
+for _example in (
+    Example(
+        "llama",
+        "3-layer llama-like decoder (RMSNorm, QKV, rotary, decode attention "
+        "over a KV cache, O-proj, SwiGLU MLP) split at stitch::attention",
+        _llama(3),
+        llama_layers=3,
+    ),
+    Example(
+        "two_layer",
+        "2-layer llama-like decoder split at stitch::attention",
+        _llama(2),
+        llama_layers=2,
+    ),
+    Example(
+        "llama_dynamic",
+        "2-layer llama-like decoder traced with a symbolic number of tokens "
+        "(SymInt batch dimension) split at stitch::attention",
+        _llama(2),
+        tracing_mode="symbolic",
+        llama_layers=2,
+    ),
+    Example(
+        "bare_attention",
+        "a lone stitch::attention call (splitting op first and last): the "
+        "whole graph is one inlined piece and nothing is compiled",
+        build_bare_attention,
+    ),
+):
+    register_example(_example)
+del _example
 
 
 def runnable_examples() -> dict[str, int]:
