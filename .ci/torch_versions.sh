@@ -139,7 +139,7 @@ print("installed: torch", torch.__version__, "| " + ", ".join(
         # torch and transformers up to their first CUDA call (--rehearse:
         # every cuda test selected and run to that call, each benchmark's CPU
         # dry run), so that a window is not lost to a break that shows
-        # without a GPU.  About 100 s.
+        # without a GPU.  About 80 s.
         for part in first decode; do
             OUT="$venvs/gpu-$part" PYTHON="$venv/bin/python" \
                 bash scripts/gpu_check.sh --rehearse "$part" >"$venvs/gpu-$part.log" 2>&1 ||
